@@ -1,0 +1,185 @@
+"""The adapter contract: what a user writes so biasaudit can drive their own model and data.
+
+An adapter is one object (an instance of a subclass of `Adapter`, or the subclass itself) that
+declares the modalities and batch keys and implements a handful of methods. Only `modalities`,
+`num_classes`, `build_model`, `data` and `prepare` are required; every optional hook that is left
+out disables just the analyses that need it, and the report says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from biasaudit.errors import AdapterError
+
+MODALITY_KINDS = ("image", "text", "tokens", "tensor")
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One input of the model.
+
+    kind:
+      - "image": a float tensor [B, C, H, W] or [B, H, W] of *raw* pixels in `value_range`
+        (before any normalisation the adapter applies in `prepare`).
+      - "text": a list of B raw strings.
+      - "tokens": a long tensor [B, L] of token ids under `key`, with its attention mask under
+        `mask_key`; `pad_id` fills removed positions and `special_ids` (e.g. CLS, SEP) are kept.
+      - "tensor": any other float tensor [B, ...].
+    """
+
+    name: str
+    kind: str
+    key: str | None = None
+    value_range: tuple[float, float] = (0.0, 1.0)
+    pad_id: int | None = None
+    mask_key: str | None = None
+    special_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODALITY_KINDS:
+            raise AdapterError(
+                f"Modality {self.name!r} has kind {self.kind!r}; expected one of: {', '.join(MODALITY_KINDS)}."
+            )
+        if self.key is None:
+            object.__setattr__(self, "key", self.name)
+        if self.kind == "tokens" and (self.pad_id is None or self.mask_key is None):
+            raise AdapterError(
+                f"Token modality {self.name!r} needs pad_id and mask_key so that deleted tokens become padding."
+            )
+
+
+class Adapter:
+    """Base class for adapters. Subclass it and fill in the required parts.
+
+    Batches are plain dicts: one key per modality (its raw input), `label_key` with a long tensor
+    of labels in [0, num_classes), and optionally `bias_key` with a long tensor of bias values.
+    """
+
+    modalities: Sequence[Modality] = ()
+    num_classes: int = 0
+    label_key: str = "label"
+    bias_key: str | None = None
+    splits: Sequence[str] = ("train", "test")
+    # Optional names of bias values and classes, used only to label reports.
+    bias_names: Sequence[str] | None = None
+    class_names: Sequence[str] | None = None
+
+    # ---- required -----------------------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def data(self, split: str, *, batch_size: int) -> Iterable[Mapping[str, Any]]:
+        """Batches of the split in a fixed order (no shuffling: results must be reproducible)."""
+        raise NotImplementedError
+
+    def prepare(self, batch: Mapping[str, Any], *, device: torch.device) -> Any:
+        """Turn a raw (possibly impaired) batch into model inputs on `device`."""
+        raise NotImplementedError
+
+    # ---- with defaults ------------------------------------------------------------------------
+    def load_state(self, model: nn.Module, state: Mapping[str, Any]) -> None:
+        """Load a checkpoint's state into the model; strict, so mismatches are reported."""
+        model.load_state_dict(state, strict=True)
+
+    def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
+        """Call the model on prepared inputs and return logits [B, C]."""
+        if isinstance(inputs, Mapping):
+            return model(**inputs)
+        if isinstance(inputs, (tuple, list)):
+            return model(*inputs)
+        return model(inputs)
+
+    # ---- optional hooks (return None when not available) ---------------------------------------
+    def classifier(self, model: nn.Module) -> nn.Linear | None:
+        """The final linear classifier; its input is the fused feature (embeddings, MMDB)."""
+        return None
+
+    def branches(self, model: nn.Module) -> Mapping[str, nn.Module] | None:
+        """Per-modality branch modules keyed by modality name (BalGrad, gradient conflict)."""
+        return None
+
+
+_REQUIRED = ("build_model", "data", "prepare")
+
+
+def _defines(adapter: Any, method: str) -> bool:
+    impl = getattr(type(adapter), method, None)
+    return impl is not None and impl is not getattr(Adapter, method, None)
+
+
+def validate_adapter(adapter: Any, *, source: str) -> Adapter:
+    """Check that an adapter has every required part; name the first missing one."""
+    for method in _REQUIRED:
+        if not callable(getattr(adapter, method, None)) or (isinstance(adapter, Adapter) and not _defines(adapter, method)):
+            raise AdapterError(f"Adapter {source} has no {method}() method; every adapter must define it (see README 'Writing an adapter').")
+    modalities = list(getattr(adapter, "modalities", ()) or ())
+    if len(modalities) < 2:
+        raise AdapterError(f"Adapter {source} declares {len(modalities)} modalities; expected at least two Modality(...) entries in `modalities`.")
+    for modality in modalities:
+        if not isinstance(modality, Modality):
+            raise AdapterError(f"Adapter {source} lists {modality!r} in `modalities`; expected biasaudit.Modality objects.")
+    names = [m.name for m in modalities]
+    if len(set(names)) != len(names):
+        raise AdapterError(f"Adapter {source} declares modality names {names}; names must be unique.")
+    num_classes = getattr(adapter, "num_classes", 0)
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise AdapterError(f"Adapter {source} has num_classes={num_classes!r}; expected an integer of at least 2.")
+    return adapter
+
+
+def load_adapter(spec: str) -> Adapter:
+    """Load 'path/to/file.py:NAME' or 'package.module:NAME'. NAME may be an instance or a class."""
+    if ":" not in spec:
+        raise AdapterError(f"Adapter {spec!r} is not of the form 'path/to/file.py:NAME' or 'package.module:NAME'.")
+    where, _, name = spec.rpartition(":")
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        path = Path(where)
+        if not path.is_file():
+            raise AdapterError(f"Adapter file {where} does not exist.")
+        module_name = "biasaudit_user_adapter_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise AdapterError(f"Adapter file {where} cannot be imported as Python.")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        # Let an adapter import helper modules that sit next to it.
+        sys.path.insert(0, str(path.resolve().parent))
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as exc:  # the user's code failed; say where, keep the cause
+            raise AdapterError(f"Adapter file {where} raised {type(exc).__name__} while importing: {exc}") from exc
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise AdapterError(f"Adapter module {where!r} cannot be imported: {exc}.") from exc
+    if not hasattr(module, name):
+        available = sorted(k for k, v in vars(module).items() if isinstance(v, Adapter) or (inspect.isclass(v) and issubclass(v, Adapter) and v is not Adapter))
+        raise AdapterError(f"Adapter {spec!r}: {where} has no attribute {name!r}. Available: {', '.join(available) or 'none'}.")
+    obj = getattr(module, name)
+    if inspect.isclass(obj):
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise AdapterError(f"Adapter class {spec!r} could not be created without arguments: {exc}") from exc
+    return validate_adapter(obj, source=spec)
+
+
+def modality_by_name(adapter: Adapter, name: str) -> Modality:
+    for modality in adapter.modalities:
+        if modality.name == name:
+            return modality
+    raise AdapterError(f"Unknown modality {name!r}. Available: {', '.join(m.name for m in adapter.modalities)}.")

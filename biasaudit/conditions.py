@@ -1,0 +1,110 @@
+"""The condition grid: which modality is impaired how, for one scan.
+
+A condition impairs at most one modality; `full` impairs none and is always evaluated, because
+flip rates and negative transfer are measured against it. Spellings accepted by `--conditions`
+(comma separated):
+
+  default                      full, missing, noisy and ratio
+  full | missing | noisy | ratio   a whole group, for every modality
+  missing:image  noisy:text    one group for one modality
+  ratio:image                  the missing-ratio sweep for one modality
+  image=gaussian:0.2           any registered impairment at any severity in [0, 1]
+  text=missing_ratio:0.5       the modality's muting impairment on half the samples
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from biasaudit.adapter import Modality
+from biasaudit.errors import ConditionError
+from biasaudit.impairments import MISSING_IMPAIRMENT, NOISY_IMPAIRMENT, check_severity, resolve_impairment
+
+RATIO_SWEEP = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+GROUPS = ("full", "missing", "noisy", "ratio")
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    group: str  # full | missing | noisy | ratio | custom
+    modality: str | None = None
+    impairment: str | None = None
+    severity: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "group": self.group, "modality": self.modality,
+                "impairment": self.impairment, "severity": self.severity}
+
+
+FULL = Condition(name="full", group="full")
+
+
+def _missing(m: Modality) -> Condition:
+    return Condition(f"missing:{m.name}", "missing", m.name, MISSING_IMPAIRMENT[m.kind], 1.0)
+
+
+def _noisy(m: Modality) -> Condition:
+    impairment = resolve_impairment(m.kind, NOISY_IMPAIRMENT[m.kind])
+    return Condition(f"noisy:{m.name}", "noisy", m.name, impairment.name, impairment.default_severity)
+
+
+def _ratio(m: Modality) -> list[Condition]:
+    return [Condition(f"ratio:{m.name}:{r:g}", "ratio", m.name, MISSING_IMPAIRMENT[m.kind], r) for r in RATIO_SWEEP]
+
+
+_GROUP_BUILDERS = {"missing": lambda m: [_missing(m)], "noisy": lambda m: [_noisy(m)], "ratio": _ratio}
+
+
+def _custom(token: str, by_name: dict[str, Modality]) -> Condition:
+    modality_name, _, rest = token.partition("=")
+    modality = by_name.get(modality_name)
+    if modality is None:
+        raise ConditionError(f"Condition {token!r} names modality {modality_name!r}. Available: {', '.join(by_name)}.")
+    name, _, severity_text = rest.partition(":")
+    impairment = resolve_impairment(modality.kind, name)
+    if severity_text:
+        try:
+            severity = float(severity_text)
+        except ValueError:
+            raise ConditionError(f"Condition {token!r} has severity {severity_text!r}; expected a number from 0 to 1.") from None
+    else:
+        severity = impairment.default_severity
+    check_severity(severity, what=f"condition {token!r}")
+    return Condition(f"{modality.name}={name}:{severity:g}", "custom", modality.name, impairment.name, severity)
+
+
+def parse_conditions(spec: str | Sequence[str], modalities: Sequence[Modality]) -> list[Condition]:
+    """Parse a condition spec into an ordered, de-duplicated list that always starts with `full`."""
+    tokens = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
+    by_name = {m.name: m for m in modalities}
+    available = "default, " + ", ".join(GROUPS) + ", GROUP:MODALITY, MODALITY=IMPAIRMENT[:SEVERITY]"
+    out: list[Condition] = [FULL]
+    for token in tokens or ["default"]:
+        if token == "default":
+            groups, names = ["missing", "noisy", "ratio"], list(by_name)
+        elif token == "full":
+            continue
+        elif token in _GROUP_BUILDERS:
+            groups, names = [token], list(by_name)
+        elif "=" in token:
+            out.append(_custom(token, by_name))
+            continue
+        elif ":" in token and token.split(":", 1)[0] in _GROUP_BUILDERS:
+            group, modality_name = token.split(":", 1)
+            if modality_name not in by_name:
+                raise ConditionError(f"Condition {token!r} names modality {modality_name!r}. Available: {', '.join(by_name)}.")
+            groups, names = [group], [modality_name]
+        else:
+            raise ConditionError(f"Unknown condition {token!r}. Available: {available}.")
+        for group in groups:
+            for name in names:
+                out.extend(_GROUP_BUILDERS[group](by_name[name]))
+    seen: set[str] = set()
+    unique = []
+    for condition in out:
+        if condition.name not in seen:
+            seen.add(condition.name)
+            unique.append(condition)
+    return unique

@@ -1,0 +1,224 @@
+"""Test-time impairments of raw inputs, in one explicit registry keyed by modality kind.
+
+Every impairment is a pure function of (raw values, severity, per-sample random streams): it never
+edits its input, keeps shape and dtype, is the identity at severity 0, and gives the same result for
+a sample whatever batch it arrives in, because each sample gets its own stream derived from
+(seed, condition tag, sample index). Severity is always in [0, 1].
+
+The muting impairments (`zero`, `mean`, `empty`) take their severity as the *fraction of samples*
+muted, chosen by one per-sample uniform draw shared by every condition and checkpoint under a seed;
+so `missing_ratio:r` is simply the modality's muting impairment at severity r, the subsets for
+increasing r are nested, and severity 1 (the default) mutes everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from biasaudit.adapter import Modality
+from biasaudit.errors import ConditionError
+
+# values, modality, severity, muted-or-affected flags, per-sample generators -> new values
+ImpairFn = Callable[[Any, Modality, float, np.ndarray, Sequence[np.random.Generator]], Any]
+
+
+@dataclass(frozen=True)
+class Impairment:
+    name: str
+    apply: ImpairFn
+    default_severity: float
+    mutes: bool  # True for impairments that remove the modality (zero, mean, empty)
+    description: str
+
+
+def stream_id(text: str) -> int:
+    """A stable 32-bit id for a condition tag (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+_SUBSET_TAG = stream_id("missing-subset")
+
+
+def sample_generators(indices: Sequence[int], *, seed: int, tag: str) -> list[np.random.Generator]:
+    tag_id = stream_id(tag)
+    return [np.random.default_rng([seed, tag_id, int(i)]) for i in indices]
+
+
+def muted_subset(indices: Sequence[int], *, seed: int, fraction: float) -> np.ndarray:
+    """Which samples a muting impairment of this fraction touches: u_i < fraction, u_i fixed per sample."""
+    if fraction >= 1.0:
+        return np.ones(len(indices), dtype=bool)
+    draws = np.array([np.random.default_rng([seed, _SUBSET_TAG, int(i)]).random() for i in indices])
+    return draws < fraction
+
+
+# ---- image -------------------------------------------------------------------------------------
+def _image_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
+    # "Missing image" is a black image in *raw* pixel space (0), before the adapter normalises.
+    out = values.clone()
+    out[torch.as_tensor(chosen)] = 0
+    return out
+
+
+def _image_mean(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
+    # The mid-grey of the valid range: after a mean/std normalisation this is close to all zeros.
+    low, high = modality.value_range
+    out = values.clone()
+    out[torch.as_tensor(chosen)] = (low + high) / 2
+    return out
+
+
+def _salt_pepper(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
+    low, high = modality.value_range
+    out = values.clone()
+    # One decision per pixel *location*, shared by all channels: the spatial shape is the last two dims.
+    spatial = tuple(values.shape[-2:])
+    for i, rng in enumerate(rngs):
+        corrupt = rng.random(spatial) < severity
+        salt = rng.random(spatial) < 0.5
+        corrupt_t = torch.as_tensor(corrupt)
+        salt_t = torch.as_tensor(salt)
+        sample = out[i]
+        sample[..., corrupt_t & salt_t] = high
+        sample[..., corrupt_t & ~salt_t] = low
+    return out
+
+
+# ---- generic tensors ---------------------------------------------------------------------------
+def _tensor_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
+    out = values.clone()
+    out[torch.as_tensor(chosen)] = 0
+    return out
+
+
+def _gaussian(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
+    out = values.clone()
+    for i, rng in enumerate(rngs):
+        sample = values[i]
+        std = float(sample.double().std(unbiased=False)) if sample.numel() > 1 else 0.0
+        noise = rng.standard_normal(tuple(sample.shape)) * (severity * std)
+        out[i] = (sample.double() + torch.from_numpy(noise)).to(values.dtype)
+    return out
+
+
+# ---- raw text ----------------------------------------------------------------------------------
+def _text_empty(values: Sequence[str], modality: Modality, severity: float, chosen: np.ndarray, rngs) -> list[str]:
+    return ["" if c else text for text, c in zip(values, chosen)]
+
+
+def _token_delete_text(values: Sequence[str], modality: Modality, severity: float, chosen: np.ndarray, rngs) -> list[str]:
+    out = []
+    for text, rng in zip(values, rngs):
+        words = text.split()
+        keep = rng.random(len(words)) >= severity
+        out.append(" ".join(w for w, k in zip(words, keep) if k))
+    return out
+
+
+# ---- token ids ---------------------------------------------------------------------------------
+def _compact(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the marked positions in order, left-aligned; pad the rest with the mask off."""
+    new_ids = torch.full_like(ids, pad_id)
+    new_mask = torch.zeros_like(mask)
+    kept = ids[keep]
+    new_ids[: kept.numel()] = kept
+    new_mask[: kept.numel()] = 1
+    return new_ids, new_mask
+
+
+def _token_ids_empty(values, modality: Modality, severity: float, chosen: np.ndarray, rngs):
+    ids, mask = values
+    new_ids, new_mask = ids.clone(), mask.clone()
+    special = torch.tensor(list(modality.special_ids), dtype=ids.dtype)
+    for i in np.flatnonzero(chosen):
+        # What a tokenizer gives for "": only its special tokens survive.
+        keep = (mask[i] != 0) & torch.isin(ids[i], special)
+        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], keep, modality.pad_id)
+    return new_ids, new_mask
+
+
+def _token_ids_delete(values, modality: Modality, severity: float, chosen: np.ndarray, rngs):
+    ids, mask = values
+    new_ids, new_mask = ids.clone(), mask.clone()
+    special = torch.tensor(list(modality.special_ids), dtype=ids.dtype)
+    for i, rng in enumerate(rngs):
+        present = mask[i] != 0
+        is_special = torch.isin(ids[i], special)
+        drop = torch.as_tensor(rng.random(ids.shape[1]) < severity) & present & ~is_special
+        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], present & ~drop, modality.pad_id)
+    return new_ids, new_mask
+
+
+def _entry(name: str, fn: ImpairFn, default: float, mutes: bool, description: str) -> Impairment:
+    return Impairment(name=name, apply=fn, default_severity=default, mutes=mutes, description=description)
+
+
+# The registry: modality kind -> impairment name -> Impairment. Users may add their own kinds/names.
+IMPAIRMENTS: dict[str, dict[str, Impairment]] = {
+    "image": {
+        "zero": _entry("zero", _image_zero, 1.0, True, "black image in raw pixel space"),
+        "mean": _entry("mean", _image_mean, 1.0, True, "mid-grey image (zeros after mean normalisation)"),
+        "salt_pepper": _entry("salt_pepper", _salt_pepper, 0.30, False, "each pixel location set to min or max with prob. p"),
+        "gaussian": _entry("gaussian", _gaussian, 0.30, False, "additive N(0, sigma^2 var(x)) noise"),
+    },
+    "text": {
+        "empty": _entry("empty", _text_empty, 1.0, True, "the empty string"),
+        "token_delete": _entry("token_delete", _token_delete_text, 0.15, False, "each word deleted with prob. p"),
+    },
+    "tokens": {
+        "empty": _entry("empty", _token_ids_empty, 1.0, True, "only special tokens remain, the rest is padding"),
+        "token_delete": _entry("token_delete", _token_ids_delete, 0.15, False, "each non-special token deleted with prob. p"),
+    },
+    "tensor": {
+        "zero": _entry("zero", _tensor_zero, 1.0, True, "all zeros"),
+        "gaussian": _entry("gaussian", _gaussian, 0.30, False, "additive N(0, sigma^2 var(x)) noise"),
+    },
+}
+
+# The muting impairment of each kind: what "missing" and "missing_ratio" mean for it.
+MISSING_IMPAIRMENT = {"image": "zero", "text": "empty", "tokens": "empty", "tensor": "zero"}
+# The default noise of each kind (methods.md section 1 defaults).
+NOISY_IMPAIRMENT = {"image": "salt_pepper", "text": "token_delete", "tokens": "token_delete", "tensor": "gaussian"}
+
+
+def register_impairment(kind: str, name: str, fn: ImpairFn, *, default_severity: float, mutes: bool = False, description: str = "") -> None:
+    """Add a user impairment for a modality kind (a new kind is created if needed)."""
+    IMPAIRMENTS.setdefault(kind, {})[name] = _entry(name, fn, default_severity, mutes, description)
+
+
+def resolve_impairment(kind: str, name: str) -> Impairment:
+    table = IMPAIRMENTS.get(kind)
+    if table is None:
+        raise ConditionError(f"No impairments are registered for modality kind {kind!r}. Available kinds: {', '.join(IMPAIRMENTS)}.")
+    if name == "missing_ratio":
+        name = MISSING_IMPAIRMENT[kind]
+    if name not in table:
+        raise ConditionError(f"Unknown impairment {name!r} for a {kind} modality. Available: {', '.join(sorted(table) + ['missing_ratio'])}.")
+    return table[name]
+
+
+def check_severity(severity: float, *, what: str) -> float:
+    if not (0.0 <= float(severity) <= 1.0) or severity != severity:
+        raise ConditionError(f"Severity {severity} of {what} is outside [0, 1]; expected a number from 0 to 1.")
+    return float(severity)
+
+
+def impair_batch(batch: Mapping[str, Any], modality: Modality, impairment: Impairment, severity: float, *,
+                 indices: Sequence[int], seed: int, tag: str) -> dict[str, Any]:
+    """A shallow copy of `batch` with this modality's raw input impaired; other keys are shared."""
+    out = dict(batch)
+    if severity == 0.0:
+        return out
+    chosen = muted_subset(indices, seed=seed, fraction=severity) if impairment.mutes else np.ones(len(indices), dtype=bool)
+    rngs = sample_generators(indices, seed=seed, tag=tag) if not impairment.mutes else []
+    if modality.kind == "tokens":
+        ids, mask = impairment.apply((batch[modality.key], batch[modality.mask_key]), modality, severity, chosen, rngs)
+        out[modality.key], out[modality.mask_key] = ids, mask
+    else:
+        out[modality.key] = impairment.apply(batch[modality.key], modality, severity, chosen, rngs)
+    return out

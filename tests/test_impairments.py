@@ -1,0 +1,150 @@
+"""Every registered impairment keeps its invariants (methods.md section 1). If one breaks, a scan would
+report accuracies for inputs that silently changed shape, leaked across conditions, or differed between
+two runs with the same seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from biasaudit.adapter import Modality
+from biasaudit.errors import ConditionError
+from biasaudit.impairments import IMPAIRMENTS, impair_batch, resolve_impairment
+
+MODALITIES = {
+    "image": Modality("img", "image", key="img", value_range=(0.0, 1.0)),
+    "text": Modality("txt", "text", key="txt"),
+    "tokens": Modality("tok", "tokens", key="ids", pad_id=0, mask_key="mask", special_ids=(101, 102)),
+    "tensor": Modality("vec", "tensor", key="vec"),
+}
+
+
+def make_batch(n: int = 12, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, 2000, (n, 10), generator=g)
+    mask = torch.ones(n, 10, dtype=torch.long)
+    ids[:, 0], ids[:, 7] = 101, 102
+    ids[:, 8:], mask[:, 8:] = 0, 0
+    return {
+        "img": torch.rand(n, 3, 6, 6, generator=g),
+        "txt": [" ".join(f"w{i}_{j}" for j in range(1 + i % 7)) for i in range(n)],
+        "ids": ids, "mask": mask,
+        "vec": torch.randn(n, 5, generator=g, dtype=torch.float64),
+    }
+
+
+CASES = [(kind, name) for kind, table in IMPAIRMENTS.items() if kind in MODALITIES for name in table]
+
+
+def apply(batch, kind, name, severity, *, seed=0, indices=None):
+    modality = MODALITIES[kind]
+    indices = np.arange(len(batch["txt"])) if indices is None else indices
+    return impair_batch(batch, modality, resolve_impairment(kind, name), severity, indices=indices, seed=seed, tag=f"t:{name}")
+
+
+def values(batch, kind):
+    m = MODALITIES[kind]
+    return (batch[m.key], batch[m.mask_key]) if kind == "tokens" else (batch[m.key],)
+
+
+def same(a, b) -> bool:
+    return all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("kind,name", CASES)
+def test_keeps_shape_and_dtype_and_changes_something(kind, name):
+    batch = make_batch()
+    impaired = apply(batch, kind, name, 0.5)
+    for before, after in zip(values(batch, kind), values(impaired, kind)):
+        if isinstance(before, torch.Tensor):
+            assert after.shape == before.shape and after.dtype == before.dtype
+        else:
+            assert isinstance(after, list) and len(after) == len(before)
+    assert not same(values(batch, kind), values(impaired, kind)), "severity 0.5 should change some input"
+
+
+@pytest.mark.parametrize("kind,name", CASES)
+def test_never_edits_its_input(kind, name):
+    batch = make_batch()
+    snapshot = {k: v.clone() if isinstance(v, torch.Tensor) else list(v) for k, v in batch.items()}
+    apply(batch, kind, name, 1.0)
+    for key, before in snapshot.items():
+        assert same((batch[key],), (before,)), f"{kind}/{name} edited batch[{key!r}] in place"
+
+
+@pytest.mark.parametrize("kind,name", CASES)
+def test_identity_at_severity_zero(kind, name):
+    batch = make_batch()
+    assert same(values(apply(batch, kind, name, 0.0), kind), values(batch, kind))
+
+
+@pytest.mark.parametrize("kind,name", CASES)
+def test_reproducible_for_a_seed_and_independent_of_batch_size(kind, name):
+    batch = make_batch()
+    whole = values(apply(batch, kind, name, 0.5, seed=7), kind)
+    again = values(apply(batch, kind, name, 0.5, seed=7), kind)
+    assert same(whole, again)
+    # The same samples, split into batches of 5 + 7 with their global indices, give the same result.
+    parts = []
+    for lo, hi in ((0, 5), (5, 12)):
+        sub = {k: v[lo:hi] for k, v in batch.items()}
+        parts.append(values(apply(sub, kind, name, 0.5, seed=7, indices=np.arange(lo, hi)), kind))
+    for i, full_value in enumerate(whole):
+        joined = torch.cat([p[i] for p in parts]) if isinstance(full_value, torch.Tensor) else parts[0][i] + parts[1][i]
+        assert same((joined,), (full_value,))
+    other_seed = values(apply(batch, kind, name, 0.5, seed=8), kind)
+    assert not same(other_seed, whole), "a different seed should give different noise"
+
+
+def test_zero_is_a_black_image_in_raw_pixel_space():
+    out = apply(make_batch(), "image", "zero", 1.0)["img"]
+    assert torch.count_nonzero(out) == 0
+
+
+def test_salt_pepper_hits_whole_pixel_locations_with_min_or_max():
+    batch = make_batch(n=40)
+    out = apply(batch, "image", "salt_pepper", 0.3)["img"]
+    changed = (out != batch["img"]).any(dim=1)  # [n, H, W]
+    corrupted = out.permute(0, 2, 3, 1)[changed]  # every channel of a hit location
+    assert ((corrupted == 0).all(dim=1) | (corrupted == 1).all(dim=1)).all(), "a hit location must be min or max in every channel"
+    assert 0.2 < changed.float().mean() < 0.4, "about 30% of locations should be corrupted"
+
+
+def test_token_delete_of_everything_equals_empty_for_text_and_token_ids():
+    batch = make_batch()
+    assert apply(batch, "text", "token_delete", 1.0)["txt"] == apply(batch, "text", "empty", 1.0)["txt"] == [""] * 12
+    deleted, emptied = apply(batch, "tokens", "token_delete", 1.0), apply(batch, "tokens", "empty", 1.0)
+    assert torch.equal(deleted["ids"], emptied["ids"]) and torch.equal(deleted["mask"], emptied["mask"])
+    # What a tokenizer gives for "": [CLS][SEP], then padding with the mask off.
+    assert emptied["ids"][0, :3].tolist() == [101, 102, 0] and emptied["mask"][0].tolist() == [1, 1] + [0] * 8
+
+
+def test_token_delete_keeps_word_order_and_only_deletes():
+    batch = make_batch()
+    out = apply(batch, "text", "token_delete", 0.5)["txt"]
+    for before, after in zip(batch["txt"], out):
+        words = before.split()
+        kept = after.split()
+        it = iter(words)
+        assert all(w in it for w in kept), "kept words must be a subsequence of the original"
+
+
+def test_missing_ratio_mutes_nested_subsets_of_the_requested_size():
+    batch = make_batch(n=200)
+    batch["txt"] = ["some words"] * 200
+    muted = {r: {i for i, t in enumerate(apply(batch, "text", "missing_ratio", r)["txt"]) if t == ""} for r in (0.1, 0.5, 0.9)}
+    assert muted[0.1] <= muted[0.5] <= muted[0.9]
+    assert abs(len(muted[0.5]) - 100) < 25
+
+
+def test_gaussian_noise_scales_with_the_sample_variance():
+    batch = make_batch(n=50)
+    batch["vec"] = torch.randn(50, 4000, dtype=torch.float64) * 3.0
+    noise = apply(batch, "tensor", "gaussian", 0.5)["vec"] - batch["vec"]
+    assert abs(float(noise.std()) - 1.5) < 0.05
+
+
+def test_unknown_impairment_names_the_available_ones():
+    with pytest.raises(ConditionError, match="Available: .*salt_pepper"):
+        resolve_impairment("image", "blur")
