@@ -1,0 +1,169 @@
+"""The diagnostics that read the Full condition: JSD (section 3), embeddings (section 4) and the
+gradient-conflict sample (section 5). Each one that cannot run says why in a note, never crashes."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from biasaudit.adapter import Adapter
+from biasaudit.batches import checked_labels, indexed_batches, int_column
+from biasaudit.errors import DataError
+from biasaudit.metrics.embeddings import EmbeddingSample, angular_spread, project_2d
+from biasaudit.metrics.gradients import gradient_conflict
+from biasaudit.metrics.jsd import BiasPrior, JSDAccumulator, discover_bias_clusters
+
+
+def _unavailable(note: str) -> dict[str, Any]:
+    return {"available": False, "note": note}
+
+
+class FullConditionDiagnostics:
+    """Streaming state fed by the Full condition of every batch of the main pass."""
+
+    def __init__(self, adapter: Adapter, *, config: Any) -> None:
+        self.adapter = adapter
+        self.config = config
+        self.notes: list[str] = []
+        self.embeddings = EmbeddingSample(capacity=config.embedding_points, seed=config.seed)
+        self.has_features = False
+        self.bias_counts = np.zeros(0, dtype=np.int64)
+        self.prior: BiasPrior | None = None
+        self.jsd: JSDAccumulator | None = None
+        self.jsd_note: str | None = None
+        if adapter.bias_key is None:
+            self.jsd_note = "no bias attribute"  # replaced by the k-means discovery in finish()
+        elif "train" not in adapter.splits:
+            self.jsd_note = "The JSD diagnostic needs the label-under-bias priors of the train split, which the adapter does not offer."
+        else:
+            self.prior, num_bias = self._train_prior()
+            self.jsd = JSDAccumulator(num_classes=adapter.num_classes, num_bias=num_bias)
+
+    # ---- priors ---------------------------------------------------------------------------------
+    def _train_prior(self) -> tuple[BiasPrior, int]:
+        labels, biases = [], []
+        for _, batch in indexed_batches(self.adapter, "train", batch_size=self.config.batch_size):
+            labels.append(checked_labels(batch, self.adapter, split="train"))
+            biases.append(int_column(batch, self.adapter.bias_key, what="bias", split="train"))
+        if not labels:
+            raise DataError("Split 'train' is empty; the JSD priors need its labels and bias values.")
+        label_array, bias_array = np.concatenate(labels), np.concatenate(biases)
+        num_bias = max(len(self.adapter.bias_names or ()), int(bias_array.max()) + 1)
+        prior = BiasPrior(num_classes=self.adapter.num_classes, num_bias=num_bias)
+        prior.update(label_array, bias_array)
+        return prior, num_bias
+
+    # ---- main pass ------------------------------------------------------------------------------
+    def update(self, logits: torch.Tensor, features: torch.Tensor | None, batch: Mapping[str, Any], labels: np.ndarray, *, indices: np.ndarray) -> None:
+        bias = None
+        if self.adapter.bias_key is not None:
+            if self.adapter.bias_key not in batch:
+                raise DataError(f"Batches of split {self.config.split!r} have no bias key {self.adapter.bias_key!r}, which the adapter declares as bias_key; keys present: {', '.join(map(str, batch))}.")
+            bias = int_column(batch, self.adapter.bias_key, what="bias", split=self.config.split)
+            if self.jsd is not None and bias.size and (bias.min() < 0 or bias.max() >= self.jsd.num_bias):
+                raise DataError(f"Split {self.config.split!r} has bias value {int(bias.max())} that never occurs in 'train' (values 0..{self.jsd.num_bias - 1}).")
+            self.bias_counts = _add_counts(self.bias_counts, bias)
+        if self.jsd is not None:
+            self.jsd.update(torch.softmax(logits.float(), dim=1).cpu().numpy(), labels, bias)
+        if features is not None:
+            self.has_features = True
+            self.embeddings.update(features.flatten(1).float().cpu().numpy(), labels, bias, indices=indices)
+
+    # ---- after the pass -------------------------------------------------------------------------
+    def finish(self, model: nn.Module, *, dominant: str | None, device: torch.device, progress) -> dict[str, Any]:
+        bias_source = "bias_key"
+        if self.adapter.bias_key is None:
+            bias_source = "kmeans"
+            self._discover_bias(model, dominant=dominant, device=device)
+        jsd = self._jsd_section(bias_source)
+        embeddings = self._embedding_section()
+        progress("gradients", 0, self.config.gradient_batches)
+        batches = indexed_batches(self.adapter, self.config.split, batch_size=self.config.batch_size)
+        conflict = gradient_conflict(model, self.adapter, batches, device=device, seed=self.config.seed,
+                                     max_batches=self.config.gradient_batches).to_dict()
+        progress("gradients", self.config.gradient_batches, self.config.gradient_batches)
+        for section in (jsd, embeddings, conflict):
+            if not section.get("available", True) and section.get("note"):
+                self.notes.append(section["note"])
+        return {"jsd": jsd, "embeddings": embeddings, "gradient_conflict": conflict, "notes": self.notes}
+
+    def _jsd_section(self, bias_source: str) -> dict[str, Any]:
+        if self.jsd is None:
+            return _unavailable(self.jsd_note or "The JSD diagnostic is unavailable.")
+        names = self.adapter.bias_names if bias_source == "bias_key" else None
+        result = self.jsd.result(self.prior, min_wrong=self.config.min_wrong, bias_names=names).to_dict()
+        result.update(available=True, bias_source=bias_source, note=self.jsd_note if bias_source == "kmeans" else None)
+        return result
+
+    def _discover_bias(self, model: nn.Module, *, dominant: str | None, device: torch.device) -> None:
+        """methods.md section 3: k-means on the dominant modality's embeddings, fitted on train."""
+        branches = self.adapter.branches(model) or {}
+        if dominant is None or dominant not in branches:
+            self.jsd_note = ("The data has no bias attribute and the adapter has no branches() hook for the dominant modality, "
+                             "so no bias values could be discovered; the JSD diagnostic is skipped.")
+            return
+        if "train" not in self.adapter.splits:
+            self.jsd_note = "The data has no bias attribute and the adapter offers no train split to discover one on; the JSD diagnostic is skipped."
+            return
+        train = _branch_outputs(model, self.adapter, branches[dominant], "train", device=device, batch_size=self.config.batch_size)
+        k = self.config.kmeans_k
+        clusters = discover_bias_clusters(train["embedding"], k=k, seed=self.config.seed)
+        num_bias = int(clusters.n_clusters)
+        self.prior = BiasPrior(num_classes=self.adapter.num_classes, num_bias=num_bias)
+        self.prior.update(train["label"], clusters.predict(train["embedding"]))
+        self.jsd = JSDAccumulator(num_classes=self.adapter.num_classes, num_bias=num_bias)
+        evaluation = _branch_outputs(model, self.adapter, branches[dominant], self.config.split, device=device, batch_size=self.config.batch_size)
+        self.jsd.update(evaluation["probabilities"], evaluation["label"], clusters.predict(evaluation["embedding"]))
+        self.jsd_note = (f"The data has no bias attribute: bias values are {num_bias} k-means clusters of the dominant "
+                         f"modality's ({dominant}) branch embeddings, fitted on the train split (methods.md section 3).")
+        self.notes.append(self.jsd_note)
+
+    def _embedding_section(self) -> dict[str, Any]:
+        if not self.has_features:
+            return _unavailable("The adapter has no classifier() hook, so the fused feature is unknown and the embedding plots are skipped.")
+        features, labels, bias, _ = self.embeddings.result()
+        bias_value, bias_name = None, None
+        if bias is not None and self.bias_counts.size:
+            bias_value = int(np.argmax(self.bias_counts))  # default: the most frequent bias value
+            keep = bias == bias_value
+            features, labels = features[keep], labels[keep]
+            names = self.adapter.bias_names
+            bias_name = names[bias_value] if names and bias_value < len(names) else str(bias_value)
+        if len(labels) < 3:
+            return _unavailable(f"Only {len(labels)} sampled points carry the chosen bias value; too few to plot.")
+        projection = project_2d(features, method=self.config.projection, seed=self.config.seed)
+        spread = angular_spread(features, labels, num_classes=self.adapter.num_classes)
+        if self.prior is not None and bias_value is not None:
+            train_counts = self.prior.counts[bias_value]
+            for row in spread:
+                row["train_count_under_bias"] = int(train_counts[row["class"]])
+        note = projection.note
+        if bias_value is None:
+            note = " ".join(filter(None, [note, "No bias value is available, so all sampled points are shown."]))
+        return {"available": True, "note": note, "method": projection.method_used, "bias_value": bias_value,
+                "bias_name": bias_name, "n_points": int(len(labels)), "euclidean": projection.euclidean.tolist(),
+                "cosine": projection.cosine.tolist(), "labels": labels.tolist(), "angular_spread": spread}
+
+
+def _add_counts(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    new = np.bincount(values, minlength=max(len(counts), int(values.max()) + 1 if values.size else 0))
+    new[: len(counts)] += counts
+    return new
+
+
+def _branch_outputs(model: nn.Module, adapter: Adapter, branch: nn.Module, split: str, *, device: torch.device, batch_size: int) -> dict[str, np.ndarray]:
+    captured: list[np.ndarray] = []
+    handle = branch.register_forward_hook(lambda module, args, output: captured.append(output.detach().flatten(1).float().cpu().numpy()))
+    labels, probabilities = [], []
+    try:
+        with torch.no_grad():
+            for batch in adapter.data(split, batch_size=batch_size):
+                logits = adapter.forward(model, adapter.prepare(batch, device=device))
+                labels.append(checked_labels(batch, adapter, split=split))
+                probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+    finally:
+        handle.remove()
+    return {"embedding": np.concatenate(captured), "label": np.concatenate(labels), "probabilities": np.concatenate(probabilities)}

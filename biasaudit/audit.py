@@ -1,0 +1,69 @@
+"""A whole audit of a checkpoint: load safely, scan, attach the manifest, write JSON and HTML."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from biasaudit.adapter import Adapter
+from biasaudit.checkpoint import file_sha256, load_into_model, read_checkpoint
+from biasaudit.errors import InputError
+from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, source_hash, write_json_atomic
+from biasaudit.scan import Progress, ScanConfig, scan_model
+
+
+def load_model(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False) -> nn.Module:
+    state = read_checkpoint(checkpoint, trust=trust)
+    model = adapter.build_model()
+    if not isinstance(model, nn.Module):
+        raise InputError(f"The adapter's build_model() returned {type(model).__name__}; expected a torch.nn.Module.")
+    load_into_model(adapter, model, state, path=checkpoint)
+    return model
+
+
+def adapter_source(adapter: Adapter, spec: str | None) -> dict[str, Any]:
+    import inspect
+
+    try:
+        path = inspect.getsourcefile(type(adapter))
+    except TypeError:
+        path = None
+    return {"spec": spec or f"{type(adapter).__module__}:{type(adapter).__name__}", "sha256": source_hash(path)}
+
+
+def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, checkpoint: str | Path | None,
+                adapter_spec: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    start = time.perf_counter()
+    sections = scan_model(model, adapter, config=config, progress=progress)
+    manifest = Manifest(
+        seed=config.seed, device=config.device, config=config.to_dict(),
+        checkpoint={"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None},
+        adapter=adapter_source(adapter, adapter_spec), wall_time_s=time.perf_counter() - start)
+    return {"schema": AUDIT_SCHEMA, "schema_version": AUDIT_SCHEMA_VERSION, "manifest": manifest.to_dict(), **sections}
+
+
+def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanConfig, adapter_spec: str | None = None,
+                     trust: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    model = load_model(checkpoint, adapter, trust=trust)
+    return audit_model(model, adapter, config=config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress)
+
+
+def check_out_dir(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"Output path {out} exists and is not a directory; expected a directory for the audit files.")
+    return out
+
+
+def write_audit(audit: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    from biasaudit.report.render import write_audit_html
+
+    out = check_out_dir(out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out / "audit.json", out / "audit.html"
+    write_json_atomic(audit, json_path)
+    write_audit_html(audit, html_path)
+    return json_path, html_path

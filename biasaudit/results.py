@@ -1,0 +1,96 @@
+"""Audit results as JSON (schema-versioned) and the run manifest every result carries."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from biasaudit.checkpoint import atomic_write_bytes, file_sha256
+from biasaudit.errors import InputError
+
+AUDIT_SCHEMA = "biasaudit.audit"
+AUDIT_SCHEMA_VERSION = 1
+_VERSIONED_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "umap-learn", "matplotlib", "jinja2")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def source_hash(path: str | os.PathLike | None) -> str | None:
+    return file_sha256(path) if path and Path(path).is_file() else None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    seed: int
+    device: str
+    config: Mapping[str, Any]
+    checkpoint: Mapping[str, Any]
+    adapter: Mapping[str, Any]
+    wall_time_s: float
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def to_dict(self) -> dict[str, Any]:
+        from biasaudit import __version__
+
+        return {"tool": "biasaudit", "version": __version__, "created": self.created,
+                "wall_time_s": round(self.wall_time_s, 3), "seed": self.seed, "device": self.device,
+                "versions": library_versions(), "config": dict(self.config),
+                "checkpoint": dict(self.checkpoint), "adapter": dict(self.adapter)}
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Plain JSON types; NaN and infinities become null so the file is strict JSON."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if hasattr(obj, "to_dict"):
+        return to_jsonable(obj.to_dict())
+    return obj
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    atomic_write_bytes(text.encode("utf-8"), path)
+
+
+def read_audit(path: str | os.PathLike) -> dict[str, Any]:
+    """Read an audit.json and check that it is one this version understands."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Audit file {path} does not exist.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"Audit file {path} is not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict) or data.get("schema") != AUDIT_SCHEMA:
+        raise InputError(f"Audit file {path} is not a biasaudit audit (expected \"schema\": \"{AUDIT_SCHEMA}\").")
+    if data.get("schema_version") != AUDIT_SCHEMA_VERSION:
+        raise InputError(f"Audit file {path} has schema_version {data.get('schema_version')!r}; this biasaudit reads version {AUDIT_SCHEMA_VERSION}.")
+    return data

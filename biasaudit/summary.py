@@ -1,0 +1,60 @@
+"""From per-condition scores to the audit's summary, ratio sweep and per-class reliance sections."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from biasaudit.conditions import Condition
+from biasaudit.metrics.accuracy import ConditionScores
+from biasaudit.metrics.gap import dominant_modality, summarize_gap
+
+
+def condition_rows(conditions: Sequence[Condition], scores: Mapping[str, ConditionScores]) -> list[dict[str, Any]]:
+    full = scores["full"].accuracy
+    rows = []
+    for condition in conditions:
+        score = scores[condition.name]
+        row = {**condition.to_dict(), **score.to_dict()}
+        # methods.md section 2: an impaired score above the same model's Full score.
+        row["negative_transfer"] = condition.group != "full" and score.accuracy > full
+        rows.append(row)
+    return rows
+
+
+def group_summary(group: str, conditions: Sequence[Condition], scores: Mapping[str, ConditionScores]) -> dict[str, Any] | None:
+    """Avg, Gap (with paired intervals), flip rates and the dominant modality for one impairment type."""
+    members = [c for c in conditions if c.group == group]
+    if len(members) < 2:
+        return None
+    accuracy = {c.modality: scores[c.name].accuracy for c in members}
+    replicates = {c.modality: scores[c.name].replicate_accuracy for c in members}
+    flips = {c.modality: scores[c.name].flip_rate for c in members}
+    gap = summarize_gap(accuracy, replicates=replicates)
+    out = gap.to_dict()
+    out["flip_rates"] = flips
+    out["dominant"] = dominant_modality(flips)
+    return out
+
+
+def ratio_sweep(conditions: Sequence[Condition], scores: Mapping[str, ConditionScores]) -> dict[str, list[dict[str, Any]]]:
+    sweep: dict[str, list[dict[str, Any]]] = {}
+    for condition in conditions:
+        if condition.group != "ratio":
+            continue
+        score = scores[condition.name]
+        sweep.setdefault(condition.modality, []).append(
+            {"ratio": condition.severity, "accuracy": score.accuracy, "accuracy_ci": list(score.accuracy_ci), "flip_rate": score.flip_rate})
+    for points in sweep.values():
+        points.sort(key=lambda p: p["ratio"])
+    return sweep
+
+
+def reliance(conditions: Sequence[Condition], scores: Mapping[str, ConditionScores], *, class_names: Sequence[str]) -> dict[str, Any]:
+    """Per class, how many accuracy points are lost when each modality is muted."""
+    full = scores["full"].per_class_accuracy
+    drop = {}
+    for condition in conditions:
+        if condition.group == "missing":
+            muted = scores[condition.name].per_class_accuracy
+            drop[condition.modality] = [None if f is None or m is None else f - m for f, m in zip(full, muted)]
+    return {"classes": list(class_names), "full": list(full), "drop": drop}
