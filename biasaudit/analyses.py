@@ -156,7 +156,7 @@ def _add_counts(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def _branch_outputs(model: nn.Module, adapter: Adapter, branch: nn.Module, split: str, *, device: torch.device, batch_size: int) -> dict[str, np.ndarray]:
     captured: list[np.ndarray] = []
-    handle = branch.register_forward_hook(lambda module, args, output: captured.append(output.detach().flatten(1).float().cpu().numpy()))
+    handle = branch.register_forward_hook(lambda module, args, output: captured.append(output.detach().flatten(1).double().cpu().numpy()))
     labels, probabilities = [], []
     try:
         with torch.no_grad():
