@@ -36,6 +36,10 @@ class Modality:
       - "tokens": a long tensor [B, L] of token ids under `key`, with its attention mask under
         `mask_key`; `pad_id` fills removed positions and `special_ids` (e.g. CLS, SEP) are kept.
       - "tensor": any other float tensor [B, ...].
+
+    missing: the muting impairment that "missing" and the ratio sweep use for this modality;
+    default the kind's own (image: `zero`, a black image in raw pixel space). Set "mean" for an
+    image whose normalisation puts raw 0 far outside the data (then mid-grey is the neutral input).
     """
 
     name: str
@@ -45,11 +49,14 @@ class Modality:
     pad_id: int | None = None
     mask_key: str | None = None
     special_ids: tuple[int, ...] = ()
+    missing: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in MODALITY_KINDS:
+        from biasaudit.impairments import IMPAIRMENTS  # kinds users registered count too
+
+        if self.kind not in IMPAIRMENTS:
             raise AdapterError(
-                f"Modality {self.name!r} has kind {self.kind!r}; expected one of: {', '.join(MODALITY_KINDS)}."
+                f"Modality {self.name!r} has kind {self.kind!r}; expected one of: {', '.join(IMPAIRMENTS)}."
             )
         if self.key is None:
             object.__setattr__(self, "key", self.name)
@@ -57,6 +64,14 @@ class Modality:
             raise AdapterError(
                 f"Token modality {self.name!r} needs pad_id and mask_key so that deleted tokens become padding."
             )
+        if self.kind == "tokens" and not self.special_ids:
+            # "Empty text" keeps what a tokenizer gives for "" (e.g. [CLS][SEP]); with no special ids the
+            # row would be fully masked, which makes attention produce NaN in most transformers.
+            raise AdapterError(
+                f"Token modality {self.name!r} needs special_ids (the ids a tokenizer puts around an empty string, e.g. (101, 102)).")
+        low, high = self.value_range
+        if not low < high:
+            raise AdapterError(f"Modality {self.name!r} has value_range {self.value_range}; expected (low, high) with low < high.")
 
 
 class Adapter:
@@ -111,6 +126,12 @@ class Adapter:
 
 
 _REQUIRED = ("build_model", "data", "prepare")
+
+
+def optional_hook(adapter: Any, name: str, model: nn.Module) -> Any:
+    """Call an optional hook; a hook that is absent or set to None (e.g. `classifier = None`) gives None."""
+    hook = getattr(adapter, name, None)
+    return hook(model) if callable(hook) else None
 
 
 def _defines(adapter: Any, method: str) -> bool:

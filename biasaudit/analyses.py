@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter
+from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.batches import checked_labels, indexed_batches, int_column
 from biasaudit.errors import DataError
 from biasaudit.metrics.embeddings import EmbeddingSample, angular_spread, project_2d
@@ -51,7 +51,15 @@ class FullConditionDiagnostics:
         if not labels:
             raise DataError("Split 'train' is empty; the JSD priors need its labels and bias values.")
         label_array, bias_array = np.concatenate(labels), np.concatenate(biases)
-        num_bias = max(len(self.adapter.bias_names or ()), int(bias_array.max()) + 1)
+        # Bias values that occur only in the evaluated split (new on an OOD split) are legitimate: they get
+        # no prior and no JSD (methods.md section 3 needs a train prior), so size for both splits.
+        evaluated = [int_column(batch, self.adapter.bias_key, what="bias", split=self.config.split)
+                     for _, batch in indexed_batches(self.adapter, self.config.split, batch_size=self.config.batch_size)]
+        for values in [bias_array, *evaluated]:
+            if values.size and values.min() < 0:
+                raise DataError(f"Bias values {self.adapter.bias_key!r} must be non-negative integers; found {int(values.min())}.")
+        eval_max = max((int(v.max()) for v in evaluated if v.size), default=-1)
+        num_bias = max(len(self.adapter.bias_names or ()), int(bias_array.max()) + 1, eval_max + 1)
         prior = BiasPrior(num_classes=self.adapter.num_classes, num_bias=num_bias)
         prior.update(label_array, bias_array)
         return prior, num_bias
@@ -100,7 +108,7 @@ class FullConditionDiagnostics:
 
     def _discover_bias(self, model: nn.Module, *, dominant: str | None, device: torch.device) -> None:
         """methods.md section 3: k-means on the dominant modality's embeddings, fitted on train."""
-        branches = self.adapter.branches(model) or {}
+        branches = optional_hook(self.adapter, "branches", model) or {}
         if dominant is None or dominant not in branches:
             self.jsd_note = ("The data has no bias attribute and the adapter has no branches() hook for the dominant modality, "
                              "so no bias values could be discovered; the JSD diagnostic is skipped.")

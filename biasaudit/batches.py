@@ -29,6 +29,25 @@ def checked_labels(batch: Mapping[str, Any], adapter: Adapter, *, split: str) ->
     return labels
 
 
+def check_raw_inputs(batch: Mapping[str, Any], adapter: Adapter, *, split: str) -> None:
+    """The raw inputs the impairments will touch are where, and what, the adapter declared."""
+    for modality in adapter.modalities:
+        for key in (modality.key, modality.mask_key):
+            if key is not None and key not in batch:
+                raise DataError(f"Batches of split {split!r} have no key {key!r}, which modality {modality.name!r} declares; keys present: {', '.join(map(str, batch))}.")
+        if modality.kind != "image":
+            continue
+        pixels = batch[modality.key]
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim not in (3, 4) or (pixels.ndim == 4 and pixels.shape[1] > 4):
+            shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+            raise DataError(f"Image modality {modality.name!r} of split {split!r} has raw input of shape {shape}; expected a tensor [B, H, W] or channels-first [B, C, H, W] with C <= 4.")
+        low, high = modality.value_range
+        if pixels.numel():
+            found_low, found_high = float(pixels.min()), float(pixels.max())
+            if found_low < low - 1e-6 or found_high > high + 1e-6:
+                raise DataError(f"Image modality {modality.name!r} of split {split!r} has raw pixels from {found_low:g} to {found_high:g}, outside its value_range {modality.value_range}; declare value_range=(low, high) to match the raw pixels.")
+
+
 def indexed_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterator[tuple[np.ndarray, Mapping[str, Any]]]:
     """Batches of a split with the global index of each sample (the key of its random streams)."""
     if split not in adapter.splits:
@@ -36,5 +55,6 @@ def indexed_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterato
     offset = 0
     for batch in adapter.data(split, batch_size=batch_size):
         n = len(checked_labels(batch, adapter, split=split))
+        check_raw_inputs(batch, adapter, split=split)
         yield np.arange(offset, offset + n), batch
         offset += n

@@ -69,11 +69,26 @@ def summary_table(audit: dict) -> Table:
         if section:
             lo, hi = section["gap_ci"]
             table.add_row(f"{group}: Avg / Gap", f"{section['avg']:.1f} / {section['gap']:.1f}", f"gap [{lo:.1f}, {hi:.1f}]",
-                          f"dominant: {section['dominant']}")
+                          f"dominant: {section['dominant'] or 'none'}")
     jsd = audit.get("jsd", {})
-    if jsd.get("available") and jsd.get("mean") is not None:
-        table.add_row("JSD mean (soft)", f"{jsd['mean']:.3f}", "", "low = mistakes copy the bias")
+    if jsd.get("available"):
+        # The unweighted mean needs min_wrong mistakes per bias value; say so rather than drop the row.
+        mean = "n/a" if jsd.get("mean") is None else f"{jsd['mean']:.3f}"
+        weighted = "n/a" if jsd.get("weighted_mean") is None else f"{jsd['weighted_mean']:.3f}"
+        table.add_row("JSD mean / weighted", f"{mean} / {weighted}", "", "low = mistakes copy the bias")
     return table
+
+
+def parse_mute(values: list[str]) -> tuple[tuple[str, str], ...]:
+    from biasaudit.errors import InputError
+
+    pairs = []
+    for value in values:
+        name, sep, impairment = value.partition("=")
+        if not sep or not name or not impairment:
+            raise InputError(f"--mute {value!r} is not of the form MODALITY=IMPAIRMENT, e.g. image=mean.")
+        pairs.append((name, impairment))
+    return tuple(pairs)
 
 
 ADAPTER_HELP = "Your adapter: path/to/file.py:NAME or package.module:NAME (see README, 'Writing an adapter')."
@@ -94,6 +109,7 @@ def scan(
     bootstrap: int = typer.Option(1000, min=10, help="Bootstrap replicates for the 95% intervals."),
     gradient_batches: int = typer.Option(8, min=1, help="Batches sampled for the gradient-conflict histogram."),
     min_wrong: int = typer.Option(30, min=1, help="Minimum wrong predictions under a bias value to enter the unweighted JSD mean."),
+    mute: list[str] = typer.Option([], "--mute", help="What 'missing' means for a modality, e.g. image=mean (mid-grey) instead of the black image; repeatable."),
 ) -> None:
     """Audit a checkpoint: accuracy under muted and noisy modalities, gap, flip rates, JSD, embeddings, gradient conflict."""
     from biasaudit.adapter import load_adapter
@@ -104,7 +120,8 @@ def scan(
         check_out_dir(out_dir)
         loaded = load_adapter(adapter)
         config = ScanConfig(split=split, conditions=conditions, batch_size=batch_size, seed=seed, device=device,
-                            bootstrap_replicates=bootstrap, projection=projection, gradient_batches=gradient_batches, min_wrong=min_wrong)
+                            bootstrap_replicates=bootstrap, projection=projection, gradient_batches=gradient_batches, min_wrong=min_wrong,
+                            mute=parse_mute(mute))
         with progress_bars() as progress:
             audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=adapter, trust=trust_checkpoint, progress=progress)
         json_path, html_path = write_audit(audit, out_dir)

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from biasaudit.adapter import Modality
 from biasaudit.errors import ConditionError
-from biasaudit.impairments import MISSING_IMPAIRMENT, NOISY_IMPAIRMENT, check_severity, resolve_impairment
+from biasaudit.impairments import check_severity, muting_impairment, noise_impairment, resolve_impairment
 
 RATIO_SWEEP = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 GROUPS = ("full", "missing", "noisy", "ratio")
@@ -42,16 +42,17 @@ FULL = Condition(name="full", group="full")
 
 
 def _missing(m: Modality) -> Condition:
-    return Condition(f"missing:{m.name}", "missing", m.name, MISSING_IMPAIRMENT[m.kind], 1.0)
+    return Condition(f"missing:{m.name}", "missing", m.name, muting_impairment(m).name, 1.0)
 
 
 def _noisy(m: Modality) -> Condition:
-    impairment = resolve_impairment(m.kind, NOISY_IMPAIRMENT[m.kind])
+    impairment = noise_impairment(m)
     return Condition(f"noisy:{m.name}", "noisy", m.name, impairment.name, impairment.default_severity)
 
 
 def _ratio(m: Modality) -> list[Condition]:
-    return [Condition(f"ratio:{m.name}:{r:g}", "ratio", m.name, MISSING_IMPAIRMENT[m.kind], r) for r in RATIO_SWEEP]
+    muting = muting_impairment(m).name
+    return [Condition(f"ratio:{m.name}:{r:g}", "ratio", m.name, muting, r) for r in RATIO_SWEEP]
 
 
 _GROUP_BUILDERS = {"missing": lambda m: [_missing(m)], "noisy": lambda m: [_noisy(m)], "ratio": _ratio}
@@ -63,7 +64,7 @@ def _custom(token: str, by_name: dict[str, Modality]) -> Condition:
     if modality is None:
         raise ConditionError(f"Condition {token!r} names modality {modality_name!r}. Available: {', '.join(by_name)}.")
     name, _, severity_text = rest.partition(":")
-    impairment = resolve_impairment(modality.kind, name)
+    impairment = muting_impairment(modality) if name == "missing_ratio" else resolve_impairment(modality.kind, name)
     if severity_text:
         try:
             severity = float(severity_text)

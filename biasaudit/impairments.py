@@ -61,7 +61,7 @@ def muted_subset(indices: Sequence[int], *, seed: int, fraction: float) -> np.nd
 def _image_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
     # "Missing image" is a black image in *raw* pixel space (0), before the adapter normalises.
     out = values.clone()
-    out[torch.as_tensor(chosen)] = 0
+    out[torch.as_tensor(chosen, device=values.device)] = 0
     return out
 
 
@@ -69,7 +69,7 @@ def _image_mean(values: torch.Tensor, modality: Modality, severity: float, chose
     # The mid-grey of the valid range: after a mean/std normalisation this is close to all zeros.
     low, high = modality.value_range
     out = values.clone()
-    out[torch.as_tensor(chosen)] = (low + high) / 2
+    out[torch.as_tensor(chosen, device=values.device)] = (low + high) / 2
     return out
 
 
@@ -81,8 +81,8 @@ def _salt_pepper(values: torch.Tensor, modality: Modality, severity: float, chos
     for i, rng in enumerate(rngs):
         corrupt = rng.random(spatial) < severity
         salt = rng.random(spatial) < 0.5
-        corrupt_t = torch.as_tensor(corrupt)
-        salt_t = torch.as_tensor(salt)
+        corrupt_t = torch.as_tensor(corrupt, device=values.device)
+        salt_t = torch.as_tensor(salt, device=values.device)
         sample = out[i]
         sample[..., corrupt_t & salt_t] = high
         sample[..., corrupt_t & ~salt_t] = low
@@ -92,7 +92,7 @@ def _salt_pepper(values: torch.Tensor, modality: Modality, severity: float, chos
 # ---- generic tensors ---------------------------------------------------------------------------
 def _tensor_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
     out = values.clone()
-    out[torch.as_tensor(chosen)] = 0
+    out[torch.as_tensor(chosen, device=values.device)] = 0
     return out
 
 
@@ -101,8 +101,13 @@ def _gaussian(values: torch.Tensor, modality: Modality, severity: float, chosen:
     for i, rng in enumerate(rngs):
         sample = values[i]
         std = float(sample.double().std(unbiased=False)) if sample.numel() > 1 else 0.0
-        noise = rng.standard_normal(tuple(sample.shape)) * (severity * std)
-        out[i] = (sample.double() + torch.from_numpy(noise)).to(values.dtype)
+        noise = torch.from_numpy(rng.standard_normal(tuple(sample.shape)) * (severity * std)).to(sample.device)
+        noisy = sample.double() + noise
+        if modality.kind == "image":
+            noisy = noisy.clamp(*modality.value_range)  # stay in the raw pixel space the adapter expects
+        if not values.dtype.is_floating_point:
+            noisy = noisy.round().clamp(torch.iinfo(values.dtype).min, torch.iinfo(values.dtype).max)
+        out[i] = noisy.to(values.dtype)
     return out
 
 
@@ -134,7 +139,7 @@ def _compact(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pad_id: 
 def _token_ids_empty(values, modality: Modality, severity: float, chosen: np.ndarray, rngs):
     ids, mask = values
     new_ids, new_mask = ids.clone(), mask.clone()
-    special = torch.tensor(list(modality.special_ids), dtype=ids.dtype)
+    special = torch.tensor(list(modality.special_ids), dtype=ids.dtype, device=ids.device)
     for i in np.flatnonzero(chosen):
         # What a tokenizer gives for "": only its special tokens survive.
         keep = (mask[i] != 0) & torch.isin(ids[i], special)
@@ -145,11 +150,11 @@ def _token_ids_empty(values, modality: Modality, severity: float, chosen: np.nda
 def _token_ids_delete(values, modality: Modality, severity: float, chosen: np.ndarray, rngs):
     ids, mask = values
     new_ids, new_mask = ids.clone(), mask.clone()
-    special = torch.tensor(list(modality.special_ids), dtype=ids.dtype)
+    special = torch.tensor(list(modality.special_ids), dtype=ids.dtype, device=ids.device)
     for i, rng in enumerate(rngs):
         present = mask[i] != 0
         is_special = torch.isin(ids[i], special)
-        drop = torch.as_tensor(rng.random(ids.shape[1]) < severity) & present & ~is_special
+        drop = torch.as_tensor(rng.random(ids.shape[1]) < severity, device=ids.device) & present & ~is_special
         new_ids[i], new_mask[i] = _compact(ids[i], mask[i], present & ~drop, modality.pad_id)
     return new_ids, new_mask
 
@@ -162,7 +167,7 @@ def _entry(name: str, fn: ImpairFn, default: float, mutes: bool, description: st
 IMPAIRMENTS: dict[str, dict[str, Impairment]] = {
     "image": {
         "zero": _entry("zero", _image_zero, 1.0, True, "black image in raw pixel space"),
-        "mean": _entry("mean", _image_mean, 1.0, True, "mid-grey image (zeros after mean normalisation)"),
+        "mean": _entry("mean", _image_mean, 1.0, True, "mid-grey image: the middle of value_range"),
         "salt_pepper": _entry("salt_pepper", _salt_pepper, 0.30, False, "each pixel location set to min or max with prob. p"),
         "gaussian": _entry("gaussian", _gaussian, 0.30, False, "additive N(0, sigma^2 var(x)) noise"),
     },
@@ -195,11 +200,33 @@ def resolve_impairment(kind: str, name: str) -> Impairment:
     table = IMPAIRMENTS.get(kind)
     if table is None:
         raise ConditionError(f"No impairments are registered for modality kind {kind!r}. Available kinds: {', '.join(IMPAIRMENTS)}.")
-    if name == "missing_ratio":
+    if name == "missing_ratio" and kind in MISSING_IMPAIRMENT:
         name = MISSING_IMPAIRMENT[kind]
     if name not in table:
-        raise ConditionError(f"Unknown impairment {name!r} for a {kind} modality. Available: {', '.join(sorted(table) + ['missing_ratio'])}.")
+        raise ConditionError(f"Unknown impairment {name!r} for modality kind {kind!r}. Available: {', '.join(sorted(table) + ['missing_ratio'])}.")
     return table[name]
+
+
+def muting_impairment(modality: Modality) -> Impairment:
+    """The impairment that removes this modality: its own `missing` choice or its kind's default."""
+    registered_mutes = [n for n, i in IMPAIRMENTS.get(modality.kind, {}).items() if i.mutes]
+    name = modality.missing or MISSING_IMPAIRMENT.get(modality.kind) or (registered_mutes[0] if registered_mutes else None)
+    if name is None:
+        raise ConditionError(f"Modality {modality.name!r} of kind {modality.kind!r} has no muting impairment; set Modality(missing=...) to a registered one.")
+    impairment = resolve_impairment(modality.kind, name)
+    if not impairment.mutes:
+        mutes = sorted(n for n, i in IMPAIRMENTS[modality.kind].items() if i.mutes)
+        raise ConditionError(f"Impairment {name!r} does not remove modality {modality.name!r}, so it cannot define 'missing'. Available: {', '.join(mutes)}.")
+    return impairment
+
+
+def noise_impairment(modality: Modality) -> Impairment:
+    """The default noise of the modality's kind (a user kind: its first registered non-muting impairment)."""
+    registered = [n for n, i in IMPAIRMENTS.get(modality.kind, {}).items() if not i.mutes]
+    name = NOISY_IMPAIRMENT.get(modality.kind) or (registered[0] if registered else None)
+    if name is None:
+        raise ConditionError(f"Modality {modality.name!r} of kind {modality.kind!r} has no noise impairment registered; register one or leave out 'noisy'.")
+    return resolve_impairment(modality.kind, name)
 
 
 def check_severity(severity: float, *, what: str) -> float:

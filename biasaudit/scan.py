@@ -11,23 +11,41 @@ value, the k-means bias discovery.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter
+from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.conditions import Condition, parse_conditions
 from biasaudit.batches import checked_labels, indexed_batches
 from biasaudit.errors import DataError, InputError
-from biasaudit.impairments import impair_batch, resolve_impairment
+from biasaudit.impairments import impair_batch, muted_subset, muting_impairment, resolve_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator
 from biasaudit.summary import condition_rows, group_summary, ratio_sweep, reliance
 from biasaudit import analyses
 
 Progress = Callable[[str, int, "int | None"], None]
+PROJECTIONS = ("umap", "pca")
+
+
+def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...]) -> Adapter:
+    """A shallow copy of the adapter whose modalities use the requested muting impairments."""
+    if not mute:
+        return adapter
+    names = {m.name for m in adapter.modalities}
+    overrides = dict(mute)
+    for name in overrides:
+        if name not in names:
+            raise InputError(f"--mute names modality {name!r}. Available: {', '.join(names)}.")
+    copied = copy.copy(adapter)
+    copied.modalities = [replace(m, missing=overrides.get(m.name, m.missing)) for m in adapter.modalities]
+    for modality in copied.modalities:
+        muting_impairment(modality)  # an impairment that does not mute is refused here, before any work
+    return copied
 
 
 @dataclass(frozen=True)
@@ -43,6 +61,11 @@ class ScanConfig:
     min_wrong: int = 30
     gradient_batches: int = 8
     kmeans_k: int = 16
+    mute: tuple[tuple[str, str], ...] = ()  # (modality, muting impairment) overrides of what "missing" means
+
+    def __post_init__(self) -> None:
+        if self.projection not in PROJECTIONS:
+            raise InputError(f"Projection {self.projection!r} is unknown. Available: {', '.join(PROJECTIONS)}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +78,8 @@ def resolve_device(name: str) -> torch.device:
         raise InputError(f"Device {name!r} is not a torch device name; expected e.g. cpu, cuda or cuda:0.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"Device {name!r} was requested but CUDA is not available on this machine; use --device cpu.")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise InputError(f"Device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0.")
     return device
 
 
@@ -84,6 +109,7 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     """Evaluate every condition and every diagnostic; return the audit's sections (no manifest)."""
     progress = progress or (lambda stage, done, total: None)
     device = resolve_device(config.device)
+    adapter = with_mute_overrides(adapter, config.mute)
     conditions = parse_conditions(config.conditions, adapter.modalities)
     modalities = {m.name: m for m in adapter.modalities}
     impairments = {c.name: resolve_impairment(modalities[c.modality].kind, c.impairment) for c in conditions if c.modality}
@@ -92,7 +118,8 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     accuracy = ConditionAccumulator([c.name for c in conditions], num_classes=adapter.num_classes,
                                     replicates=config.bootstrap_replicates, seed=config.seed)
     diagnostics = analyses.FullConditionDiagnostics(adapter, config=config)
-    tap = _FeatureTap(adapter.classifier(model))
+    tap = _FeatureTap(optional_hook(adapter, "classifier", model))
+    muted_counts = {c.name: 0 for c in conditions if c.group == "ratio"}
     total = _batch_count(adapter, config.split, config.batch_size)
     seen = 0
     try:
@@ -105,7 +132,9 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
                         batch, modalities[condition.modality], impairments[condition.name], condition.severity,
                         indices=indices, seed=config.seed, tag=condition.name)
                     logits = adapter.forward(model, adapter.prepare(impaired, device=device))
-                    _check_logits(logits, batch_size=len(labels), num_classes=adapter.num_classes)
+                    _check_logits(logits, batch_size=len(labels), num_classes=adapter.num_classes, condition=condition.name)
+                    if condition.name in muted_counts:
+                        muted_counts[condition.name] += int(muted_subset(indices, seed=config.seed, fraction=condition.severity).sum())
                     predictions[condition.name] = logits.argmax(dim=1).cpu().numpy()
                     if condition.group == "full":
                         diagnostics.update(logits, tap.value, batch, labels, indices=indices)
@@ -133,16 +162,19 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
                     "bias_names": adapter.bias_names and list(adapter.bias_names)},
         "summary": summary,
         "conditions": condition_rows(conditions, scores),
-        "ratio_sweep": ratio_sweep(conditions, scores),
+        "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / seen for k, v in muted_counts.items()}),
         "reliance": reliance(conditions, scores, class_names=class_names),
         **sections,
     }
 
 
-def _check_logits(logits: Any, *, batch_size: int, num_classes: int) -> None:
+def _check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: str) -> None:
     if not isinstance(logits, torch.Tensor) or logits.shape != (batch_size, num_classes):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise DataError(f"The adapter's forward() returned {shape}; expected logits of shape ({batch_size}, {num_classes}).")
+    if not torch.isfinite(logits).all():
+        # argmax would silently score NaN as class 0; a muted input the model cannot handle must be seen.
+        raise DataError(f"The model returned NaN or infinite logits under condition {condition!r}; check how the model handles that input.")
 
 
 def timed_scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress | None = None) -> tuple[dict[str, Any], float]:

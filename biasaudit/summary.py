@@ -32,18 +32,22 @@ def group_summary(group: str, conditions: Sequence[Condition], scores: Mapping[s
     gap = summarize_gap(accuracy, replicates=replicates)
     out = gap.to_dict()
     out["flip_rates"] = flips
-    out["dominant"] = dominant_modality(flips)
+    # No prediction changes under any impairment: no modality dominates.
+    out["dominant"] = dominant_modality(flips) if max(flips.values()) > 0 else None
     return out
 
 
-def ratio_sweep(conditions: Sequence[Condition], scores: Mapping[str, ConditionScores]) -> dict[str, list[dict[str, Any]]]:
+def ratio_sweep(conditions: Sequence[Condition], scores: Mapping[str, ConditionScores], *,
+                muted_fractions: Mapping[str, float]) -> dict[str, list[dict[str, Any]]]:
+    """`ratio` is the requested r; `muted_fraction` is the share actually muted (each sample is muted when its
+    fixed uniform draw is below r, which keeps the subsets nested across r, so the realised share varies around r)."""
     sweep: dict[str, list[dict[str, Any]]] = {}
     for condition in conditions:
         if condition.group != "ratio":
             continue
         score = scores[condition.name]
         sweep.setdefault(condition.modality, []).append(
-            {"ratio": condition.severity, "accuracy": score.accuracy, "accuracy_ci": list(score.accuracy_ci), "flip_rate": score.flip_rate})
+            {"ratio": condition.severity, "muted_fraction": muted_fractions.get(condition.name), "accuracy": score.accuracy, "accuracy_ci": list(score.accuracy_ci), "flip_rate": score.flip_rate})
     for points in sweep.values():
         points.sort(key=lambda p: p["ratio"])
     return sweep

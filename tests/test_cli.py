@@ -97,6 +97,14 @@ CASES = {
     "empty split": (lambda t, c: [str(c), "--adapter", f"{BROKEN}:empty_split"], r"Split 'test' is empty"),
     "labels out of range": (lambda t, c: [str(c), "--adapter", f"{BROKEN}:labels_out_of_range"], r"label [45], outside \[0, 4\)"),
     "unknown split": (lambda t, c: [str(c), "--adapter", TINY, "--split", "ood"], r"Split 'ood' is not offered .* Available: train, test"),
+    "NaN logits": (lambda t, c: [str(c), "--adapter", f"{BROKEN}:returns_nan"], r"NaN or infinite logits under condition 'full'"),
+    "modality key absent from batches": (lambda t, c: [str(c), "--adapter", f"{BROKEN}:wrong_modality_key"],
+                                         r"no key 'features', which modality 'a' declares; keys present: a, b, y, k"),
+    "pixels outside value_range": (lambda t, c: [str(c), "--adapter", f"{BROKEN}:pixels_out_of_range"],
+                                   r"raw pixels from 200 to 200, outside its value_range \(0\.0, 1\.0\)"),
+    "bad --mute": (lambda t, c: [str(c), "--adapter", TINY, "--mute", "a"], r"--mute 'a' is not of the form MODALITY=IMPAIRMENT"),
+    "--mute with a noise": (lambda t, c: [str(c), "--adapter", TINY, "--mute", "a=gaussian"], r"'gaussian' does not remove modality 'a'.*Available: zero"),
+    "unknown projection": (lambda t, c: [str(c), "--adapter", TINY, "--projection", "tsne"], r"Projection 'tsne' is unknown\. Available: umap, pca"),
 }
 
 
@@ -104,7 +112,7 @@ CASES = {
 def test_user_mistakes_exit_2_with_one_sentence_and_write_nothing(case, checkpoint, tmp_path):
     make_args, pattern = CASES[case]
     out = tmp_path / "out"
-    result = run("scan", *make_args(tmp_path, checkpoint), "--out", str(out), *FAST)
+    result = run("scan", *FAST, "--out", str(out), *make_args(tmp_path, checkpoint))
     assert result.returncode == 2, (result.returncode, result.stderr)
     import re
 

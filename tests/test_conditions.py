@@ -45,3 +45,10 @@ def test_custom_impairment_with_severity():
 def test_bad_condition_is_one_clear_sentence(spec, message):
     with pytest.raises(ConditionError, match=message):
         parse_conditions(spec, MODS)
+
+
+def test_a_modality_can_choose_what_missing_means():
+    grid = {c.name: c for c in parse_conditions("missing,ratio", [Modality("image", "image", missing="mean"), Modality("text", "text")])}
+    assert grid["missing:image"].impairment == "mean" and grid["ratio:image:0.5"].impairment == "mean"
+    with pytest.raises(ConditionError, match="does not remove modality 'image'.*Available: mean, zero"):
+        parse_conditions("missing", [Modality("image", "image", missing="salt_pepper"), Modality("text", "text")])

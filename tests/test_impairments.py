@@ -148,3 +148,55 @@ def test_gaussian_noise_scales_with_the_sample_variance():
 def test_unknown_impairment_names_the_available_ones():
     with pytest.raises(ConditionError, match="Available: .*salt_pepper"):
         resolve_impairment("image", "blur")
+
+
+def test_gaussian_noise_keeps_images_in_range_and_integer_pixels_do_not_wrap():
+    from dataclasses import replace
+
+    from biasaudit.impairments import IMPAIRMENTS
+
+    gaussian = IMPAIRMENTS["image"]["gaussian"]
+    pixels = torch.tensor([[[[3, 250], [128, 0]]]], dtype=torch.uint8).repeat(50, 1, 1, 1)
+    pixels[:, 0, 0, 1] = 255
+    modality = replace(MODALITIES["image"], value_range=(0.0, 255.0))
+    out = impair_batch({"img": pixels}, modality, gaussian, 1.0, indices=np.arange(50), seed=0, tag="g")["img"]
+    assert out.dtype == torch.uint8
+    # The same noise on the same pixels as floats, clamped to [0, 255] and rounded: a dark pixel pushed
+    # below 0 must become 0, not wrap around to ~250.
+    as_float = impair_batch({"img": pixels.double()}, modality, gaussian, 1.0, indices=np.arange(50), seed=0, tag="g")["img"]
+    assert float(as_float.min()) >= 0.0 and float(as_float.max()) <= 255.0
+    assert torch.equal(out, as_float.round().to(torch.uint8))
+    assert (out[:, 0, 0, 0] == 0).sum() > 10
+    floats = make_batch(n=20)
+    noisy = apply(floats, "image", "gaussian", 1.0)["img"]
+    assert float(noisy.min()) >= 0.0 and float(noisy.max()) <= 1.0
+
+
+def test_token_modality_without_special_ids_is_refused():
+    from biasaudit.errors import AdapterError
+
+    with pytest.raises(AdapterError, match="needs special_ids"):
+        Modality("tok", "tokens", key="ids", pad_id=0, mask_key="mask")
+
+
+def test_user_registered_kind_gets_missing_noisy_and_ratio_conditions():
+    from biasaudit.conditions import parse_conditions
+    from biasaudit.impairments import IMPAIRMENTS, register_impairment
+
+    def silence(values, modality, severity, chosen, rngs):
+        out = values.clone()
+        out[torch.as_tensor(chosen)] = 0
+        return out
+
+    def hum(values, modality, severity, chosen, rngs):
+        return values + severity
+
+    register_impairment("audio", "silence", silence, default_severity=1.0, mutes=True)
+    register_impairment("audio", "hum", hum, default_severity=0.2)
+    try:
+        modalities = [Modality("wave", "audio"), Modality("txt", "text")]
+        grid = {c.name: c for c in parse_conditions("default", modalities)}
+        assert grid["missing:wave"].impairment == "silence" and grid["noisy:wave"].impairment == "hum"
+        assert grid["ratio:wave:0.5"].impairment == "silence"
+    finally:
+        IMPAIRMENTS.pop("audio")

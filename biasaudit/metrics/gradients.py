@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from biasaudit.adapter import Adapter, Modality
-from biasaudit.impairments import MISSING_IMPAIRMENT, impair_batch, resolve_impairment
+from biasaudit.adapter import optional_hook
+from biasaudit.errors import ConditionError
+from biasaudit.impairments import impair_batch, muting_impairment
 
 HISTOGRAM_EDGES = np.linspace(-1.0, 1.0, 21)
 _TAG = "gradient-conflict"
@@ -87,7 +89,7 @@ def _only_intact(batch: Mapping[str, Any], keep: Modality, modalities: Sequence[
     out = dict(batch)
     for other in modalities:
         if other.name != keep.name:
-            impairment = resolve_impairment(other.kind, MISSING_IMPAIRMENT[other.kind])
+            impairment = muting_impairment(other)
             out = impair_batch(out, other, impairment, 1.0, indices=indices, seed=seed, tag=_TAG)
     return out
 
@@ -103,7 +105,7 @@ def _loss_gradients(model: nn.Module, adapter: Adapter, batch: Mapping[str, Any]
 
 
 def _branch_parameter_ids(adapter: Adapter, model: nn.Module) -> set[int]:
-    branches = adapter.branches(model) or {}
+    branches = optional_hook(adapter, "branches", model) or {}
     return {id(p) for module in branches.values() for p in module.parameters()}
 
 
@@ -123,7 +125,12 @@ def gradient_conflict(model: nn.Module, adapter: Adapter, batches: Iterable[tupl
     device = torch.device(device)
     branch_ids = _branch_parameter_ids(adapter, model)
     rule = "automatic, excluding adapter branches()" if branch_ids else "automatic"
-    unmutable = [m.name for m in modalities if m.kind not in MISSING_IMPAIRMENT]
+    unmutable = []
+    for modality in modalities:
+        try:
+            muting_impairment(modality)
+        except ConditionError:
+            unmutable.append(modality.name)
     if unmutable:
         return _unavailable(f"Modalities {', '.join(unmutable)} have no muting impairment, so single-modality gradients "
                             "cannot be formed; the gradient-conflict diagnostic is skipped.", modalities, rule)
