@@ -109,6 +109,8 @@ def scan(
     bootstrap: int = typer.Option(1000, min=10, help="Bootstrap replicates for the 95% intervals."),
     gradient_batches: int = typer.Option(8, min=1, help="Batches sampled for the gradient-conflict histogram."),
     min_wrong: int = typer.Option(30, min=1, help="Minimum wrong predictions under a bias value to enter the unweighted JSD mean."),
+    kmeans_k: int = typer.Option(16, "--kmeans-k", min=2, help="Clusters of the k-means bias discovery, used when the data has no bias value."),
+    embedding_points: int = typer.Option(5000, "--embedding-points", min=10, help="Most points kept for the embedding plots (seeded sample)."),
     mute: list[str] = typer.Option([], "--mute", help="What 'missing' means for a modality, e.g. image=mean (mid-grey) instead of the black image; repeatable."),
 ) -> None:
     """Audit a checkpoint: accuracy under muted and noisy modalities, gap, flip rates, JSD, embeddings, gradient conflict."""
@@ -121,7 +123,7 @@ def scan(
         loaded = load_adapter(adapter)
         config = ScanConfig(split=split, conditions=conditions, batch_size=batch_size, seed=seed, device=device,
                             bootstrap_replicates=bootstrap, projection=projection, gradient_batches=gradient_batches, min_wrong=min_wrong,
-                            mute=parse_mute(mute))
+                            kmeans_k=kmeans_k, embedding_points=embedding_points, mute=parse_mute(mute))
         with progress_bars() as progress:
             audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=adapter, trust=trust_checkpoint, progress=progress)
         json_path, html_path = write_audit(audit, out_dir)
