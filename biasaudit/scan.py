@@ -4,8 +4,9 @@ Data flow: adapter.data(split) -> for each batch, for each condition: impair the
 adapter.prepare -> adapter.forward -> streaming accumulators. Only the bounded embedding sample
 keeps per-sample data; everything else is counts, so memory does not grow with the dataset.
 Extra passes are made only for what cannot share the main one: the label-under-bias priors (train
-split, no forward), the gradient-conflict sample (needs gradients) and, when the data has no bias
-value, the k-means bias discovery.
+split, and the evaluated split's bias values so new ones can be sized; no forward), the
+gradient-conflict sample (needs gradients) and, when the data has no bias value, the k-means bias
+discovery.
 """
 
 from __future__ import annotations
