@@ -132,6 +132,59 @@ def scan(
 
 
 @app.command()
+def fix(
+    checkpoint: Path = typer.Argument(..., help="State dict of the biased model; it is never modified."),
+    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
+    method: str = typer.Option("mmdb", help="ce (plain fine-tuning, the control), mmdb or balgrad."),
+    out_dir: Path = typer.Option(Path("biasaudit-fix"), "--out", "-o", help="Directory for model.pt, before/after audits, compare.json, train_log.json."),
+    epochs: int = typer.Option(20, help="Training epochs."),
+    lr: float = typer.Option(3e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(64, help="Training batch size."),
+    seed: int = typer.Option(0, help="Seed of shuffling, training and both audits."),
+    device: str = typer.Option("cpu", help="Torch device."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT/state/last.pt."),
+    split: str = typer.Option("test", help="Split audited before and after."),
+    conditions: str = typer.Option("default", help="Conditions of both audits (see scan)."),
+    before: Optional[Path] = typer.Option(None, "--before", help="Reuse an existing audit of this checkpoint (same split, conditions, seed)."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles."),
+    scale: float = typer.Option(4.0, help="MMDB: the cosine scale s (methods.md section 6)."),
+    min_count: int = typer.Option(0, "--min-count", help="MMDB: ignore labels with fewer samples under a bias value."),
+    entropy_gate: Optional[float] = typer.Option(None, "--entropy-gate", help="MMDB: zero the margins of bias values with label entropy >= this (bits)."),
+    lambda_initial: float = typer.Option(0.1, "--lambda-initial", help="BalGrad: initial mutual-learning weight."),
+    lambda_schedule: str = typer.Option("linear", "--lambda-schedule", help="BalGrad: linear or constant."),
+    beta: float = typer.Option(1.0, help="BalGrad: weight of the unimodal losses on the branches."),
+    kl_mode: str = typer.Option("mutual", "--kl-mode", help="BalGrad: mutual or undirected."),
+    projection: str = typer.Option("global", help="BalGrad: global or per_modality projection."),
+) -> None:
+    """Retrain to reduce modality bias; write a drop-in state dict and before/after audits."""
+    from biasaudit.adapter import load_adapter
+    from biasaudit.fix import run_fix
+    from biasaudit.scan import ScanConfig
+    from biasaudit.training.loop import TrainConfig
+
+    options = {"ce": {}, "mmdb": {"scale": scale, "min_count": min_count, "entropy_gate": entropy_gate},
+               "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
+                           "projection": projection}}
+    with handled():
+        from biasaudit.errors import InputError
+
+        if method not in options:
+            raise InputError(f"Unknown method {method!r}. Available: {', '.join(options)}.")
+        loaded = load_adapter(adapter)
+        train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
+        scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device)
+        with progress_bars() as progress:
+            paths = run_fix(checkpoint, loaded, method=method, method_options=options[method], train_config=train_config,
+                            scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,
+                            before_path=before, resume=resume, progress=progress)
+        import json
+
+        compare = json.loads(paths["compare"].read_text())
+        err.print(f"[bold]{method}[/]: {compare['verdict']}")
+        out.print("\n".join(str(p) for p in paths.values()))
+
+
+@app.command()
 def demo(
     out_dir: Path = typer.Option(Path("biasaudit-demo"), "--out", "-o", help="Directory for the demo checkpoint and audit."),
     seed: int = typer.Option(0, help="Seed of the demo data split, training and scan."),

@@ -1,0 +1,71 @@
+"""`biasaudit fix`: audit before, retrain with a method, export a drop-in state dict, audit after with
+identical conditions, split and seed, and write the comparison."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from biasaudit.adapter import Adapter
+from biasaudit.audit import audit_model, check_out_dir, load_model, write_audit
+from biasaudit.checkpoint import save_state_atomic
+from biasaudit.compare import compare_audits
+from biasaudit.errors import InputError
+from biasaudit.results import read_audit, write_json_atomic
+from biasaudit.scan import Progress, ScanConfig
+from biasaudit.training.loop import TrainConfig, train
+from biasaudit.training.methods import make_method
+
+OUTPUTS = ("model.pt", "before.json", "after.json", "compare.json", "train_log.json")
+
+
+def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str) -> dict[str, Any]:
+    """An existing audit may stand in for `before` only if it audited this checkpoint the same way."""
+    audit = read_audit(path)
+    recorded = audit["manifest"].get("config", {})
+    wanted = config.to_dict()
+    different = [k for k in ("split", "conditions", "seed", "bootstrap_replicates") if recorded.get(k) != wanted[k]]
+    if different or audit["manifest"].get("checkpoint", {}).get("sha256") != checkpoint_sha:
+        what = ", ".join(different) or "checkpoint hash"
+        raise InputError(f"--before {path} does not match this run ({what} differ); rerun without --before.")
+    return audit
+
+
+def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
+            scan_config: ScanConfig, out_dir: str | Path, adapter_spec: str | None = None, trust: bool = False,
+            before_path: str | Path | None = None, resume: bool = False, progress: Progress | None = None) -> dict[str, Path]:
+    from biasaudit.checkpoint import file_sha256
+
+    out = check_out_dir(out_dir)
+    checkpoint = Path(checkpoint)
+    if out.exists() and (out / "model.pt").resolve() == checkpoint.resolve():
+        raise InputError(f"--out {out} holds the input checkpoint as model.pt; choose another directory so it is never overwritten.")
+    fixer = make_method(method, **method_options)
+    model = load_model(checkpoint, adapter, trust=trust)
+    if before_path is not None:
+        before = reusable_before(before_path, config=scan_config, checkpoint_sha=file_sha256(checkpoint))
+    else:
+        before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress)
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    log = train(model, adapter, fixer, config=train_config, state_dir=out / "state", resume=resume, progress=progress)
+    fixer.export(model, adapter)
+    train_seconds = time.perf_counter() - start
+    save_state_atomic(model.state_dict(), out / "model.pt")
+    after = audit_model(model, adapter, config=scan_config, checkpoint=out / "model.pt", adapter_spec=adapter_spec, progress=progress)
+    training = {"method": method, "settings": fixer.settings(), "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
+                "source_checkpoint": str(checkpoint)}
+    after["manifest"]["training"] = training
+    paths = {"model": out / "model.pt"}
+    write_json_atomic(before, out / "before.json")
+    write_json_atomic(after, out / "after.json")
+    write_json_atomic({"training": training, "steps": log}, out / "train_log.json")
+    write_json_atomic(compare_audits(before, after), out / "compare.json")
+    from biasaudit.report.render import write_audit_html
+
+    write_audit_html(after, out / "after.html")
+    paths.update({name.split(".")[0]: out / name for name in OUTPUTS[1:]})
+    paths["after_html"] = out / "after.html"
+    return paths

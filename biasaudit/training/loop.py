@@ -1,0 +1,184 @@
+"""The training loop shared by every `fix` method: seeded shuffling, a checkpoint every epoch, exact
+resume, frozen parameters left frozen, and a per-step log.
+
+The adapter yields batches in a fixed order (scans must be reproducible), so the loop shuffles: it
+gathers up to `shuffle_buffer` samples, permutes them with a generator seeded by (seed, epoch) and
+re-batches. Within the buffer this is a true shuffle; beyond it, an approximation that keeps memory
+bounded. Because the permutation depends only on (seed, epoch), a resumed run sees the same batches.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from biasaudit.adapter import Adapter
+from biasaudit.batches import checked_labels, int_column
+from biasaudit.checkpoint import atomic_write_bytes
+from biasaudit.errors import CheckpointError, InputError
+
+Progress = Callable[[str, int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    lr: float = 3e-3
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    shuffle_buffer: int = 100_000
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "shuffle_buffer"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} is {getattr(self, name)}; expected a positive integer.")
+        if not self.lr > 0:
+            raise InputError(f"--lr is {self.lr}; expected a positive learning rate.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrainingMethod(Protocol):
+    name: str
+
+    def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None: ...
+
+    def step(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, optimizer: torch.optim.Optimizer,
+             step: int, total_steps: int, device: torch.device) -> dict[str, Any]: ...
+
+    def export(self, model: nn.Module, adapter: Adapter) -> None: ...
+
+    def settings(self) -> dict[str, Any]: ...
+
+
+def take(batch: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """The rows of a batch dict whose values are tensors, arrays or lists."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            out[key] = value[torch.as_tensor(rows, dtype=torch.long)]
+        elif isinstance(value, np.ndarray):
+            out[key] = value[rows]
+        else:
+            out[key] = [value[i] for i in rows]
+    return out
+
+
+def concat(batches: list[Mapping[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key in batches[0]:
+        values = [b[key] for b in batches]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.cat(values)
+        elif isinstance(values[0], np.ndarray):
+            out[key] = np.concatenate(values)
+        else:
+            out[key] = [item for value in values for item in value]
+    return out
+
+
+def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> Iterator[dict[str, Any]]:
+    rng = np.random.default_rng([config.seed, epoch, 7])
+    buffer: list[Mapping[str, Any]] = []
+    held = 0
+
+    def flush() -> Iterator[dict[str, Any]]:
+        merged = concat(buffer)
+        order = rng.permutation(held)
+        for lo in range(0, held, config.batch_size):
+            yield take(merged, order[lo: lo + config.batch_size])
+
+    for batch in adapter.data(config.split, batch_size=config.batch_size):
+        n = len(checked_labels(batch, adapter, split=config.split))
+        buffer.append(batch)
+        held += n
+        if held >= config.shuffle_buffer:
+            yield from flush()
+            buffer, held = [], 0
+    if held:
+        yield from flush()
+
+
+def count_steps(adapter: Adapter, *, config: TrainConfig) -> int:
+    n = sum(len(checked_labels(b, adapter, split=config.split)) for b in adapter.data(config.split, batch_size=config.batch_size))
+    if n == 0:
+        raise InputError(f"Split {config.split!r} is empty; there is nothing to train on.")
+    full, rest = divmod(n, config.shuffle_buffer)
+    per_buffer = -(-config.shuffle_buffer // config.batch_size)
+    return full * per_buffer + -(-rest // config.batch_size)
+
+
+def bias_of(batch: Mapping[str, Any], adapter: Adapter, *, split: str) -> torch.Tensor:
+    return torch.as_tensor(int_column(batch, adapter.bias_key, what="bias", split=split))
+
+
+def _state_path(directory: Path) -> Path:
+    return directory / "last.pt"
+
+
+def save_training_state(directory: Path, *, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, log: list[dict]) -> None:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(), "log": log}, buffer)
+    atomic_write_bytes(buffer.getvalue(), _state_path(directory))
+
+
+def load_training_state(directory: Path) -> dict[str, Any]:
+    path = _state_path(directory)
+    if not path.is_file():
+        raise CheckpointError(f"--resume found no training state at {path}; run without --resume first.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"Training state {path} cannot be read ({type(exc).__name__}); delete it to start over.") from exc
+
+
+def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config: TrainConfig, state_dir: str | os.PathLike | None = None,
+          resume: bool = False, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """Train in place; return the per-step log. `state_dir` gets `last.pt` after every epoch."""
+    from biasaudit.scan import resolve_device
+
+    progress = progress or (lambda stage, done, total: None)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model.to(device)
+    method.prepare(model, adapter, device=device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
+    optimizer = torch.optim.Adam(trainable, lr=config.lr)
+    steps_per_epoch = count_steps(adapter, config=config)
+    total_steps = steps_per_epoch * config.epochs
+    log: list[dict[str, Any]] = []
+    start_epoch = 0
+    directory = Path(state_dir) if state_dir is not None else None
+    if resume:
+        if directory is None:
+            raise InputError("--resume needs the output directory of the interrupted run.")
+        state = load_training_state(directory)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"])
+        log, start_epoch = list(state["log"]), int(state["epoch"])
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        for index, batch in enumerate(shuffled_batches(adapter, config=config, epoch=epoch)):
+            step = epoch * steps_per_epoch + index
+            entry = method.step(model, adapter, batch, optimizer=optimizer, step=step, total_steps=total_steps, device=device)
+            log.append({"epoch": epoch, "step": step, **entry})
+            progress("train", step + 1, total_steps)
+        if directory is not None:
+            save_training_state(directory, epoch=epoch + 1, model=model, optimizer=optimizer, log=log)
+    model.eval()
+    return log

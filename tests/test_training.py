@@ -1,0 +1,99 @@
+"""The `fix` training loop and its methods on the demo model (issue 3's required tests). If the loop lost
+its place on resume, a method silently did nothing, or MMDB's export changed what the model predicts, a
+user would ship a model that is not the one that was evaluated."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
+from biasaudit.errors import AdapterError
+from biasaudit.training.loop import TrainConfig, train
+from biasaudit.training.methods import make_method
+
+ADAPTER = DigitsCaptionsAdapter()
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return train_baseline(ADAPTER, seed=0, epochs=5)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("method", ["ce", "mmdb", "balgrad"])
+def test_two_epochs_change_the_weights(method, baseline):
+    model = copy.deepcopy(baseline)
+    before = weights(model)
+    log = train(model, ADAPTER, make_method(method), config=TrainConfig(epochs=2, seed=0))
+    assert len(log) > 0 and {entry["epoch"] for entry in log} == {0, 1}
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method", ["ce", "mmdb", "balgrad"])
+def test_resume_after_epoch_one_gives_the_uninterrupted_weights(method, baseline, tmp_path):
+    config = TrainConfig(epochs=2, seed=3)
+    straight = copy.deepcopy(baseline)
+    train(straight, ADAPTER, make_method(method), config=config, state_dir=tmp_path / "a")
+
+    interrupted = copy.deepcopy(baseline)
+    steps_per_epoch = -(-len(ADAPTER.split_data("train")) // config.batch_size)
+
+    def stop_in_epoch_two(stage, done, total):
+        if done == steps_per_epoch + 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(interrupted, ADAPTER, make_method(method), config=config, state_dir=tmp_path / "b", progress=stop_in_epoch_two)
+    resumed = copy.deepcopy(baseline)  # a fresh process would rebuild the model from the input checkpoint
+    log = train(resumed, ADAPTER, make_method(method), config=config, state_dir=tmp_path / "b", resume=True)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert [e["step"] for e in log] == list(range(2 * steps_per_epoch))
+
+
+def test_frozen_parameters_stay_frozen(baseline):
+    model = copy.deepcopy(baseline)
+    for p in model.image_branch.parameters():
+        p.requires_grad_(False)
+    before = weights(model)
+    train(model, ADAPTER, make_method("ce"), config=TrainConfig(epochs=1))
+    for key, value in model.state_dict().items():
+        if key.startswith("image_branch"):
+            assert torch.equal(value, before[key]), key
+
+
+def test_mmdb_export_predicts_exactly_what_the_trained_cosine_model_predicts(baseline):
+    model = copy.deepcopy(baseline)
+    method = make_method("mmdb", scale=4.0)
+    train(model, ADAPTER, method, config=TrainConfig(epochs=2))
+    model.eval()
+    with torch.no_grad():
+        cosine_predictions, exported_predictions = [], []
+        batches = list(ADAPTER.data("ood", batch_size=128))
+        for batch in batches:
+            cosine_predictions.append(method.cosines(model, ADAPTER, batch, device=CPU).argmax(1))
+        method.export(model, ADAPTER)
+        for batch in batches:
+            exported_predictions.append(ADAPTER.forward(model, ADAPTER.prepare(batch, device=CPU)).argmax(1))
+    assert torch.equal(torch.cat(cosine_predictions), torch.cat(exported_predictions))
+    assert torch.count_nonzero(model.classifier.bias) == 0
+    assert torch.allclose(model.classifier.weight.norm(dim=1), torch.ones(10))
+
+
+def test_balgrad_without_branches_names_the_hook_to_add(baseline):
+    class NoBranches(DigitsCaptionsAdapter):
+        branches = None
+
+    with pytest.raises(AdapterError, match=r"branches\(model\) hook"):
+        train(copy.deepcopy(baseline), NoBranches(), make_method("balgrad"), config=TrainConfig(epochs=1))
