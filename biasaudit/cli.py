@@ -91,6 +91,20 @@ def parse_mute(values: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _scale(text: str) -> "float | str":
+    from biasaudit.errors import InputError
+
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--scale {text!r} is neither 'auto' nor a number.") from None
+    if not value > 0:
+        raise InputError(f"--scale {text} must be positive.")
+    return value
+
+
 ADAPTER_HELP = "Your adapter: path/to/file.py:NAME or package.module:NAME (see README, 'Writing an adapter')."
 
 
@@ -147,7 +161,8 @@ def fix(
     conditions: str = typer.Option("default", help="Conditions of both audits (see scan)."),
     before: Optional[Path] = typer.Option(None, "--before", help="Reuse an existing audit of this checkpoint (same split, conditions, seed)."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles."),
-    scale: float = typer.Option(4.0, help="MMDB: the cosine scale s (methods.md section 6)."),
+    scale: str = typer.Option("auto", help="MMDB: the cosine scale s, or auto (grid 1..32 by bias-balanced validation accuracy)."),
+    min_group: int = typer.Option(1, "--min-group", min=1, help="MMDB --scale auto: smallest (label, bias) group counted in the bias-balanced accuracy."),
     min_count: int = typer.Option(0, "--min-count", help="MMDB: ignore labels with fewer samples under a bias value."),
     entropy_gate: Optional[float] = typer.Option(None, "--entropy-gate", help="MMDB: zero the margins of bias values with label entropy >= this (bits)."),
     lambda_initial: float = typer.Option(0.1, "--lambda-initial", help="BalGrad: initial mutual-learning weight."),
@@ -162,7 +177,7 @@ def fix(
     from biasaudit.scan import ScanConfig
     from biasaudit.training.loop import TrainConfig
 
-    options = {"ce": {}, "mmdb": {"scale": scale, "min_count": min_count, "entropy_gate": entropy_gate},
+    options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate},
                "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
                            "projection": projection}}
     with handled():
@@ -176,7 +191,7 @@ def fix(
         with progress_bars() as progress:
             paths = run_fix(checkpoint, loaded, method=method, method_options=options[method], train_config=train_config,
                             scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,
-                            before_path=before, resume=resume, progress=progress)
+                            before_path=before, resume=resume, min_group=min_group, progress=progress)
         import json
 
         compare = json.loads(paths["compare"].read_text())

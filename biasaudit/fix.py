@@ -35,13 +35,17 @@ def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str
 
 def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
             scan_config: ScanConfig, out_dir: str | Path, adapter_spec: str | None = None, trust: bool = False,
-            before_path: str | Path | None = None, resume: bool = False, progress: Progress | None = None) -> dict[str, Path]:
+            before_path: str | Path | None = None, resume: bool = False, min_group: int = 1, progress: Progress | None = None) -> dict[str, Path]:
     from biasaudit.checkpoint import file_sha256
 
     out = check_out_dir(out_dir)
     checkpoint = Path(checkpoint)
     if out.exists() and (out / "model.pt").resolve() == checkpoint.resolve():
         raise InputError(f"--out {out} holds the input checkpoint as model.pt; choose another directory so it is never overwritten.")
+    method_options = dict(method_options)
+    auto_scale = method == "mmdb" and method_options.get("scale") == "auto"
+    if auto_scale:
+        method_options["scale"] = 4.0  # placeholder until the grid has chosen; validates the other options now
     fixer = make_method(method, **method_options)
     model = load_model(checkpoint, adapter, trust=trust)
     if before_path is not None:
@@ -49,13 +53,21 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     else:
         before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress)
     start = time.perf_counter()
+    selection = None
+    if auto_scale:
+        from biasaudit.training.selection import choose_mmdb_scale
+
+        selection = choose_mmdb_scale(model, adapter, options={k: v for k, v in method_options.items() if k != "scale"},
+                                      config=train_config, min_group=min_group, progress=progress)
+        method_options["scale"] = selection["chosen"]
+        fixer = make_method(method, **method_options)
     out.mkdir(parents=True, exist_ok=True)
     log = train(model, adapter, fixer, config=train_config, state_dir=out / "state", resume=resume, progress=progress)
     fixer.export(model, adapter)
     train_seconds = time.perf_counter() - start
     save_state_atomic(model.state_dict(), out / "model.pt")
     after = audit_model(model, adapter, config=scan_config, checkpoint=out / "model.pt", adapter_spec=adapter_spec, progress=progress)
-    training = {"method": method, "settings": fixer.settings(), "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
+    training = {"method": method, "settings": fixer.settings(), "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
                 "source_checkpoint": str(checkpoint)}
     after["manifest"]["training"] = training
     paths = {"model": out / "model.pt"}

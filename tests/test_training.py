@@ -97,3 +97,29 @@ def test_balgrad_without_branches_names_the_hook_to_add(baseline):
 
     with pytest.raises(AdapterError, match=r"branches\(model\) hook"):
         train(copy.deepcopy(baseline), NoBranches(), make_method("balgrad"), config=TrainConfig(epochs=1))
+
+
+def test_scale_auto_trains_every_candidate_and_keeps_the_best_by_bias_balanced_accuracy(baseline):
+    from biasaudit.training.selection import choose_mmdb_scale
+
+    result = choose_mmdb_scale(copy.deepcopy(baseline), ADAPTER, options={}, config=TrainConfig(epochs=2), grid=(1, 4, 32))
+    assert result["grid"] == [1.0, 4.0, 32.0] and result["validated_on"] == "val"
+    assert result["chosen"] == max(result["scores"], key=result["scores"].get)
+    assert len(set(result["scores"].values())) > 1, "different scales must give different models"
+
+
+def test_without_a_val_split_candidates_are_validated_on_held_out_train_samples_they_never_saw(baseline):
+    from biasaudit.training.loop import shuffled_batches
+    from biasaudit.training.selection import selection_plan, validation_batches
+
+    class NoVal(DigitsCaptionsAdapter):
+        splits = ("train", "test", "ood")
+
+    adapter = NoVal()
+    config, source = selection_plan(adapter, TrainConfig(epochs=1))
+    assert source.startswith("held-out")
+    def keys(batches):
+        return {(tuple(b["image"][i].flatten().tolist()), b["caption"][i]) for b in batches for i in range(len(b["caption"]))}
+    trained, held = keys(shuffled_batches(adapter, config=config, epoch=0)), keys(validation_batches(adapter, config, source))
+    assert held and not (trained & held)
+    assert len(trained) + len(held) == len(adapter.split_data("train"))

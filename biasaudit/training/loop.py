@@ -35,6 +35,8 @@ class TrainConfig:
     device: str = "cpu"
     shuffle_buffer: int = 100_000
     split: str = "train"
+    # Fraction of the train split held out (seeded per sample) for model selection when there is no val split.
+    holdout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "shuffle_buffer"):
@@ -86,10 +88,20 @@ def concat(batches: list[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def holdout_rows(indices: np.ndarray, *, config: TrainConfig) -> np.ndarray:
+    """Which samples of the train split are held out: a fixed per-sample draw under the seed."""
+    from biasaudit.impairments import sample_generators
+
+    if config.holdout <= 0:
+        return np.zeros(len(indices), dtype=bool)
+    return np.array([rng.random() < config.holdout for rng in sample_generators(indices, seed=config.seed, tag="holdout")])
+
+
 def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> Iterator[dict[str, Any]]:
     rng = np.random.default_rng([config.seed, epoch, 7])
     buffer: list[Mapping[str, Any]] = []
     held = 0
+    offset = 0
 
     def flush() -> Iterator[dict[str, Any]]:
         merged = concat(buffer)
@@ -99,6 +111,12 @@ def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> It
 
     for batch in adapter.data(config.split, batch_size=config.batch_size):
         n = len(checked_labels(batch, adapter, split=config.split))
+        keep = ~holdout_rows(np.arange(offset, offset + n), config=config)
+        offset += n
+        if not keep.all():
+            batch, n = take(batch, np.flatnonzero(keep)), int(keep.sum())
+        if n == 0:
+            continue
         buffer.append(batch)
         held += n
         if held >= config.shuffle_buffer:
@@ -109,7 +127,11 @@ def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> It
 
 
 def count_steps(adapter: Adapter, *, config: TrainConfig) -> int:
-    n = sum(len(checked_labels(b, adapter, split=config.split)) for b in adapter.data(config.split, batch_size=config.batch_size))
+    n, offset = 0, 0
+    for batch in adapter.data(config.split, batch_size=config.batch_size):
+        size = len(checked_labels(batch, adapter, split=config.split))
+        n += int((~holdout_rows(np.arange(offset, offset + size), config=config)).sum())
+        offset += size
     if n == 0:
         raise InputError(f"Split {config.split!r} is empty; there is nothing to train on.")
     full, rest = divmod(n, config.shuffle_buffer)
