@@ -29,7 +29,8 @@ def handled() -> Iterator[None]:
     try:
         yield
     except BiasAuditError as exc:
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+        # One line, never wrapped: CI logs and grep should see the whole sentence.
+        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted; nothing was written.")
@@ -197,6 +198,39 @@ def fix(
         compare = json.loads(paths["compare"].read_text())
         err.print(f"[bold]{method}[/]: {compare['verdict']}")
         out.print("\n".join(str(p) for p in paths.values()))
+
+
+@app.command()
+def compare(
+    before: Path = typer.Argument(..., help="audit.json of the model before the change."),
+    after: Path = typer.Argument(..., help="audit.json of the model after the change (same split, conditions and seed)."),
+    out_dir: Path = typer.Option(Path("biasaudit-compare"), "--out", "-o", help="Directory for compare.json and compare.html."),
+    train_log: Optional[Path] = typer.Option(None, "--train-log", help="train_log.json of a fix run, for the training section."),
+) -> None:
+    """Re-render the before/after comparison from two audit files, without the model."""
+    import json
+
+    from biasaudit.audit import check_out_dir
+    from biasaudit.compare import compare_audits
+    from biasaudit.errors import InputError
+    from biasaudit.report.compare_render import write_compare_html
+    from biasaudit.results import read_audit, write_json_atomic
+
+    with handled():
+        out_path = check_out_dir(out_dir)
+        first, second = read_audit(before), read_audit(after)
+        log = None
+        if train_log is not None:
+            try:
+                log = json.loads(Path(train_log).read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"Training log {train_log} is not a readable JSON file ({exc}).") from exc
+        comparison = compare_audits(first, second)
+        out_path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(comparison, out_path / "compare.json")
+        write_compare_html(comparison, first, second, out_path / "compare.html", train_log=log)
+        err.print(comparison["verdict"])
+        out.print(f"{out_path / 'compare.json'}\n{out_path / 'compare.html'}")
 
 
 @app.command()

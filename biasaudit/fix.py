@@ -73,11 +73,16 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     paths = {"model": out / "model.pt"}
     write_json_atomic(before, out / "before.json")
     write_json_atomic(after, out / "after.json")
-    write_json_atomic({"training": training, "steps": log}, out / "train_log.json")
-    write_json_atomic(compare_audits(before, after), out / "compare.json")
+    train_log = {"training": training, "steps": log}
+    comparison = compare_audits(before, after)
+    write_json_atomic(train_log, out / "train_log.json")
+    write_json_atomic(comparison, out / "compare.json")
+    from biasaudit.report.compare_render import write_compare_html
     from biasaudit.report.render import write_audit_html
 
     write_audit_html(after, out / "after.html")
+    write_compare_html(comparison, before, after, out / "compare.html", train_log=train_log)
     paths.update({name.split(".")[0]: out / name for name in OUTPUTS[1:]})
     paths["after_html"] = out / "after.html"
+    paths["compare_html"] = out / "compare.html"
     return paths

@@ -75,7 +75,14 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def public(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Without the in-memory-only keys (those starting with an underscore)."""
+    return {k: v for k, v in obj.items() if not str(k).startswith("_")}
+
+
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    if isinstance(obj, Mapping):
+        obj = public(obj)
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
     atomic_write_bytes(text.encode("utf-8"), path)
 

@@ -166,6 +166,9 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / seen for k, v in muted_counts.items()}),
         "reliance": reliance(conditions, scores, class_names=class_names),
         **sections,
+        # In memory only (never written): per-condition bootstrap replicates, so two audits of the same
+        # split and seed (before/after a fix) get *paired* intervals for their differences.
+        "_replicates": {name: score.replicate_accuracy for name, score in scores.items()},
     }
 
 

@@ -35,7 +35,7 @@ def test_fix_writes_every_output_and_a_drop_in_checkpoint(method, checkpoint, tm
     out = tmp_path / method
     result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", method, "--out", str(out), *FAST)
     assert result.returncode == 0, result.stderr
-    for name in ("model.pt", "before.json", "after.json", "compare.json", "train_log.json", "after.html"):
+    for name in ("model.pt", "before.json", "after.json", "compare.json", "train_log.json", "after.html", "compare.html"):
         assert (out / name).is_file(), name
     assert checkpoint.read_bytes() == original, "the input checkpoint must never be modified"
     before, after = (json.loads((out / f"{n}.json").read_text()) for n in ("before", "after"))
@@ -45,6 +45,20 @@ def test_fix_writes_every_output_and_a_drop_in_checkpoint(method, checkpoint, tm
     assert log["steps"] and log["training"]["settings"] is not None
     compare = json.loads((out / "compare.json").read_text())
     assert compare["summary"]["full"]["after"] == after["summary"]["full"]["accuracy"]
+    assert compare["paired"] is True and compare["summary"]["missing"]["gap"]["delta_ci"] is not None
+    page = (out / "compare.html").read_text()
+    for section in ("verdict", "summary", "conditions", "jsd", "embeddings", "training", "settings"):
+        assert f'id="{section}"' in page, section
+    assert "http://" not in page and "https://" not in page
+    if method == "balgrad":
+        assert "was negative (a conflict, then projected away)" in page
+    # Re-rendered from the files alone: same deltas, but no paired intervals (files keep no replicates).
+    again = run("compare", str(out / "before.json"), str(out / "after.json"), "--train-log", str(out / "train_log.json"),
+                "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    redone = json.loads((tmp_path / "again" / "compare.json").read_text())
+    assert [r["delta"] for r in redone["conditions"]] == [r["delta"] for r in compare["conditions"]]
+    assert redone["paired"] is False and "no interval" in redone["note"]
     rescan = run("scan", str(out / "model.pt"), "--adapter", ADAPTER, "--conditions", "missing", "--split", "ood",
                  "--out", str(tmp_path / "rescan"), "--projection", "pca")
     assert rescan.returncode == 0, rescan.stderr
@@ -61,3 +75,17 @@ def test_unknown_method_exits_2_and_lists_the_available_ones(checkpoint, tmp_pat
 def test_resume_without_a_previous_run_exits_2(checkpoint, tmp_path):
     result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", "ce", "--resume", "--out", str(tmp_path / "y"), *FAST)
     assert result.returncode == 2 and "--resume found no training state" in result.stderr
+
+
+def test_compare_refuses_audits_of_different_splits_with_exit_2(checkpoint, tmp_path):
+    for split in ("test", "ood"):
+        result = run("scan", str(checkpoint), "--adapter", ADAPTER, "--conditions", "missing", "--split", split,
+                     "--projection", "pca", "--bootstrap", "50", "--out", str(tmp_path / split))
+        assert result.returncode == 0, result.stderr
+    result = run("compare", str(tmp_path / "test" / "audit.json"), str(tmp_path / "ood" / "audit.json"), "--out", str(tmp_path / "c"))
+    assert result.returncode == 2 and "differ in split" in result.stderr
+    assert not (tmp_path / "c").exists()
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    result = run("compare", str(broken), str(tmp_path / "ood" / "audit.json"), "--out", str(tmp_path / "d"))
+    assert result.returncode == 2 and "broken.json is not valid JSON" in result.stderr

@@ -123,3 +123,24 @@ def test_without_a_val_split_candidates_are_validated_on_held_out_train_samples_
     trained, held = keys(shuffled_batches(adapter, config=config, epoch=0)), keys(validation_batches(adapter, config, source))
     assert held and not (trained & held)
     assert len(trained) + len(held) == len(adapter.split_data("train"))
+
+
+def test_before_after_deltas_get_paired_intervals_that_are_zero_for_an_unchanged_model(baseline):
+    """The same model audited twice: every paired delta interval is exactly [0, 0]; an unpaired
+    comparison (two independent intervals) could never show that."""
+    from biasaudit.audit import audit_model
+    from biasaudit.compare import compare_audits
+    from biasaudit.scan import ScanConfig
+
+    config = ScanConfig(split="ood", conditions="missing", projection="pca", bootstrap_replicates=100, gradient_batches=1)
+    first = audit_model(copy.deepcopy(baseline), ADAPTER, config=config, checkpoint=None)
+    second = audit_model(copy.deepcopy(baseline), ADAPTER, config=config, checkpoint=None)
+    comparison = compare_audits(first, second)
+    assert comparison["paired"] is True
+    assert all(row["delta_ci"] == (0.0, 0.0) for row in comparison["conditions"])
+    assert comparison["summary"]["missing"]["gap"]["delta_ci"] == (0.0, 0.0)
+    changed = copy.deepcopy(baseline)
+    train(changed, ADAPTER, make_method("mmdb", scale=4.0), config=TrainConfig(epochs=2))
+    moved = compare_audits(first, audit_model(changed, ADAPTER, config=config, checkpoint=None))
+    lo, hi = moved["summary"]["full"]["delta_ci"]
+    assert lo <= moved["summary"]["full"]["delta"] <= hi and hi - lo > 0

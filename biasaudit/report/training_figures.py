@@ -1,0 +1,43 @@
+"""Figures of a `fix` run, pure like figures.py: the training log in, a matplotlib Figure out."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+
+_CURVES = (("loss", "task loss L_T"), ("loss_v", "unimodal loss (1st modality)"), ("loss_l", "unimodal loss (2nd modality)"),
+           ("weight_v", "KL weight w (1st)"), ("weight_l", "KL weight w (2nd)"), ("lam", "lambda_t"))
+
+
+def training_curves(steps: Sequence[Mapping[str, Any]]) -> Figure:
+    """Losses on the left, BalGrad's weights and lambda on the right (when logged), against the step."""
+    fig = Figure(figsize=(9.0, 3.6), layout="constrained")
+    losses, weights = fig.subplots(1, 2)
+    x = [s["step"] for s in steps]
+    for key, label in _CURVES:
+        values = [s.get(key) for s in steps]
+        if any(v is not None for v in values):
+            axis = losses if key.startswith("loss") else weights
+            axis.plot(x, [np.nan if v is None else v for v in values], label=label, linewidth=1)
+    for axis, title in ((losses, "losses"), (weights, "BalGrad weights and lambda")):
+        axis.set_title(title, fontsize=9)
+        axis.set_xlabel("step")
+        if axis.lines:
+            axis.legend(fontsize=7)
+    return fig
+
+
+def projection_histogram(cos_before: Sequence[float], cos_after: Sequence[float]) -> Figure:
+    """cos(g_T, g_kl) per step before and after BalGrad's projection (methods.md section 5)."""
+    fig = Figure(figsize=(6.0, 3.4), layout="constrained")
+    axis = fig.subplots()
+    edges = np.linspace(-1, 1, 21)
+    axis.hist([c for c in cos_before if c is not None], bins=edges, alpha=0.6, label="raw")
+    axis.hist([c for c in cos_after if c is not None], bins=edges, alpha=0.6, label="projected")
+    axis.axvline(0, color="black", linewidth=0.8)
+    axis.set_xlabel("cos(g_T, g_kl) per step")
+    axis.set_ylabel("steps")
+    axis.legend(fontsize=8)
+    return fig
