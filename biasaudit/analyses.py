@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import checked_labels, indexed_batches, int_column
+from biasaudit.batches import bias_range, bias_values, checked_labels, indexed_batches, labels_and_bias
 from biasaudit.errors import DataError
 from biasaudit.metrics.embeddings import EmbeddingSample, angular_spread, project_2d
 from biasaudit.metrics.gradients import gradient_conflict
@@ -44,22 +44,12 @@ class FullConditionDiagnostics:
 
     # ---- priors ---------------------------------------------------------------------------------
     def _train_prior(self) -> tuple[BiasPrior, int]:
-        labels, biases = [], []
-        for _, batch in indexed_batches(self.adapter, "train", batch_size=self.config.batch_size):
-            labels.append(checked_labels(batch, self.adapter, split="train"))
-            biases.append(int_column(batch, self.adapter.bias_key, what="bias", split="train"))
-        if not labels:
-            raise DataError("Split 'train' is empty; the JSD priors need its labels and bias values.")
-        label_array, bias_array = np.concatenate(labels), np.concatenate(biases)
+        label_array, bias_array = labels_and_bias(self.adapter, "train", batch_size=self.config.batch_size, purpose="the JSD priors")
         # Bias values that occur only in the evaluated split (new on an OOD split) are legitimate: they get
         # no prior and no JSD (methods.md section 3 needs a train prior), so size for both splits.
-        evaluated = [int_column(batch, self.adapter.bias_key, what="bias", split=self.config.split)
+        evaluated = [bias_values(batch, self.adapter, split=self.config.split)
                      for _, batch in indexed_batches(self.adapter, self.config.split, batch_size=self.config.batch_size)]
-        for values in [bias_array, *evaluated]:
-            if values.size and values.min() < 0:
-                raise DataError(f"Bias values {self.adapter.bias_key!r} must be non-negative integers; found {int(values.min())}.")
-        eval_max = max((int(v.max()) for v in evaluated if v.size), default=-1)
-        num_bias = max(len(self.adapter.bias_names or ()), int(bias_array.max()) + 1, eval_max + 1)
+        num_bias = bias_range(self.adapter, bias_array, *evaluated)
         prior = BiasPrior(num_classes=self.adapter.num_classes, num_bias=num_bias)
         prior.update(label_array, bias_array)
         return prior, num_bias
@@ -68,11 +58,11 @@ class FullConditionDiagnostics:
     def update(self, logits: torch.Tensor, features: torch.Tensor | None, batch: Mapping[str, Any], labels: np.ndarray, *, indices: np.ndarray) -> None:
         bias = None
         if self.adapter.bias_key is not None:
-            if self.adapter.bias_key not in batch:
-                raise DataError(f"Batches of split {self.config.split!r} have no bias key {self.adapter.bias_key!r}, which the adapter declares as bias_key; keys present: {', '.join(map(str, batch))}.")
-            bias = int_column(batch, self.adapter.bias_key, what="bias", split=self.config.split)
-            if self.jsd is not None and bias.size and (bias.min() < 0 or bias.max() >= self.jsd.num_bias):
-                raise DataError(f"Split {self.config.split!r} has bias value {int(bias.max())} that never occurs in 'train' (values 0..{self.jsd.num_bias - 1}).")
+            bias = bias_values(batch, self.adapter, split=self.config.split)
+            if self.jsd is not None and bias.size and bias.max() >= self.jsd.num_bias:
+                # The range was counted over this very split before the pass, so only changing data gets here.
+                raise DataError(f"Split {self.config.split!r} yielded bias value {int(bias.max())}, beyond the {self.jsd.num_bias} values counted "
+                                "before the scan; the adapter's data() must yield the same samples on every pass.")
             self.bias_counts = _add_counts(self.bias_counts, bias)
         if self.jsd is not None:
             self.jsd.update(torch.softmax(logits.float(), dim=1).cpu().numpy(), labels, bias)

@@ -48,6 +48,30 @@ def check_raw_inputs(batch: Mapping[str, Any], adapter: Adapter, *, split: str) 
                 raise DataError(f"Image modality {modality.name!r} of split {split!r} has raw pixels from {found_low:g} to {found_high:g}, outside its value_range {modality.value_range}; declare value_range=(low, high) to match the raw pixels.")
 
 
+def labels_and_bias(adapter: Adapter, split: str, *, batch_size: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
+    """Every label and bias value of a split, checked: what the JSD priors and MMDB's margins count."""
+    labels, bias = [], []
+    for _, batch in indexed_batches(adapter, split, batch_size=batch_size):
+        labels.append(checked_labels(batch, adapter, split=split))
+        bias.append(bias_values(batch, adapter, split=split))
+    if not labels or not sum(len(part) for part in labels):
+        raise DataError(f"Split {split!r} is empty; {purpose} need its labels and bias values.")
+    return np.concatenate(labels), np.concatenate(bias)
+
+
+def bias_values(batch: Mapping[str, Any], adapter: Adapter, *, split: str) -> np.ndarray:
+    values = int_column(batch, adapter.bias_key, what="bias", split=split)
+    if values.size and values.min() < 0:
+        raise DataError(f"Bias values {adapter.bias_key!r} of split {split!r} must be non-negative integers; found {int(values.min())}.")
+    return values
+
+
+def bias_range(adapter: Adapter, *arrays: np.ndarray) -> int:
+    """How many bias values to make room for: the named ones and every value seen."""
+    seen = max((int(a.max()) for a in arrays if a.size), default=-1)
+    return max(len(adapter.bias_names or ()), seen + 1)
+
+
 def indexed_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterator[tuple[np.ndarray, Mapping[str, Any]]]:
     """Batches of a split with the global index of each sample (the key of its random streams)."""
     if split not in adapter.splits:

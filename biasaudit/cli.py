@@ -4,7 +4,6 @@ and on stdout. It is also the only place that catches BiasAuditError and turns i
 
 from __future__ import annotations
 
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -182,15 +181,12 @@ def fix(
                "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
                            "projection": projection}}
     with handled():
-        from biasaudit.errors import InputError
-
-        if method not in options:
-            raise InputError(f"Unknown method {method!r}. Available: {', '.join(options)}.")
+        # An unknown method gets its "Available: ..." error from the METHODS registry in run_fix.
         loaded = load_adapter(adapter)
         train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
         scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device)
         with progress_bars() as progress:
-            paths = run_fix(checkpoint, loaded, method=method, method_options=options[method], train_config=train_config,
+            paths = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,
                             scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,
                             before_path=before, resume=resume, min_group=min_group, progress=progress)
         import json

@@ -3,13 +3,12 @@ identical conditions, split and seed, and write the comparison."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from biasaudit.adapter import Adapter
-from biasaudit.audit import audit_model, check_out_dir, load_model, write_audit
+from biasaudit.audit import audit_model, check_out_dir, load_model
 from biasaudit.checkpoint import save_state_atomic
 from biasaudit.compare import compare_audits
 from biasaudit.errors import InputError

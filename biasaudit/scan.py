@@ -16,12 +16,11 @@ import copy
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.conditions import Condition, parse_conditions
+from biasaudit.conditions import parse_conditions
 from biasaudit.batches import checked_labels, indexed_batches
 from biasaudit.errors import DataError, InputError
 from biasaudit.impairments import impair_batch, muted_subset, muting_impairment, resolve_impairment

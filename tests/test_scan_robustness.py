@@ -65,3 +65,15 @@ def test_mute_override_makes_missing_use_the_chosen_impairment():
 
     with pytest.raises(InputError, match="--mute names modality 'c'. Available"):
         scan(tiny_adapter.TinyAdapter(), mute=(("c", "zero"),))
+
+
+def test_negative_bias_values_are_named_as_a_data_error():
+    from biasaudit.errors import DataError
+
+    class NegativeBias(tiny_adapter.TinyAdapter):
+        def data(self, split, *, batch_size):
+            for batch in super().data(split, batch_size=batch_size):
+                yield {**batch, "k": batch["k"] - 1}
+
+    with pytest.raises(DataError, match=r"Bias values 'k' of split 'train' must be non-negative integers; found -1"):
+        scan(NegativeBias())

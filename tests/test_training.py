@@ -144,3 +144,14 @@ def test_before_after_deltas_get_paired_intervals_that_are_zero_for_an_unchanged
     moved = compare_audits(first, audit_model(changed, ADAPTER, config=config, checkpoint=None))
     lo, hi = moved["summary"]["full"]["delta_ci"]
     assert lo <= moved["summary"]["full"]["delta"] <= hi and hi - lo > 0
+
+
+def test_mmdb_on_an_empty_train_split_says_so_instead_of_crashing(baseline):
+    from biasaudit.errors import DataError
+
+    class EmptyTrain(DigitsCaptionsAdapter):
+        def data(self, split, *, batch_size):
+            return iter(()) if split == "train" else super().data(split, batch_size=batch_size)
+
+    with pytest.raises(DataError, match="Split 'train' is empty; MMDB's margins need its labels and bias values"):
+        train(copy.deepcopy(baseline), EmptyTrain(), make_method("mmdb"), config=TrainConfig(epochs=1))

@@ -13,16 +13,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import checked_labels, int_column
+from biasaudit.batches import bias_range, checked_labels, int_column, labels_and_bias
 from biasaudit.errors import AdapterError, InputError
 from biasaudit.training import balgrad as bg
 from biasaudit.training import mmdb
+
+
+def require_bias(adapter: Adapter) -> None:
+    if adapter.bias_key is None:
+        raise AdapterError("MMDB needs a bias value per sample (the adapter's bias_key); this adapter declares none.")
 
 
 def _labels(batch: Mapping[str, Any], adapter: Adapter, device: torch.device) -> torch.Tensor:
@@ -74,14 +78,9 @@ class MMDB:
         return linear
 
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
-        if adapter.bias_key is None:
-            raise AdapterError("MMDB needs a bias value per sample (the adapter's bias_key); this adapter declares none.")
-        labels, bias = [], []
-        for batch in adapter.data("train", batch_size=1024):
-            labels.append(checked_labels(batch, adapter, split="train"))
-            bias.append(int_column(batch, adapter.bias_key, what="bias", split="train"))
-        labels_all, bias_all = np.concatenate(labels), np.concatenate(bias)
-        num_bias = max(len(adapter.bias_names or ()), int(bias_all.max()) + 1)
+        require_bias(adapter)
+        labels_all, bias_all = labels_and_bias(adapter, "train", batch_size=1024, purpose="MMDB's margins")
+        num_bias = bias_range(adapter, bias_all)
         self.table = mmdb.bias_margins(labels_all, bias_all, num_classes=adapter.num_classes, num_bias=num_bias,
                                        min_count=self.min_count, entropy_gate=self.entropy_gate)
         self.warning = mmdb.check_scale(self.scale, self.table)

@@ -14,10 +14,9 @@ from torch import nn
 
 from biasaudit.adapter import Adapter
 from biasaudit.batches import checked_labels, int_column
-from biasaudit.errors import AdapterError
 from biasaudit.training import mmdb
 from biasaudit.training.loop import Progress, TrainConfig, holdout_rows, take, train
-from biasaudit.training.methods import MMDB
+from biasaudit.training.methods import MMDB, require_bias
 
 HOLDOUT_FRACTION = 0.2
 # Every (label, bias) group counts by default. On the demo's 180-sample val split each bias-conflicting
@@ -61,8 +60,7 @@ def bias_balanced_score(model: nn.Module, adapter: Adapter, method: MMDB, batche
 def choose_mmdb_scale(model: nn.Module, adapter: Adapter, *, options: Mapping[str, Any], config: TrainConfig,
                       grid=mmdb.SCALE_GRID, min_group: int = DEFAULT_MIN_GROUP, progress: Progress | None = None) -> dict[str, Any]:
     """Train one candidate per scale from the same starting weights; keep the best by bias-balanced accuracy."""
-    if adapter.bias_key is None:
-        raise AdapterError("MMDB needs a bias value per sample (the adapter's bias_key); this adapter declares none.")
+    require_bias(adapter)
     candidate_config, source = selection_plan(adapter, config)
     device = torch.device(config.device)
     scores = {}
