@@ -16,7 +16,7 @@ from biasaudit.adapter import Adapter
 from biasaudit.batches import checked_labels, int_column
 from biasaudit.training import mmdb
 from biasaudit.training.loop import Progress, TrainConfig, holdout_rows, take, train
-from biasaudit.training.methods import MMDB, require_bias
+from biasaudit.training.method_mmdb import MMDB, require_bias
 
 HOLDOUT_FRACTION = 0.2
 # Every (label, bias) group counts by default. On the demo's 180-sample val split each bias-conflicting

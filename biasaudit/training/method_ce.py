@@ -1,0 +1,39 @@
+"""`ce`: plain cross-entropy fine-tuning under the shared loop, the honest control for every comparison."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from biasaudit.adapter import Adapter
+from biasaudit.batches import checked_labels
+
+
+def train_labels(batch: Mapping[str, Any], adapter: Adapter, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(checked_labels(batch, adapter, split="train")).to(device)
+
+
+class CrossEntropy:
+    name = "ce"
+
+    def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
+        pass
+
+    def step(self, model, adapter, batch, *, optimizer, step, total_steps, device) -> dict[str, Any]:
+        optimizer.zero_grad(set_to_none=True)
+        logits = adapter.forward(model, adapter.prepare(batch, device=device))
+        loss = F.cross_entropy(logits, train_labels(batch, adapter, device))
+        loss.backward()
+        optimizer.step()
+        return {"loss": float(loss.detach())}
+
+    def export(self, model: nn.Module, adapter: Adapter) -> None:
+        pass
+
+    def settings(self) -> dict[str, Any]:
+        return {}
+
+
