@@ -3,7 +3,12 @@ balgrad, over 3 seeds, and print mean ± std in the shape of the BalGrad paper's
 image / text / Avg / Gap; noisy image / text / Avg / Gap, all on `test`) plus OOD accuracy and the OOD
 soft-JSD mean.
 
-    python bench/method_table.py [--seeds 0 1 2] [--epochs 20]
+It also trains, per seed, the same architecture with one modality muted in every batch, from scratch:
+its accuracy with that modality muted is what one modality alone can reach on this data (the
+"ceiling" rows). The missing-modality Gap of any fix cannot fall below text ceiling - image ceiling
+without lowering the dominant modality's own accuracy, which is what bounds the Gap targets.
+
+    python bench/method_table.py [--seeds 0 1 2] [--epochs 20] [--mmdb-scale auto|S]
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import numpy as np
 
 from biasaudit.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
+from biasaudit.impairments import impair_batch, muting_impairment
 from biasaudit.scan import ScanConfig
 from biasaudit.training.loop import TrainConfig, train
 from biasaudit.training.methods import make_method
@@ -33,6 +39,31 @@ def row(model, adapter, seed: int) -> list[float]:
             ood["summary"]["full"]["accuracy"], ood["jsd"]["mean"] if ood["jsd"]["mean"] is not None else float("nan")]
 
 
+class OneModality:
+    """The demo adapter with `muted` removed from every batch it prepares (training and evaluation)."""
+
+    def __init__(self, adapter: DigitsCaptionsAdapter, muted: str) -> None:
+        self._adapter = adapter
+        self._modality = next(m for m in adapter.modalities if m.name == muted)
+
+    def __getattr__(self, name):
+        return getattr(self._adapter, name)
+
+    def prepare(self, batch, *, device):
+        n = len(batch[self._modality.key])
+        batch = impair_batch(batch, self._modality, muting_impairment(self._modality), 1.0, indices=range(n), seed=0, tag="ceiling")
+        return self._adapter.prepare(batch, device=device)
+
+
+def ceilings(adapter: DigitsCaptionsAdapter, seed: int) -> dict[str, float]:
+    """Test accuracy of the architecture trained and evaluated on one modality alone."""
+    out = {}
+    for kept, muted, column in (("image", "text", "miss txt"), ("text", "image", "miss img")):
+        model = train_baseline(OneModality(adapter, muted), seed=seed)
+        out[kept] = row(model, adapter, seed)[COLUMNS.index(column)]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -41,8 +72,10 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, list[list[float]]] = {"baseline": [], "ce": [], "mmdb": [], "balgrad": []}
     chosen_scales = []
+    ceiling_rows = []
     for seed in args.seeds:
         adapter = DigitsCaptionsAdapter(seed=seed)
+        ceiling_rows.append(ceilings(adapter, seed))
         baseline = train_baseline(adapter, seed=seed)
         results["baseline"].append(row(baseline, adapter, seed))
         config = TrainConfig(epochs=args.epochs, seed=seed)
@@ -67,6 +100,11 @@ def main() -> None:
         cells = [f"{m:6.1f} ± {s:4.1f}" if i < 10 else f"{m:6.3f} ± {s:4.2f}" for i, (m, s) in enumerate(zip(table.mean(0), table.std(0)))]
         print(f"{name:<9}" + "".join(f"{c:>14}" for c in cells))
     print(f"mmdb scale per seed ({args.mmdb_scale}): {chosen_scales}")
+    image, text = (np.array([r[m] for r in ceiling_rows]) for m in ("image", "text"))
+    control_gap = np.array(results["ce"])[:, COLUMNS.index("miss Gap")]
+    floor = text - image
+    print(f"one-modality ceilings on test: image alone {image.mean():.1f} ± {image.std():.1f}, text alone {text.mean():.1f} ± {text.std():.1f}; "
+          f"Gap floor (text - image) {floor.mean():.1f} = {floor.mean() / control_gap.mean():.2f}x the ce control's Gap {control_gap.mean():.1f}")
 
 
 if __name__ == "__main__":

@@ -165,11 +165,15 @@ def fix(
     min_group: int = typer.Option(1, "--min-group", min=1, help="MMDB --scale auto: smallest (label, bias) group counted in the bias-balanced accuracy."),
     min_count: int = typer.Option(0, "--min-count", help="MMDB: ignore labels with fewer samples under a bias value."),
     entropy_gate: Optional[float] = typer.Option(None, "--entropy-gate", help="MMDB: zero the margins of bias values with label entropy >= this (bits)."),
-    lambda_initial: float = typer.Option(0.1, "--lambda-initial", help="BalGrad: initial mutual-learning weight."),
-    lambda_schedule: str = typer.Option("linear", "--lambda-schedule", help="BalGrad: linear or constant."),
+    lambda_initial: float = typer.Option(0.1, "--lambda-initial", help="BalGrad: initial mutual-learning weight λ_0 (0..1)."),
+    lambda_schedule: str = typer.Option("linear", "--lambda-schedule", help="BalGrad: linear (λ_0 rising to 1) or constant (λ_0)."),
     beta: float = typer.Option(1.0, help="BalGrad: weight of the unimodal losses on the branches."),
     kl_mode: str = typer.Option("mutual", "--kl-mode", help="BalGrad: mutual or undirected."),
     projection: str = typer.Option("global", help="BalGrad: global or per_modality projection."),
+    head_mode: str = typer.Option("shared_zero", "--head-mode", help="BalGrad unimodal heads: shared_zero (the model with the other branch zeroed), "
+                                  "ogm_split (classifier weight slices, half the bias) or separate (new training-only linear heads)."),
+    balgrad_weights: str = typer.Option("batch", "--balgrad-weights", help="BalGrad KL weights: batch (this batch's unimodal losses) or "
+                                        "running (their moving averages, momentum 0.9)."),
 ) -> None:
     """Retrain to reduce modality bias; write a drop-in state dict and before/after audits."""
     from biasaudit.adapter import load_adapter
@@ -179,7 +183,7 @@ def fix(
 
     options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate},
                "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
-                           "projection": projection}}
+                           "projection": projection, "head_mode": head_mode, "weights": balgrad_weights}}
     with handled():
         # An unknown method gets its "Available: ..." error from the METHODS registry in run_fix.
         loaded = load_adapter(adapter)

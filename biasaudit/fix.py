@@ -32,6 +32,11 @@ def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str
     return audit
 
 
+def dominant_of(audit: Mapping[str, Any]) -> str | None:
+    """The modality whose absence flips the most predictions (None when nothing flips or no missing group ran)."""
+    return (audit.get("summary", {}).get("missing") or {}).get("dominant")
+
+
 def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
             scan_config: ScanConfig, out_dir: str | Path, adapter_spec: str | None = None, trust: bool = False,
             before_path: str | Path | None = None, resume: bool = False, min_group: int = 1, progress: Progress | None = None) -> dict[str, Path]:
@@ -45,12 +50,21 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     auto_scale = method == "mmdb" and method_options.get("scale") == "auto"
     if auto_scale:
         method_options["scale"] = 4.0  # placeholder until the grid has chosen; validates the other options now
+    if method == "mmdb" and method_options.get("kmeans_k") is None:
+        method_options["kmeans_k"] = scan_config.kmeans_k  # discovered bias: the clusters the before audit's JSD used
     fixer = make_method(method, **method_options)
     model = load_model(checkpoint, adapter, trust=trust)
+    if method == "mmdb":
+        fixer.check_bias_source(model, adapter)  # before the audit, which can take long
     if before_path is not None:
         before = reusable_before(before_path, config=scan_config, checkpoint_sha=file_sha256(checkpoint))
     else:
         before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress)
+    if method == "mmdb":
+        # Without a bias_key, MMDB clusters the branch of the modality the model leans on (methods.md section 3);
+        # a caller who names the modality (option `dominant`) overrides the audit.
+        method_options["dominant"] = method_options.get("dominant") or dominant_of(before)
+        fixer = make_method(method, **method_options)
     start = time.perf_counter()
     selection = None
     if auto_scale:

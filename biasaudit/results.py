@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import re
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +16,9 @@ from typing import Any, Mapping
 import numpy as np
 
 from biasaudit.checkpoint import atomic_write_bytes, file_sha256
-from biasaudit.errors import InputError
+from biasaudit.errors import DataError, InputError
+from biasaudit.fingerprint import check_fingerprint
+from biasaudit.metrics.accuracy import BootstrapCounts
 
 AUDIT_SCHEMA = "biasaudit.audit"
 AUDIT_SCHEMA_VERSION = 1
@@ -80,11 +83,25 @@ def public(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if not str(k).startswith("_")}
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+# An indented JSON array whose every element is an integer. JSON strings cannot hold a raw newline, so
+# this never matches inside a string value.
+_INTEGER_ARRAY = re.compile(r"\[\n\s*-?\d+(?:,\n\s*-?\d+)*\n\s*\]")
+
+
+def _one_line(match: re.Match) -> str:
+    return "[" + ",".join(item.strip() for item in match.group(0)[1:-1].split(",")) + "]"
+
+
+def to_json_text(obj: Any) -> str:
+    """Indented strict JSON, with integer arrays (bootstrap counts, labels, histograms) on one line each:
+    one integer per line would make the bootstrap section alone several times the rest of an audit."""
     if isinstance(obj, Mapping):
         obj = public(obj)
-    text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    atomic_write_bytes(text.encode("utf-8"), path)
+    return _INTEGER_ARRAY.sub(_one_line, json.dumps(to_jsonable(obj), indent=2, allow_nan=False)) + "\n"
+
+
+def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+    atomic_write_bytes(to_json_text(obj).encode("utf-8"), path)
 
 
 def read_audit(path: str | os.PathLike) -> dict[str, Any]:
@@ -100,4 +117,20 @@ def read_audit(path: str | os.PathLike) -> dict[str, Any]:
         raise InputError(f"Audit file {path} is not a biasaudit audit (expected \"schema\": \"{AUDIT_SCHEMA}\").")
     if data.get("schema_version") != AUDIT_SCHEMA_VERSION:
         raise InputError(f"Audit file {path} has schema_version {data.get('schema_version')!r}; this biasaudit reads version {AUDIT_SCHEMA_VERSION}.")
+    _check_pairing_sections(data, source=str(path))
     return data
+
+
+def _check_pairing_sections(audit: Mapping[str, Any], *, source: str) -> None:
+    """The optional `samples` and `bootstrap` sections, when present, are what a scan writes (older audits lack
+    both and still load: they are compared without paired intervals)."""
+    rows = audit.get("conditions")
+    names = [row["name"] for row in rows if isinstance(row, Mapping) and isinstance(row.get("name"), str)] if isinstance(rows, list) else []
+    checks = {"samples": check_fingerprint, "bootstrap": lambda section: BootstrapCounts.from_dict(section, conditions=names)}
+    for key, check in checks.items():
+        if key not in audit:
+            continue
+        try:
+            check(audit[key])
+        except DataError as exc:
+            raise DataError(f"Audit file {source} has an invalid {key} section: {exc}") from exc

@@ -21,8 +21,9 @@ from torch import nn
 
 from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.conditions import parse_conditions
-from biasaudit.batches import checked_labels, indexed_batches
+from biasaudit.batches import bias_values, checked_labels, indexed_batches
 from biasaudit.errors import DataError, InputError
+from biasaudit.fingerprint import SampleFingerprint
 from biasaudit.impairments import impair_batch, muted_subset, muting_impairment, resolve_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator
 from biasaudit.summary import condition_rows, group_summary, ratio_sweep, reliance
@@ -117,6 +118,7 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
 
     accuracy = ConditionAccumulator([c.name for c in conditions], num_classes=adapter.num_classes,
                                     replicates=config.bootstrap_replicates, seed=config.seed)
+    fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None)
     diagnostics = analyses.FullConditionDiagnostics(adapter, config=config)
     tap = _FeatureTap(optional_hook(adapter, "classifier", model))
     muted_counts = {c.name: 0 for c in conditions if c.group == "ratio"}
@@ -139,6 +141,7 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
                     if condition.group == "full":
                         diagnostics.update(logits, tap.value, batch, labels, indices=indices)
                 accuracy.update(predictions, labels, indices=indices)
+                fingerprint.update(labels, bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None)
                 seen += len(labels)
                 progress("conditions", step + 1, total)
     finally:
@@ -165,9 +168,10 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / seen for k, v in muted_counts.items()}),
         "reliance": reliance(conditions, scores, class_names=class_names),
         **sections,
-        # In memory only (never written): per-condition bootstrap replicates, so two audits of the same
-        # split and seed (before/after a fix) get *paired* intervals for their differences.
-        "_replicates": {name: score.replicate_accuracy for name, score in scores.items()},
+        # Kept in the file so that two audits of the same samples and seed (before/after a fix) get *paired*
+        # intervals for their differences, whether compared in memory or read back (biasaudit/compare.py).
+        "samples": fingerprint.to_dict(),
+        "bootstrap": accuracy.bootstrap_counts().to_dict(),
     }
 
 

@@ -52,13 +52,16 @@ def test_fix_writes_every_output_and_a_drop_in_checkpoint(method, checkpoint, tm
     assert "http://" not in page and "https://" not in page
     if method == "balgrad":
         assert "was negative (a conflict, then projected away)" in page
-    # Re-rendered from the files alone: same deltas, but no paired intervals (files keep no replicates).
+    # Re-rendered from the files alone: the files keep the replicate counts, so the same deltas come back
+    # with the very same paired intervals.
     again = run("compare", str(out / "before.json"), str(out / "after.json"), "--train-log", str(out / "train_log.json"),
                 "--out", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
     redone = json.loads((tmp_path / "again" / "compare.json").read_text())
     assert [r["delta"] for r in redone["conditions"]] == [r["delta"] for r in compare["conditions"]]
-    assert redone["paired"] is False and "no interval" in redone["note"]
+    assert redone["paired"] is True and redone["unpaired_reason"] is None
+    assert [r["delta_ci"] for r in redone["conditions"]] == [r["delta_ci"] for r in compare["conditions"]]
+    assert redone["summary"]["missing"] == compare["summary"]["missing"]
     rescan = run("scan", str(out / "model.pt"), "--adapter", ADAPTER, "--conditions", "missing", "--split", "ood",
                  "--out", str(tmp_path / "rescan"), "--projection", "pca")
     assert rescan.returncode == 0, rescan.stderr

@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import confusion_matrix, f1_score
 
 from biasaudit.errors import DataError, InputError
-from biasaudit.metrics.accuracy import ConditionAccumulator, bootstrap_weights
+from biasaudit.metrics.accuracy import BootstrapCounts, ConditionAccumulator, bootstrap_weights
 from biasaudit.metrics.gap import summarize_gap
 
 CONDITIONS = ["full", "missing:image", "noisy:text"]
@@ -165,6 +165,21 @@ def test_bootstrap_is_reproducible_for_a_seed():
     assert first.accuracy_ci == again.accuracy_ci
     np.testing.assert_array_equal(first.replicate_accuracy, again.replicate_accuracy)
     assert not np.array_equal(first.replicate_accuracy, other.replicate_accuracy)
+
+
+@pytest.mark.parametrize("n", [2, 300])
+def test_counts_through_json_reproduce_every_replicate_bit_for_bit(n):
+    """audit.json keeps integer counts: read back, they must give the very replicates the scan had, NaN
+    (a replicate that drew no sample, common with n = 2) included, or paired intervals from files would drift."""
+    preds, labels = _synthetic(n)
+    acc = _one_shot(preds, labels, replicates=300)
+    text = json.dumps(acc.bootstrap_counts().to_dict())
+    counts = BootstrapCounts.from_dict(json.loads(text), conditions=CONDITIONS)
+    scores = acc.result()
+    for c in CONDITIONS:
+        np.testing.assert_array_equal(counts.accuracy(c), scores[c].replicate_accuracy)
+    if n == 2:
+        assert np.isnan(scores["full"].replicate_accuracy).any()
 
 
 def test_paired_gap_of_identical_conditions_is_exactly_zero():

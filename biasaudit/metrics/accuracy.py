@@ -11,12 +11,15 @@ Chamandy et al. 2012), can be accumulated batch by batch in O(replicates) memory
 shards by addition. The weights come from a generator seeded by (seed, tag, sample index), so they do
 not depend on batch size or order, and every condition reuses the same weights for a sample: the
 bootstrap is *paired*, so differences between conditions (the Gap) get their own tight intervals.
+The integer counts behind the replicates (`BootstrapCounts`) are what audit.json keeps: two audits of
+the same samples with the same seed and replicate count drew the same weights, so their replicates
+pair up one by one even when read back from files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -41,6 +44,62 @@ def percentile_interval(values: np.ndarray) -> tuple[float, float] | None:
         return None
     lo, hi = np.percentile(finite, CI_PERCENTILES)
     return float(lo), float(hi)
+
+
+def replicate_accuracy(correct: np.ndarray, total: np.ndarray) -> np.ndarray:
+    """Percent per replicate from the weighted counts; NaN for a replicate that drew no sample."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return 100.0 * np.asarray(correct, dtype=np.int64) / np.asarray(total, dtype=np.int64).astype(np.float64)
+
+
+def _count_list(values: Any, *, what: str, length: int) -> np.ndarray:
+    if not isinstance(values, (list, tuple, np.ndarray)) or len(values) != length:
+        found = f"{len(values)} values" if isinstance(values, (list, tuple, np.ndarray)) else type(values).__name__
+        raise DataError(f"{what} has {found}; expected a list of {length} integers, one per replicate.")
+    # bool is an int subclass and 3.0 an exact float; neither is what the scan writes, so both mean a damaged file.
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) and 0 <= v < 2**63 for v in values):
+        raise DataError(f"{what} holds a value that is not a non-negative integer; expected weighted sample counts.")
+    return np.asarray(values, dtype=np.int64)
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value: compare the fields with numpy
+class BootstrapCounts:
+    """The integers behind every replicate accuracy of a scan: replicate r of condition c scored
+    correct_weight[c][r] / total_weight[r]. The total is shared because every condition sees the same samples."""
+
+    replicates: int
+    seed: int
+    total_weight: np.ndarray  # [replicates] int64: sum of the Poisson weights of all samples
+    correct_weight: Mapping[str, np.ndarray]  # condition -> [replicates] int64: same sum over correct predictions
+
+    def accuracy(self, condition: str) -> np.ndarray:
+        """[replicates] percent, bit-identical to the ConditionScores.replicate_accuracy of the scan."""
+        return replicate_accuracy(self.correct_weight[condition], self.total_weight)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"replicates": self.replicates, "seed": self.seed, "total_weight": self.total_weight.tolist(),
+                "correct_weight": {c: w.tolist() for c, w in self.correct_weight.items()}}
+
+    @classmethod
+    def from_dict(cls, section: Any, *, conditions: Sequence[str]) -> BootstrapCounts:
+        """Checked counts of an audit's `bootstrap` section; `conditions` are the audit's condition names."""
+        if not isinstance(section, Mapping):
+            raise DataError(f"bootstrap is a {type(section).__name__}; expected an object with replicates, seed, total_weight and correct_weight.")
+        for key in ("replicates", "seed"):
+            value = section.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "replicates" else 0):
+                raise DataError(f"bootstrap.{key} is {value!r}; expected a {'positive' if key == 'replicates' else 'non-negative'} integer.")
+        replicates = section["replicates"]
+        total = _count_list(section.get("total_weight"), what="bootstrap.total_weight", length=replicates)
+        correct = section.get("correct_weight")
+        if not isinstance(correct, Mapping) or sorted(correct) != sorted(conditions):
+            found = sorted(correct) if isinstance(correct, Mapping) else type(correct).__name__
+            raise DataError(f"bootstrap.correct_weight covers {found}; expected one list per condition, {sorted(conditions)}.")
+        counts = {c: _count_list(correct[c], what=f"bootstrap.correct_weight[{c!r}]", length=replicates) for c in conditions}
+        for c, values in counts.items():
+            if np.any(values > total):
+                raise DataError(f"bootstrap.correct_weight[{c!r}] exceeds total_weight in some replicate; expected at most the total.")
+        return cls(replicates=replicates, seed=section["seed"], total_weight=total, correct_weight=counts)
 
 
 @dataclass(frozen=True)
@@ -157,25 +216,30 @@ class ConditionAccumulator:
             self.flips[c] += other.flips[c]
             self.weighted_correct[c] += other.weighted_correct[c]
 
+    def bootstrap_counts(self) -> BootstrapCounts:
+        """A copy of the replicate counts, in the order the conditions were given."""
+        return BootstrapCounts(replicates=self.replicates, seed=self.seed, total_weight=self.weighted_total.copy(),
+                               correct_weight={c: self.weighted_correct[c].copy() for c in self.condition_names})
+
     def result(self) -> dict[str, ConditionScores]:
         """Scores per condition, in the order the conditions were given."""
         if self.n == 0:
             raise DataError("The scan saw no samples; expected at least one batch with at least one sample.")
-        total = self.weighted_total.astype(np.float64)
+        counts = self.bootstrap_counts()
         out = {}
         for c in self.condition_names:
             confusion = self.confusion[c]
             rows = confusion.sum(axis=1)
+            replicates = counts.accuracy(c)
             with np.errstate(invalid="ignore", divide="ignore"):
-                replicate_accuracy = 100.0 * self.weighted_correct[c] / total  # NaN where a replicate drew nothing
                 recall = 100.0 * np.diag(confusion) / rows
             out[c] = ConditionScores(
                 accuracy=float(100.0 * np.trace(confusion) / self.n),
-                accuracy_ci=percentile_interval(replicate_accuracy),
+                accuracy_ci=percentile_interval(replicates),
                 macro_f1=macro_f1_from_confusion(confusion),
                 per_class_accuracy=[float(r) if present else None for r, present in zip(recall, rows > 0)],
                 flip_rate=self.flips[c] / self.n,
                 n=self.n,
-                replicate_accuracy=replicate_accuracy,
+                replicate_accuracy=replicates,
             )
         return out

@@ -119,6 +119,33 @@ class LambdaSchedule:
         return float(self.initial + (1.0 - self.initial) * fraction)
 
 
+@dataclass(kw_only=True)
+class RunningLosses:
+    """Exponential moving averages of (L_v, L_l): the "running-average weights" switch of methods.md
+    7.4, whose momentum the spec leaves open; 0.9 is our choice (about the last ten batches).
+
+    The first update sets the averages to that batch's losses, so early weights are not biased toward
+    whichever loss a zero start would favour. `values` is plain floats so a resumed run restores it
+    bit for bit.
+    """
+
+    momentum: float = 0.9
+    values: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise InputError(f"Running-average momentum {self.momentum!r} is not a number in [0, 1).")
+
+    def update(self, loss_v: float, loss_l: float) -> tuple[float, float]:
+        """Fold in one batch's losses; return the new (average L_v, average L_l)."""
+        if self.values is None:
+            self.values = (float(loss_v), float(loss_l))
+        else:
+            m = self.momentum
+            self.values = (m * self.values[0] + (1 - m) * float(loss_v), m * self.values[1] + (1 - m) * float(loss_l))
+        return self.values
+
+
 def call_with_detached_parameters(module: nn.Module, *inputs: Any) -> Any:
     """module(*inputs) with detached parameters: gradient reaches the inputs, never the module.
 
@@ -210,13 +237,16 @@ class StepLog:
 
 def balgrad_step(task_loss: Tensor, unimodal_losses: Mapping[str, Tensor], kl_terms: Mapping[str, Tensor], *,
                  task_params: Sequence[nn.Parameter], branch_params: Mapping[str, Sequence[nn.Parameter]],
-                 lam: float, beta: float = 1.0, projection: str = "global") -> StepLog:
+                 lam: float, beta: float = 1.0, projection: str = "global",
+                 weights: tuple[float, float] | None = None) -> StepLog:
     """Write BalGrad's gradients into `.grad` (replacing what is there); the caller then steps.
 
     g_T = ∇L_T over θ_T, θ_v, θ_l; g_kl = λ·[0 ; w_v ∇_{θ_v} KL_v ; w_l ∇_{θ_l} KL_l]; g_T is
     projected against g_kl (globally, or per modality slice); then
     θ_T.grad = g_T|θ_T and θ_m.grad = g_T|θ_m + β ∇_{θ_m} L_m + g_kl|θ_m.
     The three mappings are keyed by the same two modality names, v = first, l = second.
+    (w_v, w_l) is `kl_weights` of this batch's detached L_v, L_l unless `weights` gives it (the
+    running-average switch passes `kl_weights` of `RunningLosses`).
     """
     v, l = _two_names(branch_params, what="balgrad_step")
     for mapping, what in ((unimodal_losses, "unimodal_losses"), (kl_terms, "kl_terms")):
@@ -233,7 +263,10 @@ def balgrad_step(task_loss: Tensor, unimodal_losses: Mapping[str, Tensor], kl_te
     _check_parameters(params, groups)
 
     loss_v, loss_l = float(unimodal_losses[v].detach()), float(unimodal_losses[l].detach())
-    weights = kl_weights(loss_v, loss_l)
+    if weights is None:
+        weights = kl_weights(loss_v, loss_l)
+    elif len(weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in weights):
+        raise InputError(f"balgrad_step: weights={weights!r}; expected two finite numbers >= 0 (w_v, w_l).")
     g_task = _flat(_grads(task_loss, params))
     kl_parts = [g_task.new_zeros(sum(p.numel() for p in task))]  # g_kl and ∇L_m are zero on θ_T
     unimodal_parts = [kl_parts[0]]

@@ -61,6 +61,34 @@ class TrainingMethod(Protocol):
 
     def settings(self) -> dict[str, Any]: ...
 
+    # Training-only state outside the model (e.g. BalGrad's separate heads): optimised with the model,
+    # saved with every epoch and restored on --resume, never exported.
+    def extra_parameters(self) -> list[nn.Parameter]: ...
+
+    def extra_state(self) -> dict[str, Any]: ...
+
+    def load_extra_state(self, state: dict[str, Any]) -> None: ...
+
+
+def method_parameters(method: TrainingMethod) -> list[nn.Parameter]:
+    """The method's training-only parameters; none for a method without the hook."""
+    hook = getattr(method, "extra_parameters", None)
+    return list(hook()) if callable(hook) else []
+
+
+def method_state(method: TrainingMethod) -> dict[str, Any]:
+    hook = getattr(method, "extra_state", None)
+    return dict(hook()) if callable(hook) else {}
+
+
+def restore_method_state(method: TrainingMethod, state: dict[str, Any]) -> None:
+    hook = getattr(method, "load_extra_state", None)
+    if callable(hook):
+        hook(state)
+    elif state:
+        raise CheckpointError(f"The training state to resume holds state of another method ({', '.join(state)}); "
+                              f"resume with the method that wrote it.")
+
 
 def take(batch: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
     """The rows of a batch dict whose values are tensors, arrays or lists."""
@@ -147,12 +175,13 @@ def _state_path(directory: Path) -> Path:
     return directory / "last.pt"
 
 
-def save_training_state(directory: Path, *, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, log: list[dict]) -> None:
+def save_training_state(directory: Path, *, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, log: list[dict],
+                        method_state: dict[str, Any] | None = None) -> None:
     import io
 
     buffer = io.BytesIO()
     torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "log": log}, buffer)
+                "torch_rng": torch.get_rng_state(), "log": log, "method": method_state or {}}, buffer)
     atomic_write_bytes(buffer.getvalue(), _state_path(directory))
 
 
@@ -175,11 +204,13 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model.to(device)
+    # Runs right after the seeding: a method that draws its own parameters seeds a generator from
+    # torch.initial_seed(), i.e. from the run seed.
     method.prepare(model, adapter, device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
-    optimizer = torch.optim.Adam(trainable, lr=config.lr)
+    optimizer = torch.optim.Adam(trainable + method_parameters(method), lr=config.lr)
     steps_per_epoch = count_steps(adapter, config=config)
     total_steps = steps_per_epoch * config.epochs
     log: list[dict[str, Any]] = []
@@ -190,6 +221,7 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
             raise InputError("--resume needs the output directory of the interrupted run.")
         state = load_training_state(directory)
         model.load_state_dict(state["model"])
+        restore_method_state(method, state.get("method", {}))  # first: it names a changed option more clearly than the optimizer would
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         log, start_epoch = list(state["log"]), int(state["epoch"])
@@ -201,6 +233,7 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
             log.append({"epoch": epoch, "step": step, **entry})
             progress("train", step + 1, total_steps)
         if directory is not None:
-            save_training_state(directory, epoch=epoch + 1, model=model, optimizer=optimizer, log=log)
+            save_training_state(directory, epoch=epoch + 1, model=model, optimizer=optimizer, log=log,
+                                method_state=method_state(method))
     model.eval()
     return log

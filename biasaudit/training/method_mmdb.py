@@ -1,26 +1,40 @@
 """`mmdb`: the adaptive-margin cosine loss (methods.md section 6). Margins come from train counts of
 label under bias value; cosine logits are taken against the model's own final nn.Linear (its input is
-captured by a hook), so no module is swapped and the export is an in-place normalisation of that layer."""
+captured by a hook), so no module is swapped and the export is an in-place normalisation of that layer.
+
+The bias value is the adapter's bias_key or, without one, the k-means discovery of methods.md section 3
+(discovered_bias.py): option `bias` = "key", "kmeans" or "auto" (key when the adapter has one)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.batches import bias_range, int_column, labels_and_bias
-from biasaudit.errors import AdapterError
+from biasaudit.errors import AdapterError, CheckpointError, InputError
+from biasaudit.scan import ScanConfig
 from biasaudit.training import mmdb
+from biasaudit.training.discovered_bias import DiscoveredBias, require_branches
 from biasaudit.training.method_ce import train_labels
 
+BIAS_SOURCES = ("auto", "key", "kmeans")
+DEFAULT_KMEANS_K = ScanConfig.kmeans_k  # the scan's default, so `kmeans_k=None` clusters like a default scan
 
-def require_bias(adapter: Adapter) -> None:
-    if adapter.bias_key is None:
-        raise AdapterError("MMDB needs a bias value per sample (the adapter's bias_key); this adapter declares none.")
+
+def resolved_bias_source(adapter: Adapter, *, bias: str) -> str:
+    """"key" or "kmeans": where this run's bias values come from (AdapterError for "key" without a bias_key)."""
+    if bias == "auto":
+        return "key" if adapter.bias_key is not None else "kmeans"
+    if bias == "key" and adapter.bias_key is None:
+        raise AdapterError("MMDB with bias='key' needs a bias value per sample (the adapter's bias_key); this adapter "
+                           "declares none, so declare bias_key or use bias='auto' or 'kmeans' to discover bias values.")
+    return bias
 
 
 class _InputTap:
@@ -36,9 +50,21 @@ class MMDB:
     scale: float = 4.0
     min_count: int = 0
     entropy_gate: float | None = None
+    bias: str = "auto"  # "key" (adapter.bias_key), "kmeans" (discovered) or "auto" (key when there is one)
+    kmeans_k: int | None = None  # None: DEFAULT_KMEANS_K, the scan's default
+    dominant: str | None = None  # the modality k-means clusters: the before audit's dominant one (missing group)
     name: str = "mmdb"
     table: mmdb.MarginTable | None = field(default=None, repr=False)
     warning: str | None = None
+    source: str | None = None  # "key" or "kmeans" once prepared
+    bias_label: str | None = None  # where the bias values came from, in words, for the manifests
+    discovered: DiscoveredBias | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.bias not in BIAS_SOURCES:
+            raise InputError(f"MMDB bias source {self.bias!r} is unknown. Available: {', '.join(BIAS_SOURCES)}.")
+        if self.kmeans_k is not None and (not isinstance(self.kmeans_k, int) or self.kmeans_k < 2):
+            raise InputError(f"--kmeans-k is {self.kmeans_k!r}; expected an integer of at least 2 clusters.")
 
     def _classifier(self, model: nn.Module, adapter: Adapter) -> nn.Linear:
         linear = optional_hook(adapter, "classifier", model)
@@ -46,15 +72,34 @@ class MMDB:
             raise AdapterError("MMDB needs the adapter's classifier(model) hook to return the model's final nn.Linear.")
         return linear
 
+    def check_bias_source(self, model: nn.Module, adapter: Adapter) -> None:
+        """Fail before any long work when no bias value can be had (the dominant modality is checked in prepare)."""
+        if resolved_bias_source(adapter, bias=self.bias) == "kmeans":
+            require_branches(model, adapter)
+
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
-        require_bias(adapter)
-        labels_all, bias_all = labels_and_bias(adapter, "train", batch_size=1024, purpose="MMDB's margins")
-        num_bias = bias_range(adapter, bias_all)
+        self.source = resolved_bias_source(adapter, bias=self.bias)
+        if self.source == "key":
+            labels_all, bias_all = labels_and_bias(adapter, "train", batch_size=1024, purpose="MMDB's margins")
+            num_bias = bias_range(adapter, bias_all)
+            self.bias_label, self.discovered = f"adapter bias_key {adapter.bias_key!r}", None
+        else:
+            # Seeded by the run: the loop calls torch.manual_seed(config.seed) just before prepare (k-means takes 32 bits).
+            self.discovered = DiscoveredBias(model, adapter, dominant=self.dominant, k=self.kmeans_k or DEFAULT_KMEANS_K,
+                                             seed=torch.initial_seed() % 2**32, device=device)
+            labels_all, bias_all, num_bias = self.discovered.train_labels, self.discovered.train_bias, self.discovered.k
+            self.bias_label = self.discovered.describe()
         self.table = mmdb.bias_margins(labels_all, bias_all, num_classes=adapter.num_classes, num_bias=num_bias,
                                        min_count=self.min_count, entropy_gate=self.entropy_gate)
         self.warning = mmdb.check_scale(self.scale, self.table)
         self._margins = self.table.margins.to(device)
         self._linear = self._classifier(model, adapter)
+
+    def batch_bias(self, batch: Mapping[str, Any], adapter: Adapter, *, split: str, device: torch.device) -> np.ndarray:
+        """Every sample's bias value (int64 [B]), the same function on train and on validation batches."""
+        if self.discovered is not None:
+            return self.discovered.values(batch, adapter, device=device)
+        return int_column(batch, adapter.bias_key, what="bias", split=split)
 
     def cosines(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, device: torch.device) -> torch.Tensor:
         tap = _InputTap()
@@ -69,7 +114,7 @@ class MMDB:
     def step(self, model, adapter, batch, *, optimizer, step, total_steps, device) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         cos = self.cosines(model, adapter, batch, device=device)
-        bias = torch.as_tensor(int_column(batch, adapter.bias_key, what="bias", split="train")).to(device)
+        bias = torch.as_tensor(self.batch_bias(batch, adapter, split="train", device=device)).to(device)
         loss = mmdb.mmdb_loss(cos, train_labels(batch, adapter, device), bias, self._margins, scale=self.scale)
         loss.backward()
         optimizer.step()
@@ -83,8 +128,24 @@ class MMDB:
             if linear.bias is not None:
                 linear.bias.zero_()
 
+    # A resumed run refits the clusters from the same starting checkpoint; the saved centroids prove they agree.
+    def extra_state(self) -> dict[str, Any]:
+        return self.discovered.state() if self.discovered is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.discovered is not None:
+            self.discovered.check_state(state)
+        elif state:
+            raise CheckpointError("The training state to resume was written with k-means bias clusters, but this run takes its bias "
+                                  "values from the adapter's bias_key; resume with the same bias option or run without --resume.")
+
     def settings(self) -> dict[str, Any]:
+        discovered = self.discovered
         return {"scale": self.scale, "min_count": self.min_count, "entropy_gate": self.entropy_gate,
-                "scale_warning": self.warning, "margins": self.table.to_dict() if self.table else None}
-
-
+                "scale_warning": self.warning, "bias": self.bias, "bias_source": self.bias_label,
+                "kmeans_k": (self.kmeans_k or DEFAULT_KMEANS_K) if discovered else None,
+                "k": discovered.k if discovered else None,
+                "cluster_sizes": discovered.cluster_sizes() if discovered else None,
+                "dominant_modality": discovered.modality if discovered else None,
+                "kmeans_seed": discovered.seed if discovered else None,
+                "margins": self.table.to_dict() if self.table else None}

@@ -1,6 +1,7 @@
 """Model selection for `fix`: MMDB's `--scale auto` (methods.md section 6) ranks candidate scales by
 bias-balanced validation accuracy, on the `val` split or, without one, on a seeded held-out part of
-train that the candidates never train on."""
+train that the candidates never train on. The (label, bias) groups use the candidate method's own bias
+function, so discovered k-means bias values (no bias_key) group validation samples as they did training."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter
-from biasaudit.batches import checked_labels, int_column
+from biasaudit.batches import checked_labels
 from biasaudit.training import mmdb
 from biasaudit.training.loop import Progress, TrainConfig, holdout_rows, take, train
-from biasaudit.training.method_mmdb import MMDB, require_bias
+from biasaudit.training.method_mmdb import MMDB
 
 HOLDOUT_FRACTION = 0.2
 # Every (label, bias) group counts by default. On the demo's 180-sample val split each bias-conflicting
@@ -53,14 +54,16 @@ def bias_balanced_score(model: nn.Module, adapter: Adapter, method: MMDB, batche
         for batch in batches:
             predictions.append(method.cosines(model, adapter, batch, device=device).argmax(1).cpu().numpy())
             labels.append(checked_labels(batch, adapter, split="val"))
-            bias.append(int_column(batch, adapter.bias_key, what="bias", split="val"))
+            bias.append(method.batch_bias(batch, adapter, split="val", device=device))
     return mmdb.bias_balanced_accuracy(np.concatenate(predictions), np.concatenate(labels), np.concatenate(bias), min_group=min_group)
 
 
 def choose_mmdb_scale(model: nn.Module, adapter: Adapter, *, options: Mapping[str, Any], config: TrainConfig,
                       grid=mmdb.SCALE_GRID, min_group: int = DEFAULT_MIN_GROUP, progress: Progress | None = None) -> dict[str, Any]:
-    """Train one candidate per scale from the same starting weights; keep the best by bias-balanced accuracy."""
-    require_bias(adapter)
+    """Train one candidate per scale from the same starting weights; keep the best by bias-balanced accuracy.
+
+    Every candidate starts from the same weights and seed, so with discovered bias each refits the same
+    clusters; the first candidate's prepare() raises, before any training, when no bias value can be had."""
     candidate_config, source = selection_plan(adapter, config)
     device = torch.device(config.device)
     scores = {}
@@ -72,4 +75,5 @@ def choose_mmdb_scale(model: nn.Module, adapter: Adapter, *, options: Mapping[st
                                                    validation_batches(adapter, candidate_config, source), device=device, min_group=min_group)
     best = max(scores, key=lambda s: (scores[s], -s))  # ties go to the smaller scale
     return {"chosen": best, "grid": list(scores), "scores": scores, "validated_on": source, "min_group": min_group,
-            "criterion": "bias-balanced accuracy (mean over (label, bias) groups with >= min_group samples)"}
+            "criterion": "bias-balanced accuracy (mean over (label, bias) groups with >= min_group samples)",
+            "bias_source": method.bias_label}

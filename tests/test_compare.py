@@ -1,0 +1,240 @@
+"""Before/after comparisons read from audit files: paired bootstrap intervals exactly as in memory when both
+audits saw the same samples, a plain "not paired, because ..." otherwise, and damaged files refused."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from biasaudit.audit import audit_model
+from biasaudit.compare import compare_audits
+from biasaudit.errors import DataError
+from biasaudit.metrics.accuracy import BootstrapCounts, percentile_interval
+from biasaudit.report.compare_render import render_compare_html
+from biasaudit.results import read_audit, write_json_atomic
+from biasaudit.scan import ScanConfig
+
+TESTS = Path(__file__).parent
+SCRIPT = Path(sys.executable).parent / "biasaudit"
+CONFIG = ScanConfig(split="test", conditions="missing", batch_size=16, bootstrap_replicates=200, projection="pca", gradient_batches=1)
+
+
+def _tiny_module():
+    spec = importlib.util.spec_from_file_location("tiny_adapter_for_compare", TESTS / "fixtures" / "tiny_adapter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = _tiny_module()
+
+
+class ChangedTestSplit(TINY.TinyAdapter):
+    """The tiny adapter whose test split is re-batched after `change(whole split as one batch)`."""
+
+    def __init__(self, change) -> None:
+        self.change = change
+
+    def data(self, split, *, batch_size):
+        if split != "test":
+            yield from super().data(split, batch_size=batch_size)
+            return
+        whole = self.change(next(iter(super().data(split, batch_size=10**6))))
+        n = len(whole["y"])
+        for lo in range(0, n, batch_size):
+            yield {key: value[lo:lo + batch_size] for key, value in whole.items()}
+
+
+def _reversed(batch):
+    return {key: value.flip(0) if isinstance(value, torch.Tensor) else value[::-1] for key, value in batch.items()}
+
+
+def _first_60(batch):
+    return {key: value[:60] for key, value in batch.items()}
+
+
+def _other_bias(batch):
+    return {**batch, "k": 1 - batch["k"]}
+
+
+def _wrong_on_class_3():
+    model = TINY.TinyAdapter().build_model()
+    with torch.no_grad():
+        model.classifier.weight[3] = torch.tensor([0.0, 0.0, 1.0, 0.0])  # class 3 is predicted as class 2
+    return model
+
+
+@pytest.fixture(scope="module")
+def pair():
+    adapter = TINY.TinyAdapter()
+    before = audit_model(adapter.build_model(), adapter, config=CONFIG, checkpoint=None)
+    after = audit_model(_wrong_on_class_3(), adapter, config=CONFIG, checkpoint=None)
+    return before, after
+
+
+def _write_and_read(audits, directory: Path):
+    paths = []
+    for name, audit in zip(("before", "after"), audits):
+        paths.append(directory / f"{name}.json")
+        write_json_atomic(audit, paths[-1])
+    return [read_audit(p) for p in paths], paths
+
+
+def test_intervals_from_audit_files_equal_the_in_memory_ones(pair, tmp_path):
+    """`biasaudit compare` on files would otherwise give other (or no) intervals than `fix` gave in memory."""
+    in_memory = compare_audits(*pair)
+    (before, after), _ = _write_and_read(pair, tmp_path)
+    from_files = compare_audits(before, after)
+    assert in_memory["paired"] is True and from_files["paired"] is True and from_files["unpaired_reason"] is None
+    assert from_files == in_memory
+    lo, hi = from_files["summary"]["full"]["delta_ci"]
+    assert lo < -25.0 < hi  # the change really varies across replicates: the test is not comparing [0, 0]s
+    assert from_files["summary"]["missing"]["avg"]["delta_ci"] is not None
+    # The integers in the file reproduce every interval the scan computed in memory, bit for bit.
+    counts = BootstrapCounts.from_dict(after["bootstrap"], conditions=[row["name"] for row in after["conditions"]])
+    for row in after["conditions"]:
+        assert percentile_interval(counts.accuracy(row["name"])) == tuple(row["accuracy_ci"]), row["name"]
+
+
+@pytest.mark.parametrize("change, reason", [
+    (_reversed, "different samples (fingerprints differ: the labels are not the same in scan order)"),
+    (_first_60, "different samples (80 vs 60 samples)"),
+    (_other_bias, "different samples (fingerprints differ: the bias values are not the same in scan order)"),
+])
+def test_audits_of_different_samples_are_not_paired_and_say_why(pair, change, reason):
+    """Pairing replicate r of one sample set with replicate r of another would give a tight, wrong interval."""
+    adapter = ChangedTestSplit(change)
+    other = audit_model(adapter.build_model(), adapter, config=CONFIG, checkpoint=None)
+    comparison = compare_audits(pair[0], other)
+    assert comparison["paired"] is False and comparison["unpaired_reason"] == reason
+    assert f"Not paired: {reason}; deltas have no interval." in comparison["note"]
+    assert all(row["delta_ci"] is None and row["delta"] is not None for row in comparison["conditions"])
+    assert comparison["summary"]["full"]["delta_ci"] is None
+    assert comparison["summary"]["missing"]["avg"]["delta_ci"] is None and comparison["summary"]["missing"]["gap"]["delta_ci"] is None
+
+
+def test_audits_with_different_replicate_counts_are_not_paired(pair):
+    adapter = TINY.TinyAdapter()
+    config = ScanConfig(**{**CONFIG.to_dict(), "bootstrap_replicates": 100})
+    other = audit_model(adapter.build_model(), adapter, config=config, checkpoint=None)
+    comparison = compare_audits(pair[0], other)
+    assert comparison["paired"] is False and comparison["unpaired_reason"] == "different replicate counts (200 vs 100)"
+
+
+def test_older_audits_without_replicates_still_load_and_compare_unpaired(pair, tmp_path):
+    """An audit written before the bootstrap section existed must not become unreadable."""
+    old = read_audit(TESTS / "fixtures" / "audit_example.json")
+    assert "bootstrap" not in old
+    assert compare_audits(old, old)["unpaired_reason"] == "neither audit keeps bootstrap replicates (written by an older biasaudit)"
+    stripped = {k: v for k, v in pair[0].items() if k not in ("bootstrap", "samples")}
+    (before, after), _ = _write_and_read((stripped, pair[1]), tmp_path)
+    comparison = compare_audits(before, after)
+    assert comparison["paired"] is False
+    assert comparison["unpaired_reason"] == "the before audit keeps no bootstrap replicates (written by an older biasaudit)"
+
+
+def _damage(audit, how):
+    audit = copy.deepcopy(audit)
+    section = audit["bootstrap"]
+    if how == "short":
+        section["correct_weight"]["full"] = section["correct_weight"]["full"][:-1]
+    elif how == "float":
+        section["total_weight"][0] = float(section["total_weight"][0])
+    elif how == "bool":
+        section["correct_weight"]["missing:a"][0] = True
+    elif how == "above total":
+        section["correct_weight"]["full"][0] = section["total_weight"][0] + 1
+    elif how == "condition missing":
+        del section["correct_weight"]["missing:b"]
+    elif how == "bad fingerprint":
+        audit["samples"]["labels_sha256"] = "not a hash"
+    return audit
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("short", "invalid bootstrap section: bootstrap.correct_weight['full'] has 199 values; expected a list of 200 integers"),
+    ("float", "invalid bootstrap section: bootstrap.total_weight holds a value that is not a non-negative integer"),
+    ("bool", "invalid bootstrap section: bootstrap.correct_weight['missing:a'] holds a value that is not a non-negative integer"),
+    ("above total", "invalid bootstrap section: bootstrap.correct_weight['full'] exceeds total_weight"),
+    ("condition missing", "invalid bootstrap section: bootstrap.correct_weight covers ['full', 'missing:a']; expected one list per condition"),
+    ("bad fingerprint", "invalid samples section: samples.labels_sha256 is 'not a hash'"),
+])
+def test_a_damaged_bootstrap_or_samples_section_is_refused_naming_the_file(pair, tmp_path, how, expected):
+    """A damaged file would otherwise give intervals computed from garbage, or a traceback."""
+    path = tmp_path / "damaged.json"
+    write_json_atomic(_damage(pair[0], how), path)
+    with pytest.raises(DataError) as caught:
+        read_audit(path)
+    assert str(caught.value).startswith(f"Audit file {path} has an ") and expected in str(caught.value)
+
+
+def test_compare_of_a_damaged_bootstrap_section_exits_2_and_writes_nothing(pair, tmp_path):
+    (_, _), (good, _) = _write_and_read(pair, tmp_path)
+    damaged = tmp_path / "damaged.json"
+    write_json_atomic(_damage(pair[1], "short"), damaged)
+    result = subprocess.run([str(SCRIPT), "compare", str(good), str(damaged), "--out", str(tmp_path / "c")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "damaged.json has an invalid bootstrap section" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "c").exists()
+
+
+# A hand-made pair: 4 replicates, totals [10, 20, 10, 20], so every replicate accuracy is a round number.
+TOTAL = [10, 20, 10, 20]
+HAND = {
+    # condition: (before correct counts, after correct counts)
+    "full": ([8, 16, 9, 18], [9, 18, 9, 17]),
+    "missing:image": ([5, 12, 7, 16], [6, 10, 8, 18]),  # before 50 60 70 80, after 60 50 80 90
+    "missing:text": ([3, 6, 3, 6], [4, 10, 5, 12]),  # before 30 30 30 30, after 40 50 50 60
+}
+
+
+def _hand_audit(which: int) -> dict:
+    def point(name):
+        return 100.0 * sum(HAND[name][which]) / sum(TOTAL)
+
+    rows = [{"name": name, "group": name.split(":")[0], "modality": name.split(":")[1] if ":" in name else None,
+             "accuracy": point(name), "accuracy_ci": None, "flip_rate": 0.0} for name in HAND]
+    scores = {"image": point("missing:image"), "text": point("missing:text")}
+    return {"manifest": {"config": {"split": "test", "conditions": "missing", "seed": 0}},
+            "conditions": rows,
+            "summary": {"full": {"accuracy": point("full")},
+                        "missing": {"avg": sum(scores.values()) / 2, "gap": abs(scores["image"] - scores["text"]), "scores": scores,
+                                    "dominant": "text", "flip_rates": {"image": 0.1, "text": 0.5}}},
+            "jsd": {"available": False},
+            "samples": {"count": 7, "labels_sha256": "0" * 64, "bias_sha256": None},
+            "bootstrap": {"replicates": 4, "seed": 0, "total_weight": TOTAL,
+                          "correct_weight": {name: counts[which] for name, counts in HAND.items()}}}
+
+
+def test_avg_change_interval_equals_the_hand_computed_one():
+    """Avg per replicate: before 40 45 50 55, after 50 50 65 75, change 10 5 15 20. Sorted 5 10 15 20, the
+    2.5th percentile is 5 + 0.075 * 5 = 5.375 and the 97.5th 15 + 0.925 * 5 = 19.625 (linear interpolation)."""
+    comparison = compare_audits(_hand_audit(0), _hand_audit(1))
+    assert comparison["paired"] is True
+    assert comparison["summary"]["missing"]["avg"]["delta_ci"] == pytest.approx((5.375, 19.625), abs=1e-12)
+    # Gap per replicate: before 20 30 40 50, after 20 0 30 30, change 0 -30 -10 -20 -> [-29.25, -0.75].
+    assert comparison["summary"]["missing"]["gap"]["delta_ci"] == pytest.approx((-29.25, -0.75), abs=1e-12)
+    page = render_compare_html(comparison, _hand_audit(0), _hand_audit(1))
+    avg_row = re.search(r"<tr><td>missing: Avg</td>.*?</tr>", page).group(0)
+    assert "[5.4, 19.6]" in avg_row and "95% paired interval" in page
+
+
+def test_an_unpaired_report_does_not_claim_paired_intervals():
+    before, after = _hand_audit(0), _hand_audit(1)
+    after["samples"] = {**after["samples"], "count": 8}
+    comparison = compare_audits(before, after)
+    page = render_compare_html(comparison, before, after)
+    assert "95% paired interval" not in page and "not paired: no interval" in page
+    assert "Not paired: different samples (7 vs 8 samples); deltas have no interval." in page
+    assert json.loads(json.dumps(comparison))["summary"]["missing"]["avg"]["delta_ci"] is None
+    assert np.isclose(comparison["summary"]["missing"]["avg"]["delta"], 12.5)
