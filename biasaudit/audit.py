@@ -12,7 +12,8 @@ from biasaudit.adapter import Adapter
 from biasaudit.checkpoint import file_sha256, load_into_model, read_checkpoint
 from biasaudit.errors import InputError
 from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, source_hash, write_json_atomic
-from biasaudit.scan import Progress, ScanConfig, scan_model
+from biasaudit.progress import Progress
+from biasaudit.scan import ScanConfig, scan_model
 
 
 def load_model(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False) -> nn.Module:

@@ -44,14 +44,16 @@ def handled() -> Iterator[None]:
 
 @contextmanager
 def progress_bars() -> Iterator:
-    columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bars:
         tasks: dict[str, int] = {}
 
-        def update(stage: str, done: int, total: Optional[int]) -> None:
+        def update(stage: str, done: int, total: Optional[int], status: Optional[str] = None) -> None:
             if stage not in tasks:
-                tasks[stage] = bars.add_task(stage, total=total)
-            bars.update(tasks[stage], completed=done, total=total)
+                tasks[stage] = bars.add_task(stage, total=total, status="")
+            fields = {} if status is None else {"status": status}
+            bars.update(tasks[stage], completed=done, total=total, **fields)
 
         yield update
 

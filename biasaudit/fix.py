@@ -13,7 +13,8 @@ from biasaudit.checkpoint import save_state_atomic
 from biasaudit.compare import compare_audits
 from biasaudit.errors import InputError
 from biasaudit.results import read_audit, write_json_atomic
-from biasaudit.scan import Progress, ScanConfig
+from biasaudit.progress import Progress
+from biasaudit.scan import ScanConfig
 from biasaudit.training.loop import TrainConfig, train
 from biasaudit.training.methods import make_method
 

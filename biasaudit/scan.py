@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 import copy
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,10 +26,10 @@ from biasaudit.errors import DataError, InputError
 from biasaudit.fingerprint import SampleFingerprint
 from biasaudit.impairments import impair_batch, muted_subset, muting_impairment, resolve_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator
+from biasaudit.progress import Progress, silent
 from biasaudit.summary import condition_rows, group_summary, ratio_sweep, reliance
 from biasaudit import analyses
 
-Progress = Callable[[str, int, "int | None"], None]
 PROJECTIONS = ("umap", "pca")
 
 
@@ -108,7 +108,7 @@ class _FeatureTap:
 
 def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Evaluate every condition and every diagnostic; return the audit's sections (no manifest)."""
-    progress = progress or (lambda stage, done, total: None)
+    progress = progress or silent
     device = resolve_device(config.device)
     adapter = with_mute_overrides(adapter, config.mute)
     conditions = parse_conditions(config.conditions, adapter.modalities)

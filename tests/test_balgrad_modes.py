@@ -190,24 +190,17 @@ def test_running_weights_in_the_log_are_those_of_the_averaged_losses(baseline):
 
 # ---- resume --------------------------------------------------------------------------------------
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("options", [{"head_mode": "separate"}, {"weights": "running"}], ids=["separate", "running"])
-def test_resume_after_epoch_one_gives_the_uninterrupted_weights(options, baseline, tmp_path):
+def test_resume_after_epoch_one_gives_the_uninterrupted_weights(options, baseline, tmp_path, interrupter):
     config = TrainConfig(epochs=2, seed=3, batch_size=128)
     straight, straight_method = copy.deepcopy(baseline), BalGrad(**options)
     train(straight, DEMO, straight_method, config=config, state_dir=tmp_path / "a")
 
     steps_per_epoch = -(-len(DEMO.split_data("train")) // config.batch_size)
 
-    def stop_in_epoch_two(stage, done, total):
-        if done == steps_per_epoch + 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(copy.deepcopy(baseline), DEMO, BalGrad(**options), config=config, state_dir=tmp_path / "b", progress=stop_in_epoch_two)
+    with pytest.raises(interrupter.Interrupt):
+        train(copy.deepcopy(baseline), DEMO, BalGrad(**options), config=config, state_dir=tmp_path / "b",
+              progress=interrupter.at(steps_per_epoch + 2))
     resumed, resumed_method = copy.deepcopy(baseline), BalGrad(**options)  # a fresh process
     train(resumed, DEMO, resumed_method, config=config, state_dir=tmp_path / "b", resume=True)
     for key, value in straight.state_dict().items():

@@ -195,3 +195,17 @@ def test_baseline_is_accurate_in_distribution_and_text_biased(trained):
             assert (full == labels).mean() < 0.6
             # Its mistakes copy the colour prior: most wrong answers are the colour's digit.
             assert (full[wrong] == split.colours.numpy()[wrong]).mean() > 0.6
+
+
+def test_val_is_bias_balanced_by_default_and_iid_on_request():
+    """MMDB's --scale auto scores bias-balanced accuracy on val: an iid val would hold too few
+    colour-conflicting samples to rank candidates, so val's colours ignore the label unless asked."""
+    for rho in (0.95, 1.0):
+        val = load_digits_captions(rho=rho)["val"]
+        assert _within_binomial(_colour_match(val), 0.1, len(val))
+    iid = load_digits_captions(rho=1.0, balanced_val=False)
+    assert _colour_match(iid["val"]) == 1.0
+    balanced = load_digits_captions(rho=1.0)
+    for name in ("train", "test", "ood"):  # only val's colours change
+        assert torch.equal(iid[name].colours, balanced[name].colours)
+    assert torch.equal(iid["val"].images, balanced["val"].images)

@@ -188,20 +188,14 @@ def test_scale_selection_groups_validation_samples_by_the_discovered_clusters():
     assert result["scores"][8.0] == by_blob
 
 
-def test_resume_with_discovered_bias_gives_the_uninterrupted_weights_and_refuses_another_bias_source(tmp_path):
+def test_resume_with_discovered_bias_gives_the_uninterrupted_weights_and_refuses_another_bias_source(tmp_path, interrupter):
     config = TrainConfig(epochs=2, batch_size=8, seed=1)
     straight = LeansOnB()
     train(straight, NoBiasKey(), make_method("mmdb", dominant="b", kmeans_k=2), config=config)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_in_epoch_two(stage, done, total):
-        if done == 6:  # 40 samples / 8 = 5 steps per epoch
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(LeansOnB(), NoBiasKey(), make_method("mmdb", dominant="b", kmeans_k=2), config=config, state_dir=tmp_path, progress=stop_in_epoch_two)
+    with pytest.raises(interrupter.Interrupt):  # 40 samples / 8 = 5 steps per epoch: step 6 is in epoch two
+        train(LeansOnB(), NoBiasKey(), make_method("mmdb", dominant="b", kmeans_k=2), config=config, state_dir=tmp_path,
+              progress=interrupter.at(6))
     resumed = LeansOnB()
     train(resumed, NoBiasKey(), make_method("mmdb", dominant="b", kmeans_k=2), config=config, state_dir=tmp_path, resume=True)
     for key, value in straight.state_dict().items():

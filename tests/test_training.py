@@ -36,12 +36,8 @@ def test_two_epochs_change_the_weights(method, baseline):
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-class Interrupt(Exception):
-    pass
-
-
 @pytest.mark.parametrize("method", ["ce", "mmdb", "balgrad"])
-def test_resume_after_epoch_one_gives_the_uninterrupted_weights(method, baseline, tmp_path):
+def test_resume_after_epoch_one_gives_the_uninterrupted_weights(method, baseline, tmp_path, interrupter):
     config = TrainConfig(epochs=2, seed=3)
     straight = copy.deepcopy(baseline)
     train(straight, ADAPTER, make_method(method), config=config, state_dir=tmp_path / "a")
@@ -49,12 +45,9 @@ def test_resume_after_epoch_one_gives_the_uninterrupted_weights(method, baseline
     interrupted = copy.deepcopy(baseline)
     steps_per_epoch = -(-len(ADAPTER.split_data("train")) // config.batch_size)
 
-    def stop_in_epoch_two(stage, done, total):
-        if done == steps_per_epoch + 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(interrupted, ADAPTER, make_method(method), config=config, state_dir=tmp_path / "b", progress=stop_in_epoch_two)
+    with pytest.raises(interrupter.Interrupt):
+        train(interrupted, ADAPTER, make_method(method), config=config, state_dir=tmp_path / "b",
+              progress=interrupter.at(steps_per_epoch + 2))
     resumed = copy.deepcopy(baseline)  # a fresh process would rebuild the model from the input checkpoint
     log = train(resumed, ADAPTER, make_method(method), config=config, state_dir=tmp_path / "b", resume=True)
     for key, value in straight.state_dict().items():
@@ -155,3 +148,20 @@ def test_mmdb_on_an_empty_train_split_says_so_instead_of_crashing(baseline):
 
     with pytest.raises(DataError, match="Split 'train' is empty; MMDB's margins need its labels and bias values"):
         train(copy.deepcopy(baseline), EmptyTrain(), make_method("mmdb"), config=TrainConfig(epochs=1))
+
+
+def test_the_live_line_shows_this_epochs_mean_losses(baseline):
+    """The bar's live line must show the running mean of the logged losses of the current epoch; a stale
+    or wrong figure would tell the user training converges when it does not."""
+    calls = []
+    log = train(copy.deepcopy(baseline), ADAPTER, make_method("balgrad"), config=TrainConfig(epochs=2, seed=0),
+                progress=lambda *args: calls.append(args))
+    assert [c[1] for c in calls] == list(range(1, len(log) + 1)) and {c[0] for c in calls} == {"train"}
+    for epoch in (0, 1):
+        steps = [e for e in log if e["epoch"] == epoch]
+        status = calls[steps[-1]["step"]][3]
+        mean = lambda key: sum(float(e[key]) for e in steps) / len(steps)  # noqa: E731
+        assert status.startswith(f"epoch {epoch + 1}/2 · loss {mean('loss'):.3f} · L_v {mean('loss_v'):.3f} · L_l {mean('loss_l'):.3f}")
+        assert f"λ {mean('lam'):.2f}" in status and f"conflicts {mean('conflicted'):.0%}" in status
+    first = calls[0][3]
+    assert f"loss {log[0]['loss']:.3f}" in first  # one step in: the mean is that step's loss

@@ -99,8 +99,8 @@ class DigitsCaptionsAdapter(Adapter):
     class_names = DIGIT_NAMES
     splits = SPLITS
 
-    def __init__(self, *, rho: float = DEFAULT_RHO, noise: float = DEFAULT_NOISE, seed: int = 0) -> None:
-        self.rho, self.noise, self.seed = rho, noise, seed
+    def __init__(self, *, rho: float = DEFAULT_RHO, noise: float = DEFAULT_NOISE, seed: int = 0, balanced_val: bool = True) -> None:
+        self.rho, self.noise, self.seed, self.balanced_val = rho, noise, seed, balanced_val
         self._splits: dict[str, DigitsCaptionsSplit] | None = None
 
     def split_data(self, split: str) -> DigitsCaptionsSplit:
@@ -108,7 +108,7 @@ class DigitsCaptionsAdapter(Adapter):
         if split not in SPLITS:
             raise DataError(f"Unknown split {split!r} of digits-captions. Available: {', '.join(SPLITS)}.")
         if self._splits is None:
-            self._splits = load_digits_captions(rho=self.rho, noise=self.noise, seed=self.seed)
+            self._splits = load_digits_captions(rho=self.rho, noise=self.noise, seed=self.seed, balanced_val=self.balanced_val)
         return self._splits[split]
 
     def build_model(self) -> nn.Module:

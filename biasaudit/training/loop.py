@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -22,8 +22,9 @@ from biasaudit.adapter import Adapter
 from biasaudit.batches import checked_labels, int_column
 from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import CheckpointError, InputError
+from biasaudit.progress import Progress, silent
+from biasaudit.training.live_status import EpochMeans
 
-Progress = Callable[[str, int, "int | None"], None]
 
 
 @dataclass(frozen=True)
@@ -196,11 +197,12 @@ def load_training_state(directory: Path) -> dict[str, Any]:
 
 
 def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config: TrainConfig, state_dir: str | os.PathLike | None = None,
-          resume: bool = False, progress: Progress | None = None) -> list[dict[str, Any]]:
-    """Train in place; return the per-step log. `state_dir` gets `last.pt` after every epoch."""
+          resume: bool = False, progress: Progress | None = None, stage: str = "train") -> list[dict[str, Any]]:
+    """Train in place; return the per-step log. `state_dir` gets `last.pt` after every epoch. `progress`
+    gets `stage`, the step count and a live line of this epoch's mean losses (live_status.py)."""
     from biasaudit.scan import resolve_device
 
-    progress = progress or (lambda stage, done, total: None)
+    progress = progress or silent
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model.to(device)
@@ -227,11 +229,13 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
         log, start_epoch = list(state["log"]), int(state["epoch"])
     for epoch in range(start_epoch, config.epochs):
         model.train()
+        live = EpochMeans(epoch=epoch, epochs=config.epochs)
         for index, batch in enumerate(shuffled_batches(adapter, config=config, epoch=epoch)):
             step = epoch * steps_per_epoch + index
             entry = method.step(model, adapter, batch, optimizer=optimizer, step=step, total_steps=total_steps, device=device)
             log.append({"epoch": epoch, "step": step, **entry})
-            progress("train", step + 1, total_steps)
+            live.add(entry)
+            progress(stage, step + 1, total_steps, live.status())
         if directory is not None:
             save_training_state(directory, epoch=epoch + 1, model=model, optimizer=optimizer, log=log,
                                 method_state=method_state(method))

@@ -16,7 +16,8 @@ from torch import nn
 from biasaudit.adapter import Adapter
 from biasaudit.batches import checked_labels
 from biasaudit.training import mmdb
-from biasaudit.training.loop import Progress, TrainConfig, holdout_rows, take, train
+from biasaudit.progress import Progress
+from biasaudit.training.loop import TrainConfig, holdout_rows, take, train
 from biasaudit.training.method_mmdb import MMDB
 
 HOLDOUT_FRACTION = 0.2
@@ -70,7 +71,7 @@ def choose_mmdb_scale(model: nn.Module, adapter: Adapter, *, options: Mapping[st
     for scale in grid:
         candidate = copy.deepcopy(model)
         method = MMDB(**{**options, "scale": float(scale)})
-        train(candidate, adapter, method, config=candidate_config, progress=progress)
+        train(candidate, adapter, method, config=candidate_config, progress=progress, stage=f"scale {scale:g}")
         scores[float(scale)] = bias_balanced_score(candidate, adapter, method,
                                                    validation_batches(adapter, candidate_config, source), device=device, min_group=min_group)
     best = max(scores, key=lambda s: (scores[s], -s))  # ties go to the smaller scale
