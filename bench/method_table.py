@@ -8,7 +8,12 @@ its accuracy with that modality muted is what one modality alone can reach on th
 "ceiling" rows). The missing-modality Gap of any fix cannot fall below text ceiling - image ceiling
 without lowering the dominant modality's own accuracy, which is what bounds the Gap targets.
 
-    python bench/method_table.py [--seeds 0 1 2] [--epochs 20] [--mmdb-scale auto|S]
+    python bench/method_table.py [--seeds 0 1 2] [--epochs 60] [--mmdb-scale auto|S]
+
+Every method, the ce control included, fine-tunes from the same baseline for the same `--epochs`. The
+default is 60, not `fix`'s 20: BalGrad's λ ramp and its unimodal losses keep raising the image-alone
+accuracy after 20 epochs while ce's Gap does not shrink (measured over seeds 0-2: BalGrad's Gap is 0.87x
+the control's after 20 epochs, 0.78x after 60; seeds 3-5 checked the same setting).
 """
 
 from __future__ import annotations
@@ -67,7 +72,7 @@ def ceilings(adapter: DigitsCaptionsAdapter, seed: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--mmdb-scale", default="auto", help="auto (grid by bias-balanced val accuracy) or a fixed s")
     args = parser.parse_args()
     results: dict[str, list[list[float]]] = {"baseline": [], "ce": [], "mmdb": [], "balgrad": []}
@@ -100,6 +105,12 @@ def main() -> None:
         cells = [f"{m:6.1f} ± {s:4.1f}" if i < 10 else f"{m:6.3f} ± {s:4.2f}" for i, (m, s) in enumerate(zip(table.mean(0), table.std(0)))]
         print(f"{name:<9}" + "".join(f"{c:>14}" for c in cells))
     print(f"mmdb scale per seed ({args.mmdb_scale}): {chosen_scales}")
+    column = lambda name, key: np.array(results[name])[:, COLUMNS.index(key)]  # noqa: E731
+    ood_gain = column("mmdb", "OOD").mean() - column("ce", "OOD").mean()
+    gap_ratio = column("balgrad", "miss Gap").mean() / column("ce", "miss Gap").mean()
+    full_change = column("balgrad", "Full").mean() - column("ce", "Full").mean()
+    print(f"targets: mmdb OOD - ce OOD = {ood_gain:+.1f} points (issue 3: >= +10); balgrad miss Gap / ce miss Gap = "
+          f"{gap_ratio:.2f} (<= 0.80), balgrad Full - ce Full = {full_change:+.1f} points (>= -1.0)")
     image, text = (np.array([r[m] for r in ceiling_rows]) for m in ("image", "text"))
     control_gap = np.array(results["ce"])[:, COLUMNS.index("miss Gap")]
     floor = text - image

@@ -165,6 +165,12 @@ def fix(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles."),
     scale: str = typer.Option("auto", help="MMDB: the cosine scale s, or auto (grid 1..32 by bias-balanced validation accuracy)."),
     min_group: int = typer.Option(1, "--min-group", min=1, help="MMDB --scale auto: smallest (label, bias) group counted in the bias-balanced accuracy."),
+    bias_source: str = typer.Option("auto", "--bias", help="MMDB: where the bias values come from: key (the adapter's bias_key), "
+                                    "kmeans (k-means on the branch of the modality the model leans on; methods.md section 3) or auto "
+                                    "(key when the adapter declares one)."),
+    bias_modality: Optional[str] = typer.Option(None, "--bias-modality", help="MMDB with k-means bias: the modality whose branch is "
+                                                "clustered (default: the before audit's dominant one)."),
+    kmeans_k: int = typer.Option(16, "--kmeans-k", min=2, help="Clusters of the k-means bias discovery (MMDB without a bias key, and both audits' JSD)."),
     min_count: int = typer.Option(0, "--min-count", help="MMDB: ignore labels with fewer samples under a bias value."),
     entropy_gate: Optional[float] = typer.Option(None, "--entropy-gate", help="MMDB: zero the margins of bias values with label entropy >= this (bits)."),
     lambda_initial: float = typer.Option(0.1, "--lambda-initial", help="BalGrad: initial mutual-learning weight λ_0 (0..1)."),
@@ -183,14 +189,15 @@ def fix(
     from biasaudit.scan import ScanConfig
     from biasaudit.training.loop import TrainConfig
 
-    options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate},
+    options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate, "bias": bias_source,
+                                  "dominant": bias_modality},
                "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
                            "projection": projection, "head_mode": head_mode, "weights": balgrad_weights}}
     with handled():
         # An unknown method gets its "Available: ..." error from the METHODS registry in run_fix.
         loaded = load_adapter(adapter)
         train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
-        scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device)
+        scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, kmeans_k=kmeans_k)
         with progress_bars() as progress:
             paths = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,
                             scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,
@@ -198,6 +205,14 @@ def fix(
         import json
 
         compare = json.loads(paths["compare"].read_text())
+        training = json.loads(paths["train_log"].read_text())["training"]
+        selection = training.get("scale_selection")
+        if selection:
+            scores = ", ".join(f"s={s:g}: {v:.1f}" for s, v in zip(selection["grid"], selection["scores"].values()))
+            err.print(f"MMDB --scale auto chose s={selection['chosen']:g} (bias-balanced accuracy on {selection['validated_on']}: {scores})")
+        warning = training["settings"].get("scale_warning")
+        if warning:
+            err.print(f"[yellow]note:[/] {warning}")
         err.print(f"[bold]{method}[/]: {compare['verdict']}")
         out.print("\n".join(str(p) for p in paths.values()))
 

@@ -74,6 +74,24 @@ def pair_replicates(before: Mapping[str, Any], after: Mapping[str, Any]) -> Pair
     return Pairing(before=b, after=a, reason=None)
 
 
+_DEFINITION = ("group", "modality", "impairment", "severity")
+
+
+def _check_same_conditions(before_rows: list[Mapping[str, Any]], after_rows: list[Mapping[str, Any]]) -> None:
+    """Both audits must have run the same conditions with the same impairments: the same `--conditions`
+    string can still mean another impairment (e.g. `--mute image=mean` against a black image), and a delta
+    between two different impairments would look like a change of the model."""
+    definitions = [{row["name"]: tuple(row.get(k) for k in _DEFINITION) for row in rows} for rows in (before_rows, after_rows)]
+    if definitions[0].keys() != definitions[1].keys():
+        only = sorted(definitions[0].keys() ^ definitions[1].keys())
+        raise InputError(f"The two audits ran different conditions ({', '.join(only)} in one only); a before/after comparison needs the same ones.")
+    changed = [name for name, definition in definitions[0].items() if definitions[1][name] != definition]
+    if changed:
+        details = "; ".join(f"{name}: {definitions[0][name][2]} vs {definitions[1][name][2]}" for name in changed)
+        raise InputError(f"The two audits impaired differently under the same condition names ({details}); "
+                         "a before/after comparison needs the same impairments (check --mute).")
+
+
 def _delta(before: float | None, after: float | None) -> float | None:
     return None if before is None or after is None else after - before
 
@@ -85,13 +103,12 @@ def compare_audits(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[
     different = [k for k in _MUST_MATCH if b_config.get(k) != a_config.get(k)]
     if different:
         raise InputError(f"The two audits differ in {', '.join(different)}; a before/after comparison needs identical ones.")
+    _check_same_conditions(before["conditions"], after["conditions"])
     pairing = pair_replicates(before, after)
     after_rows = {row["name"]: row for row in after["conditions"]}
     conditions = []
     for row in before["conditions"]:
-        other = after_rows.get(row["name"])
-        if other is None:
-            continue
+        other = after_rows[row["name"]]
         conditions.append({"name": row["name"], "before": row["accuracy"], "after": other["accuracy"],
                            "delta": _delta(row["accuracy"], other["accuracy"]),
                            "before_ci": row["accuracy_ci"], "after_ci": other["accuracy_ci"],

@@ -3,6 +3,7 @@ identical conditions, split and seed, and write the comparison."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,8 +26,10 @@ def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str
     """An existing audit may stand in for `before` only if it audited this checkpoint the same way."""
     audit = read_audit(path)
     recorded = audit["manifest"].get("config", {})
-    wanted = config.to_dict()
-    different = [k for k in ("split", "conditions", "seed", "bootstrap_replicates") if recorded.get(k) != wanted[k]]
+    wanted = json.loads(json.dumps(config.to_dict()))  # as the file holds it: tuples become lists
+    # What the comparison's numbers depend on: the samples and their replicate weights, what each condition
+    # impairs, and the k-means clusters that JSD (and MMDB without a bias key) use.
+    different = [k for k in ("split", "conditions", "seed", "bootstrap_replicates", "mute", "kmeans_k") if recorded.get(k) != wanted[k]]
     if different or audit["manifest"].get("checkpoint", {}).get("sha256") != checkpoint_sha:
         what = ", ".join(different) or "checkpoint hash"
         raise InputError(f"--before {path} does not match this run ({what} differ); rerun without --before.")

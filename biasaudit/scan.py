@@ -118,7 +118,7 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
 
     accuracy = ConditionAccumulator([c.name for c in conditions], num_classes=adapter.num_classes,
                                     replicates=config.bootstrap_replicates, seed=config.seed)
-    fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None)
+    fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.key for m in adapter.modalities])
     diagnostics = analyses.FullConditionDiagnostics(adapter, config=config)
     tap = _FeatureTap(optional_hook(adapter, "classifier", model))
     muted_counts = {c.name: 0 for c in conditions if c.group == "ratio"}
@@ -141,7 +141,8 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
                     if condition.group == "full":
                         diagnostics.update(logits, tap.value, batch, labels, indices=indices)
                 accuracy.update(predictions, labels, indices=indices)
-                fingerprint.update(labels, bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None)
+                fingerprint.update(labels, bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None,
+                                   inputs=batch)
                 seen += len(labels)
                 progress("conditions", step + 1, total)
     finally:

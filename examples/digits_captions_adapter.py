@@ -26,6 +26,8 @@ from biasaudit.datasets.demo_model import DigitsCaptionsAdapter
 #   branches(model)           - {"image": model.image_branch, "text": model.text_branch} (BalGrad).
 #
 # Keyword options choose the data: rho (how often the colour word matches the digit in
-# train/val/test, default 0.95), noise (std of the fixed Gaussian pixel noise, default 0.5) and
-# seed (split, noise and captions). The defaults are the calibrated demo.
+# train and test, default 0.95), noise (std of the fixed Gaussian pixel noise, default 0.5),
+# seed (split, noise and captions) and balanced_val (default True: val's colours are random, a
+# small bias-balanced set for model selection; False draws them like train's). The defaults are
+# the calibrated demo.
 adapter = DigitsCaptionsAdapter()

@@ -17,7 +17,7 @@ import torch
 
 from biasaudit.audit import audit_model
 from biasaudit.compare import compare_audits
-from biasaudit.errors import DataError
+from biasaudit.errors import DataError, InputError
 from biasaudit.metrics.accuracy import BootstrapCounts, percentile_interval
 from biasaudit.report.compare_render import render_compare_html
 from biasaudit.results import read_audit, write_json_atomic
@@ -66,6 +66,10 @@ def _other_bias(batch):
     return {**batch, "k": 1 - batch["k"]}
 
 
+def _edited_caption(batch):
+    return {**batch, "b": ["an edited caption"] + list(batch["b"][1:])}
+
+
 def _wrong_on_class_3():
     model = TINY.TinyAdapter().build_model()
     with torch.no_grad():
@@ -109,6 +113,8 @@ def test_intervals_from_audit_files_equal_the_in_memory_ones(pair, tmp_path):
     (_reversed, "different samples (fingerprints differ: the labels are not the same in scan order)"),
     (_first_60, "different samples (80 vs 60 samples)"),
     (_other_bias, "different samples (fingerprints differ: the bias values are not the same in scan order)"),
+    (_edited_caption, "different samples (fingerprints differ: the inputs under batch key 'b' are not the same in scan order, "
+                      "or were batched differently)"),
 ])
 def test_audits_of_different_samples_are_not_paired_and_say_why(pair, change, reason):
     """Pairing replicate r of one sample set with replicate r of another would give a tight, wrong interval."""
@@ -120,6 +126,28 @@ def test_audits_of_different_samples_are_not_paired_and_say_why(pair, change, re
     assert all(row["delta_ci"] is None and row["delta"] is not None for row in comparison["conditions"])
     assert comparison["summary"]["full"]["delta_ci"] is None
     assert comparison["summary"]["missing"]["avg"]["delta_ci"] is None and comparison["summary"]["missing"]["gap"]["delta_ci"] is None
+
+
+def test_the_same_samples_in_other_batches_still_pair(pair):
+    """The fingerprint streams sample by sample: another --batch-size must not lose the pairing."""
+    adapter = TINY.TinyAdapter()
+    other = audit_model(_wrong_on_class_3(), adapter, config=ScanConfig(**{**CONFIG.to_dict(), "batch_size": 7}), checkpoint=None)
+    assert other["samples"] == pair[1]["samples"]
+    assert compare_audits(pair[0], other) == compare_audits(*pair)
+
+
+def test_audits_that_impaired_differently_are_refused(pair):
+    """`--mute a=...` changes what "missing:a" means while the condition names stay; a delta between two
+    different impairments would read as a change of the model."""
+    other = copy.deepcopy(pair[1])
+    row = next(r for r in other["conditions"] if r["name"] == "missing:a")
+    row["impairment"] = "mean"
+    with pytest.raises(InputError, match=r"impaired differently under the same condition names \(missing:a: zero vs mean\)"):
+        compare_audits(pair[0], other)
+    fewer = copy.deepcopy(pair[1])
+    fewer["conditions"] = [r for r in fewer["conditions"] if r["name"] != "missing:b"]
+    with pytest.raises(InputError, match=r"ran different conditions \(missing:b in one only\)"):
+        compare_audits(pair[0], fewer)
 
 
 def test_audits_with_different_replicate_counts_are_not_paired(pair):

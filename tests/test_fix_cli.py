@@ -92,3 +92,15 @@ def test_compare_refuses_audits_of_different_splits_with_exit_2(checkpoint, tmp_
     broken.write_text("{not json")
     result = run("compare", str(broken), str(tmp_path / "ood" / "audit.json"), "--out", str(tmp_path / "d"))
     assert result.returncode == 2 and "broken.json is not valid JSON" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bias", "kmeans", "--bias-modality", "audio"], "no entry for the dominant modality 'audio'"),
+    (["--bias", "guess"], "MMDB bias source 'guess' is unknown. Available: auto, key, kmeans"),
+    (["--head-mode", "wide"], "Unknown BalGrad head mode 'wide' (--head-mode); available: shared_zero, ogm_split, separate"),
+])
+def test_bad_method_options_exit_2_before_any_audit_or_training(args, message, checkpoint, tmp_path):
+    method = "balgrad" if "--head-mode" in args else "mmdb"
+    result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", method, "--out", str(tmp_path / "z"), *args, *FAST)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "z").exists()

@@ -202,6 +202,8 @@ def test_resume_with_discovered_bias_gives_the_uninterrupted_weights_and_refuses
         assert torch.equal(value, resumed.state_dict()[key]), key
     with pytest.raises(CheckpointError, match="k-means bias clusters"):
         train(LeansOnB(), BlobKey(), make_method("mmdb"), config=config, state_dir=tmp_path, resume=True)
+    with pytest.raises(CheckpointError, match="other k-means bias clusters"):  # another k: other clusters, other margins
+        train(LeansOnB(), NoBiasKey(), make_method("mmdb", dominant="b", kmeans_k=3), config=config, state_dir=tmp_path, resume=True)
 
 
 def test_fix_without_a_bias_key_clusters_the_audits_dominant_modality_and_records_it(tmp_path):

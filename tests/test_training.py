@@ -165,3 +165,12 @@ def test_the_live_line_shows_this_epochs_mean_losses(baseline):
         assert f"λ {mean('lam'):.2f}" in status and f"conflicts {mean('conflicted'):.0%}" in status
     first = calls[0][3]
     assert f"loss {log[0]['loss']:.3f}" in first  # one step in: the mean is that step's loss
+
+
+def test_a_three_argument_progress_callback_still_works(baseline):
+    """A library user's `lambda stage, done, total: ...` must not crash training now that the loop also
+    reports a status line."""
+    calls = []
+    log = train(copy.deepcopy(baseline), ADAPTER, make_method("ce"), config=TrainConfig(epochs=1),
+                progress=lambda stage, done, total: calls.append((stage, done, total)))
+    assert calls == [("train", i + 1, len(log)) for i in range(len(log))]

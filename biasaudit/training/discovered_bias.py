@@ -102,12 +102,17 @@ class DiscoveredBias:
                 "fitted on train (methods.md section 3); each sample's bias value is its nearest centroid")
 
     def state(self) -> dict[str, torch.Tensor]:
-        return {"bias_centroids": torch.from_numpy(self.centroids.copy())}
+        return {"bias_centroids": torch.from_numpy(self.centroids.copy()), "train_bias": torch.from_numpy(self.train_bias.copy())}
 
-    def check_state(self, state: Mapping[str, Any]) -> None:
-        """A resumed run must train against the clusters the interrupted one used (refitted from the same
-        checkpoint and seed they agree; the tolerance only forgives summation-order noise of k-means threads)."""
-        saved = state.get("bias_centroids")
-        if saved is None or tuple(saved.shape) != self.centroids.shape or not np.allclose(saved.numpy(), self.centroids, rtol=1e-6, atol=1e-9):
+    def adopt_state(self, state: Mapping[str, Any]) -> None:
+        """Continue with the clusters the interrupted run used. Refitted from the same checkpoint and seed
+        they agree up to the summation-order noise of k-means threads (the tolerance), and every training
+        sample must fall in the same cluster (the margins were counted from those assignments); the saved
+        centroids are then adopted, so every batch gets the bias value it got before the interruption."""
+        saved, assigned = state.get("bias_centroids"), state.get("train_bias")
+        if (saved is None or assigned is None or tuple(saved.shape) != self.centroids.shape
+                or not np.allclose(saved.numpy(), self.centroids, rtol=1e-6, atol=1e-9)
+                or not np.array_equal(assigned.numpy(), self.train_bias)):
             raise CheckpointError("The training state to resume was written with other k-means bias clusters (another checkpoint, "
                                   "k, seed or bias option); resume with the same inputs or run without --resume.")
+        self.centroids = saved.numpy().astype(np.float64)

@@ -22,7 +22,7 @@ from biasaudit.adapter import Adapter
 from biasaudit.batches import checked_labels, int_column
 from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import CheckpointError, InputError
-from biasaudit.progress import Progress, silent
+from biasaudit.progress import Progress, with_status
 from biasaudit.training.live_status import EpochMeans
 
 
@@ -202,7 +202,7 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
     gets `stage`, the step count and a live line of this epoch's mean losses (live_status.py)."""
     from biasaudit.scan import resolve_device
 
-    progress = progress or silent
+    progress = with_status(progress)
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model.to(device)

@@ -159,7 +159,13 @@ class BalGrad:
             finally:
                 for handle in handles:
                     handle.remove()
-            return fused, {m: self._heads[m](embeddings[m].flatten(1)) for m in (v, l)}
+            flat = {m: embeddings[m].flatten(1) for m in (v, l)}
+            for m, x in flat.items():
+                if x.shape[1] != self._heads[m].in_features:
+                    raise AdapterError(f"BalGrad's separate head for {m!r} was sized for {self._heads[m].in_features} features from the "
+                                       f"first train batch, but the branch gave {x.shape[1]} on this batch; separate heads need a "
+                                       "branch output whose size does not depend on the batch (e.g. pool over sequence positions).")
+            return fused, {m: self._heads[m](flat[m]) for m in (v, l)}
         fused = adapter.forward(model, inputs)
         unimodal = {v: self._zeroed_logits(model, adapter, inputs, zero=l), l: self._zeroed_logits(model, adapter, inputs, zero=v)}
         if self.head_mode == "ogm_split" and self._classifier.bias is not None:
@@ -199,12 +205,13 @@ class BalGrad:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore the heads and running averages of an interrupted run (after `prepare`)."""
-        recorded = (state.get("head_mode"), state.get("weights"))
+        # A state without the method section was written before head modes existed: the defaults.
+        recorded = (state.get("head_mode", "shared_zero"), state.get("weights", "batch"))
         if recorded != (self.head_mode, self.weights):
             raise CheckpointError(f"The training state to resume was written with BalGrad head mode {recorded[0]!r} and "
                                   f"weights {recorded[1]!r}, not {self.head_mode!r} and {self.weights!r}; resume with the same options.")
         for m, head in self._heads.items():
-            head.load_state_dict(state["heads"][m])
+            head.load_state_dict(state.get("heads", {})[m])
         running = state.get("running")
         self._running.values = (float(running[0]), float(running[1])) if running is not None else None
 

@@ -20,7 +20,7 @@ from biasaudit.batches import bias_range, int_column, labels_and_bias
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.scan import ScanConfig
 from biasaudit.training import mmdb
-from biasaudit.training.discovered_bias import DiscoveredBias, require_branches
+from biasaudit.training.discovered_bias import DiscoveredBias, dominant_branch, require_branches
 from biasaudit.training.method_ce import train_labels
 
 BIAS_SOURCES = ("auto", "key", "kmeans")
@@ -76,6 +76,8 @@ class MMDB:
         """Fail before any long work when no bias value can be had (the dominant modality is checked in prepare)."""
         if resolved_bias_source(adapter, bias=self.bias) == "kmeans":
             require_branches(model, adapter)
+            if self.dominant is not None:  # named by the user: check it now; the audit's choice is checked in prepare
+                dominant_branch(model, adapter, dominant=self.dominant)
 
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
         self.source = resolved_bias_source(adapter, bias=self.bias)
@@ -128,13 +130,13 @@ class MMDB:
             if linear.bias is not None:
                 linear.bias.zero_()
 
-    # A resumed run refits the clusters from the same starting checkpoint; the saved centroids prove they agree.
+    # A resumed run refits the clusters from the same starting checkpoint, then adopts the saved centroids (they must agree).
     def extra_state(self) -> dict[str, Any]:
         return self.discovered.state() if self.discovered is not None else {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if self.discovered is not None:
-            self.discovered.check_state(state)
+            self.discovered.adopt_state(state)
         elif state:
             raise CheckpointError("The training state to resume was written with k-means bias clusters, but this run takes its bias "
                                   "values from the adapter's bias_key; resume with the same bias option or run without --resume.")
