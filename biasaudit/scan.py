@@ -149,6 +149,8 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         tap.close()
     if seen == 0:
         raise DataError(f"Split {config.split!r} is empty; the adapter's data() yielded no samples.")
+    if total is None:  # the batch count is known only now: let the bar finish instead of ticking on
+        progress("conditions", step + 1, step + 1)
 
     scores = accuracy.result()
     class_names = list(adapter.class_names or [str(i) for i in range(adapter.num_classes)])

@@ -266,3 +266,19 @@ def test_an_unpaired_report_does_not_claim_paired_intervals():
     assert "Not paired: different samples (7 vs 8 samples); deltas have no interval." in page
     assert json.loads(json.dumps(comparison))["summary"]["missing"]["avg"]["delta_ci"] is None
     assert np.isclose(comparison["summary"]["missing"]["avg"]["delta"], 12.5)
+
+
+@pytest.mark.parametrize("gap_ci, full_ci, words", [
+    ([-12.0, -6.0], [-1.5, 1.0], "bias reduced, accuracy unchanged"),
+    ([-3.0, 2.0], [-4.0, -1.0], "Gap unchanged, 2.5 points of accuracy lost"),
+    ([1.0, 5.0], [0.5, 2.0], "bias increased, accuracy gained"),
+    (None, None, "bias reduced (plain difference, no interval), 2.5 points of accuracy lost (plain difference, no interval)"),
+])
+def test_the_verdict_judges_each_change_by_its_paired_interval(gap_ci, full_ci, words):
+    """The one line a reader takes away: a shift whose interval spans zero must not read as a change, and
+    without intervals it must say the words rest on plain differences."""
+    from biasaudit.compare import verdict
+
+    summary = {"missing": {"gap": {"before": 39.7, "after": 30.5, "delta": -9.2, "delta_ci": gap_ci}},
+               "full": {"before": 93.8, "after": 91.3, "delta": -2.5, "delta_ci": full_ci}}
+    assert verdict(summary) == f"missing-modality Gap 39.7 -> 30.5 points, Full accuracy 93.8 -> 91.3: {words}."
