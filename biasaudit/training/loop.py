@@ -26,7 +26,6 @@ from biasaudit.progress import Progress, with_status
 from biasaudit.training.live_status import EpochMeans
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 20
