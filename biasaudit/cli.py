@@ -11,6 +11,7 @@ from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -248,6 +249,64 @@ def compare(
         write_compare_html(comparison, first, second, out_path / "compare.html", train_log=log)
         err.print(comparison["verdict"])
         out.print(f"{out_path / 'compare.json'}\n{out_path / 'compare.html'}")
+
+
+@app.command()
+def gate(
+    current: Path = typer.Argument(..., help="audit.json of the candidate model."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed)."),
+    max_gap: Optional[float] = typer.Option(None, "--max-gap", help="FAIL when a Gap (missing, noisy) of CURRENT exceeds this, in points."),
+    max_gap_increase: Optional[float] = typer.Option(None, "--max-gap-increase", help="FAIL when a Gap grew by more than this many points "
+                                                     "against --baseline."),
+    min_accuracy: list[str] = typer.Option([], "--min-accuracy", help="CONDITION=PERCENT: FAIL when that condition's accuracy is "
+                                           "lower (repeatable; e.g. full=90)."),
+    max_jsd_drop: Optional[float] = typer.Option(None, "--max-jsd-drop", help="FAIL when the JSD mean fell by more than this against "
+                                                 "--baseline (its mistakes copy the bias more)."),
+    significant: bool = typer.Option(False, "--significant", help="--max-gap-increase fails only when the paired 95% interval of "
+                                     "the change excludes zero (else WARN)."),
+    json_output: bool = typer.Option(False, "--json", help="Print the machine verdict as JSON on stdout."),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report, one test case per rule."),
+) -> None:
+    """Turn audits into a CI verdict: exit 0 when no rule fails, 1 when one fails, 2 on a usage or input error."""
+    import json
+
+    from biasaudit.errors import InputError
+    from biasaudit.gate import GateRules, check_audit_shape, evaluate_gate, parse_min_accuracy
+    from biasaudit.report.junit import write_gate_junit
+    from biasaudit.results import read_audit
+
+    with handled():
+        rules = GateRules(max_gap=max_gap, max_gap_increase=max_gap_increase, min_accuracy=parse_min_accuracy(min_accuracy),
+                          max_jsd_drop=max_jsd_drop, significant=significant)
+        if junit is not None and junit.is_dir():
+            raise InputError(f"--junit {junit} is a directory; expected a file path for the JUnit XML report.")
+        audits = {}
+        for name, path in (("current", current), ("baseline", baseline)):
+            if path is not None:
+                audits[name] = read_audit(path)
+                check_audit_shape(audits[name], source=str(path))
+        result = evaluate_gate(audits["current"], rules, baseline=audits.get("baseline"), current_name=str(current),
+                               baseline_name=str(baseline) if baseline is not None else "baseline")
+        err.print(gate_table(result))
+        if junit is not None:
+            write_gate_junit(result, junit)
+        if json_output:
+            out.print(json.dumps(result, indent=2), markup=False, highlight=False)
+        if result["exit_code"]:
+            raise typer.Exit(result["exit_code"])
+
+
+STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "ERROR": "bold magenta"}
+
+
+def gate_table(result: dict) -> Table:
+    table = Table(title=f"biasaudit gate: {result['status']}", title_justify="left")
+    for column in ("rule", "status", "figures"):
+        table.add_column(column)
+    for rule in result["rules"]:
+        # Rule names hold brackets ("max_gap[missing]"): escaped, or rich would read them as markup.
+        table.add_row(escape(rule["rule"]), f"[{STATUS_STYLE[rule['status']]}]{rule['status']}[/]", escape(rule["message"]))
+    return table
 
 
 @app.command()

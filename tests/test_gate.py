@@ -1,0 +1,180 @@
+"""`biasaudit gate` on audits whose Gaps are known by hand: a gate that can fail, --significant that flips
+between FAIL and WARN on the paired interval, JUnit XML a CI can read, and every exit code through the
+real console script. A gate that never fails, or fails on noise, would let a biased model ship or block
+a good one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from biasaudit import Adapter, Modality
+from biasaudit.audit import audit_model
+from biasaudit.errors import InputError
+from biasaudit.gate import GateRules, evaluate_gate
+from biasaudit.results import write_json_atomic
+from biasaudit.scan import ScanConfig
+
+SCRIPT = Path(sys.executable).parent / "biasaudit"
+N, C = 200, 4
+CONFIG = ScanConfig(split="test", conditions="missing", bootstrap_replicates=400, projection="pca", gradient_batches=1)
+
+
+class WrongOnSamples(nn.Module):
+    """logits = a + 0.5 * b_view: `a` (one-hot label) decides whenever it is there, so Full and
+    "missing:b" are 100%. With `a` muted, `b` decides, and b's pathway names the next class for the
+    samples in `wrong`: "missing:a" scores 100 * (1 - |wrong| / N), so the Gap is 100 * |wrong| / N."""
+
+    def __init__(self, wrong: range) -> None:
+        super().__init__()
+        mask = torch.zeros(N, dtype=torch.bool)
+        mask[list(wrong)] = True
+        self.register_buffer("wrong", mask)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        one_hot, index = b[:, :C], b[:, C].long()
+        b_view = torch.where(self.wrong[index].unsqueeze(1), one_hot.roll(1, dims=1), one_hot)
+        return a + 0.5 * b_view
+
+
+class IndexedAdapter(Adapter):
+    modalities = [Modality("a", "tensor", key="a"), Modality("b", "tensor", key="b")]
+    num_classes = C
+    label_key = "y"
+    splits = ("train", "test")
+
+    def build_model(self) -> nn.Module:
+        return WrongOnSamples(range(0))
+
+    def data(self, split, *, batch_size):
+        labels = torch.arange(N) % C
+        a = nn.functional.one_hot(labels, C).float()
+        b = torch.cat([a, torch.arange(N, dtype=torch.float32).unsqueeze(1)], dim=1)
+        for lo in range(0, N, batch_size):
+            yield {"a": a[lo:lo + batch_size], "b": b[lo:lo + batch_size], "y": labels[lo:lo + batch_size]}
+
+    def prepare(self, batch, *, device):
+        return batch["a"].to(device), batch["b"].to(device)
+
+
+@pytest.fixture(scope="module")
+def audits(tmp_path_factory):
+    """Gaps 1.0 (baseline), 2.0 (two more wrong samples: within noise) and 15.0 (28 more: a real change)."""
+    adapter, directory = IndexedAdapter(), tmp_path_factory.mktemp("audits")
+    out = {}
+    for name, wrong in (("base", range(2)), ("small", range(4)), ("big", range(30))):
+        audit = audit_model(WrongOnSamples(wrong), adapter, config=CONFIG, checkpoint=None)
+        out[name] = directory / f"{name}.json"
+        write_json_atomic(audit, out[name])
+    return out
+
+
+def load(path):
+    return json.loads(Path(path).read_text())
+
+
+def gate(*args):
+    return subprocess.run([str(SCRIPT), "gate", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_the_audits_have_the_gaps_known_by_hand(audits):
+    assert [load(audits[n])["summary"]["missing"]["gap"] for n in ("base", "small", "big")] == pytest.approx([1.0, 2.0, 15.0])
+
+
+def test_max_gap_fails_past_the_threshold_and_passes_below_it(audits):
+    current = load(audits["big"])
+    assert evaluate_gate(current, GateRules(max_gap=10))["rules"][0]["status"] == "FAIL"
+    assert evaluate_gate(current, GateRules(max_gap=20))["rules"][0]["status"] == "PASS"
+
+
+def test_the_ratchet_fails_when_the_gap_grows_past_the_allowed_increase(audits):
+    base, big = load(audits["base"]), load(audits["big"])
+    grown = evaluate_gate(big, GateRules(max_gap_increase=5), baseline=base)
+    assert grown["status"] == "FAIL" and grown["exit_code"] == 1 and grown["paired"] is True
+    figures = grown["rules"][0]["figures"]
+    assert figures["change"] == pytest.approx(14.0) and figures["change_ci"][0] > 0
+    assert evaluate_gate(big, GateRules(max_gap_increase=20), baseline=base)["status"] == "PASS"
+    assert evaluate_gate(base, GateRules(max_gap_increase=0), baseline=big)["status"] == "PASS"  # the Gap shrank
+
+
+def test_significant_flips_a_noisy_increase_from_fail_to_warn_but_not_a_real_one(audits):
+    base, small, big = (load(audits[n]) for n in ("base", "small", "big"))
+    plain = evaluate_gate(small, GateRules(max_gap_increase=0.5), baseline=base)
+    assert plain["rules"][0]["status"] == "FAIL" and plain["exit_code"] == 1
+    noisy = evaluate_gate(small, GateRules(max_gap_increase=0.5, significant=True), baseline=base)
+    lo, hi = noisy["rules"][0]["figures"]["change_ci"]
+    assert lo <= 0 < hi  # two samples' worth of change: some replicates draw neither
+    assert noisy["rules"][0]["status"] == "WARN" and noisy["exit_code"] == 0 and "includes zero" in noisy["rules"][0]["message"]
+    real = evaluate_gate(big, GateRules(max_gap_increase=0.5, significant=True), baseline=base)
+    assert real["rules"][0]["status"] == "FAIL" and "excludes zero" in real["rules"][0]["message"]
+
+
+def test_significant_on_audits_that_do_not_pair_says_the_plain_difference_is_used(audits):
+    base, big = load(audits["base"]), load(audits["big"])
+    del base["bootstrap"]
+    result = evaluate_gate(big, GateRules(max_gap_increase=0.5, significant=True), baseline=base)
+    assert result["paired"] is False and result["rules"][0]["status"] == "FAIL"
+    assert "do not pair" in result["rules"][0]["message"] and "plain difference is used" in result["rules"][0]["message"]
+
+
+def test_min_accuracy_checks_any_condition_and_names_the_available_ones(audits):
+    big = load(audits["big"])
+    result = evaluate_gate(big, GateRules(min_accuracy={"full": 99, "missing:a": 90, "noisy:a": 10}))
+    assert [r["status"] for r in result["rules"]] == ["PASS", "FAIL", "ERROR"]
+    assert "Available: full, missing:a, missing:b" in result["rules"][2]["message"] and result["exit_code"] == 2
+
+
+def test_rules_that_need_a_baseline_or_no_rule_at_all_are_usage_errors(audits):
+    big = load(audits["big"])
+    with pytest.raises(InputError, match="give it with --baseline"):
+        evaluate_gate(big, GateRules(max_gap_increase=1))
+    with pytest.raises(InputError, match="No gate rule was given"):
+        evaluate_gate(big, GateRules())
+
+
+def test_exit_codes_json_and_junit_through_the_console_script(audits, tmp_path):
+    passed = gate(audits["big"], "--max-gap", "20", "--json")
+    assert passed.returncode == 0, passed.stderr
+    assert json.loads(passed.stdout)["status"] == "PASS" and "max_gap[missing]" in passed.stderr
+    junit = tmp_path / "gate.xml"
+    failed = gate(audits["big"], "--baseline", audits["base"], "--max-gap-increase", "5", "--max-gap", "20",
+                  "--min-accuracy", "full=99", "--junit", junit)
+    assert failed.returncode == 1, failed.stderr
+    suite = ET.parse(junit).getroot().find("testsuite")
+    cases = {case.get("name"): case for case in suite.findall("testcase")}
+    assert set(cases) == {"max_gap[missing]", "min_accuracy[full]", "max_gap_increase[missing]"}
+    assert suite.get("tests") == "3" and suite.get("failures") == "1" and suite.get("errors") == "0"
+    assert cases["max_gap_increase[missing]"].find("failure") is not None
+    assert cases["max_gap[missing]"].find("failure") is None and cases["min_accuracy[full]"].find("failure") is None
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda path: path.write_text("{not json"), "is not valid JSON"),
+    (lambda path: path.write_text(json.dumps({**load(path), "schema_version": 99})), "has schema_version 99; this biasaudit reads version 1"),
+])
+def test_damaged_audit_files_exit_2_naming_the_file(damage, message, audits, tmp_path):
+    broken = tmp_path / "broken.json"
+    broken.write_text(Path(audits["big"]).read_text())
+    damage(broken)
+    result = gate(broken, "--max-gap", "20", "--junit", tmp_path / "never.xml")
+    assert result.returncode == 2 and str(broken) in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "never.xml").exists()
+
+
+def test_audits_of_other_conditions_exit_2_naming_both_files(audits, tmp_path):
+    other = load(audits["big"])
+    other["manifest"]["config"]["conditions"] = "missing,noisy"
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps(other))
+    result = gate(path, "--baseline", audits["base"], "--max-gap-increase", "1")
+    assert result.returncode == 2 and "differ in conditions" in result.stderr
+    assert str(path) in result.stderr and str(audits["base"]) in result.stderr
+    bad_rule = gate(audits["big"], "--min-accuracy", "full")
+    assert bad_rule.returncode == 2 and "is not CONDITION=PERCENT" in bad_rule.stderr
