@@ -252,6 +252,27 @@ def compare(
 
 
 @app.command()
+def report(
+    audit: Path = typer.Argument(..., help="audit.json written by biasaudit scan (or before/after.json of a fix run)."),
+    html: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: the JSON's name with .html)."),
+) -> None:
+    """Render the HTML audit again from its JSON, without the model."""
+    from biasaudit.errors import InputError
+    from biasaudit.gate import check_audit_shape
+    from biasaudit.report.render import write_audit_html
+    from biasaudit.results import read_audit
+
+    with handled():
+        data = read_audit(audit)
+        check_audit_shape(data, source=str(audit))
+        target = html if html is not None else audit.with_suffix(".html")
+        if target.is_dir():
+            raise InputError(f"--out {target} is a directory; expected the path of the HTML file to write.")
+        write_audit_html(data, target)
+        out.print(str(target))
+
+
+@app.command()
 def gate(
     current: Path = typer.Argument(..., help="audit.json of the candidate model."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed)."),

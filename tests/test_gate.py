@@ -178,3 +178,16 @@ def test_audits_of_other_conditions_exit_2_naming_both_files(audits, tmp_path):
     assert str(path) in result.stderr and str(audits["base"]) in result.stderr
     bad_rule = gate(audits["big"], "--min-accuracy", "full")
     assert bad_rule.returncode == 2 and "is not CONDITION=PERCENT" in bad_rule.stderr
+
+
+def test_report_renders_the_html_again_from_the_json_alone(audits, tmp_path):
+    """A CI job keeps audit.json as an artifact; the HTML must be reproducible from it without the model."""
+    result = subprocess.run([str(SCRIPT), "report", str(audits["big"]), "--out", str(tmp_path / "again.html")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "again.html").read_text()
+    assert 'id="verdict"' in page and "missing:a" in page and "15.0" in page
+    broken = tmp_path / "broken.json"
+    broken.write_text("[]")
+    result = subprocess.run([str(SCRIPT), "report", str(broken)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "is not a biasaudit audit" in result.stderr and not (tmp_path / "broken.html").exists()
