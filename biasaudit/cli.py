@@ -190,11 +190,12 @@ def fix(
     from biasaudit.scan import ScanConfig
     from biasaudit.training.loop import TrainConfig
 
-    options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate, "bias": bias_source,
-                                  "dominant": bias_modality},
-               "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
-                           "projection": projection, "head_mode": head_mode, "weights": balgrad_weights}}
     with handled():
+        # Parsed inside handled(): a bad --scale is a one-sentence exit 2 like every other option.
+        options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate, "bias": bias_source,
+                                      "dominant": bias_modality},
+                   "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
+                               "projection": projection, "head_mode": head_mode, "weights": balgrad_weights}}
         # An unknown method gets its "Available: ..." error from the METHODS registry in run_fix.
         loaded = load_adapter(adapter)
         train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)

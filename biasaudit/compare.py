@@ -166,15 +166,23 @@ def _judge(delta: float | None, interval: Any, *, lower: str, higher: str, same:
 
 
 def verdict(summary: Mapping[str, Any]) -> str:
-    """E.g. "missing-modality Gap 39.7 -> 30.5 points, Full accuracy 93.8 -> 93.6: bias reduced, accuracy
-    unchanged". A change counts when its paired interval excludes zero, so a noisy shift reads as unchanged."""
+    """E.g. "missing-modality Gap 39.7 -> 30.5 points, Full accuracy 93.8 -> 93.6: bias reduced, no clear accuracy
+    change". A change counts when its paired interval excludes zero, so a noisy shift reads as no change. A flip
+    of the dominant modality and a significant rise of the noisy-input Gap are named too."""
     full = summary["full"]
     figures, words = [], []
     if "missing" in summary:
         gap = summary["missing"]["gap"]
         figures.append(f"missing-modality Gap {gap['before']:.1f} -> {gap['after']:.1f} points")
         words.append(_judge(gap["delta"], gap.get("delta_ci"), lower="bias reduced", higher="bias increased", same="Gap unchanged"))
+        dominant = summary["missing"].get("dominant") or {}
+        if dominant.get("before") and dominant.get("after") and dominant["before"] != dominant["after"]:
+            # Overshooting: the model now leans on the other modality, which a smaller Gap alone does not say.
+            words.append(f"the model now leans on {dominant['after']} instead of {dominant['before']}")
     figures.append(f"Full accuracy {full['before']:.1f} -> {full['after']:.1f}")
     lost = f"{-full['delta']:.1f} points of accuracy lost" if full["delta"] is not None else ""
-    words.append(_judge(full["delta"], full.get("delta_ci"), lower=lost, higher="accuracy gained", same="accuracy unchanged"))
+    words.append(_judge(full["delta"], full.get("delta_ci"), lower=lost, higher="accuracy gained", same="no clear accuracy change"))
+    noisy = (summary.get("noisy") or {}).get("gap")
+    if noisy and _judge(noisy["delta"], noisy.get("delta_ci"), lower="", higher="up", same="") == "up":
+        words.append(f"but the noisy-input Gap rose {noisy['before']:.1f} -> {noisy['after']:.1f}")
     return ", ".join(figures) + ": " + ", ".join(words) + "."

@@ -213,7 +213,7 @@ def test_resume_after_epoch_one_gives_the_uninterrupted_weights(options, baselin
 def test_resume_with_another_head_mode_is_refused(baseline, tmp_path):
     train(copy.deepcopy(baseline), DEMO, BalGrad(head_mode="separate"), config=TrainConfig(epochs=1, batch_size=256),
           state_dir=tmp_path)
-    with pytest.raises(CheckpointError, match="head mode 'separate'"):
+    with pytest.raises(CheckpointError, match="head_mode 'separate' -> 'shared_zero'"):
         train(copy.deepcopy(baseline), DEMO, BalGrad(), config=TrainConfig(epochs=2, batch_size=256), state_dir=tmp_path, resume=True)
 
 
@@ -240,7 +240,8 @@ def test_settings_record_every_value_used():
     method.prepare(model, adapter, device=CPU)
     assert method.settings() == {"lambda_initial": 0.3, "schedule": "constant", "beta": 0.5, "kl_mode": "undirected",
                                  "projection": "per_modality", "head_mode": "separate", "weights": "running",
-                                 "weights_momentum": 0.9, "head_inputs": {"image": 2, "text": 2}}
+                                 "weights_momentum": 0.9, "head_inputs": {"image": 2, "text": 2},
+                                 "modalities": ["image", "text"]}
 
 
 @pytest.mark.parametrize("flag, value, available", [("--head-mode", "magic", "shared_zero, ogm_split, separate"),

@@ -269,7 +269,7 @@ def test_an_unpaired_report_does_not_claim_paired_intervals():
 
 
 @pytest.mark.parametrize("gap_ci, full_ci, words", [
-    ([-12.0, -6.0], [-1.5, 1.0], "bias reduced, accuracy unchanged"),
+    ([-12.0, -6.0], [-1.5, 1.0], "bias reduced, no clear accuracy change"),
     ([-3.0, 2.0], [-4.0, -1.0], "Gap unchanged, 2.5 points of accuracy lost"),
     ([1.0, 5.0], [0.5, 2.0], "bias increased, accuracy gained"),
     (None, None, "bias reduced (plain difference, no interval), 2.5 points of accuracy lost (plain difference, no interval)"),
@@ -282,3 +282,14 @@ def test_the_verdict_judges_each_change_by_its_paired_interval(gap_ci, full_ci, 
     summary = {"missing": {"gap": {"before": 39.7, "after": 30.5, "delta": -9.2, "delta_ci": gap_ci}},
                "full": {"before": 93.8, "after": 91.3, "delta": -2.5, "delta_ci": full_ci}}
     assert verdict(summary) == f"missing-modality Gap 39.7 -> 30.5 points, Full accuracy 93.8 -> 91.3: {words}."
+
+
+def test_the_verdict_names_an_overshoot_to_the_other_modality_and_a_rising_noisy_gap():
+    from biasaudit.compare import verdict
+
+    summary = {"missing": {"gap": {"before": 39.7, "after": 9.5, "delta": -30.2, "delta_ci": [-36.0, -24.0]},
+                           "dominant": {"before": "text", "after": "image"}},
+               "noisy": {"gap": {"before": 1.6, "after": 16.4, "delta": 14.8, "delta_ci": [7.5, 20.5]}},
+               "full": {"before": 93.8, "after": 81.6, "delta": -12.2, "delta_ci": [-15.0, -9.0]}}
+    assert verdict(summary) == ("missing-modality Gap 39.7 -> 9.5 points, Full accuracy 93.8 -> 81.6: bias reduced, the model now "
+                                "leans on image instead of text, 12.2 points of accuracy lost, but the noisy-input Gap rose 1.6 -> 16.4.")

@@ -200,10 +200,17 @@ def test_resume_with_discovered_bias_gives_the_uninterrupted_weights_and_refuses
     train(resumed, NoBiasKey(), make_method("mmdb", dominant="b", kmeans_k=2), config=config, state_dir=tmp_path, resume=True)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
-    with pytest.raises(CheckpointError, match="k-means bias clusters"):
+    with pytest.raises(CheckpointError, match="bias_source .*k-means clusters.* -> \"adapter bias_key 'g'\""):
         train(LeansOnB(), BlobKey(), make_method("mmdb"), config=config, state_dir=tmp_path, resume=True)
-    with pytest.raises(CheckpointError, match="other k-means bias clusters"):  # another k: other clusters, other margins
+    with pytest.raises(CheckpointError, match="kmeans_k 2 -> 3"):  # another k: other clusters, other margins
         train(LeansOnB(), NoBiasKey(), make_method("mmdb", dominant="b", kmeans_k=3), config=config, state_dir=tmp_path, resume=True)
+    # Behind the settings check, the saved clusters themselves must match the refitted ones.
+    method = make_method("mmdb", dominant="b", kmeans_k=2)
+    method.prepare(LeansOnB(), NoBiasKey(), device=torch.device("cpu"))
+    state = method.extra_state()
+    with pytest.raises(CheckpointError, match="other k-means bias clusters"):
+        method.load_extra_state({**state, "bias_centroids": state["bias_centroids"] + 1.0})
+    method.load_extra_state(state)  # the very clusters: accepted
 
 
 def test_fix_without_a_bias_key_clusters_the_audits_dominant_modality_and_records_it(tmp_path):

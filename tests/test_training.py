@@ -5,6 +5,7 @@ user would ship a model that is not the one that was evaluated."""
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -174,3 +175,16 @@ def test_a_three_argument_progress_callback_still_works(baseline):
     log = train(copy.deepcopy(baseline), ADAPTER, make_method("ce"), config=TrainConfig(epochs=1),
                 progress=lambda stage, done, total: calls.append((stage, done, total)))
     assert calls == [("train", i + 1, len(log)) for i in range(len(log))]
+
+
+@pytest.mark.parametrize("change, needle", [({"lr": 0.01}, "--lr 0.003 -> 0.01"), ({"method": "mmdb"}, "written by method 'ce'"),
+                                            ({"epochs": 3}, "--epochs 2 -> 3")])
+def test_resume_with_other_options_is_refused_naming_what_changed(change, needle, baseline, tmp_path):
+    """Resuming at another learning rate would train a model the log does not describe."""
+    from biasaudit.errors import CheckpointError
+
+    train(copy.deepcopy(baseline), ADAPTER, make_method("ce"), config=TrainConfig(epochs=2, batch_size=256), state_dir=tmp_path)
+    method = make_method(change.pop("method", "ce"))
+    config = TrainConfig(**{"epochs": 2, "batch_size": 256, **change})
+    with pytest.raises(CheckpointError, match=re.escape(needle)):
+        train(copy.deepcopy(baseline), ADAPTER, method, config=config, state_dir=tmp_path, resume=True)

@@ -34,7 +34,9 @@ def render_compare_html(comparison: Mapping[str, Any], before: Mapping[str, Any]
         raw = [c for c in cos_before if c is not None]
         projection = {"fraction_conflicting": sum(c < 0 for c in raw) / len(raw) if raw else None, "steps": len(steps)}
     if steps:
-        images["curves"] = figures.figure_to_data_uri(training_figures.training_curves(steps))
+        named = ((train_log or {}).get("training") or {}).get("settings", {}).get("modalities")
+        modalities = named if isinstance(named, list) and len(named) == 2 else ("1st modality", "2nd modality")
+        images["curves"] = figures.figure_to_data_uri(training_figures.training_curves(steps, modalities=modalities))
     context = {"comparison": comparison, "before": before, "after": after, "training": (train_log or {}).get("training"),
                "images": {k: v for k, v in images.items() if v}, "projection": projection, "section_ids": SECTION_IDS}
     return report_environment().get_template(COMPARE_TEMPLATE).render(context)

@@ -7,16 +7,19 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-_CURVES = (("loss", "task loss L_T"), ("loss_v", "unimodal loss (1st modality)"), ("loss_l", "unimodal loss (2nd modality)"),
-           ("weight_v", "KL weight w (1st)"), ("weight_l", "KL weight w (2nd)"), ("lam", "lambda_t"))
+_CURVES = (("loss", "task loss L_T"), ("loss_v", "unimodal loss L_{v}"), ("loss_l", "unimodal loss L_{l}"),
+           ("weight_v", "KL weight w_{v}"), ("weight_l", "KL weight w_{l}"), ("lam", "lambda_t"))
 
 
-def training_curves(steps: Sequence[Mapping[str, Any]]) -> Figure:
-    """Losses on the left, BalGrad's weights and lambda on the right (when logged), against the step."""
+def training_curves(steps: Sequence[Mapping[str, Any]], *, modalities: Sequence[str] = ("1st modality", "2nd modality")) -> Figure:
+    """Losses on the left, BalGrad's weights and lambda on the right (when logged), against the step;
+    `modalities` names v and l (BalGrad's settings record them)."""
     fig = Figure(figsize=(9.0, 3.6), layout="constrained")
     losses, weights = fig.subplots(1, 2)
     x = [s["step"] for s in steps]
-    for key, label in _CURVES:
+    names = {"v": modalities[0], "l": modalities[1]}
+    for key, template in _CURVES:
+        label = template.format(**names)
         values = [s.get(key) for s in steps]
         if any(v is not None for v in values):
             axis = losses if key.startswith("loss") else weights

@@ -175,13 +175,38 @@ def _state_path(directory: Path) -> Path:
     return directory / "last.pt"
 
 
+def run_identity(method: TrainingMethod, config: TrainConfig) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one to continue it exactly: the training config
+    (the device aside) and the method with every setting. Plain JSON values, so it survives the state file."""
+    import json
+
+    config_values = {k: v for k, v in config.to_dict().items() if k != "device"}
+    return json.loads(json.dumps({"config": config_values, "method": method.name, "settings": method.settings()}, default=str))
+
+
+def check_same_run(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
+    """CheckpointError naming what changed; a state written before identities were saved is not checked."""
+    if not saved:
+        return
+    if saved.get("method") != current["method"]:
+        raise CheckpointError(f"The training state to resume was written by method {saved.get('method')!r}, not {current['method']!r}; "
+                              "resume with the same method or run without --resume.")
+    changed = [f"--{k.replace('_', '-')} {saved['config'].get(k)!r} -> {v!r}" for k, v in current["config"].items()
+               if saved["config"].get(k) != v]
+    changed += [f"{k} {saved['settings'].get(k)!r} -> {v!r}" for k, v in current["settings"].items()
+                if saved["settings"].get(k) != v and k not in ("margins", "cluster_sizes")]
+    if changed:
+        raise CheckpointError(f"--resume would continue the interrupted run with other settings ({'; '.join(changed)}); "
+                              "resume with the options it was started with, or run without --resume.")
+
+
 def save_training_state(directory: Path, *, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, log: list[dict],
-                        method_state: dict[str, Any] | None = None) -> None:
+                        method_state: dict[str, Any] | None = None, identity: dict[str, Any] | None = None) -> None:
     import io
 
     buffer = io.BytesIO()
     torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "log": log, "method": method_state or {}}, buffer)
+                "torch_rng": torch.get_rng_state(), "log": log, "method": method_state or {}, "run": identity}, buffer)
     atomic_write_bytes(buffer.getvalue(), _state_path(directory))
 
 
@@ -212,6 +237,7 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
     if not trainable:
         raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
     optimizer = torch.optim.Adam(trainable + method_parameters(method), lr=config.lr)
+    identity = run_identity(method, config)
     steps_per_epoch = count_steps(adapter, config=config)
     total_steps = steps_per_epoch * config.epochs
     log: list[dict[str, Any]] = []
@@ -221,11 +247,14 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
         if directory is None:
             raise InputError("--resume needs the output directory of the interrupted run.")
         state = load_training_state(directory)
+        check_same_run(state.get("run"), identity)
         model.load_state_dict(state["model"])
         restore_method_state(method, state.get("method", {}))  # first: it names a changed option more clearly than the optimizer would
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         log, start_epoch = list(state["log"]), int(state["epoch"])
+        done = start_epoch * steps_per_epoch
+        progress(stage, done, total_steps, f"resumed after epoch {start_epoch}/{config.epochs}")
     for epoch in range(start_epoch, config.epochs):
         model.train()
         live = EpochMeans(epoch=epoch, epochs=config.epochs)
@@ -237,6 +266,6 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
             progress(stage, step + 1, total_steps, live.status())
         if directory is not None:
             save_training_state(directory, epoch=epoch + 1, model=model, optimizer=optimizer, log=log,
-                                method_state=method_state(method))
+                                method_state=method_state(method), identity=identity)
     model.eval()
     return log

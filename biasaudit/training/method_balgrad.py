@@ -222,7 +222,8 @@ class BalGrad:
         return {"lambda_initial": self.lambda_initial, "schedule": self.schedule, "beta": self.beta,
                 "kl_mode": self.kl_mode, "projection": self.projection, "head_mode": self.head_mode,
                 "weights": self.weights, "weights_momentum": RUNNING_MOMENTUM if self.weights == "running" else None,
-                "head_inputs": {m: head.in_features for m, head in self._heads.items()} or None}
+                "head_inputs": {m: head.in_features for m, head in self._heads.items()} or None,
+                "modalities": list(getattr(self, "_branches", {})) or None}  # v, l of the logs, in this order
 
 
 def _seeded_heads(widths: dict[str, int], *, num_classes: int, seed: int, device: torch.device) -> dict[str, nn.Linear]:
