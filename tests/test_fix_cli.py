@@ -98,6 +98,7 @@ def test_compare_refuses_audits_of_different_splits_with_exit_2(checkpoint, tmp_
     (["--bias", "kmeans", "--bias-modality", "audio"], "no entry for the dominant modality 'audio'"),
     (["--bias", "guess"], "MMDB bias source 'guess' is unknown. Available: auto, key, kmeans"),
     (["--head-mode", "wide"], "Unknown BalGrad head mode 'wide' (--head-mode); available: shared_zero, ogm_split, separate"),
+    (["--scale", "abc"], "--scale 'abc' is neither 'auto' nor a number."),
 ])
 def test_bad_method_options_exit_2_before_any_audit_or_training(args, message, checkpoint, tmp_path):
     method = "balgrad" if "--head-mode" in args else "mmdb"
