@@ -30,7 +30,7 @@ def handled() -> Iterator[None]:
         yield
     except BiasAuditError as exc:
         # One line, never wrapped: CI logs and grep should see the whole sentence.
-        err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)  # brackets in the text are not markup
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("interrupted; nothing was written.")
@@ -41,6 +41,13 @@ def handled() -> Iterator[None]:
         err.print_exception(max_frames=8)
         err.print("[bold red]internal error:[/] this is a bug in biasaudit or in the adapter's code; the traceback above says where.")
         raise typer.Exit(3) from None
+
+
+def explicit_options(ctx: typer.Context) -> set[str]:
+    """The options the user typed (or set through the environment), as opposed to defaults."""
+    # By the enum member's name: typer ships its own copy of click's ParameterSource.
+    typed = ("COMMANDLINE", "ENVIRONMENT")
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) in typed}
 
 
 @contextmanager
@@ -113,8 +120,9 @@ ADAPTER_HELP = "Your adapter: path/to/file.py:NAME or package.module:NAME (see R
 
 @app.command()
 def scan(
+    ctx: typer.Context,
     checkpoint: Path = typer.Argument(..., help="State dict of the model (torch.save(model.state_dict(), path))."),
-    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP + " Required here or in the config file."),
     split: str = typer.Option("test", help="Which split of the adapter's data to evaluate."),
     conditions: str = typer.Option("default", help="Comma list: default, full, missing, noisy, ratio, missing:MOD, MOD=IMPAIRMENT[:SEVERITY]."),
     out_dir: Path = typer.Option(Path("biasaudit-out"), "--out", "-o", help="Directory for audit.json and audit.html."),
@@ -129,20 +137,30 @@ def scan(
     kmeans_k: int = typer.Option(16, "--kmeans-k", min=2, help="Clusters of the k-means bias discovery, used when the data has no bias value."),
     embedding_points: int = typer.Option(5000, "--embedding-points", min=10, help="Most points kept for the embedding plots (seeded sample)."),
     mute: list[str] = typer.Option([], "--mute", help="What 'missing' means for a modality, e.g. image=mean (mid-grey) instead of the black image; repeatable."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Settings file (default: biasaudit.toml, else pyproject.toml [tool.biasaudit])."),
 ) -> None:
     """Audit a checkpoint: accuracy under muted and noisy modalities, gap, flip rates, JSD, embeddings, gradient conflict."""
     from biasaudit.adapter import load_adapter
     from biasaudit.audit import audit_checkpoint, check_out_dir, write_audit
+    from biasaudit.config_file import SCAN_KEYS, load_settings, resolve
+    from biasaudit.errors import InputError
     from biasaudit.scan import ScanConfig
 
     with handled():
         check_out_dir(out_dir)
-        loaded = load_adapter(adapter)
-        config = ScanConfig(split=split, conditions=conditions, batch_size=batch_size, seed=seed, device=device,
-                            bootstrap_replicates=bootstrap, projection=projection, gradient_batches=gradient_batches, min_wrong=min_wrong,
-                            kmeans_k=kmeans_k, embedding_points=embedding_points, mute=parse_mute(mute))
+        settings = load_settings(config_file)
+        given = {name: value for name, value in ctx.params.items() if name in SCAN_KEYS}
+        v, sources = resolve(given, explicit_options(ctx), settings, "scan")
+        if v["adapter"] is None:
+            raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
+        loaded = load_adapter(v["adapter"])
+        config = ScanConfig(split=v["split"], conditions=v["conditions"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
+                            bootstrap_replicates=v["bootstrap"], projection=v["projection"], gradient_batches=v["gradient_batches"],
+                            min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
+                            mute=parse_mute(v["mute"]))
         with progress_bars() as progress:
-            audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=adapter, trust=trust_checkpoint, progress=progress)
+            audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress)
+        audit["manifest"]["settings"] = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
         json_path, html_path = write_audit(audit, out_dir)
         err.print(summary_table(audit))
         out.print(f"{json_path}\n{html_path}")
@@ -214,7 +232,7 @@ def fix(
             err.print(f"MMDB --scale auto chose s={selection['chosen']:g} (bias-balanced accuracy on {selection['validated_on']}: {scores})")
         warning = training["settings"].get("scale_warning")
         if warning:
-            err.print(f"[yellow]note:[/] {warning}")
+            err.print(f"[yellow]note:[/] {escape(warning)}")
         err.print(f"[bold]{method}[/]: {compare['verdict']}")
         out.print("\n".join(str(p) for p in paths.values()))
 
@@ -275,6 +293,7 @@ def report(
 
 @app.command()
 def gate(
+    ctx: typer.Context,
     current: Path = typer.Argument(..., help="audit.json of the candidate model."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed)."),
     max_gap: Optional[float] = typer.Option(None, "--max-gap", help="FAIL when a Gap (missing, noisy) of CURRENT exceeds this, in points."),
@@ -288,18 +307,25 @@ def gate(
                                      "the change excludes zero (else WARN)."),
     json_output: bool = typer.Option(False, "--json", help="Print the machine verdict as JSON on stdout."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report, one test case per rule."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: biasaudit.toml, else pyproject.toml [tool.biasaudit])."),
 ) -> None:
     """Turn audits into a CI verdict: exit 0 when no rule fails, 1 when one fails, 2 on a usage or input error."""
     import json
 
     from biasaudit.errors import InputError
+    from biasaudit.config_file import GATE_KEYS, load_settings, resolve
     from biasaudit.gate import GateRules, check_audit_shape, evaluate_gate, parse_min_accuracy
     from biasaudit.report.junit import write_gate_junit
     from biasaudit.results import read_audit
 
     with handled():
-        rules = GateRules(max_gap=max_gap, max_gap_increase=max_gap_increase, min_accuracy=parse_min_accuracy(min_accuracy),
-                          max_jsd_drop=max_jsd_drop, significant=significant)
+        settings = load_settings(config_file)
+        v, sources = resolve({k: val for k, val in ctx.params.items() if k in GATE_KEYS}, explicit_options(ctx), settings, "gate")
+        minimums = v["min_accuracy"]
+        minimums = parse_min_accuracy(minimums) if isinstance(minimums, list) else parse_min_accuracy([f"{k}={x}" for k, x in minimums.items()])
+        rules = GateRules(max_gap=v["max_gap"], max_gap_increase=v["max_gap_increase"], min_accuracy=minimums,
+                          max_jsd_drop=v["max_jsd_drop"], significant=v["significant"])
+        baseline = Path(v["baseline"]) if v["baseline"] is not None else None
         if junit is not None and junit.is_dir():
             raise InputError(f"--junit {junit} is a directory; expected a file path for the JUnit XML report.")
         audits = {}
@@ -309,6 +335,7 @@ def gate(
                 check_audit_shape(audits[name], source=str(path))
         result = evaluate_gate(audits["current"], rules, baseline=audits.get("baseline"), current_name=str(current),
                                baseline_name=str(baseline) if baseline is not None else "baseline")
+        result["settings"] = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
         err.print(gate_table(result))
         if junit is not None:
             write_gate_junit(result, junit)

@@ -191,3 +191,55 @@ def test_report_renders_the_html_again_from_the_json_alone(audits, tmp_path):
     broken.write_text("[]")
     result = subprocess.run([str(SCRIPT), "report", str(broken)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "is not a biasaudit audit" in result.stderr and not (tmp_path / "broken.html").exists()
+
+
+def test_gate_rules_from_biasaudit_toml_with_command_line_overrides(audits, tmp_path):
+    """A pipeline keeps its rules in a file; an option typed on the command line must still win, and the
+    verdict must say where each setting came from."""
+    (tmp_path / "biasaudit.toml").write_text(f'[gate]\nbaseline = "{audits["base"]}"\nmax_gap_increase = 5\n'
+                                             '[gate.min_accuracy]\nfull = 99\n')
+    run = lambda *args: subprocess.run([str(SCRIPT), "gate", str(audits["big"]), "--json", *args], capture_output=True,  # noqa: E731
+                                       text=True, timeout=300, cwd=tmp_path)
+    from_file = run()
+    assert from_file.returncode == 1, from_file.stderr
+    verdict = json.loads(from_file.stdout)
+    assert [r["rule"] for r in verdict["rules"]] == ["min_accuracy[full]", "max_gap_increase[missing]"]
+    sources = verdict["settings"]["sources"]
+    assert sources["max_gap_increase"].endswith("biasaudit.toml [gate]") and sources["max_gap"] == "default"
+    overridden = run("--max-gap-increase", "20")
+    assert overridden.returncode == 0, overridden.stderr
+    assert json.loads(overridden.stdout)["settings"]["sources"]["max_gap_increase"] == "command line"
+
+
+def test_pyproject_tool_table_is_read_and_a_bad_key_exits_2_naming_the_file(audits, tmp_path):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "x"\n[tool.biasaudit.gate]\nmax_gap = 10\n')
+    result = subprocess.run([str(SCRIPT), "gate", str(audits["big"])], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 1 and "max_gap[missing]" in result.stderr
+    (tmp_path / "pyproject.toml").write_text('[tool.biasaudit.gate]\nmax_gapp = 10\n')
+    result = subprocess.run([str(SCRIPT), "gate", str(audits["big"])], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2 and "pyproject.toml: [tool.biasaudit.gate] has no setting 'max_gapp'. Available: baseline" in result.stderr
+    (tmp_path / "pyproject.toml").write_text('[tool.biasaudit.gate]\nsignificant = "yes"\n')
+    result = subprocess.run([str(SCRIPT), "gate", str(audits["big"]), "--max-gap", "1"], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode == 2 and "significant = 'yes' is not a bool" in result.stderr
+
+
+def test_scan_settings_from_the_file_land_in_the_manifest_with_their_source(tmp_path):
+    fixtures = Path(__file__).parent / "fixtures"
+    sys.path.insert(0, str(fixtures))
+    try:
+        import tiny_adapter
+    finally:
+        sys.path.pop(0)
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save(tiny_adapter.ReadsOnlyA().state_dict(), checkpoint)
+    (tmp_path / "biasaudit.toml").write_text(f'[scan]\nadapter = "{fixtures / "tiny_adapter.py"}:adapter"\nconditions = "missing"\n'
+                                             'bootstrap = 50\nprojection = "pca"\n')
+    result = subprocess.run([str(SCRIPT), "scan", str(checkpoint), "--bootstrap", "60", "--out", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    manifest = load(tmp_path / "out" / "audit.json")["manifest"]
+    assert manifest["config"]["conditions"] == "missing" and manifest["config"]["bootstrap_replicates"] == 60
+    sources = manifest["settings"]["sources"]
+    assert sources["conditions"].endswith("biasaudit.toml [scan]") and sources["bootstrap"] == "command line"
+    assert sources["seed"] == "default" and manifest["settings"]["config_file"].endswith("biasaudit.toml")

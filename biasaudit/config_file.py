@@ -1,0 +1,110 @@
+"""Settings from a file, so a pipeline runs `biasaudit scan ...` and `biasaudit gate ...` without long
+option lists.
+
+Where: `--config FILE`, else `biasaudit.toml` in the working directory (tables `[scan]` and `[gate]`),
+else `pyproject.toml` there (tables `[tool.biasaudit.scan]` and `[tool.biasaudit.gate]`). Keys are the
+long option names with `_` for `-` (`batch_size`, `max_gap_increase`; `min_accuracy` is a table of
+condition = percent). An option given on the command line wins over the file, the file over the
+default; `resolve` records which one each setting came from, for the manifest.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from biasaudit.errors import InputError
+
+SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
+    "adapter": str, "split": str, "conditions": str, "seed": int, "device": str, "batch_size": int, "projection": str,
+    "bootstrap": int, "gradient_batches": int, "min_wrong": int, "kmeans_k": int, "embedding_points": int, "mute": list,
+}
+GATE_KEYS: dict[str, type | tuple[type, ...]] = {
+    "baseline": str, "max_gap": (int, float), "max_gap_increase": (int, float), "min_accuracy": dict,
+    "max_jsd_drop": (int, float), "significant": bool,
+}
+SECTIONS = {"scan": SCAN_KEYS, "gate": GATE_KEYS}
+COMMAND_LINE, DEFAULT = "command line", "default"
+
+
+@dataclass(frozen=True)
+class Settings:
+    path: Path | None = None
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def section(self, name: str) -> Mapping[str, Any]:
+        return self.sections.get(name, {})
+
+    def label(self, name: str) -> str:
+        table = f"[{name}]" if self.path is not None and self.path.name != "pyproject.toml" else f"[tool.biasaudit.{name}]"
+        return f"{self.path} {table}"
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"Config file {path} cannot be read ({exc}).") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"Config file {path} is not valid TOML ({exc}).") from exc
+
+
+def _checked(tables: Mapping[str, Any], path: Path, prefix: str) -> dict[str, dict[str, Any]]:
+    unknown = [name for name in tables if name not in SECTIONS]
+    if unknown:
+        raise InputError(f"Config file {path} has an unknown table [{prefix}{unknown[0]}]. Available: "
+                         f"{', '.join(prefix + s for s in SECTIONS)}.")
+    out: dict[str, dict[str, Any]] = {}
+    for name, values in tables.items():
+        if not isinstance(values, dict):
+            raise InputError(f"Config file {path}: {prefix}{name} must be a table of settings.")
+        keys = SECTIONS[name]
+        for key, value in values.items():
+            if key not in keys:
+                raise InputError(f"Config file {path}: [{prefix}{name}] has no setting {key!r}. Available: {', '.join(keys)}.")
+            wanted = keys[key] if isinstance(keys[key], tuple) else (keys[key],)
+            # TOML's true is a Python bool, which is also an int: accept it only where a bool is wanted.
+            if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+                raise InputError(f"Config file {path}: [{prefix}{name}] {key} = {value!r} is not a "
+                                 f"{' or '.join(t.__name__ for t in wanted)}.")
+        out[name] = dict(values)
+    return out
+
+
+def load_settings(explicit: Path | None = None, *, directory: Path | None = None) -> Settings:
+    """The settings file in force (none: empty Settings)."""
+    directory = directory or Path.cwd()
+    if explicit is not None:
+        if not explicit.is_file():
+            raise InputError(f"Config file {explicit} does not exist.")
+        candidates = [explicit]
+    else:
+        candidates = [p for p in (directory / "biasaudit.toml", directory / "pyproject.toml") if p.is_file()]
+    for path in candidates:
+        data = _read_toml(path)
+        if path.name == "pyproject.toml":
+            tables = data.get("tool", {}).get("biasaudit")
+            if tables is None:
+                if explicit is not None:
+                    raise InputError(f"Config file {path} has no [tool.biasaudit] table.")
+                continue
+            return Settings(path=path, sections=_checked(tables, path, "tool.biasaudit."))
+        return Settings(path=path, sections=_checked(data, path, ""))
+    return Settings()
+
+
+def resolve(given: Mapping[str, Any], explicit: set[str], settings: Settings, section: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each setting's value and where it came from: the command line (names in `explicit`), the file, or
+    the option's default (`given` holds the parsed options, defaults included)."""
+    from_file = settings.section(section)
+    values, sources = {}, {}
+    for name, value in given.items():
+        if name in explicit:
+            values[name], sources[name] = value, COMMAND_LINE
+        elif name in from_file:
+            values[name], sources[name] = from_file[name], settings.label(section)
+        else:
+            values[name], sources[name] = value, DEFAULT
+    return values, sources
