@@ -243,3 +243,9 @@ def test_scan_settings_from_the_file_land_in_the_manifest_with_their_source(tmp_
     sources = manifest["settings"]["sources"]
     assert sources["conditions"].endswith("biasaudit.toml [scan]") and sources["bootstrap"] == "command line"
     assert sources["seed"] == "default" and manifest["settings"]["config_file"].endswith("biasaudit.toml")
+
+
+def test_scan_without_an_adapter_on_the_command_line_or_in_a_file_exits_2(tmp_path):
+    result = subprocess.run([str(SCRIPT), "scan", "model.pt"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2 and "--adapter is required: give it on the command line or as adapter" in result.stderr
+    assert not (tmp_path / "biasaudit-out").exists()
