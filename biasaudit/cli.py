@@ -137,7 +137,7 @@ def scan(
     kmeans_k: int = typer.Option(16, "--kmeans-k", min=2, help="Clusters of the k-means bias discovery, used when the data has no bias value."),
     embedding_points: int = typer.Option(5000, "--embedding-points", min=10, help="Most points kept for the embedding plots (seeded sample)."),
     mute: list[str] = typer.Option([], "--mute", help="What 'missing' means for a modality, e.g. image=mean (mid-grey) instead of the black image; repeatable."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="Settings file (default: biasaudit.toml, else pyproject.toml [tool.biasaudit])."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Settings file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml)."),
 ) -> None:
     """Audit a checkpoint: accuracy under muted and noisy modalities, gap, flip rates, JSD, embeddings, gradient conflict."""
     from biasaudit.adapter import load_adapter
@@ -303,11 +303,11 @@ def gate(
                                            "lower (repeatable; e.g. full=90)."),
     max_jsd_drop: Optional[float] = typer.Option(None, "--max-jsd-drop", help="FAIL when the JSD mean fell by more than this against "
                                                  "--baseline (its mistakes copy the bias more)."),
-    significant: bool = typer.Option(False, "--significant", help="--max-gap-increase fails only when the paired 95% interval of "
+    significant: bool = typer.Option(False, "--significant/--no-significant", help="--max-gap-increase fails only when the paired 95% interval of "
                                      "the change excludes zero (else WARN)."),
     json_output: bool = typer.Option(False, "--json", help="Print the machine verdict as JSON on stdout."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report, one test case per rule."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: biasaudit.toml, else pyproject.toml [tool.biasaudit])."),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml)."),
 ) -> None:
     """Turn audits into a CI verdict: exit 0 when no rule fails, 1 when one fails, 2 on a usage or input error."""
     import json
@@ -331,7 +331,12 @@ def gate(
         audits = {}
         for name, path in (("current", current), ("baseline", baseline)):
             if path is not None:
-                audits[name] = read_audit(path)
+                try:
+                    audits[name] = read_audit(path)
+                except InputError as exc:
+                    if name == "baseline" and sources["baseline"] != "command line":
+                        raise InputError(f"The baseline set in {sources['baseline']}: {exc}") from exc
+                    raise
                 check_audit_shape(audits[name], source=str(path))
         result = evaluate_gate(audits["current"], rules, baseline=audits.get("baseline"), current_name=str(current),
                                baseline_name=str(baseline) if baseline is not None else "baseline")

@@ -26,6 +26,7 @@ GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_jsd_drop": (int, float), "significant": bool,
 }
 SECTIONS = {"scan": SCAN_KEYS, "gate": GATE_KEYS}
+_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
 COMMAND_LINE, DEFAULT = "command line", "default"
 
 
@@ -67,8 +68,8 @@ def _checked(tables: Mapping[str, Any], path: Path, prefix: str) -> dict[str, di
             wanted = keys[key] if isinstance(keys[key], tuple) else (keys[key],)
             # TOML's true is a Python bool, which is also an int: accept it only where a bool is wanted.
             if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
-                raise InputError(f"Config file {path}: [{prefix}{name}] {key} = {value!r} is not a "
-                                 f"{' or '.join(t.__name__ for t in wanted)}.")
+                raise InputError(f"Config file {path}: [{prefix}{name}] {key} = {value!r} is not "
+                                 f"{' or '.join(_TYPE_WORDS[t] for t in wanted)}.")
         out[name] = dict(values)
     return out
 
@@ -101,7 +102,13 @@ def resolve(given: Mapping[str, Any], explicit: set[str], settings: Settings, se
     from_file = settings.section(section)
     values, sources = {}, {}
     for name, value in given.items():
-        if name in explicit:
+        if (name == "min_accuracy" and name in explicit and isinstance(from_file.get(name), dict)
+                and all("=" in item for item in value)):  # a malformed item is left for the option's own error
+            # Thresholds per condition: the command line overrides and adds conditions, the file's others stay.
+            typed = dict(item.rpartition("=")[::2] for item in value)
+            values[name] = [f"{k}={v}" for k, v in {**from_file[name], **typed}.items()]
+            sources[name] = f"command line over {settings.label(section)}"
+        elif name in explicit:
             values[name], sources[name] = value, COMMAND_LINE
         elif name in from_file:
             values[name], sources[name] = from_file[name], settings.label(section)

@@ -77,8 +77,10 @@ def parse_min_accuracy(items: list[str]) -> dict[str, float]:
             number = float(value)
         except ValueError:
             number = None
-        if not sep or not name or number is None or not 0 <= number <= 100:
+        if not sep or not name or number is None:
             raise InputError(f"--min-accuracy {item!r} is not CONDITION=PERCENT (e.g. full=90 or missing:image=40).")
+        if not 0 <= number <= 100:
+            raise InputError(f"--min-accuracy {item!r}: {number:g} is not a percentage between 0 and 100.")
         out[name] = number
     return out
 
@@ -156,9 +158,11 @@ def _min_accuracy(current: Mapping[str, Any], minimums: Mapping[str, float]) -> 
 def _jsd_drop(comparison: Mapping[str, Any], limit: float) -> list[RuleVerdict]:
     jsd = comparison.get("jsd")
     name = "max_jsd_drop"
-    if not jsd or jsd["mean"]["before"] is None or jsd["mean"]["after"] is None:
-        return [RuleVerdict(name, "ERROR", "a JSD mean is missing from one of the audits (no bias values, or too few mistakes "
-                                           "per bias value: see --min-wrong)", {"limit": limit})]
+    means = {"baseline": (jsd or {}).get("mean", {}).get("before"), "current": (jsd or {}).get("mean", {}).get("after")}
+    lacking = [who for who, value in means.items() if value is None]
+    if lacking:
+        return [RuleVerdict(name, "ERROR", f"the {' and the '.join(lacking)} audit has no JSD mean (no bias values, or no bias value "
+                                           "with enough mistakes: scan again with a lower --min-wrong)", {"limit": limit})]
     before, after = jsd["mean"]["before"], jsd["mean"]["after"]
     drop = before - after
     status = "PASS" if drop <= limit else "FAIL"
@@ -173,7 +177,9 @@ def evaluate_gate(current: Mapping[str, Any], rules: GateRules, *, baseline: Map
     if rules.empty():
         raise InputError("No gate rule was given; use --max-gap, --max-gap-increase with --baseline, --min-accuracy or --max-jsd-drop.")
     if baseline is None and rules.needs_baseline():
-        raise InputError(f"{' and '.join(rules.needs_baseline())} compare against a stored audit; give it with --baseline BASE.json.")
+        needs = rules.needs_baseline()
+        raise InputError(f"{' and '.join(needs)} {'compares' if len(needs) == 1 else 'compare'} against a stored audit; "
+                         "give it with --baseline BASE.json.")
     verdicts: list[RuleVerdict] = []
     if rules.max_gap is not None:
         verdicts += _max_gap(current, rules.max_gap)

@@ -209,6 +209,9 @@ def test_gate_rules_from_biasaudit_toml_with_command_line_overrides(audits, tmp_
     overridden = run("--max-gap-increase", "20")
     assert overridden.returncode == 0, overridden.stderr
     assert json.loads(overridden.stdout)["settings"]["sources"]["max_gap_increase"] == "command line"
+    added = json.loads(run("--min-accuracy", "missing:a=10").stdout)  # adds a condition, keeps the file's full=99
+    assert [r["rule"] for r in added["rules"]][:2] == ["min_accuracy[full]", "min_accuracy[missing:a]"]
+    assert added["settings"]["sources"]["min_accuracy"].startswith("command line over ")
 
 
 def test_pyproject_tool_table_is_read_and_a_bad_key_exits_2_naming_the_file(audits, tmp_path):
@@ -221,7 +224,7 @@ def test_pyproject_tool_table_is_read_and_a_bad_key_exits_2_naming_the_file(audi
     (tmp_path / "pyproject.toml").write_text('[tool.biasaudit.gate]\nsignificant = "yes"\n')
     result = subprocess.run([str(SCRIPT), "gate", str(audits["big"]), "--max-gap", "1"], capture_output=True, text=True,
                             timeout=300, cwd=tmp_path)
-    assert result.returncode == 2 and "significant = 'yes' is not a bool" in result.stderr
+    assert result.returncode == 2 and "significant = 'yes' is not true or false." in result.stderr
 
 
 def test_scan_settings_from_the_file_land_in_the_manifest_with_their_source(tmp_path):

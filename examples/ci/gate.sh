@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gate a candidate checkpoint in any CI: scan it the way the stored baseline audit was scanned, then
-# compare. Exit status: 0 gate passed, 1 a rule failed, 2 a usage or input error (the scan's or the
-# gate's). The audit, its HTML, the gate's JSON verdict and its JUnit XML are left in $OUT for upload.
+# compare. Exit status: 0 gate passed, 1 a rule failed, 2 a usage or input error, 3 an internal error
+# (the scan's or the gate's). The audit, its HTML, the gate's JSON verdict and its JUnit XML are left in
+# $OUT for upload. --projection pca: the projection enters no gate figure, and UMAP is slower.
 #
 #   examples/ci/gate.sh CANDIDATE.pt BASELINE_AUDIT.json
 #
