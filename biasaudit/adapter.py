@@ -34,7 +34,8 @@ class Modality:
         (before any normalisation the adapter applies in `prepare`).
       - "text": a list of B raw strings.
       - "tokens": a long tensor [B, L] of token ids under `key`, with its attention mask under
-        `mask_key`; `pad_id` fills removed positions and `special_ids` (e.g. CLS, SEP) are kept.
+        `mask_key`; `pad_id` fills removed positions and `special_ids` (e.g. CLS, SEP) are kept;
+        `padding_side` says where the tokenizer pads (None: read from the mask of each batch).
       - "tensor": any other float tensor [B, ...].
 
     missing: the muting impairment that "missing" and the ratio sweep use for this modality;
@@ -50,6 +51,7 @@ class Modality:
     mask_key: str | None = None
     special_ids: tuple[int, ...] = ()
     missing: str | None = None
+    padding_side: str | None = None  # tokens: "left" or "right"; None = read it from each batch's mask
 
     def __post_init__(self) -> None:
         from biasaudit.impairments import IMPAIRMENTS  # kinds users registered count too
@@ -69,6 +71,8 @@ class Modality:
             # row would be fully masked, which makes attention produce NaN in most transformers.
             raise AdapterError(
                 f"Token modality {self.name!r} needs special_ids (the ids a tokenizer puts around an empty string, e.g. (101, 102)).")
+        if self.padding_side not in (None, "left", "right"):
+            raise AdapterError(f"Modality {self.name!r} has padding_side {self.padding_side!r}; expected 'left', 'right' or None.")
         low, high = self.value_range
         if not low < high:
             raise AdapterError(f"Modality {self.name!r} has value_range {self.value_range}; expected (low, high) with low < high.")

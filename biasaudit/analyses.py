@@ -34,6 +34,8 @@ class FullConditionDiagnostics:
         self.prior: BiasPrior | None = None
         self.jsd: JSDAccumulator | None = None
         self.jsd_note: str | None = None
+        self.discovered_bias: np.ndarray | None = None  # k-means cluster of every evaluated sample, by global index
+        self.discovery_forwards = 0  # samples forwarded to discover them (train and the evaluated split)
         if adapter.bias_key is None:
             self.jsd_note = "no bias attribute"  # replaced by the k-means discovery in finish()
         elif "train" not in adapter.splits:
@@ -93,7 +95,14 @@ class FullConditionDiagnostics:
             return _unavailable(self.jsd_note or "The JSD diagnostic is unavailable.")
         names = self.adapter.bias_names if bias_source == "bias_key" else None
         result = self.jsd.result(self.prior, min_wrong=self.config.min_wrong, bias_names=names).to_dict()
-        result.update(available=True, bias_source=bias_source, note=self.jsd_note if bias_source == "kmeans" else None)
+        note = self.jsd_note if bias_source == "kmeans" else None
+        wrong = sum(row["n_wrong"] for row in result["per_bias"].values())
+        if wrong == 0:
+            # Nothing to measure is a finding, not a failure: say it instead of showing an empty chart.
+            note = " ".join(filter(None, [note, f"The model makes no mistakes on split {self.config.split!r}, so the JSD of its "
+                                                "mistakes against the bias priors has nothing to measure."]))
+            self.notes.append(note)
+        result.update(available=True, bias_source=bias_source, note=note, n_wrong=wrong)
         return result
 
     def _discover_bias(self, model: nn.Module, *, dominant: str | None, device: torch.device) -> None:
@@ -114,7 +123,9 @@ class FullConditionDiagnostics:
         self.prior.update(train["label"], clusters.predict(train["embedding"]))
         self.jsd = JSDAccumulator(num_classes=self.adapter.num_classes, num_bias=num_bias)
         evaluation = _branch_outputs(model, self.adapter, branches[dominant], self.config.split, device=device, batch_size=self.config.batch_size)
-        self.jsd.update(evaluation["probabilities"], evaluation["label"], clusters.predict(evaluation["embedding"]))
+        self.discovered_bias = clusters.predict(evaluation["embedding"]).astype(np.int64)
+        self.discovery_forwards = len(train["label"]) + len(evaluation["label"])
+        self.jsd.update(evaluation["probabilities"], evaluation["label"], self.discovered_bias)
         self.jsd_note = (f"The data has no bias attribute: bias values are {num_bias} k-means clusters of the dominant "
                          f"modality's ({dominant}) branch embeddings, fitted on the train split (methods.md section 3).")
         self.notes.append(self.jsd_note)

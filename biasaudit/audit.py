@@ -14,6 +14,7 @@ from biasaudit.errors import InputError
 from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, source_hash, write_json_atomic
 from biasaudit.progress import Progress
 from biasaudit.scan import ScanConfig, scan_model
+from biasaudit.verdict import scan_verdict
 
 
 def load_model(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False) -> nn.Module:
@@ -36,20 +37,33 @@ def adapter_source(adapter: Adapter, spec: str | None) -> dict[str, Any]:
 
 
 def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, checkpoint: str | Path | None,
-                adapter_spec: str | None = None, progress: Progress | None = None) -> dict[str, Any]:
+                adapter_spec: str | None = None, progress: Progress | None = None,
+                unimodal_models: dict[str, nn.Module] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
-    sections = scan_model(model, adapter, config=config, progress=progress)
+    sections = scan_model(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models)
+    forwards = sections.pop("_forwards_per_sample")
     manifest = Manifest(
         seed=config.seed, device=config.device, config=config.to_dict(),
         checkpoint={"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None},
         adapter=adapter_source(adapter, adapter_spec), wall_time_s=time.perf_counter() - start)
-    return {"schema": AUDIT_SCHEMA, "schema_version": AUDIT_SCHEMA_VERSION, "manifest": manifest.to_dict(), **sections}
+    audit = {"schema": AUDIT_SCHEMA, "schema_version": AUDIT_SCHEMA_VERSION, "manifest": manifest.to_dict(), **sections}
+    audit["manifest"]["forwards_per_sample"] = forwards
+    audit["verdict"] = scan_verdict(audit)  # last: its sentences read every section above
+    return audit
 
 
 def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanConfig, adapter_spec: str | None = None,
-                     trust: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+                     trust: bool = False, progress: Progress | None = None,
+                     unimodal: tuple[tuple[str, str | Path], ...] = ()) -> dict[str, Any]:
+    """unimodal: (modality, checkpoint of the same architecture trained on that modality alone) pairs, whose
+    accuracy with the other modalities muted is that modality's ceiling."""
     model = load_model(checkpoint, adapter, trust=trust)
-    return audit_model(model, adapter, config=config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress)
+    unimodal_models = {}
+    for name, path in unimodal:
+        unimodal_models[name] = load_model(path, adapter, trust=trust)
+        unimodal_models[name].biasaudit_source = str(path)  # named in the ceilings section
+    return audit_model(model, adapter, config=config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress,
+                       unimodal_models=unimodal_models)
 
 
 def check_out_dir(out: str | Path) -> Path:

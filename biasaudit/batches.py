@@ -82,3 +82,21 @@ def indexed_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterato
         check_raw_inputs(batch, adapter, split=split)
         yield np.arange(offset, offset + n), batch
         offset += n
+
+
+def take_rows(batch: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    """The batch restricted to some rows: every tensor, array, list or tuple with one entry per sample is
+    indexed; any other value (a shared setting) is kept as it is."""
+    size = len(next(iter(batch.values()))) if batch else 0
+    index = torch.as_tensor(rows, dtype=torch.long)
+    out: dict[str, Any] = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == size:
+            out[key] = value[index.to(value.device)]
+        elif isinstance(value, np.ndarray) and value.ndim and value.shape[0] == size:
+            out[key] = value[rows]
+        elif isinstance(value, (list, tuple)) and len(value) == size:
+            out[key] = type(value)(value[i] for i in rows) if isinstance(value, tuple) else [value[i] for i in rows]
+        else:
+            out[key] = value
+    return out

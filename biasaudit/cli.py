@@ -71,7 +71,7 @@ def summary_table(audit: dict) -> Table:
     for column in ("condition", "accuracy %", "95% CI", "flip rate"):
         table.add_column(column, justify="left" if column == "condition" else "right")
     for row in audit["conditions"]:
-        if row["group"] in ("full", "missing", "noisy", "custom"):
+        if row["group"] in ("full", "missing", "noisy", "custom", "mute_compare"):
             lo, hi = row["accuracy_ci"]
             table.add_row(row["name"], f"{row['accuracy']:.1f}", f"[{lo:.1f}, {hi:.1f}]", f"{row['flip_rate']:.2f}")
     for group in ("missing", "noisy"):
@@ -80,13 +80,36 @@ def summary_table(audit: dict) -> Table:
             lo, hi = section["gap_ci"]
             table.add_row(f"{group}: Avg / Gap", f"{section['avg']:.1f} / {section['gap']:.1f}", f"gap [{lo:.1f}, {hi:.1f}]",
                           f"dominant: {section['dominant'] or 'none'}")
+    carrier = audit.get("carrier") or {}
+    if carrier.get("available"):
+        for name, row in carrier["modalities"].items():
+            swap = row["bias_swap"]
+            if swap["excess_follow_rate"] is not None:
+                lo, hi = swap["excess_follow_rate_ci"] or (float("nan"), float("nan"))
+                table.add_row(f"bias swap: {name}", f"{100 * swap['excess_follow_rate']:+.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]",
+                              "carrier" if name == carrier.get("carrier") else "")
+    groups = (audit.get("groups") or {}).get("conditions", {}).get("full")
+    if groups and groups.get("worst_group") is not None:
+        lo, hi = groups["worst_group_ci"] or (float("nan"), float("nan"))
+        table.add_row("worst group / balanced", f"{groups['worst_group']:.1f} / {groups['bias_balanced']:.1f}", f"[{lo:.1f}, {hi:.1f}]",
+                      escape(groups.get("worst_group_label") or ""))
     jsd = audit.get("jsd", {})
     if jsd.get("available"):
         # The unweighted mean needs min_wrong mistakes per bias value; say so rather than drop the row.
         mean = "n/a" if jsd.get("mean") is None else f"{jsd['mean']:.3f}"
         weighted = "n/a" if jsd.get("weighted_mean") is None else f"{jsd['weighted_mean']:.3f}"
-        table.add_row("JSD mean / weighted", f"{mean} / {weighted}", "", "low = mistakes copy the bias")
+        table.add_row("JSD mean / weighted", f"{mean} / {weighted}", "", "no mistakes on this split" if jsd.get("n_wrong") == 0
+                      else "low = mistakes copy the bias")
     return table
+
+
+def print_verdict(audit: dict) -> None:
+    """The scan's verdict in words under the table: bias measures first, then reliance, then caveats."""
+    verdict = audit.get("verdict") or {}
+    if verdict.get("headline"):
+        err.print(f"[bold]verdict:[/] {escape(verdict['headline'])}")
+    for sentence in verdict.get("sentences", []):
+        err.print(f"  - {sentence}", markup=False, highlight=False)
 
 
 def parse_mute(values: list[str]) -> tuple[tuple[str, str], ...]:
@@ -98,6 +121,24 @@ def parse_mute(values: list[str]) -> tuple[tuple[str, str], ...]:
         if not sep or not name or not impairment:
             raise InputError(f"--mute {value!r} is not of the form MODALITY=IMPAIRMENT, e.g. image=mean.")
         pairs.append((name, impairment))
+    return tuple(pairs)
+
+
+def parse_unimodal(values: list[str], adapter) -> tuple[tuple[str, Path], ...]:
+    """--unimodal MODALITY=CHECKPOINT items, checked before any model is loaded."""
+    from biasaudit.errors import InputError
+
+    names = [m.name for m in adapter.modalities]
+    pairs = []
+    for value in values:
+        name, sep, path = str(value).partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--unimodal {value!r} is not of the form MODALITY=CHECKPOINT, e.g. image=image_only.pt.")
+        if name not in names:
+            raise InputError(f"--unimodal {value!r} names modality {name!r}. Available: {', '.join(names)}.")
+        if not Path(path).is_file():
+            raise InputError(f"--unimodal {value!r}: the checkpoint {path} does not exist.")
+        pairs.append((name, Path(path)))
     return tuple(pairs)
 
 
@@ -137,9 +178,17 @@ def scan(
     kmeans_k: int = typer.Option(16, "--kmeans-k", min=2, help="Clusters of the k-means bias discovery, used when the data has no bias value."),
     embedding_points: int = typer.Option(5000, "--embedding-points", min=10, help="Most points kept for the embedding plots (seeded sample)."),
     mute: list[str] = typer.Option([], "--mute", help="What 'missing' means for a modality, e.g. image=mean (mid-grey) instead of the black image; repeatable."),
+    mute_compare: bool = typer.Option(False, "--mute-compare", help="Also measure each modality's other muting choice (image: black and mid-grey) and say which modality each makes dominant."),
+    min_group: int = typer.Option(10, "--min-group", min=1, help="Smallest (label, bias value) group that enters worst-group and bias-balanced accuracy."),
+    group_by: str = typer.Option("auto", "--group-by", help="Groups: bias = (label, bias value); alignment = (label, bias-aligned or conflicting); "
+                                 "auto = bias unless its groups are too small to count half the samples."),
+    ceiling_per_class: int = typer.Option(50, "--ceiling-per-class", min=1, help="Train samples per class the ceilings' linear probes are fitted on (seeded)."),
+    unimodal: list[str] = typer.Option([], "--unimodal", help="MODALITY=CHECKPOINT: a model of the same architecture trained on that modality alone, "
+                                       "whose accuracy (other modalities muted) is the modality's ceiling instead of a linear probe; repeatable."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Settings file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml)."),
 ) -> None:
-    """Audit a checkpoint: accuracy under muted and noisy modalities, gap, flip rates, JSD, embeddings, gradient conflict."""
+    """Audit a checkpoint: bias measures (carrier test, worst-group accuracy, JSD), reliance (accuracy under muted and noisy
+    modalities, Gap, flip rates, ceilings), calibration, embeddings, gradient conflict."""
     from biasaudit.adapter import load_adapter
     from biasaudit.audit import audit_checkpoint, check_out_dir, write_audit
     from biasaudit.config_file import SCAN_KEYS, load_settings, resolve
@@ -157,12 +206,16 @@ def scan(
         config = ScanConfig(split=v["split"], conditions=v["conditions"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
                             bootstrap_replicates=v["bootstrap"], projection=v["projection"], gradient_batches=v["gradient_batches"],
                             min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
-                            mute=parse_mute(v["mute"]))
+                            mute=parse_mute(v["mute"]), mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
+                            ceiling_per_class=v["ceiling_per_class"])
+        unimodal_checkpoints = parse_unimodal(v["unimodal"], loaded)
         with progress_bars() as progress:
-            audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress)
+            audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress,
+                                     unimodal=unimodal_checkpoints)
         audit["manifest"]["settings"] = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
         json_path, html_path = write_audit(audit, out_dir)
         err.print(summary_table(audit))
+        print_verdict(audit)
         out.print(f"{json_path}\n{html_path}")
 
 
@@ -188,7 +241,7 @@ def fix(
                                     "kmeans (k-means on the branch of the modality the model leans on; methods.md section 3) or auto "
                                     "(key when the adapter declares one)."),
     bias_modality: Optional[str] = typer.Option(None, "--bias-modality", help="MMDB with k-means bias: the modality whose branch is "
-                                                "clustered (default: the before audit's dominant one)."),
+                                                "clustered (default: the before audit's carrier, else its dominant one)."),
     kmeans_k: int = typer.Option(16, "--kmeans-k", min=2, help="Clusters of the k-means bias discovery (MMDB without a bias key, and both audits' JSD)."),
     min_count: int = typer.Option(0, "--min-count", help="MMDB: ignore labels with fewer samples under a bias value."),
     entropy_gate: Optional[float] = typer.Option(None, "--entropy-gate", help="MMDB: zero the margins of bias values with label entropy >= this (bits)."),
@@ -233,7 +286,10 @@ def fix(
         warning = training["settings"].get("scale_warning")
         if warning:
             err.print(f"[yellow]note:[/] {escape(warning)}")
-        err.print(f"[bold]{method}[/]: {compare['verdict']}")
+        # Bias measures first, then the Gap as reliance (biasaudit.verdict); escaped: intervals are [lo, hi].
+        err.print(f"[bold]{method}[/]: {escape(compare['verdict'])}", soft_wrap=True)  # one line each, for grep and CI logs
+        for sentence in compare.get("verdict_sentences") or []:
+            err.print(f"  {escape(sentence)}", soft_wrap=True)
         out.print("\n".join(str(p) for p in paths.values()))
 
 
@@ -266,7 +322,9 @@ def compare(
         out_path.mkdir(parents=True, exist_ok=True)
         write_json_atomic(comparison, out_path / "compare.json")
         write_compare_html(comparison, first, second, out_path / "compare.html", train_log=log)
-        err.print(comparison["verdict"])
+        err.print(escape(comparison["verdict"]), soft_wrap=True)  # one line each, for grep and CI logs
+        for sentence in comparison["verdict_sentences"]:
+            err.print(f"  {escape(sentence)}", soft_wrap=True)
         out.print(f"{out_path / 'compare.json'}\n{out_path / 'compare.html'}")
 
 
@@ -296,15 +354,25 @@ def gate(
     ctx: typer.Context,
     current: Path = typer.Argument(..., help="audit.json of the candidate model."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed)."),
-    max_gap: Optional[float] = typer.Option(None, "--max-gap", help="FAIL when a Gap (missing, noisy) of CURRENT exceeds this, in points."),
-    max_gap_increase: Optional[float] = typer.Option(None, "--max-gap-increase", help="FAIL when a Gap grew by more than this many points "
-                                                     "against --baseline."),
-    min_accuracy: list[str] = typer.Option([], "--min-accuracy", help="CONDITION=PERCENT: FAIL when that condition's accuracy is "
-                                           "lower (repeatable; e.g. full=90)."),
-    max_jsd_drop: Optional[float] = typer.Option(None, "--max-jsd-drop", help="FAIL when the JSD mean fell by more than this against "
+    min_worst_group: list[str] = typer.Option([], "--min-worst-group", metavar="CONDITION=PERCENT", help="CONDITION=PERCENT: FAIL when that condition's "
+                                              "worst-group accuracy is lower (repeatable; e.g. full=60). A bias rule."),
+    max_worst_group_drop: list[str] = typer.Option([], "--max-worst-group-drop", metavar="[CONDITION=]POINTS", help="POINTS or CONDITION=POINTS: FAIL when the "
+                                                   "worst-group accuracy (plain: of full) fell by more than this against --baseline."),
+    max_bias_follow_increase: list[str] = typer.Option([], "--max-bias-follow-increase", metavar="[MODALITY=]POINTS", help="POINTS or MODALITY=POINTS: FAIL when "
+                                                       "the excess bias-follow rate rose by more than this many percentage points "
+                                                       "against --baseline (plain: the baseline's carrier modality; repeatable)."),
+    max_jsd_drop: Optional[float] = typer.Option(None, "--max-jsd-drop", help="FAIL when the JSD fell by more than this against "
                                                  "--baseline (its mistakes copy the bias more)."),
-    significant: bool = typer.Option(False, "--significant/--no-significant", help="--max-gap-increase fails only when the paired 95% interval of "
-                                     "the change excludes zero (else WARN)."),
+    jsd: str = typer.Option("weighted", "--jsd", metavar="weighted|mean", help="Which JSD --max-jsd-drop reads: weighted (every bias value with a "
+                            "mistake, by its mistakes) or mean (only bias values with --min-wrong mistakes)."),
+    max_gap: list[str] = typer.Option([], "--max-gap", metavar="[GROUP=]POINTS", help="POINTS or GROUP=POINTS: FAIL when a Gap of CURRENT exceeds this "
+                                      "(plain: every group, missing and noisy; repeatable). A reliance rule."),
+    max_gap_increase: list[str] = typer.Option([], "--max-gap-increase", metavar="[GROUP=]POINTS", help="POINTS or GROUP=POINTS: FAIL when a Gap grew by more "
+                                               "than this against --baseline (plain: every group; e.g. missing=2). A reliance rule."),
+    min_accuracy: list[str] = typer.Option([], "--min-accuracy", metavar="CONDITION=PERCENT", help="CONDITION=PERCENT: FAIL when that condition's accuracy is "
+                                           "lower (repeatable; e.g. full=90)."),
+    significant: bool = typer.Option(False, "--significant/--no-significant", help="A baseline rule's change past its limit fails "
+                                     "only when its whole paired 95% interval lies beyond the limit (else WARN)."),
     json_output: bool = typer.Option(False, "--json", help="Print the machine verdict as JSON on stdout."),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report, one test case per rule."),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml)."),
@@ -314,17 +382,15 @@ def gate(
 
     from biasaudit.errors import InputError
     from biasaudit.config_file import GATE_KEYS, load_settings, resolve
-    from biasaudit.gate import GateRules, check_audit_shape, evaluate_gate, parse_min_accuracy
+    from biasaudit.gate import check_audit_shape, evaluate_gate, gate_rules
     from biasaudit.report.junit import write_gate_junit
     from biasaudit.results import read_audit
 
     with handled():
         settings = load_settings(config_file)
         v, sources = resolve({k: val for k, val in ctx.params.items() if k in GATE_KEYS}, explicit_options(ctx), settings, "gate")
-        minimums = v["min_accuracy"]
-        minimums = parse_min_accuracy(minimums) if isinstance(minimums, list) else parse_min_accuracy([f"{k}={x}" for k, x in minimums.items()])
-        rules = GateRules(max_gap=v["max_gap"], max_gap_increase=v["max_gap_increase"], min_accuracy=minimums,
-                          max_jsd_drop=v["max_jsd_drop"], significant=v["significant"])
+        # Every rule is checked here, before any audit is read: a typo exits 2 without waiting on files.
+        rules = gate_rules(v, sources=sources)
         baseline = Path(v["baseline"]) if v["baseline"] is not None else None
         if junit is not None and junit.is_dir():
             raise InputError(f"--junit {junit} is a directory; expected a file path for the JUnit XML report.")
@@ -390,6 +456,7 @@ def demo(
                                      progress=progress)
         json_path, html_path = write_audit(audit, out_path)
         err.print(summary_table(audit))
+        print_verdict(audit)
         err.print(f"demo finished in {time.perf_counter() - start:.1f} s: checkpoint, audit.json and audit.html are in {out_path}/")
         out.print(f"{checkpoint}\n{json_path}\n{html_path}")
 

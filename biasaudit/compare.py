@@ -1,5 +1,9 @@
 """Before/after comparison of two audits of the same split, conditions and seed.
 
+Two kinds of figures: the bias measures (`bias`: carrier, bias-follow rates, worst-group, bias-balanced and
+OOD accuracy, methods.md section 9), which decide the verdict, and reliance (`summary`: Avg, Gap, flip rates),
+its context; see verdict.py for why the Gap alone never says "bias increased".
+
 Deltas get paired bootstrap intervals whenever both audits kept their replicate counts and provably
 drew the same weights for the same samples (same seed, replicate count and sample fingerprint), whether
 the audits are in memory (inside `fix`) or read back from files: there is one code path. Otherwise the
@@ -14,9 +18,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from biasaudit.errors import InputError
+from biasaudit.errors import DataError, InputError
 from biasaudit.fingerprint import fingerprint_difference
 from biasaudit.metrics.accuracy import BootstrapCounts, percentile_interval
+from biasaudit.verdict import compare_sentences, compare_verdict
 
 _MUST_MATCH = ("split", "conditions", "seed")
 GROUPS = ("missing", "noisy")
@@ -128,12 +133,15 @@ def compare_audits(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[
     summary["full"] = {"before": full_b, "after": full_a, "delta": full_a - full_b, "delta_ci": pairing.delta_interval("full")}
     jsd = {key: {"before": before["jsd"].get(key), "after": after["jsd"].get(key)} for key in ("mean", "weighted_mean")} \
         if before["jsd"].get("available") and after["jsd"].get("available") else None
-    return {"schema": "biasaudit.compare", "schema_version": 1, "split": b_config["split"], "summary": summary,
-            "conditions": conditions, "jsd": jsd, "verdict": verdict(summary),
-            "paired": pairing.paired, "unpaired_reason": pairing.reason,
-            "note": "Deltas are after minus before, in points. " + (
-                "Intervals of the deltas are paired bootstrap intervals (same samples, same replicate weights)." if pairing.paired else
-                f"Not paired: {pairing.reason}; deltas have no interval.")}
+    comparison = {"schema": "biasaudit.compare", "schema_version": 1, "split": b_config["split"], "summary": summary,
+                  "conditions": conditions, "jsd": jsd, "bias": compare_bias(before, after, pairing),
+                  "paired": pairing.paired, "unpaired_reason": pairing.reason,
+                  "note": "Deltas are after minus before, in points (bias-follow rates: fractions). " + (
+                      "Intervals of the deltas are paired bootstrap intervals (same samples, same replicate weights)." if pairing.paired else
+                      f"Not paired: {pairing.reason}; deltas have no interval.")}
+    comparison["verdict"] = compare_verdict(comparison)
+    comparison["verdict_sentences"] = compare_sentences(comparison)
+    return comparison
 
 
 def _group_replicates(audit: Mapping[str, Any], counts: BootstrapCounts, group: str) -> np.ndarray:
@@ -153,36 +161,76 @@ def _group_change_intervals(before: Mapping[str, Any], after: Mapping[str, Any],
     return {"avg": percentile_interval(avg_change), "gap": percentile_interval(gap_change)}
 
 
-def _judge(delta: float | None, interval: Any, *, lower: str, higher: str, same: str) -> str:
-    """One word for a change: by its paired 95% interval when there is one (excludes zero or not), else by
-    the plain difference, marked as such."""
-    if delta is None:
-        return same
-    if interval:
-        lo, hi = interval
-        return lower if hi < 0 else higher if lo > 0 else same
-    word = lower if delta < 0 else higher if delta > 0 else same
-    return f"{word} (plain difference, no interval)"
+# --- bias measures (methods.md section 9) ---------------------------------------------------------------
+
+def _ran(audit: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    section = audit.get(key)
+    return section if isinstance(section, Mapping) and section.get("available", True) else None
 
 
-def verdict(summary: Mapping[str, Any]) -> str:
-    """E.g. "missing-modality Gap 39.7 -> 30.5 points, Full accuracy 93.8 -> 93.6: bias reduced, no clear accuracy
-    change". A change counts when its paired interval excludes zero, so a noisy shift reads as no change. A flip
-    of the dominant modality and a significant rise of the noisy-input Gap are named too."""
-    full = summary["full"]
-    figures, words = [], []
-    if "missing" in summary:
-        gap = summary["missing"]["gap"]
-        figures.append(f"missing-modality Gap {gap['before']:.1f} -> {gap['after']:.1f} points")
-        words.append(_judge(gap["delta"], gap.get("delta_ci"), lower="bias reduced", higher="bias increased", same="Gap unchanged"))
-        dominant = summary["missing"].get("dominant") or {}
-        if dominant.get("before") and dominant.get("after") and dominant["before"] != dominant["after"]:
-            # Overshooting: the model now leans on the other modality, which a smaller Gap alone does not say.
-            words.append(f"the model now leans on {dominant['after']} instead of {dominant['before']}")
-    figures.append(f"Full accuracy {full['before']:.1f} -> {full['after']:.1f}")
-    lost = f"{-full['delta']:.1f} points of accuracy lost" if full["delta"] is not None else ""
-    words.append(_judge(full["delta"], full.get("delta_ci"), lower=lost, higher="accuracy gained", same="no clear accuracy change"))
-    noisy = (summary.get("noisy") or {}).get("gap")
-    if noisy and _judge(noisy["delta"], noisy.get("delta_ci"), lower="", higher="up", same="") == "up":
-        words.append(f"but the noisy-input Gap rose {noisy['before']:.1f} -> {noisy['after']:.1f}")
-    return ", ".join(figures) + ": " + ", ".join(words) + "."
+def _replicates(audit: Mapping[str, Any], key: str, replicates: int, who: str) -> np.ndarray | None:
+    """One derived measure per bootstrap replicate (null = NaN); None when the audit did not keep it."""
+    values = ((audit.get("bootstrap") or {}).get("derived") or {}).get(key)
+    if values is None:
+        return None
+    if not isinstance(values, list) or len(values) != replicates or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
+        raise DataError(f"The {who} audit's bootstrap.derived[{key!r}] is not a list of {replicates} numbers or nulls, "
+                        "one per replicate; it is damaged.")
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _change(before_value: float | None, after_value: float | None, key: str, before: Mapping[str, Any], after: Mapping[str, Any],
+            pairing: Pairing) -> dict[str, Any]:
+    """before, after, delta and the paired interval of the delta from the derived replicates (None when unpaired
+    or when either audit lacks them)."""
+    entry = {"before": before_value, "after": after_value, "delta": _delta(before_value, after_value), "delta_ci": None}
+    if pairing.paired and entry["delta"] is not None:
+        b = _replicates(before, key, pairing.before.replicates, "before")
+        a = _replicates(after, key, pairing.after.replicates, "after")
+        if b is not None and a is not None:
+            entry["delta_ci"] = percentile_interval(a - b)
+    return entry
+
+
+def _group_measure(before: Mapping[str, Any], after: Mapping[str, Any], pairing: Pairing, measure: str) -> dict[str, Any] | None:
+    b, a = ((_ran(audit, "groups") or {}).get("conditions") for audit in (before, after))
+    if not b or not a:
+        return None
+    return {cond: _change(b[cond].get(measure), a[cond].get(measure), f"{measure}:{cond}", before, after, pairing)
+            for cond in b if cond in a}
+
+
+def _ceilings(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any] | None:
+    b, a = _ran(before, "ceilings") or {}, _ran(after, "ceilings") or {}
+    if not b and not a:
+        return None
+    names = list(dict.fromkeys([*(b.get("modalities") or {}), *(a.get("modalities") or {})]))
+    side = lambda section, m, key: ((section.get("modalities") or {}).get(m) or {}).get(key)  # noqa: E731
+    return {"modalities": {m: {key: {"before": side(b, m, key), "after": side(a, m, key)} for key in ("ceiling", "alone", "utilisation")}
+                           for m in names},
+            **{key: {"before": b.get(key), "after": a.get(key)} for key in ("implied_gap", "observed_gap", "large_gap_expected")}}
+
+
+def compare_bias(before: Mapping[str, Any], after: Mapping[str, Any], pairing: Pairing) -> dict[str, Any]:
+    """Carrier, bias-follow rates, worst-group / bias-balanced and OOD accuracy before and after, with paired intervals
+    from each audit's bootstrap.derived replicates. An entry is None when either audit lacks its section (e.g. audits
+    written before these measures existed); `lacking` says which section each audit lacks."""
+    carriers = [_ran(audit, "carrier") for audit in (before, after)]
+    follow = None
+    if all(carriers):
+        rates = [{m: (v.get("bias_swap") or {}).get("excess_follow_rate") for m, v in (c.get("modalities") or {}).items()} for c in carriers]
+        follow = {m: _change(rates[0][m], rates[1][m], f"bias_follow:{m}", before, after, pairing) for m in rates[0] if m in rates[1]}
+    shifts = [((_ran(audit, "groups") or {}).get("shift") or {}).get("ood") for audit in (before, after)]
+    ood = None
+    if any(shifts):
+        full_b, full_a = before["summary"]["full"]["accuracy"], after["summary"]["full"]["accuracy"]
+        ood = {"before": full_b, "after": full_a, "delta": _delta(full_b, full_a), "delta_ci": pairing.delta_interval("full")}
+    lacking = {key: [f"the {who} audit has no {key} section" for who, audit in (("before", before), ("after", after))
+                     if not _ran(audit, key)] for key in ("groups", "carrier")}
+    return {"carrier": {"before": (carriers[0] or {}).get("carrier"), "after": (carriers[1] or {}).get("carrier")},
+            "bias_follow": follow,
+            "worst_group": _group_measure(before, after, pairing, "worst_group"),
+            "bias_balanced": _group_measure(before, after, pairing, "bias_balanced"),
+            "ood": ood, "ceilings": _ceilings(before, after),
+            "lacking": {key: why for key, why in lacking.items() if why}}

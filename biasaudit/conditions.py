@@ -4,12 +4,14 @@ A condition impairs at most one modality; `full` impairs none and is always eval
 flip rates and negative transfer are measured against it. Spellings accepted by `--conditions`
 (comma separated):
 
-  default                      full, missing, noisy and ratio
+  default                      full, missing, noisy and ratio, plus the carrier and ceilings diagnostics
   full | missing | noisy | ratio   a whole group, for every modality
   missing:image  noisy:text    one group for one modality
   ratio:image                  the missing-ratio sweep for one modality
   image=gaussian:0.2           any registered impairment at any severity in [0, 1]
   text=missing_ratio:0.5       the modality's muting impairment on half the samples
+  carrier | ceilings | shapley | interaction   a diagnostic that needs forwards of its own (methods.md
+                               section 9); groups and calibration read the conditions above and always run
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from biasaudit.impairments import check_severity, muting_impairment, noise_impai
 
 RATIO_SWEEP = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 GROUPS = ("full", "missing", "noisy", "ratio")
+# Diagnostics named in --conditions because they cost forwards, so that a CI scan can leave them out.
+DIAGNOSTICS = ("carrier", "ceilings", "shapley", "interaction")
+DEFAULT_DIAGNOSTICS = ("carrier", "ceilings")
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,12 @@ def parse_conditions(spec: str | Sequence[str], modalities: Sequence[Modality]) 
     """Parse a condition spec into an ordered, de-duplicated list that always starts with `full`."""
     tokens = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
     by_name = {m.name: m for m in modalities}
-    available = "default, " + ", ".join(GROUPS) + ", GROUP:MODALITY, MODALITY=IMPAIRMENT[:SEVERITY]"
+    available = "default, " + ", ".join(GROUPS + DIAGNOSTICS) + ", GROUP:MODALITY, MODALITY=IMPAIRMENT[:SEVERITY]"
     out: list[Condition] = [FULL]
     for token in tokens or ["default"]:
         if token == "default":
             groups, names = ["missing", "noisy", "ratio"], list(by_name)
-        elif token == "full":
+        elif token == "full" or token in DIAGNOSTICS:
             continue
         elif token in _GROUP_BUILDERS:
             groups, names = [token], list(by_name)
@@ -109,3 +114,10 @@ def parse_conditions(spec: str | Sequence[str], modalities: Sequence[Modality]) 
             seen.add(condition.name)
             unique.append(condition)
     return unique
+
+
+def parse_diagnostics(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """The diagnostics a condition spec asks for, in DIAGNOSTICS order ("default" brings DEFAULT_DIAGNOSTICS)."""
+    tokens = {t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()} or {"default"}
+    wanted = set(tokens & set(DIAGNOSTICS)) | (set(DEFAULT_DIAGNOSTICS) if "default" in tokens else set())
+    return tuple(d for d in DIAGNOSTICS if d in wanted)

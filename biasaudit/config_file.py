@@ -3,9 +3,10 @@ option lists.
 
 Where: `--config FILE`, else `biasaudit.toml` in the working directory (tables `[scan]` and `[gate]`),
 else `pyproject.toml` there (tables `[tool.biasaudit.scan]` and `[tool.biasaudit.gate]`). Keys are the
-long option names with `_` for `-` (`batch_size`, `max_gap_increase`; `min_accuracy` is a table of
-condition = percent). An option given on the command line wins over the file, the file over the
-default; `resolve` records which one each setting came from, for the manifest.
+long option names with `_` for `-` (`batch_size`, `max_gap_increase`; `min_accuracy` and `min_worst_group` are
+tables of condition = percent; the other per-key limits take a number or a table). An option given on the
+command line wins over the file, the file over the default; `resolve` records which one each setting came
+from, for the manifest.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from biasaudit.errors import InputError
 SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "adapter": str, "split": str, "conditions": str, "seed": int, "device": str, "batch_size": int, "projection": str,
     "bootstrap": int, "gradient_batches": int, "min_wrong": int, "kmeans_k": int, "embedding_points": int, "mute": list,
+    "min_group": int, "group_by": str, "mute_compare": bool, "unimodal": list, "ceiling_per_class": int,
 }
+# A number applies to the option's default target; a table gives one limit per group, condition or
+# modality. The values inside are checked by biasaudit.gate_limits, the same path as the command line's.
 GATE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "baseline": str, "max_gap": (int, float), "max_gap_increase": (int, float), "min_accuracy": dict,
-    "max_jsd_drop": (int, float), "significant": bool,
+    "baseline": str, "min_worst_group": dict, "max_worst_group_drop": (int, float, dict),
+    "max_bias_follow_increase": (int, float, dict), "max_jsd_drop": (int, float), "jsd": str,
+    "max_gap": (int, float, dict), "max_gap_increase": (int, float, dict), "min_accuracy": dict, "significant": bool,
 }
 SECTIONS = {"scan": SCAN_KEYS, "gate": GATE_KEYS}
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
@@ -102,9 +107,9 @@ def resolve(given: Mapping[str, Any], explicit: set[str], settings: Settings, se
     from_file = settings.section(section)
     values, sources = {}, {}
     for name, value in given.items():
-        if (name == "min_accuracy" and name in explicit and isinstance(from_file.get(name), dict)
+        if (name in explicit and isinstance(value, list) and isinstance(from_file.get(name), dict)
                 and all("=" in item for item in value)):  # a malformed item is left for the option's own error
-            # Thresholds per condition: the command line overrides and adds conditions, the file's others stay.
+            # Limits per condition, group or modality: the command line overrides and adds keys, the file's others stay.
             typed = dict(item.rpartition("=")[::2] for item in value)
             values[name] = [f"{k}={v}" for k, v in {**from_file[name], **typed}.items()]
             sources[name] = f"command line over {settings.label(section)}"

@@ -41,6 +41,11 @@ def dominant_of(audit: Mapping[str, Any]) -> str | None:
     return (audit.get("summary", {}).get("missing") or {}).get("dominant")
 
 
+def carrier_of(audit: Mapping[str, Any]) -> str | None:
+    """The modality whose bias swap moves predictions most (None when the carrier test did not run or found none)."""
+    return (audit.get("summary") or {}).get("carrier")
+
+
 def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
             scan_config: ScanConfig, out_dir: str | Path, adapter_spec: str | None = None, trust: bool = False,
             before_path: str | Path | None = None, resume: bool = False, min_group: int = 1, progress: Progress | None = None) -> dict[str, Path]:
@@ -65,9 +70,10 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     else:
         before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress)
     if method == "mmdb":
-        # Without a bias_key, MMDB clusters the branch of the modality the model leans on (methods.md section 3);
-        # a caller who names the modality (option `dominant`) overrides the audit.
-        method_options["dominant"] = method_options.get("dominant") or dominant_of(before)
+        # Without a bias_key, MMDB clusters the branch of one modality: the one that carries the bias (the carrier
+        # test of the before audit) when known, else the one the model leans on (methods.md section 3); a
+        # caller who names the modality (option `dominant`) overrides the audit.
+        method_options["dominant"] = method_options.get("dominant") or carrier_of(before) or dominant_of(before)
         fixer = make_method(method, **method_options)
     start = time.perf_counter()
     selection = None

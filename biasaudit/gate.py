@@ -1,15 +1,21 @@
 """`biasaudit gate`: rules over an audit (and optionally a baseline audit) -> PASS / WARN / FAIL / ERROR
 verdicts -> an exit code for CI.
 
-Rules (each gives one verdict per impairment group it applies to, with the figures behind it):
-  max_gap             Gap_T of the current audit <= X, for each impairment type T (missing, noisy) it has.
-  max_gap_increase    Gap_T(current) - Gap_T(baseline) <= Y: the ratchet against a stored baseline.
-  min_accuracy        accuracy of condition C in the current audit >= V.
-  max_jsd_drop        JSD mean(baseline) - JSD mean(current) <= Z (a lower JSD means mistakes copy the bias more).
-`significant` changes max_gap_increase only: a change past Y FAILs only when its paired 95% interval
-excludes zero (both audits of the same samples and seed, see compare.py); when it does not, the rule
-WARNs. When the audits do not pair, the plain difference decides and the verdict says so. The JSD has
-no interval, so max_jsd_drop always uses the plain difference.
+Bias rules (recommended first: they measure the shortcut, methods.md section 9):
+  min_worst_group           worst-group accuracy of condition C in the current audit >= P percent.
+  max_worst_group_drop      worst-group accuracy of C (plain X: full) fell by at most X points against the baseline.
+  max_bias_follow_increase  excess bias-follow rate of modality M rose by at most X percentage points against the
+                            baseline; plain X: the baseline's carrier (every modality when it has none).
+  max_jsd_drop              JSD (`jsd`: weighted mean, the default, or mean) fell by at most Z against the baseline.
+Reliance rules (the Gap grows when a model uses the more informative modality better, so a Gap ratchet
+can block a de-biased model; see the README):
+  max_gap                   Gap_T of the current audit <= X, per impairment type T (plain X: every T it has).
+  max_gap_increase          Gap_T(current) - Gap_T(baseline) <= Y: the ratchet (plain Y: every T).
+  min_accuracy              accuracy of condition C in the current audit >= V.
+`significant`: a baseline rule's change past its limit FAILs only when its whole paired 95% interval lies
+beyond the limit (lo > limit for an increase, hi < -limit for a drop); otherwise it WARNs. It applies to
+every rule with a paired interval (Gap, worst-group, bias-follow). When the audits do not pair, or a
+measure has no replicates, the plain difference decides and the verdict says so; the JSD has no interval.
 ERROR: the rule cannot be evaluated on these audits (a condition or section is absent). Exit codes:
 2 when any rule is in ERROR, else 1 when any FAILs, else 0 (WARN passes).
 """
@@ -21,33 +27,65 @@ from typing import Any, Mapping
 
 from biasaudit.compare import GROUPS, compare_audits
 from biasaudit.errors import InputError
+from biasaudit.gate_limits import ALL, JSD_STATISTICS, parse_limits, parse_statistic
 
 STATUSES = ("PASS", "WARN", "FAIL", "ERROR")
 _REQUIRED_SECTIONS = ("manifest", "conditions", "summary", "dataset")
+_BASELINE_RULES = ("max_worst_group_drop", "max_bias_follow_increase", "max_gap_increase", "max_jsd_drop")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 @dataclass(frozen=True)
 class GateRules:
-    max_gap: float | None = None
-    max_gap_increase: float | None = None
+    """Limits per key (impairment group, condition or modality); a plain number is accepted and means the
+    option's default target (ALL, or `full` for max_worst_group_drop). `labels` names each option in errors
+    (the command-line flag, or the config file and key)."""
+
+    max_gap: Mapping[str, float] | float | None = None
+    max_gap_increase: Mapping[str, float] | float | None = None
     min_accuracy: Mapping[str, float] = field(default_factory=dict)
+    min_worst_group: Mapping[str, float] = field(default_factory=dict)
+    max_worst_group_drop: Mapping[str, float] | float | None = None
+    max_bias_follow_increase: Mapping[str, float] | float | None = None
     max_jsd_drop: float | None = None
+    jsd: str = "weighted"
     significant: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        for name in ("max_gap", "max_gap_increase", "max_jsd_drop"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and value == value):
-                raise InputError(f"--{name.replace('_', '-')} is {value!r}; expected a number.")
-        if self.max_gap is not None and self.max_gap < 0:
-            raise InputError(f"--max-gap is {self.max_gap}; expected a gap in points >= 0.")
+        for name in ("max_gap", "max_gap_increase", "min_accuracy", "min_worst_group", "max_worst_group_drop",
+                     "max_bias_follow_increase"):
+            object.__setattr__(self, name, parse_limits(name, getattr(self, name), label=self.label(name)) or
+                               ({} if name.startswith("min_") else None))
+        value = self.max_jsd_drop
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
+            raise InputError(f"{self.label('max_jsd_drop')} is {value!r}; expected a number.")
+        object.__setattr__(self, "jsd", parse_statistic(self.jsd, label=self.label("jsd")))
+
+    def label(self, name: str) -> str:
+        return self.labels.get(name, _flag(name))
 
     def needs_baseline(self) -> list[str]:
-        return [flag for flag, value in (("--max-gap-increase", self.max_gap_increase), ("--max-jsd-drop", self.max_jsd_drop))
-                if value is not None]
+        return [self.label(name) for name in _BASELINE_RULES if getattr(self, name) is not None]
 
     def empty(self) -> bool:
-        return self.max_gap is None and self.max_gap_increase is None and not self.min_accuracy and self.max_jsd_drop is None
+        return not any(getattr(self, name) for name in ("max_gap", "min_accuracy", "min_worst_group", *_BASELINE_RULES)) \
+            and self.max_jsd_drop is None
+
+
+def gate_rules(values: Mapping[str, Any], *, sources: Mapping[str, str] | None = None) -> GateRules:
+    """GateRules from resolved settings (command-line strings or config-file numbers and tables: one validation
+    path for both); an error names the flag, or the file and key the bad value came from."""
+    sources = sources or {}
+    labels = {name: _flag(name) if sources.get(name, "default").startswith(("command line", "default")) else f"{sources[name]} {name}"
+              for name in values}
+    fields = ("max_gap", "max_gap_increase", "min_accuracy", "min_worst_group", "max_worst_group_drop",
+              "max_bias_follow_increase", "max_jsd_drop", "jsd", "significant")
+    given = {name: values[name] for name in fields if name in values and values[name] is not None}
+    return GateRules(**given, labels=labels)
 
 
 @dataclass(frozen=True)
@@ -70,19 +108,7 @@ def check_audit_shape(audit: Mapping[str, Any], *, source: str) -> None:
 
 def parse_min_accuracy(items: list[str]) -> dict[str, float]:
     """`CONDITION=VALUE` (percent) items of --min-accuracy."""
-    out: dict[str, float] = {}
-    for item in items:
-        name, sep, value = item.rpartition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-        if not sep or not name or number is None:
-            raise InputError(f"--min-accuracy {item!r} is not CONDITION=PERCENT (e.g. full=90 or missing:image=40).")
-        if not 0 <= number <= 100:
-            raise InputError(f"--min-accuracy {item!r}: {number:g} is not a percentage between 0 and 100.")
-        out[name] = number
-    return out
+    return parse_limits("min_accuracy", items) or {}
 
 
 def _points(value: float | None) -> str:
@@ -93,108 +119,224 @@ def _interval(ci: Any) -> str:
     return f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "no interval"
 
 
-def _groups(summary: Mapping[str, Any], rule: str, limit: float) -> tuple[list[str], list[RuleVerdict]]:
-    """The impairment types with a Gap in this summary; an ERROR verdict when there is none."""
+def _judged(name: str, text: str, change: float, ci: Any, limit: float, *, drop: bool, significant: bool,
+            comparison: Mapping[str, Any], figures: dict[str, Any]) -> RuleVerdict:
+    """PASS within the limit; past it FAIL, or with `significant` FAIL only when the whole paired interval lies
+    beyond the limit (else WARN). Without an interval the plain difference decides, and the message says so."""
+    beyond = change < -limit if drop else change > limit
+    if not beyond:
+        return RuleVerdict(name, "PASS", text, figures)
+    if not significant:
+        return RuleVerdict(name, "FAIL", text, figures)
+    if not comparison["paired"]:
+        return RuleVerdict(name, "FAIL", f"{text}; the audits do not pair ({comparison['unpaired_reason']}), so the plain "
+                                         "difference is used", figures)
+    if not ci:
+        return RuleVerdict(name, "FAIL", f"{text}; this measure has no paired interval (an audit kept no replicates of it), so the "
+                                         "plain difference is used", figures)
+    if (ci[1] < -limit) if drop else (ci[0] > limit):
+        return RuleVerdict(name, "FAIL", f"{text}; the whole interval lies beyond the limit", figures)
+    return RuleVerdict(name, "WARN", f"{text}; the interval reaches within the limit, so --significant does not fail it", figures)
+
+
+def _expand_groups(summary: Mapping[str, Any], limits: Mapping[str, float], rule: str) -> tuple[list[tuple[str, float]], list[RuleVerdict]]:
+    """(group, limit) pairs: ALL means every impairment type with a Gap in this summary; a named one must exist."""
     present = [group for group in GROUPS if summary.get(group)]
-    if present:
-        return present, []
-    return [], [RuleVerdict(rule, "ERROR", f"no Gap to check: the audit has neither a missing nor a noisy pair of conditions "
-                                           f"(scan with --conditions missing,noisy)", {"limit": limit})]
+    wanted = {**({g: limits[ALL] for g in present} if ALL in limits else {}), **{g: x for g, x in limits.items() if g != ALL}}
+    errors = [RuleVerdict(f"{rule}[{g}]", "ERROR", f"the audit has no {g} Gap (scan with --conditions {g} or a list that includes it)",
+                          {"limit": x}) for g, x in wanted.items() if g not in present]
+    if not wanted:
+        errors.append(RuleVerdict(rule, "ERROR", "no Gap to check: the audit has neither a missing nor a noisy pair of conditions "
+                                                 "(scan with --conditions missing,noisy)", {"limit": limits[ALL]}))
+    return [(g, x) for g, x in wanted.items() if g in present], errors
 
 
-def _max_gap(current: Mapping[str, Any], limit: float) -> list[RuleVerdict]:
-    groups, out = _groups(current["summary"], "max_gap", limit)
-    for group in groups:
+def _max_gap(current: Mapping[str, Any], limits: Mapping[str, float]) -> list[RuleVerdict]:
+    pairs, out = _expand_groups(current["summary"], limits, "max_gap")
+    for group, limit in pairs:
         section = current["summary"][group]
-        name = f"max_gap[{group}]"
         gap = section["gap"]
         status = "PASS" if gap <= limit else "FAIL"
-        out.append(RuleVerdict(name, status, f"{group} Gap {gap:.1f} points {'<=' if status == 'PASS' else '>'} {limit:g}",
+        out.append(RuleVerdict(f"max_gap[{group}]", status, f"{group} Gap {gap:.1f} points {'<=' if status == 'PASS' else '>'} {limit:g}",
                                {"gap": gap, "gap_ci": section.get("gap_ci"), "limit": limit}))
     return out
 
 
-def _gap_increase(comparison: Mapping[str, Any], limit: float, *, significant: bool) -> list[RuleVerdict]:
-    paired = comparison["paired"]
-    groups, out = _groups(comparison["summary"], "max_gap_increase", limit)
-    for group in groups:
-        name = f"max_gap_increase[{group}]"
+def _gap_increase(comparison: Mapping[str, Any], limits: Mapping[str, float], *, significant: bool) -> list[RuleVerdict]:
+    pairs, out = _expand_groups(comparison["summary"], limits, "max_gap_increase")
+    for group, limit in pairs:
         gap = comparison["summary"][group]["gap"]
         change, ci = gap["delta"], gap.get("delta_ci")
         figures = {"baseline": gap["before"], "current": gap["after"], "change": change, "change_ci": ci, "limit": limit,
-                   "paired": paired}
+                   "paired": comparison["paired"]}
         text = f"{group} Gap {_points(gap['before'])} -> {_points(gap['after'])}, change {change:+.1f} {_interval(ci)} vs limit +{limit:g}"
-        if change <= limit:
-            out.append(RuleVerdict(name, "PASS", text, figures))
-        elif not significant:
-            out.append(RuleVerdict(name, "FAIL", text, figures))
-        elif ci is None:
-            out.append(RuleVerdict(name, "FAIL", f"{text}; the audits do not pair ({comparison['unpaired_reason']}), so the plain "
-                                                 "difference is used", figures))
-        elif ci[0] > 0:
-            out.append(RuleVerdict(name, "FAIL", f"{text}; the interval excludes zero", figures))
-        else:
-            out.append(RuleVerdict(name, "WARN", f"{text}; the interval includes zero, so --significant does not fail it", figures))
+        out.append(_judged(f"max_gap_increase[{group}]", text, change, ci, limit, drop=False, significant=significant,
+                           comparison=comparison, figures=figures))
     return out
 
 
-def _min_accuracy(current: Mapping[str, Any], minimums: Mapping[str, float]) -> list[RuleVerdict]:
-    rows = {row["name"]: row for row in current["conditions"]}
+def _group_rows(audit: Mapping[str, Any], who: str) -> tuple[Mapping[str, Any] | None, str | None]:
+    """The per-condition worst-group figures of an audit, or why there are none."""
+    groups = audit.get("groups")
+    if not isinstance(groups, Mapping):
+        return None, f"the {who} audit has no group accuracies (written by an older biasaudit: scan again)"
+    if not groups.get("available", True):
+        return None, f"the {who} audit has no group accuracies ({groups.get('note') or 'not available'})"
+    return groups.get("conditions") or {}, None
+
+
+def _min_by_condition(current: Mapping[str, Any], minimums: Mapping[str, float], *, rule: str) -> list[RuleVerdict]:
+    """min_accuracy (a condition row's accuracy) and min_worst_group (its worst-group accuracy)."""
+    if rule == "min_accuracy":
+        rows, why = {row["name"]: {"value": row["accuracy"], "ci": row.get("accuracy_ci")} for row in current["conditions"]}, None
+        what = "accuracy"
+    else:
+        groups, why = _group_rows(current, "current")
+        rows = {c: {"value": v.get("worst_group"), "ci": v.get("worst_group_ci")} for c, v in (groups or {}).items()}
+        what = "worst-group accuracy"
     out = []
     for condition, minimum in minimums.items():
-        name = f"min_accuracy[{condition}]"
+        name = f"{rule}[{condition}]"
+        if why:
+            out.append(RuleVerdict(name, "ERROR", why, {"minimum": minimum}))
+            continue
         row = rows.get(condition)
         if row is None:
-            out.append(RuleVerdict(name, "ERROR", f"the audit has no condition {condition!r}. Available: {', '.join(rows)}",
+            out.append(RuleVerdict(name, "ERROR", f"the audit has no {what} for condition {condition!r}. Available: {', '.join(rows)}",
                                    {"minimum": minimum}))
             continue
-        accuracy = row["accuracy"]
-        status = "PASS" if accuracy is not None and accuracy >= minimum else "FAIL"
-        out.append(RuleVerdict(name, status, f"{condition} accuracy {_points(accuracy)}% {'>=' if status == 'PASS' else '<'} {minimum:g}%",
-                               {"accuracy": accuracy, "accuracy_ci": row.get("accuracy_ci"), "minimum": minimum}))
+        value = row["value"]
+        status = "PASS" if value is not None and value >= minimum else "FAIL"
+        out.append(RuleVerdict(name, status, f"{condition} {what} {_points(value)}% {'>=' if status == 'PASS' else '<'} {minimum:g}%",
+                               {rule.removeprefix("min_"): value, f"{rule.removeprefix('min_')}_ci": row["ci"], "minimum": minimum}))
     return out
 
 
-def _jsd_drop(comparison: Mapping[str, Any], limit: float) -> list[RuleVerdict]:
-    jsd = comparison.get("jsd")
-    name = "max_jsd_drop"
-    means = {"baseline": (jsd or {}).get("mean", {}).get("before"), "current": (jsd or {}).get("mean", {}).get("after")}
-    lacking = [who for who, value in means.items() if value is None]
+def _worst_group_drop(comparison: Mapping[str, Any], limits: Mapping[str, float], *, significant: bool) -> list[RuleVerdict]:
+    entries = comparison["bias"]["worst_group"]
+    out = []
+    for condition, limit in limits.items():
+        name = f"max_worst_group_drop[{condition}]"
+        if entries is None:
+            why = comparison["bias"]["lacking"].get("groups") or ["an audit has no group accuracies"]
+            out.append(RuleVerdict(name, "ERROR", f"no worst-group accuracy to compare: {'; '.join(why)}", {"limit": limit}))
+            continue
+        entry = entries.get(condition)
+        if entry is None or entry["delta"] is None:
+            out.append(RuleVerdict(name, "ERROR", f"no worst-group accuracy of condition {condition!r} in both audits. Available: "
+                                                  f"{', '.join(c for c, e in entries.items() if e['delta'] is not None)}", {"limit": limit}))
+            continue
+        change, ci = entry["delta"], entry.get("delta_ci")
+        figures = {"baseline": entry["before"], "current": entry["after"], "change": change, "change_ci": ci, "limit": limit,
+                   "paired": comparison["paired"]}
+        text = (f"{condition} worst-group accuracy {_points(entry['before'])} -> {_points(entry['after'])}%, change {change:+.1f} "
+                f"{_interval(ci)} vs limit -{limit:g}")
+        out.append(_judged(name, text, change, ci, limit, drop=True, significant=significant, comparison=comparison, figures=figures))
+    return out
+
+
+def _bias_follow_increase(comparison: Mapping[str, Any], limits: Mapping[str, float], *, significant: bool) -> list[RuleVerdict]:
+    entries, carrier = comparison["bias"]["bias_follow"], comparison["bias"]["carrier"]["before"]
+    if entries is None:
+        why = comparison["bias"]["lacking"].get("carrier") or ["an audit has no carrier test"]
+        return [RuleVerdict(f"max_bias_follow_increase[{m if m != ALL else 'carrier'}]", "ERROR",
+                            f"no bias-follow rates to compare: {'; '.join(why)}", {"limit": x}) for m, x in limits.items()]
+    targets: dict[str, tuple[float, str]] = {}
+    if ALL in limits:
+        # Plain X: the modality that carried the shortcut in the baseline; with none, every modality.
+        whose = {carrier: " (the baseline's carrier)"} if carrier in entries else \
+            {m: " (the baseline has no carrier, so every modality)" for m in entries}
+        targets.update({m: (limits[ALL], note) for m, note in whose.items()})
+    targets.update({m: (x, "") for m, x in limits.items() if m != ALL})
+    out = []
+    for modality, (limit, note) in targets.items():
+        entry = entries[modality]
+        name = f"max_bias_follow_increase[{modality}]"
+        if entry["delta"] is None:
+            out.append(RuleVerdict(name, "ERROR", f"{modality} has no bias-follow rate in both audits", {"limit": limit}))
+            continue
+        change = 100 * entry["delta"]
+        ci = [100 * v for v in entry["delta_ci"]] if entry.get("delta_ci") else None
+        figures = {"modality": modality, "carrier": modality == carrier, "baseline": entry["before"], "current": entry["after"],
+                   "change_points": change, "change_ci_points": ci, "limit": limit, "paired": comparison["paired"]}
+        text = (f"{modality}{note} bias-follow rate {100 * entry['before']:.1f}% -> {100 * entry['after']:.1f}%, change {change:+.1f} "
+                f"{_interval(ci)} points vs limit +{limit:g}")
+        out.append(_judged(name, text, change, ci, limit, drop=False, significant=significant, comparison=comparison, figures=figures))
+    return out
+
+
+def _jsd_missing(audit: Mapping[str, Any], key: str, who: str) -> str:
+    """Why an audit has no JSD statistic, in words a user can act on."""
+    jsd = audit.get("jsd") or {}
+    if not jsd.get("available"):
+        return f"the {who} audit has no JSD ({jsd.get('note') or 'not available'})"
+    rows = jsd.get("per_bias")
+    rows = list(rows.values()) if isinstance(rows, Mapping) else rows if isinstance(rows, list) else []
+    if rows and sum(int(r.get("n_wrong") or 0) for r in rows) == 0:
+        return f"the {who} model makes no mistakes on this split, so there is no JSD to measure"
+    if key == "mean":
+        return (f"the {who} audit has no JSD mean: no bias value has {jsd.get('min_wrong', 'enough')} mistakes (scan with a lower "
+                "--min-wrong, or use --jsd weighted)")
+    return f"the {who} audit has no weighted JSD mean: no bias value with mistakes has a training prior"
+
+
+def _jsd_drop(comparison: Mapping[str, Any], limit: float, statistic: str, audits: Mapping[str, Mapping[str, Any]]) -> list[RuleVerdict]:
+    key, name = JSD_STATISTICS[statistic], "max_jsd_drop"
+    values = {who: (audit.get("jsd") or {}).get(key) if (audit.get("jsd") or {}).get("available") else None for who, audit in audits.items()}
+    lacking = [_jsd_missing(audits[who], key, who) for who, value in values.items() if value is None]
     if lacking:
-        return [RuleVerdict(name, "ERROR", f"the {' and the '.join(lacking)} audit has no JSD mean (no bias values, or no bias value "
-                                           "with enough mistakes: scan again with a lower --min-wrong)", {"limit": limit})]
-    before, after = jsd["mean"]["before"], jsd["mean"]["after"]
+        return [RuleVerdict(name, "ERROR", f"JSD {statistic}: {'; '.join(lacking)}", {"limit": limit, "statistic": statistic})]
+    before, after = values["baseline"], values["current"]
     drop = before - after
     status = "PASS" if drop <= limit else "FAIL"
-    return [RuleVerdict(name, status, f"JSD mean {before:.3f} -> {after:.3f}, drop {drop:+.3f} {'<=' if status == 'PASS' else '>'} {limit:g} "
-                                      "(plain difference: the JSD has no interval)",
-                        {"baseline": before, "current": after, "drop": drop, "limit": limit})]
+    return [RuleVerdict(name, status, f"JSD {statistic} {before:.3f} -> {after:.3f}, drop {drop:+.3f} {'<=' if status == 'PASS' else '>'} "
+                                      f"{limit:g} (plain difference: the JSD has no interval)",
+                        {"statistic": statistic, "baseline": before, "current": after, "drop": drop, "limit": limit})]
+
+
+def _check_modalities(rules: GateRules, audits: list[Mapping[str, Any]]) -> None:
+    """A modality named in --max-bias-follow-increase must be one of the audits'; only they can say which exist."""
+    named = [m for m in (rules.max_bias_follow_increase or {}) if m != ALL]
+    known = list(dict.fromkeys(m.get("name") for audit in audits for m in (audit.get("dataset") or {}).get("modalities") or []
+                               if isinstance(m, Mapping)))
+    unknown = [m for m in named if m not in known]
+    if unknown and known:
+        raise InputError(f"{rules.label('max_bias_follow_increase')} names modality {unknown[0]!r}, which the audits do not have; "
+                         f"expected MODALITY=POINTS. Available: {', '.join(known)}.")
 
 
 def evaluate_gate(current: Mapping[str, Any], rules: GateRules, *, baseline: Mapping[str, Any] | None = None,
                   current_name: str = "current", baseline_name: str = "baseline") -> dict[str, Any]:
     """Every rule's verdicts and the overall status and exit code; InputError for unusable rules or audits."""
     if rules.empty():
-        raise InputError("No gate rule was given; use --max-gap, --max-gap-increase with --baseline, --min-accuracy or --max-jsd-drop.")
+        raise InputError("No gate rule was given; use --min-worst-group, --max-worst-group-drop, --max-bias-follow-increase, "
+                         "--max-jsd-drop (these with --baseline), --max-gap, --max-gap-increase or --min-accuracy.")
     if baseline is None and rules.needs_baseline():
         needs = rules.needs_baseline()
         raise InputError(f"{' and '.join(needs)} {'compares' if len(needs) == 1 else 'compare'} against a stored audit; "
                          "give it with --baseline BASE.json.")
+    _check_modalities(rules, [current] + ([baseline] if baseline is not None else []))
     verdicts: list[RuleVerdict] = []
-    if rules.max_gap is not None:
+    if rules.max_gap:
         verdicts += _max_gap(current, rules.max_gap)
     if rules.min_accuracy:
-        verdicts += _min_accuracy(current, rules.min_accuracy)
+        verdicts += _min_by_condition(current, rules.min_accuracy, rule="min_accuracy")
+    if rules.min_worst_group:
+        verdicts += _min_by_condition(current, rules.min_worst_group, rule="min_worst_group")
     comparison = None
     if baseline is not None and rules.needs_baseline():
         try:
             comparison = compare_audits(baseline, current)
         except InputError as exc:
             raise InputError(f"{baseline_name} vs {current_name}: {exc}") from exc
-        if rules.max_gap_increase is not None:
+        if rules.max_worst_group_drop:
+            verdicts += _worst_group_drop(comparison, rules.max_worst_group_drop, significant=rules.significant)
+        if rules.max_bias_follow_increase:
+            verdicts += _bias_follow_increase(comparison, rules.max_bias_follow_increase, significant=rules.significant)
+        if rules.max_gap_increase:
             verdicts += _gap_increase(comparison, rules.max_gap_increase, significant=rules.significant)
         if rules.max_jsd_drop is not None:
-            verdicts += _jsd_drop(comparison, rules.max_jsd_drop)
+            verdicts += _jsd_drop(comparison, rules.max_jsd_drop, rules.jsd, {"baseline": baseline, "current": current})
     statuses = {v.status for v in verdicts}
     overall = "ERROR" if "ERROR" in statuses else "FAIL" if "FAIL" in statuses else "WARN" if "WARN" in statuses else "PASS"
     exit_code = {"ERROR": 2, "FAIL": 1}.get(overall, 0)
@@ -202,4 +344,8 @@ def evaluate_gate(current: Mapping[str, Any], rules: GateRules, *, baseline: Map
             "current": current_name, "baseline": baseline_name if baseline is not None else None,
             "paired": comparison["paired"] if comparison else None,
             "unpaired_reason": comparison["unpaired_reason"] if comparison else None,
+            "significant": rules.significant,
+            "significant_means": "a change past its limit fails only when its whole paired 95% interval lies beyond the limit"
+            if rules.significant else None,
+            "jsd_statistic": rules.jsd if rules.max_jsd_drop is not None else None,
             "rules": [v.to_dict() for v in verdicts]}

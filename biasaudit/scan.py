@@ -1,34 +1,46 @@
 """One audit of a fixed model: every condition on every batch in a single pass over the data.
 
 Data flow: adapter.data(split) -> for each batch, for each condition: impair the raw inputs ->
-adapter.prepare -> adapter.forward -> streaming accumulators. Only the bounded embedding sample
-keeps per-sample data; everything else is counts, so memory does not grow with the dataset.
-Extra passes are made only for what cannot share the main one: the label-under-bias priors (train
-split, and the evaluated split's bias values so new ones can be sized; no forward), the
+adapter.prepare -> adapter.forward -> streaming accumulators (biasaudit/evaluation.py). Only bounded
+samples keep per-sample data (embeddings, donors); everything else is counts, so memory does not grow
+with the dataset. Extra passes are made only for what cannot share the main one: the label-under-bias
+priors (train split, and the evaluated split's bias values so new ones can be sized; no forward), the
+donor pool of the carrier test (a read, no forward), the ceilings' linear probes (train forwards), the
 gradient-conflict sample (needs gradients) and, when the data has no bias value, the k-means bias
-discovery.
+discovery and a second pass for groups and the carrier test on the discovered values.
 """
 
 from __future__ import annotations
 
-import time
 import copy
+import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
+from biasaudit import analyses
 from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.conditions import parse_conditions
 from biasaudit.batches import bias_values, checked_labels, indexed_batches
+from biasaudit.conditions import Condition, parse_conditions, parse_diagnostics
+from biasaudit.diagnostics.carrier import CarrierAccumulator
+from biasaudit.diagnostics.ceilings import DEFAULT_PER_CLASS, BranchTap, ceilings_section, fit_probes, token_masks
+from biasaudit.diagnostics.donors import DEFAULT_CAPACITY, DonorPool
+from biasaudit.diagnostics.groups import GROUPINGS, GroupAccumulator, choose_grouping, preferred_class, train_aligned_share
+from biasaudit.diagnostics.interaction import DEFAULT_DONORS, InteractionAccumulator
+from biasaudit.diagnostics.mutes import alternative_mutes, mute_findings, rms_z
+from biasaudit.diagnostics.shapley import MAX_MODALITIES, ShapleyAccumulator
 from biasaudit.errors import DataError, InputError
+from biasaudit.evaluation import BatchEvaluator, PassSetup
 from biasaudit.fingerprint import SampleFingerprint
-from biasaudit.impairments import impair_batch, muted_subset, muting_impairment, resolve_impairment
+from biasaudit.impairments import muting_impairment, resolve_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator
+from biasaudit.metrics.gap import dominant_modality
 from biasaudit.progress import Progress, silent
 from biasaudit.summary import condition_rows, group_summary, ratio_sweep, reliance
-from biasaudit import analyses
 
 PROJECTIONS = ("umap", "pca")
 
@@ -63,10 +75,22 @@ class ScanConfig:
     gradient_batches: int = 8
     kmeans_k: int = 16
     mute: tuple[tuple[str, str], ...] = ()  # (modality, muting impairment) overrides of what "missing" means
+    mute_compare: bool = False  # also measure the other muting choice of each modality (image: zero and mean)
+    min_group: int = 10  # smallest (label, bias value) group that enters worst-group and bias-balanced accuracy
+    group_by: str = "auto"  # bias: (label, bias value); alignment: (label, aligned/conflicting); auto: see diagnostics/groups.py
+    donor_pool: int = DEFAULT_CAPACITY  # donors kept per (label, bias value) for the carrier and interaction swaps
+    ceiling_per_class: int = DEFAULT_PER_CLASS  # train samples per class a ceiling probe is fitted on
+    interaction_donors: int = DEFAULT_DONORS
 
     def __post_init__(self) -> None:
         if self.projection not in PROJECTIONS:
             raise InputError(f"Projection {self.projection!r} is unknown. Available: {', '.join(PROJECTIONS)}.")
+        if self.group_by not in GROUPINGS:
+            raise InputError(f"group_by {self.group_by!r} is unknown. Available: {', '.join(GROUPINGS)}.")
+        for name in ("min_group", "donor_pool", "ceiling_per_class", "interaction_donors"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"{name} is {value!r}; expected a positive integer.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,85 +130,265 @@ class _FeatureTap:
             self._handle.remove()
 
 
-def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Evaluate every condition and every diagnostic; return the audit's sections (no manifest)."""
+
+
+def _fill_pool(adapter: Adapter, config: ScanConfig, bias_of, *, progress: Progress) -> DonorPool:
+    """One read of the split (no forward): the per-(label, bias value) donor reservoirs."""
+    pool = DonorPool(adapter.modalities, capacity=config.donor_pool, seed=config.seed)
+    for step, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)):
+        pool.add(batch, indices, checked_labels(batch, adapter, split=config.split), bias_of(indices, batch))
+        progress("donors", step + 1, None)
+    pool.freeze()
+    return pool
+
+
+def _mute_compare_conditions(adapter: Adapter) -> list[Condition]:
+    """The other muting choice of every modality that has one (image: zero vs mean), as extra conditions."""
+    return [Condition(f"missing:{m.name}@{alternative}", "mute_compare", m.name, alternative, 1.0)
+            for m in adapter.modalities for alternative in alternative_mutes(m.kind, muting_impairment(m).name)]
+
+
+def _setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Module],
+                    unimodal: Mapping[str, nn.Module], config: ScanConfig, *, device: torch.device) -> tuple[int, str | None]:
+    """Probes (or unimodal checkpoints) for every modality that has one; returns train forwards and a note."""
+    names = [m.name for m in adapter.modalities]
+    setup.unimodal = unimodal
+    probe_branches = {m: branches[m] for m in names if m not in unimodal and m in branches}
+    forwarded = 0
+    if probe_branches and "train" in adapter.splits:
+        setup.probes, forwarded = fit_probes(model, adapter, probe_branches, device=device, batch_size=config.batch_size,
+                                             seed=config.seed, per_class=config.ceiling_per_class)
+    lacking = [m for m in names if m not in unimodal and m not in setup.probes]
+    note = None if not lacking else (
+        f"No ceiling for {', '.join(lacking)}: a ceiling needs the adapter's branches() hook for that modality and a train "
+        "split (a linear probe on the branch output), or a unimodal checkpoint (--unimodal MODALITY=PATH).")
+    covered = [m for m in names if m in unimodal or m in setup.probes]
+    if covered:
+        setup.ceilings = ConditionAccumulator(["full"] + [f"{kind}:{m}" for m in covered for kind in ("ceiling", "alone")],
+                                              num_classes=adapter.num_classes, replicates=config.bootstrap_replicates, seed=config.seed)
+    return forwarded, note
+
+
+def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress | None = None,
+               unimodal_models: Mapping[str, nn.Module] | None = None) -> dict[str, Any]:
+    """Evaluate every condition and every diagnostic; return the audit's sections (no manifest).
+
+    unimodal_models: modality -> a model trained on that modality alone, whose accuracy with the other
+    modalities muted is that modality's ceiling (instead of a linear probe on its branch)."""
     progress = progress or silent
     device = resolve_device(config.device)
     adapter = with_mute_overrides(adapter, config.mute)
     conditions = parse_conditions(config.conditions, adapter.modalities)
+    if config.mute_compare:
+        conditions += _mute_compare_conditions(adapter)
+    wanted = parse_diagnostics(config.conditions)
+    names = [m.name for m in adapter.modalities]
     modalities = {m.name: m for m in adapter.modalities}
     impairments = {c.name: resolve_impairment(modalities[c.modality].kind, c.impairment) for c in conditions if c.modality}
+    unimodal_models = dict(unimodal_models or {})
+    for name, unimodal in unimodal_models.items():
+        if name not in modalities:
+            raise InputError(f"A unimodal checkpoint is given for modality {name!r}. Available: {', '.join(names)}.")
+        unimodal.to(device).eval()
     model.to(device).eval()
 
-    accuracy = ConditionAccumulator([c.name for c in conditions], num_classes=adapter.num_classes,
-                                    replicates=config.bootstrap_replicates, seed=config.seed)
-    fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.key for m in adapter.modalities])
     diagnostics = analyses.FullConditionDiagnostics(adapter, config=config)
-    tap = _FeatureTap(optional_hook(adapter, "classifier", model))
-    muted_counts = {c.name: 0 for c in conditions if c.group == "ratio"}
-    total = _batch_count(adapter, config.split, config.batch_size)
-    seen = 0
+    branches = {m: module for m, module in (optional_hook(adapter, "branches", model) or {}).items() if m in modalities}
+    setup = PassSetup(conditions=conditions, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed)
+    train_forwards, ceiling_note = 0, None
+    if branches:
+        setup.tap = BranchTap(branches, token_masks(adapter))
+    feature_tap = _FeatureTap(optional_hook(adapter, "classifier", model))
     try:
+        if "ceilings" in wanted:
+            progress("ceilings", 0, None)
+            train_forwards, ceiling_note = _setup_ceilings(setup, model, adapter, branches, unimodal_models, config, device=device)
+        prior = diagnostics.prior if adapter.bias_key is not None else None
+        if prior is not None:
+            setup.preferred = preferred_class(prior.counts)
+            _add_group_accumulators(setup, adapter, prior.num_bias, config)
+        if ("carrier" in wanted and prior is not None) or "interaction" in wanted:
+            by_key = adapter.bias_key is not None
+            setup.pool = _fill_pool(adapter, config, lambda idx, batch: bias_values(batch, adapter, split=config.split) if by_key
+                                    else np.zeros(len(idx), dtype=np.int64), progress=progress)
+        if "carrier" in wanted and prior is not None:
+            setup.carrier = CarrierAccumulator(names, replicates=config.bootstrap_replicates)
+        shapley_note = None
+        if "shapley" in wanted and len(names) > MAX_MODALITIES:
+            shapley_note = f"Exact Shapley values need 2^M forwards; {len(names)} modalities exceed the {MAX_MODALITIES} supported."
+        elif "shapley" in wanted:
+            setup.shapley = ShapleyAccumulator(names, num_classes=adapter.num_classes, replicates=config.bootstrap_replicates)
+        if "interaction" in wanted:
+            setup.interaction = InteractionAccumulator(modalities=len(names), donors=config.interaction_donors)
+
+        evaluator = BatchEvaluator(model, adapter, setup, device=device, feature_tap=feature_tap)
+        fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.key for m in adapter.modalities])
+        total = _batch_count(adapter, config.split, config.batch_size)
+        seen = 0
         with torch.no_grad():
             for step, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)):
                 labels = checked_labels(batch, adapter, split=config.split)
-                predictions = {}
-                for condition in conditions:
-                    impaired = batch if condition.modality is None else impair_batch(
-                        batch, modalities[condition.modality], impairments[condition.name], condition.severity,
-                        indices=indices, seed=config.seed, tag=condition.name)
-                    logits = adapter.forward(model, adapter.prepare(impaired, device=device))
-                    _check_logits(logits, batch_size=len(labels), num_classes=adapter.num_classes, condition=condition.name)
-                    if condition.name in muted_counts:
-                        muted_counts[condition.name] += int(muted_subset(indices, seed=config.seed, fraction=condition.severity).sum())
-                    predictions[condition.name] = logits.argmax(dim=1).cpu().numpy()
-                    if condition.group == "full":
-                        diagnostics.update(logits, tap.value, batch, labels, indices=indices)
-                accuracy.update(predictions, labels, indices=indices)
-                fingerprint.update(labels, bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None,
-                                   inputs=batch)
+                bias = bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None
+                full_logits = evaluator.update(indices, batch, labels, bias)
+                diagnostics.update(full_logits, evaluator.full_features, batch, labels, indices=indices)
+                fingerprint.update(labels, bias, inputs=batch)
                 seen += len(labels)
                 progress("conditions", step + 1, total)
-    finally:
-        tap.close()
-    if seen == 0:
-        raise DataError(f"Split {config.split!r} is empty; the adapter's data() yielded no samples.")
-    if total is None:  # the batch count is known only now: let the bar finish instead of ticking on
-        progress("conditions", step + 1, step + 1)
+        if seen == 0:
+            raise DataError(f"Split {config.split!r} is empty; the adapter's data() yielded no samples.")
+        if total is None:  # the batch count is known only now: let the bar finish instead of ticking on
+            progress("conditions", step + 1, step + 1)
 
-    scores = accuracy.result()
-    class_names = list(adapter.class_names or [str(i) for i in range(adapter.num_classes)])
-    summary = {"full": {k: v for k, v in scores["full"].to_dict().items() if k in ("accuracy", "accuracy_ci", "macro_f1", "n")}}
-    for group in ("missing", "noisy"):
-        section = group_summary(group, conditions, scores)
-        if section is not None:
-            summary[group] = section
-    dominant = summary.get("missing", {}).get("dominant")
-    sections = diagnostics.finish(model, dominant=dominant, device=device, progress=progress)
+        scores = evaluator.accuracy.result()
+        class_names = list(adapter.class_names or [str(i) for i in range(adapter.num_classes)])
+        summary = {"full": {k: v for k, v in scores["full"].to_dict().items() if k in ("accuracy", "accuracy_ci", "macro_f1", "n")}}
+        for group in ("missing", "noisy"):
+            section = group_summary(group, conditions, scores)
+            if section is not None:
+                summary[group] = section
+        dominant = summary.get("missing", {}).get("dominant")
+        sections = diagnostics.finish(model, dominant=dominant, device=device, progress=progress)
+        sections["mute_checks"] = _mute_checks(evaluator, conditions, scores, summary, adapter, class_names)
+        sections["notes"].extend(f["message"] for f in sections["mute_checks"]["findings"])
+
+        bias_pass, bias_source, bias_note = evaluator, "bias_key", None
+        if adapter.bias_key is None and diagnostics.discovered_bias is not None:
+            bias_source = "kmeans"
+            bias_note = (f"Bias values are the {diagnostics.prior.num_bias} k-means clusters of the dominant modality's ({dominant}) branch "
+                         "embeddings (the data has no bias attribute); groups are measured under the full and missing conditions only.")
+            bias_pass = _discovered_bias_pass(model, adapter, config, diagnostics, wanted, device=device, progress=progress)
+        elif adapter.bias_key is None:
+            bias_note = "The data has no bias attribute and none could be discovered (see the JSD note), so there are no groups and no carrier test."
+        derived = _bias_sections(sections, bias_pass, diagnostics, config, adapter, class_names, wanted,
+                                 bias_source=bias_source, bias_note=bias_note, dominant=dominant)
+        if "carrier" in wanted:
+            summary["carrier"] = sections["carrier"].get("carrier")
+        if "ceilings" in wanted:
+            sources = {m: f"checkpoint {getattr(unimodal_models[m], 'biasaudit_source', '(given in Python)')}" if m in unimodal_models
+                       else f"linear probe on the {m} branch output, fitted on train" for m in names}
+            sections["ceilings"] = ceilings_section(names, setup.ceilings.result() if setup.ceilings is not None else {}, sources,
+                                                    observed_gap=summary.get("missing", {}).get("gap"), note=ceiling_note)
+        sections["calibration"] = evaluator.calibration.section()
+        if "shapley" in wanted:
+            sections["shapley"] = setup.shapley.section() if setup.shapley is not None else {"available": False, "note": shapley_note}
+        if "interaction" in wanted:
+            sections["interaction"] = setup.interaction.section()
+    finally:
+        feature_tap.close()
+        if setup.tap is not None:
+            setup.tap.close()
+
+    bootstrap = evaluator.accuracy.bootstrap_counts().to_dict()
+    bootstrap["derived"] = {name: values.tolist() for name, values in derived.items()}
+    forwards = Counter(evaluator.forwards) + Counter({"ceilings": train_forwards, "bias_discovery": diagnostics.discovery_forwards})
+    if bias_pass is not evaluator:
+        forwards += bias_pass.forwards
+    cost = {stage: forwards.get(stage, 0) / seen for stage in ("conditions", "carrier", "ceilings", "shapley", "interaction", "bias_discovery")}
+    cost["total"] = sum(cost.values())
     return {
         "dataset": {"split": config.split, "n": seen, "num_classes": adapter.num_classes,
                     "modalities": [{"name": m.name, "kind": m.kind} for m in adapter.modalities],
                     "class_names": adapter.class_names and list(adapter.class_names),
                     "bias_names": adapter.bias_names and list(adapter.bias_names)},
+        "diagnostics": ["groups", "calibration", *wanted],
         "summary": summary,
         "conditions": condition_rows(conditions, scores),
-        "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / seen for k, v in muted_counts.items()}),
+        "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / seen for k, v in evaluator.muted_counts.items()}),
         "reliance": reliance(conditions, scores, class_names=class_names),
         **sections,
         # Kept in the file so that two audits of the same samples and seed (before/after a fix) get *paired*
         # intervals for their differences, whether compared in memory or read back (biasaudit/compare.py).
         "samples": fingerprint.to_dict(),
-        "bootstrap": accuracy.bootstrap_counts().to_dict(),
+        "bootstrap": bootstrap,
+        "_forwards_per_sample": cost,
     }
 
 
-def _check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: str) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.shape != (batch_size, num_classes):
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise DataError(f"The adapter's forward() returned {shape}; expected logits of shape ({batch_size}, {num_classes}).")
-    if not torch.isfinite(logits).all():
-        # argmax would silently score NaN as class 0; a muted input the model cannot handle must be seen.
-        raise DataError(f"The model returned NaN or infinite logits under condition {condition!r}; check how the model handles that input.")
+def _add_group_accumulators(setup: PassSetup, adapter: Adapter, num_bias: int, config: ScanConfig) -> None:
+    names = [c.name for c in setup.conditions]
+    setup.groups = GroupAccumulator(names, num_classes=adapter.num_classes, num_bias=num_bias, replicates=config.bootstrap_replicates)
+    if config.group_by != "bias":
+        setup.alignment_groups = GroupAccumulator(names, num_classes=adapter.num_classes, num_bias=2, replicates=config.bootstrap_replicates)
+
+
+def _bias_sections(sections: dict[str, Any], bias_pass: BatchEvaluator, diagnostics: analyses.FullConditionDiagnostics,
+                   config: ScanConfig, adapter: Adapter, class_names: list[str], wanted: tuple[str, ...], *,
+                   bias_source: str, bias_note: str | None, dominant: str | None) -> dict[str, np.ndarray]:
+    """The groups and carrier sections; returns their per-replicate figures for bootstrap.derived."""
+    derived: dict[str, np.ndarray] = {}
+    setup, prior = bias_pass.setup, diagnostics.prior
+    if setup.groups is not None and prior is not None:
+        table = [c.name for c in setup.conditions if c.group in ("full", "missing")]
+        alignment = choose_grouping(setup.groups, min_group=config.min_group, grouping=config.group_by) == "alignment"
+        sections["groups"], found = (setup.alignment_groups if alignment else setup.groups).section(
+            prior_counts=prior.counts, min_group=config.min_group, class_names=class_names,
+            bias_names=adapter.bias_names if bias_source == "bias_key" else None, bias_source=bias_source,
+            table_conditions=table, train_aligned_share=train_aligned_share(prior.counts), alignment=alignment)
+        sections["groups"]["note"] = " ".join(filter(None, [bias_note, sections["groups"]["note"]])) or None
+        derived.update({k: v for k, v in found.items() if k.split(":", 1)[1] in table})
+    else:
+        sections["groups"] = {"available": False, "note": bias_note or "The train split's label-under-bias priors are unavailable (see the JSD note), "
+                                                                        "so groups cannot be told bias-aligned from bias-conflicting."}
+    if "carrier" in wanted:
+        if setup.carrier is not None:
+            sections["carrier"], found = setup.carrier.section(dominant=dominant, bias_source=bias_source, donor_pool=config.donor_pool,
+                                                               note=bias_note if bias_source == "kmeans" else None)
+            derived.update(found)
+        else:
+            sections["carrier"] = {"available": False, "note": bias_note or "The carrier test needs bias values and the train split's label-under-bias priors."}
+    return derived
+
+
+def _discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig, diagnostics: analyses.FullConditionDiagnostics,
+                          wanted: tuple[str, ...], *, device: torch.device, progress: Progress) -> BatchEvaluator:
+    """Without a bias key the bias values are k-means clusters found after the main pass (they need the dominant
+    modality); groups and the carrier test then run in a second pass over the full and missing conditions."""
+    adapter = with_mute_overrides(adapter, config.mute)
+    conditions = [c for c in parse_conditions(config.conditions, adapter.modalities) if c.group in ("full", "missing")]
+    modalities = {m.name: m for m in adapter.modalities}
+    impairments = {c.name: resolve_impairment(modalities[c.modality].kind, c.impairment) for c in conditions if c.modality}
+    prior, discovered = diagnostics.prior, diagnostics.discovered_bias
+    setup = PassSetup(conditions=conditions, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed,
+                      preferred=preferred_class(prior.counts))
+    _add_group_accumulators(setup, adapter, prior.num_bias, config)
+    if "carrier" in wanted:
+        setup.pool = _fill_pool(adapter, config, lambda idx, batch: discovered[idx], progress=progress)
+        setup.carrier = CarrierAccumulator(list(modalities), replicates=config.bootstrap_replicates)
+    evaluator = BatchEvaluator(model, adapter, setup, device=device)
+    with torch.no_grad():
+        for step, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)):
+            evaluator.update(indices, batch, checked_labels(batch, adapter, split=config.split), discovered[indices])
+            progress("bias groups", step + 1, None)
+    return evaluator
+
+
+def _mute_checks(evaluator: BatchEvaluator, conditions: list[Condition], scores: Mapping[str, Any], summary: dict[str, Any],
+                 adapter: Adapter, class_names: list[str]) -> dict[str, Any]:
+    """Degenerate or far-outside mutes (biasaudit/diagnostics/mutes.py), and the --mute-compare table."""
+    confusion = evaluator.accuracy.confusion
+    moments = evaluator.setup.moments
+    distances = {m.name: rms_z(moments[f"full:{m.name}"], moments[f"muted:{m.name}"])
+                 for m in adapter.modalities if f"full:{m.name}" in moments and f"muted:{m.name}" in moments}
+    rows = [{"name": c.name, "modality": c.modality, "impairment": c.impairment, "predicted": confusion[c.name].sum(axis=0)}
+            for c in conditions if c.group == "missing"]
+    findings = mute_findings(rows, label_counts=confusion["full"].sum(axis=1), class_names=class_names,
+                             kinds={m.name: m.kind for m in adapter.modalities}, distances=distances)
+    missing = summary.get("missing")
+    caveats = [f["message"] for f in findings if missing and f["modality"] == missing.get("dominant")]
+    if caveats:
+        missing["dominant_caveat"] = caveats[0]
+    compared = None
+    alternatives = [c for c in conditions if c.group == "mute_compare"]
+    if alternatives and missing:
+        compared = {}
+        for c in alternatives:
+            entry = compared.setdefault(c.modality, {"choices": {}, "dominant": {}})
+            current = next(r for r in conditions if r.group == "missing" and r.modality == c.modality)
+            for choice in (current, c):
+                entry["choices"][choice.impairment] = {"accuracy": scores[choice.name].accuracy, "flip_rate": scores[choice.name].flip_rate}
+                flips = {**missing["flip_rates"], c.modality: scores[choice.name].flip_rate}
+                entry["dominant"][choice.impairment] = dominant_modality(flips) if max(flips.values()) > 0 else None
+    return {"findings": findings, "distances": distances, "compare": compared}
 
 
 def timed_scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress | None = None) -> tuple[dict[str, Any], float]:

@@ -269,27 +269,107 @@ def test_an_unpaired_report_does_not_claim_paired_intervals():
 
 
 @pytest.mark.parametrize("gap_ci, full_ci, words", [
-    ([-12.0, -6.0], [-1.5, 1.0], "bias reduced, no clear accuracy change"),
+    ([-12.0, -6.0], [-1.5, 1.0], "Gap narrowed (reliance, not bias), no clear accuracy change"),
     ([-3.0, 2.0], [-4.0, -1.0], "Gap unchanged, 2.5 points of accuracy lost"),
-    ([1.0, 5.0], [0.5, 2.0], "bias increased, accuracy gained"),
-    (None, None, "bias reduced (plain difference, no interval), 2.5 points of accuracy lost (plain difference, no interval)"),
+    ([1.0, 5.0], [0.5, 2.0], "Gap widened (reliance, not bias), accuracy gained"),
+    (None, None, "Gap narrowed (reliance, not bias; plain difference, no interval), 2.5 points of accuracy lost (plain difference, "
+                 "no interval)"),
 ])
 def test_the_verdict_judges_each_change_by_its_paired_interval(gap_ci, full_ci, words):
     """The one line a reader takes away: a shift whose interval spans zero must not read as a change, and
-    without intervals it must say the words rest on plain differences."""
-    from biasaudit.compare import verdict
+    without intervals it must say the words rest on plain differences. Without bias measures (an audit
+    written before them) the Gap is reported as reliance and never called a change of bias (issue 9)."""
+    from biasaudit.verdict import compare_verdict
 
     summary = {"missing": {"gap": {"before": 39.7, "after": 30.5, "delta": -9.2, "delta_ci": gap_ci}},
                "full": {"before": 93.8, "after": 91.3, "delta": -2.5, "delta_ci": full_ci}}
-    assert verdict(summary) == f"missing-modality Gap 39.7 -> 30.5 points, Full accuracy 93.8 -> 91.3: {words}."
+    assert compare_verdict({"summary": summary}) == ("missing-modality Gap 39.7 -> 30.5 points, Full accuracy 93.8 -> 91.3: "
+                                                     f"bias not measured (no group, carrier or JSD figures), {words}.")
 
 
 def test_the_verdict_names_an_overshoot_to_the_other_modality_and_a_rising_noisy_gap():
-    from biasaudit.compare import verdict
+    from biasaudit.verdict import compare_verdict
 
     summary = {"missing": {"gap": {"before": 39.7, "after": 9.5, "delta": -30.2, "delta_ci": [-36.0, -24.0]},
                            "dominant": {"before": "text", "after": "image"}},
                "noisy": {"gap": {"before": 1.6, "after": 16.4, "delta": 14.8, "delta_ci": [7.5, 20.5]}},
                "full": {"before": 93.8, "after": 81.6, "delta": -12.2, "delta_ci": [-15.0, -9.0]}}
-    assert verdict(summary) == ("missing-modality Gap 39.7 -> 9.5 points, Full accuracy 93.8 -> 81.6: bias reduced, the model now "
-                                "leans on image instead of text, 12.2 points of accuracy lost, but the noisy-input Gap rose 1.6 -> 16.4.")
+    assert compare_verdict({"summary": summary}) == (
+        "missing-modality Gap 39.7 -> 9.5 points, Full accuracy 93.8 -> 81.6: bias not measured (no group, carrier or JSD "
+        "figures), Gap narrowed (reliance, not bias), the model now leans on image instead of text, 12.2 points of accuracy "
+        "lost, but the noisy-input Gap rose 1.6 -> 16.4.")
+
+
+# --- bias measures (issue 9) on the hand-built pair of tests/fixtures/bias_pair.py -----------------------------
+
+def _bias_pair_module():
+    spec = importlib.util.spec_from_file_location("bias_pair_for_compare", TESTS / "fixtures" / "bias_pair.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PAIR = _bias_pair_module()
+
+
+def test_bias_measures_get_the_hand_computed_paired_intervals():
+    """Interval = percentile of after[r] - before[r] over the derived replicates; a null replicate is dropped."""
+    bias = compare_audits(PAIR.make("biased"), PAIR.make("debiased"))["bias"]
+    assert bias["carrier"] == {"before": "text", "after": "text"}
+    assert bias["worst_group"]["full"]["delta"] == pytest.approx(30.0)
+    assert bias["worst_group"]["full"]["delta_ci"] == pytest.approx((30.0, 34.625))
+    assert bias["bias_balanced"]["full"]["delta_ci"] == pytest.approx((14.075, 16.925))
+    assert bias["bias_follow"]["text"]["delta"] == pytest.approx(-0.46)
+    assert bias["bias_follow"]["text"]["delta_ci"] == pytest.approx((-0.4785, -0.4415))
+    # image: changes [NaN, 0.01, 0.01, -0.01] -> sorted finite -0.01, 0.01, 0.01 -> [-0.009, 0.01]
+    assert bias["bias_follow"]["image"]["delta_ci"] == pytest.approx((-0.009, 0.01))
+    assert bias["ood"]["delta"] == pytest.approx(21.25) and bias["ood"]["delta_ci"] == pytest.approx((20.0, 24.625))
+    assert bias["ceilings"]["implied_gap"] == {"before": 30.2, "after": 30.2} and bias["lacking"] == {}
+
+
+def test_bias_measures_without_pairing_or_replicates_are_plain_deltas():
+    before, after = PAIR.make("biased"), PAIR.make("debiased")
+    after["samples"]["count"] = 325
+    unpaired = compare_audits(before, after)["bias"]
+    assert unpaired["worst_group"]["full"] == {"before": 15.0, "after": 45.0, "delta": 30.0, "delta_ci": None}
+    assert unpaired["ood"]["delta_ci"] is None
+    kept_none = PAIR.make("debiased")
+    del kept_none["bootstrap"]["derived"]
+    paired = compare_audits(before, kept_none)
+    assert paired["paired"] is True and paired["bias"]["bias_follow"]["text"]["delta_ci"] is None
+    damaged = PAIR.make("debiased")
+    damaged["bootstrap"]["derived"]["worst_group:full"] = [40.0, 50.0]
+    with pytest.raises(DataError, match=r"after audit's bootstrap.derived\['worst_group:full'\] is not a list of 4 numbers"):
+        compare_audits(before, damaged)
+
+
+def test_the_compare_page_puts_the_bias_measures_first_and_labels_the_gap_as_reliance(tmp_path):
+    before, after = PAIR.make("biased"), PAIR.make("debiased")
+    comparison = compare_audits(before, after)
+    page = render_compare_html(comparison, before, after)
+    assert page.index('id="verdict"') < page.index('id="bias"') < page.index('id="summary"')
+    bias = page[page.index('id="bias"'):page.index('id="summary"')]
+    for row in ("<tr><td>bias carrier (largest excess bias-follow rate)</td><td>text</td><td>text</td><td></td></tr>",
+                "<tr><td>excess bias-follow rate, text swapped</td><td>58%</td><td>12%</td><td>-46.0 [-47.9, -44.2] points</td></tr>",
+                "<tr><td>worst-group accuracy, full</td><td>15.0</td><td>45.0</td><td>+30.0 [30.0, 34.6]</td></tr>",
+                "<tr><td>bias-balanced accuracy, full</td><td>31.0</td><td>46.5</td><td>+15.5 [14.1, 16.9]</td></tr>",
+                "<tr><td>OOD accuracy (Full, on this shifted split)</td><td>30.0</td><td>51.2</td><td>+21.2 [20.0, 24.6]</td></tr>",
+                "<tr><td>JSD weighted mean</td><td>0.180</td><td>0.350</td><td>+0.170 (no interval)</td></tr>"):
+        assert row in bias, row
+    assert "Reliance: Gap, Avg and flip rates" in page and "because image is now used more" in page
+    old = PAIR.old_audit()
+    old_page = render_compare_html(compare_audits(old, old), old, old)
+    assert "Not compared: the before audit has no groups section; the after audit has no groups section" in old_page
+    # Through the console script: the verdict and its sentences on stderr, compare.json with the bias section.
+    paths = []
+    for name, audit in (("before", before), ("after", after)):
+        paths.append(tmp_path / f"{name}.json")
+        write_json_atomic(audit, paths[-1])
+    result = subprocess.run([str(SCRIPT), "compare", *map(str, paths), "--out", str(tmp_path / "c")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()  # one line per sentence, never wrapped, so CI logs and grep see whole sentences
+    assert lines[0] == comparison["verdict"] and [line.strip() for line in lines[1:]] == comparison["verdict_sentences"]
+    written = json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert written["bias"]["worst_group"]["full"]["delta_ci"] == pytest.approx([30.0, 34.625])
+    assert isinstance(written["verdict"], str) and written["verdict_sentences"] == comparison["verdict_sentences"]

@@ -111,9 +111,16 @@ def test_significant_flips_a_noisy_increase_from_fail_to_warn_but_not_a_real_one
     noisy = evaluate_gate(small, GateRules(max_gap_increase=0.5, significant=True), baseline=base)
     lo, hi = noisy["rules"][0]["figures"]["change_ci"]
     assert lo <= 0 < hi  # two samples' worth of change: some replicates draw neither
-    assert noisy["rules"][0]["status"] == "WARN" and noisy["exit_code"] == 0 and "includes zero" in noisy["rules"][0]["message"]
+    assert noisy["rules"][0]["status"] == "WARN" and noisy["exit_code"] == 0
+    assert "the interval reaches within the limit" in noisy["rules"][0]["message"]
     real = evaluate_gate(big, GateRules(max_gap_increase=0.5, significant=True), baseline=base)
-    assert real["rules"][0]["status"] == "FAIL" and "excludes zero" in real["rules"][0]["message"]
+    assert real["rules"][0]["status"] == "FAIL" and "the whole interval lies beyond the limit" in real["rules"][0]["message"]
+    # Issue 9: --significant means "beyond the limit", no longer "beyond zero". A limit between the interval's
+    # low end and the change: the interval excludes zero (the old rule failed it) but not the limit, so WARN.
+    lo, hi = real["rules"][0]["figures"]["change_ci"]
+    assert 0.5 < lo < 14.0 < hi
+    inside = evaluate_gate(big, GateRules(max_gap_increase=(lo + 14.0) / 2, significant=True), baseline=base)
+    assert inside["rules"][0]["status"] == "WARN" and inside["exit_code"] == 0
 
 
 def test_significant_on_audits_that_do_not_pair_says_the_plain_difference_is_used(audits):
@@ -252,3 +259,167 @@ def test_scan_without_an_adapter_on_the_command_line_or_in_a_file_exits_2(tmp_pa
     result = subprocess.run([str(SCRIPT), "scan", "model.pt"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 2 and "--adapter is required: give it on the command line or as adapter" in result.stderr
     assert not (tmp_path / "biasaudit-out").exists()
+
+
+# --- bias rules (issue 9) on the hand-built pair of tests/fixtures/bias_pair.py -----------------------------
+
+def _bias_pair_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bias_pair_for_gate", Path(__file__).parent / "fixtures" / "bias_pair.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+PAIR = _bias_pair_module()
+BIAS_RULES = dict(min_worst_group={"full": 40}, max_worst_group_drop=2, max_bias_follow_increase=5)
+
+
+@pytest.fixture
+def pair_files(tmp_path):
+    paths = {}
+    for name in ("biased", "debiased"):
+        paths[name] = tmp_path / f"{name}.json"
+        write_json_atomic(PAIR.make(name), paths[name])
+    return paths
+
+
+def test_bias_rules_pass_the_debiased_model_that_a_gap_ratchet_blocks():
+    """The issue's case: the fix removed the text shortcut (worst-group 15 -> 45, text bias-follow 58% -> 12%) and
+    uses the image better, so its Gap grew 20.0 -> 32.5. The Gap ratchet blocks it and passes the biased model;
+    the bias rules do the opposite."""
+    biased, debiased = PAIR.make("biased"), PAIR.make("debiased")
+    good = evaluate_gate(debiased, GateRules(**BIAS_RULES, significant=True), baseline=biased)
+    assert good["status"] == "PASS" and good["exit_code"] == 0
+    assert [r["rule"] for r in good["rules"]] == ["min_worst_group[full]", "max_worst_group_drop[full]", "max_bias_follow_increase[text]"]
+    follow = good["rules"][2]
+    assert "text (the baseline's carrier) bias-follow rate 58.0% -> 12.0%, change -46.0 [-47.9, -44.2] points" in follow["message"]
+    assert follow["figures"]["change_ci_points"] == pytest.approx([-47.85, -44.15])
+    ratchet = evaluate_gate(debiased, GateRules(max_gap_increase={"missing": 2}, significant=True), baseline=biased)
+    assert ratchet["status"] == "FAIL" and ratchet["rules"][0]["figures"]["change_ci"] == pytest.approx([10.0, 19.25])
+    bad = evaluate_gate(biased, GateRules(**BIAS_RULES, significant=True), baseline=debiased)
+    assert [r["status"] for r in bad["rules"]] == ["FAIL", "FAIL", "FAIL"] and bad["exit_code"] == 1
+    assert evaluate_gate(biased, GateRules(max_gap_increase=2, significant=True), baseline=debiased)["status"] == "PASS"
+
+
+def test_significant_fails_only_when_the_whole_interval_lies_beyond_the_limit():
+    """Biased after debiased: text bias-follow change +46.0 points, paired interval [44.15, 47.85] (hand-computed)."""
+    biased, debiased = PAIR.make("biased"), PAIR.make("debiased")
+
+    def status(limit, significant):
+        result = evaluate_gate(biased, GateRules(max_bias_follow_increase={"text": limit}, significant=significant), baseline=debiased)
+        return result["rules"][0]["status"], result["rules"][0]["message"]
+
+    assert status(45, False)[0] == "FAIL"  # past the limit
+    warned = status(45, True)  # past it, but the interval reaches back to 44.15
+    assert warned[0] == "WARN" and "the interval reaches within the limit" in warned[1]
+    assert status(44, True) == ("FAIL", "text bias-follow rate 12.0% -> 58.0%, change +46.0 [44.2, 47.9] points vs limit +44; "
+                                        "the whole interval lies beyond the limit")
+    assert status(50, True)[0] == "PASS"
+    # Drops: worst-group change -30.0, interval [-34.625, -30.0]; the limit is on the drop.
+    drop = evaluate_gate(biased, GateRules(max_worst_group_drop={"full": 29}, significant=True), baseline=debiased)["rules"][0]
+    assert drop["status"] == "FAIL" and drop["figures"]["change_ci"] == pytest.approx([-34.625, -30.0])
+    assert evaluate_gate(biased, GateRules(max_worst_group_drop=31, significant=True), baseline=debiased)["status"] == "PASS"
+
+
+def test_bias_rules_on_audits_that_do_not_pair_or_lack_the_sections():
+    biased, debiased = PAIR.make("biased"), PAIR.make("debiased")
+    debiased["samples"]["count"] = 325
+    unpaired = evaluate_gate(biased, GateRules(max_bias_follow_increase=40, significant=True), baseline=debiased)
+    assert unpaired["paired"] is False and unpaired["rules"][0]["status"] == "FAIL"
+    assert "the audits do not pair (different samples (325 vs 324 samples)), so the plain difference is used" in unpaired["rules"][0]["message"]
+    old = PAIR.old_audit()
+    lacking = evaluate_gate(biased, GateRules(**BIAS_RULES), baseline=old)
+    assert [r["status"] for r in lacking["rules"]] == ["FAIL", "ERROR", "ERROR"] and lacking["exit_code"] == 2
+    assert lacking["rules"][1]["message"] == "no worst-group accuracy to compare: the before audit has no groups section"
+    unknown = evaluate_gate(biased, GateRules(max_worst_group_drop={"noisy:text": 2}), baseline=debiased)["rules"][0]
+    assert unknown["status"] == "ERROR" and unknown["message"].endswith("Available: full")
+    no_carrier = PAIR.make("debiased")
+    no_carrier["carrier"]["carrier"] = None
+    every = evaluate_gate(biased, GateRules(max_bias_follow_increase=5), baseline=no_carrier)["rules"]
+    assert [r["rule"] for r in every] == ["max_bias_follow_increase[image]", "max_bias_follow_increase[text]"]
+    assert "(the baseline has no carrier, so every modality)" in every[0]["message"]
+
+
+def test_the_jsd_rule_reads_the_weighted_mean_by_default_and_says_why_a_statistic_is_missing():
+    biased, debiased = PAIR.make("biased"), PAIR.make("debiased")  # JSD mean: none in `biased` (too few mistakes per colour)
+    weighted = evaluate_gate(biased, GateRules(max_jsd_drop=0.1), baseline=debiased)["rules"][0]
+    assert weighted["status"] == "FAIL" and weighted["figures"]["statistic"] == "weighted"
+    assert weighted["message"].startswith("JSD weighted 0.350 -> 0.180, drop +0.170 > 0.1")
+    mean = evaluate_gate(biased, GateRules(max_jsd_drop=0.1, jsd="mean"), baseline=debiased)["rules"][0]
+    assert mean["status"] == "ERROR" and "the current audit has no JSD mean: no bias value has 15 mistakes" in mean["message"]
+    perfect = PAIR.make("biased")
+    perfect["jsd"].update(weighted_mean=None, per_bias={k: {**v, "n_wrong": 0} for k, v in perfect["jsd"]["per_bias"].items()})
+    none = evaluate_gate(perfect, GateRules(max_jsd_drop=0.1), baseline=debiased)["rules"][0]
+    assert none["status"] == "ERROR" and "the current model makes no mistakes on this split" in none["message"]
+
+
+def test_gap_rules_per_group(audits):
+    big = load(audits["big"])  # has a missing Gap only
+    assert [r["rule"] for r in evaluate_gate(big, GateRules(max_gap={"missing": 20}))["rules"]] == ["max_gap[missing]"]
+    absent = evaluate_gate(big, GateRules(max_gap={"noisy": 20}))
+    assert absent["status"] == "ERROR" and "the audit has no noisy Gap" in absent["rules"][0]["message"]
+    biased, debiased = PAIR.make("biased"), PAIR.make("debiased")
+    both = evaluate_gate(debiased, GateRules(max_gap_increase=2), baseline=biased)
+    assert [(r["rule"], r["status"]) for r in both["rules"]] == [("max_gap_increase[missing]", "FAIL"), ("max_gap_increase[noisy]", "PASS")]
+    noisy = evaluate_gate(debiased, GateRules(max_gap_increase={"noisy": 2}), baseline=biased)
+    assert [(r["rule"], r["status"]) for r in noisy["rules"]] == [("max_gap_increase[noisy]", "PASS")]
+
+
+def test_bias_rules_through_the_console_script_with_json_and_junit(pair_files, tmp_path):
+    junit = tmp_path / "gate.xml"
+    passed = gate(pair_files["debiased"], "--baseline", pair_files["biased"], "--min-worst-group", "full=40", "--max-worst-group-drop", "2",
+                  "--max-bias-follow-increase", "5", "--significant", "--json", "--junit", junit)
+    assert passed.returncode == 0, passed.stderr
+    verdict = json.loads(passed.stdout)
+    assert verdict["significant"] is True and "whole paired 95% interval lies beyond the limit" in verdict["significant_means"]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    properties = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert properties["paired"] == "true" and properties["significant"] == "true"
+    blocked = gate(pair_files["debiased"], "--baseline", pair_files["biased"], "--max-gap-increase", "missing=2", "--significant")
+    assert blocked.returncode == 1 and "max_gap_increase[missing]" in blocked.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--min-worst-group", "full=abc"], "--min-worst-group 'full=abc' is not CONDITION=PERCENT (e.g. full=60 or missing:image=20)."),
+    (["--min-worst-group", "60"], "--min-worst-group '60' is not CONDITION=PERCENT"),
+    (["--max-gap", "3", "--jsd", "median"], "--jsd 'median' is not a JSD statistic. Available: weighted, mean."),
+    (["--max-gap-increase", "foo=2"], "--max-gap-increase 'foo=2' names no impairment group 'foo'; expected POINTS or GROUP=POINTS. "
+                                      "Available: missing, noisy."),
+    (["--max-bias-follow-increase", "text=lots"], "--max-bias-follow-increase 'text=lots' is not POINTS or MODALITY=POINTS"),
+    (["--max-worst-group-drop", "nan"], "--max-worst-group-drop 'nan' is not POINTS or CONDITION=POINTS"),
+])
+def test_bad_rules_exit_2_naming_the_option_before_any_audit_is_read(args, message, tmp_path):
+    """The audit paths do not exist: had the gate read them first, the error would name the file instead."""
+    result = gate(tmp_path / "nope.json", "--baseline", tmp_path / "nope-either.json", *args)
+    assert result.returncode == 2 and message in result.stderr and "does not exist" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_an_unknown_modality_exits_2_naming_the_audits_modalities(pair_files):
+    result = gate(pair_files["debiased"], "--baseline", pair_files["biased"], "--max-bias-follow-increase", "audio=5")
+    assert result.returncode == 2
+    assert ("--max-bias-follow-increase names modality 'audio', which the audits do not have; expected MODALITY=POINTS. "
+            "Available: image, text.") in result.stderr
+
+
+def test_bias_rules_from_the_config_file_share_the_command_lines_checks(pair_files, tmp_path):
+    (tmp_path / "biasaudit.toml").write_text(f'[gate]\nbaseline = "{pair_files["biased"]}"\nmax_bias_follow_increase = 5\n'
+                                             'max_gap_increase = {missing = 2}\n[gate.min_worst_group]\nfull = 40\n')
+    run = lambda *args: subprocess.run([str(SCRIPT), "gate", str(pair_files["debiased"]), "--json", *args],  # noqa: E731
+                                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    from_file = run()
+    assert from_file.returncode == 1, from_file.stderr  # the Gap ratchet in the file blocks it
+    assert [r["rule"] for r in json.loads(from_file.stdout)["rules"]] == [
+        "min_worst_group[full]", "max_bias_follow_increase[text]", "max_gap_increase[missing]"]
+    # Per-key limits on the command line override or add keys; the file's others stay.
+    merged = run("--max-gap-increase", "missing=20", "--min-worst-group", "missing:image=5")
+    rules = {r["rule"]: r for r in json.loads(merged.stdout)["rules"]}
+    assert rules["max_gap_increase[missing]"]["status"] == "PASS" and rules["max_gap_increase[missing]"]["figures"]["limit"] == 20
+    assert rules["min_worst_group[full]"]["status"] == "PASS"
+    # The hand-built audits have group figures for full only: a named condition they lack is an ERROR naming what they have.
+    assert rules["min_worst_group[missing:image]"]["message"].endswith("Available: full") and merged.returncode == 2
+    (tmp_path / "biasaudit.toml").write_text('[gate]\nmax_gap_increase = {foo = 2}\n')
+    bad = run()
+    assert bad.returncode == 2 and "biasaudit.toml [gate] max_gap_increase 'foo=2' names no impairment group 'foo'" in bad.stderr

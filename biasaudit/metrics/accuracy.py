@@ -174,8 +174,10 @@ class ConditionAccumulator:
         self.weighted_total = np.zeros(replicates, dtype=np.int64)
         self.weighted_correct = {c: np.zeros(replicates, dtype=np.int64) for c in names}
 
-    def update(self, predictions: Mapping[str, np.ndarray], labels: np.ndarray, *, indices: np.ndarray) -> None:
-        """Add one batch. `indices` are the global sample indices: each sample must appear once per scan."""
+    def update(self, predictions: Mapping[str, np.ndarray], labels: np.ndarray, *, indices: np.ndarray,
+               weights: np.ndarray | None = None) -> None:
+        """Add one batch. `indices` are the global sample indices: each sample must appear once per scan.
+        `weights`: the batch's bootstrap_weights when the caller already drew them for other accumulators."""
         missing = [c for c in self.condition_names if c not in predictions]
         if missing:
             raise DataError(f"Predictions lack conditions {missing}; expected one array for each of "
@@ -191,7 +193,8 @@ class ConditionAccumulator:
                                 f"expected class ids in [0, {self.num_classes - 1}].")
         if batch and idx.min() < 0:
             raise DataError(f"indices hold {idx.min()}; expected non-negative global sample indices.")
-        weights = bootstrap_weights(idx, replicates=self.replicates, seed=self.seed)
+        if weights is None:
+            weights = bootstrap_weights(idx, replicates=self.replicates, seed=self.seed)
         self.n += batch
         self.weighted_total += weights.sum(axis=0)
         full = preds[FULL]

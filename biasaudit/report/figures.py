@@ -194,3 +194,79 @@ def conflict_histogram(pairs: Sequence[Mapping[str, object]]) -> Figure:
         ax.set_ylabel("batches")
         ax.set_title(f"{_label(pair['a'])} vs {_label(pair['b'])}", fontsize=10)
     return fig
+
+
+def carrier_bars(modalities: Sequence[str], excess: Sequence[float | None],
+                 intervals: Sequence[Sequence[float | None] | None], *, carrier: str | None = None) -> Figure:
+    """Excess bias-follow rate per modality (fractions, drawn as %) with its interval; the carrier in orange."""
+    values = [100 * _number(v) for v in excess]
+    scaled = [[None if v is None else 100 * v for v in interval] if interval else None for interval in intervals]
+    fig = Figure(figsize=(max(4.5, 0.9 * len(modalities) + 2.0), 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(modalities))
+    colors = ["#d95f02" if m == carrier else "#7570b3" for m in modalities]
+    ax.bar(x, values, color=colors, yerr=_error_below_above(values, scaled), capsize=3, ecolor="#333333")
+    ax.axhline(0.0, color="#555555", linewidth=1)
+    ax.set_xticks(x, [_label(m) for m in modalities], fontsize=8)
+    ax.set_ylabel("excess bias-follow rate (%)")
+    ax.set_title("Excess bias-follow rate (95% interval)", fontsize=10)
+    return fig
+
+
+def reliability_diagrams(panels: Mapping[str, Sequence[Mapping[str, float | None]]], *,
+                         ece: Mapping[str, float | None] | None = None) -> Figure:
+    """One reliability diagram per condition: accuracy per confidence bin against the diagonal.
+
+    Each bin is a mapping with "lo", "hi" (confidence, 0-1), "count" and "accuracy" (percent, None
+    when empty); bars below the diagonal are over-confident.
+    """
+    count = max(len(panels), 1)
+    columns = min(count, 4)
+    rows = math.ceil(count / columns)
+    fig = Figure(figsize=(2.9 * columns + 0.4, 2.8 * rows), layout="constrained")
+    for index, (name, bins) in enumerate(panels.items()):
+        ax = fig.add_subplot(rows, columns, index + 1)
+        lows = np.array([_number(b["lo"]) for b in bins])
+        widths = np.array([_number(b["hi"]) for b in bins]) - lows
+        accuracy = np.array([_number(b.get("accuracy")) / 100 for b in bins])
+        ax.bar(lows, np.nan_to_num(accuracy), width=widths, align="edge", color="#1b9e77", edgecolor="white")
+        ax.plot([0, 1], [0, 1], color="#d95f02", linestyle="--", linewidth=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+        value = (ece or {}).get(name)
+        ax.set_title(_label(name) + ("" if value is None else f"  ECE {value:.3f}"), fontsize=9)
+    return fig
+
+
+def _short_number(value: float) -> str:
+    """-0.5 -> '-0.5', 1.0 -> '1', 1/3 -> '0.33'; never '-0'."""
+    text = f"{value:.2f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
+def shapley_bars(distributions: Mapping[str, Mapping[str, int]]) -> Figure:
+    """Share of samples at each per-sample Shapley value, one bar group per value and a bar per modality.
+
+    Keys of each distribution are the values as strings ("-0.5"), as the audit JSON writes them.
+    """
+    values = sorted({float(v) for dist in distributions.values() for v in dist})
+    fig = Figure(figsize=(max(5.0, 0.7 * len(values) + 2.5), 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    palette = colormaps["Dark2"]
+    width = 0.8 / max(len(distributions), 1)
+    x = np.arange(len(values))
+    for index, (modality, dist) in enumerate(distributions.items()):
+        counts = {float(v): c for v, c in dist.items()}
+        total = sum(counts.values()) or 1
+        shares = [100 * counts.get(v, 0) / total for v in values]
+        ax.bar(x + (index - (len(distributions) - 1) / 2) * width, shares, width, label=_label(modality),
+               color=palette(index % palette.N))
+    ax.set_xticks(x, [_short_number(v) for v in values], fontsize=8)
+    ax.set_xlabel("per-sample Shapley value on correctness")
+    ax.set_ylabel("samples (%)")
+    if distributions:
+        ax.legend(fontsize=8)
+    ax.set_title("Per-sample modality value", fontsize=10)
+    return fig

@@ -1,6 +1,7 @@
 """The gate's verdicts as JUnit XML, the test report format common CI systems display: one test case
 per rule verdict, a <failure> for FAIL, an <error> for ERROR, and WARN as a passing case whose
-system-out says why it warned."""
+system-out says why it warned. The suite's properties say how changes were judged (paired or not, what
+--significant means, which JSD statistic), so a CI page shows the basis of every verdict."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ def gate_junit_xml(result: Mapping[str, Any]) -> bytes:
     suites = ET.Element("testsuites", name="biasaudit gate")
     suite = ET.SubElement(suites, "testsuite", name=f"biasaudit gate {result['current']}", tests=str(len(rules)),
                           failures=str(count("FAIL")), errors=str(count("ERROR")), skipped="0")
+    properties = ET.SubElement(suite, "properties")
+    for key in ("baseline", "paired", "unpaired_reason", "significant", "significant_means", "jsd_statistic"):
+        if result.get(key) is not None:
+            ET.SubElement(properties, "property", name=key, value=json.dumps(result[key]) if isinstance(result[key], bool) else str(result[key]))
     for rule in rules:
         case = ET.SubElement(suite, "testcase", classname="biasaudit.gate", name=rule["rule"])
         figures = json.dumps(rule["figures"], sort_keys=True)

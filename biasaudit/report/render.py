@@ -16,6 +16,7 @@ import jinja2
 
 from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import BiasAuditError, InputError
+from biasaudit.report import diagnostic_sections as diagnostics
 from biasaudit.report import figures
 
 if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; the annotation alone needs it
@@ -23,7 +24,8 @@ if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; the annotation alone need
 
 AUDIT_TEMPLATE = "audit.html.j2"
 # The id attribute of every section of the audit report, in page order.
-SECTION_IDS = ("verdict", "summary", "conditions", "ratio-sweep", "reliance", "jsd", "embeddings",
+SECTION_IDS = ("verdict", "bias-measures", "summary", "ceilings", "mute-checks", "groups", "conditions",
+               "ratio-sweep", "reliance", "shapley", "interaction", "calibration", "jsd", "embeddings",
                "gradient-conflict", "notes", "manifest")
 MAX_REPORT_BYTES = 20 * 1024 * 1024
 _REQUIRED_KEYS = ("manifest", "dataset", "summary", "conditions")
@@ -50,7 +52,8 @@ def report_environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FunctionLoader(load), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(points=format_points, interval=format_interval, percent=format_percent,
-                       decimal=format_decimal, plain=_plain)
+                       decimal=format_decimal, plain=_plain, percent_interval=format_percent_interval,
+                       decimal_interval=format_decimal_interval)
     return env
 
 
@@ -63,6 +66,19 @@ def format_interval(interval: Any) -> str:
     if not interval or any(v is None for v in interval):
         return ""
     return f"[{interval[0]:.1f}, {interval[1]:.1f}]"
+
+
+def format_percent_interval(interval: Any) -> str:
+    """An interval of fractions (a bias-follow rate's) as percentages: [0.6, 0.72] -> '[60%, 72%]'."""
+    if not interval or any(v is None for v in interval):
+        return ""
+    return f"[{format_percent(interval[0])}, {format_percent(interval[1])}]"
+
+
+def format_decimal_interval(interval: Any) -> str:
+    if not interval or any(v is None for v in interval):
+        return ""
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
 def format_percent(fraction: float | None) -> str:
@@ -143,7 +159,7 @@ def _figures(audit: Mapping[str, Any], analyses: Mapping[str, Mapping[str, Any]]
         out["reliance"] = figures.figure_to_data_uri(
             figures.reliance_heatmap([str(c) for c in reliance.get("classes") or classes], reliance["drop"]))
     jsd = analyses["jsd"]
-    if jsd["available"] and jsd.get("per_bias"):
+    if jsd["available"] and jsd.get("per_bias") and not diagnostics.no_mistakes(jsd):
         per_bias = jsd["per_bias"]
         out["jsd"] = figures.figure_to_data_uri(figures.jsd_bars(
             list(per_bias), [v.get("soft") for v in per_bias.values()], [v.get("argmax") for v in per_bias.values()],
@@ -166,14 +182,29 @@ def render_audit_html(audit: Mapping[str, Any], *, max_bytes: int = MAX_REPORT_B
     """
     _check_audit(audit)
     analyses = {key: _analysis(audit, key) for key in _OPTIONAL_ANALYSES}
+    sections = {key: diagnostics.section(audit, key) for key in
+                ("groups", "carrier", "ceilings", "calibration", "shapley", "interaction", "mute_checks")}
     classes = _class_names(audit)
+    modalities = [m["name"] for m in audit["dataset"].get("modalities") or []]
+    headline, sentences = diagnostics.verdict_lines(audit, verdict(audit))
+    jsd_no_mistakes = diagnostics.no_mistakes(analyses["jsd"])
+    notes = list(audit.get("notes") or [])
+    # Older scans wrote no note for a mistake-free split; the reader should not see "No notes." then.
+    if jsd_no_mistakes and not any("no mistakes" in str(note).lower() for note in notes):
+        notes.append("JSD: " + diagnostics.NO_MISTAKES)
     context = {
-        "audit": audit, "verdict": verdict(audit), "classes": classes, "section_ids": SECTION_IDS,
-        "modalities": [m["name"] for m in audit["dataset"].get("modalities") or []],
-        "jsd": analyses["jsd"], "embeddings": analyses["embeddings"], "conflict": analyses["gradient_conflict"],
+        "audit": audit, "verdict": headline, "verdict_sentences": sentences, "classes": classes,
+        "section_ids": SECTION_IDS, "modalities": modalities,
+        "jsd": analyses["jsd"], "jsd_no_mistakes": jsd_no_mistakes, "no_mistakes_text": diagnostics.NO_MISTAKES,
+        "embeddings": analyses["embeddings"], "conflict": analyses["gradient_conflict"],
         "ratio_sweep": audit.get("ratio_sweep") or {}, "reliance": audit.get("reliance") or {},
-        "conditions_by_name": {c["name"]: c for c in audit["conditions"]},
-        "notes": list(audit.get("notes") or []), "figures": _figures(audit, analyses, classes),
+        "conditions_by_name": {c["name"]: c for c in audit["conditions"]}, **sections,
+        "group_table": diagnostics.group_table(audit, sections["groups"]),
+        "calibration_rows": diagnostics.calibration_rows(audit, sections["calibration"]),
+        "carrier_rows": diagnostics.carrier_rows(sections["carrier"], modalities) if sections["carrier"]["available"] else [],
+        "contingency_rows": diagnostics.contingency_rows(sections["shapley"].get("contingency") or {}),
+        "notes": notes, "max_table_rows": diagnostics.MAX_TABLE_ROWS,
+        "figures": {**_figures(audit, analyses, classes), **diagnostics.figures_of(audit, sections, modalities)},
     }
     html = report_environment().get_template(AUDIT_TEMPLATE).render(context)
     size = len(html.encode("utf-8"))

@@ -10,9 +10,9 @@ mkdir -p "$work"
 
 biasaudit demo --out "$work/demo" > /dev/null
 # The fix run's after.json is an audit of the fixed model, scanned the way gate.sh scans (split test,
-# conditions missing,noisy, seed 0): it becomes the baseline a repository would keep.
+# conditions missing,noisy,carrier, seed 0): it becomes the baseline a repository would keep.
 biasaudit fix "$work/demo/model.pt" --adapter "$here/../digits_captions_adapter.py:adapter" --method balgrad \
-    --split test --conditions missing,noisy --out "$work/fixed" > /dev/null
+    --split test --conditions missing,noisy,carrier --out "$work/fixed" > /dev/null
 cp "$work/fixed/after.json" "$work/baseline-audit.json"
 
 export BIASAUDIT_ADAPTER="$here/../digits_captions_adapter.py:adapter"

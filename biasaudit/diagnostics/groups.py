@@ -1,0 +1,192 @@
+"""Accuracy per (label, bias value) group, worst-group and bias-balanced accuracy (methods.md section 9).
+
+Worst-group accuracy is the standard figure of the spurious-correlation literature (Sagawa et al. 2020):
+a model that copies a shortcut is right on the groups where the shortcut agrees with the label and wrong
+on the rare ones where it does not, which an average hides. Counts only: per condition a [groups]
+correct count and per bootstrap replicate a [groups, replicates] weighted count, so the figures stream,
+merge by addition and get the same paired intervals as every other accuracy of the scan.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from biasaudit.metrics.accuracy import percentile_interval
+
+# A split is called out of distribution when its share of bias-aligned samples (label = the class the bias
+# value's training prior prefers) is this far below train's: the shortcut then misleads on many samples.
+OOD_ALIGNED_DROP = 0.2
+
+
+def preferred_class(prior_counts: np.ndarray) -> np.ndarray:
+    """c(k) = argmax_y P_k(y) per bias value k; -1 for a bias value that never occurs in train."""
+    counts = np.asarray(prior_counts)
+    return np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
+
+
+def conflicting(bias: np.ndarray, labels: np.ndarray, preferred: np.ndarray) -> np.ndarray:
+    """1 where the sample's bias value does not point to its label (including bias values unseen in train), else 0."""
+    known = bias < len(preferred)
+    pointed = np.full(len(bias), -1, dtype=np.int64)
+    pointed[known] = preferred[bias[known]]
+    return (pointed != labels).astype(np.int64)
+
+
+# Grouping choice. (label, bias value) is the definition; but C x K groups need C x K x min_group samples, and
+# a split such as the demo's ood (10 digits x 10 colours in 323 samples, ~3 per group) would have no group to
+# count. "auto" then falls back to (label, bias-aligned or conflicting), 2C groups, and says so. It decides on
+# the split's labels and bias values only, so two audits of the same samples always group alike.
+GROUPINGS = ("auto", "bias", "alignment")
+AUTO_COVERAGE = 0.5  # auto keeps (label, bias value) when counted groups hold at least this share of the samples
+ALIGNMENT_NAMES = ("aligned", "conflicting")
+
+
+def choose_grouping(fine: GroupAccumulator, *, min_group: int, grouping: str) -> str:
+    if grouping != "auto":
+        return grouping
+    total = fine.count.sum()
+    covered = fine.count[fine.count >= min_group].sum()
+    return "bias" if total and covered / total >= AUTO_COVERAGE else "alignment"
+
+
+def _weighted_sums(groups: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
+    """[size, R] sums of the weight rows per group id (sorted segments: O(B * R), no dense one-hot)."""
+    out = np.zeros((size, weights.shape[1]), dtype=np.int64)
+    if groups.size:
+        order = np.argsort(groups, kind="stable")
+        sorted_groups = groups[order]
+        starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
+        out[sorted_groups[starts]] = np.add.reduceat(weights[order], starts, axis=0)
+    return out
+
+
+@dataclass(frozen=True)
+class GroupScores:
+    worst_group: float | None
+    worst_group_ci: tuple[float, float] | None
+    worst_group_id: int | None
+    bias_balanced: float | None
+    bias_balanced_ci: tuple[float, float] | None
+    groups_counted: int
+    worst_replicates: np.ndarray
+    balanced_replicates: np.ndarray
+
+
+class GroupAccumulator:
+    """Streams (predictions per condition, labels, bias values, bootstrap weights) batch by batch."""
+
+    def __init__(self, condition_names: Sequence[str], *, num_classes: int, num_bias: int, replicates: int) -> None:
+        self.condition_names = tuple(condition_names)
+        self.num_classes, self.num_bias = int(num_classes), int(num_bias)
+        size = self.num_classes * self.num_bias
+        self.count = np.zeros(size, dtype=np.int64)
+        self.correct = {c: np.zeros(size, dtype=np.int64) for c in self.condition_names}
+        self.weighted_total = np.zeros((size, replicates), dtype=np.int64)
+        self.weighted_correct = {c: np.zeros((size, replicates), dtype=np.int64) for c in self.condition_names}
+
+    def update(self, predictions: Mapping[str, np.ndarray], labels: np.ndarray, bias: np.ndarray, weights: np.ndarray) -> None:
+        group = labels * self.num_bias + bias
+        size = self.count.size
+        self.count += np.bincount(group, minlength=size)
+        self.weighted_total += _weighted_sums(group, weights, size)
+        for c in self.condition_names:
+            right = predictions[c] == labels
+            self.correct[c] += np.bincount(group[right], minlength=size)
+            self.weighted_correct[c] += _weighted_sums(group[right], weights[right], size)
+
+    def merge(self, other: GroupAccumulator) -> None:
+        self.count += other.count
+        self.weighted_total += other.weighted_total
+        for c in self.condition_names:
+            self.correct[c] += other.correct[c]
+            self.weighted_correct[c] += other.weighted_correct[c]
+
+    def scores(self, condition: str, *, min_group: int) -> GroupScores:
+        counted = self.count >= min_group
+        with np.errstate(invalid="ignore", divide="ignore"):
+            accuracy = 100.0 * self.correct[condition] / self.count
+            replicate = 100.0 * self.weighted_correct[condition][counted] / self.weighted_total[counted]
+        if not counted.any():
+            empty = np.full(self.weighted_total.shape[1], np.nan)
+            return GroupScores(None, None, None, None, None, 0, empty, empty)
+        ids = np.flatnonzero(counted)
+        worst = ids[int(np.argmin(accuracy[ids]))]  # first of equal minima: deterministic
+        with warnings.catch_warnings():  # a replicate in which no counted group drew a sample is NaN by design
+            warnings.simplefilter("ignore", RuntimeWarning)
+            worst_r = np.nanmin(replicate, axis=0)
+            balanced_r = np.nanmean(replicate, axis=0)
+        return GroupScores(float(accuracy[worst]), percentile_interval(worst_r), int(worst), float(np.mean(accuracy[ids])),
+                           percentile_interval(balanced_r), int(ids.size), worst_r, balanced_r)
+
+    def section(self, *, prior_counts: np.ndarray, min_group: int, class_names: Sequence[str], bias_names: Sequence[str] | None,
+                bias_source: str, table_conditions: Sequence[str], train_aligned_share: float | None,
+                alignment: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The audit's `groups` section, and the per-replicate worst-group / bias-balanced accuracies that
+        compare and gate pair up (bootstrap.derived). alignment: the bias column is 0 aligned / 1 conflicting."""
+        label_of = np.arange(self.count.size) // self.num_bias
+        bias_of = np.arange(self.count.size) % self.num_bias
+        if alignment:
+            is_conflicting = bias_of == 1
+            known = np.ones(self.count.size, dtype=bool)
+            bias_names = ALIGNMENT_NAMES
+        else:
+            preferred = preferred_class(prior_counts)
+            pointed = np.where(bias_of < len(preferred), preferred[np.minimum(bias_of, len(preferred) - 1)], -1)
+            known = pointed >= 0
+            is_conflicting = known & (pointed != label_of)
+        rows = []
+        for gid in np.flatnonzero(self.count):
+            label, bias = int(label_of[gid]), int(bias_of[gid])
+            accuracy = {c: float(100.0 * self.correct[c][gid] / self.count[gid]) for c in table_conditions}
+            rows.append({"label": label, "label_name": _name(class_names, label), "bias": bias, "bias_name": _name(bias_names, bias),
+                         "n": int(self.count[gid]), "conflicting": bool(is_conflicting[gid]) if known[gid] else None,
+                         "counted": bool(self.count[gid] >= min_group), "accuracy": accuracy})
+        rows.sort(key=lambda r: (r["accuracy"].get("full", 0.0), r["label"], r["bias"]))
+        conditions, derived = {}, {}
+        aligned = known & ~is_conflicting
+        for c in self.condition_names:
+            s = self.scores(c, min_group=min_group)
+            conditions[c] = {"worst_group": s.worst_group, "worst_group_ci": s.worst_group_ci,
+                             "worst_group_label": None if s.worst_group_id is None else
+                             f"{_name(class_names, int(label_of[s.worst_group_id]))} / {_name(bias_names, int(bias_of[s.worst_group_id]))}",
+                             "bias_balanced": s.bias_balanced, "bias_balanced_ci": s.bias_balanced_ci, "groups_counted": s.groups_counted,
+                             "conflicting_accuracy": _pooled(self.correct[c], self.count, is_conflicting),
+                             "aligned_accuracy": _pooled(self.correct[c], self.count, aligned)}
+            derived[f"worst_group:{c}"] = s.worst_replicates
+            derived[f"bias_balanced:{c}"] = s.balanced_replicates
+        split_aligned = float(self.count[aligned].sum() / self.count.sum()) if self.count.sum() else None
+        shift = {"train_aligned_share": train_aligned_share, "split_aligned_share": split_aligned,
+                 "ood": bool(train_aligned_share is not None and split_aligned is not None
+                             and split_aligned <= train_aligned_share - OOD_ALIGNED_DROP)}
+        below = sum(1 for r in rows if not r["counted"])
+        notes = []
+        if alignment:
+            notes.append(f"Groups are (label, bias-aligned or conflicting): too few samples per (label, bias value) pair to count them "
+                         f"(min_group {min_group}); a sample is aligned when the training prior of its bias value prefers its label.")
+        if not any(r["counted"] for r in rows):
+            notes.append(f"No group has {min_group} samples (min_group), so there is no worst-group accuracy.")
+        elif below:
+            notes.append(f"{below} of {len(rows)} groups have fewer than {min_group} samples and are left out of worst-group and bias-balanced accuracy.")
+        return ({"available": True, "note": " ".join(notes) or None, "bias_source": bias_source,
+                 "grouping": "label x bias-aligned/conflicting" if alignment else "label x bias value", "min_group": min_group,
+                 "groups": rows, "conditions": conditions, "shift": shift}, derived)
+
+
+def train_aligned_share(prior_counts: np.ndarray) -> float | None:
+    """Share of training samples whose label is the class their bias value's prior prefers."""
+    counts = np.asarray(prior_counts)
+    total = counts.sum()
+    return float(counts.max(axis=1).sum() / total) if total else None
+
+
+def _pooled(correct: np.ndarray, count: np.ndarray, mask: np.ndarray) -> float | None:
+    n = count[mask].sum()
+    return float(100.0 * correct[mask].sum() / n) if n else None
+
+
+def _name(names: Sequence[str] | None, value: int) -> str:
+    return str(names[value]) if names and value < len(names) else str(value)

@@ -1,0 +1,215 @@
+"""The work of one scan pass on one batch: every condition's forward, and the accumulators that read them.
+
+Each batch draws its bootstrap weights once and every accumulator (accuracy, groups, carrier, ceilings,
+Shapley) uses them, so every figure of the audit gets paired intervals. Logits of "only these modalities
+intact" are cached per batch: the missing conditions, the carrier's Full reference, the ceilings' "alone"
+accuracy and the Shapley subsets share forwards instead of repeating them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from biasaudit.adapter import Adapter, Modality
+from biasaudit.conditions import Condition
+from biasaudit.diagnostics.carrier import CarrierAccumulator, targets, update_swap
+from biasaudit.diagnostics.ceilings import BranchTap
+from biasaudit.diagnostics.donors import DonorPool, swap_modality
+from biasaudit.diagnostics.groups import GroupAccumulator, conflicting
+from biasaudit.diagnostics.interaction import InteractionAccumulator
+from biasaudit.diagnostics.mutes import Moments
+from biasaudit.diagnostics.shapley import ShapleyAccumulator, subsets
+from biasaudit.errors import DataError
+from biasaudit.impairments import Impairment, impair_batch, muted_subset, muting_impairment
+from biasaudit.metrics.accuracy import ConditionAccumulator, bootstrap_weights
+from biasaudit.metrics.calibration import CalibrationAccumulator
+from biasaudit.randomness import poisson1
+
+
+def check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: str) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.shape != (batch_size, num_classes):
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise DataError(f"The adapter's forward() returned {shape}; expected logits of shape ({batch_size}, {num_classes}).")
+    if not torch.isfinite(logits).all():
+        # argmax would silently score NaN as class 0; a muted input the model cannot handle must be seen.
+        raise DataError(f"The model returned NaN or infinite logits under condition {condition!r}; check how the model handles that input.")
+
+
+@dataclass
+class PassSetup:
+    """What one pass evaluates. The main pass has everything; the pass that runs on k-means-discovered bias
+    values (no bias key) has only full + missing conditions, groups and the carrier."""
+
+    conditions: Sequence[Condition]
+    impairments: Mapping[str, Impairment]
+    replicates: int
+    seed: int
+    groups: GroupAccumulator | None = None
+    alignment_groups: GroupAccumulator | None = None  # (label, bias-aligned or not): for splits too small for every pair
+    carrier: CarrierAccumulator | None = None
+    pool: DonorPool | None = None
+    preferred: np.ndarray | None = None  # c(k) per bias value
+    probes: Mapping[str, Any] = field(default_factory=dict)
+    unimodal: Mapping[str, nn.Module] = field(default_factory=dict)
+    ceilings: ConditionAccumulator | None = None
+    shapley: ShapleyAccumulator | None = None
+    interaction: InteractionAccumulator | None = None
+    tap: BranchTap | None = None
+    moments: dict[str, Moments] = field(default_factory=dict)  # "full:m" and "muted:m" branch embeddings
+
+
+class BatchEvaluator:
+    def __init__(self, model: nn.Module, adapter: Adapter, setup: PassSetup, *, device: torch.device, feature_tap: Any = None) -> None:
+        self.model, self.adapter, self.setup, self.device = model, adapter, setup, device
+        self.feature_tap = feature_tap  # the classifier's input, read right after the Full forward
+        self.full_features: torch.Tensor | None = None
+        self.modalities = {m.name: m for m in adapter.modalities}
+        self.accuracy = ConditionAccumulator([c.name for c in setup.conditions], num_classes=adapter.num_classes,
+                                             replicates=setup.replicates, seed=setup.seed)
+        self.calibration = CalibrationAccumulator([c.name for c in setup.conditions])
+        self.muted_counts = {c.name: 0 for c in setup.conditions if c.group == "ratio"}
+        self.forwards: Counter[str] = Counter()  # forwarded samples per diagnostic
+        if setup.pool is not None and setup.preferred is not None:
+            self.targets = targets(setup.pool.bias, setup.pool.label, setup.preferred)
+            # Every pool entry's Poisson weight per replicate, keyed by its global index (the crossed bootstrap of carrier.py).
+            self.donor_weights = poisson1(setup.seed, "donor-bootstrap", setup.pool.index, setup.replicates)
+
+    # ---- forwards -------------------------------------------------------------------------------
+    def _logits(self, model: nn.Module, batch: Mapping[str, Any], *, stage: str, condition: str, tap: bool = False) -> torch.Tensor:
+        if self.setup.tap is not None:
+            self.setup.tap.active = tap
+            self.setup.tap.values.clear()
+        logits = self.adapter.forward(model, self.adapter.prepare(batch, device=self.device))
+        if self.setup.tap is not None:
+            self.setup.tap.active = False
+        check_logits(logits, batch_size=len(self._labels), num_classes=self.adapter.num_classes, condition=condition)
+        self.forwards[stage] += len(self._labels)
+        return logits
+
+    def _muted(self, batch: Mapping[str, Any], keep: frozenset[str]) -> dict[str, Any]:
+        out = dict(batch)
+        for name, modality in self.modalities.items():
+            if name not in keep:
+                out = impair_batch(out, modality, muting_impairment(modality), 1.0, indices=self._indices, seed=self.setup.seed, tag="mute-subset")
+        return out
+
+    def subset_logits(self, keep: frozenset[str], *, stage: str) -> torch.Tensor:
+        """Logits with only `keep` intact (every other modality muted), computed once per batch."""
+        if keep not in self._subsets:
+            self._subsets[keep] = self._logits(self.model, self._muted(self._batch, keep), stage=stage, condition="only " + ",".join(sorted(keep)))
+        return self._subsets[keep]
+
+    # ---- one batch ------------------------------------------------------------------------------
+    def update(self, indices: np.ndarray, batch: Mapping[str, Any], labels: np.ndarray, bias: np.ndarray | None) -> torch.Tensor:
+        """Evaluate one batch; returns the Full logits (the caller's Full-condition diagnostics read them)."""
+        s = self.setup
+        self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
+        weights = bootstrap_weights(indices, replicates=s.replicates, seed=s.seed)
+        everything = frozenset(self.modalities)
+        predictions, confidences = {}, {}
+        full_logits = None
+        for condition in s.conditions:
+            if condition.group == "full":
+                logits = full_logits = self._logits(self.model, batch, stage="conditions", condition="full", tap=True)
+                self._subsets[everything] = logits
+                self._full_branch = s.tap.features(batch) if s.tap else {}
+                self.full_features = self.feature_tap.value if self.feature_tap is not None else None
+                self._record_moments("full", self._full_branch)
+            else:
+                m = self.modalities[condition.modality]
+                impaired = impair_batch(batch, m, s.impairments[condition.name], condition.severity, indices=indices, seed=s.seed, tag=condition.name)
+                is_mute = condition.group == "missing"
+                logits = self._logits(self.model, impaired, stage="conditions", condition=condition.name, tap=is_mute)
+                if is_mute:
+                    self._subsets[everything - {m.name}] = logits
+                    if s.tap is not None and m.name in s.tap.values:
+                        self._record_moments("muted", {m.name: s.tap.features(impaired)[m.name]})
+            if condition.name in self.muted_counts:
+                self.muted_counts[condition.name] += int(muted_subset(indices, seed=s.seed, fraction=condition.severity).sum())
+            probabilities = torch.softmax(logits.float(), dim=1)
+            confidence, predicted = probabilities.max(dim=1)
+            predictions[condition.name] = predicted.cpu().numpy()
+            confidences[condition.name] = confidence.cpu().numpy()
+        correct = {c: p == labels for c, p in predictions.items()}
+        self.accuracy.update(predictions, labels, indices=indices, weights=weights)
+        self.calibration.update(confidences, correct)
+        full = predictions["full"]
+        if s.groups is not None and bias is not None:
+            s.groups.update(predictions, labels, bias, weights)
+        if s.alignment_groups is not None and bias is not None:
+            s.alignment_groups.update(predictions, labels, conflicting(bias, labels, s.preferred), weights)
+        if s.carrier is not None and s.pool is not None and bias is not None:
+            self._carrier(batch, indices, labels, bias, full, weights)
+        if s.ceilings is not None:
+            self._ceilings(labels, full, indices, weights)
+        if s.shapley is not None:
+            correct_by_subset = {keep: self.subset_logits(keep, stage="shapley").argmax(dim=1).cpu().numpy() == labels
+                                 for keep in subsets(list(self.modalities))}
+            s.shapley.update(correct_by_subset, labels, weights)
+        if s.interaction is not None and s.pool is not None:
+            self._interaction(batch, indices, labels, full)
+        return full_logits
+
+    def _record_moments(self, prefix: str, values: Mapping[str, torch.Tensor]) -> None:
+        for name, value in values.items():
+            self.setup.moments.setdefault(f"{prefix}:{name}", Moments()).update(value.double().cpu().numpy())
+
+    def _carrier(self, batch, indices, labels, bias, full, weights) -> None:
+        s = self.setup
+        null_donors = s.pool.null_donors(indices, labels, bias)
+        swaps = {"bias": s.pool.bias_donors(indices, labels, bias, s.preferred), "content": s.pool.content_donors(indices, labels, bias)}
+        for name, modality in self.modalities.items():
+            null = self._swapped_prediction(batch, modality, null_donors, full, what="null")
+            for kind, donors in swaps.items():
+                prediction = self._swapped_prediction(batch, modality, donors, full, what=kind)
+                update_swap((s.carrier.bias_swap if kind == "bias" else s.carrier.content_swap)[name], donors=donors, null_donors=null_donors,
+                            target=self.targets[kind], donor_weights=self.donor_weights, prediction=prediction, null=null, full=full,
+                            labels=labels, weights=weights)
+
+    def _swapped_prediction(self, batch, modality: Modality, donors: np.ndarray, full: np.ndarray, *, what: str) -> np.ndarray:
+        """Predictions with this modality's input from the donors (rows without a donor keep theirs)."""
+        if not (donors >= 0).any():
+            return full
+        swapped = swap_modality(batch, modality, donors, self.setup.pool)
+        return self._logits(self.model, swapped, stage="carrier", condition=f"{what} swap of {modality.name}").argmax(dim=1).cpu().numpy()
+
+    def _ceilings(self, labels, full, indices, weights) -> None:
+        s = self.setup
+        predictions = {"full": full}
+        for name in self.modalities:
+            if name in s.unimodal:
+                others_muted = self._muted(self._batch, frozenset([name]))
+                predictions[f"ceiling:{name}"] = self._logits(s.unimodal[name], others_muted, stage="ceilings", condition=f"unimodal {name}").argmax(dim=1).cpu().numpy()
+            elif name in s.probes:
+                feature = self._full_branch.get(name)
+                if feature is None:
+                    raise DataError(f"The {name!r} branch did not run in the Full forward of this batch, although it ran on train; "
+                                    "the adapter's branches() must name modules the model calls on every forward.")
+                predictions[f"ceiling:{name}"] = s.probes[name].predict(feature.double().cpu().numpy())
+            else:
+                continue
+            predictions[f"alone:{name}"] = self.subset_logits(frozenset([name]), stage="ceilings").argmax(dim=1).cpu().numpy()
+        s.ceilings.update(predictions, labels, indices=indices, weights=weights)
+
+    def _interaction(self, batch, indices, labels, full) -> None:
+        s = self.setup
+        draws = [s.pool.any_donors(indices, draw=r) for r in range(s.interaction.donors)]
+        if not all((donors >= 0).all() for donors in draws):
+            return  # a pool of one sample: nothing to pair with
+
+        def mixed(donors: np.ndarray, keep: str | None) -> np.ndarray:
+            out = batch
+            for name, modality in self.modalities.items():
+                if name != keep:
+                    out = swap_modality(out, modality, donors, s.pool)
+            condition = f"interaction keeping {keep}" if keep else "interaction donor"
+            return self._logits(self.model, out, stage="interaction", condition=condition).float().cpu().numpy()
+
+        kept = [[mixed(donors, keep) for donors in draws] for keep in self.modalities]
+        s.interaction.update(kept, [mixed(donors, None) for donors in draws], full, labels)

@@ -1,0 +1,49 @@
+"""Counter-based draws: pure functions of (seed, stream, sample index, ...), computed for a whole batch
+at once (methods.md section 10). No generator object is built per sample, and a draw never depends on
+the batch a sample arrives in, the order of batches or the number of processes."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from biasaudit.errors import InputError
+from biasaudit.impairments import stream_id
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    # splitmix64's finaliser (Steele, Lea & Flood 2014): a bijection of 64-bit words with full avalanche.
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def hash64(seed: int, stream: str, *keys: np.ndarray | int) -> np.ndarray:
+    """A 64-bit hash of (seed, stream, key_1, key_2, ...), broadcast over array keys."""
+    if not 0 <= seed < 2**64:
+        raise InputError(f"seed is {seed}; expected an integer from 0 to 2**64 - 1.")
+    with np.errstate(over="ignore"):  # wrapping arithmetic is the point
+        # Seed and stream are mixed one after the other, so no two (seed, stream) pairs share a starting word.
+        value = _splitmix(_splitmix(np.asarray(np.uint64(seed))) ^ np.uint64(stream_id(stream)))
+        for key in keys:
+            value = _splitmix(value ^ np.asarray(key).astype(np.int64).astype(np.uint64))
+    return value
+
+
+def uniform(seed: int, stream: str, *keys: np.ndarray | int) -> np.ndarray:
+    """Uniform draws in [0, 1) with 53 bits, one per broadcast key."""
+    return (hash64(seed, stream, *keys) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+# P(Poisson(1) <= k) for k = 0..19; beyond 19 the remaining mass is below 1e-17.
+_POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1, dtype=np.float64)) for k in range(20)])
+
+
+def poisson1(seed: int, stream: str, indices: np.ndarray, replicates: int) -> np.ndarray:
+    """Poisson(1) draws [len(indices), replicates] (int64) by the inverse CDF of counter-based uniforms."""
+    u = uniform(seed, stream, np.asarray(indices, dtype=np.int64)[:, None], np.arange(replicates)[None, :])
+    return np.searchsorted(_POISSON1_CDF, u, side="right").astype(np.int64)

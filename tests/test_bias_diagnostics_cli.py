@@ -1,0 +1,62 @@
+"""The bias diagnostics through the real console script: the carrier and its verdict printed, a unimodal
+checkpoint as a ceiling, and mistakes in the new options refused before any work."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHORTCUT = f"{FIXTURES / 'shortcut_adapter.py'}:ShortcutAdapter"
+SCRIPT = Path(sys.executable).parent / "biasaudit"
+FAST = ["--bootstrap", "50", "--projection", "pca", "--gradient-batches", "1", "--batch-size", "32", "--min-wrong", "1"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        import shortcut_adapter
+    finally:
+        sys.path.pop(0)
+    torch.save(shortcut_adapter.ShortcutModel().state_dict(), path)  # its answers are fixed by construction
+    return path
+
+
+def test_scan_prints_the_carrier_and_a_verdict_that_names_both_modalities(checkpoint, tmp_path):
+    out = tmp_path / "audit"
+    result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, "--unimodal", f"content={checkpoint}")
+    assert result.returncode == 0, result.stderr
+    stderr = " ".join(result.stderr.split())
+    assert "carrier" in stderr and "verdict:" in stderr
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["summary"]["carrier"] == "bias_cue" and audit["summary"]["missing"]["dominant"] == "content"
+    content = audit["ceilings"]["modalities"]["content"]
+    # The unimodal checkpoint is scored with the bias cue muted: it predicts the label from the content, always right.
+    assert content["source"] == f"checkpoint {checkpoint}" and content["ceiling"] == 100.0
+    assert audit["ceilings"]["modalities"]["bias_cue"]["source"].startswith("linear probe")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--unimodal", "content"], "--unimodal 'content' is not of the form MODALITY=CHECKPOINT"),
+    (["--unimodal", "sound=x.pt"], "names modality 'sound'. Available: bias_cue, content"),
+    (["--unimodal", "content=/nonexistent.pt"], "the checkpoint /nonexistent.pt does not exist"),
+    (["--group-by", "colour"], "group_by 'colour' is unknown. Available: auto, bias, alignment"),
+    (["--conditions", "missing,carriers"], "Unknown condition 'carriers'"),
+])
+def test_bad_diagnostic_options_exit_2_with_one_sentence_and_write_nothing(checkpoint, tmp_path, args, expected):
+    out = tmp_path / "audit"
+    result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and expected in " ".join(result.stderr.split())
+    assert not out.exists()
