@@ -103,6 +103,23 @@ def summary_table(audit: dict) -> Table:
     return table
 
 
+@contextmanager
+def naming_source(sources: dict, *keys: str) -> Iterator[None]:
+    """A setting that came from a config file and fails its check names the file, table and key: the same check as
+    the command line's, and the user learns where to look. With several keys, the one the message starts with."""
+    from biasaudit.errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        text = str(exc)
+        key = keys[0] if len(keys) == 1 else next((k for k in keys if text.lower().startswith((k + " ", k.replace("_", " ") + " "))), None)
+        source = sources.get(key) if key else None
+        if source and not source.startswith(("command line", "default")):
+            raise InputError(f"{source} {key}: {text}") from exc
+        raise
+
+
 def print_verdict(audit: dict) -> None:
     """The scan's verdict in words under the table: bias measures first, then reliance, then caveats."""
     verdict = audit.get("verdict") or {}
@@ -193,7 +210,8 @@ def scan(
     from biasaudit.audit import audit_checkpoint, check_out_dir, write_audit
     from biasaudit.config_file import SCAN_KEYS, load_settings, resolve
     from biasaudit.errors import InputError
-    from biasaudit.scan import ScanConfig
+    from biasaudit.conditions import parse_conditions
+    from biasaudit.scan import ScanConfig, with_mute_overrides
 
     with handled():
         check_out_dir(out_dir)
@@ -203,12 +221,19 @@ def scan(
         if v["adapter"] is None:
             raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
         loaded = load_adapter(v["adapter"])
-        config = ScanConfig(split=v["split"], conditions=v["conditions"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
-                            bootstrap_replicates=v["bootstrap"], projection=v["projection"], gradient_batches=v["gradient_batches"],
-                            min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
-                            mute=parse_mute(v["mute"]), mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
-                            ceiling_per_class=v["ceiling_per_class"])
-        unimodal_checkpoints = parse_unimodal(v["unimodal"], loaded)
+        with naming_source(sources, "conditions"):
+            parse_conditions(v["conditions"], loaded.modalities)
+        with naming_source(sources, "mute"):
+            mute_pairs = parse_mute(v["mute"])
+            with_mute_overrides(loaded, mute_pairs)
+        with naming_source(sources, "unimodal"):
+            unimodal_checkpoints = parse_unimodal(v["unimodal"], loaded)
+        with naming_source(sources, *SCAN_KEYS):
+            config = ScanConfig(split=v["split"], conditions=v["conditions"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
+                                bootstrap_replicates=v["bootstrap"], projection=v["projection"], gradient_batches=v["gradient_batches"],
+                                min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
+                                mute=mute_pairs, mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
+                                ceiling_per_class=v["ceiling_per_class"])
         with progress_bars() as progress:
             audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress,
                                      unimodal=unimodal_checkpoints)

@@ -228,9 +228,13 @@ def compare_bias(before: Mapping[str, Any], after: Mapping[str, Any], pairing: P
         ood = {"before": full_b, "after": full_a, "delta": _delta(full_b, full_a), "delta_ci": pairing.delta_interval("full")}
     lacking = {key: [f"the {who} audit has no {key} section" for who, audit in (("before", before), ("after", after))
                      if not _ran(audit, key)] for key in ("groups", "carrier")}
+    # Worst-group figures that cover bias-aligned groups only cannot show a change of bias: no entry, and why.
+    blind = [f"the {who} audit's worst-group accuracy cannot see the bias: {(_ran(audit, 'groups') or {}).get('blind')}"
+             for who, audit in (("before", before), ("after", after)) if (_ran(audit, "groups") or {}).get("blind")]
+    lacking["groups"] += blind
     return {"carrier": {"before": (carriers[0] or {}).get("carrier"), "after": (carriers[1] or {}).get("carrier")},
             "bias_follow": follow,
-            "worst_group": _group_measure(before, after, pairing, "worst_group"),
-            "bias_balanced": _group_measure(before, after, pairing, "bias_balanced"),
+            "worst_group": None if blind else _group_measure(before, after, pairing, "worst_group"),
+            "bias_balanced": None if blind else _group_measure(before, after, pairing, "bias_balanced"),
             "ood": ood, "ceilings": _ceilings(before, after),
             "lacking": {key: why for key, why in lacking.items() if why}}

@@ -63,6 +63,8 @@ class GateRules:
         value = self.max_jsd_drop
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
             raise InputError(f"{self.label('max_jsd_drop')} is {value!r}; expected a number.")
+        if value is not None and value < 0:
+            raise InputError(f"{self.label('max_jsd_drop')} is {value!r}; expected a drop >= 0 (a negative limit fails identical audits).")
         object.__setattr__(self, "jsd", parse_statistic(self.jsd, label=self.label("jsd")))
 
     def label(self, name: str) -> str:
@@ -182,6 +184,9 @@ def _group_rows(audit: Mapping[str, Any], who: str) -> tuple[Mapping[str, Any] |
         return None, f"the {who} audit has no group accuracies (written by an older biasaudit: scan again)"
     if not groups.get("available", True):
         return None, f"the {who} audit has no group accuracies ({groups.get('note') or 'not available'})"
+    if groups.get("blind"):
+        return None, (f"the {who} audit's worst-group accuracy cannot see the bias: {groups['blind']} (scan a split with more "
+                      "bias-conflicting samples, lower --min-group, or use --group-by alignment)")
     return groups.get("conditions") or {}, None
 
 

@@ -33,13 +33,15 @@ class LimitOption:
 
 
 _PERCENT = dict(low=0.0, high=100.0, range_words="a percentage between 0 and 100")
+# A ratchet's limit is how far a measure may move the wrong way: a negative one would fail identical audits.
+_POINTS = dict(low=0.0, range_words="a number of points >= 0")
 OPTIONS: dict[str, LimitOption] = {
     "max_gap": LimitOption("POINTS or GROUP=POINTS", "30 or missing=30", ALL, GROUPS, low=0.0, range_words="a gap in points >= 0"),
-    "max_gap_increase": LimitOption("POINTS or GROUP=POINTS", "2 or missing=2", ALL, GROUPS),
+    "max_gap_increase": LimitOption("POINTS or GROUP=POINTS", "2 or missing=2", ALL, GROUPS, **_POINTS),
     "min_accuracy": LimitOption("CONDITION=PERCENT", "full=90 or missing:image=40", None, **_PERCENT),
     "min_worst_group": LimitOption("CONDITION=PERCENT", "full=60 or missing:image=20", None, **_PERCENT),
-    "max_worst_group_drop": LimitOption("POINTS or CONDITION=POINTS", "2 or full=2", "full"),
-    "max_bias_follow_increase": LimitOption("POINTS or MODALITY=POINTS", "5 or text=5", ALL),
+    "max_worst_group_drop": LimitOption("POINTS or CONDITION=POINTS", "2 or full=2", "full", **_POINTS),
+    "max_bias_follow_increase": LimitOption("POINTS or MODALITY=POINTS", "5 or text=5", ALL, **_POINTS),
 }
 
 
@@ -74,6 +76,9 @@ def parse_limits(name: str, raw: Any, *, label: str | None = None) -> dict[str, 
     if raw is None or (isinstance(raw, (list, tuple, Mapping)) and not raw):
         return None
     if isinstance(raw, Mapping):
+        for k, v in raw.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InputError(f"{label} {k} = {v!r} is {type(v).__name__}; expected a number (e.g. {spec.example}).")
         pairs = [(str(k), v, f"{k}={v}") for k, v in raw.items()]
     else:
         pairs = []

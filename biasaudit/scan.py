@@ -36,7 +36,7 @@ from biasaudit.diagnostics.shapley import MAX_MODALITIES, ShapleyAccumulator
 from biasaudit.errors import DataError, InputError
 from biasaudit.evaluation import BatchEvaluator, PassSetup
 from biasaudit.fingerprint import SampleFingerprint
-from biasaudit.impairments import muting_impairment, resolve_impairment
+from biasaudit.impairments import IMPAIRMENTS, muting_impairment, resolve_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator
 from biasaudit.metrics.gap import dominant_modality
 from biasaudit.progress import Progress, silent
@@ -54,10 +54,14 @@ def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...]) -> 
     for name in overrides:
         if name not in names:
             raise InputError(f"--mute names modality {name!r}. Available: {', '.join(names)}.")
+    for m in adapter.modalities:
+        # Checked here, before any work, against the impairments that really mute this kind.
+        mutes = sorted(n for n, impairment in IMPAIRMENTS.get(m.kind, {}).items() if impairment.mutes)
+        if m.name in overrides and overrides[m.name] not in mutes:
+            raise InputError(f"--mute {m.name}={overrides[m.name]}: {overrides[m.name]!r} is not a muting impairment of {m.kind} "
+                             f"modality {m.name!r}. Available: {', '.join(mutes)}.")
     copied = copy.copy(adapter)
     copied.modalities = [replace(m, missing=overrides.get(m.name, m.missing)) for m in adapter.modalities]
-    for modality in copied.modalities:
-        muting_impairment(modality)  # an impairment that does not mute is refused here, before any work
     return copied
 
 
@@ -248,7 +252,9 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
                 summary[group] = section
         dominant = summary.get("missing", {}).get("dominant")
         sections = diagnostics.finish(model, dominant=dominant, device=device, progress=progress)
-        sections["mute_checks"] = _mute_checks(evaluator, conditions, scores, summary, adapter, class_names)
+        sections["mute_checks"] = _mute_checks(evaluator, conditions, scores, summary, adapter, class_names, mute_compare=config.mute_compare)
+        if sections["mute_checks"]["compare_note"]:
+            sections["notes"].append(sections["mute_checks"]["compare_note"])
         sections["notes"].extend(f["message"] for f in sections["mute_checks"]["findings"])
 
         bias_pass, bias_source, bias_note = evaluator, "bias_key", None
@@ -319,11 +325,12 @@ def _bias_sections(sections: dict[str, Any], bias_pass: BatchEvaluator, diagnost
     setup, prior = bias_pass.setup, diagnostics.prior
     if setup.groups is not None and prior is not None:
         table = [c.name for c in setup.conditions if c.group in ("full", "missing")]
-        alignment = choose_grouping(setup.groups, min_group=config.min_group, grouping=config.group_by) == "alignment"
+        alignment = choose_grouping(setup.groups, min_group=config.min_group, grouping=config.group_by, prior_counts=prior.counts) == "alignment"
         sections["groups"], found = (setup.alignment_groups if alignment else setup.groups).section(
             prior_counts=prior.counts, min_group=config.min_group, class_names=class_names,
             bias_names=adapter.bias_names if bias_source == "bias_key" else None, bias_source=bias_source,
-            table_conditions=table, train_aligned_share=train_aligned_share(prior.counts), alignment=alignment)
+            table_conditions=table, train_aligned_share=train_aligned_share(prior.counts), alignment=alignment,
+            asked=config.group_by == "alignment")
         sections["groups"]["note"] = " ".join(filter(None, [bias_note, sections["groups"]["note"]])) or None
         derived.update({k: v for k, v in found.items() if k.split(":", 1)[1] in table})
     else:
@@ -363,7 +370,7 @@ def _discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig
 
 
 def _mute_checks(evaluator: BatchEvaluator, conditions: list[Condition], scores: Mapping[str, Any], summary: dict[str, Any],
-                 adapter: Adapter, class_names: list[str]) -> dict[str, Any]:
+                 adapter: Adapter, class_names: list[str], *, mute_compare: bool) -> dict[str, Any]:
     """Degenerate or far-outside mutes (biasaudit/diagnostics/mutes.py), and the --mute-compare table."""
     confusion = evaluator.accuracy.confusion
     moments = evaluator.setup.moments
@@ -377,8 +384,11 @@ def _mute_checks(evaluator: BatchEvaluator, conditions: list[Condition], scores:
     caveats = [f["message"] for f in findings if missing and f["modality"] == missing.get("dominant")]
     if caveats:
         missing["dominant_caveat"] = caveats[0]
-    compared = None
+    compared, compare_note = None, None
     alternatives = [c for c in conditions if c.group == "mute_compare"]
+    if mute_compare and not alternatives:
+        compare_note = ("--mute-compare measured nothing: no modality's kind has a second muting impairment "
+                        "(an image has two: the black zero and the mid-grey mean).")
     if alternatives and missing:
         compared = {}
         for c in alternatives:
@@ -388,7 +398,7 @@ def _mute_checks(evaluator: BatchEvaluator, conditions: list[Condition], scores:
                 entry["choices"][choice.impairment] = {"accuracy": scores[choice.name].accuracy, "flip_rate": scores[choice.name].flip_rate}
                 flips = {**missing["flip_rates"], c.modality: scores[choice.name].flip_rate}
                 entry["dominant"][choice.impairment] = dominant_modality(flips) if max(flips.values()) > 0 else None
-    return {"findings": findings, "distances": distances, "compare": compared}
+    return {"findings": findings, "distances": distances, "compare": compared, "compare_note": compare_note}
 
 
 def timed_scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress | None = None) -> tuple[dict[str, Any], float]:

@@ -294,3 +294,21 @@ def test_sequence_branch_ceilings_do_not_depend_on_the_batch_width():
     small, large = (scan(FX.TokenAdapter(), conditions="missing,ceilings", batch_size=b) for b in (5, 16))
     assert small["ceilings"] == large["ceilings"]
     assert small["mute_checks"]["distances"] == pytest.approx(large["mute_checks"]["distances"])
+
+
+def test_worst_group_that_covers_only_aligned_groups_says_it_cannot_see_the_bias():
+    """On an in-distribution split the few bias-conflicting samples sit in groups below min_group: the worst group is a
+    bias-aligned one (100%) although label-2 conflicting samples all fail. The audit, the verdict and the gate say so
+    instead of reporting 100% as worst-group accuracy."""
+    from biasaudit.gate import GateRules, evaluate_gate
+
+    audit = scan(FX.ShortcutAdapter(), conditions="missing", split="train")
+    groups = audit["groups"]
+    assert groups["grouping"] == "label x bias-aligned/conflicting"  # auto: the conflicting samples are not covered
+    assert groups["conflicting_samples"] == 9 and groups["counted_conflicting_groups"] == 0 and groups["blind"]
+    full = groups["conditions"]["full"]
+    assert full["conflicting_accuracy"] == pytest.approx(100 * 6 / 9)  # the 3 conflicting label-2 samples follow the bias
+    text = " ".join(audit["verdict"]["sentences"])
+    assert "cannot see the bias" in text and "bias-conflicting accuracy" in audit["verdict"]["headline"].lower()
+    verdict = evaluate_gate(audit, GateRules(min_worst_group={"full": 90}))
+    assert verdict["status"] == "ERROR" and "cannot see the bias" in verdict["rules"][0]["message"]

@@ -60,3 +60,13 @@ def test_bad_diagnostic_options_exit_2_with_one_sentence_and_write_nothing(check
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and expected in " ".join(result.stderr.split())
     assert not out.exists()
+
+
+def test_a_bad_new_setting_in_the_config_file_names_the_file_and_key(checkpoint, tmp_path):
+    config = tmp_path / "biasaudit.toml"
+    config.write_text('[scan]\ngroup_by = "labels"\n')
+    out = tmp_path / "audit"
+    result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, "--config", str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{config} [scan] group_by: group_by 'labels' is unknown" in " ".join(result.stderr.split())
+    assert not out.exists()

@@ -423,3 +423,18 @@ def test_bias_rules_from_the_config_file_share_the_command_lines_checks(pair_fil
     (tmp_path / "biasaudit.toml").write_text('[gate]\nmax_gap_increase = {foo = 2}\n')
     bad = run()
     assert bad.returncode == 2 and "biasaudit.toml [gate] max_gap_increase 'foo=2' names no impairment group 'foo'" in bad.stderr
+
+
+@pytest.mark.parametrize("rules, expected", [
+    (dict(max_bias_follow_increase=-5), "--max-bias-follow-increase"),
+    (dict(max_worst_group_drop=-3), "--max-worst-group-drop"),
+    (dict(max_gap_increase=-1), "--max-gap-increase"),
+    (dict(max_jsd_drop=-0.1), "--max-jsd-drop"),
+    (dict(max_worst_group_drop={"full": "2"}), "expected a number"),
+])
+def test_a_negative_ratchet_or_a_text_limit_is_refused_because_identical_audits_would_fail(rules, expected):
+    from biasaudit.errors import InputError
+    from biasaudit.gate import GateRules
+
+    with pytest.raises(InputError, match=expected):
+        GateRules(**rules)

@@ -23,7 +23,7 @@ def test_a_carrier_other_than_the_dominant_modality_is_said_in_plain_words():
                                    "15.0% [10.0, 20.0]; OOD accuracy 30.0%; the model relies most on image (missing-modality Gap "
                                    "20.0 points).")
     assert ("The model relies most on image (muting it flips 62% of predictions) but the shortcut runs through text (swapping "
-            "text's bias value makes 58% [52.0, 63.0] more predictions follow that bias value than without the swap): a fix "
+            "text's bias value makes 58% [52.0, 63.0] more predictions follow that bias value than a swap that keeps the bias value): a fix "
             "aimed at image would miss it.") in verdict["sentences"]
     # Bias measures come before reliance, caveats last.
     order = [next(i for i, s in enumerate(verdict["sentences"]) if s.startswith(start))

@@ -36,21 +36,35 @@ def conflicting(bias: np.ndarray, labels: np.ndarray, preferred: np.ndarray) -> 
     return (pointed != labels).astype(np.int64)
 
 
-# Grouping choice. (label, bias value) is the definition; but C x K groups need C x K x min_group samples, and
-# a split such as the demo's ood (10 digits x 10 colours in 323 samples, ~3 per group) would have no group to
-# count. "auto" then falls back to (label, bias-aligned or conflicting), 2C groups, and says so. It decides on
-# the split's labels and bias values only, so two audits of the same samples always group alike.
+# Grouping choice. (label, bias value) is the definition; but C x K groups need C x K x min_group samples. A
+# split such as the demo's ood (10 digits x 10 colours in 323 samples, ~3 per group) has no group to count,
+# and an in-distribution split has its few bias-conflicting samples in groups too small to count, so its
+# worst group is a bias-aligned one and cannot see the bias. "auto" then falls back to (label, bias-aligned or
+# conflicting), 2C groups, and says so. It decides on the split's labels and bias values only, so two audits
+# of the same samples always group alike.
 GROUPINGS = ("auto", "bias", "alignment")
-AUTO_COVERAGE = 0.5  # auto keeps (label, bias value) when counted groups hold at least this share of the samples
+AUTO_COVERAGE = 0.5  # auto keeps (label, bias value) when counted groups hold this share of all and of the conflicting samples
 ALIGNMENT_NAMES = ("aligned", "conflicting")
 
 
-def choose_grouping(fine: GroupAccumulator, *, min_group: int, grouping: str) -> str:
+def choose_grouping(fine: GroupAccumulator, *, min_group: int, grouping: str, prior_counts: np.ndarray) -> str:
     if grouping != "auto":
         return grouping
-    total = fine.count.sum()
-    covered = fine.count[fine.count >= min_group].sum()
-    return "bias" if total and covered / total >= AUTO_COVERAGE else "alignment"
+    counted = fine.count >= min_group
+    label_of = np.arange(fine.count.size) // fine.num_bias
+    pointed = _pointed(np.arange(fine.count.size) % fine.num_bias, preferred_class(prior_counts))
+    conflicting = pointed != label_of
+    shares = [fine.count[counted & within].sum() / fine.count[within].sum()
+              for within in (np.ones_like(counted), conflicting) if fine.count[within].sum()]
+    return "bias" if shares and min(shares) >= AUTO_COVERAGE else "alignment"
+
+
+def _pointed(bias: np.ndarray, preferred: np.ndarray) -> np.ndarray:
+    """c(k) per entry of `bias`; -1 for a bias value without a training prior."""
+    out = np.full(len(bias), -1, dtype=np.int64)
+    known = bias < len(preferred)
+    out[known] = preferred[bias[known]]
+    return out
 
 
 def _weighted_sums(groups: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
@@ -124,7 +138,7 @@ class GroupAccumulator:
 
     def section(self, *, prior_counts: np.ndarray, min_group: int, class_names: Sequence[str], bias_names: Sequence[str] | None,
                 bias_source: str, table_conditions: Sequence[str], train_aligned_share: float | None,
-                alignment: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                alignment: bool = False, asked: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The audit's `groups` section, and the per-replicate worst-group / bias-balanced accuracies that
         compare and gate pair up (bootstrap.derived). alignment: the bias column is 0 aligned / 1 conflicting."""
         label_of = np.arange(self.count.size) // self.num_bias
@@ -134,8 +148,7 @@ class GroupAccumulator:
             known = np.ones(self.count.size, dtype=bool)
             bias_names = ALIGNMENT_NAMES
         else:
-            preferred = preferred_class(prior_counts)
-            pointed = np.where(bias_of < len(preferred), preferred[np.minimum(bias_of, len(preferred) - 1)], -1)
+            pointed = _pointed(bias_of, preferred_class(prior_counts))
             known = pointed >= 0
             is_conflicting = known & (pointed != label_of)
         rows = []
@@ -158,20 +171,32 @@ class GroupAccumulator:
                              "aligned_accuracy": _pooled(self.correct[c], self.count, aligned)}
             derived[f"worst_group:{c}"] = s.worst_replicates
             derived[f"bias_balanced:{c}"] = s.balanced_replicates
+            conditions[c]["conflicting_accuracy_ci"] = _pooled_interval(self.weighted_correct[c], self.weighted_total, is_conflicting)
         split_aligned = float(self.count[aligned].sum() / self.count.sum()) if self.count.sum() else None
+        conflicting_samples = int(self.count[is_conflicting].sum())
+        counted_conflicting = int((is_conflicting & (self.count >= min_group)).sum())
+        blind = None
+        if conflicting_samples and not counted_conflicting:
+            blind = (f"none of the split's {conflicting_samples} bias-conflicting samples is in a group of at least {min_group} samples "
+                     "(min_group), so worst-group and bias-balanced accuracy cover bias-aligned groups only and cannot see the bias")
         shift = {"train_aligned_share": train_aligned_share, "split_aligned_share": split_aligned,
                  "ood": bool(train_aligned_share is not None and split_aligned is not None
                              and split_aligned <= train_aligned_share - OOD_ALIGNED_DROP)}
         below = sum(1 for r in rows if not r["counted"])
         notes = []
         if alignment:
-            notes.append(f"Groups are (label, bias-aligned or conflicting): too few samples per (label, bias value) pair to count them "
-                         f"(min_group {min_group}); a sample is aligned when the training prior of its bias value prefers its label.")
+            why = ("as asked (--group-by alignment)" if asked else f"because too few of the split's samples, or of its bias-conflicting "
+                   f"ones, are in (label, bias value) groups of at least {min_group} (--group-by auto)")
+            notes.append(f"Groups are (label, bias-aligned or conflicting) {why}; a sample is aligned when the training prior of its "
+                         "bias value prefers its label.")
         if not any(r["counted"] for r in rows):
             notes.append(f"No group has {min_group} samples (min_group), so there is no worst-group accuracy.")
         elif below:
             notes.append(f"{below} of {len(rows)} groups have fewer than {min_group} samples and are left out of worst-group and bias-balanced accuracy.")
-        return ({"available": True, "note": " ".join(notes) or None, "bias_source": bias_source,
+        if blind:
+            notes.append(blind[0].upper() + blind[1:] + "; read the pooled bias-conflicting accuracy instead.")
+        return ({"available": True, "note": " ".join(notes) or None, "bias_source": bias_source, "blind": blind,
+                 "conflicting_samples": conflicting_samples, "counted_conflicting_groups": counted_conflicting,
                  "grouping": "label x bias-aligned/conflicting" if alignment else "label x bias value", "min_group": min_group,
                  "groups": rows, "conditions": conditions, "shift": shift}, derived)
 
@@ -186,6 +211,13 @@ def train_aligned_share(prior_counts: np.ndarray) -> float | None:
 def _pooled(correct: np.ndarray, count: np.ndarray, mask: np.ndarray) -> float | None:
     n = count[mask].sum()
     return float(100.0 * correct[mask].sum() / n) if n else None
+
+
+def _pooled_interval(correct: np.ndarray, total: np.ndarray, mask: np.ndarray) -> tuple[float, float] | None:
+    if not mask.any():
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return percentile_interval(100.0 * correct[mask].sum(axis=0) / total[mask].sum(axis=0))
 
 
 def _name(names: Sequence[str] | None, value: int) -> str:

@@ -1,0 +1,205 @@
+"""The verdict of one audit: bias measures first, then reliance against the ceilings, then caveats."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from biasaudit.verdict.words import one_decimal, ran_section, ci_pct, ci_points, pct, pts
+
+def _carrier_figures(audit: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
+    carrier = ran_section(audit, "carrier")
+    name = carrier.get("carrier") if carrier else None
+    swap = ((carrier or {}).get("modalities") or {}).get(name, {}).get("bias_swap") if name else None
+    return (name, swap) if swap and swap.get("excess_follow_rate") is not None else None
+
+
+def _swap_clause(swap: Mapping[str, Any]) -> str:
+    return (f"makes {pct(swap['excess_follow_rate'])}{ci_pct(swap.get('excess_follow_rate_ci'))} more predictions follow "
+            "that bias value than a swap that keeps the bias value")
+
+
+def _bias_sentences(audit: Mapping[str, Any]) -> list[str]:
+    out = []
+    carrier = audit.get("carrier")
+    found = _carrier_figures(audit)
+    if found:
+        name, swap = found
+        kmeans = " (bias values discovered by k-means)" if carrier.get("bias_source") == "kmeans" else ""
+        out.append(f"The bias runs through {name}{kmeans}: swapping its input for a donor's with the same label and another "
+                   f"bias value {_swap_clause(swap)} ({pct(swap.get('follow_rate'))} vs {pct(swap.get('null_follow_rate', swap.get('baseline_follow_rate')))}).")
+    elif ran_section(audit, "carrier") and carrier.get("carrier") is None:
+        rates = ", ".join(f"{m} {pct((v.get('bias_swap') or {}).get('excess_follow_rate'))}"
+                          for m, v in (carrier.get("modalities") or {}).items())
+        out.append(f"No modality is named the carrier: no modality's excess bias-follow rate (a swap to another bias value against "
+                   f"a swap that keeps it) has a 95% interval above 0 ({rates or 'none measured'}).")
+    elif isinstance(carrier, Mapping) and carrier.get("note"):
+        out.append(f"No carrier test: {carrier['note']}")
+    groups = ran_section(audit, "groups")
+    full = ((groups or {}).get("conditions") or {}).get("full") or {}
+    if groups and groups.get("blind") and full.get("conflicting_accuracy") is not None:
+        out.append(f"Worst-group accuracy cannot see the bias on this split: {groups['blind']}. Bias-conflicting samples score "
+                   f"{pts(full['conflicting_accuracy'])}%{ci_points(full.get('conflicting_accuracy_ci'))} (n={groups.get('conflicting_samples')}) "
+                   f"vs {pts(full.get('aligned_accuracy'))}% for bias-aligned ones.")
+    elif full.get("worst_group") is not None:
+        where = f" (group {full['worst_group_label']})" if full.get("worst_group_label") else ""
+        text = f"Worst-group accuracy is {pts(full['worst_group'])}%{ci_points(full.get('worst_group_ci'))}{where}"
+        if full.get("bias_balanced") is not None:
+            text += (f"; bias-balanced accuracy {pts(full['bias_balanced'])}%{ci_points(full.get('bias_balanced_ci'))}"
+                     f" over {full.get('groups_counted', 'the')} groups")
+        if full.get("conflicting_accuracy") is not None and full.get("aligned_accuracy") is not None:
+            text += (f"; bias-conflicting samples score {pts(full['conflicting_accuracy'])}% vs "
+                     f"{pts(full['aligned_accuracy'])}% for bias-aligned ones")
+        out.append(text + ".")
+    elif isinstance(audit.get("groups"), Mapping) and audit["groups"].get("note"):
+        out.append(f"No group accuracies: {audit['groups']['note']}")
+    shift = (groups or {}).get("shift") or {}
+    if shift.get("ood"):
+        summary_full = (audit.get("summary") or {}).get("full") or {}
+        out.append(f"This split is out of distribution for the bias (bias-aligned share {pct(shift.get('split_aligned_share'))} vs "
+                   f"{pct(shift.get('train_aligned_share'))} in train), so Full accuracy, {pts(summary_full.get('accuracy'))}%"
+                   f"{ci_points(summary_full.get('accuracy_ci'))}, is the OOD accuracy.")
+    jsd = jsd_sentence(audit)
+    if jsd:
+        out.append(jsd)
+    return out
+
+
+def _mistakes(audit: Mapping[str, Any]) -> int | None:
+    """Wrong Full predictions counted by the JSD (None when the audit does not say)."""
+    per_bias = (audit.get("jsd") or {}).get("per_bias")
+    rows = per_bias.values() if isinstance(per_bias, Mapping) else per_bias if isinstance(per_bias, list) else None
+    if rows is None:
+        return None
+    return sum(int(row.get("n_wrong") or 0) for row in rows if isinstance(row, Mapping))
+
+
+def jsd_sentence(audit: Mapping[str, Any]) -> str | None:
+    """The JSD in one sentence, including why a mean is missing (no mistakes at all, or too few per bias value)."""
+    jsd = audit.get("jsd")
+    if not isinstance(jsd, Mapping):
+        return None
+    if not jsd.get("available"):
+        return f"No JSD: {jsd['note']}" if jsd.get("note") else None
+    weighted, mean = jsd.get("weighted_mean"), jsd.get("mean")
+    full = ((audit.get("summary") or {}).get("full") or {}).get("accuracy")
+    if weighted is None and mean is None and (_mistakes(audit) == 0 or full == 100.0):
+        return ("JSD: no mistakes on this split (Full accuracy "
+                f"{pts(full)}%), so there is nothing to measure whether mistakes copy the bias.")
+    if weighted is None and mean is None:
+        return "JSD: no bias value with mistakes has a training prior, so there is no JSD to report."
+    parts = [f"weighted mean {weighted:.3f}" if weighted is not None else None,
+             f"mean {mean:.3f}" if mean is not None else
+             f"mean n/a (no bias value has {jsd.get('min_wrong', 'enough')} mistakes)"]
+    return (f"JSD of the mistakes against the bias prior: {', '.join(p for p in parts if p)} (0 = the mistakes follow the bias "
+            "prior exactly, 1 = not at all).")
+
+
+def _reliance_sentences(audit: Mapping[str, Any]) -> list[str]:
+    missing = (audit.get("summary") or {}).get("missing")
+    if not missing:
+        return []
+    rates, dominant, scores = missing.get("flip_rates") or {}, missing.get("dominant"), missing.get("scores") or {}
+    out = []
+    if dominant in rates:
+        others = ", ".join(f"{pct(r)} for {m}" for m, r in rates.items() if m != dominant)
+        out.append(f"Reliance: the model relies most on {dominant} (muting it flips {pct(rates[dominant])} of predictions"
+                   f"{', vs ' + others if others else ''}).")
+    elif rates:
+        out.append(f"Reliance: no single modality dominates (muting flips {', '.join(f'{pct(r)} for {m}' for m, r in rates.items())}).")
+    muted = ", ".join(f"{pts(v)}% with {m} muted" for m, v in scores.items())
+    out.append(f"The missing-modality Gap is {pts(missing.get('gap'))} points{ci_points(missing.get('gap_ci'))}"
+               f"{' (' + muted + ')' if muted else ''}.")
+    ceilings = ran_section(audit, "ceilings")
+    modalities = (ceilings or {}).get("modalities") or {}
+    if modalities:
+        each = ", ".join(f"{m} {pts(v.get('ceiling'))}%{ci_points(v.get('ceiling_ci'))}" for m, v in modalities.items())
+        text = (f"Unimodal ceilings (what each modality can tell alone): {each}; they alone imply a Gap of "
+                f"{pts(ceilings.get('implied_gap'))} points")
+        if ceilings.get("large_gap_expected"):
+            text += (", so a large Gap is expected: the modalities can tell different amounts, and a large Gap need not "
+                     "mean bias")
+        out.append(text + ".")
+        used = ", ".join(f"{m} {pct(v['utilisation'])}" for m, v in modalities.items() if v.get("utilisation") is not None)
+        if used:
+            out.append(f"Utilisation (accuracy alone / ceiling): {used}.")
+    elif isinstance(audit.get("ceilings"), Mapping) and audit["ceilings"].get("note"):
+        out.append(f"No unimodal ceilings: {audit['ceilings']['note']}")
+    return out
+
+
+def _caveat_sentences(audit: Mapping[str, Any]) -> list[str]:
+    out = []
+    dominant = ((audit.get("summary") or {}).get("missing") or {}).get("dominant")
+    for finding in ((audit.get("mute_checks") or {}).get("findings") or []):
+        m = finding.get("modality")
+        if finding.get("kind") == "degenerate":
+            text = (f"Caveat: muting {m} sends {pct(finding.get('share'))} of samples to class "
+                    f"{finding.get('top_class_name', finding.get('top_class'))}, so its flip rate partly measures the mute value")
+        else:
+            text = (f"Caveat: the muted {m} lies far outside the data (RMS z {one_decimal(finding.get('distance') or 0.0)} of its branch "
+                    "embedding), so its flip rate partly measures the mute value")
+        if m == dominant:
+            text += f"; {m} is reported dominant with that caveat"
+        hint = f"try --mute {m}=mean" if f"--mute {m}=mean" in (finding.get("message") or "") else \
+            "check what the model receives for a missing input"
+        out.append(f"{text}; {hint}.")
+    compared = (audit.get("mute_checks") or {}).get("compare") or {}
+    for m, entry in compared.items():
+        named = entry.get("dominant") or {}
+        if len(set(named.values())) > 1:
+            out.append(f"The dominant modality depends on what muting {m} means: "
+                       + ", ".join(f"{d} with --mute {m}={choice}" for choice, d in named.items()) + ".")
+    full = ((audit.get("summary") or {}).get("full") or {}).get("accuracy")
+    for row in audit.get("conditions") or []:
+        if isinstance(row, Mapping) and row.get("group") == "missing" and row.get("negative_transfer"):
+            out.append(f"Muting {row.get('modality')} raises accuracy from {pts(full)}% (Full) to {pts(row.get('accuracy'))}%"
+                       f"{ci_points(row.get('accuracy_ci'))}: on this split {row.get('modality')} misleads the model more than it helps "
+                       "(negative transfer).")
+    found = _carrier_figures(audit)
+    rates = ((audit.get("summary") or {}).get("missing") or {}).get("flip_rates") or {}
+    if found and dominant in rates and found[0] != dominant:
+        name, swap = found
+        out.append(f"The model relies most on {dominant} (muting it flips {pct(rates[dominant])} of predictions) but the shortcut "
+                   f"runs through {name} (swapping {name}'s bias value {_swap_clause(swap)}): a fix aimed at {dominant} would "
+                   "miss it.")
+    if "groups" not in audit and "carrier" not in audit:
+        out.append("This audit has no group or carrier measures (written by an older biasaudit); scan again for them.")
+    return out
+
+
+def _headline(audit: Mapping[str, Any]) -> str:
+    parts = []
+    found = _carrier_figures(audit)
+    if found:
+        name, swap = found
+        parts.append(f"the bias runs through {name} (excess bias-follow rate {pct(swap['excess_follow_rate'])}"
+                     f"{ci_pct(swap.get('excess_follow_rate_ci'))})")
+    elif ran_section(audit, "carrier") and audit["carrier"].get("carrier") is None:
+        parts.append("no carrier is named")
+    groups = ran_section(audit, "groups") or {}
+    full = (groups.get("conditions") or {}).get("full") or {}
+    if groups.get("blind") and full.get("conflicting_accuracy") is not None:
+        parts.append(f"bias-conflicting accuracy {pts(full['conflicting_accuracy'])}%{ci_points(full.get('conflicting_accuracy_ci'))} "
+                     f"vs {pts(full.get('aligned_accuracy'))}% aligned")
+    elif full.get("worst_group") is not None:
+        parts.append(f"worst-group accuracy {pts(full['worst_group'])}%{ci_points(full.get('worst_group_ci'))}")
+    if ((ran_section(audit, "groups") or {}).get("shift") or {}).get("ood"):
+        parts.append(f"OOD accuracy {pts(((audit.get('summary') or {}).get('full') or {}).get('accuracy'))}%")
+    missing = (audit.get("summary") or {}).get("missing") or {}
+    if missing.get("dominant"):
+        parts.append(f"the model relies most on {missing['dominant']} (missing-modality Gap {pts(missing.get('gap'))} points"
+                     f"{ci_points(missing.get('gap_ci'))})")
+    elif missing:
+        parts.append(f"no single modality dominates the model (missing-modality Gap {pts(missing.get('gap'))} points)")
+    if not parts:
+        return "No verdict: the audit has neither bias measures nor a missing-modality Gap."
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."
+
+
+def scan_verdict(audit: Mapping[str, Any]) -> dict[str, Any]:
+    """{"headline": one line, "sentences": bias measures, then reliance, then caveats}."""
+    return {"headline": _headline(audit),
+            "sentences": _bias_sentences(audit) + _reliance_sentences(audit) + _caveat_sentences(audit)}
+
+
