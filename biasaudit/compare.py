@@ -212,6 +212,33 @@ def _ceilings(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, 
             **{key: {"before": b.get(key), "after": a.get(key)} for key in ("implied_gap", "observed_gap", "large_gap_expected")}}
 
 
+def _why_not(audit: Mapping[str, Any], key: str, who: str) -> str:
+    section = audit.get(key)
+    if isinstance(section, Mapping) and section.get("note"):
+        return f"the {who} audit's {key} section is unavailable: {section['note']}"
+    again = "written by an older biasaudit: scan it again" if key == "groups" else "scan it again with carrier in --conditions"
+    return f"the {who} audit has no {key} section ({again})"
+
+
+def _different_groups(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Worst-group figures pair only when both audits grouped alike (same grouping, min_group and bias source)."""
+    b, a = _ran(before, "groups"), _ran(after, "groups")
+    if not b or not a:
+        return []
+    return [f"the audits grouped differently ({key} {b.get(key)!r} vs {a.get(key)!r})"
+            for key in ("grouping", "min_group", "bias_source") if b.get(key) != a.get(key)]
+
+
+def _discovered_bias(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """k-means bias values are clusters of each model's own embeddings: groups and bias-follow rates of two models
+    measure different bias values and do not compare."""
+    sources = [((_ran(audit, "groups") or _ran(audit, "carrier") or {}).get("bias_source")) for audit in (before, after)]
+    if "kmeans" in sources:
+        return ["bias values were discovered by k-means on each model's own embeddings, so the two audits' groups and "
+                "bias-follow rates measure different bias values"]
+    return []
+
+
 def compare_bias(before: Mapping[str, Any], after: Mapping[str, Any], pairing: Pairing) -> dict[str, Any]:
     """Carrier, bias-follow rates, worst-group / bias-balanced and OOD accuracy before and after, with paired intervals
     from each audit's bootstrap.derived replicates. An entry is None when either audit lacks its section (e.g. audits
@@ -226,15 +253,19 @@ def compare_bias(before: Mapping[str, Any], after: Mapping[str, Any], pairing: P
     if any(shifts):
         full_b, full_a = before["summary"]["full"]["accuracy"], after["summary"]["full"]["accuracy"]
         ood = {"before": full_b, "after": full_a, "delta": _delta(full_b, full_a), "delta_ci": pairing.delta_interval("full")}
-    lacking = {key: [f"the {who} audit has no {key} section" for who, audit in (("before", before), ("after", after))
-                     if not _ran(audit, key)] for key in ("groups", "carrier")}
+    lacking = {key: [_why_not(audit, key, who) for who, audit in (("before", before), ("after", after)) if not _ran(audit, key)]
+               for key in ("groups", "carrier")}
     # Worst-group figures that cover bias-aligned groups only cannot show a change of bias: no entry, and why.
     blind = [f"the {who} audit's worst-group accuracy cannot see the bias: {(_ran(audit, 'groups') or {}).get('blind')}"
              for who, audit in (("before", before), ("after", after)) if (_ran(audit, "groups") or {}).get("blind")]
-    lacking["groups"] += blind
+    different = _different_groups(before, after)
+    lacking["groups"] += blind + different
+    kmeans = _discovered_bias(before, after)
+    for key in ("groups", "carrier"):
+        lacking[key] += kmeans
     return {"carrier": {"before": (carriers[0] or {}).get("carrier"), "after": (carriers[1] or {}).get("carrier")},
-            "bias_follow": follow,
-            "worst_group": None if blind else _group_measure(before, after, pairing, "worst_group"),
-            "bias_balanced": None if blind else _group_measure(before, after, pairing, "bias_balanced"),
+            "bias_follow": None if kmeans else follow,
+            "worst_group": None if blind or different or kmeans else _group_measure(before, after, pairing, "worst_group"),
+            "bias_balanced": None if blind or different or kmeans else _group_measure(before, after, pairing, "bias_balanced"),
             "ood": ood, "ceilings": _ceilings(before, after),
             "lacking": {key: why for key, why in lacking.items() if why}}

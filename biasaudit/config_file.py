@@ -104,14 +104,23 @@ def load_settings(explicit: Path | None = None, *, directory: Path | None = None
 def resolve(given: Mapping[str, Any], explicit: set[str], settings: Settings, section: str) -> tuple[dict[str, Any], dict[str, str]]:
     """Each setting's value and where it came from: the command line (names in `explicit`), the file, or
     the option's default (`given` holds the parsed options, defaults included)."""
+    from biasaudit.gate_limits import OPTIONS, parse_limits
+
     from_file = settings.section(section)
     values, sources = {}, {}
     for name, value in given.items():
-        if (name in explicit and isinstance(value, list) and isinstance(from_file.get(name), dict)
+        in_file = from_file.get(name)
+        mergeable = isinstance(in_file, dict) or (name in OPTIONS and OPTIONS[name].plain is not None
+                                                  and isinstance(in_file, (int, float)) and not isinstance(in_file, bool))
+        if (name in explicit and isinstance(value, list) and mergeable
                 and all("=" in item for item in value)):  # a malformed item is left for the option's own error
             # Limits per condition, group or modality: the command line overrides and adds keys, the file's others stay.
+            # A plain number in the file is its option's default target, e.g. the carrier, and stays too. The file's
+            # part is checked first under the file's name, so its mistakes are not blamed on the command line.
+            parse_limits(name, in_file, label=f"{settings.label(section)} {name}")
+            table = in_file if isinstance(in_file, dict) else {OPTIONS[name].plain: in_file}
             typed = dict(item.rpartition("=")[::2] for item in value)
-            values[name] = [f"{k}={v}" for k, v in {**from_file[name], **typed}.items()]
+            values[name] = [f"{k}={v}" for k, v in {**table, **typed}.items()]
             sources[name] = f"command line over {settings.label(section)}"
         elif name in explicit:
             values[name], sources[name] = value, COMMAND_LINE

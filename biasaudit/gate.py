@@ -63,8 +63,8 @@ class GateRules:
         value = self.max_jsd_drop
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
             raise InputError(f"{self.label('max_jsd_drop')} is {value!r}; expected a number.")
-        if value is not None and value < 0:
-            raise InputError(f"{self.label('max_jsd_drop')} is {value!r}; expected a drop >= 0 (a negative limit fails identical audits).")
+        if value is not None and (value < 0 or value == float("inf")):
+            raise InputError(f"{self.label('max_jsd_drop')} is {value!r}; expected a finite drop >= 0 (a negative limit fails identical audits, an infinite one never fails).")
         object.__setattr__(self, "jsd", parse_statistic(self.jsd, label=self.label("jsd")))
 
     def label(self, name: str) -> str:
@@ -211,7 +211,11 @@ def _min_by_condition(current: Mapping[str, Any], minimums: Mapping[str, float],
                                    {"minimum": minimum}))
             continue
         value = row["value"]
-        status = "PASS" if value is not None and value >= minimum else "FAIL"
+        if value is None:
+            note = ((current.get("groups") or {}).get("note") if rule == "min_worst_group" else None) or "the audit holds null"
+            out.append(RuleVerdict(name, "ERROR", f"the audit has no {what} for condition {condition!r}: {note}", {"minimum": minimum}))
+            continue
+        status = "PASS" if value >= minimum else "FAIL"
         out.append(RuleVerdict(name, status, f"{condition} {what} {_points(value)}% {'>=' if status == 'PASS' else '<'} {minimum:g}%",
                                {rule.removeprefix("min_"): value, f"{rule.removeprefix('min_')}_ci": row["ci"], "minimum": minimum}))
     return out
@@ -223,7 +227,7 @@ def _worst_group_drop(comparison: Mapping[str, Any], limits: Mapping[str, float]
     for condition, limit in limits.items():
         name = f"max_worst_group_drop[{condition}]"
         if entries is None:
-            why = comparison["bias"]["lacking"].get("groups") or ["an audit has no group accuracies"]
+            why = _as_gate_words(comparison["bias"]["lacking"].get("groups") or ["an audit has no group accuracies"])
             out.append(RuleVerdict(name, "ERROR", f"no worst-group accuracy to compare: {'; '.join(why)}", {"limit": limit}))
             continue
         entry = entries.get(condition)
@@ -240,17 +244,27 @@ def _worst_group_drop(comparison: Mapping[str, Any], limits: Mapping[str, float]
     return out
 
 
+def _as_gate_words(reasons: list[str]) -> list[str]:
+    """compare speaks of before/after audits; the gate of the baseline and the current one."""
+    return [r.replace("the before audit", "the baseline audit").replace("the after audit", "the current audit") for r in reasons]
+
+
 def _bias_follow_increase(comparison: Mapping[str, Any], limits: Mapping[str, float], *, significant: bool) -> list[RuleVerdict]:
-    entries, carrier = comparison["bias"]["bias_follow"], comparison["bias"]["carrier"]["before"]
+    entries = comparison["bias"]["bias_follow"]
+    carrier, current_carrier = comparison["bias"]["carrier"]["before"], comparison["bias"]["carrier"]["after"]
     if entries is None:
-        why = comparison["bias"]["lacking"].get("carrier") or ["an audit has no carrier test"]
+        why = _as_gate_words(comparison["bias"]["lacking"].get("carrier") or ["an audit has no carrier test"])
         return [RuleVerdict(f"max_bias_follow_increase[{m if m != ALL else 'carrier'}]", "ERROR",
                             f"no bias-follow rates to compare: {'; '.join(why)}", {"limit": x}) for m, x in limits.items()]
     targets: dict[str, tuple[float, str]] = {}
     if ALL in limits:
-        # Plain X: the modality that carried the shortcut in the baseline; with none, every modality.
-        whose = {carrier: " (the baseline's carrier)"} if carrier in entries else \
-            {m: " (the baseline has no carrier, so every modality)" for m in entries}
+        # Plain X: the modality that carried the shortcut in the baseline, and the current carrier when the shortcut
+        # moved (BalGrad can move it from the caption into the image); with no carrier in either, every modality.
+        whose = {m: note for m, note in ((carrier, " (the baseline's carrier)"), (current_carrier, " (the current carrier)"))
+                 if m in entries}
+        if carrier in entries and current_carrier in entries and carrier == current_carrier:
+            whose = {carrier: " (the carrier of both audits)"}
+        whose = whose or {m: " (neither audit names a carrier, so every modality)" for m in entries}
         targets.update({m: (limits[ALL], note) for m, note in whose.items()})
     targets.update({m: (x, "") for m, x in limits.items() if m != ALL})
     out = []

@@ -359,7 +359,7 @@ def test_the_compare_page_puts_the_bias_measures_first_and_labels_the_gap_as_rel
     assert "Reliance: Gap, Avg and flip rates" in page and "because image is now used more" in page
     old = PAIR.old_audit()
     old_page = render_compare_html(compare_audits(old, old), old, old)
-    assert "Not compared: the before audit has no groups section; the after audit has no groups section" in old_page
+    assert "Not compared: the before audit has no groups section (written by an older biasaudit: scan it again); the after audit has no groups section" in old_page
     # Through the console script: the verdict and its sentences on stderr, compare.json with the bias section.
     paths = []
     for name, audit in (("before", before), ("after", after)):

@@ -294,7 +294,7 @@ def test_bias_rules_pass_the_debiased_model_that_a_gap_ratchet_blocks():
     assert good["status"] == "PASS" and good["exit_code"] == 0
     assert [r["rule"] for r in good["rules"]] == ["min_worst_group[full]", "max_worst_group_drop[full]", "max_bias_follow_increase[text]"]
     follow = good["rules"][2]
-    assert "text (the baseline's carrier) bias-follow rate 58.0% -> 12.0%, change -46.0 [-47.9, -44.2] points" in follow["message"]
+    assert "text (the carrier of both audits) bias-follow rate 58.0% -> 12.0%, change -46.0 [-47.9, -44.2] points" in follow["message"]
     assert follow["figures"]["change_ci_points"] == pytest.approx([-47.85, -44.15])
     ratchet = evaluate_gate(debiased, GateRules(max_gap_increase={"missing": 2}, significant=True), baseline=biased)
     assert ratchet["status"] == "FAIL" and ratchet["rules"][0]["figures"]["change_ci"] == pytest.approx([10.0, 19.25])
@@ -332,14 +332,18 @@ def test_bias_rules_on_audits_that_do_not_pair_or_lack_the_sections():
     old = PAIR.old_audit()
     lacking = evaluate_gate(biased, GateRules(**BIAS_RULES), baseline=old)
     assert [r["status"] for r in lacking["rules"]] == ["FAIL", "ERROR", "ERROR"] and lacking["exit_code"] == 2
-    assert lacking["rules"][1]["message"] == "no worst-group accuracy to compare: the before audit has no groups section"
+    assert lacking["rules"][1]["message"] == "no worst-group accuracy to compare: the baseline audit has no groups section (written by an older biasaudit: scan it again)"
     unknown = evaluate_gate(biased, GateRules(max_worst_group_drop={"noisy:text": 2}), baseline=debiased)["rules"][0]
     assert unknown["status"] == "ERROR" and unknown["message"].endswith("Available: full")
     no_carrier = PAIR.make("debiased")
     no_carrier["carrier"]["carrier"] = None
     every = evaluate_gate(biased, GateRules(max_bias_follow_increase=5), baseline=no_carrier)["rules"]
+    # No carrier in the baseline: the plain limit follows the current audit's carrier.
+    assert [r["rule"] for r in every] == ["max_bias_follow_increase[text]"] and "(the current carrier)" in every[0]["message"]
+    neither = dict(biased, carrier={**biased["carrier"], "carrier": None})
+    every = evaluate_gate(neither, GateRules(max_bias_follow_increase=5), baseline=no_carrier)["rules"]
     assert [r["rule"] for r in every] == ["max_bias_follow_increase[image]", "max_bias_follow_increase[text]"]
-    assert "(the baseline has no carrier, so every modality)" in every[0]["message"]
+    assert "(neither audit names a carrier, so every modality)" in every[0]["message"]
 
 
 def test_the_jsd_rule_reads_the_weighted_mean_by_default_and_says_why_a_statistic_is_missing():
@@ -438,3 +442,52 @@ def test_a_negative_ratchet_or_a_text_limit_is_refused_because_identical_audits_
 
     with pytest.raises(InputError, match=expected):
         GateRules(**rules)
+
+
+def test_a_plain_bias_follow_limit_also_watches_a_shortcut_that_moved_to_another_modality():
+    """BalGrad can move the shortcut from the caption into the image: the baseline's carrier is then calm while the
+    current carrier follows the bias; a plain limit checks both."""
+    baseline = PAIR.make("biased")  # carrier: text
+    moved = PAIR.make("biased")
+    moved["carrier"]["carrier"] = "image"
+    result = evaluate_gate(moved, GateRules(max_bias_follow_increase=5), baseline=baseline)
+    assert [r["rule"] for r in result["rules"]] == ["max_bias_follow_increase[text]", "max_bias_follow_increase[image]"]
+    assert "(the current carrier)" in result["rules"][1]["message"]
+
+
+def test_worst_group_figures_of_audits_grouped_differently_or_on_kmeans_values_do_not_pair():
+    """A rescan with another --min-group drops the small worst group: 15 -> 40 would read as less bias."""
+    before, after = PAIR.make("biased"), PAIR.make("biased")
+    after["groups"]["min_group"] = 20
+    result = evaluate_gate(after, GateRules(max_worst_group_drop=2), baseline=before)
+    assert result["rules"][0]["status"] == "ERROR" and "grouped differently (min_group 10 vs 20)" in result["rules"][0]["message"]
+    kmeans = PAIR.make("biased")
+    kmeans["groups"]["bias_source"] = kmeans["carrier"]["bias_source"] = "kmeans"
+    result = evaluate_gate(kmeans, GateRules(max_bias_follow_increase=2), baseline=dict(kmeans))
+    assert result["rules"][0]["status"] == "ERROR" and "k-means on each model's own embeddings" in result["rules"][0]["message"]
+
+
+def test_a_missing_worst_group_is_an_error_not_a_failure():
+    audit = PAIR.make("biased")
+    audit["groups"]["conditions"]["full"]["worst_group"] = None
+    audit["groups"]["note"] = "No group has 10 samples (min_group), so there is no worst-group accuracy."
+    rule = evaluate_gate(audit, GateRules(min_worst_group={"full": 40}))["rules"][0]
+    assert rule["status"] == "ERROR" and "No group has 10 samples" in rule["message"]
+
+
+def test_an_infinite_jsd_drop_limit_is_refused():
+    from biasaudit.errors import InputError
+
+    with pytest.raises(InputError, match="finite drop"):
+        GateRules(max_jsd_drop=float("inf"))
+
+
+def test_a_plain_limit_in_the_file_and_a_keyed_one_on_the_command_line_add_up_and_file_mistakes_name_the_file():
+    from biasaudit.config_file import Settings, resolve
+    from biasaudit.errors import InputError
+
+    settings = Settings(path=Path("biasaudit.toml"), sections={"gate": {"max_bias_follow_increase": 2, "min_accuracy": {"full": 200}}})
+    values, _ = resolve({"max_bias_follow_increase": ["image=3"]}, {"max_bias_follow_increase"}, settings, "gate")
+    assert values["max_bias_follow_increase"] == ["*=2", "image=3"]
+    with pytest.raises(InputError, match=r"biasaudit.toml \[gate\] min_accuracy 'full=200'"):
+        resolve({"min_accuracy": ["missing:image=40"]}, {"min_accuracy"}, settings, "gate")

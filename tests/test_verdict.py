@@ -113,7 +113,7 @@ def test_audits_without_the_new_sections_still_get_verdicts():
                                         "again for them.")
     comparison = compare_audits(old, old)
     assert comparison["bias"]["worst_group"] is None and comparison["bias"]["bias_follow"] is None
-    assert comparison["bias"]["lacking"]["groups"] == ["the before audit has no groups section", "the after audit has no groups section"]
+    assert comparison["bias"]["lacking"]["groups"] == ["the before audit has no groups section (written by an older biasaudit: scan it again)", "the after audit has no groups section (written by an older biasaudit: scan it again)"]
     assert ": no clear change in bias, Gap unchanged" in comparison["verdict"]
     unavailable = {**old, "carrier": {"available": False, "note": "The carrier test needs bias values."},
                    "groups": {"available": False, "note": "No bias values, so no groups."}}
