@@ -66,32 +66,35 @@ def progress_bars() -> Iterator:
         yield update
 
 
+def _ci_text(ci, *, scale: float = 1.0, prefix: str = "") -> str:
+    """'[lo, hi]', or 'no interval' when the bootstrap gave none (a tiny split: no replicate drew a sample)."""
+    if not ci or any(v is None for v in ci):
+        return "no interval"
+    return f"{prefix}[{scale * ci[0]:.1f}, {scale * ci[1]:.1f}]"
+
+
 def summary_table(audit: dict) -> Table:
     table = Table(title=f"modality bias on split {audit['dataset']['split']!r} (n={audit['dataset']['n']})", title_justify="left")
     for column in ("condition", "accuracy %", "95% CI", "flip rate"):
         table.add_column(column, justify="left" if column == "condition" else "right")
     for row in audit["conditions"]:
         if row["group"] in ("full", "missing", "noisy", "custom", "mute_compare"):
-            lo, hi = row["accuracy_ci"]
-            table.add_row(row["name"], f"{row['accuracy']:.1f}", f"[{lo:.1f}, {hi:.1f}]", f"{row['flip_rate']:.2f}")
+            table.add_row(row["name"], f"{row['accuracy']:.1f}", _ci_text(row["accuracy_ci"]), f"{row['flip_rate']:.2f}")
     for group in ("missing", "noisy"):
         section = audit["summary"].get(group)
         if section:
-            lo, hi = section["gap_ci"]
-            table.add_row(f"{group}: Avg / Gap", f"{section['avg']:.1f} / {section['gap']:.1f}", f"gap [{lo:.1f}, {hi:.1f}]",
+            table.add_row(f"{group}: Avg / Gap", f"{section['avg']:.1f} / {section['gap']:.1f}", _ci_text(section["gap_ci"], prefix="gap "),
                           f"dominant: {section['dominant'] or 'none'}")
     carrier = audit.get("carrier") or {}
     if carrier.get("available"):
         for name, row in carrier["modalities"].items():
             swap = row["bias_swap"]
             if swap["excess_follow_rate"] is not None:
-                lo, hi = swap["excess_follow_rate_ci"] or (float("nan"), float("nan"))
-                table.add_row(f"bias swap: {name}", f"{100 * swap['excess_follow_rate']:+.1f}", f"[{100 * lo:.1f}, {100 * hi:.1f}]",
+                table.add_row(f"bias swap: {name}", f"{100 * swap['excess_follow_rate']:+.1f}", _ci_text(swap["excess_follow_rate_ci"], scale=100),
                               "carrier" if name == carrier.get("carrier") else "")
     groups = (audit.get("groups") or {}).get("conditions", {}).get("full")
     if groups and groups.get("worst_group") is not None:
-        lo, hi = groups["worst_group_ci"] or (float("nan"), float("nan"))
-        table.add_row("worst group / balanced", f"{groups['worst_group']:.1f} / {groups['bias_balanced']:.1f}", f"[{lo:.1f}, {hi:.1f}]",
+        table.add_row("worst group / balanced", f"{groups['worst_group']:.1f} / {groups['bias_balanced']:.1f}", _ci_text(groups["worst_group_ci"]),
                       escape(groups.get("worst_group_label") or ""))
     jsd = audit.get("jsd", {})
     if jsd.get("available"):

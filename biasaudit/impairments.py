@@ -126,13 +126,26 @@ def _token_delete_text(values: Sequence[str], modality: Modality, severity: floa
 
 
 # ---- token ids ---------------------------------------------------------------------------------
-def _compact(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keep the marked positions in order, left-aligned; pad the rest with the mask off."""
+def padding_side(mask: torch.Tensor, modality: Modality) -> str:
+    """The modality's declared side, else what the batch shows: left when some row starts with padding while
+    every row ends with a token; right otherwise (also for a batch without padding, where nothing shows it:
+    declare Modality(padding_side="left") for a left-padding tokenizer)."""
+    if modality.padding_side is not None:
+        return modality.padding_side
+    if mask.ndim == 2 and mask.shape[1] and bool((mask[:, 0] == 0).any()) and bool((mask[:, -1] != 0).all()):
+        return "left"
+    return "right"
+
+
+def _compact(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the marked positions in order, flush to the side the batch does not pad; pad the rest with the mask off
+    (a left-padded row stays flush right, as its tokenizer would have made it)."""
     new_ids = torch.full_like(ids, pad_id)
     new_mask = torch.zeros_like(mask)
     kept = ids[keep]
-    new_ids[: kept.numel()] = kept
-    new_mask[: kept.numel()] = 1
+    place = slice(ids.numel() - kept.numel(), ids.numel()) if side == "left" else slice(0, kept.numel())
+    new_ids[place] = kept
+    new_mask[place] = 1
     return new_ids, new_mask
 
 
@@ -140,10 +153,11 @@ def _token_ids_empty(values, modality: Modality, severity: float, chosen: np.nda
     ids, mask = values
     new_ids, new_mask = ids.clone(), mask.clone()
     special = torch.tensor(list(modality.special_ids), dtype=ids.dtype, device=ids.device)
+    side = padding_side(mask, modality)
     for i in np.flatnonzero(chosen):
         # What a tokenizer gives for "": only its special tokens survive.
         keep = (mask[i] != 0) & torch.isin(ids[i], special)
-        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], keep, modality.pad_id)
+        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], keep, modality.pad_id, side)
     return new_ids, new_mask
 
 
@@ -151,11 +165,16 @@ def _token_ids_delete(values, modality: Modality, severity: float, chosen: np.nd
     ids, mask = values
     new_ids, new_mask = ids.clone(), mask.clone()
     special = torch.tensor(list(modality.special_ids), dtype=ids.dtype, device=ids.device)
+    side = padding_side(mask, modality)
     for i, rng in enumerate(rngs):
         present = mask[i] != 0
         is_special = torch.isin(ids[i], special)
-        drop = torch.as_tensor(rng.random(ids.shape[1]) < severity, device=ids.device) & present & ~is_special
-        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], present & ~drop, modality.pad_id)
+        # One draw per real token, in order: the k-th token of a text gets the k-th draw wherever padding put it,
+        # so left- and right-padded ids and any batch width delete the same tokens.
+        drop = torch.zeros_like(present)
+        drop[present] = torch.as_tensor(rng.random(int(present.sum())) < severity, device=ids.device)
+        drop &= ~is_special
+        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], present & ~drop, modality.pad_id, side)
     return new_ids, new_mask
 
 

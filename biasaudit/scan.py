@@ -182,20 +182,32 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     progress = progress or silent
     device = resolve_device(config.device)
     adapter = with_mute_overrides(adapter, config.mute)
+    names = [m.name for m in adapter.modalities]
+    unimodal_models = dict(unimodal_models or {})
+    for name, unimodal in unimodal_models.items():
+        if name not in names:
+            raise InputError(f"A unimodal checkpoint is given for modality {name!r}. Available: {', '.join(names)}.")
+        unimodal.to(device).eval()
+    # Every forward of a scan runs in eval mode (no dropout, batch-norm statistics read, not updated); the caller's
+    # train/eval state of every submodule is put back afterwards, so a scan inside a training loop changes nothing.
+    modes = [(module, module.training) for module in model.modules()]
+    model.to(device).eval()
+    try:
+        return _scan(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device)
+    finally:
+        for module, training in modes:
+            module.train(training)
+
+
+def _scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress, unimodal_models: Mapping[str, nn.Module],
+          device: torch.device) -> dict[str, Any]:
+    names = [m.name for m in adapter.modalities]
+    modalities = {m.name: m for m in adapter.modalities}
     conditions = parse_conditions(config.conditions, adapter.modalities)
     if config.mute_compare:
         conditions += _mute_compare_conditions(adapter)
     wanted = parse_diagnostics(config.conditions)
-    names = [m.name for m in adapter.modalities]
-    modalities = {m.name: m for m in adapter.modalities}
     impairments = {c.name: resolve_impairment(modalities[c.modality].kind, c.impairment) for c in conditions if c.modality}
-    unimodal_models = dict(unimodal_models or {})
-    for name, unimodal in unimodal_models.items():
-        if name not in modalities:
-            raise InputError(f"A unimodal checkpoint is given for modality {name!r}. Available: {', '.join(names)}.")
-        unimodal.to(device).eval()
-    model.to(device).eval()
-
     diagnostics = analyses.FullConditionDiagnostics(adapter, config=config)
     branches = {m: module for m, module in (optional_hook(adapter, "branches", model) or {}).items() if m in modalities}
     setup = PassSetup(conditions=conditions, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed)

@@ -200,3 +200,42 @@ def test_user_registered_kind_gets_missing_noisy_and_ratio_conditions():
         assert grid["ratio:wave:0.5"].impairment == "silence"
     finally:
         IMPAIRMENTS.pop("audio")
+
+
+class _SecondToLast(torch.nn.Module):
+    """Reads only the token before the last real one: a position-sensitive model, as decoder LMs are. A right-padded
+    batch is read at (length - 2), a left-padded one at (width - 2)."""
+
+    def __init__(self, side: str) -> None:
+        super().__init__()
+        self.side = side
+        weights = torch.zeros(32, 3)
+        for c in range(3):
+            weights[10 + c, c], weights[20 + c, c] = 1.5, 1.0
+        self.bag = torch.nn.Embedding.from_pretrained(weights)
+
+    def forward(self, input_ids, attention_mask, token_type_ids, pixels):
+        width = input_ids.shape[1]
+        where = torch.full((len(input_ids),), width - 2) if self.side == "left" else attention_mask.sum(1) - 2
+        return self.bag(input_ids[torch.arange(len(input_ids)), where.clamp(min=0)]) + 0 * pixels.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 16])
+def test_token_delete_and_empty_on_left_padded_ids_equal_the_right_padded_result(batch_size):
+    """The same texts, padded on the left or on the right, must lose the same tokens and keep their padding side."""
+    import importlib.util
+    from pathlib import Path
+
+    from biasaudit.audit import audit_model
+    from biasaudit.scan import ScanConfig
+
+    spec = importlib.util.spec_from_file_location("shortcut_adapter_fixture", Path(__file__).parent / "fixtures" / "shortcut_adapter.py")
+    fx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fx)
+    config = ScanConfig(split="test", conditions="missing,noisy,words=token_delete:0.5", batch_size=batch_size, bootstrap_replicates=20,
+                        projection="pca", gradient_batches=1, min_wrong=1)
+    audits = [audit_model(_SecondToLast(side), adapter, config=config, checkpoint=None)
+              for side, adapter in (("right", fx.TokenAdapter()), ("left", fx.LeftPaddedTokenAdapter()))]
+    rows = [{r["name"]: (r["accuracy"], r["flip_rate"]) for r in audit["conditions"]} for audit in audits]
+    assert rows[0] == rows[1]
+    assert rows[0]["noisy:words"] != rows[0]["full"]  # the deletions do reach the token the model reads

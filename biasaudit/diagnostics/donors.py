@@ -20,6 +20,7 @@ import torch
 
 from biasaudit.adapter import Modality
 from biasaudit.errors import DataError
+from biasaudit.impairments import padding_side
 from biasaudit.randomness import hash64
 
 DEFAULT_CAPACITY = 4
@@ -138,16 +139,6 @@ def swap_modality(batch: Mapping[str, Any], modality: Modality, donors: np.ndarr
             swapped_list[r] = pool.rows[d][modality.key]
         out[modality.key] = swapped_list
     return out
-
-
-def padding_side(mask: torch.Tensor, modality: Modality) -> str:
-    """The modality's declared side, else what the batch shows: left when some row starts with padding while
-    every row ends with a token; right otherwise (also for a batch without padding)."""
-    if modality.padding_side is not None:
-        return modality.padding_side
-    if mask.shape[1] and bool((mask[:, 0] == 0).any()) and bool((mask[:, -1] != 0).all()):
-        return "left"
-    return "right"
 
 
 def _swap_tokens(batch: dict[str, Any], rows: np.ndarray, donors: list[dict[str, Any]], modality: Modality) -> None:
