@@ -169,3 +169,15 @@ def test_weights_grads_and_train_mode_are_left_as_they_were():
     assert model.dropout.training
     for result in (first, second, third):
         assert result.pairs[0].cosines == pytest.approx((-EXPECTED_COS,) * 3, abs=1e-9)
+
+
+def test_gradient_batches_are_a_seeded_sample_of_the_whole_split_not_its_first_batches():
+    """A loader sorted by label would give k batches of its first labels; the sample spans the split and follows the seed."""
+    from biasaudit.metrics.gradients import seeded_batches
+
+    batches = [(np.arange(i * 4, i * 4 + 4), {"batch": i}) for i in range(40)]
+    first = [ordinal for ordinal, _ in seeded_batches(iter(batches), k=8, seed=0)]
+    assert len(first) == 8 and first == sorted(first) and first != list(range(8)) and max(first) >= 20
+    assert first == [ordinal for ordinal, _ in seeded_batches(iter(batches), k=8, seed=0)]
+    assert first != [ordinal for ordinal, _ in seeded_batches(iter(batches), k=8, seed=1)]
+    assert [ordinal for ordinal, _ in seeded_batches(iter(batches[:5]), k=8, seed=0)] == [0, 1, 2, 3, 4]

@@ -34,6 +34,7 @@ from biasaudit.adapter import Adapter, Modality
 from biasaudit.adapter import optional_hook
 from biasaudit.errors import ConditionError
 from biasaudit.impairments import impair_batch, muting_impairment
+from biasaudit.randomness import hash64
 
 HISTOGRAM_EDGES = np.linspace(-1.0, 1.0, 21)
 _TAG = "gradient-conflict"
@@ -73,12 +74,13 @@ class GradientConflict:
     shared_parameter_names: tuple[str, ...] = ()
     shared_rule: str = "automatic"  # "automatic" or "automatic, excluding adapter branches()"
     modalities: tuple[str, ...] = field(default_factory=tuple)
+    batch_ordinals: tuple[int, ...] = ()  # which batches of the split were sampled (0 = the first)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "available": self.available, "note": self.note,
             "pairs": [pair.to_dict() for pair in self.pairs],
-            "n_batches": self.n_batches, "n_shared_parameters": self.n_shared_parameters,
+            "n_batches": self.n_batches, "batch_ordinals": list(self.batch_ordinals), "n_shared_parameters": self.n_shared_parameters,
             "shared_parameter_names": list(self.shared_parameter_names), "shared_rule": self.shared_rule,
             "modalities": list(self.modalities),
         }
@@ -118,9 +120,22 @@ def _nonzero(grad: torch.Tensor | None) -> bool:
     return grad is not None and bool(torch.any(grad != 0))
 
 
+def seeded_batches(batches: Iterable[Any], *, k: int, seed: int) -> list[tuple[int, Any]]:
+    """The k batches of the whole split with the smallest hash of (seed, batch ordinal), in split order, as
+    (ordinal, batch). Reading every batch (no forward) and keeping k + 1 means a loader sorted by label gives
+    batches from across the split, not k batches of its first labels (methods.md section 5)."""
+    kept: list[tuple[int, int, Any]] = []
+    for ordinal, item in enumerate(batches):
+        kept.append((int(hash64(seed, "gradient-batches", ordinal)), ordinal, item))
+        kept.sort(key=lambda entry: entry[:2])
+        del kept[k:]
+    return [(ordinal, item) for _, ordinal, item in sorted(kept, key=lambda entry: entry[1])]
+
+
 def gradient_conflict(model: nn.Module, adapter: Adapter, batches: Iterable[tuple[np.ndarray, Mapping[str, Any]]], *,
                       device: torch.device | str, seed: int = 0, max_batches: int = 8) -> GradientConflict:
-    """Per-batch cosines and norm ratios of the single-modality gradients on the shared parameters."""
+    """Per-batch cosines and norm ratios of the single-modality gradients on the shared parameters, on a seeded
+    sample of max_batches batches of the split (seeded_batches)."""
     modalities = list(adapter.modalities)
     device = torch.device(device)
     branch_ids = _branch_parameter_ids(adapter, model)
@@ -148,7 +163,9 @@ def gradient_conflict(model: nn.Module, adapter: Adapter, batches: Iterable[tupl
     model.eval()
     try:
         with torch.enable_grad():
-            for indices, batch in itertools.islice(batches, max_batches):
+            ordinals = []
+            for ordinal, (indices, batch) in seeded_batches(batches, k=max_batches, seed=seed):
+                ordinals.append(ordinal)
                 indices = np.asarray(indices)
                 grads = [_loss_gradients(model, adapter, _only_intact(batch, m, modalities, indices=indices, seed=seed),
                                          params, device=device) for m in modalities]
@@ -172,7 +189,7 @@ def gradient_conflict(model: nn.Module, adapter: Adapter, batches: Iterable[tupl
         available=True, pairs=pairs, n_batches=n_batches,
         n_shared_parameters=int(sum(params[i].numel() for i in shared)),
         shared_parameter_names=tuple(names[i] for i in shared), shared_rule=rule,
-        modalities=tuple(m.name for m in modalities),
+        modalities=tuple(m.name for m in modalities), batch_ordinals=tuple(ordinals[:n_batches]),
     )
 
 
