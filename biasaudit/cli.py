@@ -261,7 +261,20 @@ def fix(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT/state/last.pt."),
     split: str = typer.Option("test", help="Split audited before and after."),
     conditions: str = typer.Option("default", help="Conditions of both audits (see scan)."),
-    before: Optional[Path] = typer.Option(None, "--before", help="Reuse an existing audit of this checkpoint (same split, conditions, seed)."),
+    before: Optional[Path] = typer.Option(None, "--before", help="Reuse an existing audit of this checkpoint, taken with the same scan settings."),
+    mute: list[str] = typer.Option([], "--mute", help="Both audits: what 'missing' means for a modality, e.g. image=mean (see scan)."),
+    mute_compare: bool = typer.Option(False, "--mute-compare", help="Both audits: also measure each modality's other muting choice."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Both audits: bootstrap replicates."),
+    min_wrong: int = typer.Option(30, "--min-wrong", min=1, help="Both audits: mistakes per bias value for the unweighted JSD mean."),
+    embedding_points: int = typer.Option(5000, "--embedding-points", min=10, help="Both audits: points kept for the embedding plots."),
+    gradient_batches: int = typer.Option(8, "--gradient-batches", min=1, help="Both audits: batches sampled for gradient conflict."),
+    scan_batch_size: int = typer.Option(256, "--scan-batch-size", min=1, help="Both audits: samples per batch (training uses --batch-size)."),
+    scan_projection: str = typer.Option("umap", "--scan-projection", help="Both audits: 2-D projection of the embeddings, umap or pca "
+                                        "(--projection is BalGrad's)."),
+    audit_min_group: int = typer.Option(10, "--audit-min-group", min=1, help="Both audits: smallest group in worst-group accuracy "
+                                        "(scan's --min-group; --min-group is MMDB's)."),
+    group_by: str = typer.Option("auto", "--group-by", help="Both audits: auto, bias or alignment (see scan)."),
+    ceiling_per_class: int = typer.Option(50, "--ceiling-per-class", min=1, help="Both audits: train samples per class of the ceiling probes."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles."),
     scale: str = typer.Option("auto", help="MMDB: the cosine scale s, or auto (grid 1..32 by bias-balanced validation accuracy)."),
     min_group: int = typer.Option(1, "--min-group", min=1, help="MMDB --scale auto: smallest (label, bias) group counted in the bias-balanced accuracy."),
@@ -298,7 +311,12 @@ def fix(
         # An unknown method gets its "Available: ..." error from the METHODS registry in run_fix.
         loaded = load_adapter(adapter)
         train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
-        scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, kmeans_k=kmeans_k)
+        # Every scan setting that shapes the audits' numbers, so that --before can reuse any scan taken the same way.
+        scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, kmeans_k=kmeans_k, mute=parse_mute(mute),
+                                 mute_compare=mute_compare, bootstrap_replicates=bootstrap, min_wrong=min_wrong,
+                                 embedding_points=embedding_points, gradient_batches=gradient_batches, batch_size=scan_batch_size,
+                                 projection=scan_projection, min_group=audit_min_group, group_by=group_by,
+                                 ceiling_per_class=ceiling_per_class)
         with progress_bars() as progress:
             paths = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,
                             scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,

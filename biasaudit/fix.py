@@ -27,9 +27,10 @@ def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str
     audit = read_audit(path)
     recorded = audit["manifest"].get("config", {})
     wanted = json.loads(json.dumps(config.to_dict()))  # as the file holds it: tuples become lists
-    # What the comparison's numbers depend on: the samples and their replicate weights, what each condition
-    # impairs, and the k-means clusters that JSD (and MMDB without a bias key) use.
-    different = [k for k in ("split", "conditions", "seed", "bootstrap_replicates", "mute", "kmeans_k") if recorded.get(k) != wanted[k]]
+    # Every setting the audit's numbers depend on (the samples and their replicate weights, what each condition
+    # impairs, the groups, the donors, the probes, the k-means clusters); not the device, nor the batch size, which
+    # changes no figure a comparison reads.
+    different = [k for k in wanted if k not in ("device", "batch_size") and recorded.get(k) != wanted[k]]
     if different or audit["manifest"].get("checkpoint", {}).get("sha256") != checkpoint_sha:
         what = ", ".join(different) or "checkpoint hash"
         raise InputError(f"--before {path} does not match this run ({what} differ); rerun without --before.")

@@ -70,3 +70,23 @@ def test_a_bad_new_setting_in_the_config_file_names_the_file_and_key(checkpoint,
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"{config} [scan] group_by: group_by 'labels' is unknown" in " ".join(result.stderr.split())
     assert not out.exists()
+
+
+def test_fix_reuses_a_scan_taken_with_any_scan_setting_and_names_the_one_that_differs(checkpoint, tmp_path):
+    """`fix --before` takes every scan option that shapes the audits: a scan made with --mute and --min-group is
+    reusable when fix is given the same, and refused, naming the setting, when not."""
+    from biasaudit.checkpoint import file_sha256
+    from biasaudit.errors import InputError
+    from biasaudit.fix import reusable_before
+    from biasaudit.scan import ScanConfig
+
+    out = tmp_path / "audit"
+    result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, "--conditions", "missing,carrier",
+                 "--mute", "content=mean", "--min-group", "5")
+    assert result.returncode == 0, result.stderr
+    same = ScanConfig(split="test", conditions="missing,carrier", seed=0, bootstrap_replicates=50, projection="pca", gradient_batches=1,
+                      min_wrong=1, mute=(("content", "mean"),), min_group=5)
+    assert reusable_before(out / "audit.json", config=same, checkpoint_sha=file_sha256(checkpoint))["manifest"]["config"]["min_group"] == 5
+    other = ScanConfig(**{**same.to_dict(), "min_group": 10, "batch_size": 7})
+    with pytest.raises(InputError, match=r"\(min_group differ\)"):
+        reusable_before(out / "audit.json", config=other, checkpoint_sha=file_sha256(checkpoint))
