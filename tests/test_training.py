@@ -188,3 +188,13 @@ def test_resume_with_other_options_is_refused_naming_what_changed(change, needle
     config = TrainConfig(**{"epochs": 2, "batch_size": 256, **change})
     with pytest.raises(CheckpointError, match=re.escape(needle)):
         train(copy.deepcopy(baseline), ADAPTER, method, config=config, state_dir=tmp_path, resume=True)
+
+
+@pytest.mark.parametrize("shuffle_buffer, batch_size", [(100, 64), (150, 32), (10**6, 64), (64, 64)])
+def test_count_steps_agrees_with_the_loop_when_train_exceeds_the_shuffle_buffer(shuffle_buffer, batch_size):
+    """The buffer flushes once it holds at least shuffle_buffer samples, so it can hold more: a count that assumed
+    exact buffers counted more steps than the loop makes, and BalGrad's lambda never reached 1."""
+    from biasaudit.training.loop import count_steps, shuffled_batches
+
+    config = TrainConfig(epochs=1, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
+    assert count_steps(ADAPTER, config=config) == sum(1 for _ in shuffled_batches(ADAPTER, config=config, epoch=0))

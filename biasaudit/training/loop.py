@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter
-from biasaudit.batches import checked_labels, int_column
+from biasaudit.batches import checked_labels, int_column, take_rows
 from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.progress import Progress, with_status
@@ -90,19 +90,6 @@ def restore_method_state(method: TrainingMethod, state: dict[str, Any]) -> None:
                               f"resume with the method that wrote it.")
 
 
-def take(batch: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
-    """The rows of a batch dict whose values are tensors, arrays or lists."""
-    out = {}
-    for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
-            out[key] = value[torch.as_tensor(rows, dtype=torch.long)]
-        elif isinstance(value, np.ndarray):
-            out[key] = value[rows]
-        else:
-            out[key] = [value[i] for i in rows]
-    return out
-
-
 def concat(batches: list[Mapping[str, Any]]) -> dict[str, Any]:
     out = {}
     for key in batches[0]:
@@ -135,14 +122,14 @@ def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> It
         merged = concat(buffer)
         order = rng.permutation(held)
         for lo in range(0, held, config.batch_size):
-            yield take(merged, order[lo: lo + config.batch_size])
+            yield take_rows(merged, order[lo: lo + config.batch_size])
 
     for batch in adapter.data(config.split, batch_size=config.batch_size):
         n = len(checked_labels(batch, adapter, split=config.split))
         keep = ~holdout_rows(np.arange(offset, offset + n), config=config)
         offset += n
         if not keep.all():
-            batch, n = take(batch, np.flatnonzero(keep)), int(keep.sum())
+            batch, n = take_rows(batch, np.flatnonzero(keep)), int(keep.sum())
         if n == 0:
             continue
         buffer.append(batch)
@@ -155,16 +142,23 @@ def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> It
 
 
 def count_steps(adapter: Adapter, *, config: TrainConfig) -> int:
-    n, offset = 0, 0
+    """Optimiser steps per epoch, counted the way shuffled_batches flushes its buffer: a buffer is emptied once it
+    holds at least shuffle_buffer samples, so it can hold more (whole adapter batches are added), and the steps
+    are ceil(held / batch_size) per flush. (Assuming flushes of exactly shuffle_buffer overcounted, so a
+    schedule over the steps, BalGrad's lambda, never reached its end.)"""
+    steps, held, offset, total = 0, 0, 0, 0
     for batch in adapter.data(config.split, batch_size=config.batch_size):
         size = len(checked_labels(batch, adapter, split=config.split))
-        n += int((~holdout_rows(np.arange(offset, offset + size), config=config)).sum())
+        kept = int((~holdout_rows(np.arange(offset, offset + size), config=config)).sum())
         offset += size
-    if n == 0:
+        held += kept
+        total += kept
+        if held >= config.shuffle_buffer:
+            steps += -(-held // config.batch_size)
+            held = 0
+    if total == 0:
         raise InputError(f"Split {config.split!r} is empty; there is nothing to train on.")
-    full, rest = divmod(n, config.shuffle_buffer)
-    per_buffer = -(-config.shuffle_buffer // config.batch_size)
-    return full * per_buffer + -(-rest // config.batch_size)
+    return steps + -(-held // config.batch_size)
 
 
 def bias_of(batch: Mapping[str, Any], adapter: Adapter, *, split: str) -> torch.Tensor:

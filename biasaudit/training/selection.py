@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter
-from biasaudit.batches import checked_labels
+from biasaudit.batches import checked_labels, take_rows
 from biasaudit.training import mmdb
 from biasaudit.progress import Progress
-from biasaudit.training.loop import TrainConfig, holdout_rows, take, train
+from biasaudit.training.loop import TrainConfig, holdout_rows, train
 from biasaudit.training.method_mmdb import MMDB
 
 HOLDOUT_FRACTION = 0.2
@@ -47,7 +47,7 @@ def validation_batches(adapter: Adapter, config: TrainConfig, source: str) -> It
         rows = np.flatnonzero(holdout_rows(np.arange(offset, offset + n), config=config))
         offset += n
         if rows.size:
-            yield take(batch, rows)
+            yield take_rows(batch, rows)
 
 
 def bias_balanced_score(model: nn.Module, adapter: Adapter, method: MMDB, batches, *, device: torch.device, min_group: int) -> float:
