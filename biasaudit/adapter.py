@@ -13,7 +13,6 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -21,61 +20,8 @@ import torch
 from torch import nn
 
 from biasaudit.errors import AdapterError
-
-MODALITY_KINDS = ("image", "text", "tokens", "tensor")
-
-
-@dataclass(frozen=True)
-class Modality:
-    """One input of the model.
-
-    kind:
-      - "image": a float tensor [B, C, H, W] or [B, H, W] of *raw* pixels in `value_range`
-        (before any normalisation the adapter applies in `prepare`).
-      - "text": a list of B raw strings.
-      - "tokens": a long tensor [B, L] of token ids under `key`, with its attention mask under
-        `mask_key`; `pad_id` fills removed positions and `special_ids` (e.g. CLS, SEP) are kept;
-        `padding_side` says where the tokenizer pads (None: read from the mask of each batch).
-      - "tensor": any other float tensor [B, ...].
-
-    missing: the muting impairment that "missing" and the ratio sweep use for this modality;
-    default the kind's own (image: `zero`, a black image in raw pixel space). Set "mean" for an
-    image whose normalisation puts raw 0 far outside the data (then mid-grey is the neutral input).
-    """
-
-    name: str
-    kind: str
-    key: str | None = None
-    value_range: tuple[float, float] = (0.0, 1.0)
-    pad_id: int | None = None
-    mask_key: str | None = None
-    special_ids: tuple[int, ...] = ()
-    missing: str | None = None
-    padding_side: str | None = None  # tokens: "left" or "right"; None = read it from each batch's mask
-
-    def __post_init__(self) -> None:
-        from biasaudit.impairments import IMPAIRMENTS  # kinds users registered count too
-
-        if self.kind not in IMPAIRMENTS:
-            raise AdapterError(
-                f"Modality {self.name!r} has kind {self.kind!r}; expected one of: {', '.join(IMPAIRMENTS)}."
-            )
-        if self.key is None:
-            object.__setattr__(self, "key", self.name)
-        if self.kind == "tokens" and (self.pad_id is None or self.mask_key is None):
-            raise AdapterError(
-                f"Token modality {self.name!r} needs pad_id and mask_key so that deleted tokens become padding."
-            )
-        if self.kind == "tokens" and not self.special_ids:
-            # "Empty text" keeps what a tokenizer gives for "" (e.g. [CLS][SEP]); with no special ids the
-            # row would be fully masked, which makes attention produce NaN in most transformers.
-            raise AdapterError(
-                f"Token modality {self.name!r} needs special_ids (the ids a tokenizer puts around an empty string, e.g. (101, 102)).")
-        if self.padding_side not in (None, "left", "right"):
-            raise AdapterError(f"Modality {self.name!r} has padding_side {self.padding_side!r}; expected 'left', 'right' or None.")
-        low, high = self.value_range
-        if not low < high:
-            raise AdapterError(f"Modality {self.name!r} has value_range {self.value_range}; expected (low, high) with low < high.")
+from biasaudit.impairments import IMPAIRMENTS
+from biasaudit.modality import Modality  # noqa: F401  (part of the adapter contract: `from biasaudit.adapter import Modality`)
 
 
 class Adapter:
@@ -154,6 +100,9 @@ def validate_adapter(adapter: Any, *, source: str) -> Adapter:
     for modality in modalities:
         if not isinstance(modality, Modality):
             raise AdapterError(f"Adapter {source} lists {modality!r} in `modalities`; expected biasaudit.Modality objects.")
+        if modality.kind not in IMPAIRMENTS:  # kinds users registered count too
+            raise AdapterError(f"Adapter {source}: modality {modality.name!r} has kind {modality.kind!r}; expected one of: "
+                               f"{', '.join(IMPAIRMENTS)} (or register impairments for it first).")
     names = [m.name for m in modalities]
     if len(set(names)) != len(names):
         raise AdapterError(f"Adapter {source} declares modality names {names}; names must be unique.")

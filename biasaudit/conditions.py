@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from biasaudit.adapter import Modality
+from biasaudit.modality import Modality
 from biasaudit.errors import ConditionError
 from biasaudit.impairments import check_severity, muting_impairment, noise_impairment, resolve_impairment
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from biasaudit.adapter import Modality
+from biasaudit.modality import Modality
 from biasaudit.errors import ConditionError
 
 # values, modality, severity, muted-or-affected flags, per-sample generators -> new values

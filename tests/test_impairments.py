@@ -239,3 +239,32 @@ def test_token_delete_and_empty_on_left_padded_ids_equal_the_right_padded_result
     rows = [{r["name"]: (r["accuracy"], r["flip_rate"]) for r in audit["conditions"]} for audit in audits]
     assert rows[0] == rows[1]
     assert rows[0]["noisy:words"] != rows[0]["full"]  # the deletions do reach the token the model reads
+
+
+def test_an_unknown_modality_kind_is_refused_where_the_adapter_enters_and_a_registered_one_is_accepted():
+    """Modality imports nothing from the package (no adapter <-> impairments cycle); the kind is checked against the
+    registry when an adapter is validated, so a kind registered after the Modality was written counts."""
+    from biasaudit.adapter import Adapter, validate_adapter
+    from biasaudit.errors import AdapterError
+    from biasaudit.impairments import IMPAIRMENTS, register_impairment
+
+    class Sound(Adapter):
+        modalities = [Modality("audio", "waveform"), Modality("text", "text")]
+        num_classes = 2
+
+        def build_model(self):
+            return torch.nn.Identity()
+
+        def data(self, split, *, batch_size):
+            return []
+
+        def prepare(self, batch, *, device):
+            return batch
+
+    with pytest.raises(AdapterError, match="modality 'audio' has kind 'waveform'; expected one of: image, text, tokens, tensor"):
+        validate_adapter(Sound(), source="sound.py:Sound")
+    try:
+        register_impairment("waveform", "silence", lambda values, *rest: values * 0, default_severity=1.0, mutes=True)
+        assert validate_adapter(Sound(), source="sound.py:Sound")
+    finally:
+        IMPAIRMENTS.pop("waveform", None)

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from biasaudit.adapter import Modality
+from biasaudit.modality import Modality
 from biasaudit.errors import DataError
 from biasaudit.impairments import padding_side
 from biasaudit.randomness import hash64
