@@ -16,7 +16,8 @@ from torch import nn
 from biasaudit import Adapter, Modality
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.training import mmdb
-from biasaudit.training.loop import TrainConfig, take, train
+from biasaudit.batches import take_rows
+from biasaudit.training.loop import TrainConfig, train
 from biasaudit.training.methods import make_method
 
 CPU = torch.device("cpu")
@@ -121,7 +122,7 @@ def test_a_samples_bias_value_depends_neither_on_its_batch_nor_on_the_model_bein
     batch = split_tensors("train")
     truth = np.where(batch["g"].numpy() == 0, method.discovered.train_bias[0], method.discovered.train_bias[-1])
     shuffled_rows = np.random.default_rng(1).permutation(40)[:7]
-    assert method.batch_bias(take(batch, shuffled_rows), NoBiasKey(), split="train", device=CPU).tolist() == truth[shuffled_rows].tolist()
+    assert method.batch_bias(take_rows(batch, shuffled_rows), NoBiasKey(), split="train", device=CPU).tolist() == truth[shuffled_rows].tolist()
     with torch.no_grad():
         model.b_branch.weight.zero_()  # training moves the live branch; the frozen starting copy must not follow
     assert method.batch_bias(batch, NoBiasKey(), split="train", device=CPU).tolist() == truth.tolist()
