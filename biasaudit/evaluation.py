@@ -162,8 +162,9 @@ class BatchEvaluator:
 
     def _carrier(self, batch, indices, labels, bias, full, weights) -> None:
         s = self.setup
-        null_donors = s.pool.null_donors(indices, labels, bias)
         swaps = {"bias": s.pool.bias_donors(indices, labels, bias, s.preferred), "content": s.pool.content_donors(indices, labels, bias)}
+        # A null swap serves only rows that also have a bias or a content donor: no forward for the others.
+        null_donors = np.where((swaps["bias"] >= 0) | (swaps["content"] >= 0), s.pool.null_donors(indices, labels, bias), -1)
         for name, modality in self.modalities.items():
             null = self._swapped_prediction(batch, modality, null_donors, full, what="null")
             for kind, donors in swaps.items():

@@ -202,15 +202,13 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
 def _scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress, unimodal_models: Mapping[str, nn.Module],
           device: torch.device) -> dict[str, Any]:
     names = [m.name for m in adapter.modalities]
-    modalities = {m.name: m for m in adapter.modalities}
     conditions = parse_conditions(config.conditions, adapter.modalities)
     if config.mute_compare:
         conditions += _mute_compare_conditions(adapter)
     wanted = parse_diagnostics(config.conditions)
-    impairments = {c.name: resolve_impairment(modalities[c.modality].kind, c.impairment) for c in conditions if c.modality}
     diagnostics = analyses.FullConditionDiagnostics(adapter, config=config)
-    branches = {m: module for m, module in (optional_hook(adapter, "branches", model) or {}).items() if m in modalities}
-    setup = PassSetup(conditions=conditions, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed)
+    branches = {m: module for m, module in (optional_hook(adapter, "branches", model) or {}).items() if m in names}
+    setup = _pass_setup(adapter, conditions, config)
     train_forwards, ceiling_note = 0, None
     if branches:
         setup.tap = BranchTap(branches, token_masks(adapter))
@@ -358,21 +356,24 @@ def _bias_sections(sections: dict[str, Any], bias_pass: BatchEvaluator, diagnost
     return derived
 
 
+def _pass_setup(adapter: Adapter, conditions: list[Condition], config: ScanConfig, **extra: Any) -> PassSetup:
+    """What a pass evaluates, with each condition's impairment resolved once (`adapter` already carries --mute)."""
+    kinds = {m.name: m.kind for m in adapter.modalities}
+    impairments = {c.name: resolve_impairment(kinds[c.modality], c.impairment) for c in conditions if c.modality}
+    return PassSetup(conditions=conditions, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed, **extra)
+
+
 def _discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig, diagnostics: analyses.FullConditionDiagnostics,
                           wanted: tuple[str, ...], *, device: torch.device, progress: Progress) -> BatchEvaluator:
     """Without a bias key the bias values are k-means clusters found after the main pass (they need the dominant
     modality); groups and the carrier test then run in a second pass over the full and missing conditions."""
-    adapter = with_mute_overrides(adapter, config.mute)
     conditions = [c for c in parse_conditions(config.conditions, adapter.modalities) if c.group in ("full", "missing")]
-    modalities = {m.name: m for m in adapter.modalities}
-    impairments = {c.name: resolve_impairment(modalities[c.modality].kind, c.impairment) for c in conditions if c.modality}
     prior, discovered = diagnostics.prior, diagnostics.discovered_bias
-    setup = PassSetup(conditions=conditions, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed,
-                      preferred=preferred_class(prior.counts))
+    setup = _pass_setup(adapter, conditions, config, preferred=preferred_class(prior.counts))
     _add_group_accumulators(setup, adapter, prior.num_bias, config)
     if "carrier" in wanted:
         setup.pool = _fill_pool(adapter, config, lambda idx, batch: discovered[idx], progress=progress)
-        setup.carrier = CarrierAccumulator(list(modalities), replicates=config.bootstrap_replicates)
+        setup.carrier = CarrierAccumulator([m.name for m in adapter.modalities], replicates=config.bootstrap_replicates)
     evaluator = BatchEvaluator(model, adapter, setup, device=device)
     with torch.no_grad():
         for step, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)):

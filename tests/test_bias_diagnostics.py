@@ -217,6 +217,13 @@ def test_discovered_bias_values_drive_groups_and_carrier_and_say_so():
     audit = scan(FX.NoBiasKeyAdapter(), conditions="missing,carrier", kmeans_k=3)
     assert audit["groups"]["bias_source"] == "kmeans" and "k-means" in audit["groups"]["note"]
     assert audit["carrier"]["bias_source"] == "kmeans" and "k-means" in audit["carrier"]["note"]
+    # The content branch's three clusters are its three labels: every sample is grouped, by a cluster id < k.
+    groups = audit["groups"]["groups"]
+    assert sum(g["n"] for g in groups) == 90 and {g["bias"] for g in groups} <= {0, 1, 2}
+    # Clusters that follow the labels leave no same-label donor of another cluster: said, and no forward wasted.
+    assert "no modality could be swapped" in audit["carrier"]["note"]
+    cost = audit["manifest"]["forwards_per_sample"]
+    assert cost["carrier"] == 0.0 and cost["bias_discovery"] == 2.0  # the train and the test split once each
 
 
 def test_no_mistakes_on_the_split_is_said_in_the_jsd_note_and_the_notes():

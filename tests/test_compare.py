@@ -28,14 +28,14 @@ SCRIPT = Path(sys.executable).parent / "biasaudit"
 CONFIG = ScanConfig(split="test", conditions="missing", batch_size=16, bootstrap_replicates=200, projection="pca", gradient_batches=1)
 
 
-def _tiny_module():
-    spec = importlib.util.spec_from_file_location("tiny_adapter_for_compare", TESTS / "fixtures" / "tiny_adapter.py")
+def _fixture_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_for_compare", TESTS / "fixtures" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-TINY = _tiny_module()
+TINY = _fixture_module("tiny_adapter")
 
 
 class ChangedTestSplit(TINY.TinyAdapter):
@@ -302,14 +302,7 @@ def test_the_verdict_names_an_overshoot_to_the_other_modality_and_a_rising_noisy
 
 # --- bias measures (issue 9) on the hand-built pair of tests/fixtures/bias_pair.py -----------------------------
 
-def _bias_pair_module():
-    spec = importlib.util.spec_from_file_location("bias_pair_for_compare", TESTS / "fixtures" / "bias_pair.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-PAIR = _bias_pair_module()
+PAIR = _fixture_module("bias_pair")
 
 
 def test_bias_measures_get_the_hand_computed_paired_intervals():
