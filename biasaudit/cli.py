@@ -298,8 +298,9 @@ def fix(
 ) -> None:
     """Retrain to reduce modality bias; write a drop-in state dict and before/after audits."""
     from biasaudit.adapter import load_adapter
+    from biasaudit.errors import InputError
     from biasaudit.fix import run_fix
-    from biasaudit.scan import ScanConfig
+    from biasaudit.scan import PROJECTIONS, ScanConfig
     from biasaudit.training.loop import TrainConfig
 
     with handled():
@@ -311,6 +312,8 @@ def fix(
         # An unknown method gets its "Available: ..." error from the METHODS registry in run_fix.
         loaded = load_adapter(adapter)
         train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
+        if scan_projection not in PROJECTIONS:  # named by fix's own flag; --projection is BalGrad's
+            raise InputError(f"--scan-projection {scan_projection!r} is unknown. Available: {', '.join(PROJECTIONS)}.")
         # Every scan setting that shapes the audits' numbers, so that --before can reuse any scan taken the same way.
         scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, kmeans_k=kmeans_k, mute=parse_mute(mute),
                                  mute_compare=mute_compare, bootstrap_replicates=bootstrap, min_wrong=min_wrong,

@@ -90,3 +90,18 @@ def test_fix_reuses_a_scan_taken_with_any_scan_setting_and_names_the_one_that_di
     other = ScanConfig(**{**same.to_dict(), "min_group": 10, "batch_size": 7})
     with pytest.raises(InputError, match=r"\(min_group differ\)"):
         reusable_before(out / "audit.json", config=other, checkpoint_sha=file_sha256(checkpoint))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--scan-projection", "tsne"], "--scan-projection 'tsne' is unknown. Available: umap, pca"),
+    (["--group-by", "colour"], "group_by 'colour' is unknown"),
+    (["--mute", "content=salt"], "--mute content=salt: 'salt' is not a muting impairment of image modality 'content'"),
+])
+def test_fix_refuses_bad_audit_settings_before_any_work_and_leaves_the_output_as_it_was(checkpoint, tmp_path, args, expected):
+    out = tmp_path / "fixed"
+    out.mkdir()
+    (out / "after.json").write_text("an earlier run's result")
+    result = run("fix", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert expected in " ".join(result.stderr.split())
+    assert sorted(p.name for p in out.iterdir()) == ["after.json"] and (out / "after.json").read_text() == "an earlier run's result"
