@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from biasaudit.adapter import Adapter
-from biasaudit.audit import audit_model, check_out_dir, load_model
+from biasaudit.audit import audit_model, check_out_dir, load_model_noting_prefix
 from biasaudit.checkpoint import save_state_atomic
 from biasaudit.compare import compare_audits
 from biasaudit.errors import InputError
 from biasaudit.results import read_audit, write_json_atomic
 from biasaudit.progress import Progress
 from biasaudit.scan import ScanConfig
-from biasaudit.training.loop import TrainConfig, train
+from biasaudit.training.loop import TrainConfig, scored_as_trained, train
 from biasaudit.training.methods import make_method
 
 OUTPUTS = ("model.pt", "before.json", "after.json", "compare.json", "train_log.json")
@@ -63,13 +63,14 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     if method == "mmdb" and method_options.get("kmeans_k") is None:
         method_options["kmeans_k"] = scan_config.kmeans_k  # discovered bias: the clusters the before audit's JSD used
     fixer = make_method(method, **method_options)
-    model = load_model(checkpoint, adapter, trust=trust)
+    model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
     if method == "mmdb":
         fixer.check_bias_source(model, adapter)  # before the audit, which can take long
     if before_path is not None:
         before = reusable_before(before_path, config=scan_config, checkpoint_sha=file_sha256(checkpoint))
     else:
-        before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress)
+        before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress,
+                             prefix_removed=prefix_removed)
     if method == "mmdb":
         # Without a bias_key, MMDB clusters the branch of one modality: the one that carries the bias (the carrier
         # test of the before audit) when known, else the one the model leans on (methods.md section 3); a
@@ -90,8 +91,11 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     fixer.export(model, adapter)
     train_seconds = time.perf_counter() - start
     save_state_atomic(model.state_dict(), out / "model.pt")
-    after = audit_model(model, adapter, config=scan_config, checkpoint=out / "model.pt", adapter_spec=adapter_spec, progress=progress)
-    training = {"method": method, "settings": fixer.settings(), "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
+    with scored_as_trained(fixer, model, adapter) as scored:
+        after = audit_model(model, adapter, config=scan_config, checkpoint=out / "model.pt", adapter_spec=adapter_spec, progress=progress)
+    if scored is not None:
+        after["manifest"]["scored_model"] = scored
+    training = {"method": method, "settings": fixer.settings(), "after_audit_scores": scored or "model.pt as written", "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
                 "source_checkpoint": str(checkpoint)}
     after["manifest"]["training"] = training
     paths = {"model": out / "model.pt"}

@@ -1,8 +1,10 @@
-"""BalGrad's gradient step (methods.md section 7) on hand-checked vectors and a tiny late-fusion model.
+"""BalGrad's gradient step (methods.md section 7) on hand-checked vectors and a tiny late-fusion model, through the
+production method (`BalGrad.logits`, `BalGrad.step`) for every head mode.
 
 The model: image [B, 3] -> Linear(3, 2), text [B, 4] -> Linear(4, 2), concatenation, a shared
-Linear(4, 3) classifier (θ_T). Unimodal logits use the `shared_zero` head: the other embedding is
-zeroed and the classifier runs on detached parameters.
+Linear(4, 3) classifier (θ_T). The hand computations below rebuild the unimodal logits from the weights:
+shared_zero is the classifier on the zero-filled fusion with detached weights, ogm_split that minus half the
+bias, separate the method's own heads on the branch outputs.
 """
 
 from __future__ import annotations
@@ -14,19 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biasaudit import Adapter
 from biasaudit.datasets.demo_model import DemoModel
 from biasaudit.errors import AdapterError, InputError
 from biasaudit.training.balgrad import (
     LambdaSchedule,
     StepLog,
     balgrad_step,
-    call_with_detached_parameters,
     kl_weights,
     mutual_kl,
     project_conflict,
     split_parameters,
-    unimodal_logits,
 )
+from biasaudit.training.method_balgrad import HEAD_MODES, BalGrad
+
+CPU = torch.device("cpu")
 
 
 class TinyLateFusion(nn.Module):
@@ -36,29 +40,59 @@ class TinyLateFusion(nn.Module):
         self.text_branch = nn.Linear(4, 2)
         self.classifier = nn.Linear(4, 3)
 
-    def embed(self, image: torch.Tensor, text: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {"image": self.image_branch(image), "text": self.text_branch(text)}
-
-    def fused_logits(self, embeddings, *, detach_head: bool) -> torch.Tensor:
-        fused = torch.cat([embeddings["image"], embeddings["text"]], dim=1)
-        if detach_head:
-            return call_with_detached_parameters(self.classifier, fused)
-        return self.classifier(fused)
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.cat([self.image_branch(image), self.text_branch(text)], dim=1))
 
 
-def tiny_setup(seed: int, *, detach_head: bool = True, kl_mode: str = "mutual", task_scale: float = 1.0):
-    """A model, its parameter split and the five losses of one batch of 6 samples."""
+class TinyAdapter(Adapter):
+    num_classes = 3
+
+    def build_model(self) -> nn.Module:
+        return TinyLateFusion()
+
+    def data(self, split, *, batch_size):
+        generator = torch.Generator().manual_seed(0)
+        yield {"image": torch.randn(6, 3, generator=generator), "text": torch.randn(6, 4, generator=generator),
+               "label": torch.tensor([0, 1, 2, 0, 1, 2])}
+
+    def prepare(self, batch, *, device):
+        return batch["image"], batch["text"]
+
+    def classifier(self, model):
+        return model.classifier
+
+    def branches(self, model):
+        return {"image": model.image_branch, "text": model.text_branch}
+
+
+def tiny_batch(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1000 + seed)
+    return {"image": torch.randn(6, 3, generator=generator), "text": torch.randn(6, 4, generator=generator),
+            "label": torch.tensor([0, 1, 2, 0, 1, 2])}
+
+
+def hand_unimodal(model: TinyLateFusion, method: BalGrad, batch) -> dict[str, torch.Tensor]:
+    """The unimodal logits of the method's head mode, rebuilt from the weights (module docstring)."""
+    z = {"image": model.image_branch(batch["image"]), "text": model.text_branch(batch["text"])}
+    if method.head_mode == "separate":
+        heads = method.extra_parameters()
+        return {"image": F.linear(z["image"], heads[0], heads[1]), "text": F.linear(z["text"], heads[2], heads[3])}
+    W, b = model.classifier.weight.detach(), model.classifier.bias.detach()
+    shift = b / 2 if method.head_mode == "ogm_split" else torch.zeros_like(b)
+    zeros = {m: torch.zeros_like(v) for m, v in z.items()}
+    return {"image": F.linear(torch.cat([z["image"], zeros["text"]], 1), W, b) - shift,
+            "text": F.linear(torch.cat([zeros["image"], z["text"]], 1), W, b) - shift}
+
+
+def tiny_setup(seed: int, *, kl_mode: str = "mutual", task_scale: float = 1.0, head_mode: str = "shared_zero"):
+    """A model, its parameter split and the five losses of one batch of 6 samples, from the production method."""
     torch.manual_seed(seed)
-    model = TinyLateFusion()
-    image, text, labels = torch.randn(6, 3), torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])
-    embeddings = model.embed(image, text)
-    task_loss = task_scale * F.cross_entropy(model.fused_logits(embeddings, detach_head=False), labels)
-    if detach_head:
-        single = unimodal_logits(embeddings, model.fused_logits)
-    else:  # a careless caller: the unimodal passes reach the classifier
-        single = {m: model.fused_logits({k: z if k == m else torch.zeros_like(z) for k, z in embeddings.items()},
-                                        detach_head=False) for m in embeddings}
-    unimodal = {m: F.cross_entropy(o, labels) for m, o in single.items()}
+    model, adapter, batch = TinyLateFusion(), TinyAdapter(), tiny_batch(seed)
+    method = BalGrad(kl_mode=kl_mode, head_mode=head_mode)
+    method.prepare(model, adapter, device=CPU)
+    fused, single = method.logits(model, adapter, adapter.prepare(batch, device=CPU))
+    task_loss = task_scale * F.cross_entropy(fused, batch["label"])
+    unimodal = {m: F.cross_entropy(o, batch["label"]) for m, o in single.items()}
     task, branches = split_parameters(model, {"image": model.image_branch, "text": model.text_branch})
     return model, task, branches, task_loss, unimodal, mutual_kl(single, mode=kl_mode)
 
@@ -171,21 +205,18 @@ def test_unimodal_passes_do_not_reach_the_classifier():
     assert all(g is None for g in text_grads)  # the text embedding was replaced by zeros
 
 
-def test_unimodal_logits_are_the_classifier_on_the_zero_filled_fusion():
+@pytest.mark.parametrize("head_mode", HEAD_MODES)
+def test_unimodal_logits_of_every_head_mode_are_the_hand_computed_ones(head_mode):
     torch.manual_seed(1)
-    model = TinyLateFusion()
-    embeddings = {"image": torch.randn(2, 2), "text": torch.randn(2, 2)}
-    single = unimodal_logits(embeddings, model.fused_logits)
-    expected_text = model.classifier(torch.cat([torch.zeros(2, 2), embeddings["text"]], dim=1))
+    model, adapter, batch = TinyLateFusion(), TinyAdapter(), tiny_batch(1)
+    method = BalGrad(head_mode=head_mode)
+    method.prepare(model, adapter, device=CPU)
+    fused, single = method.logits(model, adapter, adapter.prepare(batch, device=CPU))
+    expected = hand_unimodal(model, method, batch)
     assert list(single) == ["image", "text"]
-    assert torch.allclose(single["text"], expected_text)
-
-
-def test_detached_head_leaves_batch_norm_statistics_alone():
-    head = nn.Sequential(nn.BatchNorm1d(4), nn.Linear(4, 2)).train()
-    before = head[0].running_mean.clone()
-    call_with_detached_parameters(head, torch.randn(8, 4) + 5.0)
-    assert torch.equal(head[0].running_mean, before)
+    for m in ("image", "text"):
+        assert torch.allclose(single[m], expected[m], atol=1e-6), m
+    assert torch.allclose(fused, model(batch["image"], batch["text"]))
 
 
 def test_mutual_kl_has_the_known_value_and_stops_the_gradient_of_the_target():
@@ -209,8 +240,15 @@ def test_kl_needs_exactly_two_modalities():
 # --- the step ---------------------------------------------------------------------------------
 
 def test_classifier_gets_no_kl_or_unimodal_gradient_even_with_an_undetached_head():
-    model, task, branches, task_loss, unimodal, kl = tiny_setup(0, detach_head=False, task_scale=0.0)
-    balgrad_step(task_loss, unimodal, kl, task_params=task, branch_params=branches, lam=1.0)
+    torch.manual_seed(0)
+    model, batch = TinyLateFusion(), tiny_batch(0)
+    z = {"image": model.image_branch(batch["image"]), "text": model.text_branch(batch["text"])}
+    # A careless caller: the unimodal passes reach the classifier's live weights.
+    single = {m: model.classifier(torch.cat([z[k] if k == m else torch.zeros_like(z[k]) for k in z], 1)) for m in z}
+    unimodal = {m: F.cross_entropy(o, batch["label"]) for m, o in single.items()}
+    task_loss = 0.0 * F.cross_entropy(model(batch["image"], batch["text"]), batch["label"])
+    task, branches = split_parameters(model, {"image": model.image_branch, "text": model.text_branch})
+    balgrad_step(task_loss, unimodal, mutual_kl(single), task_params=task, branch_params=branches, lam=1.0)
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.classifier.parameters())
     assert all(p.grad.abs().sum() > 0 for p in model.image_branch.parameters())
     assert all(p.grad.abs().sum() > 0 for p in model.text_branch.parameters())
@@ -227,32 +265,52 @@ def test_classifier_gradient_is_the_task_gradient_whatever_lambda():
     assert not torch.allclose(grads[0.0], grads[1.0])  # λ does reach the branches
 
 
+def hand_kl(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(target) || softmax(logits)), batch mean."""
+    p = torch.softmax(target_logits, 1)
+    return (p * (torch.log(p) - torch.log_softmax(logits, 1))).sum(1).mean()
+
+
+@pytest.mark.parametrize("head_mode", HEAD_MODES)
 @pytest.mark.parametrize("kl_mode", ["mutual", "undirected"])
-def test_branch_gradients_follow_the_balgrad_formula(kl_mode):
+def test_balgrad_step_writes_the_formula_gradients_for_every_head_mode(kl_mode, head_mode):
     outcomes = set()
     for seed in range(30):
-        model, task, branches, task_loss, unimodal, kl = tiny_setup(seed, kl_mode=kl_mode)
+        torch.manual_seed(seed)
+        model, adapter, batch = TinyLateFusion(), TinyAdapter(), tiny_batch(seed)
         lam, beta = 0.7, 1.0
+        method = BalGrad(kl_mode=kl_mode, head_mode=head_mode, lambda_initial=lam, beta=beta)
+        method.prepare(model, adapter, device=CPU)
+        # The hand side: methods.md 7.1-7.6 from the weights.
+        task = list(model.classifier.parameters())
+        branches = {"image": list(model.image_branch.parameters()), "text": list(model.text_branch.parameters())}
         params = task + branches["image"] + branches["text"]
-        g_task = flat_grad(task_loss, params).double()
-        loss_v, loss_l = value(unimodal["image"]), value(unimodal["text"])
-        w_v, w_l = loss_v / (loss_v + loss_l), loss_l / (loss_v + loss_l)
-        g_kl = torch.cat([torch.zeros(sum(p.numel() for p in task), dtype=torch.float64),
-                          lam * w_v * flat_grad(kl["image"], branches["image"]).double(),
+        labels = batch["label"]
+        g_task = flat_grad(F.cross_entropy(model(batch["image"], batch["text"]), labels), params).double()
+        single = hand_unimodal(model, method, batch)
+        loss = {m: F.cross_entropy(o, labels) for m, o in single.items()}
+        if kl_mode == "mutual":
+            kl = {"image": hand_kl(single["text"].detach(), single["image"]), "text": hand_kl(single["image"].detach(), single["text"])}
+        else:
+            kl = {m: hand_kl(single["image"], single["text"]) for m in single}
+        w_v, w_l = value(loss["image"]) / (value(loss["image"]) + value(loss["text"])), value(loss["text"]) / (value(loss["image"]) + value(loss["text"]))
+        zeros = torch.zeros(sum(p.numel() for p in task), dtype=torch.float64)
+        g_kl = torch.cat([zeros, lam * w_v * flat_grad(kl["image"], branches["image"]).double(),
                           lam * w_l * flat_grad(kl["text"], branches["text"]).double()])
         inner = torch.dot(g_task, g_kl)
         projected = g_task - inner / torch.dot(g_kl, g_kl) * g_kl if inner < 0 else g_task
-        g_uni = torch.cat([torch.zeros(sum(p.numel() for p in task), dtype=torch.float64),
-                           beta * flat_grad(unimodal["image"], branches["image"]).double(),
-                           beta * flat_grad(unimodal["text"], branches["text"]).double()])
-        log = balgrad_step(task_loss, unimodal, kl, task_params=task, branch_params=branches, lam=lam, beta=beta)
+        g_uni = torch.cat([zeros, beta * flat_grad(loss["image"], branches["image"]).double(),
+                           beta * flat_grad(loss["text"], branches["text"]).double()])
+        # The production side: one step with a zero learning rate leaves the written gradients to read.
+        optimizer = torch.optim.SGD(list(model.parameters()) + method.extra_parameters(), lr=0.0)
+        log = method.step(model, adapter, batch, optimizer=optimizer, step=0, total_steps=1, device=CPU)
         assert torch.allclose(flat_dot_grad(params).double(), projected + g_kl + g_uni, atol=1e-6)
-        assert log.conflicted == bool(inner < 0)
-        assert (log.weight_v, log.weight_l, log.lam) == pytest.approx((w_v, w_l, lam))
-        assert (log.loss_v, log.loss_l, log.loss_task) == pytest.approx((loss_v, loss_l, value(task_loss)))
-        if log.conflicted:
-            assert log.cos_before < 0 and log.cos_after == pytest.approx(0.0, abs=1e-6)
-        outcomes.add(log.conflicted)
+        assert log["conflicted"] == bool(inner < 0)
+        assert (log["weight_v"], log["weight_l"], log["lam"]) == pytest.approx((w_v, w_l, lam))
+        assert (log["loss_v"], log["loss_l"]) == pytest.approx((value(loss["image"]), value(loss["text"])), rel=1e-6)
+        if log["conflicted"]:
+            assert log["cos_before"] < 0 and log["cos_after"] == pytest.approx(0.0, abs=1e-6)
+        outcomes.add(log["conflicted"])
     assert outcomes == {True, False}  # both paths were exercised
 
 

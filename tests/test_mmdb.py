@@ -1,4 +1,5 @@
-"""MMDB math (methods.md section 6): margins, cosine classifier, loss, scale bound, bias-balanced accuracy, export."""
+"""MMDB math (methods.md section 6): margins, loss, scale bound, bias-balanced accuracy, and the production method's
+cosine logits and export on a model whose classifier input is set by hand."""
 
 from __future__ import annotations
 
@@ -11,20 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biasaudit import Adapter, Modality
 from biasaudit.errors import DataError, InputError
 from biasaudit.training.mmdb import (
     SCALE_GRID,
-    CosineClassifier,
     bias_balanced_accuracy,
     bias_margins,
     check_scale,
-    export_to_linear,
     inference_logits,
     mmdb_logits,
     mmdb_loss,
     scale_lower_bound,
     typical_scale_bound,
 )
+from biasaudit.training.method_mmdb import MMDB
 
 # Bias value 0: labels 0, 0, 0, 1 -> counts [3, 1, 0]; bias value 1: labels 2, 2 -> [0, 0, 2];
 # bias value 2: labels 0, 1 -> [1, 1, 0] (label entropy exactly 1 bit); bias value 3: never seen.
@@ -170,49 +171,79 @@ def test_bias_value_outside_the_table_is_a_data_error():
         mmdb_logits(COSINES, torch.tensor([0, 2]), MARGINS, scale=2.0)
 
 
-def test_cosine_classifier_matches_hand_cosines_and_copies_weights():
+class FeatureThrough(nn.Module):
+    """The classifier reads the two inputs concatenated: its input is whatever the test puts in a and b."""
+
+    def __init__(self, width: int = 2, classes: int = 3) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(width, classes)
+
+    def forward(self, a, b):
+        return self.classifier(torch.cat([a, b], dim=1))
+
+
+class FeatureAdapter(Adapter):
+    modalities = [Modality("a", "tensor"), Modality("b", "tensor")]
+    num_classes = 3
+    bias_key = "k"
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+
+    def build_model(self):
+        return FeatureThrough(self.features.shape[1])
+
+    def data(self, split, *, batch_size):
+        n, half = len(self.features), self.features.shape[1] // 2
+        yield {"a": self.features[:, :half], "b": self.features[:, half:], "label": torch.arange(n) % 3, "k": torch.arange(n) % 2}
+
+    def prepare(self, batch, *, device):
+        return batch["a"], batch["b"]
+
+    def classifier(self, model):
+        return model.classifier
+
+
+def prepared_mmdb(model, adapter) -> MMDB:
+    method = MMDB(scale=4.0)
+    method.prepare(model, adapter, device=torch.device("cpu"))
+    return method
+
+
+def test_mmdb_cosines_are_the_hand_cosines_and_zero_rows_or_features_give_zero_not_nan():
     """Rows [3,4] and [0,2] normalise to [0.6,0.8] and [0,1]; a zero row or zero feature gives 0, not NaN."""
-    linear = nn.Linear(2, 3)
+    features = torch.tensor([[1.0, 0.0], [0.0, 5.0], [0.0, 0.0], [-2.0, 0.0]])
+    adapter = FeatureAdapter(features)
+    model = adapter.build_model()
     with torch.no_grad():
-        linear.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 2.0], [0.0, 0.0]]))
-        linear.bias.fill_(5.0)
-    cosine = CosineClassifier.from_linear(linear)
-    assert cosine.weight.tolist() == linear.weight.tolist()
-    with torch.no_grad():
-        linear.weight.add_(1.0)
-    assert cosine.weight.tolist() == [[3.0, 4.0], [0.0, 2.0], [0.0, 0.0]]  # a copy, not shared storage
-    x = torch.tensor([[1.0, 0.0], [0.0, 5.0], [0.0, 0.0], [-2.0, 0.0]])
+        model.classifier.weight.copy_(torch.tensor([[3.0, 4.0], [0.0, 2.0], [0.0, 0.0]]))
+        model.classifier.bias.fill_(5.0)  # the cosine classifier has no bias
+    method = prepared_mmdb(model, adapter)
+    cosines = method.cosines(model, adapter, next(iter(adapter.data("train", batch_size=4))), device=torch.device("cpu"))
     expected = [[0.6, 0.0, 0.0], [0.8, 1.0, 0.0], [0.0, 0.0, 0.0], [-0.6, 0.0, 0.0]]
-    np.testing.assert_allclose(cosine(x).detach().numpy(), expected, atol=1e-6)
-    assert not any(name == "bias" for name, _ in cosine.named_parameters())
+    np.testing.assert_allclose(cosines.detach().numpy(), expected, atol=1e-6)
 
 
 def test_export_preserves_argmax_in_the_original_linear():
     """After export the user's own linear must predict exactly the cosine classifier's labels, with zero bias."""
     torch.manual_seed(0)
-    linear = nn.Linear(16, 10)
-    with torch.no_grad():
-        linear.bias.normal_(0, 2.0)
-    cosine = CosineClassifier.from_linear(linear)
-    with torch.no_grad():
-        cosine.weight.mul_(torch.rand(10, 1) * 5)  # unequal row norms, as after training
-        cosine.weight.add_(torch.randn(10, 16) * 0.3)
     features = torch.randn(1000, 16) * torch.rand(1000, 1) * 10
+    adapter = FeatureAdapter(features)
+    model = FeatureThrough(16, 3)
     with torch.no_grad():
-        wanted = cosine(features).argmax(dim=1)
-        before = linear(features).argmax(dim=1)
+        model.classifier.bias.normal_(0, 2.0)
+        model.classifier.weight.mul_(torch.rand(3, 1) * 5)  # unequal row norms, as after training
+    method = prepared_mmdb(model, adapter)
+    batch = next(iter(adapter.data("train", batch_size=1000)))
+    with torch.no_grad():
+        wanted = method.cosines(model, adapter, batch, device=torch.device("cpu")).argmax(dim=1)
+        before = model(batch["a"], batch["b"]).argmax(dim=1)
         assert (before != wanted).any()  # otherwise this test could not fail
-        export_to_linear(cosine, linear)
-        after = linear(features).argmax(dim=1)
+        method.export(model, adapter)
+        after = model(batch["a"], batch["b"]).argmax(dim=1)
     assert torch.equal(after, wanted)
-    assert linear.bias.abs().max().item() == 0.0
-    assert torch.allclose(linear.weight.norm(dim=1), torch.ones(10), atol=1e-6)
-
-
-def test_export_refuses_a_layer_of_another_shape():
-    """Exporting into the wrong layer must fail instead of silently broadcasting."""
-    with pytest.raises(InputError, match="Cannot export"):
-        export_to_linear(CosineClassifier(4, 3), nn.Linear(4, 2))
+    assert model.classifier.bias.abs().max().item() == 0.0
+    assert torch.allclose(model.classifier.weight.norm(dim=1), torch.ones(3), atol=1e-6)
 
 
 def test_bias_balanced_accuracy_weighs_groups_equally():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,98 @@ def test_count_steps_agrees_with_the_loop_when_train_exceeds_the_shuffle_buffer(
 
     config = TrainConfig(epochs=1, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
     assert count_steps(ADAPTER, config=config) == sum(1 for _ in shuffled_batches(ADAPTER, config=config, epoch=0))
+
+
+@pytest.mark.parametrize("bias", ["key", "kmeans"])
+def test_without_a_val_split_mmdb_margins_and_clusters_never_see_the_held_out_samples(bias, baseline):
+    """`--scale auto` validates on held-out train samples; margins or k-means clusters fitted on them would leak the
+    validation set into training (the scale would be chosen on samples whose bias statistics shaped the loss)."""
+    from biasaudit.training.loop import holdout_rows
+    from biasaudit.training.selection import selection_plan
+
+    class NoVal(DigitsCaptionsAdapter):
+        splits = ("train", "test", "ood")
+
+    adapter = NoVal()
+    config, _ = selection_plan(adapter, TrainConfig(epochs=1))
+    n = len(adapter.split_data("train"))
+    kept = int((~holdout_rows(np.arange(n), config=config)).sum())
+    assert 0 < kept < n
+    method = make_method("mmdb", scale=4.0, bias=bias, dominant="text", kmeans_k=4)
+    train(copy.deepcopy(baseline), adapter, method, config=config)
+    assert int(method.table.counts.sum()) == kept
+    if bias == "kmeans":
+        assert len(method.discovered.train_labels) == kept
+
+
+class AugmentsWithGlobalGenerators(DigitsCaptionsAdapter):
+    """Training batches get noise from numpy's and Python's global generators, as augmentation code often does."""
+
+    def data(self, split, *, batch_size):
+        import random
+
+        for batch in super().data(split, batch_size=batch_size):
+            if split == "train":
+                noise = torch.from_numpy(np.random.normal(0.0, 0.1, size=tuple(batch["image"].shape))).float()
+                batch = {**batch, "image": batch["image"] + noise * random.random()}
+            yield batch
+
+
+def test_resume_restores_numpy_and_python_generators_and_the_callers_generators_are_handed_back(baseline, tmp_path, interrupter):
+    import random
+
+    adapter, config = AugmentsWithGlobalGenerators(), TrainConfig(epochs=2, seed=5)
+    steps_per_epoch = -(-len(adapter.split_data("train")) // config.batch_size)
+    np.random.seed(123)
+    random.seed(123)
+    torch.manual_seed(123)
+    callers = (np.random.get_state()[1].copy(), random.getstate(), torch.get_rng_state())
+    straight = copy.deepcopy(baseline)
+    train(straight, adapter, make_method("ce"), config=config, state_dir=tmp_path / "a")
+    assert np.array_equal(np.random.get_state()[1], callers[0]) and random.getstate() == callers[1]
+    assert torch.equal(torch.get_rng_state(), callers[2]), "training left the caller's torch generator changed"
+
+    np.random.seed(999)  # whatever the caller's generators hold, the run draws the same numbers
+    with pytest.raises(interrupter.Interrupt):
+        train(copy.deepcopy(baseline), adapter, make_method("ce"), config=config, state_dir=tmp_path / "b",
+              progress=interrupter.at(steps_per_epoch + 2))
+    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert {"torch", "cuda", "numpy", "python"} <= set(state["rng"])
+    random.seed(7)
+    resumed = copy.deepcopy(baseline)
+    train(resumed, adapter, make_method("ce"), config=config, state_dir=tmp_path / "b", resume=True)
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_an_mmdb_after_audit_scores_the_cosine_model_it_trained_and_says_so(baseline, tmp_path):
+    """The exported nn.Linear predicts MMDB's labels with another softmax (‖x‖·cos θ); an after-audit of it would
+    report a soft JSD the trained model does not have. fix audits s·cos θ and names it; a scan of model.pt agrees
+    on every label-based number."""
+    import json
+
+    from biasaudit.audit import audit_model
+    from biasaudit.fix import run_fix
+    from biasaudit.scan import ScanConfig
+
+    checkpoint = tmp_path / "base.pt"
+    torch.save(baseline.state_dict(), checkpoint)
+    scan_config = ScanConfig(split="ood", conditions="missing", bootstrap_replicates=20, projection="pca", min_wrong=1)
+    paths = run_fix(checkpoint, ADAPTER, method="mmdb", method_options={"scale": 4.0}, train_config=TrainConfig(epochs=1),
+                    scan_config=scan_config, out_dir=tmp_path / "fix")
+    after = json.loads(paths["after"].read_text())
+    assert "cosine classifier s·cos θ (s = 4)" in after["manifest"]["scored_model"]
+    assert "cosine classifier" in (tmp_path / "fix" / "after.html").read_text()
+    exported = ADAPTER.build_model()
+    exported.load_state_dict(torch.load(paths["model"], weights_only=True))
+    plain = audit_model(exported, ADAPTER, config=scan_config, checkpoint=paths["model"])
+    soft = lambda audit: audit["jsd"]["weighted_mean"]  # noqa: E731
+    argmax = lambda audit: audit["jsd"]["argmax_weighted_mean"]  # noqa: E731
+    assert [c["accuracy"] for c in plain["conditions"]] == [c["accuracy"] for c in after["conditions"]]
+    assert argmax(plain) == pytest.approx(argmax(after), abs=1e-12)
+    assert soft(plain) != pytest.approx(soft(after), abs=1e-6), "the exported linear's softmax should differ"
+    method = make_method("mmdb", scale=4.0)
+    method.prepare(exported, ADAPTER, device=CPU)
+    with method.as_trained(exported, ADAPTER):
+        cosine = audit_model(exported, ADAPTER, config=scan_config, checkpoint=paths["model"])
+    assert soft(cosine) == pytest.approx(soft(after), abs=1e-12)

@@ -1,19 +1,18 @@
 """BalGrad's gradient step (methods.md section 7) as pure functions over explicit parameter lists.
 
 One training step, for a model whose adapter names two per-modality branches (θ_v = first, θ_l =
-second; everything else trainable is θ_T, the fusion and the classifier f_T):
+second; everything else trainable is θ_T, the fusion and the classifier f_T). The method
+(method_balgrad.BalGrad) computes the fused logits o and the unimodal logits o_v, o_l under its head
+mode, then:
 
     task, branches = split_parameters(model, adapter.branches(model))
-    logits = fused_logits(embeddings, detach_head=False)           # the caller's forward
-    single = unimodal_logits(embeddings, fused_logits)              # o_v, o_l with a detached head
-    log = balgrad_step(F.cross_entropy(logits, y),
-                       {m: F.cross_entropy(o, y) for m, o in single.items()},
-                       mutual_kl(single), task_params=task, branch_params=branches,
+    log = balgrad_step(F.cross_entropy(o, y), {m: F.cross_entropy(o_m, y) for m in (v, l)},
+                       mutual_kl({v: o_v, l: o_l}), task_params=task, branch_params=branches,
                        lam=schedule.at(step))
     optimizer.step()
 
-Only two modalities: the mutual KL and the reweighting of the spec pair v with l. `unimodal_logits`
-works for any number, `mutual_kl` and `balgrad_step` refuse anything but two.
+Only two modalities: the mutual KL and the reweighting of the spec pair v with l; `mutual_kl` and
+`balgrad_step` refuse anything else.
 
 Robust by construction: L_v and its KL term are differentiated w.r.t. θ_v only (likewise for l), so
 θ_T never receives a unimodal or KL gradient even if a caller forgets to detach the head.
@@ -25,27 +24,16 @@ from __future__ import annotations
 import math
 import operator
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from biasaudit.errors import AdapterError, InputError
 
 KL_MODES = ("mutual", "undirected")
 PROJECTIONS = ("global", "per_modality")
 SCHEDULES = ("linear", "constant")
-
-
-class FusedLogits(Protocol):
-    """The caller's fusion + classifier: embeddings {modality: [B, D_m]} -> logits [B, C].
-
-    With `detach_head=True` it must run f_T on detached parameters (see
-    `call_with_detached_parameters`), so that the pass trains the branches only.
-    """
-
-    def __call__(self, embeddings: Mapping[str, Tensor], *, detach_head: bool) -> Tensor: ...
 
 
 def project_conflict(g_task: Tensor, g_kl: Tensor) -> tuple[Tensor, float, float, bool]:
@@ -144,33 +132,6 @@ class RunningLosses:
             m = self.momentum
             self.values = (m * self.values[0] + (1 - m) * float(loss_v), m * self.values[1] + (1 - m) * float(loss_l))
         return self.values
-
-
-def call_with_detached_parameters(module: nn.Module, *inputs: Any) -> Any:
-    """module(*inputs) with detached parameters: gradient reaches the inputs, never the module.
-
-    Buffers are passed as copies, so a batch-norm in the head does not move its running statistics
-    on the zeroed-input passes.
-    """
-    state = {name: p.detach() for name, p in module.named_parameters()}
-    state.update({name: b.clone() for name, b in module.named_buffers()})
-    return functional_call(module, state, inputs)
-
-
-def unimodal_logits(embeddings: Mapping[str, Tensor], fused_logits: FusedLogits) -> dict[str, Tensor]:
-    """{m: f_T(fuse(z_m, 0, ...))}: each modality's logits with every other embedding zeroed.
-
-    The `shared_zero` head mode. The head runs with `detach_head=True`, so these logits train the
-    branches only; the zeros are constants.
-    """
-    if len(embeddings) < 2:
-        raise InputError(f"unimodal_logits needs the embeddings of at least two modalities, got "
-                         f"{list(embeddings)}.")
-    out: dict[str, Tensor] = {}
-    for kept in embeddings:
-        zeroed = {m: z if m == kept else torch.zeros_like(z) for m, z in embeddings.items()}
-        out[kept] = fused_logits(zeroed, detach_head=True)
-    return out
 
 
 def mutual_kl(unimodal: Mapping[str, Tensor], *, mode: str = "mutual") -> dict[str, Tensor]:

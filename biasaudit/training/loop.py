@@ -10,6 +10,7 @@ bounded. Because the permutation depends only on (seed, epoch), a resumed run se
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
@@ -23,7 +24,9 @@ from biasaudit.batches import checked_labels, int_column, take_rows
 from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.progress import Progress, with_status
+from biasaudit.training import rng_states
 from biasaudit.training.live_status import EpochMeans
+from biasaudit.training.model_modes import set_training_modes
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,18 @@ def method_parameters(method: TrainingMethod) -> list[nn.Parameter]:
     return list(hook()) if callable(hook) else []
 
 
+@contextmanager
+def scored_as_trained(method: TrainingMethod, model: nn.Module, adapter: Adapter) -> Iterator[str | None]:
+    """The block runs with the exported model scoring as the method trained it (MMDB's cosine logits), yielding
+    the sentence an audit made inside it records; None and no change for a method whose export is exact."""
+    hook = getattr(method, "as_trained", None)
+    if not callable(hook):
+        yield None
+        return
+    with hook(model, adapter) as note:
+        yield note
+
+
 def method_state(method: TrainingMethod) -> dict[str, Any]:
     hook = getattr(method, "extra_state", None)
     return dict(hook()) if callable(hook) else {}
@@ -112,11 +127,40 @@ def holdout_rows(indices: np.ndarray, *, config: TrainConfig) -> np.ndarray:
     return np.array([rng.random() < config.holdout for rng in sample_generators(indices, seed=config.seed, tag="holdout")])
 
 
+def training_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int | None = None) -> Iterator[Mapping[str, Any]]:
+    """The training split's batches in the adapter's order, without the held-out rows (never empty)."""
+    offset = 0
+    for batch in adapter.data(config.split, batch_size=batch_size or config.batch_size):
+        n = len(checked_labels(batch, adapter, split=config.split))
+        keep = ~holdout_rows(np.arange(offset, offset + n), config=config)
+        offset += n
+        if keep.all() and n:
+            yield batch
+        elif keep.any():
+            yield take_rows(batch, np.flatnonzero(keep))
+
+
+class TrainingView:
+    """The adapter as a method's prepare() sees it: the training split without the held-out rows, so margins,
+    k-means clusters and any other statistic a method fits on train never see the samples that validate it
+    (methods.md section 6, `--scale auto` without a val split). Every other attribute is the adapter's own."""
+
+    def __init__(self, adapter: Adapter, config: TrainConfig) -> None:
+        self._adapter, self._config = adapter, config
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._adapter, name)
+
+    def data(self, split: str, *, batch_size: int) -> Iterator[Mapping[str, Any]]:
+        if split == self._config.split:
+            return training_batches(self._adapter, config=self._config, batch_size=batch_size)
+        return iter(self._adapter.data(split, batch_size=batch_size))
+
+
 def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> Iterator[dict[str, Any]]:
     rng = np.random.default_rng([config.seed, epoch, 7])
     buffer: list[Mapping[str, Any]] = []
     held = 0
-    offset = 0
 
     def flush() -> Iterator[dict[str, Any]]:
         merged = concat(buffer)
@@ -124,16 +168,9 @@ def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> It
         for lo in range(0, held, config.batch_size):
             yield take_rows(merged, order[lo: lo + config.batch_size])
 
-    for batch in adapter.data(config.split, batch_size=config.batch_size):
-        n = len(checked_labels(batch, adapter, split=config.split))
-        keep = ~holdout_rows(np.arange(offset, offset + n), config=config)
-        offset += n
-        if not keep.all():
-            batch, n = take_rows(batch, np.flatnonzero(keep)), int(keep.sum())
-        if n == 0:
-            continue
+    for batch in training_batches(adapter, config=config):
         buffer.append(batch)
-        held += n
+        held += len(checked_labels(batch, adapter, split=config.split))
         if held >= config.shuffle_buffer:
             yield from flush()
             buffer, held = [], 0
@@ -146,11 +183,9 @@ def count_steps(adapter: Adapter, *, config: TrainConfig) -> int:
     holds at least shuffle_buffer samples, so it can hold more (whole adapter batches are added), and the steps
     are ceil(held / batch_size) per flush. (Assuming flushes of exactly shuffle_buffer overcounted, so a
     schedule over the steps, BalGrad's lambda, never reached its end.)"""
-    steps, held, offset, total = 0, 0, 0, 0
-    for batch in adapter.data(config.split, batch_size=config.batch_size):
-        size = len(checked_labels(batch, adapter, split=config.split))
-        kept = int((~holdout_rows(np.arange(offset, offset + size), config=config)).sum())
-        offset += size
+    steps, held, total = 0, 0, 0
+    for batch in training_batches(adapter, config=config):
+        kept = len(checked_labels(batch, adapter, split=config.split))
         held += kept
         total += kept
         if held >= config.shuffle_buffer:
@@ -200,7 +235,7 @@ def save_training_state(directory: Path, *, epoch: int, model: nn.Module, optimi
 
     buffer = io.BytesIO()
     torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "torch_rng": torch.get_rng_state(), "log": log, "method": method_state or {}, "run": identity}, buffer)
+                "rng": rng_states.capture(), "log": log, "method": method_state or {}, "run": identity}, buffer)
     atomic_write_bytes(buffer.getvalue(), _state_path(directory))
 
 
@@ -217,16 +252,24 @@ def load_training_state(directory: Path) -> dict[str, Any]:
 def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config: TrainConfig, state_dir: str | os.PathLike | None = None,
           resume: bool = False, progress: Progress | None = None, stage: str = "train") -> list[dict[str, Any]]:
     """Train in place; return the per-step log. `state_dir` gets `last.pt` after every epoch. `progress`
-    gets `stage`, the step count and a live line of this epoch's mean losses (live_status.py)."""
+    gets `stage`, the step count and a live line of this epoch's mean losses (live_status.py).
+
+    Every global generator the run draws from is seeded from `config.seed` and handed back as it was afterwards
+    (rng_states.py); parts of the model whose parameters are all frozen train in eval mode (model_modes.py)."""
+    with rng_states.seeded_run(config.seed):
+        return _train(model, adapter, method, config=config, state_dir=state_dir, resume=resume, progress=progress, stage=stage)
+
+
+def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config: TrainConfig, state_dir: str | os.PathLike | None,
+           resume: bool, progress: Progress | None, stage: str) -> list[dict[str, Any]]:
     from biasaudit.scan import resolve_device
 
     progress = with_status(progress)
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
     model.to(device)
     # Runs right after the seeding: a method that draws its own parameters seeds a generator from
-    # torch.initial_seed(), i.e. from the run seed.
-    method.prepare(model, adapter, device=device)
+    # torch.initial_seed(), i.e. from the run seed. It sees train without the held-out rows.
+    method.prepare(model, TrainingView(adapter, config), device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
@@ -245,12 +288,13 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
         model.load_state_dict(state["model"])
         restore_method_state(method, state.get("method", {}))  # first: it names a changed option more clearly than the optimizer would
         optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
+        # States written before every generator was saved hold torch's CPU state alone.
+        rng_states.restore(state["rng"] if "rng" in state else {"torch": state["torch_rng"]})
         log, start_epoch = list(state["log"]), int(state["epoch"])
         done = start_epoch * steps_per_epoch
         progress(stage, done, total_steps, f"resumed after epoch {start_epoch}/{config.epochs}")
     for epoch in range(start_epoch, config.epochs):
-        model.train()
+        set_training_modes(model)
         live = EpochMeans(epoch=epoch, epochs=config.epochs)
         for index, batch in enumerate(shuffled_batches(adapter, config=config, epoch=epoch)):
             step = epoch * steps_per_epoch + index

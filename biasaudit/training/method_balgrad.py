@@ -1,15 +1,20 @@
 """`balgrad`: gradient reweighting and projection (methods.md section 7), with the spec's switches.
 
+The fused pass is the model's own forward in training mode; forward hooks capture each branch's output z_m.
 Unimodal heads (`head_mode`, methods.md 7.1):
-  shared_zero  o_v = f_T(fuse(z_v, 0)): the model itself with the other branch's output replaced by
-               zeros through a forward hook. balgrad_step differentiates L_v only w.r.t. the branches,
-               which is what a detached copy of θ_T gives.
+  shared_zero  o_v = f_T(fuse(z_v, 0)): the model run again with the branch outputs replaced by forward hooks,
+               z_v by the very tensor of the fused pass and the other by zeros, on a detached copy of θ_T (every
+               parameter outside the two branches) and copies of the buffers, in eval mode. So these passes
+               train the branches only, move no BatchNorm statistics (after a step the running statistics are
+               those of the one train-mode fused pass) and draw no dropout: our reading of "a detached copy of
+               θ_T" is the classifier as it predicts, not a second noisy training pass. The branches' own
+               layers are not run twice with fresh dropout either: z_v is the fused pass's.
   ogm_split    o_v = W[:, slice_v]·z_v + b/2 (OGM-GE's split of a linear head): the shared_zero pass
                minus half the bias of the adapter's `classifier(model)`. This equals the weight-slice
                form when that nn.Linear is the final layer and reads the plain concatenation of the
                branch outputs (late concat fusion); for any other fusion it is "shared_zero shifted by
                -b/2", not a weight slice.
-  separate     a new nn.Linear per modality on the flattened branch output, trained by L_m; the KL is
+  separate     a new nn.Linear per modality on the flattened z_m of the fused pass, trained by L_m; the KL is
                on these heads' outputs. The heads live on this object, not in the model, so
                model.state_dict() and the exported model.pt keep the user's architecture.
 KL weights (`weights`, methods.md 7.4): `batch` from this batch's detached L_v, L_l; `running` from
@@ -29,11 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.errors import AdapterError, CheckpointError, DataError, InputError
 from biasaudit.training import balgrad as bg
 from biasaudit.training.method_ce import train_labels
+from biasaudit.training.model_modes import evaluation_modes
 
 HEAD_MODES = ("shared_zero", "ogm_split", "separate")
 WEIGHT_MODES = ("batch", "running")
@@ -42,17 +49,34 @@ PROBE_SPLIT = "train"  # the split whose first batch tells the separate heads th
 _HEAD_SEED_TAG = 17  # keeps the heads' generator apart from any other stream drawn from the run seed
 
 
-class _ZeroOutput:
-    def __call__(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        return torch.zeros_like(output)
-
-
 class _CaptureOutput:
     def __init__(self, into: dict[str, Any], name: str) -> None:
         self.into, self.name = into, name
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
         self.into[self.name] = output
+
+
+class _ReplaceOutput:
+    """A forward hook that returns `value` instead of the module's own output."""
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> torch.Tensor:
+        return self.value
+
+
+class _AdapterForward(nn.Module):
+    """adapter.forward(model, inputs) as a module, so torch.func.functional_call can run it on other tensors."""
+
+    def __init__(self, model: nn.Module, adapter: Adapter) -> None:
+        super().__init__()
+        self.model = model
+        self._adapter = adapter
+
+    def forward(self, inputs: Any) -> torch.Tensor:
+        return self._adapter.forward(self.model, inputs)
 
 
 def _choice(value: str, allowed: tuple[str, ...], *, what: str, flag: str) -> None:
@@ -93,7 +117,10 @@ class BalGrad:
         training loop sets to the run seed just before calling this.
         """
         branches = optional_hook(adapter, "branches", model)
-        if not branches or len(branches) != 2:
+        if branches and len(branches) != 2:
+            raise AdapterError(f"BalGrad is defined for exactly two modalities (methods.md section 7), but the adapter's branches(model) "
+                               f"names {len(branches)}: {', '.join(branches)}; use --method ce or mmdb, or return two branches.")
+        if not branches:
             raise AdapterError("BalGrad needs the adapter's branches(model) hook to return the two per-modality branch modules, "
                                "e.g. {'image': model.image_branch, 'text': model.text_branch}.")
         self._branches = dict(branches)
@@ -132,33 +159,45 @@ class BalGrad:
             for handle in handles:
                 handle.remove()
             model.train(was_training)
-        widths = {}
-        for name in self._branches:
-            output = outputs.get(name)
-            if not isinstance(output, torch.Tensor) or output.dim() < 2:
-                raise AdapterError(f"BalGrad's separate heads need the branch {name!r} from branches(model) to output one tensor "
-                                   f"[batch, ...] during forward; it gave {type(output).__name__}.")
-            widths[name] = int(output.flatten(1).shape[1])
+        widths = {name: int(output.flatten(1).shape[1]) for name, output in self._branch_tensors(outputs).items()}
         return widths
 
-    def _zeroed_logits(self, model, adapter, inputs, *, zero: str) -> torch.Tensor:
-        handle = self._branches[zero].register_forward_hook(_ZeroOutput())
+    def _branch_tensors(self, captured: dict[str, Any]) -> dict[str, torch.Tensor]:
+        for name in self._branches:
+            output = captured.get(name)
+            if not isinstance(output, torch.Tensor) or output.dim() < 2:
+                raise AdapterError(f"BalGrad needs the branch {name!r} from branches(model) to output one tensor [batch, ...] "
+                                   f"during forward; it gave {type(output).__name__}. Name the module that ends the branch "
+                                   "(e.g. its projection layer) instead.")
+        return {name: captured[name] for name in self._branches}
+
+    def _zeroed_logits(self, model: nn.Module, adapter: Adapter, inputs: Any, *, kept: str,
+                       embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
+        """f_T(fuse(z_kept, 0)) on a detached θ_T and copied buffers, in eval mode (module docstring)."""
+        branch_ids = {id(p) for params in self._branch_params.values() for p in params}
+        state = {f"model.{name}": p if id(p) in branch_ids else p.detach() for name, p in model.named_parameters()}
+        state.update({f"model.{name}": b.clone() for name, b in model.named_buffers()})
+        handles = [module.register_forward_hook(_ReplaceOutput(embeddings[m] if m == kept else torch.zeros_like(embeddings[m])))
+                   for m, module in self._branches.items()]
         try:
-            return adapter.forward(model, inputs)
+            with evaluation_modes(model):
+                return functional_call(_AdapterForward(model, adapter), state, (inputs,))
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
 
     def logits(self, model, adapter, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(fused logits, unimodal logits {v: o_v, l: o_l}) under the head mode."""
         v, l = list(self._branches)
+        captured: dict[str, Any] = {}
+        handles = [module.register_forward_hook(_CaptureOutput(captured, name)) for name, module in self._branches.items()]
+        try:
+            fused = adapter.forward(model, inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        embeddings = self._branch_tensors(captured)
         if self.head_mode == "separate":
-            embeddings: dict[str, Any] = {}
-            handles = [module.register_forward_hook(_CaptureOutput(embeddings, name)) for name, module in self._branches.items()]
-            try:
-                fused = adapter.forward(model, inputs)
-            finally:
-                for handle in handles:
-                    handle.remove()
             flat = {m: embeddings[m].flatten(1) for m in (v, l)}
             for m, x in flat.items():
                 if x.shape[1] != self._heads[m].in_features:
@@ -166,8 +205,7 @@ class BalGrad:
                                        f"first train batch, but the branch gave {x.shape[1]} on this batch; separate heads need a "
                                        "branch output whose size does not depend on the batch (e.g. pool over sequence positions).")
             return fused, {m: self._heads[m](flat[m]) for m in (v, l)}
-        fused = adapter.forward(model, inputs)
-        unimodal = {v: self._zeroed_logits(model, adapter, inputs, zero=l), l: self._zeroed_logits(model, adapter, inputs, zero=v)}
+        unimodal = {m: self._zeroed_logits(model, adapter, inputs, kept=m, embeddings=embeddings) for m in (v, l)}
         if self.head_mode == "ogm_split" and self._classifier.bias is not None:
             half_bias = self._classifier.bias.detach() / 2  # the zeroed pass carries all of b; each split head gets half
             unimodal = {m: o - half_bias for m, o in unimodal.items()}

@@ -7,8 +7,9 @@ The bias value is the adapter's bias_key or, without one, the k-means discovery 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -121,6 +122,26 @@ class MMDB:
         loss.backward()
         optimizer.step()
         return {"loss": float(loss.detach())}
+
+    @contextmanager
+    def as_trained(self, model: nn.Module, adapter: Adapter) -> Iterator[str]:
+        """While open, the exported model's logits are the trained model's s·cos θ (inference, no margin), so an
+        audit scores what MMDB trained; yields the sentence the after-audit records. The exported nn.Linear alone
+        gives ‖x‖·cos θ: the same labels, another softmax (methods.md section 6, export)."""
+        linear, scale = self._classifier(model, adapter), float(self.scale)
+
+        def cosine_logits(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            features = F.normalize(args[0].flatten(1), dim=1, eps=mmdb.NORM_EPS)
+            return mmdb.inference_logits(features @ F.normalize(module.weight, dim=1, eps=mmdb.NORM_EPS).T, scale=scale)
+
+        handle = linear.register_forward_hook(cosine_logits)
+        try:
+            yield (f"This audit scores MMDB's cosine classifier s·cos θ (s = {scale:g}), the model as trained. model.pt holds it as "
+                   "your nn.Linear with normalised rows and zero bias: it predicts the same labels, so a scan of model.pt gives the "
+                   "same accuracies, flips, groups, carrier and argmax JSD, but its logits are ‖x‖·cos θ, so its soft JSD and "
+                   "calibration differ from these.")
+        finally:
+            handle.remove()
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:
         """Normalised rows, zero bias: the original architecture predicts argmax cos θ (methods.md section 6)."""

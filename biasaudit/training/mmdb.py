@@ -1,9 +1,8 @@
 """MMDB's math: bias-adaptive margins, the cosine classifier, its loss, the scale bound, export (methods.md 6).
 
-Pure functions and one small module, no training loop. The loop replaces the adapter's final
-`classifier(model)` (an nn.Linear fed by the fused feature) by `CosineClassifier.from_linear`, trains
-with `mmdb_loss`, predicts with `inference_logits`, and writes the result back into the user's
-architecture with `export_to_linear`.
+Pure functions, no training loop. The method (method_mmdb.MMDB) takes cosine logits against the rows of
+the adapter's final `classifier(model)` (an nn.Linear fed by the fused feature), trains with `mmdb_loss`,
+predicts with `inference_logits`, and exports by normalising that layer's rows in place.
 
 Margins. From the TRAINING split, n_i^k counts the samples of label i with bias value k;
 n̄_i^k = (n_i^k + eps) / (Σ_j n_j^k + eps) and m_i^k = 1 − n̄_i^k. The eps sits in both numerator
@@ -31,9 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.stats import entropy
-from torch import nn
 
-from biasaudit.errors import AdapterError, DataError, InputError
+from biasaudit.errors import DataError, InputError
 
 SCALE_GRID: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 DEFAULT_EPS = 1e-6
@@ -110,36 +108,6 @@ def bias_margins(labels: np.ndarray, bias: np.ndarray, *, num_classes: int, num_
     return MarginTable(margins=torch.tensor(margins, dtype=torch.float32), frequencies=frequencies,
                        counts=counts, entropy_bits=entropy_bits, gated=gated, eps=float(eps),
                        min_count=int(min_count), entropy_gate=None if entropy_gate is None else float(entropy_gate))
-
-
-class CosineClassifier(nn.Module):
-    """forward(x [B, D]) -> cos θ [B, C] = <W_i/‖W_i‖, x/‖x‖>; no bias.
-
-    Norms below NORM_EPS are replaced by NORM_EPS (F.normalize), so a zero feature or a zero weight
-    row gives cos θ = 0 instead of NaN.
-    """
-
-    def __init__(self, in_features: int, num_classes: int) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-        nn.init.normal_(self.weight)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "CosineClassifier":
-        """A cosine classifier starting from the rows of the model's final linear layer (its bias is dropped)."""
-        if not isinstance(linear, nn.Linear):
-            raise AdapterError(f"The adapter's classifier(model) returned {type(linear).__name__}; "
-                               "MMDB needs the final nn.Linear.")
-        cosine = cls(linear.in_features, linear.out_features).to(device=linear.weight.device, dtype=linear.weight.dtype)
-        with torch.no_grad():
-            cosine.weight.copy_(linear.weight)
-        return cosine
-
-    def normalized_weight(self) -> torch.Tensor:
-        return F.normalize(self.weight, dim=1, eps=NORM_EPS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1, eps=NORM_EPS) @ self.normalized_weight().t()
 
 
 def mmdb_logits(cosines: torch.Tensor, bias: torch.Tensor, margins: torch.Tensor, *, scale: float) -> torch.Tensor:
@@ -249,20 +217,3 @@ def bias_balanced_accuracy(predictions: np.ndarray, labels: np.ndarray, bias: np
         raise DataError(f"No (label, bias value) group has at least min_group={min_group} samples; "
                         "use a larger validation split or a smaller min_group.")
     return float(100.0 * np.mean(correct[large] / sizes[large]))
-
-
-def export_to_linear(cosine: CosineClassifier, linear: nn.Linear) -> None:
-    """Write the normalised weight rows into the ORIGINAL nn.Linear and zero its bias.
-
-    The exported layer computes Ŵ·x = ‖x‖·cos θ: for ‖x‖ > 0 every class is scaled by the same
-    positive number, so its argmax equals argmax cos θ and the user's own architecture predicts the
-    labels the fixed model predicts (for x = 0 both give all-zero scores). Its logits are not the
-    calibrated s·cos θ; only the predicted labels are preserved.
-    """
-    if linear.weight.shape != cosine.weight.shape:
-        raise InputError(f"Cannot export a cosine classifier of shape {tuple(cosine.weight.shape)} into a linear "
-                         f"layer of shape {tuple(linear.weight.shape)}.")
-    with torch.no_grad():
-        linear.weight.copy_(cosine.normalized_weight())
-        if linear.bias is not None:
-            linear.bias.zero_()
