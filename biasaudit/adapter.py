@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from biasaudit.errors import AdapterError
+from biasaudit.errors import AdapterError, BiasAuditError
 from biasaudit.impairments import IMPAIRMENTS
 from biasaudit.modality import Modality  # noqa: F401  (part of the adapter contract: `from biasaudit.adapter import Modality`)
 
@@ -39,6 +39,11 @@ class Adapter:
     # Optional names of bias values and classes, used only to label reports.
     bias_names: Sequence[str] | None = None
     class_names: Sequence[str] | None = None
+    # A prefix the checkpoint's keys carry and the model's do not (e.g. "model." for a Lightning module whose
+    # network is `self.model`); the entries with it are loaded with it removed, the others ignored. None: the
+    # wrappers' prefixes "module." (DataParallel/DDP), "_orig_mod." (torch.compile) and "model." are removed
+    # when that is what makes the keys match, and the audit's manifest names what was removed.
+    state_dict_prefix: str | None = None
 
     # ---- required -----------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -58,12 +63,12 @@ class Adapter:
         model.load_state_dict(state, strict=True)
 
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
-        """Call the model on prepared inputs and return logits [B, C]."""
+        """Call the model on prepared inputs and return logits [B, C] (see `logits_of` for the outputs accepted)."""
         if isinstance(inputs, Mapping):
-            return model(**inputs)
+            return logits_of(model(**inputs))
         if isinstance(inputs, (tuple, list)):
-            return model(*inputs)
-        return model(inputs)
+            return logits_of(model(*inputs))
+        return logits_of(model(inputs))
 
     # ---- optional hooks (return None when not available) ---------------------------------------
     def classifier(self, model: nn.Module) -> nn.Linear | None:
@@ -76,6 +81,24 @@ class Adapter:
 
 
 _REQUIRED = ("build_model", "data", "prepare")
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits in a model's output: the output itself when it is a tensor, else its `.logits` (a Hugging Face
+    ModelOutput, a dataclass) or its "logits" entry (a dict)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    what = type(output).__name__
+    if isinstance(output, Mapping):  # name the keys it has (never the values: they may be large tensors)
+        keys = [str(k) for k in list(output)[:6]]
+        what += f" with keys {', '.join(keys) or 'none'}" + (" and more" if len(output) > 6 else "")
+    elif logits is not None:
+        what += f" whose .logits is a {type(logits).__name__}"
+    raise AdapterError(f"The model returned a {what}; expected a logits tensor [batch, classes], or an output with .logits "
+                       "(else define the adapter's forward(model, inputs) to return the logits).")
 
 
 def optional_hook(adapter: Any, name: str, model: nn.Module) -> Any:
@@ -131,6 +154,8 @@ def load_adapter(spec: str) -> Adapter:
         sys.path.insert(0, str(path.resolve().parent))
         try:
             module_spec.loader.exec_module(module)
+        except BiasAuditError as exc:  # e.g. a LoaderAdapter refusing a shuffling loader: already one sentence
+            raise AdapterError(f"Adapter file {where}: {exc}") from exc
         except Exception as exc:  # the user's code failed; say where, keep the cause
             raise AdapterError(f"Adapter file {where} raised {type(exc).__name__} while importing: {exc}") from exc
         finally:
@@ -141,12 +166,16 @@ def load_adapter(spec: str) -> Adapter:
         except ImportError as exc:
             raise AdapterError(f"Adapter module {where!r} cannot be imported: {exc}.") from exc
     if not hasattr(module, name):
-        available = sorted(k for k, v in vars(module).items() if isinstance(v, Adapter) or (inspect.isclass(v) and issubclass(v, Adapter) and v is not Adapter))
+        # Adapter classes defined in the module (not ones it imports, such as LoaderAdapter) and adapter instances.
+        available = sorted(k for k, v in vars(module).items() if isinstance(v, Adapter)
+                           or (inspect.isclass(v) and issubclass(v, Adapter) and v.__module__ == module.__name__))
         raise AdapterError(f"Adapter {spec!r}: {where} has no attribute {name!r}. Available: {', '.join(available) or 'none'}.")
     obj = getattr(module, name)
     if inspect.isclass(obj):
         try:
             obj = obj()
+        except BiasAuditError as exc:  # the class refused what it was built from, in a sentence of its own
+            raise AdapterError(f"Adapter {spec!r}: {exc}") from exc
         except Exception as exc:
             raise AdapterError(f"Adapter class {spec!r} could not be created without arguments: {exc}") from exc
     return validate_adapter(obj, source=spec)

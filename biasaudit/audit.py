@@ -17,34 +17,56 @@ from biasaudit.scan import ScanConfig, scan_model
 from biasaudit.verdict import scan_verdict
 
 
-def load_model(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False) -> nn.Module:
+def load_model_noting_prefix(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False) -> tuple[nn.Module, str | None]:
+    """The adapter's model with the checkpoint loaded, and the key prefix removed to load it (None when none was)."""
     state = read_checkpoint(checkpoint, trust=trust)
     model = adapter.build_model()
     if not isinstance(model, nn.Module):
         raise InputError(f"The adapter's build_model() returned {type(model).__name__}; expected a torch.nn.Module.")
-    load_into_model(adapter, model, state, path=checkpoint)
-    return model
+    return model, load_into_model(adapter, model, state, path=checkpoint)
+
+
+def load_model(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False) -> nn.Module:
+    return load_model_noting_prefix(checkpoint, adapter, trust=trust)[0]
+
+
+def _adapter_file(adapter: Adapter, spec: str | None) -> str | None:
+    """The file that defines the adapter: the one the spec names (for a LoaderAdapter built there, the class lives
+    in biasaudit, and hashing biasaudit's file would not show a change to the user's adapter), else the class's."""
+    import importlib.util
+    import inspect
+
+    where = (spec or "").rpartition(":")[0]
+    if where.endswith(".py") or "/" in where or "\\" in where:
+        return where
+    if where:
+        try:
+            found = importlib.util.find_spec(where)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None and found.origin and found.origin.endswith(".py"):
+            return found.origin
+    try:
+        return inspect.getsourcefile(type(adapter))
+    except TypeError:
+        return None
 
 
 def adapter_source(adapter: Adapter, spec: str | None) -> dict[str, Any]:
-    import inspect
-
-    try:
-        path = inspect.getsourcefile(type(adapter))
-    except TypeError:
-        path = None
-    return {"spec": spec or f"{type(adapter).__module__}:{type(adapter).__name__}", "sha256": source_hash(path)}
+    return {"spec": spec or f"{type(adapter).__module__}:{type(adapter).__name__}", "sha256": source_hash(_adapter_file(adapter, spec))}
 
 
 def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, checkpoint: str | Path | None,
                 adapter_spec: str | None = None, progress: Progress | None = None,
-                unimodal_models: dict[str, nn.Module] | None = None) -> dict[str, Any]:
+                unimodal_models: dict[str, nn.Module] | None = None, prefix_removed: str | None = None) -> dict[str, Any]:
+    """prefix_removed: the key prefix stripped from the checkpoint's state dict to load it, named in the manifest."""
     start = time.perf_counter()
     sections = scan_model(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models)
     forwards = sections.pop("_forwards_per_sample")
     manifest = Manifest(
         seed=config.seed, device=config.device, config=config.to_dict(),
-        checkpoint={"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None},
+        checkpoint={"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None,
+                    "prefix_removed": prefix_removed},
         adapter=adapter_source(adapter, adapter_spec), wall_time_s=time.perf_counter() - start)
     audit = {"schema": AUDIT_SCHEMA, "schema_version": AUDIT_SCHEMA_VERSION, "manifest": manifest.to_dict(), **sections}
     audit["manifest"]["forwards_per_sample"] = forwards
@@ -57,13 +79,13 @@ def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanCo
                      unimodal: tuple[tuple[str, str | Path], ...] = ()) -> dict[str, Any]:
     """unimodal: (modality, checkpoint of the same architecture trained on that modality alone) pairs, whose
     accuracy with the other modalities muted is that modality's ceiling."""
-    model = load_model(checkpoint, adapter, trust=trust)
+    model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
     unimodal_models = {}
     for name, path in unimodal:
         unimodal_models[name] = load_model(path, adapter, trust=trust)
         unimodal_models[name].biasaudit_source = str(path)  # named in the ceilings section
     return audit_model(model, adapter, config=config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress,
-                       unimodal_models=unimodal_models)
+                       unimodal_models=unimodal_models, prefix_removed=prefix_removed)
 
 
 def check_out_dir(out: str | Path) -> Path:

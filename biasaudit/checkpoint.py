@@ -12,10 +12,15 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from biasaudit.adapter import Adapter
 from biasaudit.errors import CheckpointError
 
 # Keys under which training scripts commonly nest the weights.
 _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
+# Prefixes that wrappers put on every key: DataParallel / DistributedDataParallel, torch.compile, and a Lightning
+# module that holds the network as `self.model`. They can stack (a compiled model wrapped in DDP: "module._orig_mod.").
+KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.")
+_MAX_STACKED = 3
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -81,7 +86,60 @@ def describe_mismatch(model: nn.Module, state: Mapping[str, Any]) -> str | None:
     return "; ".join(parts) or None
 
 
-def load_into_model(adapter: Any, model: nn.Module, state: Mapping[str, Any], *, path: str | os.PathLike) -> None:
+def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The entries whose key starts with `prefix`, with it removed; the others are left out (a Lightning module's
+    state also holds e.g. its loss's weights, which are not the network's)."""
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def _few_keys(state: Mapping[str, Any], count: int = 4) -> str:
+    keys = list(state)
+    return ", ".join(keys[:count]) + (f" and {len(keys) - count} more" if len(keys) > count else "")
+
+
+def find_wrapper_prefix(expected: set[str], state: Mapping[str, Any]) -> str | None:
+    """The stack of KNOWN_PREFIXES whose removal makes the keys exactly the model's, or None when the keys match as
+    they are or no such stack exists (then the load reports the mismatch with the keys as they are in the file)."""
+    if set(state) == expected:
+        return None
+    frontier = [("", state)]
+    for _ in range(_MAX_STACKED):
+        following = []
+        for removed, current in frontier:
+            for prefix in KNOWN_PREFIXES:
+                stripped = strip_prefix(current, prefix)
+                if not stripped:
+                    continue
+                if set(stripped) == expected:
+                    return removed + prefix
+                following.append((removed + prefix, stripped))
+        frontier = following
+    return None
+
+
+def resolve_prefix(adapter: Any, model: nn.Module, state: Mapping[str, Any], *, path: str | os.PathLike) -> tuple[Mapping[str, Any], str | None]:
+    """The state with the adapter's `state_dict_prefix` removed, or else a wrapper's prefix when that is what makes
+    the keys match the model; and the prefix removed (None when nothing was)."""
+    prefix = getattr(adapter, "state_dict_prefix", None)
+    if prefix:
+        stripped = strip_prefix(state, prefix)
+        if not stripped and set(state) == set(model.state_dict()):
+            return state, None  # a plain state dict, e.g. the one `biasaudit fix` wrote for this adapter's model
+        if not stripped:
+            raise CheckpointError(f"The adapter's state_dict_prefix {prefix!r} matches no key of checkpoint {path}; its keys are "
+                                  f"{_few_keys(state)}.")
+        return stripped, prefix
+    # An adapter with its own load_state may expect the keys as they are (it may remap them itself).
+    own_load = getattr(type(adapter), "load_state", None)
+    if own_load is not None and own_load is not Adapter.load_state:
+        return state, None
+    found = find_wrapper_prefix(set(model.state_dict()), state)
+    return (strip_prefix(state, found), found) if found else (state, None)
+
+
+def load_into_model(adapter: Any, model: nn.Module, state: Mapping[str, Any], *, path: str | os.PathLike) -> str | None:
+    """Load the checkpoint's state into the model; returns the key prefix removed on the way (see resolve_prefix)."""
+    state, removed = resolve_prefix(adapter, model, state, path=path)
     problem = describe_mismatch(model, state)
     try:
         adapter.load_state(model, state)
@@ -89,6 +147,7 @@ def load_into_model(adapter: Any, model: nn.Module, state: Mapping[str, Any], *,
         detail = problem or str(exc).splitlines()[0]
         raise CheckpointError(f"Checkpoint {path} does not match the adapter's model ({detail}).") from exc
     # An adapter's own load_state may remap keys, so a key mismatch it accepted is not an error.
+    return removed
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:

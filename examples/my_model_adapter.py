@@ -132,10 +132,8 @@ class MyModelAdapter(Adapter):
             "attention_mask": batch["attention_mask"].to(device),
         }
 
-    def forward(self, model: nn.Module, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        output = model(**inputs)
-        # Hugging Face models return an output object; biasaudit wants the logits tensor.
-        return getattr(output, "logits", output)
+    # forward(model, inputs) is inherited: model(**inputs), then the logits of the output, which may be a tensor or,
+    # as Hugging Face models return, an output object with .logits. Override it for anything else.
 
     # Optional hooks: leave them out and only the analyses that need them are skipped.
     def classifier(self, model: nn.Module) -> nn.Linear:

@@ -1,0 +1,80 @@
+"""Hugging Face tokenizers: a "tokens" Modality read off a tokenizer, and a prepare that tokenises raw text.
+
+transformers stays optional: it is imported only when one of these helpers is called (pip install 'biasaudit[hf]').
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from biasaudit.adapters.loader import model_inputs
+from biasaudit.errors import AdapterError
+from biasaudit.modality import Modality
+
+
+def require_transformers(helper: str) -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise AdapterError(f"{helper} needs the transformers package, which is not installed; pip install 'biasaudit[hf]'.") from None
+    return transformers
+
+
+def _called(tokenizer: Any) -> str:
+    source = getattr(tokenizer, "name_or_path", "") or ""
+    return f"{type(tokenizer).__name__}" + (f" ({source})" if source else "")
+
+
+def empty_text_ids(tokenizer: Any) -> tuple[int, ...]:
+    """The ids a tokenizer gives for the empty string (BERT: [CLS] [SEP]): what "missing text" leaves. Not all of
+    its special ids: [UNK] or [MASK] in a text are content, which muting must remove."""
+    ids = tokenizer("")["input_ids"]
+    ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+    return tuple(int(i) for i in ids)
+
+
+def token_modality(name: str, tokenizer: Any, *, key: str = "input_ids", mask_key: str = "attention_mask",
+                   special_ids: Sequence[int] | None = None, missing: str | None = None) -> Modality:
+    """A "tokens" Modality for ids made by a Hugging Face tokenizer: pad_id = tokenizer.pad_token_id, special_ids =
+    the ids it puts around an empty string (give `special_ids` for a tokenizer that puts none, e.g. GPT-2's), and
+    padding_side = tokenizer.padding_side."""
+    require_transformers("token_modality")
+    pad_id = getattr(tokenizer, "pad_token_id", None)
+    if pad_id is None:
+        raise AdapterError(f"Tokenizer {_called(tokenizer)} has no pad token; set tokenizer.pad_token = ... (e.g. tokenizer.eos_token) "
+                           f"before building modality {name!r}, so that deleted tokens can become padding.")
+    ids = tuple(int(i) for i in special_ids) if special_ids is not None else empty_text_ids(tokenizer)
+    if not ids:
+        raise AdapterError(f"Tokenizer {_called(tokenizer)} puts no tokens around an empty string, so a muted text would be all padding; "
+                           f"pass special_ids=(...) to token_modality({name!r}, ...): the ids your model should see for an empty text (e.g. its BOS id).")
+    side = getattr(tokenizer, "padding_side", None)
+    return Modality(name, "tokens", key=key, mask_key=mask_key, pad_id=int(pad_id), special_ids=ids, missing=missing,
+                    padding_side=side if side in ("left", "right") else None)
+
+
+def tokenizing_prepare(tokenizer: Any, modalities: Sequence[Modality], *, text: str | None = None,
+                       **tokenizer_options: Any) -> Callable[[Mapping[str, Any], torch.device], dict[str, Any]]:
+    """A prepare(batch, device) for a "text" modality of raw strings: the other modalities' entries as they are
+    (biasaudit.adapters.model_inputs), and in place of the strings what `tokenizer(text=strings, padding=True,
+    truncation=True, return_tensors="pt", **tokenizer_options)` returns (input_ids, attention_mask, ...), on the
+    device. The strings are tokenised after impairment, so "missing text" is the tokenizer's own empty string.
+    `tokenizer` may be a processor that takes text=. `text`: the modality's name when there are several text ones."""
+    require_transformers("tokenizing_prepare")
+    candidates = [m for m in modalities if m.kind == "text" and (text is None or m.name == text)]
+    if len(candidates) != 1:
+        available = ", ".join(m.name for m in modalities if m.kind == "text") or "none"
+        wanted = f"text modality {text!r}" if text is not None else "exactly one text modality (or text=NAME)"
+        raise AdapterError(f"tokenizing_prepare needs {wanted}; the text modalities are: {available}.")
+    chosen = candidates[0]
+    others = [m for m in modalities if m is not chosen]
+    options = {"padding": True, "truncation": True, "return_tensors": "pt", **tokenizer_options}
+
+    def prepare(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+        inputs = model_inputs(batch, others, device)
+        encoded = tokenizer(text=list(batch[chosen.key]), **options)
+        inputs.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in encoded.items()})
+        return inputs
+
+    return prepare
