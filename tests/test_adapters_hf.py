@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+import transformers  # the [hf] extra, which CI installs: these tests run, never skip
 
-from biasaudit.adapters import empty_text_ids, token_modality, tokenizing_prepare  # noqa: E402
-from biasaudit.audit import audit_model  # noqa: E402
-from biasaudit.errors import AdapterError  # noqa: E402
-from biasaudit.impairments import impair_batch, resolve_impairment  # noqa: E402
-from biasaudit.scan import ScanConfig  # noqa: E402
+from biasaudit.adapters import empty_text_ids, token_modality, tokenizing_prepare
+from biasaudit.audit import audit_model
+from biasaudit.errors import AdapterError
+from biasaudit.impairments import impair_batch, resolve_impairment
+from biasaudit.scan import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"
@@ -75,6 +75,17 @@ def test_token_modality_reads_pad_empty_text_ids_and_padding_side_off_the_tokeni
 def test_a_tokenizer_without_a_pad_token_is_refused_in_one_sentence():
     with pytest.raises(AdapterError, match=r"Tokenizer BertTokenizer\w* has no pad token; set tokenizer\.pad_token = \.\.\."):
         token_modality("text", fx.make_tokenizer(pad_token=None))
+
+
+def test_a_tokenizer_whose_vocabulary_holds_only_its_special_tokens_is_refused(tmp_path):
+    # What transformers 5 builds from BertTokenizerFast(vocab_file=...): every word [UNK], an audit of nothing.
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    name = "vocab" if int(transformers.__version__.split(".")[0]) >= 5 else "vocab_file"
+    tokenizer = transformers.BertTokenizerFast(**{name: str(vocab)})
+    assert tokenizer("a red digit")["input_ids"].count(tokenizer.unk_token_id) == 3
+    with pytest.raises(AdapterError, match=r"has only its 5 special tokens in its vocabulary, so every word becomes \[UNK\]"):
+        token_modality("text", tokenizer)
 
 
 def test_a_tokenizer_that_puts_nothing_around_an_empty_string_needs_special_ids():

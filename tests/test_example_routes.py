@@ -23,8 +23,6 @@ ROUTES = {
 
 @pytest.mark.parametrize("example", list(ROUTES))
 def test_example_trains_a_checkpoint_that_biasaudit_scan_audits(example, tmp_path):
-    if example == "hf_adapter.py":
-        pytest.importorskip("transformers")
     source = EXAMPLES / example
     checkpoint = tmp_path / "model.pt"
     trained = subprocess.run([sys.executable, str(source), str(checkpoint)], capture_output=True, text=True, timeout=300, cwd=tmp_path)

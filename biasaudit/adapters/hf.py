@@ -45,6 +45,14 @@ def token_modality(name: str, tokenizer: Any, *, key: str = "input_ids", mask_ke
     if pad_id is None:
         raise AdapterError(f"Tokenizer {_called(tokenizer)} has no pad token; set tokenizer.pad_token = ... (e.g. tokenizer.eos_token) "
                            f"before building modality {name!r}, so that deleted tokens can become padding.")
+    special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+    if special and len(tokenizer) <= len(special):
+        # transformers 5 builds BertTokenizerFast(vocab_file=...) with the special tokens alone (it reads `vocab=`):
+        # every word becomes [UNK], and an audit of such ids measures nothing.
+        raise AdapterError(f"Tokenizer {_called(tokenizer)} has only its {len(tokenizer)} special tokens in its vocabulary, so every word "
+                           f"becomes {getattr(tokenizer, 'unk_token', None) or 'unknown'}; load its vocabulary (with transformers 5, "
+                           "BertTokenizerFast(vocab=PATH) rather than vocab_file=PATH) before building modality "
+                           f"{name!r}.")
     ids = tuple(int(i) for i in special_ids) if special_ids is not None else empty_text_ids(tokenizer)
     if not ids:
         raise AdapterError(f"Tokenizer {_called(tokenizer)} puts no tokens around an empty string, so a muted text would be all padding; "
