@@ -134,3 +134,13 @@ def test_a_split_without_mistakes_says_so_instead_of_an_empty_jsd():
     audit["jsd"]["per_bias"]["red"]["n_wrong"] = 3
     assert ("JSD: no bias value with mistakes has a training prior, so there is no JSD to report."
             in scan_verdict(audit)["sentences"])
+
+
+def test_a_gap_change_whose_interval_holds_zero_gets_no_cause():
+    # A newcomer read "grew ... because image is now used less" for a +0.3 [-3.6, 3.7] change: a cause for noise.
+    comparison = compare_audits(PAIR.make("biased"), PAIR.make("debiased"))
+    comparison["summary"]["missing"]["gap"]["delta_ci"] = [-1.0, 14.0]
+    sentences = compare_sentences(comparison)
+    assert ("The missing-modality Gap did not clearly move (20.0 -> 32.5 points, change +12.5 [-1.0, 14.0]). The Gap measures "
+            "reliance, not bias.") in sentences
+    assert not any("because" in s and "Gap" in s for s in sentences)

@@ -92,6 +92,10 @@ def _gap_reason(comparison: Mapping[str, Any], word: str) -> str | None:
     if not gap or gap.get("delta") is None or gap["delta"] == 0:
         return None
     grew = gap["delta"] > 0
+    interval = gap.get("delta_ci")
+    if interval and interval[0] <= 0 <= interval[1]:  # no change to explain: a cause for noise would mislead
+        return (f"The missing-modality Gap did not clearly move ({pts(gap['before'])} -> {pts(gap['after'])} points, change "
+                f"{gap['delta']:+.1f}{ci_points(interval)}). The Gap measures reliance, not bias.")
     text = (f"The missing-modality Gap {'grew' if grew else 'narrowed'} from {pts(gap['before'])} to {pts(gap['after'])} points "
             f"(change {gap['delta']:+.1f}{ci_points(gap.get('delta_ci'))})")
     alone = _alone_scores(comparison)
