@@ -64,8 +64,9 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
         method_options["kmeans_k"] = scan_config.kmeans_k  # discovered bias: the clusters the before audit's JSD used
     fixer = make_method(method, **method_options)
     model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
-    if method == "mmdb":
-        fixer.check_bias_source(model, adapter)  # before the audit, which can take long
+    check = getattr(fixer, "check", None)
+    if callable(check):
+        check(model, adapter)  # a missing hook or a model the method cannot train: before the audit, which can take long
     if before_path is not None:
         before = reusable_before(before_path, config=scan_config, checkpoint_sha=file_sha256(checkpoint))
     else:

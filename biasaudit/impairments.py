@@ -137,6 +137,22 @@ def padding_side(mask: torch.Tensor, modality: Modality) -> str:
     return "right"
 
 
+def widen_tokens(batch: Mapping[str, Any], modality: Modality, width: int, *, side: str) -> dict[str, Any]:
+    """The batch with the modality's ids padded to `width` columns on `side`: the ids with pad_id, the mask and every
+    other [B, L] tensor of the same shape (e.g. token_type_ids) with 0. A batch already that wide is returned as is."""
+    ids = batch[modality.key]
+    extra = width - ids.shape[1]
+    out = dict(batch)
+    if extra <= 0:
+        return out
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape == ids.shape:
+            fill = modality.pad_id if key == modality.key else 0
+            pad = torch.full((value.shape[0], extra), fill, dtype=value.dtype, device=value.device)
+            out[key] = torch.cat([pad, value] if side == "left" else [value, pad], dim=1)
+    return out
+
+
 def _compact(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the marked positions in order, flush to the side the batch does not pad; pad the rest with the mask off
     (a left-padded row stays flush right, as its tokenizer would have made it)."""

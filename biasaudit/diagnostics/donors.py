@@ -20,7 +20,7 @@ import torch
 
 from biasaudit.modality import Modality
 from biasaudit.errors import DataError
-from biasaudit.impairments import padding_side
+from biasaudit.impairments import padding_side, widen_tokens
 from biasaudit.randomness import hash64
 
 DEFAULT_CAPACITY = 4
@@ -149,13 +149,7 @@ def _swap_tokens(batch: dict[str, Any], rows: np.ndarray, donors: list[dict[str,
     side = padding_side(mask, modality)
     spans = [d[modality.key][d[modality.mask_key] != 0] for d in donors]
     width = max([ids.shape[1]] + [len(span) for span in spans])
-    extra = width - ids.shape[1]
-    if extra:
-        for key, value in list(batch.items()):
-            if isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape == ids.shape:
-                fill = modality.pad_id if key == modality.key else 0
-                pad = torch.full((value.shape[0], extra), fill, dtype=value.dtype, device=value.device)
-                batch[key] = torch.cat([pad, value] if side == "left" else [value, pad], dim=1)
+    batch.update(widen_tokens(batch, modality, width, side=side))
     new_ids, new_mask = batch[modality.key].clone(), batch[modality.mask_key].clone()
     for r, span in zip(rows, spans):
         new_ids[r] = modality.pad_id

@@ -13,7 +13,7 @@ import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ from biasaudit.adapter import Adapter
 from biasaudit.batches import checked_labels, int_column, take_rows
 from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import CheckpointError, InputError
+from biasaudit.impairments import padding_side, widen_tokens
+from biasaudit.modality import Modality
 from biasaudit.progress import Progress, with_status
 from biasaudit.training import rng_states
 from biasaudit.training.live_status import EpochMeans
@@ -105,7 +107,18 @@ def restore_method_state(method: TrainingMethod, state: dict[str, Any]) -> None:
                               f"resume with the method that wrote it.")
 
 
-def concat(batches: list[Mapping[str, Any]]) -> dict[str, Any]:
+def concat(batches: list[Mapping[str, Any]], modalities: Sequence[Modality] = ()) -> dict[str, Any]:
+    """One batch of all rows. Token ids padded per batch (a Hugging Face collator pads each batch to its own longest
+    text) are first padded to the widest batch, on the tokenizer's side: the declared one, else left when any batch
+    shows left padding."""
+    batches = list(batches)
+    for modality in modalities:
+        if modality.kind != "tokens" or len({b[modality.key].shape[1] for b in batches}) < 2:
+            continue
+        sides = {padding_side(b[modality.mask_key], modality) for b in batches}
+        side = "left" if "left" in sides else "right"
+        width = max(b[modality.key].shape[1] for b in batches)
+        batches = [widen_tokens(b, modality, width, side=side) for b in batches]
     out = {}
     for key in batches[0]:
         values = [b[key] for b in batches]
@@ -163,7 +176,7 @@ def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> It
     held = 0
 
     def flush() -> Iterator[dict[str, Any]]:
-        merged = concat(buffer)
+        merged = concat(buffer, adapter.modalities)
         order = rng.permutation(held)
         for lo in range(0, held, config.batch_size):
             yield take_rows(merged, order[lo: lo + config.batch_size])

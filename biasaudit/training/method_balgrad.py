@@ -116,14 +116,7 @@ class BalGrad:
         The separate heads are initialised from a generator seeded by torch.initial_seed(), which the
         training loop sets to the run seed just before calling this.
         """
-        branches = optional_hook(adapter, "branches", model)
-        if branches and len(branches) != 2:
-            raise AdapterError(f"BalGrad is defined for exactly two modalities (methods.md section 7), but the adapter's branches(model) "
-                               f"names {len(branches)}: {', '.join(branches)}; use --method ce or mmdb, or return two branches.")
-        if not branches:
-            raise AdapterError("BalGrad needs the adapter's branches(model) hook to return the two per-modality branch modules, "
-                               "e.g. {'image': model.image_branch, 'text': model.text_branch}.")
-        self._branches = dict(branches)
+        self._branches = self.check(model, adapter)
         self._task_params, self._branch_params = bg.split_parameters(model, self._branches)
         self._running = bg.RunningLosses(momentum=RUNNING_MOMENTUM)
         self._heads = {}
@@ -132,6 +125,20 @@ class BalGrad:
         elif self.head_mode == "separate":
             widths = self._branch_widths(model, adapter, device=device)
             self._heads = _seeded_heads(widths, num_classes=adapter.num_classes, seed=torch.initial_seed(), device=device)
+
+    def check(self, model: nn.Module, adapter: Adapter) -> dict[str, nn.Module]:
+        """The two branch modules, or the AdapterError that stops the run before any audit or training."""
+        branches = optional_hook(adapter, "branches", model)
+        if branches and len(branches) != 2:
+            raise AdapterError(f"BalGrad is defined for exactly two modalities (methods.md section 7), but the adapter's branches(model) "
+                               f"names {len(branches)}: {', '.join(branches)}; use --method ce or mmdb, or return two branches.")
+        if not branches:
+            raise AdapterError("BalGrad needs the adapter's branches(model) hook to return the two per-modality branch modules, "
+                               "e.g. {'image': model.image_branch, 'text': model.text_branch}.")
+        bg.split_parameters(model, dict(branches))  # branches without trainable parameters, shared or foreign ones
+        if self.head_mode == "ogm_split":
+            self._final_linear(model, adapter)
+        return dict(branches)
 
     def _final_linear(self, model: nn.Module, adapter: Adapter) -> nn.Linear:
         linear = optional_hook(adapter, "classifier", model)

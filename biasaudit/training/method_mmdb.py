@@ -73,8 +73,10 @@ class MMDB:
             raise AdapterError("MMDB needs the adapter's classifier(model) hook to return the model's final nn.Linear.")
         return linear
 
-    def check_bias_source(self, model: nn.Module, adapter: Adapter) -> None:
-        """Fail before any long work when no bias value can be had (the dominant modality is checked in prepare)."""
+    def check(self, model: nn.Module, adapter: Adapter) -> None:
+        """Fail before any long work without the classifier hook or when no bias value can be had (the dominant
+        modality is checked in prepare)."""
+        self._classifier(model, adapter)
         if resolved_bias_source(adapter, bias=self.bias) == "kmeans":
             require_branches(model, adapter)
             if self.dominant is not None:  # named by the user: check it now; the audit's choice is checked in prepare

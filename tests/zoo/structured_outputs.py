@@ -1,0 +1,83 @@
+"""Zoo: models whose forward returns a structure holding the logits, as many real models do: `DictOutput`
+returns {"logits": ..., "features": ...}, `DataclassOutput` a dataclass with `.logits` and `.features`.
+Both adapters leave `forward` to the default, which must take the logits out (biasaudit.adapter.logits_of).
+
+The architecture: a conv + MLP image branch and a token branch (embedding, masked mean),
+concatenated into a linear classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import zoo_common as zc
+from biasaudit import Adapter, Modality
+
+
+@dataclass
+class Prediction:
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+class _Late(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_branch = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                          nn.Linear(8, 16), nn.ReLU())
+        self.text_branch = zc.MaskedMeanEmbedding(zc.VOCAB_SIZE, 8)
+        self.classifier = nn.Linear(24, zc.CLASSES)
+
+    def fused(self, image: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.image_branch(image), self.text_branch(tokens, mask)], dim=1)
+
+
+class DictOutput(_Late):
+    def forward(self, image, tokens, mask) -> dict[str, torch.Tensor]:
+        features = self.fused(image, tokens, mask)
+        return {"logits": self.classifier(features), "features": features}
+
+
+class DataclassOutput(_Late):
+    def forward(self, image, tokens, mask) -> Prediction:
+        features = self.fused(image, tokens, mask)
+        return Prediction(logits=self.classifier(features), features=features)
+
+
+class _OutputAdapter(Adapter):
+    modalities = [Modality("image", "image", key="image", missing="mean"),
+                  Modality("text", "tokens", key="tokens", mask_key="mask", pad_id=zc.PAD, special_ids=(zc.CLS, zc.SEP))]
+    num_classes = zc.CLASSES
+    label_key = "label"
+    bias_key = "bias"
+    model_class: type[nn.Module] = DictOutput
+
+    def build_model(self) -> nn.Module:
+        return self.model_class()
+
+    def data(self, split, *, batch_size):
+        return zc.word_batches(split, batch_size)
+
+    def prepare(self, batch, *, device):
+        return zc.normalise(batch["image"]).to(device), batch["tokens"].to(device), batch["mask"].to(device)
+
+    def classifier(self, model):
+        return model.classifier
+
+    def branches(self, model):
+        return {"image": model.image_branch, "text": model.text_branch}
+
+
+class DictOutputAdapter(_OutputAdapter):
+    model_class = DictOutput
+
+
+class DataclassOutputAdapter(_OutputAdapter):
+    model_class = DataclassOutput
+
+
+dict_output = DictOutputAdapter()
+dataclass_output = DataclassOutputAdapter()
