@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 import zoo_common as zc
-from biasaudit import Adapter, Modality
 
 
 class CnnTokens(nn.Module):
@@ -30,30 +29,12 @@ class CnnTokens(nn.Module):
         return self.classifier(self.dropout(fused))
 
 
-class CnnTokensAdapter(Adapter):
-    modalities = [Modality("image", "image", key="image", missing="mean"),
-                  Modality("text", "tokens", key="tokens", mask_key="mask", pad_id=zc.PAD, special_ids=(zc.CLS, zc.SEP),
-                           padding_side="right")]
-    num_classes = zc.CLASSES
-    label_key = "label"
-    bias_key = "bias"
+class CnnTokensAdapter(zc.WordTokensAdapter):
     bias_names = zc.COLOURS
     class_names = ("horizontal", "vertical", "checker")
 
     def build_model(self) -> nn.Module:
         return CnnTokens()
-
-    def data(self, split, *, batch_size):
-        return zc.word_batches(split, batch_size)
-
-    def prepare(self, batch, *, device):
-        return zc.normalise(batch["image"]).to(device), batch["tokens"].to(device), batch["mask"].to(device)
-
-    def classifier(self, model):
-        return model.classifier
-
-    def branches(self, model):
-        return {"image": model.image_branch, "text": model.text_branch}
 
 
 adapter = CnnTokensAdapter()

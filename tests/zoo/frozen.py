@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 import zoo_common as zc
-from biasaudit import Adapter, Modality
 
 
 class FrozenEncoders(nn.Module):
@@ -32,26 +31,13 @@ class FrozenEncoders(nn.Module):
         return self.classifier(torch.cat([image_features, text_features], dim=1))
 
 
-class FrozenAdapter(Adapter):
-    modalities = [Modality("image", "image", key="image", missing="mean"),
-                  Modality("text", "tokens", key="tokens", mask_key="mask", pad_id=zc.PAD, special_ids=(zc.CLS, zc.SEP),
-                           padding_side="right")]
-    num_classes = zc.CLASSES
-    label_key = "label"
-    bias_key = "bias"
-
+class FrozenAdapter(zc.WordTokensAdapter):
     def build_model(self) -> nn.Module:
         return FrozenEncoders()
-
-    def data(self, split, *, batch_size):
-        return zc.word_batches(split, batch_size)
 
     def prepare(self, batch, *, device):
         # EmbeddingBag skips padding_idx itself; the mask is the impairments' (deleted tokens become [PAD]).
         return zc.normalise(batch["image"]).to(device), batch["tokens"].to(device)
-
-    def classifier(self, model):
-        return model.classifier
 
     def branches(self, model):
         return {"image": model.image_embedding, "text": model.text_embedding}

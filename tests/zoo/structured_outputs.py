@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 import zoo_common as zc
-from biasaudit import Adapter, Modality
 
 
 @dataclass
@@ -47,28 +46,11 @@ class DataclassOutput(_Late):
         return Prediction(logits=self.classifier(features), features=features)
 
 
-class _OutputAdapter(Adapter):
-    modalities = [Modality("image", "image", key="image", missing="mean"),
-                  Modality("text", "tokens", key="tokens", mask_key="mask", pad_id=zc.PAD, special_ids=(zc.CLS, zc.SEP))]
-    num_classes = zc.CLASSES
-    label_key = "label"
-    bias_key = "bias"
+class _OutputAdapter(zc.WordTokensAdapter):
     model_class: type[nn.Module] = DictOutput
 
     def build_model(self) -> nn.Module:
         return self.model_class()
-
-    def data(self, split, *, batch_size):
-        return zc.word_batches(split, batch_size)
-
-    def prepare(self, batch, *, device):
-        return zc.normalise(batch["image"]).to(device), batch["tokens"].to(device), batch["mask"].to(device)
-
-    def classifier(self, model):
-        return model.classifier
-
-    def branches(self, model):
-        return {"image": model.image_branch, "text": model.text_branch}
 
 
 class DictOutputAdapter(_OutputAdapter):

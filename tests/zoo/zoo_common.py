@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biasaudit import Adapter, Modality
+
 CLASSES = 3
 COLOURS = ("red", "green", "blue")  # bias value k is COLOURS[k]
 SIZES = {"train": 96, "test": 48}
@@ -197,3 +199,29 @@ def accuracy(model: nn.Module, adapter: Any, split: str = "test") -> float:
             right += int((logits.argmax(1) == batch[adapter.label_key]).sum())
             total += len(batch[adapter.label_key])
     return 100.0 * right / total
+
+
+class WordTokensAdapter(Adapter):
+    """The word-token zoo models' adapter: an image (muted to mid-grey) and fixed-width right-padded word tokens;
+    forward(image, tokens, mask); branches image_branch and text_branch, classifier `classifier`. Subclasses
+    name the model."""
+
+    modalities = [Modality("image", "image", key="image", missing="mean"),
+                  Modality("text", "tokens", key="tokens", mask_key="mask", pad_id=PAD, special_ids=(CLS, SEP),
+                           padding_side="right")]
+    num_classes = CLASSES
+    label_key = "label"
+    bias_key = "bias"
+
+    def data(self, split, *, batch_size):
+        return word_batches(split, batch_size)
+
+    def prepare(self, batch, *, device):
+        return normalise(batch["image"]).to(device), batch["tokens"].to(device), batch["mask"].to(device)
+
+    def classifier(self, model):
+        return model.classifier
+
+    def branches(self, model):
+        return {"image": model.image_branch, "text": model.text_branch}
+
