@@ -122,9 +122,9 @@ def resolve_prefix(adapter: Any, model: nn.Module, state: Mapping[str, Any], *, 
     the keys match the model; and the prefix removed (None when nothing was)."""
     prefix = getattr(adapter, "state_dict_prefix", None)
     if prefix:
-        stripped = strip_prefix(state, prefix)
-        if not stripped and set(state) == set(model.state_dict()):
+        if set(state) == set(model.state_dict()):
             return state, None  # a plain state dict, e.g. the one `biasaudit fix` wrote for this adapter's model
+        stripped = strip_prefix(state, prefix)
         if not stripped:
             raise CheckpointError(f"The adapter's state_dict_prefix {prefix!r} matches no key of checkpoint {path}; its keys are "
                                   f"{_few_keys(state)}.")

@@ -137,20 +137,30 @@ def padding_side(mask: torch.Tensor, modality: Modality) -> str:
     return "right"
 
 
-def widen_tokens(batch: Mapping[str, Any], modality: Modality, width: int, *, side: str) -> dict[str, Any]:
+def widen_tokens(batch: Mapping[str, Any], modality: Modality, width: int, *, side: str,
+                 others: Sequence[str] = ()) -> dict[str, Any]:
     """The batch with the modality's ids padded to `width` columns on `side`: the ids with pad_id, the mask and every
-    other [B, L] tensor of the same shape (e.g. token_type_ids) with 0. A batch already that wide is returned as is."""
+    other integer [B, L] tensor of the same shape (e.g. token_type_ids) with 0, except the keys in `others` (the
+    other modalities'). A batch already that wide is returned as is."""
     ids = batch[modality.key]
     extra = width - ids.shape[1]
     out = dict(batch)
     if extra <= 0:
         return out
     for key, value in batch.items():
-        if isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape == ids.shape:
+        # The modality's ids and mask, and [B, L] companions such as token_type_ids; never another modality's tensors.
+        if key in others or not (isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape == ids.shape):
+            continue
+        if key in (modality.key, modality.mask_key) or value.dtype in (torch.long, torch.int, torch.bool):
             fill = modality.pad_id if key == modality.key else 0
             pad = torch.full((value.shape[0], extra), fill, dtype=value.dtype, device=value.device)
             out[key] = torch.cat([pad, value] if side == "left" else [value, pad], dim=1)
     return out
+
+
+def other_keys(modalities: Sequence[Modality], modality: Modality) -> tuple[str, ...]:
+    """The batch keys of every modality but `modality` (their inputs and masks): what widening one must not touch."""
+    return tuple(k for m in modalities if m.name != modality.name for k in (m.key, m.mask_key) if k is not None)
 
 
 def _compact(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -386,3 +386,28 @@ def test_step_log_is_json_ready():
                   cos_before=math.nan, cos_after=math.nan, conflicted=False)
     assert log.to_dict() == {"loss_task": 1.0, "loss_v": 0.5, "loss_l": 2.0, "weight_v": 0.2, "weight_l": 0.8,
                              "lam": 0.1, "cos_before": None, "cos_after": None, "conflicted": False}
+
+
+class ShiftedInPlace(TinyLateFusion):
+    """The fusion shifts each branch output in place (z += 1), as positional or bias additions often do."""
+
+    def forward(self, image, text):
+        z_image, z_text = self.image_branch(image), self.text_branch(text)
+        z_image += 1.0
+        z_text += 1.0
+        return self.classifier(torch.cat([z_image, z_text], dim=1))
+
+
+def test_an_in_place_operation_after_a_branch_does_not_change_what_the_unimodal_passes_read():
+    # Were the captured z_v the tensor the model goes on to modify, o_v would be computed on z_v + 2 (silently).
+    torch.manual_seed(4)
+    model, adapter, batch = ShiftedInPlace(), TinyAdapter(), tiny_batch(4)
+    method = BalGrad()
+    method.prepare(model, adapter, device=CPU)
+    fused, single = method.logits(model, adapter, adapter.prepare(batch, device=CPU))
+    z_image, z_text = model.image_branch(batch["image"]), model.text_branch(batch["text"])
+    expected_image = model.classifier(torch.cat([z_image + 1.0, torch.ones_like(z_text)], 1))
+    assert torch.allclose(single["image"], expected_image, atol=1e-6)
+    assert torch.allclose(fused, model(batch["image"], batch["text"]), atol=1e-6)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    method.step(model, adapter, batch, optimizer=optimizer, step=0, total_steps=1, device=CPU)  # backward must not fail

@@ -189,3 +189,25 @@ def test_a_state_dict_prefix_that_matches_no_key_exits_2_in_one_sentence_and_wri
     assert "Traceback" not in result.stderr
     assert re.search(r"state_dict_prefix 'net\.' matches no key of checkpoint .*; its keys are model\.", " ".join(result.stderr.split())), result.stderr
     assert not out.exists()
+
+
+def test_an_explicit_prefix_loads_the_plain_state_of_a_model_whose_own_child_is_called_model():
+    """A network holding `self.model` (Hugging Face's *For... classes): its plain keys start with the prefix too, and
+    stripping them would fail to load the very model.pt that `fix` wrote."""
+    from biasaudit.checkpoint import resolve_prefix
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = nn.Linear(2, 2)
+
+    class PrefixAdapter:
+        state_dict_prefix = "model."
+
+    holder = Holder()
+    state = holder.state_dict()
+    resolved, removed = resolve_prefix(PrefixAdapter(), holder, state, path="model.pt")
+    assert removed is None and set(resolved) == set(state)
+    lightning = prefixed(state, "model.")
+    resolved, removed = resolve_prefix(PrefixAdapter(), holder, lightning, path="last.ckpt")
+    assert removed == "model." and set(resolved) == set(state)

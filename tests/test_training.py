@@ -294,3 +294,23 @@ def test_an_mmdb_after_audit_scores_the_cosine_model_it_trained_and_says_so(base
     with method.as_trained(exported, ADAPTER):
         cosine = audit_model(exported, ADAPTER, config=scan_config, checkpoint=paths["model"])
     assert soft(cosine) == pytest.approx(soft(after), abs=1e-12)
+
+
+def test_training_batches_padded_to_different_widths_merge_on_each_tokenizers_side_and_pad():
+    """A Hugging Face collator pads each batch to its own longest text; the loop's shuffle buffer merges batches.
+    Each token modality is widened with its own pad id on its own side; the other's ids and float features of a
+    width that happens to equal L are left alone."""
+    from biasaudit import Modality
+    from biasaudit.training.loop import concat
+
+    question = Modality("question", "tokens", key="q", mask_key="q_mask", pad_id=1, special_ids=(0, 2), padding_side="left")
+    answer = Modality("answer", "tokens", key="a", mask_key="a_mask", pad_id=0, special_ids=(101, 102), padding_side="right")
+    first = {"q": torch.tensor([[0, 5, 2]]), "q_mask": torch.tensor([[1, 1, 1]]),
+             "a": torch.tensor([[101, 7, 102]]), "a_mask": torch.tensor([[1, 1, 1]]), "feat": torch.ones(1, 3)}
+    second = {"q": torch.tensor([[0, 5, 6, 8, 2]]), "q_mask": torch.ones(1, 5, dtype=torch.long),
+              "a": torch.tensor([[101, 7, 102]]), "a_mask": torch.tensor([[1, 1, 1]]), "feat": torch.ones(1, 3)}
+    merged = concat([first, second], [question, answer])
+    assert merged["q"].tolist() == [[1, 1, 0, 5, 2], [0, 5, 6, 8, 2]]  # left, with the question's pad id 1
+    assert merged["q_mask"].tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert merged["a"].tolist() == [[101, 7, 102], [101, 7, 102]]  # the answer's ids untouched
+    assert merged["feat"].shape == (2, 3)

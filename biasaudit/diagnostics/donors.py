@@ -20,7 +20,7 @@ import torch
 
 from biasaudit.modality import Modality
 from biasaudit.errors import DataError
-from biasaudit.impairments import padding_side, widen_tokens
+from biasaudit.impairments import other_keys, padding_side, widen_tokens
 from biasaudit.randomness import hash64
 
 DEFAULT_CAPACITY = 4
@@ -121,7 +121,7 @@ def swap_modality(batch: Mapping[str, Any], modality: Modality, donors: np.ndarr
     out = dict(batch)
     rows = np.flatnonzero(donors >= 0)
     if modality.kind == "tokens":
-        _swap_tokens(out, rows, [pool.rows[d] for d in donors[rows]], modality)
+        _swap_tokens(out, rows, [pool.rows[d] for d in donors[rows]], modality, others=other_keys(pool.modalities, modality))
         return out
     values = batch[modality.key]
     if isinstance(values, torch.Tensor):
@@ -141,7 +141,8 @@ def swap_modality(batch: Mapping[str, Any], modality: Modality, donors: np.ndarr
     return out
 
 
-def _swap_tokens(batch: dict[str, Any], rows: np.ndarray, donors: list[dict[str, Any]], modality: Modality) -> None:
+def _swap_tokens(batch: dict[str, Any], rows: np.ndarray, donors: list[dict[str, Any]], modality: Modality, *,
+                 others: Sequence[str]) -> None:
     """Each donor row keeps only its tokens (its mask's span) and is placed flush to the batch's padding side. When a
     donor is longer than the batch is wide, the batch is widened: ids with pad_id, the mask and every other
     [B, L] tensor of the batch (e.g. token_type_ids) with 0, on the padding side."""
@@ -149,7 +150,7 @@ def _swap_tokens(batch: dict[str, Any], rows: np.ndarray, donors: list[dict[str,
     side = padding_side(mask, modality)
     spans = [d[modality.key][d[modality.mask_key] != 0] for d in donors]
     width = max([ids.shape[1]] + [len(span) for span in spans])
-    batch.update(widen_tokens(batch, modality, width, side=side))
+    batch.update(widen_tokens(batch, modality, width, side=side, others=others))
     new_ids, new_mask = batch[modality.key].clone(), batch[modality.mask_key].clone()
     for r, span in zip(rows, spans):
         new_ids[r] = modality.pad_id

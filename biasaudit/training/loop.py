@@ -23,7 +23,7 @@ from biasaudit.adapter import Adapter
 from biasaudit.batches import checked_labels, int_column, take_rows
 from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import CheckpointError, InputError
-from biasaudit.impairments import padding_side, widen_tokens
+from biasaudit.impairments import other_keys, padding_side, widen_tokens
 from biasaudit.modality import Modality
 from biasaudit.progress import Progress, with_status
 from biasaudit.training import rng_states
@@ -118,7 +118,8 @@ def concat(batches: list[Mapping[str, Any]], modalities: Sequence[Modality] = ()
         sides = {padding_side(b[modality.mask_key], modality) for b in batches}
         side = "left" if "left" in sides else "right"
         width = max(b[modality.key].shape[1] for b in batches)
-        batches = [widen_tokens(b, modality, width, side=side) for b in batches]
+        others = other_keys(modalities, modality)
+        batches = [widen_tokens(b, modality, width, side=side, others=others) for b in batches]
     out = {}
     for key in batches[0]:
         values = [b[key] for b in batches]

@@ -53,8 +53,11 @@ class _CaptureOutput:
     def __init__(self, into: dict[str, Any], name: str) -> None:
         self.into, self.name = into, name
 
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> None:
+    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
         self.into[self.name] = output
+        # The model goes on with a copy: an in-place operation after the branch (z += pos, relu_) must not change the
+        # z_m that the unimodal passes and the separate heads read.
+        return output.clone() if isinstance(output, torch.Tensor) else output
 
 
 class _ReplaceOutput:
@@ -64,7 +67,7 @@ class _ReplaceOutput:
         self.value = value
 
     def __call__(self, module: nn.Module, args: tuple, output: Any) -> torch.Tensor:
-        return self.value
+        return self.value.clone()  # each pass gets its own copy, for the same reason as _CaptureOutput
 
 
 class _AdapterForward(nn.Module):
@@ -128,6 +131,9 @@ class BalGrad:
 
     def check(self, model: nn.Module, adapter: Adapter) -> dict[str, nn.Module]:
         """The two branch modules, or the AdapterError that stops the run before any audit or training."""
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            raise AdapterError(f"BalGrad needs the model itself, not a {type(model).__name__} wrapper (its replicas would capture "
+                               "branch outputs on several devices); have build_model() return the bare module.")
         branches = optional_hook(adapter, "branches", model)
         if branches and len(branches) != 2:
             raise AdapterError(f"BalGrad is defined for exactly two modalities (methods.md section 7), but the adapter's branches(model) "
@@ -181,8 +187,9 @@ class BalGrad:
     def _zeroed_logits(self, model: nn.Module, adapter: Adapter, inputs: Any, *, kept: str,
                        embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
         """f_T(fuse(z_kept, 0)) on a detached θ_T and copied buffers, in eval mode (module docstring)."""
-        branch_ids = {id(p) for params in self._branch_params.values() for p in params}
-        state = {f"model.{name}": p if id(p) in branch_ids else p.detach() for name, p in model.named_parameters()}
+        # Every parameter detached: the branches' gradient comes through the injected z_kept alone, and no graph is
+        # built through branch layers whose output the hooks replace.
+        state = {f"model.{name}": p.detach() for name, p in model.named_parameters()}
         state.update({f"model.{name}": b.clone() for name, b in model.named_buffers()})
         handles = [module.register_forward_hook(_ReplaceOutput(embeddings[m] if m == kept else torch.zeros_like(embeddings[m])))
                    for m, module in self._branches.items()]

@@ -23,7 +23,8 @@ def capture() -> dict[str, Any]:
     kind, keys, position, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            # Only once CUDA is in use: asking earlier would start a context on every visible GPU for a CPU run.
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
             "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "position": int(position),
                       "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
             "python": {"version": int(version), "internal": [int(v) for v in internal], "gauss_next": gauss_next}}
@@ -34,8 +35,10 @@ def restore(states: Mapping[str, Any]) -> None:
     a state saved on a CPU-only machine has none."""
     torch.set_rng_state(states["torch"])
     cuda = list(states.get("cuda") or [])
-    if cuda and torch.cuda.is_available() and torch.cuda.device_count() == len(cuda):
-        torch.cuda.set_rng_state_all(cuda)
+    if cuda and torch.cuda.is_available():
+        # Device by device, as far as both runs have devices (CUDA_VISIBLE_DEVICES may differ between them).
+        for index, state in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(state, device=index)
     numpy_state = states.get("numpy")
     if numpy_state is not None:
         np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
