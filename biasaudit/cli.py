@@ -300,7 +300,7 @@ def fix(
     from biasaudit.adapter import load_adapter
     from biasaudit.errors import InputError
     from biasaudit.fix import run_fix
-    from biasaudit.scan import PROJECTIONS, ScanConfig
+    from biasaudit.scan import PROJECTIONS, ScanConfig, with_mute_overrides
     from biasaudit.training.loop import TrainConfig
 
     with handled():
@@ -320,6 +320,7 @@ def fix(
                                  embedding_points=embedding_points, gradient_batches=gradient_batches, batch_size=scan_batch_size,
                                  projection=scan_projection, min_group=audit_min_group, group_by=group_by,
                                  ceiling_per_class=ceiling_per_class)
+        with_mute_overrides(loaded, scan_config.mute)  # a bad --mute is named before the method's own checks, as in scan
         with progress_bars() as progress:
             paths = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,
                             scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,
