@@ -11,6 +11,7 @@ from torch import nn
 from biasaudit.adapter import Adapter
 from biasaudit.checkpoint import file_sha256, load_into_model, read_checkpoint
 from biasaudit.errors import InputError
+from biasaudit.output_paths import check_output_dir
 from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, source_hash, write_json_atomic
 from biasaudit.progress import Progress
 from biasaudit.scan import ScanConfig, scan_model
@@ -88,17 +89,10 @@ def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanCo
                        unimodal_models=unimodal_models, prefix_removed=prefix_removed)
 
 
-def check_out_dir(out: str | Path) -> Path:
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"Output path {out} exists and is not a directory; expected a directory for the audit files.")
-    return out
-
-
 def write_audit(audit: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     from biasaudit.report.render import write_audit_html
 
-    out = check_out_dir(out)
+    out = check_output_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / "audit.json", out / "audit.html"
     write_json_atomic(audit, json_path)

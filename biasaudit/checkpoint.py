@@ -6,6 +6,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,6 +32,15 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _looks_like_torch_file(path: Path) -> bool:
+    """torch.save writes a zip archive; older torch (and _use_new_zipfile_serialization=False) a pickle, whose first
+    byte is the PROTO opcode 0x80. Anything else (random bytes, a .py file, JSON) is not a checkpoint at all."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
+
+
 def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[str, Any]:
     """Return the state dict stored at `path`.
 
@@ -42,6 +52,9 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[
         raise CheckpointError(f"Checkpoint {path} does not exist.")
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} is not a file; expected a file written by torch.save.")
+    if not _looks_like_torch_file(path):
+        raise CheckpointError(f"Checkpoint {path} is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle); "
+                              "expected a file written by torch.save(model.state_dict(), ...).")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:

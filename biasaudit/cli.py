@@ -4,6 +4,7 @@ and on stdout. It is also the only place that catches BiasAuditError and turns i
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,8 +20,10 @@ from biasaudit.errors import BiasAuditError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Find, measure and fix modality bias in multimodal PyTorch classifiers.")
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+# Names such as "ratio:a:0.5" hold emoji codes (":a:"): no emoji replacement anywhere. stdout carries results (paths, JSON)
+# as plain text, never through markup.
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 
 @contextmanager
@@ -79,18 +82,18 @@ def summary_table(audit: dict) -> Table:
         table.add_column(column, justify="left" if column == "condition" else "right")
     for row in audit["conditions"]:
         if row["group"] in ("full", "missing", "noisy", "custom", "mute_compare"):
-            table.add_row(row["name"], f"{row['accuracy']:.1f}", _ci_text(row["accuracy_ci"]), f"{row['flip_rate']:.2f}")
+            table.add_row(escape(row["name"]), f"{row['accuracy']:.1f}", _ci_text(row["accuracy_ci"]), f"{row['flip_rate']:.2f}")
     for group in ("missing", "noisy"):
         section = audit["summary"].get(group)
         if section:
             table.add_row(f"{group}: Avg / Gap", f"{section['avg']:.1f} / {section['gap']:.1f}", _ci_text(section["gap_ci"], prefix="gap "),
-                          f"dominant: {section['dominant'] or 'none'}")
+                          f"dominant: {escape(section['dominant'] or 'none')}")
     carrier = audit.get("carrier") or {}
     if carrier.get("available"):
         for name, row in carrier["modalities"].items():
             swap = row["bias_swap"]
             if swap["excess_follow_rate"] is not None:
-                table.add_row(f"bias swap: {name}", f"{100 * swap['excess_follow_rate']:+.1f}", _ci_text(swap["excess_follow_rate_ci"], scale=100),
+                table.add_row(f"bias swap: {escape(name)}", f"{100 * swap['excess_follow_rate']:+.1f}", _ci_text(swap["excess_follow_rate_ci"], scale=100),
                               "carrier" if name == carrier.get("carrier") else "")
     groups = (audit.get("groups") or {}).get("conditions", {}).get("full")
     if groups and groups.get("worst_group") is not None:
@@ -120,6 +123,8 @@ def naming_source(sources: dict, *keys: str) -> Iterator[None]:
         source = sources.get(key) if key else None
         if source and not source.startswith(("command line", "default")):
             raise InputError(f"{source} {key}: {text}") from exc
+        if source == "command line" and text.startswith(key + " "):  # named as the user typed it
+            raise InputError(f"--{key.replace('_', '-')}{text[len(key):]}") from exc
         raise
 
 
@@ -137,6 +142,8 @@ def parse_mute(values: list[str]) -> tuple[tuple[str, str], ...]:
 
     pairs = []
     for value in values:
+        if not isinstance(value, str):  # a config file can hold any TOML value
+            raise InputError(f"--mute {value!r} is not of the form MODALITY=IMPAIRMENT, e.g. image=mean.")
         name, sep, impairment = value.partition("=")
         if not sep or not name or not impairment:
             raise InputError(f"--mute {value!r} is not of the form MODALITY=IMPAIRMENT, e.g. image=mean.")
@@ -210,14 +217,15 @@ def scan(
     """Audit a checkpoint: bias measures (carrier test, worst-group accuracy, JSD), reliance (accuracy under muted and noisy
     modalities, Gap, flip rates, ceilings), calibration, embeddings, gradient conflict."""
     from biasaudit.adapter import load_adapter
-    from biasaudit.audit import audit_checkpoint, check_out_dir, write_audit
+    from biasaudit.audit import audit_checkpoint, write_audit
+    from biasaudit.output_paths import check_output_dir
     from biasaudit.config_file import SCAN_KEYS, load_settings, resolve
     from biasaudit.errors import InputError
     from biasaudit.conditions import parse_conditions
     from biasaudit.scan import ScanConfig, with_mute_overrides
 
     with handled():
-        check_out_dir(out_dir)
+        check_output_dir(out_dir)
         settings = load_settings(config_file)
         given = {name: value for name, value in ctx.params.items() if name in SCAN_KEYS}
         v, sources = resolve(given, explicit_options(ctx), settings, "scan")
@@ -353,14 +361,14 @@ def compare(
     """Re-render the before/after comparison from two audit files, without the model."""
     import json
 
-    from biasaudit.audit import check_out_dir
+    from biasaudit.output_paths import check_output_dir
     from biasaudit.compare import compare_audits
     from biasaudit.errors import InputError
     from biasaudit.report.compare_render import write_compare_html
     from biasaudit.results import read_audit, write_json_atomic
 
     with handled():
-        out_path = check_out_dir(out_dir)
+        out_path = check_output_dir(out_dir)
         first, second = read_audit(before), read_audit(after)
         log = None
         if train_log is not None:
@@ -384,17 +392,15 @@ def report(
     html: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: the JSON's name with .html)."),
 ) -> None:
     """Render the HTML audit again from its JSON, without the model."""
-    from biasaudit.errors import InputError
     from biasaudit.gate import check_audit_shape
+    from biasaudit.output_paths import check_output_file
     from biasaudit.report.render import write_audit_html
     from biasaudit.results import read_audit
 
     with handled():
+        target = check_output_file(html if html is not None else audit.with_suffix(".html"), option="--out")
         data = read_audit(audit)
         check_audit_shape(data, source=str(audit))
-        target = html if html is not None else audit.with_suffix(".html")
-        if target.is_dir():
-            raise InputError(f"--out {target} is a directory; expected the path of the HTML file to write.")
         write_audit_html(data, target)
         out.print(str(target))
 
@@ -433,6 +439,7 @@ def gate(
     from biasaudit.errors import InputError
     from biasaudit.config_file import GATE_KEYS, load_settings, resolve
     from biasaudit.gate import check_audit_shape, evaluate_gate, gate_rules
+    from biasaudit.output_paths import check_output_file
     from biasaudit.report.junit import write_gate_junit
     from biasaudit.results import read_audit
 
@@ -442,8 +449,8 @@ def gate(
         # Every rule is checked here, before any audit is read: a typo exits 2 without waiting on files.
         rules = gate_rules(v, sources=sources)
         baseline = Path(v["baseline"]) if v["baseline"] is not None else None
-        if junit is not None and junit.is_dir():
-            raise InputError(f"--junit {junit} is a directory; expected a file path for the JUnit XML report.")
+        if junit is not None:
+            check_output_file(junit, option="--junit")
         audits = {}
         for name, path in (("current", current), ("baseline", baseline)):
             if path is not None:
@@ -461,7 +468,7 @@ def gate(
         if junit is not None:
             write_gate_junit(result, junit)
         if json_output:
-            out.print(json.dumps(result, indent=2), markup=False, highlight=False)
+            sys.stdout.write(json.dumps(result, indent=2) + "\n")  # the verdict as json wrote it, never through the console
         if result["exit_code"]:
             raise typer.Exit(result["exit_code"])
 
@@ -486,14 +493,15 @@ def demo(
     split: str = typer.Option("ood", help="Split to audit: ood (colour independent of the digit) or test (same bias as training)."),
 ) -> None:
     """Train the bundled digits-captions model with plain cross-entropy, then audit it. Offline, about a minute."""
-    from biasaudit.audit import audit_checkpoint, check_out_dir, write_audit
+    from biasaudit.audit import audit_checkpoint, write_audit
+    from biasaudit.output_paths import check_output_dir
     from biasaudit.checkpoint import save_state_atomic
     from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
     from biasaudit.scan import ScanConfig
 
     with handled():
         start = time.perf_counter()
-        out_path = check_out_dir(out_dir)
+        out_path = check_output_dir(out_dir)
         adapter = DigitsCaptionsAdapter(seed=seed)
         with progress_bars() as progress:
             model = train_baseline(adapter, seed=seed, progress=progress)

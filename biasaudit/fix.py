@@ -9,14 +9,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from biasaudit.adapter import Adapter
-from biasaudit.audit import audit_model, check_out_dir, load_model_noting_prefix
+from biasaudit.audit import audit_model, load_model_noting_prefix
+from biasaudit.output_paths import check_output_dir
 from biasaudit.checkpoint import save_state_atomic
 from biasaudit.compare import compare_audits
 from biasaudit.errors import InputError
 from biasaudit.results import read_audit, write_json_atomic
 from biasaudit.progress import Progress
 from biasaudit.scan import ScanConfig
-from biasaudit.training.loop import TrainConfig, scored_as_trained, train
+from biasaudit.training.loop import TrainConfig, load_training_state, scored_as_trained, train
 from biasaudit.training.methods import make_method
 
 OUTPUTS = ("model.pt", "before.json", "after.json", "compare.json", "train_log.json")
@@ -52,10 +53,12 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
             before_path: str | Path | None = None, resume: bool = False, min_group: int = 1, progress: Progress | None = None) -> dict[str, Path]:
     from biasaudit.checkpoint import file_sha256
 
-    out = check_out_dir(out_dir)
+    out = check_output_dir(out_dir)
     checkpoint = Path(checkpoint)
     if out.exists() and (out / "model.pt").resolve() == checkpoint.resolve():
         raise InputError(f"--out {out} holds the input checkpoint as model.pt; choose another directory so it is never overwritten.")
+    if resume:  # before the before-audit: a resume with nothing to resume is a mistake, found at once
+        load_training_state(out / "state")
     method_options = dict(method_options)
     auto_scale = method == "mmdb" and method_options.get("scale") == "auto"
     if auto_scale:

@@ -51,7 +51,7 @@ def test_scan_prints_the_carrier_and_a_verdict_that_names_both_modalities(checkp
     (["--unimodal", "content"], "--unimodal 'content' is not of the form MODALITY=CHECKPOINT"),
     (["--unimodal", "sound=x.pt"], "names modality 'sound'. Available: bias_cue, content"),
     (["--unimodal", "content=/nonexistent.pt"], "the checkpoint /nonexistent.pt does not exist"),
-    (["--group-by", "colour"], "group_by 'colour' is unknown. Available: auto, bias, alignment"),
+    (["--group-by", "colour"], "--group-by 'colour' is unknown. Available: auto, bias, alignment"),
     (["--conditions", "missing,carriers"], "Unknown condition 'carriers'"),
 ])
 def test_bad_diagnostic_options_exit_2_with_one_sentence_and_write_nothing(checkpoint, tmp_path, args, expected):
@@ -105,3 +105,21 @@ def test_fix_refuses_bad_audit_settings_before_any_work_and_leaves_the_output_as
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert expected in " ".join(result.stderr.split())
     assert sorted(p.name for p in out.iterdir()) == ["after.json"] and (out / "after.json").read_text() == "an earlier run's result"
+
+
+@pytest.mark.parametrize("setting, expected", [
+    ("batch_size = 0", "[scan] batch_size: batch_size is 0; expected a positive integer."),
+    ("kmeans_k = 0", "[scan] kmeans_k: kmeans_k is 0; expected an integer of at least 2."),
+    # Once this switched gradient conflict off silently.
+    ("gradient_batches = 0", "[scan] gradient_batches: gradient_batches is 0; expected a positive integer."),
+    ("bootstrap = 3", "[scan] bootstrap: bootstrap is 3; expected an integer of at least 10."),
+    ("mute = [1, 2]", "[scan] mute: --mute 1 is not of the form MODALITY=IMPAIRMENT"),
+])
+def test_config_file_settings_pass_the_command_lines_checks_and_name_the_file_and_key(setting, expected, checkpoint, tmp_path):
+    config = tmp_path / "biasaudit.toml"
+    config.write_text(f"[scan]\n{setting}\n")
+    out = tmp_path / "audit"
+    result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), "--projection", "pca", "--config", str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"{config} {expected}" in " ".join(result.stderr.split())
+    assert not out.exists()

@@ -84,7 +84,7 @@ def mismatched_checkpoint(tmp_path: Path) -> Path:
 
 CASES = {
     "missing checkpoint": (lambda t, c: [str(t / "nope.pt"), "--adapter", TINY], r"Checkpoint .*nope\.pt does not exist"),
-    "unreadable checkpoint": (lambda t, c: [str(garbage_checkpoint(t)), "--adapter", TINY], r"garbage\.pt is not a readable PyTorch file"),
+    "unreadable checkpoint": (lambda t, c: [str(garbage_checkpoint(t)), "--adapter", TINY], r"garbage\.pt is not a PyTorch checkpoint"),
     "unsafe checkpoint": (lambda t, c: [str(pickled_checkpoint(t)), "--adapter", TINY], r"weights_only=True .* --trust-checkpoint"),
     "state dict mismatch": (lambda t, c: [str(mismatched_checkpoint(t)), "--adapter", TINY],
                             r"does not match .*missing keys: classifier\.weight; unexpected keys: head\.weight"),

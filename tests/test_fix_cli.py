@@ -78,6 +78,7 @@ def test_unknown_method_exits_2_and_lists_the_available_ones(checkpoint, tmp_pat
 def test_resume_without_a_previous_run_exits_2(checkpoint, tmp_path):
     result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", "ce", "--resume", "--out", str(tmp_path / "y"), *FAST)
     assert result.returncode == 2 and "--resume found no training state" in result.stderr
+    assert not (tmp_path / "y").exists(), "refused before the before-audit: nothing may be written"
 
 
 def test_compare_refuses_audits_of_different_splits_with_exit_2(checkpoint, tmp_path):

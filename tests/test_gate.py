@@ -491,3 +491,19 @@ def test_a_plain_limit_in_the_file_and_a_keyed_one_on_the_command_line_add_up_an
     assert values["max_bias_follow_increase"] == ["*=2", "image=3"]
     with pytest.raises(InputError, match=r"biasaudit.toml \[gate\] min_accuracy 'full=200'"):
         resolve({"min_accuracy": ["missing:image=40"]}, {"min_accuracy"}, settings, "gate")
+
+
+def test_condition_names_holding_emoji_codes_reach_the_table_and_the_json_exactly(audits, tmp_path):
+    """`ratio:a:0.5` holds `:a:`, an emoji code: the console must not turn it into a picture, and --json is the
+    verdict as json wrote it (a CI parses it)."""
+    audit = load(audits["base"])
+    row = dict(next(r for r in audit["conditions"] if r["name"] == "missing:a"), name="ratio:a:0.5", group="ratio")
+    audit["conditions"].append(row)
+    audit["bootstrap"]["correct_weight"]["ratio:a:0.5"] = audit["bootstrap"]["correct_weight"]["missing:a"]
+    path = tmp_path / "ratio.json"
+    path.write_text(json.dumps(audit))
+    result = gate(path, "--min-accuracy", "ratio:a:0.5=10", "--json")
+    assert result.returncode == 0, result.stderr
+    verdict = json.loads(result.stdout)
+    assert verdict["rules"][0]["rule"] == "min_accuracy[ratio:a:0.5]"
+    assert "ratio:a:0.5" in " ".join(result.stderr.split()) and "🅰" not in result.stderr + result.stdout
