@@ -4,6 +4,9 @@ identical conditions, split and seed, and write the comparison."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,6 +24,7 @@ from biasaudit.training.loop import TrainConfig, load_training_state, scored_as_
 from biasaudit.training.methods import make_method
 
 OUTPUTS = ("model.pt", "before.json", "after.json", "compare.json", "train_log.json")
+FILES = OUTPUTS + ("after.html", "compare.html")
 
 
 def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str) -> dict[str, Any]:
@@ -94,26 +98,42 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     log = train(model, adapter, fixer, config=train_config, state_dir=out / "state", resume=resume, progress=progress)
     fixer.export(model, adapter)
     train_seconds = time.perf_counter() - start
-    save_state_atomic(model.state_dict(), out / "model.pt")
-    with scored_as_trained(fixer, model, adapter) as scored:
-        after = audit_model(model, adapter, config=scan_config, checkpoint=out / "model.pt", adapter_spec=adapter_spec, progress=progress)
-    if scored is not None:
-        after["manifest"]["scored_model"] = scored
-    training = {"method": method, "settings": fixer.settings(), "after_audit_scores": scored or "model.pt as written", "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
-                "source_checkpoint": str(checkpoint)}
-    after["manifest"]["training"] = training
-    paths = {"model": out / "model.pt"}
-    write_json_atomic(before, out / "before.json")
-    write_json_atomic(after, out / "after.json")
-    train_log = {"training": training, "steps": log}
-    comparison = compare_audits(before, after)
-    write_json_atomic(train_log, out / "train_log.json")
-    write_json_atomic(comparison, out / "compare.json")
-    from biasaudit.report.compare_render import write_compare_html
-    from biasaudit.report.render import write_audit_html
+    not_finite = [name for name, value in model.state_dict().items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    if not_finite:
+        raise InputError(f"Training diverged: {len(not_finite)} tensors of the fixed model hold NaN or infinite values (first "
+                         f"{not_finite[0]}); nothing was written to {out} (lower --lr). The training state is in {out / 'state'}.")
+    # Every output is written into a staging directory first and moved into place only when all exist, model.pt last:
+    # a failing after-audit or a crash never leaves a new model.pt beside an earlier run's after.json.
+    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
+    try:
+        save_state_atomic(model.state_dict(), stage / "model.pt")
+        with scored_as_trained(fixer, model, adapter) as scored:
+            after = audit_model(model, adapter, config=scan_config, checkpoint=stage / "model.pt", adapter_spec=adapter_spec,
+                                progress=progress)
+        after["manifest"]["checkpoint"]["path"] = str(out / "model.pt")
+        if scored is not None:
+            after["manifest"]["scored_model"] = scored
+        training = {"method": method, "settings": fixer.settings(), "after_audit_scores": scored or "model.pt as written",
+                    "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
+                    "source_checkpoint": str(checkpoint)}
+        after["manifest"]["training"] = training
+        write_json_atomic(before, stage / "before.json")
+        write_json_atomic(after, stage / "after.json")
+        train_log = {"training": training, "steps": log}
+        comparison = compare_audits(before, after)
+        write_json_atomic(train_log, stage / "train_log.json")
+        write_json_atomic(comparison, stage / "compare.json")
+        from biasaudit.report.compare_render import write_compare_html
+        from biasaudit.report.render import write_audit_html
 
-    write_audit_html(after, out / "after.html")
-    write_compare_html(comparison, before, after, out / "compare.html", train_log=train_log)
+        write_audit_html(after, stage / "after.html")
+        write_compare_html(comparison, before, after, stage / "compare.html", train_log=train_log)
+        names = [name for name in FILES if name != "model.pt"] + ["model.pt"]
+        for name in names:
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    paths = {"model": out / "model.pt"}
     paths.update({name.split(".")[0]: out / name for name in OUTPUTS[1:]})
     paths["after_html"] = out / "after.html"
     paths["compare_html"] = out / "compare.html"

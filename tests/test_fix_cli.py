@@ -106,3 +106,18 @@ def test_bad_method_options_exit_2_before_any_audit_or_training(args, message, c
     result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", method, "--out", str(tmp_path / "z"), *args, *FAST)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "z").exists()
+
+
+def test_a_diverged_training_writes_no_model_and_leaves_an_earlier_run_as_it_was(checkpoint, tmp_path):
+    """--lr inf turns every weight into NaN: once that landed in model.pt beside the earlier run's after.json, and a
+    gate passed on the stale file. Now nothing of the run's results is written and the sentence says why."""
+    out = tmp_path / "fixed"
+    out.mkdir()
+    earlier = {"model.pt": b"earlier model", "after.json": b'{"earlier": true}'}
+    for name, content in earlier.items():
+        (out / name).write_bytes(content)
+    result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", "ce", "--lr", "inf", "--out", str(out), *FAST)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "Training diverged" in " ".join(result.stderr.split())
+    assert {p.name for p in out.iterdir()} == {"model.pt", "after.json", "state"}
+    assert all((out / name).read_bytes() == content for name, content in earlier.items())
