@@ -102,9 +102,25 @@ def logits_of(output: Any) -> torch.Tensor:
 
 
 def optional_hook(adapter: Any, name: str, model: nn.Module) -> Any:
-    """Call an optional hook; a hook that is absent or set to None (e.g. `classifier = None`) gives None."""
+    """Call an optional hook; a hook that is absent or set to None (e.g. `classifier = None`) gives None. What it
+    returns is checked here, where it enters: classifier a module, branches a mapping of modality name to module."""
     hook = getattr(adapter, name, None)
-    return hook(model) if callable(hook) else None
+    value = hook(model) if callable(hook) else None
+    if value is None:
+        return None
+    if name == "classifier" and not isinstance(value, nn.Module):
+        raise AdapterError(f"The adapter's classifier(model) hook returned a {type(value).__name__}; expected the final nn.Linear or None.")
+    if name == "branches":
+        names = [m.name for m in getattr(adapter, "modalities", ())]
+        if not isinstance(value, Mapping):
+            raise AdapterError(f"The adapter's branches(model) hook returned a {type(value).__name__}; expected a dict "
+                               "{modality name: branch module} or None.")
+        for key, module in value.items():
+            if key not in names:
+                raise AdapterError(f"The adapter's branches(model) hook names {key!r}, which is not a modality. Available: {', '.join(names)}.")
+            if not isinstance(module, nn.Module):
+                raise AdapterError(f"The adapter's branches(model) hook gives a {type(module).__name__} for {key!r}; expected an nn.Module.")
+    return value
 
 
 def _defines(adapter: Any, method: str) -> bool:
@@ -132,6 +148,9 @@ def validate_adapter(adapter: Any, *, source: str) -> Adapter:
     num_classes = getattr(adapter, "num_classes", 0)
     if not isinstance(num_classes, int) or num_classes < 2:
         raise AdapterError(f"Adapter {source} has num_classes={num_classes!r}; expected an integer of at least 2.")
+    class_names = getattr(adapter, "class_names", None)
+    if class_names is not None and len(class_names) != num_classes:
+        raise AdapterError(f"Adapter {source}: class_names has {len(class_names)} names; expected {num_classes}, one per class.")
     return adapter
 
 
@@ -156,6 +175,9 @@ def load_adapter(spec: str) -> Adapter:
             module_spec.loader.exec_module(module)
         except BiasAuditError as exc:  # e.g. a LoaderAdapter refusing a shuffling loader: already one sentence
             raise AdapterError(f"Adapter file {where}: {exc}") from exc
+        except SystemExit as exc:  # an adapter script run as a module: its exit must not end biasaudit silently
+            raise AdapterError(f"Adapter file {where} called sys.exit({exc.code}) while being imported; an adapter file must define "
+                               "the adapter, not run a program (put that under `if __name__ == \"__main__\":`).") from None
         except Exception as exc:  # the user's code failed; say where, keep the cause
             raise AdapterError(f"Adapter file {where} raised {type(exc).__name__} while importing: {exc}") from exc
         finally:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from biasaudit.adapter import Adapter
-from biasaudit.errors import DataError
+from biasaudit.errors import AdapterError, DataError
 
 
 def int_column(batch: Mapping[str, Any], key: str, *, what: str, split: str) -> np.ndarray:
@@ -35,6 +35,14 @@ def check_raw_inputs(batch: Mapping[str, Any], adapter: Adapter, *, split: str) 
         for key in (modality.key, modality.mask_key):
             if key is not None and key not in batch:
                 raise DataError(f"Batches of split {split!r} have no key {key!r}, which modality {modality.name!r} declares; keys present: {', '.join(map(str, batch))}.")
+        raw = batch[modality.key]
+        if modality.kind == "text" and not (isinstance(raw, (list, tuple)) and all(isinstance(t, str) for t in raw)):
+            raise DataError(f"Text modality {modality.name!r} of split {split!r} is a {type(raw).__name__} under key {modality.key!r}; "
+                            "expected a list of strings (raw text; tokenise in prepare, or declare the kind 'tokens').")
+        if modality.kind == "tokens" and not (isinstance(raw, torch.Tensor) and raw.ndim == 2 and not raw.is_floating_point()):
+            what = f"a {raw.dtype} tensor of shape {tuple(raw.shape)}" if isinstance(raw, torch.Tensor) else f"a {type(raw).__name__}"
+            raise DataError(f"Token modality {modality.name!r} of split {split!r} is {what} under key {modality.key!r}; expected "
+                            "integer token ids [batch, length].")
         if modality.kind != "image":
             continue
         pixels = batch[modality.key]
@@ -72,12 +80,25 @@ def bias_range(adapter: Adapter, *arrays: np.ndarray) -> int:
     return max(len(adapter.bias_names or ()), seen + 1)
 
 
+def adapter_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterator[Mapping[str, Any]]:
+    """adapter.data(split), checked where it enters: an iterable of dict batches."""
+    batches = adapter.data(split, batch_size=batch_size)
+    if batches is None or isinstance(batches, (str, bytes, Mapping)) or not hasattr(batches, "__iter__"):
+        raise AdapterError(f"The adapter's data({split!r}, batch_size={batch_size}) returned {type(batches).__name__}; expected an "
+                           "iterable of dict batches (e.g. a generator that yields them).")
+    for batch in batches:
+        if not isinstance(batch, Mapping):
+            raise AdapterError(f"The adapter's data({split!r}, ...) yielded a {type(batch).__name__}; expected a dict batch "
+                               "{modality key: raw input, label key: labels, ...}.")
+        yield batch
+
+
 def indexed_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterator[tuple[np.ndarray, Mapping[str, Any]]]:
     """Batches of a split with the global index of each sample (the key of its random streams)."""
     if split not in adapter.splits:
         raise DataError(f"Split {split!r} is not offered by the adapter. Available: {', '.join(adapter.splits)}.")
     offset = 0
-    for batch in adapter.data(split, batch_size=batch_size):
+    for batch in adapter_batches(adapter, split, batch_size=batch_size):
         n = len(checked_labels(batch, adapter, split=split))
         check_raw_inputs(batch, adapter, split=split)
         yield np.arange(offset, offset + n), batch

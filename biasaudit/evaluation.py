@@ -36,6 +36,9 @@ def check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: s
     if not isinstance(logits, torch.Tensor) or logits.shape != (batch_size, num_classes):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise DataError(f"The adapter's forward() returned {shape}; expected logits of shape ({batch_size}, {num_classes}).")
+    if not logits.is_floating_point():
+        raise DataError(f"The adapter's forward() returned logits of dtype {logits.dtype}; expected floating-point logits "
+                        "(scores before softmax), not predicted labels or booleans.")
     if not torch.isfinite(logits).all():
         # argmax would silently score NaN as class 0; a muted input the model cannot handle must be seen.
         raise DataError(f"The model returned NaN or infinite logits under condition {condition!r}; check how the model handles that input.")

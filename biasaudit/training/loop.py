@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter
-from biasaudit.batches import checked_labels, int_column, take_rows
+from biasaudit.batches import adapter_batches, checked_labels, int_column, take_rows
 from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.impairments import other_keys, padding_side, widen_tokens
@@ -144,7 +144,7 @@ def holdout_rows(indices: np.ndarray, *, config: TrainConfig) -> np.ndarray:
 def training_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int | None = None) -> Iterator[Mapping[str, Any]]:
     """The training split's batches in the adapter's order, without the held-out rows (never empty)."""
     offset = 0
-    for batch in adapter.data(config.split, batch_size=batch_size or config.batch_size):
+    for batch in adapter_batches(adapter, config.split, batch_size=batch_size or config.batch_size):
         n = len(checked_labels(batch, adapter, split=config.split))
         keep = ~holdout_rows(np.arange(offset, offset + n), config=config)
         offset += n
