@@ -110,15 +110,41 @@ def read_audit(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"Audit file {path} does not exist.")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"Audit file {path} is not valid JSON ({exc}).") from exc
     if not isinstance(data, dict) or data.get("schema") != AUDIT_SCHEMA:
         raise InputError(f"Audit file {path} is not a biasaudit audit (expected \"schema\": \"{AUDIT_SCHEMA}\").")
     if data.get("schema_version") != AUDIT_SCHEMA_VERSION:
         raise InputError(f"Audit file {path} has schema_version {data.get('schema_version')!r}; this biasaudit reads version {AUDIT_SCHEMA_VERSION}.")
+    check_against_schema(data, "audit", source=f"Audit file {path}")
     _check_pairing_sections(data, source=str(path))
     return data
+
+
+def _refuse_constant(name: str) -> float:
+    """json reads NaN and Infinity, which no audit writes (they are written as null): a file holding one is damaged."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def check_against_schema(data: Any, name: str, *, source: str) -> None:
+    """Validate against the published schema biasaudit/schemas/NAME.schema.json; InputError naming the first field."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(_schema(name))
+    error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
+    if error is not None:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".") or "(the top level)"
+        value = error.instance
+        shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+        raise InputError(f"{source} is damaged at {where}: {shown[:60]} does not fit the published schema ({error.validator} "
+                         f"{error.validator_value!r:.60}); re-run the scan that wrote it.")
+
+
+def _schema(name: str) -> dict[str, Any]:
+    from importlib import resources
+
+    return json.loads(resources.files("biasaudit").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8"))
 
 
 def _check_pairing_sections(audit: Mapping[str, Any], *, source: str) -> None:
