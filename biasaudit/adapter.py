@@ -116,7 +116,7 @@ def optional_hook(adapter: Any, name: str, model: nn.Module) -> Any:
             raise AdapterError(f"The adapter's branches(model) hook returned a {type(value).__name__}; expected a dict "
                                "{modality name: branch module} or None.")
         for key, module in value.items():
-            if key not in names:
+            if names and key not in names:  # an adapter that declares its modalities (every validated one does)
                 raise AdapterError(f"The adapter's branches(model) hook names {key!r}, which is not a modality. Available: {', '.join(names)}.")
             if not isinstance(module, nn.Module):
                 raise AdapterError(f"The adapter's branches(model) hook gives a {type(module).__name__} for {key!r}; expected an nn.Module.")
