@@ -11,7 +11,7 @@ from torch import nn
 from biasaudit.adapter import Adapter
 from biasaudit.checkpoint import file_sha256, load_into_model, read_checkpoint
 from biasaudit.errors import InputError
-from biasaudit.output_paths import check_output_dir
+from biasaudit.output_set import OutputSet
 from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, source_hash, write_json_atomic
 from biasaudit.progress import Progress
 from biasaudit.scan import ScanConfig, scan_model
@@ -89,12 +89,30 @@ def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanCo
                        unimodal_models=unimodal_models, prefix_removed=prefix_removed)
 
 
-def write_audit(audit: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+AUDIT_FILES = ("audit.json", "audit.html")
+
+
+def stamped(result: dict[str, Any], outputs: OutputSet) -> dict[str, Any]:
+    """A copy of an audit carrying the stamp of the run that writes it (manifest.run)."""
+    return {**result, "manifest": {**result["manifest"], "run": outputs.stamp()}}
+
+
+def stage_audit(audit: dict[str, Any], outputs: OutputSet, *, json_name: str = "audit.json", html_name: str | None = "audit.html") -> None:
+    """Write an audit's JSON (and HTML) into a set's staging directory, stamped with its run."""
     from biasaudit.report.render import write_audit_html
 
-    out = check_output_dir(out)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = out / "audit.json", out / "audit.html"
-    write_json_atomic(audit, json_path)
-    write_audit_html(audit, html_path)
-    return json_path, html_path
+    audit = stamped(audit, outputs)
+    write_json_atomic(audit, outputs.staged(json_name))
+    if html_name is not None:
+        write_audit_html(audit, outputs.staged(html_name))
+
+
+def write_audit(audit: dict[str, Any], out: str | Path | OutputSet) -> tuple[Path, Path]:
+    """Write audit.json and audit.html into `out` as one set (see biasaudit.output_set); `out` may be a set the caller
+    opened before the scan, so that its directory was checked and locked before the work."""
+    if not isinstance(out, OutputSet):
+        with OutputSet(out, files=AUDIT_FILES) as outputs:
+            return write_audit(audit, outputs)
+    stage_audit(audit, out)
+    paths = out.commit(("audit.html", "audit.json"))  # the JSON, which tools read, last
+    return paths["audit.json"], paths["audit.html"]

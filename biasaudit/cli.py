@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -27,17 +27,25 @@ out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 
 @contextmanager
-def handled() -> Iterator[None]:
-    """Turn our errors into one red sentence and an exit code; anything else is a bug (exit 3)."""
+def handled(interrupted: Optional[Callable[[], str]] = None) -> Iterator[None]:
+    """Turn our errors into one red sentence and an exit code; anything else is a bug (exit 3).
+
+    `interrupted` says what a Ctrl-C leaves behind, when that is more than nothing (fix keeps its training state).
+    Runs write their files as a set that Ctrl-C cannot split (biasaudit.output_set): before the set is in place,
+    nothing was written; once it is, the interrupt says so.
+    """
     try:
         yield
+    except KeyboardInterrupt as exc:
+        if exc.args:  # raised by the output set once its files were all in place
+            err.print(f"interrupted {exc.args[0]}.")
+        else:
+            err.print(f"interrupted; {interrupted() if interrupted else 'nothing was written'}.")
+        raise typer.Exit(130) from None
     except BiasAuditError as exc:
         # One line, never wrapped: CI logs and grep should see the whole sentence.
         err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)  # brackets in the text are not markup
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err.print("interrupted; nothing was written.")
-        raise typer.Exit(130) from None
     except (typer.Exit, typer.Abort):
         raise
     except Exception:
@@ -217,14 +225,15 @@ def scan(
     """Audit a checkpoint: bias measures (carrier test, worst-group accuracy, JSD), reliance (accuracy under muted and noisy
     modalities, Gap, flip rates, ceilings), calibration, embeddings, gradient conflict."""
     from biasaudit.adapter import load_adapter
-    from biasaudit.audit import audit_checkpoint, write_audit
+    from biasaudit.audit import AUDIT_FILES, audit_checkpoint, write_audit
     from biasaudit.output_paths import check_output_dir
+    from biasaudit.output_set import OutputSet
     from biasaudit.config_file import SCAN_KEYS, load_settings, resolve
     from biasaudit.errors import InputError
     from biasaudit.conditions import parse_conditions
     from biasaudit.scan import ScanConfig, with_mute_overrides
 
-    with handled():
+    with handled(), ExitStack() as held:
         check_output_dir(out_dir)
         settings = load_settings(config_file)
         given = {name: value for name, value in ctx.params.items() if name in SCAN_KEYS}
@@ -245,11 +254,14 @@ def scan(
                                 min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
                                 mute=mute_pairs, mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
                                 ceiling_per_class=v["ceiling_per_class"])
+        # Locked from here until both files are in place: a second run into the same directory is refused now.
+        outputs = held.enter_context(OutputSet(out_dir, files=AUDIT_FILES))
         with progress_bars() as progress:
             audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress,
                                      unimodal=unimodal_checkpoints)
         audit["manifest"]["settings"] = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
-        json_path, html_path = write_audit(audit, out_dir)
+        json_path, html_path = write_audit(audit, outputs)
+        held.close()
         err.print(summary_table(audit))
         print_verdict(audit)
         out.print(f"{json_path}\n{html_path}")
@@ -311,7 +323,12 @@ def fix(
     from biasaudit.scan import PROJECTIONS, ScanConfig, with_mute_overrides
     from biasaudit.training.loop import TrainConfig
 
-    with handled():
+    def interrupted() -> str:
+        state = out_dir / "state" / "last.pt"
+        kept = f"; the training state {state} is kept: --resume continues from its last finished epoch" if state.is_file() else ""
+        return f"no results were written to {out_dir}{kept}"
+
+    with handled(interrupted):
         # Parsed inside handled(): a bad --scale is a one-sentence exit 2 like every other option.
         options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate, "bias": bias_source,
                                       "dominant": bias_modality},
@@ -359,27 +376,21 @@ def compare(
     train_log: Optional[Path] = typer.Option(None, "--train-log", help="train_log.json of a fix run, for the training section."),
 ) -> None:
     """Re-render the before/after comparison from two audit files, without the model."""
-    import json
-
     from biasaudit.output_paths import check_output_dir
     from biasaudit.compare import compare_audits
-    from biasaudit.errors import InputError
+    from biasaudit.output_set import OutputSet
     from biasaudit.report.compare_render import write_compare_html
-    from biasaudit.results import read_audit, write_json_atomic
+    from biasaudit.results import read_audit, read_train_log, write_json_atomic
 
     with handled():
         out_path = check_output_dir(out_dir)
         first, second = read_audit(before), read_audit(after)
-        log = None
-        if train_log is not None:
-            try:
-                log = json.loads(Path(train_log).read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise InputError(f"Training log {train_log} is not a readable JSON file ({exc}).") from exc
-        comparison = compare_audits(first, second)
-        out_path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(comparison, out_path / "compare.json")
-        write_compare_html(comparison, first, second, out_path / "compare.html", train_log=log)
+        log = read_train_log(train_log) if train_log is not None else None
+        with OutputSet(out_path, files=("compare.json", "compare.html")) as outputs:
+            comparison = {"run": outputs.stamp(), **compare_audits(first, second)}
+            write_json_atomic(comparison, outputs.staged("compare.json"))
+            write_compare_html(comparison, first, second, outputs.staged("compare.html"), train_log=log)
+            outputs.commit(("compare.html", "compare.json"))
         err.print(escape(comparison["verdict"]), soft_wrap=True)  # one line each, for grep and CI logs
         for sentence in comparison["verdict_sentences"]:
             err.print(f"  {escape(sentence)}", soft_wrap=True)
@@ -493,26 +504,28 @@ def demo(
     split: str = typer.Option("ood", help="Split to audit: ood (colour independent of the digit) or test (same bias as training)."),
 ) -> None:
     """Train the bundled digits-captions model with plain cross-entropy, then audit it. Offline, about a minute."""
-    from biasaudit.audit import audit_checkpoint, write_audit
-    from biasaudit.output_paths import check_output_dir
+    from biasaudit.audit import AUDIT_FILES, audit_checkpoint, stage_audit
     from biasaudit.checkpoint import save_state_atomic
+    from biasaudit.output_set import OutputSet
     from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
     from biasaudit.scan import ScanConfig
 
     with handled():
         start = time.perf_counter()
-        out_path = check_output_dir(out_dir)
         adapter = DigitsCaptionsAdapter(seed=seed)
-        with progress_bars() as progress:
+        with OutputSet(out_dir, files=("model.pt", *AUDIT_FILES)) as outputs, progress_bars() as progress:
             model = train_baseline(adapter, seed=seed, progress=progress)
-            checkpoint = out_path / "model.pt"
-            save_state_atomic(model.state_dict(), checkpoint)
+            save_state_atomic(model.state_dict(), outputs.staged("model.pt"))
+            outputs.record_binary("model.pt")
             # The demo's ood split has ~20 mistakes per colour, under the default min_wrong of 30 that
             # guards the unweighted JSD mean on real datasets; 10 keeps every colour in the mean.
             config = ScanConfig(split=split, seed=seed, min_wrong=10)
-            audit = audit_checkpoint(checkpoint, adapter, config=config, adapter_spec="biasaudit.datasets.demo_model:DigitsCaptionsAdapter",
-                                     progress=progress)
-        json_path, html_path = write_audit(audit, out_path)
+            audit = audit_checkpoint(outputs.staged("model.pt"), adapter, config=config,
+                                     adapter_spec="biasaudit.datasets.demo_model:DigitsCaptionsAdapter", progress=progress)
+            audit["manifest"]["checkpoint"]["path"] = str(out_dir / "model.pt")
+            stage_audit(audit, outputs)
+            paths = outputs.commit(("audit.html", "audit.json", "model.pt"))
+        out_path, checkpoint, json_path, html_path = out_dir, paths["model.pt"], paths["audit.json"], paths["audit.html"]
         err.print(summary_table(audit))
         print_verdict(audit)
         err.print(f"demo finished in {time.perf_counter() - start:.1f} s: checkpoint, audit.json and audit.html are in {out_path}/")

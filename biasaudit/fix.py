@@ -4,19 +4,17 @@ identical conditions, split and seed, and write the comparison."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
 from biasaudit.adapter import Adapter
-from biasaudit.audit import audit_model, load_model_noting_prefix
+from biasaudit.audit import audit_model, load_model_noting_prefix, stage_audit
 from biasaudit.output_paths import check_output_dir
 from biasaudit.checkpoint import save_state_atomic
 from biasaudit.compare import compare_audits
 from biasaudit.errors import InputError
+from biasaudit.output_set import OutputSet
 from biasaudit.results import read_audit, write_json_atomic
 from biasaudit.progress import Progress
 from biasaudit.scan import ScanConfig
@@ -55,12 +53,31 @@ def carrier_of(audit: Mapping[str, Any]) -> str | None:
 def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
             scan_config: ScanConfig, out_dir: str | Path, adapter_spec: str | None = None, trust: bool = False,
             before_path: str | Path | None = None, resume: bool = False, min_group: int = 1, progress: Progress | None = None) -> dict[str, Path]:
+    checkpoint = Path(checkpoint)
+    target = check_output_dir(out_dir)
+    if target.exists() and (target / "model.pt").resolve() == checkpoint.resolve():
+        raise InputError(f"--out {target} holds the input checkpoint as model.pt; choose another directory so it is never overwritten.")
+    # The directory is locked from here to the last write; every output is staged and moved into place together,
+    # model.pt last (biasaudit.output_set): a failing after-audit, a crash or a second run never leaves a new
+    # model.pt beside an earlier run's after.json.
+    with OutputSet(target, files=FILES) as outputs:
+        _fix_into(outputs, checkpoint, adapter, method=method, method_options=method_options, train_config=train_config,
+                  scan_config=scan_config, adapter_spec=adapter_spec, trust=trust, before_path=before_path, resume=resume,
+                  min_group=min_group, progress=progress)
+    out = target
+    paths = {"model": out / "model.pt"}
+    paths.update({name.split(".")[0]: out / name for name in OUTPUTS[1:]})
+    paths["after_html"] = out / "after.html"
+    paths["compare_html"] = out / "compare.html"
+    return paths
+
+
+def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any],
+              train_config: TrainConfig, scan_config: ScanConfig, adapter_spec: str | None, trust: bool, before_path: str | Path | None,
+              resume: bool, min_group: int, progress: Progress | None) -> None:
     from biasaudit.checkpoint import file_sha256
 
-    out = check_output_dir(out_dir)
-    checkpoint = Path(checkpoint)
-    if out.exists() and (out / "model.pt").resolve() == checkpoint.resolve():
-        raise InputError(f"--out {out} holds the input checkpoint as model.pt; choose another directory so it is never overwritten.")
+    out = outputs.out
     if resume:  # before the before-audit: a resume with nothing to resume is a mistake, found at once
         load_training_state(out / "state")
     method_options = dict(method_options)
@@ -94,7 +111,6 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
                                       config=train_config, min_group=min_group, progress=progress)
         method_options["scale"] = selection["chosen"]
         fixer = make_method(method, **method_options)
-    out.mkdir(parents=True, exist_ok=True)
     log = train(model, adapter, fixer, config=train_config, state_dir=out / "state", resume=resume, progress=progress)
     fixer.export(model, adapter)
     train_seconds = time.perf_counter() - start
@@ -102,39 +118,25 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     if not_finite:
         raise InputError(f"Training diverged: {len(not_finite)} tensors of the fixed model hold NaN or infinite values (first "
                          f"{not_finite[0]}); nothing was written to {out} (lower --lr). The training state is in {out / 'state'}.")
-    # Every output is written into a staging directory first and moved into place only when all exist, model.pt last:
-    # a failing after-audit or a crash never leaves a new model.pt beside an earlier run's after.json.
-    stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=out))
-    try:
-        save_state_atomic(model.state_dict(), stage / "model.pt")
-        with scored_as_trained(fixer, model, adapter) as scored:
-            after = audit_model(model, adapter, config=scan_config, checkpoint=stage / "model.pt", adapter_spec=adapter_spec,
-                                progress=progress)
-        after["manifest"]["checkpoint"]["path"] = str(out / "model.pt")
-        if scored is not None:
-            after["manifest"]["scored_model"] = scored
-        training = {"method": method, "settings": fixer.settings(), "after_audit_scores": scored or "model.pt as written",
-                    "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
-                    "source_checkpoint": str(checkpoint)}
-        after["manifest"]["training"] = training
-        write_json_atomic(before, stage / "before.json")
-        write_json_atomic(after, stage / "after.json")
-        train_log = {"training": training, "steps": log}
-        comparison = compare_audits(before, after)
-        write_json_atomic(train_log, stage / "train_log.json")
-        write_json_atomic(comparison, stage / "compare.json")
-        from biasaudit.report.compare_render import write_compare_html
-        from biasaudit.report.render import write_audit_html
+    from biasaudit.report.compare_render import write_compare_html
 
-        write_audit_html(after, stage / "after.html")
-        write_compare_html(comparison, before, after, stage / "compare.html", train_log=train_log)
-        names = [name for name in FILES if name != "model.pt"] + ["model.pt"]
-        for name in names:
-            os.replace(stage / name, out / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    paths = {"model": out / "model.pt"}
-    paths.update({name.split(".")[0]: out / name for name in OUTPUTS[1:]})
-    paths["after_html"] = out / "after.html"
-    paths["compare_html"] = out / "compare.html"
-    return paths
+    staged_model = outputs.staged("model.pt")
+    save_state_atomic(model.state_dict(), staged_model)
+    outputs.record_binary("model.pt")
+    with scored_as_trained(fixer, model, adapter) as scored:
+        after = audit_model(model, adapter, config=scan_config, checkpoint=staged_model, adapter_spec=adapter_spec, progress=progress)
+    after["manifest"]["checkpoint"]["path"] = str(out / "model.pt")
+    if scored is not None:
+        after["manifest"]["scored_model"] = scored
+    training = {"method": method, "settings": fixer.settings(), "after_audit_scores": scored or "model.pt as written",
+                "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
+                "source_checkpoint": str(checkpoint)}
+    after["manifest"]["training"] = training
+    stage_audit(before, outputs, json_name="before.json", html_name=None)
+    stage_audit(after, outputs, json_name="after.json", html_name="after.html")
+    train_log = {"run": outputs.stamp(), "training": training, "steps": log}
+    comparison = {"run": outputs.stamp(), **compare_audits(before, after)}
+    write_json_atomic(train_log, outputs.staged("train_log.json"))
+    write_json_atomic(comparison, outputs.staged("compare.json"))
+    write_compare_html(comparison, before, after, outputs.staged("compare.html"), train_log=train_log)
+    outputs.commit(tuple(name for name in FILES if name != "model.pt") + ("model.pt",))

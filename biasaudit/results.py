@@ -18,6 +18,7 @@ import numpy as np
 from biasaudit.checkpoint import atomic_write_bytes, file_sha256
 from biasaudit.errors import DataError, InputError
 from biasaudit.fingerprint import check_fingerprint
+from biasaudit.output_set import check_set
 from biasaudit.metrics.accuracy import BootstrapCounts
 
 AUDIT_SCHEMA = "biasaudit.audit"
@@ -107,38 +108,96 @@ def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
 def read_audit(path: str | os.PathLike) -> dict[str, Any]:
     """Read an audit.json and check that it is one this version understands."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"Audit file {path} does not exist.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"Audit file {path} is not valid JSON ({exc}).") from exc
+    data = _read_json(path, source=f"Audit file {path}", expected="an audit.json a scan wrote", remedy="re-run the scan that wrote it")
     if not isinstance(data, dict) or data.get("schema") != AUDIT_SCHEMA:
         raise InputError(f"Audit file {path} is not a biasaudit audit (expected \"schema\": \"{AUDIT_SCHEMA}\").")
     if data.get("schema_version") != AUDIT_SCHEMA_VERSION:
         raise InputError(f"Audit file {path} has schema_version {data.get('schema_version')!r}; this biasaudit reads version {AUDIT_SCHEMA_VERSION}.")
     check_against_schema(data, "audit", source=f"Audit file {path}")
     _check_pairing_sections(data, source=str(path))
+    check_set(path, data, source=f"Audit file {path}")
     return data
 
 
-def _refuse_constant(name: str) -> float:
-    """json reads NaN and Infinity, which no audit writes (they are written as null): a file holding one is damaged."""
-    raise ValueError(f"{name} is not a JSON number")
+def read_train_log(path: str | os.PathLike) -> dict[str, Any]:
+    """Read the train_log.json of a fix run (for `compare --train-log`) and check it against its published schema."""
+    path = Path(path)
+    source = f"Training log {path}"
+    data = _read_json(path, source=source, expected="the train_log.json file a fix run wrote", remedy="re-run the fix that wrote it")
+    check_against_schema(data, "train_log", source=source, remedy="re-run the fix that wrote it")
+    check_set(path, data, source=source)
+    return data
 
 
-def check_against_schema(data: Any, name: str, *, source: str) -> None:
+def _read_json(path: Path, *, source: str, expected: str, remedy: str) -> Any:
+    """A JSON result file, read strictly: a directory, a missing or unreadable file, invalid JSON, NaN or Infinity
+    are each one sentence naming the file."""
+    if path.is_dir():
+        raise InputError(f"{source} is a directory; expected {expected}.")
+    if not path.is_file():
+        raise InputError(f"{source} does not exist.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_Constant)
+    except OSError as exc:
+        raise InputError(f"{source} cannot be read ({exc.strerror or exc}).") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{source} is not valid JSON ({exc}).") from exc
+    check_no_constant(data, source=source, remedy=remedy)
+    return data
+
+
+class _Constant(float):
+    """NaN or an infinity as json read it, kept so that the field holding it can be named."""
+
+    def __new__(cls, name: str) -> "_Constant":
+        value = super().__new__(cls, {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}[name])
+        value.name = name
+        return value
+
+
+def check_no_constant(data: Any, *, source: str, remedy: str) -> None:
+    """NaN and Infinity are not JSON and biasaudit never writes them (a figure it could not compute is null): a file
+    holding one is damaged, and the error names the field. Read the file with json.loads(..., parse_constant=_Constant)."""
+    constant = _first_constant(data)
+    if constant is not None:
+        where, name = constant
+        raise InputError(f"{source} is damaged at {where}: {name} is not a JSON number (biasaudit writes null for a figure it "
+                         f"could not compute); {remedy}.")
+
+
+def _first_constant(data: Any, path: tuple = ()) -> tuple[str, str] | None:
+    """(field, "NaN" | "Infinity" | "-Infinity") of the first such constant in a document json read, else None."""
+    if isinstance(data, _Constant):
+        return _field(path), data.name
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        found = _first_constant(value, (*path, key))
+        if found is not None:
+            return found
+    return None
+
+
+def _field(path: Any) -> str:
+    """A JSON path as the error messages write it: conditions[1].accuracy."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".") or "(the top level)"
+
+
+def check_against_schema(data: Any, name: str, *, source: str, remedy: str = "re-run the scan that wrote it") -> None:
     """Validate against the published schema biasaudit/schemas/NAME.schema.json; InputError naming the first field."""
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(_schema(name))
     error = next(iter(sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))), None)
     if error is not None:
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path).lstrip(".") or "(the top level)"
+        where = _field(error.absolute_path)
         value = error.instance
+        if error.validator == "required" and isinstance(value, dict):  # name the missing field itself, not its parent
+            missing = next((key for key in error.validator_value if key not in value), None)
+            field = missing if where == "(the top level)" else f"{where}.{missing}"
+            raise InputError(f"{source} is damaged at {field}: the field is missing, and the published schema requires it; {remedy}.")
         shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
         raise InputError(f"{source} is damaged at {where}: {shown[:60]} does not fit the published schema ({error.validator} "
-                         f"{error.validator_value!r:.60}); re-run the scan that wrote it.")
+                         f"{error.validator_value!r:.60}); {remedy}.")
 
 
 def _schema(name: str) -> dict[str, Any]:

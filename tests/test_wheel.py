@@ -27,6 +27,8 @@ from biasaudit.report import write_audit_html
 from biasaudit.report.render import templates_dir
 audit = json.load(open(sys.argv[1], encoding="utf-8"))
 write_audit_html(audit, sys.argv[2])
+from biasaudit.results import check_against_schema
+check_against_schema(audit, "audit", source=sys.argv[1])  # the published schema, read from the installed package
 print(json.dumps({"package": biasaudit.__file__, "templates": str(templates_dir()), "path": sys.path}))
 """
 
@@ -53,6 +55,8 @@ def test_wheel_ships_templates_and_renders_a_report_from_a_fresh_venv(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "biasaudit/templates/audit.html.j2" in names
     assert "biasaudit/report/render.py" in names
+    for schema in ("audit", "compare", "gate", "train_log"):  # the published schemas (README, "audit.json")
+        assert f"biasaudit/schemas/{schema}.schema.json" in names
 
     env_dir = tmp_path / "fresh-venv"
     venv.create(env_dir, with_pip=False)
