@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from biasaudit.input_paths import check_input_file
 from biasaudit.errors import AdapterError, BiasAuditError
 from biasaudit.impairments import IMPAIRMENTS
 from biasaudit.modality import Modality  # noqa: F401  (part of the adapter contract: `from biasaudit.adapter import Modality`)
@@ -156,13 +157,12 @@ def validate_adapter(adapter: Any, *, source: str) -> Adapter:
 
 def load_adapter(spec: str) -> Adapter:
     """Load 'path/to/file.py:NAME' or 'package.module:NAME'. NAME may be an instance or a class."""
-    if ":" not in spec:
-        raise AdapterError(f"Adapter {spec!r} is not of the form 'path/to/file.py:NAME' or 'package.module:NAME'.")
     where, _, name = spec.rpartition(":")
+    if not where or not name:
+        raise AdapterError(f"Adapter {spec!r} is not of the form 'path/to/file.py:NAME' or 'package.module:NAME'.")
     if where.endswith(".py") or "/" in where or "\\" in where:
         path = Path(where)
-        if not path.is_file():
-            raise AdapterError(f"Adapter file {where} does not exist.")
+        check_input_file(path, named=f"Adapter file {where}", expected="a Python file that defines the adapter", error=AdapterError)
         module_name = "biasaudit_user_adapter_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         if module_spec is None or module_spec.loader is None:

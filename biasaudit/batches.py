@@ -93,10 +93,14 @@ def adapter_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterato
         yield batch
 
 
-def indexed_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterator[tuple[np.ndarray, Mapping[str, Any]]]:
-    """Batches of a split with the global index of each sample (the key of its random streams)."""
+def check_split(adapter: Adapter, split: str) -> None:
     if split not in adapter.splits:
         raise DataError(f"Split {split!r} is not offered by the adapter. Available: {', '.join(adapter.splits)}.")
+
+
+def indexed_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterator[tuple[np.ndarray, Mapping[str, Any]]]:
+    """Batches of a split with the global index of each sample (the key of its random streams)."""
+    check_split(adapter, split)
     offset = 0
     for batch in adapter_batches(adapter, split, batch_size=batch_size):
         n = len(checked_labels(batch, adapter, split=split))

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter
+from biasaudit.input_paths import check_input_file
 from biasaudit.errors import CheckpointError
 
 # Keys under which training scripts commonly nest the weights.
@@ -48,10 +49,7 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[
     `trust=True` (the CLI's --trust-checkpoint) because unpickling can run any code.
     """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} is not a file; expected a file written by torch.save.")
+    check_input_file(path, named=f"Checkpoint {path}", expected="a file written by torch.save", error=CheckpointError)
     if not _looks_like_torch_file(path):
         raise CheckpointError(f"Checkpoint {path} is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle); "
                               "expected a file written by torch.save(model.state_dict(), ...).")

@@ -118,9 +118,10 @@ def summary_table(audit: dict) -> Table:
 
 
 @contextmanager
-def naming_source(sources: dict, *keys: str) -> Iterator[None]:
+def naming_source(sources: dict, *keys: str, flags: Optional[dict] = None) -> Iterator[None]:
     """A setting that came from a config file and fails its check names the file, table and key: the same check as
-    the command line's, and the user learns where to look. With several keys, the one the message starts with."""
+    the command line's, and the user learns where to look. With several keys, the one the message starts with. One
+    from the command line is named by its flag (`flags` maps keys whose flag is not --KEY-WITH-DASHES)."""
     from biasaudit.errors import InputError
 
     try:
@@ -132,7 +133,8 @@ def naming_source(sources: dict, *keys: str) -> Iterator[None]:
         if source and not source.startswith(("command line", "default")):
             raise InputError(f"{source} {key}: {text}") from exc
         if source == "command line" and text.startswith(key + " "):  # named as the user typed it
-            raise InputError(f"--{key.replace('_', '-')}{text[len(key):]}") from exc
+            flag = (flags or {}).get(key, f"--{key.replace('_', '-')}")
+            raise InputError(f"{flag}{text[len(key):]}") from exc
         raise
 
 
@@ -162,6 +164,7 @@ def parse_mute(values: list[str]) -> tuple[tuple[str, str], ...]:
 def parse_unimodal(values: list[str], adapter) -> tuple[tuple[str, Path], ...]:
     """--unimodal MODALITY=CHECKPOINT items, checked before any model is loaded."""
     from biasaudit.errors import InputError
+    from biasaudit.input_paths import check_input_file
 
     names = [m.name for m in adapter.modalities]
     pairs = []
@@ -171,8 +174,7 @@ def parse_unimodal(values: list[str], adapter) -> tuple[tuple[str, Path], ...]:
             raise InputError(f"--unimodal {value!r} is not of the form MODALITY=CHECKPOINT, e.g. image=image_only.pt.")
         if name not in names:
             raise InputError(f"--unimodal {value!r} names modality {name!r}. Available: {', '.join(names)}.")
-        if not Path(path).is_file():
-            raise InputError(f"--unimodal {value!r}: the checkpoint {path} does not exist.")
+        check_input_file(Path(path), named=f"--unimodal {value!r}: the checkpoint {path}", expected="a file written by torch.save")
         pairs.append((name, Path(path)))
     return tuple(pairs)
 
@@ -186,10 +188,15 @@ def _scale(text: str) -> "float | str":
         value = float(text)
     except ValueError:
         raise InputError(f"--scale {text!r} is neither 'auto' nor a number.") from None
-    if not value > 0:
-        raise InputError(f"--scale {text} must be positive.")
+    if not 0 < value < float("inf"):
+        raise InputError(f"--scale {text} must be a positive, finite number.")
     return value
 
+
+# The audit settings of `fix`, by the flags that set them (some differ from scan's: --scan-batch-size, ...).
+FIX_SCAN_FLAGS = {"seed": "--seed", "batch_size": "--scan-batch-size", "bootstrap": "--bootstrap", "embedding_points": "--embedding-points",
+                  "min_wrong": "--min-wrong", "gradient_batches": "--gradient-batches", "kmeans_k": "--kmeans-k",
+                  "min_group": "--audit-min-group", "ceiling_per_class": "--ceiling-per-class", "group_by": "--group-by"}
 
 ADAPTER_HELP = "Your adapter: path/to/file.py:NAME or package.module:NAME (see README, 'Writing an adapter')."
 
@@ -231,7 +238,8 @@ def scan(
     from biasaudit.config_file import SCAN_KEYS, load_settings, resolve
     from biasaudit.errors import InputError
     from biasaudit.conditions import parse_conditions
-    from biasaudit.scan import ScanConfig, with_mute_overrides
+    from biasaudit.batches import check_split
+    from biasaudit.scan import ScanConfig, resolve_device, with_mute_overrides
 
     with handled(), ExitStack() as held:
         check_output_dir(out_dir)
@@ -240,7 +248,12 @@ def scan(
         v, sources = resolve(given, explicit_options(ctx), settings, "scan")
         if v["adapter"] is None:
             raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
-        loaded = load_adapter(v["adapter"])
+        with naming_source(sources, "adapter"):
+            loaded = load_adapter(v["adapter"])
+        with naming_source(sources, "split"):
+            check_split(loaded, v["split"])
+        with naming_source(sources, "device"):
+            resolve_device(v["device"])
         with naming_source(sources, "conditions"):
             parse_conditions(v["conditions"], loaded.modalities)
         with naming_source(sources, "mute"):
@@ -340,11 +353,13 @@ def fix(
         if scan_projection not in PROJECTIONS:  # named by fix's own flag; --projection is BalGrad's
             raise InputError(f"--scan-projection {scan_projection!r} is unknown. Available: {', '.join(PROJECTIONS)}.")
         # Every scan setting that shapes the audits' numbers, so that --before can reuse any scan taken the same way.
-        scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, kmeans_k=kmeans_k, mute=parse_mute(mute),
-                                 mute_compare=mute_compare, bootstrap_replicates=bootstrap, min_wrong=min_wrong,
-                                 embedding_points=embedding_points, gradient_batches=gradient_batches, batch_size=scan_batch_size,
-                                 projection=scan_projection, min_group=audit_min_group, group_by=group_by,
-                                 ceiling_per_class=ceiling_per_class)
+        # A bad one is named by fix's own flag.
+        with naming_source({key: "command line" for key in FIX_SCAN_FLAGS}, *FIX_SCAN_FLAGS, flags=FIX_SCAN_FLAGS):
+            scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, kmeans_k=kmeans_k, mute=parse_mute(mute),
+                                     mute_compare=mute_compare, bootstrap_replicates=bootstrap, min_wrong=min_wrong,
+                                     embedding_points=embedding_points, gradient_batches=gradient_batches, batch_size=scan_batch_size,
+                                     projection=scan_projection, min_group=audit_min_group, group_by=group_by,
+                                     ceiling_per_class=ceiling_per_class)
         with_mute_overrides(loaded, scan_config.mute)  # a bad --mute is named before the method's own checks, as in scan
         with progress_bars() as progress:
             paths = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,
@@ -386,8 +401,12 @@ def compare(
         out_path = check_output_dir(out_dir)
         first, second = read_audit(before), read_audit(after)
         log = read_train_log(train_log) if train_log is not None else None
+        try:
+            comparison = compare_audits(first, second)
+        except BiasAuditError as exc:  # which two files, as the gate says for its baseline
+            raise type(exc)(f"{before} vs {after}: {exc}") from exc
         with OutputSet(out_path, files=("compare.json", "compare.html")) as outputs:
-            comparison = {"run": outputs.stamp(), **compare_audits(first, second)}
+            comparison = {"run": outputs.stamp(), **comparison}
             write_json_atomic(comparison, outputs.staged("compare.json"))
             write_compare_html(comparison, first, second, outputs.staged("compare.html"), train_log=log)
             outputs.commit(("compare.html", "compare.json"))

@@ -86,8 +86,10 @@ def parse_conditions(spec: str | Sequence[str], modalities: Sequence[Modality]) 
     tokens = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
     by_name = {m.name: m for m in modalities}
     available = "default, " + ", ".join(GROUPS + DIAGNOSTICS) + ", GROUP:MODALITY, MODALITY=IMPAIRMENT[:SEVERITY]"
+    if not tokens:  # e.g. an empty shell variable: running the defaults instead would hide the mistake
+        raise ConditionError(f"Conditions {spec!r} name no condition. Available: {available}.")
     out: list[Condition] = [FULL]
-    for token in tokens or ["default"]:
+    for token in tokens:
         if token == "default":
             groups, names = ["missing", "noisy", "ratio"], list(by_name)
         elif token == "full" or token in DIAGNOSTICS:

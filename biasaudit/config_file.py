@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from biasaudit.input_paths import check_input_file
 from biasaudit.errors import InputError
 
 SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -83,8 +84,7 @@ def load_settings(explicit: Path | None = None, *, directory: Path | None = None
     """The settings file in force (none: empty Settings)."""
     directory = directory or Path.cwd()
     if explicit is not None:
-        if not explicit.is_file():
-            raise InputError(f"Config file {explicit} does not exist.")
+        check_input_file(explicit, named=f"Config file {explicit}", expected="a biasaudit.toml or pyproject.toml file")
         candidates = [explicit]
     else:
         candidates = [p for p in (directory / "biasaudit.toml", directory / "pyproject.toml") if p.is_file()]

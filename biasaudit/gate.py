@@ -324,6 +324,21 @@ def _check_modalities(rules: GateRules, audits: list[Mapping[str, Any]]) -> None
                          f"expected MODALITY=POINTS. Available: {', '.join(known)}.")
 
 
+def _check_conditions(rules: GateRules, current: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> None:
+    """A condition a rule names must be one the audits ran: a typo, or a rule written for another scan, is the user's
+    mistake (exit 2 before any verdict is written), not a rule that cannot be evaluated (ERROR)."""
+    audits = {"min_accuracy": [current], "min_worst_group": [current],
+              "max_worst_group_drop": [current] + ([baseline] if baseline is not None else [])}
+    for rule, checked in audits.items():
+        for audit in checked:
+            ran = [row.get("name") for row in audit.get("conditions") or [] if isinstance(row, Mapping)]
+            unknown = [c for c in (getattr(rules, rule) or {}) if c != ALL and c not in ran]
+            if unknown and ran:
+                which = "the audit" if audit is current else "the baseline"
+                raise InputError(f"{rules.label(rule)} names condition {unknown[0]!r}, which {which} did not run; expected "
+                                 f"CONDITION=VALUE. Available: {', '.join(ran)}.")
+
+
 def evaluate_gate(current: Mapping[str, Any], rules: GateRules, *, baseline: Mapping[str, Any] | None = None,
                   current_name: str = "current", baseline_name: str = "baseline") -> dict[str, Any]:
     """Every rule's verdicts and the overall status and exit code; InputError for unusable rules or audits."""
@@ -335,6 +350,7 @@ def evaluate_gate(current: Mapping[str, Any], rules: GateRules, *, baseline: Map
         raise InputError(f"{' and '.join(needs)} {'compares' if len(needs) == 1 else 'compare'} against a stored audit; "
                          "give it with --baseline BASE.json.")
     _check_modalities(rules, [current] + ([baseline] if baseline is not None else []))
+    _check_conditions(rules, current, baseline)
     verdicts: list[RuleVerdict] = []
     if rules.max_gap:
         verdicts += _max_gap(current, rules.max_gap)

@@ -62,16 +62,16 @@ def _check_creatable(path: Path, *, option: str, what: str, named: Path) -> None
 def check_output_dir(path: str | os.PathLike, *, option: str = "--out") -> Path:
     """The directory a command will write its files into: it is a directory (or can be created) and writable."""
     path = Path(path)
-    _check_creatable(path, option=option, what="directory", named=path)
-    if path.exists() and not path.is_dir():
+    if _exists(path) and not path.is_dir():
         raise InputError(f"{option} {path} exists and is not a directory; expected a directory for the output files.")
+    _check_creatable(path, option=option, what="directory", named=path)
     return path
 
 
 def check_output_file(path: str | os.PathLike, *, option: str) -> Path:
     """A file a command will write: not a directory, and its directory can be created and written."""
     path = Path(path)
-    _check_creatable(path.parent, option=option, what="file", named=path)
-    if path.is_dir():
+    if _exists(path) and path.is_dir():
         raise InputError(f"{option} {path} is a directory; expected the path of a file to write.")
+    _check_creatable(path.parent, option=option, what="file", named=path)
     return path

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from biasaudit.checkpoint import atomic_write_bytes, file_sha256
+from biasaudit.input_paths import check_input_file
 from biasaudit.errors import DataError, InputError
 from biasaudit.fingerprint import check_fingerprint
 from biasaudit.output_set import check_set
@@ -132,10 +133,7 @@ def read_train_log(path: str | os.PathLike) -> dict[str, Any]:
 def _read_json(path: Path, *, source: str, expected: str, remedy: str) -> Any:
     """A JSON result file, read strictly: a directory, a missing or unreadable file, invalid JSON, NaN or Infinity
     are each one sentence naming the file."""
-    if path.is_dir():
-        raise InputError(f"{source} is a directory; expected {expected}.")
-    if not path.is_file():
-        raise InputError(f"{source} does not exist.")
+    check_input_file(path, named=source, expected=expected)
     try:
         data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_Constant)
     except OSError as exc:

@@ -67,7 +67,7 @@ def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...]) -> 
 
 # ScanConfig field -> (the setting's name on the command line and in config files, its least value).
 _INTEGER_SETTINGS = {
-    "batch_size": ("batch_size", 1), "seed": ("seed", 0), "bootstrap_replicates": ("bootstrap", 10),
+    "batch_size": ("batch_size", 1), "seed": ("seed", 0, 2**64 - 1), "bootstrap_replicates": ("bootstrap", 10),
     "embedding_points": ("embedding_points", 10), "min_wrong": ("min_wrong", 1), "gradient_batches": ("gradient_batches", 1),
     "kmeans_k": ("kmeans_k", 2), "min_group": ("min_group", 1), "donor_pool": ("donor_pool", 1),
     "ceiling_per_class": ("ceiling_per_class", 1), "interaction_donors": ("interaction_donors", 1),
@@ -99,13 +99,14 @@ class ScanConfig:
         if self.projection not in PROJECTIONS:
             raise InputError(f"Projection {self.projection!r} is unknown. Available: {', '.join(PROJECTIONS)}.")
         if self.group_by not in GROUPINGS:
-            raise InputError(f"group_by {self.group_by!r} is unknown. Available: {', '.join(GROUPINGS)}.")
+            raise InputError(f"group_by is {self.group_by!r}, which is unknown. Available: {', '.join(GROUPINGS)}.")
         # One check for every source (command line, config file, Python): the messages start with the setting's
         # name as the config file and the CLI know it, so the CLI can say where a bad value came from.
-        for field_name, (name, least) in _INTEGER_SETTINGS.items():
+        for field_name, (name, least, *most) in _INTEGER_SETTINGS.items():
             value = getattr(self, field_name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < least:
-                expected = "a positive integer" if least == 1 else f"an integer of at least {least}"
+            if not isinstance(value, int) or isinstance(value, bool) or value < least or (most and value > most[0]):
+                expected = ("a positive integer" if least == 1 else f"an integer of at least {least}") if not most else \
+                    f"an integer from {least} to 2**64 - 1"
                 raise InputError(f"{name} is {value!r}; expected {expected}.")
 
     def to_dict(self) -> dict[str, Any]:

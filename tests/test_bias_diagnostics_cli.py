@@ -51,7 +51,7 @@ def test_scan_prints_the_carrier_and_a_verdict_that_names_both_modalities(checkp
     (["--unimodal", "content"], "--unimodal 'content' is not of the form MODALITY=CHECKPOINT"),
     (["--unimodal", "sound=x.pt"], "names modality 'sound'. Available: bias_cue, content"),
     (["--unimodal", "content=/nonexistent.pt"], "the checkpoint /nonexistent.pt does not exist"),
-    (["--group-by", "colour"], "--group-by 'colour' is unknown. Available: auto, bias, alignment"),
+    (["--group-by", "colour"], "--group-by is 'colour', which is unknown. Available: auto, bias, alignment"),
     (["--conditions", "missing,carriers"], "Unknown condition 'carriers'"),
 ])
 def test_bad_diagnostic_options_exit_2_with_one_sentence_and_write_nothing(checkpoint, tmp_path, args, expected):
@@ -68,7 +68,7 @@ def test_a_bad_new_setting_in_the_config_file_names_the_file_and_key(checkpoint,
     out = tmp_path / "audit"
     result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, "--config", str(config))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{config} [scan] group_by: group_by 'labels' is unknown" in " ".join(result.stderr.split())
+    assert f"{config} [scan] group_by: group_by is 'labels', which is unknown" in " ".join(result.stderr.split())
     assert not out.exists()
 
 
@@ -94,7 +94,7 @@ def test_fix_reuses_a_scan_taken_with_any_scan_setting_and_names_the_one_that_di
 
 @pytest.mark.parametrize("args, expected", [
     (["--scan-projection", "tsne"], "--scan-projection 'tsne' is unknown. Available: umap, pca"),
-    (["--group-by", "colour"], "group_by 'colour' is unknown"),
+    (["--group-by", "colour"], "--group-by is 'colour', which is unknown"),
     (["--mute", "content=salt"], "--mute content=salt: 'salt' is not a muting impairment of image modality 'content'"),
 ])
 def test_fix_refuses_bad_audit_settings_before_any_work_and_leaves_the_output_as_it_was(checkpoint, tmp_path, args, expected):
