@@ -22,7 +22,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Find, measure and fix modality bias in multimodal PyTorch classifiers.")
 # Names such as "ratio:a:0.5" hold emoji codes (":a:"): no emoji replacement anywhere. stdout carries results (paths, JSON)
 # as plain text, never through markup.
-err = Console(stderr=True, highlight=False, emoji=False)
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)  # a message is one line: paths stay whole for copy and grep
 out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
 
 
@@ -38,13 +38,13 @@ def handled(interrupted: Optional[Callable[[], str]] = None) -> Iterator[None]:
         yield
     except KeyboardInterrupt as exc:
         if exc.args:  # raised by the output set once its files were all in place
-            err.print(f"interrupted {exc.args[0]}.")
+            err.print(f"interrupted {exc.args[0]}.", markup=False)
         else:
-            err.print(f"interrupted; {interrupted() if interrupted else 'nothing was written'}.")
+            err.print(f"interrupted; {interrupted() if interrupted else 'nothing was written'}.", markup=False)
         raise typer.Exit(130) from None
     except BiasAuditError as exc:
         # One line, never wrapped: CI logs and grep should see the whole sentence.
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False, soft_wrap=True)  # brackets in the text are not markup
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)  # brackets in the text are not markup
         raise typer.Exit(exc.exit_code) from None
     except (typer.Exit, typer.Abort):
         raise
@@ -377,9 +377,9 @@ def fix(
         if warning:
             err.print(f"[yellow]note:[/] {escape(warning)}")
         # Bias measures first, then the Gap as reliance (biasaudit.verdict); escaped: intervals are [lo, hi].
-        err.print(f"[bold]{method}[/]: {escape(compare['verdict'])}", soft_wrap=True)  # one line each, for grep and CI logs
+        err.print(f"[bold]{method}[/]: {escape(compare['verdict'])}")  # one line each, for grep and CI logs
         for sentence in compare.get("verdict_sentences") or []:
-            err.print(f"  {escape(sentence)}", soft_wrap=True)
+            err.print(f"  {escape(sentence)}")
         out.print("\n".join(str(p) for p in paths.values()))
 
 
@@ -410,9 +410,9 @@ def compare(
             write_json_atomic(comparison, outputs.staged("compare.json"))
             write_compare_html(comparison, first, second, outputs.staged("compare.html"), train_log=log)
             outputs.commit(("compare.html", "compare.json"))
-        err.print(escape(comparison["verdict"]), soft_wrap=True)  # one line each, for grep and CI logs
+        err.print(escape(comparison["verdict"]))  # one line each, for grep and CI logs
         for sentence in comparison["verdict_sentences"]:
-            err.print(f"  {escape(sentence)}", soft_wrap=True)
+            err.print(f"  {escape(sentence)}")
         out.print(f"{out_path / 'compare.json'}\n{out_path / 'compare.html'}")
 
 

@@ -4,7 +4,6 @@ number turned into a string, NaN written in) is exit 2 naming the file and the f
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 from pathlib import Path
@@ -23,26 +22,12 @@ PATHS = [("schema_version",), ("manifest",), ("manifest", "seed"), ("manifest", 
          ("conditions", 0, "name"), ("conditions", 1, "accuracy"), ("conditions", 2, "flip_rate"), ("conditions", 3, "accuracy_ci")]
 
 
-def damaged(audit: dict, path: tuple, how: str) -> dict:
-    audit = copy.deepcopy(audit)
-    parent = audit
-    for key in path[:-1]:
-        parent = parent[key]
-    if how == "delete":
-        del parent[path[-1]]
-    elif how == "retyped":  # a string where a number belongs, a number where a string or a section belongs
-        parent[path[-1]] = 12.5 if isinstance(parent[path[-1]], (str, dict, list)) else "12.5"
-    elif how == "object":
-        parent[path[-1]] = {"x": 1} if not isinstance(parent[path[-1]], dict) else 7
-    return audit
-
-
 CASES = [(path, how) for path in PATHS for how in ("delete", "retyped", "object")]
 random.Random(0).shuffle(CASES)
 
 
 @pytest.mark.parametrize("path, how", CASES, ids=[f"{how}:{'.'.join(map(str, path))}" for path, how in CASES])
-def test_a_damaged_audit_is_exit_2_naming_the_file_in_report_compare_and_gate(path, how, tmp_path):
+def test_a_damaged_audit_is_exit_2_naming_the_file_in_report_compare_and_gate(path, how, tmp_path, damaged):
     audit = json.loads(EXAMPLE.read_text())
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(damaged(audit, path, how)))

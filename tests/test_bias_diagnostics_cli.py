@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHORTCUT = f"{FIXTURES / 'shortcut_adapter.py'}:ShortcutAdapter"
@@ -22,15 +21,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    sys.path.insert(0, str(FIXTURES))
-    try:
-        import shortcut_adapter
-    finally:
-        sys.path.pop(0)
-    torch.save(shortcut_adapter.ShortcutModel().state_dict(), path)  # its answers are fixed by construction
-    return path
+def checkpoint(shortcut_checkpoint) -> Path:
+    return shortcut_checkpoint
 
 
 def test_scan_prints_the_carrier_and_a_verdict_that_names_both_modalities(checkpoint, tmp_path):

@@ -109,14 +109,14 @@ def test_bad_method_options_exit_2_before_any_audit_or_training(args, message, c
 
 
 def test_a_diverged_training_writes_no_model_and_leaves_an_earlier_run_as_it_was(checkpoint, tmp_path):
-    """--lr inf turns every weight into NaN: once that landed in model.pt beside the earlier run's after.json, and a
-    gate passed on the stale file. Now nothing of the run's results is written and the sentence says why."""
+    """--lr inf (refused up front now) turned every weight into NaN: that landed in model.pt beside the earlier run's
+    after.json, and a gate passed on the stale file. A learning rate float32 holds but training cannot survive still diverges. Now nothing of the run's results is written and the sentence says why."""
     out = tmp_path / "fixed"
     out.mkdir()
     earlier = {"model.pt": b"earlier model", "after.json": b'{"earlier": true}'}
     for name, content in earlier.items():
         (out / name).write_bytes(content)
-    result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", "ce", "--lr", "inf", "--out", str(out), *FAST)
+    result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", "ce", "--lr", "1e30", "--out", str(out), *FAST)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "Training diverged" in " ".join(result.stderr.split())
     assert {p.name for p in out.iterdir()} == {"model.pt", "after.json", "state"}

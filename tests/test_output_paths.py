@@ -4,11 +4,9 @@ directory of earlier results is left byte-identical."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from biasaudit.cli import app
@@ -24,15 +22,8 @@ def run(*args):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    sys.path.insert(0, str(FIXTURES))
-    try:
-        import shortcut_adapter
-    finally:
-        sys.path.pop(0)
-    torch.save(shortcut_adapter.ShortcutModel().state_dict(), path)
-    return path
+def checkpoint(shortcut_checkpoint) -> Path:
+    return shortcut_checkpoint
 
 
 def places(tmp: Path) -> dict[str, tuple[Path, str]]:

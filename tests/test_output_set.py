@@ -42,15 +42,8 @@ def run_id_of_html(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    sys.path.insert(0, str(FIXTURES))
-    try:
-        import shortcut_adapter
-    finally:
-        sys.path.pop(0)
-    torch.save(shortcut_adapter.ShortcutModel().state_dict(), path)
-    return path
+def checkpoint(shortcut_checkpoint) -> Path:
+    return shortcut_checkpoint
 
 
 @pytest.fixture(scope="module")
