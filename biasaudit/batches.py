@@ -109,10 +109,11 @@ def indexed_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterato
         offset += n
 
 
-def take_rows(batch: Mapping[str, Any], rows: np.ndarray) -> dict[str, Any]:
-    """The batch restricted to some rows: every tensor, array, list or tuple with one entry per sample is
-    indexed; any other value (a shared setting) is kept as it is."""
-    size = len(next(iter(batch.values()))) if batch else 0
+def take_rows(batch: Mapping[str, Any], rows: np.ndarray, *, size: int | None = None) -> dict[str, Any]:
+    """The batch restricted to some rows: every tensor, array, list or tuple with one entry per sample (`size`
+    entries; by default as many as the first value has) is indexed; any other value (a shared setting) is kept."""
+    if size is None:
+        size = len(next(iter(batch.values()))) if batch else 0
     index = torch.as_tensor(rows, dtype=torch.long)
     out: dict[str, Any] = {}
     for key, value in batch.items():

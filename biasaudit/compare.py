@@ -54,6 +54,11 @@ def _lacking(before: Mapping[str, Any], after: Mapping[str, Any], key: str, what
     return f"{who} {what} (written by an older biasaudit)"
 
 
+def generator_of(audit: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The random generator an audit drew with; audits that do not name one are version 1 (numpy per sample)."""
+    return audit["manifest"].get("randomness") or {"name": "numpy-default_rng-per-sample", "version": 1}
+
+
 def pair_replicates(before: Mapping[str, Any], after: Mapping[str, Any]) -> Pairing:
     """Pair the bootstrap replicates of two audits only when they drew the same weights for the same samples."""
     def unpaired(reason: str) -> Pairing:
@@ -63,6 +68,10 @@ def pair_replicates(before: Mapping[str, Any], after: Mapping[str, Any]) -> Pair
         lacking = _lacking(before, after, key, what)
         if lacking is not None:
             return unpaired(lacking)
+    generators = [generator_of(audit) for audit in (before, after)]
+    if generators[0] != generators[1]:
+        return unpaired("the audits drew their random numbers with different generators "
+                        f"({generators[0]['name']} v{generators[0]['version']} vs {generators[1]['name']} v{generators[1]['version']})")
     b, a = (BootstrapCounts.from_dict(audit["bootstrap"], conditions=[row["name"] for row in audit["conditions"]])
             for audit in (before, after))
     if b.seed != a.seed:

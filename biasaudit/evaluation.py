@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter, Modality
+from biasaudit.batches import take_rows
 from biasaudit.conditions import Condition
 from biasaudit.diagnostics.carrier import CarrierAccumulator, targets, update_swap
 from biasaudit.diagnostics.ceilings import BranchTap
@@ -67,6 +68,12 @@ class PassSetup:
     moments: dict[str, Moments] = field(default_factory=dict)  # "full:m" and "muted:m" branch embeddings
 
 
+def _evaluation_order(conditions: Sequence[Condition]) -> list[Condition]:
+    """Full first (every other condition reads its logits), then the mutes of whole modalities (they record the
+    muted branch embeddings, which a ratio condition of the same definition would otherwise take first)."""
+    return sorted(conditions, key=lambda c: (c.group != "full", c.group != "missing"))
+
+
 class BatchEvaluator:
     def __init__(self, model: nn.Module, adapter: Adapter, setup: PassSetup, *, device: torch.device, feature_tap: Any = None) -> None:
         self.model, self.adapter, self.setup, self.device = model, adapter, setup, device
@@ -84,15 +91,17 @@ class BatchEvaluator:
             self.donor_weights = poisson1(setup.seed, "donor-bootstrap", setup.pool.index, setup.replicates)
 
     # ---- forwards -------------------------------------------------------------------------------
-    def _logits(self, model: nn.Module, batch: Mapping[str, Any], *, stage: str, condition: str, tap: bool = False) -> torch.Tensor:
+    def _logits(self, model: nn.Module, batch: Mapping[str, Any], *, stage: str, condition: str, tap: bool = False,
+                rows: int | None = None) -> torch.Tensor:
         if self.setup.tap is not None:
             self.setup.tap.active = tap
             self.setup.tap.values.clear()
         logits = self.adapter.forward(model, self.adapter.prepare(batch, device=self.device))
         if self.setup.tap is not None:
             self.setup.tap.active = False
-        check_logits(logits, batch_size=len(self._labels), num_classes=self.adapter.num_classes, condition=condition)
-        self.forwards[stage] += len(self._labels)
+        rows = len(self._labels) if rows is None else rows
+        check_logits(logits, batch_size=rows, num_classes=self.adapter.num_classes, condition=condition)
+        self.forwards[stage] += rows
         return logits
 
     def _muted(self, batch: Mapping[str, Any], keep: frozenset[str]) -> dict[str, Any]:
@@ -115,30 +124,31 @@ class BatchEvaluator:
         self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
         weights = bootstrap_weights(indices, replicates=s.replicates, seed=s.seed)
         everything = frozenset(self.modalities)
-        predictions, confidences = {}, {}
-        full_logits = None
-        for condition in s.conditions:
+        logits_of: dict[str, torch.Tensor] = {}
+        by_definition: dict[tuple, torch.Tensor] = {}  # two conditions that impair alike are forwarded once
+        for condition in _evaluation_order(s.conditions):
             if condition.group == "full":
-                logits = full_logits = self._logits(self.model, batch, stage="conditions", condition="full", tap=True)
+                logits = self._logits(self.model, batch, stage="conditions", condition="full", tap=True)
                 self._subsets[everything] = logits
                 self._full_branch = s.tap.features(batch) if s.tap else {}
                 self.full_features = self.feature_tap.value if self.feature_tap is not None else None
                 self._record_moments("full", self._full_branch)
-            else:
-                m = self.modalities[condition.modality]
-                impaired = impair_batch(batch, m, s.impairments[condition.name], condition.severity, indices=indices, seed=s.seed, tag=condition.name)
-                is_mute = condition.group == "missing"
-                logits = self._logits(self.model, impaired, stage="conditions", condition=condition.name, tap=is_mute)
-                if is_mute:
-                    self._subsets[everything - {m.name}] = logits
-                    if s.tap is not None and m.name in s.tap.values:
-                        self._record_moments("muted", {m.name: s.tap.features(impaired)[m.name]})
+                logits_of[condition.name] = logits
+                continue
+            impairment = s.impairments[condition.name]
+            definition = (condition.modality, impairment.name, condition.severity)
+            if definition not in by_definition:
+                by_definition[definition] = self._impaired_logits(condition, impairment, logits_of["full"])
+            logits_of[condition.name] = by_definition[definition]
             if condition.name in self.muted_counts:
                 self.muted_counts[condition.name] += int(muted_subset(indices, seed=s.seed, fraction=condition.severity).sum())
-            probabilities = torch.softmax(logits.float(), dim=1)
-            confidence, predicted = probabilities.max(dim=1)
-            predictions[condition.name] = predicted.cpu().numpy()
-            confidences[condition.name] = confidence.cpu().numpy()
+        # Predictions stay on the device until every condition is done: one copy to the host per batch.
+        names = [c.name for c in s.conditions]
+        probabilities = torch.softmax(torch.stack([logits_of[name].float() for name in names]), dim=2)
+        confidence, predicted = (t.cpu().numpy() for t in probabilities.max(dim=2))
+        predictions = dict(zip(names, predicted))
+        confidences = dict(zip(names, confidence))
+        full_logits = logits_of["full"]
         correct = {c: p == labels for c, p in predictions.items()}
         self.accuracy.update(predictions, labels, indices=indices, weights=weights)
         self.calibration.update(confidences, correct)
@@ -158,6 +168,30 @@ class BatchEvaluator:
         if s.interaction is not None and s.pool is not None:
             self._interaction(batch, indices, labels, full)
         return full_logits
+
+    def _impaired_logits(self, condition: Condition, impairment: Impairment, full_logits: torch.Tensor) -> torch.Tensor:
+        """Logits of one impaired condition. A mute of a fraction of the samples changes only those rows: only they are
+        forwarded, the others keep their Full logits (methods.md section 10)."""
+        s, batch, indices = self.setup, self._batch, self._indices
+        m = self.modalities[condition.modality]
+        tag = f"{m.name}={impairment.name}:{condition.severity!r}"  # the definition, not the name: alike conditions draw alike
+        if impairment.mutes and condition.severity < 1.0:
+            rows = np.flatnonzero(muted_subset(indices, seed=s.seed, fraction=condition.severity))
+            logits = full_logits.clone()
+            if len(rows):
+                part = take_rows(batch, rows, size=len(indices))
+                impaired = impair_batch(part, m, impairment, 1.0, indices=indices[rows], seed=s.seed, tag=tag)
+                logits[torch.as_tensor(rows, device=logits.device)] = self._logits(
+                    self.model, impaired, stage="conditions", condition=condition.name, rows=len(rows)).to(logits.dtype)
+            return logits
+        impaired = impair_batch(batch, m, impairment, condition.severity, indices=indices, seed=s.seed, tag=tag)
+        is_mute = condition.group == "missing"
+        logits = self._logits(self.model, impaired, stage="conditions", condition=condition.name, tap=is_mute)
+        if is_mute:
+            self._subsets[frozenset(self.modalities) - {m.name}] = logits
+            if s.tap is not None and m.name in s.tap.values:
+                self._record_moments("muted", {m.name: s.tap.features(impaired)[m.name]})
+        return logits
 
     def _record_moments(self, prefix: str, values: Mapping[str, torch.Tensor]) -> None:
         for name, value in values.items():

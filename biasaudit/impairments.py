@@ -9,11 +9,13 @@ The muting impairments (`zero`, `mean`, `empty`) take their severity as the *fra
 muted, chosen by one per-sample uniform draw shared by every condition and checkpoint under a seed;
 so `missing_ratio:r` is simply the modality's muting impairment at severity r, the subsets for
 increasing r are nested, and severity 1 (the default) mutes everything.
+
+Every draw is counter-based (biasaudit/randomness.py, methods.md section 10): computed for the whole batch at
+once from (seed, condition tag, sample index, position), with no generator object per sample.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -22,9 +24,10 @@ import torch
 
 from biasaudit.modality import Modality
 from biasaudit.errors import ConditionError
+from biasaudit.randomness import SampleDraws, uniform
 
-# values, modality, severity, muted-or-affected flags, per-sample generators -> new values
-ImpairFn = Callable[[Any, Modality, float, np.ndarray, Sequence[np.random.Generator]], Any]
+# values, modality, severity, muted-or-affected flags, the batch's per-sample draws -> new values
+ImpairFn = Callable[[Any, Modality, float, np.ndarray, SampleDraws], Any]
 
 
 @dataclass(frozen=True)
@@ -36,36 +39,22 @@ class Impairment:
     description: str
 
 
-def stream_id(text: str) -> int:
-    """A stable 32-bit id for a condition tag (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
-
-
-_SUBSET_TAG = stream_id("missing-subset")
-
-
-def sample_generators(indices: Sequence[int], *, seed: int, tag: str) -> list[np.random.Generator]:
-    tag_id = stream_id(tag)
-    return [np.random.default_rng([seed, tag_id, int(i)]) for i in indices]
-
-
 def muted_subset(indices: Sequence[int], *, seed: int, fraction: float) -> np.ndarray:
     """Which samples a muting impairment of this fraction touches: u_i < fraction, u_i fixed per sample."""
     if fraction >= 1.0:
         return np.ones(len(indices), dtype=bool)
-    draws = np.array([np.random.default_rng([seed, _SUBSET_TAG, int(i)]).random() for i in indices])
-    return draws < fraction
+    return uniform(seed, "missing-subset", np.asarray(indices, dtype=np.int64)) < fraction
 
 
 # ---- image -------------------------------------------------------------------------------------
-def _image_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
+def _image_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> torch.Tensor:
     # "Missing image" is a black image in *raw* pixel space (0), before the adapter normalises.
     out = values.clone()
     out[torch.as_tensor(chosen, device=values.device)] = 0
     return out
 
 
-def _image_mean(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
+def _image_mean(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> torch.Tensor:
     # The mid-grey of the valid range: after a mean/std normalisation this is close to all zeros.
     low, high = modality.value_range
     out = values.clone()
@@ -73,56 +62,50 @@ def _image_mean(values: torch.Tensor, modality: Modality, severity: float, chose
     return out
 
 
-def _salt_pepper(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
+def _salt_pepper(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> torch.Tensor:
     low, high = modality.value_range
     out = values.clone()
     # One decision per pixel *location*, shared by all channels: the spatial shape is the last two dims.
     spatial = tuple(values.shape[-2:])
-    for i, rng in enumerate(rngs):
-        corrupt = rng.random(spatial) < severity
-        salt = rng.random(spatial) < 0.5
-        corrupt_t = torch.as_tensor(corrupt, device=values.device)
-        salt_t = torch.as_tensor(salt, device=values.device)
-        sample = out[i]
-        sample[..., corrupt_t & salt_t] = high
-        sample[..., corrupt_t & ~salt_t] = low
+    # One uniform per location decides both: below severity it is corrupted, and then its lower half is pepper.
+    u = torch.as_tensor(draws.uniform(int(np.prod(spatial))), device=values.device)
+    u = u.reshape(len(draws), *([1] * (values.ndim - 3)), *spatial).expand(values.shape)
+    corrupt = u < severity
+    out[corrupt & (u >= severity / 2)] = high
+    out[corrupt & (u < severity / 2)] = low
     return out
 
 
 # ---- generic tensors ---------------------------------------------------------------------------
-def _tensor_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
+def _tensor_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> torch.Tensor:
     out = values.clone()
     out[torch.as_tensor(chosen, device=values.device)] = 0
     return out
 
 
-def _gaussian(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, rngs) -> torch.Tensor:
-    out = values.clone()
-    for i, rng in enumerate(rngs):
-        sample = values[i]
-        std = float(sample.double().std(unbiased=False)) if sample.numel() > 1 else 0.0
-        noise = torch.from_numpy(rng.standard_normal(tuple(sample.shape)) * (severity * std)).to(sample.device)
-        noisy = sample.double() + noise
-        if modality.kind == "image":
-            noisy = noisy.clamp(*modality.value_range)  # stay in the raw pixel space the adapter expects
-        if not values.dtype.is_floating_point:
-            noisy = noisy.round().clamp(torch.iinfo(values.dtype).min, torch.iinfo(values.dtype).max)
-        out[i] = noisy.to(values.dtype)
-    return out
+def _gaussian(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> torch.Tensor:
+    if values.shape[0] == 0:
+        return values.clone()
+    flat = values.reshape(values.shape[0], -1).double()
+    std = flat.std(dim=1, unbiased=False, keepdim=True) if flat.shape[1] > 1 else torch.zeros_like(flat[:, :1])
+    noise = torch.from_numpy(draws.normal(flat.shape[1])).to(values.device)
+    noisy = (flat + noise * (severity * std)).reshape(values.shape)
+    if modality.kind == "image":
+        noisy = noisy.clamp(*modality.value_range)  # stay in the raw pixel space the adapter expects
+    if not values.dtype.is_floating_point:
+        noisy = noisy.round().clamp(torch.iinfo(values.dtype).min, torch.iinfo(values.dtype).max)
+    return noisy.to(values.dtype)
 
 
 # ---- raw text ----------------------------------------------------------------------------------
-def _text_empty(values: Sequence[str], modality: Modality, severity: float, chosen: np.ndarray, rngs) -> list[str]:
+def _text_empty(values: Sequence[str], modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> list[str]:
     return ["" if c else text for text, c in zip(values, chosen)]
 
 
-def _token_delete_text(values: Sequence[str], modality: Modality, severity: float, chosen: np.ndarray, rngs) -> list[str]:
-    out = []
-    for text, rng in zip(values, rngs):
-        words = text.split()
-        keep = rng.random(len(words)) >= severity
-        out.append(" ".join(w for w, k in zip(words, keep) if k))
-    return out
+def _token_delete_text(values: Sequence[str], modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> list[str]:
+    words = [text.split() for text in values]
+    u = draws.uniform(max((len(w) for w in words), default=0))  # the k-th word of a text gets its k-th draw
+    return [" ".join(w for w, keep in zip(row, u[i, :len(row)] >= severity) if keep) for i, row in enumerate(words)]
 
 
 # ---- token ids ---------------------------------------------------------------------------------
@@ -175,7 +158,7 @@ def _compact(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pad_id: 
     return new_ids, new_mask
 
 
-def _token_ids_empty(values, modality: Modality, severity: float, chosen: np.ndarray, rngs):
+def _token_ids_empty(values, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws):
     ids, mask = values
     new_ids, new_mask = ids.clone(), mask.clone()
     special = torch.tensor(list(modality.special_ids), dtype=ids.dtype, device=ids.device)
@@ -187,18 +170,19 @@ def _token_ids_empty(values, modality: Modality, severity: float, chosen: np.nda
     return new_ids, new_mask
 
 
-def _token_ids_delete(values, modality: Modality, severity: float, chosen: np.ndarray, rngs):
+def _token_ids_delete(values, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws):
     ids, mask = values
     new_ids, new_mask = ids.clone(), mask.clone()
     special = torch.tensor(list(modality.special_ids), dtype=ids.dtype, device=ids.device)
     side = padding_side(mask, modality)
-    for i, rng in enumerate(rngs):
+    u = torch.as_tensor(draws.uniform(ids.shape[1]) < severity, device=ids.device)
+    for i in range(len(draws)):
         present = mask[i] != 0
         is_special = torch.isin(ids[i], special)
         # One draw per real token, in order: the k-th token of a text gets the k-th draw wherever padding put it,
         # so left- and right-padded ids and any batch width delete the same tokens.
         drop = torch.zeros_like(present)
-        drop[present] = torch.as_tensor(rng.random(int(present.sum())) < severity, device=ids.device)
+        drop[present] = u[i, : int(present.sum())]
         drop &= ~is_special
         new_ids[i], new_mask[i] = _compact(ids[i], mask[i], present & ~drop, modality.pad_id, side)
     return new_ids, new_mask
@@ -287,10 +271,10 @@ def impair_batch(batch: Mapping[str, Any], modality: Modality, impairment: Impai
     if severity == 0.0:
         return out
     chosen = muted_subset(indices, seed=seed, fraction=severity) if impairment.mutes else np.ones(len(indices), dtype=bool)
-    rngs = sample_generators(indices, seed=seed, tag=tag) if not impairment.mutes else []
+    draws = SampleDraws(seed, tag, np.asarray(indices, dtype=np.int64))
     if modality.kind == "tokens":
-        ids, mask = impairment.apply((batch[modality.key], batch[modality.mask_key]), modality, severity, chosen, rngs)
+        ids, mask = impairment.apply((batch[modality.key], batch[modality.mask_key]), modality, severity, chosen, draws)
         out[modality.key], out[modality.mask_key] = ids, mask
     else:
-        out[modality.key] = impairment.apply(batch[modality.key], modality, severity, chosen, rngs)
+        out[modality.key] = impairment.apply(batch[modality.key], modality, severity, chosen, draws)
     return out

@@ -4,14 +4,20 @@ the batch a sample arrives in, the order of batches or the number of processes."
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from biasaudit.errors import InputError
-from biasaudit.impairments import stream_id
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
+
+
+def stream_id(text: str) -> int:
+    """A stable 32-bit id for a stream name (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
@@ -47,3 +53,35 @@ def poisson1(seed: int, stream: str, indices: np.ndarray, replicates: int) -> np
     """Poisson(1) draws [len(indices), replicates] (int64) by the inverse CDF of counter-based uniforms."""
     u = uniform(seed, stream, np.asarray(indices, dtype=np.int64)[:, None], np.arange(replicates)[None, :])
     return np.searchsorted(_POISSON1_CDF, u, side="right").astype(np.int64)
+
+
+# What every audit records of the generator above, so that audits drawn by another one are never paired with it
+# (compare.py). Version 1 was numpy's default_rng built per sample; audits without this entry are version 1.
+GENERATOR = {"name": "splitmix64-counter", "version": 2}
+
+
+class SampleDraws:
+    """The draws of one impairment on one batch: row i is a pure function of (seed, stream, indices[i], position),
+    so a sample is impaired the same way whatever batch, order or process it arrives in. An impairment asks for as
+    many positions per sample as it needs (one per pixel location, one per token, ...)."""
+
+    def __init__(self, seed: int, stream: str, indices: np.ndarray) -> None:
+        self._keys = hash64(seed, stream, np.asarray(indices, dtype=np.int64))
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def _words(self, count: int) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return _splitmix(self._keys[:, None] ^ np.arange(count, dtype=np.uint64)[None, :])
+
+    def uniform(self, count: int) -> np.ndarray:
+        """[B, count] uniforms in [0, 1)."""
+        return (self._words(count) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+    def normal(self, count: int) -> np.ndarray:
+        """[B, count] standard normals (Box-Muller on the two 32-bit halves of each word; neither half is ever 0)."""
+        words = self._words(count)
+        u1 = ((words >> np.uint64(32)).astype(np.float64) + 0.5) / float(1 << 32)
+        u2 = ((words & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) / float(1 << 32)
+        return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)

@@ -21,6 +21,7 @@ from biasaudit.errors import DataError, InputError
 from biasaudit.fingerprint import check_fingerprint
 from biasaudit.output_set import check_set
 from biasaudit.metrics.accuracy import BootstrapCounts
+from biasaudit.randomness import GENERATOR
 
 AUDIT_SCHEMA = "biasaudit.audit"
 AUDIT_SCHEMA_VERSION = 1
@@ -57,7 +58,7 @@ class Manifest:
         return {"tool": "biasaudit", "version": __version__, "created": self.created,
                 "wall_time_s": round(self.wall_time_s, 3), "seed": self.seed, "device": self.device,
                 "versions": library_versions(), "config": dict(self.config),
-                "checkpoint": dict(self.checkpoint), "adapter": dict(self.adapter)}
+                "checkpoint": dict(self.checkpoint), "adapter": dict(self.adapter), "randomness": dict(GENERATOR)}
 
 
 def to_jsonable(obj: Any) -> Any:

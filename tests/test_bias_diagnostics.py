@@ -176,12 +176,16 @@ def test_everything_is_identical_across_batch_sizes():
 
 
 def test_forwards_per_sample_are_recorded(shortcut):
+    """17 conditions cost full + 2 missing + 2 noisy forwards and, for each ratio below 1, only its muted rows: a ratio
+    sweep that forwarded every row (or ratio 1.0 forwarded again beside missing) would cost 17 per sample."""
     cost = shortcut["manifest"]["forwards_per_sample"]
-    assert cost["conditions"] == 17.0  # full + 2 missing + 2 noisy + 2 x 6 ratio
+    partial = sum(point["muted_fraction"] for sweep in shortcut["ratio_sweep"].values() for point in sweep if point["ratio"] < 1)
+    assert 4.5 < partial < 5.5  # about 0.1 + 0.3 + 0.5 + 0.7 + 0.9 per modality
+    assert cost["conditions"] == pytest.approx(5 + partial, abs=1e-12)
     assert cost["carrier"] == 6.0  # bias, content and null swap per modality
     assert cost["shapley"] == 1.0  # only the all-muted subset is new for two modalities
     assert cost["ceilings"] == pytest.approx(90 / 90)  # one train pass for the probes
-    assert cost["total"] == pytest.approx(25.0)
+    assert cost["total"] == pytest.approx(cost["conditions"] + 8.0)
 
 
 def test_a_scan_without_the_named_diagnostics_leaves_them_out():

@@ -158,6 +158,17 @@ def test_audits_with_different_replicate_counts_are_not_paired(pair):
     assert comparison["paired"] is False and comparison["unpaired_reason"] == "different replicate counts (200 vs 100)"
 
 
+def test_an_audit_drawn_by_the_old_per_sample_generator_is_never_paired_with_a_new_one(pair):
+    """Same seed, samples and replicate count, but another generator draws other weights: pairing them would give
+    intervals of a difference between two unrelated resamplings."""
+    old = copy.deepcopy(pair[0])
+    del old["manifest"]["randomness"]  # what a version-1 audit holds
+    comparison = compare_audits(old, pair[1])
+    assert comparison["paired"] is False
+    assert comparison["unpaired_reason"] == ("the audits drew their random numbers with different generators "
+                                             "(numpy-default_rng-per-sample v1 vs splitmix64-counter v2)")
+
+
 def test_older_audits_without_replicates_still_load_and_compare_unpaired(pair, tmp_path):
     """An audit written before the bootstrap section existed must not become unreadable."""
     old = read_audit(TESTS / "fixtures" / "audit_example.json")

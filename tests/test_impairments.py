@@ -183,12 +183,12 @@ def test_user_registered_kind_gets_missing_noisy_and_ratio_conditions():
     from biasaudit.conditions import parse_conditions
     from biasaudit.impairments import IMPAIRMENTS, register_impairment
 
-    def silence(values, modality, severity, chosen, rngs):
+    def silence(values, modality, severity, chosen, draws):
         out = values.clone()
         out[torch.as_tensor(chosen)] = 0
         return out
 
-    def hum(values, modality, severity, chosen, rngs):
+    def hum(values, modality, severity, chosen, draws):
         return values + severity
 
     register_impairment("audio", "silence", silence, default_severity=1.0, mutes=True)

@@ -24,17 +24,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from biasaudit.errors import DataError, InputError
-from biasaudit.impairments import stream_id
+from biasaudit.randomness import poisson1
 
 FULL = "full"
 CI_PERCENTILES = (2.5, 97.5)
-_BOOTSTRAP_TAG = stream_id("bootstrap-weights")
 
 
 def bootstrap_weights(indices: np.ndarray, *, replicates: int, seed: int) -> np.ndarray:
     """Poisson(1) weights [B, replicates] (int64), one fixed row per global sample index."""
-    rows = [np.random.default_rng([seed, _BOOTSTRAP_TAG, int(i)]).poisson(1.0, replicates) for i in indices]
-    return np.stack(rows).astype(np.int64) if rows else np.zeros((0, replicates), dtype=np.int64)
+    return poisson1(seed, "bootstrap-weights", np.asarray(indices, dtype=np.int64), replicates)
 
 
 def percentile_interval(values: np.ndarray) -> tuple[float, float] | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from biasaudit.errors import InputError
-from biasaudit.impairments import sample_generators
+from biasaudit.randomness import uniform
 
 PROJECTION_METHODS = ("umap", "pca")
 # Below this many points UMAP's neighbour graph is too thin to mean anything; PCA is used instead.
@@ -63,7 +63,7 @@ class EmbeddingSample:
         if self._features is None:
             self._features = np.zeros((0, features.shape[1]), dtype=features.dtype)
             self._bias = np.zeros(0, dtype=np.int64) if self._has_bias else None
-        keys = np.array([rng.random() for rng in sample_generators(indices, seed=self.seed, tag=_SAMPLE_TAG)])
+        keys = uniform(self.seed, _SAMPLE_TAG, indices)
         all_keys = np.concatenate([self._keys, keys])
         all_indices = np.concatenate([self._indices, indices])
         keep = np.lexsort((all_indices, all_keys))[: self.capacity]

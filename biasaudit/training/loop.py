@@ -26,6 +26,7 @@ from biasaudit.errors import CheckpointError, InputError
 from biasaudit.impairments import other_keys, padding_side, widen_tokens
 from biasaudit.modality import Modality
 from biasaudit.progress import Progress, with_status
+from biasaudit.randomness import uniform
 from biasaudit.training import rng_states
 from biasaudit.training.live_status import EpochMeans
 from biasaudit.training.model_modes import set_training_modes
@@ -135,11 +136,9 @@ def concat(batches: list[Mapping[str, Any]], modalities: Sequence[Modality] = ()
 
 def holdout_rows(indices: np.ndarray, *, config: TrainConfig) -> np.ndarray:
     """Which samples of the train split are held out: a fixed per-sample draw under the seed."""
-    from biasaudit.impairments import sample_generators
-
     if config.holdout <= 0:
         return np.zeros(len(indices), dtype=bool)
-    return np.array([rng.random() < config.holdout for rng in sample_generators(indices, seed=config.seed, tag="holdout")])
+    return uniform(config.seed, "holdout", np.asarray(indices, dtype=np.int64)) < config.holdout
 
 
 def training_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int | None = None) -> Iterator[Mapping[str, Any]]:
