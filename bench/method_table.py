@@ -26,7 +26,7 @@ import numpy as np
 from biasaudit.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.impairments import impair_batch, muting_impairment
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 from biasaudit.training.loop import TrainConfig, scored_as_trained, train
 from biasaudit.training.methods import make_method
 from biasaudit.training.selection import choose_mmdb_scale

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from biasaudit import Adapter, Modality
-from biasaudit.scan import ScanConfig, scan_model
+from biasaudit.scanning import ScanConfig, scan_model
 
 CLASSES = 10
 

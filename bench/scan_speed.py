@@ -117,7 +117,7 @@ class Timed:
 
 
 def config(device: str, **extra):
-    from biasaudit.scan import ScanConfig
+    from biasaudit.scanning import ScanConfig
 
     return ScanConfig(split="test", conditions=GRID, bootstrap_replicates=1000, projection="pca", device=device, **extra)
 
@@ -168,7 +168,7 @@ import scan_speed
 adapter = scan_speed.demo_adapter()
 model = scan_speed.demo_model(adapter)
 from biasaudit.audit import audit_model
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 config = ScanConfig(split="ood", conditions=scan_speed.GRID, bootstrap_replicates=1000, projection="pca", device=sys.argv[2])
 audit_model(model, adapter, config=config, checkpoint=None)  # warm-up
 start = time.perf_counter()

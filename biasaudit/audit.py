@@ -14,7 +14,7 @@ from biasaudit.errors import InputError
 from biasaudit.output_set import OutputSet
 from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, source_hash, write_json_atomic
 from biasaudit.progress import Progress
-from biasaudit.scan import ScanConfig, scan_model
+from biasaudit.scanning import ScanConfig, scan_model
 from biasaudit.verdict import scan_verdict
 
 

@@ -33,16 +33,22 @@ from biasaudit.metrics.calibration import CalibrationAccumulator
 from biasaudit.randomness import poisson1
 
 
-def check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: str) -> None:
+def _not_finite(condition: str) -> DataError:
+    # argmax would silently score NaN as class 0; a muted input the model cannot handle must be seen.
+    return DataError(f"The model returned NaN or infinite logits under condition {condition!r}; check how the model handles that input.")
+
+
+def check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: str, finite: bool = True) -> None:
+    """Shape and dtype always; finiteness unless `finite=False` (the caller then checks a whole batch's conditions at
+    once, with one device-to-host copy instead of one per condition)."""
     if not isinstance(logits, torch.Tensor) or logits.shape != (batch_size, num_classes):
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise DataError(f"The adapter's forward() returned {shape}; expected logits of shape ({batch_size}, {num_classes}).")
     if not logits.is_floating_point():
         raise DataError(f"The adapter's forward() returned logits of dtype {logits.dtype}; expected floating-point logits "
                         "(scores before softmax), not predicted labels or booleans.")
-    if not torch.isfinite(logits).all():
-        # argmax would silently score NaN as class 0; a muted input the model cannot handle must be seen.
-        raise DataError(f"The model returned NaN or infinite logits under condition {condition!r}; check how the model handles that input.")
+    if finite and not torch.isfinite(logits).all():
+        raise _not_finite(condition)
 
 
 @dataclass
@@ -75,8 +81,10 @@ def _evaluation_order(conditions: Sequence[Condition]) -> list[Condition]:
 
 
 class BatchEvaluator:
-    def __init__(self, model: nn.Module, adapter: Adapter, setup: PassSetup, *, device: torch.device, feature_tap: Any = None) -> None:
+    def __init__(self, model: nn.Module, adapter: Adapter, setup: PassSetup, *, device: torch.device, feature_tap: Any = None,
+                 autocast: torch.dtype | None = None) -> None:
         self.model, self.adapter, self.setup, self.device = model, adapter, setup, device
+        self.autocast = autocast  # bfloat16 / float16 forwards on CUDA (ScanConfig.precision), else None
         self.feature_tap = feature_tap  # the classifier's input, read right after the Full forward
         self.full_features: torch.Tensor | None = None
         self.modalities = {m.name: m for m in adapter.modalities}
@@ -92,15 +100,21 @@ class BatchEvaluator:
 
     # ---- forwards -------------------------------------------------------------------------------
     def _logits(self, model: nn.Module, batch: Mapping[str, Any], *, stage: str, condition: str, tap: bool = False,
-                rows: int | None = None) -> torch.Tensor:
+                rows: int | None = None, finite: bool = True) -> torch.Tensor:
         if self.setup.tap is not None:
             self.setup.tap.active = tap
             self.setup.tap.values.clear()
-        logits = self.adapter.forward(model, self.adapter.prepare(batch, device=self.device))
+        inputs = self.adapter.prepare(batch, device=self.device)
+        if self.autocast is not None:
+            with torch.autocast(device_type=self.device.type, dtype=self.autocast):
+                logits = self.adapter.forward(model, inputs)
+            logits = logits.float() if isinstance(logits, torch.Tensor) and logits.is_floating_point() else logits
+        else:
+            logits = self.adapter.forward(model, inputs)
         if self.setup.tap is not None:
             self.setup.tap.active = False
         rows = len(self._labels) if rows is None else rows
-        check_logits(logits, batch_size=rows, num_classes=self.adapter.num_classes, condition=condition)
+        check_logits(logits, batch_size=rows, num_classes=self.adapter.num_classes, condition=condition, finite=finite)
         self.forwards[stage] += rows
         return logits
 
@@ -128,7 +142,7 @@ class BatchEvaluator:
         by_definition: dict[tuple, torch.Tensor] = {}  # two conditions that impair alike are forwarded once
         for condition in _evaluation_order(s.conditions):
             if condition.group == "full":
-                logits = self._logits(self.model, batch, stage="conditions", condition="full", tap=True)
+                logits = self._logits(self.model, batch, stage="conditions", condition="full", tap=True, finite=False)
                 self._subsets[everything] = logits
                 self._full_branch = s.tap.features(batch) if s.tap else {}
                 self.full_features = self.feature_tap.value if self.feature_tap is not None else None
@@ -144,8 +158,13 @@ class BatchEvaluator:
                 self.muted_counts[condition.name] += int(muted_subset(indices, seed=s.seed, fraction=condition.severity).sum())
         # Predictions stay on the device until every condition is done: one copy to the host per batch.
         names = [c.name for c in s.conditions]
-        probabilities = torch.softmax(torch.stack([logits_of[name].float() for name in names]), dim=2)
-        confidence, predicted = (t.cpu().numpy() for t in probabilities.max(dim=2))
+        stacked = torch.stack([logits_of[name].float() for name in names])
+        probabilities = torch.softmax(stacked, dim=2)
+        confidence, predicted = probabilities.max(dim=2)
+        finite = torch.isfinite(stacked).flatten(1).all(dim=1)
+        finite, confidence, predicted = (t.cpu().numpy() for t in (finite, confidence, predicted))
+        if not finite.all():
+            raise _not_finite(names[int(np.flatnonzero(~finite)[0])])
         predictions = dict(zip(names, predicted))
         confidences = dict(zip(names, confidence))
         full_logits = logits_of["full"]
@@ -182,11 +201,11 @@ class BatchEvaluator:
                 part = take_rows(batch, rows, size=len(indices))
                 impaired = impair_batch(part, m, impairment, 1.0, indices=indices[rows], seed=s.seed, tag=tag)
                 logits[torch.as_tensor(rows, device=logits.device)] = self._logits(
-                    self.model, impaired, stage="conditions", condition=condition.name, rows=len(rows)).to(logits.dtype)
+                    self.model, impaired, stage="conditions", condition=condition.name, rows=len(rows), finite=False).to(logits.dtype)
             return logits
         impaired = impair_batch(batch, m, impairment, condition.severity, indices=indices, seed=s.seed, tag=tag)
         is_mute = condition.group == "missing"
-        logits = self._logits(self.model, impaired, stage="conditions", condition=condition.name, tap=is_mute)
+        logits = self._logits(self.model, impaired, stage="conditions", condition=condition.name, tap=is_mute, finite=False)
         if is_mute:
             self._subsets[frozenset(self.modalities) - {m.name}] = logits
             if s.tap is not None and m.name in s.tap.values:

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from biasaudit.compare import GROUPS
+from biasaudit.comparing import GROUPS
 from biasaudit.errors import InputError
 
 ALL = "*"

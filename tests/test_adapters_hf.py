@@ -22,7 +22,7 @@ from biasaudit.adapters import empty_text_ids, token_modality, tokenizing_prepar
 from biasaudit.audit import audit_model
 from biasaudit.errors import AdapterError
 from biasaudit.impairments import impair_batch, resolve_impairment
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"

@@ -15,7 +15,7 @@ import torch
 from biasaudit.audit import audit_model
 from biasaudit.metrics.accuracy import bootstrap_weights, percentile_interval
 from biasaudit.results import to_json_text
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shortcut_adapter.py"
 FAST = dict(split="test", bootstrap_replicates=200, projection="pca", gradient_batches=1, min_wrong=1)
@@ -312,7 +312,7 @@ def test_worst_group_that_covers_only_aligned_groups_says_it_cannot_see_the_bias
     """On an in-distribution split the few bias-conflicting samples sit in groups below min_group: the worst group is a
     bias-aligned one (100%) although label-2 conflicting samples all fail. The audit, the verdict and the gate say so
     instead of reporting 100% as worst-group accuracy."""
-    from biasaudit.gate import GateRules, evaluate_gate
+    from biasaudit.gating import GateRules, evaluate_gate
 
     audit = scan(FX.ShortcutAdapter(), conditions="missing", split="train")
     groups = audit["groups"]

@@ -69,8 +69,8 @@ def test_fix_reuses_a_scan_taken_with_any_scan_setting_and_names_the_one_that_di
     reusable when fix is given the same, and refused, naming the setting, when not."""
     from biasaudit.checkpoint import file_sha256
     from biasaudit.errors import InputError
-    from biasaudit.fix import reusable_before
-    from biasaudit.scan import ScanConfig
+    from biasaudit.fixing import reusable_before
+    from biasaudit.scanning import ScanConfig
 
     out = tmp_path / "audit"
     result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, "--conditions", "missing,carrier",

@@ -8,7 +8,7 @@ import pytest
 
 from biasaudit.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 
 
 class NoColourAdapter(DigitsCaptionsAdapter):

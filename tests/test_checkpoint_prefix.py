@@ -19,11 +19,11 @@ from torch import nn
 
 from biasaudit.audit import audit_checkpoint, load_model_noting_prefix, write_audit
 from biasaudit.checkpoint import find_wrapper_prefix, read_checkpoint
-from biasaudit.compare import compare_audits
+from biasaudit.comparing import compare_audits
 from biasaudit.errors import CheckpointError
-from biasaudit.fix import reusable_before
+from biasaudit.fixing import reusable_before
 from biasaudit.results import to_json_text
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "loader_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"

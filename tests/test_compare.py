@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from biasaudit.audit import audit_model
-from biasaudit.compare import compare_audits
+from biasaudit.comparing import compare_audits
 from biasaudit.errors import DataError, InputError
 from biasaudit.metrics.accuracy import BootstrapCounts, percentile_interval
 from biasaudit.report.compare_render import render_compare_html
 from biasaudit.results import read_audit, write_json_atomic
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 
 TESTS = Path(__file__).parent
 SCRIPT = Path(sys.executable).parent / "biasaudit"

@@ -18,9 +18,9 @@ from torch import nn
 from biasaudit import Adapter, Modality
 from biasaudit.audit import audit_model
 from biasaudit.errors import InputError
-from biasaudit.gate import GateRules, evaluate_gate
+from biasaudit.gating import GateRules, evaluate_gate
 from biasaudit.results import write_json_atomic
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 
 SCRIPT = Path(sys.executable).parent / "biasaudit"
 N, C = 200, 4
@@ -442,7 +442,7 @@ def test_bias_rules_from_the_config_file_share_the_command_lines_checks(pair_fil
 ])
 def test_a_negative_ratchet_or_a_text_limit_is_refused_because_identical_audits_would_fail(rules, expected):
     from biasaudit.errors import InputError
-    from biasaudit.gate import GateRules
+    from biasaudit.gating import GateRules
 
     with pytest.raises(InputError, match=expected):
         GateRules(**rules)

@@ -215,14 +215,14 @@ def test_resume_with_discovered_bias_gives_the_uninterrupted_weights_and_refuses
 
 
 def test_fix_without_a_bias_key_clusters_the_audits_dominant_modality_and_records_it(tmp_path):
-    from biasaudit.fix import run_fix
-    from biasaudit.scan import ScanConfig
+    from biasaudit.fixing import run_fix
+    from biasaudit.scanning import ScanConfig
 
     checkpoint = tmp_path / "start.pt"
     torch.save(LeansOnB().state_dict(), checkpoint)
     scan = ScanConfig(split="test", conditions="missing", projection="pca", bootstrap_replicates=20, gradient_batches=1, kmeans_k=2)
     paths = run_fix(checkpoint, NoBiasKey(), method="mmdb", method_options={"scale": "auto"}, scan_config=scan,
-                    train_config=TrainConfig(epochs=1, batch_size=8), out_dir=tmp_path / "out")
+                    train_config=TrainConfig(epochs=1, batch_size=8), out_dir=tmp_path / "out").paths
     before, after = (json.loads(paths[name].read_text()) for name in ("before", "after"))
     assert before["summary"]["missing"]["dominant"] == "b"
     training = after["manifest"]["training"]
@@ -232,8 +232,8 @@ def test_fix_without_a_bias_key_clusters_the_audits_dominant_modality_and_record
 
 
 def test_fix_refuses_an_adapter_without_bias_key_or_branches_before_auditing(tmp_path):
-    from biasaudit.fix import run_fix
-    from biasaudit.scan import ScanConfig
+    from biasaudit.fixing import run_fix
+    from biasaudit.scanning import ScanConfig
 
     checkpoint = tmp_path / "start.pt"
     torch.save(LeansOnB().state_dict(), checkpoint)

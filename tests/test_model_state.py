@@ -14,7 +14,7 @@ from torch import nn
 from biasaudit import Adapter, Modality
 from biasaudit.audit import audit_model
 from biasaudit.cli import summary_table
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 from biasaudit.training.loop import TrainConfig, method_parameters, train
 from biasaudit.training.method_balgrad import BalGrad
 from biasaudit.training.methods import make_method

@@ -252,11 +252,11 @@ def test_ctrl_c_during_a_scan_writes_nothing_and_says_so(earlier, checkpoint, tm
 
 
 def test_ctrl_c_during_fix_training_says_the_state_is_kept_and_writes_no_results(earlier, checkpoint, tmp_path, monkeypatch):
-    import biasaudit.fix
+    import biasaudit.fixing
 
     directory = used(earlier, "fix", tmp_path)
     results = {name: (directory / name).read_bytes() for name in FIX_FILES}
-    real_train = biasaudit.fix.train
+    real_train = biasaudit.fixing.train
 
     def stopped(*args, progress=None, **kwargs):
         def at_step(stage, done, total, status=None):
@@ -264,7 +264,7 @@ def test_ctrl_c_during_fix_training_says_the_state_is_kept_and_writes_no_results
                 raise KeyboardInterrupt
         return real_train(*args, progress=at_step, **kwargs)
 
-    monkeypatch.setattr(biasaudit.fix, "train", stopped)
+    monkeypatch.setattr(biasaudit.fixing, "train", stopped)
     result = run("fix", checkpoint, "--adapter", SHORTCUT, *FIX_FAST[:2], "--epochs", "3", *FIX_FAST[4:], "--seed", "1", "--out", directory)
     assert result.exit_code == 130, result.output
     assert f"no results were written to {directory}; the training state {directory / 'state' / 'last.pt'} is kept" in " ".join(result.output.split())

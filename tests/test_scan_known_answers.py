@@ -12,7 +12,7 @@ import pytest
 
 from biasaudit.audit import audit_model
 from biasaudit.results import public
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_adapter.py"
 

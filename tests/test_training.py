@@ -124,8 +124,8 @@ def test_before_after_deltas_get_paired_intervals_that_are_zero_for_an_unchanged
     """The same model audited twice: every paired delta interval is exactly [0, 0]; an unpaired
     comparison (two independent intervals) could never show that."""
     from biasaudit.audit import audit_model
-    from biasaudit.compare import compare_audits
-    from biasaudit.scan import ScanConfig
+    from biasaudit.comparing import compare_audits
+    from biasaudit.scanning import ScanConfig
 
     config = ScanConfig(split="ood", conditions="missing", projection="pca", bootstrap_replicates=100, gradient_batches=1)
     first = audit_model(copy.deepcopy(baseline), ADAPTER, config=config, checkpoint=None)
@@ -270,14 +270,14 @@ def test_an_mmdb_after_audit_scores_the_cosine_model_it_trained_and_says_so(base
     import json
 
     from biasaudit.audit import audit_model
-    from biasaudit.fix import run_fix
-    from biasaudit.scan import ScanConfig
+    from biasaudit.fixing import run_fix
+    from biasaudit.scanning import ScanConfig
 
     checkpoint = tmp_path / "base.pt"
     torch.save(baseline.state_dict(), checkpoint)
     scan_config = ScanConfig(split="ood", conditions="missing", bootstrap_replicates=20, projection="pca", min_wrong=1)
     paths = run_fix(checkpoint, ADAPTER, method="mmdb", method_options={"scale": 4.0}, train_config=TrainConfig(epochs=1),
-                    scan_config=scan_config, out_dir=tmp_path / "fix")
+                    scan_config=scan_config, out_dir=tmp_path / "fix").paths
     after = json.loads(paths["after"].read_text())
     assert "cosine classifier s·cos θ (s = 4)" in after["manifest"]["scored_model"]
     assert "cosine classifier" in (tmp_path / "fix" / "after.html").read_text()

@@ -9,7 +9,7 @@ import copy
 import importlib.util
 from pathlib import Path
 
-from biasaudit.compare import compare_audits
+from biasaudit.comparing import compare_audits
 from biasaudit.verdict import compare_sentences, compare_verdict, scan_verdict
 
 _spec = importlib.util.spec_from_file_location("bias_pair_for_verdict", Path(__file__).parent / "fixtures" / "bias_pair.py")

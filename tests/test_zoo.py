@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 from biasaudit.adapter import load_adapter
 from biasaudit.audit import audit_checkpoint, audit_model
 from biasaudit.cli import app
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 
 ZOO = Path(__file__).parent / "zoo"
 sys.path.insert(0, str(ZOO))

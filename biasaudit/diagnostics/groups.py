@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from biasaudit.metrics.accuracy import percentile_interval
+from biasaudit.metrics.accuracy import exact_weighted_sums, percentile_interval
 
 # A split is called out of distribution when its share of bias-aligned samples (label = the class the bias
 # value's training prior prefers) is this far below train's: the shortcut then misleads on many samples.
@@ -67,17 +67,6 @@ def _pointed(bias: np.ndarray, preferred: np.ndarray) -> np.ndarray:
     return out
 
 
-def _weighted_sums(groups: np.ndarray, weights: np.ndarray, size: int) -> np.ndarray:
-    """[size, R] sums of the weight rows per group id (sorted segments: O(B * R), no dense one-hot)."""
-    out = np.zeros((size, weights.shape[1]), dtype=np.int64)
-    if groups.size:
-        order = np.argsort(groups, kind="stable")
-        sorted_groups = groups[order]
-        starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
-        out[sorted_groups[starts]] = np.add.reduceat(weights[order], starts, axis=0)
-    return out
-
-
 @dataclass(frozen=True)
 class GroupScores:
     worst_group: float | None
@@ -100,17 +89,29 @@ class GroupAccumulator:
         self.count = np.zeros(size, dtype=np.int64)
         self.correct = {c: np.zeros(size, dtype=np.int64) for c in self.condition_names}
         self.weighted_total = np.zeros((size, replicates), dtype=np.int64)
-        self.weighted_correct = {c: np.zeros((size, replicates), dtype=np.int64) for c in self.condition_names}
+        # One [K, groups, R] array; the per-condition entries are views of it, so a batch adds to every condition at once.
+        self._weighted_correct = np.zeros((len(self.condition_names), size, replicates), dtype=np.int64)
+        self.weighted_correct = dict(zip(self.condition_names, self._weighted_correct))
 
     def update(self, predictions: Mapping[str, np.ndarray], labels: np.ndarray, bias: np.ndarray, weights: np.ndarray) -> None:
         group = labels * self.num_bias + bias
         size = self.count.size
         self.count += np.bincount(group, minlength=size)
-        self.weighted_total += _weighted_sums(group, weights, size)
-        for c in self.condition_names:
-            right = predictions[c] == labels
-            self.correct[c] += np.bincount(group[right], minlength=size)
-            self.weighted_correct[c] += _weighted_sums(group[right], weights[right], size)
+        right = np.stack([predictions[c] == labels for c in self.condition_names])  # [K, B]
+        for c, row in zip(self.condition_names, right):
+            self.correct[c] += np.bincount(group[row], minlength=size)
+        # Sorted once by group: each group's rows are one segment, whose weight sums for every condition at once are
+        # one exact matrix product (no dense one-hot over all groups).
+        if not group.size:
+            return
+        order = np.argsort(group, kind="stable")
+        sorted_group, sorted_weights = group[order], weights[order]
+        starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+        present = sorted_group[starts]
+        self.weighted_total[present] += np.add.reduceat(sorted_weights, starts, axis=0)
+        right_f, weights_f = right[:, order].astype(np.float64), sorted_weights.astype(np.float64)
+        for g, lo, hi in zip(present, starts, np.r_[starts[1:], group.size]):
+            self._weighted_correct[:, g] += exact_weighted_sums(right_f[:, lo:hi], weights_f[lo:hi])
 
     def merge(self, other: GroupAccumulator) -> None:
         self.count += other.count

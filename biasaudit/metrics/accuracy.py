@@ -35,6 +35,14 @@ def bootstrap_weights(indices: np.ndarray, *, replicates: int, seed: int) -> np.
     return poisson1(seed, "bootstrap-weights", np.asarray(indices, dtype=np.int64), replicates)
 
 
+def exact_weighted_sums(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """rows [K, B] (0/1) @ weights [B, R] (Poisson(1) draws) as int64, by one float64 matrix product: every product and partial sum is an
+    integer far below 2**53, so the float result is exact whatever order BLAS adds in, and it costs a fraction of
+    numpy's integer matmul (which has no BLAS)."""
+    # Poisson(1) weights stay below 20 (randomness.py): a batch would need 2**48 rows for a sum to reach 2**53.
+    return (rows.astype(np.float64, copy=False) @ weights.astype(np.float64, copy=False)).astype(np.int64)
+
+
 def percentile_interval(values: np.ndarray) -> tuple[float, float] | None:
     """The 95% percentile interval of bootstrap replicates; None when no replicate is finite."""
     finite = values[np.isfinite(values)]
@@ -201,7 +209,9 @@ class ConditionAccumulator:
             cells = np.bincount(y * self.num_classes + p, minlength=size)
             self.confusion[c] += cells.reshape(self.num_classes, self.num_classes)
             self.flips[c] += int(np.count_nonzero(p != full))
-            self.weighted_correct[c] += (p == y).astype(np.int64) @ weights
+        correct = np.stack([p == y for p in preds.values()])
+        for c, sums in zip(preds, exact_weighted_sums(correct, weights)):
+            self.weighted_correct[c] += sums
 
     def merge(self, other: ConditionAccumulator) -> None:
         """Add the counts of another shard of the same scan (disjoint sample indices) into this one."""

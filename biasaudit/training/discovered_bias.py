@@ -24,7 +24,7 @@ from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.analyses import _branch_outputs
 from biasaudit.errors import AdapterError, CheckpointError, DataError
 from biasaudit.metrics.jsd import discover_bias_clusters
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 
 # The scan embeds with its config's batch size; batching like a default scan keeps the fitted clusters
 # those of the before-audit, not merely equal up to float summation order.

@@ -276,7 +276,7 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
 
 def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config: TrainConfig, state_dir: str | os.PathLike | None,
            resume: bool, progress: Progress | None, stage: str) -> list[dict[str, Any]]:
-    from biasaudit.scan import resolve_device
+    from biasaudit.scanning import resolve_device
 
     progress = with_status(progress)
     device = resolve_device(config.device)

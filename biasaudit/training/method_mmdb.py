@@ -19,7 +19,7 @@ from torch import nn
 from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.batches import bias_range, int_column, labels_and_bias
 from biasaudit.errors import AdapterError, CheckpointError, InputError
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 from biasaudit.training import mmdb
 from biasaudit.training.discovered_bias import DiscoveredBias, dominant_branch, require_branches
 from biasaudit.training.method_ce import train_labels

@@ -43,6 +43,8 @@ from biasaudit.progress import Progress, silent
 from biasaudit.summary import condition_rows, group_summary, ratio_sweep, reliance
 
 PROJECTIONS = ("umap", "pca")
+# The forwards' precision: fp32, or autocast to bfloat16 / float16 on CUDA (logits are read back in float32).
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...]) -> Adapter:
@@ -94,10 +96,13 @@ class ScanConfig:
     donor_pool: int = DEFAULT_CAPACITY  # donors kept per (label, bias value) for the carrier and interaction swaps
     ceiling_per_class: int = DEFAULT_PER_CLASS  # train samples per class a ceiling probe is fitted on
     interaction_donors: int = DEFAULT_DONORS
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.projection not in PROJECTIONS:
             raise InputError(f"Projection {self.projection!r} is unknown. Available: {', '.join(PROJECTIONS)}.")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision is {self.precision!r}, which is unknown. Available: {', '.join(PRECISIONS)}.")
         if self.group_by not in GROUPINGS:
             raise InputError(f"group_by is {self.group_by!r}, which is unknown. Available: {', '.join(GROUPINGS)}.")
         # One check for every source (command line, config file, Python): the messages start with the setting's
@@ -123,6 +128,12 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise InputError(f"Device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0.")
     return device
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Autocast to 16 bits is offered on CUDA only: on the CPU it is slow or unsupported for many operators."""
+    if PRECISIONS.get(precision) is not None and device.type != "cuda":
+        raise InputError(f"precision is {precision!r}, which needs a CUDA device; this scan runs on {device.type}. Use fp32 there.")
 
 
 def _batch_count(adapter: Adapter, split: str, batch_size: int) -> int | None:
@@ -194,6 +205,7 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     modalities muted is that modality's ceiling (instead of a linear probe on its branch)."""
     progress = progress or silent
     device = resolve_device(config.device)
+    check_precision(config.precision, device)
     adapter = with_mute_overrides(adapter, config.mute)
     names = [m.name for m in adapter.modalities]
     unimodal_models = dict(unimodal_models or {})
@@ -248,7 +260,7 @@ def _scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: P
         if "interaction" in wanted:
             setup.interaction = InteractionAccumulator(modalities=len(names), donors=config.interaction_donors)
 
-        evaluator = BatchEvaluator(model, adapter, setup, device=device, feature_tap=feature_tap)
+        evaluator = BatchEvaluator(model, adapter, setup, device=device, feature_tap=feature_tap, autocast=PRECISIONS[config.precision])
         fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.key for m in adapter.modalities])
         total = _batch_count(adapter, config.split, config.batch_size)
         seen = 0
@@ -326,7 +338,7 @@ def _scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: P
         "reliance": reliance(conditions, scores, class_names=class_names),
         **sections,
         # Kept in the file so that two audits of the same samples and seed (before/after a fix) get *paired*
-        # intervals for their differences, whether compared in memory or read back (biasaudit/compare.py).
+        # intervals for their differences, whether compared in memory or read back (biasaudit/comparing.py).
         "samples": fingerprint.to_dict(),
         "bootstrap": bootstrap,
         "_forwards_per_sample": cost,
@@ -387,7 +399,7 @@ def _discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig
     if "carrier" in wanted:
         setup.pool = _fill_pool(adapter, config, lambda idx, batch: discovered[idx], progress=progress)
         setup.carrier = CarrierAccumulator([m.name for m in adapter.modalities], replicates=config.bootstrap_replicates)
-    evaluator = BatchEvaluator(model, adapter, setup, device=device)
+    evaluator = BatchEvaluator(model, adapter, setup, device=device, autocast=PRECISIONS[config.precision])
     with torch.no_grad():
         for step, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)):
             evaluator.update(indices, batch, checked_labels(batch, adapter, split=config.split), discovered[indices])

@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
-from biasaudit.compare import GROUPS, compare_audits
+from biasaudit.comparing import GROUPS, compare_audits
 from biasaudit.errors import InputError
 from biasaudit.gate_limits import ALL, JSD_STATISTICS, parse_limits, parse_statistic
 

@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping
+
+from torch import nn
 
 from biasaudit.adapter import Adapter
 from biasaudit.audit import audit_model, load_model_noting_prefix, stage_audit
 from biasaudit.output_paths import check_output_dir
 from biasaudit.checkpoint import save_state_atomic
-from biasaudit.compare import compare_audits
+from biasaudit.comparing import compare_audits
 from biasaudit.errors import InputError
 from biasaudit.output_set import OutputSet
 from biasaudit.results import read_audit, write_json_atomic
 from biasaudit.progress import Progress
-from biasaudit.scan import ScanConfig
+from biasaudit.scanning import ScanConfig
 from biasaudit.training.loop import TrainConfig, load_training_state, scored_as_trained, train
 from biasaudit.training.methods import make_method
 
@@ -52,7 +55,9 @@ def carrier_of(audit: Mapping[str, Any]) -> str | None:
 
 def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
             scan_config: ScanConfig, out_dir: str | Path, adapter_spec: str | None = None, trust: bool = False,
-            before_path: str | Path | None = None, resume: bool = False, min_group: int = 1, progress: Progress | None = None) -> dict[str, Path]:
+            before_path: str | Path | None = None, resume: bool = False, min_group: int = 1, progress: Progress | None = None) -> FixFiles:
+    """`fix_model` on a checkpoint, its results written into `out_dir` as one set (model.pt last). Returns the paths
+    and what they hold, so a caller never reads back the files it just had written."""
     checkpoint = Path(checkpoint)
     target = check_output_dir(out_dir)
     if target.exists() and (target / "model.pt").resolve() == checkpoint.resolve():
@@ -61,7 +66,7 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     # model.pt last (biasaudit.output_set): a failing after-audit, a crash or a second run never leaves a new
     # model.pt beside an earlier run's after.json.
     with OutputSet(target, files=FILES) as outputs:
-        _fix_into(outputs, checkpoint, adapter, method=method, method_options=method_options, train_config=train_config,
+        outcome = _fix_into(outputs, checkpoint, adapter, method=method, method_options=method_options, train_config=train_config,
                   scan_config=scan_config, adapter_spec=adapter_spec, trust=trust, before_path=before_path, resume=resume,
                   min_group=min_group, progress=progress)
     out = target
@@ -69,17 +74,40 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     paths.update({name.split(".")[0]: out / name for name in OUTPUTS[1:]})
     paths["after_html"] = out / "after.html"
     paths["compare_html"] = out / "compare.html"
-    return paths
+    return FixFiles(paths=paths, outcome=outcome)
 
 
-def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any],
-              train_config: TrainConfig, scan_config: ScanConfig, adapter_spec: str | None, trust: bool, before_path: str | Path | None,
-              resume: bool, min_group: int, progress: Progress | None) -> None:
-    from biasaudit.checkpoint import file_sha256
+@dataclass(frozen=True)
+class FixOutcome:
+    """What a fix produced in memory (the model trained in place); `fix_model`'s one return type."""
 
-    out = outputs.out
+    before: dict[str, Any]
+    after: dict[str, Any]
+    training: dict[str, Any]
+    steps: list[dict[str, Any]]
+    comparison: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FixFiles:
+    """`run_fix`'s result: where each output went (model, before, after, compare, train_log, after_html, compare_html)
+    and the outcome those files hold."""
+
+    paths: dict[str, Path]
+    outcome: FixOutcome
+
+
+def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
+              scan_config: ScanConfig, before: dict[str, Any] | None = None, state_dir: str | Path | None = None, resume: bool = False,
+              min_group: int = 1, progress: Progress | None = None, checkpoint: str | Path | None = None, adapter_spec: str | None = None,
+              prefix_removed: str | None = None, after_checkpoint: Callable[[nn.Module], Path | None] | None = None) -> FixOutcome:
+    """Audit (unless `before` is given), retrain `model` in place with `method`, audit again with the same settings and
+    compare. Writes nothing but the training state in `state_dir` (when given). `after_checkpoint(model)` may save the
+    fixed weights and return their path, which the after audit's manifest then names and hashes."""
+    if resume and state_dir is None:
+        raise InputError("resume needs the state_dir of the run to continue.")
     if resume:  # before the before-audit: a resume with nothing to resume is a mistake, found at once
-        load_training_state(out / "state")
+        load_training_state(Path(state_dir))
     method_options = dict(method_options)
     auto_scale = method == "mmdb" and method_options.get("scale") == "auto"
     if auto_scale:
@@ -87,13 +115,10 @@ def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method:
     if method == "mmdb" and method_options.get("kmeans_k") is None:
         method_options["kmeans_k"] = scan_config.kmeans_k  # discovered bias: the clusters the before audit's JSD used
     fixer = make_method(method, **method_options)
-    model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
     check = getattr(fixer, "check", None)
     if callable(check):
         check(model, adapter)  # a missing hook or a model the method cannot train: before the audit, which can take long
-    if before_path is not None:
-        before = reusable_before(before_path, config=scan_config, checkpoint_sha=file_sha256(checkpoint))
-    else:
+    if before is None:
         before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress,
                              prefix_removed=prefix_removed)
     if method == "mmdb":
@@ -111,32 +136,55 @@ def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method:
                                       config=train_config, min_group=min_group, progress=progress)
         method_options["scale"] = selection["chosen"]
         fixer = make_method(method, **method_options)
-    log = train(model, adapter, fixer, config=train_config, state_dir=out / "state", resume=resume, progress=progress)
+    steps = train(model, adapter, fixer, config=train_config, state_dir=state_dir, resume=resume, progress=progress)
     fixer.export(model, adapter)
     train_seconds = time.perf_counter() - start
     not_finite = [name for name, value in model.state_dict().items() if value.is_floating_point() and not bool(value.isfinite().all())]
     if not_finite:
+        kept = f"; the training state is in {state_dir}" if state_dir is not None else ""
         raise InputError(f"Training diverged: {len(not_finite)} tensors of the fixed model hold NaN or infinite values (first "
-                         f"{not_finite[0]}); nothing was written to {out} (lower --lr). The training state is in {out / 'state'}.")
-    from biasaudit.report.compare_render import write_compare_html
-
-    staged_model = outputs.staged("model.pt")
-    save_state_atomic(model.state_dict(), staged_model)
-    outputs.record_binary("model.pt")
+                         f"{not_finite[0]}); no results were written (lower --lr){kept}.")
+    saved = after_checkpoint(model) if after_checkpoint is not None else None
     with scored_as_trained(fixer, model, adapter) as scored:
-        after = audit_model(model, adapter, config=scan_config, checkpoint=staged_model, adapter_spec=adapter_spec, progress=progress)
-    after["manifest"]["checkpoint"]["path"] = str(out / "model.pt")
+        after = audit_model(model, adapter, config=scan_config, checkpoint=saved, adapter_spec=adapter_spec, progress=progress)
     if scored is not None:
         after["manifest"]["scored_model"] = scored
     training = {"method": method, "settings": fixer.settings(), "after_audit_scores": scored or "model.pt as written",
                 "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
-                "source_checkpoint": str(checkpoint)}
+                "source_checkpoint": str(checkpoint) if checkpoint is not None else None}
     after["manifest"]["training"] = training
+    return FixOutcome(before=before, after=after, training=training, steps=steps, comparison=compare_audits(before, after))
+
+
+def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any],
+              train_config: TrainConfig, scan_config: ScanConfig, adapter_spec: str | None, trust: bool, before_path: str | Path | None,
+              resume: bool, min_group: int, progress: Progress | None) -> FixOutcome:
+    from biasaudit.checkpoint import file_sha256
+    from biasaudit.report.compare_render import write_compare_html
+
+    out = outputs.out
+    if resume:  # before loading anything: a resume with nothing to resume is a mistake, found at once
+        load_training_state(out / "state")
+    model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
+    before = reusable_before(before_path, config=scan_config, checkpoint_sha=file_sha256(checkpoint)) if before_path is not None else None
+
+    def saved(fixed: nn.Module) -> Path:
+        staged_model = outputs.staged("model.pt")
+        save_state_atomic(fixed.state_dict(), staged_model)
+        outputs.record_binary("model.pt")
+        return staged_model
+
+    outcome = fix_model(model, adapter, method=method, method_options=method_options, train_config=train_config, scan_config=scan_config,
+                        before=before, state_dir=out / "state", resume=resume, min_group=min_group, progress=progress,
+                        checkpoint=checkpoint, adapter_spec=adapter_spec, prefix_removed=prefix_removed, after_checkpoint=saved)
+    before, after = outcome.before, outcome.after
+    after["manifest"]["checkpoint"]["path"] = str(out / "model.pt")
     stage_audit(before, outputs, json_name="before.json", html_name=None)
     stage_audit(after, outputs, json_name="after.json", html_name="after.html")
-    train_log = {"run": outputs.stamp(), "training": training, "steps": log}
-    comparison = {"run": outputs.stamp(), **compare_audits(before, after)}
+    train_log = {"run": outputs.stamp(), "training": outcome.training, "steps": outcome.steps}
+    comparison = {"run": outputs.stamp(), **outcome.comparison}
     write_json_atomic(train_log, outputs.staged("train_log.json"))
     write_json_atomic(comparison, outputs.staged("compare.json"))
     write_compare_html(comparison, before, after, outputs.staged("compare.html"), train_log=train_log)
     outputs.commit(tuple(name for name in FILES if name != "model.pt") + ("model.pt",))
+    return replace(outcome, comparison=comparison)

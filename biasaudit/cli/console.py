@@ -1,0 +1,143 @@
+"""The console: the only place that prints (rich progress and logs on stderr, results on stdout) and the only one
+that catches BiasAuditError and turns it into an exit code: 0 ok, 1 gate failed, 2 usage or input error, 3 internal
+error, 130 interrupted."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from biasaudit.errors import BiasAuditError
+
+# Names such as "ratio:a:0.5" hold emoji codes (":a:"): no emoji replacement anywhere. stdout carries results (paths, JSON)
+# as plain text, never through markup.
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)  # a message is one line: paths stay whole for copy and grep
+out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
+ADAPTER_HELP = "Your adapter: path/to/file.py:NAME or package.module:NAME (see README, 'Writing an adapter')."
+
+
+@contextmanager
+def handled(interrupted: Optional[Callable[[], str]] = None) -> Iterator[None]:
+    """Turn our errors into one red sentence and an exit code; anything else is a bug (exit 3).
+
+    `interrupted` says what a Ctrl-C leaves behind, when that is more than nothing (fix keeps its training state).
+    Runs write their files as a set that Ctrl-C cannot split (biasaudit.output_set): before the set is in place,
+    nothing was written; once it is, the interrupt says so.
+    """
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if exc.args:  # raised by the output set once its files were all in place
+            err.print(f"interrupted {exc.args[0]}.", markup=False)
+        else:
+            err.print(f"interrupted; {interrupted() if interrupted else 'nothing was written'}.", markup=False)
+        raise typer.Exit(130) from None
+    except BiasAuditError as exc:
+        # One line, never wrapped: CI logs and grep should see the whole sentence.
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, highlight=False)  # brackets in the text are not markup
+        raise typer.Exit(exc.exit_code) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception:
+        err.print_exception(max_frames=8)
+        err.print("[bold red]internal error:[/] this is a bug in biasaudit or in the adapter's code; the traceback above says where.")
+        raise typer.Exit(3) from None
+
+
+def explicit_options(ctx: typer.Context) -> set[str]:
+    """The options the user typed (or set through the environment), as opposed to defaults."""
+    # By the enum member's name: typer ships its own copy of click's ParameterSource.
+    typed = ("COMMANDLINE", "ENVIRONMENT")
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) in typed}
+
+
+@contextmanager
+def progress_bars() -> Iterator:
+    columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}"))
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bars:
+        tasks: dict[str, int] = {}
+
+        def update(stage: str, done: int, total: Optional[int], status: Optional[str] = None) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total, status="")
+            fields = {} if status is None else {"status": status}
+            bars.update(tasks[stage], completed=done, total=total, **fields)
+
+        yield update
+
+
+def _ci_text(ci, *, scale: float = 1.0, prefix: str = "") -> str:
+    """'[lo, hi]', or 'no interval' when the bootstrap gave none (a tiny split: no replicate drew a sample)."""
+    if not ci or any(v is None for v in ci):
+        return "no interval"
+    return f"{prefix}[{scale * ci[0]:.1f}, {scale * ci[1]:.1f}]"
+
+
+def summary_table(audit: dict) -> Table:
+    table = Table(title=f"modality bias on split {audit['dataset']['split']!r} (n={audit['dataset']['n']})", title_justify="left")
+    for column in ("condition", "accuracy %", "95% CI", "flip rate"):
+        table.add_column(column, justify="left" if column == "condition" else "right")
+    for row in audit["conditions"]:
+        if row["group"] in ("full", "missing", "noisy", "custom", "mute_compare"):
+            table.add_row(escape(row["name"]), f"{row['accuracy']:.1f}", _ci_text(row["accuracy_ci"]), f"{row['flip_rate']:.2f}")
+    for group in ("missing", "noisy"):
+        section = audit["summary"].get(group)
+        if section:
+            table.add_row(f"{group}: Avg / Gap", f"{section['avg']:.1f} / {section['gap']:.1f}", _ci_text(section["gap_ci"], prefix="gap "),
+                          f"dominant: {escape(section['dominant'] or 'none')}")
+    carrier = audit.get("carrier") or {}
+    if carrier.get("available"):
+        for name, row in carrier["modalities"].items():
+            swap = row["bias_swap"]
+            if swap["excess_follow_rate"] is not None:
+                table.add_row(f"bias swap: {escape(name)}", f"{100 * swap['excess_follow_rate']:+.1f}", _ci_text(swap["excess_follow_rate_ci"], scale=100),
+                              "carrier" if name == carrier.get("carrier") else "")
+    groups = (audit.get("groups") or {}).get("conditions", {}).get("full")
+    if groups and groups.get("worst_group") is not None:
+        table.add_row("worst group / balanced", f"{groups['worst_group']:.1f} / {groups['bias_balanced']:.1f}", _ci_text(groups["worst_group_ci"]),
+                      escape(groups.get("worst_group_label") or ""))
+    jsd = audit.get("jsd", {})
+    if jsd.get("available"):
+        # The unweighted mean needs min_wrong mistakes per bias value; say so rather than drop the row.
+        mean = "n/a" if jsd.get("mean") is None else f"{jsd['mean']:.3f}"
+        weighted = "n/a" if jsd.get("weighted_mean") is None else f"{jsd['weighted_mean']:.3f}"
+        table.add_row("JSD mean / weighted", f"{mean} / {weighted}", "", "no mistakes on this split" if jsd.get("n_wrong") == 0
+                      else "low = mistakes copy the bias")
+    return table
+
+
+@contextmanager
+def naming_source(sources: dict, *keys: str, flags: Optional[dict] = None) -> Iterator[None]:
+    """A setting that came from a config file and fails its check names the file, table and key: the same check as
+    the command line's, and the user learns where to look. With several keys, the one the message starts with. One
+    from the command line is named by its flag (`flags` maps keys whose flag is not --KEY-WITH-DASHES)."""
+    from biasaudit.errors import InputError
+
+    try:
+        yield
+    except InputError as exc:
+        text = str(exc)
+        key = keys[0] if len(keys) == 1 else next((k for k in keys if text.lower().startswith((k + " ", k.replace("_", " ") + " "))), None)
+        source = sources.get(key) if key else None
+        if source and not source.startswith(("command line", "default")):
+            raise InputError(f"{source} {key}: {text}") from exc
+        if source == "command line" and text.startswith(key + " "):  # named as the user typed it
+            flag = (flags or {}).get(key, f"--{key.replace('_', '-')}")
+            raise InputError(f"{flag}{text[len(key):]}") from exc
+        raise
+
+
+def print_verdict(audit: dict) -> None:
+    """The scan's verdict in words under the table: bias measures first, then reliance, then caveats."""
+    verdict = audit.get("verdict") or {}
+    if verdict.get("headline"):
+        err.print(f"[bold]verdict:[/] {escape(verdict['headline'])}")
+    for sentence in verdict.get("sentences", []):
+        err.print(f"  - {sentence}", markup=False, highlight=False)

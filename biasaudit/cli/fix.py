@@ -1,0 +1,113 @@
+"""`biasaudit fix`: retrain with a method and prove the change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from biasaudit.cli.app import app
+from biasaudit.cli.console import ADAPTER_HELP, err, handled, naming_source, out, progress_bars
+from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, parse_mute
+
+
+@app.command()
+def fix(
+    checkpoint: Path = typer.Argument(..., help="State dict of the biased model; it is never modified."),
+    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
+    method: str = typer.Option("mmdb", help="ce (plain fine-tuning, the control), mmdb or balgrad."),
+    out_dir: Path = typer.Option(Path("biasaudit-fix"), "--out", "-o", help="Directory for model.pt, before/after audits, compare.json, train_log.json."),
+    epochs: int = typer.Option(20, help="Training epochs."),
+    lr: float = typer.Option(3e-3, help="Adam learning rate."),
+    batch_size: int = typer.Option(64, help="Training batch size."),
+    seed: int = typer.Option(0, help="Seed of shuffling, training and both audits."),
+    device: str = typer.Option("cpu", help="Torch device."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT/state/last.pt."),
+    split: str = typer.Option("test", help="Split audited before and after."),
+    conditions: str = typer.Option("default", help="Conditions of both audits (see scan)."),
+    before: Optional[Path] = typer.Option(None, "--before", help="Reuse an existing audit of this checkpoint, taken with the same scan settings."),
+    mute: list[str] = typer.Option([], "--mute", help="Both audits: what 'missing' means for a modality, e.g. image=mean (see scan)."),
+    mute_compare: bool = typer.Option(False, "--mute-compare", help="Both audits: also measure each modality's other muting choice."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Both audits: bootstrap replicates."),
+    min_wrong: int = typer.Option(30, "--min-wrong", min=1, help="Both audits: mistakes per bias value for the unweighted JSD mean."),
+    embedding_points: int = typer.Option(5000, "--embedding-points", min=10, help="Both audits: points kept for the embedding plots."),
+    gradient_batches: int = typer.Option(8, "--gradient-batches", min=1, help="Both audits: batches sampled for gradient conflict."),
+    scan_batch_size: int = typer.Option(256, "--scan-batch-size", min=1, help="Both audits: samples per batch (training uses --batch-size)."),
+    scan_projection: str = typer.Option("umap", "--scan-projection", help="Both audits: 2-D projection of the embeddings, umap or pca "
+                                        "(--projection is BalGrad's)."),
+    audit_min_group: int = typer.Option(10, "--audit-min-group", min=1, help="Both audits: smallest group in worst-group accuracy "
+                                        "(scan's --min-group; --min-group is MMDB's)."),
+    group_by: str = typer.Option("auto", "--group-by", help="Both audits: auto, bias or alignment (see scan)."),
+    ceiling_per_class: int = typer.Option(50, "--ceiling-per-class", min=1, help="Both audits: train samples per class of the ceiling probes."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles."),
+    scale: str = typer.Option("auto", help="MMDB: the cosine scale s, or auto (grid 1..32 by bias-balanced validation accuracy)."),
+    min_group: int = typer.Option(1, "--min-group", min=1, help="MMDB --scale auto: smallest (label, bias) group counted in the bias-balanced accuracy."),
+    bias_source: str = typer.Option("auto", "--bias", help="MMDB: where the bias values come from: key (the adapter's bias_key), "
+                                    "kmeans (k-means on the branch of the modality the model leans on; methods.md section 3) or auto "
+                                    "(key when the adapter declares one)."),
+    bias_modality: Optional[str] = typer.Option(None, "--bias-modality", help="MMDB with k-means bias: the modality whose branch is "
+                                                "clustered (default: the before audit's carrier, else its dominant one)."),
+    kmeans_k: int = typer.Option(16, "--kmeans-k", min=2, help="Clusters of the k-means bias discovery (MMDB without a bias key, and both audits' JSD)."),
+    min_count: int = typer.Option(0, "--min-count", help="MMDB: ignore labels with fewer samples under a bias value."),
+    entropy_gate: Optional[float] = typer.Option(None, "--entropy-gate", help="MMDB: zero the margins of bias values with label entropy >= this (bits)."),
+    lambda_initial: float = typer.Option(0.1, "--lambda-initial", help="BalGrad: initial mutual-learning weight λ_0 (0..1)."),
+    lambda_schedule: str = typer.Option("linear", "--lambda-schedule", help="BalGrad: linear (λ_0 rising to 1) or constant (λ_0)."),
+    beta: float = typer.Option(1.0, help="BalGrad: weight of the unimodal losses on the branches."),
+    kl_mode: str = typer.Option("mutual", "--kl-mode", help="BalGrad: mutual or undirected."),
+    projection: str = typer.Option("global", help="BalGrad: global or per_modality projection."),
+    head_mode: str = typer.Option("shared_zero", "--head-mode", help="BalGrad unimodal heads: shared_zero (the model with the other branch zeroed), "
+                                  "ogm_split (classifier weight slices, half the bias) or separate (new training-only linear heads)."),
+    balgrad_weights: str = typer.Option("batch", "--balgrad-weights", help="BalGrad KL weights: batch (this batch's unimodal losses) or "
+                                        "running (their moving averages, momentum 0.9)."),
+) -> None:
+    """Retrain to reduce modality bias; write a drop-in state dict and before/after audits."""
+    from biasaudit.adapter import load_adapter
+    from biasaudit.errors import InputError
+    from biasaudit.fixing import run_fix
+    from biasaudit.scanning import PROJECTIONS, ScanConfig, with_mute_overrides
+    from biasaudit.training.loop import TrainConfig
+
+    def interrupted() -> str:
+        state = out_dir / "state" / "last.pt"
+        kept = f"; the training state {state} is kept: --resume continues from its last finished epoch" if state.is_file() else ""
+        return f"no results were written to {out_dir}{kept}"
+
+    with handled(interrupted):
+        # Parsed inside handled(): a bad --scale is a one-sentence exit 2 like every other option.
+        options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate, "bias": bias_source,
+                                      "dominant": bias_modality},
+                   "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
+                               "projection": projection, "head_mode": head_mode, "weights": balgrad_weights}}
+        # An unknown method gets its "Available: ..." error from the METHODS registry in run_fix.
+        loaded = load_adapter(adapter)
+        train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
+        if scan_projection not in PROJECTIONS:  # named by fix's own flag; --projection is BalGrad's
+            raise InputError(f"--scan-projection {scan_projection!r} is unknown. Available: {', '.join(PROJECTIONS)}.")
+        # Every scan setting that shapes the audits' numbers, so that --before can reuse any scan taken the same way.
+        # A bad one is named by fix's own flag.
+        with naming_source({key: "command line" for key in FIX_SCAN_FLAGS}, *FIX_SCAN_FLAGS, flags=FIX_SCAN_FLAGS):
+            scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, kmeans_k=kmeans_k, mute=parse_mute(mute),
+                                     mute_compare=mute_compare, bootstrap_replicates=bootstrap, min_wrong=min_wrong,
+                                     embedding_points=embedding_points, gradient_batches=gradient_batches, batch_size=scan_batch_size,
+                                     projection=scan_projection, min_group=audit_min_group, group_by=group_by,
+                                     ceiling_per_class=ceiling_per_class)
+        with_mute_overrides(loaded, scan_config.mute)  # a bad --mute is named before the method's own checks, as in scan
+        with progress_bars() as progress:
+            written = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,
+                              scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,
+                              before_path=before, resume=resume, min_group=min_group, progress=progress)
+        paths, compare, training = written.paths, written.outcome.comparison, written.outcome.training
+        selection = training.get("scale_selection")
+        if selection:
+            scores = ", ".join(f"s={s:g}: {v:.1f}" for s, v in zip(selection["grid"], selection["scores"].values()))
+            err.print(f"MMDB --scale auto chose s={selection['chosen']:g} (bias-balanced accuracy on {selection['validated_on']}: {scores})")
+        warning = training["settings"].get("scale_warning")
+        if warning:
+            err.print(f"[yellow]note:[/] {escape(warning)}")
+        # Bias measures first, then the Gap as reliance (biasaudit.verdict); escaped: intervals are [lo, hi].
+        err.print(f"[bold]{method}[/]: {escape(compare['verdict'])}")  # one line each, for grep and CI logs
+        for sentence in compare.get("verdict_sentences") or []:
+            err.print(f"  {escape(sentence)}")
+        out.print("\n".join(str(p) for p in paths.values()))

@@ -1,0 +1,96 @@
+"""`biasaudit scan`: audit a checkpoint."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from biasaudit.cli.app import app
+from biasaudit.cli.console import (ADAPTER_HELP, err, explicit_options, handled, naming_source, out, print_verdict, progress_bars,
+                                   summary_table)
+from biasaudit.cli.options import parse_mute, parse_unimodal
+
+
+@app.command()
+def scan(
+    ctx: typer.Context,
+    checkpoint: Path = typer.Argument(..., help="State dict of the model (torch.save(model.state_dict(), path))."),
+    adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP + " Required here or in the config file.", rich_help_panel="Model and data"),
+    split: str = typer.Option("test", help="Which split of the adapter's data to evaluate.", rich_help_panel="Model and data"),
+    conditions: str = typer.Option("default", help="Comma list: default, full, missing, noisy, ratio, missing:MOD, MOD=IMPAIRMENT[:SEVERITY].", rich_help_panel="Conditions"),
+    out_dir: Path = typer.Option(Path("biasaudit-out"), "--out", "-o", help="Directory for audit.json and audit.html.", rich_help_panel="Output"),
+    seed: int = typer.Option(0, help="Seed of every random choice (impairments, bootstrap, sampling, projections).", rich_help_panel="Statistics"),
+    device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda.", rich_help_panel="Model and data"),
+    batch_size: int = typer.Option(256, min=1, help="Samples per batch.", rich_help_panel="Model and data"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles (runs code from the file: only for checkpoints you trust).", rich_help_panel="Model and data"),
+    projection: str = typer.Option("umap", help="2-D projection of the embeddings: umap or pca.", rich_help_panel="Diagnostics"),
+    bootstrap: int = typer.Option(1000, min=10, help="Bootstrap replicates for the 95% intervals.", rich_help_panel="Statistics"),
+    gradient_batches: int = typer.Option(8, min=1, help="Batches sampled for the gradient-conflict histogram.", rich_help_panel="Diagnostics"),
+    min_wrong: int = typer.Option(30, min=1, help="Minimum wrong predictions under a bias value to enter the unweighted JSD mean.", rich_help_panel="Statistics"),
+    kmeans_k: int = typer.Option(16, "--kmeans-k", min=2, help="Clusters of the k-means bias discovery, used when the data has no bias value.", rich_help_panel="Statistics"),
+    embedding_points: int = typer.Option(5000, "--embedding-points", min=10, help="Most points kept for the embedding plots (seeded sample).", rich_help_panel="Diagnostics"),
+    mute: list[str] = typer.Option([], "--mute", help="What 'missing' means for a modality, e.g. image=mean (mid-grey) instead of the black image; repeatable.", rich_help_panel="Conditions"),
+    mute_compare: bool = typer.Option(False, "--mute-compare", help="Also measure each modality's other muting choice (image: black and mid-grey) and say which modality each makes dominant.", rich_help_panel="Conditions"),
+    min_group: int = typer.Option(10, "--min-group", min=1, help="Smallest (label, bias value) group that enters worst-group and bias-balanced accuracy.", rich_help_panel="Statistics"),
+    group_by: str = typer.Option("auto", "--group-by", help="Groups: bias = (label, bias value); alignment = (label, bias-aligned or conflicting); "
+                                 "auto = bias unless its groups are too small to count half the samples.", rich_help_panel="Statistics"),
+    ceiling_per_class: int = typer.Option(50, "--ceiling-per-class", min=1, help="Train samples per class the ceilings' linear probes are fitted on (seeded).", rich_help_panel="Diagnostics"),
+    unimodal: list[str] = typer.Option([], "--unimodal", help="MODALITY=CHECKPOINT: a model of the same architecture trained on that modality alone, "
+                                       "whose accuracy (other modalities muted) is the modality's ceiling instead of a linear probe; repeatable.", rich_help_panel="Conditions"),
+    precision: str = typer.Option("fp32", "--precision", help="Forward precision: fp32, or bf16 / fp16 autocast (CUDA only).", rich_help_panel="Model and data"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Settings file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml).", rich_help_panel="Model and data"),
+) -> None:
+    """Audit a checkpoint: bias measures (carrier test, worst-group accuracy, JSD), reliance (accuracy under muted and noisy
+    modalities, Gap, flip rates, ceilings), calibration, embeddings, gradient conflict."""
+    from biasaudit.adapter import load_adapter
+    from biasaudit.audit import AUDIT_FILES, audit_checkpoint, write_audit
+    from biasaudit.output_paths import check_output_dir
+    from biasaudit.output_set import OutputSet
+    from biasaudit.config_file import SCAN_KEYS, load_settings, resolve
+    from biasaudit.errors import InputError
+    from biasaudit.conditions import parse_conditions
+    from biasaudit.batches import check_split
+    from biasaudit.scanning import ScanConfig, check_precision, resolve_device, with_mute_overrides
+
+    with handled(), ExitStack() as held:
+        check_output_dir(out_dir)
+        settings = load_settings(config_file)
+        given = {name: value for name, value in ctx.params.items() if name in SCAN_KEYS}
+        v, sources = resolve(given, explicit_options(ctx), settings, "scan")
+        if v["adapter"] is None:
+            raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
+        with naming_source(sources, "adapter"):
+            loaded = load_adapter(v["adapter"])
+        with naming_source(sources, "split"):
+            check_split(loaded, v["split"])
+        with naming_source(sources, "device"):
+            device = resolve_device(v["device"])
+        with naming_source(sources, "conditions"):
+            parse_conditions(v["conditions"], loaded.modalities)
+        with naming_source(sources, "mute"):
+            mute_pairs = parse_mute(v["mute"])
+            with_mute_overrides(loaded, mute_pairs)
+        with naming_source(sources, "unimodal"):
+            unimodal_checkpoints = parse_unimodal(v["unimodal"], loaded)
+        with naming_source(sources, *SCAN_KEYS):
+            config = ScanConfig(split=v["split"], conditions=v["conditions"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
+                                bootstrap_replicates=v["bootstrap"], projection=v["projection"], gradient_batches=v["gradient_batches"],
+                                min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
+                                mute=mute_pairs, mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
+                                ceiling_per_class=v["ceiling_per_class"], precision=v["precision"])
+        with naming_source(sources, "precision"):
+            check_precision(config.precision, device)
+        # Locked from here until both files are in place: a second run into the same directory is refused now.
+        outputs = held.enter_context(OutputSet(out_dir, files=AUDIT_FILES))
+        with progress_bars() as progress:
+            audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress,
+                                     unimodal=unimodal_checkpoints)
+        audit["manifest"]["settings"] = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
+        json_path, html_path = write_audit(audit, outputs)
+        held.close()
+        err.print(summary_table(audit))
+        print_verdict(audit)
+        out.print(f"{json_path}\n{html_path}")

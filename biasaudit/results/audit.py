@@ -1,0 +1,160 @@
+"""The typed, frozen view of an audit: what `biasaudit.scan` returns and `Audit.read` reads back.
+
+The JSON document (schema `biasaudit.audit`, version 1) stays the one source of truth: an Audit holds it read-only
+and exposes the figures a user reaches for first as typed attributes, so `audit.summary.missing.gap` and
+`Audit.read("audit.json").summary.missing.gap` are the same number.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from biasaudit.errors import InputError
+
+Interval = tuple[float, float] | None
+
+
+def _interval(value: Any) -> Interval:
+    return (float(value[0]), float(value[1])) if value is not None else None
+
+
+def frozen_document(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: frozen_document(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(frozen_document(v) for v in value)
+    return value
+
+
+def thawed_document(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: thawed_document(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [thawed_document(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class ConditionResult:
+    """One condition of the grid: accuracy in percent with its 95% bootstrap interval, and the share of samples whose
+    prediction differs from the Full condition's."""
+
+    name: str
+    group: str
+    modality: str | None
+    impairment: str | None
+    severity: float
+    accuracy: float | None
+    accuracy_ci: Interval
+    flip_rate: float | None
+    n: int | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ConditionResult:
+        return cls(name=row["name"], group=row.get("group", "custom"), modality=row.get("modality"), impairment=row.get("impairment"),
+                   severity=float(row.get("severity") or 0.0), accuracy=row.get("accuracy"), accuracy_ci=_interval(row.get("accuracy_ci")),
+                   flip_rate=row.get("flip_rate"), n=row.get("n"))
+
+
+@dataclass(frozen=True)
+class GapSummary:
+    """One impairment type (missing or noisy) across modalities: Avg, Gap (highest minus lowest accuracy, methods.md
+    section 2), each with its interval, and the modality whose impairment flips the most predictions (`dominant`)."""
+
+    avg: float | None
+    avg_ci: Interval
+    gap: float | None
+    gap_ci: Interval
+    scores: Mapping[str, float]
+    flip_rates: Mapping[str, float]
+    dominant: str | None
+
+    @classmethod
+    def from_section(cls, section: Mapping[str, Any] | None) -> GapSummary | None:
+        if not section:
+            return None
+        return cls(avg=section.get("avg"), avg_ci=_interval(section.get("avg_ci")), gap=section.get("gap"),
+                   gap_ci=_interval(section.get("gap_ci")), scores=MappingProxyType(dict(section.get("scores") or {})),
+                   flip_rates=MappingProxyType(dict(section.get("flip_rates") or {})), dominant=section.get("dominant"))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The headline figures: Full accuracy, the missing and noisy Gaps (None when the scan did not run that type) and
+    the modality the carrier test names as carrying the bias (None without that test)."""
+
+    accuracy: float
+    accuracy_ci: Interval
+    missing: GapSummary | None
+    noisy: GapSummary | None
+    carrier: str | None
+
+
+@dataclass(frozen=True)
+class Audit:
+    """An audit of one model on one split. `document` is the whole JSON document, read-only; the attributes are typed
+    views of its main figures. Write it with `to_json` / `to_html`; read one back with `Audit.read`."""
+
+    document: Mapping[str, Any] = field(repr=False)
+    summary: Summary
+    conditions: tuple[ConditionResult, ...]
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Audit:
+        """The typed view of an audit document (a copy is taken: later changes to `document` do not reach it)."""
+        summary = document["summary"]
+        full = summary["full"]
+        return cls(document=frozen_document(copy.deepcopy(dict(document))),
+                   summary=Summary(accuracy=full["accuracy"], accuracy_ci=_interval(full.get("accuracy_ci")),
+                                   missing=GapSummary.from_section(summary.get("missing")),
+                                   noisy=GapSummary.from_section(summary.get("noisy")), carrier=summary.get("carrier")),
+                   conditions=tuple(ConditionResult.from_row(row) for row in document["conditions"]))
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> Audit:
+        """Read an audit.json (validated against the published schema; a damaged file raises InputError naming it)."""
+        from biasaudit.results import read_audit
+
+        return cls.from_dict(read_audit(path))
+
+    def condition(self, name: str) -> ConditionResult:
+        """The condition named `name` (e.g. "missing:image", "ratio:text:0.5")."""
+        for result in self.conditions:
+            if result.name == name:
+                return result
+        raise InputError(f"The audit has no condition {name!r}. Available: {', '.join(c.name for c in self.conditions)}.")
+
+    @property
+    def manifest(self) -> Mapping[str, Any]:
+        return self.document["manifest"]
+
+    @property
+    def verdict(self) -> Mapping[str, Any] | None:
+        return self.document.get("verdict")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A mutable deep copy of the JSON document."""
+        return thawed_document(self.document)
+
+    def to_json(self, path: str | os.PathLike) -> Path:
+        """Write the document as audit JSON (atomically); returns the path."""
+        from biasaudit.results import write_json_atomic
+
+        write_json_atomic(self.to_dict(), Path(path))
+        return Path(path)
+
+    def to_html(self, path: str | os.PathLike) -> Path:
+        """Render the self-contained HTML report (atomically); returns the path."""
+        from biasaudit.report.render import write_audit_html
+
+        write_audit_html(self.to_dict(), Path(path))
+        return Path(path)
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)[:2000]

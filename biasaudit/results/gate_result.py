@@ -1,0 +1,42 @@
+"""The typed, frozen result of `biasaudit.gate` (schema `biasaudit.gate`): one verdict per rule and the overall one."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from biasaudit.results.audit import frozen_document, thawed_document
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule: str
+    status: str  # PASS | WARN | FAIL | ERROR
+    message: str
+    figures: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """`status` is ERROR when a rule cannot be evaluated on these audits, else FAIL when any rule fails, else WARN or
+    PASS; `exit_code` is what `biasaudit gate` exits with (2, 1, 0); `passed` is True for PASS and WARN."""
+
+    document: Mapping[str, Any] = field(repr=False)
+    status: str
+    exit_code: int
+    rules: tuple[RuleResult, ...]
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == 0
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> GateResult:
+        frozen = frozen_document(copy.deepcopy(dict(document)))
+        return cls(document=frozen, status=document["status"], exit_code=int(document["exit_code"]),
+                   rules=tuple(RuleResult(r["rule"], r["status"], r["message"], f) for r, f in
+                               zip(document["rules"], (rule["figures"] for rule in frozen["rules"]))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return thawed_document(self.document)

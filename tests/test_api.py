@@ -1,0 +1,166 @@
+"""The public Python API (issue 12): `ba.scan` returns a typed, frozen Audit that reads back from its own JSON, equals
+what the command line writes, and leaves the caller's model and random generators as they were. If any of this broke,
+a notebook user would get numbers that differ from the CI's, or a training script's randomness would shift."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import biasaudit as ba
+from biasaudit.cli import app
+from biasaudit.errors import InputError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHORTCUT = f"{FIXTURES / 'shortcut_adapter.py'}:ShortcutAdapter"
+FAST = dict(bootstrap=50, projection="pca", gradient_batches=1, batch_size=32, min_wrong=1)
+FAST_FLAGS = ["--bootstrap", "50", "--projection", "pca", "--gradient-batches", "1", "--batch-size", "32", "--min-wrong", "1"]
+
+
+def _shortcut_module():
+    spec = importlib.util.spec_from_file_location("shortcut_for_api", FIXTURES / "shortcut_adapter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def scanned(shortcut_checkpoint):
+    module = _shortcut_module()
+    adapter = module.ShortcutAdapter()
+    model = adapter.build_model()
+    model.load_state_dict(torch.load(shortcut_checkpoint, weights_only=True))
+    return ba.scan(model, adapter, **FAST), model
+
+
+def test_scan_returns_a_typed_audit_whose_attributes_are_the_documents_figures(scanned):
+    audit, _ = scanned
+    assert isinstance(audit, ba.Audit)
+    missing = audit.document["summary"]["missing"]
+    assert audit.summary.missing.gap == missing["gap"] and audit.summary.missing.gap_ci == tuple(missing["gap_ci"])
+    assert audit.summary.missing.dominant == missing["dominant"] is not None
+    row = next(r for r in audit.document["conditions"] if r["name"] == "missing:content")
+    assert audit.condition("missing:content").accuracy == row["accuracy"]
+    assert audit.condition("missing:content").accuracy_ci == tuple(row["accuracy_ci"])
+    assert audit.summary.accuracy == audit.condition("full").accuracy
+
+
+def test_an_audit_is_frozen_and_its_document_read_only(scanned):
+    audit, _ = scanned
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        audit.summary = None
+    with pytest.raises(TypeError):
+        audit.document["summary"] = {}
+    copy = audit.to_dict()
+    copy["summary"] = {}
+    assert audit.document["summary"]["missing"]["gap"] == audit.summary.missing.gap
+
+
+def test_an_unknown_condition_names_the_available_ones(scanned):
+    with pytest.raises(InputError, match=r"no condition 'missing:sound'\. Available: full, missing:bias_cue"):
+        scanned[0].condition("missing:sound")
+
+
+def test_to_json_reads_back_to_the_same_audit_and_to_html_writes_a_report(scanned, tmp_path):
+    audit, _ = scanned
+    back = ba.Audit.read(audit.to_json(tmp_path / "audit.json"))
+    assert back.summary == audit.summary and back.conditions == audit.conditions and back.to_dict() == audit.to_dict()
+    html = audit.to_html(tmp_path / "audit.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "missing:content" in html
+
+
+def test_the_api_and_the_command_line_give_the_same_audit(scanned, shortcut_checkpoint, tmp_path):
+    result = CliRunner().invoke(app, ["scan", str(shortcut_checkpoint), "--adapter", SHORTCUT, *FAST_FLAGS, "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    cli = ba.Audit.read(tmp_path / "cli" / "audit.json").to_dict()
+    api = scanned[0].to_dict()
+    # The manifest says where and when each ran (paths, times, run stamp, config-file sources); everything else is equal.
+    for document in (cli, api):
+        document.pop("manifest")
+    assert api == cli
+
+
+def test_a_scan_leaves_the_callers_random_generators_and_model_mode_alone(shortcut_checkpoint):
+    module = _shortcut_module()
+    adapter = module.ShortcutAdapter()
+    model = adapter.build_model().train()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    ba.scan(model, adapter, **FAST)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.array_equal(np.random.get_state()[1], states[1]) and random.getstate() == states[2]
+    assert model.training
+
+
+def test_scan_settings_pass_the_same_checks_as_the_command_line():
+    module = _shortcut_module()
+    adapter = module.ShortcutAdapter()
+    with pytest.raises(InputError, match="batch_size is 0; expected a positive integer"):
+        ba.scan(adapter.build_model(), adapter, batch_size=0)
+
+
+def test_fix_through_the_api_gives_the_command_lines_audits_and_leaves_the_callers_model_alone(shortcut_checkpoint, tmp_path):
+    module = _shortcut_module()
+    adapter = module.TrainableShortcutAdapter()
+    model = adapter.build_model()
+    model.load_state_dict(torch.load(shortcut_checkpoint, weights_only=True))
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    result = ba.fix(model, adapter, method="ce", epochs=1, projection="pca", bootstrap=50)
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # inplace=False: a trained copy
+    assert result.model is not model and isinstance(result.after, ba.Audit) and isinstance(result.comparison, ba.Comparison)
+    assert result.comparison.paired and result.comparison.verdict == result.comparison.document["verdict"]
+
+    spec = f"{FIXTURES / 'shortcut_adapter.py'}:TrainableShortcutAdapter"
+    cli = CliRunner().invoke(app, ["fix", str(shortcut_checkpoint), "--adapter", spec, "--method", "ce", "--epochs", "1",
+                                   "--scan-projection", "pca", "--bootstrap", "50", "--out", str(tmp_path / "fixed")])
+    assert cli.exit_code == 0, cli.output
+    for name, audit in (("before.json", result.before), ("after.json", result.after)):
+        written = ba.Audit.read(tmp_path / "fixed" / name).to_dict()
+        mine = audit.to_dict()
+        written.pop("manifest"), mine.pop("manifest")
+        assert mine == written, name
+    on_disk = torch.load(tmp_path / "fixed" / "model.pt", weights_only=True)
+    assert all(torch.equal(v, on_disk[k]) for k, v in result.model.state_dict().items())
+
+
+def test_compare_and_gate_through_the_api_equal_the_documents_the_command_line_reads(scanned, tmp_path):
+    audit, _ = scanned
+    comparison = ba.compare(audit, audit)
+    assert comparison.paired and comparison.accuracy.delta == 0 and comparison.accuracy.delta_ci == (0.0, 0.0)
+    passing = ba.gate(audit, baseline=audit, rules=ba.GateRules(max_gap_increase=1.0, min_accuracy={"full": 0}))
+    assert passing.passed and passing.status == "PASS" and {r.rule for r in passing.rules} >= {"min_accuracy[full]"}
+    failing = ba.gate(audit, rules=ba.GateRules(min_accuracy={"full": 100}))
+    assert failing.status == "FAIL" and failing.exit_code == 1 and not failing.passed
+    with pytest.raises(InputError, match="--max-gap-increase compares against a stored audit"):
+        ba.gate(audit, rules=ba.GateRules(max_gap_increase=1.0))
+
+
+def test_the_python_api_example_runs_scan_fix_compare_gate_on_the_demo(tmp_path):
+    import subprocess
+    import sys
+
+    example = Path(__file__).parents[1] / "examples" / "python_api.py"
+    result = subprocess.run([sys.executable, str(example), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "PASS  max_worst_group_drop[full]" in result.stdout and "less biased" in result.stdout
+    assert ba.Audit.read(tmp_path / "after.json").summary.accuracy > 30
+
+
+def test_the_api_functions_are_not_shadowed_by_submodules_once_everything_is_imported():
+    """A submodule named like an API function (biasaudit/fix.py beside ba.fix) replaces the function on the package
+    as soon as anything imports it: `ba.fix(...)` then fails with "'module' object is not callable"."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    for module in pkgutil.walk_packages(ba.__path__, prefix="biasaudit."):
+        importlib.import_module(module.name)
+    for name in ("scan", "fix", "compare", "gate"):
+        assert inspect.isfunction(getattr(ba, name)), name
