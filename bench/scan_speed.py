@@ -134,8 +134,9 @@ def scan_seconds(adapter: Adapter, device: str) -> tuple[float, float, dict]:
 
 
 def bare_loop_seconds(adapter: Adapter, device: str) -> float:
-    """The forwards the scan's condition pass needs, and nothing else: whole batches for full, the two missing and
-    the two noisy conditions; the muted rows only for each ratio below 1 (ratio 1 is the missing condition)."""
+    """The passes the scan needs, and nothing else: whole batches for full, the two missing and the two noisy
+    conditions; the muted rows only for each ratio below 1 (ratio 1 is the missing condition); and the
+    gradient-conflict sample's forward and backward per modality on `gradient_batches` batches."""
     from biasaudit.batches import take_rows
     from biasaudit.conditions import RATIO_SWEEP
     from biasaudit.impairments import muted_subset
@@ -157,6 +158,16 @@ def bare_loop_seconds(adapter: Adapter, device: str) -> float:
                     rows = np.flatnonzero(muted_subset(indices, seed=seed, fraction=ratio))
                     adapter.forward(model, adapter.prepare(take_rows(batch, rows, size=n), device=device)).argmax(1)
             offset += n
+        # The gradient-conflict sample: per sampled batch, one forward and one backward per modality.
+        params = [p for p in model.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            for step, batch in enumerate(adapter.data("test", batch_size=batch_size)):
+                if step == config(device).gradient_batches:
+                    break
+                for _ in adapter.modalities:
+                    logits = adapter.forward(model, adapter.prepare(batch, device=device))
+                    loss = torch.nn.functional.cross_entropy(logits, batch["label"].to(device))
+                    torch.autograd.grad(loss, params)
     sync()
     return time.perf_counter() - start
 
@@ -168,7 +179,10 @@ import scan_speed
 adapter = scan_speed.demo_adapter()
 model = scan_speed.demo_model(adapter)
 from biasaudit.audit import audit_model
-from biasaudit.scanning import ScanConfig
+try:
+    from biasaudit.scanning import ScanConfig
+except ImportError:  # commits before the module was renamed
+    from biasaudit.scan import ScanConfig
 config = ScanConfig(split="ood", conditions=scan_speed.GRID, bootstrap_replicates=1000, projection="pca", device=sys.argv[2])
 audit_model(model, adapter, config=config, checkpoint=None)  # warm-up
 start = time.perf_counter()

@@ -22,7 +22,7 @@ from biasaudit.conditions import Condition
 from biasaudit.diagnostics.carrier import CarrierAccumulator, targets, update_swap
 from biasaudit.diagnostics.ceilings import BranchTap
 from biasaudit.diagnostics.donors import DonorPool, swap_modality
-from biasaudit.diagnostics.groups import GroupAccumulator, conflicting
+from biasaudit.diagnostics.groups import GroupAccumulator
 from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
 from biasaudit.diagnostics.shapley import ShapleyAccumulator, subsets
@@ -61,7 +61,6 @@ class PassSetup:
     replicates: int
     seed: int
     groups: GroupAccumulator | None = None
-    alignment_groups: GroupAccumulator | None = None  # (label, bias-aligned or not): for splits too small for every pair
     carrier: CarrierAccumulator | None = None
     pool: DonorPool | None = None
     preferred: np.ndarray | None = None  # c(k) per bias value
@@ -174,8 +173,6 @@ class BatchEvaluator:
         full = predictions["full"]
         if s.groups is not None and bias is not None:
             s.groups.update(predictions, labels, bias, weights)
-        if s.alignment_groups is not None and bias is not None:
-            s.alignment_groups.update(predictions, labels, conflicting(bias, labels, s.preferred), weights)
         if s.carrier is not None and s.pool is not None and bias is not None:
             self._carrier(batch, indices, labels, bias, full, weights)
         if s.ceilings is not None:

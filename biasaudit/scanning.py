@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 from biasaudit import analyses
@@ -218,7 +219,10 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     modes = [(module, module.training) for module in model.modules()]
     model.to(device).eval()
     try:
-        return _scan(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device)
+        # numpy's BLAS on one thread while the scan runs: its products here are small (bootstrap sums), and its idle
+        # threads spinning beside torch's own pool slowed the model's forwards 7x on a 2-core machine (bench/scan_speed.py).
+        with threadpool_limits(1, user_api="blas"):
+            return _scan(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device)
     finally:
         for module, training in modes:
             module.train(training)
@@ -348,8 +352,6 @@ def _scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: P
 def _add_group_accumulators(setup: PassSetup, adapter: Adapter, num_bias: int, config: ScanConfig) -> None:
     names = [c.name for c in setup.conditions]
     setup.groups = GroupAccumulator(names, num_classes=adapter.num_classes, num_bias=num_bias, replicates=config.bootstrap_replicates)
-    if config.group_by != "bias":
-        setup.alignment_groups = GroupAccumulator(names, num_classes=adapter.num_classes, num_bias=2, replicates=config.bootstrap_replicates)
 
 
 def _bias_sections(sections: dict[str, Any], bias_pass: BatchEvaluator, diagnostics: analyses.FullConditionDiagnostics,
@@ -361,7 +363,8 @@ def _bias_sections(sections: dict[str, Any], bias_pass: BatchEvaluator, diagnost
     if setup.groups is not None and prior is not None:
         table = [c.name for c in setup.conditions if c.group in ("full", "missing")]
         alignment = choose_grouping(setup.groups, min_group=config.min_group, grouping=config.group_by, prior_counts=prior.counts) == "alignment"
-        sections["groups"], found = (setup.alignment_groups if alignment else setup.groups).section(
+        # (label, aligned or conflicting) groups are unions of (label, bias value) groups: summed from them, exactly.
+        sections["groups"], found = (setup.groups.by_alignment(setup.preferred) if alignment else setup.groups).section(
             prior_counts=prior.counts, min_group=config.min_group, class_names=class_names,
             bias_names=adapter.bias_names if bias_source == "bias_key" else None, bias_source=bias_source,
             table_conditions=table, train_aligned_share=train_aligned_share(prior.counts), alignment=alignment,

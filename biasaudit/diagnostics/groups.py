@@ -113,6 +113,19 @@ class GroupAccumulator:
         for g, lo, hi in zip(present, starts, np.r_[starts[1:], group.size]):
             self._weighted_correct[:, g] += exact_weighted_sums(right_f[:, lo:hi], weights_f[lo:hi])
 
+    def by_alignment(self, preferred: np.ndarray) -> GroupAccumulator:
+        """The same counts regrouped as (label, bias-aligned 0 or conflicting 1): every (label, bias value) group falls
+        wholly into one of them (`conflicting` depends on the pair only), so the regrouped sums are exact."""
+        labels = np.repeat(np.arange(self.num_classes), self.num_bias)
+        target = labels * 2 + conflicting(np.tile(np.arange(self.num_bias), self.num_classes), labels, preferred)
+        out = GroupAccumulator(self.condition_names, num_classes=self.num_classes, num_bias=2, replicates=self.weighted_total.shape[1])
+        np.add.at(out.count, target, self.count)
+        np.add.at(out.weighted_total, target, self.weighted_total)
+        for c in self.condition_names:
+            np.add.at(out.correct[c], target, self.correct[c])
+            np.add.at(out.weighted_correct[c], target, self.weighted_correct[c])
+        return out
+
     def merge(self, other: GroupAccumulator) -> None:
         self.count += other.count
         self.weighted_total += other.weighted_total
