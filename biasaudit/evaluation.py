@@ -27,7 +27,7 @@ from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
 from biasaudit.diagnostics.shapley import ShapleyAccumulator, subsets
 from biasaudit.errors import DataError
-from biasaudit.impairments import Impairment, impair_batch, muted_subset, muting_impairment
+from biasaudit.impairments import Impairment, impair_batch, muted_subset_draws, muting_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator, bootstrap_weights
 from biasaudit.metrics.calibration import CalibrationAccumulator
 from biasaudit.randomness import poisson1
@@ -135,6 +135,7 @@ class BatchEvaluator:
         """Evaluate one batch; returns the Full logits (the caller's Full-condition diagnostics read them)."""
         s = self.setup
         self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
+        self._mute_draws: np.ndarray | None = None
         weights = bootstrap_weights(indices, replicates=s.replicates, seed=s.seed)
         everything = frozenset(self.modalities)
         logits_of: dict[str, torch.Tensor] = {}
@@ -154,7 +155,7 @@ class BatchEvaluator:
                 by_definition[definition] = self._impaired_logits(condition, impairment, logits_of["full"])
             logits_of[condition.name] = by_definition[definition]
             if condition.name in self.muted_counts:
-                self.muted_counts[condition.name] += int(muted_subset(indices, seed=s.seed, fraction=condition.severity).sum())
+                self.muted_counts[condition.name] += int(self._muted_rows(condition.severity).sum())
         # Predictions stay on the device until every condition is done: one copy to the host per batch.
         names = [c.name for c in s.conditions]
         stacked = torch.stack([logits_of[name].float() for name in names])
@@ -192,7 +193,7 @@ class BatchEvaluator:
         m = self.modalities[condition.modality]
         tag = f"{m.name}={impairment.name}:{condition.severity!r}"  # the definition, not the name: alike conditions draw alike
         if impairment.mutes and condition.severity < 1.0:
-            rows = np.flatnonzero(muted_subset(indices, seed=s.seed, fraction=condition.severity))
+            rows = np.flatnonzero(self._muted_rows(condition.severity))
             logits = full_logits.clone()
             if len(rows):
                 part = take_rows(batch, rows, size=len(indices))
@@ -208,6 +209,14 @@ class BatchEvaluator:
             if s.tap is not None and m.name in s.tap.values:
                 self._record_moments("muted", {m.name: s.tap.features(impaired)[m.name]})
         return logits
+
+    def _muted_rows(self, fraction: float) -> np.ndarray:
+        """`muted_subset` of this batch, with its per-sample draws made once per batch for every ratio condition."""
+        if fraction >= 1.0:
+            return np.ones(len(self._indices), dtype=bool)
+        if self._mute_draws is None:
+            self._mute_draws = muted_subset_draws(self._indices, seed=self.setup.seed)
+        return self._mute_draws < fraction
 
     def _record_moments(self, prefix: str, values: Mapping[str, torch.Tensor]) -> None:
         for name, value in values.items():

@@ -43,7 +43,12 @@ def muted_subset(indices: Sequence[int], *, seed: int, fraction: float) -> np.nd
     """Which samples a muting impairment of this fraction touches: u_i < fraction, u_i fixed per sample."""
     if fraction >= 1.0:
         return np.ones(len(indices), dtype=bool)
-    return uniform(seed, "missing-subset", np.asarray(indices, dtype=np.int64)) < fraction
+    return muted_subset_draws(indices, seed=seed) < fraction
+
+
+def muted_subset_draws(indices: Sequence[int], *, seed: int) -> np.ndarray:
+    """The per-sample uniforms behind every muted subset: sample i is muted at fraction r when its draw is below r."""
+    return uniform(seed, "missing-subset", np.asarray(indices, dtype=np.int64))
 
 
 # ---- image -------------------------------------------------------------------------------------

@@ -59,11 +59,11 @@ _POISSON1_TABLE = np.where(_BUCKET_LOW == _BUCKET_HIGH, _BUCKET_LOW, -1).astype(
 def poisson1(seed: int, stream: str, indices: np.ndarray, replicates: int) -> np.ndarray:
     """Poisson(1) draws [len(indices), replicates] (int64) by the inverse CDF of counter-based uniforms."""
     words = SampleDraws(seed, stream, indices).words(replicates)
-    top53 = words >> np.uint64(11)
-    out = _POISSON1_TABLE[(top53 >> np.uint64(53 - _BUCKET_BITS)).astype(np.intp)]
+    # The bucket is the top 16 bits of the word, which are the top 16 of its 53-bit uniform.
+    out = _POISSON1_TABLE[(words >> np.uint64(64 - _BUCKET_BITS)).astype(np.intp)]
     cut = out < 0
     if cut.any():
-        out[cut] = np.searchsorted(_POISSON1_CDF, top53[cut].astype(np.float64) / float(1 << 53), side="right")
+        out[cut] = np.searchsorted(_POISSON1_CDF, (words[cut] >> np.uint64(11)).astype(np.float64) / float(1 << 53), side="right")
     return out
 
 
@@ -78,10 +78,17 @@ class SampleDraws:
     many positions per sample as it needs (one per pixel location, one per token, ...)."""
 
     def __init__(self, seed: int, stream: str, indices: np.ndarray) -> None:
-        self._keys = hash64(seed, stream, np.asarray(indices, dtype=np.int64))
+        self._seed, self._stream, self._indices = seed, stream, np.asarray(indices, dtype=np.int64)
+        self._hashed: np.ndarray | None = None  # computed on first use: a mute never draws
+
+    @property
+    def _keys(self) -> np.ndarray:
+        if self._hashed is None:
+            self._hashed = hash64(self._seed, self._stream, self._indices)
+        return self._hashed
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._indices)
 
     def words(self, count: int) -> np.ndarray:
         """[B, count] 64-bit words: the hash of each sample's key with each position."""

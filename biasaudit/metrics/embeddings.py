@@ -32,8 +32,8 @@ class EmbeddingSample:
 
     Each sample gets a key u_i drawn from its own stream (seed, tag, index); the `capacity` rows
     with the smallest keys are kept (ties broken by index). So the kept set depends only on the set
-    of indices seen, never on batch size or order, and memory stays bounded by capacity plus one
-    batch. Indices must be unique across updates (the global sample index of the split).
+    of indices seen, never on batch size or order, and memory stays bounded by twice the capacity
+    plus one batch. Indices must be unique across updates (the global sample index of the split).
     """
 
     def __init__(self, *, capacity: int = 5000, seed: int = 0) -> None:
@@ -47,6 +47,8 @@ class EmbeddingSample:
         self._labels = np.zeros(0, dtype=np.int64)
         self._bias: np.ndarray | None = None
         self._has_bias: bool | None = None
+        self._pending: list[tuple[np.ndarray, ...]] = []
+        self._pending_rows = 0
 
     def update(self, features: np.ndarray, labels: np.ndarray, bias: np.ndarray | None, *, indices: np.ndarray) -> None:
         features = np.asarray(features)
@@ -64,17 +66,30 @@ class EmbeddingSample:
             self._features = np.zeros((0, features.shape[1]), dtype=features.dtype)
             self._bias = np.zeros(0, dtype=np.int64) if self._has_bias else None
         keys = uniform(self.seed, _SAMPLE_TAG, indices)
-        all_keys = np.concatenate([self._keys, keys])
-        all_indices = np.concatenate([self._indices, indices])
+        # Copied: the caller's array may be a view of a tensor that the model or the next batch overwrites.
+        self._pending.append((keys, indices, np.array(features, copy=True), labels, None if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1)))
+        self._pending_rows += len(indices)
+        if len(self._keys) + self._pending_rows > 2 * self.capacity:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Keep the `capacity` smallest keys of the kept and the waiting rows (pruning waits until twice the capacity
+        is reached, so the sort runs every few batches; the kept set is the same)."""
+        if not self._pending:
+            return
+        all_keys = np.concatenate([self._keys, *(p[0] for p in self._pending)])
+        all_indices = np.concatenate([self._indices, *(p[1] for p in self._pending)])
         keep = np.lexsort((all_indices, all_keys))[: self.capacity]
         self._keys, self._indices = all_keys[keep], all_indices[keep]
-        self._features = np.concatenate([self._features, features])[keep]
-        self._labels = np.concatenate([self._labels, labels])[keep]
+        self._features = np.concatenate([self._features, *(p[2] for p in self._pending)])[keep]
+        self._labels = np.concatenate([self._labels, *(p[3] for p in self._pending)])[keep]
         if self._bias is not None:
-            self._bias = np.concatenate([self._bias, np.asarray(bias, dtype=np.int64).reshape(-1)])[keep]
+            self._bias = np.concatenate([self._bias, *(p[4] for p in self._pending)])[keep]
+        self._pending, self._pending_rows = [], 0
 
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """(features, labels, bias or None, indices) of the kept rows, sorted by index."""
+        self._prune()
         order = np.argsort(self._indices, kind="stable")
         features = self._features if self._features is not None else np.zeros((0, 0))
         bias = self._bias[order] if self._bias is not None else None
