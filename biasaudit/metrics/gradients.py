@@ -199,13 +199,12 @@ def _add_batch(grads: list[list[torch.Tensor | None]], shared: list[int], params
     def dense(g: torch.Tensor | None, i: int) -> torch.Tensor:
         return (g if g is not None else torch.zeros_like(params[i])).detach().double().reshape(-1)
 
-    # One float64 vector per modality over every shared parameter: one dot product per pair instead of one per tensor.
-    vectors = [torch.cat([dense(g[i], i) for i in shared]) for g in grads]
-    norms = [float(torch.dot(v, v)) ** 0.5 for v in vectors]
+    vectors = [[dense(g[i], i) for i in shared] for g in grads]
+    norms = [float(sum(torch.dot(v, v) for v in vs)) ** 0.5 for vs in vectors]
     for (a, b) in cosines:
         if norms[a] == 0.0 or norms[b] == 0.0:
             undefined[(a, b)] += 1
             continue
-        dot = float(torch.dot(vectors[a], vectors[b]))
+        dot = float(sum(torch.dot(u, v) for u, v in zip(vectors[a], vectors[b])))
         cosines[(a, b)].append(dot / (norms[a] * norms[b]))
         ratios[(a, b)].append(norms[a] / norms[b])
