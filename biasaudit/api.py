@@ -28,12 +28,25 @@ def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions:
     `biasaudit.scanning.ScanConfig` (min_wrong, kmeans_k, mute, group_by, ...) may be given by name. Returns an `Audit`.
     Raises BiasAuditError (a subclass naming the input) for bad settings, adapters or data."""
     from biasaudit.audit import audit_model
-    from biasaudit.scanning import ScanConfig
 
-    config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, batch_size=batch_size,
-                        bootstrap_replicates=bootstrap, projection=projection, **settings)
+    config = _scan_config(split=split, conditions=conditions, seed=seed, device=device, batch_size=batch_size,
+                          bootstrap_replicates=bootstrap, projection=projection, **settings)
     return Audit.from_dict(audit_model(model, adapter, config=config, checkpoint=None, progress=progress,
                                        unimodal_models=dict(unimodal_models or {})))
+
+
+def _scan_config(**settings: Any):
+    """ScanConfig from keyword settings; an unknown or repeated one is an InputError naming the available settings."""
+    import dataclasses
+
+    from biasaudit.errors import InputError
+    from biasaudit.scanning import ScanConfig
+
+    known = {f.name for f in dataclasses.fields(ScanConfig)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise InputError(f"scan has no setting {unknown[0]!r}. Available: {', '.join(sorted(known - {'bootstrap_replicates'}) + ['bootstrap'])}.")
+    return ScanConfig(**settings)
 
 
 def compare(before: Audit, after: Audit) -> Comparison:
@@ -63,13 +76,16 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
     The caller's model is left untouched unless `inplace=True` (then it is the one trained). `before` reuses an
     audit of this model taken with the same settings. `state_dir` keeps the training state after every epoch. The
     caller's global random generators are put back as they were."""
-    from biasaudit.fixing import fix_model
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.fixing import check_before, check_method, fix_model
     from biasaudit.training.loop import TrainConfig
 
-    scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, bootstrap_replicates=bootstrap,
-                             projection=projection)
+    scan_config = _scan_config(split=split, conditions=conditions, seed=seed, device=device, bootstrap_replicates=bootstrap,
+                               projection=projection)
     train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, split=train_split)
+    check_method(method, dict(options or {}))  # before the copy and the audits: a typo costs nothing
+    if before is not None:
+        check_before(before.to_dict(), config=scan_config, checkpoint_sha=None, named="before",
+                     remedy="pass an audit taken with the same settings, or none")
     trained = model if inplace else copy.deepcopy(model)
     outcome = fix_model(trained, adapter, method=method, method_options=dict(options or {}), train_config=train_config,
                         scan_config=scan_config, before=before.to_dict() if before is not None else None, state_dir=state_dir,

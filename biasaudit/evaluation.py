@@ -196,8 +196,10 @@ class BatchEvaluator:
             rows = np.flatnonzero(self._muted_rows(condition.severity))
             logits = full_logits.clone()
             if len(rows):
-                part = take_rows(batch, rows, size=len(indices))
-                impaired = impair_batch(part, m, impairment, 1.0, indices=indices[rows], seed=s.seed, tag=tag)
+                # Impaired as a whole batch (a mute is cheap; and what it does can depend on the batch, e.g. the padding
+                # side read off the whole batch's mask), then only the muted rows are forwarded.
+                impaired = take_rows(impair_batch(batch, m, impairment, condition.severity, indices=indices, seed=s.seed, tag=tag),
+                                     rows, size=len(indices))
                 logits[torch.as_tensor(rows, device=logits.device)] = self._logits(
                     self.model, impaired, stage="conditions", condition=condition.name, rows=len(rows), finite=False).to(logits.dtype)
             return logits

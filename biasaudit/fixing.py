@@ -28,19 +28,37 @@ OUTPUTS = ("model.pt", "before.json", "after.json", "compare.json", "train_log.j
 FILES = OUTPUTS + ("after.html", "compare.html")
 
 
-def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str) -> dict[str, Any]:
-    """An existing audit may stand in for `before` only if it audited this checkpoint the same way."""
-    audit = read_audit(path)
+def check_before(audit: Mapping[str, Any], *, config: ScanConfig, checkpoint_sha: str | None, named: str, remedy: str) -> None:
+    """An existing audit may stand in for `before` only if it audited this model the same way (InputError otherwise,
+    naming it as `named`): same generator, same settings, and (when given) the same checkpoint."""
+    from biasaudit.comparing import generator_of
+    from biasaudit.randomness import GENERATOR
+
+    drawn = generator_of(audit)
+    if dict(drawn) != GENERATOR:
+        raise InputError(f"{named} was drawn with another random generator ({drawn['name']} v{drawn['version']}); {remedy}.")
     recorded = audit["manifest"].get("config", {})
     wanted = json.loads(json.dumps(config.to_dict()))  # as the file holds it: tuples become lists
+    defaults = json.loads(json.dumps(ScanConfig().to_dict()))  # a setting an older audit does not record had its default
     # Every setting the audit's numbers depend on (the samples and their replicate weights, what each condition
     # impairs, the groups, the donors, the probes, the k-means clusters); not the device, nor the batch size, which
     # changes no figure a comparison reads.
-    different = [k for k in wanted if k not in ("device", "batch_size") and recorded.get(k) != wanted[k]]
-    if different or audit["manifest"].get("checkpoint", {}).get("sha256") != checkpoint_sha:
-        what = ", ".join(different) or "checkpoint hash"
-        raise InputError(f"--before {path} does not match this run ({what} differ); rerun without --before.")
+    different = [k for k in wanted if k not in ("device", "batch_size") and recorded.get(k, defaults.get(k)) != wanted[k]]
+    if checkpoint_sha is not None and audit["manifest"].get("checkpoint", {}).get("sha256") != checkpoint_sha:
+        different.append("checkpoint hash")
+    if different:
+        raise InputError(f"{named} does not match this run ({', '.join(different)} differ); {remedy}.")
+
+
+def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str) -> dict[str, Any]:
+    audit = read_audit(path)
+    check_before(audit, config=config, checkpoint_sha=checkpoint_sha, named=f"--before {path}", remedy="rerun without --before")
     return audit
+
+
+def check_method(method: str, options: Mapping[str, Any]) -> None:
+    """The method exists and takes these options: checked before anything is loaded or audited."""
+    make_method(method, **{**options, **({"scale": 4.0} if options.get("scale") == "auto" else {})})
 
 
 def dominant_of(audit: Mapping[str, Any]) -> str | None:
@@ -143,7 +161,7 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     if not_finite:
         kept = f"; the training state is in {state_dir}" if state_dir is not None else ""
         raise InputError(f"Training diverged: {len(not_finite)} tensors of the fixed model hold NaN or infinite values (first "
-                         f"{not_finite[0]}); no results were written (lower --lr){kept}.")
+                         f"{not_finite[0]}); no results were written (lower the learning rate){kept}.")
     saved = after_checkpoint(model) if after_checkpoint is not None else None
     with scored_as_trained(fixer, model, adapter) as scored:
         after = audit_model(model, adapter, config=scan_config, checkpoint=saved, adapter_spec=adapter_spec, progress=progress)
@@ -165,6 +183,7 @@ def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method:
     out = outputs.out
     if resume:  # before loading anything: a resume with nothing to resume is a mistake, found at once
         load_training_state(out / "state")
+    check_method(method, method_options)
     model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
     before = reusable_before(before_path, config=scan_config, checkpoint_sha=file_sha256(checkpoint)) if before_path is not None else None
 

@@ -165,3 +165,23 @@ def test_the_api_functions_are_not_shadowed_by_submodules_once_everything_is_imp
             importlib.import_module(module.name)
     for name in ("scan", "fix", "compare", "gate"):
         assert inspect.isfunction(getattr(ba, name)), name
+
+
+def test_fix_refuses_a_before_audit_of_other_settings_and_a_bad_method_option_before_any_work(scanned):
+    """Found late, these cost a whole training and after-audit before the error (review of issue 12)."""
+    audit, model = scanned
+    module = _shortcut_module()
+    adapter = module.TrainableShortcutAdapter()
+    stages = []
+    with pytest.raises(InputError, match=r"before does not match this run \(conditions, .*differ\)"):
+        ba.fix(model, adapter, method="ce", conditions="full,missing", before=audit, progress=lambda *a: stages.append(a[0]))
+    with pytest.raises(InputError, match="Method 'ce' does not take these options"):
+        ba.fix(model, adapter, method="ce", options={"bogus": 1}, progress=lambda *a: stages.append(a[0]))
+    assert stages == []
+
+
+def test_an_unknown_scan_setting_is_an_input_error_naming_the_available_ones(scanned):
+    module = _shortcut_module()
+    adapter = module.ShortcutAdapter()
+    with pytest.raises(InputError, match=r"scan has no setting 'nonsense'\. Available: .*bootstrap"):
+        ba.scan(adapter.build_model(), adapter, nonsense=1)

@@ -268,3 +268,35 @@ def test_an_unknown_modality_kind_is_refused_where_the_adapter_enters_and_a_regi
         assert validate_adapter(Sound(), source="sound.py:Sound")
     finally:
         IMPAIRMENTS.pop("waveform", None)
+
+
+def test_a_ratio_mute_of_left_padded_ids_forwards_what_muting_the_whole_batch_gives():
+    """A ratio condition forwards only its muted rows, but they must be muted as in the whole batch: an adapter that
+    does not declare its padding side has it read off the batch's mask, and a sub-batch of full-length rows shows
+    none (its muted rows would get their special tokens on the wrong side, read by a position-sensitive model)."""
+    import dataclasses
+    import importlib.util
+    from pathlib import Path
+
+    from biasaudit.audit import audit_model
+    from biasaudit.scanning import ScanConfig
+
+    spec = importlib.util.spec_from_file_location("shortcut_adapter_fixture", Path(__file__).parent / "fixtures" / "shortcut_adapter.py")
+    fx = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fx)
+
+    class Undeclared(fx.LeftPaddedTokenAdapter):
+        modalities = [dataclasses.replace(m, padding_side=None) if m.kind == "tokens" else m for m in fx.LeftPaddedTokenAdapter.modalities]
+
+    config = ScanConfig(split="test", conditions="full,ratio:words", batch_size=4, bootstrap_replicates=20, projection="pca",
+                        gradient_batches=1, min_wrong=1)
+    def reads_cls_as_class_1(side):  # a muted text is [CLS] [SEP]: read at its right place, it says class 1, padding says 0
+        model = _SecondToLast(side)
+        model.bag.weight.data[fx.CLS, 1] = 5.0
+        return model
+
+    rows = [{r["name"]: (r["accuracy"], r["flip_rate"]) for r in
+             audit_model(reads_cls_as_class_1(side), adapter, config=config, checkpoint=None)["conditions"]}
+            for side, adapter in (("right", fx.TokenAdapter()), ("left", Undeclared()))]
+    assert rows[0] == rows[1]
+    assert rows[0]["ratio:words:0.5"] != rows[0]["full"]

@@ -91,7 +91,11 @@ class GroupAccumulator:
         self.weighted_total = np.zeros((size, replicates), dtype=np.int64)
         # One [K, groups, R] array; the per-condition entries are views of it, so a batch adds to every condition at once.
         self._weighted_correct = np.zeros((len(self.condition_names), size, replicates), dtype=np.int64)
-        self.weighted_correct = dict(zip(self.condition_names, self._weighted_correct))
+
+    @property
+    def weighted_correct(self) -> dict[str, np.ndarray]:
+        """Per condition, a view of the [K, groups, R] array (a property, so a copied accumulator never reads stale views)."""
+        return dict(zip(self.condition_names, self._weighted_correct))
 
     def update(self, predictions: Mapping[str, np.ndarray], labels: np.ndarray, bias: np.ndarray, weights: np.ndarray) -> None:
         group = labels * self.num_bias + bias

@@ -66,8 +66,9 @@ class EmbeddingSample:
             self._features = np.zeros((0, features.shape[1]), dtype=features.dtype)
             self._bias = np.zeros(0, dtype=np.int64) if self._has_bias else None
         keys = uniform(self.seed, _SAMPLE_TAG, indices)
-        # Copied: the caller's array may be a view of a tensor that the model or the next batch overwrites.
-        self._pending.append((keys, indices, np.array(features, copy=True), labels, None if bias is None else np.asarray(bias, dtype=np.int64).reshape(-1)))
+        # Copied: the caller's arrays may be views of tensors that the model or the next batch overwrites.
+        self._pending.append((keys, indices.copy(), np.array(features, copy=True), labels.copy(),
+                              None if bias is None else np.array(bias, dtype=np.int64).reshape(-1)))
         self._pending_rows += len(indices)
         if len(self._keys) + self._pending_rows > 2 * self.capacity:
             self._prune()
