@@ -56,9 +56,15 @@ def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str
     return audit
 
 
+def _placeholder_scale(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options with MMDB's `scale="auto"` replaced by a placeholder until the grid has chosen, so that every other
+    option is validated now."""
+    return {**options, "scale": 4.0} if options.get("scale") == "auto" else dict(options)
+
+
 def check_method(method: str, options: Mapping[str, Any]) -> None:
     """The method exists and takes these options: checked before anything is loaded or audited."""
-    make_method(method, **{**options, **({"scale": 4.0} if options.get("scale") == "auto" else {})})
+    make_method(method, **_placeholder_scale(options))
 
 
 def dominant_of(audit: Mapping[str, Any]) -> str | None:
@@ -126,10 +132,8 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
         raise InputError("resume needs the state_dir of the run to continue.")
     if resume:  # before the before-audit: a resume with nothing to resume is a mistake, found at once
         load_training_state(Path(state_dir))
-    method_options = dict(method_options)
     auto_scale = method == "mmdb" and method_options.get("scale") == "auto"
-    if auto_scale:
-        method_options["scale"] = 4.0  # placeholder until the grid has chosen; validates the other options now
+    method_options = _placeholder_scale(method_options)
     if method == "mmdb" and method_options.get("kmeans_k") is None:
         method_options["kmeans_k"] = scan_config.kmeans_k  # discovered bias: the clusters the before audit's JSD used
     fixer = make_method(method, **method_options)
