@@ -24,7 +24,9 @@ def _unavailable(note: str) -> dict[str, Any]:
 class FullConditionDiagnostics:
     """Streaming state fed by the Full condition of every batch of the main pass."""
 
-    def __init__(self, adapter: Adapter, *, config: Any) -> None:
+    def __init__(self, adapter: Adapter, *, config: Any, prior_counts: np.ndarray | None | str = "read") -> None:
+        """prior_counts: the train split's label-under-bias counts when they are known already (a merge of shards, which
+        has no data to read), None when there are none; by default they are read from the adapter's train split."""
         self.adapter = adapter
         self.config = config
         self.notes: list[str] = []
@@ -40,9 +42,12 @@ class FullConditionDiagnostics:
             self.jsd_note = "no bias attribute"  # replaced by the k-means discovery in finish()
         elif "train" not in adapter.splits:
             self.jsd_note = "The JSD diagnostic needs the label-under-bias priors of the train split, which the adapter does not offer."
-        else:
+        elif isinstance(prior_counts, str):
             self.prior, num_bias = self._train_prior()
             self.jsd = JSDAccumulator(num_classes=adapter.num_classes, num_bias=num_bias)
+        elif prior_counts is not None:
+            self.prior = BiasPrior.from_counts(prior_counts)
+            self.jsd = JSDAccumulator(num_classes=adapter.num_classes, num_bias=self.prior.num_bias)
 
     # ---- priors ---------------------------------------------------------------------------------
     def _train_prior(self) -> tuple[BiasPrior, int]:
@@ -73,18 +78,23 @@ class FullConditionDiagnostics:
             self.embeddings.update(features.flatten(1).float().cpu().numpy(), labels, bias, indices=indices)
 
     # ---- after the pass -------------------------------------------------------------------------
-    def finish(self, model: nn.Module, *, dominant: str | None, device: torch.device, progress) -> dict[str, Any]:
+    def gradient_conflict(self, model: nn.Module, *, device: torch.device, progress) -> dict[str, Any]:
+        progress("gradients", 0, self.config.gradient_batches)
+        batches = indexed_batches(self.adapter, self.config.split, batch_size=self.config.batch_size)
+        conflict = gradient_conflict(model, self.adapter, batches, device=device, seed=self.config.seed,
+                                     max_batches=self.config.gradient_batches).to_dict()
+        progress("gradients", self.config.gradient_batches, self.config.gradient_batches)
+        return conflict
+
+    def finish(self, model: nn.Module | None, *, dominant: str | None, device: torch.device, conflict: dict[str, Any]) -> dict[str, Any]:
+        """The JSD, embedding and gradient-conflict sections. `model` is needed only to discover bias values (data without
+        a bias key); a merge of shards has none and never needs to."""
         bias_source = "bias_key"
         if self.adapter.bias_key is None:
             bias_source = "kmeans"
             self._discover_bias(model, dominant=dominant, device=device)
         jsd = self._jsd_section(bias_source)
         embeddings = self._embedding_section()
-        progress("gradients", 0, self.config.gradient_batches)
-        batches = indexed_batches(self.adapter, self.config.split, batch_size=self.config.batch_size)
-        conflict = gradient_conflict(model, self.adapter, batches, device=device, seed=self.config.seed,
-                                     max_batches=self.config.gradient_batches).to_dict()
-        progress("gradients", self.config.gradient_batches, self.config.gradient_batches)
         for section in (jsd, embeddings, conflict):
             if not section.get("available", True) and section.get("note"):
                 self.notes.append(section["note"])

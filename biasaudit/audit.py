@@ -61,18 +61,43 @@ def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, check
                 adapter_spec: str | None = None, progress: Progress | None = None,
                 unimodal_models: dict[str, nn.Module] | None = None, prefix_removed: str | None = None) -> dict[str, Any]:
     """prefix_removed: the key prefix stripped from the checkpoint's state dict to load it, named in the manifest."""
+    from biasaudit.sharding import process_group_shard
+
     start = time.perf_counter()
+    group = process_group_shard()
     sections = scan_model(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models)
+    checkpoint_facts = {"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None,
+                        "prefix_removed": prefix_removed}
+    return assemble_audit(sections, config=config, checkpoint=checkpoint_facts, adapter=adapter_source(adapter, adapter_spec),
+                          wall_time_s=time.perf_counter() - start,
+                          shards={"count": group.count, "by": "torch.distributed"} if group is not None else None)
+
+
+def assemble_audit(sections: dict[str, Any], *, config: ScanConfig, checkpoint: dict[str, Any], adapter: dict[str, Any],
+                   wall_time_s: float, shards: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The audit document: a scan's sections (biasaudit.scanning) with its manifest and verdict. `shards` records how a
+    sharded scan was split (torch.distributed processes, or parts merged by `biasaudit merge`)."""
+    sections = dict(sections)
     forwards = sections.pop("_forwards_per_sample")
-    manifest = Manifest(
-        seed=config.seed, device=config.device, config=config.to_dict(),
-        checkpoint={"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None,
-                    "prefix_removed": prefix_removed},
-        adapter=adapter_source(adapter, adapter_spec), wall_time_s=time.perf_counter() - start)
+    manifest = Manifest(seed=config.seed, device=config.device, config=config.to_dict(), checkpoint=checkpoint, adapter=adapter,
+                        wall_time_s=wall_time_s)
     audit = {"schema": AUDIT_SCHEMA, "schema_version": AUDIT_SCHEMA_VERSION, "manifest": manifest.to_dict(), **sections}
     audit["manifest"]["forwards_per_sample"] = forwards
+    if shards is not None:
+        audit["manifest"]["shards"] = shards
     audit["verdict"] = scan_verdict(audit)  # last: its sentences read every section above
     return audit
+
+
+def load_models(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False, unimodal: tuple[tuple[str, str | Path], ...] = ()
+                ) -> tuple[nn.Module, str | None, dict[str, nn.Module]]:
+    """The model with the checkpoint loaded, the key prefix removed to load it, and the unimodal models by modality."""
+    model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
+    unimodal_models = {}
+    for name, path in unimodal:
+        unimodal_models[name] = load_model(path, adapter, trust=trust)
+        unimodal_models[name].biasaudit_source = str(path)  # named in the ceilings section
+    return model, prefix_removed, unimodal_models
 
 
 def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanConfig, adapter_spec: str | None = None,
@@ -80,13 +105,25 @@ def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanCo
                      unimodal: tuple[tuple[str, str | Path], ...] = ()) -> dict[str, Any]:
     """unimodal: (modality, checkpoint of the same architecture trained on that modality alone) pairs, whose
     accuracy with the other modalities muted is that modality's ceiling."""
-    model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
-    unimodal_models = {}
-    for name, path in unimodal:
-        unimodal_models[name] = load_model(path, adapter, trust=trust)
-        unimodal_models[name].biasaudit_source = str(path)  # named in the ceilings section
+    model, prefix_removed, unimodal_models = load_models(checkpoint, adapter, trust=trust, unimodal=unimodal)
     return audit_model(model, adapter, config=config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress,
                        unimodal_models=unimodal_models, prefix_removed=prefix_removed)
+
+
+def scan_checkpoint_shard(checkpoint: str | Path, adapter: Adapter, *, config: ScanConfig, shard: Any, part: Path,
+                          adapter_spec: str | None = None, trust: bool = False, progress: Progress | None = None,
+                          unimodal: tuple[tuple[str, str | Path], ...] = (), settings: Any = None) -> Path:
+    """One shard of a scan of a checkpoint, written to the part file `part` (biasaudit/shard_parts.py)."""
+    from biasaudit.scanning import scan_shard
+    from biasaudit.shard_parts import write_part
+
+    start = time.perf_counter()
+    model, prefix_removed, unimodal_models = load_models(checkpoint, adapter, trust=trust, unimodal=unimodal)
+    context, state = scan_shard(model, adapter, config=config, shard=shard, progress=progress, unimodal_models=unimodal_models)
+    write_part(part, shard=shard, config=config, adapter=adapter, context=context, state=state, settings=settings,
+               checkpoint={"path": str(checkpoint), "sha256": file_sha256(checkpoint), "prefix_removed": prefix_removed},
+               adapter_source=adapter_source(adapter, adapter_spec), wall_time_s=time.perf_counter() - start)
+    return part
 
 
 AUDIT_FILES = ("audit.json", "audit.html")

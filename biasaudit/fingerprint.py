@@ -1,16 +1,22 @@
-"""A fingerprint of the samples a scan evaluated, in scan order: the audit's `samples` section.
+"""A fingerprint of the samples a scan evaluated, by global index: the audit's `samples` section.
 
 Bootstrap replicates of two audits pair up only when both drew the same Poisson weights for the same
 samples, and the weights are keyed by the global sample index. So two audits may be compared replicate
 by replicate only if index i was the same sample in both: same count, and the same labels, bias values
-and raw inputs in the same order. Each is a streaming SHA-256 over the samples in scan order, so a
-different split, a reshuffled, resized or edited data set (even one reshuffled within each label) shows.
-Labels and bias values are hashed as little-endian int64; raw inputs per modality key: tensors and
-arrays as their bytes, strings as UTF-8 with a length prefix. Labels and bias values hash the same for
-any batch size; an input whose per-batch shape depends on the batch (token ids padded to the longest
-in the batch) hashes differently under another `--batch-size`, which can only refuse a pairing, never
-make a wrong one. An input of another type (e.g. a list of PIL images) gets no hash (null) and is not
-compared.
+and raw inputs at every index. Each fingerprint is an index-keyed sum: every sample's value (its label,
+its bias value, its raw input of one modality key) is hashed together with its global index into two
+independent 64-bit words, and the words are added modulo 2**64; the 128-bit total and the count are then
+hashed with SHA-256 for the 64 hex digits the audit shows. A sum does not depend on the order in which
+samples arrive, so a scan sharded over processes (each adding its own batches) merges to exactly the
+fingerprint one process computes, and memory stays constant; the index inside every hash keeps the
+order: the same samples reshuffled (even within each label) give another sum.
+Labels and bias values are hashed as integers, so the same for any batch size. Raw inputs are hashed row by
+row: a tensor or array row as its dtype, shape and bytes, a string as UTF-8. An input whose per-row shape
+depends on the batch (token ids padded to the longest in the batch) hashes differently under another
+`--batch-size`, which can only refuse a pairing, never make a wrong one. An input of another type (e.g. a
+list of PIL images) gets no hash (null) and is not compared.
+(Audits written before sharding hashed the same values as one SHA-256 stream in scan order; an audit of
+either kind pairs only with one of its own kind, because the generator version differs too.)
 """
 
 from __future__ import annotations
@@ -23,59 +29,108 @@ import numpy as np
 import torch
 
 from biasaudit.errors import DataError
+from biasaudit.randomness import hash64
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_LANES = 2  # two independent 64-bit sums: 128 bits
+_CHUNK_WORDS = 1 << 20
 
 
-def _int64_bytes(values: np.ndarray) -> bytes:
-    return np.ascontiguousarray(values, dtype="<i8").tobytes()
-
-
-def _input_bytes(value: Any) -> bytes | None:
-    """The bytes of one batch's raw input, in sample order; None for a type we do not hash."""
+def _rows_as_words(value: Any) -> tuple[np.ndarray, str] | None:
+    """[B, W] uint64 words of each row's bytes (zero-padded to whole words) and a description of the rows' type and
+    shape; None for a type we do not hash."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu()
         if value.dtype == torch.bfloat16:  # numpy has no bfloat16
             value = value.view(torch.int16)
-        return np.ascontiguousarray(value.numpy()).tobytes()
-    if isinstance(value, np.ndarray) and value.dtype != object:
-        return np.ascontiguousarray(value).tobytes()
+        value = value.numpy()
+    if isinstance(value, np.ndarray) and value.dtype != object and value.ndim >= 1:
+        rows = np.ascontiguousarray(value).reshape(len(value), -1).view(np.uint8)
+        pad = (-rows.shape[1]) % 8
+        if pad:
+            rows = np.concatenate([rows, np.zeros((len(rows), pad), dtype=np.uint8)], axis=1)
+        return rows.view(np.uint64), f"{value.dtype.str}{value.shape[1:]}"
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return b"".join(len(e).to_bytes(8, "little") + e for e in (v.encode("utf-8") for v in value))
+        digests = [hashlib.blake2b(v.encode("utf-8"), digest_size=8).digest() for v in value]
+        return np.frombuffer(b"".join(digests), dtype=np.uint64).reshape(len(value), 1), "utf-8"
     return None
 
 
+def row_hashes(value: Any) -> np.ndarray | None:
+    """One 64-bit word per row of a raw input (its type, shape and bytes); None for a type we do not hash."""
+    found = _rows_as_words(value)
+    if found is None:
+        return None
+    words, kind = found
+    out = np.zeros(len(words), dtype=np.uint64)
+    if not words.shape[1]:
+        return out
+    positions = np.arange(words.shape[1], dtype=np.int64)[None, :]
+    step = max(1, _CHUNK_WORDS // words.shape[1])  # rows per chunk: the temporaries stay small for large images
+    for start in range(0, len(words), step):
+        # Each word is hashed with its position, so the same words in another order give another row hash.
+        mixed = hash64(0, "fingerprint-row:" + kind, positions, words[start:start + step].view(np.int64))
+        with np.errstate(over="ignore"):
+            out[start:start + step] = np.sum(mixed, axis=1, dtype=np.uint64)
+    return out
+
+
 class SampleFingerprint:
-    """Streams the labels, bias values and raw inputs of a scan batch by batch; `to_dict()` is the
-    `samples` section. `input_keys` are the batch keys of the modalities."""
+    """Adds the labels, bias values and raw inputs of a scan batch by batch (by global index; any order); `merge`
+    adds another shard's; `to_dict()` is the `samples` section. `input_keys` are the batch keys of the modalities."""
 
     def __init__(self, *, with_bias: bool, input_keys: Sequence[str] = ()) -> None:
         self.count = 0
-        self._labels = hashlib.sha256()
-        self._bias = hashlib.sha256() if with_bias else None
-        self._inputs: dict[str, Any] = {key: hashlib.sha256() for key in input_keys}
+        self.labels = np.zeros(_LANES, dtype=np.uint64)
+        self.bias = np.zeros(_LANES, dtype=np.uint64) if with_bias else None
+        self.inputs: dict[str, np.ndarray | None] = {key: np.zeros(_LANES, dtype=np.uint64) for key in input_keys}
 
-    def update(self, labels: np.ndarray, bias: np.ndarray | None = None, inputs: Mapping[str, Any] | None = None) -> None:
-        if (bias is None) != (self._bias is None):
+    @staticmethod
+    def _keyed(stream: str, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return np.array([np.sum(hash64(lane, stream, indices, values), dtype=np.uint64) for lane in range(_LANES)], dtype=np.uint64)
+
+    def update(self, labels: np.ndarray, bias: np.ndarray | None = None, inputs: Mapping[str, Any] | None = None, *,
+               indices: np.ndarray) -> None:
+        if (bias is None) != (self.bias is None):
             # A caller bug, not a user error: the scan decides once, from adapter.bias_key, whether bias values exist.
             raise ValueError("bias values must be given on every batch when with_bias=True, and never otherwise")
+        indices = np.asarray(indices, dtype=np.int64)
         self.count += len(labels)
-        self._labels.update(_int64_bytes(labels))
-        if self._bias is not None:
-            self._bias.update(_int64_bytes(bias))
-        for key, hasher in self._inputs.items():
-            if hasher is None:
-                continue
-            data = _input_bytes((inputs or {}).get(key))
-            if data is None:
-                self._inputs[key] = None  # one unhashable batch: no hash for this key at all
-            else:
-                hasher.update(data)
+        with np.errstate(over="ignore"):
+            self.labels += self._keyed("fingerprint-labels", indices, np.asarray(labels, dtype=np.int64))
+            if self.bias is not None:
+                self.bias += self._keyed("fingerprint-bias", indices, np.asarray(bias, dtype=np.int64))
+            for key, total in self.inputs.items():
+                if total is None:
+                    continue
+                rows = row_hashes((inputs or {}).get(key))
+                if rows is None:
+                    self.inputs[key] = None  # one unhashable batch: no hash for this key at all
+                else:
+                    total += self._keyed("fingerprint-input:" + key, indices, rows.view(np.int64))
+
+    def merge(self, other: SampleFingerprint) -> None:
+        """Add another shard's samples (disjoint global indices)."""
+        self.count += other.count
+        with np.errstate(over="ignore"):
+            self.labels += other.labels
+            if self.bias is not None and other.bias is not None:
+                self.bias += other.bias
+            for key in self.inputs:
+                theirs = other.inputs.get(key)
+                if self.inputs[key] is None or theirs is None:
+                    self.inputs[key] = None
+                else:
+                    self.inputs[key] = self.inputs[key] + theirs
+
+    def _hex(self, what: str, total: np.ndarray) -> str:
+        return hashlib.sha256(f"{what}:{self.count}:".encode() + np.ascontiguousarray(total, dtype="<u8").tobytes()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "labels_sha256": self._labels.hexdigest(),
-                "bias_sha256": self._bias.hexdigest() if self._bias is not None else None,
-                "inputs_sha256": {key: h.hexdigest() if h is not None else None for key, h in self._inputs.items()}}
+        return {"count": self.count, "labels_sha256": self._hex("labels", self.labels),
+                "bias_sha256": self._hex("bias", self.bias) if self.bias is not None else None,
+                "inputs_sha256": {key: self._hex("input:" + key, total) if total is not None else None for key, total in self.inputs.items()}}
 
 
 def check_fingerprint(section: Any) -> None:

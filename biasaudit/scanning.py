@@ -15,8 +15,9 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ from biasaudit.impairments import IMPAIRMENTS, muting_impairment, resolve_impair
 from biasaudit.metrics.accuracy import ConditionAccumulator
 from biasaudit.metrics.gap import dominant_modality
 from biasaudit.progress import Progress, silent
+from biasaudit.scan_state import PassState, ScanContext, ScanState, merged
+from biasaudit.sharding import WHOLE, Shard, process_group_shard
 from biasaudit.summary import condition_rows, group_summary, ratio_sweep, reliance
 
 PROJECTIONS = ("umap", "pca")
@@ -203,8 +206,36 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     """Evaluate every condition and every diagnostic; return the audit's sections (no manifest).
 
     unimodal_models: modality -> a model trained on that modality alone, whose accuracy with the other
-    modalities muted is that modality's ceiling (instead of a linear probe on its branch)."""
-    progress = progress or silent
+    modalities muted is that modality's ceiling (instead of a linear probe on its branch).
+    Inside an initialised torch.distributed process group of several processes (torchrun), each process evaluates
+    its shard of the batches (biasaudit/sharding.py), rank 0 merges the states and finishes the audit, and every
+    process returns the same sections."""
+    group = process_group_shard()
+    with _scanning(model, adapter, config=config, unimodal_models=unimodal_models) as (adapter, device, unimodal_models):
+        progress = progress or silent
+        context, state = _main_pass(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device,
+                                    shard=group or WHOLE)
+        if group is None:
+            return finish_scan(state, context, adapter=adapter, config=config, model=model, device=device, progress=progress)
+        return _finish_on_rank_zero(state, context, adapter=adapter, config=config, model=model, device=device, progress=progress)
+
+
+def scan_shard(model: nn.Module, adapter: Adapter, *, config: ScanConfig, shard: Shard, progress: Progress | None = None,
+               unimodal_models: Mapping[str, nn.Module] | None = None) -> tuple[ScanContext, ScanState]:
+    """One shard of a scan, for job arrays without a process group: its context and state, which
+    `biasaudit.shard_parts` writes and `finish_scan` turns into the audit once every shard's state is merged."""
+    if adapter.bias_key is None:
+        raise InputError("--shard needs data with a bias key: without one, bias values are discovered from the merged scan's dominant "
+                         "modality, which no single part knows. Scan such data in one process or on torchrun.")
+    with _scanning(model, adapter, config=config, unimodal_models=unimodal_models) as (adapter, device, unimodal_models):
+        return _main_pass(model, adapter, config=config, progress=progress or silent, unimodal_models=unimodal_models, device=device,
+                          shard=shard)
+
+
+@contextmanager
+def _scanning(model: nn.Module, adapter: Adapter, *, config: ScanConfig, unimodal_models: Mapping[str, nn.Module] | None):
+    """Checks, eval mode for every forward (no dropout, batch-norm statistics read, not updated) with the caller's
+    train/eval state of every submodule put back afterwards, and numpy's BLAS on one thread."""
     device = resolve_device(config.device)
     check_precision(config.precision, device)
     adapter = with_mute_overrides(adapter, config.mute)
@@ -214,22 +245,35 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         if name not in names:
             raise InputError(f"A unimodal checkpoint is given for modality {name!r}. Available: {', '.join(names)}.")
         unimodal.to(device).eval()
-    # Every forward of a scan runs in eval mode (no dropout, batch-norm statistics read, not updated); the caller's
-    # train/eval state of every submodule is put back afterwards, so a scan inside a training loop changes nothing.
     modes = [(module, module.training) for module in model.modules()]
     model.to(device).eval()
     try:
         # numpy's BLAS on one thread while the scan runs: its products here are small (bootstrap sums), and its idle
         # threads spinning beside torch's own pool slowed the model's forwards 7x on a 2-core machine (bench/scan_speed.py).
         with threadpool_limits(1, user_api="blas"):
-            return _scan(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device)
+            yield adapter, device, unimodal_models
     finally:
         for module, training in modes:
             module.train(training)
 
 
-def _scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress, unimodal_models: Mapping[str, nn.Module],
-          device: torch.device) -> dict[str, Any]:
+def _finish_on_rank_zero(state: ScanState, context: ScanContext, **finishing: Any) -> dict[str, Any]:
+    """Rank 0 merges every rank's state and finishes the audit; every rank returns it."""
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(state, states, dst=0)
+    sections: list[Any] = [None]
+    if dist.get_rank() == 0:
+        sections[0] = finish_scan(merged(states), context, **finishing)
+    dist.broadcast_object_list(sections, src=0)
+    return sections[0]
+
+
+def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress, unimodal_models: Mapping[str, nn.Module],
+               device: torch.device, shard: Shard) -> tuple[ScanContext, ScanState]:
+    """Every condition on the shard's batches, the Full-condition diagnostics streamed beside them; shard 0 also takes
+    the gradient-conflict sample (a few batches, chosen by hash over the whole split)."""
     names = [m.name for m in adapter.modalities]
     conditions = parse_conditions(config.conditions, adapter.modalities)
     if config.mute_compare:
@@ -267,67 +311,91 @@ def _scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: P
         evaluator = BatchEvaluator(model, adapter, setup, device=device, feature_tap=feature_tap, autocast=PRECISIONS[config.precision])
         fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.key for m in adapter.modalities])
         total = _batch_count(adapter, config.split, config.batch_size)
-        seen = 0
+        seen = split_samples = batches = 0
         with torch.no_grad():
-            for step, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)):
+            for batches, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size), start=1):
+                split_samples += len(indices)
+                if not shard.owns(batches - 1):
+                    continue
                 labels = checked_labels(batch, adapter, split=config.split)
                 bias = bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None
                 full_logits = evaluator.update(indices, batch, labels, bias)
                 diagnostics.update(full_logits, evaluator.full_features, batch, labels, indices=indices)
-                fingerprint.update(labels, bias, inputs=batch)
+                fingerprint.update(labels, bias, inputs=batch, indices=indices)
                 seen += len(labels)
-                progress("conditions", step + 1, total)
-        if seen == 0:
+                progress("conditions", batches, total)
+        if split_samples == 0:
             raise DataError(f"Split {config.split!r} is empty; the adapter's data() yielded no samples.")
         if total is None:  # the batch count is known only now: let the bar finish instead of ticking on
-            progress("conditions", step + 1, step + 1)
-
-        scores = evaluator.accuracy.result()
-        class_names = list(adapter.class_names or [str(i) for i in range(adapter.num_classes)])
-        summary = {"full": {k: v for k, v in scores["full"].to_dict().items() if k in ("accuracy", "accuracy_ci", "macro_f1", "n")}}
-        for group in ("missing", "noisy"):
-            section = group_summary(group, conditions, scores)
-            if section is not None:
-                summary[group] = section
-        dominant = summary.get("missing", {}).get("dominant")
-        sections = diagnostics.finish(model, dominant=dominant, device=device, progress=progress)
-        sections["mute_checks"] = _mute_checks(evaluator, conditions, scores, summary, adapter, class_names, mute_compare=config.mute_compare)
-        if sections["mute_checks"]["compare_note"]:
-            sections["notes"].append(sections["mute_checks"]["compare_note"])
-        sections["notes"].extend(f["message"] for f in sections["mute_checks"]["findings"])
-
-        bias_pass, bias_source, bias_note = evaluator, "bias_key", None
-        if adapter.bias_key is None and diagnostics.discovered_bias is not None:
-            bias_source = "kmeans"
-            bias_note = (f"Bias values are the {diagnostics.prior.num_bias} k-means clusters of the dominant modality's ({dominant}) branch "
-                         "embeddings (the data has no bias attribute); groups are measured under the full and missing conditions only.")
-            bias_pass = _discovered_bias_pass(model, adapter, config, diagnostics, wanted, device=device, progress=progress)
-        elif adapter.bias_key is None:
-            bias_note = "The data has no bias attribute and none could be discovered (see the JSD note), so there are no groups and no carrier test."
-        derived = _bias_sections(sections, bias_pass, diagnostics, config, adapter, class_names, wanted,
-                                 bias_source=bias_source, bias_note=bias_note, dominant=dominant)
-        if "carrier" in wanted:
-            summary["carrier"] = sections["carrier"].get("carrier")
-        if "ceilings" in wanted:
-            sources = {m: f"checkpoint {getattr(unimodal_models[m], 'biasaudit_source', '(given in Python)')}" if m in unimodal_models
-                       else f"linear probe on the {m} branch output, fitted on train" for m in names}
-            sections["ceilings"] = ceilings_section(names, setup.ceilings.result() if setup.ceilings is not None else {}, sources,
-                                                    observed_gap=summary.get("missing", {}).get("gap"), note=ceiling_note)
-        sections["calibration"] = evaluator.calibration.section()
-        if "shapley" in wanted:
-            sections["shapley"] = setup.shapley.section() if setup.shapley is not None else {"available": False, "note": shapley_note}
-        if "interaction" in wanted:
-            sections["interaction"] = setup.interaction.section()
+            progress("conditions", batches, batches)
+        conflict = diagnostics.gradient_conflict(model, device=device, progress=progress) if shard.index == 0 else None
     finally:
         feature_tap.close()
         if setup.tap is not None:
             setup.tap.close()
+    sources = {m: f"checkpoint {getattr(unimodal_models[m], 'biasaudit_source', '(given in Python)')}" if m in unimodal_models
+               else f"linear probe on the {m} branch output, fitted on train" for m in names}
+    context = ScanContext(conditions=conditions, wanted=wanted, prior_counts=prior.counts if prior is not None else None,
+                          train_forwards=train_forwards, ceiling_note=ceiling_note, ceiling_sources=sources, shapley_note=shapley_note)
+    state = ScanState(shards=(shard.index,), shard_count=shard.count, main=PassState.of(evaluator), fingerprint=fingerprint,
+                      embeddings=diagnostics.embeddings, has_features=diagnostics.has_features, bias_counts=diagnostics.bias_counts,
+                      jsd=diagnostics.jsd, samples=seen, split_samples=split_samples, split_batches=batches, gradient_conflict=conflict)
+    return context, state
 
-    bootstrap = evaluator.accuracy.bootstrap_counts().to_dict()
+
+def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, config: ScanConfig, model: nn.Module | None,
+                device: torch.device | None, progress: Progress) -> dict[str, Any]:
+    """The audit's sections from a whole scan's (possibly merged) state. `model` is used only where the data has no bias
+    key (k-means bias discovery and its second pass); a merge of parts has no model and never needs one."""
+    names = [m.name for m in adapter.modalities]
+    conditions, wanted, main = context.conditions, context.wanted, state.main
+    diagnostics = analyses.FullConditionDiagnostics(adapter, config=config, prior_counts=context.prior_counts)
+    diagnostics.embeddings, diagnostics.has_features, diagnostics.bias_counts = state.embeddings, state.has_features, state.bias_counts
+    if state.jsd is not None:
+        diagnostics.jsd = state.jsd
+    seen = state.samples
+    scores = main.accuracy.result()
+    class_names = list(adapter.class_names or [str(i) for i in range(adapter.num_classes)])
+    summary = {"full": {k: v for k, v in scores["full"].to_dict().items() if k in ("accuracy", "accuracy_ci", "macro_f1", "n")}}
+    for group in ("missing", "noisy"):
+        section = group_summary(group, conditions, scores)
+        if section is not None:
+            summary[group] = section
+    dominant = summary.get("missing", {}).get("dominant")
+    sections = diagnostics.finish(model, dominant=dominant, device=device, conflict=state.gradient_conflict)
+    sections["mute_checks"] = _mute_checks(main, conditions, scores, summary, adapter, class_names, mute_compare=config.mute_compare)
+    if sections["mute_checks"]["compare_note"]:
+        sections["notes"].append(sections["mute_checks"]["compare_note"])
+    sections["notes"].extend(f["message"] for f in sections["mute_checks"]["findings"])
+
+    bias_pass, bias_source, bias_note = main, "bias_key", None
+    extra_forwards: Counter = Counter()
+    if adapter.bias_key is None and diagnostics.discovered_bias is not None:
+        bias_source = "kmeans"
+        bias_note = (f"Bias values are the {diagnostics.prior.num_bias} k-means clusters of the dominant modality's ({dominant}) branch "
+                     "embeddings (the data has no bias attribute); groups are measured under the full and missing conditions only.")
+        evaluator = _discovered_bias_pass(model, adapter, config, diagnostics, wanted, device=device, progress=progress)
+        bias_pass, extra_forwards = PassState.of(evaluator), evaluator.forwards
+    elif adapter.bias_key is None:
+        bias_note = "The data has no bias attribute and none could be discovered (see the JSD note), so there are no groups and no carrier test."
+    prior_counts = diagnostics.prior.counts if diagnostics.prior is not None else None
+    derived = _bias_sections(sections, bias_pass, prior_counts, conditions, config, adapter, class_names, wanted,
+                             bias_source=bias_source, bias_note=bias_note, dominant=dominant)
+    if "carrier" in wanted:
+        summary["carrier"] = sections["carrier"].get("carrier")
+    if "ceilings" in wanted:
+        sections["ceilings"] = ceilings_section(names, main.ceilings.result() if main.ceilings is not None else {}, context.ceiling_sources,
+                                                observed_gap=summary.get("missing", {}).get("gap"), note=context.ceiling_note)
+    sections["calibration"] = main.calibration.section()
+    if "shapley" in wanted:
+        sections["shapley"] = main.shapley.section() if main.shapley is not None else {"available": False, "note": context.shapley_note}
+    if "interaction" in wanted:
+        sections["interaction"] = main.interaction.section()
+
+    bootstrap = main.accuracy.bootstrap_counts().to_dict()
     bootstrap["derived"] = {name: values.tolist() for name, values in derived.items()}
-    forwards = Counter(evaluator.forwards) + Counter({"ceilings": train_forwards, "bias_discovery": diagnostics.discovery_forwards})
-    if bias_pass is not evaluator:
-        forwards += bias_pass.forwards
+    forwards = Counter(main.forwards) + Counter({"ceilings": context.train_forwards, "bias_discovery": diagnostics.discovery_forwards})
+    forwards += extra_forwards
     cost = {stage: forwards.get(stage, 0) / seen for stage in ("conditions", "carrier", "ceilings", "shapley", "interaction", "bias_discovery")}
     cost["total"] = sum(cost.values())
     return {
@@ -338,12 +406,12 @@ def _scan(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: P
         "diagnostics": ["groups", "calibration", *wanted],
         "summary": summary,
         "conditions": condition_rows(conditions, scores),
-        "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / seen for k, v in evaluator.muted_counts.items()}),
+        "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / seen for k, v in main.muted_counts.items()}),
         "reliance": reliance(conditions, scores, class_names=class_names),
         **sections,
         # Kept in the file so that two audits of the same samples and seed (before/after a fix) get *paired*
         # intervals for their differences, whether compared in memory or read back (biasaudit/comparing.py).
-        "samples": fingerprint.to_dict(),
+        "samples": state.fingerprint.to_dict(),
         "bootstrap": bootstrap,
         "_forwards_per_sample": cost,
     }
@@ -354,20 +422,20 @@ def _add_group_accumulators(setup: PassSetup, adapter: Adapter, num_bias: int, c
     setup.groups = GroupAccumulator(names, num_classes=adapter.num_classes, num_bias=num_bias, replicates=config.bootstrap_replicates)
 
 
-def _bias_sections(sections: dict[str, Any], bias_pass: BatchEvaluator, diagnostics: analyses.FullConditionDiagnostics,
+def _bias_sections(sections: dict[str, Any], bias_pass: PassState, prior_counts: np.ndarray | None, conditions: Sequence[Condition],
                    config: ScanConfig, adapter: Adapter, class_names: list[str], wanted: tuple[str, ...], *,
                    bias_source: str, bias_note: str | None, dominant: str | None) -> dict[str, np.ndarray]:
     """The groups and carrier sections; returns their per-replicate figures for bootstrap.derived."""
     derived: dict[str, np.ndarray] = {}
-    setup, prior = bias_pass.setup, diagnostics.prior
-    if setup.groups is not None and prior is not None:
-        table = [c.name for c in setup.conditions if c.group in ("full", "missing")]
-        alignment = choose_grouping(setup.groups, min_group=config.min_group, grouping=config.group_by, prior_counts=prior.counts) == "alignment"
+    setup = bias_pass
+    if setup.groups is not None and prior_counts is not None:
+        table = [c.name for c in conditions if c.group in ("full", "missing")]
+        alignment = choose_grouping(setup.groups, min_group=config.min_group, grouping=config.group_by, prior_counts=prior_counts) == "alignment"
         # (label, aligned or conflicting) groups are unions of (label, bias value) groups: summed from them, exactly.
-        sections["groups"], found = (setup.groups.by_alignment(setup.preferred) if alignment else setup.groups).section(
-            prior_counts=prior.counts, min_group=config.min_group, class_names=class_names,
+        sections["groups"], found = (setup.groups.by_alignment(preferred_class(prior_counts)) if alignment else setup.groups).section(
+            prior_counts=prior_counts, min_group=config.min_group, class_names=class_names,
             bias_names=adapter.bias_names if bias_source == "bias_key" else None, bias_source=bias_source,
-            table_conditions=table, train_aligned_share=train_aligned_share(prior.counts), alignment=alignment,
+            table_conditions=table, train_aligned_share=train_aligned_share(prior_counts), alignment=alignment,
             asked=config.group_by == "alignment")
         sections["groups"]["note"] = " ".join(filter(None, [bias_note, sections["groups"]["note"]])) or None
         derived.update({k: v for k, v in found.items() if k.split(":", 1)[1] in table})
@@ -410,11 +478,11 @@ def _discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig
     return evaluator
 
 
-def _mute_checks(evaluator: BatchEvaluator, conditions: list[Condition], scores: Mapping[str, Any], summary: dict[str, Any],
+def _mute_checks(main: PassState, conditions: list[Condition], scores: Mapping[str, Any], summary: dict[str, Any],
                  adapter: Adapter, class_names: list[str], *, mute_compare: bool) -> dict[str, Any]:
     """Degenerate or far-outside mutes (biasaudit/diagnostics/mutes.py), and the --mute-compare table."""
-    confusion = evaluator.accuracy.confusion
-    moments = evaluator.setup.moments
+    confusion = main.accuracy.confusion
+    moments = main.moments
     distances = {m.name: rms_z(moments[f"full:{m.name}"], moments[f"muted:{m.name}"])
                  for m in adapter.modalities if f"full:{m.name}" in moments and f"muted:{m.name}" in moments}
     rows = [{"name": c.name, "modality": c.modality, "impairment": c.impairment, "predicted": confusion[c.name].sum(axis=0)}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -41,6 +41,9 @@ def scan(
     unimodal: list[str] = typer.Option([], "--unimodal", help="MODALITY=CHECKPOINT: a model of the same architecture trained on that modality alone, "
                                        "whose accuracy (other modalities muted) is the modality's ceiling instead of a linear probe; repeatable.", rich_help_panel="Conditions"),
     precision: str = typer.Option("fp32", "--precision", help="Forward precision: fp32, or bf16 / fp16 autocast (CUDA only).", rich_help_panel="Model and data"),
+    shard_spec: Optional[str] = typer.Option(None, "--shard", help="I/N: evaluate only shard I of N (the batches I, I+N, I+2N, ...; I counts from 0) "
+                                             "and write its part, scan-part-I-of-N.pt, into --out; `biasaudit merge` turns the N parts into the audit. "
+                                             "For job arrays; under torchrun the processes split the scan themselves.", rich_help_panel="Scale"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Settings file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml).", rich_help_panel="Model and data"),
 ) -> None:
     """Audit a checkpoint: bias measures (carrier test, worst-group accuracy, JSD), reliance (accuracy under muted and noisy
@@ -55,11 +58,21 @@ def scan(
     from biasaudit.batches import check_split
     from biasaudit.scanning import ScanConfig, check_precision, resolve_device, with_mute_overrides
 
+    from biasaudit.sharding import broadcast_error, join_torchrun, leave_torchrun, parse_shard
+
     with handled(), ExitStack() as held:
         check_output_dir(out_dir)
+        shard = parse_shard(shard_spec) if shard_spec is not None else None
         settings = load_settings(config_file)
         given = {name: value for name, value in ctx.params.items() if name in SCAN_KEYS}
         v, sources = resolve(given, explicit_options(ctx), settings, "scan")
+        joined = join_torchrun(v["device"])
+        if joined is not None:
+            held.callback(leave_torchrun)
+            if shard is not None:
+                raise InputError("--shard splits a scan into parts for a job array; under torchrun the processes already split it. Use one or the other.")
+            v["device"] = joined[1]
+        rank = joined[0].index if joined is not None else 0
         if v["adapter"] is None:
             raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
         with naming_source(sources, "adapter"):
@@ -83,12 +96,40 @@ def scan(
                                 ceiling_per_class=v["ceiling_per_class"], precision=v["precision"])
         with naming_source(sources, "precision"):
             check_precision(config.precision, device)
-        # Locked from here until both files are in place: a second run into the same directory is refused now.
-        outputs = held.enter_context(OutputSet(out_dir, files=AUDIT_FILES))
-        with progress_bars() as progress:
+        if shard is not None and loaded.bias_key is None:
+            raise InputError("--shard needs data with a bias key: without one, bias values are discovered from the merged scan's dominant "
+                             "modality, which no single part knows. Scan such data in one process or on torchrun.")
+        recorded = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
+        if shard is not None:
+            from biasaudit.audit import scan_checkpoint_shard
+            from biasaudit.shard_parts import part_name
+
+            with progress_bars() as progress:
+                part = scan_checkpoint_shard(checkpoint, loaded, config=config, shard=shard, part=out_dir / part_name(shard), adapter_spec=v["adapter"],
+                                             trust=trust_checkpoint, progress=progress, unimodal=unimodal_checkpoints, settings=recorded)
+            err.print(f"shard {shard}: wrote its part; `biasaudit merge` the {shard.count} parts into the audit.", markup=False, highlight=False)
+            out.print(str(part), markup=False, highlight=False)
+            return
+        # Locked from here until both files are in place: a second run into the same directory is refused now. Under
+        # torchrun rank 0 alone writes; the others stop with its error rather than wait for it.
+        error = None
+        if rank == 0:
+            try:
+                outputs = held.enter_context(OutputSet(out_dir, files=AUDIT_FILES))
+            except InputError as exc:
+                error = exc
+        if joined is not None:
+            message = broadcast_error(str(error) if error is not None else None)
+            if message is not None and error is None:
+                raise InputError(f"Rank 0 of this torchrun stopped: {message}")
+        if error is not None:
+            raise error
+        with (progress_bars() if rank == 0 else nullcontext(None)) as progress:
             audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress,
                                      unimodal=unimodal_checkpoints)
-        audit["manifest"]["settings"] = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
+        if rank != 0:
+            return
+        audit["manifest"]["settings"] = recorded
         json_path, html_path = write_audit(audit, outputs)
         held.close()
         err.print(summary_table(audit))

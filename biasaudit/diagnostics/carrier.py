@@ -61,6 +61,12 @@ class SwapCounts:
         self.w_donor += wu.sum(axis=0)
         self.w_correct += (p == y).astype(np.int64) @ wu
 
+    def merge(self, other: SwapCounts) -> None:
+        for name in ("n", "skipped", "follow", "null", "baseline", "correct", "flips"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("w_pairs", "w_excess", "w_donor", "w_correct"):
+            getattr(self, name).__iadd__(getattr(other, name))
+
     def excess_replicates(self) -> np.ndarray:
         """[R] excess follow rate (fraction) per replicate; NaN for a replicate that drew no swapped sample."""
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -87,6 +93,11 @@ class CarrierAccumulator:
         self.modalities = tuple(modalities)
         self.bias_swap = {m: SwapCounts(replicates) for m in self.modalities}
         self.content_swap = {m: SwapCounts(replicates) for m in self.modalities}
+
+    def merge(self, other: CarrierAccumulator) -> None:
+        for m in self.modalities:
+            self.bias_swap[m].merge(other.bias_swap[m])
+            self.content_swap[m].merge(other.content_swap[m])
 
     def section(self, *, dominant: str | None, bias_source: str, donor_pool: int, note: str | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         modalities = {m: {"bias_swap": self.bias_swap[m].rates(""), "content_swap": self.content_swap[m].rates("content_")}

@@ -33,6 +33,11 @@ class InteractionAccumulator:
         self.full_correct += int(np.count_nonzero(full_prediction == labels))
         self.additive_correct += int(np.count_nonzero(additive.argmax(axis=1) == labels))
 
+    def merge(self, other: InteractionAccumulator) -> None:
+        self.n += other.n
+        self.full_correct += other.full_correct
+        self.additive_correct += other.additive_correct
+
     def section(self) -> dict[str, Any]:
         if not self.n:
             return {"available": False, "note": "No sample had donors, so the additive projection could not be formed."}

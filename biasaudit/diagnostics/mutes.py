@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from biasaudit.exact_sums import ExactSum
 from biasaudit.impairments import IMPAIRMENTS
 
 DEGENERATE_SHARE = 0.9
@@ -25,36 +26,62 @@ FAR_OUTSIDE_Z = 3.0
 
 
 class Moments:
-    """Per-dimension sums and sums of squares of embeddings (float64)."""
+    """Per-dimension sums and sums of squares of embeddings, exact (biasaudit/exact_sums.py) so that shards merge."""
 
     def __init__(self) -> None:
         self.n = 0
         self.inconsistent = False
-        self.sum: np.ndarray | None = None
-        self.squares: np.ndarray | None = None
+        self._sum: ExactSum | None = None
+        self._squares: ExactSum | None = None
 
     def update(self, values: np.ndarray) -> None:
         values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-        if self.sum is not None and values.shape[1] != self.sum.shape[0]:
+        if self._sum is not None and values.shape[1] != len(self._sum.totals):
             self.inconsistent = True  # a branch whose width changes between batches: no distance is reported
             return
-        if self.sum is None:
-            self.sum, self.squares = np.zeros(values.shape[1]), np.zeros(values.shape[1])
+        if not np.all(np.isfinite(values)):
+            self.inconsistent = True  # a non-finite embedding has no distance either
+            return
+        if self._sum is None:
+            self._sum, self._squares = ExactSum(values.shape[1]), ExactSum(values.shape[1])
         self.n += len(values)
-        self.sum += values.sum(axis=0)
-        self.squares += (values * values).sum(axis=0)
+        self._sum.add(values.sum(axis=0))
+        self._squares.add((values * values).sum(axis=0))
+
+    def merge(self, other: Moments) -> None:
+        if other._sum is None:
+            self.inconsistent |= other.inconsistent
+            return
+        if self._sum is None:
+            self._sum, self._squares = ExactSum(len(other._sum.totals)), ExactSum(len(other._sum.totals))
+        if len(self._sum.totals) != len(other._sum.totals):
+            self.inconsistent = True
+            return
+        self.inconsistent |= other.inconsistent
+        self.n += other.n
+        self._sum.merge(other._sum)
+        self._squares.merge(other._squares)
+
+    @property
+    def sum(self) -> np.ndarray | None:
+        return self._sum.value() if self._sum is not None else None
+
+    @property
+    def squares(self) -> np.ndarray | None:
+        return self._squares.value() if self._squares is not None else None
 
 
 def rms_z(data: Moments, muted: Moments) -> float | None:
     """sqrt(mean_d E_muted[(e_d - mu_d)^2] / var_d) over dimensions where the data varies."""
     if data.inconsistent or muted.inconsistent or not data.n or not muted.n or data.sum is None or muted.sum is None or data.sum.shape != muted.sum.shape:
         return None
-    mu = data.sum / data.n
+    data_sum, muted_sum = data.sum, muted.sum
+    mu = data_sum / data.n
     var = data.squares / data.n - mu * mu
     varies = var > 1e-12 * max(1.0, float(np.max(np.abs(mu))) ** 2)
     if not varies.any():
         return None
-    second = muted.squares / muted.n - 2 * mu * muted.sum / muted.n + mu * mu
+    second = muted.squares / muted.n - 2 * mu * muted_sum / muted.n + mu * mu
     return float(np.sqrt(np.mean(np.maximum(second[varies], 0.0) / var[varies])))
 
 

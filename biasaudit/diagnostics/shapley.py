@@ -64,6 +64,17 @@ class ShapleyAccumulator:
             key = frozenset(m for m, ok in zip(self.modalities, row) if ok)
             self.contingency[key] = self.contingency.get(key, 0) + int(n)
 
+    def merge(self, other: ShapleyAccumulator) -> None:
+        self.class_count += other.class_count
+        self.w_total += other.w_total
+        for m in self.modalities:
+            for value, n in other.values[m].items():
+                self.values[m][value] = self.values[m].get(value, 0) + n
+            self.class_sum[m] += other.class_sum[m]
+            self.w_sum[m] += other.w_sum[m]
+        for key, n in other.contingency.items():
+            self.contingency[key] = self.contingency.get(key, 0) + n
+
     def section(self) -> dict[str, Any]:
         modalities = {}
         for m in self.modalities:

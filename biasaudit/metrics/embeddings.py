@@ -88,6 +88,19 @@ class EmbeddingSample:
             self._bias = np.concatenate([self._bias, *(p[4] for p in self._pending)])[keep]
         self._pending, self._pending_rows = [], 0
 
+    def merge(self, other: EmbeddingSample) -> None:
+        """Add another shard's kept rows (disjoint indices): the bottom-k of the union is the bottom-k of both."""
+        other._prune()
+        if other._features is None:
+            return
+        if self._has_bias is None:
+            self._has_bias = other._has_bias
+            self._features = np.zeros((0, other._features.shape[1]), dtype=other._features.dtype)
+            self._bias = np.zeros(0, dtype=np.int64) if self._has_bias else None
+        self._pending.append((other._keys, other._indices, other._features, other._labels, other._bias))
+        self._pending_rows += len(other._keys)
+        self._prune()
+
     def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
         """(features, labels, bias or None, indices) of the kept rows, sorted by index."""
         self._prune()

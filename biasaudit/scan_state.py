@@ -1,0 +1,153 @@
+"""What a scan's pass over its batches leaves behind, and how the states of disjoint shards merge.
+
+Every part merges exactly: counts are integers, float sums are exact (biasaudit/exact_sums.py), bounded samples
+are the smallest hashes of (seed, index) (embeddings), the fingerprint is an index-keyed sum, and the
+gradient-conflict sample is taken whole by shard 0. So merging the shards of a scan gives, to the last digit,
+the state one process reaches, and the audit computed from it is the same.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from biasaudit.conditions import Condition
+from biasaudit.diagnostics.carrier import CarrierAccumulator
+from biasaudit.diagnostics.groups import GroupAccumulator
+from biasaudit.diagnostics.interaction import InteractionAccumulator
+from biasaudit.diagnostics.mutes import Moments
+from biasaudit.diagnostics.shapley import ShapleyAccumulator
+from biasaudit.errors import InputError
+from biasaudit.fingerprint import SampleFingerprint
+from biasaudit.metrics.accuracy import ConditionAccumulator
+from biasaudit.metrics.calibration import CalibrationAccumulator
+from biasaudit.metrics.embeddings import EmbeddingSample
+from biasaudit.metrics.jsd import JSDAccumulator
+
+
+@dataclass
+class PassState:
+    """The accumulators of one pass (biasaudit/evaluation.py's BatchEvaluator and its PassSetup)."""
+
+    accuracy: ConditionAccumulator
+    calibration: CalibrationAccumulator
+    muted_counts: dict[str, int]
+    forwards: Counter
+    moments: dict[str, Moments] = field(default_factory=dict)
+    groups: GroupAccumulator | None = None
+    carrier: CarrierAccumulator | None = None
+    ceilings: ConditionAccumulator | None = None
+    shapley: ShapleyAccumulator | None = None
+    interaction: InteractionAccumulator | None = None
+
+    @classmethod
+    def of(cls, evaluator: Any) -> PassState:
+        s = evaluator.setup
+        return cls(accuracy=evaluator.accuracy, calibration=evaluator.calibration, muted_counts=evaluator.muted_counts,
+                   forwards=evaluator.forwards, moments=s.moments, groups=s.groups, carrier=s.carrier, ceilings=s.ceilings,
+                   shapley=s.shapley, interaction=s.interaction)
+
+    def merge(self, other: PassState) -> None:
+        self.accuracy.merge(other.accuracy)
+        self.calibration.merge(other.calibration)
+        for name, count in other.muted_counts.items():
+            self.muted_counts[name] = self.muted_counts.get(name, 0) + count
+        self.forwards.update(other.forwards)
+        for key, moments in other.moments.items():
+            self.moments.setdefault(key, Moments()).merge(moments)
+        for name in ("groups", "carrier", "ceilings", "shapley", "interaction"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if (mine is None) != (theirs is None):
+                raise InputError(f"Cannot merge shards of which only some measured {name}; expected parts of one scan.")
+            if mine is not None:
+                mine.merge(theirs)
+
+
+@dataclass
+class ScanState:
+    """One shard's (or a merge of shards') main pass, and what the Full-condition diagnostics streamed."""
+
+    shards: tuple[int, ...]  # the shard indices merged in
+    shard_count: int
+    main: PassState
+    fingerprint: SampleFingerprint
+    embeddings: EmbeddingSample
+    has_features: bool
+    bias_counts: np.ndarray
+    jsd: JSDAccumulator | None
+    samples: int  # evaluated here
+    split_samples: int  # in the whole split (every shard reads all of it)
+    split_batches: int
+    gradient_conflict: dict[str, Any] | None = None  # shard 0 takes the whole seeded sample
+
+    def merge(self, other: ScanState) -> None:
+        if other.shard_count != self.shard_count or (other.split_samples, other.split_batches) != (self.split_samples, self.split_batches):
+            raise InputError(f"Cannot merge a shard of {other.shard_count} over a split of {other.split_samples} samples into one of "
+                             f"{self.shard_count} over {self.split_samples}; expected parts of one scan.")
+        overlap = sorted(set(self.shards) & set(other.shards))
+        if overlap:
+            raise InputError(f"Shard {overlap[0]}/{self.shard_count} is given twice; expected each shard once.")
+        self.shards = tuple(sorted(self.shards + other.shards))
+        self.main.merge(other.main)
+        self.fingerprint.merge(other.fingerprint)
+        self.embeddings.merge(other.embeddings)
+        self.has_features |= other.has_features
+        self.bias_counts = _added(self.bias_counts, other.bias_counts)
+        if self.jsd is not None and other.jsd is not None:
+            self.jsd.merge(other.jsd)
+        self.samples += other.samples
+        if other.gradient_conflict is not None:
+            self.gradient_conflict = other.gradient_conflict
+
+    def check_complete(self) -> None:
+        missing = sorted(set(range(self.shard_count)) - set(self.shards))
+        if missing:
+            raise InputError(f"Shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{self.shard_count}' for i in missing)} "
+                             f"{'are' if len(missing) > 1 else 'is'} missing; expected all {self.shard_count} parts of the scan.")
+        if self.samples != self.split_samples:
+            raise InputError(f"The parts evaluated {self.samples} samples of a split of {self.split_samples}; expected every sample once.")
+
+
+def _added(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros(max(len(a), len(b)), dtype=np.int64)
+    out[: len(a)] += a
+    out[: len(b)] += b
+    return out
+
+
+@dataclass
+class ScanContext:
+    """What every shard works out identically before its pass and the audit needs after it (the train split's
+    priors, the ceilings' probes, ...): kept beside the state, and checked to agree between parts."""
+
+    conditions: list[Condition]
+    wanted: tuple[str, ...]
+    prior_counts: np.ndarray | None
+    train_forwards: int
+    ceiling_note: str | None
+    ceiling_sources: dict[str, str]
+    shapley_note: str | None
+
+    def difference(self, other: ScanContext) -> str | None:
+        """What differs between two shards' contexts; None when they agree."""
+        if [c.name for c in self.conditions] != [c.name for c in other.conditions] or self.wanted != other.wanted:
+            return "their conditions differ"
+        if (self.prior_counts is None) != (other.prior_counts is None) or (
+                self.prior_counts is not None and not np.array_equal(self.prior_counts, other.prior_counts)):
+            return "the train split's label-under-bias counts differ (the data changed between them)"
+        if (self.train_forwards, self.ceiling_note, self.ceiling_sources, self.shapley_note) != (
+                other.train_forwards, other.ceiling_note, other.ceiling_sources, other.shapley_note):
+            return "their ceilings or diagnostics differ"
+        return None
+
+
+def merged(states: Sequence[ScanState]) -> ScanState:
+    """The first state with every other merged into it; checks that together they are the whole split."""
+    first = states[0]
+    for other in states[1:]:
+        first.merge(other)
+    first.check_complete()
+    return first

@@ -1,0 +1,232 @@
+"""Scan parts for job arrays without a process group (Slurm arrays, Ray, a CI matrix): `biasaudit scan --shard I/N`
+writes one shard's state to a part file, and `biasaudit merge PART...` checks that the parts are the whole of one
+scan, merges them exactly (biasaudit/scan_state.py) and writes the audit one process would have written.
+
+A part file is a torch file of plain values (numbers, strings, lists, dicts, tensors), read back with
+`weights_only=True`: merging parts runs no code from them. Objects are rebuilt only from the classes named in
+`_CLASSES`. What the merge needs of the adapter (its modalities, classes and names) is recorded in the part, so a
+merge needs neither the adapter's code nor the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from biasaudit.adapter import Adapter
+from biasaudit.conditions import Condition
+from biasaudit.diagnostics.carrier import CarrierAccumulator, SwapCounts
+from biasaudit.diagnostics.groups import GroupAccumulator
+from biasaudit.diagnostics.interaction import InteractionAccumulator
+from biasaudit.diagnostics.mutes import Moments
+from biasaudit.diagnostics.shapley import ShapleyAccumulator
+from biasaudit.errors import InputError
+from biasaudit.exact_sums import ExactSum
+from biasaudit.fingerprint import SampleFingerprint
+from biasaudit.metrics.accuracy import ConditionAccumulator
+from biasaudit.metrics.calibration import CalibrationAccumulator
+from biasaudit.metrics.embeddings import EmbeddingSample
+from biasaudit.metrics.jsd import JSDAccumulator
+from biasaudit.modality import Modality
+from biasaudit.randomness import GENERATOR
+from biasaudit.scan_state import PassState, ScanContext, ScanState, merged
+from biasaudit.sharding import Shard
+
+FORMAT = "biasaudit-scan-part"
+FORMAT_VERSION = 1
+_CLASSES = {cls.__name__: cls for cls in (
+    PassState, ScanState, ScanContext, Condition, Modality, ConditionAccumulator, CalibrationAccumulator, ExactSum, Moments,
+    GroupAccumulator, CarrierAccumulator, SwapCounts, ShapleyAccumulator, InteractionAccumulator, SampleFingerprint,
+    EmbeddingSample, JSDAccumulator)}
+
+
+def part_name(shard: Shard) -> str:
+    return f"scan-part-{shard.index}-of-{shard.count}.pt"
+
+
+# ---- plain values <-> objects ---------------------------------------------------------------------------------
+def _encode(value: Any) -> Any:
+    """Every value as plain data: each container is a list tagged with its type, arrays are tensors."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        if value.dtype == np.uint64:
+            return ["uint64", torch.from_numpy(value.view(np.int64).copy())]
+        if value.dtype == object:
+            raise TypeError("object arrays are not stored in a part")
+        return ["array", torch.from_numpy(np.ascontiguousarray(value).copy())]
+    if isinstance(value, Counter):
+        return ["counter", [[_encode(k), _encode(v)] for k, v in value.items()]]
+    if isinstance(value, dict):
+        return ["dict", [[_encode(k), _encode(v)] for k, v in value.items()]]
+    if isinstance(value, frozenset):
+        return ["frozenset", sorted(_encode(v) for v in value)]
+    if isinstance(value, tuple):
+        return ["tuple", [_encode(v) for v in value]]
+    if isinstance(value, list):
+        return ["list", [_encode(v) for v in value]]
+    name = type(value).__name__
+    if _CLASSES.get(name) is type(value):
+        fields = vars(value)
+        return ["object", name, [[k, _encode(v)] for k, v in fields.items()]]
+    raise TypeError(f"a {name} is not stored in a part")
+
+
+def _decode(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if not isinstance(value, list) or not value or not isinstance(value[0], str):
+        raise ValueError(f"unexpected {type(value).__name__}")
+    tag = value[0]
+    if tag == "array":
+        return value[1].numpy().copy()
+    if tag == "uint64":
+        return value[1].numpy().copy().view(np.uint64)
+    if tag in ("dict", "counter"):
+        out = {_decode(k): _decode(v) for k, v in value[1]}
+        return Counter(out) if tag == "counter" else out
+    if tag == "frozenset":
+        return frozenset(_decode(v) for v in value[1])
+    if tag == "tuple":
+        return tuple(_decode(v) for v in value[1])
+    if tag == "list":
+        return [_decode(v) for v in value[1]]
+    if tag == "object":
+        cls = _CLASSES[value[1]]  # KeyError for a class we do not rebuild: the caller names the file
+        obj = object.__new__(cls)
+        obj.__dict__.update({k: _decode(v) for k, v in value[2]})
+        return obj
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+# ---- what a part records ----------------------------------------------------------------------------------------
+def adapter_facts(adapter: Adapter) -> dict[str, Any]:
+    """What finishing an audit reads of the adapter."""
+    return {"modalities": list(adapter.modalities), "num_classes": int(adapter.num_classes), "label_key": adapter.label_key,
+            "bias_key": adapter.bias_key, "splits": tuple(adapter.splits),
+            "class_names": tuple(adapter.class_names) if adapter.class_names else None,
+            "bias_names": tuple(adapter.bias_names) if adapter.bias_names else None}
+
+
+class RecordedAdapter(Adapter):
+    """An adapter rebuilt from a part's facts: it describes the data, and has neither data nor a model."""
+
+    def __init__(self, facts: Mapping[str, Any]) -> None:
+        for name, value in facts.items():
+            setattr(self, name, value)
+
+    def data(self, split: str, *, batch_size: int):  # pragma: no cover - a merge reads no data (finish_scan needs none)
+        raise InputError("A merge of scan parts has no data to read.")
+
+
+@dataclass(frozen=True)
+class ScanPart:
+    path: Path
+    shard: Shard
+    identity: dict[str, Any]  # what must be equal in every part of one scan
+    facts: dict[str, Any]
+    context: ScanContext
+    state: ScanState
+    extra: dict[str, Any]  # manifest details (checkpoint path, key prefix, settings), wall time
+
+
+def write_part(path: Path, *, shard: Shard, config: Any, checkpoint: Mapping[str, Any], adapter_source: Mapping[str, Any],
+               adapter: Adapter, context: ScanContext, state: ScanState, wall_time_s: float, settings: Any = None) -> None:
+    from biasaudit import __version__
+    from biasaudit.checkpoint import atomic_write_bytes
+
+    identity = {"config": dataclasses.asdict(config), "checkpoint_sha256": checkpoint.get("sha256"), "adapter_sha256": adapter_source.get("sha256"),
+                "generator": dict(GENERATOR), "biasaudit": __version__, "shard_count": shard.count,
+                "split_samples": state.split_samples, "split_batches": state.split_batches}
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "shard": [shard.index, shard.count],
+               "identity": _encode(identity), "facts": _encode(adapter_facts(adapter)), "context": _encode(context),
+               "state": _encode(state), "extra": _encode({"checkpoint": dict(checkpoint), "adapter": dict(adapter_source),
+                                                           "wall_time_s": float(wall_time_s), "settings": settings})}
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(buffer.getvalue(), path)
+
+
+def read_part(path: str | Path) -> ScanPart:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"Part {path} {'is a directory' if path.is_dir() else 'does not exist'}; expected a file written by "
+                         "biasaudit scan --shard I/N.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file is the same mistake for the user
+        raise InputError(f"Part {path} is not a scan part (it could not be read as one: {type(exc).__name__}); expected a file written by "
+                         "biasaudit scan --shard I/N.") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"Part {path} is not a scan part; expected a file written by biasaudit scan --shard I/N.")
+    if payload.get("version") != FORMAT_VERSION:
+        raise InputError(f"Part {path} is of part format {payload.get('version')!r}; this biasaudit reads format {FORMAT_VERSION}. "
+                         "Write the parts and merge them with one version.")
+    try:
+        index, count = payload["shard"]
+        return ScanPart(path=path, shard=Shard(int(index), int(count)), identity=_decode(payload["identity"]),
+                        facts=_decode(payload["facts"]), context=_decode(payload["context"]), state=_decode(payload["state"]),
+                        extra=_decode(payload["extra"]))
+    except (KeyError, ValueError, TypeError, IndexError, InputError) as exc:
+        raise InputError(f"Part {path} is damaged ({type(exc).__name__}: {exc}); write it again with biasaudit scan --shard I/N.") from None
+
+
+def _identity_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
+    words = {"checkpoint_sha256": "checkpoints (SHA-256)", "adapter_sha256": "adapter files (SHA-256)", "generator": "random generators",
+             "biasaudit": "biasaudit versions", "shard_count": "shard counts", "split_samples": "split sizes (samples)",
+             "split_batches": "numbers of batches"}
+    for key, what in words.items():
+        if a.get(key) != b.get(key):
+            return f"their {what} differ ({a.get(key)!r} vs {b.get(key)!r})"
+    for key in sorted(set(a["config"]) | set(b["config"])):
+        if a["config"].get(key) != b["config"].get(key):
+            return f"their setting {key} differs ({a['config'].get(key)!r} vs {b['config'].get(key)!r})"
+    return None
+
+
+def merge_parts(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """The audit of a scan from all of its parts (`biasaudit scan --shard I/N`), equal to the audit one process writes
+    (its manifest aside: wall time, and `manifest.shards`). Refuses parts of different scans, a part given twice, a
+    missing shard, and files that are not parts, naming them, before any merging."""
+    from biasaudit.audit import assemble_audit
+    from biasaudit.progress import silent
+    from biasaudit.scanning import ScanConfig, finish_scan
+
+    if not paths:
+        raise InputError("merge needs the part files of a scan (biasaudit scan --shard I/N writes them); none were given.")
+    parts = [read_part(p) for p in paths]
+    first = parts[0]
+    seen: dict[int, Path] = {}
+    for part in parts:
+        if part.shard.index in seen:
+            raise InputError(f"Parts {seen[part.shard.index]} and {part.path} are both shard {part.shard}; expected each shard once.")
+        seen[part.shard.index] = part.path
+        difference = _identity_difference(first.identity, part.identity) or first.context.difference(part.context)
+        if difference:
+            raise InputError(f"Parts {first.path} and {part.path} are of different scans: {difference}.")
+    missing = [i for i in range(first.shard.count) if i not in seen]
+    if missing:
+        given = ", ".join(str(p.shard) for p in sorted(parts, key=lambda p: p.shard.index))
+        raise InputError(f"Shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{first.shard.count}' for i in missing)} "
+                         f"{'are' if len(missing) > 1 else 'is'} missing (parts given: {given}); expected all {first.shard.count}.")
+    ordered = sorted(parts, key=lambda p: p.shard.index)
+    start = time.perf_counter()
+    state = merged([p.state for p in ordered])
+    config = ScanConfig(**first.identity["config"])
+    sections = finish_scan(state, first.context, adapter=RecordedAdapter(first.facts), config=config, model=None, device=None, progress=silent)
+    audit = assemble_audit(sections, config=config, checkpoint=first.extra["checkpoint"], adapter=first.extra["adapter"],
+                           wall_time_s=max(p.extra["wall_time_s"] for p in parts) + time.perf_counter() - start,
+                           shards={"count": first.shard.count, "by": "parts"})
+    if first.extra.get("settings") is not None:
+        audit["manifest"]["settings"] = first.extra["settings"]
+    return audit

@@ -1,0 +1,88 @@
+"""Which batches of a split a process evaluates, when a scan is split over processes (methods.md section 10).
+
+A shard is a set of whole batches: batch b (0 = the first the adapter yields) belongs to shard b mod N. Every
+process reads the same batches in the same order at the same batch size, so each batch is exactly the batch one
+process would evaluate: its draws, its forwards and its per-batch sums are identical, and the merged counts
+(integers, exact sums, samples chosen by hash) equal the single-process ones to the last digit. No sample is
+padded or repeated; a shard may be empty (more processes than batches) and merges as zero.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from biasaudit.errors import InputError
+
+_SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.count, int) and self.count >= 1 and isinstance(self.index, int) and 0 <= self.index < self.count):
+            raise InputError(f"Shard {self.index}/{self.count} is out of range; expected I/N with N >= 1 and I from 0 to N - 1.")
+
+    def owns(self, ordinal: int) -> bool:
+        return ordinal % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+WHOLE = Shard(0, 1)
+
+
+def parse_shard(text: str) -> Shard:
+    """'I/N' (shard I of N, counted from 0) as a Shard; an InputError naming the text otherwise."""
+    match = _SHARD.fullmatch(text or "")
+    if match is None:
+        raise InputError(f"--shard is {text!r}; expected I/N, e.g. 0/4 for the first of four shards (I counts from 0).")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or index >= count:
+        raise InputError(f"--shard is {text!r}: shard index {index} is out of range for {count} shard(s); expected I from 0 to {max(count - 1, 0)}"
+                         + (" and N at least 1." if count < 1 else "."))
+    return Shard(index, count)
+
+
+def process_group_shard() -> Shard | None:
+    """This process's shard when it runs in an initialised torch.distributed process group of more than one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return None
+    return Shard(dist.get_rank(), dist.get_world_size())
+
+
+def join_torchrun(device: str) -> tuple[Shard, str] | None:
+    """Under torchrun (WORLD_SIZE > 1 in the environment): join the process group (gloo for CPU tensors, NCCL for
+    CUDA ones) and return this process's shard and its device (`cuda` becomes this process's `cuda:LOCAL_RANK`)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+        return None
+    import torch.distributed as dist
+
+    if device == "cuda":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if device.startswith("cuda") else "gloo")
+    return Shard(dist.get_rank(), dist.get_world_size()), device
+
+
+def leave_torchrun() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_error(message: str | None) -> str | None:
+    """Rank 0's error (or None) on every rank: the other processes stop with it instead of waiting for rank 0."""
+    import torch.distributed as dist
+
+    box = [message]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

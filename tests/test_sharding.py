@@ -1,0 +1,234 @@
+"""Sharded scans (issue 12, part 3): a scan split over processes must give the single-process audit to the last
+digit, whether the processes share a torch.distributed group (torchrun) or run apart as a job array whose parts
+`biasaudit merge` joins; and every way of merging the wrong parts must be refused naming them.
+
+Equality is of everything but the manifest (wall time, run id, `manifest.shards`). Torch's CPU kernels may round
+differently with another number of threads, so each comparison runs both sides with the same thread count (torchrun
+gives every process one thread; the single-process reference here runs with one thread too)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from biasaudit.adapter import load_adapter
+from biasaudit.audit import audit_model
+from biasaudit.cli import app
+from biasaudit.errors import InputError
+from biasaudit.results import to_jsonable
+from biasaudit.scanning import ScanConfig, scan_shard
+from biasaudit.shard_parts import merge_parts, part_name, write_part
+from biasaudit.sharding import Shard, parse_shard
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = "examples/digits_captions_adapter.py:adapter"
+ZOO = {"demo": DEMO, "cnn_bn_dropout": "tests/zoo/cnn_tokens.py:adapter", "three_modalities": "tests/zoo/three_modalities.py:adapter",
+       "bert": "tests/zoo/hf_bert.py:left"}
+runner = CliRunner()
+
+
+def without_manifest(audit: dict) -> dict:
+    return json.loads(json.dumps(to_jsonable({k: v for k, v in audit.items() if k != "manifest"})))
+
+
+def model_of(spec: str):
+    adapter = load_adapter(str(ROOT / spec.split(":")[0]) + ":" + spec.split(":")[1])
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = adapter.build_model()
+    return adapter, model
+
+
+def parts_of(model, adapter, config: ScanConfig, count: int, where: Path) -> list[Path]:
+    paths = []
+    for index in range(count):
+        shard = Shard(index, count)
+        context, state = scan_shard(model, adapter, config=config, shard=shard)
+        path = where / part_name(shard)
+        write_part(path, shard=shard, config=config, checkpoint={"path": None, "sha256": None, "prefix_removed": None},
+                   adapter_source={"spec": "test", "sha256": None}, adapter=adapter, context=context, state=state, wall_time_s=0.0)
+        paths.append(path)
+    return paths
+
+
+@pytest.mark.parametrize("name", ["demo", "cnn_bn_dropout", "three_modalities", "bert"])
+def test_three_parts_merge_to_the_single_process_audit_to_the_last_digit(name, tmp_path):
+    adapter, model = model_of(ZOO[name])
+    # Every diagnostic that streams, and a batch size that leaves a short last batch.
+    config = ScanConfig(batch_size=24, bootstrap_replicates=50, projection="pca", conditions="default,shapley,interaction",
+                        embedding_points=40, gradient_batches=3)
+    whole = without_manifest(audit_model(model, adapter, config=config, checkpoint=None))
+    merged = merge_parts(parts_of(model, adapter, config, 3, tmp_path))
+    assert merged["manifest"]["shards"] == {"count": 3, "by": "parts"}
+    assert without_manifest(merged) == whole
+    # The diagnostics really ran (an empty section would be equal too).
+    for section in ("carrier", "groups", "gradient_conflict", "embeddings", "shapley", "interaction"):
+        assert whole[section]["available"], section
+
+
+def test_more_shards_than_batches_leaves_empty_shards_that_merge(tmp_path):
+    adapter, model = model_of(DEMO)
+    config = ScanConfig(batch_size=128, bootstrap_replicates=20, projection="pca", conditions="full,missing")
+    whole = without_manifest(audit_model(model, adapter, config=config, checkpoint=None))
+    paths = parts_of(model, adapter, config, 5, tmp_path)  # 305 samples: 3 batches, shards 3 and 4 are empty
+    assert without_manifest(merge_parts(paths)) == whole
+
+
+# ---- refusals -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def demo_parts(tmp_path_factory):
+    where = tmp_path_factory.mktemp("parts")
+    adapter, model = model_of(DEMO)
+    config = ScanConfig(batch_size=128, bootstrap_replicates=20, projection="pca", conditions="full,missing")
+    other = ScanConfig(batch_size=128, bootstrap_replicates=20, projection="pca", conditions="full,missing", seed=1)
+    (where / "a").mkdir(), (where / "b").mkdir()
+    return {"seed0": parts_of(model, adapter, config, 3, where / "a"), "seed1": parts_of(model, adapter, other, 3, where / "b")}
+
+
+@pytest.mark.parametrize("how, message", [
+    ("missing", "Shard 2/3 is missing (parts given: 0/3, 1/3); expected all 3."),
+    ("duplicate", "are both shard 1/3; expected each shard once."),
+    ("other seed", "are of different scans: their setting seed differs (0 vs 1)."),
+    ("not a part", "is not a scan part"),
+    ("absent", "does not exist; expected a file written by biasaudit scan --shard I/N."),
+])
+def test_merging_the_wrong_parts_is_refused_naming_them(how, message, demo_parts, tmp_path):
+    a, b = demo_parts["seed0"], demo_parts["seed1"]
+    given = {"missing": a[:2], "duplicate": [a[0], a[1], a[1], a[2]], "other seed": [a[0], b[1], a[2]],
+             "not a part": [a[0], a[1], tmp_path / "junk.pt"], "absent": [a[0], a[1], tmp_path / "nothing.pt"]}[how]
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["merge", *map(str, given), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert not (out / "audit.json").exists()
+
+
+def test_a_part_holding_an_object_merge_does_not_rebuild_is_refused_without_running_it(tmp_path):
+    payload = {"format": "biasaudit-scan-part", "version": 1, "shard": [0, 1], "identity": ["object", "Popen", []],
+               "facts": None, "context": None, "state": None, "extra": None}
+    torch.save(payload, tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="is damaged"):
+        merge_parts([tmp_path / "evil.pt"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("3/3", "shard index 3 is out of range for 3 shard(s)"), ("1/0", "out of range for 0 shard(s)"),
+    ("a/b", "expected I/N"), ("-1/2", "expected I/N"), ("", "expected I/N"),
+])
+def test_a_bad_shard_is_one_sentence(text, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_shard(text)
+
+
+def cli_scan(*args: str, out: Path, checkpoint: Path):
+    return runner.invoke(app, ["scan", str(checkpoint), "--adapter", str(ROOT / DEMO.split(":")[0]) + ":adapter", "--batch-size", "64",
+                               "--bootstrap", "20", "--projection", "pca", "--out", str(out), *args])
+
+
+@pytest.fixture(scope="module")
+def demo_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    torch.save(model_of(DEMO)[1].state_dict(), path)
+    return path
+
+
+def test_cli_shards_and_merge_give_the_cli_audit(demo_checkpoint, tmp_path):
+    one = cli_scan(out=tmp_path / "one", checkpoint=demo_checkpoint)
+    assert one.exit_code == 0, one.output
+    for index in range(3):
+        part = cli_scan("--shard", f"{index}/3", out=tmp_path / "parts", checkpoint=demo_checkpoint)
+        assert part.exit_code == 0, part.output
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [part_name(Shard(i, 3)) for i in range(3)]
+    merged = runner.invoke(app, ["merge", *map(str, sorted((tmp_path / "parts").glob("*.pt"))), "--out", str(tmp_path / "merged")])
+    assert merged.exit_code == 0, merged.output
+    single = json.loads((tmp_path / "one" / "audit.json").read_text())
+    joined = json.loads((tmp_path / "merged" / "audit.json").read_text())
+    assert without_manifest(joined) == without_manifest(single)
+    assert joined["manifest"]["checkpoint"]["sha256"] == single["manifest"]["checkpoint"]["sha256"]
+    assert (tmp_path / "merged" / "audit.html").is_file()
+
+
+def test_shard_out_of_range_on_the_command_line_writes_nothing(demo_checkpoint, tmp_path):
+    result = cli_scan("--shard", "4/4", out=tmp_path / "parts", checkpoint=demo_checkpoint)
+    assert result.exit_code == 2 and "shard index 4 is out of range for 4 shard(s)" in " ".join(result.output.split())
+    assert not (tmp_path / "parts").exists()
+
+
+# ---- torch.distributed -------------------------------------------------------------------------------------------
+def _one_thread_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+    return env
+
+
+def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    # --standalone: a rendezvous on a free local port, so parallel test workers never collide.
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args],
+                          cwd=cwd, env=_one_thread_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_torchrun_with_two_processes_writes_the_single_process_audit(demo_checkpoint, tmp_path):
+    common = ["--adapter", str(ROOT / DEMO.split(":")[0]) + ":adapter", "--batch-size", "64", "--bootstrap", "20", "--projection", "pca"]
+    single = subprocess.run([sys.executable, "-m", "biasaudit", "scan", str(demo_checkpoint), *common, "--out", str(tmp_path / "one")],
+                            cwd=tmp_path, env=_one_thread_env(), capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr
+    run = _torchrun("-m", "biasaudit", "scan", str(demo_checkpoint), *common, "--out", str(tmp_path / "two"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "audit.json").read_text())
+    assert two["manifest"]["shards"] == {"count": 2, "by": "torch.distributed"}
+    assert without_manifest(two) == without_manifest(json.loads((tmp_path / "one" / "audit.json").read_text()))
+    assert run.stdout.count("audit.json") == 1  # rank 0 alone reports (and writes)
+
+
+SCRIPT = """
+import json, sys, torch, torch.distributed as dist
+import biasaudit as ba
+from biasaudit.adapter import load_adapter
+dist.init_process_group("gloo")
+adapter = load_adapter(sys.argv[1])
+torch.manual_seed(0)
+model = adapter.build_model()
+audit = ba.scan(model, adapter, batch_size=64, bootstrap=20, projection="pca")
+with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as handle:
+    json.dump(audit.to_dict(), handle)
+dist.destroy_process_group()
+"""
+
+
+def test_ba_scan_inside_a_process_group_returns_the_single_process_audit_on_every_rank(tmp_path):
+    (tmp_path / "script.py").write_text(SCRIPT)
+    spec = str(ROOT / DEMO.split(":")[0]) + ":adapter"
+    run = _torchrun(str(tmp_path / "script.py"), spec, str(tmp_path), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    import biasaudit as ba
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process has
+    try:
+        adapter, model = model_of(DEMO)
+        single = ba.scan(model, adapter, batch_size=64, bootstrap=20, projection="pca").to_dict()
+    finally:
+        torch.set_num_threads(threads)
+    assert without_manifest(ranks[0]) == without_manifest(ranks[1]) == without_manifest(single)
+
+
+def test_a_shard_of_data_without_a_bias_key_is_refused_before_any_forward():
+    adapter, model = model_of(DEMO)
+    adapter.bias_key = None  # k-means discovery needs the merged scan's dominant modality
+
+    def forward(*args, **kwargs):
+        raise AssertionError("no forward may run")
+
+    adapter.forward = forward
+    with pytest.raises(InputError, match="--shard needs data with a bias key"):
+        scan_shard(model, adapter, config=ScanConfig(), shard=Shard(0, 2))
