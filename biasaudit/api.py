@@ -19,20 +19,27 @@ from biasaudit.results.gate_result import GateResult
 
 def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions: str = "default", seed: int = 0,
          device: str = "cpu", batch_size: int = 256, bootstrap: int = 1000, projection: str = "umap",
-         progress: Progress | None = None, unimodal_models: Mapping[str, nn.Module] | None = None, **settings) -> Audit:
+         progress: Progress | None = None, unimodal_models: Mapping[str, nn.Module] | None = None, distributed: bool = True,
+         **settings) -> Audit:
     """Audit `model` through `adapter` on one split: every condition of the grid (full, missing, noisy, the ratio
     sweep, see `--conditions` in the README), bias measures, calibration, embeddings and gradient conflict.
 
     The model is evaluated in eval mode and its train/eval state is put back afterwards; the caller's global random
     generators are not touched. `progress(stage, done, total)` is called as the scan advances. Any other setting of
     `biasaudit.scanning.ScanConfig` (min_wrong, kmeans_k, mute, group_by, ...) may be given by name. Returns an `Audit`.
+
+    Inside an initialised torch.distributed process group of several processes, `distributed=True` (the default) splits
+    the scan: EVERY process must call scan with the same arguments; each evaluates its shard of the batches, rank 0
+    merges, and every process returns the same Audit, equal to a single-process scan. Called on one rank only (e.g.
+    evaluation on rank 0 of a training job) it would wait for the others forever: pass `distributed=False` there, and
+    that process scans every sample alone. `device` is used as given (pass each process its own GPU).
     Raises BiasAuditError (a subclass naming the input) for bad settings, adapters or data."""
     from biasaudit.audit import audit_model
 
     config = _scan_config(split=split, conditions=conditions, seed=seed, device=device, batch_size=batch_size,
                           bootstrap_replicates=bootstrap, projection=projection, **settings)
     return Audit.from_dict(audit_model(model, adapter, config=config, checkpoint=None, progress=progress,
-                                       unimodal_models=dict(unimodal_models or {})))
+                                       unimodal_models=dict(unimodal_models or {}), distributed=distributed))
 
 
 def _scan_config(**settings: Any):

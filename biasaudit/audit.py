@@ -59,13 +59,15 @@ def adapter_source(adapter: Adapter, spec: str | None) -> dict[str, Any]:
 
 def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, checkpoint: str | Path | None,
                 adapter_spec: str | None = None, progress: Progress | None = None,
-                unimodal_models: dict[str, nn.Module] | None = None, prefix_removed: str | None = None) -> dict[str, Any]:
-    """prefix_removed: the key prefix stripped from the checkpoint's state dict to load it, named in the manifest."""
+                unimodal_models: dict[str, nn.Module] | None = None, prefix_removed: str | None = None,
+                distributed: bool = False) -> dict[str, Any]:
+    """prefix_removed: the key prefix stripped from the checkpoint's state dict to load it, named in the manifest.
+    distributed: split the scan over the processes of the initialised process group (see scanning.scan_model)."""
     from biasaudit.sharding import process_group_shard
 
     start = time.perf_counter()
-    group = process_group_shard()
-    sections = scan_model(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models)
+    group = process_group_shard() if distributed else None
+    sections = scan_model(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, distributed=distributed)
     checkpoint_facts = {"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None,
                         "prefix_removed": prefix_removed}
     return assemble_audit(sections, config=config, checkpoint=checkpoint_facts, adapter=adapter_source(adapter, adapter_spec),
@@ -102,12 +104,12 @@ def load_models(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False
 
 def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanConfig, adapter_spec: str | None = None,
                      trust: bool = False, progress: Progress | None = None,
-                     unimodal: tuple[tuple[str, str | Path], ...] = ()) -> dict[str, Any]:
+                     unimodal: tuple[tuple[str, str | Path], ...] = (), distributed: bool = False) -> dict[str, Any]:
     """unimodal: (modality, checkpoint of the same architecture trained on that modality alone) pairs, whose
     accuracy with the other modalities muted is that modality's ceiling."""
     model, prefix_removed, unimodal_models = load_models(checkpoint, adapter, trust=trust, unimodal=unimodal)
     return audit_model(model, adapter, config=config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress,
-                       unimodal_models=unimodal_models, prefix_removed=prefix_removed)
+                       unimodal_models=unimodal_models, prefix_removed=prefix_removed, distributed=distributed)
 
 
 def scan_checkpoint_shard(checkpoint: str | Path, adapter: Adapter, *, config: ScanConfig, shard: Any, part: Path,
@@ -122,7 +124,8 @@ def scan_checkpoint_shard(checkpoint: str | Path, adapter: Adapter, *, config: S
     context, state = scan_shard(model, adapter, config=config, shard=shard, progress=progress, unimodal_models=unimodal_models)
     write_part(part, shard=shard, config=config, adapter=adapter, context=context, state=state, settings=settings,
                checkpoint={"path": str(checkpoint), "sha256": file_sha256(checkpoint), "prefix_removed": prefix_removed},
-               adapter_source=adapter_source(adapter, adapter_spec), wall_time_s=time.perf_counter() - start)
+               adapter_source=adapter_source(adapter, adapter_spec), wall_time_s=time.perf_counter() - start,
+               unimodal_sha256={name: file_sha256(path) for name, path in unimodal})
     return part
 
 

@@ -50,4 +50,11 @@ class ExactSum:
 
     def value(self) -> np.ndarray:
         """The sums, each rounded once to the nearest float64."""
-        return np.array([t / _SCALE for t in self.totals], dtype=np.float64)
+        return np.array([_rounded(t) for t in self.totals], dtype=np.float64)
+
+
+def _rounded(total: int) -> float:
+    try:
+        return total / _SCALE
+    except OverflowError:  # beyond the largest float, as a float sum would have become
+        return float("inf") if total > 0 else float("-inf")

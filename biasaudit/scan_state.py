@@ -81,12 +81,16 @@ class ScanState:
     samples: int  # evaluated here
     split_samples: int  # in the whole split (every shard reads all of it)
     split_batches: int
+    split_fingerprint: dict[str, Any]  # labels and bias values of the whole split, which every shard reads: the same data
     gradient_conflict: dict[str, Any] | None = None  # shard 0 takes the whole seeded sample
 
     def merge(self, other: ScanState) -> None:
         if other.shard_count != self.shard_count or (other.split_samples, other.split_batches) != (self.split_samples, self.split_batches):
             raise InputError(f"Cannot merge a shard of {other.shard_count} over a split of {other.split_samples} samples into one of "
                              f"{self.shard_count} over {self.split_samples}; expected parts of one scan.")
+        if other.split_fingerprint != self.split_fingerprint:
+            raise InputError("Cannot merge shards that read different data: the split's labels or bias values differ between them (the data "
+                             "changed between the runs, or the adapter's order is not fixed); expected parts of one scan of the same data.")
         overlap = sorted(set(self.shards) & set(other.shards))
         if overlap:
             raise InputError(f"Shard {overlap[0]}/{self.shard_count} is given twice; expected each shard once.")
@@ -138,9 +142,10 @@ class ScanContext:
         if (self.prior_counts is None) != (other.prior_counts is None) or (
                 self.prior_counts is not None and not np.array_equal(self.prior_counts, other.prior_counts)):
             return "the train split's label-under-bias counts differ (the data changed between them)"
-        if (self.train_forwards, self.ceiling_note, self.ceiling_sources, self.shapley_note) != (
-                other.train_forwards, other.ceiling_note, other.ceiling_sources, other.shapley_note):
-            return "their ceilings or diagnostics differ"
+        if (self.train_forwards, self.ceiling_note, self.ceiling_sources) != (other.train_forwards, other.ceiling_note, other.ceiling_sources):
+            return "their ceilings differ (probe forwards on train, the ceilings' sources or note)"
+        if self.shapley_note != other.shapley_note:
+            return "their Shapley diagnostics differ"
         return None
 
 

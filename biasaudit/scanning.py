@@ -202,15 +202,15 @@ def _setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branch
 
 
 def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress | None = None,
-               unimodal_models: Mapping[str, nn.Module] | None = None) -> dict[str, Any]:
+               unimodal_models: Mapping[str, nn.Module] | None = None, distributed: bool = False) -> dict[str, Any]:
     """Evaluate every condition and every diagnostic; return the audit's sections (no manifest).
 
     unimodal_models: modality -> a model trained on that modality alone, whose accuracy with the other
     modalities muted is that modality's ceiling (instead of a linear probe on its branch).
-    Inside an initialised torch.distributed process group of several processes (torchrun), each process evaluates
-    its shard of the batches (biasaudit/sharding.py), rank 0 merges the states and finishes the audit, and every
-    process returns the same sections."""
-    group = process_group_shard()
+    distributed: inside an initialised torch.distributed process group of several processes (torchrun), every process
+    calls this, evaluates its shard of the batches (biasaudit/sharding.py), rank 0 merges the states and finishes the
+    audit, and every process returns the same sections. Off, or outside a group, this process scans every sample."""
+    group = process_group_shard() if distributed else None
     with _scanning(model, adapter, config=config, unimodal_models=unimodal_models) as (adapter, device, unimodal_models):
         progress = progress or silent
         context, state = _main_pass(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device,
@@ -310,15 +310,17 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
 
         evaluator = BatchEvaluator(model, adapter, setup, device=device, feature_tap=feature_tap, autocast=PRECISIONS[config.precision])
         fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.key for m in adapter.modalities])
+        whole_split = SampleFingerprint(with_bias=adapter.bias_key is not None)  # every batch, owned or not
         total = _batch_count(adapter, config.split, config.batch_size)
         seen = split_samples = batches = 0
         with torch.no_grad():
             for batches, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size), start=1):
                 split_samples += len(indices)
-                if not shard.owns(batches - 1):
-                    continue
                 labels = checked_labels(batch, adapter, split=config.split)
                 bias = bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None
+                whole_split.update(labels, bias, indices=indices)
+                if not shard.owns(batches - 1):
+                    continue
                 full_logits = evaluator.update(indices, batch, labels, bias)
                 diagnostics.update(full_logits, evaluator.full_features, batch, labels, indices=indices)
                 fingerprint.update(labels, bias, inputs=batch, indices=indices)
@@ -339,7 +341,8 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
                           train_forwards=train_forwards, ceiling_note=ceiling_note, ceiling_sources=sources, shapley_note=shapley_note)
     state = ScanState(shards=(shard.index,), shard_count=shard.count, main=PassState.of(evaluator), fingerprint=fingerprint,
                       embeddings=diagnostics.embeddings, has_features=diagnostics.has_features, bias_counts=diagnostics.bias_counts,
-                      jsd=diagnostics.jsd, samples=seen, split_samples=split_samples, split_batches=batches, gradient_conflict=conflict)
+                      jsd=diagnostics.jsd, samples=seen, split_samples=split_samples, split_batches=batches,
+                      split_fingerprint=whole_split.to_dict(), gradient_conflict=conflict)
     return context, state
 
 

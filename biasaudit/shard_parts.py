@@ -141,16 +141,21 @@ class ScanPart:
 
 
 def write_part(path: Path, *, shard: Shard, config: Any, checkpoint: Mapping[str, Any], adapter_source: Mapping[str, Any],
-               adapter: Adapter, context: ScanContext, state: ScanState, wall_time_s: float, settings: Any = None) -> None:
+               adapter: Adapter, context: ScanContext, state: ScanState, wall_time_s: float, settings: Any = None,
+               unimodal_sha256: Mapping[str, str | None] | None = None) -> None:
     from biasaudit import __version__
     from biasaudit.checkpoint import atomic_write_bytes
+    from biasaudit.results import library_versions
 
-    identity = {"config": dataclasses.asdict(config), "checkpoint_sha256": checkpoint.get("sha256"), "adapter_sha256": adapter_source.get("sha256"),
-                "generator": dict(GENERATOR), "biasaudit": __version__, "shard_count": shard.count,
-                "split_samples": state.split_samples, "split_batches": state.split_batches}
+    # Parts of one scan agree on all of this; the device only by type (cuda:0 and cuda:1 compute alike, a CPU may not).
+    settings_compared = {**dataclasses.asdict(config), "device": str(config.device).split(":")[0]}
+    identity = {"config": settings_compared, "checkpoint_sha256": checkpoint.get("sha256"), "adapter_sha256": adapter_source.get("sha256"),
+                "unimodal_sha256": dict(unimodal_sha256 or {}), "generator": dict(GENERATOR), "biasaudit": __version__,
+                "versions": library_versions(), "shard_count": shard.count, "split_samples": state.split_samples,
+                "split_batches": state.split_batches}
     payload = {"format": FORMAT, "version": FORMAT_VERSION, "shard": [shard.index, shard.count],
                "identity": _encode(identity), "facts": _encode(adapter_facts(adapter)), "context": _encode(context),
-               "state": _encode(state), "extra": _encode({"checkpoint": dict(checkpoint), "adapter": dict(adapter_source),
+               "state": _encode(state), "extra": _encode({"config": dataclasses.asdict(config), "checkpoint": dict(checkpoint), "adapter": dict(adapter_source),
                                                            "wall_time_s": float(wall_time_s), "settings": settings})}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -177,13 +182,14 @@ def read_part(path: str | Path) -> ScanPart:
         return ScanPart(path=path, shard=Shard(int(index), int(count)), identity=_decode(payload["identity"]),
                         facts=_decode(payload["facts"]), context=_decode(payload["context"]), state=_decode(payload["state"]),
                         extra=_decode(payload["extra"]))
-    except (KeyError, ValueError, TypeError, IndexError, InputError) as exc:
+    except (KeyError, ValueError, TypeError, IndexError, RecursionError, InputError) as exc:
         raise InputError(f"Part {path} is damaged ({type(exc).__name__}: {exc}); write it again with biasaudit scan --shard I/N.") from None
 
 
 def _identity_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
-    words = {"checkpoint_sha256": "checkpoints (SHA-256)", "adapter_sha256": "adapter files (SHA-256)", "generator": "random generators",
-             "biasaudit": "biasaudit versions", "shard_count": "shard counts", "split_samples": "split sizes (samples)",
+    words = {"checkpoint_sha256": "checkpoints (SHA-256)", "adapter_sha256": "adapter files (SHA-256)",
+             "unimodal_sha256": "unimodal checkpoints (SHA-256)", "generator": "random generators", "biasaudit": "biasaudit versions",
+             "versions": "library versions", "shard_count": "shard counts", "split_samples": "split sizes (samples)",
              "split_batches": "numbers of batches"}
     for key, what in words.items():
         if a.get(key) != b.get(key):
@@ -208,12 +214,12 @@ def merge_parts(paths: Sequence[str | Path]) -> dict[str, Any]:
     first = parts[0]
     seen: dict[int, Path] = {}
     for part in parts:
-        if part.shard.index in seen:
-            raise InputError(f"Parts {seen[part.shard.index]} and {part.path} are both shard {part.shard}; expected each shard once.")
-        seen[part.shard.index] = part.path
         difference = _identity_difference(first.identity, part.identity) or first.context.difference(part.context)
         if difference:
             raise InputError(f"Parts {first.path} and {part.path} are of different scans: {difference}.")
+        if part.shard.index in seen:
+            raise InputError(f"Parts {seen[part.shard.index]} and {part.path} are both shard {part.shard}; expected each shard once.")
+        seen[part.shard.index] = part.path
     missing = [i for i in range(first.shard.count) if i not in seen]
     if missing:
         given = ", ".join(str(p.shard) for p in sorted(parts, key=lambda p: p.shard.index))
@@ -222,7 +228,10 @@ def merge_parts(paths: Sequence[str | Path]) -> dict[str, Any]:
     ordered = sorted(parts, key=lambda p: p.shard.index)
     start = time.perf_counter()
     state = merged([p.state for p in ordered])
-    config = ScanConfig(**first.identity["config"])
+    try:
+        config = ScanConfig(**first.extra["config"])
+    except TypeError as exc:
+        raise InputError(f"Part {first.path} records settings this biasaudit does not know ({exc}); merge with the version that wrote it.") from None
     sections = finish_scan(state, first.context, adapter=RecordedAdapter(first.facts), config=config, model=None, device=None, progress=silent)
     audit = assemble_audit(sections, config=config, checkpoint=first.extra["checkpoint"], adapter=first.extra["adapter"],
                            wall_time_s=max(p.extra["wall_time_s"] for p in parts) + time.perf_counter() - start,

@@ -121,8 +121,8 @@ def test_a_part_holding_an_object_merge_does_not_rebuild_is_refused_without_runn
 
 
 @pytest.mark.parametrize("text, message", [
-    ("3/3", "shard index 3 is out of range for 3 shard(s)"), ("1/0", "out of range for 0 shard(s)"),
-    ("a/b", "expected I/N"), ("-1/2", "expected I/N"), ("", "expected I/N"),
+    ("3/3", "shard index 3 is out of range for 3 shard(s)"), ("1/0", "at least 1 shard"),
+    ("a/b", "expected I/N"), ("-1/2", "expected I/N"), ("", "expected I/N"), ("0/0", "at least 1 shard"),
 ])
 def test_a_bad_shard_is_one_sentence(text, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -200,6 +200,11 @@ model = adapter.build_model()
 audit = ba.scan(model, adapter, batch_size=64, bootstrap=20, projection="pca")
 with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as handle:
     json.dump(audit.to_dict(), handle)
+if dist.get_rank() == 0:  # evaluation on one rank only: must scan everything, not wait for the others
+    alone = ba.scan(model, adapter, batch_size=64, bootstrap=20, projection="pca", distributed=False)
+    with open(f"{sys.argv[2]}/alone.json", "w") as handle:
+        json.dump(alone.to_dict(), handle)
+dist.barrier()
 dist.destroy_process_group()
 """
 
@@ -219,7 +224,9 @@ def test_ba_scan_inside_a_process_group_returns_the_single_process_audit_on_ever
         single = ba.scan(model, adapter, batch_size=64, bootstrap=20, projection="pca").to_dict()
     finally:
         torch.set_num_threads(threads)
-    assert without_manifest(ranks[0]) == without_manifest(ranks[1]) == without_manifest(single)
+    alone = json.loads((tmp_path / "alone.json").read_text())
+    assert without_manifest(ranks[0]) == without_manifest(ranks[1]) == without_manifest(single) == without_manifest(alone)
+    assert ranks[0]["manifest"]["shards"] == {"count": 2, "by": "torch.distributed"} and "shards" not in alone["manifest"]
 
 
 def test_a_shard_of_data_without_a_bias_key_is_refused_before_any_forward():
@@ -232,3 +239,40 @@ def test_a_shard_of_data_without_a_bias_key_is_refused_before_any_forward():
     adapter.forward = forward
     with pytest.raises(InputError, match="--shard needs data with a bias key"):
         scan_shard(model, adapter, config=ScanConfig(), shard=Shard(0, 2))
+
+
+def test_parts_of_data_that_changed_between_runs_are_refused(tmp_path):
+    adapter, model = model_of(DEMO)
+    config = ScanConfig(batch_size=128, bootstrap_replicates=20, projection="pca", conditions="full,missing")
+    first = parts_of(model, adapter, config, 2, tmp_path)[0]
+    original = adapter.data
+
+    def changed(split, *, batch_size):  # the same sizes, two labels of the first batch swapped
+        for ordinal, batch in enumerate(original(split, batch_size=batch_size)):
+            if ordinal == 0 and split == config.split:
+                batch = dict(batch)
+                batch["label"] = batch["label"].clone()
+                batch["label"][[0, 1]] = batch["label"][[1, 0]]
+            yield batch
+
+    adapter.data = changed
+    (tmp_path / "changed").mkdir()
+    second = parts_of(model, adapter, config, 2, tmp_path / "changed")[1]
+    with pytest.raises(InputError, match="read different data: the split's labels or bias values differ"):
+        merge_parts([first, second])
+
+
+def test_parts_of_other_shard_counts_are_named_as_different_scans(demo_parts, tmp_path):
+    adapter, model = model_of(DEMO)
+    config = ScanConfig(batch_size=128, bootstrap_replicates=20, projection="pca", conditions="full,missing")
+    four = parts_of(model, adapter, config, 4, tmp_path)
+    with pytest.raises(InputError, match=r"are of different scans: their shard counts differ \(3 vs 4\)"):
+        merge_parts([demo_parts["seed0"][0], four[0]])
+
+
+def test_one_gpu_for_every_process_of_a_machine_is_refused_under_torchrun(demo_checkpoint, tmp_path, monkeypatch):
+    for name, value in {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    result = cli_scan("--device", "cuda:0", out=tmp_path / "out", checkpoint=demo_checkpoint)
+    assert result.exit_code == 2, result.output
+    assert "would put all 2 processes of this machine on one GPU" in " ".join(result.output.split())

@@ -126,7 +126,7 @@ def scan(
             raise error
         with (progress_bars() if rank == 0 else nullcontext(None)) as progress:
             audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress,
-                                     unimodal=unimodal_checkpoints)
+                                     unimodal=unimodal_checkpoints, distributed=joined is not None)
         if rank != 0:
             return
         audit["manifest"]["settings"] = recorded

@@ -39,14 +39,16 @@ class Moments:
         if self._sum is not None and values.shape[1] != len(self._sum.totals):
             self.inconsistent = True  # a branch whose width changes between batches: no distance is reported
             return
-        if not np.all(np.isfinite(values)):
-            self.inconsistent = True  # a non-finite embedding has no distance either
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums, squares = values.sum(axis=0), (values * values).sum(axis=0)
+        if not (np.all(np.isfinite(sums)) and np.all(np.isfinite(squares))):
+            self.inconsistent = True  # a non-finite (or overflowing) embedding has no distance either
             return
         if self._sum is None:
             self._sum, self._squares = ExactSum(values.shape[1]), ExactSum(values.shape[1])
         self.n += len(values)
-        self._sum.add(values.sum(axis=0))
-        self._squares.add((values * values).sum(axis=0))
+        self._sum.add(sums)
+        self._squares.add(squares)
 
     def merge(self, other: Moments) -> None:
         if other._sum is None:
