@@ -109,8 +109,9 @@ class ScanState:
     def check_complete(self) -> None:
         missing = sorted(set(range(self.shard_count)) - set(self.shards))
         if missing:
+            given = ", ".join(f"{i}/{self.shard_count}" for i in self.shards)
             raise InputError(f"Shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{self.shard_count}' for i in missing)} "
-                             f"{'are' if len(missing) > 1 else 'is'} missing; expected all {self.shard_count} parts of the scan.")
+                             f"{'are' if len(missing) > 1 else 'is'} missing (parts given: {given}); expected all {self.shard_count}.")
         if self.samples != self.split_samples:
             raise InputError(f"The parts evaluated {self.samples} samples of a split of {self.split_samples}; expected every sample once.")
 

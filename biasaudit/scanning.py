@@ -224,12 +224,17 @@ def scan_shard(model: nn.Module, adapter: Adapter, *, config: ScanConfig, shard:
                unimodal_models: Mapping[str, nn.Module] | None = None) -> tuple[ScanContext, ScanState]:
     """One shard of a scan, for job arrays without a process group: its context and state, which
     `biasaudit.shard_parts` writes and `finish_scan` turns into the audit once every shard's state is merged."""
-    if adapter.bias_key is None:
-        raise InputError("--shard needs data with a bias key: without one, bias values are discovered from the merged scan's dominant "
-                         "modality, which no single part knows. Scan such data in one process or on torchrun.")
+    check_shardable(adapter)
     with _scanning(model, adapter, config=config, unimodal_models=unimodal_models) as (adapter, device, unimodal_models):
         return _main_pass(model, adapter, config=config, progress=progress or silent, unimodal_models=unimodal_models, device=device,
                           shard=shard)
+
+
+def check_shardable(adapter: Adapter) -> None:
+    """A scan can be cut into parts only when its data has a bias key (checked before any work)."""
+    if adapter.bias_key is None:
+        raise InputError("--shard needs data with a bias key: without one, bias values are discovered from the merged scan's dominant "
+                         "modality, which no single part knows. Scan such data in one process or on torchrun.")
 
 
 @contextmanager
@@ -310,7 +315,8 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
 
         evaluator = BatchEvaluator(model, adapter, setup, device=device, feature_tap=feature_tap, autocast=PRECISIONS[config.precision])
         fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.key for m in adapter.modalities])
-        whole_split = SampleFingerprint(with_bias=adapter.bias_key is not None)  # every batch, owned or not
+        # The labels and bias values of every batch, owned or not: shards of one scan must have read the same data.
+        whole_split = SampleFingerprint(with_bias=adapter.bias_key is not None) if shard.count > 1 else None
         total = _batch_count(adapter, config.split, config.batch_size)
         seen = split_samples = batches = 0
         with torch.no_grad():
@@ -318,7 +324,8 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
                 split_samples += len(indices)
                 labels = checked_labels(batch, adapter, split=config.split)
                 bias = bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None
-                whole_split.update(labels, bias, indices=indices)
+                if whole_split is not None:
+                    whole_split.update(labels, bias, indices=indices)
                 if not shard.owns(batches - 1):
                     continue
                 full_logits = evaluator.update(indices, batch, labels, bias)
@@ -342,7 +349,7 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     state = ScanState(shards=(shard.index,), shard_count=shard.count, main=PassState.of(evaluator), fingerprint=fingerprint,
                       embeddings=diagnostics.embeddings, has_features=diagnostics.has_features, bias_counts=diagnostics.bias_counts,
                       jsd=diagnostics.jsd, samples=seen, split_samples=split_samples, split_batches=batches,
-                      split_fingerprint=whole_split.to_dict(), gradient_conflict=conflict)
+                      split_fingerprint=whole_split.to_dict() if whole_split is not None else {}, gradient_conflict=conflict)
     return context, state
 
 

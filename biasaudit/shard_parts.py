@@ -220,11 +220,6 @@ def merge_parts(paths: Sequence[str | Path]) -> dict[str, Any]:
         if part.shard.index in seen:
             raise InputError(f"Parts {seen[part.shard.index]} and {part.path} are both shard {part.shard}; expected each shard once.")
         seen[part.shard.index] = part.path
-    missing = [i for i in range(first.shard.count) if i not in seen]
-    if missing:
-        given = ", ".join(str(p.shard) for p in sorted(parts, key=lambda p: p.shard.index))
-        raise InputError(f"Shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{first.shard.count}' for i in missing)} "
-                         f"{'are' if len(missing) > 1 else 'is'} missing (parts given: {given}); expected all {first.shard.count}.")
     ordered = sorted(parts, key=lambda p: p.shard.index)
     start = time.perf_counter()
     state = merged([p.state for p in ordered])

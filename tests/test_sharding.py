@@ -105,11 +105,14 @@ def test_merging_the_wrong_parts_is_refused_naming_them(how, message, demo_parts
              "not a part": [a[0], a[1], tmp_path / "junk.pt"], "absent": [a[0], a[1], tmp_path / "nothing.pt"]}[how]
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "audit.json").write_text('{"earlier": "results"}')  # an earlier run's audit must survive a refused merge
     result = runner.invoke(app, ["merge", *map(str, given), "--out", str(out)])
     assert result.exit_code == 2, result.output
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
-    assert not (out / "audit.json").exists()
+    assert (out / "audit.json").read_text() == '{"earlier": "results"}'
+    assert sorted(p.name for p in out.iterdir()) == ["audit.json"]
 
 
 def test_a_part_holding_an_object_merge_does_not_rebuild_is_refused_without_running_it(tmp_path):

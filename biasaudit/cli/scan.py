@@ -56,7 +56,7 @@ def scan(
     from biasaudit.errors import InputError
     from biasaudit.conditions import parse_conditions
     from biasaudit.batches import check_split
-    from biasaudit.scanning import ScanConfig, check_precision, resolve_device, with_mute_overrides
+    from biasaudit.scanning import ScanConfig, check_precision, check_shardable, resolve_device, with_mute_overrides
 
     from biasaudit.sharding import broadcast_error, join_torchrun, leave_torchrun, parse_shard
 
@@ -96,9 +96,8 @@ def scan(
                                 ceiling_per_class=v["ceiling_per_class"], precision=v["precision"])
         with naming_source(sources, "precision"):
             check_precision(config.precision, device)
-        if shard is not None and loaded.bias_key is None:
-            raise InputError("--shard needs data with a bias key: without one, bias values are discovered from the merged scan's dominant "
-                             "modality, which no single part knows. Scan such data in one process or on torchrun.")
+        if shard is not None:
+            check_shardable(loaded)
         recorded = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
         if shard is not None:
             from biasaudit.audit import scan_checkpoint_shard
