@@ -136,6 +136,7 @@ class BatchEvaluator:
         s = self.setup
         self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
         self._mute_draws: np.ndarray | None = None
+        self._whole_mutes: dict[tuple[str, str], dict[str, Any]] = {}
         weights = bootstrap_weights(indices, replicates=s.replicates, seed=s.seed)
         everything = frozenset(self.modalities)
         logits_of: dict[str, torch.Tensor] = {}
@@ -159,12 +160,12 @@ class BatchEvaluator:
         # Predictions stay on the device until every condition is done: one copy to the host per batch.
         names = [c.name for c in s.conditions]
         stacked = torch.stack([logits_of[name].float() for name in names])
-        probabilities = torch.softmax(stacked, dim=2)
-        confidence, predicted = probabilities.max(dim=2)
-        finite = torch.isfinite(stacked).flatten(1).all(dim=1)
-        finite, confidence, predicted = (t.cpu().numpy() for t in (finite, confidence, predicted))
-        if not finite.all():
-            raise _not_finite(names[int(np.flatnonzero(~finite)[0])])
+        if not torch.isfinite(stacked).all():
+            raise _not_finite(names[int(np.flatnonzero(~torch.isfinite(stacked).flatten(1).all(dim=1).cpu().numpy())[0])])
+        # The largest softmax probability is exp(0) / sum_j exp(z_j - max z): one reduction, without the full softmax.
+        top, predicted = stacked.max(dim=2)
+        confidence = torch.exp(stacked - top[..., None]).sum(dim=2).reciprocal()
+        confidence, predicted = confidence.cpu().numpy(), predicted.cpu().numpy()
         predictions = dict(zip(names, predicted))
         confidences = dict(zip(names, confidence))
         full_logits = logits_of["full"]
@@ -189,28 +190,36 @@ class BatchEvaluator:
     def _impaired_logits(self, condition: Condition, impairment: Impairment, full_logits: torch.Tensor) -> torch.Tensor:
         """Logits of one impaired condition. A mute of a fraction of the samples changes only those rows: only they are
         forwarded, the others keep their Full logits (methods.md section 10)."""
-        s, batch, indices = self.setup, self._batch, self._indices
         m = self.modalities[condition.modality]
-        tag = f"{m.name}={impairment.name}:{condition.severity!r}"  # the definition, not the name: alike conditions draw alike
         if impairment.mutes and condition.severity < 1.0:
             rows = np.flatnonzero(self._muted_rows(condition.severity))
             logits = full_logits.clone()
             if len(rows):
-                # Impaired as a whole batch (a mute is cheap; and what it does can depend on the batch, e.g. the padding
-                # side read off the whole batch's mask), then only the muted rows are forwarded.
-                impaired = take_rows(impair_batch(batch, m, impairment, condition.severity, indices=indices, seed=s.seed, tag=tag),
-                                     rows, size=len(indices))
+                # missing_ratio:r applies the modality's mute to a fraction r of the samples (methods.md section 1): its
+                # muted rows are those of the whole-batch mute, made once per batch for the missing condition and every
+                # ratio (a mute can depend on the whole batch, e.g. the padding side read off its mask).
+                impaired = take_rows(self._whole_mute(m, impairment), rows, size=len(self._indices))
                 logits[torch.as_tensor(rows, device=logits.device)] = self._logits(
                     self.model, impaired, stage="conditions", condition=condition.name, rows=len(rows), finite=False).to(logits.dtype)
             return logits
-        impaired = impair_batch(batch, m, impairment, condition.severity, indices=indices, seed=s.seed, tag=tag)
+        impaired = self._whole_mute(m, impairment) if impairment.mutes else self._impaired(m, impairment, condition.severity)
         is_mute = condition.group == "missing"
         logits = self._logits(self.model, impaired, stage="conditions", condition=condition.name, tap=is_mute, finite=False)
         if is_mute:
             self._subsets[frozenset(self.modalities) - {m.name}] = logits
-            if s.tap is not None and m.name in s.tap.values:
-                self._record_moments("muted", {m.name: s.tap.features(impaired)[m.name]})
+            if self.setup.tap is not None and m.name in self.setup.tap.values:
+                self._record_moments("muted", {m.name: self.setup.tap.features(impaired)[m.name]})
         return logits
+
+    def _impaired(self, modality: Modality, impairment: Impairment, severity: float) -> dict[str, Any]:
+        tag = f"{modality.name}={impairment.name}:{severity!r}"  # the definition, not the name: alike conditions draw alike
+        return impair_batch(self._batch, modality, impairment, severity, indices=self._indices, seed=self.setup.seed, tag=tag)
+
+    def _whole_mute(self, modality: Modality, impairment: Impairment) -> dict[str, Any]:
+        key = (modality.name, impairment.name)
+        if key not in self._whole_mutes:
+            self._whole_mutes[key] = self._impaired(modality, impairment, 1.0)
+        return self._whole_mutes[key]
 
     def _muted_rows(self, fraction: float) -> np.ndarray:
         """`muted_subset` of this batch, with its per-sample draws made once per batch for every ratio condition."""

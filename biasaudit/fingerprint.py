@@ -21,6 +21,7 @@ either kind pairs only with one of its own kind, because the generator version d
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any, Mapping, Sequence
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from biasaudit.errors import DataError
-from biasaudit.randomness import hash64
+from biasaudit.randomness import extend_hash, hash64, stream_id
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LANES = 2  # two independent 64-bit sums: 128 bits
@@ -56,8 +57,19 @@ def _rows_as_words(value: Any) -> tuple[np.ndarray, str] | None:
     return None
 
 
+@functools.lru_cache(maxsize=8)
+def _multipliers(kind: str, width: int) -> np.ndarray:
+    """One odd 64-bit multiplier per word position of a row of this kind."""
+    return hash64(0, "fingerprint-row:" + kind, np.arange(width, dtype=np.int64)) | np.uint64(1)
+
+
 def row_hashes(value: Any) -> np.ndarray | None:
-    """One 64-bit word per row of a raw input (its type, shape and bytes); None for a type we do not hash."""
+    """One 64-bit word per row of a raw input (its type, shape and bytes); None for a type we do not hash.
+
+    A row's word is sum_j m_j * w_j modulo 2**64 over its words w_j, with a fixed odd multiplier m_j per position (a
+    multilinear hash): an odd multiplier is invertible modulo 2**64, so changing any one word, or moving a word to
+    another position, changes the sum. It reads each input byte once, at memory speed, which matters because a
+    scan fingerprints every raw input it reads (an image of 224 x 224 x 3 floats is 600 kB; methods.md section 10)."""
     found = _rows_as_words(value)
     if found is None:
         return None
@@ -65,13 +77,11 @@ def row_hashes(value: Any) -> np.ndarray | None:
     out = np.zeros(len(words), dtype=np.uint64)
     if not words.shape[1]:
         return out
-    positions = np.arange(words.shape[1], dtype=np.int64)[None, :]
+    multipliers = _multipliers(kind, words.shape[1])
     step = max(1, _CHUNK_WORDS // words.shape[1])  # rows per chunk: the temporaries stay small for large images
-    for start in range(0, len(words), step):
-        # Each word is hashed with its position, so the same words in another order give another row hash.
-        mixed = hash64(0, "fingerprint-row:" + kind, positions, words[start:start + step].view(np.int64))
-        with np.errstate(over="ignore"):
-            out[start:start + step] = np.sum(mixed, axis=1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for start in range(0, len(words), step):
+            out[start:start + step] = np.sum(words[start:start + step] * multipliers, axis=1, dtype=np.uint64)
     return out
 
 
@@ -86,21 +96,23 @@ class SampleFingerprint:
         self.inputs: dict[str, np.ndarray | None] = {key: np.zeros(_LANES, dtype=np.uint64) for key in input_keys}
 
     @staticmethod
-    def _keyed(stream: str, indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def _keyed(keys: np.ndarray, stream: str, values: np.ndarray) -> np.ndarray:
+        """The [lanes] sums of the hashes of (lane, index, stream, value) over a batch; `keys` are the batch's
+        [lanes, B] hashes of (lane, index), made once for every stream."""
         with np.errstate(over="ignore"):
-            return np.array([np.sum(hash64(lane, stream, indices, values), dtype=np.uint64) for lane in range(_LANES)], dtype=np.uint64)
+            return np.sum(extend_hash(keys, stream_id(stream), values[None, :]), axis=1, dtype=np.uint64)
 
     def update(self, labels: np.ndarray, bias: np.ndarray | None = None, inputs: Mapping[str, Any] | None = None, *,
                indices: np.ndarray) -> None:
         if (bias is None) != (self.bias is None):
             # A caller bug, not a user error: the scan decides once, from adapter.bias_key, whether bias values exist.
             raise ValueError("bias values must be given on every batch when with_bias=True, and never otherwise")
-        indices = np.asarray(indices, dtype=np.int64)
+        keys = hash64(0, "fingerprint", np.arange(_LANES, dtype=np.int64)[:, None], np.asarray(indices, dtype=np.int64)[None, :])
         self.count += len(labels)
         with np.errstate(over="ignore"):
-            self.labels += self._keyed("fingerprint-labels", indices, np.asarray(labels, dtype=np.int64))
+            self.labels += self._keyed(keys, "fingerprint-labels", np.asarray(labels, dtype=np.int64))
             if self.bias is not None:
-                self.bias += self._keyed("fingerprint-bias", indices, np.asarray(bias, dtype=np.int64))
+                self.bias += self._keyed(keys, "fingerprint-bias", np.asarray(bias, dtype=np.int64))
             for key, total in self.inputs.items():
                 if total is None:
                     continue
@@ -108,7 +120,7 @@ class SampleFingerprint:
                 if rows is None:
                     self.inputs[key] = None  # one unhashable batch: no hash for this key at all
                 else:
-                    total += self._keyed("fingerprint-input:" + key, indices, rows.view(np.int64))
+                    total += self._keyed(keys, "fingerprint-input:" + key, rows.view(np.int64))
 
     def merge(self, other: SampleFingerprint) -> None:
         """Add another shard's samples (disjoint global indices)."""

@@ -158,15 +158,23 @@ def test_audits_with_different_replicate_counts_are_not_paired(pair):
     assert comparison["paired"] is False and comparison["unpaired_reason"] == "different replicate counts (200 vs 100)"
 
 
-def test_an_audit_drawn_by_the_old_per_sample_generator_is_never_paired_with_a_new_one(pair):
+@pytest.mark.parametrize("older", [None, {"name": "splitmix64-counter", "version": 2}])
+def test_an_audit_drawn_by_an_older_generator_is_never_paired_with_a_new_one(pair, older):
     """Same seed, samples and replicate count, but another generator draws other weights: pairing them would give
-    intervals of a difference between two unrelated resamplings."""
+    intervals of a difference between two unrelated resamplings. Version 1 audits name no generator (numpy per
+    sample); version 2 drew one bootstrap weight per hashed word."""
+    from biasaudit.randomness import GENERATOR
+
     old = copy.deepcopy(pair[0])
-    del old["manifest"]["randomness"]  # what a version-1 audit holds
+    if older is None:
+        del old["manifest"]["randomness"]
+    else:
+        old["manifest"]["randomness"] = older
     comparison = compare_audits(old, pair[1])
     assert comparison["paired"] is False
+    named = "numpy-default_rng-per-sample v1" if older is None else "splitmix64-counter v2"
     assert comparison["unpaired_reason"] == ("the audits drew their random numbers with different generators "
-                                             "(numpy-default_rng-per-sample v1 vs splitmix64-counter v2)")
+                                             f"({named} vs splitmix64-counter v{GENERATOR['version']})")
 
 
 def test_older_audits_without_replicates_still_load_and_compare_unpaired(pair, tmp_path):

@@ -59,3 +59,40 @@ def test_a_seed_outside_64_bits_is_refused(seed):
 
     with pytest.raises(InputError, match="seed is"):
         hash64(seed, "x", np.arange(3))
+
+
+def test_poisson_weights_follow_the_poisson_distribution_in_every_bucket():
+    """The weights are the inverse CDF of a 53-bit uniform: the table settles a draw from its top 16 bits, and a draw
+    whose 16-bit bucket a CDF step cuts reads 37 more bits. Skewed weights would skew every bootstrap interval."""
+    from biasaudit.randomness import _POISSON1_CDF
+
+    indices, replicates = np.arange(40000), 250
+    weights = poisson1(5, "bootstrap-weights", indices, replicates)
+    counts = np.bincount(weights.ravel(), minlength=8)[:8]
+    expected = stats.poisson(1).pmf(np.arange(8)) * weights.size
+    assert stats.chisquare(counts[:7], expected[:7] * counts[:7].sum() / expected[:7].sum()).pvalue > 1e-3
+    # Each draw agrees with its 16-bit bucket: the value's CDF interval overlaps the bucket's 1/65536 of [0, 1).
+    words = SampleDraws(5, "bootstrap-weights", indices).words(-(-replicates // 4))
+    bucket = words.astype("<u8").view("<u2")[:, :replicates].astype(np.float64)
+    lower = np.concatenate([[0.0], _POISSON1_CDF])[weights]
+    upper = _POISSON1_CDF[weights]
+    assert np.all(lower < (bucket + 1) / 65536) and np.all(upper > bucket / 65536)
+    # Draws in cut buckets take both neighbouring values (the tail bits decide), as the inverse CDF must.
+    cut = np.isin(bucket, np.floor(_POISSON1_CDF[:3] * 65536))
+    assert cut.any() and len(np.unique(weights[cut])) >= 2
+
+
+# The draws of the generator version audits record (randomness.GENERATOR). Two audits of one version pair their
+# bootstrap replicates; if the draws changed without a new version, an audit would pair with one drawn differently.
+DRAWS_SHA256 = {3: "f227d593a75d890ed5c28c53ea21cf3e669cb76c7e1bbce61999ae9c39be9d1e"}
+
+
+def test_the_draws_change_only_with_the_generator_version():
+    import hashlib
+
+    from biasaudit.randomness import GENERATOR
+
+    digest = hashlib.sha256()
+    digest.update(poisson1(0, "bootstrap-weights", np.arange(1000), 1000).astype("<i8").tobytes())
+    digest.update(SampleDraws(0, "noise", np.arange(1000)).words(5).astype("<u8").tobytes())
+    assert digest.hexdigest() == DRAWS_SHA256[GENERATOR["version"]]

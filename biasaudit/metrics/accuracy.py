@@ -191,10 +191,13 @@ class ConditionAccumulator:
         y = _as_int_vector(labels, what="labels")
         batch = y.shape[0]
         idx = _as_int_vector(indices, what="indices", length=batch)
-        preds = {c: _as_int_vector(predictions[c], what=f"predictions[{c!r}]", length=batch)
-                 for c in self.condition_names}
-        for what, values in [("labels", y), *((f"predictions[{c!r}]", p) for c, p in preds.items())]:
+        # [K, B], one row per condition: every count below is one vectorised call for all conditions at once.
+        preds = np.stack([_as_int_vector(predictions[c], what=f"predictions[{c!r}]", length=batch) for c in self.condition_names])
+        for what, values in (("labels", y), ("predictions", preds)):
             if batch and (values.min() < 0 or values.max() >= self.num_classes):
+                if what == "predictions":
+                    row = int(np.flatnonzero((preds < 0).any(axis=1) | (preds >= self.num_classes).any(axis=1))[0])
+                    what, values = f"predictions[{self.condition_names[row]!r}]", preds[row]
                 raise DataError(f"{what} holds values from {values.min()} to {values.max()}; "
                                 f"expected class ids in [0, {self.num_classes - 1}].")
         if batch and idx.min() < 0:
@@ -203,14 +206,14 @@ class ConditionAccumulator:
             weights = bootstrap_weights(idx, replicates=self.replicates, seed=self.seed)
         self.n += batch
         self.weighted_total += weights.sum(axis=0)
-        full = preds[FULL]
-        size = self.num_classes * self.num_classes
-        for c, p in preds.items():
-            cells = np.bincount(y * self.num_classes + p, minlength=size)
-            self.confusion[c] += cells.reshape(self.num_classes, self.num_classes)
-            self.flips[c] += int(np.count_nonzero(p != full))
-        correct = np.stack([p == y for p in preds.values()])
-        for c, sums in zip(preds, exact_weighted_sums(correct, weights)):
+        classes, conditions = self.num_classes, len(self.condition_names)
+        cells = np.bincount((np.arange(conditions)[:, None] * classes * classes + y * classes + preds).ravel(),
+                            minlength=conditions * classes * classes).reshape(conditions, classes, classes)
+        flips = np.count_nonzero(preds != preds[self.condition_names.index(FULL)], axis=1)
+        correct = preds == y
+        for c, table, flipped, sums in zip(self.condition_names, cells, flips.tolist(), exact_weighted_sums(correct, weights)):
+            self.confusion[c] += table
+            self.flips[c] += flipped
             self.weighted_correct[c] += sums
 
     def merge(self, other: ConditionAccumulator) -> None:

@@ -23,52 +23,54 @@ class CalibrationAccumulator:
     def __init__(self, condition_names: Sequence[str], *, bins: int = BINS, full: str = "full") -> None:
         self.condition_names = tuple(condition_names)
         self.bins, self.full = int(bins), full
-        self.count = {c: np.zeros(bins, dtype=np.int64) for c in self.condition_names}
-        self.correct = {c: np.zeros(bins, dtype=np.int64) for c in self.condition_names}
+        conditions = len(self.condition_names)
+        # [K, bins] per condition and bin; every batch adds to all conditions with one call each.
+        self.count = np.zeros((conditions, bins), dtype=np.int64)
+        self.correct = np.zeros((conditions, bins), dtype=np.int64)
         # Exact sums (biasaudit/exact_sums.py): a sharded scan adds its batches in another order and must agree to the bit.
-        self._confidence = {c: ExactSum(bins) for c in self.condition_names}
-        self.rises = {c: 0 for c in self.condition_names}
+        self._confidence = ExactSum(conditions * bins)
+        self.rises = np.zeros(conditions, dtype=np.int64)
         self.n = 0
 
     def update(self, confidences: Mapping[str, np.ndarray], correct: Mapping[str, np.ndarray]) -> None:
         """confidences: max softmax per sample and condition; correct: prediction == label."""
-        full = confidences[self.full]
-        self.n += len(full)
-        for c in self.condition_names:
-            conf = np.asarray(confidences[c], dtype=np.float64)
-            # Equal-width bins on [0, 1]; a confidence of exactly 1 belongs to the last bin.
-            which = np.minimum((conf * self.bins).astype(np.int64), self.bins - 1)
-            self.count[c] += np.bincount(which, minlength=self.bins)
-            self.correct[c] += np.bincount(which[correct[c]], minlength=self.bins)
-            self._confidence[c].add(np.bincount(which, weights=conf, minlength=self.bins))
-            self.rises[c] += int(np.count_nonzero(conf > full + RISE_TOLERANCE))
+        conf = np.stack([np.asarray(confidences[c], dtype=np.float64) for c in self.condition_names])  # [K, B]
+        right = np.stack([np.asarray(correct[c], dtype=bool) for c in self.condition_names])
+        self.n += conf.shape[1]
+        # Equal-width bins on [0, 1]; a confidence of exactly 1 belongs to the last bin. Bin b of condition k is cell
+        # k * bins + b, so one bincount fills every condition; each cell still adds its batch's values in sample order.
+        cell = np.minimum((conf * self.bins).astype(np.int64), self.bins - 1) + np.arange(len(conf))[:, None] * self.bins
+        size = self.count.size
+        self.count += np.bincount(cell.ravel(), minlength=size).reshape(self.count.shape)
+        self.correct += np.bincount(cell[right], minlength=size).reshape(self.count.shape)
+        self._confidence.add(np.bincount(cell.ravel(), weights=conf.ravel(), minlength=size))
+        self.rises += np.count_nonzero(conf > conf[self.condition_names.index(self.full)] + RISE_TOLERANCE, axis=1)
 
     def merge(self, other: CalibrationAccumulator) -> None:
         self.n += other.n
-        for c in self.condition_names:
-            self.count[c] += other.count[c]
-            self.correct[c] += other.correct[c]
-            self._confidence[c].merge(other._confidence[c])
-            self.rises[c] += other.rises[c]
+        self.count += other.count
+        self.correct += other.correct
+        self._confidence.merge(other._confidence)
+        self.rises += other.rises
 
-    @property
-    def confidence(self) -> dict[str, np.ndarray]:
-        """Per condition, the sum of the confidences that fell in each bin."""
-        return {c: total.value() for c, total in self._confidence.items()}
+    def _sums(self) -> np.ndarray:
+        """[K, bins]: the confidences summed per condition and bin."""
+        return self._confidence.value().reshape(self.count.shape)
 
     def ece(self, condition: str) -> float:
         """sum_b (n_b / N) |acc_b - conf_b| = sum_b |correct_b - sum conf_b| / N (Naeini et al. 2015)."""
-        return float(np.abs(self.correct[condition] - self._confidence[condition].value()).sum() / self.n)
+        k = self.condition_names.index(condition)
+        return float(np.abs(self.correct[k] - self._sums()[k]).sum() / self.n)
 
     def section(self) -> dict[str, Any]:
         edges = np.linspace(0.0, 1.0, self.bins + 1)
         conditions = {}
-        for c in self.condition_names:
-            count, confidence = self.count[c], self._confidence[c].value()
+        for k, (c, confidence) in enumerate(zip(self.condition_names, self._sums())):
+            count = self.count[k]
             reliability = [{"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(count[b]),
                             "confidence": float(confidence[b] / count[b]) if count[b] else None,
-                            "accuracy": float(100.0 * self.correct[c][b] / count[b]) if count[b] else None}
+                            "accuracy": float(100.0 * self.correct[k][b] / count[b]) if count[b] else None}
                            for b in range(self.bins)]
-            conditions[c] = {"ece": self.ece(c), "confidence_rise_rate": None if c == self.full else self.rises[c] / self.n,
+            conditions[c] = {"ece": self.ece(c), "confidence_rise_rate": None if c == self.full else int(self.rises[k]) / self.n,
                              "reliability": reliability}
         return {"available": True, "bins": self.bins, "conditions": conditions}
