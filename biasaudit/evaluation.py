@@ -91,6 +91,13 @@ class BatchEvaluator:
                                              replicates=setup.replicates, seed=setup.seed)
         self.calibration = CalibrationAccumulator([c.name for c in setup.conditions])
         self.muted_counts = {c.name: 0 for c in setup.conditions if c.group == "ratio"}
+        # Per (modality, mute): the largest fraction any condition mutes, i.e. the rows its one forward per batch needs.
+        self._mute_reach: dict[tuple[str, str], float] = {}
+        for c in setup.conditions:
+            muting = setup.impairments.get(c.name)
+            if c.group != "full" and muting is not None and muting.mutes:
+                key = (c.modality, muting.name)
+                self._mute_reach[key] = max(self._mute_reach.get(key, 0.0), c.severity)
         self.forwards: Counter[str] = Counter()  # forwarded samples per diagnostic
         if setup.pool is not None and setup.preferred is not None:
             self.targets = targets(setup.pool.bias, setup.pool.label, setup.preferred)
@@ -137,6 +144,7 @@ class BatchEvaluator:
         self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
         self._mute_draws: np.ndarray | None = None
         self._whole_mutes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._mute_logit_cache: dict[tuple[str, str], torch.Tensor] = {}
         weights = bootstrap_weights(indices, replicates=s.replicates, seed=s.seed)
         everything = frozenset(self.modalities)
         logits_of: dict[str, torch.Tensor] = {}
@@ -188,28 +196,44 @@ class BatchEvaluator:
         return full_logits
 
     def _impaired_logits(self, condition: Condition, impairment: Impairment, full_logits: torch.Tensor) -> torch.Tensor:
-        """Logits of one impaired condition. A mute of a fraction of the samples changes only those rows: only they are
-        forwarded, the others keep their Full logits (methods.md section 10)."""
+        """Logits of one impaired condition. missing_ratio:r applies the modality's mute to a fraction r of the samples
+        (methods.md section 1), and a muted sample's logits do not depend on which fraction muted it: every ratio takes
+        its muted rows from one forward of the mute per batch (the missing condition's, when the scan has it) and the
+        Full logits for the rest (methods.md section 10)."""
         m = self.modalities[condition.modality]
-        if impairment.mutes and condition.severity < 1.0:
-            rows = np.flatnonzero(self._muted_rows(condition.severity))
-            logits = full_logits.clone()
-            if len(rows):
-                # missing_ratio:r applies the modality's mute to a fraction r of the samples (methods.md section 1): its
-                # muted rows are those of the whole-batch mute, made once per batch for the missing condition and every
-                # ratio (a mute can depend on the whole batch, e.g. the padding side read off its mask).
-                impaired = take_rows(self._whole_mute(m, impairment), rows, size=len(self._indices))
-                logits[torch.as_tensor(rows, device=logits.device)] = self._logits(
-                    self.model, impaired, stage="conditions", condition=condition.name, rows=len(rows), finite=False).to(logits.dtype)
-            return logits
-        impaired = self._whole_mute(m, impairment) if impairment.mutes else self._impaired(m, impairment, condition.severity)
-        is_mute = condition.group == "missing"
-        logits = self._logits(self.model, impaired, stage="conditions", condition=condition.name, tap=is_mute, finite=False)
-        if is_mute:
-            self._subsets[frozenset(self.modalities) - {m.name}] = logits
-            if self.setup.tap is not None and m.name in self.setup.tap.values:
-                self._record_moments("muted", {m.name: self.setup.tap.features(impaired)[m.name]})
-        return logits
+        if impairment.mutes:
+            is_mute = condition.group == "missing"
+            muted = self._mute_logits(m, impairment, full_logits, condition=condition.name, tap=is_mute)
+            if condition.severity < 1.0:
+                rows = torch.as_tensor(self._muted_rows(condition.severity), device=full_logits.device)
+                return torch.where(rows[:, None], muted.to(full_logits.dtype), full_logits)
+            if is_mute:
+                self._subsets[frozenset(self.modalities) - {m.name}] = muted
+                if self.setup.tap is not None and m.name in self.setup.tap.values:
+                    self._record_moments("muted", {m.name: self.setup.tap.features(self._whole_mute(m, impairment))[m.name]})
+            return muted
+        impaired = self._impaired(m, impairment, condition.severity)
+        return self._logits(self.model, impaired, stage="conditions", condition=condition.name, finite=False)
+
+    def _mute_logits(self, modality: Modality, impairment: Impairment, full_logits: torch.Tensor, *, condition: str, tap: bool) -> torch.Tensor:
+        """The batch's logits under this mute, forwarded once: for every row when a condition mutes the whole modality,
+        else for the rows the largest ratio mutes (the others hold the Full logits). The mute itself is made for the
+        whole batch (what it does can depend on the batch, e.g. the padding side read off its mask)."""
+        key = (modality.name, impairment.name)
+        if key not in self._mute_logit_cache:
+            reach = self._mute_reach.get(key, 1.0)
+            whole = self._whole_mute(modality, impairment)
+            if reach >= 1.0:
+                logits = self._logits(self.model, whole, stage="conditions", condition=condition, tap=tap, finite=False)
+            else:
+                rows = np.flatnonzero(self._muted_rows(reach))
+                logits = full_logits.clone()
+                if len(rows):
+                    logits[torch.as_tensor(rows, device=logits.device)] = self._logits(
+                        self.model, take_rows(whole, rows, size=len(self._indices)), stage="conditions", condition=condition,
+                        rows=len(rows), finite=False).to(logits.dtype)
+            self._mute_logit_cache[key] = logits
+        return self._mute_logit_cache[key]
 
     def _impaired(self, modality: Modality, impairment: Impairment, severity: float) -> dict[str, Any]:
         tag = f"{modality.name}={impairment.name}:{severity!r}"  # the definition, not the name: alike conditions draw alike

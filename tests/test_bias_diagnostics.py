@@ -176,16 +176,29 @@ def test_everything_is_identical_across_batch_sizes():
 
 
 def test_forwards_per_sample_are_recorded(shortcut):
-    """17 conditions cost full + 2 missing + 2 noisy forwards and, for each ratio below 1, only its muted rows: a ratio
-    sweep that forwarded every row (or ratio 1.0 forwarded again beside missing) would cost 17 per sample."""
+    """17 conditions cost full + 2 missing + 2 noisy forwards: a ratio's muted rows are muted as missing mutes them, so
+    they take the missing condition's logits. A sweep that forwarded its muted rows again would cost about 10 per
+    sample, one that forwarded every row (or ratio 1.0 beside missing) 17."""
     cost = shortcut["manifest"]["forwards_per_sample"]
     partial = sum(point["muted_fraction"] for sweep in shortcut["ratio_sweep"].values() for point in sweep if point["ratio"] < 1)
-    assert 4.5 < partial < 5.5  # about 0.1 + 0.3 + 0.5 + 0.7 + 0.9 per modality
-    assert cost["conditions"] == pytest.approx(5 + partial, abs=1e-12)
+    assert 4.5 < partial < 5.5  # about 0.1 + 0.3 + 0.5 + 0.7 + 0.9 per modality were muted, at no forward of their own
+    assert cost["conditions"] == 5.0
     assert cost["carrier"] == 6.0  # bias, content and null swap per modality
     assert cost["shapley"] == 1.0  # only the all-muted subset is new for two modalities
     assert cost["ceilings"] == pytest.approx(90 / 90)  # one train pass for the probes
     assert cost["total"] == pytest.approx(cost["conditions"] + 8.0)
+
+
+def test_partial_mutes_without_missing_forward_only_the_rows_the_largest_fraction_mutes():
+    """Without the missing condition, partial mutes still forward each muted row once, not once per fraction."""
+    from biasaudit.impairments import muted_subset
+
+    audit = scan(FX.ShortcutAdapter(), conditions="full,content=zero:0.3,content=zero:0.7")
+    largest = muted_subset(np.arange(audit["dataset"]["n"]), seed=0, fraction=0.7).mean()
+    assert 0.5 < largest < 0.9
+    assert audit["manifest"]["forwards_per_sample"]["conditions"] == pytest.approx(1 + largest, abs=1e-12)
+    accuracy = {row["name"]: row["accuracy"] for row in audit["conditions"]}
+    assert accuracy["content=zero:0.3"] != accuracy["content=zero:0.7"]
 
 
 def test_a_scan_without_the_named_diagnostics_leaves_them_out():

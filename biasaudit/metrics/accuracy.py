@@ -35,12 +35,18 @@ def bootstrap_weights(indices: np.ndarray, *, replicates: int, seed: int) -> np.
     return poisson1(seed, "bootstrap-weights", np.asarray(indices, dtype=np.int64), replicates)
 
 
+# Poisson(1) weights stop at 19 (randomness.py): below this many rows every product and partial sum of a batch's
+# weighted count is an integer below 2**24, which float32 holds exactly.
+FLOAT32_EXACT_ROWS = 2**24 // 20
+
+
 def exact_weighted_sums(rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """rows [K, B] (0/1) @ weights [B, R] (Poisson(1) draws) as int64, by one float64 matrix product: every product and partial sum is an
-    integer far below 2**53, so the float result is exact whatever order BLAS adds in, and it costs a fraction of
-    numpy's integer matmul (which has no BLAS)."""
-    # Poisson(1) weights stay below 20 (randomness.py): a batch would need 2**48 rows for a sum to reach 2**53.
-    return (rows.astype(np.float64, copy=False) @ weights.astype(np.float64, copy=False)).astype(np.int64)
+    """rows [K, B] (0/1) @ weights [B, R] (Poisson(1) draws) as int64, by one floating-point matrix product: every
+    product and partial sum is an integer the float type holds exactly (float32 below FLOAT32_EXACT_ROWS rows, else
+    float64), so the result is exact whatever order BLAS adds in, and it costs a fraction of numpy's integer matmul
+    (which has no BLAS)."""
+    dtype = np.float32 if rows.shape[-1] < FLOAT32_EXACT_ROWS else np.float64
+    return (rows.astype(dtype) @ weights.astype(dtype)).astype(np.int64)
 
 
 def percentile_interval(values: np.ndarray) -> tuple[float, float] | None:
