@@ -62,10 +62,11 @@ class FullConditionDiagnostics:
         return prior, num_bias
 
     # ---- main pass ------------------------------------------------------------------------------
-    def update(self, logits: torch.Tensor, features: torch.Tensor | None, batch: Mapping[str, Any], labels: np.ndarray, *, indices: np.ndarray) -> None:
-        bias = None
+    def update(self, logits: torch.Tensor, features: torch.Tensor | None, batch: Mapping[str, Any], labels: np.ndarray, *, indices: np.ndarray,
+               bias: np.ndarray | None = None) -> None:
+        """`bias`: the batch's bias values when the caller has read them already."""
         if self.adapter.bias_key is not None:
-            bias = bias_values(batch, self.adapter, split=self.config.split)
+            bias = bias_values(batch, self.adapter, split=self.config.split) if bias is None else bias
             if self.jsd is not None and bias.size and bias.max() >= self.jsd.num_bias:
                 # The range was counted over this very split before the pass, so only changing data gets here.
                 raise DataError(f"Split {self.config.split!r} yielded bias value {int(bias.max())}, beyond the {self.jsd.num_bias} values counted "

@@ -138,14 +138,20 @@ class BatchEvaluator:
         return self._subsets[keep]
 
     # ---- one batch ------------------------------------------------------------------------------
-    def update(self, indices: np.ndarray, batch: Mapping[str, Any], labels: np.ndarray, bias: np.ndarray | None) -> torch.Tensor:
-        """Evaluate one batch; returns the Full logits (the caller's Full-condition diagnostics read them)."""
+    def draw_weights(self, indices: np.ndarray) -> np.ndarray:
+        """The batch's bootstrap weights, which every accumulator shares (a pure function of the indices)."""
+        return bootstrap_weights(indices, replicates=self.setup.replicates, seed=self.setup.seed)
+
+    def update(self, indices: np.ndarray, batch: Mapping[str, Any], labels: np.ndarray, bias: np.ndarray | None, *,
+               weights: np.ndarray | None = None) -> torch.Tensor:
+        """Evaluate one batch; returns the Full logits (the caller's Full-condition diagnostics read them). `weights`: the
+        batch's draw_weights, when the caller drew them ahead."""
         s = self.setup
         self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
         self._mute_draws: np.ndarray | None = None
         self._whole_mutes: dict[tuple[str, str], dict[str, Any]] = {}
         self._mute_logit_cache: dict[tuple[str, str], torch.Tensor] = {}
-        weights = bootstrap_weights(indices, replicates=s.replicates, seed=s.seed)
+        weights = self.draw_weights(indices) if weights is None else weights
         everything = frozenset(self.modalities)
         logits_of: dict[str, torch.Tensor] = {}
         by_definition: dict[tuple, torch.Tensor] = {}  # two conditions that impair alike are forwarded once

@@ -72,8 +72,9 @@ def poisson1(seed: int, stream: str, indices: np.ndarray, replicates: int) -> np
     indices = np.asarray(indices, dtype=np.int64)
     words = SampleDraws(seed, stream, indices).words(-(-replicates // 4))
     buckets = words.astype("<u8", copy=False).view("<u2")[:, :replicates]
-    out = np.take(_POISSON1_TABLE, buckets).astype(np.int64)
-    cut = np.flatnonzero(out < 0)
+    small = np.take(_POISSON1_TABLE, buckets)
+    cut = np.flatnonzero(small < 0)
+    out = small.astype(np.int64)
     if cut.size:
         rows, cols = np.divmod(cut, replicates)
         tail = hash64(seed, stream + "/tail", indices[rows], cols) >> np.uint64(64 - _TAIL_BITS)
@@ -84,7 +85,8 @@ def poisson1(seed: int, stream: str, indices: np.ndarray, replicates: int) -> np
 
 # What every audit records of the generator above, so that audits drawn by another one are never paired with it
 # (compare.py). Version 1 was numpy's default_rng built per sample; audits without this entry are version 1. Version 2
-# drew each bootstrap weight from a word of its own; version 3 draws four from a word (poisson1).
+# drew each bootstrap weight, uniform and normal from a word of its own; version 3 draws four weights (poisson1) and
+# two uniforms or normals from a word.
 GENERATOR = {"name": "splitmix64-counter", "version": 3}
 
 
@@ -120,12 +122,19 @@ class SampleDraws:
         return x
 
     def uniform(self, count: int) -> np.ndarray:
-        """[B, count] uniforms in [0, 1)."""
-        return (self.words(count) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+        """[B, count] uniforms in [0, 1) with 32 bits each, two per word (an impairment compares them with a severity,
+        for which 2**-32 is ample resolution)."""
+        return self._halves(count).astype(np.float64) / float(1 << 32)
 
     def normal(self, count: int) -> np.ndarray:
-        """[B, count] standard normals (Box-Muller on the two 32-bit halves of each word; neither half is ever 0)."""
-        words = self.words(count)
-        u1 = ((words >> np.uint64(32)).astype(np.float64) + 0.5) / float(1 << 32)
-        u2 = ((words & np.uint64(0xFFFFFFFF)).astype(np.float64) + 0.5) / float(1 << 32)
-        return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
+        """[B, count] standard normals, two per word: Box-Muller on its two 32-bit halves gives a cosine and a sine
+        normal, independent of each other (neither half is ever 0)."""
+        pairs = -(-count // 2)
+        halves = self._halves(2 * pairs).reshape(len(self), pairs, 2)
+        radius = np.sqrt(-2.0 * np.log((halves[..., 1].astype(np.float64) + 0.5) / float(1 << 32)))
+        angle = 2.0 * np.pi * ((halves[..., 0].astype(np.float64) + 0.5) / float(1 << 32))
+        return np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=2).reshape(len(self), 2 * pairs)[:, :count]
+
+    def _halves(self, count: int) -> np.ndarray:
+        """[B, count] 32-bit draws: position k is half k % 2 (low first, on every machine) of word k // 2."""
+        return self.words(-(-count // 2)).astype("<u8", copy=False).view("<u4")[:, :count]

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from biasaudit.fingerprint import SampleFingerprint
 from biasaudit.impairments import IMPAIRMENTS, muting_impairment, resolve_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator
 from biasaudit.metrics.gap import dominant_modality
+from biasaudit.prefetch import prefetched
 from biasaudit.progress import Progress, silent
 from biasaudit.scan_state import PassState, ScanContext, ScanState, merged
 from biasaudit.sharding import WHOLE, Shard, process_group_shard
@@ -138,6 +139,14 @@ def check_precision(precision: str, device: torch.device) -> None:
     """Autocast to 16 bits is offered on CUDA only: on the CPU it is slow or unsupported for many operators."""
     if PRECISIONS.get(precision) is not None and device.type != "cuda":
         raise InputError(f"precision is {precision!r}, which needs a CUDA device; this scan runs on {device.type}. Use fp32 there.")
+
+
+class _ReadBatch(NamedTuple):
+    indices: np.ndarray
+    batch: Mapping[str, Any]
+    labels: np.ndarray
+    bias: np.ndarray | None
+    weights: np.ndarray | None  # the batch's bootstrap weights; None for a batch of another shard
 
 
 def _batch_count(adapter: Adapter, split: str, batch_size: int) -> int | None:
@@ -319,18 +328,27 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         whole_split = SampleFingerprint(with_bias=adapter.bias_key is not None) if shard.count > 1 else None
         total = _batch_count(adapter, config.split, config.batch_size)
         seen = split_samples = batches = 0
+
+        def read(numbered: tuple[int, tuple[np.ndarray, Mapping[str, Any]]]) -> _ReadBatch:
+            # In the reading thread (biasaudit/prefetch.py): everything that needs the batch but not the model.
+            step, (indices, batch) = numbered
+            labels = checked_labels(batch, adapter, split=config.split)
+            bias = bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None
+            if whole_split is not None:
+                whole_split.update(labels, bias, indices=indices)
+            if not shard.owns(step):
+                return _ReadBatch(indices, batch, labels, bias, None)
+            fingerprint.update(labels, bias, inputs=batch, indices=indices)
+            return _ReadBatch(indices, batch, labels, bias, evaluator.draw_weights(indices))
+
         with torch.no_grad():
-            for batches, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size), start=1):
+            for batches, read_batch in enumerate(prefetched(enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)), read), start=1):
+                indices, batch, labels, bias, weights = read_batch
                 split_samples += len(indices)
-                labels = checked_labels(batch, adapter, split=config.split)
-                bias = bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None
-                if whole_split is not None:
-                    whole_split.update(labels, bias, indices=indices)
-                if not shard.owns(batches - 1):
+                if weights is None:  # another shard's batch
                     continue
-                full_logits = evaluator.update(indices, batch, labels, bias)
-                diagnostics.update(full_logits, evaluator.full_features, batch, labels, indices=indices)
-                fingerprint.update(labels, bias, inputs=batch, indices=indices)
+                full_logits = evaluator.update(indices, batch, labels, bias, weights=weights)
+                diagnostics.update(full_logits, evaluator.full_features, batch, labels, indices=indices, bias=bias)
                 seen += len(labels)
                 progress("conditions", batches, total)
         if split_samples == 0:
