@@ -3,14 +3,14 @@ gradient-conflict sample (section 5). Each one that cannot run says why in a not
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import bias_range, bias_values, checked_labels, indexed_batches, labels_and_bias
+from biasaudit.batches import SplitLabels, bias_range, bias_values, checked_labels, indexed_batches, labels_and_bias
 from biasaudit.errors import DataError
 from biasaudit.metrics.embeddings import EmbeddingSample, angular_spread, project_2d
 from biasaudit.metrics.gradients import gradient_conflict
@@ -24,10 +24,15 @@ def _unavailable(note: str) -> dict[str, Any]:
 class FullConditionDiagnostics:
     """Streaming state fed by the Full condition of every batch of the main pass."""
 
-    def __init__(self, adapter: Adapter, *, config: Any, prior_counts: np.ndarray | None | str = "read") -> None:
+    def __init__(self, adapter: Adapter, *, config: Any, prior_counts: np.ndarray | None | str = "read",
+                 split_bias_max: int | None = None, train: Callable[[], SplitLabels] | None = None) -> None:
         """prior_counts: the train split's label-under-bias counts when they are known already (a merge of shards, which
-        has no data to read), None when there are none; by default they are read from the adapter's train split."""
+        has no data to read), None when there are none; by default they are read from the adapter's train split.
+        split_bias_max: the largest bias value of the evaluated split when the caller has read it (else it is read).
+        train: the train split's labels, read once and shared with the rest of the scan (else read here)."""
         self.adapter = adapter
+        self._split_bias_max = split_bias_max
+        self._train = train
         self.config = config
         self.notes: list[str] = []
         self.embeddings = EmbeddingSample(capacity=config.embedding_points, seed=config.seed)
@@ -51,12 +56,14 @@ class FullConditionDiagnostics:
 
     # ---- priors ---------------------------------------------------------------------------------
     def _train_prior(self) -> tuple[BiasPrior, int]:
-        label_array, bias_array = labels_and_bias(self.adapter, "train", batch_size=self.config.batch_size, purpose="the JSD priors")
+        label_array, bias_array = labels_and_bias(self.adapter, "train", batch_size=self.config.batch_size, purpose="the JSD priors",
+                                                  read=self._train() if self._train is not None else None)
         # Bias values that occur only in the evaluated split (new on an OOD split) are legitimate: they get
         # no prior and no JSD (methods.md section 3 needs a train prior), so size for both splits.
-        evaluated = [bias_values(batch, self.adapter, split=self.config.split)
-                     for _, batch in indexed_batches(self.adapter, self.config.split, batch_size=self.config.batch_size)]
-        num_bias = bias_range(self.adapter, bias_array, *evaluated)
+        largest = self._split_bias_max
+        if largest is None:
+            largest = split_bias_max(self.adapter, self.config.split, batch_size=self.config.batch_size)
+        num_bias = bias_range(self.adapter, bias_array, np.array([largest]))
         prior = BiasPrior(num_classes=self.adapter.num_classes, num_bias=num_bias)
         prior.update(label_array, bias_array)
         return prior, num_bias
@@ -166,6 +173,12 @@ class FullConditionDiagnostics:
         return {"available": True, "note": note, "method": projection.method_used, "bias_value": bias_value,
                 "bias_name": bias_name, "n_points": int(len(labels)), "euclidean": projection.euclidean.tolist(),
                 "cosine": projection.cosine.tolist(), "labels": labels.tolist(), "angular_spread": spread}
+
+
+def split_bias_max(adapter: Adapter, split: str, *, batch_size: int) -> int:
+    """The largest bias value of a split (-1 when it is empty), by one read."""
+    return max((int(values.max()) for _, batch in indexed_batches(adapter, split, batch_size=batch_size)
+                if (values := bias_values(batch, adapter, split=split)).size), default=-1)
 
 
 def _add_counts(counts: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -56,15 +57,37 @@ def check_raw_inputs(batch: Mapping[str, Any], adapter: Adapter, *, split: str) 
                 raise DataError(f"Image modality {modality.name!r} of split {split!r} has raw pixels from {found_low:g} to {found_high:g}, outside its value_range {modality.value_range}; declare value_range=(low, high) to match the raw pixels.")
 
 
-def labels_and_bias(adapter: Adapter, split: str, *, batch_size: int, purpose: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every label and bias value of a split, checked: what the JSD priors and MMDB's margins count."""
-    labels, bias = [], []
-    for _, batch in indexed_batches(adapter, split, batch_size=batch_size):
+@dataclass(frozen=True, eq=False)  # arrays: compare the fields with numpy
+class SplitLabels:
+    """Every sample's global index, label and bias value (None without a bias key) of one split, from one read: what
+    the JSD priors, MMDB's margins and the ceilings' probe sample count, read once and shared."""
+
+    indices: np.ndarray
+    labels: np.ndarray
+    bias: np.ndarray | None
+
+
+def read_split_labels(adapter: Adapter, split: str, *, batch_size: int) -> SplitLabels:
+    indices, labels, bias = [], [], []
+    for batch_indices, batch in indexed_batches(adapter, split, batch_size=batch_size):
+        indices.append(batch_indices)
         labels.append(checked_labels(batch, adapter, split=split))
-        bias.append(bias_values(batch, adapter, split=split))
-    if not labels or not sum(len(part) for part in labels):
+        if adapter.bias_key is not None:
+            bias.append(bias_values(batch, adapter, split=split))
+    empty = np.zeros(0, dtype=np.int64)
+    return SplitLabels(np.concatenate(indices) if indices else empty, np.concatenate(labels) if labels else empty,
+                       (np.concatenate(bias) if bias else empty) if adapter.bias_key is not None else None)
+
+
+def labels_and_bias(adapter: Adapter, split: str, *, batch_size: int, purpose: str, read: SplitLabels | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every label and bias value of a split, checked: what the JSD priors and MMDB's margins count. `read`: the split's
+    labels when the caller has read them already."""
+    read = read_split_labels(adapter, split, batch_size=batch_size) if read is None else read
+    if not read.labels.size:
         raise DataError(f"Split {split!r} is empty; {purpose} need its labels and bias values.")
-    return np.concatenate(labels), np.concatenate(bias)
+    if read.bias is None:
+        raise AdapterError(f"{purpose} need bias values, and the adapter declares no bias_key.")
+    return read.labels, read.bias
 
 
 def bias_values(batch: Mapping[str, Any], adapter: Adapter, *, split: str) -> np.ndarray:

@@ -13,11 +13,12 @@ discovery and a second pass for groups and the carrier test on the discovered va
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 
 from biasaudit import analyses
 from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import bias_values, checked_labels, indexed_batches
+from biasaudit.batches import SplitLabels, bias_values, checked_labels, indexed_batches, read_split_labels
 from biasaudit.conditions import Condition, parse_conditions, parse_diagnostics
 from biasaudit.diagnostics.carrier import CarrierAccumulator
 from biasaudit.diagnostics.ceilings import DEFAULT_PER_CLASS, BranchTap, ceilings_section, fit_probes, token_masks
@@ -173,14 +174,22 @@ class _FeatureTap:
 
 
 
-def _fill_pool(adapter: Adapter, config: ScanConfig, bias_of, *, progress: Progress) -> DonorPool:
-    """One read of the split (no forward): the per-(label, bias value) donor reservoirs."""
-    pool = DonorPool(adapter.modalities, capacity=config.donor_pool, seed=config.seed)
+def _read_split_ahead(adapter: Adapter, config: ScanConfig, bias_of: Callable[[np.ndarray, Mapping[str, Any]], np.ndarray], *,
+                      pool: bool, progress: Progress) -> tuple[int, DonorPool | None]:
+    """One read of the evaluated split (no forward): its largest bias value (-1 for none) and, when `pool`, the
+    per-(label, bias value) donor reservoirs."""
+    largest = -1
+    donors = DonorPool(adapter.modalities, capacity=config.donor_pool, seed=config.seed) if pool else None
     for step, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)):
-        pool.add(batch, indices, checked_labels(batch, adapter, split=config.split), bias_of(indices, batch))
-        progress("donors", step + 1, None)
-    pool.freeze()
-    return pool
+        values = bias_of(indices, batch)
+        if values.size:
+            largest = max(largest, int(values.max()))
+        if donors is not None:
+            donors.add(batch, indices, checked_labels(batch, adapter, split=config.split), values)
+            progress("donors", step + 1, None)
+    if donors is not None:
+        donors.freeze()
+    return largest, donors
 
 
 def _mute_compare_conditions(adapter: Adapter) -> list[Condition]:
@@ -190,7 +199,8 @@ def _mute_compare_conditions(adapter: Adapter) -> list[Condition]:
 
 
 def _setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Module],
-                    unimodal: Mapping[str, nn.Module], config: ScanConfig, *, device: torch.device) -> tuple[int, str | None]:
+                    unimodal: Mapping[str, nn.Module], config: ScanConfig, *, device: torch.device,
+                    train: Callable[[], SplitLabels]) -> tuple[int, str | None]:
     """Probes (or unimodal checkpoints) for every modality that has one; returns train forwards and a note."""
     names = [m.name for m in adapter.modalities]
     setup.unimodal = unimodal
@@ -198,7 +208,7 @@ def _setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branch
     forwarded = 0
     if probe_branches and "train" in adapter.splits:
         setup.probes, forwarded = fit_probes(model, adapter, probe_branches, device=device, batch_size=config.batch_size,
-                                             seed=config.seed, per_class=config.ceiling_per_class)
+                                             seed=config.seed, per_class=config.ceiling_per_class, train=train())
     lacking = [m for m in names if m not in unimodal and m not in setup.probes]
     note = None if not lacking else (
         f"No ceiling for {', '.join(lacking)}: a ceiling needs the adapter's branches() hook for that modality and a train "
@@ -293,7 +303,19 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     if config.mute_compare:
         conditions += _mute_compare_conditions(adapter)
     wanted = parse_diagnostics(config.conditions)
-    diagnostics = analyses.FullConditionDiagnostics(adapter, config=config)
+    # One read of the evaluated split before the pass serves both what needs the whole split first: the largest bias
+    # value (the JSD and groups are sized for it) and the carrier's donor pool.
+    sized = adapter.bias_key is not None and "train" in adapter.splits  # the JSD priors will be read
+    pooled = ("carrier" in wanted and sized) or "interaction" in wanted
+    split_bias_max, pool = None, None
+    if sized or pooled:
+        by_key = adapter.bias_key is not None
+        largest, pool = _read_split_ahead(adapter, config, lambda idx, batch: bias_values(batch, adapter, split=config.split) if by_key
+                                          else np.zeros(len(idx), dtype=np.int64), pool=pooled, progress=progress)
+        split_bias_max = largest if sized else None
+    # Train's labels and bias values, read at most once: the JSD priors and the ceilings' probe sample both count them.
+    train = functools.cache(lambda: read_split_labels(adapter, "train", batch_size=config.batch_size))
+    diagnostics = analyses.FullConditionDiagnostics(adapter, config=config, split_bias_max=split_bias_max, train=train)
     branches = {m: module for m, module in (optional_hook(adapter, "branches", model) or {}).items() if m in names}
     setup = _pass_setup(adapter, conditions, config)
     train_forwards, ceiling_note = 0, None
@@ -303,15 +325,12 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     try:
         if "ceilings" in wanted:
             progress("ceilings", 0, None)
-            train_forwards, ceiling_note = _setup_ceilings(setup, model, adapter, branches, unimodal_models, config, device=device)
+            train_forwards, ceiling_note = _setup_ceilings(setup, model, adapter, branches, unimodal_models, config, device=device, train=train)
         prior = diagnostics.prior if adapter.bias_key is not None else None
         if prior is not None:
             setup.preferred = preferred_class(prior.counts)
             _add_group_accumulators(setup, adapter, prior.num_bias, config)
-        if ("carrier" in wanted and prior is not None) or "interaction" in wanted:
-            by_key = adapter.bias_key is not None
-            setup.pool = _fill_pool(adapter, config, lambda idx, batch: bias_values(batch, adapter, split=config.split) if by_key
-                                    else np.zeros(len(idx), dtype=np.int64), progress=progress)
+        setup.pool = pool
         if "carrier" in wanted and prior is not None:
             setup.carrier = CarrierAccumulator(names, replicates=config.bootstrap_replicates)
         shapley_note = None
@@ -496,7 +515,7 @@ def _discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig
     setup = _pass_setup(adapter, conditions, config, preferred=preferred_class(prior.counts))
     _add_group_accumulators(setup, adapter, prior.num_bias, config)
     if "carrier" in wanted:
-        setup.pool = _fill_pool(adapter, config, lambda idx, batch: discovered[idx], progress=progress)
+        setup.pool = _read_split_ahead(adapter, config, lambda idx, batch: discovered[idx], pool=True, progress=progress)[1]
         setup.carrier = CarrierAccumulator([m.name for m in adapter.modalities], replicates=config.bootstrap_replicates)
     evaluator = BatchEvaluator(model, adapter, setup, device=device, autocast=PRECISIONS[config.precision])
     with torch.no_grad():

@@ -337,3 +337,21 @@ def test_worst_group_that_covers_only_aligned_groups_says_it_cannot_see_the_bias
     assert "cannot see the bias" in text and "bias-conflicting accuracy" in audit["verdict"]["headline"].lower()
     verdict = evaluate_gate(audit, GateRules(min_worst_group={"full": 90}))
     assert verdict["status"] == "ERROR" and "cannot see the bias" in verdict["rules"][0]["message"]
+
+
+def test_a_default_scan_reads_each_split_no_more_often_than_it_must():
+    """Reading data is often the slow part of a real scan (decoding images from disk). The evaluated split is read
+    once ahead of the pass (its largest bias value and the carrier's donor pool, together), once by the pass, and, for
+    a model with shared parameters, once more as far as the gradient-conflict batches. Train is read twice: its labels
+    once for both the JSD priors and the probes' sample, then the sampled rows for the probes' forwards."""
+    reads = []
+
+    class Counting(FX.ShortcutAdapter):
+        def data(self, split, *, batch_size):
+            reads.append(split)
+            return super().data(split, batch_size=batch_size)
+
+    scan(Counting(), conditions="default", gradient_batches=1)
+    evaluated = [r for r in reads if r == "test"]
+    assert reads.count("train") == 2
+    assert 2 <= len(evaluated) <= 3, reads

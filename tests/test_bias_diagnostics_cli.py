@@ -43,14 +43,14 @@ def test_scan_prints_the_carrier_and_a_verdict_that_names_both_modalities(checkp
     (["--unimodal", "content"], "--unimodal 'content' is not of the form MODALITY=CHECKPOINT"),
     (["--unimodal", "sound=x.pt"], "names modality 'sound'. Available: bias_cue, content"),
     (["--unimodal", "content=/nonexistent.pt"], "the checkpoint /nonexistent.pt does not exist"),
-    (["--group-by", "colour"], "--group-by is 'colour', which is unknown. Available: auto, bias, alignment"),
+    (["--group-by", "colour"], "'--group-by': Value error, 'colour' is not one of 'auto', 'bias', 'alignment'"),
     (["--conditions", "missing,carriers"], "Unknown condition 'carriers'"),
 ])
 def test_bad_diagnostic_options_exit_2_with_one_sentence_and_write_nothing(checkpoint, tmp_path, args, expected):
     out = tmp_path / "audit"
     result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, *args)
     assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and expected in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr and expected in " ".join(result.stderr.replace("│", " ").split())
     assert not out.exists()
 
 
@@ -85,8 +85,8 @@ def test_fix_reuses_a_scan_taken_with_any_scan_setting_and_names_the_one_that_di
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--scan-projection", "tsne"], "--scan-projection 'tsne' is unknown. Available: umap, pca"),
-    (["--group-by", "colour"], "--group-by is 'colour', which is unknown"),
+    (["--scan-projection", "tsne"], "'--scan-projection': Value error, 'tsne' is not one of 'umap', 'pca'"),
+    (["--group-by", "colour"], "'--group-by': Value error, 'colour' is not one of 'auto', 'bias', 'alignment'"),
     (["--mute", "content=salt"], "--mute content=salt: 'salt' is not a muting impairment of image modality 'content'"),
 ])
 def test_fix_refuses_bad_audit_settings_before_any_work_and_leaves_the_output_as_it_was(checkpoint, tmp_path, args, expected):
@@ -95,7 +95,7 @@ def test_fix_refuses_bad_audit_settings_before_any_work_and_leaves_the_output_as
     (out / "after.json").write_text("an earlier run's result")
     result = run("fix", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert expected in " ".join(result.stderr.split())
+    assert expected in " ".join(result.stderr.replace("│", " ").split())
     assert sorted(p.name for p in out.iterdir()) == ["after.json"] and (out / "after.json").read_text() == "an earlier run's result"
 
 

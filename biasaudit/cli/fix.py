@@ -9,6 +9,8 @@ import typer
 from rich.markup import escape
 
 from biasaudit.cli.app import app
+from biasaudit.cli.choices import (BalGradProjection, BiasSource, GroupBy, HeadMode, KLMode, Method, Projection, Schedule, WeightMode,
+                                  plain)
 from biasaudit.cli.console import ADAPTER_HELP, err, handled, naming_source, out, progress_bars
 from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, parse_mute
 
@@ -17,7 +19,7 @@ from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, parse_mute
 def fix(
     checkpoint: Path = typer.Argument(..., help="State dict of the biased model; it is never modified."),
     adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP),
-    method: str = typer.Option("mmdb", help="ce (plain fine-tuning, the control), mmdb or balgrad."),
+    method: Method = typer.Option("mmdb", help="ce (plain fine-tuning, the control), mmdb or balgrad."),
     out_dir: Path = typer.Option(Path("biasaudit-fix"), "--out", "-o", help="Directory for model.pt, before/after audits, compare.json, train_log.json."),
     epochs: int = typer.Option(20, help="Training epochs."),
     lr: float = typer.Option(3e-3, help="Adam learning rate."),
@@ -35,16 +37,16 @@ def fix(
     embedding_points: int = typer.Option(5000, "--embedding-points", min=10, help="Both audits: points kept for the embedding plots."),
     gradient_batches: int = typer.Option(8, "--gradient-batches", min=1, help="Both audits: batches sampled for gradient conflict."),
     scan_batch_size: int = typer.Option(256, "--scan-batch-size", min=1, help="Both audits: samples per batch (training uses --batch-size)."),
-    scan_projection: str = typer.Option("umap", "--scan-projection", help="Both audits: 2-D projection of the embeddings, umap or pca "
+    scan_projection: Projection = typer.Option("umap", "--scan-projection", help="Both audits: 2-D projection of the embeddings, umap or pca "
                                         "(--projection is BalGrad's)."),
     audit_min_group: int = typer.Option(10, "--audit-min-group", min=1, help="Both audits: smallest group in worst-group accuracy "
                                         "(scan's --min-group; --min-group is MMDB's)."),
-    group_by: str = typer.Option("auto", "--group-by", help="Both audits: auto, bias or alignment (see scan)."),
+    group_by: GroupBy = typer.Option("auto", "--group-by", help="Both audits: auto, bias or alignment (see scan)."),
     ceiling_per_class: int = typer.Option(50, "--ceiling-per-class", min=1, help="Both audits: train samples per class of the ceiling probes."),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles."),
     scale: str = typer.Option("auto", help="MMDB: the cosine scale s, or auto (grid 1..32 by bias-balanced validation accuracy)."),
     min_group: int = typer.Option(1, "--min-group", min=1, help="MMDB --scale auto: smallest (label, bias) group counted in the bias-balanced accuracy."),
-    bias_source: str = typer.Option("auto", "--bias", help="MMDB: where the bias values come from: key (the adapter's bias_key), "
+    bias_source: BiasSource = typer.Option("auto", "--bias", help="MMDB: where the bias values come from: key (the adapter's bias_key), "
                                     "kmeans (k-means on the branch of the modality the model leans on; methods.md section 3) or auto "
                                     "(key when the adapter declares one)."),
     bias_modality: Optional[str] = typer.Option(None, "--bias-modality", help="MMDB with k-means bias: the modality whose branch is "
@@ -53,20 +55,19 @@ def fix(
     min_count: int = typer.Option(0, "--min-count", help="MMDB: ignore labels with fewer samples under a bias value."),
     entropy_gate: Optional[float] = typer.Option(None, "--entropy-gate", help="MMDB: zero the margins of bias values with label entropy >= this (bits)."),
     lambda_initial: float = typer.Option(0.1, "--lambda-initial", help="BalGrad: initial mutual-learning weight λ_0 (0..1)."),
-    lambda_schedule: str = typer.Option("linear", "--lambda-schedule", help="BalGrad: linear (λ_0 rising to 1) or constant (λ_0)."),
+    lambda_schedule: Schedule = typer.Option("linear", "--lambda-schedule", help="BalGrad: linear (λ_0 rising to 1) or constant (λ_0)."),
     beta: float = typer.Option(1.0, help="BalGrad: weight of the unimodal losses on the branches."),
-    kl_mode: str = typer.Option("mutual", "--kl-mode", help="BalGrad: mutual or undirected."),
-    projection: str = typer.Option("global", help="BalGrad: global or per_modality projection."),
-    head_mode: str = typer.Option("shared_zero", "--head-mode", help="BalGrad unimodal heads: shared_zero (the model with the other branch zeroed), "
+    kl_mode: KLMode = typer.Option("mutual", "--kl-mode", help="BalGrad: mutual or undirected."),
+    projection: BalGradProjection = typer.Option("global", help="BalGrad: global or per_modality projection."),
+    head_mode: HeadMode = typer.Option("shared_zero", "--head-mode", help="BalGrad unimodal heads: shared_zero (the model with the other branch zeroed), "
                                   "ogm_split (classifier weight slices, half the bias) or separate (new training-only linear heads)."),
-    balgrad_weights: str = typer.Option("batch", "--balgrad-weights", help="BalGrad KL weights: batch (this batch's unimodal losses) or "
+    balgrad_weights: WeightMode = typer.Option("batch", "--balgrad-weights", help="BalGrad KL weights: batch (this batch's unimodal losses) or "
                                         "running (their moving averages, momentum 0.9)."),
 ) -> None:
     """Retrain to reduce modality bias; write a drop-in state dict and before/after audits."""
     from biasaudit.adapter import load_adapter
-    from biasaudit.errors import InputError
     from biasaudit.fixing import run_fix
-    from biasaudit.scanning import PROJECTIONS, ScanConfig, with_mute_overrides
+    from biasaudit.scanning import ScanConfig, with_mute_overrides
     from biasaudit.training.loop import TrainConfig
 
     def interrupted() -> str:
@@ -74,17 +75,16 @@ def fix(
         kept = f"; the training state {state} is kept: --resume continues from its last finished epoch" if state.is_file() else ""
         return f"no results were written to {out_dir}{kept}"
 
+    method, scan_projection, group_by, bias_source, lambda_schedule, kl_mode, projection, head_mode, balgrad_weights = (
+        plain(c) for c in (method, scan_projection, group_by, bias_source, lambda_schedule, kl_mode, projection, head_mode, balgrad_weights))
     with handled(interrupted):
         # Parsed inside handled(): a bad --scale is a one-sentence exit 2 like every other option.
         options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate, "bias": bias_source,
                                       "dominant": bias_modality},
                    "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
                                "projection": projection, "head_mode": head_mode, "weights": balgrad_weights}}
-        # An unknown method gets its "Available: ..." error from the METHODS registry in run_fix.
         loaded = load_adapter(adapter)
         train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
-        if scan_projection not in PROJECTIONS:  # named by fix's own flag; --projection is BalGrad's
-            raise InputError(f"--scan-projection {scan_projection!r} is unknown. Available: {', '.join(PROJECTIONS)}.")
         # Every scan setting that shapes the audits' numbers, so that --before can reuse any scan taken the same way.
         # A bad one is named by fix's own flag.
         with naming_source({key: "command line" for key in FIX_SCAN_FLAGS}, *FIX_SCAN_FLAGS, flags=FIX_SCAN_FLAGS):

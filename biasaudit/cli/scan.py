@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from biasaudit.cli.app import app
+from biasaudit.cli.choices import GroupBy, Precision, Projection, plain
 from biasaudit.cli.console import (ADAPTER_HELP, err, explicit_options, handled, naming_source, out, print_verdict, progress_bars,
                                    summary_table)
 from biasaudit.cli.options import parse_mute, parse_unimodal
@@ -26,7 +27,7 @@ def scan(
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda.", rich_help_panel="Model and data"),
     batch_size: int = typer.Option(256, min=1, help="Samples per batch.", rich_help_panel="Model and data"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles (runs code from the file: only for checkpoints you trust).", rich_help_panel="Model and data"),
-    projection: str = typer.Option("umap", help="2-D projection of the embeddings: umap or pca.", rich_help_panel="Diagnostics"),
+    projection: Projection = typer.Option("umap", help="2-D projection of the embeddings.", rich_help_panel="Diagnostics"),
     bootstrap: int = typer.Option(1000, min=10, help="Bootstrap replicates for the 95% intervals.", rich_help_panel="Statistics"),
     gradient_batches: int = typer.Option(8, min=1, help="Batches sampled for the gradient-conflict histogram.", rich_help_panel="Diagnostics"),
     min_wrong: int = typer.Option(30, min=1, help="Minimum wrong predictions under a bias value to enter the unweighted JSD mean.", rich_help_panel="Statistics"),
@@ -35,12 +36,12 @@ def scan(
     mute: list[str] = typer.Option([], "--mute", help="What 'missing' means for a modality, e.g. image=mean (mid-grey) instead of the black image; repeatable.", rich_help_panel="Conditions"),
     mute_compare: bool = typer.Option(False, "--mute-compare", help="Also measure each modality's other muting choice (image: black and mid-grey) and say which modality each makes dominant.", rich_help_panel="Conditions"),
     min_group: int = typer.Option(10, "--min-group", min=1, help="Smallest (label, bias value) group that enters worst-group and bias-balanced accuracy.", rich_help_panel="Statistics"),
-    group_by: str = typer.Option("auto", "--group-by", help="Groups: bias = (label, bias value); alignment = (label, bias-aligned or conflicting); "
+    group_by: GroupBy = typer.Option("auto", "--group-by", help="Groups: bias = (label, bias value); alignment = (label, bias-aligned or conflicting); "
                                  "auto = bias unless its groups are too small to count half the samples.", rich_help_panel="Statistics"),
     ceiling_per_class: int = typer.Option(50, "--ceiling-per-class", min=1, help="Train samples per class the ceilings' linear probes are fitted on (seeded).", rich_help_panel="Diagnostics"),
     unimodal: list[str] = typer.Option([], "--unimodal", help="MODALITY=CHECKPOINT: a model of the same architecture trained on that modality alone, "
                                        "whose accuracy (other modalities muted) is the modality's ceiling instead of a linear probe; repeatable.", rich_help_panel="Conditions"),
-    precision: str = typer.Option("fp32", "--precision", help="Forward precision: fp32, or bf16 / fp16 autocast (CUDA only).", rich_help_panel="Model and data"),
+    precision: Precision = typer.Option("fp32", "--precision", help="Forward precision: fp32, or bf16 / fp16 autocast (CUDA only).", rich_help_panel="Model and data"),
     shard_spec: Optional[str] = typer.Option(None, "--shard", help="I/N: evaluate only shard I of N (the batches I, I+N, I+2N, ...; I counts from 0) "
                                              "and write its part, scan-part-I-of-N.pt, into --out; `biasaudit merge` turns the N parts into the audit. "
                                              "For job arrays; under torchrun the processes split the scan themselves.", rich_help_panel="Scale"),
@@ -64,7 +65,7 @@ def scan(
         check_output_dir(out_dir)
         shard = parse_shard(shard_spec) if shard_spec is not None else None
         settings = load_settings(config_file)
-        given = {name: value for name, value in ctx.params.items() if name in SCAN_KEYS}
+        given = {name: plain(value) for name, value in ctx.params.items() if name in SCAN_KEYS}
         v, sources = resolve(given, explicit_options(ctx), settings, "scan")
         joined = join_torchrun(v["device"])
         if joined is not None:

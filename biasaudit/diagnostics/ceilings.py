@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter
-from biasaudit.batches import checked_labels, indexed_batches, take_rows
+from biasaudit.batches import SplitLabels, checked_labels, indexed_batches, read_split_labels, take_rows
 from biasaudit.metrics.accuracy import ConditionScores
 from biasaudit.randomness import hash64
 
@@ -87,26 +87,22 @@ def token_masks(adapter: Adapter) -> dict[str, str | None]:
     return {m.name: m.mask_key for m in adapter.modalities}
 
 
-def probe_rows(adapter: Adapter, *, batch_size: int, seed: int, per_class: int) -> set[int]:
+def probe_rows(train: SplitLabels, *, seed: int, per_class: int) -> set[int]:
     """The train samples the probes are fitted on: per class the `per_class` with the smallest hash of (seed, index).
-    One read of train (no forward); the probe's cost then grows with the classes, not with the train split."""
-    indices, labels = [], []
-    for batch_indices, batch in indexed_batches(adapter, "train", batch_size=batch_size):
-        indices.append(batch_indices)
-        labels.append(checked_labels(batch, adapter, split="train"))
-    if not indices:
+    From train's labels (read once per scan, beside the JSD priors); the probe's cost then grows with the classes, not
+    with the train split."""
+    if not train.indices.size:
         return set()
-    index, label = np.concatenate(indices), np.concatenate(labels)
-    keys = hash64(seed, "ceiling-sample", index)
+    keys = hash64(seed, "ceiling-sample", train.indices)
     chosen: set[int] = set()
-    for y in np.unique(label):
-        members = np.flatnonzero(label == y)
-        chosen.update(int(i) for i in index[members[np.argsort(keys[members], kind="stable")[:per_class]]])
+    for y in np.unique(train.labels):
+        members = np.flatnonzero(train.labels == y)
+        chosen.update(int(i) for i in train.indices[members[np.argsort(keys[members], kind="stable")[:per_class]]])
     return chosen
 
 
 def fit_probes(model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Module], *, device: torch.device, batch_size: int,
-               seed: int, per_class: int = DEFAULT_PER_CLASS) -> tuple[dict[str, Any], int]:
+               seed: int, per_class: int = DEFAULT_PER_CLASS, train: SplitLabels | None = None) -> tuple[dict[str, Any], int]:
     """A standardised multinomial logistic regression per modality on its branch output, fitted on a seeded sample
     of `per_class` train samples per class (the same samples for every modality). Returns the probes and the
     number of forwarded training samples."""
@@ -114,7 +110,7 @@ def fit_probes(model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Mod
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    chosen = probe_rows(adapter, batch_size=batch_size, seed=seed, per_class=per_class)
+    chosen = probe_rows(read_split_labels(adapter, "train", batch_size=batch_size) if train is None else train, seed=seed, per_class=per_class)
     features: dict[str, list[np.ndarray]] = {m: [] for m in branches}
     labels: list[np.ndarray] = []
     tap = BranchTap(branches, token_masks(adapter))
