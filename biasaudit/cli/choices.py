@@ -1,6 +1,7 @@
 """The CLI's fixed choices as enums, each made from the library registry it names: `--help` lists them, and a typo
 is refused by click before any work (exit 2, one usage sentence). A settings file's values are strings checked by
-the library itself, with the same registry's "Available: ..." in its error."""
+the library itself, with the same registry's "Available: ..." in its error. (`gate` keeps every usage error on one
+line, which CI logs show whole, so its --jsd stays a string checked by the gate's own rules.)"""
 
 from __future__ import annotations
 

@@ -18,29 +18,29 @@ from biasaudit.cli.console import err, explicit_options, handled
 def gate(
     ctx: typer.Context,
     current: Path = typer.Argument(..., help="audit.json of the candidate model."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed)."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed).", rich_help_panel="Inputs"),
     min_worst_group: list[str] = typer.Option([], "--min-worst-group", metavar="CONDITION=PERCENT", help="CONDITION=PERCENT: FAIL when that condition's "
-                                              "worst-group accuracy is lower (repeatable; e.g. full=60). A bias rule."),
+                                              "worst-group accuracy is lower (repeatable; e.g. full=60). A bias rule.", rich_help_panel="Bias rules"),
     max_worst_group_drop: list[str] = typer.Option([], "--max-worst-group-drop", metavar="[CONDITION=]POINTS", help="POINTS or CONDITION=POINTS: FAIL when the "
-                                                   "worst-group accuracy (plain: of full) fell by more than this against --baseline."),
+                                                   "worst-group accuracy (plain: of full) fell by more than this against --baseline.", rich_help_panel="Bias rules"),
     max_bias_follow_increase: list[str] = typer.Option([], "--max-bias-follow-increase", metavar="[MODALITY=]POINTS", help="POINTS or MODALITY=POINTS: FAIL when "
                                                        "the excess bias-follow rate rose by more than this many percentage points "
-                                                       "against --baseline (plain: the baseline's carrier modality; repeatable)."),
+                                                       "against --baseline (plain: the baseline's carrier modality; repeatable).", rich_help_panel="Bias rules"),
     max_jsd_drop: Optional[float] = typer.Option(None, "--max-jsd-drop", help="FAIL when the JSD fell by more than this against "
-                                                 "--baseline (its mistakes copy the bias more)."),
+                                                 "--baseline (its mistakes copy the bias more).", rich_help_panel="Bias rules"),
     jsd: str = typer.Option("weighted", "--jsd", metavar="weighted|mean", help="Which JSD --max-jsd-drop reads: weighted (every bias value with a "
-                            "mistake, by its mistakes) or mean (only bias values with --min-wrong mistakes)."),
+                            "mistake, by its mistakes) or mean (only bias values with --min-wrong mistakes).", rich_help_panel="Bias rules"),
     max_gap: list[str] = typer.Option([], "--max-gap", metavar="[GROUP=]POINTS", help="POINTS or GROUP=POINTS: FAIL when a Gap of CURRENT exceeds this "
-                                      "(plain: every group, missing and noisy; repeatable). A reliance rule."),
+                                      "(plain: every group, missing and noisy; repeatable). A reliance rule.", rich_help_panel="Reliance rules"),
     max_gap_increase: list[str] = typer.Option([], "--max-gap-increase", metavar="[GROUP=]POINTS", help="POINTS or GROUP=POINTS: FAIL when a Gap grew by more "
-                                               "than this against --baseline (plain: every group; e.g. missing=2). A reliance rule."),
+                                               "than this against --baseline (plain: every group; e.g. missing=2). A reliance rule.", rich_help_panel="Reliance rules"),
     min_accuracy: list[str] = typer.Option([], "--min-accuracy", metavar="CONDITION=PERCENT", help="CONDITION=PERCENT: FAIL when that condition's accuracy is "
-                                           "lower (repeatable; e.g. full=90)."),
+                                           "lower (repeatable; e.g. full=90).", rich_help_panel="Accuracy and significance"),
     significant: bool = typer.Option(False, "--significant/--no-significant", help="A baseline rule's change past its limit fails "
-                                     "only when its whole paired 95% interval lies beyond the limit (else WARN)."),
-    json_output: bool = typer.Option(False, "--json", help="Print the machine verdict as JSON on stdout."),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report, one test case per rule."),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml)."),
+                                     "only when its whole paired 95% interval lies beyond the limit (else WARN).", rich_help_panel="Accuracy and significance"),
+    json_output: bool = typer.Option(False, "--json", help="Print the machine verdict as JSON on stdout.", rich_help_panel="Output"),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report, one test case per rule.", rich_help_panel="Output"),
+    config_file: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml).", rich_help_panel="Inputs"),
 ) -> None:
     """Turn audits into a CI verdict: exit 0 when no rule fails, 1 when one fails, 2 on a usage or input error."""
     import json
