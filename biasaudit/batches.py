@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import numpy as np
 import torch
@@ -67,7 +70,51 @@ class SplitLabels:
     bias: np.ndarray | None
 
 
+Result = TypeVar("Result")
+
+# Within a run (a scan, or fix's audits and training), each split's labels are read once: the reads made so far, by
+# (adapter, split). A context variable, so nothing is kept between runs and concurrent runs keep their own.
+_RUN_READS: ContextVar[dict[tuple[int, str], tuple[Adapter, SplitLabels]] | None] = ContextVar("biasaudit_run_reads", default=None)
+
+
+@contextmanager
+def reads_shared_by_the_run() -> Iterator[None]:
+    """Inside, read_split_labels reads each split of an adapter once (the JSD priors, the ceilings' probe sample and
+    MMDB's margins share one read); a nested block joins the outer one. The adapter's data() must yield the same
+    samples on every pass, as a scan already requires."""
+    if _RUN_READS.get() is not None:
+        yield
+        return
+    token = _RUN_READS.set({})
+    try:
+        yield
+    finally:
+        _RUN_READS.reset(token)
+
+
+def shares_reads(function: Callable[..., Result]) -> Callable[..., Result]:
+    """`function` runs inside reads_shared_by_the_run()."""
+    @functools.wraps(function)
+    def run(*args: Any, **kwargs: Any) -> Result:
+        with reads_shared_by_the_run():
+            return function(*args, **kwargs)
+    return run
+
+
 def read_split_labels(adapter: Adapter, split: str, *, batch_size: int) -> SplitLabels:
+    """Every label and bias value of a split, with the global indices; read once per run (reads_shared_by_the_run)."""
+    shared = _RUN_READS.get()
+    source = getattr(adapter, "reads_as", adapter)  # a copy with other mutes (scanning.with_mute_overrides) reads the same data
+    key = (id(source), split)
+    if shared is not None and key in shared:
+        return shared[key][1]
+    read = _read_split_labels(adapter, split, batch_size=batch_size)
+    if shared is not None:
+        shared[key] = (source, read)  # the adapter is held so that its id is not reused meanwhile
+    return read
+
+
+def _read_split_labels(adapter: Adapter, split: str, *, batch_size: int) -> SplitLabels:
     indices, labels, bias = [], [], []
     for batch_indices, batch in indexed_batches(adapter, split, batch_size=batch_size):
         indices.append(batch_indices)

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 from torch import nn
 
 from biasaudit.adapter import Adapter
+from biasaudit.batches import shares_reads
 from biasaudit.audit import audit_model, load_model_noting_prefix, stage_audit
 from biasaudit.output_paths import check_output_dir
 from biasaudit.checkpoint import save_state_atomic
@@ -121,6 +122,7 @@ class FixFiles:
     outcome: FixOutcome
 
 
+@shares_reads  # the audits' JSD priors and MMDB's margins read train's labels once
 def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
               scan_config: ScanConfig, before: dict[str, Any] | None = None, state_dir: str | Path | None = None, resume: bool = False,
               min_group: int = 1, progress: Progress | None = None, checkpoint: str | Path | None = None, adapter_spec: str | None = None,

@@ -13,7 +13,6 @@ discovery and a second pass for groups and the carrier test on the discovered va
 from __future__ import annotations
 
 import copy
-import functools
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -27,7 +26,7 @@ from torch import nn
 
 from biasaudit import analyses
 from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import SplitLabels, bias_values, checked_labels, indexed_batches, read_split_labels
+from biasaudit.batches import SplitLabels, bias_values, checked_labels, indexed_batches, read_split_labels, shares_reads
 from biasaudit.conditions import Condition, parse_conditions, parse_diagnostics
 from biasaudit.diagnostics.carrier import CarrierAccumulator
 from biasaudit.diagnostics.ceilings import DEFAULT_PER_CLASS, BranchTap, ceilings_section, fit_probes, token_masks
@@ -70,6 +69,7 @@ def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...]) -> 
                              f"modality {m.name!r}. Available: {', '.join(mutes)}.")
     copied = copy.copy(adapter)
     copied.modalities = [replace(m, missing=overrides.get(m.name, m.missing)) for m in adapter.modalities]
+    copied.reads_as = getattr(adapter, "reads_as", adapter)  # the same data: split reads are shared with the original
     return copied
 
 
@@ -220,6 +220,7 @@ def _setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branch
     return forwarded, note
 
 
+@shares_reads
 def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress | None = None,
                unimodal_models: Mapping[str, nn.Module] | None = None, distributed: bool = False) -> dict[str, Any]:
     """Evaluate every condition and every diagnostic; return the audit's sections (no manifest).
@@ -239,6 +240,7 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         return _finish_on_rank_zero(state, context, adapter=adapter, config=config, model=model, device=device, progress=progress)
 
 
+@shares_reads
 def scan_shard(model: nn.Module, adapter: Adapter, *, config: ScanConfig, shard: Shard, progress: Progress | None = None,
                unimodal_models: Mapping[str, nn.Module] | None = None) -> tuple[ScanContext, ScanState]:
     """One shard of a scan, for job arrays without a process group: its context and state, which
@@ -313,8 +315,10 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         largest, pool = _read_split_ahead(adapter, config, lambda idx, batch: bias_values(batch, adapter, split=config.split) if by_key
                                           else np.zeros(len(idx), dtype=np.int64), pool=pooled, progress=progress)
         split_bias_max = largest if sized else None
-    # Train's labels and bias values, read at most once: the JSD priors and the ceilings' probe sample both count them.
-    train = functools.cache(lambda: read_split_labels(adapter, "train", batch_size=config.batch_size))
+    # Train's labels and bias values, read at most once per run: the JSD priors and the ceilings' probe sample both count them.
+    def train() -> SplitLabels:
+        return read_split_labels(adapter, "train", batch_size=config.batch_size)
+
     diagnostics = analyses.FullConditionDiagnostics(adapter, config=config, split_bias_max=split_bias_max, train=train)
     branches = {m: module for m, module in (optional_hook(adapter, "branches", model) or {}).items() if m in names}
     setup = _pass_setup(adapter, conditions, config)

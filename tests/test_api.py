@@ -185,3 +185,23 @@ def test_an_unknown_scan_setting_is_an_input_error_naming_the_available_ones(sca
     adapter = module.ShortcutAdapter()
     with pytest.raises(InputError, match=r"scan has no setting 'nonsense'\. Available: .*bootstrap"):
         ba.scan(adapter.build_model(), adapter, nonsense=1)
+
+
+def test_a_fix_reads_trains_labels_once_for_both_audits(monkeypatch):
+    """Reading a split can be the slow part of a run (images decoded from disk): the before and after audits' JSD
+    priors and probe samples all count train's labels, which one read gives them. MMDB's margins count the training
+    view of train (without the rows held out for validation), which is other data and is read once more."""
+    import biasaudit.batches as batches
+    from biasaudit.datasets.demo_model import DemoModel, DigitsCaptionsAdapter
+
+    adapter = DigitsCaptionsAdapter(seed=0)
+    model = DemoModel()
+    reads = []
+    real = batches._read_split_labels
+    monkeypatch.setattr(batches, "_read_split_labels", lambda adapter, split, **kw: reads.append(split) or real(adapter, split, **kw))
+    ba.fix(model, adapter, method="mmdb", epochs=1, projection="pca", bootstrap=50, conditions="missing", options={"scale": 8.0})
+    assert reads.count("train") == 2, reads  # the audits' one read, and the training view's
+    reads.clear()
+    ba.scan(model, adapter, **FAST, conditions="missing", mute=(("image", "mean"),))  # a copy with other mutes reads the same data
+    ba.scan(model, adapter, **FAST, conditions="missing")
+    assert reads.count("train") == 2, "each run reads once: nothing is kept between runs"
