@@ -45,6 +45,10 @@ class Adapter:
     # wrappers' prefixes "module." (DataParallel/DDP), "_orig_mod." (torch.compile) and "model." are removed
     # when that is what makes the keys match, and the audit's manifest names what was removed.
     state_dict_prefix: str | None = None
+    # A scan reads the next batches of data() in a background thread while it forwards this one. Set False when
+    # data() must not run beside prepare() and forward(): it shares an object that is not thread-safe with them (a
+    # Hugging Face fast tokenizer used in both), or it hands out one buffer that it refills for every batch.
+    read_ahead: bool = True
 
     # ---- required -----------------------------------------------------------------------------
     def build_model(self) -> nn.Module:

@@ -104,7 +104,9 @@ def shares_reads(function: Callable[..., Result]) -> Callable[..., Result]:
 def read_split_labels(adapter: Adapter, split: str, *, batch_size: int) -> SplitLabels:
     """Every label and bias value of a split, with the global indices; read once per run (reads_shared_by_the_run)."""
     shared = _RUN_READS.get()
-    source = getattr(adapter, "reads_as", adapter)  # a copy with other mutes (scanning.with_mute_overrides) reads the same data
+    # A copy with other mutes (scanning.with_mute_overrides) reads the same data. Its own attribute only: a view that
+    # forwards attributes (training's TrainingView, without the held-out rows) reads other data.
+    source = vars(adapter).get("reads_as", adapter)
     key = (id(source), split)
     if shared is not None and key in shared:
         return shared[key][1]

@@ -8,9 +8,12 @@ batch where it happened, after the batches before it; leaving the loop early sto
 
 from __future__ import annotations
 
+import contextvars
 import queue
 import threading
 from typing import Callable, Iterable, Iterator, TypeVar
+
+import torch
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -18,6 +21,7 @@ Result = TypeVar("Result")
 # Batches read ahead of the one being evaluated: enough to hide a slow read behind a fast forward, while holding only
 # two batches' inputs in memory.
 DEPTH = 2
+JOIN_SECONDS = 1.0
 _DONE = object()
 
 
@@ -26,8 +30,12 @@ class _Failed:
         self.error = error
 
 
-def prefetched(items: Iterable[Item], work: Callable[[Item], Result], *, depth: int = DEPTH) -> Iterator[Result]:
-    """work(item) for every item, in order, computed by a background thread up to `depth` items ahead."""
+def prefetched(items: Iterable[Item], work: Callable[[Item], Result], *, depth: int = DEPTH, ahead: bool = True) -> Iterator[Result]:
+    """work(item) for every item, in order, computed by a background thread up to `depth` items ahead; in line when
+    not `ahead` (an adapter whose data() must not run beside its forwards, Adapter.read_ahead)."""
+    if not ahead:
+        yield from map(work, items)
+        return
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
@@ -42,14 +50,17 @@ def prefetched(items: Iterable[Item], work: Callable[[Item], Result], *, depth: 
 
     def produce() -> None:
         try:
-            for item in items:
-                if stop.is_set() or not hand_over(work(item)):
-                    return
+            with torch.set_grad_enabled(grad_enabled):  # the caller's grad mode: a thread starts with its own
+                for item in items:
+                    if stop.is_set() or not hand_over(work(item)):
+                        return
             hand_over(_DONE)
         except BaseException as error:  # handed to the consumer, which raises it where the loop is
             hand_over(_Failed(error))
 
-    thread = threading.Thread(target=produce, name="biasaudit-prefetch", daemon=True)
+    grad_enabled = torch.is_grad_enabled()
+    # The caller's context variables too (a thread starts with an empty context): what the run shares stays shared.
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(produce,), name="biasaudit-prefetch", daemon=True)
     thread.start()
     try:
         while True:
@@ -61,4 +72,6 @@ def prefetched(items: Iterable[Item], work: Callable[[Item], Result], *, depth: 
             yield value
     finally:
         stop.set()
-        thread.join()
+        # The read in hand finishes on its own (a daemon thread, it never holds the process): an interrupted scan does
+        # not wait for a slow read.
+        thread.join(timeout=JOIN_SECONDS)

@@ -51,10 +51,11 @@ def uniform(seed: int, stream: str, *keys: np.ndarray | int) -> np.ndarray:
     return (hash64(seed, stream, *keys) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
-# P(Poisson(1) <= k) for k = 0..19; beyond 19 the remaining mass is below 1e-17.
+# P(Poisson(1) <= k) for k = 0..19; beyond 19 the remaining mass is below 1e-17 (in float64 the CDF reaches 1 at
+# k = 18, so no draw exceeds 18).
 _POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1, dtype=np.float64)) for k in range(20)])
 # The inverse CDF by table: a 16-bit draw picks one of 65,536 buckets of [0, 1); a bucket that lies wholly between two
-# CDF steps has one Poisson value, and only the 19 buckets that a step cuts (marked -1) need more bits.
+# CDF steps has one Poisson value, and only the 8 buckets that a step cuts (marked -1) need more bits.
 _BUCKET_BITS = 16
 _TAIL_BITS = 53 - _BUCKET_BITS
 _BUCKET_LOW = np.searchsorted(_POISSON1_CDF, np.arange(1 << _BUCKET_BITS) / float(1 << _BUCKET_BITS), side="right")
@@ -66,8 +67,8 @@ def poisson1(seed: int, stream: str, indices: np.ndarray, replicates: int) -> np
     """Poisson(1) draws [len(indices), replicates] (int64) by the inverse CDF of 53-bit counter-based uniforms.
 
     Speed: each 64-bit word gives four replicates their top 16 bits (replicate r is lane r % 4 of word r // 4, read
-    little-endian on every machine), which settle the value by table in all but 19 of 65,536 buckets. Only a draw that
-    lands in a cut bucket (0.03%) hashes its remaining 37 bits from a second stream, so every draw is still the inverse
+    little-endian on every machine), which settle the value by table in all but 8 of 65,536 buckets. Only a draw that
+    lands in a cut bucket (0.01%) hashes its remaining 37 bits from a second stream, so every draw is still the inverse
     CDF of a 53-bit uniform, at a quarter of the hashing and without a search."""
     indices = np.asarray(indices, dtype=np.int64)
     words = SampleDraws(seed, stream, indices).words(-(-replicates // 4))

@@ -365,7 +365,8 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
             return _ReadBatch(indices, batch, labels, bias, evaluator.draw_weights(indices))
 
         with torch.no_grad():
-            for batches, read_batch in enumerate(prefetched(enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)), read), start=1):
+            for batches, read_batch in enumerate(prefetched(enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)), read,
+                                                                 ahead=getattr(adapter, "read_ahead", True)), start=1):
                 indices, batch, labels, bias, weights = read_batch
                 split_samples += len(indices)
                 if weights is None:  # another shard's batch

@@ -41,7 +41,8 @@ from biasaudit.scan_state import PassState, ScanContext, ScanState, merged
 from biasaudit.sharding import Shard
 
 FORMAT = "biasaudit-scan-part"
-FORMAT_VERSION = 1
+# Version 2: the accumulators' layouts of generator v3 (group sums gathered per 4,096 samples, calibration per [K, bins]).
+FORMAT_VERSION = 2
 _CLASSES = {cls.__name__: cls for cls in (
     PassState, ScanState, ScanContext, Condition, Modality, ConditionAccumulator, CalibrationAccumulator, ExactSum, Moments,
     GroupAccumulator, CarrierAccumulator, SwapCounts, ShapleyAccumulator, InteractionAccumulator, SampleFingerprint,
@@ -179,11 +180,16 @@ def read_part(path: str | Path) -> ScanPart:
                          "Write the parts and merge them with one version.")
     try:
         index, count = payload["shard"]
-        return ScanPart(path=path, shard=Shard(int(index), int(count)), identity=_decode(payload["identity"]),
+        part = ScanPart(path=path, shard=Shard(int(index), int(count)), identity=_decode(payload["identity"]),
                         facts=_decode(payload["facts"]), context=_decode(payload["context"]), state=_decode(payload["state"]),
                         extra=_decode(payload["extra"]))
     except (KeyError, ValueError, TypeError, IndexError, RecursionError, InputError) as exc:
         raise InputError(f"Part {path} is damaged ({type(exc).__name__}: {exc}); write it again with biasaudit scan --shard I/N.") from None
+    generator = part.identity.get("generator") if isinstance(part.identity, Mapping) else None
+    if generator != GENERATOR:
+        raise InputError(f"Part {path} was drawn by random generator {generator!r}; this biasaudit draws with {GENERATOR!r}. "
+                         "Write the parts and merge them with one version.")
+    return part
 
 
 def _identity_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:

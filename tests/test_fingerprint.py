@@ -38,3 +38,23 @@ def test_the_fingerprint_is_a_sum_by_index_that_any_batching_reaches():
     order = np.r_[1, 0, 2:10]
     swapped.update(labels[order], inputs={"x": images[order]}, indices=np.arange(10))
     assert swapped.to_dict()["inputs_sha256"]["x"] != whole.to_dict()["inputs_sha256"]["x"]
+
+
+def test_structured_changes_do_not_cancel_in_a_rows_hash():
+    """A plain sum of odd multiples of the words missed changes in the words' top bits in pairs: a row negated, two
+    signs flipped (as an SVD's sign ambiguity does), two bytes changed at the top of two words; and rows of zeros
+    hashed alike whatever their type or shape."""
+    rng = np.random.default_rng(0)
+    rows = rng.normal(size=(200, 16))
+    flipped = rows.copy()
+    flipped[:, [2, 5]] *= -1
+    for changed in (-rows, flipped, flipped.astype(np.float32), -rows.astype(np.float32)):
+        base = rows.astype(changed.dtype)
+        assert not np.any(row_hashes(changed) == row_hashes(base))
+    raw = rng.integers(0, 256, size=(5000, 16), dtype=np.uint8)
+    edited = raw.copy()
+    edited[:, [7, 15]] = rng.integers(0, 256, size=(5000, 2), dtype=np.uint8)
+    differs = np.any(edited != raw, axis=1)
+    assert not np.any(row_hashes(edited)[differs] == row_hashes(raw)[differs])
+    zeros = [row_hashes(np.zeros((1,) + shape, dtype=dtype))[0] for shape in ((4,), (8,), (2, 4)) for dtype in (np.float32, np.float64, np.int64)]
+    assert len(set(zeros)) == len(zeros)

@@ -53,3 +53,22 @@ def test_leaving_the_loop_early_stops_the_reading_thread():
     loop.close()
     assert not any(t.name == "biasaudit-prefetch" and t.is_alive() for t in threading.enumerate())
     assert len(read) <= 3 + 2 + 2  # what was handed over, what the queue held, and the one in hand
+
+
+def test_the_reading_thread_sees_the_callers_grad_mode_and_context_and_can_be_turned_off():
+    """A thread starts with gradients on and an empty context: reading under the scan's no_grad would silently build
+    autograd graphs in a user's data(), and the run's shared reads (a context variable) would be missed."""
+    import contextvars
+
+    import torch
+
+    marker = contextvars.ContextVar("marker", default="unset")
+    marker.set("the caller's")
+
+    def seen(item):
+        return threading.current_thread().name, torch.is_grad_enabled(), marker.get()
+
+    with torch.no_grad():
+        assert set(prefetched(range(3), seen)) == {("biasaudit-prefetch", False, "the caller's")}
+        # Adapter.read_ahead = False: data() must not run beside the forwards; everything is read in line.
+        assert set(prefetched(range(3), seen, ahead=False)) == {(threading.current_thread().name, False, "the caller's")}

@@ -77,3 +77,29 @@ def test_negative_bias_values_are_named_as_a_data_error():
 
     with pytest.raises(DataError, match=r"Bias values 'k' of split '(train|test)' must be non-negative integers; found -1"):  # whichever is read first
         scan(NegativeBias())
+
+
+def test_an_adapter_that_must_not_read_beside_its_forwards_is_read_in_line():
+    """Adapter.read_ahead = False: its data() shares something that is not thread-safe with prepare() (a fast
+    tokenizer), so the scan must never call it from the reading thread."""
+    import threading
+
+    threads = set()
+
+    class InLine(tiny_adapter.TinyAdapter):
+        read_ahead = False
+
+        def data(self, split, *, batch_size):
+            for batch in super().data(split, batch_size=batch_size):
+                threads.add(threading.current_thread().name)
+                yield batch
+
+    inline = scan(InLine())
+    threads_inline, threads = threads, set()
+
+    class Ahead(InLine):
+        read_ahead = True
+
+    ahead = scan(Ahead())
+    assert threads_inline == {threading.current_thread().name} and "biasaudit-prefetch" in threads
+    assert inline["conditions"] == ahead["conditions"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,11 +117,35 @@ def test_merging_the_wrong_parts_is_refused_naming_them(how, message, demo_parts
 
 
 def test_a_part_holding_an_object_merge_does_not_rebuild_is_refused_without_running_it(tmp_path):
-    payload = {"format": "biasaudit-scan-part", "version": 1, "shard": [0, 1], "identity": ["object", "Popen", []],
+    from biasaudit.shard_parts import FORMAT_VERSION
+
+    payload = {"format": "biasaudit-scan-part", "version": FORMAT_VERSION, "shard": [0, 1], "identity": ["object", "Popen", []],
                "facts": None, "context": None, "state": None, "extra": None}
     torch.save(payload, tmp_path / "evil.pt")
     with pytest.raises(InputError, match="is damaged"):
         merge_parts([tmp_path / "evil.pt"])
+
+
+@pytest.mark.parametrize("change, message", [
+    ("older format", "is of part format 1; this biasaudit reads format"),
+    ("older generator", "was drawn by random generator {'name': 'splitmix64-counter', 'version': 2}; this biasaudit draws with"),
+])
+def test_a_part_written_by_another_biasaudit_is_refused_naming_it(change, message, demo_parts, tmp_path):
+    """An older biasaudit's part holds other accumulator layouts and other draws: merging it would fail mid-way or mix
+    two generators' bootstrap weights into one audit."""
+    from biasaudit.shard_parts import _decode, _encode
+
+    payload = torch.load(demo_parts["seed0"][1], weights_only=True)
+    if change == "older format":
+        payload["version"] = 1
+    else:
+        identity = _decode(payload["identity"])
+        identity["generator"] = {"name": "splitmix64-counter", "version": 2}
+        payload["identity"] = _encode(identity)
+    torch.save(payload, tmp_path / "old.pt")
+    with pytest.raises(InputError, match=re.escape(message)) as refused:
+        merge_parts([demo_parts["seed0"][0], tmp_path / "old.pt", demo_parts["seed0"][2]])
+    assert str(tmp_path / "old.pt") in str(refused.value)
 
 
 @pytest.mark.parametrize("text, message", [

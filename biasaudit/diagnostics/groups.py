@@ -113,7 +113,7 @@ class GroupAccumulator:
         right = np.stack([predictions[c] == labels for c in self.condition_names])  # [K, B]
         for c, row in zip(self.condition_names, right):
             self.correct[c] += np.bincount(group[row], minlength=size)
-        self._gathered.append((group, right, weights.astype(np.uint8)))  # Poisson(1) draws stop at 19 (randomness.py)
+        self._gathered.append((group, right, weights.astype(np.uint8)))  # Poisson(1) draws stop at 18 (randomness.py)
         self._gathered_rows += group.size
         if self._gathered_rows >= GATHERED_ROWS:
             self._take_sums()

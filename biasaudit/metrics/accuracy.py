@@ -35,7 +35,7 @@ def bootstrap_weights(indices: np.ndarray, *, replicates: int, seed: int) -> np.
     return poisson1(seed, "bootstrap-weights", np.asarray(indices, dtype=np.int64), replicates)
 
 
-# Poisson(1) weights stop at 19 (randomness.py): below this many rows every product and partial sum of a batch's
+# Poisson(1) weights stop at 18 (randomness.py): below this many rows every product and partial sum of a batch's
 # weighted count is an integer below 2**24, which float32 holds exactly.
 FLOAT32_EXACT_ROWS = 2**24 // 20
 
