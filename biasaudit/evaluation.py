@@ -98,6 +98,8 @@ class BatchEvaluator:
             if c.group != "full" and muting is not None and muting.mutes:
                 key = (c.modality, muting.name)
                 self._mute_reach[key] = max(self._mute_reach.get(key, 0.0), c.severity)
+        self._partial_fractions = sorted({c.severity for c in setup.conditions if c.group != "full" and c.severity < 1.0
+                                          and setup.impairments.get(c.name) is not None and setup.impairments[c.name].mutes})
         self.forwards: Counter[str] = Counter()  # forwarded samples per diagnostic
         if setup.pool is not None and setup.preferred is not None:
             self.targets = targets(setup.pool.bias, setup.pool.label, setup.preferred)
@@ -149,6 +151,7 @@ class BatchEvaluator:
         s = self.setup
         self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
         self._mute_draws: np.ndarray | None = None
+        self._masks_on_device: torch.Tensor | None = None
         self._whole_mutes: dict[tuple[str, str], dict[str, Any]] = {}
         self._mute_logit_cache: dict[tuple[str, str], torch.Tensor] = {}
         weights = self.draw_weights(indices) if weights is None else weights
@@ -211,7 +214,7 @@ class BatchEvaluator:
             is_mute = condition.group == "missing"
             muted = self._mute_logits(m, impairment, full_logits, condition=condition.name, tap=is_mute)
             if condition.severity < 1.0:
-                rows = torch.as_tensor(self._muted_rows(condition.severity), device=full_logits.device)
+                rows = self._muted_masks(full_logits.device)[self._partial_fractions.index(condition.severity)]
                 return torch.where(rows[:, None], muted.to(full_logits.dtype), full_logits)
             if is_mute:
                 self._subsets[frozenset(self.modalities) - {m.name}] = muted
@@ -250,6 +253,13 @@ class BatchEvaluator:
         if key not in self._whole_mutes:
             self._whole_mutes[key] = self._impaired(modality, impairment, 1.0)
         return self._whole_mutes[key]
+
+    def _muted_masks(self, device: torch.device) -> torch.Tensor:
+        """[fractions, B] on the device: the batch's muted rows at every partial fraction of the scan, copied to the device
+        in one transfer per batch rather than one per condition."""
+        if self._masks_on_device is None:
+            self._masks_on_device = torch.as_tensor(np.stack([self._muted_rows(f) for f in self._partial_fractions]), device=device)
+        return self._masks_on_device
 
     def _muted_rows(self, fraction: float) -> np.ndarray:
         """`muted_subset` of this batch, with its per-sample draws made once per batch for every ratio condition."""
