@@ -11,6 +11,7 @@ Prints, measured in this one run on this machine:
 3. today's scan against the scan of an earlier commit (--baseline REV, run from a git worktree in a
    subprocess on the same data) for the demo-size model;                            target <= 0.6x
 4. peak traced memory (tracemalloc) of a scan of 10N samples against one of N.      target <= 1.1x
+5. a scan whose data() is slow, reading ahead (a background thread) against reading in line (Adapter.read_ahead).
 
     python bench/scan_speed.py                      # N = 20000, baseline 0e901eb, best of 3 runs each
     python bench/scan_speed.py --device cuda        # on a GPU
@@ -212,6 +213,20 @@ def peak_memory_mib(n: int, device: str) -> float:
     return peak / 2**20
 
 
+class SlowReading(SyntheticAdapter):
+    """Every batch of data() takes `delay` seconds to read, as decoding images from disk would (sleeping, like I/O,
+    holds no lock). `read_ahead` is set per instance to compare reading ahead with reading in line."""
+
+    def __init__(self, n: int, *, delay: float, read_ahead: bool) -> None:
+        super().__init__(n, width=32, depth=0)
+        self.delay, self.read_ahead = delay, read_ahead
+
+    def data(self, split, *, batch_size):
+        for batch in super().data(split, batch_size=batch_size):
+            time.sleep(self.delay)
+            yield batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000, help="samples of the synthetic test split")
@@ -246,6 +261,15 @@ def main() -> None:
         new = demo_scan_seconds(ROOT, args.device, args.repeats)
         print(f"3. demo model, ood split: this scan / the scan of {args.baseline}: {new / old:.3f}x (now {new:.2f} s, then {old:.2f} s)   "
               "target <= 0.6x")
+
+    # 5. Reading overlapped with the forwards: a split read once ahead of the pass (donor pool, bias range) and once
+    # by it; only the pass's read can overlap. The delay per batch is about what the pass spends on a batch.
+    delay = 0.008
+    ahead = min(scan_seconds(SlowReading(args.n, delay=delay, read_ahead=True), args.device)[0] for _ in range(args.repeats))
+    inline = min(scan_seconds(SlowReading(args.n, delay=delay, read_ahead=False), args.device)[0] for _ in range(args.repeats))
+    batches = -(-args.n // config(args.device).batch_size)
+    print(f"5. data() taking {delay * 1e3:.0f} ms per batch ({batches} batches, {batches * delay:.2f} s per read): scan reading ahead / "
+          f"in line: {ahead / inline:.3f}x (ahead {ahead:.2f} s, in line {inline:.2f} s)   no target: the pass's read hides behind its forwards")
 
     if not args.skip_memory:
         low, high = peak_memory_mib(args.n, args.device), peak_memory_mib(10 * args.n, args.device)
