@@ -13,7 +13,7 @@ from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.batches import SplitLabels, bias_range, bias_values, checked_labels, indexed_batches, labels_and_bias
 from biasaudit.errors import DataError
 from biasaudit.metrics.embeddings import EmbeddingSample, angular_spread, project_2d
-from biasaudit.metrics.gradients import gradient_conflict
+from biasaudit.metrics.gradients import SeededSample, gradient_conflict
 from biasaudit.metrics.jsd import BiasPrior, JSDAccumulator, discover_bias_clusters
 
 
@@ -86,11 +86,10 @@ class FullConditionDiagnostics:
             self.embeddings.update(features.flatten(1).float().cpu().numpy(), labels, bias, indices=indices)
 
     # ---- after the pass -------------------------------------------------------------------------
-    def gradient_conflict(self, model: nn.Module, *, device: torch.device, progress) -> dict[str, Any]:
+    def gradient_conflict(self, model: nn.Module, *, device: torch.device, progress, sample: SeededSample) -> dict[str, Any]:
+        """On `sample`, the seeded batches the pass kept as it read the split."""
         progress("gradients", 0, self.config.gradient_batches)
-        batches = indexed_batches(self.adapter, self.config.split, batch_size=self.config.batch_size)
-        conflict = gradient_conflict(model, self.adapter, batches, device=device, seed=self.config.seed,
-                                     max_batches=self.config.gradient_batches).to_dict()
+        conflict = gradient_conflict(model, self.adapter, sample.chosen(), device=device, seed=self.config.seed).to_dict()
         progress("gradients", self.config.gradient_batches, self.config.gradient_batches)
         return conflict
 

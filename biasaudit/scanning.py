@@ -41,6 +41,7 @@ from biasaudit.fingerprint import SampleFingerprint
 from biasaudit.impairments import IMPAIRMENTS, muting_impairment, resolve_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator
 from biasaudit.metrics.gap import dominant_modality
+from biasaudit.metrics.gradients import SeededSample
 from biasaudit.prefetch import prefetched
 from biasaudit.progress import Progress, silent
 from biasaudit.scan_state import PassState, ScanContext, ScanState, merged
@@ -351,6 +352,7 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         whole_split = SampleFingerprint(with_bias=adapter.bias_key is not None) if shard.count > 1 else None
         total = _batch_count(adapter, config.split, config.batch_size)
         seen = split_samples = batches = 0
+        conflict_sample = SeededSample(k=config.gradient_batches, seed=config.seed) if shard.index == 0 else None
 
         def read(numbered: tuple[int, tuple[np.ndarray, Mapping[str, Any]]]) -> _ReadBatch:
             # In the reading thread (biasaudit/prefetch.py): everything that needs the batch but not the model.
@@ -359,6 +361,8 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
             bias = bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None
             if whole_split is not None:
                 whole_split.update(labels, bias, indices=indices)
+            if conflict_sample is not None:  # chosen over the whole split as it is read: no read of its own
+                conflict_sample.offer(step, (indices, batch))
             if not shard.owns(step):
                 return _ReadBatch(indices, batch, labels, bias, None)
             fingerprint.update(labels, bias, inputs=batch, indices=indices)
@@ -379,7 +383,7 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
             raise DataError(f"Split {config.split!r} is empty; the adapter's data() yielded no samples.")
         if total is None:  # the batch count is known only now: let the bar finish instead of ticking on
             progress("conditions", batches, batches)
-        conflict = diagnostics.gradient_conflict(model, device=device, progress=progress) if shard.index == 0 else None
+        conflict = diagnostics.gradient_conflict(model, device=device, progress=progress, sample=conflict_sample) if conflict_sample is not None else None
     finally:
         feature_tap.close()
         if setup.tap is not None:

@@ -341,17 +341,21 @@ def test_worst_group_that_covers_only_aligned_groups_says_it_cannot_see_the_bias
 
 def test_a_default_scan_reads_each_split_no_more_often_than_it_must():
     """Reading data is often the slow part of a real scan (decoding images from disk). The evaluated split is read
-    once ahead of the pass (its largest bias value and the carrier's donor pool, together), once by the pass, and, for
-    a model with shared parameters, once more as far as the gradient-conflict batches. Train is read twice: its labels
-    once for both the JSD priors and the probes' sample, then the sampled rows for the probes' forwards."""
+    twice: once ahead of the pass (its largest bias value and the carrier's donor pool, together) and once by the
+    pass, which also keeps the gradient-conflict batches as it goes. Train is read twice: its labels once for both
+    the JSD priors and the probes' sample, then the sampled rows for the probes' forwards."""
+    from biasaudit.datasets.demo_model import DemoModel, DigitsCaptionsAdapter
+
     reads = []
 
-    class Counting(FX.ShortcutAdapter):
-        def data(self, split, *, batch_size):
-            reads.append(split)
-            return super().data(split, batch_size=batch_size)
+    class Counting(DigitsCaptionsAdapter):
+        def data(self, split, *, batch_size):  # a read is counted when its first batch is taken, not when data() is called
+            for step, batch in enumerate(super().data(split, batch_size=batch_size)):
+                if step == 0:
+                    reads.append(split)
+                yield batch
 
-    scan(Counting(), conditions="default", gradient_batches=1)
-    evaluated = [r for r in reads if r == "test"]
-    assert reads.count("train") == 2
-    assert 2 <= len(evaluated) <= 3, reads
+    audit = audit_model(DemoModel(), Counting(seed=0), config=ScanConfig(**{**FAST, "conditions": "default", "gradient_batches": 2,
+                                                                         "split": "ood", "batch_size": 64}), checkpoint=None)
+    assert audit["gradient_conflict"]["available"] and audit["gradient_conflict"]["n_batches"] == 2
+    assert reads.count("ood") == 2 and reads.count("train") == 2, reads

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter, Modality
-from biasaudit.metrics.gradients import gradient_conflict
+from biasaudit.metrics.gradients import gradient_conflict, seeded_batches
 
 S = 2.0
 BATCH_LABELS = [0, 1, 0, 1]
@@ -88,7 +88,7 @@ def _batches(n: int):
 
 
 def _run(model: nn.Module, adapter: Adapter | None = None, *, n: int = 3, max_batches: int = 8):
-    return gradient_conflict(model, adapter or TwoTensorAdapter(), _batches(n), device="cpu", seed=0, max_batches=max_batches)
+    return gradient_conflict(model, adapter or TwoTensorAdapter(), seeded_batches(_batches(n), k=max_batches, seed=0), device="cpu", seed=0)
 
 
 EXPECTED_COS = 1.0 / (math.sqrt(2.0) * math.sqrt(1.0 + S * S))
@@ -146,7 +146,7 @@ def test_model_without_shared_parameters_reports_unavailable_instead_of_crashing
 
 
 def test_no_batches_reports_unavailable():
-    result = gradient_conflict(LateFusion(agree=False), TwoTensorAdapter(), iter(()), device="cpu")
+    result = gradient_conflict(LateFusion(agree=False), TwoTensorAdapter(), seeded_batches(iter(()), k=8, seed=0), device="cpu")
     assert not result.available and "No batches" in result.note
 
 

@@ -120,22 +120,38 @@ def _nonzero(grad: torch.Tensor | None) -> bool:
     return grad is not None and bool(torch.any(grad != 0))
 
 
+class SeededSample:
+    """The k batches of a whole split with the smallest hash of (seed, batch ordinal), offered one by one in split
+    order: at most k are kept. Keeping the smallest hashes over every batch means a loader sorted by label gives
+    batches from across the split, not k batches of its first labels (methods.md section 5); and it can be filled
+    while the scan's pass reads the split anyway, instead of by a read of its own."""
+
+    def __init__(self, *, k: int, seed: int) -> None:
+        self.k, self.seed = k, seed
+        self._kept: list[tuple[int, int, Any]] = []
+
+    def offer(self, ordinal: int, item: Any) -> None:
+        self._kept.append((int(hash64(self.seed, "gradient-batches", ordinal)), ordinal, item))
+        self._kept.sort(key=lambda entry: entry[:2])
+        del self._kept[self.k:]
+
+    def chosen(self) -> list[tuple[int, Any]]:
+        """(ordinal, item) of the kept batches, in split order."""
+        return [(ordinal, item) for _, ordinal, item in sorted(self._kept, key=lambda entry: entry[1])]
+
+
 def seeded_batches(batches: Iterable[Any], *, k: int, seed: int) -> list[tuple[int, Any]]:
-    """The k batches of the whole split with the smallest hash of (seed, batch ordinal), in split order, as
-    (ordinal, batch). Reading every batch (no forward) and keeping k + 1 means a loader sorted by label gives
-    batches from across the split, not k batches of its first labels (methods.md section 5)."""
-    kept: list[tuple[int, int, Any]] = []
+    """SeededSample of a whole iterable of batches: (ordinal, batch) in split order."""
+    sample = SeededSample(k=k, seed=seed)
     for ordinal, item in enumerate(batches):
-        kept.append((int(hash64(seed, "gradient-batches", ordinal)), ordinal, item))
-        kept.sort(key=lambda entry: entry[:2])
-        del kept[k:]
-    return [(ordinal, item) for _, ordinal, item in sorted(kept, key=lambda entry: entry[1])]
+        sample.offer(ordinal, item)
+    return sample.chosen()
 
 
-def gradient_conflict(model: nn.Module, adapter: Adapter, batches: Iterable[tuple[np.ndarray, Mapping[str, Any]]], *,
-                      device: torch.device | str, seed: int = 0, max_batches: int = 8) -> GradientConflict:
+def gradient_conflict(model: nn.Module, adapter: Adapter, sample: Iterable[tuple[int, tuple[np.ndarray, Mapping[str, Any]]]], *,
+                      device: torch.device | str, seed: int = 0) -> GradientConflict:
     """Per-batch cosines and norm ratios of the single-modality gradients on the shared parameters, on a seeded
-    sample of max_batches batches of the split (seeded_batches)."""
+    sample of the split's batches: (ordinal, (indices, batch)) pairs (SeededSample, seeded_batches)."""
     modalities = list(adapter.modalities)
     device = torch.device(device)
     branch_ids = _branch_parameter_ids(adapter, model)
@@ -164,7 +180,7 @@ def gradient_conflict(model: nn.Module, adapter: Adapter, batches: Iterable[tupl
     try:
         with torch.enable_grad():
             ordinals = []
-            for ordinal, (indices, batch) in seeded_batches(batches, k=max_batches, seed=seed):
+            for ordinal, (indices, batch) in sample:
                 ordinals.append(ordinal)
                 indices = np.asarray(indices)
                 grads = [_loss_gradients(model, adapter, _only_intact(batch, m, modalities, indices=indices, seed=seed),
