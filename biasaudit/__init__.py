@@ -1,5 +1,7 @@
 """biasaudit: find, measure and fix modality bias in multimodal PyTorch classifiers."""
 
+import logging
+
 from biasaudit.adapter import Adapter, Modality
 from biasaudit.api import compare, fix, gate, scan
 from biasaudit.errors import BiasAuditError
@@ -8,6 +10,10 @@ from biasaudit.results.audit import Audit, ConditionResult, GapSummary, Summary
 from biasaudit.results.comparison import Change, Comparison
 from biasaudit.results.fix_result import FixResult
 from biasaudit.results.gate_result import GateResult, RuleResult
+
+# Standard logging, off unless the application configures it (e.g. logging.basicConfig(level=logging.INFO)): the
+# library logs only at INFO and DEBUG under the "biasaudit" logger, and never prints.
+logging.getLogger("biasaudit").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 __all__ = ["scan", "fix", "compare", "gate", "Audit", "Summary", "GapSummary", "ConditionResult", "Comparison", "Change",

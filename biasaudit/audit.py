@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, sour
 from biasaudit.progress import Progress
 from biasaudit.scanning import ScanConfig, scan_model
 from biasaudit.verdict import scan_verdict
+
+log = logging.getLogger(__name__)
 
 
 def load_model_noting_prefix(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False) -> tuple[nn.Module, str | None]:
@@ -88,6 +91,8 @@ def assemble_audit(sections: dict[str, Any], *, config: ScanConfig, checkpoint: 
     if shards is not None:
         audit["manifest"]["shards"] = shards
     audit["verdict"] = scan_verdict(audit)  # last: its sentences read every section above
+    log.info("audit of split %r: %d samples, %s forwards per sample, %.1f s%s", config.split, audit["dataset"]["n"],
+             forwards.get("total"), wall_time_s, f" ({shards['count']} shards by {shards['by']})" if shards else "")
     return audit
 
 
@@ -126,6 +131,7 @@ def scan_checkpoint_shard(checkpoint: str | Path, adapter: Adapter, *, config: S
                checkpoint={"path": str(checkpoint), "sha256": file_sha256(checkpoint), "prefix_removed": prefix_removed},
                adapter_source=adapter_source(adapter, adapter_spec), wall_time_s=time.perf_counter() - start,
                unimodal_sha256={name: file_sha256(path) for name, path in unimodal})
+    log.info("shard %s of split %r written to %s, %.1f s", shard, config.split, part, time.perf_counter() - start)
     return part
 
 

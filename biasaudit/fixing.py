@@ -4,6 +4,7 @@ identical conditions, split and seed, and write the comparison."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from dataclasses import dataclass, replace
@@ -24,6 +25,8 @@ from biasaudit.progress import Progress
 from biasaudit.scanning import ScanConfig
 from biasaudit.training.loop import TrainConfig, load_training_state, scored_as_trained, train
 from biasaudit.training.methods import make_method
+
+log = logging.getLogger(__name__)
 
 OUTPUTS = ("model.pt", "before.json", "after.json", "compare.json", "train_log.json")
 FILES = OUTPUTS + ("after.html", "compare.html")
@@ -163,6 +166,7 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     steps = train(model, adapter, fixer, config=train_config, state_dir=state_dir, resume=resume, progress=progress)
     fixer.export(model, adapter)
     train_seconds = time.perf_counter() - start
+    log.info("%s trained %d epochs in %.1f s", method, train_config.epochs, train_seconds)
     not_finite = [name for name, value in model.state_dict().items() if value.is_floating_point() and not bool(value.isfinite().all())]
     if not_finite:
         kept = f"; the training state is in {state_dir}" if state_dir is not None else ""

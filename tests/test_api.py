@@ -205,3 +205,19 @@ def test_a_fix_reads_trains_labels_once_for_both_audits(monkeypatch):
     ba.scan(model, adapter, **FAST, conditions="missing", mute=(("image", "mean"),))  # a copy with other mutes reads the same data
     ba.scan(model, adapter, **FAST, conditions="missing")
     assert reads.count("train") == 2, "each run reads once: nothing is kept between runs"
+
+
+def test_the_library_logs_through_standard_logging_only_when_asked(scanned, caplog, capsys):
+    """A training script that configures logging sees what a scan did; one that does not sees nothing (the library
+    never prints, and logs below WARNING, which Python's fallback handler does not show)."""
+    import logging
+
+    _, model = scanned
+    adapter = _shortcut_module().ShortcutAdapter()
+    ba.scan(model, adapter, **FAST)
+    assert capsys.readouterr() == ("", "")
+    with caplog.at_level(logging.INFO, logger="biasaudit"):
+        audit = ba.scan(model, adapter, **FAST)
+    records = [r for r in caplog.records if r.name.startswith("biasaudit")]
+    assert records and all(r.levelno < logging.WARNING for r in records)
+    assert f"audit of split 'test': {audit.document['dataset']['n']} samples" in caplog.text
