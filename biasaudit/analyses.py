@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import SplitLabels, bias_range, bias_values, checked_labels, indexed_batches, labels_and_bias
+from biasaudit.batches import SplitLabels, bias_range, bias_values, checked_labels, labels_and_bias
 from biasaudit.errors import DataError
 from biasaudit.metrics.embeddings import EmbeddingSample, angular_spread, project_2d
 from biasaudit.metrics.gradients import SeededSample, gradient_conflict
@@ -28,8 +28,8 @@ class FullConditionDiagnostics:
                  split_bias_max: int | None = None, train: Callable[[], SplitLabels] | None = None) -> None:
         """prior_counts: the train split's label-under-bias counts when they are known already (a merge of shards, which
         has no data to read), None when there are none; by default they are read from the adapter's train split.
-        split_bias_max: the largest bias value of the evaluated split when the caller has read it (else it is read).
-        train: the train split's labels, read once and shared with the rest of the scan (else read here)."""
+        split_bias_max: the largest bias value of the evaluated split, and train: the train split's labels (read once
+        and shared with the rest of the scan); both needed when the priors are read."""
         self.adapter = adapter
         self._split_bias_max = split_bias_max
         self._train = train
@@ -56,14 +56,13 @@ class FullConditionDiagnostics:
 
     # ---- priors ---------------------------------------------------------------------------------
     def _train_prior(self) -> tuple[BiasPrior, int]:
+        if self._train is None or self._split_bias_max is None:
+            raise ValueError("reading the JSD priors needs train= and split_bias_max=, read by the scan's pass setup")
         label_array, bias_array = labels_and_bias(self.adapter, "train", batch_size=self.config.batch_size, purpose="the JSD priors",
-                                                  read=self._train() if self._train is not None else None)
+                                                  read=self._train())
         # Bias values that occur only in the evaluated split (new on an OOD split) are legitimate: they get
         # no prior and no JSD (methods.md section 3 needs a train prior), so size for both splits.
-        largest = self._split_bias_max
-        if largest is None:
-            largest = split_bias_max(self.adapter, self.config.split, batch_size=self.config.batch_size)
-        num_bias = bias_range(self.adapter, bias_array, np.array([largest]))
+        num_bias = bias_range(self.adapter, bias_array, np.array([self._split_bias_max]))
         prior = BiasPrior(num_classes=self.adapter.num_classes, num_bias=num_bias)
         prior.update(label_array, bias_array)
         return prior, num_bias
@@ -172,12 +171,6 @@ class FullConditionDiagnostics:
         return {"available": True, "note": note, "method": projection.method_used, "bias_value": bias_value,
                 "bias_name": bias_name, "n_points": int(len(labels)), "euclidean": projection.euclidean.tolist(),
                 "cosine": projection.cosine.tolist(), "labels": labels.tolist(), "angular_spread": spread}
-
-
-def split_bias_max(adapter: Adapter, split: str, *, batch_size: int) -> int:
-    """The largest bias value of a split (-1 when it is empty), by one read."""
-    return max((int(values.max()) for _, batch in indexed_batches(adapter, split, batch_size=batch_size)
-                if (values := bias_values(batch, adapter, split=split)).size), default=-1)
 
 
 def _add_counts(counts: np.ndarray, values: np.ndarray) -> np.ndarray:

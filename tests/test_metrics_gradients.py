@@ -19,7 +19,15 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter, Modality
-from biasaudit.metrics.gradients import gradient_conflict, seeded_batches
+from biasaudit.metrics.gradients import SeededSample, gradient_conflict
+
+
+def seeded_batches(batches, *, k, seed):
+    """What a scan's pass keeps of a whole split: SeededSample offered every batch in order."""
+    sample = SeededSample(k=k, seed=seed)
+    for ordinal, item in enumerate(batches):
+        sample.offer(ordinal, item)
+    return sample.chosen()
 
 S = 2.0
 BATCH_LABELS = [0, 1, 0, 1]
@@ -173,7 +181,6 @@ def test_weights_grads_and_train_mode_are_left_as_they_were():
 
 def test_gradient_batches_are_a_seeded_sample_of_the_whole_split_not_its_first_batches():
     """A loader sorted by label would give k batches of its first labels; the sample spans the split and follows the seed."""
-    from biasaudit.metrics.gradients import seeded_batches
 
     batches = [(np.arange(i * 4, i * 4 + 4), {"batch": i}) for i in range(40)]
     first = [ordinal for ordinal, _ in seeded_batches(iter(batches), k=8, seed=0)]

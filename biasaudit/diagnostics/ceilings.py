@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter
-from biasaudit.batches import SplitLabels, checked_labels, indexed_batches, read_split_labels, take_rows
+from biasaudit.batches import SplitLabels, checked_labels, indexed_batches, take_rows
 from biasaudit.metrics.accuracy import ConditionScores
 from biasaudit.randomness import hash64
 
@@ -102,7 +102,7 @@ def probe_rows(train: SplitLabels, *, seed: int, per_class: int) -> set[int]:
 
 
 def fit_probes(model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Module], *, device: torch.device, batch_size: int,
-               seed: int, per_class: int = DEFAULT_PER_CLASS, train: SplitLabels | None = None) -> tuple[dict[str, Any], int]:
+               train: SplitLabels, seed: int, per_class: int = DEFAULT_PER_CLASS) -> tuple[dict[str, Any], int]:
     """A standardised multinomial logistic regression per modality on its branch output, fitted on a seeded sample
     of `per_class` train samples per class (the same samples for every modality). Returns the probes and the
     number of forwarded training samples."""
@@ -110,7 +110,7 @@ def fit_probes(model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Mod
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    chosen = probe_rows(read_split_labels(adapter, "train", batch_size=batch_size) if train is None else train, seed=seed, per_class=per_class)
+    chosen = probe_rows(train, seed=seed, per_class=per_class)
     features: dict[str, list[np.ndarray]] = {m: [] for m in branches}
     labels: list[np.ndarray] = []
     tap = BranchTap(branches, token_masks(adapter))

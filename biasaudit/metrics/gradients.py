@@ -140,18 +140,10 @@ class SeededSample:
         return [(ordinal, item) for _, ordinal, item in sorted(self._kept, key=lambda entry: entry[1])]
 
 
-def seeded_batches(batches: Iterable[Any], *, k: int, seed: int) -> list[tuple[int, Any]]:
-    """SeededSample of a whole iterable of batches: (ordinal, batch) in split order."""
-    sample = SeededSample(k=k, seed=seed)
-    for ordinal, item in enumerate(batches):
-        sample.offer(ordinal, item)
-    return sample.chosen()
-
-
 def gradient_conflict(model: nn.Module, adapter: Adapter, sample: Iterable[tuple[int, tuple[np.ndarray, Mapping[str, Any]]]], *,
                       device: torch.device | str, seed: int = 0) -> GradientConflict:
     """Per-batch cosines and norm ratios of the single-modality gradients on the shared parameters, on a seeded
-    sample of the split's batches: (ordinal, (indices, batch)) pairs (SeededSample, seeded_batches)."""
+    sample of the split's batches: the (ordinal, (indices, batch)) pairs of SeededSample.chosen()."""
     modalities = list(adapter.modalities)
     device = torch.device(device)
     branch_ids = _branch_parameter_ids(adapter, model)
