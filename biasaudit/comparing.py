@@ -54,6 +54,26 @@ def _lacking(before: Mapping[str, Any], after: Mapping[str, Any], key: str, what
     return f"{who} {what} (written by an older biasaudit)"
 
 
+def favoured_rule_of(audit: Mapping[str, Any]) -> str:
+    """How an audit read the classes a bias value favours: the fraction of the favoured-class rule, or the single most
+    frequent class for audits written before the rule (their config does not record a fraction)."""
+    fraction = audit["manifest"].get("config", {}).get("favoured_fraction")
+    if fraction is None:
+        return "the single most frequent class per bias value (an audit written before the favoured-class rule)"
+    return f"favoured classes at fraction {fraction:g}"
+
+
+def check_same_favoured_rule(before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    """Aligned, conflicting, worst-group and bias-follow figures mean other samples under another favoured-class rule."""
+    if not any(_ran(audit, key) for audit in (before, after) for key in ("groups", "carrier")):
+        return
+    rules = [favoured_rule_of(audit) for audit in (before, after)]
+    if rules[0] != rules[1]:
+        raise InputError(f"The two audits read bias values differently (before: {rules[0]}; after: {rules[1]}), so their aligned, "
+                         "conflicting, worst-group and bias-follow figures count different samples; scan both with the same "
+                         "--favoured-fraction and the same biasaudit.")
+
+
 def generator_of(audit: Mapping[str, Any]) -> Mapping[str, Any]:
     """The random generator an audit drew with; audits that do not name one are version 1 (numpy per sample)."""
     return audit["manifest"].get("randomness") or {"name": "numpy-default_rng-per-sample", "version": 1}
@@ -118,6 +138,7 @@ def compare_audits(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[
     if different:
         raise InputError(f"The two audits differ in {', '.join(different)}; a before/after comparison needs identical ones.")
     _check_same_conditions(before["conditions"], after["conditions"])
+    check_same_favoured_rule(before, after)
     pairing = pair_replicates(before, after)
     after_rows = {row["name"]: row for row in after["conditions"]}
     conditions = []
@@ -216,7 +237,7 @@ def _ceilings(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, 
         return None
     names = list(dict.fromkeys([*(b.get("modalities") or {}), *(a.get("modalities") or {})]))
     side = lambda section, m, key: ((section.get("modalities") or {}).get(m) or {}).get(key)  # noqa: E731
-    return {"modalities": {m: {key: {"before": side(b, m, key), "after": side(a, m, key)} for key in ("ceiling", "alone", "utilisation")}
+    return {"modalities": {m: {key: {"before": side(b, m, key), "after": side(a, m, key)} for key in ("ceiling", "alone", "utilisation", "caveat")}
                            for m in names},
             **{key: {"before": b.get(key), "after": a.get(key)} for key in ("implied_gap", "observed_gap", "large_gap_expected")}}
 

@@ -37,6 +37,9 @@ class Condition:
     modality: str | None = None
     impairment: str | None = None
     severity: float = 0.0
+    # Which independent draw of a random condition this is (biasaudit/draws.py); draw d reads the random streams of
+    # seed + d. Only the scan's pass sees draws other than 0: the audit reports their mean under the base name.
+    draw: int = 0
 
     def to_dict(self) -> dict:
         return {"name": self.name, "group": self.group, "modality": self.modality,

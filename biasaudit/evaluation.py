@@ -27,6 +27,7 @@ from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
 from biasaudit.diagnostics.shapley import ShapleyAccumulator, subsets
 from biasaudit.errors import DataError
+from biasaudit.draws import draw_seed
 from biasaudit.impairments import Impairment, impair_batch, muted_subset_draws, muting_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator, bootstrap_weights
 from biasaudit.metrics.calibration import CalibrationAccumulator
@@ -63,7 +64,7 @@ class PassSetup:
     groups: GroupAccumulator | None = None
     carrier: CarrierAccumulator | None = None
     pool: DonorPool | None = None
-    preferred: np.ndarray | None = None  # c(k) per bias value
+    favoured: np.ndarray | None = None  # F(k) per bias value, [K, C] bool (diagnostics/favoured.py)
     probes: Mapping[str, Any] = field(default_factory=dict)
     unimodal: Mapping[str, nn.Module] = field(default_factory=dict)
     ceilings: ConditionAccumulator | None = None
@@ -98,11 +99,13 @@ class BatchEvaluator:
             if c.group != "full" and muting is not None and muting.mutes:
                 key = (c.modality, muting.name)
                 self._mute_reach[key] = max(self._mute_reach.get(key, 0.0), c.severity)
-        self._partial_fractions = sorted({c.severity for c in setup.conditions if c.group != "full" and c.severity < 1.0
+        # (draw, fraction) of every partial mute: draw d of a ratio rung mutes the rows of seed + d (biasaudit/draws.py).
+        self._partial_fractions = sorted({(c.draw, c.severity) for c in setup.conditions if c.group != "full" and c.severity < 1.0
                                           and setup.impairments.get(c.name) is not None and setup.impairments[c.name].mutes})
+        self._mute_draw_ids = sorted({draw for draw, _ in self._partial_fractions}) or [0]
         self.forwards: Counter[str] = Counter()  # forwarded samples per diagnostic
-        if setup.pool is not None and setup.preferred is not None:
-            self.targets = targets(setup.pool.bias, setup.pool.label, setup.preferred)
+        if setup.pool is not None and setup.favoured is not None:
+            self.targets = targets(setup.pool.bias, setup.pool.label, setup.favoured)
             # Every pool entry's Poisson weight per replicate, keyed by its global index (the crossed bootstrap of carrier.py).
             self.donor_weights = poisson1(setup.seed, "donor-bootstrap", setup.pool.index, setup.replicates)
 
@@ -150,7 +153,7 @@ class BatchEvaluator:
         batch's draw_weights, when the caller drew them ahead."""
         s = self.setup
         self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
-        self._mute_draws: np.ndarray | None = None
+        self._mute_draws: dict[int, np.ndarray] = {}
         self._masks_on_device: torch.Tensor | None = None
         self._whole_mutes: dict[tuple[str, str], dict[str, Any]] = {}
         self._mute_logit_cache: dict[tuple[str, str], torch.Tensor] = {}
@@ -168,12 +171,12 @@ class BatchEvaluator:
                 logits_of[condition.name] = logits
                 continue
             impairment = s.impairments[condition.name]
-            definition = (condition.modality, impairment.name, condition.severity)
+            definition = (condition.modality, impairment.name, condition.severity, condition.draw)
             if definition not in by_definition:
                 by_definition[definition] = self._impaired_logits(condition, impairment, logits_of["full"])
             logits_of[condition.name] = by_definition[definition]
             if condition.name in self.muted_counts:
-                self.muted_counts[condition.name] += int(self._muted_rows(condition.severity).sum())
+                self.muted_counts[condition.name] += int(self._muted_rows(condition.severity, condition.draw).sum())
         # Predictions stay on the device until every condition is done: one copy to the host per batch.
         names = [c.name for c in s.conditions]
         stacked = torch.stack([logits_of[name].float() for name in names])
@@ -201,7 +204,7 @@ class BatchEvaluator:
                                  for keep in subsets(list(self.modalities))}
             s.shapley.update(correct_by_subset, labels, weights)
         if s.interaction is not None and s.pool is not None:
-            self._interaction(batch, indices, labels, full)
+            self._interaction(batch, indices, labels, full, weights)
         return full_logits
 
     def _impaired_logits(self, condition: Condition, impairment: Impairment, full_logits: torch.Tensor) -> torch.Tensor:
@@ -214,14 +217,14 @@ class BatchEvaluator:
             is_mute = condition.group == "missing"
             muted = self._mute_logits(m, impairment, full_logits, condition=condition.name, tap=is_mute)
             if condition.severity < 1.0:
-                rows = self._muted_masks(full_logits.device)[self._partial_fractions.index(condition.severity)]
+                rows = self._muted_masks(full_logits.device)[self._partial_fractions.index((condition.draw, condition.severity))]
                 return torch.where(rows[:, None], muted.to(full_logits.dtype), full_logits)
             if is_mute:
                 self._subsets[frozenset(self.modalities) - {m.name}] = muted
                 if self.setup.tap is not None and m.name in self.setup.tap.values:
                     self._record_moments("muted", {m.name: self.setup.tap.features(self._whole_mute(m, impairment))[m.name]})
             return muted
-        impaired = self._impaired(m, impairment, condition.severity)
+        impaired = self._impaired(m, impairment, condition.severity, draw=condition.draw)
         return self._logits(self.model, impaired, stage="conditions", condition=condition.name, finite=False)
 
     def _mute_logits(self, modality: Modality, impairment: Impairment, full_logits: torch.Tensor, *, condition: str, tap: bool) -> torch.Tensor:
@@ -235,7 +238,8 @@ class BatchEvaluator:
             if reach >= 1.0:
                 logits = self._logits(self.model, whole, stage="conditions", condition=condition, tap=tap, finite=False)
             else:
-                rows = np.flatnonzero(self._muted_rows(reach))
+                # Every draw's rows at the largest fraction: each draw's rungs take their muted rows from this one forward.
+                rows = np.flatnonzero(np.logical_or.reduce([self._muted_rows(reach, d) for d in self._mute_draw_ids]))
                 logits = full_logits.clone()
                 if len(rows):
                     logits[torch.as_tensor(rows, device=logits.device)] = self._logits(
@@ -244,9 +248,9 @@ class BatchEvaluator:
             self._mute_logit_cache[key] = logits
         return self._mute_logit_cache[key]
 
-    def _impaired(self, modality: Modality, impairment: Impairment, severity: float) -> dict[str, Any]:
+    def _impaired(self, modality: Modality, impairment: Impairment, severity: float, *, draw: int = 0) -> dict[str, Any]:
         tag = f"{modality.name}={impairment.name}:{severity!r}"  # the definition, not the name: alike conditions draw alike
-        return impair_batch(self._batch, modality, impairment, severity, indices=self._indices, seed=self.setup.seed, tag=tag)
+        return impair_batch(self._batch, modality, impairment, severity, indices=self._indices, seed=draw_seed(self.setup.seed, draw), tag=tag)
 
     def _whole_mute(self, modality: Modality, impairment: Impairment) -> dict[str, Any]:
         key = (modality.name, impairment.name)
@@ -258,16 +262,16 @@ class BatchEvaluator:
         """[fractions, B] on the device: the batch's muted rows at every partial fraction of the scan, copied to the device
         in one transfer per batch rather than one per condition."""
         if self._masks_on_device is None:
-            self._masks_on_device = torch.as_tensor(np.stack([self._muted_rows(f) for f in self._partial_fractions]), device=device)
+            self._masks_on_device = torch.as_tensor(np.stack([self._muted_rows(f, d) for d, f in self._partial_fractions]), device=device)
         return self._masks_on_device
 
-    def _muted_rows(self, fraction: float) -> np.ndarray:
-        """`muted_subset` of this batch, with its per-sample draws made once per batch for every ratio condition."""
+    def _muted_rows(self, fraction: float, draw: int = 0) -> np.ndarray:
+        """`muted_subset` of this batch, with its per-sample draws made once per batch (and draw) for every ratio condition."""
         if fraction >= 1.0:
             return np.ones(len(self._indices), dtype=bool)
-        if self._mute_draws is None:
-            self._mute_draws = muted_subset_draws(self._indices, seed=self.setup.seed)
-        return self._mute_draws < fraction
+        if draw not in self._mute_draws:
+            self._mute_draws[draw] = muted_subset_draws(self._indices, seed=draw_seed(self.setup.seed, draw))
+        return self._mute_draws[draw] < fraction
 
     def _record_moments(self, prefix: str, values: Mapping[str, torch.Tensor]) -> None:
         for name, value in values.items():
@@ -275,7 +279,7 @@ class BatchEvaluator:
 
     def _carrier(self, batch, indices, labels, bias, full, weights) -> None:
         s = self.setup
-        swaps = {"bias": s.pool.bias_donors(indices, labels, bias, s.preferred), "content": s.pool.content_donors(indices, labels, bias)}
+        swaps = {"bias": s.pool.bias_donors(indices, labels, bias, s.favoured.any(axis=1)), "content": s.pool.content_donors(indices, labels, bias)}
         # A null swap serves only rows that also have a bias or a content donor: no forward for the others.
         null_donors = np.where((swaps["bias"] >= 0) | (swaps["content"] >= 0), s.pool.null_donors(indices, labels, bias), -1)
         for name, modality in self.modalities.items():
@@ -311,19 +315,24 @@ class BatchEvaluator:
             predictions[f"alone:{name}"] = self.subset_logits(frozenset([name]), stage="ceilings").argmax(dim=1).cpu().numpy()
         s.ceilings.update(predictions, labels, indices=indices, weights=weights)
 
-    def _interaction(self, batch, indices, labels, full) -> None:
+    def _interaction(self, batch, indices, labels, full, weights) -> None:
         s = self.setup
-        draws = [s.pool.any_donors(indices, draw=r) for r in range(s.interaction.donors)]
+        # Each half of the donors comes from its half of the pool (the split-half correction of diagnostics/interaction.py).
+        draws = [s.pool.any_donors(indices, draw=r, half=s.interaction.half_of(r)) for r in range(s.interaction.donors)]
         if not all((donors >= 0).all() for donors in draws):
             return  # a pool of one sample: nothing to pair with
 
-        def mixed(donors: np.ndarray, keep: str | None) -> np.ndarray:
+        def mixed(donors_of: dict[str, np.ndarray], condition: str) -> np.ndarray:
+            """Logits with each named modality's input from its donors, the others the sample's own."""
             out = batch
             for name, modality in self.modalities.items():
-                if name != keep:
-                    out = swap_modality(out, modality, donors, s.pool)
-            condition = f"interaction keeping {keep}" if keep else "interaction donor"
+                if name in donors_of:
+                    out = swap_modality(out, modality, donors_of[name], s.pool)
             return self._logits(self.model, out, stage="interaction", condition=condition).float().cpu().numpy()
 
-        kept = [[mixed(donors, keep) for donors in draws] for keep in self.modalities]
-        s.interaction.update(kept, [mixed(donors, None) for donors in draws], full, labels)
+        kept = [[mixed({name: donors for name in self.modalities if name != keep}, f"interaction keeping {keep}") for donors in draws]
+                for keep in self.modalities]
+        lenders = s.interaction.constant_donors()  # [M, R]: the constant's forwards take each modality from another donor
+        constant = [mixed({name: draws[lenders[m, r]] for m, name in enumerate(self.modalities)}, "interaction constant")
+                    for r in range(len(draws))]
+        s.interaction.update(kept, constant, full, labels, weights)

@@ -43,7 +43,8 @@ def check_before(audit: Mapping[str, Any], *, config: ScanConfig, checkpoint_sha
         raise InputError(f"{named} was drawn with another random generator ({drawn['name']} v{drawn['version']}); {remedy}.")
     recorded = audit["manifest"].get("config", {})
     wanted = json.loads(json.dumps(config.to_dict()))  # as the file holds it: tuples become lists
-    defaults = json.loads(json.dumps(ScanConfig().to_dict()))  # a setting an older audit does not record had its default
+    defaults = json.loads(json.dumps(ScanConfig().to_dict()))  # a setting an older audit does not record had its default,
+    defaults["favoured_fraction"] = None  # but for the favoured-class rule: older audits read the single most frequent class
     # Every setting the audit's numbers depend on (the samples and their replicate weights, what each condition
     # impairs, the groups, the donors, the probes, the k-means clusters); not the device, nor the batch size, which
     # changes no figure a comparison reads.

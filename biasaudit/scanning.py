@@ -29,9 +29,12 @@ from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.batches import SplitLabels, bias_values, checked_labels, indexed_batches, read_split_labels, shares_reads
 from biasaudit.conditions import Condition, parse_conditions, parse_diagnostics
 from biasaudit.diagnostics.carrier import CarrierAccumulator
-from biasaudit.diagnostics.ceilings import DEFAULT_PER_CLASS, BranchTap, ceilings_section, fit_probes, token_masks
+from biasaudit.diagnostics.ceilings import (DEFAULT_PER_CLASS, BranchTap, ceilings_section, fit_probes, probe_source, probe_split,
+                                            token_masks)
 from biasaudit.diagnostics.donors import DEFAULT_CAPACITY, DonorPool
-from biasaudit.diagnostics.groups import GROUPINGS, GroupAccumulator, choose_grouping, preferred_class, train_aligned_share
+from biasaudit.draws import combined_pass, with_draws
+from biasaudit.diagnostics.favoured import DEFAULT_FAVOURED_FRACTION, aligned_share, favoured_classes, favoured_section
+from biasaudit.diagnostics.groups import GROUPINGS, GroupAccumulator, choose_grouping
 from biasaudit.diagnostics.interaction import DEFAULT_DONORS, InteractionAccumulator
 from biasaudit.diagnostics.mutes import alternative_mutes, mute_findings, rms_z
 from biasaudit.diagnostics.shapley import MAX_MODALITIES, ShapleyAccumulator
@@ -79,7 +82,7 @@ _INTEGER_SETTINGS = {
     "batch_size": ("batch_size", 1), "seed": ("seed", 0, 2**64 - 1), "bootstrap_replicates": ("bootstrap", 10),
     "embedding_points": ("embedding_points", 10), "min_wrong": ("min_wrong", 1), "gradient_batches": ("gradient_batches", 1),
     "kmeans_k": ("kmeans_k", 2), "min_group": ("min_group", 1), "donor_pool": ("donor_pool", 1),
-    "ceiling_per_class": ("ceiling_per_class", 1), "interaction_donors": ("interaction_donors", 1),
+    "ceiling_per_class": ("ceiling_per_class", 1), "interaction_donors": ("interaction_donors", 1), "draws": ("draws", 1),
 }
 
 
@@ -101,9 +104,12 @@ class ScanConfig:
     min_group: int = 10  # smallest (label, bias value) group that enters worst-group and bias-balanced accuracy
     group_by: str = "auto"  # bias: (label, bias value); alignment: (label, aligned/conflicting); auto: see diagnostics/groups.py
     donor_pool: int = DEFAULT_CAPACITY  # donors kept per (label, bias value) for the carrier and interaction swaps
-    ceiling_per_class: int = DEFAULT_PER_CLASS  # train samples per class a ceiling probe is fitted on
+    ceiling_per_class: int = DEFAULT_PER_CLASS  # samples per class of the probe split (val, else train) a ceiling probe is fitted on
     interaction_donors: int = DEFAULT_DONORS
     precision: str = "fp32"
+    # F(k): the classes with a training share >= this fraction of bias value k's largest (and above 1/C); diagnostics/favoured.py.
+    favoured_fraction: float = DEFAULT_FAVOURED_FRACTION
+    draws: int = 1  # independent draws of every random condition (noise, ratio subsets, probe samples); biasaudit/draws.py
 
     def __post_init__(self) -> None:
         if self.projection not in PROJECTIONS:
@@ -120,6 +126,9 @@ class ScanConfig:
                 expected = ("a positive integer" if least == 1 else f"an integer of at least {least}") if not most else \
                     f"an integer from {least} to 2**64 - 1"
                 raise InputError(f"{name} is {value!r}; expected {expected}.")
+        fraction = self.favoured_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise InputError(f"favoured_fraction is {fraction!r}; expected a number above 0 and at most 1.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,18 +211,21 @@ def _mute_compare_conditions(adapter: Adapter) -> list[Condition]:
 def _setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Module],
                     unimodal: Mapping[str, nn.Module], config: ScanConfig, *, device: torch.device,
                     train: Callable[[], SplitLabels]) -> tuple[int, str | None]:
-    """Probes (or unimodal checkpoints) for every modality that has one; returns train forwards and a note."""
+    """Probes (or unimodal checkpoints) for every modality that has one; returns the probes' forwards and a note."""
     names = [m.name for m in adapter.modalities]
     setup.unimodal = unimodal
     probe_branches = {m: branches[m] for m in names if m not in unimodal and m in branches}
     forwarded = 0
-    if probe_branches and "train" in adapter.splits:
+    split = probe_split(adapter.splits, config.split)
+    if probe_branches and split is not None:
+        # Through the run's shared reads, as train's are: every rank and every part draws the same seeded sample.
+        labels = train() if split == "train" else read_split_labels(adapter, split, batch_size=config.batch_size)
         setup.probes, forwarded = fit_probes(model, adapter, probe_branches, device=device, batch_size=config.batch_size,
-                                             seed=config.seed, per_class=config.ceiling_per_class, train=train())
+                                             seed=config.seed, per_class=config.ceiling_per_class, labels=labels, split=split)
     lacking = [m for m in names if m not in unimodal and m not in setup.probes]
     note = None if not lacking else (
-        f"No ceiling for {', '.join(lacking)}: a ceiling needs the adapter's branches() hook for that modality and a train "
-        "split (a linear probe on the branch output), or a unimodal checkpoint (--unimodal MODALITY=PATH).")
+        f"No ceiling for {', '.join(lacking)}: a ceiling needs the adapter's branches() hook for that modality and a val or "
+        "train split (a linear probe on the branch output), or a unimodal checkpoint (--unimodal MODALITY=PATH).")
     covered = [m for m in names if m in unimodal or m in setup.probes]
     if covered:
         setup.ceilings = ConditionAccumulator(["full"] + [f"{kind}:{m}" for m in covered for kind in ("ceiling", "alone")],
@@ -333,7 +345,7 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
             train_forwards, ceiling_note = _setup_ceilings(setup, model, adapter, branches, unimodal_models, config, device=device, train=train)
         prior = diagnostics.prior if adapter.bias_key is not None else None
         if prior is not None:
-            setup.preferred = preferred_class(prior.counts)
+            setup.favoured = favoured_classes(prior.counts, fraction=config.favoured_fraction)
             _add_group_accumulators(setup, adapter, prior.num_bias, config)
         setup.pool = pool
         if "carrier" in wanted and prior is not None:
@@ -344,7 +356,8 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         elif "shapley" in wanted:
             setup.shapley = ShapleyAccumulator(names, num_classes=adapter.num_classes, replicates=config.bootstrap_replicates)
         if "interaction" in wanted:
-            setup.interaction = InteractionAccumulator(modalities=len(names), donors=config.interaction_donors)
+            setup.interaction = InteractionAccumulator(modalities=len(names), donors=config.interaction_donors,
+                                                       replicates=config.bootstrap_replicates)
 
         evaluator = BatchEvaluator(model, adapter, setup, device=device, feature_tap=feature_tap, autocast=PRECISIONS[config.precision])
         fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.key for m in adapter.modalities])
@@ -389,7 +402,7 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         if setup.tap is not None:
             setup.tap.close()
     sources = {m: f"checkpoint {getattr(unimodal_models[m], 'biasaudit_source', '(given in Python)')}" if m in unimodal_models
-               else f"linear probe on the {m} branch output, fitted on train" for m in names}
+               else probe_source(m, probe_split(adapter.splits, config.split), config.split) for m in names}
     context = ScanContext(conditions=conditions, wanted=wanted, prior_counts=prior.counts if prior is not None else None,
                           train_forwards=train_forwards, ceiling_note=ceiling_note, ceiling_sources=sources, shapley_note=shapley_note)
     state = ScanState(shards=(shard.index,), shard_count=shard.count, main=PassState.of(evaluator), fingerprint=fingerprint,
@@ -404,7 +417,9 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
     """The audit's sections from a whole scan's (possibly merged) state. `model` is used only where the data has no bias
     key (k-means bias discovery and its second pass); a merge of parts has no model and never needs one."""
     names = [m.name for m in adapter.modalities]
-    conditions, wanted, main = context.conditions, context.wanted, state.main
+    conditions, wanted = context.conditions, context.wanted
+    # Draws of the random conditions become their means under their own names, once every shard is merged in.
+    main = combined_pass(state.main, _pass_setup(adapter, conditions, config).conditions, seed=config.seed)
     diagnostics = analyses.FullConditionDiagnostics(adapter, config=config, prior_counts=context.prior_counts)
     diagnostics.embeddings, diagnostics.has_features, diagnostics.bias_counts = state.embeddings, state.has_features, state.bias_counts
     if state.jsd is not None:
@@ -441,12 +456,14 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
         summary["carrier"] = sections["carrier"].get("carrier")
     if "ceilings" in wanted:
         sections["ceilings"] = ceilings_section(names, main.ceilings.result() if main.ceilings is not None else {}, context.ceiling_sources,
-                                                observed_gap=summary.get("missing", {}).get("gap"), note=context.ceiling_note)
+                                                observed_gap=summary.get("missing", {}).get("gap"), note=context.ceiling_note,
+                                                num_classes=adapter.num_classes, probe_split=probe_split(adapter.splits, config.split))
     sections["calibration"] = main.calibration.section()
     if "shapley" in wanted:
         sections["shapley"] = main.shapley.section() if main.shapley is not None else {"available": False, "note": context.shapley_note}
     if "interaction" in wanted:
-        sections["interaction"] = main.interaction.section()
+        sections["interaction"], found = main.interaction.section()
+        derived.update(found)  # the share's replicates, for compare to pair
 
     bootstrap = main.accuracy.bootstrap_counts().to_dict()
     bootstrap["derived"] = {name: values.tolist() for name, values in derived.items()}
@@ -462,7 +479,8 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
         "diagnostics": ["groups", "calibration", *wanted],
         "summary": summary,
         "conditions": condition_rows(conditions, scores),
-        "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / seen for k, v in main.muted_counts.items()}),
+        "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / (seen * main.accuracy.draws.get(k, 1))
+                                                                        for k, v in main.muted_counts.items()}),
         "reliance": reliance(conditions, scores, class_names=class_names),
         **sections,
         # Kept in the file so that two audits of the same samples and seed (before/after a fix) get *paired*
@@ -486,14 +504,18 @@ def _bias_sections(sections: dict[str, Any], bias_pass: PassState, prior_counts:
     setup = bias_pass
     if setup.groups is not None and prior_counts is not None:
         table = [c.name for c in conditions if c.group in ("full", "missing")]
-        alignment = choose_grouping(setup.groups, min_group=config.min_group, grouping=config.group_by, prior_counts=prior_counts) == "alignment"
-        # (label, aligned or conflicting) groups are unions of (label, bias value) groups: summed from them, exactly.
-        sections["groups"], found = (setup.groups.by_alignment(preferred_class(prior_counts)) if alignment else setup.groups).section(
-            prior_counts=prior_counts, min_group=config.min_group, class_names=class_names,
-            bias_names=adapter.bias_names if bias_source == "bias_key" else None, bias_source=bias_source,
-            table_conditions=table, train_aligned_share=train_aligned_share(prior_counts), alignment=alignment,
+        favoured = favoured_classes(prior_counts, fraction=config.favoured_fraction)
+        bias_names = adapter.bias_names if bias_source == "bias_key" else None
+        alignment = choose_grouping(setup.groups, min_group=config.min_group, grouping=config.group_by, favoured=favoured) == "alignment"
+        # (label, aligned, conflicting or neutral) groups are unions of (label, bias value) groups: summed from them, exactly.
+        sections["groups"], found = (setup.groups.by_alignment(favoured) if alignment else setup.groups).section(
+            favoured=favoured, min_group=config.min_group, class_names=class_names, bias_names=bias_names, bias_source=bias_source,
+            table_conditions=table, train_aligned_share=aligned_share(prior_counts, favoured), alignment=alignment,
             asked=config.group_by == "alignment")
-        sections["groups"]["note"] = " ".join(filter(None, [bias_note, sections["groups"]["note"]])) or None
+        sections["groups"]["favoured"] = favoured_section(prior_counts, favoured, fraction=config.favoured_fraction,
+                                                          class_names=class_names, bias_names=bias_names)
+        sections["groups"]["note"] = " ".join(filter(None, [bias_note, sections["groups"]["note"],
+                                                            sections["groups"]["favoured"]["note"]])) or None
         derived.update({k: v for k, v in found.items() if k.split(":", 1)[1] in table})
     else:
         sections["groups"] = {"available": False, "note": bias_note or "The train split's label-under-bias priors are unavailable (see the JSD note), "
@@ -512,7 +534,9 @@ def _pass_setup(adapter: Adapter, conditions: list[Condition], config: ScanConfi
     """What a pass evaluates, with each condition's impairment resolved once (`adapter` already carries --mute)."""
     kinds = {m.name: m.kind for m in adapter.modalities}
     impairments = {c.name: resolve_impairment(kinds[c.modality], c.impairment) for c in conditions if c.modality}
-    return PassSetup(conditions=conditions, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed, **extra)
+    drawn = with_draws(conditions, impairments, config.draws)
+    impairments.update({c.name: impairments[c.name.split("#draw")[0]] for c in drawn if c.draw})
+    return PassSetup(conditions=drawn, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed, **extra)
 
 
 def _discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig, diagnostics: analyses.FullConditionDiagnostics,
@@ -521,7 +545,7 @@ def _discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig
     modality); groups and the carrier test then run in a second pass over the full and missing conditions."""
     conditions = [c for c in parse_conditions(config.conditions, adapter.modalities) if c.group in ("full", "missing")]
     prior, discovered = diagnostics.prior, diagnostics.discovered_bias
-    setup = _pass_setup(adapter, conditions, config, preferred=preferred_class(prior.counts))
+    setup = _pass_setup(adapter, conditions, config, favoured=favoured_classes(prior.counts, fraction=config.favoured_fraction))
     _add_group_accumulators(setup, adapter, prior.num_bias, config)
     if "carrier" in wanted:
         setup.pool = _read_split_ahead(adapter, config, lambda idx, batch: discovered[idx], pool=True, progress=progress)[1]

@@ -42,7 +42,8 @@ from biasaudit.sharding import Shard
 
 FORMAT = "biasaudit-scan-part"
 # Version 2: the accumulators' layouts of generator v3 (group sums gathered per 4,096 samples, calibration per [K, bins]).
-FORMAT_VERSION = 2
+# Version 3: draws of random conditions (Condition.draw, per-condition draw counts) and the interaction share's replicates.
+FORMAT_VERSION = 3
 _CLASSES = {cls.__name__: cls for cls in (
     PassState, ScanState, ScanContext, Condition, Modality, ConditionAccumulator, CalibrationAccumulator, ExactSum, Moments,
     GroupAccumulator, CarrierAccumulator, SwapCounts, ShapleyAccumulator, InteractionAccumulator, SampleFingerprint,

@@ -54,10 +54,14 @@ def test_carrier_is_the_bias_modality_although_the_other_is_dominant(shortcut):
     assert carrier["differs"] is True
     cue, content = carrier["modalities"]["bias_cue"]["bias_swap"], carrier["modalities"]["content"]["bias_swap"]
     assert (cue["n"], cue["skipped"]) == (90, 0)
-    assert cue["excess_follow_rate"] == pytest.approx(1 / 3)  # every label-2 sample follows the donor's bias, no other
+    # Every label-2 sample predicts its donor's bias value and no other sample moves. Predicting one's own label is
+    # never following the bias (methods.md section 9), so the label-2 samples whose donor carries k = 2 are right,
+    # and every other label-2 sample follows: excess = 1 - accuracy under the swap, at least the 10 of (2, k=2).
+    assert cue["excess_follow_rate"] == pytest.approx(1 - cue["accuracy"] / 100)
+    assert 10 / 90 <= cue["excess_follow_rate"] < 30 / 90 and cue["flip_rate"] == pytest.approx(1 / 3)
     assert content["excess_follow_rate"] == 0.0  # a same-label donor has the same content input
     lo, hi = cue["excess_follow_rate_ci"]
-    assert 0 < lo < 1 / 3 < hi
+    assert 0 < lo < cue["excess_follow_rate"] < hi
 
 
 def test_verdict_says_in_words_that_dominant_and_carrier_differ(shortcut):
@@ -281,9 +285,11 @@ def test_token_swaps_give_the_same_carrier_for_left_and_right_padded_ids(batch_s
     left = scan(FX.LeftPaddedTokenAdapter(), conditions="missing,carrier,ceilings", batch_size=batch_size)
     for audit in (right, left):
         # The words carry both the content and the bias token; a same-label donor's words bring another bias
-        # token, which every label-2 sample (content 0.5 < bias 1.0) follows, and no other.
+        # token, which every label-2 sample (content 0.5 < bias 1.0) follows, and no other (a donor token of
+        # bias value 2 makes the sample right, which is not following: excess = 1 - accuracy under the swap).
         words = audit["carrier"]["modalities"]["words"]["bias_swap"]
-        assert (words["n"], words["excess_follow_rate"], words["flip_rate"]) == (90, pytest.approx(1 / 3), pytest.approx(1 / 3))
+        assert (words["n"], words["flip_rate"]) == (90, pytest.approx(1 / 3))
+        assert words["excess_follow_rate"] == pytest.approx(1 - words["accuracy"] / 100) and words["excess_follow_rate"] >= 10 / 90
         assert audit["carrier"]["modalities"]["pixels"]["bias_swap"]["excess_follow_rate"] == 0.0
         assert audit["carrier"]["carrier"] == "words"
     assert right["carrier"] == left["carrier"]
@@ -342,8 +348,9 @@ def test_worst_group_that_covers_only_aligned_groups_says_it_cannot_see_the_bias
 def test_a_default_scan_reads_each_split_no_more_often_than_it_must():
     """Reading data is often the slow part of a real scan (decoding images from disk). The evaluated split is read
     twice: once ahead of the pass (its largest bias value and the carrier's donor pool, together) and once by the
-    pass, which also keeps the gradient-conflict batches as it goes. Train is read twice: its labels once for both
-    the JSD priors and the probes' sample, then the sampled rows for the probes' forwards."""
+    pass, which also keeps the gradient-conflict batches as it goes. Train is read once, its labels for the JSD
+    priors; val (the probes' split, docs/methods.md "Ceilings") twice: its labels for the probes' sample, then the
+    sampled rows for the probes' forwards."""
     from biasaudit.datasets.demo_model import DemoModel, DigitsCaptionsAdapter
 
     reads = []
@@ -358,4 +365,4 @@ def test_a_default_scan_reads_each_split_no_more_often_than_it_must():
     audit = audit_model(DemoModel(), Counting(seed=0), config=ScanConfig(**{**FAST, "conditions": "default", "gradient_batches": 2,
                                                                          "split": "ood", "batch_size": 64}), checkpoint=None)
     assert audit["gradient_conflict"]["available"] and audit["gradient_conflict"]["n_batches"] == 2
-    assert reads.count("ood") == 2 and reads.count("train") == 2, reads
+    assert reads.count("ood") == 2 and reads.count("train") == 1 and reads.count("val") == 2, reads

@@ -3,14 +3,15 @@
 Flip rates measure reliance: which input the model needs. They cannot say where a shortcut runs: a
 model can need the image for the content and still take the bias from the caption. So per modality m:
 - bias swap: give sample i the raw m-input of a donor with the SAME label and ANOTHER bias value k_j.
-  If predictions now follow the class that k_j's training prior prefers, c(k_j), m carries the bias.
+  If predictions now move to a class that k_j's training prior favours, F(k_j) (diagnostics/favoured.py; a bias
+  value may favour several classes), other than the sample's own label, m carries the bias.
 - content swap (the control): a donor with ANOTHER label and the SAME bias value. If predictions follow
   the donor's label, m's content drives them.
 - null swap (our addition, see docs/methods.md "Decisions"): a donor with the SAME label and the SAME bias
   value. Any swap also changes m's content (another sample's pixels or words), and a noisy modality
-  that carries no bias then moves predictions, some of them to c(k_j) by chance. The null swap measures
+  that carries no bias then moves predictions, some of them into F(k_j) by chance. The null swap measures
   that content change alone, so the excess bias-follow rate is the bias swap's share of predictions
-  equal to c(k_j) minus the null swap's share for the same target: the part due to the bias value. (The
+  in F(k_j) minus the null swap's share for the same target set: the part due to the bias value. (The
   same share among the un-swapped Full predictions, methods.md's reference, is reported beside it.)
   A modality the model ignores has exactly 0 either way.
 The carrier is the modality with the largest excess bias-follow rate whose 95% interval lies above 0:
@@ -29,12 +30,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from biasaudit.diagnostics.donors import DONOR_DRAW
+from biasaudit.diagnostics.favoured import follows
 from biasaudit.metrics.accuracy import percentile_interval, replicate_accuracy
 
 
 class SwapCounts:
     """Counts of one swap of one modality over the samples that got both its donor and a null donor:
-    predictions equal to the donor's target under the swap, under the null swap and in Full; correct
+    predictions that follow the donor's target under the swap, under the null swap and in Full; correct
     predictions and flips under the swap; weighted per bootstrap replicate (sample weight x donor weight)."""
 
     def __init__(self, replicates: int) -> None:
@@ -44,20 +47,22 @@ class SwapCounts:
 
     def update(self, *, swapped: np.ndarray, target: np.ndarray, prediction: np.ndarray, null: np.ndarray, full: np.ndarray,
                labels: np.ndarray, weights: np.ndarray, donor_weights: np.ndarray, null_weights: np.ndarray) -> None:
-        """swapped: rows with a donor and a null donor; target: the donor's c(k) or label (read on swapped rows);
-        weights, donor_weights, null_weights: [B, R] Poisson weights of the sample, its donor and its null donor."""
+        """swapped: rows with a donor and a null donor; target: [B, C] bool, the classes that count as following the
+        donor (F(k_j) for the bias swap, its label for the content swap; read on swapped rows); weights, donor_weights,
+        null_weights: [B, R] Poisson weights of the sample, its donor and its null donor."""
         self.skipped += int(np.count_nonzero(~swapped))
         p, z, f, t, y = (a[swapped] for a in (prediction, null, full, target, labels))
         w, u, v = weights[swapped], donor_weights[swapped], null_weights[swapped]
+        follow, null_follow = follows(p, y, t), follows(z, y, t)
         self.n += int(swapped.sum())
-        self.follow += int(np.count_nonzero(p == t))
-        self.null += int(np.count_nonzero(z == t))
-        self.baseline += int(np.count_nonzero(f == t))
+        self.follow += int(np.count_nonzero(follow))
+        self.null += int(np.count_nonzero(null_follow))
+        self.baseline += int(np.count_nonzero(follows(f, y, t)))
         self.correct += int(np.count_nonzero(p == y))
         self.flips += int(np.count_nonzero(p != f))
         pair, wu = w * (u + v), w * u
         self.w_pairs += pair.sum(axis=0)
-        self.w_excess += ((p == t).astype(np.int64) - (z == t).astype(np.int64)) @ pair
+        self.w_excess += (follow.astype(np.int64) - null_follow.astype(np.int64)) @ pair
         self.w_donor += wu.sum(axis=0)
         self.w_correct += (p == y).astype(np.int64) @ wu
 
@@ -113,23 +118,27 @@ class CarrierAccumulator:
             note = " ".join(filter(None, [note, "No modality's excess bias-follow rate has an interval above 0: no carrier is named."]))
         derived = {f"bias_follow:{m}": self.bias_swap[m].excess_replicates() for m in self.modalities}
         return ({"available": bool(measured), "note": note, "bias_source": bias_source, "carrier": carrier, "dominant": dominant,
-                 "differs": bool(carrier and dominant and carrier != dominant), "donor_pool": donor_pool, "reference": "null swap",
+                 "differs": bool(carrier and dominant and carrier != dominant), "donor_pool": donor_pool, "donor_draw": DONOR_DRAW,
+                 "reference": "null swap",
                  "modalities": modalities}, derived)
 
 
 def update_swap(counts: SwapCounts, *, donors: np.ndarray, null_donors: np.ndarray, target: np.ndarray, donor_weights: np.ndarray,
                 prediction: np.ndarray, null: np.ndarray, full: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> None:
-    """`target` per pool entry (c(k_j) for the bias swap, the donor's label for the content swap); `donor_weights`
-    [pool entries, R] Poisson weights of every pool entry."""
+    """`target` [pool entries, C] bool per pool entry (F(k_j) for the bias swap, the donor's label for the content swap);
+    `donor_weights` [pool entries, R] Poisson weights of every pool entry."""
     swapped = (donors >= 0) & (null_donors >= 0)
-    per_sample = np.where(swapped, target[np.maximum(donors, 0)] if len(target) else -1, -1)
+    per_sample = target[np.maximum(donors, 0)] if len(target) else np.zeros((len(donors), 0), dtype=bool)
     counts.update(swapped=swapped, target=per_sample, prediction=prediction, null=null, full=full, labels=labels, weights=weights,
                   donor_weights=donor_weights[np.maximum(donors, 0)], null_weights=donor_weights[np.maximum(null_donors, 0)])
 
 
-def targets(pool_bias: np.ndarray, pool_label: np.ndarray, preferred: np.ndarray) -> Mapping[str, np.ndarray]:
-    """Per pool entry: the class its bias value's prior prefers (-1 when unknown) and its label."""
-    bias_target = np.full(len(pool_bias), -1, dtype=np.int64)
-    known = pool_bias < len(preferred)
-    bias_target[known] = preferred[pool_bias[known]]
-    return {"bias": bias_target, "content": pool_label}
+def targets(pool_bias: np.ndarray, pool_label: np.ndarray, favoured: np.ndarray) -> Mapping[str, np.ndarray]:
+    """Per pool entry, [P, C] bool: the classes its bias value favours (none for a value unseen in train), and its label."""
+    num_classes = favoured.shape[1]
+    bias_target = np.zeros((len(pool_bias), num_classes), dtype=bool)
+    known = pool_bias < len(favoured)
+    bias_target[known] = favoured[pool_bias[known]]
+    content_target = np.zeros((len(pool_label), num_classes), dtype=bool)
+    content_target[np.arange(len(pool_label)), pool_label] = True
+    return {"bias": bias_target, "content": content_target}

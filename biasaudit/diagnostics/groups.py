@@ -14,57 +14,47 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy.stats import beta
 
+from biasaudit.diagnostics.favoured import ALIGNED, ALIGNMENT_NAMES, CONFLICTING, NEUTRAL, alignment as sample_alignment
 from biasaudit.metrics.accuracy import FLOAT32_EXACT_ROWS, percentile_interval
 
-# A split is called out of distribution when its share of bias-aligned samples (label = the class the bias
-# value's training prior prefers) is this far below train's: the shortcut then misleads on many samples.
+# A split is called out of distribution when its share of bias-aligned samples (label among the classes the bias
+# value's training prior favours, diagnostics/favoured.py) is this far below train's: the shortcut then misleads on many samples.
 OOD_ALIGNED_DROP = 0.2
-
-
-def preferred_class(prior_counts: np.ndarray) -> np.ndarray:
-    """c(k) = argmax_y P_k(y) per bias value k; -1 for a bias value that never occurs in train."""
-    counts = np.asarray(prior_counts)
-    return np.where(counts.sum(axis=1) > 0, counts.argmax(axis=1), -1)
-
-
-def conflicting(bias: np.ndarray, labels: np.ndarray, preferred: np.ndarray) -> np.ndarray:
-    """1 where the sample's bias value does not point to its label (including bias values unseen in train), else 0."""
-    known = bias < len(preferred)
-    pointed = np.full(len(bias), -1, dtype=np.int64)
-    pointed[known] = preferred[bias[known]]
-    return (pointed != labels).astype(np.int64)
+# A counted group smaller than this gets a wide exact interval; the section says how many there are.
+SMALL_GROUP = 30
 
 
 # Grouping choice. (label, bias value) is the definition; but C x K groups need C x K x min_group samples. A
 # split such as the demo's ood (10 digits x 10 colours in 323 samples, ~3 per group) has no group to count,
 # and an in-distribution split has its few bias-conflicting samples in groups too small to count, so its
-# worst group is a bias-aligned one and cannot see the bias. "auto" then falls back to (label, bias-aligned or
-# conflicting), 2C groups, and says so. It decides on the split's labels and bias values only, so two audits
-# of the same samples always group alike.
+# worst group is a bias-aligned one and cannot see the bias. "auto" then falls back to (label, bias-aligned,
+# conflicting or neutral), at most 3C groups, and says so. It decides on the split's labels and bias values only,
+# so two audits of the same samples always group alike.
 GROUPINGS = ("auto", "bias", "alignment")
 AUTO_COVERAGE = 0.5  # auto keeps (label, bias value) when counted groups hold this share of all and of the conflicting samples
-ALIGNMENT_NAMES = ("aligned", "conflicting")
 
 
-def choose_grouping(fine: GroupAccumulator, *, min_group: int, grouping: str, prior_counts: np.ndarray) -> str:
+def choose_grouping(fine: GroupAccumulator, *, min_group: int, grouping: str, favoured: np.ndarray) -> str:
     if grouping != "auto":
         return grouping
     counted = fine.count >= min_group
-    label_of = np.arange(fine.count.size) // fine.num_bias
-    pointed = _pointed(np.arange(fine.count.size) % fine.num_bias, preferred_class(prior_counts))
-    conflicting = pointed != label_of
+    is_conflicting = fine.group_alignment(favoured) == CONFLICTING
     shares = [fine.count[counted & within].sum() / fine.count[within].sum()
-              for within in (np.ones_like(counted), conflicting) if fine.count[within].sum()]
+              for within in (np.ones_like(counted), is_conflicting) if fine.count[within].sum()]
     return "bias" if shares and min(shares) >= AUTO_COVERAGE else "alignment"
 
 
-def _pointed(bias: np.ndarray, preferred: np.ndarray) -> np.ndarray:
-    """c(k) per entry of `bias`; -1 for a bias value without a training prior."""
-    out = np.full(len(bias), -1, dtype=np.int64)
-    known = bias < len(preferred)
-    out[known] = preferred[bias[known]]
-    return out
+def clopper_pearson(correct: int, n: int, *, level: float = 0.95) -> tuple[float, float] | None:
+    """Exact binomial interval of an accuracy, in percent. A percentile bootstrap of 0/11 has zero width and reads as
+    certainty; this one says 0 of 11 is compatible with up to 28%."""
+    if n <= 0:
+        return None
+    tail = (1.0 - level) / 2.0
+    low = 0.0 if correct == 0 else float(beta.ppf(tail, correct, n - correct + 1))
+    high = 1.0 if correct == n else float(beta.ppf(1.0 - tail, correct + 1, n - correct))
+    return 100.0 * low, 100.0 * high
 
 
 @dataclass(frozen=True)
@@ -99,6 +89,39 @@ class GroupAccumulator:
         self._sums = np.zeros((size, len(self.condition_names) + 1, replicates), dtype=np.float64)
         self._gathered: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (group [B], right [K, B], weights [B, R] uint8)
         self._gathered_rows = 0
+        self.draws: dict[str, int] = {}  # condition -> R once its draws are combined (biasaudit/draws.py)
+
+    def _evaluated(self, condition: str) -> np.ndarray:
+        """Per group, samples x draws: what a condition's correct count is out of (its mean over R draws)."""
+        return self.count * self.draws.get(condition, 1)
+
+    def _weighted_evaluated(self, condition: str) -> np.ndarray:
+        return self.weighted() * self.draws.get(condition, 1)
+
+    def _exact(self, condition: str, gid: int) -> tuple[float, float] | None:
+        """The exact interval of a group's accuracy; over R draws, of its mean number right (an interval over R x n
+        correlated trials would claim R times the samples)."""
+        draws = self.draws.get(condition, 1)
+        return clopper_pearson(int(round(self.correct[condition][gid] / draws)), int(self.count[gid]))
+
+    def combined_draws(self, groups: Mapping[str, Sequence[str]], multiplicities: np.ndarray) -> GroupAccumulator:
+        """Each group of draws (base name -> names of its R draws) summed into its base condition, replicate sums
+        weighted by how often each draw is picked in that replicate (biasaudit/draws.py)."""
+        self._take_sums()
+        members = {name for names in groups.values() for name in names[1:]}
+        out = GroupAccumulator([c for c in self.condition_names if c not in members], num_classes=self.num_classes,
+                               num_bias=self.num_bias, replicates=self._sums.shape[2])
+        out.count = self.count.copy()
+        out._sums[:, -1] = self._sums[:, -1]
+        for k, c in enumerate(out.condition_names):
+            names = groups.get(c, [c])
+            out.correct[c] = sum(self.correct[d] for d in names)
+            columns = [self.condition_names.index(d) for d in names]
+            out._sums[:, k] = (sum(multiplicities[:, i] * self._sums[:, j] for i, j in enumerate(columns)) if c in groups
+                               else self._sums[:, columns[0]])
+            if c in groups:
+                out.draws[c] = len(names)
+        return out
 
     def weighted(self, condition: str | None = None) -> np.ndarray:
         """[groups, R]: the Poisson weights summed over each group's correct predictions under `condition`, or over all
@@ -138,13 +161,20 @@ class GroupAccumulator:
         for g, lo, hi in zip(sorted_group[starts], starts, np.r_[starts[1:], group.size]):
             self._sums[g] += rows[:, lo:hi] @ sorted_weights[lo:hi]
 
-    def by_alignment(self, preferred: np.ndarray) -> GroupAccumulator:
-        """The same counts regrouped as (label, bias-aligned 0 or conflicting 1): every (label, bias value) group falls
-        wholly into one of them (`conflicting` depends on the pair only), so the regrouped sums are exact."""
+    def group_alignment(self, favoured: np.ndarray) -> np.ndarray:
+        """Per (label, bias value) group: ALIGNED, CONFLICTING or NEUTRAL (diagnostics/favoured.py)."""
         labels = np.repeat(np.arange(self.num_classes), self.num_bias)
-        target = labels * 2 + conflicting(np.tile(np.arange(self.num_bias), self.num_classes), labels, preferred)
-        out = GroupAccumulator(self.condition_names, num_classes=self.num_classes, num_bias=2, replicates=self._sums.shape[2])
+        return sample_alignment(np.tile(np.arange(self.num_bias), self.num_classes), labels, favoured)
+
+    def by_alignment(self, favoured: np.ndarray) -> GroupAccumulator:
+        """The same counts regrouped as (label, aligned 0 / conflicting 1 / neutral 2): every (label, bias value) group
+        falls wholly into one of them (alignment depends on the pair only), so the regrouped sums are exact."""
+        labels = np.repeat(np.arange(self.num_classes), self.num_bias)
+        target = labels * len(ALIGNMENT_NAMES) + self.group_alignment(favoured)
+        out = GroupAccumulator(self.condition_names, num_classes=self.num_classes, num_bias=len(ALIGNMENT_NAMES),
+                               replicates=self._sums.shape[2])
         self._take_sums()
+        out.draws = dict(self.draws)
         np.add.at(out.count, target, self.count)
         np.add.at(out._sums, target, self._sums)
         for c in self.condition_names:
@@ -162,8 +192,8 @@ class GroupAccumulator:
     def scores(self, condition: str, *, min_group: int) -> GroupScores:
         counted = self.count >= min_group
         with np.errstate(invalid="ignore", divide="ignore"):
-            accuracy = 100.0 * self.correct[condition] / self.count
-            replicate = 100.0 * self.weighted(condition)[counted] / self.weighted()[counted]
+            accuracy = 100.0 * self.correct[condition] / self._evaluated(condition)
+            replicate = 100.0 * self.weighted(condition)[counted] / self._weighted_evaluated(condition)[counted]
         if not counted.any():
             empty = np.full(self._sums.shape[2], np.nan)
             return GroupScores(None, None, None, None, None, 0, empty, empty)
@@ -176,45 +206,47 @@ class GroupAccumulator:
         return GroupScores(float(accuracy[worst]), percentile_interval(worst_r), int(worst), float(np.mean(accuracy[ids])),
                            percentile_interval(balanced_r), int(ids.size), worst_r, balanced_r)
 
-    def section(self, *, prior_counts: np.ndarray, min_group: int, class_names: Sequence[str], bias_names: Sequence[str] | None,
+    def section(self, *, favoured: np.ndarray, min_group: int, class_names: Sequence[str], bias_names: Sequence[str] | None,
                 bias_source: str, table_conditions: Sequence[str], train_aligned_share: float | None,
                 alignment: bool = False, asked: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The audit's `groups` section, and the per-replicate worst-group / bias-balanced accuracies that
-        compare and gate pair up (bootstrap.derived). alignment: the bias column is 0 aligned / 1 conflicting."""
+        compare and gate pair up (bootstrap.derived). alignment: the bias column is 0 aligned / 1 conflicting / 2 neutral."""
         label_of = np.arange(self.count.size) // self.num_bias
         bias_of = np.arange(self.count.size) % self.num_bias
         if alignment:
-            is_conflicting = bias_of == 1
-            known = np.ones(self.count.size, dtype=bool)
+            state = bias_of
             bias_names = ALIGNMENT_NAMES
         else:
-            pointed = _pointed(bias_of, preferred_class(prior_counts))
-            known = pointed >= 0
-            is_conflicting = known & (pointed != label_of)
+            state = self.group_alignment(favoured)
+        is_conflicting, aligned = state == CONFLICTING, state == ALIGNED
+        counted = self.count >= min_group
+        uncounted = ~counted & (self.count > 0)
         rows = []
         for gid in np.flatnonzero(self.count):
-            label, bias = int(label_of[gid]), int(bias_of[gid])
-            accuracy = {c: float(100.0 * self.correct[c][gid] / self.count[gid]) for c in table_conditions}
+            label, bias, n = int(label_of[gid]), int(bias_of[gid]), int(self.count[gid])
             rows.append({"label": label, "label_name": _name(class_names, label), "bias": bias, "bias_name": _name(bias_names, bias),
-                         "n": int(self.count[gid]), "conflicting": bool(is_conflicting[gid]) if known[gid] else None,
-                         "counted": bool(self.count[gid] >= min_group), "accuracy": accuracy})
+                         "n": n, "conflicting": None if state[gid] == NEUTRAL else bool(is_conflicting[gid]),
+                         "alignment": ALIGNMENT_NAMES[int(state[gid])], "counted": bool(counted[gid]),
+                         "accuracy": {c: float(100.0 * self.correct[c][gid] / self._evaluated(c)[gid]) for c in table_conditions},
+                         "accuracy_exact_ci": {c: self._exact(c, gid) for c in table_conditions}})
         rows.sort(key=lambda r: (r["accuracy"].get("full", 0.0), r["label"], r["bias"]))
         conditions, derived = {}, {}
-        aligned = known & ~is_conflicting
         for c in self.condition_names:
             s = self.scores(c, min_group=min_group)
             conditions[c] = {"worst_group": s.worst_group, "worst_group_ci": s.worst_group_ci,
                              "worst_group_label": None if s.worst_group_id is None else
                              f"{_name(class_names, int(label_of[s.worst_group_id]))} / {_name(bias_names, int(bias_of[s.worst_group_id]))}",
                              "bias_balanced": s.bias_balanced, "bias_balanced_ci": s.bias_balanced_ci, "groups_counted": s.groups_counted,
-                             "conflicting_accuracy": _pooled(self.correct[c], self.count, is_conflicting),
-                             "aligned_accuracy": _pooled(self.correct[c], self.count, aligned)}
+                             **self._worst_group_detail(c, s, counted),
+                             "conflicting_accuracy": _pooled(self.correct[c], self._evaluated(c), is_conflicting),
+                             "conflicting_accuracy_ci": _pooled_interval(self.weighted(c), self._weighted_evaluated(c), is_conflicting),
+                             "aligned_accuracy": _pooled(self.correct[c], self._evaluated(c), aligned),
+                             "uncounted": self._uncounted(c, uncounted, is_conflicting)}
             derived[f"worst_group:{c}"] = s.worst_replicates
             derived[f"bias_balanced:{c}"] = s.balanced_replicates
-            conditions[c]["conflicting_accuracy_ci"] = _pooled_interval(self.weighted(c), self.weighted(), is_conflicting)
         split_aligned = float(self.count[aligned].sum() / self.count.sum()) if self.count.sum() else None
         conflicting_samples = int(self.count[is_conflicting].sum())
-        counted_conflicting = int((is_conflicting & (self.count >= min_group)).sum())
+        counted_conflicting = int((is_conflicting & counted).sum())
         blind = None
         if conflicting_samples and not counted_conflicting:
             blind = (f"none of the split's {conflicting_samples} bias-conflicting samples is in a group of at least {min_group} samples "
@@ -222,30 +254,45 @@ class GroupAccumulator:
         shift = {"train_aligned_share": train_aligned_share, "split_aligned_share": split_aligned,
                  "ood": bool(train_aligned_share is not None and split_aligned is not None
                              and split_aligned <= train_aligned_share - OOD_ALIGNED_DROP)}
-        below = sum(1 for r in rows if not r["counted"])
+        small = int((counted & (self.count < SMALL_GROUP)).sum())
         notes = []
         if alignment:
             why = ("as asked (--group-by alignment)" if asked else f"because too few of the split's samples, or of its bias-conflicting "
                    f"ones, are in (label, bias value) groups of at least {min_group} (--group-by auto)")
-            notes.append(f"Groups are (label, bias-aligned or conflicting) {why}; a sample is aligned when the training prior of its "
-                         "bias value prefers its label.")
-        if not any(r["counted"] for r in rows):
+            notes.append(f"Groups are (label, bias-aligned, conflicting or neutral) {why}; a sample is aligned when its label is among "
+                         "the classes its bias value's training prior favours, neutral when that value favours none.")
+        if not counted.any():
             notes.append(f"No group has {min_group} samples (min_group), so there is no worst-group accuracy.")
-        elif below:
-            notes.append(f"{below} of {len(rows)} groups have fewer than {min_group} samples and are left out of worst-group and bias-balanced accuracy.")
+        elif uncounted.any():
+            left = conditions["full"]["uncounted"] if "full" in conditions else None
+            scored = f"; together they score {left['accuracy']:.1f}% (Full)" if left and left["accuracy"] is not None else ""
+            notes.append(f"{int(uncounted.sum())} of {len(rows)} groups ({int(self.count[uncounted].sum())} samples) have fewer than "
+                         f"{min_group} samples and are left out of worst-group and bias-balanced accuracy{scored}.")
+        if small:
+            notes.append(f"{small} counted group(s) have fewer than {SMALL_GROUP} samples: their accuracies carry wide exact intervals.")
         if blind:
             notes.append(blind[0].upper() + blind[1:] + "; read the pooled bias-conflicting accuracy instead.")
         return ({"available": True, "note": " ".join(notes) or None, "bias_source": bias_source, "blind": blind,
                  "conflicting_samples": conflicting_samples, "counted_conflicting_groups": counted_conflicting,
                  "grouping": "label x bias-aligned/conflicting" if alignment else "label x bias value", "min_group": min_group,
-                 "groups": rows, "conditions": conditions, "shift": shift}, derived)
+                 "small_groups": small, "groups": rows, "conditions": conditions, "shift": shift}, derived)
 
+    def _worst_group_detail(self, condition: str, scores: GroupScores, counted: np.ndarray) -> dict[str, Any]:
+        """The worst group's size and exact interval, and how many counted groups share the minimum: a worst group of 0%
+        means something else when eleven groups sit at 0 than when one does, and a bootstrap of 0/11 has no width."""
+        if scores.worst_group_id is None:
+            return {}
+        gid = scores.worst_group_id
+        accuracy = 100.0 * self.correct[condition][counted] / self._evaluated(condition)[counted]
+        return {"worst_group_n": int(self.count[gid]), "worst_group_exact_ci": self._exact(condition, gid),
+                "groups_at_minimum": int(np.count_nonzero(np.isclose(accuracy, scores.worst_group)))}
 
-def train_aligned_share(prior_counts: np.ndarray) -> float | None:
-    """Share of training samples whose label is the class their bias value's prior prefers."""
-    counts = np.asarray(prior_counts)
-    total = counts.sum()
-    return float(counts.max(axis=1).sum() / total) if total else None
+    def _uncounted(self, condition: str, uncounted: np.ndarray, is_conflicting: np.ndarray) -> dict[str, Any]:
+        """The samples of groups below min_group, pooled: what worst-group accuracy does not see."""
+        n = int(self.count[uncounted].sum())
+        return {"groups": int(uncounted.sum()), "n": n, "conflicting_n": int(self.count[uncounted & is_conflicting].sum()),
+                "accuracy": _pooled(self.correct[condition], self._evaluated(condition), uncounted),
+                "accuracy_ci": _pooled_interval(self.weighted(condition), self._weighted_evaluated(condition), uncounted) if n else None}
 
 
 def _pooled(correct: np.ndarray, count: np.ndarray, mask: np.ndarray) -> float | None:

@@ -18,7 +18,7 @@ pair up one by one even when read back from files.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -83,14 +83,20 @@ class BootstrapCounts:
     seed: int
     total_weight: np.ndarray  # [replicates] int64: sum of the Poisson weights of all samples
     correct_weight: Mapping[str, np.ndarray]  # condition -> [replicates] int64: same sum over correct predictions
+    # condition -> R for a random condition measured with R draws (biasaudit/draws.py): its correct weights are summed
+    # over R draws picked with replacement, so its replicate scores correct / (R * total). Absent: one draw.
+    draws: Mapping[str, int] = field(default_factory=dict)
 
     def accuracy(self, condition: str) -> np.ndarray:
         """[replicates] percent, bit-identical to the ConditionScores.replicate_accuracy of the scan."""
-        return replicate_accuracy(self.correct_weight[condition], self.total_weight)
+        return replicate_accuracy(self.correct_weight[condition], self.total_weight * self.draws.get(condition, 1))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"replicates": self.replicates, "seed": self.seed, "total_weight": self.total_weight.tolist(),
-                "correct_weight": {c: w.tolist() for c, w in self.correct_weight.items()}}
+        out = {"replicates": self.replicates, "seed": self.seed, "total_weight": self.total_weight.tolist(),
+               "correct_weight": {c: w.tolist() for c, w in self.correct_weight.items()}}
+        if self.draws:  # single-draw audits keep the format they always had
+            out["draws"] = dict(self.draws)
+        return out
 
     @classmethod
     def from_dict(cls, section: Any, *, conditions: Sequence[str]) -> BootstrapCounts:
@@ -108,10 +114,14 @@ class BootstrapCounts:
             found = sorted(correct) if isinstance(correct, Mapping) else type(correct).__name__
             raise DataError(f"bootstrap.correct_weight covers {found}; expected one list per condition, {sorted(conditions)}.")
         counts = {c: _count_list(correct[c], what=f"bootstrap.correct_weight[{c!r}]", length=replicates) for c in conditions}
+        draws = section.get("draws", {})
+        if not isinstance(draws, Mapping) or not all(c in counts and isinstance(r, int) and not isinstance(r, bool) and r >= 1
+                                                      for c, r in draws.items()):
+            raise DataError(f"bootstrap.draws is {draws!r}; expected an object of condition name -> number of draws (at least 1).")
         for c, values in counts.items():
-            if np.any(values > total):
+            if np.any(values > total * draws.get(c, 1)):
                 raise DataError(f"bootstrap.correct_weight[{c!r}] exceeds total_weight in some replicate; expected at most the total.")
-        return cls(replicates=replicates, seed=section["seed"], total_weight=total, correct_weight=counts)
+        return cls(replicates=replicates, seed=section["seed"], total_weight=total, correct_weight=counts, draws=dict(draws))
 
 
 @dataclass(frozen=True)
@@ -185,6 +195,7 @@ class ConditionAccumulator:
         # Poisson weights are integers, so integer sums are exact and independent of batch order.
         self.weighted_total = np.zeros(replicates, dtype=np.int64)
         self.weighted_correct = {c: np.zeros(replicates, dtype=np.int64) for c in names}
+        self.draws: dict[str, int] = {}  # condition -> R once its draws are combined (combined_draws)
 
     def update(self, predictions: Mapping[str, np.ndarray], labels: np.ndarray, *, indices: np.ndarray,
                weights: np.ndarray | None = None) -> None:
@@ -239,7 +250,26 @@ class ConditionAccumulator:
     def bootstrap_counts(self) -> BootstrapCounts:
         """A copy of the replicate counts, in the order the conditions were given."""
         return BootstrapCounts(replicates=self.replicates, seed=self.seed, total_weight=self.weighted_total.copy(),
-                               correct_weight={c: self.weighted_correct[c].copy() for c in self.condition_names})
+                               correct_weight={c: self.weighted_correct[c].copy() for c in self.condition_names},
+                               draws=dict(self.draws))
+
+    def combined_draws(self, groups: Mapping[str, Sequence[str]], multiplicities: np.ndarray) -> ConditionAccumulator:
+        """The same counts with each group of draws (base name -> names of its R draws) summed into its base condition:
+        confusion and flips over all draws (their means are the figures), replicate counts weighted by how often each
+        draw is picked in that replicate (biasaudit/draws.py)."""
+        members = {name for names in groups.values() for name in names[1:]}
+        out = ConditionAccumulator([c for c in self.condition_names if c not in members], num_classes=self.num_classes,
+                                   replicates=self.replicates, seed=self.seed)
+        out.n, out.weighted_total = self.n, self.weighted_total.copy()
+        for c in out.condition_names:
+            names = groups.get(c, [c])
+            out.confusion[c] = sum(self.confusion[d] for d in names)
+            out.flips[c] = sum(self.flips[d] for d in names)
+            out.weighted_correct[c] = (sum(multiplicities[:, i] * self.weighted_correct[d] for i, d in enumerate(names))
+                                       if c in groups else self.weighted_correct[c].copy())
+            if c in groups:
+                out.draws[c] = len(names)
+        return out
 
     def result(self) -> dict[str, ConditionScores]:
         """Scores per condition, in the order the conditions were given."""
@@ -251,14 +281,15 @@ class ConditionAccumulator:
             confusion = self.confusion[c]
             rows = confusion.sum(axis=1)
             replicates = counts.accuracy(c)
+            evaluated = self.n * self.draws.get(c, 1)  # samples x draws: the figures of R draws are their means
             with np.errstate(invalid="ignore", divide="ignore"):
                 recall = 100.0 * np.diag(confusion) / rows
             out[c] = ConditionScores(
-                accuracy=float(100.0 * np.trace(confusion) / self.n),
+                accuracy=float(100.0 * np.trace(confusion) / evaluated),
                 accuracy_ci=percentile_interval(replicates),
                 macro_f1=macro_f1_from_confusion(confusion),
                 per_class_accuracy=[float(r) if present else None for r, present in zip(recall, rows > 0)],
-                flip_rate=self.flips[c] / self.n,
+                flip_rate=self.flips[c] / evaluated,
                 n=self.n,
                 replicate_accuracy=replicates,
             )

@@ -31,6 +31,7 @@ class CalibrationAccumulator:
         self._confidence = ExactSum(conditions * bins)
         self.rises = np.zeros(conditions, dtype=np.int64)
         self.n = 0
+        self.draws: dict[str, int] = {}  # condition -> R once its draws are combined: bins hold R x n confidences
 
     def update(self, confidences: Mapping[str, np.ndarray], correct: Mapping[str, np.ndarray]) -> None:
         """confidences: max softmax per sample and condition; correct: prediction == label."""
@@ -53,6 +54,21 @@ class CalibrationAccumulator:
         self._confidence.merge(other._confidence)
         self.rises += other.rises
 
+    def combined_draws(self, groups: Mapping[str, Sequence[str]]) -> CalibrationAccumulator:
+        """Each group of draws (base name -> names of its R draws) summed into its base condition (biasaudit/draws.py)."""
+        members = {name for names in groups.values() for name in names[1:]}
+        out = CalibrationAccumulator([c for c in self.condition_names if c not in members], bins=self.bins, full=self.full)
+        out.n = self.n
+        totals = []
+        for k, c in enumerate(out.condition_names):
+            rows = [self.condition_names.index(d) for d in groups.get(c, [c])]
+            out.count[k], out.correct[k], out.rises[k] = self.count[rows].sum(axis=0), self.correct[rows].sum(axis=0), self.rises[rows].sum()
+            totals += [sum(self._confidence.totals[r * self.bins + b] for r in rows) for b in range(self.bins)]
+            if c in groups:
+                out.draws[c] = len(rows)
+        out._confidence.totals = totals
+        return out
+
     def _sums(self) -> np.ndarray:
         """[K, bins]: the confidences summed per condition and bin."""
         return self._confidence.value().reshape(self.count.shape)
@@ -60,7 +76,7 @@ class CalibrationAccumulator:
     def ece(self, condition: str) -> float:
         """sum_b (n_b / N) |acc_b - conf_b| = sum_b |correct_b - sum conf_b| / N (Naeini et al. 2015)."""
         k = self.condition_names.index(condition)
-        return float(np.abs(self.correct[k] - self._sums()[k]).sum() / self.n)
+        return float(np.abs(self.correct[k] - self._sums()[k]).sum() / (self.n * self.draws.get(condition, 1)))
 
     def section(self) -> dict[str, Any]:
         edges = np.linspace(0.0, 1.0, self.bins + 1)
@@ -71,6 +87,6 @@ class CalibrationAccumulator:
                             "confidence": float(confidence[b] / count[b]) if count[b] else None,
                             "accuracy": float(100.0 * self.correct[k][b] / count[b]) if count[b] else None}
                            for b in range(self.bins)]
-            conditions[c] = {"ece": self.ece(c), "confidence_rise_rate": None if c == self.full else int(self.rises[k]) / self.n,
+            conditions[c] = {"ece": self.ece(c), "confidence_rise_rate": None if c == self.full else int(self.rises[k]) / (self.n * self.draws.get(c, 1)),
                              "reliability": reliability}
         return {"available": True, "bins": self.bins, "conditions": conditions}

@@ -104,11 +104,14 @@ def _gap_reason(comparison: Mapping[str, Any], word: str) -> str | None:
         text += (f" because {moved} is now used {'more' if alone[moved][1] > alone[moved][0] else 'less'}: "
                  + ", ".join(f"{m} alone scores {pts(a)}% (was {pts(b)}%)" for m, (b, a) in alone.items()))
     ceilings = ((comparison.get("bias") or {}).get("ceilings") or {})
+    # A caveated ceiling bounds nothing (diagnostics/ceilings.py): it is not quoted as what a modality can tell.
     each = ", ".join(f"{m} {pts((v.get('ceiling') or {}).get('after'))}%" for m, v in (ceilings.get("modalities") or {}).items()
-                     if (v.get("ceiling") or {}).get("after") is not None)
+                     if (v.get("ceiling") or {}).get("after") is not None and not (v.get("caveat") or {}).get("after"))
+    implied = (ceilings.get("implied_gap") or {}).get("after")
     if each:
-        text += (f"; the ceilings (what each modality can tell alone, after) are {each}, implying a Gap of "
-                 f"{pts((ceilings.get('implied_gap') or {}).get('after'))} points")
+        text += f"; the ceilings (what each modality can tell alone, after) are {each}"
+        if implied is not None:
+            text += f", implying a Gap of {pts(implied)} points"
         if (ceilings.get("large_gap_expected") or {}).get("after"):
             text += ", so a large Gap is expected"
     text += ". The Gap measures reliance, not bias"

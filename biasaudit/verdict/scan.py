@@ -18,6 +18,23 @@ def _swap_clause(swap: Mapping[str, Any]) -> str:
             "that bias value than a swap that keeps the bias value")
 
 
+def _worst_group_phrase(full: Mapping[str, Any]) -> str:
+    """Worst-group accuracy with the exact (Clopper-Pearson) interval of the worst group's own samples where the audit has
+    it: a bootstrap interval of 0 of 11 correct has no width and would read as certainty."""
+    exact = full.get("worst_group_exact_ci")
+    if exact is None:
+        return f"{pts(full['worst_group'])}%{ci_points(full.get('worst_group_ci'))}"
+    tied = full.get("groups_at_minimum") or 1
+    ties = f"; {tied} groups share this minimum" if tied > 1 else ""
+    return f"{pts(full['worst_group'])}% (exact 95% interval{ci_points(exact)}, n={full.get('worst_group_n')}{ties})"
+
+
+def _blind_phrase(groups: Mapping[str, Any], full: Mapping[str, Any]) -> str:
+    return (f"bias-conflicting accuracy {pts(full['conflicting_accuracy'])}%{ci_points(full.get('conflicting_accuracy_ci'))} "
+            f"(all {groups.get('conflicting_samples')} bias-conflicting samples are in groups below min_group {groups.get('min_group')}, "
+            f"so there is no worst-group figure for the bias) vs {pts(full.get('aligned_accuracy'))}% aligned")
+
+
 def _bias_sentences(audit: Mapping[str, Any]) -> list[str]:
     out = []
     carrier = audit.get("carrier")
@@ -42,13 +59,18 @@ def _bias_sentences(audit: Mapping[str, Any]) -> list[str]:
                    f"vs {pts(full.get('aligned_accuracy'))}% for bias-aligned ones.")
     elif full.get("worst_group") is not None:
         where = f" (group {full['worst_group_label']})" if full.get("worst_group_label") else ""
-        text = f"Worst-group accuracy is {pts(full['worst_group'])}%{ci_points(full.get('worst_group_ci'))}{where}"
+        text = f"Worst-group accuracy is {_worst_group_phrase(full)}{where}"
         if full.get("bias_balanced") is not None:
             text += (f"; bias-balanced accuracy {pts(full['bias_balanced'])}%{ci_points(full.get('bias_balanced_ci'))}"
                      f" over {full.get('groups_counted', 'the')} groups")
         if full.get("conflicting_accuracy") is not None and full.get("aligned_accuracy") is not None:
             text += (f"; bias-conflicting samples score {pts(full['conflicting_accuracy'])}% vs "
                      f"{pts(full['aligned_accuracy'])}% for bias-aligned ones")
+        left = full.get("uncounted") or {}
+        if left.get("n"):
+            among = f" ({left['conflicting_n']} of them bias-conflicting)" if left.get("conflicting_n") else ""
+            text += (f". {left['n']} samples in {left['groups']} groups below min_group {groups.get('min_group')} are left out of it"
+                     f"{among}; together they score {pts(left.get('accuracy'))}%{ci_points(left.get('accuracy_ci'))}")
         out.append(text + ".")
     elif isinstance(audit.get("groups"), Mapping) and audit["groups"].get("note"):
         out.append(f"No group accuracies: {audit['groups']['note']}")
@@ -94,6 +116,27 @@ def jsd_sentence(audit: Mapping[str, Any]) -> str | None:
             "prior exactly, 1 = not at all).")
 
 
+def _ceiling_sentences(ceilings: Mapping[str, Any], modalities: Mapping[str, Any]) -> list[str]:
+    """The ceilings, the Gap they imply and the utilisation. A caveated ceiling bounds nothing: it is marked, the implied
+    Gap and the utilisation are read without it (the section computes the Gap so), and its caveat is a sentence."""
+    caveats = [v["caveat"] for v in modalities.values() if v.get("caveat")]
+    each = ", ".join(f"{m} {pts(v.get('ceiling'))}%{ci_points(v.get('ceiling_ci'))}{' (not a bound)' if v.get('caveat') else ''}"
+                     for m, v in modalities.items())
+    text = f"Unimodal ceilings (what each modality can tell alone): {each}"
+    if not caveats or ceilings.get("implied_gap") is not None:
+        who = "those that are bounds" if caveats else "they alone"
+        text += f"; {who} imply a Gap of {pts(ceilings.get('implied_gap'))} points"
+        if ceilings.get("large_gap_expected"):
+            text += (", so a large Gap is expected: the modalities can tell different amounts, and a large Gap need not "
+                     "mean bias")
+    out = [text + ".", *caveats]
+    used = ", ".join(f"{m} {pct(v['utilisation'])}" for m, v in modalities.items()
+                     if v.get("utilisation") is not None and not v.get("caveat"))
+    if used:
+        out.append(f"Utilisation (accuracy alone / ceiling): {used}.")
+    return out
+
+
 def _reliance_sentences(audit: Mapping[str, Any]) -> list[str]:
     missing = (audit.get("summary") or {}).get("missing")
     if not missing:
@@ -112,16 +155,7 @@ def _reliance_sentences(audit: Mapping[str, Any]) -> list[str]:
     ceilings = ran_section(audit, "ceilings")
     modalities = (ceilings or {}).get("modalities") or {}
     if modalities:
-        each = ", ".join(f"{m} {pts(v.get('ceiling'))}%{ci_points(v.get('ceiling_ci'))}" for m, v in modalities.items())
-        text = (f"Unimodal ceilings (what each modality can tell alone): {each}; they alone imply a Gap of "
-                f"{pts(ceilings.get('implied_gap'))} points")
-        if ceilings.get("large_gap_expected"):
-            text += (", so a large Gap is expected: the modalities can tell different amounts, and a large Gap need not "
-                     "mean bias")
-        out.append(text + ".")
-        used = ", ".join(f"{m} {pct(v['utilisation'])}" for m, v in modalities.items() if v.get("utilisation") is not None)
-        if used:
-            out.append(f"Utilisation (accuracy alone / ceiling): {used}.")
+        out.extend(_ceiling_sentences(ceilings, modalities))
     elif isinstance(audit.get("ceilings"), Mapping) and audit["ceilings"].get("note"):
         out.append(f"No unimodal ceilings: {audit['ceilings']['note']}")
     return out
@@ -179,10 +213,9 @@ def _headline(audit: Mapping[str, Any]) -> str:
     groups = ran_section(audit, "groups") or {}
     full = (groups.get("conditions") or {}).get("full") or {}
     if groups.get("blind") and full.get("conflicting_accuracy") is not None:
-        parts.append(f"bias-conflicting accuracy {pts(full['conflicting_accuracy'])}%{ci_points(full.get('conflicting_accuracy_ci'))} "
-                     f"vs {pts(full.get('aligned_accuracy'))}% aligned")
+        parts.append(_blind_phrase(groups, full))
     elif full.get("worst_group") is not None:
-        parts.append(f"worst-group accuracy {pts(full['worst_group'])}%{ci_points(full.get('worst_group_ci'))}")
+        parts.append(f"worst-group accuracy {_worst_group_phrase(full)}")
     if ((ran_section(audit, "groups") or {}).get("shift") or {}).get("ood"):
         parts.append(f"OOD accuracy {pts(((audit.get('summary') or {}).get('full') or {}).get('accuracy'))}%")
     missing = (audit.get("summary") or {}).get("missing") or {}

@@ -1,0 +1,88 @@
+"""Independent draws of a scan's random conditions (`--draws R`; methods.md section 10, issue 19).
+
+A noisy condition, a ratio rung's muted subset and a ceiling probe's training sample are each one seeded draw.
+The bootstrap over samples covers the samples, not the draw: a seed whose noise happens to hurt more than
+most reads as the model's figure, with an interval that leaves the draw out. With R draws every random
+condition is evaluated R times, draw d with the random streams of seed + d (draw 0 is the single-draw scan,
+so `--draws 1` changes nothing), and the audit reports the mean over draws under the condition's own name.
+
+Intervals resample the draws as well as the samples: replicate r takes the samples' Poisson weights, as every
+accuracy of the scan does, and D draws picked with replacement from the R (multiplicities m_rd, a multinomial
+of (R; 1/R, ...) keyed by (seed, r)), so replicate r of a combined condition scores
+sum_d m_rd correct_rd / (R total_r). Everything stays an integer count: shards still merge exactly (draws
+are combined once, after the merge) and two audits with the same seed and R draw the same m, so their
+replicates pair up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from biasaudit.conditions import Condition
+from biasaudit.impairments import Impairment
+from biasaudit.randomness import uniform
+
+# The name of draw d >= 1 of a condition inside the pass; never in an audit.
+_DRAW_MARK = "#draw"
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The seed of draw d's random streams: seed + d (so draw d of seed s is draw 0, the single-draw scan, of seed s + d)."""
+    return (seed + draw) % 2**64
+
+
+def draw_name(name: str, draw: int) -> str:
+    return name if draw == 0 else f"{name}{_DRAW_MARK}{draw}"
+
+
+def is_random(condition: Condition, impairment: Impairment | None) -> bool:
+    """Noise at any severity, or a mute of a random fraction of the samples; a whole mute and Full are fixed."""
+    if impairment is None or condition.group == "full":
+        return False
+    return not impairment.mutes or 0.0 < condition.severity < 1.0
+
+
+def with_draws(conditions: Sequence[Condition], impairments: Mapping[str, Impairment], draws: int) -> list[Condition]:
+    """Every random condition followed by its draws 1 .. R-1 (same definition, another draw)."""
+    out = []
+    for condition in conditions:
+        out.append(condition)
+        if draws > 1 and is_random(condition, impairments.get(condition.name)):
+            out.extend(Condition(draw_name(condition.name, d), condition.group, condition.modality, condition.impairment,
+                                 condition.severity, draw=d) for d in range(1, draws))
+    return out
+
+
+def draw_groups(conditions: Sequence[Condition]) -> dict[str, list[str]]:
+    """Base condition name -> the names of all its draws (draw 0 first), for conditions that have more than one."""
+    groups: dict[str, list[str]] = {}
+    for condition in conditions:
+        if condition.draw:
+            base = condition.name[: condition.name.rindex(_DRAW_MARK)]
+            groups.setdefault(base, [base]).append(condition.name)
+    return groups
+
+
+def draw_multiplicities(seed: int, replicates: int, draws: int) -> np.ndarray:
+    """[replicates, draws] int64: how often each draw is picked in each bootstrap replicate (R picks with replacement;
+    every row sums to R)."""
+    keys = np.arange(replicates * draws, dtype=np.int64)
+    picks = np.minimum((uniform(seed, "draw-resample", keys) * draws).astype(np.int64), draws - 1).reshape(replicates, draws)
+    return np.stack([np.bincount(row, minlength=draws) for row in picks]).astype(np.int64)
+
+
+def combined_pass(state: Any, conditions: Sequence[Condition], *, seed: int) -> Any:
+    """A pass state (biasaudit/scan_state.py PassState) whose accuracy, calibration, group and ratio counts hold each
+    random condition once, summed over its draws, under its own name; unchanged when no condition has draws."""
+    groups = draw_groups(conditions)
+    if not groups:
+        return state
+    draws = len(next(iter(groups.values())))
+    picks = draw_multiplicities(seed, state.accuracy.replicates, draws)
+    muted = {name: sum(state.muted_counts.get(d, 0) for d in groups.get(name, [name]))
+             for name in state.muted_counts if name not in {d for names in groups.values() for d in names[1:]}}
+    return replace(state, accuracy=state.accuracy.combined_draws(groups, picks), calibration=state.calibration.combined_draws(groups),
+                   groups=state.groups.combined_draws(groups, picks) if state.groups is not None else None, muted_counts=muted)

@@ -1,0 +1,208 @@
+"""Bias values that favour two classes (methods.md section 9, F(k)): aligned share, conflicting accuracy, worst-group
+accuracy and the carrier's excess bias-follow rate against hand counts. Under the single most frequent class (the
+rule before F(k)) every one of these figures is wrong on this data, and the shortcut vanishes from the group measures.
+
+The data: 4 classes, 2 bias values. In train bias value 0 goes with labels 0 and 1, bias value 1 with labels 2 and 3,
+48 of every 50 samples of a label (so P_0 = (.48, .48, .02, .02): F(0) = {0, 1}, F(1) = {2, 3}; the single argmax
+reads c(0) = 0 and c(1) = 2). The test split holds every (label, bias value) pair 20 times (160 samples).
+The model: logits = s_y * onehot(y) (content) + cue(k), with s = 1.5 for labels 0 and 2, 0.5 for labels 1 and 3, and
+cue(0) = (1.0, 0.9, 0, 0), cue(1) = (0, 0, 0.9, 1.0). By hand:
+- aligned samples (label in F(k)) are all right; conflicting samples of labels 0 and 2 are right (1.5 beats 1.0),
+  those of label 1 (with k = 1) are predicted 3, those of label 3 (with k = 0) are predicted 0;
+- conflicting accuracy 40 / 80 = 50%, aligned 100%; train aligned share 192 / 200 = 96%;
+- under (label, aligned/conflicting/neutral) groups the worst groups are "1 / conflicting" and "3 / conflicting", 0%;
+- bias swap of the cue (same label, the other bias value; the null swap keeps the same cue, so the same prediction):
+  samples (1, k=0) then predict 3 in F(1) and samples (3, k=1) predict 0 in F(0); nothing else follows:
+  excess 40 / 160 = 0.25 (the argmax rule counted only 0 in F(0): 0.125).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from biasaudit import Adapter, Modality
+from biasaudit.audit import audit_model
+from biasaudit.comparing import compare_audits
+from biasaudit.diagnostics.favoured import ALIGNED, CONFLICTING, NEUTRAL, alignment, favoured_classes
+from biasaudit.errors import InputError
+from biasaudit.scanning import ScanConfig
+
+STRENGTH = torch.tensor([1.5, 0.5, 1.5, 0.5])
+CUE = torch.tensor([[1.0, 0.9, 0.0, 0.0], [0.0, 0.0, 0.9, 1.0]])
+FAST = dict(split="test", bootstrap_replicates=200, projection="pca", gradient_batches=1, min_wrong=1, batch_size=32)
+
+
+def _split(name: str, *, conflicting_per_group: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+    if name == "train":
+        labels = torch.arange(200) // 50
+        favoured_value = labels // 2
+        other = (torch.arange(200) % 50) < 2  # 2 of every 50 samples of a label carry the other bias value
+        return labels, torch.where(other, 1 - favoured_value, favoured_value)
+    labels, bias = [], []
+    for y in range(4):
+        for k in range(2):
+            n = 20 if k == y // 2 else conflicting_per_group
+            labels += [y] * n
+            bias += [k] * n
+    return torch.tensor(labels), torch.tensor(bias)
+
+
+class TwoFavouredModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.cue_branch = nn.Identity()
+        self.content_branch = nn.Flatten()
+        self.register_buffer("cue", CUE.clone())
+
+    def forward(self, cue: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        return self.content_branch(content) + self.cue_branch(cue) @ self.cue
+
+
+class TwoFavouredAdapter(Adapter):
+    modalities = [Modality("cue", "tensor"), Modality("content", "image", value_range=(0.0, 2.0))]
+    num_classes = 4
+    bias_key = "k"
+    splits = ("train", "test")
+    bias_names = ("k0", "k1")
+    conflicting_per_group = 20
+
+    def build_model(self) -> nn.Module:
+        return TwoFavouredModel()
+
+    def data(self, split: str, *, batch_size: int):
+        labels, bias = _split(split, conflicting_per_group=self.conflicting_per_group)
+        cue = nn.functional.one_hot(bias, 2).float()
+        content = (nn.functional.one_hot(labels, 4).float() * STRENGTH[labels][:, None])[:, None, :]
+        for lo in range(0, len(labels), batch_size):
+            hi = lo + batch_size
+            yield {"cue": cue[lo:hi], "content": content[lo:hi], "label": labels[lo:hi], "k": bias[lo:hi]}
+
+    def prepare(self, batch, *, device):
+        return batch["cue"].to(device), batch["content"].to(device)
+
+    def branches(self, model):
+        return {"cue": model.cue_branch, "content": model.content_branch}
+
+
+def scan(adapter: Adapter, **options):
+    config = ScanConfig(**{**FAST, "conditions": "missing,carrier", **options})
+    return audit_model(adapter.build_model(), adapter, config=config, checkpoint=None)
+
+
+@pytest.fixture(scope="module")
+def by_alignment():
+    return scan(TwoFavouredAdapter(), group_by="alignment")
+
+
+def test_each_bias_value_favours_both_of_its_classes_and_the_audit_lists_them(by_alignment):
+    favoured = by_alignment["groups"]["favoured"]
+    assert [(v["bias_name"], v["classes"]) for v in favoured["values"]] == [("k0", [0, 1]), ("k1", [2, 3])]
+    assert favoured["values"][0]["shares"] == pytest.approx([0.48, 0.48])
+    assert favoured["several"] == 2 and favoured["fraction"] == 0.5
+    # The two top shares tie: an audit under the single-argmax reading would have been arbitrary here, and says so.
+    assert favoured["near_ties"] == ["k0", "k1"] and "k0, k1" in by_alignment["groups"]["note"]
+
+
+def test_aligned_share_and_conflicting_accuracy_equal_hand_counts(by_alignment):
+    """Under the argmax rule the train aligned share read 48% (truth 96%) and conflicting samples scored 66.7%."""
+    groups = by_alignment["groups"]
+    assert groups["shift"]["train_aligned_share"] == pytest.approx(192 / 200)
+    assert groups["shift"]["split_aligned_share"] == pytest.approx(0.5)
+    full = groups["conditions"]["full"]
+    assert full["conflicting_accuracy"] == pytest.approx(50.0)
+    assert full["aligned_accuracy"] == 100.0
+    assert groups["conflicting_samples"] == 80
+
+
+def test_worst_group_is_the_conflicting_weak_labels_at_zero(by_alignment):
+    """The argmax rule merged each weak label's right and wrong samples into one 'conflicting' group: worst 50%."""
+    full = by_alignment["groups"]["conditions"]["full"]
+    assert full["worst_group"] == 0.0
+    assert full["worst_group_label"] == "1 / conflicting"
+    assert full["groups_at_minimum"] == 2 and full["worst_group_n"] == 20
+    lo, hi = full["worst_group_exact_ci"]  # 0 of 20: exact upper bound 1 - 0.025 ** (1/20)
+    assert lo == 0.0 and hi == pytest.approx(100 * (1 - 0.025 ** (1 / 20)))
+    headline = by_alignment["verdict"]["headline"]
+    assert "worst-group accuracy 0.0% (exact 95% interval" in headline and "2 groups share this minimum" in headline
+
+
+def test_carrier_excess_counts_a_follow_into_either_favoured_class(by_alignment):
+    cue = by_alignment["carrier"]["modalities"]["cue"]["bias_swap"]
+    assert cue["n"] == 160
+    assert cue["excess_follow_rate"] == pytest.approx(40 / 160)  # the argmax rule: 20 / 160
+    assert cue["null_follow_rate"] == 0.0
+    content = by_alignment["carrier"]["modalities"]["content"]["bias_swap"]
+    assert content["excess_follow_rate"] == 0.0  # a same-label donor has the same content
+    assert by_alignment["carrier"]["carrier"] == "cue"
+
+
+def test_per_group_rows_say_aligned_or_conflicting_by_the_favoured_set():
+    audit = scan(TwoFavouredAdapter(), group_by="bias")
+    rows = {(r["label"], r["bias"]): r for r in audit["groups"]["groups"]}
+    for (label, bias), row in rows.items():
+        assert row["conflicting"] is (bias != label // 2), (label, bias)
+        assert row["alignment"] == ("conflicting" if bias != label // 2 else "aligned")
+        expected = 0.0 if bias != label // 2 and label in (1, 3) else 100.0
+        assert row["accuracy"]["full"] == expected
+        lo, hi = row["accuracy_exact_ci"]["full"]
+        assert lo <= expected <= hi and hi - lo > 0  # exact intervals never have zero width at n = 20
+
+
+def test_when_every_conflicting_sample_is_in_an_uncounted_group_the_headline_says_so():
+    """Conflicting groups of 3 samples, min_group 10: a 'worst-group accuracy 100%' headline would hide the shortcut."""
+    adapter = TwoFavouredAdapter()
+    adapter.conflicting_per_group = 3
+    audit = scan(adapter, group_by="bias", min_group=10)
+    groups = audit["groups"]
+    assert groups["blind"] and groups["conflicting_samples"] == 12
+    left = groups["conditions"]["full"]["uncounted"]
+    assert (left["groups"], left["n"], left["conflicting_n"]) == (4, 12, 12)
+    assert left["accuracy"] == pytest.approx(50.0)  # labels 0 and 2 right, 1 and 3 wrong
+    assert left["accuracy_ci"][0] <= 50.0 <= left["accuracy_ci"][1]
+    headline = audit["verdict"]["headline"]
+    assert "worst-group accuracy" not in headline
+    assert "all 12 bias-conflicting samples are in groups below min_group 10" in headline
+    assert "bias-conflicting accuracy 50.0%" in headline
+
+
+def test_groups_left_out_are_counted_and_scored_beside_the_worst_group():
+    adapter = TwoFavouredAdapter()
+    adapter.conflicting_per_group = 5
+    audit = scan(adapter, group_by="bias", min_group=5)  # every group counted: nothing left out
+    assert audit["groups"]["conditions"]["full"]["uncounted"]["n"] == 0
+    audit = scan(adapter, group_by="bias", min_group=6)
+    left = audit["groups"]["conditions"]["full"]["uncounted"]
+    assert (left["groups"], left["n"]) == (4, 20)
+    assert audit["groups"]["blind"]  # all conflicting samples are in the 4 small groups
+    assert any(s.startswith("Worst-group accuracy cannot see the bias") for s in audit["verdict"]["sentences"])
+
+
+def test_a_flat_prior_favours_nothing_and_its_samples_are_neutral():
+    counts = np.array([[10, 10, 10], [20, 5, 0], [12, 10, 0], [0, 0, 0]])
+    favoured = favoured_classes(counts)
+    assert favoured.tolist() == [[False, False, False], [True, False, False], [True, True, False], [False, False, False]]
+    assert favoured_classes(counts, fraction=0.9).tolist()[2] == [True, False, False]
+    states = alignment(np.array([0, 1, 1, 2, 3, 7]), np.array([0, 0, 1, 1, 0, 0]), favoured)
+    assert states.tolist() == [NEUTRAL, ALIGNED, CONFLICTING, ALIGNED, NEUTRAL, NEUTRAL]
+
+
+def test_the_fraction_is_a_setting_recorded_in_the_manifest(by_alignment):
+    assert by_alignment["manifest"]["config"]["favoured_fraction"] == 0.5
+    strict = scan(TwoFavouredAdapter(), group_by="alignment", favoured_fraction=1.0)
+    # Fraction 1.0 keeps only the classes at the largest share: both still tie here, so nothing changes.
+    assert [v["classes"] for v in strict["groups"]["favoured"]["values"]] == [[0, 1], [2, 3]]
+    with pytest.raises(InputError, match="favoured_fraction is 0; expected a number above 0 and at most 1"):
+        ScanConfig(favoured_fraction=0)
+
+
+def test_compare_refuses_an_audit_written_under_the_single_argmax_rule(by_alignment):
+    older = copy.deepcopy(by_alignment)
+    del older["manifest"]["config"]["favoured_fraction"]
+    with pytest.raises(InputError, match="read bias values differently.*single most frequent class"):
+        compare_audits(older, by_alignment)
+    compare_audits(copy.deepcopy(by_alignment), by_alignment)  # the same rule pairs
