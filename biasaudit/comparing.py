@@ -98,6 +98,9 @@ def pair_replicates(before: Mapping[str, Any], after: Mapping[str, Any]) -> Pair
         return unpaired(f"different bootstrap seeds ({b.seed} vs {a.seed})")
     if b.replicates != a.replicates:
         return unpaired(f"different replicate counts ({b.replicates} vs {a.replicates})")
+    if dict(b.draws) != dict(a.draws):
+        # Replicates of R draws weigh R draws picked with replacement: they pair only with replicates that did the same.
+        return unpaired(f"different draws of the random conditions ({max(b.draws.values(), default=1)} vs {max(a.draws.values(), default=1)})")
     different = fingerprint_difference(before["samples"], after["samples"])
     if different is not None:
         return unpaired(different)

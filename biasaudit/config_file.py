@@ -23,7 +23,7 @@ SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "adapter": str, "split": str, "conditions": str, "seed": int, "device": str, "batch_size": int, "projection": str,
     "bootstrap": int, "gradient_batches": int, "min_wrong": int, "kmeans_k": int, "embedding_points": int, "mute": list,
     "min_group": int, "group_by": str, "mute_compare": bool, "unimodal": list, "ceiling_per_class": int,
-    "precision": str, "favoured_fraction": (int, float),
+    "precision": str, "favoured_fraction": (int, float), "draws": int,
 }
 # A number applies to the option's default target; a table gives one limit per group, condition or
 # modality. The values inside are checked by biasaudit.gate_limits, the same path as the command line's.

@@ -27,7 +27,7 @@ from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
 from biasaudit.diagnostics.shapley import ShapleyAccumulator, subsets
 from biasaudit.errors import DataError
-from biasaudit.draws import draw_seed
+from biasaudit.draws import draw_name, draw_seed
 from biasaudit.impairments import Impairment, impair_batch, muted_subset_draws, muting_impairment
 from biasaudit.metrics.accuracy import ConditionAccumulator, bootstrap_weights
 from biasaudit.metrics.calibration import CalibrationAccumulator
@@ -65,7 +65,7 @@ class PassSetup:
     carrier: CarrierAccumulator | None = None
     pool: DonorPool | None = None
     favoured: np.ndarray | None = None  # F(k) per bias value, [K, C] bool (diagnostics/favoured.py)
-    probes: Mapping[str, Any] = field(default_factory=dict)
+    probes: Mapping[str, list[Any]] = field(default_factory=dict)  # modality -> its fitted probe per draw
     unimodal: Mapping[str, nn.Module] = field(default_factory=dict)
     ceilings: ConditionAccumulator | None = None
     shapley: ShapleyAccumulator | None = None
@@ -309,7 +309,9 @@ class BatchEvaluator:
                 if feature is None:
                     raise DataError(f"The {name!r} branch did not run in the Full forward of this batch, although it ran on train; "
                                     "the adapter's branches() must name modules the model calls on every forward.")
-                predictions[f"ceiling:{name}"] = s.probes[name].predict(feature.double().cpu().numpy())
+                values = feature.double().cpu().numpy()
+                for draw, probe in enumerate(s.probes[name]):
+                    predictions[draw_name(f"ceiling:{name}", draw)] = probe.predict(values)
             else:
                 continue
             predictions[f"alone:{name}"] = self.subset_logits(frozenset([name]), stage="ceilings").argmax(dim=1).cpu().numpy()

@@ -32,7 +32,7 @@ from biasaudit.diagnostics.carrier import CarrierAccumulator
 from biasaudit.diagnostics.ceilings import (DEFAULT_PER_CLASS, BranchTap, ceilings_section, fit_probes, probe_source, probe_split,
                                             token_masks)
 from biasaudit.diagnostics.donors import DEFAULT_CAPACITY, DonorPool
-from biasaudit.draws import combined_pass, with_draws
+from biasaudit.draws import combined_pass, draw_multiplicities, draw_name, draw_seed, with_draws
 from biasaudit.diagnostics.favoured import DEFAULT_FAVOURED_FRACTION, aligned_share, favoured_classes, favoured_section
 from biasaudit.diagnostics.groups import GROUPINGS, GroupAccumulator, choose_grouping
 from biasaudit.diagnostics.interaction import DEFAULT_DONORS, InteractionAccumulator
@@ -208,6 +208,11 @@ def _mute_compare_conditions(adapter: Adapter) -> list[Condition]:
             for m in adapter.modalities for alternative in alternative_mutes(m.kind, muting_impairment(m).name)]
 
 
+def ceiling_names(modality: str, draws: int) -> list[str]:
+    """The ceilings accumulator's rows of one modality: its ceiling under every probe draw, and the model alone."""
+    return [draw_name(f"ceiling:{modality}", d) for d in range(draws)] + [f"alone:{modality}"]
+
+
 def _setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Module],
                     unimodal: Mapping[str, nn.Module], config: ScanConfig, *, device: torch.device,
                     train: Callable[[], SplitLabels]) -> tuple[int, str | None]:
@@ -220,15 +225,21 @@ def _setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branch
     if probe_branches and split is not None:
         # Through the run's shared reads, as train's are: every rank and every part draws the same seeded sample.
         labels = train() if split == "train" else read_split_labels(adapter, split, batch_size=config.batch_size)
-        setup.probes, forwarded = fit_probes(model, adapter, probe_branches, device=device, batch_size=config.batch_size,
-                                             seed=config.seed, per_class=config.ceiling_per_class, labels=labels, split=split)
+        # A probe's seeded sample is a draw: draw d fits on the sample of seed + d (biasaudit/draws.py).
+        fitted = []
+        for draw in range(config.draws):
+            probes, forwards = fit_probes(model, adapter, probe_branches, device=device, batch_size=config.batch_size,
+                                          seed=draw_seed(config.seed, draw), per_class=config.ceiling_per_class, labels=labels, split=split)
+            fitted.append(probes)
+            forwarded += forwards
+        setup.probes = {m: [probes[m] for probes in fitted] for m in fitted[0] if all(m in probes for probes in fitted)}
     lacking = [m for m in names if m not in unimodal and m not in setup.probes]
     note = None if not lacking else (
         f"No ceiling for {', '.join(lacking)}: a ceiling needs the adapter's branches() hook for that modality and a val or "
         "train split (a linear probe on the branch output), or a unimodal checkpoint (--unimodal MODALITY=PATH).")
     covered = [m for m in names if m in unimodal or m in setup.probes]
     if covered:
-        setup.ceilings = ConditionAccumulator(["full"] + [f"{kind}:{m}" for m in covered for kind in ("ceiling", "alone")],
+        setup.ceilings = ConditionAccumulator(["full"] + [name for m in covered for name in ceiling_names(m, len(setup.probes.get(m, [None])))],
                                               num_classes=adapter.num_classes, replicates=config.bootstrap_replicates, seed=config.seed)
     return forwarded, note
 
@@ -455,7 +466,12 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
     if "carrier" in wanted:
         summary["carrier"] = sections["carrier"].get("carrier")
     if "ceilings" in wanted:
-        sections["ceilings"] = ceilings_section(names, main.ceilings.result() if main.ceilings is not None else {}, context.ceiling_sources,
+        ceilings = main.ceilings
+        if ceilings is not None and config.draws > 1:  # the probes' draws become their mean, as the conditions' do
+            groups = {name: [draw_name(name, d) for d in range(config.draws)] for name in ceilings.condition_names
+                      if name.startswith("ceiling:") and draw_name(name, 1) in ceilings.condition_names}
+            ceilings = ceilings.combined_draws(groups, draw_multiplicities(config.seed, ceilings.replicates, config.draws)) if groups else ceilings
+        sections["ceilings"] = ceilings_section(names, ceilings.result() if ceilings is not None else {}, context.ceiling_sources,
                                                 observed_gap=summary.get("missing", {}).get("gap"), note=context.ceiling_note,
                                                 num_classes=adapter.num_classes, probe_split=probe_split(adapter.splits, config.split))
     sections["calibration"] = main.calibration.section()

@@ -74,6 +74,15 @@ def test_three_parts_merge_to_the_single_process_audit_to_the_last_digit(name, t
         assert whole[section]["available"], section
 
 
+def test_draws_of_the_random_conditions_merge_to_the_single_process_audit(tmp_path):
+    """Draws are combined once, after the parts merge: combining per part first would pick other draws per replicate."""
+    adapter, model = model_of(DEMO)
+    config = ScanConfig(batch_size=40, bootstrap_replicates=50, projection="pca", conditions="missing,noisy,ratio,ceilings", draws=3)
+    whole = without_manifest(audit_model(model, adapter, config=config, checkpoint=None))
+    assert whole["bootstrap"]["draws"]["noisy:image"] == 3
+    assert without_manifest(merge_parts(parts_of(model, adapter, config, 3, tmp_path))) == whole
+
+
 def test_more_shards_than_batches_leaves_empty_shards_that_merge(tmp_path):
     adapter, model = model_of(DEMO)
     config = ScanConfig(batch_size=128, bootstrap_replicates=20, projection="pca", conditions="full,missing")
@@ -204,8 +213,9 @@ def _torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           cwd=cwd, env=_one_thread_env(), capture_output=True, text=True, timeout=600)
 
 
-def test_torchrun_with_two_processes_writes_the_single_process_audit(demo_checkpoint, tmp_path):
-    common = ["--adapter", str(ROOT / DEMO.split(":")[0]) + ":adapter", "--batch-size", "64", "--bootstrap", "20", "--projection", "pca"]
+@pytest.mark.parametrize("extra", [[], ["--draws", "2"]], ids=["one-draw", "two-draws"])
+def test_torchrun_with_two_processes_writes_the_single_process_audit(extra, demo_checkpoint, tmp_path):
+    common = ["--adapter", str(ROOT / DEMO.split(":")[0]) + ":adapter", "--batch-size", "64", "--bootstrap", "20", "--projection", "pca", *extra]
     single = subprocess.run([sys.executable, "-m", "biasaudit", "scan", str(demo_checkpoint), *common, "--out", str(tmp_path / "one")],
                             cwd=tmp_path, env=_one_thread_env(), capture_output=True, text=True, timeout=600)
     assert single.returncode == 0, single.stderr

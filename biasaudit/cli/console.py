@@ -99,9 +99,17 @@ def summary_table(audit: dict) -> Table:
             if swap["excess_follow_rate"] is not None:
                 table.add_row(f"bias swap: {escape(name)}", f"{100 * swap['excess_follow_rate']:+.1f}", _ci_text(swap["excess_follow_rate_ci"], scale=100),
                               "carrier" if name == carrier.get("carrier") else "")
+    for modality, points in (audit.get("ratio_sweep") or {}).items():
+        # The realised share muted next to each rung: one seed's nested subsets sit above or below r together.
+        for p in points:
+            if p["ratio"] < 1:
+                muted = "" if p.get("muted_fraction") is None else f"{100 * p['muted_fraction']:.1f}% muted"
+                table.add_row(escape(f"ratio:{modality}:{p['ratio']:g}"), f"{p['accuracy']:.1f}", _ci_text(p["accuracy_ci"]), muted)
     groups = (audit.get("groups") or {}).get("conditions", {}).get("full")
     if groups and groups.get("worst_group") is not None:
-        table.add_row("worst group / balanced", f"{groups['worst_group']:.1f} / {groups['bias_balanced']:.1f}", _ci_text(groups["worst_group_ci"]),
+        # The worst group's own exact interval where the audit has it: a bootstrap of 0 of 11 has no width.
+        table.add_row("worst group / balanced", f"{groups['worst_group']:.1f} / {groups['bias_balanced']:.1f}",
+                      _ci_text(groups.get("worst_group_exact_ci") or groups["worst_group_ci"], prefix="exact " if groups.get("worst_group_exact_ci") else ""),
                       escape(groups.get("worst_group_label") or ""))
     jsd = audit.get("jsd", {})
     if jsd.get("available"):

@@ -43,6 +43,7 @@ def fix(
                                         "(scan's --min-group; --min-group is MMDB's).", rich_help_panel="Audits (before and after)"),
     group_by: GroupBy = typer.Option("auto", "--group-by", help="Both audits: auto, bias or alignment (see scan).", rich_help_panel="Audits (before and after)"),
     ceiling_per_class: int = typer.Option(50, "--ceiling-per-class", min=1, help="Both audits: samples per class of the ceiling probes (val, else train).", rich_help_panel="Audits (before and after)"),
+    draws: int = typer.Option(1, "--draws", min=1, help="Both audits: independent draws of every random condition (see scan).", rich_help_panel="Audits (before and after)"),
     favoured_fraction: float = typer.Option(0.5, "--favoured-fraction", min=0.0, max=1.0, help="Both audits: the favoured-class fraction (see scan).", rich_help_panel="Audits (before and after)"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"),
     scale: str = typer.Option("auto", help="MMDB: the cosine scale s, or auto (grid 1..32 by bias-balanced validation accuracy).", rich_help_panel="MMDB"),
@@ -93,7 +94,7 @@ def fix(
                                      mute_compare=mute_compare, bootstrap_replicates=bootstrap, min_wrong=min_wrong,
                                      embedding_points=embedding_points, gradient_batches=gradient_batches, batch_size=scan_batch_size,
                                      projection=scan_projection, min_group=audit_min_group, group_by=group_by,
-                                     ceiling_per_class=ceiling_per_class, favoured_fraction=favoured_fraction)
+                                     ceiling_per_class=ceiling_per_class, favoured_fraction=favoured_fraction, draws=draws)
         with_mute_overrides(loaded, scan_config.mute)  # a bad --mute is named before the method's own checks, as in scan
         with progress_bars() as progress:
             written = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,

@@ -57,4 +57,4 @@ def _scale(text: str) -> "float | str":
 FIX_SCAN_FLAGS = {"seed": "--seed", "batch_size": "--scan-batch-size", "bootstrap": "--bootstrap", "embedding_points": "--embedding-points",
                   "min_wrong": "--min-wrong", "gradient_batches": "--gradient-batches", "kmeans_k": "--kmeans-k",
                   "min_group": "--audit-min-group", "ceiling_per_class": "--ceiling-per-class", "group_by": "--group-by",
-                  "favoured_fraction": "--favoured-fraction"}
+                  "favoured_fraction": "--favoured-fraction", "draws": "--draws"}

@@ -40,6 +40,8 @@ def scan(
                                  "auto = bias unless its groups are too small to count half the samples.", rich_help_panel="Statistics"),
     favoured_fraction: float = typer.Option(0.5, "--favoured-fraction", min=0.0, max=1.0, help="A bias value favours every class with a training "
                                             "share of at least this fraction of its largest share (and above 1/C); aligned samples have a favoured label.", rich_help_panel="Statistics"),
+    draws: int = typer.Option(1, "--draws", min=1, help="Independent draws of every random condition (noise, ratio subsets, probe samples): "
+                              "figures are their means and intervals resample draws and samples; draw d uses seed + d.", rich_help_panel="Statistics"),
     ceiling_per_class: int = typer.Option(50, "--ceiling-per-class", min=1, help="Samples per class the ceilings' linear probes are fitted on (seeded; from val when the adapter has it, else train).", rich_help_panel="Diagnostics"),
     unimodal: list[str] = typer.Option([], "--unimodal", help="MODALITY=CHECKPOINT: a model of the same architecture trained on that modality alone, "
                                        "whose accuracy (other modalities muted) is the modality's ceiling instead of a linear probe; repeatable.", rich_help_panel="Conditions"),
@@ -97,7 +99,7 @@ def scan(
                                 min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
                                 mute=mute_pairs, mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
                                 ceiling_per_class=v["ceiling_per_class"], precision=v["precision"],
-                                favoured_fraction=v["favoured_fraction"])
+                                favoured_fraction=v["favoured_fraction"], draws=v["draws"])
         with naming_source(sources, "precision"):
             check_precision(config.precision, device)
         if shard is not None:

@@ -18,15 +18,17 @@ def _swap_clause(swap: Mapping[str, Any]) -> str:
             "that bias value than a swap that keeps the bias value")
 
 
-def _worst_group_phrase(full: Mapping[str, Any]) -> str:
+def _worst_group_phrase(full: Mapping[str, Any], *, named: bool = False) -> str:
     """Worst-group accuracy with the exact (Clopper-Pearson) interval of the worst group's own samples where the audit has
-    it: a bootstrap interval of 0 of 11 correct has no width and would read as certainty."""
+    it: a bootstrap interval of 0 of 11 correct has no width and would read as certainty. named: with the group's name."""
+    group = f"group {full['worst_group_label']}; " if named and full.get("worst_group_label") else ""
     exact = full.get("worst_group_exact_ci")
     if exact is None:
-        return f"{pts(full['worst_group'])}%{ci_points(full.get('worst_group_ci'))}"
+        where = f" ({group[:-2]})" if group else ""
+        return f"{pts(full['worst_group'])}%{ci_points(full.get('worst_group_ci'))}{where}"
     tied = full.get("groups_at_minimum") or 1
     ties = f"; {tied} groups share this minimum" if tied > 1 else ""
-    return f"{pts(full['worst_group'])}% (exact 95% interval{ci_points(exact)}, n={full.get('worst_group_n')}{ties})"
+    return f"{pts(full['worst_group'])}% ({group}exact 95% interval{ci_points(exact)}, n={full.get('worst_group_n')}{ties})"
 
 
 def _blind_phrase(groups: Mapping[str, Any], full: Mapping[str, Any]) -> str:
@@ -58,8 +60,7 @@ def _bias_sentences(audit: Mapping[str, Any]) -> list[str]:
                    f"{pts(full['conflicting_accuracy'])}%{ci_points(full.get('conflicting_accuracy_ci'))} (n={groups.get('conflicting_samples')}) "
                    f"vs {pts(full.get('aligned_accuracy'))}% for bias-aligned ones.")
     elif full.get("worst_group") is not None:
-        where = f" (group {full['worst_group_label']})" if full.get("worst_group_label") else ""
-        text = f"Worst-group accuracy is {_worst_group_phrase(full)}{where}"
+        text = f"Worst-group accuracy is {_worst_group_phrase(full, named=True)}"
         if full.get("bias_balanced") is not None:
             text += (f"; bias-balanced accuracy {pts(full['bias_balanced'])}%{ci_points(full.get('bias_balanced_ci'))}"
                      f" over {full.get('groups_counted', 'the')} groups")
