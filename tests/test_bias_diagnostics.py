@@ -335,7 +335,7 @@ def test_worst_group_that_covers_only_aligned_groups_says_it_cannot_see_the_bias
 
     audit = scan(FX.ShortcutAdapter(), conditions="missing", split="train")
     groups = audit["groups"]
-    assert groups["grouping"] == "label x bias-aligned/conflicting"  # auto: the conflicting samples are not covered
+    assert groups["grouping"] == "label x bias-aligned/conflicting/neutral"  # auto: the conflicting samples are not covered
     assert groups["conflicting_samples"] == 9 and groups["counted_conflicting_groups"] == 0 and groups["blind"]
     full = groups["conditions"]["full"]
     assert full["conflicting_accuracy"] == pytest.approx(100 * 6 / 9)  # the 3 conflicting label-2 samples follow the bias

@@ -182,6 +182,21 @@ def test_groups_left_out_are_counted_and_scored_beside_the_worst_group():
     assert any(s.startswith("Worst-group accuracy cannot see the bias") for s in audit["verdict"]["sentences"])
 
 
+def test_boundary_shares_are_favoured_at_any_fraction():
+    """8 of 10 is exactly 0.8 of the largest share, though 0.8 * 10 is a hair above 8 in floating point."""
+    assert favoured_classes(np.array([[10, 8, 0, 0]]), fraction=0.8).tolist() == [[True, True, False, False]]
+    assert favoured_classes(np.array([[10, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]]), fraction=0.2)[0, :2].tolist() == [True, True]
+
+
+def test_neutral_samples_do_not_make_a_split_out_of_distribution():
+    """A bias value never seen in train favours nothing: its samples are neutral and enter neither aligned share."""
+    counts = np.array([[9, 1], [1, 9]])
+    favoured = favoured_classes(counts)
+    from biasaudit.diagnostics.favoured import aligned_share
+    assert aligned_share(counts, favoured) == pytest.approx(0.9)
+    assert aligned_share(np.array([[9, 1], [1, 9], [5, 5]]), favoured_classes(np.array([[9, 1], [1, 9], [5, 5]]))) == pytest.approx(0.9)
+
+
 def test_a_flat_prior_favours_nothing_and_its_samples_are_neutral():
     counts = np.array([[10, 10, 10], [20, 5, 0], [12, 10, 0], [0, 0, 0]])
     favoured = favoured_classes(counts)
@@ -200,9 +215,32 @@ def test_the_fraction_is_a_setting_recorded_in_the_manifest(by_alignment):
         ScanConfig(favoured_fraction=0)
 
 
-def test_compare_refuses_an_audit_written_under_the_single_argmax_rule(by_alignment):
+def test_compare_does_not_pair_bias_measures_of_an_audit_written_under_the_single_argmax_rule(by_alignment):
+    """Its aligned/conflicting groups and bias-follow rates count other samples; accuracy and the Gap still compare, so a
+    stored baseline keeps gating reliance after an upgrade."""
     older = copy.deepcopy(by_alignment)
     del older["manifest"]["config"]["favoured_fraction"]
-    with pytest.raises(InputError, match="read bias values differently.*single most frequent class"):
-        compare_audits(older, by_alignment)
-    compare_audits(copy.deepcopy(by_alignment), by_alignment)  # the same rule pairs
+    comparison = compare_audits(older, by_alignment)
+    bias = comparison["bias"]
+    assert bias["worst_group"] is None and bias["bias_balanced"] is None and bias["bias_follow"] is None
+    for key in ("groups", "carrier"):
+        assert any("read bias values differently" in why and "single most frequent class" in why for why in bias["lacking"][key])
+    assert comparison["summary"]["missing"]["gap"]["delta"] == 0.0
+    same = compare_audits(copy.deepcopy(by_alignment), by_alignment)["bias"]  # the same rule pairs
+    assert same["worst_group"] is not None
+
+
+def test_the_terminal_summary_of_a_blind_split_shows_the_pooled_conflicting_accuracy_not_a_worst_group():
+    """`biasaudit scan` prints this table: a 'worst group 100.0' row there would hide the shortcut the verdict names."""
+    from rich.console import Console
+
+    from biasaudit.cli.console import summary_table
+
+    adapter = TwoFavouredAdapter()
+    adapter.conflicting_per_group = 3
+    audit = scan(adapter, group_by="bias", min_group=10)
+    console = Console(width=200, record=True)
+    console.print(summary_table(audit))
+    text = console.export_text()
+    assert "worst group / balanced" not in text
+    assert "bias-conflicting" in text and "all in groups below min_group 10" in text

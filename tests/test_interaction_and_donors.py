@@ -250,3 +250,14 @@ def test_on_a_balanced_split_the_weighted_draw_is_the_smallest_hash_as_before():
     eligible = (pool.label[None, :] == labels[:, None]) & (pool.bias[None, :] != bias[:, None])
     score = np.where(eligible, hash64(5, "donor-bias-swap", rows[:, None], pool.index[None, :]), np.iinfo(np.uint64).max)
     assert np.array_equal(pool.choose(rows, eligible, stream="donor-bias-swap"), np.argmin(score, axis=1))
+
+
+def test_compare_pairs_the_interaction_share_through_its_replicates(pair_audits):
+    """Two scans of the same model with an interaction: the paired change is exactly 0 in every replicate (zero width),
+    where unpaired replicates of a noisy share would give an interval several points wide."""
+    from biasaudit.comparing import compare_audits
+
+    audit = pair_audits[0]
+    assert audit["interaction"]["interaction_share_ci"][1] - audit["interaction"]["interaction_share_ci"][0] > 1
+    change = compare_audits(audit, _pair_audit(seed=0, batch_size=77))["bias"]["interaction"]
+    assert change["delta"] == 0.0 and list(change["delta_ci"]) == [0.0, 0.0]

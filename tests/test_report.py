@@ -233,7 +233,7 @@ def test_shapley_interaction_and_mute_checks_show_their_numbers(example_page):
     assert "0 0.186 0.071" in shapley  # class 0's mean per modality
     assert "every modality 44 only image 127 only text 55 none 98" in shapley
     assert len(page.section_images["shapley"]) == 1
-    assert "accuracy (%) 31.2 additive projection accuracy (%) 29.0 interaction share (points) 2.2 donors per sample 8" in page.text("interaction")
+    assert "accuracy (%) 31.2 additive projection accuracy (%, R donors, uncorrected) 29.0 interaction share (points) 2.2 donors per sample 8" in page.text("interaction")
     mute = page.text("mute-checks")
     assert "missing:image far outside the data The muted image (zeros) lies far outside the data" in mute
     assert "image zero 30.6 5% text image mean 31.0 4% text" in mute
@@ -248,10 +248,10 @@ def test_what_the_scan_could_not_decide_is_shown_as_such():
     audit = example_audit()
     audit["groups"]["groups"] = audit["groups"]["groups"][:1]
     audit["groups"]["groups"][0].update(conflicting=None)
-    audit["groups"]["grouping"] = "label x bias-aligned/conflicting"
+    audit["groups"]["grouping"] = "label x bias-aligned/conflicting/neutral"
     audit["summary"]["missing"]["dominant_caveat"] = "Muting text sends 97% of the samples to class 4."
     page = ReportPage(render_audit_html(audit))
-    assert "Groups are label x bias-aligned/conflicting;" in page.text("groups")
+    assert "Groups are label x bias-aligned/conflicting/neutral;" in page.text("groups")
     assert "0 orange 1 unknown below min_group" in page.text("groups") and page.count("groups", "conflicting") == 0
     assert "Caveat on the dominant modality: Muting text sends 97% of the samples to class 4." in page.text("summary")
 

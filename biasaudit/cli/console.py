@@ -105,8 +105,16 @@ def summary_table(audit: dict) -> Table:
             if p["ratio"] < 1:
                 muted = "" if p.get("muted_fraction") is None else f"{100 * p['muted_fraction']:.1f}% muted"
                 table.add_row(escape(f"ratio:{modality}:{p['ratio']:g}"), f"{p['accuracy']:.1f}", _ci_text(p["accuracy_ci"]), muted)
-    groups = (audit.get("groups") or {}).get("conditions", {}).get("full")
-    if groups and groups.get("worst_group") is not None:
+    section = audit.get("groups") or {}
+    groups = (section.get("conditions") or {}).get("full")
+    if groups and section.get("blind"):
+        # Worst-group accuracy would cover groups the shortcut never misleads: the pooled conflicting figure instead.
+        if groups.get("conflicting_accuracy") is not None:
+            table.add_row("bias-conflicting", f"{groups['conflicting_accuracy']:.1f}", _ci_text(groups.get("conflicting_accuracy_ci")),
+                          f"all in groups below min_group {section.get('min_group')}")
+        else:
+            table.add_row("worst group", "n/a", "", "no bias-conflicting samples")
+    elif groups and groups.get("worst_group") is not None:
         # The worst group's own exact interval where the audit has it: a bootstrap of 0 of 11 has no width.
         table.add_row("worst group / balanced", f"{groups['worst_group']:.1f} / {groups['bias_balanced']:.1f}",
                       _ci_text(groups.get("worst_group_exact_ci") or groups["worst_group_ci"], prefix="exact " if groups.get("worst_group_exact_ci") else ""),

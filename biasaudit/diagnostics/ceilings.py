@@ -165,10 +165,12 @@ def fit_probes(model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Mod
     return probes, forwarded
 
 
-def _cause(modality: str, fitted_on: str | None) -> str:
-    """Why a ceiling fell below what it should bound. fitted_on: the probe's split; None for a unimodal checkpoint."""
+def _cause(modality: str, fitted_on: str | None, *, below_alone: bool) -> str:
+    """Why a ceiling fell below what it should bound. fitted_on: the probe's split; None for a unimodal checkpoint.
+    below_alone: the model itself does better with only this modality (else the ceiling is only below chance)."""
     if fitted_on is None:
-        return f"so the unimodal checkpoint uses {modality} less well than the model does"
+        return (f"so the unimodal checkpoint uses {modality} less well than the model does" if below_alone
+                else "so the unimodal checkpoint does worse than chance on this split")
     if fitted_on == "train":
         return "likely because its probe was fitted on train, where a shortcut that fails on this split can hold"
     return f"likely because its probe, fitted on {fitted_on}, had too few samples or learned a shortcut that holds there too"
@@ -189,7 +191,7 @@ def ceiling_caveat(modality: str, ceiling: float, alone: float | None, *, chance
     if not below:
         return None
     return (f"The {modality} ceiling ({ceiling:.1f}%) is not a bound on what {modality} can tell: it is below "
-            f"{' and '.join(below)}, {_cause(modality, fitted_on)}.")
+            f"{' and '.join(below)}, {_cause(modality, fitted_on, below_alone=alone is not None and highest < alone - _TOLERANCE)}.")
 
 
 def _implied_gap(bounds: Sequence[Mapping[str, Any]]) -> tuple[float | None, bool]:
@@ -222,6 +224,9 @@ def ceilings_section(modalities: Sequence[str], scores: Mapping[str, ConditionSc
                    "utilisation": alone.accuracy / ceiling.accuracy if alone and ceiling.accuracy > 0 else None,
                    "caveat": ceiling_caveat(m, ceiling.accuracy, alone.accuracy if alone else None, chance=chance,
                                             fitted_on=probe_split if probed else None, ceiling_ci=ceiling.accuracy_ci)}
+    for row in rows.values():
+        if row["caveat"]:  # alone / a figure that bounds nothing is no utilisation (a 1% ceiling read 9,467%)
+            row["utilisation"] = None
     if not rows:
         return {"available": False, "note": note or "No ceiling could be measured."}
     implied, large = _implied_gap([r for r in rows.values() if r["caveat"] is None])

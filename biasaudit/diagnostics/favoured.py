@@ -24,6 +24,7 @@ DEFAULT_FAVOURED_FRACTION = 0.5
 # Under the single-argmax reading of earlier audits, a bias value whose second share is this close to its first
 # was read as favouring one class almost by chance: the audit warns so a reader of an old audit knows.
 NEAR_TIE_RATIO = 0.8
+_TOLERANCE = 1e-9
 
 ALIGNED, CONFLICTING, NEUTRAL = 0, 1, 2
 ALIGNMENT_NAMES = ("aligned", "conflicting", "neutral")
@@ -37,8 +38,9 @@ def favoured_classes(prior_counts: np.ndarray, *, fraction: float = DEFAULT_FAVO
         shares = np.where(totals > 0, counts / totals, 0.0)
     top = shares.max(axis=1, keepdims=True) if shares.size else shares
     uniform = 1.0 / counts.shape[1] if counts.ndim == 2 and counts.shape[1] else 1.0
-    # The uniform share with a relative tolerance: 1/3 from counts (1, 1, 1) must not count as above 1/3.
-    return (totals > 0) & (shares >= fraction * top) & (shares > uniform * (1 + 1e-9))
+    # Relative tolerances on both sides, as the shares are ratios of integers: 8 of 10 is at 0.8 of the largest, though
+    # 0.8 * 10 is a hair above 8 in floating point, and 1/3 from counts (1, 1, 1) must not count as above 1/3.
+    return (totals > 0) & (shares >= fraction * top * (1 - _TOLERANCE)) & (shares > uniform * (1 + _TOLERANCE))
 
 
 def alignment(bias: np.ndarray, labels: np.ndarray, favoured: np.ndarray) -> np.ndarray:
@@ -54,9 +56,10 @@ def alignment(bias: np.ndarray, labels: np.ndarray, favoured: np.ndarray) -> np.
 
 
 def aligned_share(prior_counts: np.ndarray, favoured: np.ndarray) -> float | None:
-    """Share of training samples whose label is among the classes their bias value favours."""
+    """Share of training samples whose label is among the classes their bias value favours, among the samples whose bias
+    value favours some class (neutral ones can neither follow nor defy the shortcut)."""
     counts = np.asarray(prior_counts)
-    total = counts.sum()
+    total = counts[favoured.any(axis=1)].sum()
     return float(counts[favoured].sum() / total) if total else None
 
 
@@ -86,7 +89,7 @@ def favoured_section(prior_counts: np.ndarray, favoured: np.ndarray, *, fraction
         values.append({"bias": k, "bias_name": name, "n": int(total), "classes": classes,
                        "class_names": [str(class_names[y]) if y < len(class_names) else str(y) for y in classes],
                        "shares": [float(shares[y]) for y in classes]})
-        if len(order) > 1 and shares[order[0]] > 0 and shares[order[1]] >= NEAR_TIE_RATIO * shares[order[0]]:
+        if len(order) > 1 and shares[order[0]] > 0 and shares[order[1]] >= NEAR_TIE_RATIO * shares[order[0]] * (1 - _TOLERANCE):
             near_ties.append(name)
     note = None
     if near_ties:

@@ -244,13 +244,18 @@ class GroupAccumulator:
                              "uncounted": self._uncounted(c, uncounted, is_conflicting)}
             derived[f"worst_group:{c}"] = s.worst_replicates
             derived[f"bias_balanced:{c}"] = s.balanced_replicates
-        split_aligned = float(self.count[aligned].sum() / self.count.sum()) if self.count.sum() else None
+        # Over the samples whose bias value favours some class, as train's share is: neutral ones cannot shift a split.
+        pointed = int(self.count[aligned | is_conflicting].sum())
+        split_aligned = float(self.count[aligned].sum() / pointed) if pointed else None
         conflicting_samples = int(self.count[is_conflicting].sum())
         counted_conflicting = int((is_conflicting & counted).sum())
         blind = None
         if conflicting_samples and not counted_conflicting:
             blind = (f"none of the split's {conflicting_samples} bias-conflicting samples is in a group of at least {min_group} samples "
                      "(min_group), so worst-group and bias-balanced accuracy cover bias-aligned groups only and cannot see the bias")
+        elif not conflicting_samples and aligned.any() and self.count[aligned].sum():
+            blind = ("the split has no bias-conflicting samples, so worst-group and bias-balanced accuracy cover groups the shortcut "
+                     "never misleads and cannot see the bias")
         shift = {"train_aligned_share": train_aligned_share, "split_aligned_share": split_aligned,
                  "ood": bool(train_aligned_share is not None and split_aligned is not None
                              and split_aligned <= train_aligned_share - OOD_ALIGNED_DROP)}
@@ -274,7 +279,7 @@ class GroupAccumulator:
             notes.append(blind[0].upper() + blind[1:] + "; read the pooled bias-conflicting accuracy instead.")
         return ({"available": True, "note": " ".join(notes) or None, "bias_source": bias_source, "blind": blind,
                  "conflicting_samples": conflicting_samples, "counted_conflicting_groups": counted_conflicting,
-                 "grouping": "label x bias-aligned/conflicting" if alignment else "label x bias value", "min_group": min_group,
+                 "grouping": "label x bias-aligned/conflicting/neutral" if alignment else "label x bias value", "min_group": min_group,
                  "small_groups": small, "groups": rows, "conditions": conditions, "shift": shift}, derived)
 
     def _worst_group_detail(self, condition: str, scores: GroupScores, counted: np.ndarray) -> dict[str, Any]:

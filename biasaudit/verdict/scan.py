@@ -59,6 +59,8 @@ def _bias_sentences(audit: Mapping[str, Any]) -> list[str]:
         out.append(f"Worst-group accuracy cannot see the bias on this split: {groups['blind']}. Bias-conflicting samples score "
                    f"{pts(full['conflicting_accuracy'])}%{ci_points(full.get('conflicting_accuracy_ci'))} (n={groups.get('conflicting_samples')}) "
                    f"vs {pts(full.get('aligned_accuracy'))}% for bias-aligned ones.")
+    elif groups and groups.get("blind"):
+        out.append(f"Worst-group accuracy cannot see the bias on this split: {groups['blind']}.")
     elif full.get("worst_group") is not None:
         text = f"Worst-group accuracy is {_worst_group_phrase(full, named=True)}"
         if full.get("bias_balanced") is not None:
@@ -215,6 +217,8 @@ def _headline(audit: Mapping[str, Any]) -> str:
     full = (groups.get("conditions") or {}).get("full") or {}
     if groups.get("blind") and full.get("conflicting_accuracy") is not None:
         parts.append(_blind_phrase(groups, full))
+    elif groups.get("blind"):
+        parts.append("no bias-conflicting samples on this split, so no worst-group figure for the bias")
     elif full.get("worst_group") is not None:
         parts.append(f"worst-group accuracy {_worst_group_phrase(full)}")
     if ((ran_section(audit, "groups") or {}).get("shift") or {}).get("ood"):
