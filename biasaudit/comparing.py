@@ -228,8 +228,12 @@ def _group_measure(before: Mapping[str, Any], after: Mapping[str, Any], pairing:
     b, a = ((_ran(audit, "groups") or {}).get("conditions") for audit in (before, after))
     if not b or not a:
         return None
-    return {cond: _change(b[cond].get(measure), a[cond].get(measure), f"{measure}:{cond}", before, after, pairing)
-            for cond in b if cond in a}
+    out = {cond: _change(b[cond].get(measure), a[cond].get(measure), f"{measure}:{cond}", before, after, pairing)
+           for cond in b if cond in a}
+    if measure == "worst_group":  # 0% -> 0% reads as no change when eleven groups at 0% became one
+        for cond, entry in out.items():
+            entry["groups_at_minimum"] = {"before": b[cond].get("groups_at_minimum"), "after": a[cond].get("groups_at_minimum")}
+    return out
 
 
 def _ceilings(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, Any] | None:

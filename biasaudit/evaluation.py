@@ -64,6 +64,7 @@ class PassSetup:
     groups: GroupAccumulator | None = None
     carrier: CarrierAccumulator | None = None
     pool: DonorPool | None = None
+    carrier_pools: Sequence[DonorPool] = ()  # one per draw of the donors (biasaudit/draws.py); pool is draw 0's
     favoured: np.ndarray | None = None  # F(k) per bias value, [K, C] bool (diagnostics/favoured.py)
     probes: Mapping[str, list[Any]] = field(default_factory=dict)  # modality -> its fitted probe per draw
     unimodal: Mapping[str, nn.Module] = field(default_factory=dict)
@@ -104,10 +105,10 @@ class BatchEvaluator:
                                           and setup.impairments.get(c.name) is not None and setup.impairments[c.name].mutes})
         self._mute_draw_ids = sorted({draw for draw, _ in self._partial_fractions}) or [0]
         self.forwards: Counter[str] = Counter()  # forwarded samples per diagnostic
-        if setup.pool is not None and setup.favoured is not None:
-            self.targets = targets(setup.pool.bias, setup.pool.label, setup.favoured)
-            # Every pool entry's Poisson weight per replicate, keyed by its global index (the crossed bootstrap of carrier.py).
-            self.donor_weights = poisson1(setup.seed, "donor-bootstrap", setup.pool.index, setup.replicates)
+        # Per draw's pool: what following each entry means, and its Poisson weight per replicate keyed by its global index
+        # (the crossed bootstrap of carrier.py; the same sample weighs the same in every draw).
+        self._swap_pools = [(pool, targets(pool.bias, pool.label, setup.favoured), poisson1(setup.seed, "donor-bootstrap", pool.index, setup.replicates))
+                            for pool in setup.carrier_pools] if setup.favoured is not None else []
 
     # ---- forwards -------------------------------------------------------------------------------
     def _logits(self, model: nn.Module, batch: Mapping[str, Any], *, stage: str, condition: str, tap: bool = False,
@@ -278,23 +279,25 @@ class BatchEvaluator:
             self.setup.moments.setdefault(f"{prefix}:{name}", Moments()).update(value.double().cpu().numpy())
 
     def _carrier(self, batch, indices, labels, bias, full, weights) -> None:
+        """Every draw's swaps add to the same counts: the rates are pooled over the draws' swapped samples."""
         s = self.setup
-        swaps = {"bias": s.pool.bias_donors(indices, labels, bias, s.favoured.any(axis=1)), "content": s.pool.content_donors(indices, labels, bias)}
-        # A null swap serves only rows that also have a bias or a content donor: no forward for the others.
-        null_donors = np.where((swaps["bias"] >= 0) | (swaps["content"] >= 0), s.pool.null_donors(indices, labels, bias), -1)
-        for name, modality in self.modalities.items():
-            null = self._swapped_prediction(batch, modality, null_donors, full, what="null")
-            for kind, donors in swaps.items():
-                prediction = self._swapped_prediction(batch, modality, donors, full, what=kind)
-                update_swap((s.carrier.bias_swap if kind == "bias" else s.carrier.content_swap)[name], donors=donors, null_donors=null_donors,
-                            target=self.targets[kind], donor_weights=self.donor_weights, prediction=prediction, null=null, full=full,
-                            labels=labels, weights=weights)
+        for pool, target, donor_weights in self._swap_pools:
+            swaps = {"bias": pool.bias_donors(indices, labels, bias, s.favoured.any(axis=1)), "content": pool.content_donors(indices, labels, bias)}
+            # A null swap serves only rows that also have a bias or a content donor: no forward for the others.
+            null_donors = np.where((swaps["bias"] >= 0) | (swaps["content"] >= 0), pool.null_donors(indices, labels, bias), -1)
+            for name, modality in self.modalities.items():
+                null = self._swapped_prediction(batch, modality, null_donors, full, pool, what="null")
+                for kind, donors in swaps.items():
+                    prediction = self._swapped_prediction(batch, modality, donors, full, pool, what=kind)
+                    update_swap((s.carrier.bias_swap if kind == "bias" else s.carrier.content_swap)[name], donors=donors, null_donors=null_donors,
+                                target=target[kind], donor_weights=donor_weights, prediction=prediction, null=null, full=full,
+                                labels=labels, weights=weights)
 
-    def _swapped_prediction(self, batch, modality: Modality, donors: np.ndarray, full: np.ndarray, *, what: str) -> np.ndarray:
-        """Predictions with this modality's input from the donors (rows without a donor keep theirs)."""
+    def _swapped_prediction(self, batch, modality: Modality, donors: np.ndarray, full: np.ndarray, pool: DonorPool, *, what: str) -> np.ndarray:
+        """Predictions with this modality's input from the pool's donors (rows without a donor keep theirs)."""
         if not (donors >= 0).any():
             return full
-        swapped = swap_modality(batch, modality, donors, self.setup.pool)
+        swapped = swap_modality(batch, modality, donors, pool)
         return self._logits(self.model, swapped, stage="carrier", condition=f"{what} swap of {modality.name}").argmax(dim=1).cpu().numpy()
 
     def _ceilings(self, labels, full, indices, weights) -> None:

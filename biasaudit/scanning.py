@@ -185,21 +185,23 @@ class _FeatureTap:
 
 
 def _read_split_ahead(adapter: Adapter, config: ScanConfig, bias_of: Callable[[np.ndarray, Mapping[str, Any]], np.ndarray], *,
-                      pool: bool, progress: Progress) -> tuple[int, DonorPool | None]:
+                      pool: bool, progress: Progress) -> tuple[int, list[DonorPool]]:
     """One read of the evaluated split (no forward): its largest bias value (-1 for none) and, when `pool`, the
-    per-(label, bias value) donor reservoirs."""
+    per-(label, bias value) donor reservoirs, one per draw (draw d keeps and draws donors with seed + d)."""
     largest = -1
-    donors = DonorPool(adapter.modalities, capacity=config.donor_pool, seed=config.seed) if pool else None
+    pools = [DonorPool(adapter.modalities, capacity=config.donor_pool, seed=draw_seed(config.seed, d)) for d in range(config.draws)] if pool else []
     for step, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)):
         values = bias_of(indices, batch)
         if values.size:
             largest = max(largest, int(values.max()))
-        if donors is not None:
-            donors.add(batch, indices, checked_labels(batch, adapter, split=config.split), values)
+        if pools:
+            labels = checked_labels(batch, adapter, split=config.split)
+            for donors in pools:
+                donors.add(batch, indices, labels, values)
             progress("donors", step + 1, None)
-    if donors is not None:
+    for donors in pools:
         donors.freeze()
-    return largest, donors
+    return largest, pools
 
 
 def _mute_compare_conditions(adapter: Adapter) -> list[Condition]:
@@ -333,10 +335,10 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     # value (the JSD and groups are sized for it) and the carrier's donor pool.
     sized = adapter.bias_key is not None and "train" in adapter.splits  # the JSD priors will be read
     pooled = ("carrier" in wanted and sized) or "interaction" in wanted
-    split_bias_max, pool = None, None
+    split_bias_max, pools = None, []
     if sized or pooled:
         by_key = adapter.bias_key is not None
-        largest, pool = _read_split_ahead(adapter, config, lambda idx, batch: bias_values(batch, adapter, split=config.split) if by_key
+        largest, pools = _read_split_ahead(adapter, config, lambda idx, batch: bias_values(batch, adapter, split=config.split) if by_key
                                           else np.zeros(len(idx), dtype=np.int64), pool=pooled, progress=progress)
         split_bias_max = largest if sized else None
     # Train's labels and bias values, read at most once per run: the JSD priors and the ceilings' probe sample both count them.
@@ -358,7 +360,8 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         if prior is not None:
             setup.favoured = favoured_classes(prior.counts, fraction=config.favoured_fraction)
             _add_group_accumulators(setup, adapter, prior.num_bias, config)
-        setup.pool = pool
+        # Draw 0's pool serves the interaction share too (its R donors are draws already); the carrier swaps with every draw's.
+        setup.pool, setup.carrier_pools = (pools[0] if pools else None), pools
         if "carrier" in wanted and prior is not None:
             setup.carrier = CarrierAccumulator(names, replicates=config.bootstrap_replicates)
         shapley_note = None
@@ -564,7 +567,8 @@ def _discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig
     setup = _pass_setup(adapter, conditions, config, favoured=favoured_classes(prior.counts, fraction=config.favoured_fraction))
     _add_group_accumulators(setup, adapter, prior.num_bias, config)
     if "carrier" in wanted:
-        setup.pool = _read_split_ahead(adapter, config, lambda idx, batch: discovered[idx], pool=True, progress=progress)[1]
+        pools = _read_split_ahead(adapter, config, lambda idx, batch: discovered[idx], pool=True, progress=progress)[1]
+        setup.pool, setup.carrier_pools = pools[0], pools
         setup.carrier = CarrierAccumulator([m.name for m in adapter.modalities], replicates=config.bootstrap_replicates)
     evaluator = BatchEvaluator(model, adapter, setup, device=device, autocast=PRECISIONS[config.precision])
     with torch.no_grad():

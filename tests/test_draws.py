@@ -20,7 +20,7 @@ from biasaudit.metrics.accuracy import BootstrapCounts, percentile_interval
 from biasaudit.scanning import ScanConfig
 
 FAST = dict(split="test", bootstrap_replicates=400, projection="pca", gradient_batches=1, min_wrong=1, batch_size=64)
-CONDITIONS = "missing,noisy,ratio,ceilings"
+CONDITIONS = "missing,noisy,ratio,ceilings,carrier"
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,19 @@ def test_three_draws_are_the_mean_of_the_single_draw_audits_of_seeds_0_1_2(three
         assert row["ceiling"] == pytest.approx(np.mean([s["ceilings"]["modalities"][modality]["ceiling"] for s in singles]), abs=1e-9)
 
 
+def test_the_carrier_pools_the_swaps_of_every_draw_of_donors(three, singles):
+    """Draw d keeps and draws its donors with seed + d: the counts of three draws are those of the three single-draw
+    scans together, so the excess is their swapped-sample-weighted mean."""
+    for modality in ("image", "text"):
+        pooled = three["carrier"]["modalities"][modality]["bias_swap"]
+        single = [s["carrier"]["modalities"][modality]["bias_swap"] for s in singles]
+        assert pooled["n"] == sum(s["n"] for s in single)
+        expected = sum(s["n"] * s["excess_follow_rate"] for s in single) / pooled["n"]
+        assert pooled["excess_follow_rate"] == pytest.approx(expected, abs=1e-12)
+    assert len({s["carrier"]["modalities"]["text"]["bias_swap"]["follow_rate"] for s in singles}) > 1  # the draws differ
+    assert three["manifest"]["forwards_per_sample"]["carrier"] == pytest.approx(3 * singles[0]["manifest"]["forwards_per_sample"]["carrier"])
+
+
 def test_conditions_without_randomness_are_exactly_those_of_one_draw(three, singles):
     for name in ("full", "missing:image", "missing:text", "ratio:image:1"):
         assert rows(three)[name]["accuracy"] == rows(singles[0])[name]["accuracy"]
@@ -97,7 +110,7 @@ def test_draw_multiplicities_pick_each_draw_equally_often():
 
 def test_draws_do_not_depend_on_the_batch_size(demo, three):
     other = scan(demo, draws=3, batch_size=17)
-    keep = ("conditions", "summary", "ratio_sweep", "groups", "calibration", "ceilings", "bootstrap")
+    keep = ("conditions", "summary", "ratio_sweep", "groups", "calibration", "ceilings", "carrier", "bootstrap")
     assert {k: other[k] for k in keep} == {k: three[k] for k in keep}
 
 

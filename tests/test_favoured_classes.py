@@ -244,3 +244,11 @@ def test_the_terminal_summary_of_a_blind_split_shows_the_pooled_conflicting_accu
     text = console.export_text()
     assert "worst group / balanced" not in text
     assert "bias-conflicting" in text and "all in groups below min_group 10" in text
+
+
+def test_a_comparison_says_how_many_groups_sit_at_the_worst_group_minimum(by_alignment):
+    """'worst-group 0.0 -> 0.0%' alone reads as no change when eleven groups at 0% became one."""
+    comparison = compare_audits(copy.deepcopy(by_alignment), by_alignment)
+    entry = comparison["bias"]["worst_group"]["full"]
+    assert entry["groups_at_minimum"] == {"before": 2, "after": 2}
+    assert "groups at that minimum 2 -> 2" in " ".join([comparison["verdict"], *comparison["verdict_sentences"]])

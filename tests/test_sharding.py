@@ -77,7 +77,7 @@ def test_three_parts_merge_to_the_single_process_audit_to_the_last_digit(name, t
 def test_draws_of_the_random_conditions_merge_to_the_single_process_audit(tmp_path):
     """Draws are combined once, after the parts merge: combining per part first would pick other draws per replicate."""
     adapter, model = model_of(DEMO)
-    config = ScanConfig(batch_size=40, bootstrap_replicates=50, projection="pca", conditions="missing,noisy,ratio,ceilings", draws=3)
+    config = ScanConfig(batch_size=40, bootstrap_replicates=50, projection="pca", conditions="missing,noisy,ratio,ceilings,carrier", draws=3)
     whole = without_manifest(audit_model(model, adapter, config=config, checkpoint=None))
     assert whole["bootstrap"]["draws"]["noisy:image"] == 3
     assert without_manifest(merge_parts(parts_of(model, adapter, config, 3, tmp_path))) == whole

@@ -23,8 +23,11 @@ def _evidence(comparison: Mapping[str, Any]) -> list[_Evidence]:
     for key, what in (("worst_group", "worst-group accuracy"), ("bias_balanced", "bias-balanced accuracy")):
         entry = (bias.get(key) or {}).get("full")
         if entry and entry.get("delta") is not None:
+            at_minimum = entry.get("groups_at_minimum") or {}
+            tied = at_minimum.get("before"), at_minimum.get("after")
+            ties = (f"; groups at that minimum {tied[0]} -> {tied[1]}" if None not in tied and tied != (1, 1) else "")
             out.append(_Evidence(what, f"{what} {pts(entry['before'])} -> {pts(entry['after'])}% (change {entry['delta']:+.1f}"
-                                       f"{ci_points(entry.get('delta_ci'))})", entry["delta"], entry.get("delta_ci"), higher_is_better=True))
+                                       f"{ci_points(entry.get('delta_ci'))}{ties})", entry["delta"], entry.get("delta_ci"), higher_is_better=True))
     ood = bias.get("ood")
     if ood and ood.get("delta") is not None:
         out.append(_Evidence("OOD accuracy", f"OOD accuracy {pts(ood['before'])} -> {pts(ood['after'])}% (change {ood['delta']:+.1f}"
