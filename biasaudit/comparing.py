@@ -232,7 +232,9 @@ def _group_measure(before: Mapping[str, Any], after: Mapping[str, Any], pairing:
            for cond in b if cond in a}
     if measure == "worst_group":  # 0% -> 0% reads as no change when eleven groups at 0% became one
         for cond, entry in out.items():
-            entry["groups_at_minimum"] = {"before": b[cond].get("groups_at_minimum"), "after": a[cond].get("groups_at_minimum")}
+            tied = {"before": b[cond].get("groups_at_minimum"), "after": a[cond].get("groups_at_minimum")}
+            if any(v is not None for v in tied.values()):  # audits before the count have none
+                entry["groups_at_minimum"] = tied
     return out
 
 

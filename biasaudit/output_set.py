@@ -177,16 +177,18 @@ class OutputSet:
 
 @contextmanager
 def _interrupts_held() -> Iterator[None]:
-    """SIGINT waits until the block is done, then interrupts as usual: the files are then all in place."""
+    """SIGINT and SIGTERM wait until the block is done, then interrupt as Ctrl-C does: the files are then all in place."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda signum, frame: received.append(signum)) for signum in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if received:
         raise KeyboardInterrupt("after the results were written")
 

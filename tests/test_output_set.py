@@ -269,3 +269,26 @@ def test_ctrl_c_during_fix_training_says_the_state_is_kept_and_writes_no_results
     assert result.exit_code == 130, result.output
     assert f"no results were written to {directory}; the training state {directory / 'state' / 'last.pt'} is kept" in " ".join(result.output.split())
     assert {name: (directory / name).read_bytes() for name in FIX_FILES} == results
+
+
+@pytest.mark.parametrize("command", ["scan", "fix"])
+def test_sigterm_cleans_up_and_says_so_as_ctrl_c_does(command, checkpoint, tmp_path):
+    """CI time-outs, Slurm and `timeout` stop a run with SIGTERM; a `fix --scale auto` ended that way left the directory
+    it had created holding only its lock file. It must leave what Ctrl-C leaves: nothing, and one sentence, exit 130."""
+    import time
+
+    out = tmp_path / "fresh"
+    slow = ["--bootstrap", "50", "--projection", "pca", "--draws", "400"] if command == "scan" else \
+        ["--method", "mmdb", "--scale", "auto", "--epochs", "400", "--bootstrap", "50", "--scan-projection", "pca"]
+    process = subprocess.Popen([sys.executable, "-m", "biasaudit", command, str(checkpoint), "--adapter", SHORTCUT, *slow, "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / LOCK_NAME).exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.5)  # into the work, past the checks
+    assert process.poll() is None, "the run ended before it could be stopped; make it slower"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted; " in stderr and "Traceback" not in stderr
+    assert not out.exists(), sorted(p.name for p in out.rglob("*"))
