@@ -11,7 +11,6 @@ merge needs neither the adapter's code nor the model.
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -38,12 +37,14 @@ from biasaudit.metrics.jsd import JSDAccumulator
 from biasaudit.modality import Modality
 from biasaudit.randomness import GENERATOR
 from biasaudit.scan_state import PassState, ScanContext, ScanState, merged
+from biasaudit.sealed import sealed_bytes, unsealed
 from biasaudit.sharding import Shard
 
 FORMAT = "biasaudit-scan-part"
 # Version 2: the accumulators' layouts of generator v3 (group sums gathered per 4,096 samples, calibration per [K, bins]).
 # Version 3: draws of random conditions (Condition.draw, per-condition draw counts) and the interaction share's replicates.
-FORMAT_VERSION = 3
+# Version 4: the content is sealed with its SHA-256 (`seal`), checked before anything in it is read.
+FORMAT_VERSION = 4
 _CLASSES = {cls.__name__: cls for cls in (
     PassState, ScanState, ScanContext, Condition, Modality, ConditionAccumulator, CalibrationAccumulator, ExactSum, Moments,
     GroupAccumulator, CarrierAccumulator, SwapCounts, ShapleyAccumulator, InteractionAccumulator, SampleFingerprint,
@@ -159,9 +160,12 @@ def write_part(path: Path, *, shard: Shard, config: Any, checkpoint: Mapping[str
                "identity": _encode(identity), "facts": _encode(adapter_facts(adapter)), "context": _encode(context),
                "state": _encode(state), "extra": _encode({"config": dataclasses.asdict(config), "checkpoint": dict(checkpoint), "adapter": dict(adapter_source),
                                                            "wall_time_s": float(wall_time_s), "settings": settings})}
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    atomic_write_bytes(buffer.getvalue(), path)
+    atomic_write_bytes(seal(payload), path)
+
+
+def seal(payload: Mapping[str, Any]) -> bytes:
+    """The part file's bytes: the payload sealed with its SHA-256 (biasaudit/sealed.py), its format and version beside it."""
+    return sealed_bytes(payload, header={"format": payload.get("format"), "version": payload.get("version")})
 
 
 def read_part(path: str | Path) -> ScanPart:
@@ -179,6 +183,7 @@ def read_part(path: str | Path) -> ScanPart:
     if payload.get("version") != FORMAT_VERSION:
         raise InputError(f"Part {path} is of part format {payload.get('version')!r}; this biasaudit reads format {FORMAT_VERSION}. "
                          "Write the parts and merge them with one version.")
+    payload = _unsealed(path, payload)
     try:
         index, count = payload["shard"]
         part = ScanPart(path=path, shard=Shard(int(index), int(count)), identity=_decode(payload["identity"]),
@@ -191,6 +196,17 @@ def read_part(path: str | Path) -> ScanPart:
         raise InputError(f"Part {path} was drawn by random generator {generator!r}; this biasaudit draws with {GENERATOR!r}. "
                          "Write the parts and merge them with one version.")
     return part
+
+
+def _unsealed(path: Path, sealed: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The payload inside a sealed part, once its bytes match the SHA-256 written beside them."""
+    payload = unsealed(sealed)
+    if payload is None:
+        raise InputError(f"Part {path} was altered or damaged after it was written (its content does not match the SHA-256 recorded "
+                         "in it); nothing was merged. Write it again with biasaudit scan --shard I/N.")
+    if payload.get("format") != FORMAT or payload.get("version") != FORMAT_VERSION:
+        raise InputError(f"Part {path} is not a scan part; expected a file written by biasaudit scan --shard I/N.")
+    return payload
 
 
 def _identity_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:

@@ -8,6 +8,7 @@ gives every process one thread; the single-process reference here runs with one 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -25,7 +26,7 @@ from biasaudit.cli import app
 from biasaudit.errors import InputError
 from biasaudit.results import to_jsonable
 from biasaudit.scanning import ScanConfig, scan_shard
-from biasaudit.shard_parts import merge_parts, part_name, write_part
+from biasaudit.shard_parts import _decode, _encode, merge_parts, part_name, seal, write_part
 from biasaudit.sharding import Shard, parse_shard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,13 +127,53 @@ def test_merging_the_wrong_parts_is_refused_naming_them(how, message, demo_parts
 
 
 def test_a_part_holding_an_object_merge_does_not_rebuild_is_refused_without_running_it(tmp_path):
-    from biasaudit.shard_parts import FORMAT_VERSION
+    from biasaudit.shard_parts import FORMAT_VERSION, seal
 
     payload = {"format": "biasaudit-scan-part", "version": FORMAT_VERSION, "shard": [0, 1], "identity": ["object", "Popen", []],
                "facts": None, "context": None, "state": None, "extra": None}
-    torch.save(payload, tmp_path / "evil.pt")
+    (tmp_path / "evil.pt").write_bytes(seal(payload))
     with pytest.raises(InputError, match="is damaged"):
         merge_parts([tmp_path / "evil.pt"])
+
+
+def _payload_of(path: Path) -> dict:
+    sealed = torch.load(path, weights_only=True)
+    return torch.load(io.BytesIO(sealed["body"]), weights_only=True)
+
+
+@pytest.mark.parametrize("tamper", ["flipped byte", "edited counts", "wrong length", "truncated"])
+def test_an_altered_part_is_refused_naming_it_and_nothing_is_written(tamper, demo_parts, tmp_path):
+    """A part with one byte flipped, or its confusion counts edited with its identity intact, merged with exit 0 into an
+    audit that looked valid; one with an array of the wrong length ended in a traceback."""
+    path = tmp_path / "altered.pt"
+    original = demo_parts["seed0"][1].read_bytes()
+    if tamper == "flipped byte":
+        data = bytearray(original)
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    elif tamper == "truncated":
+        path.write_bytes(original[: len(original) - 100])
+    else:
+        sealed = torch.load(demo_parts["seed0"][1], weights_only=True)
+        payload = _payload_of(demo_parts["seed0"][1])
+        state = _decode(payload["state"])
+        confusion = state.main.accuracy.confusion["full"]
+        if tamper == "edited counts":
+            confusion[0, 0] += 5  # the identity fields stay as they were
+        else:
+            state.main.accuracy.weighted_total = state.main.accuracy.weighted_total[:-3]
+        payload["state"] = _encode(state)
+        body = io.BytesIO()
+        torch.save(payload, body)
+        sealed["body"] = body.getvalue()  # new content under the old digest: what editing the file by hand amounts to
+        buffer = io.BytesIO()
+        torch.save(sealed, buffer)
+        path.write_bytes(buffer.getvalue())
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["merge", str(demo_parts["seed0"][0]), str(path), str(demo_parts["seed0"][2]), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    assert str(path) in " ".join(result.output.split()) and "Traceback" not in result.output
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("change, message", [
@@ -142,16 +183,14 @@ def test_a_part_holding_an_object_merge_does_not_rebuild_is_refused_without_runn
 def test_a_part_written_by_another_biasaudit_is_refused_naming_it(change, message, demo_parts, tmp_path):
     """An older biasaudit's part holds other accumulator layouts and other draws: merging it would fail mid-way or mix
     two generators' bootstrap weights into one audit."""
-    from biasaudit.shard_parts import _decode, _encode
-
-    payload = torch.load(demo_parts["seed0"][1], weights_only=True)
+    payload = _payload_of(demo_parts["seed0"][1])
     if change == "older format":
         payload["version"] = 1
     else:
         identity = _decode(payload["identity"])
         identity["generator"] = {"name": "splitmix64-counter", "version": 2}
         payload["identity"] = _encode(identity)
-    torch.save(payload, tmp_path / "old.pt")
+    (tmp_path / "old.pt").write_bytes(seal(payload))  # what that biasaudit would have written, sealed as its own
     with pytest.raises(InputError, match=re.escape(message)) as refused:
         merge_parts([demo_parts["seed0"][0], tmp_path / "old.pt", demo_parts["seed0"][2]])
     assert str(tmp_path / "old.pt") in str(refused.value)

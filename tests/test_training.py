@@ -254,7 +254,9 @@ def test_resume_restores_numpy_and_python_generators_and_the_callers_generators_
     with pytest.raises(interrupter.Interrupt):
         train(copy.deepcopy(baseline), adapter, make_method("ce"), config=config, state_dir=tmp_path / "b",
               progress=interrupter.at(steps_per_epoch + 2))
-    state = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    from biasaudit.training.loop import load_training_state
+
+    state = load_training_state(tmp_path / "b")
     assert {"torch", "cuda", "numpy", "python"} <= set(state["rng"])
     random.seed(7)
     resumed = copy.deepcopy(baseline)
@@ -314,3 +316,35 @@ def test_training_batches_padded_to_different_widths_merge_on_each_tokenizers_si
     assert merged["q_mask"].tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
     assert merged["a"].tolist() == [[101, 7, 102], [101, 7, 102]]  # the answer's ids untouched
     assert merged["feat"].shape == (2, 3)
+
+
+@pytest.mark.parametrize("tamper", ["flipped byte", "edited weights"])
+def test_a_tampered_training_state_is_refused_on_resume(tamper, baseline, tmp_path, interrupter):
+    """Resuming from a state whose bytes changed after it was written would continue another run than the one
+    interrupted, and say nothing: it is refused with one sentence naming the file."""
+    import io
+
+    from biasaudit.errors import CheckpointError
+
+    config = TrainConfig(epochs=2, seed=3)
+    steps_per_epoch = -(-len(ADAPTER.split_data("train")) // config.batch_size)
+    with pytest.raises(interrupter.Interrupt):  # after epoch one: the state holds it
+        train(copy.deepcopy(baseline), ADAPTER, make_method("ce"), config=config, state_dir=tmp_path, progress=interrupter.at(steps_per_epoch + 2))
+    path = tmp_path / "last.pt"
+    if tamper == "flipped byte":
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        path.write_bytes(bytes(data))
+    else:
+        sealed = torch.load(path, weights_only=True)
+        state = torch.load(io.BytesIO(sealed["body"]), weights_only=True)
+        first = next(iter(state["model"]))
+        state["model"][first] = state["model"][first] + 1.0
+        body = io.BytesIO()
+        torch.save(state, body)
+        sealed["body"] = body.getvalue()
+        buffer = io.BytesIO()
+        torch.save(sealed, buffer)
+        path.write_bytes(buffer.getvalue())
+    with pytest.raises(CheckpointError, match=r"last\.pt (was altered or damaged|cannot be read)"):
+        train(copy.deepcopy(baseline), ADAPTER, make_method("ce"), config=config, state_dir=tmp_path, resume=True)

@@ -22,6 +22,7 @@ from torch import nn
 from biasaudit.adapter import Adapter
 from biasaudit.batches import adapter_batches, checked_labels, int_column, take_rows
 from biasaudit.checkpoint import atomic_write_bytes
+from biasaudit.sealed import is_sealed, sealed_bytes, unsealed
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.impairments import other_keys, padding_side, widen_tokens
 from biasaudit.modality import Modality
@@ -245,12 +246,12 @@ def check_same_run(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) 
 
 def save_training_state(directory: Path, *, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, log: list[dict],
                         method_state: dict[str, Any] | None = None, identity: dict[str, Any] | None = None) -> None:
-    import io
+    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+             "rng": rng_states.capture(), "log": log, "method": method_state or {}, "run": identity}
+    atomic_write_bytes(sealed_bytes(state, header={"format": TRAINING_STATE}), _state_path(directory))
 
-    buffer = io.BytesIO()
-    torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "rng": rng_states.capture(), "log": log, "method": method_state or {}, "run": identity}, buffer)
-    atomic_write_bytes(buffer.getvalue(), _state_path(directory))
+
+TRAINING_STATE = "biasaudit-training-state"
 
 
 def load_training_state(directory: Path) -> dict[str, Any]:
@@ -258,9 +259,16 @@ def load_training_state(directory: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"--resume found no training state at {path}; run without --resume first.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"Training state {path} cannot be read ({type(exc).__name__}); delete it to start over.") from exc
+    if not is_sealed(loaded):
+        return loaded  # written before states were sealed: read as it always was
+    state = unsealed(loaded)
+    if state is None:
+        raise CheckpointError(f"Training state {path} was altered or damaged after it was written (its content does not match the "
+                              "SHA-256 recorded in it); resuming from it would not continue the run. Delete it to start over.")
+    return state
 
 
 def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config: TrainConfig, state_dir: str | os.PathLike | None = None,
