@@ -56,13 +56,17 @@ def with_draws(conditions: Sequence[Condition], impairments: Mapping[str, Impair
     return out
 
 
-def draw_groups(conditions: Sequence[Condition]) -> dict[str, list[str]]:
-    """Base condition name -> the names of all its draws (draw 0 first), for conditions that have more than one."""
+def base_name(name: str) -> str:
+    """The condition a draw belongs to: its own name for draw 0."""
+    return name.split(_DRAW_MARK)[0]
+
+
+def draw_groups(names: Sequence[str]) -> dict[str, list[str]]:
+    """Base name -> the names of all its draws (draw 0 first), for the names (conditions, ceiling rows) that have several."""
     groups: dict[str, list[str]] = {}
-    for condition in conditions:
-        if condition.draw:
-            base = condition.name[: condition.name.rindex(_DRAW_MARK)]
-            groups.setdefault(base, [base]).append(condition.name)
+    for name in names:
+        if base_name(name) != name:
+            groups.setdefault(base_name(name), [base_name(name)]).append(name)
     return groups
 
 
@@ -74,15 +78,23 @@ def draw_multiplicities(seed: int, replicates: int, draws: int) -> np.ndarray:
     return np.stack([np.bincount(row, minlength=draws) for row in picks]).astype(np.int64)
 
 
-def combined_pass(state: Any, conditions: Sequence[Condition], *, seed: int) -> Any:
+def combined_counts(accumulator: Any, *, seed: int) -> Any:
+    """A ConditionAccumulator (the conditions', or the ceilings') with each row's draws summed into the row; itself when
+    none has draws."""
+    groups = draw_groups(accumulator.condition_names)
+    if not groups:
+        return accumulator
+    return accumulator.combined_draws(groups, draw_multiplicities(seed, accumulator.replicates, len(next(iter(groups.values())))))
+
+
+def combined_pass(state: Any, *, seed: int) -> Any:
     """A pass state (biasaudit/scan_state.py PassState) whose accuracy, calibration, group and ratio counts hold each
     random condition once, summed over its draws, under its own name; unchanged when no condition has draws."""
-    groups = draw_groups(conditions)
+    groups = draw_groups(state.accuracy.condition_names)
     if not groups:
         return state
-    draws = len(next(iter(groups.values())))
-    picks = draw_multiplicities(seed, state.accuracy.replicates, draws)
+    picks = draw_multiplicities(seed, state.accuracy.replicates, len(next(iter(groups.values()))))
     muted = {name: sum(state.muted_counts.get(d, 0) for d in groups.get(name, [name]))
-             for name in state.muted_counts if name not in {d for names in groups.values() for d in names[1:]}}
+             for name in state.muted_counts if base_name(name) == name}
     return replace(state, accuracy=state.accuracy.combined_draws(groups, picks), calibration=state.calibration.combined_draws(groups),
                    groups=state.groups.combined_draws(groups, picks) if state.groups is not None else None, muted_counts=muted)

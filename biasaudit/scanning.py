@@ -32,7 +32,7 @@ from biasaudit.diagnostics.carrier import CarrierAccumulator
 from biasaudit.diagnostics.ceilings import (DEFAULT_PER_CLASS, BranchTap, ceilings_section, fit_probes, probe_source, probe_split,
                                             token_masks)
 from biasaudit.diagnostics.donors import DEFAULT_CAPACITY, DonorPool
-from biasaudit.draws import combined_pass, draw_multiplicities, draw_name, draw_seed, with_draws
+from biasaudit.draws import base_name, combined_counts, combined_pass, draw_name, draw_seed, with_draws
 from biasaudit.diagnostics.favoured import DEFAULT_FAVOURED_FRACTION, aligned_share, favoured_classes, favoured_section
 from biasaudit.diagnostics.groups import GROUPINGS, GroupAccumulator, choose_grouping
 from biasaudit.diagnostics.interaction import DEFAULT_DONORS, InteractionAccumulator
@@ -433,7 +433,7 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
     names = [m.name for m in adapter.modalities]
     conditions, wanted = context.conditions, context.wanted
     # Draws of the random conditions become their means under their own names, once every shard is merged in.
-    main = combined_pass(state.main, _pass_setup(adapter, conditions, config).conditions, seed=config.seed)
+    main = combined_pass(state.main, seed=config.seed)
     diagnostics = analyses.FullConditionDiagnostics(adapter, config=config, prior_counts=context.prior_counts)
     diagnostics.embeddings, diagnostics.has_features, diagnostics.bias_counts = state.embeddings, state.has_features, state.bias_counts
     if state.jsd is not None:
@@ -469,11 +469,8 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
     if "carrier" in wanted:
         summary["carrier"] = sections["carrier"].get("carrier")
     if "ceilings" in wanted:
-        ceilings = main.ceilings
-        if ceilings is not None and config.draws > 1:  # the probes' draws become their mean, as the conditions' do
-            groups = {name: [draw_name(name, d) for d in range(config.draws)] for name in ceilings.condition_names
-                      if name.startswith("ceiling:") and draw_name(name, 1) in ceilings.condition_names}
-            ceilings = ceilings.combined_draws(groups, draw_multiplicities(config.seed, ceilings.replicates, config.draws)) if groups else ceilings
+        # The probes' draws become their mean, as the conditions' do.
+        ceilings = combined_counts(main.ceilings, seed=config.seed) if main.ceilings is not None else None
         sections["ceilings"] = ceilings_section(names, ceilings.result() if ceilings is not None else {}, context.ceiling_sources,
                                                 observed_gap=summary.get("missing", {}).get("gap"), note=context.ceiling_note,
                                                 num_classes=adapter.num_classes, probe_split=probe_split(adapter.splits, config.split))
@@ -554,7 +551,7 @@ def _pass_setup(adapter: Adapter, conditions: list[Condition], config: ScanConfi
     kinds = {m.name: m.kind for m in adapter.modalities}
     impairments = {c.name: resolve_impairment(kinds[c.modality], c.impairment) for c in conditions if c.modality}
     drawn = with_draws(conditions, impairments, config.draws)
-    impairments.update({c.name: impairments[c.name.split("#draw")[0]] for c in drawn if c.draw})
+    impairments.update({c.name: impairments[base_name(c.name)] for c in drawn if c.draw})
     return PassSetup(conditions=drawn, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed, **extra)
 
 

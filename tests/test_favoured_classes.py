@@ -37,11 +37,12 @@ CUE = torch.tensor([[1.0, 0.9, 0.0, 0.0], [0.0, 0.0, 0.9, 1.0]])
 FAST = dict(split="test", bootstrap_replicates=200, projection="pca", gradient_batches=1, min_wrong=1, batch_size=32)
 
 
-def _split(name: str, *, conflicting_per_group: int = 20) -> tuple[torch.Tensor, torch.Tensor]:
+def _split(name: str, *, conflicting_per_group: int = 20, weak_others: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     if name == "train":
         labels = torch.arange(200) // 50
         favoured_value = labels // 2
-        other = (torch.arange(200) % 50) < 2  # 2 of every 50 samples of a label carry the other bias value
+        # 2 of every 50 samples of a label carry the other bias value (weak_others of the weak labels 1 and 3)
+        other = (torch.arange(200) % 50) < torch.where(labels % 2 == 1, weak_others, 2)
         return labels, torch.where(other, 1 - favoured_value, favoured_value)
     labels, bias = [], []
     for y in range(4):
@@ -70,12 +71,13 @@ class TwoFavouredAdapter(Adapter):
     splits = ("train", "test")
     bias_names = ("k0", "k1")
     conflicting_per_group = 20
+    weak_others = 2
 
     def build_model(self) -> nn.Module:
         return TwoFavouredModel()
 
     def data(self, split: str, *, batch_size: int):
-        labels, bias = _split(split, conflicting_per_group=self.conflicting_per_group)
+        labels, bias = _split(split, conflicting_per_group=self.conflicting_per_group, weak_others=self.weak_others)
         cue = nn.functional.one_hot(bias, 2).float()
         content = (nn.functional.one_hot(labels, 4).float() * STRENGTH[labels][:, None])[:, None, :]
         for lo in range(0, len(labels), batch_size):
@@ -206,11 +208,18 @@ def test_a_flat_prior_favours_nothing_and_its_samples_are_neutral():
     assert states.tolist() == [NEUTRAL, ALIGNED, CONFLICTING, ALIGNED, NEUTRAL, NEUTRAL]
 
 
-def test_the_fraction_is_a_setting_recorded_in_the_manifest(by_alignment):
+def test_the_fraction_is_a_setting_that_decides_what_a_bias_value_favours(by_alignment):
+    """With 20 of the 50 weak-label samples under the other bias value, P_0 = (.48, .30, .02, .20): at 0.5 bias value 0
+    favours classes 0 and 1 (0.30 >= 0.24; 0.20 is not), at 0.9 class 0 only. Aligned share in train: 156 / 200 vs 96 / 200."""
     assert by_alignment["manifest"]["config"]["favoured_fraction"] == 0.5
-    strict = scan(TwoFavouredAdapter(), group_by="alignment", favoured_fraction=1.0)
-    # Fraction 1.0 keeps only the classes at the largest share: both still tie here, so nothing changes.
-    assert [v["classes"] for v in strict["groups"]["favoured"]["values"]] == [[0, 1], [2, 3]]
+    adapter = TwoFavouredAdapter()
+    adapter.weak_others = 20
+    loose, strict = (scan(adapter, group_by="alignment", favoured_fraction=f) for f in (0.5, 0.9))
+    assert [v["classes"] for v in loose["groups"]["favoured"]["values"]] == [[0, 1], [2, 3]]
+    assert [v["classes"] for v in strict["groups"]["favoured"]["values"]] == [[0], [2]]
+    assert loose["groups"]["shift"]["train_aligned_share"] == pytest.approx(156 / 200)
+    assert strict["groups"]["shift"]["train_aligned_share"] == pytest.approx(96 / 200)
+    assert strict["manifest"]["config"]["favoured_fraction"] == 0.9
     with pytest.raises(InputError, match="favoured_fraction is 0; expected a number above 0 and at most 1"):
         ScanConfig(favoured_fraction=0)
 
