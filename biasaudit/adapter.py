@@ -21,6 +21,7 @@ from torch import nn
 
 from biasaudit.input_paths import check_input_file
 from biasaudit.errors import AdapterError, BiasAuditError
+from biasaudit.forward_keywords import TokenizerInputs
 from biasaudit.impairments import IMPAIRMENTS
 from biasaudit.modality import Modality  # noqa: F401  (part of the adapter contract: `from biasaudit.adapter import Modality`)
 
@@ -69,6 +70,8 @@ class Adapter:
 
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         """Call the model on prepared inputs and return logits [B, C] (see `logits_of` for the outputs accepted)."""
+        if isinstance(inputs, TokenizerInputs):  # a tokenizer's outputs that the model's forward does not take stay out
+            inputs = inputs.for_model(model)
         if isinstance(inputs, Mapping):
             return logits_of(model(**inputs))
         if isinstance(inputs, (tuple, list)):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from biasaudit.adapter import Adapter
+from biasaudit.adapter import Adapter, validate_adapter
+from biasaudit.arguments import at_least, check_argument, check_keywords, checked, not_empty, output_dir, positive_finite
+from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.gating import GateRules
 from biasaudit.progress import Progress
 from biasaudit.results.audit import Audit
@@ -17,7 +20,8 @@ from biasaudit.results.fix_result import FixResult
 from biasaudit.results.gate_result import GateResult
 
 
-def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions: str = "default", seed: int = 0,
+@checked("ba.scan", split=not_empty, batch_size=at_least(1), seed=at_least(0), bootstrap=at_least(10))
+def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
          device: str = "cpu", batch_size: int = 256, bootstrap: int = 1000, projection: str = "umap",
          progress: Progress | None = None, unimodal_models: Mapping[str, nn.Module] | None = None, distributed: bool = True,
          **settings) -> Audit:
@@ -33,29 +37,75 @@ def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions:
     merges, and every process returns the same Audit, equal to a single-process scan. Called on one rank only (e.g.
     evaluation on rank 0 of a training job) it would wait for the others forever: pass `distributed=False` there, and
     that process scans every sample alone. `device` is used as given (pass each process its own GPU).
-    Raises BiasAuditError (a subclass naming the input) for bad settings, adapters or data."""
+
+    `conditions` is a comma-separated str ("missing,noisy") or a list of the same names; `mute` a mapping of
+    modality to muting impairment ({"image": "mean"}). Arguments are checked before any work: a wrong type raises
+    ArgumentTypeError (a BiasAuditError and a TypeError), a wrong value InputError (a BiasAuditError and a
+    ValueError), each naming the parameter; bad adapters or data raise a BiasAuditError subclass naming the input."""
     from biasaudit.audit import audit_model
 
+    named = [name for name in inspect.signature(scan).parameters if name != "settings"]
+    check_keywords(settings, named + sorted(_settings()), where="ba.scan")
     config = _scan_config(split=split, conditions=conditions, seed=seed, device=device, batch_size=batch_size,
                           bootstrap_replicates=bootstrap, projection=projection, **settings)
+    _check_scan(adapter, config, where="ba.scan", unimodal_models=unimodal_models)
     return Audit.from_dict(audit_model(model, adapter, config=config, checkpoint=None, progress=progress,
                                        unimodal_models=dict(unimodal_models or {}), distributed=distributed))
 
 
-def _scan_config(**settings: Any):
-    """ScanConfig from keyword settings; an unknown or repeated one is an InputError naming the available settings."""
+def _settings() -> dict[str, str]:
+    """ScanConfig's fields that ba.scan takes by name, by the name it takes them under."""
     import dataclasses
 
-    from biasaudit.errors import InputError
     from biasaudit.scanning import ScanConfig
 
-    known = {f.name for f in dataclasses.fields(ScanConfig)}
-    unknown = sorted(set(settings) - known)
+    spelled = {"bootstrap_replicates": "bootstrap"}
+    return {spelled.get(f.name, f.name): f.name for f in dataclasses.fields(ScanConfig)
+            if f.name not in ("split", "conditions", "seed", "device", "batch_size", "bootstrap_replicates", "projection")}
+
+
+def _check_scan(adapter: Any, config: Any, *, where: str, unimodal_models: Mapping[str, nn.Module] | None = None) -> None:
+    """What the CLI checks before any work, from Python: the adapter contract (two or more modalities, ...), the
+    split, the device and precision, the conditions, the mutes and the unimodal models' modalities."""
+    from biasaudit.batches import check_split
+    from biasaudit.conditions import parse_conditions
+    from biasaudit.scanning import check_precision, resolve_device, with_mute_overrides
+
+    validate_adapter(adapter, source=f"given to {where} ({type(adapter).__name__})")
+    check_split(adapter, config.split)
+    check_precision(config.precision, resolve_device(config.device))
+    parse_conditions(config.conditions, adapter.modalities)
+    with_mute_overrides(adapter, config.mute)
+    names = [m.name for m in adapter.modalities]
+    unknown = [name for name in unimodal_models or {} if name not in names]
     if unknown:
-        raise InputError(f"scan has no setting {unknown[0]!r}. Available: {', '.join(sorted(known - {'bootstrap_replicates'}) + ['bootstrap'])}.")
+        raise InputError(f"The 'unimodal_models' parameter of {where} names modality {unknown[0]!r}. Available: {', '.join(names)}.")
+
+
+def _scan_config(*, where: str = "ba.scan", **settings: Any):
+    """ScanConfig from keyword settings, each checked against its field's type first; an unknown one lists the
+    available settings. The documented forms a Python caller may use are made the CLI's: a list of conditions is
+    joined with commas, a mute mapping becomes (modality, impairment) pairs, so both record the same manifest."""
+    import typing
+
+    from biasaudit.scanning import ScanConfig
+
+    spelled = {"bootstrap_replicates": "bootstrap"}
+    hints = typing.get_type_hints(ScanConfig)
+    if "conditions" in settings and not isinstance(settings["conditions"], str):
+        settings["conditions"] = ",".join(settings["conditions"])
+    if isinstance(settings.get("mute"), Mapping):
+        check_argument(settings["mute"], Mapping[str, str], parameter="mute", where=where)
+        settings["mute"] = tuple(settings["mute"].items())
+    for name, value in settings.items():
+        if name == "mute" and not isinstance(value, (tuple, list)):
+            raise ArgumentTypeError(f"The 'mute' parameter of {where} must be a mapping of modality to muting impairment, e.g. "
+                                    f"{{'image': 'mean'}}; got {type(value).__name__} {value!r:.60}.")
+        check_argument(value, hints[name], parameter=spelled.get(name, name), where=where)
     return ScanConfig(**settings)
 
 
+@checked("ba.compare")
 def compare(before: Audit, after: Audit) -> Comparison:
     """After vs before: per-condition and summary changes with paired bootstrap intervals when both audits are of the
     same samples, seed and generator (otherwise plain differences and the reason), bias measures first. Refuses
@@ -65,16 +115,30 @@ def compare(before: Audit, after: Audit) -> Comparison:
     return Comparison.from_dict(compare_audits(before.to_dict(), after.to_dict()))
 
 
-def gate(current: Audit, *, rules: GateRules, baseline: Audit | None = None) -> GateResult:
-    """Judge `current` (and its change from `baseline`) by `rules`; the same verdicts as `biasaudit gate`. Rules
-    that compare need a baseline; an unusable rule raises InputError naming it."""
+@checked("ba.gate")
+def gate(current: Audit, *, rules: GateRules | Mapping[str, Any], baseline: Audit | None = None) -> GateResult:
+    """Judge `current` (and its change from `baseline`) by `rules`; the same verdicts as `biasaudit gate`. `rules` is
+    a GateRules, or a mapping of its keywords ({"max_gap": 5}). Rules that compare need a baseline; an unusable rule
+    raises InputError naming it."""
+    import dataclasses
+
     from biasaudit.gating import evaluate_gate
 
+    if not isinstance(rules, GateRules):
+        check_keywords(rules, [f.name for f in dataclasses.fields(GateRules) if f.name != "labels"], where="The 'rules' mapping of ba.gate")
+        rules = GateRules(**rules)
+    if rules.is_empty:
+        raise InputError("The 'rules' parameter of ba.gate holds no rule; give at least one, e.g. ba.GateRules(max_gap=5).")
+    if baseline is None and rules.comparing:
+        raise InputError(f"The rules {', '.join(rules.comparing)} compare against a baseline audit; pass baseline=ba.Audit.read(path) "
+                         "to ba.gate, or leave them out.")
     return GateResult.from_dict(evaluate_gate(current.to_dict(), rules, baseline=baseline.to_dict() if baseline is not None else None))
 
 
+@checked("ba.fix", epochs=at_least(1), lr=positive_finite, batch_size=at_least(1), train_split=not_empty, split=not_empty,
+         seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"))
 def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
-        train_split: str = "train", split: str = "test", conditions: str = "default", seed: int = 0, device: str = "cpu",
+        train_split: str = "train", split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0, device: str = "cpu",
         bootstrap: int = 1000, projection: str = "umap", options: Mapping[str, Any] | None = None, inplace: bool = False,
         before: Audit | None = None, state_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> FixResult:
     """Audit `model` on `split`, retrain it on `train_split` with `method` (see `biasaudit.training.methods.METHODS`;
@@ -82,12 +146,17 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
 
     The caller's model is left untouched unless `inplace=True` (then it is the one trained). `before` reuses an
     audit of this model taken with the same settings. `state_dir` keeps the training state after every epoch. The
-    caller's global random generators are put back as they were."""
+    caller's global random generators are put back as they were. Arguments are checked before any work, as
+    ba.scan's are."""
     from biasaudit.fixing import check_before, check_method, fix_model
     from biasaudit.training.loop import TrainConfig
 
-    scan_config = _scan_config(split=split, conditions=conditions, seed=seed, device=device, bootstrap_replicates=bootstrap,
+    scan_config = _scan_config(where="ba.fix", split=split, conditions=conditions, seed=seed, device=device, bootstrap_replicates=bootstrap,
                                projection=projection)
+    _check_scan(adapter, scan_config, where="ba.fix")
+    from biasaudit.batches import check_split
+
+    check_split(adapter, train_split)
     train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, split=train_split)
     check_method(method, dict(options or {}))  # before the copy and the audits: a typo costs nothing
     if before is not None:

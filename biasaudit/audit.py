@@ -66,10 +66,17 @@ def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, check
                 distributed: bool = False) -> dict[str, Any]:
     """prefix_removed: the key prefix stripped from the checkpoint's state dict to load it, named in the manifest.
     distributed: split the scan over the processes of the initialised process group (see scanning.scan_model)."""
+    from biasaudit.rank_agreement import check_agreement, keyword_settings, scan_fingerprint
     from biasaudit.sharding import process_group_shard
 
     start = time.perf_counter()
     group = process_group_shard() if distributed else None
+    if group is not None:
+        # Processes that call scan differently would merge into one audit of several scans. The weights are not
+        # compared: hashing them would copy every parameter off the GPU on every call, e.g. every epoch of a training
+        # job, and a sum on the device is not bit-exact (the command line compares its checkpoint files instead).
+        check_agreement(scan_fingerprint(keyword_settings(config), adapter=adapter_source(adapter, adapter_spec)),
+                        group="this process group", remedy="call scan with the same arguments")
     sections = scan_model(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, distributed=distributed)
     checkpoint_facts = {"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None,
                         "prefix_removed": prefix_removed}

@@ -42,6 +42,11 @@ def _looks_like_torch_file(path: Path) -> bool:
         return handle.read(1) == b"\x80"
 
 
+def check_checkpoint_file(path: str | os.PathLike) -> None:
+    """A CheckpointError unless `path` is a readable file (its contents are read_checkpoint's to judge)."""
+    check_input_file(Path(path), named=f"Checkpoint {path}", expected="a file written by torch.save", error=CheckpointError)
+
+
 def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[str, Any]:
     """Return the state dict stored at `path`.
 
@@ -49,7 +54,7 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[
     `trust=True` (the CLI's --trust-checkpoint) because unpickling can run any code.
     """
     path = Path(path)
-    check_input_file(path, named=f"Checkpoint {path}", expected="a file written by torch.save", error=CheckpointError)
+    check_checkpoint_file(path)
     if not _looks_like_torch_file(path):
         raise CheckpointError(f"Checkpoint {path} is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle); "
                               "expected a file written by torch.save(model.state_dict(), ...).")

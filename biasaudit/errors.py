@@ -9,10 +9,16 @@ class BiasAuditError(Exception):
     exit_code = 3
 
 
-class InputError(BiasAuditError):
-    """The user gave something we cannot use: a path, an option, a checkpoint, data. Exit code 2."""
+class InputError(BiasAuditError, ValueError):
+    """The user gave something we cannot use: a path, an option, a checkpoint, data. Exit code 2. Also a ValueError,
+    so that a caller's `except ValueError` around a public call keeps working."""
 
     exit_code = 2
+
+
+class ArgumentTypeError(InputError, TypeError):
+    """A public function or method was given an argument of the wrong type, or a keyword it does not take. Also a
+    TypeError, as Python's own would be."""
 
 
 class AdapterError(InputError):

@@ -25,13 +25,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from biasaudit.arguments import check_fields, refuse_unknown_fields
 from biasaudit.comparing import GROUPS, compare_audits
 from biasaudit.errors import InputError
 from biasaudit.gate_limits import ALL, JSD_STATISTICS, parse_limits, parse_statistic
 
 STATUSES = ("PASS", "WARN", "FAIL", "ERROR")
 _REQUIRED_SECTIONS = ("manifest", "conditions", "summary", "dataset")
-_BASELINE_RULES = ("max_worst_group_drop", "max_bias_follow_increase", "max_gap_increase", "max_jsd_drop")
+BASELINE_RULES = ("max_worst_group_drop", "max_bias_follow_increase", "max_gap_increase", "max_jsd_drop")
 
 
 def _flag(name: str) -> str:
@@ -42,7 +43,9 @@ def _flag(name: str) -> str:
 class GateRules:
     """Limits per key (impairment group, condition or modality); a plain number is accepted and means the
     option's default target (ALL, or `full` for max_worst_group_drop). `labels` names each option in errors
-    (the command-line flag, or the config file and key)."""
+    (the command-line flag, or the config file and key); an option without a label was given from Python: its
+    type is checked strictly (a number or a mapping of numbers, never the command line's strings) and its errors
+    name the keyword."""
 
     max_gap: Mapping[str, float] | float | None = None
     max_gap_increase: Mapping[str, float] | float | None = None
@@ -55,26 +58,34 @@ class GateRules:
     significant: bool = False
     labels: Mapping[str, str] = field(default_factory=dict, compare=False)
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "GateRules":
+        refuse_unknown_fields(cls, args, kwargs, where="ba.GateRules")
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
+        check_fields(self, where="ba.GateRules", skip=self.labels if isinstance(self.labels, Mapping) else ())
         for name in ("max_gap", "max_gap_increase", "min_accuracy", "min_worst_group", "max_worst_group_drop",
                      "max_bias_follow_increase"):
-            object.__setattr__(self, name, parse_limits(name, getattr(self, name), label=self.label(name)) or
+            object.__setattr__(self, name, parse_limits(name, getattr(self, name), label=self._label(name)) or
                                ({} if name.startswith("min_") else None))
         value = self.max_jsd_drop
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
-            raise InputError(f"{self.label('max_jsd_drop')} is {value!r}; expected a number.")
+            raise InputError(f"{self._label('max_jsd_drop')} is {value!r}; expected a number.")
         if value is not None and (value < 0 or value == float("inf")):
-            raise InputError(f"{self.label('max_jsd_drop')} is {value!r}; expected a finite drop >= 0 (a negative limit fails identical audits, an infinite one never fails).")
-        object.__setattr__(self, "jsd", parse_statistic(self.jsd, label=self.label("jsd")))
+            raise InputError(f"{self._label('max_jsd_drop')} is {value!r}; expected a finite drop >= 0 (a negative limit fails identical audits, an infinite one never fails).")
+        object.__setattr__(self, "jsd", parse_statistic(self.jsd, label=self._label("jsd")))
 
-    def label(self, name: str) -> str:
-        return self.labels.get(name, _flag(name))
+    def _label(self, name: str) -> str:
+        return self.labels.get(name, name)
 
-    def needs_baseline(self) -> list[str]:
-        return [self.label(name) for name in _BASELINE_RULES if getattr(self, name) is not None]
+    @property
+    def comparing(self) -> list[str]:
+        """The rules given that compare against a baseline audit, as their labels name them."""
+        return [self._label(name) for name in BASELINE_RULES if getattr(self, name) is not None]
 
-    def empty(self) -> bool:
-        return not any(getattr(self, name) for name in ("max_gap", "min_accuracy", "min_worst_group", *_BASELINE_RULES)) \
+    @property
+    def is_empty(self) -> bool:
+        return not any(getattr(self, name) for name in ("max_gap", "min_accuracy", "min_worst_group", *BASELINE_RULES)) \
             and self.max_jsd_drop is None
 
 
@@ -320,7 +331,7 @@ def _check_modalities(rules: GateRules, audits: list[Mapping[str, Any]]) -> None
                                if isinstance(m, Mapping)))
     unknown = [m for m in named if m not in known]
     if unknown and known:
-        raise InputError(f"{rules.label('max_bias_follow_increase')} names modality {unknown[0]!r}, which the audits do not have; "
+        raise InputError(f"{rules._label('max_bias_follow_increase')} names modality {unknown[0]!r}, which the audits do not have; "
                          f"expected MODALITY=POINTS. Available: {', '.join(known)}.")
 
 
@@ -335,18 +346,18 @@ def _check_conditions(rules: GateRules, current: Mapping[str, Any], baseline: Ma
             unknown = [c for c in (getattr(rules, rule) or {}) if c != ALL and c not in ran]
             if unknown and ran:
                 which = "the audit" if audit is current else "the baseline"
-                raise InputError(f"{rules.label(rule)} names condition {unknown[0]!r}, which {which} did not run; expected "
+                raise InputError(f"{rules._label(rule)} names condition {unknown[0]!r}, which {which} did not run; expected "
                                  f"CONDITION=VALUE. Available: {', '.join(ran)}.")
 
 
 def evaluate_gate(current: Mapping[str, Any], rules: GateRules, *, baseline: Mapping[str, Any] | None = None,
                   current_name: str = "current", baseline_name: str = "baseline") -> dict[str, Any]:
     """Every rule's verdicts and the overall status and exit code; InputError for unusable rules or audits."""
-    if rules.empty():
+    if rules.is_empty:
         raise InputError("No gate rule was given; use --min-worst-group, --max-worst-group-drop, --max-bias-follow-increase, "
                          "--max-jsd-drop (these with --baseline), --max-gap, --max-gap-increase or --min-accuracy.")
-    if baseline is None and rules.needs_baseline():
-        needs = rules.needs_baseline()
+    if baseline is None and rules.comparing:
+        needs = rules.comparing
         raise InputError(f"{' and '.join(needs)} {'compares' if len(needs) == 1 else 'compare'} against a stored audit; "
                          "give it with --baseline BASE.json.")
     _check_modalities(rules, [current] + ([baseline] if baseline is not None else []))
@@ -359,7 +370,7 @@ def evaluate_gate(current: Mapping[str, Any], rules: GateRules, *, baseline: Map
     if rules.min_worst_group:
         verdicts += _min_by_condition(current, rules.min_worst_group, rule="min_worst_group")
     comparison = None
-    if baseline is not None and rules.needs_baseline():
+    if baseline is not None and rules.comparing:
         try:
             comparison = compare_audits(baseline, current)
         except InputError as exc:

@@ -1,6 +1,6 @@
 """One input of a model: its name, kind and where a batch holds it (the adapter contract's Modality).
 
-It imports nothing from the rest of the package, so the impairments (which act on modalities) and the adapter
+It imports nothing from the rest of the package but the errors and the argument checks, so the impairments (which act on modalities) and the adapter
 (which lists them) both depend on it and not on each other. Whether its kind has impairments registered is
 checked where an adapter enters (biasaudit.adapter.validate_adapter), against the registry as it is then,
 users' own kinds included.
@@ -9,8 +9,11 @@ users' own kinds included.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from biasaudit.arguments import check_fields, refuse_unknown_fields
 from biasaudit.errors import AdapterError
+
 
 @dataclass(frozen=True)
 class Modality:
@@ -40,7 +43,16 @@ class Modality:
     missing: str | None = None
     padding_side: str | None = None  # tokens: "left" or "right"; None = read it from each batch's mask
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Modality":
+        refuse_unknown_fields(cls, args, kwargs, where="ba.Modality")
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
+        check_fields(self, where="ba.Modality")
+        if not self.name.strip():
+            raise AdapterError("A Modality has an empty name; expected the name reports and conditions use, e.g. 'image'.")
+        if self.pad_id is not None and self.pad_id < 0:
+            raise AdapterError(f"Modality {self.name!r} has pad_id {self.pad_id}; expected the tokenizer's padding id, a non-negative int.")
         if self.key is None:
             object.__setattr__(self, "key", self.name)
         if self.kind == "tokens" and (self.pad_id is None or self.mask_key is None):

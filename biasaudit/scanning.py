@@ -47,6 +47,7 @@ from biasaudit.metrics.gap import dominant_modality
 from biasaudit.metrics.gradients import SeededSample
 from biasaudit.prefetch import prefetched
 from biasaudit.progress import Progress, silent
+from biasaudit.rank_agreement import stopping_together
 from biasaudit.scan_state import PassState, ScanContext, ScanState, merged
 from biasaudit.sharding import WHOLE, Shard, process_group_shard
 from biasaudit.summary import condition_rows, group_summary, ratio_sweep, reliance
@@ -259,8 +260,11 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     group = process_group_shard() if distributed else None
     with _scanning(model, adapter, config=config, unimodal_models=unimodal_models) as (adapter, device, unimodal_models):
         progress = progress or silent
-        context, state = _main_pass(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device,
-                                    shard=group or WHOLE)
+        # A rank that fails in its pass stops the others at its end, before the merge's collectives: one sentence there
+        # instead of a gather that waits for the failed rank, or meets it gone.
+        with stopping_together(group is not None):
+            context, state = _main_pass(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device,
+                                        shard=group or WHOLE)
         if group is None:
             return finish_scan(state, context, adapter=adapter, config=config, model=model, device=device, progress=progress)
         return _finish_on_rank_zero(state, context, adapter=adapter, config=config, model=model, device=device, progress=progress)
@@ -316,8 +320,9 @@ def _finish_on_rank_zero(state: ScanState, context: ScanContext, **finishing: An
     states: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(state, states, dst=0)
     sections: list[Any] = [None]
-    if dist.get_rank() == 0:
-        sections[0] = finish_scan(merged(states), context, **finishing)
+    with stopping_together():  # the others wait while rank 0 finishes alone, and stop with it when it fails
+        if dist.get_rank() == 0:
+            sections[0] = finish_scan(merged(states), context, **finishing)
     dist.broadcast_object_list(sections, src=0)
     return sections[0]
 

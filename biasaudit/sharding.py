@@ -58,10 +58,15 @@ def process_group_shard() -> Shard | None:
     return Shard(dist.get_rank(), dist.get_world_size())
 
 
+def under_torchrun() -> bool:
+    """Whether this process is one of several that torchrun (or a launcher setting its environment) started."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) >= 2
+
+
 def join_torchrun(device: str) -> tuple[Shard, str] | None:
     """Under torchrun (WORLD_SIZE > 1 in the environment): join the process group (gloo for CPU tensors, NCCL for
     CUDA ones) and return this process's shard and its device (`cuda` becomes this process's `cuda:LOCAL_RANK`)."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) < 2:
+    if not under_torchrun():
         return None
     from datetime import timedelta
 
@@ -86,11 +91,3 @@ def leave_torchrun() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
-
-def broadcast_error(message: str | None) -> str | None:
-    """Rank 0's error (or None) on every rank: the other processes stop with it instead of waiting for rank 0."""
-    import torch.distributed as dist
-
-    box = [message]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

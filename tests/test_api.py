@@ -102,8 +102,10 @@ def test_a_scan_leaves_the_callers_random_generators_and_model_mode_alone(shortc
 def test_scan_settings_pass_the_same_checks_as_the_command_line():
     module = _shortcut_module()
     adapter = module.ShortcutAdapter()
-    with pytest.raises(InputError, match="batch_size is 0; expected a positive integer"):
+    with pytest.raises(InputError, match="'batch_size' parameter of ba.scan is int 0; expected a positive integer"):
         ba.scan(adapter.build_model(), adapter, batch_size=0)
+    with pytest.raises(InputError, match="min_wrong is 0; expected a positive integer"):  # a setting by name: ScanConfig's own check
+        ba.scan(adapter.build_model(), adapter, min_wrong=0)
 
 
 def test_fix_through_the_api_gives_the_command_lines_audits_and_leaves_the_callers_model_alone(shortcut_checkpoint, tmp_path):
@@ -138,7 +140,7 @@ def test_compare_and_gate_through_the_api_equal_the_documents_the_command_line_r
     assert passing.passed and passing.status == "PASS" and {r.rule for r in passing.rules} >= {"min_accuracy[full]"}
     failing = ba.gate(audit, rules=ba.GateRules(min_accuracy={"full": 100}))
     assert failing.status == "FAIL" and failing.exit_code == 1 and not failing.passed
-    with pytest.raises(InputError, match="--max-gap-increase compares against a stored audit"):
+    with pytest.raises(InputError, match="The rules max_gap_increase compare against a baseline audit; pass baseline="):
         ba.gate(audit, rules=ba.GateRules(max_gap_increase=1.0))
 
 
@@ -183,7 +185,7 @@ def test_fix_refuses_a_before_audit_of_other_settings_and_a_bad_method_option_be
 def test_an_unknown_scan_setting_is_an_input_error_naming_the_available_ones(scanned):
     module = _shortcut_module()
     adapter = module.ShortcutAdapter()
-    with pytest.raises(InputError, match=r"scan has no setting 'nonsense'\. Available: .*bootstrap"):
+    with pytest.raises(TypeError, match=r"ba\.scan has no parameter 'nonsense'\. Available: .*bootstrap"):
         ba.scan(adapter.build_model(), adapter, nonsense=1)
 
 

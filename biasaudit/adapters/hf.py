@@ -11,6 +11,7 @@ import torch
 
 from biasaudit.adapters.loader import model_inputs
 from biasaudit.errors import AdapterError
+from biasaudit.forward_keywords import TokenizerInputs
 from biasaudit.modality import Modality
 
 
@@ -62,27 +63,40 @@ def token_modality(name: str, tokenizer: Any, *, key: str = "input_ids", mask_ke
                     padding_side=side if side in ("left", "right") else None)
 
 
-def tokenizing_prepare(tokenizer: Any, modalities: Sequence[Modality], *, text: str | None = None,
+def tokenizing_prepare(tokenizer: Any, modalities: Sequence[Modality], *, text: str | None = None, keys: Sequence[str] | None = None,
                        **tokenizer_options: Any) -> Callable[[Mapping[str, Any], torch.device], dict[str, Any]]:
     """A prepare(batch, device) for a "text" modality of raw strings: the other modalities' entries as they are
     (biasaudit.adapters.model_inputs), and in place of the strings what `tokenizer(text=strings, padding=True,
     truncation=True, return_tensors="pt", **tokenizer_options)` returns (input_ids, attention_mask, ...), on the
     device. The strings are tokenised after impairment, so "missing text" is the tokenizer's own empty string.
-    `tokenizer` may be a processor that takes text=. `text`: the modality's name when there are several text ones."""
+    `tokenizer` may be a processor that takes text=. `text`: the modality's name when there are several text ones.
+    `keys`: the tokenizer outputs to pass, each of which the model's forward must take; by default all of them, less
+    those the forward does not take (BERT's token_type_ids for a model without them), with one warning
+    (biasaudit/forward_keywords.py)."""
     require_transformers("tokenizing_prepare")
     candidates = [m for m in modalities if m.kind == "text" and (text is None or m.name == text)]
     if len(candidates) != 1:
         available = ", ".join(m.name for m in modalities if m.kind == "text") or "none"
         wanted = f"text modality {text!r}" if text is not None else "exactly one text modality (or text=NAME)"
         raise AdapterError(f"tokenizing_prepare needs {wanted}; the text modalities are: {available}.")
-    chosen = candidates[0]
-    others = [m for m in modalities if m is not chosen]
+    if isinstance(keys, str) or (keys is not None and not keys):
+        raise AdapterError(f"tokenizing_prepare got keys={keys!r}; expected the names of the tokenizer outputs to pass, "
+                           "e.g. keys=('input_ids', 'attention_mask').")
+    named = tuple(keys) if keys is not None else ()
+    modality = candidates[0]
+    others = [m for m in modalities if m is not modality]
     options = {"padding": True, "truncation": True, "return_tensors": "pt", **tokenizer_options}
+    told: set[str] = set()  # the warnings given, once per prepare rather than once per batch
 
-    def prepare(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    def prepare(batch: Mapping[str, Any], device: torch.device) -> TokenizerInputs:
         inputs = model_inputs(batch, others, device)
-        encoded = tokenizer(text=list(batch[chosen.key]), **options)
-        inputs.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in encoded.items()})
-        return inputs
+        encoded = tokenizer(text=list(batch[modality.key]), **options)
+        for key in named:
+            if key not in encoded:
+                raise AdapterError(f"tokenizing_prepare(keys=...) names {key!r}, which {_called(tokenizer)} does not return; "
+                                   f"it returns: {', '.join(encoded)}.")
+        passed = named or tuple(encoded)
+        inputs.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in encoded.items() if k in passed})
+        return TokenizerInputs(inputs, chosen=() if named else passed, named=named, tokenizer=_called(tokenizer), told=told)
 
     return prepare

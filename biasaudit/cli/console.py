@@ -4,7 +4,9 @@ error, 130 interrupted."""
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
@@ -20,6 +22,24 @@ from biasaudit.errors import BiasAuditError
 err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)  # a message is one line: paths stay whole for copy and grep
 out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
 ADAPTER_HELP = "Your adapter: path/to/file.py:NAME or package.module:NAME (see README, 'Writing an adapter')."
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@contextmanager
+def _one_line_warnings() -> Iterator[None]:
+    """biasaudit's own warnings (e.g. a tokenizer output the model does not take) as one line, like its errors; any
+    other library's as Python shows them."""
+    with warnings.catch_warnings():
+        others = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None) -> None:
+            if Path(filename).resolve().is_relative_to(PACKAGE):
+                err.print(f"[bold yellow]warning:[/] {escape(str(message))}", markup=True, highlight=False)
+            else:
+                others(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 @contextmanager
@@ -31,7 +51,8 @@ def handled(interrupted: Optional[Callable[[], str]] = None) -> Iterator[None]:
     nothing was written; once it is, the interrupt says so.
     """
     try:
-        yield
+        with _one_line_warnings():
+            yield
     except KeyboardInterrupt as exc:
         if exc.args:  # raised by the output set once its files were all in place
             err.print(f"interrupted {exc.args[0]}.", markup=False)

@@ -54,7 +54,8 @@ def scan(
     """Audit a checkpoint: bias measures (carrier test, worst-group accuracy, JSD), reliance (accuracy under muted and noisy
     modalities, Gap, flip rates, ceilings), calibration, embeddings, gradient conflict."""
     from biasaudit.adapter import load_adapter
-    from biasaudit.audit import AUDIT_FILES, audit_checkpoint, write_audit
+    from biasaudit.checkpoint import check_checkpoint_file
+    from biasaudit.audit import AUDIT_FILES, adapter_source, audit_checkpoint, write_audit
     from biasaudit.output_paths import check_output_dir
     from biasaudit.output_set import OutputSet
     from biasaudit.config_file import SCAN_KEYS, load_settings, resolve
@@ -63,47 +64,64 @@ def scan(
     from biasaudit.batches import check_split
     from biasaudit.scanning import ScanConfig, check_precision, check_shardable, resolve_device, with_mute_overrides
 
-    from biasaudit.sharding import broadcast_error, join_torchrun, leave_torchrun, parse_shard
+    from biasaudit.rank_agreement import check_agreement, option_settings, scan_fingerprint, stopping_together
+    from biasaudit.sharding import join_torchrun, leave_torchrun, parse_shard, under_torchrun
 
     with handled(), ExitStack() as held:
-        check_output_dir(out_dir)
-        shard = parse_shard(shard_spec) if shard_spec is not None else None
         settings = load_settings(config_file)
         given = {name: plain(value) for name, value in ctx.params.items() if name in SCAN_KEYS}
         v, sources = resolve(given, explicit_options(ctx), settings, "scan")
+        if shard_spec is not None and under_torchrun():  # every process refuses alone, before any waits for the others
+            raise InputError("--shard splits a scan into parts for a job array; under torchrun the processes already split it. Use one or the other.")
+        given_device = v["device"]
         joined = join_torchrun(v["device"])
         if joined is not None:
             held.callback(leave_torchrun)
-            if shard is not None:
-                raise InputError("--shard splits a scan into parts for a job array; under torchrun the processes already split it. Use one or the other.")
             v["device"] = joined[1]
         rank = joined[0].index if joined is not None else 0
-        if v["adapter"] is None:
-            raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
-        with naming_source(sources, "adapter"):
-            loaded = load_adapter(v["adapter"])
-        with naming_source(sources, "split"):
-            check_split(loaded, v["split"])
-        with naming_source(sources, "device"):
-            device = resolve_device(v["device"])
-        with naming_source(sources, "conditions"):
-            parse_conditions(v["conditions"], loaded.modalities)
-        with naming_source(sources, "mute"):
-            mute_pairs = parse_mute(v["mute"])
-            with_mute_overrides(loaded, mute_pairs)
-        with naming_source(sources, "unimodal"):
-            unimodal_checkpoints = parse_unimodal(v["unimodal"], loaded)
-        with naming_source(sources, *SCAN_KEYS):
-            config = ScanConfig(split=v["split"], conditions=v["conditions"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
-                                bootstrap_replicates=v["bootstrap"], projection=v["projection"], gradient_batches=v["gradient_batches"],
-                                min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
-                                mute=mute_pairs, mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
-                                ceiling_per_class=v["ceiling_per_class"], precision=v["precision"],
-                                favoured_fraction=v["favoured_fraction"], draws=v["draws"])
-        with naming_source(sources, "precision"):
-            check_precision(config.precision, device)
-        if shard is not None:
-            check_shardable(loaded)
+        # Under torchrun every process checks what it was given, and an error on any one stops them all here.
+        with stopping_together(joined is not None, group="this torchrun"):
+            check_output_dir(out_dir)
+            shard = parse_shard(shard_spec) if shard_spec is not None else None
+            if v["adapter"] is None:
+                raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
+            with naming_source(sources, "adapter"):
+                loaded = load_adapter(v["adapter"])
+            with naming_source(sources, "split"):
+                check_split(loaded, v["split"])
+            with naming_source(sources, "device"):
+                device = resolve_device(v["device"])
+            with naming_source(sources, "conditions"):
+                parse_conditions(v["conditions"], loaded.modalities)
+            with naming_source(sources, "mute"):
+                mute_pairs = parse_mute(v["mute"])
+                with_mute_overrides(loaded, mute_pairs)
+            with naming_source(sources, "unimodal"):
+                unimodal_checkpoints = parse_unimodal(v["unimodal"], loaded)
+            with naming_source(sources, *SCAN_KEYS):
+                config = ScanConfig(split=v["split"], conditions=v["conditions"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
+                                    bootstrap_replicates=v["bootstrap"], projection=v["projection"], gradient_batches=v["gradient_batches"],
+                                    min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
+                                    mute=mute_pairs, mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
+                                    ceiling_per_class=v["ceiling_per_class"], precision=v["precision"],
+                                    favoured_fraction=v["favoured_fraction"], draws=v["draws"])
+            with naming_source(sources, "precision"):
+                check_precision(config.precision, device)
+            if shard is not None:
+                check_shardable(loaded)
+            if joined is not None:
+                flags = {param.name: param.opts[0] for param in ctx.command.params}
+                compared = {key: v[key] for key in SCAN_KEYS if key not in ("device", "unimodal")}
+                # The device as given: the processes' own (cuda:LOCAL_RANK) differ by design. Unimodal checkpoints by
+                # modality here, by contents among the files.
+                ranked = {**option_settings({**compared, "device": given_device}, flags),
+                          "--unimodal": (" ".join(f"--unimodal {item}" for item in v["unimodal"]) or "no --unimodal",
+                                         tuple(name for name, _ in unimodal_checkpoints))}
+                check_checkpoint_file(checkpoint)  # hashed next
+                fingerprint = scan_fingerprint(ranked, adapter=adapter_source(loaded, v["adapter"]), checkpoint=checkpoint,
+                                               unimodal=unimodal_checkpoints)
+        if joined is not None:
+            check_agreement(fingerprint, group="this torchrun", remedy="be started with the same arguments")
         recorded = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
         if shard is not None:
             from biasaudit.audit import scan_checkpoint_shard
@@ -117,18 +135,9 @@ def scan(
             return
         # Locked from here until both files are in place: a second run into the same directory is refused now. Under
         # torchrun rank 0 alone writes; the others stop with its error rather than wait for it.
-        error = None
-        if rank == 0:
-            try:
+        with stopping_together(joined is not None, group="this torchrun"):
+            if rank == 0:
                 outputs = held.enter_context(OutputSet(out_dir, files=AUDIT_FILES))
-            except InputError as exc:
-                error = exc
-        if joined is not None:
-            message = broadcast_error(str(error) if error is not None else None)
-            if message is not None and error is None:
-                raise InputError(f"Rank 0 of this torchrun stopped: {message}")
-        if error is not None:
-            raise error
         with (progress_bars() if rank == 0 else nullcontext(None)) as progress:
             audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress,
                                      unimodal=unimodal_checkpoints, distributed=joined is not None)

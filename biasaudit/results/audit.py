@@ -15,6 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
+from biasaudit.arguments import checked, document_with, not_empty, output_file
 from biasaudit.errors import InputError
 
 Interval = tuple[float, float] | None
@@ -56,7 +57,7 @@ class ConditionResult:
     n: int | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> ConditionResult:
+    def _from_row(cls, row: Mapping[str, Any]) -> ConditionResult:
         return cls(name=row["name"], group=row.get("group", "custom"), modality=row.get("modality"), impairment=row.get("impairment"),
                    severity=float(row.get("severity") or 0.0), accuracy=row.get("accuracy"), accuracy_ci=_interval(row.get("accuracy_ci")),
                    flip_rate=row.get("flip_rate"), n=row.get("n"))
@@ -76,7 +77,7 @@ class GapSummary:
     dominant: str | None
 
     @classmethod
-    def from_section(cls, section: Mapping[str, Any] | None) -> GapSummary | None:
+    def _from_section(cls, section: Mapping[str, Any] | None) -> GapSummary | None:
         if not section:
             return None
         return cls(avg=section.get("avg"), avg_ci=_interval(section.get("avg_ci")), gap=section.get("gap"),
@@ -106,23 +107,26 @@ class Audit:
     conditions: tuple[ConditionResult, ...]
 
     @classmethod
+    @checked("Audit.from_dict", document=document_with("summary", "conditions", what="an audit document, as Audit.to_dict() returns"))
     def from_dict(cls, document: Mapping[str, Any]) -> Audit:
         """The typed view of an audit document (a copy is taken: later changes to `document` do not reach it)."""
         summary = document["summary"]
         full = summary["full"]
         return cls(document=frozen_document(copy.deepcopy(dict(document))),
                    summary=Summary(accuracy=full["accuracy"], accuracy_ci=_interval(full.get("accuracy_ci")),
-                                   missing=GapSummary.from_section(summary.get("missing")),
-                                   noisy=GapSummary.from_section(summary.get("noisy")), carrier=summary.get("carrier")),
-                   conditions=tuple(ConditionResult.from_row(row) for row in document["conditions"]))
+                                   missing=GapSummary._from_section(summary.get("missing")),
+                                   noisy=GapSummary._from_section(summary.get("noisy")), carrier=summary.get("carrier")),
+                   conditions=tuple(ConditionResult._from_row(row) for row in document["conditions"]))
 
     @classmethod
+    @checked("Audit.read")
     def read(cls, path: str | os.PathLike) -> Audit:
         """Read an audit.json (validated against the published schema; a damaged file raises InputError naming it)."""
         from biasaudit.results import read_audit
 
         return cls.from_dict(read_audit(path))
 
+    @checked("Audit.condition", name=not_empty)
     def condition(self, name: str) -> ConditionResult:
         """The condition named `name` (e.g. "missing:image", "ratio:text:0.5")."""
         for result in self.conditions:
@@ -138,10 +142,12 @@ class Audit:
     def verdict(self) -> Mapping[str, Any] | None:
         return self.document.get("verdict")
 
+    @checked("Audit.to_dict")
     def to_dict(self) -> dict[str, Any]:
         """A mutable deep copy of the JSON document."""
         return thawed_document(self.document)
 
+    @checked("Audit.to_json", path=output_file("Audit.to_json"))
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write the document as audit JSON (atomically); returns the path."""
         from biasaudit.results import write_json_atomic
@@ -149,6 +155,7 @@ class Audit:
         write_json_atomic(self.to_dict(), Path(path))
         return Path(path)
 
+    @checked("Audit.to_html", path=output_file("Audit.to_html"))
     def to_html(self, path: str | os.PathLike) -> Path:
         """Render the self-contained HTML report (atomically); returns the path."""
         from biasaudit.report.render import write_audit_html

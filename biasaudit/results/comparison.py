@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from biasaudit.arguments import checked, document_with, output_file
 from biasaudit.results.audit import Interval, frozen_document, thawed_document
 
 
@@ -22,7 +23,7 @@ class Change:
     delta_ci: Interval
 
     @classmethod
-    def from_entry(cls, entry: Mapping[str, Any] | None) -> Change | None:
+    def _from_entry(cls, entry: Mapping[str, Any] | None) -> Change | None:
         if entry is None:
             return None
         ci = entry.get("delta_ci")
@@ -45,17 +46,20 @@ class Comparison:
     noisy_gap: Change | None
 
     @classmethod
+    @checked("Comparison.from_dict", document=document_with("summary", "verdict", "paired", what="a comparison document, as Comparison.to_dict() returns"))
     def from_dict(cls, document: Mapping[str, Any]) -> Comparison:
         summary = document["summary"]
         return cls(document=frozen_document(copy.deepcopy(dict(document))), verdict=document["verdict"],
                    sentences=tuple(document.get("verdict_sentences") or ()), paired=bool(document["paired"]),
-                   unpaired_reason=document.get("unpaired_reason"), accuracy=Change.from_entry(summary["full"]),
-                   missing_gap=Change.from_entry((summary.get("missing") or {}).get("gap")),
-                   noisy_gap=Change.from_entry((summary.get("noisy") or {}).get("gap")))
+                   unpaired_reason=document.get("unpaired_reason"), accuracy=Change._from_entry(summary["full"]),
+                   missing_gap=Change._from_entry((summary.get("missing") or {}).get("gap")),
+                   noisy_gap=Change._from_entry((summary.get("noisy") or {}).get("gap")))
 
+    @checked("Comparison.to_dict")
     def to_dict(self) -> dict[str, Any]:
         return thawed_document(self.document)
 
+    @checked("Comparison.to_json", path=output_file("Comparison.to_json"))
     def to_json(self, path: str | os.PathLike) -> Path:
         from biasaudit.results import write_json_atomic
 

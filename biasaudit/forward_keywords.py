@@ -1,0 +1,75 @@
+"""Which of a tokenizer's outputs reach the model: those its forward takes, or those the user named.
+
+A tokenizer returns what its model family reads (BERT's: input_ids, token_type_ids, attention_mask), whatever the
+user's model is, and prepare() has no model to ask. So the inputs biasaudit.adapters.tokenizing_prepare makes carry
+which keys the tokenizer chose and which the user named, and the model call (Adapter.forward) keeps what the forward
+takes: an output the tokenizer chose and the forward does not take is left out with one warning (the CLI does not
+show the library's log, so a log record would reach no one), one the user named is an error.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any, Mapping
+
+from torch import nn
+
+from biasaudit.errors import AdapterError
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module whose forward does the work: wrappers (DataParallel / DDP, torch.compile) take (*args, **kwargs) for
+    the module they hold."""
+    while True:
+        wrapped = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else getattr(model, "_orig_mod", None)
+        if not isinstance(wrapped, nn.Module):
+            return model
+        model = wrapped
+
+
+def forward_keywords(model: nn.Module) -> tuple[str, ...] | None:
+    """The names the module's forward takes as keywords, in order; None when it takes any (**kwargs) or has no
+    signature to read."""
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C-implemented forward: nothing to check against
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
+class TokenizerInputs(dict):
+    """Keyword inputs for model(**inputs) of which `chosen` came from a tokenizer unasked and `named` the user named.
+    `tokenizer` says whose outputs they are; `told` holds the warnings given, shared by every batch of one prepare so
+    that a scan warns once."""
+
+    def __init__(self, inputs: Mapping[str, Any], *, chosen: tuple[str, ...], named: tuple[str, ...], tokenizer: str,
+                 told: set[str]) -> None:
+        super().__init__(inputs)
+        self.chosen, self.named, self.tokenizer, self.told = chosen, named, tokenizer, told
+
+    def for_model(self, model: nn.Module) -> dict[str, Any]:
+        """The entries the model's forward takes; AdapterError when it does not take a named one, or none of the
+        tokenizer's outputs (the text would not reach it at all)."""
+        inner = unwrapped(model)
+        accepted = forward_keywords(inner)
+        if accepted is None:
+            return dict(self)
+        forward = f"{type(inner).__name__}.forward"
+        takes = ", ".join(accepted) or "nothing by keyword"
+        for key in self.named:
+            if key not in accepted:
+                raise AdapterError(f"tokenizing_prepare(keys=...) names {key!r}, which {forward} does not take; it takes: {takes}.")
+        dropped = [key for key in self.chosen if key not in accepted]
+        if dropped and len(dropped) == len(self.chosen):  # named ones are all taken by now
+            raise AdapterError(f"{forward} takes none of the outputs of {self.tokenizer} ({', '.join(self.chosen)}); it takes: {takes}; "
+                               "write a prepare that passes the tokens under the names the forward uses.")
+        if dropped:
+            message = (f"{forward} does not take {', '.join(dropped)}, which {self.tokenizer} also returns, so tokenizing_prepare "
+                       f"leaves {'it' if len(dropped) == 1 else 'them'} out (the forward takes: {takes}; keys=(...) names the outputs to pass).")
+            if message not in self.told:
+                self.told.add(message)
+                warnings.warn(message, UserWarning)
+        return {key: value for key, value in self.items() if key not in dropped}
