@@ -71,7 +71,13 @@ class Adapter:
     def forward(self, model: nn.Module, inputs: Any) -> torch.Tensor:
         """Call the model on prepared inputs and return logits [B, C] (see `logits_of` for the outputs accepted)."""
         if isinstance(inputs, TokenizerInputs):  # a tokenizer's outputs that the model's forward does not take stay out
-            inputs = inputs.for_model(model)
+            try:
+                return logits_of(model(**inputs.for_model(model)))
+            except TypeError as exc:
+                refused = inputs.refused(exc)
+                if refused is None:
+                    raise
+                raise refused from exc
         if isinstance(inputs, Mapping):
             return logits_of(model(**inputs))
         if isinstance(inputs, (tuple, list)):
@@ -89,6 +95,8 @@ class Adapter:
 
 
 _REQUIRED = ("build_model", "data", "prepare")
+# Every public part of the contract: what an adapter that does not subclass Adapter must define itself.
+_CONTRACT = tuple(name for name in vars(Adapter) if not name.startswith("_"))
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -141,6 +149,12 @@ def validate_adapter(adapter: Any, *, source: str) -> Adapter:
     for method in _REQUIRED:
         if not callable(getattr(adapter, method, None)) or (isinstance(adapter, Adapter) and not _defines(adapter, method)):
             raise AdapterError(f"Adapter {source} has no {method}() method; every adapter must define it (see README 'Writing an adapter').")
+    if not isinstance(adapter, Adapter):
+        # An object that is not an Adapter lacks the base class's defaults, which the scan reads (label_key, forward, ...).
+        missing = [name for name in _CONTRACT if not hasattr(adapter, name)]
+        if missing:
+            raise AdapterError(f"Adapter {source} is not a biasaudit.Adapter and has no {missing[0]}; subclass biasaudit.Adapter to "
+                               "get its defaults, or define every part of the contract.")
     modalities = list(getattr(adapter, "modalities", ()) or ())
     if len(modalities) < 2:
         raise AdapterError(f"Adapter {source} declares {len(modalities)} modalities; expected at least two Modality(...) entries in `modalities`.")

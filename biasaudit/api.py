@@ -7,10 +7,12 @@ import inspect
 import os
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter, validate_adapter
-from biasaudit.arguments import at_least, check_argument, check_keywords, checked, not_empty, output_dir, positive_finite
+from biasaudit.arguments import (at_least, check_argument, check_keywords, checked, conforms, non_negative_finite, not_empty, one_of,
+                                 output_dir, plain, positive_finite, shown)
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.gating import GateRules
 from biasaudit.progress import Progress
@@ -18,11 +20,12 @@ from biasaudit.results.audit import Audit
 from biasaudit.results.comparison import Comparison
 from biasaudit.results.fix_result import FixResult
 from biasaudit.results.gate_result import GateResult
+from biasaudit.training.optimizers import OPTIMIZERS
 
 
 @checked("ba.scan", split=not_empty, batch_size=at_least(1), seed=at_least(0), bootstrap=at_least(10))
 def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
-         device: str = "cpu", batch_size: int = 256, bootstrap: int = 1000, projection: str = "umap",
+         device: str | torch.device = "cpu", batch_size: int = 256, bootstrap: int = 1000, projection: str = "umap",
          progress: Progress | None = None, unimodal_models: Mapping[str, nn.Module] | None = None, distributed: bool = True,
          **settings) -> Audit:
     """Audit `model` through `adapter` on one split: every condition of the grid (full, missing, noisy, the ratio
@@ -38,17 +41,22 @@ def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions:
     evaluation on rank 0 of a training job) it would wait for the others forever: pass `distributed=False` there, and
     that process scans every sample alone. `device` is used as given (pass each process its own GPU).
 
-    `conditions` is a comma-separated str ("missing,noisy") or a list of the same names; `mute` a mapping of
+    `conditions` is a comma-separated str ("missing,noisy") or a list or tuple of the same names; `mute` a mapping of
     modality to muting impairment ({"image": "mean"}). Arguments are checked before any work: a wrong type raises
     ArgumentTypeError (a BiasAuditError and a TypeError), a wrong value InputError (a BiasAuditError and a
     ValueError), each naming the parameter; bad adapters or data raise a BiasAuditError subclass naming the input."""
     from biasaudit.audit import audit_model
+    from biasaudit.rank_agreement import stopping_together
+    from biasaudit.sharding import process_group_shard
 
     named = [name for name in inspect.signature(scan).parameters if name != "settings"]
     check_keywords(settings, named + sorted(_settings()), where="ba.scan")
-    config = _scan_config(split=split, conditions=conditions, seed=seed, device=device, batch_size=batch_size,
-                          bootstrap_replicates=bootstrap, projection=projection, **settings)
-    _check_scan(adapter, config, where="ba.scan", unimodal_models=unimodal_models)
+    # In a process group every rank checks its own arguments; a mistake on one stops all of them with its sentence
+    # rather than leaving the others to wait for it in the scan's first collective.
+    with stopping_together(distributed and process_group_shard() is not None):
+        config = _scan_config(split=split, conditions=conditions, seed=seed, device=str(device), batch_size=batch_size,
+                              bootstrap_replicates=bootstrap, projection=projection, **settings)
+        _check_scan(adapter, config, where="ba.scan", unimodal_models=unimodal_models)
     return Audit.from_dict(audit_model(model, adapter, config=config, checkpoint=None, progress=progress,
                                        unimodal_models=dict(unimodal_models or {}), distributed=distributed))
 
@@ -73,9 +81,9 @@ def _check_scan(adapter: Any, config: Any, *, where: str, unimodal_models: Mappi
 
     validate_adapter(adapter, source=f"given to {where} ({type(adapter).__name__})")
     check_split(adapter, config.split)
-    check_precision(config.precision, resolve_device(config.device))
+    check_precision(config.precision, resolve_device(config.device, label=f"The 'device' parameter of {where}", cpu="device='cpu'"))
     parse_conditions(config.conditions, adapter.modalities)
-    with_mute_overrides(adapter, config.mute)
+    with_mute_overrides(adapter, config.mute, label=f"The 'mute' parameter of {where}")
     names = [m.name for m in adapter.modalities]
     unknown = [name for name in unimodal_models or {} if name not in names]
     if unknown:
@@ -94,15 +102,16 @@ def _scan_config(*, where: str = "ba.scan", **settings: Any):
     hints = typing.get_type_hints(ScanConfig)
     if "conditions" in settings and not isinstance(settings["conditions"], str):
         settings["conditions"] = ",".join(settings["conditions"])
-    if isinstance(settings.get("mute"), Mapping):
-        check_argument(settings["mute"], Mapping[str, str], parameter="mute", where=where)
-        settings["mute"] = tuple(settings["mute"].items())
+    mute = settings.get("mute")
+    if isinstance(mute, Mapping):
+        check_argument(mute, Mapping[str, str], parameter="mute", where=where)
+        settings["mute"] = tuple(mute.items())
+    elif mute is not None and not conforms(mute, hints["mute"]):
+        raise ArgumentTypeError(f"The 'mute' parameter of {where} must be a mapping of modality to muting impairment, e.g. "
+                                f"{{'image': 'mean'}}; got {shown(mute)}.")
     for name, value in settings.items():
-        if name == "mute" and not isinstance(value, (tuple, list)):
-            raise ArgumentTypeError(f"The 'mute' parameter of {where} must be a mapping of modality to muting impairment, e.g. "
-                                    f"{{'image': 'mean'}}; got {type(value).__name__} {value!r:.60}.")
         check_argument(value, hints[name], parameter=spelled.get(name, name), where=where)
-    return ScanConfig(**settings)
+    return ScanConfig(**plain(settings))
 
 
 @checked("ba.compare")
@@ -135,14 +144,19 @@ def gate(current: Audit, *, rules: GateRules | Mapping[str, Any], baseline: Audi
     return GateResult.from_dict(evaluate_gate(current.to_dict(), rules, baseline=baseline.to_dict() if baseline is not None else None))
 
 
-@checked("ba.fix", epochs=at_least(1), lr=positive_finite, batch_size=at_least(1), train_split=not_empty, split=not_empty,
+@checked("ba.fix", epochs=at_least(1), lr=positive_finite, batch_size=at_least(1), optimizer=one_of(OPTIMIZERS),
+         weight_decay=non_negative_finite, momentum=lambda value: None if 0 <= value < 1 else "a number from 0 up to (not including) 1",
+         train_split=not_empty, split=not_empty,
          seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"))
 def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
-        train_split: str = "train", split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0, device: str = "cpu",
+        optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
+        train_split: str = "train", split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
+        device: str | torch.device = "cpu",
         bootstrap: int = 1000, projection: str = "umap", options: Mapping[str, Any] | None = None, inplace: bool = False,
         before: Audit | None = None, state_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> FixResult:
     """Audit `model` on `split`, retrain it on `train_split` with `method` (see `biasaudit.training.methods.METHODS`;
     `options` are the method's own, e.g. {"alpha": 1.0} for balgrad), audit again the same way and compare.
+    `optimizer` is adam, adamw or sgd (biasaudit.training.optimizers), with `weight_decay` and, for sgd, `momentum`.
 
     The caller's model is left untouched unless `inplace=True` (then it is the one trained). `before` reuses an
     audit of this model taken with the same settings. `state_dir` keeps the training state after every epoch. The
@@ -151,13 +165,15 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
     from biasaudit.fixing import check_before, check_method, fix_model
     from biasaudit.training.loop import TrainConfig
 
+    device = str(device)
     scan_config = _scan_config(where="ba.fix", split=split, conditions=conditions, seed=seed, device=device, bootstrap_replicates=bootstrap,
                                projection=projection)
     _check_scan(adapter, scan_config, where="ba.fix")
     from biasaudit.batches import check_split
 
     check_split(adapter, train_split)
-    train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, split=train_split)
+    train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, split=train_split,
+                               optimizer=optimizer, weight_decay=weight_decay, momentum=momentum)
     check_method(method, dict(options or {}))  # before the copy and the audits: a typo costs nothing
     if before is not None:
         check_before(before.to_dict(), config=scan_config, checkpoint_sha=None, named="before",

@@ -13,10 +13,12 @@ from __future__ import annotations
 import collections.abc
 import functools
 import inspect
+import numbers
 import os
 import types
 import typing
-from typing import Any, Callable, Mapping, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from biasaudit.errors import ArgumentTypeError, InputError
 
@@ -25,12 +27,29 @@ F = TypeVar("F", bound=Callable[..., Any])
 ValueRule = Callable[[Any], "str | None"]
 
 
+# numpy's scalars count as the Python numbers they hold (np.int64 as an int, np.float32 as a number, np.bool_ as a
+# bool), and `plain` turns them into those numbers at the edge, so results and manifests hold plain JSON values.
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool" and type(value).__module__ == "numpy"
+
+
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not _is_bool(value)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not _is_bool(value)
+
+
+def plain(value: Any) -> Any:
+    """`value` with numpy scalars, inside tuples, lists and dicts too, as Python's own bool, int and float."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return type(value)(plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 def _adapter_like(value: Any) -> bool:
@@ -47,11 +66,11 @@ def _special_types() -> dict[Any, tuple[Callable[[Any], bool], str]]:
     from biasaudit.progress import Progress
 
     return {
-        int: (_is_int, "an int"), float: (_is_number, "a number"), bool: (lambda v: isinstance(v, bool), "True or False"),
+        int: (_is_int, "an int"), float: (_is_number, "a number"), bool: (_is_bool, "True or False"),
         str: (lambda v: isinstance(v, str), "a str"), os.PathLike: (lambda v: isinstance(v, os.PathLike), "an os.PathLike"),
         type(None): (lambda v: v is None, "None"), Any: (lambda v: True, "any value"),
         nn.Module: (lambda v: isinstance(v, nn.Module), "a torch.nn.Module"),
-        Adapter: (_adapter_like, "an adapter (a ba.Adapter subclass instance, or an object with build_model, data and prepare)"),
+        Adapter: (_adapter_like, "an adapter (an instance of a ba.Adapter subclass)"),
         Progress: (callable, "a callable progress(stage, done, total)"),
     }
 
@@ -100,7 +119,11 @@ def describe(hint: Any) -> str:
     if origin in (collections.abc.Sequence, list):
         return f"a list of {_bare(describe(args[0] if args else Any))}"
     if origin is tuple:
-        return f"a tuple of {_bare(describe(args[0]))}" if len(args) == 2 and args[1] is Ellipsis else f"a tuple of {len(args)} values"
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a tuple of {_plural(describe(args[0]))}"
+        if len(set(args)) == 1:
+            return f"a tuple of {len(args)} {_plural(describe(args[0]))}"
+        return f"a tuple ({', '.join(_bare(describe(a)) for a in args)})"
     if isinstance(hint, type):
         return f"a {'ba.' if hint.__module__.startswith('biasaudit') else hint.__module__ + '.'}{hint.__qualname__}"
     return str(hint)
@@ -110,6 +133,11 @@ def _bare(words: str) -> str:
     return words.removeprefix("an ").removeprefix("a ")
 
 
+def _plural(words: str) -> str:
+    bare = _bare(words)
+    return bare if " " in bare else bare + "s"
+
+
 def shown(value: Any) -> str:
     """What the caller gave, in a few words: its type and a short repr (never a large tensor or state dict)."""
     if inspect.isclass(value):
@@ -117,10 +145,33 @@ def shown(value: Any) -> str:
     if isinstance(value, collections.abc.Mapping):
         keys = [repr(k) for k in list(value)[:3]]
         return f"{type(value).__name__} with keys {', '.join(keys) or 'none'}" + (" and more" if len(value) > 3 else "")
-    if isinstance(value, (str, bytes, int, float, bool, list, tuple, os.PathLike)) or value is None:
+    if isinstance(value, (list, tuple)) and not all(_scalar(v) for v in value):
+        kinds = sorted({type(v).__name__ for v in value})
+        return f"{type(value).__name__} of {len(value)} ({', '.join(kinds[:3])})"
+    if _scalar(value) or isinstance(value, (list, tuple, os.PathLike)):
         text = repr(value)
         return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}" if value is not None else "None"
     return type(value).__name__
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, (str, bytes, numbers.Number)) or _is_bool(value)
+
+
+def _entry(value: Any, hint: Any) -> str:
+    """For a mapping that does not conform: which entry is wrong (", whose 'text' is str 'x.pt'")."""
+    if not isinstance(value, collections.abc.Mapping):
+        return ""
+    arms = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    for arm in arms:
+        if typing.get_origin(arm) in (collections.abc.Mapping, dict) and typing.get_args(arm):
+            key, item = typing.get_args(arm)
+            for k, v in value.items():
+                if not conforms(k, key):
+                    return f", whose key {shown(k)} is not {describe(key)}"
+                if not conforms(v, item):
+                    return f", whose {k!r} is {shown(v)}"
+    return ""
 
 
 def _remedy(value: Any, hint: Any) -> str:
@@ -160,7 +211,8 @@ def _classes(hint: Any) -> set[Any]:
 def check_argument(value: Any, hint: Any, *, parameter: str, where: str, rule: ValueRule | None = None) -> None:
     """One argument against its annotation, then its value rule; raises naming `parameter` of `where`."""
     if not conforms(value, hint):
-        raise ArgumentTypeError(f"The {parameter!r} parameter of {where} must be {describe(hint)}; got {shown(value)}.{_remedy(value, hint)}")
+        raise ArgumentTypeError(f"The {parameter!r} parameter of {where} must be {describe(hint)}; got {shown(value)}{_entry(value, hint)}."
+                                f"{_remedy(value, hint)}")
     expected = rule(value) if rule is not None else None
     if expected is not None:
         raise InputError(f"The {parameter!r} parameter of {where} is {shown(value)}; expected {expected}.")
@@ -196,6 +248,7 @@ def checked(where: str, **rules: ValueRule) -> Callable[[F], F]:
             for name, value in bound.arguments.items():
                 if name in named:
                     check_argument(value, resolved.get(name, Any), parameter=name, where=where, rule=rules.get(name))
+                    bound.arguments[name] = plain(value)
             return function(*bound.args, **bound.kwargs)
 
         return typing.cast(F, call)
@@ -210,7 +263,9 @@ def check_fields(instance: Any, *, where: str, skip: collections.abc.Container[s
     hints = typing.get_type_hints(type(instance))
     for field in dataclasses.fields(instance):
         if field.name not in skip:
-            check_argument(getattr(instance, field.name), hints[field.name], parameter=field.name, where=where)
+            value = getattr(instance, field.name)
+            check_argument(value, hints[field.name], parameter=field.name, where=where)
+            object.__setattr__(instance, field.name, plain(value))
 
 
 def refuse_unknown_fields(cls: type, args: tuple, kwargs: Mapping[str, Any], *, where: str) -> None:
@@ -232,6 +287,15 @@ def positive_finite(value: float) -> str | None:
     return None if 0 < value < float("inf") else "a positive, finite number"
 
 
+def non_negative_finite(value: float) -> str | None:
+    return None if 0 <= value < float("inf") else "a finite number >= 0"
+
+
+def one_of(choices: collections.abc.Iterable[str]) -> ValueRule:
+    names = tuple(choices)
+    return lambda value: None if value in names else f"one of: {', '.join(names)}"
+
+
 def not_empty(value: str) -> str | None:
     return None if value.strip() else "a non-empty name"
 
@@ -239,6 +303,19 @@ def not_empty(value: str) -> str | None:
 def document_with(*keys: str, what: str) -> ValueRule:
     """A result document: a mapping with the sections its typed view reads."""
     return lambda value: None if all(key in value for key in keys) else f"{what} (with {', '.join(keys)})"
+
+
+@contextmanager
+def reading_document(where: str, what: str) -> Iterator[None]:
+    """A typed view built from a document the caller gave: a section of the wrong shape is one sentence naming the
+    parameter, not a KeyError from inside the view."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"The 'document' parameter of {where} is not {what} ({type(exc).__name__}: {exc}); pass a document "
+                         "as to_dict() returns it.") from None
 
 
 def output_file(where: str) -> ValueRule:

@@ -75,7 +75,7 @@ def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, check
         # Processes that call scan differently would merge into one audit of several scans. The weights are not
         # compared: hashing them would copy every parameter off the GPU on every call, e.g. every epoch of a training
         # job, and a sum on the device is not bit-exact (the command line compares its checkpoint files instead).
-        check_agreement(scan_fingerprint(keyword_settings(config), adapter=adapter_source(adapter, adapter_spec)),
+        check_agreement(scan_fingerprint(keyword_settings(config, unimodal_models), adapter=adapter_source(adapter, adapter_spec)),
                         group="this process group", remedy="call scan with the same arguments")
     sections = scan_model(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, distributed=distributed)
     checkpoint_facts = {"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None,

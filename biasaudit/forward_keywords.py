@@ -9,7 +9,9 @@ show the library's log, so a log record would reach no one), one the user named 
 
 from __future__ import annotations
 
+import functools
 import inspect
+import re
 import warnings
 from typing import Any, Mapping
 
@@ -30,13 +32,22 @@ def unwrapped(model: nn.Module) -> nn.Module:
 
 def forward_keywords(model: nn.Module) -> tuple[str, ...] | None:
     """The names the module's forward takes as keywords, in order; None when it takes any (**kwargs) or has no
-    signature to read."""
+    signature to read. Read once per class: a scan calls it for every batch and condition."""
+    return _keywords_of(type(model).forward)
+
+
+@functools.lru_cache(maxsize=256)
+def _keywords_of(forward: Any) -> tuple[str, ...] | None:
     try:
-        parameters = inspect.signature(model.forward).parameters.values()
+        parameters = list(inspect.signature(forward).parameters.values())[1:]  # past self
     except (TypeError, ValueError):  # a builtin or C-implemented forward: nothing to check against
         return None
     if any(p.kind is p.VAR_KEYWORD for p in parameters):
         return None
+    positional = [p.name for p in parameters if p.kind is p.POSITIONAL_ONLY]
+    if positional:
+        raise AdapterError(f"{forward.__qualname__} takes {', '.join(positional)} positionally only, so the tokenizer's outputs "
+                           "cannot be passed by name; define the adapter's forward(model, inputs) to call it.")
     return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
@@ -73,3 +84,12 @@ class TokenizerInputs(dict):
                 self.told.add(message)
                 warnings.warn(message, UserWarning)
         return {key: value for key, value in self.items() if key not in dropped}
+
+    def refused(self, error: TypeError) -> AdapterError | None:
+        """The sentence for a forward that took **kwargs and passed a tokenizer output on to a module that does not
+        take it (a TypeError from inside the model); None for any other TypeError."""
+        found = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+        if found is None or found.group(1) not in self.chosen:
+            return None
+        return AdapterError(f"The model passed {found.group(1)!r}, which {self.tokenizer} returns, on to a module that does not take "
+                            f"it ({error}); name the outputs to pass with tokenizing_prepare(keys=(...)).")

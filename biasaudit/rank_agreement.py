@@ -38,10 +38,13 @@ def option_settings(values: Mapping[str, Any], flags: Mapping[str, str]) -> dict
     return settings
 
 
-def keyword_settings(config: Any) -> dict[str, tuple[str, Any]]:
-    """A ScanConfig's settings as `scan` keywords. The device is compared by kind only: each process passes its own GPU."""
+def keyword_settings(config: Any, unimodal_models: Mapping[str, Any] | None = None) -> dict[str, tuple[str, Any]]:
+    """A ScanConfig's settings as `scan` keywords. The device is compared by kind only: each process passes its own GPU.
+    The unimodal models by modality and class (their weights, like the model's, are not hashed)."""
     settings = {name: (f"{name}={value!r}", value) for name, value in config.to_dict().items()}
     settings["device"] = (settings["device"][0], str(config.device).partition(":")[0])
+    unimodal = tuple(sorted((name, type(model).__name__) for name, model in (unimodal_models or {}).items()))
+    settings["unimodal_models"] = (f"unimodal_models={dict(unimodal)!r}", unimodal)
     return settings
 
 
@@ -133,7 +136,11 @@ def stopping_together(enabled: bool = True, *, group: str = "this process group"
         except RuntimeError:
             pass  # another rank is gone too: this rank's own error is what its output must say
         raise
-    for rank, failure in enumerate(_exchanged(None)):
+    try:
+        failures = _exchanged(None)
+    except RuntimeError:  # a process left without reaching the exchange (killed, or out of memory in native code)
+        raise BiasAuditError(f"Another process of {group} left before the others finished; its own output says why.") from None
+    for rank, failure in enumerate(failures):
         if failure is not None:
             code, kind, text = failure
             if kind is not None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -57,21 +57,22 @@ PROJECTIONS = ("umap", "pca")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...]) -> Adapter:
-    """A shallow copy of the adapter whose modalities use the requested muting impairments."""
+def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...], *, label: str = "--mute") -> Adapter:
+    """A shallow copy of the adapter whose modalities use the requested muting impairments. `label` names the
+    setting in errors (the flag; from Python, the parameter)."""
     if not mute:
         return adapter
-    names = {m.name for m in adapter.modalities}
+    names = [m.name for m in adapter.modalities]
     overrides = dict(mute)
     for name in overrides:
         if name not in names:
-            raise InputError(f"--mute names modality {name!r}. Available: {', '.join(names)}.")
+            raise InputError(f"{label} names modality {name!r}. Available: {', '.join(names)}.")
     for m in adapter.modalities:
         # Checked here, before any work, against the impairments that really mute this kind.
         mutes = sorted(n for n, impairment in IMPAIRMENTS.get(m.kind, {}).items() if impairment.mutes)
         if m.name in overrides and overrides[m.name] not in mutes:
-            raise InputError(f"--mute {m.name}={overrides[m.name]}: {overrides[m.name]!r} is not a muting impairment of {m.kind} "
-                             f"modality {m.name!r}. Available: {', '.join(mutes)}.")
+            raise InputError(f"{label} gives {m.name}={overrides[m.name]}, but {overrides[m.name]!r} is not a muting impairment of "
+                             f"{m.kind} modality {m.name!r}. Available: {', '.join(mutes)}.")
     copied = copy.copy(adapter)
     copied.modalities = [replace(m, missing=overrides.get(m.name, m.missing)) for m in adapter.modalities]
     copied.reads_as = getattr(adapter, "reads_as", adapter)  # the same data: split reads are shared with the original
@@ -135,15 +136,16 @@ class ScanConfig:
         return asdict(self)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, *, label: str = "Device", cpu: str = "--device cpu") -> torch.device:
+    """`label` and `cpu` word the errors for the caller (the flag, or a Python parameter and keyword)."""
     try:
         device = torch.device(name)
     except RuntimeError as exc:
-        raise InputError(f"Device {name!r} is not a torch device name; expected e.g. cpu, cuda or cuda:0.") from exc
+        raise InputError(f"{label} {name!r} is not a torch device name; expected e.g. cpu, cuda or cuda:0.") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"Device {name!r} was requested but CUDA is not available on this machine; use --device cpu.")
+        raise InputError(f"{label} {name!r} was requested but CUDA is not available on this machine; use {cpu}.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"Device {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0.")
+        raise InputError(f"{label} {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0.")
     return device
 
 
@@ -258,11 +260,13 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     calls this, evaluates its shard of the batches (biasaudit/sharding.py), rank 0 merges the states and finishes the
     audit, and every process returns the same sections. Off, or outside a group, this process scans every sample."""
     group = process_group_shard() if distributed else None
-    with _scanning(model, adapter, config=config, unimodal_models=unimodal_models) as (adapter, device, unimodal_models):
-        progress = progress or silent
-        # A rank that fails in its pass stops the others at its end, before the merge's collectives: one sentence there
-        # instead of a gather that waits for the failed rank, or meets it gone.
+    progress = progress or silent
+    with ExitStack() as scanning:
+        # A rank that fails in its setup (the model onto its device) or its pass stops the others at the pass's end,
+        # before the merge's collectives: one sentence there instead of a gather that waits for it, or meets it gone.
         with stopping_together(group is not None):
+            adapter, device, unimodal_models = scanning.enter_context(
+                _scanning(model, adapter, config=config, unimodal_models=unimodal_models))
             context, state = _main_pass(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device,
                                         shard=group or WHOLE)
         if group is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import inspect
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -225,6 +226,8 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.scan", "precision"): lambda w: "nosuch", ("ba.scan", "favoured_fraction"): lambda w: 1.5,
     ("ba.scan", "draws"): lambda w: 0,
     ("ba.fix", "method"): lambda w: "nosuch", ("ba.fix", "epochs"): lambda w: 0, ("ba.fix", "lr"): lambda w: -1.0,
+    ("ba.fix", "optimizer"): lambda w: "nosuch", ("ba.fix", "weight_decay"): lambda w: -0.1,
+    ("ba.fix", "momentum"): lambda w: 0.9,  # with the default optimizer, adam, which would ignore it
     ("ba.fix", "train_split"): lambda w: "nosuch", ("ba.fix", "options"): lambda w: {"nosuch": 1},
     ("ba.fix", "before"): lambda w: w.audit,  # taken with other settings (min_wrong=1, ...) than this fix's audits
     ("ba.fix", "state_dir"): _regular_file,
@@ -336,3 +339,65 @@ def test_nothing_is_left_behind_when_an_output_path_is_refused(world):
     with pytest.raises(InputError):
         world.audit.to_json(target)
     assert sorted(p.name for p in target.iterdir()) == ["earlier.json"]
+
+
+def test_a_torch_device_and_numpy_numbers_are_read_as_the_values_they_hold(world):
+    """torch.device(f"cuda:{rank}") is how a DDP job names each process's GPU, and numpy numbers come from configs
+    and sweeps: refusing them would break working code, and keeping them would put np.int64 into audit.json."""
+    import numpy as np
+
+    audit = ba.scan(world.model, world.adapter, device=torch.device("cpu"), seed=np.int64(3), conditions="missing",
+                    **{**FAST, "batch_size": np.int32(32)})
+    config = audit.manifest["config"]
+    assert config["device"] == "cpu" and type(config["seed"]) is int and config["seed"] == 3 and type(config["batch_size"]) is int
+    rules = ba.GateRules(max_gap=np.float32(5), significant=np.bool_(True))
+    assert rules.max_gap == {"*": 5.0} and rules.significant is True
+    modality = ba.Modality("x", "image", value_range=(np.float32(0), np.int64(255)))
+    assert modality.value_range == (0.0, 255) and all(type(v) in (int, float) for v in modality.value_range)
+
+
+@pytest.mark.parametrize("call, pattern", [
+    (lambda w: ba.scan(w.model, w.adapter, mute=["content=mean"]), r"'mute' parameter of ba\.scan must be a mapping of modality to "
+     r"muting impairment, e\.g\. \{'image': 'mean'\}; got list \['content=mean'\]\."),
+    (lambda w: ba.scan(w.model, w.adapter, unimodal_models={"content": "content.pt"}),
+     r"must be a mapping \(dict\) of str to torch\.nn\.Module or None; got dict with keys 'content', whose 'content' is str 'content\.pt'\."),
+    (lambda w: ba.scan(w.model, w.adapter, unimodal_models=[w.model]), r"got list of 1 \(ShortcutModel\)\.$"),
+    (lambda w: ba.Modality("x", "image", value_range=(0, "1")), r"must be a tuple of 2 numbers; got tuple \(0, '1'\)\."),
+])
+def test_a_wrong_type_inside_a_container_is_named_in_one_line(call, pattern, world):
+    with pytest.raises(ArgumentTypeError, match=pattern) as raised:
+        call(world)
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("call, document", [
+    ("Audit.from_dict", {"summary": {}, "conditions": []}), ("Audit.from_dict", {"summary": [], "conditions": []}),
+    ("Audit.from_dict", {"summary": {"full": {"accuracy": 1}}, "conditions": [1]}),
+    ("Comparison.from_dict", {"summary": {}, "verdict": "x", "paired": True}),
+    ("GateResult.from_dict", {"status": "PASS", "exit_code": "x", "rules": []}),
+    ("GateResult.from_dict", {"status": "PASS", "exit_code": 0, "rules": [{}]}),
+])
+def test_a_document_with_a_section_of_the_wrong_shape_is_one_sentence_naming_it(call, document, world):
+    function, _ = CALLS[call](world)
+    with pytest.raises(InputError, match=rf"The 'document' parameter of {re.escape(call)} is not an? \w+ document \("):
+        function(document)
+
+
+def test_an_adapter_that_is_not_an_adapter_subclass_is_named_for_the_part_it_lacks(world):
+    """Duck-typed adapters lack the base class's defaults; without this check the scan failed with an AttributeError
+    on label_key deep inside."""
+    from biasaudit.errors import AdapterError
+
+    class Duck:
+        modalities, num_classes, splits, bias_key = world.adapter.modalities, 3, ("train", "test"), "k"
+        build_model, data, prepare = world.adapter.build_model, world.adapter.data, world.adapter.prepare
+
+    with pytest.raises(AdapterError, match=r"is not a biasaudit\.Adapter and has no label_key; subclass biasaudit\.Adapter"):
+        ba.scan(world.model, Duck(), **FAST)
+
+
+def test_python_errors_of_mute_and_device_name_the_python_parameter(world):
+    with pytest.raises(InputError, match=r"^The 'mute' parameter of ba\.scan names modality 'nope'\. Available: bias_cue, content\.$"):
+        ba.scan(world.model, world.adapter, mute={"nope": "mean"})
+    with pytest.raises(InputError, match=r"^The 'device' parameter of ba\.scan 'nosuch' is not a torch device name"):
+        ba.scan(world.model, world.adapter, device="nosuch")

@@ -87,7 +87,7 @@ def test_fix_reuses_a_scan_taken_with_any_scan_setting_and_names_the_one_that_di
 @pytest.mark.parametrize("args, expected", [
     (["--scan-projection", "tsne"], "'--scan-projection': Value error, 'tsne' is not one of 'umap', 'pca'"),
     (["--group-by", "colour"], "'--group-by': Value error, 'colour' is not one of 'auto', 'bias', 'alignment'"),
-    (["--mute", "content=salt"], "--mute content=salt: 'salt' is not a muting impairment of image modality 'content'"),
+    (["--mute", "content=salt"], "--mute gives content=salt, but 'salt' is not a muting impairment of image modality 'content'"),
 ])
 def test_fix_refuses_bad_audit_settings_before_any_work_and_leaves_the_output_as_it_was(checkpoint, tmp_path, args, expected):
     out = tmp_path / "fixed"

@@ -116,7 +116,7 @@ CASES = {
     "pixels outside value_range": (lambda t, c: [str(c), "--adapter", f"{BROKEN}:pixels_out_of_range"],
                                    r"raw pixels from 200 to 200, outside its value_range \(0\.0, 1\.0\)"),
     "bad --mute": (lambda t, c: [str(c), "--adapter", TINY, "--mute", "a"], r"--mute 'a' is not of the form MODALITY=IMPAIRMENT"),
-    "--mute with a noise": (lambda t, c: [str(c), "--adapter", TINY, "--mute", "a=gaussian"], r"--mute a=gaussian: 'gaussian' is not a muting impairment of tensor modality 'a'. Available: zero"),
+    "--mute with a noise": (lambda t, c: [str(c), "--adapter", TINY, "--mute", "a=gaussian"], r"--mute gives a=gaussian, but 'gaussian' is not a muting impairment of tensor modality 'a'. Available: zero"),
     "unknown projection": (lambda t, c: [str(c), "--adapter", TINY, "--projection", "tsne"], r"'tsne' is not one of 'umap', 'pca'"),
 }
 

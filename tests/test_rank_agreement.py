@@ -166,7 +166,7 @@ def test_out_on_a_pseudo_filesystem_under_torchrun_is_one_sentence_on_every_rank
 
 
 API_SCRIPT = """
-import os, sys, torch, torch.distributed as dist
+import copy, os, sys, torch, torch.distributed as dist
 import biasaudit as ba
 from biasaudit.adapter import load_adapter
 from biasaudit.errors import InputError
@@ -174,22 +174,38 @@ dist.init_process_group("gloo")
 adapter = load_adapter(sys.argv[1])
 torch.manual_seed(0)
 model = adapter.build_model()
+rank = int(os.environ["RANK"])
+differing = {"seed": dict(seed=rank), "mute": dict(mute={"nope": "zero"} if rank else {}),
+             "unimodal": dict(unimodal_models={"text": copy.deepcopy(model)} if rank else {})}[sys.argv[2]]
+code = 0
 try:
-    ba.scan(model, adapter, seed=int(os.environ["RANK"]), conditions="full", batch_size=64, bootstrap=10, projection="pca")
+    ba.scan(model, adapter, **{**dict(conditions="full", batch_size=64, bootstrap=10, projection="pca"), **differing})
 except InputError as exc:
-    print(exc)
-    sys.exit(2)
+    print(exc, flush=True)
+    code = 2
+finally:
+    dist.destroy_process_group()  # leaving with gloo's threads alive can abort the interpreter at exit
+sys.exit(code)
 """
 
 
-def test_ba_scan_called_with_other_settings_on_each_rank_raises_on_every_rank(tmp_path):
-    """ba.scan inside a process group, called with seed 0 on rank 0 and seed 1 on rank 1, merged one audit of two scans."""
+@pytest.mark.parametrize("differing, sentences", [
+    ("seed", ["Rank 1 of this process group was given seed=1 but rank 0 seed=0; every process must call scan with the same arguments."] * 2),
+    # A mistake one rank alone makes, found before the ranks compare what they were given: it stops both, the other
+    # rank with the sentence of the rank that made it (before, rank 0 met a gloo "connection closed" traceback).
+    ("mute", ["Rank 1 of this process group stopped: The 'mute' parameter of ba.scan names modality 'nope'.",
+              "The 'mute' parameter of ba.scan names modality 'nope'."]),
+    # Another unimodal model on one rank would merge into one audit of two setups.
+    ("unimodal", ["Rank 1 of this process group was given unimodal_models={'text': 'DemoModel'} but rank 0 "
+                  "unimodal_models={}; every process must call scan with the same arguments."] * 2),
+])
+def test_ba_scan_called_differently_on_each_rank_raises_on_every_rank(differing, sentences, tmp_path):
     (tmp_path / "script.py").write_text(API_SCRIPT)
-    argv = [str(tmp_path / "script.py"), f"{DEMO_FILE}:adapter"]
+    argv = [str(tmp_path / "script.py"), f"{DEMO_FILE}:adapter", differing]
     for rank, result in enumerate(two_ranks([argv, argv], cwd=[tmp_path, tmp_path])):
         assert result.returncode == 2, f"rank {rank}: {result.stderr[-3000:]}"
-        assert ("Rank 1 of this process group was given seed=1 but rank 0 seed=0; every process must call scan with the same arguments."
-                in result.stdout)
+        assert sentences[rank] in result.stdout, f"rank {rank}: {result.stdout[-2000:]}"
+        assert "Traceback" not in result.stderr, f"rank {rank}"
 
 
 def _fingerprint(seed: int = 0, torch_version: str = "2.4.0", sha: str = "a" * 64) -> dict:

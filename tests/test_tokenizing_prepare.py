@@ -161,3 +161,33 @@ def test_the_cli_refuses_a_named_key_the_forward_does_not_take_with_exit_2(tmp_p
     assert "Traceback" not in result.stderr
     assert "error: tokenizing_prepare(keys=...) names 'token_type_ids', which KeywordNet.forward does not take" in stderr, result.stderr
     assert not out.exists()
+
+
+class PassesOn(nn.Module):
+    """A forward with **kwargs that hands them on to a module that takes only its three inputs: the filter cannot see
+    that, so the inner call's TypeError must still end in one sentence pointing to keys=(...)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = fx.KeywordNet()
+
+    def forward(self, pixel_values, **text):
+        return self.inner(pixel_values=pixel_values, **text)
+
+
+class PositionalOnly(fx.KeywordNet):
+    def forward(self, pixel_values, input_ids, /, attention_mask=None):
+        return super().forward(pixel_values, input_ids, attention_mask)
+
+
+def test_a_forward_passing_a_tokenizer_output_on_to_a_module_that_refuses_it_is_one_sentence():
+    adapter = fx.text_adapter(fx.KeywordNet)
+    with pytest.raises(AdapterError, match=r"^The model passed 'token_type_ids', which .* returns, on to a module that does not take it "
+                                           r"\(.*\); name the outputs to pass with tokenizing_prepare\(keys=\(\.\.\.\)\)\.$"):
+        adapter.forward(PassesOn(), first_inputs(adapter))
+
+
+def test_a_forward_taking_the_token_ids_positionally_only_is_one_sentence():
+    adapter = fx.text_adapter(fx.KeywordNet)
+    with pytest.raises(AdapterError, match=r"PositionalOnly\.forward takes pixel_values, input_ids positionally only"):
+        adapter.forward(PositionalOnly(), first_inputs(adapter))

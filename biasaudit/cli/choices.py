@@ -14,6 +14,7 @@ from biasaudit.training.balgrad import KL_MODES, PROJECTIONS as BALGRAD_PROJECTI
 from biasaudit.training.method_balgrad import HEAD_MODES, WEIGHT_MODES
 from biasaudit.training.method_mmdb import BIAS_SOURCES
 from biasaudit.training.methods import METHODS
+from biasaudit.training.optimizers import OPTIMIZERS
 
 
 def _choices(name: str, values: Iterable[str]) -> type[StrEnum]:
@@ -24,6 +25,7 @@ Projection = _choices("Projection", PROJECTIONS)
 Precision = _choices("Precision", PRECISIONS)
 GroupBy = _choices("GroupBy", GROUPINGS)
 Method = _choices("Method", METHODS)
+Optimizer = _choices("Optimizer", OPTIMIZERS)
 BiasSource = _choices("BiasSource", BIAS_SOURCES)
 Schedule = _choices("Schedule", SCHEDULES)
 KLMode = _choices("KLMode", KL_MODES)

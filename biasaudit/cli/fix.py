@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 
 from biasaudit.cli.app import app
-from biasaudit.cli.choices import (BalGradProjection, BiasSource, GroupBy, HeadMode, KLMode, Method, Projection, Schedule, WeightMode,
-                                  plain)
+from biasaudit.cli.choices import (BalGradProjection, BiasSource, GroupBy, HeadMode, KLMode, Method, Optimizer, Projection, Schedule,
+                                  WeightMode, plain)
 from biasaudit.cli.console import ADAPTER_HELP, err, handled, naming_source, out, progress_bars
 from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, parse_mute
 
@@ -22,7 +22,10 @@ def fix(
     method: Method = typer.Option("mmdb", help="ce (plain fine-tuning, the control), mmdb or balgrad.", rich_help_panel="Training"),
     out_dir: Path = typer.Option(Path("biasaudit-fix"), "--out", "-o", help="Directory for model.pt, before/after audits, compare.json, train_log.json.", rich_help_panel="Model and data"),
     epochs: int = typer.Option(20, help="Training epochs.", rich_help_panel="Training"),
-    lr: float = typer.Option(3e-3, help="Adam learning rate.", rich_help_panel="Training"),
+    lr: float = typer.Option(3e-3, help="Learning rate.", rich_help_panel="Training"),
+    optimizer: Optimizer = typer.Option("adam", help="adam, adamw (decoupled weight decay) or sgd.", rich_help_panel="Training"),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay (adam: L2 term; adamw: decoupled; sgd: L2 term).", rich_help_panel="Training"),
+    momentum: float = typer.Option(0.0, help="SGD momentum (--optimizer sgd only).", rich_help_panel="Training"),
     batch_size: int = typer.Option(64, help="Training batch size.", rich_help_panel="Training"),
     seed: int = typer.Option(0, help="Seed of shuffling, training and both audits.", rich_help_panel="Model and data"),
     device: str = typer.Option("cpu", help="Torch device.", rich_help_panel="Model and data"),
@@ -77,8 +80,9 @@ def fix(
         kept = f"; the training state {state} is kept: --resume continues from its last finished epoch" if state.is_file() else ""
         return f"no results were written to {out_dir}{kept}"
 
-    method, scan_projection, group_by, bias_source, lambda_schedule, kl_mode, projection, head_mode, balgrad_weights = (
-        plain(c) for c in (method, scan_projection, group_by, bias_source, lambda_schedule, kl_mode, projection, head_mode, balgrad_weights))
+    method, optimizer, scan_projection, group_by, bias_source, lambda_schedule, kl_mode, projection, head_mode, balgrad_weights = (
+        plain(c) for c in (method, optimizer, scan_projection, group_by, bias_source, lambda_schedule, kl_mode, projection, head_mode,
+                           balgrad_weights))
     with handled(interrupted):
         # Parsed inside handled(): a bad --scale is a one-sentence exit 2 like every other option.
         options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate, "bias": bias_source,
@@ -86,7 +90,8 @@ def fix(
                    "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
                                "projection": projection, "head_mode": head_mode, "weights": balgrad_weights}}
         loaded = load_adapter(adapter)
-        train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device)
+        train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, optimizer=optimizer,
+                                   weight_decay=weight_decay, momentum=momentum)
         # Every scan setting that shapes the audits' numbers, so that --before can reuse any scan taken the same way.
         # A bad one is named by fix's own flag.
         with naming_source({key: "command line" for key in FIX_SCAN_FLAGS}, *FIX_SCAN_FLAGS, flags=FIX_SCAN_FLAGS):

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from biasaudit.arguments import checked, document_with, not_empty, output_file
+from biasaudit.arguments import checked, document_with, not_empty, output_file, reading_document
 from biasaudit.errors import InputError
 
 Interval = tuple[float, float] | None
@@ -110,13 +110,14 @@ class Audit:
     @checked("Audit.from_dict", document=document_with("summary", "conditions", what="an audit document, as Audit.to_dict() returns"))
     def from_dict(cls, document: Mapping[str, Any]) -> Audit:
         """The typed view of an audit document (a copy is taken: later changes to `document` do not reach it)."""
-        summary = document["summary"]
-        full = summary["full"]
-        return cls(document=frozen_document(copy.deepcopy(dict(document))),
-                   summary=Summary(accuracy=full["accuracy"], accuracy_ci=_interval(full.get("accuracy_ci")),
-                                   missing=GapSummary._from_section(summary.get("missing")),
-                                   noisy=GapSummary._from_section(summary.get("noisy")), carrier=summary.get("carrier")),
-                   conditions=tuple(ConditionResult._from_row(row) for row in document["conditions"]))
+        with reading_document("Audit.from_dict", "an audit document"):
+            summary = document["summary"]
+            full = summary["full"]
+            return cls(document=frozen_document(copy.deepcopy(dict(document))),
+                       summary=Summary(accuracy=full["accuracy"], accuracy_ci=_interval(full.get("accuracy_ci")),
+                                       missing=GapSummary._from_section(summary.get("missing")),
+                                       noisy=GapSummary._from_section(summary.get("noisy")), carrier=summary.get("carrier")),
+                       conditions=tuple(ConditionResult._from_row(row) for row in document["conditions"]))
 
     @classmethod
     @checked("Audit.read")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from biasaudit.arguments import checked, document_with, output_file
+from biasaudit.arguments import checked, document_with, output_file, reading_document
 from biasaudit.results.audit import Interval, frozen_document, thawed_document
 
 
@@ -48,12 +48,13 @@ class Comparison:
     @classmethod
     @checked("Comparison.from_dict", document=document_with("summary", "verdict", "paired", what="a comparison document, as Comparison.to_dict() returns"))
     def from_dict(cls, document: Mapping[str, Any]) -> Comparison:
-        summary = document["summary"]
-        return cls(document=frozen_document(copy.deepcopy(dict(document))), verdict=document["verdict"],
-                   sentences=tuple(document.get("verdict_sentences") or ()), paired=bool(document["paired"]),
-                   unpaired_reason=document.get("unpaired_reason"), accuracy=Change._from_entry(summary["full"]),
-                   missing_gap=Change._from_entry((summary.get("missing") or {}).get("gap")),
-                   noisy_gap=Change._from_entry((summary.get("noisy") or {}).get("gap")))
+        with reading_document("Comparison.from_dict", "a comparison document"):
+            summary = document["summary"]
+            return cls(document=frozen_document(copy.deepcopy(dict(document))), verdict=document["verdict"],
+                       sentences=tuple(document.get("verdict_sentences") or ()), paired=bool(document["paired"]),
+                       unpaired_reason=document.get("unpaired_reason"), accuracy=Change._from_entry(summary["full"]),
+                       missing_gap=Change._from_entry((summary.get("missing") or {}).get("gap")),
+                       noisy_gap=Change._from_entry((summary.get("noisy") or {}).get("gap")))
 
     @checked("Comparison.to_dict")
     def to_dict(self) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from biasaudit.arguments import checked, document_with
+from biasaudit.arguments import checked, document_with, reading_document
 from biasaudit.results.audit import frozen_document, thawed_document
 
 
@@ -35,10 +35,11 @@ class GateResult:
     @classmethod
     @checked("GateResult.from_dict", document=document_with("status", "exit_code", "rules", what="a gate document, as GateResult.to_dict() returns"))
     def from_dict(cls, document: Mapping[str, Any]) -> GateResult:
-        frozen = frozen_document(copy.deepcopy(dict(document)))
-        return cls(document=frozen, status=document["status"], exit_code=int(document["exit_code"]),
-                   rules=tuple(RuleResult(r["rule"], r["status"], r["message"], f) for r, f in
-                               zip(document["rules"], (rule["figures"] for rule in frozen["rules"]))))
+        with reading_document("GateResult.from_dict", "a gate document"):
+            frozen = frozen_document(copy.deepcopy(dict(document)))
+            return cls(document=frozen, status=document["status"], exit_code=int(document["exit_code"]),
+                       rules=tuple(RuleResult(r["rule"], r["status"], r["message"], f) for r, f in
+                                   zip(document["rules"], (rule["figures"] for rule in frozen["rules"]))))
 
     @checked("GateResult.to_dict")
     def to_dict(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from biasaudit.randomness import uniform
 from biasaudit.training import rng_states
 from biasaudit.training.live_status import EpochMeans
 from biasaudit.training.model_modes import set_training_modes
+from biasaudit.training.optimizers import check_optimizer, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,9 @@ class TrainConfig:
     split: str = "train"
     # Fraction of the train split held out (seeded per sample) for model selection when there is no val split.
     holdout: float = 0.0
+    optimizer: str = "adam"  # biasaudit/training/optimizers.py
+    weight_decay: float = 0.0
+    momentum: float = 0.0  # sgd only
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "shuffle_buffer"):
@@ -52,6 +56,7 @@ class TrainConfig:
         # Adam works in the parameters' precision: a rate float32 cannot hold overflows inside torch (exit 3).
         if not 0 < self.lr <= torch.finfo(torch.float32).max:
             raise InputError(f"--lr is {self.lr}; expected a positive learning rate that float32 can hold (at most 3.4e38).")
+        check_optimizer(self.optimizer, weight_decay=self.weight_decay, momentum=self.momentum)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -235,8 +240,10 @@ def check_same_run(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) 
     if saved.get("method") != current["method"]:
         raise CheckpointError(f"The training state to resume was written by method {saved.get('method')!r}, not {current['method']!r}; "
                               "resume with the same method or run without --resume.")
-    changed = [f"--{k.replace('_', '-')} {saved['config'].get(k)!r} -> {v!r}" for k, v in current["config"].items()
-               if saved["config"].get(k) != v]
+    # A state written before a setting existed trained with its default (e.g. Adam before --optimizer).
+    defaults = TrainConfig().to_dict()
+    changed = [f"--{k.replace('_', '-')} {saved['config'].get(k, defaults.get(k))!r} -> {v!r}" for k, v in current["config"].items()
+               if saved["config"].get(k, defaults.get(k)) != v]
     changed += [f"{k} {saved['settings'].get(k)!r} -> {v!r}" for k, v in current["settings"].items()
                 if saved["settings"].get(k) != v and k not in ("margins", "cluster_sizes")]
     if changed:
@@ -295,7 +302,8 @@ def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
-    optimizer = torch.optim.Adam(trainable + method_parameters(method), lr=config.lr)
+    optimizer = make_optimizer(trainable + method_parameters(method), name=config.optimizer, lr=config.lr,
+                               weight_decay=config.weight_decay, momentum=config.momentum)
     identity = run_identity(method, config)
     steps_per_epoch = count_steps(adapter, config=config)
     total_steps = steps_per_epoch * config.epochs

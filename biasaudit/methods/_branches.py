@@ -1,0 +1,92 @@
+"""Branch parameters for the gradient methods (OGM-GE, MMPareto): which trainable tensors belong to which modality,
+checked the same way by every method, and the process-group helpers they share under DDP.
+
+A branch is the module that only one modality's input passes through (an encoder, a projection). The methods read
+its trainable parameters (requires_grad) at every call, so freezing or unfreezing a layer between steps is honoured.
+Two branches must not share a parameter: a gradient method treats each branch's gradient as that modality's own,
+and a shared layer is neither's (it belongs with the head and fusion, which every method leaves to the plain sum).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from biasaudit.arguments import shown
+from biasaudit.errors import InputError
+
+
+def branches_rule(branches: Mapping[str, nn.Module]) -> str | None:
+    """The value rule of a `branches` argument: at least two named modules, none sharing a trainable parameter."""
+    if len(branches) < 2:
+        return "at least two branches, one module per modality (e.g. {'image': model.vision, 'text': model.text})"
+    if not all(name.strip() for name in branches):
+        return "a non-empty name for every branch"
+    owner: dict[int, str] = {}
+    for name, module in branches.items():
+        trainable = [p for p in module.parameters() if p.requires_grad]
+        if not trainable:
+            return f"trainable parameters in every branch, but {name!r} has none (requires_grad is False everywhere)"
+        for parameter in trainable:
+            if id(parameter) in owner:
+                return (f"branches that share no parameter, but {owner[id(parameter)]!r} and {name!r} share one "
+                        f"(a shared layer belongs to the head, not to a branch)")
+            owner[id(parameter)] = name
+    return None
+
+
+def branch_parameters(branches: Mapping[str, nn.Module], *, where: str) -> dict[str, list[nn.Parameter]]:
+    """Each branch's trainable parameters now, in module order; re-checks the rule (a layer may have been unfrozen
+    into two branches since construction)."""
+    problem = branches_rule(branches)
+    if problem is not None:
+        raise InputError(f"The 'branches' parameter of {where} is {shown(branches)}; expected {problem}.")
+    return {name: [p for p in module.parameters() if p.requires_grad] for name, module in branches.items()}
+
+
+def keys_rule(branches: Mapping[str, Any]):
+    """A value rule: a mapping keyed exactly by the branch names."""
+    def rule(value: Mapping[str, Any]) -> str | None:
+        if set(value) == set(branches):
+            return None
+        return "one entry per branch, keyed " + ", ".join(repr(name) for name in branches)
+    return rule
+
+
+def world_size() -> int:
+    """The number of processes of the initialised default process group (1 outside torch.distributed)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_sum_(tensor: Tensor) -> Tensor:
+    """Sums `tensor` in place over the processes of the default group (a no-op in one process)."""
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def agree(flags: list[float], *, device: torch.device) -> list[float]:
+    """The maximum of each flag over the processes, so that every rank takes the same branch of a decision (and all
+    raise together rather than one raising while the others wait in a collective)."""
+    if world_size() == 1:
+        return flags
+    import torch.distributed as dist
+
+    tensor = torch.tensor(flags, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
+def collective_device() -> torch.device:
+    """Where a collective's tensors must live: CUDA for NCCL, the CPU otherwise."""
+    import torch.distributed as dist
+
+    if world_size() > 1 and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
