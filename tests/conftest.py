@@ -69,3 +69,54 @@ def _damaged(document: dict, path: tuple, how: str) -> dict:
 @pytest.fixture
 def damaged():
     return _damaged
+
+
+class GlooRanks:
+    """Two processes started as torchrun starts them (its environment variables, one thread each, gloo on this
+    machine's CPU), each with its own command line; a process still running after `timeout` fails the test as a hang.
+    Started by hand rather than by torchrun, whose agent hides each process's exit code behind its own traceback."""
+
+    ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+    @staticmethod
+    def _free_port() -> int:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return probe.getsockname()[1]
+
+    def run(self, argv: list[list[str]], *, cwd: list | None = None, timeout: float = 120) -> list:
+        """argv[r]: what follows `python` for rank r. Returns each rank's CompletedProcess (text stdout and stderr)."""
+        import os
+        import subprocess
+        import sys
+
+        base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+        base.update(OMP_NUM_THREADS="1", PYTHONPATH=str(self.ROOT) + os.pathsep + base.get("PYTHONPATH", ""), MASTER_ADDR="127.0.0.1",
+                    MASTER_PORT=str(self._free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", GROUP_RANK="0")
+        processes = [subprocess.Popen([sys.executable, *map(str, argv[rank])], cwd=cwd[rank] if cwd else None,
+                                      env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+        results = []
+        try:
+            for process in processes:
+                stdout, stderr = process.communicate(timeout=timeout)
+                results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"a rank still ran after {timeout} s: the processes hang instead of finishing together")
+        finally:
+            for process in processes:
+                if process.poll() is None:
+                    process.kill()
+                    process.communicate()
+        return results
+
+    def run_ok(self, argv: list[list[str]], **options) -> None:
+        for rank, result in enumerate(self.run(argv, **options)):
+            assert result.returncode == 0, f"rank {rank}: {result.stderr[-3000:]}"
+
+
+@pytest.fixture
+def gloo_ranks() -> GlooRanks:
+    return GlooRanks()

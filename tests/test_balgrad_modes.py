@@ -76,10 +76,9 @@ def tiny(seed: int = 0):
 
 
 def one_step(method: BalGrad, model, adapter, batch) -> dict:
-    """prepare + one step with lr 0, so the gradients BalGrad wrote stay inspectable on unchanged weights."""
+    """prepare + the gradients of one step, on unchanged weights (the loop's optimiser would apply them)."""
     method.prepare(model, adapter, device=CPU)
-    optimizer = torch.optim.SGD(list(model.parameters()) + method.extra_parameters(), lr=0.0)
-    return method.step(model, adapter, batch, optimizer=optimizer, step=0, total_steps=1, device=CPU)
+    return method.gradients(model, adapter, batch, step=0, total_steps=1, device=CPU)
 
 
 # ---- ogm_split ------------------------------------------------------------------------------------

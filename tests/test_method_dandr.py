@@ -117,7 +117,7 @@ def test_bad_features_are_refused_in_one_sentence_before_any_weight_moves(call, 
 
 def test_bad_branches_are_refused():
     shared = nn.Linear(1, 1)
-    with pytest.raises(InputError, match="'branches' parameter of DandR .* share no parameters"):
+    with pytest.raises(InputError, match="'branches' parameter of DandR .* share no parameter, but 'a' and 'b' share one"):
         DandR({"a": shared, "b": nn.Sequential(shared)})
     with pytest.raises(InputError, match="'branches' parameter of DandR .* at least one branch"):
         DandR({})

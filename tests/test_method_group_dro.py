@@ -5,13 +5,8 @@ two gloo processes under DDP equal to one process on the global batch."""
 from __future__ import annotations
 
 import math
-import os
 import random
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +16,6 @@ import torch.nn.functional as F
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.methods.group_dro import GroupDRO, group_ids
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def losses_of(*values: float) -> torch.Tensor:
@@ -170,34 +164,11 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def run_two_ranks(script: Path, *args: str, timeout: float = 120) -> None:
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    base.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + base.get("PYTHONPATH", ""), MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
-    processes = [subprocess.Popen([sys.executable, str(script), *args], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    try:
-        for rank, process in enumerate(processes):
-            _, stderr = process.communicate(timeout=timeout)
-            assert process.returncode == 0, f"rank {rank}: {stderr[-3000:]}"
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-
-
-def test_two_ddp_processes_move_q_and_the_weights_as_one_process_on_the_global_batch(tmp_path):
+def test_two_ddp_processes_move_q_and_the_weights_as_one_process_on_the_global_batch(tmp_path, gloo_ranks):
     state, batches = _data()
     torch.save({"state": state, "batches": batches, "split": SPLIT}, tmp_path / "given.pt")
     (tmp_path / "worker.py").write_text(WORKER)
-    run_two_ranks(tmp_path / "worker.py", str(tmp_path / "given.pt"), str(tmp_path / "out{rank}.pt"))
+    gloo_ranks.run_ok([[tmp_path / "worker.py", tmp_path / "given.pt", tmp_path / "out{rank}.pt"]] * 2)
     ranks = [torch.load(tmp_path / f"out{r}.pt") for r in (0, 1)]
 
     model = torch.nn.Linear(4, 3)

@@ -4,13 +4,8 @@ any record, and under two gloo processes the union of the ranks' error sets and 
 
 from __future__ import annotations
 
-import os
 import random
-import socket
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +15,6 @@ import torch.nn.functional as F
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.methods.jtt import JTT
 
-ROOT = Path(__file__).resolve().parents[1]
 # Rows 0..4 of a stage-1 pass: argmax 0, 1, 0, 1, 1 against labels 0, 0, 1, 1, 0: samples 11, 12 and 14 are wrong.
 INDICES = torch.tensor([10, 11, 12, 13, 14])
 LOGITS = torch.tensor([[2.0, 1.0], [0.0, 1.0], [3.0, -1.0], [0.5, 0.7], [-1.0, 1.0]])
@@ -159,37 +153,14 @@ WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def run_two_ranks(script: Path, *args: str, timeout: float = 120) -> None:
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    base.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + base.get("PYTHONPATH", ""), MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(_free_port()), WORLD_SIZE="2")
-    processes = [subprocess.Popen([sys.executable, str(script), *args], env={**base, "RANK": str(r), "LOCAL_RANK": str(r)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
-    try:
-        for rank, process in enumerate(processes):
-            _, stderr = process.communicate(timeout=timeout)
-            assert process.returncode == 0, f"rank {rank}: {stderr[-3000:]}"
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-
-
-def test_two_ddp_processes_share_one_error_set_and_the_global_batch_gradient(tmp_path):
+def test_two_ddp_processes_share_one_error_set_and_the_global_batch_gradient(tmp_path, gloo_ranks):
     generator = torch.Generator().manual_seed(3)
     state = {"weight": torch.randn(3, 4, generator=generator), "bias": torch.randn(3, generator=generator)}
     x, y = torch.randn(9, 4, generator=generator), torch.randint(0, 3, (9,), generator=generator)
     indices = torch.arange(100, 109)
     torch.save({"state": state, "x": x, "y": y, "indices": indices, "split": 6}, tmp_path / "given.pt")
     (tmp_path / "worker.py").write_text(WORKER)
-    run_two_ranks(tmp_path / "worker.py", str(tmp_path / "given.pt"), str(tmp_path / "out{rank}.pt"))
+    gloo_ranks.run_ok([[tmp_path / "worker.py", tmp_path / "given.pt", tmp_path / "out{rank}.pt"]] * 2)
     ranks = [torch.load(tmp_path / f"out{r}.pt") for r in (0, 1)]
 
     model = torch.nn.Linear(4, 3)

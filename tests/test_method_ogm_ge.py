@@ -4,12 +4,7 @@ hand, the GE noise's seed and resume, the global RNG left alone, the epoch windo
 from __future__ import annotations
 
 import math
-import os
 import runpy
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +14,6 @@ from torch import nn
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.methods.ogm_ge import OGMGE, coefficient
 
-ROOT = Path(__file__).resolve().parents[1]
 LN3 = math.log(3.0)
 
 
@@ -254,31 +248,11 @@ if __name__ == "__main__":
 '''
 
 
-def run_two_ranks(script: Path, outputs: list[Path]) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    base.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + base.get("PYTHONPATH", ""),
-                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
-    processes = [subprocess.Popen([sys.executable, str(script), str(outputs[rank])], env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    try:
-        for process in processes:
-            _, stderr = process.communicate(timeout=120)
-            assert process.returncode == 0, stderr[-3000:]
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-
-
-def test_two_ddp_processes_on_half_batches_equal_one_process_on_the_whole_batch(tmp_path):
+def test_two_ddp_processes_on_half_batches_equal_one_process_on_the_whole_batch(tmp_path, gloo_ranks):
     script = tmp_path / "ogm_worker.py"
     script.write_text(WORKER)
     outputs = [tmp_path / "rank0.pt", tmp_path / "rank1.pt"]
-    run_two_ranks(script, outputs)
+    gloo_ranks.run_ok([[script, outputs[0]], [script, outputs[1]]])
     with torch.random.fork_rng():
         single, steps = runpy.run_path(str(script))["train"](0, 1)
     for output in outputs:

@@ -7,10 +7,7 @@ thread each), each with its own arguments, and a timeout turns a hang into a fai
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,6 @@ from biasaudit.rank_agreement import _difference
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FILE = ROOT / "examples" / "digits_captions_adapter.py"
 SMALL = ["--conditions", "full,missing", "--bootstrap", "10", "--projection", "pca", "--batch-size", "64"]
-TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -37,34 +33,6 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
             paths[f"seed{seed}"] = where / f"model{seed}.pt"
             torch.save(adapter.build_model().state_dict(), paths[f"seed{seed}"])
     return paths
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def two_ranks(argv: list[list[str]], *, cwd: list[Path]) -> list[subprocess.CompletedProcess]:
-    """Run rank 0 and rank 1 (argv[r] after `python`, in cwd[r]) with torchrun's environment; fails on a hang."""
-    base = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    base.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT) + os.pathsep + base.get("PYTHONPATH", ""), MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", GROUP_RANK="0")
-    processes = [subprocess.Popen([sys.executable, *argv[rank]], cwd=cwd[rank], env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank)},
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    results = []
-    try:
-        for process in processes:
-            stdout, stderr = process.communicate(timeout=TIMEOUT_S)
-            results.append(subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"a rank still ran after {TIMEOUT_S} s: the processes hang instead of stopping together")
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
-    return results
 
 
 def scan_argv(checkpoint: Path, adapter: str, out: Path, *extra: str) -> list[str]:
@@ -84,7 +52,7 @@ def assert_both_refuse(results: list[subprocess.CompletedProcess], sentence: str
 
 
 @pytest.mark.parametrize("differing", ["seed", "batch size", "checkpoint", "adapter"])
-def test_ranks_started_differently_both_refuse_naming_the_difference_and_write_nothing(differing, checkpoints, tmp_path):
+def test_ranks_started_differently_both_refuse_naming_the_difference_and_write_nothing(differing, checkpoints, tmp_path, gloo_ranks):
     """Ranks given another seed or batch size ended in tracebacks from every rank; ranks given other checkpoints merged,
     exit 0, into one audit of two models. Both must now exit 2 before any work, naming the setting that differs."""
     out = tmp_path / "out"
@@ -108,7 +76,7 @@ def test_ranks_started_differently_both_refuse_naming_the_difference_and_write_n
         "checkpoint": f"Rank 1 of this torchrun reads checkpoint {other} but rank 0 {model}, and the files' contents differ; every process must read the same files.",
         "adapter": "Rank 1 of this torchrun reads adapter adapter.py:adapter but rank 0 adapter.py:adapter, and the files' contents differ; every process must read the same files.",
     }[differing]
-    assert_both_refuse(two_ranks(argv, cwd=homes), sentence, out)
+    assert_both_refuse(gloo_ranks.run(argv, cwd=homes), sentence, out)
 
 
 FAILING_ADAPTER = """
@@ -131,13 +99,13 @@ adapter = FailingOnRankOne()
      "Rank 1 of this process group failed with RuntimeError (the data server went away); that rank's traceback says where."),
     ("batch = {**batch, 'label': batch['label'] + 100}", 2, "Rank 1 of this process group stopped: "),
 ], ids=["adapter-bug", "bad-labels"])
-def test_a_rank_failing_mid_scan_stops_the_other_with_one_sentence(failure, code, sentence, checkpoints, tmp_path):
+def test_a_rank_failing_mid_scan_stops_the_other_with_one_sentence(failure, code, sentence, checkpoints, tmp_path, gloo_ranks):
     """A rank whose data fails after a few batches left the healthy rank with a gloo "connection closed" traceback (or
     waiting for it); now the healthy rank stops with one sentence naming the failed rank, and nothing is written."""
     (tmp_path / "failing.py").write_text(FAILING_ADAPTER.format(failure=failure))
     out = tmp_path / "out"
     argv = scan_argv(checkpoints["seed0"], str(tmp_path / "failing.py") + ":adapter", out)
-    healthy, failed = two_ranks([argv, argv], cwd=[tmp_path, tmp_path])
+    healthy, failed = gloo_ranks.run([argv, argv], cwd=[tmp_path, tmp_path])
     assert healthy.returncode == code, healthy.stderr[-3000:]
     assert sentence in said(healthy), healthy.stderr[-3000:]
     assert "Traceback" not in healthy.stderr
@@ -148,19 +116,19 @@ def test_a_rank_failing_mid_scan_stops_the_other_with_one_sentence(failure, code
     assert not out.exists()
 
 
-def test_shard_under_torchrun_is_refused_on_every_rank(checkpoints, tmp_path):
+def test_shard_under_torchrun_is_refused_on_every_rank(checkpoints, tmp_path, gloo_ranks):
     """--shard under torchrun ended in tracebacks; every rank now refuses it alone, before joining the others."""
     out = tmp_path / "out"
     argv = [scan_argv(checkpoints["seed0"], f"{DEMO_FILE}:adapter", out, "--shard", f"{rank}/2") for rank in (0, 1)]
-    assert_both_refuse(two_ranks(argv, cwd=[tmp_path, tmp_path]),
+    assert_both_refuse(gloo_ranks.run(argv, cwd=[tmp_path, tmp_path]),
                        "--shard splits a scan into parts for a job array; under torchrun the processes already split it. Use one or the other.", out)
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs the /proc pseudo filesystem")
-def test_out_on_a_pseudo_filesystem_under_torchrun_is_one_sentence_on_every_rank(checkpoints, tmp_path):
+def test_out_on_a_pseudo_filesystem_under_torchrun_is_one_sentence_on_every_rank(checkpoints, tmp_path, gloo_ranks):
     """--out on /proc under torchrun ended in tracebacks; each rank now exits 2 with the sentence."""
     argv = scan_argv(checkpoints["seed0"], f"{DEMO_FILE}:adapter", Path("/proc/biasaudit-out"))
-    for rank, result in enumerate(two_ranks([argv, argv], cwd=[tmp_path, tmp_path])):
+    for rank, result in enumerate(gloo_ranks.run([argv, argv], cwd=[tmp_path, tmp_path])):
         assert result.returncode == 2, f"rank {rank}: {result.stderr[-3000:]}"
         assert "--out /proc/biasaudit-out cannot be written" in said(result) and "Traceback" not in result.stderr
 
@@ -199,10 +167,10 @@ sys.exit(code)
     ("unimodal", ["Rank 1 of this process group was given unimodal_models={'text': 'DemoModel'} but rank 0 "
                   "unimodal_models={}; every process must call scan with the same arguments."] * 2),
 ])
-def test_ba_scan_called_differently_on_each_rank_raises_on_every_rank(differing, sentences, tmp_path):
+def test_ba_scan_called_differently_on_each_rank_raises_on_every_rank(differing, sentences, tmp_path, gloo_ranks):
     (tmp_path / "script.py").write_text(API_SCRIPT)
     argv = [str(tmp_path / "script.py"), f"{DEMO_FILE}:adapter", differing]
-    for rank, result in enumerate(two_ranks([argv, argv], cwd=[tmp_path, tmp_path])):
+    for rank, result in enumerate(gloo_ranks.run([argv, argv], cwd=[tmp_path, tmp_path])):
         assert result.returncode == 2, f"rank {rank}: {result.stderr[-3000:]}"
         assert sentences[rank] in result.stdout, f"rank {rank}: {result.stdout[-2000:]}"
         assert "Traceback" not in result.stderr, f"rank {rank}"

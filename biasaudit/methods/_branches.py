@@ -1,5 +1,5 @@
-"""Branch parameters for the gradient methods (OGM-GE, MMPareto): which trainable tensors belong to which modality,
-checked the same way by every method, and the process-group helpers they share under DDP.
+"""Branch parameters for the methods that act per modality (OGM-GE, MMPareto, D&R): which trainable tensors belong
+to which modality, checked the same way by every method.
 
 A branch is the module that only one modality's input passes through (an encoder, a projection). The methods read
 its trainable parameters (requires_grad) at every call, so freezing or unfreezing a layer between steps is honoured.
@@ -11,17 +11,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from biasaudit.arguments import shown
 from biasaudit.errors import InputError
 
 
-def branches_rule(branches: Mapping[str, nn.Module]) -> str | None:
-    """The value rule of a `branches` argument: at least two named modules, none sharing a trainable parameter."""
-    if len(branches) < 2:
-        return "at least two branches, one module per modality (e.g. {'image': model.vision, 'text': model.text})"
+def branches_rule(branches: Mapping[str, nn.Module], *, least: int = 2) -> str | None:
+    """The value rule of a `branches` argument: at least `least` named modules, none sharing a trainable parameter."""
+    if len(branches) < least:
+        return (f"at least {'two branches' if least == 2 else 'one branch'}, one module per modality "
+                "(e.g. {'image': model.vision, 'text': model.text})")
     if not all(name.strip() for name in branches):
         return "a non-empty name for every branch"
     owner: dict[int, str] = {}
@@ -53,40 +53,3 @@ def keys_rule(branches: Mapping[str, Any]):
             return None
         return "one entry per branch, keyed " + ", ".join(repr(name) for name in branches)
     return rule
-
-
-def world_size() -> int:
-    """The number of processes of the initialised default process group (1 outside torch.distributed)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def all_reduce_sum_(tensor: Tensor) -> Tensor:
-    """Sums `tensor` in place over the processes of the default group (a no-op in one process)."""
-    if world_size() > 1:
-        import torch.distributed as dist
-
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def agree(flags: list[float], *, device: torch.device) -> list[float]:
-    """The maximum of each flag over the processes, so that every rank takes the same branch of a decision (and all
-    raise together rather than one raising while the others wait in a collective)."""
-    if world_size() == 1:
-        return flags
-    import torch.distributed as dist
-
-    tensor = torch.tensor(flags, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor.tolist()
-
-
-def collective_device() -> torch.device:
-    """Where a collective's tensors must live: CUDA for NCCL, the CPU otherwise."""
-    import torch.distributed as dist
-
-    if world_size() > 1 and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

@@ -28,6 +28,7 @@ from torch import nn
 
 from biasaudit.arguments import at_least, checked
 from biasaudit.errors import InputError
+from biasaudit.methods._branches import branches_rule
 
 N_INIT = 10  # k-means restarts; the best inertia wins (sklearn's classic default, fixed so that results do not move)
 SHARPNESS = 3.0  # alpha = tanh(SHARPNESS * d)
@@ -98,20 +99,6 @@ class Relearning:
     alpha: dict[str, float]
 
 
-def _branches_rule(value: Mapping[str, nn.Module]) -> str | None:
-    if not value:
-        return "at least one branch, e.g. {'image': model.vision, 'text': model.text}"
-    empty = [name for name, module in value.items() if next(module.parameters(), None) is None]
-    if empty:
-        return f"branches that hold parameters ({empty[0]!r} has none)"
-    owner: dict[int, str] = {}
-    for name, module in value.items():
-        for parameter in module.parameters():
-            if owner.setdefault(id(parameter), name) != name:
-                return f"branches that share no parameters ({owner[id(parameter)]!r} and {name!r} do)"
-    return None
-
-
 class DandR:
     """D&R's epoch-end step: diagnose each branch by its train/val purity gap and pull it back towards its initial
     weights by alpha = tanh(3 d).
@@ -130,7 +117,7 @@ class DandR:
     k-means is deterministic, so every rank computes the same alpha and the replicas stay equal.
     """
 
-    @checked("DandR", branches=_branches_rule, every=at_least(1), max_times=at_least(0), seed=_seed_rule)
+    @checked("DandR", branches=lambda value: branches_rule(value, least=1), every=at_least(1), max_times=at_least(0), seed=_seed_rule)
     def __init__(self, branches: Mapping[str, nn.Module], *, every: int = 20, max_times: int = 3, seed: int = 0) -> None:
         self.branches = dict(branches)
         self.every, self.max_times, self.seed = every, max_times, seed

@@ -31,19 +31,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from biasaudit.arguments import at_least, check_argument, checked
+from biasaudit.arguments import at_least, check_argument, checked, non_negative_finite
 from biasaudit.errors import InputError
-
-
-def _non_negative_finite(value: float) -> str | None:
-    return None if 0 <= value < float("inf") else "a finite number of at least 0"
-
-
-def _world_size() -> int:
-    """The number of processes whose batches make the global batch (1 outside torch.distributed)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+from biasaudit.methods._distributed import world_size
 
 
 def _integer_tensor(value: Any, *, parameter: str, where: str) -> torch.Tensor:
@@ -126,7 +116,7 @@ class GroupDRO:
     is one step: with gradient accumulation q moves once per micro-batch. Under DDP see the module docstring.
     """
 
-    @checked("GroupDRO", num_groups=at_least(1), eta=_non_negative_finite)
+    @checked("GroupDRO", num_groups=at_least(1), eta=non_negative_finite)
     def __init__(self, num_groups: int, *, eta: float = 0.01, present: torch.Tensor | Sequence[bool] | None = None) -> None:
         if present is None:
             mask = torch.ones(num_groups, dtype=torch.bool)
@@ -195,7 +185,7 @@ class GroupDRO:
         if not training:
             return (q.to(losses.dtype) * sums / counts.clamp(min=1).to(losses.dtype)).sum()
 
-        world = _world_size()
+        world = world_size()
         stats = torch.stack([sums.detach().float(), counts.float()])
         if world > 1:
             import torch.distributed as dist

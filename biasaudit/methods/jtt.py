@@ -30,16 +30,11 @@ import torch
 
 from biasaudit.arguments import at_least, check_argument, checked, positive_finite
 from biasaudit.errors import InputError
+from biasaudit.methods._distributed import world_size
 
 
 def _fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else "a fraction of the epochs above 0 and at most 1"
-
-
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def _indices(value: torch.Tensor, *, parameter: str, where: str, signs: bool = True) -> torch.Tensor:
@@ -121,10 +116,10 @@ class JTT:
             return self._errors
         wrong = torch.cat(self._wrong) if self._wrong else torch.zeros(0, dtype=torch.long)
         seen = torch.cat(self._seen) if self._seen else torch.zeros(0, dtype=torch.long)
-        if _world_size() > 1:
+        if world_size() > 1:
             import torch.distributed as dist
 
-            gathered: list[Any] = [None] * _world_size()
+            gathered: list[Any] = [None] * world_size()
             dist.all_gather_object(gathered, (wrong.tolist(), seen.tolist()))
             wrong = torch.tensor([i for part in gathered for i in part[0]], dtype=torch.long)
             seen = torch.tensor([i for part in gathered for i in part[1]], dtype=torch.long)
@@ -187,7 +182,7 @@ class JTT:
                              f"{losses.numel()}; expected one dataset index per sample.")
         weights = self._weights(indices).to(device=losses.device, dtype=losses.dtype)
         total = weights.sum()
-        world = _world_size() if torch.is_grad_enabled() else 1
+        world = world_size() if torch.is_grad_enabled() else 1
         if world > 1:
             import torch.distributed as dist
 

@@ -27,7 +27,8 @@ from torch import Tensor, nn
 
 from biasaudit.arguments import check_argument, checked, positive_finite
 from biasaudit.errors import InputError
-from biasaudit.methods._branches import agree, branch_parameters, branches_rule, collective_device, keys_rule, world_size
+from biasaudit.methods._branches import branch_parameters, branches_rule, keys_rule
+from biasaudit.methods._distributed import agree, collective_device, world_size
 
 WHERE = "MMPareto"
 

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from biasaudit.arguments import at_least, check_argument, checked, positive_finite
 from biasaudit.errors import InputError
-from biasaudit.methods._branches import all_reduce_sum_, branch_parameters, branches_rule, collective_device, keys_rule
+from biasaudit.methods._branches import branch_parameters, branches_rule, keys_rule
+from biasaudit.methods._distributed import all_reduce_sum_, collective_device
 
 WHERE = "OGMGE"
 

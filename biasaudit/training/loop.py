@@ -67,8 +67,10 @@ class TrainingMethod(Protocol):
 
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None: ...
 
-    def step(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, optimizer: torch.optim.Optimizer,
-             step: int, total_steps: int, device: torch.device) -> dict[str, Any]: ...
+    # Fills .grad of the trainable parameters for one batch, as a user's loop does between zero_grad() and step():
+    # the loop owns the optimiser (zeroes before, steps after), so a method is the same component in any loop.
+    def gradients(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, step: int, total_steps: int,
+                  device: torch.device) -> dict[str, Any]: ...
 
     def export(self, model: nn.Module, adapter: Adapter) -> None: ...
 
@@ -328,7 +330,9 @@ def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config
         live = EpochMeans(epoch=epoch, epochs=config.epochs)
         for index, batch in enumerate(shuffled_batches(adapter, config=config, epoch=epoch)):
             step = epoch * steps_per_epoch + index
-            entry = method.step(model, adapter, batch, optimizer=optimizer, step=step, total_steps=total_steps, device=device)
+            optimizer.zero_grad(set_to_none=True)
+            entry = method.gradients(model, adapter, batch, step=step, total_steps=total_steps, device=device)
+            optimizer.step()
             log.append({"epoch": epoch, "step": step, **entry})
             live.add(entry)
             progress(stage, step + 1, total_steps, live.status())

@@ -225,8 +225,7 @@ class BalGrad:
             unimodal = {m: o - half_bias for m, o in unimodal.items()}
         return fused, unimodal
 
-    def step(self, model, adapter, batch, *, optimizer, step, total_steps, device) -> dict[str, Any]:
-        optimizer.zero_grad(set_to_none=True)
+    def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
         labels = train_labels(batch, adapter, device)
         logits, unimodal = self.logits(model, adapter, adapter.prepare(batch, device=device))
         task_loss = F.cross_entropy(logits, labels)
@@ -243,7 +242,6 @@ class BalGrad:
         record = bg.balgrad_step(task_loss, unimodal_losses, kl_terms, task_params=self._task_params,
                                  branch_params=self._branch_params, lam=lam, beta=self.beta, projection=self.projection,
                                  weights=weights)
-        optimizer.step()
         return {"loss": record.loss_task, **record.to_dict()}
 
     def extra_parameters(self) -> list[nn.Parameter]:

@@ -22,12 +22,10 @@ class CrossEntropy:
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
         pass
 
-    def step(self, model, adapter, batch, *, optimizer, step, total_steps, device) -> dict[str, Any]:
-        optimizer.zero_grad(set_to_none=True)
+    def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
         logits = adapter.forward(model, adapter.prepare(batch, device=device))
         loss = F.cross_entropy(logits, train_labels(batch, adapter, device))
         loss.backward()
-        optimizer.step()
         return {"loss": float(loss.detach())}
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:

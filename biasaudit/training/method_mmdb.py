@@ -121,13 +121,11 @@ class MMDB:
         features = tap.value.flatten(1)
         return F.normalize(features, dim=1, eps=mmdb.NORM_EPS) @ F.normalize(self._linear.weight, dim=1, eps=mmdb.NORM_EPS).T
 
-    def step(self, model, adapter, batch, *, optimizer, step, total_steps, device) -> dict[str, Any]:
-        optimizer.zero_grad(set_to_none=True)
+    def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
         cos = self.cosines(model, adapter, batch, device=device)
         bias = torch.as_tensor(self.batch_bias(batch, adapter, split="train", device=device)).to(device)
         loss = mmdb.mmdb_loss(cos, train_labels(batch, adapter, device), bias, self._margins, scale=self.scale)
         loss.backward()
-        optimizer.step()
         return {"loss": float(loss.detach())}
 
     @contextmanager
