@@ -24,7 +24,7 @@ from biasaudit.results import read_audit, write_json_atomic
 from biasaudit.progress import Progress
 from biasaudit.scanning import ScanConfig
 from biasaudit.training.loop import TrainConfig, load_training_state, scored_as_trained, train
-from biasaudit.training.methods import make_method
+from biasaudit.training.methods import METHODS, make_method
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,16 @@ def _placeholder_scale(options: Mapping[str, Any]) -> dict[str, Any]:
 def check_method(method: str, options: Mapping[str, Any]) -> None:
     """The method exists and takes these options: checked before anything is loaded or audited."""
     make_method(method, **_placeholder_scale(options))
+
+
+def is_post_hoc(method: str) -> bool:
+    """A method that refits a trained model without a training loop (DFR)."""
+    return bool(getattr(METHODS.get(method), "post_hoc", False))
+
+
+def refuse_post_hoc_resume(method: str, resume: bool) -> None:
+    if resume and is_post_hoc(method):
+        raise InputError(f"--resume continues an interrupted training, but {method} refits post hoc without training; run without --resume.")
 
 
 def dominant_of(audit: Mapping[str, Any]) -> str | None:
@@ -136,21 +146,33 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     fixed weights and return their path, which the after audit's manifest then names and hashes."""
     if resume and state_dir is None:
         raise InputError("resume needs the state_dir of the run to continue.")
+    post_hoc = is_post_hoc(method)
+    refuse_post_hoc_resume(method, resume)
     if resume:  # before the before-audit: a resume with nothing to resume is a mistake, found at once
         load_training_state(Path(state_dir))
     auto_scale = method == "mmdb" and method_options.get("scale") == "auto"
     method_options = _placeholder_scale(method_options)
-    if method == "mmdb" and method_options.get("kmeans_k") is None:
+    discovers_bias = method == "mmdb" or bool(getattr(METHODS.get(method), "discovers_bias", False))
+    if discovers_bias and method_options.get("kmeans_k") is None:
         method_options["kmeans_k"] = scan_config.kmeans_k  # discovered bias: the clusters the before audit's JSD used
     fixer = make_method(method, **method_options)
+    if getattr(fixer, "validates", False) and "val" not in adapter.splits and train_config.holdout == 0:
+        # A method that validates during training (D&R's purity gap) needs samples it never trains on: without a val
+        # split, the seeded held-out part of train that --scale auto uses (selection.selection_plan).
+        from biasaudit.training.selection import selection_plan
+
+        train_config = selection_plan(adapter, train_config)[0]
     check = getattr(fixer, "check", None)
     if callable(check):
         check(model, adapter)  # a missing hook or a model the method cannot train: before the audit, which can take long
+    check_config = getattr(fixer, "check_config", None)
+    if callable(check_config) and not post_hoc:
+        check_config(train_config)  # e.g. JTT's two stages need the epochs for both
     if before is None:
         before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress,
                              prefix_removed=prefix_removed)
-    if method == "mmdb":
-        # Without a bias_key, MMDB clusters the branch of one modality: the one that carries the bias (the carrier
+    if discovers_bias:
+        # Without a bias_key, MMDB (Group DRO, DFR) clusters the branch of one modality: the one that carries the bias (the carrier
         # test of the before audit) when known, else the one the model leans on (methods.md section 3); a
         # caller who names the modality (option `dominant`) overrides the audit.
         method_options["dominant"] = method_options.get("dominant") or carrier_of(before) or dominant_of(before)
@@ -164,10 +186,15 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
                                       config=train_config, min_group=min_group, progress=progress)
         method_options["scale"] = selection["chosen"]
         fixer = make_method(method, **method_options)
-    steps = train(model, adapter, fixer, config=train_config, state_dir=state_dir, resume=resume, progress=progress)
+    if post_hoc:
+        # DFR: the one method that repairs a checkpoint without retraining; no step to log (its figures are its settings).
+        fixer.refit(model, adapter, config=train_config)
+        steps: list[dict[str, Any]] = []
+    else:
+        steps = train(model, adapter, fixer, config=train_config, state_dir=state_dir, resume=resume, progress=progress)
     fixer.export(model, adapter)
     train_seconds = time.perf_counter() - start
-    log.info("%s trained %d epochs in %.1f s", method, train_config.epochs, train_seconds)
+    log.info("%s %s in %.1f s", method, "refitted" if post_hoc else f"trained {train_config.epochs} epochs", train_seconds)
     not_finite = [name for name, value in model.state_dict().items() if value.is_floating_point() and not bool(value.isfinite().all())]
     if not_finite:
         kept = f"; the training state is in {state_dir}" if state_dir is not None else ""
@@ -181,6 +208,9 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     training = {"method": method, "settings": fixer.settings(), "after_audit_scores": scored or "model.pt as written",
                 "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
                 "source_checkpoint": str(checkpoint) if checkpoint is not None else None}
+    if post_hoc:
+        training["loop"] = (f"none: {method} refits the final linear layer post hoc; the training options (epochs, lr, batch size, "
+                            "optimizer, weight decay, momentum) were not used")
     after["manifest"]["training"] = training
     return FixOutcome(before=before, after=after, training=training, steps=steps, comparison=compare_audits(before, after))
 
@@ -192,6 +222,7 @@ def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method:
     from biasaudit.report.compare_render import write_compare_html
 
     out = outputs.out
+    refuse_post_hoc_resume(method, resume)
     if resume:  # before loading anything: a resume with nothing to resume is a mistake, found at once
         load_training_state(out / "state")
     check_method(method, method_options)

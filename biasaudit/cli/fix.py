@@ -15,11 +15,23 @@ from biasaudit.cli.console import ADAPTER_HELP, err, handled, naming_source, out
 from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, parse_mute
 
 
+def _c_grid(text: str) -> tuple[float, ...]:
+    """--dfr-c-grid as numbers (DFR checks that they are positive and finite)."""
+    from biasaudit.errors import InputError
+
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise InputError(f"--dfr-c-grid is {text!r}; expected positive numbers separated by commas, e.g. 0.1,1,10.") from None
+
+
 @app.command()
 def fix(
     checkpoint: Path = typer.Argument(..., help="State dict of the biased model; it is never modified."),
     adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP, rich_help_panel="Model and data"),
-    method: Method = typer.Option("mmdb", help="ce (plain fine-tuning, the control), mmdb or balgrad.", rich_help_panel="Training"),
+    method: Method = typer.Option("mmdb", help="ce (plain fine-tuning, the control), mmdb, balgrad, groupdro, jtt, dandr or dfr "
+                                  "(post hoc: refits the final linear layer, no training epochs; the training options are ignored).",
+                                  rich_help_panel="Training"),
     out_dir: Path = typer.Option(Path("biasaudit-fix"), "--out", "-o", help="Directory for model.pt, before/after audits, compare.json, train_log.json.", rich_help_panel="Model and data"),
     epochs: int = typer.Option(20, help="Training epochs.", rich_help_panel="Training"),
     lr: float = typer.Option(3e-3, help="Learning rate.", rich_help_panel="Training"),
@@ -51,10 +63,10 @@ def fix(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"),
     scale: str = typer.Option("auto", help="MMDB: the cosine scale s, or auto (grid 1..32 by bias-balanced validation accuracy).", rich_help_panel="MMDB"),
     min_group: int = typer.Option(1, "--min-group", min=1, help="MMDB --scale auto: smallest (label, bias) group counted in the bias-balanced accuracy.", rich_help_panel="MMDB"),
-    bias_source: BiasSource = typer.Option("auto", "--bias", help="MMDB: where the bias values come from: key (the adapter's bias_key), "
+    bias_source: BiasSource = typer.Option("auto", "--bias", help="MMDB, Group DRO, DFR: where the bias values come from: key (the adapter's bias_key), "
                                     "kmeans (k-means on the branch of the modality the model leans on; methods.md section 3) or auto "
                                     "(key when the adapter declares one).", rich_help_panel="MMDB"),
-    bias_modality: Optional[str] = typer.Option(None, "--bias-modality", help="MMDB with k-means bias: the modality whose branch is "
+    bias_modality: Optional[str] = typer.Option(None, "--bias-modality", help="MMDB, Group DRO, DFR with k-means bias: the modality whose branch is "
                                                 "clustered (default: the before audit's carrier, else its dominant one).", rich_help_panel="MMDB"),
     kmeans_k: int = typer.Option(16, "--kmeans-k", min=2, help="Clusters of the k-means bias discovery (MMDB without a bias key, and both audits' JSD).", rich_help_panel="Audits (before and after)"),
     min_count: int = typer.Option(0, "--min-count", help="MMDB: ignore labels with fewer samples under a bias value.", rich_help_panel="MMDB"),
@@ -66,6 +78,17 @@ def fix(
     projection: BalGradProjection = typer.Option("global", help="BalGrad: global or per_modality projection.", rich_help_panel="BalGrad"),
     head_mode: HeadMode = typer.Option("shared_zero", "--head-mode", help="BalGrad unimodal heads: shared_zero (the model with the other branch zeroed), "
                                   "ogm_split (classifier weight slices, half the bias) or separate (new training-only linear heads).", rich_help_panel="BalGrad"),
+    eta: float = typer.Option(0.01, "--eta", help="Group DRO: step size of the group weights q (q_g <- q_g exp(eta L_g)); groups are "
+                              "(label, bias value), the bias value as --bias says.", rich_help_panel="Group DRO"),
+    jtt_upweight: float = typer.Option(10.0, "--jtt-upweight", help="JTT: loss weight λ of stage 1's misclassified training samples in stage 2.",
+                                       rich_help_panel="JTT"),
+    jtt_fraction: float = typer.Option(0.5, "--jtt-fraction", help="JTT: fraction of --epochs spent on stage 1 (plain ERM); stage 2 restarts "
+                                       "from the starting weights for the rest.", rich_help_panel="JTT"),
+    dandr_every: int = typer.Option(20, "--dandr-every", help="D&R: re-initialise after every this many epochs (needs more --epochs than "
+                                    "this: nothing re-learns after the last one).", rich_help_panel="D&R"),
+    dandr_max_times: int = typer.Option(3, "--dandr-max-times", help="D&R: at most this many re-initialisations.", rich_help_panel="D&R"),
+    dfr_c_grid: str = typer.Option("0.1,0.3,1,3,10", "--dfr-c-grid", help="DFR: candidate inverse L2 strengths C, comma-separated, chosen "
+                                   "by worst-group accuracy on half of val (else a seeded 20% of train).", rich_help_panel="DFR"),
     balgrad_weights: WeightMode = typer.Option("batch", "--balgrad-weights", help="BalGrad KL weights: batch (this batch's unimodal losses) or "
                                         "running (their moving averages, momentum 0.9).", rich_help_panel="BalGrad"),
 ) -> None:
@@ -88,7 +111,11 @@ def fix(
         options = {"ce": {}, "mmdb": {"scale": _scale(scale), "min_count": min_count, "entropy_gate": entropy_gate, "bias": bias_source,
                                       "dominant": bias_modality},
                    "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
-                               "projection": projection, "head_mode": head_mode, "weights": balgrad_weights}}
+                               "projection": projection, "head_mode": head_mode, "weights": balgrad_weights},
+                   "groupdro": {"eta": eta, "bias": bias_source, "dominant": bias_modality},
+                   "jtt": {"upweight": jtt_upweight, "fraction": jtt_fraction},
+                   "dandr": {"every": dandr_every, "max_times": dandr_max_times},
+                   "dfr": {"c_grid": _c_grid(dfr_c_grid), "bias": bias_source, "dominant": bias_modality}}
         loaded = load_adapter(adapter)
         train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, optimizer=optimizer,
                                    weight_decay=weight_decay, momentum=momentum)

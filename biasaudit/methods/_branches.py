@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from torch import nn
+from torch import Tensor, nn
 
 from biasaudit.arguments import shown
 from biasaudit.errors import InputError
@@ -53,3 +53,21 @@ def keys_rule(branches: Mapping[str, Any]):
             return None
         return "one entry per branch, keyed " + ", ".join(repr(name) for name in branches)
     return rule
+
+
+def graph_leaves(root: Tensor) -> dict[int, Tensor]:
+    """The tensors whose .grad a backward of `root` would fill (keyed by id), in a deterministic (graph) order: what
+    a loss reaches, read from its autograd graph without differentiating it."""
+    found: dict[int, Tensor] = {}
+    seen: set[Any] = set()
+    stack = [root.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf that requires grad
+        if variable is not None:
+            found.setdefault(id(variable), variable)
+        stack.extend(child for child, _ in reversed(node.next_functions))
+    return found

@@ -42,3 +42,27 @@ def collective_device() -> torch.device:
     if world_size() > 1 and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def average(groups: list[list[Tensor]]) -> list[list[Tensor]]:
+    """Each tensor averaged over the processes, in one all-reduce of one flat buffer (the same groups back, each
+    tensor in its own device and dtype); the tensors themselves in one process."""
+    if world_size() == 1:
+        return groups
+    import torch.distributed as dist
+
+    tensors = [t for group in groups for t in group]
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    buffer = torch.cat([t.reshape(-1).to(device=collective_device(), dtype=dtype) for t in tensors])
+    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+    buffer /= world_size()
+    out, start, result = [], 0, []
+    for t in tensors:
+        out.append(buffer[start:start + t.numel()].view(t.shape).to(device=t.device, dtype=t.dtype))
+        start += t.numel()
+    for group in groups:
+        result.append(out[:len(group)])
+        out = out[len(group):]
+    return result

@@ -27,8 +27,8 @@ from torch import Tensor, nn
 
 from biasaudit.arguments import check_argument, checked, positive_finite
 from biasaudit.errors import InputError
-from biasaudit.methods._branches import branch_parameters, branches_rule, keys_rule
-from biasaudit.methods._distributed import agree, collective_device, world_size
+from biasaudit.methods._branches import branch_parameters, branches_rule, graph_leaves, keys_rule
+from biasaudit.methods._distributed import agree, average, collective_device, world_size
 
 WHERE = "MMPareto"
 
@@ -123,8 +123,8 @@ class MMPareto:
                                  f"{tuple(unimodal_losses[name].shape)}; expected {_loss_rule(unimodal_losses[name])}.")
         params = branch_parameters(self.branches, where=where)
         owner = {id(p): name for name, ps in params.items() for p in ps}
-        fused_leaves = _leaves(fused_loss)
-        unimodal_leaves = {name: _leaves(unimodal_losses[name]) for name in self.branches}
+        fused_leaves = graph_leaves(fused_loss)
+        unimodal_leaves = {name: graph_leaves(unimodal_losses[name]) for name in self.branches}
         others: dict[int, Tensor] = {}
         for leaves in (fused_leaves, *unimodal_leaves.values()):
             others.update((key, leaf) for key, leaf in leaves.items() if key not in owner)
@@ -165,7 +165,7 @@ class MMPareto:
         g_f_branch, g_u_branch = g_f[:n], g_u[:n]
         g_other = [f + u for f, u in zip(g_f[n:], g_u[n:])]
         if world_size() > 1:
-            g_f_branch, g_u_branch, g_other = _average([g_f_branch, g_u_branch, g_other])
+            g_f_branch, g_u_branch, g_other = average([g_f_branch, g_u_branch, g_other])
 
         step = self._integrate(params, g_f_branch, g_u_branch)
         for parameter, grad in zip(other_list, g_other):
@@ -204,23 +204,6 @@ def _loss_rule(loss: Tensor) -> str | None:
     return "a scalar loss tensor computed from the model (with a grad_fn, e.g. F.cross_entropy(...))"
 
 
-def _leaves(root: Tensor) -> dict[int, Tensor]:
-    """The tensors whose .grad a backward of `root` would fill, in a deterministic (graph) order."""
-    found: dict[int, Tensor] = {}
-    seen: set[Any] = set()
-    stack = [root.grad_fn]
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)  # an AccumulateGrad node: a leaf that requires grad
-        if variable is not None:
-            found.setdefault(id(variable), variable)
-        stack.extend(child for child, _ in reversed(node.next_functions))
-    return found
-
-
 def _zeros_for_none(grads: tuple[Tensor | None, ...], inputs: list[Tensor]) -> list[Tensor]:
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, inputs)]
 
@@ -232,28 +215,6 @@ def _sums(a: list[Tensor], b: list[Tensor]) -> Tensor:
         return torch.zeros((), dtype=torch.float64)
     device = a[0].device  # kept there: moving each product to the CPU would synchronise once per tensor
     return torch.stack([torch.dot(x.reshape(-1).double(), y.reshape(-1).double()).to(device) for x, y in zip(a, b)]).sum()
-
-
-def _average(groups: list[list[Tensor]]) -> list[list[Tensor]]:
-    """Each tensor averaged over the processes, in one all-reduce of one flat buffer."""
-    import torch.distributed as dist
-
-    tensors = [t for group in groups for t in group]
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    device = collective_device()
-    buffer = torch.cat([t.reshape(-1).to(device=device, dtype=dtype) for t in tensors])
-    dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-    buffer /= world_size()
-    out, start, result = [], 0, []
-    for t in tensors:
-        out.append(buffer[start:start + t.numel()].view(t.shape).to(device=t.device, dtype=t.dtype))
-        start += t.numel()
-    for group in groups:
-        result.append(out[:len(group)])
-        out = out[len(group):]
-    return result
 
 
 def _accumulate(parameter: Tensor, grad: Tensor) -> None:

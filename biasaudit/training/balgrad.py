@@ -1,154 +1,32 @@
-"""BalGrad's gradient step (methods.md section 7) as pure functions over explicit parameter lists.
-
-One training step, for a model whose adapter names two per-modality branches (θ_v = first, θ_l =
-second; everything else trainable is θ_T, the fusion and the classifier f_T). The method
-(method_balgrad.BalGrad) computes the fused logits o and the unimodal logits o_v, o_l under its head
-mode, then:
-
-    task, branches = split_parameters(model, adapter.branches(model))
-    log = balgrad_step(F.cross_entropy(o, y), {m: F.cross_entropy(o_m, y) for m in (v, l)},
-                       mutual_kl({v: o_v, l: o_l}), task_params=task, branch_params=branches,
-                       lam=schedule.at(step))
-    optimizer.step()
-
-Only two modalities: the mutual KL and the reweighting of the spec pair v with l; `mutual_kl` and
-`balgrad_step` refuse anything else.
-
-Robust by construction: L_v and its KL term are differentiated w.r.t. θ_v only (likewise for l), so
-θ_T never receives a unimodal or KL gradient even if a caller forgets to detach the head.
-Gradients come from torch.autograd.grad and are *written* (not accumulated) into `.grad`.
+"""BalGrad's parameter split for biasaudit's loop (an adapter names the branches), and the names the CLI and older
+code import from here. The math lives in biasaudit/methods/_balgrad_math.py (methods.md section 7), the component
+for any loop in biasaudit/methods/balgrad.py.
 """
 
 from __future__ import annotations
 
-import math
-import operator
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Mapping
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from biasaudit.errors import AdapterError, InputError
+from biasaudit.errors import AdapterError
+from biasaudit.methods._balgrad_math import (
+    KL_MODES,
+    PROJECTIONS,
+    SCHEDULES,
+    BalGradStep,
+    LambdaSchedule,
+    RunningLosses,
+    balgrad_step,
+    kl_weights,
+    mutual_kl,
+    project_conflict,
+)
 
-KL_MODES = ("mutual", "undirected")
-PROJECTIONS = ("global", "per_modality")
-SCHEDULES = ("linear", "constant")
+StepLog = BalGradStep  # its name before the component existed
 
-
-def project_conflict(g_task: Tensor, g_kl: Tensor) -> tuple[Tensor, float, float, bool]:
-    """One-sided projection of flat gradients: (projected g_T, cos before, cos after, conflicted).
-
-    If <g_T, g_kl> < 0, g_T loses its component along g_kl; otherwise g_T is returned as is (the same
-    tensor). A zero g_kl never conflicts. The cosines are nan where either vector is exactly zero.
-    The scalars are computed in float64 so that the projected vector is orthogonal to g_kl up to the
-    rounding of its own dtype.
-    """
-    if g_task.dim() != 1 or g_task.shape != g_kl.shape:
-        raise InputError(f"project_conflict needs two flat vectors of equal length, got shapes "
-                         f"{tuple(g_task.shape)} and {tuple(g_kl.shape)}.")
-    task64, kl64 = g_task.double(), g_kl.double()
-    inner = float(torch.dot(task64, kl64))
-    cos_before = _cosine(task64, kl64)
-    if not inner < 0:
-        return g_task, cos_before, cos_before, False
-    coefficient = inner / float(torch.dot(kl64, kl64))  # ||g_kl|| > 0 because the inner product is not 0
-    projected = (task64 - coefficient * kl64).to(g_task.dtype)
-    return projected, cos_before, _cosine(projected.double(), kl64), True
-
-
-def kl_weights(loss_v: float, loss_l: float) -> tuple[float, float]:
-    """(w_v, w_l) = (L_v, L_l)/(L_v + L_l): the lower-loss modality gets less of the KL gradient.
-
-    Both losses zero (both modalities perfect): (0.5, 0.5).
-    """
-    for name, value in (("loss_v", loss_v), ("loss_l", loss_l)):
-        if not (math.isfinite(value) and value >= 0):
-            raise InputError(f"kl_weights got {name}={value!r}; expected a finite loss >= 0 "
-                             f"(a diverged training step or a wrong loss).")
-    total = loss_v + loss_l
-    if total == 0:
-        return 0.5, 0.5
-    return loss_v / total, loss_l / total
-
-
-@dataclass(frozen=True, kw_only=True)
-class LambdaSchedule:
-    """The mutual-learning weight λ_t for steps 0 .. total_steps - 1.
-
-    linear: λ_0 at step 0, rising linearly to 1 at step total_steps - 1 and staying 1 after it
-    (a loop that runs a step too many gets 1, not more). With total_steps = 1, step 0 gets λ_0.
-    constant: λ_0 at every step. Our reading of the spec's "switches: constant": the ablation of
-    the *growth*, keeping the configured initial factor; pass initial=1.0 for a constant 1.
-    """
-
-    kind: str = "linear"
-    initial: float = 0.1
-    total_steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in SCHEDULES:
-            raise InputError(f"Unknown λ schedule {self.kind!r}; expected one of {', '.join(SCHEDULES)}.")
-        if not (math.isfinite(self.initial) and 0 <= self.initial <= 1):
-            raise InputError(f"λ_0 = {self.initial!r} is not a number between 0 and 1.")
-        if self.kind == "linear" and not (isinstance(self.total_steps, int) and self.total_steps >= 1):
-            raise InputError(f"The linear λ schedule needs total_steps >= 1, got {self.total_steps!r}.")
-
-    def at(self, step: int) -> float:
-        step = operator.index(step)
-        if step < 0:
-            raise InputError(f"λ schedule asked for step {step}; steps start at 0.")
-        if self.kind == "constant":
-            return float(self.initial)
-        assert self.total_steps is not None  # checked in __post_init__
-        if self.total_steps == 1:
-            return float(self.initial)
-        fraction = min(step, self.total_steps - 1) / (self.total_steps - 1)
-        return float(self.initial + (1.0 - self.initial) * fraction)
-
-
-@dataclass(kw_only=True)
-class RunningLosses:
-    """Exponential moving averages of (L_v, L_l): the "running-average weights" switch of methods.md
-    7.4, whose momentum the spec leaves open; 0.9 is our choice (about the last ten batches).
-
-    The first update sets the averages to that batch's losses, so early weights are not biased toward
-    whichever loss a zero start would favour. `values` is plain floats so a resumed run restores it
-    bit for bit.
-    """
-
-    momentum: float = 0.9
-    values: tuple[float, float] | None = None
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
-            raise InputError(f"Running-average momentum {self.momentum!r} is not a number in [0, 1).")
-
-    def update(self, loss_v: float, loss_l: float) -> tuple[float, float]:
-        """Fold in one batch's losses; return the new (average L_v, average L_l)."""
-        if self.values is None:
-            self.values = (float(loss_v), float(loss_l))
-        else:
-            m = self.momentum
-            self.values = (m * self.values[0] + (1 - m) * float(loss_v), m * self.values[1] + (1 - m) * float(loss_l))
-        return self.values
-
-
-def mutual_kl(unimodal: Mapping[str, Tensor], *, mode: str = "mutual") -> dict[str, Tensor]:
-    """The KL term each branch is differentiated by: {v: KL_v, l: KL_l}, batch means, temperature 1.
-
-    mutual (deep mutual learning): KL_v = KL(sg(p_l) || p_v), KL_l = KL(sg(p_v) || p_l).
-    undirected: one KL(p_v || p_l), returned for both modalities (differentiated w.r.t. both).
-    """
-    v, l = _two_names(unimodal, what="mutual_kl")
-    if mode not in KL_MODES:
-        raise InputError(f"Unknown KL mode {mode!r}; expected one of {', '.join(KL_MODES)}.")
-    log_v = torch.log_softmax(unimodal[v], dim=1)
-    log_l = torch.log_softmax(unimodal[l], dim=1)
-    if mode == "mutual":
-        return {v: _kl(log_l.detach(), log_v), l: _kl(log_v.detach(), log_l)}
-    undirected = _kl(log_v, log_l)
-    return {v: undirected, l: undirected}
+__all__ = ["KL_MODES", "PROJECTIONS", "SCHEDULES", "BalGradStep", "StepLog", "LambdaSchedule", "RunningLosses",
+           "balgrad_step", "kl_weights", "mutual_kl", "project_conflict", "split_parameters"]
 
 
 def split_parameters(model: nn.Module, branches: Mapping[str, nn.Module]) -> tuple[list[nn.Parameter], dict[str, list[nn.Parameter]]]:
@@ -171,141 +49,3 @@ def split_parameters(model: nn.Module, branches: Mapping[str, nn.Module]) -> tup
         groups[name] = params
     task = [p for p in model.parameters() if p.requires_grad and id(p) not in seen]
     return task, groups
-
-
-@dataclass(frozen=True)
-class StepLog:
-    """methods.md section 7.7. cos_* are those of the whole flat vectors (nan where undefined);
-    `conflicted` says whether a projection was applied (any modality's, in per-modality mode)."""
-
-    loss_task: float
-    loss_v: float
-    loss_l: float
-    weight_v: float
-    weight_l: float
-    lam: float
-    cos_before: float
-    cos_after: float
-    conflicted: bool
-
-    def to_dict(self) -> dict[str, float | bool | None]:
-        out: dict[str, float | bool | None] = asdict(self)
-        for key in ("cos_before", "cos_after"):
-            if math.isnan(getattr(self, key)):
-                out[key] = None  # JSON has no nan
-        return out
-
-
-def balgrad_step(task_loss: Tensor, unimodal_losses: Mapping[str, Tensor], kl_terms: Mapping[str, Tensor], *,
-                 task_params: Sequence[nn.Parameter], branch_params: Mapping[str, Sequence[nn.Parameter]],
-                 lam: float, beta: float = 1.0, projection: str = "global",
-                 weights: tuple[float, float] | None = None) -> StepLog:
-    """Write BalGrad's gradients into `.grad` (replacing what is there); the caller then steps.
-
-    g_T = ∇L_T over θ_T, θ_v, θ_l; g_kl = λ·[0 ; w_v ∇_{θ_v} KL_v ; w_l ∇_{θ_l} KL_l]; g_T is
-    projected against g_kl (globally, or per modality slice); then
-    θ_T.grad = g_T|θ_T and θ_m.grad = g_T|θ_m + β ∇_{θ_m} L_m + g_kl|θ_m.
-    The three mappings are keyed by the same two modality names, v = first, l = second.
-    (w_v, w_l) is `kl_weights` of this batch's detached L_v, L_l unless `weights` gives it (the
-    running-average switch passes `kl_weights` of `RunningLosses`).
-    """
-    v, l = _two_names(branch_params, what="balgrad_step")
-    for mapping, what in ((unimodal_losses, "unimodal_losses"), (kl_terms, "kl_terms")):
-        if list(mapping) != [v, l]:
-            raise InputError(f"balgrad_step: {what} is keyed {list(mapping)}; expected {[v, l]} like branch_params.")
-    if projection not in PROJECTIONS:
-        raise InputError(f"Unknown projection {projection!r}; expected one of {', '.join(PROJECTIONS)}.")
-    for name, value in (("lam", lam), ("beta", beta)):
-        if not (math.isfinite(value) and value >= 0):
-            raise InputError(f"balgrad_step: {name}={value!r}; expected a finite number >= 0.")
-    task = list(task_params)
-    groups = [list(branch_params[v]), list(branch_params[l])]
-    params = task + groups[0] + groups[1]
-    _check_parameters(params, groups)
-
-    loss_v, loss_l = float(unimodal_losses[v].detach()), float(unimodal_losses[l].detach())
-    if weights is None:
-        weights = kl_weights(loss_v, loss_l)
-    elif len(weights) != 2 or not all(math.isfinite(w) and w >= 0 for w in weights):
-        raise InputError(f"balgrad_step: weights={weights!r}; expected two finite numbers >= 0 (w_v, w_l).")
-    g_task = _flat(_grads(task_loss, params))
-    kl_parts = [g_task.new_zeros(sum(p.numel() for p in task))]  # g_kl and ∇L_m are zero on θ_T
-    unimodal_parts = [kl_parts[0]]
-    for name, group, weight in zip((v, l), groups, weights):
-        kl_parts.append((lam * weight) * _flat(_grads(kl_terms[name], group)))
-        unimodal_parts.append(beta * _flat(_grads(unimodal_losses[name], group)))
-    g_kl = torch.cat(kl_parts)
-
-    if projection == "global":
-        projected, cos_before, cos_after, conflicted = project_conflict(g_task, g_kl)
-    else:
-        projected, conflicted = g_task.clone(), False
-        for piece in _slices([task] + groups)[1:]:
-            projected[piece], _, _, hit = project_conflict(g_task[piece], g_kl[piece])
-            conflicted = conflicted or hit
-        cos_before, cos_after = _cosine(g_task.double(), g_kl.double()), _cosine(projected.double(), g_kl.double())
-
-    final = projected + g_kl + torch.cat(unimodal_parts)
-    for p, piece in zip(params, _parameter_slices(params)):
-        p.grad = final[piece].view_as(p).clone()
-    return StepLog(loss_task=float(task_loss.detach()), loss_v=loss_v, loss_l=loss_l, weight_v=weights[0],
-                   weight_l=weights[1], lam=float(lam), cos_before=cos_before, cos_after=cos_after,
-                   conflicted=conflicted)
-
-
-def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """KL(p || q) per sample, averaged over the batch."""
-    return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
-
-
-def _cosine(a: Tensor, b: Tensor) -> float:
-    norms = float(a.norm()) * float(b.norm())
-    if norms == 0:
-        return math.nan
-    return max(-1.0, min(1.0, float(torch.dot(a, b)) / norms))
-
-
-def _two_names(mapping: Mapping[str, Any], *, what: str) -> tuple[str, str]:
-    names = list(mapping)
-    if len(names) != 2:
-        raise InputError(f"{what} works with exactly two modalities (v, l), got {names}.")
-    return names[0], names[1]
-
-
-def _check_parameters(params: list[nn.Parameter], groups: list[list[nn.Parameter]]) -> None:
-    if not all(groups):
-        raise InputError("balgrad_step: a modality in branch_params has no parameters; each needs its own θ_m.")
-    if len({id(p) for p in params}) != len(params):
-        raise InputError("balgrad_step: a parameter appears twice in task_params/branch_params; "
-                         "θ_T, θ_v and θ_l must be disjoint.")
-    frozen = [tuple(p.shape) for p in params if not p.requires_grad]
-    if frozen:
-        raise InputError(f"balgrad_step got frozen parameters (requires_grad=False) of shapes {frozen}; "
-                         f"pass trainable ones only (split_parameters does).")
-
-
-def _grads(output: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
-    """d output / d params; zeros where a parameter does not reach the output."""
-    if output.dim() != 0:
-        raise InputError(f"balgrad_step needs scalar losses, got shape {tuple(output.shape)}.")
-    if not output.requires_grad:
-        return [torch.zeros_like(p) for p in params]
-    grads = torch.autograd.grad(output, params, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
-
-
-def _flat(grads: list[Tensor]) -> Tensor:
-    return torch.cat([g.reshape(-1) for g in grads])
-
-
-def _slices(groups: list[list[nn.Parameter]]) -> list[slice]:
-    out, start = [], 0
-    for group in groups:
-        stop = start + sum(p.numel() for p in group)
-        out.append(slice(start, stop))
-        start = stop
-    return out
-
-
-def _parameter_slices(params: list[nn.Parameter]) -> list[slice]:
-    return _slices([[p] for p in params])

@@ -5,6 +5,19 @@ The adapter yields batches in a fixed order (scans must be reproducible), so the
 gathers up to `shuffle_buffer` samples, permutes them with a generator seeded by (seed, epoch) and
 re-batches. Within the buffer this is a true shuffle; beyond it, an approximation that keeps memory
 bounded. Because the permutation depends only on (seed, epoch), a resumed run sees the same batches.
+
+Two optional extensions serve methods that are more than a per-step gradient (methods.md section 8):
+- Sample indices. A method with `sample_index = True` (JTT) gets every training batch with one more column,
+  SAMPLE_INDEX: each sample's global index in the training split (its position in the adapter's order, counted
+  before held-out rows are removed), a long tensor that shuffles with the rows. Other methods get the batches
+  exactly as before. A method strips the column (`without_index`) before adapter.prepare.
+- Epoch end. A method with `epoch_end(model, view, *, epoch, epochs, device)` is called after each epoch's steps
+  and before the epoch's training state is saved, so whatever it changes (D&R's re-initialised branches, JTT's
+  restart) is in that state and a resumed run continues after it. `view` is the TrainingView (train without the
+  held-out rows, `indexed_training_batches`, `validation`). It returns None or an EpochEnd: figures for the log
+  (added to the epoch's last step entry under "epoch_end") and `fresh_optimizer`, set when the method put the
+  model back to earlier weights (JTT's stage 2 starts where stage 1 started, with a new optimizer): the loop then
+  builds a new optimizer with the run's settings.
 """
 
 from __future__ import annotations
@@ -62,6 +75,23 @@ class TrainConfig:
         return asdict(self)
 
 
+SAMPLE_INDEX = "biasaudit_sample_index"  # the column of global training-sample indices (methods with sample_index)
+
+
+def without_index(batch: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The batch as the adapter yielded it: without the loop's SAMPLE_INDEX column."""
+    return {k: v for k, v in batch.items() if k != SAMPLE_INDEX} if SAMPLE_INDEX in batch else batch
+
+
+@dataclass(frozen=True)
+class EpochEnd:
+    """What a method's epoch_end did: figures for the log, and whether the loop must start a fresh optimizer
+    (the method reset the model's weights, so the optimizer's moments belong to weights that no longer exist)."""
+
+    figures: dict[str, Any]
+    fresh_optimizer: bool = False
+
+
 class TrainingMethod(Protocol):
     name: str
 
@@ -83,6 +113,10 @@ class TrainingMethod(Protocol):
     def extra_state(self) -> dict[str, Any]: ...
 
     def load_extra_state(self, state: dict[str, Any]) -> None: ...
+
+    # Optional (see the module docstring): `sample_index = True` for the SAMPLE_INDEX column;
+    # `check_config(config)` refuses a TrainConfig the method cannot run under, before any work;
+    # `epoch_end(model, view, *, epoch, epochs, device) -> EpochEnd | None` after each epoch.
 
 
 def method_parameters(method: TrainingMethod) -> list[nn.Parameter]:
@@ -149,17 +183,33 @@ def holdout_rows(indices: np.ndarray, *, config: TrainConfig) -> np.ndarray:
     return uniform(config.seed, "holdout", np.asarray(indices, dtype=np.int64)) < config.holdout
 
 
-def training_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int | None = None) -> Iterator[Mapping[str, Any]]:
-    """The training split's batches in the adapter's order, without the held-out rows (never empty)."""
+def training_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int | None = None,
+                     index: bool = False) -> Iterator[Mapping[str, Any]]:
+    """The training split's batches in the adapter's order, without the held-out rows (never empty); with `index`,
+    each with the SAMPLE_INDEX column of its samples' global indices."""
     offset = 0
     for batch in adapter_batches(adapter, config.split, batch_size=batch_size or config.batch_size):
         n = len(checked_labels(batch, adapter, split=config.split))
         keep = ~holdout_rows(np.arange(offset, offset + n), config=config)
+        if index:
+            batch = {**batch, SAMPLE_INDEX: torch.arange(offset, offset + n, dtype=torch.long)}
         offset += n
         if keep.all() and n:
             yield batch
         elif keep.any():
             yield take_rows(batch, np.flatnonzero(keep))
+
+
+def held_out_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int) -> Iterator[Mapping[str, Any]]:
+    """The held-out rows of the training split (config.holdout), in the adapter's order: what validates a run
+    that has no val split, never trained on."""
+    offset = 0
+    for batch in adapter_batches(adapter, config.split, batch_size=batch_size):
+        n = len(checked_labels(batch, adapter, split=config.split))
+        rows = np.flatnonzero(holdout_rows(np.arange(offset, offset + n), config=config))
+        offset += n
+        if rows.size:
+            yield take_rows(batch, rows)
 
 
 class TrainingView:
@@ -178,8 +228,28 @@ class TrainingView:
             return training_batches(self._adapter, config=self._config, batch_size=batch_size)
         return iter(self._adapter.data(split, batch_size=batch_size))
 
+    def indexed_training_batches(self, *, batch_size: int) -> Iterator[Mapping[str, Any]]:
+        """The training batches in the adapter's order with the SAMPLE_INDEX column (JTT's error-set pass)."""
+        return training_batches(self._adapter, config=self._config, batch_size=batch_size, index=True)
 
-def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> Iterator[dict[str, Any]]:
+    def validation_source(self) -> str | None:
+        """Where a method validates: "val" when the adapter offers it, else the held-out part of train when the run
+        holds one out (config.holdout), else None."""
+        if "val" in self._adapter.splits:
+            return "val"
+        return f"held-out {self._config.holdout:.0%} of train" if self._config.holdout > 0 else None
+
+    def validation(self, *, batch_size: int) -> Iterator[Mapping[str, Any]]:
+        """The batches of validation_source(): never samples the run trains on."""
+        if "val" in self._adapter.splits:
+            return iter(adapter_batches(self._adapter, "val", batch_size=batch_size))
+        if self._config.holdout > 0:
+            return held_out_batches(self._adapter, config=self._config, batch_size=batch_size)
+        raise InputError("There is no validation data: the adapter offers no 'val' split and the run holds out no part of train.")
+
+
+def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int, index: bool = False) -> Iterator[dict[str, Any]]:
+    """The epoch's training batches; with `index`, each carries the SAMPLE_INDEX column (the same rows either way)."""
     rng = np.random.default_rng([config.seed, epoch, 7])
     buffer: list[Mapping[str, Any]] = []
     held = 0
@@ -190,7 +260,7 @@ def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int) -> It
         for lo in range(0, held, config.batch_size):
             yield take_rows(merged, order[lo: lo + config.batch_size])
 
-    for batch in training_batches(adapter, config=config):
+    for batch in training_batches(adapter, config=config, index=index):
         buffer.append(batch)
         held += len(checked_labels(batch, adapter, split=config.split))
         if held >= config.shuffle_buffer:
@@ -297,15 +367,25 @@ def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config
 
     progress = with_status(progress)
     device = resolve_device(config.device)
+    check_training = getattr(method, "check_config", None)
+    if callable(check_training):
+        check_training(config)  # e.g. JTT needs epochs for both stages: refused before any work
     model.to(device)
     # Runs right after the seeding: a method that draws its own parameters seeds a generator from
     # torch.initial_seed(), i.e. from the run seed. It sees train without the held-out rows.
-    method.prepare(model, TrainingView(adapter, config), device=device)
+    view = TrainingView(adapter, config)
+    method.prepare(model, view, device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
-    optimizer = make_optimizer(trainable + method_parameters(method), name=config.optimizer, lr=config.lr,
-                               weight_decay=config.weight_decay, momentum=config.momentum)
+
+    def new_optimizer() -> torch.optim.Optimizer:
+        return make_optimizer(trainable + method_parameters(method), name=config.optimizer, lr=config.lr,
+                              weight_decay=config.weight_decay, momentum=config.momentum)
+
+    optimizer = new_optimizer()
+    indexed = bool(getattr(method, "sample_index", False))
+    epoch_end = getattr(method, "epoch_end", None)
     identity = run_identity(method, config)
     steps_per_epoch = count_steps(adapter, config=config)
     total_steps = steps_per_epoch * config.epochs
@@ -328,7 +408,7 @@ def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config
     for epoch in range(start_epoch, config.epochs):
         set_training_modes(model)
         live = EpochMeans(epoch=epoch, epochs=config.epochs)
-        for index, batch in enumerate(shuffled_batches(adapter, config=config, epoch=epoch)):
+        for index, batch in enumerate(shuffled_batches(adapter, config=config, epoch=epoch, index=indexed)):
             step = epoch * steps_per_epoch + index
             optimizer.zero_grad(set_to_none=True)
             entry = method.gradients(model, adapter, batch, step=step, total_steps=total_steps, device=device)
@@ -336,6 +416,13 @@ def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config
             log.append({"epoch": epoch, "step": step, **entry})
             live.add(entry)
             progress(stage, step + 1, total_steps, live.status())
+        if callable(epoch_end):
+            ended = epoch_end(model, view, epoch=epoch, epochs=config.epochs, device=device)
+            if ended is not None:
+                if ended.figures:
+                    log[-1]["epoch_end"] = ended.figures
+                if ended.fresh_optimizer:
+                    optimizer = new_optimizer()
         if directory is not None:
             save_training_state(directory, epoch=epoch + 1, model=model, optimizer=optimizer, log=log,
                                 method_state=method_state(method), identity=identity)

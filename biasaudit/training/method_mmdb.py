@@ -1,6 +1,7 @@
-"""`mmdb`: the adaptive-margin cosine loss (methods.md section 6). Margins come from train counts of
-label under bias value; cosine logits are taken against the model's own final nn.Linear (its input is
-captured by a hook), so no module is swapped and the export is an in-place normalisation of that layer.
+"""`mmdb`: the adaptive-margin cosine loss (methods.md section 6) in biasaudit's loop, the adapter-bound wrapper over
+the component biasaudit.methods.mmdb.MMDB (so `fix` and a user's own loop compute the same loss). Margins come from
+train counts of label under bias value; cosine logits are taken against the model's own final nn.Linear (its input
+is captured by a hook), so no module is swapped and the export is an in-place normalisation of that layer.
 
 The bias value is the adapter's bias_key or, without one, the k-means discovery of methods.md section 3
 (discovered_bias.py): option `bias` = "key", "kmeans" or "auto" (key when the adapter has one)."""
@@ -19,6 +20,8 @@ from torch import nn
 from biasaudit.adapter import Adapter, optional_hook
 from biasaudit.batches import bias_range, int_column, labels_and_bias
 from biasaudit.errors import AdapterError, CheckpointError, InputError
+from biasaudit.methods.mmdb import MMDB as MMDBLoss
+from biasaudit.methods.mmdb import export_cosine_classifier
 from biasaudit.scanning import ScanConfig
 from biasaudit.training import mmdb
 from biasaudit.training.discovered_bias import DiscoveredBias, dominant_branch, require_branches
@@ -38,14 +41,6 @@ def resolved_bias_source(adapter: Adapter, *, bias: str) -> str:
     return bias
 
 
-class _InputTap:
-    def __init__(self) -> None:
-        self.value: torch.Tensor | None = None
-
-    def __call__(self, module: nn.Module, args: tuple) -> None:
-        self.value = args[0]
-
-
 @dataclass
 class MMDB:
     scale: float = 4.0
@@ -60,6 +55,7 @@ class MMDB:
     source: str | None = None  # "key" or "kmeans" once prepared
     bias_label: str | None = None  # where the bias values came from, in words, for the manifests
     discovered: DiscoveredBias | None = field(default=None, repr=False)
+    _loss: MMDBLoss | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.bias not in BIAS_SOURCES:
@@ -102,8 +98,7 @@ class MMDB:
         self.table = mmdb.bias_margins(labels_all, bias_all, num_classes=adapter.num_classes, num_bias=num_bias,
                                        min_count=self.min_count, entropy_gate=self.entropy_gate)
         self.warning = mmdb.check_scale(self.scale, self.table)
-        self._margins = self.table.margins.to(device)
-        self._linear = self._classifier(model, adapter)
+        self._loss = MMDBLoss(self._classifier(model, adapter), self.table, scale=self.scale)
 
     def batch_bias(self, batch: Mapping[str, Any], adapter: Adapter, *, split: str, device: torch.device) -> np.ndarray:
         """Every sample's bias value (int64 [B]), the same function on train and on validation batches."""
@@ -111,20 +106,19 @@ class MMDB:
             return self.discovered.values(batch, adapter, device=device)
         return int_column(batch, adapter.bias_key, what="bias", split=split)
 
-    def cosines(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, device: torch.device) -> torch.Tensor:
-        tap = _InputTap()
-        handle = self._linear.register_forward_pre_hook(tap)
-        try:
+    def _features(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, device: torch.device) -> torch.Tensor:
+        assert self._loss is not None, "prepare() first"
+        with self._loss.capture():
             adapter.forward(model, adapter.prepare(batch, device=device))
-        finally:
-            handle.remove()
-        features = tap.value.flatten(1)
-        return F.normalize(features, dim=1, eps=mmdb.NORM_EPS) @ F.normalize(self._linear.weight, dim=1, eps=mmdb.NORM_EPS).T
+        return self._loss.features
+
+    def cosines(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, device: torch.device) -> torch.Tensor:
+        return self._loss.cosines(self._features(model, adapter, batch, device=device))
 
     def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
-        cos = self.cosines(model, adapter, batch, device=device)
+        features = self._features(model, adapter, batch, device=device)
         bias = torch.as_tensor(self.batch_bias(batch, adapter, split="train", device=device)).to(device)
-        loss = mmdb.mmdb_loss(cos, train_labels(batch, adapter, device), bias, self._margins, scale=self.scale)
+        loss = self._loss.loss(features, train_labels(batch, adapter, device), bias)
         loss.backward()
         return {"loss": float(loss.detach())}
 
@@ -150,11 +144,7 @@ class MMDB:
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:
         """Normalised rows, zero bias: the original architecture predicts argmax cos θ (methods.md section 6)."""
-        linear = self._classifier(model, adapter)
-        with torch.no_grad():
-            linear.weight.copy_(F.normalize(linear.weight, dim=1, eps=mmdb.NORM_EPS))
-            if linear.bias is not None:
-                linear.bias.zero_()
+        export_cosine_classifier(self._classifier(model, adapter))
 
     # A resumed run refits the clusters from the same starting checkpoint, then adopts the saved centroids (they must agree).
     def extra_state(self) -> dict[str, Any]:

@@ -3,6 +3,12 @@
 ce       plain cross-entropy fine-tuning: the honest control for every comparison (method_ce.py).
 mmdb     adaptive-margin cosine loss, methods.md section 6 (method_mmdb.py).
 balgrad  gradient reweighting and projection, methods.md section 7 (method_balgrad.py).
+groupdro Group DRO's loss over (label, bias value) groups, methods.md section 8 (method_group_dro.py).
+jtt      Just Train Twice: ERM, the error set, then ERM again with it up-weighted (method_jtt.py).
+dandr    Diagnosing & Re-learning: plain CE with soft re-initialisations at epoch ends (method_dandr.py).
+dfr      Deep Feature Reweighting: a post-hoc refit of the final linear layer, no training loop (method_dfr.py).
+
+The last four wrap the components of biasaudit.methods, called as a user's own loop calls them.
 """
 
 from __future__ import annotations
@@ -12,9 +18,13 @@ from typing import Any
 from biasaudit.errors import InputError
 from biasaudit.training.method_balgrad import BalGrad
 from biasaudit.training.method_ce import CrossEntropy
+from biasaudit.training.method_dandr import DandR
+from biasaudit.training.method_dfr import DFR
+from biasaudit.training.method_group_dro import GroupDRO
+from biasaudit.training.method_jtt import JTT
 from biasaudit.training.method_mmdb import MMDB
 
-METHODS = {"ce": CrossEntropy, "mmdb": MMDB, "balgrad": BalGrad}
+METHODS = {"ce": CrossEntropy, "mmdb": MMDB, "balgrad": BalGrad, "groupdro": GroupDRO, "jtt": JTT, "dandr": DandR, "dfr": DFR}
 
 
 def make_method(name: str, **options: Any):

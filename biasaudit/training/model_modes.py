@@ -4,14 +4,10 @@
   pretrained encoder under linear probing) keeps its loaded BatchNorm statistics and draws no dropout
   while the rest of the model trains; `model.train()` alone would let every training batch move those
   statistics, changing an encoder that was meant to be fixed.
-- `evaluation_modes` runs a block with every module in eval mode and restores each module's own flag
-  afterwards (not one flag for the whole model, which would undo the frozen parts' eval mode).
+- BalGrad's unimodal passes run in eval mode inside biasaudit.methods.heads, which restores each module's own flag.
 """
 
 from __future__ import annotations
-
-from contextlib import contextmanager
-from typing import Iterator
 
 from torch import nn
 
@@ -41,13 +37,3 @@ def set_training_modes(model: nn.Module) -> list[str]:
         module.eval()
     return [names[id(module)] for module in frozen]
 
-
-@contextmanager
-def evaluation_modes(model: nn.Module) -> Iterator[None]:
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.train(training)
