@@ -155,7 +155,8 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
         bootstrap: int = 1000, projection: str = "umap", options: Mapping[str, Any] | None = None, inplace: bool = False,
         before: Audit | None = None, state_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> FixResult:
     """Audit `model` on `split`, retrain it on `train_split` with `method` (see `biasaudit.training.methods.METHODS`:
-    ce, mmdb, balgrad, groupdro, jtt, dandr, dfr; `options` are the method's own, e.g. {"eta": 0.05} for groupdro,
+    ce, mmdb, balgrad, ogm_ge, mmpareto, groupdro, jtt, dandr, dfr; `options` are the method's own, e.g. {"alpha": 0.5}
+    for ogm_ge, {"gamma": 1.5, "head_mode": "separate"} for mmpareto, {"eta": 0.05} for groupdro,
     {"upweight": 10.0, "fraction": 0.5} for jtt, {"every": 5, "max_times": 3} for dandr, {"c_grid": (0.1, 1.0)} for
     dfr), audit again the same way and compare. `dfr` refits the final linear layer post hoc: the training arguments
     (epochs, lr, batch_size, optimizer, ...) are not used.

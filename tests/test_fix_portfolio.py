@@ -241,7 +241,7 @@ class NoHooks(DigitsCaptionsAdapter):
     (NoHooks(), "dandr", {"every": 1}, 2, "D&R needs one module per modality"),
     (NoHooks(), "dfr", {}, 2, "DFR refits the model's final linear layer"),
     (DigitsCaptionsAdapter(), "jtt", {}, 1, "stage 2 none"),
-    (DigitsCaptionsAdapter(), "dandr", {}, 20, "needs epochs after that to re-learn"),
+    (DigitsCaptionsAdapter(), "dandr", {"every": 20}, 20, "needs epochs after that to re-learn"),
 ])
 def test_what_a_method_needs_and_the_adapter_lacks_is_refused_in_one_sentence_before_any_audit(adapter, method, options, epochs,
                                                                                                needle, baseline, monkeypatch):
@@ -273,3 +273,12 @@ def test_fix_cli_groupdro_end_to_end(baseline, tmp_path):
     assert compare["summary"]["full"]["after"] is not None
     assert log["training"]["method"] == "groupdro" and log["training"]["settings"]["eta"] == 0.05
     assert all("q_max" in step for step in log["steps"])
+
+
+@pytest.mark.parametrize("epochs, every", [(20, 5), (60, 15), (3, 1)])
+def test_dandr_by_default_spreads_its_reinitialisations_over_the_run(epochs, every):
+    # Before: the default R = 20 refused fix's default 20 epochs; a user running `fix --method dandr` got an error.
+    method = make_method("dandr")
+    method.check_config(TrainConfig(epochs=epochs))
+    assert method.every == every
+    assert make_method("dandr", every=7).every == 7

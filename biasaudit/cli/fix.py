@@ -29,7 +29,7 @@ def _c_grid(text: str) -> tuple[float, ...]:
 def fix(
     checkpoint: Path = typer.Argument(..., help="State dict of the biased model; it is never modified."),
     adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP, rich_help_panel="Model and data"),
-    method: Method = typer.Option("mmdb", help="ce (plain fine-tuning, the control), mmdb, balgrad, groupdro, jtt, dandr or dfr "
+    method: Method = typer.Option("mmdb", help="ce (plain fine-tuning, the control), mmdb, balgrad, ogm_ge, mmpareto, groupdro, jtt, dandr or dfr "
                                   "(post hoc: refits the final linear layer, no training epochs; the training options are ignored).",
                                   rich_help_panel="Training"),
     out_dir: Path = typer.Option(Path("biasaudit-fix"), "--out", "-o", help="Directory for model.pt, before/after audits, compare.json, train_log.json.", rich_help_panel="Model and data"),
@@ -76,16 +76,25 @@ def fix(
     beta: float = typer.Option(1.0, help="BalGrad: weight of the unimodal losses on the branches.", rich_help_panel="BalGrad"),
     kl_mode: KLMode = typer.Option("mutual", "--kl-mode", help="BalGrad: mutual or undirected.", rich_help_panel="BalGrad"),
     projection: BalGradProjection = typer.Option("global", help="BalGrad: global or per_modality projection.", rich_help_panel="BalGrad"),
-    head_mode: HeadMode = typer.Option("shared_zero", "--head-mode", help="BalGrad unimodal heads: shared_zero (the model with the other branch zeroed), "
-                                  "ogm_split (classifier weight slices, half the bias) or separate (new training-only linear heads).", rich_help_panel="BalGrad"),
+    head_mode: Optional[HeadMode] = typer.Option(None, "--head-mode", help="BalGrad, OGM-GE, MMPareto unimodal heads: shared_zero (the model with the "
+                                            "other branch zeroed), ogm_split (classifier weight slices, half the bias) or separate (new "
+                                            "training-only linear heads). Default: shared_zero for balgrad, ogm_split for ogm_ge, separate "
+                                            "for mmpareto.", rich_help_panel="BalGrad, OGM-GE, MMPareto"),
+    alpha: float = typer.Option(0.3, "--alpha", help="OGM-GE: α of the coefficient k = 1 − tanh(α·ρ) on the dominant branch's gradients "
+                                "(reference range 0.1-0.8).", rich_help_panel="OGM-GE"),
+    ge: bool = typer.Option(True, "--ge/--no-ge", help="OGM-GE: add the generalisation-enhancement noise N(0, std(g)²) to the "
+                            "modulated gradients.", rich_help_panel="OGM-GE"),
+    gamma: float = typer.Option(1.5, "--gamma", help="MMPareto: γ, the factor on every branch's integrated gradient.",
+                                rich_help_panel="MMPareto"),
     eta: float = typer.Option(0.01, "--eta", help="Group DRO: step size of the group weights q (q_g <- q_g exp(eta L_g)); groups are "
                               "(label, bias value), the bias value as --bias says.", rich_help_panel="Group DRO"),
     jtt_upweight: float = typer.Option(10.0, "--jtt-upweight", help="JTT: loss weight λ of stage 1's misclassified training samples in stage 2.",
                                        rich_help_panel="JTT"),
     jtt_fraction: float = typer.Option(0.5, "--jtt-fraction", help="JTT: fraction of --epochs spent on stage 1 (plain ERM); stage 2 restarts "
                                        "from the starting weights for the rest.", rich_help_panel="JTT"),
-    dandr_every: int = typer.Option(20, "--dandr-every", help="D&R: re-initialise after every this many epochs (needs more --epochs than "
-                                    "this: nothing re-learns after the last one).", rich_help_panel="D&R"),
+    dandr_every: Optional[int] = typer.Option(None, "--dandr-every", help="D&R: re-initialise after every this many epochs (default: "
+                                              "epochs // (max-times + 1), e.g. 5 of 20; the paper's 20 suits 100+ epochs).",
+                                              rich_help_panel="D&R"),
     dandr_max_times: int = typer.Option(3, "--dandr-max-times", help="D&R: at most this many re-initialisations.", rich_help_panel="D&R"),
     dfr_c_grid: str = typer.Option("0.1,0.3,1,3,10", "--dfr-c-grid", help="DFR: candidate inverse L2 strengths C, comma-separated, chosen "
                                    "by worst-group accuracy on half of val (else a seeded 20% of train).", rich_help_panel="DFR"),
@@ -112,10 +121,14 @@ def fix(
                                       "dominant": bias_modality},
                    "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
                                "projection": projection, "head_mode": head_mode, "weights": balgrad_weights},
+                   "ogm_ge": {"alpha": alpha, "ge": ge, "head_mode": head_mode},
+                   "mmpareto": {"gamma": gamma, "head_mode": head_mode},
                    "groupdro": {"eta": eta, "bias": bias_source, "dominant": bias_modality},
                    "jtt": {"upweight": jtt_upweight, "fraction": jtt_fraction},
                    "dandr": {"every": dandr_every, "max_times": dandr_max_times},
                    "dfr": {"c_grid": _c_grid(dfr_c_grid), "bias": bias_source, "dominant": bias_modality}}
+        options = {name: {k: v for k, v in given.items() if not (k == "head_mode" and v is None)}  # None: the method's default
+                   for name, given in options.items()}
         loaded = load_adapter(adapter)
         train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, optimizer=optimizer,
                                    weight_decay=weight_decay, momentum=momentum)

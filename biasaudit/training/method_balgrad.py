@@ -3,8 +3,8 @@ the adapter-bound wrapper over the components biasaudit.methods.balgrad.BalGrad 
 biasaudit.methods.heads.UnimodalHeads (the head modes shared_zero, ogm_split, separate; their docstring says how each
 is computed), so that `fix` and a user's own loop write the same gradients.
 
-The adapter's branches(model) names the two branches, its classifier(model) the ogm_split layer; the separate heads
-are sized by one eval-mode forward of the first train batch and seeded by the run seed. KL weights (`weights`,
+The adapter's branches(model) names the two branches, its classifier(model) the ogm_split layer (branch_heads.py,
+shared with OGM-GE and MMPareto). KL weights (`weights`,
 methods.md 7.4): `batch` from this batch's detached L_v, L_l; `running` from their exponential moving averages
 (momentum 0.9). The separate heads and the running averages are training state: the loop puts the heads in the
 optimizer (`extra_parameters`) and saves/restores both with every epoch (`extra_state`).
@@ -20,16 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.errors import AdapterError, CheckpointError, DataError, InputError
+from biasaudit.adapter import Adapter
+from biasaudit.errors import CheckpointError, InputError
 from biasaudit.methods import _balgrad_math as bg
 from biasaudit.methods.balgrad import RUNNING_MOMENTUM, WEIGHT_MODES
 from biasaudit.methods.balgrad import BalGrad as BalGradComponent
-from biasaudit.methods.heads import HEAD_MODES, UnimodalHeads, branch_widths
-from biasaudit.training.balgrad import split_parameters
+from biasaudit.methods.heads import HEAD_MODES
+from biasaudit.training.branch_heads import BranchHeads
 from biasaudit.training.method_ce import train_labels
-
-PROBE_SPLIT = "train"  # the split whose first batch tells the separate heads their input widths
 
 __all__ = ["BalGrad", "HEAD_MODES", "WEIGHT_MODES", "RUNNING_MOMENTUM"]
 
@@ -62,69 +60,23 @@ class BalGrad:
             raise InputError(f"BalGrad's initial λ (--lambda-initial) is {self.lambda_initial!r}; expected a number between 0 and 1.")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
             raise InputError(f"BalGrad's β (--beta) is {self.beta!r}; expected a finite number >= 0.")
-        self._heads: UnimodalHeads | None = None
+        self._heads = BranchHeads("BalGrad", self.head_mode, exactly_two=True)
         self._step: BalGradComponent | None = None
 
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
-        """Build the components for this model. The separate heads are initialised from a generator seeded by
-        torch.initial_seed(), which the training loop sets to the run seed just before calling this."""
-        branches = self.check(model, adapter)
-        widths, classifier = None, None
-        if self.head_mode == "ogm_split":
-            classifier = self._final_linear(model, adapter)
-        elif self.head_mode == "separate":
-            widths = self._branch_widths(model, adapter, branches, device=device)
-        self._heads = UnimodalHeads(model, branches, mode=self.head_mode, classifier=classifier,
-                                    num_classes=adapter.num_classes if widths else None, widths=widths,
-                                    seed=torch.initial_seed())
+        """Build the heads (branch_heads.BranchHeads) and the step for this model."""
+        branches = self._heads.prepare(model, adapter, device=device)
         # θ_T is every trainable parameter outside the branches, in the model's order (split_parameters), as before.
         self._step = BalGradComponent(branches, lambda_initial=self.lambda_initial, schedule=self.schedule, beta=self.beta,
                                       kl_mode=self.kl_mode, projection=self.projection, weights=self.weights, model=model)
 
     def check(self, model: nn.Module, adapter: Adapter) -> dict[str, nn.Module]:
         """The two branch modules, or the AdapterError that stops the run before any audit or training."""
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            raise AdapterError(f"BalGrad needs the model itself, not a {type(model).__name__} wrapper (its replicas would capture "
-                               "branch outputs on several devices); have build_model() return the bare module.")
-        branches = optional_hook(adapter, "branches", model)
-        if branches and len(branches) != 2:
-            raise AdapterError(f"BalGrad is defined for exactly two modalities (methods.md section 7), but the adapter's branches(model) "
-                               f"names {len(branches)}: {', '.join(branches)}; use --method ce or mmdb, or return two branches.")
-        if not branches:
-            raise AdapterError("BalGrad needs the adapter's branches(model) hook to return the two per-modality branch modules, "
-                               "e.g. {'image': model.image_branch, 'text': model.text_branch}.")
-        split_parameters(model, dict(branches))  # branches without trainable parameters, shared or foreign ones
-        if self.head_mode == "ogm_split":
-            self._final_linear(model, adapter)
-        return dict(branches)
-
-    def _final_linear(self, model: nn.Module, adapter: Adapter) -> nn.Linear:
-        linear = optional_hook(adapter, "classifier", model)
-        if not isinstance(linear, nn.Linear):
-            raise AdapterError("BalGrad's ogm_split head mode needs the adapter's classifier(model) hook to return the model's "
-                               "final nn.Linear (the layer on the concatenated branch outputs).")
-        if not any(p is linear.weight for p in model.parameters()):
-            raise AdapterError("The nn.Linear from the adapter's classifier(model) hook is not part of the model.")
-        return linear
-
-    def _branch_widths(self, model: nn.Module, adapter: Adapter, branches: dict[str, nn.Module], *,
-                       device: torch.device) -> dict[str, int]:
-        """Each branch's flattened output width, from one eval-mode, no-grad forward of the first train batch."""
-        batch = next(iter(adapter.data(PROBE_SPLIT, batch_size=2)), None)
-        if batch is None:
-            raise DataError(f"Split {PROBE_SPLIT!r} is empty; BalGrad's separate heads need one batch to size themselves.")
-        return branch_widths(model, branches, lambda: adapter.forward(model, adapter.prepare(batch, device=device)))
+        return self._heads.check(model, adapter)
 
     def logits(self, model, adapter, inputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(fused logits, unimodal logits {v: o_v, l: o_l}) under the head mode."""
-        assert self._heads is not None, "prepare() first"
-        with self._heads.capture():
-            fused = adapter.forward(model, inputs)
-        for name, problem in self._heads.output_problems().items():  # said in the adapter's terms: its hook named them
-            raise AdapterError(f"BalGrad needs every module from the adapter's branches(model) hook to run in the forward and "
-                               f"output one tensor [batch, ...], but the branch {name!r} {problem}; name the module that ends "
-                               "the branch (e.g. its projection layer) instead.")
-        return fused, self._heads.logits(lambda: adapter.forward(model, inputs))
+        return self._heads.logits(model, adapter, inputs)
 
     def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
         assert self._step is not None, "prepare() first"
@@ -135,31 +87,29 @@ class BalGrad:
 
     def extra_parameters(self) -> list[nn.Parameter]:
         """Training-only parameters the optimizer must also update: the separate heads'."""
-        return self._heads.parameters() if self._heads is not None else []
+        return self._heads.parameters()
 
     def extra_state(self) -> dict[str, Any]:
-        heads = self._heads.state_dict()["heads"] if self._heads is not None else {}
+        heads = self._heads.state()
         running = self._step.state_dict()["running"] if self._step is not None else None
         return {"head_mode": self.head_mode, "weights": self.weights, "heads": heads, "running": running}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore the heads and running averages of an interrupted run (after `prepare`)."""
-        assert self._heads is not None and self._step is not None, "prepare() first"
+        assert self._step is not None, "prepare() first"
         # A state without the method section was written before head modes existed: the defaults.
         recorded = (state.get("head_mode", "shared_zero"), state.get("weights", "batch"))
         if recorded != (self.head_mode, self.weights):
             raise CheckpointError(f"The training state to resume was written with BalGrad head mode {recorded[0]!r} and "
                                   f"weights {recorded[1]!r}, not {self.head_mode!r} and {self.weights!r}; resume with the same options.")
-        self._heads.load_state_dict({"mode": self.head_mode, "heads": state.get("heads", {})})
+        self._heads.load_state(state.get("heads", {}))
         self._step.load_state_dict({"weights": self.weights, "running": state.get("running")})
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:
         pass  # the unimodal heads are training-only and never were part of the model
 
     def settings(self) -> dict[str, Any]:
-        heads = self._heads.heads if self._heads is not None else {}
         return {"lambda_initial": self.lambda_initial, "schedule": self.schedule, "beta": self.beta,
                 "kl_mode": self.kl_mode, "projection": self.projection, "head_mode": self.head_mode,
                 "weights": self.weights, "weights_momentum": RUNNING_MOMENTUM if self.weights == "running" else None,
-                "head_inputs": {m: head.in_features for m, head in heads.items()} or None,
-                "modalities": list(self._heads.branches) if self._heads is not None else None}  # v, l of the logs, in this order
+                **self._heads.settings()}  # its modalities: v, l of the logs, in this order

@@ -61,15 +61,25 @@ def branch_features(model: nn.Module, adapter: Any, branches: Mapping[str, nn.Mo
     return {name: torch.cat(parts) for name, parts in captured.items()}, torch.cat(labels).long()
 
 
+def every_for(epochs: int, max_times: int) -> int:
+    """The default R: max_times re-initialisations evenly over the run, each followed by R epochs to re-learn
+    (20 epochs, 3 times: after epochs 5, 10 and 15)."""
+    return max(1, epochs // (max_times + 1))
+
+
 class DandR:
     name = "dandr"
     validates = True  # fix holds out part of train when the adapter has no val split
 
-    def __init__(self, *, every: int = 20, max_times: int = 3) -> None:
+    def __init__(self, *, every: int | None = None, max_times: int = 3) -> None:
         for flag, value, least in (("--dandr-every", every, 1), ("--dandr-max-times", max_times, 0)):
+            if value is None and flag == "--dandr-every":
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InputError(f"{flag} is {value!r}; expected an integer of at least {least}.")
-        self.every, self.max_times = every, max_times
+        # None: spread the re-initialisations over the run (check_config), so that fix's default 20 epochs work; the
+        # paper's R = 20 belongs to runs of 100+ epochs.
+        self.every_option, self.every, self.max_times = every, every or 1, max_times
         self.parts: DandRParts | None = None
         self.validated_on: str | None = None
 
@@ -82,6 +92,8 @@ class DandR:
             raise AdapterError(f"D&R cannot re-initialise the modules of the adapter's branches(model) hook: it expects {expected}") from exc
 
     def check_config(self, config: TrainConfig) -> None:
+        if self.every_option is None:
+            self.every = every_for(config.epochs, self.max_times)
         if config.epochs < self.every + 1:
             raise InputError(f"D&R re-initialises after every {self.every} epochs and needs epochs after that to re-learn, but "
                              f"--epochs is {config.epochs}; expected at least {self.every + 1} epochs or a smaller --dandr-every.")
@@ -118,7 +130,8 @@ class DandR:
         pass
 
     def settings(self) -> dict[str, Any]:
-        return {"every": self.every, "max_times": self.max_times, "validated_on": self.validated_on,
+        return {"every": self.every, "every_from": "--dandr-every" if self.every_option else "epochs // (max_times + 1)",
+                "max_times": self.max_times, "validated_on": self.validated_on,
                 "branches": list(self.parts.branches) if self.parts is not None else None,
                 "kmeans_seed": self.parts.seed if self.parts is not None else None}
 

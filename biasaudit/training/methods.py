@@ -3,12 +3,14 @@
 ce       plain cross-entropy fine-tuning: the honest control for every comparison (method_ce.py).
 mmdb     adaptive-margin cosine loss, methods.md section 6 (method_mmdb.py).
 balgrad  gradient reweighting and projection, methods.md section 7 (method_balgrad.py).
+ogm_ge   OGM-GE's on-the-fly gradient modulation with generalisation enhancement, section 8 (method_ogm_ge.py).
+mmpareto MMPareto's integration of fused and unimodal gradients, section 8 (method_mmpareto.py).
 groupdro Group DRO's loss over (label, bias value) groups, methods.md section 8 (method_group_dro.py).
 jtt      Just Train Twice: ERM, the error set, then ERM again with it up-weighted (method_jtt.py).
 dandr    Diagnosing & Re-learning: plain CE with soft re-initialisations at epoch ends (method_dandr.py).
 dfr      Deep Feature Reweighting: a post-hoc refit of the final linear layer, no training loop (method_dfr.py).
 
-The last four wrap the components of biasaudit.methods, called as a user's own loop calls them.
+All but ce and mmdb wrap the components of biasaudit.methods, called as a user's own loop calls them.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from biasaudit.training.method_dfr import DFR
 from biasaudit.training.method_group_dro import GroupDRO
 from biasaudit.training.method_jtt import JTT
 from biasaudit.training.method_mmdb import MMDB
+from biasaudit.training.method_mmpareto import MMPareto
+from biasaudit.training.method_ogm_ge import OGMGE
 
-METHODS = {"ce": CrossEntropy, "mmdb": MMDB, "balgrad": BalGrad, "groupdro": GroupDRO, "jtt": JTT, "dandr": DandR, "dfr": DFR}
+METHODS = {"ce": CrossEntropy, "mmdb": MMDB, "balgrad": BalGrad, "ogm_ge": OGMGE, "mmpareto": MMPareto,
+           "groupdro": GroupDRO, "jtt": JTT, "dandr": DandR, "dfr": DFR}
 
 
 def make_method(name: str, **options: Any):
