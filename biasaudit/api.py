@@ -18,7 +18,7 @@ from biasaudit.gating import GateRules
 from biasaudit.progress import Progress
 from biasaudit.results.audit import Audit
 from biasaudit.results.comparison import Comparison
-from biasaudit.results.fix_result import FixResult
+from biasaudit.results.fix_result import AlsoSplitResult, FixResult
 from biasaudit.results.gate_result import GateResult
 from biasaudit.training.optimizers import OPTIMIZERS
 
@@ -147,13 +147,14 @@ def gate(current: Audit, *, rules: GateRules | Mapping[str, Any], baseline: Audi
 @checked("ba.fix", epochs=at_least(1), lr=positive_finite, batch_size=at_least(1), optimizer=one_of(OPTIMIZERS),
          weight_decay=non_negative_finite, momentum=lambda value: None if 0 <= value < 1 else "a number from 0 up to (not including) 1",
          train_split=not_empty, split=not_empty,
-         seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"))
+         seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"), also_split=not_empty)
 def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
         optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
         train_split: str = "train", split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
         device: str | torch.device = "cpu",
         bootstrap: int = 1000, projection: str = "umap", options: Mapping[str, Any] | None = None, inplace: bool = False,
-        before: Audit | None = None, state_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> FixResult:
+        before: Audit | None = None, state_dir: str | os.PathLike | None = None, progress: Progress | None = None,
+        also_split: str | None = "auto", from_scratch: bool = False) -> FixResult:
     """Audit `model` on `split`, retrain it on `train_split` with `method` (see `biasaudit.training.methods.METHODS`:
     ce, mmdb, balgrad, ogm_ge, mmpareto, groupdro, jtt, dandr, dfr; `options` are the method's own, e.g. {"alpha": 0.5}
     for ogm_ge, {"gamma": 1.5, "head_mode": "separate"} for mmpareto, {"eta": 0.05} for groupdro,
@@ -164,9 +165,13 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
 
     The caller's model is left untouched unless `inplace=True` (then it is the one trained). `before` reuses an
     audit of this model taken with the same settings. `state_dir` keeps the training state after every epoch. The
-    caller's global random generators are put back as they were. Arguments are checked before any work, as
+    caller's global random generators are put back as they were.
+    `also_split` audits a second split before and after in the same way ("auto": `test` when `split` is out of
+    distribution, i.e. its bias distribution differs from train's; None: no second split); the result's `also` holds
+    it and the verdict quotes its Full accuracy change. `from_scratch=True` trains from `adapter.build_model()`'s
+    initial weights (seeded by `seed`), the papers' protocol; `before` is then the starting model's audit. Arguments are checked before any work, as
     ba.scan's are."""
-    from biasaudit.fixing import check_before, check_method, fix_model
+    from biasaudit.fixing import check_before, check_method, check_plan, fix_model
     from biasaudit.training.loop import TrainConfig
 
     device = str(device)
@@ -183,9 +188,13 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
         check_before(before.to_dict(), config=scan_config, checkpoint_sha=None, named="before",
                      remedy="pass an audit taken with the same settings, or none")
     trained = model if inplace else copy.deepcopy(model)
+    check_plan(adapter, method=method, split=split, also_split=also_split, from_scratch=from_scratch)
     outcome = fix_model(trained, adapter, method=method, method_options=dict(options or {}), train_config=train_config,
                         scan_config=scan_config, before=before.to_dict() if before is not None else None, state_dir=state_dir,
-                        progress=progress)
+                        progress=progress, also_split=also_split, from_scratch=from_scratch)
+    also = outcome.also
     return FixResult(model=trained, before=Audit.from_dict(outcome.before), after=Audit.from_dict(outcome.after),
                      comparison=Comparison.from_dict(outcome.comparison),
-                     train_log={"training": outcome.training, "steps": outcome.steps})
+                     train_log={"training": outcome.training, "steps": outcome.steps},
+                     also=AlsoSplitResult(split=also.split, before=Audit.from_dict(also.before), after=Audit.from_dict(also.after),
+                                          comparison=Comparison.from_dict(also.comparison)) if also is not None else None)

@@ -57,9 +57,10 @@ class OutputSet:
     file and the directories this run created, if empty.
     """
 
-    def __init__(self, out: str | os.PathLike, *, files: tuple[str, ...], option: str = "--out") -> None:
+    def __init__(self, out: str | os.PathLike, *, files: tuple[str, ...], option: str = "--out", optional: tuple[str, ...] = ()) -> None:
         self.out = Path(out)
         self.files = tuple(files)
+        self.optional = tuple(optional)  # files a run may add (include); the commit removes those it did not write
         self.option = option
         self.run_id = uuid.uuid4().hex
         self.committed = False
@@ -99,6 +100,13 @@ class OutputSet:
             self._stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.out))
         return self._stage / name
 
+    def include(self, *names: str) -> None:
+        """Make optional files part of this set; before the first stamp, which lists the set's files."""
+        unknown = [name for name in names if name not in self.optional]
+        if unknown:
+            raise ValueError(f"{unknown} are not optional files of this set {self.optional}")
+        self.files += tuple(name for name in names if name not in self.files)
+
     def record_binary(self, name: str) -> None:
         """Record the SHA-256 of a staged binary file (a state dict cannot carry a stamp inside it)."""
         self._sha256[name] = file_sha256(self.staged(name))
@@ -118,6 +126,9 @@ class OutputSet:
             atomic_write_bytes(json.dumps({"id": self.run_id, "files": list(self.files)}).encode("utf-8"), marker)
             for name in order:
                 os.replace(self.staged(name), self.out / name)
+            for name in self.optional:  # an earlier run's optional file would pose as this run's
+                if name not in self.files:
+                    (self.out / name).unlink(missing_ok=True)
             os.unlink(marker)
             self.committed = True
         return {name: self.out / name for name in self.files}

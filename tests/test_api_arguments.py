@@ -6,7 +6,9 @@ of the wrong conditions, or a FileExistsError naming a temporary file, instead o
 
 The enumeration is the test's own guard: every public callable found on `biasaudit` must have an entry in CALLS, and
 every one of its parameters a wrong value in WRONG_VALUES or a reason in EVERY_VALUE_FITS, so a parameter added
-later without a check fails here until it has one.
+later without a check fails here until it has one. The fix methods that users put into their own loops
+(`biasaudit.methods`, issue 21) have tables of their own, METHOD_CALLS and the rest, checked the same way: there a
+mistake would surface as a shape error inside autograd, or a gradient quietly rescaled by a string.
 """
 
 from __future__ import annotations
@@ -15,17 +17,24 @@ import dataclasses
 import importlib.util
 import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import biasaudit as ba
+import biasaudit.methods as bm
 from biasaudit.errors import ArgumentTypeError, BiasAuditError, InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(FIXTURES))
+from method_models import TwoBranch  # noqa: E402
+
+sys.path.pop(0)
 FAST = dict(bootstrap=50, projection="pca", gradient_batches=1, batch_size=32, min_wrong=1)
 
 
@@ -127,25 +136,34 @@ NOT_CALLED = {
 USER_BUILT = {"GateRules", "Modality"}
 
 
-def _public_callables() -> set[str]:
+def _public_callables(module, prefix: str, *, user_built: set[str], not_called: dict[str, str], calls: dict,
+                      no_methods: tuple[str, ...] = ()) -> set[str]:
+    """The names a table must list for `module.__all__`: f"{prefix}.{function}", f"{prefix}.{class}" for the classes
+    users build, and f"{class}.{method}" for every public method of every class but those in `no_methods`."""
     found = set()
-    for name in ba.__all__:
-        obj = getattr(ba, name)
+    for name in module.__all__:
+        obj = getattr(module, name)
         if inspect.isfunction(obj):
-            found.add(f"ba.{name}")
+            found.add(f"{prefix}.{name}")
         elif inspect.isclass(obj):
-            if name in USER_BUILT:
-                found.add(f"ba.{name}")
+            if name in user_built:
+                found.add(f"{prefix}.{name}")
             else:
-                assert name in NOT_CALLED or any(key.startswith(name + ".") for key in CALLS), f"ba.{name} is neither listed nor excluded"
-            if name not in ("Adapter", "BiasAuditError"):
+                assert name in not_called or any(key.startswith(name + ".") for key in calls), f"{prefix}.{name} is neither listed nor excluded"
+            if name not in no_methods:
                 found |= {f"{name}.{attr}" for attr, value in vars(obj).items()
                           if not attr.startswith("_") and (inspect.isfunction(value) or isinstance(value, (classmethod, staticmethod)))}
     return found
 
 
 def test_every_public_callable_is_covered_by_this_test():
-    assert _public_callables() == set(CALLS)
+    assert _public_callables(ba, "ba", user_built=USER_BUILT, not_called=NOT_CALLED, calls=CALLS,
+                             no_methods=("Adapter", "BiasAuditError")) == set(CALLS)
+
+
+def _signature_parameters(target: Callable) -> list[str]:
+    return [p.name for p in inspect.signature(target).parameters.values()
+            if p.name not in ("self", "cls") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
 def _parameters(name: str) -> list[str]:
@@ -156,8 +174,7 @@ def _parameters(name: str) -> list[str]:
     if target is None:
         cls, method = name.split(".")
         target = getattr(getattr(ba, cls), method)
-    names = [p.name for p in inspect.signature(target).parameters.values()
-             if p.name not in ("self", "cls") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    names = _signature_parameters(target)
     if name == "ba.scan":
         from biasaudit.api import _settings
 
@@ -181,10 +198,14 @@ def _no_work(monkeypatch) -> None:
 def test_a_wrong_type_is_a_type_error_naming_the_parameter(call, parameter, world, monkeypatch):
     _no_work(monkeypatch)
     function, arguments = CALLS[call](world)
+    _assert_a_type_error_naming(function, arguments, parameter, re.escape(f"'{parameter}'"))
+
+
+def _assert_a_type_error_naming(function: Callable, arguments: dict[str, Any], parameter: str, name: str) -> None:
     with pytest.raises(ArgumentTypeError) as raised:
         function(**{**arguments, parameter: Alien()})
     assert isinstance(raised.value, TypeError) and isinstance(raised.value, BiasAuditError)
-    assert f"'{parameter}'" in str(raised.value) and str(raised.value).count(". ") <= 3, str(raised.value)
+    assert re.search(name, str(raised.value)) and str(raised.value).count(". ") <= 3, str(raised.value)
 
 
 def _directory(w: World) -> Path:
@@ -230,7 +251,7 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.fix", "momentum"): lambda w: 0.9,  # with the default optimizer, adam, which would ignore it
     ("ba.fix", "train_split"): lambda w: "nosuch", ("ba.fix", "options"): lambda w: {"nosuch": 1},
     ("ba.fix", "before"): lambda w: w.audit,  # taken with other settings (min_wrong=1, ...) than this fix's audits
-    ("ba.fix", "state_dir"): _regular_file,
+    ("ba.fix", "state_dir"): _regular_file, ("ba.fix", "also_split"): lambda w: "nosuch",
     ("ba.compare", "before"): lambda w: w.other_seed, ("ba.compare", "after"): lambda w: w.other_seed,
     ("ba.gate", "rules"): lambda w: ba.GateRules(), ("ba.gate", "baseline"): lambda w: w.other_seed,
     ("ba.gate", "current"): lambda w: w.other_seed,
@@ -254,6 +275,7 @@ EVERY_VALUE_FITS = {
     **{(call, "progress"): "any callable; one of the wrong arity is adapted (biasaudit/progress.py)" for call in ("ba.scan", "ba.fix")},
     ("ba.scan", "distributed"): "True or False: both are valid anywhere (outside a process group True scans alone)",
     ("ba.scan", "mute_compare"): "True or False", ("ba.fix", "inplace"): "True or False",
+    ("ba.fix", "from_scratch"): "True or False (a post-hoc method refuses True: tests/test_fix_plan.py)",
     ("ba.GateRules", "significant"): "True or False",
     ("ba.GateRules", "labels"): "names the options in messages; any names are valid",
     ("ba.Modality", "kind"): "checked where an adapter enters, against the impairments registered then (users may add kinds later)",
@@ -274,7 +296,10 @@ VALUED = sorted(WRONG_VALUES)
 def test_a_wrong_value_is_a_value_error_before_any_work(call, parameter, world, monkeypatch):
     _no_work(monkeypatch)
     function, arguments = CALLS[call](world)
-    value = WRONG_VALUES[(call, parameter)](world)
+    _assert_a_value_error_naming(function, arguments, parameter, WRONG_VALUES[(call, parameter)](world))
+
+
+def _assert_a_value_error_naming(function: Callable, arguments: dict[str, Any], parameter: str, value: Any) -> None:
     with pytest.raises(InputError) as raised:
         function(**{**arguments, parameter: value})
     message = str(raised.value)
@@ -401,3 +426,332 @@ def test_python_errors_of_mute_and_device_name_the_python_parameter(world):
         ba.scan(world.model, world.adapter, mute={"nope": "mean"})
     with pytest.raises(InputError, match=r"^The 'device' parameter of ba\.scan 'nosuch' is not a torch device name"):
         ba.scan(world.model, world.adapter, device="nosuch")
+
+
+# ---- biasaudit.methods: the fix methods as components of a user's own loop ----------------------------------------------
+# The same enumeration over `biasaudit.methods.__all__`: the classes users build ("methods.OGMGE"), the functions
+# ("methods.group_ids") and every public method ("OGMGE.after_backward"), each from fresh objects (a call may write
+# gradients or move a method's state).
+A, B = torch.arange(24.0).reshape(6, 4) / 10, torch.arange(12.0).reshape(6, 2) / 5
+LABELS, BIAS = torch.tensor([0, 1, 2, 0, 1, 2]), torch.tensor([0, 1, 0, 1, 0, 1])
+
+
+def _model() -> TwoBranch:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return TwoBranch(unimodal="ogm_split")
+
+
+def _branches(model: TwoBranch) -> dict[str, nn.Module]:
+    return {"image": model.vision, "text": model.text}
+
+
+def _after_backward() -> tuple[Callable, dict[str, Any]]:
+    model = _model()
+    fused, unimodal = model(A, B)
+    F.cross_entropy(fused, LABELS).backward(retain_graph=True)
+    return bm.OGMGE(_branches(model)).after_backward, dict(unimodal_logits=unimodal, labels=LABELS)
+
+
+def _mmpareto_backward() -> tuple[Callable, dict[str, Any]]:
+    model = _model()
+    fused, unimodal = model(A, B)
+    return bm.MMPareto(_branches(model)).backward, dict(fused_loss=F.cross_entropy(fused, LABELS),
+                                                        unimodal_losses={m: F.cross_entropy(o, LABELS) for m, o in unimodal.items()})
+
+
+def _balgrad_backward() -> tuple[Callable, dict[str, Any]]:
+    model = _model()
+    heads = bm.UnimodalHeads(model, _branches(model), mode="ogm_split", classifier=model.head)
+    with heads.capture():
+        fused, _ = model(A, B)
+    return bm.BalGrad(_branches(model)).backward, dict(fused_loss=F.cross_entropy(fused, LABELS), labels=LABELS, step=0,
+                                                       unimodal_logits=heads.logits(lambda: model(A, B)[0]), total_steps=2, loss_scale=1.0)
+
+
+def _heads(captured: bool = False) -> tuple[TwoBranch, bm.UnimodalHeads]:
+    model = _model()
+    heads = bm.UnimodalHeads(model, _branches(model), mode="ogm_split", classifier=model.head)
+    if captured:
+        with heads.capture():
+            model(A, B)
+    return model, heads
+
+
+def _jtt(finished: bool) -> bm.JTT:
+    jtt = bm.JTT()
+    jtt.record(torch.arange(6), torch.eye(3)[[0, 0, 2, 1, 1, 2]], LABELS)
+    if finished:
+        jtt.finish()
+    return jtt
+
+
+def _dfr_data() -> dict[str, torch.Tensor]:
+    """40 rows of 3 features, labels alternating and groups label * 2 + bias (a group is one (label, bias) pair)."""
+    labels = torch.arange(40) % 2
+    return dict(features=torch.linspace(-1, 1, 120).reshape(40, 3).sin(), labels=labels, groups=labels * 2 + (torch.arange(40) // 2) % 2)
+
+
+def _dfr_result() -> bm.DFRResult:
+    return bm.DFR(c_grid=(1.0,), subsets=1).fit(**_dfr_data())
+
+
+def _epoch_end() -> tuple[Callable, dict[str, Any]]:
+    features = {"image": torch.arange(30.0).reshape(10, 3).cos(), "text": torch.arange(30.0).reshape(10, 3).sin()}
+    labels = torch.arange(10) % 2
+    return bm.DandR(_branches(_model()), every=1).epoch_end, dict(epoch=0, train_features=features, train_labels=labels,
+                                                                 val_features=features, val_labels=labels)
+
+
+def _table() -> bm.MarginTable:
+    return bm.margin_table(LABELS, BIAS, num_classes=3, num_bias=2)
+
+
+def _mmdb() -> bm.MMDB:
+    return bm.MMDB(_model().head, _table())
+
+
+def _with_model(build: Callable[[TwoBranch], tuple[Callable, dict[str, Any]]]) -> Callable[[], tuple[Callable, dict[str, Any]]]:
+    return lambda: build(_model())
+
+
+# name -> a function building (the callable, right keyword arguments for every parameter) from fresh objects.
+METHOD_CALLS: dict[str, Callable[[], tuple[Callable, dict[str, Any]]]] = {
+    "methods.OGMGE": lambda: (bm.OGMGE, dict(branches=_branches(_model()), alpha=0.3, ge=True, seed=0, modulation_epochs=(0, 2))),
+    "OGMGE.set_epoch": lambda: (bm.OGMGE(_branches(_model())).set_epoch, dict(epoch=1)),
+    "OGMGE.modulating": lambda: (bm.OGMGE(_branches(_model())).modulating, {}),
+    "OGMGE.after_backward": _after_backward,
+    "OGMGE.state_dict": lambda: (bm.OGMGE(_branches(_model())).state_dict, {}),
+    "OGMGE.load_state_dict": lambda: (bm.OGMGE(_branches(_model())).load_state_dict, dict(state=bm.OGMGE(_branches(_model())).state_dict())),
+    "methods.MMPareto": lambda: (bm.MMPareto, dict(branches=_branches(_model()), gamma=1.5)),
+    "MMPareto.backward": _mmpareto_backward,
+    "MMPareto.state_dict": lambda: (bm.MMPareto(_branches(_model())).state_dict, {}),
+    "MMPareto.load_state_dict": lambda: (bm.MMPareto(_branches(_model())).load_state_dict, dict(state={})),
+    "methods.GroupDRO": lambda: (bm.GroupDRO, dict(num_groups=3, eta=0.1, present=[True, True, False])),
+    "GroupDRO.from_train_groups": lambda: (bm.GroupDRO.from_train_groups, dict(train_groups=torch.tensor([0, 1, 1]), num_groups=3, eta=0.1)),
+    "GroupDRO.loss": lambda: (bm.GroupDRO(3).loss, dict(per_sample_losses=torch.ones(3, requires_grad=True), groups=torch.tensor([0, 1, 1]))),
+    "GroupDRO.state_dict": lambda: (bm.GroupDRO(3).state_dict, {}),
+    "GroupDRO.load_state_dict": lambda: (bm.GroupDRO(3).load_state_dict, dict(state_dict=bm.GroupDRO(3).state_dict())),
+    "methods.group_ids": lambda: (bm.group_ids, dict(labels=LABELS, bias=BIAS, num_bias=2)),
+    "methods.JTT": lambda: (bm.JTT, dict(upweight=5.0, fraction=0.5)),
+    "JTT.stage_one_epochs": lambda: (bm.JTT().stage_one_epochs, dict(epochs=10)),
+    "JTT.record": lambda: (bm.JTT().record, dict(indices=torch.arange(6), logits=torch.zeros(6, 3), labels=LABELS)),
+    "JTT.finish": lambda: (_jtt(finished=False).finish, {}),
+    "JTT.weights": lambda: (_jtt(finished=True).weights, dict(indices=torch.arange(6))),
+    "JTT.loss": lambda: (_jtt(finished=True).loss, dict(per_sample_losses=torch.ones(6, requires_grad=True), indices=torch.arange(6))),
+    "JTT.state_dict": lambda: (bm.JTT().state_dict, {}),
+    "JTT.load_state_dict": lambda: (bm.JTT().load_state_dict, dict(state_dict=_jtt(finished=True).state_dict())),
+    "methods.DandR": lambda: (bm.DandR, dict(branches=_branches(_model()), every=2, max_times=3, seed=0)),
+    "DandR.due": lambda: (bm.DandR(_branches(_model())).due, dict(epoch=3)),
+    "DandR.epoch_end": _epoch_end,
+    "DandR.state_dict": lambda: (bm.DandR(_branches(_model())).state_dict, {}),
+    "DandR.load_state_dict": lambda: (bm.DandR(_branches(_model())).load_state_dict, dict(state_dict=bm.DandR(_branches(_model())).state_dict())),
+    "methods.DFR": lambda: (bm.DFR, dict(c_grid=(1.0, 3.0), subsets=2, tune_subsets=1, seed=0, max_iter=100)),
+    "DFR.fit": lambda: (bm.DFR(c_grid=(1.0,), subsets=1).fit, dict(**_dfr_data(), num_classes=2, split="val")),
+    "DFRResult.logits": lambda: (_dfr_result().logits, dict(features=torch.zeros(2, 3))),
+    "DFRResult.write_into": lambda: (_dfr_result().write_into, dict(classifier=nn.Linear(3, 2))),
+    "DFRResult.to_dict": lambda: (_dfr_result().to_dict, {}),
+    "methods.classifier_inputs": _with_model(lambda m: (bm.classifier_inputs, dict(model=m, classifier=m.head, batches=[(A, B)],
+                                                                                   forward=lambda model, batch: model(*batch)))),
+    "methods.holdout_indices": lambda: (bm.holdout_indices, dict(num_samples=10, fraction=0.2, seed=0)),
+    "methods.BalGrad": _with_model(lambda m: (bm.BalGrad, dict(branches=_branches(m), lambda_initial=0.1, schedule="linear", beta=1.0,
+                                                               kl_mode="mutual", projection="global", weights="batch", model=m))),
+    "BalGrad.backward": _balgrad_backward,
+    "BalGrad.state_dict": lambda: (bm.BalGrad(_branches(_model())).state_dict, {}),
+    "BalGrad.load_state_dict": lambda: (bm.BalGrad(_branches(_model())).load_state_dict, dict(state=bm.BalGrad(_branches(_model())).state_dict())),
+    "BalGradStep.to_dict": lambda: (bm.BalGradStep(1.0, 1.0, 1.0, 0.5, 0.5, 0.1, 0.0, 0.0, False).to_dict, {}),
+    "methods.UnimodalHeads": _with_model(lambda m: (bm.UnimodalHeads, dict(model=m, branches=_branches(m), mode="separate", classifier=m.head,
+                                                                           num_classes=3, widths={"image": 3, "text": 3}, seed=0))),
+    "UnimodalHeads.capture": lambda: (_heads()[1].capture, {}),
+    "UnimodalHeads.branch_outputs": lambda: (_heads(captured=True)[1].branch_outputs, {}),
+    "UnimodalHeads.output_problems": lambda: (_heads(captured=True)[1].output_problems, {}),
+    "UnimodalHeads.logits": lambda: ((pair := _heads(captured=True))[1].logits, dict(rerun=lambda: pair[0](A, B)[0])),
+    "UnimodalHeads.parameters": lambda: (_heads()[1].parameters, {}),
+    "UnimodalHeads.state_dict": lambda: (_heads()[1].state_dict, {}),
+    "UnimodalHeads.load_state_dict": lambda: (_heads()[1].load_state_dict, dict(state=_heads()[1].state_dict())),
+    "methods.branch_widths": _with_model(lambda m: (bm.branch_widths, dict(model=m, branches=_branches(m), run=lambda: m(A, B)))),
+    "methods.MMDB": lambda: (bm.MMDB, dict(classifier=_model().head, margins=_table(), scale=4.0)),
+    "MMDB.capture": lambda: (_mmdb().capture, {}),
+    "MMDB.cosines": lambda: (_mmdb().cosines, dict(features=torch.ones(6, 6))),
+    "MMDB.loss": lambda: (_mmdb().loss, dict(features=torch.ones(6, 6, requires_grad=True), labels=LABELS, bias=BIAS)),
+    "MMDB.inference_logits": lambda: (_mmdb().inference_logits, dict(features=torch.ones(6, 6))),
+    "MMDB.export": lambda: (_mmdb().export, dict(classifier=nn.Linear(6, 3))),
+    "MMDB.state_dict": lambda: (_mmdb().state_dict, {}),
+    "MMDB.load_state_dict": lambda: (_mmdb().load_state_dict, dict(state=_mmdb().state_dict())),
+    "MarginTable.to_dict": lambda: (_table().to_dict, {}),
+    "methods.margin_table": lambda: (bm.margin_table, dict(labels=LABELS, bias=BIAS, num_classes=3, num_bias=2, min_count=0, entropy_gate=0.5)),
+}
+
+# Classes in biasaudit.methods that users do not construct, and why.
+METHOD_NOT_CALLED = {
+    "DFRResult": "returned by DFR.fit; its methods are listed one by one",
+    "BalGradStep": "a record returned by BalGrad.backward; its method is listed",
+    "MarginTable": "returned by margin_table; its method is listed",
+}
+METHOD_USER_BUILT = {"OGMGE", "MMPareto", "GroupDRO", "JTT", "DandR", "DFR", "BalGrad", "UnimodalHeads", "MMDB"}
+
+
+def test_every_public_callable_of_the_methods_is_covered_by_this_test():
+    assert _public_callables(bm, "methods", user_built=METHOD_USER_BUILT, not_called=METHOD_NOT_CALLED, calls=METHOD_CALLS) == set(METHOD_CALLS)
+
+
+def _method_parameters(name: str) -> list[str]:
+    owner, attr = name.split(".")
+    return _signature_parameters(getattr(bm, attr) if owner == "methods" else getattr(getattr(bm, owner), attr))
+
+
+METHOD_PARAMETERS = [(call, parameter) for call in METHOD_CALLS for parameter in _method_parameters(call)]
+
+# (call, parameter) -> what a user sees now when the parameter gets a value of the wrong type: not yet an
+# ArgumentTypeError naming it. Left out of the type test until biasaudit/methods checks them; remove an entry then.
+UNCHECKED_METHOD_PARAMETERS = {
+    ("methods.classifier_inputs", "batches"): "a raw TypeError from the loop: 'Alien' object is not iterable",
+    ("methods.holdout_indices", "fraction"): "an InputError (a ValueError, which `except TypeError` misses): "
+                                             "'fraction must be a number strictly between 0 and 1, got Alien().'",
+    ("UnimodalHeads.logits", "rerun"): "an InputError (a ValueError) where a non-callable is a wrong type: "
+                                       "'The 'rerun' parameter of UnimodalHeads.logits is Alien; expected ... a callable'",
+    ("methods.branch_widths", "model"): "a raw AttributeError: 'Alien' object has no attribute 'modules'",
+    ("methods.branch_widths", "branches"): "a raw AttributeError: 'Alien' object has no attribute 'items'",
+    ("methods.branch_widths", "run"): "a raw TypeError: 'Alien' object is not callable",
+    ("MMDB.loss", "bias"): "a raw RuntimeError from torch.as_tensor: Could not infer dtype of Alien",
+}
+TYPED = [key for key in METHOD_PARAMETERS if key not in UNCHECKED_METHOD_PARAMETERS]
+
+
+@pytest.mark.parametrize("call,parameter", TYPED, ids=[f"{c}({p}=Alien())" for c, p in TYPED])
+def test_a_wrong_type_given_to_a_method_is_a_type_error_naming_the_parameter(call, parameter):
+    function, arguments = METHOD_CALLS[call]()
+    # biasaudit/methods/dfr.py's sentences name the parameter bare ("seed must be an integer, got Alien."), the others
+    # quoted ("The 'seed' parameter of OGMGE ..."): either names it.
+    _assert_a_type_error_naming(function, arguments, parameter, rf"\b{re.escape(parameter)}\b")
+
+
+@dataclasses.dataclass
+class Alongside:
+    """A value that is wrong only together with other arguments: a classifier only matters in the ogm_split mode."""
+
+    value: Any
+    others: dict[str, Any]
+
+
+# (call, parameter) -> a value of the right type that is wrong (or an Alongside).
+METHOD_WRONG_VALUES: dict[tuple[str, str], Callable[[], Any]] = {
+    **{(call, "branches"): (lambda: {"image": nn.Linear(4, 3)}) for call in ("methods.OGMGE", "methods.MMPareto", "methods.BalGrad",
+                                                                             "methods.UnimodalHeads")},
+    ("methods.DandR", "branches"): lambda: {},  # D&R takes one branch or more
+    **{(call, "seed"): (lambda: -1) for call in ("methods.OGMGE", "methods.DandR", "methods.DFR", "methods.holdout_indices",
+                                                 "methods.UnimodalHeads")},
+    **{(call, "state"): (lambda: {"wrong": 1}) for call in ("OGMGE.load_state_dict", "MMPareto.load_state_dict",
+                                                            "BalGrad.load_state_dict", "UnimodalHeads.load_state_dict", "MMDB.load_state_dict")},
+    **{(call, "state_dict"): (lambda: {"wrong": torch.ones(1)}) for call in ("GroupDRO.load_state_dict", "JTT.load_state_dict",
+                                                                            "DandR.load_state_dict")},
+    ("methods.OGMGE", "alpha"): lambda: 0.0, ("methods.OGMGE", "modulation_epochs"): lambda: (3, 3),
+    ("OGMGE.set_epoch", "epoch"): lambda: -1,
+    ("OGMGE.after_backward", "unimodal_logits"): lambda: {"image": torch.zeros(6, 3)},
+    ("OGMGE.after_backward", "labels"): lambda: torch.zeros(6),  # float, not class indices
+    ("methods.MMPareto", "gamma"): lambda: -1.0,
+    ("MMPareto.backward", "fused_loss"): lambda: torch.zeros(3),  # not a scalar loss
+    ("MMPareto.backward", "unimodal_losses"): lambda: {"image": torch.tensor(1.0, requires_grad=True)},
+    ("methods.GroupDRO", "num_groups"): lambda: 0, ("methods.GroupDRO", "eta"): lambda: -1.0,
+    ("methods.GroupDRO", "present"): lambda: [True],  # one flag for three groups
+    ("GroupDRO.from_train_groups", "train_groups"): lambda: torch.tensor([0, 5]),  # group 5 of 3
+    ("GroupDRO.from_train_groups", "num_groups"): lambda: 0, ("GroupDRO.from_train_groups", "eta"): lambda: -1.0,
+    ("GroupDRO.loss", "per_sample_losses"): lambda: torch.ones(2, requires_grad=True),  # 2 losses for 3 group ids
+    ("GroupDRO.loss", "groups"): lambda: torch.tensor([0, 1, 7]),
+    ("methods.group_ids", "labels"): lambda: torch.tensor([0, 1]), ("methods.group_ids", "bias"): lambda: torch.tensor([0, 1, 5, 0, 1, 0]),
+    ("methods.group_ids", "num_bias"): lambda: 0,
+    ("methods.JTT", "upweight"): lambda: -1.0, ("methods.JTT", "fraction"): lambda: 1.5,
+    ("JTT.stage_one_epochs", "epochs"): lambda: 0,
+    ("JTT.record", "indices"): lambda: torch.tensor([-1, 1, 2, 3, 4, 5]), ("JTT.record", "logits"): lambda: torch.zeros(6),
+    ("JTT.record", "labels"): lambda: torch.tensor([0, 1]),
+    ("JTT.weights", "indices"): lambda: torch.tensor([0.5]),
+    ("JTT.loss", "per_sample_losses"): lambda: torch.ones(2, requires_grad=True), ("JTT.loss", "indices"): lambda: torch.tensor([0.5]),
+    ("methods.DandR", "every"): lambda: 0, ("methods.DandR", "max_times"): lambda: -1,
+    ("DandR.due", "epoch"): lambda: -1, ("DandR.epoch_end", "epoch"): lambda: -1,
+    **{("DandR.epoch_end", f"{split}_features"): (lambda: {"image": torch.zeros(10, 3)}) for split in ("train", "val")},
+    **{("DandR.epoch_end", f"{split}_labels"): (lambda: torch.zeros(3, dtype=torch.long)) for split in ("train", "val")},
+    ("methods.DFR", "c_grid"): lambda: (-1.0,), ("methods.DFR", "subsets"): lambda: 0, ("methods.DFR", "tune_subsets"): lambda: 0,
+    ("methods.DFR", "max_iter"): lambda: 0,
+    ("DFR.fit", "features"): lambda: torch.zeros(3, 3), ("DFR.fit", "labels"): lambda: torch.zeros(3, dtype=torch.long),
+    ("DFR.fit", "groups"): lambda: torch.zeros(3, dtype=torch.long), ("DFR.fit", "num_classes"): lambda: 1,
+    ("DFRResult.logits", "features"): lambda: torch.zeros(2, 5), ("DFRResult.write_into", "classifier"): lambda: nn.Linear(5, 2),
+    ("methods.classifier_inputs", "model"): lambda: nn.Linear(1, 1),  # its classifier is not part of it
+    ("methods.classifier_inputs", "classifier"): lambda: nn.Linear(6, 3), ("methods.classifier_inputs", "batches"): lambda: [],
+    ("methods.classifier_inputs", "forward"): lambda: (lambda model, batch: None),
+    ("methods.holdout_indices", "num_samples"): lambda: 0, ("methods.holdout_indices", "fraction"): lambda: 1.5,
+    ("methods.BalGrad", "lambda_initial"): lambda: 1.5, ("methods.BalGrad", "beta"): lambda: -1.0,
+    **{("methods.BalGrad", option): (lambda: "nosuch") for option in ("schedule", "kl_mode", "projection", "weights")},
+    ("methods.BalGrad", "model"): lambda: nn.Linear(1, 1),  # the branches are not part of it
+    ("BalGrad.backward", "fused_loss"): lambda: torch.zeros(3), ("BalGrad.backward", "unimodal_logits"): lambda: {"image": torch.zeros(6, 3)},
+    ("BalGrad.backward", "labels"): lambda: torch.zeros(2, dtype=torch.long), ("BalGrad.backward", "step"): lambda: -1,
+    ("BalGrad.backward", "total_steps"): lambda: 0, ("BalGrad.backward", "loss_scale"): lambda: 0.0,
+    ("methods.UnimodalHeads", "model"): lambda: nn.Linear(1, 1), ("methods.UnimodalHeads", "mode"): lambda: "nosuch",
+    ("methods.UnimodalHeads", "classifier"): lambda: Alongside(nn.Linear(6, 3), {"mode": "ogm_split"}),
+    ("methods.UnimodalHeads", "num_classes"): lambda: 0, ("methods.UnimodalHeads", "widths"): lambda: {"image": 3},
+    ("UnimodalHeads.logits", "rerun"): lambda: None,  # the ogm_split mode runs the forward again
+    ("methods.branch_widths", "branches"): lambda: {"image": nn.Linear(1, 1)},
+    ("methods.MMDB", "classifier"): lambda: nn.Linear(6, 5), ("methods.MMDB", "margins"): lambda: torch.zeros(2, 2),
+    ("methods.MMDB", "scale"): lambda: 0.0,
+    **{(call, "features"): (lambda: torch.zeros(6, 2)) for call in ("MMDB.cosines", "MMDB.loss", "MMDB.inference_logits")},
+    ("MMDB.loss", "labels"): lambda: torch.tensor([0, 1]), ("MMDB.loss", "bias"): lambda: torch.tensor([0, 1, 0, 1, 0, 9]),
+    ("MMDB.export", "classifier"): lambda: nn.Linear(2, 2),
+    ("methods.margin_table", "labels"): lambda: torch.tensor([0, 1, 2, 0, 1, 9]), ("methods.margin_table", "bias"): lambda: torch.tensor([0, 1, 0, 1, 0, 9]),
+    ("methods.margin_table", "num_classes"): lambda: 0, ("methods.margin_table", "num_bias"): lambda: 0,
+    ("methods.margin_table", "min_count"): lambda: -1, ("methods.margin_table", "entropy_gate"): lambda: -1.0,
+}
+
+# (call, parameter) -> why every value of the right type is a valid one.
+METHOD_EVERY_VALUE_FITS = {
+    ("methods.OGMGE", "ge"): "True or False",
+    ("DFR.fit", "split"): "names the data's source in the result; any name is valid",
+}
+
+# (call, parameter) -> what a user sees now when the parameter gets a wrong value of the right type: no sentence naming
+# it. Left out of the value test until biasaudit/methods checks them; remove an entry then.
+UNCHECKED_METHOD_VALUES = {
+    ("methods.branch_widths", "model"): "a model that does not hold the branches is accepted, and the widths returned",
+    ("methods.branch_widths", "run"): "a run that calls no forward is refused as \"The 'branches' parameter of UnimodalHeads has a "
+                                      "branch 'image' that took no part in the forward pass\": neither 'run' nor branch_widths named",
+}
+
+
+def test_every_method_parameter_has_a_wrong_value_or_a_reason_why_none_exists():
+    listed = [set(METHOD_WRONG_VALUES), set(METHOD_EVERY_VALUE_FITS), set(UNCHECKED_METHOD_VALUES)]
+    assert set(METHOD_PARAMETERS) == set.union(*listed)
+    assert sum(len(keys) for keys in listed) == len(set.union(*listed))
+    assert set(UNCHECKED_METHOD_PARAMETERS) <= set(METHOD_PARAMETERS)
+
+
+METHOD_VALUED = sorted(METHOD_WRONG_VALUES)
+
+
+@pytest.mark.parametrize("call,parameter", METHOD_VALUED, ids=[f"{c}({p})" for c, p in METHOD_VALUED])
+def test_a_wrong_value_given_to_a_method_is_a_value_error_naming_it(call, parameter):
+    function, arguments = METHOD_CALLS[call]()
+    value = METHOD_WRONG_VALUES[(call, parameter)]()
+    if isinstance(value, Alongside):
+        arguments, value = {**arguments, **value.others}, value.value
+    _assert_a_value_error_naming(function, arguments, parameter, value)
+
+
+# Callables whose unknown keyword is Python's own TypeError ("got an unexpected keyword argument"), without the
+# parameters it does take: the methods' methods and a few functions. Remove an entry once it lists them.
+RAW_UNKNOWN_KEYWORD = {
+    *(f"OGMGE.{m}" for m in ("modulating", "after_backward", "state_dict", "load_state_dict")),
+    *(f"MMPareto.{m}" for m in ("backward", "state_dict", "load_state_dict")),
+    *(f"GroupDRO.{m}" for m in ("from_train_groups", "loss", "state_dict")),
+    *(f"JTT.{m}" for m in ("finish", "loss", "state_dict")),
+    "DandR.state_dict", "methods.DFR", "DFR.fit", *(f"DFRResult.{m}" for m in ("logits", "write_into", "to_dict")),
+    *(f"BalGrad.{m}" for m in ("backward", "state_dict", "load_state_dict")), "BalGradStep.to_dict",
+    *(f"UnimodalHeads.{m}" for m in ("capture", "branch_outputs", "output_problems", "logits", "parameters", "state_dict", "load_state_dict")),
+    *(f"MMDB.{m}" for m in ("capture", "cosines", "loss", "inference_logits", "export", "state_dict", "load_state_dict")),
+    "MarginTable.to_dict", "methods.group_ids", "methods.classifier_inputs", "methods.holdout_indices", "methods.branch_widths",
+}
+
+
+def test_a_keyword_a_method_does_not_take_lists_the_ones_it_does():
+    assert RAW_UNKNOWN_KEYWORD <= set(METHOD_CALLS)
+    for call in sorted(set(METHOD_CALLS) - RAW_UNKNOWN_KEYWORD):
+        function, arguments = METHOD_CALLS[call]()
+        with pytest.raises(ArgumentTypeError, match=r"has no parameter 'nosuch'\. Available: "):
+            function(**arguments, nosuch=1)

@@ -10,13 +10,14 @@ bias, separate the method's own heads on the branch outputs.
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit import Adapter
 from biasaudit.datasets.demo_model import DemoModel
 from biasaudit.errors import AdapterError, InputError
 from biasaudit.training.balgrad import (
@@ -30,45 +31,12 @@ from biasaudit.training.balgrad import (
 )
 from biasaudit.training.method_balgrad import HEAD_MODES, BalGrad
 
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from method_models import TinyAdapter, TinyLateFusion, tiny_batch  # noqa: E402
+
+sys.path.pop(0)
+
 CPU = torch.device("cpu")
-
-
-class TinyLateFusion(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.image_branch = nn.Linear(3, 2)
-        self.text_branch = nn.Linear(4, 2)
-        self.classifier = nn.Linear(4, 3)
-
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.cat([self.image_branch(image), self.text_branch(text)], dim=1))
-
-
-class TinyAdapter(Adapter):
-    num_classes = 3
-
-    def build_model(self) -> nn.Module:
-        return TinyLateFusion()
-
-    def data(self, split, *, batch_size):
-        generator = torch.Generator().manual_seed(0)
-        yield {"image": torch.randn(6, 3, generator=generator), "text": torch.randn(6, 4, generator=generator),
-               "label": torch.tensor([0, 1, 2, 0, 1, 2])}
-
-    def prepare(self, batch, *, device):
-        return batch["image"], batch["text"]
-
-    def classifier(self, model):
-        return model.classifier
-
-    def branches(self, model):
-        return {"image": model.image_branch, "text": model.text_branch}
-
-
-def tiny_batch(seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(1000 + seed)
-    return {"image": torch.randn(6, 3, generator=generator), "text": torch.randn(6, 4, generator=generator),
-            "label": torch.tensor([0, 1, 2, 0, 1, 2])}
 
 
 def hand_unimodal(model: TinyLateFusion, method: BalGrad, batch) -> dict[str, torch.Tensor]:

@@ -15,58 +15,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from biasaudit.adapter import Adapter
 from biasaudit.datasets.demo_model import DemoModel, DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.training.balgrad import RunningLosses, kl_weights
 from biasaudit.training.loop import TrainConfig, train
 from biasaudit.training.method_balgrad import BalGrad
 
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from method_models import TinyAdapter  # noqa: E402
+
+sys.path.pop(0)
+
 CPU = torch.device("cpu")
 DEMO = DigitsCaptionsAdapter()
 SCRIPT = Path(sys.executable).parent / "biasaudit"
 DEMO_SPEC = f"{Path(__file__).parents[1] / 'examples' / 'digits_captions_adapter.py'}:adapter"
-
-
-class TinyConcat(nn.Module):
-    """image [B, 3] -> Linear(3, 2), text [B, 4] -> Linear(4, 2), concat, Linear(4, 3)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.image_branch = nn.Linear(3, 2)
-        self.text_branch = nn.Linear(4, 2)
-        self.classifier = nn.Linear(4, 3)
-
-    def forward(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.cat([self.image_branch(image), self.text_branch(text)], dim=1))
-
-
-class TinyAdapter(Adapter):
-    num_classes = 3
-
-    def __init__(self) -> None:
-        generator = torch.Generator().manual_seed(0)
-        self.image, self.text = torch.randn(6, 3, generator=generator), torch.randn(6, 4, generator=generator)
-        self.labels = torch.tensor([0, 1, 2, 0, 1, 2])
-
-    def build_model(self) -> nn.Module:
-        return TinyConcat()
-
-    def data(self, split, *, batch_size):
-        for start in range(0, 6, batch_size):
-            rows = slice(start, start + batch_size)
-            yield {"image": self.image[rows], "text": self.text[rows], "label": self.labels[rows]}
-
-    def prepare(self, batch, *, device):
-        return batch["image"].to(device), batch["text"].to(device)
-
-    def classifier(self, model):
-        return model.classifier
-
-    def branches(self, model):
-        return {"image": model.image_branch, "text": model.text_branch}
 
 
 def tiny(seed: int = 0):

@@ -273,7 +273,7 @@ def test_biasaudit_imports_without_the_frameworks_and_the_integrations_name_thei
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("example", ["own_loop_lightning.py", "own_loop_hf.py"])
+@pytest.mark.parametrize("example", ["own_loop_plain.py", "own_loop_lightning.py", "own_loop_hf.py"])
 def test_examples_run(example):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, str(ROOT / "examples" / example)], capture_output=True, text=True,

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 import random
-import textwrap
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,11 @@ import torch.nn.functional as F
 
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.methods.group_dro import GroupDRO, group_ids
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import method_ddp  # noqa: E402
+
+sys.path.pop(0)
 
 
 
@@ -137,39 +143,9 @@ def _data() -> tuple[dict, list]:
     return state, batches
 
 
-WORKER = textwrap.dedent("""
-    import sys
-    import torch, torch.distributed as dist, torch.nn.functional as F
-    from torch.nn.parallel import DistributedDataParallel
-    from biasaudit.methods.group_dro import GroupDRO
-
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    given = torch.load(sys.argv[1])
-    model = torch.nn.Linear(4, 3)
-    model.load_state_dict(given["state"])
-    ddp = DistributedDataParallel(model)
-    gdro = GroupDRO(4, eta=0.5)
-    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.5)
-    rows = slice(0, given["split"]) if rank == 0 else slice(given["split"], None)
-    out = []
-    for x, y, g in given["batches"]:
-        loss = gdro.loss(F.cross_entropy(ddp(x[rows]), y[rows], reduction="none"), g[rows])
-        optimizer.zero_grad(); loss.backward()
-        out.append({"q": gdro.q, "loss": gdro.last.loss, "returned": loss.detach(),
-                    "grads": [p.grad.clone() for p in model.parameters()]})
-        optimizer.step()
-    torch.save(out, sys.argv[2].format(rank=rank))
-    dist.destroy_process_group()
-""")
-
-
 def test_two_ddp_processes_move_q_and_the_weights_as_one_process_on_the_global_batch(tmp_path, gloo_ranks):
     state, batches = _data()
-    torch.save({"state": state, "batches": batches, "split": SPLIT}, tmp_path / "given.pt")
-    (tmp_path / "worker.py").write_text(WORKER)
-    gloo_ranks.run_ok([[tmp_path / "worker.py", tmp_path / "given.pt", tmp_path / "out{rank}.pt"]] * 2)
-    ranks = [torch.load(tmp_path / f"out{r}.pt") for r in (0, 1)]
+    ranks = method_ddp.on_two_ranks(gloo_ranks, tmp_path, "group_dro", {"state": state, "batches": batches, "split": SPLIT})
 
     model = torch.nn.Linear(4, 3)
     model.load_state_dict(state)

@@ -4,6 +4,9 @@ unimodal passes, the separate heads' seeding and state, and the argument checks.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,29 +15,17 @@ from torch import nn
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.methods import UnimodalHeads, branch_widths
 
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from method_models import TinyLateFusion, branches_of  # noqa: E402
 
-class Tiny(nn.Module):
-    """image [B, 3] -> Linear(3, 2), text [B, 4] -> Linear(4, 2), concatenation, Linear(4, 3)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.image = nn.Linear(3, 2)
-        self.text = nn.Linear(4, 2)
-        self.head = nn.Linear(4, 3)
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.image(a), self.text(b)], dim=1))
+sys.path.pop(0)
 
 
 def tiny(seed: int = 0):
     torch.manual_seed(seed)
-    model = Tiny()
+    model = TinyLateFusion()
     generator = torch.Generator().manual_seed(100 + seed)
     return model, torch.randn(5, 3, generator=generator), torch.randn(5, 4, generator=generator)
-
-
-def branches(model):
-    return {"image": model.image, "text": model.text}
 
 
 def run(heads: UnimodalHeads, model, a, b):
@@ -45,10 +36,10 @@ def run(heads: UnimodalHeads, model, a, b):
 
 def test_shared_zero_is_the_classifier_on_the_zero_filled_fusion_and_trains_only_its_branch():
     model, a, b = tiny()
-    heads = UnimodalHeads(model, branches(model))
+    heads = UnimodalHeads(model, branches_of(model))
     fused, unimodal = run(heads, model, a, b)
-    W, bias = model.head.weight.detach(), model.head.bias.detach()
-    z_a, z_b = model.image(a), model.text(b)
+    W, bias = model.classifier.weight.detach(), model.classifier.bias.detach()
+    z_a, z_b = model.image_branch(a), model.text_branch(b)
     assert list(unimodal) == ["image", "text"]
     torch.testing.assert_close(unimodal["image"], F.linear(torch.cat([z_a, torch.zeros_like(z_b)], 1), W, bias))
     torch.testing.assert_close(unimodal["text"], F.linear(torch.cat([torch.zeros_like(z_a), z_b], 1), W, bias))
@@ -56,37 +47,38 @@ def test_shared_zero_is_the_classifier_on_the_zero_filled_fusion_and_trains_only
     loss = F.cross_entropy(unimodal["image"], torch.tensor([0, 1, 2, 0, 1]))
     reached = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     names = [name for name, _ in model.named_parameters()]
-    assert [n for n, g in zip(names, reached) if g is not None] == ["image.weight", "image.bias"]
+    assert [n for n, g in zip(names, reached) if g is not None] == ["image_branch.weight", "image_branch.bias"]
 
 
 def test_ogm_split_is_the_weight_slices_plus_half_the_bias():
     model, a, b = tiny(1)
-    heads = UnimodalHeads(model, branches(model), mode="ogm_split", classifier=model.head)
+    heads = UnimodalHeads(model, branches_of(model), mode="ogm_split", classifier=model.classifier)
     with torch.no_grad():
         _, unimodal = run(heads, model, a, b)
-        W, bias = model.head.weight, model.head.bias
-        torch.testing.assert_close(unimodal["image"], model.image(a) @ W[:, :2].T + bias / 2)
-        torch.testing.assert_close(unimodal["text"], model.text(b) @ W[:, 2:].T + bias / 2)
+        W, bias = model.classifier.weight, model.classifier.bias
+        torch.testing.assert_close(unimodal["image"], model.image_branch(a) @ W[:, :2].T + bias / 2)
+        torch.testing.assert_close(unimodal["text"], model.text_branch(b) @ W[:, 2:].T + bias / 2)
 
 
 def test_separate_heads_read_the_branch_outputs_and_are_training_only_parameters():
     model, a, b = tiny(2)
     before = torch.get_rng_state()
-    heads = UnimodalHeads(model, branches(model), mode="separate", num_classes=3, widths={"image": 2, "text": 2}, seed=4)
+    heads = UnimodalHeads(model, branches_of(model), mode="separate", num_classes=3, widths={"image": 2, "text": 2}, seed=4)
     assert torch.equal(torch.get_rng_state(), before), "the heads must not draw from the global generator"
     w_a, b_a, w_b, b_b = heads.parameters()
     assert w_a.shape == (3, 2) and b_b.shape == (3,)
     _, unimodal = run(heads, model, a, b)
-    torch.testing.assert_close(unimodal["image"], F.linear(model.image(a), w_a, b_a))
-    torch.testing.assert_close(unimodal["text"], F.linear(model.text(b), w_b, b_b))
-    again = UnimodalHeads(model, branches(model), mode="separate", num_classes=3, widths={"image": 2, "text": 2}, seed=4)
+    torch.testing.assert_close(unimodal["image"], F.linear(model.image_branch(a), w_a, b_a))
+    torch.testing.assert_close(unimodal["text"], F.linear(model.text_branch(b), w_b, b_b))
+    again = UnimodalHeads(model, branches_of(model), mode="separate", num_classes=3, widths={"image": 2, "text": 2}, seed=4)
     assert all(torch.equal(x, y) for x, y in zip(heads.parameters(), again.parameters()))
-    other = UnimodalHeads(model, branches(model), mode="separate", num_classes=3, widths={"image": 2, "text": 2}, seed=5)
+    other = UnimodalHeads(model, branches_of(model), mode="separate", num_classes=3, widths={"image": 2, "text": 2}, seed=5)
     assert not torch.equal(heads.parameters()[0], other.parameters()[0])
     other.load_state_dict(heads.state_dict())
     assert all(torch.equal(x, y) for x, y in zip(heads.parameters(), other.parameters()))
-    assert {k for k in model.state_dict()} == {"image.weight", "image.bias", "text.weight", "text.bias", "head.weight", "head.bias"}
-    assert branch_widths(model, branches(model), lambda: model(a, b)) == {"image": 2, "text": 2}
+    assert {k for k in model.state_dict()} == {"image_branch.weight", "image_branch.bias", "text_branch.weight", "text_branch.bias",
+                                                 "classifier.weight", "classifier.bias"}
+    assert branch_widths(model, branches_of(model), lambda: model(a, b)) == {"image": 2, "text": 2}
 
 
 class BatchNormDropout(nn.Module):
@@ -127,24 +119,24 @@ def test_unimodal_passes_move_no_batchnorm_statistics_and_draw_no_dropout(mode):
 def test_mistakes_are_one_sentence_naming_the_argument():
     model, a, b = tiny()
     with pytest.raises(InputError, match=r"'branches'.*'text' that took no part in the forward pass"):
-        heads = UnimodalHeads(model, branches(model))
+        heads = UnimodalHeads(model, branches_of(model))
         with heads.capture():
-            model.head(torch.cat([model.image(a), torch.zeros(5, 2)], 1))
+            model.classifier(torch.cat([model.image_branch(a), torch.zeros(5, 2)], 1))
         heads.logits(lambda: model(a, b))
-    heads = UnimodalHeads(model, branches(model))
+    heads = UnimodalHeads(model, branches_of(model))
     with heads.capture():
         model(a, b)
     with pytest.raises(InputError, match="'rerun'"):
         heads.logits()
     with pytest.raises(InputError, match="'classifier'"):
-        UnimodalHeads(model, branches(model), mode="ogm_split")
+        UnimodalHeads(model, branches_of(model), mode="ogm_split")
     with pytest.raises(InputError, match="'mode'"):
-        UnimodalHeads(model, branches(model), mode="magic")
+        UnimodalHeads(model, branches_of(model), mode="magic")
     with pytest.raises(ArgumentTypeError, match="'num_classes'"):
-        UnimodalHeads(model, branches(model), mode="separate", widths={"image": 2, "text": 2})
+        UnimodalHeads(model, branches_of(model), mode="separate", widths={"image": 2, "text": 2})
     with pytest.raises(InputError, match="'widths'"):
-        UnimodalHeads(model, branches(model), mode="separate", num_classes=3, widths={"image": 2})
+        UnimodalHeads(model, branches_of(model), mode="separate", num_classes=3, widths={"image": 2})
     with pytest.raises(InputError, match="'branches'.*not part of 'model'"):
-        UnimodalHeads(model, {"image": model.image, "text": nn.Linear(4, 2)})
+        UnimodalHeads(model, {"image": model.image_branch, "text": nn.Linear(4, 2)})
     with pytest.raises(InputError, match="'branches'.*share one"):
-        UnimodalHeads(model, {"image": model.image, "both": model})
+        UnimodalHeads(model, {"image": model.image_branch, "both": model})

@@ -5,7 +5,8 @@ any record, and under two gloo processes the union of the ranks' error sets and 
 from __future__ import annotations
 
 import random
-import textwrap
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,11 @@ import torch.nn.functional as F
 
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.methods.jtt import JTT
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import method_ddp  # noqa: E402
+
+sys.path.pop(0)
 
 # Rows 0..4 of a stage-1 pass: argmax 0, 1, 0, 1, 1 against labels 0, 0, 1, 1, 0: samples 11, 12 and 14 are wrong.
 INDICES = torch.tensor([10, 11, 12, 13, 14])
@@ -128,40 +134,12 @@ def test_global_random_generators_are_untouched():
 
 
 # ---- DDP: the ranks' error sets unite and the weighted mean is the global batch's ---------------------------------
-WORKER = textwrap.dedent("""
-    import sys
-    import torch, torch.distributed as dist, torch.nn.functional as F
-    from torch.nn.parallel import DistributedDataParallel
-    from biasaudit.methods.jtt import JTT
-
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    given = torch.load(sys.argv[1])
-    model = torch.nn.Linear(4, 3)
-    model.load_state_dict(given["state"])
-    ddp = DistributedDataParallel(model)
-    jtt = JTT(upweight=5.0)
-    mine = slice(0, given["split"]) if rank == 0 else slice(given["split"], None)
-    with torch.no_grad():
-        jtt.record(given["indices"][mine], ddp(given["x"][mine]), given["y"][mine])
-    errors = jtt.finish()
-    loss = jtt.loss(F.cross_entropy(ddp(given["x"][mine]), given["y"][mine], reduction="none"), given["indices"][mine])
-    loss.backward()
-    torch.save({"errors": errors.indices, "recorded": errors.recorded, "grads": [p.grad for p in model.parameters()]},
-               sys.argv[2].format(rank=rank))
-    dist.destroy_process_group()
-""")
-
-
 def test_two_ddp_processes_share_one_error_set_and_the_global_batch_gradient(tmp_path, gloo_ranks):
     generator = torch.Generator().manual_seed(3)
     state = {"weight": torch.randn(3, 4, generator=generator), "bias": torch.randn(3, generator=generator)}
     x, y = torch.randn(9, 4, generator=generator), torch.randint(0, 3, (9,), generator=generator)
     indices = torch.arange(100, 109)
-    torch.save({"state": state, "x": x, "y": y, "indices": indices, "split": 6}, tmp_path / "given.pt")
-    (tmp_path / "worker.py").write_text(WORKER)
-    gloo_ranks.run_ok([[tmp_path / "worker.py", tmp_path / "given.pt", tmp_path / "out{rank}.pt"]] * 2)
-    ranks = [torch.load(tmp_path / f"out{r}.pt") for r in (0, 1)]
+    ranks = method_ddp.on_two_ranks(gloo_ranks, tmp_path, "jtt", {"state": state, "x": x, "y": y, "indices": indices, "split": 6})
 
     model = torch.nn.Linear(4, 3)
     model.load_state_dict(state)

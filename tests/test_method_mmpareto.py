@@ -5,7 +5,8 @@ scaling, DDP and the argument checks."""
 from __future__ import annotations
 
 import math
-import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,11 @@ from torch import nn
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.methods.mmpareto import MMPareto
 
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import method_ddp  # noqa: E402
+import method_models  # noqa: E402
+
+sys.path.pop(0)
 
 
 class Vector(nn.Module):
@@ -88,29 +94,16 @@ def test_backward_adds_to_existing_gradients_like_loss_backward():
     torch.testing.assert_close(head.theta.grad, 2 * once["head"])
 
 
-class TwoBranch(nn.Module):
+def two_branch(separate: bool = False) -> method_models.TwoBranch:
     """Late fusion; the unimodal logits are the fused classifier's slices (the `ogm_split` head mode) or come from
     heads of their own (`separate`, whose gradients on the branches conflict with the fused loss's here)."""
-
-    def __init__(self, separate: bool = False) -> None:
-        super().__init__()
-        self.vision, self.text, self.head = nn.Linear(4, 3), nn.Linear(2, 3), nn.Linear(6, 3)
-        self.unimodal_heads = nn.ModuleDict({"image": nn.Linear(3, 3), "text": nn.Linear(3, 3)}) if separate else None
-
-    def forward(self, a, b):
-        za, zb = torch.tanh(self.vision(a)), torch.tanh(self.text(b))
-        if self.unimodal_heads is not None:
-            unimodal = {"image": self.unimodal_heads["image"](za), "text": self.unimodal_heads["text"](zb)}
-        else:
-            w = self.head.weight
-            unimodal = {"image": za @ w[:, :3].T + self.head.bias / 2, "text": zb @ w[:, 3:].T + self.head.bias / 2}
-        return self.head(torch.cat([za, zb], 1)), unimodal
+    return method_models.TwoBranch(unimodal="separate" if separate else "ogm_split", tanh=True)
 
 
 def batch(seed: int = 0, separate: bool = False):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return TwoBranch(separate), torch.randn(8, 4), torch.randn(8, 2) * 3, torch.randint(0, 3, (8,))
+        return two_branch(separate), torch.randn(8, 4), torch.randn(8, 2) * 3, torch.randint(0, 3, (8,))
 
 
 def losses_of(model, a, b, y):
@@ -222,7 +215,7 @@ def test_wrong_losses_are_refused_in_one_sentence(make, error, words):
 
 
 def test_bad_construction_arguments_name_the_parameter():
-    model = TwoBranch()
+    model = two_branch()
     with pytest.raises(InputError, match="'gamma'"):
         MMPareto({"image": model.vision, "text": model.text}, gamma=-1.0)
     with pytest.raises(InputError, match="'branches'.*share one"):
@@ -236,62 +229,11 @@ def test_bad_construction_arguments_name_the_parameter():
 
 
 # ---- DDP: two gloo processes on halves of the batch equal one process on the whole ------------------------------------
-WORKER = '''
-import sys, torch, torch.nn as nn, torch.nn.functional as F
-from biasaudit.methods.mmpareto import MMPareto
-
-class TwoBranch(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.vision, self.text, self.head = nn.Linear(4, 3), nn.Linear(2, 3), nn.Linear(6, 3)
-        self.image_head, self.text_head = nn.Linear(3, 3), nn.Linear(3, 3)  # the `separate` head mode
-    def forward(self, a, b):
-        za, zb = torch.tanh(self.vision(a)), torch.tanh(self.text(b))
-        unimodal = {"image": self.image_head(za), "text": self.text_head(zb)}
-        return self.head(torch.cat([za, zb], 1)), unimodal
-
-def train(rank, world):
-    """Three SGD steps with MMPareto on this rank's share of a fixed global batch of 8."""
-    torch.manual_seed(0)
-    model = TwoBranch()
-    a, b, y = torch.randn(8, 4), torch.randn(8, 2) * 3, torch.randint(0, 3, (8,))
-    share = slice(rank * 8 // world, (rank + 1) * 8 // world)
-    wrapped = nn.parallel.DistributedDataParallel(model) if world > 1 else None
-    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    mmp = MMPareto({"image": model.vision, "text": model.text})
-    steps = []
-    for _ in range(3):
-        optimizer.zero_grad()
-        if wrapped is not None:
-            with wrapped.no_sync():
-                logits, unimodal = wrapped(a[share], b[share])
-        else:
-            logits, unimodal = model(a[share], b[share])
-        fused = F.cross_entropy(logits, y[share])
-        steps.append(mmp.backward(fused, {m: F.cross_entropy(o, y[share]) for m, o in unimodal.items()}))
-        optimizer.step()
-    return {name: p.grad.clone() for name, p in model.named_parameters()}, steps
-
-if __name__ == "__main__":
-    import torch.distributed as dist
-    dist.init_process_group("gloo")
-    grads, steps = train(dist.get_rank(), dist.get_world_size())
-    torch.save({"grads": grads, "cosines": [s.cosines for s in steps]}, sys.argv[1])
-    dist.destroy_process_group()
-'''
-
-
 def test_two_ddp_processes_on_half_batches_equal_one_process_on_the_whole_batch(tmp_path, gloo_ranks):
-    script = tmp_path / "mmpareto_worker.py"
-    script.write_text(WORKER)
-    outputs = [tmp_path / "rank0.pt", tmp_path / "rank1.pt"]
-    gloo_ranks.run_ok([[script, outputs[0]], [script, outputs[1]]])
-    with torch.random.fork_rng():
-        single, steps = runpy.run_path(str(script))["train"](0, 1)
+    ranks, (single, steps) = method_ddp.on_two_ranks_and_one(gloo_ranks, tmp_path, "mmpareto")
     # The image branch conflicts in the first two steps and not in the third: both rules are exercised.
     assert [s.conflicts["image"] for s in steps] == [True, True, False]
-    for output in outputs:
-        saved = torch.load(output, weights_only=True)
+    for saved in ranks:
         for cosines, step in zip(saved["cosines"], steps):
             assert cosines == pytest.approx(step.cosines, rel=1e-5, abs=1e-6)
         for name, grad in single.items():

@@ -4,7 +4,8 @@ hand, the GE noise's seed and resume, the global RNG left alone, the epoch windo
 from __future__ import annotations
 
 import math
-import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +14,12 @@ from torch import nn
 
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.methods.ogm_ge import OGMGE, coefficient
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+import method_ddp  # noqa: E402
+from method_models import TwoBranch  # noqa: E402
+
+sys.path.pop(0)
 
 LN3 = math.log(3.0)
 
@@ -129,22 +136,10 @@ def test_outside_the_modulation_window_gradients_are_left_alone():
     assert ogm.state_dict()["epoch"] == 3
 
 
-class TwoBranch(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.vision, self.text, self.head = nn.Linear(4, 3), nn.Linear(2, 3), nn.Linear(6, 3)
-
-    def forward(self, a, b):
-        za, zb = self.vision(a), self.text(b)
-        w = self.head.weight
-        unimodal = {"image": za @ w[:, :3].T + self.head.bias / 2, "text": zb @ w[:, 3:].T + self.head.bias / 2}
-        return self.head(torch.cat([za, zb], 1)), unimodal
-
-
 def test_in_a_plain_loop_only_branch_gradients_change():
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        model, a, b, y = TwoBranch(), torch.randn(6, 4), torch.randn(6, 2), torch.randint(0, 3, (6,))
+        model, a, b, y = TwoBranch(unimodal="ogm_split"), torch.randn(6, 4), torch.randn(6, 2), torch.randint(0, 3, (6,))
     logits, unimodal = model(a, b)
     F.cross_entropy(logits, y).backward()
     plain = {name: p.grad.clone() for name, p in model.named_parameters()}
@@ -205,58 +200,9 @@ def test_bad_construction_arguments_name_the_parameter():
 
 
 # ---- DDP: two gloo processes on halves of the batch equal one process on the whole ------------------------------------
-WORKER = '''
-import os, sys, torch, torch.nn as nn, torch.nn.functional as F
-from biasaudit.methods.ogm_ge import OGMGE
-
-class TwoBranch(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.vision, self.text, self.head = nn.Linear(4, 3), nn.Linear(2, 3), nn.Linear(6, 3)
-    def forward(self, a, b):
-        za, zb = self.vision(a), self.text(b)
-        w = self.head.weight
-        unimodal = {"image": za @ w[:, :3].T + self.head.bias / 2, "text": zb @ w[:, 3:].T + self.head.bias / 2}
-        return self.head(torch.cat([za, zb], 1)), unimodal
-
-def train(rank, world):
-    """Two SGD steps with OGM-GE (GE on) on this rank's share of a fixed global batch of 8."""
-    torch.manual_seed(0)
-    model = TwoBranch()
-    a, b, y = torch.randn(8, 4), torch.randn(8, 2) * 3, torch.randint(0, 3, (8,))
-    share = slice(rank * 8 // world, (rank + 1) * 8 // world)
-    wrapped = model
-    if world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    ogm = OGMGE({"image": model.vision, "text": model.text}, alpha=0.5, seed=11)
-    steps = []
-    for _ in range(2):
-        optimizer.zero_grad()
-        logits, unimodal = wrapped(a[share], b[share])
-        F.cross_entropy(logits, y[share]).backward()
-        steps.append(ogm.after_backward(unimodal, y[share]))
-        optimizer.step()
-    return {name: p.grad.clone() for name, p in model.named_parameters()}, steps
-
-if __name__ == "__main__":
-    import torch.distributed as dist
-    dist.init_process_group("gloo")
-    grads, steps = train(dist.get_rank(), dist.get_world_size())
-    torch.save({"grads": grads, "ratios": [s.ratios for s in steps]}, sys.argv[1])
-    dist.destroy_process_group()
-'''
-
-
 def test_two_ddp_processes_on_half_batches_equal_one_process_on_the_whole_batch(tmp_path, gloo_ranks):
-    script = tmp_path / "ogm_worker.py"
-    script.write_text(WORKER)
-    outputs = [tmp_path / "rank0.pt", tmp_path / "rank1.pt"]
-    gloo_ranks.run_ok([[script, outputs[0]], [script, outputs[1]]])
-    with torch.random.fork_rng():
-        single, steps = runpy.run_path(str(script))["train"](0, 1)
-    for output in outputs:
-        saved = torch.load(output, weights_only=True)
+    ranks, (single, steps) = method_ddp.on_two_ranks_and_one(gloo_ranks, tmp_path, "ogm_ge")
+    for saved in ranks:
         for ratios, step in zip(saved["ratios"], steps):  # the first step modulates 'text', the second 'image'
             assert ratios == pytest.approx(step.ratios, rel=1e-6)
         for name, grad in single.items():

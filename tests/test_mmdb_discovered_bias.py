@@ -175,7 +175,7 @@ def test_scale_selection_groups_validation_samples_by_the_discovered_clusters():
     from biasaudit.training.selection import bias_balanced_score, choose_mmdb_scale
 
     config = TrainConfig(epochs=2, batch_size=8)
-    result = choose_mmdb_scale(LeansOnB(), NoBiasKey(), options={"dominant": "b", "kmeans_k": 2}, config=config, grid=(1, 8))
+    result = choose_mmdb_scale(LeansOnB(), NoBiasKey(), options={"dominant": "b", "kmeans_k": 2}, config=config, grid=(1, 8)).selection
     assert result["grid"] == [1.0, 8.0] and result["validated_on"] == "val" and "k-means" in result["bias_source"]
     assert all(0.0 <= s <= 100.0 for s in result["scores"].values())
     # The score must equal the bias-balanced accuracy over the true (label, blob) groups.

@@ -97,10 +97,19 @@ def test_balgrad_without_branches_names_the_hook_to_add(baseline):
 def test_scale_auto_trains_every_candidate_and_keeps_the_best_by_bias_balanced_accuracy(baseline):
     from biasaudit.training.selection import choose_mmdb_scale
 
-    result = choose_mmdb_scale(copy.deepcopy(baseline), ADAPTER, options={}, config=TrainConfig(epochs=2), grid=(1, 4, 32))
+    config = TrainConfig(epochs=2)
+    choice = choose_mmdb_scale(copy.deepcopy(baseline), ADAPTER, options={}, config=config, grid=(1, 4, 32))
+    result = choice.selection
     assert result["grid"] == [1.0, 4.0, 32.0] and result["validated_on"] == "val"
     assert result["chosen"] == max(result["scores"], key=result["scores"].get)
     assert len(set(result["scores"].values())) > 1, "different scales must give different models"
+    # The winner is kept, not trained again (a seventh training cost a sixth more time): it is the model that
+    # training the chosen scale from the same start gives, with its method and step log.
+    again, method = copy.deepcopy(baseline), make_method("mmdb", scale=result["chosen"])
+    steps = train(again, ADAPTER, method, config=config)
+    assert choice.method.scale == result["chosen"] and choice.steps == steps
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, choice.model.state_dict()[key]), key
 
 
 def test_without_a_val_split_candidates_are_validated_on_held_out_train_samples_they_never_saw(baseline):

@@ -44,6 +44,12 @@ def fix(
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT/state/last.pt.", rich_help_panel="Training"),
     split: str = typer.Option("test", help="Split audited before and after.", rich_help_panel="Audits (before and after)"),
     conditions: str = typer.Option("default", help="Conditions of both audits (see scan).", rich_help_panel="Audits (before and after)"),
+    also_split: str = typer.Option("auto", "--also-split", help="A second split audited before and after the same way, its Full accuracy "
+                                   "change in the verdict: auto (test, when --split is out of distribution), a split name, or none.",
+                                   rich_help_panel="Audits (before and after)"),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Train from the adapter's build_model() initial weights (seeded by "
+                                      "--seed), the papers' protocol, instead of fine-tuning the checkpoint; the before-audit is then the "
+                                      "starting checkpoint's.", rich_help_panel="Training"),
     before: Optional[Path] = typer.Option(None, "--before", help="Reuse an existing audit of this checkpoint, taken with the same scan settings.", rich_help_panel="Audits (before and after)"),
     mute: list[str] = typer.Option([], "--mute", help="Both audits: what 'missing' means for a modality, e.g. image=mean (see scan).", rich_help_panel="Audits (before and after)"),
     mute_compare: bool = typer.Option(False, "--mute-compare", help="Both audits: also measure each modality's other muting choice.", rich_help_panel="Audits (before and after)"),
@@ -108,8 +114,9 @@ def fix(
     from biasaudit.training.loop import TrainConfig
 
     def interrupted() -> str:
-        state = out_dir / "state" / "last.pt"
-        kept = f"; the training state {state} is kept: --resume continues from its last finished epoch" if state.is_file() else ""
+        states = sorted((out_dir / "state").glob("**/last.pt"))  # --scale auto: one per candidate
+        shown = states[0] if len(states) == 1 else out_dir / "state"
+        kept = f"; the training state {shown} is kept: --resume continues from its last finished epoch" if states else ""
         return f"no results were written to {out_dir}{kept}"
 
     method, optimizer, scan_projection, group_by, bias_source, lambda_schedule, kl_mode, projection, head_mode, balgrad_weights = (
@@ -144,7 +151,8 @@ def fix(
         with progress_bars() as progress:
             written = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,
                               scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,
-                              before_path=before, resume=resume, min_group=min_group, progress=progress)
+                              before_path=before, resume=resume, min_group=min_group, progress=progress,
+                              also_split=None if also_split == "none" else also_split, from_scratch=from_scratch)
         paths, compare, training = written.paths, written.outcome.comparison, written.outcome.training
         selection = training.get("scale_selection")
         if selection:

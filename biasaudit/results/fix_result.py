@@ -15,10 +15,21 @@ from biasaudit.results.comparison import Comparison
 class FixResult:
     """`model`: the retrained model (the caller's own object when `inplace=True`, else a trained copy); `before` and
     `after`: audits of the same split, conditions and seed; `comparison`: after vs before; `train_log`: the method's
-    settings and per-step losses."""
+    settings and per-step losses; `also`: the second split's audits and comparison (`also_split`), or None."""
 
     model: nn.Module = field(repr=False)
     before: Audit
     after: Audit
     comparison: Comparison
     train_log: Mapping[str, Any] = field(repr=False)
+    also: "AlsoSplitResult | None" = None
+
+
+@dataclass(frozen=True)
+class AlsoSplitResult:
+    """The second split of a fix (e.g. the in-distribution test split beside an OOD one), audited the same way."""
+
+    split: str
+    before: Audit
+    after: Audit
+    comparison: Comparison

@@ -6,7 +6,9 @@ function, so discovered k-means bias values (no bias_key) group validation sampl
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -61,22 +63,55 @@ def bias_balanced_score(model: nn.Module, adapter: Adapter, method: MMDB, batche
     return mmdb.bias_balanced_accuracy(np.concatenate(predictions), np.concatenate(labels), np.concatenate(bias), min_group=min_group)
 
 
+@dataclass(frozen=True)
+class ScaleChoice:
+    """--scale auto's result: the selection record (chosen scale, grid, scores, where validated) and the winning
+    candidate itself (its trained model, its method object, its step log), which fix keeps instead of training the
+    chosen scale again."""
+
+    selection: dict[str, Any]
+    model: nn.Module
+    method: MMDB
+    steps: list[dict[str, Any]]
+
+
+def candidate_state_dir(state_dir: str | os.PathLike, scale: float) -> Path:
+    """Where the candidate of one scale keeps its training state (each candidate resumes on its own)."""
+    return Path(state_dir) / f"scale-{scale:g}"
+
+
 def choose_mmdb_scale(model: nn.Module, adapter: Adapter, *, options: Mapping[str, Any], config: TrainConfig,
-                      grid=mmdb.SCALE_GRID, min_group: int = DEFAULT_MIN_GROUP, progress: Progress | None = None) -> dict[str, Any]:
+                      grid=mmdb.SCALE_GRID, min_group: int = DEFAULT_MIN_GROUP, progress: Progress | None = None,
+                      state_dir: str | os.PathLike | None = None, resume: bool = False) -> ScaleChoice:
     """Train one candidate per scale from the same starting weights; keep the best by bias-balanced accuracy.
 
     Every candidate starts from the same weights and seed, so with discovered bias each refits the same
-    clusters; the first candidate's prepare() raises, before any training, when no bias value can be had."""
+    clusters; the first candidate's prepare() raises, before any training, when no bias value can be had. Only the
+    best candidate so far is held in memory (two copies of the model at most). With `state_dir`, each candidate saves
+    its training state in its own folder (candidate_state_dir); `resume` continues each from its state when it has
+    one, so an interrupted auto run resumes the candidate it was training and re-scores the finished ones."""
     candidate_config, source = selection_plan(adapter, config)
     device = torch.device(config.device)
-    scores = {}
+    scores: dict[float, float] = {}
+    best: tuple[tuple[float, float], nn.Module, MMDB, list[dict[str, Any]]] | None = None
     for scale in grid:
         candidate = copy.deepcopy(model)
         method = MMDB(**{**options, "scale": float(scale)})
-        train(candidate, adapter, method, config=candidate_config, progress=progress, stage=f"scale {scale:g}")
+        directory = candidate_state_dir(state_dir, scale) if state_dir is not None else None
+        resumed = resume and directory is not None and (directory / "last.pt").is_file()
+        steps = train(candidate, adapter, method, config=candidate_config, progress=progress, stage=f"scale {scale:g}",
+                      state_dir=directory, resume=resumed)
         scores[float(scale)] = bias_balanced_score(candidate, adapter, method,
                                                    validation_batches(adapter, candidate_config, source), device=device, min_group=min_group)
-    best = max(scores, key=lambda s: (scores[s], -s))  # ties go to the smaller scale
-    return {"chosen": best, "grid": list(scores), "scores": scores, "validated_on": source, "min_group": min_group,
-            "criterion": "bias-balanced accuracy (mean over (label, bias) groups with >= min_group samples)",
-            "bias_source": method.bias_label}
+        rank = (scores[float(scale)], -float(scale))  # ties go to the smaller scale
+        if best is None or rank > best[0]:
+            best = (rank, candidate, method, steps)
+    assert best is not None, "the scale grid is never empty"
+    _, winner, method, steps = best
+    chosen = -best[0][1]
+    selection = {"chosen": chosen, "grid": list(scores), "scores": scores, "validated_on": source, "min_group": min_group,
+                 "criterion": "bias-balanced accuracy (mean over (label, bias) groups with >= min_group samples)",
+                 "bias_source": method.bias_label,
+                 "kept": "the chosen candidate itself, not trained again" + (
+                     "; it trained on train without the held-out part it was validated on" if source != "val" else "")}
+    return ScaleChoice(selection=selection, model=winner, method=method, steps=steps)

@@ -1,0 +1,51 @@
+"""Diagnosis before treatment: what the before-audit says about whether a method's mechanism fits this model.
+
+Each method works on one thing (methods.md section 8):
+  reliance  balgrad, ogm_ge, mmpareto strengthen the modality the model uses less (or slow the one it uses most);
+  bias      mmdb, groupdro, jtt, dfr act on the bias itself ((label, bias value) groups, margins, the error set);
+  neither   ce (the control) and dandr (re-learning of overfitted branches) take no side.
+A reliance method helps against a shortcut only when the shortcut runs through the modality the model leans on: when
+the carrier test finds the bias in another modality than the dominant one, strengthening the under-used modality
+strengthens the carrier. Measured on such a model: BalGrad raised the text bias-follow rate by 14.7 points [10.4,
+19.0] and lowered OOD accuracy by 7.5. The before-audit already shows this, so `fix` says it before training.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+RELIANCE_METHODS = ("balgrad", "ogm_ge", "mmpareto")
+BIAS_METHODS = ("mmdb", "groupdro", "jtt", "dfr")
+
+
+class TreatmentWarning(UserWarning):
+    """A method whose mechanism works against the before-audit's diagnosis (raised as a warning, not an error: the
+    user may want the comparison anyway)."""
+
+
+def diagnosis(before: Mapping[str, Any]) -> dict[str, Any]:
+    """The figures the warnings read: the carrier (None when the test found none or did not run), the dominant
+    modality, and the missing-modality Gap with its interval."""
+    carrier_test = before.get("carrier") or {}
+    missing = (before.get("summary") or {}).get("missing") or {}
+    return {"carrier_test": bool(carrier_test.get("available")), "carrier": carrier_test.get("carrier"),
+            "dominant": missing.get("dominant"), "gap": missing.get("gap"), "gap_ci": missing.get("gap_ci")}
+
+
+def treatment_warnings(method: str, before: Mapping[str, Any]) -> list[str]:
+    """One sentence per way `method` works against what `before` found (none when it fits or nothing is known)."""
+    found = diagnosis(before)
+    carrier, dominant = found["carrier"], found["dominant"]
+    warnings = []
+    if method in RELIANCE_METHODS and carrier and dominant and carrier != dominant:
+        warnings.append(f"The before-audit finds the bias carried by {carrier} while the model relies most on {dominant}; {method} "
+                        f"strengthens the modality the model uses less, here {carrier}, the carrier, so it can make the model more "
+                        f"biased: methods that act on the bias itself are {', '.join(BIAS_METHODS)}.")
+    gap, interval = found["gap"], found["gap_ci"]
+    if method in RELIANCE_METHODS and interval is not None and interval[0] <= 0 <= interval[1]:
+        warnings.append(f"The before-audit finds no clear reliance on one modality (missing-modality Gap {gap:.1f} points, "
+                        f"[{interval[0]:.1f}, {interval[1]:.1f}]), which is what {method} rebalances.")
+    if method in BIAS_METHODS and found["carrier_test"] and carrier is None:
+        warnings.append(f"The before-audit's carrier test finds no modality that carries a bias (no excess bias-follow rate), "
+                        f"which is what {method} acts on; compare against --method ce before trusting a change.")
+    return warnings
