@@ -15,8 +15,9 @@ refuse anything else. Robust by construction: L_v and its KL term are differenti
 l), so θ_T never receives a unimodal or KL gradient even if a caller forgets to detach the head.
 
 The step is two phases, so that a DDP caller can average the raw gradients over the processes between them:
-`raw_gradients` (five autograd passes) and `combine` (weights, projection, sum, in the same arithmetic for every
-caller). `balgrad_step` runs both and *writes* `.grad` (replacing what is there).
+`raw_gradients` (five autograd passes, or three when each modality's terms reach only its own branch) and `combine`
+(weights, projection, sum, in the same arithmetic for every caller). `balgrad_step` runs both and *writes* `.grad`
+(replacing what is there).
 """
 
 from __future__ import annotations
@@ -48,13 +49,16 @@ def project_conflict(g_task: Tensor, g_kl: Tensor) -> tuple[Tensor, float, float
         raise InputError(f"project_conflict needs two flat vectors of equal length, got shapes "
                          f"{tuple(g_task.shape)} and {tuple(g_kl.shape)}.")
     task64, kl64 = g_task.double(), g_kl.double()
-    inner = float(torch.dot(task64, kl64))
-    cos_before = _cosine(task64, kl64)
+    # The figures each read once, the ones of one moment in one synchronisation.
+    inner, task_norm, kl_norm = torch.stack([torch.dot(task64, kl64), task64.norm(), kl64.norm()]).tolist()
+    cos_before = _cosine_of(inner, task_norm, kl_norm)
     if not inner < 0:
         return g_task, cos_before, cos_before, False
     coefficient = inner / float(torch.dot(kl64, kl64))  # ||g_kl|| > 0 because the inner product is not 0
     projected = (task64 - coefficient * kl64).to(g_task.dtype)
-    return projected, cos_before, _cosine(projected.double(), kl64), True
+    back = projected.double()
+    projected_norm, projected_inner = torch.stack([back.norm(), torch.dot(back, kl64)]).tolist()
+    return projected, cos_before, _cosine_of(projected_inner, projected_norm, kl_norm), True
 
 
 def kl_weights(loss_v: float, loss_l: float) -> tuple[float, float]:
@@ -215,16 +219,38 @@ def check_step(unimodal_losses: Mapping[str, Tensor], kl_terms: Mapping[str, Ten
 
 
 def raw_gradients(task_loss: Tensor, unimodal_losses: Mapping[str, Tensor], kl_terms: Mapping[str, Tensor], *,
-                  task_params: Sequence[nn.Parameter],
-                  branch_params: Mapping[str, Sequence[nn.Parameter]]) -> tuple[list[nn.Parameter], list[Tensor]]:
+                  task_params: Sequence[nn.Parameter], branch_params: Mapping[str, Sequence[nn.Parameter]],
+                  joint: bool = False) -> tuple[list[nn.Parameter], list[Tensor]]:
     """(θ_T + θ_v + θ_l in that order, [g_T, ∇_{θ_v} KL_v, ∇_{θ_l} KL_l, ∇_{θ_v} L_v, ∇_{θ_l} L_l] as flat vectors):
-    the five autograd passes of a step, before any weight, λ or projection."""
+    the five autograd passes of a step, before any weight, λ or projection.
+
+    joint: three passes instead of five, the two KL terms in one and the two unimodal losses in another, for a caller
+    that has checked that neither modality's terms reach the other's parameters (BalGrad reads it from the graph).
+    The gradients are then the same tensors bit for bit: no node on a path to θ_v receives anything from l's term
+    (it would then reach θ_v), so each parameter gets what its own term's pass gives it."""
     v, l = list(branch_params)
     task, groups = list(task_params), [list(branch_params[v]), list(branch_params[l])]
     params = task + groups[0] + groups[1]
-    return params, [_flat(_grads(task_loss, params)),
+    g_task = _flat(_grads(task_loss, params))
+    if joint:
+        kl_v, kl_l = _joint_grads(kl_terms[v], kl_terms[l], groups)
+        uni_v, uni_l = _joint_grads(unimodal_losses[v], unimodal_losses[l], groups)
+        return params, [g_task, _flat(kl_v), _flat(kl_l), _flat(uni_v), _flat(uni_l)]
+    return params, [g_task,
                     _flat(_grads(kl_terms[v], groups[0])), _flat(_grads(kl_terms[l], groups[1])),
                     _flat(_grads(unimodal_losses[v], groups[0])), _flat(_grads(unimodal_losses[l], groups[1]))]
+
+
+def _joint_grads(output_v: Tensor, output_l: Tensor, groups: list[list[nn.Parameter]]) -> list[list[Tensor]]:
+    """[d output_v / d groups[0], d output_l / d groups[1]] in one autograd pass (raw_gradients' `joint`); the
+    undirected KL is one tensor for both modalities and is differentiated once."""
+    outputs = [output_v] if output_v is output_l else [output_v, output_l]
+    if not all(output.dim() == 0 and output.requires_grad for output in outputs):  # _grads says what is wrong
+        return [_grads(output_v, groups[0]), _grads(output_l, groups[1])]
+    params = groups[0] + groups[1]
+    grads = torch.autograd.grad(outputs, params, retain_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+    return [grads[:len(groups[0])], grads[len(groups[0]):]]
 
 
 def combine(raw: Sequence[Tensor], losses: tuple[float, float, float], *, task_size: int, lam: float, beta: float,
@@ -264,10 +290,16 @@ def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
 
 
 def _cosine(a: Tensor, b: Tensor) -> float:
-    norms = float(a.norm()) * float(b.norm())
+    inner, a_norm, b_norm = torch.stack([torch.dot(a, b), a.norm(), b.norm()]).tolist()
+    return _cosine_of(inner, a_norm, b_norm)
+
+
+def _cosine_of(inner: float, a_norm: float, b_norm: float) -> float:
+    """cos from ⟨a, b⟩, ‖a‖ and ‖b‖; nan where either vector is exactly zero."""
+    norms = a_norm * b_norm
     if norms == 0:
         return math.nan
-    return max(-1.0, min(1.0, float(torch.dot(a, b)) / norms))
+    return max(-1.0, min(1.0, inner / norms))
 
 
 def _two_names(mapping: Mapping[str, Any], *, what: str) -> tuple[str, str]:

@@ -36,7 +36,7 @@ from biasaudit.methods._balgrad_math import (
     mutual_kl,
     raw_gradients,
 )
-from biasaudit.methods._branches import branch_parameters, branches_rule, graph_leaves, keys_rule
+from biasaudit.methods._branches import BranchParameters, branches_rule, check_per_branch, graph_leaves
 from biasaudit.methods._distributed import agree, average, collective_device, world_size
 
 WHERE = "BalGrad"
@@ -121,6 +121,7 @@ class BalGrad:
                                  "model's own submodules, or leave 'model' out.")
         self.running = RunningLosses(momentum=RUNNING_MOMENTUM)
         self.last: BalGradStep | None = None
+        self._branch_parameters = BranchParameters(self.branches)
 
     def backward(self, fused_loss: Tensor, unimodal_logits: Mapping[str, Tensor], labels: Tensor, *, step: int,
                  total_steps: int, loss_scale: float = 1.0) -> BalGradStep:
@@ -128,7 +129,7 @@ class BalGrad:
         docstring says; returns the step's log. Everything is checked before any `.grad` changes."""
         where = f"{WHERE}.backward"
         self._check(fused_loss, unimodal_logits, labels, step=step, total_steps=total_steps, loss_scale=loss_scale)
-        params = branch_parameters(self.branches, where=where)
+        params = self._branch_parameters(where=where)
         branch_ids = {id(p) for group in params.values() for p in group}
         fused_leaves = graph_leaves(fused_loss)
         if self.model is not None:
@@ -154,7 +155,9 @@ class BalGrad:
         ordered = {m: unimodal_logits[m] for m in self.branches}
         unimodal = {m: F.cross_entropy(o, labels) for m, o in ordered.items()}
         kl_terms = mutual_kl(ordered, mode=self.kl_mode)
-        losses = [float(fused_loss.detach()) / loss_scale, *(float(loss.detach()) for loss in unimodal.values())]
+        values = [fused_loss.detach(), *(loss.detach().to(fused_loss.device) for loss in unimodal.values())]
+        losses = torch.stack(values).tolist()  # one synchronisation for the three
+        losses[0] /= loss_scale
         if loss_scale != 1.0:  # the scaled fused loss's companions, scaled alike (class docstring)
             unimodal = {m: loss * loss_scale for m, loss in unimodal.items()}
             kl_terms = {m: loss * loss_scale for m, loss in kl_terms.items()}
@@ -163,7 +166,10 @@ class BalGrad:
         others = {m: [leaf for key, leaf in unimodal_leaves[m].items() if key not in known] for m in self.branches}
         other_grads = {m: list(torch.autograd.grad(unimodal[m], others[m], retain_graph=True)) if others[m] else []
                        for m in self.branches}
-        flat, raw = raw_gradients(fused_loss, unimodal, kl_terms, task_params=task, branch_params=params)
+        # Three autograd passes instead of five when neither modality's logits reach the other's branch (exact).
+        v, l = self.branches
+        crossed = any(id(p) in unimodal_leaves[v] for p in params[l]) or any(id(p) in unimodal_leaves[l] for p in params[v])
+        flat, raw = raw_gradients(fused_loss, unimodal, kl_terms, task_params=task, branch_params=params, joint=not crossed)
         if world_size() > 1:
             loss_tensor = torch.tensor(losses, dtype=torch.float64, device=raw[0].device)
             raw, heads_flat, (loss_tensor,) = average([raw, [g for m in self.branches for g in other_grads[m]], [loss_tensor]])
@@ -188,13 +194,13 @@ class BalGrad:
                loss_scale: Any) -> None:
         where = f"{WHERE}.backward"
         check_argument(fused_loss, Tensor, parameter="fused_loss", where=where, rule=_loss_rule)
-        check_argument(unimodal_logits, Mapping[str, Tensor], parameter="unimodal_logits", where=where,
-                       rule=keys_rule(self.branches))
+        check_per_branch(unimodal_logits, self.branches, parameter="unimodal_logits", where=where)
         check_argument(labels, Tensor, parameter="labels", where=where, rule=_labels_rule)
         check_argument(step, int, parameter="step", where=where, rule=at_least(0))
         check_argument(total_steps, int, parameter="total_steps", where=where, rule=at_least(1))
         check_argument(loss_scale, float, parameter="loss_scale", where=where, rule=positive_finite)
-        batch, low, high = labels.shape[0], int(labels.min()), int(labels.max())
+        batch = labels.shape[0]
+        low, high = torch.stack(torch.aminmax(labels)).tolist()  # one synchronisation for both
         widths = set()
         for name in self.branches:
             logits = unimodal_logits[name]

@@ -40,7 +40,8 @@ def _integer_tensor(value: Any, *, parameter: str, where: str) -> torch.Tensor:
     """A 1-D tensor of integers (a numpy array is taken too) as a long tensor; refused with one sentence otherwise."""
     if isinstance(value, np.ndarray):
         value = torch.from_numpy(value)
-    check_argument(value, torch.Tensor, parameter=parameter, where=where)
+    if not isinstance(value, torch.Tensor):  # the full check for its sentence only (a training step passes tensors)
+        check_argument(value, torch.Tensor, parameter=parameter, where=where)
     if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool or value.dim() != 1:
         raise InputError(f"The {parameter!r} parameter of {where} is a {value.dtype} tensor of shape {tuple(value.shape)}; "
                          "expected a 1-D tensor of integers.")
@@ -152,9 +153,12 @@ class GroupDRO:
         """The scalar Group DRO loss of a batch (see the class docstring); `per_sample_losses` is the 1-D float loss of
         each sample (e.g. `F.cross_entropy(..., reduction="none")`), `groups` the 1-D integer group of each sample."""
         where = "GroupDRO.loss"
-        # Checked argument by argument rather than by @checked, whose binding costs a training step ~40 us.
-        check_argument(per_sample_losses, torch.Tensor, parameter="per_sample_losses", where=where)
-        check_argument(groups, torch.Tensor, parameter="groups", where=where)
+        # Checked argument by argument rather than by @checked, whose binding costs a training step ~40 us, and by
+        # check_argument only for its sentence: a training step calls this with tensors.
+        if not isinstance(per_sample_losses, torch.Tensor):
+            check_argument(per_sample_losses, torch.Tensor, parameter="per_sample_losses", where=where)
+        if not isinstance(groups, torch.Tensor):
+            check_argument(groups, torch.Tensor, parameter="groups", where=where)
         losses = per_sample_losses
         training = torch.is_grad_enabled()
         if not losses.dtype.is_floating_point or losses.dim() != 1 or not losses.numel():
@@ -186,20 +190,22 @@ class GroupDRO:
             return (q.to(losses.dtype) * sums / counts.clamp(min=1).to(losses.dtype)).sum()
 
         world = world_size()
-        stats = torch.stack([sums.detach().float(), counts.float()])
+        global_sums, global_counts = sums.detach().float(), counts.float()
         if world > 1:
             import torch.distributed as dist
 
+            stats = torch.stack([global_sums, global_counts])
             dist.all_reduce(stats)  # global sums and counts: q moves alike on every rank
-        global_sums, global_counts = stats
+            global_sums, global_counts = stats
         sizes = global_counts.clamp(min=1)
         group_losses = global_sums / sizes  # 0 for an absent group, so exp(eta * 0) = 1 leaves its q as it was
         q = q * torch.exp(self.eta * group_losses)
         q = q / q.sum()
         self._q = q
         self.last = GroupDROStep(_sums=global_sums, _counts=global_counts, q=q)
+        loss = ((q / sizes).to(losses.dtype) * sums).sum()
         # world * local share of each global group mean: DDP's averaging over ranks then gives the global gradient.
-        return world * ((q / sizes).to(losses.dtype) * sums).sum()
+        return world * loss if world > 1 else loss
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """q and the mask of groups it covers, as CPU tensors (save them with the training state to resume)."""

@@ -132,19 +132,21 @@ class UnimodalHeads:
         if not callable(rerun):
             raise InputError(f"The 'rerun' parameter of {WHERE}.logits is {type(rerun).__name__}; expected, in the {self.mode} "
                              "mode, a callable that runs the model's forward again, e.g. lambda: model(x_img, x_txt).")
-        unimodal = {m: self._zeroed(rerun, kept=m, outputs=outputs) for m in self.branches}
+        # Every parameter detached, once for all the passes: the branches' gradient comes through the injected z_kept
+        # alone, and no graph is built through branch layers whose output the hooks replace.
+        detached = {f"model.{name}": p.detach() for name, p in self.model.named_parameters()}
+        unimodal = {m: self._zeroed(rerun, kept=m, outputs=outputs, parameters=detached) for m in self.branches}
         if self.mode == "ogm_split" and self.classifier is not None and self.classifier.bias is not None:
             # The zeroed pass carries all of b; each split head gets b/M.
             shift = self.classifier.bias.detach() * ((len(self.branches) - 1) / len(self.branches))
             unimodal = {m: o - shift for m, o in unimodal.items()}
         return unimodal
 
-    def _zeroed(self, rerun: Callable[[], Tensor], *, kept: str, outputs: Mapping[str, Tensor]) -> Tensor:
-        """f_T(fuse(z_kept, 0)) on detached parameters and copied buffers, in eval mode (module docstring)."""
-        # Every parameter detached: the branches' gradient comes through the injected z_kept alone, and no graph is
-        # built through branch layers whose output the hooks replace.
-        state = {f"model.{name}": p.detach() for name, p in self.model.named_parameters()}
-        state.update({f"model.{name}": b.clone() for name, b in self.model.named_buffers()})
+    def _zeroed(self, rerun: Callable[[], Tensor], *, kept: str, outputs: Mapping[str, Tensor],
+                parameters: Mapping[str, Tensor]) -> Tensor:
+        """f_T(fuse(z_kept, 0)) on the detached `parameters` and copied buffers, in eval mode (module docstring)."""
+        state = dict(parameters)
+        state.update({f"model.{name}": b.clone() for name, b in self.model.named_buffers()})  # each pass its own copy
         handles = [module.register_forward_hook(_ReplaceOutput(outputs[m] if m == kept else torch.zeros_like(outputs[m])))
                    for m, module in self.branches.items()]
         try:

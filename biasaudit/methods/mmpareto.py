@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from biasaudit.arguments import check_argument, checked, positive_finite
 from biasaudit.errors import InputError
-from biasaudit.methods._branches import branch_parameters, branches_rule, graph_leaves, keys_rule
+from biasaudit.methods._branches import BranchParameters, branches_rule, check_per_branch, graph_leaves
 from biasaudit.methods._distributed import agree, average, collective_device, world_size
 
 WHERE = "MMPareto"
@@ -109,19 +109,19 @@ class MMPareto:
         self.branches = dict(branches)
         self.gamma = float(gamma)
         self.last: MMParetoStep | None = None
+        self._branch_parameters = BranchParameters(self.branches)
 
     def backward(self, fused_loss: Tensor, unimodal_losses: Mapping[str, Tensor]) -> MMParetoStep:
         """Fill (add to) `.grad` of every parameter the losses reach, as described above; returns the step's figures.
         Everything is checked before any `.grad` changes."""
         where = f"{WHERE}.backward"
         check_argument(fused_loss, Tensor, parameter="fused_loss", where=where, rule=_loss_rule)
-        check_argument(unimodal_losses, Mapping[str, Tensor], parameter="unimodal_losses", where=where,
-                       rule=keys_rule(self.branches))
+        check_per_branch(unimodal_losses, self.branches, parameter="unimodal_losses", where=where)
         for name in self.branches:
             if _loss_rule(unimodal_losses[name]) is not None:
                 raise InputError(f"The 'unimodal_losses' parameter of {where} has a {name!r} entry of shape "
                                  f"{tuple(unimodal_losses[name].shape)}; expected {_loss_rule(unimodal_losses[name])}.")
-        params = branch_parameters(self.branches, where=where)
+        params = self._branch_parameters(where=where)
         owner = {id(p): name for name, ps in params.items() for p in ps}
         fused_leaves = graph_leaves(fused_loss)
         unimodal_leaves = {name: graph_leaves(unimodal_losses[name]) for name in self.branches}
@@ -159,11 +159,12 @@ class MMPareto:
                     if grad is not None:
                         g_u[position[id(parameter)]] += grad
         else:
-            total = sum(unimodal_losses[name] for name in self.branches)
+            first, *rest = (unimodal_losses[name] for name in self.branches)
+            total = sum(rest, first)  # not from 0: one graph node fewer, the same gradient
             g_u = _zeros_for_none(torch.autograd.grad(total, inputs, allow_unused=True), inputs)
         n = len(flat)
         g_f_branch, g_u_branch = g_f[:n], g_u[:n]
-        g_other = [f + u for f, u in zip(g_f[n:], g_u[n:])]
+        g_other = torch._foreach_add(g_f[n:], g_u[n:]) if other_list else []
         if world_size() > 1:
             g_f_branch, g_u_branch, g_other = average([g_f_branch, g_u_branch, g_other])
 
@@ -178,15 +179,17 @@ class MMPareto:
         for name in self.branches:
             spans[name] = (start, start + len(params[name]))
             start += len(params[name])
-        sums = [torch.stack([_sums(g_f[a:b], g_f[a:b]), _sums(g_u[a:b], g_u[a:b]), _sums(g_f[a:b], g_u[a:b])]).cpu()
-                for a, b in spans.values()]
-        sums = torch.stack(sums).tolist()  # one synchronisation per branch
+        sums = [_branch_sums(g_f[a:b], g_u[a:b]) for a, b in spans.values()]
+        sums = torch.stack([s.to(sums[0].device) for s in sums]).tolist()  # one synchronisation for every branch
         cosines, conflicts, weights, scales = {}, {}, {}, {}
         for name, (ff, uu, fu) in zip(self.branches, sums):
             a_coef, b_coef, cosines[name], weights[name], scales[name], conflicts[name] = combine(ff, uu, fu, self.gamma)
             first, last = spans[name]
-            for parameter, f, u in zip(params[name], g_f[first:last], g_u[first:last]):
-                _accumulate(parameter, f * a_coef + u * b_coef)  # out of place: autograd may return expanded views
+            # Out of place (autograd may return expanded views), list-wide: f * a + u * b for every tensor.
+            integrated = torch._foreach_mul(g_f[first:last], a_coef)
+            torch._foreach_add_(integrated, torch._foreach_mul(g_u[first:last], b_coef))
+            for parameter, grad in zip(params[name], integrated):
+                _accumulate(parameter, grad)
         return MMParetoStep(cosines=cosines, conflicts=conflicts, weights=weights, scales=scales)
 
     def state_dict(self) -> dict[str, Any]:
@@ -208,13 +211,20 @@ def _zeros_for_none(grads: tuple[Tensor | None, ...], inputs: list[Tensor]) -> l
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, inputs)]
 
 
-def _sums(a: list[Tensor], b: list[Tensor]) -> Tensor:
-    """Σ over the tensors of ⟨a, b⟩, in float64 (the weights are ratios of these; float32 dot products of long
-    vectors lose digits)."""
-    if not a:
-        return torch.zeros((), dtype=torch.float64)
-    device = a[0].device  # kept there: moving each product to the CPU would synchronise once per tensor
-    return torch.stack([torch.dot(x.reshape(-1).double(), y.reshape(-1).double()).to(device) for x, y in zip(a, b)]).sum()
+def _branch_sums(g_f: list[Tensor], g_u: list[Tensor]) -> Tensor:
+    """[‖g_f‖², ‖g_u‖², ⟨g_f, g_u⟩] of one branch, each a sum over its tensors of per-tensor dot products, in float64
+    (the weights are ratios of these; float32 dot products of long vectors lose digits). On the first tensor's
+    device: moving each product to the CPU would synchronise once per tensor."""
+    if not g_f:
+        return torch.zeros(3, dtype=torch.float64)
+    device = g_f[0].device
+    f64 = [g.reshape(-1).double() for g in g_f]  # converted once, read by two of the three products
+    u64 = [g.reshape(-1).double() for g in g_u]
+    return torch.stack([_dot_sum(f64, f64, device), _dot_sum(u64, u64, device), _dot_sum(f64, u64, device)])
+
+
+def _dot_sum(a: list[Tensor], b: list[Tensor], device: torch.device) -> Tensor:
+    return torch.stack([torch.dot(x, y).to(device) for x, y in zip(a, b)]).sum()
 
 
 def _accumulate(parameter: Tensor, grad: Tensor) -> None:

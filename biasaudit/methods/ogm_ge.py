@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from biasaudit.arguments import at_least, check_argument, checked, positive_finite
 from biasaudit.errors import InputError
-from biasaudit.methods._branches import branch_parameters, branches_rule, keys_rule
-from biasaudit.methods._distributed import all_reduce_sum_, collective_device
+from biasaudit.methods._branches import BranchParameters, branches_rule, check_per_branch
+from biasaudit.methods._distributed import all_reduce_sum_, collective_device, world_size
 
 WHERE = "OGMGE"
 
@@ -121,6 +121,7 @@ class OGMGE:
         self.epoch = 0
         self.last: OGMGEStep | None = None
         self._generators: dict[str, torch.Generator] = {}
+        self._branch_parameters = BranchParameters(self.branches)
 
     @checked(f"{WHERE}.set_epoch", epoch=at_least(0))
     def set_epoch(self, epoch: int) -> None:
@@ -138,46 +139,49 @@ class OGMGE:
         unimodal_logits: per branch, the logits [B, C] of that modality alone; labels: the [B] class indices. Every
         argument and every branch's gradient is checked before any `.grad` changes."""
         where = f"{WHERE}.after_backward"
-        check_argument(unimodal_logits, Mapping[str, Tensor], parameter="unimodal_logits", where=where,
-                       rule=keys_rule(self.branches))
+        check_per_branch(unimodal_logits, self.branches, parameter="unimodal_logits", where=where)
         check_argument(labels, Tensor, parameter="labels", where=where, rule=_labels_rule)
         batch = labels.shape[0]
-        low, high = int(labels.min()), int(labels.max())
+        low, high = torch.stack(torch.aminmax(labels)).tolist()  # one synchronisation for both
         for name in self.branches:
             logits = unimodal_logits[name]
             if logits.dim() != 2 or logits.shape[0] != batch or logits.shape[1] <= high or low < 0:
                 raise InputError(f"The 'unimodal_logits' parameter of {where} has {name!r} logits of shape "
                                  f"{tuple(logits.shape)}; expected [batch, classes] = [{batch}, C] like 'labels' "
                                  f"(whose class indices run from {low} to {high}).")
-        parameters = branch_parameters(self.branches, where=where)
-        grads = {name: [p for p in params if p.grad is not None] for name, params in parameters.items()}
-        for name, params in grads.items():
-            if not params:
+        parameters = self._branch_parameters(where=where)
+        grads = {name: [p.grad for p in params if p.grad is not None] for name, params in parameters.items()}
+        for name, branch_grads in grads.items():
+            if not branch_grads:
                 raise InputError(f"The 'branches' parameter of {where} has a branch {name!r} whose parameters have "
                                  f"no gradient: it took no part in the loss's forward pass, or after_backward ran "
                                  f"before loss.backward().")
 
         scores_t = torch.stack([_score(unimodal_logits[name], labels) for name in self.branches])
-        scores_list = all_reduce_sum_(scores_t.to(collective_device())).tolist()
-        scores = dict(zip(self.branches, scores_list))
+        if world_size() > 1:  # in one process the scores are read where they are: no copy to a collective's device
+            scores_t = all_reduce_sum_(scores_t.to(collective_device()))
+        scores = dict(zip(self.branches, scores_t.tolist()))
         ratios = ratios_of(scores)
         modulated = self.modulating()
         coefficients = {name: coefficient(ratios[name], self.alpha) if modulated else 1.0 for name in self.branches}
         noise = modulated and self.ge
         if modulated:
-            for name, params in grads.items():
-                for parameter in params:
-                    self._modulate(parameter.grad, coefficients[name], noise)
+            for name, branch_grads in grads.items():
+                self._modulate(branch_grads, coefficients[name], noise)
         self.last = OGMGEStep(scores=scores, ratios=ratios, coefficients=coefficients, modulated=modulated, noise=noise)
         return self.last
 
-    def _modulate(self, grad: Tensor, k: float, noise: bool) -> None:
-        spread = grad.float().std(correction=0) if noise else None  # before modulation: the gradient's own noise
+    def _modulate(self, grads: list[Tensor], k: float, noise: bool) -> None:
+        """One branch's gradients times k, plus GE's noise; list-wide (foreach) ops where the arithmetic allows."""
+        # Before modulation: the gradient's own noise. Each tensor's std and draw stay its own, in parameter order,
+        # so that the draws follow the generator as a per-tensor loop's would.
+        spreads = [grad.float().std(correction=0) for grad in grads] if noise else None
         if k != 1.0:
-            grad.mul_(k)
-        if spread is not None:
-            draw = torch.randn(grad.shape, generator=self._generator(grad.device), device=grad.device, dtype=torch.float32)
-            grad.add_((draw * spread).to(grad.dtype))
+            torch._foreach_mul_(grads, k)
+        if spreads is not None:
+            draws = [torch.randn(grad.shape, generator=self._generator(grad.device), device=grad.device,
+                                 dtype=torch.float32).mul_(spread).to(grad.dtype) for grad, spread in zip(grads, spreads)]
+            torch._foreach_add_(grads, draws)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         key = str(device)
