@@ -20,15 +20,8 @@ from torch import nn
 
 from biasaudit.datasets.demo_model import DemoModel
 from biasaudit.errors import AdapterError, InputError
-from biasaudit.training.balgrad import (
-    LambdaSchedule,
-    StepLog,
-    balgrad_step,
-    kl_weights,
-    mutual_kl,
-    project_conflict,
-    split_parameters,
-)
+from biasaudit.methods._balgrad_math import BalGradStep, LambdaSchedule, balgrad_step, kl_weights, mutual_kl, project_conflict
+from biasaudit.training.branch_heads import split_parameters
 from biasaudit.training.method_balgrad import HEAD_MODES, BalGrad
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
@@ -349,7 +342,7 @@ def test_split_parameters_of_the_demo_model():
 
 
 def test_step_log_is_json_ready():
-    log = StepLog(loss_task=1.0, loss_v=0.5, loss_l=2.0, weight_v=0.2, weight_l=0.8, lam=0.1,
+    log = BalGradStep(loss_task=1.0, loss_v=0.5, loss_l=2.0, weight_v=0.2, weight_l=0.8, lam=0.1,
                   cos_before=math.nan, cos_after=math.nan, conflicted=False)
     assert log.to_dict() == {"loss_task": 1.0, "loss_v": 0.5, "loss_l": 2.0, "weight_v": 0.2, "weight_l": 0.8,
                              "lam": 0.1, "cos_before": None, "cos_after": None, "conflicted": False}

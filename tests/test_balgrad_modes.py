@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from biasaudit.datasets.demo_model import DemoModel, DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import AdapterError, CheckpointError, InputError
-from biasaudit.training.balgrad import RunningLosses, kl_weights
+from biasaudit.methods._balgrad_math import RunningLosses, kl_weights
 from biasaudit.training.loop import TrainConfig, train
 from biasaudit.training.method_balgrad import BalGrad
 

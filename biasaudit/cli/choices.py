@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 from biasaudit.diagnostics.groups import GROUPINGS
 from biasaudit.scanning import PRECISIONS, PROJECTIONS
-from biasaudit.training.balgrad import KL_MODES, PROJECTIONS as BALGRAD_PROJECTIONS, SCHEDULES
+from biasaudit.methods.balgrad import KL_MODES, PROJECTIONS as BALGRAD_PROJECTIONS, SCHEDULES
 from biasaudit.training.method_balgrad import HEAD_MODES, WEIGHT_MODES
 from biasaudit.training.method_mmdb import BIAS_SOURCES
 from biasaudit.training.methods import METHODS
