@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 import os
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -20,6 +21,8 @@ from biasaudit.results.audit import Audit
 from biasaudit.results.comparison import Comparison
 from biasaudit.results.fix_result import AlsoSplitResult, FixResult
 from biasaudit.results.gate_result import GateResult
+from biasaudit.results.leaderboard_result import LeaderboardResult
+from biasaudit.leaderboard.runs import KEEP, PRIMARY
 from biasaudit.training.optimizers import OPTIMIZERS
 
 
@@ -198,3 +201,30 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
                      train_log={"training": outcome.training, "steps": outcome.steps},
                      also=AlsoSplitResult(split=also.split, before=Audit.from_dict(also.before), after=Audit.from_dict(also.after),
                                           comparison=Comparison.from_dict(also.comparison)) if also is not None else None)
+
+
+@checked("ba.leaderboard", seeds=lambda value: None if len(value) >= 2 and len(set(value)) == len(value) and min(value) >= 0
+         else "at least two different seeds of 0 or more", split=not_empty, epochs=at_least(1), lr=positive_finite,
+         batch_size=at_least(1), optimizer=one_of(OPTIMIZERS), bootstrap=at_least(10), primary=one_of(PRIMARY), keep=one_of(KEEP),
+         max_full_drop=non_negative_finite, out=output_dir("ba.leaderboard", "out"))
+def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
+                methods: Sequence[str] = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr"),
+                seeds: Sequence[int] = (0, 1, 2), split: str = "test", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
+                optimizer: str = "adam", bootstrap: int = 1000, primary: str = "worst-group", max_full_drop: float = 1.0,
+                keep: str = "best", device: str | torch.device = "cpu", progress: Progress | None = None) -> LeaderboardResult:
+    """Fix `model` with every method in `methods` for every seed, compare each with the `ce` control (always included)
+    seed by seed, pool the changes over seeds and samples (a hierarchical bootstrap, biasaudit/leaderboard/pooling.py),
+    and recommend a method only when a bias measure improves beyond that noise on most seeds and Full accuracy
+    (in distribution, on `test`, when `split` is out of distribution) does not fall by more than `max_full_drop`
+    points (biasaudit/leaderboard/rule.py). Writes leaderboard.json, leaderboard.html and every run into `out`; a
+    rerun with the same settings reuses the finished runs. The caller's model is never trained."""
+    from biasaudit.leaderboard.board import run_leaderboard
+    from biasaudit.leaderboard.runs import CONTROL, LeaderboardSettings
+
+    settings = LeaderboardSettings(methods=(CONTROL, *[m for m in methods if m != CONTROL]), seeds=tuple(seeds), split=split,
+                                   epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap,
+                                   primary=primary, max_full_drop=max_full_drop, keep=keep)
+    document = run_leaderboard(model, adapter, settings, out=out, device=str(device), progress=progress)
+    recommendation = document["recommendation"]
+    return LeaderboardResult(recommended=recommendation["method"], verdict=document["verdict"], reasons=tuple(recommendation["reasons"]),
+                             json_path=Path(out) / "leaderboard.json", html_path=Path(out) / "leaderboard.html", document=document)

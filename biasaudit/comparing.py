@@ -175,7 +175,7 @@ def compare_audits(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[
     return comparison
 
 
-def _group_replicates(audit: Mapping[str, Any], counts: BootstrapCounts, group: str) -> np.ndarray:
+def group_replicates(audit: Mapping[str, Any], counts: BootstrapCounts, group: str) -> np.ndarray:
     """[modalities, replicates] accuracies of a group's conditions, in the order of its summary scores."""
     by_modality = {c["modality"]: c["name"] for c in audit["conditions"] if c["group"] == group}
     return np.stack([counts.accuracy(by_modality[m]) for m in audit["summary"][group]["scores"]])
@@ -186,7 +186,7 @@ def _group_change_intervals(before: Mapping[str, Any], after: Mapping[str, Any],
     (methods.md section 2; Gap = max - min over modalities, which is |A_a - A_b| for two)."""
     if not pairing.paired:
         return {"avg": None, "gap": None}
-    b, a = _group_replicates(before, pairing.before, group), _group_replicates(after, pairing.after, group)
+    b, a = group_replicates(before, pairing.before, group), group_replicates(after, pairing.after, group)
     avg_change = a.mean(axis=0) - b.mean(axis=0)
     gap_change = (a.max(axis=0) - a.min(axis=0)) - (b.max(axis=0) - b.min(axis=0))
     return {"avg": percentile_interval(avg_change), "gap": percentile_interval(gap_change)}
@@ -199,7 +199,7 @@ def _ran(audit: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     return section if isinstance(section, Mapping) and section.get("available", True) else None
 
 
-def _replicates(audit: Mapping[str, Any], key: str, replicates: int, who: str) -> np.ndarray | None:
+def derived_replicates(audit: Mapping[str, Any], key: str, replicates: int, who: str) -> np.ndarray | None:
     """One derived measure per bootstrap replicate (null = NaN); None when the audit did not keep it."""
     values = ((audit.get("bootstrap") or {}).get("derived") or {}).get(key)
     if values is None:
@@ -217,8 +217,8 @@ def _change(before_value: float | None, after_value: float | None, key: str, bef
     or when either audit lacks them)."""
     entry = {"before": before_value, "after": after_value, "delta": _delta(before_value, after_value), "delta_ci": None}
     if pairing.paired and entry["delta"] is not None:
-        b = _replicates(before, key, pairing.before.replicates, "before")
-        a = _replicates(after, key, pairing.after.replicates, "after")
+        b = derived_replicates(before, key, pairing.before.replicates, "before")
+        a = derived_replicates(after, key, pairing.after.replicates, "after")
         if b is not None and a is not None:
             entry["delta_ci"] = percentile_interval(a - b)
     return entry

@@ -12,7 +12,7 @@ from biasaudit.cli.console import summary_table
 __all__ = ["app", "main", "summary_table"]
 
 # Each module registers its command on the app, in the order `biasaudit --help` lists them.
-for _command in ("scan", "merge", "fix", "compare", "report", "gate", "demo"):
+for _command in ("scan", "merge", "fix", "leaderboard", "compare", "report", "gate", "demo"):
     importlib.import_module(f"biasaudit.cli.{_command}")
 
 

@@ -1,0 +1,65 @@
+"""`biasaudit leaderboard`: every method against the control over seeds, and the one to use (or none)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+import typer
+from rich.markup import escape
+
+from biasaudit.cli.app import app
+from biasaudit.cli.console import ADAPTER_HELP, err, handled, out, progress_bars
+
+DEFAULT_METHODS = "ce,mmdb,balgrad,ogm_ge,mmpareto,groupdro,jtt,dandr,dfr"
+
+
+@app.command()
+def leaderboard(
+    checkpoint: Path = typer.Argument(..., help="State dict of the model to fix; it is never modified."),
+    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP, rich_help_panel="Model and data"),
+    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Methods to compare, comma-separated; ce, the control, is always "
+                                "included.", rich_help_panel="Comparison"),
+    seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Training seeds (give --seeds once per seed, at least two; 3 or more "
+                                    "are better).", rich_help_panel="Comparison"),
+    split: str = typer.Option("test", help="Evaluated split (never val, where options are chosen).", rich_help_panel="Comparison"),
+    primary: str = typer.Option("worst-group", "--primary", help="The bias measure that breaks ties: worst-group, bias-balanced, ood "
+                                "or follow-rate.", rich_help_panel="Comparison"),
+    max_full_drop: float = typer.Option(1.0, "--max-full-drop", help="Non-inferiority margin: points of Full accuracy a recommended "
+                                        "method may lose at most (the lower end of its interval).", rich_help_panel="Comparison"),
+    keep: str = typer.Option("best", "--keep", help="Fixed checkpoints kept: all, best (per method, by the primary measure) or none.",
+                             rich_help_panel="Comparison"),
+    out_dir: Path = typer.Option(Path("biasaudit-leaderboard"), "--out", "-o", help="Directory for leaderboard.json, leaderboard.html "
+                                 "and the runs; rerun the same command to finish a killed leaderboard.", rich_help_panel="Model and data"),
+    epochs: int = typer.Option(20, help="Training epochs of every run.", rich_help_panel="Training"),
+    lr: float = typer.Option(3e-3, help="Learning rate.", rich_help_panel="Training"),
+    batch_size: int = typer.Option(64, help="Training batch size.", rich_help_panel="Training"),
+    optimizer: str = typer.Option("adam", help="adam, adamw or sgd.", rich_help_panel="Training"),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap replicates of every audit.", rich_help_panel="Comparison"),
+    device: str = typer.Option("cpu", help="Torch device.", rich_help_panel="Model and data"),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"),
+) -> None:
+    """Fix the model with every method over several seeds, compare each with the ce control, and recommend one only when it
+    helps beyond training noise without costing Full accuracy."""
+    from biasaudit.adapter import load_adapter
+    from biasaudit.audit import load_model_noting_prefix
+    from biasaudit.leaderboard.board import run_leaderboard
+    from biasaudit.leaderboard.runs import CONTROL, LeaderboardSettings, check_settings
+
+    def told(method: str, seed: int, reused: bool) -> None:
+        err.print(f"{escape(method)} seed {seed}: {'finished earlier, reused' if reused else 'done'}", markup=False)
+
+    with handled(lambda: f"finished runs in {out_dir}/runs are kept: the same command continues with the missing ones"):
+        named = [m.strip() for m in methods.split(",") if m.strip()]
+        settings = LeaderboardSettings(methods=(CONTROL, *[m for m in named if m != CONTROL]), seeds=tuple(seeds), split=split,
+                                       epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap,
+                                       primary=primary, max_full_drop=max_full_drop, keep=keep)
+        loaded = load_adapter(adapter)
+        check_settings(loaded, settings)  # before the checkpoint is loaded
+        model, _ = load_model_noting_prefix(checkpoint, loaded, trust=trust_checkpoint)
+        with progress_bars() as progress:
+            document = run_leaderboard(model, loaded, settings, out=out_dir, device=device, checkpoint=checkpoint, adapter_spec=adapter,
+                                       progress=progress, on_run=told)
+        err.print(f"[bold]leaderboard[/]: {escape(document['verdict'])}")
+        for reason in document["recommendation"]["reasons"]:
+            err.print(f"  {escape(reason)}")
+        out.print("\n".join(str(out_dir / name) for name in ("leaderboard.json", "leaderboard.html")))
+

@@ -1,0 +1,206 @@
+"""A leaderboard from start to end: the starting model's audits, one fix per (method, seed) (runs.py), each method's
+changes against the control pooled over seeds (pooling.py), the do-no-harm rule (rule.py), and leaderboard.json with
+its page.
+
+Which Full accuracy must not fall: on an out-of-distribution split the split's own Full accuracy *is* the OOD
+accuracy, and a method that trades the in-distribution accuracy for it (MMDB at a large scale: +7 OOD points, -52
+on test, README "Two splits") would pass a Full check taken there. So when the evaluated split is OOD and the adapter
+has a `test` split, every run also audits `test` (fix's `also_split`), and `full` — the measure that must be
+non-inferior — is the in-distribution Full accuracy on `test`; `ood` is the evaluated split's. Said in the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+from torch import nn
+
+from biasaudit.adapter import Adapter
+from biasaudit.leaderboard.measures import (BETTER, BIAS_MEASURES, LABELS, carrier_of, is_ood, measure_names, measure_values,
+                                             paired_changes)
+from biasaudit.leaderboard.pooling import PooledChange, SeedChange, pool_changes
+from biasaudit.leaderboard.rule import recommend
+from biasaudit.leaderboard.runs import (CONTROL, LeaderboardSettings, check_resumed, check_settings, finished_run, run_dir, run_one,
+                                        starting_audit, write_settings)
+from biasaudit.output_paths import check_output_dir
+from biasaudit.output_set import OutputSet
+from biasaudit.progress import Progress
+from biasaudit.results import write_json_atomic
+
+IN_DISTRIBUTION = "test"
+FILES = ("leaderboard.json", "leaderboard.html")
+PRIMARY_MEASURE = {"worst-group": "worst_group", "bias-balanced": "bias_balanced", "ood": "ood", "follow-rate": "follow_rate"}
+SELECTION = ("Each method's own options: fix's defaults, except mmdb, whose scale is chosen from {1, 2, 4, 8, 16, 32} by "
+             "bias-balanced accuracy on val (else a seeded 20% of train), and dfr, whose C is chosen from {0.1, 0.3, 1, 3, 10} "
+             "by worst-group accuracy on half of val; no option is chosen on the evaluated split.")
+
+
+def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSettings, *, out: str | os.PathLike, device: str = "cpu",
+                    checkpoint: str | os.PathLike | None = None, adapter_spec: str | None = None,
+                    progress: Progress | None = None, on_run: Callable[[str, int, bool], None] | None = None) -> dict[str, Any]:
+    """Run (or finish) the leaderboard into `out`; returns the leaderboard document it wrote. `on_run(method, seed,
+    reused)` is told about every run as it is done or found done."""
+    from biasaudit import __version__
+    from biasaudit.checkpoint import file_sha256
+    from biasaudit.report.leaderboard_render import write_leaderboard_html
+
+    out = check_output_dir(out)
+    check_settings(adapter, settings)
+    check_resumed(out, settings)
+    for method in settings.methods:  # a hook the adapter lacks, before any audit or training
+        _check_method(method, model, adapter)
+    write_settings(out, settings)
+    started = time.perf_counter()
+    befores = {seed: starting_audit(model, adapter, out, settings, seed, device=device, checkpoint=checkpoint, progress=progress)
+               for seed in settings.seeds}
+    start = befores[settings.seeds[0]]
+    ood = is_ood(start)
+    also = IN_DISTRIBUTION if ood and settings.split != IN_DISTRIBUTION and IN_DISTRIBUTION in adapter.splits else None
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for method in settings.methods:
+        for seed in settings.seeds:
+            found = finished_run(out, settings, method, seed, also_split=also)
+            if found is None:
+                found = run_one(model, adapter, out, settings, method, seed, before=befores[seed], device=device, progress=progress,
+                                also_split=also)
+            if on_run is not None:
+                on_run(method, seed, found.get("reused", False))
+            runs[method, seed] = found
+    names = measure_names(start)
+    carrier = carrier_of(start)
+    pooled = {method: _pooled(method, runs, settings, names=names, carrier=carrier, also=also)
+              for method in settings.methods if method != CONTROL}
+    decision = recommend(pooled, primary=settings.primary, max_full_drop=settings.max_full_drop, ood_split=ood, carrier=carrier)
+    kept = _keep(out, settings, runs, names=names, carrier=carrier, also=also)
+    document = {
+        "schema": "biasaudit.leaderboard", "schema_version": 1,
+        "manifest": {"biasaudit": __version__,
+                     "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint)} if checkpoint is not None else None,
+                     "adapter": adapter_spec, "device": device, "settings": settings.to_dict(), "selection": SELECTION,
+                     "full_accuracy_on": also or settings.split,
+                     "wall_time_s": round(time.perf_counter() - started, 3)},
+        "split": settings.split, "ood": ood, "carrier": carrier, "control": CONTROL,
+        "measures": [{"name": name, "label": _label(name, carrier, also), "better": BETTER[name],
+                      "kind": "accuracy" if name == "full" else "reliance" if name == "gap" else "bias"} for name in names],
+        "methods": [_method_entry(method, runs, settings, pooled.get(method), decision, names=names, carrier=carrier, also=also,
+                                  kept=kept.get(method)) for method in settings.methods],
+        "recommendation": {key: value for key, value in decision.to_dict().items()
+                           if key in ("method", "primary", "max_full_drop", "verdict", "reasons")},
+        "verdict": decision.verdict,
+    }
+    with OutputSet(out, files=FILES) as outputs:
+        document = {**document, "run": outputs.stamp()}
+        write_json_atomic(document, outputs.staged("leaderboard.json"))
+        write_leaderboard_html(document, outputs.staged("leaderboard.html"))
+        outputs.commit(("leaderboard.html", "leaderboard.json"))
+    return document
+
+
+def _check_method(method: str, model: nn.Module, adapter: Adapter) -> None:
+    from biasaudit.fixing import check_method
+    from biasaudit.leaderboard.runs import DEFAULT_OPTIONS
+    from biasaudit.training.methods import make_method
+
+    options = DEFAULT_OPTIONS.get(method, {})
+    check_method(method, options)
+    check = getattr(make_method(method, **{**options, "scale": 4.0} if "scale" in options else options), "check", None)
+    if callable(check):
+        check(model, adapter)
+
+
+def _label(name: str, carrier: str | None, also: str | None) -> str:
+    if name == "full" and also is not None:
+        return f"Full accuracy (in distribution, on {also})"
+    if name == "follow_rate" and carrier is not None:
+        return f"{carrier} bias-follow rate"
+    return LABELS[name]
+
+
+def _values(run: Mapping[str, Any], *, names: tuple[str, ...], carrier: str | None, also: str | None) -> dict[str, float | None]:
+    """A run's own figures per measure (the in-distribution audit's Full accuracy when there is one)."""
+    values = measure_values(run["after"], carrier)
+    if also is not None:
+        values["full"] = measure_values(run["also_after"], carrier)["full"]
+    return {name: values[name] for name in names}
+
+
+def _pooled(method: str, runs: Mapping[tuple[str, int], Mapping[str, Any]], settings: LeaderboardSettings, *,
+            names: tuple[str, ...], carrier: str | None, also: str | None) -> dict[str, PooledChange]:
+    per_measure: dict[str, list[SeedChange]] = {name: [] for name in names}
+    for seed in settings.seeds:
+        control, treated = runs[CONTROL, seed], runs[method, seed]
+        changes = paired_changes(control["after"], treated["after"], names=names, carrier=carrier)
+        if also is not None:
+            changes["full"] = paired_changes(control["also_after"], treated["also_after"], names=("full",), carrier=carrier)["full"]
+        for name in names:
+            per_measure[name].append(SeedChange(seed=seed, delta=changes[name].delta, replicates=changes[name].replicates))
+    return pool_changes(per_measure, seed=0)
+
+
+def _epoch_loss(steps: list[Mapping[str, Any]]) -> list[float]:
+    by_epoch: dict[int, list[float]] = {}
+    for step in steps:
+        loss = step.get("loss")
+        if isinstance(loss, (int, float)) and math.isfinite(loss):
+            by_epoch.setdefault(int(step.get("epoch", 0)), []).append(float(loss))
+    return [float(np.mean(by_epoch[epoch])) for epoch in sorted(by_epoch)]
+
+
+def _keep(out: Path, settings: LeaderboardSettings, runs: Mapping[tuple[str, int], Mapping[str, Any]], *, names: tuple[str, ...],
+          carrier: str | None, also: str | None) -> dict[str, str]:
+    """--keep best: each method's model.pt of the seed with the best primary bias measure (else Full accuracy); the
+    others are removed. all: every run's; none: none was written. Returns method -> kept path (relative to out)."""
+    kept: dict[str, str] = {}
+    measure = PRIMARY_MEASURE[settings.primary]
+    measure = measure if measure in names else "full"
+    sign = -1.0 if BETTER[measure] == "lower" else 1.0
+    for method in settings.methods:
+        if settings.keep == "none":
+            continue
+        scores = {seed: _values(runs[method, seed], names=names, carrier=carrier, also=also).get(measure) for seed in settings.seeds}
+        best = max(settings.seeds, key=lambda s: (scores[s] is not None, sign * (scores[s] or 0.0), -settings.seeds.index(s)))
+        for seed in settings.seeds:
+            path = run_dir(out, method, seed) / "model.pt"
+            if settings.keep == "best" and seed != best and path.is_file():
+                path.unlink()
+        if (run_dir(out, method, best) / "model.pt").is_file():
+            kept[method] = (run_dir(out, method, best) / "model.pt").relative_to(out).as_posix()
+    for stale in (out / "runs").glob("*/seed-*/state"):  # no run is resumed mid-training (a killed run starts again)
+        shutil.rmtree(stale, ignore_errors=True)
+    return kept
+
+
+def _method_entry(method: str, runs: Mapping[tuple[str, int], Mapping[str, Any]], settings: LeaderboardSettings,
+                  pooled: Mapping[str, PooledChange] | None, decision: Any, *, names: tuple[str, ...], carrier: str | None,
+                  also: str | None, kept: str | None) -> dict[str, Any]:
+    seeds = []
+    for seed in settings.seeds:
+        run = runs[method, seed]
+        seeds.append({"seed": seed, "run_id": run["run_id"], "folder": run_dir(Path("."), method, seed).as_posix(),
+                      "values": _values(run, names=names, carrier=carrier, also=also), "epoch_loss": _epoch_loss(run["steps"]),
+                      "wall_time_s": run["training"].get("wall_time_s")})
+    values = {}
+    for name in names:
+        figures = [entry["values"][name] for entry in seeds if entry["values"][name] is not None]
+        values[name] = {"mean": float(np.mean(figures)) if figures else None,
+                        "std": float(np.std(figures, ddof=1)) if len(figures) > 1 else None}
+    judgement = decision.per_method.get(method)
+    changes = None
+    if pooled is not None:
+        changes = {name: {"delta": change.delta, "interval": list(change.interval) if change.interval else None,
+                          "seed_deltas": list(change.seed_deltas), "seed_spread": change.seed_spread,
+                          "significant": change.significant, "why_no_interval": change.no_interval}
+                   for name, change in pooled.items()}
+    return {"method": method, "control": method == CONTROL, "seeds": seeds, "values": values, "changes": changes,
+            "sentence": judgement.sentence if judgement is not None else "The control: plain cross-entropy under the same loop, "
+            "epochs, optimizer and seeds; every change is measured against it.",
+            "recommended": bool(judgement is not None and judgement.recommended), "kept_checkpoint": kept}
+
+
+__all__ = ["run_leaderboard", "LeaderboardSettings", "BIAS_MEASURES"]

@@ -1,0 +1,318 @@
+"""The method leaderboard's page: leaderboard.json in, one self-contained HTML page out (issue 22).
+
+The page needs nothing but the document: no model, no audits. Its two figures (the Pareto plot of each method's
+change against the control, and the training curves) are drawn here from the document's numbers, on their own
+matplotlib Figures (no pyplot state), and embedded as PNG data URIs like every other report's; the CSS is the
+reports' shared _style.css.j2. The template is inline so the page needs no file beyond the ones every report ships.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Mapping, Sequence
+from urllib.parse import quote
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from biasaudit.checkpoint import atomic_write_bytes
+from biasaudit.errors import BiasAuditError, InputError
+from biasaudit.report import figures
+from biasaudit.report.render import MAX_REPORT_BYTES, format_interval, format_points, report_environment
+
+SECTION_IDS = ("verdict", "table", "pareto", "training", "settings")
+# --primary's spelling -> the measure's name in the document.
+PRIMARY_MEASURES = {"worst-group": "worst_group", "bias-balanced": "bias_balanced", "ood": "ood", "follow-rate": "follow_rate"}
+_MAX_PANELS_PER_ROW = 4
+
+
+def primary_measure(document: Mapping[str, Any]) -> str | None:
+    """The bias measure the Pareto plot shows: the settings' primary one when the document has it, else the first bias
+    measure it has (an in-distribution split has no OOD accuracy, a model without a carrier no follow rate)."""
+    names = [m["name"] for m in document.get("measures") or []]
+    primary = (((document.get("manifest") or {}).get("settings") or {}).get("primary")
+               or (document.get("recommendation") or {}).get("primary"))
+    wanted = PRIMARY_MEASURES.get(str(primary))
+    if wanted in names:
+        return wanted
+    bias = [m["name"] for m in document.get("measures") or [] if m.get("kind") == "bias"]
+    return bias[0] if bias else None
+
+
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1f}"
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def compare_link(folder: str) -> str:
+    """A seed's compare page, relative to the leaderboard's page. Percent-quoting leaves no scheme (':' is quoted)
+    and stripping leading slashes leaves no host ('//x'), so data can never turn the link into an external one."""
+    path = quote(str(folder).replace("\\", "/"), safe="/-._~").strip("/")
+    return f"{path}/compare.html" if path else "compare.html"
+
+
+# --- figures (pure: numbers in, a Figure out) -----------------------------------------------------------------------------
+
+def pareto_plot(names: Sequence[str], full: Sequence[float | None], full_ci: Sequence[Sequence[float] | None],
+                bias: Sequence[float | None], bias_ci: Sequence[Sequence[float] | None], *, control: str, margin: float,
+                bias_label: str, bias_better: str | None, recommended: str | None = None) -> Figure:
+    """Each method's change in the primary bias measure against its change in Full accuracy, both against the control,
+    with 95% interval bars both ways; the control at (0, 0); the non-inferiority margin -margin as a dashed line."""
+    fig = Figure(figsize=(6.8, 4.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.axhline(0, color="#999999", linewidth=0.7)
+    ax.axvline(0, color="#999999", linewidth=0.7)
+    ax.axvline(-margin, color="#c0392b", linestyle="--", linewidth=1.2, label=f"non-inferiority margin (-{margin:g} points)")
+    ax.plot([0], [0], marker="s", markersize=9, color="#333333", linestyle="none", label=f"{figures._label(control)} (control)")
+    ax.annotate(figures._label(control), (0, 0), xytext=(6, -12), textcoords="offset points", fontsize=8, color="#333333")
+    for name, x, x_ci, y, y_ci in zip(names, full, full_ci, bias, bias_ci):
+        if x is None or y is None:
+            continue  # the page lists the methods it could not place
+        best = name == recommended
+        color = "#1b9e77" if best else "#d95f02"
+        ax.errorbar([x], [y], xerr=figures._error_below_above([x], [x_ci]), yerr=figures._error_below_above([y], [y_ci]),
+                    fmt="*" if best else "o", markersize=13 if best else 7, color=color, ecolor=color, elinewidth=1, capsize=3,
+                    label="recommended" if best else None)
+        ax.annotate(figures._label(name), (x, y), xytext=(6, 6), textcoords="offset points", fontsize=8, color=color)
+    direction = {"higher": "up is better", "lower": "down is better"}.get(str(bias_better), "no better direction")
+    ax.set_xlabel(f"change in Full accuracy vs {figures._label(control)} (points; right is better)")
+    ax.set_ylabel(f"change in {figures._label(bias_label)} (points; {direction})")
+    ax.set_title("Bias against accuracy, each method vs the control (95% intervals)", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    return fig
+
+
+def loss_curves(curves: Mapping[str, Mapping[int, Sequence[float | None]]]) -> Figure:
+    """Mean training loss per epoch: one panel per method, one line per seed, the same y-axis for all panels."""
+    count = len(curves)
+    columns = min(count, _MAX_PANELS_PER_ROW)
+    rows = math.ceil(count / columns)
+    fig = Figure(figsize=(2.6 * columns + 1.0, 2.4 * rows + 0.4), layout="constrained")
+    axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()
+    for ax, (method, seeds) in zip(axes, curves.items()):
+        for seed, losses in seeds.items():
+            ax.plot(range(1, len(losses) + 1), [_number(v) for v in losses], marker=".", linewidth=1, label=f"seed {seed}")
+        ax.set_title(figures._label(method), fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=7)
+        if ax.lines:
+            ax.legend(fontsize=6)
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    axes[0].set_ylabel("mean training loss", fontsize=8)
+    return fig
+
+
+# --- page ----------------------------------------------------------------------------------------------------------------
+
+def _check(document: Any) -> None:
+    if not isinstance(document, Mapping) or document.get("schema") != "biasaudit.leaderboard":
+        raise InputError('The page input is not a biasaudit leaderboard; expected a dict with "schema": "biasaudit.leaderboard".')
+    if document.get("schema_version") != 1:
+        raise InputError(f"The leaderboard has schema_version {document.get('schema_version')!r}; this page renders version 1.")
+    missing = [key for key in ("manifest", "measures", "methods", "recommendation", "verdict") if key not in document]
+    if missing:
+        raise InputError(f"The leaderboard lacks its {', '.join(missing)} field(s); expected a complete leaderboard.json.")
+
+
+def _change_cell(change: Mapping[str, Any] | None, better: str | None) -> dict[str, str]:
+    if not change:
+        return {"text": "n/a", "css": ""}
+    text = _signed(change.get("delta"))
+    if change.get("interval"):
+        text += " " + format_interval(change["interval"])
+    elif change.get("why_no_interval"):
+        text += f" (no interval: {change['why_no_interval']})"
+    css = ""
+    if change.get("significant") and change.get("delta") is not None:
+        improved = {"higher": change["delta"] > 0, "lower": change["delta"] < 0}.get(str(better))
+        css = "significant " + {True: "better", False: "worse"}.get(improved, "")
+    return {"text": text, "css": css.strip()}
+
+
+def table_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The table, display-ready: per method and measure the mean ± std after and the change against the control."""
+    rows = []
+    for entry in document["methods"]:
+        cells = []
+        for measure in document["measures"]:
+            value = (entry.get("values") or {}).get(measure["name"]) or {}
+            after = format_points(value.get("mean"))
+            if value.get("std") is not None:
+                after += f" ± {value['std']:.1f}"
+            change = None if entry.get("control") else _change_cell((entry.get("changes") or {}).get(measure["name"]), measure.get("better"))
+            cells.append({"after": after, "change": change})
+        runs = [{"seed": s["seed"], "href": compare_link(s["folder"])} for s in entry.get("seeds") or []]
+        css = " ".join(name for name in ("control", "recommended") if entry.get(name))
+        rows.append({"method": entry["method"], "control": bool(entry.get("control")), "recommended": bool(entry.get("recommended")),
+                     "css": css, "cells": cells, "runs": runs, "kept": entry.get("kept_checkpoint")})
+    return rows
+
+
+def _images(document: Mapping[str, Any], primary: str | None) -> tuple[dict[str, str], list[str]]:
+    """The figures as data URIs, and the methods the Pareto plot could not place."""
+    images: dict[str, str] = {}
+    unplaced: list[str] = []
+    methods = [m for m in document["methods"] if not m.get("control")]
+    measures = {m["name"]: m for m in document["measures"]}
+    if primary is not None and "full" in measures and methods:
+        changes = [m.get("changes") or {} for m in methods]
+        full = [(c.get("full") or {}) for c in changes]
+        bias = [(c.get(primary) or {}) for c in changes]
+        unplaced = [m["method"] for m, f, b in zip(methods, full, bias) if f.get("delta") is None or b.get("delta") is None]
+        recommended = (document.get("recommendation") or {}).get("method")
+        margin = float((document.get("recommendation") or {}).get("max_full_drop")
+                       or ((document.get("manifest") or {}).get("settings") or {}).get("max_full_drop") or 0.0)
+        fig = pareto_plot([m["method"] for m in methods], [f.get("delta") for f in full], [f.get("interval") for f in full],
+                          [b.get("delta") for b in bias], [b.get("interval") for b in bias], control=document.get("control") or "ce",
+                          margin=margin, bias_label=measures[primary].get("label") or primary,
+                          bias_better=measures[primary].get("better"), recommended=recommended)
+        images["pareto"] = figures.figure_to_data_uri(fig)
+    curves = {m["method"]: {s["seed"]: list(s.get("epoch_loss") or []) for s in m.get("seeds") or []} for m in document["methods"]}
+    if any(losses for seeds in curves.values() for losses in seeds.values()):
+        images["curves"] = figures.figure_to_data_uri(loss_curves(curves))
+    return images, unplaced
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    minutes, rest = divmod(float(seconds), 60.0)
+    return f"{seconds:.1f} s" if minutes < 1 else f"{int(minutes)} min {rest:.0f} s ({seconds:.0f} s)"
+
+
+def render_leaderboard_html(document: Mapping[str, Any], *, max_bytes: int = MAX_REPORT_BYTES) -> str:
+    """The leaderboard as one self-contained HTML page. InputError when `document` is not a version-1 leaderboard,
+    BiasAuditError when the page would exceed `max_bytes`."""
+    _check(document)
+    primary = primary_measure(document)
+    images, unplaced = _images(document, primary)
+    manifest = document.get("manifest") or {}
+    measures = {m["name"]: m for m in document["measures"]}
+    run_seconds = sum(float(s.get("wall_time_s") or 0.0) for m in document["methods"] for s in m.get("seeds") or [])
+    context = {"doc": document, "manifest": manifest, "settings": manifest.get("settings") or {},
+               "recommendation": document.get("recommendation") or {}, "measures": document["measures"],
+               "rows": table_rows(document), "images": images, "unplaced": unplaced, "section_ids": SECTION_IDS,
+               "primary_label": (measures.get(primary) or {}).get("label") or primary,
+               "wall_time": _duration(manifest.get("wall_time_s")), "run_time": _duration(run_seconds),
+               "sentences": [(m["method"], m["sentence"]) for m in document["methods"] if m.get("sentence")]}
+    html = report_environment().from_string(_TEMPLATE).render(context)
+    size = len(html.encode("utf-8"))
+    if size > max_bytes:
+        raise BiasAuditError(f"The leaderboard page would be {size / 2**20:.1f} MiB, above the {max_bytes / 2**20:.1f} MiB limit; "
+                             "compare fewer methods or seeds.")
+    return html
+
+
+def write_leaderboard_html(document: Mapping[str, Any], path: str | os.PathLike, *, max_bytes: int = MAX_REPORT_BYTES) -> None:
+    """Render the leaderboard and write it atomically, so a reader never sees half a page."""
+    atomic_write_bytes(render_leaderboard_html(document, max_bytes=max_bytes).encode("utf-8"), path)
+
+
+# Autoescaped (report_environment); only the figures' data URIs and the hrefs built by compare_link are computed here.
+_TEMPLATE = """\
+{%- set control = doc.control -%}
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+{% set run = doc.get("run") or {} %}{% if run.get("id") %}<meta name="biasaudit-run" content="{{ run.id }}">
+{% endif %}<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>biasaudit method leaderboard</title>
+<style>
+{% include "_style.css.j2" %}
+  tr.recommended td { background: #e8f6f0; }
+  tr.control td { color: #555; }
+  .tag.recommended { background: #1b9e77; color: #fff; }
+  .tag.control { background: #666; color: #fff; }
+  td.significant { font-weight: 700; }
+  td.significant.better { color: #137a5c; }
+  td.significant.worse { color: #c0392b; }
+  td.runs a { margin-right: 0.4rem; }
+</style>
+</head>
+<body>
+<h1>biasaudit method leaderboard</h1>
+<p class="meta">split <strong>{{ doc.split }}</strong>{% if doc.ood %} (out of distribution){% endif %} ·
+   control <strong>{{ control }}</strong> · seeds {{ settings.get("seeds", [])|join(", ") }}
+   {% if doc.carrier %}· bias carrier <strong>{{ doc.carrier }}</strong>{% endif %}</p>
+
+<section id="verdict">
+  <p class="verdict">{{ doc.verdict }}</p>
+  {% if recommendation.get("verdict") and recommendation.verdict != doc.verdict %}<p>{{ recommendation.verdict }}</p>{% endif %}
+  {% if recommendation.get("reasons") %}
+  <ul class="explain">
+    {% for reason in recommendation.reasons %}<li>{{ reason }}</li>{% endfor %}
+  </ul>
+  {% endif %}
+  <p class="explain">The rule: a method is recommended only when a bias measure improves with a 95% interval excluding
+     zero and Full accuracy is non-inferior (it loses at most {{ recommendation.get("max_full_drop", settings.get("max_full_drop"))|points }}
+     points); ties go to the better {{ primary_label or "primary bias measure" }}. The intervals cover both the audited samples
+     and the spread over training seeds.</p>
+</section>
+
+<section id="table">
+  <h2>Methods against the control</h2>
+  <p class="explain">Per measure: the mean ± standard deviation over seeds after training, then the change against the control
+     {{ control }} in points with its 95% interval. <strong>Bold</strong>: the interval excludes zero (green: better, red: worse).</p>
+  <table>
+    <thead>
+      <tr><th rowspan="2">method</th>{% for m in measures %}<th colspan="2">{{ m.label }}{% if m.better %} ({{ m.better }} is better){% endif %}</th>{% endfor %}<th rowspan="2" class="text">runs (compare pages)</th></tr>
+      <tr>{% for m in measures %}<th>after</th><th>vs {{ control }}</th>{% endfor %}</tr>
+    </thead>
+    <tbody>
+    {% for row in rows %}
+      <tr{% if row.css %} class="{{ row.css }}"{% endif %}>
+        <td>{{ row.method }}{% if row.control %} <span class="tag control">control</span>{% endif %}{% if row.recommended %} <span class="tag recommended">recommended</span>{% endif %}</td>
+        {% for cell in row.cells %}<td>{{ cell.after }}</td>{% if cell.change is none %}<td>(control)</td>{% else %}<td{% if cell.change.css %} class="{{ cell.change.css }}"{% endif %}>{{ cell.change.text }}</td>{% endif %}{% endfor %}
+        <td class="runs text">{% for r in row.runs %}<a href="{{ r.href }}">seed {{ r.seed }}</a>{% endfor %}{% if row.kept %}<br>kept: <code>{{ row.kept }}</code>{% endif %}</td>
+      </tr>
+    {% endfor %}
+    </tbody>
+  </table>
+  {% if sentences %}
+  <ul class="explain">
+    {% for method, sentence in sentences %}<li><strong>{{ method }}</strong>: {{ sentence }}</li>{% endfor %}
+  </ul>
+  {% endif %}
+</section>
+
+<section id="pareto">
+  <h2>Bias against accuracy</h2>
+  {% if "pareto" in images %}
+  <p class="explain">Each method's change against the control: Full accuracy across, {{ primary_label }} up or down, with 95%
+     intervals both ways. The control sits at (0, 0); a method left of the dashed line may cost more accuracy than the margin.</p>
+  <figure><img src="{{ images.pareto }}" alt="Pareto plot: change in {{ primary_label }} against change in Full accuracy, per method"></figure>
+  {% if unplaced %}<p class="note unavailable">Not plotted (a change could not be computed): {{ unplaced|join(", ") }}.</p>{% endif %}
+  {% else %}<p class="note unavailable">Not available: the leaderboard has no bias measure, no Full accuracy, or no method besides the control.</p>{% endif %}
+</section>
+
+<section id="training">
+  <h2>Training curves</h2>
+  {% if "curves" in images %}
+  <p class="explain">Mean training loss per epoch, one line per seed.</p>
+  <figure><img src="{{ images.curves }}" alt="mean training loss per epoch, per method and seed"></figure>
+  {% else %}<p class="note unavailable">Not available: no run recorded its loss per epoch.</p>{% endif %}
+</section>
+
+<section id="settings">
+  <h2>Settings</h2>
+  <p>{{ manifest.get("selection", "") }}</p>
+  <table><tbody>
+    {% for key, value in settings.items() %}<tr><th>{{ key }}</th><td class="text">{{ value|plain }}</td></tr>{% endfor %}
+    <tr><th>wall time</th><td class="text">{{ wall_time }} in all; {{ run_time }} in the runs</td></tr>
+    <tr><th>device</th><td class="text">{{ manifest.get("device")|plain }}</td></tr>
+    <tr><th>biasaudit</th><td class="text">{{ manifest.get("biasaudit")|plain }}</td></tr>
+    {% if manifest.get("checkpoint") %}<tr><th>checkpoint</th><td class="mono">{{ manifest.checkpoint.path }} (sha256 {{ manifest.checkpoint.sha256 }})</td></tr>{% endif %}
+    {% if manifest.get("adapter") %}<tr><th>adapter</th><td class="mono">{{ manifest.adapter }}</td></tr>{% endif %}
+    {% if run.get("id") %}<tr><th>run id</th><td class="mono">{{ run.id }}</td></tr>{% endif %}
+  </tbody></table>
+</section>
+</body>
+</html>
+"""

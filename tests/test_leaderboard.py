@@ -1,0 +1,93 @@
+"""The leaderboard end to end on the demo's data: runs written as sets and reused by a restart, the document fits its
+schema, the in-distribution split guards Full accuracy on an OOD split, a model without modality bias gets no
+recommendation (in words, with the numbers behind them), and every mistake is refused before any audit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+import biasaudit.api as ba
+from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
+from biasaudit.errors import BiasAuditError, InputError
+
+SCHEMA = json.loads((Path(__file__).parents[1] / "biasaudit" / "schemas" / "leaderboard.schema.json").read_text())
+QUICK = dict(epochs=2, bootstrap=50)
+
+
+@pytest.fixture(scope="module")
+def biased():
+    adapter = DigitsCaptionsAdapter()
+    return train_baseline(adapter, seed=0, epochs=5), adapter
+
+
+def test_a_leaderboard_writes_every_run_and_a_restart_trains_only_what_is_missing(biased, tmp_path, monkeypatch):
+    model, adapter = biased
+    result = ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", **QUICK)
+    document = result.to_dict()
+    jsonschema.validate(document, SCHEMA)
+    assert [m["method"] for m in document["methods"]] == ["ce", "groupdro"]
+    assert document["ood"] and document["manifest"]["full_accuracy_on"] == "test"  # Full guarded in distribution
+    for method in document["methods"]:
+        for seed in method["seeds"]:
+            folder = tmp_path / seed["folder"]
+            after = json.loads((folder / "after.json").read_text())
+            assert after["manifest"]["run"]["id"] == seed["run_id"] and (folder / "also_after.json").is_file()
+            assert after["manifest"]["config"]["split"] == "ood" and after["manifest"]["config"]["seed"] == seed["seed"]
+    groupdro = document["methods"][1]
+    assert set(groupdro["changes"]) == {"full", "worst_group", "bias_balanced", "ood", "follow_rate", "gap"}
+    assert groupdro["changes"]["ood"]["seed_deltas"] == pytest.approx(
+        [s["values"]["ood"] - c["values"]["ood"] for s, c in zip(groupdro["seeds"], document["methods"][0]["seeds"])])
+    assert result.recommended == document["recommendation"]["method"] and result.html_path.is_file()
+    # --keep best: one checkpoint per method
+    assert len(list((tmp_path / "runs" / "groupdro").glob("seed-*/model.pt"))) == 1
+
+    # A killed leaderboard restarted with the same call reuses every finished run: nothing is trained again.
+    monkeypatch.setattr("biasaudit.leaderboard.board.run_one", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    again = ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", **QUICK)
+    assert again.verdict == result.verdict
+
+    # The same folder with other settings is refused, naming the setting, before any work.
+    with pytest.raises(InputError, match=r"other settings \(epochs 2 -> 3\)"):
+        ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", epochs=3, bootstrap=50)
+
+
+def test_on_a_model_without_modality_bias_no_method_is_recommended_and_the_page_says_why(tmp_path):
+    # rho = 0: the caption's colour is drawn independently of the digit in train, so there is no shortcut to remove.
+    adapter = DigitsCaptionsAdapter(rho=0.0)
+    model = train_baseline(adapter, seed=0, epochs=5)
+    result = ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1, 2), split="test", **QUICK)
+    document = result.to_dict()
+    assert result.recommended is None and result.verdict.startswith("No method helps here")
+    groupdro = next(m for m in document["methods"] if m["method"] == "groupdro")
+    assert not groupdro["recommended"]
+    # The words follow from the numbers: no bias measure improved beyond its interval on most seeds, or Full fell.
+    for name in ("worst_group", "bias_balanced"):
+        change = groupdro["changes"][name]
+        improved_everywhere = change["significant"] and change["interval"][0] > 0 and sum(d > 0 for d in change["seed_deltas"]) >= 2
+        full = groupdro["changes"]["full"]
+        assert not (improved_everywhere and full["interval"][0] > -1.0), (name, change, full)
+    full = groupdro["changes"]["full"]
+    assert f"{full['delta']:+.1f}" in groupdro["sentence"] or "moved no bias measure" in groupdro["sentence"]
+    page = result.html_path.read_text()
+    assert "No method helps here" in page
+
+
+@pytest.mark.parametrize("arguments, needle", [
+    (dict(methods=("nosuch",)), "Available: ce, mmdb"),
+    (dict(seeds=(0,)), "at least two different seeds"),
+    (dict(split="val"), "the split methods choose their options on"),
+    (dict(primary="worst"), "primary"),
+    (dict(keep="some"), "keep"),
+])
+def test_leaderboard_mistakes_are_one_sentence_before_any_audit(biased, tmp_path, monkeypatch, arguments, needle):
+    model, adapter = biased
+    monkeypatch.setattr("biasaudit.leaderboard.runs.audit_model", lambda *a, **k: pytest.fail("audited before refusing"))
+    with pytest.raises(BiasAuditError) as caught:
+        ba.leaderboard(model, adapter, out=tmp_path / "out", **{"split": "ood", **QUICK, **arguments})
+    message = str(caught.value)
+    assert needle in message and "\n" not in message
+    assert not (tmp_path / "out" / "runs").exists()
