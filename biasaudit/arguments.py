@@ -88,6 +88,15 @@ def conforms(value: Any, hint: Any) -> bool:
         return isinstance(value, collections.abc.Mapping) and all(conforms(k, key) and conforms(v, item) for k, v in value.items())
     if origin in (collections.abc.Sequence, list):
         return isinstance(value, (list, tuple)) and all(conforms(v, args[0] if args else Any) for v in value)
+    if origin is collections.abc.Callable:
+        return callable(value)
+    if origin is collections.abc.Iterable:
+        # Read without iterating (a generator or a DataLoader would be consumed or run): a list or tuple's items are
+        # checked, a str counts only where the items may be str.
+        item = args[0] if args else Any
+        if not isinstance(value, collections.abc.Iterable) or isinstance(value, (str, bytes)) and not conforms("", item):
+            return False
+        return not isinstance(value, (list, tuple)) or all(conforms(v, item) for v in value)
     if origin is tuple:
         # A list where a tuple is annotated is accepted: the fields read it by position, as the README's examples do.
         if not isinstance(value, (tuple, list)):
@@ -118,6 +127,12 @@ def describe(hint: Any) -> str:
         return f"a mapping (dict) of {_bare(describe(key))} to {_bare(describe(item))}"
     if origin in (collections.abc.Sequence, list):
         return f"a list of {_bare(describe(args[0] if args else Any))}"
+    if origin is collections.abc.Callable:
+        if not args or args[0] is Ellipsis:
+            return "a callable"
+        return f"a callable taking {len(args[0]) or 'no'} argument{'s' * (len(args[0]) != 1)}"
+    if origin is collections.abc.Iterable:
+        return "an iterable" if not args or args[0] is Any else f"an iterable of {_plural(describe(args[0]))}"
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
             return f"a tuple of {_plural(describe(args[0]))}"
@@ -125,7 +140,10 @@ def describe(hint: Any) -> str:
             return f"a tuple of {len(args)} {_plural(describe(args[0]))}"
         return f"a tuple ({', '.join(_bare(describe(a)) for a in args)})"
     if isinstance(hint, type):
-        return f"a {'ba.' if hint.__module__.startswith('biasaudit') else hint.__module__ + '.'}{hint.__qualname__}"
+        module = hint.__module__
+        # Classes by the path users write: ba.Audit, torch.nn.Linear (not torch.nn.modules.linear.Linear).
+        prefix = "ba." if module.startswith("biasaudit") else "torch.nn." if module.startswith("torch.nn.modules.") else module + "."
+        return f"a {prefix}{hint.__qualname__}"
     return str(hint)
 
 
@@ -242,7 +260,7 @@ def checked(where: str, **rules: ValueRule) -> Callable[[F], F]:
             try:
                 bound = signature.bind(*args, **kwargs)
             except TypeError as exc:  # too many positional arguments, a required one missing
-                raise ArgumentTypeError(f"{where}: {exc}. Its parameters: {', '.join(named)}.") from None
+                raise ArgumentTypeError(f"{where}: {exc}. {_its_parameters(named)}") from None
             if not resolved:
                 resolved.update(typing.get_type_hints(function))
             for name, value in bound.arguments.items():
@@ -250,6 +268,51 @@ def checked(where: str, **rules: ValueRule) -> Callable[[F], F]:
                     check_argument(value, resolved.get(name, Any), parameter=name, where=where, rule=rules.get(name))
                     bound.arguments[name] = plain(value)
             return function(*bound.args, **bound.kwargs)
+
+        return typing.cast(F, call)
+
+    return decorate
+
+
+def _its_parameters(named: list[str]) -> str:
+    return f"Its parameters: {', '.join(named)}." if named else "It takes no arguments."
+
+
+def checked_keywords(where: str) -> Callable[[F], F]:
+    """The part of `checked` that reads the call's shape alone: a keyword the function does not take lists the ones it
+    does, a missing or extra argument is one sentence, and the types are left to the function. For a method called at
+    every training step (a loss, a backward, an after-backward hook), where `checked`'s binding and annotation reading
+    cost tens of microseconds: such a method tests its tensors itself, cheaply, and names a wrong one with
+    check_argument. A right call costs a few set operations here; `checked`'s path runs only when they fail."""
+
+    def decorate(function: F) -> F:
+        signature = inspect.signature(function)
+        every = list(signature.parameters.values())
+        named = [p.name for p in every if p.name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in every):
+            return checked(where)(function)  # no fast path to keep for the open signatures (there are none in methods/)
+        positional = [p.name for p in every if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        by_keyword = frozenset(p.name for p in every if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+        required = [p.name for p in every if p.default is p.empty]
+        # For k positional arguments: the required names a right call then gives by keyword, and those it must not.
+        needed = [frozenset(name for name in required if name not in positional[:k]) for k in range(len(positional) + 1)]
+        taken = [frozenset(positional[:k]) for k in range(len(positional) + 1)]
+        complete = frozenset(k for k, names in enumerate(needed) if not names)  # counts of positional arguments alone that do
+
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            count = len(args)
+            if not kwargs:
+                if count in complete:
+                    return function(*args)
+            elif count < len(needed) and kwargs.keys() <= by_keyword and needed[count] <= kwargs.keys() and taken[count].isdisjoint(kwargs):
+                return function(*args, **kwargs)
+            check_keywords(kwargs, named, where=where)
+            try:
+                signature.bind(*args, **kwargs)
+            except TypeError as exc:
+                raise ArgumentTypeError(f"{where}: {exc}. {_its_parameters(named)}") from None
+            return function(*args, **kwargs)
 
         return typing.cast(F, call)
 

@@ -560,7 +560,7 @@ METHOD_CALLS: dict[str, Callable[[], tuple[Callable, dict[str, Any]]]] = {
     "BalGrad.state_dict": lambda: (bm.BalGrad(_branches(_model())).state_dict, {}),
     "BalGrad.load_state_dict": lambda: (bm.BalGrad(_branches(_model())).load_state_dict, dict(state=bm.BalGrad(_branches(_model())).state_dict())),
     "BalGradStep.to_dict": lambda: (bm.BalGradStep(1.0, 1.0, 1.0, 0.5, 0.5, 0.1, 0.0, 0.0, False).to_dict, {}),
-    "methods.UnimodalHeads": _with_model(lambda m: (bm.UnimodalHeads, dict(model=m, branches=_branches(m), mode="separate", classifier=m.head,
+    "methods.UnimodalHeads": _with_model(lambda m: (bm.UnimodalHeads, dict(model=m, branches=_branches(m), mode="separate", classifier=None,
                                                                            num_classes=3, widths={"image": 3, "text": 3}, seed=0))),
     "UnimodalHeads.capture": lambda: (_heads()[1].capture, {}),
     "UnimodalHeads.branch_outputs": lambda: (_heads(captured=True)[1].branch_outputs, {}),
@@ -602,28 +602,11 @@ def _method_parameters(name: str) -> list[str]:
 
 METHOD_PARAMETERS = [(call, parameter) for call in METHOD_CALLS for parameter in _method_parameters(call)]
 
-# (call, parameter) -> what a user sees now when the parameter gets a value of the wrong type: not yet an
-# ArgumentTypeError naming it. Left out of the type test until biasaudit/methods checks them; remove an entry then.
-UNCHECKED_METHOD_PARAMETERS = {
-    ("methods.classifier_inputs", "batches"): "a raw TypeError from the loop: 'Alien' object is not iterable",
-    ("methods.holdout_indices", "fraction"): "an InputError (a ValueError, which `except TypeError` misses): "
-                                             "'fraction must be a number strictly between 0 and 1, got Alien().'",
-    ("UnimodalHeads.logits", "rerun"): "an InputError (a ValueError) where a non-callable is a wrong type: "
-                                       "'The 'rerun' parameter of UnimodalHeads.logits is Alien; expected ... a callable'",
-    ("methods.branch_widths", "model"): "a raw AttributeError: 'Alien' object has no attribute 'modules'",
-    ("methods.branch_widths", "branches"): "a raw AttributeError: 'Alien' object has no attribute 'items'",
-    ("methods.branch_widths", "run"): "a raw TypeError: 'Alien' object is not callable",
-    ("MMDB.loss", "bias"): "a raw RuntimeError from torch.as_tensor: Could not infer dtype of Alien",
-}
-TYPED = [key for key in METHOD_PARAMETERS if key not in UNCHECKED_METHOD_PARAMETERS]
 
-
-@pytest.mark.parametrize("call,parameter", TYPED, ids=[f"{c}({p}=Alien())" for c, p in TYPED])
+@pytest.mark.parametrize("call,parameter", METHOD_PARAMETERS, ids=[f"{c}({p}=Alien())" for c, p in METHOD_PARAMETERS])
 def test_a_wrong_type_given_to_a_method_is_a_type_error_naming_the_parameter(call, parameter):
     function, arguments = METHOD_CALLS[call]()
-    # biasaudit/methods/dfr.py's sentences name the parameter bare ("seed must be an integer, got Alien."), the others
-    # quoted ("The 'seed' parameter of OGMGE ..."): either names it.
-    _assert_a_type_error_naming(function, arguments, parameter, rf"\b{re.escape(parameter)}\b")
+    _assert_a_type_error_naming(function, arguments, parameter, re.escape(f"'{parameter}'"))
 
 
 @dataclasses.dataclass
@@ -686,10 +669,12 @@ METHOD_WRONG_VALUES: dict[tuple[str, str], Callable[[], Any]] = {
     ("BalGrad.backward", "labels"): lambda: torch.zeros(2, dtype=torch.long), ("BalGrad.backward", "step"): lambda: -1,
     ("BalGrad.backward", "total_steps"): lambda: 0, ("BalGrad.backward", "loss_scale"): lambda: 0.0,
     ("methods.UnimodalHeads", "model"): lambda: nn.Linear(1, 1), ("methods.UnimodalHeads", "mode"): lambda: "nosuch",
-    ("methods.UnimodalHeads", "classifier"): lambda: Alongside(nn.Linear(6, 3), {"mode": "ogm_split"}),
+    ("methods.UnimodalHeads", "classifier"): lambda: Alongside(nn.Linear(6, 3), {"mode": "ogm_split", "num_classes": None, "widths": None}),
     ("methods.UnimodalHeads", "num_classes"): lambda: 0, ("methods.UnimodalHeads", "widths"): lambda: {"image": 3},
     ("UnimodalHeads.logits", "rerun"): lambda: None,  # the ogm_split mode runs the forward again
     ("methods.branch_widths", "branches"): lambda: {"image": nn.Linear(1, 1)},
+    ("methods.branch_widths", "model"): lambda: nn.Linear(1, 1),  # it does not hold the branches
+    ("methods.branch_widths", "run"): lambda: (lambda: None),  # it runs no forward
     ("methods.MMDB", "classifier"): lambda: nn.Linear(6, 5), ("methods.MMDB", "margins"): lambda: torch.zeros(2, 2),
     ("methods.MMDB", "scale"): lambda: 0.0,
     **{(call, "features"): (lambda: torch.zeros(6, 2)) for call in ("MMDB.cosines", "MMDB.loss", "MMDB.inference_logits")},
@@ -706,20 +691,10 @@ METHOD_EVERY_VALUE_FITS = {
     ("DFR.fit", "split"): "names the data's source in the result; any name is valid",
 }
 
-# (call, parameter) -> what a user sees now when the parameter gets a wrong value of the right type: no sentence naming
-# it. Left out of the value test until biasaudit/methods checks them; remove an entry then.
-UNCHECKED_METHOD_VALUES = {
-    ("methods.branch_widths", "model"): "a model that does not hold the branches is accepted, and the widths returned",
-    ("methods.branch_widths", "run"): "a run that calls no forward is refused as \"The 'branches' parameter of UnimodalHeads has a "
-                                      "branch 'image' that took no part in the forward pass\": neither 'run' nor branch_widths named",
-}
-
 
 def test_every_method_parameter_has_a_wrong_value_or_a_reason_why_none_exists():
-    listed = [set(METHOD_WRONG_VALUES), set(METHOD_EVERY_VALUE_FITS), set(UNCHECKED_METHOD_VALUES)]
-    assert set(METHOD_PARAMETERS) == set.union(*listed)
-    assert sum(len(keys) for keys in listed) == len(set.union(*listed))
-    assert set(UNCHECKED_METHOD_PARAMETERS) <= set(METHOD_PARAMETERS)
+    assert set(METHOD_PARAMETERS) == set(METHOD_WRONG_VALUES) | set(METHOD_EVERY_VALUE_FITS)
+    assert not set(METHOD_WRONG_VALUES) & set(METHOD_EVERY_VALUE_FITS)
 
 
 METHOD_VALUED = sorted(METHOD_WRONG_VALUES)
@@ -734,24 +709,52 @@ def test_a_wrong_value_given_to_a_method_is_a_value_error_naming_it(call, parame
     _assert_a_value_error_naming(function, arguments, parameter, value)
 
 
-# Callables whose unknown keyword is Python's own TypeError ("got an unexpected keyword argument"), without the
-# parameters it does take: the methods' methods and a few functions. Remove an entry once it lists them.
-RAW_UNKNOWN_KEYWORD = {
-    *(f"OGMGE.{m}" for m in ("modulating", "after_backward", "state_dict", "load_state_dict")),
-    *(f"MMPareto.{m}" for m in ("backward", "state_dict", "load_state_dict")),
-    *(f"GroupDRO.{m}" for m in ("from_train_groups", "loss", "state_dict")),
-    *(f"JTT.{m}" for m in ("finish", "loss", "state_dict")),
-    "DandR.state_dict", "methods.DFR", "DFR.fit", *(f"DFRResult.{m}" for m in ("logits", "write_into", "to_dict")),
-    *(f"BalGrad.{m}" for m in ("backward", "state_dict", "load_state_dict")), "BalGradStep.to_dict",
-    *(f"UnimodalHeads.{m}" for m in ("capture", "branch_outputs", "output_problems", "logits", "parameters", "state_dict", "load_state_dict")),
-    *(f"MMDB.{m}" for m in ("capture", "cosines", "loss", "inference_logits", "export", "state_dict", "load_state_dict")),
-    "MarginTable.to_dict", "methods.group_ids", "methods.classifier_inputs", "methods.holdout_indices", "methods.branch_widths",
-}
-
-
 def test_a_keyword_a_method_does_not_take_lists_the_ones_it_does():
-    assert RAW_UNKNOWN_KEYWORD <= set(METHOD_CALLS)
-    for call in sorted(set(METHOD_CALLS) - RAW_UNKNOWN_KEYWORD):
+    for call in sorted(METHOD_CALLS):
         function, arguments = METHOD_CALLS[call]()
         with pytest.raises(ArgumentTypeError, match=r"has no parameter 'nosuch'\. Available: "):
             function(**arguments, nosuch=1)
+
+
+def test_a_wrong_call_of_a_per_step_method_is_one_sentence_listing_its_parameters():
+    """The methods a training step calls (a loss, a backward, an after-backward hook) check their call's shape without
+    `checked`'s binding (biasaudit.arguments.checked_keywords), and still name a missing or extra argument."""
+    for call in ("OGMGE.after_backward", "MMPareto.backward", "BalGrad.backward", "GroupDRO.loss", "JTT.loss", "MMDB.loss"):
+        function, arguments = METHOD_CALLS[call]()
+        first = next(iter(arguments))
+        with pytest.raises(ArgumentTypeError, match=rf"^{re.escape(call)}: missing a required argument: '{first}'\. Its parameters: "):
+            function(**{k: v for k, v in arguments.items() if k != first})
+        with pytest.raises(ArgumentTypeError, match=rf"^{re.escape(call)}: multiple values for argument '{first}'"):
+            function(arguments[first], **arguments)
+
+
+@pytest.mark.parametrize("call, parameter, value, pattern", [
+    ("MMDB.loss", "labels", torch.tensor([0, 1, 2, 0, 1, 9]),
+     r"^The 'labels' parameter of MMDB\.loss holds class 9; expected class indices from 0 to 2"),
+    ("MMDB.loss", "labels", torch.tensor([0, 1, 2, 0, 1, -1]), r"^The 'labels' parameter of MMDB\.loss holds class -1;"),
+    ("JTT.record", "labels", torch.tensor([0, 1, 2, 0, 1, 3]),
+     r"^The 'labels' parameter of JTT\.record holds class 3; expected class indices from 0 to 2, the columns of 'logits'\.$"),
+    ("methods.branch_widths", "run", lambda: None, r"^The 'run' parameter of branch_widths ran no forward through any of the branches"),
+])
+def test_a_value_outside_what_the_other_arguments_allow_is_named(call, parameter, value, pattern):
+    """Class indices beyond the logits' classes (a raw IndexError from the cross-entropy, or a device assert on a GPU,
+    before), and a run that calls no forward (named as UnimodalHeads' branches, before)."""
+    function, arguments = METHOD_CALLS[call]()
+    with pytest.raises(InputError, match=pattern):
+        function(**{**arguments, parameter: value})
+
+
+@pytest.mark.parametrize("mode, parameter, user", [
+    ("shared_zero", "classifier", "ogm_split"), ("separate", "classifier", "ogm_split"),
+    ("shared_zero", "num_classes", "separate"), ("ogm_split", "num_classes", "separate"),
+    ("shared_zero", "widths", "separate"), ("ogm_split", "widths", "separate"),
+])
+def test_a_head_argument_the_mode_does_not_use_is_refused_naming_the_mode_that_does(mode, parameter, user):
+    """A silently ignored argument hides a mistake: a classifier given for ogm_split with the mode left at shared_zero
+    would train other unimodal logits than the user meant."""
+    model = _model()
+    given = {"classifier": model.head, "num_classes": 3, "widths": {"image": 3, "text": 3}}
+    needed = {"ogm_split": {"classifier": model.head}, "separate": {"num_classes": 3, "widths": {"image": 3, "text": 3}}}.get(mode, {})
+    with pytest.raises(InputError, match=rf"^The '{parameter}' parameter of UnimodalHeads is .*, which the {mode} mode does not use; "
+                                         rf"expected None, or mode='{user}', the mode that uses it\.$"):
+        bm.UnimodalHeads(model, _branches(model), mode=mode, **{**needed, parameter: given[parameter]})

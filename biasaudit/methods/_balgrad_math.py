@@ -30,6 +30,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from biasaudit.arguments import checked_keywords
 from biasaudit.errors import InputError
 
 KL_MODES = ("mutual", "undirected")
@@ -170,6 +171,7 @@ class BalGradStep:
     cos_after: float
     conflicted: bool
 
+    @checked_keywords("BalGradStep.to_dict")  # biasaudit's loop logs it at every step: checked's cost is kept off
     def to_dict(self) -> dict[str, float | bool | None]:
         out: dict[str, float | bool | None] = asdict(self)
         for key in ("cos_before", "cos_after"):

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import entropy
 
+from biasaudit.arguments import checked
 from biasaudit.errors import DataError, InputError
 
 DEFAULT_EPS = 1e-6
@@ -53,6 +54,7 @@ class MarginTable:
     def num_classes(self) -> int:
         return int(self.counts.shape[1])
 
+    @checked("MarginTable.to_dict")
     def to_dict(self) -> dict:
         return {
             "num_bias": self.num_bias,

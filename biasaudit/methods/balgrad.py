@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biasaudit.arguments import at_least, check_argument, checked, non_negative_finite, one_of, positive_finite
+from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, non_negative_finite, one_of, positive_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._balgrad_math import (
     KL_MODES,
@@ -123,6 +123,7 @@ class BalGrad:
         self.last: BalGradStep | None = None
         self._branch_parameters = BranchParameters(self.branches)
 
+    @checked_keywords(f"{WHERE}.backward")  # at every training step: the arguments are checked by _check, cheaply
     def backward(self, fused_loss: Tensor, unimodal_logits: Mapping[str, Tensor], labels: Tensor, *, step: int,
                  total_steps: int, loss_scale: float = 1.0) -> BalGradStep:
         """Fill (add to) `.grad` of θ_T, θ_v, θ_l and of the other parameters the unimodal losses reach, as the module
@@ -210,11 +211,13 @@ class BalGrad:
                                  f"{tuple(logits.shape)}; expected [batch, classes] = [{batch}, C] like 'labels' (whose class "
                                  f"indices run from {low} to {high}), the same C for every branch.")
 
+    @checked(f"{WHERE}.state_dict")
     def state_dict(self) -> dict[str, Any]:
         """The running averages of (L_v, L_l) of the `running` weights (None before the first step or with `batch`)."""
         values = self.running.values
         return {"weights": self.weights, "running": None if values is None else [float(values[0]), float(values[1])]}
 
+    @checked(f"{WHERE}.load_state_dict")
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         def rule(value: Mapping[str, Any]) -> str | None:
             running = value.get("running")

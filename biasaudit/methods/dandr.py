@@ -175,6 +175,7 @@ class DandR:
         self.last = step
         return step
 
+    @checked("DandR.state_dict")
     def state_dict(self) -> dict[str, Any]:
         """theta^init of every branch (CPU tensors), how many re-initialisations were done and the last one's epoch."""
         return {"init": {name: {key: t.clone() for key, t in params.items()} for name, params in self._init.items()},

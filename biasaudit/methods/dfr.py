@@ -41,6 +41,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from torch import nn
 
+from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, shown
 from biasaudit.errors import ArgumentTypeError, InputError
 
 C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)
@@ -81,28 +82,34 @@ class DFRResult:
     def num_features(self) -> int:
         return int(self.weight.shape[1])
 
+    @checked("DFRResult.logits")
     def logits(self, features: np.ndarray | torch.Tensor) -> np.ndarray:
         """The refitted layer's logits [N, K] (float64) on raw features [N, D]."""
-        x = _features(features, name="features")
+        where = "DFRResult.logits"
+        x = _features(features, name="features", where=where)
         if x.shape[1] != self.num_features:
-            raise InputError(f"features have {x.shape[1]} columns; this DFR result was fitted on {self.num_features}.")
+            raise InputError(f"The 'features' parameter of {where} has {x.shape[1]} columns; expected {self.num_features}, "
+                             "the features this DFR result was fitted on.")
         return x @ self.weight.T + self.bias
 
+    @checked("DFRResult.write_into")
     def write_into(self, classifier: nn.Linear) -> None:
         """Copy the weights into `classifier` in place (under no_grad, keeping its dtype and device). The shape is
         checked before anything is written."""
-        if not isinstance(classifier, nn.Linear):
-            raise ArgumentTypeError(f"classifier must be an nn.Linear, got {type(classifier).__name__}.")
+        where = "DFRResult.write_into"
         if classifier.out_features != self.num_classes or classifier.in_features != self.num_features:
-            raise InputError(f"classifier is nn.Linear({classifier.in_features}, {classifier.out_features}) but this DFR "
-                             f"result has {self.num_features} features and {self.num_classes} classes; fit on that "
-                             "layer's inputs and pass num_classes=classifier.out_features.")
+            raise InputError(f"The 'classifier' parameter of {where} is nn.Linear({classifier.in_features}, "
+                             f"{classifier.out_features}); expected nn.Linear({self.num_features}, {self.num_classes}), the "
+                             "features and classes of this DFR result (fit on that layer's inputs and pass "
+                             "num_classes=classifier.out_features).")
         if classifier.bias is None:
-            raise InputError("classifier has no bias; DFR needs one to fold the feature standardisation into.")
+            raise InputError(f"The 'classifier' parameter of {where} has no bias; expected an nn.Linear with one, to fold "
+                             "the feature standardisation into.")
         with torch.no_grad():
             classifier.weight.copy_(torch.as_tensor(self.weight).to(classifier.weight))
             classifier.bias.copy_(torch.as_tensor(self.bias).to(classifier.bias))
 
+    @checked("DFRResult.to_dict")
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types, without the weights."""
         return {
@@ -121,31 +128,32 @@ class DFR:
     averaged in the final fit; `tune_subsets`: those averaged per C while tuning (default min(3, subsets));
     `seed`: the only source of randomness; `max_iter`: lbfgs iterations per fit."""
 
+    @checked("DFR", subsets=at_least(1), tune_subsets=lambda value: None if value is None else at_least(1)(value),
+             seed=at_least(0), max_iter=at_least(1))
     def __init__(self, *, c_grid: Iterable[float] = C_GRID, subsets: int = SUBSETS, tune_subsets: int | None = None,
                  seed: int = 0, max_iter: int = MAX_ITER) -> None:
-        if isinstance(c_grid, (str, bytes)) or not isinstance(c_grid, Iterable):
-            raise ArgumentTypeError(f"c_grid must be a sequence of positive numbers, got {type(c_grid).__name__}.")
-        grid = list(c_grid)
-        if not grid or not all(_is_number(c) and math.isfinite(c) and c > 0 for c in grid):
-            raise InputError(f"c_grid must hold at least one positive finite number, got {grid!r}.")
+        grid = list(c_grid)  # read once here, not by a value rule: an iterator would be spent by the rule
+        check_argument(grid, list, parameter="c_grid", where="DFR",
+                       rule=lambda value: None if value and all(_is_number(c) and math.isfinite(c) and c > 0 for c in value)
+                       else "at least one positive, finite number")
         self.c_grid = tuple(sorted({float(c) for c in grid}))
-        self.subsets = _count(subsets, name="subsets")
-        self.tune_subsets = min(TUNE_SUBSETS, self.subsets) if tune_subsets is None else _count(tune_subsets, name="tune_subsets")
-        self.seed = _count(seed, name="seed", low=0)
-        self.max_iter = _count(max_iter, name="max_iter")
+        self.subsets = int(subsets)
+        self.tune_subsets = min(TUNE_SUBSETS, self.subsets) if tune_subsets is None else int(tune_subsets)
+        self.seed = int(seed)
+        self.max_iter = int(max_iter)
 
+    @checked("DFR.fit", num_classes=lambda value: None if value is None else at_least(2)(value))
     def fit(self, features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
             groups: np.ndarray | torch.Tensor, *, num_classes: int | None = None, split: str = "val") -> DFRResult:
         """Fit on held-out classifier inputs [N, D], labels [N] and group ids [N] (section 9's (label, bias value)
         ids, e.g. label * num_bias + bias). `num_classes` defaults to max(label) + 1; every class must occur. `split`
         names the data's source in the result (e.g. "20% of train (seed 0)")."""
-        x = _features(features, name="features")
-        y = _integers(labels, name="labels", length=len(x))
-        g = _integers(groups, name="groups", length=len(x))
-        if not isinstance(split, str):
-            raise ArgumentTypeError(f"split must be a string naming the data's source, got {type(split).__name__}.")
-        classes = _num_classes(y, num_classes)
-        group_ids, group_of, sizes = _check_groups(y, g, classes)
+        where = "DFR.fit"
+        x = _features(features, name="features", where=where)
+        y = _integers(labels, name="labels", length=len(x), where=where)
+        g = _integers(groups, name="groups", length=len(x), where=where)
+        classes = _num_classes(y, num_classes, where=where)
+        group_ids, group_of, sizes = _check_groups(y, g, classes, where=where)
         streams = [np.random.default_rng(s) for s in np.random.SeedSequence(self.seed).spawn(3)]
         # One BLAS/OpenMP thread: these fits are small, and a second thread that spins on a shared or busy CPU made
         # them 10-50x slower in measurement (scanning.py limits BLAS the same way).
@@ -186,6 +194,7 @@ class DFR:
         return worst, mean
 
 
+@checked_keywords("classifier_inputs")  # the types below, by check_argument (the classifier's sentence is its own)
 def classifier_inputs(model: nn.Module, classifier: nn.Linear, batches: Iterable[Any], *,
                       forward: Callable[[nn.Module, Any], Any] | None = None) -> torch.Tensor:
     """The inputs of `classifier` (an nn.Linear inside `model`) over `batches`, float32 [N, D] on the CPU.
@@ -194,15 +203,18 @@ def classifier_inputs(model: nn.Module, classifier: nn.Linear, batches: Iterable
     is run as `forward(model, batch)` when given (e.g. `lambda m, b: m(b["image"].cuda(), b["text"].cuda())` for a
     loader that also yields labels), else a tuple or list as `model(*batch)`, a dict as `model(**batch)` and anything
     else as `model(batch)`. `classifier` must run exactly once per batch."""
-    if not isinstance(model, nn.Module):
-        raise ArgumentTypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
+    where = "classifier_inputs"
+    check_argument(model, nn.Module, parameter="model", where=where)
+    # Worded by hand, not by check_argument: "classifier must be an nn.Linear" and "classifier is not a submodule of
+    # model" are the phrases tests/test_method_dfr.py looks for.
     if not isinstance(classifier, nn.Linear):
-        raise ArgumentTypeError(f"classifier must be an nn.Linear, got {type(classifier).__name__}.")
+        raise ArgumentTypeError(f"The 'classifier' parameter of {where} is {shown(classifier)}, but the classifier must be an "
+                                "nn.Linear: the model's own final linear layer (e.g. model.classifier).")
     if not any(module is classifier for module in model.modules()):
-        raise InputError("classifier is not a submodule of model; pass the model's own final nn.Linear "
-                         "(e.g. model.classifier).")
-    if forward is not None and not callable(forward):
-        raise ArgumentTypeError(f"forward must be a callable forward(model, batch), got {type(forward).__name__}.")
+        raise InputError(f"The 'classifier' parameter of {where} is {shown(classifier)}, but this classifier is not a submodule "
+                         "of model; expected the model's own final nn.Linear (e.g. model.classifier).")
+    check_argument(batches, Iterable[Any], parameter="batches", where=where)
+    check_argument(forward, Callable[[nn.Module, Any], Any] | None, parameter="forward", where=where)
     captured: list[torch.Tensor] = []
 
     def keep(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -218,29 +230,30 @@ def classifier_inputs(model: nn.Module, classifier: nn.Linear, batches: Iterable
                 captured.clear()
                 _run(model, batch, forward)
                 if len(captured) != 1:
-                    raise InputError(f"classifier ran {len(captured)} times on batch {index}; it must run exactly "
-                                     "once per forward of model.")
+                    raise InputError(f"The {'forward' if forward is not None else 'model'!r} parameter of {where} ran so "
+                                     f"that the classifier ran {len(captured)} times on batch {index}; expected exactly one run "
+                                     "of 'classifier' per forward of 'model'.")
                 if captured[0].ndim != 2 or captured[0].shape[1] != classifier.in_features:
-                    raise InputError(f"classifier's input on batch {index} has shape {tuple(captured[0].shape)}; "
-                                     f"expected [batch, {classifier.in_features}].")
+                    raise InputError(f"The 'classifier' parameter of {where} got an input of shape {tuple(captured[0].shape)} "
+                                     f"on batch {index}; expected [batch, {classifier.in_features}], its in_features.")
                 chunks.append(captured[0])
     finally:
         handle.remove()
         for module, training in modes:
             module.training = training
     if not chunks:
-        raise InputError("batches yielded no batch; pass the held-out inputs (e.g. a DataLoader over val).")
+        raise InputError(f"The 'batches' parameter of {where} is {shown(batches)}, whose batches yielded no batch; expected "
+                         "the held-out inputs (e.g. a DataLoader over val).")
     return torch.cat(chunks)
 
 
+@checked("holdout_indices", num_samples=at_least(1), seed=at_least(0),
+         fraction=lambda value: None if 0 < value < 1 else "a number strictly between 0 and 1")
 def holdout_indices(num_samples: int, *, fraction: float = 0.2, seed: int = 0) -> np.ndarray:
     """Sorted indices of a seeded `fraction` of `num_samples` (at least one): DFR's data when there is no val split.
     Say so with `DFR.fit(..., split=f"{fraction:.0%} of train (seed {seed})")`."""
-    n = _count(num_samples, name="num_samples")
-    if not _is_number(fraction) or not 0 < fraction < 1:
-        raise InputError(f"fraction must be a number strictly between 0 and 1, got {fraction!r}.")
-    size = max(1, round(n * float(fraction)))
-    return np.sort(np.random.default_rng(_count(seed, name="seed", low=0)).choice(n, size=size, replace=False))
+    size = max(1, round(num_samples * float(fraction)))
+    return np.sort(np.random.default_rng(seed).choice(num_samples, size=size, replace=False))
 
 
 def _run(model: nn.Module, batch: Any, forward: Callable[[nn.Module, Any], Any] | None) -> None:
@@ -305,62 +318,64 @@ def _standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.where(scale > 1e-12 * np.maximum(1.0, np.abs(mean)), scale, 1.0)
 
 
-def _features(value: Any, *, name: str) -> np.ndarray:
+def _features(value: Any, *, name: str, where: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray):
-        raise ArgumentTypeError(f"{name} must be a numpy array or torch tensor, got {type(value).__name__}.")
+    check_argument(value, np.ndarray, parameter=name, where=where)
     if value.ndim != 2 or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
-        raise InputError(f"{name} must be a 2-D numeric array [samples, features], got dtype {value.dtype} and "
-                         f"shape {value.shape}.")
+        raise InputError(f"The {name!r} parameter of {where} has dtype {value.dtype} and shape {value.shape}; expected a "
+                         "2-D numeric array [samples, features].")
     x = value.astype(np.float64)
     if not np.isfinite(x).all():
-        raise InputError(f"{name} hold NaN or infinite values; DFR needs finite classifier inputs.")
+        raise InputError(f"The {name!r} parameter of {where} holds NaN or infinite values; expected finite classifier inputs.")
     return x
 
 
-def _integers(value: Any, *, name: str, length: int) -> np.ndarray:
+def _integers(value: Any, *, name: str, length: int, where: str) -> np.ndarray:
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray):
-        raise ArgumentTypeError(f"{name} must be a numpy array or torch tensor of integers, got {type(value).__name__}.")
+    check_argument(value, np.ndarray, parameter=name, where=where)
     if not np.issubdtype(value.dtype, np.integer):
-        raise ArgumentTypeError(f"{name} must hold integers, got dtype {value.dtype}.")
+        raise ArgumentTypeError(f"The {name!r} parameter of {where} must hold integers; got dtype {value.dtype}.")
     if value.ndim != 1 or len(value) != length:
-        raise InputError(f"{name} must be 1-D with one entry per row of features ({length}), got shape {value.shape}.")
+        raise InputError(f"The {name!r} parameter of {where} has shape {value.shape}; expected one entry per row of "
+                         f"'features' ({length}), 1-D.")
     if length and value.min() < 0:
-        raise InputError(f"{name} must be non-negative, got {int(value.min())}.")
+        raise InputError(f"The {name!r} parameter of {where} holds {int(value.min())}; expected values of at least 0.")
     return value.astype(np.int64)
 
 
-def _num_classes(y: np.ndarray, num_classes: int | None) -> int:
+def _num_classes(y: np.ndarray, num_classes: int | None, *, where: str) -> int:
     if len(y) == 0:
-        raise InputError("features are empty; DFR needs held-out samples with labels and groups.")
-    classes = int(y.max()) + 1 if num_classes is None else _count(num_classes, name="num_classes")
+        raise InputError(f"The 'features' parameter of {where} has no rows; expected held-out samples with labels and groups.")
+    classes = int(y.max()) + 1 if num_classes is None else num_classes
     if int(y.max()) >= classes:
-        raise InputError(f"labels must lie in [0, {classes}) for num_classes={classes}, got {int(y.max())}.")
+        raise InputError(f"The 'labels' parameter of {where} holds class {int(y.max())}, but labels must lie in [0, {classes}) "
+                         f"for num_classes={classes}.")
     if classes < 2:
-        raise InputError(f"labels hold a single class (num_classes={classes}); DFR needs at least 2 classes.")
+        raise InputError(f"The 'labels' parameter of {where} holds a single class (num_classes={classes}); expected at least 2 "
+                         "classes.")
     missing = np.flatnonzero(np.bincount(y, minlength=classes) == 0)
     if missing.size:
-        raise InputError(f"labels lack class(es) {missing.tolist()} of {classes}; DFR refits every class of the layer, "
-                         "so the held-out set needs samples of each.")
+        raise InputError(f"The 'labels' parameter of {where} lacks class(es) {missing.tolist()} of {classes}; expected samples "
+                         "of every class, since DFR refits every class of the layer.")
     return classes
 
 
-def _check_groups(y: np.ndarray, g: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _check_groups(y: np.ndarray, g: np.ndarray, classes: int, *, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group ids, each row's dense group index and the group sizes; refuses small or mixed-label groups."""
     group_ids, group_of, sizes = np.unique(g, return_inverse=True, return_counts=True)
     if sizes.min() < 2:
-        raise InputError(f"groups: group {int(group_ids[sizes.argmin()])} has {int(sizes.min())} sample; DFR needs at "
-                         "least 2 per group (one per tuning half): merge or drop the rare groups.")
+        raise InputError(f"The 'groups' parameter of {where} has group {int(group_ids[sizes.argmin()])} with "
+                         f"{int(sizes.min())} sample; expected at least 2 per group (one per tuning half): merge or drop the "
+                         "rare groups.")
     label_count = np.zeros((len(group_ids), classes), dtype=np.int64)
     np.add.at(label_count, (group_of, y), 1)
     mixed = np.flatnonzero((label_count > 0).sum(axis=1) > 1)
     if mixed.size:
         labels = np.flatnonzero(label_count[mixed[0]]).tolist()
-        raise InputError(f"groups: group {int(group_ids[mixed[0]])} holds labels {labels}; a group is one (label, "
-                         "bias value) pair, such as label * num_bias + bias.")
+        raise InputError(f"The 'groups' parameter of {where} has group {int(group_ids[mixed[0]])} holding labels {labels}; "
+                         "expected one (label, bias value) pair per group, such as label * num_bias + bias.")
     return group_ids, group_of.reshape(-1), sizes
 
 
@@ -378,11 +393,3 @@ def _note(split: str, c: float, worst: list[float], grid: tuple[float, ...], per
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
-def _count(value: Any, *, name: str, low: int = 1) -> int:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-        raise ArgumentTypeError(f"{name} must be an integer, got {type(value).__name__}.")
-    if value < low:
-        raise InputError(f"{name} must be at least {low}, got {value}.")
-    return int(value)

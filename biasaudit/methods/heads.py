@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from biasaudit.arguments import at_least, check_argument, checked, one_of
+from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, one_of, shown
 from biasaudit.errors import InputError
 from biasaudit.methods._modes import evaluation_modes
 from biasaudit.methods._branches import branches_rule, keys_rule
@@ -58,8 +58,9 @@ class UnimodalHeads:
     rerun callable must call the bare module). branches: its modules, one per modality, keyed by the names the audit
     uses. mode: shared_zero, ogm_split or separate (module docstring). classifier: for ogm_split, the model's final
     nn.Linear on the concatenated branch outputs. num_classes and widths: for separate, the heads' output size and
-    each branch's flattened output width (`branch_widths` measures them with one forward). seed: the separate heads'
-    initialisation.
+    each branch's flattened output width (`branch_widths` measures them with one forward). Each of these three is
+    refused in a mode that does not use it (ignored, it would hide a mode left at its default). seed: the separate
+    heads' initialisation.
 
     `logits(rerun)` needs the callable only in shared_zero and ogm_split: it reruns the model's forward on the same
     inputs (its branch outputs are replaced, so its inputs only have to reach the branch modules again).
@@ -72,11 +73,13 @@ class UnimodalHeads:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             raise InputError(f"The 'model' parameter of {WHERE} is a {type(model).__name__}; expected the bare module "
                              f"(its .module): the unimodal passes run it on replaced parameters, outside the wrapper.")
-        owned = {id(p) for p in model.parameters()}
-        for name, module in branches.items():
-            if not all(id(p) in owned for p in module.parameters()):
-                raise InputError(f"The 'branches' parameter of {WHERE} has a branch {name!r} that is not part of "
-                                 f"'model'; give the model's own submodules (e.g. model.vision).")
+        _check_inside(model, branches, where=WHERE)
+        # An argument the mode does not read would be silently ignored, hiding a mistake (a mode left at its default).
+        for parameter, value, user in (("classifier", classifier, "ogm_split"), ("num_classes", num_classes, "separate"),
+                                       ("widths", widths, "separate")):
+            if value is not None and mode != user:
+                raise InputError(f"The {parameter!r} parameter of {WHERE} is {shown(value)}, which the {mode} mode does not use; "
+                                 f"expected None, or mode={user!r}, the mode that uses it.")
         self.model, self.branches, self.mode, self.seed = model, dict(branches), mode, seed
         self.classifier: nn.Linear | None = None
         self.heads: dict[str, nn.Linear] = {}
@@ -96,6 +99,7 @@ class UnimodalHeads:
                                        device=device)
         self._outputs: dict[str, Any] | None = None
 
+    @checked_keywords(f"{WHERE}.capture")  # this and the three below run at every training step: checked's cost is kept off
     @contextmanager
     def capture(self) -> Iterator["UnimodalHeads"]:
         """While open, each branch's output is kept for `logits` (the last one, if a branch runs twice)."""
@@ -108,18 +112,23 @@ class UnimodalHeads:
                 handle.remove()
             self._outputs = outputs
 
+    @checked_keywords(f"{WHERE}.branch_outputs")
     def branch_outputs(self) -> dict[str, Tensor]:
         """z_m of the last capture, per branch in branch order; one sentence naming the branch that gave none."""
         if self._outputs is None:
             raise InputError(f"{WHERE}.logits was called before any forward pass inside `with heads.capture():`.")
         return _tensors(self._outputs, self.branches)
 
+    @checked_keywords(f"{WHERE}.output_problems")
     def output_problems(self) -> dict[str, str]:
         """Per branch, what is wrong with its output in the last capture ({} when each gave one tensor [batch, ...])."""
         return _problems(self._outputs or {}, self.branches)
 
+    @checked_keywords(f"{WHERE}.logits")
     def logits(self, rerun: Callable[[], Tensor] | None = None) -> dict[str, Tensor]:
         """The unimodal logits {m: o_m} of the last captured forward, in branch order (module docstring)."""
+        if rerun is not None and not callable(rerun):  # a wrong type in every mode, even one that would not call it
+            check_argument(rerun, Callable[[], Tensor] | None, parameter="rerun", where=f"{WHERE}.logits")
         outputs = self.branch_outputs()
         if self.mode == "separate":
             flat = {m: z.flatten(1) for m, z in outputs.items()}
@@ -129,8 +138,8 @@ class UnimodalHeads:
                                      f"branch gave {x.shape[1]} on this batch; separate heads need a branch output whose size does "
                                      "not depend on the batch (e.g. pool over sequence positions).")
             return {m: self.heads[m](flat[m]) for m in self.branches}
-        if not callable(rerun):
-            raise InputError(f"The 'rerun' parameter of {WHERE}.logits is {type(rerun).__name__}; expected, in the {self.mode} "
+        if rerun is None:
+            raise InputError(f"The 'rerun' parameter of {WHERE}.logits is None; expected, in the {self.mode} "
                              "mode, a callable that runs the model's forward again, e.g. lambda: model(x_img, x_txt).")
         # Every parameter detached, once for all the passes: the branches' gradient comes through the injected z_kept
         # alone, and no graph is built through branch layers whose output the hooks replace.
@@ -160,13 +169,16 @@ class UnimodalHeads:
                              "logits [batch, classes].")
         return result
 
+    @checked(f"{WHERE}.parameters")
     def parameters(self) -> list[nn.Parameter]:
         """The separate heads' parameters (weight, bias per branch, in branch order) for the optimizer; none otherwise."""
         return [p for head in self.heads.values() for p in head.parameters()]
 
+    @checked(f"{WHERE}.state_dict")
     def state_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "heads": {m: head.state_dict() for m, head in self.heads.items()}}
 
+    @checked(f"{WHERE}.load_state_dict")
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the separate heads of state_dict() (of the same mode and branches)."""
         where = f"{WHERE}.load_state_dict"
@@ -177,9 +189,12 @@ class UnimodalHeads:
             head.load_state_dict(state["heads"][m])
 
 
+@checked("branch_widths", branches=lambda value: None if value else "at least one branch, one module per modality")
 def branch_widths(model: nn.Module, branches: Mapping[str, nn.Module], run: Callable[[], Any]) -> dict[str, int]:
     """Each branch's flattened output width, from one forward `run()` in eval mode and without gradients (it moves no
     BatchNorm statistics and draws no dropout): the `widths` of UnimodalHeads' separate mode."""
+    where = "branch_widths"
+    _check_inside(model, branches, where=where)
     outputs: dict[str, Any] = {}
     handles = [module.register_forward_hook(_CaptureOutput(outputs, name)) for name, module in branches.items()]
     try:
@@ -188,7 +203,20 @@ def branch_widths(model: nn.Module, branches: Mapping[str, nn.Module], run: Call
     finally:
         for handle in handles:
             handle.remove()
-    return {name: int(output.flatten(1).shape[1]) for name, output in _tensors(outputs, branches).items()}
+    if not outputs:
+        raise InputError(f"The 'run' parameter of {where} ran no forward through any of the branches "
+                         f"{', '.join(map(repr, branches))}; expected a callable that runs the model's forward on one batch, "
+                         "e.g. lambda: model(x_img, x_txt).")
+    return {name: int(output.flatten(1).shape[1]) for name, output in _tensors(outputs, branches, where=where).items()}
+
+
+def _check_inside(model: nn.Module, branches: Mapping[str, nn.Module], *, where: str) -> None:
+    """Every branch is a part of `model` (its parameters are the model's): a module from elsewhere would never run."""
+    owned = {id(p) for p in model.parameters()}
+    for name, module in branches.items():
+        if not all(id(p) in owned for p in module.parameters()):
+            raise InputError(f"The 'branches' parameter of {where} has a branch {name!r} that is not part of "
+                             f"'model'; give the model's own submodules (e.g. model.vision).")
 
 
 def _problems(outputs: Mapping[str, Any], branches: Mapping[str, nn.Module]) -> dict[str, str]:
@@ -204,9 +232,9 @@ def _problems(outputs: Mapping[str, Any], branches: Mapping[str, nn.Module]) -> 
     return problems
 
 
-def _tensors(outputs: Mapping[str, Any], branches: Mapping[str, nn.Module]) -> dict[str, Tensor]:
+def _tensors(outputs: Mapping[str, Any], branches: Mapping[str, nn.Module], *, where: str = WHERE) -> dict[str, Tensor]:
     for name, problem in _problems(outputs, branches).items():
-        raise InputError(f"The 'branches' parameter of {WHERE} has a branch {name!r} that {problem}; expected a module that "
+        raise InputError(f"The 'branches' parameter of {where} has a branch {name!r} that {problem}; expected a module that "
                          f"runs in the forward and outputs one tensor [batch, ...] (name the module that ends the branch).")
     return {name: outputs[name] for name in branches}
 

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 import torch
 
-from biasaudit.arguments import at_least, check_argument, checked, positive_finite
+from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, positive_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._distributed import world_size
 
@@ -106,10 +106,16 @@ class JTT:
         if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.numel() != indices.numel():
             raise InputError(f"The 'labels' parameter of {where} is a {labels.dtype} tensor of shape {tuple(labels.shape)}; expected "
                              f"{indices.numel()} integer labels, one per index.")
+        if labels.numel():
+            low, high = torch.stack(list(torch.aminmax(labels))).tolist()
+            if low < 0 or high >= logits.shape[1]:
+                raise InputError(f"The 'labels' parameter of {where} holds class {low if low < 0 else high}; expected class "
+                                 f"indices from 0 to {logits.shape[1] - 1}, the columns of 'logits'.")
         wrong = logits.detach().argmax(dim=1) != labels.to(logits.device)
         self._seen.append(indices.cpu())
         self._wrong.append(indices.cpu()[wrong.cpu()])
 
+    @checked("JTT.finish")
     def finish(self) -> ErrorSet:
         """Fix E as the union of what every rank recorded (a collective under DDP: every rank calls it once)."""
         if self._errors is not None:
@@ -161,11 +167,13 @@ class JTT:
             table = self._on[indices.device] = table.to(indices.device)
         return table[(indices + 1).clamp(0, table.numel() - 1)]
 
+    @checked_keywords("JTT.loss")
     def loss(self, per_sample_losses: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """Stage 2's loss: the weighted mean sum(w l) / sum(w) of the batch (module docstring), as a scalar."""
         where = "JTT.loss"
-        # Checked argument by argument rather than by @checked, whose binding costs a training step ~40 us, and by
-        # check_argument only for its sentence: a training step calls this with tensors.
+        # Checked argument by argument rather than by @checked, whose binding and annotation reading cost a training step
+        # ~30 us (checked_keywords checks the call's keywords alone, ~1 us), and by check_argument only for its sentence:
+        # a training step calls this with tensors.
         if not isinstance(per_sample_losses, torch.Tensor):
             check_argument(per_sample_losses, torch.Tensor, parameter="per_sample_losses", where=where)
         if not isinstance(indices, torch.Tensor):
@@ -194,6 +202,7 @@ class JTT:
         dist.all_reduce(total)
         return world * (weights * losses).sum() / total.to(losses.dtype)
 
+    @checked("JTT.state_dict")
     def state_dict(self) -> dict[str, Any]:
         """E (or, before `finish`, this rank's records so far) as CPU tensors."""
         if self._errors is not None:

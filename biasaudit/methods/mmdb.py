@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biasaudit.arguments import at_least, check_argument, checked, positive_finite
+from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, positive_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._mmdb_math import NORM_EPS, MarginTable, bias_margins, inference_logits, mmdb_loss
 
@@ -109,6 +109,7 @@ class MMDB:
         self.table = margins if isinstance(margins, MarginTable) else None
         self._features: Tensor | None = None
 
+    @checked_keywords(f"{WHERE}.capture")  # capture, cosines, loss and inference_logits run at every step or batch
     @contextmanager
     def capture(self) -> Iterator["MMDB"]:
         """While open, the classifier's input of each forward is kept as `features` (the last one)."""
@@ -130,37 +131,54 @@ class MMDB:
                              "'classifier'.")
         return self._features
 
+    @checked_keywords(f"{WHERE}.cosines")
     def cosines(self, features: Tensor) -> Tensor:
         """cos θ [B, classes] of the classifier's inputs (a zero feature or row gives 0, not nan)."""
-        check_argument(features, Tensor, parameter="features", where=f"{WHERE}.cosines", rule=self._features_rule)
+        return self._cosines(features, where=f"{WHERE}.cosines")
+
+    def _cosines(self, features: Tensor, *, where: str) -> Tensor:
+        check_argument(features, Tensor, parameter="features", where=where, rule=self._features_rule)
         normalised = F.normalize(features.flatten(1), dim=1, eps=NORM_EPS)
         return normalised @ F.normalize(self.classifier.weight, dim=1, eps=NORM_EPS).T
 
+    @checked_keywords(f"{WHERE}.loss")
     def loss(self, features: Tensor, labels: Tensor, bias: Tensor | np.ndarray) -> Tensor:
         """The mean cross-entropy of s·(cos θ − m^{k}) (module docstring). labels: class indices [B] or soft targets
         [B, classes]; bias: the integer bias value of each sample [B], from 0 to num_bias − 1."""
         where = f"{WHERE}.loss"
-        cosines = self.cosines(features)
-        batch = cosines.shape[0]
-        check_argument(labels, Tensor, parameter="labels", where=where)
-        if labels.is_floating_point() ^ (labels.dim() == 2) or labels.shape[0] != batch or \
-                (labels.dim() == 2 and labels.shape[1] != cosines.shape[1]) or labels.dim() not in (1, 2):
+        cosines = self._cosines(features, where=where)
+        batch, classes = cosines.shape
+        if not isinstance(labels, Tensor):  # the full check for its sentence only: a training step passes tensors
+            check_argument(labels, Tensor, parameter="labels", where=where)
+        if not isinstance(bias, (Tensor, np.ndarray)):
+            check_argument(bias, Tensor | np.ndarray, parameter="bias", where=where)
+        indices = not labels.is_floating_point()
+        if indices == (labels.dim() == 2) or labels.shape[0] != batch or labels.dtype == torch.bool or \
+                (labels.dim() == 2 and labels.shape[1] != classes) or labels.dim() not in (1, 2):
             raise InputError(f"The 'labels' parameter of {where} is a {labels.dtype} tensor of shape {tuple(labels.shape)}; "
-                             f"expected class indices [{batch}] or soft targets [{batch}, {cosines.shape[1]}].")
+                             f"expected class indices [{batch}] or soft targets [{batch}, {classes}].")
         bias = torch.as_tensor(bias)
         if bias.dim() != 1 or bias.shape[0] != batch or bias.is_floating_point() or bias.dtype == torch.bool:
             raise InputError(f"The 'bias' parameter of {where} is a {bias.dtype} tensor of shape {tuple(bias.shape)}; "
                              f"expected one integer bias value per sample [{batch}].")
-        low, high = (int(v) for v in torch.stack(list(torch.aminmax(bias))).tolist()) if batch else (0, 0)
-        if low < 0 or high >= self.margins.shape[0]:
-            raise InputError(f"The 'bias' parameter of {where} holds {low if low < 0 else high}; expected bias values from 0 "
-                             f"to {self.margins.shape[0] - 1} (the rows of 'margins').")
-        return mmdb_loss(cosines, labels, bias.to(cosines.device), self.margins, scale=self.scale)
+        bias = bias.to(cosines.device)
+        if batch:  # the ranges of the bias values and class indices, read with one synchronisation
+            ranges = [*torch.aminmax(bias)] + ([*torch.aminmax(labels.to(cosines.device))] if indices else [])
+            low, high, *label_range = torch.stack([v.long() for v in ranges]).tolist()
+            if low < 0 or high >= self.margins.shape[0]:
+                raise InputError(f"The 'bias' parameter of {where} holds {low if low < 0 else high}; expected bias values from 0 "
+                                 f"to {self.margins.shape[0] - 1} (the rows of 'margins').")
+            if label_range and (label_range[0] < 0 or label_range[1] >= classes):
+                raise InputError(f"The 'labels' parameter of {where} holds class {label_range[0] if label_range[0] < 0 else label_range[1]}; "
+                                 f"expected class indices from 0 to {classes - 1} (the outputs of 'classifier').")
+        return mmdb_loss(cosines, labels, bias, self.margins, scale=self.scale)
 
+    @checked_keywords(f"{WHERE}.inference_logits")
     def inference_logits(self, features: Tensor) -> Tensor:
         """s·cos θ: the logits MMDB trained for, at test time (no margin)."""
-        return inference_logits(self.cosines(features), scale=self.scale)
+        return inference_logits(self._cosines(features, where=f"{WHERE}.inference_logits"), scale=self.scale)
 
+    @checked(f"{WHERE}.export")
     def export(self, classifier: nn.Linear | None = None) -> None:
         """Write normalised rows and a zero bias into `classifier` (default: the one trained), in place."""
         target = self.classifier if classifier is None else classifier
@@ -172,10 +190,12 @@ class MMDB:
                 target.weight.copy_(self.classifier.weight)
         export_cosine_classifier(target)
 
+    @checked(f"{WHERE}.state_dict")
     def state_dict(self) -> dict[str, Any]:
         """Empty: MMDB keeps nothing between steps (the margins are given at construction)."""
         return {}
 
+    @checked(f"{WHERE}.load_state_dict")
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         check_argument(state, Mapping[str, Any], parameter="state", where=f"{WHERE}.load_state_dict",
                        rule=lambda value: None if not value else "the empty state of MMDB.state_dict()")

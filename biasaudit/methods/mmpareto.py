@@ -25,7 +25,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from biasaudit.arguments import check_argument, checked, positive_finite
+from biasaudit.arguments import check_argument, checked, checked_keywords, positive_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._branches import BranchParameters, branches_rule, check_per_branch, graph_leaves
 from biasaudit.methods._distributed import agree, average, collective_device, world_size
@@ -111,6 +111,7 @@ class MMPareto:
         self.last: MMParetoStep | None = None
         self._branch_parameters = BranchParameters(self.branches)
 
+    @checked_keywords(f"{WHERE}.backward")  # at every training step: its arguments are checked below, cheaply
     def backward(self, fused_loss: Tensor, unimodal_losses: Mapping[str, Tensor]) -> MMParetoStep:
         """Fill (add to) `.grad` of every parameter the losses reach, as described above; returns the step's figures.
         Everything is checked before any `.grad` changes."""
@@ -192,10 +193,12 @@ class MMPareto:
                 _accumulate(parameter, grad)
         return MMParetoStep(cosines=cosines, conflicts=conflicts, weights=weights, scales=scales)
 
+    @checked(f"{WHERE}.state_dict")
     def state_dict(self) -> dict[str, Any]:
         """Empty: MMPareto keeps nothing between steps (given for the same save/resume code as the other methods)."""
         return {}
 
+    @checked(f"{WHERE}.load_state_dict")
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         check_argument(state, Mapping[str, Any], parameter="state", where=f"{WHERE}.load_state_dict",
                        rule=lambda value: None if not value else "the empty state of MMPareto.state_dict()")

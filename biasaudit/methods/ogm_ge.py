@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
-from biasaudit.arguments import at_least, check_argument, checked, positive_finite
+from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, positive_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._branches import BranchParameters, branches_rule, check_per_branch
 from biasaudit.methods._distributed import all_reduce_sum_, collective_device, world_size
@@ -128,11 +128,13 @@ class OGMGE:
         """The epoch the next steps belong to (read against modulation_epochs), as DistributedSampler.set_epoch."""
         self.epoch = epoch
 
+    @checked_keywords(f"{WHERE}.modulating")  # read at every step, as after_backward is: checked's cost is kept off both
     def modulating(self) -> bool:
         """Whether the current epoch is inside the modulation window."""
         window = self.modulation_epochs
         return window is None or window[0] <= self.epoch < window[1]
 
+    @checked_keywords(f"{WHERE}.after_backward")
     def after_backward(self, unimodal_logits: Mapping[str, Tensor], labels: Tensor) -> OGMGEStep:
         """Rescale each branch's `.grad` in place by its k_m (and add GE noise); returns the step's figures.
 
@@ -191,11 +193,13 @@ class OGMGE:
             self._generators[key] = generator
         return self._generators[key]
 
+    @checked(f"{WHERE}.state_dict")
     def state_dict(self) -> dict[str, Any]:
         """The epoch and the noise generators' states (one per device drawn on so far)."""
         return {"seed": self.seed, "epoch": self.epoch,
                 "generators": {key: generator.get_state() for key, generator in self._generators.items()}}
 
+    @checked(f"{WHERE}.load_state_dict")
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what state_dict() gave, so that the next draws continue the saved run's."""
         where = f"{WHERE}.load_state_dict"
