@@ -22,7 +22,7 @@ from biasaudit.results.comparison import Comparison
 from biasaudit.results.fix_result import AlsoSplitResult, FixResult
 from biasaudit.results.gate_result import GateResult
 from biasaudit.results.leaderboard_result import LeaderboardResult
-from biasaudit.leaderboard.runs import KEEP, PRIMARY
+from biasaudit.choosing.runs import KEEP, PRIMARY
 from biasaudit.training.optimizers import OPTIMIZERS
 
 
@@ -150,7 +150,8 @@ def gate(current: Audit, *, rules: GateRules | Mapping[str, Any], baseline: Audi
 @checked("ba.fix", epochs=at_least(1), lr=positive_finite, batch_size=at_least(1), optimizer=one_of(OPTIMIZERS),
          weight_decay=non_negative_finite, momentum=lambda value: None if 0 <= value < 1 else "a number from 0 up to (not including) 1",
          train_split=not_empty, split=not_empty,
-         seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"), also_split=not_empty)
+         seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"),
+         also_split=lambda value: None if value is None else not_empty(value))
 def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
         optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
         train_split: str = "train", split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
@@ -213,18 +214,20 @@ def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
                 optimizer: str = "adam", bootstrap: int = 1000, primary: str = "worst-group", max_full_drop: float = 1.0,
                 keep: str = "best", device: str | torch.device = "cpu", progress: Progress | None = None) -> LeaderboardResult:
     """Fix `model` with every method in `methods` for every seed, compare each with the `ce` control (always included)
-    seed by seed, pool the changes over seeds and samples (a hierarchical bootstrap, biasaudit/leaderboard/pooling.py),
+    seed by seed, pool the changes over seeds and samples (a hierarchical bootstrap, biasaudit/choosing/pooling.py),
     and recommend a method only when a bias measure improves beyond that noise on most seeds and Full accuracy
     (in distribution, on `test`, when `split` is out of distribution) does not fall by more than `max_full_drop`
-    points (biasaudit/leaderboard/rule.py). Writes leaderboard.json, leaderboard.html and every run into `out`; a
+    points (biasaudit/choosing/rule.py). Writes leaderboard.json, leaderboard.html and every run into `out`; a
     rerun with the same settings reuses the finished runs. The caller's model is never trained."""
-    from biasaudit.leaderboard.board import run_leaderboard
-    from biasaudit.leaderboard.runs import CONTROL, LeaderboardSettings
+    from biasaudit.choosing.board import run_leaderboard
+    from biasaudit.choosing.runs import CONTROL, LeaderboardSettings
 
     settings = LeaderboardSettings(methods=(CONTROL, *[m for m in methods if m != CONTROL]), seeds=tuple(seeds), split=split,
                                    epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap,
                                    primary=primary, max_full_drop=max_full_drop, keep=keep)
-    document = run_leaderboard(model, adapter, settings, out=out, device=str(device), progress=progress)
+    device = str(device)
+    _check_scan(adapter, settings.scan_config(settings.seeds[0], device), where="ba.leaderboard")  # as ba.fix, before any work
+    document = run_leaderboard(model, adapter, settings, out=out, device=device, progress=progress)
     recommendation = document["recommendation"]
     return LeaderboardResult(recommended=recommendation["method"], verdict=document["verdict"], reasons=tuple(recommendation["reasons"]),
                              json_path=Path(out) / "leaderboard.json", html_path=Path(out) / "leaderboard.html", document=document)

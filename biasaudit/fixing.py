@@ -246,6 +246,11 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     check_config = getattr(fixer, "check_config", None)
     if callable(check_config) and not post_hoc:
         check_config(train_config)  # e.g. JTT's two stages need the epochs for both
+    if from_scratch and discovers_bias and (method_options.get("bias") == "kmeans" or not getattr(adapter, "bias_key", None)):
+        # The bias values would be k-means clusters of the re-initialised, random branch features.
+        raise InputError(f"--from-scratch with {method}'s discovered bias values (k-means of a branch's features; the adapter has "
+                         "no bias_key or --bias kmeans) would cluster a random model's features; give the adapter a bias_key "
+                         "or fine-tune without --from-scratch.")
     audit_as = dict(adapter_spec=adapter_spec, progress=progress)
     if before is None:
         before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, prefix_removed=prefix_removed, **audit_as)
@@ -275,6 +280,9 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
                                    config=train_config, min_group=min_group, progress=progress, state_dir=state_dir, resume=resume)
         selection, trained, fixer, steps = choice.selection, choice.model, choice.method, choice.steps
         method_options["scale"] = selection["chosen"]
+        from biasaudit.training.selection import selection_plan
+
+        train_config = selection_plan(adapter, train_config)[0]  # the kept candidate's: without val, train less its held-out part
     elif post_hoc:
         # DFR: the one method that repairs a checkpoint without retraining; no step to log (its figures are its settings).
         fixer.refit(model, adapter, config=train_config)
@@ -312,7 +320,11 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     also_outcome = None
     if also_config is not None:
         also_after["manifest"]["training"] = training
-        also_outcome = AlsoSplit(split=also, before=also_before, after=also_after, comparison=compare_audits(also_before, also_after))
+        also_comparison = compare_audits(also_before, also_after)
+        also_comparison["verdict_sentences"] = [*also_comparison["verdict_sentences"], ONE_RUN]
+        if from_scratch:
+            also_comparison = from_scratch_labelled(also_comparison)
+        also_outcome = AlsoSplit(split=also, before=also_before, after=also_after, comparison=also_comparison)
         comparison = with_also_split(comparison, also_outcome.comparison)
     if from_scratch:
         comparison = from_scratch_labelled(comparison)

@@ -101,6 +101,11 @@ def world(shortcut_checkpoint, tmp_path_factory) -> World:
 CALLS: dict[str, Callable[[World], tuple[Callable, dict[str, Any]]]] = {
     "ba.scan": lambda w: (ba.scan, dict(model=w.model, adapter=w.adapter, **FAST)),
     "ba.fix": lambda w: (ba.fix, dict(model=w.model, adapter=w.trainable, method="ce", epochs=1, projection="pca", bootstrap=50)),
+    "ba.leaderboard": lambda w: (ba.leaderboard, dict(model=w.model, adapter=w.trainable, out=w.tmp / "leaderboard", methods=("jtt",),
+                                                    epochs=1, bootstrap=50)),
+    "LeaderboardResult.to_dict": lambda w: (ba.LeaderboardResult(recommended=None, verdict="No method helps here.", reasons=(),
+                                                                 json_path=w.tmp / "l.json", html_path=w.tmp / "l.html",
+                                                                 document={"schema": "biasaudit.leaderboard"}).to_dict, {}),
     "ba.compare": lambda w: (ba.compare, dict(before=w.audit, after=w.audit)),
     "ba.gate": lambda w: (ba.gate, dict(current=w.audit, rules=ba.GateRules(min_accuracy={"full": 0}, max_gap_increase=100),
                                         baseline=w.audit)),
@@ -168,7 +173,8 @@ def _signature_parameters(target: Callable) -> list[str]:
 
 def _parameters(name: str) -> list[str]:
     """The parameters a caller can get wrong: the signature's, and for ba.scan the ScanConfig settings it takes by name."""
-    target = {"ba.scan": ba.scan, "ba.fix": ba.fix, "ba.compare": ba.compare, "ba.gate": ba.gate}.get(name)
+    target = {"ba.scan": ba.scan, "ba.fix": ba.fix, "ba.leaderboard": ba.leaderboard, "ba.compare": ba.compare,
+              "ba.gate": ba.gate}.get(name)
     if name in ("ba.GateRules", "ba.Modality"):
         return [f.name for f in dataclasses.fields(getattr(ba, name[3:]))]
     if target is None:
@@ -252,6 +258,13 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.fix", "train_split"): lambda w: "nosuch", ("ba.fix", "options"): lambda w: {"nosuch": 1},
     ("ba.fix", "before"): lambda w: w.audit,  # taken with other settings (min_wrong=1, ...) than this fix's audits
     ("ba.fix", "state_dir"): _regular_file, ("ba.fix", "also_split"): lambda w: "nosuch",
+    ("ba.leaderboard", "adapter"): lambda w: OneModality(), ("ba.leaderboard", "out"): _regular_file,
+    ("ba.leaderboard", "methods"): lambda w: ("nosuch",), ("ba.leaderboard", "seeds"): lambda w: (0,),
+    ("ba.leaderboard", "split"): lambda w: "nosuch", ("ba.leaderboard", "epochs"): lambda w: 0,
+    ("ba.leaderboard", "lr"): lambda w: -1.0, ("ba.leaderboard", "batch_size"): lambda w: 0,
+    ("ba.leaderboard", "optimizer"): lambda w: "nosuch", ("ba.leaderboard", "bootstrap"): lambda w: 5,
+    ("ba.leaderboard", "primary"): lambda w: "nosuch", ("ba.leaderboard", "max_full_drop"): lambda w: -1.0,
+    ("ba.leaderboard", "keep"): lambda w: "nosuch", ("ba.leaderboard", "device"): lambda w: "nosuch",
     ("ba.compare", "before"): lambda w: w.other_seed, ("ba.compare", "after"): lambda w: w.other_seed,
     ("ba.gate", "rules"): lambda w: ba.GateRules(), ("ba.gate", "baseline"): lambda w: w.other_seed,
     ("ba.gate", "current"): lambda w: w.other_seed,
@@ -271,8 +284,9 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
 # (call, parameter) -> why every value of the right type is a valid one.
 EVERY_VALUE_FITS = {
     **{(call, "model"): "any nn.Module; one the adapter's inputs do not fit fails at its first forward, with the adapter named "
-       "(tests/test_bad_inputs.py)" for call in ("ba.scan", "ba.fix")},
-    **{(call, "progress"): "any callable; one of the wrong arity is adapted (biasaudit/progress.py)" for call in ("ba.scan", "ba.fix")},
+       "(tests/test_bad_inputs.py)" for call in ("ba.scan", "ba.fix", "ba.leaderboard")},
+    **{(call, "progress"): "any callable; one of the wrong arity is adapted (biasaudit/progress.py)"
+       for call in ("ba.scan", "ba.fix", "ba.leaderboard")},
     ("ba.scan", "distributed"): "True or False: both are valid anywhere (outside a process group True scans alone)",
     ("ba.scan", "mute_compare"): "True or False", ("ba.fix", "inplace"): "True or False",
     ("ba.fix", "from_scratch"): "True or False (a post-hoc method refuses True: tests/test_fix_plan.py)",

@@ -29,9 +29,11 @@ def baseline():
     return train_baseline(ADAPTER, seed=0, epochs=5)
 
 
-def audit_like(*, carrier, dominant, gap_ci=(30.0, 45.0), carrier_test=True):
+def audit_like(*, carrier, dominant, signed_gap_ci=(30.0, 45.0), carrier_test=True):
+    signed = sum(signed_gap_ci) / 2
     return {"carrier": {"available": carrier_test, "carrier": carrier},
-            "summary": {"missing": {"dominant": dominant, "gap": sum(gap_ci) / 2, "gap_ci": list(gap_ci)}}}
+            "summary": {"missing": {"dominant": dominant, "gap": abs(signed), "gap_ci": [0.1, 9.0], "signed_gap": signed,
+                                    "signed_gap_ci": list(signed_gap_ci)}}}
 
 
 def test_reliance_methods_are_warned_off_a_model_whose_carrier_is_not_its_dominant_modality():
@@ -49,8 +51,9 @@ def test_reliance_methods_are_warned_off_a_model_whose_carrier_is_not_its_domina
 
 
 def test_a_gap_within_noise_and_a_missing_carrier_are_said_with_their_figures():
-    no_gap = treatment_warnings("ogm_ge", audit_like(carrier=None, dominant="image", gap_ci=(-2.0, 3.0)))
-    assert len(no_gap) == 1 and "Gap 0.5 points, [-2.0, 3.0]" in no_gap[0]
+    # The Gap |A_a - A_b| has an interval above 0 whatever the data; reliance is read from the signed Gap's.
+    no_gap = treatment_warnings("ogm_ge", audit_like(carrier=None, dominant="image", signed_gap_ci=(-2.0, 3.0)))
+    assert len(no_gap) == 1 and "is +0.5 points [-2.0, 3.0]" in no_gap[0]
     no_carrier = treatment_warnings("groupdro", audit_like(carrier=None, dominant="image"))
     assert len(no_carrier) == 1 and "no modality that carries a bias" in no_carrier[0]
     # A carrier test that did not run says nothing about the carrier.
@@ -163,3 +166,20 @@ def test_scale_auto_resumes_each_candidate_from_its_own_state(baseline, tmp_path
     assert resumed.training["scale_selection"] == straight.training["scale_selection"]
     assert resumed.steps == straight.steps
     assert resumed.after["summary"] == straight.after["summary"]
+
+
+def test_from_scratch_with_discovered_bias_is_refused_before_any_audit(baseline, monkeypatch):
+    # Without a bias_key the groups are k-means clusters of a branch's features: of a random model, after re-initialising.
+    class NoBiasKey(DigitsCaptionsAdapter):
+        bias_key = None
+
+    monkeypatch.setattr("biasaudit.fixing.audit_model", lambda *a, **k: pytest.fail("audited before refusing"))
+    with pytest.raises(InputError, match="would cluster a random model's features"):
+        fix_model(copy.deepcopy(baseline), NoBiasKey(), method="groupdro", method_options={}, train_config=TrainConfig(epochs=1),
+                  scan_config=ScanConfig(split="test", conditions="missing", bootstrap_replicates=20, projection="pca"),
+                  also_split=None, from_scratch=True)
+
+
+def test_ba_fix_with_no_second_split_from_python(baseline):
+    result = ba.fix(baseline, ADAPTER, method="ce", epochs=1, split="ood", also_split=None, **QUICK)
+    assert result.also is None and "Also on" not in result.comparison.verdict

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-import biasaudit.api as ba
+import biasaudit as ba
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import BiasAuditError, InputError
 
@@ -46,13 +46,23 @@ def test_a_leaderboard_writes_every_run_and_a_restart_trains_only_what_is_missin
     assert len(list((tmp_path / "runs" / "groupdro").glob("seed-*/model.pt"))) == 1
 
     # A killed leaderboard restarted with the same call reuses every finished run: nothing is trained again.
-    monkeypatch.setattr("biasaudit.leaderboard.board.run_one", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr("biasaudit.choosing.board.run_one", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", **QUICK)
     assert again.verdict == result.verdict
 
-    # The same folder with other settings is refused, naming the setting, before any work.
+    # The same folder with other settings, or another starting model, is refused, naming what differs, before any work.
     with pytest.raises(InputError, match=r"other settings \(epochs 2 -> 3\)"):
         ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", epochs=3, bootstrap=50)
+    other = train_baseline(adapter, seed=1, epochs=1)
+    with pytest.raises(InputError, match=r"other settings \(starting_model '[0-9a-f]{64}' -> '[0-9a-f]{64}'\)"):
+        ba.leaderboard(other, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", **QUICK)
+
+
+def test_a_primary_measure_the_split_lacks_is_refused_before_any_training(biased, tmp_path, monkeypatch):
+    model, adapter = biased
+    monkeypatch.setattr("biasaudit.choosing.board.run_one", lambda *a, **k: pytest.fail("trained before refusing"))
+    with pytest.raises(InputError, match="--primary ood ranks by OOD accuracy"):
+        ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="test", primary="ood", **QUICK)
 
 
 def test_on_a_model_without_modality_bias_no_method_is_recommended_and_the_page_says_why(tmp_path):
@@ -85,7 +95,7 @@ def test_on_a_model_without_modality_bias_no_method_is_recommended_and_the_page_
 ])
 def test_leaderboard_mistakes_are_one_sentence_before_any_audit(biased, tmp_path, monkeypatch, arguments, needle):
     model, adapter = biased
-    monkeypatch.setattr("biasaudit.leaderboard.runs.audit_model", lambda *a, **k: pytest.fail("audited before refusing"))
+    monkeypatch.setattr("biasaudit.choosing.runs.audit_model", lambda *a, **k: pytest.fail("audited before refusing"))
     with pytest.raises(BiasAuditError) as caught:
         ba.leaderboard(model, adapter, out=tmp_path / "out", **{"split": "ood", **QUICK, **arguments})
     message = str(caught.value)

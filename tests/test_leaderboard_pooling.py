@@ -1,4 +1,4 @@
-"""The hierarchical bootstrap over seeds and samples (biasaudit/leaderboard/pooling.py), on hand-known answers."""
+"""The hierarchical bootstrap over seeds and samples (biasaudit/choosing/pooling.py), on hand-known answers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from biasaudit.errors import InputError
-from biasaudit.leaderboard.pooling import PooledChange, SeedChange, pool_change, pool_changes
+from biasaudit.choosing.pooling import PooledChange, SeedChange, pool_change, pool_changes
 
 R = 1000
 

@@ -1,4 +1,4 @@
-"""The leaderboard's recommendation rule (biasaudit/leaderboard/rule.py): methods.md section 8's do-no-harm rule,
+"""The leaderboard's recommendation rule (biasaudit/choosing/rule.py): methods.md section 8's do-no-harm rule,
 the majority-of-seeds guard, the primary measure's tie-break, and the words that follow from the numbers."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from biasaudit.errors import InputError
-from biasaudit.leaderboard.pooling import PooledChange, SeedChange, pool_change
-from biasaudit.leaderboard.rule import recommend
+from biasaudit.choosing.pooling import PooledChange, SeedChange, pool_change
+from biasaudit.choosing.rule import recommend
 
 R = 1000
 

@@ -41,8 +41,8 @@ def leaderboard(
     helps beyond training noise without costing Full accuracy."""
     from biasaudit.adapter import load_adapter
     from biasaudit.audit import load_model_noting_prefix
-    from biasaudit.leaderboard.board import run_leaderboard
-    from biasaudit.leaderboard.runs import CONTROL, LeaderboardSettings, check_settings
+    from biasaudit.choosing.board import run_leaderboard
+    from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, check_settings
 
     def told(method: str, seed: int, reused: bool) -> None:
         err.print(f"{escape(method)} seed {seed}: {'finished earlier, reused' if reused else 'done'}", markup=False)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from biasaudit.arguments import checked
+
 
 @dataclass(frozen=True)
 class LeaderboardResult:
@@ -20,5 +22,6 @@ class LeaderboardResult:
     html_path: Path
     document: Mapping[str, Any] = field(repr=False)
 
+    @checked("LeaderboardResult.to_dict")
     def to_dict(self) -> dict[str, Any]:
         return dict(self.document)

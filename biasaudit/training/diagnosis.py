@@ -28,8 +28,11 @@ def diagnosis(before: Mapping[str, Any]) -> dict[str, Any]:
     modality, and the missing-modality Gap with its interval."""
     carrier_test = before.get("carrier") or {}
     missing = (before.get("summary") or {}).get("missing") or {}
+    # The Gap is |A_a - A_b|, whose interval never holds 0; whether one modality is relied on more is read from the
+    # signed Gap's (two modalities; with more, the audit has no signed Gap and the rule stays silent).
     return {"carrier_test": bool(carrier_test.get("available")), "carrier": carrier_test.get("carrier"),
-            "dominant": missing.get("dominant"), "gap": missing.get("gap"), "gap_ci": missing.get("gap_ci")}
+            "dominant": missing.get("dominant"), "gap": missing.get("gap"), "gap_ci": missing.get("gap_ci"),
+            "signed_gap": missing.get("signed_gap"), "signed_gap_ci": missing.get("signed_gap_ci")}
 
 
 def treatment_warnings(method: str, before: Mapping[str, Any]) -> list[str]:
@@ -41,11 +44,13 @@ def treatment_warnings(method: str, before: Mapping[str, Any]) -> list[str]:
         warnings.append(f"The before-audit finds the bias carried by {carrier} while the model relies most on {dominant}; {method} "
                         f"strengthens the modality the model uses less, here {carrier}, the carrier, so it can make the model more "
                         f"biased: methods that act on the bias itself are {', '.join(BIAS_METHODS)}.")
-    gap, interval = found["gap"], found["gap_ci"]
+    gap, interval = found["signed_gap"], found["signed_gap_ci"]
     if method in RELIANCE_METHODS and interval is not None and interval[0] <= 0 <= interval[1]:
-        warnings.append(f"The before-audit finds no clear reliance on one modality (missing-modality Gap {gap:.1f} points, "
-                        f"[{interval[0]:.1f}, {interval[1]:.1f}]), which is what {method} rebalances.")
+        warnings.append(f"The before-audit finds no clear reliance on one modality (the signed missing-modality Gap, one "
+                        f"modality alone minus the other, is {gap:+.1f} points [{interval[0]:.1f}, {interval[1]:.1f}]), which is "
+                        f"what {method} rebalances.")
     if method in BIAS_METHODS and found["carrier_test"] and carrier is None:
-        warnings.append(f"The before-audit's carrier test finds no modality that carries a bias (no excess bias-follow rate), "
+        warnings.append(f"The before-audit's carrier test finds no modality that carries a bias (no excess bias-follow rate "
+                        f"whose interval lies above 0), "
                         f"which is what {method} acts on; compare against --method ce before trusting a change.")
     return warnings

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter
@@ -40,6 +41,8 @@ CONTROL = "ce"
 PRIMARY = ("worst-group", "bias-balanced", "ood", "follow-rate")
 KEEP = ("all", "best", "none")
 SELECTION_SPLIT = "val"
+# Settings no run's figures depend on: a restart may change them (add methods or seeds, keep, the rule's options).
+NOT_IN_RUNS = ("methods", "seeds", "keep", "primary", "max_full_drop")
 RUN_FILES = ("after.json", "train_log.json", "compare.json")
 # The methods' own options where fix's defaults would not select on validation data. mmdb: --scale auto ranks its
 # scales on val (else a held-out part of train); dfr chooses C on val by itself.
@@ -62,13 +65,19 @@ class LeaderboardSettings:
     primary: str = "worst-group"
     max_full_drop: float = 1.0
     keep: str = "best"
+    # What the runs start from and run on; set by run_leaderboard (a restart of another model, adapter, device or
+    # version into the same folder must not reuse these runs).
+    starting_model: str | None = None  # SHA-256 of the starting model's state dict
+    adapter: str | None = None
+    device: str = "cpu"
+    biasaudit: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
 
     def fingerprint(self) -> str:
         """What a run must share with the leaderboard to count as one of its runs (keep aside: it changes no figure)."""
-        values = {k: v for k, v in self.to_dict().items() if k not in ("keep", "primary", "max_full_drop", "methods", "seeds")}
+        values = {k: v for k, v in self.to_dict().items() if k not in NOT_IN_RUNS}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
 
     def train_config(self, seed: int, device: str) -> TrainConfig:
@@ -117,11 +126,21 @@ def check_resumed(out: Path, settings: LeaderboardSettings) -> None:
     except (OSError, ValueError) as exc:
         raise InputError(f"{path} cannot be read ({type(exc).__name__}); choose another output folder.") from exc
     now = settings.to_dict()
-    different = [key for key in now if key not in ("methods", "seeds", "keep", "primary", "max_full_drop") and earlier.get(key) != now[key]]
+    different = [key for key in now if key not in NOT_IN_RUNS and earlier.get(key) != now[key]]
     if different:
         changes = "; ".join(f"{key} {earlier.get(key)!r} -> {now[key]!r}" for key in different)
         raise InputError(f"{out} holds a leaderboard run with other settings ({changes}); rerun with the same settings to "
                          "continue it, or choose another output folder.")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of a model's state dict (names, dtypes, shapes and values), whatever device it lives on."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        values = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{values.dtype}|{tuple(values.shape)}|".encode("utf-8"))
+        digest.update(values.view(-1).view(torch.uint8).numpy().tobytes() if values.numel() else b"")
+    return digest.hexdigest()
 
 
 def write_settings(out: Path, settings: LeaderboardSettings) -> None:

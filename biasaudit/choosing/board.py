@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -22,12 +23,13 @@ import numpy as np
 from torch import nn
 
 from biasaudit.adapter import Adapter
-from biasaudit.leaderboard.measures import (BETTER, BIAS_MEASURES, LABELS, carrier_of, is_ood, measure_names, measure_values,
+from biasaudit.choosing.measures import (BETTER, BIAS_MEASURES, LABELS, carrier_of, is_ood, measure_names, measure_values,
                                              paired_changes)
-from biasaudit.leaderboard.pooling import PooledChange, SeedChange, pool_changes
-from biasaudit.leaderboard.rule import recommend
-from biasaudit.leaderboard.runs import (CONTROL, LeaderboardSettings, check_resumed, check_settings, finished_run, run_dir, run_one,
-                                        starting_audit, write_settings)
+from biasaudit.choosing.pooling import PooledChange, SeedChange, pool_changes
+from biasaudit.choosing.rule import recommend
+from biasaudit.choosing.runs import (CONTROL, LeaderboardSettings, check_resumed, check_settings, finished_run, model_fingerprint,
+                                     run_dir, run_one, starting_audit, write_settings)
+from biasaudit.errors import InputError
 from biasaudit.output_paths import check_output_dir
 from biasaudit.output_set import OutputSet
 from biasaudit.progress import Progress
@@ -52,6 +54,8 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
 
     out = check_output_dir(out)
     check_settings(adapter, settings)
+    settings = replace(settings, starting_model=model_fingerprint(model), adapter=adapter_spec or type(adapter).__qualname__,
+                       device=str(device), biasaudit=__version__)
     check_resumed(out, settings)
     for method in settings.methods:  # a hook the adapter lacks, before any audit or training
         _check_method(method, model, adapter)
@@ -61,6 +65,7 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
                for seed in settings.seeds}
     start = befores[settings.seeds[0]]
     ood = is_ood(start)
+    check_primary(settings, start)  # before any training: the starting audit says whether the split is OOD
     also = IN_DISTRIBUTION if ood and settings.split != IN_DISTRIBUTION and IN_DISTRIBUTION in adapter.splits else None
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     for method in settings.methods:
@@ -102,9 +107,19 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
     return document
 
 
+def check_primary(settings: LeaderboardSettings, start: Mapping[str, Any]) -> None:
+    """The primary measure must be one the evaluated split has."""
+    if settings.primary == "ood" and not is_ood(start):
+        raise InputError(f"--primary ood ranks by OOD accuracy, but the starting model's audit of {settings.split!r} finds its bias "
+                         "distribution the same as train's (not out of distribution); choose another --primary or an OOD split.")
+    if settings.primary == "follow-rate" and carrier_of(start) is None:
+        raise InputError(f"--primary follow-rate ranks by the carrier's bias-follow rate, but the starting model's audit of "
+                         f"{settings.split!r} names no carrier; choose another --primary.")
+
+
 def _check_method(method: str, model: nn.Module, adapter: Adapter) -> None:
     from biasaudit.fixing import check_method
-    from biasaudit.leaderboard.runs import DEFAULT_OPTIONS
+    from biasaudit.choosing.runs import DEFAULT_OPTIONS
     from biasaudit.training.methods import make_method
 
     options = DEFAULT_OPTIONS.get(method, {})

@@ -29,7 +29,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
 from biasaudit.errors import InputError
-from biasaudit.leaderboard.pooling import PooledChange
+from biasaudit.choosing.pooling import PooledChange
 from biasaudit.verdict.words import one_decimal
 
 FULL = "full"
