@@ -207,18 +207,21 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
 @checked("ba.leaderboard", seeds=lambda value: None if len(value) >= 2 and len(set(value)) == len(value) and min(value) >= 0
          else "at least two different seeds of 0 or more", split=not_empty, epochs=at_least(1), lr=positive_finite,
          batch_size=at_least(1), optimizer=one_of(OPTIMIZERS), bootstrap=at_least(10), primary=one_of(PRIMARY), keep=one_of(KEEP),
-         max_full_drop=non_negative_finite, out=output_dir("ba.leaderboard", "out"))
+         max_full_drop=non_negative_finite, out=output_dir("ba.leaderboard", "out"), jobs=at_least(1))
 def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
                 methods: Sequence[str] = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr"),
                 seeds: Sequence[int] = (0, 1, 2), split: str = "test", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
                 optimizer: str = "adam", bootstrap: int = 1000, primary: str = "worst-group", max_full_drop: float = 1.0,
-                keep: str = "best", device: str | torch.device = "cpu", progress: Progress | None = None) -> LeaderboardResult:
+                keep: str = "best", device: str | torch.device = "cpu", jobs: int = 1,
+                progress: Progress | None = None) -> LeaderboardResult:
     """Fix `model` with every method in `methods` for every seed, compare each with the `ce` control (always included)
     seed by seed, pool the changes over seeds and samples (a hierarchical bootstrap, biasaudit/choosing/pooling.py),
     and recommend a method only when a bias measure improves beyond that noise on most seeds and Full accuracy
     (in distribution, on `test`, when `split` is out of distribution) does not fall by more than `max_full_drop`
     points (biasaudit/choosing/rule.py). Writes leaderboard.json, leaderboard.html and every run into `out`; a
-    rerun with the same settings reuses the finished runs. The caller's model is never trained."""
+    rerun with the same settings reuses the finished runs. `jobs` > 1 trains that many runs at once in spawned
+    processes (at most one per CPU core, or one per GPU; the adapter must then be importable by its module). The
+    caller's model is never trained."""
     from biasaudit.choosing.board import run_leaderboard
     from biasaudit.choosing.runs import CONTROL, LeaderboardSettings
 
@@ -227,7 +230,7 @@ def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
                                    primary=primary, max_full_drop=max_full_drop, keep=keep)
     device = str(device)
     _check_scan(adapter, settings.scan_config(settings.seeds[0], device), where="ba.leaderboard")  # as ba.fix, before any work
-    document = run_leaderboard(model, adapter, settings, out=out, device=device, progress=progress)
+    document = run_leaderboard(model, adapter, settings, out=out, device=device, progress=progress, jobs=jobs)
     recommendation = document["recommendation"]
     return LeaderboardResult(recommended=recommendation["method"], verdict=document["verdict"], reasons=tuple(recommendation["reasons"]),
                              json_path=Path(out) / "leaderboard.json", html_path=Path(out) / "leaderboard.html", document=document)

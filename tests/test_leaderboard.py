@@ -101,3 +101,24 @@ def test_leaderboard_mistakes_are_one_sentence_before_any_audit(biased, tmp_path
     message = str(caught.value)
     assert needle in message and "\n" not in message
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_runs_in_parallel_processes_give_the_leaderboard_one_process_gives(biased, tmp_path, monkeypatch):
+    model, adapter = biased
+    one = ba.leaderboard(model, adapter, out=tmp_path / "one", methods=("groupdro",), seeds=(0, 1), split="test", epochs=1,
+                         bootstrap=50).to_dict()
+    monkeypatch.setattr("biasaudit.choosing.parallel.available_workers", lambda device: 2)  # also on a one-core machine
+    two = ba.leaderboard(model, adapter, out=tmp_path / "two", methods=("groupdro",), seeds=(0, 1), split="test", epochs=1,
+                         bootstrap=50, jobs=2).to_dict()
+    assert [[s["values"] for s in m["seeds"]] for m in two["methods"]] == [[s["values"] for s in m["seeds"]] for m in one["methods"]]
+    assert two["verdict"] == one["verdict"]
+    with pytest.raises(InputError, match="--jobs 3 asks for more parallel runs than this machine has 2 CPU core"):
+        ba.leaderboard(model, adapter, out=tmp_path / "three", methods=("groupdro",), seeds=(0, 1), split="test", jobs=3, **QUICK)
+
+    class Unpicklable(DigitsCaptionsAdapter):  # defined inside a function: pickle cannot find it by name
+        pass
+
+    monkeypatch.setattr("biasaudit.choosing.runs.audit_model", lambda *a, **k: pytest.fail("audited before refusing"))
+    with pytest.raises(InputError, match="--jobs 2 sends the adapter to other processes, but it cannot be pickled"):
+        ba.leaderboard(model, Unpicklable(), out=tmp_path / "four", methods=("groupdro",), seeds=(0, 1), split="test", jobs=2,
+                       **QUICK)

@@ -25,6 +25,7 @@ from torch import nn
 from biasaudit.adapter import Adapter
 from biasaudit.choosing.measures import (BETTER, BIAS_MEASURES, LABELS, carrier_of, is_ood, measure_names, measure_values,
                                              paired_changes)
+from biasaudit.choosing.parallel import check_jobs, check_picklable, run_parallel
 from biasaudit.choosing.pooling import PooledChange, SeedChange, pool_changes
 from biasaudit.choosing.rule import recommend
 from biasaudit.choosing.runs import (CONTROL, LeaderboardSettings, check_resumed, check_settings, finished_run, model_fingerprint,
@@ -45,15 +46,19 @@ SELECTION = ("Each method's own options: fix's defaults, except mmdb, whose scal
 
 def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSettings, *, out: str | os.PathLike, device: str = "cpu",
                     checkpoint: str | os.PathLike | None = None, adapter_spec: str | None = None,
-                    progress: Progress | None = None, on_run: Callable[[str, int, bool], None] | None = None) -> dict[str, Any]:
+                    progress: Progress | None = None, on_run: Callable[[str, int, bool], None] | None = None,
+                    jobs: int = 1) -> dict[str, Any]:
     """Run (or finish) the leaderboard into `out`; returns the leaderboard document it wrote. `on_run(method, seed,
-    reused)` is told about every run as it is done or found done."""
+    reused)` is told about every run as it is done or found done. `jobs` > 1 trains that many runs at once in
+    spawned processes (parallel.py); the document is the same."""
     from biasaudit import __version__
     from biasaudit.checkpoint import file_sha256
     from biasaudit.report.leaderboard_render import write_leaderboard_html
 
     out = check_output_dir(out)
     check_settings(adapter, settings)
+    check_jobs(jobs, device)
+    check_picklable(adapter, jobs)
     settings = replace(settings, starting_model=model_fingerprint(model), adapter=adapter_spec or type(adapter).__qualname__,
                        device=str(device), biasaudit=__version__)
     check_resumed(out, settings)
@@ -68,15 +73,26 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
     check_primary(settings, start)  # before any training: the starting audit says whether the split is OOD
     also = IN_DISTRIBUTION if ood and settings.split != IN_DISTRIBUTION and IN_DISTRIBUTION in adapter.splits else None
     runs: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def done(method: str, seed: int, run: dict[str, Any]) -> None:
+        runs[method, seed] = run
+        if on_run is not None:
+            on_run(method, seed, run.get("reused", False))
+
+    pending = []
     for method in settings.methods:
         for seed in settings.seeds:
             found = finished_run(out, settings, method, seed, also_split=also)
-            if found is None:
-                found = run_one(model, adapter, out, settings, method, seed, before=befores[seed], device=device, progress=progress,
-                                also_split=also)
-            if on_run is not None:
-                on_run(method, seed, found.get("reused", False))
-            runs[method, seed] = found
+            if found is not None:
+                done(method, seed, found)
+            else:
+                pending.append((method, seed))
+    if jobs > 1 and len(pending) > 1:
+        run_parallel(model, adapter, out, settings, pending, befores=befores, device=device, also_split=also, jobs=jobs, done=done)
+    else:
+        for method, seed in pending:
+            done(method, seed, run_one(model, adapter, out, settings, method, seed, before=befores[seed], device=device,
+                                       progress=progress, also_split=also))
     names = measure_names(start)
     carrier = carrier_of(start)
     pooled = {method: _pooled(method, runs, settings, names=names, carrier=carrier, also=also)

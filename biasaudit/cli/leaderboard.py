@@ -35,6 +35,8 @@ def leaderboard(
     optimizer: str = typer.Option("adam", help="adam, adamw or sgd.", rich_help_panel="Training"),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap replicates of every audit.", rich_help_panel="Comparison"),
     device: str = typer.Option("cpu", help="Torch device.", rich_help_panel="Model and data"),
+    jobs: int = typer.Option(1, "--jobs", help="Runs trained at once in parallel processes: at most one per CPU core, or one per GPU "
+                             "with --device cuda (process k on GPU k).", rich_help_panel="Model and data"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"),
 ) -> None:
     """Fix the model with every method over several seeds, compare each with the ce control, and recommend one only when it
@@ -57,7 +59,7 @@ def leaderboard(
         model, _ = load_model_noting_prefix(checkpoint, loaded, trust=trust_checkpoint)
         with progress_bars() as progress:
             document = run_leaderboard(model, loaded, settings, out=out_dir, device=device, checkpoint=checkpoint, adapter_spec=adapter,
-                                       progress=progress, on_run=told)
+                                       progress=progress, on_run=told, jobs=jobs)
         err.print(f"[bold]leaderboard[/]: {escape(document['verdict'])}")
         for reason in document["recommendation"]["reasons"]:
             err.print(f"  {escape(reason)}")
