@@ -212,13 +212,14 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
               scan_config: ScanConfig, before: dict[str, Any] | None = None, state_dir: str | Path | None = None, resume: bool = False,
               min_group: int = 1, progress: Progress | None = None, checkpoint: str | Path | None = None, adapter_spec: str | None = None,
               prefix_removed: str | None = None, after_checkpoint: Callable[[nn.Module], Path | None] | None = None,
-              also_split: str | None = AUTO, from_scratch: bool = False) -> FixOutcome:
+              also_split: str | None = AUTO, from_scratch: bool = False, also_before: dict[str, Any] | None = None) -> FixOutcome:
     """Audit (unless `before` is given), retrain `model` in place with `method`, audit again with the same settings and
     compare. Writes nothing but the training state in `state_dir` (when given). `after_checkpoint(model)` may save the
     fixed weights and return their path, which the after audit's manifest then names and hashes.
 
     `also_split`: a second split audited before and after in the same way (auto: `test` when the audited split is out
-    of distribution); its comparison is in the outcome and its Full accuracy change in the verdict. `from_scratch`:
+    of distribution); its comparison is in the outcome and its Full accuracy change in the verdict (`also_before`
+    reuses an audit of that split taken the same way, as `before` does for the main one). `from_scratch`:
     train from build_model()'s initial weights (seeded by the run seed) instead of fine-tuning the model; the
     before-audit is then the starting checkpoint's, and the comparison says so."""
     if resume and state_dir is None:
@@ -256,8 +257,10 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
         before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, prefix_removed=prefix_removed, **audit_as)
     also = resolved_also_split(also_split, before, adapter, split=scan_config.split)
     also_config = replace(scan_config, split=also) if also is not None else None
-    also_before = audit_model(model, adapter, config=also_config, checkpoint=checkpoint, prefix_removed=prefix_removed,
-                              **audit_as) if also_config is not None else None
+    if also_config is None:
+        also_before = None
+    elif also_before is None or also_before["manifest"]["config"].get("split") != also:
+        also_before = audit_model(model, adapter, config=also_config, checkpoint=checkpoint, prefix_removed=prefix_removed, **audit_as)
     found = treatment_warnings(method, before)
     for sentence in found:  # before training: the before-audit already shows it (training/diagnosis.py)
         warnings.warn(sentence, TreatmentWarning, stacklevel=2)

@@ -122,3 +122,16 @@ def test_runs_in_parallel_processes_give_the_leaderboard_one_process_gives(biase
     with pytest.raises(InputError, match="--jobs 2 sends the adapter to other processes, but it cannot be pickled"):
         ba.leaderboard(model, Unpicklable(), out=tmp_path / "four", methods=("groupdro",), seeds=(0, 1), split="test", jobs=2,
                        **QUICK)
+
+
+def test_the_starting_model_is_audited_once_per_seed_and_split_not_once_per_run(biased, tmp_path, monkeypatch):
+    import biasaudit.fixing
+
+    model, adapter = biased
+    audited = []
+    real = biasaudit.fixing.audit_model
+    monkeypatch.setattr("biasaudit.fixing.audit_model", lambda *a, **k: audited.append(k["config"].split) or real(*a, **k))
+    ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", **QUICK)
+    # 4 runs, each auditing its fixed model on ood and on test; the starting model's audits are the leaderboard's own.
+    assert sorted(audited) == ["ood"] * 4 + ["test"] * 4
+    assert {p.name for p in (tmp_path / "before").iterdir()} == {"seed-0.json", "seed-1.json", "seed-0-test.json", "seed-1-test.json"}

@@ -72,6 +72,8 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
     ood = is_ood(start)
     check_primary(settings, start)  # before any training: the starting audit says whether the split is OOD
     also = IN_DISTRIBUTION if ood and settings.split != IN_DISTRIBUTION and IN_DISTRIBUTION in adapter.splits else None
+    also_befores = {seed: starting_audit(model, adapter, out, settings, seed, device=device, checkpoint=checkpoint, progress=progress,
+                                         split=also) for seed in settings.seeds} if also is not None else {}
     runs: dict[tuple[str, int], dict[str, Any]] = {}
 
     def done(method: str, seed: int, run: dict[str, Any]) -> None:
@@ -88,11 +90,12 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
             else:
                 pending.append((method, seed))
     if jobs > 1 and len(pending) > 1:
-        run_parallel(model, adapter, out, settings, pending, befores=befores, device=device, also_split=also, jobs=jobs, done=done)
+        run_parallel(model, adapter, out, settings, pending, befores=befores, also_befores=also_befores, device=device,
+                     also_split=also, jobs=jobs, done=done)
     else:
         for method, seed in pending:
             done(method, seed, run_one(model, adapter, out, settings, method, seed, before=befores[seed], device=device,
-                                       progress=progress, also_split=also))
+                                       progress=progress, also_split=also, also_before=also_befores.get(seed)))
     names = measure_names(start)
     carrier = carrier_of(start)
     pooled = {method: _pooled(method, runs, settings, names=names, carrier=carrier, also=also)

@@ -59,15 +59,16 @@ def _device_of(job: int, device: str) -> str:
 def _run_in_worker(arguments: tuple) -> dict[str, Any]:
     from biasaudit.choosing.runs import run_one
 
-    model, adapter, out, settings, method, seed, before, device, also_split, threads = arguments
+    model, adapter, out, settings, method, seed, before, also_before, device, also_split, threads = arguments
     if threads:
         torch.set_num_threads(threads)
     return run_one(model, adapter, Path(out), settings, method, seed, before=before, device=device, progress=None,
-                   also_split=also_split)
+                   also_split=also_split, also_before=also_before)
 
 
 def run_parallel(model: nn.Module, adapter: Adapter, out: Path, settings: Any, pending: Iterable[tuple[str, int]], *,
-                 befores: dict[int, dict[str, Any]], device: str, also_split: str | None, jobs: int,
+                 befores: dict[int, dict[str, Any]], also_befores: dict[int, dict[str, Any]], device: str,
+                 also_split: str | None, jobs: int,
                  done: Callable[[str, int, dict[str, Any]], None]) -> None:
     """Train the `pending` (method, seed) runs in `jobs` spawned processes; `done(method, seed, run)` as each ends."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if not str(device).startswith("cuda") else 0
@@ -75,7 +76,8 @@ def run_parallel(model: nn.Module, adapter: Adapter, out: Path, settings: Any, p
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {pool.submit(_run_in_worker, (model, adapter, str(out), settings, method, seed, befores[seed],
-                                                _device_of(index, device), also_split, threads)): (method, seed)
+                                                also_befores.get(seed), _device_of(index, device), also_split, threads)):
+                   (method, seed)
                    for index, (method, seed) in enumerate(work)}
         for future in futures:  # in submission order: the same order of `done` calls as one process
             method, seed = futures[future]

@@ -20,7 +20,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,22 +173,28 @@ def finished_run(out: Path, settings: LeaderboardSettings, method: str, seed: in
 
 
 def starting_audit(model: nn.Module, adapter: Adapter, out: Path, settings: LeaderboardSettings, seed: int, *, device: str,
-                   checkpoint: str | os.PathLike | None, progress: Progress | None) -> dict[str, Any]:
-    """The starting model's audit with scan seed `seed`, read back when a restart finds it (same settings)."""
-    path = out / "before" / f"seed-{seed}.json"
+                   checkpoint: str | os.PathLike | None, progress: Progress | None, split: str | None = None) -> dict[str, Any]:
+    """The starting model's audit with scan seed `seed` (of the evaluated split, or of `split`: the in-distribution one
+    beside an OOD split), read back when a restart finds it (same settings). One per seed, shared by its runs."""
+    split = split or settings.split
+    name = f"seed-{seed}.json" if split == settings.split else f"seed-{seed}-{split}.json"
+    path = out / "before" / name
+    key = run_key(settings, "before" if split == settings.split else f"before {split}", seed)
     if path.is_file():
         audit = json.loads(path.read_text(encoding="utf-8"))
-        if audit.get("leaderboard") == run_key(settings, "before", seed):
+        if audit.get("leaderboard") == key:
             return audit
-    audit = audit_model(model, adapter, config=settings.scan_config(seed, device), checkpoint=checkpoint, progress=progress)
-    audit["leaderboard"] = run_key(settings, "before", seed)
+    config = replace(settings.scan_config(seed, device), split=split)
+    audit = audit_model(model, adapter, config=config, checkpoint=checkpoint, progress=progress)
+    audit["leaderboard"] = key
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(audit, path)
     return audit
 
 
 def run_one(model: nn.Module, adapter: Adapter, out: Path, settings: LeaderboardSettings, method: str, seed: int, *,
-            before: dict[str, Any], device: str, progress: Progress | None, also_split: str | None) -> dict[str, Any]:
+            before: dict[str, Any], device: str, progress: Progress | None, also_split: str | None,
+            also_before: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fix a copy of `model` with `method` and `seed`, write the run's files as one set; its after-audit and training."""
     from biasaudit.fixing import fix_model
     from biasaudit.report.compare_render import write_compare_html
@@ -200,7 +206,8 @@ def run_one(model: nn.Module, adapter: Adapter, out: Path, settings: Leaderboard
         fixed = copy.deepcopy(model)
         outcome = fix_model(fixed, adapter, method=method, method_options=dict(DEFAULT_OPTIONS.get(method, {})),
                             train_config=settings.train_config(seed, device), scan_config=settings.scan_config(seed, device),
-                            before=before, progress=progress, also_split=also_split)  # a killed run is run again
+                            before=before, progress=progress, also_split=also_split,  # a killed run is run again
+                            also_before=also_before)
         stage_audit(outcome.after, outputs, json_name="after.json", html_name=None)
         if also_split:
             stage_audit(outcome.also.after, outputs, json_name="also_after.json", html_name=None)
