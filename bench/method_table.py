@@ -54,7 +54,7 @@ from biasaudit.impairments import impair_batch, muting_impairment
 from biasaudit.scanning import ScanConfig
 from biasaudit.training.loop import TrainConfig, scored_as_trained, train
 from biasaudit.training.methods import make_method
-from biasaudit.training.selection import choose_mmdb_scale
+from biasaudit.training.selection import choose_option
 
 COLUMNS = ("Full", "miss img", "miss txt", "miss Avg", "miss Gap", "noisy img", "noisy txt", "noisy Avg", "noisy Gap", "OOD", "OOD JSD")
 
@@ -111,7 +111,7 @@ def reliance_table(args: argparse.Namespace) -> None:
                 options = {"scale": float(args.mmdb_scale)}
                 chosen_scales.append(options["scale"])
             elif name == "mmdb":
-                selection = choose_mmdb_scale(copy.deepcopy(baseline), adapter, options={}, config=config).selection
+                selection = choose_option(copy.deepcopy(baseline), adapter, method="mmdb", options={}, config=config).selection
                 options = {"scale": selection["chosen"]}
                 chosen_scales.append(selection["chosen"])
             method = make_method(name, **options)
@@ -214,7 +214,7 @@ def portfolio_table(args: argparse.Namespace) -> None:
             after = result.after
             rows[method].append(portfolio_row(after.to_dict(), test_full(result.model, adapter, seed, args.bootstrap)))
             if method == "mmdb":
-                scales.append(result.train_log["training"]["scale_selection"]["chosen"])
+                scales.append(result.train_log["training"]["option_selection"]["chosen"])
             if method == "ce":
                 control = after
             elif control is not None:

@@ -204,16 +204,33 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
                                           comparison=Comparison.from_dict(also.comparison)) if also is not None else None)
 
 
+def _grids_problem(value: Any) -> str | None:
+    """None when `value` maps methods with a gridded option to one or more distinct positive numbers."""
+    from biasaudit.training.selection import OPTION_GRIDS, check_grid
+
+    expected = f"a mapping of method ({', '.join(OPTION_GRIDS)}) to one or more distinct positive, finite numbers"
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        return expected
+    for method, grid in value.items():
+        try:
+            check_grid(method, grid)
+        except InputError:
+            return expected
+    return None
+
+
 @checked("ba.leaderboard", seeds=lambda value: None if len(value) >= 2 and len(set(value)) == len(value) and min(value) >= 0
          else "at least two different seeds of 0 or more", split=not_empty, epochs=at_least(1), lr=positive_finite,
          batch_size=at_least(1), optimizer=one_of(OPTIMIZERS), bootstrap=at_least(10), primary=one_of(PRIMARY), keep=one_of(KEEP),
-         max_full_drop=non_negative_finite, out=output_dir("ba.leaderboard", "out"), jobs=at_least(1))
+         max_full_drop=non_negative_finite, out=output_dir("ba.leaderboard", "out"), jobs=at_least(1), grids=_grids_problem)
 def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
                 methods: Sequence[str] = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr"),
                 seeds: Sequence[int] = (0, 1, 2), split: str = "test", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
                 optimizer: str = "adam", bootstrap: int = 1000, primary: str = "worst-group", max_full_drop: float = 1.0,
                 keep: str = "best", device: str | torch.device = "cpu", jobs: int = 1,
-                progress: Progress | None = None) -> LeaderboardResult:
+                grids: Mapping[str, Sequence[float]] | None = None, progress: Progress | None = None) -> LeaderboardResult:
     """Fix `model` with every method in `methods` for every seed, compare each with the `ce` control (always included)
     seed by seed, pool the changes over seeds and samples (a hierarchical bootstrap, biasaudit/choosing/pooling.py),
     and recommend a method only when a bias measure improves beyond that noise on most seeds and Full accuracy
@@ -221,13 +238,18 @@ def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
     points (biasaudit/choosing/rule.py). Writes leaderboard.json, leaderboard.html and every run into `out`; a
     rerun with the same settings reuses the finished runs. `jobs` > 1 trains that many runs at once in spawned
     processes (at most one per CPU core, or one per GPU; the adapter must then be importable by its module). The
-    caller's model is never trained."""
+    caller's model is never trained.
+
+    Each method's own option (MMDB's scale, OGM-GE's alpha, MMPareto's gamma, Group DRO's eta, JTT's upweight) is
+    chosen per run on `val` (else a seeded 20% of train) from a small grid (biasaudit.training.selection.OPTION_GRIDS);
+    `grids` replaces a method's grid, e.g. {"ogm_ge": (0.1, 0.5)}; a one-value grid fixes the option."""
     from biasaudit.choosing.board import run_leaderboard
-    from biasaudit.choosing.runs import CONTROL, LeaderboardSettings
+    from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, default_grids
 
     settings = LeaderboardSettings(methods=(CONTROL, *[m for m in methods if m != CONTROL]), seeds=tuple(seeds), split=split,
                                    epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap,
-                                   primary=primary, max_full_drop=max_full_drop, keep=keep)
+                                   primary=primary, max_full_drop=max_full_drop, keep=keep,
+                                   grids={**default_grids(), **{m: tuple(float(v) for v in g) for m, g in (grids or {}).items()}})
     device = str(device)
     _check_scan(adapter, settings.scan_config(settings.seeds[0], device), where="ba.leaderboard")  # as ba.fix, before any work
     document = run_leaderboard(model, adapter, settings, out=out, device=device, progress=progress, jobs=jobs)

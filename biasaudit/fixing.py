@@ -9,7 +9,7 @@ import time
 import warnings
 from pathlib import Path
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
@@ -67,15 +67,13 @@ def reusable_before(path: str | Path, *, config: ScanConfig, checkpoint_sha: str
     return audit
 
 
-def _placeholder_scale(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The options with MMDB's `scale="auto"` replaced by a placeholder until the grid has chosen, so that every other
-    option is validated now."""
-    return {**options, "scale": 4.0} if options.get("scale") == "auto" else dict(options)
-
-
 def check_method(method: str, options: Mapping[str, Any]) -> None:
-    """The method exists and takes these options: checked before anything is loaded or audited."""
-    make_method(method, **_placeholder_scale(options))
+    """The method exists and takes these options (an "auto" one too): checked before anything is loaded or audited."""
+    from biasaudit.training.selection import placeholder_options
+
+    if method not in METHODS:
+        make_method(method)  # the unknown-method sentence
+    make_method(method, **placeholder_options(method, options))
 
 
 def is_post_hoc(method: str) -> bool:
@@ -88,14 +86,15 @@ def refuse_post_hoc_resume(method: str, resume: bool) -> None:
         raise InputError(f"--resume continues an interrupted training, but {method} refits post hoc without training; run without --resume.")
 
 
-def check_resumable(state_dir: Path, *, method: str, options: Mapping[str, Any]) -> None:
+def check_resumable(state_dir: Path, *, method: str, options: Mapping[str, Any], grid: Sequence[float] | None = None) -> None:
     """A resume with nothing to resume is a mistake, found before anything is loaded or audited."""
-    if method == "mmdb" and options.get("scale") == "auto":  # each candidate keeps its own state (selection.py)
-        from biasaudit.training.mmdb import SCALE_GRID
-        from biasaudit.training.selection import candidate_state_dir
+    from biasaudit.training.selection import OPTION_GRIDS, auto_option, candidate_state_dir
 
-        if not any((candidate_state_dir(state_dir, scale) / "last.pt").is_file() for scale in SCALE_GRID):
-            raise CheckpointError(f"--resume found no training state of any --scale auto candidate under {state_dir}; run without "
+    option = auto_option(method, options)
+    if option is not None:  # each candidate keeps its own state (selection.py)
+        if not any((candidate_state_dir(state_dir, option, value) / "last.pt").is_file()
+                   for value in (grid or OPTION_GRIDS[method][1])):
+            raise CheckpointError(f"--resume found no training state of any {option} auto candidate under {state_dir}; run without "
                                   "--resume first.")
         return
     load_training_state(state_dir)
@@ -212,7 +211,8 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
               scan_config: ScanConfig, before: dict[str, Any] | None = None, state_dir: str | Path | None = None, resume: bool = False,
               min_group: int = 1, progress: Progress | None = None, checkpoint: str | Path | None = None, adapter_spec: str | None = None,
               prefix_removed: str | None = None, after_checkpoint: Callable[[nn.Module], Path | None] | None = None,
-              also_split: str | None = AUTO, from_scratch: bool = False, also_before: dict[str, Any] | None = None) -> FixOutcome:
+              also_split: str | None = AUTO, from_scratch: bool = False, also_before: dict[str, Any] | None = None,
+              option_grid: Sequence[float] | None = None) -> FixOutcome:
     """Audit (unless `before` is given), retrain `model` in place with `method`, audit again with the same settings and
     compare. Writes nothing but the training state in `state_dir` (when given). `after_checkpoint(model)` may save the
     fixed weights and return their path, which the after audit's manifest then names and hashes.
@@ -221,25 +221,26 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     of distribution); its comparison is in the outcome and its Full accuracy change in the verdict (`also_before`
     reuses an audit of that split taken the same way, as `before` does for the main one). `from_scratch`:
     train from build_model()'s initial weights (seeded by the run seed) instead of fine-tuning the model; the
-    before-audit is then the starting checkpoint's, and the comparison says so."""
+    before-audit is then the starting checkpoint's, and the comparison says so. `option_grid`: the values an "auto"
+    option is chosen from (default: selection.OPTION_GRIDS)."""
     if resume and state_dir is None:
         raise InputError("resume needs the state_dir of the run to continue.")
     post_hoc = is_post_hoc(method)
     refuse_post_hoc_resume(method, resume)
     check_plan(adapter, method=method, split=scan_config.split, also_split=also_split, from_scratch=from_scratch)
     if resume:  # before the before-audit: a resume with nothing to resume is a mistake, found at once
-        check_resumable(Path(state_dir), method=method, options=method_options)
-    auto_scale = method == "mmdb" and method_options.get("scale") == "auto"
-    method_options = _placeholder_scale(method_options)
+        check_resumable(Path(state_dir), method=method, options=method_options, grid=option_grid)
+    from biasaudit.training.selection import auto_option, choose_option, placeholder_options, selection_plan
+
+    auto = auto_option(method, method_options)
+    method_options = placeholder_options(method, method_options)
     discovers_bias = method == "mmdb" or bool(getattr(METHODS.get(method), "discovers_bias", False))
     if discovers_bias and method_options.get("kmeans_k") is None:
         method_options["kmeans_k"] = scan_config.kmeans_k  # discovered bias: the clusters the before audit's JSD used
     fixer = make_method(method, **method_options)
     if getattr(fixer, "validates", False) and "val" not in adapter.splits and train_config.holdout == 0:
         # A method that validates during training (D&R's purity gap) needs samples it never trains on: without a val
-        # split, the seeded held-out part of train that --scale auto uses (selection.selection_plan).
-        from biasaudit.training.selection import selection_plan
-
+        # split, the seeded held-out part of train that an auto option uses (selection.selection_plan).
         train_config = selection_plan(adapter, train_config)[0]
     check = getattr(fixer, "check", None)
     if callable(check):
@@ -275,16 +276,12 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     start = time.perf_counter()
     selection = None
     trained = model
-    if auto_scale:
-        from biasaudit.training.selection import choose_mmdb_scale
-
-        # The winning candidate is kept (it is the training of the chosen scale from the same start): no seventh run.
-        choice = choose_mmdb_scale(model, adapter, options={k: v for k, v in method_options.items() if k != "scale"},
-                                   config=train_config, min_group=min_group, progress=progress, state_dir=state_dir, resume=resume)
+    if auto is not None:
+        # The winning candidate is kept (it is the training of the chosen value from the same start): no extra run.
+        choice = choose_option(model, adapter, method=method, options=method_options, config=train_config, grid=option_grid,
+                               min_group=min_group, progress=progress, state_dir=state_dir, resume=resume)
         selection, trained, fixer, steps = choice.selection, choice.model, choice.method, choice.steps
-        method_options["scale"] = selection["chosen"]
-        from biasaudit.training.selection import selection_plan
-
+        method_options[auto] = selection["chosen"]
         train_config = selection_plan(adapter, train_config)[0]  # the kept candidate's: without val, train less its held-out part
     elif post_hoc:
         # DFR: the one method that repairs a checkpoint without retraining; no step to log (its figures are its settings).
@@ -310,7 +307,7 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
         if scored is not None and audit is not None:
             audit["manifest"]["scored_model"] = scored
     training = {"method": method, "settings": fixer.settings(), "after_audit_scores": scored or "model.pt as written",
-                "scale_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
+                "option_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
                 "source_checkpoint": str(checkpoint) if checkpoint is not None else None,
                 "start": FROM_SCRATCH if from_scratch else "the checkpoint's weights (fine-tuning)",
                 "diagnosis": {**diagnosis(before), "warnings": found}}

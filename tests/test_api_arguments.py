@@ -265,6 +265,7 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.leaderboard", "optimizer"): lambda w: "nosuch", ("ba.leaderboard", "bootstrap"): lambda w: 5,
     ("ba.leaderboard", "primary"): lambda w: "nosuch", ("ba.leaderboard", "max_full_drop"): lambda w: -1.0,
     ("ba.leaderboard", "keep"): lambda w: "nosuch", ("ba.leaderboard", "device"): lambda w: "nosuch",
+    ("ba.leaderboard", "grids"): lambda w: {"ogm_ge": (0.0, 0.3)},
     ("ba.leaderboard", "jobs"): lambda w: 10**6,  # more than this machine's cores
     ("ba.compare", "before"): lambda w: w.other_seed, ("ba.compare", "after"): lambda w: w.other_seed,
     ("ba.gate", "rules"): lambda w: ba.GateRules(), ("ba.gate", "baseline"): lambda w: w.other_seed,

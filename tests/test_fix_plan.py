@@ -158,12 +158,12 @@ def test_scale_auto_resumes_each_candidate_from_its_own_state(baseline, tmp_path
     with pytest.raises(Interrupt):  # in the third candidate's second epoch
         fix_model(copy.deepcopy(baseline), ADAPTER, method="mmdb", method_options={"scale": "auto"}, train_config=config,
                   scan_config=scan, state_dir=tmp_path / "b", progress=interrupted_in("scale 4", steps_per_epoch + 2))
-    with pytest.raises(BiasAuditError, match="found no training state of any --scale auto candidate"):
+    with pytest.raises(BiasAuditError, match="found no training state of any scale auto candidate"):
         fix_model(copy.deepcopy(baseline), ADAPTER, method="mmdb", method_options={"scale": "auto"}, train_config=config,
                   scan_config=scan, state_dir=tmp_path / "c", resume=True)
     resumed = fix_model(copy.deepcopy(baseline), ADAPTER, method="mmdb", method_options={"scale": "auto"}, train_config=config,
                         scan_config=scan, state_dir=tmp_path / "b", resume=True)
-    assert resumed.training["scale_selection"] == straight.training["scale_selection"]
+    assert resumed.training["option_selection"] == straight.training["option_selection"]
     assert resumed.steps == straight.steps
     assert resumed.after["summary"] == straight.after["summary"]
 

@@ -282,3 +282,49 @@ def test_dandr_by_default_spreads_its_reinitialisations_over_the_run(epochs, eve
     method.check_config(TrainConfig(epochs=epochs))
     assert method.every == every
     assert make_method("dandr", every=7).every == 7
+
+
+def test_fix_cli_chooses_ogm_ges_alpha_on_val_and_keeps_the_winner(baseline, tmp_path):
+    # `--alpha auto`, as `--scale auto`: one candidate per grid value, ranked on val, the winner kept (not retrained).
+    checkpoint = tmp_path / "baseline.pt"
+    torch.save(baseline.state_dict(), checkpoint)
+    out = tmp_path / "ogm"
+    result = subprocess.run([str(SCRIPT), "fix", str(checkpoint), "--adapter", CLI_ADAPTER, "--method", "ogm_ge", "--alpha", "auto",
+                             "--epochs", "1", "--conditions", "missing", "--bootstrap", "10", "--scan-projection", "pca",
+                             "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    log = json.loads((out / "train_log.json").read_text())
+    selection = log["training"]["option_selection"]
+    assert selection["option"] == "alpha" and selection["grid"] == [0.1, 0.3, 0.8] and selection["validated_on"] == "val"
+    assert selection["criterion"].startswith("bias-balanced accuracy")
+    best = max(selection["scores"].values())
+    assert selection["chosen"] == min(float(v) for v, score in selection["scores"].items() if score == best)
+    assert log["training"]["settings"]["alpha"] == selection["chosen"]
+    assert f"ogm_ge alpha auto chose alpha={selection['chosen']:g}" in result.stderr
+    bad = subprocess.run([str(SCRIPT), "fix", str(checkpoint), "--adapter", CLI_ADAPTER, "--method", "ogm_ge", "--alpha", "big",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "--alpha 'big' is neither 'auto' nor a number." in bad.stderr
+    assert not (tmp_path / "bad").exists()
+
+
+def test_an_auto_option_keeps_the_candidate_a_fresh_training_of_the_chosen_value_gives(baseline):
+    from biasaudit.training.selection import choose_option
+
+    config = TrainConfig(epochs=1)
+    choice = choose_option(copy.deepcopy(baseline), ADAPTER, method="groupdro", options={}, config=config, grid=(0.001, 0.1))
+    assert choice.selection["option"] == "eta" and choice.selection["grid"] == [0.001, 0.1]
+    assert choice.selection["bias_source"] == f"adapter bias_key {ADAPTER.bias_key!r}"
+    again, method = copy.deepcopy(baseline), make_method("groupdro", eta=choice.selection["chosen"])
+    train(again, ADAPTER, method, config=config)
+    for (name, kept), fresh in zip(choice.model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(kept, fresh), name
+
+
+def test_without_bias_values_candidates_are_ranked_by_accuracy_and_the_record_says_so(baseline):
+    from biasaudit.training.selection import CRITERION_WITHOUT_BIAS, choose_option
+
+    class NoBias(DigitsCaptionsAdapter):
+        bias_key = None
+
+    choice = choose_option(copy.deepcopy(baseline), NoBias(), method="ogm_ge", options={}, config=TrainConfig(epochs=1), grid=(0.1, 0.8))
+    assert choice.selection["criterion"] == CRITERION_WITHOUT_BIAS and choice.selection["bias_source"] is None

@@ -42,6 +42,16 @@ def test_a_leaderboard_writes_every_run_and_a_restart_trains_only_what_is_missin
     assert groupdro["changes"]["ood"]["seed_deltas"] == pytest.approx(
         [s["values"]["ood"] - c["values"]["ood"] for s, c in zip(groupdro["seeds"], document["methods"][0]["seeds"])])
     assert result.recommended == document["recommendation"]["method"] and result.html_path.is_file()
+    # Group DRO's eta was chosen on val, seed by seed, from the documented grid; never on the evaluated split.
+    options = groupdro["options"]
+    assert options["option"] == "eta" and options["grid"] == [0.001, 0.01, 0.1] and options["validated_on"] == "val"
+    for seed in groupdro["seeds"]:
+        training = json.loads((tmp_path / seed["folder"] / "train_log.json").read_text())["training"]
+        best = max(training["option_selection"]["scores"].values())
+        chosen = min(float(v) for v, score in training["option_selection"]["scores"].items() if score == best)
+        assert options["chosen"][str(seed["seed"])] == training["settings"]["eta"] == chosen
+    assert "groupdro eta from {0.001, 0.01, 0.1}" in document["manifest"]["selection"]
+    assert "eta chosen on val" in result.html_path.read_text()
     # --keep best: one checkpoint per method
     assert len(list((tmp_path / "runs" / "groupdro").glob("seed-*/model.pt"))) == 1
 
@@ -92,6 +102,7 @@ def test_on_a_model_without_modality_bias_no_method_is_recommended_and_the_page_
     (dict(split="val"), "the split methods choose their options on"),
     (dict(primary="worst"), "primary"),
     (dict(keep="some"), "keep"),
+    (dict(grids={"balgrad": (1.0,)}), "grids"),
 ])
 def test_leaderboard_mistakes_are_one_sentence_before_any_audit(biased, tmp_path, monkeypatch, arguments, needle):
     model, adapter = biased
@@ -106,10 +117,12 @@ def test_leaderboard_mistakes_are_one_sentence_before_any_audit(biased, tmp_path
 def test_runs_in_parallel_processes_give_the_leaderboard_one_process_gives(biased, tmp_path, monkeypatch):
     model, adapter = biased
     one = ba.leaderboard(model, adapter, out=tmp_path / "one", methods=("groupdro",), seeds=(0, 1), split="test", epochs=1,
-                         bootstrap=50).to_dict()
+                         bootstrap=50, grids={"groupdro": (0.01,)}).to_dict()
+    assert "Fixed: groupdro eta = 0.01 (a one-value grid)" in one["manifest"]["selection"]
+    assert one["methods"][1]["options"] is None
     monkeypatch.setattr("biasaudit.choosing.parallel.available_workers", lambda device: 2)  # also on a one-core machine
     two = ba.leaderboard(model, adapter, out=tmp_path / "two", methods=("groupdro",), seeds=(0, 1), split="test", epochs=1,
-                         bootstrap=50, jobs=2).to_dict()
+                         bootstrap=50, jobs=2, grids={"groupdro": (0.01,)}).to_dict()
     assert [[s["values"] for s in m["seeds"]] for m in two["methods"]] == [[s["values"] for s in m["seeds"]] for m in one["methods"]]
     assert two["verdict"] == one["verdict"]
     with pytest.raises(InputError, match="--jobs 3 asks for more parallel runs than this machine has 2 CPU core"):
@@ -131,7 +144,24 @@ def test_the_starting_model_is_audited_once_per_seed_and_split_not_once_per_run(
     audited = []
     real = biasaudit.fixing.audit_model
     monkeypatch.setattr("biasaudit.fixing.audit_model", lambda *a, **k: audited.append(k["config"].split) or real(*a, **k))
-    ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", **QUICK)
+    ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", grids={"groupdro": (0.01,)}, **QUICK)
     # 4 runs, each auditing its fixed model on ood and on test; the starting model's audits are the leaderboard's own.
     assert sorted(audited) == ["ood"] * 4 + ["test"] * 4
     assert {p.name for p in (tmp_path / "before").iterdir()} == {"seed-0.json", "seed-1.json", "seed-0-test.json", "seed-1-test.json"}
+
+
+@pytest.mark.parametrize("grid, needle", [
+    ("ogm_ge", "--grid 'ogm_ge' is not METHOD=V1,V2,..."),
+    ("ogm_ge=0.1,x", "--grid 'ogm_ge=0.1,x' is not METHOD=V1,V2,..."),
+    ("balgrad=1", "Method 'balgrad' has no option chosen on validation data. Available: mmdb, ogm_ge, mmpareto, groupdro, jtt."),
+    ("groupdro=0.1,0.1", "The grid of groupdro's eta is (0.1, 0.1); expected one or more distinct positive, finite numbers."),
+])
+def test_a_bad_grid_on_the_command_line_is_one_sentence_and_exit_2_before_anything_is_read(tmp_path, grid, needle):
+    from typer.testing import CliRunner
+
+    from biasaudit.cli import app
+
+    result = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "missing.pt"), "--adapter", "nosuch.module:adapter",
+                                      "--grid", grid, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert not (tmp_path / "out").exists()

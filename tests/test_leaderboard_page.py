@@ -1,7 +1,7 @@
 """leaderboard.json's published schema and the leaderboard's page (issue 22): a realistic document (the control ce and two
 methods, three seeds each, one recommended) fits the schema and a damaged one does not; the page is one offline file
-that shows the verdict, every method, a link to every seed's compare page and an embedded Pareto plot, with every
-string from the data escaped."""
+that shows the verdict, every method, a link to every seed's compare page and an embedded Pareto plot (whose labels
+never overlap), with every string from the data escaped."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 
 from biasaudit.errors import InputError
-from biasaudit.report.leaderboard_render import (SECTION_IDS, compare_link, primary_measure, render_leaderboard_html,
-                                                 write_leaderboard_html)
+from biasaudit.report.leaderboard_render import (SECTION_IDS, compare_link, pareto_plot, primary_measure,
+                                                 render_leaderboard_html, write_leaderboard_html)
 
 ATTACK = "<script>alert(1)</script>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -58,6 +58,8 @@ def method_entry(method: str) -> dict:
     return {"method": method, "control": control, "seeds": seeds,
             "values": {name: mean_std(VALUES[method][name]) for name, *_ in MEASURES},
             "changes": None if control else {name: change(method, name) for name, *_ in MEASURES},
+            "options": {"option": "scale", "grid": [1.0, 4.0, 32.0], "validated_on": "val", "criterion": "bias-balanced accuracy",
+                        "chosen": {str(s): 4.0 * (1 + i) for i, s in enumerate(SEEDS)}} if method == "mmdb" else None,
             "sentence": "the control: plain fine-tuning with the same loop, epochs, optimizer and seeds." if control else
             (f"{method} lowered the text bias-follow rate {change(method, 'follow_rate')['delta']:+.1f} points and raised "
              f"worst-group accuracy {change(method, 'worst_group')['delta']:+.1f} points; Full accuracy did not drop."
@@ -240,6 +242,31 @@ def test_the_page_embeds_the_pareto_plot_and_the_training_curves(page_html):
         assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
     assert "worst-group accuracy" in page.section("pareto")
     assert "0.5, 1, 2, 4" in page.section("settings") and "2 min 12 s" in page.section("settings")
+
+
+def test_the_pareto_plots_labels_never_overlap_when_methods_crowd_the_control():
+    """Methods that change little all land near the control at (0, 0); their names must stay readable, not print on
+    top of each other and of the control's."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    names = ["mmdb", "balgrad", "groupdro", "jtt", "lff", "rubi"]
+    full = [0.1, -0.15, 0.05, 0.2, -0.05, 0.0]
+    bias = [0.05, 0.1, -0.2, -0.1, 0.15, 0.2]
+    fig = pareto_plot(names, full, [[x - 4.0, x + 4.0] for x in full], bias, [[y - 3.0, y + 3.0] for y in bias],
+                      control="ce", margin=1.0, bias_label="worst-group accuracy", bias_better="higher", recommended="mmdb")
+    canvas = FigureCanvasAgg(fig)  # the backend the page's PNG is drawn with
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = {t.get_text(): Text.get_window_extent(t, renderer) for t in ax.texts}  # the text alone, not a leader line
+    assert set(labels) == {"ce", *names}
+    boxes = list(labels.items())
+    overlapping = [(a, b) for i, (a, box) in enumerate(boxes) for b, other in boxes[i + 1:] if box.overlaps(other)]
+    assert overlapping == []
+    inside = ax.get_window_extent(renderer)
+    assert all(inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+               for box in labels.values())
 
 
 def test_a_hostile_method_name_and_sentence_are_escaped():

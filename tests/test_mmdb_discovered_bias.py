@@ -171,11 +171,11 @@ def test_no_dominant_modality_or_a_branch_missing_from_the_hook_is_an_adapter_er
         make_method("mmdb", bias="colour")
 
 
-def test_scale_selection_groups_validation_samples_by_the_discovered_clusters():
-    from biasaudit.training.selection import bias_balanced_score, choose_mmdb_scale
+def test_option_selection_groups_validation_samples_by_the_discovered_clusters():
+    from biasaudit.training.selection import bias_balanced_score, choose_option
 
     config = TrainConfig(epochs=2, batch_size=8)
-    result = choose_mmdb_scale(LeansOnB(), NoBiasKey(), options={"dominant": "b", "kmeans_k": 2}, config=config, grid=(1, 8)).selection
+    result = choose_option(LeansOnB(), NoBiasKey(), method="mmdb", options={"dominant": "b", "kmeans_k": 2}, config=config, grid=(1, 8)).selection
     assert result["grid"] == [1.0, 8.0] and result["validated_on"] == "val" and "k-means" in result["bias_source"]
     assert all(0.0 <= s <= 100.0 for s in result["scores"].values())
     # The score must equal the bias-balanced accuracy over the true (label, blob) groups.
@@ -228,7 +228,7 @@ def test_fix_without_a_bias_key_clusters_the_audits_dominant_modality_and_record
     training = after["manifest"]["training"]
     assert training["settings"]["dominant_modality"] == "b" and training["settings"]["k"] == 2
     assert "b branch" in training["settings"]["bias_source"]
-    assert training["scale_selection"]["chosen"] == training["settings"]["scale"]
+    assert training["option_selection"]["chosen"] == training["settings"]["scale"]
 
 
 def test_fix_refuses_an_adapter_without_bias_key_or_branches_before_auditing(tmp_path):

@@ -108,7 +108,7 @@ def test_gate_json_fits_its_schema(case, fixed, tmp_path):
 # --- damaged train logs -----------------------------------------------------------------------------------------------
 
 PATHS = [("training",), ("training", "method"), ("training", "settings"), ("training", "config"), ("training", "config", "epochs"),
-         ("training", "config", "lr"), ("training", "scale_selection"), ("training", "wall_time_s"), ("training", "source_checkpoint"),
+         ("training", "config", "lr"), ("training", "option_selection"), ("training", "wall_time_s"), ("training", "source_checkpoint"),
          ("steps",), ("steps", 0, "step"), ("steps", 1, "epoch")]
 # A step's loss is optional but never a string; a step may be absent but never a number.
 CASES = [(path, how) for path in PATHS for how in ("delete", "retyped", "object")] + \

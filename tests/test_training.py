@@ -95,10 +95,10 @@ def test_balgrad_without_branches_names_the_hook_to_add(baseline):
 
 
 def test_scale_auto_trains_every_candidate_and_keeps_the_best_by_bias_balanced_accuracy(baseline):
-    from biasaudit.training.selection import choose_mmdb_scale
+    from biasaudit.training.selection import choose_option
 
     config = TrainConfig(epochs=2)
-    choice = choose_mmdb_scale(copy.deepcopy(baseline), ADAPTER, options={}, config=config, grid=(1, 4, 32))
+    choice = choose_option(copy.deepcopy(baseline), ADAPTER, method="mmdb", options={}, config=config, grid=(1, 4, 32))
     result = choice.selection
     assert result["grid"] == [1.0, 4.0, 32.0] and result["validated_on"] == "val"
     assert result["chosen"] == max(result["scores"], key=result["scores"].get)

@@ -317,9 +317,9 @@ def test_fix_works_on_three_modalities(method, zoo):
 def test_fix_mmdb_with_the_automatic_scale(name, zoo):
     result, out = zoo.fix(name, "mmdb", "--scale", "auto")
     succeeded(result)
-    assert "MMDB --scale auto chose" in result.stderr
+    assert "mmdb scale auto chose scale=" in result.stderr
     log = read_json(out / "train_log.json")
-    selection = log["training"]["scale_selection"]
+    selection = log["training"]["option_selection"]
     assert selection["chosen"] in selection["grid"] and len(selection["grid"]) > 1
     assert selection["validated_on"].startswith("held-out"), "the zoo has no val split: a held-out part of train"
     assert log["training"]["settings"]["scale"] == selection["chosen"]

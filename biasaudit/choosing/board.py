@@ -39,9 +39,30 @@ from biasaudit.results import write_json_atomic
 IN_DISTRIBUTION = "test"
 FILES = ("leaderboard.json", "leaderboard.html")
 PRIMARY_MEASURE = {"worst-group": "worst_group", "bias-balanced": "bias_balanced", "ood": "ood", "follow-rate": "follow_rate"}
-SELECTION = ("Each method's own options: fix's defaults, except mmdb, whose scale is chosen from {1, 2, 4, 8, 16, 32} by "
-             "bias-balanced accuracy on val (else a seeded 20% of train), and dfr, whose C is chosen from {0.1, 0.3, 1, 3, 10} "
-             "by worst-group accuracy on half of val; no option is chosen on the evaluated split.")
+
+
+def selection_sentence(settings: LeaderboardSettings, *, validated_on: str) -> str:
+    """How each compared method's own option was chosen, in words (the grids of the settings; DFR chooses its C itself)."""
+    from biasaudit.training.method_dfr import C_GRID
+    from biasaudit.training.selection import OPTION_GRIDS
+
+    def values(grid) -> str:
+        return "{" + ", ".join(f"{v:g}" for v in grid) + "}"
+
+    chosen, fixed = [], []
+    for method in settings.methods:
+        grid = settings.grids.get(method)
+        if method == "dfr":
+            chosen.append(f"dfr C from {values(C_GRID)} by worst-group accuracy on half of {validated_on}")
+        elif grid is not None and len(grid) > 1:
+            chosen.append(f"{method} {OPTION_GRIDS[method][0]} from {values(grid)}")
+        elif grid is not None:
+            fixed.append(f"{method} {OPTION_GRIDS[method][0]} = {grid[0]:g} (a one-value grid)")
+        elif method != CONTROL:
+            fixed.append(f"{method} with fix's defaults (no option is chosen)")
+    said = (f"Each method's own option is chosen on {validated_on} by bias-balanced accuracy, never on the evaluated split: "
+            + "; ".join(chosen) + "." if chosen else "No method's option is chosen on validation data.")
+    return said + (" Fixed: " + "; ".join(fixed) + "." if fixed else "")
 
 
 def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSettings, *, out: str | os.PathLike, device: str = "cpu",
@@ -63,9 +84,10 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
                        device=str(device), biasaudit=__version__)
     check_resumed(out, settings)
     for method in settings.methods:  # a hook the adapter lacks, before any audit or training
-        _check_method(method, model, adapter)
+        _check_method(method, model, adapter, settings)
     write_settings(out, settings)
     started = time.perf_counter()
+    validated_on = "val" if "val" in adapter.splits else "a seeded 20% of train (the adapter has no val split)"
     befores = {seed: starting_audit(model, adapter, out, settings, seed, device=device, checkpoint=checkpoint, progress=progress)
                for seed in settings.seeds}
     start = befores[settings.seeds[0]]
@@ -106,7 +128,8 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
         "schema": "biasaudit.leaderboard", "schema_version": 1,
         "manifest": {"biasaudit": __version__,
                      "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint)} if checkpoint is not None else None,
-                     "adapter": adapter_spec, "device": device, "settings": settings.to_dict(), "selection": SELECTION,
+                     "adapter": adapter_spec, "device": device, "settings": settings.to_dict(),
+                     "selection": selection_sentence(settings, validated_on=validated_on),
                      "full_accuracy_on": also or settings.split,
                      "wall_time_s": round(time.perf_counter() - started, 3)},
         "split": settings.split, "ood": ood, "carrier": carrier, "control": CONTROL,
@@ -136,14 +159,15 @@ def check_primary(settings: LeaderboardSettings, start: Mapping[str, Any]) -> No
                          f"{settings.split!r} names no carrier; choose another --primary.")
 
 
-def _check_method(method: str, model: nn.Module, adapter: Adapter) -> None:
+def _check_method(method: str, model: nn.Module, adapter: Adapter, settings: LeaderboardSettings) -> None:
+    from biasaudit.choosing.runs import run_options
     from biasaudit.fixing import check_method
-    from biasaudit.choosing.runs import DEFAULT_OPTIONS
     from biasaudit.training.methods import make_method
+    from biasaudit.training.selection import placeholder_options
 
-    options = DEFAULT_OPTIONS.get(method, {})
+    options = run_options(settings, method)
     check_method(method, options)
-    check = getattr(make_method(method, **{**options, "scale": 4.0} if "scale" in options else options), "check", None)
+    check = getattr(make_method(method, **placeholder_options(method, options)), "check", None)
     if callable(check):
         check(model, adapter)
 
@@ -210,6 +234,16 @@ def _keep(out: Path, settings: LeaderboardSettings, runs: Mapping[tuple[str, int
     return kept
 
 
+def _chosen_options(method: str, runs: Mapping[tuple[str, int], Mapping[str, Any]], settings: LeaderboardSettings) -> dict[str, Any] | None:
+    """The option each seed's run chose on validation data (None for a method that chooses none)."""
+    selections = {seed: runs[method, seed]["training"].get("option_selection") for seed in settings.seeds}
+    if not any(selections.values()):
+        return None
+    first = next(s for s in selections.values() if s)
+    return {"option": first["option"], "grid": first["grid"], "validated_on": first["validated_on"], "criterion": first["criterion"],
+            "chosen": {str(seed): (chosen or {}).get("chosen") for seed, chosen in selections.items()}}
+
+
 def _method_entry(method: str, runs: Mapping[tuple[str, int], Mapping[str, Any]], settings: LeaderboardSettings,
                   pooled: Mapping[str, PooledChange] | None, decision: Any, *, names: tuple[str, ...], carrier: str | None,
                   also: str | None, kept: str | None) -> dict[str, Any]:
@@ -232,6 +266,7 @@ def _method_entry(method: str, runs: Mapping[tuple[str, int], Mapping[str, Any]]
                           "significant": change.significant, "why_no_interval": change.no_interval}
                    for name, change in pooled.items()}
     return {"method": method, "control": method == CONTROL, "seeds": seeds, "values": values, "changes": changes,
+            "options": _chosen_options(method, runs, settings),
             "sentence": judgement.sentence if judgement is not None else "The control: plain cross-entropy under the same loop, "
             "epochs, optimizer and seeds; every change is measured against it.",
             "recommended": bool(judgement is not None and judgement.recommended), "kept_checkpoint": kept}

@@ -20,7 +20,7 @@ import copy
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +44,25 @@ SELECTION_SPLIT = "val"
 # Settings no run's figures depend on: a restart may change them (add methods or seeds, keep, the rule's options).
 NOT_IN_RUNS = ("methods", "seeds", "keep", "primary", "max_full_drop")
 RUN_FILES = ("after.json", "train_log.json", "compare.json")
-# The methods' own options where fix's defaults would not select on validation data. mmdb: --scale auto ranks its
-# scales on val (else a held-out part of train); dfr chooses C on val by itself.
-DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"mmdb": {"scale": "auto"}}
+
+
+def default_grids() -> dict[str, tuple[float, ...]]:
+    """Each method's option chosen on validation data and its grid (selection.OPTION_GRIDS; dfr chooses its C itself)."""
+    from biasaudit.training.selection import OPTION_GRIDS
+
+    return {method: grid for method, (_, grid) in OPTION_GRIDS.items()}
+
+
+def run_options(settings: "LeaderboardSettings", method: str) -> dict[str, Any]:
+    """The options a run of `method` is given: its gridded option as "auto" (chosen on val, else a seeded 20% of train)
+    over the leaderboard's grid; a one-value grid fixes the option without selection."""
+    from biasaudit.training.selection import OPTION_GRIDS
+
+    grid = settings.grids.get(method)
+    if grid is None:
+        return {}
+    option = OPTION_GRIDS[method][0]
+    return {option: grid[0]} if len(grid) == 1 else {option: "auto"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,8 @@ class LeaderboardSettings:
     primary: str = "worst-group"
     max_full_drop: float = 1.0
     keep: str = "best"
+    # Per method, the grid its option is chosen from on val (default_grids); part of every run's identity.
+    grids: dict[str, tuple[float, ...]] = field(default_factory=default_grids)
     # What the runs start from and run on; set by run_leaderboard (a restart of another model, adapter, device or
     # version into the same folder must not reuse these runs).
     starting_model: str | None = None  # SHA-256 of the starting model's state dict
@@ -93,6 +111,7 @@ def check_settings(adapter: Adapter, settings: LeaderboardSettings) -> None:
     """Every mistake a leaderboard can be told in one sentence, before any audit or training."""
     from biasaudit.batches import check_split
     from biasaudit.training.methods import METHODS
+    from biasaudit.training.selection import check_grid
 
     unknown = [m for m in settings.methods if m not in METHODS]
     if unknown:
@@ -112,6 +131,8 @@ def check_settings(adapter: Adapter, settings: LeaderboardSettings) -> None:
         raise InputError(f"Unknown primary bias measure {settings.primary!r}. Available: {', '.join(PRIMARY)}.")
     if settings.keep not in KEEP:
         raise InputError(f"Unknown keep choice {settings.keep!r}. Available: {', '.join(KEEP)}.")
+    for method, grid in settings.grids.items():
+        check_grid(method, grid)
     if not settings.max_full_drop >= 0:
         raise InputError(f"max_full_drop is {settings.max_full_drop!r}; expected points of Full accuracy, 0 or more.")
 
@@ -204,7 +225,8 @@ def run_one(model: nn.Module, adapter: Adapter, out: Path, settings: Leaderboard
              + (("model.pt",) if settings.keep != "none" else ()))  # model.pt last
     with OutputSet(folder, files=files, option="the leaderboard's run folder") as outputs:
         fixed = copy.deepcopy(model)
-        outcome = fix_model(fixed, adapter, method=method, method_options=dict(DEFAULT_OPTIONS.get(method, {})),
+        grid = settings.grids.get(method)
+        outcome = fix_model(fixed, adapter, method=method, method_options=run_options(settings, method), option_grid=grid,
                             train_config=settings.train_config(seed, device), scan_config=settings.scan_config(seed, device),
                             before=before, progress=progress, also_split=also_split,  # a killed run is run again
                             also_before=also_before)

@@ -12,7 +12,7 @@ from biasaudit.cli.app import app
 from biasaudit.cli.choices import (BalGradProjection, BiasSource, GroupBy, HeadMode, KLMode, Method, Optimizer, Projection, Schedule,
                                   WeightMode, plain)
 from biasaudit.cli.console import ADAPTER_HELP, err, handled, naming_source, out, progress_bars
-from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, parse_mute
+from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, number_or_auto, parse_mute
 
 
 def _c_grid(text: str) -> tuple[float, ...]:
@@ -68,7 +68,7 @@ def fix(
     favoured_fraction: float = typer.Option(0.5, "--favoured-fraction", min=0.0, max=1.0, help="Both audits: the favoured-class fraction (see scan).", rich_help_panel="Audits (before and after)"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"),
     scale: str = typer.Option("auto", help="MMDB: the cosine scale s, or auto (grid 1..32 by bias-balanced validation accuracy).", rich_help_panel="MMDB"),
-    min_group: int = typer.Option(1, "--min-group", min=1, help="MMDB --scale auto: smallest (label, bias) group counted in the bias-balanced accuracy.", rich_help_panel="MMDB"),
+    min_group: int = typer.Option(1, "--min-group", min=1, help="An auto option (--scale, --alpha, --gamma, --eta, --jtt-upweight): smallest (label, bias) group counted in the bias-balanced validation accuracy.", rich_help_panel="MMDB"),
     bias_source: BiasSource = typer.Option("auto", "--bias", help="MMDB, Group DRO, DFR: where the bias values come from: key (the adapter's bias_key), "
                                     "kmeans (k-means on the branch of the modality the model leans on; methods.md section 3) or auto "
                                     "(key when the adapter declares one).", rich_help_panel="MMDB"),
@@ -86,16 +86,18 @@ def fix(
                                             "other branch zeroed), ogm_split (classifier weight slices, half the bias) or separate (new "
                                             "training-only linear heads). Default: shared_zero for balgrad, ogm_split for ogm_ge, separate "
                                             "for mmpareto.", rich_help_panel="BalGrad, OGM-GE, MMPareto"),
-    alpha: float = typer.Option(0.3, "--alpha", help="OGM-GE: α of the coefficient k = 1 − tanh(α·ρ) on the dominant branch's gradients "
-                                "(reference range 0.1-0.8).", rich_help_panel="OGM-GE"),
+    alpha: str = typer.Option("0.3", "--alpha", help="OGM-GE: α of the coefficient k = 1 − tanh(α·ρ) on the dominant branch's gradients "
+                              "(reference range 0.1-0.8), or auto (0.1, 0.3, 0.8 by bias-balanced validation accuracy).",
+                              rich_help_panel="OGM-GE"),
     ge: bool = typer.Option(True, "--ge/--no-ge", help="OGM-GE: add the generalisation-enhancement noise N(0, std(g)²) to the "
                             "modulated gradients.", rich_help_panel="OGM-GE"),
-    gamma: float = typer.Option(1.5, "--gamma", help="MMPareto: γ, the factor on every branch's integrated gradient.",
-                                rich_help_panel="MMPareto"),
-    eta: float = typer.Option(0.01, "--eta", help="Group DRO: step size of the group weights q (q_g <- q_g exp(eta L_g)); groups are "
-                              "(label, bias value), the bias value as --bias says.", rich_help_panel="Group DRO"),
-    jtt_upweight: float = typer.Option(10.0, "--jtt-upweight", help="JTT: loss weight λ of stage 1's misclassified training samples in stage 2.",
-                                       rich_help_panel="JTT"),
+    gamma: str = typer.Option("1.5", "--gamma", help="MMPareto: γ, the factor on every branch's integrated gradient, or auto (1, 1.5, 2 "
+                              "by bias-balanced validation accuracy).", rich_help_panel="MMPareto"),
+    eta: str = typer.Option("0.01", "--eta", help="Group DRO: step size of the group weights q (q_g <- q_g exp(eta L_g)), or auto "
+                            "(0.001, 0.01, 0.1 by bias-balanced validation accuracy); groups are (label, bias value), the bias value "
+                            "as --bias says.", rich_help_panel="Group DRO"),
+    jtt_upweight: str = typer.Option("10", "--jtt-upweight", help="JTT: loss weight λ of stage 1's misclassified training samples in "
+                                     "stage 2, or auto (5, 10, 20 by bias-balanced validation accuracy).", rich_help_panel="JTT"),
     jtt_fraction: float = typer.Option(0.5, "--jtt-fraction", help="JTT: fraction of --epochs spent on stage 1 (plain ERM); stage 2 restarts "
                                        "from the starting weights for the rest.", rich_help_panel="JTT"),
     dandr_every: Optional[int] = typer.Option(None, "--dandr-every", help="D&R: re-initialise after every this many epochs (default: "
@@ -114,7 +116,7 @@ def fix(
     from biasaudit.training.loop import TrainConfig
 
     def interrupted() -> str:
-        states = sorted((out_dir / "state").glob("**/last.pt"))  # --scale auto: one per candidate
+        states = sorted((out_dir / "state").glob("**/last.pt"))  # an auto option: one per candidate
         shown = states[0] if len(states) == 1 else out_dir / "state"
         kept = f"; the training state {shown} is kept: --resume continues from its last finished epoch" if states else ""
         return f"no results were written to {out_dir}{kept}"
@@ -128,10 +130,10 @@ def fix(
                                       "dominant": bias_modality},
                    "balgrad": {"lambda_initial": lambda_initial, "schedule": lambda_schedule, "beta": beta, "kl_mode": kl_mode,
                                "projection": projection, "head_mode": head_mode, "weights": balgrad_weights},
-                   "ogm_ge": {"alpha": alpha, "ge": ge, "head_mode": head_mode},
-                   "mmpareto": {"gamma": gamma, "head_mode": head_mode},
-                   "groupdro": {"eta": eta, "bias": bias_source, "dominant": bias_modality},
-                   "jtt": {"upweight": jtt_upweight, "fraction": jtt_fraction},
+                   "ogm_ge": {"alpha": number_or_auto(alpha, "--alpha"), "ge": ge, "head_mode": head_mode},
+                   "mmpareto": {"gamma": number_or_auto(gamma, "--gamma"), "head_mode": head_mode},
+                   "groupdro": {"eta": number_or_auto(eta, "--eta"), "bias": bias_source, "dominant": bias_modality},
+                   "jtt": {"upweight": number_or_auto(jtt_upweight, "--jtt-upweight"), "fraction": jtt_fraction},
                    "dandr": {"every": dandr_every, "max_times": dandr_max_times},
                    "dfr": {"c_grid": _c_grid(dfr_c_grid), "bias": bias_source, "dominant": bias_modality}}
         options = {name: {k: v for k, v in given.items() if not (k == "head_mode" and v is None)}  # None: the method's default
@@ -154,10 +156,13 @@ def fix(
                               before_path=before, resume=resume, min_group=min_group, progress=progress,
                               also_split=None if also_split == "none" else also_split, from_scratch=from_scratch)
         paths, compare, training = written.paths, written.outcome.comparison, written.outcome.training
-        selection = training.get("scale_selection")
+        selection = training.get("option_selection")
         if selection:
-            scores = ", ".join(f"s={s:g}: {v:.1f}" for s, v in zip(selection["grid"], selection["scores"].values()))
-            err.print(f"MMDB --scale auto chose s={selection['chosen']:g} (bias-balanced accuracy on {selection['validated_on']}: {scores})")
+            name = selection["option"]
+            scores = ", ".join(f"{name}={s:g}: {v:.1f}" for s, v in zip(selection["grid"], selection["scores"].values()))
+            criterion = selection["criterion"].split(" (")[0]
+            err.print(f"{method} {name} auto chose {name}={selection['chosen']:g} ({criterion} on {selection['validated_on']}: {scores})",
+                      markup=False)
         warning = training["settings"].get("scale_warning")
         if warning:
             err.print(f"[yellow]note:[/] {escape(warning)}")

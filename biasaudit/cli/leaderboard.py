@@ -12,6 +12,27 @@ from biasaudit.cli.console import ADAPTER_HELP, err, handled, out, progress_bars
 DEFAULT_METHODS = "ce,mmdb,balgrad,ogm_ge,mmpareto,groupdro,jtt,dandr,dfr"
 
 
+def parse_grids(given: list[str]) -> dict[str, tuple[float, ...]]:
+    """--grid METHOD=V1,V2 (repeated) -> {method: values}; a malformed one is named in one sentence."""
+    from biasaudit.errors import InputError
+    from biasaudit.training.selection import check_grid
+
+    grids: dict[str, tuple[float, ...]] = {}
+    for text in given:
+        method, _, values = text.partition("=")
+        method = method.strip()
+        try:
+            numbers = tuple(float(v) for v in values.split(",")) if values.strip() else ()
+        except ValueError:
+            numbers = ()
+        if not method or not numbers:
+            raise InputError(f"--grid {text!r} is not METHOD=V1,V2,... (e.g. --grid ogm_ge=0.1,0.3,0.8).")
+        if method in grids:
+            raise InputError(f"--grid names {method} twice; give each method's grid once.")
+        grids[method] = check_grid(method, numbers)
+    return grids
+
+
 @app.command()
 def leaderboard(
     checkpoint: Path = typer.Argument(..., help="State dict of the model to fix; it is never modified."),
@@ -37,6 +58,10 @@ def leaderboard(
     device: str = typer.Option("cpu", help="Torch device.", rich_help_panel="Model and data"),
     jobs: int = typer.Option(1, "--jobs", help="Runs trained at once in parallel processes: at most one per CPU core, or one per GPU "
                              "with --device cuda (process k on GPU k).", rich_help_panel="Model and data"),
+    grid: list[str] = typer.Option([], "--grid", help="A method's grid for the option chosen on val, as METHOD=V1,V2,... (repeat per "
+                                   "method; one value fixes it). Defaults: mmdb scale 1,2,4,8,16,32; ogm_ge alpha 0.1,0.3,0.8; "
+                                   "mmpareto gamma 1,1.5,2; groupdro eta 0.001,0.01,0.1; jtt upweight 5,10,20.",
+                                   rich_help_panel="Comparison"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"),
 ) -> None:
     """Fix the model with every method over several seeds, compare each with the ce control, and recommend one only when it
@@ -44,7 +69,7 @@ def leaderboard(
     from biasaudit.adapter import load_adapter
     from biasaudit.audit import load_model_noting_prefix
     from biasaudit.choosing.board import run_leaderboard
-    from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, check_settings
+    from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, check_settings, default_grids
 
     def told(method: str, seed: int, reused: bool) -> None:
         err.print(f"{escape(method)} seed {seed}: {'finished earlier, reused' if reused else 'done'}", markup=False)
@@ -53,7 +78,8 @@ def leaderboard(
         named = [m.strip() for m in methods.split(",") if m.strip()]
         settings = LeaderboardSettings(methods=(CONTROL, *[m for m in named if m != CONTROL]), seeds=tuple(seeds), split=split,
                                        epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap,
-                                       primary=primary, max_full_drop=max_full_drop, keep=keep)
+                                       primary=primary, max_full_drop=max_full_drop, keep=keep,
+                                       grids={**default_grids(), **parse_grids(grid)})
         loaded = load_adapter(adapter)
         check_settings(loaded, settings)  # before the checkpoint is loaded
         model, _ = load_model_noting_prefix(checkpoint, loaded, trust=trust_checkpoint)

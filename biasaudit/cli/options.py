@@ -39,16 +39,23 @@ def parse_unimodal(values: list[str], adapter) -> tuple[tuple[str, Path], ...]:
     return tuple(pairs)
 
 
-def _scale(text: str) -> "float | str":
+def number_or_auto(text: str, flag: str) -> "float | str":
+    """A number, or 'auto' (chosen on validation data); the method checks the number's range, naming `flag`."""
     from biasaudit.errors import InputError
 
     if text == "auto":
         return text
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise InputError(f"--scale {text!r} is neither 'auto' nor a number.") from None
-    if not 0 < value < float("inf"):
+        raise InputError(f"{flag} {text!r} is neither 'auto' nor a number.") from None
+
+
+def _scale(text: str) -> "float | str":
+    from biasaudit.errors import InputError
+
+    value = number_or_auto(text, "--scale")
+    if value != "auto" and not 0 < value < float("inf"):
         raise InputError(f"--scale {text} must be a positive, finite number.")
     return value
 

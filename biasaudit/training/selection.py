@@ -1,7 +1,10 @@
-"""Model selection for `fix`: MMDB's `--scale auto` (methods.md section 6) ranks candidate scales by
-bias-balanced validation accuracy, on the `val` split or, without one, on a seeded held-out part of
-train that the candidates never train on. The (label, bias) groups use the candidate method's own bias
-function, so discovered k-means bias values (no bias_key) group validation samples as they did training."""
+"""Model selection for `fix`: a method's one gridded option given as "auto" (MMDB's scale, OGM-GE's α, MMPareto's γ,
+Group DRO's η, JTT's up-weight; OPTION_GRIDS) is chosen by training one candidate per grid value from the same
+starting weights and seed, and ranking them by bias-balanced accuracy on the `val` split or, without one, on a seeded
+held-out part of train that the candidates never train on (methods.md sections 6 and 8). The (label, bias) groups use
+the candidate method's own bias function when it has one, so discovered k-means bias values (no bias_key) group
+validation samples as they did training; else the adapter's bias_key; with neither, plain accuracy ranks them (said
+in the selection record). The winning candidate is kept, not trained again."""
 
 from __future__ import annotations
 
@@ -9,18 +12,18 @@ import copy
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter
-from biasaudit.batches import checked_labels, take_rows
+from biasaudit.batches import checked_labels, int_column, take_rows
+from biasaudit.errors import InputError
 from biasaudit.training import mmdb
 from biasaudit.progress import Progress
-from biasaudit.training.loop import TrainConfig, holdout_rows, train
-from biasaudit.training.method_mmdb import MMDB
+from biasaudit.training.loop import TrainConfig, holdout_rows, scored_as_trained, train
 
 HOLDOUT_FRACTION = 0.2
 # Every (label, bias) group counts by default: a small validation set has only a few samples per
@@ -52,66 +55,144 @@ def validation_batches(adapter: Adapter, config: TrainConfig, source: str) -> It
             yield take_rows(batch, rows)
 
 
-def bias_balanced_score(model: nn.Module, adapter: Adapter, method: MMDB, batches, *, device: torch.device, min_group: int) -> float:
+# The one option of each method that "auto" selects, and its grid: small (each value is a training), around the
+# method's default, from its paper's reported range. MMDB: methods.md section 6. OGM-GE: the reference range 0.1-0.8.
+# MMPareto: γ around the paper's 1.5. Group DRO: η a decade either side of 0.01 (the range Sagawa et al. and DomainBed
+# search). JTT: λ around the default 10 (the paper searches 5-100 with more epochs than a fine-tuning).
+OPTION_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "mmdb": ("scale", tuple(float(s) for s in mmdb.SCALE_GRID)),
+    "ogm_ge": ("alpha", (0.1, 0.3, 0.8)),
+    "mmpareto": ("gamma", (1.0, 1.5, 2.0)),
+    "groupdro": ("eta", (0.001, 0.01, 0.1)),
+    "jtt": ("upweight", (5.0, 10.0, 20.0)),
+}
+AUTO = "auto"
+CRITERION = "bias-balanced accuracy (mean over (label, bias) groups with >= min_group samples)"
+CRITERION_WITHOUT_BIAS = "accuracy (no bias value on the validation samples: neither the method's nor the adapter's bias_key)"
+
+
+def auto_option(method: str, options: Mapping[str, Any]) -> str | None:
+    """The option of `method` given as "auto" (to be chosen on validation data), or None. ("auto" for any other numeric
+    option is refused by the method itself, naming the option; some string options have an "auto" of their own, e.g.
+    MMDB's bias source.)"""
+    gridded = OPTION_GRIDS.get(method, (None, ()))[0]
+    value = options.get(gridded) if gridded is not None else None
+    return gridded if isinstance(value, str) and value == AUTO else None
+
+
+def placeholder_options(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options with the "auto" one removed (the method's default stands in until the grid has chosen), so that every
+    other option is validated now."""
+    option = auto_option(method, options)
+    return {k: v for k, v in options.items() if k != option}
+
+
+def check_grid(method: str, grid: Any) -> tuple[float, ...]:
+    """A grid given for `method`'s auto option: one or more distinct positive, finite numbers (InputError otherwise)."""
+    if method not in OPTION_GRIDS:
+        raise InputError(f"Method {method!r} has no option chosen on validation data. Available: {', '.join(OPTION_GRIDS)}.")
+    option = OPTION_GRIDS[method][0]
+    try:
+        values = tuple(float(v) for v in grid)
+    except (TypeError, ValueError):
+        values = ()
+    if not values or len(set(values)) != len(values) or not all(0 < v < float("inf") for v in values):
+        raise InputError(f"The grid of {method}'s {option} is {grid!r}; expected one or more distinct positive, finite numbers.")
+    return values
+
+
+def has_bias_values(method: Any, adapter: Adapter) -> bool:
+    """Whether validation samples can be grouped: the method has its own bias function, or the adapter a bias_key."""
+    groups = getattr(method, "groups", None)
+    return (callable(getattr(method, "batch_bias", None)) or callable(getattr(groups, "values", None))
+            or adapter.bias_key is not None)
+
+
+def bias_values(method: Any, batch: Mapping[str, Any], adapter: Adapter, *, device: torch.device) -> np.ndarray:
+    """Every sample's bias value as the candidate grouped training samples (its own bias function), else the adapter's
+    bias_key (has_bias_values first)."""
+    if callable(getattr(method, "batch_bias", None)):
+        return method.batch_bias(batch, adapter, split="val", device=device)
+    groups = getattr(method, "groups", None)
+    if callable(getattr(groups, "values", None)):
+        return np.asarray(groups.values(batch, adapter, split="val", device=device), dtype=np.int64)
+    return int_column(batch, adapter.bias_key, what="bias", split="val")
+
+
+def bias_balanced_score(model: nn.Module, adapter: Adapter, method: Any, batches, *, device: torch.device, min_group: int) -> float:
+    """The candidate's bias-balanced accuracy (accuracy without bias values) on `batches`, scored as it was trained."""
+    grouped = has_bias_values(method, adapter)
     predictions, labels, bias = [], [], []
+    was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), scored_as_trained(method, model, adapter):
         for batch in batches:
-            predictions.append(method.cosines(model, adapter, batch, device=device).argmax(1).cpu().numpy())
+            predictions.append(adapter.forward(model, adapter.prepare(batch, device=device)).argmax(1).cpu().numpy())
             labels.append(checked_labels(batch, adapter, split="val"))
-            bias.append(method.batch_bias(batch, adapter, split="val", device=device))
-    return mmdb.bias_balanced_accuracy(np.concatenate(predictions), np.concatenate(labels), np.concatenate(bias), min_group=min_group)
+            if grouped:
+                bias.append(bias_values(method, batch, adapter, device=device))
+    model.train(was_training)
+    predictions, labels = np.concatenate(predictions), np.concatenate(labels)
+    if not grouped:
+        return float(100.0 * np.mean(predictions == labels))
+    return mmdb.bias_balanced_accuracy(predictions, labels, np.concatenate(bias), min_group=min_group)
 
 
 @dataclass(frozen=True)
-class ScaleChoice:
-    """--scale auto's result: the selection record (chosen scale, grid, scores, where validated) and the winning
-    candidate itself (its trained model, its method object, its step log), which fix keeps instead of training the
-    chosen scale again."""
+class OptionChoice:
+    """An auto option's result: the selection record (option, chosen value, grid, scores, where validated) and the
+    winning candidate itself (its trained model, its method object, its step log), which fix keeps instead of training
+    the chosen value again."""
 
     selection: dict[str, Any]
     model: nn.Module
-    method: MMDB
+    method: Any
     steps: list[dict[str, Any]]
 
 
-def candidate_state_dir(state_dir: str | os.PathLike, scale: float) -> Path:
-    """Where the candidate of one scale keeps its training state (each candidate resumes on its own)."""
-    return Path(state_dir) / f"scale-{scale:g}"
+def candidate_state_dir(state_dir: str | os.PathLike, option: str, value: float) -> Path:
+    """Where the candidate of one grid value keeps its training state (each candidate resumes on its own)."""
+    return Path(state_dir) / f"{option}-{value:g}"
 
 
-def choose_mmdb_scale(model: nn.Module, adapter: Adapter, *, options: Mapping[str, Any], config: TrainConfig,
-                      grid=mmdb.SCALE_GRID, min_group: int = DEFAULT_MIN_GROUP, progress: Progress | None = None,
-                      state_dir: str | os.PathLike | None = None, resume: bool = False) -> ScaleChoice:
-    """Train one candidate per scale from the same starting weights; keep the best by bias-balanced accuracy.
+def choose_option(model: nn.Module, adapter: Adapter, *, method: str, options: Mapping[str, Any], config: TrainConfig,
+                  grid: Sequence[float] | None = None, min_group: int = DEFAULT_MIN_GROUP, progress: Progress | None = None,
+                  state_dir: str | os.PathLike | None = None, resume: bool = False) -> OptionChoice:
+    """Train one candidate per value of `method`'s gridded option from the same starting weights; keep the best on
+    validation data (ties go to the smaller value).
 
-    Every candidate starts from the same weights and seed, so with discovered bias each refits the same
-    clusters; the first candidate's prepare() raises, before any training, when no bias value can be had. Only the
-    best candidate so far is held in memory (two copies of the model at most). With `state_dir`, each candidate saves
-    its training state in its own folder (candidate_state_dir); `resume` continues each from its state when it has
-    one, so an interrupted auto run resumes the candidate it was training and re-scores the finished ones."""
+    Every candidate starts from the same weights and seed, so with discovered bias each refits the same clusters; the
+    first candidate's prepare() raises, before any training, when no bias value can be had. Only the best candidate so
+    far is held in memory (two copies of the model at most). With `state_dir`, each candidate saves its training state
+    in its own folder (candidate_state_dir); `resume` continues each from its state when it has one, so an interrupted
+    auto run resumes the candidate it was training and re-scores the finished ones."""
+    from biasaudit.training.methods import make_method
+
+    option, default_grid = OPTION_GRIDS[method]
+    grid = check_grid(method, grid if grid is not None else default_grid)
     candidate_config, source = selection_plan(adapter, config)
     device = torch.device(config.device)
     scores: dict[float, float] = {}
-    best: tuple[tuple[float, float], nn.Module, MMDB, list[dict[str, Any]]] | None = None
-    for scale in grid:
+    best: tuple[tuple[float, float], nn.Module, Any, list[dict[str, Any]]] | None = None
+    for value in grid:
         candidate = copy.deepcopy(model)
-        method = MMDB(**{**options, "scale": float(scale)})
-        directory = candidate_state_dir(state_dir, scale) if state_dir is not None else None
+        fixer = make_method(method, **{**options, option: value})
+        directory = candidate_state_dir(state_dir, option, value) if state_dir is not None else None
         resumed = resume and directory is not None and (directory / "last.pt").is_file()
-        steps = train(candidate, adapter, method, config=candidate_config, progress=progress, stage=f"scale {scale:g}",
+        steps = train(candidate, adapter, fixer, config=candidate_config, progress=progress, stage=f"{option} {value:g}",
                       state_dir=directory, resume=resumed)
-        scores[float(scale)] = bias_balanced_score(candidate, adapter, method,
-                                                   validation_batches(adapter, candidate_config, source), device=device, min_group=min_group)
-        rank = (scores[float(scale)], -float(scale))  # ties go to the smaller scale
+        batches = validation_batches(adapter, candidate_config, source)
+        scores[value] = bias_balanced_score(candidate, adapter, fixer, batches, device=device, min_group=min_group)
+        rank = (scores[value], -value)
         if best is None or rank > best[0]:
-            best = (rank, candidate, method, steps)
-    assert best is not None, "the scale grid is never empty"
-    _, winner, method, steps = best
-    chosen = -best[0][1]
-    selection = {"chosen": chosen, "grid": list(scores), "scores": scores, "validated_on": source, "min_group": min_group,
-                 "criterion": "bias-balanced accuracy (mean over (label, bias) groups with >= min_group samples)",
-                 "bias_source": method.bias_label,
+            best = (rank, candidate, fixer, steps)
+    assert best is not None, "a checked grid is never empty"
+    _, winner, fixer, steps = best
+    grouped = has_bias_values(fixer, adapter)
+    selection = {"option": option, "chosen": -best[0][1], "grid": list(scores), "scores": scores, "validated_on": source,
+                 "min_group": min_group, "criterion": CRITERION if grouped else CRITERION_WITHOUT_BIAS,
+                 "bias_source": getattr(fixer, "bias_label", None) or (getattr(getattr(fixer, "groups", None), "label", None))
+                 or (f"adapter bias_key {adapter.bias_key!r}" if grouped and adapter.bias_key is not None else None),
                  "kept": "the chosen candidate itself, not trained again" + (
                      "; it trained on train without the held-out part it was validated on" if source != "val" else "")}
-    return ScaleChoice(selection=selection, model=winner, method=method, steps=steps)
+    return OptionChoice(selection=selection, model=winner, method=fixer, steps=steps)
