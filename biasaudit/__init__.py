@@ -3,7 +3,7 @@
 import logging
 
 from biasaudit.adapter import Adapter, Modality
-from biasaudit.api import compare, fix, gate, leaderboard, scan
+from biasaudit.api import compare, fix, gate, leaderboard, merge_leaderboard, scan
 from biasaudit.errors import BiasAuditError
 from biasaudit.gating import GateRules
 from biasaudit.results.audit import Audit, ConditionResult, GapSummary, Summary
@@ -17,5 +17,5 @@ from biasaudit.results.leaderboard_result import LeaderboardResult
 logging.getLogger("biasaudit").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
-__all__ = ["scan", "fix", "leaderboard", "compare", "gate", "Audit", "Summary", "GapSummary", "ConditionResult", "Comparison", "Change",
+__all__ = ["scan", "fix", "leaderboard", "merge_leaderboard", "compare", "gate", "Audit", "Summary", "GapSummary", "ConditionResult", "Comparison", "Change",
            "GateRules", "GateResult", "RuleResult", "FixResult", "LeaderboardResult", "Adapter", "Modality", "BiasAuditError", "__version__"]

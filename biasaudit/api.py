@@ -224,13 +224,15 @@ def _grids_problem(value: Any) -> str | None:
 @checked("ba.leaderboard", seeds=lambda value: None if len(value) >= 2 and len(set(value)) == len(value) and min(value) >= 0
          else "at least two different seeds of 0 or more", split=not_empty, epochs=at_least(1), lr=positive_finite,
          batch_size=at_least(1), optimizer=one_of(OPTIMIZERS), bootstrap=at_least(10), primary=one_of(PRIMARY), keep=one_of(KEEP),
-         max_full_drop=non_negative_finite, out=output_dir("ba.leaderboard", "out"), jobs=at_least(1), grids=_grids_problem)
+         max_full_drop=non_negative_finite, out=output_dir("ba.leaderboard", "out"), jobs=at_least(1), grids=_grids_problem,
+         shard=lambda value: None if value is None or _shard_of(value) is not None else "I/N with N >= 1 and I from 0 to N - 1, e.g. '0/4'")
 def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
                 methods: Sequence[str] = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr"),
                 seeds: Sequence[int] = (0, 1, 2), split: str = "test", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
                 optimizer: str = "adam", bootstrap: int = 1000, primary: str = "worst-group", max_full_drop: float = 1.0,
                 keep: str = "best", device: str | torch.device = "cpu", jobs: int = 1,
-                grids: Mapping[str, Sequence[float]] | None = None, progress: Progress | None = None) -> LeaderboardResult:
+                grids: Mapping[str, Sequence[float]] | None = None, shard: str | None = None,
+                progress: Progress | None = None) -> LeaderboardResult:
     """Fix `model` with every method in `methods` for every seed, compare each with the `ce` control (always included)
     seed by seed, pool the changes over seeds and samples (a hierarchical bootstrap, biasaudit/choosing/pooling.py),
     and recommend a method only when a bias measure improves beyond that noise on most seeds and Full accuracy
@@ -242,7 +244,11 @@ def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
 
     Each method's own option (MMDB's scale, OGM-GE's alpha, MMPareto's gamma, Group DRO's eta, JTT's upweight) is
     chosen per run on `val` (else a seeded 20% of train) from a small grid (biasaudit.training.selection.OPTION_GRIDS);
-    `grids` replaces a method's grid, e.g. {"ogm_ge": (0.1, 0.5)}; a one-value grid fixes the option."""
+    `grids` replaces a method's grid, e.g. {"ogm_ge": (0.1, 0.5)}; a one-value grid fixes the option.
+
+    `shard` ("I/N", a job array's task I of N): train only every N-th (method, seed) run from the I-th into `out` and
+    write its record `shard-I-of-N.json` (the result's `json_path`; `recommended` is None, `html_path` None); when
+    every shard has finished, `merge_leaderboard` of their folders writes the leaderboard."""
     from biasaudit.choosing.board import run_leaderboard
     from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, default_grids
 
@@ -252,7 +258,38 @@ def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
                                    grids={**default_grids(), **{m: tuple(float(v) for v in g) for m, g in (grids or {}).items()}})
     device = str(device)
     _check_scan(adapter, settings.scan_config(settings.seeds[0], device), where="ba.leaderboard")  # as ba.fix, before any work
-    document = run_leaderboard(model, adapter, settings, out=out, device=device, progress=progress, jobs=jobs)
+    part = _shard_of(shard) if shard is not None else None
+    document = run_leaderboard(model, adapter, settings, out=out, device=device, progress=progress, jobs=jobs, shard=part)
+    if part is not None:
+        return LeaderboardResult(recommended=None, verdict=f"Shard {part.index}/{part.count}: {len(document['runs'])} runs finished; "
+                                 "merge every shard's folder (merge_leaderboard, or biasaudit merge) for the leaderboard.",
+                                 reasons=(), json_path=Path(out) / f"shard-{part.index}-of-{part.count}.json", html_path=None,
+                                 document=document)
+    return _leaderboard_result(document, Path(out))
+
+
+def _leaderboard_result(document: Mapping[str, Any], out: Path) -> LeaderboardResult:
     recommendation = document["recommendation"]
     return LeaderboardResult(recommended=recommendation["method"], verdict=document["verdict"], reasons=tuple(recommendation["reasons"]),
-                             json_path=Path(out) / "leaderboard.json", html_path=Path(out) / "leaderboard.html", document=document)
+                             json_path=out / "leaderboard.json", html_path=out / "leaderboard.html", document=document)
+
+
+def _shard_of(text: Any):
+    from biasaudit.sharding import parse_shard
+
+    try:
+        return parse_shard(text) if isinstance(text, str) else None
+    except InputError:
+        return None
+
+
+@checked("ba.merge_leaderboard", folders=lambda value: None if len(value) >= 1 else "one or more folders",
+         out=output_dir("ba.merge_leaderboard", "out"))
+def merge_leaderboard(folders: Sequence[str | os.PathLike], *, out: str | os.PathLike) -> LeaderboardResult:
+    """The leaderboard of a sharded run (`leaderboard(..., shard="I/N")` per job-array task): reads every shard's
+    folder, checks that they are one leaderboard's (same settings, every shard's record, every run finished), copies
+    the runs into `out` unless it is a shard's folder, and writes leaderboard.json and leaderboard.html exactly as one
+    process would have. Needs no model, adapter or training."""
+    from biasaudit.choosing.merging import merge_leaderboard as merge
+
+    return _leaderboard_result(merge(folders, out=out), Path(out))

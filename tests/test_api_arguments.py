@@ -103,6 +103,7 @@ CALLS: dict[str, Callable[[World], tuple[Callable, dict[str, Any]]]] = {
     "ba.fix": lambda w: (ba.fix, dict(model=w.model, adapter=w.trainable, method="ce", epochs=1, projection="pca", bootstrap=50)),
     "ba.leaderboard": lambda w: (ba.leaderboard, dict(model=w.model, adapter=w.trainable, out=w.tmp / "leaderboard", methods=("jtt",),
                                                     epochs=1, bootstrap=50)),
+    "ba.merge_leaderboard": lambda w: (ba.merge_leaderboard, dict(folders=[w.tmp / "shard-0"], out=w.tmp / "merged")),
     "LeaderboardResult.to_dict": lambda w: (ba.LeaderboardResult(recommended=None, verdict="No method helps here.", reasons=(),
                                                                  json_path=w.tmp / "l.json", html_path=w.tmp / "l.html",
                                                                  document={"schema": "biasaudit.leaderboard"}).to_dict, {}),
@@ -174,7 +175,7 @@ def _signature_parameters(target: Callable) -> list[str]:
 def _parameters(name: str) -> list[str]:
     """The parameters a caller can get wrong: the signature's, and for ba.scan the ScanConfig settings it takes by name."""
     target = {"ba.scan": ba.scan, "ba.fix": ba.fix, "ba.leaderboard": ba.leaderboard, "ba.compare": ba.compare,
-              "ba.gate": ba.gate}.get(name)
+              "ba.gate": ba.gate, "ba.merge_leaderboard": ba.merge_leaderboard}.get(name)
     if name in ("ba.GateRules", "ba.Modality"):
         return [f.name for f in dataclasses.fields(getattr(ba, name[3:]))]
     if target is None:
@@ -265,7 +266,8 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.leaderboard", "optimizer"): lambda w: "nosuch", ("ba.leaderboard", "bootstrap"): lambda w: 5,
     ("ba.leaderboard", "primary"): lambda w: "nosuch", ("ba.leaderboard", "max_full_drop"): lambda w: -1.0,
     ("ba.leaderboard", "keep"): lambda w: "nosuch", ("ba.leaderboard", "device"): lambda w: "nosuch",
-    ("ba.leaderboard", "grids"): lambda w: {"ogm_ge": (0.0, 0.3)},
+    ("ba.leaderboard", "grids"): lambda w: {"ogm_ge": (0.0, 0.3)}, ("ba.leaderboard", "shard"): lambda w: "2/2",
+    ("ba.merge_leaderboard", "folders"): lambda w: [w.tmp], ("ba.merge_leaderboard", "out"): _regular_file,
     ("ba.leaderboard", "jobs"): lambda w: 10**6,  # more than this machine's cores
     ("ba.compare", "before"): lambda w: w.other_seed, ("ba.compare", "after"): lambda w: w.other_seed,
     ("ba.gate", "rules"): lambda w: ba.GateRules(), ("ba.gate", "baseline"): lambda w: w.other_seed,

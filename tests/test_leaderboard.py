@@ -4,6 +4,8 @@ recommendation (in words, with the numbers behind them), and every mistake is re
 
 from __future__ import annotations
 
+import sys
+
 import json
 from pathlib import Path
 
@@ -13,6 +15,11 @@ import pytest
 import biasaudit as ba
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import BiasAuditError, InputError
+
+sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
+from option_choice import expected_choice  # noqa: E402
+
+sys.path.pop(0)
 
 SCHEMA = json.loads((Path(__file__).parents[1] / "biasaudit" / "schemas" / "leaderboard.schema.json").read_text())
 QUICK = dict(epochs=2, bootstrap=50)
@@ -47,8 +54,7 @@ def test_a_leaderboard_writes_every_run_and_a_restart_trains_only_what_is_missin
     assert options["option"] == "eta" and options["grid"] == [0.001, 0.01, 0.1] and options["validated_on"] == "val"
     for seed in groupdro["seeds"]:
         training = json.loads((tmp_path / seed["folder"] / "train_log.json").read_text())["training"]
-        best = max(training["option_selection"]["scores"].values())
-        chosen = min(float(v) for v, score in training["option_selection"]["scores"].items() if score == best)
+        chosen = expected_choice(training["option_selection"])
         assert options["chosen"][str(seed["seed"])] == training["settings"]["eta"] == chosen
     assert "groupdro eta from {0.001, 0.01, 0.1}" in document["manifest"]["selection"]
     assert "eta chosen on val" in result.html_path.read_text()
@@ -59,6 +65,13 @@ def test_a_leaderboard_writes_every_run_and_a_restart_trains_only_what_is_missin
     monkeypatch.setattr("biasaudit.choosing.board.run_one", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", **QUICK)
     assert again.verdict == result.verdict
+    assert groupdro["kept_chosen_on"].startswith("the best seed by worst-group on ood, the evaluated split")
+    assert "Kept checkpoints (--keep best): the best seed by worst-group on ood" in result.html_path.read_text()
+    # A restart with --keep all reuses the runs but cannot bring back what --keep best removed, and says so.
+    every = ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", keep="all", **QUICK).to_dict()
+    lost = next(s["seed"] for s in groupdro["seeds"] if f"seed-{s['seed']}" not in groupdro["kept_checkpoint"])
+    assert every["methods"][1]["kept_checkpoint"] == groupdro["kept_checkpoint"]
+    assert every["methods"][1]["kept_note"].startswith(f"seed {lost}'s model.pt was removed by an earlier run")
 
     # The same folder with other settings, or another starting model, is refused, naming what differs, before any work.
     with pytest.raises(InputError, match=r"other settings \(epochs 2 -> 3\)"):
@@ -165,3 +178,40 @@ def test_a_bad_grid_on_the_command_line_is_one_sentence_and_exit_2_before_anythi
                                       "--grid", grid, "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and needle in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sharded_leaderboard_merges_into_the_document_one_process_writes(biased, tmp_path):
+    from typer.testing import CliRunner
+
+    from biasaudit.cli import app
+
+    model, adapter = biased
+    same = dict(methods=("groupdro",), seeds=(0, 1), split="test", epochs=1, bootstrap=50, grids={"groupdro": (0.01,)})
+    one = ba.leaderboard(model, adapter, out=tmp_path / "one", **same).to_dict()
+    first = ba.leaderboard(model, adapter, out=tmp_path / "s0", shard="0/2", **same)
+    assert first.recommended is None and first.html_path is None and first.json_path.name == "shard-0-of-2.json"
+    assert [(r["method"], r["seed"]) for r in first.document["runs"]] == [("ce", 0), ("groupdro", 0)]  # methods x seeds, every 2nd
+    assert not (tmp_path / "s0" / "leaderboard.json").exists()
+    with pytest.raises(InputError, match=r"Shard 1/2 has no record in the folders given"):
+        ba.merge_leaderboard([tmp_path / "s0"], out=tmp_path / "merged")
+    ba.leaderboard(model, adapter, out=tmp_path / "s1", shard="1/2", **same)
+    merged = ba.merge_leaderboard([tmp_path / "s1", tmp_path / "s0"], out=tmp_path / "merged").to_dict()
+    jsonschema.validate(merged, SCHEMA)
+    assert merged["verdict"] == one["verdict"] and merged["manifest"]["shards"] == 2
+    for ours, theirs in zip(merged["methods"], one["methods"]):
+        assert [s["values"] for s in ours["seeds"]] == [s["values"] for s in theirs["seeds"]]
+        assert ours["changes"] == theirs["changes"]
+        assert all((tmp_path / "merged" / s["folder"] / "compare.html").is_file() for s in ours["seeds"])  # the page's links work
+
+    # Shards sharing one folder (a shared filesystem), merged in place, from the command line.
+    for part in ("0/2", "1/2"):
+        ba.leaderboard(model, adapter, out=tmp_path / "shared", shard=part, **same)
+    result = CliRunner().invoke(app, ["merge", str(tmp_path / "shared"), "--out", str(tmp_path / "shared")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "shared" / "leaderboard.json").read_text())["verdict"] == one["verdict"]
+
+    # Shards of two different leaderboards are refused, naming the setting.
+    ba.leaderboard(model, adapter, out=tmp_path / "other", shard="1/2", **{**same, "epochs": 2})
+    with pytest.raises(InputError, match=r"other settings than .*\(epochs 1 -> 2"):
+        ba.merge_leaderboard([tmp_path / "s0", tmp_path / "other"], out=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

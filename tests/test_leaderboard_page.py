@@ -59,7 +59,7 @@ def method_entry(method: str) -> dict:
             "values": {name: mean_std(VALUES[method][name]) for name, *_ in MEASURES},
             "changes": None if control else {name: change(method, name) for name, *_ in MEASURES},
             "options": {"option": "scale", "grid": [1.0, 4.0, 32.0], "validated_on": "val", "criterion": "bias-balanced accuracy",
-                        "chosen": {str(s): 4.0 * (1 + i) for i, s in enumerate(SEEDS)}} if method == "mmdb" else None,
+                        "chosen": {str(s): 4.0 * (1 + i) for i, s in enumerate(SEEDS)}, "undecided_seeds": [SEEDS[0]]} if method == "mmdb" else None,
             "sentence": "the control: plain fine-tuning with the same loop, epochs, optimizer and seeds." if control else
             (f"{method} lowered the text bias-follow rate {change(method, 'follow_rate')['delta']:+.1f} points and raised "
              f"worst-group accuracy {change(method, 'worst_group')['delta']:+.1f} points; Full accuracy did not drop."
@@ -224,6 +224,9 @@ def test_the_table_shows_every_method_its_numbers_and_marks_control_and_recommen
     # mmdb's changes all exclude zero; its follow rate fell (better, lower is better), balgrad's moved nothing.
     assert page_html.count('class="significant better"') == 5 and "significant worse" not in page_html
     assert mmdb["sentence"] in text
+    # The option each seed chose on val, and the seeds on which val could not tell the values apart.
+    chosen = ", ".join(f"{v:g}" for v in mmdb["options"]["chosen"].values())
+    assert f"scale chosen on val: {chosen} (seeds {', '.join(map(str, SEEDS))}); on seed {SEEDS[0]} every value scored the same" in text
 
 
 def test_the_page_links_every_seeds_compare_page(page_html):

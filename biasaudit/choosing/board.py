@@ -30,6 +30,8 @@ from biasaudit.choosing.pooling import PooledChange, SeedChange, pool_changes
 from biasaudit.choosing.rule import recommend
 from biasaudit.choosing.runs import (CONTROL, LeaderboardSettings, check_resumed, check_settings, finished_run, model_fingerprint,
                                      run_dir, run_one, starting_audit, write_settings)
+from biasaudit.choosing.shards import shard_runs, write_shard_record
+from biasaudit.sharding import Shard
 from biasaudit.errors import InputError
 from biasaudit.output_paths import check_output_dir
 from biasaudit.output_set import OutputSet
@@ -68,13 +70,14 @@ def selection_sentence(settings: LeaderboardSettings, *, validated_on: str) -> s
 def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSettings, *, out: str | os.PathLike, device: str = "cpu",
                     checkpoint: str | os.PathLike | None = None, adapter_spec: str | None = None,
                     progress: Progress | None = None, on_run: Callable[[str, int, bool], None] | None = None,
-                    jobs: int = 1) -> dict[str, Any]:
+                    jobs: int = 1, shard: Shard | None = None) -> dict[str, Any]:
     """Run (or finish) the leaderboard into `out`; returns the leaderboard document it wrote. `on_run(method, seed,
     reused)` is told about every run as it is done or found done. `jobs` > 1 trains that many runs at once in
-    spawned processes (parallel.py); the document is the same."""
+    spawned processes (parallel.py); the document is the same. `shard` (I of N, a job array's task): train only
+    every N-th (method, seed) run from the I-th and write its record (shards.py) instead of the document, which
+    merge_leaderboard writes from every shard's folder."""
     from biasaudit import __version__
     from biasaudit.checkpoint import file_sha256
-    from biasaudit.report.leaderboard_render import write_leaderboard_html
 
     out = check_output_dir(out)
     check_settings(adapter, settings)
@@ -104,13 +107,12 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
             on_run(method, seed, run.get("reused", False))
 
     pending = []
-    for method in settings.methods:
-        for seed in settings.seeds:
-            found = finished_run(out, settings, method, seed, also_split=also)
-            if found is not None:
-                done(method, seed, found)
-            else:
-                pending.append((method, seed))
+    for method, seed in shard_runs(settings, shard):
+        found = finished_run(out, settings, method, seed, also_split=also)
+        if found is not None:
+            done(method, seed, found)
+        else:
+            pending.append((method, seed))
     if jobs > 1 and len(pending) > 1:
         run_parallel(model, adapter, out, settings, pending, befores=befores, also_befores=also_befores, device=device,
                      also_split=also, jobs=jobs, done=done)
@@ -118,6 +120,23 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
         for method, seed in pending:
             done(method, seed, run_one(model, adapter, out, settings, method, seed, before=befores[seed], device=device,
                                        progress=progress, also_split=also, also_before=also_befores.get(seed)))
+    manifest = {"biasaudit": __version__,
+                "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint)} if checkpoint is not None else None,
+                "adapter": adapter_spec, "device": device, "settings": settings.to_dict(),
+                "selection": selection_sentence(settings, validated_on=validated_on), "full_accuracy_on": also or settings.split,
+                "wall_time_s": round(time.perf_counter() - started, 3)}
+    if shard is not None:
+        return write_shard_record(out, shard, settings, runs, manifest=manifest, also_split=also)
+    return write_document(out, settings, runs, start=start, also=also, manifest=manifest)
+
+
+def write_document(out: Path, settings: LeaderboardSettings, runs: Mapping[tuple[str, int], Mapping[str, Any]], *,
+                   start: Mapping[str, Any], also: str | None, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """From every run of the settings and the starting audit of the first seed: the changes against the control pooled
+    over seeds, the rule's decision, the kept checkpoints, and leaderboard.json with its page, written as one set."""
+    from biasaudit.report.leaderboard_render import write_leaderboard_html
+
+    ood = is_ood(start)
     names = measure_names(start)
     carrier = carrier_of(start)
     pooled = {method: _pooled(method, runs, settings, names=names, carrier=carrier, also=also)
@@ -126,12 +145,7 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
     kept = _keep(out, settings, runs, names=names, carrier=carrier, also=also)
     document = {
         "schema": "biasaudit.leaderboard", "schema_version": 1,
-        "manifest": {"biasaudit": __version__,
-                     "checkpoint": {"path": str(checkpoint), "sha256": file_sha256(checkpoint)} if checkpoint is not None else None,
-                     "adapter": adapter_spec, "device": device, "settings": settings.to_dict(),
-                     "selection": selection_sentence(settings, validated_on=validated_on),
-                     "full_accuracy_on": also or settings.split,
-                     "wall_time_s": round(time.perf_counter() - started, 3)},
+        "manifest": dict(manifest),
         "split": settings.split, "ood": ood, "carrier": carrier, "control": CONTROL,
         "measures": [{"name": name, "label": _label(name, carrier, also), "better": BETTER[name],
                       "kind": "accuracy" if name == "full" else "reliance" if name == "gap" else "bias"} for name in names],
@@ -211,10 +225,11 @@ def _epoch_loss(steps: list[Mapping[str, Any]]) -> list[float]:
 
 
 def _keep(out: Path, settings: LeaderboardSettings, runs: Mapping[tuple[str, int], Mapping[str, Any]], *, names: tuple[str, ...],
-          carrier: str | None, also: str | None) -> dict[str, str]:
+          carrier: str | None, also: str | None) -> dict[str, dict[str, Any]]:
     """--keep best: each method's model.pt of the seed with the best primary bias measure (else Full accuracy); the
-    others are removed. all: every run's; none: none was written. Returns method -> kept path (relative to out)."""
-    kept: dict[str, str] = {}
+    others are removed. all: every run's; none: none was written. Returns method -> {"path": the kept file relative to
+    out, or None; "note": why, when it is not what --keep asked for}."""
+    kept: dict[str, dict[str, Any]] = {}
     measure = PRIMARY_MEASURE[settings.primary]
     measure = measure if measure in names else "full"
     sign = -1.0 if BETTER[measure] == "lower" else 1.0
@@ -227,8 +242,16 @@ def _keep(out: Path, settings: LeaderboardSettings, runs: Mapping[tuple[str, int
             path = run_dir(out, method, seed) / "model.pt"
             if settings.keep == "best" and seed != best and path.is_file():
                 path.unlink()
-        if (run_dir(out, method, best) / "model.pt").is_file():
-            kept[method] = (run_dir(out, method, best) / "model.pt").relative_to(out).as_posix()
+        wanted = [best] if settings.keep == "best" else list(settings.seeds)
+        # Runs are reused across restarts whatever --keep was then: a checkpoint an earlier --keep removed is not there.
+        lost = [seed for seed in wanted if not (run_dir(out, method, seed) / "model.pt").is_file()]
+        path = run_dir(out, method, best) / "model.pt"
+        kept[method] = {"path": path.relative_to(out).as_posix() if path.is_file() else None,
+                        "note": (f"seed {', '.join(map(str, lost))}'s model.pt was removed by an earlier run of this leaderboard with "
+                                 "--keep best or none; rerun the method into a new folder to have it") if lost else None,
+                        "chosen_on": f"the best seed by {measure.replace('_', '-')} on {settings.split if measure != 'full' else also or settings.split}, "
+                                     "the evaluated split: its figures there are the best of the seeds, so audit it on other data "
+                                     "before relying on them" if settings.keep == "best" else None}
     for stale in (out / "runs").glob("*/seed-*/state"):  # no run is resumed mid-training (a killed run starts again)
         shutil.rmtree(stale, ignore_errors=True)
     return kept
@@ -241,12 +264,15 @@ def _chosen_options(method: str, runs: Mapping[tuple[str, int], Mapping[str, Any
         return None
     first = next(s for s in selections.values() if s)
     return {"option": first["option"], "grid": first["grid"], "validated_on": first["validated_on"], "criterion": first["criterion"],
-            "chosen": {str(seed): (chosen or {}).get("chosen") for seed, chosen in selections.items()}}
+            "chosen": {str(seed): (chosen or {}).get("chosen") for seed, chosen in selections.items()},
+            # Seeds whose candidates all scored the same on val: the choice is the method's default, not a finding.
+            "undecided_seeds": [seed for seed, chosen in selections.items()
+                                if chosen and len(chosen.get("tied") or []) == len(chosen["grid"]) > 1]}
 
 
 def _method_entry(method: str, runs: Mapping[tuple[str, int], Mapping[str, Any]], settings: LeaderboardSettings,
                   pooled: Mapping[str, PooledChange] | None, decision: Any, *, names: tuple[str, ...], carrier: str | None,
-                  also: str | None, kept: str | None) -> dict[str, Any]:
+                  also: str | None, kept: Mapping[str, Any] | None) -> dict[str, Any]:
     seeds = []
     for seed in settings.seeds:
         run = runs[method, seed]
@@ -269,7 +295,8 @@ def _method_entry(method: str, runs: Mapping[tuple[str, int], Mapping[str, Any]]
             "options": _chosen_options(method, runs, settings),
             "sentence": judgement.sentence if judgement is not None else "The control: plain cross-entropy under the same loop, "
             "epochs, optimizer and seeds; every change is measured against it.",
-            "recommended": bool(judgement is not None and judgement.recommended), "kept_checkpoint": kept}
+            "recommended": bool(judgement is not None and judgement.recommended),
+            "kept_checkpoint": (kept or {}).get("path"), "kept_note": (kept or {}).get("note"), "kept_chosen_on": (kept or {}).get("chosen_on")}
 
 
 __all__ = ["run_leaderboard", "LeaderboardSettings", "BIAS_MEASURES"]

@@ -22,7 +22,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -92,6 +92,15 @@ class LeaderboardSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "LeaderboardSettings":
+        """The settings as settings.json holds them (lists back to tuples)."""
+        known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
+        known["methods"], known["seeds"] = tuple(known["methods"]), tuple(known["seeds"])
+        if "grids" in known:
+            known["grids"] = {method: tuple(grid) for method, grid in known["grids"].items()}
+        return cls(**known)
 
     def fingerprint(self) -> str:
         """What a run must share with the leaderboard to count as one of its runs (keep aside: it changes no figure)."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
+
 import typer
 from rich.markup import escape
 
@@ -62,6 +64,9 @@ def leaderboard(
                                    "method; one value fixes it). Defaults: mmdb scale 1,2,4,8,16,32; ogm_ge alpha 0.1,0.3,0.8; "
                                    "mmpareto gamma 1,1.5,2; groupdro eta 0.001,0.01,0.1; jtt upweight 5,10,20.",
                                    rich_help_panel="Comparison"),
+    shard_spec: Optional[str] = typer.Option(None, "--shard", help="I/N: train only every N-th (method, seed) run from the I-th "
+                                             "(I counts from 0), for a job array; then `biasaudit merge DIR...` of every shard's --out "
+                                             "writes the leaderboard.", rich_help_panel="Comparison"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"),
 ) -> None:
     """Fix the model with every method over several seeds, compare each with the ce control, and recommend one only when it
@@ -70,11 +75,13 @@ def leaderboard(
     from biasaudit.audit import load_model_noting_prefix
     from biasaudit.choosing.board import run_leaderboard
     from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, check_settings, default_grids
+    from biasaudit.sharding import parse_shard
 
     def told(method: str, seed: int, reused: bool) -> None:
         err.print(f"{escape(method)} seed {seed}: {'finished earlier, reused' if reused else 'done'}", markup=False)
 
     with handled(lambda: f"finished runs in {out_dir}/runs are kept: the same command continues with the missing ones"):
+        shard = parse_shard(shard_spec) if shard_spec is not None else None
         named = [m.strip() for m in methods.split(",") if m.strip()]
         settings = LeaderboardSettings(methods=(CONTROL, *[m for m in named if m != CONTROL]), seeds=tuple(seeds), split=split,
                                        epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap,
@@ -85,7 +92,12 @@ def leaderboard(
         model, _ = load_model_noting_prefix(checkpoint, loaded, trust=trust_checkpoint)
         with progress_bars() as progress:
             document = run_leaderboard(model, loaded, settings, out=out_dir, device=device, checkpoint=checkpoint, adapter_spec=adapter,
-                                       progress=progress, on_run=told, jobs=jobs)
+                                       progress=progress, on_run=told, jobs=jobs, shard=shard)
+        if shard is not None:
+            err.print(f"shard {shard.index}/{shard.count}: {len(document['runs'])} runs finished in {out_dir}; when every shard has "
+                      "finished, `biasaudit merge` their --out folders writes the leaderboard", markup=False)
+            out.print(str(out_dir / f"shard-{shard.index}-of-{shard.count}.json"), markup=False)
+            return
         err.print(f"[bold]leaderboard[/]: {escape(document['verdict'])}")
         for reason in document["recommendation"]["reasons"]:
             err.print(f"  {escape(reason)}")

@@ -231,7 +231,12 @@ def _options_text(entry: Mapping[str, Any]) -> str | None:
         return None
     chosen = options.get("chosen") or {}
     values = ", ".join("-" if v is None else f"{v:g}" for v in chosen.values())
-    return f"{options['option']} chosen on {options['validated_on']}: {values} (seeds {', '.join(chosen)})"
+    text = f"{options['option']} chosen on {options['validated_on']}: {values} (seeds {', '.join(chosen)})"
+    undecided = options.get("undecided_seeds") or []
+    if undecided:
+        text += (f"; on seed{'s' if len(undecided) > 1 else ''} {', '.join(map(str, undecided))} every value scored the same, "
+                 "so the default was kept")
+    return text
 
 
 def table_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -249,28 +254,37 @@ def table_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
         runs = [{"seed": s["seed"], "href": compare_link(s["folder"])} for s in entry.get("seeds") or []]
         css = " ".join(name for name in ("control", "recommended") if entry.get(name))
         rows.append({"method": entry["method"], "control": bool(entry.get("control")), "recommended": bool(entry.get("recommended")),
-                     "css": css, "cells": cells, "runs": runs, "kept": entry.get("kept_checkpoint"), "options": _options_text(entry)})
+                     "css": css, "cells": cells, "runs": runs, "kept": entry.get("kept_checkpoint"), "kept_note": entry.get("kept_note"),
+                     "options": _options_text(entry)})
     return rows
+
+
+def pareto_figure(document: Mapping[str, Any], primary: str | None) -> tuple[Figure | None, list[str]]:
+    """The page's Pareto plot of a leaderboard document (None without a primary measure, Full accuracy or a method),
+    and the methods it could not place (no change to plot)."""
+    methods = [m for m in document["methods"] if not m.get("control")]
+    measures = {m["name"]: m for m in document["measures"]}
+    if primary is None or "full" not in measures or not methods:
+        return None, []
+    changes = [m.get("changes") or {} for m in methods]
+    full = [(c.get("full") or {}) for c in changes]
+    bias = [(c.get(primary) or {}) for c in changes]
+    unplaced = [m["method"] for m, f, b in zip(methods, full, bias) if f.get("delta") is None or b.get("delta") is None]
+    recommended = (document.get("recommendation") or {}).get("method")
+    margin = float((document.get("recommendation") or {}).get("max_full_drop")
+                   or ((document.get("manifest") or {}).get("settings") or {}).get("max_full_drop") or 0.0)
+    fig = pareto_plot([m["method"] for m in methods], [f.get("delta") for f in full], [f.get("interval") for f in full],
+                      [b.get("delta") for b in bias], [b.get("interval") for b in bias], control=document.get("control") or "ce",
+                      margin=margin, bias_label=measures[primary].get("label") or primary,
+                      bias_better=measures[primary].get("better"), recommended=recommended)
+    return fig, unplaced
 
 
 def _images(document: Mapping[str, Any], primary: str | None) -> tuple[dict[str, str], list[str]]:
     """The figures as data URIs, and the methods the Pareto plot could not place."""
     images: dict[str, str] = {}
-    unplaced: list[str] = []
-    methods = [m for m in document["methods"] if not m.get("control")]
-    measures = {m["name"]: m for m in document["measures"]}
-    if primary is not None and "full" in measures and methods:
-        changes = [m.get("changes") or {} for m in methods]
-        full = [(c.get("full") or {}) for c in changes]
-        bias = [(c.get(primary) or {}) for c in changes]
-        unplaced = [m["method"] for m, f, b in zip(methods, full, bias) if f.get("delta") is None or b.get("delta") is None]
-        recommended = (document.get("recommendation") or {}).get("method")
-        margin = float((document.get("recommendation") or {}).get("max_full_drop")
-                       or ((document.get("manifest") or {}).get("settings") or {}).get("max_full_drop") or 0.0)
-        fig = pareto_plot([m["method"] for m in methods], [f.get("delta") for f in full], [f.get("interval") for f in full],
-                          [b.get("delta") for b in bias], [b.get("interval") for b in bias], control=document.get("control") or "ce",
-                          margin=margin, bias_label=measures[primary].get("label") or primary,
-                          bias_better=measures[primary].get("better"), recommended=recommended)
+    fig, unplaced = pareto_figure(document, primary)
+    if fig is not None:
         images["pareto"] = figures.figure_to_data_uri(fig)
     curves = {m["method"]: {s["seed"]: list(s.get("epoch_loss") or []) for s in m.get("seeds") or []} for m in document["methods"]}
     if any(losses for seeds in curves.values() for losses in seeds.values()):
@@ -299,7 +313,8 @@ def render_leaderboard_html(document: Mapping[str, Any], *, max_bytes: int = MAX
                "rows": table_rows(document), "images": images, "unplaced": unplaced, "section_ids": SECTION_IDS,
                "primary_label": (measures.get(primary) or {}).get("label") or primary,
                "wall_time": _duration(manifest.get("wall_time_s")), "run_time": _duration(run_seconds),
-               "sentences": [(m["method"], m["sentence"]) for m in document["methods"] if m.get("sentence")]}
+               "sentences": [(m["method"], m["sentence"]) for m in document["methods"] if m.get("sentence")],
+               "kept_chosen_on": next((m["kept_chosen_on"] for m in document["methods"] if m.get("kept_chosen_on")), None)}
     html = report_environment().from_string(_TEMPLATE).render(context)
     size = len(html.encode("utf-8"))
     if size > max_bytes:
@@ -369,7 +384,7 @@ _TEMPLATE = """\
       <tr{% if row.css %} class="{{ row.css }}"{% endif %}>
         <td>{{ row.method }}{% if row.control %} <span class="tag control">control</span>{% endif %}{% if row.recommended %} <span class="tag recommended">recommended</span>{% endif %}{% if row.options %}<br><small>{{ row.options }}</small>{% endif %}</td>
         {% for cell in row.cells %}<td>{{ cell.after }}</td>{% if cell.change is none %}<td>(control)</td>{% else %}<td{% if cell.change.css %} class="{{ cell.change.css }}"{% endif %}>{{ cell.change.text }}</td>{% endif %}{% endfor %}
-        <td class="runs text">{% for r in row.runs %}<a href="{{ r.href }}">seed {{ r.seed }}</a>{% endfor %}{% if row.kept %}<br>kept: <code>{{ row.kept }}</code>{% endif %}</td>
+        <td class="runs text">{% for r in row.runs %}<a href="{{ r.href }}">seed {{ r.seed }}</a>{% endfor %}{% if row.kept %}<br>kept: <code>{{ row.kept }}</code>{% endif %}{% if row.kept_note %}<br><small>{{ row.kept_note }}</small>{% endif %}</td>
       </tr>
     {% endfor %}
     </tbody>
@@ -379,6 +394,7 @@ _TEMPLATE = """\
     {% for method, sentence in sentences %}<li><strong>{{ method }}</strong>: {{ sentence }}</li>{% endfor %}
   </ul>
   {% endif %}
+  {% if kept_chosen_on %}<p class="explain">Kept checkpoints (--keep best): {{ kept_chosen_on }}.</p>{% endif %}
 </section>
 
 <section id="pareto">

@@ -13,13 +13,13 @@ from biasaudit.arguments import checked
 class LeaderboardResult:
     """`recommended`: the method the do-no-harm rule picks, None when no method helps here; `verdict`: the one line that
     says which and why; `reasons`: one sentence per method, with its figures and intervals; `document`: the whole
-    leaderboard.json (`to_dict()`); `json_path`, `html_path`: where it was written."""
+    leaderboard.json (`to_dict()`); `json_path`, `html_path`: where it was written (a shard's run: its record, and no page)."""
 
     recommended: str | None
     verdict: str
     reasons: tuple[str, ...]
     json_path: Path
-    html_path: Path
+    html_path: Path | None
     document: Mapping[str, Any] = field(repr=False)
 
     @checked("LeaderboardResult.to_dict")

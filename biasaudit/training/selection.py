@@ -9,6 +9,7 @@ in the selection record). The winning candidate is kept, not trained again."""
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -150,6 +151,13 @@ class OptionChoice:
     steps: list[dict[str, Any]]
 
 
+def option_default(method: str) -> float:
+    """The default value of `method`'s gridded option (its paper's), as the method's signature gives it."""
+    from biasaudit.training.methods import METHODS
+
+    return float(inspect.signature(METHODS[method]).parameters[OPTION_GRIDS[method][0]].default)
+
+
 def candidate_state_dir(state_dir: str | os.PathLike, option: str, value: float) -> Path:
     """Where the candidate of one grid value keeps its training state (each candidate resumes on its own)."""
     return Path(state_dir) / f"{option}-{value:g}"
@@ -159,7 +167,9 @@ def choose_option(model: nn.Module, adapter: Adapter, *, method: str, options: M
                   grid: Sequence[float] | None = None, min_group: int = DEFAULT_MIN_GROUP, progress: Progress | None = None,
                   state_dir: str | os.PathLike | None = None, resume: bool = False) -> OptionChoice:
     """Train one candidate per value of `method`'s gridded option from the same starting weights; keep the best on
-    validation data (ties go to the smaller value).
+    validation data. Ties go to the method's default (its paper's value) when it is among the best, else to the smaller
+    value: where validation cannot tell candidates apart (e.g. MMPareto's γ under Adam, which divides out a constant
+    factor on a gradient), the published default stands.
 
     Every candidate starts from the same weights and seed, so with discovered bias each refits the same clusters; the
     first candidate's prepare() raises, before any training, when no bias value can be had. Only the best candidate so
@@ -170,10 +180,11 @@ def choose_option(model: nn.Module, adapter: Adapter, *, method: str, options: M
 
     option, default_grid = OPTION_GRIDS[method]
     grid = check_grid(method, grid if grid is not None else default_grid)
+    default = option_default(method)
     candidate_config, source = selection_plan(adapter, config)
     device = torch.device(config.device)
     scores: dict[float, float] = {}
-    best: tuple[tuple[float, float], nn.Module, Any, list[dict[str, Any]]] | None = None
+    best: tuple[tuple[float, bool, float], nn.Module, Any, list[dict[str, Any]]] | None = None
     for value in grid:
         candidate = copy.deepcopy(model)
         fixer = make_method(method, **{**options, option: value})
@@ -183,13 +194,16 @@ def choose_option(model: nn.Module, adapter: Adapter, *, method: str, options: M
                       state_dir=directory, resume=resumed)
         batches = validation_batches(adapter, candidate_config, source)
         scores[value] = bias_balanced_score(candidate, adapter, fixer, batches, device=device, min_group=min_group)
-        rank = (scores[value], -value)
+        rank = (scores[value], value == default, -value)
         if best is None or rank > best[0]:
             best = (rank, candidate, fixer, steps)
     assert best is not None, "a checked grid is never empty"
     _, winner, fixer, steps = best
     grouped = has_bias_values(fixer, adapter)
-    selection = {"option": option, "chosen": -best[0][1], "grid": list(scores), "scores": scores, "validated_on": source,
+    chosen = -best[0][2]
+    tied = [value for value, score in scores.items() if score == scores[chosen]]
+    selection = {"option": option, "chosen": chosen, "grid": list(scores), "scores": scores, "validated_on": source,
+                 "default": default, "tied": tied if len(tied) > 1 else [],
                  "min_group": min_group, "criterion": CRITERION if grouped else CRITERION_WITHOUT_BIAS,
                  "bias_source": getattr(fixer, "bias_label", None) or (getattr(getattr(fixer, "groups", None), "label", None))
                  or (f"adapter bias_key {adapter.bias_key!r}" if grouped and adapter.bias_key is not None else None),
