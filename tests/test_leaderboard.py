@@ -215,3 +215,17 @@ def test_a_sharded_leaderboard_merges_into_the_document_one_process_writes(biase
     with pytest.raises(InputError, match=r"other settings than .*\(epochs 1 -> 2"):
         ba.merge_leaderboard([tmp_path / "s0", tmp_path / "other"], out=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_without_a_val_split_options_are_chosen_on_held_out_train_and_the_document_says_so(biased, tmp_path):
+    class NoVal(DigitsCaptionsAdapter):
+        splits = ("train", "test", "ood")
+
+    model, _ = biased
+    result = ba.leaderboard(model, NoVal(), out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="test", epochs=1, bootstrap=50,
+                            grids={"groupdro": (0.001, 0.1)})
+    document = result.to_dict()
+    assert "chosen on a seeded 20% of train (the adapter has no val split)" in document["manifest"]["selection"]
+    options = document["methods"][1]["options"]
+    assert options["validated_on"] == "held-out 20% of train" and options["grid"] == [0.001, 0.1]
+    assert "eta chosen on held-out 20% of train" in result.html_path.read_text()
