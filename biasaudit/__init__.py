@@ -1,16 +1,10 @@
 """biasaudit: find, measure and fix modality bias in multimodal PyTorch classifiers."""
 
-import logging
+from __future__ import annotations
 
-from biasaudit.adapter import Adapter, Modality
-from biasaudit.api import compare, fix, gate, leaderboard, merge_leaderboard, scan
-from biasaudit.errors import BiasAuditError
-from biasaudit.gating import GateRules
-from biasaudit.results.audit import Audit, ConditionResult, GapSummary, Summary
-from biasaudit.results.comparison import Change, Comparison
-from biasaudit.results.fix_result import FixResult
-from biasaudit.results.gate_result import GateResult, RuleResult
-from biasaudit.results.leaderboard_result import LeaderboardResult
+import importlib
+import logging
+from typing import TYPE_CHECKING, Any
 
 # Standard logging, off unless the application configures it (e.g. logging.basicConfig(level=logging.INFO)): the
 # library logs only at INFO and DEBUG under the "biasaudit" logger, and never prints.
@@ -18,4 +12,50 @@ logging.getLogger("biasaudit").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
 __all__ = ["scan", "fix", "leaderboard", "merge_leaderboard", "compare", "gate", "Audit", "Summary", "GapSummary", "ConditionResult", "Comparison", "Change",
-           "GateRules", "GateResult", "RuleResult", "FixResult", "LeaderboardResult", "Adapter", "Modality", "BiasAuditError", "__version__"]
+           "GateRules", "GateResult", "RuleResult", "FixResult", "LeaderboardResult", "Estimate", "BiasMeasures", "BiasChanges", "Adapter", "Modality", "BiasAuditError",
+           "__version__"]
+
+# Every public name, by the module that defines it. They are imported on first use (PEP 562), not here: importing any
+# part of the package, the command line included, runs this file, and the API brings in torch and scikit-learn (seconds
+# of CPU that `biasaudit --help` should not pay). `import biasaudit as ba; ba.scan(...)` and `from biasaudit import
+# Audit` work as before.
+_PUBLIC = {
+    "biasaudit.api": ("scan", "fix", "leaderboard", "merge_leaderboard", "compare", "gate"),
+    "biasaudit.adapter": ("Adapter", "Modality"),
+    "biasaudit.errors": ("BiasAuditError",),
+    "biasaudit.gating": ("GateRules",),
+    "biasaudit.results.audit": ("Audit", "ConditionResult", "GapSummary", "Summary"),
+    "biasaudit.results.bias": ("BiasMeasures",),
+    "biasaudit.results.comparison": ("BiasChanges", "Change", "Comparison"),
+    "biasaudit.results.estimate": ("Estimate",),
+    "biasaudit.results.fix_result": ("FixResult",),
+    "biasaudit.results.gate_result": ("GateResult", "RuleResult"),
+    "biasaudit.results.leaderboard_result": ("LeaderboardResult",),
+}
+_MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'biasaudit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # the names as static analysis and IDEs see them
+    from biasaudit.adapter import Adapter, Modality
+    from biasaudit.api import compare, fix, gate, leaderboard, merge_leaderboard, scan
+    from biasaudit.errors import BiasAuditError
+    from biasaudit.gating import GateRules
+    from biasaudit.results.audit import Audit, ConditionResult, GapSummary, Summary
+    from biasaudit.results.comparison import Change, Comparison
+    from biasaudit.results.estimate import Estimate
+    from biasaudit.results.fix_result import FixResult
+    from biasaudit.results.gate_result import GateResult, RuleResult
+    from biasaudit.results.leaderboard_result import LeaderboardResult

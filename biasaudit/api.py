@@ -29,20 +29,21 @@ from biasaudit.training.optimizers import OPTIMIZERS
 @checked("ba.scan", split=not_empty, batch_size=at_least(1), seed=at_least(0), bootstrap=at_least(10))
 def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
          device: str | torch.device = "cpu", batch_size: int = 256, bootstrap: int = 1000, projection: str = "umap",
-         progress: Progress | None = None, unimodal_models: Mapping[str, nn.Module] | None = None, distributed: bool = True,
+         progress: Progress | None = None, unimodal_models: Mapping[str, nn.Module] | None = None, distributed: bool = False,
          **settings) -> Audit:
     """Audit `model` through `adapter` on one split: every condition of the grid (full, missing, noisy, the ratio
-    sweep, see `--conditions` in the README), bias measures, calibration, embeddings and gradient conflict.
+    sweep, see docs/conditions.md), bias measures, calibration, embeddings and gradient conflict.
 
     The model is evaluated in eval mode and its train/eval state is put back afterwards; the caller's global random
     generators are not touched. `progress(stage, done, total)` is called as the scan advances. Any other setting of
     `biasaudit.scanning.ScanConfig` (min_wrong, kmeans_k, mute, group_by, ...) may be given by name. Returns an `Audit`.
 
-    Inside an initialised torch.distributed process group of several processes, `distributed=True` (the default) splits
-    the scan: EVERY process must call scan with the same arguments; each evaluates its shard of the batches, rank 0
-    merges, and every process returns the same Audit, equal to a single-process scan. Called on one rank only (e.g.
-    evaluation on rank 0 of a training job) it would wait for the others forever: pass `distributed=False` there, and
-    that process scans every sample alone. `device` is used as given (pass each process its own GPU).
+    `distributed=True` splits the scan over the processes of an initialised torch.distributed process group: EVERY
+    process must then call scan with the same arguments; each evaluates its shard of the batches, rank 0 merges, and
+    every process returns the same Audit, equal to a single-process scan. It is off by default, because a scan called
+    on one rank only (evaluation on rank 0 of a training job) would wait for the others forever: by default a process
+    scans every sample alone, inside a process group or not. Outside a process group True scans alone too. `device` is
+    used as given (pass each process its own GPU).
 
     `conditions` is a comma-separated str ("missing,noisy") or a list or tuple of the same names; `mute` a mapping of
     modality to muting impairment ({"image": "mean"}). Arguments are checked before any work: a wrong type raises
@@ -150,21 +151,26 @@ def gate(current: Audit, *, rules: GateRules | Mapping[str, Any], baseline: Audi
 @checked("ba.fix", epochs=at_least(1), lr=positive_finite, batch_size=at_least(1), optimizer=one_of(OPTIMIZERS),
          weight_decay=non_negative_finite, momentum=lambda value: None if 0 <= value < 1 else "a number from 0 up to (not including) 1",
          train_split=not_empty, split=not_empty,
-         seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"),
+         seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"), scan_batch_size=at_least(1),
          also_split=lambda value: None if value is None else not_empty(value))
-def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
+def fix(model: nn.Module, adapter: Adapter, *, method: str = "mmdb", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
         optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
         train_split: str = "train", split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
         device: str | torch.device = "cpu",
         bootstrap: int = 1000, projection: str = "umap", options: Mapping[str, Any] | None = None, inplace: bool = False,
         before: Audit | None = None, state_dir: str | os.PathLike | None = None, progress: Progress | None = None,
-        also_split: str | None = "auto", from_scratch: bool = False) -> FixResult:
+        also_split: str | None = "auto", from_scratch: bool = False, scan_batch_size: int = 256, **settings) -> FixResult:
     """Audit `model` on `split`, retrain it on `train_split` with `method` (see `biasaudit.training.methods.METHODS`:
     ce, mmdb, balgrad, ogm_ge, mmpareto, groupdro, jtt, dandr, dfr; `options` are the method's own, e.g. {"alpha": 0.5}
     for ogm_ge, {"gamma": 1.5, "head_mode": "separate"} for mmpareto, {"eta": 0.05} for groupdro,
     {"upweight": 10.0, "fraction": 0.5} for jtt, {"every": 5, "max_times": 3} for dandr, {"c_grid": (0.1, 1.0)} for
     dfr), audit again the same way and compare. `dfr` refits the final linear layer post hoc: the training arguments
-    (epochs, lr, batch_size, optimizer, ...) are not used.
+    (epochs, lr, batch_size, optimizer, ...) are not used. The default is `biasaudit fix`'s: mmdb with its scale chosen
+    on validation data ({"scale": "auto"}, training/methods.py DEFAULT_OPTIONS); any method's one gridded option may be
+    "auto" (training/selection.py OPTION_GRIDS).
+    Both audits take ba.scan's settings: `split`, `conditions`, `seed`, `bootstrap`, `projection`, `scan_batch_size`
+    (ba.scan's `batch_size`; `batch_size` here is training's) and any other ScanConfig setting by name (min_wrong,
+    kmeans_k, mute, group_by, ...), so `before` may be any audit taken with the same settings.
     `optimizer` is adam, adamw or sgd (biasaudit.training.optimizers), with `weight_decay` and, for sgd, `momentum`.
 
     The caller's model is left untouched unless `inplace=True` (then it is the one trained). `before` reuses an
@@ -178,9 +184,14 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "balgrad", epochs: 
     from biasaudit.fixing import check_before, check_method, check_plan, fix_model
     from biasaudit.training.loop import TrainConfig
 
+    from biasaudit.training.methods import DEFAULT_OPTIONS
+
+    named = [name for name in inspect.signature(fix).parameters if name != "settings"]
+    check_keywords(settings, named + sorted(_settings()), where="ba.fix")
     device = str(device)
     scan_config = _scan_config(where="ba.fix", split=split, conditions=conditions, seed=seed, device=device, bootstrap_replicates=bootstrap,
-                               projection=projection)
+                               projection=projection, batch_size=scan_batch_size, **settings)
+    options = {**DEFAULT_OPTIONS.get(method, {}), **(options or {})}
     _check_scan(adapter, scan_config, where="ba.fix")
     from biasaudit.batches import check_split
 

@@ -21,7 +21,9 @@ from typing import Sequence
 
 from biasaudit.modality import Modality
 from biasaudit.errors import ConditionError
-from biasaudit.impairments import check_severity, muting_impairment, noise_impairment, resolve_impairment
+
+# biasaudit.impairments (numpy and torch) is imported by the functions that build conditions, not here: the command
+# line reads GROUPS and DIAGNOSTICS for `scan --help`, which should not wait on torch.
 
 RATIO_SWEEP = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
 GROUPS = ("full", "missing", "noisy", "ratio")
@@ -50,15 +52,21 @@ FULL = Condition(name="full", group="full")
 
 
 def _missing(m: Modality) -> Condition:
+    from biasaudit.impairments import muting_impairment
+
     return Condition(f"missing:{m.name}", "missing", m.name, muting_impairment(m).name, 1.0)
 
 
 def _noisy(m: Modality) -> Condition:
+    from biasaudit.impairments import noise_impairment
+
     impairment = noise_impairment(m)
     return Condition(f"noisy:{m.name}", "noisy", m.name, impairment.name, impairment.default_severity)
 
 
 def _ratio(m: Modality) -> list[Condition]:
+    from biasaudit.impairments import muting_impairment
+
     muting = muting_impairment(m).name
     return [Condition(f"ratio:{m.name}:{r:g}", "ratio", m.name, muting, r) for r in RATIO_SWEEP]
 
@@ -67,6 +75,8 @@ _GROUP_BUILDERS = {"missing": lambda m: [_missing(m)], "noisy": lambda m: [_nois
 
 
 def _custom(token: str, by_name: dict[str, Modality]) -> Condition:
+    from biasaudit.impairments import check_severity, muting_impairment, resolve_impairment
+
     modality_name, _, rest = token.partition("=")
     modality = by_name.get(modality_name)
     if modality is None:

@@ -27,6 +27,7 @@ from biasaudit.scanning import ScanConfig
 from biasaudit.training.diagnosis import TreatmentWarning, diagnosis, treatment_warnings
 from biasaudit.training.loop import TrainConfig, load_training_state, scored_as_trained, train
 from biasaudit.training.methods import METHODS, make_method
+from biasaudit.verdict.words import change, ci_points, pts
 
 log = logging.getLogger(__name__)
 
@@ -342,9 +343,8 @@ def with_also_split(comparison: dict[str, Any], also: Mapping[str, Any]) -> dict
     """The main comparison with the second split's: its section (`also_split`), its Full accuracy change in the verdict
     line, and its verdict as a sentence."""
     full = also["summary"]["full"]
-    interval = full.get("delta_ci")
-    change = f"{full['delta']:+.1f}" + (f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "")
-    line = f"on {also['split']}: Full accuracy {full['before']:.1f} -> {full['after']:.1f} (change {change})"
+    line = (f"on {also['split']}: Full accuracy {pts(full['before'])} -> {pts(full['after'])} "
+            f"(change {change(full['delta'])}{ci_points(full.get('delta_ci'))})")
     return {**comparison, "verdict": f"{comparison['verdict']} Also {line}.",
             "verdict_sentences": [*comparison["verdict_sentences"], f"Also audited {line}; there: {also['verdict']}"],
             "also_split": {"split": also["split"], "full": full, "verdict": also["verdict"],

@@ -29,6 +29,7 @@ from biasaudit.arguments import check_fields, refuse_unknown_fields
 from biasaudit.comparing import GROUPS, compare_audits
 from biasaudit.errors import InputError
 from biasaudit.gate_limits import ALL, JSD_STATISTICS, parse_limits, parse_statistic
+from biasaudit.verdict.words import interval, number, pct
 
 STATUSES = ("PASS", "WARN", "FAIL", "ERROR")
 _REQUIRED_SECTIONS = ("manifest", "conditions", "summary", "dataset")
@@ -125,11 +126,11 @@ def parse_min_accuracy(items: list[str]) -> dict[str, float]:
 
 
 def _points(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+    return number(value)
 
 
 def _interval(ci: Any) -> str:
-    return f"[{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "no interval"
+    return interval(ci) or "no interval"
 
 
 def _judged(name: str, text: str, change: float, ci: Any, limit: float, *, drop: bool, significant: bool,
@@ -170,7 +171,7 @@ def _max_gap(current: Mapping[str, Any], limits: Mapping[str, float]) -> list[Ru
         section = current["summary"][group]
         gap = section["gap"]
         status = "PASS" if gap <= limit else "FAIL"
-        out.append(RuleVerdict(f"max_gap[{group}]", status, f"{group} Gap {gap:.1f} points {'<=' if status == 'PASS' else '>'} {limit:g}",
+        out.append(RuleVerdict(f"max_gap[{group}]", status, f"{group} Gap {_points(gap)} points {'<=' if status == 'PASS' else '>'} {limit:g}",
                                {"gap": gap, "gap_ci": section.get("gap_ci"), "limit": limit}))
     return out
 
@@ -182,7 +183,7 @@ def _gap_increase(comparison: Mapping[str, Any], limits: Mapping[str, float], *,
         change, ci = gap["delta"], gap.get("delta_ci")
         figures = {"baseline": gap["before"], "current": gap["after"], "change": change, "change_ci": ci, "limit": limit,
                    "paired": comparison["paired"]}
-        text = f"{group} Gap {_points(gap['before'])} -> {_points(gap['after'])}, change {change:+.1f} {_interval(ci)} vs limit +{limit:g}"
+        text = f"{group} Gap {_points(gap['before'])} -> {_points(gap['after'])}, change {number(change, signed=True)} {_interval(ci)} vs limit +{limit:g}"
         out.append(_judged(f"max_gap_increase[{group}]", text, change, ci, limit, drop=False, significant=significant,
                            comparison=comparison, figures=figures))
     return out
@@ -249,7 +250,7 @@ def _worst_group_drop(comparison: Mapping[str, Any], limits: Mapping[str, float]
         change, ci = entry["delta"], entry.get("delta_ci")
         figures = {"baseline": entry["before"], "current": entry["after"], "change": change, "change_ci": ci, "limit": limit,
                    "paired": comparison["paired"]}
-        text = (f"{condition} worst-group accuracy {_points(entry['before'])} -> {_points(entry['after'])}%, change {change:+.1f} "
+        text = (f"{condition} worst-group accuracy {_points(entry['before'])} -> {_points(entry['after'])}%, change {number(change, signed=True)} "
                 f"{_interval(ci)} vs limit -{limit:g}")
         out.append(_judged(name, text, change, ci, limit, drop=True, significant=significant, comparison=comparison, figures=figures))
     return out
@@ -289,7 +290,7 @@ def _bias_follow_increase(comparison: Mapping[str, Any], limits: Mapping[str, fl
         ci = [100 * v for v in entry["delta_ci"]] if entry.get("delta_ci") else None
         figures = {"modality": modality, "carrier": modality == carrier, "baseline": entry["before"], "current": entry["after"],
                    "change_points": change, "change_ci_points": ci, "limit": limit, "paired": comparison["paired"]}
-        text = (f"{modality}{note} bias-follow rate {100 * entry['before']:.1f}% -> {100 * entry['after']:.1f}%, change {change:+.1f} "
+        text = (f"{modality}{note} bias-follow rate {pct(entry['before'])} -> {pct(entry['after'])}, change {number(change, signed=True)} "
                 f"{_interval(ci)} points vs limit +{limit:g}")
         out.append(_judged(name, text, change, ci, limit, drop=False, significant=significant, comparison=comparison, figures=figures))
     return out
@@ -319,7 +320,7 @@ def _jsd_drop(comparison: Mapping[str, Any], limit: float, statistic: str, audit
     before, after = values["baseline"], values["current"]
     drop = before - after
     status = "PASS" if drop <= limit else "FAIL"
-    return [RuleVerdict(name, status, f"JSD {statistic} {before:.3f} -> {after:.3f}, drop {drop:+.3f} {'<=' if status == 'PASS' else '>'} "
+    return [RuleVerdict(name, status, f"JSD {statistic} {number(before, 3)} -> {number(after, 3)}, drop {number(drop, 3, signed=True)} {'<=' if status == 'PASS' else '>'} "
                                       f"{limit:g} (plain difference: the JSD has no interval)",
                         {"statistic": statistic, "baseline": before, "current": after, "drop": drop, "limit": limit})]
 

@@ -223,3 +223,79 @@ def test_the_library_logs_through_standard_logging_only_when_asked(scanned, capl
     records = [r for r in caplog.records if r.name.startswith("biasaudit")]
     assert records and all(r.levelno < logging.WARNING for r in records)
     assert f"audit of split 'test': {audit.document['dataset']['n']} samples" in caplog.text
+
+
+def test_the_bias_measures_are_typed_and_carry_the_answers_known_by_hand(scanned):
+    """The figures users are told to read first (carrier, bias-follow rate, worst-group) were nested dicts; now typed,
+    and equal to the hand-computed answers of tests/fixtures/shortcut_adapter.py and to the document."""
+    audit, _ = scanned
+    bias, document = audit.bias, audit.document
+    assert bias.carrier == "bias_cue" and bias.dominant == "content"
+    # Label-2 samples follow the donor's bias cue: the excess is 1 - accuracy under the swap; the swap flips a third.
+    cue = bias.swaps["bias_cue"]
+    assert bias.follow_rate["bias_cue"].value == pytest.approx(1 - cue.accuracy.value / 100) and cue.flip_rate == pytest.approx(1 / 3)
+    assert bias.follow_rate["bias_cue"].excludes_zero and bias.follow_rate["content"].value == 0.0
+    swap = document["carrier"]["modalities"]["bias_cue"]["bias_swap"]
+    assert bias.follow_rate["bias_cue"].interval == tuple(swap["excess_follow_rate_ci"]) and bias.swaps["bias_cue"].n == swap["n"]
+    # test: every (label, bias) pair equally often; label 2 follows the bias cue, so its conflicting groups score 0.
+    assert bias.worst_group["full"].value == 0.0 and bias.bias_balanced["full"].value == pytest.approx(700 / 9)
+    assert bias.groups["full"].worst_group_label == document["groups"]["conditions"]["full"]["worst_group_label"]
+    # test holds every (label, bias) pair equally often, train 90% aligned: out of distribution for the bias.
+    assert bias.ood is True and bias.ood_accuracy == ba.Estimate(audit.summary.accuracy, *audit.summary.accuracy_ci)
+    assert audit.calibration["full"].ece == document["calibration"]["conditions"]["full"]["ece"]
+    if document["ceilings"]["available"]:
+        assert audit.ceilings.modalities["content"].ceiling.value == document["ceilings"]["modalities"]["content"]["ceiling"]
+    else:
+        assert audit.ceilings is None
+    assert ba.Audit.from_dict(audit.to_dict()).bias == bias  # the typed view is the document's, both ways
+    assert "carrier='bias_cue'" in repr(audit) and "dominant='content'" in repr(audit)
+    page = audit._repr_html_()
+    assert "<table>" in page and "missing:content" in page and "bias_cue" in page
+
+
+def test_a_comparisons_bias_changes_are_typed_estimates(scanned):
+    audit, _ = scanned
+    comparison = ba.compare(audit, audit)
+    worst = comparison.bias.worst_group["full"]
+    assert (worst.before, worst.after) == (0.0, 0.0) and worst.change.value == 0.0 and worst.change.interval == (0.0, 0.0)
+    assert not worst.change.excludes_zero
+    assert set(comparison.bias.follow_rate) == {"bias_cue", "content"}
+    assert comparison.bias.carrier_before == comparison.bias.carrier_after == "bias_cue"
+    assert comparison.bias.ood.change.value == 0.0  # an OOD split: its Full accuracy is the OOD accuracy
+    from html import escape
+
+    assert escape(comparison.verdict.split(":")[0]) in comparison._repr_html_()
+
+
+def test_fix_has_the_command_lines_defaults_and_takes_every_scan_setting(tmp_path):
+    """`ba.fix` ran BalGrad and MMDB at scale 4 by default while `biasaudit fix` ran MMDB with --scale auto, and an audit
+    taken with any non-default scan setting could not be its `before`."""
+    import json
+
+    from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
+    from biasaudit.training.methods import DEFAULT_METHOD
+
+    adapter = DigitsCaptionsAdapter()  # MMDB, the default, needs the classifier hook the shortcut fixture lacks
+    model = train_baseline(adapter, seed=0, epochs=1)
+    checkpoint = tmp_path / "baseline.pt"
+    torch.save(model.state_dict(), checkpoint)
+    quick = dict(projection="pca", bootstrap=50, conditions="missing")
+    before = ba.scan(model, adapter, min_wrong=1, **quick)
+    result = ba.fix(model, adapter, epochs=1, min_wrong=1, before=before, **quick)
+    spec = "biasaudit.datasets.demo_model:DigitsCaptionsAdapter"
+    cli = CliRunner().invoke(app, ["fix", str(checkpoint), "--adapter", spec, "--epochs", "1", "--scan-projection", "pca",
+                                   "--bootstrap", "50", "--min-wrong", "1", "--conditions", "missing", "--out", str(tmp_path / "fixed")])
+    assert cli.exit_code == 0, cli.output
+    log = json.loads((tmp_path / "fixed" / "train_log.json").read_text())["training"]
+    mine = result.train_log["training"]
+    assert mine["method"] == log["method"] == DEFAULT_METHOD
+    assert mine["option_selection"]["option"] == "scale" and json.loads(json.dumps(mine["option_selection"])) == log["option_selection"]
+    assert json.loads(json.dumps(mine["settings"])) == log["settings"]
+    written = ba.Audit.read(tmp_path / "fixed" / "after.json").to_dict()
+    ours = result.after.to_dict()
+    written.pop("manifest"), ours.pop("manifest")
+    assert ours == written
+    with pytest.raises(ba.BiasAuditError, match="min_wrong differ"):
+        ba.fix(model, adapter, epochs=1, before=before, **quick)
+    with pytest.raises(ba.BiasAuditError, match="has no parameter 'min_wrongs'"):
+        ba.fix(model, adapter, epochs=1, min_wrongs=1)

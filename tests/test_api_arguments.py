@@ -131,6 +131,9 @@ NOT_CALLED = {
     "GapSummary": "a typed record inside an Audit, built by Audit.from_dict",
     "ConditionResult": "a typed record inside an Audit, built by Audit.from_dict",
     "Change": "a typed record inside a Comparison, built by Comparison.from_dict",
+    "Estimate": "a figure with its interval inside an Audit, a Comparison or a LeaderboardResult, built from their documents",
+    "BiasMeasures": "a typed record inside an Audit (Audit.bias), built by Audit.from_dict",
+    "BiasChanges": "a typed record inside a Comparison (Comparison.bias), built by Comparison.from_dict",
     "RuleResult": "a typed record inside a GateResult, built by GateResult.from_dict",
     "FixResult": "returned by ba.fix; it has no methods",
     "Audit": "returned by ba.scan and Audit.read; its methods are listed one by one",
@@ -266,7 +269,7 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.leaderboard", "optimizer"): lambda w: "nosuch", ("ba.leaderboard", "bootstrap"): lambda w: 5,
     ("ba.leaderboard", "primary"): lambda w: "nosuch", ("ba.leaderboard", "max_full_drop"): lambda w: -1.0,
     ("ba.leaderboard", "keep"): lambda w: "nosuch", ("ba.leaderboard", "device"): lambda w: "nosuch",
-    ("ba.leaderboard", "grids"): lambda w: {"ogm_ge": (0.0, 0.3)}, ("ba.leaderboard", "shard"): lambda w: "2/2",
+    ("ba.leaderboard", "grids"): lambda w: {"ogm_ge": (0.0, 0.3)}, ("ba.fix", "scan_batch_size"): lambda w: 0, ("ba.leaderboard", "shard"): lambda w: "2/2",
     ("ba.merge_leaderboard", "folders"): lambda w: [w.tmp], ("ba.merge_leaderboard", "out"): _regular_file,
     ("ba.leaderboard", "jobs"): lambda w: 10**6,  # more than this machine's cores
     ("ba.compare", "before"): lambda w: w.other_seed, ("ba.compare", "after"): lambda w: w.other_seed,
@@ -291,7 +294,7 @@ EVERY_VALUE_FITS = {
        "(tests/test_bad_inputs.py)" for call in ("ba.scan", "ba.fix", "ba.leaderboard")},
     **{(call, "progress"): "any callable; one of the wrong arity is adapted (biasaudit/progress.py)"
        for call in ("ba.scan", "ba.fix", "ba.leaderboard")},
-    ("ba.scan", "distributed"): "True or False: both are valid anywhere (outside a process group True scans alone)",
+    ("ba.scan", "distributed"): "True or False: both are valid anywhere (outside a process group True scans alone; False, the default, scans alone inside one)",
     ("ba.scan", "mute_compare"): "True or False", ("ba.fix", "inplace"): "True or False",
     ("ba.fix", "from_scratch"): "True or False (a post-hoc method refuses True: tests/test_fix_plan.py)",
     ("ba.GateRules", "significant"): "True or False",

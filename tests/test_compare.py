@@ -313,10 +313,16 @@ def test_the_verdict_names_an_overshoot_to_the_other_modality_and_a_rising_noisy
                            "dominant": {"before": "text", "after": "image"}},
                "noisy": {"gap": {"before": 1.6, "after": 16.4, "delta": 14.8, "delta_ci": [7.5, 20.5]}},
                "full": {"before": 93.8, "after": 81.6, "delta": -12.2, "delta_ci": [-15.0, -9.0]}}
+    # Two bad changes join with "and" (issue 23, item 7: "accuracy lost, but the noisy-input Gap rose" read as if the rise
+    # made up for the loss); "but" only sets a bad change against a good one.
     assert compare_verdict({"summary": summary}) == (
         "missing-modality Gap 39.7 -> 9.5 points, Full accuracy 93.8 -> 81.6: bias not measured (no group, carrier or JSD "
         "figures), Gap narrowed (reliance, not bias), the model now leans on image instead of text, 12.2 points of accuracy "
-        "lost, but the noisy-input Gap rose 1.6 -> 16.4.")
+        "lost, and the noisy-input Gap rose 1.6 -> 16.4.")
+    summary["full"] = {"before": 81.6, "after": 93.8, "delta": 12.2, "delta_ci": [9.0, 15.0]}
+    assert compare_verdict({"summary": summary}).endswith("accuracy gained, but the noisy-input Gap rose 1.6 -> 16.4.")
+    summary["full"] = {"before": 93.8, "after": 93.6, "delta": -0.2, "delta_ci": [-1.0, 0.6]}
+    assert compare_verdict({"summary": summary}).endswith("no clear accuracy change, and the noisy-input Gap rose 1.6 -> 16.4.")
 
 
 # --- bias measures (issue 9) on the hand-built pair of tests/fixtures/bias_pair.py -----------------------------
@@ -362,7 +368,7 @@ def test_the_compare_page_puts_the_bias_measures_first_and_labels_the_gap_as_rel
     assert page.index('id="verdict"') < page.index('id="bias"') < page.index('id="summary"')
     bias = page[page.index('id="bias"'):page.index('id="summary"')]
     for row in ("<tr><td>bias carrier (largest excess bias-follow rate)</td><td>text</td><td>text</td><td></td></tr>",
-                "<tr><td>excess bias-follow rate, text swapped</td><td>58%</td><td>12%</td><td>-46.0 [-47.9, -44.2] points</td></tr>",
+                "<tr><td>excess bias-follow rate, text swapped</td><td>58.0%</td><td>12.0%</td><td>-46.0 [-47.9, -44.2] points</td></tr>",
                 "<tr><td>worst-group accuracy, full</td><td>15.0</td><td>45.0</td><td>+30.0 [30.0, 34.6]</td></tr>",
                 "<tr><td>bias-balanced accuracy, full</td><td>31.0</td><td>46.5</td><td>+15.5 [14.1, 16.9]</td></tr>",
                 "<tr><td>OOD accuracy (Full, on this shifted split)</td><td>30.0</td><td>51.2</td><td>+21.2 [20.0, 24.6]</td></tr>",
@@ -385,3 +391,50 @@ def test_the_compare_page_puts_the_bias_measures_first_and_labels_the_gap_as_rel
     written = json.loads((tmp_path / "c" / "compare.json").read_text())
     assert written["bias"]["worst_group"]["full"]["delta_ci"] == pytest.approx([30.0, 34.625])
     assert isinstance(written["verdict"], str) and written["verdict_sentences"] == comparison["verdict_sentences"]
+
+
+def test_the_bias_table_has_per_condition_rows_only_where_the_condition_has_figures_of_its_own():
+    """Issue 23 (6b): the compare page repeated worst-group and bias-balanced accuracy for every rung of the ratio sweep
+    (rows of "0.0 0.0 +0.0"; ratio:image:1 is missing:image again) and kept rows with no figure on either side. Per-condition
+    rows are those of the audit's own page, Full and the missing modalities, and only with a figure."""
+    before, after = PAIR.make("biased"), PAIR.make("debiased")
+    comparison = compare_audits(before, after)
+    rungs = [{"name": f"ratio:image:{r}", "group": "ratio", "modality": "image"} for r in ("0.5", "1")]
+    before = {**before, "conditions": [*before["conditions"], *rungs]}
+    for key in ("worst_group", "bias_balanced"):
+        comparison["bias"][key].update({rung["name"]: {"before": 0.0, "after": 0.0, "delta": 0.0, "delta_ci": None} for rung in rungs})
+        comparison["bias"][key]["missing:image"] = {"before": 30.0, "after": 40.0, "delta": 10.0, "delta_ci": [5.0, 15.0]}
+        comparison["bias"][key]["missing:text"] = {"before": None, "after": None, "delta": None, "delta_ci": None}
+    page = render_compare_html(comparison, before, after)
+    bias = page[page.index('id="bias"'):page.index('id="summary"')]
+    assert "ratio:" not in bias and "missing:text" not in bias
+    measures = re.findall(r"<tr><td>((?:worst-group|bias-balanced) accuracy, [^<]+)</td>", bias)
+    assert measures == ["worst-group accuracy, full", "worst-group accuracy, missing:image",
+                        "bias-balanced accuracy, full", "bias-balanced accuracy, missing:image"]
+
+
+def test_intervals_and_changes_near_zero_keep_their_sign_on_the_compare_page():
+    """Issue 23 (6b): a paired interval from -0.03 read "[-0.0, 5.1]" and a change of -0.04 read "-0.0": a minus zero,
+    which hides which side of zero the figure lies. The bound gets the decimals it needs, in every table of the page."""
+    before, after = PAIR.make("biased"), PAIR.make("debiased")
+    comparison = compare_audits(before, after)
+    comparison["summary"]["missing"]["gap"].update(delta=2.5, delta_ci=[-0.03, 5.1])
+    comparison["bias"]["worst_group"]["full"].update(delta=-0.04, delta_ci=[-0.3, 0.0004])
+    comparison["bias"]["bias_follow"]["image"].update(delta=0.0002, delta_ci=[-0.00004, 0.0004])
+    page = render_compare_html(comparison, before, after)
+    assert re.search(r"<tr><td>missing: Gap</td><td>20.0</td><td>32.5</td><td>\+2.5 \[-0.03, 5.1\]</td></tr>", page)
+    assert "<td>-0.04 [-0.3, 0.0004]</td>" in page
+    assert "<td>+0.02 [-0.004, 0.04] points</td>" in page
+    assert not re.search(r"-0\.0+(?![0-9])", page)
+
+
+def test_the_training_chart_shows_balgrad_weights_only_when_the_log_has_them():
+    """Issue 23 (6b): an MMDB compare page showed an empty "BalGrad weights and lambda" panel next to its loss curve."""
+    from biasaudit.report.training_figures import training_curves
+
+    mmdb = training_curves([{"epoch": 0, "step": i, "loss": 1.0 / (i + 1)} for i in range(5)])
+    assert [ax.get_title() for ax in mmdb.axes] == ["losses"] and mmdb.axes[0].lines
+    balgrad = training_curves([{"step": i, "loss": 1.0, "loss_v": 0.5, "loss_l": 0.7, "weight_v": 0.4, "weight_l": 0.6, "lam": 0.1}
+                               for i in range(5)], modalities=("image", "text"))
+    assert [ax.get_title() for ax in balgrad.axes] == ["losses", "BalGrad weights and lambda"]
+    assert all(ax.lines for ax in balgrad.axes)

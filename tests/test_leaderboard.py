@@ -229,3 +229,4 @@ def test_without_a_val_split_options_are_chosen_on_held_out_train_and_the_docume
     options = document["methods"][1]["options"]
     assert options["validated_on"] == "held-out 20% of train" and options["grid"] == [0.001, 0.1]
     assert "eta chosen on held-out 20% of train" in result.html_path.read_text()
+

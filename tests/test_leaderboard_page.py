@@ -332,3 +332,20 @@ def test_rendering_leaves_no_figure_in_pyplots_state(page_html):
 
     render_leaderboard_html(leaderboard_document())
     assert pyplot.get_fignums() == []
+
+
+def test_a_leaderboard_results_methods_are_typed_with_the_documents_figures(tmp_path):
+    """`result.methods["mmdb"].changes["worst_group"]` is the pooled change with its interval, not a nested dict."""
+    from biasaudit.results.leaderboard_result import LeaderboardResult
+
+    document = leaderboard_document()
+    result = LeaderboardResult(recommended="mmdb", verdict=document["verdict"], reasons=(), json_path=tmp_path / "l.json",
+                               html_path=tmp_path / "l.html", document=document)
+    assert list(result.methods) == [m["method"] for m in document["methods"]]
+    mmdb, control = result.methods["mmdb"], result.methods["ce"]
+    entry = document["methods"][1]
+    assert mmdb.recommended and not mmdb.control and control.control and control.changes == {}
+    change = mmdb.changes["worst_group"]
+    assert (change.value, change.interval) == (entry["changes"]["worst_group"]["delta"], tuple(entry["changes"]["worst_group"]["interval"]))
+    assert change.excludes_zero and mmdb.seed_deltas["worst_group"] == tuple(entry["changes"]["worst_group"]["seed_deltas"])
+    assert mmdb.values["full"].mean == entry["values"]["full"]["mean"] and mmdb.options["option"] == "scale"

@@ -60,12 +60,13 @@ def test_optimizers_differ_so_the_choice_reaches_the_loop():
 
 
 @pytest.mark.parametrize("settings, message", [
-    (dict(optimizer="lbfgs"), "--optimizer is 'lbfgs', which is unknown. Available: adam, adamw, sgd."),
-    (dict(momentum=0.9), "--momentum 0.9 applies to --optimizer sgd only; adam would ignore it."),
-    (dict(optimizer="sgd", momentum=1.0), "--momentum is 1.0; expected a number from 0 up to (not including) 1."),
-    (dict(weight_decay=-0.1), "--weight-decay is -0.1; expected a finite number >= 0."),
+    (dict(optimizer="lbfgs"), "optimizer is 'lbfgs', which is unknown. Available: adam, adamw, sgd."),
+    (dict(momentum=0.9), "momentum 0.9 applies to the sgd optimizer only; adam would ignore it."),
+    (dict(optimizer="sgd", momentum=1.0), "momentum is 1.0; expected a number from 0 up to (not including) 1."),
+    (dict(weight_decay=-0.1), "weight_decay is -0.1; expected a finite number >= 0."),
 ])
 def test_an_optimizer_setting_that_would_be_ignored_or_diverge_is_refused(settings, message):
+    """From Python the message names the setting as Python spells it (the command line names its flag: below)."""
     with pytest.raises(InputError) as raised:
         TrainConfig(**settings)
     assert str(raised.value).startswith(message)
@@ -85,5 +86,27 @@ def test_a_state_saved_before_the_optimizer_option_existed_resumes_as_adam_and_n
 def test_the_command_line_refuses_momentum_for_adam_before_any_work(shortcut_checkpoint, tmp_path):
     result = CliRunner().invoke(app, ["fix", str(shortcut_checkpoint), "--adapter", f"{FIXTURES / 'shortcut_adapter.py'}:TrainableShortcutAdapter",
                                       "--method", "ce", "--momentum", "0.9", "--out", str(tmp_path / "out")])
-    assert result.exit_code == 2 and "--momentum 0.9 applies to --optimizer sgd only" in result.output
+    assert result.exit_code == 2 and "--momentum 0.9 applies to the sgd optimizer only" in result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--method", "ogm_ge", "--alpha", "0"], "--alpha is 0.0; expected a positive, finite number"),
+    (["--method", "jtt", "--jtt-upweight", "0"], "--jtt-upweight is float 0.0; expected a positive, finite number"),
+    (["--method", "dandr", "--dandr-every", "0"], "--dandr-every is 0; expected an integer of at least 1"),
+    (["--method", "balgrad", "--beta", "-1"], "--beta is -1.0; expected a finite number >= 0"),
+    (["--method", "ce", "--weight-decay", "-1"], "--weight-decay is -1.0; expected a finite number >= 0"),
+])
+def test_a_refused_option_is_named_by_its_flag_on_the_command_line_and_by_its_keyword_from_python(shortcut_checkpoint, tmp_path,
+                                                                                                   flags, message):
+    """Errors raised from Python named command-line flags (`--kmeans-k is 1`): the library names the option, the
+    command line translates it to the flag the user typed."""
+    result = CliRunner().invoke(app, ["fix", str(shortcut_checkpoint), "--adapter", f"{FIXTURES / 'shortcut_adapter.py'}:TrainableShortcutAdapter",
+                                      *flags, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and message in result.output, result.output
+    keyword = {"--jtt-upweight": "upweight", "--dandr-every": "every", "--weight-decay": "weight_decay"}.get(flags[2], flags[2][2:])
+    with pytest.raises(InputError, match=rf"^{keyword} is "):
+        if keyword == "weight_decay":
+            TrainConfig(weight_decay=float(flags[3]))
+        else:
+            make_method(flags[1], **{keyword: float(flags[3]) if "." in flags[3] or flags[1] != "dandr" else int(flags[3])})

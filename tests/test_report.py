@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from biasaudit.errors import BiasAuditError, InputError
@@ -116,7 +118,7 @@ def test_report_is_one_offline_file_with_every_section_and_embedded_figures(tmp_
 def test_verdict_of_an_older_audit_names_the_dominant_modality_its_flip_rates_and_the_gap():
     """A reader of an audit without a written verdict would get the wrong modality or an unreadable verdict line."""
     audit = pre_diagnostics_audit()
-    expected = ("text dominates: muting it changes 60% of predictions vs 5% for image; "
+    expected = ("text dominates: muting it changes 60.0% of predictions vs 5.0% for image; "
                 "missing-modality Gap 22.2 points [16.0, 28.1].")
     assert verdict(audit) == expected
     assert expected in ReportPage(render_audit_html(audit)).text("verdict")
@@ -136,7 +138,7 @@ def test_tables_show_the_audit_numbers_with_intervals(example_page):
     page = example_page
     summary = page.text("summary")
     assert "Gap 22.2 [16.0, 28.1] 6.5 [2.1, 10.8]" in summary
-    assert "flip rate, text impaired 60% 21%" in summary
+    assert "flip rate, text impaired 60.0% 21.0%" in summary
     assert "52.8 [47.2, 58.3]" in summary  # A_text carries the interval of condition missing:text
     # 2 impaired conditions + 6 text-ratio points score above Full in the fixture.
     assert page.flagged_rows == 8
@@ -151,11 +153,11 @@ def test_bias_measures_name_the_carrier_its_swap_rates_and_the_worst_group(examp
     page = example_page
     text = page.text("bias-measures")
     assert "Bias carrier: text · dominant modality (most predictions change when it is muted): text" in text
-    assert "text carrier 300 (24) 66.3% [60.3%, 72%] 71.3% vs 5% (5%) 20.3 [16.0, 25.0] 70% 0% (8.1% vs 8.1%)" in text
-    assert "image 300 (24) 1.3% [-0.7%, 3.3%] 6.3% vs 5%" in text
+    assert "text carrier 300 (24) 66.3% [60.3%, 72.0%] 71.3% vs 5.0% (5.0%) 20.3 [16.0, 25.0] 70.0% 0.0% (8.1% vs 8.1%)" in text
+    assert "image 300 (24) 1.3% [-0.7%, 3.3%] 6.3% vs 5.0%" in text
     assert "full 0.0 [0.0, 0.0] 0 / brown 31.0 [25.7, 36.1] 59 22.6 97.3" in text
     assert "missing:text 0.0 [0.0, 0.0] 1 / cyan 52.4 [45.8, 59.2]" in text
-    assert "11.4% of its samples are bias-aligned against 95% in training" in text
+    assert "11.4% of its samples are bias-aligned against 95.0% in training" in text
     assert "31.2% [26.2, 36.4], is the out-of-distribution accuracy" in text
     assert page.count("bias-measures", "differs") == 0  # carrier == dominant: no warning box
     assert len(page.section_images["bias-measures"]) == 1
@@ -220,7 +222,7 @@ def test_calibration_table_and_reliability_diagrams():
     text = page.text("calibration")
     for name, row in audit["calibration"]["conditions"].items():
         if not name.startswith("ratio:"):
-            rise = "—" if name == "full" else f"{100 * row['confidence_rise_rate']:.1f}%".replace(".0%", "%")
+            rise = "—" if name == "full" else f"{100 * row['confidence_rise_rate']:.1f}%"
             assert f"{name} {row['ece']:.3f} {rise}" in text
     assert "ratio:text:0.5" not in text  # a sweep point repeats a missing condition
     assert len(page.section_images["calibration"]) == 1
@@ -236,7 +238,7 @@ def test_shapley_interaction_and_mute_checks_show_their_numbers(example_page):
     assert "accuracy (%) 31.2 additive projection accuracy (%, R donors, uncorrected) 29.0 interaction share (points) 2.2 donors per sample 8" in page.text("interaction")
     mute = page.text("mute-checks")
     assert "missing:image far outside the data The muted image (zeros) lies far outside the data" in mute
-    assert "image zero 30.6 5% text image mean 31.0 4% text" in mute
+    assert "image zero 30.6 5.0% text image mean 31.0 4.0% text" in mute
     audit["mute_checks"] = {"findings": [], "compare": None}
     mute = ReportPage(render_audit_html(audit)).text("mute-checks")
     assert "No muting condition is degenerate" in mute and "rerun the scan with --mute-compare" in mute
@@ -476,3 +478,39 @@ def test_rendering_does_not_modify_the_audit():
     before = copy.deepcopy(audit)
     render_audit_html(audit)
     assert audit == before
+
+
+def test_bounds_and_changes_near_zero_keep_their_sign_on_the_page_and_in_the_terminal():
+    """Issue 23 (6b): an interval bound of -0.03 printed as "-0.0": a minus zero reads as a typo and hides which side of
+    zero the interval starts. The HTML page and the terminal table print it with the decimals it needs."""
+    from rich.console import Console
+
+    from biasaudit.cli.console import summary_table
+
+    audit = example_audit()
+    swap = audit["carrier"]["modalities"]["image"]["bias_swap"]
+    swap.update(excess_follow_rate=-0.0004, excess_follow_rate_ci=[-0.0003, 0.033])
+    audit["interaction"]["interaction_share_ci"] = [-0.03, 4.4]
+    page = ReportPage(render_audit_html(audit))
+    assert "image 300 (24) -0.04% [-0.03%, 3.3%]" in page.text("bias-measures")
+    assert "interaction share (points) 2.2 [-0.03, 4.4]" in page.text("interaction")
+    terminal = Console(record=True, width=200)
+    terminal.print(summary_table(audit))
+    row = next(line for line in terminal.export_text().splitlines() if "bias swap: image" in line)
+    assert [cell.strip() for cell in row.split("│")][1:4] == ["bias swap: image", "-0.04", "[-0.03, 3.3]"]
+    for text in (page.text("bias-measures"), page.text("interaction"), terminal.export_text()):
+        assert not re.search(r"-0\.0+(?![0-9])", text)
+
+
+def test_the_jsd_legend_covers_no_bar():
+    """Issue 23 (6b): the legend sat in the upper right corner of the axes, on top of the last bias values' bars."""
+    names = ["red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "grey", "black"]
+    fig = figures.jsd_bars(names, [0.3] * 8 + [0.95, 0.9], [0.2] * 8 + [0.9, 0.97], weighted_mean=0.4)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # lays the figure out
+    renderer = canvas.get_renderer()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
+    assert len(legends) == 1
+    box = legends[0].get_window_extent(renderer)
+    bars = [patch.get_window_extent(renderer) for ax in fig.axes for patch in ax.patches]
+    assert len(bars) == 20 and not any(box.overlaps(bar) for bar in bars)

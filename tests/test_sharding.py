@@ -274,11 +274,11 @@ dist.init_process_group("gloo")
 adapter = load_adapter(sys.argv[1])
 torch.manual_seed(0)
 model = adapter.build_model()
-audit = ba.scan(model, adapter, batch_size=64, bootstrap=20, projection="pca")
+audit = ba.scan(model, adapter, batch_size=64, bootstrap=20, projection="pca", distributed=True)
 with open(f"{sys.argv[2]}/rank{dist.get_rank()}.json", "w") as handle:
     json.dump(audit.to_dict(), handle)
-if dist.get_rank() == 0:  # evaluation on one rank only: must scan everything, not wait for the others
-    alone = ba.scan(model, adapter, batch_size=64, bootstrap=20, projection="pca", distributed=False)
+if dist.get_rank() == 0:  # evaluation on one rank only (the default): must scan everything, not wait for the others
+    alone = ba.scan(model, adapter, batch_size=64, bootstrap=20, projection="pca")
     with open(f"{sys.argv[2]}/alone.json", "w") as handle:
         json.dump(alone.to_dict(), handle)
 dist.barrier()

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import re
 from pathlib import Path
 
 from biasaudit.comparing import compare_audits
-from biasaudit.verdict import compare_sentences, compare_verdict, scan_verdict
+from biasaudit.verdict import change, compare_sentences, compare_verdict, interval, number, scan_verdict
 
 _spec = importlib.util.spec_from_file_location("bias_pair_for_verdict", Path(__file__).parent / "fixtures" / "bias_pair.py")
 PAIR = importlib.util.module_from_spec(_spec)
@@ -19,11 +20,11 @@ _spec.loader.exec_module(PAIR)
 
 def test_a_carrier_other_than_the_dominant_modality_is_said_in_plain_words():
     verdict = scan_verdict(PAIR.make("biased"))
-    assert verdict["headline"] == ("The bias runs through text (excess bias-follow rate 58% [52.0, 63.0]); worst-group accuracy "
+    assert verdict["headline"] == ("The bias runs through text (excess bias-follow rate 58.0% [52.0, 63.0]); worst-group accuracy "
                                    "15.0% [10.0, 20.0]; OOD accuracy 30.0%; the model relies most on image (missing-modality Gap "
                                    "20.0 points).")
-    assert ("The model relies most on image (muting it flips 62% of predictions) but the shortcut runs through text (swapping "
-            "text's bias value makes 58% [52.0, 63.0] more predictions follow that bias value than a swap that keeps the bias value): a fix "
+    assert ("The model relies most on image (muting it flips 62.0% of predictions) but the shortcut runs through text (swapping "
+            "text's bias value makes 58.0% [52.0, 63.0] more predictions follow that bias value than a swap that keeps the bias value): a fix "
             "aimed at image would miss it.") in verdict["sentences"]
     # Bias measures come before reliance, caveats last.
     order = [next(i for i, s in enumerate(verdict["sentences"]) if s.startswith(start))
@@ -49,7 +50,7 @@ def test_a_debiased_model_with_a_larger_gap_reads_less_biased_and_the_page_says_
     comparison = compare_audits(PAIR.make("biased"), PAIR.make("debiased"))
     assert comparison["verdict"] == compare_verdict(comparison)
     assert comparison["verdict"] == (
-        "worst-group accuracy 15.0 -> 45.0%, bias-balanced accuracy 31.0 -> 46.5%, text bias-follow rate 58% -> 12%, "
+        "worst-group accuracy 15.0 -> 45.0%, bias-balanced accuracy 31.0 -> 46.5%, text bias-follow rate 58.0% -> 12.0%, "
         "missing-modality Gap 20.0 -> 32.5 points, Full (OOD) accuracy 30.0 -> 51.2: less biased, Gap widened (reliance, not "
         "bias), accuracy gained.")
     assert ("The missing-modality Gap grew from 20.0 to 32.5 points (change +12.5 [10.0, 19.2]) because image is now used more: "
@@ -57,7 +58,7 @@ def test_a_debiased_model_with_a_larger_gap_reads_less_biased_and_the_page_says_
             "tell alone, after) are image 61.2%, text 31.0%, implying a Gap of 30.2 points, so a large Gap is expected. The Gap "
             "measures reliance, not bias: the bias measures above say the model is less biased although its Gap grew."
             ) in comparison["verdict_sentences"]
-    assert "text bias-follow rate 58% -> 12% (change -46.0 [-47.9, -44.2] points)." in comparison["verdict_sentences"]
+    assert "text bias-follow rate 58.0% -> 12.0% (change -46.0 [-47.9, -44.2] points)." in comparison["verdict_sentences"]
 
 
 def _without_bias_change(after: dict, before: dict) -> dict:
@@ -144,3 +145,39 @@ def test_a_gap_change_whose_interval_holds_zero_gets_no_cause():
     assert ("The missing-modality Gap did not clearly move (20.0 -> 32.5 points, change +12.5 [-1.0, 14.0]). The Gap measures "
             "reliance, not bias.") in sentences
     assert not any("because" in s and "Gap" in s for s in sentences)
+
+
+MINUS_ZERO = re.compile(r"-0\.0+(?![0-9])")  # "-0.0", "-0.000", not "-0.03"
+
+
+def test_an_interval_bound_that_rounds_to_zero_keeps_its_sign():
+    """Issue 23 (6b): a bound of -0.03 printed as "-0.0": a minus zero reads as a typo, and "0.0" would hide which side of
+    zero the interval starts. Every figure goes through one function that adds decimals until a nonzero digit shows."""
+    assert interval([-0.03, 5.06]) == "[-0.03, 5.1]"
+    assert interval([-0.0003, 0.02], scale=100, unit="%") == "[-0.03%, 2.0%]"
+    assert [number(v) for v in (-0.04, -0.0004, -0.00001, -0.0, 0.03)] == ["-0.04", "-0.0004", "0.0", "0.0", "0.03"]
+    assert [change(v) for v in (-0.03, 0.0, -0.0, 2.46)] == ["-0.03", "+0.0", "+0.0", "+2.5"]
+    assert number(-0.0004, 3) == "-0.0004" and change(-0.00004, 3) == "-0.00004"
+    # In the JSON verdicts: a compare sentence and a scan headline.
+    comparison = compare_audits(PAIR.make("biased"), PAIR.make("debiased"))
+    comparison["summary"]["missing"]["gap"]["delta_ci"] = [-0.03, 14.0]
+    assert ("The missing-modality Gap did not clearly move (20.0 -> 32.5 points, change +12.5 [-0.03, 14.0]). The Gap measures "
+            "reliance, not bias.") in compare_sentences(comparison)
+    audit = PAIR.make("biased")
+    audit["carrier"]["modalities"]["text"]["bias_swap"]["excess_follow_rate_ci"] = [-0.0004, 0.9]
+    verdict = scan_verdict(audit)
+    assert "(excess bias-follow rate 58.0% [-0.04, 90.0])" in verdict["headline"]
+    for text in (verdict["headline"], *verdict["sentences"], compare_verdict(comparison), *compare_sentences(comparison)):
+        assert not MINUS_ZERO.search(text), text
+
+
+def test_a_sentence_gives_every_percentage_with_one_decimal():
+    """Issue 23 (7): "muting it flips 61% of predictions, vs 35.9% for image" mixed precisions in one sentence (61.0% lost
+    its decimal); every percentage of a verdict has one decimal."""
+    audit = PAIR.make("biased")
+    audit["summary"]["missing"].update(flip_rates={"image": 0.359, "text": 0.61}, dominant="text")
+    verdict = scan_verdict(audit)
+    assert "Reliance: the model relies most on text (muting it flips 61.0% of predictions, vs 35.9% for image)." in verdict["sentences"]
+    comparison = compare_audits(PAIR.make("biased"), PAIR.make("debiased"))
+    for text in (verdict["headline"], *verdict["sentences"], comparison["verdict"], *comparison["verdict_sentences"]):
+        assert all(re.fullmatch(r"-?\d+\.\d", figure) for figure in re.findall(r"(-?[\d.]+)%", text)), text

@@ -55,7 +55,7 @@ def test_wheel_ships_templates_and_renders_a_report_from_a_fresh_venv(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "biasaudit/templates/audit.html.j2" in names
     assert "biasaudit/report/render.py" in names
-    for schema in ("audit", "compare", "gate", "train_log"):  # the published schemas (README, "audit.json")
+    for schema in ("audit", "compare", "gate", "train_log"):  # the published schemas (docs/audit-json.md)
         assert f"biasaudit/schemas/{schema}.schema.json" in names
 
     env_dir = tmp_path / "fresh-venv"

@@ -4,7 +4,7 @@ its page.
 
 Which Full accuracy must not fall: on an out-of-distribution split the split's own Full accuracy *is* the OOD
 accuracy, and a method that trades the in-distribution accuracy for it (MMDB at a large scale: +7 OOD points, -52
-on test, README "Two splits") would pass a Full check taken there. So when the evaluated split is OOD and the adapter
+on test, docs/fixing.md "Two splits") would pass a Full check taken there. So when the evaluated split is OOD and the adapter
 has a `test` split, every run also audits `test` (fix's `also_split`), and `full` — the measure that must be
 non-inferior — is the in-distribution Full accuracy on `test`; `ood` is the evaluated split's. Said in the outputs.
 """

@@ -30,7 +30,7 @@ from typing import Any, Mapping
 
 from biasaudit.errors import InputError
 from biasaudit.choosing.pooling import PooledChange
-from biasaudit.verdict.words import one_decimal
+from biasaudit.verdict.words import interval, number, one_decimal
 
 FULL = "full"
 GAP = "gap"  # the missing-modality Gap: reliance, not bias; accepted so that a runner can pass every measure, never decisive
@@ -114,8 +114,8 @@ def _figure(change: PooledChange) -> str:
     if change.delta is None:
         return f"not measured ({change.no_interval})"
     if change.interval is None:
-        return f"{change.delta:+.1f} points (no interval: {change.no_interval})"
-    return f"{change.delta:+.1f} [{change.interval[0]:.1f}, {change.interval[1]:.1f}] points"
+        return f"{number(change.delta, signed=True)} points (no interval: {change.no_interval})"
+    return f"{number(change.delta, signed=True)} {interval(change.interval)} points"
 
 
 def _moved(measure: str, change: PooledChange, carrier: str | None) -> str:
@@ -125,7 +125,7 @@ def _moved(measure: str, change: PooledChange, carrier: str | None) -> str:
 
 
 def _seed_list(change: PooledChange) -> str:
-    return ", ".join("n/a" if d is None else f"{d:+.1f}" for d in change.seed_deltas)
+    return ", ".join(number(d, signed=True) for d in change.seed_deltas)
 
 
 def _full_clause(full: PooledChange | None, non_inferior: bool, max_full_drop: float, *, after_gain: bool) -> str:
@@ -133,12 +133,12 @@ def _full_clause(full: PooledChange | None, non_inferior: bool, max_full_drop: f
     if full is None or full.delta is None or full.interval is None:
         why = "no Full accuracy change was given" if full is None else f"its Full accuracy change has no interval ({full.no_interval})"
         return f"{' but' if after_gain else ';'} {why}, so it is not shown to be non-inferior"
-    figure = f"({full.delta:+.1f} [{full.interval[0]:.1f}, {full.interval[1]:.1f}] points)"
+    figure = f"({number(full.delta, signed=True)} {interval(full.interval)} points)"
     margin = f"{one_decimal(max_full_drop)}-point"
     if non_inferior:
         return f"{', and' if after_gain else ';'} Full accuracy stayed within the {margin} margin {figure}"
     if full.delta <= -max_full_drop:
-        loss = f"cost {-full.delta:.1f} points of Full accuracy {figure}, beyond the {margin} margin"
+        loss = f"cost {number(-full.delta)} points of Full accuracy {figure}, beyond the {margin} margin"
     else:
         loss = f"could not rule out a Full accuracy loss beyond the {margin} margin {figure}"
     return f" but {loss}" if after_gain else f"; it {loss}"
@@ -251,7 +251,7 @@ def recommend(changes: Mapping[str, Mapping[str, PooledChange]], *, primary: str
         best = judged[ranking[0]]
         verdict = f"Recommended: {best.method}. {best.sentence}"
         if len(ranking) > 1:
-            figure = lambda j: "n/a" if j.primary_gain is None else f"{changes[j.method][key].delta:+.1f}"  # noqa: E731
+            figure = lambda j: "n/a" if j.primary_gain is None else number(changes[j.method][key].delta, signed=True)  # noqa: E731
             others = ", ".join(f"{m} {figure(judged[m])}" for m in ranking[1:])
             verdict += (f" Chosen over {', '.join(ranking[1:])}, which also pass the rule, by {primary_name}, the primary measure "
                         f"(point changes {best.method} {figure(best)}, {others} points).")

@@ -1,20 +1,31 @@
-"""The CLI's fixed choices as enums, each made from the library registry it names: `--help` lists them, and a typo
-is refused by click before any work (exit 2, one usage sentence). A settings file's values are strings checked by
-the library itself, with the same registry's "Available: ..." in its error. (`gate` keeps every usage error on one
-line, which CI logs show whole, so its --jsd stays a string checked by the gate's own rules.)"""
+"""The CLI's fixed choices as enums: `--help` lists them, and a typo is refused by click before any work (exit 2, one
+usage sentence). A settings file's values are strings checked by the library itself, with its registry's
+"Available: ..." in its error. (`gate` keeps every usage error on one line, which CI logs show whole, so its --jsd stays
+a string checked by the gate's own rules.)
+
+The names are written out here rather than read from the registries they mirror (biasaudit.scanning, the training
+methods, the optimizers, ...): those modules import torch and scikit-learn, and every command's options are built
+before any command runs, so reading them would make `biasaudit --help` take seconds. tests/test_cli_startup.py checks
+that each tuple below equals its registry, in order, so a method or mode added there fails the tests until it is
+added here."""
 
 from __future__ import annotations
 
 from enum import Enum, StrEnum
 from typing import Any, Iterable
 
-from biasaudit.diagnostics.groups import GROUPINGS
-from biasaudit.scanning import PRECISIONS, PROJECTIONS
-from biasaudit.methods.balgrad import KL_MODES, PROJECTIONS as BALGRAD_PROJECTIONS, SCHEDULES
-from biasaudit.training.method_balgrad import HEAD_MODES, WEIGHT_MODES
-from biasaudit.training.method_mmdb import BIAS_SOURCES
-from biasaudit.training.methods import METHODS
-from biasaudit.training.optimizers import OPTIMIZERS
+# Each tuple mirrors the registry named in its comment.
+PROJECTIONS = ("umap", "pca")  # biasaudit.scanning.PROJECTIONS
+PRECISIONS = ("fp32", "bf16", "fp16")  # biasaudit.scanning.PRECISIONS
+GROUPINGS = ("auto", "bias", "alignment")  # biasaudit.diagnostics.groups.GROUPINGS
+METHODS = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr")  # biasaudit.training.methods.METHODS
+OPTIMIZERS = ("adam", "adamw", "sgd")  # biasaudit.training.optimizers.OPTIMIZERS
+BIAS_SOURCES = ("auto", "key", "kmeans")  # biasaudit.training.method_mmdb.BIAS_SOURCES
+SCHEDULES = ("linear", "constant")  # biasaudit.methods.balgrad.SCHEDULES
+KL_MODES = ("mutual", "undirected")  # biasaudit.methods.balgrad.KL_MODES
+BALGRAD_PROJECTIONS = ("global", "per_modality")  # biasaudit.methods.balgrad.PROJECTIONS
+HEAD_MODES = ("shared_zero", "ogm_split", "separate")  # biasaudit.training.method_balgrad.HEAD_MODES
+WEIGHT_MODES = ("batch", "running")  # biasaudit.training.method_balgrad.WEIGHT_MODES
 
 
 def _choices(name: str, values: Iterable[str]) -> type[StrEnum]:

@@ -95,56 +95,59 @@ def progress_bars() -> Iterator:
 
 
 def _ci_text(ci, *, scale: float = 1.0, prefix: str = "") -> str:
-    """'[lo, hi]', or 'no interval' when the bootstrap gave none (a tiny split: no replicate drew a sample)."""
-    if not ci or any(v is None for v in ci):
-        return "no interval"
-    return f"{prefix}[{scale * ci[0]:.1f}, {scale * ci[1]:.1f}]"
+    """'[lo, hi]', or 'no interval' when the bootstrap gave none (a tiny split: no replicate drew a sample). The bounds as
+    every report prints them (biasaudit.verdict.words): a bound of -0.03 stays '-0.03', never '-0.0'."""
+    from biasaudit.verdict.words import interval
+
+    text = interval(ci, scale=scale)
+    return f"{prefix}{text}" if text else "no interval"
 
 
 def summary_table(audit: dict) -> Table:
+    from biasaudit.verdict.words import change, number
+
     table = Table(title=f"modality bias on split {audit['dataset']['split']!r} (n={audit['dataset']['n']})", title_justify="left")
     for column in ("condition", "accuracy %", "95% CI", "flip rate"):
         table.add_column(column, justify="left" if column == "condition" else "right")
     for row in audit["conditions"]:
         if row["group"] in ("full", "missing", "noisy", "custom", "mute_compare"):
-            table.add_row(escape(row["name"]), f"{row['accuracy']:.1f}", _ci_text(row["accuracy_ci"]), f"{row['flip_rate']:.2f}")
+            table.add_row(escape(row["name"]), number(row["accuracy"]), _ci_text(row["accuracy_ci"]), number(row["flip_rate"], 2))
     for group in ("missing", "noisy"):
         section = audit["summary"].get(group)
         if section:
-            table.add_row(f"{group}: Avg / Gap", f"{section['avg']:.1f} / {section['gap']:.1f}", _ci_text(section["gap_ci"], prefix="gap "),
+            table.add_row(f"{group}: Avg / Gap", f"{number(section['avg'])} / {number(section['gap'])}", _ci_text(section["gap_ci"], prefix="gap "),
                           f"dominant: {escape(section['dominant'] or 'none')}")
     carrier = audit.get("carrier") or {}
     if carrier.get("available"):
         for name, row in carrier["modalities"].items():
             swap = row["bias_swap"]
             if swap["excess_follow_rate"] is not None:
-                table.add_row(f"bias swap: {escape(name)}", f"{100 * swap['excess_follow_rate']:+.1f}", _ci_text(swap["excess_follow_rate_ci"], scale=100),
+                table.add_row(f"bias swap: {escape(name)}", change(swap["excess_follow_rate"], scale=100), _ci_text(swap["excess_follow_rate_ci"], scale=100),
                               "carrier" if name == carrier.get("carrier") else "")
     for modality, points in (audit.get("ratio_sweep") or {}).items():
         # The realised share muted next to each rung: one seed's nested subsets sit above or below r together.
         for p in points:
             if p["ratio"] < 1:
-                muted = "" if p.get("muted_fraction") is None else f"{100 * p['muted_fraction']:.1f}% muted"
-                table.add_row(escape(f"ratio:{modality}:{p['ratio']:g}"), f"{p['accuracy']:.1f}", _ci_text(p["accuracy_ci"]), muted)
+                muted = "" if p.get("muted_fraction") is None else f"{number(p['muted_fraction'], scale=100)}% muted"
+                table.add_row(escape(f"ratio:{modality}:{p['ratio']:g}"), number(p["accuracy"]), _ci_text(p["accuracy_ci"]), muted)
     section = audit.get("groups") or {}
     groups = (section.get("conditions") or {}).get("full")
     if groups and section.get("blind"):
         # Worst-group accuracy would cover groups the shortcut never misleads: the pooled conflicting figure instead.
         if groups.get("conflicting_accuracy") is not None:
-            table.add_row("bias-conflicting", f"{groups['conflicting_accuracy']:.1f}", _ci_text(groups.get("conflicting_accuracy_ci")),
+            table.add_row("bias-conflicting", number(groups["conflicting_accuracy"]), _ci_text(groups.get("conflicting_accuracy_ci")),
                           f"all in groups below min_group {section.get('min_group')}")
         else:
             table.add_row("worst group", "n/a", "", "no bias-conflicting samples")
     elif groups and groups.get("worst_group") is not None:
         # The worst group's own exact interval where the audit has it: a bootstrap of 0 of 11 has no width.
-        table.add_row("worst group / balanced", f"{groups['worst_group']:.1f} / {groups['bias_balanced']:.1f}",
+        table.add_row("worst group / balanced", f"{number(groups['worst_group'])} / {number(groups['bias_balanced'])}",
                       _ci_text(groups.get("worst_group_exact_ci") or groups["worst_group_ci"], prefix="exact " if groups.get("worst_group_exact_ci") else ""),
                       escape(groups.get("worst_group_label") or ""))
     jsd = audit.get("jsd", {})
     if jsd.get("available"):
         # The unweighted mean needs min_wrong mistakes per bias value; say so rather than drop the row.
-        mean = "n/a" if jsd.get("mean") is None else f"{jsd['mean']:.3f}"
-        weighted = "n/a" if jsd.get("weighted_mean") is None else f"{jsd['weighted_mean']:.3f}"
+        mean, weighted = number(jsd.get("mean"), 3), number(jsd.get("weighted_mean"), 3)
         table.add_row("JSD mean / weighted", f"{mean} / {weighted}", "", "no mistakes on this split" if jsd.get("n_wrong") == 0
                       else "low = mistakes copy the bias")
     return table

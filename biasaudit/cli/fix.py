@@ -25,6 +25,12 @@ def _c_grid(text: str) -> tuple[float, ...]:
         raise InputError(f"--dfr-c-grid is {text!r}; expected positive numbers separated by commas, e.g. 0.1,1,10.") from None
 
 
+# Method options whose flag is not --OPTION-WITH-DASHES (the library's messages name the option, e.g. "upweight is 0").
+FIX_OPTION_FLAGS = {"upweight": "--jtt-upweight", "fraction": "--jtt-fraction", "every": "--dandr-every", "max_times": "--dandr-max-times",
+                    "c_grid": "--dfr-c-grid", "dominant": "--bias-modality", "schedule": "--lambda-schedule", "weights": "--balgrad-weights",
+                    "kl_mode": "--kl-mode", "head_mode": "--head-mode", "lambda_initial": "--lambda-initial"}
+
+
 @app.command()
 def fix(
     checkpoint: Path = typer.Argument(..., help="State dict of the biased model; it is never modified."),
@@ -138,9 +144,15 @@ def fix(
                    "dfr": {"c_grid": _c_grid(dfr_c_grid), "bias": bias_source, "dominant": bias_modality}}
         options = {name: {k: v for k, v in given.items() if not (k == "head_mode" and v is None)}  # None: the method's default
                    for name, given in options.items()}
+        # A method or training option the library refuses is named as the user typed it (the library names the option).
+        option_keys = [*options.get(method, {}), "epochs", "lr", "batch_size", "optimizer", "weight_decay", "momentum", "kmeans_k"]
+        def naming_options():
+            return naming_source({key: "command line" for key in option_keys}, *option_keys, flags=FIX_OPTION_FLAGS)
+
         loaded = load_adapter(adapter)
-        train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, optimizer=optimizer,
-                                   weight_decay=weight_decay, momentum=momentum)
+        with naming_options():
+            train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, optimizer=optimizer,
+                                       weight_decay=weight_decay, momentum=momentum)
         # Every scan setting that shapes the audits' numbers, so that --before can reuse any scan taken the same way.
         # A bad one is named by fix's own flag.
         with naming_source({key: "command line" for key in FIX_SCAN_FLAGS}, *FIX_SCAN_FLAGS, flags=FIX_SCAN_FLAGS):
@@ -150,7 +162,7 @@ def fix(
                                      projection=scan_projection, min_group=audit_min_group, group_by=group_by,
                                      ceiling_per_class=ceiling_per_class, favoured_fraction=favoured_fraction, draws=draws)
         with_mute_overrides(loaded, scan_config.mute)  # a bad --mute is named before the method's own checks, as in scan
-        with progress_bars() as progress:
+        with progress_bars() as progress, naming_options():
             written = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,
                               scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,
                               before_path=before, resume=resume, min_group=min_group, progress=progress,

@@ -13,6 +13,12 @@ from biasaudit.cli.choices import GroupBy, Precision, Projection, plain
 from biasaudit.cli.console import (ADAPTER_HELP, err, explicit_options, handled, naming_source, out, print_verdict, progress_bars,
                                    summary_table)
 from biasaudit.cli.options import parse_mute, parse_unimodal
+from biasaudit.conditions import DEFAULT_DIAGNOSTICS, DIAGNOSTICS, GROUPS
+
+# From the registry parse_conditions reads, so that --help lists every group and diagnostic the scan accepts.
+CONDITIONS_HELP = (f"Comma list. Condition groups: {', '.join(GROUPS)}. Diagnostics that need forwards of their "
+                   f"own: {', '.join(DIAGNOSTICS)}. default = {', '.join(GROUPS + DEFAULT_DIAGNOSTICS)}. One group for one modality: "
+                   "GROUP:MODALITY (e.g. missing:image). Any impairment: MODALITY=IMPAIRMENT[:SEVERITY] (e.g. image=gaussian:0.2).")
 
 
 @app.command()
@@ -21,7 +27,7 @@ def scan(
     checkpoint: Path = typer.Argument(..., help="State dict of the model (torch.save(model.state_dict(), path))."),
     adapter: Optional[str] = typer.Option(None, "--adapter", "-a", help=ADAPTER_HELP + " Required here or in the config file.", rich_help_panel="Model and data"),
     split: str = typer.Option("test", help="Which split of the adapter's data to evaluate.", rich_help_panel="Model and data"),
-    conditions: str = typer.Option("default", help="Comma list: default, full, missing, noisy, ratio, missing:MOD, MOD=IMPAIRMENT[:SEVERITY].", rich_help_panel="Conditions"),
+    conditions: str = typer.Option("default", help=CONDITIONS_HELP, rich_help_panel="Conditions"),
     out_dir: Path = typer.Option(Path("biasaudit-out"), "--out", "-o", help="Directory for audit.json and audit.html.", rich_help_panel="Output"),
     seed: int = typer.Option(0, help="Seed of every random choice (impairments, bootstrap, sampling, projections).", rich_help_panel="Statistics"),
     device: str = typer.Option("cpu", help="Torch device, e.g. cpu or cuda.", rich_help_panel="Model and data"),

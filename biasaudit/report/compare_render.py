@@ -9,33 +9,41 @@ from typing import Any, Mapping
 from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.report import figures, training_figures
 from biasaudit.report.render import report_environment
-from biasaudit.verdict import ci_pct, ci_points, pct, pts
+from biasaudit.report.diagnostic_sections import group_measure_conditions
+from biasaudit.verdict import change, ci_pct, ci_points, number, pct, pts
 
 COMPARE_TEMPLATE = "compare.html.j2"
 SECTION_IDS = ("verdict", "bias", "summary", "conditions", "jsd", "embeddings", "training", "settings")
 
 
-def _row(measure: str, before: str, after: str, change: str = "") -> dict[str, str]:
-    return {"measure": measure, "before": before, "after": after, "change": change}
+def _row(measure: str, before: str, after: str, moved: str = "") -> dict[str, str]:
+    return {"measure": measure, "before": before, "after": after, "change": moved}
 
 
 def _points_change(entry: Mapping[str, Any]) -> str:
-    return "n/a" if entry.get("delta") is None else f"{entry['delta']:+.1f}{ci_points(entry.get('delta_ci'))}"
+    return "n/a" if entry.get("delta") is None else f"{change(entry['delta'])}{ci_points(entry.get('delta_ci'))}"
 
 
-def bias_rows(comparison: Mapping[str, Any]) -> list[dict[str, str]]:
+def bias_rows(comparison: Mapping[str, Any], before: Mapping[str, Any]) -> list[dict[str, str]]:
     """The bias-measures table, display-ready: the measures come in three units (percent accuracy, bias-follow
     fractions shown as percent with changes in points, JSD in [0, 1]), so formatting them here keeps the
-    template to one loop. Measures an audit lacks are left out; `lacking` in the comparison says why."""
+    template to one loop. Measures an audit lacks are left out; `lacking` in the comparison says why.
+    Worst-group and bias-balanced accuracy get a row per condition only where the condition has figures of its own (Full
+    and the missing modalities, as in the audit's page; `before` names the conditions' kinds): the ratio rungs repeat them
+    at partial strength, and a row without a figure on either side says nothing."""
     bias = comparison.get("bias") or {}
     carrier = bias.get("carrier") or {}
     rows = [_row("bias carrier (largest excess bias-follow rate)", carrier.get("before") or "none", carrier.get("after") or "none")] \
         if carrier.get("before") or carrier.get("after") else []
     for m, entry in (bias.get("bias_follow") or {}).items():
-        change = "n/a" if entry.get("delta") is None else f"{100 * entry['delta']:+.1f}{ci_pct(entry.get('delta_ci'))} points"
-        rows.append(_row(f"excess bias-follow rate, {m} swapped", pct(entry["before"]), pct(entry["after"]), change))
+        moved = "n/a" if entry.get("delta") is None else f"{change(entry['delta'], scale=100)}{ci_pct(entry.get('delta_ci'))} points"
+        rows.append(_row(f"excess bias-follow rate, {m} swapped", pct(entry["before"]), pct(entry["after"]), moved))
     for key, what in (("worst_group", "worst-group accuracy"), ("bias_balanced", "bias-balanced accuracy")):
-        for condition, entry in (bias.get(key) or {}).items():
+        per_condition = bias.get(key) or {}
+        for condition in group_measure_conditions(before, per_condition):
+            entry = per_condition[condition]
+            if entry.get("before") is None and entry.get("after") is None:
+                continue
             rows.append(_row(f"{what}, {condition}", pts(entry["before"]), pts(entry["after"]), _points_change(entry)))
     if bias.get("ood"):
         rows.append(_row("OOD accuracy (Full, on this shifted split)", pts(bias["ood"]["before"]), pts(bias["ood"]["after"]),
@@ -43,9 +51,8 @@ def bias_rows(comparison: Mapping[str, Any]) -> list[dict[str, str]]:
     for key, what in (("weighted_mean", "JSD weighted mean"), ("mean", "JSD mean")):
         entry = (comparison.get("jsd") or {}).get(key) or {}
         if entry.get("before") is not None or entry.get("after") is not None:
-            change = "" if None in (entry.get("before"), entry.get("after")) else f"{entry['after'] - entry['before']:+.3f} (no interval)"
-            show = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-            rows.append(_row(what, show(entry.get("before")), show(entry.get("after")), change))
+            moved = "" if None in (entry.get("before"), entry.get("after")) else f"{change(entry['after'] - entry['before'], 3)} (no interval)"
+            rows.append(_row(what, number(entry.get("before"), 3), number(entry.get("after"), 3), moved))
     return rows
 
 
@@ -73,7 +80,7 @@ def render_compare_html(comparison: Mapping[str, Any], before: Mapping[str, Any]
         modalities = named if isinstance(named, list) and len(named) == 2 else ("1st modality", "2nd modality")
         images["curves"] = figures.figure_to_data_uri(training_figures.training_curves(steps, modalities=modalities))
     context = {"comparison": comparison, "before": before, "after": after, "training": (train_log or {}).get("training"),
-               "bias_rows": bias_rows(comparison),
+               "bias_rows": bias_rows(comparison, before),
                "bias_lacking": [why for whys in ((comparison.get("bias") or {}).get("lacking") or {}).values() for why in whys],
                "verdict_sentences": list(comparison.get("verdict_sentences") or []),
                "images": {k: v for k, v in images.items() if v}, "projection": projection, "section_ids": SECTION_IDS}

@@ -18,6 +18,10 @@ MAX_TABLE_ROWS = 60
 # Per-condition tables (group accuracies, calibration) leave out the ratio sweep: its points repeat a
 # missing condition at partial strength and would multiply the columns.
 TABLE_GROUPS = ("full", "missing", "noisy", "custom")
+# The conditions whose worst-group and bias-balanced accuracy are figures of their own, as the scan keeps them (with their
+# own bootstrap replicates, which compare pairs): Full and each missing modality. The other conditions' values repeat these
+# at partial strength (ratio:image:1 is missing:image) and would fill the tables with copies.
+GROUP_MEASURE_GROUPS = ("full", "missing")
 NO_MISTAKES = "The model makes no mistakes on this split, so there is nothing to measure."
 # Diagnostics the user names in --conditions (the rest always run); shapley and interaction are off by default.
 _CHOSEN = ("carrier", "ceilings", "shapley", "interaction")
@@ -79,7 +83,13 @@ def group_table(audit: Mapping[str, Any], groups: Mapping[str, Any]) -> dict[str
     return {"rows": shown, "columns": _condition_names(audit, TABLE_GROUPS, accuracies),
             "left_out": len(left), "left_out_counted": sum(bool(row.get("counted")) for row in left),
             "conditions": [(name, groups["conditions"][name]) for name in
-                           _condition_names(audit, ("full", "missing"), groups.get("conditions") or {})]}
+                           group_measure_conditions(audit, groups.get("conditions") or {})]}
+
+
+def group_measure_conditions(audit: Mapping[str, Any], present: Any) -> list[str]:
+    """The conditions that `present` has whose worst-group and bias-balanced figures are their own (GROUP_MEASURE_GROUPS),
+    in the audit's order."""
+    return _condition_names(audit, GROUP_MEASURE_GROUPS, present)
 
 
 def calibration_rows(audit: Mapping[str, Any], calibration: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:

@@ -129,7 +129,7 @@ def reliance_heatmap(classes: Sequence[str], drops: Mapping[str, Sequence[float 
 def jsd_bars(bias_names: Sequence[str], soft: Sequence[float | None], argmax: Sequence[float | None], *,
              weighted_mean: float | None = None) -> Figure:
     """JSD per bias value for both variants, with the 0.5 line below which baselines usually sit."""
-    fig = Figure(figsize=(max(5.0, 0.45 * len(bias_names) + 2.5), 3.4), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 0.45 * len(bias_names) + 2.5) + 1.4, 3.4), layout="constrained")  # + the legend's column
     ax = fig.add_subplot()
     x = np.arange(len(bias_names))
     width = 0.4
@@ -141,7 +141,8 @@ def jsd_bars(bias_names: Sequence[str], soft: Sequence[float | None], argmax: Se
     ax.set_xticks(x, [_label(n) for n in bias_names], rotation=45, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("JSD (bits)")
-    ax.legend(fontsize=7, loc="upper right")
+    # Outside the axes, right of them: inside, any corner can sit on a bar (JSD runs up to 1, the top of the axes).
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=7)
     ax.set_title("JSD between mistakes and the bias-conditioned label prior", fontsize=10)
     return fig
 

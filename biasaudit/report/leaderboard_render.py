@@ -22,6 +22,7 @@ from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import BiasAuditError, InputError
 from biasaudit.report import figures
 from biasaudit.report.render import MAX_REPORT_BYTES, format_interval, format_points, report_environment
+from biasaudit.verdict.words import number
 
 SECTION_IDS = ("verdict", "table", "pareto", "training", "settings")
 # --primary's spelling -> the measure's name in the document.
@@ -43,7 +44,7 @@ def primary_measure(document: Mapping[str, Any]) -> str | None:
 
 
 def _signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.1f}"
+    return number(value, signed=True)
 
 
 def _number(value: float | None) -> float:
@@ -248,7 +249,7 @@ def table_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
             value = (entry.get("values") or {}).get(measure["name"]) or {}
             after = format_points(value.get("mean"))
             if value.get("std") is not None:
-                after += f" ± {value['std']:.1f}"
+                after += f" ± {number(value['std'])}"
             change = None if entry.get("control") else _change_cell((entry.get("changes") or {}).get(measure["name"]), measure.get("better"))
             cells.append({"after": after, "change": change})
         runs = [{"seed": s["seed"], "href": compare_link(s["folder"])} for s in entry.get("seeds") or []]

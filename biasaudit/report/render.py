@@ -18,6 +18,7 @@ from biasaudit.checkpoint import atomic_write_bytes
 from biasaudit.errors import BiasAuditError, InputError
 from biasaudit.report import diagnostic_sections as diagnostics
 from biasaudit.report import figures
+from biasaudit.verdict.words import change, interval, number, pct
 
 if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; the annotation alone needs it
     from importlib.resources.abc import Traversable
@@ -51,7 +52,7 @@ def report_environment() -> jinja2.Environment:
 
     env = jinja2.Environment(loader=jinja2.FunctionLoader(load), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(points=format_points, interval=format_interval, percent=format_percent,
+    env.filters.update(points=format_points, change=format_change, interval=format_interval, percent=format_percent,
                        decimal=format_decimal, plain=_plain, percent_interval=format_percent_interval,
                        decimal_interval=format_decimal_interval)
     return env
@@ -59,35 +60,34 @@ def report_environment() -> jinja2.Environment:
 
 def format_points(value: float | None) -> str:
     """An accuracy or gap in percentage points with one decimal."""
-    return "n/a" if value is None else f"{value:.1f}"
+    return number(value)
 
 
-def format_interval(interval: Any) -> str:
-    if not interval or any(v is None for v in interval):
-        return ""
-    return f"[{interval[0]:.1f}, {interval[1]:.1f}]"
+def format_change(value: float | None) -> str:
+    """A change in points, signed: '+1.2', '-0.03'."""
+    return change(value)
 
 
-def format_percent_interval(interval: Any) -> str:
-    """An interval of fractions (a bias-follow rate's) as percentages: [0.6, 0.72] -> '[60%, 72%]'."""
-    if not interval or any(v is None for v in interval):
-        return ""
-    return f"[{format_percent(interval[0])}, {format_percent(interval[1])}]"
+def format_interval(ci: Any) -> str:
+    return interval(ci)
 
 
-def format_decimal_interval(interval: Any) -> str:
-    if not interval or any(v is None for v in interval):
-        return ""
-    return f"[{interval[0]:.3f}, {interval[1]:.3f}]"
+def format_percent_interval(ci: Any) -> str:
+    """An interval of fractions (a bias-follow rate's) as percentages: [0.6, 0.72] -> '[60.0%, 72.0%]'."""
+    return interval(ci, scale=100, unit="%")
+
+
+def format_decimal_interval(ci: Any) -> str:
+    return interval(ci, 3)
 
 
 def format_percent(fraction: float | None) -> str:
-    """A fraction of samples (flip rate) as a percentage: 0.6 -> '60%', 0.005 -> '0.5%'."""
-    return "n/a" if fraction is None else f"{100 * fraction:.1f}%".replace(".0%", "%")
+    """A fraction of samples (flip rate) as a percentage with one decimal: 0.6 -> '60.0%', 0.005 -> '0.5%'."""
+    return pct(fraction)
 
 
 def format_decimal(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return number(value, 3)
 
 
 def _plain(value: Any) -> str:

@@ -12,19 +12,22 @@ _CURVES = (("loss", "task loss L_T"), ("loss_v", "unimodal loss L_{v}"), ("loss_
 
 
 def training_curves(steps: Sequence[Mapping[str, Any]], *, modalities: Sequence[str] = ("1st modality", "2nd modality")) -> Figure:
-    """Losses on the left, BalGrad's weights and lambda on the right (when logged), against the step;
-    `modalities` names v and l (BalGrad's settings record them)."""
-    fig = Figure(figsize=(9.0, 3.6), layout="constrained")
-    losses, weights = fig.subplots(1, 2)
+    """Losses on the left, BalGrad's weights and lambda on the right, against the step; `modalities` names v and l
+    (BalGrad's settings record them). The right panel only when the log has BalGrad's figures: other methods (MMDB, DFR...)
+    log none, and an empty panel titled after BalGrad would read as a failed run."""
     x = [s["step"] for s in steps]
     names = {"v": modalities[0], "l": modalities[1]}
-    for key, template in _CURVES:
-        label = template.format(**names)
-        values = [s.get(key) for s in steps]
-        if any(v is not None for v in values):
-            axis = losses if key.startswith("loss") else weights
-            axis.plot(x, [np.nan if v is None else v for v in values], label=label, linewidth=1)
-    for axis, title in ((losses, "losses"), (weights, "BalGrad weights and lambda")):
+    curves = {key: (template.format(**names), [s.get(key) for s in steps]) for key, template in _CURVES}
+    curves = {key: curve for key, curve in curves.items() if any(v is not None for v in curve[1])}
+    balgrad = any(not key.startswith("loss") for key in curves)
+    fig = Figure(figsize=(9.0 if balgrad else 5.5, 3.6), layout="constrained")
+    panels = {"losses": fig.add_subplot(1, 2 if balgrad else 1, 1)}
+    if balgrad:
+        panels["BalGrad weights and lambda"] = fig.add_subplot(1, 2, 2)
+    for key, (label, values) in curves.items():
+        axis = panels["losses" if key.startswith("loss") else "BalGrad weights and lambda"]
+        axis.plot(x, [np.nan if v is None else v for v in values], label=label, linewidth=1)
+    for title, axis in panels.items():
         axis.set_title(title, fontsize=9)
         axis.set_xlabel("step")
         if axis.lines:

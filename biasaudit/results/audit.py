@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -18,11 +18,8 @@ from typing import Any, Mapping
 from biasaudit.arguments import checked, document_with, not_empty, output_file, reading_document
 from biasaudit.errors import InputError
 
-Interval = tuple[float, float] | None
-
-
-def _interval(value: Any) -> Interval:
-    return (float(value[0]), float(value[1])) if value is not None else None
+from biasaudit.results.bias import BiasMeasures, Calibration, Ceilings, calibration_of
+from biasaudit.results.estimate import Estimate, Interval, interval_of as _interval
 
 
 def frozen_document(value: Any) -> Any:
@@ -97,14 +94,21 @@ class Summary:
     carrier: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Audit:
     """An audit of one model on one split. `document` is the whole JSON document, read-only; the attributes are typed
-    views of its main figures. Write it with `to_json` / `to_html`; read one back with `Audit.read`."""
+    views of its figures: `summary` (Full accuracy, the missing and noisy Gaps, the carrier), `conditions` (one row per
+    condition), `bias` (the bias measures: carrier, bias-follow rates, worst-group and bias-balanced accuracy per
+    condition, OOD, JSD; biasaudit.results.bias), `ceilings` (what each modality can tell alone, None when not run)
+    and `calibration` (per condition). Accuracies are in percent, rates as fractions, as in audit.json. Write it with
+    `to_json` / `to_html`; read one back with `Audit.read`."""
 
-    document: Mapping[str, Any] = field(repr=False)
+    document: Mapping[str, Any]
     summary: Summary
     conditions: tuple[ConditionResult, ...]
+    bias: BiasMeasures
+    ceilings: Ceilings | None
+    calibration: Mapping[str, Calibration]
 
     @classmethod
     @checked("Audit.from_dict", document=document_with("summary", "conditions", what="an audit document, as Audit.to_dict() returns"))
@@ -117,7 +121,9 @@ class Audit:
                        summary=Summary(accuracy=full["accuracy"], accuracy_ci=_interval(full.get("accuracy_ci")),
                                        missing=GapSummary._from_section(summary.get("missing")),
                                        noisy=GapSummary._from_section(summary.get("noisy")), carrier=summary.get("carrier")),
-                       conditions=tuple(ConditionResult._from_row(row) for row in document["conditions"]))
+                       conditions=tuple(ConditionResult._from_row(row) for row in document["conditions"]),
+                       bias=BiasMeasures._from_document(document), ceilings=Ceilings._from_section(document.get("ceilings")),
+                       calibration=calibration_of(document.get("calibration")))
 
     @classmethod
     @checked("Audit.read")
@@ -166,3 +172,16 @@ class Audit:
 
     def __str__(self) -> str:
         return json.dumps(self.to_dict(), indent=2)[:2000]
+
+    def __repr__(self) -> str:
+        config = (self.manifest.get("config") or {}) if isinstance(self.manifest, Mapping) else {}
+        full = Estimate._of(self.summary.accuracy, self.summary.accuracy_ci)
+        headline = (self.verdict or {}).get("headline") if isinstance(self.verdict, Mapping) else None
+        return (f"Audit(split={config.get('split')!r}, full_accuracy={full}, carrier={self.bias.carrier!r}, "
+                f"dominant={self.bias.dominant!r}, verdict={headline!r})")
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the verdict and the conditions table."""
+        from biasaudit.report.notebook import audit_html
+
+        return audit_html(self)

@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from biasaudit.arguments import checked, document_with, output_file, reading_document
-from biasaudit.results.audit import Interval, frozen_document, thawed_document
+from types import MappingProxyType
+
+from biasaudit.results.audit import frozen_document, thawed_document
+from biasaudit.results.estimate import Estimate, Interval
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,11 @@ class Change:
     delta: float | None
     delta_ci: Interval
 
+    @property
+    def change(self) -> Estimate:
+        """The change with its paired interval, as an Estimate (`.excludes_zero`: beyond the sampling noise)."""
+        return Estimate(self.delta, *(self.delta_ci if self.delta_ci is not None else (None, None)))
+
     @classmethod
     def _from_entry(cls, entry: Mapping[str, Any] | None) -> Change | None:
         if entry is None:
@@ -32,9 +40,37 @@ class Change:
 
 
 @dataclass(frozen=True)
+class BiasChanges:
+    """The bias measures before and after (compare.json's `bias` block): the carrier named by each audit, each
+    modality's excess bias-follow rate (fractions), worst-group and bias-balanced accuracy per condition (percent), and
+    OOD accuracy when the split is out of distribution. `lacking` names the measures one of the audits did not take."""
+
+    carrier_before: str | None
+    carrier_after: str | None
+    follow_rate: Mapping[str, Change]
+    worst_group: Mapping[str, Change]
+    bias_balanced: Mapping[str, Change]
+    ood: Change | None
+    lacking: Mapping[str, Any]
+
+    @classmethod
+    def _from_section(cls, section: Mapping[str, Any] | None) -> BiasChanges:
+        section = section or {}
+
+        def changes(key: str) -> Mapping[str, Change]:
+            return MappingProxyType({name: Change._from_entry(entry) for name, entry in (section.get(key) or {}).items()})
+
+        carrier = section.get("carrier") or {}
+        return cls(carrier_before=carrier.get("before"), carrier_after=carrier.get("after"), follow_rate=changes("bias_follow"),
+                   worst_group=changes("worst_group"), bias_balanced=changes("bias_balanced"), ood=Change._from_entry(section.get("ood")),
+                   lacking=MappingProxyType(dict(section.get("lacking") or {})))
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Before vs after: `verdict` (one sentence led by the bias measures), `sentences` (each traced to a figure),
-    `paired` intervals or the reason there are none, and the Full accuracy and Gap changes as typed entries."""
+    `paired` intervals or the reason there are none, the Full accuracy and Gap changes, and `bias`, the bias measures'
+    changes (e.g. `comparison.bias.worst_group["full"].change`), as typed entries."""
 
     document: Mapping[str, Any] = field(repr=False)
     verdict: str
@@ -44,6 +80,7 @@ class Comparison:
     accuracy: Change
     missing_gap: Change | None
     noisy_gap: Change | None
+    bias: BiasChanges = field(repr=False)
 
     @classmethod
     @checked("Comparison.from_dict", document=document_with("summary", "verdict", "paired", what="a comparison document, as Comparison.to_dict() returns"))
@@ -54,7 +91,14 @@ class Comparison:
                        sentences=tuple(document.get("verdict_sentences") or ()), paired=bool(document["paired"]),
                        unpaired_reason=document.get("unpaired_reason"), accuracy=Change._from_entry(summary["full"]),
                        missing_gap=Change._from_entry((summary.get("missing") or {}).get("gap")),
-                       noisy_gap=Change._from_entry((summary.get("noisy") or {}).get("gap")))
+                       noisy_gap=Change._from_entry((summary.get("noisy") or {}).get("gap")),
+                       bias=BiasChanges._from_section(document.get("bias")))
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the verdict and the changes table."""
+        from biasaudit.report.notebook import comparison_html
+
+        return comparison_html(self)
 
     @checked("Comparison.to_dict")
     def to_dict(self) -> dict[str, Any]:

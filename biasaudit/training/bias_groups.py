@@ -25,7 +25,7 @@ def check_bias_options(who: str, *, bias: str, kmeans_k: int | None) -> None:
     if bias not in BIAS_SOURCES:
         raise InputError(f"{who} bias source {bias!r} is unknown. Available: {', '.join(BIAS_SOURCES)}.")
     if kmeans_k is not None and (not isinstance(kmeans_k, int) or isinstance(kmeans_k, bool) or kmeans_k < 2):
-        raise InputError(f"--kmeans-k is {kmeans_k!r}; expected an integer of at least 2 clusters.")
+        raise InputError(f"kmeans_k is {kmeans_k!r}; expected an integer of at least 2 clusters.")
 
 
 class BiasGroups:

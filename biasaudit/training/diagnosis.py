@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from biasaudit.verdict.words import change, interval as format_interval
+
 RELIANCE_METHODS = ("balgrad", "ogm_ge", "mmpareto")
 BIAS_METHODS = ("mmdb", "groupdro", "jtt", "dfr")
 
@@ -47,7 +49,7 @@ def treatment_warnings(method: str, before: Mapping[str, Any]) -> list[str]:
     gap, interval = found["signed_gap"], found["signed_gap_ci"]
     if method in RELIANCE_METHODS and interval is not None and interval[0] <= 0 <= interval[1]:
         warnings.append(f"The before-audit finds no clear reliance on one modality (the signed missing-modality Gap, one "
-                        f"modality alone minus the other, is {gap:+.1f} points [{interval[0]:.1f}, {interval[1]:.1f}]), which is "
+                        f"modality alone minus the other, is {change(gap)} points {format_interval(interval)}), which is "
                         f"what {method} rebalances.")
     if method in BIAS_METHODS and found["carrier_test"] and carrier is None:
         warnings.append(f"The before-audit's carrier test finds no modality that carries a bias (no excess bias-follow rate "

@@ -65,10 +65,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "shuffle_buffer"):
             if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} is {getattr(self, name)}; expected a positive integer.")
+                raise InputError(f"{name} is {getattr(self, name)}; expected a positive integer.")
         # Adam works in the parameters' precision: a rate float32 cannot hold overflows inside torch (exit 3).
         if not 0 < self.lr <= torch.finfo(torch.float32).max:
-            raise InputError(f"--lr is {self.lr}; expected a positive learning rate that float32 can hold (at most 3.4e38).")
+            raise InputError(f"lr is {self.lr}; expected a positive learning rate that float32 can hold (at most 3.4e38).")
         check_optimizer(self.optimizer, weight_decay=self.weight_decay, momentum=self.momentum)
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,9 +32,9 @@ from biasaudit.training.method_ce import train_labels
 __all__ = ["BalGrad", "HEAD_MODES", "WEIGHT_MODES", "RUNNING_MOMENTUM"]
 
 
-def _choice(value: str, allowed: tuple[str, ...], *, what: str, flag: str) -> None:
+def _choice(value: str, allowed: tuple[str, ...], *, what: str, option: str) -> None:
     if value not in allowed:
-        raise InputError(f"Unknown BalGrad {what} {value!r} ({flag}); available: {', '.join(allowed)}.")
+        raise InputError(f"{option} is {value!r}, an unknown BalGrad {what}. Available: {', '.join(allowed)}.")
 
 
 @dataclass
@@ -50,16 +50,16 @@ class BalGrad:
 
     def __post_init__(self) -> None:
         """Refuse bad options, named by their CLI flags, before any audit or training runs."""
-        _choice(self.schedule, bg.SCHEDULES, what="λ schedule", flag="--lambda-schedule")
-        _choice(self.kl_mode, bg.KL_MODES, what="KL mode", flag="--kl-mode")
-        _choice(self.projection, bg.PROJECTIONS, what="projection", flag="--projection")
-        _choice(self.head_mode, HEAD_MODES, what="head mode", flag="--head-mode")
-        _choice(self.weights, WEIGHT_MODES, what="KL weights", flag="--balgrad-weights")
+        _choice(self.schedule, bg.SCHEDULES, what="λ schedule", option="schedule")
+        _choice(self.kl_mode, bg.KL_MODES, what="KL mode", option="kl_mode")
+        _choice(self.projection, bg.PROJECTIONS, what="projection", option="projection")
+        _choice(self.head_mode, HEAD_MODES, what="head mode", option="head_mode")
+        _choice(self.weights, WEIGHT_MODES, what="KL weights", option="weights")
         if not (isinstance(self.lambda_initial, (int, float)) and math.isfinite(self.lambda_initial)
                 and 0 <= self.lambda_initial <= 1):
-            raise InputError(f"BalGrad's initial λ (--lambda-initial) is {self.lambda_initial!r}; expected a number between 0 and 1.")
+            raise InputError(f"lambda_initial is {self.lambda_initial!r}; expected a number between 0 and 1 (BalGrad's initial λ).")
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
-            raise InputError(f"BalGrad's β (--beta) is {self.beta!r}; expected a finite number >= 0.")
+            raise InputError(f"beta is {self.beta!r}; expected a finite number >= 0 (BalGrad's β).")
         self._heads = BranchHeads("BalGrad", self.head_mode, exactly_two=True)
         self._step: BalGradComponent | None = None
 

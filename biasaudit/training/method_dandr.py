@@ -72,11 +72,11 @@ class DandR:
     validates = True  # fix holds out part of train when the adapter has no val split
 
     def __init__(self, *, every: int | None = None, max_times: int = 3) -> None:
-        for flag, value, least in (("--dandr-every", every, 1), ("--dandr-max-times", max_times, 0)):
-            if value is None and flag == "--dandr-every":
+        for option, value, least in (("every", every, 1), ("max_times", max_times, 0)):
+            if value is None and option == "every":
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise InputError(f"{flag} is {value!r}; expected an integer of at least {least}.")
+                raise InputError(f"{option} is {value!r}; expected an integer of at least {least}.")
         # None: spread the re-initialisations over the run (check_config), so that fix's default 20 epochs work; the
         # paper's R = 20 belongs to runs of 100+ epochs.
         self.every_option, self.every, self.max_times = every, every or 1, max_times

@@ -27,7 +27,7 @@ class GroupDRO:
 
     def __init__(self, *, eta: float = 0.01, bias: str = "auto", kmeans_k: int | None = None, dominant: str | None = None) -> None:
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or non_negative_finite(eta) is not None:
-            raise InputError(f"--eta is {eta!r}; expected a finite number of at least 0 (Group DRO's step size for q).")
+            raise InputError(f"eta is {eta!r}; expected a finite number of at least 0 (Group DRO's step size for q).")
         self.eta = float(eta)
         self.groups = BiasGroups("Group DRO", bias=bias, kmeans_k=kmeans_k, dominant=dominant)
         self.gdro: GroupDROLoss | None = None

@@ -27,15 +27,16 @@ from biasaudit.methods._modes import evaluation_modes
 from biasaudit.training.loop import SAMPLE_INDEX, EpochEnd, TrainConfig, without_index
 from biasaudit.training.method_ce import train_labels
 
-def option_errors(make: Callable[[], Any], **flags: str) -> Any:
-    """make(), with a refused parameter named by fix's flag (the option of ba.fix in brackets)."""
+def option_errors(make: Callable[[], Any], *options: str) -> Any:
+    """make(), with a refused component parameter named as fix's option ("upweight is 0; expected ..."), the form the
+    command line names by its flag (cli/fix.py)."""
     try:
         return make()
     except InputError as exc:
         text = str(exc)
-        for parameter, flag in flags.items():
-            if text.startswith(f"The {parameter!r} parameter of ") and "; expected " in text:
-                raise InputError(f"{flag} ({parameter!r}) is {text.split(' is ', 1)[1]}") from exc
+        for option in options:
+            if text.startswith(f"The {option!r} parameter of ") and "; expected " in text:
+                raise InputError(f"{option} is {text.split(' is ', 1)[1]}") from exc
         raise
 
 
@@ -47,8 +48,7 @@ class JTT:
     sample_index = True  # the loop adds SAMPLE_INDEX to every training batch
 
     def __init__(self, *, upweight: float = 10.0, fraction: float = 0.5) -> None:
-        self.parts = option_errors(lambda: JTTParts(upweight=upweight, fraction=fraction), upweight="--jtt-upweight",
-                                   fraction="--jtt-fraction")
+        self.parts = option_errors(lambda: JTTParts(upweight=upweight, fraction=fraction), "upweight", "fraction")
         self.upweight, self.fraction = float(upweight), float(fraction)
         self.stage = 1
         self._start: dict[str, torch.Tensor] | None = None
@@ -56,7 +56,7 @@ class JTT:
     def check_config(self, config: TrainConfig) -> None:
         first = self.parts.stage_one_epochs(config.epochs)
         if first >= config.epochs:
-            raise InputError(f"JTT with --epochs {config.epochs} and --jtt-fraction {self.fraction:g} gives stage 1 all {first} "
+            raise InputError(f"JTT with {config.epochs} epoch(s) and a stage-1 fraction of {self.fraction:g} gives stage 1 all {first} "
                              "epoch(s) and stage 2 none; expected at least 2 epochs and a fraction that leaves stage 2 one or more.")
 
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:

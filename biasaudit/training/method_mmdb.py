@@ -61,12 +61,12 @@ class MMDB:
         if self.bias not in BIAS_SOURCES:
             raise InputError(f"MMDB bias source {self.bias!r} is unknown. Available: {', '.join(BIAS_SOURCES)}.")
         if self.kmeans_k is not None and (not isinstance(self.kmeans_k, int) or self.kmeans_k < 2):
-            raise InputError(f"--kmeans-k is {self.kmeans_k!r}; expected an integer of at least 2 clusters.")
+            raise InputError(f"kmeans_k is {self.kmeans_k!r}; expected an integer of at least 2 clusters.")
         # Checked here, with the options' names, rather than when the margins are computed after the before-audit.
         if not isinstance(self.min_count, int) or isinstance(self.min_count, bool) or self.min_count < 0:
-            raise InputError(f"--min-count is {self.min_count!r}; expected an integer of at least 0.")
+            raise InputError(f"min_count is {self.min_count!r}; expected an integer of at least 0.")
         if self.entropy_gate is not None and not 0 < self.entropy_gate < float("inf"):
-            raise InputError(f"--entropy-gate is {self.entropy_gate!r}; expected a positive, finite number of bits.")
+            raise InputError(f"entropy_gate is {self.entropy_gate!r}; expected a positive, finite number of bits.")
 
     def _classifier(self, model: nn.Module, adapter: Adapter) -> nn.Linear:
         linear = optional_hook(adapter, "classifier", model)

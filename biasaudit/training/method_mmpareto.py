@@ -28,7 +28,7 @@ class MMPareto:
 
     def __init__(self, *, gamma: float = 1.5, head_mode: str = "separate") -> None:
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or positive_finite(gamma) is not None:
-            raise InputError(f"--gamma is {gamma!r}; expected a positive, finite number (MMPareto's factor on each branch's "
+            raise InputError(f"gamma is {gamma!r}; expected a positive, finite number (MMPareto's factor on each branch's "
                              "integrated gradient).")
         if head_mode not in HEAD_MODES:
             raise InputError(f"MMPareto's --head-mode is {head_mode!r}; available: {', '.join(HEAD_MODES)}.")

@@ -32,7 +32,7 @@ class OGMGE:
             raise InputError(f"OGM-GE's --head-mode is {head_mode!r}; expected {' or '.join(HEAD_MODES)} (OGM-GE only reads the "
                              "unimodal logits, so separate heads would never be trained).")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or positive_finite(alpha) is not None:
-            raise InputError(f"--alpha is {alpha!r}; expected a positive, finite number (OGM-GE's α in k = 1 − tanh(α·ρ)).")
+            raise InputError(f"alpha is {alpha!r}; expected a positive, finite number (OGM-GE's α in k = 1 − tanh(α·ρ)).")
         self.alpha, self.ge, self.head_mode = float(alpha), bool(ge), head_mode
         self._heads = BranchHeads("OGM-GE", head_mode)
         self._ogm: OGMGEComponent | None = None

@@ -28,6 +28,10 @@ from biasaudit.training.method_mmdb import MMDB
 from biasaudit.training.method_mmpareto import MMPareto
 from biasaudit.training.method_ogm_ge import OGMGE
 
+# What `biasaudit fix` and `biasaudit.fix` run when not told: MMDB, its scale chosen on validation data.
+DEFAULT_METHOD = "mmdb"
+DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"mmdb": {"scale": "auto"}}
+
 METHODS = {"ce": CrossEntropy, "mmdb": MMDB, "balgrad": BalGrad, "ogm_ge": OGMGE, "mmpareto": MMPareto,
            "groupdro": GroupDRO, "jtt": JTT, "dandr": DandR, "dfr": DFR}
 

@@ -27,14 +27,14 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 def check_optimizer(name: Any, *, weight_decay: Any, momentum: Any) -> None:
     """The optimiser's settings, checked before any work; messages name the settings as fix's options do."""
     if name not in OPTIMIZERS:
-        raise InputError(f"--optimizer is {name!r}, which is unknown. Available: {', '.join(OPTIMIZERS)}.")
+        raise InputError(f"optimizer is {name!r}, which is unknown. Available: {', '.join(OPTIMIZERS)}.")
     for setting, value, upper in (("weight_decay", weight_decay, math.inf), ("momentum", momentum, 1.0)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < upper:
             expected = "a finite number >= 0" if upper == math.inf else "a number from 0 up to (not including) 1"
-            raise InputError(f"--{setting.replace('_', '-')} is {value!r}; expected {expected}.")
+            raise InputError(f"{setting} is {value!r}; expected {expected}.")
     if momentum and name != "sgd":
-        raise InputError(f"--momentum {momentum} applies to --optimizer sgd only; {name} would ignore it. Use --optimizer sgd, "
-                         "or leave --momentum out.")
+        raise InputError(f"momentum {momentum} applies to the sgd optimizer only; {name} would ignore it. Use the sgd "
+                         "optimizer, or leave momentum out.")
 
 
 def make_optimizer(params: Iterable[nn.Parameter], *, name: str, lr: float, weight_decay: float = 0.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from biasaudit.verdict.words import JSD_NAMES, ci_pct, ci_points, pct, pts
+from biasaudit.verdict.words import JSD_NAMES, change, ci_pct, ci_points, number, pct, pts
 
 class _Evidence:
     """One bias measure's change: which way it points and whether a paired interval backs it."""
@@ -26,23 +26,23 @@ def _evidence(comparison: Mapping[str, Any]) -> list[_Evidence]:
             at_minimum = entry.get("groups_at_minimum") or {}
             tied = at_minimum.get("before"), at_minimum.get("after")
             ties = (f"; groups at that minimum {tied[0]} -> {tied[1]}" if None not in tied and tied != (1, 1) else "")
-            out.append(_Evidence(what, f"{what} {pts(entry['before'])} -> {pts(entry['after'])}% (change {entry['delta']:+.1f}"
+            out.append(_Evidence(what, f"{what} {pts(entry['before'])} -> {pts(entry['after'])}% (change {change(entry['delta'])}"
                                        f"{ci_points(entry.get('delta_ci'))}{ties})", entry["delta"], entry.get("delta_ci"), higher_is_better=True))
     ood = bias.get("ood")
     if ood and ood.get("delta") is not None:
-        out.append(_Evidence("OOD accuracy", f"OOD accuracy {pts(ood['before'])} -> {pts(ood['after'])}% (change {ood['delta']:+.1f}"
+        out.append(_Evidence("OOD accuracy", f"OOD accuracy {pts(ood['before'])} -> {pts(ood['after'])}% (change {change(ood['delta'])}"
                                              f"{ci_points(ood.get('delta_ci'))})", ood["delta"], ood.get("delta_ci"), higher_is_better=True))
     for m, entry in (bias.get("bias_follow") or {}).items():
         if entry and entry.get("delta") is not None:
             what = f"{m} bias-follow rate"
-            out.append(_Evidence(what, f"{what} {pct(entry['before'])} -> {pct(entry['after'])} (change {100 * entry['delta']:+.1f}"
+            out.append(_Evidence(what, f"{what} {pct(entry['before'])} -> {pct(entry['after'])} (change {change(entry['delta'], scale=100)}"
                                        f"{ci_pct(entry.get('delta_ci'))} points)", entry["delta"], entry.get("delta_ci"), higher_is_better=False))
     jsd = comparison.get("jsd") or {}
     for stat in JSD_NAMES:
         entry = jsd.get(stat) or {}
         if entry.get("before") is not None and entry.get("after") is not None:
             delta = entry["after"] - entry["before"]
-            out.append(_Evidence(f"JSD {JSD_NAMES[stat]}", f"JSD {JSD_NAMES[stat]} {entry['before']:.3f} -> {entry['after']:.3f} "
+            out.append(_Evidence(f"JSD {JSD_NAMES[stat]}", f"JSD {JSD_NAMES[stat]} {number(entry['before'], 3)} -> {number(entry['after'], 3)} "
                                  "(no interval)", delta, None, higher_is_better=True))
             break  # the weighted mean when both audits have it: it needs no minimum of mistakes per bias value
     return out
@@ -98,9 +98,9 @@ def _gap_reason(comparison: Mapping[str, Any], word: str) -> str | None:
     interval = gap.get("delta_ci")
     if interval and interval[0] <= 0 <= interval[1]:  # no change to explain: a cause for noise would mislead
         return (f"The missing-modality Gap did not clearly move ({pts(gap['before'])} -> {pts(gap['after'])} points, change "
-                f"{gap['delta']:+.1f}{ci_points(interval)}). The Gap measures reliance, not bias.")
+                f"{change(gap['delta'])}{ci_points(interval)}). The Gap measures reliance, not bias.")
     text = (f"The missing-modality Gap {'grew' if grew else 'narrowed'} from {pts(gap['before'])} to {pts(gap['after'])} points "
-            f"(change {gap['delta']:+.1f}{ci_points(gap.get('delta_ci'))})")
+            f"(change {change(gap['delta'])}{ci_points(gap.get('delta_ci'))})")
     alone = _alone_scores(comparison)
     if alone:
         moved = max(alone, key=lambda m: abs(alone[m][1] - alone[m][0]))  # the modality whose use changed most
@@ -158,11 +158,15 @@ def _compare_parts(comparison: Mapping[str, Any]) -> tuple[str, list[str]]:
     full = summary["full"]
     ood = "Full (OOD) accuracy" if (comparison.get("bias") or {}).get("ood") else "Full accuracy"
     figures.append(f"{ood} {pts(full['before'])} -> {pts(full['after'])}")
-    lost = f"{-full['delta']:.1f} points of accuracy lost" if full["delta"] is not None else ""
-    words.append(_judge(full["delta"], full.get("delta_ci"), lower=lost, higher="accuracy gained", same="no clear accuracy change"))
+    lost = f"{number(-full['delta'])} points of accuracy lost" if full["delta"] is not None else ""
+    accuracy = _judge(full["delta"], full.get("delta_ci"), lower=lost, higher="accuracy gained", same="no clear accuracy change")
+    words.append(accuracy)
     noisy = (summary.get("noisy") or {}).get("gap")
     if noisy and _judge(noisy["delta"], noisy.get("delta_ci"), lower="", higher="up", same="") == "up":
-        words.append(f"but the noisy-input Gap rose {pts(noisy['before'])} -> {pts(noisy['after'])}")
+        # A rise is bad: "but" only against a good change before it (accuracy gained, or less bias with accuracy unchanged);
+        # after a loss or nothing good, "but" would read as if the loss were good news.
+        good = accuracy.startswith("accuracy gained") or (accuracy.startswith("no clear") and word.startswith("less biased"))
+        words.append(f"{'but' if good else 'and'} the noisy-input Gap rose {pts(noisy['before'])} -> {pts(noisy['after'])}")
     headline = ", ".join(figures) + ": " + ", ".join(words) + "."
     # Capitalised, except where the sentence opens with a modality's name: that is an identifier.
     sentences = [(e.figure if e.what.endswith("bias-follow rate") else e.figure[0].upper() + e.figure[1:]) + "." for e in evidence]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from biasaudit.verdict.words import one_decimal, ran_section, ci_pct, ci_points, pct, pts
+from biasaudit.verdict.words import number, one_decimal, ran_section, ci_pct, ci_points, pct, pts
 
 def _carrier_figures(audit: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
     carrier = ran_section(audit, "carrier")
@@ -112,8 +112,8 @@ def jsd_sentence(audit: Mapping[str, Any]) -> str | None:
                 f"{pts(full)}%), so there is nothing to measure whether mistakes copy the bias.")
     if weighted is None and mean is None:
         return "JSD: no bias value with mistakes has a training prior, so there is no JSD to report."
-    parts = [f"weighted mean {weighted:.3f}" if weighted is not None else None,
-             f"mean {mean:.3f}" if mean is not None else
+    parts = [f"weighted mean {number(weighted, 3)}" if weighted is not None else None,
+             f"mean {number(mean, 3)}" if mean is not None else
              f"mean n/a (no bias value has {jsd.get('min_wrong', 'enough')} mistakes)"]
     return (f"JSD of the mistakes against the bias prior: {', '.join(p for p in parts if p)} (0 = the mistakes follow the bias "
             "prior exactly, 1 = not at all).")

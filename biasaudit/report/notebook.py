@@ -1,0 +1,53 @@
+"""What a notebook shows for an Audit or a Comparison (`_repr_html_`): the verdict and the key table, small and
+self-contained; the full report is `to_html`."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import TYPE_CHECKING, Iterable
+
+from biasaudit.verdict.words import interval, number
+
+if TYPE_CHECKING:
+    from biasaudit.results.audit import Audit
+    from biasaudit.results.comparison import Change, Comparison
+
+
+def _points(value: float | None, ci: tuple[float, float] | None = None, *, signed: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return number(value, signed=signed) + (f" {interval(ci)}" if ci is not None else "")
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def audit_html(audit: Audit) -> str:
+    verdict = audit.verdict or {}
+    headline = verdict.get("headline") or ""
+    rows = [(c.name, _points(c.accuracy, c.accuracy_ci), "" if c.flip_rate is None else number(c.flip_rate, scale=100) + "%")
+            for c in audit.conditions]
+    bias = audit.bias
+    facts = [("carrier", bias.carrier or "none found"), ("relied on most", bias.dominant or "n/a")]
+    if "full" in bias.worst_group:
+        full = bias.worst_group["full"]
+        facts.append(("worst-group accuracy (full)", _points(full.value, full.interval)))
+    return (f"<div class='biasaudit-audit'><p><strong>{escape(headline)}</strong></p>"
+            + _table(("", ""), facts) + _table(("condition", "accuracy % [95% CI]", "flip rate"), rows) + "</div>")
+
+
+def comparison_html(comparison: Comparison) -> str:
+    def row(name: str, change: Change | None) -> tuple[str, str, str, str]:
+        if change is None:
+            return (name, "n/a", "n/a", "n/a")
+        return (name, _points(change.before), _points(change.after), _points(change.delta, change.delta_ci, signed=True))
+
+    rows = [row("Full accuracy", comparison.accuracy), row("missing-modality Gap", comparison.missing_gap)]
+    rows += [row(f"worst-group ({name})", change) for name, change in comparison.bias.worst_group.items() if name == "full"]
+    if comparison.bias.ood is not None:
+        rows.append(row("OOD accuracy", comparison.bias.ood))
+    return (f"<div class='biasaudit-comparison'><p><strong>{escape(comparison.verdict)}</strong></p>"
+            + _table(("measure", "before", "after", "change [95% CI]"), rows) + "</div>")
