@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from biasaudit.report.leaderboard_render import pareto_figure, primary_measure
+from biasaudit.verdict.words import interval, number
 
 COLUMNS = ("full", "worst_group", "bias_balanced", "ood", "follow_rate", "gap")
 
@@ -38,11 +39,11 @@ def cell(entry: dict, name: str) -> str:
     value = entry["values"].get(name) or {}
     if value.get("mean") is None:
         return "n/a"
-    text = f"{value['mean']:.1f} ± {value['std']:.1f}" if value.get("std") is not None else f"{value['mean']:.1f}"
+    text = number(value["mean"]) + (f" ± {number(value['std'])}" if value.get("std") is not None else "")
     change = (entry.get("changes") or {}).get(name)
     if change and change.get("delta") is not None:
-        interval = change.get("interval")
-        text += f" ({change['delta']:+.1f}" + (f" [{interval[0]:.1f}, {interval[1]:.1f}]" if interval else "") + ")"
+        bounds = interval(change.get("interval"))
+        text += f" ({number(change['delta'], signed=True)}" + (f" {bounds}" if bounds else "") + ")"
     return text
 
 

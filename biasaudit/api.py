@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import copy
 import inspect
-import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from biasaudit.adapter import Adapter, validate_adapter
-from biasaudit.arguments import (at_least, check_argument, check_keywords, checked, conforms, non_negative_finite, not_empty, one_of,
-                                 output_dir, plain, positive_finite, shown)
+from biasaudit.arguments import (at_least, check_argument, check_keywords, checked, conforms, non_negative_finite, not_empty,
+                                 one_of, output_dir, plain, positive_finite, shown)
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.gating import GateRules
 from biasaudit.progress import Progress
+from biasaudit.results import StrPath
 from biasaudit.results.audit import Audit
 from biasaudit.results.comparison import Comparison
 from biasaudit.results.fix_result import AlsoSplitResult, FixResult
@@ -25,12 +26,16 @@ from biasaudit.results.leaderboard_result import LeaderboardResult
 from biasaudit.choosing.runs import KEEP, PRIMARY
 from biasaudit.training.optimizers import OPTIMIZERS
 
+if TYPE_CHECKING:
+    from biasaudit.scanning import ScanConfig
+    from biasaudit.sharding import Shard
+
 
 @checked("ba.scan", split=not_empty, batch_size=at_least(1), seed=at_least(0), bootstrap=at_least(10))
 def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
          device: str | torch.device = "cpu", batch_size: int = 256, bootstrap: int = 1000, projection: str = "umap",
          progress: Progress | None = None, unimodal_models: Mapping[str, nn.Module] | None = None, distributed: bool = False,
-         **settings) -> Audit:
+         **settings: Any) -> Audit:
     """Audit `model` through `adapter` on one split: every condition of the grid (full, missing, noisy, the ratio
     sweep, see docs/conditions.md), bias measures, calibration, embeddings and gradient conflict.
 
@@ -48,7 +53,14 @@ def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions:
     `conditions` is a comma-separated str ("missing,noisy") or a list or tuple of the same names; `mute` a mapping of
     modality to muting impairment ({"image": "mean"}). Arguments are checked before any work: a wrong type raises
     ArgumentTypeError (a BiasAuditError and a TypeError), a wrong value InputError (a BiasAuditError and a
-    ValueError), each naming the parameter; bad adapters or data raise a BiasAuditError subclass naming the input."""
+    ValueError), each naming the parameter; bad adapters or data raise a BiasAuditError subclass naming the input.
+
+    Parameters: `model` and `adapter` (the model to audit and how to feed it); `split` (default "test"); `conditions`
+    (see above); `seed` (every random draw); `device`; `batch_size` (samples per forward); `bootstrap` (replicates of every
+    interval); `projection` ("umap" or "pca", the embedding plots); `progress` (a callback); `unimodal_models` (modality ->
+    a model trained on that modality alone, for its ceiling); `distributed` (see above); `settings` (any other ScanConfig
+    field by name).
+    """
     from biasaudit.audit import audit_model
     from biasaudit.rank_agreement import stopping_together
     from biasaudit.sharding import process_group_shard
@@ -85,16 +97,18 @@ def _check_scan(adapter: Any, config: Any, *, where: str, unimodal_models: Mappi
 
     validate_adapter(adapter, source=f"given to {where} ({type(adapter).__name__})")
     check_split(adapter, config.split)
-    check_precision(config.precision, resolve_device(config.device, label=f"The 'device' parameter of {where}", cpu="device='cpu'"))
+    check_precision(config.precision,
+                    resolve_device(config.device, label=f"The 'device' parameter of {where}", cpu="device='cpu'"))
     parse_conditions(config.conditions, adapter.modalities)
     with_mute_overrides(adapter, config.mute, label=f"The 'mute' parameter of {where}")
     names = [m.name for m in adapter.modalities]
     unknown = [name for name in unimodal_models or {} if name not in names]
     if unknown:
-        raise InputError(f"The 'unimodal_models' parameter of {where} names modality {unknown[0]!r}. Available: {', '.join(names)}.")
+        raise InputError(f"The 'unimodal_models' parameter of {where} names modality {unknown[0]!r}. "
+                         f"Available: {', '.join(names)}.")
 
 
-def _scan_config(*, where: str = "ba.scan", **settings: Any):
+def _scan_config(*, where: str = "ba.scan", **settings: Any) -> ScanConfig:
     """ScanConfig from keyword settings, each checked against its field's type first; an unknown one lists the
     available settings. The documented forms a Python caller may use are made the CLI's: a list of conditions is
     joined with commas, a mute mapping becomes (modality, impairment) pairs, so both record the same manifest."""
@@ -122,7 +136,10 @@ def _scan_config(*, where: str = "ba.scan", **settings: Any):
 def compare(before: Audit, after: Audit) -> Comparison:
     """After vs before: per-condition and summary changes with paired bootstrap intervals when both audits are of the
     same samples, seed and generator (otherwise plain differences and the reason), bias measures first. Refuses
-    (InputError) audits of other splits or conditions."""
+    (InputError) audits of other splits or conditions.
+
+    Parameters: `before` and `after`, two Audits of the same split and conditions (e.g. before and after a fix).
+    """
     from biasaudit.comparing import compare_audits
 
     return Comparison.from_dict(compare_audits(before.to_dict(), after.to_dict()))
@@ -138,18 +155,21 @@ def gate(current: Audit, *, rules: GateRules | Mapping[str, Any], baseline: Audi
     from biasaudit.gating import evaluate_gate
 
     if not isinstance(rules, GateRules):
-        check_keywords(rules, [f.name for f in dataclasses.fields(GateRules) if f.name != "labels"], where="The 'rules' mapping of ba.gate")
+        check_keywords(rules, [f.name for f in dataclasses.fields(GateRules) if f.name != "labels"],
+                       where="The 'rules' mapping of ba.gate")
         rules = GateRules(**rules)
     if rules.is_empty:
         raise InputError("The 'rules' parameter of ba.gate holds no rule; give at least one, e.g. ba.GateRules(max_gap=5).")
     if baseline is None and rules.comparing:
-        raise InputError(f"The rules {', '.join(rules.comparing)} compare against a baseline audit; pass baseline=ba.Audit.read(path) "
-                         "to ba.gate, or leave them out.")
-    return GateResult.from_dict(evaluate_gate(current.to_dict(), rules, baseline=baseline.to_dict() if baseline is not None else None))
+        raise InputError(f"The rules {', '.join(rules.comparing)} compare against a baseline audit; "
+                         "pass baseline=ba.Audit.read(path) to ba.gate, or leave them out.")
+    return GateResult.from_dict(evaluate_gate(current.to_dict(), rules,
+                                              baseline=baseline.to_dict() if baseline is not None else None))
 
 
 @checked("ba.fix", epochs=at_least(1), lr=positive_finite, batch_size=at_least(1), optimizer=one_of(OPTIMIZERS),
-         weight_decay=non_negative_finite, momentum=lambda value: None if 0 <= value < 1 else "a number from 0 up to (not including) 1",
+         weight_decay=non_negative_finite,
+         momentum=lambda value: None if 0 <= value < 1 else "a number from 0 up to (not including) 1",
          train_split=not_empty, split=not_empty,
          seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"), scan_batch_size=at_least(1),
          also_split=lambda value: None if value is None else not_empty(value))
@@ -158,8 +178,8 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "mmdb", epochs: int
         train_split: str = "train", split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
         device: str | torch.device = "cpu",
         bootstrap: int = 1000, projection: str = "umap", options: Mapping[str, Any] | None = None, inplace: bool = False,
-        before: Audit | None = None, state_dir: str | os.PathLike | None = None, progress: Progress | None = None,
-        also_split: str | None = "auto", from_scratch: bool = False, scan_batch_size: int = 256, **settings) -> FixResult:
+        before: Audit | None = None, state_dir: StrPath | None = None, progress: Progress | None = None,
+        also_split: str | None = "auto", from_scratch: bool = False, scan_batch_size: int = 256, **settings: Any) -> FixResult:
     """Audit `model` on `split`, retrain it on `train_split` with `method` (see `biasaudit.training.methods.METHODS`:
     ce, mmdb, balgrad, ogm_ge, mmpareto, groupdro, jtt, dandr, dfr; `options` are the method's own, e.g. {"alpha": 0.5}
     for ogm_ge, {"gamma": 1.5, "head_mode": "separate"} for mmpareto, {"eta": 0.05} for groupdro,
@@ -179,8 +199,14 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "mmdb", epochs: int
     `also_split` audits a second split before and after in the same way ("auto": `test` when `split` is out of
     distribution, i.e. its bias distribution differs from train's; None: no second split); the result's `also` holds
     it and the verdict quotes its Full accuracy change. `from_scratch=True` trains from `adapter.build_model()`'s
-    initial weights (seeded by `seed`), the papers' protocol; `before` is then the starting model's audit. Arguments are checked before any work, as
-    ba.scan's are."""
+    initial weights (seeded by `seed`), the papers' protocol; `before` is then the starting model's audit. Arguments
+    are checked before any work, as ba.scan's are.
+
+    Parameters: `model`, `adapter`; `method` and `options` (above); training: `epochs`, `lr`, `batch_size`, `optimizer`,
+    `weight_decay`, `momentum`, `train_split`, `seed`, `device`, `state_dir`, `from_scratch`; audits: `split`, `conditions`,
+    `bootstrap`, `projection`, `scan_batch_size`, `settings` (any other ScanConfig field), `before`, `also_split`;
+    `inplace` (train the caller's model itself); `progress` (a callback).
+    """
     from biasaudit.fixing import check_before, check_method, check_plan, fix_model
     from biasaudit.training.loop import TrainConfig
 
@@ -189,8 +215,8 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "mmdb", epochs: int
     named = [name for name in inspect.signature(fix).parameters if name != "settings"]
     check_keywords(settings, named + sorted(_settings()), where="ba.fix")
     device = str(device)
-    scan_config = _scan_config(where="ba.fix", split=split, conditions=conditions, seed=seed, device=device, bootstrap_replicates=bootstrap,
-                               projection=projection, batch_size=scan_batch_size, **settings)
+    scan_config = _scan_config(where="ba.fix", split=split, conditions=conditions, seed=seed, device=device,
+                               bootstrap_replicates=bootstrap, projection=projection, batch_size=scan_batch_size, **settings)
     options = {**DEFAULT_OPTIONS.get(method, {}), **(options or {})}
     _check_scan(adapter, scan_config, where="ba.fix")
     from biasaudit.batches import check_split
@@ -211,7 +237,8 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "mmdb", epochs: int
     return FixResult(model=trained, before=Audit.from_dict(outcome.before), after=Audit.from_dict(outcome.after),
                      comparison=Comparison.from_dict(outcome.comparison),
                      train_log={"training": outcome.training, "steps": outcome.steps},
-                     also=AlsoSplitResult(split=also.split, before=Audit.from_dict(also.before), after=Audit.from_dict(also.after),
+                     also=AlsoSplitResult(split=also.split, before=Audit.from_dict(also.before),
+                                          after=Audit.from_dict(also.after),
                                           comparison=Comparison.from_dict(also.comparison)) if also is not None else None)
 
 
@@ -236,8 +263,9 @@ def _grids_problem(value: Any) -> str | None:
          else "at least two different seeds of 0 or more", split=not_empty, epochs=at_least(1), lr=positive_finite,
          batch_size=at_least(1), optimizer=one_of(OPTIMIZERS), bootstrap=at_least(10), primary=one_of(PRIMARY), keep=one_of(KEEP),
          max_full_drop=non_negative_finite, out=output_dir("ba.leaderboard", "out"), jobs=at_least(1), grids=_grids_problem,
-         shard=lambda value: None if value is None or _shard_of(value) is not None else "I/N with N >= 1 and I from 0 to N - 1, e.g. '0/4'")
-def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
+         shard=lambda value: None if value is None or _shard_of(value) is not None
+         else "I/N with N >= 1 and I from 0 to N - 1, e.g. '0/4'")
+def leaderboard(model: nn.Module, adapter: Adapter, *, out: StrPath,
                 methods: Sequence[str] = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr"),
                 seeds: Sequence[int] = (0, 1, 2), split: str = "test", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
                 optimizer: str = "adam", bootstrap: int = 1000, primary: str = "worst-group", max_full_drop: float = 1.0,
@@ -259,7 +287,14 @@ def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
 
     `shard` ("I/N", a job array's task I of N): train only every N-th (method, seed) run from the I-th into `out` and
     write its record `shard-I-of-N.json` (the result's `json_path`; `recommended` is None, `html_path` None); when
-    every shard has finished, `merge_leaderboard` of their folders writes the leaderboard."""
+    every shard has finished, `merge_leaderboard` of their folders writes the leaderboard.
+
+    Parameters: `model` and `adapter` (the starting model, never trained itself); `out` (the folder of the runs and the
+    document); `methods` and `seeds` (every method runs with every seed; the control `ce` always); `split` (evaluated; never
+    val); training of every run: `epochs`, `lr`, `batch_size`, `optimizer`, `device`; `bootstrap` (replicates of every
+    audit); the rule: `primary` (the tie-breaking bias measure: worst-group, bias-balanced, ood or follow-rate) and
+    `max_full_drop` (points); `keep` ("best", "all" or "none" checkpoints); `jobs`, `grids`, `shard` (above); `progress`.
+    """
     from biasaudit.choosing.board import run_leaderboard
     from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, default_grids
 
@@ -272,7 +307,8 @@ def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
     part = _shard_of(shard) if shard is not None else None
     document = run_leaderboard(model, adapter, settings, out=out, device=device, progress=progress, jobs=jobs, shard=part)
     if part is not None:
-        return LeaderboardResult(recommended=None, verdict=f"Shard {part.index}/{part.count}: {len(document['runs'])} runs finished; "
+        return LeaderboardResult(recommended=None,
+                                 verdict=f"Shard {part.index}/{part.count}: {len(document['runs'])} runs finished; "
                                  "merge every shard's folder (merge_leaderboard, or biasaudit merge) for the leaderboard.",
                                  reasons=(), json_path=Path(out) / f"shard-{part.index}-of-{part.count}.json", html_path=None,
                                  document=document)
@@ -281,11 +317,12 @@ def leaderboard(model: nn.Module, adapter: Adapter, *, out: str | os.PathLike,
 
 def _leaderboard_result(document: Mapping[str, Any], out: Path) -> LeaderboardResult:
     recommendation = document["recommendation"]
-    return LeaderboardResult(recommended=recommendation["method"], verdict=document["verdict"], reasons=tuple(recommendation["reasons"]),
-                             json_path=out / "leaderboard.json", html_path=out / "leaderboard.html", document=document)
+    return LeaderboardResult(recommended=recommendation["method"], verdict=document["verdict"],
+                             reasons=tuple(recommendation["reasons"]), json_path=out / "leaderboard.json",
+                             html_path=out / "leaderboard.html", document=document)
 
 
-def _shard_of(text: Any):
+def _shard_of(text: Any) -> Shard | None:
     from biasaudit.sharding import parse_shard
 
     try:
@@ -296,11 +333,15 @@ def _shard_of(text: Any):
 
 @checked("ba.merge_leaderboard", folders=lambda value: None if len(value) >= 1 else "one or more folders",
          out=output_dir("ba.merge_leaderboard", "out"))
-def merge_leaderboard(folders: Sequence[str | os.PathLike], *, out: str | os.PathLike) -> LeaderboardResult:
+def merge_leaderboard(folders: Sequence[StrPath], *, out: StrPath) -> LeaderboardResult:
     """The leaderboard of a sharded run (`leaderboard(..., shard="I/N")` per job-array task): reads every shard's
     folder, checks that they are one leaderboard's (same settings, every shard's record, every run finished), copies
     the runs into `out` unless it is a shard's folder, and writes leaderboard.json and leaderboard.html exactly as one
-    process would have. Needs no model, adapter or training."""
+    process would have. Needs no model, adapter or training.
+
+    Parameters: `folders` (the --out folders of every shard, in any order); `out` (where the document goes; may be
+    one of the shards' folders).
+    """
     from biasaudit.choosing.merging import merge_leaderboard as merge
 
     return _leaderboard_result(merge(folders, out=out), Path(out))

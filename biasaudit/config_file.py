@@ -26,7 +26,7 @@ SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "precision": str, "favoured_fraction": (int, float), "draws": int,
 }
 # A number applies to the option's default target; a table gives one limit per group, condition or
-# modality. The values inside are checked by biasaudit.gate_limits, the same path as the command line's.
+# modality. The values inside are checked by biasaudit.gating.registry, the same path as the command line's.
 GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     "baseline": str, "min_worst_group": dict, "max_worst_group_drop": (int, float, dict),
     "max_bias_follow_increase": (int, float, dict), "max_jsd_drop": (int, float), "jsd": str,
@@ -105,7 +105,7 @@ def load_settings(explicit: Path | None = None, *, directory: Path | None = None
 def resolve(given: Mapping[str, Any], explicit: set[str], settings: Settings, section: str) -> tuple[dict[str, Any], dict[str, str]]:
     """Each setting's value and where it came from: the command line (names in `explicit`), the file, or
     the option's default (`given` holds the parsed options, defaults included)."""
-    from biasaudit.gate_limits import OPTIONS, parse_limits
+    from biasaudit.gating.registry import OPTIONS, parse_limits
 
     from_file = settings.section(section)
     values, sources = {}, {}

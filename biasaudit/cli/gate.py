@@ -12,6 +12,19 @@ from rich.table import Table
 
 from biasaudit.cli.app import app
 from biasaudit.cli.console import err, explicit_options, handled
+from biasaudit.gating.registry import RULES
+
+
+def rule_help(name: str) -> str:
+    """A rule's --help, from its registry entry (biasaudit.gating.registry), so the flag says what the gate does."""
+    rule = RULES[name]
+    table = rule.key is not None  # a limit per key, repeatable; else one number
+    text = f"{rule.limits.form}: {rule.description}" if table else rule.description
+    return (f"{text} E.g. {rule.limits.example}{'; repeatable' if table else ''}. {'Needs --baseline. ' if rule.needs_baseline else ''}"
+            f"A {rule.kind} rule.")
+
+
+RULE_HELP = {name: rule_help(name) for name in RULES}
 
 
 @app.command()
@@ -19,23 +32,15 @@ def gate(
     ctx: typer.Context,
     current: Path = typer.Argument(..., help="audit.json of the candidate model."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed).", rich_help_panel="Inputs"),
-    min_worst_group: list[str] = typer.Option([], "--min-worst-group", metavar="CONDITION=PERCENT", help="CONDITION=PERCENT: FAIL when that condition's "
-                                              "worst-group accuracy is lower (repeatable; e.g. full=60). A bias rule.", rich_help_panel="Bias rules"),
-    max_worst_group_drop: list[str] = typer.Option([], "--max-worst-group-drop", metavar="[CONDITION=]POINTS", help="POINTS or CONDITION=POINTS: FAIL when the "
-                                                   "worst-group accuracy (plain: of full) fell by more than this against --baseline.", rich_help_panel="Bias rules"),
-    max_bias_follow_increase: list[str] = typer.Option([], "--max-bias-follow-increase", metavar="[MODALITY=]POINTS", help="POINTS or MODALITY=POINTS: FAIL when "
-                                                       "the excess bias-follow rate rose by more than this many percentage points "
-                                                       "against --baseline (plain: the baseline's carrier modality; repeatable).", rich_help_panel="Bias rules"),
-    max_jsd_drop: Optional[float] = typer.Option(None, "--max-jsd-drop", help="FAIL when the JSD fell by more than this against "
-                                                 "--baseline (its mistakes copy the bias more).", rich_help_panel="Bias rules"),
+    min_worst_group: list[str] = typer.Option([], "--min-worst-group", metavar="CONDITION=PERCENT", help=RULE_HELP["min_worst_group"], rich_help_panel="Bias rules"),
+    max_worst_group_drop: list[str] = typer.Option([], "--max-worst-group-drop", metavar="[CONDITION=]POINTS", help=RULE_HELP["max_worst_group_drop"], rich_help_panel="Bias rules"),
+    max_bias_follow_increase: list[str] = typer.Option([], "--max-bias-follow-increase", metavar="[MODALITY=]POINTS", help=RULE_HELP["max_bias_follow_increase"], rich_help_panel="Bias rules"),
+    max_jsd_drop: Optional[float] = typer.Option(None, "--max-jsd-drop", help=RULE_HELP["max_jsd_drop"], rich_help_panel="Bias rules"),
     jsd: str = typer.Option("weighted", "--jsd", metavar="weighted|mean", help="Which JSD --max-jsd-drop reads: weighted (every bias value with a "
                             "mistake, by its mistakes) or mean (only bias values with --min-wrong mistakes).", rich_help_panel="Bias rules"),
-    max_gap: list[str] = typer.Option([], "--max-gap", metavar="[GROUP=]POINTS", help="POINTS or GROUP=POINTS: FAIL when a Gap of CURRENT exceeds this "
-                                      "(plain: every group, missing and noisy; repeatable). A reliance rule.", rich_help_panel="Reliance rules"),
-    max_gap_increase: list[str] = typer.Option([], "--max-gap-increase", metavar="[GROUP=]POINTS", help="POINTS or GROUP=POINTS: FAIL when a Gap grew by more "
-                                               "than this against --baseline (plain: every group; e.g. missing=2). A reliance rule.", rich_help_panel="Reliance rules"),
-    min_accuracy: list[str] = typer.Option([], "--min-accuracy", metavar="CONDITION=PERCENT", help="CONDITION=PERCENT: FAIL when that condition's accuracy is "
-                                           "lower (repeatable; e.g. full=90).", rich_help_panel="Accuracy and significance"),
+    max_gap: list[str] = typer.Option([], "--max-gap", metavar="[GROUP=]POINTS", help=RULE_HELP["max_gap"], rich_help_panel="Reliance rules"),
+    max_gap_increase: list[str] = typer.Option([], "--max-gap-increase", metavar="[GROUP=]POINTS", help=RULE_HELP["max_gap_increase"], rich_help_panel="Reliance rules"),
+    min_accuracy: list[str] = typer.Option([], "--min-accuracy", metavar="CONDITION=PERCENT", help=RULE_HELP["min_accuracy"], rich_help_panel="Accuracy and significance"),
     significant: bool = typer.Option(False, "--significant/--no-significant", help="A baseline rule's change past its limit fails "
                                      "only when its whole paired 95% interval lies beyond the limit (else WARN).", rich_help_panel="Accuracy and significance"),
     json_output: bool = typer.Option(False, "--json", help="Print the machine verdict as JSON on stdout.", rich_help_panel="Output"),

@@ -24,5 +24,5 @@ from biasaudit.methods.mmdb import MMDB, MarginTable, margin_table
 from biasaudit.methods.mmpareto import MMPareto
 from biasaudit.methods.ogm_ge import OGMGE
 
-__all__ = ["OGMGE", "MMPareto", "GroupDRO", "group_ids", "JTT", "DandR", "DFR", "DFRResult", "classifier_inputs", "holdout_indices",
-           "BalGrad", "BalGradStep", "UnimodalHeads", "branch_widths", "MMDB", "MarginTable", "margin_table"]
+__all__ = ["DFR", "JTT", "MMDB", "OGMGE", "BalGrad", "BalGradStep", "DFRResult", "DandR", "GroupDRO", "MMPareto", "MarginTable",
+           "UnimodalHeads", "branch_widths", "classifier_inputs", "group_ids", "holdout_indices", "margin_table"]

@@ -9,11 +9,12 @@ and a shared layer is neither's (it belongs with the head and fusion, which ever
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
-from biasaudit.arguments import check_argument, shown
+from biasaudit.arguments import ValueRule, check_argument, shown
 from biasaudit.errors import InputError
 
 
@@ -83,13 +84,13 @@ class BranchParameters:
         return current
 
 
-def _same(current: Mapping[str, list[Tensor]], passed: Mapping[str, list[Tensor]] | None) -> bool:
+def _same(current: Mapping[str, Sequence[Tensor]], passed: Mapping[str, Sequence[Tensor]] | None) -> bool:
     return passed is not None and all(
-        len(tensors) == len(passed[name]) and all(a is b for a, b in zip(tensors, passed[name]))
+        len(tensors) == len(passed[name]) and all(a is b for a, b in zip(tensors, passed[name], strict=True))
         for name, tensors in current.items())
 
 
-def keys_rule(branches: Mapping[str, Any]):
+def keys_rule(branches: Mapping[str, Any]) -> ValueRule:
     """A value rule: a mapping keyed exactly by the branch names."""
     def rule(value: Mapping[str, Any]) -> str | None:
         if set(value) == set(branches):

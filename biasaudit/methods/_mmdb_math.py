@@ -22,6 +22,7 @@ cancels in the softmax, so the loss equals cross-entropy on s·cos θ + s·n̄ (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,7 +56,7 @@ class MarginTable:
         return int(self.counts.shape[1])
 
     @checked("MarginTable.to_dict")
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "num_bias": self.num_bias,
             "num_classes": self.num_classes,
@@ -99,7 +100,7 @@ def bias_margins(labels: np.ndarray, bias: np.ndarray, *, num_classes: int, num_
     frequencies = (kept + eps) / (kept.sum(axis=1, keepdims=True) + eps)
     # scipy normalises each row; an empty row has no label distribution, so no entropy (0 bits).
     totals = kept.sum(axis=1)
-    entropy_bits = np.array([entropy(row, base=2) if total > 0 else 0.0 for row, total in zip(kept, totals)])
+    entropy_bits = np.array([entropy(row, base=2) if total > 0 else 0.0 for row, total in zip(kept, totals, strict=True)])
     gated = entropy_bits >= entropy_gate if entropy_gate is not None else np.zeros(num_bias, dtype=bool)
     margins = np.where(gated[:, None], 0.0, 1.0 - frequencies)
     return MarginTable(margins=torch.tensor(margins, dtype=torch.float32), frequencies=frequencies,

@@ -16,7 +16,8 @@ The math is methods/_balgrad_math.py, shared with biasaudit's own loop, so both 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +44,14 @@ WHERE = "BalGrad"
 WEIGHT_MODES = ("batch", "running")
 RUNNING_MOMENTUM = 0.9  # the spec leaves the running average's momentum open: about the last ten batches
 
-__all__ = ["BalGrad", "BalGradStep", "LambdaSchedule", "KL_MODES", "PROJECTIONS", "SCHEDULES", "WEIGHT_MODES"]
+__all__ = ["KL_MODES", "PROJECTIONS", "SCHEDULES", "WEIGHT_MODES", "BalGrad", "BalGradStep", "LambdaSchedule"]
 
 
 def _two_branches(branches: Mapping[str, nn.Module]) -> str | None:
     problem = branches_rule(branches)
     if problem is None and len(branches) != 2:
-        return "exactly two branches (BalGrad pairs one modality with the other), e.g. {'image': model.vision, 'text': model.text}"
+        return ("exactly two branches (BalGrad pairs one modality with the other), "
+                "e.g. {'image': model.vision, 'text': model.text}")
     return problem
 
 
@@ -133,6 +135,7 @@ class BalGrad:
         params = self._branch_parameters(where=where)
         branch_ids = {id(p) for group in params.values() for p in group}
         fused_leaves = graph_leaves(fused_loss)
+        task: list[Tensor]
         if self.model is not None:
             task = [p for p in self.model.parameters() if p.requires_grad and id(p) not in branch_ids]
         else:
@@ -168,8 +171,9 @@ class BalGrad:
         other_grads = {m: list(torch.autograd.grad(unimodal[m], others[m], retain_graph=True)) if others[m] else []
                        for m in self.branches}
         # Three autograd passes instead of five when neither modality's logits reach the other's branch (exact).
-        v, l = self.branches
-        crossed = any(id(p) in unimodal_leaves[v] for p in params[l]) or any(id(p) in unimodal_leaves[l] for p in params[v])
+        name_v, name_l = self.branches
+        crossed = (any(id(p) in unimodal_leaves[name_v] for p in params[name_l])
+                   or any(id(p) in unimodal_leaves[name_l] for p in params[name_v]))
         flat, raw = raw_gradients(fused_loss, unimodal, kl_terms, task_params=task, branch_params=params, joint=not crossed)
         if world_size() > 1:
             loss_tensor = torch.tensor(losses, dtype=torch.float64, device=raw[0].device)
@@ -186,7 +190,7 @@ class BalGrad:
             _accumulate(parameter, final[start:start + parameter.numel()].view_as(parameter))
             start += parameter.numel()
         for m in self.branches:
-            for parameter, grad in zip(others[m], other_grads[m]):
+            for parameter, grad in zip(others[m], other_grads[m], strict=True):
                 _accumulate(parameter, grad)
         self.last = record
         return record

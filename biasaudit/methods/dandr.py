@@ -19,8 +19,9 @@ features give the same alpha in every process; the global random generators are 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,11 +43,13 @@ def _rows(features: Any, labels: Any, *, where: str, names: tuple[str, str]) -> 
     """[N, D] float features and N integer labels as numpy arrays; one sentence naming the argument (`names`: how the
     features and the labels are called) otherwise."""
     if not isinstance(features, torch.Tensor) or features.dim() != 2 or not features.dtype.is_floating_point:
-        got = f"a {features.dtype} tensor of shape {tuple(features.shape)}" if isinstance(features, torch.Tensor) else type(features).__name__
+        got = (f"a {features.dtype} tensor of shape {tuple(features.shape)}" if isinstance(features, torch.Tensor)
+               else type(features).__name__)
         raise InputError(f"The {names[0]} of {where} is {got}; expected a 2-D float tensor [samples, feature size].")
     if (not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool
             or labels.numel() != features.shape[0]):
-        got = f"a {labels.dtype} tensor of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor) else type(labels).__name__
+        got = (f"a {labels.dtype} tensor of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor)
+               else type(labels).__name__)
         raise InputError(f"The {names[1]} of {where} is {got}; expected {features.shape[0]} integer labels, one per row of "
                          f"the {names[0]}.")
     label_array = labels.detach().cpu().long().numpy()
@@ -117,7 +120,8 @@ class DandR:
     k-means is deterministic, so every rank computes the same alpha and the replicas stay equal.
     """
 
-    @checked("DandR", branches=lambda value: branches_rule(value, least=1), every=at_least(1), max_times=at_least(0), seed=_seed_rule)
+    @checked("DandR", branches=lambda value: branches_rule(value, least=1), every=at_least(1), max_times=at_least(0),
+             seed=_seed_rule)
     def __init__(self, branches: Mapping[str, nn.Module], *, every: int = 20, max_times: int = 3, seed: int = 0) -> None:
         self.branches = dict(branches)
         self.every, self.max_times, self.seed = every, max_times, seed
@@ -133,8 +137,9 @@ class DandR:
         return (epoch + 1) % self.every == 0 and self.times < self.max_times and epoch > self._last_epoch
 
     @checked("DandR.epoch_end", epoch=at_least(0))
-    def epoch_end(self, epoch: int, train_features: Mapping[str, torch.Tensor] | None = None, train_labels: torch.Tensor | None = None,
-                  val_features: Mapping[str, torch.Tensor] | None = None, val_labels: torch.Tensor | None = None) -> Relearning | None:
+    def epoch_end(self, epoch: int, train_features: Mapping[str, torch.Tensor] | None = None,
+                  train_labels: torch.Tensor | None = None, val_features: Mapping[str, torch.Tensor] | None = None,
+                  val_labels: torch.Tensor | None = None) -> Relearning | None:
         """At a due epoch, diagnose and re-initialise every branch in place and return what was done (also `last`);
         otherwise None, and the features may be left out."""
         where = "DandR.epoch_end"
@@ -145,20 +150,21 @@ class DandR:
         labels: dict[str, np.ndarray] = {}
         for split, (features, split_labels) in data.items():
             if features is None or split_labels is None:
-                raise InputError(f"{where} is due at epoch {epoch} (see DandR.due) but got no {split} features or labels; expected "
-                                 f"{split}_features (a dict keyed like the branches) and {split}_labels.")
+                raise InputError(f"{where} is due at epoch {epoch} (see DandR.due) but got no {split} features or labels; "
+                                 f"expected {split}_features (a dict keyed like the branches) and {split}_labels.")
             if set(features) != set(self.branches):
-                raise InputError(f"The '{split}_features' parameter of {where} has keys {sorted(features)}; expected the branches' "
-                                 f"{sorted(self.branches)}.")
+                raise InputError(f"The '{split}_features' parameter of {where} has keys {sorted(features)}; "
+                                 f"expected the branches' {sorted(self.branches)}.")
             for name in self.branches:
                 names = (f"{name!r} entry of the '{split}_features' parameter", f"'{split}_labels' parameter")
                 rows.setdefault(name, {})[split], labels[split] = _rows(features[name], split_labels, where=where, names=names)
         num_classes = max(int(labels[split].max()) for split in labels) + 1
         for split in labels:
             if labels[split].size < num_classes:
-                raise InputError(f"The '{split}_features' parameter of {where} has {labels[split].size} rows; expected at least one per "
-                                 f"class ({num_classes}) to make that many clusters.")
-        found = {name: {split: _purity(rows[name][split], labels[split], num_classes=num_classes, seed=self.seed) for split in labels}
+                raise InputError(f"The '{split}_features' parameter of {where} has {labels[split].size} rows; "
+                                 f"expected at least one per class ({num_classes}) to make that many clusters.")
+        found = {name: {split: _purity(rows[name][split], labels[split], num_classes=num_classes, seed=self.seed)
+                        for split in labels}
                  for name in self.branches}
         step = Relearning(epoch=epoch, purity_train={n: f["train"] for n, f in found.items()},
                           purity_val={n: f["val"] for n, f in found.items()},

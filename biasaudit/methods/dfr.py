@@ -90,7 +90,8 @@ class DFRResult:
         if x.shape[1] != self.num_features:
             raise InputError(f"The 'features' parameter of {where} has {x.shape[1]} columns; expected {self.num_features}, "
                              "the features this DFR result was fitted on.")
-        return x @ self.weight.T + self.bias
+        logits: np.ndarray = x @ self.weight.T + self.bias
+        return logits
 
     @checked("DFRResult.write_into")
     def write_into(self, classifier: nn.Linear) -> None:
@@ -325,7 +326,7 @@ def _features(value: Any, *, name: str, where: str) -> np.ndarray:
     if value.ndim != 2 or not (np.issubdtype(value.dtype, np.floating) or np.issubdtype(value.dtype, np.integer)):
         raise InputError(f"The {name!r} parameter of {where} has dtype {value.dtype} and shape {value.shape}; expected a "
                          "2-D numeric array [samples, features].")
-    x = value.astype(np.float64)
+    x: np.ndarray = value.astype(np.float64)
     if not np.isfinite(x).all():
         raise InputError(f"The {name!r} parameter of {where} holds NaN or infinite values; expected finite classifier inputs.")
     return x
@@ -342,7 +343,8 @@ def _integers(value: Any, *, name: str, length: int, where: str) -> np.ndarray:
                          f"'features' ({length}), 1-D.")
     if length and value.min() < 0:
         raise InputError(f"The {name!r} parameter of {where} holds {int(value.min())}; expected values of at least 0.")
-    return value.astype(np.int64)
+    integers: np.ndarray = value.astype(np.int64)
+    return integers
 
 
 def _num_classes(y: np.ndarray, num_classes: int | None, *, where: str) -> int:
@@ -381,7 +383,7 @@ def _check_groups(y: np.ndarray, g: np.ndarray, classes: int, *, where: str) -> 
 
 def _note(split: str, c: float, worst: list[float], grid: tuple[float, ...], per_group: int, groups: int,
           subsets: int, distinct: int, unconverged: int, seed: int) -> str:
-    tuning = ", ".join(f"C={value:g}: {w:.1%}" for value, w in zip(grid, worst))
+    tuning = ", ".join(f"C={value:g}: {w:.1%}" for value, w in zip(grid, worst, strict=True))
     averaged = (f"averaged over {subsets} seeded group-balanced subsets" if distinct > 1 else
                 "fitted once (the groups are already balanced, so every subset is the whole set)")
     text = (f"DFR refitted the final linear layer on {split}: {groups} groups, {per_group} samples each per subset, "

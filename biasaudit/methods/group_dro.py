@@ -25,8 +25,9 @@ not; `last.loss` is). This assumes DDP's default gradient averaging over the def
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,10 +43,11 @@ def _integer_tensor(value: Any, *, parameter: str, where: str) -> torch.Tensor:
         value = torch.from_numpy(value)
     if not isinstance(value, torch.Tensor):  # the full check for its sentence only (a training step passes tensors)
         check_argument(value, torch.Tensor, parameter=parameter, where=where)
-    if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool or value.dim() != 1:
-        raise InputError(f"The {parameter!r} parameter of {where} is a {value.dtype} tensor of shape {tuple(value.shape)}; "
+    tensor: torch.Tensor = value
+    if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool or tensor.dim() != 1:
+        raise InputError(f"The {parameter!r} parameter of {where} is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}; "
                          "expected a 1-D tensor of integers.")
-    return value.long()
+    return tensor.long()
 
 
 def _range_error(values: torch.Tensor, upper: int, *, parameter: str, where: str, what: str) -> None:
@@ -165,12 +167,13 @@ class GroupDRO:
         losses = per_sample_losses
         training = torch.is_grad_enabled()
         if not losses.dtype.is_floating_point or losses.dim() != 1 or not losses.numel():
-            raise InputError(f"The 'per_sample_losses' parameter of {where} is a {losses.dtype} tensor of shape {tuple(losses.shape)}; "
-                             "expected a non-empty 1-D float tensor, one loss per sample (reduction='none').")
+            raise InputError(f"The 'per_sample_losses' parameter of {where} is a {losses.dtype} tensor of shape "
+                             f"{tuple(losses.shape)}; expected a non-empty 1-D float tensor, one loss per sample "
+                             "(reduction='none').")
         if training and not losses.requires_grad:
-            raise InputError(f"The 'per_sample_losses' parameter of {where} does not require grad, so training on it would change "
-                             "nothing; expected the losses computed from the model's output, not detached (or call it under "
-                             "torch.no_grad() to evaluate).")
+            raise InputError(f"The 'per_sample_losses' parameter of {where} does not require grad, so training on it would "
+                             "change nothing; expected the losses computed from the model's output, not detached (or call it "
+                             "under torch.no_grad() to evaluate).")
         groups = _integer_tensor(groups, parameter="groups", where=where)
         if groups.numel() != losses.numel():
             raise InputError(f"The 'groups' parameter of {where} has {groups.numel()} values and 'per_sample_losses' "
@@ -182,6 +185,7 @@ class GroupDRO:
             counts = None
         if counts is None or counts.numel() != self.num_groups:
             _range_error(groups, self.num_groups, parameter="groups", where=where, what="groups")
+        assert counts is not None  # bincount refuses only a negative group, and _range_error has just refused that
         if training and not self._all_present and not bool((present := self._present.to(losses.device))[groups].all()):
             unseen = int(groups[~present[groups]][0])
             raise InputError(f"The 'groups' parameter of {where} holds group {unseen}, which was not seen in train (its q is 0, "

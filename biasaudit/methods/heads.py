@@ -23,8 +23,9 @@ read here). Then, per mode:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -85,12 +86,14 @@ class UnimodalHeads:
         self.heads: dict[str, nn.Linear] = {}
         if mode == "ogm_split":
             if classifier is None or not any(p is classifier.weight for p in model.parameters()):
-                raise InputError(f"The 'classifier' parameter of {WHERE} is {'None' if classifier is None else 'not part of model'}; "
-                                 "expected, in the ogm_split mode, the model's final nn.Linear on the concatenated branch outputs.")
+                raise InputError(f"The 'classifier' parameter of {WHERE} is "
+                                 f"{'None' if classifier is None else 'not part of model'}; expected, in the ogm_split mode, "
+                                 "the model's final nn.Linear on the concatenated branch outputs.")
             self.classifier = classifier
         elif mode == "separate":
             check_argument(num_classes, int, parameter="num_classes", where=WHERE, rule=at_least(2))
             check_argument(widths, Mapping[str, int], parameter="widths", where=WHERE, rule=keys_rule(self.branches))
+            assert num_classes is not None and widths is not None  # check_argument has refused None for both
             if min(widths.values()) < 1:
                 raise InputError(f"The 'widths' parameter of {WHERE} is {dict(widths)}; expected each branch's flattened "
                                  f"output width, a positive integer (branch_widths measures them).")
@@ -101,7 +104,7 @@ class UnimodalHeads:
 
     @checked_keywords(f"{WHERE}.capture")  # this and the three below run at every training step: checked's cost is kept off
     @contextmanager
-    def capture(self) -> Iterator["UnimodalHeads"]:
+    def capture(self) -> Iterator[UnimodalHeads]:
         """While open, each branch's output is kept for `logits` (the last one, if a branch runs twice)."""
         outputs: dict[str, Any] = {}
         handles = [module.register_forward_hook(_CaptureOutput(outputs, name)) for name, module in self.branches.items()]
@@ -134,9 +137,9 @@ class UnimodalHeads:
             flat = {m: z.flatten(1) for m, z in outputs.items()}
             for m, x in flat.items():
                 if x.shape[1] != self.heads[m].in_features:
-                    raise InputError(f"The separate head of {WHERE} for {m!r} takes {self.heads[m].in_features} features, but the "
-                                     f"branch gave {x.shape[1]} on this batch; separate heads need a branch output whose size does "
-                                     "not depend on the batch (e.g. pool over sequence positions).")
+                    raise InputError(f"The separate head of {WHERE} for {m!r} takes {self.heads[m].in_features} features, "
+                                     f"but the branch gave {x.shape[1]} on this batch; separate heads need a branch output "
+                                     "whose size does not depend on the batch (e.g. pool over sequence positions).")
             return {m: self.heads[m](flat[m]) for m in self.branches}
         if rerun is None:
             raise InputError(f"The 'rerun' parameter of {WHERE}.logits is None; expected, in the {self.mode} "
@@ -184,7 +187,8 @@ class UnimodalHeads:
         where = f"{WHERE}.load_state_dict"
         check_argument(state, Mapping[str, Any], parameter="state", where=where,
                        rule=lambda s: None if s.get("mode") == self.mode and isinstance(s.get("heads"), Mapping)
-                       and set(s["heads"]) == set(self.heads) else f"a state of UnimodalHeads.state_dict() in the {self.mode} mode")
+                       and set(s["heads"]) == set(self.heads)
+                       else f"a state of UnimodalHeads.state_dict() in the {self.mode} mode")
         for m, head in self.heads.items():
             head.load_state_dict(state["heads"][m])
 
@@ -228,7 +232,8 @@ def _problems(outputs: Mapping[str, Any], branches: Mapping[str, nn.Module]) -> 
         if output is None:
             problems[name] = "took no part in the forward pass"
         elif not isinstance(output, Tensor) or output.dim() < 2:
-            problems[name] = f"gave {type(output).__name__}" + (f" of shape {tuple(output.shape)}" if isinstance(output, Tensor) else "")
+            shape = f" of shape {tuple(output.shape)}" if isinstance(output, Tensor) else ""
+            problems[name] = f"gave {type(output).__name__}" + shape
     return problems
 
 
@@ -243,7 +248,7 @@ class _CaptureOutput:
     def __init__(self, into: dict[str, Any], name: str) -> None:
         self.into, self.name = into, name
 
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Any:
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         self.into[self.name] = output
         # The model goes on with a copy (module docstring).
         return output.clone() if isinstance(output, Tensor) else output
@@ -255,7 +260,7 @@ class _ReplaceOutput:
     def __init__(self, value: Tensor) -> None:
         self.value = value
 
-    def __call__(self, module: nn.Module, args: tuple, output: Any) -> Tensor:
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor:
         return self.value.clone()  # each pass gets its own copy, for the same reason as _CaptureOutput
 
 
@@ -278,7 +283,7 @@ def _seeded_heads(widths: Mapping[str, int], *, num_classes: int, seed: int, dev
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, _HEAD_SEED_TAG]).generate_state(1)[0]))
     heads = {}
     for name, width in widths.items():
-        head = nn.utils.skip_init(nn.Linear, width, num_classes)  # leaves the global RNG untouched
+        head: nn.Linear = nn.utils.skip_init(nn.Linear, width, num_classes)  # leaves the global RNG untouched
         bound = 1 / math.sqrt(width)
         with torch.no_grad():
             for p in head.parameters():

@@ -23,8 +23,9 @@ global batch's weighted mean (see group_dro.py for the same derivation).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -44,7 +45,8 @@ def _indices(value: torch.Tensor, *, parameter: str, where: str, signs: bool = T
         raise InputError(f"The {parameter!r} parameter of {where} is a {value.dtype} tensor of shape {tuple(value.shape)}; "
                          "expected a 1-D tensor of integer dataset indices, one per sample.")
     if signs and value.numel() and int(value.min()) < 0:
-        raise InputError(f"The {parameter!r} parameter of {where} holds {int(value.min())}; expected dataset indices of at least 0.")
+        raise InputError(f"The {parameter!r} parameter of {where} holds {int(value.min())}; "
+                         "expected dataset indices of at least 0.")
     return value.long()
 
 
@@ -98,14 +100,15 @@ class JTT:
         """Note which of a batch's samples (by dataset index) the stage-1 model gets wrong (argmax of `logits` [B, C])."""
         where = "JTT.record"
         if self._errors is not None:
-            raise InputError(f"{where} was called after JTT.finish(); the error set is fixed (load_state_dict or a new JTT to start over).")
+            raise InputError(f"{where} was called after JTT.finish(); the error set is fixed "
+                             "(load_state_dict or a new JTT to start over).")
         indices = _indices(indices, parameter="indices", where=where)
         if logits.dim() != 2 or not logits.dtype.is_floating_point or logits.shape[0] != indices.numel():
-            raise InputError(f"The 'logits' parameter of {where} is a {logits.dtype} tensor of shape {tuple(logits.shape)}; expected "
-                             f"float logits of shape [{indices.numel()}, number of classes], one row per index.")
+            raise InputError(f"The 'logits' parameter of {where} is a {logits.dtype} tensor of shape {tuple(logits.shape)}; "
+                             f"expected float logits of shape [{indices.numel()}, number of classes], one row per index.")
         if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.numel() != indices.numel():
-            raise InputError(f"The 'labels' parameter of {where} is a {labels.dtype} tensor of shape {tuple(labels.shape)}; expected "
-                             f"{indices.numel()} integer labels, one per index.")
+            raise InputError(f"The 'labels' parameter of {where} is a {labels.dtype} tensor of shape {tuple(labels.shape)}; "
+                             f"expected {indices.numel()} integer labels, one per index.")
         if labels.numel():
             low, high = torch.stack(list(torch.aminmax(labels))).tolist()
             if low < 0 or high >= logits.shape[1]:
@@ -130,9 +133,11 @@ class JTT:
             wrong = torch.tensor([i for part in gathered for i in part[0]], dtype=torch.long)
             seen = torch.tensor([i for part in gathered for i in part[1]], dtype=torch.long)
         if not seen.numel():
-            raise InputError("JTT.finish was called before any JTT.record; record stage 1's predictions on the training split first.")
-        self._set(ErrorSet(indices=torch.unique(wrong), recorded=int(torch.unique(seen).numel()), upweight=self.upweight))
-        return self._errors  # type: ignore[return-value]
+            raise InputError("JTT.finish was called before any JTT.record; "
+                             "record stage 1's predictions on the training split first.")
+        errors = ErrorSet(indices=torch.unique(wrong), recorded=int(torch.unique(seen).numel()), upweight=self.upweight)
+        self._set(errors)
+        return errors
 
     def _set(self, errors: ErrorSet) -> None:
         self._errors, self._wrong, self._seen, self._on = errors, [], [], {}
@@ -181,12 +186,13 @@ class JTT:
         losses = per_sample_losses
         self._fixed(where)
         if not losses.dtype.is_floating_point or losses.dim() != 1 or not losses.numel():
-            raise InputError(f"The 'per_sample_losses' parameter of {where} is a {losses.dtype} tensor of shape {tuple(losses.shape)}; "
-                             "expected a non-empty 1-D float tensor, one loss per sample (reduction='none').")
+            raise InputError(f"The 'per_sample_losses' parameter of {where} is a {losses.dtype} tensor of shape "
+                             f"{tuple(losses.shape)}; expected a non-empty 1-D float tensor, one loss per sample "
+                             "(reduction='none').")
         if torch.is_grad_enabled() and not losses.requires_grad:
-            raise InputError(f"The 'per_sample_losses' parameter of {where} does not require grad, so training on it would change "
-                             "nothing; expected the losses computed from the model's output, not detached (or call it under "
-                             "torch.no_grad() to evaluate).")
+            raise InputError(f"The 'per_sample_losses' parameter of {where} does not require grad, so training on it would "
+                             "change nothing; expected the losses computed from the model's output, not detached (or call it "
+                             "under torch.no_grad() to evaluate).")
         indices = _indices(indices, parameter="indices", where=where, signs=False)
         if indices.numel() != losses.numel():
             raise InputError(f"The 'indices' parameter of {where} has {indices.numel()} values and 'per_sample_losses' "

@@ -12,8 +12,9 @@ The math is methods/_mmdb_math.py, shared with biasaudit's own loop.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -111,10 +112,10 @@ class MMDB:
 
     @checked_keywords(f"{WHERE}.capture")  # capture, cosines, loss and inference_logits run at every step or batch
     @contextmanager
-    def capture(self) -> Iterator["MMDB"]:
+    def capture(self) -> Iterator[MMDB]:
         """While open, the classifier's input of each forward is kept as `features` (the last one)."""
 
-        def tap(module: nn.Module, args: tuple) -> None:
+        def tap(module: nn.Module, args: tuple[Any, ...]) -> None:
             self._features = args[0]
 
         handle = self.classifier.register_forward_pre_hook(tap)
@@ -169,7 +170,8 @@ class MMDB:
                 raise InputError(f"The 'bias' parameter of {where} holds {low if low < 0 else high}; expected bias values from 0 "
                                  f"to {self.margins.shape[0] - 1} (the rows of 'margins').")
             if label_range and (label_range[0] < 0 or label_range[1] >= classes):
-                raise InputError(f"The 'labels' parameter of {where} holds class {label_range[0] if label_range[0] < 0 else label_range[1]}; "
+                bad = label_range[0] if label_range[0] < 0 else label_range[1]
+                raise InputError(f"The 'labels' parameter of {where} holds class {bad}; "
                                  f"expected class indices from 0 to {classes - 1} (the outputs of 'classifier').")
         return mmdb_loss(cosines, labels, bias, self.margins, scale=self.scale)
 

@@ -19,8 +19,9 @@ differentiated one by one instead (exact, M passes instead of one).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -156,7 +157,7 @@ class MMPareto:
             for index, name in enumerate(self.branches):
                 own = params[name] + other_list
                 grads = torch.autograd.grad(unimodal_losses[name], own, retain_graph=index < count - 1, allow_unused=True)
-                for parameter, grad in zip(own, grads):
+                for parameter, grad in zip(own, grads, strict=True):
                     if grad is not None:
                         g_u[position[id(parameter)]] += grad
         else:
@@ -165,12 +166,12 @@ class MMPareto:
             g_u = _zeros_for_none(torch.autograd.grad(total, inputs, allow_unused=True), inputs)
         n = len(flat)
         g_f_branch, g_u_branch = g_f[:n], g_u[:n]
-        g_other = torch._foreach_add(g_f[n:], g_u[n:]) if other_list else []
+        g_other = list(torch._foreach_add(g_f[n:], g_u[n:])) if other_list else []
         if world_size() > 1:
             g_f_branch, g_u_branch, g_other = average([g_f_branch, g_u_branch, g_other])
 
         step = self._integrate(params, g_f_branch, g_u_branch)
-        for parameter, grad in zip(other_list, g_other):
+        for parameter, grad in zip(other_list, g_other, strict=True):
             _accumulate(parameter, grad)
         self.last = step
         return step
@@ -183,13 +184,13 @@ class MMPareto:
         sums = [_branch_sums(g_f[a:b], g_u[a:b]) for a, b in spans.values()]
         sums = torch.stack([s.to(sums[0].device) for s in sums]).tolist()  # one synchronisation for every branch
         cosines, conflicts, weights, scales = {}, {}, {}, {}
-        for name, (ff, uu, fu) in zip(self.branches, sums):
+        for name, (ff, uu, fu) in zip(self.branches, sums, strict=True):
             a_coef, b_coef, cosines[name], weights[name], scales[name], conflicts[name] = combine(ff, uu, fu, self.gamma)
             first, last = spans[name]
             # Out of place (autograd may return expanded views), list-wide: f * a + u * b for every tensor.
             integrated = torch._foreach_mul(g_f[first:last], a_coef)
             torch._foreach_add_(integrated, torch._foreach_mul(g_u[first:last], b_coef))
-            for parameter, grad in zip(params[name], integrated):
+            for parameter, grad in zip(params[name], integrated, strict=True):
                 _accumulate(parameter, grad)
         return MMParetoStep(cosines=cosines, conflicts=conflicts, weights=weights, scales=scales)
 
@@ -211,7 +212,7 @@ def _loss_rule(loss: Tensor) -> str | None:
 
 
 def _zeros_for_none(grads: tuple[Tensor | None, ...], inputs: list[Tensor]) -> list[Tensor]:
-    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, inputs)]
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, inputs, strict=True)]
 
 
 def _branch_sums(g_f: list[Tensor], g_u: list[Tensor]) -> Tensor:
@@ -227,7 +228,7 @@ def _branch_sums(g_f: list[Tensor], g_u: list[Tensor]) -> Tensor:
 
 
 def _dot_sum(a: list[Tensor], b: list[Tensor], device: torch.device) -> Tensor:
-    return torch.stack([torch.dot(x, y).to(device) for x, y in zip(a, b)]).sum()
+    return torch.stack([torch.dot(x, y).to(device) for x, y in zip(a, b, strict=True)]).sum()
 
 
 def _accumulate(parameter: Tensor, grad: Tensor) -> None:

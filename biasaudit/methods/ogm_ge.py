@@ -16,8 +16,9 @@ state_dict(), so a resumed run draws the same noise.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -162,7 +163,7 @@ class OGMGE:
         scores_t = torch.stack([_score(unimodal_logits[name], labels) for name in self.branches])
         if world_size() > 1:  # in one process the scores are read where they are: no copy to a collective's device
             scores_t = all_reduce_sum_(scores_t.to(collective_device()))
-        scores = dict(zip(self.branches, scores_t.tolist()))
+        scores = dict(zip(self.branches, scores_t.tolist(), strict=True))
         ratios = ratios_of(scores)
         modulated = self.modulating()
         coefficients = {name: coefficient(ratios[name], self.alpha) if modulated else 1.0 for name in self.branches}
@@ -182,7 +183,8 @@ class OGMGE:
             torch._foreach_mul_(grads, k)
         if spreads is not None:
             draws = [torch.randn(grad.shape, generator=self._generator(grad.device), device=grad.device,
-                                 dtype=torch.float32).mul_(spread).to(grad.dtype) for grad, spread in zip(grads, spreads)]
+                                 dtype=torch.float32).mul_(spread).to(grad.dtype)
+                     for grad, spread in zip(grads, spreads, strict=True)]
             torch._foreach_add_(grads, draws)
 
     def _generator(self, device: torch.device) -> torch.Generator:

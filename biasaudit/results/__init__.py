@@ -8,10 +8,11 @@ import math
 import os
 import platform
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
@@ -27,6 +28,13 @@ AUDIT_SCHEMA = "biasaudit.audit"
 AUDIT_SCHEMA_VERSION = 1
 _VERSIONED_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "umap-learn", "matplotlib", "jinja2")
 
+if TYPE_CHECKING:
+    StrPath: TypeAlias = str | os.PathLike[str]
+else:
+    # A path argument. At run time the bare class: `biasaudit.arguments.checked` reads the annotations of the public
+    # calls and checks os.PathLike by isinstance; a subscripted os.PathLike[str] is a generic alias it does not read.
+    StrPath = str | os.PathLike
+
 
 def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
@@ -38,7 +46,7 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def source_hash(path: str | os.PathLike | None) -> str | None:
+def source_hash(path: StrPath | None) -> str | None:
     return file_sha256(path) if path and Path(path).is_file() else None
 
 
@@ -50,7 +58,7 @@ class Manifest:
     checkpoint: Mapping[str, Any]
     adapter: Mapping[str, Any]
     wall_time_s: float
-    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
 
     def to_dict(self) -> dict[str, Any]:
         from biasaudit import __version__
@@ -91,7 +99,7 @@ def public(obj: Mapping[str, Any]) -> dict[str, Any]:
 _INTEGER_ARRAY = re.compile(r"\[\n\s*-?\d+(?:,\n\s*-?\d+)*\n\s*\]")
 
 
-def _one_line(match: re.Match) -> str:
+def _one_line(match: re.Match[str]) -> str:
     return "[" + ",".join(item.strip() for item in match.group(0)[1:-1].split(",")) + "]"
 
 
@@ -103,29 +111,32 @@ def to_json_text(obj: Any) -> str:
     return _INTEGER_ARRAY.sub(_one_line, json.dumps(to_jsonable(obj), indent=2, allow_nan=False)) + "\n"
 
 
-def write_json_atomic(obj: Any, path: str | os.PathLike) -> None:
+def write_json_atomic(obj: Any, path: StrPath) -> None:
     atomic_write_bytes(to_json_text(obj).encode("utf-8"), path)
 
 
-def read_audit(path: str | os.PathLike) -> dict[str, Any]:
+def read_audit(path: StrPath) -> dict[str, Any]:
     """Read an audit.json and check that it is one this version understands."""
     path = Path(path)
-    data = _read_json(path, source=f"Audit file {path}", expected="an audit.json a scan wrote", remedy="re-run the scan that wrote it")
+    data = _read_json(path, source=f"Audit file {path}", expected="an audit.json a scan wrote",
+                      remedy="re-run the scan that wrote it")
     if not isinstance(data, dict) or data.get("schema") != AUDIT_SCHEMA:
         raise InputError(f"Audit file {path} is not a biasaudit audit (expected \"schema\": \"{AUDIT_SCHEMA}\").")
     if data.get("schema_version") != AUDIT_SCHEMA_VERSION:
-        raise InputError(f"Audit file {path} has schema_version {data.get('schema_version')!r}; this biasaudit reads version {AUDIT_SCHEMA_VERSION}.")
+        raise InputError(f"Audit file {path} has schema_version {data.get('schema_version')!r}; "
+                         f"this biasaudit reads version {AUDIT_SCHEMA_VERSION}.")
     check_against_schema(data, "audit", source=f"Audit file {path}")
     _check_pairing_sections(data, source=str(path))
     check_set(path, data, source=f"Audit file {path}")
     return data
 
 
-def read_train_log(path: str | os.PathLike) -> dict[str, Any]:
+def read_train_log(path: StrPath) -> dict[str, Any]:
     """Read the train_log.json of a fix run (for `compare --train-log`) and check it against its published schema."""
     path = Path(path)
     source = f"Training log {path}"
-    data = _read_json(path, source=source, expected="the train_log.json file a fix run wrote", remedy="re-run the fix that wrote it")
+    data: dict[str, Any] = _read_json(path, source=source, expected="the train_log.json file a fix run wrote",
+                                      remedy="re-run the fix that wrote it")
     check_against_schema(data, "train_log", source=source, remedy="re-run the fix that wrote it")
     check_set(path, data, source=source)
     return data
@@ -148,7 +159,9 @@ def _read_json(path: Path, *, source: str, expected: str, remedy: str) -> Any:
 class _Constant(float):
     """NaN or an infinity as json read it, kept so that the field holding it can be named."""
 
-    def __new__(cls, name: str) -> "_Constant":
+    name: str
+
+    def __new__(cls, name: str) -> _Constant:
         value = super().__new__(cls, {"NaN": "nan", "Infinity": "inf", "-Infinity": "-inf"}[name])
         value.name = name
         return value
@@ -164,7 +177,7 @@ def check_no_constant(data: Any, *, source: str, remedy: str) -> None:
                          f"could not compute); {remedy}.")
 
 
-def _first_constant(data: Any, path: tuple = ()) -> tuple[str, str] | None:
+def _first_constant(data: Any, path: tuple[str | int, ...] = ()) -> tuple[str, str] | None:
     """(field, "NaN" | "Infinity" | "-Infinity") of the first such constant in a document json read, else None."""
     if isinstance(data, _Constant):
         return _field(path), data.name
@@ -193,7 +206,8 @@ def check_against_schema(data: Any, name: str, *, source: str, remedy: str = "re
         if error.validator == "required" and isinstance(value, dict):  # name the missing field itself, not its parent
             missing = next((key for key in error.validator_value if key not in value), None)
             field = missing if where == "(the top level)" else f"{where}.{missing}"
-            raise InputError(f"{source} is damaged at {field}: the field is missing, and the published schema requires it; {remedy}.")
+            raise InputError(f"{source} is damaged at {field}: the field is missing, and the published schema requires it; "
+                             f"{remedy}.")
         shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
         raise InputError(f"{source} is damaged at {where}: {shown[:60]} does not fit the published schema ({error.validator} "
                          f"{error.validator_value!r:.60}); {remedy}.")
@@ -202,15 +216,19 @@ def check_against_schema(data: Any, name: str, *, source: str, remedy: str = "re
 def _schema(name: str) -> dict[str, Any]:
     from importlib import resources
 
-    return json.loads(resources.files("biasaudit").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8"))
+    text = resources.files("biasaudit").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 def _check_pairing_sections(audit: Mapping[str, Any], *, source: str) -> None:
     """The optional `samples` and `bootstrap` sections, when present, are what a scan writes (older audits lack
     both and still load: they are compared without paired intervals)."""
     rows = audit.get("conditions")
-    names = [row["name"] for row in rows if isinstance(row, Mapping) and isinstance(row.get("name"), str)] if isinstance(rows, list) else []
-    checks = {"samples": check_fingerprint, "bootstrap": lambda section: BootstrapCounts.from_dict(section, conditions=names)}
+    names = ([row["name"] for row in rows if isinstance(row, Mapping) and isinstance(row.get("name"), str)]
+             if isinstance(rows, list) else [])
+    checks: dict[str, Callable[[Any], object]] = {
+        "samples": check_fingerprint, "bootstrap": lambda section: BootstrapCounts.from_dict(section, conditions=names)}
     for key, check in checks.items():
         if key not in audit:
             continue

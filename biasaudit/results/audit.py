@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from biasaudit.arguments import checked, document_with, not_empty, output_file, reading_document
 from biasaudit.errors import InputError
+from biasaudit.results import StrPath
 
 from biasaudit.results.bias import BiasMeasures, Calibration, Ceilings, calibration_of
 from biasaudit.results.estimate import Estimate, Interval, interval_of as _interval
@@ -41,7 +42,11 @@ def thawed_document(value: Any) -> Any:
 @dataclass(frozen=True)
 class ConditionResult:
     """One condition of the grid: accuracy in percent with its 95% bootstrap interval, and the share of samples whose
-    prediction differs from the Full condition's."""
+    prediction differs from the Full condition's.
+
+    Fields: `name` (e.g. missing:image), `group` (full, missing, noisy, ratio, ...), `modality` and `impairment` (None for
+    Full), `severity`, `accuracy` and `accuracy_ci` (percent), `flip_rate` (a fraction), `n` (samples).
+    """
 
     name: str
     group: str
@@ -55,15 +60,20 @@ class ConditionResult:
 
     @classmethod
     def _from_row(cls, row: Mapping[str, Any]) -> ConditionResult:
-        return cls(name=row["name"], group=row.get("group", "custom"), modality=row.get("modality"), impairment=row.get("impairment"),
-                   severity=float(row.get("severity") or 0.0), accuracy=row.get("accuracy"), accuracy_ci=_interval(row.get("accuracy_ci")),
-                   flip_rate=row.get("flip_rate"), n=row.get("n"))
+        return cls(name=row["name"], group=row.get("group", "custom"), modality=row.get("modality"),
+                   impairment=row.get("impairment"), severity=float(row.get("severity") or 0.0), accuracy=row.get("accuracy"),
+                   accuracy_ci=_interval(row.get("accuracy_ci")), flip_rate=row.get("flip_rate"), n=row.get("n"))
 
 
 @dataclass(frozen=True)
 class GapSummary:
     """One impairment type (missing or noisy) across modalities: Avg, Gap (highest minus lowest accuracy, methods.md
-    section 2), each with its interval, and the modality whose impairment flips the most predictions (`dominant`)."""
+    section 2), each with its interval, and the modality whose impairment flips the most predictions (`dominant`).
+
+    Fields: `avg` and `avg_ci` (mean accuracy over the modalities' impaired conditions), `gap` and `gap_ci` (points),
+    `scores` (modality -> accuracy with it impaired), `flip_rates` (modality -> share of predictions its impairment flips,
+    a fraction), `dominant`.
+    """
 
     avg: float | None
     avg_ci: Interval
@@ -85,7 +95,10 @@ class GapSummary:
 @dataclass(frozen=True)
 class Summary:
     """The headline figures: Full accuracy, the missing and noisy Gaps (None when the scan did not run that type) and
-    the modality the carrier test names as carrying the bias (None without that test)."""
+    the modality the carrier test names as carrying the bias (None without that test).
+
+    Fields: `accuracy` and `accuracy_ci` (Full, percent), `missing` and `noisy` (GapSummary or None), `carrier`.
+    """
 
     accuracy: float
     accuracy_ci: Interval
@@ -111,7 +124,8 @@ class Audit:
     calibration: Mapping[str, Calibration]
 
     @classmethod
-    @checked("Audit.from_dict", document=document_with("summary", "conditions", what="an audit document, as Audit.to_dict() returns"))
+    @checked("Audit.from_dict",
+             document=document_with("summary", "conditions", what="an audit document, as Audit.to_dict() returns"))
     def from_dict(cls, document: Mapping[str, Any]) -> Audit:
         """The typed view of an audit document (a copy is taken: later changes to `document` do not reach it)."""
         with reading_document("Audit.from_dict", "an audit document"):
@@ -127,7 +141,7 @@ class Audit:
 
     @classmethod
     @checked("Audit.read")
-    def read(cls, path: str | os.PathLike) -> Audit:
+    def read(cls, path: StrPath) -> Audit:
         """Read an audit.json (validated against the published schema; a damaged file raises InputError naming it)."""
         from biasaudit.results import read_audit
 
@@ -143,7 +157,8 @@ class Audit:
 
     @property
     def manifest(self) -> Mapping[str, Any]:
-        return self.document["manifest"]
+        manifest: Mapping[str, Any] = self.document["manifest"]
+        return manifest
 
     @property
     def verdict(self) -> Mapping[str, Any] | None:
@@ -152,10 +167,11 @@ class Audit:
     @checked("Audit.to_dict")
     def to_dict(self) -> dict[str, Any]:
         """A mutable deep copy of the JSON document."""
-        return thawed_document(self.document)
+        document: dict[str, Any] = thawed_document(self.document)
+        return document
 
     @checked("Audit.to_json", path=output_file("Audit.to_json"))
-    def to_json(self, path: str | os.PathLike) -> Path:
+    def to_json(self, path: StrPath) -> Path:
         """Write the document as audit JSON (atomically); returns the path."""
         from biasaudit.results import write_json_atomic
 
@@ -163,7 +179,7 @@ class Audit:
         return Path(path)
 
     @checked("Audit.to_html", path=output_file("Audit.to_html"))
-    def to_html(self, path: str | os.PathLike) -> Path:
+    def to_html(self, path: StrPath) -> Path:
         """Render the self-contained HTML report (atomically); returns the path."""
         from biasaudit.report.render import write_audit_html
 

@@ -13,9 +13,10 @@ and `calibration` sections (each None or empty when the scan did not run it; `no
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from biasaudit.results.estimate import Estimate, Interval, interval_of, number_or_none
 
@@ -38,8 +39,9 @@ class GroupFigures:
     @classmethod
     def _from_entry(cls, entry: Mapping[str, Any]) -> GroupFigures:
         return cls(worst_group=Estimate._of(entry.get("worst_group"), entry.get("worst_group_ci")),
-                   worst_group_exact=interval_of(entry.get("worst_group_exact_ci")), worst_group_label=entry.get("worst_group_label"),
-                   worst_group_n=entry.get("worst_group_n"), bias_balanced=Estimate._of(entry.get("bias_balanced"), entry.get("bias_balanced_ci")),
+                   worst_group_exact=interval_of(entry.get("worst_group_exact_ci")),
+                   worst_group_label=entry.get("worst_group_label"), worst_group_n=entry.get("worst_group_n"),
+                   bias_balanced=Estimate._of(entry.get("bias_balanced"), entry.get("bias_balanced_ci")),
                    conflicting_accuracy=Estimate._of(entry.get("conflicting_accuracy"), entry.get("conflicting_accuracy_ci")),
                    aligned_accuracy=number_or_none(entry.get("aligned_accuracy")), groups_counted=entry.get("groups_counted"))
 
@@ -101,7 +103,8 @@ class BiasMeasures:
         ood = (groups_section.get("shift") or {}).get("ood")
         full = (document.get("summary") or {}).get("full") or {}
         return cls(carrier=carrier_section.get("carrier") if carrier_section.get("available") else None,
-                   dominant=carrier_section.get("dominant") or ((document.get("summary") or {}).get("missing") or {}).get("dominant"),
+                   dominant=(carrier_section.get("dominant")
+                             or ((document.get("summary") or {}).get("missing") or {}).get("dominant")),
                    follow_rate=MappingProxyType({name: swap.follow_rate for name, swap in swaps.items()}),
                    swaps=MappingProxyType(swaps),
                    worst_group=MappingProxyType({name: figures.worst_group for name, figures in groups.items()}),

@@ -6,8 +6,9 @@ rise) as fractions, as audit.json and compare.json hold them."""
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 Interval = tuple[float, float] | None
 
@@ -47,7 +48,8 @@ class Estimate:
     @property
     def excludes_zero(self) -> bool:
         """True when the interval lies wholly above or below 0 (a change beyond the sampling noise it measures)."""
-        return self.interval is not None and (self.low > 0 or self.high < 0)
+        interval = self.interval
+        return interval is not None and (interval[0] > 0 or interval[1] < 0)
 
     def __str__(self) -> str:
         def shown(x: float) -> str:
@@ -55,4 +57,5 @@ class Estimate:
 
         if self.value is None:
             return "n/a"
-        return shown(self.value) + (f" [{shown(self.low)}, {shown(self.high)}]" if self.interval is not None else "")
+        interval = self.interval
+        return shown(self.value) + (f" [{shown(interval[0])}, {shown(interval[1])}]" if interval is not None else "")

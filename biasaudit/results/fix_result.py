@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -22,7 +23,7 @@ class FixResult:
     after: Audit
     comparison: Comparison
     train_log: Mapping[str, Any] = field(repr=False)
-    also: "AlsoSplitResult | None" = None
+    also: AlsoSplitResult | None = None
 
 
 @dataclass(frozen=True)

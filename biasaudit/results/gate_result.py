@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from biasaudit.arguments import checked, document_with, reading_document
 from biasaudit.results.audit import frozen_document, thawed_document
@@ -12,6 +13,9 @@ from biasaudit.results.audit import frozen_document, thawed_document
 
 @dataclass(frozen=True)
 class RuleResult:
+    """One rule's verdict. Fields: `rule` (its name, e.g. max_gap), `status` (PASS, WARN, FAIL or ERROR), `message` (the
+    sentence, with its figures) and `figures` (the numbers it was judged on)."""
+
     rule: str
     status: str  # PASS | WARN | FAIL | ERROR
     message: str
@@ -21,7 +25,10 @@ class RuleResult:
 @dataclass(frozen=True)
 class GateResult:
     """`status` is ERROR when a rule cannot be evaluated on these audits, else FAIL when any rule fails, else WARN or
-    PASS; `exit_code` is what `biasaudit gate` exits with (2, 1, 0); `passed` is True for PASS and WARN."""
+    PASS; `exit_code` is what `biasaudit gate` exits with (2, 1, 0); `passed` is True for PASS and WARN.
+
+    Fields: `document` (the gate document, read-only), `status`, `exit_code`, `rules` (one RuleResult per verdict).
+    """
 
     document: Mapping[str, Any] = field(repr=False)
     status: str
@@ -33,14 +40,16 @@ class GateResult:
         return self.exit_code == 0
 
     @classmethod
-    @checked("GateResult.from_dict", document=document_with("status", "exit_code", "rules", what="a gate document, as GateResult.to_dict() returns"))
+    @checked("GateResult.from_dict", document=document_with("status", "exit_code", "rules",
+                                                             what="a gate document, as GateResult.to_dict() returns"))
     def from_dict(cls, document: Mapping[str, Any]) -> GateResult:
         with reading_document("GateResult.from_dict", "a gate document"):
             frozen = frozen_document(copy.deepcopy(dict(document)))
             return cls(document=frozen, status=document["status"], exit_code=int(document["exit_code"]),
                        rules=tuple(RuleResult(r["rule"], r["status"], r["message"], f) for r, f in
-                                   zip(document["rules"], (rule["figures"] for rule in frozen["rules"]))))
+                                   zip(document["rules"], (rule["figures"] for rule in frozen["rules"]), strict=True)))
 
     @checked("GateResult.to_dict")
     def to_dict(self) -> dict[str, Any]:
-        return thawed_document(self.document)
+        document: dict[str, Any] = thawed_document(self.document)
+        return document

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from biasaudit.arguments import checked
 from biasaudit.results.estimate import Estimate
@@ -41,8 +42,10 @@ class MethodResult:
         changes = entry.get("changes") or {}
         return cls(method=entry["method"], control=bool(entry.get("control")), recommended=bool(entry.get("recommended")),
                    sentence=entry.get("sentence") or "",
-                   values=MappingProxyType({name: SeedSpread(v.get("mean"), v.get("std")) for name, v in (entry.get("values") or {}).items()}),
-                   changes=MappingProxyType({name: Estimate._of(c.get("delta"), c.get("interval")) for name, c in changes.items()}),
+                   values=MappingProxyType({name: SeedSpread(v.get("mean"), v.get("std"))
+                                            for name, v in (entry.get("values") or {}).items()}),
+                   changes=MappingProxyType({name: Estimate._of(c.get("delta"), c.get("interval"))
+                                             for name, c in changes.items()}),
                    seed_deltas=MappingProxyType({name: tuple(c.get("seed_deltas") or ()) for name, c in changes.items()}),
                    options=MappingProxyType(dict(entry["options"])) if entry.get("options") else None,
                    kept_checkpoint=entry.get("kept_checkpoint"))
@@ -65,7 +68,8 @@ class LeaderboardResult:
     def methods(self) -> Mapping[str, MethodResult]:
         """Each method's typed entry, by name (the control first), e.g. `result.methods["balgrad"].changes["worst_group"]`;
         empty for a shard's result, which holds runs, not methods."""
-        return MappingProxyType({entry["method"]: MethodResult._from_entry(entry) for entry in self.document.get("methods") or []})
+        return MappingProxyType({entry["method"]: MethodResult._from_entry(entry)
+                                 for entry in self.document.get("methods") or []})
 
     @checked("LeaderboardResult.to_dict")
     def to_dict(self) -> dict[str, Any]:
