@@ -147,7 +147,7 @@ differing = {"seed": dict(seed=rank), "mute": dict(mute={"nope": "zero"} if rank
              "unimodal": dict(unimodal_models={"text": copy.deepcopy(model)} if rank else {})}[sys.argv[2]]
 code = 0
 try:
-    ba.scan(model, adapter, **{**dict(conditions="full", batch_size=64, bootstrap=10, projection="pca"), **differing})
+    ba.scan(model, adapter, distributed=True, **{**dict(conditions="full", batch_size=64, bootstrap=10, projection="pca"), **differing})
 except InputError as exc:
     print(exc, flush=True)
     code = 2
