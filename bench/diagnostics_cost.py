@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import time
 
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 
 SPECS = {"grid only": "missing,noisy,ratio", "default": "default", "everything": "default,shapley,interaction"}
 

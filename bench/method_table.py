@@ -48,10 +48,10 @@ import time
 
 import numpy as np
 
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
-from biasaudit.impairments import impair_batch, muting_impairment
-from biasaudit.scanning import ScanConfig
+from biasaudit.data.impairments import impair_batch, muting_impairment
+from biasaudit.scanning.engine import ScanConfig
 from biasaudit.training.loop import TrainConfig, scored_as_trained, train
 from biasaudit.training.methods import make_method
 from biasaudit.training.selection import choose_option

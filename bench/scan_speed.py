@@ -117,14 +117,14 @@ class Timed:
 
 
 def config(device: str, **extra):
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.scanning.engine import ScanConfig
 
     return ScanConfig(split="test", conditions=GRID, bootstrap_replicates=1000, projection="pca", device=device, **extra)
 
 
 def scan_seconds(adapter: Adapter, device: str) -> tuple[float, float, dict]:
     """(wall seconds of the scan, seconds inside prepare + forward, the audit's forwards per sample)."""
-    from biasaudit.audit import audit_model
+    from biasaudit.scanning.audit import audit_model
 
     model = adapter.build_model()
     timed = Timed(adapter, torch.device(device))
@@ -166,9 +166,9 @@ sys.path.insert(0, sys.argv[1])
 import scan_speed
 adapter = scan_speed.demo_adapter()
 model = scan_speed.demo_model(adapter)
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 try:
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.scanning.engine import ScanConfig
 except ImportError:  # commits before the module was renamed
     from biasaudit.scan import ScanConfig
 config = ScanConfig(split="ood", conditions=scan_speed.GRID, bootstrap_replicates=1000, projection="pca", device=sys.argv[2])

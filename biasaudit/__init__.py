@@ -21,7 +21,7 @@ __all__ = ["scan", "fix", "leaderboard", "merge_leaderboard", "compare", "gate",
 # Audit` work as before.
 _PUBLIC = {
     "biasaudit.api": ("scan", "fix", "leaderboard", "merge_leaderboard", "compare", "gate"),
-    "biasaudit.adapter": ("Adapter", "Modality"),
+    "biasaudit.data.adapter": ("Adapter", "Modality"),
     "biasaudit.errors": ("BiasAuditError",),
     "biasaudit.gating": ("GateRules",),
     "biasaudit.results.audit": ("Audit", "ConditionResult", "GapSummary", "Summary"),
@@ -49,7 +49,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the names as static analysis and IDEs see them
-    from biasaudit.adapter import Adapter, Modality
+    from biasaudit.data.adapter import Adapter, Modality
     from biasaudit.api import compare, fix, gate, leaderboard, merge_leaderboard, scan
     from biasaudit.errors import BiasAuditError
     from biasaudit.gating import GateRules

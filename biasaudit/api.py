@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter, validate_adapter
-from biasaudit.arguments import (at_least, check_argument, check_keywords, checked, conforms, non_negative_finite, not_empty,
+from biasaudit.data.adapter import Adapter, validate_adapter
+from biasaudit._core.annotations import conforms
+from biasaudit._core.arguments import (at_least, check_argument, check_keywords, checked, non_negative_finite, not_empty,
                                  one_of, output_dir, plain, positive_finite, shown)
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.gating import GateRules
-from biasaudit.progress import Progress
+from biasaudit._core.progress import Progress
 from biasaudit.results import StrPath
 from biasaudit.results.audit import Audit
 from biasaudit.results.comparison import Comparison
@@ -27,8 +28,8 @@ from biasaudit.choosing.runs import KEEP, PRIMARY
 from biasaudit.training.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:
-    from biasaudit.scanning import ScanConfig
-    from biasaudit.sharding import Shard
+    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit._core.sharding import Shard
 
 
 @checked("ba.scan", split=not_empty, batch_size=at_least(1), seed=at_least(0), bootstrap=at_least(10))
@@ -41,7 +42,7 @@ def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions:
 
     The model is evaluated in eval mode and its train/eval state is put back afterwards; the caller's global random
     generators are not touched. `progress(stage, done, total)` is called as the scan advances. Any other setting of
-    `biasaudit.scanning.ScanConfig` (min_wrong, kmeans_k, mute, group_by, ...) may be given by name. Returns an `Audit`.
+    `biasaudit.scanning.engine.ScanConfig` (min_wrong, kmeans_k, mute, group_by, ...) may be given by name. Returns an `Audit`.
 
     `distributed=True` splits the scan over the processes of an initialised torch.distributed process group: EVERY
     process must then call scan with the same arguments; each evaluates its shard of the batches, rank 0 merges, and
@@ -61,9 +62,9 @@ def scan(model: nn.Module, adapter: Adapter, *, split: str = "test", conditions:
     a model trained on that modality alone, for its ceiling); `distributed` (see above); `settings` (any other ScanConfig
     field by name).
     """
-    from biasaudit.audit import audit_model
-    from biasaudit.rank_agreement import stopping_together
-    from biasaudit.sharding import process_group_shard
+    from biasaudit.scanning.audit import audit_model
+    from biasaudit.scanning.agreement import stopping_together
+    from biasaudit._core.sharding import process_group_shard
 
     named = [name for name in inspect.signature(scan).parameters if name != "settings"]
     check_keywords(settings, named + sorted(_settings()), where="ba.scan")
@@ -81,7 +82,7 @@ def _settings() -> dict[str, str]:
     """ScanConfig's fields that ba.scan takes by name, by the name it takes them under."""
     import dataclasses
 
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.scanning.engine import ScanConfig
 
     spelled = {"bootstrap_replicates": "bootstrap"}
     return {spelled.get(f.name, f.name): f.name for f in dataclasses.fields(ScanConfig)
@@ -91,9 +92,9 @@ def _settings() -> dict[str, str]:
 def _check_scan(adapter: Any, config: Any, *, where: str, unimodal_models: Mapping[str, nn.Module] | None = None) -> None:
     """What the CLI checks before any work, from Python: the adapter contract (two or more modalities, ...), the
     split, the device and precision, the conditions, the mutes and the unimodal models' modalities."""
-    from biasaudit.batches import check_split
-    from biasaudit.conditions import parse_conditions
-    from biasaudit.scanning import check_precision, resolve_device, with_mute_overrides
+    from biasaudit.data.batches import check_split
+    from biasaudit.scanning.conditions import parse_conditions
+    from biasaudit.scanning.engine import check_precision, resolve_device, with_mute_overrides
 
     validate_adapter(adapter, source=f"given to {where} ({type(adapter).__name__})")
     check_split(adapter, config.split)
@@ -114,7 +115,7 @@ def _scan_config(*, where: str = "ba.scan", **settings: Any) -> ScanConfig:
     joined with commas, a mute mapping becomes (modality, impairment) pairs, so both record the same manifest."""
     import typing
 
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.scanning.engine import ScanConfig
 
     spelled = {"bootstrap_replicates": "bootstrap"}
     hints = typing.get_type_hints(ScanConfig)
@@ -207,7 +208,7 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "mmdb", epochs: int
     `bootstrap`, `projection`, `scan_batch_size`, `settings` (any other ScanConfig field), `before`, `also_split`;
     `inplace` (train the caller's model itself); `progress` (a callback).
     """
-    from biasaudit.fixing import check_before, check_method, check_plan, fix_model
+    from biasaudit.training.fix import check_before, check_method, check_plan, fix_model
     from biasaudit.training.loop import TrainConfig
 
     from biasaudit.training.methods import DEFAULT_OPTIONS
@@ -219,7 +220,7 @@ def fix(model: nn.Module, adapter: Adapter, *, method: str = "mmdb", epochs: int
                                bootstrap_replicates=bootstrap, projection=projection, batch_size=scan_batch_size, **settings)
     options = {**DEFAULT_OPTIONS.get(method, {}), **(options or {})}
     _check_scan(adapter, scan_config, where="ba.fix")
-    from biasaudit.batches import check_split
+    from biasaudit.data.batches import check_split
 
     check_split(adapter, train_split)
     train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, split=train_split,
@@ -323,7 +324,7 @@ def _leaderboard_result(document: Mapping[str, Any], out: Path) -> LeaderboardRe
 
 
 def _shard_of(text: Any) -> Shard | None:
-    from biasaudit.sharding import parse_shard
+    from biasaudit._core.sharding import parse_shard
 
     try:
         return parse_shard(text) if isinstance(text, str) else None

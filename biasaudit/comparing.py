@@ -19,8 +19,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from biasaudit.errors import DataError, InputError
-from biasaudit.fingerprint import fingerprint_difference
-from biasaudit.metrics.accuracy import BootstrapCounts, percentile_interval
+from biasaudit.data.fingerprint import fingerprint_difference
+from biasaudit.diagnostics.accuracy import BootstrapCounts, percentile_interval
 from biasaudit.verdict import compare_sentences, compare_verdict
 
 _MUST_MATCH = ("split", "conditions", "seed")

@@ -19,10 +19,10 @@ import torch
 import transformers  # the [hf] extra, which CI installs: these tests run, never skip
 
 from biasaudit.adapters import empty_text_ids, token_modality, tokenizing_prepare
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.errors import AdapterError
-from biasaudit.impairments import impair_batch, resolve_impairment
-from biasaudit.scanning import ScanConfig
+from biasaudit.data.impairments import impair_batch, resolve_impairment
+from biasaudit.scanning.engine import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"
@@ -111,7 +111,7 @@ def test_without_transformers_the_helpers_say_how_to_install_it(monkeypatch):
 
 def test_biasaudit_imports_without_transformers():
     code = ("import sys; sys.modules['transformers'] = None\n"
-            "import biasaudit, biasaudit.adapters, biasaudit.cli, biasaudit.audit\n"
+            "import biasaudit, biasaudit.adapters, biasaudit.cli, biasaudit.scanning.audit\n"
             "from biasaudit.adapters import LoaderAdapter, token_modality, tokenizing_prepare\n"
             "print('ok')")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -22,12 +22,12 @@ from torch.utils.data import (BatchSampler, DataLoader, RandomSampler, Sequentia
                               WeightedRandomSampler)
 from torch.utils.data.distributed import DistributedSampler
 
-from biasaudit.adapter import Adapter, load_adapter, logits_of
+from biasaudit.data.adapter import Adapter, load_adapter, logits_of
 from biasaudit.adapters import LoaderAdapter, model_inputs
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.errors import AdapterError, DataError
 from biasaudit.results import to_json_text
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "loader_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"

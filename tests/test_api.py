@@ -193,7 +193,7 @@ def test_a_fix_reads_trains_labels_once_for_both_audits(monkeypatch):
     """Reading a split can be the slow part of a run (images decoded from disk): the before and after audits' JSD
     priors and probe samples all count train's labels, which one read gives them. MMDB's margins count the training
     view of train (without the rows held out for validation), which is other data and is read once more."""
-    import biasaudit.batches as batches
+    import biasaudit.data.batches as batches
     from biasaudit.datasets.demo_model import DemoModel, DigitsCaptionsAdapter
 
     adapter = DigitsCaptionsAdapter(seed=0)

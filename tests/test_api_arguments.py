@@ -200,8 +200,8 @@ def _no_work(monkeypatch) -> None:
     def started(*args, **kwargs):
         raise AssertionError("work began before the arguments were checked")
 
-    monkeypatch.setattr("biasaudit.audit.scan_model", started)
-    monkeypatch.setattr("biasaudit.fixing.fix_model", started)
+    monkeypatch.setattr("biasaudit.scanning.audit.scan_model", started)
+    monkeypatch.setattr("biasaudit.training.fix.fix_model", started)
 
 
 @pytest.mark.parametrize("call,parameter", PARAMETERS, ids=[f"{c}({p}=Alien())" for c, p in PARAMETERS])
@@ -281,7 +281,7 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.GateRules", "max_jsd_drop"): lambda w: -0.5, ("ba.GateRules", "jsd"): lambda w: "nosuch",
     ("ba.Modality", "name"): lambda w: " ", ("ba.Modality", "value_range"): lambda w: (1.0, 0.0),
     ("ba.Modality", "pad_id"): lambda w: -1, ("ba.Modality", "padding_side"): lambda w: "middle",
-    ("Audit.read", "path"): lambda w: w.tmp, ("Audit.from_dict", "document"): lambda w: {"schema": "biasaudit.audit"},
+    ("Audit.read", "path"): lambda w: w.tmp, ("Audit.from_dict", "document"): lambda w: {"schema": "biasaudit.scanning.audit"},
     ("Audit.condition", "name"): lambda w: "missing:nosuch",
     ("Audit.to_json", "path"): _directory, ("Audit.to_html", "path"): _below_a_file,
     ("Comparison.from_dict", "document"): lambda w: {"verdict": "x"}, ("Comparison.to_json", "path"): _directory,
@@ -292,7 +292,7 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
 EVERY_VALUE_FITS = {
     **{(call, "model"): "any nn.Module; one the adapter's inputs do not fit fails at its first forward, with the adapter named "
        "(tests/test_bad_inputs.py)" for call in ("ba.scan", "ba.fix", "ba.leaderboard")},
-    **{(call, "progress"): "any callable; one of the wrong arity is adapted (biasaudit/progress.py)"
+    **{(call, "progress"): "any callable; one of the wrong arity is adapted (biasaudit/_core/progress.py)"
        for call in ("ba.scan", "ba.fix", "ba.leaderboard")},
     ("ba.scan", "distributed"): "True or False: both are valid anywhere (outside a process group True scans alone; False, the default, scans alone inside one)",
     ("ba.scan", "mute_compare"): "True or False", ("ba.fix", "inplace"): "True or False",
@@ -739,7 +739,7 @@ def test_a_keyword_a_method_does_not_take_lists_the_ones_it_does():
 
 def test_a_wrong_call_of_a_per_step_method_is_one_sentence_listing_its_parameters():
     """The methods a training step calls (a loss, a backward, an after-backward hook) check their call's shape without
-    `checked`'s binding (biasaudit.arguments.checked_keywords), and still name a missing or extra argument."""
+    `checked`'s binding (biasaudit._core.arguments.checked_keywords), and still name a missing or extra argument."""
     for call in ("OGMGE.after_backward", "MMPareto.backward", "BalGrad.backward", "GroupDRO.loss", "JTT.loss", "MMDB.loss"):
         function, arguments = METHOD_CALLS[call]()
         first = next(iter(arguments))

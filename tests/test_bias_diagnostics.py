@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from biasaudit.audit import audit_model
-from biasaudit.metrics.accuracy import bootstrap_weights, percentile_interval
+from biasaudit.scanning.audit import audit_model
+from biasaudit.diagnostics.accuracy import bootstrap_weights, percentile_interval
 from biasaudit.results import to_json_text
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shortcut_adapter.py"
 FAST = dict(split="test", bootstrap_replicates=200, projection="pca", gradient_batches=1, min_wrong=1)
@@ -195,7 +195,7 @@ def test_forwards_per_sample_are_recorded(shortcut):
 
 def test_partial_mutes_without_missing_forward_only_the_rows_the_largest_fraction_mutes():
     """Without the missing condition, partial mutes still forward each muted row once, not once per fraction."""
-    from biasaudit.impairments import muted_subset
+    from biasaudit.data.impairments import muted_subset
 
     audit = scan(FX.ShortcutAdapter(), conditions="full,content=zero:0.3,content=zero:0.7")
     largest = muted_subset(np.arange(audit["dataset"]["n"]), seed=0, fraction=0.7).mean()

@@ -67,10 +67,10 @@ def test_a_bad_new_setting_in_the_config_file_names_the_file_and_key(checkpoint,
 def test_fix_reuses_a_scan_taken_with_any_scan_setting_and_names_the_one_that_differs(checkpoint, tmp_path):
     """`fix --before` takes every scan option that shapes the audits: a scan made with --mute and --min-group is
     reusable when fix is given the same, and refused, naming the setting, when not."""
-    from biasaudit.checkpoint import file_sha256
+    from biasaudit._core.files import file_sha256
     from biasaudit.errors import InputError
-    from biasaudit.fixing import reusable_before
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.training.fix import reusable_before
+    from biasaudit.scanning.engine import ScanConfig
 
     out = tmp_path / "audit"
     result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, "--conditions", "missing,carrier",

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 
 
 class NoColourAdapter(DigitsCaptionsAdapter):

@@ -27,13 +27,13 @@ import torch
 from torch import nn
 
 from biasaudit import Adapter, Modality
-from biasaudit.audit import audit_model
-from biasaudit.batches import read_split_labels, reads_shared_by_the_run
+from biasaudit.scanning.audit import audit_model
+from biasaudit.data.batches import read_split_labels, reads_shared_by_the_run
 from biasaudit.diagnostics.ceilings import ceilings_section
-from biasaudit.metrics.accuracy import ConditionScores
+from biasaudit.diagnostics.accuracy import ConditionScores
 from biasaudit.report import render_audit_html
 from biasaudit.results import to_json_text
-from biasaudit.scanning import ScanConfig, scan_model
+from biasaudit.scanning.engine import ScanConfig, scan_model
 
 FAST = dict(bootstrap_replicates=200, projection="pca", gradient_batches=1, min_wrong=1, batch_size=16, conditions="missing,ceilings")
 CHANCE = 100 / 3

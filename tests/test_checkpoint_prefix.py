@@ -17,13 +17,13 @@ import pytest
 import torch
 from torch import nn
 
-from biasaudit.audit import audit_checkpoint, load_model_noting_prefix, write_audit
-from biasaudit.checkpoint import find_wrapper_prefix, read_checkpoint
+from biasaudit.scanning.audit import audit_checkpoint, load_model_noting_prefix, write_audit
+from biasaudit.data.checkpoint import find_wrapper_prefix, read_checkpoint
 from biasaudit.comparing import compare_audits
 from biasaudit.errors import CheckpointError
-from biasaudit.fixing import reusable_before
+from biasaudit.training.fix import reusable_before
 from biasaudit.results import to_json_text
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "loader_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"
@@ -161,7 +161,7 @@ def test_compare_and_fix_before_accept_an_audit_of_a_prefixed_checkpoint(audits,
     comparison = compare_audits(audits["plain"], audits["compiled, then DDP"])
     assert all(row["delta"] == 0 for row in comparison["conditions"] if row.get("delta") is not None)
     json_path, _ = write_audit(audits["Lightning"], tmp_path / "before")
-    from biasaudit.checkpoint import file_sha256
+    from biasaudit._core.files import file_sha256
 
     assert reusable_before(json_path, config=CONFIG, checkpoint_sha=file_sha256(checkpoints["Lightning"]))["manifest"]["checkpoint"]["prefix_removed"] == "model."
 
@@ -194,7 +194,7 @@ def test_a_state_dict_prefix_that_matches_no_key_exits_2_in_one_sentence_and_wri
 def test_an_explicit_prefix_loads_the_plain_state_of_a_model_whose_own_child_is_called_model():
     """A network holding `self.model` (Hugging Face's *For... classes): its plain keys start with the prefix too, and
     stripping them would fail to load the very model.pt that `fix` wrote."""
-    from biasaudit.checkpoint import resolve_prefix
+    from biasaudit.data.checkpoint import resolve_prefix
 
     class Holder(nn.Module):
         def __init__(self):

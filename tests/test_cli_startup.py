@@ -72,7 +72,7 @@ def test_import_biasaudit_is_light_and_names_still_work():
         assert heavy == [], heavy
         assert set(biasaudit.__all__) <= set(dir(biasaudit))
         from biasaudit import Audit, BiasAuditError, Modality
-        from biasaudit.adapter import Modality as AdapterModality
+        from biasaudit.data.adapter import Modality as AdapterModality
         assert Modality is AdapterModality
         assert callable(biasaudit.scan) and biasaudit.__version__
         try:
@@ -89,7 +89,7 @@ def test_import_biasaudit_is_light_and_names_still_work():
 def test_scan_help_names_every_condition_group(helps):
     """`scan --help` omitted carrier, ceilings, shapley and interaction: a user could not learn from it how to ask for
     (or leave out) a diagnostic. Every group and diagnostic --conditions accepts must be named."""
-    from biasaudit.conditions import DIAGNOSTICS, GROUPS
+    from biasaudit.scanning.conditions import DIAGNOSTICS, GROUPS
 
     words = set(helps["scan --help"].replace(",", " ").replace(".", " ").replace(";", " ").split())
     missing = [name for name in ("default", *GROUPS, *DIAGNOSTICS) if name not in words]
@@ -102,7 +102,7 @@ def test_choices_match_the_library_registries():
     from biasaudit.cli import choices
     from biasaudit.diagnostics.groups import GROUPINGS
     from biasaudit.methods.balgrad import KL_MODES, PROJECTIONS as BALGRAD_PROJECTIONS, SCHEDULES
-    from biasaudit.scanning import PRECISIONS, PROJECTIONS
+    from biasaudit.scanning.engine import PRECISIONS, PROJECTIONS
     from biasaudit.training.method_balgrad import HEAD_MODES, WEIGHT_MODES
     from biasaudit.training.method_mmdb import BIAS_SOURCES
     from biasaudit.training.methods import METHODS

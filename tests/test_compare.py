@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.comparing import compare_audits
 from biasaudit.errors import DataError, InputError
-from biasaudit.metrics.accuracy import BootstrapCounts, percentile_interval
+from biasaudit.diagnostics.accuracy import BootstrapCounts, percentile_interval
 from biasaudit.report.compare_render import render_compare_html
 from biasaudit.results import read_audit, write_json_atomic
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 
 TESTS = Path(__file__).parent
 SCRIPT = Path(sys.executable).parent / "biasaudit"
@@ -163,7 +163,7 @@ def test_an_audit_drawn_by_an_older_generator_is_never_paired_with_a_new_one(pai
     """Same seed, samples and replicate count, but another generator draws other weights: pairing them would give
     intervals of a difference between two unrelated resamplings. Version 1 audits name no generator (numpy per
     sample); version 2 drew one bootstrap weight per hashed word."""
-    from biasaudit.randomness import GENERATOR
+    from biasaudit._core.randomness import GENERATOR
 
     old = copy.deepcopy(pair[0])
     if older is None:

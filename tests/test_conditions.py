@@ -2,8 +2,8 @@
 
 import pytest
 
-from biasaudit.adapter import Modality
-from biasaudit.conditions import parse_conditions
+from biasaudit.data.adapter import Modality
+from biasaudit.scanning.conditions import parse_conditions
 from biasaudit.errors import ConditionError
 
 MODS = [Modality("image", "image"), Modality("text", "text")]

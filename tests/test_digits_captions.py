@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from biasaudit.adapter import load_adapter, validate_adapter
+from biasaudit.data.adapter import load_adapter, validate_adapter
 from biasaudit.datasets import COLOURS, DigitsCaptionsAdapter, bag_of_words, load_digits_captions, train_baseline
 from biasaudit.datasets.demo_model import VOCABULARY
 from biasaudit.datasets.digits_captions import CAPTION_TEMPLATES, SPLITS

@@ -1,4 +1,4 @@
-"""Independent draws of the random conditions (`--draws R`, biasaudit/draws.py; issue 19).
+"""Independent draws of the random conditions (`--draws R`, biasaudit/scanning/draws.py; issue 19).
 
 A noisy condition, a ratio rung's muted subset and a ceiling probe's sample are each one seeded draw; a user who
 read one draw as the model's figure could be reading the luckiest or unluckiest of many. With R draws the figure is
@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-import biasaudit.draws as draws_module
-from biasaudit.audit import audit_model
+import biasaudit.scanning.draws as draws_module
+from biasaudit.scanning.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
-from biasaudit.metrics.accuracy import BootstrapCounts, percentile_interval
-from biasaudit.scanning import ScanConfig
+from biasaudit.diagnostics.accuracy import BootstrapCounts, percentile_interval
+from biasaudit.scanning.engine import ScanConfig
 
 FAST = dict(split="test", bootstrap_replicates=400, projection="pca", gradient_batches=1, min_wrong=1, batch_size=64)
 CONDITIONS = "missing,noisy,ratio,ceilings,carrier"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from biasaudit.adapter import load_adapter, modality_by_name
+from biasaudit.data.adapter import load_adapter, modality_by_name
 from biasaudit.datasets import DigitsCaptionsAdapter
-from biasaudit.impairments import impair_batch, resolve_impairment
+from biasaudit.data.impairments import impair_batch, resolve_impairment
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 CPU = torch.device("cpu")

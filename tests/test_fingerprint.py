@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from biasaudit.fingerprint import SampleFingerprint, row_hashes
+from biasaudit.data.fingerprint import SampleFingerprint, row_hashes
 
 
 def test_an_image_row_changes_its_hash_when_one_value_changes_or_two_swap():

@@ -459,7 +459,7 @@ def test_an_adapter_without_branches_is_told_the_early_fusion_alternative_before
     def no_audit(*args, **kwargs):
         raise AssertionError("audited before refusing")
 
-    monkeypatch.setattr("biasaudit.fixing.audit_model", no_audit)
+    monkeypatch.setattr("biasaudit.training.fix.audit_model", no_audit)
     with pytest.raises(AdapterError) as caught:
         ba.fix(baseline, NoBranches(), method=method, epochs=1, conditions="missing", bootstrap=10, split="ood")
     message = str(caught.value)

@@ -13,8 +13,8 @@ import torch
 import biasaudit as ba
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import BiasAuditError, InputError
-from biasaudit.fixing import fix_model, run_fix
-from biasaudit.scanning import ScanConfig
+from biasaudit.training.fix import fix_model, run_fix
+from biasaudit.scanning.engine import ScanConfig
 from biasaudit.training import rng_states
 from biasaudit.training.diagnosis import TreatmentWarning, treatment_warnings
 from biasaudit.training.loop import TrainConfig, train
@@ -70,7 +70,7 @@ def test_fix_warns_before_training_and_records_the_diagnosis(baseline, monkeypat
         warned_before_training.append(any(issubclass(w.category, TreatmentWarning) for w in caught))
         return []
 
-    monkeypatch.setattr("biasaudit.fixing.train", no_training)
+    monkeypatch.setattr("biasaudit.training.fix.train", no_training)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         outcome = fix_model(copy.deepcopy(baseline), ADAPTER, method="balgrad", method_options={}, train_config=TrainConfig(epochs=1),
@@ -112,7 +112,7 @@ def test_an_in_distribution_fix_audits_one_split_and_a_bad_second_split_is_refus
     result = ba.fix(baseline, ADAPTER, method="ce", epochs=1, split="test", **QUICK)
     assert result.also is None and "Also on" not in result.comparison.verdict
 
-    monkeypatch.setattr("biasaudit.fixing.audit_model", lambda *a, **k: pytest.fail("audited before refusing"))
+    monkeypatch.setattr("biasaudit.training.fix.audit_model", lambda *a, **k: pytest.fail("audited before refusing"))
     with pytest.raises(BiasAuditError, match="Available: train, val, test, ood"):
         ba.fix(baseline, ADAPTER, method="ce", epochs=1, split="ood", also_split="tset", **QUICK)
     with pytest.raises(InputError, match="--also-split ood is the split both audits already take"):
@@ -173,7 +173,7 @@ def test_from_scratch_with_discovered_bias_is_refused_before_any_audit(baseline,
     class NoBiasKey(DigitsCaptionsAdapter):
         bias_key = None
 
-    monkeypatch.setattr("biasaudit.fixing.audit_model", lambda *a, **k: pytest.fail("audited before refusing"))
+    monkeypatch.setattr("biasaudit.training.fix.audit_model", lambda *a, **k: pytest.fail("audited before refusing"))
     with pytest.raises(InputError, match="would cluster a random model's features"):
         fix_model(copy.deepcopy(baseline), NoBiasKey(), method="groupdro", method_options={}, train_config=TrainConfig(epochs=1),
                   scan_config=ScanConfig(split="test", conditions="missing", bootstrap_replicates=20, projection="pca"),

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import biasaudit as ba
-from biasaudit.batches import labels_and_bias
+from biasaudit.data.batches import labels_and_bias
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import AdapterError, BiasAuditError, InputError
 from biasaudit.methods import DFR, JTT, DandR, GroupDRO, classifier_inputs, group_ids
@@ -253,7 +253,7 @@ def test_what_a_method_needs_and_the_adapter_lacks_is_refused_in_one_sentence_be
     def no_audit(*args, **kwargs):
         raise AssertionError("audited before refusing")
 
-    monkeypatch.setattr("biasaudit.fixing.audit_model", no_audit)
+    monkeypatch.setattr("biasaudit.training.fix.audit_model", no_audit)
     with pytest.raises(BiasAuditError) as caught:
         ba.fix(baseline, adapter, method=method, options=options, epochs=epochs, conditions="missing", bootstrap=10, split="ood")
     message = str(caught.value)

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from biasaudit import Adapter, Modality
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.errors import InputError
 from biasaudit.gating import GateRules, evaluate_gate
 from biasaudit.results import write_json_atomic
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 
 SCRIPT = Path(sys.executable).parent / "biasaudit"
 N, C = 200, 4
@@ -487,7 +487,7 @@ def test_an_infinite_jsd_drop_limit_is_refused():
 
 
 def test_a_plain_limit_in_the_file_and_a_keyed_one_on_the_command_line_add_up_and_file_mistakes_name_the_file():
-    from biasaudit.config_file import Settings, resolve
+    from biasaudit.cli.config_file import Settings, resolve
     from biasaudit.errors import InputError
 
     settings = Settings(path=Path("biasaudit.toml"), sections={"gate": {"max_bias_follow_increase": 2, "min_accuracy": {"full": 200}}})

@@ -45,7 +45,7 @@ def test_every_registered_rule_is_wired_to_python_the_command_line_the_config_fi
     """A registry entry without its GateRules field cannot be set from Python (ba.GateRules refuses the keyword);
     without its flag, `biasaudit gate` cannot set it; without its config-file key, a [gate] table naming it exits 2
     as an unknown key; without a mention in docs/gating.md nobody learns it exists."""
-    from biasaudit.config_file import GATE_KEYS
+    from biasaudit.cli.config_file import GATE_KEYS
 
     rule = RULES[name]
     fields = {f.name: f for f in dataclasses.fields(GateRules)}
@@ -56,7 +56,7 @@ def test_every_registered_rule_is_wired_to_python_the_command_line_the_config_fi
     option = _gate_command_options().get(name)
     assert option is not None and rule.flag in option.opts, f"biasaudit gate has no {rule.flag} (biasaudit/cli/gate.py)"
     assert rule.description in (option.help or ""), f"{rule.flag}'s help is not the registry's description (use RULE_HELP)"
-    assert name in GATE_KEYS, f"a [gate] table cannot set {name}: add it to GATE_KEYS in biasaudit/config_file.py"
+    assert name in GATE_KEYS, f"a [gate] table cannot set {name}: add it to GATE_KEYS in biasaudit/cli/config_file.py"
     wanted = GATE_KEYS[name] if isinstance(GATE_KEYS[name], tuple) else (GATE_KEYS[name],)
     assert set(wanted) == set(rule.config_types), f"the config file takes {wanted} for {name}, its limits {rule.config_types}"
     assert f"`{rule.flag}" in DOCS.read_text(encoding="utf-8"), f"docs/gating.md never names `{rule.flag}`"

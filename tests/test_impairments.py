@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from biasaudit.adapter import Modality
+from biasaudit.data.adapter import Modality
 from biasaudit.errors import ConditionError
-from biasaudit.impairments import IMPAIRMENTS, impair_batch, resolve_impairment
+from biasaudit.data.impairments import IMPAIRMENTS, impair_batch, resolve_impairment
 
 MODALITIES = {
     "image": Modality("img", "image", key="img", value_range=(0.0, 1.0)),
@@ -153,7 +153,7 @@ def test_unknown_impairment_names_the_available_ones():
 def test_gaussian_noise_keeps_images_in_range_and_integer_pixels_do_not_wrap():
     from dataclasses import replace
 
-    from biasaudit.impairments import IMPAIRMENTS
+    from biasaudit.data.impairments import IMPAIRMENTS
 
     gaussian = IMPAIRMENTS["image"]["gaussian"]
     pixels = torch.tensor([[[[3, 250], [128, 0]]]], dtype=torch.uint8).repeat(50, 1, 1, 1)
@@ -180,8 +180,8 @@ def test_token_modality_without_special_ids_is_refused():
 
 
 def test_user_registered_kind_gets_missing_noisy_and_ratio_conditions():
-    from biasaudit.conditions import parse_conditions
-    from biasaudit.impairments import IMPAIRMENTS, register_impairment
+    from biasaudit.scanning.conditions import parse_conditions
+    from biasaudit.data.impairments import IMPAIRMENTS, register_impairment
 
     def silence(values, modality, severity, chosen, draws):
         out = values.clone()
@@ -226,8 +226,8 @@ def test_token_delete_and_empty_on_left_padded_ids_equal_the_right_padded_result
     import importlib.util
     from pathlib import Path
 
-    from biasaudit.audit import audit_model
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.scanning.audit import audit_model
+    from biasaudit.scanning.engine import ScanConfig
 
     spec = importlib.util.spec_from_file_location("shortcut_adapter_fixture", Path(__file__).parent / "fixtures" / "shortcut_adapter.py")
     fx = importlib.util.module_from_spec(spec)
@@ -244,9 +244,9 @@ def test_token_delete_and_empty_on_left_padded_ids_equal_the_right_padded_result
 def test_an_unknown_modality_kind_is_refused_where_the_adapter_enters_and_a_registered_one_is_accepted():
     """Modality imports nothing from the package (no adapter <-> impairments cycle); the kind is checked against the
     registry when an adapter is validated, so a kind registered after the Modality was written counts."""
-    from biasaudit.adapter import Adapter, validate_adapter
+    from biasaudit.data.adapter import Adapter, validate_adapter
     from biasaudit.errors import AdapterError
-    from biasaudit.impairments import IMPAIRMENTS, register_impairment
+    from biasaudit.data.impairments import IMPAIRMENTS, register_impairment
 
     class Sound(Adapter):
         modalities = [Modality("audio", "waveform"), Modality("text", "text")]
@@ -278,8 +278,8 @@ def test_a_ratio_mute_of_left_padded_ids_forwards_what_muting_the_whole_batch_gi
     import importlib.util
     from pathlib import Path
 
-    from biasaudit.audit import audit_model
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.scanning.audit import audit_model
+    from biasaudit.scanning.engine import ScanConfig
 
     spec = importlib.util.spec_from_file_location("shortcut_adapter_fixture", Path(__file__).parent / "fixtures" / "shortcut_adapter.py")
     fx = importlib.util.module_from_spec(spec)

@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from biasaudit import Adapter, Modality
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.diagnostics.donors import DonorPool
 from biasaudit.diagnostics.interaction import InteractionAccumulator
-from biasaudit.metrics.accuracy import bootstrap_weights, percentile_interval
-from biasaudit.scanning import ScanConfig
+from biasaudit.diagnostics.accuracy import bootstrap_weights, percentile_interval
+from biasaudit.scanning.engine import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shortcut_adapter.py"
 FAST = dict(split="test", bootstrap_replicates=200, projection="pca", gradient_batches=1, min_wrong=1)
@@ -239,7 +239,7 @@ def test_bias_swap_donors_follow_the_split_s_groups_not_the_pool_s():
 def test_on_a_balanced_split_the_weighted_draw_is_the_smallest_hash_as_before():
     """Equal weights keep the earlier rule (the eligible entry with the smallest hash of (seed, stream, i, j)), so audits
     of balanced splits keep their carrier numbers."""
-    from biasaudit.randomness import hash64
+    from biasaudit._core.randomness import hash64
 
     bias = np.tile([0, 1, 2], 300)
     labels = np.repeat([0, 1, 2], 300)

@@ -151,12 +151,12 @@ def test_runs_in_parallel_processes_give_the_leaderboard_one_process_gives(biase
 
 
 def test_the_starting_model_is_audited_once_per_seed_and_split_not_once_per_run(biased, tmp_path, monkeypatch):
-    import biasaudit.fixing
+    import biasaudit.training.fix
 
     model, adapter = biased
     audited = []
-    real = biasaudit.fixing.audit_model
-    monkeypatch.setattr("biasaudit.fixing.audit_model", lambda *a, **k: audited.append(k["config"].split) or real(*a, **k))
+    real = biasaudit.training.fix.audit_model
+    monkeypatch.setattr("biasaudit.training.fix.audit_model", lambda *a, **k: audited.append(k["config"].split) or real(*a, **k))
     ba.leaderboard(model, adapter, out=tmp_path, methods=("groupdro",), seeds=(0, 1), split="ood", grids={"groupdro": (0.01,)}, **QUICK)
     # 4 runs, each auditing its fixed model on ood and on test; the starting model's audits are the leaderboard's own.
     assert sorted(audited) == ["ood"] * 4 + ["test"] * 4

@@ -9,8 +9,8 @@ import pytest
 from sklearn.metrics import confusion_matrix, f1_score
 
 from biasaudit.errors import DataError, InputError
-from biasaudit.metrics.accuracy import BootstrapCounts, ConditionAccumulator, bootstrap_weights
-from biasaudit.metrics.gap import summarize_gap
+from biasaudit.diagnostics.accuracy import BootstrapCounts, ConditionAccumulator, bootstrap_weights
+from biasaudit.diagnostics.gap import summarize_gap
 
 CONDITIONS = ["full", "missing:image", "noisy:text"]
 

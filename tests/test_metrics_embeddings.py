@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from biasaudit.errors import InputError
-from biasaudit.metrics.embeddings import (MIN_UMAP_POINTS, EmbeddingSample, angular_spread, bias_subset,
+from biasaudit.diagnostics.embeddings import (MIN_UMAP_POINTS, EmbeddingSample, angular_spread, bias_subset,
                                           project_2d)
 
 N, D = 200, 3
@@ -51,7 +51,7 @@ def test_sample_equals_one_shot_bottom_k_and_keeps_rows_aligned():
     one_shot.update(features, labels, bias, indices=indices)
     np.testing.assert_array_equal(one_shot.result()[3], kept_indices)
     # The keys are draws of each index's own stream: recompute and take the 25 smallest by hand.
-    from biasaudit.randomness import uniform
+    from biasaudit._core.randomness import uniform
     keys = uniform(0, "embedding-sample", indices)
     np.testing.assert_array_equal(kept_indices, np.sort(np.argsort(keys)[:25]))
     np.testing.assert_array_equal(kept_features, features[kept_indices])

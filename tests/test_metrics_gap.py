@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from biasaudit.errors import InputError
-from biasaudit.metrics.gap import dominant_modality, summarize_gap
+from biasaudit.diagnostics.gap import dominant_modality, summarize_gap
 
 
 def test_balgrad_food101_baseline_row():

@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter, Modality
-from biasaudit.metrics.gradients import SeededSample, gradient_conflict
+from biasaudit.data.adapter import Adapter, Modality
+from biasaudit.diagnostics.gradients import SeededSample, gradient_conflict
 
 
 def seeded_batches(batches, *, k, seed):

@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 
 from biasaudit.errors import DataError, InputError
-from biasaudit.metrics.jsd import BiasPrior, JSDAccumulator, discover_bias_clusters, jsd_base2
+from biasaudit.diagnostics.jsd import BiasPrior, JSDAccumulator, discover_bias_clusters, jsd_base2
 
 
 def test_jsd_extremes():

@@ -16,7 +16,7 @@ from torch import nn
 from biasaudit import Adapter, Modality
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.training import mmdb
-from biasaudit.batches import take_rows
+from biasaudit.data.batches import take_rows
 from biasaudit.training.loop import TrainConfig, train
 from biasaudit.training.methods import make_method
 
@@ -215,8 +215,8 @@ def test_resume_with_discovered_bias_gives_the_uninterrupted_weights_and_refuses
 
 
 def test_fix_without_a_bias_key_clusters_the_audits_dominant_modality_and_records_it(tmp_path):
-    from biasaudit.fixing import run_fix
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.training.fix import run_fix
+    from biasaudit.scanning.engine import ScanConfig
 
     checkpoint = tmp_path / "start.pt"
     torch.save(LeansOnB().state_dict(), checkpoint)
@@ -232,8 +232,8 @@ def test_fix_without_a_bias_key_clusters_the_audits_dominant_modality_and_record
 
 
 def test_fix_refuses_an_adapter_without_bias_key_or_branches_before_auditing(tmp_path):
-    from biasaudit.fixing import run_fix
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.training.fix import run_fix
+    from biasaudit.scanning.engine import ScanConfig
 
     checkpoint = tmp_path / "start.pt"
     torch.save(LeansOnB().state_dict(), checkpoint)

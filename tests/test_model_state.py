@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from biasaudit import Adapter, Modality
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.cli import summary_table
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 from biasaudit.training.loop import TrainConfig, train
 from biasaudit.training.method_balgrad import BalGrad
 from biasaudit.training.methods import make_method

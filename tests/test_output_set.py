@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from biasaudit.cli import app
 from biasaudit.errors import InputError
-from biasaudit.output_set import LOCK_NAME, MOVING_MARKER, OutputSet
+from biasaudit._core.output_set import LOCK_NAME, MOVING_MARKER, OutputSet
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SHORTCUT = f"{FIXTURES / 'shortcut_adapter.py'}:TrainableShortcutAdapter"
@@ -78,7 +78,7 @@ def test_every_file_of_a_scan_and_a_fix_carries_the_same_run_and_nothing_else_is
         assert json.loads((fix / name).read_text())["run"]["id"] == stamp["id"]
     for name in ("after.html", "compare.html"):
         assert run_id_of_html(fix / name) == stamp["id"]
-    from biasaudit.checkpoint import file_sha256
+    from biasaudit._core.files import file_sha256
 
     assert stamp["sha256"]["model.pt"] == file_sha256(fix / "model.pt")
     assert {p.name for p in fix.iterdir()} == FIX_FILES | {"state"}
@@ -235,7 +235,7 @@ def test_ctrl_c_while_a_scan_moves_its_files_waits_until_both_are_in_place(earli
 
 
 def test_ctrl_c_during_a_scan_writes_nothing_and_says_so(earlier, checkpoint, tmp_path, monkeypatch):
-    import biasaudit.audit
+    import biasaudit.scanning.audit
 
     directory = used(earlier, "scan", tmp_path)
     kept = snapshot(directory)
@@ -243,7 +243,7 @@ def test_ctrl_c_during_a_scan_writes_nothing_and_says_so(earlier, checkpoint, tm
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(biasaudit.audit, "audit_model", interrupted)
+    monkeypatch.setattr(biasaudit.scanning.audit, "audit_model", interrupted)
     for target in (directory, tmp_path / "fresh"):
         result = run("scan", checkpoint, "--adapter", SHORTCUT, *FAST, "--out", target)
         assert result.exit_code == 130 and "interrupted; nothing was written." in result.output, result.output
@@ -252,11 +252,11 @@ def test_ctrl_c_during_a_scan_writes_nothing_and_says_so(earlier, checkpoint, tm
 
 
 def test_ctrl_c_during_fix_training_says_the_state_is_kept_and_writes_no_results(earlier, checkpoint, tmp_path, monkeypatch):
-    import biasaudit.fixing
+    import biasaudit.training.fix
 
     directory = used(earlier, "fix", tmp_path)
     results = {name: (directory / name).read_bytes() for name in FIX_FILES}
-    real_train = biasaudit.fixing.train
+    real_train = biasaudit.training.fix.train
 
     def stopped(*args, progress=None, **kwargs):
         def at_step(stage, done, total, status=None):
@@ -264,7 +264,7 @@ def test_ctrl_c_during_fix_training_says_the_state_is_kept_and_writes_no_results
                 raise KeyboardInterrupt
         return real_train(*args, progress=at_step, **kwargs)
 
-    monkeypatch.setattr(biasaudit.fixing, "train", stopped)
+    monkeypatch.setattr(biasaudit.training.fix, "train", stopped)
     result = run("fix", checkpoint, "--adapter", SHORTCUT, *FIX_FAST[:2], "--epochs", "3", *FIX_FAST[4:], "--seed", "1", "--out", directory)
     assert result.exit_code == 130, result.output
     assert f"no results were written to {directory}; the training state {directory / 'state' / 'last.pt'} is kept" in " ".join(result.output.split())

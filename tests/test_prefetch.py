@@ -1,4 +1,4 @@
-"""Reading ahead in a background thread (biasaudit/prefetch.py). If it reordered batches, a scan's per-batch sums
+"""Reading ahead in a background thread (biasaudit/_core/prefetch.py). If it reordered batches, a scan's per-batch sums
 would be added to the wrong samples; if it swallowed an error, a bad batch would go unreported; if it kept running
 after the scan stopped, a failed scan would leave a thread reading the user's data."""
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from biasaudit.errors import DataError
-from biasaudit.prefetch import prefetched
+from biasaudit._core.prefetch import prefetched
 
 
 def test_items_come_back_in_order_computed_by_another_thread():

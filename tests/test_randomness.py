@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from biasaudit.randomness import SampleDraws, hash64, poisson1, uniform
+from biasaudit._core.randomness import SampleDraws, hash64, poisson1, uniform
 
 
 def test_a_samples_draws_do_not_depend_on_the_batch_it_arrives_in():
@@ -64,7 +64,7 @@ def test_a_seed_outside_64_bits_is_refused(seed):
 def test_poisson_weights_follow_the_poisson_distribution_in_every_bucket():
     """The weights are the inverse CDF of a 53-bit uniform: the table settles a draw from its top 16 bits, and a draw
     whose 16-bit bucket a CDF step cuts reads 37 more bits. Skewed weights would skew every bootstrap interval."""
-    from biasaudit.randomness import _POISSON1_CDF
+    from biasaudit._core.randomness import _POISSON1_CDF
 
     indices, replicates = np.arange(40000), 250
     weights = poisson1(5, "bootstrap-weights", indices, replicates)
@@ -90,7 +90,7 @@ DRAWS_SHA256 = {3: "8359c302b08d6f433087ab2c2e626b688102abb145014a597793d708d51b
 def test_the_draws_change_only_with_the_generator_version():
     import hashlib
 
-    from biasaudit.randomness import GENERATOR
+    from biasaudit._core.randomness import GENERATOR
 
     digest = hashlib.sha256()
     digest.update(poisson1(0, "bootstrap-weights", np.arange(1000), 1000).astype("<i8").tobytes())

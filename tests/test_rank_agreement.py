@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from biasaudit.adapter import load_adapter
-from biasaudit.rank_agreement import _difference
+from biasaudit.data.adapter import load_adapter
+from biasaudit.scanning.agreement import _difference
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FILE = ROOT / "examples" / "digits_captions_adapter.py"
@@ -136,7 +136,7 @@ def test_out_on_a_pseudo_filesystem_under_torchrun_is_one_sentence_on_every_rank
 API_SCRIPT = """
 import copy, os, sys, torch, torch.distributed as dist
 import biasaudit as ba
-from biasaudit.adapter import load_adapter
+from biasaudit.data.adapter import load_adapter
 from biasaudit.errors import InputError
 dist.init_process_group("gloo")
 adapter = load_adapter(sys.argv[1])

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from biasaudit.audit import audit_model
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.audit import audit_model
+from biasaudit.scanning.engine import ScanConfig
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import broken_adapters  # noqa: E402

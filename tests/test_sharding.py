@@ -20,14 +20,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from biasaudit.adapter import load_adapter
-from biasaudit.audit import audit_model
+from biasaudit.data.adapter import load_adapter
+from biasaudit.scanning.audit import audit_model
 from biasaudit.cli import app
 from biasaudit.errors import InputError
 from biasaudit.results import to_jsonable
-from biasaudit.scanning import ScanConfig, scan_shard
-from biasaudit.shard_parts import _decode, _encode, merge_parts, part_name, seal, write_part
-from biasaudit.sharding import Shard, parse_shard
+from biasaudit.scanning.engine import ScanConfig, scan_shard
+from biasaudit.scanning.parts import _decode, _encode, merge_parts, part_name, seal, write_part
+from biasaudit._core.sharding import Shard, parse_shard
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = "examples/digits_captions_adapter.py:adapter"
@@ -127,7 +127,7 @@ def test_merging_the_wrong_parts_is_refused_naming_them(how, message, demo_parts
 
 
 def test_a_part_holding_an_object_merge_does_not_rebuild_is_refused_without_running_it(tmp_path):
-    from biasaudit.shard_parts import FORMAT_VERSION, seal
+    from biasaudit.scanning.parts import FORMAT_VERSION, seal
 
     payload = {"format": "biasaudit-scan-part", "version": FORMAT_VERSION, "shard": [0, 1], "identity": ["object", "Popen", []],
                "facts": None, "context": None, "state": None, "extra": None}
@@ -269,7 +269,7 @@ def test_torchrun_with_two_processes_writes_the_single_process_audit(extra, demo
 SCRIPT = """
 import json, sys, torch, torch.distributed as dist
 import biasaudit as ba
-from biasaudit.adapter import load_adapter
+from biasaudit.data.adapter import load_adapter
 dist.init_process_group("gloo")
 adapter = load_adapter(sys.argv[1])
 torch.manual_seed(0)

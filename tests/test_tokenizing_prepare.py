@@ -20,9 +20,9 @@ from transformers import BertConfig, BertForSequenceClassification
 
 from biasaudit import Modality
 from biasaudit.adapters import tokenizing_prepare
-from biasaudit.audit import audit_model
+from biasaudit.scanning.audit import audit_model
 from biasaudit.errors import AdapterError
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"

@@ -140,9 +140,9 @@ def test_without_a_val_split_candidates_are_validated_on_held_out_train_samples_
 def test_before_after_deltas_get_paired_intervals_that_are_zero_for_an_unchanged_model(baseline):
     """The same model audited twice: every paired delta interval is exactly [0, 0]; an unpaired
     comparison (two independent intervals) could never show that."""
-    from biasaudit.audit import audit_model
+    from biasaudit.scanning.audit import audit_model
     from biasaudit.comparing import compare_audits
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.scanning.engine import ScanConfig
 
     config = ScanConfig(split="ood", conditions="missing", projection="pca", bootstrap_replicates=100, gradient_batches=1)
     first = audit_model(copy.deepcopy(baseline), ADAPTER, config=config, checkpoint=None)
@@ -288,9 +288,9 @@ def test_an_mmdb_after_audit_scores_the_cosine_model_it_trained_and_says_so(base
     on every label-based number."""
     import json
 
-    from biasaudit.audit import audit_model
-    from biasaudit.fixing import run_fix
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.scanning.audit import audit_model
+    from biasaudit.training.fix import run_fix
+    from biasaudit.scanning.engine import ScanConfig
 
     checkpoint = tmp_path / "base.pt"
     torch.save(baseline.state_dict(), checkpoint)

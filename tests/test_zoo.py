@@ -15,7 +15,7 @@ bit-identical, left- and right-padded ids of the same texts give the same audit,
 `module.` / `_orig_mod.` prefixes or by Lightning audit exactly like the plain one.
 
 The commands run in-process through typer's CliRunner on biasaudit.cli.app (the console script's entry
-point, without ~3 s of imports per call). Re-audits of fixed checkpoints use biasaudit.audit.audit_checkpoint,
+point, without ~3 s of imports per call). Re-audits of fixed checkpoints use biasaudit.scanning.audit.audit_checkpoint,
 the function `scan` calls, to skip rendering HTML that is checked elsewhere.
 """
 
@@ -33,10 +33,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from biasaudit.adapter import load_adapter
-from biasaudit.audit import audit_checkpoint, audit_model
+from biasaudit.data.adapter import load_adapter
+from biasaudit.scanning.audit import audit_checkpoint, audit_model
 from biasaudit.cli import app
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 
 ZOO = Path(__file__).parent / "zoo"
 sys.path.insert(0, str(ZOO))

@@ -11,8 +11,8 @@ import torch
 
 from biasaudit.adapters.loader import model_inputs
 from biasaudit.errors import AdapterError
-from biasaudit.forward_keywords import TokenizerInputs
-from biasaudit.modality import Modality
+from biasaudit.data.forward_keywords import TokenizerInputs
+from biasaudit.data.modality import Modality
 
 
 def require_transformers(helper: str) -> Any:
@@ -72,7 +72,7 @@ def tokenizing_prepare(tokenizer: Any, modalities: Sequence[Modality], *, text: 
     `tokenizer` may be a processor that takes text=. `text`: the modality's name when there are several text ones.
     `keys`: the tokenizer outputs to pass, each of which the model's forward must take; by default all of them, less
     those the forward does not take (BERT's token_type_ids for a model without them), with one warning
-    (biasaudit/forward_keywords.py)."""
+    (biasaudit/data/forward_keywords.py)."""
     require_transformers("tokenizing_prepare")
     candidates = [m for m in modalities if m.kind == "text" and (text is None or m.name == text)]
     if len(candidates) != 1:

@@ -8,11 +8,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from biasaudit.adapter import Adapter, logits_of
+from biasaudit.data.adapter import Adapter, logits_of
 from biasaudit.adapters.dataloaders import DictBatches, check_loader, rebatched
 from biasaudit.adapters.submodules import linear_classifier, submodule
 from biasaudit.errors import AdapterError, DataError
-from biasaudit.modality import Modality
+from biasaudit.data.modality import Modality
 
 Prepare = Callable[[Mapping[str, Any], torch.device], Any]
 Forward = Callable[[nn.Module, Any], Any]
@@ -41,7 +41,7 @@ class LoaderAdapter(Adapter):
       arguments, tensors on the device. Give your own to normalise pixels or tokenise raw text
       (biasaudit.adapters.tokenizing_prepare): impairments act on the raw batch before it.
     forward(model, inputs) -> output: default model(**inputs); the logits are read from the output by
-      biasaudit.adapter.logits_of (a tensor, an output with .logits, or a dict with "logits").
+      biasaudit.data.adapter.logits_of (a tensor, an output with .logits, or a dict with "logits").
     classifier: dotted path of the final nn.Linear (e.g. "head"); enables embedding plots and MMDB.
     branches: {modality name: dotted path of its branch} (e.g. {"image": "vision.encoder"}); enables BalGrad,
       the ceilings' probes and bias discovery.

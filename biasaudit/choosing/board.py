@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from torch import nn
 
-from biasaudit.adapter import Adapter
+from biasaudit.data.adapter import Adapter
 from biasaudit.choosing.measures import (BETTER, BIAS_MEASURES, LABELS, carrier_of, is_ood, measure_names, measure_values,
                                              paired_changes)
 from biasaudit.choosing.parallel import check_jobs, check_picklable, run_parallel
@@ -31,11 +31,11 @@ from biasaudit.choosing.rule import recommend
 from biasaudit.choosing.runs import (CONTROL, LeaderboardSettings, check_resumed, check_settings, finished_run, model_fingerprint,
                                      run_dir, run_one, starting_audit, write_settings)
 from biasaudit.choosing.shards import shard_runs, write_shard_record
-from biasaudit.sharding import Shard
+from biasaudit._core.sharding import Shard
 from biasaudit.errors import InputError
-from biasaudit.output_paths import check_output_dir
-from biasaudit.output_set import OutputSet
-from biasaudit.progress import Progress
+from biasaudit._core.output_paths import check_output_dir
+from biasaudit._core.output_set import OutputSet
+from biasaudit._core.progress import Progress
 from biasaudit.results import write_json_atomic
 
 IN_DISTRIBUTION = "test"
@@ -77,7 +77,7 @@ def run_leaderboard(model: nn.Module, adapter: Adapter, settings: LeaderboardSet
     every N-th (method, seed) run from the I-th and write its record (shards.py) instead of the document, which
     merge_leaderboard writes from every shard's folder."""
     from biasaudit import __version__
-    from biasaudit.checkpoint import file_sha256
+    from biasaudit._core.files import file_sha256
 
     out = check_output_dir(out)
     check_settings(adapter, settings)
@@ -175,7 +175,7 @@ def check_primary(settings: LeaderboardSettings, start: Mapping[str, Any]) -> No
 
 def _check_method(method: str, model: nn.Module, adapter: Adapter, settings: LeaderboardSettings) -> None:
     from biasaudit.choosing.runs import run_options
-    from biasaudit.fixing import check_method
+    from biasaudit.training.fix import check_method
     from biasaudit.training.methods import make_method
     from biasaudit.training.selection import placeholder_options
 

@@ -16,7 +16,7 @@ from biasaudit.choosing.board import write_document
 from biasaudit.choosing.runs import LeaderboardSettings, finished_run, run_dir
 from biasaudit.choosing.shards import SCHEMA, shard_runs
 from biasaudit.errors import InputError
-from biasaudit.output_paths import check_output_dir
+from biasaudit._core.output_paths import check_output_dir
 
 
 def is_leaderboard_folder(path: str | os.PathLike) -> bool:

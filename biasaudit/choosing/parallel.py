@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter
+from biasaudit.data.adapter import Adapter
 from biasaudit.errors import InputError
 
 

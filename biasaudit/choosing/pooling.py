@@ -42,7 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from biasaudit.errors import InputError
-from biasaudit.metrics.accuracy import percentile_interval
+from biasaudit.diagnostics.accuracy import percentile_interval
 
 
 def _number(value: float | None) -> float | None:

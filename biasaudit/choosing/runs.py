@@ -9,7 +9,7 @@ folder as one set of files, and skipped when a finished run of the same settings
                           compare.json   after against before, for the run's compare page
                           model.pt       the fixed weights (--keep all, or best before pruning)
 
-A run is finished when its three JSON files carry the same run id (biasaudit.output_set writes them as one set) and
+A run is finished when its three JSON files carry the same run id (biasaudit._core.output_set writes them as one set) and
 its train log names this leaderboard's settings, method and seed: a killed leaderboard restarted with the same
 command trains only what is missing.
 """
@@ -27,14 +27,14 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.audit import audit_model, stage_audit
-from biasaudit.checkpoint import save_state_atomic
+from biasaudit.data.adapter import Adapter
+from biasaudit.scanning.audit import audit_model, stage_audit
+from biasaudit.data.checkpoint import save_state_atomic
 from biasaudit.errors import InputError
-from biasaudit.output_set import OutputSet
-from biasaudit.progress import Progress
+from biasaudit._core.output_set import OutputSet
+from biasaudit._core.progress import Progress
 from biasaudit.results import write_json_atomic
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 from biasaudit.training.loop import TrainConfig
 
 CONTROL = "ce"
@@ -118,7 +118,7 @@ class LeaderboardSettings:
 
 def check_settings(adapter: Adapter, settings: LeaderboardSettings) -> None:
     """Every mistake a leaderboard can be told in one sentence, before any audit or training."""
-    from biasaudit.batches import check_split
+    from biasaudit.data.batches import check_split
     from biasaudit.training.methods import METHODS
     from biasaudit.training.selection import check_grid
 
@@ -226,7 +226,7 @@ def run_one(model: nn.Module, adapter: Adapter, out: Path, settings: Leaderboard
             before: dict[str, Any], device: str, progress: Progress | None, also_split: str | None,
             also_before: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fix a copy of `model` with `method` and `seed`, write the run's files as one set; its after-audit and training."""
-    from biasaudit.fixing import fix_model
+    from biasaudit.training.fix import fix_model
     from biasaudit.report.compare_render import write_compare_html
 
     folder = run_dir(out, method, seed)

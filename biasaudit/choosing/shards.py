@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 from biasaudit.choosing.runs import LeaderboardSettings
 from biasaudit.results import write_json_atomic
-from biasaudit.sharding import Shard
+from biasaudit._core.sharding import Shard
 
 SCHEMA = "biasaudit.leaderboard-shard"
 

@@ -22,6 +22,6 @@ def _terminate_as_interrupt(signum: int, frame: object) -> None:
 
 def main() -> None:
     # CI time-outs, Slurm, `timeout` and torchrun's agent stop a run with SIGTERM: it gets Ctrl-C's clean-up and message
-    # (console.handled, biasaudit.output_set), rather than dying with its output directory half made.
+    # (console.handled, biasaudit._core.output_set), rather than dying with its output directory half made.
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     app()

@@ -3,7 +3,7 @@ usage sentence). A settings file's values are strings checked by the library its
 "Available: ..." in its error. (`gate` keeps every usage error on one line, which CI logs show whole, so its --jsd stays
 a string checked by the gate's own rules.)
 
-The names are written out here rather than read from the registries they mirror (biasaudit.scanning, the training
+The names are written out here rather than read from the registries they mirror (biasaudit.scanning.engine, the training
 methods, the optimizers, ...): those modules import torch and scikit-learn, and every command's options are built
 before any command runs, so reading them would make `biasaudit --help` take seconds. tests/test_cli_startup.py checks
 that each tuple below equals its registry, in order, so a method or mode added there fails the tests until it is
@@ -15,8 +15,8 @@ from enum import Enum, StrEnum
 from typing import Any, Iterable
 
 # Each tuple mirrors the registry named in its comment.
-PROJECTIONS = ("umap", "pca")  # biasaudit.scanning.PROJECTIONS
-PRECISIONS = ("fp32", "bf16", "fp16")  # biasaudit.scanning.PRECISIONS
+PROJECTIONS = ("umap", "pca")  # biasaudit.scanning.engine.PROJECTIONS
+PRECISIONS = ("fp32", "bf16", "fp16")  # biasaudit.scanning.engine.PRECISIONS
 GROUPINGS = ("auto", "bias", "alignment")  # biasaudit.diagnostics.groups.GROUPINGS
 METHODS = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr")  # biasaudit.training.methods.METHODS
 OPTIMIZERS = ("adam", "adamw", "sgd")  # biasaudit.training.optimizers.OPTIMIZERS

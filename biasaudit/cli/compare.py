@@ -22,9 +22,9 @@ def compare(
     train_log: Optional[Path] = typer.Option(None, "--train-log", help="train_log.json of a fix run, for the training section."),
 ) -> None:
     """Re-render the before/after comparison from two audit files, without the model."""
-    from biasaudit.output_paths import check_output_dir
+    from biasaudit._core.output_paths import check_output_dir
     from biasaudit.comparing import compare_audits
-    from biasaudit.output_set import OutputSet
+    from biasaudit._core.output_set import OutputSet
     from biasaudit.report.compare_render import write_compare_html
     from biasaudit.results import read_audit, read_train_log, write_json_atomic
 

@@ -47,7 +47,7 @@ def handled(interrupted: Optional[Callable[[], str]] = None) -> Iterator[None]:
     """Turn our errors into one red sentence and an exit code; anything else is a bug (exit 3).
 
     `interrupted` says what a Ctrl-C leaves behind, when that is more than nothing (fix keeps its training state).
-    Runs write their files as a set that Ctrl-C cannot split (biasaudit.output_set): before the set is in place,
+    Runs write their files as a set that Ctrl-C cannot split (biasaudit._core.output_set): before the set is in place,
     nothing was written; once it is, the interrupt says so.
     """
     try:

@@ -18,11 +18,11 @@ def demo(
     split: str = typer.Option("ood", help="Split to audit: ood (colour independent of the digit) or test (same bias as training)."),
 ) -> None:
     """Train the bundled digits-captions model with plain cross-entropy, then audit it. Offline, about a minute."""
-    from biasaudit.audit import AUDIT_FILES, audit_checkpoint, stage_audit
-    from biasaudit.checkpoint import save_state_atomic
-    from biasaudit.output_set import OutputSet
+    from biasaudit.scanning.audit import AUDIT_FILES, audit_checkpoint, stage_audit
+    from biasaudit.data.checkpoint import save_state_atomic
+    from biasaudit._core.output_set import OutputSet
     from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
-    from biasaudit.scanning import ScanConfig
+    from biasaudit.scanning.engine import ScanConfig
 
     with handled():
         start = time.perf_counter()

@@ -116,9 +116,9 @@ def fix(
                                         "running (their moving averages, momentum 0.9).", rich_help_panel="BalGrad"),
 ) -> None:
     """Retrain to reduce modality bias; write a drop-in state dict and before/after audits."""
-    from biasaudit.adapter import load_adapter
-    from biasaudit.fixing import run_fix
-    from biasaudit.scanning import ScanConfig, with_mute_overrides
+    from biasaudit.data.adapter import load_adapter
+    from biasaudit.training.fix import run_fix
+    from biasaudit.scanning.engine import ScanConfig, with_mute_overrides
     from biasaudit.training.loop import TrainConfig
 
     def interrupted() -> str:

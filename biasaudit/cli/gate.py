@@ -51,9 +51,9 @@ def gate(
     import json
 
     from biasaudit.errors import InputError
-    from biasaudit.config_file import GATE_KEYS, load_settings, resolve
+    from biasaudit.cli.config_file import GATE_KEYS, load_settings, resolve
     from biasaudit.gating import check_audit_shape, evaluate_gate, gate_rules
-    from biasaudit.output_paths import check_output_file
+    from biasaudit._core.output_paths import check_output_file
     from biasaudit.report.junit import write_gate_junit
     from biasaudit.results import read_audit
 

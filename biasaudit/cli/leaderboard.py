@@ -71,11 +71,11 @@ def leaderboard(
 ) -> None:
     """Fix the model with every method over several seeds, compare each with the ce control, and recommend one only when it
     helps beyond training noise without costing Full accuracy."""
-    from biasaudit.adapter import load_adapter
-    from biasaudit.audit import load_model_noting_prefix
+    from biasaudit.data.adapter import load_adapter
+    from biasaudit.scanning.audit import load_model_noting_prefix
     from biasaudit.choosing.board import run_leaderboard
     from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, check_settings, default_grids
-    from biasaudit.sharding import parse_shard
+    from biasaudit._core.sharding import parse_shard
 
     def told(method: str, seed: int, reused: bool) -> None:
         err.print(f"{escape(method)} seed {seed}: {'finished earlier, reused' if reused else 'done'}", markup=False)

@@ -20,11 +20,11 @@ def merge(
 ) -> None:
     """Merge the parts of a sharded scan (biasaudit scan --shard I/N), or the folders of a sharded leaderboard
     (biasaudit leaderboard --shard I/N), into what one process would have written."""
-    from biasaudit.audit import AUDIT_FILES, write_audit
+    from biasaudit.scanning.audit import AUDIT_FILES, write_audit
     from biasaudit.choosing.merging import is_leaderboard_folder
-    from biasaudit.output_paths import check_output_dir
-    from biasaudit.output_set import OutputSet
-    from biasaudit.shard_parts import merge_parts
+    from biasaudit._core.output_paths import check_output_dir
+    from biasaudit._core.output_set import OutputSet
+    from biasaudit.scanning.parts import merge_parts
 
     if parts and all(is_leaderboard_folder(p) for p in parts):
         _merge_leaderboard(parts, out_dir)

@@ -24,7 +24,7 @@ def parse_mute(values: list[str]) -> tuple[tuple[str, str], ...]:
 def parse_unimodal(values: list[str], adapter) -> tuple[tuple[str, Path], ...]:
     """--unimodal MODALITY=CHECKPOINT items, checked before any model is loaded."""
     from biasaudit.errors import InputError
-    from biasaudit.input_paths import check_input_file
+    from biasaudit._core.input_paths import check_input_file
 
     names = [m.name for m in adapter.modalities]
     pairs = []

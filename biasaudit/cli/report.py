@@ -18,7 +18,7 @@ def report(
 ) -> None:
     """Render the HTML audit again from its JSON, without the model."""
     from biasaudit.gating import check_audit_shape
-    from biasaudit.output_paths import check_output_file
+    from biasaudit._core.output_paths import check_output_file
     from biasaudit.report.render import write_audit_html
     from biasaudit.results import read_audit
 

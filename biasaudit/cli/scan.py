@@ -13,7 +13,7 @@ from biasaudit.cli.choices import GroupBy, Precision, Projection, plain
 from biasaudit.cli.console import (ADAPTER_HELP, err, explicit_options, handled, naming_source, out, print_verdict, progress_bars,
                                    summary_table)
 from biasaudit.cli.options import parse_mute, parse_unimodal
-from biasaudit.conditions import DEFAULT_DIAGNOSTICS, DIAGNOSTICS, GROUPS
+from biasaudit.scanning.conditions import DEFAULT_DIAGNOSTICS, DIAGNOSTICS, GROUPS
 
 # From the registry parse_conditions reads, so that --help lists every group and diagnostic the scan accepts.
 CONDITIONS_HELP = (f"Comma list. Condition groups: {', '.join(GROUPS)}. Diagnostics that need forwards of their "
@@ -59,19 +59,19 @@ def scan(
 ) -> None:
     """Audit a checkpoint: bias measures (carrier test, worst-group accuracy, JSD), reliance (accuracy under muted and noisy
     modalities, Gap, flip rates, ceilings), calibration, embeddings, gradient conflict."""
-    from biasaudit.adapter import load_adapter
-    from biasaudit.checkpoint import check_checkpoint_file
-    from biasaudit.audit import AUDIT_FILES, adapter_source, audit_checkpoint, write_audit
-    from biasaudit.output_paths import check_output_dir
-    from biasaudit.output_set import OutputSet
-    from biasaudit.config_file import SCAN_KEYS, load_settings, resolve
+    from biasaudit.data.adapter import load_adapter
+    from biasaudit.data.checkpoint import check_checkpoint_file
+    from biasaudit.scanning.audit import AUDIT_FILES, adapter_source, audit_checkpoint, write_audit
+    from biasaudit._core.output_paths import check_output_dir
+    from biasaudit._core.output_set import OutputSet
+    from biasaudit.cli.config_file import SCAN_KEYS, load_settings, resolve
     from biasaudit.errors import InputError
-    from biasaudit.conditions import parse_conditions
-    from biasaudit.batches import check_split
-    from biasaudit.scanning import ScanConfig, check_precision, check_shardable, resolve_device, with_mute_overrides
+    from biasaudit.scanning.conditions import parse_conditions
+    from biasaudit.data.batches import check_split
+    from biasaudit.scanning.engine import ScanConfig, check_precision, check_shardable, resolve_device, with_mute_overrides
 
-    from biasaudit.rank_agreement import check_agreement, option_settings, scan_fingerprint, stopping_together
-    from biasaudit.sharding import join_torchrun, leave_torchrun, parse_shard, under_torchrun
+    from biasaudit.scanning.agreement import check_agreement, option_settings, scan_fingerprint, stopping_together
+    from biasaudit._core.sharding import join_torchrun, leave_torchrun, parse_shard, under_torchrun
 
     with handled(), ExitStack() as held:
         settings = load_settings(config_file)
@@ -130,8 +130,8 @@ def scan(
             check_agreement(fingerprint, group="this torchrun", remedy="be started with the same arguments")
         recorded = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
         if shard is not None:
-            from biasaudit.audit import scan_checkpoint_shard
-            from biasaudit.shard_parts import part_name
+            from biasaudit.scanning.audit import scan_checkpoint_shard
+            from biasaudit.scanning.parts import part_name
 
             with progress_bars() as progress:
                 part = scan_checkpoint_shard(checkpoint, loaded, config=config, shard=shard, part=out_dir / part_name(shard), adapter_spec=v["adapter"],

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter, Modality
+from biasaudit.data.adapter import Adapter, Modality
 from biasaudit.datasets.digits_captions import (
     COLOURS,
     DEFAULT_NOISE,

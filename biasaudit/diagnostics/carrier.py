@@ -32,7 +32,7 @@ import numpy as np
 
 from biasaudit.diagnostics.donors import DONOR_DRAW
 from biasaudit.diagnostics.favoured import follows
-from biasaudit.metrics.accuracy import percentile_interval, replicate_accuracy
+from biasaudit.diagnostics.accuracy import percentile_interval, replicate_accuracy
 
 
 class SwapCounts:

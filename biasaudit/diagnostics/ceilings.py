@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.batches import SplitLabels, checked_labels, indexed_batches, take_rows
-from biasaudit.metrics.accuracy import ConditionScores
-from biasaudit.randomness import hash64
+from biasaudit.data.adapter import Adapter
+from biasaudit.data.batches import SplitLabels, checked_labels, indexed_batches, take_rows
+from biasaudit.diagnostics.accuracy import ConditionScores
+from biasaudit._core.randomness import hash64
 
 # Ceilings this far apart, with disjoint intervals, make a large missing-modality Gap expected.
 LARGE_CEILING_DIFFERENCE = 10.0

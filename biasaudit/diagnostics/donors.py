@@ -30,10 +30,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from biasaudit.modality import Modality
+from biasaudit.data.modality import Modality
 from biasaudit.errors import DataError
-from biasaudit.impairments import other_keys, padding_side, widen_tokens
-from biasaudit.randomness import hash64
+from biasaudit.data.impairments import other_keys, padding_side, widen_tokens
+from biasaudit._core.randomness import hash64
 
 DEFAULT_CAPACITY = 4
 # At most this many times `capacity` donors per label, whatever the number of bias values: a bias attribute

@@ -17,7 +17,7 @@ import numpy as np
 from scipy.stats import beta
 
 from biasaudit.diagnostics.favoured import ALIGNED, ALIGNMENT_NAMES, CONFLICTING, NEUTRAL, alignment as sample_alignment
-from biasaudit.metrics.accuracy import FLOAT32_EXACT_ROWS, percentile_interval
+from biasaudit.diagnostics.accuracy import FLOAT32_EXACT_ROWS, percentile_interval
 
 # A split is called out of distribution when its share of bias-aligned samples (label among the classes the bias
 # value's training prior favours, diagnostics/favoured.py) is this far below train's: the shortcut then misleads on many samples.
@@ -89,7 +89,7 @@ class GroupAccumulator:
         self._sums = np.zeros((size, len(self.condition_names) + 1, replicates), dtype=np.float64)
         self._gathered: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (group [B], right [K, B], weights [B, R] uint8)
         self._gathered_rows = 0
-        self.draws: dict[str, int] = {}  # condition -> R once its draws are combined (biasaudit/draws.py)
+        self.draws: dict[str, int] = {}  # condition -> R once its draws are combined (biasaudit/scanning/draws.py)
 
     def _evaluated(self, condition: str) -> np.ndarray:
         """Per group, samples x draws: what a condition's correct count is out of (its mean over R draws)."""
@@ -106,7 +106,7 @@ class GroupAccumulator:
 
     def combined_draws(self, groups: Mapping[str, Sequence[str]], multiplicities: np.ndarray) -> GroupAccumulator:
         """Each group of draws (base name -> names of its R draws) summed into its base condition, replicate sums
-        weighted by how often each draw is picked in that replicate (biasaudit/draws.py)."""
+        weighted by how often each draw is picked in that replicate (biasaudit/scanning/draws.py)."""
         self._take_sums()
         members = {name for names in groups.values() for name in names[1:]}
         out = GroupAccumulator([c for c in self.condition_names if c not in members], num_classes=self.num_classes,

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from biasaudit.diagnostics.donors import DONOR_DRAW
-from biasaudit.metrics.accuracy import exact_weighted_sums, percentile_interval, replicate_accuracy
+from biasaudit.diagnostics.accuracy import exact_weighted_sums, percentile_interval, replicate_accuracy
 
 DEFAULT_DONORS = 8
 # Rows of InteractionAccumulator.weighted: the weights of all samples, and of those right under Full, under the

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from biasaudit.exact_sums import ExactSum
-from biasaudit.impairments import IMPAIRMENTS
+from biasaudit._core.exact_sums import ExactSum
+from biasaudit.data.impairments import IMPAIRMENTS
 
 DEGENERATE_SHARE = 0.9
 DEGENERATE_EXCESS = 0.25
@@ -26,7 +26,7 @@ FAR_OUTSIDE_Z = 3.0
 
 
 class Moments:
-    """Per-dimension sums and sums of squares of embeddings, exact (biasaudit/exact_sums.py) so that shards merge."""
+    """Per-dimension sums and sums of squares of embeddings, exact (biasaudit/_core/exact_sums.py) so that shards merge."""
 
     def __init__(self) -> None:
         self.n = 0

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from biasaudit.metrics.accuracy import percentile_interval
+from biasaudit.diagnostics.accuracy import percentile_interval
 
 MAX_MODALITIES = 4
 

@@ -99,7 +99,7 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
 )}
 
 BASELINE_RULES = tuple(name for name, rule in RULES.items() if rule.needs_baseline)
-# The table limits by rule, as biasaudit.config_file merges a command-line key into a file's table.
+# The table limits by rule, as biasaudit.cli.config_file merges a command-line key into a file's table.
 OPTIONS: dict[str, LimitOption] = {name: rule.limits for name, rule in RULES.items() if isinstance(rule.limits, LimitOption)}
 
 

@@ -7,7 +7,9 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 from collections.abc import Mapping
 
-from biasaudit.arguments import check_fields, refuse_unknown_fields
+from biasaudit._core.annotations import register_remedy
+
+from biasaudit._core.arguments import check_fields, refuse_unknown_fields
 from biasaudit.gating.limits import parse_statistic
 from biasaudit.gating.registry import RULES
 
@@ -75,3 +77,10 @@ def gate_rules(values: Mapping[str, Any], *, sources: Mapping[str, str] | None =
               else f"{sources[name]} {name}" for name in values}
     given = {name: values[name] for name in (*RULES, *SETTINGS) if name in values and values[name] is not None}
     return GateRules(**given, labels=labels)
+
+
+def _rules_remedy(value: Any, wanted: set[Any]) -> str:
+    return " Give the rules to judge by, e.g. ba.GateRules(max_gap=5)." if GateRules in wanted and value is None else ""
+
+
+register_remedy(_rules_remedy)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from biasaudit.arguments import checked_keywords
+from biasaudit._core.arguments import checked_keywords
 from biasaudit.errors import InputError
 
 KL_MODES = ("mutual", "undirected")

@@ -14,7 +14,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from biasaudit.arguments import ValueRule, check_argument, shown
+from biasaudit._core.arguments import ValueRule, check_argument
+from biasaudit._core.annotations import shown
 from biasaudit.errors import InputError
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import entropy
 
-from biasaudit.arguments import checked
+from biasaudit._core.arguments import checked
 from biasaudit.errors import DataError, InputError
 
 DEFAULT_EPS = 1e-6

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.arguments import at_least, checked
+from biasaudit._core.arguments import at_least, checked
 from biasaudit.errors import InputError
 from biasaudit.methods._branches import branches_rule
 

@@ -41,7 +41,8 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, shown
+from biasaudit._core.arguments import at_least, check_argument, checked, checked_keywords
+from biasaudit._core.annotations import shown
 from biasaudit.errors import ArgumentTypeError, InputError
 
 C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, non_negative_finite
+from biasaudit._core.arguments import at_least, check_argument, checked, checked_keywords, non_negative_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._distributed import world_size
 

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, one_of, shown
+from biasaudit._core.arguments import at_least, check_argument, checked, checked_keywords, one_of
+from biasaudit._core.annotations import shown
 from biasaudit.errors import InputError
 from biasaudit.methods._modes import evaluation_modes
 from biasaudit.methods._branches import branches_rule, keys_rule

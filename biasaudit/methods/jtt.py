@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, positive_finite
+from biasaudit._core.arguments import at_least, check_argument, checked, checked_keywords, positive_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._distributed import world_size
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, positive_finite
+from biasaudit._core.arguments import at_least, check_argument, checked, checked_keywords, positive_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._mmdb_math import NORM_EPS, MarginTable, bias_margins, inference_logits, mmdb_loss
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from biasaudit.arguments import check_argument, checked, checked_keywords, positive_finite
+from biasaudit._core.arguments import check_argument, checked, checked_keywords, positive_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._branches import BranchParameters, branches_rule, check_per_branch, graph_leaves
 from biasaudit.methods._distributed import agree, average, collective_device, world_size

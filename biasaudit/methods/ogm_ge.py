@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from biasaudit.arguments import at_least, check_argument, checked, checked_keywords, positive_finite
+from biasaudit._core.arguments import at_least, check_argument, checked, checked_keywords, positive_finite
 from biasaudit.errors import InputError
 from biasaudit.methods._branches import BranchParameters, branches_rule, check_per_branch
 from biasaudit.methods._distributed import all_reduce_sum_, collective_device, world_size

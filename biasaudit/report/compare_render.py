@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping
 
-from biasaudit.checkpoint import atomic_write_bytes
+from biasaudit._core.files import atomic_write_bytes
 from biasaudit.report import figures, training_figures
 from biasaudit.report.render import report_environment
 from biasaudit.report.diagnostic_sections import group_measure_conditions

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any, Mapping
 
-from biasaudit.checkpoint import atomic_write_bytes
+from biasaudit._core.files import atomic_write_bytes
 
 
 def gate_junit_xml(result: Mapping[str, Any]) -> bytes:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import Bbox
 
-from biasaudit.checkpoint import atomic_write_bytes
+from biasaudit._core.files import atomic_write_bytes
 from biasaudit.errors import BiasAuditError, InputError
 from biasaudit.report import figures
 from biasaudit.report.render import MAX_REPORT_BYTES, format_interval, format_points, report_environment

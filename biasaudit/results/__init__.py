@@ -16,22 +16,22 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
 
-from biasaudit.checkpoint import atomic_write_bytes, file_sha256
-from biasaudit.input_paths import check_input_file
+from biasaudit._core.files import atomic_write_bytes, file_sha256
+from biasaudit._core.input_paths import check_input_file
 from biasaudit.errors import DataError, InputError
-from biasaudit.fingerprint import check_fingerprint
-from biasaudit.output_set import check_set
-from biasaudit.metrics.accuracy import BootstrapCounts
-from biasaudit.randomness import GENERATOR
+from biasaudit.data.fingerprint import check_fingerprint
+from biasaudit._core.output_set import check_set
+from biasaudit.diagnostics.accuracy import BootstrapCounts
+from biasaudit._core.randomness import GENERATOR
 
-AUDIT_SCHEMA = "biasaudit.audit"
+AUDIT_SCHEMA = "biasaudit.scanning.audit"
 AUDIT_SCHEMA_VERSION = 1
 _VERSIONED_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "umap-learn", "matplotlib", "jinja2")
 
 if TYPE_CHECKING:
     StrPath: TypeAlias = str | os.PathLike[str]
 else:
-    # A path argument. At run time the bare class: `biasaudit.arguments.checked` reads the annotations of the public
+    # A path argument. At run time the bare class: `biasaudit._core.arguments.checked` reads the annotations of the public
     # calls and checks os.PathLike by isinstance; a subscripted os.PathLike[str] is a generic alias it does not read.
     StrPath = str | os.PathLike
 

@@ -1,6 +1,6 @@
 """The typed, frozen view of an audit: what `biasaudit.scan` returns and `Audit.read` reads back.
 
-The JSON document (schema `biasaudit.audit`, version 1) stays the one source of truth: an Audit holds it read-only
+The JSON document (schema `biasaudit.scanning.audit`, version 1) stays the one source of truth: an Audit holds it read-only
 and exposes the figures a user reaches for first as typed attributes, so `audit.summary.missing.gap` and
 `Audit.read("audit.json").summary.missing.gap` are the same number.
 """
@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from biasaudit.arguments import checked, document_with, not_empty, output_file, reading_document
+from biasaudit._core.annotations import register_remedy
+from biasaudit._core.arguments import checked, document_with, not_empty, output_file, reading_document
 from biasaudit.errors import InputError
 from biasaudit.results import StrPath
 
@@ -201,3 +203,14 @@ class Audit:
         from biasaudit.report.notebook import audit_html
 
         return audit_html(self)
+
+
+def _audit_remedy(value: Any, wanted: set[Any]) -> str:
+    if Audit in wanted and isinstance(value, (str, os.PathLike)):
+        return " Read the file first: ba.Audit.read(path)."
+    if Audit in wanted and isinstance(value, Mapping):
+        return " Wrap an audit document with ba.Audit.from_dict(document)."
+    return ""
+
+
+register_remedy(_audit_remedy)

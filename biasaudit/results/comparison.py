@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, overload
 
-from biasaudit.arguments import checked, document_with, output_file, reading_document
+from biasaudit._core.arguments import checked, document_with, output_file, reading_document
 from biasaudit.results import StrPath
 from biasaudit.results.audit import frozen_document, thawed_document
 from biasaudit.results.estimate import Estimate, Interval

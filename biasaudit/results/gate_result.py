@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from biasaudit.arguments import checked, document_with, reading_document
+from biasaudit._core.arguments import checked, document_with, reading_document
 from biasaudit.results.audit import frozen_document, thawed_document
 
 

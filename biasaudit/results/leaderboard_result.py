@@ -8,7 +8,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from biasaudit.arguments import checked
+from biasaudit._core.arguments import checked
 from biasaudit.results.estimate import Estimate
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import bias_range, int_column, labels_and_bias
+from biasaudit.data.adapter import Adapter, optional_hook
+from biasaudit.data.batches import bias_range, int_column, labels_and_bias
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.training.discovered_bias import DiscoveredBias, dominant_branch
 from biasaudit.training.method_mmdb import BIAS_SOURCES, DEFAULT_KMEANS_K, resolved_bias_source

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter, optional_hook
+from biasaudit.data.adapter import Adapter, optional_hook
 from biasaudit.errors import AdapterError, CheckpointError, DataError
 from biasaudit.methods.heads import UnimodalHeads, branch_widths
 

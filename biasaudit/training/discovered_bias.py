@@ -20,11 +20,11 @@ import torch
 from sklearn.metrics import pairwise_distances_argmin
 from torch import nn
 
-from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.analyses import _branch_outputs
+from biasaudit.data.adapter import Adapter, optional_hook
+from biasaudit.scanning.analyses import _branch_outputs
 from biasaudit.errors import AdapterError, CheckpointError, DataError
-from biasaudit.metrics.jsd import discover_bias_clusters
-from biasaudit.scanning import ScanConfig
+from biasaudit.diagnostics.jsd import discover_bias_clusters
+from biasaudit.scanning.engine import ScanConfig
 
 # The scan embeds with its config's batch size; batching like a default scan keeps the fitted clusters
 # those of the before-audit, not merely equal up to float summation order.

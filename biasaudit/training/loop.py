@@ -32,15 +32,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.batches import adapter_batches, checked_labels, int_column, take_rows
-from biasaudit.checkpoint import atomic_write_bytes
-from biasaudit.sealed import is_sealed, sealed_bytes, unsealed
+from biasaudit.data.adapter import Adapter
+from biasaudit.data.batches import adapter_batches, checked_labels, int_column, take_rows
+from biasaudit._core.files import atomic_write_bytes
+from biasaudit._core.sealed import is_sealed, sealed_bytes, unsealed
 from biasaudit.errors import CheckpointError, InputError
-from biasaudit.impairments import other_keys, padding_side, widen_tokens
-from biasaudit.modality import Modality
-from biasaudit.progress import Progress, with_status
-from biasaudit.randomness import uniform
+from biasaudit.data.impairments import other_keys, padding_side, widen_tokens
+from biasaudit.data.modality import Modality
+from biasaudit._core.progress import Progress, with_status
+from biasaudit._core.randomness import uniform
 from biasaudit.training import rng_states
 from biasaudit.training.live_status import EpochMeans
 from biasaudit.training.model_modes import set_training_modes
@@ -363,7 +363,7 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
 
 def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config: TrainConfig, state_dir: str | os.PathLike | None,
            resume: bool, progress: Progress | None, stage: str) -> list[dict[str, Any]]:
-    from biasaudit.scanning import resolve_device
+    from biasaudit.scanning.engine import resolve_device
 
     progress = with_status(progress)
     device = resolve_device(config.device)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit.adapter import Adapter
+from biasaudit.data.adapter import Adapter
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.methods import _balgrad_math as bg
 from biasaudit.methods.balgrad import RUNNING_MOMENTUM, WEIGHT_MODES

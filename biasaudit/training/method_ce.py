@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.batches import checked_labels
+from biasaudit.data.adapter import Adapter
+from biasaudit.data.batches import checked_labels
 
 
 def train_labels(batch: Mapping[str, Any], adapter: Adapter, device: torch.device) -> torch.Tensor:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import checked_labels
+from biasaudit.data.adapter import Adapter, optional_hook
+from biasaudit.data.batches import checked_labels
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.methods.dandr import DandR as DandRParts
 from biasaudit.methods._modes import evaluation_modes

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import adapter_batches, checked_labels, take_rows
+from biasaudit.data.adapter import Adapter, optional_hook
+from biasaudit.data.batches import adapter_batches, checked_labels, take_rows
 from biasaudit.errors import AdapterError, InputError
 from biasaudit.methods.dfr import C_GRID, DFR as DFRFit, DFRResult, classifier_inputs, holdout_indices
 from biasaudit.training import rng_states
@@ -74,7 +74,7 @@ class DFR:
 
     def refit(self, model: nn.Module, adapter: Adapter, *, config: TrainConfig) -> DFRResult:
         """Refit the model's final nn.Linear in place on held-out classifier inputs; seeded by the run seed."""
-        from biasaudit.scanning import resolve_device
+        from biasaudit.scanning.engine import resolve_device
 
         device = resolve_device(config.device)
         model.to(device)

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.arguments import non_negative_finite
+from biasaudit.data.adapter import Adapter
+from biasaudit._core.arguments import non_negative_finite
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.methods.group_dro import GroupDRO as GroupDROLoss, group_ids
 from biasaudit.training.bias_groups import BiasGroups

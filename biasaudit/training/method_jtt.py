@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.batches import checked_labels
+from biasaudit.data.adapter import Adapter
+from biasaudit.data.batches import checked_labels
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.methods.jtt import JTT as JTTParts
 from biasaudit.methods._modes import evaluation_modes

@@ -17,12 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import bias_range, int_column, labels_and_bias
+from biasaudit.data.adapter import Adapter, optional_hook
+from biasaudit.data.batches import bias_range, int_column, labels_and_bias
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.methods.mmdb import MMDB as MMDBLoss
 from biasaudit.methods.mmdb import export_cosine_classifier
-from biasaudit.scanning import ScanConfig
+from biasaudit.scanning.engine import ScanConfig
 from biasaudit.training import mmdb
 from biasaudit.training.discovered_bias import DiscoveredBias, dominant_branch, require_branches
 from biasaudit.training.method_ce import train_labels

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.arguments import positive_finite
+from biasaudit.data.adapter import Adapter
+from biasaudit._core.arguments import positive_finite
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.methods.ogm_ge import OGMGE as OGMGEComponent
 from biasaudit.training.branch_heads import BranchHeads

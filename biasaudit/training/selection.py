@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.batches import checked_labels, int_column, take_rows
+from biasaudit.data.adapter import Adapter
+from biasaudit.data.batches import checked_labels, int_column, take_rows
 from biasaudit.errors import InputError
 from biasaudit.training import mmdb
-from biasaudit.progress import Progress
+from biasaudit._core.progress import Progress
 from biasaudit.training.loop import TrainConfig, holdout_rows, scored_as_trained, train
 
 HOLDOUT_FRACTION = 0.2

@@ -1,6 +1,6 @@
 """Zoo: models whose forward returns a structure holding the logits, as many real models do: `DictOutput`
 returns {"logits": ..., "features": ...}, `DataclassOutput` a dataclass with `.logits` and `.features`.
-Both adapters leave `forward` to the default, which must take the logits out (biasaudit.adapter.logits_of).
+Both adapters leave `forward` to the default, which must take the logits out (biasaudit.data.adapter.logits_of).
 
 The architecture: a conv + MLP image branch and a token branch (embedding, masked mean),
 concatenated into a linear classifier.

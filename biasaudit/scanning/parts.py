@@ -1,6 +1,6 @@
 """Scan parts for job arrays without a process group (Slurm arrays, Ray, a CI matrix): `biasaudit scan --shard I/N`
 writes one shard's state to a part file, and `biasaudit merge PART...` checks that the parts are the whole of one
-scan, merges them exactly (biasaudit/scan_state.py) and writes the audit one process would have written.
+scan, merges them exactly (biasaudit/scanning/state.py) and writes the audit one process would have written.
 
 A part file is a torch file of plain values (numbers, strings, lists, dicts, tensors), read back with
 `weights_only=True`: merging parts runs no code from them. Objects are rebuilt only from the classes named in
@@ -20,25 +20,25 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from biasaudit.adapter import Adapter
-from biasaudit.conditions import Condition
+from biasaudit.data.adapter import Adapter
+from biasaudit.scanning.conditions import Condition
 from biasaudit.diagnostics.carrier import CarrierAccumulator, SwapCounts
 from biasaudit.diagnostics.groups import GroupAccumulator
 from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
 from biasaudit.diagnostics.shapley import ShapleyAccumulator
 from biasaudit.errors import InputError
-from biasaudit.exact_sums import ExactSum
-from biasaudit.fingerprint import SampleFingerprint
-from biasaudit.metrics.accuracy import ConditionAccumulator
-from biasaudit.metrics.calibration import CalibrationAccumulator
-from biasaudit.metrics.embeddings import EmbeddingSample
-from biasaudit.metrics.jsd import JSDAccumulator
-from biasaudit.modality import Modality
-from biasaudit.randomness import GENERATOR
-from biasaudit.scan_state import PassState, ScanContext, ScanState, merged
-from biasaudit.sealed import sealed_bytes, unsealed
-from biasaudit.sharding import Shard
+from biasaudit._core.exact_sums import ExactSum
+from biasaudit.data.fingerprint import SampleFingerprint
+from biasaudit.diagnostics.accuracy import ConditionAccumulator
+from biasaudit.diagnostics.calibration import CalibrationAccumulator
+from biasaudit.diagnostics.embeddings import EmbeddingSample
+from biasaudit.diagnostics.jsd import JSDAccumulator
+from biasaudit.data.modality import Modality
+from biasaudit._core.randomness import GENERATOR
+from biasaudit.scanning.state import PassState, ScanContext, ScanState, merged
+from biasaudit._core.sealed import sealed_bytes, unsealed
+from biasaudit._core.sharding import Shard
 
 FORMAT = "biasaudit-scan-part"
 # Version 2: the accumulators' layouts of generator v3 (group sums gathered per 4,096 samples, calibration per [K, bins]).
@@ -147,7 +147,7 @@ def write_part(path: Path, *, shard: Shard, config: Any, checkpoint: Mapping[str
                adapter: Adapter, context: ScanContext, state: ScanState, wall_time_s: float, settings: Any = None,
                unimodal_sha256: Mapping[str, str | None] | None = None) -> None:
     from biasaudit import __version__
-    from biasaudit.checkpoint import atomic_write_bytes
+    from biasaudit._core.files import atomic_write_bytes
     from biasaudit.results import library_versions
 
     # Parts of one scan agree on all of this; the device only by type (cuda:0 and cuda:1 compute alike, a CPU may not).
@@ -164,7 +164,7 @@ def write_part(path: Path, *, shard: Shard, config: Any, checkpoint: Mapping[str
 
 
 def seal(payload: Mapping[str, Any]) -> bytes:
-    """The part file's bytes: the payload sealed with its SHA-256 (biasaudit/sealed.py), its format and version beside it."""
+    """The part file's bytes: the payload sealed with its SHA-256 (biasaudit/_core/sealed.py), its format and version beside it."""
     return sealed_bytes(payload, header={"format": payload.get("format"), "version": payload.get("version")})
 
 
@@ -227,9 +227,9 @@ def merge_parts(paths: Sequence[str | Path]) -> dict[str, Any]:
     """The audit of a scan from all of its parts (`biasaudit scan --shard I/N`), equal to the audit one process writes
     (its manifest aside: wall time, and `manifest.shards`). Refuses parts of different scans, a part given twice, a
     missing shard, and files that are not parts, naming them, before any merging."""
-    from biasaudit.audit import assemble_audit
-    from biasaudit.progress import silent
-    from biasaudit.scanning import ScanConfig, finish_scan
+    from biasaudit.scanning.audit import assemble_audit
+    from biasaudit._core.progress import silent
+    from biasaudit.scanning.engine import ScanConfig, finish_scan
 
     if not paths:
         raise InputError("merge needs the part files of a scan (biasaudit scan --shard I/N writes them); none were given.")

@@ -13,17 +13,17 @@ from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.batches import shares_reads
-from biasaudit.audit import audit_model, load_model_noting_prefix, stage_audit
-from biasaudit.output_paths import check_output_dir
-from biasaudit.checkpoint import save_state_atomic
+from biasaudit.data.adapter import Adapter
+from biasaudit.data.batches import shares_reads
+from biasaudit.scanning.audit import audit_model, load_model_noting_prefix, stage_audit
+from biasaudit._core.output_paths import check_output_dir
+from biasaudit.data.checkpoint import save_state_atomic
 from biasaudit.comparing import compare_audits
 from biasaudit.errors import CheckpointError, InputError
-from biasaudit.output_set import OutputSet
+from biasaudit._core.output_set import OutputSet
 from biasaudit.results import read_audit, write_json_atomic
-from biasaudit.progress import Progress
-from biasaudit.scanning import ScanConfig
+from biasaudit._core.progress import Progress
+from biasaudit.scanning.engine import ScanConfig
 from biasaudit.training.diagnosis import TreatmentWarning, diagnosis, treatment_warnings
 from biasaudit.training.loop import TrainConfig, load_training_state, scored_as_trained, train
 from biasaudit.training.methods import METHODS, make_method
@@ -43,7 +43,7 @@ def check_before(audit: Mapping[str, Any], *, config: ScanConfig, checkpoint_sha
     """An existing audit may stand in for `before` only if it audited this model the same way (InputError otherwise,
     naming it as `named`): same generator, same settings, and (when given) the same checkpoint."""
     from biasaudit.comparing import generator_of
-    from biasaudit.randomness import GENERATOR
+    from biasaudit._core.randomness import GENERATOR
 
     drawn = generator_of(audit)
     if dict(drawn) != GENERATOR:
@@ -103,7 +103,7 @@ def check_resumable(state_dir: Path, *, method: str, options: Mapping[str, Any],
 
 def check_plan(adapter: Adapter, *, method: str, split: str, also_split: str | None, from_scratch: bool) -> None:
     """The options that shape the run as a whole, checked before any work."""
-    from biasaudit.batches import check_split
+    from biasaudit.data.batches import check_split
 
     if also_split not in (None, AUTO):
         check_split(adapter, also_split)
@@ -159,7 +159,7 @@ def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_opt
     if target.exists() and (target / "model.pt").resolve() == checkpoint.resolve():
         raise InputError(f"--out {target} holds the input checkpoint as model.pt; choose another directory so it is never overwritten.")
     # The directory is locked from here to the last write; every output is staged and moved into place together,
-    # model.pt last (biasaudit.output_set): a failing after-audit, a crash or a second run never leaves a new
+    # model.pt last (biasaudit._core.output_set): a failing after-audit, a crash or a second run never leaves a new
     # model.pt beside an earlier run's after.json.
     with OutputSet(target, files=FILES, optional=ALSO_FILES) as outputs:
         outcome = _fix_into(outputs, checkpoint, adapter, method=method, method_options=method_options, train_config=train_config,
@@ -363,7 +363,7 @@ def from_scratch_labelled(comparison: dict[str, Any]) -> dict[str, Any]:
 def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any],
               train_config: TrainConfig, scan_config: ScanConfig, adapter_spec: str | None, trust: bool, before_path: str | Path | None,
               resume: bool, min_group: int, progress: Progress | None, also_split: str | None, from_scratch: bool) -> FixOutcome:
-    from biasaudit.checkpoint import file_sha256
+    from biasaudit._core.files import file_sha256
     from biasaudit.report.compare_render import write_compare_html
 
     out = outputs.out

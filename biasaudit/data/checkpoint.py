@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -13,8 +11,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.input_paths import check_input_file
+from biasaudit.data.adapter import Adapter
+from biasaudit._core.files import atomic_write_bytes
+from biasaudit._core.input_paths import check_input_file
 from biasaudit.errors import CheckpointError
 
 # Keys under which training scripts commonly nest the weights.
@@ -23,14 +22,6 @@ _NESTED_STATE_KEYS = ("state_dict", "model_state_dict", "model")
 # module that holds the network as `self.model`. They can stack (a compiled model wrapped in DDP: "module._orig_mod.").
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "model.")
 _MAX_STACKED = 3
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _looks_like_torch_file(path: Path) -> bool:
@@ -164,25 +155,6 @@ def load_into_model(adapter: Any, model: nn.Module, state: Mapping[str, Any], *,
         raise CheckpointError(f"Checkpoint {path} does not match the adapter's model ({detail}).") from exc
     # An adapter's own load_state may remap keys, so a key mismatch it accepted is not an error.
     return removed
-
-
-def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write to a temp file in the same directory, then rename: readers never see a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        # mkstemp creates 0600; outputs should get the permissions any normal file would get.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_state_atomic(state: Mapping[str, Any], path: str | os.PathLike) -> None:

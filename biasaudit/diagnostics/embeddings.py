@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from biasaudit.errors import InputError
-from biasaudit.randomness import uniform
+from biasaudit._core.randomness import uniform
 
 PROJECTION_METHODS = ("umap", "pca")
 # Below this many points UMAP's neighbour graph is too thin to mean anything; PCA is used instead.

@@ -32,9 +32,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from biasaudit.checkpoint import atomic_write_bytes, file_sha256
+from biasaudit._core.files import atomic_write_bytes, file_sha256
 from biasaudit.errors import InputError
-from biasaudit.output_paths import check_output_dir
+from biasaudit._core.output_paths import check_output_dir
 
 LOCK_NAME = ".biasaudit.lock"
 MOVING_MARKER = ".biasaudit-moving"

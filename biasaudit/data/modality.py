@@ -2,7 +2,7 @@
 
 It imports nothing from the rest of the package but the errors and the argument checks, so the impairments (which act on modalities) and the adapter
 (which lists them) both depend on it and not on each other. Whether its kind has impairments registered is
-checked where an adapter enters (biasaudit.adapter.validate_adapter), against the registry as it is then,
+checked where an adapter enters (biasaudit.data.adapter.validate_adapter), against the registry as it is then,
 users' own kinds included.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from biasaudit.arguments import check_fields, refuse_unknown_fields
+from biasaudit._core.arguments import check_fields, refuse_unknown_fields
 from biasaudit.errors import AdapterError
 
 

@@ -21,9 +21,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from biasaudit.conditions import Condition
-from biasaudit.impairments import Impairment
-from biasaudit.randomness import uniform
+from biasaudit.scanning.conditions import Condition
+from biasaudit.data.impairments import Impairment
+from biasaudit._core.randomness import uniform
 
 # The name of draw d >= 1 of a condition inside the pass; never in an audit.
 _DRAW_MARK = "#draw"
@@ -88,7 +88,7 @@ def combined_counts(accumulator: Any, *, seed: int) -> Any:
 
 
 def combined_pass(state: Any, *, seed: int) -> Any:
-    """A pass state (biasaudit/scan_state.py PassState) whose accuracy, calibration, group and ratio counts hold each
+    """A pass state (biasaudit/scanning/state.py PassState) whose accuracy, calibration, group and ratio counts hold each
     random condition once, summed over its draws, under its own name; unchanged when no condition has draws."""
     groups = draw_groups(state.accuracy.condition_names)
     if not groups:

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter, Modality
-from biasaudit.batches import take_rows
-from biasaudit.conditions import Condition
+from biasaudit.data.adapter import Adapter, Modality
+from biasaudit.data.batches import take_rows
+from biasaudit.scanning.conditions import Condition
 from biasaudit.diagnostics.carrier import CarrierAccumulator, targets, update_swap
 from biasaudit.diagnostics.ceilings import BranchTap
 from biasaudit.diagnostics.donors import DonorPool, swap_modality
@@ -27,11 +27,11 @@ from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
 from biasaudit.diagnostics.shapley import ShapleyAccumulator, subsets
 from biasaudit.errors import DataError
-from biasaudit.draws import draw_name, draw_seed
-from biasaudit.impairments import Impairment, impair_batch, muted_subset_draws, muting_impairment
-from biasaudit.metrics.accuracy import ConditionAccumulator, bootstrap_weights
-from biasaudit.metrics.calibration import CalibrationAccumulator
-from biasaudit.randomness import poisson1
+from biasaudit.scanning.draws import draw_name, draw_seed
+from biasaudit.data.impairments import Impairment, impair_batch, muted_subset_draws, muting_impairment
+from biasaudit.diagnostics.accuracy import ConditionAccumulator, bootstrap_weights
+from biasaudit.diagnostics.calibration import CalibrationAccumulator
+from biasaudit._core.randomness import poisson1
 
 
 def _not_finite(condition: str) -> DataError:
@@ -64,7 +64,7 @@ class PassSetup:
     groups: GroupAccumulator | None = None
     carrier: CarrierAccumulator | None = None
     pool: DonorPool | None = None
-    carrier_pools: Sequence[DonorPool] = ()  # one per draw of the donors (biasaudit/draws.py); pool is draw 0's
+    carrier_pools: Sequence[DonorPool] = ()  # one per draw of the donors (biasaudit/scanning/draws.py); pool is draw 0's
     favoured: np.ndarray | None = None  # F(k) per bias value, [K, C] bool (diagnostics/favoured.py)
     probes: Mapping[str, list[Any]] = field(default_factory=dict)  # modality -> its fitted probe per draw
     unimodal: Mapping[str, nn.Module] = field(default_factory=dict)
@@ -100,7 +100,7 @@ class BatchEvaluator:
             if c.group != "full" and muting is not None and muting.mutes:
                 key = (c.modality, muting.name)
                 self._mute_reach[key] = max(self._mute_reach.get(key, 0.0), c.severity)
-        # (draw, fraction) of every partial mute: draw d of a ratio rung mutes the rows of seed + d (biasaudit/draws.py).
+        # (draw, fraction) of every partial mute: draw d of a ratio rung mutes the rows of seed + d (biasaudit/scanning/draws.py).
         self._partial_fractions = sorted({(c.draw, c.severity) for c in setup.conditions if c.group != "full" and c.severity < 1.0
                                           and setup.impairments.get(c.name) is not None and setup.impairments[c.name].mutes})
         self._mute_draw_ids = sorted({draw for draw, _ in self._partial_fractions}) or [0]

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import SplitLabels, bias_range, bias_values, checked_labels, labels_and_bias
+from biasaudit.data.adapter import Adapter, optional_hook
+from biasaudit.data.batches import SplitLabels, bias_range, bias_values, checked_labels, labels_and_bias
 from biasaudit.errors import DataError
-from biasaudit.metrics.embeddings import EmbeddingSample, angular_spread, project_2d
-from biasaudit.metrics.gradients import SeededSample, gradient_conflict
-from biasaudit.metrics.jsd import BiasPrior, JSDAccumulator, discover_bias_clusters
+from biasaudit.diagnostics.embeddings import EmbeddingSample, angular_spread, project_2d
+from biasaudit.diagnostics.gradients import SeededSample, gradient_conflict
+from biasaudit.diagnostics.jsd import BiasPrior, JSDAccumulator, discover_bias_clusters
 
 
 def _unavailable(note: str) -> dict[str, Any]:

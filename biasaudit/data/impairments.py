@@ -10,7 +10,7 @@ muted, chosen by one per-sample uniform draw shared by every condition and check
 so `missing_ratio:r` is simply the modality's muting impairment at severity r, the subsets for
 increasing r are nested, and severity 1 (the default) mutes everything.
 
-Every draw is counter-based (biasaudit/randomness.py, methods.md section 10): computed for the whole batch at
+Every draw is counter-based (biasaudit/_core/randomness.py, methods.md section 10): computed for the whole batch at
 once from (seed, condition tag, sample index, position), with no generator object per sample.
 """
 
@@ -22,9 +22,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from biasaudit.modality import Modality
+from biasaudit.data.modality import Modality
 from biasaudit.errors import ConditionError
-from biasaudit.randomness import SampleDraws, uniform
+from biasaudit._core.randomness import SampleDraws, uniform
 
 # values, modality, severity, muted-or-affected flags, the batch's per-sample draws -> new values
 ImpairFn = Callable[[Any, Modality, float, np.ndarray, SampleDraws], Any]

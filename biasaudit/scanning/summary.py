@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from biasaudit.conditions import Condition
-from biasaudit.metrics.accuracy import ConditionScores
-from biasaudit.metrics.gap import dominant_modality, summarize_gap
+from biasaudit.scanning.conditions import Condition
+from biasaudit.diagnostics.accuracy import ConditionScores
+from biasaudit.diagnostics.gap import dominant_modality, summarize_gap
 
 
 def condition_rows(conditions: Sequence[Condition], scores: Mapping[str, ConditionScores]) -> list[dict[str, Any]]:

@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from biasaudit.modality import Modality
+from biasaudit.data.modality import Modality
 from biasaudit.errors import ConditionError
 
-# biasaudit.impairments (numpy and torch) is imported by the functions that build conditions, not here: the command
+# biasaudit.data.impairments (numpy and torch) is imported by the functions that build conditions, not here: the command
 # line reads GROUPS and DIAGNOSTICS for `scan --help`, which should not wait on torch.
 
 RATIO_SWEEP = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -39,7 +39,7 @@ class Condition:
     modality: str | None = None
     impairment: str | None = None
     severity: float = 0.0
-    # Which independent draw of a random condition this is (biasaudit/draws.py); draw d reads the random streams of
+    # Which independent draw of a random condition this is (biasaudit/scanning/draws.py); draw d reads the random streams of
     # seed + d. Only the scan's pass sees draws other than 0: the audit reports their mean under the base name.
     draw: int = 0
 
@@ -52,20 +52,20 @@ FULL = Condition(name="full", group="full")
 
 
 def _missing(m: Modality) -> Condition:
-    from biasaudit.impairments import muting_impairment
+    from biasaudit.data.impairments import muting_impairment
 
     return Condition(f"missing:{m.name}", "missing", m.name, muting_impairment(m).name, 1.0)
 
 
 def _noisy(m: Modality) -> Condition:
-    from biasaudit.impairments import noise_impairment
+    from biasaudit.data.impairments import noise_impairment
 
     impairment = noise_impairment(m)
     return Condition(f"noisy:{m.name}", "noisy", m.name, impairment.name, impairment.default_severity)
 
 
 def _ratio(m: Modality) -> list[Condition]:
-    from biasaudit.impairments import muting_impairment
+    from biasaudit.data.impairments import muting_impairment
 
     muting = muting_impairment(m).name
     return [Condition(f"ratio:{m.name}:{r:g}", "ratio", m.name, muting, r) for r in RATIO_SWEEP]
@@ -75,7 +75,7 @@ _GROUP_BUILDERS = {"missing": lambda m: [_missing(m)], "noisy": lambda m: [_nois
 
 
 def _custom(token: str, by_name: dict[str, Modality]) -> Condition:
-    from biasaudit.impairments import check_severity, muting_impairment, resolve_impairment
+    from biasaudit.data.impairments import check_severity, muting_impairment, resolve_impairment
 
     modality_name, _, rest = token.partition("=")
     modality = by_name.get(modality_name)

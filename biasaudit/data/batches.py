@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Mapping, TypeVar
 import numpy as np
 import torch
 
-from biasaudit.adapter import Adapter
+from biasaudit.data.adapter import Adapter
 from biasaudit.errors import AdapterError, DataError
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from biasaudit.input_paths import check_input_file
+from biasaudit._core.input_paths import check_input_file
 from biasaudit.errors import InputError
 
 SCAN_KEYS: dict[str, type | tuple[type, ...]] = {

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from biasaudit.errors import DataError, InputError
-from biasaudit.randomness import poisson1
+from biasaudit._core.randomness import poisson1
 
 FULL = "full"
 CI_PERCENTILES = (2.5, 97.5)
@@ -83,7 +83,7 @@ class BootstrapCounts:
     seed: int
     total_weight: np.ndarray  # [replicates] int64: sum of the Poisson weights of all samples
     correct_weight: Mapping[str, np.ndarray]  # condition -> [replicates] int64: same sum over correct predictions
-    # condition -> R for a random condition measured with R draws (biasaudit/draws.py): its correct weights are summed
+    # condition -> R for a random condition measured with R draws (biasaudit/scanning/draws.py): its correct weights are summed
     # over R draws picked with replacement, so its replicate scores correct / (R * total). Absent: one draw.
     draws: Mapping[str, int] = field(default_factory=dict)
 
@@ -256,7 +256,7 @@ class ConditionAccumulator:
     def combined_draws(self, groups: Mapping[str, Sequence[str]], multiplicities: np.ndarray) -> ConditionAccumulator:
         """The same counts with each group of draws (base name -> names of its R draws) summed into its base condition:
         confusion and flips over all draws (their means are the figures), replicate counts weighted by how often each
-        draw is picked in that replicate (biasaudit/draws.py)."""
+        draw is picked in that replicate (biasaudit/scanning/draws.py)."""
         members = {name for names in groups.values() for name in names[1:]}
         out = ConditionAccumulator([c for c in self.condition_names if c not in members], num_classes=self.num_classes,
                                    replicates=self.replicates, seed=self.seed)

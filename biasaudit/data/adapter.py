@@ -19,11 +19,12 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from biasaudit.input_paths import check_input_file
+from biasaudit._core.annotations import register_remedy, register_type
+from biasaudit._core.input_paths import check_input_file
 from biasaudit.errors import AdapterError, BiasAuditError
-from biasaudit.forward_keywords import TokenizerInputs
-from biasaudit.impairments import IMPAIRMENTS
-from biasaudit.modality import Modality  # noqa: F401  (part of the adapter contract: `from biasaudit.adapter import Modality`)
+from biasaudit.data.forward_keywords import TokenizerInputs
+from biasaudit.data.impairments import IMPAIRMENTS
+from biasaudit.data.modality import Modality  # noqa: F401  (part of the adapter contract: `from biasaudit.data.adapter import Modality`)
 
 
 class Adapter:
@@ -229,3 +230,22 @@ def modality_by_name(adapter: Adapter, name: str) -> Modality:
         if modality.name == name:
             return modality
     raise AdapterError(f"Unknown modality {name!r}. Available: {', '.join(m.name for m in adapter.modalities)}.")
+
+
+def _adapter_like(value: Any) -> bool:
+    # Adapters are duck-typed (validate_adapter checks the contract); a class has the methods but no instance state.
+    return not inspect.isclass(value) and all(callable(getattr(value, part, None)) for part in ("build_model", "data", "prepare"))
+
+
+def _adapter_remedy(value: Any, wanted: set[Any]) -> str:
+    if Adapter not in wanted:
+        return ""
+    if inspect.isclass(value):
+        return f" Pass an instance, e.g. {value.__name__}(), not the class."
+    if isinstance(value, str):
+        return " To load an adapter from a file, use biasaudit.data.adapter.load_adapter('path/to/file.py:NAME')."
+    return ""
+
+
+register_type(Adapter, _adapter_like, "an adapter (an instance of a ba.Adapter subclass)")
+register_remedy(_adapter_remedy)

@@ -21,7 +21,7 @@ from typing import Mapping
 import numpy as np
 
 from biasaudit.errors import InputError
-from biasaudit.metrics.accuracy import percentile_interval
+from biasaudit.diagnostics.accuracy import percentile_interval
 
 Interval = tuple[float, float]
 

@@ -30,11 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biasaudit.adapter import Adapter, Modality
-from biasaudit.adapter import optional_hook
+from biasaudit.data.adapter import Adapter, Modality
+from biasaudit.data.adapter import optional_hook
 from biasaudit.errors import ConditionError
-from biasaudit.impairments import impair_batch, muting_impairment
-from biasaudit.randomness import hash64
+from biasaudit.data.impairments import impair_batch, muting_impairment
+from biasaudit._core.randomness import hash64
 
 HISTOGRAM_EDGES = np.linspace(-1.0, 1.0, 21)
 _TAG = "gradient-conflict"

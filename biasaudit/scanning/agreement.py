@@ -50,10 +50,10 @@ def keyword_settings(config: Any, unimodal_models: Mapping[str, Any] | None = No
 
 def scan_fingerprint(settings: Mapping[str, tuple[str, Any]], *, adapter: Mapping[str, Any], checkpoint: str | Path | None = None,
                      unimodal: Sequence[tuple[str, str | Path]] = ()) -> Fingerprint:
-    """`adapter`: biasaudit.audit.adapter_source's spec and SHA-256 of the adapter's file. Checkpoints are compared by
+    """`adapter`: biasaudit.scanning.audit.adapter_source's spec and SHA-256 of the adapter's file. Checkpoints are compared by
     contents, not path: nodes may mount the same file at other places."""
     from biasaudit import __version__
-    from biasaudit.checkpoint import file_sha256
+    from biasaudit._core.files import file_sha256
     from biasaudit.results import library_versions
 
     files = {"adapter": (str(adapter["spec"]), adapter["sha256"])}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Protocol
 
+from biasaudit._core.annotations import register_type
+
 
 class Progress(Protocol):
     def __call__(self, stage: str, done: int, total: int | None, status: str | None = None, /) -> None: ...
@@ -41,3 +43,6 @@ def with_status(callback: Callable | None) -> Progress:
         callback(stage, done, total)
 
     return without_status
+
+
+register_type(Progress, callable, "a callable progress(stage, done, total)")

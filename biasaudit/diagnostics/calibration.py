@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from biasaudit.exact_sums import ExactSum
+from biasaudit._core.exact_sums import ExactSum
 
 BINS = 15
 # Confidences within this of Full's count as equal: softmax in float32 is not exact to the last bit.
@@ -27,7 +27,7 @@ class CalibrationAccumulator:
         # [K, bins] per condition and bin; every batch adds to all conditions with one call each.
         self.count = np.zeros((conditions, bins), dtype=np.int64)
         self.correct = np.zeros((conditions, bins), dtype=np.int64)
-        # Exact sums (biasaudit/exact_sums.py): a sharded scan adds its batches in another order and must agree to the bit.
+        # Exact sums (biasaudit/_core/exact_sums.py): a sharded scan adds its batches in another order and must agree to the bit.
         self._confidence = ExactSum(conditions * bins)
         self.rises = np.zeros(conditions, dtype=np.int64)
         self.n = 0
@@ -55,7 +55,7 @@ class CalibrationAccumulator:
         self.rises += other.rises
 
     def combined_draws(self, groups: Mapping[str, Sequence[str]]) -> CalibrationAccumulator:
-        """Each group of draws (base name -> names of its R draws) summed into its base condition (biasaudit/draws.py)."""
+        """Each group of draws (base name -> names of its R draws) summed into its base condition (biasaudit/scanning/draws.py)."""
         members = {name for names in groups.values() for name in names[1:]}
         out = CalibrationAccumulator([c for c in self.condition_names if c not in members], bins=self.bins, full=self.full)
         out.n = self.n

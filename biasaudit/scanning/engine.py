@@ -1,7 +1,7 @@
 """One audit of a fixed model: every condition on every batch in a single pass over the data.
 
 Data flow: adapter.data(split) -> for each batch, for each condition: impair the raw inputs ->
-adapter.prepare -> adapter.forward -> streaming accumulators (biasaudit/evaluation.py). Only bounded
+adapter.prepare -> adapter.forward -> streaming accumulators (biasaudit/scanning/evaluation.py). Only bounded
 samples keep per-sample data (embeddings, donors); everything else is counts, so memory does not grow
 with the dataset. Extra passes are made only for what cannot share the main one: the label-under-bias
 priors (train split, and the evaluated split's bias values so new ones can be sized; no forward), the
@@ -24,33 +24,33 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from biasaudit import analyses
-from biasaudit.adapter import Adapter, optional_hook
-from biasaudit.batches import SplitLabels, bias_values, checked_labels, indexed_batches, read_split_labels, shares_reads
-from biasaudit.conditions import Condition, parse_conditions, parse_diagnostics
+from biasaudit.scanning import analyses
+from biasaudit.data.adapter import Adapter, optional_hook
+from biasaudit.data.batches import SplitLabels, bias_values, checked_labels, indexed_batches, read_split_labels, shares_reads
+from biasaudit.scanning.conditions import Condition, parse_conditions, parse_diagnostics
 from biasaudit.diagnostics.carrier import CarrierAccumulator
 from biasaudit.diagnostics.ceilings import (DEFAULT_PER_CLASS, BranchTap, ceilings_section, fit_probes, probe_source, probe_split,
                                             token_masks)
 from biasaudit.diagnostics.donors import DEFAULT_CAPACITY, DonorPool
-from biasaudit.draws import base_name, combined_counts, combined_pass, draw_name, draw_seed, with_draws
+from biasaudit.scanning.draws import base_name, combined_counts, combined_pass, draw_name, draw_seed, with_draws
 from biasaudit.diagnostics.favoured import DEFAULT_FAVOURED_FRACTION, aligned_share, favoured_classes, favoured_section
 from biasaudit.diagnostics.groups import GROUPINGS, GroupAccumulator, choose_grouping
 from biasaudit.diagnostics.interaction import DEFAULT_DONORS, InteractionAccumulator
 from biasaudit.diagnostics.mutes import alternative_mutes, mute_findings, rms_z
 from biasaudit.diagnostics.shapley import MAX_MODALITIES, ShapleyAccumulator
 from biasaudit.errors import DataError, InputError
-from biasaudit.evaluation import BatchEvaluator, PassSetup
-from biasaudit.fingerprint import SampleFingerprint
-from biasaudit.impairments import IMPAIRMENTS, muting_impairment, resolve_impairment
-from biasaudit.metrics.accuracy import ConditionAccumulator
-from biasaudit.metrics.gap import dominant_modality
-from biasaudit.metrics.gradients import SeededSample
-from biasaudit.prefetch import prefetched
-from biasaudit.progress import Progress, silent
-from biasaudit.rank_agreement import stopping_together
-from biasaudit.scan_state import PassState, ScanContext, ScanState, merged
-from biasaudit.sharding import WHOLE, Shard, process_group_shard
-from biasaudit.summary import condition_rows, group_summary, ratio_sweep, reliance
+from biasaudit.scanning.evaluation import BatchEvaluator, PassSetup
+from biasaudit.data.fingerprint import SampleFingerprint
+from biasaudit.data.impairments import IMPAIRMENTS, muting_impairment, resolve_impairment
+from biasaudit.diagnostics.accuracy import ConditionAccumulator
+from biasaudit.diagnostics.gap import dominant_modality
+from biasaudit.diagnostics.gradients import SeededSample
+from biasaudit._core.prefetch import prefetched
+from biasaudit._core.progress import Progress, silent
+from biasaudit.scanning.agreement import stopping_together
+from biasaudit.scanning.state import PassState, ScanContext, ScanState, merged
+from biasaudit._core.sharding import WHOLE, Shard, process_group_shard
+from biasaudit.scanning.summary import condition_rows, group_summary, ratio_sweep, reliance
 
 PROJECTIONS = ("umap", "pca")
 # The forwards' precision: fp32, or autocast to bfloat16 / float16 on CUDA (logits are read back in float32).
@@ -111,7 +111,7 @@ class ScanConfig:
     precision: str = "fp32"
     # F(k): the classes with a training share >= this fraction of bias value k's largest (and above 1/C); diagnostics/favoured.py.
     favoured_fraction: float = DEFAULT_FAVOURED_FRACTION
-    draws: int = 1  # independent draws of every random condition (noise, ratio subsets, probe samples); biasaudit/draws.py
+    draws: int = 1  # independent draws of every random condition (noise, ratio subsets, probe samples); biasaudit/scanning/draws.py
 
     def __post_init__(self) -> None:
         if self.projection not in PROJECTIONS:
@@ -230,7 +230,7 @@ def _setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branch
     if probe_branches and split is not None:
         # Through the run's shared reads, as train's are: every rank and every part draws the same seeded sample.
         labels = train() if split == "train" else read_split_labels(adapter, split, batch_size=config.batch_size)
-        # A probe's seeded sample is a draw: draw d fits on the sample of seed + d (biasaudit/draws.py).
+        # A probe's seeded sample is a draw: draw d fits on the sample of seed + d (biasaudit/scanning/draws.py).
         fitted = []
         for draw in range(config.draws):
             probes, forwards = fit_probes(model, adapter, probe_branches, device=device, batch_size=config.batch_size,
@@ -257,7 +257,7 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
     unimodal_models: modality -> a model trained on that modality alone, whose accuracy with the other
     modalities muted is that modality's ceiling (instead of a linear probe on its branch).
     distributed: inside an initialised torch.distributed process group of several processes (torchrun), every process
-    calls this, evaluates its shard of the batches (biasaudit/sharding.py), rank 0 merges the states and finishes the
+    calls this, evaluates its shard of the batches (biasaudit/_core/sharding.py), rank 0 merges the states and finishes the
     audit, and every process returns the same sections. Off, or outside a group, this process scans every sample."""
     group = process_group_shard() if distributed else None
     progress = progress or silent
@@ -278,7 +278,7 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
 def scan_shard(model: nn.Module, adapter: Adapter, *, config: ScanConfig, shard: Shard, progress: Progress | None = None,
                unimodal_models: Mapping[str, nn.Module] | None = None) -> tuple[ScanContext, ScanState]:
     """One shard of a scan, for job arrays without a process group: its context and state, which
-    `biasaudit.shard_parts` writes and `finish_scan` turns into the audit once every shard's state is merged."""
+    `biasaudit.scanning.parts` writes and `finish_scan` turns into the audit once every shard's state is merged."""
     check_shardable(adapter)
     with _scanning(model, adapter, config=config, unimodal_models=unimodal_models) as (adapter, device, unimodal_models):
         return _main_pass(model, adapter, config=config, progress=progress or silent, unimodal_models=unimodal_models, device=device,
@@ -391,7 +391,7 @@ def _main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         conflict_sample = SeededSample(k=config.gradient_batches, seed=config.seed) if shard.index == 0 else None
 
         def read(numbered: tuple[int, tuple[np.ndarray, Mapping[str, Any]]]) -> _ReadBatch:
-            # In the reading thread (biasaudit/prefetch.py): everything that needs the batch but not the model.
+            # In the reading thread (biasaudit/_core/prefetch.py): everything that needs the batch but not the model.
             step, (indices, batch) = numbered
             labels = checked_labels(batch, adapter, split=config.split)
             bias = bias_values(batch, adapter, split=config.split) if adapter.bias_key is not None else None

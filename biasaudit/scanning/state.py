@@ -1,6 +1,6 @@
 """What a scan's pass over its batches leaves behind, and how the states of disjoint shards merge.
 
-Every part merges exactly: counts are integers, float sums are exact (biasaudit/exact_sums.py), bounded samples
+Every part merges exactly: counts are integers, float sums are exact (biasaudit/_core/exact_sums.py), bounded samples
 are the smallest hashes of (seed, index) (embeddings), the fingerprint is an index-keyed sum, and the
 gradient-conflict sample is taken whole by shard 0. So merging the shards of a scan gives, to the last digit,
 the state one process reaches, and the audit computed from it is the same.
@@ -14,23 +14,23 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from biasaudit.conditions import Condition
+from biasaudit.scanning.conditions import Condition
 from biasaudit.diagnostics.carrier import CarrierAccumulator
 from biasaudit.diagnostics.groups import GroupAccumulator
 from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
 from biasaudit.diagnostics.shapley import ShapleyAccumulator
 from biasaudit.errors import InputError
-from biasaudit.fingerprint import SampleFingerprint
-from biasaudit.metrics.accuracy import ConditionAccumulator
-from biasaudit.metrics.calibration import CalibrationAccumulator
-from biasaudit.metrics.embeddings import EmbeddingSample
-from biasaudit.metrics.jsd import JSDAccumulator
+from biasaudit.data.fingerprint import SampleFingerprint
+from biasaudit.diagnostics.accuracy import ConditionAccumulator
+from biasaudit.diagnostics.calibration import CalibrationAccumulator
+from biasaudit.diagnostics.embeddings import EmbeddingSample
+from biasaudit.diagnostics.jsd import JSDAccumulator
 
 
 @dataclass
 class PassState:
-    """The accumulators of one pass (biasaudit/evaluation.py's BatchEvaluator and its PassSetup)."""
+    """The accumulators of one pass (biasaudit/scanning/evaluation.py's BatchEvaluator and its PassSetup)."""
 
     accuracy: ConditionAccumulator
     calibration: CalibrationAccumulator

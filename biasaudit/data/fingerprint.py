@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from biasaudit.errors import DataError
-from biasaudit.randomness import extend_hash, hash64, stream_id
+from biasaudit._core.randomness import extend_hash, hash64, stream_id
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LANES = 2  # two independent 64-bit sums: 128 bits

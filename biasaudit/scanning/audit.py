@@ -9,13 +9,14 @@ from typing import Any
 
 from torch import nn
 
-from biasaudit.adapter import Adapter
-from biasaudit.checkpoint import file_sha256, load_into_model, read_checkpoint
+from biasaudit.data.adapter import Adapter
+from biasaudit._core.files import file_sha256
+from biasaudit.data.checkpoint import load_into_model, read_checkpoint
 from biasaudit.errors import InputError
-from biasaudit.output_set import OutputSet
+from biasaudit._core.output_set import OutputSet
 from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, source_hash, write_json_atomic
-from biasaudit.progress import Progress
-from biasaudit.scanning import ScanConfig, scan_model
+from biasaudit._core.progress import Progress
+from biasaudit.scanning.engine import ScanConfig, scan_model
 from biasaudit.verdict import scan_verdict
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, check
                 distributed: bool = False) -> dict[str, Any]:
     """prefix_removed: the key prefix stripped from the checkpoint's state dict to load it, named in the manifest.
     distributed: split the scan over the processes of the initialised process group (see scanning.scan_model)."""
-    from biasaudit.rank_agreement import check_agreement, keyword_settings, scan_fingerprint
-    from biasaudit.sharding import process_group_shard
+    from biasaudit.scanning.agreement import check_agreement, keyword_settings, scan_fingerprint
+    from biasaudit._core.sharding import process_group_shard
 
     start = time.perf_counter()
     group = process_group_shard() if distributed else None
@@ -87,7 +88,7 @@ def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, check
 
 def assemble_audit(sections: dict[str, Any], *, config: ScanConfig, checkpoint: dict[str, Any], adapter: dict[str, Any],
                    wall_time_s: float, shards: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The audit document: a scan's sections (biasaudit.scanning) with its manifest and verdict. `shards` records how a
+    """The audit document: a scan's sections (biasaudit.scanning.engine) with its manifest and verdict. `shards` records how a
     sharded scan was split (torch.distributed processes, or parts merged by `biasaudit merge`)."""
     sections = dict(sections)
     forwards = sections.pop("_forwards_per_sample")
@@ -127,9 +128,9 @@ def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanCo
 def scan_checkpoint_shard(checkpoint: str | Path, adapter: Adapter, *, config: ScanConfig, shard: Any, part: Path,
                           adapter_spec: str | None = None, trust: bool = False, progress: Progress | None = None,
                           unimodal: tuple[tuple[str, str | Path], ...] = (), settings: Any = None) -> Path:
-    """One shard of a scan of a checkpoint, written to the part file `part` (biasaudit/shard_parts.py)."""
-    from biasaudit.scanning import scan_shard
-    from biasaudit.shard_parts import write_part
+    """One shard of a scan of a checkpoint, written to the part file `part` (biasaudit/scanning/parts.py)."""
+    from biasaudit.scanning.engine import scan_shard
+    from biasaudit.scanning.parts import write_part
 
     start = time.perf_counter()
     model, prefix_removed, unimodal_models = load_models(checkpoint, adapter, trust=trust, unimodal=unimodal)
@@ -161,7 +162,7 @@ def stage_audit(audit: dict[str, Any], outputs: OutputSet, *, json_name: str = "
 
 
 def write_audit(audit: dict[str, Any], out: str | Path | OutputSet) -> tuple[Path, Path]:
-    """Write audit.json and audit.html into `out` as one set (see biasaudit.output_set); `out` may be a set the caller
+    """Write audit.json and audit.html into `out` as one set (see biasaudit._core.output_set); `out` may be a set the caller
     opened before the scan, so that its directory was checked and locked before the work."""
     if not isinstance(out, OutputSet):
         with OutputSet(out, files=AUDIT_FILES) as outputs:

@@ -1,0 +1,1 @@
+"""What biasaudit reads: modalities, the adapter contract, batches, checkpoints."""
