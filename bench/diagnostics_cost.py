@@ -17,7 +17,7 @@ import time
 
 from biasaudit.scanning.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 SPECS = {"grid only": "missing,noisy,ratio", "default": "default", "everything": "default,shapley,interaction"}
 

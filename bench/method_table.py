@@ -51,8 +51,10 @@ import numpy as np
 from biasaudit.scanning.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.data.impairments import impair_batch, muting_impairment
-from biasaudit.scanning.engine import ScanConfig
-from biasaudit.training.loop import TrainConfig, scored_as_trained, train
+from biasaudit.scanning.config import ScanConfig
+from biasaudit.training.driver import scored_as_trained
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.methods import make_method
 from biasaudit.training.selection import choose_option
 

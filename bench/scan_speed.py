@@ -117,7 +117,7 @@ class Timed:
 
 
 def config(device: str, **extra):
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.scanning.config import ScanConfig
 
     return ScanConfig(split="test", conditions=GRID, bootstrap_replicates=1000, projection="pca", device=device, **extra)
 
@@ -168,7 +168,7 @@ adapter = scan_speed.demo_adapter()
 model = scan_speed.demo_model(adapter)
 from biasaudit.scanning.audit import audit_model
 try:
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.scanning.config import ScanConfig
 except ImportError:  # commits before the module was renamed
     from biasaudit.scan import ScanConfig
 config = ScanConfig(split="ood", conditions=scan_speed.GRID, bootstrap_replicates=1000, projection="pca", device=sys.argv[2])

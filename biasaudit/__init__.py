@@ -11,26 +11,30 @@ from typing import TYPE_CHECKING, Any
 logging.getLogger("biasaudit").addHandler(logging.NullHandler())
 
 __version__ = "0.1.0"
-__all__ = ["scan", "fix", "leaderboard", "merge_leaderboard", "compare", "gate", "Audit", "Summary", "GapSummary", "ConditionResult", "Comparison", "Change",
+__all__ = ["scan", "scan_shard", "merge", "fix", "leaderboard", "merge_leaderboard", "compare", "gate", "load_adapter", "demo", "Audit", "Summary", "GapSummary", "ConditionResult", "Comparison", "Change",
            "GateRules", "GateResult", "RuleResult", "FixResult", "LeaderboardResult", "Estimate", "BiasMeasures", "BiasChanges", "Adapter", "Modality", "BiasAuditError",
-           "__version__"]
+           "Calibration", "Ceilings", "Groups", "Jsd", "Embeddings", "GradientConflict", "Shapley", "Interaction", "RunManifest", "Dataset",
+           "ConditionChange", "GroupChange", "RuleFigures", "MethodResult", "SeedRun", "PooledChange", "__version__"]
 
 # Every public name, by the module that defines it. They are imported on first use (PEP 562), not here: importing any
 # part of the package, the command line included, runs this file, and the API brings in torch and scikit-learn (seconds
 # of CPU that `biasaudit --help` should not pay). `import biasaudit as ba; ba.scan(...)` and `from biasaudit import
 # Audit` work as before.
 _PUBLIC = {
-    "biasaudit.api": ("scan", "fix", "leaderboard", "merge_leaderboard", "compare", "gate"),
+    "biasaudit.api": ("scan", "scan_shard", "merge", "fix", "leaderboard", "merge_leaderboard", "compare", "gate", "load_adapter",
+                      "demo"),
     "biasaudit.data.adapter": ("Adapter", "Modality"),
     "biasaudit.errors": ("BiasAuditError",),
     "biasaudit.gating": ("GateRules",),
     "biasaudit.results.audit": ("Audit", "ConditionResult", "GapSummary", "Summary"),
-    "biasaudit.results.bias": ("BiasMeasures",),
-    "biasaudit.results.comparison": ("BiasChanges", "Change", "Comparison"),
+    "biasaudit.results.bias": ("BiasMeasures", "Calibration", "Ceilings"),
+    "biasaudit.results.analyses": ("Groups", "Shapley", "Interaction"),
+    "biasaudit.results.sections": ("Jsd", "Embeddings", "GradientConflict", "RunManifest", "Dataset"),
+    "biasaudit.results.comparison": ("BiasChanges", "Change", "Comparison", "ConditionChange", "GroupChange"),
     "biasaudit.results.estimate": ("Estimate",),
     "biasaudit.results.fix_result": ("FixResult",),
-    "biasaudit.results.gate_result": ("GateResult", "RuleResult"),
-    "biasaudit.results.leaderboard_result": ("LeaderboardResult",),
+    "biasaudit.results.gate_result": ("GateResult", "RuleResult", "RuleFigures"),
+    "biasaudit.results.leaderboard_result": ("LeaderboardResult", "MethodResult", "SeedRun", "PooledChange"),
 }
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
 
@@ -49,13 +53,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the names as static analysis and IDEs see them
+    from biasaudit.api import compare, demo, fix, gate, leaderboard, load_adapter, merge, merge_leaderboard, scan, scan_shard
     from biasaudit.data.adapter import Adapter, Modality
-    from biasaudit.api import compare, fix, gate, leaderboard, merge_leaderboard, scan
     from biasaudit.errors import BiasAuditError
     from biasaudit.gating import GateRules
+    from biasaudit.results.analyses import Groups, Interaction, Shapley
     from biasaudit.results.audit import Audit, ConditionResult, GapSummary, Summary
-    from biasaudit.results.comparison import Change, Comparison
+    from biasaudit.results.bias import BiasMeasures, Calibration, Ceilings
+    from biasaudit.results.comparison import BiasChanges, Change, Comparison, ConditionChange, GroupChange
     from biasaudit.results.estimate import Estimate
     from biasaudit.results.fix_result import FixResult
-    from biasaudit.results.gate_result import GateResult, RuleResult
-    from biasaudit.results.leaderboard_result import LeaderboardResult
+    from biasaudit.results.gate_result import GateResult, RuleFigures, RuleResult
+    from biasaudit.results.leaderboard_result import LeaderboardResult, MethodResult, PooledChange, SeedRun
+    from biasaudit.results.sections import Dataset, Embeddings, GradientConflict, Jsd, RunManifest

@@ -22,7 +22,7 @@ from biasaudit.adapters import empty_text_ids, token_modality, tokenizing_prepar
 from biasaudit.scanning.audit import audit_model
 from biasaudit.errors import AdapterError
 from biasaudit.data.impairments import impair_batch, resolve_impairment
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"

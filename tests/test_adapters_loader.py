@@ -27,7 +27,7 @@ from biasaudit.adapters import LoaderAdapter, model_inputs
 from biasaudit.scanning.audit import audit_model
 from biasaudit.errors import AdapterError, DataError
 from biasaudit.results import to_json_text
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "loader_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"

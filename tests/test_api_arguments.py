@@ -28,7 +28,7 @@ from torch import nn
 
 import biasaudit as ba
 import biasaudit.methods as bm
-from biasaudit.errors import ArgumentTypeError, BiasAuditError, InputError
+from biasaudit.errors import ArgumentTypeError, BiasAuditError, CheckpointError, InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 sys.path.insert(0, str(FIXTURES))
@@ -97,6 +97,14 @@ def world(shortcut_checkpoint, tmp_path_factory) -> World:
                  tmp=tmp)
 
 
+SHORTCUT_SPEC = f"{FIXTURES / 'shortcut_adapter.py'}:ShortcutAdapter"
+
+
+def _checkpoint(w: World) -> Path:
+    torch.save(w.model.state_dict(), w.tmp / "model.pt")
+    return w.tmp / "model.pt"
+
+
 # name -> (the callable, right keyword arguments for every parameter the test varies), from the world.
 CALLS: dict[str, Callable[[World], tuple[Callable, dict[str, Any]]]] = {
     "ba.scan": lambda w: (ba.scan, dict(model=w.model, adapter=w.adapter, **FAST)),
@@ -108,6 +116,10 @@ CALLS: dict[str, Callable[[World], tuple[Callable, dict[str, Any]]]] = {
                                                                  json_path=w.tmp / "l.json", html_path=w.tmp / "l.html",
                                                                  document={"schema": "biasaudit.leaderboard"}).to_dict, {}),
     "ba.compare": lambda w: (ba.compare, dict(before=w.audit, after=w.audit)),
+    "ba.scan_shard": lambda w: (ba.scan_shard, dict(checkpoint=_checkpoint(w), adapter=w.adapter, shard="0/2", out=w.tmp / "parts", **FAST)),
+    "ba.merge": lambda w: (ba.merge, dict(parts=[w.tmp / "scan-part-0-of-1.pt"], out=w.tmp / "merged-scan")),
+    "ba.demo": lambda w: (ba.demo, dict(out=w.tmp / "demo", split="nosuch")),
+    "ba.load_adapter": lambda w: (ba.load_adapter, dict(spec=SHORTCUT_SPEC)),
     "ba.gate": lambda w: (ba.gate, dict(current=w.audit, rules=ba.GateRules(min_accuracy={"full": 0}, max_gap_increase=100),
                                         baseline=w.audit)),
     "ba.GateRules": lambda w: (ba.GateRules, {}),
@@ -135,6 +147,22 @@ NOT_CALLED = {
     "BiasMeasures": "a typed record inside an Audit (Audit.bias), built by Audit.from_dict",
     "BiasChanges": "a typed record inside a Comparison (Comparison.bias), built by Comparison.from_dict",
     "RuleResult": "a typed record inside a GateResult, built by GateResult.from_dict",
+    "Calibration": "a typed record inside an Audit (Audit.calibration), built by Audit.from_dict",
+    "Ceilings": "a typed record inside an Audit (Audit.ceilings), built by Audit.from_dict",
+    "Groups": "a typed record inside an Audit (Audit.groups), built by Audit.from_dict",
+    "Jsd": "a typed record inside an Audit (Audit.jsd), built by Audit.from_dict",
+    "Embeddings": "a typed record inside an Audit (Audit.embeddings), built by Audit.from_dict",
+    "GradientConflict": "a typed record inside an Audit (Audit.gradient_conflict), built by Audit.from_dict",
+    "Shapley": "a typed record inside an Audit (Audit.shapley), built by Audit.from_dict",
+    "Interaction": "a typed record inside an Audit (Audit.interaction), built by Audit.from_dict",
+    "RunManifest": "a typed record inside an Audit (Audit.manifest), built by Audit.from_dict",
+    "Dataset": "a typed record inside an Audit (Audit.dataset), built by Audit.from_dict",
+    "ConditionChange": "a typed record inside a Comparison (Comparison.conditions), built by Comparison.from_dict",
+    "GroupChange": "a typed record inside a Comparison, built by Comparison.from_dict",
+    "RuleFigures": "a typed record inside a GateResult (RuleResult.measured), built by GateResult.from_dict",
+    "MethodResult": "a typed record inside a LeaderboardResult (LeaderboardResult.methods), read from leaderboard.json",
+    "SeedRun": "a typed record inside a MethodResult (MethodResult.seeds), read from leaderboard.json",
+    "PooledChange": "a typed record inside a MethodResult (MethodResult.pooled), read from leaderboard.json",
     "FixResult": "returned by ba.fix; it has no methods",
     "Audit": "returned by ba.scan and Audit.read; its methods are listed one by one",
     "Comparison": "returned by ba.compare; its methods are listed one by one",
@@ -178,7 +206,8 @@ def _signature_parameters(target: Callable) -> list[str]:
 def _parameters(name: str) -> list[str]:
     """The parameters a caller can get wrong: the signature's, and for ba.scan the ScanConfig settings it takes by name."""
     target = {"ba.scan": ba.scan, "ba.fix": ba.fix, "ba.leaderboard": ba.leaderboard, "ba.compare": ba.compare,
-              "ba.gate": ba.gate, "ba.merge_leaderboard": ba.merge_leaderboard}.get(name)
+              "ba.gate": ba.gate, "ba.merge_leaderboard": ba.merge_leaderboard, "ba.scan_shard": ba.scan_shard, "ba.merge": ba.merge,
+              "ba.demo": ba.demo, "ba.load_adapter": ba.load_adapter}.get(name)
     if name in ("ba.GateRules", "ba.Modality"):
         return [f.name for f in dataclasses.fields(getattr(ba, name[3:]))]
     if target is None:
@@ -281,11 +310,22 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.GateRules", "max_jsd_drop"): lambda w: -0.5, ("ba.GateRules", "jsd"): lambda w: "nosuch",
     ("ba.Modality", "name"): lambda w: " ", ("ba.Modality", "value_range"): lambda w: (1.0, 0.0),
     ("ba.Modality", "pad_id"): lambda w: -1, ("ba.Modality", "padding_side"): lambda w: "middle",
-    ("Audit.read", "path"): lambda w: w.tmp, ("Audit.from_dict", "document"): lambda w: {"schema": "biasaudit.scanning.audit"},
+    ("Audit.read", "path"): lambda w: w.tmp, ("Audit.from_dict", "document"): lambda w: {"schema": "biasaudit.audit"},
     ("Audit.condition", "name"): lambda w: "missing:nosuch",
     ("Audit.to_json", "path"): _directory, ("Audit.to_html", "path"): _below_a_file,
     ("Comparison.from_dict", "document"): lambda w: {"verdict": "x"}, ("Comparison.to_json", "path"): _directory,
     ("GateResult.from_dict", "document"): lambda w: {"status": "PASS"},
+    **{(call, "out"): _regular_file for call in ("ba.scan", "ba.fix", "ba.compare", "ba.scan_shard", "ba.merge", "ba.demo")},
+    ("ba.fix", "selection_min_group"): lambda w: 0, ("ba.fix", "resume"): lambda w: True,  # with nothing to resume
+    ("ba.gate", "junit"): _directory, ("ba.compare", "train_log"): lambda w: w.tmp / "nosuch.json",
+    ("ba.scan_shard", "checkpoint"): lambda w: w.tmp / "nosuch.pt", ("ba.scan_shard", "adapter"): lambda w: OneModality(),
+    ("ba.scan_shard", "shard"): lambda w: "2/2", ("ba.scan_shard", "split"): lambda w: "nosuch",
+    ("ba.scan_shard", "conditions"): lambda w: "missing,nosuch", ("ba.scan_shard", "seed"): lambda w: -1,
+    ("ba.scan_shard", "device"): lambda w: "nosuch", ("ba.scan_shard", "batch_size"): lambda w: 0,
+    ("ba.scan_shard", "bootstrap"): lambda w: 5, ("ba.scan_shard", "projection"): lambda w: "nosuch",
+    ("ba.scan_shard", "unimodal_models"): lambda w: {"nosuch": w.tmp / "model.pt"},
+    ("ba.merge", "parts"): lambda w: [w.tmp / "nosuch.pt"], ("ba.demo", "seed"): lambda w: -1,
+    ("ba.demo", "split"): lambda w: "nosuch", ("ba.load_adapter", "spec"): lambda w: "nosuch",
 }
 
 # (call, parameter) -> why every value of the right type is a valid one.
@@ -298,6 +338,13 @@ EVERY_VALUE_FITS = {
     ("ba.scan", "mute_compare"): "True or False", ("ba.fix", "inplace"): "True or False",
     ("ba.fix", "from_scratch"): "True or False (a post-hoc method refuses True: tests/test_fix_plan.py)",
     ("ba.GateRules", "significant"): "True or False",
+    **{(call, "trust_checkpoint"): "True or False (a checkpoint the adapter's model cannot load is named then)"
+       for call in ("ba.scan", "ba.fix", "ba.leaderboard", "ba.scan_shard")},
+    **{(call, "provenance"): "any mapping: recorded as the manifest's settings" for call in ("ba.scan", "ba.scan_shard")},
+    **{(call, "progress"): "any callable; one of the wrong arity is adapted (biasaudit/_core/progress.py)"
+       for call in ("ba.scan_shard", "ba.demo")},
+    ("ba.leaderboard", "on_run"): "any callable, told of every run",
+    ("ba.gate", "current_name"): "any name for the audit in the verdicts", ("ba.gate", "baseline_name"): "any name for the baseline",
     ("ba.GateRules", "labels"): "names the options in messages; any names are valid",
     ("ba.Modality", "kind"): "checked where an adapter enters, against the impairments registered then (users may add kinds later)",
     ("ba.Modality", "key"): "any batch key", ("ba.Modality", "mask_key"): "any batch key",
@@ -342,8 +389,7 @@ def test_the_mistakes_users_made_read_as_sentences_that_say_what_to_do(world):
     """The cases of the issue, with the remedy each sentence gives."""
     adapter, model = world.adapter, world.model
     cases = [
-        (lambda: ba.scan("model.pt", adapter), ArgumentTypeError, r"The 'model' parameter of ba\.scan must be a torch\.nn\.Module; "
-         r"got str 'model\.pt'\. To scan a checkpoint file, load it with adapter\.build_model\(\)"),
+        (lambda: ba.scan("model.pt", adapter), CheckpointError, r"model\.pt does not exist"),  # a path is a checkpoint to load
         (lambda: ba.scan(model.state_dict(), adapter), ArgumentTypeError, "That looks like a state dict"),
         (lambda: ba.scan(model, type(adapter)), ArgumentTypeError, r"got the class ShortcutAdapter\. Pass an instance, e\.g\. ShortcutAdapter\(\)"),
         (lambda: ba.scan(model, adapter, mute="image=mean"), ArgumentTypeError, r"'mute' parameter of ba\.scan must be a mapping .*\{'image': 'mean'\}"),
@@ -405,8 +451,8 @@ def test_a_torch_device_and_numpy_numbers_are_read_as_the_values_they_hold(world
 @pytest.mark.parametrize("call, pattern", [
     (lambda w: ba.scan(w.model, w.adapter, mute=["content=mean"]), r"'mute' parameter of ba\.scan must be a mapping of modality to "
      r"muting impairment, e\.g\. \{'image': 'mean'\}; got list \['content=mean'\]\."),
-    (lambda w: ba.scan(w.model, w.adapter, unimodal_models={"content": "content.pt"}),
-     r"must be a mapping \(dict\) of str to torch\.nn\.Module or None; got dict with keys 'content', whose 'content' is str 'content\.pt'\."),
+    (lambda w: ba.scan(w.model, w.adapter, unimodal_models={"content": 3}),
+     r"got dict with keys 'content', whose 'content' is int 3\."),
     (lambda w: ba.scan(w.model, w.adapter, unimodal_models=[w.model]), r"got list of 1 \(ShortcutModel\)\.$"),
     (lambda w: ba.Modality("x", "image", value_range=(0, "1")), r"must be a tuple of 2 numbers; got tuple \(0, '1'\)\."),
 ])

@@ -10,7 +10,7 @@ import pytest
 
 import biasaudit as ba
 
-CALLS = ("scan", "fix", "leaderboard", "merge_leaderboard", "compare", "gate")
+CALLS = ("scan", "scan_shard", "merge", "fix", "leaderboard", "merge_leaderboard", "compare", "gate", "load_adapter", "demo")
 RESULTS = ("Audit", "Comparison", "FixResult", "LeaderboardResult", "GateResult", "BiasMeasures", "BiasChanges", "Summary",
            "GapSummary", "ConditionResult", "Change", "Estimate", "RuleResult")
 

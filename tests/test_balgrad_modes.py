@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from biasaudit.datasets.demo_model import DemoModel, DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.methods._balgrad_math import RunningLosses, kl_weights
-from biasaudit.training.loop import TrainConfig, train
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.method_balgrad import BalGrad
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))

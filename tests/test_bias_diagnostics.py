@@ -15,7 +15,7 @@ import torch
 from biasaudit.scanning.audit import audit_model
 from biasaudit.diagnostics.accuracy import bootstrap_weights, percentile_interval
 from biasaudit.results import to_json_text
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "shortcut_adapter.py"
 FAST = dict(split="test", bootstrap_replicates=200, projection="pca", gradient_batches=1, min_wrong=1)

@@ -42,7 +42,7 @@ def test_scan_prints_the_carrier_and_a_verdict_that_names_both_modalities(checkp
 @pytest.mark.parametrize("args, expected", [
     (["--unimodal", "content"], "--unimodal 'content' is not of the form MODALITY=CHECKPOINT"),
     (["--unimodal", "sound=x.pt"], "names modality 'sound'. Available: bias_cue, content"),
-    (["--unimodal", "content=/nonexistent.pt"], "the checkpoint /nonexistent.pt does not exist"),
+    (["--unimodal", "content=/nonexistent.pt"], "--unimodal: content's checkpoint /nonexistent.pt does not exist"),
     (["--group-by", "colour"], "'--group-by': Value error, 'colour' is not one of 'auto', 'bias', 'alignment'"),
     (["--conditions", "missing,carriers"], "Unknown condition 'carriers'"),
 ])
@@ -60,7 +60,7 @@ def test_a_bad_new_setting_in_the_config_file_names_the_file_and_key(checkpoint,
     out = tmp_path / "audit"
     result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, "--config", str(config))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"{config} [scan] group_by: group_by is 'labels', which is unknown" in " ".join(result.stderr.split())
+    assert f"{config} [scan] group_by is 'labels', which is unknown" in " ".join(result.stderr.split())
     assert not out.exists()
 
 
@@ -69,8 +69,8 @@ def test_fix_reuses_a_scan_taken_with_any_scan_setting_and_names_the_one_that_di
     reusable when fix is given the same, and refused, naming the setting, when not."""
     from biasaudit._core.files import file_sha256
     from biasaudit.errors import InputError
-    from biasaudit.training.fix import reusable_before
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.training.fix_checks import reusable_before
+    from biasaudit.scanning.config import ScanConfig
 
     out = tmp_path / "audit"
     result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, "--conditions", "missing,carrier",
@@ -100,11 +100,11 @@ def test_fix_refuses_bad_audit_settings_before_any_work_and_leaves_the_output_as
 
 
 @pytest.mark.parametrize("setting, expected", [
-    ("batch_size = 0", "[scan] batch_size: batch_size is 0; expected a positive integer."),
-    ("kmeans_k = 0", "[scan] kmeans_k: kmeans_k is 0; expected an integer of at least 2."),
+    ("batch_size = 0", "[scan] batch_size is 0; expected a positive integer."),
+    ("kmeans_k = 0", "[scan] kmeans_k is 0; expected an integer of at least 2."),
     # Once this switched gradient conflict off silently.
-    ("gradient_batches = 0", "[scan] gradient_batches: gradient_batches is 0; expected a positive integer."),
-    ("bootstrap = 3", "[scan] bootstrap: bootstrap is 3; expected an integer of at least 10."),
+    ("gradient_batches = 0", "[scan] gradient_batches is 0; expected a positive integer."),
+    ("bootstrap = 3", "[scan] bootstrap is 3; expected an integer of at least 10."),
     ("mute = [1, 2]", "[scan] mute: --mute 1 is not of the form MODALITY=IMPAIRMENT"),
 ])
 def test_config_file_settings_pass_the_command_lines_checks_and_name_the_file_and_key(setting, expected, checkpoint, tmp_path):

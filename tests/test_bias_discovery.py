@@ -8,7 +8,7 @@ import pytest
 
 from biasaudit.scanning.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 
 class NoColourAdapter(DigitsCaptionsAdapter):

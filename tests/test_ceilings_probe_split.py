@@ -33,7 +33,8 @@ from biasaudit.diagnostics.ceilings import ceilings_section
 from biasaudit.diagnostics.accuracy import ConditionScores
 from biasaudit.report import render_audit_html
 from biasaudit.results import to_json_text
-from biasaudit.scanning.engine import ScanConfig, scan_model
+from biasaudit.scanning.config import ScanConfig
+from biasaudit.scanning.engine import scan_model
 
 FAST = dict(bootstrap_replicates=200, projection="pca", gradient_batches=1, min_wrong=1, batch_size=16, conditions="missing,ceilings")
 CHANCE = 100 / 3

@@ -21,9 +21,9 @@ from biasaudit.scanning.audit import audit_checkpoint, load_model_noting_prefix,
 from biasaudit.data.checkpoint import find_wrapper_prefix, read_checkpoint
 from biasaudit.comparing import compare_audits
 from biasaudit.errors import CheckpointError
-from biasaudit.training.fix import reusable_before
+from biasaudit.training.fix_checks import reusable_before
 from biasaudit.results import to_json_text
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "loader_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"

@@ -102,7 +102,7 @@ def test_choices_match_the_library_registries():
     from biasaudit.cli import choices
     from biasaudit.diagnostics.groups import GROUPINGS
     from biasaudit.methods.balgrad import KL_MODES, PROJECTIONS as BALGRAD_PROJECTIONS, SCHEDULES
-    from biasaudit.scanning.engine import PRECISIONS, PROJECTIONS
+    from biasaudit.scanning.config import PRECISIONS, PROJECTIONS
     from biasaudit.training.method_balgrad import HEAD_MODES, WEIGHT_MODES
     from biasaudit.training.method_mmdb import BIAS_SOURCES
     from biasaudit.training.methods import METHODS

@@ -21,7 +21,7 @@ from biasaudit.errors import DataError, InputError
 from biasaudit.diagnostics.accuracy import BootstrapCounts, percentile_interval
 from biasaudit.report.compare_render import render_compare_html
 from biasaudit.results import read_audit, write_json_atomic
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 TESTS = Path(__file__).parent
 SCRIPT = Path(sys.executable).parent / "biasaudit"

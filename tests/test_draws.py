@@ -17,7 +17,7 @@ import biasaudit.scanning.draws as draws_module
 from biasaudit.scanning.audit import audit_model
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.diagnostics.accuracy import BootstrapCounts, percentile_interval
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 FAST = dict(split="test", bootstrap_replicates=400, projection="pca", gradient_batches=1, min_wrong=1, batch_size=64)
 CONDITIONS = "missing,noisy,ratio,ceilings,carrier"

@@ -30,7 +30,7 @@ from biasaudit.scanning.audit import audit_model
 from biasaudit.comparing import compare_audits
 from biasaudit.diagnostics.favoured import ALIGNED, CONFLICTING, NEUTRAL, alignment, favoured_classes
 from biasaudit.errors import InputError
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 STRENGTH = torch.tensor([1.5, 0.5, 1.5, 0.5])
 CUE = torch.tensor([[1.0, 0.9, 0.0, 0.0], [0.0, 0.0, 0.9, 1.0]])

@@ -100,12 +100,25 @@ def test_compare_refuses_audits_of_different_splits_with_exit_2(checkpoint, tmp_
     (["--bias", "guess"], "'--bias': Value error, 'guess' is not one of 'auto', 'key', 'kmeans'"),
     (["--head-mode", "wide"], "'--head-mode': Value error, 'wide' is not one of 'shared_zero', 'ogm_split', 'separate'"),
     (["--scale", "abc"], "--scale 'abc' is neither 'auto' nor a number."),
+    (["--option", "scale"], "--option is 'scale'; expected NAME=VALUE"),
+    (["--option", "widht=3"], "does not take these options"),
 ])
 def test_bad_method_options_exit_2_before_any_audit_or_training(args, message, checkpoint, tmp_path):
     method = "balgrad" if "--head-mode" in args else "mmdb"
     result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", method, "--out", str(tmp_path / "z"), *args, *FAST)
     assert result.returncode == 2 and message in " ".join(result.stderr.replace("│", " ").split()), result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "z").exists()
+
+
+def test_option_sets_any_option_of_the_method_as_python_options_would(checkpoint, tmp_path):
+    """A method added to the registry has no flags of its own: --option NAME=VALUE reaches it as options={...} would
+    (numbers as numbers, words as words), and overrides the method's own flag."""
+    result = run("fix", str(checkpoint), "--adapter", ADAPTER, "--method", "ogm_ge", "--alpha", "0.3", "--option", "alpha=0.55",
+                 "--option", "ge=false", "--out", str(tmp_path / "o"), "--epochs", "1", "--conditions", "missing", "--split", "ood",
+                 "--bootstrap", "50")
+    assert result.returncode == 0, result.stderr
+    settings = json.loads((tmp_path / "o" / "train_log.json").read_text())["training"]["settings"]
+    assert settings["alpha"] == 0.55 and settings["ge"] is False
 
 
 def test_a_diverged_training_writes_no_model_and_leaves_an_earlier_run_as_it_was(checkpoint, tmp_path):

@@ -28,7 +28,9 @@ from biasaudit import Adapter, Modality
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import AdapterError
 from biasaudit.methods import OGMGE, BalGrad, GroupDRO, MMPareto, UnimodalHeads, branch_widths, group_ids
-from biasaudit.training.loop import SAMPLE_INDEX, TrainConfig, shuffled_batches, train
+from biasaudit.training.epoch_batches import SAMPLE_INDEX, shuffled_batches
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.methods import make_method
 
 N, BATCH, EPOCHS, LR, SEED = 44, 12, 2, 0.2, 3  # 4 steps per epoch, the last one of 8 rows

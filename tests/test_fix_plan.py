@@ -13,11 +13,13 @@ import torch
 import biasaudit as ba
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import BiasAuditError, InputError
-from biasaudit.training.fix import fix_model, run_fix
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.training.fix import fix_model
+from biasaudit.training.fix_outputs import run_fix
+from biasaudit.scanning.config import ScanConfig
 from biasaudit.training import rng_states
 from biasaudit.training.diagnosis import TreatmentWarning, treatment_warnings
-from biasaudit.training.loop import TrainConfig, train
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.methods import make_method
 
 ADAPTER = DigitsCaptionsAdapter()

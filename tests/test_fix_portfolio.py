@@ -21,7 +21,9 @@ from biasaudit.data.batches import labels_and_bias
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import AdapterError, BiasAuditError, InputError
 from biasaudit.methods import DFR, JTT, DandR, GroupDRO, classifier_inputs, group_ids
-from biasaudit.training.loop import SAMPLE_INDEX, TrainConfig, shuffled_batches, train, training_batches
+from biasaudit.training.epoch_batches import SAMPLE_INDEX, shuffled_batches, training_batches
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.methods import make_method
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))

@@ -20,7 +20,7 @@ from biasaudit.scanning.audit import audit_model
 from biasaudit.errors import InputError
 from biasaudit.gating import GateRules, evaluate_gate
 from biasaudit.results import write_json_atomic
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 SCRIPT = Path(sys.executable).parent / "biasaudit"
 N, C = 200, 4

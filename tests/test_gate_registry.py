@@ -49,7 +49,7 @@ def test_every_registered_rule_is_wired_to_python_the_command_line_the_config_fi
 
     rule = RULES[name]
     fields = {f.name: f for f in dataclasses.fields(GateRules)}
-    assert name in fields, f"GateRules has no field {name}: add `{name}: ... = None` to biasaudit/gating/rules.py"
+    assert name in fields, f"GateRules has no field {name}: add `{name}: ... = None` to GateRules in biasaudit/gating/registry.py"
     assert all(setting in fields for setting in rule.settings), f"{name} reads settings GateRules lacks: {rule.settings}"
     default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else fields[name].default
     assert not rule.given(default), f"GateRules.{name}'s default sets the rule, so every gate would run it"
@@ -87,7 +87,7 @@ def _full_drop_toy(current: Mapping[str, Any], comparison: Mapping[str, Any], ba
 
 TOY = Rule("max_full_drop_toy", "reliance", True, "FAIL when the Full accuracy fell by more than this many points against the "
            "baseline.", DropLimit(), _full_drop_toy)
-# From Python a rule's limit lives in a GateRules field; a built-in rule declares it in biasaudit/gating/rules.py. This
+# From Python a rule's limit lives in a GateRules field; a built-in rule declares it in biasaudit/gating/registry.py. This
 # subclass stands in for that one line, so that no file of the package changes for the toy rule.
 ToyRules = dataclasses.make_dataclass("ToyRules", [("max_full_drop_toy", float | None, None)], bases=(GateRules,), frozen=True)
 
@@ -113,6 +113,19 @@ def test_a_rule_added_as_one_registry_entry_is_checked_evaluated_and_reported(mo
     better = evaluate_gate(debiased, ToyRules(max_full_drop_toy=5, max_gap=50), baseline=biased)
     assert [(r["rule"], r["status"]) for r in better["rules"]] == [
         ("max_gap[missing]", "PASS"), ("max_gap[noisy]", "PASS"), ("max_full_drop_toy", "PASS")]
+
+
+def test_a_registered_rule_gets_its_flag_and_config_key_from_its_entry(monkeypatch):
+    """The command line's option and the config file's key are built from the registry entry, so a new rule needs no
+    edit in biasaudit/cli: its flag, its help (the entry's description) and what a [gate] table may hold for it."""
+    from biasaudit.cli.gate import rule_parameter
+
+    monkeypatch.setitem(RULES, TOY.name, TOY)
+    option = rule_parameter(TOY.name).default
+    assert option.param_decls == ("--max-full-drop-toy",) and TOY.description in option.help and "Needs --baseline" in option.help
+    keyed = rule_parameter("max_worst_group_drop").default
+    assert keyed.metavar == "[CONDITION=]POINTS" and rule_parameter("min_accuracy").default.metavar == "CONDITION=PERCENT"
+    assert TOY.config_types == (int, float)
 
 
 def test_messages_that_list_rules_name_a_registered_rule(monkeypatch):

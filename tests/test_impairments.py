@@ -227,7 +227,7 @@ def test_token_delete_and_empty_on_left_padded_ids_equal_the_right_padded_result
     from pathlib import Path
 
     from biasaudit.scanning.audit import audit_model
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.scanning.config import ScanConfig
 
     spec = importlib.util.spec_from_file_location("shortcut_adapter_fixture", Path(__file__).parent / "fixtures" / "shortcut_adapter.py")
     fx = importlib.util.module_from_spec(spec)
@@ -279,7 +279,7 @@ def test_a_ratio_mute_of_left_padded_ids_forwards_what_muting_the_whole_batch_gi
     from pathlib import Path
 
     from biasaudit.scanning.audit import audit_model
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.scanning.config import ScanConfig
 
     spec = importlib.util.spec_from_file_location("shortcut_adapter_fixture", Path(__file__).parent / "fixtures" / "shortcut_adapter.py")
     fx = importlib.util.module_from_spec(spec)

@@ -166,7 +166,7 @@ def test_the_starting_model_is_audited_once_per_seed_and_split_not_once_per_run(
 @pytest.mark.parametrize("grid, needle", [
     ("ogm_ge", "--grid 'ogm_ge' is not METHOD=V1,V2,..."),
     ("ogm_ge=0.1,x", "--grid 'ogm_ge=0.1,x' is not METHOD=V1,V2,..."),
-    ("balgrad=1", "Method 'balgrad' has no option chosen on validation data. Available: mmdb, ogm_ge, mmpareto, groupdro, jtt."),
+    ("balgrad=1", "--grid names 'balgrad', which has no option chosen on validation data. Available: mmdb, ogm_ge, mmpareto, groupdro, jtt."),
     ("groupdro=0.1,0.1", "The grid of groupdro's eta is (0.1, 0.1); expected one or more distinct positive, finite numbers."),
 ])
 def test_a_bad_grid_on_the_command_line_is_one_sentence_and_exit_2_before_anything_is_read(tmp_path, grid, needle):

@@ -15,8 +15,9 @@ import jsonschema
 import pytest
 
 from biasaudit.errors import InputError
-from biasaudit.report.leaderboard_render import (SECTION_IDS, compare_link, pareto_plot, primary_measure,
-                                                 render_leaderboard_html, write_leaderboard_html)
+from biasaudit.report.leaderboard_figures import pareto_plot
+from biasaudit.report.leaderboard_render import (SECTION_IDS, compare_link, primary_measure, render_leaderboard_html,
+                                                 write_leaderboard_html)
 
 ATTACK = "<script>alert(1)</script>"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

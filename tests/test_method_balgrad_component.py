@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import InputError
 from biasaudit.methods import BalGrad, UnimodalHeads
-from biasaudit.training.loop import TrainConfig, count_steps, shuffled_batches, train
+from biasaudit.training.epoch_batches import count_steps, shuffled_batches
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.methods import make_method
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))

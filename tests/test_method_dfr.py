@@ -13,7 +13,8 @@ from torch import nn
 
 import biasaudit.methods.dfr as dfr_module
 from biasaudit.errors import ArgumentTypeError, InputError
-from biasaudit.methods.dfr import DFR, classifier_inputs, holdout_indices
+from biasaudit.methods.dfr import DFR
+from biasaudit.methods.dfr_data import classifier_inputs, holdout_indices
 
 
 def gaussian_classes(n: int, *, classes: int = 4, dim: int = 16, seed: int = 0, bias_values: int = 2,

@@ -16,7 +16,9 @@ from torch import nn
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import ArgumentTypeError, InputError
 from biasaudit.methods import MMDB, margin_table
-from biasaudit.training.loop import TrainConfig, shuffled_batches, train
+from biasaudit.training.epoch_batches import shuffled_batches
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.methods import make_method
 
 # Bias value 0: labels 0, 0, 0, 1 -> counts [3, 1, 0]; bias value 1: labels 2, 2 -> [0, 0, 2].

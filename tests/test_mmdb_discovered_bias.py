@@ -17,7 +17,8 @@ from biasaudit import Adapter, Modality
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.training import mmdb
 from biasaudit.data.batches import take_rows
-from biasaudit.training.loop import TrainConfig, train
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.methods import make_method
 
 CPU = torch.device("cpu")
@@ -215,8 +216,8 @@ def test_resume_with_discovered_bias_gives_the_uninterrupted_weights_and_refuses
 
 
 def test_fix_without_a_bias_key_clusters_the_audits_dominant_modality_and_records_it(tmp_path):
-    from biasaudit.training.fix import run_fix
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.training.fix_outputs import run_fix
+    from biasaudit.scanning.config import ScanConfig
 
     checkpoint = tmp_path / "start.pt"
     torch.save(LeansOnB().state_dict(), checkpoint)
@@ -232,8 +233,8 @@ def test_fix_without_a_bias_key_clusters_the_audits_dominant_modality_and_record
 
 
 def test_fix_refuses_an_adapter_without_bias_key_or_branches_before_auditing(tmp_path):
-    from biasaudit.training.fix import run_fix
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.training.fix_outputs import run_fix
+    from biasaudit.scanning.config import ScanConfig
 
     checkpoint = tmp_path / "start.pt"
     torch.save(LeansOnB().state_dict(), checkpoint)

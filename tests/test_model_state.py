@@ -14,8 +14,9 @@ from torch import nn
 from biasaudit import Adapter, Modality
 from biasaudit.scanning.audit import audit_model
 from biasaudit.cli import summary_table
-from biasaudit.scanning.engine import ScanConfig
-from biasaudit.training.loop import TrainConfig, train
+from biasaudit.scanning.config import ScanConfig
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.method_balgrad import BalGrad
 from biasaudit.training.methods import make_method
 

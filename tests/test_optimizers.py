@@ -15,7 +15,10 @@ from typer.testing import CliRunner
 
 from biasaudit.cli import app
 from biasaudit.errors import CheckpointError, InputError
-from biasaudit.training.loop import TrainConfig, check_same_run, run_identity, shuffled_batches, train
+from biasaudit.training.epoch_batches import shuffled_batches
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
+from biasaudit.training.training_state import check_same_run, run_identity
 from biasaudit.training.methods import make_method
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -92,7 +95,7 @@ def test_the_command_line_refuses_momentum_for_adam_before_any_work(shortcut_che
 
 @pytest.mark.parametrize("flags, message", [
     (["--method", "ogm_ge", "--alpha", "0"], "--alpha is 0.0; expected a positive, finite number"),
-    (["--method", "jtt", "--jtt-upweight", "0"], "--jtt-upweight is float 0.0; expected a positive, finite number"),
+    (["--method", "jtt", "--jtt-upweight", "0"], "--jtt-upweight is 0.0; expected a positive, finite number"),
     (["--method", "dandr", "--dandr-every", "0"], "--dandr-every is 0; expected an integer of at least 1"),
     (["--method", "balgrad", "--beta", "-1"], "--beta is -1.0; expected a finite number >= 0"),
     (["--method", "ce", "--weight-decay", "-1"], "--weight-decay is -1.0; expected a finite number >= 0"),

@@ -107,7 +107,7 @@ def test_a_real_scan_with_every_diagnostic_renders_every_section(browser, tmp_pa
     from selenium.webdriver.common.by import By
 
     from biasaudit.scanning.audit import audit_model
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.scanning.config import ScanConfig
 
     spec = importlib.util.spec_from_file_location("shortcut_adapter_fixture", FIXTURE.parent / "shortcut_adapter.py")
     module = importlib.util.module_from_spec(spec)

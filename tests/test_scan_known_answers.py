@@ -12,7 +12,7 @@ import pytest
 
 from biasaudit.scanning.audit import audit_model
 from biasaudit.results import public
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny_adapter.py"
 
@@ -93,7 +93,7 @@ def test_audit_is_strict_json_with_schema_and_manifest(audit, tmp_path):
     path = tmp_path / "audit.json"
     write_json_atomic(audit, path)
     data = json.loads(path.read_text())
-    assert data["schema"] == "biasaudit.scanning.audit" and data["schema_version"] == 1
+    assert data["schema"] == "biasaudit.audit" and data["schema_version"] == 1
     assert data["manifest"]["seed"] == 0 and data["manifest"]["config"]["split"] == "test"
     assert data["embeddings"]["available"] is True
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from biasaudit.scanning.audit import audit_model
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
 import broken_adapters  # noqa: E402

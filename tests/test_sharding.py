@@ -25,7 +25,8 @@ from biasaudit.scanning.audit import audit_model
 from biasaudit.cli import app
 from biasaudit.errors import InputError
 from biasaudit.results import to_jsonable
-from biasaudit.scanning.engine import ScanConfig, scan_shard
+from biasaudit.scanning.config import ScanConfig
+from biasaudit.scanning.engine import scan_shard
 from biasaudit.scanning.parts import _decode, _encode, merge_parts, part_name, seal, write_part
 from biasaudit._core.sharding import Shard, parse_shard
 

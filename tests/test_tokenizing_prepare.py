@@ -22,7 +22,7 @@ from biasaudit import Modality
 from biasaudit.adapters import tokenizing_prepare
 from biasaudit.scanning.audit import audit_model
 from biasaudit.errors import AdapterError
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 FIXTURE = Path(__file__).parent / "fixtures" / "hf_adapters.py"
 SCRIPT = Path(sys.executable).parent / "biasaudit"

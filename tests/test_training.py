@@ -16,7 +16,8 @@ import torch
 
 from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
 from biasaudit.errors import AdapterError
-from biasaudit.training.loop import TrainConfig, train
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.methods import make_method
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
@@ -121,7 +122,7 @@ def test_scale_auto_trains_every_candidate_and_keeps_the_best_by_bias_balanced_a
 
 
 def test_without_a_val_split_candidates_are_validated_on_held_out_train_samples_they_never_saw(baseline):
-    from biasaudit.training.loop import shuffled_batches
+    from biasaudit.training.epoch_batches import shuffled_batches
     from biasaudit.training.selection import selection_plan, validation_batches
 
     class NoVal(DigitsCaptionsAdapter):
@@ -142,7 +143,7 @@ def test_before_after_deltas_get_paired_intervals_that_are_zero_for_an_unchanged
     comparison (two independent intervals) could never show that."""
     from biasaudit.scanning.audit import audit_model
     from biasaudit.comparing import compare_audits
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.scanning.config import ScanConfig
 
     config = ScanConfig(split="ood", conditions="missing", projection="pca", bootstrap_replicates=100, gradient_batches=1)
     first = audit_model(copy.deepcopy(baseline), ADAPTER, config=config, checkpoint=None)
@@ -212,7 +213,7 @@ def test_resume_with_other_options_is_refused_naming_what_changed(change, needle
 def test_count_steps_agrees_with_the_loop_when_train_exceeds_the_shuffle_buffer(shuffle_buffer, batch_size):
     """The buffer flushes once it holds at least shuffle_buffer samples, so it can hold more: a count that assumed
     exact buffers counted more steps than the loop makes, and BalGrad's lambda never reached 1."""
-    from biasaudit.training.loop import count_steps, shuffled_batches
+    from biasaudit.training.epoch_batches import count_steps, shuffled_batches
 
     config = TrainConfig(epochs=1, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
     assert count_steps(ADAPTER, config=config) == sum(1 for _ in shuffled_batches(ADAPTER, config=config, epoch=0))
@@ -222,7 +223,7 @@ def test_count_steps_agrees_with_the_loop_when_train_exceeds_the_shuffle_buffer(
 def test_without_a_val_split_mmdb_margins_and_clusters_never_see_the_held_out_samples(bias, baseline):
     """`--scale auto` validates on held-out train samples; margins or k-means clusters fitted on them would leak the
     validation set into training (the scale would be chosen on samples whose bias statistics shaped the loss)."""
-    from biasaudit.training.loop import holdout_rows
+    from biasaudit.training.epoch_batches import holdout_rows
     from biasaudit.training.selection import selection_plan
 
     class NoVal(DigitsCaptionsAdapter):
@@ -271,7 +272,7 @@ def test_resume_restores_numpy_and_python_generators_and_the_callers_generators_
     with pytest.raises(interrupter.Interrupt):
         train(copy.deepcopy(baseline), adapter, make_method("ce"), config=config, state_dir=tmp_path / "b",
               progress=interrupter.at(steps_per_epoch + 2))
-    from biasaudit.training.loop import load_training_state
+    from biasaudit.training.training_state import load_training_state
 
     state = load_training_state(tmp_path / "b")
     assert {"torch", "cuda", "numpy", "python"} <= set(state["rng"])
@@ -289,8 +290,8 @@ def test_an_mmdb_after_audit_scores_the_cosine_model_it_trained_and_says_so(base
     import json
 
     from biasaudit.scanning.audit import audit_model
-    from biasaudit.training.fix import run_fix
-    from biasaudit.scanning.engine import ScanConfig
+    from biasaudit.training.fix_outputs import run_fix
+    from biasaudit.scanning.config import ScanConfig
 
     checkpoint = tmp_path / "base.pt"
     torch.save(baseline.state_dict(), checkpoint)
@@ -320,7 +321,7 @@ def test_training_batches_padded_to_different_widths_merge_on_each_tokenizers_si
     Each token modality is widened with its own pad id on its own side; the other's ids and float features of a
     width that happens to equal L are left alone."""
     from biasaudit import Modality
-    from biasaudit.training.loop import concat
+    from biasaudit.training.epoch_batches import concat
 
     question = Modality("question", "tokens", key="q", mask_key="q_mask", pad_id=1, special_ids=(0, 2), padding_side="left")
     answer = Modality("answer", "tokens", key="a", mask_key="a_mask", pad_id=0, special_ids=(101, 102), padding_side="right")

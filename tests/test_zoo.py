@@ -36,7 +36,7 @@ from typer.testing import CliRunner
 from biasaudit.data.adapter import load_adapter
 from biasaudit.scanning.audit import audit_checkpoint, audit_model
 from biasaudit.cli import app
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 ZOO = Path(__file__).parent / "zoo"
 sys.path.insert(0, str(ZOO))

@@ -175,7 +175,7 @@ def check_primary(settings: LeaderboardSettings, start: Mapping[str, Any]) -> No
 
 def _check_method(method: str, model: nn.Module, adapter: Adapter, settings: LeaderboardSettings) -> None:
     from biasaudit.choosing.runs import run_options
-    from biasaudit.training.fix import check_method
+    from biasaudit.training.fix_checks import check_method
     from biasaudit.training.methods import make_method
     from biasaudit.training.selection import placeholder_options
 

@@ -34,8 +34,8 @@ from biasaudit.errors import InputError
 from biasaudit._core.output_set import OutputSet
 from biasaudit._core.progress import Progress
 from biasaudit.results import write_json_atomic
-from biasaudit.scanning.engine import ScanConfig
-from biasaudit.training.loop import TrainConfig
+from biasaudit.scanning.config import ScanConfig
+from biasaudit.training.train_config import TrainConfig
 
 CONTROL = "ce"
 PRIMARY = ("worst-group", "bias-balanced", "ood", "follow-rate")

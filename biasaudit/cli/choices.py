@@ -3,22 +3,24 @@ usage sentence). A settings file's values are strings checked by the library its
 "Available: ..." in its error. (`gate` keeps every usage error on one line, which CI logs show whole, so its --jsd stays
 a string checked by the gate's own rules.)
 
-The names are written out here rather than read from the registries they mirror (biasaudit.scanning.engine, the training
-methods, the optimizers, ...): those modules import torch and scikit-learn, and every command's options are built
-before any command runs, so reading them would make `biasaudit --help` take seconds. tests/test_cli_startup.py checks
-that each tuple below equals its registry, in order, so a method or mode added there fails the tests until it is
-added here."""
+The fix methods are read from their registry (through biasaudit.api._names), which imports nothing heavy. The other names
+are written out here rather than read from the registries they mirror (biasaudit.scanning.config, the optimizers, the
+methods' modes, ...): those modules import torch and scikit-learn, and every command's options are built before any
+command runs, so reading them would make `biasaudit --help` take seconds. tests/test_cli_startup.py checks that each
+tuple below equals its registry, in order, so a mode added there fails the tests until it is added here."""
 
 from __future__ import annotations
 
 from enum import Enum, StrEnum
 from typing import Any, Iterable
 
+from biasaudit.api._names import FIX_METHODS
+
 # Each tuple mirrors the registry named in its comment.
-PROJECTIONS = ("umap", "pca")  # biasaudit.scanning.engine.PROJECTIONS
-PRECISIONS = ("fp32", "bf16", "fp16")  # biasaudit.scanning.engine.PRECISIONS
+PROJECTIONS = ("umap", "pca")  # biasaudit.scanning.config.PROJECTIONS
+PRECISIONS = ("fp32", "bf16", "fp16")  # biasaudit.scanning.config.PRECISIONS
 GROUPINGS = ("auto", "bias", "alignment")  # biasaudit.diagnostics.groups.GROUPINGS
-METHODS = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr")  # biasaudit.training.methods.METHODS
+METHODS = FIX_METHODS  # the registry's (biasaudit.training.methods), not mirrored: reading it imports no torch
 OPTIMIZERS = ("adam", "adamw", "sgd")  # biasaudit.training.optimizers.OPTIMIZERS
 BIAS_SOURCES = ("auto", "key", "kmeans")  # biasaudit.training.method_mmdb.BIAS_SOURCES
 SCHEDULES = ("linear", "constant")  # biasaudit.methods.balgrad.SCHEDULES

@@ -1,4 +1,4 @@
-"""`biasaudit compare`: two audits, before and after."""
+"""`biasaudit compare`: two audits, before and after (ba.compare)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from biasaudit.errors import BiasAuditError
-
 from biasaudit.cli.app import app
 from biasaudit.cli.console import err, handled, out
+from biasaudit.cli.naming import named_as
+from biasaudit.errors import BiasAuditError
+
+FLAGS = {"out": "--out", "train_log": "--train-log"}
 
 
 @app.command()
@@ -22,26 +24,18 @@ def compare(
     train_log: Optional[Path] = typer.Option(None, "--train-log", help="train_log.json of a fix run, for the training section."),
 ) -> None:
     """Re-render the before/after comparison from two audit files, without the model."""
-    from biasaudit._core.output_paths import check_output_dir
-    from biasaudit.comparing import compare_audits
-    from biasaudit._core.output_set import OutputSet
-    from biasaudit.report.compare_render import write_compare_html
-    from biasaudit.results import read_audit, read_train_log, write_json_atomic
+    import biasaudit as ba
 
     with handled():
-        out_path = check_output_dir(out_dir)
-        first, second = read_audit(before), read_audit(after)
-        log = read_train_log(train_log) if train_log is not None else None
+        first, second = ba.Audit.read(before), ba.Audit.read(after)
         try:
-            comparison = compare_audits(first, second)
+            with named_as(FLAGS):
+                comparison = ba.compare(first, second, out=out_dir, train_log=train_log)
         except BiasAuditError as exc:  # which two files, as the gate says for its baseline
+            if str(exc).startswith(tuple(FLAGS.values())):
+                raise
             raise type(exc)(f"{before} vs {after}: {exc}") from exc
-        with OutputSet(out_path, files=("compare.json", "compare.html")) as outputs:
-            comparison = {"run": outputs.stamp(), **comparison}
-            write_json_atomic(comparison, outputs.staged("compare.json"))
-            write_compare_html(comparison, first, second, outputs.staged("compare.html"), train_log=log)
-            outputs.commit(("compare.html", "compare.json"))
-        err.print(escape(comparison["verdict"]))  # one line each, for grep and CI logs
-        for sentence in comparison["verdict_sentences"]:
+        err.print(escape(comparison.verdict))  # one line each, for grep and CI logs
+        for sentence in comparison.sentences:
             err.print(f"  {escape(sentence)}")
-        out.print(f"{out_path / 'compare.json'}\n{out_path / 'compare.html'}")
+        out.print(f"{out_dir / 'compare.json'}\n{out_dir / 'compare.html'}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from biasaudit._core.input_paths import check_input_file
+from biasaudit.api._names import GATE_RULES
 from biasaudit.errors import InputError
 
 SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -28,10 +28,8 @@ SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
 # A number applies to the option's default target; a table gives one limit per group, condition or
 # modality. The values inside are checked by biasaudit.gating.registry, the same path as the command line's.
 GATE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "baseline": str, "min_worst_group": dict, "max_worst_group_drop": (int, float, dict),
-    "max_bias_follow_increase": (int, float, dict), "max_jsd_drop": (int, float), "jsd": str,
-    "max_gap": (int, float, dict), "max_gap_increase": (int, float, dict), "min_accuracy": dict, "significant": bool,
-}
+    "baseline": str, **{name: rule.config_types for name, rule in GATE_RULES.items()}, "jsd": str, "significant": bool,
+}  # a rule's key and what it may hold come from its registry entry (biasaudit.gating.registry)
 SECTIONS = {"scan": SCAN_KEYS, "gate": GATE_KEYS}
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
 COMMAND_LINE, DEFAULT = "command line", "default"
@@ -81,11 +79,21 @@ def _checked(tables: Mapping[str, Any], path: Path, prefix: str) -> dict[str, di
     return out
 
 
+def _check_file(path: Path) -> None:
+    expected = "a biasaudit.toml or pyproject.toml file"
+    if path.is_dir():
+        raise InputError(f"Config file {path} is a directory; expected {expected}.")
+    if not path.exists():
+        raise InputError(f"Config file {path} does not exist.")
+    if not path.is_file():
+        raise InputError(f"Config file {path} is not a regular file; expected {expected}.")
+
+
 def load_settings(explicit: Path | None = None, *, directory: Path | None = None) -> Settings:
     """The settings file in force (none: empty Settings)."""
     directory = directory or Path.cwd()
     if explicit is not None:
-        check_input_file(explicit, named=f"Config file {explicit}", expected="a biasaudit.toml or pyproject.toml file")
+        _check_file(explicit)
         candidates = [explicit]
     else:
         candidates = [p for p in (directory / "biasaudit.toml", directory / "pyproject.toml") if p.is_file()]
@@ -105,7 +113,8 @@ def load_settings(explicit: Path | None = None, *, directory: Path | None = None
 def resolve(given: Mapping[str, Any], explicit: set[str], settings: Settings, section: str) -> tuple[dict[str, Any], dict[str, str]]:
     """Each setting's value and where it came from: the command line (names in `explicit`), the file, or
     the option's default (`given` holds the parsed options, defaults included)."""
-    from biasaudit.gating.registry import OPTIONS, parse_limits
+    from biasaudit.api._names import GATE_OPTIONS as OPTIONS
+    from biasaudit.api._names import gate_limits as parse_limits
 
     from_file = settings.section(section)
     values, sources = {}, {}

@@ -153,27 +153,6 @@ def summary_table(audit: dict) -> Table:
     return table
 
 
-@contextmanager
-def naming_source(sources: dict, *keys: str, flags: Optional[dict] = None) -> Iterator[None]:
-    """A setting that came from a config file and fails its check names the file, table and key: the same check as
-    the command line's, and the user learns where to look. With several keys, the one the message starts with. One
-    from the command line is named by its flag (`flags` maps keys whose flag is not --KEY-WITH-DASHES)."""
-    from biasaudit.errors import InputError
-
-    try:
-        yield
-    except InputError as exc:
-        text = str(exc)
-        key = keys[0] if len(keys) == 1 else next((k for k in keys if text.lower().startswith((k + " ", k.replace("_", " ") + " "))), None)
-        source = sources.get(key) if key else None
-        if source and not source.startswith(("command line", "default")):
-            raise InputError(f"{source} {key}: {text}") from exc
-        if source == "command line" and text.startswith(key + " "):  # named as the user typed it
-            flag = (flags or {}).get(key, f"--{key.replace('_', '-')}")
-            raise InputError(f"{flag}{text[len(key):]}") from exc
-        raise
-
-
 def print_verdict(audit: dict) -> None:
     """The scan's verdict in words under the table: bias measures first, then reliance, then caveats."""
     verdict = audit.get("verdict") or {}

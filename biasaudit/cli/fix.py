@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
@@ -11,7 +11,8 @@ from rich.markup import escape
 from biasaudit.cli.app import app
 from biasaudit.cli.choices import (BalGradProjection, BiasSource, GroupBy, HeadMode, KLMode, Method, Optimizer, Projection, Schedule,
                                   WeightMode, plain)
-from biasaudit.cli.console import ADAPTER_HELP, err, handled, naming_source, out, progress_bars
+from biasaudit.cli.console import ADAPTER_HELP, err, handled, out, progress_bars
+from biasaudit.cli.naming import named_as
 from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, number_or_auto, parse_mute
 
 
@@ -29,6 +30,12 @@ def _c_grid(text: str) -> tuple[float, ...]:
 FIX_OPTION_FLAGS = {"upweight": "--jtt-upweight", "fraction": "--jtt-fraction", "every": "--dandr-every", "max_times": "--dandr-max-times",
                     "c_grid": "--dfr-c-grid", "dominant": "--bias-modality", "schedule": "--lambda-schedule", "weights": "--balgrad-weights",
                     "kl_mode": "--kl-mode", "head_mode": "--head-mode", "lambda_initial": "--lambda-initial"}
+# ba.fix's keywords by fix's flags: the audits' settings, the method's options and training's (the library's sentences name
+# the keyword; cli/naming.py names the flag). Where a name is both, the method's option and training's win.
+FIX_FLAGS = {**FIX_SCAN_FLAGS, **FIX_OPTION_FLAGS, "model": "CHECKPOINT", "out": "--out", "before": "--before",
+             "batch_size": "--batch-size", "scan_batch_size": "--scan-batch-size", "selection_min_group": "--min-group",
+             "projection": "--projection", "also_split": "--also-split", "resume": "--resume", "bias": "--bias",
+             "trust_checkpoint": "--trust-checkpoint", "state_dir": "--out", "options": "--method"}
 
 
 @app.command()
@@ -112,14 +119,15 @@ def fix(
     dandr_max_times: int = typer.Option(3, "--dandr-max-times", help="D&R: at most this many re-initialisations.", rich_help_panel="D&R"),
     dfr_c_grid: str = typer.Option("0.1,0.3,1,3,10", "--dfr-c-grid", help="DFR: candidate inverse L2 strengths C, comma-separated, chosen "
                                    "by worst-group accuracy on half of val (else a seeded 20% of train).", rich_help_panel="DFR"),
+    option: list[str] = typer.Option([], "--option", metavar="NAME=VALUE", help="Any option of the method, as ba.fix's options= "
+                                     "takes it (a number, true/false, none, auto or a word); repeatable; overrides the method's "
+                                     "own flags. The route for a method added to the registry without flags of its own.",
+                                     rich_help_panel="Training"),
     balgrad_weights: WeightMode = typer.Option("batch", "--balgrad-weights", help="BalGrad KL weights: batch (this batch's unimodal losses) or "
                                         "running (their moving averages, momentum 0.9).", rich_help_panel="BalGrad"),
 ) -> None:
     """Retrain to reduce modality bias; write a drop-in state dict and before/after audits."""
-    from biasaudit.data.adapter import load_adapter
-    from biasaudit.training.fix import run_fix
-    from biasaudit.scanning.engine import ScanConfig, with_mute_overrides
-    from biasaudit.training.loop import TrainConfig
+    import biasaudit as ba
 
     def interrupted() -> str:
         states = sorted((out_dir / "state").glob("**/last.pt"))  # an auto option: one per candidate
@@ -144,30 +152,21 @@ def fix(
                    "dfr": {"c_grid": _c_grid(dfr_c_grid), "bias": bias_source, "dominant": bias_modality}}
         options = {name: {k: v for k, v in given.items() if not (k == "head_mode" and v is None)}  # None: the method's default
                    for name, given in options.items()}
+        options[method] = {**options.get(method, {}), **_method_options(option)}
         # A method or training option the library refuses is named as the user typed it (the library names the option).
-        option_keys = [*options.get(method, {}), "epochs", "lr", "batch_size", "optimizer", "weight_decay", "momentum", "kmeans_k"]
-        def naming_options():
-            return naming_source({key: "command line" for key in option_keys}, *option_keys, flags=FIX_OPTION_FLAGS)
-
-        loaded = load_adapter(adapter)
-        with naming_options():
-            train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, optimizer=optimizer,
-                                       weight_decay=weight_decay, momentum=momentum)
-        # Every scan setting that shapes the audits' numbers, so that --before can reuse any scan taken the same way.
-        # A bad one is named by fix's own flag.
-        with naming_source({key: "command line" for key in FIX_SCAN_FLAGS}, *FIX_SCAN_FLAGS, flags=FIX_SCAN_FLAGS):
-            scan_config = ScanConfig(split=split, conditions=conditions, seed=seed, device=device, kmeans_k=kmeans_k, mute=parse_mute(mute),
-                                     mute_compare=mute_compare, bootstrap_replicates=bootstrap, min_wrong=min_wrong,
-                                     embedding_points=embedding_points, gradient_batches=gradient_batches, batch_size=scan_batch_size,
-                                     projection=scan_projection, min_group=audit_min_group, group_by=group_by,
-                                     ceiling_per_class=ceiling_per_class, favoured_fraction=favoured_fraction, draws=draws)
-        with_mute_overrides(loaded, scan_config.mute)  # a bad --mute is named before the method's own checks, as in scan
-        with progress_bars() as progress, naming_options():
-            written = run_fix(checkpoint, loaded, method=method, method_options=options.get(method, {}), train_config=train_config,
-                              scan_config=scan_config, out_dir=out_dir, adapter_spec=adapter, trust=trust_checkpoint,
-                              before_path=before, resume=resume, min_group=min_group, progress=progress,
-                              also_split=None if also_split == "none" else also_split, from_scratch=from_scratch)
-        paths, compare, training = written.paths, written.outcome.comparison, written.outcome.training
+        named = [*options[method], "epochs", "lr", "batch_size", "optimizer", "weight_decay", "momentum", "kmeans_k"]
+        with named_as({**{key: f"--{key.replace('_', '-')}" for key in named}, **FIX_FLAGS}):
+            with progress_bars() as progress:
+                result = ba.fix(checkpoint, adapter, out=out_dir, method=method, options=options.get(method, {}), epochs=epochs, lr=lr,
+                                batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay, momentum=momentum, seed=seed,
+                                device=device, resume=resume, split=split, conditions=conditions,
+                                also_split=None if also_split == "none" else also_split, from_scratch=from_scratch, before=before,
+                                mute=parse_mute(mute), mute_compare=mute_compare, bootstrap=bootstrap, min_wrong=min_wrong,
+                                embedding_points=embedding_points, gradient_batches=gradient_batches, scan_batch_size=scan_batch_size,
+                                projection=scan_projection, min_group=audit_min_group, group_by=group_by,
+                                ceiling_per_class=ceiling_per_class, draws=draws, favoured_fraction=favoured_fraction,
+                                trust_checkpoint=trust_checkpoint, kmeans_k=kmeans_k, selection_min_group=min_group, progress=progress)
+        compare, training = result.comparison.to_dict(), result.train_log["training"]
         selection = training.get("option_selection")
         if selection:
             name = selection["option"]
@@ -182,4 +181,29 @@ def fix(
         err.print(f"[bold]{method}[/]: {escape(compare['verdict'])}")  # one line each, for grep and CI logs
         for sentence in compare.get("verdict_sentences") or []:
             err.print(f"  {escape(sentence)}")
-        out.print("\n".join(str(p) for p in paths.values()))
+        names = ["model.pt", "before.json", "after.json", "compare.json", "train_log.json", "after.html", "compare.html"]
+        if result.also is not None:
+            names += ["also_before.json", "also_after.json", "also_compare.json"]
+        out.print("\n".join(str(out_dir / name) for name in names))
+
+
+def _method_options(given: list[str]) -> dict[str, Any]:
+    """--option NAME=VALUE pairs as ba.fix's options: numbers, true/false and none as Python values, words as str."""
+    from biasaudit.errors import InputError
+
+    words = {"true": True, "false": False, "none": None}
+    options: dict[str, Any] = {}
+    for pair in given:
+        name, sign, text = pair.partition("=")
+        if not sign or not name.strip().isidentifier():
+            raise InputError(f"--option is {pair!r}; expected NAME=VALUE, e.g. --option alpha=0.5.")
+        value: Any = words.get(text.strip().lower(), text.strip())
+        if isinstance(value, str):
+            for number in (int, float):
+                try:
+                    value = number(value)
+                    break
+                except ValueError:
+                    pass
+        options[name.strip()] = value
+    return options

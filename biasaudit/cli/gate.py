@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,9 +11,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from biasaudit.api._names import GATE_RULES as RULES
 from biasaudit.cli.app import app
 from biasaudit.cli.console import err, explicit_options, handled
-from biasaudit.gating.registry import RULES
+from biasaudit.cli.naming import COMMAND_LINE, DEFAULT, flag_of, named_as
+
+SETTINGS = ("jsd", "significant")  # GateRules fields that are no rule
 
 
 def rule_help(name: str) -> str:
@@ -27,65 +31,74 @@ def rule_help(name: str) -> str:
 RULE_HELP = {name: rule_help(name) for name in RULES}
 
 
-@app.command()
+PANELS = {"bias": "Bias rules", "reliance": "Reliance rules"}
+
+
+def rule_parameter(name: str) -> inspect.Parameter:
+    """A rule's command-line option, built from its registry entry: a new rule gets its flag without an edit here."""
+    rule = RULES[name]
+    if rule.key is None:  # one number
+        option = typer.Option(None, rule.flag, help=rule_help(name), rich_help_panel=PANELS[rule.kind])
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[float])
+    unit = rule.limits.form.rsplit("=", 1)[-1]
+    metavar = f"{rule.key.upper()}={unit}" if rule.target is None else f"[{rule.key.upper()}=]{unit}"
+    option = typer.Option([], rule.flag, metavar=metavar, help=rule_help(name), rich_help_panel=PANELS[rule.kind])
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=list[str])
+
+
 def gate(
     ctx: typer.Context,
     current: Path = typer.Argument(..., help="audit.json of the candidate model."),
     baseline: Optional[Path] = typer.Option(None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed).", rich_help_panel="Inputs"),
-    min_worst_group: list[str] = typer.Option([], "--min-worst-group", metavar="CONDITION=PERCENT", help=RULE_HELP["min_worst_group"], rich_help_panel="Bias rules"),
-    max_worst_group_drop: list[str] = typer.Option([], "--max-worst-group-drop", metavar="[CONDITION=]POINTS", help=RULE_HELP["max_worst_group_drop"], rich_help_panel="Bias rules"),
-    max_bias_follow_increase: list[str] = typer.Option([], "--max-bias-follow-increase", metavar="[MODALITY=]POINTS", help=RULE_HELP["max_bias_follow_increase"], rich_help_panel="Bias rules"),
-    max_jsd_drop: Optional[float] = typer.Option(None, "--max-jsd-drop", help=RULE_HELP["max_jsd_drop"], rich_help_panel="Bias rules"),
     jsd: str = typer.Option("weighted", "--jsd", metavar="weighted|mean", help="Which JSD --max-jsd-drop reads: weighted (every bias value with a "
                             "mistake, by its mistakes) or mean (only bias values with --min-wrong mistakes).", rich_help_panel="Bias rules"),
-    max_gap: list[str] = typer.Option([], "--max-gap", metavar="[GROUP=]POINTS", help=RULE_HELP["max_gap"], rich_help_panel="Reliance rules"),
-    max_gap_increase: list[str] = typer.Option([], "--max-gap-increase", metavar="[GROUP=]POINTS", help=RULE_HELP["max_gap_increase"], rich_help_panel="Reliance rules"),
-    min_accuracy: list[str] = typer.Option([], "--min-accuracy", metavar="CONDITION=PERCENT", help=RULE_HELP["min_accuracy"], rich_help_panel="Accuracy and significance"),
     significant: bool = typer.Option(False, "--significant/--no-significant", help="A baseline rule's change past its limit fails "
-                                     "only when its whole paired 95% interval lies beyond the limit (else WARN).", rich_help_panel="Accuracy and significance"),
+                                     "only when its whole paired 95% interval lies beyond the limit (else WARN).", rich_help_panel="Significance"),
     json_output: bool = typer.Option(False, "--json", help="Print the machine verdict as JSON on stdout.", rich_help_panel="Output"),
     junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report, one test case per rule.", rich_help_panel="Output"),
     config_file: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml).", rich_help_panel="Inputs"),
+    **limits: object,  # one option per rule of the registry (rule_parameter), read through ctx.params
 ) -> None:
     """Turn audits into a CI verdict: exit 0 when no rule fails, 1 when one fails, 2 on a usage or input error."""
     import json
 
+    import biasaudit as ba
     from biasaudit.errors import InputError
     from biasaudit.cli.config_file import GATE_KEYS, load_settings, resolve
-    from biasaudit.gating import check_audit_shape, evaluate_gate, gate_rules
-    from biasaudit._core.output_paths import check_output_file
-    from biasaudit.report.junit import write_gate_junit
-    from biasaudit.results import read_audit
 
     with handled():
         settings = load_settings(config_file)
         v, sources = resolve({k: val for k, val in ctx.params.items() if k in GATE_KEYS}, explicit_options(ctx), settings, "gate")
-        # Every rule is checked here, before any audit is read: a typo exits 2 without waiting on files.
-        rules = gate_rules(v, sources=sources)
+        # Every rule is checked here, before any audit is read: a typo exits 2 without waiting on files. Each rule is
+        # labelled as the user spelled it (its flag, or the settings file's key), which every sentence about it names.
+        labels = {name: flag_of(name, {}) if sources.get(name, DEFAULT).startswith((COMMAND_LINE, DEFAULT))
+                  else f"{sources[name]} {name}" for name in v}
+        rules = ba.GateRules(**{name: v[name] for name in (*RULES, *SETTINGS) if v.get(name) is not None}, labels=labels)
         baseline = Path(v["baseline"]) if v["baseline"] is not None else None
-        if junit is not None:
-            check_output_file(junit, option="--junit")
         audits = {}
         for name, path in (("current", current), ("baseline", baseline)):
             if path is not None:
                 try:
-                    audits[name] = read_audit(path)
+                    audits[name] = ba.Audit.read(path)
                 except InputError as exc:
-                    if name == "baseline" and sources["baseline"] != "command line":
+                    if name == "baseline" and sources["baseline"] != COMMAND_LINE:
                         raise InputError(f"The baseline set in {sources['baseline']}: {exc}") from exc
                     raise
-                check_audit_shape(audits[name], source=str(path))
-        result = evaluate_gate(audits["current"], rules, baseline=audits.get("baseline"), current_name=str(current),
-                               baseline_name=str(baseline) if baseline is not None else "baseline")
-        result["settings"] = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
+        with named_as({"junit": "--junit"}):
+            verdict = ba.gate(audits["current"], rules=rules, baseline=audits.get("baseline"), junit=junit,
+                              current_name=str(current), baseline_name=str(baseline) if baseline is not None else "baseline")
+        result = {**verdict.to_dict(), "settings": {"config_file": str(settings.path) if settings.path else None, "sources": sources}}
         err.print(gate_table(result))
-        if junit is not None:
-            write_gate_junit(result, junit)
         if json_output:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")  # the verdict as json wrote it, never through the console
         if result["exit_code"]:
             raise typer.Exit(result["exit_code"])
 
+
+# typer reads the command's options from its signature and passes them all by keyword: the rules' go into **limits.
+_fixed = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(inspect.signature(gate).parameters.values())[:-1]]
+gate.__signature__ = inspect.Signature([*_fixed[:3], *(rule_parameter(name) for name in RULES), *_fixed[3:]])  # type: ignore[attr-defined]
+app.command()(gate)
 
 STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "ERROR": "bold magenta"}
 

@@ -10,14 +10,15 @@ from rich.markup import escape
 
 from biasaudit.cli.app import app
 from biasaudit.cli.console import ADAPTER_HELP, err, handled, out, progress_bars
+from biasaudit.cli.naming import named_as
 
 DEFAULT_METHODS = "ce,mmdb,balgrad,ogm_ge,mmpareto,groupdro,jtt,dandr,dfr"
 
 
 def parse_grids(given: list[str]) -> dict[str, tuple[float, ...]]:
-    """--grid METHOD=V1,V2 (repeated) -> {method: values}; a malformed one is named in one sentence."""
+    """--grid METHOD=V1,V2 (repeated) -> {method: values}; a malformed one is named in one sentence (ba.leaderboard
+    checks the methods and values)."""
     from biasaudit.errors import InputError
-    from biasaudit.training.selection import check_grid
 
     grids: dict[str, tuple[float, ...]] = {}
     for text in given:
@@ -31,8 +32,11 @@ def parse_grids(given: list[str]) -> dict[str, tuple[float, ...]]:
             raise InputError(f"--grid {text!r} is not METHOD=V1,V2,... (e.g. --grid ogm_ge=0.1,0.3,0.8).")
         if method in grids:
             raise InputError(f"--grid names {method} twice; give each method's grid once.")
-        grids[method] = check_grid(method, numbers)
+        grids[method] = numbers
     return grids
+
+
+FLAGS = {"model": "CHECKPOINT", "out": "--out", "grids": "--grid", "shard": "--shard", "trust_checkpoint": "--trust-checkpoint"}
 
 
 @app.command()
@@ -71,35 +75,23 @@ def leaderboard(
 ) -> None:
     """Fix the model with every method over several seeds, compare each with the ce control, and recommend one only when it
     helps beyond training noise without costing Full accuracy."""
-    from biasaudit.data.adapter import load_adapter
-    from biasaudit.scanning.audit import load_model_noting_prefix
-    from biasaudit.choosing.board import run_leaderboard
-    from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, check_settings, default_grids
-    from biasaudit._core.sharding import parse_shard
+    import biasaudit as ba
 
     def told(method: str, seed: int, reused: bool) -> None:
         err.print(f"{escape(method)} seed {seed}: {'finished earlier, reused' if reused else 'done'}", markup=False)
 
     with handled(lambda: f"finished runs in {out_dir}/runs are kept: the same command continues with the missing ones"):
-        shard = parse_shard(shard_spec) if shard_spec is not None else None
         named = [m.strip() for m in methods.split(",") if m.strip()]
-        settings = LeaderboardSettings(methods=(CONTROL, *[m for m in named if m != CONTROL]), seeds=tuple(seeds), split=split,
-                                       epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap,
-                                       primary=primary, max_full_drop=max_full_drop, keep=keep,
-                                       grids={**default_grids(), **parse_grids(grid)})
-        loaded = load_adapter(adapter)
-        check_settings(loaded, settings)  # before the checkpoint is loaded
-        model, _ = load_model_noting_prefix(checkpoint, loaded, trust=trust_checkpoint)
-        with progress_bars() as progress:
-            document = run_leaderboard(model, loaded, settings, out=out_dir, device=device, checkpoint=checkpoint, adapter_spec=adapter,
-                                       progress=progress, on_run=told, jobs=jobs, shard=shard)
-        if shard is not None:
-            err.print(f"shard {shard.index}/{shard.count}: {len(document['runs'])} runs finished in {out_dir}; when every shard has "
-                      "finished, `biasaudit merge` their --out folders writes the leaderboard", markup=False)
-            out.print(str(out_dir / f"shard-{shard.index}-of-{shard.count}.json"), markup=False)
+        with progress_bars() as progress, named_as(FLAGS):
+            board = ba.leaderboard(checkpoint, adapter, out=out_dir, methods=named, seeds=seeds, split=split, epochs=epochs, lr=lr,
+                                   batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap, primary=primary,
+                                   max_full_drop=max_full_drop, keep=keep, device=device, jobs=jobs, grids=parse_grids(grid),
+                                   shard=shard_spec, progress=progress, on_run=told, trust_checkpoint=trust_checkpoint)
+        if shard_spec is not None:
+            err.print(f"{board.verdict} ({out_dir})", markup=False)
+            out.print(str(board.json_path), markup=False)
             return
-        err.print(f"[bold]leaderboard[/]: {escape(document['verdict'])}")
-        for reason in document["recommendation"]["reasons"]:
+        err.print(f"[bold]leaderboard[/]: {escape(board.verdict)}")
+        for reason in board.reasons:
             err.print(f"  {escape(reason)}")
-        out.print("\n".join(str(out_dir / name) for name in ("leaderboard.json", "leaderboard.html")))
-
+        out.print(f"{board.json_path}\n{board.html_path}")

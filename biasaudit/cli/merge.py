@@ -1,14 +1,18 @@
-"""`biasaudit merge`: the audit of a scan from the part files of its shards (`biasaudit scan --shard I/N`)."""
+"""`biasaudit merge`: the audit of a scan from the part files of its shards (`biasaudit scan --shard I/N`, ba.merge), or
+the leaderboard from the folders of its shards (`biasaudit leaderboard --shard I/N`, ba.merge_leaderboard)."""
 
 from __future__ import annotations
 
-from contextlib import ExitStack
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from biasaudit.cli.app import app
 from biasaudit.cli.console import err, handled, out, print_verdict, summary_table
+from biasaudit.cli.naming import named_as
+
+FLAGS = {"out": "--out", "parts": "PARTS", "folders": "PARTS"}
 
 
 @app.command()
@@ -20,34 +24,17 @@ def merge(
 ) -> None:
     """Merge the parts of a sharded scan (biasaudit scan --shard I/N), or the folders of a sharded leaderboard
     (biasaudit leaderboard --shard I/N), into what one process would have written."""
-    from biasaudit.scanning.audit import AUDIT_FILES, write_audit
-    from biasaudit.choosing.merging import is_leaderboard_folder
-    from biasaudit._core.output_paths import check_output_dir
-    from biasaudit._core.output_set import OutputSet
-    from biasaudit.scanning.parts import merge_parts
-
-    if parts and all(is_leaderboard_folder(p) for p in parts):
-        _merge_leaderboard(parts, out_dir)
-        return
-    with handled(), ExitStack() as held:
-        check_output_dir(out_dir)
-        outputs = held.enter_context(OutputSet(out_dir, files=AUDIT_FILES))
-        audit = merge_parts(parts)
-        json_path, html_path = write_audit(audit, outputs)
-        held.close()
-        err.print(summary_table(audit))
-        print_verdict(audit)
-        out.print(f"{json_path}\n{html_path}", markup=False, highlight=False)
-
-
-def _merge_leaderboard(folders: list[Path], out_dir: Path) -> None:
-    from rich.markup import escape
-
     import biasaudit as ba
 
-    with handled():
-        result = ba.merge_leaderboard(folders, out=out_dir)
-        err.print(f"[bold]leaderboard[/]: {escape(result.verdict)}")
-        for reason in result.reasons:
-            err.print(f"  {escape(reason)}")
-        out.print(f"{result.json_path}\n{result.html_path}", markup=False, highlight=False)
+    with handled(), named_as(FLAGS):
+        if parts and all(p.is_dir() for p in parts):  # scan parts are files; a leaderboard shard writes a folder
+            board = ba.merge_leaderboard(parts, out=out_dir)
+            err.print(f"[bold]leaderboard[/]: {escape(board.verdict)}")
+            for reason in board.reasons:
+                err.print(f"  {escape(reason)}")
+            out.print(f"{board.json_path}\n{board.html_path}", markup=False, highlight=False)
+            return
+        audit = ba.merge(parts, out=out_dir)
+        err.print(summary_table(audit.to_dict()))
+        print_verdict(audit.to_dict())
+        out.print(f"{out_dir / 'audit.json'}\n{out_dir / 'audit.html'}", markup=False, highlight=False)

@@ -21,22 +21,17 @@ def parse_mute(values: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-def parse_unimodal(values: list[str], adapter) -> tuple[tuple[str, Path], ...]:
-    """--unimodal MODALITY=CHECKPOINT items, checked before any model is loaded."""
+def parse_unimodal(values: list[str]) -> dict[str, Path]:
+    """--unimodal MODALITY=CHECKPOINT items, by modality (ba.scan checks the modalities and the files)."""
     from biasaudit.errors import InputError
-    from biasaudit._core.input_paths import check_input_file
 
-    names = [m.name for m in adapter.modalities]
-    pairs = []
+    pairs: dict[str, Path] = {}
     for value in values:
         name, sep, path = str(value).partition("=")
         if not sep or not name or not path:
             raise InputError(f"--unimodal {value!r} is not of the form MODALITY=CHECKPOINT, e.g. image=image_only.pt.")
-        if name not in names:
-            raise InputError(f"--unimodal {value!r} names modality {name!r}. Available: {', '.join(names)}.")
-        check_input_file(Path(path), named=f"--unimodal {value!r}: the checkpoint {path}", expected="a file written by torch.save")
-        pairs.append((name, Path(path)))
-    return tuple(pairs)
+        pairs[name] = Path(path)
+    return pairs
 
 
 def number_or_auto(text: str, flag: str) -> "float | str":

@@ -1,4 +1,4 @@
-"""`biasaudit report`: the HTML again from an audit.json."""
+"""`biasaudit report`: the HTML again from an audit.json (ba.Audit.read, then Audit.to_html)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import typer
 
 from biasaudit.cli.app import app
 from biasaudit.cli.console import handled, out
+from biasaudit.cli.naming import named_as
 
 
 @app.command()
@@ -17,14 +18,10 @@ def report(
     html: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: the JSON's name with .html)."),
 ) -> None:
     """Render the HTML audit again from its JSON, without the model."""
-    from biasaudit.gating import check_audit_shape
-    from biasaudit._core.output_paths import check_output_file
-    from biasaudit.report.render import write_audit_html
-    from biasaudit.results import read_audit
+    import biasaudit as ba
 
     with handled():
-        target = check_output_file(html if html is not None else audit.with_suffix(".html"), option="--out")
-        data = read_audit(audit)
-        check_audit_shape(data, source=str(audit))
-        write_audit_html(data, target)
-        out.print(str(target))
+        target = html if html is not None else audit.with_suffix(".html")
+        with named_as({"path": "--out"}):
+            written = ba.Audit.read(audit).to_html(target)
+        out.print(str(written))

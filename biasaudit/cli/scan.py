@@ -10,10 +10,11 @@ import typer
 
 from biasaudit.cli.app import app
 from biasaudit.cli.choices import GroupBy, Precision, Projection, plain
-from biasaudit.cli.console import (ADAPTER_HELP, err, explicit_options, handled, naming_source, out, print_verdict, progress_bars,
-                                   summary_table)
+from biasaudit.api._names import CONDITION_GROUPS as GROUPS
+from biasaudit.api._names import DEFAULT_DIAGNOSTICS, DIAGNOSTICS
+from biasaudit.cli.console import ADAPTER_HELP, err, explicit_options, handled, out, print_verdict, progress_bars, summary_table
+from biasaudit.cli.naming import named_as
 from biasaudit.cli.options import parse_mute, parse_unimodal
-from biasaudit.scanning.conditions import DEFAULT_DIAGNOSTICS, DIAGNOSTICS, GROUPS
 
 # From the registry parse_conditions reads, so that --help lists every group and diagnostic the scan accepts.
 CONDITIONS_HELP = (f"Comma list. Condition groups: {', '.join(GROUPS)}. Diagnostics that need forwards of their "
@@ -59,19 +60,10 @@ def scan(
 ) -> None:
     """Audit a checkpoint: bias measures (carrier test, worst-group accuracy, JSD), reliance (accuracy under muted and noisy
     modalities, Gap, flip rates, ceilings), calibration, embeddings, gradient conflict."""
-    from biasaudit.data.adapter import load_adapter
-    from biasaudit.data.checkpoint import check_checkpoint_file
-    from biasaudit.scanning.audit import AUDIT_FILES, adapter_source, audit_checkpoint, write_audit
-    from biasaudit._core.output_paths import check_output_dir
-    from biasaudit._core.output_set import OutputSet
+    import biasaudit as ba
     from biasaudit.cli.config_file import SCAN_KEYS, load_settings, resolve
+    from biasaudit.cli.torchrun import torchrun_rank, under_torchrun
     from biasaudit.errors import InputError
-    from biasaudit.scanning.conditions import parse_conditions
-    from biasaudit.data.batches import check_split
-    from biasaudit.scanning.engine import ScanConfig, check_precision, check_shardable, resolve_device, with_mute_overrides
-
-    from biasaudit.scanning.agreement import check_agreement, option_settings, scan_fingerprint, stopping_together
-    from biasaudit._core.sharding import join_torchrun, leave_torchrun, parse_shard, under_torchrun
 
     with handled(), ExitStack() as held:
         settings = load_settings(config_file)
@@ -79,79 +71,38 @@ def scan(
         v, sources = resolve(given, explicit_options(ctx), settings, "scan")
         if shard_spec is not None and under_torchrun():  # every process refuses alone, before any waits for the others
             raise InputError("--shard splits a scan into parts for a job array; under torchrun the processes already split it. Use one or the other.")
-        given_device = v["device"]
-        joined = join_torchrun(v["device"])
-        if joined is not None:
-            held.callback(leave_torchrun)
-            v["device"] = joined[1]
-        rank = joined[0].index if joined is not None else 0
-        # Under torchrun every process checks what it was given, and an error on any one stops them all here.
-        with stopping_together(joined is not None, group="this torchrun"):
-            check_output_dir(out_dir)
-            shard = parse_shard(shard_spec) if shard_spec is not None else None
-            if v["adapter"] is None:
-                raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
-            with naming_source(sources, "adapter"):
-                loaded = load_adapter(v["adapter"])
-            with naming_source(sources, "split"):
-                check_split(loaded, v["split"])
-            with naming_source(sources, "device"):
-                device = resolve_device(v["device"])
-            with naming_source(sources, "conditions"):
-                parse_conditions(v["conditions"], loaded.modalities)
-            with naming_source(sources, "mute"):
-                mute_pairs = parse_mute(v["mute"])
-                with_mute_overrides(loaded, mute_pairs)
-            with naming_source(sources, "unimodal"):
-                unimodal_checkpoints = parse_unimodal(v["unimodal"], loaded)
-            with naming_source(sources, *SCAN_KEYS):
-                config = ScanConfig(split=v["split"], conditions=v["conditions"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
-                                    bootstrap_replicates=v["bootstrap"], projection=v["projection"], gradient_batches=v["gradient_batches"],
-                                    min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"],
-                                    mute=mute_pairs, mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
-                                    ceiling_per_class=v["ceiling_per_class"], precision=v["precision"],
-                                    favoured_fraction=v["favoured_fraction"], draws=v["draws"])
-            with naming_source(sources, "precision"):
-                check_precision(config.precision, device)
-            if shard is not None:
-                check_shardable(loaded)
-            if joined is not None:
-                flags = {param.name: param.opts[0] for param in ctx.command.params}
-                compared = {key: v[key] for key in SCAN_KEYS if key not in ("device", "unimodal")}
-                # The device as given: the processes' own (cuda:LOCAL_RANK) differ by design. Unimodal checkpoints by
-                # modality here, by contents among the files.
-                ranked = {**option_settings({**compared, "device": given_device}, flags),
-                          "--unimodal": (" ".join(f"--unimodal {item}" for item in v["unimodal"]) or "no --unimodal",
-                                         tuple(name for name, _ in unimodal_checkpoints))}
-                check_checkpoint_file(checkpoint)  # hashed next
-                fingerprint = scan_fingerprint(ranked, adapter=adapter_source(loaded, v["adapter"]), checkpoint=checkpoint,
-                                               unimodal=unimodal_checkpoints)
-        if joined is not None:
-            check_agreement(fingerprint, group="this torchrun", remedy="be started with the same arguments")
-        recorded = {"config_file": str(settings.path) if settings.path else None, "sources": sources}
-        if shard is not None:
-            from biasaudit.scanning.audit import scan_checkpoint_shard
-            from biasaudit.scanning.parts import part_name
-
-            with progress_bars() as progress:
-                part = scan_checkpoint_shard(checkpoint, loaded, config=config, shard=shard, part=out_dir / part_name(shard), adapter_spec=v["adapter"],
-                                             trust=trust_checkpoint, progress=progress, unimodal=unimodal_checkpoints, settings=recorded)
-            err.print(f"shard {shard}: wrote its part; `biasaudit merge` the {shard.count} parts into the audit.", markup=False, highlight=False)
+        flags = {param.name: param.opts[0] for param in ctx.command.params}
+        # ba.scan's keywords by the flags that set them (and where each value came from, for a settings file's key).
+        spelling = {**flags, "model": "CHECKPOINT", "unimodal_models": "--unimodal", "out": "--out", "shard": "--shard",
+                    "trust_checkpoint": "--trust-checkpoint", "provenance": "--config"}
+        keyword_sources = {**sources, "unimodal_models": sources.get("unimodal", "default")}
+        if v["adapter"] is None:
+            raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
+        with named_as(spelling, keyword_sources):
+            mute_pairs = parse_mute(v["mute"])
+            unimodal = parse_unimodal(v["unimodal"])
+        keywords = dict(split=v["split"], conditions=v["conditions"], batch_size=v["batch_size"], seed=v["seed"], device=v["device"],
+                        bootstrap=v["bootstrap"], projection=v["projection"], gradient_batches=v["gradient_batches"],
+                        min_wrong=v["min_wrong"], kmeans_k=v["kmeans_k"], embedding_points=v["embedding_points"], mute=mute_pairs,
+                        mute_compare=v["mute_compare"], min_group=v["min_group"], group_by=v["group_by"],
+                        ceiling_per_class=v["ceiling_per_class"], precision=v["precision"], favoured_fraction=v["favoured_fraction"],
+                        draws=v["draws"], unimodal_models=unimodal, trust_checkpoint=trust_checkpoint,
+                        provenance={"config_file": str(settings.path) if settings.path else None, "sources": sources})
+        if shard_spec is not None:
+            with progress_bars() as progress, named_as(spelling, keyword_sources):
+                part = ba.scan_shard(checkpoint, v["adapter"], shard=shard_spec, out=out_dir, progress=progress, **keywords)
+            count = shard_spec.split("/")[-1].strip()
+            err.print(f"shard {shard_spec.strip()}: wrote its part; `biasaudit merge` the {count} parts into the audit.", markup=False, highlight=False)
             out.print(str(part), markup=False, highlight=False)
             return
-        # Locked from here until both files are in place: a second run into the same directory is refused now. Under
-        # torchrun rank 0 alone writes; the others stop with its error rather than wait for it.
-        with stopping_together(joined is not None, group="this torchrun"):
-            if rank == 0:
-                outputs = held.enter_context(OutputSet(out_dir, files=AUDIT_FILES))
-        with (progress_bars() if rank == 0 else nullcontext(None)) as progress:
-            audit = audit_checkpoint(checkpoint, loaded, config=config, adapter_spec=v["adapter"], trust=trust_checkpoint, progress=progress,
-                                     unimodal=unimodal_checkpoints, distributed=joined is not None)
+        rank = 0
+        if under_torchrun():  # the processes split the scan; each checks that all were started alike (cli/torchrun.py)
+            rank, keywords["device"] = torchrun_rank(held, v, flags=flags, checkpoint=checkpoint, unimodal=unimodal, out=out_dir)
+        with (progress_bars() if rank == 0 else nullcontext(None)) as progress, named_as(spelling, keyword_sources):
+            audit = ba.scan(checkpoint, v["adapter"], out=out_dir, progress=progress, distributed=under_torchrun(), **keywords)
         if rank != 0:
             return
-        audit["manifest"]["settings"] = recorded
-        json_path, html_path = write_audit(audit, outputs)
-        held.close()
-        err.print(summary_table(audit))
-        print_verdict(audit)
-        out.print(f"{json_path}\n{html_path}")
+        document = audit.to_dict()
+        err.print(summary_table(document))
+        print_verdict(document)
+        out.print(f"{out_dir / 'audit.json'}\n{out_dir / 'audit.html'}")

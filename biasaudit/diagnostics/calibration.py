@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from biasaudit._core.exact_sums import ExactSum
+from biasaudit.diagnostics.protocol import BatchOutcome, FinishContext, PassFacts, Section, own_draws
 
 BINS = 15
 # Confidences within this of Full's count as equal: softmax in float32 is not exact to the last bit.
@@ -90,3 +91,27 @@ class CalibrationAccumulator:
             conditions[c] = {"ece": self.ece(c), "confidence_rise_rate": None if c == self.full else int(self.rises[k]) / (self.n * self.draws.get(c, 1)),
                              "reliability": reliability}
         return {"available": True, "bins": self.bins, "conditions": conditions}
+
+
+class CalibrationDiagnostic:
+    """Calibration as a scan diagnostic (biasaudit/diagnostics/protocol.py): every condition of the pass."""
+
+    part_classes = (CalibrationAccumulator, ExactSum)
+
+    def __init__(self, facts: PassFacts) -> None:
+        self.accumulator = CalibrationAccumulator(facts.conditions)
+
+    def update(self, outcome: BatchOutcome) -> None:
+        correct = {c: p == outcome.labels for c, p in outcome.predictions.items()}
+        self.accumulator.update(outcome.confidences, correct)
+
+    def merge(self, other: CalibrationDiagnostic) -> None:
+        self.accumulator.merge(other.accumulator)
+
+    def compute(self, context: FinishContext) -> Section:
+        draws = own_draws(context, self.accumulator.condition_names)
+        return Section((self.accumulator.combined_draws(draws) if draws else self.accumulator).section())
+
+    def reset(self) -> None:
+        a = self.accumulator
+        self.accumulator = CalibrationAccumulator(a.condition_names, bins=a.bins, full=a.full)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from biasaudit.diagnostics.protocol import BatchOutcome, FinishContext, PassFacts, Section, unavailable
 from biasaudit.errors import InputError
 from biasaudit._core.randomness import uniform
 
@@ -202,3 +203,69 @@ def angular_spread(features: np.ndarray, labels: np.ndarray, *, num_classes: int
             angle = float(np.degrees(np.arccos(cosines)).mean())
         rows.append({"class": cls, "n": int(len(members)), "mean_angle_deg": angle})
     return rows
+
+
+class EmbeddingsDiagnostic:
+    """The embedding plots as a scan diagnostic (biasaudit/diagnostics/protocol.py): a bounded sample of the Full
+    condition's fused feature, and how often each bias value occurs (the plot shows the most frequent one)."""
+
+    part_classes = (EmbeddingSample,)
+
+    def __init__(self, facts: PassFacts) -> None:
+        self.sample = EmbeddingSample(capacity=facts.config.embedding_points, seed=facts.config.seed)
+        self.has_features = False
+        self.bias_counts = np.zeros(0, dtype=np.int64)
+
+    def update(self, outcome: BatchOutcome) -> None:
+        if outcome.bias is not None:
+            self.bias_counts = _added_counts(self.bias_counts, outcome.bias)
+        if outcome.features is not None:
+            self.has_features = True
+            self.sample.update(outcome.features.flatten(1).float().cpu().numpy(), outcome.labels, outcome.bias, indices=outcome.indices)
+
+    def merge(self, other: EmbeddingsDiagnostic) -> None:
+        self.sample.merge(other.sample)
+        self.has_features |= other.has_features
+        longer = np.zeros(max(len(self.bias_counts), len(other.bias_counts)), dtype=np.int64)
+        longer[: len(self.bias_counts)] += self.bias_counts
+        longer[: len(other.bias_counts)] += other.bias_counts
+        self.bias_counts = longer
+
+    def compute(self, context: FinishContext) -> Section:
+        if not self.has_features:
+            note = "The adapter has no classifier() hook, so the fused feature is unknown and the embedding plots are skipped."
+            return Section(unavailable(note), notes=(note,))
+        features, labels, bias, _ = self.sample.result()
+        bias_value, bias_name = None, None
+        if bias is not None and self.bias_counts.size:
+            bias_value = int(np.argmax(self.bias_counts))  # default: the most frequent bias value
+            keep = bias == bias_value
+            features, labels = features[keep], labels[keep]
+            names = context.bias_names
+            bias_name = names[bias_value] if names and bias_value < len(names) else str(bias_value)
+        if len(labels) < 3:
+            note = f"Only {len(labels)} sampled points carry the chosen bias value; too few to plot."
+            return Section(unavailable(note), notes=(note,))
+        projection = project_2d(features, method=context.config.projection, seed=context.config.seed)
+        spread = angular_spread(features, labels, num_classes=context.num_classes)
+        if context.prior_counts is not None and bias_value is not None:
+            train_counts = context.prior_counts[bias_value]
+            for row in spread:
+                row["train_count_under_bias"] = int(train_counts[row["class"]])
+        note = projection.note
+        if bias_value is None:
+            note = " ".join(filter(None, [note, "No bias value is available, so all sampled points are shown."]))
+        return Section({"available": True, "note": note, "method": projection.method_used, "bias_value": bias_value,
+                        "bias_name": bias_name, "n_points": int(len(labels)), "euclidean": projection.euclidean.tolist(),
+                        "cosine": projection.cosine.tolist(), "labels": labels.tolist(), "angular_spread": spread})
+
+    def reset(self) -> None:
+        self.sample = EmbeddingSample(capacity=self.sample.capacity, seed=self.sample.seed)
+        self.has_features = False
+        self.bias_counts = np.zeros(0, dtype=np.int64)
+
+
+def _added_counts(counts: np.ndarray, values: np.ndarray) -> np.ndarray:
+    new = np.bincount(values, minlength=max(len(counts), int(values.max()) + 1 if values.size else 0))
+    new[: len(counts)] += counts
+    return new

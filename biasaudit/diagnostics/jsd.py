@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 from scipy.spatial.distance import jensenshannon
 from sklearn.cluster import KMeans
 
+from biasaudit.diagnostics.protocol import BatchOutcome, FinishContext, PassFacts, Section, unavailable
 from biasaudit.errors import DataError, InputError
 
 _FIXED_POINT = float(2**32)
@@ -214,3 +216,55 @@ def discover_bias_clusters(train_embeddings: np.ndarray, *, k: int = 16, seed: i
         raise InputError(f"k is {k}; expected at least 1 cluster.")
     clusters = min(int(k), len(np.unique(x, axis=0)))
     return KMeans(n_clusters=clusters, n_init=10, random_state=seed).fit(x)
+
+
+class JSDDiagnostic:
+    """The JSD as a scan diagnostic (biasaudit/diagnostics/protocol.py): the Full condition's mistakes per bias value,
+    against the train split's priors. Without priors it says why in its section. When the data has no bias key, the
+    scan discovers bias values after its pass and feeds a JSDDiagnostic of the discovered priors itself (`add`)."""
+
+    part_classes = (JSDAccumulator,)
+
+    def __init__(self, facts: PassFacts) -> None:
+        self.split = facts.config.split
+        self.accumulator = JSDAccumulator(num_classes=facts.num_classes, num_bias=facts.prior.num_bias) if facts.prior is not None else None
+
+    def update(self, outcome: BatchOutcome) -> None:
+        if self.accumulator is None or outcome.bias is None:
+            return
+        if outcome.bias.size and outcome.bias.max() >= self.accumulator.num_bias:
+            # The range was counted over this very split before the pass, so only changing data gets here.
+            raise DataError(f"Split {self.split!r} yielded bias value {int(outcome.bias.max())}, beyond the {self.accumulator.num_bias} values "
+                            "counted before the scan; the adapter's data() must yield the same samples on every pass.")
+        self.add(torch.softmax(outcome.full_logits.float(), dim=1).cpu().numpy(), outcome.labels, outcome.bias)
+
+    def add(self, probabilities: np.ndarray, labels: np.ndarray, bias: np.ndarray) -> None:
+        self.accumulator.update(probabilities, labels, bias)
+
+    def merge(self, other: JSDDiagnostic) -> None:
+        if (self.accumulator is None) != (other.accumulator is None):
+            raise InputError("Cannot merge shards of which only some measured the JSD; expected parts of one scan.")
+        if self.accumulator is not None:
+            self.accumulator.merge(other.accumulator)
+
+    def compute(self, context: FinishContext) -> Section:
+        if self.accumulator is None:
+            note = context.prior_note or "The JSD diagnostic is unavailable."
+            return Section(unavailable(note), notes=(note,))
+        kmeans = context.bias_source == "kmeans"
+        result = self.accumulator.result(BiasPrior.from_counts(context.prior_counts), min_wrong=context.config.min_wrong,
+                                         bias_names=None if kmeans else context.bias_names).to_dict()
+        note = context.prior_note if kmeans else None
+        wrong = sum(row["n_wrong"] for row in result["per_bias"].values())
+        notes: tuple[str, ...] = ()
+        if wrong == 0:
+            # Nothing to measure is a finding, not a failure: say it instead of showing an empty chart.
+            note = " ".join(filter(None, [note, f"The model makes no mistakes on split {context.config.split!r}, so the JSD of its "
+                                                "mistakes against the bias priors has nothing to measure."]))
+            notes = (note,)
+        result.update(available=True, bias_source=context.bias_source, note=note, n_wrong=wrong)
+        return Section(result, notes=notes)
+
+    def reset(self) -> None:
+        if self.accumulator is not None:
+            self.accumulator = JSDAccumulator(num_classes=self.accumulator.num_classes, num_bias=self.accumulator.num_bias)

@@ -2,11 +2,10 @@
 exit code for CI.
 
   registry.py  every rule (RULES: name -> Rule): its kind, whether it needs a baseline, its description, its limits, its
-               evaluator. Bias rules (bias.py) are recommended first: they measure the shortcut (methods.md section 9).
+               evaluator; and GateRules, the limits a gate judges by (one field per rule). Bias rules (bias.py) are recommended first: they measure the shortcut (methods.md section 9).
                Reliance rules (reliance.py): the Gaps grow when a model uses the more informative modality better, so a
                Gap ratchet can block a de-biased model (docs/gating.md).
   limits.py    parsing a rule's limits, one path for Python, the command line and the config file.
-  rules.py     GateRules, the limits a gate judges by; gate_rules builds them from resolved settings.
   evaluate.py  evaluate_gate: the verdicts, the overall status and the exit code.
   verdicts.py  RuleVerdict and the judgements the rule families share (`significant`).
 
@@ -17,11 +16,10 @@ rule compares. docs/gating.md, "Adding a gate rule", walks through a new rule.
 from __future__ import annotations
 
 from biasaudit.gating.limits import ALL, JSD_STATISTICS, DropLimit, LimitOption, parse_statistic
-from biasaudit.gating.registry import BASELINE_RULES, OPTIONS, RULES, Rule, parse_limits, rule_named
-from biasaudit.gating.rules import GateRules, gate_rules
+from biasaudit.gating.registry import BASELINE_RULES, OPTIONS, RULES, GateRules, Rule, parse_limits, rule_named
 from biasaudit.gating.evaluate import check_audit_shape, evaluate_gate
 from biasaudit.gating.verdicts import STATUSES, RuleVerdict
 
 __all__ = ["ALL", "BASELINE_RULES", "JSD_STATISTICS", "OPTIONS", "RULES", "STATUSES", "DropLimit", "GateRules", "LimitOption",
-           "Rule", "RuleVerdict", "check_audit_shape", "evaluate_gate", "gate_rules", "parse_limits", "parse_statistic",
+           "Rule", "RuleVerdict", "check_audit_shape", "evaluate_gate", "parse_limits", "parse_statistic",
            "rule_named"]

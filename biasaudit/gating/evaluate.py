@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from biasaudit.errors import InputError
 from biasaudit.gating.limits import ALL
 from biasaudit.gating.registry import RULES, flags
-from biasaudit.gating.rules import GateRules
+from biasaudit.gating.registry import GateRules
 from biasaudit.gating.verdicts import RuleVerdict
 
 _REQUIRED_SECTIONS = ("manifest", "conditions", "summary", "dataset")

@@ -1,9 +1,9 @@
 """Every gate rule, in one explicit registry: RULES maps a rule's name to its Rule record (whether it needs a baseline,
 its kind, a one-line description, how its limits are parsed, and the function that evaluates it). GateRules' checks,
 `evaluate_gate`'s loop, the baseline rules, the command line's help and the "Available: ..." sentences are all read
-from here, so a new rule is its evaluator (in bias.py or reliance.py) plus one entry below; docs/gating.md, "Adding a
-gate rule", lists the rest (a GateRules field, a command-line flag, a config-file key), and tests/test_gate_registry.py
-fails naming whichever is missing.
+from here, and so are the command line's flags and the config file's keys: a new rule is its evaluator (in bias.py or
+reliance.py) plus its entry and its GateRules field below (docs/gating.md, "Adding a gate rule";
+tests/test_gate_registry.py adds a toy rule that way).
 
 The order of RULES is the order rules are evaluated and reported in (rules on the current audit alone first, then the
 ones that compare against the baseline), and the order the command line lists them in its messages.
@@ -11,13 +11,15 @@ ones that compare against the baseline), and the order the command line lists th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 from collections.abc import Callable, Mapping
 
+from biasaudit._core.annotations import register_remedy
+from biasaudit._core.arguments import check_fields, refuse_unknown_fields
 from biasaudit.errors import InputError
 from biasaudit.gating import bias, reliance
-from biasaudit.gating.limits import ALL, PERCENT, POINTS, DropLimit, LimitOption, gap_groups
+from biasaudit.gating.limits import ALL, PERCENT, POINTS, DropLimit, LimitOption, gap_groups, parse_statistic
 from biasaudit.gating.verdicts import RuleVerdict
 
 KINDS = ("bias", "reliance")
@@ -25,7 +27,7 @@ KEYS = ("group", "condition", "modality")  # what a table limit's keys name
 
 # evaluate(current, comparison, baseline, limits, significant, **settings) -> verdicts. For a rule that needs a baseline,
 # `comparison` is biasaudit.comparing.compare_audits(baseline, current) and `baseline` the baseline audit; else both None.
-Evaluator = Callable[..., "list[RuleVerdict]"]
+Evaluator = Callable[..., list[RuleVerdict]]
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,66 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
 BASELINE_RULES = tuple(name for name, rule in RULES.items() if rule.needs_baseline)
 # The table limits by rule, as biasaudit.cli.config_file merges a command-line key into a file's table.
 OPTIONS: dict[str, LimitOption] = {name: rule.limits for name, rule in RULES.items() if isinstance(rule.limits, LimitOption)}
+
+
+# GateRules fields that are no rule: the JSD statistic max_jsd_drop reads, and how a baseline rule's change is judged.
+SETTINGS = ("jsd", "significant")
+
+
+@dataclass(frozen=True)
+class GateRules:
+    """Limits per key (impairment group, condition or modality); a plain number is accepted and means the
+    option's default target (ALL, or `full` for max_worst_group_drop). `labels` names each option in errors
+    (the command-line flag, or the config file and key); an option without a label was given from Python: its
+    type is checked strictly (a number or a mapping of numbers, never the command line's strings) and its errors
+    name the keyword. One field per rule of RULES above, which parses and checks it; a field sits here, beside the
+    registry, so that a new rule is its evaluator plus these two lines, and IDEs and type checkers see every keyword."""
+
+    max_gap: Mapping[str, float] | float | None = None
+    max_gap_increase: Mapping[str, float] | float | None = None
+    min_accuracy: Mapping[str, float] = field(default_factory=dict)
+    min_worst_group: Mapping[str, float] = field(default_factory=dict)
+    max_worst_group_drop: Mapping[str, float] | float | None = None
+    max_bias_follow_increase: Mapping[str, float] | float | None = None
+    max_jsd_drop: float | None = None
+    jsd: str = "weighted"
+    significant: bool = False
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> GateRules:
+        refuse_unknown_fields(cls, args, kwargs, where="ba.GateRules")
+        return super().__new__(cls)
+
+    def __post_init__(self) -> None:
+        check_fields(self, where="ba.GateRules", skip=self.labels if isinstance(self.labels, Mapping) else ())
+        for each in fields(self):  # in field order, so the first bad value is the one reported, as before
+            rule = RULES.get(each.name)
+            if rule is not None:
+                parsed = rule.parse(getattr(self, each.name), label=self._label(each.name))
+                # An unset rule holds its field's default: {} for a minimum per condition, else None.
+                empty = each.default_factory() if each.default_factory is not MISSING else each.default
+                object.__setattr__(self, each.name, parsed if parsed is not None else empty)
+        object.__setattr__(self, "jsd", parse_statistic(self.jsd, label=self._label("jsd")))
+
+    def _label(self, name: str) -> str:
+        return self.labels.get(name, name)
+
+    @property
+    def comparing(self) -> list[str]:
+        """The rules given that compare against a baseline audit, as their labels name them."""
+        return [self._label(name) for name, rule in RULES.items()
+                if rule.needs_baseline and rule.given(getattr(self, name, None))]
+
+    @property
+    def is_empty(self) -> bool:
+        return not any(rule.given(getattr(self, name, None)) for name, rule in RULES.items())
+
+
+def _rules_remedy(value: Any, wanted: set[Any]) -> str:
+    return " Give the rules to judge by, e.g. ba.GateRules(max_gap=5)." if GateRules in wanted and value is None else ""
+
+
+register_remedy(_rules_remedy)
 
 
 def rule_named(name: str) -> Rule:

@@ -16,7 +16,8 @@ docstring shows the lines of a plain loop it replaces, with AMP and DDP.
 
 from biasaudit.methods.balgrad import BalGrad, BalGradStep
 from biasaudit.methods.dandr import DandR
-from biasaudit.methods.dfr import DFR, DFRResult, classifier_inputs, holdout_indices
+from biasaudit.methods.dfr import DFR, DFRResult
+from biasaudit.methods.dfr_data import classifier_inputs, holdout_indices
 from biasaudit.methods.group_dro import GroupDRO, group_ids
 from biasaudit.methods.heads import UnimodalHeads, branch_widths
 from biasaudit.methods.jtt import JTT

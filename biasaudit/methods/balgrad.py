@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biasaudit._core.arguments import at_least, check_argument, checked, checked_keywords, non_negative_finite, one_of, positive_finite
+from biasaudit._core.arguments import (at_least, check_argument, checked, checked_keywords, non_negative_finite, one_of,
+                                      positive_finite)
 from biasaudit.errors import InputError
 from biasaudit.methods._balgrad_math import (
     KL_MODES,

@@ -115,8 +115,8 @@ def verdict(audit: Mapping[str, Any]) -> str:
 
 
 def _check_audit(audit: Any) -> None:
-    if not isinstance(audit, Mapping) or audit.get("schema") != "biasaudit.scanning.audit":
-        raise InputError('The report input is not a biasaudit audit; expected a dict with "schema": "biasaudit.scanning.audit".')
+    if not isinstance(audit, Mapping) or audit.get("schema") != "biasaudit.audit":
+        raise InputError('The report input is not a biasaudit audit; expected a dict with "schema": "biasaudit.audit".')
     if audit.get("schema_version") != 1:
         raise InputError(f"The audit has schema_version {audit.get('schema_version')!r}; this report renders version 1.")
     missing = [key for key in _REQUIRED_KEYS if key not in audit]

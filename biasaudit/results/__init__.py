@@ -24,7 +24,7 @@ from biasaudit._core.output_set import check_set
 from biasaudit.diagnostics.accuracy import BootstrapCounts
 from biasaudit._core.randomness import GENERATOR
 
-AUDIT_SCHEMA = "biasaudit.scanning.audit"
+AUDIT_SCHEMA = "biasaudit.audit"
 AUDIT_SCHEMA_VERSION = 1
 _VERSIONED_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "umap-learn", "matplotlib", "jinja2")
 

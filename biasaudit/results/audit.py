@@ -1,7 +1,7 @@
 """The typed, frozen view of an audit: what `biasaudit.scan` returns and `Audit.read` reads back.
 
-The JSON document (schema `biasaudit.scanning.audit`, version 1) stays the one source of truth: an Audit holds it read-only
-and exposes the figures a user reaches for first as typed attributes, so `audit.summary.missing.gap` and
+The JSON document (schema `biasaudit.audit`, version 1) stays the one source of truth: an Audit holds it read-only
+and exposes every section as typed attributes, so `audit.summary.missing.gap` and
 `Audit.read("audit.json").summary.missing.gap` are the same number.
 """
 
@@ -21,8 +21,10 @@ from biasaudit._core.arguments import checked, document_with, not_empty, output_
 from biasaudit.errors import InputError
 from biasaudit.results import StrPath
 
+from biasaudit.results.analyses import Groups, Interaction, MuteChecks, RatioPoint, Reliance, Shapley, ratio_sweep_of
 from biasaudit.results.bias import BiasMeasures, Calibration, Ceilings, calibration_of
 from biasaudit.results.estimate import Estimate, Interval, interval_of as _interval
+from biasaudit.results.sections import AuditVerdict, Dataset, Embeddings, GradientConflict, Jsd, RunManifest, ran, texts
 
 
 def frozen_document(value: Any) -> Any:
@@ -112,11 +114,19 @@ class Summary:
 @dataclass(frozen=True, repr=False)
 class Audit:
     """An audit of one model on one split. `document` is the whole JSON document, read-only; the attributes are typed
-    views of its figures: `summary` (Full accuracy, the missing and noisy Gaps, the carrier), `conditions` (one row per
-    condition), `bias` (the bias measures: carrier, bias-follow rates, worst-group and bias-balanced accuracy per
-    condition, OOD, JSD; biasaudit.results.bias), `ceilings` (what each modality can tell alone, None when not run)
-    and `calibration` (per condition). Accuracies are in percent, rates as fractions, as in audit.json. Write it with
-    `to_json` / `to_html`; read one back with `Audit.read`."""
+    views of it, read from it and never written back, so `to_dict()` is the document exactly:
+
+    `summary` (Full accuracy, the missing and noisy Gaps, the carrier), `conditions` (one row per condition), `bias`
+    (the bias measures: carrier, bias-follow rates, worst-group and bias-balanced accuracy per condition, OOD, JSD;
+    biasaudit.results.bias), `ceilings` (what each modality can tell alone) and `calibration` (per condition);
+    `manifest` (seed, settings, versions, hashes), `dataset` (split, sizes, modalities, names), `verdict` (headline and
+    sentences), `jsd` (the JSD of the mistakes per bias value), `groups` (every (label, bias value) group, the shift and
+    the favoured classes), `embeddings` (the projected fused features), `gradient_conflict`, `shapley`, `interaction`,
+    `ratio_sweep` (modality -> its steps), `reliance` (per class), `mute_checks`, `notes` (plain sentences),
+    `diagnostics` (the analyses that ran) and `unavailable` (section -> the note saying why it could not run). An
+    analysis the scan did not run, or could not, is None (`calibration` and `ratio_sweep` are then empty).
+    Accuracies are in percent, rates as fractions, as in audit.json; biasaudit.results.sections and
+    biasaudit.results.analyses document each view. Write it with `to_json` / `to_html`; read one back with `Audit.read`."""
 
     document: Mapping[str, Any]
     summary: Summary
@@ -124,6 +134,21 @@ class Audit:
     bias: BiasMeasures
     ceilings: Ceilings | None
     calibration: Mapping[str, Calibration]
+    manifest: RunManifest
+    dataset: Dataset
+    verdict: AuditVerdict | None
+    jsd: Jsd | None
+    groups: Groups | None
+    embeddings: Embeddings | None
+    gradient_conflict: GradientConflict | None
+    shapley: Shapley | None
+    interaction: Interaction | None
+    ratio_sweep: Mapping[str, tuple[RatioPoint, ...]]
+    reliance: Reliance | None
+    mute_checks: MuteChecks | None
+    notes: tuple[str, ...]
+    diagnostics: tuple[str, ...]
+    unavailable: Mapping[str, str | None]
 
     @classmethod
     @checked("Audit.from_dict",
@@ -131,15 +156,29 @@ class Audit:
     def from_dict(cls, document: Mapping[str, Any]) -> Audit:
         """The typed view of an audit document (a copy is taken: later changes to `document` do not reach it)."""
         with reading_document("Audit.from_dict", "an audit document"):
-            summary = document["summary"]
+            frozen: Mapping[str, Any] = frozen_document(copy.deepcopy(dict(document)))
+            summary = frozen["summary"]
             full = summary["full"]
-            return cls(document=frozen_document(copy.deepcopy(dict(document))),
+            return cls(document=frozen,
                        summary=Summary(accuracy=full["accuracy"], accuracy_ci=_interval(full.get("accuracy_ci")),
                                        missing=GapSummary._from_section(summary.get("missing")),
                                        noisy=GapSummary._from_section(summary.get("noisy")), carrier=summary.get("carrier")),
-                       conditions=tuple(ConditionResult._from_row(row) for row in document["conditions"]),
-                       bias=BiasMeasures._from_document(document), ceilings=Ceilings._from_section(document.get("ceilings")),
-                       calibration=calibration_of(document.get("calibration")))
+                       conditions=tuple(ConditionResult._from_row(row) for row in frozen["conditions"]),
+                       bias=BiasMeasures._from_document(frozen), ceilings=Ceilings._from_section(frozen.get("ceilings")),
+                       calibration=calibration_of(frozen.get("calibration")),
+                       manifest=RunManifest._from_section(frozen["manifest"]), dataset=Dataset._from_section(frozen["dataset"]),
+                       verdict=AuditVerdict._from_section(frozen.get("verdict")), jsd=Jsd._from_section(ran(frozen, "jsd")),
+                       groups=Groups._from_section(ran(frozen, "groups")),
+                       embeddings=Embeddings._from_section(ran(frozen, "embeddings")),
+                       gradient_conflict=GradientConflict._from_section(ran(frozen, "gradient_conflict")),
+                       shapley=Shapley._from_section(ran(frozen, "shapley")),
+                       interaction=Interaction._from_section(ran(frozen, "interaction")),
+                       ratio_sweep=ratio_sweep_of(frozen.get("ratio_sweep")),
+                       reliance=Reliance._from_section(frozen.get("reliance")),
+                       mute_checks=MuteChecks._from_section(frozen.get("mute_checks")), notes=texts(frozen.get("notes")),
+                       diagnostics=texts(frozen.get("diagnostics")),
+                       unavailable=MappingProxyType({key: section.get("note") for key, section in frozen.items()
+                                                     if isinstance(section, Mapping) and section.get("available") is False}))
 
     @classmethod
     @checked("Audit.read")
@@ -156,15 +195,6 @@ class Audit:
             if result.name == name:
                 return result
         raise InputError(f"The audit has no condition {name!r}. Available: {', '.join(c.name for c in self.conditions)}.")
-
-    @property
-    def manifest(self) -> Mapping[str, Any]:
-        manifest: Mapping[str, Any] = self.document["manifest"]
-        return manifest
-
-    @property
-    def verdict(self) -> Mapping[str, Any] | None:
-        return self.document.get("verdict")
 
     @checked("Audit.to_dict")
     def to_dict(self) -> dict[str, Any]:
@@ -192,11 +222,11 @@ class Audit:
         return json.dumps(self.to_dict(), indent=2)[:2000]
 
     def __repr__(self) -> str:
-        config = (self.manifest.get("config") or {}) if isinstance(self.manifest, Mapping) else {}
         full = Estimate._of(self.summary.accuracy, self.summary.accuracy_ci)
-        headline = (self.verdict or {}).get("headline") if isinstance(self.verdict, Mapping) else None
-        return (f"Audit(split={config.get('split')!r}, full_accuracy={full}, carrier={self.bias.carrier!r}, "
-                f"dominant={self.bias.dominant!r}, verdict={headline!r})")
+        worst = self.bias.worst_group.get("full")
+        headline = self.verdict.headline if self.verdict is not None else None
+        return (f"Audit(split={self.dataset.split!r}, full_accuracy={full}, carrier={self.bias.carrier!r}, "
+                f"dominant={self.bias.dominant!r}, worst_group={str(worst) if worst else None!r}, verdict={headline!r})")
 
     def _repr_html_(self) -> str:
         """A notebook's view: the verdict and the conditions table."""

@@ -22,35 +22,58 @@ from biasaudit.results.estimate import Estimate, Interval, interval_of, number_o
 
 
 @dataclass(frozen=True)
+class Uncounted:
+    """The groups left out of worst-group and bias-balanced accuracy (under min_group samples), together: `groups`,
+    `n` samples, `conflicting_n` of them bias-conflicting, and their `accuracy` (percent) with its interval."""
+
+    groups: int | None
+    n: int | None
+    conflicting_n: int | None
+    accuracy: Estimate
+
+
+@dataclass(frozen=True)
 class GroupFigures:
-    """One condition's (label, bias value) groups: the worst group's accuracy (bootstrap interval; `worst_group_exact`
-    the Clopper-Pearson interval of that group alone), which group it is and its size, the bias-balanced accuracy (the
-    unweighted mean over counted groups), and bias-conflicting vs bias-aligned accuracy."""
+    """One condition's (label, bias value) groups: the worst group's accuracy (`worst_group`, bootstrap interval;
+    `worst_group_exact` the Clopper-Pearson interval of that group alone), which group it is (`worst_group_label`) and
+    its size (`worst_group_n`), how many counted groups share that lowest accuracy (`groups_at_minimum`), the
+    bias-balanced accuracy (`bias_balanced`, the unweighted mean over the `groups_counted` counted groups),
+    bias-conflicting vs bias-aligned accuracy (`conflicting_accuracy`, `aligned_accuracy`), and the groups too small to
+    count (`uncounted`, None in audits before it)."""
 
     worst_group: Estimate
     worst_group_exact: Interval
     worst_group_label: str | None
     worst_group_n: int | None
+    groups_at_minimum: int | None
     bias_balanced: Estimate
     conflicting_accuracy: Estimate
     aligned_accuracy: float | None
     groups_counted: int | None
+    uncounted: Uncounted | None
 
     @classmethod
     def _from_entry(cls, entry: Mapping[str, Any]) -> GroupFigures:
+        uncounted = entry.get("uncounted")
         return cls(worst_group=Estimate._of(entry.get("worst_group"), entry.get("worst_group_ci")),
                    worst_group_exact=interval_of(entry.get("worst_group_exact_ci")),
                    worst_group_label=entry.get("worst_group_label"), worst_group_n=entry.get("worst_group_n"),
+                   groups_at_minimum=entry.get("groups_at_minimum"),
                    bias_balanced=Estimate._of(entry.get("bias_balanced"), entry.get("bias_balanced_ci")),
                    conflicting_accuracy=Estimate._of(entry.get("conflicting_accuracy"), entry.get("conflicting_accuracy_ci")),
-                   aligned_accuracy=number_or_none(entry.get("aligned_accuracy")), groups_counted=entry.get("groups_counted"))
+                   aligned_accuracy=number_or_none(entry.get("aligned_accuracy")), groups_counted=entry.get("groups_counted"),
+                   uncounted=Uncounted(groups=uncounted.get("groups"), n=uncounted.get("n"),
+                                       conflicting_n=uncounted.get("conflicting_n"),
+                                       accuracy=Estimate._of(uncounted.get("accuracy"), uncounted.get("accuracy_ci")))
+                   if uncounted else None)
 
 
 @dataclass(frozen=True)
 class CarrierSwap:
     """The carrier test of one modality: its input swapped for a donor's with the same label and another bias value.
     `follow_rate` is the excess bias-follow rate over a null swap (a fraction); `content_follow_rate` the control swap's
-    (another label, same bias value); `accuracy` (percent) and `flip_rate` under the bias swap; `n` swapped samples."""
+    (another label, same bias value); `accuracy` (percent) and `flip_rate` under the bias swap; `n` swapped samples and
+    `skipped` ones (no donor or no null donor to swap in)."""
 
     follow_rate: Estimate
     content_follow_rate: Estimate | None
@@ -131,7 +154,9 @@ class Ceiling:
 
 @dataclass(frozen=True)
 class Ceilings:
-    """The unimodal ceilings, and whether they alone imply a large Gap (`implied_gap` vs the `observed_gap`)."""
+    """The unimodal ceilings: `modalities` (name -> Ceiling), the Gap they alone imply (`implied_gap`, from the ceilings
+    that are bounds) vs the `observed_gap`, whether a large Gap is expected from them (`large_gap_expected`), and the
+    split the linear probes were fitted on (`probe_split`; None in audits before it)."""
 
     modalities: Mapping[str, Ceiling]
     implied_gap: float | None
@@ -154,17 +179,37 @@ class Ceilings:
 
 
 @dataclass(frozen=True)
+class ReliabilityBin:
+    """One confidence bin of a reliability diagram: samples whose top confidence lies in [`lo`, `hi`), their `count`,
+    mean `confidence` (a fraction) and `accuracy` (percent; both None for an empty bin)."""
+
+    lo: float | None
+    hi: float | None
+    count: int
+    confidence: float | None
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
 class Calibration:
-    """One condition's expected calibration error (a fraction, over equal-width confidence bins) and confidence-rise
-    rate: the share of samples more confident with a modality muted than with all intact (None for Full)."""
+    """One condition's expected calibration error (`ece`, a fraction, over equal-width confidence bins), its
+    `confidence_rise_rate` (the share of samples more confident with a modality muted than with all intact; None for
+    Full) and its `reliability` bins."""
 
     ece: float | None
     confidence_rise_rate: float | None
+    reliability: tuple[ReliabilityBin, ...]
 
 
 def calibration_of(section: Mapping[str, Any] | None) -> Mapping[str, Calibration]:
     if not section or not section.get("available"):
         return MappingProxyType({})
     return MappingProxyType({name: Calibration(ece=number_or_none(entry.get("ece")),
-                                               confidence_rise_rate=number_or_none(entry.get("confidence_rise_rate")))
+                                               confidence_rise_rate=number_or_none(entry.get("confidence_rise_rate")),
+                                               reliability=tuple(ReliabilityBin(lo=number_or_none(b.get("lo")),
+                                                                                hi=number_or_none(b.get("hi")),
+                                                                                count=int(b.get("count") or 0),
+                                                                                confidence=number_or_none(b.get("confidence")),
+                                                                                accuracy=number_or_none(b.get("accuracy")))
+                                                                 for b in entry.get("reliability") or ()))
                              for name, entry in (section.get("conditions") or {}).items()})

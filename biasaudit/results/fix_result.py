@@ -28,7 +28,8 @@ class FixResult:
 
 @dataclass(frozen=True)
 class AlsoSplitResult:
-    """The second split of a fix (e.g. the in-distribution test split beside an OOD one), audited the same way."""
+    """The second split of a fix (e.g. the in-distribution test split beside an OOD one), audited the same way: its
+    `split`, the `before` and `after` audits and their `comparison`."""
 
     split: str
     before: Audit

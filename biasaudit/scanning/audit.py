@@ -16,7 +16,8 @@ from biasaudit.errors import InputError
 from biasaudit._core.output_set import OutputSet
 from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, source_hash, write_json_atomic
 from biasaudit._core.progress import Progress
-from biasaudit.scanning.engine import ScanConfig, scan_model
+from biasaudit.scanning.config import ScanConfig
+from biasaudit.scanning.engine import scan_model
 from biasaudit.verdict import scan_verdict
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, check
 
 def assemble_audit(sections: dict[str, Any], *, config: ScanConfig, checkpoint: dict[str, Any], adapter: dict[str, Any],
                    wall_time_s: float, shards: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The audit document: a scan's sections (biasaudit.scanning.engine) with its manifest and verdict. `shards` records how a
+    """The audit document: a scan's sections (biasaudit.scanning.finish) with its manifest and verdict. `shards` records how a
     sharded scan was split (torch.distributed processes, or parts merged by `biasaudit merge`)."""
     sections = dict(sections)
     forwards = sections.pop("_forwards_per_sample")

@@ -87,14 +87,19 @@ def combined_counts(accumulator: Any, *, seed: int) -> Any:
     return accumulator.combined_draws(groups, draw_multiplicities(seed, accumulator.replicates, len(next(iter(groups.values())))))
 
 
-def combined_pass(state: Any, *, seed: int) -> Any:
-    """A pass state (biasaudit/scanning/state.py PassState) whose accuracy, calibration, group and ratio counts hold each
-    random condition once, summed over its draws, under its own name; unchanged when no condition has draws."""
+def pass_multiplicities(state: Any, *, seed: int) -> np.ndarray | None:
+    """The draw multiplicities of a pass state (biasaudit/scanning/state.py PassState): the same picks serve its accuracy
+    and every diagnostic that combines draws (biasaudit/diagnostics/protocol.py FinishContext); None without draws."""
+    groups = draw_groups(state.accuracy.condition_names)
+    return draw_multiplicities(seed, state.accuracy.replicates, len(next(iter(groups.values())))) if groups else None
+
+
+def combined_pass(state: Any, *, picks: np.ndarray | None) -> Any:
+    """A pass state whose accuracy and ratio counts hold each random condition once, summed over its draws, under its own
+    name; unchanged when no condition has draws. The registered diagnostics combine their own draws as they compute."""
     groups = draw_groups(state.accuracy.condition_names)
     if not groups:
         return state
-    picks = draw_multiplicities(seed, state.accuracy.replicates, len(next(iter(groups.values()))))
     muted = {name: sum(state.muted_counts.get(d, 0) for d in groups.get(name, [name]))
              for name in state.muted_counts if base_name(name) == name}
-    return replace(state, accuracy=state.accuracy.combined_draws(groups, picks), calibration=state.calibration.combined_draws(groups),
-                   groups=state.groups.combined_draws(groups, picks) if state.groups is not None else None, muted_counts=muted)
+    return replace(state, accuracy=state.accuracy.combined_draws(groups, picks), muted_counts=muted)

@@ -1,7 +1,7 @@
 """The work of one scan pass on one batch: every condition's forward, and the accumulators that read them.
 
-Each batch draws its bootstrap weights once and every accumulator (accuracy, groups, carrier, ceilings,
-Shapley) uses them, so every figure of the audit gets paired intervals. Logits of "only these modalities
+Each batch draws its bootstrap weights once and every accumulator (accuracy, the registered diagnostics of
+biasaudit/diagnostics/registry.py, carrier, ceilings, Shapley) uses them, so every figure of the audit gets paired intervals. Logits of "only these modalities
 intact" are cached per batch: the missing conditions, the carrier's Full reference, the ceilings' "alone"
 accuracy and the Shapley subsets share forwards instead of repeating them.
 """
@@ -22,15 +22,14 @@ from biasaudit.scanning.conditions import Condition
 from biasaudit.diagnostics.carrier import CarrierAccumulator, targets, update_swap
 from biasaudit.diagnostics.ceilings import BranchTap
 from biasaudit.diagnostics.donors import DonorPool, swap_modality
-from biasaudit.diagnostics.groups import GroupAccumulator
 from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
+from biasaudit.diagnostics.protocol import BatchOutcome, Diagnostic
 from biasaudit.diagnostics.shapley import ShapleyAccumulator, subsets
 from biasaudit.errors import DataError
 from biasaudit.scanning.draws import draw_name, draw_seed
 from biasaudit.data.impairments import Impairment, impair_batch, muted_subset_draws, muting_impairment
 from biasaudit.diagnostics.accuracy import ConditionAccumulator, bootstrap_weights
-from biasaudit.diagnostics.calibration import CalibrationAccumulator
 from biasaudit._core.randomness import poisson1
 
 
@@ -55,13 +54,13 @@ def check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: s
 @dataclass
 class PassSetup:
     """What one pass evaluates. The main pass has everything; the pass that runs on k-means-discovered bias
-    values (no bias key) has only full + missing conditions, groups and the carrier."""
+    values (no bias key) has only full + missing conditions, the diagnostics that read bias values, and the carrier."""
 
     conditions: Sequence[Condition]
     impairments: Mapping[str, Impairment]
     replicates: int
     seed: int
-    groups: GroupAccumulator | None = None
+    diagnostics: Mapping[str, Diagnostic] = field(default_factory=dict)  # the registered ones (biasaudit/diagnostics/registry.py)
     carrier: CarrierAccumulator | None = None
     pool: DonorPool | None = None
     carrier_pools: Sequence[DonorPool] = ()  # one per draw of the donors (biasaudit/scanning/draws.py); pool is draw 0's
@@ -91,7 +90,6 @@ class BatchEvaluator:
         self.modalities = {m.name: m for m in adapter.modalities}
         self.accuracy = ConditionAccumulator([c.name for c in setup.conditions], num_classes=adapter.num_classes,
                                              replicates=setup.replicates, seed=setup.seed)
-        self.calibration = CalibrationAccumulator([c.name for c in setup.conditions])
         self.muted_counts = {c.name: 0 for c in setup.conditions if c.group == "ratio"}
         # Per (modality, mute): the largest fraction any condition mutes, i.e. the rows its one forward per batch needs.
         self._mute_reach: dict[tuple[str, str], float] = {}
@@ -149,9 +147,8 @@ class BatchEvaluator:
         return bootstrap_weights(indices, replicates=self.setup.replicates, seed=self.setup.seed)
 
     def update(self, indices: np.ndarray, batch: Mapping[str, Any], labels: np.ndarray, bias: np.ndarray | None, *,
-               weights: np.ndarray | None = None) -> torch.Tensor:
-        """Evaluate one batch; returns the Full logits (the caller's Full-condition diagnostics read them). `weights`: the
-        batch's draw_weights, when the caller drew them ahead."""
+               weights: np.ndarray | None = None) -> None:
+        """Evaluate one batch. `weights`: the batch's draw_weights, when the caller drew them ahead."""
         s = self.setup
         self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
         self._mute_draws: dict[int, np.ndarray] = {}
@@ -188,14 +185,12 @@ class BatchEvaluator:
         confidence = torch.exp(stacked - top[..., None]).sum(dim=2).reciprocal()
         confidence, predicted = confidence.cpu().numpy(), predicted.cpu().numpy()
         predictions = dict(zip(names, predicted))
-        confidences = dict(zip(names, confidence))
-        full_logits = logits_of["full"]
-        correct = {c: p == labels for c, p in predictions.items()}
         self.accuracy.update(predictions, labels, indices=indices, weights=weights)
-        self.calibration.update(confidences, correct)
+        outcome = BatchOutcome(indices=indices, labels=labels, bias=bias, weights=weights, predictions=predictions,
+                               confidences=dict(zip(names, confidence)), full_logits=logits_of["full"], features=self.full_features)
+        for diagnostic in s.diagnostics.values():
+            diagnostic.update(outcome)
         full = predictions["full"]
-        if s.groups is not None and bias is not None:
-            s.groups.update(predictions, labels, bias, weights)
         if s.carrier is not None and s.pool is not None and bias is not None:
             self._carrier(batch, indices, labels, bias, full, weights)
         if s.ceilings is not None:
@@ -206,7 +201,6 @@ class BatchEvaluator:
             s.shapley.update(correct_by_subset, labels, weights)
         if s.interaction is not None and s.pool is not None:
             self._interaction(batch, indices, labels, full, weights)
-        return full_logits
 
     def _impaired_logits(self, condition: Condition, impairment: Impairment, full_logits: torch.Tensor) -> torch.Tensor:
         """Logits of one impaired condition. missing_ratio:r applies the modality's mute to a fraction r of the samples

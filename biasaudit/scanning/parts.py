@@ -4,7 +4,7 @@ scan, merges them exactly (biasaudit/scanning/state.py) and writes the audit one
 
 A part file is a torch file of plain values (numbers, strings, lists, dicts, tensors), read back with
 `weights_only=True`: merging parts runs no code from them. Objects are rebuilt only from the classes named in
-`_CLASSES`. What the merge needs of the adapter (its modalities, classes and names) is recorded in the part, so a
+`_CLASSES` and those of the registered diagnostics (biasaudit/diagnostics/registry.py part_classes). What the merge needs of the adapter (its modalities, classes and names) is recorded in the part, so a
 merge needs neither the adapter's code nor the model.
 """
 
@@ -23,7 +23,6 @@ import torch
 from biasaudit.data.adapter import Adapter
 from biasaudit.scanning.conditions import Condition
 from biasaudit.diagnostics.carrier import CarrierAccumulator, SwapCounts
-from biasaudit.diagnostics.groups import GroupAccumulator
 from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
 from biasaudit.diagnostics.shapley import ShapleyAccumulator
@@ -31,9 +30,7 @@ from biasaudit.errors import InputError
 from biasaudit._core.exact_sums import ExactSum
 from biasaudit.data.fingerprint import SampleFingerprint
 from biasaudit.diagnostics.accuracy import ConditionAccumulator
-from biasaudit.diagnostics.calibration import CalibrationAccumulator
-from biasaudit.diagnostics.embeddings import EmbeddingSample
-from biasaudit.diagnostics.jsd import JSDAccumulator
+from biasaudit.diagnostics.registry import diagnostic_class, part_classes
 from biasaudit.data.modality import Modality
 from biasaudit._core.randomness import GENERATOR
 from biasaudit.scanning.state import PassState, ScanContext, ScanState, merged
@@ -44,11 +41,15 @@ FORMAT = "biasaudit-scan-part"
 # Version 2: the accumulators' layouts of generator v3 (group sums gathered per 4,096 samples, calibration per [K, bins]).
 # Version 3: draws of random conditions (Condition.draw, per-condition draw counts) and the interaction share's replicates.
 # Version 4: the content is sealed with its SHA-256 (`seal`), checked before anything in it is read.
-FORMAT_VERSION = 4
-_CLASSES = {cls.__name__: cls for cls in (
-    PassState, ScanState, ScanContext, Condition, Modality, ConditionAccumulator, CalibrationAccumulator, ExactSum, Moments,
-    GroupAccumulator, CarrierAccumulator, SwapCounts, ShapleyAccumulator, InteractionAccumulator, SampleFingerprint,
-    EmbeddingSample, JSDAccumulator)}
+# Version 5: the registered diagnostics' states by name (PassState.diagnostics), their names listed beside the content.
+FORMAT_VERSION = 5
+_CLASSES = (PassState, ScanState, ScanContext, Condition, Modality, ConditionAccumulator, ExactSum, Moments, CarrierAccumulator,
+            SwapCounts, ShapleyAccumulator, InteractionAccumulator, SampleFingerprint)
+
+
+def _classes() -> dict[str, type]:
+    """The classes a part's objects are rebuilt from, by name: the scan's own and the registered diagnostics'."""
+    return {cls.__name__: cls for cls in (*_CLASSES, *part_classes())}
 
 
 def part_name(shard: Shard) -> str:
@@ -79,7 +80,7 @@ def _encode(value: Any) -> Any:
     if isinstance(value, list):
         return ["list", [_encode(v) for v in value]]
     name = type(value).__name__
-    if _CLASSES.get(name) is type(value):
+    if _classes().get(name) is type(value):
         fields = vars(value)
         return ["object", name, [[k, _encode(v)] for k, v in fields.items()]]
     raise TypeError(f"a {name} is not stored in a part")
@@ -105,7 +106,7 @@ def _decode(value: Any) -> Any:
     if tag == "list":
         return [_decode(v) for v in value[1]]
     if tag == "object":
-        cls = _CLASSES[value[1]]  # KeyError for a class we do not rebuild: the caller names the file
+        cls = _classes()[value[1]]  # KeyError for a class we do not rebuild: the caller names the file
         obj = object.__new__(cls)
         obj.__dict__.update({k: _decode(v) for k, v in value[2]})
         return obj
@@ -156,7 +157,7 @@ def write_part(path: Path, *, shard: Shard, config: Any, checkpoint: Mapping[str
                 "unimodal_sha256": dict(unimodal_sha256 or {}), "generator": dict(GENERATOR), "biasaudit": __version__,
                 "versions": library_versions(), "shard_count": shard.count, "split_samples": state.split_samples,
                 "split_batches": state.split_batches}
-    payload = {"format": FORMAT, "version": FORMAT_VERSION, "shard": [shard.index, shard.count],
+    payload = {"format": FORMAT, "version": FORMAT_VERSION, "shard": [shard.index, shard.count], "diagnostics": list(state.main.diagnostics),
                "identity": _encode(identity), "facts": _encode(adapter_facts(adapter)), "context": _encode(context),
                "state": _encode(state), "extra": _encode({"config": dataclasses.asdict(config), "checkpoint": dict(checkpoint), "adapter": dict(adapter_source),
                                                            "wall_time_s": float(wall_time_s), "settings": settings})}
@@ -184,6 +185,12 @@ def read_part(path: str | Path) -> ScanPart:
         raise InputError(f"Part {path} is of part format {payload.get('version')!r}; this biasaudit reads format {FORMAT_VERSION}. "
                          "Write the parts and merge them with one version.")
     payload = _unsealed(path, payload)
+    for name in payload.get("diagnostics", []):
+        try:
+            diagnostic_class(name)
+        except InputError as exc:
+            raise InputError(f"Part {path} cannot be merged here: {exc} Merge with the biasaudit, and the diagnostics registered, that "
+                             "wrote it.") from None
     try:
         index, count = payload["shard"]
         part = ScanPart(path=path, shard=Shard(int(index), int(count)), identity=_decode(payload["identity"]),
@@ -229,7 +236,8 @@ def merge_parts(paths: Sequence[str | Path]) -> dict[str, Any]:
     missing shard, and files that are not parts, naming them, before any merging."""
     from biasaudit.scanning.audit import assemble_audit
     from biasaudit._core.progress import silent
-    from biasaudit.scanning.engine import ScanConfig, finish_scan
+    from biasaudit.scanning.config import ScanConfig
+    from biasaudit.scanning.finish import finish_scan
 
     if not paths:
         raise InputError("merge needs the part files of a scan (biasaudit scan --shard I/N writes them); none were given.")

@@ -1,8 +1,9 @@
 """What a scan's pass over its batches leaves behind, and how the states of disjoint shards merge.
 
 Every part merges exactly: counts are integers, float sums are exact (biasaudit/_core/exact_sums.py), bounded samples
-are the smallest hashes of (seed, index) (embeddings), the fingerprint is an index-keyed sum, and the
-gradient-conflict sample is taken whole by shard 0. So merging the shards of a scan gives, to the last digit,
+are the smallest hashes of (seed, index) (embeddings), the fingerprint is an index-keyed sum, the registered
+diagnostics merge by their protocol's `merge` (biasaudit/diagnostics/protocol.py), and the gradient-conflict sample is
+taken whole by shard 0. So merging the shards of a scan gives, to the last digit,
 the state one process reaches, and the audit computed from it is the same.
 """
 
@@ -16,16 +17,13 @@ import numpy as np
 
 from biasaudit.scanning.conditions import Condition
 from biasaudit.diagnostics.carrier import CarrierAccumulator
-from biasaudit.diagnostics.groups import GroupAccumulator
 from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
+from biasaudit.diagnostics.protocol import Diagnostic
 from biasaudit.diagnostics.shapley import ShapleyAccumulator
 from biasaudit.errors import InputError
 from biasaudit.data.fingerprint import SampleFingerprint
 from biasaudit.diagnostics.accuracy import ConditionAccumulator
-from biasaudit.diagnostics.calibration import CalibrationAccumulator
-from biasaudit.diagnostics.embeddings import EmbeddingSample
-from biasaudit.diagnostics.jsd import JSDAccumulator
 
 
 @dataclass
@@ -33,11 +31,10 @@ class PassState:
     """The accumulators of one pass (biasaudit/scanning/evaluation.py's BatchEvaluator and its PassSetup)."""
 
     accuracy: ConditionAccumulator
-    calibration: CalibrationAccumulator
     muted_counts: dict[str, int]
     forwards: Counter
+    diagnostics: dict[str, Diagnostic] = field(default_factory=dict)  # biasaudit/diagnostics/registry.py, by name
     moments: dict[str, Moments] = field(default_factory=dict)
-    groups: GroupAccumulator | None = None
     carrier: CarrierAccumulator | None = None
     ceilings: ConditionAccumulator | None = None
     shapley: ShapleyAccumulator | None = None
@@ -46,19 +43,23 @@ class PassState:
     @classmethod
     def of(cls, evaluator: Any) -> PassState:
         s = evaluator.setup
-        return cls(accuracy=evaluator.accuracy, calibration=evaluator.calibration, muted_counts=evaluator.muted_counts,
-                   forwards=evaluator.forwards, moments=s.moments, groups=s.groups, carrier=s.carrier, ceilings=s.ceilings,
-                   shapley=s.shapley, interaction=s.interaction)
+        return cls(accuracy=evaluator.accuracy, muted_counts=evaluator.muted_counts, forwards=evaluator.forwards,
+                   diagnostics=dict(s.diagnostics), moments=s.moments, carrier=s.carrier, ceilings=s.ceilings, shapley=s.shapley,
+                   interaction=s.interaction)
 
     def merge(self, other: PassState) -> None:
         self.accuracy.merge(other.accuracy)
-        self.calibration.merge(other.calibration)
+        if list(self.diagnostics) != list(other.diagnostics):
+            raise InputError(f"Cannot merge a shard that measured the diagnostics {', '.join(other.diagnostics)} into one that measured "
+                             f"{', '.join(self.diagnostics)}; expected parts of one scan.")
+        for name, diagnostic in self.diagnostics.items():
+            diagnostic.merge(other.diagnostics[name])
         for name, count in other.muted_counts.items():
             self.muted_counts[name] = self.muted_counts.get(name, 0) + count
         self.forwards.update(other.forwards)
         for key, moments in other.moments.items():
             self.moments.setdefault(key, Moments()).merge(moments)
-        for name in ("groups", "carrier", "ceilings", "shapley", "interaction"):
+        for name in ("carrier", "ceilings", "shapley", "interaction"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if (mine is None) != (theirs is None):
                 raise InputError(f"Cannot merge shards of which only some measured {name}; expected parts of one scan.")
@@ -68,16 +69,12 @@ class PassState:
 
 @dataclass
 class ScanState:
-    """One shard's (or a merge of shards') main pass, and what the Full-condition diagnostics streamed."""
+    """One shard's (or a merge of shards') main pass, and the whole split's facts every shard read."""
 
     shards: tuple[int, ...]  # the shard indices merged in
     shard_count: int
     main: PassState
     fingerprint: SampleFingerprint
-    embeddings: EmbeddingSample
-    has_features: bool
-    bias_counts: np.ndarray
-    jsd: JSDAccumulator | None
     samples: int  # evaluated here
     split_samples: int  # in the whole split (every shard reads all of it)
     split_batches: int
@@ -97,11 +94,6 @@ class ScanState:
         self.shards = tuple(sorted(self.shards + other.shards))
         self.main.merge(other.main)
         self.fingerprint.merge(other.fingerprint)
-        self.embeddings.merge(other.embeddings)
-        self.has_features |= other.has_features
-        self.bias_counts = _added(self.bias_counts, other.bias_counts)
-        if self.jsd is not None and other.jsd is not None:
-            self.jsd.merge(other.jsd)
         self.samples += other.samples
         if other.gradient_conflict is not None:
             self.gradient_conflict = other.gradient_conflict
@@ -114,13 +106,6 @@ class ScanState:
                              f"{'are' if len(missing) > 1 else 'is'} missing (parts given: {given}); expected all {self.shard_count}.")
         if self.samples != self.split_samples:
             raise InputError(f"The parts evaluated {self.samples} samples of a split of {self.split_samples}; expected every sample once.")
-
-
-def _added(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    out = np.zeros(max(len(a), len(b)), dtype=np.int64)
-    out[: len(a)] += a
-    out[: len(b)] += b
-    return out
 
 
 @dataclass

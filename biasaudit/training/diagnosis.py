@@ -1,6 +1,6 @@
 """Diagnosis before treatment: what the before-audit says about whether a method's mechanism fits this model.
 
-Each method works on one thing (methods.md section 8):
+Each method works on one thing (methods.md section 8), as its registry entry says (training/methods.py):
   reliance  balgrad, ogm_ge, mmpareto strengthen the modality the model uses less (or slow the one it uses most);
   bias      mmdb, groupdro, jtt, dfr act on the bias itself ((label, bias value) groups, margins, the error set);
   neither   ce (the control) and dandr (re-learning of overfitted branches) take no side.
@@ -14,10 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from biasaudit.training.methods import METHODS, acting_on
 from biasaudit.verdict.words import change, interval as format_interval
 
-RELIANCE_METHODS = ("balgrad", "ogm_ge", "mmpareto")
-BIAS_METHODS = ("mmdb", "groupdro", "jtt", "dfr")
 
 
 class TreatmentWarning(UserWarning):
@@ -40,18 +39,19 @@ def diagnosis(before: Mapping[str, Any]) -> dict[str, Any]:
 def treatment_warnings(method: str, before: Mapping[str, Any]) -> list[str]:
     """One sentence per way `method` works against what `before` found (none when it fits or nothing is known)."""
     found = diagnosis(before)
+    acts_on = METHODS[method].acts_on if method in METHODS else None
     carrier, dominant = found["carrier"], found["dominant"]
     warnings = []
-    if method in RELIANCE_METHODS and carrier and dominant and carrier != dominant:
+    if acts_on == "reliance" and carrier and dominant and carrier != dominant:
         warnings.append(f"The before-audit finds the bias carried by {carrier} while the model relies most on {dominant}; {method} "
                         f"strengthens the modality the model uses less, here {carrier}, the carrier, so it can make the model more "
-                        f"biased: methods that act on the bias itself are {', '.join(BIAS_METHODS)}.")
+                        f"biased: methods that act on the bias itself are {', '.join(acting_on('bias'))}.")
     gap, interval = found["signed_gap"], found["signed_gap_ci"]
-    if method in RELIANCE_METHODS and interval is not None and interval[0] <= 0 <= interval[1]:
+    if acts_on == "reliance" and interval is not None and interval[0] <= 0 <= interval[1]:
         warnings.append(f"The before-audit finds no clear reliance on one modality (the signed missing-modality Gap, one "
                         f"modality alone minus the other, is {change(gap)} points {format_interval(interval)}), which is "
                         f"what {method} rebalances.")
-    if method in BIAS_METHODS and found["carrier_test"] and carrier is None:
+    if acts_on == "bias" and found["carrier_test"] and carrier is None:
         warnings.append(f"The before-audit's carrier test finds no modality that carries a bias (no excess bias-follow rate "
                         f"whose interval lies above 0), "
                         f"which is what {method} acts on; compare against --method ce before trusting a change.")

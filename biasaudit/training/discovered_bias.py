@@ -21,10 +21,10 @@ from sklearn.metrics import pairwise_distances_argmin
 from torch import nn
 
 from biasaudit.data.adapter import Adapter, optional_hook
-from biasaudit.scanning.analyses import _branch_outputs
+from biasaudit.diagnostics.branch_outputs import branch_outputs
 from biasaudit.errors import AdapterError, CheckpointError, DataError
 from biasaudit.diagnostics.jsd import discover_bias_clusters
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 
 # The scan embeds with its config's batch size; batching like a default scan keeps the fitted clusters
 # those of the before-audit, not merely equal up to float summation order.
@@ -70,7 +70,7 @@ class DiscoveredBias:
         self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
         self.branch = dominant_branch(self.frozen, adapter, dominant=dominant)
         self.modality, self.requested_k, self.seed = dominant, int(k), int(seed)
-        train = _branch_outputs(self.frozen, adapter, self.branch, "train", device=device, batch_size=EMBEDDING_BATCH_SIZE)
+        train = branch_outputs(self.frozen, adapter, self.branch, "train", device=device, batch_size=EMBEDDING_BATCH_SIZE)
         self.centroids = discover_bias_clusters(train["embedding"], k=k, seed=seed).cluster_centers_.astype(np.float64)
         self.train_labels = train["label"]
         self.train_bias = self._nearest(train["embedding"])

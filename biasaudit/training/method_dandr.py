@@ -25,7 +25,8 @@ from biasaudit.data.batches import checked_labels
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.methods.dandr import DandR as DandRParts
 from biasaudit.methods._modes import evaluation_modes
-from biasaudit.training.loop import EpochEnd, TrainConfig
+from biasaudit.training.driver import EpochEnd
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.method_ce import train_labels
 
 FEATURE_BATCH_SIZE = 256

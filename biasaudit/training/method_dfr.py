@@ -24,10 +24,12 @@ from torch import nn
 from biasaudit.data.adapter import Adapter, optional_hook
 from biasaudit.data.batches import adapter_batches, checked_labels, take_rows
 from biasaudit.errors import AdapterError, InputError
-from biasaudit.methods.dfr import C_GRID, DFR as DFRFit, DFRResult, classifier_inputs, holdout_indices
+from biasaudit.methods.dfr import C_GRID, DFR as DFRFit, DFRResult
+from biasaudit.methods.dfr_data import classifier_inputs, holdout_indices
 from biasaudit.training import rng_states
 from biasaudit.training.bias_groups import BiasGroups
-from biasaudit.training.loop import TrainConfig, TrainingView
+from biasaudit.training.train_config import TrainConfig
+from biasaudit.training.training_view import TrainingView
 
 HOLDOUT_FRACTION = 0.2
 MIN_GROUP = 2  # DFR's tuning splits every group in two halves
@@ -74,7 +76,7 @@ class DFR:
 
     def refit(self, model: nn.Module, adapter: Adapter, *, config: TrainConfig) -> DFRResult:
         """Refit the model's final nn.Linear in place on held-out classifier inputs; seeded by the run seed."""
-        from biasaudit.scanning.engine import resolve_device
+        from biasaudit.scanning.config import resolve_device
 
         device = resolve_device(config.device)
         model.to(device)

@@ -23,6 +23,9 @@ from biasaudit.training.method_ce import train_labels
 
 class GroupDRO:
     name = "groupdro"
+    # "auto" chooses η on validation data from this grid (selection.py): a decade either side of 0.01, the range
+    # Sagawa et al. and DomainBed search.
+    option_grid = ("eta", (0.001, 0.01, 0.1))
     discovers_bias = True  # fix passes the audit's k-means k and dominant modality, as for MMDB
 
     def __init__(self, *, eta: float = 0.01, bias: str = "auto", kmeans_k: int | None = None, dominant: str | None = None) -> None:

@@ -24,8 +24,11 @@ from biasaudit.data.batches import checked_labels
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.methods.jtt import JTT as JTTParts
 from biasaudit.methods._modes import evaluation_modes
-from biasaudit.training.loop import SAMPLE_INDEX, EpochEnd, TrainConfig, without_index
+from biasaudit.training.driver import EpochEnd
+from biasaudit.training.epoch_batches import SAMPLE_INDEX, without_index
+from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.method_ce import train_labels
+
 
 def option_errors(make: Callable[[], Any], *options: str) -> Any:
     """make(), with a refused component parameter named as fix's option ("upweight is 0; expected ..."), the form the
@@ -45,6 +48,9 @@ RECORD_BATCH_SIZE = 256  # the error-set pass: no gradient, so larger batches th
 
 class JTT:
     name = "jtt"
+    # "auto" chooses the up-weight λ on validation data from this grid (selection.py): around the default 10 (the paper
+    # searches 5-100 with more epochs than a fine-tuning).
+    option_grid = ("upweight", (5.0, 10.0, 20.0))
     sample_index = True  # the loop adds SAMPLE_INDEX to every training batch
 
     def __init__(self, *, upweight: float = 10.0, fraction: float = 0.5) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from biasaudit.data.batches import bias_range, int_column, labels_and_bias
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.methods.mmdb import MMDB as MMDBLoss
 from biasaudit.methods.mmdb import export_cosine_classifier
-from biasaudit.scanning.engine import ScanConfig
+from biasaudit.scanning.config import ScanConfig
 from biasaudit.training import mmdb
 from biasaudit.training.discovered_bias import DiscoveredBias, dominant_branch, require_branches
 from biasaudit.training.method_ce import train_labels
@@ -50,6 +50,8 @@ class MMDB:
     kmeans_k: int | None = None  # None: DEFAULT_KMEANS_K, the scan's default
     dominant: str | None = None  # the modality k-means clusters: the before audit's dominant one (missing group)
     name: str = "mmdb"
+    # "auto" chooses the scale s on validation data from this grid (methods.md section 6; selection.py).
+    option_grid: ClassVar[tuple[str, tuple[float, ...]]] = ("scale", tuple(float(s) for s in mmdb.SCALE_GRID))
     table: mmdb.MarginTable | None = field(default=None, repr=False)
     warning: str | None = None
     source: str | None = None  # "key" or "kmeans" once prepared

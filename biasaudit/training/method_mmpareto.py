@@ -25,6 +25,8 @@ from biasaudit.training.method_ce import train_labels
 
 class MMPareto:
     name = "mmpareto"
+    # "auto" chooses γ on validation data from this grid (selection.py): around the paper's 1.5.
+    option_grid = ("gamma", (1.0, 1.5, 2.0))
 
     def __init__(self, *, gamma: float = 1.5, head_mode: str = "separate") -> None:
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or positive_finite(gamma) is not None:

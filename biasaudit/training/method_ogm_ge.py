@@ -26,6 +26,8 @@ HEAD_MODES = ("ogm_split", "shared_zero")
 
 class OGMGE:
     name = "ogm_ge"
+    # "auto" chooses α on validation data from this grid (selection.py): the reference range 0.1-0.8.
+    option_grid = ("alpha", (0.1, 0.3, 0.8))
 
     def __init__(self, *, alpha: float = 0.3, ge: bool = True, head_mode: str = "ogm_split") -> None:
         if head_mode not in HEAD_MODES:

@@ -24,7 +24,11 @@ from biasaudit.data.batches import checked_labels, int_column, take_rows
 from biasaudit.errors import InputError
 from biasaudit.training import mmdb
 from biasaudit._core.progress import Progress
-from biasaudit.training.loop import TrainConfig, holdout_rows, scored_as_trained, train
+from biasaudit.training.driver import scored_as_trained
+from biasaudit.training.epoch_batches import holdout_rows
+from biasaudit.training.loop import train
+from biasaudit.training.train_config import TrainConfig
+from biasaudit.training.methods import METHODS, make_method, method_class
 
 HOLDOUT_FRACTION = 0.2
 # Every (label, bias) group counts by default: a small validation set has only a few samples per
@@ -56,17 +60,11 @@ def validation_batches(adapter: Adapter, config: TrainConfig, source: str) -> It
             yield take_rows(batch, rows)
 
 
-# The one option of each method that "auto" selects, and its grid: small (each value is a training), around the
-# method's default, from its paper's reported range. MMDB: methods.md section 6. OGM-GE: the reference range 0.1-0.8.
-# MMPareto: γ around the paper's 1.5. Group DRO: η a decade either side of 0.01 (the range Sagawa et al. and DomainBed
-# search). JTT: λ around the default 10 (the paper searches 5-100 with more epochs than a fine-tuning).
+# The one option of each method that "auto" selects, and its grid, in the registry's order: each driver's own
+# `option_grid` (where its values come from is said there), small (each value is a training), around the method's
+# default, from its paper's reported range.
 OPTION_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "mmdb": ("scale", tuple(float(s) for s in mmdb.SCALE_GRID)),
-    "ogm_ge": ("alpha", (0.1, 0.3, 0.8)),
-    "mmpareto": ("gamma", (1.0, 1.5, 2.0)),
-    "groupdro": ("eta", (0.001, 0.01, 0.1)),
-    "jtt": ("upweight", (5.0, 10.0, 20.0)),
-}
+    name: grid for name in METHODS if (grid := getattr(method_class(name), "option_grid", None)) is not None}
 AUTO = "auto"
 CRITERION = "bias-balanced accuracy (mean over (label, bias) groups with >= min_group samples)"
 CRITERION_WITHOUT_BIAS = "accuracy (no bias value on the validation samples: neither the method's nor the adapter's bias_key)"
@@ -153,9 +151,7 @@ class OptionChoice:
 
 def option_default(method: str) -> float:
     """The default value of `method`'s gridded option (its paper's), as the method's signature gives it."""
-    from biasaudit.training.methods import METHODS
-
-    return float(inspect.signature(METHODS[method]).parameters[OPTION_GRIDS[method][0]].default)
+    return float(inspect.signature(method_class(method)).parameters[OPTION_GRIDS[method][0]].default)
 
 
 def candidate_state_dir(state_dir: str | os.PathLike, option: str, value: float) -> Path:
@@ -176,8 +172,6 @@ def choose_option(model: nn.Module, adapter: Adapter, *, method: str, options: M
     far is held in memory (two copies of the model at most). With `state_dir`, each candidate saves its training state
     in its own folder (candidate_state_dir); `resume` continues each from its state when it has one, so an interrupted
     auto run resumes the candidate it was training and re-scores the finished ones."""
-    from biasaudit.training.methods import make_method
-
     option, default_grid = OPTION_GRIDS[method]
     grid = check_grid(method, grid if grid is not None else default_grid)
     default = option_default(method)

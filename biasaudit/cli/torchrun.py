@@ -1,0 +1,50 @@
+"""`biasaudit scan` under torchrun: join the process group, and check that every process was started alike (the same
+flags, and the same contents of the checkpoint, adapter and unimodal files each one read) before ba.scan splits the
+scan over them. These checks are about the command lines and files of the processes, which only the command line
+knows; ba.scan(distributed=True) checks its own keywords among the ranks again.
+
+It still reaches into the library's process-group and fingerprint helpers (tests/test_import_graph.py
+test_cli_calls_the_api lists it as pending): the public call that replaces it is `ba.scan(..., distributed=True)`
+joining a torchrun itself and comparing files, which would then name keywords, not flags."""
+
+from __future__ import annotations
+
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one of several that torchrun (or a launcher setting its environment) started."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1) >= 2
+
+
+def torchrun_rank(held: ExitStack, v: Mapping[str, Any], *, flags: Mapping[str, str], checkpoint: Path,
+                  unimodal: Mapping[str, Path], out: Path) -> tuple[int, str]:
+    """Join the torchrun (left when `held` closes) and check that every process agrees; this process's rank and device."""
+    from biasaudit._core.output_paths import check_output_dir
+    from biasaudit._core.sharding import join_torchrun, leave_torchrun
+    from biasaudit.cli.config_file import SCAN_KEYS
+    from biasaudit.data.adapter import load_adapter
+    from biasaudit.data.checkpoint import check_checkpoint_file
+    from biasaudit.scanning.agreement import check_agreement, option_settings, scan_fingerprint, stopping_together
+    from biasaudit.scanning.audit import adapter_source
+
+    joined = join_torchrun(v["device"])
+    assert joined is not None  # under_torchrun() holds
+    held.callback(leave_torchrun)
+    # Every process checks what it was given, and an error on any one stops them all here.
+    with stopping_together(True, group="this torchrun"):
+        check_output_dir(out)
+        loaded = load_adapter(v["adapter"])
+        compared = {key: v[key] for key in SCAN_KEYS if key not in ("device", "unimodal")}
+        # The device as given: the processes' own (cuda:LOCAL_RANK) differ by design. Unimodal checkpoints by modality
+        # here, by contents among the files.
+        ranked = {**option_settings({**compared, "device": v["device"]}, flags),
+                  "--unimodal": (" ".join(f"--unimodal {item}" for item in v["unimodal"]) or "no --unimodal", tuple(unimodal))}
+        check_checkpoint_file(checkpoint)  # hashed next
+        fingerprint = scan_fingerprint(ranked, adapter=adapter_source(loaded, v["adapter"]), checkpoint=checkpoint,
+                                       unimodal=tuple(unimodal.items()))
+    check_agreement(fingerprint, group="this torchrun", remedy="be started with the same arguments")
+    return joined[0].index, joined[1]

@@ -1,0 +1,132 @@
+"""The batches an epoch of biasaudit's loop trains on (loop.py): the training split without its held-out rows, shuffled.
+
+The adapter yields batches in a fixed order (scans must be reproducible), so the loop shuffles: it
+gathers up to `shuffle_buffer` samples, permutes them with a generator seeded by (seed, epoch) and
+re-batches. Within the buffer this is a true shuffle; beyond it, an approximation that keeps memory
+bounded. Because the permutation depends only on (seed, epoch), a resumed run sees the same batches.
+A method with `sample_index = True` gets each batch with the SAMPLE_INDEX column (driver.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from biasaudit.data.adapter import Adapter
+from biasaudit.data.batches import adapter_batches, checked_labels, take_rows
+from biasaudit.data.impairments import other_keys, padding_side, widen_tokens
+from biasaudit.data.modality import Modality
+from biasaudit._core.randomness import uniform
+from biasaudit.errors import InputError
+from biasaudit.training.train_config import TrainConfig
+
+
+SAMPLE_INDEX = "biasaudit_sample_index"  # the column of global training-sample indices (methods with sample_index)
+
+
+def without_index(batch: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The batch as the adapter yielded it: without the loop's SAMPLE_INDEX column."""
+    return {k: v for k, v in batch.items() if k != SAMPLE_INDEX} if SAMPLE_INDEX in batch else batch
+
+
+def concat(batches: list[Mapping[str, Any]], modalities: Sequence[Modality] = ()) -> dict[str, Any]:
+    """One batch of all rows. Token ids padded per batch (a Hugging Face collator pads each batch to its own longest
+    text) are first padded to the widest batch, on the tokenizer's side: the declared one, else left when any batch
+    shows left padding."""
+    batches = list(batches)
+    for modality in modalities:
+        if modality.kind != "tokens" or len({b[modality.key].shape[1] for b in batches}) < 2:
+            continue
+        sides = {padding_side(b[modality.mask_key], modality) for b in batches}
+        side = "left" if "left" in sides else "right"
+        width = max(b[modality.key].shape[1] for b in batches)
+        others = other_keys(modalities, modality)
+        batches = [widen_tokens(b, modality, width, side=side, others=others) for b in batches]
+    out = {}
+    for key in batches[0]:
+        values = [b[key] for b in batches]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.cat(values)
+        elif isinstance(values[0], np.ndarray):
+            out[key] = np.concatenate(values)
+        else:
+            out[key] = [item for value in values for item in value]
+    return out
+
+
+def holdout_rows(indices: np.ndarray, *, config: TrainConfig) -> np.ndarray:
+    """Which samples of the train split are held out: a fixed per-sample draw under the seed."""
+    if config.holdout <= 0:
+        return np.zeros(len(indices), dtype=bool)
+    return uniform(config.seed, "holdout", np.asarray(indices, dtype=np.int64)) < config.holdout
+
+
+def training_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int | None = None,
+                     index: bool = False) -> Iterator[Mapping[str, Any]]:
+    """The training split's batches in the adapter's order, without the held-out rows (never empty); with `index`,
+    each with the SAMPLE_INDEX column of its samples' global indices."""
+    offset = 0
+    for batch in adapter_batches(adapter, config.split, batch_size=batch_size or config.batch_size):
+        n = len(checked_labels(batch, adapter, split=config.split))
+        keep = ~holdout_rows(np.arange(offset, offset + n), config=config)
+        if index:
+            batch = {**batch, SAMPLE_INDEX: torch.arange(offset, offset + n, dtype=torch.long)}
+        offset += n
+        if keep.all() and n:
+            yield batch
+        elif keep.any():
+            yield take_rows(batch, np.flatnonzero(keep))
+
+
+def held_out_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int) -> Iterator[Mapping[str, Any]]:
+    """The held-out rows of the training split (config.holdout), in the adapter's order: what validates a run
+    that has no val split, never trained on."""
+    offset = 0
+    for batch in adapter_batches(adapter, config.split, batch_size=batch_size):
+        n = len(checked_labels(batch, adapter, split=config.split))
+        rows = np.flatnonzero(holdout_rows(np.arange(offset, offset + n), config=config))
+        offset += n
+        if rows.size:
+            yield take_rows(batch, rows)
+
+
+def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int, index: bool = False) -> Iterator[dict[str, Any]]:
+    """The epoch's training batches; with `index`, each carries the SAMPLE_INDEX column (the same rows either way)."""
+    rng = np.random.default_rng([config.seed, epoch, 7])
+    buffer: list[Mapping[str, Any]] = []
+    held = 0
+
+    def flush() -> Iterator[dict[str, Any]]:
+        merged = concat(buffer, adapter.modalities)
+        order = rng.permutation(held)
+        for lo in range(0, held, config.batch_size):
+            yield take_rows(merged, order[lo: lo + config.batch_size])
+
+    for batch in training_batches(adapter, config=config, index=index):
+        buffer.append(batch)
+        held += len(checked_labels(batch, adapter, split=config.split))
+        if held >= config.shuffle_buffer:
+            yield from flush()
+            buffer, held = [], 0
+    if held:
+        yield from flush()
+
+
+def count_steps(adapter: Adapter, *, config: TrainConfig) -> int:
+    """Optimiser steps per epoch, counted the way shuffled_batches flushes its buffer: a buffer is emptied once it
+    holds at least shuffle_buffer samples, so it can hold more (whole adapter batches are added), and the steps
+    are ceil(held / batch_size) per flush. (Assuming flushes of exactly shuffle_buffer overcounted, so a
+    schedule over the steps, BalGrad's lambda, never reached its end.)"""
+    steps, held, total = 0, 0, 0
+    for batch in training_batches(adapter, config=config):
+        kept = len(checked_labels(batch, adapter, split=config.split))
+        held += kept
+        total += kept
+        if held >= config.shuffle_buffer:
+            steps += -(-held // config.batch_size)
+            held = 0
+    if total == 0:
+        raise InputError(f"Split {config.split!r} is empty; there is nothing to train on.")
+    return steps + -(-held // config.batch_size)
