@@ -14,7 +14,8 @@ replicates of different samples.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -69,8 +70,10 @@ def favoured_rule_difference(before: Mapping[str, Any], after: Mapping[str, Any]
     rules = [favoured_rule_of(audit) for audit in (before, after)]
     if rules[0] == rules[1]:
         return []
-    return [f"the audits read bias values differently (before: {rules[0]}; after: {rules[1]}), so their aligned, conflicting, "
-            "worst-group and bias-follow figures count different samples; scan both with the same --favoured-fraction and biasaudit"]
+    return [
+        f"the audits read bias values differently (before: {rules[0]}; after: {rules[1]}), so their aligned, conflicting, "
+        "worst-group and bias-follow figures count different samples; scan both with the same --favoured-fraction and biasaudit"
+    ]
 
 
 def generator_of(audit: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -80,6 +83,7 @@ def generator_of(audit: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def pair_replicates(before: Mapping[str, Any], after: Mapping[str, Any]) -> Pairing:
     """Pair the bootstrap replicates of two audits only when they drew the same weights for the same samples."""
+
     def unpaired(reason: str) -> Pairing:
         return Pairing(before=None, after=None, reason=reason)
 
@@ -89,17 +93,23 @@ def pair_replicates(before: Mapping[str, Any], after: Mapping[str, Any]) -> Pair
             return unpaired(lacking)
     generators = [generator_of(audit) for audit in (before, after)]
     if generators[0] != generators[1]:
-        return unpaired("the audits drew their random numbers with different generators "
-                        f"({generators[0]['name']} v{generators[0]['version']} vs {generators[1]['name']} v{generators[1]['version']})")
-    b, a = (BootstrapCounts.from_dict(audit["bootstrap"], conditions=[row["name"] for row in audit["conditions"]])
-            for audit in (before, after))
+        return unpaired(
+            "the audits drew their random numbers with different generators "
+            f"({generators[0]['name']} v{generators[0]['version']} vs {generators[1]['name']} v{generators[1]['version']})"
+        )
+    b, a = (
+        BootstrapCounts.from_dict(audit["bootstrap"], conditions=[row["name"] for row in audit["conditions"]])
+        for audit in (before, after)
+    )
     if b.seed != a.seed:
         return unpaired(f"different bootstrap seeds ({b.seed} vs {a.seed})")
     if b.replicates != a.replicates:
         return unpaired(f"different replicate counts ({b.replicates} vs {a.replicates})")
     if dict(b.draws) != dict(a.draws):
         # Replicates of R draws weigh R draws picked with replacement: they pair only with replicates that did the same.
-        return unpaired(f"different draws of the random conditions ({max(b.draws.values(), default=1)} vs {max(a.draws.values(), default=1)})")
+        return unpaired(
+            f"different draws of the random conditions ({max(b.draws.values(), default=1)} vs {max(a.draws.values(), default=1)})"
+        )
     different = fingerprint_difference(before["samples"], after["samples"])
     if different is not None:
         return unpaired(different)
@@ -120,12 +130,16 @@ def _check_same_conditions(before_rows: list[Mapping[str, Any]], after_rows: lis
     definitions = [{row["name"]: tuple(row.get(k) for k in _DEFINITION) for row in rows} for rows in (before_rows, after_rows)]
     if definitions[0].keys() != definitions[1].keys():
         only = sorted(definitions[0].keys() ^ definitions[1].keys())
-        raise InputError(f"The two audits ran different conditions ({', '.join(only)} in one only); a before/after comparison needs the same ones.")
+        raise InputError(
+            f"The two audits ran different conditions ({', '.join(only)} in one only); a before/after comparison needs the same ones."
+        )
     changed = [name for name, definition in definitions[0].items() if definitions[1][name] != definition]
     if changed:
         details = "; ".join(f"{name}: {definitions[0][name][2]} vs {definitions[1][name][2]}" for name in changed)
-        raise InputError(f"The two audits impaired differently under the same condition names ({details}); "
-                         "a before/after comparison needs the same impairments (check --mute).")
+        raise InputError(
+            f"The two audits impaired differently under the same condition names ({details}); "
+            "a before/after comparison needs the same impairments (check --mute)."
+        )
 
 
 def _delta(before: float | None, after: float | None) -> float | None:
@@ -145,11 +159,19 @@ def compare_audits(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[
     conditions = []
     for row in before["conditions"]:
         other = after_rows[row["name"]]
-        conditions.append({"name": row["name"], "before": row["accuracy"], "after": other["accuracy"],
-                           "delta": _delta(row["accuracy"], other["accuracy"]),
-                           "before_ci": row["accuracy_ci"], "after_ci": other["accuracy_ci"],
-                           "flip_before": row["flip_rate"], "flip_after": other["flip_rate"],
-                           "delta_ci": pairing.delta_interval(row["name"])})
+        conditions.append(
+            {
+                "name": row["name"],
+                "before": row["accuracy"],
+                "after": other["accuracy"],
+                "delta": _delta(row["accuracy"], other["accuracy"]),
+                "before_ci": row["accuracy_ci"],
+                "after_ci": other["accuracy_ci"],
+                "flip_before": row["flip_rate"],
+                "flip_after": other["flip_rate"],
+                "delta_ci": pairing.delta_interval(row["name"]),
+            }
+        )
     summary = {}
     for group in GROUPS:
         b, a = before["summary"].get(group), after["summary"].get(group)
@@ -162,14 +184,28 @@ def compare_audits(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[
             summary[group]["flip_rates"] = {"before": b["flip_rates"], "after": a["flip_rates"]}
     full_b, full_a = before["summary"]["full"]["accuracy"], after["summary"]["full"]["accuracy"]
     summary["full"] = {"before": full_b, "after": full_a, "delta": full_a - full_b, "delta_ci": pairing.delta_interval("full")}
-    jsd = {key: {"before": before["jsd"].get(key), "after": after["jsd"].get(key)} for key in ("mean", "weighted_mean")} \
-        if before["jsd"].get("available") and after["jsd"].get("available") else None
-    comparison = {"schema": "biasaudit.compare", "schema_version": 1, "split": b_config["split"], "summary": summary,
-                  "conditions": conditions, "jsd": jsd, "bias": compare_bias(before, after, pairing),
-                  "paired": pairing.paired, "unpaired_reason": pairing.reason,
-                  "note": "Deltas are after minus before, in points (bias-follow rates: fractions). " + (
-                      "Intervals of the deltas are paired bootstrap intervals (same samples, same replicate weights)." if pairing.paired else
-                      f"Not paired: {pairing.reason}; deltas have no interval.")}
+    jsd = (
+        {key: {"before": before["jsd"].get(key), "after": after["jsd"].get(key)} for key in ("mean", "weighted_mean")}
+        if before["jsd"].get("available") and after["jsd"].get("available")
+        else None
+    )
+    comparison = {
+        "schema": "biasaudit.compare",
+        "schema_version": 1,
+        "split": b_config["split"],
+        "summary": summary,
+        "conditions": conditions,
+        "jsd": jsd,
+        "bias": compare_bias(before, after, pairing),
+        "paired": pairing.paired,
+        "unpaired_reason": pairing.reason,
+        "note": "Deltas are after minus before, in points (bias-follow rates: fractions). "
+        + (
+            "Intervals of the deltas are paired bootstrap intervals (same samples, same replicate weights)."
+            if pairing.paired
+            else f"Not paired: {pairing.reason}; deltas have no interval."
+        ),
+    }
     comparison["verdict"] = compare_verdict(comparison)
     comparison["verdict_sentences"] = compare_sentences(comparison)
     return comparison
@@ -194,6 +230,7 @@ def _group_change_intervals(before: Mapping[str, Any], after: Mapping[str, Any],
 
 # --- bias measures (methods.md section 9) ---------------------------------------------------------------
 
+
 def _ran(audit: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     section = audit.get(key)
     return section if isinstance(section, Mapping) and section.get("available", True) else None
@@ -204,15 +241,26 @@ def derived_replicates(audit: Mapping[str, Any], key: str, replicates: int, who:
     values = ((audit.get("bootstrap") or {}).get("derived") or {}).get(key)
     if values is None:
         return None
-    if not isinstance(values, list) or len(values) != replicates or not all(
-            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values):
-        raise DataError(f"The {who} audit's bootstrap.derived[{key!r}] is not a list of {replicates} numbers or nulls, "
-                        "one per replicate; it is damaged.")
+    if (
+        not isinstance(values, list)
+        or len(values) != replicates
+        or not all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in values)
+    ):
+        raise DataError(
+            f"The {who} audit's bootstrap.derived[{key!r}] is not a list of {replicates} numbers or nulls, "
+            "one per replicate; it is damaged."
+        )
     return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
 
 
-def _change(before_value: float | None, after_value: float | None, key: str, before: Mapping[str, Any], after: Mapping[str, Any],
-            pairing: Pairing) -> dict[str, Any]:
+def _change(
+    before_value: float | None,
+    after_value: float | None,
+    key: str,
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    pairing: Pairing,
+) -> dict[str, Any]:
     """before, after, delta and the paired interval of the delta from the derived replicates (None when unpaired
     or when either audit lacks them)."""
     entry = {"before": before_value, "after": after_value, "delta": _delta(before_value, after_value), "delta_ci": None}
@@ -228,8 +276,11 @@ def _group_measure(before: Mapping[str, Any], after: Mapping[str, Any], pairing:
     b, a = ((_ran(audit, "groups") or {}).get("conditions") for audit in (before, after))
     if not b or not a:
         return None
-    out = {cond: _change(b[cond].get(measure), a[cond].get(measure), f"{measure}:{cond}", before, after, pairing)
-           for cond in b if cond in a}
+    out = {
+        cond: _change(b[cond].get(measure), a[cond].get(measure), f"{measure}:{cond}", before, after, pairing)
+        for cond in b
+        if cond in a
+    }
     if measure == "worst_group":  # 0% -> 0% reads as no change when eleven groups at 0% became one
         for cond, entry in out.items():
             tied = {"before": b[cond].get("groups_at_minimum"), "after": a[cond].get("groups_at_minimum")}
@@ -244,9 +295,16 @@ def _ceilings(before: Mapping[str, Any], after: Mapping[str, Any]) -> dict[str, 
         return None
     names = list(dict.fromkeys([*(b.get("modalities") or {}), *(a.get("modalities") or {})]))
     side = lambda section, m, key: ((section.get("modalities") or {}).get(m) or {}).get(key)  # noqa: E731
-    return {"modalities": {m: {key: {"before": side(b, m, key), "after": side(a, m, key)} for key in ("ceiling", "alone", "utilisation", "caveat")}
-                           for m in names},
-            **{key: {"before": b.get(key), "after": a.get(key)} for key in ("implied_gap", "observed_gap", "large_gap_expected")}}
+    return {
+        "modalities": {
+            m: {
+                key: {"before": side(b, m, key), "after": side(a, m, key)}
+                for key in ("ceiling", "alone", "utilisation", "caveat")
+            }
+            for m in names
+        },
+        **{key: {"before": b.get(key), "after": a.get(key)} for key in ("implied_gap", "observed_gap", "large_gap_expected")},
+    }
 
 
 def _why_not(audit: Mapping[str, Any], key: str, who: str) -> str:
@@ -262,8 +320,11 @@ def _different_groups(before: Mapping[str, Any], after: Mapping[str, Any]) -> li
     b, a = _ran(before, "groups"), _ran(after, "groups")
     if not b or not a:
         return []
-    return [f"the audits grouped differently ({key} {b.get(key)!r} vs {a.get(key)!r})"
-            for key in ("grouping", "min_group", "bias_source") if b.get(key) != a.get(key)]
+    return [
+        f"the audits grouped differently ({key} {b.get(key)!r} vs {a.get(key)!r})"
+        for key in ("grouping", "min_group", "bias_source")
+        if b.get(key) != a.get(key)
+    ]
 
 
 def _discovered_bias(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
@@ -271,8 +332,10 @@ def _discovered_bias(before: Mapping[str, Any], after: Mapping[str, Any]) -> lis
     measure different bias values and do not compare."""
     sources = [((_ran(audit, "groups") or _ran(audit, "carrier") or {}).get("bias_source")) for audit in (before, after)]
     if "kmeans" in sources:
-        return ["bias values were discovered by k-means on each model's own embeddings, so the two audits' groups and "
-                "bias-follow rates measure different bias values"]
+        return [
+            "bias values were discovered by k-means on each model's own embeddings, so the two audits' groups and "
+            "bias-follow rates measure different bias values"
+        ]
     return []
 
 
@@ -283,30 +346,44 @@ def compare_bias(before: Mapping[str, Any], after: Mapping[str, Any], pairing: P
     carriers = [_ran(audit, "carrier") for audit in (before, after)]
     follow = None
     if all(carriers):
-        rates = [{m: (v.get("bias_swap") or {}).get("excess_follow_rate") for m, v in (c.get("modalities") or {}).items()} for c in carriers]
-        follow = {m: _change(rates[0][m], rates[1][m], f"bias_follow:{m}", before, after, pairing) for m in rates[0] if m in rates[1]}
+        rates = [
+            {m: (v.get("bias_swap") or {}).get("excess_follow_rate") for m, v in (c.get("modalities") or {}).items()}
+            for c in carriers
+        ]
+        follow = {
+            m: _change(rates[0][m], rates[1][m], f"bias_follow:{m}", before, after, pairing) for m in rates[0] if m in rates[1]
+        }
     shifts = [((_ran(audit, "groups") or {}).get("shift") or {}).get("ood") for audit in (before, after)]
     ood = None
     if any(shifts):
         full_b, full_a = before["summary"]["full"]["accuracy"], after["summary"]["full"]["accuracy"]
         ood = {"before": full_b, "after": full_a, "delta": _delta(full_b, full_a), "delta_ci": pairing.delta_interval("full")}
-    lacking = {key: [_why_not(audit, key, who) for who, audit in (("before", before), ("after", after)) if not _ran(audit, key)]
-               for key in ("groups", "carrier")}
+    lacking = {
+        key: [_why_not(audit, key, who) for who, audit in (("before", before), ("after", after)) if not _ran(audit, key)]
+        for key in ("groups", "carrier")
+    }
     # Worst-group figures that cover bias-aligned groups only cannot show a change of bias: no entry, and why.
-    blind = [f"the {who} audit's worst-group accuracy cannot see the bias: {(_ran(audit, 'groups') or {}).get('blind')}"
-             for who, audit in (("before", before), ("after", after)) if (_ran(audit, "groups") or {}).get("blind")]
+    blind = [
+        f"the {who} audit's worst-group accuracy cannot see the bias: {(_ran(audit, 'groups') or {}).get('blind')}"
+        for who, audit in (("before", before), ("after", after))
+        if (_ran(audit, "groups") or {}).get("blind")
+    ]
     different = _different_groups(before, after)
     lacking["groups"] += blind + different
     # Bias values that are not the same in both audits (k-means clusters of each model, another favoured-class rule).
     incomparable = _discovered_bias(before, after) + favoured_rule_difference(before, after)
     for key in ("groups", "carrier"):
         lacking[key] += incomparable
-    return {"carrier": {"before": (carriers[0] or {}).get("carrier"), "after": (carriers[1] or {}).get("carrier")},
-            "bias_follow": None if incomparable else follow,
-            "worst_group": None if blind or different or incomparable else _group_measure(before, after, pairing, "worst_group"),
-            "bias_balanced": None if blind or different or incomparable else _group_measure(before, after, pairing, "bias_balanced"),
-            "ood": ood, "ceilings": _ceilings(before, after), "interaction": _interaction(before, after, pairing),
-            "lacking": {key: why for key, why in lacking.items() if why}}
+    return {
+        "carrier": {"before": (carriers[0] or {}).get("carrier"), "after": (carriers[1] or {}).get("carrier")},
+        "bias_follow": None if incomparable else follow,
+        "worst_group": None if blind or different or incomparable else _group_measure(before, after, pairing, "worst_group"),
+        "bias_balanced": None if blind or different or incomparable else _group_measure(before, after, pairing, "bias_balanced"),
+        "ood": ood,
+        "ceilings": _ceilings(before, after),
+        "interaction": _interaction(before, after, pairing),
+        "lacking": {key: why for key, why in lacking.items() if why},
+    }
 
 
 def _interaction(before: Mapping[str, Any], after: Mapping[str, Any], pairing: Pairing) -> dict[str, Any] | None:

@@ -8,13 +8,14 @@ import numbers
 import os
 import types
 import typing
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 
 # numpy's scalars count as the Python numbers they hold (np.int64 as an int, np.float32 as a number, np.bool_ as a
 # bool), and `plain` turns them into those numbers at the edge, so results and manifests hold plain JSON values.
 def _is_bool(value: Any) -> bool:
-    return isinstance(value, bool) or type(value).__name__ == "bool" and type(value).__module__ == "numpy"
+    return isinstance(value, bool) or (type(value).__name__ == "bool" and type(value).__module__ == "numpy")
 
 
 def _is_int(value: Any) -> bool:
@@ -39,9 +40,13 @@ def plain(value: Any) -> Any:
 # Types read by a rule of their own rather than isinstance, and how an expectation of each reads. The domain classes
 # (ba.Adapter, ...) register themselves where they are defined (register_type), so that this layer imports none of them.
 _TYPE_RULES: dict[Any, tuple[Callable[[Any], bool], str]] = {
-    int: (_is_int, "an int"), float: (_is_number, "a number"), bool: (_is_bool, "True or False"),
-    str: (lambda v: isinstance(v, str), "a str"), os.PathLike: (lambda v: isinstance(v, os.PathLike), "an os.PathLike"),
-    type(None): (lambda v: v is None, "None"), Any: (lambda v: True, "any value"),
+    int: (_is_int, "an int"),
+    float: (_is_number, "a number"),
+    bool: (_is_bool, "True or False"),
+    str: (lambda v: isinstance(v, str), "a str"),
+    os.PathLike: (lambda v: isinstance(v, os.PathLike), "an os.PathLike"),
+    type(None): (lambda v: v is None, "None"),
+    Any: (lambda v: True, "any value"),
 }
 # Sentences on what to do instead, for the mistakes users make (a path or a state dict for a model, ...): each takes
 # the value and the classes the annotation allows and returns a sentence, or "" when it does not apply.
@@ -80,7 +85,9 @@ def conforms(value: Any, hint: Any) -> bool:
         return any(conforms(value, arm) for arm in args)
     if origin in (collections.abc.Mapping, dict):
         key, item = args or (Any, Any)
-        return isinstance(value, collections.abc.Mapping) and all(conforms(k, key) and conforms(v, item) for k, v in value.items())
+        return isinstance(value, collections.abc.Mapping) and all(
+            conforms(k, key) and conforms(v, item) for k, v in value.items()
+        )
     if origin in (collections.abc.Sequence, list):
         return isinstance(value, (list, tuple)) and all(conforms(v, args[0] if args else Any) for v in value)
     if origin is collections.abc.Callable:
@@ -89,7 +96,7 @@ def conforms(value: Any, hint: Any) -> bool:
         # Read without iterating (a generator or a DataLoader would be consumed or run): a list or tuple's items are
         # checked, a str counts only where the items may be str.
         item = args[0] if args else Any
-        if not isinstance(value, collections.abc.Iterable) or isinstance(value, (str, bytes)) and not conforms("", item):
+        if not isinstance(value, collections.abc.Iterable) or (isinstance(value, (str, bytes)) and not conforms("", item)):
             return False
         return not isinstance(value, (list, tuple)) or all(conforms(v, item) for v in value)
     if origin is tuple:
@@ -137,7 +144,9 @@ def describe(hint: Any) -> str:
     if isinstance(hint, type):
         module = hint.__module__
         # Classes by the path users write: ba.Audit, torch.nn.Linear (not torch.nn.modules.linear.Linear).
-        prefix = "ba." if module.startswith("biasaudit") else "torch.nn." if module.startswith("torch.nn.modules.") else module + "."
+        prefix = (
+            "ba." if module.startswith("biasaudit") else "torch.nn." if module.startswith("torch.nn.modules.") else module + "."
+        )
         return f"a {prefix}{hint.__qualname__}"
     return str(hint)
 
@@ -199,8 +208,10 @@ def _module_remedy(value: Any, wanted: set[Any]) -> str:
     if inspect.isclass(value) and any(isinstance(w, type) and issubclass(value, w) for w in wanted):
         return f" Pass an instance, e.g. {value.__name__}(), not the class."
     if nn.Module in wanted and isinstance(value, (str, os.PathLike)):
-        return (" To scan a checkpoint file, load it with adapter.build_model() and load_state_dict, or use the command "
-                "line (biasaudit scan).")
+        return (
+            " To scan a checkpoint file, load it with adapter.build_model() and load_state_dict, or use the command "
+            "line (biasaudit scan)."
+        )
     if nn.Module in wanted and isinstance(value, collections.abc.Mapping):
         return " That looks like a state dict: build the model (adapter.build_model()) and load it with load_state_dict."
     return ""

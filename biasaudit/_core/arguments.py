@@ -15,7 +15,8 @@ import functools
 import inspect
 import typing
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
 
 from biasaudit._core.annotations import _entry, conforms, describe, plain, remedy, shown
 from biasaudit.errors import ArgumentTypeError, InputError
@@ -28,8 +29,10 @@ ValueRule = Callable[[Any], "str | None"]
 def check_argument(value: Any, hint: Any, *, parameter: str, where: str, rule: ValueRule | None = None) -> None:
     """One argument against its annotation, then its value rule; raises naming `parameter` of `where`."""
     if not conforms(value, hint):
-        raise ArgumentTypeError(f"The {parameter!r} parameter of {where} must be {describe(hint)}; got {shown(value)}{_entry(value, hint)}."
-                                f"{remedy(value, hint)}")
+        raise ArgumentTypeError(
+            f"The {parameter!r} parameter of {where} must be {describe(hint)}; got {shown(value)}{_entry(value, hint)}."
+            f"{remedy(value, hint)}"
+        )
     expected = rule(value) if rule is not None else None
     if expected is not None:
         raise InputError(f"The {parameter!r} parameter of {where} is {shown(value)}; expected {expected}.")
@@ -104,7 +107,12 @@ def checked_keywords(where: str) -> Callable[[F], F]:
             if not kwargs:
                 if count in complete:
                     return function(*args)
-            elif count < len(needed) and kwargs.keys() <= by_keyword and needed[count] <= kwargs.keys() and taken[count].isdisjoint(kwargs):
+            elif (
+                count < len(needed)
+                and kwargs.keys() <= by_keyword
+                and needed[count] <= kwargs.keys()
+                and taken[count].isdisjoint(kwargs)
+            ):
                 return function(*args, **kwargs)
             check_keywords(kwargs, named, where=where)
             try:
@@ -176,8 +184,10 @@ def reading_document(where: str, what: str) -> Iterator[None]:
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
         if isinstance(exc, InputError):
             raise
-        raise InputError(f"The 'document' parameter of {where} is not {what} ({type(exc).__name__}: {exc}); pass a document "
-                         "as to_dict() returns it.") from None
+        raise InputError(
+            f"The 'document' parameter of {where} is not {what} ({type(exc).__name__}: {exc}); pass a document "
+            "as to_dict() returns it."
+        ) from None
 
 
 def output_file(where: str) -> ValueRule:

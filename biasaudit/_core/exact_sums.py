@@ -9,7 +9,7 @@ rounded to a float once, correctly, when read (Python's int / int is correctly r
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -45,16 +45,21 @@ def _check_creatable(path: Path, *, option: str, what: str, named: Path) -> None
     limit = _name_limit(ancestor if ancestor.is_dir() else ancestor.parent)
     long = next((part for part in named.absolute().parts if len(os.fsencode(part)) > limit), None)
     if long is not None:
-        raise InputError(f"{option} {named}: the name {long[:40]}... has {len(os.fsencode(long))} bytes, more than this "
-                         f"filesystem allows ({limit}); choose a shorter {what}.")
+        raise InputError(
+            f"{option} {named}: the name {long[:40]}... has {len(os.fsencode(long))} bytes, more than this "
+            f"filesystem allows ({limit}); choose a shorter {what}."
+        )
     if not ancestor.is_dir():
         raise InputError(f"{option} {named} lies below {ancestor}, which is a file, not a directory; choose another {what}.")
     try:
         fd, probe = tempfile.mkstemp(prefix=".biasaudit-probe-", dir=ancestor)
     except OSError as exc:
-        reason = "it is read-only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else (exc.strerror or "it refused a file")
-        raise InputError(f"{option} {named} cannot be written: nothing can be created in {ancestor} ({reason}); choose another "
-                         f"{what}.") from None
+        reason = (
+            "it is read-only" if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else (exc.strerror or "it refused a file")
+        )
+        raise InputError(
+            f"{option} {named} cannot be written: nothing can be created in {ancestor} ({reason}); choose another {what}."
+        ) from None
     os.close(fd)
     os.unlink(probe)
 

@@ -30,7 +30,8 @@ import threading
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
+from collections.abc import Iterator, Mapping
 
 from biasaudit._core.files import atomic_write_bytes, file_sha256
 from biasaudit.errors import InputError
@@ -57,7 +58,9 @@ class OutputSet:
     file and the directories this run created, if empty.
     """
 
-    def __init__(self, out: str | os.PathLike, *, files: tuple[str, ...], option: str = "--out", optional: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, out: str | os.PathLike, *, files: tuple[str, ...], option: str = "--out", optional: tuple[str, ...] = ()
+    ) -> None:
         self.out = Path(out)
         self.files = tuple(files)
         self.optional = tuple(optional)  # files a run may add (include); the commit removes those it did not write
@@ -69,7 +72,7 @@ class OutputSet:
         self._stage: Path | None = None
         self._lock_fd: int | None = None
 
-    def __enter__(self) -> "OutputSet":
+    def __enter__(self) -> OutputSet:
         check_output_dir(self.out, option=self.option)
         missing = []
         for directory in (self.out, *self.out.parents):
@@ -148,8 +151,10 @@ class OutputSet:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                raise InputError(f"{self.option} {self.out} is being written by another biasaudit run right now; wait for it "
-                                 f"to finish or choose another directory.") from None
+                raise InputError(
+                    f"{self.option} {self.out} is being written by another biasaudit run right now; wait for it "
+                    f"to finish or choose another directory."
+                ) from None
             # A finishing run removes the lock file: a lock on a removed file locks nothing.
             try:
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
@@ -206,6 +211,7 @@ def _interrupts_held() -> Iterator[None]:
 
 # --- reading -------------------------------------------------------------------------------------------------
 
+
 def stamp_of(data: Any) -> Mapping[str, Any] | None:
     """The run stamp a JSON result carries: `manifest.run` (audits) or `run` (compare.json, train_log.json)."""
     if not isinstance(data, Mapping):
@@ -242,8 +248,10 @@ def check_set(path: str | os.PathLike, data: Any, *, source: str) -> None:
         except (OSError, ValueError, AttributeError):
             moving = []
         if path.name in moving:
-            raise InputError(f"{source} belongs to an incomplete set of results: a run was interrupted (or is still running) "
-                             f"while moving its files into {directory}; re-run the command that writes them.")
+            raise InputError(
+                f"{source} belongs to an incomplete set of results: a run was interrupted (or is still running) "
+                f"while moving its files into {directory}; re-run the command that writes them."
+            )
     stamp = stamp_of(data)
     if stamp is None or path.name not in (stamp.get("files") or []):
         return  # an older file, or one copied under another name: judged alone
@@ -252,5 +260,7 @@ def check_set(path: str | os.PathLike, data: Any, *, source: str) -> None:
         if name == path.name or not sibling.is_file():
             continue
         if _run_id_of_sibling(sibling, stamp) != stamp["id"]:
-            raise InputError(f"{source} and {sibling} were written by different runs: {directory} holds a mixed set of results "
-                             f"(a run killed while writing, or two runs into one directory); re-run the command that writes them.")
+            raise InputError(
+                f"{source} and {sibling} were written by different runs: {directory} holds a mixed set of results "
+                f"(a run killed while writing, or two runs into one directory); re-run the command that writes them."
+            )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import contextvars
 import queue
 import threading
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
@@ -30,7 +31,9 @@ class _Failed:
         self.error = error
 
 
-def prefetched(items: Iterable[Item], work: Callable[[Item], Result], *, depth: int = DEPTH, ahead: bool = True) -> Iterator[Result]:
+def prefetched(
+    items: Iterable[Item], work: Callable[[Item], Result], *, depth: int = DEPTH, ahead: bool = True
+) -> Iterator[Result]:
     """work(item) for every item, in order, computed by a background thread up to `depth` items ahead; in line when
     not `ahead` (an adapter whose data() must not run beside its forwards, Adapter.read_ahead)."""
     if not ahead:

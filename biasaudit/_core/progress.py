@@ -9,7 +9,8 @@ losses. A caller's callback may take only the first three: `with_status` adapts 
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Protocol
+from typing import Protocol
+from collections.abc import Callable
 
 from biasaudit._core.annotations import register_type
 

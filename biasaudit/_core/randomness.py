@@ -59,7 +59,9 @@ _POISSON1_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1, dtype=np.f
 _BUCKET_BITS = 16
 _TAIL_BITS = 53 - _BUCKET_BITS
 _BUCKET_LOW = np.searchsorted(_POISSON1_CDF, np.arange(1 << _BUCKET_BITS) / float(1 << _BUCKET_BITS), side="right")
-_BUCKET_HIGH = np.searchsorted(_POISSON1_CDF, np.nextafter(np.arange(1, (1 << _BUCKET_BITS) + 1) / float(1 << _BUCKET_BITS), 0), side="right")
+_BUCKET_HIGH = np.searchsorted(
+    _POISSON1_CDF, np.nextafter(np.arange(1, (1 << _BUCKET_BITS) + 1) / float(1 << _BUCKET_BITS), 0), side="right"
+)
 _POISSON1_TABLE = np.where(_BUCKET_LOW == _BUCKET_HIGH, _BUCKET_LOW, -1).astype(np.int8)
 
 

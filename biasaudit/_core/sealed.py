@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 

@@ -44,8 +44,11 @@ def parse_shard(text: str) -> Shard:
         raise InputError(f"--shard is {text!r}; expected I/N, e.g. 0/4 for the first of four shards (I counts from 0).")
     index, count = int(match.group(1)), int(match.group(2))
     if count < 1 or index >= count:
-        raise InputError(f"--shard is {text!r}: there must be at least 1 shard (N >= 1)." if count < 1 else
-                         f"--shard is {text!r}: shard index {index} is out of range for {count} shard(s); expected I from 0 to {count - 1}.")
+        raise InputError(
+            f"--shard is {text!r}: there must be at least 1 shard (N >= 1)."
+            if count < 1
+            else f"--shard is {text!r}: shard index {index} is out of range for {count} shard(s); expected I from 0 to {count - 1}."
+        )
     return Shard(index, count)
 
 
@@ -76,8 +79,10 @@ def join_torchrun(device: str) -> tuple[Shard, str] | None:
     if device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
     elif device.startswith("cuda:") and local > 1:
-        raise InputError(f"--device {device} would put all {local} processes of this machine on one GPU; under torchrun give --device cuda "
-                         "and each process takes its own (cuda:LOCAL_RANK).")
+        raise InputError(
+            f"--device {device} would put all {local} processes of this machine on one GPU; under torchrun give --device cuda "
+            "and each process takes its own (cuda:LOCAL_RANK)."
+        )
     if not dist.is_initialized():
         # A long timeout: the other ranks wait while rank 0 finishes the audit alone (for data without a bias key, a
         # whole second pass); torchrun still stops every process as soon as one fails.
@@ -90,4 +95,3 @@ def leave_torchrun() -> None:
 
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-

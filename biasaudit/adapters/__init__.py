@@ -8,5 +8,14 @@ from biasaudit.adapters.hf import empty_text_ids, token_modality, tokenizing_pre
 from biasaudit.adapters.loader import LoaderAdapter, model_inputs
 from biasaudit.adapters.submodules import submodule
 
-__all__ = ["LoaderAdapter", "model_inputs", "logits_of", "token_modality", "tokenizing_prepare", "empty_text_ids",
-           "rebatched", "shuffling_sampler", "submodule"]
+__all__ = [
+    "LoaderAdapter",
+    "empty_text_ids",
+    "logits_of",
+    "model_inputs",
+    "rebatched",
+    "shuffling_sampler",
+    "submodule",
+    "token_modality",
+    "tokenizing_prepare",
+]

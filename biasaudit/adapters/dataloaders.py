@@ -10,7 +10,8 @@ or whose automatic batching is off (batch_size=None) is read as it is: its batch
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
 
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SubsetRandomSampler, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -40,8 +41,10 @@ def check_loader(loader: Any, split: str) -> DataLoader:
         raise AdapterError(f"loaders[{split!r}] is a {type(loader).__name__}; expected a torch.utils.data.DataLoader.")
     random = shuffling_sampler(loader)
     if random is not None:
-        raise AdapterError(f"The DataLoader of split {split!r} shuffles (its sampler is a {random}); pass shuffle=False "
-                           "(an audit needs a fixed order, and biasaudit fix shuffles training batches itself, with its seed).")
+        raise AdapterError(
+            f"The DataLoader of split {split!r} shuffles (its sampler is a {random}); pass shuffle=False "
+            "(an audit needs a fixed order, and biasaudit fix shuffles training batches itself, with its seed)."
+        )
     return loader
 
 
@@ -50,8 +53,13 @@ def rebatched(loader: DataLoader, batch_size: int) -> DataLoader:
     if loader.batch_size is None:
         return loader
     options: dict[str, Any] = {
-        "batch_size": batch_size, "drop_last": False, "collate_fn": loader.collate_fn, "num_workers": loader.num_workers,
-        "pin_memory": loader.pin_memory, "worker_init_fn": loader.worker_init_fn, "timeout": loader.timeout,
+        "batch_size": batch_size,
+        "drop_last": False,
+        "collate_fn": loader.collate_fn,
+        "num_workers": loader.num_workers,
+        "pin_memory": loader.pin_memory,
+        "worker_init_fn": loader.worker_init_fn,
+        "timeout": loader.timeout,
         "multiprocessing_context": loader.multiprocessing_context,
     }
     if not isinstance(loader.dataset, IterableDataset):  # an iterable dataset has no sampler: it yields its own order
@@ -73,6 +81,8 @@ class DictBatches:
     def __iter__(self) -> Iterator[Mapping[str, Any]]:
         for batch in self.loader:
             if not isinstance(batch, Mapping):
-                raise DataError(f"The DataLoader of split {self.split!r} yields {type(batch).__name__} batches; expected dicts with one key "
-                                "per modality and the label (have the Dataset return dicts, or give the loader a collate_fn that builds one).")
+                raise DataError(
+                    f"The DataLoader of split {self.split!r} yields {type(batch).__name__} batches; expected dicts with one key "
+                    "per modality and the label (have the Dataset return dicts, or give the loader a collate_fn that builds one)."
+                )
             yield batch

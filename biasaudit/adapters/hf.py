@@ -5,7 +5,8 @@ transformers stays optional: it is imported only when one of these helpers is ca
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -19,7 +20,9 @@ def require_transformers(helper: str) -> Any:
     try:
         import transformers
     except ImportError:
-        raise AdapterError(f"{helper} needs the transformers package, which is not installed; pip install 'biasaudit[hf]'.") from None
+        raise AdapterError(
+            f"{helper} needs the transformers package, which is not installed; pip install 'biasaudit[hf]'."
+        ) from None
     return transformers
 
 
@@ -36,35 +39,62 @@ def empty_text_ids(tokenizer: Any) -> tuple[int, ...]:
     return tuple(int(i) for i in ids)
 
 
-def token_modality(name: str, tokenizer: Any, *, key: str = "input_ids", mask_key: str = "attention_mask",
-                   special_ids: Sequence[int] | None = None, missing: str | None = None) -> Modality:
+def token_modality(
+    name: str,
+    tokenizer: Any,
+    *,
+    key: str = "input_ids",
+    mask_key: str = "attention_mask",
+    special_ids: Sequence[int] | None = None,
+    missing: str | None = None,
+) -> Modality:
     """A "tokens" Modality for ids made by a Hugging Face tokenizer: pad_id = tokenizer.pad_token_id, special_ids =
     the ids it puts around an empty string (give `special_ids` for a tokenizer that puts none, e.g. GPT-2's), and
     padding_side = tokenizer.padding_side."""
     require_transformers("token_modality")
     pad_id = getattr(tokenizer, "pad_token_id", None)
     if pad_id is None:
-        raise AdapterError(f"Tokenizer {_called(tokenizer)} has no pad token; set tokenizer.pad_token = ... (e.g. tokenizer.eos_token) "
-                           f"before building modality {name!r}, so that deleted tokens can become padding.")
+        raise AdapterError(
+            f"Tokenizer {_called(tokenizer)} has no pad token; set tokenizer.pad_token = ... (e.g. tokenizer.eos_token) "
+            f"before building modality {name!r}, so that deleted tokens can become padding."
+        )
     special = set(getattr(tokenizer, "all_special_ids", ()) or ())
     if special and len(tokenizer) <= len(special):
         # transformers 5 builds BertTokenizerFast(vocab_file=...) with the special tokens alone (it reads `vocab=`):
         # every word becomes [UNK], and an audit of such ids measures nothing.
-        raise AdapterError(f"Tokenizer {_called(tokenizer)} has only its {len(tokenizer)} special tokens in its vocabulary, so every word "
-                           f"becomes {getattr(tokenizer, 'unk_token', None) or 'unknown'}; load its vocabulary (with transformers 5, "
-                           "BertTokenizerFast(vocab=PATH) rather than vocab_file=PATH) before building modality "
-                           f"{name!r}.")
+        raise AdapterError(
+            f"Tokenizer {_called(tokenizer)} has only its {len(tokenizer)} special tokens in its vocabulary, so every word "
+            f"becomes {getattr(tokenizer, 'unk_token', None) or 'unknown'}; load its vocabulary (with transformers 5, "
+            "BertTokenizerFast(vocab=PATH) rather than vocab_file=PATH) before building modality "
+            f"{name!r}."
+        )
     ids = tuple(int(i) for i in special_ids) if special_ids is not None else empty_text_ids(tokenizer)
     if not ids:
-        raise AdapterError(f"Tokenizer {_called(tokenizer)} puts no tokens around an empty string, so a muted text would be all padding; "
-                           f"pass special_ids=(...) to token_modality({name!r}, ...): the ids your model should see for an empty text (e.g. its BOS id).")
+        raise AdapterError(
+            f"Tokenizer {_called(tokenizer)} puts no tokens around an empty string, so a muted text would be all padding; "
+            f"pass special_ids=(...) to token_modality({name!r}, ...): the ids your model should see for an empty text (e.g. its BOS id)."
+        )
     side = getattr(tokenizer, "padding_side", None)
-    return Modality(name, "tokens", key=key, mask_key=mask_key, pad_id=int(pad_id), special_ids=ids, missing=missing,
-                    padding_side=side if side in ("left", "right") else None)
+    return Modality(
+        name,
+        "tokens",
+        key=key,
+        mask_key=mask_key,
+        pad_id=int(pad_id),
+        special_ids=ids,
+        missing=missing,
+        padding_side=side if side in ("left", "right") else None,
+    )
 
 
-def tokenizing_prepare(tokenizer: Any, modalities: Sequence[Modality], *, text: str | None = None, keys: Sequence[str] | None = None,
-                       **tokenizer_options: Any) -> Callable[[Mapping[str, Any], torch.device], dict[str, Any]]:
+def tokenizing_prepare(
+    tokenizer: Any,
+    modalities: Sequence[Modality],
+    *,
+    text: str | None = None,
+    keys: Sequence[str] | None = None,
+    **tokenizer_options: Any,
+) -> Callable[[Mapping[str, Any], torch.device], dict[str, Any]]:
     """A prepare(batch, device) for a "text" modality of raw strings: the other modalities' entries as they are
     (biasaudit.adapters.model_inputs), and in place of the strings what `tokenizer(text=strings, padding=True,
     truncation=True, return_tensors="pt", **tokenizer_options)` returns (input_ids, attention_mask, ...), on the
@@ -80,8 +110,10 @@ def tokenizing_prepare(tokenizer: Any, modalities: Sequence[Modality], *, text: 
         wanted = f"text modality {text!r}" if text is not None else "exactly one text modality (or text=NAME)"
         raise AdapterError(f"tokenizing_prepare needs {wanted}; the text modalities are: {available}.")
     if isinstance(keys, str) or (keys is not None and not keys):
-        raise AdapterError(f"tokenizing_prepare got keys={keys!r}; expected the names of the tokenizer outputs to pass, "
-                           "e.g. keys=('input_ids', 'attention_mask').")
+        raise AdapterError(
+            f"tokenizing_prepare got keys={keys!r}; expected the names of the tokenizer outputs to pass, "
+            "e.g. keys=('input_ids', 'attention_mask')."
+        )
     named = tuple(keys) if keys is not None else ()
     modality = candidates[0]
     others = [m for m in modalities if m is not modality]
@@ -93,8 +125,10 @@ def tokenizing_prepare(tokenizer: Any, modalities: Sequence[Modality], *, text: 
         encoded = tokenizer(text=list(batch[modality.key]), **options)
         for key in named:
             if key not in encoded:
-                raise AdapterError(f"tokenizing_prepare(keys=...) names {key!r}, which {_called(tokenizer)} does not return; "
-                                   f"it returns: {', '.join(encoded)}.")
+                raise AdapterError(
+                    f"tokenizing_prepare(keys=...) names {key!r}, which {_called(tokenizer)} does not return; "
+                    f"it returns: {', '.join(encoded)}."
+                )
         passed = named or tuple(encoded)
         inputs.update({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in encoded.items() if k in passed})
         return TokenizerInputs(inputs, chosen=() if named else passed, named=named, tokenizer=_called(tokenizer), told=told)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -48,15 +49,31 @@ class LoaderAdapter(Adapter):
     state_dict_prefix: see Adapter.state_dict_prefix.
     """
 
-    def __init__(self, model_fn: Callable[[], nn.Module], *, loaders: Mapping[str, DataLoader], modalities: Sequence[Modality],
-                 num_classes: int, label_key: str = "label", bias_key: str | None = None, prepare: Prepare | None = None,
-                 forward: Forward | None = None, classifier: str | None = None, branches: Mapping[str, str] | None = None,
-                 class_names: Sequence[str] | None = None, bias_names: Sequence[str] | None = None,
-                 state_dict_prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        model_fn: Callable[[], nn.Module],
+        *,
+        loaders: Mapping[str, DataLoader],
+        modalities: Sequence[Modality],
+        num_classes: int,
+        label_key: str = "label",
+        bias_key: str | None = None,
+        prepare: Prepare | None = None,
+        forward: Forward | None = None,
+        classifier: str | None = None,
+        branches: Mapping[str, str] | None = None,
+        class_names: Sequence[str] | None = None,
+        bias_names: Sequence[str] | None = None,
+        state_dict_prefix: str | None = None,
+    ) -> None:
         if not callable(model_fn):
-            raise AdapterError(f"LoaderAdapter's model_fn is a {type(model_fn).__name__}; expected a callable that builds the nn.Module.")
+            raise AdapterError(
+                f"LoaderAdapter's model_fn is a {type(model_fn).__name__}; expected a callable that builds the nn.Module."
+            )
         if not isinstance(loaders, Mapping) or not loaders:
-            raise AdapterError("LoaderAdapter needs loaders={split name: DataLoader}, e.g. {'train': train_loader, 'test': test_loader}.")
+            raise AdapterError(
+                "LoaderAdapter needs loaders={split name: DataLoader}, e.g. {'train': train_loader, 'test': test_loader}."
+            )
         for name, hook in (("prepare", prepare), ("forward", forward)):
             if hook is not None and not callable(hook):
                 raise AdapterError(f"LoaderAdapter's {name} is a {type(hook).__name__}; expected a callable or None.")

@@ -20,7 +20,11 @@ def submodule(model: nn.Module, path: str, *, what: str) -> nn.Module:
         if not path.rpartition(".")[2].isdigit():
             names = [name for name in names if not name.rpartition(".")[2].isdigit()]
         near = difflib.get_close_matches(path, names, n=4, cutoff=0.4)
-        hint = f"nearest: {', '.join(near)}" if near else f"its top-level modules are {', '.join(n for n, _ in model.named_children()) or 'none'}"
+        hint = (
+            f"nearest: {', '.join(near)}"
+            if near
+            else f"its top-level modules are {', '.join(n for n, _ in model.named_children()) or 'none'}"
+        )
         raise AdapterError(f"The {what} path {path!r} names no submodule of {type(model).__name__} ({hint}).") from None
 
 

@@ -18,10 +18,19 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = ["compare", "demo", "fix", "gate", "leaderboard", "load_adapter", "merge", "merge_leaderboard", "scan", "scan_shard"]
 
-_MODULE_OF = {"scan": "_scan", "load_adapter": "_scan", "_settings": "_scan", "scan_shard": "_shard", "fix": "_fix",
-              "leaderboard": "_board",
-              "merge_leaderboard": "_board", "compare": "_documents", "gate": "_documents", "merge": "_documents",
-              "demo": "_demo"}
+_MODULE_OF = {
+    "scan": "_scan",
+    "load_adapter": "_scan",
+    "_settings": "_scan",
+    "scan_shard": "_shard",
+    "fix": "_fix",
+    "leaderboard": "_board",
+    "merge_leaderboard": "_board",
+    "compare": "_documents",
+    "gate": "_documents",
+    "merge": "_documents",
+    "demo": "_demo",
+}
 
 
 def __getattr__(name: str) -> Any:

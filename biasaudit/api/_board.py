@@ -37,26 +37,61 @@ def _grids_problem(value: Any) -> str | None:
         if not isinstance(method, str):
             return expected
         if method not in OPTION_GRIDS:
-            raise InputError(f"The 'grids' parameter of ba.leaderboard names {method!r}, which has no option chosen on validation "
-                             f"data. Available: {', '.join(OPTION_GRIDS)}.")
+            raise InputError(
+                f"The 'grids' parameter of ba.leaderboard names {method!r}, which has no option chosen on validation "
+                f"data. Available: {', '.join(OPTION_GRIDS)}."
+            )
         check_grid(method, grid)
     return None
 
 
-@checked("ba.leaderboard", seeds=lambda value: None if len(value) >= 2 and len(set(value)) == len(value) and min(value) >= 0
-         else "at least two different seeds of 0 or more", split=not_empty, epochs=at_least(1), lr=positive_finite,
-         batch_size=at_least(1), optimizer=one_of(OPTIMIZERS), bootstrap=at_least(10), primary=one_of(PRIMARY), keep=one_of(KEEP),
-         max_full_drop=non_negative_finite, out=output_dir("ba.leaderboard", "out"), jobs=at_least(1), grids=_grids_problem,
-         shard=lambda value: None if value is None or _shard_of(value) is not None
-         else "I/N with N >= 1 and I from 0 to N - 1, e.g. '0/4'")
-def leaderboard(model: nn.Module | StrPath, adapter: Adapter | str, *, out: StrPath,
-                methods: Sequence[str] = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr"),
-                seeds: Sequence[int] = (0, 1, 2), split: str = "test", epochs: int = 20, lr: float = 3e-3, batch_size: int = 64,
-                optimizer: str = "adam", bootstrap: int = 1000, primary: str = "worst-group", max_full_drop: float = 1.0,
-                keep: str = "best", device: str | torch.device = "cpu", jobs: int = 1,
-                grids: Mapping[str, Sequence[float]] | None = None, shard: str | None = None,
-                progress: Progress | None = None, on_run: Callable[[str, int, bool], None] | None = None,
-                trust_checkpoint: bool = False) -> LeaderboardResult:
+@checked(
+    "ba.leaderboard",
+    seeds=lambda value: (
+        None
+        if len(value) >= 2 and len(set(value)) == len(value) and min(value) >= 0
+        else "at least two different seeds of 0 or more"
+    ),
+    split=not_empty,
+    epochs=at_least(1),
+    lr=positive_finite,
+    batch_size=at_least(1),
+    optimizer=one_of(OPTIMIZERS),
+    bootstrap=at_least(10),
+    primary=one_of(PRIMARY),
+    keep=one_of(KEEP),
+    max_full_drop=non_negative_finite,
+    out=output_dir("ba.leaderboard", "out"),
+    jobs=at_least(1),
+    grids=_grids_problem,
+    shard=lambda value: (
+        None if value is None or _shard_of(value) is not None else "I/N with N >= 1 and I from 0 to N - 1, e.g. '0/4'"
+    ),
+)
+def leaderboard(
+    model: nn.Module | StrPath,
+    adapter: Adapter | str,
+    *,
+    out: StrPath,
+    methods: Sequence[str] = ("ce", "mmdb", "balgrad", "ogm_ge", "mmpareto", "groupdro", "jtt", "dandr", "dfr"),
+    seeds: Sequence[int] = (0, 1, 2),
+    split: str = "test",
+    epochs: int = 20,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    optimizer: str = "adam",
+    bootstrap: int = 1000,
+    primary: str = "worst-group",
+    max_full_drop: float = 1.0,
+    keep: str = "best",
+    device: str | torch.device = "cpu",
+    jobs: int = 1,
+    grids: Mapping[str, Sequence[float]] | None = None,
+    shard: str | None = None,
+    progress: Progress | None = None,
+    on_run: Callable[[str, int, bool], None] | None = None,
+    trust_checkpoint: bool = False,
+) -> LeaderboardResult:
     """Fix `model` with every method in `methods` for every seed, compare each with the `ce` control (always included)
     seed by seed, pool the changes over seeds and samples (a hierarchical bootstrap, biasaudit/choosing/pooling.py),
     and recommend a method only when a bias measure improves beyond that noise on most seeds and Full accuracy
@@ -86,10 +121,20 @@ def leaderboard(model: nn.Module | StrPath, adapter: Adapter | str, *, out: StrP
     from biasaudit.choosing.board import run_leaderboard
     from biasaudit.choosing.runs import CONTROL, LeaderboardSettings, check_settings, default_grids
 
-    settings = LeaderboardSettings(methods=(CONTROL, *[m for m in methods if m != CONTROL]), seeds=tuple(seeds), split=split,
-                                   epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap,
-                                   primary=primary, max_full_drop=max_full_drop, keep=keep,
-                                   grids={**default_grids(), **{m: tuple(float(v) for v in g) for m, g in (grids or {}).items()}})
+    settings = LeaderboardSettings(
+        methods=(CONTROL, *[m for m in methods if m != CONTROL]),
+        seeds=tuple(seeds),
+        split=split,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        bootstrap=bootstrap,
+        primary=primary,
+        max_full_drop=max_full_drop,
+        keep=keep,
+        grids={**default_grids(), **{m: tuple(float(v) for v in g) for m, g in (grids or {}).items()}},
+    )
     device = str(device)
     loaded, spec = adapter_of(adapter)
     _check_scan(loaded, settings.scan_config(settings.seeds[0], device), where="ba.leaderboard")  # as ba.fix, before any work
@@ -100,22 +145,42 @@ def leaderboard(model: nn.Module | StrPath, adapter: Adapter | str, *, out: StrP
         from biasaudit.scanning.audit import load_model
 
         checkpoint, model = Path(model), load_model(Path(model), loaded, trust=trust_checkpoint)
-    document = run_leaderboard(model, loaded, settings, out=out, device=device, checkpoint=checkpoint, adapter_spec=spec,
-                               progress=progress, on_run=on_run, jobs=jobs, shard=part)
+    document = run_leaderboard(
+        model,
+        loaded,
+        settings,
+        out=out,
+        device=device,
+        checkpoint=checkpoint,
+        adapter_spec=spec,
+        progress=progress,
+        on_run=on_run,
+        jobs=jobs,
+        shard=part,
+    )
     if part is not None:
-        return LeaderboardResult(recommended=None,
-                                 verdict=f"Shard {part.index}/{part.count}: {len(document['runs'])} runs finished; "
-                                 "merge every shard's folder (merge_leaderboard, or biasaudit merge) for the leaderboard.",
-                                 reasons=(), json_path=Path(out) / f"shard-{part.index}-of-{part.count}.json", html_path=None,
-                                 document=document)
+        return LeaderboardResult(
+            recommended=None,
+            verdict=f"Shard {part.index}/{part.count}: {len(document['runs'])} runs finished; "
+            "merge every shard's folder (merge_leaderboard, or biasaudit merge) for the leaderboard.",
+            reasons=(),
+            json_path=Path(out) / f"shard-{part.index}-of-{part.count}.json",
+            html_path=None,
+            document=document,
+        )
     return _leaderboard_result(document, Path(out))
 
 
 def _leaderboard_result(document: Mapping[str, Any], out: Path) -> LeaderboardResult:
     recommendation = document["recommendation"]
-    return LeaderboardResult(recommended=recommendation["method"], verdict=document["verdict"],
-                             reasons=tuple(recommendation["reasons"]), json_path=out / "leaderboard.json",
-                             html_path=out / "leaderboard.html", document=document)
+    return LeaderboardResult(
+        recommended=recommendation["method"],
+        verdict=document["verdict"],
+        reasons=tuple(recommendation["reasons"]),
+        json_path=out / "leaderboard.json",
+        html_path=out / "leaderboard.html",
+        document=document,
+    )
 
 
 def _shard_of(text: Any) -> Shard | None:
@@ -127,8 +192,11 @@ def _shard_of(text: Any) -> Shard | None:
         return None
 
 
-@checked("ba.merge_leaderboard", folders=lambda value: None if len(value) >= 1 else "one or more folders",
-         out=output_dir("ba.merge_leaderboard", "out"))
+@checked(
+    "ba.merge_leaderboard",
+    folders=lambda value: None if len(value) >= 1 else "one or more folders",
+    out=output_dir("ba.merge_leaderboard", "out"),
+)
 def merge_leaderboard(folders: Sequence[StrPath], *, out: StrPath) -> LeaderboardResult:
     """The leaderboard of a sharded run (`leaderboard(..., shard="I/N")` per job-array task): reads every shard's
     folder, checks that they are one leaderboard's (same settings, every shard's record, every run finished), copies

@@ -37,8 +37,9 @@ def demo(*, out: StrPath, seed: int = 0, split: str = "ood", progress: Progress 
         # The demo's ood split has ~20 mistakes per colour, under the default min_wrong of 30 that guards the
         # unweighted JSD mean on real datasets; 10 keeps every colour in the mean.
         config = ScanConfig(split=split, seed=seed, min_wrong=10)
-        document = audit_checkpoint(outputs.staged("model.pt"), adapter, config=config, adapter_spec=DEMO_ADAPTER,
-                                    progress=progress)
+        document = audit_checkpoint(
+            outputs.staged("model.pt"), adapter, config=config, adapter_spec=DEMO_ADAPTER, progress=progress
+        )
         document["manifest"]["checkpoint"]["path"] = str(Path(out) / "model.pt")
         document = stamped(document, outputs)
         stage_audit(document, outputs)

@@ -19,8 +19,9 @@ COMPARE_FILES = ("compare.json", "compare.html")
 
 
 @checked("ba.compare", out=output_dir("ba.compare", "out"))
-def compare(before: Audit, after: Audit, *, out: StrPath | None = None,
-            train_log: StrPath | Mapping[str, Any] | None = None) -> Comparison:
+def compare(
+    before: Audit, after: Audit, *, out: StrPath | None = None, train_log: StrPath | Mapping[str, Any] | None = None
+) -> Comparison:
     """After vs before: per-condition and summary changes with paired bootstrap intervals when both audits are of the
     same samples, seed and generator (otherwise plain differences and the reason), bias measures first. Refuses
     (InputError) audits of other splits or conditions.
@@ -64,8 +65,15 @@ def _junit_problem(value: StrPath | None) -> None:
 
 
 @checked("ba.gate", junit=_junit_problem)
-def gate(current: Audit, *, rules: GateRules | Mapping[str, Any], baseline: Audit | None = None, junit: StrPath | None = None,
-         current_name: str = "current", baseline_name: str = "baseline") -> GateResult:
+def gate(
+    current: Audit,
+    *,
+    rules: GateRules | Mapping[str, Any],
+    baseline: Audit | None = None,
+    junit: StrPath | None = None,
+    current_name: str = "current",
+    baseline_name: str = "baseline",
+) -> GateResult:
     """Judge `current` (and its change from `baseline`) by `rules`; the same verdicts as `biasaudit gate`. `rules` is
     a GateRules, or a mapping of its keywords ({"max_gap": 5}). Rules that compare need a baseline; an unusable rule
     raises InputError naming it as the rules' `labels` spell it (the keyword from Python, the flag or the settings
@@ -80,17 +88,25 @@ def gate(current: Audit, *, rules: GateRules | Mapping[str, Any], baseline: Audi
     from biasaudit.gating import evaluate_gate
 
     if not isinstance(rules, GateRules):
-        check_keywords(rules, [f.name for f in dataclasses.fields(GateRules) if f.name != "labels"],
-                       where="The 'rules' mapping of ba.gate")
+        check_keywords(
+            rules, [f.name for f in dataclasses.fields(GateRules) if f.name != "labels"], where="The 'rules' mapping of ba.gate"
+        )
         rules = GateRules(**rules)
     if not rules.labels:  # rules from Python: the sentences name ba.gate's keywords (from the command line, its flags)
         if rules.is_empty:
             raise InputError("The 'rules' parameter of ba.gate holds no rule; give at least one, e.g. ba.GateRules(max_gap=5).")
         if baseline is None and rules.comparing:
-            raise InputError(f"The rules {', '.join(rules.comparing)} compare against a baseline audit; "
-                             "pass baseline=ba.Audit.read(path) to ba.gate, or leave them out.")
-    document = evaluate_gate(current.to_dict(), rules, baseline=baseline.to_dict() if baseline is not None else None,
-                             current_name=current_name, baseline_name=baseline_name)
+            raise InputError(
+                f"The rules {', '.join(rules.comparing)} compare against a baseline audit; "
+                "pass baseline=ba.Audit.read(path) to ba.gate, or leave them out."
+            )
+    document = evaluate_gate(
+        current.to_dict(),
+        rules,
+        baseline=baseline.to_dict() if baseline is not None else None,
+        current_name=current_name,
+        baseline_name=baseline_name,
+    )
     if junit is not None:
         from biasaudit.report.junit import write_gate_junit
 

@@ -11,8 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from biasaudit._core.arguments import (at_least, check_keywords, checked, non_negative_finite, not_empty, one_of, output_dir,
-                                       positive_finite)
+from biasaudit._core.arguments import (
+    at_least,
+    check_keywords,
+    checked,
+    non_negative_finite,
+    not_empty,
+    one_of,
+    output_dir,
+    positive_finite,
+)
 from biasaudit._core.progress import Progress
 from biasaudit.api._scan import _check_scan, _scan_config, _settings, adapter_of
 from biasaudit.data.adapter import Adapter
@@ -24,22 +32,56 @@ from biasaudit.results.fix_result import AlsoSplitResult, FixResult
 from biasaudit.training.optimizers import OPTIMIZERS
 
 
-@checked("ba.fix", epochs=at_least(1), lr=positive_finite, batch_size=at_least(1), optimizer=one_of(OPTIMIZERS),
-         weight_decay=non_negative_finite,
-         momentum=lambda value: None if 0 <= value < 1 else "a number from 0 up to (not including) 1",
-         train_split=not_empty, split=not_empty,
-         seed=at_least(0), bootstrap=at_least(10), state_dir=output_dir("ba.fix", "state_dir"), scan_batch_size=at_least(1),
-         also_split=lambda value: None if value is None else not_empty(value), out=output_dir("ba.fix", "out"),
-         selection_min_group=at_least(1))
-def fix(model: nn.Module | StrPath, adapter: Adapter | str, *, method: str = "mmdb", epochs: int = 20, lr: float = 3e-3,
-        batch_size: int = 64,
-        optimizer: str = "adam", weight_decay: float = 0.0, momentum: float = 0.0,
-        train_split: str = "train", split: str = "test", conditions: str | Sequence[str] = "default", seed: int = 0,
-        device: str | torch.device = "cpu",
-        bootstrap: int = 1000, projection: str = "umap", options: Mapping[str, Any] | None = None, inplace: bool = False,
-        before: Audit | StrPath | None = None, state_dir: StrPath | None = None, progress: Progress | None = None,
-        also_split: str | None = "auto", from_scratch: bool = False, scan_batch_size: int = 256, out: StrPath | None = None,
-        resume: bool = False, selection_min_group: int = 1, trust_checkpoint: bool = False, **settings: Any) -> FixResult:
+@checked(
+    "ba.fix",
+    epochs=at_least(1),
+    lr=positive_finite,
+    batch_size=at_least(1),
+    optimizer=one_of(OPTIMIZERS),
+    weight_decay=non_negative_finite,
+    momentum=lambda value: None if 0 <= value < 1 else "a number from 0 up to (not including) 1",
+    train_split=not_empty,
+    split=not_empty,
+    seed=at_least(0),
+    bootstrap=at_least(10),
+    state_dir=output_dir("ba.fix", "state_dir"),
+    scan_batch_size=at_least(1),
+    also_split=lambda value: None if value is None else not_empty(value),
+    out=output_dir("ba.fix", "out"),
+    selection_min_group=at_least(1),
+)
+def fix(
+    model: nn.Module | StrPath,
+    adapter: Adapter | str,
+    *,
+    method: str = "mmdb",
+    epochs: int = 20,
+    lr: float = 3e-3,
+    batch_size: int = 64,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    momentum: float = 0.0,
+    train_split: str = "train",
+    split: str = "test",
+    conditions: str | Sequence[str] = "default",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    bootstrap: int = 1000,
+    projection: str = "umap",
+    options: Mapping[str, Any] | None = None,
+    inplace: bool = False,
+    before: Audit | StrPath | None = None,
+    state_dir: StrPath | None = None,
+    progress: Progress | None = None,
+    also_split: str | None = "auto",
+    from_scratch: bool = False,
+    scan_batch_size: int = 256,
+    out: StrPath | None = None,
+    resume: bool = False,
+    selection_min_group: int = 1,
+    trust_checkpoint: bool = False,
+    **settings: Any,
+) -> FixResult:
     """Audit `model` on `split`, retrain it on `train_split` with `method` (see `biasaudit.training.methods.METHODS`:
     ce, mmdb, balgrad, ogm_ge, mmpareto, groupdro, jtt, dandr, dfr; `options` are the method's own, e.g. {"alpha": 0.5}
     for ogm_ge, {"gamma": 1.5, "head_mode": "separate"} for mmpareto, {"eta": 0.05} for groupdro,
@@ -84,22 +126,59 @@ def fix(model: nn.Module | StrPath, adapter: Adapter | str, *, method: str = "mm
     named = [name for name in inspect.signature(fix).parameters if name != "settings"]
     check_keywords(settings, named + sorted(_settings()), where="ba.fix")
     device = str(device)
-    scan_config = _scan_config(where="ba.fix", split=split, conditions=conditions, seed=seed, device=device,
-                               bootstrap_replicates=bootstrap, projection=projection, batch_size=scan_batch_size, **settings)
+    scan_config = _scan_config(
+        where="ba.fix",
+        split=split,
+        conditions=conditions,
+        seed=seed,
+        device=device,
+        bootstrap_replicates=bootstrap,
+        projection=projection,
+        batch_size=scan_batch_size,
+        **settings,
+    )
     options = {**DEFAULT_OPTIONS.get(method, {}), **(options or {})}
     loaded, spec = adapter_of(adapter)
     _check_scan(loaded, scan_config, where="ba.fix")
     check_split(loaded, train_split)
-    train_config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, device=device, split=train_split,
-                               optimizer=optimizer, weight_decay=weight_decay, momentum=momentum)
+    train_config = TrainConfig(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        split=train_split,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        momentum=momentum,
+    )
     check_method(method, dict(options or {}))  # before the copy and the audits: a typo costs nothing
     if out is not None or resume:
-        return _fix_files(model, loaded, spec, method=method, options=options, train_config=train_config, scan_config=scan_config,
-                          out=out, before=before, resume=resume, selection_min_group=selection_min_group,
-                          trust_checkpoint=trust_checkpoint, progress=progress, also_split=also_split, from_scratch=from_scratch)
+        return _fix_files(
+            model,
+            loaded,
+            spec,
+            method=method,
+            options=options,
+            train_config=train_config,
+            scan_config=scan_config,
+            out=out,
+            before=before,
+            resume=resume,
+            selection_min_group=selection_min_group,
+            trust_checkpoint=trust_checkpoint,
+            progress=progress,
+            also_split=also_split,
+            from_scratch=from_scratch,
+        )
     if isinstance(before, Audit):
-        check_before(before.to_dict(), config=scan_config, checkpoint_sha=None, named="before",
-                     remedy="pass an audit taken with the same settings, or none")
+        check_before(
+            before.to_dict(),
+            config=scan_config,
+            checkpoint_sha=None,
+            named="before",
+            remedy="pass an audit taken with the same settings, or none",
+        )
     elif before is not None:
         raise InputError("The 'before' parameter of ba.fix is a path, which is read only with out=...; pass ba.Audit.read(path).")
     if not isinstance(model, nn.Module):
@@ -108,27 +187,61 @@ def fix(model: nn.Module | StrPath, adapter: Adapter | str, *, method: str = "mm
         model, inplace = load_model(Path(model), loaded, trust=trust_checkpoint), True
     trained = model if inplace else copy.deepcopy(model)
     check_plan(loaded, method=method, split=split, also_split=also_split, from_scratch=from_scratch)
-    outcome = fix_model(trained, loaded, method=method, method_options=dict(options or {}), train_config=train_config,
-                        scan_config=scan_config, before=before.to_dict() if before is not None else None, state_dir=state_dir,
-                        progress=progress, also_split=also_split, from_scratch=from_scratch, min_group=selection_min_group,
-                        adapter_spec=spec)
+    outcome = fix_model(
+        trained,
+        loaded,
+        method=method,
+        method_options=dict(options or {}),
+        train_config=train_config,
+        scan_config=scan_config,
+        before=before.to_dict() if before is not None else None,
+        state_dir=state_dir,
+        progress=progress,
+        also_split=also_split,
+        from_scratch=from_scratch,
+        min_group=selection_min_group,
+        adapter_spec=spec,
+    )
     return _result(trained, outcome)
 
 
 def _result(model: nn.Module, outcome: Any) -> FixResult:
     also = outcome.also
-    return FixResult(model=model, before=Audit.from_dict(outcome.before), after=Audit.from_dict(outcome.after),
-                     comparison=Comparison.from_dict(outcome.comparison),
-                     train_log={"training": outcome.training, "steps": outcome.steps},
-                     also=AlsoSplitResult(split=also.split, before=Audit.from_dict(also.before),
-                                          after=Audit.from_dict(also.after),
-                                          comparison=Comparison.from_dict(also.comparison)) if also is not None else None)
+    return FixResult(
+        model=model,
+        before=Audit.from_dict(outcome.before),
+        after=Audit.from_dict(outcome.after),
+        comparison=Comparison.from_dict(outcome.comparison),
+        train_log={"training": outcome.training, "steps": outcome.steps},
+        also=AlsoSplitResult(
+            split=also.split,
+            before=Audit.from_dict(also.before),
+            after=Audit.from_dict(also.after),
+            comparison=Comparison.from_dict(also.comparison),
+        )
+        if also is not None
+        else None,
+    )
 
 
-def _fix_files(model: nn.Module | StrPath, adapter: Adapter, spec: str | None, *, method: str, options: Mapping[str, Any],
-               train_config: Any, scan_config: Any, out: StrPath | None, before: Audit | StrPath | None, resume: bool,
-               selection_min_group: int, trust_checkpoint: bool, progress: Progress | None, also_split: str | None,
-               from_scratch: bool) -> FixResult:
+def _fix_files(
+    model: nn.Module | StrPath,
+    adapter: Adapter,
+    spec: str | None,
+    *,
+    method: str,
+    options: Mapping[str, Any],
+    train_config: Any,
+    scan_config: Any,
+    out: StrPath | None,
+    before: Audit | StrPath | None,
+    resume: bool,
+    selection_min_group: int,
+    trust_checkpoint: bool,
+    progress: Progress | None,
+    also_split: str | None,
+    from_scratch: bool,
+) -> FixResult:
     """`fix` of a checkpoint file into `out`: the files `biasaudit fix` writes, and the same result."""
     import tempfile
 
@@ -136,14 +249,28 @@ def _fix_files(model: nn.Module | StrPath, adapter: Adapter, spec: str | None, *
     from biasaudit.training.fix_outputs import run_fix
 
     if isinstance(model, nn.Module) or out is None:
-        raise InputError("The 'out' parameter of ba.fix writes a fix of a checkpoint file (and 'resume' continues one): pass "
-                         "the checkpoint's path as model, and out.")
+        raise InputError(
+            "The 'out' parameter of ba.fix writes a fix of a checkpoint file (and 'resume' continues one): pass "
+            "the checkpoint's path as model, and out."
+        )
     with tempfile.TemporaryDirectory() as scratch:
         if isinstance(before, Audit):  # read back with the file's checks: the same settings and checkpoint
             before = before.to_json(Path(scratch) / "before.json")
-        written = run_fix(Path(model), adapter, method=method, method_options=dict(options), train_config=train_config,
-                          scan_config=scan_config, out_dir=Path(out), adapter_spec=spec, trust=trust_checkpoint,
-                          before_path=Path(before) if before is not None else None,
-                          resume=resume, min_group=selection_min_group, progress=progress, also_split=also_split,
-                          from_scratch=from_scratch)
+        written = run_fix(
+            Path(model),
+            adapter,
+            method=method,
+            method_options=dict(options),
+            train_config=train_config,
+            scan_config=scan_config,
+            out_dir=Path(out),
+            adapter_spec=spec,
+            trust=trust_checkpoint,
+            before_path=Path(before) if before is not None else None,
+            resume=resume,
+            min_group=selection_min_group,
+            progress=progress,
+            also_split=also_split,
+            from_scratch=from_scratch,
+        )
     return _result(load_model(written.paths["model"], adapter), written.outcome)

@@ -21,4 +21,3 @@ CONDITION_GROUPS = GROUPS  # `scan`'s condition groups (conditions="missing,nois
 def gate_limits(name: str, value: Any, *, label: str) -> Any:
     """A gate rule's limits parsed and checked as `GateRules` checks them; errors start with `label`."""
     return parse_limits(name, value, label=label)
-

@@ -41,14 +41,28 @@ def adapter_of(adapter: Adapter | str) -> tuple[Adapter, str | None]:
     return (load_adapter(adapter), adapter) if isinstance(adapter, str) else (adapter, None)
 
 
-@checked("ba.scan", split=not_empty, batch_size=at_least(1), seed=at_least(0), bootstrap=at_least(10),
-         out=output_dir("ba.scan", "out"))
-def scan(model: nn.Module | StrPath, adapter: Adapter | str, *, split: str = "test", conditions: str | Sequence[str] = "default",
-         seed: int = 0, device: str | torch.device = "cpu", batch_size: int = 256, bootstrap: int = 1000,
-         projection: str = "umap",
-         progress: Progress | None = None, unimodal_models: Mapping[str, nn.Module | StrPath] | None = None,
-         distributed: bool = False, out: StrPath | None = None, trust_checkpoint: bool = False,
-         provenance: Mapping[str, Any] | None = None, **settings: Any) -> Audit:
+@checked(
+    "ba.scan", split=not_empty, batch_size=at_least(1), seed=at_least(0), bootstrap=at_least(10), out=output_dir("ba.scan", "out")
+)
+def scan(
+    model: nn.Module | StrPath,
+    adapter: Adapter | str,
+    *,
+    split: str = "test",
+    conditions: str | Sequence[str] = "default",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    bootstrap: int = 1000,
+    projection: str = "umap",
+    progress: Progress | None = None,
+    unimodal_models: Mapping[str, nn.Module | StrPath] | None = None,
+    distributed: bool = False,
+    out: StrPath | None = None,
+    trust_checkpoint: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> Audit:
     """Audit `model` through `adapter` on one split: every condition of the grid (full, missing, noisy, the ratio
     sweep, see docs/conditions.md), bias measures, calibration, embeddings and gradient conflict.
 
@@ -94,20 +108,43 @@ def scan(model: nn.Module | StrPath, adapter: Adapter | str, *, split: str = "te
         # rather than leaving the others to wait for it in the scan's first collective.
         with stopping_together(group is not None):
             loaded, spec = adapter_of(adapter)
-            config = _scan_config(split=split, conditions=conditions, seed=seed, device=str(device), batch_size=batch_size,
-                                  bootstrap_replicates=bootstrap, projection=projection, **settings)
+            config = _scan_config(
+                split=split,
+                conditions=conditions,
+                seed=seed,
+                device=str(device),
+                batch_size=batch_size,
+                bootstrap_replicates=bootstrap,
+                projection=projection,
+                **settings,
+            )
             _check_scan(loaded, config, where="ba.scan", unimodal_models=unimodal_models)
-            outputs = (held.enter_context(OutputSet(out, files=AUDIT_FILES, option="ba.scan's 'out'"))
-                       if out is not None and (group is None or group.index == 0) else None)
+            outputs = (
+                held.enter_context(OutputSet(out, files=AUDIT_FILES, option="ba.scan's 'out'"))
+                if out is not None and (group is None or group.index == 0)
+                else None
+            )
         checkpoint, prefix = None, None
         if not isinstance(model, nn.Module):
             checkpoint = Path(model)
             model, prefix = load_model_noting_prefix(checkpoint, loaded, trust=trust_checkpoint)
-        unimodal = {name: given if isinstance(given, nn.Module)
-                    else _sourced(load_model(Path(given), loaded, trust=trust_checkpoint), given)
-                    for name, given in (unimodal_models or {}).items()}
-        document = audit_model(model, loaded, config=config, checkpoint=checkpoint, adapter_spec=spec, progress=progress,
-                               unimodal_models=unimodal, prefix_removed=prefix, distributed=distributed)
+        unimodal = {
+            name: given
+            if isinstance(given, nn.Module)
+            else _sourced(load_model(Path(given), loaded, trust=trust_checkpoint), given)
+            for name, given in (unimodal_models or {}).items()
+        }
+        document = audit_model(
+            model,
+            loaded,
+            config=config,
+            checkpoint=checkpoint,
+            adapter_spec=spec,
+            progress=progress,
+            unimodal_models=unimodal,
+            prefix_removed=prefix,
+            distributed=distributed,
+        )
         if provenance is not None:
             document["manifest"]["settings"] = dict(provenance)
         if outputs is not None:
@@ -128,8 +165,11 @@ def _settings() -> dict[str, str]:
     from biasaudit.scanning.config import ScanConfig
 
     spelled = {"bootstrap_replicates": "bootstrap"}
-    return {spelled.get(f.name, f.name): f.name for f in dataclasses.fields(ScanConfig)
-            if f.name not in ("split", "conditions", "seed", "device", "batch_size", "bootstrap_replicates", "projection")}
+    return {
+        spelled.get(f.name, f.name): f.name
+        for f in dataclasses.fields(ScanConfig)
+        if f.name not in ("split", "conditions", "seed", "device", "batch_size", "bootstrap_replicates", "projection")
+    }
 
 
 def _check_scan(adapter: Any, config: Any, *, where: str, unimodal_models: Mapping[str, Any] | None = None) -> None:
@@ -142,19 +182,24 @@ def _check_scan(adapter: Any, config: Any, *, where: str, unimodal_models: Mappi
 
     validate_adapter(adapter, source=f"given to {where} ({type(adapter).__name__})")
     check_split(adapter, config.split)
-    check_precision(config.precision,
-                    resolve_device(config.device, label=f"The 'device' parameter of {where}", cpu="device='cpu'"))
+    check_precision(
+        config.precision, resolve_device(config.device, label=f"The 'device' parameter of {where}", cpu="device='cpu'")
+    )
     parse_conditions(config.conditions, adapter.modalities)
     with_mute_overrides(adapter, config.mute, label=f"The 'mute' parameter of {where}")
     names = [m.name for m in adapter.modalities]
     unknown = [name for name in unimodal_models or {} if name not in names]
     if unknown:
-        raise InputError(f"The 'unimodal_models' parameter of {where} names modality {unknown[0]!r}. "
-                         f"Available: {', '.join(names)}.")
+        raise InputError(
+            f"The 'unimodal_models' parameter of {where} names modality {unknown[0]!r}. Available: {', '.join(names)}."
+        )
     for name, given in (unimodal_models or {}).items():
         if not isinstance(given, nn.Module):
-            check_input_file(Path(given), named=f"The 'unimodal_models' parameter of {where}: {name}'s checkpoint {given}",
-                             expected="a file written by torch.save")
+            check_input_file(
+                Path(given),
+                named=f"The 'unimodal_models' parameter of {where}: {name}'s checkpoint {given}",
+                expected="a file written by torch.save",
+            )
 
 
 def _scan_config(*, where: str = "ba.scan", **settings: Any) -> ScanConfig:
@@ -174,8 +219,10 @@ def _scan_config(*, where: str = "ba.scan", **settings: Any) -> ScanConfig:
         check_argument(mute, Mapping[str, str], parameter="mute", where=where)
         settings["mute"] = tuple(mute.items())
     elif mute is not None and not conforms(mute, hints["mute"]):
-        raise ArgumentTypeError(f"The 'mute' parameter of {where} must be a mapping of modality to muting impairment, e.g. "
-                                f"{{'image': 'mean'}}; got {shown(mute)}.")
+        raise ArgumentTypeError(
+            f"The 'mute' parameter of {where} must be a mapping of modality to muting impairment, e.g. "
+            f"{{'image': 'mean'}}; got {shown(mute)}."
+        )
     for name, value in settings.items():
         check_argument(value, hints[name], parameter=spelled.get(name, name), where=where)
     return ScanConfig(**plain(settings))

@@ -28,14 +28,34 @@ def _shard_problem(value: str) -> str | None:
     return None
 
 
-@checked("ba.scan_shard", shard=_shard_problem, out=output_dir("ba.scan_shard", "out"), split=not_empty, batch_size=at_least(1),
-         seed=at_least(0), bootstrap=at_least(10))
-def scan_shard(checkpoint: StrPath, adapter: Adapter | str, *, shard: str, out: StrPath, split: str = "test",
-               conditions: str | Sequence[str] = "default", seed: int = 0, device: str | torch.device = "cpu",
-               batch_size: int = 256,
-               bootstrap: int = 1000, projection: str = "umap", progress: Progress | None = None,
-               unimodal_models: Mapping[str, StrPath] | None = None, trust_checkpoint: bool = False,
-               provenance: Mapping[str, Any] | None = None, **settings: Any) -> Path:
+@checked(
+    "ba.scan_shard",
+    shard=_shard_problem,
+    out=output_dir("ba.scan_shard", "out"),
+    split=not_empty,
+    batch_size=at_least(1),
+    seed=at_least(0),
+    bootstrap=at_least(10),
+)
+def scan_shard(
+    checkpoint: StrPath,
+    adapter: Adapter | str,
+    *,
+    shard: str,
+    out: StrPath,
+    split: str = "test",
+    conditions: str | Sequence[str] = "default",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    bootstrap: int = 1000,
+    projection: str = "umap",
+    progress: Progress | None = None,
+    unimodal_models: Mapping[str, StrPath] | None = None,
+    trust_checkpoint: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+    **settings: Any,
+) -> Path:
     """Scan shard I of N of `checkpoint` (the batches I, I+N, I+2N, ...; I counts from 0) and write its part,
     scan-part-I-of-N.pt, into `out`; returns the part's path. `merge` of the N parts (or `biasaudit merge`) makes the
     audit one process would have made, byte for byte in its figures. This is `biasaudit scan --shard I/N`, for job
@@ -57,14 +77,30 @@ def scan_shard(checkpoint: StrPath, adapter: Adapter | str, *, shard: str, out: 
     named = [name for name in inspect.signature(scan_shard).parameters if name != "settings"]
     check_keywords(settings, named + sorted(_settings()), where="ba.scan_shard")
     loaded, spec = adapter_of(adapter)
-    config = _scan_config(where="ba.scan_shard", split=split, conditions=conditions, seed=seed, device=str(device),
-                          batch_size=batch_size, bootstrap_replicates=bootstrap, projection=projection, **settings)
+    config = _scan_config(
+        where="ba.scan_shard",
+        split=split,
+        conditions=conditions,
+        seed=seed,
+        device=str(device),
+        batch_size=batch_size,
+        bootstrap_replicates=bootstrap,
+        projection=projection,
+        **settings,
+    )
     _check_scan(loaded, config, where="ba.scan_shard", unimodal_models=unimodal_models)
     check_shardable(loaded)
     part = parse_shard(shard)
     folder = check_output_dir(out, option="ba.scan_shard's 'out'")
-    return scan_checkpoint_shard(Path(checkpoint), loaded, config=config, shard=part, part=folder / part_name(part),
-                                 adapter_spec=spec,
-                                 trust=trust_checkpoint, progress=progress,
-                                 unimodal=tuple((name, Path(path)) for name, path in (unimodal_models or {}).items()),
-                                 settings=dict(provenance) if provenance is not None else None)
+    return scan_checkpoint_shard(
+        Path(checkpoint),
+        loaded,
+        config=config,
+        shard=part,
+        part=folder / part_name(part),
+        adapter_spec=spec,
+        trust=trust_checkpoint,
+        progress=progress,
+        unimodal=tuple((name, Path(path)) for name, path in (unimodal_models or {}).items()),
+        settings=dict(provenance) if provenance is not None else None,
+    )

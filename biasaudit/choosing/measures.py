@@ -17,17 +17,30 @@ Measures (methods.md section 9; all in points, higher or lower better as `BETTER
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
 from biasaudit.comparing import derived_replicates, group_replicates, pair_replicates
 from biasaudit.errors import InputError
 
-BETTER = {"full": "higher", "worst_group": "higher", "bias_balanced": "higher", "ood": "higher", "follow_rate": "lower",
-          "gap": None}
-LABELS = {"full": "Full accuracy", "worst_group": "worst-group accuracy", "bias_balanced": "bias-balanced accuracy",
-          "ood": "OOD accuracy", "follow_rate": "bias-follow rate", "gap": "missing-modality Gap"}
+BETTER = {
+    "full": "higher",
+    "worst_group": "higher",
+    "bias_balanced": "higher",
+    "ood": "higher",
+    "follow_rate": "lower",
+    "gap": None,
+}
+LABELS = {
+    "full": "Full accuracy",
+    "worst_group": "worst-group accuracy",
+    "bias_balanced": "bias-balanced accuracy",
+    "ood": "OOD accuracy",
+    "follow_rate": "bias-follow rate",
+    "gap": "missing-modality Gap",
+}
 BIAS_MEASURES = ("worst_group", "bias_balanced", "ood", "follow_rate")
 
 
@@ -71,18 +84,27 @@ def measure_values(audit: Mapping[str, Any], carrier: str | None) -> dict[str, f
     swap = ((((audit.get("carrier") or {}).get("modalities")) or {}).get(carrier) or {}).get("bias_swap") or {}
     follow = swap.get("excess_follow_rate")
     full = (summary.get("full") or {}).get("accuracy")
-    return {"full": full, "worst_group": groups.get("worst_group"), "bias_balanced": groups.get("bias_balanced"), "ood": full,
-            "follow_rate": None if follow is None else 100.0 * follow, "gap": (summary.get("missing") or {}).get("gap")}
+    return {
+        "full": full,
+        "worst_group": groups.get("worst_group"),
+        "bias_balanced": groups.get("bias_balanced"),
+        "ood": full,
+        "follow_rate": None if follow is None else 100.0 * follow,
+        "gap": (summary.get("missing") or {}).get("gap"),
+    }
 
 
-def paired_changes(control: Mapping[str, Any], method: Mapping[str, Any], *, names: tuple[str, ...],
-                   carrier: str | None) -> dict[str, MeasuredChange]:
+def paired_changes(
+    control: Mapping[str, Any], method: Mapping[str, Any], *, names: tuple[str, ...], carrier: str | None
+) -> dict[str, MeasuredChange]:
     """Each measure's paired change method − control for one seed; InputError when the audits do not pair (they must
     be of the same split, conditions, samples and scan seed)."""
     pairing = pair_replicates(control, method)
     if not pairing.paired:
-        raise InputError(f"The control's and the method's after-audits of one seed do not pair ({pairing.reason}); a leaderboard "
-                         "audits every run of a seed with the same split, conditions and seed.")
+        raise InputError(
+            f"The control's and the method's after-audits of one seed do not pair ({pairing.reason}); a leaderboard "
+            "audits every run of a seed with the same split, conditions and seed."
+        )
     before, after, count = pairing.before, pairing.after, pairing.before.replicates
     c_values, m_values = measure_values(control, carrier), measure_values(method, carrier)
     derived = {"worst_group": "worst_group:full", "bias_balanced": "bias_balanced:full", "follow_rate": f"bias_follow:{carrier}"}

@@ -10,7 +10,8 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 from biasaudit.choosing.board import write_document
 from biasaudit.choosing.runs import LeaderboardSettings, finished_run, run_dir
@@ -35,38 +36,50 @@ def merge_leaderboard(folders: Sequence[str | os.PathLike], *, out: str | os.Pat
     """Write leaderboard.json and leaderboard.html into `out` from the shards' folders; returns the document."""
     folders = [Path(f) for f in folders]
     if not folders:
-        raise InputError("merge needs the folders of a sharded leaderboard's shards (biasaudit leaderboard --shard I/N --out DIR).")
+        raise InputError(
+            "merge needs the folders of a sharded leaderboard's shards (biasaudit leaderboard --shard I/N --out DIR)."
+        )
     for folder in folders:
         if not is_leaderboard_folder(folder):
-            raise InputError(f"{folder} is not a leaderboard's folder (no settings.json); name the --out folders of "
-                             "`biasaudit leaderboard --shard I/N`.")
+            raise InputError(
+                f"{folder} is not a leaderboard's folder (no settings.json); name the --out folders of "
+                "`biasaudit leaderboard --shard I/N`."
+            )
     first = _read(folders[0] / "settings.json", "leaderboard settings")
     for folder in folders[1:]:
         other = _read(folder / "settings.json", "leaderboard settings")
         different = [key for key in first if first.get(key) != other.get(key)]
         if different:
             changes = "; ".join(f"{key} {first.get(key)!r} -> {other.get(key)!r}" for key in different)
-            raise InputError(f"{folder} holds a leaderboard with other settings than {folders[0]} ({changes}); merge the shards of "
-                             "one leaderboard.")
+            raise InputError(
+                f"{folder} holds a leaderboard with other settings than {folders[0]} ({changes}); merge the shards of "
+                "one leaderboard."
+            )
     settings = LeaderboardSettings.from_dict(first)
     records = {}
     for folder in dict.fromkeys(folders):
         for path in sorted(folder.glob("shard-*-of-*.json")):
             record = _read(path, "a leaderboard shard's record")
             if record.get("schema") != SCHEMA or record.get("settings") != settings.fingerprint():
-                raise InputError(f"{path} is the record of another leaderboard's shard (other settings); merge the shards of one "
-                                 "leaderboard.")
+                raise InputError(
+                    f"{path} is the record of another leaderboard's shard (other settings); merge the shards of one leaderboard."
+                )
             records[record["shard"]["index"], record["shard"]["count"]] = (folder, record)
     counts = {count for _, count in records}
     if len(counts) != 1:
-        raise InputError("merge found no shard records (shard-I-of-N.json) in the folders given: a shard writes its record when "
-                         "all its runs have finished." if not counts else
-                         f"merge found shard records of {' and '.join(map(str, sorted(counts)))} shards; merge the shards of one split.")
+        raise InputError(
+            "merge found no shard records (shard-I-of-N.json) in the folders given: a shard writes its record when "
+            "all its runs have finished."
+            if not counts
+            else f"merge found shard records of {' and '.join(map(str, sorted(counts)))} shards; merge the shards of one split."
+        )
     count = counts.pop()
     missing = [index for index in range(count) if (index, count) not in records]
     if missing:
-        raise InputError(f"Shard {', '.join(f'{i}/{count}' for i in missing)} has no record in the folders given: it has not "
-                         "finished, or its folder was not named; rerun it (the same command continues it) and merge again.")
+        raise InputError(
+            f"Shard {', '.join(f'{i}/{count}' for i in missing)} has no record in the folders given: it has not "
+            "finished, or its folder was not named; rerun it (the same command continues it) and merge again."
+        )
     also = next(iter(records.values()))[1].get("also_split")
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     sources: dict[tuple[str, int], Path] = {}
@@ -75,22 +88,27 @@ def merge_leaderboard(folders: Sequence[str | os.PathLike], *, out: str | os.Pat
             method, seed = entry["method"], entry["seed"]
             found = finished_run(folder, settings, method, seed, also_split=also)
             if found is None or found["run_id"] != entry["run_id"]:
-                raise InputError(f"The run of {method} seed {seed} in {run_dir(folder, method, seed)} is missing or was rewritten after "
-                                 f"shard {index}/{count} recorded it; rerun that shard and merge again.")
+                raise InputError(
+                    f"The run of {method} seed {seed} in {run_dir(folder, method, seed)} is missing or was rewritten after "
+                    f"shard {index}/{count} recorded it; rerun that shard and merge again."
+                )
             runs[method, seed], sources[method, seed] = found, folder
     absent = [pair for pair in shard_runs(settings, None) if pair not in runs]
     if absent:
-        raise InputError(f"No shard holds the run of {absent[0][0]} seed {absent[0][1]}; the shards' records do not cover the "
-                         "leaderboard's methods and seeds.")
+        raise InputError(
+            f"No shard holds the run of {absent[0][0]} seed {absent[0][1]}; the shards' records do not cover the "
+            "leaderboard's methods and seeds."
+        )
     target = check_output_dir(out)
     if (target / "settings.json").is_file() and _read(target / "settings.json", "leaderboard settings") != first:
-        raise InputError(f"--out {target} holds another leaderboard (other settings.json); merge into a new folder or one of the "
-                         "shards' folders.")
+        raise InputError(
+            f"--out {target} holds another leaderboard (other settings.json); merge into a new folder or one of the "
+            "shards' folders."
+        )
     _gather(target, folders[0], sources)
     start = _read(target / "before" / f"seed-{settings.seeds[0]}.json", "the starting model's audit")
     manifests = [record["manifest"] for _, (_, record) in sorted(records.items())]
-    manifest = {**manifests[0], "wall_time_s": round(sum(m.get("wall_time_s") or 0.0 for m in manifests), 3),
-                "shards": count}
+    manifest = {**manifests[0], "wall_time_s": round(sum(m.get("wall_time_s") or 0.0 for m in manifests), 3), "shards": count}
     return write_document(target, settings, runs, start=start, also=also, manifest=manifest)
 
 
@@ -107,4 +125,4 @@ def _gather(target: Path, first: Path, sources: dict[tuple[str, int], Path]) -> 
             shutil.copytree(run_dir(folder, method, seed), run_dir(target, method, seed), dirs_exist_ok=True)
 
 
-__all__ = ["merge_leaderboard", "is_leaderboard_folder"]
+__all__ = ["is_leaderboard_folder", "merge_leaderboard"]

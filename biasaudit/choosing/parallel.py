@@ -13,7 +13,8 @@ import os
 import pickle
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -45,9 +46,11 @@ def check_picklable(adapter: Adapter, jobs: int) -> None:
     try:
         pickle.dumps(adapter)
     except Exception as exc:  # any reason pickle gives: a lambda, an open file, a class defined inside a function
-        raise InputError(f"--jobs {jobs} sends the adapter to other processes, but it cannot be pickled ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); run with --jobs 1, or keep only picklable "
-                         "attributes on the adapter.") from exc
+        raise InputError(
+            f"--jobs {jobs} sends the adapter to other processes, but it cannot be pickled ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); run with --jobs 1, or keep only picklable "
+            "attributes on the adapter."
+        ) from exc
 
 
 def _device_of(job: int, device: str) -> str:
@@ -62,23 +65,59 @@ def _run_in_worker(arguments: tuple) -> dict[str, Any]:
     model, adapter, out, settings, method, seed, before, also_before, device, also_split, threads = arguments
     if threads:
         torch.set_num_threads(threads)
-    return run_one(model, adapter, Path(out), settings, method, seed, before=before, device=device, progress=None,
-                   also_split=also_split, also_before=also_before)
+    return run_one(
+        model,
+        adapter,
+        Path(out),
+        settings,
+        method,
+        seed,
+        before=before,
+        device=device,
+        progress=None,
+        also_split=also_split,
+        also_before=also_before,
+    )
 
 
-def run_parallel(model: nn.Module, adapter: Adapter, out: Path, settings: Any, pending: Iterable[tuple[str, int]], *,
-                 befores: dict[int, dict[str, Any]], also_befores: dict[int, dict[str, Any]], device: str,
-                 also_split: str | None, jobs: int,
-                 done: Callable[[str, int, dict[str, Any]], None]) -> None:
+def run_parallel(
+    model: nn.Module,
+    adapter: Adapter,
+    out: Path,
+    settings: Any,
+    pending: Iterable[tuple[str, int]],
+    *,
+    befores: dict[int, dict[str, Any]],
+    also_befores: dict[int, dict[str, Any]],
+    device: str,
+    also_split: str | None,
+    jobs: int,
+    done: Callable[[str, int, dict[str, Any]], None],
+) -> None:
     """Train the `pending` (method, seed) runs in `jobs` spawned processes; `done(method, seed, run)` as each ends."""
     threads = max(1, (os.cpu_count() or 1) // jobs) if not str(device).startswith("cuda") else 0
     work = [(method, seed) for method, seed in pending]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {pool.submit(_run_in_worker, (model, adapter, str(out), settings, method, seed, befores[seed],
-                                                also_befores.get(seed), _device_of(index, device), also_split, threads)):
-                   (method, seed)
-                   for index, (method, seed) in enumerate(work)}
+        futures = {
+            pool.submit(
+                _run_in_worker,
+                (
+                    model,
+                    adapter,
+                    str(out),
+                    settings,
+                    method,
+                    seed,
+                    befores[seed],
+                    also_befores.get(seed),
+                    _device_of(index, device),
+                    also_split,
+                    threads,
+                ),
+            ): (method, seed)
+            for index, (method, seed) in enumerate(work)
+        }
         for future in futures:  # in submission order: the same order of `done` calls as one process
             method, seed = futures[future]
             done(method, seed, future.result())

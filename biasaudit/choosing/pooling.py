@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -67,13 +68,17 @@ class SeedChange:
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise InputError(f"SeedChange.seed is {self.seed!r}; expected the integer training seed.")
-        if self.delta is not None and (isinstance(self.delta, bool) or not isinstance(self.delta, (int, float, np.floating, np.integer))):
+        if self.delta is not None and (
+            isinstance(self.delta, bool) or not isinstance(self.delta, (int, float, np.floating, np.integer))
+        ):
             raise InputError(f"SeedChange.delta of seed {self.seed} is {self.delta!r}; expected a number in points or None.")
         try:
             values = np.array([] if self.replicates is None else self.replicates, dtype=np.float64)  # a copy: theirs stays theirs
         except (TypeError, ValueError):
-            raise InputError(f"SeedChange.replicates of seed {self.seed} is not an array of numbers; "
-                             "expected one change per bootstrap replicate (NaN where none).") from None
+            raise InputError(
+                f"SeedChange.replicates of seed {self.seed} is not an array of numbers; "
+                "expected one change per bootstrap replicate (NaN where none)."
+            ) from None
         if values.ndim != 1:
             raise InputError(f"SeedChange.replicates of seed {self.seed} has shape {values.shape}; expected one dimension [R].")
         values.setflags(write=False)
@@ -113,10 +118,19 @@ class PooledChange:
         return sum(1 for d in self.seed_deltas if d is not None and sign * d > 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"delta": self.delta, "interval": _interval(self.interval), "no_interval": self.no_interval,
-                "significant": self.significant, "seeds": list(self.seeds), "seed_deltas": list(self.seed_deltas),
-                "seed_intervals": [_interval(i) for i in self.seed_intervals], "seed_spread": self.seed_spread,
-                "seed_min": self.seed_min, "seed_max": self.seed_max, "draws": self.draws}
+        return {
+            "delta": self.delta,
+            "interval": _interval(self.interval),
+            "no_interval": self.no_interval,
+            "significant": self.significant,
+            "seeds": list(self.seeds),
+            "seed_deltas": list(self.seed_deltas),
+            "seed_intervals": [_interval(i) for i in self.seed_intervals],
+            "seed_spread": self.seed_spread,
+            "seed_min": self.seed_min,
+            "seed_max": self.seed_max,
+            "draws": self.draws,
+        }
 
 
 def _check_seeds(changes: Sequence[SeedChange]) -> int:
@@ -132,7 +146,9 @@ def _check_seeds(changes: Sequence[SeedChange]) -> int:
     counts = {c.seed: c.replicates.size for c in changes if c.replicates.size}  # a seed without replicates: no interval
     if len(set(counts.values())) > 1:
         detail = ", ".join(f"seed {s}: {n}" for s, n in counts.items())
-        raise InputError(f"The seeds have different replicate counts ({detail}); expected audits with the same --bootstrap count.")
+        raise InputError(
+            f"The seeds have different replicate counts ({detail}); expected audits with the same --bootstrap count."
+        )
     return next(iter(counts.values()), 0)
 
 
@@ -151,18 +167,30 @@ def pool_change(changes: Sequence[SeedChange], *, seed: int = 0, draws: int | No
     finite = [c.replicates[np.isfinite(c.replicates)] for c in changes]
     measured = [d for d in deltas if d is not None]
     spread = float(np.std(measured, ddof=1)) if len(measured) == len(deltas) > 1 else None
-    common = dict(seeds=tuple(c.seed for c in changes), seed_deltas=deltas,
-                  seed_intervals=tuple(percentile_interval(f) if f.size else None for f in finite), seed_spread=spread,
-                  seed_min=min(measured) if measured else None, seed_max=max(measured) if measured else None)
+    common = dict(
+        seeds=tuple(c.seed for c in changes),
+        seed_deltas=deltas,
+        seed_intervals=tuple(percentile_interval(f) if f.size else None for f in finite),
+        seed_spread=spread,
+        seed_min=min(measured) if measured else None,
+        seed_max=max(measured) if measured else None,
+    )
     unmeasured = [c.seed for c in changes if c.delta is None]
     if unmeasured:
-        return PooledChange(delta=None, interval=None, draws=0, **common,
-                            no_interval=f"seed {unmeasured[0]} has no point estimate of this change, so it cannot be pooled")
+        return PooledChange(
+            delta=None,
+            interval=None,
+            draws=0,
+            **common,
+            no_interval=f"seed {unmeasured[0]} has no point estimate of this change, so it cannot be pooled",
+        )
     delta = math.fsum(measured) / len(measured)  # exact sum: the point does not depend on the order of the seeds
     empty = [c.seed for c, f in zip(changes, finite) if f.size == 0]
     if empty:
         lacking = next(c for c in changes if c.seed == empty[0])
-        why = "kept no bootstrap replicates" if lacking.replicates.size == 0 else "has no finite bootstrap replicate of this change"
+        why = (
+            "kept no bootstrap replicates" if lacking.replicates.size == 0 else "has no finite bootstrap replicate of this change"
+        )
         return PooledChange(delta=delta, interval=None, draws=0, **common, no_interval=f"seed {empty[0]} {why}")
     rng = np.random.default_rng(int(seed))
     picked = rng.integers(0, len(changes), size=(b, len(changes)))  # stage 1: seeds, with replacement
@@ -170,13 +198,15 @@ def pool_change(changes: Sequence[SeedChange], *, seed: int = 0, draws: int | No
     sizes = np.array([f.size for f in finite])
     padded = np.full((len(changes), max(sizes)), np.nan)
     for row, values in enumerate(finite):
-        padded[row, :values.size] = values
+        padded[row, : values.size] = values
     which = np.minimum((uniform * sizes[picked]).astype(np.int64), sizes[picked] - 1)
     pooled = padded[picked, which].mean(axis=1)
     return PooledChange(delta=delta, interval=percentile_interval(pooled), no_interval=None, draws=int(b), **common)
 
 
-def pool_changes(per_measure: Mapping[str, Sequence[SeedChange]], *, seed: int = 0, draws: int | None = None) -> dict[str, PooledChange]:
+def pool_changes(
+    per_measure: Mapping[str, Sequence[SeedChange]], *, seed: int = 0, draws: int | None = None
+) -> dict[str, PooledChange]:
     """`pool_change` for each measure of one method, all with the same `seed`, so their pooled replicates share the
     same draws of seeds and replicates (module docstring)."""
     return {name: pool_change(changes, seed=seed, draws=draws) for name, changes in per_measure.items()}

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from biasaudit.errors import InputError
 from biasaudit.choosing.pooling import PooledChange
@@ -74,10 +75,20 @@ class MethodJudgement:
         return bool(self.improved) and self.full_non_inferior
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "recommended": self.recommended, "passes": self.passes, "improved": list(self.improved),
-                "one_sided": list(self.one_sided), "worsened": list(self.worsened), "full_non_inferior": self.full_non_inferior,
-                "full_delta": self.full_delta, "full_interval": _interval(self.full_interval), "primary_gain": self.primary_gain,
-                "rank": self.rank, "sentence": self.sentence}
+        return {
+            "method": self.method,
+            "recommended": self.recommended,
+            "passes": self.passes,
+            "improved": list(self.improved),
+            "one_sided": list(self.one_sided),
+            "worsened": list(self.worsened),
+            "full_non_inferior": self.full_non_inferior,
+            "full_delta": self.full_delta,
+            "full_interval": _interval(self.full_interval),
+            "primary_gain": self.primary_gain,
+            "rank": self.rank,
+            "sentence": self.sentence,
+        }
 
 
 @dataclass(frozen=True)
@@ -96,12 +107,20 @@ class Recommendation:
     per_method: Mapping[str, MethodJudgement]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, "primary": self.primary, "max_full_drop": self.max_full_drop, "ood_split": self.ood_split,
-                "verdict": self.verdict, "reasons": list(self.reasons), "ranking": list(self.ranking),
-                "per_method": {name: j.to_dict() for name, j in self.per_method.items()}}
+        return {
+            "method": self.method,
+            "primary": self.primary,
+            "max_full_drop": self.max_full_drop,
+            "ood_split": self.ood_split,
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "ranking": list(self.ranking),
+            "per_method": {name: j.to_dict() for name, j in self.per_method.items()},
+        }
 
 
 # --- words ------------------------------------------------------------------------------------------------
+
 
 def _name(measure: str, carrier: str | None) -> str:
     if measure == "follow_rate":
@@ -131,7 +150,11 @@ def _seed_list(change: PooledChange) -> str:
 def _full_clause(full: PooledChange | None, non_inferior: bool, max_full_drop: float, *, after_gain: bool) -> str:
     """How Full accuracy fared; joined to a bias gain with 'and'/'but', else a clause of its own."""
     if full is None or full.delta is None or full.interval is None:
-        why = "no Full accuracy change was given" if full is None else f"its Full accuracy change has no interval ({full.no_interval})"
+        why = (
+            "no Full accuracy change was given"
+            if full is None
+            else f"its Full accuracy change has no interval ({full.no_interval})"
+        )
         return f"{' but' if after_gain else ';'} {why}, so it is not shown to be non-inferior"
     figure = f"({number(full.delta, signed=True)} {interval(full.interval)} points)"
     margin = f"{one_decimal(max_full_drop)}-point"
@@ -144,25 +167,41 @@ def _full_clause(full: PooledChange | None, non_inferior: bool, max_full_drop: f
     return f" but {loss}" if after_gain else f"; it {loss}"
 
 
-def _sentence(method: str, changes: Mapping[str, PooledChange], counted: tuple[str, ...], improved: tuple[str, ...],
-              one_sided: tuple[str, ...], worsened: tuple[str, ...], non_inferior: bool, max_full_drop: float, carrier: str | None) -> str:
+def _sentence(
+    method: str,
+    changes: Mapping[str, PooledChange],
+    counted: tuple[str, ...],
+    improved: tuple[str, ...],
+    one_sided: tuple[str, ...],
+    worsened: tuple[str, ...],
+    non_inferior: bool,
+    max_full_drop: float,
+    carrier: str | None,
+) -> str:
     full = changes.get(FULL)
     if improved:
-        seeds = [f"better on {changes[m].seeds_moving(higher_is_better=BIAS_MEASURES[m][1])} of {len(changes[m].seeds)} seeds"
-                 for m in improved]
+        seeds = [
+            f"better on {changes[m].seeds_moving(higher_is_better=BIAS_MEASURES[m][1])} of {len(changes[m].seeds)} seeds"
+            for m in improved
+        ]
         text = method + " " + " and ".join(f"{_moved(m, changes[m], carrier)} ({s})" for m, s in zip(improved, seeds))
         text += _full_clause(full, non_inferior, max_full_drop, after_gain=True)
     elif one_sided:
         m = one_sided[0]
         c = changes[m]
-        text = (f"{method} {_moved(m, c, carrier)} but on only {c.seeds_moving(higher_is_better=BIAS_MEASURES[m][1])} of "
-                f"{len(c.seeds)} seeds (seed changes {_seed_list(c)}): not a consistent gain")
+        text = (
+            f"{method} {_moved(m, c, carrier)} but on only {c.seeds_moving(higher_is_better=BIAS_MEASURES[m][1])} of "
+            f"{len(c.seeds)} seeds (seed changes {_seed_list(c)}): not a consistent gain"
+        )
         text += _full_clause(full, non_inferior, max_full_drop, after_gain=False)
     else:
         measured = [m for m in counted if m in changes and m not in worsened]
         if measured:
-            text = f"{method} moved no bias measure beyond noise (" + \
-                   "; ".join(f"{_name(m, carrier)} {_figure(changes[m])}" for m in measured) + ")"
+            text = (
+                f"{method} moved no bias measure beyond noise ("
+                + "; ".join(f"{_name(m, carrier)} {_figure(changes[m])}" for m in measured)
+                + ")"
+            )
         elif worsened:
             text = f"{method} improved no bias measure"
         elif "ood" in changes:  # given, but not counted: the split is not out-of-distribution
@@ -177,14 +216,21 @@ def _sentence(method: str, changes: Mapping[str, PooledChange], counted: tuple[s
 
 # --- the rule ---------------------------------------------------------------------------------------------
 
+
 def _check(changes: Mapping[str, Mapping[str, PooledChange]], primary: str, max_full_drop: float, ood_split: bool) -> None:
     if primary not in BIAS_MEASURES:
         raise InputError(f"Unknown primary bias measure {primary!r}. Available: {', '.join(PRIMARY)}.")
     if primary == "ood" and not ood_split:
-        raise InputError("The primary bias measure is 'ood' but the evaluation split is not out-of-distribution; "
-                         "choose worst-group, bias-balanced or follow-rate, or evaluate on an OOD split.")
-    if isinstance(max_full_drop, bool) or not isinstance(max_full_drop, (int, float)) or not math.isfinite(max_full_drop) \
-            or max_full_drop < 0:
+        raise InputError(
+            "The primary bias measure is 'ood' but the evaluation split is not out-of-distribution; "
+            "choose worst-group, bias-balanced or follow-rate, or evaluate on an OOD split."
+        )
+    if (
+        isinstance(max_full_drop, bool)
+        or not isinstance(max_full_drop, (int, float))
+        or not math.isfinite(max_full_drop)
+        or max_full_drop < 0
+    ):
         raise InputError(f"max_full_drop is {max_full_drop!r}; expected a non-negative number of points.")
     if not changes:
         raise InputError("No method to judge; expected the changes of at least one method against the control.")
@@ -194,11 +240,14 @@ def _check(changes: Mapping[str, Mapping[str, PooledChange]], primary: str, max_
             if measure not in known:
                 raise InputError(f"Unknown measure {measure!r} for method {method!r}. Available: {', '.join(known)}.")
             if not isinstance(change, PooledChange):
-                raise InputError(f"The {measure} change of method {method!r} is a {type(change).__name__}; expected a PooledChange.")
+                raise InputError(
+                    f"The {measure} change of method {method!r} is a {type(change).__name__}; expected a PooledChange."
+                )
 
 
-def _judge(method: str, changes: Mapping[str, PooledChange], primary: str, max_full_drop: float, ood_split: bool,
-           carrier: str | None) -> MethodJudgement:
+def _judge(
+    method: str, changes: Mapping[str, PooledChange], primary: str, max_full_drop: float, ood_split: bool, carrier: str | None
+) -> MethodJudgement:
     counted = tuple(m for m in BIAS_MEASURES if m in changes and (m != "ood" or ood_split))
     improved, one_sided, worsened = [], [], []
     for m in counted:
@@ -216,16 +265,32 @@ def _judge(method: str, changes: Mapping[str, PooledChange], primary: str, max_f
     non_inferior = bool(full is not None and full.interval is not None and full.interval[0] > -max_full_drop)
     p = changes.get(primary) if primary in counted else None
     gain = None if p is None or p.delta is None else (p.delta if BIAS_MEASURES[primary][1] else -p.delta)
-    sentence = _sentence(method, changes, counted, tuple(improved), tuple(one_sided), tuple(worsened), non_inferior,
-                         float(max_full_drop), carrier)
-    return MethodJudgement(method=method, recommended=False, improved=tuple(improved), one_sided=tuple(one_sided),
-                           worsened=tuple(worsened), full_non_inferior=non_inferior,
-                           full_delta=None if full is None else full.delta, full_interval=None if full is None else full.interval,
-                           primary_gain=gain, rank=None, sentence=sentence)
+    sentence = _sentence(
+        method, changes, counted, tuple(improved), tuple(one_sided), tuple(worsened), non_inferior, float(max_full_drop), carrier
+    )
+    return MethodJudgement(
+        method=method,
+        recommended=False,
+        improved=tuple(improved),
+        one_sided=tuple(one_sided),
+        worsened=tuple(worsened),
+        full_non_inferior=non_inferior,
+        full_delta=None if full is None else full.delta,
+        full_interval=None if full is None else full.interval,
+        primary_gain=gain,
+        rank=None,
+        sentence=sentence,
+    )
 
 
-def recommend(changes: Mapping[str, Mapping[str, PooledChange]], *, primary: str = "worst-group", max_full_drop: float = 1.0,
-              ood_split: bool = False, carrier: str | None = None) -> Recommendation:
+def recommend(
+    changes: Mapping[str, Mapping[str, PooledChange]],
+    *,
+    primary: str = "worst-group",
+    max_full_drop: float = 1.0,
+    ood_split: bool = False,
+    carrier: str | None = None,
+) -> Recommendation:
     """Judge every method by the rule of the module docstring and name the one to use, or say that none helps.
 
     `changes`: method -> measure -> its pooled change against the control, in points. Measures: `full` and any of
@@ -239,8 +304,12 @@ def recommend(changes: Mapping[str, Mapping[str, PooledChange]], *, primary: str
     primary = next(name for name, k in PRIMARY.items() if k == key)
     judged = {method: _judge(method, measures, key, max_full_drop, ood_split, carrier) for method, measures in changes.items()}
     # Stable sort: equal primary gains keep the order given; a method without a primary figure comes last.
-    ranking = tuple(sorted((m for m, j in judged.items() if j.passes),
-                           key=lambda m: (judged[m].primary_gain is None, -(judged[m].primary_gain or 0.0))))
+    ranking = tuple(
+        sorted(
+            (m for m, j in judged.items() if j.passes),
+            key=lambda m: (judged[m].primary_gain is None, -(judged[m].primary_gain or 0.0)),
+        )
+    )
     for rank, method in enumerate(ranking, start=1):
         j = judged[method]
         judged[method] = replace(j, rank=rank, recommended=rank == 1)
@@ -253,9 +322,19 @@ def recommend(changes: Mapping[str, Mapping[str, PooledChange]], *, primary: str
         if len(ranking) > 1:
             figure = lambda j: "n/a" if j.primary_gain is None else number(changes[j.method][key].delta, signed=True)  # noqa: E731
             others = ", ".join(f"{m} {figure(judged[m])}" for m in ranking[1:])
-            verdict += (f" Chosen over {', '.join(ranking[1:])}, which also pass the rule, by {primary_name}, the primary measure "
-                        f"(point changes {best.method} {figure(best)}, {others} points).")
+            verdict += (
+                f" Chosen over {', '.join(ranking[1:])}, which also pass the rule, by {primary_name}, the primary measure "
+                f"(point changes {best.method} {figure(best)}, {others} points)."
+            )
     else:
         verdict = "No method helps here: " + " ".join(judged[m].sentence for m in order)
-    return Recommendation(method=ranking[0] if ranking else None, primary=primary, max_full_drop=float(max_full_drop),
-                          ood_split=bool(ood_split), verdict=verdict, reasons=reasons, ranking=ranking, per_method=judged)
+    return Recommendation(
+        method=ranking[0] if ranking else None,
+        primary=primary,
+        max_full_drop=float(max_full_drop),
+        ood_split=bool(ood_split),
+        verdict=verdict,
+        reasons=reasons,
+        ranking=ranking,
+        per_method=judged,
+    )

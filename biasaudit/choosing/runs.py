@@ -22,7 +22,8 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -53,7 +54,7 @@ def default_grids() -> dict[str, tuple[float, ...]]:
     return {method: grid for method, (_, grid) in OPTION_GRIDS.items()}
 
 
-def run_options(settings: "LeaderboardSettings", method: str) -> dict[str, Any]:
+def run_options(settings: LeaderboardSettings, method: str) -> dict[str, Any]:
     """The options a run of `method` is given: its gridded option as "auto" (chosen on val, else a seeded 20% of train)
     over the leaderboard's grid; a one-value grid fixes the option without selection."""
     from biasaudit.training.selection import OPTION_GRIDS
@@ -94,7 +95,7 @@ class LeaderboardSettings:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "LeaderboardSettings":
+    def from_dict(cls, values: Mapping[str, Any]) -> LeaderboardSettings:
         """The settings as settings.json holds them (lists back to tuples)."""
         known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
         known["methods"], known["seeds"] = tuple(known["methods"]), tuple(known["seeds"])
@@ -108,12 +109,20 @@ class LeaderboardSettings:
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode("utf-8")).hexdigest()
 
     def train_config(self, seed: int, device: str) -> TrainConfig:
-        return TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, device=device, optimizer=self.optimizer)
+        return TrainConfig(
+            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, device=device, optimizer=self.optimizer
+        )
 
     def scan_config(self, seed: int, device: str) -> ScanConfig:
         # PCA: a leaderboard reads no embedding plot, and UMAP would cost more than a short training.
-        return ScanConfig(split=self.split, conditions=self.conditions, seed=seed, device=device, bootstrap_replicates=self.bootstrap,
-                          projection="pca")
+        return ScanConfig(
+            split=self.split,
+            conditions=self.conditions,
+            seed=seed,
+            device=device,
+            bootstrap_replicates=self.bootstrap,
+            projection="pca",
+        )
 
 
 def check_settings(adapter: Adapter, settings: LeaderboardSettings) -> None:
@@ -130,12 +139,16 @@ def check_settings(adapter: Adapter, settings: LeaderboardSettings) -> None:
     if len(settings.methods) < 2:
         raise InputError(f"A leaderboard compares methods against the control {CONTROL}; name at least one other method.")
     if len(settings.seeds) < 2 or len(set(settings.seeds)) != len(settings.seeds):
-        raise InputError(f"A leaderboard needs at least two different seeds (given {', '.join(map(str, settings.seeds))}): one "
-                         "training run says nothing about the spread of a method over trainings (3 or more are better).")
+        raise InputError(
+            f"A leaderboard needs at least two different seeds (given {', '.join(map(str, settings.seeds))}): one "
+            "training run says nothing about the spread of a method over trainings (3 or more are better)."
+        )
     check_split(adapter, settings.split)
     if settings.split == SELECTION_SPLIT:
-        raise InputError(f"The evaluation split {settings.split!r} is the split methods choose their options on; evaluate on "
-                         "another split (e.g. test or ood).")
+        raise InputError(
+            f"The evaluation split {settings.split!r} is the split methods choose their options on; evaluate on "
+            "another split (e.g. test or ood)."
+        )
     if settings.primary not in PRIMARY:
         raise InputError(f"Unknown primary bias measure {settings.primary!r}. Available: {', '.join(PRIMARY)}.")
     if settings.keep not in KEEP:
@@ -159,8 +172,10 @@ def check_resumed(out: Path, settings: LeaderboardSettings) -> None:
     different = [key for key in now if key not in NOT_IN_RUNS and earlier.get(key) != now[key]]
     if different:
         changes = "; ".join(f"{key} {earlier.get(key)!r} -> {now[key]!r}" for key in different)
-        raise InputError(f"{out} holds a leaderboard run with other settings ({changes}); rerun with the same settings to "
-                         "continue it, or choose another output folder.")
+        raise InputError(
+            f"{out} holds a leaderboard run with other settings ({changes}); rerun with the same settings to "
+            "continue it, or choose another output folder."
+        )
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -168,7 +183,7 @@ def model_fingerprint(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         values = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{values.dtype}|{tuple(values.shape)}|".encode("utf-8"))
+        digest.update(f"{name}|{values.dtype}|{tuple(values.shape)}|".encode())
         digest.update(values.view(-1).view(torch.uint8).numpy().tobytes() if values.numel() else b"")
     return digest.hexdigest()
 
@@ -186,7 +201,9 @@ def run_key(settings: LeaderboardSettings, method: str, seed: int) -> dict[str, 
     return {"settings": settings.fingerprint(), "method": method, "seed": seed}
 
 
-def finished_run(out: Path, settings: LeaderboardSettings, method: str, seed: int, *, also_split: str | None) -> dict[str, Any] | None:
+def finished_run(
+    out: Path, settings: LeaderboardSettings, method: str, seed: int, *, also_split: str | None
+) -> dict[str, Any] | None:
     """The audits and train log of a finished run of these settings, or None (missing, partial or other)."""
     folder = run_dir(out, method, seed)
     names = RUN_FILES + (("also_after.json",) if also_split else ())
@@ -194,16 +211,36 @@ def finished_run(out: Path, settings: LeaderboardSettings, method: str, seed: in
         files = {name: json.loads((folder / name).read_text(encoding="utf-8")) for name in names}
     except (OSError, ValueError):
         return None
-    ids = {files[name].get("manifest", {}).get("run", {}).get("id") if name.endswith("after.json") else files[name].get("run", {}).get("id")
-           for name in names}
+    ids = {
+        files[name].get("manifest", {}).get("run", {}).get("id")
+        if name.endswith("after.json")
+        else files[name].get("run", {}).get("id")
+        for name in names
+    }
     if len(ids) != 1 or None in ids or files["train_log.json"].get("leaderboard") != run_key(settings, method, seed):
         return None
-    return {"after": files["after.json"], "also_after": files.get("also_after.json"), "training": files["train_log.json"]["training"],
-            "steps": files["train_log.json"]["steps"], "run_id": ids.pop(), "reused": True}
+    return {
+        "after": files["after.json"],
+        "also_after": files.get("also_after.json"),
+        "training": files["train_log.json"]["training"],
+        "steps": files["train_log.json"]["steps"],
+        "run_id": ids.pop(),
+        "reused": True,
+    }
 
 
-def starting_audit(model: nn.Module, adapter: Adapter, out: Path, settings: LeaderboardSettings, seed: int, *, device: str,
-                   checkpoint: str | os.PathLike | None, progress: Progress | None, split: str | None = None) -> dict[str, Any]:
+def starting_audit(
+    model: nn.Module,
+    adapter: Adapter,
+    out: Path,
+    settings: LeaderboardSettings,
+    seed: int,
+    *,
+    device: str,
+    checkpoint: str | os.PathLike | None,
+    progress: Progress | None,
+    split: str | None = None,
+) -> dict[str, Any]:
     """The starting model's audit with scan seed `seed` (of the evaluated split, or of `split`: the in-distribution one
     beside an OOD split), read back when a restart finds it (same settings). One per seed, shared by its runs."""
     split = split or settings.split
@@ -222,28 +259,56 @@ def starting_audit(model: nn.Module, adapter: Adapter, out: Path, settings: Lead
     return audit
 
 
-def run_one(model: nn.Module, adapter: Adapter, out: Path, settings: LeaderboardSettings, method: str, seed: int, *,
-            before: dict[str, Any], device: str, progress: Progress | None, also_split: str | None,
-            also_before: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_one(
+    model: nn.Module,
+    adapter: Adapter,
+    out: Path,
+    settings: LeaderboardSettings,
+    method: str,
+    seed: int,
+    *,
+    before: dict[str, Any],
+    device: str,
+    progress: Progress | None,
+    also_split: str | None,
+    also_before: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Fix a copy of `model` with `method` and `seed`, write the run's files as one set; its after-audit and training."""
     from biasaudit.training.fix import fix_model
     from biasaudit.report.compare_render import write_compare_html
 
     folder = run_dir(out, method, seed)
-    files = (RUN_FILES + (("also_after.json",) if also_split else ()) + ("compare.html",)
-             + (("model.pt",) if settings.keep != "none" else ()))  # model.pt last
+    files = (
+        RUN_FILES
+        + (("also_after.json",) if also_split else ())
+        + ("compare.html",)
+        + (("model.pt",) if settings.keep != "none" else ())
+    )  # model.pt last
     with OutputSet(folder, files=files, option="the leaderboard's run folder") as outputs:
         fixed = copy.deepcopy(model)
         grid = settings.grids.get(method)
-        outcome = fix_model(fixed, adapter, method=method, method_options=run_options(settings, method), option_grid=grid,
-                            train_config=settings.train_config(seed, device), scan_config=settings.scan_config(seed, device),
-                            before=before, progress=progress, also_split=also_split,  # a killed run is run again
-                            also_before=also_before)
+        outcome = fix_model(
+            fixed,
+            adapter,
+            method=method,
+            method_options=run_options(settings, method),
+            option_grid=grid,
+            train_config=settings.train_config(seed, device),
+            scan_config=settings.scan_config(seed, device),
+            before=before,
+            progress=progress,
+            also_split=also_split,  # a killed run is run again
+            also_before=also_before,
+        )
         stage_audit(outcome.after, outputs, json_name="after.json", html_name=None)
         if also_split:
             stage_audit(outcome.also.after, outputs, json_name="also_after.json", html_name=None)
-        train_log = {"run": outputs.stamp(), "leaderboard": run_key(settings, method, seed), "training": outcome.training,
-                     "steps": outcome.steps}
+        train_log = {
+            "run": outputs.stamp(),
+            "leaderboard": run_key(settings, method, seed),
+            "training": outcome.training,
+            "steps": outcome.steps,
+        }
         comparison = {"run": outputs.stamp(), **outcome.comparison}
         write_json_atomic(train_log, outputs.staged("train_log.json"))
         write_json_atomic(comparison, outputs.staged("compare.json"))
@@ -253,6 +318,11 @@ def run_one(model: nn.Module, adapter: Adapter, out: Path, settings: Leaderboard
             outputs.record_binary("model.pt")
         outputs.commit(files)
         run_id = outputs.run_id
-    return {"after": outcome.after, "also_after": outcome.also.after if also_split else None, "training": outcome.training,
-            "steps": outcome.steps, "run_id": run_id, "reused": False}
-
+    return {
+        "after": outcome.after,
+        "also_after": outcome.also.after if also_split else None,
+        "training": outcome.training,
+        "steps": outcome.steps,
+        "run_id": run_id,
+        "reused": False,
+    }

@@ -6,7 +6,8 @@ document; `biasaudit merge` (merging.py) writes the document from every shard's 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from biasaudit.choosing.runs import LeaderboardSettings
 from biasaudit.results import write_json_atomic
@@ -26,12 +27,24 @@ def record_name(shard: Shard) -> str:
     return f"shard-{shard.index}-of-{shard.count}.json"
 
 
-def write_shard_record(out: Path, shard: Shard, settings: LeaderboardSettings, runs: Mapping[tuple[str, int], Mapping[str, Any]], *,
-                       manifest: Mapping[str, Any], also_split: str | None) -> dict[str, Any]:
+def write_shard_record(
+    out: Path,
+    shard: Shard,
+    settings: LeaderboardSettings,
+    runs: Mapping[tuple[str, int], Mapping[str, Any]],
+    *,
+    manifest: Mapping[str, Any],
+    also_split: str | None,
+) -> dict[str, Any]:
     """The shard's record, written once its runs are all finished: what merge checks and reads."""
-    record = {"schema": SCHEMA, "schema_version": 1, "shard": {"index": shard.index, "count": shard.count},
-              "settings": settings.fingerprint(), "also_split": also_split,
-              "runs": [{"method": method, "seed": seed, "run_id": run["run_id"]} for (method, seed), run in runs.items()],
-              "manifest": dict(manifest)}
+    record = {
+        "schema": SCHEMA,
+        "schema_version": 1,
+        "shard": {"index": shard.index, "count": shard.count},
+        "settings": settings.fingerprint(),
+        "also_split": also_split,
+        "runs": [{"method": method, "seed": seed, "run_id": run["run_id"]} for (method, seed), run in runs.items()],
+        "manifest": dict(manifest),
+    }
     write_json_atomic(record, out / record_name(shard))
     return record

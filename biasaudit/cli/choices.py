@@ -12,7 +12,8 @@ tuple below equals its registry, in order, so a mode added there fails the tests
 from __future__ import annotations
 
 from enum import Enum, StrEnum
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from biasaudit.api._names import FIX_METHODS
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -21,7 +20,7 @@ def compare(
     before: Path = typer.Argument(..., help="audit.json of the model before the change."),
     after: Path = typer.Argument(..., help="audit.json of the model after the change (same split, conditions and seed)."),
     out_dir: Path = typer.Option(Path("biasaudit-compare"), "--out", "-o", help="Directory for compare.json and compare.html."),
-    train_log: Optional[Path] = typer.Option(None, "--train-log", help="train_log.json of a fix run, for the training section."),
+    train_log: Path | None = typer.Option(None, "--train-log", help="train_log.json of a fix run, for the training section."),
 ) -> None:
     """Re-render the before/after comparison from two audit files, without the model."""
     import biasaudit as ba

@@ -14,21 +14,42 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from biasaudit.api._names import GATE_RULES
 from biasaudit.errors import InputError
 
 SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
-    "adapter": str, "split": str, "conditions": str, "seed": int, "device": str, "batch_size": int, "projection": str,
-    "bootstrap": int, "gradient_batches": int, "min_wrong": int, "kmeans_k": int, "embedding_points": int, "mute": list,
-    "min_group": int, "group_by": str, "mute_compare": bool, "unimodal": list, "ceiling_per_class": int,
-    "precision": str, "favoured_fraction": (int, float), "draws": int,
+    "adapter": str,
+    "split": str,
+    "conditions": str,
+    "seed": int,
+    "device": str,
+    "batch_size": int,
+    "projection": str,
+    "bootstrap": int,
+    "gradient_batches": int,
+    "min_wrong": int,
+    "kmeans_k": int,
+    "embedding_points": int,
+    "mute": list,
+    "min_group": int,
+    "group_by": str,
+    "mute_compare": bool,
+    "unimodal": list,
+    "ceiling_per_class": int,
+    "precision": str,
+    "favoured_fraction": (int, float),
+    "draws": int,
 }
 # A number applies to the option's default target; a table gives one limit per group, condition or
 # modality. The values inside are checked by biasaudit.gating.registry, the same path as the command line's.
 GATE_KEYS: dict[str, type | tuple[type, ...]] = {
-    "baseline": str, **{name: rule.config_types for name, rule in GATE_RULES.items()}, "jsd": str, "significant": bool,
+    "baseline": str,
+    **{name: rule.config_types for name, rule in GATE_RULES.items()},
+    "jsd": str,
+    "significant": bool,
 }  # a rule's key and what it may hold come from its registry entry (biasaudit.gating.registry)
 SECTIONS = {"scan": SCAN_KEYS, "gate": GATE_KEYS}
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a table"}
@@ -60,8 +81,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _checked(tables: Mapping[str, Any], path: Path, prefix: str) -> dict[str, dict[str, Any]]:
     unknown = [name for name in tables if name not in SECTIONS]
     if unknown:
-        raise InputError(f"Config file {path} has an unknown table [{prefix}{unknown[0]}]. Available: "
-                         f"{', '.join(prefix + s for s in SECTIONS)}.")
+        raise InputError(
+            f"Config file {path} has an unknown table [{prefix}{unknown[0]}]. Available: "
+            f"{', '.join(prefix + s for s in SECTIONS)}."
+        )
     out: dict[str, dict[str, Any]] = {}
     for name, values in tables.items():
         if not isinstance(values, dict):
@@ -73,8 +96,10 @@ def _checked(tables: Mapping[str, Any], path: Path, prefix: str) -> dict[str, di
             wanted = keys[key] if isinstance(keys[key], tuple) else (keys[key],)
             # TOML's true is a Python bool, which is also an int: accept it only where a bool is wanted.
             if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
-                raise InputError(f"Config file {path}: [{prefix}{name}] {key} = {value!r} is not "
-                                 f"{' or '.join(_TYPE_WORDS[t] for t in wanted)}.")
+                raise InputError(
+                    f"Config file {path}: [{prefix}{name}] {key} = {value!r} is not "
+                    f"{' or '.join(_TYPE_WORDS[t] for t in wanted)}."
+                )
         out[name] = dict(values)
     return out
 
@@ -110,7 +135,9 @@ def load_settings(explicit: Path | None = None, *, directory: Path | None = None
     return Settings()
 
 
-def resolve(given: Mapping[str, Any], explicit: set[str], settings: Settings, section: str) -> tuple[dict[str, Any], dict[str, str]]:
+def resolve(
+    given: Mapping[str, Any], explicit: set[str], settings: Settings, section: str
+) -> tuple[dict[str, Any], dict[str, str]]:
     """Each setting's value and where it came from: the command line (names in `explicit`), the file, or
     the option's default (`given` holds the parsed options, defaults included)."""
     from biasaudit.api._names import GATE_OPTIONS as OPTIONS
@@ -120,10 +147,15 @@ def resolve(given: Mapping[str, Any], explicit: set[str], settings: Settings, se
     values, sources = {}, {}
     for name, value in given.items():
         in_file = from_file.get(name)
-        mergeable = isinstance(in_file, dict) or (name in OPTIONS and OPTIONS[name].plain is not None
-                                                  and isinstance(in_file, (int, float)) and not isinstance(in_file, bool))
-        if (name in explicit and isinstance(value, list) and mergeable
-                and all("=" in item for item in value)):  # a malformed item is left for the option's own error
+        mergeable = isinstance(in_file, dict) or (
+            name in OPTIONS
+            and OPTIONS[name].plain is not None
+            and isinstance(in_file, (int, float))
+            and not isinstance(in_file, bool)
+        )
+        if (
+            name in explicit and isinstance(value, list) and mergeable and all("=" in item for item in value)
+        ):  # a malformed item is left for the option's own error
             # Limits per condition, group or modality: the command line overrides and adds keys, the file's others stay.
             # A plain number in the file is its option's default target, e.g. the carrier, and stays too. The file's
             # part is checked first under the file's name, so its mistakes are not blamed on the command line.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import typer
 from rich.console import Console
@@ -19,7 +19,9 @@ from biasaudit.errors import BiasAuditError
 
 # Names such as "ratio:a:0.5" hold emoji codes (":a:"): no emoji replacement anywhere. stdout carries results (paths, JSON)
 # as plain text, never through markup.
-err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)  # a message is one line: paths stay whole for copy and grep
+err = Console(
+    stderr=True, highlight=False, emoji=False, soft_wrap=True
+)  # a message is one line: paths stay whole for copy and grep
 out = Console(highlight=False, soft_wrap=True, emoji=False, markup=False)
 ADAPTER_HELP = "Your adapter: path/to/file.py:NAME or package.module:NAME (see README, 'Writing an adapter')."
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -43,7 +45,7 @@ def _one_line_warnings() -> Iterator[None]:
 
 
 @contextmanager
-def handled(interrupted: Optional[Callable[[], str]] = None) -> Iterator[None]:
+def handled(interrupted: Callable[[], str] | None = None) -> Iterator[None]:
     """Turn our errors into one red sentence and an exit code; anything else is a bug (exit 3).
 
     `interrupted` says what a Ctrl-C leaves behind, when that is more than nothing (fix keeps its training state).
@@ -67,7 +69,9 @@ def handled(interrupted: Optional[Callable[[], str]] = None) -> Iterator[None]:
         raise
     except Exception:
         err.print_exception(max_frames=8)
-        err.print("[bold red]internal error:[/] this is a bug in biasaudit or in the adapter's code; the traceback above says where.")
+        err.print(
+            "[bold red]internal error:[/] this is a bug in biasaudit or in the adapter's code; the traceback above says where."
+        )
         raise typer.Exit(3) from None
 
 
@@ -80,12 +84,17 @@ def explicit_options(ctx: typer.Context) -> set[str]:
 
 @contextmanager
 def progress_bars() -> Iterator:
-    columns = (TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bars:
         tasks: dict[str, int] = {}
 
-        def update(stage: str, done: int, total: Optional[int], status: Optional[str] = None) -> None:
+        def update(stage: str, done: int, total: int | None, status: str | None = None) -> None:
             if stage not in tasks:
                 tasks[stage] = bars.add_task(stage, total=total, status="")
             fields = {} if status is None else {"status": status}
@@ -115,41 +124,65 @@ def summary_table(audit: dict) -> Table:
     for group in ("missing", "noisy"):
         section = audit["summary"].get(group)
         if section:
-            table.add_row(f"{group}: Avg / Gap", f"{number(section['avg'])} / {number(section['gap'])}", _ci_text(section["gap_ci"], prefix="gap "),
-                          f"dominant: {escape(section['dominant'] or 'none')}")
+            table.add_row(
+                f"{group}: Avg / Gap",
+                f"{number(section['avg'])} / {number(section['gap'])}",
+                _ci_text(section["gap_ci"], prefix="gap "),
+                f"dominant: {escape(section['dominant'] or 'none')}",
+            )
     carrier = audit.get("carrier") or {}
     if carrier.get("available"):
         for name, row in carrier["modalities"].items():
             swap = row["bias_swap"]
             if swap["excess_follow_rate"] is not None:
-                table.add_row(f"bias swap: {escape(name)}", change(swap["excess_follow_rate"], scale=100), _ci_text(swap["excess_follow_rate_ci"], scale=100),
-                              "carrier" if name == carrier.get("carrier") else "")
+                table.add_row(
+                    f"bias swap: {escape(name)}",
+                    change(swap["excess_follow_rate"], scale=100),
+                    _ci_text(swap["excess_follow_rate_ci"], scale=100),
+                    "carrier" if name == carrier.get("carrier") else "",
+                )
     for modality, points in (audit.get("ratio_sweep") or {}).items():
         # The realised share muted next to each rung: one seed's nested subsets sit above or below r together.
         for p in points:
             if p["ratio"] < 1:
                 muted = "" if p.get("muted_fraction") is None else f"{number(p['muted_fraction'], scale=100)}% muted"
-                table.add_row(escape(f"ratio:{modality}:{p['ratio']:g}"), number(p["accuracy"]), _ci_text(p["accuracy_ci"]), muted)
+                table.add_row(
+                    escape(f"ratio:{modality}:{p['ratio']:g}"), number(p["accuracy"]), _ci_text(p["accuracy_ci"]), muted
+                )
     section = audit.get("groups") or {}
     groups = (section.get("conditions") or {}).get("full")
     if groups and section.get("blind"):
         # Worst-group accuracy would cover groups the shortcut never misleads: the pooled conflicting figure instead.
         if groups.get("conflicting_accuracy") is not None:
-            table.add_row("bias-conflicting", number(groups["conflicting_accuracy"]), _ci_text(groups.get("conflicting_accuracy_ci")),
-                          f"all in groups below min_group {section.get('min_group')}")
+            table.add_row(
+                "bias-conflicting",
+                number(groups["conflicting_accuracy"]),
+                _ci_text(groups.get("conflicting_accuracy_ci")),
+                f"all in groups below min_group {section.get('min_group')}",
+            )
         else:
             table.add_row("worst group", "n/a", "", "no bias-conflicting samples")
     elif groups and groups.get("worst_group") is not None:
         # The worst group's own exact interval where the audit has it: a bootstrap of 0 of 11 has no width.
-        table.add_row("worst group / balanced", f"{number(groups['worst_group'])} / {number(groups['bias_balanced'])}",
-                      _ci_text(groups.get("worst_group_exact_ci") or groups["worst_group_ci"], prefix="exact " if groups.get("worst_group_exact_ci") else ""),
-                      escape(groups.get("worst_group_label") or ""))
+        table.add_row(
+            "worst group / balanced",
+            f"{number(groups['worst_group'])} / {number(groups['bias_balanced'])}",
+            _ci_text(
+                groups.get("worst_group_exact_ci") or groups["worst_group_ci"],
+                prefix="exact " if groups.get("worst_group_exact_ci") else "",
+            ),
+            escape(groups.get("worst_group_label") or ""),
+        )
     jsd = audit.get("jsd", {})
     if jsd.get("available"):
         # The unweighted mean needs min_wrong mistakes per bias value; say so rather than drop the row.
         mean, weighted = number(jsd.get("mean"), 3), number(jsd.get("weighted_mean"), 3)
-        table.add_row("JSD mean / weighted", f"{mean} / {weighted}", "", "no mistakes on this split" if jsd.get("n_wrong") == 0
-                      else "low = mistakes copy the bias")
+        table.add_row(
+            "JSD mean / weighted",
+            f"{mean} / {weighted}",
+            "",
+            "no mistakes on this split" if jsd.get("n_wrong") == 0 else "low = mistakes copy the bias",
+        )
     return table
 
 

@@ -16,7 +16,9 @@ from biasaudit.cli.naming import named_as
 def demo(
     out_dir: Path = typer.Option(Path("biasaudit-demo"), "--out", "-o", help="Directory for the demo checkpoint and audit."),
     seed: int = typer.Option(0, help="Seed of the demo data split, training and scan."),
-    split: str = typer.Option("ood", help="Split to audit: ood (colour independent of the digit) or test (same bias as training)."),
+    split: str = typer.Option(
+        "ood", help="Split to audit: ood (colour independent of the digit) or test (same bias as training)."
+    ),
 ) -> None:
     """Train the bundled digits-captions model with plain cross-entropy, then audit it. Offline, about a minute."""
     import biasaudit as ba
@@ -28,5 +30,7 @@ def demo(
         document = audit.to_dict()
         err.print(summary_table(document))
         print_verdict(document)
-        err.print(f"demo finished in {time.perf_counter() - start:.1f} s: checkpoint, audit.json and audit.html are in {out_dir}/")
+        err.print(
+            f"demo finished in {time.perf_counter() - start:.1f} s: checkpoint, audit.json and audit.html are in {out_dir}/"
+        )
         out.print(f"{out_dir / 'model.pt'}\n{out_dir / 'audit.json'}\n{out_dir / 'audit.html'}")

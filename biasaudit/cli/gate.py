@@ -24,8 +24,10 @@ def rule_help(name: str) -> str:
     rule = RULES[name]
     table = rule.key is not None  # a limit per key, repeatable; else one number
     text = f"{rule.limits.form}: {rule.description}" if table else rule.description
-    return (f"{text} E.g. {rule.limits.example}{'; repeatable' if table else ''}. {'Needs --baseline. ' if rule.needs_baseline else ''}"
-            f"A {rule.kind} rule.")
+    return (
+        f"{text} E.g. {rule.limits.example}{'; repeatable' if table else ''}. {'Needs --baseline. ' if rule.needs_baseline else ''}"
+        f"A {rule.kind} rule."
+    )
 
 
 RULE_HELP = {name: rule_help(name) for name in RULES}
@@ -49,14 +51,36 @@ def rule_parameter(name: str) -> inspect.Parameter:
 def gate(
     ctx: typer.Context,
     current: Path = typer.Argument(..., help="audit.json of the candidate model."),
-    baseline: Optional[Path] = typer.Option(None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed).", rich_help_panel="Inputs"),
-    jsd: str = typer.Option("weighted", "--jsd", metavar="weighted|mean", help="Which JSD --max-jsd-drop reads: weighted (every bias value with a "
-                            "mistake, by its mistakes) or mean (only bias values with --min-wrong mistakes).", rich_help_panel="Bias rules"),
-    significant: bool = typer.Option(False, "--significant/--no-significant", help="A baseline rule's change past its limit fails "
-                                     "only when its whole paired 95% interval lies beyond the limit (else WARN).", rich_help_panel="Significance"),
-    json_output: bool = typer.Option(False, "--json", help="Print the machine verdict as JSON on stdout.", rich_help_panel="Output"),
-    junit: Optional[Path] = typer.Option(None, "--junit", help="Write a JUnit XML report, one test case per rule.", rich_help_panel="Output"),
-    config_file: Optional[Path] = typer.Option(None, "--config", help="Rules file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml).", rich_help_panel="Inputs"),
+    baseline: Path | None = typer.Option(
+        None, "--baseline", help="audit.json kept as the reference (same split, conditions and seed).", rich_help_panel="Inputs"
+    ),
+    jsd: str = typer.Option(
+        "weighted",
+        "--jsd",
+        metavar="weighted|mean",
+        help="Which JSD --max-jsd-drop reads: weighted (every bias value with a "
+        "mistake, by its mistakes) or mean (only bias values with --min-wrong mistakes).",
+        rich_help_panel="Bias rules",
+    ),
+    significant: bool = typer.Option(
+        False,
+        "--significant/--no-significant",
+        help="A baseline rule's change past its limit fails "
+        "only when its whole paired 95% interval lies beyond the limit (else WARN).",
+        rich_help_panel="Significance",
+    ),
+    json_output: bool = typer.Option(
+        False, "--json", help="Print the machine verdict as JSON on stdout.", rich_help_panel="Output"
+    ),
+    junit: Path | None = typer.Option(
+        None, "--junit", help="Write a JUnit XML report, one test case per rule.", rich_help_panel="Output"
+    ),
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Rules file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml).",
+        rich_help_panel="Inputs",
+    ),
     **limits: object,  # one option per rule of the registry (rule_parameter), read through ctx.params
 ) -> None:
     """Turn audits into a CI verdict: exit 0 when no rule fails, 1 when one fails, 2 on a usage or input error."""
@@ -71,8 +95,12 @@ def gate(
         v, sources = resolve({k: val for k, val in ctx.params.items() if k in GATE_KEYS}, explicit_options(ctx), settings, "gate")
         # Every rule is checked here, before any audit is read: a typo exits 2 without waiting on files. Each rule is
         # labelled as the user spelled it (its flag, or the settings file's key), which every sentence about it names.
-        labels = {name: flag_of(name, {}) if sources.get(name, DEFAULT).startswith((COMMAND_LINE, DEFAULT))
-                  else f"{sources[name]} {name}" for name in v}
+        labels = {
+            name: flag_of(name, {})
+            if sources.get(name, DEFAULT).startswith((COMMAND_LINE, DEFAULT))
+            else f"{sources[name]} {name}"
+            for name in v
+        }
         rules = ba.GateRules(**{name: v[name] for name in (*RULES, *SETTINGS) if v.get(name) is not None}, labels=labels)
         baseline = Path(v["baseline"]) if v["baseline"] is not None else None
         audits = {}
@@ -85,9 +113,18 @@ def gate(
                         raise InputError(f"The baseline set in {sources['baseline']}: {exc}") from exc
                     raise
         with named_as({"junit": "--junit"}):
-            verdict = ba.gate(audits["current"], rules=rules, baseline=audits.get("baseline"), junit=junit,
-                              current_name=str(current), baseline_name=str(baseline) if baseline is not None else "baseline")
-        result = {**verdict.to_dict(), "settings": {"config_file": str(settings.path) if settings.path else None, "sources": sources}}
+            verdict = ba.gate(
+                audits["current"],
+                rules=rules,
+                baseline=audits.get("baseline"),
+                junit=junit,
+                current_name=str(current),
+                baseline_name=str(baseline) if baseline is not None else "baseline",
+            )
+        result = {
+            **verdict.to_dict(),
+            "settings": {"config_file": str(settings.path) if settings.path else None, "sources": sources},
+        }
         err.print(gate_table(result))
         if json_output:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")  # the verdict as json wrote it, never through the console

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -43,35 +42,82 @@ FLAGS = {"model": "CHECKPOINT", "out": "--out", "grids": "--grid", "shard": "--s
 def leaderboard(
     checkpoint: Path = typer.Argument(..., help="State dict of the model to fix; it is never modified."),
     adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP, rich_help_panel="Model and data"),
-    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Methods to compare, comma-separated; ce, the control, is always "
-                                "included.", rich_help_panel="Comparison"),
-    seeds: list[int] = typer.Option([0, 1, 2], "--seeds", help="Training seeds (give --seeds once per seed, at least two; 3 or more "
-                                    "are better).", rich_help_panel="Comparison"),
-    split: str = typer.Option("test", help="Evaluated split (never val, where options are chosen).", rich_help_panel="Comparison"),
-    primary: str = typer.Option("worst-group", "--primary", help="The bias measure that breaks ties: worst-group, bias-balanced, ood "
-                                "or follow-rate.", rich_help_panel="Comparison"),
-    max_full_drop: float = typer.Option(1.0, "--max-full-drop", help="Non-inferiority margin: points of Full accuracy a recommended "
-                                        "method may lose at most (the lower end of its interval).", rich_help_panel="Comparison"),
-    keep: str = typer.Option("best", "--keep", help="Fixed checkpoints kept: all, best (per method, by the primary measure) or none.",
-                             rich_help_panel="Comparison"),
-    out_dir: Path = typer.Option(Path("biasaudit-leaderboard"), "--out", "-o", help="Directory for leaderboard.json, leaderboard.html "
-                                 "and the runs; rerun the same command to finish a killed leaderboard.", rich_help_panel="Model and data"),
+    methods: str = typer.Option(
+        DEFAULT_METHODS,
+        "--methods",
+        help="Methods to compare, comma-separated; ce, the control, is always included.",
+        rich_help_panel="Comparison",
+    ),
+    seeds: list[int] = typer.Option(
+        [0, 1, 2],
+        "--seeds",
+        help="Training seeds (give --seeds once per seed, at least two; 3 or more are better).",
+        rich_help_panel="Comparison",
+    ),
+    split: str = typer.Option(
+        "test", help="Evaluated split (never val, where options are chosen).", rich_help_panel="Comparison"
+    ),
+    primary: str = typer.Option(
+        "worst-group",
+        "--primary",
+        help="The bias measure that breaks ties: worst-group, bias-balanced, ood or follow-rate.",
+        rich_help_panel="Comparison",
+    ),
+    max_full_drop: float = typer.Option(
+        1.0,
+        "--max-full-drop",
+        help="Non-inferiority margin: points of Full accuracy a recommended "
+        "method may lose at most (the lower end of its interval).",
+        rich_help_panel="Comparison",
+    ),
+    keep: str = typer.Option(
+        "best",
+        "--keep",
+        help="Fixed checkpoints kept: all, best (per method, by the primary measure) or none.",
+        rich_help_panel="Comparison",
+    ),
+    out_dir: Path = typer.Option(
+        Path("biasaudit-leaderboard"),
+        "--out",
+        "-o",
+        help="Directory for leaderboard.json, leaderboard.html "
+        "and the runs; rerun the same command to finish a killed leaderboard.",
+        rich_help_panel="Model and data",
+    ),
     epochs: int = typer.Option(20, help="Training epochs of every run.", rich_help_panel="Training"),
     lr: float = typer.Option(3e-3, help="Learning rate.", rich_help_panel="Training"),
     batch_size: int = typer.Option(64, help="Training batch size.", rich_help_panel="Training"),
     optimizer: str = typer.Option("adam", help="adam, adamw or sgd.", rich_help_panel="Training"),
-    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap replicates of every audit.", rich_help_panel="Comparison"),
+    bootstrap: int = typer.Option(
+        1000, "--bootstrap", min=10, help="Bootstrap replicates of every audit.", rich_help_panel="Comparison"
+    ),
     device: str = typer.Option("cpu", help="Torch device.", rich_help_panel="Model and data"),
-    jobs: int = typer.Option(1, "--jobs", help="Runs trained at once in parallel processes: at most one per CPU core, or one per GPU "
-                             "with --device cuda (process k on GPU k).", rich_help_panel="Model and data"),
-    grid: list[str] = typer.Option([], "--grid", help="A method's grid for the option chosen on val, as METHOD=V1,V2,... (repeat per "
-                                   "method; one value fixes it). Defaults: mmdb scale 1,2,4,8,16,32; ogm_ge alpha 0.1,0.3,0.8; "
-                                   "mmpareto gamma 1,1.5,2; groupdro eta 0.001,0.01,0.1; jtt upweight 5,10,20.",
-                                   rich_help_panel="Comparison"),
-    shard_spec: Optional[str] = typer.Option(None, "--shard", help="I/N: train only every N-th (method, seed) run from the I-th "
-                                             "(I counts from 0), for a job array; then `biasaudit merge DIR...` of every shard's --out "
-                                             "writes the leaderboard.", rich_help_panel="Comparison"),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"),
+    jobs: int = typer.Option(
+        1,
+        "--jobs",
+        help="Runs trained at once in parallel processes: at most one per CPU core, or one per GPU "
+        "with --device cuda (process k on GPU k).",
+        rich_help_panel="Model and data",
+    ),
+    grid: list[str] = typer.Option(
+        [],
+        "--grid",
+        help="A method's grid for the option chosen on val, as METHOD=V1,V2,... (repeat per "
+        "method; one value fixes it). Defaults: mmdb scale 1,2,4,8,16,32; ogm_ge alpha 0.1,0.3,0.8; "
+        "mmpareto gamma 1,1.5,2; groupdro eta 0.001,0.01,0.1; jtt upweight 5,10,20.",
+        rich_help_panel="Comparison",
+    ),
+    shard_spec: str | None = typer.Option(
+        None,
+        "--shard",
+        help="I/N: train only every N-th (method, seed) run from the I-th "
+        "(I counts from 0), for a job array; then `biasaudit merge DIR...` of every shard's --out "
+        "writes the leaderboard.",
+        rich_help_panel="Comparison",
+    ),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"
+    ),
 ) -> None:
     """Fix the model with every method over several seeds, compare each with the ce control, and recommend one only when it
     helps beyond training noise without costing Full accuracy."""
@@ -83,10 +129,29 @@ def leaderboard(
     with handled(lambda: f"finished runs in {out_dir}/runs are kept: the same command continues with the missing ones"):
         named = [m.strip() for m in methods.split(",") if m.strip()]
         with progress_bars() as progress, named_as(FLAGS):
-            board = ba.leaderboard(checkpoint, adapter, out=out_dir, methods=named, seeds=seeds, split=split, epochs=epochs, lr=lr,
-                                   batch_size=batch_size, optimizer=optimizer, bootstrap=bootstrap, primary=primary,
-                                   max_full_drop=max_full_drop, keep=keep, device=device, jobs=jobs, grids=parse_grids(grid),
-                                   shard=shard_spec, progress=progress, on_run=told, trust_checkpoint=trust_checkpoint)
+            board = ba.leaderboard(
+                checkpoint,
+                adapter,
+                out=out_dir,
+                methods=named,
+                seeds=seeds,
+                split=split,
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                bootstrap=bootstrap,
+                primary=primary,
+                max_full_drop=max_full_drop,
+                keep=keep,
+                device=device,
+                jobs=jobs,
+                grids=parse_grids(grid),
+                shard=shard_spec,
+                progress=progress,
+                on_run=told,
+                trust_checkpoint=trust_checkpoint,
+            )
         if shard_spec is not None:
             err.print(f"{board.verdict} ({out_dir})", markup=False)
             out.print(str(board.json_path), markup=False)

@@ -17,10 +17,17 @@ FLAGS = {"out": "--out", "parts": "PARTS", "folders": "PARTS"}
 
 @app.command()
 def merge(
-    parts: list[Path] = typer.Argument(..., help="The part files of one scan, one per shard (scan-part-I-of-N.pt), in any order; "
-                                        "or the --out folders of a sharded leaderboard's shards."),
-    out_dir: Path = typer.Option(Path("biasaudit-out"), "--out", "-o", help="Directory for audit.json and audit.html (a leaderboard: "
-                                 "leaderboard.json, leaderboard.html and every run)."),
+    parts: list[Path] = typer.Argument(
+        ...,
+        help="The part files of one scan, one per shard (scan-part-I-of-N.pt), in any order; "
+        "or the --out folders of a sharded leaderboard's shards.",
+    ),
+    out_dir: Path = typer.Option(
+        Path("biasaudit-out"),
+        "--out",
+        "-o",
+        help="Directory for audit.json and audit.html (a leaderboard: leaderboard.json, leaderboard.html and every run).",
+    ),
 ) -> None:
     """Merge the parts of a sharded scan (biasaudit scan --shard I/N), or the folders of a sharded leaderboard
     (biasaudit leaderboard --shard I/N), into what one process would have written."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Iterator, Mapping, Optional
+from collections.abc import Iterator, Mapping
 
 from biasaudit.errors import BiasAuditError
 
@@ -28,7 +28,7 @@ def flag_of(key: str, flags: Mapping[str, str]) -> str:
     return flags.get(key, SHARED.get(key, f"--{key.replace('_', '-')}"))
 
 
-def respelled(text: str, flags: Mapping[str, str], sources: Optional[Mapping[str, str]] = None) -> Optional[str]:
+def respelled(text: str, flags: Mapping[str, str], sources: Mapping[str, str] | None = None) -> str | None:
     """`text` naming its keyword as the user spelled it; None when it names none. A sentence that names the parameter of
     a public call ("The 'lr' parameter of ba.fix", "ba.scan's 'out'") names one of its keywords; a leading bare name
     ("min_count is -1") only a keyword of `flags` or `sources`. A sentence that names no keyword but the setting (e.g.
@@ -52,7 +52,7 @@ def respelled(text: str, flags: Mapping[str, str], sources: Optional[Mapping[str
 
 
 @contextmanager
-def named_as(flags: Mapping[str, str], sources: Optional[Mapping[str, str]] = None) -> Iterator[None]:
+def named_as(flags: Mapping[str, str], sources: Mapping[str, str] | None = None) -> Iterator[None]:
     """Re-raise a library error that names one of `flags`' keywords (keyword -> flag) with the flag, or with the settings
     file's key when `sources` (keyword -> where its value came from, config_file.resolve) says it came from one."""
     try:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 
-
-
 def parse_mute(values: list[str]) -> tuple[tuple[str, str], ...]:
     from biasaudit.errors import InputError
 
@@ -34,7 +32,7 @@ def parse_unimodal(values: list[str]) -> dict[str, Path]:
     return pairs
 
 
-def number_or_auto(text: str, flag: str) -> "float | str":
+def number_or_auto(text: str, flag: str) -> float | str:
     """A number, or 'auto' (chosen on validation data); the method checks the number's range, naming `flag`."""
     from biasaudit.errors import InputError
 
@@ -46,7 +44,7 @@ def number_or_auto(text: str, flag: str) -> "float | str":
         raise InputError(f"{flag} {text!r} is neither 'auto' nor a number.") from None
 
 
-def _scale(text: str) -> "float | str":
+def _scale(text: str) -> float | str:
     from biasaudit.errors import InputError
 
     value = number_or_auto(text, "--scale")
@@ -56,7 +54,17 @@ def _scale(text: str) -> "float | str":
 
 
 # The audit settings of `fix`, by the flags that set them (some differ from scan's: --scan-batch-size, ...).
-FIX_SCAN_FLAGS = {"seed": "--seed", "batch_size": "--scan-batch-size", "bootstrap": "--bootstrap", "embedding_points": "--embedding-points",
-                  "min_wrong": "--min-wrong", "gradient_batches": "--gradient-batches", "kmeans_k": "--kmeans-k",
-                  "min_group": "--audit-min-group", "ceiling_per_class": "--ceiling-per-class", "group_by": "--group-by",
-                  "favoured_fraction": "--favoured-fraction", "draws": "--draws"}
+FIX_SCAN_FLAGS = {
+    "seed": "--seed",
+    "batch_size": "--scan-batch-size",
+    "bootstrap": "--bootstrap",
+    "embedding_points": "--embedding-points",
+    "min_wrong": "--min-wrong",
+    "gradient_batches": "--gradient-batches",
+    "kmeans_k": "--kmeans-k",
+    "min_group": "--audit-min-group",
+    "ceiling_per_class": "--ceiling-per-class",
+    "group_by": "--group-by",
+    "favoured_fraction": "--favoured-fraction",
+    "draws": "--draws",
+}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,7 +14,7 @@ from biasaudit.cli.naming import named_as
 @app.command()
 def report(
     audit: Path = typer.Argument(..., help="audit.json written by biasaudit scan (or before/after.json of a fix run)."),
-    html: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: the JSON's name with .html)."),
+    html: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default: the JSON's name with .html)."),
 ) -> None:
     """Render the HTML audit again from its JSON, without the model."""
     import biasaudit as ba

@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 
 def under_torchrun() -> bool:
@@ -20,8 +21,9 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) >= 2
 
 
-def torchrun_rank(held: ExitStack, v: Mapping[str, Any], *, flags: Mapping[str, str], checkpoint: Path,
-                  unimodal: Mapping[str, Path], out: Path) -> tuple[int, str]:
+def torchrun_rank(
+    held: ExitStack, v: Mapping[str, Any], *, flags: Mapping[str, str], checkpoint: Path, unimodal: Mapping[str, Path], out: Path
+) -> tuple[int, str]:
     """Join the torchrun (left when `held` closes) and check that every process agrees; this process's rank and device."""
     from biasaudit._core.output_paths import check_output_dir
     from biasaudit._core.sharding import join_torchrun, leave_torchrun
@@ -41,10 +43,13 @@ def torchrun_rank(held: ExitStack, v: Mapping[str, Any], *, flags: Mapping[str, 
         compared = {key: v[key] for key in SCAN_KEYS if key not in ("device", "unimodal")}
         # The device as given: the processes' own (cuda:LOCAL_RANK) differ by design. Unimodal checkpoints by modality
         # here, by contents among the files.
-        ranked = {**option_settings({**compared, "device": v["device"]}, flags),
-                  "--unimodal": (" ".join(f"--unimodal {item}" for item in v["unimodal"]) or "no --unimodal", tuple(unimodal))}
+        ranked = {
+            **option_settings({**compared, "device": v["device"]}, flags),
+            "--unimodal": (" ".join(f"--unimodal {item}" for item in v["unimodal"]) or "no --unimodal", tuple(unimodal)),
+        }
         check_checkpoint_file(checkpoint)  # hashed next
-        fingerprint = scan_fingerprint(ranked, adapter=adapter_source(loaded, v["adapter"]), checkpoint=checkpoint,
-                                       unimodal=tuple(unimodal.items()))
+        fingerprint = scan_fingerprint(
+            ranked, adapter=adapter_source(loaded, v["adapter"]), checkpoint=checkpoint, unimodal=tuple(unimodal.items())
+        )
     check_agreement(fingerprint, group="this torchrun", remedy="be started with the same arguments")
     return joined[0].index, joined[1]

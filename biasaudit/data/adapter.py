@@ -14,7 +14,8 @@ import importlib.util
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -24,7 +25,7 @@ from biasaudit._core.input_paths import check_input_file
 from biasaudit.errors import AdapterError, BiasAuditError
 from biasaudit.data.forward_keywords import TokenizerInputs
 from biasaudit.data.impairments import IMPAIRMENTS
-from biasaudit.data.modality import Modality  # noqa: F401  (part of the adapter contract: `from biasaudit.data.adapter import Modality`)
+from biasaudit.data.modality import Modality
 
 
 class Adapter:
@@ -114,8 +115,10 @@ def logits_of(output: Any) -> torch.Tensor:
         what += f" with keys {', '.join(keys) or 'none'}" + (" and more" if len(output) > 6 else "")
     elif logits is not None:
         what += f" whose .logits is a {type(logits).__name__}"
-    raise AdapterError(f"The model returned a {what}; expected a logits tensor [batch, classes], or an output with .logits "
-                       "(else define the adapter's forward(model, inputs) to return the logits).")
+    raise AdapterError(
+        f"The model returned a {what}; expected a logits tensor [batch, classes], or an output with .logits "
+        "(else define the adapter's forward(model, inputs) to return the logits)."
+    )
 
 
 def optional_hook(adapter: Any, name: str, model: nn.Module) -> Any:
@@ -126,17 +129,25 @@ def optional_hook(adapter: Any, name: str, model: nn.Module) -> Any:
     if value is None:
         return None
     if name == "classifier" and not isinstance(value, nn.Module):
-        raise AdapterError(f"The adapter's classifier(model) hook returned a {type(value).__name__}; expected the final nn.Linear or None.")
+        raise AdapterError(
+            f"The adapter's classifier(model) hook returned a {type(value).__name__}; expected the final nn.Linear or None."
+        )
     if name == "branches":
         names = [m.name for m in getattr(adapter, "modalities", ())]
         if not isinstance(value, Mapping):
-            raise AdapterError(f"The adapter's branches(model) hook returned a {type(value).__name__}; expected a dict "
-                               "{modality name: branch module} or None.")
+            raise AdapterError(
+                f"The adapter's branches(model) hook returned a {type(value).__name__}; expected a dict "
+                "{modality name: branch module} or None."
+            )
         for key, module in value.items():
             if names and key not in names:  # an adapter that declares its modalities (every validated one does)
-                raise AdapterError(f"The adapter's branches(model) hook names {key!r}, which is not a modality. Available: {', '.join(names)}.")
+                raise AdapterError(
+                    f"The adapter's branches(model) hook names {key!r}, which is not a modality. Available: {', '.join(names)}."
+                )
             if not isinstance(module, nn.Module):
-                raise AdapterError(f"The adapter's branches(model) hook gives a {type(module).__name__} for {key!r}; expected an nn.Module.")
+                raise AdapterError(
+                    f"The adapter's branches(model) hook gives a {type(module).__name__} for {key!r}; expected an nn.Module."
+                )
     return value
 
 
@@ -149,22 +160,30 @@ def validate_adapter(adapter: Any, *, source: str) -> Adapter:
     """Check that an adapter has every required part; name the first missing one."""
     for method in _REQUIRED:
         if not callable(getattr(adapter, method, None)) or (isinstance(adapter, Adapter) and not _defines(adapter, method)):
-            raise AdapterError(f"Adapter {source} has no {method}() method; every adapter must define it (see README 'Writing an adapter').")
+            raise AdapterError(
+                f"Adapter {source} has no {method}() method; every adapter must define it (see README 'Writing an adapter')."
+            )
     if not isinstance(adapter, Adapter):
         # An object that is not an Adapter lacks the base class's defaults, which the scan reads (label_key, forward, ...).
         missing = [name for name in _CONTRACT if not hasattr(adapter, name)]
         if missing:
-            raise AdapterError(f"Adapter {source} is not a biasaudit.Adapter and has no {missing[0]}; subclass biasaudit.Adapter to "
-                               "get its defaults, or define every part of the contract.")
+            raise AdapterError(
+                f"Adapter {source} is not a biasaudit.Adapter and has no {missing[0]}; subclass biasaudit.Adapter to "
+                "get its defaults, or define every part of the contract."
+            )
     modalities = list(getattr(adapter, "modalities", ()) or ())
     if len(modalities) < 2:
-        raise AdapterError(f"Adapter {source} declares {len(modalities)} modalities; expected at least two Modality(...) entries in `modalities`.")
+        raise AdapterError(
+            f"Adapter {source} declares {len(modalities)} modalities; expected at least two Modality(...) entries in `modalities`."
+        )
     for modality in modalities:
         if not isinstance(modality, Modality):
             raise AdapterError(f"Adapter {source} lists {modality!r} in `modalities`; expected biasaudit.Modality objects.")
         if modality.kind not in IMPAIRMENTS:  # kinds users registered count too
-            raise AdapterError(f"Adapter {source}: modality {modality.name!r} has kind {modality.kind!r}; expected one of: "
-                               f"{', '.join(IMPAIRMENTS)} (or register impairments for it first).")
+            raise AdapterError(
+                f"Adapter {source}: modality {modality.name!r} has kind {modality.kind!r}; expected one of: "
+                f"{', '.join(IMPAIRMENTS)} (or register impairments for it first)."
+            )
     names = [m.name for m in modalities]
     if len(set(names)) != len(names):
         raise AdapterError(f"Adapter {source} declares modality names {names}; names must be unique.")
@@ -184,7 +203,9 @@ def load_adapter(spec: str) -> Adapter:
         raise AdapterError(f"Adapter {spec!r} is not of the form 'path/to/file.py:NAME' or 'package.module:NAME'.")
     if where.endswith(".py") or "/" in where or "\\" in where:
         path = Path(where)
-        check_input_file(path, named=f"Adapter file {where}", expected="a Python file that defines the adapter", error=AdapterError)
+        check_input_file(
+            path, named=f"Adapter file {where}", expected="a Python file that defines the adapter", error=AdapterError
+        )
         module_name = "biasaudit_user_adapter_" + hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
         module_spec = importlib.util.spec_from_file_location(module_name, path)
         if module_spec is None or module_spec.loader is None:
@@ -198,8 +219,10 @@ def load_adapter(spec: str) -> Adapter:
         except BiasAuditError as exc:  # e.g. a LoaderAdapter refusing a shuffling loader: already one sentence
             raise AdapterError(f"Adapter file {where}: {exc}") from exc
         except SystemExit as exc:  # an adapter script run as a module: its exit must not end biasaudit silently
-            raise AdapterError(f"Adapter file {where} called sys.exit({exc.code}) while being imported; an adapter file must define "
-                               "the adapter, not run a program (put that under `if __name__ == \"__main__\":`).") from None
+            raise AdapterError(
+                f"Adapter file {where} called sys.exit({exc.code}) while being imported; an adapter file must define "
+                'the adapter, not run a program (put that under `if __name__ == "__main__":`).'
+            ) from None
         except Exception as exc:  # the user's code failed; say where, keep the cause
             raise AdapterError(f"Adapter file {where} raised {type(exc).__name__} while importing: {exc}") from exc
         finally:
@@ -211,8 +234,11 @@ def load_adapter(spec: str) -> Adapter:
             raise AdapterError(f"Adapter module {where!r} cannot be imported: {exc}.") from exc
     if not hasattr(module, name):
         # Adapter classes defined in the module (not ones it imports, such as LoaderAdapter) and adapter instances.
-        available = sorted(k for k, v in vars(module).items() if isinstance(v, Adapter)
-                           or (inspect.isclass(v) and issubclass(v, Adapter) and v.__module__ == module.__name__))
+        available = sorted(
+            k
+            for k, v in vars(module).items()
+            if isinstance(v, Adapter) or (inspect.isclass(v) and issubclass(v, Adapter) and v.__module__ == module.__name__)
+        )
         raise AdapterError(f"Adapter {spec!r}: {where} has no attribute {name!r}. Available: {', '.join(available) or 'none'}.")
     obj = getattr(module, name)
     if inspect.isclass(obj):

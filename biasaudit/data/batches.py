@@ -6,7 +6,8 @@ import functools
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -21,7 +22,9 @@ def int_column(batch: Mapping[str, Any], key: str, *, what: str, split: str) -> 
     values = batch[key]
     array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
-        raise DataError(f"The {what} values {key!r} of split {split!r} must be a 1-D integer tensor; got dtype {array.dtype} and shape {array.shape}.")
+        raise DataError(
+            f"The {what} values {key!r} of split {split!r} must be a 1-D integer tensor; got dtype {array.dtype} and shape {array.shape}."
+        )
     return array.astype(np.int64)
 
 
@@ -29,7 +32,9 @@ def checked_labels(batch: Mapping[str, Any], adapter: Adapter, *, split: str) ->
     labels = int_column(batch, adapter.label_key, what="label", split=split)
     if labels.size and (labels.min() < 0 or labels.max() >= adapter.num_classes):
         bad = labels[(labels < 0) | (labels >= adapter.num_classes)][0]
-        raise DataError(f"Split {split!r} has label {bad}, outside [0, {adapter.num_classes}) for num_classes={adapter.num_classes}.")
+        raise DataError(
+            f"Split {split!r} has label {bad}, outside [0, {adapter.num_classes}) for num_classes={adapter.num_classes}."
+        )
     return labels
 
 
@@ -38,26 +43,40 @@ def check_raw_inputs(batch: Mapping[str, Any], adapter: Adapter, *, split: str) 
     for modality in adapter.modalities:
         for key in (modality.key, modality.mask_key):
             if key is not None and key not in batch:
-                raise DataError(f"Batches of split {split!r} have no key {key!r}, which modality {modality.name!r} declares; keys present: {', '.join(map(str, batch))}.")
+                raise DataError(
+                    f"Batches of split {split!r} have no key {key!r}, which modality {modality.name!r} declares; keys present: {', '.join(map(str, batch))}."
+                )
         raw = batch[modality.key]
         if modality.kind == "text" and not (isinstance(raw, (list, tuple)) and all(isinstance(t, str) for t in raw)):
-            raise DataError(f"Text modality {modality.name!r} of split {split!r} is a {type(raw).__name__} under key {modality.key!r}; "
-                            "expected a list of strings (raw text; tokenise in prepare, or declare the kind 'tokens').")
+            raise DataError(
+                f"Text modality {modality.name!r} of split {split!r} is a {type(raw).__name__} under key {modality.key!r}; "
+                "expected a list of strings (raw text; tokenise in prepare, or declare the kind 'tokens')."
+            )
         if modality.kind == "tokens" and not (isinstance(raw, torch.Tensor) and raw.ndim == 2 and not raw.is_floating_point()):
-            what = f"a {raw.dtype} tensor of shape {tuple(raw.shape)}" if isinstance(raw, torch.Tensor) else f"a {type(raw).__name__}"
-            raise DataError(f"Token modality {modality.name!r} of split {split!r} is {what} under key {modality.key!r}; expected "
-                            "integer token ids [batch, length].")
+            what = (
+                f"a {raw.dtype} tensor of shape {tuple(raw.shape)}"
+                if isinstance(raw, torch.Tensor)
+                else f"a {type(raw).__name__}"
+            )
+            raise DataError(
+                f"Token modality {modality.name!r} of split {split!r} is {what} under key {modality.key!r}; expected "
+                "integer token ids [batch, length]."
+            )
         if modality.kind != "image":
             continue
         pixels = batch[modality.key]
         if not isinstance(pixels, torch.Tensor) or pixels.ndim not in (3, 4) or (pixels.ndim == 4 and pixels.shape[1] > 4):
             shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
-            raise DataError(f"Image modality {modality.name!r} of split {split!r} has raw input of shape {shape}; expected a tensor [B, H, W] or channels-first [B, C, H, W] with C <= 4.")
+            raise DataError(
+                f"Image modality {modality.name!r} of split {split!r} has raw input of shape {shape}; expected a tensor [B, H, W] or channels-first [B, C, H, W] with C <= 4."
+            )
         low, high = modality.value_range
         if pixels.numel():
             found_low, found_high = float(pixels.min()), float(pixels.max())
             if found_low < low - 1e-6 or found_high > high + 1e-6:
-                raise DataError(f"Image modality {modality.name!r} of split {split!r} has raw pixels from {found_low:g} to {found_high:g}, outside its value_range {modality.value_range}; declare value_range=(low, high) to match the raw pixels.")
+                raise DataError(
+                    f"Image modality {modality.name!r} of split {split!r} has raw pixels from {found_low:g} to {found_high:g}, outside its value_range {modality.value_range}; declare value_range=(low, high) to match the raw pixels."
+                )
 
 
 @dataclass(frozen=True, eq=False)  # arrays: compare the fields with numpy
@@ -74,7 +93,9 @@ Result = TypeVar("Result")
 
 # Within a run (a scan, or fix's audits and training), each split's labels are read once: the reads made so far, by
 # (adapter, split). A context variable, so nothing is kept between runs and concurrent runs keep their own.
-_RUN_READS: ContextVar[dict[tuple[int, str], tuple[Adapter, SplitLabels]] | None] = ContextVar("biasaudit_run_reads", default=None)
+_RUN_READS: ContextVar[dict[tuple[int, str], tuple[Adapter, SplitLabels]] | None] = ContextVar(
+    "biasaudit_run_reads", default=None
+)
 
 
 @contextmanager
@@ -94,10 +115,12 @@ def reads_shared_by_the_run() -> Iterator[None]:
 
 def shares_reads(function: Callable[..., Result]) -> Callable[..., Result]:
     """`function` runs inside reads_shared_by_the_run()."""
+
     @functools.wraps(function)
     def run(*args: Any, **kwargs: Any) -> Result:
         with reads_shared_by_the_run():
             return function(*args, **kwargs)
+
     return run
 
 
@@ -124,11 +147,16 @@ def _read_split_labels(adapter: Adapter, split: str, *, batch_size: int) -> Spli
         if adapter.bias_key is not None:
             bias.append(bias_values(batch, adapter, split=split))
     empty = np.zeros(0, dtype=np.int64)
-    return SplitLabels(np.concatenate(indices) if indices else empty, np.concatenate(labels) if labels else empty,
-                       (np.concatenate(bias) if bias else empty) if adapter.bias_key is not None else None)
+    return SplitLabels(
+        np.concatenate(indices) if indices else empty,
+        np.concatenate(labels) if labels else empty,
+        (np.concatenate(bias) if bias else empty) if adapter.bias_key is not None else None,
+    )
 
 
-def labels_and_bias(adapter: Adapter, split: str, *, batch_size: int, purpose: str, read: SplitLabels | None = None) -> tuple[np.ndarray, np.ndarray]:
+def labels_and_bias(
+    adapter: Adapter, split: str, *, batch_size: int, purpose: str, read: SplitLabels | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Every label and bias value of a split, checked: what the JSD priors and MMDB's margins count. `read`: the split's
     labels when the caller has read them already."""
     read = read_split_labels(adapter, split, batch_size=batch_size) if read is None else read
@@ -142,7 +170,9 @@ def labels_and_bias(adapter: Adapter, split: str, *, batch_size: int, purpose: s
 def bias_values(batch: Mapping[str, Any], adapter: Adapter, *, split: str) -> np.ndarray:
     values = int_column(batch, adapter.bias_key, what="bias", split=split)
     if values.size and values.min() < 0:
-        raise DataError(f"Bias values {adapter.bias_key!r} of split {split!r} must be non-negative integers; found {int(values.min())}.")
+        raise DataError(
+            f"Bias values {adapter.bias_key!r} of split {split!r} must be non-negative integers; found {int(values.min())}."
+        )
     return values
 
 
@@ -156,12 +186,16 @@ def adapter_batches(adapter: Adapter, split: str, *, batch_size: int) -> Iterato
     """adapter.data(split), checked where it enters: an iterable of dict batches."""
     batches = adapter.data(split, batch_size=batch_size)
     if batches is None or isinstance(batches, (str, bytes, Mapping)) or not hasattr(batches, "__iter__"):
-        raise AdapterError(f"The adapter's data({split!r}, batch_size={batch_size}) returned {type(batches).__name__}; expected an "
-                           "iterable of dict batches (e.g. a generator that yields them).")
+        raise AdapterError(
+            f"The adapter's data({split!r}, batch_size={batch_size}) returned {type(batches).__name__}; expected an "
+            "iterable of dict batches (e.g. a generator that yields them)."
+        )
     for batch in batches:
         if not isinstance(batch, Mapping):
-            raise AdapterError(f"The adapter's data({split!r}, ...) yielded a {type(batch).__name__}; expected a dict batch "
-                               "{modality key: raw input, label key: labels, ...}.")
+            raise AdapterError(
+                f"The adapter's data({split!r}, ...) yielded a {type(batch).__name__}; expected a dict batch "
+                "{modality key: raw input, label key: labels, ...}."
+            )
         yield batch
 
 

@@ -6,7 +6,8 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -47,8 +48,10 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[
     path = Path(path)
     check_checkpoint_file(path)
     if not _looks_like_torch_file(path):
-        raise CheckpointError(f"Checkpoint {path} is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle); "
-                              "expected a file written by torch.save(model.state_dict(), ...).")
+        raise CheckpointError(
+            f"Checkpoint {path} is not a PyTorch checkpoint (neither torch.save's zip format nor a pickle); "
+            "expected a file written by torch.save(model.state_dict(), ...)."
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
@@ -59,7 +62,9 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[
             ) from exc
         raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file: {exc}.") from exc
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}).") from exc
+        raise CheckpointError(
+            f"Checkpoint {path} is not a readable PyTorch file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})."
+        ) from exc
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, Mapping):
@@ -69,7 +74,9 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[
                 return nested
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-    raise CheckpointError(f"Checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors; expected torch.save(model.state_dict(), ...).")
+    raise CheckpointError(
+        f"Checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors; expected torch.save(model.state_dict(), ...)."
+    )
 
 
 def describe_mismatch(model: nn.Module, state: Mapping[str, Any]) -> str | None:
@@ -77,8 +84,11 @@ def describe_mismatch(model: nn.Module, state: Mapping[str, Any]) -> str | None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-              for k in expected if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(expected[k].shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
 
     def _few(keys: list[str]) -> str:
         return ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
@@ -96,7 +106,7 @@ def describe_mismatch(model: nn.Module, state: Mapping[str, Any]) -> str | None:
 def strip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """The entries whose key starts with `prefix`, with it removed; the others are left out (a Lightning module's
     state also holds e.g. its loss's weights, which are not the network's)."""
-    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def _few_keys(state: Mapping[str, Any], count: int = 4) -> str:
@@ -124,7 +134,9 @@ def find_wrapper_prefix(expected: set[str], state: Mapping[str, Any]) -> str | N
     return None
 
 
-def resolve_prefix(adapter: Any, model: nn.Module, state: Mapping[str, Any], *, path: str | os.PathLike) -> tuple[Mapping[str, Any], str | None]:
+def resolve_prefix(
+    adapter: Any, model: nn.Module, state: Mapping[str, Any], *, path: str | os.PathLike
+) -> tuple[Mapping[str, Any], str | None]:
     """The state with the adapter's `state_dict_prefix` removed, or else a wrapper's prefix when that is what makes
     the keys match the model; and the prefix removed (None when nothing was)."""
     prefix = getattr(adapter, "state_dict_prefix", None)
@@ -133,8 +145,10 @@ def resolve_prefix(adapter: Any, model: nn.Module, state: Mapping[str, Any], *, 
             return state, None  # a plain state dict, e.g. the one `biasaudit fix` wrote for this adapter's model
         stripped = strip_prefix(state, prefix)
         if not stripped:
-            raise CheckpointError(f"The adapter's state_dict_prefix {prefix!r} matches no key of checkpoint {path}; its keys are "
-                                  f"{_few_keys(state)}.")
+            raise CheckpointError(
+                f"The adapter's state_dict_prefix {prefix!r} matches no key of checkpoint {path}; its keys are "
+                f"{_few_keys(state)}."
+            )
         return stripped, prefix
     # An adapter with its own load_state may expect the keys as they are (it may remap them itself).
     own_load = getattr(type(adapter), "load_state", None)

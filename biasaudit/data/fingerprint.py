@@ -24,7 +24,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -89,12 +90,12 @@ def row_hashes(value: Any) -> np.ndarray | None:
     step = max(1, _CHUNK_WORDS // words.shape[1])  # rows per chunk: the temporaries stay small for large images
     with np.errstate(over="ignore"):
         for begin in range(0, len(words), step):
-            chunk = words[begin:begin + step]
+            chunk = words[begin : begin + step]
             mixed = chunk * _SPREAD
             mixed ^= mixed >> np.uint64(32)
             mixed *= multipliers
             mixed ^= mixed >> np.uint64(29)
-            out[begin:begin + step] += np.sum(mixed, axis=1, dtype=np.uint64)
+            out[begin : begin + step] += np.sum(mixed, axis=1, dtype=np.uint64)
     return out
 
 
@@ -115,8 +116,9 @@ class SampleFingerprint:
         with np.errstate(over="ignore"):
             return np.sum(extend_hash(keys, stream_id(stream), values[None, :]), axis=1, dtype=np.uint64)
 
-    def update(self, labels: np.ndarray, bias: np.ndarray | None = None, inputs: Mapping[str, Any] | None = None, *,
-               indices: np.ndarray) -> None:
+    def update(
+        self, labels: np.ndarray, bias: np.ndarray | None = None, inputs: Mapping[str, Any] | None = None, *, indices: np.ndarray
+    ) -> None:
         if (bias is None) != (self.bias is None):
             # A caller bug, not a user error: the scan decides once, from adapter.bias_key, whether bias values exist.
             raise ValueError("bias values must be given on every batch when with_bias=True, and never otherwise")
@@ -153,9 +155,14 @@ class SampleFingerprint:
         return hashlib.sha256(f"{what}:{self.count}:".encode() + np.ascontiguousarray(total, dtype="<u8").tobytes()).hexdigest()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "labels_sha256": self._hex("labels", self.labels),
-                "bias_sha256": self._hex("bias", self.bias) if self.bias is not None else None,
-                "inputs_sha256": {key: self._hex("input:" + key, total) if total is not None else None for key, total in self.inputs.items()}}
+        return {
+            "count": self.count,
+            "labels_sha256": self._hex("labels", self.labels),
+            "bias_sha256": self._hex("bias", self.bias) if self.bias is not None else None,
+            "inputs_sha256": {
+                key: self._hex("input:" + key, total) if total is not None else None for key, total in self.inputs.items()
+            },
+        }
 
 
 def check_fingerprint(section: Any) -> None:
@@ -168,10 +175,13 @@ def check_fingerprint(section: Any) -> None:
     for key in ("labels_sha256", "bias_sha256"):
         value = section.get(key)
         if not (isinstance(value, str) and _SHA256.fullmatch(value)) and not (key == "bias_sha256" and value is None):
-            raise DataError(f"samples.{key} is {value!r}; expected 64 lowercase hex digits{' or null' if key == 'bias_sha256' else ''}.")
+            raise DataError(
+                f"samples.{key} is {value!r}; expected 64 lowercase hex digits{' or null' if key == 'bias_sha256' else ''}."
+            )
     inputs = section.get("inputs_sha256", {})  # absent in audits written before inputs were hashed
-    if not isinstance(inputs, Mapping) or not all(isinstance(k, str) and (v is None or (isinstance(v, str) and _SHA256.fullmatch(v)))
-                                                  for k, v in inputs.items()):
+    if not isinstance(inputs, Mapping) or not all(
+        isinstance(k, str) and (v is None or (isinstance(v, str) and _SHA256.fullmatch(v))) for k, v in inputs.items()
+    ):
         raise DataError(f"samples.inputs_sha256 is {inputs!r}; expected an object of batch key: 64 lowercase hex digits or null.")
 
 
@@ -186,6 +196,8 @@ def fingerprint_difference(before: Mapping[str, Any], after: Mapping[str, Any]) 
     inputs_before, inputs_after = before.get("inputs_sha256") or {}, after.get("inputs_sha256") or {}
     for key in sorted(inputs_before.keys() & inputs_after.keys()):
         if None not in (inputs_before[key], inputs_after[key]) and inputs_before[key] != inputs_after[key]:
-            return (f"different samples (fingerprints differ: the inputs under batch key {key!r} are not the same in scan order, "
-                    "or were batched differently)")
+            return (
+                f"different samples (fingerprints differ: the inputs under batch key {key!r} are not the same in scan order, "
+                "or were batched differently)"
+            )
     return None

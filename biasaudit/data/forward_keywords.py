@@ -13,7 +13,8 @@ import functools
 import inspect
 import re
 import warnings
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -24,7 +25,11 @@ def unwrapped(model: nn.Module) -> nn.Module:
     """The module whose forward does the work: wrappers (DataParallel / DDP, torch.compile) take (*args, **kwargs) for
     the module they hold."""
     while True:
-        wrapped = model.module if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else getattr(model, "_orig_mod", None)
+        wrapped = (
+            model.module
+            if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel))
+            else getattr(model, "_orig_mod", None)
+        )
         if not isinstance(wrapped, nn.Module):
             return model
         model = wrapped
@@ -46,8 +51,10 @@ def _keywords_of(forward: Any) -> tuple[str, ...] | None:
         return None
     positional = [p.name for p in parameters if p.kind is p.POSITIONAL_ONLY]
     if positional:
-        raise AdapterError(f"{forward.__qualname__} takes {', '.join(positional)} positionally only, so the tokenizer's outputs "
-                           "cannot be passed by name; define the adapter's forward(model, inputs) to call it.")
+        raise AdapterError(
+            f"{forward.__qualname__} takes {', '.join(positional)} positionally only, so the tokenizer's outputs "
+            "cannot be passed by name; define the adapter's forward(model, inputs) to call it."
+        )
     return tuple(p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
@@ -56,8 +63,9 @@ class TokenizerInputs(dict):
     `tokenizer` says whose outputs they are; `told` holds the warnings given, shared by every batch of one prepare so
     that a scan warns once."""
 
-    def __init__(self, inputs: Mapping[str, Any], *, chosen: tuple[str, ...], named: tuple[str, ...], tokenizer: str,
-                 told: set[str]) -> None:
+    def __init__(
+        self, inputs: Mapping[str, Any], *, chosen: tuple[str, ...], named: tuple[str, ...], tokenizer: str, told: set[str]
+    ) -> None:
         super().__init__(inputs)
         self.chosen, self.named, self.tokenizer, self.told = chosen, named, tokenizer, told
 
@@ -72,14 +80,20 @@ class TokenizerInputs(dict):
         takes = ", ".join(accepted) or "nothing by keyword"
         for key in self.named:
             if key not in accepted:
-                raise AdapterError(f"tokenizing_prepare(keys=...) names {key!r}, which {forward} does not take; it takes: {takes}.")
+                raise AdapterError(
+                    f"tokenizing_prepare(keys=...) names {key!r}, which {forward} does not take; it takes: {takes}."
+                )
         dropped = [key for key in self.chosen if key not in accepted]
         if dropped and len(dropped) == len(self.chosen):  # named ones are all taken by now
-            raise AdapterError(f"{forward} takes none of the outputs of {self.tokenizer} ({', '.join(self.chosen)}); it takes: {takes}; "
-                               "write a prepare that passes the tokens under the names the forward uses.")
+            raise AdapterError(
+                f"{forward} takes none of the outputs of {self.tokenizer} ({', '.join(self.chosen)}); it takes: {takes}; "
+                "write a prepare that passes the tokens under the names the forward uses."
+            )
         if dropped:
-            message = (f"{forward} does not take {', '.join(dropped)}, which {self.tokenizer} also returns, so tokenizing_prepare "
-                       f"leaves {'it' if len(dropped) == 1 else 'them'} out (the forward takes: {takes}; keys=(...) names the outputs to pass).")
+            message = (
+                f"{forward} does not take {', '.join(dropped)}, which {self.tokenizer} also returns, so tokenizing_prepare "
+                f"leaves {'it' if len(dropped) == 1 else 'them'} out (the forward takes: {takes}; keys=(...) names the outputs to pass)."
+            )
             if message not in self.told:
                 self.told.add(message)
                 warnings.warn(message, UserWarning)
@@ -91,5 +105,7 @@ class TokenizerInputs(dict):
         found = re.search(r"unexpected keyword argument '([^']+)'", str(error))
         if found is None or found.group(1) not in self.chosen:
             return None
-        return AdapterError(f"The model passed {found.group(1)!r}, which {self.tokenizer} returns, on to a module that does not take "
-                            f"it ({error}); name the outputs to pass with tokenizing_prepare(keys=(...)).")
+        return AdapterError(
+            f"The model passed {found.group(1)!r}, which {self.tokenizer} returns, on to a module that does not take "
+            f"it ({error}); name the outputs to pass with tokenizing_prepare(keys=(...))."
+        )

@@ -17,7 +17,8 @@ once from (seed, condition tag, sample index, position), with no generator objec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -52,14 +53,18 @@ def muted_subset_draws(indices: Sequence[int], *, seed: int) -> np.ndarray:
 
 
 # ---- image -------------------------------------------------------------------------------------
-def _image_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> torch.Tensor:
+def _image_zero(
+    values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws
+) -> torch.Tensor:
     # "Missing image" is a black image in *raw* pixel space (0), before the adapter normalises.
     out = values.clone()
     out[torch.as_tensor(chosen, device=values.device)] = 0
     return out
 
 
-def _image_mean(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> torch.Tensor:
+def _image_mean(
+    values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws
+) -> torch.Tensor:
     # The mid-grey of the valid range: after a mean/std normalisation this is close to all zeros.
     low, high = modality.value_range
     out = values.clone()
@@ -67,7 +72,9 @@ def _image_mean(values: torch.Tensor, modality: Modality, severity: float, chose
     return out
 
 
-def _salt_pepper(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> torch.Tensor:
+def _salt_pepper(
+    values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws
+) -> torch.Tensor:
     low, high = modality.value_range
     out = values.clone()
     # One decision per pixel *location*, shared by all channels: the spatial shape is the last two dims.
@@ -82,7 +89,9 @@ def _salt_pepper(values: torch.Tensor, modality: Modality, severity: float, chos
 
 
 # ---- generic tensors ---------------------------------------------------------------------------
-def _tensor_zero(values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> torch.Tensor:
+def _tensor_zero(
+    values: torch.Tensor, modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws
+) -> torch.Tensor:
     out = values.clone()
     out[torch.as_tensor(chosen, device=values.device)] = 0
     return out
@@ -107,10 +116,12 @@ def _text_empty(values: Sequence[str], modality: Modality, severity: float, chos
     return ["" if c else text for text, c in zip(values, chosen)]
 
 
-def _token_delete_text(values: Sequence[str], modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> list[str]:
+def _token_delete_text(
+    values: Sequence[str], modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws
+) -> list[str]:
     words = [text.split() for text in values]
     u = draws.uniform(max((len(w) for w in words), default=0))  # the k-th word of a text gets its k-th draw
-    return [" ".join(w for w, keep in zip(row, u[i, :len(row)] >= severity) if keep) for i, row in enumerate(words)]
+    return [" ".join(w for w, keep in zip(row, u[i, : len(row)] >= severity) if keep) for i, row in enumerate(words)]
 
 
 # ---- token ids ---------------------------------------------------------------------------------
@@ -125,8 +136,9 @@ def padding_side(mask: torch.Tensor, modality: Modality) -> str:
     return "right"
 
 
-def widen_tokens(batch: Mapping[str, Any], modality: Modality, width: int, *, side: str,
-                 others: Sequence[str] = ()) -> dict[str, Any]:
+def widen_tokens(
+    batch: Mapping[str, Any], modality: Modality, width: int, *, side: str, others: Sequence[str] = ()
+) -> dict[str, Any]:
     """The batch with the modality's ids padded to `width` columns on `side`: the ids with pad_id, the mask and every
     other integer [B, L] tensor of the same shape (e.g. token_type_ids) with 0, except the keys in `others` (the
     other modalities'). A batch already that wide is returned as is."""
@@ -151,7 +163,9 @@ def other_keys(modalities: Sequence[Modality], modality: Modality) -> tuple[str,
     return tuple(k for m in modalities if m.name != modality.name for k in (m.key, m.mask_key) if k is not None)
 
 
-def _compact(ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _compact(
+    ids: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, pad_id: int, side: str
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep the marked positions in order, flush to the side the batch does not pad; pad the rest with the mask off
     (a left-padded row stays flush right, as its tokenizer would have made it)."""
     new_ids = torch.full_like(ids, pad_id)
@@ -225,7 +239,9 @@ MISSING_IMPAIRMENT = {"image": "zero", "text": "empty", "tokens": "empty", "tens
 NOISY_IMPAIRMENT = {"image": "salt_pepper", "text": "token_delete", "tokens": "token_delete", "tensor": "gaussian"}
 
 
-def register_impairment(kind: str, name: str, fn: ImpairFn, *, default_severity: float, mutes: bool = False, description: str = "") -> None:
+def register_impairment(
+    kind: str, name: str, fn: ImpairFn, *, default_severity: float, mutes: bool = False, description: str = ""
+) -> None:
     """Add a user impairment for a modality kind (a new kind is created if needed)."""
     IMPAIRMENTS.setdefault(kind, {})[name] = _entry(name, fn, default_severity, mutes, description)
 
@@ -233,11 +249,15 @@ def register_impairment(kind: str, name: str, fn: ImpairFn, *, default_severity:
 def resolve_impairment(kind: str, name: str) -> Impairment:
     table = IMPAIRMENTS.get(kind)
     if table is None:
-        raise ConditionError(f"No impairments are registered for modality kind {kind!r}. Available kinds: {', '.join(IMPAIRMENTS)}.")
+        raise ConditionError(
+            f"No impairments are registered for modality kind {kind!r}. Available kinds: {', '.join(IMPAIRMENTS)}."
+        )
     if name == "missing_ratio" and kind in MISSING_IMPAIRMENT:
         name = MISSING_IMPAIRMENT[kind]
     if name not in table:
-        raise ConditionError(f"Unknown impairment {name!r} for modality kind {kind!r}. Available: {', '.join(sorted(table) + ['missing_ratio'])}.")
+        raise ConditionError(
+            f"Unknown impairment {name!r} for modality kind {kind!r}. Available: {', '.join(sorted(table) + ['missing_ratio'])}."
+        )
     return table[name]
 
 
@@ -246,11 +266,15 @@ def muting_impairment(modality: Modality) -> Impairment:
     registered_mutes = [n for n, i in IMPAIRMENTS.get(modality.kind, {}).items() if i.mutes]
     name = modality.missing or MISSING_IMPAIRMENT.get(modality.kind) or (registered_mutes[0] if registered_mutes else None)
     if name is None:
-        raise ConditionError(f"Modality {modality.name!r} of kind {modality.kind!r} has no muting impairment; set Modality(missing=...) to a registered one.")
+        raise ConditionError(
+            f"Modality {modality.name!r} of kind {modality.kind!r} has no muting impairment; set Modality(missing=...) to a registered one."
+        )
     impairment = resolve_impairment(modality.kind, name)
     if not impairment.mutes:
         mutes = sorted(n for n, i in IMPAIRMENTS[modality.kind].items() if i.mutes)
-        raise ConditionError(f"Impairment {name!r} does not remove modality {modality.name!r}, so it cannot define 'missing'. Available: {', '.join(mutes)}.")
+        raise ConditionError(
+            f"Impairment {name!r} does not remove modality {modality.name!r}, so it cannot define 'missing'. Available: {', '.join(mutes)}."
+        )
     return impairment
 
 
@@ -259,7 +283,9 @@ def noise_impairment(modality: Modality) -> Impairment:
     registered = [n for n, i in IMPAIRMENTS.get(modality.kind, {}).items() if not i.mutes]
     name = NOISY_IMPAIRMENT.get(modality.kind) or (registered[0] if registered else None)
     if name is None:
-        raise ConditionError(f"Modality {modality.name!r} of kind {modality.kind!r} has no noise impairment registered; register one or leave out 'noisy'.")
+        raise ConditionError(
+            f"Modality {modality.name!r} of kind {modality.kind!r} has no noise impairment registered; register one or leave out 'noisy'."
+        )
     return resolve_impairment(modality.kind, name)
 
 
@@ -269,8 +295,16 @@ def check_severity(severity: float, *, what: str) -> float:
     return float(severity)
 
 
-def impair_batch(batch: Mapping[str, Any], modality: Modality, impairment: Impairment, severity: float, *,
-                 indices: Sequence[int], seed: int, tag: str) -> dict[str, Any]:
+def impair_batch(
+    batch: Mapping[str, Any],
+    modality: Modality,
+    impairment: Impairment,
+    severity: float,
+    *,
+    indices: Sequence[int],
+    seed: int,
+    tag: str,
+) -> dict[str, Any]:
     """A shallow copy of `batch` with this modality's raw input impaired; other keys are shared."""
     out = dict(batch)
     if severity == 0.0:

@@ -43,7 +43,7 @@ class Modality:
     missing: str | None = None
     padding_side: str | None = None  # tokens: "left" or "right"; None = read it from each batch's mask
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> "Modality":
+    def __new__(cls, *args: Any, **kwargs: Any) -> Modality:
         refuse_unknown_fields(cls, args, kwargs, where="ba.Modality")
         return super().__new__(cls)
 
@@ -52,20 +52,25 @@ class Modality:
         if not self.name.strip():
             raise AdapterError("A Modality has an empty name; expected the name reports and conditions use, e.g. 'image'.")
         if self.pad_id is not None and self.pad_id < 0:
-            raise AdapterError(f"Modality {self.name!r} has pad_id {self.pad_id}; expected the tokenizer's padding id, a non-negative int.")
+            raise AdapterError(
+                f"Modality {self.name!r} has pad_id {self.pad_id}; expected the tokenizer's padding id, a non-negative int."
+            )
         if self.key is None:
             object.__setattr__(self, "key", self.name)
         if self.kind == "tokens" and (self.pad_id is None or self.mask_key is None):
-            raise AdapterError(
-                f"Token modality {self.name!r} needs pad_id and mask_key so that deleted tokens become padding."
-            )
+            raise AdapterError(f"Token modality {self.name!r} needs pad_id and mask_key so that deleted tokens become padding.")
         if self.kind == "tokens" and not self.special_ids:
             # "Empty text" keeps what a tokenizer gives for "" (e.g. [CLS][SEP]); with no special ids the
             # row would be fully masked, which makes attention produce NaN in most transformers.
             raise AdapterError(
-                f"Token modality {self.name!r} needs special_ids (the ids a tokenizer puts around an empty string, e.g. (101, 102)).")
+                f"Token modality {self.name!r} needs special_ids (the ids a tokenizer puts around an empty string, e.g. (101, 102))."
+            )
         if self.padding_side not in (None, "left", "right"):
-            raise AdapterError(f"Modality {self.name!r} has padding_side {self.padding_side!r}; expected 'left', 'right' or None.")
+            raise AdapterError(
+                f"Modality {self.name!r} has padding_side {self.padding_side!r}; expected 'left', 'right' or None."
+            )
         low, high = self.value_range
         if not low < high:
-            raise AdapterError(f"Modality {self.name!r} has value_range {self.value_range}; expected (low, high) with low < high.")
+            raise AdapterError(
+                f"Modality {self.name!r} has value_range {self.value_range}; expected (low, high) with low < high."
+            )

@@ -30,7 +30,8 @@ text-dominant, with OOD accuracy near 25%.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -61,11 +62,18 @@ BATCH_SIZE = 64
 class DemoModel(nn.Module):
     """forward(pixels [B, 1, 8, 8], bow [B, V]) -> logits [B, 10]."""
 
-    def __init__(self, *, vocab_size: int = len(VOCABULARY), image_hidden: int = IMAGE_HIDDEN,
-                 text_hidden: int = TEXT_HIDDEN, num_classes: int = len(DIGIT_NAMES)) -> None:
+    def __init__(
+        self,
+        *,
+        vocab_size: int = len(VOCABULARY),
+        image_hidden: int = IMAGE_HIDDEN,
+        text_hidden: int = TEXT_HIDDEN,
+        num_classes: int = len(DIGIT_NAMES),
+    ) -> None:
         super().__init__()
-        self.image_branch = nn.Sequential(nn.Flatten(), nn.Linear(64, image_hidden), nn.ReLU(),
-                                          nn.Linear(image_hidden, image_hidden), nn.ReLU())
+        self.image_branch = nn.Sequential(
+            nn.Flatten(), nn.Linear(64, image_hidden), nn.ReLU(), nn.Linear(image_hidden, image_hidden), nn.ReLU()
+        )
         self.text_branch = nn.Sequential(nn.Linear(vocab_size, text_hidden), nn.ReLU())
         self.classifier = nn.Linear(image_hidden + text_hidden, num_classes)
 
@@ -99,7 +107,9 @@ class DigitsCaptionsAdapter(Adapter):
     class_names = DIGIT_NAMES
     splits = SPLITS
 
-    def __init__(self, *, rho: float = DEFAULT_RHO, noise: float = DEFAULT_NOISE, seed: int = 0, balanced_val: bool = True) -> None:
+    def __init__(
+        self, *, rho: float = DEFAULT_RHO, noise: float = DEFAULT_NOISE, seed: int = 0, balanced_val: bool = True
+    ) -> None:
         self.rho, self.noise, self.seed, self.balanced_val = rho, noise, seed, balanced_val
         self._splits: dict[str, DigitsCaptionsSplit] | None = None
 
@@ -137,9 +147,15 @@ class DigitsCaptionsAdapter(Adapter):
         return {"image": model.image_branch, "text": model.text_branch}
 
 
-def train_baseline(adapter: DigitsCaptionsAdapter, *, epochs: int = EPOCHS, lr: float = LEARNING_RATE,
-                   batch_size: int = BATCH_SIZE, seed: int = 0,
-                   progress: Callable[[str, int, int | None], None] | None = None) -> nn.Module:
+def train_baseline(
+    adapter: DigitsCaptionsAdapter,
+    *,
+    epochs: int = EPOCHS,
+    lr: float = LEARNING_RATE,
+    batch_size: int = BATCH_SIZE,
+    seed: int = 0,
+    progress: Callable[[str, int, int | None], None] | None = None,
+) -> nn.Module:
     """Plain cross-entropy training on the train split with Adam; deterministic for a seed.
 
     `progress("train", epochs_done, epochs)` is called after every epoch (the CLI's progress bars).
@@ -158,7 +174,7 @@ def train_baseline(adapter: DigitsCaptionsAdapter, *, epochs: int = EPOCHS, lr: 
     for epoch in range(epochs):
         order = torch.randperm(len(labels), generator=order_rng)
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             optimizer.zero_grad()
             loss = loss_fn(model(pixels[idx], bow[idx]), labels[idx])
             loss.backward()

@@ -114,8 +114,9 @@ def _draw_colours(labels: np.ndarray, *, rho: float, independent: bool, rng: np.
     return np.where(matches, labels, others)
 
 
-def load_digits_captions(*, rho: float = DEFAULT_RHO, noise: float = DEFAULT_NOISE,
-                         seed: int = 0, balanced_val: bool = True) -> dict[str, DigitsCaptionsSplit]:
+def load_digits_captions(
+    *, rho: float = DEFAULT_RHO, noise: float = DEFAULT_NOISE, seed: int = 0, balanced_val: bool = True
+) -> dict[str, DigitsCaptionsSplit]:
     """The four splits of digits-captions ("train", "val", "test", "ood"), deterministic for a seed."""
     _check_options(rho, noise, seed)
     digits = load_digits()
@@ -128,7 +129,9 @@ def load_digits_captions(*, rho: float = DEFAULT_RHO, noise: float = DEFAULT_NOI
     out: dict[str, DigitsCaptionsSplit] = {}
     for split_id, (name, idx) in enumerate(_split_indices(labels, seed).items()):
         colour_rng = np.random.default_rng([seed, _STREAM_COLOUR, split_id])
-        colours = _draw_colours(labels[idx], rho=rho, independent=name == "ood" or (balanced_val and name == "val"), rng=colour_rng)
+        colours = _draw_colours(
+            labels[idx], rho=rho, independent=name == "ood" or (balanced_val and name == "val"), rng=colour_rng
+        )
         captions = [CAPTION_TEMPLATES[t].format(colour=COLOURS[c]) for t, c in zip(templates[idx], colours)]
         out[name] = DigitsCaptionsSplit(
             images=torch.from_numpy(pixels[idx]).to(torch.float32).unsqueeze(1),

@@ -19,7 +19,8 @@ pair up one by one even when read back from files.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -92,8 +93,12 @@ class BootstrapCounts:
         return replicate_accuracy(self.correct_weight[condition], self.total_weight * self.draws.get(condition, 1))
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"replicates": self.replicates, "seed": self.seed, "total_weight": self.total_weight.tolist(),
-               "correct_weight": {c: w.tolist() for c, w in self.correct_weight.items()}}
+        out = {
+            "replicates": self.replicates,
+            "seed": self.seed,
+            "total_weight": self.total_weight.tolist(),
+            "correct_weight": {c: w.tolist() for c, w in self.correct_weight.items()},
+        }
         if self.draws:  # single-draw audits keep the format they always had
             out["draws"] = dict(self.draws)
         return out
@@ -102,11 +107,15 @@ class BootstrapCounts:
     def from_dict(cls, section: Any, *, conditions: Sequence[str]) -> BootstrapCounts:
         """Checked counts of an audit's `bootstrap` section; `conditions` are the audit's condition names."""
         if not isinstance(section, Mapping):
-            raise DataError(f"bootstrap is a {type(section).__name__}; expected an object with replicates, seed, total_weight and correct_weight.")
+            raise DataError(
+                f"bootstrap is a {type(section).__name__}; expected an object with replicates, seed, total_weight and correct_weight."
+            )
         for key in ("replicates", "seed"):
             value = section.get(key)
             if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "replicates" else 0):
-                raise DataError(f"bootstrap.{key} is {value!r}; expected a {'positive' if key == 'replicates' else 'non-negative'} integer.")
+                raise DataError(
+                    f"bootstrap.{key} is {value!r}; expected a {'positive' if key == 'replicates' else 'non-negative'} integer."
+                )
         replicates = section["replicates"]
         total = _count_list(section.get("total_weight"), what="bootstrap.total_weight", length=replicates)
         correct = section.get("correct_weight")
@@ -115,12 +124,17 @@ class BootstrapCounts:
             raise DataError(f"bootstrap.correct_weight covers {found}; expected one list per condition, {sorted(conditions)}.")
         counts = {c: _count_list(correct[c], what=f"bootstrap.correct_weight[{c!r}]", length=replicates) for c in conditions}
         draws = section.get("draws", {})
-        if not isinstance(draws, Mapping) or not all(c in counts and isinstance(r, int) and not isinstance(r, bool) and r >= 1
-                                                      for c, r in draws.items()):
-            raise DataError(f"bootstrap.draws is {draws!r}; expected an object of condition name -> number of draws (at least 1).")
+        if not isinstance(draws, Mapping) or not all(
+            c in counts and isinstance(r, int) and not isinstance(r, bool) and r >= 1 for c, r in draws.items()
+        ):
+            raise DataError(
+                f"bootstrap.draws is {draws!r}; expected an object of condition name -> number of draws (at least 1)."
+            )
         for c, values in counts.items():
             if np.any(values > total * draws.get(c, 1)):
-                raise DataError(f"bootstrap.correct_weight[{c!r}] exceeds total_weight in some replicate; expected at most the total.")
+                raise DataError(
+                    f"bootstrap.correct_weight[{c!r}] exceeds total_weight in some replicate; expected at most the total."
+                )
         return cls(replicates=replicates, seed=section["seed"], total_weight=total, correct_weight=counts, draws=dict(draws))
 
 
@@ -172,8 +186,7 @@ def _as_int_vector(values: np.ndarray, *, what: str, length: int | None = None) 
 class ConditionAccumulator:
     """Streams (predictions per condition, labels) batch by batch; `result()` gives the scores."""
 
-    def __init__(self, condition_names: Sequence[str], *, num_classes: int, replicates: int = 1000,
-                 seed: int = 0) -> None:
+    def __init__(self, condition_names: Sequence[str], *, num_classes: int, replicates: int = 1000, seed: int = 0) -> None:
         names = list(condition_names)
         if FULL not in names:
             raise InputError(f"Conditions {names} lack {FULL!r}; flip rates are measured against it.")
@@ -191,20 +204,22 @@ class ConditionAccumulator:
         self.seed = int(seed)
         self.n = 0
         self.confusion = {c: np.zeros((num_classes, num_classes), dtype=np.int64) for c in names}
-        self.flips = {c: 0 for c in names}
+        self.flips = dict.fromkeys(names, 0)
         # Poisson weights are integers, so integer sums are exact and independent of batch order.
         self.weighted_total = np.zeros(replicates, dtype=np.int64)
         self.weighted_correct = {c: np.zeros(replicates, dtype=np.int64) for c in names}
         self.draws: dict[str, int] = {}  # condition -> R once its draws are combined (combined_draws)
 
-    def update(self, predictions: Mapping[str, np.ndarray], labels: np.ndarray, *, indices: np.ndarray,
-               weights: np.ndarray | None = None) -> None:
+    def update(
+        self, predictions: Mapping[str, np.ndarray], labels: np.ndarray, *, indices: np.ndarray, weights: np.ndarray | None = None
+    ) -> None:
         """Add one batch. `indices` are the global sample indices: each sample must appear once per scan.
         `weights`: the batch's bootstrap_weights when the caller already drew them for other accumulators."""
         missing = [c for c in self.condition_names if c not in predictions]
         if missing:
-            raise DataError(f"Predictions lack conditions {missing}; expected one array for each of "
-                            f"{list(self.condition_names)}.")
+            raise DataError(
+                f"Predictions lack conditions {missing}; expected one array for each of {list(self.condition_names)}."
+            )
         y = _as_int_vector(labels, what="labels")
         batch = y.shape[0]
         idx = _as_int_vector(indices, what="indices", length=batch)
@@ -215,8 +230,10 @@ class ConditionAccumulator:
                 if what == "predictions":
                     row = int(np.flatnonzero((preds < 0).any(axis=1) | (preds >= self.num_classes).any(axis=1))[0])
                     what, values = f"predictions[{self.condition_names[row]!r}]", preds[row]
-                raise DataError(f"{what} holds values from {values.min()} to {values.max()}; "
-                                f"expected class ids in [0, {self.num_classes - 1}].")
+                raise DataError(
+                    f"{what} holds values from {values.min()} to {values.max()}; "
+                    f"expected class ids in [0, {self.num_classes - 1}]."
+                )
         if batch and idx.min() < 0:
             raise DataError(f"indices hold {idx.min()}; expected non-negative global sample indices.")
         if weights is None:
@@ -224,8 +241,10 @@ class ConditionAccumulator:
         self.n += batch
         self.weighted_total += weights.sum(axis=0)
         classes, conditions = self.num_classes, len(self.condition_names)
-        cells = np.bincount((np.arange(conditions)[:, None] * classes * classes + y * classes + preds).ravel(),
-                            minlength=conditions * classes * classes).reshape(conditions, classes, classes)
+        cells = np.bincount(
+            (np.arange(conditions)[:, None] * classes * classes + y * classes + preds).ravel(),
+            minlength=conditions * classes * classes,
+        ).reshape(conditions, classes, classes)
         flips = np.count_nonzero(preds != preds[self.condition_names.index(FULL)], axis=1)
         correct = preds == y
         for c, table, flipped, sums in zip(self.condition_names, cells, flips.tolist(), exact_weighted_sums(correct, weights)):
@@ -238,8 +257,10 @@ class ConditionAccumulator:
         mine = (self.condition_names, self.num_classes, self.replicates, self.seed)
         theirs = (other.condition_names, other.num_classes, other.replicates, other.seed)
         if mine != theirs:
-            raise InputError(f"Cannot merge an accumulator of (conditions, classes, replicates, seed) {theirs} "
-                             f"into one of {mine}; expected identical settings.")
+            raise InputError(
+                f"Cannot merge an accumulator of (conditions, classes, replicates, seed) {theirs} "
+                f"into one of {mine}; expected identical settings."
+            )
         self.n += other.n
         self.weighted_total += other.weighted_total
         for c in self.condition_names:
@@ -249,24 +270,35 @@ class ConditionAccumulator:
 
     def bootstrap_counts(self) -> BootstrapCounts:
         """A copy of the replicate counts, in the order the conditions were given."""
-        return BootstrapCounts(replicates=self.replicates, seed=self.seed, total_weight=self.weighted_total.copy(),
-                               correct_weight={c: self.weighted_correct[c].copy() for c in self.condition_names},
-                               draws=dict(self.draws))
+        return BootstrapCounts(
+            replicates=self.replicates,
+            seed=self.seed,
+            total_weight=self.weighted_total.copy(),
+            correct_weight={c: self.weighted_correct[c].copy() for c in self.condition_names},
+            draws=dict(self.draws),
+        )
 
     def combined_draws(self, groups: Mapping[str, Sequence[str]], multiplicities: np.ndarray) -> ConditionAccumulator:
         """The same counts with each group of draws (base name -> names of its R draws) summed into its base condition:
         confusion and flips over all draws (their means are the figures), replicate counts weighted by how often each
         draw is picked in that replicate (biasaudit/scanning/draws.py)."""
         members = {name for names in groups.values() for name in names[1:]}
-        out = ConditionAccumulator([c for c in self.condition_names if c not in members], num_classes=self.num_classes,
-                                   replicates=self.replicates, seed=self.seed)
+        out = ConditionAccumulator(
+            [c for c in self.condition_names if c not in members],
+            num_classes=self.num_classes,
+            replicates=self.replicates,
+            seed=self.seed,
+        )
         out.n, out.weighted_total = self.n, self.weighted_total.copy()
         for c in out.condition_names:
             names = groups.get(c, [c])
             out.confusion[c] = sum(self.confusion[d] for d in names)
             out.flips[c] = sum(self.flips[d] for d in names)
-            out.weighted_correct[c] = (sum(multiplicities[:, i] * self.weighted_correct[d] for i, d in enumerate(names))
-                                       if c in groups else self.weighted_correct[c].copy())
+            out.weighted_correct[c] = (
+                sum(multiplicities[:, i] * self.weighted_correct[d] for i, d in enumerate(names))
+                if c in groups
+                else self.weighted_correct[c].copy()
+            )
             if c in groups:
                 out.draws[c] = len(names)
         return out

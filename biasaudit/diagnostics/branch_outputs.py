@@ -11,11 +11,14 @@ from biasaudit.data.adapter import Adapter
 from biasaudit.data.batches import checked_labels
 
 
-def branch_outputs(model: nn.Module, adapter: Adapter, branch: nn.Module, split: str, *, device: torch.device,
-                   batch_size: int) -> dict[str, np.ndarray]:
+def branch_outputs(
+    model: nn.Module, adapter: Adapter, branch: nn.Module, split: str, *, device: torch.device, batch_size: int
+) -> dict[str, np.ndarray]:
     """{"embedding": [N, D] float64 branch outputs, "label": [N], "probabilities": [N, C] softmax of the logits}."""
     captured: list[np.ndarray] = []
-    handle = branch.register_forward_hook(lambda module, args, output: captured.append(output.detach().flatten(1).double().cpu().numpy()))
+    handle = branch.register_forward_hook(
+        lambda module, args, output: captured.append(output.detach().flatten(1).double().cpu().numpy())
+    )
     labels, probabilities = [], []
     try:
         with torch.no_grad():
@@ -25,4 +28,8 @@ def branch_outputs(model: nn.Module, adapter: Adapter, branch: nn.Module, split:
                 probabilities.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     finally:
         handle.remove()
-    return {"embedding": np.concatenate(captured), "label": np.concatenate(labels), "probabilities": np.concatenate(probabilities)}
+    return {
+        "embedding": np.concatenate(captured),
+        "label": np.concatenate(labels),
+        "probabilities": np.concatenate(probabilities),
+    }

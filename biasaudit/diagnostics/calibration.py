@@ -8,7 +8,8 @@ confidence, so it needs no labels.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -63,7 +64,11 @@ class CalibrationAccumulator:
         totals = []
         for k, c in enumerate(out.condition_names):
             rows = [self.condition_names.index(d) for d in groups.get(c, [c])]
-            out.count[k], out.correct[k], out.rises[k] = self.count[rows].sum(axis=0), self.correct[rows].sum(axis=0), self.rises[rows].sum()
+            out.count[k], out.correct[k], out.rises[k] = (
+                self.count[rows].sum(axis=0),
+                self.correct[rows].sum(axis=0),
+                self.rises[rows].sum(),
+            )
             totals += [sum(self._confidence.totals[r * self.bins + b] for r in rows) for b in range(self.bins)]
             if c in groups:
                 out.draws[c] = len(rows)
@@ -84,12 +89,21 @@ class CalibrationAccumulator:
         conditions = {}
         for k, (c, confidence) in enumerate(zip(self.condition_names, self._sums())):
             count = self.count[k]
-            reliability = [{"lo": float(edges[b]), "hi": float(edges[b + 1]), "count": int(count[b]),
-                            "confidence": float(confidence[b] / count[b]) if count[b] else None,
-                            "accuracy": float(100.0 * self.correct[k][b] / count[b]) if count[b] else None}
-                           for b in range(self.bins)]
-            conditions[c] = {"ece": self.ece(c), "confidence_rise_rate": None if c == self.full else int(self.rises[k]) / (self.n * self.draws.get(c, 1)),
-                             "reliability": reliability}
+            reliability = [
+                {
+                    "lo": float(edges[b]),
+                    "hi": float(edges[b + 1]),
+                    "count": int(count[b]),
+                    "confidence": float(confidence[b] / count[b]) if count[b] else None,
+                    "accuracy": float(100.0 * self.correct[k][b] / count[b]) if count[b] else None,
+                }
+                for b in range(self.bins)
+            ]
+            conditions[c] = {
+                "ece": self.ece(c),
+                "confidence_rise_rate": None if c == self.full else int(self.rises[k]) / (self.n * self.draws.get(c, 1)),
+                "reliability": reliability,
+            }
         return {"available": True, "bins": self.bins, "conditions": conditions}
 
 

@@ -26,7 +26,8 @@ weights of its donor and its null donor drawn from (seed, donor index, replicate
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -45,8 +46,19 @@ class SwapCounts:
         # w_pairs: sum of w (u_donor + u_null); w_excess: the same weights times the paired difference (-1, 0 or 1).
         self.w_pairs, self.w_excess, self.w_donor, self.w_correct = (np.zeros(replicates, dtype=np.int64) for _ in range(4))
 
-    def update(self, *, swapped: np.ndarray, target: np.ndarray, prediction: np.ndarray, null: np.ndarray, full: np.ndarray,
-               labels: np.ndarray, weights: np.ndarray, donor_weights: np.ndarray, null_weights: np.ndarray) -> None:
+    def update(
+        self,
+        *,
+        swapped: np.ndarray,
+        target: np.ndarray,
+        prediction: np.ndarray,
+        null: np.ndarray,
+        full: np.ndarray,
+        labels: np.ndarray,
+        weights: np.ndarray,
+        donor_weights: np.ndarray,
+        null_weights: np.ndarray,
+    ) -> None:
         """swapped: rows with a donor and a null donor; target: [B, C] bool, the classes that count as following the
         donor (F(k_j) for the bias swap, its label for the content swap; read on swapped rows); weights, donor_weights,
         null_weights: [B, R] Poisson weights of the sample, its donor and its null donor."""
@@ -83,14 +95,18 @@ class SwapCounts:
         def share(count: int) -> float | None:
             return count / n if n else None
 
-        return {"n": n, "skipped": self.skipped,
-                f"{prefix}follow_rate": share(self.follow), f"null_{prefix}follow_rate": share(self.null),
-                f"baseline_{prefix}follow_rate": share(self.baseline),
-                f"excess_{prefix}follow_rate": None if n == 0 else (self.follow - self.null) / n,
-                f"excess_{prefix}follow_rate_ci": percentile_interval(self.excess_replicates()) if n else None,
-                "accuracy": 100.0 * self.correct / n if n else None,
-                "accuracy_ci": percentile_interval(replicate_accuracy(self.w_correct, self.w_donor)) if n else None,
-                "flip_rate": share(self.flips)}
+        return {
+            "n": n,
+            "skipped": self.skipped,
+            f"{prefix}follow_rate": share(self.follow),
+            f"null_{prefix}follow_rate": share(self.null),
+            f"baseline_{prefix}follow_rate": share(self.baseline),
+            f"excess_{prefix}follow_rate": None if n == 0 else (self.follow - self.null) / n,
+            f"excess_{prefix}follow_rate_ci": percentile_interval(self.excess_replicates()) if n else None,
+            "accuracy": 100.0 * self.correct / n if n else None,
+            "accuracy_ci": percentile_interval(replicate_accuracy(self.w_correct, self.w_donor)) if n else None,
+            "flip_rate": share(self.flips),
+        }
 
 
 class CarrierAccumulator:
@@ -104,33 +120,80 @@ class CarrierAccumulator:
             self.bias_swap[m].merge(other.bias_swap[m])
             self.content_swap[m].merge(other.content_swap[m])
 
-    def section(self, *, dominant: str | None, bias_source: str, donor_pool: int, note: str | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        modalities = {m: {"bias_swap": self.bias_swap[m].rates(""), "content_swap": self.content_swap[m].rates("content_")}
-                      for m in self.modalities}
+    def section(
+        self, *, dominant: str | None, bias_source: str, donor_pool: int, note: str | None
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        modalities = {
+            m: {"bias_swap": self.bias_swap[m].rates(""), "content_swap": self.content_swap[m].rates("content_")}
+            for m in self.modalities
+        }
         measured = {m: r["bias_swap"] for m, r in modalities.items() if r["bias_swap"]["excess_follow_rate"] is not None}
         above_zero = [m for m, swap in measured.items() if swap["excess_follow_rate_ci"] and swap["excess_follow_rate_ci"][0] > 0]
         # Ties go to the modality declared first.
-        carrier = max(above_zero, key=lambda m: (measured[m]["excess_follow_rate"], -self.modalities.index(m))) if above_zero else None
+        carrier = (
+            max(above_zero, key=lambda m: (measured[m]["excess_follow_rate"], -self.modalities.index(m))) if above_zero else None
+        )
         if not measured:
-            note = " ".join(filter(None, [note, "No sample had both a donor of the same label and another bias value and one of the "
-                                                "same label and bias value, so no modality could be swapped."]))
+            note = " ".join(
+                filter(
+                    None,
+                    [
+                        note,
+                        "No sample had both a donor of the same label and another bias value and one of the "
+                        "same label and bias value, so no modality could be swapped.",
+                    ],
+                )
+            )
         elif carrier is None:
-            note = " ".join(filter(None, [note, "No modality's excess bias-follow rate has an interval above 0: no carrier is named."]))
+            note = " ".join(
+                filter(None, [note, "No modality's excess bias-follow rate has an interval above 0: no carrier is named."])
+            )
         derived = {f"bias_follow:{m}": self.bias_swap[m].excess_replicates() for m in self.modalities}
-        return ({"available": bool(measured), "note": note, "bias_source": bias_source, "carrier": carrier, "dominant": dominant,
-                 "differs": bool(carrier and dominant and carrier != dominant), "donor_pool": donor_pool, "donor_draw": DONOR_DRAW,
-                 "reference": "null swap",
-                 "modalities": modalities}, derived)
+        return (
+            {
+                "available": bool(measured),
+                "note": note,
+                "bias_source": bias_source,
+                "carrier": carrier,
+                "dominant": dominant,
+                "differs": bool(carrier and dominant and carrier != dominant),
+                "donor_pool": donor_pool,
+                "donor_draw": DONOR_DRAW,
+                "reference": "null swap",
+                "modalities": modalities,
+            },
+            derived,
+        )
 
 
-def update_swap(counts: SwapCounts, *, donors: np.ndarray, null_donors: np.ndarray, target: np.ndarray, donor_weights: np.ndarray,
-                prediction: np.ndarray, null: np.ndarray, full: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> None:
+def update_swap(
+    counts: SwapCounts,
+    *,
+    donors: np.ndarray,
+    null_donors: np.ndarray,
+    target: np.ndarray,
+    donor_weights: np.ndarray,
+    prediction: np.ndarray,
+    null: np.ndarray,
+    full: np.ndarray,
+    labels: np.ndarray,
+    weights: np.ndarray,
+) -> None:
     """`target` [pool entries, C] bool per pool entry (F(k_j) for the bias swap, the donor's label for the content swap);
     `donor_weights` [pool entries, R] Poisson weights of every pool entry."""
     swapped = (donors >= 0) & (null_donors >= 0)
     per_sample = target[np.maximum(donors, 0)] if len(target) else np.zeros((len(donors), 0), dtype=bool)
-    counts.update(swapped=swapped, target=per_sample, prediction=prediction, null=null, full=full, labels=labels, weights=weights,
-                  donor_weights=donor_weights[np.maximum(donors, 0)], null_weights=donor_weights[np.maximum(null_donors, 0)])
+    counts.update(
+        swapped=swapped,
+        target=per_sample,
+        prediction=prediction,
+        null=null,
+        full=full,
+        labels=labels,
+        weights=weights,
+        donor_weights=donor_weights[np.maximum(donors, 0)],
+        null_weights=donor_weights[np.maximum(null_donors, 0)],
+    )
 
 
 def targets(pool_bias: np.ndarray, pool_label: np.ndarray, favoured: np.ndarray) -> Mapping[str, np.ndarray]:

@@ -13,7 +13,8 @@ chance or below that accuracy is no bound: it is caveated and no implied Gap res
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -78,11 +79,14 @@ class BranchTap:
         def hook(module: nn.Module, args: tuple, output: Any) -> None:
             if self.active:
                 self.values[name] = branch_output(output)
+
         return hook
 
     def features(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        return {name: branch_feature(value, batch.get(self.masks.get(name)) if self.masks.get(name) else None)
-                for name, value in self.values.items()}
+        return {
+            name: branch_feature(value, batch.get(self.masks.get(name)) if self.masks.get(name) else None)
+            for name, value in self.values.items()
+        }
 
     def close(self) -> None:
         for handle in self._handles:
@@ -125,8 +129,18 @@ def probe_rows(sample: SplitLabels, *, seed: int, per_class: int) -> set[int]:
     return chosen
 
 
-def fit_probes(model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Module], *, device: torch.device, batch_size: int,
-               labels: SplitLabels, seed: int, split: str = "train", per_class: int = DEFAULT_PER_CLASS) -> tuple[dict[str, Any], int]:
+def fit_probes(
+    model: nn.Module,
+    adapter: Adapter,
+    branches: Mapping[str, nn.Module],
+    *,
+    device: torch.device,
+    batch_size: int,
+    labels: SplitLabels,
+    seed: int,
+    split: str = "train",
+    per_class: int = DEFAULT_PER_CLASS,
+) -> tuple[dict[str, Any], int]:
     """A standardised multinomial logistic regression per modality on its branch output, fitted on a seeded sample
     of `per_class` samples per class of `split`, whose labels are `labels` (the same samples for every modality).
     Returns the probes and the number of forwarded samples."""
@@ -169,15 +183,25 @@ def _cause(modality: str, fitted_on: str | None, *, below_alone: bool) -> str:
     """Why a ceiling fell below what it should bound. fitted_on: the probe's split; None for a unimodal checkpoint.
     below_alone: the model itself does better with only this modality (else the ceiling is only below chance)."""
     if fitted_on is None:
-        return (f"so the unimodal checkpoint uses {modality} less well than the model does" if below_alone
-                else "so the unimodal checkpoint does worse than chance on this split")
+        return (
+            f"so the unimodal checkpoint uses {modality} less well than the model does"
+            if below_alone
+            else "so the unimodal checkpoint does worse than chance on this split"
+        )
     if fitted_on == "train":
         return "likely because its probe was fitted on train, where a shortcut that fails on this split can hold"
     return f"likely because its probe, fitted on {fitted_on}, had too few samples or learned a shortcut that holds there too"
 
 
-def ceiling_caveat(modality: str, ceiling: float, alone: float | None, *, chance: float | None, fitted_on: str | None,
-                   ceiling_ci: Sequence[float] | None = None) -> str | None:
+def ceiling_caveat(
+    modality: str,
+    ceiling: float,
+    alone: float | None,
+    *,
+    chance: float | None,
+    fitted_on: str | None,
+    ceiling_ci: Sequence[float] | None = None,
+) -> str | None:
     """One sentence when the ceiling bounds nothing (its whole interval is below chance, or below the model's own accuracy
     with every other modality muted), with its likely cause; None otherwise. The interval, not the point: a modality that
     tells nothing has a ceiling at chance, which lands below it half the time by sampling alone (the demo's caption on
@@ -190,8 +214,10 @@ def ceiling_caveat(modality: str, ceiling: float, alone: float | None, *, chance
         below.append(f"the model's own accuracy with only {modality} intact ({alone:.1f}%)")
     if not below:
         return None
-    return (f"The {modality} ceiling ({ceiling:.1f}%) is not a bound on what {modality} can tell: it is below "
-            f"{' and '.join(below)}, {_cause(modality, fitted_on, below_alone=alone is not None and highest < alone - _TOLERANCE)}.")
+    return (
+        f"The {modality} ceiling ({ceiling:.1f}%) is not a bound on what {modality} can tell: it is below "
+        f"{' and '.join(below)}, {_cause(modality, fitted_on, below_alone=alone is not None and highest < alone - _TOLERANCE)}."
+    )
 
 
 def _implied_gap(bounds: Sequence[Mapping[str, Any]]) -> tuple[float | None, bool]:
@@ -206,9 +232,16 @@ def _implied_gap(bounds: Sequence[Mapping[str, Any]]) -> tuple[float | None, boo
     return implied, bool(implied >= LARGE_CEILING_DIFFERENCE and disjoint)
 
 
-def ceilings_section(modalities: Sequence[str], scores: Mapping[str, ConditionScores], sources: Mapping[str, str], *,
-                     observed_gap: float | None, note: str | None, num_classes: int | None = None,
-                     probe_split: str | None = None) -> dict[str, Any]:
+def ceilings_section(
+    modalities: Sequence[str],
+    scores: Mapping[str, ConditionScores],
+    sources: Mapping[str, str],
+    *,
+    observed_gap: float | None,
+    note: str | None,
+    num_classes: int | None = None,
+    probe_split: str | None = None,
+) -> dict[str, Any]:
     """scores: `ceiling:m` and `alone:m` rows scored on the scanned split. num_classes sets chance (100 / C);
     probe_split: the split the probes were fitted on (recorded when some ceiling is a probe's). A ceiling that bounds
     nothing gets a caveat (in its row and in the note), and the implied Gap is read from the other ceilings only."""
@@ -219,11 +252,22 @@ def ceilings_section(modalities: Sequence[str], scores: Mapping[str, ConditionSc
             continue
         ceiling, alone = scores[f"ceiling:{m}"], scores.get(f"alone:{m}")
         probed = sources[m].startswith(_PROBE)
-        rows[m] = {"ceiling": ceiling.accuracy, "ceiling_ci": ceiling.accuracy_ci, "source": sources[m],
-                   "alone": alone.accuracy if alone else None, "alone_ci": alone.accuracy_ci if alone else None,
-                   "utilisation": alone.accuracy / ceiling.accuracy if alone and ceiling.accuracy > 0 else None,
-                   "caveat": ceiling_caveat(m, ceiling.accuracy, alone.accuracy if alone else None, chance=chance,
-                                            fitted_on=probe_split if probed else None, ceiling_ci=ceiling.accuracy_ci)}
+        rows[m] = {
+            "ceiling": ceiling.accuracy,
+            "ceiling_ci": ceiling.accuracy_ci,
+            "source": sources[m],
+            "alone": alone.accuracy if alone else None,
+            "alone_ci": alone.accuracy_ci if alone else None,
+            "utilisation": alone.accuracy / ceiling.accuracy if alone and ceiling.accuracy > 0 else None,
+            "caveat": ceiling_caveat(
+                m,
+                ceiling.accuracy,
+                alone.accuracy if alone else None,
+                chance=chance,
+                fitted_on=probe_split if probed else None,
+                ceiling_ci=ceiling.accuracy_ci,
+            ),
+        }
     for row in rows.values():
         if row["caveat"]:  # alone / a figure that bounds nothing is no utilisation (a 1% ceiling read 9,467%)
             row["utilisation"] = None
@@ -232,5 +276,12 @@ def ceilings_section(modalities: Sequence[str], scores: Mapping[str, ConditionSc
     implied, large = _implied_gap([r for r in rows.values() if r["caveat"] is None])
     caveats = [r["caveat"] for r in rows.values() if r["caveat"]]
     fitted_on = probe_split if any(r["source"].startswith(_PROBE) for r in rows.values()) else None
-    return {"available": True, "note": " ".join(filter(None, [note, *caveats])) or None, "probe_split": fitted_on,
-            "modalities": rows, "implied_gap": implied, "observed_gap": observed_gap, "large_gap_expected": large}
+    return {
+        "available": True,
+        "note": " ".join(filter(None, [note, *caveats])) or None,
+        "probe_split": fitted_on,
+        "modalities": rows,
+        "implied_gap": implied,
+        "observed_gap": observed_gap,
+        "large_gap_expected": large,
+    }

@@ -25,7 +25,8 @@ weighted to the split in the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -41,8 +42,10 @@ DEFAULT_CAPACITY = 4
 # with the smallest hashes stay, so the set still depends only on the samples, never on their order.
 LABEL_CAPACITY_FACTOR = 16
 # How donors are drawn, in the words the audit records beside the rates they shape (carrier, interaction).
-DONOR_DRAW = ("drawn in proportion to the split's (label, bias value) groups: each pool entry weighs its group's samples "
-              "over the entries kept of the group")
+DONOR_DRAW = (
+    "drawn in proportion to the split's (label, bias value) groups: each pool entry weighs its group's samples "
+    "over the entries kept of the group"
+)
 
 
 def _row(values: Any, i: int) -> Any:
@@ -78,7 +81,7 @@ class DonorPool:
                     rows[m.mask_key] = _row(batch[m.mask_key], i)
             entries.append((*key, rows))
             entries.sort(key=lambda e: e[:2])
-            del entries[self.capacity:]
+            del entries[self.capacity :]
             self._cap_label(int(labels[i]))
 
     def _cap_label(self, label: int) -> None:
@@ -155,7 +158,11 @@ class DonorPool:
 
     def null_donors(self, indices: np.ndarray, labels: np.ndarray, bias: np.ndarray) -> np.ndarray:
         """The same label and the same bias value, another sample: a swap that changes content but not bias."""
-        eligible = (self.label[None, :] == labels[:, None]) & (self.bias[None, :] == bias[:, None]) & (self.index[None, :] != indices[:, None])
+        eligible = (
+            (self.label[None, :] == labels[:, None])
+            & (self.bias[None, :] == bias[:, None])
+            & (self.index[None, :] != indices[:, None])
+        )
         return self.choose(indices, eligible, stream="donor-null-swap")
 
     def content_donors(self, indices: np.ndarray, labels: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -190,8 +197,10 @@ def swap_modality(batch: Mapping[str, Any], modality: Modality, donors: np.ndarr
         for r, d in zip(rows, donors[rows]):
             donor = pool.rows[d][modality.key]
             if donor.shape != swapped.shape[1:]:
-                raise DataError(f"Modality {modality.name!r} has inputs of shape {tuple(donor.shape)} and {tuple(swapped.shape[1:])} in one split; "
-                                "the carrier test swaps inputs between samples and needs one shape per sample.")
+                raise DataError(
+                    f"Modality {modality.name!r} has inputs of shape {tuple(donor.shape)} and {tuple(swapped.shape[1:])} in one split; "
+                    "the carrier test swaps inputs between samples and needs one shape per sample."
+                )
             swapped[r] = donor.to(device=swapped.device, dtype=swapped.dtype)
         out[modality.key] = swapped
     else:
@@ -202,8 +211,9 @@ def swap_modality(batch: Mapping[str, Any], modality: Modality, donors: np.ndarr
     return out
 
 
-def _swap_tokens(batch: dict[str, Any], rows: np.ndarray, donors: list[dict[str, Any]], modality: Modality, *,
-                 others: Sequence[str]) -> None:
+def _swap_tokens(
+    batch: dict[str, Any], rows: np.ndarray, donors: list[dict[str, Any]], modality: Modality, *, others: Sequence[str]
+) -> None:
     """Each donor row keeps only its tokens (its mask's span) and is placed flush to the batch's padding side. When a
     donor is longer than the batch is wide, the batch is widened: ids with pad_id, the mask and every other
     [B, L] tensor of the batch (e.g. token_type_ids) with 0, on the padding side."""

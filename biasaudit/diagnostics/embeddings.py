@@ -57,8 +57,10 @@ class EmbeddingSample:
         labels = np.asarray(labels, dtype=np.int64).reshape(-1)
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if not (len(features) == len(labels) == len(indices)) or (bias is not None and len(bias) != len(indices)):
-            raise InputError(f"Embedding sample update has {len(features)} features, {len(labels)} labels and "
-                             f"{len(indices)} indices; expected one of each per sample.")
+            raise InputError(
+                f"Embedding sample update has {len(features)} features, {len(labels)} labels and "
+                f"{len(indices)} indices; expected one of each per sample."
+            )
         if self._has_bias is None:
             self._has_bias = bias is not None
         elif self._has_bias != (bias is not None):
@@ -68,8 +70,15 @@ class EmbeddingSample:
             self._bias = np.zeros(0, dtype=np.int64) if self._has_bias else None
         keys = uniform(self.seed, _SAMPLE_TAG, indices)
         # Copied: the caller's arrays may be views of tensors that the model or the next batch overwrites.
-        self._pending.append((keys, indices.copy(), np.array(features, copy=True), labels.copy(),
-                              None if bias is None else np.array(bias, dtype=np.int64).reshape(-1)))
+        self._pending.append(
+            (
+                keys,
+                indices.copy(),
+                np.array(features, copy=True),
+                labels.copy(),
+                None if bias is None else np.array(bias, dtype=np.int64).reshape(-1),
+            )
+        )
         self._pending_rows += len(indices)
         if len(self._keys) + self._pending_rows > 2 * self.capacity:
             self._prune()
@@ -157,8 +166,9 @@ def _umap(features: np.ndarray, *, seed: int) -> np.ndarray:
     import umap
 
     n = len(features)
-    reducer = umap.UMAP(n_components=2, n_neighbors=min(15, n - 1), random_state=seed,
-                        init="spectral" if n >= MIN_SPECTRAL_POINTS else "random")
+    reducer = umap.UMAP(
+        n_components=2, n_neighbors=min(15, n - 1), random_state=seed, init="spectral" if n >= MIN_SPECTRAL_POINTS else "random"
+    )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_UMAP_SEED_WARNING, category=UserWarning)
         return np.asarray(reducer.fit_transform(features), dtype=np.float64)
@@ -201,7 +211,7 @@ def angular_spread(features: np.ndarray, labels: np.ndarray, *, num_classes: int
         if norm > 1e-12:
             cosines = np.clip(members @ (mean / norm), -1.0, 1.0)
             angle = float(np.degrees(np.arccos(cosines)).mean())
-        rows.append({"class": cls, "n": int(len(members)), "mean_angle_deg": angle})
+        rows.append({"class": cls, "n": len(members), "mean_angle_deg": angle})
     return rows
 
 
@@ -221,7 +231,9 @@ class EmbeddingsDiagnostic:
             self.bias_counts = _added_counts(self.bias_counts, outcome.bias)
         if outcome.features is not None:
             self.has_features = True
-            self.sample.update(outcome.features.flatten(1).float().cpu().numpy(), outcome.labels, outcome.bias, indices=outcome.indices)
+            self.sample.update(
+                outcome.features.flatten(1).float().cpu().numpy(), outcome.labels, outcome.bias, indices=outcome.indices
+            )
 
     def merge(self, other: EmbeddingsDiagnostic) -> None:
         self.sample.merge(other.sample)
@@ -255,9 +267,20 @@ class EmbeddingsDiagnostic:
         note = projection.note
         if bias_value is None:
             note = " ".join(filter(None, [note, "No bias value is available, so all sampled points are shown."]))
-        return Section({"available": True, "note": note, "method": projection.method_used, "bias_value": bias_value,
-                        "bias_name": bias_name, "n_points": int(len(labels)), "euclidean": projection.euclidean.tolist(),
-                        "cosine": projection.cosine.tolist(), "labels": labels.tolist(), "angular_spread": spread})
+        return Section(
+            {
+                "available": True,
+                "note": note,
+                "method": projection.method_used,
+                "bias_value": bias_value,
+                "bias_name": bias_name,
+                "n_points": len(labels),
+                "euclidean": projection.euclidean.tolist(),
+                "cosine": projection.cosine.tolist(),
+                "labels": labels.tolist(),
+                "angular_spread": spread,
+            }
+        )
 
     def reset(self) -> None:
         self.sample = EmbeddingSample(capacity=self.sample.capacity, seed=self.sample.seed)

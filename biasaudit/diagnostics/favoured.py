@@ -14,7 +14,8 @@ help nor mislead it).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -72,8 +73,14 @@ def follows(prediction: np.ndarray, labels: np.ndarray, donor_favoured: np.ndarr
     return donor_favoured[np.arange(len(prediction)), prediction] & (prediction != labels)
 
 
-def favoured_section(prior_counts: np.ndarray, favoured: np.ndarray, *, fraction: float, class_names: Sequence[str],
-                     bias_names: Sequence[str] | None) -> dict[str, Any]:
+def favoured_section(
+    prior_counts: np.ndarray,
+    favoured: np.ndarray,
+    *,
+    fraction: float,
+    class_names: Sequence[str],
+    bias_names: Sequence[str] | None,
+) -> dict[str, Any]:
     """F(k) per bias value with the shares behind it, the rule, and the bias values whose single-argmax reading (audits
     before the rule) was close to a tie."""
     counts = np.asarray(prior_counts, dtype=np.float64)
@@ -86,17 +93,32 @@ def favoured_section(prior_counts: np.ndarray, favoured: np.ndarray, *, fraction
         order = np.argsort(-shares, kind="stable")
         name = str(bias_names[k]) if bias_names and k < len(bias_names) else str(k)
         classes = [int(y) for y in order if favoured[k, y]]
-        values.append({"bias": k, "bias_name": name, "n": int(total), "classes": classes,
-                       "class_names": [str(class_names[y]) if y < len(class_names) else str(y) for y in classes],
-                       "shares": [float(shares[y]) for y in classes]})
+        values.append(
+            {
+                "bias": k,
+                "bias_name": name,
+                "n": int(total),
+                "classes": classes,
+                "class_names": [str(class_names[y]) if y < len(class_names) else str(y) for y in classes],
+                "shares": [float(shares[y]) for y in classes],
+            }
+        )
         if len(order) > 1 and shares[order[0]] > 0 and shares[order[1]] >= NEAR_TIE_RATIO * shares[order[0]] * (1 - _TOLERANCE):
             near_ties.append(name)
     note = None
     if near_ties:
         shown = ", ".join(near_ties[:10]) + (f" and {len(near_ties) - 10} more" if len(near_ties) > 10 else "")
-        note = (f"Bias value(s) {shown} have their two most frequent classes within {round(100 * (1 - NEAR_TIE_RATIO))}% of each other "
-                "in train; audits before the favoured-class rule read only the most frequent one, so their aligned/conflicting "
-                "figures for these values are unreliable.")
-    return {"rule": f"classes with a training share >= {fraction:g} x the largest and > 1/C", "fraction": fraction,
-            "values": values, "several": sum(1 for v in values if len(v["classes"]) > 1),
-            "none": sum(1 for v in values if not v["classes"]), "near_ties": near_ties, "note": note}
+        note = (
+            f"Bias value(s) {shown} have their two most frequent classes within {round(100 * (1 - NEAR_TIE_RATIO))}% of each other "
+            "in train; audits before the favoured-class rule read only the most frequent one, so their aligned/conflicting "
+            "figures for these values are unreliable."
+        )
+    return {
+        "rule": f"classes with a training share >= {fraction:g} x the largest and > 1/C",
+        "fraction": fraction,
+        "values": values,
+        "several": sum(1 for v in values if len(v["classes"]) > 1),
+        "none": sum(1 for v in values if not v["classes"]),
+        "near_ties": near_ties,
+        "note": note,
+    }

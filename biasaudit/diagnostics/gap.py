@@ -16,7 +16,7 @@ interval of exactly [0, 0].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -42,9 +42,17 @@ class GapSummary:
         def interval(value: Interval | None) -> list[float] | None:
             return list(value) if value is not None else None
 
-        return {"avg": self.avg, "gap": self.gap, "signed_gap": self.signed_gap, "scores": dict(self.scores),
-                "avg_ci": interval(self.avg_ci), "gap_ci": interval(self.gap_ci),
-                "signed_gap_ci": interval(self.signed_gap_ci), "highest": self.highest, "lowest": self.lowest}
+        return {
+            "avg": self.avg,
+            "gap": self.gap,
+            "signed_gap": self.signed_gap,
+            "scores": dict(self.scores),
+            "avg_ci": interval(self.avg_ci),
+            "gap_ci": interval(self.gap_ci),
+            "signed_gap_ci": interval(self.signed_gap_ci),
+            "highest": self.highest,
+            "lowest": self.lowest,
+        }
 
 
 def _avg_gap_signed(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -69,17 +77,26 @@ def summarize_gap(scores: Mapping[str, float], *, replicates: Mapping[str, np.nd
     avg_ci = gap_ci = signed_ci = None
     if replicates is not None:
         if set(replicates) != set(names):
-            raise InputError(f"Replicates are given for {sorted(replicates)}; expected exactly the scored "
-                             f"modalities {names}.")
+            raise InputError(f"Replicates are given for {sorted(replicates)}; expected exactly the scored modalities {names}.")
         rows = [np.asarray(replicates[m], dtype=np.float64) for m in names]
         if len({r.shape for r in rows}) != 1 or rows[0].ndim != 1:
-            raise InputError(f"Replicates have shapes {[r.shape for r in rows]}; expected one 1-D array of the "
-                             f"same length per modality (paired replicates).")
+            raise InputError(
+                f"Replicates have shapes {[r.shape for r in rows]}; expected one 1-D array of the "
+                f"same length per modality (paired replicates)."
+            )
         avg_r, gap_r, signed_r = _avg_gap_signed(np.stack(rows))
         avg_ci, gap_ci, signed_ci = (percentile_interval(r) for r in (avg_r, gap_r, signed_r))
-    return GapSummary(avg=avg, gap=gap, signed_gap=signed, scores=dict(zip(names, values.tolist())),
-                      avg_ci=avg_ci, gap_ci=gap_ci, signed_gap_ci=signed_ci,
-                      highest=names[int(np.argmax(values))], lowest=names[int(np.argmin(values))])
+    return GapSummary(
+        avg=avg,
+        gap=gap,
+        signed_gap=signed,
+        scores=dict(zip(names, values.tolist())),
+        avg_ci=avg_ci,
+        gap_ci=gap_ci,
+        signed_gap_ci=signed_ci,
+        highest=names[int(np.argmax(values))],
+        lowest=names[int(np.argmin(values))],
+    )
 
 
 def dominant_modality(flip_rates: Mapping[str, float]) -> str:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -54,7 +55,8 @@ class PairConflict:
         cosines = np.clip(np.asarray(self.cosines, dtype=np.float64), -1.0, 1.0)
         counts, _ = np.histogram(cosines, bins=HISTOGRAM_EDGES)
         return {
-            "a": self.a, "b": self.b,
+            "a": self.a,
+            "b": self.b,
             "cosines": [float(c) for c in self.cosines],
             "norm_ratios": [float(r) for r in self.norm_ratios],
             "fraction_negative": float(np.mean(cosines < 0)) if cosines.size else None,
@@ -78,16 +80,21 @@ class GradientConflict:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "available": self.available, "note": self.note,
+            "available": self.available,
+            "note": self.note,
             "pairs": [pair.to_dict() for pair in self.pairs],
-            "n_batches": self.n_batches, "batch_ordinals": list(self.batch_ordinals), "n_shared_parameters": self.n_shared_parameters,
-            "shared_parameter_names": list(self.shared_parameter_names), "shared_rule": self.shared_rule,
+            "n_batches": self.n_batches,
+            "batch_ordinals": list(self.batch_ordinals),
+            "n_shared_parameters": self.n_shared_parameters,
+            "shared_parameter_names": list(self.shared_parameter_names),
+            "shared_rule": self.shared_rule,
             "modalities": list(self.modalities),
         }
 
 
-def _only_intact(batch: Mapping[str, Any], keep: Modality, modalities: Sequence[Modality], *,
-                 indices: np.ndarray, seed: int) -> dict[str, Any]:
+def _only_intact(
+    batch: Mapping[str, Any], keep: Modality, modalities: Sequence[Modality], *, indices: np.ndarray, seed: int
+) -> dict[str, Any]:
     out = dict(batch)
     for other in modalities:
         if other.name != keep.name:
@@ -96,8 +103,9 @@ def _only_intact(batch: Mapping[str, Any], keep: Modality, modalities: Sequence[
     return out
 
 
-def _loss_gradients(model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], params: Sequence[torch.Tensor], *,
-                    device: torch.device) -> list[torch.Tensor | None]:
+def _loss_gradients(
+    model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], params: Sequence[torch.Tensor], *, device: torch.device
+) -> list[torch.Tensor | None]:
     logits = adapter.forward(model, adapter.prepare(batch, device=device))
     labels = torch.as_tensor(batch[adapter.label_key]).to(device=logits.device, dtype=torch.long)
     loss = F.cross_entropy(logits.float(), labels)
@@ -112,8 +120,9 @@ def _branch_parameter_ids(adapter: Adapter, model: nn.Module) -> set[int]:
 
 
 def _unavailable(note: str, modalities: Sequence[Modality], rule: str, n_batches: int = 0) -> GradientConflict:
-    return GradientConflict(available=False, note=note, n_batches=n_batches, shared_rule=rule,
-                            modalities=tuple(m.name for m in modalities))
+    return GradientConflict(
+        available=False, note=note, n_batches=n_batches, shared_rule=rule, modalities=tuple(m.name for m in modalities)
+    )
 
 
 def _nonzero(grad: torch.Tensor | None) -> bool:
@@ -133,15 +142,21 @@ class SeededSample:
     def offer(self, ordinal: int, item: Any) -> None:
         self._kept.append((int(hash64(self.seed, "gradient-batches", ordinal)), ordinal, item))
         self._kept.sort(key=lambda entry: entry[:2])
-        del self._kept[self.k:]
+        del self._kept[self.k :]
 
     def chosen(self) -> list[tuple[int, Any]]:
         """(ordinal, item) of the kept batches, in split order."""
         return [(ordinal, item) for _, ordinal, item in sorted(self._kept, key=lambda entry: entry[1])]
 
 
-def gradient_conflict(model: nn.Module, adapter: Adapter, sample: Iterable[tuple[int, tuple[np.ndarray, Mapping[str, Any]]]], *,
-                      device: torch.device | str, seed: int = 0) -> GradientConflict:
+def gradient_conflict(
+    model: nn.Module,
+    adapter: Adapter,
+    sample: Iterable[tuple[int, tuple[np.ndarray, Mapping[str, Any]]]],
+    *,
+    device: torch.device | str,
+    seed: int = 0,
+) -> GradientConflict:
     """Per-batch cosines and norm ratios of the single-modality gradients on the shared parameters, on a seeded
     sample of the split's batches: the (ordinal, (indices, batch)) pairs of SeededSample.chosen()."""
     modalities = list(adapter.modalities)
@@ -155,12 +170,20 @@ def gradient_conflict(model: nn.Module, adapter: Adapter, sample: Iterable[tuple
         except ConditionError:
             unmutable.append(modality.name)
     if unmutable:
-        return _unavailable(f"Modalities {', '.join(unmutable)} have no muting impairment, so single-modality gradients "
-                            "cannot be formed; the gradient-conflict diagnostic is skipped.", modalities, rule)
+        return _unavailable(
+            f"Modalities {', '.join(unmutable)} have no muting impairment, so single-modality gradients "
+            "cannot be formed; the gradient-conflict diagnostic is skipped.",
+            modalities,
+            rule,
+        )
     candidates = [(name, p) for name, p in model.named_parameters() if p.requires_grad and id(p) not in branch_ids]
     if not candidates:
-        return _unavailable("The model has no trainable parameter outside the modality branches, so there is nothing shared "
-                            "to measure gradient conflict on.", modalities, rule)
+        return _unavailable(
+            "The model has no trainable parameter outside the modality branches, so there is nothing shared "
+            "to measure gradient conflict on.",
+            modalities,
+            rule,
+        )
     names, params = [n for n, _ in candidates], [p for _, p in candidates]
     states = {module: module.training for module in model.modules()}
     shared: list[int] | None = None
@@ -175,8 +198,12 @@ def gradient_conflict(model: nn.Module, adapter: Adapter, sample: Iterable[tuple
             for ordinal, (indices, batch) in sample:
                 ordinals.append(ordinal)
                 indices = np.asarray(indices)
-                grads = [_loss_gradients(model, adapter, _only_intact(batch, m, modalities, indices=indices, seed=seed),
-                                         params, device=device) for m in modalities]
+                grads = [
+                    _loss_gradients(
+                        model, adapter, _only_intact(batch, m, modalities, indices=indices, seed=seed), params, device=device
+                    )
+                    for m in modalities
+                ]
                 if shared is None:
                     shared = [i for i in range(len(params)) if all(_nonzero(g[i]) for g in grads)]
                     if not shared:
@@ -189,27 +216,44 @@ def gradient_conflict(model: nn.Module, adapter: Adapter, sample: Iterable[tuple
     if shared is None:
         return _unavailable("No batches were available for the gradient-conflict sample.", modalities, rule)
     if not shared:
-        return _unavailable("No trainable parameter receives gradient from every modality on its own (each modality feeds "
-                            "only its own parameters), so there is no shared gradient to compare.", modalities, rule, 1)
-    pairs = tuple(PairConflict(modalities[i].name, modalities[j].name, tuple(cosines[(i, j)]), tuple(ratios[(i, j)]),
-                               undefined[(i, j)]) for (i, j) in cosines)
+        return _unavailable(
+            "No trainable parameter receives gradient from every modality on its own (each modality feeds "
+            "only its own parameters), so there is no shared gradient to compare.",
+            modalities,
+            rule,
+            1,
+        )
+    pairs = tuple(
+        PairConflict(modalities[i].name, modalities[j].name, tuple(cosines[(i, j)]), tuple(ratios[(i, j)]), undefined[(i, j)])
+        for (i, j) in cosines
+    )
     return GradientConflict(
-        available=True, pairs=pairs, n_batches=n_batches,
+        available=True,
+        pairs=pairs,
+        n_batches=n_batches,
         n_shared_parameters=int(sum(params[i].numel() for i in shared)),
-        shared_parameter_names=tuple(names[i] for i in shared), shared_rule=rule,
-        modalities=tuple(m.name for m in modalities), batch_ordinals=tuple(ordinals[:n_batches]),
+        shared_parameter_names=tuple(names[i] for i in shared),
+        shared_rule=rule,
+        modalities=tuple(m.name for m in modalities),
+        batch_ordinals=tuple(ordinals[:n_batches]),
     )
 
 
-def _add_batch(grads: list[list[torch.Tensor | None]], shared: list[int], params: Sequence[torch.Tensor],
-               cosines: dict, ratios: dict, undefined: dict) -> None:
+def _add_batch(
+    grads: list[list[torch.Tensor | None]],
+    shared: list[int],
+    params: Sequence[torch.Tensor],
+    cosines: dict,
+    ratios: dict,
+    undefined: dict,
+) -> None:
     # Missing gradients (a shared parameter unused in this batch's pass) count as zeros.
     def dense(g: torch.Tensor | None, i: int) -> torch.Tensor:
         return (g if g is not None else torch.zeros_like(params[i])).detach().double().reshape(-1)
 
     vectors = [[dense(g[i], i) for i in shared] for g in grads]
     norms = [float(sum(torch.dot(v, v) for v in vs)) ** 0.5 for vs in vectors]
-    for (a, b) in cosines:
+    for a, b in cosines:
         if norms[a] == 0.0 or norms[b] == 0.0:
             undefined[(a, b)] += 1
             continue

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy.stats import beta
@@ -41,8 +42,11 @@ def choose_grouping(fine: GroupAccumulator, *, min_group: int, grouping: str, fa
         return grouping
     counted = fine.count >= min_group
     is_conflicting = fine.group_alignment(favoured) == CONFLICTING
-    shares = [fine.count[counted & within].sum() / fine.count[within].sum()
-              for within in (np.ones_like(counted), is_conflicting) if fine.count[within].sum()]
+    shares = [
+        fine.count[counted & within].sum() / fine.count[within].sum()
+        for within in (np.ones_like(counted), is_conflicting)
+        if fine.count[within].sum()
+    ]
     return "bias" if shares and min(shares) >= AUTO_COVERAGE else "alignment"
 
 
@@ -109,16 +113,23 @@ class GroupAccumulator:
         weighted by how often each draw is picked in that replicate (biasaudit/scanning/draws.py)."""
         self._take_sums()
         members = {name for names in groups.values() for name in names[1:]}
-        out = GroupAccumulator([c for c in self.condition_names if c not in members], num_classes=self.num_classes,
-                               num_bias=self.num_bias, replicates=self._sums.shape[2])
+        out = GroupAccumulator(
+            [c for c in self.condition_names if c not in members],
+            num_classes=self.num_classes,
+            num_bias=self.num_bias,
+            replicates=self._sums.shape[2],
+        )
         out.count = self.count.copy()
         out._sums[:, -1] = self._sums[:, -1]
         for k, c in enumerate(out.condition_names):
             names = groups.get(c, [c])
             out.correct[c] = sum(self.correct[d] for d in names)
             columns = [self.condition_names.index(d) for d in names]
-            out._sums[:, k] = (sum(multiplicities[:, i] * self._sums[:, j] for i, j in enumerate(columns)) if c in groups
-                               else self._sums[:, columns[0]])
+            out._sums[:, k] = (
+                sum(multiplicities[:, i] * self._sums[:, j] for i, j in enumerate(columns))
+                if c in groups
+                else self._sums[:, columns[0]]
+            )
             if c in groups:
                 out.draws[c] = len(names)
         return out
@@ -171,8 +182,9 @@ class GroupAccumulator:
         falls wholly into one of them (alignment depends on the pair only), so the regrouped sums are exact."""
         labels = np.repeat(np.arange(self.num_classes), self.num_bias)
         target = labels * len(ALIGNMENT_NAMES) + self.group_alignment(favoured)
-        out = GroupAccumulator(self.condition_names, num_classes=self.num_classes, num_bias=len(ALIGNMENT_NAMES),
-                               replicates=self._sums.shape[2])
+        out = GroupAccumulator(
+            self.condition_names, num_classes=self.num_classes, num_bias=len(ALIGNMENT_NAMES), replicates=self._sums.shape[2]
+        )
         self._take_sums()
         out.draws = dict(self.draws)
         np.add.at(out.count, target, self.count)
@@ -203,12 +215,30 @@ class GroupAccumulator:
             warnings.simplefilter("ignore", RuntimeWarning)
             worst_r = np.nanmin(replicate, axis=0)
             balanced_r = np.nanmean(replicate, axis=0)
-        return GroupScores(float(accuracy[worst]), percentile_interval(worst_r), int(worst), float(np.mean(accuracy[ids])),
-                           percentile_interval(balanced_r), int(ids.size), worst_r, balanced_r)
+        return GroupScores(
+            float(accuracy[worst]),
+            percentile_interval(worst_r),
+            int(worst),
+            float(np.mean(accuracy[ids])),
+            percentile_interval(balanced_r),
+            int(ids.size),
+            worst_r,
+            balanced_r,
+        )
 
-    def section(self, *, favoured: np.ndarray, min_group: int, class_names: Sequence[str], bias_names: Sequence[str] | None,
-                bias_source: str, table_conditions: Sequence[str], train_aligned_share: float | None,
-                alignment: bool = False, asked: bool = False) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    def section(
+        self,
+        *,
+        favoured: np.ndarray,
+        min_group: int,
+        class_names: Sequence[str],
+        bias_names: Sequence[str] | None,
+        bias_source: str,
+        table_conditions: Sequence[str],
+        train_aligned_share: float | None,
+        alignment: bool = False,
+        asked: bool = False,
+    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """The audit's `groups` section, and the per-replicate worst-group / bias-balanced accuracies that
         compare and gate pair up (bootstrap.derived). alignment: the bias column is 0 aligned / 1 conflicting / 2 neutral."""
         label_of = np.arange(self.count.size) // self.num_bias
@@ -224,24 +254,39 @@ class GroupAccumulator:
         rows = []
         for gid in np.flatnonzero(self.count):
             label, bias, n = int(label_of[gid]), int(bias_of[gid]), int(self.count[gid])
-            rows.append({"label": label, "label_name": _name(class_names, label), "bias": bias, "bias_name": _name(bias_names, bias),
-                         "n": n, "conflicting": None if state[gid] == NEUTRAL else bool(is_conflicting[gid]),
-                         "alignment": ALIGNMENT_NAMES[int(state[gid])], "counted": bool(counted[gid]),
-                         "accuracy": {c: float(100.0 * self.correct[c][gid] / self._evaluated(c)[gid]) for c in table_conditions},
-                         "accuracy_exact_ci": {c: self._exact(c, gid) for c in table_conditions}})
+            rows.append(
+                {
+                    "label": label,
+                    "label_name": _name(class_names, label),
+                    "bias": bias,
+                    "bias_name": _name(bias_names, bias),
+                    "n": n,
+                    "conflicting": None if state[gid] == NEUTRAL else bool(is_conflicting[gid]),
+                    "alignment": ALIGNMENT_NAMES[int(state[gid])],
+                    "counted": bool(counted[gid]),
+                    "accuracy": {c: float(100.0 * self.correct[c][gid] / self._evaluated(c)[gid]) for c in table_conditions},
+                    "accuracy_exact_ci": {c: self._exact(c, gid) for c in table_conditions},
+                }
+            )
         rows.sort(key=lambda r: (r["accuracy"].get("full", 0.0), r["label"], r["bias"]))
         conditions, derived = {}, {}
         for c in self.condition_names:
             s = self.scores(c, min_group=min_group)
-            conditions[c] = {"worst_group": s.worst_group, "worst_group_ci": s.worst_group_ci,
-                             "worst_group_label": None if s.worst_group_id is None else
-                             f"{_name(class_names, int(label_of[s.worst_group_id]))} / {_name(bias_names, int(bias_of[s.worst_group_id]))}",
-                             "bias_balanced": s.bias_balanced, "bias_balanced_ci": s.bias_balanced_ci, "groups_counted": s.groups_counted,
-                             **self._worst_group_detail(c, s, counted),
-                             "conflicting_accuracy": _pooled(self.correct[c], self._evaluated(c), is_conflicting),
-                             "conflicting_accuracy_ci": _pooled_interval(self.weighted(c), self._weighted_evaluated(c), is_conflicting),
-                             "aligned_accuracy": _pooled(self.correct[c], self._evaluated(c), aligned),
-                             "uncounted": self._uncounted(c, uncounted, is_conflicting)}
+            conditions[c] = {
+                "worst_group": s.worst_group,
+                "worst_group_ci": s.worst_group_ci,
+                "worst_group_label": None
+                if s.worst_group_id is None
+                else f"{_name(class_names, int(label_of[s.worst_group_id]))} / {_name(bias_names, int(bias_of[s.worst_group_id]))}",
+                "bias_balanced": s.bias_balanced,
+                "bias_balanced_ci": s.bias_balanced_ci,
+                "groups_counted": s.groups_counted,
+                **self._worst_group_detail(c, s, counted),
+                "conflicting_accuracy": _pooled(self.correct[c], self._evaluated(c), is_conflicting),
+                "conflicting_accuracy_ci": _pooled_interval(self.weighted(c), self._weighted_evaluated(c), is_conflicting),
+                "aligned_accuracy": _pooled(self.correct[c], self._evaluated(c), aligned),
+                "uncounted": self._uncounted(c, uncounted, is_conflicting),
+            }
             derived[f"worst_group:{c}"] = s.worst_replicates
             derived[f"bias_balanced:{c}"] = s.balanced_replicates
         # Over the samples whose bias value favours some class, as train's share is: neutral ones cannot shift a split.
@@ -251,36 +296,69 @@ class GroupAccumulator:
         counted_conflicting = int((is_conflicting & counted).sum())
         blind = None
         if conflicting_samples and not counted_conflicting:
-            blind = (f"none of the split's {conflicting_samples} bias-conflicting samples is in a group of at least {min_group} samples "
-                     "(min_group), so worst-group and bias-balanced accuracy cover bias-aligned groups only and cannot see the bias")
+            blind = (
+                f"none of the split's {conflicting_samples} bias-conflicting samples is in a group of at least {min_group} samples "
+                "(min_group), so worst-group and bias-balanced accuracy cover bias-aligned groups only and cannot see the bias"
+            )
         elif not conflicting_samples and aligned.any() and self.count[aligned].sum():
-            blind = ("the split has no bias-conflicting samples, so worst-group and bias-balanced accuracy cover groups the shortcut "
-                     "never misleads and cannot see the bias")
-        shift = {"train_aligned_share": train_aligned_share, "split_aligned_share": split_aligned,
-                 "ood": bool(train_aligned_share is not None and split_aligned is not None
-                             and split_aligned <= train_aligned_share - OOD_ALIGNED_DROP)}
+            blind = (
+                "the split has no bias-conflicting samples, so worst-group and bias-balanced accuracy cover groups the shortcut "
+                "never misleads and cannot see the bias"
+            )
+        shift = {
+            "train_aligned_share": train_aligned_share,
+            "split_aligned_share": split_aligned,
+            "ood": bool(
+                train_aligned_share is not None
+                and split_aligned is not None
+                and split_aligned <= train_aligned_share - OOD_ALIGNED_DROP
+            ),
+        }
         small = int((counted & (self.count < SMALL_GROUP)).sum())
         notes = []
         if alignment:
-            why = ("as asked (--group-by alignment)" if asked else f"because too few of the split's samples, or of its bias-conflicting "
-                   f"ones, are in (label, bias value) groups of at least {min_group} (--group-by auto)")
-            notes.append(f"Groups are (label, bias-aligned, conflicting or neutral) {why}; a sample is aligned when its label is among "
-                         "the classes its bias value's training prior favours, neutral when that value favours none.")
+            why = (
+                "as asked (--group-by alignment)"
+                if asked
+                else f"because too few of the split's samples, or of its bias-conflicting "
+                f"ones, are in (label, bias value) groups of at least {min_group} (--group-by auto)"
+            )
+            notes.append(
+                f"Groups are (label, bias-aligned, conflicting or neutral) {why}; a sample is aligned when its label is among "
+                "the classes its bias value's training prior favours, neutral when that value favours none."
+            )
         if not counted.any():
             notes.append(f"No group has {min_group} samples (min_group), so there is no worst-group accuracy.")
         elif uncounted.any():
             left = conditions["full"]["uncounted"] if "full" in conditions else None
             scored = f"; together they score {left['accuracy']:.1f}% (Full)" if left and left["accuracy"] is not None else ""
-            notes.append(f"{int(uncounted.sum())} of {len(rows)} groups ({int(self.count[uncounted].sum())} samples) have fewer than "
-                         f"{min_group} samples and are left out of worst-group and bias-balanced accuracy{scored}.")
+            notes.append(
+                f"{int(uncounted.sum())} of {len(rows)} groups ({int(self.count[uncounted].sum())} samples) have fewer than "
+                f"{min_group} samples and are left out of worst-group and bias-balanced accuracy{scored}."
+            )
         if small:
-            notes.append(f"{small} counted group(s) have fewer than {SMALL_GROUP} samples: their accuracies carry wide exact intervals.")
+            notes.append(
+                f"{small} counted group(s) have fewer than {SMALL_GROUP} samples: their accuracies carry wide exact intervals."
+            )
         if blind:
             notes.append(blind[0].upper() + blind[1:] + "; read the pooled bias-conflicting accuracy instead.")
-        return ({"available": True, "note": " ".join(notes) or None, "bias_source": bias_source, "blind": blind,
-                 "conflicting_samples": conflicting_samples, "counted_conflicting_groups": counted_conflicting,
-                 "grouping": "label x bias-aligned/conflicting/neutral" if alignment else "label x bias value", "min_group": min_group,
-                 "small_groups": small, "groups": rows, "conditions": conditions, "shift": shift}, derived)
+        return (
+            {
+                "available": True,
+                "note": " ".join(notes) or None,
+                "bias_source": bias_source,
+                "blind": blind,
+                "conflicting_samples": conflicting_samples,
+                "counted_conflicting_groups": counted_conflicting,
+                "grouping": "label x bias-aligned/conflicting/neutral" if alignment else "label x bias value",
+                "min_group": min_group,
+                "small_groups": small,
+                "groups": rows,
+                "conditions": conditions,
+                "shift": shift,
+            },
+            derived,
+        )
 
     def _worst_group_detail(self, condition: str, scores: GroupScores, counted: np.ndarray) -> dict[str, Any]:
         """The worst group's size and exact interval, and how many counted groups share the minimum: a worst group of 0%
@@ -289,15 +367,24 @@ class GroupAccumulator:
             return {}
         gid = scores.worst_group_id
         accuracy = 100.0 * self.correct[condition][counted] / self._evaluated(condition)[counted]
-        return {"worst_group_n": int(self.count[gid]), "worst_group_exact_ci": self._exact(condition, gid),
-                "groups_at_minimum": int(np.count_nonzero(np.isclose(accuracy, scores.worst_group)))}
+        return {
+            "worst_group_n": int(self.count[gid]),
+            "worst_group_exact_ci": self._exact(condition, gid),
+            "groups_at_minimum": int(np.count_nonzero(np.isclose(accuracy, scores.worst_group))),
+        }
 
     def _uncounted(self, condition: str, uncounted: np.ndarray, is_conflicting: np.ndarray) -> dict[str, Any]:
         """The samples of groups below min_group, pooled: what worst-group accuracy does not see."""
         n = int(self.count[uncounted].sum())
-        return {"groups": int(uncounted.sum()), "n": n, "conflicting_n": int(self.count[uncounted & is_conflicting].sum()),
-                "accuracy": _pooled(self.correct[condition], self._evaluated(condition), uncounted),
-                "accuracy_ci": _pooled_interval(self.weighted(condition), self._weighted_evaluated(condition), uncounted) if n else None}
+        return {
+            "groups": int(uncounted.sum()),
+            "n": n,
+            "conflicting_n": int(self.count[uncounted & is_conflicting].sum()),
+            "accuracy": _pooled(self.correct[condition], self._evaluated(condition), uncounted),
+            "accuracy_ci": _pooled_interval(self.weighted(condition), self._weighted_evaluated(condition), uncounted)
+            if n
+            else None,
+        }
 
 
 def _pooled(correct: np.ndarray, count: np.ndarray, mask: np.ndarray) -> float | None:

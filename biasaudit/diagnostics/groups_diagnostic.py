@@ -10,16 +10,26 @@ from biasaudit.diagnostics.groups import GroupAccumulator, choose_grouping
 from biasaudit.diagnostics.protocol import BatchOutcome, FinishContext, PassFacts, Section, own_draws, unavailable
 from biasaudit.errors import InputError
 
-_NO_PRIORS = ("The train split's label-under-bias priors are unavailable (see the JSD note), so groups cannot be told bias-aligned "
-              "from bias-conflicting.")
+_NO_PRIORS = (
+    "The train split's label-under-bias priors are unavailable (see the JSD note), so groups cannot be told bias-aligned "
+    "from bias-conflicting."
+)
 
 
 class GroupsDiagnostic:
     part_classes = (GroupAccumulator,)
 
     def __init__(self, facts: PassFacts) -> None:
-        self.accumulator = None if facts.prior is None else GroupAccumulator(
-            facts.conditions, num_classes=facts.num_classes, num_bias=facts.prior.num_bias, replicates=facts.config.bootstrap_replicates)
+        self.accumulator = (
+            None
+            if facts.prior is None
+            else GroupAccumulator(
+                facts.conditions,
+                num_classes=facts.num_classes,
+                num_bias=facts.prior.num_bias,
+                replicates=facts.config.bootstrap_replicates,
+            )
+        )
 
     def update(self, outcome: BatchOutcome) -> None:
         if self.accumulator is not None and outcome.bias is not None:
@@ -40,19 +50,30 @@ class GroupsDiagnostic:
         table = [name for name, group in context.condition_groups.items() if group in ("full", "missing")]
         favoured = favoured_classes(prior_counts, fraction=config.favoured_fraction)
         bias_names = context.bias_names if context.bias_source == "bias_key" else None
-        alignment = choose_grouping(groups, min_group=config.min_group, grouping=config.group_by, favoured=favoured) == "alignment"
+        alignment = (
+            choose_grouping(groups, min_group=config.min_group, grouping=config.group_by, favoured=favoured) == "alignment"
+        )
         # (label, aligned, conflicting or neutral) groups are unions of (label, bias value) groups: summed from them, exactly.
         section, found = (groups.by_alignment(favoured) if alignment else groups).section(
-            favoured=favoured, min_group=config.min_group, class_names=context.class_names, bias_names=bias_names,
-            bias_source=context.bias_source, table_conditions=table, train_aligned_share=aligned_share(prior_counts, favoured),
-            alignment=alignment, asked=config.group_by == "alignment")
-        section["favoured"] = favoured_section(prior_counts, favoured, fraction=config.favoured_fraction,
-                                               class_names=context.class_names, bias_names=bias_names)
+            favoured=favoured,
+            min_group=config.min_group,
+            class_names=context.class_names,
+            bias_names=bias_names,
+            bias_source=context.bias_source,
+            table_conditions=table,
+            train_aligned_share=aligned_share(prior_counts, favoured),
+            alignment=alignment,
+            asked=config.group_by == "alignment",
+        )
+        section["favoured"] = favoured_section(
+            prior_counts, favoured, fraction=config.favoured_fraction, class_names=context.class_names, bias_names=bias_names
+        )
         section["note"] = " ".join(filter(None, [context.bias_note, section["note"], section["favoured"]["note"]])) or None
         return Section(section, derived={k: v for k, v in found.items() if k.split(":", 1)[1] in table})
 
     def reset(self) -> None:
         if self.accumulator is not None:
             a = self.accumulator
-            self.accumulator = GroupAccumulator(a.condition_names, num_classes=a.num_classes, num_bias=a.num_bias,
-                                                replicates=a.weighted().shape[1])
+            self.accumulator = GroupAccumulator(
+                a.condition_names, num_classes=a.num_classes, num_bias=a.num_bias, replicates=a.weighted().shape[1]
+            )

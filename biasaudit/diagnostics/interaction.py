@@ -68,11 +68,17 @@ class InteractionAccumulator:
         out = np.tile(np.arange(self.donors), (self.modalities, 1))
         for half in self.halves:
             for m in range(self.modalities):
-                out[m, half.start:half.stop] = half.start + (np.arange(len(half)) + m) % len(half)
+                out[m, half.start : half.stop] = half.start + (np.arange(len(half)) + m) % len(half)
         return out
 
-    def update(self, kept: list[list[np.ndarray]], constant: list[np.ndarray], full_prediction: np.ndarray, labels: np.ndarray,
-               weights: np.ndarray) -> None:
+    def update(
+        self,
+        kept: list[list[np.ndarray]],
+        constant: list[np.ndarray],
+        full_prediction: np.ndarray,
+        labels: np.ndarray,
+        weights: np.ndarray,
+    ) -> None:
         """kept[m][r]: [B, C] logits with modality m of the sample and the rest from its r-th donor; constant[r]: [B, C]
         logits of the r-th forward of the constant (constant_donors()); weights: the batch's [B, replicates] bootstrap weights."""
         # Float64 sums, so that the projection of an additive model keeps its logits' argmax.
@@ -83,7 +89,7 @@ class InteractionAccumulator:
         right[_FULL] = full_prediction == labels
         right[_ALL] = terms.mean(axis=0).argmax(axis=1) == labels
         for row, half in zip((_FIRST, _SECOND), self.halves):
-            right[row] = terms[half.start:half.stop].mean(axis=0).argmax(axis=1) == labels
+            right[row] = terms[half.start : half.stop].mean(axis=0).argmax(axis=1) == labels
         counts = np.count_nonzero(right, axis=1)
         self.n += len(labels)
         self.full_correct += int(counts[_FULL])
@@ -124,13 +130,28 @@ class InteractionAccumulator:
         interval = percentile_interval(replicates)
         a = self._extrapolation()
         if a is None:
-            estimator, note = "S(R), uncorrected", ("With one donor the share cannot be corrected for the noise of the sampled "
-                                                    "projection, which inflates it; use at least 2 donors (default 8).")
+            estimator, note = (
+                "S(R), uncorrected",
+                (
+                    "With one donor the share cannot be corrected for the noise of the sampled "
+                    "projection, which inflates it; use at least 2 donors (default 8)."
+                ),
+            )
         else:
             estimator, note = ("2 S(R) - S(R/2)" if a == 2 else f"({a:.6g} S(R) - S(halves)) / {a - 1:.6g}"), None
-        return ({"available": True, "note": note, "donors": self.donors, "donor_draw": DONOR_DRAW, "estimator": estimator,
-                 # The measured R-donor projection's accuracy; the share is corrected from it (and may exceed Full minus it).
-                 "accuracy": accuracy, "additive_accuracy": 100.0 * self.additive_correct / self.n, "interaction_share": share,
-                 "interaction_share_ci": list(interval) if interval is not None else None,
-                 "plain_interaction_share": accuracy - 100.0 * self.additive_correct / self.n},
-                {"interaction_share": replicates})
+        return (
+            {
+                "available": True,
+                "note": note,
+                "donors": self.donors,
+                "donor_draw": DONOR_DRAW,
+                "estimator": estimator,
+                # The measured R-donor projection's accuracy; the share is corrected from it (and may exceed Full minus it).
+                "accuracy": accuracy,
+                "additive_accuracy": 100.0 * self.additive_correct / self.n,
+                "interaction_share": share,
+                "interaction_share_ci": list(interval) if interval is not None else None,
+                "plain_interaction_share": accuracy - 100.0 * self.additive_correct / self.n,
+            },
+            {"interaction_share": replicates},
+        )

@@ -21,7 +21,7 @@ Choices (recorded in every result):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,8 +39,10 @@ def jsd_base2(p: np.ndarray, q: np.ndarray) -> float:
     p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
     for name, v in (("p", p), ("q", q)):
         if v.ndim != 1 or v.shape != p.shape or not np.all(np.isfinite(v)) or np.any(v < 0) or v.sum() <= 0:
-            raise InputError(f"Distribution {name} = {v.tolist()} is not usable; expected two 1-D non-negative "
-                             f"arrays of the same length with a positive sum.")
+            raise InputError(
+                f"Distribution {name} = {v.tolist()} is not usable; expected two 1-D non-negative "
+                f"arrays of the same length with a positive sum."
+            )
     # scipy returns the square root of the divergence; its sum can round a hair below 0 for p == q.
     with np.errstate(invalid="ignore"):
         value = float(jensenshannon(p, q, base=2) ** 2)
@@ -72,8 +74,10 @@ class BiasPrior:
         """From a [num_bias, num_classes] array of non-negative integer counts."""
         array = np.asarray(counts)
         if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer) or np.any(array < 0):
-            raise InputError(f"Prior counts have shape {array.shape} and dtype {array.dtype}; expected a 2-D "
-                             f"[num_bias, num_classes] array of non-negative integers.")
+            raise InputError(
+                f"Prior counts have shape {array.shape} and dtype {array.dtype}; expected a 2-D "
+                f"[num_bias, num_classes] array of non-negative integers."
+            )
         prior = cls(num_classes=array.shape[1], num_bias=array.shape[0])
         prior._counts += array
         return prior
@@ -90,8 +94,10 @@ class BiasPrior:
 
     def merge(self, other: BiasPrior) -> None:
         if self._counts.shape != other._counts.shape:
-            raise InputError(f"Cannot merge a prior of shape {other._counts.shape} into one of shape "
-                             f"{self._counts.shape}; expected the same bias values and classes.")
+            raise InputError(
+                f"Cannot merge a prior of shape {other._counts.shape} into one of shape "
+                f"{self._counts.shape}; expected the same bias values and classes."
+            )
         self._counts += other._counts
 
     def is_empty(self, k: int) -> bool:
@@ -116,10 +122,16 @@ class JSDResult:
     variant: str = "soft"
 
     def to_dict(self) -> dict:
-        return {"per_bias": {name: dict(row) for name, row in self.per_bias.items()}, "mean": self.mean,
-                "weighted_mean": self.weighted_mean, "argmax_mean": self.argmax_mean,
-                "argmax_weighted_mean": self.argmax_weighted_mean, "most_frequent": dict(self.most_frequent),
-                "min_wrong": self.min_wrong, "variant": self.variant}
+        return {
+            "per_bias": {name: dict(row) for name, row in self.per_bias.items()},
+            "mean": self.mean,
+            "weighted_mean": self.weighted_mean,
+            "argmax_mean": self.argmax_mean,
+            "argmax_weighted_mean": self.argmax_weighted_mean,
+            "most_frequent": dict(self.most_frequent),
+            "min_wrong": self.min_wrong,
+            "variant": self.variant,
+        }
 
 
 def _means(rows: list[dict], key: str, min_wrong: int) -> tuple[float | None, float | None]:
@@ -147,10 +159,10 @@ class JSDAccumulator:
         probs = np.asarray(probabilities, dtype=np.float64)
         if probs.ndim != 2 or probs.shape[1] != self.num_classes:
             raise DataError(f"Probabilities have shape {probs.shape}; expected [batch, {self.num_classes}].")
-        if probs.size and (not np.all(np.isfinite(probs)) or probs.min() < 0
-                           or np.abs(probs.sum(axis=1) - 1.0).max() > 1e-3):
-            raise DataError("Probabilities are not softmax outputs (non-negative rows summing to 1); "
-                            "expected softmax(logits), not logits.")
+        if probs.size and (not np.all(np.isfinite(probs)) or probs.min() < 0 or np.abs(probs.sum(axis=1) - 1.0).max() > 1e-3):
+            raise DataError(
+                "Probabilities are not softmax outputs (non-negative rows summing to 1); expected softmax(logits), not logits."
+            )
         y = _check_codes(labels, what="labels", size=self.num_classes, length=probs.shape[0])
         k = _check_codes(bias, what="bias values", size=self.num_bias, length=probs.shape[0])
         predicted = probs.argmax(axis=1) if probs.size else np.zeros(0, dtype=np.int64)
@@ -163,15 +175,19 @@ class JSDAccumulator:
 
     def merge(self, other: JSDAccumulator) -> None:
         if (self.num_classes, self.num_bias) != (other.num_classes, other.num_bias):
-            raise InputError(f"Cannot merge a JSD accumulator of (classes, bias values) "
-                             f"{(other.num_classes, other.num_bias)} into one of {(self.num_classes, self.num_bias)}.")
+            raise InputError(
+                f"Cannot merge a JSD accumulator of (classes, bias values) "
+                f"{(other.num_classes, other.num_bias)} into one of {(self.num_classes, self.num_bias)}."
+            )
         for name in ("n_eval", "n_wrong", "soft_sum", "argmax_hist"):
             getattr(self, name).__iadd__(getattr(other, name))
 
     def result(self, prior: BiasPrior, *, min_wrong: int = 30, bias_names: Sequence[str] | None = None) -> JSDResult:
         if (prior.num_classes, prior.num_bias) != (self.num_classes, self.num_bias):
-            raise InputError(f"The prior covers (classes, bias values) {(prior.num_classes, prior.num_bias)}; "
-                             f"expected {(self.num_classes, self.num_bias)} like the evaluation data.")
+            raise InputError(
+                f"The prior covers (classes, bias values) {(prior.num_classes, prior.num_bias)}; "
+                f"expected {(self.num_classes, self.num_bias)} like the evaluation data."
+            )
         if min_wrong < 1:
             raise InputError(f"min_wrong is {min_wrong}; expected at least 1 wrong sample per bias value.")
         names = [str(k) for k in range(self.num_bias)] if bias_names is None else [str(n) for n in bias_names]
@@ -186,20 +202,30 @@ class JSDAccumulator:
             q_soft = self.soft_sum[k] / _FIXED_POINT / n_wrong if n_wrong else None
             q_argmax = self.argmax_hist[k] / n_wrong if n_wrong else None
             usable = p is not None and n_wrong > 0
-            rows.append({"bias": k, "n_eval": int(self.n_eval[k]), "n_wrong": n_wrong,
-                         "soft": jsd_base2(p, q_soft) if usable else None,
-                         "argmax": jsd_base2(p, q_argmax) if usable else None,
-                         "prior": p.tolist() if p is not None else None,
-                         "q_soft": q_soft.tolist() if q_soft is not None else None,
-                         "q_argmax": q_argmax.tolist() if q_argmax is not None else None})
+            rows.append(
+                {
+                    "bias": k,
+                    "n_eval": int(self.n_eval[k]),
+                    "n_wrong": n_wrong,
+                    "soft": jsd_base2(p, q_soft) if usable else None,
+                    "argmax": jsd_base2(p, q_argmax) if usable else None,
+                    "prior": p.tolist() if p is not None else None,
+                    "q_soft": q_soft.tolist() if q_soft is not None else None,
+                    "q_argmax": q_argmax.tolist() if q_argmax is not None else None,
+                }
+            )
         mean, weighted = _means(rows, "soft", min_wrong)
         argmax_mean, argmax_weighted = _means(rows, "argmax", min_wrong)
         top = rows[int(np.argmax(self.n_eval))]
-        return JSDResult(per_bias=dict(zip(names, rows)), mean=mean, weighted_mean=weighted,
-                         argmax_mean=argmax_mean, argmax_weighted_mean=argmax_weighted,
-                         most_frequent={"bias": top["bias"], "name": names[top["bias"]],
-                                        "soft": top["soft"], "argmax": top["argmax"]},
-                         min_wrong=int(min_wrong))
+        return JSDResult(
+            per_bias=dict(zip(names, rows)),
+            mean=mean,
+            weighted_mean=weighted,
+            argmax_mean=argmax_mean,
+            argmax_weighted_mean=argmax_weighted,
+            most_frequent={"bias": top["bias"], "name": names[top["bias"]], "soft": top["soft"], "argmax": top["argmax"]},
+            min_wrong=int(min_wrong),
+        )
 
 
 def discover_bias_clusters(train_embeddings: np.ndarray, *, k: int = 16, seed: int = 0) -> KMeans:
@@ -210,8 +236,9 @@ def discover_bias_clusters(train_embeddings: np.ndarray, *, k: int = 16, seed: i
     """
     x = np.asarray(train_embeddings, dtype=np.float64)
     if x.ndim != 2 or x.shape[0] == 0 or not np.all(np.isfinite(x)):
-        raise DataError(f"Training embeddings have shape {x.shape}; expected a finite [samples, features] array "
-                        f"with at least one sample.")
+        raise DataError(
+            f"Training embeddings have shape {x.shape}; expected a finite [samples, features] array with at least one sample."
+        )
     if k < 1:
         raise InputError(f"k is {k}; expected at least 1 cluster.")
     clusters = min(int(k), len(np.unique(x, axis=0)))
@@ -227,15 +254,19 @@ class JSDDiagnostic:
 
     def __init__(self, facts: PassFacts) -> None:
         self.split = facts.config.split
-        self.accumulator = JSDAccumulator(num_classes=facts.num_classes, num_bias=facts.prior.num_bias) if facts.prior is not None else None
+        self.accumulator = (
+            JSDAccumulator(num_classes=facts.num_classes, num_bias=facts.prior.num_bias) if facts.prior is not None else None
+        )
 
     def update(self, outcome: BatchOutcome) -> None:
         if self.accumulator is None or outcome.bias is None:
             return
         if outcome.bias.size and outcome.bias.max() >= self.accumulator.num_bias:
             # The range was counted over this very split before the pass, so only changing data gets here.
-            raise DataError(f"Split {self.split!r} yielded bias value {int(outcome.bias.max())}, beyond the {self.accumulator.num_bias} values "
-                            "counted before the scan; the adapter's data() must yield the same samples on every pass.")
+            raise DataError(
+                f"Split {self.split!r} yielded bias value {int(outcome.bias.max())}, beyond the {self.accumulator.num_bias} values "
+                "counted before the scan; the adapter's data() must yield the same samples on every pass."
+            )
         self.add(torch.softmax(outcome.full_logits.float(), dim=1).cpu().numpy(), outcome.labels, outcome.bias)
 
     def add(self, probabilities: np.ndarray, labels: np.ndarray, bias: np.ndarray) -> None:
@@ -252,15 +283,26 @@ class JSDDiagnostic:
             note = context.prior_note or "The JSD diagnostic is unavailable."
             return Section(unavailable(note), notes=(note,))
         kmeans = context.bias_source == "kmeans"
-        result = self.accumulator.result(BiasPrior.from_counts(context.prior_counts), min_wrong=context.config.min_wrong,
-                                         bias_names=None if kmeans else context.bias_names).to_dict()
+        result = self.accumulator.result(
+            BiasPrior.from_counts(context.prior_counts),
+            min_wrong=context.config.min_wrong,
+            bias_names=None if kmeans else context.bias_names,
+        ).to_dict()
         note = context.prior_note if kmeans else None
         wrong = sum(row["n_wrong"] for row in result["per_bias"].values())
         notes: tuple[str, ...] = ()
         if wrong == 0:
             # Nothing to measure is a finding, not a failure: say it instead of showing an empty chart.
-            note = " ".join(filter(None, [note, f"The model makes no mistakes on split {context.config.split!r}, so the JSD of its "
-                                                "mistakes against the bias priors has nothing to measure."]))
+            note = " ".join(
+                filter(
+                    None,
+                    [
+                        note,
+                        f"The model makes no mistakes on split {context.config.split!r}, so the JSD of its "
+                        "mistakes against the bias priors has nothing to measure.",
+                    ],
+                )
+            )
             notes = (note,)
         result.update(available=True, bias_source=context.bias_source, note=note, n_wrong=wrong)
         return Section(result, notes=notes)

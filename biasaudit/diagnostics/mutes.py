@@ -13,7 +13,8 @@ Decisions (documented thresholds):
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -75,7 +76,15 @@ class Moments:
 
 def rms_z(data: Moments, muted: Moments) -> float | None:
     """sqrt(mean_d E_muted[(e_d - mu_d)^2] / var_d) over dimensions where the data varies."""
-    if data.inconsistent or muted.inconsistent or not data.n or not muted.n or data.sum is None or muted.sum is None or data.sum.shape != muted.sum.shape:
+    if (
+        data.inconsistent
+        or muted.inconsistent
+        or not data.n
+        or not muted.n
+        or data.sum is None
+        or muted.sum is None
+        or data.sum.shape != muted.sum.shape
+    ):
         return None
     data_sum, muted_sum = data.sum, muted.sum
     mu = data_sum / data.n
@@ -91,30 +100,57 @@ def alternative_mutes(kind: str, current: str) -> list[str]:
     return sorted(n for n, imp in IMPAIRMENTS.get(kind, {}).items() if imp.mutes and n != current)
 
 
-def mute_findings(rows: Sequence[Mapping[str, Any]], *, label_counts: np.ndarray, class_names: Sequence[str],
-                  kinds: Mapping[str, str], distances: Mapping[str, float | None]) -> list[dict[str, Any]]:
+def mute_findings(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    label_counts: np.ndarray,
+    class_names: Sequence[str],
+    kinds: Mapping[str, str],
+    distances: Mapping[str, float | None],
+) -> list[dict[str, Any]]:
     """rows: the missing-condition rows (name, modality, impairment, confusion column sums as `predicted`)."""
     findings = []
     n = int(label_counts.sum())
     for row in rows:
         modality, impairment = row["modality"], row["impairment"]
         alternatives = alternative_mutes(kinds[modality], impairment)
-        hint = (f"; try --mute {modality}={alternatives[0]} or compare both with --mute-compare" if alternatives else
-                "; check what the model receives for a missing input")
+        hint = (
+            f"; try --mute {modality}={alternatives[0]} or compare both with --mute-compare"
+            if alternatives
+            else "; check what the model receives for a missing input"
+        )
         predicted = np.asarray(row["predicted"])
         top = int(np.argmax(predicted))
         share = float(predicted[top] / n) if n else 0.0
         if share >= DEGENERATE_SHARE and share - label_counts[top] / n >= DEGENERATE_EXCESS:
-            findings.append({"condition": row["name"], "modality": modality, "kind": "degenerate", "top_class": top,
-                             "top_class_name": class_names[top], "share": share, "distance": distances.get(modality),
-                             "message": f"Muting {modality} ({impairment}) sends {100 * share:.0f}% of the samples to class "
-                                        f"{class_names[top]}, which is {100 * label_counts[top] / n:.0f}% of the labels: the flip rate then "
-                                        f"measures the reaction to that input more than reliance on {modality}{hint}."})
+            findings.append(
+                {
+                    "condition": row["name"],
+                    "modality": modality,
+                    "kind": "degenerate",
+                    "top_class": top,
+                    "top_class_name": class_names[top],
+                    "share": share,
+                    "distance": distances.get(modality),
+                    "message": f"Muting {modality} ({impairment}) sends {100 * share:.0f}% of the samples to class "
+                    f"{class_names[top]}, which is {100 * label_counts[top] / n:.0f}% of the labels: the flip rate then "
+                    f"measures the reaction to that input more than reliance on {modality}{hint}.",
+                }
+            )
         distance = distances.get(modality)
         if distance is not None and distance >= FAR_OUTSIDE_Z:
-            findings.append({"condition": row["name"], "modality": modality, "kind": "far_outside", "top_class": top,
-                             "top_class_name": class_names[top], "share": share, "distance": distance,
-                             "message": f"The muted {modality} input ({impairment}) lies far outside the data: its branch embedding "
-                                        f"is {distance:.1f} standard deviations from the data's mean per dimension (the data's own "
-                                        f"spread is 1){hint}."})
+            findings.append(
+                {
+                    "condition": row["name"],
+                    "modality": modality,
+                    "kind": "far_outside",
+                    "top_class": top,
+                    "top_class_name": class_names[top],
+                    "share": share,
+                    "distance": distance,
+                    "message": f"The muted {modality} input ({impairment}) lies far outside the data: its branch embedding "
+                    f"is {distance:.1f} standard deviations from the data's mean per dimension (the data's own "
+                    f"spread is 1){hint}.",
+                }
+            )
     return findings

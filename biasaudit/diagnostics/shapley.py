@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -82,10 +83,12 @@ class ShapleyAccumulator:
             with np.errstate(invalid="ignore", divide="ignore"):
                 replicates = self.w_sum[m] / (self.scale * self.w_total.astype(np.float64))
                 per_class = self.class_sum[m] / (self.scale * self.class_count.astype(np.float64))
-            modalities[m] = {"mean": sum(v * c for v, c in self.values[m].items()) / (self.scale * n) if n else None,
-                             "mean_ci": percentile_interval(replicates),
-                             "distribution": {f"{v / self.scale:g}": c for v, c in sorted(self.values[m].items())},
-                             "per_class": [None if self.class_count[i] == 0 else float(per_class[i]) for i in range(self.num_classes)]}
+            modalities[m] = {
+                "mean": sum(v * c for v, c in self.values[m].items()) / (self.scale * n) if n else None,
+                "mean_ci": percentile_interval(replicates),
+                "distribution": {f"{v / self.scale:g}": c for v, c in sorted(self.values[m].items())},
+                "per_class": [None if self.class_count[i] == 0 else float(per_class[i]) for i in range(self.num_classes)],
+            }
         return {"available": True, "note": None, "modalities": modalities, "contingency": self._contingency()}
 
     def _contingency(self) -> dict[str, int]:

@@ -20,6 +20,21 @@ from biasaudit.gating.registry import BASELINE_RULES, OPTIONS, RULES, GateRules,
 from biasaudit.gating.evaluate import check_audit_shape, evaluate_gate
 from biasaudit.gating.verdicts import STATUSES, RuleVerdict
 
-__all__ = ["ALL", "BASELINE_RULES", "JSD_STATISTICS", "OPTIONS", "RULES", "STATUSES", "DropLimit", "GateRules", "LimitOption",
-           "Rule", "RuleVerdict", "check_audit_shape", "evaluate_gate", "parse_limits", "parse_statistic",
-           "rule_named"]
+__all__ = [
+    "ALL",
+    "BASELINE_RULES",
+    "JSD_STATISTICS",
+    "OPTIONS",
+    "RULES",
+    "STATUSES",
+    "DropLimit",
+    "GateRules",
+    "LimitOption",
+    "Rule",
+    "RuleVerdict",
+    "check_audit_shape",
+    "evaluate_gate",
+    "parse_limits",
+    "parse_statistic",
+    "rule_named",
+]

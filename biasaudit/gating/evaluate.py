@@ -33,8 +33,10 @@ def check_audit_shape(audit: Mapping[str, Any], *, source: str) -> None:
 def _no_rule() -> str:
     by_kind = {kind: [r for r in RULES.values() if r.kind == kind] for kind in ("bias", "reliance")}
     comparing = [r for r in RULES.values() if r.needs_baseline]
-    return (f"No gate rule was given; use a bias rule ({flags(by_kind['bias'])}) or a reliance rule "
-            f"({flags(by_kind['reliance'])}); {flags(comparing, last='and')} compare against --baseline.")
+    return (
+        f"No gate rule was given; use a bias rule ({flags(by_kind['bias'])}) or a reliance rule "
+        f"({flags(by_kind['reliance'])}); {flags(comparing, last='and')} compare against --baseline."
+    )
 
 
 def _check_targets(rules: GateRules, current: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> None:
@@ -42,34 +44,52 @@ def _check_targets(rules: GateRules, current: Mapping[str, Any], baseline: Mappi
     the user's mistake (exit 2 before any verdict is written), not a rule that cannot be evaluated (ERROR). Only the
     audits can say which exist."""
     both = [current] + ([baseline] if baseline is not None else [])
-    known = list(dict.fromkeys(m.get("name") for audit in both for m in (audit.get("dataset") or {}).get("modalities") or []
-                               if isinstance(m, Mapping)))
+    known = list(
+        dict.fromkeys(
+            m.get("name")
+            for audit in both
+            for m in (audit.get("dataset") or {}).get("modalities") or []
+            if isinstance(m, Mapping)
+        )
+    )
     for name, rule in RULES.items():
         unknown = [m for m in (getattr(rules, name, None) or {}) if m != ALL and m not in known] if rule.key == "modality" else []
         if unknown and known:
-            raise InputError(f"{rules._label(name)} names modality {unknown[0]!r}, which the audits do not have; "
-                             f"expected MODALITY=POINTS. Available: {', '.join(known)}.")
+            raise InputError(
+                f"{rules._label(name)} names modality {unknown[0]!r}, which the audits do not have; "
+                f"expected MODALITY=POINTS. Available: {', '.join(known)}."
+            )
     for name, rule in RULES.items():
         if rule.key != "condition":
             continue
-        for audit in (both if rule.needs_baseline else [current]):
+        for audit in both if rule.needs_baseline else [current]:
             ran = [row.get("name") for row in audit.get("conditions") or [] if isinstance(row, Mapping)]
             unknown = [c for c in (getattr(rules, name, None) or {}) if c != ALL and c not in ran]
             if unknown and ran:
                 which = "the audit" if audit is current else "the baseline"
-                raise InputError(f"{rules._label(name)} names condition {unknown[0]!r}, which {which} did not run; expected "
-                                 f"CONDITION=VALUE. Available: {', '.join(ran)}.")
+                raise InputError(
+                    f"{rules._label(name)} names condition {unknown[0]!r}, which {which} did not run; expected "
+                    f"CONDITION=VALUE. Available: {', '.join(ran)}."
+                )
 
 
-def evaluate_gate(current: Mapping[str, Any], rules: GateRules, *, baseline: Mapping[str, Any] | None = None,
-                  current_name: str = "current", baseline_name: str = "baseline") -> dict[str, Any]:
+def evaluate_gate(
+    current: Mapping[str, Any],
+    rules: GateRules,
+    *,
+    baseline: Mapping[str, Any] | None = None,
+    current_name: str = "current",
+    baseline_name: str = "baseline",
+) -> dict[str, Any]:
     """Every rule's verdicts and the overall status and exit code; InputError for unusable rules or audits."""
     if rules.is_empty:
         raise InputError(_no_rule())
     if baseline is None and rules.comparing:
         needs = rules.comparing
-        raise InputError(f"{' and '.join(needs)} {'compares' if len(needs) == 1 else 'compare'} against a stored audit; "
-                         "give it with --baseline BASE.json.")
+        raise InputError(
+            f"{' and '.join(needs)} {'compares' if len(needs) == 1 else 'compare'} against a stored audit; "
+            "give it with --baseline BASE.json."
+        )
     _check_targets(rules, current, baseline)
     verdicts: list[RuleVerdict] = []
     comparison = None
@@ -85,18 +105,31 @@ def evaluate_gate(current: Mapping[str, Any], rules: GateRules, *, baseline: Map
                 comparison = compare_audits(baseline, current)
             except InputError as exc:
                 raise InputError(f"{baseline_name} vs {current_name}: {exc}") from exc
-        verdicts += rule.evaluate(current, comparison if rule.needs_baseline else None, baseline if rule.needs_baseline else None,
-                                  limits, rules.significant, **{setting: getattr(rules, setting) for setting in rule.settings})
+        verdicts += rule.evaluate(
+            current,
+            comparison if rule.needs_baseline else None,
+            baseline if rule.needs_baseline else None,
+            limits,
+            rules.significant,
+            **{setting: getattr(rules, setting) for setting in rule.settings},
+        )
     statuses = {v.status for v in verdicts}
     overall = "ERROR" if "ERROR" in statuses else "FAIL" if "FAIL" in statuses else "WARN" if "WARN" in statuses else "PASS"
     exit_code = {"ERROR": 2, "FAIL": 1}.get(overall, 0)
     reads_jsd = any(rule.given(getattr(rules, name, None)) for name, rule in RULES.items() if "jsd" in rule.settings)
-    return {"schema": "biasaudit.gate", "schema_version": 1, "status": overall, "exit_code": exit_code,
-            "current": current_name, "baseline": baseline_name if baseline is not None else None,
-            "paired": comparison["paired"] if comparison else None,
-            "unpaired_reason": comparison["unpaired_reason"] if comparison else None,
-            "significant": rules.significant,
-            "significant_means": "a change past its limit fails only when its whole paired 95% interval lies beyond the limit"
-            if rules.significant else None,
-            "jsd_statistic": rules.jsd if reads_jsd else None,
-            "rules": [v.to_dict() for v in verdicts]}
+    return {
+        "schema": "biasaudit.gate",
+        "schema_version": 1,
+        "status": overall,
+        "exit_code": exit_code,
+        "current": current_name,
+        "baseline": baseline_name if baseline is not None else None,
+        "paired": comparison["paired"] if comparison else None,
+        "unpaired_reason": comparison["unpaired_reason"] if comparison else None,
+        "significant": rules.significant,
+        "significant_means": "a change past its limit fails only when its whole paired 95% interval lies beyond the limit"
+        if rules.significant
+        else None,
+        "jsd_statistic": rules.jsd if reads_jsd else None,
+        "rules": [v.to_dict() for v in verdicts],
+    }

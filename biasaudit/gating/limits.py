@@ -69,8 +69,9 @@ class LimitOption:
         key = self.plain if key is None else key
         allowed = self.allowed()
         if allowed is not None and key not in allowed and key != ALL:
-            raise InputError(f"{label} {item!r} names no impairment group {key!r}; expected {self.form}. "
-                             f"Available: {', '.join(allowed)}.")
+            raise InputError(
+                f"{label} {item!r} names no impairment group {key!r}; expected {self.form}. Available: {', '.join(allowed)}."
+            )
         if not self.low <= number <= self.high or math.isinf(number):
             raise InputError(f"{label} {item!r}: {number:g} is not {self.range_words}.")
         return key, number
@@ -88,8 +89,10 @@ class DropLimit:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
             raise InputError(f"{label} is {value!r}; expected a number.")
         if value is not None and (value < 0 or value == float("inf")):
-            raise InputError(f"{label} is {value!r}; expected a finite drop >= 0 (a negative limit fails identical audits, "
-                             "an infinite one never fails).")
+            raise InputError(
+                f"{label} is {value!r}; expected a finite drop >= 0 (a negative limit fails identical audits, "
+                "an infinite one never fails)."
+            )
         return value
 
 

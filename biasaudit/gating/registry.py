@@ -44,11 +44,14 @@ class Rule:
     def __post_init__(self) -> None:
         # A contributor's mistake in an entry shows at import, not as a rule that silently never runs.
         if not self.name.isidentifier() or self.kind not in KINDS or not callable(self.evaluate):
-            raise ValueError(f"Gate rule {self.name!r}: name must be an identifier, kind one of {', '.join(KINDS)}, "
-                             "evaluate a function.")
+            raise ValueError(
+                f"Gate rule {self.name!r}: name must be an identifier, kind one of {', '.join(KINDS)}, evaluate a function."
+            )
         if (self.key is None) != isinstance(self.limits, DropLimit) or (self.key is not None and self.key not in KEYS):
-            raise ValueError(f"Gate rule {self.name!r}: a table limit (LimitOption) needs key, one of {', '.join(KEYS)}; "
-                             "a single number (DropLimit) takes none.")
+            raise ValueError(
+                f"Gate rule {self.name!r}: a table limit (LimitOption) needs key, one of {', '.join(KEYS)}; "
+                "a single number (DropLimit) takes none."
+            )
 
     @property
     def target(self) -> str | None:
@@ -77,28 +80,75 @@ class Rule:
 
 _GAP: dict[str, Any] = dict(form="POINTS or GROUP=POINTS", plain=ALL, keys=gap_groups)
 
-RULES: dict[str, Rule] = {rule.name: rule for rule in (
-    Rule("max_gap", "reliance", False, "FAIL when a Gap of the current audit exceeds the limit (plain: every group it has, "
-         "missing and noisy).", LimitOption(example="30 or missing=30", low=0.0, range_words="a gap in points >= 0", **_GAP),
-         reliance.max_gap, key="group"),
-    Rule("min_accuracy", "reliance", False, "FAIL when that condition's accuracy in the current audit is lower.",
-         LimitOption("CONDITION=PERCENT", "full=90 or missing:image=40", None, **PERCENT), reliance.min_accuracy,
-         key="condition"),
-    Rule("min_worst_group", "bias", False, "FAIL when that condition's worst-group accuracy in the current audit is lower "
-         "(ERROR when it cannot see the bias).", LimitOption("CONDITION=PERCENT", "full=60 or missing:image=20", None, **PERCENT),
-         bias.min_worst_group, key="condition"),
-    Rule("max_worst_group_drop", "bias", True, "FAIL when the worst-group accuracy (plain: of full) fell by more than this many "
-         "points against the baseline.", LimitOption("POINTS or CONDITION=POINTS", "2 or full=2", "full", **POINTS),
-         bias.max_worst_group_drop, key="condition"),
-    Rule("max_bias_follow_increase", "bias", True, "FAIL when the excess bias-follow rate rose by more than this many percentage "
-         "points against the baseline (plain: the baseline's carrier modality).",
-         LimitOption("POINTS or MODALITY=POINTS", "5 or text=5", ALL, **POINTS), bias.max_bias_follow_increase, key="modality"),
-    Rule("max_gap_increase", "reliance", True, "FAIL when a Gap grew by more than this many points against the baseline (plain: "
-         "every group): the Gap ratchet.", LimitOption(example="2 or missing=2", **_GAP, **POINTS), reliance.max_gap_increase,
-         key="group"),
-    Rule("max_jsd_drop", "bias", True, "FAIL when the JSD (see --jsd) fell by more than this against the baseline (its mistakes "
-         "copy the bias more).", DropLimit(), bias.max_jsd_drop, settings=("jsd",)),
-)}
+RULES: dict[str, Rule] = {
+    rule.name: rule
+    for rule in (
+        Rule(
+            "max_gap",
+            "reliance",
+            False,
+            "FAIL when a Gap of the current audit exceeds the limit (plain: every group it has, missing and noisy).",
+            LimitOption(example="30 or missing=30", low=0.0, range_words="a gap in points >= 0", **_GAP),
+            reliance.max_gap,
+            key="group",
+        ),
+        Rule(
+            "min_accuracy",
+            "reliance",
+            False,
+            "FAIL when that condition's accuracy in the current audit is lower.",
+            LimitOption("CONDITION=PERCENT", "full=90 or missing:image=40", None, **PERCENT),
+            reliance.min_accuracy,
+            key="condition",
+        ),
+        Rule(
+            "min_worst_group",
+            "bias",
+            False,
+            "FAIL when that condition's worst-group accuracy in the current audit is lower (ERROR when it cannot see the bias).",
+            LimitOption("CONDITION=PERCENT", "full=60 or missing:image=20", None, **PERCENT),
+            bias.min_worst_group,
+            key="condition",
+        ),
+        Rule(
+            "max_worst_group_drop",
+            "bias",
+            True,
+            "FAIL when the worst-group accuracy (plain: of full) fell by more than this many points against the baseline.",
+            LimitOption("POINTS or CONDITION=POINTS", "2 or full=2", "full", **POINTS),
+            bias.max_worst_group_drop,
+            key="condition",
+        ),
+        Rule(
+            "max_bias_follow_increase",
+            "bias",
+            True,
+            "FAIL when the excess bias-follow rate rose by more than this many percentage "
+            "points against the baseline (plain: the baseline's carrier modality).",
+            LimitOption("POINTS or MODALITY=POINTS", "5 or text=5", ALL, **POINTS),
+            bias.max_bias_follow_increase,
+            key="modality",
+        ),
+        Rule(
+            "max_gap_increase",
+            "reliance",
+            True,
+            "FAIL when a Gap grew by more than this many points against the baseline (plain: every group): the Gap ratchet.",
+            LimitOption(example="2 or missing=2", **_GAP, **POINTS),
+            reliance.max_gap_increase,
+            key="group",
+        ),
+        Rule(
+            "max_jsd_drop",
+            "bias",
+            True,
+            "FAIL when the JSD (see --jsd) fell by more than this against the baseline (its mistakes copy the bias more).",
+            DropLimit(),
+            bias.max_jsd_drop,
+            settings=("jsd",),
+        ),
+    )
+}
 
 BASELINE_RULES = tuple(name for name, rule in RULES.items() if rule.needs_baseline)
 # The table limits by rule, as biasaudit.cli.config_file merges a command-line key into a file's table.
@@ -150,8 +200,9 @@ class GateRules:
     @property
     def comparing(self) -> list[str]:
         """The rules given that compare against a baseline audit, as their labels name them."""
-        return [self._label(name) for name, rule in RULES.items()
-                if rule.needs_baseline and rule.given(getattr(self, name, None))]
+        return [
+            self._label(name) for name, rule in RULES.items() if rule.needs_baseline and rule.given(getattr(self, name, None))
+        ]
 
     @property
     def is_empty(self) -> bool:

@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 try:
     from transformers import Trainer, TrainerCallback
 except ImportError:  # one sentence, naming the extra
-    raise ImportError('biasaudit.integrations.hf needs transformers, which is not installed; '
-                      'pip install "biasaudit[hf]".') from None
+    raise ImportError(
+        'biasaudit.integrations.hf needs transformers, which is not installed; pip install "biasaudit[hf]".'
+    ) from None
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,8 +63,9 @@ class BiasFixCallback(TrainerCallback):
     gradients at the epochs the method is due. logits_key, labels_key: the model output field holding the unimodal
     logits, and the model input holding the labels."""
 
-    def __init__(self, method: Any, *, features: Features | None = None, logits_key: str = "unimodal_logits",
-                 labels_key: str = "labels") -> None:
+    def __init__(
+        self, method: Any, *, features: Features | None = None, logits_key: str = "unimodal_logits", labels_key: str = "labels"
+    ) -> None:
         self._after, self._epoch_end = entry_points(method, features, where="BiasFixCallback")
         self.method = method
         self.features = features
@@ -80,12 +83,16 @@ class BiasFixCallback(TrainerCallback):
             return
         unimodal = _field(outputs, self.logits_key)
         if unimodal is None:
-            raise InputError(f"The model {type(module).__name__} returned no {self.logits_key!r}, which "
-                             f"{type(self.method).__name__} needs; {HOW}.")
+            raise InputError(
+                f"The model {type(module).__name__} returned no {self.logits_key!r}, which "
+                f"{type(self.method).__name__} needs; {HOW}."
+            )
         labels = kwargs.get(self.labels_key)
         if labels is None:
-            raise InputError(f"The model {type(module).__name__} was called without {self.labels_key!r}, which "
-                             f"{type(self.method).__name__} needs; give the batches a {self.labels_key!r} column.")
+            raise InputError(
+                f"The model {type(module).__name__} was called without {self.labels_key!r}, which "
+                f"{type(self.method).__name__} needs; give the batches a {self.labels_key!r} column."
+            )
         self._pending.add(unimodal, labels, where=f"the model's {self.logits_key!r} output", how=HOW)
 
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
@@ -125,8 +132,10 @@ class BiasFixCallback(TrainerCallback):
         """Restore the method's state from a checkpoint folder the Trainer saved with this callback."""
         path = os.path.join(folder, self.filename)
         if not os.path.isfile(path):
-            raise InputError(f"The checkpoint folder {os.fspath(folder)!r} holds no {self.filename}; expected a folder "
-                             "saved by a Trainer with this BiasFixCallback.")
+            raise InputError(
+                f"The checkpoint folder {os.fspath(folder)!r} holds no {self.filename}; expected a folder "
+                "saved by a Trainer with this BiasFixCallback."
+            )
         self.method.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
@@ -141,14 +150,15 @@ class BiasFixTrainer(Trainer):
     (and kept by remove_unused_columns). An evaluation batch without it gets the plain mean cross-entropy.
     features: as for BiasFixCallback (DandR). The other arguments are the Trainer's."""
 
-    def __init__(self, *args: Any, method: Any, column: str = "groups", features: Features | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, method: Any, column: str = "groups", features: Features | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         loss = getattr(method, "loss", None)
         self._method_loss = callable(loss) and next(iter(inspect.signature(loss).parameters), None) == "per_sample_losses"
         if callable(loss) and not self._method_loss:
-            raise InputError(f"The 'method' parameter of BiasFixTrainer is a {type(method).__name__}, whose loss does not "
-                             "take per-sample losses; override compute_loss and call its loss there (see the README).")
+            raise InputError(
+                f"The 'method' parameter of BiasFixTrainer is a {type(method).__name__}, whose loss does not "
+                "take per-sample losses; override compute_loss and call its loss there (see the README)."
+            )
         self.method, self.column = method, column
         self.add_callback(BiasFixCallback(method, features=features))
         if self._method_loss:
@@ -160,8 +170,9 @@ class BiasFixTrainer(Trainer):
         if isinstance(columns, list) and self.column not in columns:
             columns.append(self.column)
 
-    def compute_loss(self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False,
-                     num_items_in_batch: Any = None) -> Any:
+    def compute_loss(
+        self, model: nn.Module, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
         if not self._method_loss:
             return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
         inputs = dict(inputs)
@@ -169,13 +180,17 @@ class BiasFixTrainer(Trainer):
         labels = inputs.get("labels")
         if labels is None or (values is None and torch.is_grad_enabled()):
             missing = "labels" if labels is None else self.column
-            raise InputError(f"A training batch of BiasFixTrainer has no {missing!r} column, which "
-                             f"{type(self.method).__name__}.loss needs; add it to the dataset.")
+            raise InputError(
+                f"A training batch of BiasFixTrainer has no {missing!r} column, which "
+                f"{type(self.method).__name__}.loss needs; add it to the dataset."
+            )
         outputs = model(**inputs)
         logits = _field(outputs, "logits")
         if logits is None:
-            raise InputError(f"The model {type(model).__name__} returned no 'logits'; expected a ModelOutput or dict "
-                             "with the fused logits [batch, classes] under 'logits'.")
+            raise InputError(
+                f"The model {type(model).__name__} returned no 'logits'; expected a ModelOutput or dict "
+                "with the fused logits [batch, classes] under 'logits'."
+            )
         per_sample = F.cross_entropy(logits, labels, reduction="none")
         loss = self.method.loss(per_sample, values) if values is not None else per_sample.mean()
         return (loss, outputs) if return_outputs else loss

@@ -35,13 +35,15 @@ the hooks with its own logits, and the method sums its statistics across the pro
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 try:
     import lightning.pytorch as pl
 except ImportError:  # one sentence, naming the extra
-    raise ImportError('biasaudit.integrations.lightning needs Lightning, which is not installed; '
-                      'pip install "biasaudit[lightning]".') from None
+    raise ImportError(
+        'biasaudit.integrations.lightning needs Lightning, which is not installed; pip install "biasaudit[lightning]".'
+    ) from None
 from torch import Tensor
 
 from biasaudit.errors import InputError
@@ -103,8 +105,10 @@ class BiasFixCallback(pl.Callback):
             return
         outputs = getattr(pl_module, OUTPUTS, None)
         if not isinstance(outputs, Mapping) or "unimodal_logits" not in outputs or "labels" not in outputs:
-            raise InputError(f"The LightningModule {type(pl_module).__name__} set no unimodal logits for this step, which "
-                             f"{type(self.method).__name__} needs; {HOW}.")
+            raise InputError(
+                f"The LightningModule {type(pl_module).__name__} set no unimodal logits for this step, which "
+                f"{type(self.method).__name__} needs; {HOW}."
+            )
         self._pending.add(outputs["unimodal_logits"], outputs["labels"], where=f"self.{OUTPUTS}", how=HOW)
         setattr(pl_module, OUTPUTS, None)  # a step that forgets to set it is caught, and the tensors are let go
 

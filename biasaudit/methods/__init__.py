@@ -25,5 +25,22 @@ from biasaudit.methods.mmdb import MMDB, MarginTable, margin_table
 from biasaudit.methods.mmpareto import MMPareto
 from biasaudit.methods.ogm_ge import OGMGE
 
-__all__ = ["DFR", "JTT", "MMDB", "OGMGE", "BalGrad", "BalGradStep", "DFRResult", "DandR", "GroupDRO", "MMPareto", "MarginTable",
-           "UnimodalHeads", "branch_widths", "classifier_inputs", "group_ids", "holdout_indices", "margin_table"]
+__all__ = [
+    "DFR",
+    "JTT",
+    "MMDB",
+    "OGMGE",
+    "BalGrad",
+    "BalGradStep",
+    "DFRResult",
+    "DandR",
+    "GroupDRO",
+    "MMPareto",
+    "MarginTable",
+    "UnimodalHeads",
+    "branch_widths",
+    "classifier_inputs",
+    "group_ids",
+    "holdout_indices",
+    "margin_table",
+]

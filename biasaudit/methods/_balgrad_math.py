@@ -48,8 +48,9 @@ def project_conflict(g_task: Tensor, g_kl: Tensor) -> tuple[Tensor, float, float
     rounding of its own dtype.
     """
     if g_task.dim() != 1 or g_task.shape != g_kl.shape:
-        raise InputError(f"project_conflict needs two flat vectors of equal length, got shapes "
-                         f"{tuple(g_task.shape)} and {tuple(g_kl.shape)}.")
+        raise InputError(
+            f"project_conflict needs two flat vectors of equal length, got shapes {tuple(g_task.shape)} and {tuple(g_kl.shape)}."
+        )
     task64, kl64 = g_task.double(), g_kl.double()
     # The figures each read once, the ones of one moment in one synchronisation.
     inner, task_norm, kl_norm = torch.stack([torch.dot(task64, kl64), task64.norm(), kl64.norm()]).tolist()
@@ -70,8 +71,9 @@ def kl_weights(loss_v: float, loss_l: float) -> tuple[float, float]:
     """
     for name, value in (("loss_v", loss_v), ("loss_l", loss_l)):
         if not (math.isfinite(value) and value >= 0):
-            raise InputError(f"kl_weights got {name}={value!r}; expected a finite loss >= 0 "
-                             f"(a diverged training step or a wrong loss).")
+            raise InputError(
+                f"kl_weights got {name}={value!r}; expected a finite loss >= 0 (a diverged training step or a wrong loss)."
+            )
     total = loss_v + loss_l
     if total == 0:
         return 0.5, 0.5
@@ -181,32 +183,48 @@ class BalGradStep:
         return out
 
 
-def balgrad_step(task_loss: Tensor, unimodal_losses: Mapping[str, Tensor], kl_terms: Mapping[str, Tensor], *,
-                 task_params: Sequence[nn.Parameter], branch_params: Mapping[str, Sequence[nn.Parameter]],
-                 lam: float, beta: float = 1.0, projection: str = "global",
-                 weights: tuple[float, float] | None = None) -> BalGradStep:
+def balgrad_step(
+    task_loss: Tensor,
+    unimodal_losses: Mapping[str, Tensor],
+    kl_terms: Mapping[str, Tensor],
+    *,
+    task_params: Sequence[nn.Parameter],
+    branch_params: Mapping[str, Sequence[nn.Parameter]],
+    lam: float,
+    beta: float = 1.0,
+    projection: str = "global",
+    weights: tuple[float, float] | None = None,
+) -> BalGradStep:
     """Write BalGrad's gradients into `.grad` (replacing what is there); the caller then steps.
 
     The three mappings are keyed by the same two modality names, v = first, l = second. (w_v, w_l) is
     `kl_weights` of this batch's detached L_v, L_l unless `weights` gives it (the running-average switch
     passes `kl_weights` of `RunningLosses`). See the module docstring for the formula.
     """
-    check_step(unimodal_losses, kl_terms, task_params=task_params, branch_params=branch_params, lam=lam, beta=beta,
-               projection=projection)
-    params, raw = raw_gradients(task_loss, unimodal_losses, kl_terms, task_params=task_params,
-                                branch_params=branch_params)
+    check_step(
+        unimodal_losses, kl_terms, task_params=task_params, branch_params=branch_params, lam=lam, beta=beta, projection=projection
+    )
+    params, raw = raw_gradients(task_loss, unimodal_losses, kl_terms, task_params=task_params, branch_params=branch_params)
     name_v, name_l = branch_params  # two names: check_step has refused any other count
     losses = (float(task_loss.detach()), float(unimodal_losses[name_v].detach()), float(unimodal_losses[name_l].detach()))
-    final, step = combine(raw, losses, task_size=sum(p.numel() for p in task_params), lam=lam, beta=beta,
-                          projection=projection, weights=weights)
+    final, step = combine(
+        raw, losses, task_size=sum(p.numel() for p in task_params), lam=lam, beta=beta, projection=projection, weights=weights
+    )
     for p, piece in zip(params, _parameter_slices(params), strict=True):
         p.grad = final[piece].view_as(p).clone()
     return step
 
 
-def check_step(unimodal_losses: Mapping[str, Tensor], kl_terms: Mapping[str, Tensor], *,
-               task_params: Sequence[nn.Parameter], branch_params: Mapping[str, Sequence[nn.Parameter]],
-               lam: float, beta: float, projection: str) -> None:
+def check_step(
+    unimodal_losses: Mapping[str, Tensor],
+    kl_terms: Mapping[str, Tensor],
+    *,
+    task_params: Sequence[nn.Parameter],
+    branch_params: Mapping[str, Sequence[nn.Parameter]],
+    lam: float,
+    beta: float,
+    projection: str,
+) -> None:
     """balgrad_step's arguments, refused with one sentence before any gradient is computed."""
     name_v, name_l = _two_names(branch_params, what="balgrad_step")
     for mapping, what in ((unimodal_losses, "unimodal_losses"), (kl_terms, "kl_terms")):
@@ -221,9 +239,15 @@ def check_step(unimodal_losses: Mapping[str, Tensor], kl_terms: Mapping[str, Ten
     _check_parameters(list(task_params) + groups[0] + groups[1], groups)
 
 
-def raw_gradients(task_loss: Tensor, unimodal_losses: Mapping[str, Tensor], kl_terms: Mapping[str, Tensor], *,
-                  task_params: Sequence[Tensor], branch_params: Mapping[str, Sequence[Tensor]],
-                  joint: bool = False) -> tuple[list[Tensor], list[Tensor]]:
+def raw_gradients(
+    task_loss: Tensor,
+    unimodal_losses: Mapping[str, Tensor],
+    kl_terms: Mapping[str, Tensor],
+    *,
+    task_params: Sequence[Tensor],
+    branch_params: Mapping[str, Sequence[Tensor]],
+    joint: bool = False,
+) -> tuple[list[Tensor], list[Tensor]]:
     """(θ_T + θ_v + θ_l in that order, [g_T, ∇_{θ_v} KL_v, ∇_{θ_l} KL_l, ∇_{θ_v} L_v, ∇_{θ_l} L_l] as flat vectors):
     the five autograd passes of a step, before any weight, λ or projection.
 
@@ -239,9 +263,13 @@ def raw_gradients(task_loss: Tensor, unimodal_losses: Mapping[str, Tensor], kl_t
         kl_v, kl_l = _joint_grads(kl_terms[name_v], kl_terms[name_l], groups)
         uni_v, uni_l = _joint_grads(unimodal_losses[name_v], unimodal_losses[name_l], groups)
         return params, [g_task, _flat(kl_v), _flat(kl_l), _flat(uni_v), _flat(uni_l)]
-    return params, [g_task,
-                    _flat(_grads(kl_terms[name_v], groups[0])), _flat(_grads(kl_terms[name_l], groups[1])),
-                    _flat(_grads(unimodal_losses[name_v], groups[0])), _flat(_grads(unimodal_losses[name_l], groups[1]))]
+    return params, [
+        g_task,
+        _flat(_grads(kl_terms[name_v], groups[0])),
+        _flat(_grads(kl_terms[name_l], groups[1])),
+        _flat(_grads(unimodal_losses[name_v], groups[0])),
+        _flat(_grads(unimodal_losses[name_l], groups[1])),
+    ]
 
 
 def _joint_grads(output_v: Tensor, output_l: Tensor, groups: list[list[Tensor]]) -> list[list[Tensor]]:
@@ -253,11 +281,19 @@ def _joint_grads(output_v: Tensor, output_l: Tensor, groups: list[list[Tensor]])
     params = groups[0] + groups[1]
     found = torch.autograd.grad(outputs, params, retain_graph=True, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, found, strict=True)]
-    return [grads[:len(groups[0])], grads[len(groups[0]):]]
+    return [grads[: len(groups[0])], grads[len(groups[0]) :]]
 
 
-def combine(raw: Sequence[Tensor], losses: tuple[float, float, float], *, task_size: int, lam: float, beta: float,
-            projection: str, weights: tuple[float, float] | None) -> tuple[Tensor, BalGradStep]:
+def combine(
+    raw: Sequence[Tensor],
+    losses: tuple[float, float, float],
+    *,
+    task_size: int,
+    lam: float,
+    beta: float,
+    projection: str,
+    weights: tuple[float, float] | None,
+) -> tuple[Tensor, BalGradStep]:
     """(the final flat gradient over θ_T + θ_v + θ_l, the step's log) from `raw_gradients` and (L_T, L_v, L_l)."""
     g_task, kl_v, kl_l, uni_v, uni_l = raw
     loss_task, loss_v, loss_l = losses
@@ -282,9 +318,17 @@ def combine(raw: Sequence[Tensor], losses: tuple[float, float, float], *, task_s
         cos_before, cos_after = _cosine(g_task.double(), g_kl.double()), _cosine(projected.double(), g_kl.double())
 
     final = projected + g_kl + unimodal
-    return final, BalGradStep(loss_task=loss_task, loss_v=loss_v, loss_l=loss_l, weight_v=weights[0],
-                              weight_l=weights[1], lam=float(lam), cos_before=cos_before, cos_after=cos_after,
-                              conflicted=conflicted)
+    return final, BalGradStep(
+        loss_task=loss_task,
+        loss_v=loss_v,
+        loss_l=loss_l,
+        weight_v=weights[0],
+        weight_l=weights[1],
+        lam=float(lam),
+        cos_before=cos_before,
+        cos_after=cos_after,
+        conflicted=conflicted,
+    )
 
 
 def _kl(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -316,12 +360,15 @@ def _check_parameters(params: list[nn.Parameter], groups: list[list[nn.Parameter
     if not all(groups):
         raise InputError("balgrad_step: a modality in branch_params has no parameters; each needs its own θ_m.")
     if len({id(p) for p in params}) != len(params):
-        raise InputError("balgrad_step: a parameter appears twice in task_params/branch_params; "
-                         "θ_T, θ_v and θ_l must be disjoint.")
+        raise InputError(
+            "balgrad_step: a parameter appears twice in task_params/branch_params; θ_T, θ_v and θ_l must be disjoint."
+        )
     frozen = [tuple(p.shape) for p in params if not p.requires_grad]
     if frozen:
-        raise InputError(f"balgrad_step got frozen parameters (requires_grad=False) of shapes {frozen}; "
-                         f"pass trainable ones only (split_parameters does).")
+        raise InputError(
+            f"balgrad_step got frozen parameters (requires_grad=False) of shapes {frozen}; "
+            f"pass trainable ones only (split_parameters does)."
+        )
 
 
 def _grads(output: Tensor, params: list[Tensor]) -> list[Tensor]:

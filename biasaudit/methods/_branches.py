@@ -22,8 +22,10 @@ from biasaudit.errors import InputError
 def branches_rule(branches: Mapping[str, nn.Module], *, least: int = 2) -> str | None:
     """The value rule of a `branches` argument: at least `least` named modules, none sharing a trainable parameter."""
     if len(branches) < least:
-        return (f"at least {'two branches' if least == 2 else 'one branch'}, one module per modality "
-                "(e.g. {'image': model.vision, 'text': model.text})")
+        return (
+            f"at least {'two branches' if least == 2 else 'one branch'}, one module per modality "
+            "(e.g. {'image': model.vision, 'text': model.text})"
+        )
     if not all(name.strip() for name in branches):
         return "a non-empty name for every branch"
     return _sharing_rule(_trainable(branches))
@@ -53,8 +55,10 @@ def _sharing_rule(trainable: Mapping[str, list[nn.Parameter]]) -> str | None:
             return f"trainable parameters in every branch, but {name!r} has none (requires_grad is False everywhere)"
         for parameter in parameters:
             if id(parameter) in owner:
-                return (f"branches that share no parameter, but {owner[id(parameter)]!r} and {name!r} share one "
-                        f"(a shared layer belongs to the head, not to a branch)")
+                return (
+                    f"branches that share no parameter, but {owner[id(parameter)]!r} and {name!r} share one "
+                    f"(a shared layer belongs to the head, not to a branch)"
+                )
             owner[id(parameter)] = name
     return None
 
@@ -88,23 +92,29 @@ class BranchParameters:
 def _same(current: Mapping[str, Sequence[Tensor]], passed: Mapping[str, Sequence[Tensor]] | None) -> bool:
     return passed is not None and all(
         len(tensors) == len(passed[name]) and all(a is b for a, b in zip(tensors, passed[name], strict=True))
-        for name, tensors in current.items())
+        for name, tensors in current.items()
+    )
 
 
 def keys_rule(branches: Mapping[str, Any]) -> ValueRule:
     """A value rule: a mapping keyed exactly by the branch names."""
+
     def rule(value: Mapping[str, Any]) -> str | None:
         if set(value) == set(branches):
             return None
         return "one entry per branch, keyed " + ", ".join(repr(name) for name in branches)
+
     return rule
 
 
 def check_per_branch(value: Any, branches: Mapping[str, Any], *, parameter: str, where: str) -> None:
     """A mapping of one tensor per branch (the unimodal logits or losses of a step), checked at every call: the full
     check (annotation and keys_rule, with their sentence) runs only when the quick test of the usual case fails."""
-    if not (isinstance(value, Mapping) and len(value) == len(branches) and all(
-            name in value and isinstance(value[name], Tensor) for name in branches)):
+    if not (
+        isinstance(value, Mapping)
+        and len(value) == len(branches)
+        and all(name in value and isinstance(value[name], Tensor) for name in branches)
+    ):
         check_argument(value, Mapping[str, Tensor], parameter=parameter, where=where, rule=keys_rule(branches))
 
 

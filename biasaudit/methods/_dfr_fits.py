@@ -16,7 +16,7 @@ def tuning_halves(group_of: np.ndarray, rng: np.random.Generator) -> tuple[np.nd
     for group in range(int(group_of.max()) + 1):
         rows = rng.permutation(np.flatnonzero(group_of == group))
         fit.append(rows[: len(rows) // 2])
-        evaluate.append(rows[len(rows) // 2:])
+        evaluate.append(rows[len(rows) // 2 :])
     return np.sort(np.concatenate(fit)), np.sort(np.concatenate(evaluate))
 
 
@@ -28,12 +28,14 @@ def subset_rows(group_of: np.ndarray, subsets: int, rng: np.random.Generator) ->
     if (sizes == per_group).all():
         return [np.arange(len(group_of))]
     members = [np.flatnonzero(group_of == group) for group in range(len(sizes))]
-    return [np.sort(np.concatenate([rng.choice(rows, size=per_group, replace=False) for rows in members]))
-            for _ in range(subsets)]
+    return [
+        np.sort(np.concatenate([rng.choice(rows, size=per_group, replace=False) for rows in members])) for _ in range(subsets)
+    ]
 
 
-def average_fits(x: np.ndarray, y: np.ndarray, draws: list[np.ndarray], classes: int, *,
-                 model: LogisticRegression) -> tuple[np.ndarray, np.ndarray]:
+def average_fits(
+    x: np.ndarray, y: np.ndarray, draws: list[np.ndarray], classes: int, *, model: LogisticRegression
+) -> tuple[np.ndarray, np.ndarray]:
     """Mean weights [K, D] and intercepts [K] over fits of `model` (warm_start=True) on each row set of `draws`: each
     fit starts from the previous solution (a fresh model's first fit from zero, as scikit-learn's own)."""
     weights, biases = [], []

@@ -60,9 +60,9 @@ def average(groups: list[list[Tensor]]) -> list[list[Tensor]]:
     buffer /= world_size()
     out, start, result = [], 0, []
     for t in tensors:
-        out.append(buffer[start:start + t.numel()].view(t.shape).to(device=t.device, dtype=t.dtype))
+        out.append(buffer[start : start + t.numel()].view(t.shape).to(device=t.device, dtype=t.dtype))
         start += t.numel()
     for group in groups:
-        result.append(out[:len(group)])
-        out = out[len(group):]
+        result.append(out[: len(group)])
+        out = out[len(group) :]
     return result

@@ -80,20 +80,28 @@ def _integer_codes(values: np.ndarray, *, name: str, upper: int) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def bias_margins(labels: np.ndarray, bias: np.ndarray, *, num_classes: int, num_bias: int,
-                 eps: float = DEFAULT_EPS, min_count: int = 0, entropy_gate: float | None = None) -> MarginTable:
+def bias_margins(
+    labels: np.ndarray,
+    bias: np.ndarray,
+    *,
+    num_classes: int,
+    num_bias: int,
+    eps: float = DEFAULT_EPS,
+    min_count: int = 0,
+    entropy_gate: float | None = None,
+) -> MarginTable:
     """The margin table m_i^k from the training split's labels and bias values (module docstring)."""
     if num_classes < 2 or num_bias < 1:
-        raise InputError(f"num_classes={num_classes}, num_bias={num_bias}: "
-                         "expected at least 2 classes and 1 bias value.")
+        raise InputError(f"num_classes={num_classes}, num_bias={num_bias}: expected at least 2 classes and 1 bias value.")
     if not eps > 0 or min_count < 0 or (entropy_gate is not None and not entropy_gate > 0):
-        raise InputError(f"eps={eps}, min_count={min_count}, entropy_gate={entropy_gate}: expected eps > 0, "
-                         "min_count >= 0 and entropy_gate > 0 or None.")
+        raise InputError(
+            f"eps={eps}, min_count={min_count}, entropy_gate={entropy_gate}: expected eps > 0, "
+            "min_count >= 0 and entropy_gate > 0 or None."
+        )
     labels = _integer_codes(labels, name="training labels", upper=num_classes)
     bias = _integer_codes(bias, name="training bias values", upper=num_bias)
     if labels.size == 0 or labels.shape != bias.shape:
-        raise DataError("Need as many training labels as bias values, at least one: "
-                        f"got {labels.size} and {bias.size}.")
+        raise DataError(f"Need as many training labels as bias values, at least one: got {labels.size} and {bias.size}.")
     counts = np.zeros((num_bias, num_classes), dtype=np.int64)
     np.add.at(counts, (bias, labels), 1)
     kept = np.where(counts >= min_count, counts, 0).astype(np.float64)
@@ -103,26 +111,35 @@ def bias_margins(labels: np.ndarray, bias: np.ndarray, *, num_classes: int, num_
     entropy_bits = np.array([entropy(row, base=2) if total > 0 else 0.0 for row, total in zip(kept, totals, strict=True)])
     gated = entropy_bits >= entropy_gate if entropy_gate is not None else np.zeros(num_bias, dtype=bool)
     margins = np.where(gated[:, None], 0.0, 1.0 - frequencies)
-    return MarginTable(margins=torch.tensor(margins, dtype=torch.float32), frequencies=frequencies,
-                       counts=counts, entropy_bits=entropy_bits, gated=gated, eps=float(eps),
-                       min_count=int(min_count), entropy_gate=None if entropy_gate is None else float(entropy_gate))
+    return MarginTable(
+        margins=torch.tensor(margins, dtype=torch.float32),
+        frequencies=frequencies,
+        counts=counts,
+        entropy_bits=entropy_bits,
+        gated=gated,
+        eps=float(eps),
+        min_count=int(min_count),
+        entropy_gate=None if entropy_gate is None else float(entropy_gate),
+    )
 
 
 def mmdb_logits(cosines: torch.Tensor, bias: torch.Tensor, margins: torch.Tensor, *, scale: float) -> torch.Tensor:
     """Training logits z_i = s·(cos θ_i − m_i^{k(x)}) for every class i; margins is MarginTable.margins."""
     shapes_ok = cosines.ndim == 2 and margins.ndim == 2 and bias.shape == cosines.shape[:1]
     if not shapes_ok or cosines.shape[1] != margins.shape[1]:
-        raise InputError(f"Expected cosines [B, C], bias [B] and margins [num_bias, C]; got {tuple(cosines.shape)}, "
-                         f"{tuple(bias.shape)} and {tuple(margins.shape)}.")
+        raise InputError(
+            f"Expected cosines [B, C], bias [B] and margins [num_bias, C]; got {tuple(cosines.shape)}, "
+            f"{tuple(bias.shape)} and {tuple(margins.shape)}."
+        )
     if bias.numel() and (int(bias.min()) < 0 or int(bias.max()) >= margins.shape[0]):
-        raise DataError(f"Bias values must lie in 0..{margins.shape[0] - 1}, "
-                        f"got {int(bias.min())} to {int(bias.max())}.")
+        raise DataError(f"Bias values must lie in 0..{margins.shape[0] - 1}, got {int(bias.min())} to {int(bias.max())}.")
     batch_margins = margins.to(device=cosines.device, dtype=cosines.dtype)[bias.long().to(cosines.device)]
     return scale * (cosines - batch_margins)
 
 
-def mmdb_loss(cosines: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor, margins: torch.Tensor, *,
-              scale: float) -> torch.Tensor:
+def mmdb_loss(
+    cosines: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor, margins: torch.Tensor, *, scale: float
+) -> torch.Tensor:
     """Mean softmax cross-entropy on mmdb_logits; targets are class indices [B] or soft targets float [B, C]."""
     logits = mmdb_logits(cosines, bias, margins, scale=scale)
     if targets.is_floating_point() and targets.shape != logits.shape:

@@ -23,8 +23,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from biasaudit._core.arguments import (at_least, check_argument, checked, checked_keywords, non_negative_finite, one_of,
-                                      positive_finite)
+from biasaudit._core.arguments import (
+    at_least,
+    check_argument,
+    checked,
+    checked_keywords,
+    non_negative_finite,
+    one_of,
+    positive_finite,
+)
 from biasaudit.errors import InputError
 from biasaudit.methods._balgrad_math import (
     KL_MODES,
@@ -51,8 +58,9 @@ __all__ = ["KL_MODES", "PROJECTIONS", "SCHEDULES", "WEIGHT_MODES", "BalGrad", "B
 def _two_branches(branches: Mapping[str, nn.Module]) -> str | None:
     problem = branches_rule(branches)
     if problem is None and len(branches) != 2:
-        return ("exactly two branches (BalGrad pairs one modality with the other), "
-                "e.g. {'image': model.vision, 'text': model.text}")
+        return (
+            "exactly two branches (BalGrad pairs one modality with the other), e.g. {'image': model.vision, 'text': model.text}"
+        )
     return problem
 
 
@@ -109,26 +117,53 @@ class BalGrad:
     own; give UnimodalHeads the bare module; every rank must call backward() at every step.
     """
 
-    @checked(WHERE, branches=_two_branches, lambda_initial=_unit, schedule=one_of(SCHEDULES), beta=non_negative_finite,
-             kl_mode=one_of(KL_MODES), projection=one_of(PROJECTIONS), weights=one_of(WEIGHT_MODES))
-    def __init__(self, branches: Mapping[str, nn.Module], *, lambda_initial: float = 0.1, schedule: str = "linear",
-                 beta: float = 1.0, kl_mode: str = "mutual", projection: str = "global", weights: str = "batch",
-                 model: nn.Module | None = None) -> None:
+    @checked(
+        WHERE,
+        branches=_two_branches,
+        lambda_initial=_unit,
+        schedule=one_of(SCHEDULES),
+        beta=non_negative_finite,
+        kl_mode=one_of(KL_MODES),
+        projection=one_of(PROJECTIONS),
+        weights=one_of(WEIGHT_MODES),
+    )
+    def __init__(
+        self,
+        branches: Mapping[str, nn.Module],
+        *,
+        lambda_initial: float = 0.1,
+        schedule: str = "linear",
+        beta: float = 1.0,
+        kl_mode: str = "mutual",
+        projection: str = "global",
+        weights: str = "batch",
+        model: nn.Module | None = None,
+    ) -> None:
         self.branches = dict(branches)
         self.lambda_initial, self.schedule, self.beta = float(lambda_initial), schedule, float(beta)
         self.kl_mode, self.projection, self.weights, self.model = kl_mode, projection, weights, model
         if model is not None:
             owned = {id(p) for p in model.parameters()}
             if not all(id(p) in owned for module in self.branches.values() for p in module.parameters()):
-                raise InputError(f"The 'branches' parameter of {WHERE} has a branch that is not part of 'model'; give the "
-                                 "model's own submodules, or leave 'model' out.")
+                raise InputError(
+                    f"The 'branches' parameter of {WHERE} has a branch that is not part of 'model'; give the "
+                    "model's own submodules, or leave 'model' out."
+                )
         self.running = RunningLosses(momentum=RUNNING_MOMENTUM)
         self.last: BalGradStep | None = None
         self._branch_parameters = BranchParameters(self.branches)
 
     @checked_keywords(f"{WHERE}.backward")  # at every training step: the arguments are checked by _check, cheaply
-    def backward(self, fused_loss: Tensor, unimodal_logits: Mapping[str, Tensor], labels: Tensor, *, step: int,
-                 total_steps: int, loss_scale: float = 1.0) -> BalGradStep:
+    def backward(
+        self,
+        fused_loss: Tensor,
+        unimodal_logits: Mapping[str, Tensor],
+        labels: Tensor,
+        *,
+        step: int,
+        total_steps: int,
+        loss_scale: float = 1.0,
+    ) -> BalGradStep:
         """Fill (add to) `.grad` of θ_T, θ_v, θ_l and of the other parameters the unimodal losses reach, as the module
         docstring says; returns the step's log. Everything is checked before any `.grad` changes."""
         where = f"{WHERE}.backward"
@@ -148,14 +183,20 @@ class BalGrad:
         flags = agree([*missing_f, *missing_u, size, -size], device=collective_device())
         for index, name in enumerate(self.branches):
             if flags[index]:
-                raise InputError(f"The 'fused_loss' parameter of {where} does not depend on branch {name!r}: its module "
-                                 f"took no part in the forward pass (on this process or another).")
+                raise InputError(
+                    f"The 'fused_loss' parameter of {where} does not depend on branch {name!r}: its module "
+                    f"took no part in the forward pass (on this process or another)."
+                )
             if flags[2 + index]:
-                raise InputError(f"The 'unimodal_logits' parameter of {where} has {name!r} logits that do not depend on "
-                                 f"branch {name!r}: compute them from that branch's output (on every process).")
+                raise InputError(
+                    f"The 'unimodal_logits' parameter of {where} has {name!r} logits that do not depend on "
+                    f"branch {name!r}: compute them from that branch's output (on every process)."
+                )
         if flags[4] != -flags[5]:
-            raise InputError(f"The 'fused_loss' parameter of {where} reaches different parameters on different processes; "
-                             "every rank must run the same forward graph.")
+            raise InputError(
+                f"The 'fused_loss' parameter of {where} reaches different parameters on different processes; "
+                "every rank must run the same forward graph."
+            )
 
         ordered = {m: unimodal_logits[m] for m in self.branches}
         unimodal = {m: F.cross_entropy(o, labels) for m, o in ordered.items()}
@@ -169,26 +210,35 @@ class BalGrad:
         # Parameters only a unimodal loss reaches (separate heads) learn that loss: ∇L_m, no KL, no β.
         known = branch_ids | set(fused_leaves) | {id(p) for p in task}
         others = {m: [leaf for key, leaf in unimodal_leaves[m].items() if key not in known] for m in self.branches}
-        other_grads = {m: list(torch.autograd.grad(unimodal[m], others[m], retain_graph=True)) if others[m] else []
-                       for m in self.branches}
+        other_grads = {
+            m: list(torch.autograd.grad(unimodal[m], others[m], retain_graph=True)) if others[m] else [] for m in self.branches
+        }
         # Three autograd passes instead of five when neither modality's logits reach the other's branch (exact).
         name_v, name_l = self.branches
-        crossed = (any(id(p) in unimodal_leaves[name_v] for p in params[name_l])
-                   or any(id(p) in unimodal_leaves[name_l] for p in params[name_v]))
+        crossed = any(id(p) in unimodal_leaves[name_v] for p in params[name_l]) or any(
+            id(p) in unimodal_leaves[name_l] for p in params[name_v]
+        )
         flat, raw = raw_gradients(fused_loss, unimodal, kl_terms, task_params=task, branch_params=params, joint=not crossed)
         if world_size() > 1:
             loss_tensor = torch.tensor(losses, dtype=torch.float64, device=raw[0].device)
             raw, heads_flat, (loss_tensor,) = average([raw, [g for m in self.branches for g in other_grads[m]], [loss_tensor]])
             losses = loss_tensor.tolist()
             for m in self.branches:
-                other_grads[m], heads_flat = heads_flat[:len(other_grads[m])], heads_flat[len(other_grads[m]):]
+                other_grads[m], heads_flat = heads_flat[: len(other_grads[m])], heads_flat[len(other_grads[m]) :]
         weights = kl_weights(*self.running.update(losses[1], losses[2])) if self.weights == "running" else None
         lam = LambdaSchedule(kind=self.schedule, initial=self.lambda_initial, total_steps=total_steps).at(step)
-        final, record = combine(raw, (losses[0], losses[1], losses[2]), task_size=sum(p.numel() for p in task), lam=lam,
-                                beta=self.beta, projection=self.projection, weights=weights)
+        final, record = combine(
+            raw,
+            (losses[0], losses[1], losses[2]),
+            task_size=sum(p.numel() for p in task),
+            lam=lam,
+            beta=self.beta,
+            projection=self.projection,
+            weights=weights,
+        )
         start = 0
         for parameter in flat:
-            _accumulate(parameter, final[start:start + parameter.numel()].view_as(parameter))
+            _accumulate(parameter, final[start : start + parameter.numel()].view_as(parameter))
             start += parameter.numel()
         for m in self.branches:
             for parameter, grad in zip(others[m], other_grads[m], strict=True):
@@ -196,8 +246,7 @@ class BalGrad:
         self.last = record
         return record
 
-    def _check(self, fused_loss: Any, unimodal_logits: Any, labels: Any, *, step: Any, total_steps: Any,
-               loss_scale: Any) -> None:
+    def _check(self, fused_loss: Any, unimodal_logits: Any, labels: Any, *, step: Any, total_steps: Any, loss_scale: Any) -> None:
         where = f"{WHERE}.backward"
         check_argument(fused_loss, Tensor, parameter="fused_loss", where=where, rule=_loss_rule)
         check_per_branch(unimodal_logits, self.branches, parameter="unimodal_logits", where=where)
@@ -212,9 +261,11 @@ class BalGrad:
             logits = unimodal_logits[name]
             widths.add(logits.shape[-1] if logits.dim() else None)
             if logits.dim() != 2 or logits.shape[0] != batch or logits.shape[1] <= high or low < 0 or len(widths) > 1:
-                raise InputError(f"The 'unimodal_logits' parameter of {where} has {name!r} logits of shape "
-                                 f"{tuple(logits.shape)}; expected [batch, classes] = [{batch}, C] like 'labels' (whose class "
-                                 f"indices run from {low} to {high}), the same C for every branch.")
+                raise InputError(
+                    f"The 'unimodal_logits' parameter of {where} has {name!r} logits of shape "
+                    f"{tuple(logits.shape)}; expected [batch, classes] = [{batch}, C] like 'labels' (whose class "
+                    f"indices run from {low} to {high}), the same C for every branch."
+                )
 
     @checked(f"{WHERE}.state_dict")
     def state_dict(self) -> dict[str, Any]:
@@ -226,8 +277,10 @@ class BalGrad:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         def rule(value: Mapping[str, Any]) -> str | None:
             running = value.get("running")
-            ok = value.get("weights") == self.weights and (running is None or (
-                len(running) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in running)))
+            ok = value.get("weights") == self.weights and (
+                running is None
+                or (len(running) == 2 and all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in running))
+            )
             return None if ok else f"a state of BalGrad.state_dict() with weights={self.weights!r}"
 
         check_argument(state, Mapping[str, Any], parameter="state", where=f"{WHERE}.load_state_dict", rule=rule)
@@ -242,8 +295,13 @@ def _loss_rule(loss: Tensor) -> str | None:
 
 
 def _labels_rule(labels: Tensor) -> str | None:
-    if labels.dim() == 1 and labels.shape[0] > 0 and not labels.is_floating_point() and not labels.is_complex() \
-            and labels.dtype != torch.bool:
+    if (
+        labels.dim() == 1
+        and labels.shape[0] > 0
+        and not labels.is_floating_point()
+        and not labels.is_complex()
+        and labels.dtype != torch.bool
+    ):
         return None
     return "a non-empty 1-D tensor of integer class indices [batch]"
 

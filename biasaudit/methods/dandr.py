@@ -43,15 +43,27 @@ def _rows(features: Any, labels: Any, *, where: str, names: tuple[str, str]) -> 
     """[N, D] float features and N integer labels as numpy arrays; one sentence naming the argument (`names`: how the
     features and the labels are called) otherwise."""
     if not isinstance(features, torch.Tensor) or features.dim() != 2 or not features.dtype.is_floating_point:
-        got = (f"a {features.dtype} tensor of shape {tuple(features.shape)}" if isinstance(features, torch.Tensor)
-               else type(features).__name__)
+        got = (
+            f"a {features.dtype} tensor of shape {tuple(features.shape)}"
+            if isinstance(features, torch.Tensor)
+            else type(features).__name__
+        )
         raise InputError(f"The {names[0]} of {where} is {got}; expected a 2-D float tensor [samples, feature size].")
-    if (not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool
-            or labels.numel() != features.shape[0]):
-        got = (f"a {labels.dtype} tensor of shape {tuple(labels.shape)}" if isinstance(labels, torch.Tensor)
-               else type(labels).__name__)
-        raise InputError(f"The {names[1]} of {where} is {got}; expected {features.shape[0]} integer labels, one per row of "
-                         f"the {names[0]}.")
+    if (
+        not isinstance(labels, torch.Tensor)
+        or labels.dim() != 1
+        or labels.dtype.is_floating_point
+        or labels.dtype == torch.bool
+        or labels.numel() != features.shape[0]
+    ):
+        got = (
+            f"a {labels.dtype} tensor of shape {tuple(labels.shape)}"
+            if isinstance(labels, torch.Tensor)
+            else type(labels).__name__
+        )
+        raise InputError(
+            f"The {names[1]} of {where} is {got}; expected {features.shape[0]} integer labels, one per row of the {names[0]}."
+        )
     label_array = labels.detach().cpu().long().numpy()
     if label_array.size and label_array.min() < 0:
         raise InputError(f"The {names[1]} of {where} holds {int(label_array.min())}; expected labels of at least 0.")
@@ -80,8 +92,10 @@ def purity(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int, se
     where = "biasaudit.methods.dandr.purity"
     rows, label_array = _rows(features, labels, where=where, names=("'features' parameter", "'labels' parameter"))
     if rows.shape[0] < num_classes:
-        raise InputError(f"The 'features' parameter of {where} has {rows.shape[0]} rows; expected at least num_classes = "
-                         f"{num_classes} to make that many clusters.")
+        raise InputError(
+            f"The 'features' parameter of {where} has {rows.shape[0]} rows; expected at least num_classes = "
+            f"{num_classes} to make that many clusters."
+        )
     return _purity(rows, label_array, num_classes=num_classes, seed=seed)
 
 
@@ -120,13 +134,16 @@ class DandR:
     k-means is deterministic, so every rank computes the same alpha and the replicas stay equal.
     """
 
-    @checked("DandR", branches=lambda value: branches_rule(value, least=1), every=at_least(1), max_times=at_least(0),
-             seed=_seed_rule)
+    @checked(
+        "DandR", branches=lambda value: branches_rule(value, least=1), every=at_least(1), max_times=at_least(0), seed=_seed_rule
+    )
     def __init__(self, branches: Mapping[str, nn.Module], *, every: int = 20, max_times: int = 3, seed: int = 0) -> None:
         self.branches = dict(branches)
         self.every, self.max_times, self.seed = every, max_times, seed
-        self._init = {name: {key: p.detach().cpu().clone() for key, p in module.named_parameters()}
-                      for name, module in self.branches.items()}
+        self._init = {
+            name: {key: p.detach().cpu().clone() for key, p in module.named_parameters()}
+            for name, module in self.branches.items()
+        }
         self.times = 0
         self._last_epoch = -1
         self.last: Relearning | None = None
@@ -137,9 +154,14 @@ class DandR:
         return (epoch + 1) % self.every == 0 and self.times < self.max_times and epoch > self._last_epoch
 
     @checked("DandR.epoch_end", epoch=at_least(0))
-    def epoch_end(self, epoch: int, train_features: Mapping[str, torch.Tensor] | None = None,
-                  train_labels: torch.Tensor | None = None, val_features: Mapping[str, torch.Tensor] | None = None,
-                  val_labels: torch.Tensor | None = None) -> Relearning | None:
+    def epoch_end(
+        self,
+        epoch: int,
+        train_features: Mapping[str, torch.Tensor] | None = None,
+        train_labels: torch.Tensor | None = None,
+        val_features: Mapping[str, torch.Tensor] | None = None,
+        val_labels: torch.Tensor | None = None,
+    ) -> Relearning | None:
         """At a due epoch, diagnose and re-initialise every branch in place and return what was done (also `last`);
         otherwise None, and the features may be left out."""
         where = "DandR.epoch_end"
@@ -150,26 +172,36 @@ class DandR:
         labels: dict[str, np.ndarray] = {}
         for split, (features, split_labels) in data.items():
             if features is None or split_labels is None:
-                raise InputError(f"{where} is due at epoch {epoch} (see DandR.due) but got no {split} features or labels; "
-                                 f"expected {split}_features (a dict keyed like the branches) and {split}_labels.")
+                raise InputError(
+                    f"{where} is due at epoch {epoch} (see DandR.due) but got no {split} features or labels; "
+                    f"expected {split}_features (a dict keyed like the branches) and {split}_labels."
+                )
             if set(features) != set(self.branches):
-                raise InputError(f"The '{split}_features' parameter of {where} has keys {sorted(features)}; "
-                                 f"expected the branches' {sorted(self.branches)}.")
+                raise InputError(
+                    f"The '{split}_features' parameter of {where} has keys {sorted(features)}; "
+                    f"expected the branches' {sorted(self.branches)}."
+                )
             for name in self.branches:
                 names = (f"{name!r} entry of the '{split}_features' parameter", f"'{split}_labels' parameter")
                 rows.setdefault(name, {})[split], labels[split] = _rows(features[name], split_labels, where=where, names=names)
         num_classes = max(int(labels[split].max()) for split in labels) + 1
         for split in labels:
             if labels[split].size < num_classes:
-                raise InputError(f"The '{split}_features' parameter of {where} has {labels[split].size} rows; "
-                                 f"expected at least one per class ({num_classes}) to make that many clusters.")
-        found = {name: {split: _purity(rows[name][split], labels[split], num_classes=num_classes, seed=self.seed)
-                        for split in labels}
-                 for name in self.branches}
-        step = Relearning(epoch=epoch, purity_train={n: f["train"] for n, f in found.items()},
-                          purity_val={n: f["val"] for n, f in found.items()},
-                          gap={n: abs(f["train"] - f["val"]) for n, f in found.items()},
-                          alpha={n: reinit_strength(f["train"], f["val"]) for n, f in found.items()})
+                raise InputError(
+                    f"The '{split}_features' parameter of {where} has {labels[split].size} rows; "
+                    f"expected at least one per class ({num_classes}) to make that many clusters."
+                )
+        found = {
+            name: {split: _purity(rows[name][split], labels[split], num_classes=num_classes, seed=self.seed) for split in labels}
+            for name in self.branches
+        }
+        step = Relearning(
+            epoch=epoch,
+            purity_train={n: f["train"] for n, f in found.items()},
+            purity_val={n: f["val"] for n, f in found.items()},
+            gap={n: abs(f["train"] - f["val"]) for n, f in found.items()},
+            alpha={n: reinit_strength(f["train"], f["val"]) for n, f in found.items()},
+        )
         with torch.no_grad():
             for name, module in self.branches.items():
                 alpha = step.alpha[name]
@@ -184,21 +216,28 @@ class DandR:
     @checked("DandR.state_dict")
     def state_dict(self) -> dict[str, Any]:
         """theta^init of every branch (CPU tensors), how many re-initialisations were done and the last one's epoch."""
-        return {"init": {name: {key: t.clone() for key, t in params.items()} for name, params in self._init.items()},
-                "times": self.times, "last_epoch": self._last_epoch}
+        return {
+            "init": {name: {key: t.clone() for key, t in params.items()} for name, params in self._init.items()},
+            "times": self.times,
+            "last_epoch": self._last_epoch,
+        }
 
     @checked("DandR.load_state_dict")
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         where = "DandR.load_state_dict"
         init, times, last_epoch = state_dict.get("init"), state_dict.get("times"), state_dict.get("last_epoch")
         if not isinstance(init, Mapping) or not isinstance(times, int) or not isinstance(last_epoch, int):
-            raise InputError(f"The 'state_dict' parameter of {where} has keys {sorted(state_dict)}; expected the mapping "
-                             "DandR.state_dict() returns (init, times, last_epoch).")
+            raise InputError(
+                f"The 'state_dict' parameter of {where} has keys {sorted(state_dict)}; expected the mapping "
+                "DandR.state_dict() returns (init, times, last_epoch)."
+            )
         for name, module in self.branches.items():
             saved = init.get(name)
             shapes = {key: tuple(p.shape) for key, p in module.named_parameters()}
             if not isinstance(saved, Mapping) or {k: tuple(t.shape) for k, t in saved.items()} != shapes:
-                raise InputError(f"The 'state_dict' parameter of {where} does not hold the initial weights of branch {name!r} "
-                                 "as this DandR's branches have them; expected a state from a DandR over the same branches.")
+                raise InputError(
+                    f"The 'state_dict' parameter of {where} does not hold the initial weights of branch {name!r} "
+                    "as this DandR's branches have them; expected a state from a DandR over the same branches."
+                )
         self._init = {name: {key: t.detach().cpu().clone() for key, t in init[name].items()} for name in self.branches}
         self.times, self._last_epoch = times, last_epoch

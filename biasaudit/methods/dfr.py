@@ -91,8 +91,10 @@ class DFRResult:
         where = "DFRResult.logits"
         x = checked_features(features, name="features", where=where)
         if x.shape[1] != self.num_features:
-            raise InputError(f"The 'features' parameter of {where} has {x.shape[1]} columns; expected {self.num_features}, "
-                             "the features this DFR result was fitted on.")
+            raise InputError(
+                f"The 'features' parameter of {where} has {x.shape[1]} columns; expected {self.num_features}, "
+                "the features this DFR result was fitted on."
+            )
         logits: np.ndarray = x @ self.weight.T + self.bias
         return logits
 
@@ -102,13 +104,17 @@ class DFRResult:
         checked before anything is written."""
         where = "DFRResult.write_into"
         if classifier.out_features != self.num_classes or classifier.in_features != self.num_features:
-            raise InputError(f"The 'classifier' parameter of {where} is nn.Linear({classifier.in_features}, "
-                             f"{classifier.out_features}); expected nn.Linear({self.num_features}, {self.num_classes}), the "
-                             "features and classes of this DFR result (fit on that layer's inputs and pass "
-                             "num_classes=classifier.out_features).")
+            raise InputError(
+                f"The 'classifier' parameter of {where} is nn.Linear({classifier.in_features}, "
+                f"{classifier.out_features}); expected nn.Linear({self.num_features}, {self.num_classes}), the "
+                "features and classes of this DFR result (fit on that layer's inputs and pass "
+                "num_classes=classifier.out_features)."
+            )
         if classifier.bias is None:
-            raise InputError(f"The 'classifier' parameter of {where} has no bias; expected an nn.Linear with one, to fold "
-                             "the feature standardisation into.")
+            raise InputError(
+                f"The 'classifier' parameter of {where} has no bias; expected an nn.Linear with one, to fold "
+                "the feature standardisation into."
+            )
         with torch.no_grad():
             classifier.weight.copy_(torch.as_tensor(self.weight).to(classifier.weight))
             classifier.bias.copy_(torch.as_tensor(self.bias).to(classifier.bias))
@@ -117,11 +123,20 @@ class DFRResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types, without the weights."""
         return {
-            "c": self.c, "c_grid": list(self.c_grid), "tuning_worst_group": list(self.tuning_worst_group),
-            "tuning_mean_group": list(self.tuning_mean_group), "group_ids": list(self.group_ids),
-            "group_sizes": list(self.group_sizes), "per_group": self.per_group, "subset_size": self.subset_size,
-            "subsets": self.subsets, "num_classes": self.num_classes, "num_features": self.num_features,
-            "split": self.split, "seed": self.seed, "note": self.note,
+            "c": self.c,
+            "c_grid": list(self.c_grid),
+            "tuning_worst_group": list(self.tuning_worst_group),
+            "tuning_mean_group": list(self.tuning_mean_group),
+            "group_ids": list(self.group_ids),
+            "group_sizes": list(self.group_sizes),
+            "per_group": self.per_group,
+            "subset_size": self.subset_size,
+            "subsets": self.subsets,
+            "num_classes": self.num_classes,
+            "num_features": self.num_features,
+            "split": self.split,
+            "seed": self.seed,
+            "note": self.note,
         }
 
 
@@ -132,14 +147,34 @@ class DFR:
     averaged in the final fit; `tune_subsets`: those averaged per C while tuning (default min(3, subsets));
     `seed`: the only source of randomness; `max_iter`: lbfgs iterations per fit."""
 
-    @checked("DFR", subsets=at_least(1), tune_subsets=lambda value: None if value is None else at_least(1)(value),
-             seed=at_least(0), max_iter=at_least(1))
-    def __init__(self, *, c_grid: Iterable[float] = C_GRID, subsets: int = SUBSETS, tune_subsets: int | None = None,
-                 seed: int = 0, max_iter: int = MAX_ITER) -> None:
+    @checked(
+        "DFR",
+        subsets=at_least(1),
+        tune_subsets=lambda value: None if value is None else at_least(1)(value),
+        seed=at_least(0),
+        max_iter=at_least(1),
+    )
+    def __init__(
+        self,
+        *,
+        c_grid: Iterable[float] = C_GRID,
+        subsets: int = SUBSETS,
+        tune_subsets: int | None = None,
+        seed: int = 0,
+        max_iter: int = MAX_ITER,
+    ) -> None:
         grid = list(c_grid)  # read once here, not by a value rule: an iterator would be spent by the rule
-        check_argument(grid, list, parameter="c_grid", where="DFR",
-                       rule=lambda value: None if value and all(is_number(c) and math.isfinite(c) and c > 0 for c in value)
-                       else "at least one positive, finite number")
+        check_argument(
+            grid,
+            list,
+            parameter="c_grid",
+            where="DFR",
+            rule=lambda value: (
+                None
+                if value and all(is_number(c) and math.isfinite(c) and c > 0 for c in value)
+                else "at least one positive, finite number"
+            ),
+        )
         self.c_grid = tuple(sorted({float(c) for c in grid}))
         self.subsets = int(subsets)
         self.tune_subsets = min(TUNE_SUBSETS, self.subsets) if tune_subsets is None else int(tune_subsets)
@@ -147,8 +182,15 @@ class DFR:
         self.max_iter = int(max_iter)
 
     @checked("DFR.fit", num_classes=lambda value: None if value is None else at_least(2)(value))
-    def fit(self, features: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-            groups: np.ndarray | torch.Tensor, *, num_classes: int | None = None, split: str = "val") -> DFRResult:
+    def fit(
+        self,
+        features: np.ndarray | torch.Tensor,
+        labels: np.ndarray | torch.Tensor,
+        groups: np.ndarray | torch.Tensor,
+        *,
+        num_classes: int | None = None,
+        split: str = "val",
+    ) -> DFRResult:
         """Fit on held-out classifier inputs [N, D], labels [N] and group ids [N] (section 9's (label, bias value)
         ids, e.g. label * num_bias + bias). `num_classes` defaults to max(label) + 1; every class must occur. `split`
         names the data's source in the result (e.g. "20% of train (seed 0)")."""
@@ -167,20 +209,43 @@ class DFR:
             c = self.c_grid[max(range(len(self.c_grid)), key=lambda i: (worst[i], mean[i], -i))]
             mu, scale = standardisation(x)
             w_s, b_s, per_group, distinct = _balanced_fit(
-                (x - mu) / scale, y, group_of, classes, c=c, subsets=self.subsets, rng=streams[2], max_iter=self.max_iter)
+                (x - mu) / scale, y, group_of, classes, c=c, subsets=self.subsets, rng=streams[2], max_iter=self.max_iter
+            )
         unconverged = sum(issubclass(w.category, ConvergenceWarning) for w in caught)
         weight = w_s / scale
         bias = b_s - w_s @ (mu / scale)
         note = _note(split, c, worst, self.c_grid, per_group, len(group_ids), self.subsets, distinct, unconverged, self.seed)
         return DFRResult(
-            weight=weight, bias=bias, c=c, c_grid=self.c_grid, tuning_worst_group=tuple(worst),
-            tuning_mean_group=tuple(mean), group_ids=tuple(int(i) for i in group_ids),
-            group_sizes=tuple(int(n) for n in sizes), per_group=per_group, subset_size=per_group * len(group_ids),
-            subsets=self.subsets, mean=mu, scale=scale, standardised_weight=w_s, standardised_bias=b_s,
-            split=split, seed=self.seed, note=note)
+            weight=weight,
+            bias=bias,
+            c=c,
+            c_grid=self.c_grid,
+            tuning_worst_group=tuple(worst),
+            tuning_mean_group=tuple(mean),
+            group_ids=tuple(int(i) for i in group_ids),
+            group_sizes=tuple(int(n) for n in sizes),
+            per_group=per_group,
+            subset_size=per_group * len(group_ids),
+            subsets=self.subsets,
+            mean=mu,
+            scale=scale,
+            standardised_weight=w_s,
+            standardised_bias=b_s,
+            split=split,
+            seed=self.seed,
+            note=note,
+        )
 
-    def _tune(self, x: np.ndarray, y: np.ndarray, group_of: np.ndarray, classes: int, *, halves: np.random.Generator,
-              subsets_rng: np.random.Generator) -> tuple[list[float], list[float]]:
+    def _tune(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        group_of: np.ndarray,
+        classes: int,
+        *,
+        halves: np.random.Generator,
+        subsets_rng: np.random.Generator,
+    ) -> tuple[list[float], list[float]]:
         """Worst-group and mean group accuracy on one half per C, fitted on the other half. Every C sees the same
         halves and the same balanced subsets, so the C's differ only in C."""
         fit_rows, eval_rows = tuning_halves(group_of, halves)
@@ -198,20 +263,44 @@ class DFR:
         return worst, mean
 
 
-def _balanced_fit(x: np.ndarray, y: np.ndarray, group_of: np.ndarray, classes: int, *, c: float, subsets: int,
-                  rng: np.random.Generator, max_iter: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+def _balanced_fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    group_of: np.ndarray,
+    classes: int,
+    *,
+    c: float,
+    subsets: int,
+    rng: np.random.Generator,
+    max_iter: int,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
     draws = subset_rows(group_of, subsets, rng)
     w, b = average_fits(x, y, draws, classes, model=LogisticRegression(C=c, max_iter=max_iter, warm_start=True))
     return w, b, int(np.bincount(group_of).min()), len(draws)
 
 
-def _note(split: str, c: float, worst: list[float], grid: tuple[float, ...], per_group: int, groups: int,
-          subsets: int, distinct: int, unconverged: int, seed: int) -> str:
+def _note(
+    split: str,
+    c: float,
+    worst: list[float],
+    grid: tuple[float, ...],
+    per_group: int,
+    groups: int,
+    subsets: int,
+    distinct: int,
+    unconverged: int,
+    seed: int,
+) -> str:
     tuning = ", ".join(f"C={value:g}: {w:.1%}" for value, w in zip(grid, worst, strict=True))
-    averaged = (f"averaged over {subsets} seeded group-balanced subsets" if distinct > 1 else
-                "fitted once (the groups are already balanced, so every subset is the whole set)")
-    text = (f"DFR refitted the final linear layer on {split}: {groups} groups, {per_group} samples each per subset, "
-            f"{averaged} (seed {seed}); C={c:g} chosen by worst-group accuracy on half of {split} ({tuning}).")
+    averaged = (
+        f"averaged over {subsets} seeded group-balanced subsets"
+        if distinct > 1
+        else "fitted once (the groups are already balanced, so every subset is the whole set)"
+    )
+    text = (
+        f"DFR refitted the final linear layer on {split}: {groups} groups, {per_group} samples each per subset, "
+        f"{averaged} (seed {seed}); C={c:g} chosen by worst-group accuracy on half of {split} ({tuning})."
+    )
     if unconverged:
         text += f" {unconverged} logistic-regression fit(s) stopped at max_iter before converging."
     return text

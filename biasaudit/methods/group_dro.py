@@ -45,8 +45,10 @@ def _integer_tensor(value: Any, *, parameter: str, where: str) -> torch.Tensor:
         check_argument(value, torch.Tensor, parameter=parameter, where=where)
     tensor: torch.Tensor = value
     if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool or tensor.dim() != 1:
-        raise InputError(f"The {parameter!r} parameter of {where} is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}; "
-                         "expected a 1-D tensor of integers.")
+        raise InputError(
+            f"The {parameter!r} parameter of {where} is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}; "
+            "expected a 1-D tensor of integers."
+        )
     return tensor.long()
 
 
@@ -67,8 +69,10 @@ def group_ids(labels: torch.Tensor | np.ndarray, bias: torch.Tensor | np.ndarray
     labels = _integer_tensor(labels, parameter="labels", where=where)
     bias = _integer_tensor(bias, parameter="bias", where=where)
     if labels.shape != bias.shape:
-        raise InputError(f"The 'bias' parameter of {where} has {bias.numel()} values and 'labels' {labels.numel()}; "
-                         "expected one bias value per label.")
+        raise InputError(
+            f"The 'bias' parameter of {where} has {bias.numel()} values and 'labels' {labels.numel()}; "
+            "expected one bias value per label."
+        )
     if labels.numel():
         _range_error(bias, num_bias, parameter="bias", where=where, what="bias values")
         if int(labels.min()) < 0:
@@ -127,8 +131,10 @@ class GroupDRO:
         else:
             mask = torch.as_tensor(present)
             if mask.dtype != torch.bool or mask.shape != (num_groups,) or not bool(mask.any()):
-                raise InputError(f"The 'present' parameter of GroupDRO is a {mask.dtype} tensor of shape {tuple(mask.shape)}; "
-                                 f"expected {num_groups} True/False values (one per group), at least one True.")
+                raise InputError(
+                    f"The 'present' parameter of GroupDRO is a {mask.dtype} tensor of shape {tuple(mask.shape)}; "
+                    f"expected {num_groups} True/False values (one per group), at least one True."
+                )
         self.num_groups = num_groups
         self.eta = float(eta)
         self._present = mask.clone()
@@ -167,17 +173,23 @@ class GroupDRO:
         losses = per_sample_losses
         training = torch.is_grad_enabled()
         if not losses.dtype.is_floating_point or losses.dim() != 1 or not losses.numel():
-            raise InputError(f"The 'per_sample_losses' parameter of {where} is a {losses.dtype} tensor of shape "
-                             f"{tuple(losses.shape)}; expected a non-empty 1-D float tensor, one loss per sample "
-                             "(reduction='none').")
+            raise InputError(
+                f"The 'per_sample_losses' parameter of {where} is a {losses.dtype} tensor of shape "
+                f"{tuple(losses.shape)}; expected a non-empty 1-D float tensor, one loss per sample "
+                "(reduction='none')."
+            )
         if training and not losses.requires_grad:
-            raise InputError(f"The 'per_sample_losses' parameter of {where} does not require grad, so training on it would "
-                             "change nothing; expected the losses computed from the model's output, not detached (or call it "
-                             "under torch.no_grad() to evaluate).")
+            raise InputError(
+                f"The 'per_sample_losses' parameter of {where} does not require grad, so training on it would "
+                "change nothing; expected the losses computed from the model's output, not detached (or call it "
+                "under torch.no_grad() to evaluate)."
+            )
         groups = _integer_tensor(groups, parameter="groups", where=where)
         if groups.numel() != losses.numel():
-            raise InputError(f"The 'groups' parameter of {where} has {groups.numel()} values and 'per_sample_losses' "
-                             f"{losses.numel()}; expected one group per sample.")
+            raise InputError(
+                f"The 'groups' parameter of {where} has {groups.numel()} values and 'per_sample_losses' "
+                f"{losses.numel()}; expected one group per sample."
+            )
         groups = groups.to(losses.device)
         try:
             counts = torch.bincount(groups, minlength=self.num_groups)  # needed anyway; its length shows a group too large
@@ -188,8 +200,10 @@ class GroupDRO:
         assert counts is not None  # bincount refuses only a negative group, and _range_error has just refused that
         if training and not self._all_present and not bool((present := self._present.to(losses.device))[groups].all()):
             unseen = int(groups[~present[groups]][0])
-            raise InputError(f"The 'groups' parameter of {where} holds group {unseen}, which was not seen in train (its q is 0, "
-                             "so its samples would not be trained on); expected the groups of the training split.")
+            raise InputError(
+                f"The 'groups' parameter of {where} holds group {unseen}, which was not seen in train (its q is 0, "
+                "so its samples would not be trained on); expected the groups of the training split."
+            )
 
         sums = torch.zeros(self.num_groups, dtype=losses.dtype, device=losses.device).index_add(0, groups, losses)
         q = self._q.to(losses.device)
@@ -224,14 +238,20 @@ class GroupDRO:
         where = "GroupDRO.load_state_dict"
         q, present = state_dict.get("q"), state_dict.get("present")
         if not isinstance(q, torch.Tensor) or not isinstance(present, torch.Tensor):
-            raise InputError(f"The 'state_dict' parameter of {where} has keys {sorted(state_dict)}; expected 'q' and 'present' "
-                             "tensors from GroupDRO.state_dict().")
+            raise InputError(
+                f"The 'state_dict' parameter of {where} has keys {sorted(state_dict)}; expected 'q' and 'present' "
+                "tensors from GroupDRO.state_dict()."
+            )
         if q.shape != (self.num_groups,) or present.shape != (self.num_groups,) or present.dtype != torch.bool:
-            raise InputError(f"The 'state_dict' parameter of {where} holds q for {q.numel()} groups; expected {self.num_groups} "
-                             "(the num_groups this GroupDRO was made with).")
+            raise InputError(
+                f"The 'state_dict' parameter of {where} holds q for {q.numel()} groups; expected {self.num_groups} "
+                "(the num_groups this GroupDRO was made with)."
+            )
         if not q.dtype.is_floating_point or not bool(torch.isfinite(q).all()) or bool((q < 0).any()) or not float(q.sum()) > 0:
-            raise InputError(f"The 'state_dict' parameter of {where} holds a q that is not a probability vector; expected "
-                             "finite non-negative weights with a positive sum.")
+            raise InputError(
+                f"The 'state_dict' parameter of {where} holds a q that is not a probability vector; expected "
+                "finite non-negative weights with a positive sum."
+            )
         self._q = q.float().clone()  # as saved, not renormalised: a resumed run continues bit for bit
         self._present = present.clone()
         self._all_present = bool(present.all())

@@ -69,38 +69,58 @@ class UnimodalHeads:
     """
 
     @checked(WHERE, branches=branches_rule, mode=one_of(HEAD_MODES), seed=at_least(0))
-    def __init__(self, model: nn.Module, branches: Mapping[str, nn.Module], *, mode: str = "shared_zero",
-                 classifier: nn.Linear | None = None, num_classes: int | None = None,
-                 widths: Mapping[str, int] | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        branches: Mapping[str, nn.Module],
+        *,
+        mode: str = "shared_zero",
+        classifier: nn.Linear | None = None,
+        num_classes: int | None = None,
+        widths: Mapping[str, int] | None = None,
+        seed: int = 0,
+    ) -> None:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            raise InputError(f"The 'model' parameter of {WHERE} is a {type(model).__name__}; expected the bare module "
-                             f"(its .module): the unimodal passes run it on replaced parameters, outside the wrapper.")
+            raise InputError(
+                f"The 'model' parameter of {WHERE} is a {type(model).__name__}; expected the bare module "
+                f"(its .module): the unimodal passes run it on replaced parameters, outside the wrapper."
+            )
         _check_inside(model, branches, where=WHERE)
         # An argument the mode does not read would be silently ignored, hiding a mistake (a mode left at its default).
-        for parameter, value, user in (("classifier", classifier, "ogm_split"), ("num_classes", num_classes, "separate"),
-                                       ("widths", widths, "separate")):
+        for parameter, value, user in (
+            ("classifier", classifier, "ogm_split"),
+            ("num_classes", num_classes, "separate"),
+            ("widths", widths, "separate"),
+        ):
             if value is not None and mode != user:
-                raise InputError(f"The {parameter!r} parameter of {WHERE} is {shown(value)}, which the {mode} mode does not use; "
-                                 f"expected None, or mode={user!r}, the mode that uses it.")
+                raise InputError(
+                    f"The {parameter!r} parameter of {WHERE} is {shown(value)}, which the {mode} mode does not use; "
+                    f"expected None, or mode={user!r}, the mode that uses it."
+                )
         self.model, self.branches, self.mode, self.seed = model, dict(branches), mode, seed
         self.classifier: nn.Linear | None = None
         self.heads: dict[str, nn.Linear] = {}
         if mode == "ogm_split":
             if classifier is None or not any(p is classifier.weight for p in model.parameters()):
-                raise InputError(f"The 'classifier' parameter of {WHERE} is "
-                                 f"{'None' if classifier is None else 'not part of model'}; expected, in the ogm_split mode, "
-                                 "the model's final nn.Linear on the concatenated branch outputs.")
+                raise InputError(
+                    f"The 'classifier' parameter of {WHERE} is "
+                    f"{'None' if classifier is None else 'not part of model'}; expected, in the ogm_split mode, "
+                    "the model's final nn.Linear on the concatenated branch outputs."
+                )
             self.classifier = classifier
         elif mode == "separate":
             check_argument(num_classes, int, parameter="num_classes", where=WHERE, rule=at_least(2))
             check_argument(widths, Mapping[str, int], parameter="widths", where=WHERE, rule=keys_rule(self.branches))
             assert num_classes is not None and widths is not None  # check_argument has refused None for both
             if min(widths.values()) < 1:
-                raise InputError(f"The 'widths' parameter of {WHERE} is {dict(widths)}; expected each branch's flattened "
-                                 f"output width, a positive integer (branch_widths measures them).")
+                raise InputError(
+                    f"The 'widths' parameter of {WHERE} is {dict(widths)}; expected each branch's flattened "
+                    f"output width, a positive integer (branch_widths measures them)."
+                )
             device = next(p for p in model.parameters()).device
-            self.heads = _seeded_heads({m: int(widths[m]) for m in self.branches}, num_classes=num_classes, seed=seed,
-                                       device=device)
+            self.heads = _seeded_heads(
+                {m: int(widths[m]) for m in self.branches}, num_classes=num_classes, seed=seed, device=device
+            )
         self._outputs: dict[str, Any] | None = None
 
     @checked_keywords(f"{WHERE}.capture")  # this and the three below run at every training step: checked's cost is kept off
@@ -138,13 +158,17 @@ class UnimodalHeads:
             flat = {m: z.flatten(1) for m, z in outputs.items()}
             for m, x in flat.items():
                 if x.shape[1] != self.heads[m].in_features:
-                    raise InputError(f"The separate head of {WHERE} for {m!r} takes {self.heads[m].in_features} features, "
-                                     f"but the branch gave {x.shape[1]} on this batch; separate heads need a branch output "
-                                     "whose size does not depend on the batch (e.g. pool over sequence positions).")
+                    raise InputError(
+                        f"The separate head of {WHERE} for {m!r} takes {self.heads[m].in_features} features, "
+                        f"but the branch gave {x.shape[1]} on this batch; separate heads need a branch output "
+                        "whose size does not depend on the batch (e.g. pool over sequence positions)."
+                    )
             return {m: self.heads[m](flat[m]) for m in self.branches}
         if rerun is None:
-            raise InputError(f"The 'rerun' parameter of {WHERE}.logits is None; expected, in the {self.mode} "
-                             "mode, a callable that runs the model's forward again, e.g. lambda: model(x_img, x_txt).")
+            raise InputError(
+                f"The 'rerun' parameter of {WHERE}.logits is None; expected, in the {self.mode} "
+                "mode, a callable that runs the model's forward again, e.g. lambda: model(x_img, x_txt)."
+            )
         # Every parameter detached, once for all the passes: the branches' gradient comes through the injected z_kept
         # alone, and no graph is built through branch layers whose output the hooks replace.
         detached = {f"model.{name}": p.detach() for name, p in self.model.named_parameters()}
@@ -155,13 +179,16 @@ class UnimodalHeads:
             unimodal = {m: o - shift for m, o in unimodal.items()}
         return unimodal
 
-    def _zeroed(self, rerun: Callable[[], Tensor], *, kept: str, outputs: Mapping[str, Tensor],
-                parameters: Mapping[str, Tensor]) -> Tensor:
+    def _zeroed(
+        self, rerun: Callable[[], Tensor], *, kept: str, outputs: Mapping[str, Tensor], parameters: Mapping[str, Tensor]
+    ) -> Tensor:
         """f_T(fuse(z_kept, 0)) on the detached `parameters` and copied buffers, in eval mode (module docstring)."""
         state = dict(parameters)
         state.update({f"model.{name}": b.clone() for name, b in self.model.named_buffers()})  # each pass its own copy
-        handles = [module.register_forward_hook(_ReplaceOutput(outputs[m] if m == kept else torch.zeros_like(outputs[m])))
-                   for m, module in self.branches.items()]
+        handles = [
+            module.register_forward_hook(_ReplaceOutput(outputs[m] if m == kept else torch.zeros_like(outputs[m])))
+            for m, module in self.branches.items()
+        ]
         try:
             with evaluation_modes(self.model):
                 result = functional_call(_Rerun(self.model, rerun), state, ())
@@ -169,8 +196,10 @@ class UnimodalHeads:
             for handle in handles:
                 handle.remove()
         if not isinstance(result, Tensor) or result.dim() != 2:
-            raise InputError(f"The 'rerun' parameter of {WHERE}.logits returned {type(result).__name__}; expected the model's "
-                             "logits [batch, classes].")
+            raise InputError(
+                f"The 'rerun' parameter of {WHERE}.logits returned {type(result).__name__}; expected the model's "
+                "logits [batch, classes]."
+            )
         return result
 
     @checked(f"{WHERE}.parameters")
@@ -186,10 +215,17 @@ class UnimodalHeads:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore the separate heads of state_dict() (of the same mode and branches)."""
         where = f"{WHERE}.load_state_dict"
-        check_argument(state, Mapping[str, Any], parameter="state", where=where,
-                       rule=lambda s: None if s.get("mode") == self.mode and isinstance(s.get("heads"), Mapping)
-                       and set(s["heads"]) == set(self.heads)
-                       else f"a state of UnimodalHeads.state_dict() in the {self.mode} mode")
+        check_argument(
+            state,
+            Mapping[str, Any],
+            parameter="state",
+            where=where,
+            rule=lambda s: (
+                None
+                if s.get("mode") == self.mode and isinstance(s.get("heads"), Mapping) and set(s["heads"]) == set(self.heads)
+                else f"a state of UnimodalHeads.state_dict() in the {self.mode} mode"
+            ),
+        )
         for m, head in self.heads.items():
             head.load_state_dict(state["heads"][m])
 
@@ -209,9 +245,11 @@ def branch_widths(model: nn.Module, branches: Mapping[str, nn.Module], run: Call
         for handle in handles:
             handle.remove()
     if not outputs:
-        raise InputError(f"The 'run' parameter of {where} ran no forward through any of the branches "
-                         f"{', '.join(map(repr, branches))}; expected a callable that runs the model's forward on one batch, "
-                         "e.g. lambda: model(x_img, x_txt).")
+        raise InputError(
+            f"The 'run' parameter of {where} ran no forward through any of the branches "
+            f"{', '.join(map(repr, branches))}; expected a callable that runs the model's forward on one batch, "
+            "e.g. lambda: model(x_img, x_txt)."
+        )
     return {name: int(output.flatten(1).shape[1]) for name, output in _tensors(outputs, branches, where=where).items()}
 
 
@@ -220,8 +258,10 @@ def _check_inside(model: nn.Module, branches: Mapping[str, nn.Module], *, where:
     owned = {id(p) for p in model.parameters()}
     for name, module in branches.items():
         if not all(id(p) in owned for p in module.parameters()):
-            raise InputError(f"The 'branches' parameter of {where} has a branch {name!r} that is not part of "
-                             f"'model'; give the model's own submodules (e.g. model.vision).")
+            raise InputError(
+                f"The 'branches' parameter of {where} has a branch {name!r} that is not part of "
+                f"'model'; give the model's own submodules (e.g. model.vision)."
+            )
 
 
 def _problems(outputs: Mapping[str, Any], branches: Mapping[str, nn.Module]) -> dict[str, str]:
@@ -240,8 +280,10 @@ def _problems(outputs: Mapping[str, Any], branches: Mapping[str, nn.Module]) -> 
 
 def _tensors(outputs: Mapping[str, Any], branches: Mapping[str, nn.Module], *, where: str = WHERE) -> dict[str, Tensor]:
     for name, problem in _problems(outputs, branches).items():
-        raise InputError(f"The 'branches' parameter of {where} has a branch {name!r} that {problem}; expected a module that "
-                         f"runs in the forward and outputs one tensor [batch, ...] (name the module that ends the branch).")
+        raise InputError(
+            f"The 'branches' parameter of {where} has a branch {name!r} that {problem}; expected a module that "
+            f"runs in the forward and outputs one tensor [batch, ...] (name the module that ends the branch)."
+        )
     return {name: outputs[name] for name in branches}
 
 

@@ -42,11 +42,14 @@ def _indices(value: torch.Tensor, *, parameter: str, where: str, signs: bool = T
     """Dataset indices: a 1-D tensor of integers of at least 0, as long. A training step skips the sign check (`signs`),
     which would wait for the device: an index that is not in E, a negative one included, weighs 1 there."""
     if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype == torch.bool or value.dim() != 1:
-        raise InputError(f"The {parameter!r} parameter of {where} is a {value.dtype} tensor of shape {tuple(value.shape)}; "
-                         "expected a 1-D tensor of integer dataset indices, one per sample.")
+        raise InputError(
+            f"The {parameter!r} parameter of {where} is a {value.dtype} tensor of shape {tuple(value.shape)}; "
+            "expected a 1-D tensor of integer dataset indices, one per sample."
+        )
     if signs and value.numel() and int(value.min()) < 0:
-        raise InputError(f"The {parameter!r} parameter of {where} holds {int(value.min())}; "
-                         "expected dataset indices of at least 0.")
+        raise InputError(
+            f"The {parameter!r} parameter of {where} holds {int(value.min())}; expected dataset indices of at least 0."
+        )
     return value.long()
 
 
@@ -100,20 +103,27 @@ class JTT:
         """Note which of a batch's samples (by dataset index) the stage-1 model gets wrong (argmax of `logits` [B, C])."""
         where = "JTT.record"
         if self._errors is not None:
-            raise InputError(f"{where} was called after JTT.finish(); the error set is fixed "
-                             "(load_state_dict or a new JTT to start over).")
+            raise InputError(
+                f"{where} was called after JTT.finish(); the error set is fixed (load_state_dict or a new JTT to start over)."
+            )
         indices = _indices(indices, parameter="indices", where=where)
         if logits.dim() != 2 or not logits.dtype.is_floating_point or logits.shape[0] != indices.numel():
-            raise InputError(f"The 'logits' parameter of {where} is a {logits.dtype} tensor of shape {tuple(logits.shape)}; "
-                             f"expected float logits of shape [{indices.numel()}, number of classes], one row per index.")
+            raise InputError(
+                f"The 'logits' parameter of {where} is a {logits.dtype} tensor of shape {tuple(logits.shape)}; "
+                f"expected float logits of shape [{indices.numel()}, number of classes], one row per index."
+            )
         if labels.dim() != 1 or labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.numel() != indices.numel():
-            raise InputError(f"The 'labels' parameter of {where} is a {labels.dtype} tensor of shape {tuple(labels.shape)}; "
-                             f"expected {indices.numel()} integer labels, one per index.")
+            raise InputError(
+                f"The 'labels' parameter of {where} is a {labels.dtype} tensor of shape {tuple(labels.shape)}; "
+                f"expected {indices.numel()} integer labels, one per index."
+            )
         if labels.numel():
             low, high = torch.stack(list(torch.aminmax(labels))).tolist()
             if low < 0 or high >= logits.shape[1]:
-                raise InputError(f"The 'labels' parameter of {where} holds class {low if low < 0 else high}; expected class "
-                                 f"indices from 0 to {logits.shape[1] - 1}, the columns of 'logits'.")
+                raise InputError(
+                    f"The 'labels' parameter of {where} holds class {low if low < 0 else high}; expected class "
+                    f"indices from 0 to {logits.shape[1] - 1}, the columns of 'logits'."
+                )
         wrong = logits.detach().argmax(dim=1) != labels.to(logits.device)
         self._seen.append(indices.cpu())
         self._wrong.append(indices.cpu()[wrong.cpu()])
@@ -133,8 +143,9 @@ class JTT:
             wrong = torch.tensor([i for part in gathered for i in part[0]], dtype=torch.long)
             seen = torch.tensor([i for part in gathered for i in part[1]], dtype=torch.long)
         if not seen.numel():
-            raise InputError("JTT.finish was called before any JTT.record; "
-                             "record stage 1's predictions on the training split first.")
+            raise InputError(
+                "JTT.finish was called before any JTT.record; record stage 1's predictions on the training split first."
+            )
         errors = ErrorSet(indices=torch.unique(wrong), recorded=int(torch.unique(seen).numel()), upweight=self.upweight)
         self._set(errors)
         return errors
@@ -149,8 +160,10 @@ class JTT:
 
     def _fixed(self, where: str) -> torch.Tensor:
         if self._errors is None:
-            raise InputError(f"{where} needs the error set, which is not fixed yet; call JTT.record on stage 1's predictions, "
-                             "then JTT.finish(), first.")
+            raise InputError(
+                f"{where} needs the error set, which is not fixed yet; call JTT.record on stage 1's predictions, "
+                "then JTT.finish(), first."
+            )
         return self._errors.indices
 
     @checked("JTT.weights")
@@ -186,17 +199,23 @@ class JTT:
         losses = per_sample_losses
         self._fixed(where)
         if not losses.dtype.is_floating_point or losses.dim() != 1 or not losses.numel():
-            raise InputError(f"The 'per_sample_losses' parameter of {where} is a {losses.dtype} tensor of shape "
-                             f"{tuple(losses.shape)}; expected a non-empty 1-D float tensor, one loss per sample "
-                             "(reduction='none').")
+            raise InputError(
+                f"The 'per_sample_losses' parameter of {where} is a {losses.dtype} tensor of shape "
+                f"{tuple(losses.shape)}; expected a non-empty 1-D float tensor, one loss per sample "
+                "(reduction='none')."
+            )
         if torch.is_grad_enabled() and not losses.requires_grad:
-            raise InputError(f"The 'per_sample_losses' parameter of {where} does not require grad, so training on it would "
-                             "change nothing; expected the losses computed from the model's output, not detached (or call it "
-                             "under torch.no_grad() to evaluate).")
+            raise InputError(
+                f"The 'per_sample_losses' parameter of {where} does not require grad, so training on it would "
+                "change nothing; expected the losses computed from the model's output, not detached (or call it "
+                "under torch.no_grad() to evaluate)."
+            )
         indices = _indices(indices, parameter="indices", where=where, signs=False)
         if indices.numel() != losses.numel():
-            raise InputError(f"The 'indices' parameter of {where} has {indices.numel()} values and 'per_sample_losses' "
-                             f"{losses.numel()}; expected one dataset index per sample.")
+            raise InputError(
+                f"The 'indices' parameter of {where} has {indices.numel()} values and 'per_sample_losses' "
+                f"{losses.numel()}; expected one dataset index per sample."
+            )
         weights = self._weights(indices).to(device=losses.device, dtype=losses.dtype)
         total = weights.sum()
         world = world_size() if torch.is_grad_enabled() else 1
@@ -221,11 +240,16 @@ class JTT:
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         where = "JTT.load_state_dict"
         wrong, finished = state_dict.get("wrong"), state_dict.get("finished")
-        if not isinstance(wrong, torch.Tensor) or not isinstance(finished, bool) or (
-                not finished and not isinstance(state_dict.get("seen"), torch.Tensor)) or (
-                finished and not isinstance(state_dict.get("recorded"), int)):
-            raise InputError(f"The 'state_dict' parameter of {where} has keys {sorted(state_dict)}; expected the mapping "
-                             "JTT.state_dict() returns.")
+        if (
+            not isinstance(wrong, torch.Tensor)
+            or not isinstance(finished, bool)
+            or (not finished and not isinstance(state_dict.get("seen"), torch.Tensor))
+            or (finished and not isinstance(state_dict.get("recorded"), int))
+        ):
+            raise InputError(
+                f"The 'state_dict' parameter of {where} has keys {sorted(state_dict)}; expected the mapping "
+                "JTT.state_dict() returns."
+            )
         wrong = _indices(wrong, parameter="state_dict", where=where)
         if finished:
             self._set(ErrorSet(indices=torch.unique(wrong.cpu()), recorded=state_dict["recorded"], upweight=self.upweight))

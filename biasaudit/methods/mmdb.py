@@ -35,8 +35,15 @@ def _gate_rule(value: float | None) -> str | None:
 
 
 @checked("margin_table", num_classes=at_least(2), num_bias=at_least(1), min_count=at_least(0), entropy_gate=_gate_rule)
-def margin_table(labels: Tensor | np.ndarray, bias: Tensor | np.ndarray, *, num_classes: int, num_bias: int,
-                 min_count: int = 0, entropy_gate: float | None = None) -> MarginTable:
+def margin_table(
+    labels: Tensor | np.ndarray,
+    bias: Tensor | np.ndarray,
+    *,
+    num_classes: int,
+    num_bias: int,
+    min_count: int = 0,
+    entropy_gate: float | None = None,
+) -> MarginTable:
     """The margins m_i^k from the TRAINING split's labels and bias values (1-D integer arrays or tensors of one
     length): `MarginTable.margins` [num_bias, num_classes] for MMDB, with the counts, smoothed frequencies and entropy
     gate for the record (`to_dict()`). min_count: a label with fewer samples under a bias value counts as unseen
@@ -45,17 +52,29 @@ def margin_table(labels: Tensor | np.ndarray, bias: Tensor | np.ndarray, *, num_
     for name, values, upper in (("labels", labels, num_classes), ("bias", bias, num_bias)):
         array = values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values)
         if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
-            raise InputError(f"The {name!r} parameter of margin_table has dtype {array.dtype} and shape {array.shape}; "
-                             "expected a non-empty 1-D array of integers.")
+            raise InputError(
+                f"The {name!r} parameter of margin_table has dtype {array.dtype} and shape {array.shape}; "
+                "expected a non-empty 1-D array of integers."
+            )
         if array.min() < 0 or array.max() >= upper:
-            raise InputError(f"The {name!r} parameter of margin_table holds values from {array.min()} to {array.max()}; "
-                             f"expected values from 0 to {upper - 1}.")
+            raise InputError(
+                f"The {name!r} parameter of margin_table holds values from {array.min()} to {array.max()}; "
+                f"expected values from 0 to {upper - 1}."
+            )
         arrays[name] = array
     if arrays["labels"].shape != arrays["bias"].shape:
-        raise InputError(f"The 'bias' parameter of margin_table has {arrays['bias'].size} values and 'labels' "
-                         f"{arrays['labels'].size}; expected one bias value per label.")
-    return bias_margins(arrays["labels"], arrays["bias"], num_classes=num_classes, num_bias=num_bias,
-                        min_count=min_count, entropy_gate=entropy_gate)
+        raise InputError(
+            f"The 'bias' parameter of margin_table has {arrays['bias'].size} values and 'labels' "
+            f"{arrays['labels'].size}; expected one bias value per label."
+        )
+    return bias_margins(
+        arrays["labels"],
+        arrays["bias"],
+        num_classes=num_classes,
+        num_bias=num_bias,
+        min_count=min_count,
+        entropy_gate=entropy_gate,
+    )
 
 
 def export_cosine_classifier(classifier: nn.Linear) -> None:
@@ -104,8 +123,10 @@ class MMDB:
     def __init__(self, classifier: nn.Linear, margins: MarginTable | Tensor, *, scale: float = 4.0) -> None:
         table = margins.margins if isinstance(margins, MarginTable) else margins
         if table.dim() != 2 or table.shape[1] != classifier.out_features or not torch.isfinite(table).all():
-            raise InputError(f"The 'margins' parameter of {WHERE} has shape {tuple(table.shape)}; expected finite margins "
-                             f"[num_bias, {classifier.out_features}], one column per output of 'classifier'.")
+            raise InputError(
+                f"The 'margins' parameter of {WHERE} has shape {tuple(table.shape)}; expected finite margins "
+                f"[num_bias, {classifier.out_features}], one column per output of 'classifier'."
+            )
         self.classifier, self.margins, self.scale = classifier, table.detach(), float(scale)
         self.table = margins if isinstance(margins, MarginTable) else None
         self._features: Tensor | None = None
@@ -128,8 +149,9 @@ class MMDB:
     def features(self) -> Tensor:
         """The classifier's input of the last forward inside `capture()`."""
         if self._features is None:
-            raise InputError(f"{WHERE}.features was read before any forward pass inside `with mmdb.capture():` reached "
-                             "'classifier'.")
+            raise InputError(
+                f"{WHERE}.features was read before any forward pass inside `with mmdb.capture():` reached 'classifier'."
+            )
         return self._features
 
     @checked_keywords(f"{WHERE}.cosines")
@@ -154,25 +176,38 @@ class MMDB:
         if not isinstance(bias, (Tensor, np.ndarray)):
             check_argument(bias, Tensor | np.ndarray, parameter="bias", where=where)
         indices = not labels.is_floating_point()
-        if indices == (labels.dim() == 2) or labels.shape[0] != batch or labels.dtype == torch.bool or \
-                (labels.dim() == 2 and labels.shape[1] != classes) or labels.dim() not in (1, 2):
-            raise InputError(f"The 'labels' parameter of {where} is a {labels.dtype} tensor of shape {tuple(labels.shape)}; "
-                             f"expected class indices [{batch}] or soft targets [{batch}, {classes}].")
+        if (
+            indices == (labels.dim() == 2)
+            or labels.shape[0] != batch
+            or labels.dtype == torch.bool
+            or (labels.dim() == 2 and labels.shape[1] != classes)
+            or labels.dim() not in (1, 2)
+        ):
+            raise InputError(
+                f"The 'labels' parameter of {where} is a {labels.dtype} tensor of shape {tuple(labels.shape)}; "
+                f"expected class indices [{batch}] or soft targets [{batch}, {classes}]."
+            )
         bias = torch.as_tensor(bias)
         if bias.dim() != 1 or bias.shape[0] != batch or bias.is_floating_point() or bias.dtype == torch.bool:
-            raise InputError(f"The 'bias' parameter of {where} is a {bias.dtype} tensor of shape {tuple(bias.shape)}; "
-                             f"expected one integer bias value per sample [{batch}].")
+            raise InputError(
+                f"The 'bias' parameter of {where} is a {bias.dtype} tensor of shape {tuple(bias.shape)}; "
+                f"expected one integer bias value per sample [{batch}]."
+            )
         bias = bias.to(cosines.device)
         if batch:  # the ranges of the bias values and class indices, read with one synchronisation
             ranges = [*torch.aminmax(bias)] + ([*torch.aminmax(labels.to(cosines.device))] if indices else [])
             low, high, *label_range = torch.stack([v.long() for v in ranges]).tolist()
             if low < 0 or high >= self.margins.shape[0]:
-                raise InputError(f"The 'bias' parameter of {where} holds {low if low < 0 else high}; expected bias values from 0 "
-                                 f"to {self.margins.shape[0] - 1} (the rows of 'margins').")
+                raise InputError(
+                    f"The 'bias' parameter of {where} holds {low if low < 0 else high}; expected bias values from 0 "
+                    f"to {self.margins.shape[0] - 1} (the rows of 'margins')."
+                )
             if label_range and (label_range[0] < 0 or label_range[1] >= classes):
                 bad = label_range[0] if label_range[0] < 0 else label_range[1]
-                raise InputError(f"The 'labels' parameter of {where} holds class {bad}; "
-                                 f"expected class indices from 0 to {classes - 1} (the outputs of 'classifier').")
+                raise InputError(
+                    f"The 'labels' parameter of {where} holds class {bad}; "
+                    f"expected class indices from 0 to {classes - 1} (the outputs of 'classifier')."
+                )
         return mmdb_loss(cosines, labels, bias, self.margins, scale=self.scale)
 
     @checked_keywords(f"{WHERE}.inference_logits")
@@ -184,9 +219,17 @@ class MMDB:
     def export(self, classifier: nn.Linear | None = None) -> None:
         """Write normalised rows and a zero bias into `classifier` (default: the one trained), in place."""
         target = self.classifier if classifier is None else classifier
-        check_argument(target, nn.Linear, parameter="classifier", where=f"{WHERE}.export",
-                       rule=lambda c: None if c.weight.shape == self.classifier.weight.shape
-                       else f"an nn.Linear of the trained classifier's shape {tuple(self.classifier.weight.shape)}")
+        check_argument(
+            target,
+            nn.Linear,
+            parameter="classifier",
+            where=f"{WHERE}.export",
+            rule=lambda c: (
+                None
+                if c.weight.shape == self.classifier.weight.shape
+                else f"an nn.Linear of the trained classifier's shape {tuple(self.classifier.weight.shape)}"
+            ),
+        )
         if target is not self.classifier:
             with torch.no_grad():
                 target.weight.copy_(self.classifier.weight)
@@ -199,8 +242,13 @@ class MMDB:
 
     @checked(f"{WHERE}.load_state_dict")
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        check_argument(state, Mapping[str, Any], parameter="state", where=f"{WHERE}.load_state_dict",
-                       rule=lambda value: None if not value else "the empty state of MMDB.state_dict()")
+        check_argument(
+            state,
+            Mapping[str, Any],
+            parameter="state",
+            where=f"{WHERE}.load_state_dict",
+            rule=lambda value: None if not value else "the empty state of MMDB.state_dict()",
+        )
 
     def _features_rule(self, features: Tensor) -> str | None:
         if features.dim() >= 2 and features[0].numel() == self.classifier.in_features:

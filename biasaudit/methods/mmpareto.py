@@ -121,8 +121,10 @@ class MMPareto:
         check_per_branch(unimodal_losses, self.branches, parameter="unimodal_losses", where=where)
         for name in self.branches:
             if _loss_rule(unimodal_losses[name]) is not None:
-                raise InputError(f"The 'unimodal_losses' parameter of {where} has a {name!r} entry of shape "
-                                 f"{tuple(unimodal_losses[name].shape)}; expected {_loss_rule(unimodal_losses[name])}.")
+                raise InputError(
+                    f"The 'unimodal_losses' parameter of {where} has a {name!r} entry of shape "
+                    f"{tuple(unimodal_losses[name].shape)}; expected {_loss_rule(unimodal_losses[name])}."
+                )
         params = self._branch_parameters(where=where)
         owner = {id(p): name for name, ps in params.items() for p in ps}
         fused_leaves = graph_leaves(fused_loss)
@@ -139,14 +141,20 @@ class MMPareto:
         count = len(self.branches)
         for index, name in enumerate(self.branches):
             if flags[index]:
-                raise InputError(f"The 'fused_loss' parameter of {where} does not depend on branch {name!r}: its "
-                                 f"module took no part in the forward pass (on this process or another).")
+                raise InputError(
+                    f"The 'fused_loss' parameter of {where} does not depend on branch {name!r}: its "
+                    f"module took no part in the forward pass (on this process or another)."
+                )
             if flags[count + index]:
-                raise InputError(f"The 'unimodal_losses' parameter of {where} has a {name!r} loss that does not depend "
-                                 f"on branch {name!r}: compute it from that branch's output (on every process).")
+                raise InputError(
+                    f"The 'unimodal_losses' parameter of {where} has a {name!r} loss that does not depend "
+                    f"on branch {name!r}: compute it from that branch's output (on every process)."
+                )
         if flags[2 * count + 1] != -flags[2 * count + 2]:
-            raise InputError(f"The 'fused_loss' parameter of {where} reaches different shared parameters on different "
-                             f"processes; every rank must run the same forward graph.")
+            raise InputError(
+                f"The 'fused_loss' parameter of {where} reaches different shared parameters on different "
+                f"processes; every rank must run the same forward graph."
+            )
 
         flat = [p for name in self.branches for p in params[name]]
         inputs = flat + other_list
@@ -201,8 +209,13 @@ class MMPareto:
 
     @checked(f"{WHERE}.load_state_dict")
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        check_argument(state, Mapping[str, Any], parameter="state", where=f"{WHERE}.load_state_dict",
-                       rule=lambda value: None if not value else "the empty state of MMPareto.state_dict()")
+        check_argument(
+            state,
+            Mapping[str, Any],
+            parameter="state",
+            where=f"{WHERE}.load_state_dict",
+            rule=lambda value: None if not value else "the empty state of MMPareto.state_dict()",
+        )
 
 
 def _loss_rule(loss: Tensor) -> str | None:

@@ -112,8 +112,15 @@ class OGMGE:
     """
 
     @checked(WHERE, branches=branches_rule, alpha=positive_finite, seed=at_least(0), modulation_epochs=_window_rule)
-    def __init__(self, branches: Mapping[str, nn.Module], *, alpha: float = 0.3, ge: bool = True, seed: int = 0,
-                 modulation_epochs: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        branches: Mapping[str, nn.Module],
+        *,
+        alpha: float = 0.3,
+        ge: bool = True,
+        seed: int = 0,
+        modulation_epochs: tuple[int, int] | None = None,
+    ) -> None:
         self.branches = dict(branches)
         self.alpha = float(alpha)
         self.ge = ge
@@ -149,16 +156,20 @@ class OGMGE:
         for name in self.branches:
             logits = unimodal_logits[name]
             if logits.dim() != 2 or logits.shape[0] != batch or logits.shape[1] <= high or low < 0:
-                raise InputError(f"The 'unimodal_logits' parameter of {where} has {name!r} logits of shape "
-                                 f"{tuple(logits.shape)}; expected [batch, classes] = [{batch}, C] like 'labels' "
-                                 f"(whose class indices run from {low} to {high}).")
+                raise InputError(
+                    f"The 'unimodal_logits' parameter of {where} has {name!r} logits of shape "
+                    f"{tuple(logits.shape)}; expected [batch, classes] = [{batch}, C] like 'labels' "
+                    f"(whose class indices run from {low} to {high})."
+                )
         parameters = self._branch_parameters(where=where)
         grads = {name: [p.grad for p in params if p.grad is not None] for name, params in parameters.items()}
         for name, branch_grads in grads.items():
             if not branch_grads:
-                raise InputError(f"The 'branches' parameter of {where} has a branch {name!r} whose parameters have "
-                                 f"no gradient: it took no part in the loss's forward pass, or after_backward ran "
-                                 f"before loss.backward().")
+                raise InputError(
+                    f"The 'branches' parameter of {where} has a branch {name!r} whose parameters have "
+                    f"no gradient: it took no part in the loss's forward pass, or after_backward ran "
+                    f"before loss.backward()."
+                )
 
         scores_t = torch.stack([_score(unimodal_logits[name], labels) for name in self.branches])
         if world_size() > 1:  # in one process the scores are read where they are: no copy to a collective's device
@@ -182,9 +193,12 @@ class OGMGE:
         if k != 1.0:
             torch._foreach_mul_(grads, k)
         if spreads is not None:
-            draws = [torch.randn(grad.shape, generator=self._generator(grad.device), device=grad.device,
-                                 dtype=torch.float32).mul_(spread).to(grad.dtype)
-                     for grad, spread in zip(grads, spreads, strict=True)]
+            draws = [
+                torch.randn(grad.shape, generator=self._generator(grad.device), device=grad.device, dtype=torch.float32)
+                .mul_(spread)
+                .to(grad.dtype)
+                for grad, spread in zip(grads, spreads, strict=True)
+            ]
             torch._foreach_add_(grads, draws)
 
     def _generator(self, device: torch.device) -> torch.Generator:
@@ -198,8 +212,11 @@ class OGMGE:
     @checked(f"{WHERE}.state_dict")
     def state_dict(self) -> dict[str, Any]:
         """The epoch and the noise generators' states (one per device drawn on so far)."""
-        return {"seed": self.seed, "epoch": self.epoch,
-                "generators": {key: generator.get_state() for key, generator in self._generators.items()}}
+        return {
+            "seed": self.seed,
+            "epoch": self.epoch,
+            "generators": {key: generator.get_state() for key, generator in self._generators.items()},
+        }
 
     @checked(f"{WHERE}.load_state_dict")
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -223,14 +240,22 @@ def _score(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def _labels_rule(labels: Tensor) -> str | None:
-    if labels.dim() == 1 and labels.shape[0] > 0 and not labels.is_floating_point() and not labels.is_complex() \
-            and labels.dtype != torch.bool:
+    if (
+        labels.dim() == 1
+        and labels.shape[0] > 0
+        and not labels.is_floating_point()
+        and not labels.is_complex()
+        and labels.dtype != torch.bool
+    ):
         return None
     return "a non-empty 1-D tensor of integer class indices [batch]"
 
 
 def _state_rule(state: Mapping[str, Any]) -> str | None:
-    ok = (isinstance(state.get("seed"), int) and isinstance(state.get("epoch"), int)
-          and isinstance(state.get("generators"), Mapping)
-          and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state["generators"].items()))
+    ok = (
+        isinstance(state.get("seed"), int)
+        and isinstance(state.get("epoch"), int)
+        and isinstance(state.get("generators"), Mapping)
+        and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in state["generators"].items())
+    )
     return None if ok else "a state from OGMGE.state_dict() (seed, epoch, generators)"

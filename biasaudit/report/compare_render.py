@@ -4,7 +4,8 @@ self-contained HTML page out."""
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from biasaudit._core.files import atomic_write_bytes
 from biasaudit.report import figures, training_figures
@@ -33,10 +34,15 @@ def bias_rows(comparison: Mapping[str, Any], before: Mapping[str, Any]) -> list[
     at partial strength, and a row without a figure on either side says nothing."""
     bias = comparison.get("bias") or {}
     carrier = bias.get("carrier") or {}
-    rows = [_row("bias carrier (largest excess bias-follow rate)", carrier.get("before") or "none", carrier.get("after") or "none")] \
-        if carrier.get("before") or carrier.get("after") else []
+    rows = (
+        [_row("bias carrier (largest excess bias-follow rate)", carrier.get("before") or "none", carrier.get("after") or "none")]
+        if carrier.get("before") or carrier.get("after")
+        else []
+    )
     for m, entry in (bias.get("bias_follow") or {}).items():
-        moved = "n/a" if entry.get("delta") is None else f"{change(entry['delta'], scale=100)}{ci_pct(entry.get('delta_ci'))} points"
+        moved = (
+            "n/a" if entry.get("delta") is None else f"{change(entry['delta'], scale=100)}{ci_pct(entry.get('delta_ci'))} points"
+        )
         rows.append(_row(f"excess bias-follow rate, {m} swapped", pct(entry["before"]), pct(entry["after"]), moved))
     for key, what in (("worst_group", "worst-group accuracy"), ("bias_balanced", "bias-balanced accuracy")):
         per_condition = bias.get(key) or {}
@@ -46,12 +52,22 @@ def bias_rows(comparison: Mapping[str, Any], before: Mapping[str, Any]) -> list[
                 continue
             rows.append(_row(f"{what}, {condition}", pts(entry["before"]), pts(entry["after"]), _points_change(entry)))
     if bias.get("ood"):
-        rows.append(_row("OOD accuracy (Full, on this shifted split)", pts(bias["ood"]["before"]), pts(bias["ood"]["after"]),
-                         _points_change(bias["ood"])))
+        rows.append(
+            _row(
+                "OOD accuracy (Full, on this shifted split)",
+                pts(bias["ood"]["before"]),
+                pts(bias["ood"]["after"]),
+                _points_change(bias["ood"]),
+            )
+        )
     for key, what in (("weighted_mean", "JSD weighted mean"), ("mean", "JSD mean")):
         entry = (comparison.get("jsd") or {}).get(key) or {}
         if entry.get("before") is not None or entry.get("after") is not None:
-            moved = "" if None in (entry.get("before"), entry.get("after")) else f"{change(entry['after'] - entry['before'], 3)} (no interval)"
+            moved = (
+                ""
+                if None in (entry.get("before"), entry.get("after"))
+                else f"{change(entry['after'] - entry['before'], 3)} (no interval)"
+            )
             rows.append(_row(what, number(entry.get("before"), 3), number(entry.get("after"), 3), moved))
     return rows
 
@@ -61,11 +77,14 @@ def _embedding_figure(audit: Mapping[str, Any]) -> str | None:
     if not section.get("available"):
         return None
     names = (audit.get("dataset") or {}).get("class_names")
-    return figures.figure_to_data_uri(figures.embedding_scatter(section["euclidean"], section["cosine"], section["labels"], class_names=names))
+    return figures.figure_to_data_uri(
+        figures.embedding_scatter(section["euclidean"], section["cosine"], section["labels"], class_names=names)
+    )
 
 
-def render_compare_html(comparison: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any],
-                        train_log: Mapping[str, Any] | None = None) -> str:
+def render_compare_html(
+    comparison: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any], train_log: Mapping[str, Any] | None = None
+) -> str:
     steps = list((train_log or {}).get("steps") or [])
     images = {"before_embeddings": _embedding_figure(before), "after_embeddings": _embedding_figure(after)}
     projection = None
@@ -79,14 +98,26 @@ def render_compare_html(comparison: Mapping[str, Any], before: Mapping[str, Any]
         named = ((train_log or {}).get("training") or {}).get("settings", {}).get("modalities")
         modalities = named if isinstance(named, list) and len(named) == 2 else ("1st modality", "2nd modality")
         images["curves"] = figures.figure_to_data_uri(training_figures.training_curves(steps, modalities=modalities))
-    context = {"comparison": comparison, "before": before, "after": after, "training": (train_log or {}).get("training"),
-               "bias_rows": bias_rows(comparison, before),
-               "bias_lacking": [why for whys in ((comparison.get("bias") or {}).get("lacking") or {}).values() for why in whys],
-               "verdict_sentences": list(comparison.get("verdict_sentences") or []),
-               "images": {k: v for k, v in images.items() if v}, "projection": projection, "section_ids": SECTION_IDS}
+    context = {
+        "comparison": comparison,
+        "before": before,
+        "after": after,
+        "training": (train_log or {}).get("training"),
+        "bias_rows": bias_rows(comparison, before),
+        "bias_lacking": [why for whys in ((comparison.get("bias") or {}).get("lacking") or {}).values() for why in whys],
+        "verdict_sentences": list(comparison.get("verdict_sentences") or []),
+        "images": {k: v for k, v in images.items() if v},
+        "projection": projection,
+        "section_ids": SECTION_IDS,
+    }
     return report_environment().get_template(COMPARE_TEMPLATE).render(context)
 
 
-def write_compare_html(comparison: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any], path: str | os.PathLike,
-                       train_log: Mapping[str, Any] | None = None) -> None:
+def write_compare_html(
+    comparison: Mapping[str, Any],
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    path: str | os.PathLike,
+    train_log: Mapping[str, Any] | None = None,
+) -> None:
     atomic_write_bytes(render_compare_html(comparison, before, after, train_log).encode("utf-8"), path)

@@ -8,7 +8,8 @@ Audits written before these diagnostics lack their keys entirely and must still 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from biasaudit.report import figures
 
@@ -26,8 +27,15 @@ NO_MISTAKES = "The model makes no mistakes on this split, so there is nothing to
 # Diagnostics the user names in --conditions (the rest always run); shapley and interaction are off by default.
 _CHOSEN = ("carrier", "ceilings", "shapley", "interaction")
 _OFF_BY_DEFAULT = ("shapley", "interaction")
-_TITLES = {"groups": "groups", "carrier": "carrier-test", "ceilings": "ceilings", "calibration": "calibration",
-           "shapley": "Shapley", "interaction": "interaction", "mute_checks": "mute-check"}
+_TITLES = {
+    "groups": "groups",
+    "carrier": "carrier-test",
+    "ceilings": "ceilings",
+    "calibration": "calibration",
+    "shapley": "Shapley",
+    "interaction": "interaction",
+    "mute_checks": "mute-check",
+}
 
 
 def _absent_note(audit: Mapping[str, Any], key: str) -> str:
@@ -80,10 +88,15 @@ def group_table(audit: Mapping[str, Any], groups: Mapping[str, Any]) -> dict[str
     rows = sorted(groups.get("groups") or [], key=_sort_key)
     shown, left = rows[:MAX_TABLE_ROWS], rows[MAX_TABLE_ROWS:]
     accuracies = {name for row in rows for name in row.get("accuracy") or {}}
-    return {"rows": shown, "columns": _condition_names(audit, TABLE_GROUPS, accuracies),
-            "left_out": len(left), "left_out_counted": sum(bool(row.get("counted")) for row in left),
-            "conditions": [(name, groups["conditions"][name]) for name in
-                           group_measure_conditions(audit, groups.get("conditions") or {})]}
+    return {
+        "rows": shown,
+        "columns": _condition_names(audit, TABLE_GROUPS, accuracies),
+        "left_out": len(left),
+        "left_out_counted": sum(bool(row.get("counted")) for row in left),
+        "conditions": [
+            (name, groups["conditions"][name]) for name in group_measure_conditions(audit, groups.get("conditions") or {})
+        ],
+    }
 
 
 def group_measure_conditions(audit: Mapping[str, Any], present: Any) -> list[str]:
@@ -107,8 +120,7 @@ def carrier_rows(carrier: Mapping[str, Any], modalities: list[str]) -> list[tupl
 def contingency_rows(contingency: Mapping[str, int]) -> list[tuple[str, int]]:
     """Readable row labels for the unimodal-correctness counts ("only:image" -> "only image")."""
     names = {"both": "every modality", "neither": "none", "none": "none"}
-    return [(names.get(key, key.replace("only:", "only ").replace("+", " and ")), count)
-            for key, count in contingency.items()]
+    return [(names.get(key, key.replace("only:", "only ").replace("+", " and ")), count) for key, count in contingency.items()]
 
 
 def no_mistakes(jsd: Mapping[str, Any]) -> bool:
@@ -124,16 +136,24 @@ def figures_of(audit: Mapping[str, Any], sections: Mapping[str, Mapping[str, Any
     rows = carrier_rows(carrier, modalities) if carrier["available"] else []
     if rows:
         swaps = [row.get("bias_swap") or {} for _, row in rows]
-        out["carrier"] = figures.figure_to_data_uri(figures.carrier_bars(
-            [m for m, _ in rows], [s.get("excess_follow_rate") for s in swaps],
-            [s.get("excess_follow_rate_ci") for s in swaps], carrier=carrier.get("carrier")))
+        out["carrier"] = figures.figure_to_data_uri(
+            figures.carrier_bars(
+                [m for m, _ in rows],
+                [s.get("excess_follow_rate") for s in swaps],
+                [s.get("excess_follow_rate_ci") for s in swaps],
+                carrier=carrier.get("carrier"),
+            )
+        )
     calibration = sections["calibration"]
     if calibration["available"]:
         per_condition = calibration.get("conditions") or {}
         names = [n for n in _condition_names(audit, ("full", "missing"), per_condition) if per_condition[n].get("reliability")]
         if names:
-            out["calibration"] = figures.figure_to_data_uri(figures.reliability_diagrams(
-                {n: per_condition[n]["reliability"] for n in names}, ece={n: per_condition[n].get("ece") for n in names}))
+            out["calibration"] = figures.figure_to_data_uri(
+                figures.reliability_diagrams(
+                    {n: per_condition[n]["reliability"] for n in names}, ece={n: per_condition[n].get("ece") for n in names}
+                )
+            )
     shapley = sections["shapley"]
     distributions = {m: v["distribution"] for m, v in (shapley.get("modalities") or {}).items() if v.get("distribution")}
     if shapley["available"] and distributions:

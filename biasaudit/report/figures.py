@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -44,15 +44,20 @@ def _error_below_above(values: Sequence[float], intervals: Sequence[Sequence[flo
     """Asymmetric error-bar lengths from [lo, hi] intervals; a missing interval draws no bar."""
     below, above = [], []
     for value, interval in zip(values, intervals):
-        lo, hi = (interval if interval else (None, None))
+        lo, hi = interval if interval else (None, None)
         below.append(0.0 if lo is None or math.isnan(value) else max(value - lo, 0.0))
         above.append(0.0 if hi is None or math.isnan(value) else max(hi - value, 0.0))
     return np.array([below, above])
 
 
-def condition_bars(names: Sequence[str], accuracies: Sequence[float | None],
-                   intervals: Sequence[Sequence[float | None] | None], *,
-                   full_accuracy: float | None = None, highlight: Sequence[bool] | None = None) -> Figure:
+def condition_bars(
+    names: Sequence[str],
+    accuracies: Sequence[float | None],
+    intervals: Sequence[Sequence[float | None] | None],
+    *,
+    full_accuracy: float | None = None,
+    highlight: Sequence[bool] | None = None,
+) -> Figure:
     """Accuracy per condition with its 95% interval; `highlight` marks negative transfer."""
     values = [_number(a) for a in accuracies]
     fig = Figure(figsize=(max(5.0, 0.55 * len(names) + 2.0), 3.6), layout="constrained")
@@ -120,14 +125,22 @@ def reliance_heatmap(classes: Sequence[str], drops: Mapping[str, Sequence[float 
     if len(classes) <= 20 and len(drops) <= 6:
         for (row, col), value in np.ndenumerate(matrix):
             if np.isfinite(value):
-                ax.text(col, row, f"{value:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if abs(value) > 0.6 * limit else "black")
+                ax.text(
+                    col,
+                    row,
+                    f"{value:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if abs(value) > 0.6 * limit else "black",
+                )
     ax.set_title("Per-class reliance", fontsize=10)
     return fig
 
 
-def jsd_bars(bias_names: Sequence[str], soft: Sequence[float | None], argmax: Sequence[float | None], *,
-             weighted_mean: float | None = None) -> Figure:
+def jsd_bars(
+    bias_names: Sequence[str], soft: Sequence[float | None], argmax: Sequence[float | None], *, weighted_mean: float | None = None
+) -> Figure:
     """JSD per bias value for both variants, with the 0.5 line below which baselines usually sit."""
     fig = Figure(figsize=(max(5.0, 0.45 * len(bias_names) + 2.5) + 1.4, 3.4), layout="constrained")  # + the legend's column
     ax = fig.add_subplot()
@@ -147,8 +160,13 @@ def jsd_bars(bias_names: Sequence[str], soft: Sequence[float | None], argmax: Se
     return fig
 
 
-def embedding_scatter(euclidean: Sequence[Sequence[float]], cosine: Sequence[Sequence[float]],
-                      labels: Sequence[int], *, class_names: Sequence[str] | None = None) -> Figure:
+def embedding_scatter(
+    euclidean: Sequence[Sequence[float]],
+    cosine: Sequence[Sequence[float]],
+    labels: Sequence[int],
+    *,
+    class_names: Sequence[str] | None = None,
+) -> Figure:
     """The same samples projected from Euclidean and from cosine space, side by side, coloured by label."""
     fig = Figure(figsize=(9.0, 4.2), layout="constrained")
     labels_array = np.asarray(labels, dtype=int)
@@ -197,8 +215,13 @@ def conflict_histogram(pairs: Sequence[Mapping[str, object]]) -> Figure:
     return fig
 
 
-def carrier_bars(modalities: Sequence[str], excess: Sequence[float | None],
-                 intervals: Sequence[Sequence[float | None] | None], *, carrier: str | None = None) -> Figure:
+def carrier_bars(
+    modalities: Sequence[str],
+    excess: Sequence[float | None],
+    intervals: Sequence[Sequence[float | None] | None],
+    *,
+    carrier: str | None = None,
+) -> Figure:
     """Excess bias-follow rate per modality (fractions, drawn as %) with its interval; the carrier in orange."""
     values = [100 * _number(v) for v in excess]
     scaled = [[None if v is None else 100 * v for v in interval] if interval else None for interval in intervals]
@@ -214,8 +237,9 @@ def carrier_bars(modalities: Sequence[str], excess: Sequence[float | None],
     return fig
 
 
-def reliability_diagrams(panels: Mapping[str, Sequence[Mapping[str, float | None]]], *,
-                         ece: Mapping[str, float | None] | None = None) -> Figure:
+def reliability_diagrams(
+    panels: Mapping[str, Sequence[Mapping[str, float | None]]], *, ece: Mapping[str, float | None] | None = None
+) -> Figure:
     """One reliability diagram per condition: accuracy per confidence bin against the diagonal.
 
     Each bin is a mapping with "lo", "hi" (confidence, 0-1), "count" and "accuracy" (percent, None
@@ -262,8 +286,13 @@ def shapley_bars(distributions: Mapping[str, Mapping[str, int]]) -> Figure:
         counts = {float(v): c for v, c in dist.items()}
         total = sum(counts.values()) or 1
         shares = [100 * counts.get(v, 0) / total for v in values]
-        ax.bar(x + (index - (len(distributions) - 1) / 2) * width, shares, width, label=_label(modality),
-               color=palette(index % palette.N))
+        ax.bar(
+            x + (index - (len(distributions) - 1) / 2) * width,
+            shares,
+            width,
+            label=_label(modality),
+            color=palette(index % palette.N),
+        )
     ax.set_xticks(x, [_short_number(v) for v in values], fontsize=8)
     ax.set_xlabel("per-sample Shapley value on correctness")
     ax.set_ylabel("samples (%)")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from biasaudit._core.files import atomic_write_bytes
 
@@ -17,12 +18,24 @@ def gate_junit_xml(result: Mapping[str, Any]) -> bytes:
     rules = result["rules"]
     count = lambda status: sum(r["status"] == status for r in rules)  # noqa: E731
     suites = ET.Element("testsuites", name="biasaudit gate")
-    suite = ET.SubElement(suites, "testsuite", name=f"biasaudit gate {result['current']}", tests=str(len(rules)),
-                          failures=str(count("FAIL")), errors=str(count("ERROR")), skipped="0")
+    suite = ET.SubElement(
+        suites,
+        "testsuite",
+        name=f"biasaudit gate {result['current']}",
+        tests=str(len(rules)),
+        failures=str(count("FAIL")),
+        errors=str(count("ERROR")),
+        skipped="0",
+    )
     properties = ET.SubElement(suite, "properties")
     for key in ("baseline", "paired", "unpaired_reason", "significant", "significant_means", "jsd_statistic"):
         if result.get(key) is not None:
-            ET.SubElement(properties, "property", name=key, value=json.dumps(result[key]) if isinstance(result[key], bool) else str(result[key]))
+            ET.SubElement(
+                properties,
+                "property",
+                name=key,
+                value=json.dumps(result[key]) if isinstance(result[key], bool) else str(result[key]),
+            )
     for rule in rules:
         case = ET.SubElement(suite, "testcase", classname="biasaudit.gate", name=rule["rule"])
         figures = json.dumps(rule["figures"], sort_keys=True)

@@ -5,7 +5,8 @@ matplotlib Figure; leaderboard_render.py embeds them as PNG data URIs like every
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -22,17 +23,35 @@ def _number(value: float | None) -> float:
 
 
 # Where a label may sit around its point, tried in this order: (x, y) direction of the offset, then the text's alignment.
-_LABEL_SPOTS = (((1, 1), "left", "bottom"), ((1, -1), "left", "top"), ((-1, 1), "right", "bottom"), ((-1, -1), "right", "top"),
-                ((1, 0), "left", "center"), ((-1, 0), "right", "center"), ((0, 1), "center", "bottom"), ((0, -1), "center", "top"))
+_LABEL_SPOTS = (
+    ((1, 1), "left", "bottom"),
+    ((1, -1), "left", "top"),
+    ((-1, 1), "right", "bottom"),
+    ((-1, -1), "right", "top"),
+    ((1, 0), "left", "center"),
+    ((-1, 0), "right", "center"),
+    ((0, 1), "center", "bottom"),
+    ((0, -1), "center", "top"),
+)
 _LABEL_PAD_POINTS = 2.0  # kept free around each label, so the PNG's other dpi (other text hinting) cannot make two touch
 _LEADER_RINGS = 12  # fallback distances (rings of _LEADER_STEP_POINTS) before giving up on a free spot
 _LEADER_STEP_POINTS = 14.0
 _LEADER_ANGLES = 16
 
 
-def pareto_plot(names: Sequence[str], full: Sequence[float | None], full_ci: Sequence[Sequence[float] | None],
-                bias: Sequence[float | None], bias_ci: Sequence[Sequence[float] | None], *, control: str, margin: float,
-                bias_label: str, bias_better: str | None, recommended: str | None = None) -> Figure:
+def pareto_plot(
+    names: Sequence[str],
+    full: Sequence[float | None],
+    full_ci: Sequence[Sequence[float] | None],
+    bias: Sequence[float | None],
+    bias_ci: Sequence[Sequence[float] | None],
+    *,
+    control: str,
+    margin: float,
+    bias_label: str,
+    bias_better: str | None,
+    recommended: str | None = None,
+) -> Figure:
     """Each method's change in the primary bias measure against its change in Full accuracy, both against the control,
     with 95% interval bars both ways; the control at (0, 0); the non-inferiority margin -margin as a dashed line.
     Labels never overlap: methods that change little all crowd the control, and their names must stay readable."""
@@ -51,9 +70,19 @@ def pareto_plot(names: Sequence[str], full: Sequence[float | None], full_ci: Seq
             continue  # the page lists the methods it could not place
         best = name == recommended
         color = "#1b9e77" if best else "#d95f02"
-        ax.errorbar([x], [y], xerr=figures._error_below_above([x], [x_ci]), yerr=figures._error_below_above([y], [y_ci]),
-                    fmt="*" if best else "o", markersize=13 if best else 7, color=color, ecolor=color, elinewidth=1, capsize=3,
-                    label="recommended" if best else None)
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=figures._error_below_above([x], [x_ci]),
+            yerr=figures._error_below_above([y], [y_ci]),
+            fmt="*" if best else "o",
+            markersize=13 if best else 7,
+            color=color,
+            ecolor=color,
+            elinewidth=1,
+            capsize=3,
+            label="recommended" if best else None,
+        )
         label = (figures._label(name), (float(x), float(y)), color, 13.0 if best else 7.0, 0)
         placed.append(((not best, math.hypot(x, y), index), label))
     # The recommended method picks its spot first, then the rest from the crowded centre outwards: the outer ones have room.
@@ -99,10 +128,17 @@ def _place_labels(fig: Figure, ax: Any, labels: Sequence[tuple[str, tuple[float,
             for step in range(_LEADER_ANGLES):
                 angle = math.pi / 4 + 2 * math.pi * step / _LEADER_ANGLES
                 dx, dy = math.cos(angle), math.sin(angle)
-                far.append(((radius * dx, radius * dy), "left" if dx > 0.3 else "right" if dx < -0.3 else "center",
-                            "bottom" if dy > 0.3 else "top" if dy < -0.3 else "center"))
+                far.append(
+                    (
+                        (radius * dx, radius * dy),
+                        "left" if dx > 0.3 else "right" if dx < -0.3 else "center",
+                        "bottom" if dy > 0.3 else "top" if dy < -0.3 else "center",
+                    )
+                )
         # Measured as drawn, with no arrow yet: a leader line's box would count as the text's.
-        label = ax.annotate(text, point, xytext=(0, 0), textcoords="offset points", fontsize=8, color=color, annotation_clip=False)
+        label = ax.annotate(
+            text, point, xytext=(0, 0), textcoords="offset points", fontsize=8, color=color, annotation_clip=False
+        )
         label.set_in_layout(False)
         best = None
         for spot_index, (offset, ha, va) in enumerate(near + far):
@@ -118,10 +154,18 @@ def _place_labels(fig: Figure, ax: Any, labels: Sequence[tuple[str, tuple[float,
         _, spot_index, offset, ha, va, box = best
         if spot_index >= len(near):
             label.remove()
-            label = ax.annotate(text, point, xytext=offset, textcoords="offset points", fontsize=8, color=color,
-                                ha=ha, va=va, annotation_clip=False,
-                                arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.6, "shrinkA": 1,
-                                            "shrinkB": size / 2.0})
+            label = ax.annotate(
+                text,
+                point,
+                xytext=offset,
+                textcoords="offset points",
+                fontsize=8,
+                color=color,
+                ha=ha,
+                va=va,
+                annotation_clip=False,
+                arrowprops={"arrowstyle": "-", "color": color, "linewidth": 0.6, "shrinkA": 1, "shrinkB": size / 2.0},
+            )
             label.set_in_layout(False)
         else:
             label.xyann = offset

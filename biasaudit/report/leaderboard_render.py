@@ -9,7 +9,8 @@ template is inline so the page needs no file beyond the ones every report ships.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from matplotlib.figure import Figure
@@ -30,8 +31,9 @@ def primary_measure(document: Mapping[str, Any]) -> str | None:
     """The bias measure the Pareto plot shows: the settings' primary one when the document has it, else the first bias
     measure it has (an in-distribution split has no OOD accuracy, a model without a carrier no follow rate)."""
     names = [m["name"] for m in document.get("measures") or []]
-    primary = (((document.get("manifest") or {}).get("settings") or {}).get("primary")
-               or (document.get("recommendation") or {}).get("primary"))
+    primary = ((document.get("manifest") or {}).get("settings") or {}).get("primary") or (
+        document.get("recommendation") or {}
+    ).get("primary")
     wanted = PRIMARY_MEASURES.get(str(primary))
     if wanted in names:
         return wanted
@@ -76,7 +78,7 @@ def _change_cell(change: Mapping[str, Any] | None, better: str | None) -> dict[s
 
 
 def _options_text(entry: Mapping[str, Any]) -> str | None:
-    """"scale chosen on val: 4, 8, 4 (seeds 0, 1, 2)": the option each seed's run chose on validation data."""
+    """ "scale chosen on val: 4, 8, 4 (seeds 0, 1, 2)": the option each seed's run chose on validation data."""
     options = entry.get("options")
     if not options:
         return None
@@ -85,8 +87,10 @@ def _options_text(entry: Mapping[str, Any]) -> str | None:
     text = f"{options['option']} chosen on {options['validated_on']}: {values} (seeds {', '.join(chosen)})"
     undecided = options.get("undecided_seeds") or []
     if undecided:
-        text += (f"; on seed{'s' if len(undecided) > 1 else ''} {', '.join(map(str, undecided))} every value scored the same, "
-                 "so the default was kept")
+        text += (
+            f"; on seed{'s' if len(undecided) > 1 else ''} {', '.join(map(str, undecided))} every value scored the same, "
+            "so the default was kept"
+        )
     return text
 
 
@@ -100,13 +104,27 @@ def table_rows(document: Mapping[str, Any]) -> list[dict[str, Any]]:
             after = format_points(value.get("mean"))
             if value.get("std") is not None:
                 after += f" ± {number(value['std'])}"
-            change = None if entry.get("control") else _change_cell((entry.get("changes") or {}).get(measure["name"]), measure.get("better"))
+            change = (
+                None
+                if entry.get("control")
+                else _change_cell((entry.get("changes") or {}).get(measure["name"]), measure.get("better"))
+            )
             cells.append({"after": after, "change": change})
         runs = [{"seed": s["seed"], "href": compare_link(s["folder"])} for s in entry.get("seeds") or []]
         css = " ".join(name for name in ("control", "recommended") if entry.get(name))
-        rows.append({"method": entry["method"], "control": bool(entry.get("control")), "recommended": bool(entry.get("recommended")),
-                     "css": css, "cells": cells, "runs": runs, "kept": entry.get("kept_checkpoint"), "kept_note": entry.get("kept_note"),
-                     "options": _options_text(entry)})
+        rows.append(
+            {
+                "method": entry["method"],
+                "control": bool(entry.get("control")),
+                "recommended": bool(entry.get("recommended")),
+                "css": css,
+                "cells": cells,
+                "runs": runs,
+                "kept": entry.get("kept_checkpoint"),
+                "kept_note": entry.get("kept_note"),
+                "options": _options_text(entry),
+            }
+        )
     return rows
 
 
@@ -122,12 +140,23 @@ def pareto_figure(document: Mapping[str, Any], primary: str | None) -> tuple[Fig
     bias = [(c.get(primary) or {}) for c in changes]
     unplaced = [m["method"] for m, f, b in zip(methods, full, bias) if f.get("delta") is None or b.get("delta") is None]
     recommended = (document.get("recommendation") or {}).get("method")
-    margin = float((document.get("recommendation") or {}).get("max_full_drop")
-                   or ((document.get("manifest") or {}).get("settings") or {}).get("max_full_drop") or 0.0)
-    fig = pareto_plot([m["method"] for m in methods], [f.get("delta") for f in full], [f.get("interval") for f in full],
-                      [b.get("delta") for b in bias], [b.get("interval") for b in bias], control=document.get("control") or "ce",
-                      margin=margin, bias_label=measures[primary].get("label") or primary,
-                      bias_better=measures[primary].get("better"), recommended=recommended)
+    margin = float(
+        (document.get("recommendation") or {}).get("max_full_drop")
+        or ((document.get("manifest") or {}).get("settings") or {}).get("max_full_drop")
+        or 0.0
+    )
+    fig = pareto_plot(
+        [m["method"] for m in methods],
+        [f.get("delta") for f in full],
+        [f.get("interval") for f in full],
+        [b.get("delta") for b in bias],
+        [b.get("interval") for b in bias],
+        control=document.get("control") or "ce",
+        margin=margin,
+        bias_label=measures[primary].get("label") or primary,
+        bias_better=measures[primary].get("better"),
+        recommended=recommended,
+    )
     return fig, unplaced
 
 
@@ -137,7 +166,9 @@ def _images(document: Mapping[str, Any], primary: str | None) -> tuple[dict[str,
     fig, unplaced = pareto_figure(document, primary)
     if fig is not None:
         images["pareto"] = figures.figure_to_data_uri(fig)
-    curves = {m["method"]: {s["seed"]: list(s.get("epoch_loss") or []) for s in m.get("seeds") or []} for m in document["methods"]}
+    curves = {
+        m["method"]: {s["seed"]: list(s.get("epoch_loss") or []) for s in m.get("seeds") or []} for m in document["methods"]
+    }
     if any(losses for seeds in curves.values() for losses in seeds.values()):
         images["curves"] = figures.figure_to_data_uri(loss_curves(curves))
     return images, unplaced
@@ -159,18 +190,29 @@ def render_leaderboard_html(document: Mapping[str, Any], *, max_bytes: int = MAX
     manifest = document.get("manifest") or {}
     measures = {m["name"]: m for m in document["measures"]}
     run_seconds = sum(float(s.get("wall_time_s") or 0.0) for m in document["methods"] for s in m.get("seeds") or [])
-    context = {"doc": document, "manifest": manifest, "settings": manifest.get("settings") or {},
-               "recommendation": document.get("recommendation") or {}, "measures": document["measures"],
-               "rows": table_rows(document), "images": images, "unplaced": unplaced, "section_ids": SECTION_IDS,
-               "primary_label": (measures.get(primary) or {}).get("label") or primary,
-               "wall_time": _duration(manifest.get("wall_time_s")), "run_time": _duration(run_seconds),
-               "sentences": [(m["method"], m["sentence"]) for m in document["methods"] if m.get("sentence")],
-               "kept_chosen_on": next((m["kept_chosen_on"] for m in document["methods"] if m.get("kept_chosen_on")), None)}
+    context = {
+        "doc": document,
+        "manifest": manifest,
+        "settings": manifest.get("settings") or {},
+        "recommendation": document.get("recommendation") or {},
+        "measures": document["measures"],
+        "rows": table_rows(document),
+        "images": images,
+        "unplaced": unplaced,
+        "section_ids": SECTION_IDS,
+        "primary_label": (measures.get(primary) or {}).get("label") or primary,
+        "wall_time": _duration(manifest.get("wall_time_s")),
+        "run_time": _duration(run_seconds),
+        "sentences": [(m["method"], m["sentence"]) for m in document["methods"] if m.get("sentence")],
+        "kept_chosen_on": next((m["kept_chosen_on"] for m in document["methods"] if m.get("kept_chosen_on")), None),
+    }
     html = report_environment().from_string(_TEMPLATE).render(context)
     size = len(html.encode("utf-8"))
     if size > max_bytes:
-        raise BiasAuditError(f"The leaderboard page would be {size / 2**20:.1f} MiB, above the {max_bytes / 2**20:.1f} MiB limit; "
-                             "compare fewer methods or seeds.")
+        raise BiasAuditError(
+            f"The leaderboard page would be {size / 2**20:.1f} MiB, above the {max_bytes / 2**20:.1f} MiB limit; "
+            "compare fewer methods or seeds."
+        )
     return html
 
 

@@ -10,7 +10,8 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
 import jinja2
 
@@ -25,9 +26,25 @@ if TYPE_CHECKING:  # importlib.resources.abc is 3.11+; the annotation alone need
 
 AUDIT_TEMPLATE = "audit.html.j2"
 # The id attribute of every section of the audit report, in page order.
-SECTION_IDS = ("verdict", "bias-measures", "summary", "ceilings", "mute-checks", "groups", "conditions",
-               "ratio-sweep", "reliance", "shapley", "interaction", "calibration", "jsd", "embeddings",
-               "gradient-conflict", "notes", "manifest")
+SECTION_IDS = (
+    "verdict",
+    "bias-measures",
+    "summary",
+    "ceilings",
+    "mute-checks",
+    "groups",
+    "conditions",
+    "ratio-sweep",
+    "reliance",
+    "shapley",
+    "interaction",
+    "calibration",
+    "jsd",
+    "embeddings",
+    "gradient-conflict",
+    "notes",
+    "manifest",
+)
 MAX_REPORT_BYTES = 20 * 1024 * 1024
 _REQUIRED_KEYS = ("manifest", "dataset", "summary", "conditions")
 _OPTIONAL_ANALYSES = {"jsd": "JSD", "embeddings": "embedding", "gradient_conflict": "gradient-conflict"}
@@ -50,11 +67,23 @@ def report_environment() -> jinja2.Environment:
         source = root / name
         return source.read_text(encoding="utf-8") if source.is_file() else None
 
-    env = jinja2.Environment(loader=jinja2.FunctionLoader(load), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(points=format_points, change=format_change, interval=format_interval, percent=format_percent,
-                       decimal=format_decimal, plain=_plain, percent_interval=format_percent_interval,
-                       decimal_interval=format_decimal_interval)
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        points=format_points,
+        change=format_change,
+        interval=format_interval,
+        percent=format_percent,
+        decimal=format_decimal,
+        plain=_plain,
+        percent_interval=format_percent_interval,
+        decimal_interval=format_decimal_interval,
+    )
     return env
 
 
@@ -121,7 +150,9 @@ def _check_audit(audit: Any) -> None:
         raise InputError(f"The audit has schema_version {audit.get('schema_version')!r}; this report renders version 1.")
     missing = [key for key in _REQUIRED_KEYS if key not in audit]
     if missing:
-        raise InputError(f"The audit lacks its {', '.join(missing)} section(s); expected a complete audit.json from `biasaudit scan`.")
+        raise InputError(
+            f"The audit lacks its {', '.join(missing)} section(s); expected a complete audit.json from `biasaudit scan`."
+        )
 
 
 def _analysis(audit: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -148,26 +179,39 @@ def _figures(audit: Mapping[str, Any], analyses: Mapping[str, Mapping[str, Any]]
     # Ratio conditions get their own curve, so the bars show the other conditions.
     bars = [c for c in audit["conditions"] if c.get("group") != "ratio"] or list(audit["conditions"])
     if bars:
-        out["conditions"] = figures.figure_to_data_uri(figures.condition_bars(
-            [c["name"] for c in bars], [c.get("accuracy") for c in bars], [c.get("accuracy_ci") for c in bars],
-            full_accuracy=full, highlight=[bool(c.get("negative_transfer")) for c in bars]))
+        out["conditions"] = figures.figure_to_data_uri(
+            figures.condition_bars(
+                [c["name"] for c in bars],
+                [c.get("accuracy") for c in bars],
+                [c.get("accuracy_ci") for c in bars],
+                full_accuracy=full,
+                highlight=[bool(c.get("negative_transfer")) for c in bars],
+            )
+        )
     sweep = audit.get("ratio_sweep") or {}
     if sweep:
         out["ratio_sweep"] = figures.figure_to_data_uri(figures.ratio_sweep(sweep, full_accuracy=full))
     reliance = audit.get("reliance") or {}
     if reliance.get("drop"):
         out["reliance"] = figures.figure_to_data_uri(
-            figures.reliance_heatmap([str(c) for c in reliance.get("classes") or classes], reliance["drop"]))
+            figures.reliance_heatmap([str(c) for c in reliance.get("classes") or classes], reliance["drop"])
+        )
     jsd = analyses["jsd"]
     if jsd["available"] and jsd.get("per_bias") and not diagnostics.no_mistakes(jsd):
         per_bias = jsd["per_bias"]
-        out["jsd"] = figures.figure_to_data_uri(figures.jsd_bars(
-            list(per_bias), [v.get("soft") for v in per_bias.values()], [v.get("argmax") for v in per_bias.values()],
-            weighted_mean=jsd.get("weighted_mean")))
+        out["jsd"] = figures.figure_to_data_uri(
+            figures.jsd_bars(
+                list(per_bias),
+                [v.get("soft") for v in per_bias.values()],
+                [v.get("argmax") for v in per_bias.values()],
+                weighted_mean=jsd.get("weighted_mean"),
+            )
+        )
     embeddings = analyses["embeddings"]
     if embeddings["available"] and embeddings.get("labels"):
-        out["embeddings"] = figures.figure_to_data_uri(figures.embedding_scatter(
-            embeddings["euclidean"], embeddings["cosine"], embeddings["labels"], class_names=classes))
+        out["embeddings"] = figures.figure_to_data_uri(
+            figures.embedding_scatter(embeddings["euclidean"], embeddings["cosine"], embeddings["labels"], class_names=classes)
+        )
     conflict = analyses["gradient_conflict"]
     if conflict["available"] and conflict.get("pairs"):
         out["gradient_conflict"] = figures.figure_to_data_uri(figures.conflict_histogram(conflict["pairs"]))
@@ -182,8 +226,10 @@ def render_audit_html(audit: Mapping[str, Any], *, max_bytes: int = MAX_REPORT_B
     """
     _check_audit(audit)
     analyses = {key: _analysis(audit, key) for key in _OPTIONAL_ANALYSES}
-    sections = {key: diagnostics.section(audit, key) for key in
-                ("groups", "carrier", "ceilings", "calibration", "shapley", "interaction", "mute_checks")}
+    sections = {
+        key: diagnostics.section(audit, key)
+        for key in ("groups", "carrier", "ceilings", "calibration", "shapley", "interaction", "mute_checks")
+    }
     classes = _class_names(audit)
     modalities = [m["name"] for m in audit["dataset"].get("modalities") or []]
     headline, sentences = diagnostics.verdict_lines(audit, verdict(audit))
@@ -193,24 +239,36 @@ def render_audit_html(audit: Mapping[str, Any], *, max_bytes: int = MAX_REPORT_B
     if jsd_no_mistakes and not any("no mistakes" in str(note).lower() for note in notes):
         notes.append("JSD: " + diagnostics.NO_MISTAKES)
     context = {
-        "audit": audit, "verdict": headline, "verdict_sentences": sentences, "classes": classes,
-        "section_ids": SECTION_IDS, "modalities": modalities,
-        "jsd": analyses["jsd"], "jsd_no_mistakes": jsd_no_mistakes, "no_mistakes_text": diagnostics.NO_MISTAKES,
-        "embeddings": analyses["embeddings"], "conflict": analyses["gradient_conflict"],
-        "ratio_sweep": audit.get("ratio_sweep") or {}, "reliance": audit.get("reliance") or {},
-        "conditions_by_name": {c["name"]: c for c in audit["conditions"]}, **sections,
+        "audit": audit,
+        "verdict": headline,
+        "verdict_sentences": sentences,
+        "classes": classes,
+        "section_ids": SECTION_IDS,
+        "modalities": modalities,
+        "jsd": analyses["jsd"],
+        "jsd_no_mistakes": jsd_no_mistakes,
+        "no_mistakes_text": diagnostics.NO_MISTAKES,
+        "embeddings": analyses["embeddings"],
+        "conflict": analyses["gradient_conflict"],
+        "ratio_sweep": audit.get("ratio_sweep") or {},
+        "reliance": audit.get("reliance") or {},
+        "conditions_by_name": {c["name"]: c for c in audit["conditions"]},
+        **sections,
         "group_table": diagnostics.group_table(audit, sections["groups"]),
         "calibration_rows": diagnostics.calibration_rows(audit, sections["calibration"]),
         "carrier_rows": diagnostics.carrier_rows(sections["carrier"], modalities) if sections["carrier"]["available"] else [],
         "contingency_rows": diagnostics.contingency_rows(sections["shapley"].get("contingency") or {}),
-        "notes": notes, "max_table_rows": diagnostics.MAX_TABLE_ROWS,
+        "notes": notes,
+        "max_table_rows": diagnostics.MAX_TABLE_ROWS,
         "figures": {**_figures(audit, analyses, classes), **diagnostics.figures_of(audit, sections, modalities)},
     }
     html = report_environment().get_template(AUDIT_TEMPLATE).render(context)
     size = len(html.encode("utf-8"))
     if size > max_bytes:
-        raise BiasAuditError(f"The HTML report would be {size / 2**20:.1f} MiB, above the {max_bytes / 2**20:.1f} MiB limit; "
-                             "reduce the embedding points or the number of conditions.")
+        raise BiasAuditError(
+            f"The HTML report would be {size / 2**20:.1f} MiB, above the {max_bytes / 2**20:.1f} MiB limit; "
+            "reduce the embedding points or the number of conditions."
+        )
     return html
 
 

@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
 
-_CURVES = (("loss", "task loss L_T"), ("loss_v", "unimodal loss L_{v}"), ("loss_l", "unimodal loss L_{l}"),
-           ("weight_v", "KL weight w_{v}"), ("weight_l", "KL weight w_{l}"), ("lam", "lambda_t"))
+_CURVES = (
+    ("loss", "task loss L_T"),
+    ("loss_v", "unimodal loss L_{v}"),
+    ("loss_l", "unimodal loss L_{l}"),
+    ("weight_v", "KL weight w_{v}"),
+    ("weight_l", "KL weight w_{l}"),
+    ("lam", "lambda_t"),
+)
 
 
-def training_curves(steps: Sequence[Mapping[str, Any]], *, modalities: Sequence[str] = ("1st modality", "2nd modality")) -> Figure:
+def training_curves(
+    steps: Sequence[Mapping[str, Any]], *, modalities: Sequence[str] = ("1st modality", "2nd modality")
+) -> Figure:
     """Losses on the left, BalGrad's weights and lambda on the right, against the step; `modalities` names v and l
     (BalGrad's settings record them). The right panel only when the log has BalGrad's figures: other methods (MMDB, DFR...)
     log none, and an empty panel titled after BalGrad would read as a failed run."""

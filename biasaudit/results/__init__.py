@@ -63,10 +63,19 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         from biasaudit import __version__
 
-        return {"tool": "biasaudit", "version": __version__, "created": self.created,
-                "wall_time_s": round(self.wall_time_s, 3), "seed": self.seed, "device": self.device,
-                "versions": library_versions(), "config": dict(self.config),
-                "checkpoint": dict(self.checkpoint), "adapter": dict(self.adapter), "randomness": dict(GENERATOR)}
+        return {
+            "tool": "biasaudit",
+            "version": __version__,
+            "created": self.created,
+            "wall_time_s": round(self.wall_time_s, 3),
+            "seed": self.seed,
+            "device": self.device,
+            "versions": library_versions(),
+            "config": dict(self.config),
+            "checkpoint": dict(self.checkpoint),
+            "adapter": dict(self.adapter),
+            "randomness": dict(GENERATOR),
+        }
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -118,13 +127,16 @@ def write_json_atomic(obj: Any, path: StrPath) -> None:
 def read_audit(path: StrPath) -> dict[str, Any]:
     """Read an audit.json and check that it is one this version understands."""
     path = Path(path)
-    data = _read_json(path, source=f"Audit file {path}", expected="an audit.json a scan wrote",
-                      remedy="re-run the scan that wrote it")
+    data = _read_json(
+        path, source=f"Audit file {path}", expected="an audit.json a scan wrote", remedy="re-run the scan that wrote it"
+    )
     if not isinstance(data, dict) or data.get("schema") != AUDIT_SCHEMA:
-        raise InputError(f"Audit file {path} is not a biasaudit audit (expected \"schema\": \"{AUDIT_SCHEMA}\").")
+        raise InputError(f'Audit file {path} is not a biasaudit audit (expected "schema": "{AUDIT_SCHEMA}").')
     if data.get("schema_version") != AUDIT_SCHEMA_VERSION:
-        raise InputError(f"Audit file {path} has schema_version {data.get('schema_version')!r}; "
-                         f"this biasaudit reads version {AUDIT_SCHEMA_VERSION}.")
+        raise InputError(
+            f"Audit file {path} has schema_version {data.get('schema_version')!r}; "
+            f"this biasaudit reads version {AUDIT_SCHEMA_VERSION}."
+        )
     check_against_schema(data, "audit", source=f"Audit file {path}")
     _check_pairing_sections(data, source=str(path))
     check_set(path, data, source=f"Audit file {path}")
@@ -135,8 +147,9 @@ def read_train_log(path: StrPath) -> dict[str, Any]:
     """Read the train_log.json of a fix run (for `compare --train-log`) and check it against its published schema."""
     path = Path(path)
     source = f"Training log {path}"
-    data: dict[str, Any] = _read_json(path, source=source, expected="the train_log.json file a fix run wrote",
-                                      remedy="re-run the fix that wrote it")
+    data: dict[str, Any] = _read_json(
+        path, source=source, expected="the train_log.json file a fix run wrote", remedy="re-run the fix that wrote it"
+    )
     check_against_schema(data, "train_log", source=source, remedy="re-run the fix that wrote it")
     check_set(path, data, source=source)
     return data
@@ -173,8 +186,10 @@ def check_no_constant(data: Any, *, source: str, remedy: str) -> None:
     constant = _first_constant(data)
     if constant is not None:
         where, name = constant
-        raise InputError(f"{source} is damaged at {where}: {name} is not a JSON number (biasaudit writes null for a figure it "
-                         f"could not compute); {remedy}.")
+        raise InputError(
+            f"{source} is damaged at {where}: {name} is not a JSON number (biasaudit writes null for a figure it "
+            f"could not compute); {remedy}."
+        )
 
 
 def _first_constant(data: Any, path: tuple[str | int, ...] = ()) -> tuple[str, str] | None:
@@ -206,11 +221,14 @@ def check_against_schema(data: Any, name: str, *, source: str, remedy: str = "re
         if error.validator == "required" and isinstance(value, dict):  # name the missing field itself, not its parent
             missing = next((key for key in error.validator_value if key not in value), None)
             field = missing if where == "(the top level)" else f"{where}.{missing}"
-            raise InputError(f"{source} is damaged at {field}: the field is missing, and the published schema requires it; "
-                             f"{remedy}.")
+            raise InputError(
+                f"{source} is damaged at {field}: the field is missing, and the published schema requires it; {remedy}."
+            )
         shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-        raise InputError(f"{source} is damaged at {where}: {shown[:60]} does not fit the published schema ({error.validator} "
-                         f"{error.validator_value!r:.60}); {remedy}.")
+        raise InputError(
+            f"{source} is damaged at {where}: {shown[:60]} does not fit the published schema ({error.validator} "
+            f"{error.validator_value!r:.60}); {remedy}."
+        )
 
 
 def _schema(name: str) -> dict[str, Any]:
@@ -225,10 +243,15 @@ def _check_pairing_sections(audit: Mapping[str, Any], *, source: str) -> None:
     """The optional `samples` and `bootstrap` sections, when present, are what a scan writes (older audits lack
     both and still load: they are compared without paired intervals)."""
     rows = audit.get("conditions")
-    names = ([row["name"] for row in rows if isinstance(row, Mapping) and isinstance(row.get("name"), str)]
-             if isinstance(rows, list) else [])
+    names = (
+        [row["name"] for row in rows if isinstance(row, Mapping) and isinstance(row.get("name"), str)]
+        if isinstance(rows, list)
+        else []
+    )
     checks: dict[str, Callable[[Any], object]] = {
-        "samples": check_fingerprint, "bootstrap": lambda section: BootstrapCounts.from_dict(section, conditions=names)}
+        "samples": check_fingerprint,
+        "bootstrap": lambda section: BootstrapCounts.from_dict(section, conditions=names),
+    }
     for key, check in checks.items():
         if key not in audit:
             continue

@@ -37,12 +37,20 @@ class Group:
 
     @classmethod
     def _from_entry(cls, entry: Mapping[str, Any]) -> Group:
-        return cls(label=int(entry["label"]), label_name=entry.get("label_name"), bias=int(entry["bias"]),
-                   bias_name=entry.get("bias_name"), n=int(entry["n"]), conflicting=entry.get("conflicting"),
-                   alignment=entry.get("alignment"), counted=bool(entry.get("counted")),
-                   accuracy=number_map(entry.get("accuracy")),
-                   accuracy_exact=MappingProxyType({name: interval_of(ci)
-                                                    for name, ci in (entry.get("accuracy_exact_ci") or {}).items()}))
+        return cls(
+            label=int(entry["label"]),
+            label_name=entry.get("label_name"),
+            bias=int(entry["bias"]),
+            bias_name=entry.get("bias_name"),
+            n=int(entry["n"]),
+            conflicting=entry.get("conflicting"),
+            alignment=entry.get("alignment"),
+            counted=bool(entry.get("counted")),
+            accuracy=number_map(entry.get("accuracy")),
+            accuracy_exact=MappingProxyType(
+                {name: interval_of(ci) for name, ci in (entry.get("accuracy_exact_ci") or {}).items()}
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -85,13 +93,25 @@ class Favoured:
     def _from_section(cls, section: Mapping[str, Any] | None) -> Favoured | None:
         if not section:
             return None
-        return cls(rule=section.get("rule"), fraction=number_or_none(section.get("fraction")),
-                   values=tuple(FavouredValue(bias=int(v["bias"]), bias_name=v.get("bias_name"), n=v.get("n"),
-                                              classes=tuple(int(c) for c in v.get("classes") or ()),
-                                              class_names=texts(v.get("class_names")), shares=numbers(v.get("shares")))
-                                for v in section.get("values") or ()),
-                   several=section.get("several"), none=section.get("none"), near_ties=texts(section.get("near_ties")),
-                   note=section.get("note"))
+        return cls(
+            rule=section.get("rule"),
+            fraction=number_or_none(section.get("fraction")),
+            values=tuple(
+                FavouredValue(
+                    bias=int(v["bias"]),
+                    bias_name=v.get("bias_name"),
+                    n=v.get("n"),
+                    classes=tuple(int(c) for c in v.get("classes") or ()),
+                    class_names=texts(v.get("class_names")),
+                    shares=numbers(v.get("shares")),
+                )
+                for v in section.get("values") or ()
+            ),
+            several=section.get("several"),
+            none=section.get("none"),
+            near_ties=texts(section.get("near_ties")),
+            note=section.get("note"),
+        )
 
 
 @dataclass(frozen=True)
@@ -119,17 +139,27 @@ class Groups:
         if section is None:
             return None
         shift = section.get("shift")
-        return cls(bias_source=section.get("bias_source"), grouping=section.get("grouping"), min_group=section.get("min_group"),
-                   blind=section.get("blind"), conflicting_samples=section.get("conflicting_samples"),
-                   counted_conflicting_groups=section.get("counted_conflicting_groups"),
-                   small_groups=section.get("small_groups"),
-                   groups=tuple(Group._from_entry(entry) for entry in section.get("groups") or ()),
-                   conditions=MappingProxyType({name: GroupFigures._from_entry(entry)
-                                                for name, entry in (section.get("conditions") or {}).items()}),
-                   shift=GroupShift(train_aligned_share=number_or_none(shift.get("train_aligned_share")),
-                                    split_aligned_share=number_or_none(shift.get("split_aligned_share")),
-                                    ood=shift.get("ood")) if shift else None,
-                   favoured=Favoured._from_section(section.get("favoured")))
+        return cls(
+            bias_source=section.get("bias_source"),
+            grouping=section.get("grouping"),
+            min_group=section.get("min_group"),
+            blind=section.get("blind"),
+            conflicting_samples=section.get("conflicting_samples"),
+            counted_conflicting_groups=section.get("counted_conflicting_groups"),
+            small_groups=section.get("small_groups"),
+            groups=tuple(Group._from_entry(entry) for entry in section.get("groups") or ()),
+            conditions=MappingProxyType(
+                {name: GroupFigures._from_entry(entry) for name, entry in (section.get("conditions") or {}).items()}
+            ),
+            shift=GroupShift(
+                train_aligned_share=number_or_none(shift.get("train_aligned_share")),
+                split_aligned_share=number_or_none(shift.get("split_aligned_share")),
+                ood=shift.get("ood"),
+            )
+            if shift
+            else None,
+            favoured=Favoured._from_section(section.get("favoured")),
+        )
 
 
 @dataclass(frozen=True)
@@ -154,13 +184,18 @@ class Shapley:
     def _from_section(cls, section: Mapping[str, Any] | None) -> Shapley | None:
         if section is None:
             return None
-        def value(entry: Mapping[str, Any]) -> ShapleyValue:
-            return ShapleyValue(mean=Estimate._of(entry.get("mean"), entry.get("mean_ci")),
-                                distribution=MappingProxyType(dict(entry.get("distribution") or {})),
-                                per_class=numbers(entry.get("per_class")))
 
-        return cls(modalities=MappingProxyType({name: value(entry) for name, entry in (section.get("modalities") or {}).items()}),
-                   contingency=MappingProxyType(dict(section.get("contingency") or {})))
+        def value(entry: Mapping[str, Any]) -> ShapleyValue:
+            return ShapleyValue(
+                mean=Estimate._of(entry.get("mean"), entry.get("mean_ci")),
+                distribution=MappingProxyType(dict(entry.get("distribution") or {})),
+                per_class=numbers(entry.get("per_class")),
+            )
+
+        return cls(
+            modalities=MappingProxyType({name: value(entry) for name, entry in (section.get("modalities") or {}).items()}),
+            contingency=MappingProxyType(dict(section.get("contingency") or {})),
+        )
 
 
 @dataclass(frozen=True)
@@ -182,11 +217,15 @@ class Interaction:
     def _from_section(cls, section: Mapping[str, Any] | None) -> Interaction | None:
         if section is None:
             return None
-        return cls(accuracy=number_or_none(section.get("accuracy")),
-                   additive_accuracy=number_or_none(section.get("additive_accuracy")),
-                   share=Estimate._of(section.get("interaction_share"), section.get("interaction_share_ci")),
-                   plain_share=number_or_none(section.get("plain_interaction_share")), donors=section.get("donors"),
-                   donor_draw=section.get("donor_draw"), estimator=section.get("estimator"))
+        return cls(
+            accuracy=number_or_none(section.get("accuracy")),
+            additive_accuracy=number_or_none(section.get("additive_accuracy")),
+            share=Estimate._of(section.get("interaction_share"), section.get("interaction_share_ci")),
+            plain_share=number_or_none(section.get("plain_interaction_share")),
+            donors=section.get("donors"),
+            donor_draw=section.get("donor_draw"),
+            estimator=section.get("estimator"),
+        )
 
 
 @dataclass(frozen=True)
@@ -201,12 +240,20 @@ class RatioPoint:
 
 
 def ratio_sweep_of(section: Mapping[str, Any] | None) -> Mapping[str, tuple[RatioPoint, ...]]:
-    return MappingProxyType({name: tuple(RatioPoint(ratio=float(p["ratio"]),
-                                                    muted_fraction=number_or_none(p.get("muted_fraction")),
-                                                    accuracy=Estimate._of(p.get("accuracy"), p.get("accuracy_ci")),
-                                                    flip_rate=number_or_none(p.get("flip_rate")))
-                                         for p in points)
-                             for name, points in (section or {}).items()})
+    return MappingProxyType(
+        {
+            name: tuple(
+                RatioPoint(
+                    ratio=float(p["ratio"]),
+                    muted_fraction=number_or_none(p.get("muted_fraction")),
+                    accuracy=Estimate._of(p.get("accuracy"), p.get("accuracy_ci")),
+                    flip_rate=number_or_none(p.get("flip_rate")),
+                )
+                for p in points
+            )
+            for name, points in (section or {}).items()
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -222,8 +269,11 @@ class Reliance:
     def _from_section(cls, section: Mapping[str, Any] | None) -> Reliance | None:
         if not section:
             return None
-        return cls(classes=texts(section.get("classes")), full=numbers(section.get("full")),
-                   drop=MappingProxyType({name: numbers(values) for name, values in (section.get("drop") or {}).items()}))
+        return cls(
+            classes=texts(section.get("classes")),
+            full=numbers(section.get("full")),
+            drop=MappingProxyType({name: numbers(values) for name, values in (section.get("drop") or {}).items()}),
+        )
 
 
 @dataclass(frozen=True)
@@ -257,10 +307,21 @@ class MuteChecks:
     def _from_section(cls, section: Mapping[str, Any] | None) -> MuteChecks | None:
         if not section:
             return None
-        return cls(findings=tuple(MuteFinding(condition=f["condition"], modality=f["modality"], kind=f["kind"],
-                                              top_class=f.get("top_class"), top_class_name=f.get("top_class_name"),
-                                              share=number_or_none(f.get("share")), distance=number_or_none(f.get("distance")),
-                                              message=f["message"])
-                                  for f in section.get("findings") or ()),
-                   distances=number_map(section.get("distances")), compare=section.get("compare"),
-                   compare_note=section.get("compare_note"))
+        return cls(
+            findings=tuple(
+                MuteFinding(
+                    condition=f["condition"],
+                    modality=f["modality"],
+                    kind=f["kind"],
+                    top_class=f.get("top_class"),
+                    top_class_name=f.get("top_class_name"),
+                    share=number_or_none(f.get("share")),
+                    distance=number_or_none(f.get("distance")),
+                    message=f["message"],
+                )
+                for f in section.get("findings") or ()
+            ),
+            distances=number_map(section.get("distances")),
+            compare=section.get("compare"),
+            compare_note=section.get("compare_note"),
+        )

@@ -64,9 +64,17 @@ class ConditionResult:
 
     @classmethod
     def _from_row(cls, row: Mapping[str, Any]) -> ConditionResult:
-        return cls(name=row["name"], group=row.get("group", "custom"), modality=row.get("modality"),
-                   impairment=row.get("impairment"), severity=float(row.get("severity") or 0.0), accuracy=row.get("accuracy"),
-                   accuracy_ci=_interval(row.get("accuracy_ci")), flip_rate=row.get("flip_rate"), n=row.get("n"))
+        return cls(
+            name=row["name"],
+            group=row.get("group", "custom"),
+            modality=row.get("modality"),
+            impairment=row.get("impairment"),
+            severity=float(row.get("severity") or 0.0),
+            accuracy=row.get("accuracy"),
+            accuracy_ci=_interval(row.get("accuracy_ci")),
+            flip_rate=row.get("flip_rate"),
+            n=row.get("n"),
+        )
 
 
 @dataclass(frozen=True)
@@ -91,9 +99,15 @@ class GapSummary:
     def _from_section(cls, section: Mapping[str, Any] | None) -> GapSummary | None:
         if not section:
             return None
-        return cls(avg=section.get("avg"), avg_ci=_interval(section.get("avg_ci")), gap=section.get("gap"),
-                   gap_ci=_interval(section.get("gap_ci")), scores=MappingProxyType(dict(section.get("scores") or {})),
-                   flip_rates=MappingProxyType(dict(section.get("flip_rates") or {})), dominant=section.get("dominant"))
+        return cls(
+            avg=section.get("avg"),
+            avg_ci=_interval(section.get("avg_ci")),
+            gap=section.get("gap"),
+            gap_ci=_interval(section.get("gap_ci")),
+            scores=MappingProxyType(dict(section.get("scores") or {})),
+            flip_rates=MappingProxyType(dict(section.get("flip_rates") or {})),
+            dominant=section.get("dominant"),
+        )
 
 
 @dataclass(frozen=True)
@@ -151,34 +165,50 @@ class Audit:
     unavailable: Mapping[str, str | None]
 
     @classmethod
-    @checked("Audit.from_dict",
-             document=document_with("summary", "conditions", what="an audit document, as Audit.to_dict() returns"))
+    @checked(
+        "Audit.from_dict", document=document_with("summary", "conditions", what="an audit document, as Audit.to_dict() returns")
+    )
     def from_dict(cls, document: Mapping[str, Any]) -> Audit:
         """The typed view of an audit document (a copy is taken: later changes to `document` do not reach it)."""
         with reading_document("Audit.from_dict", "an audit document"):
             frozen: Mapping[str, Any] = frozen_document(copy.deepcopy(dict(document)))
             summary = frozen["summary"]
             full = summary["full"]
-            return cls(document=frozen,
-                       summary=Summary(accuracy=full["accuracy"], accuracy_ci=_interval(full.get("accuracy_ci")),
-                                       missing=GapSummary._from_section(summary.get("missing")),
-                                       noisy=GapSummary._from_section(summary.get("noisy")), carrier=summary.get("carrier")),
-                       conditions=tuple(ConditionResult._from_row(row) for row in frozen["conditions"]),
-                       bias=BiasMeasures._from_document(frozen), ceilings=Ceilings._from_section(frozen.get("ceilings")),
-                       calibration=calibration_of(frozen.get("calibration")),
-                       manifest=RunManifest._from_section(frozen["manifest"]), dataset=Dataset._from_section(frozen["dataset"]),
-                       verdict=AuditVerdict._from_section(frozen.get("verdict")), jsd=Jsd._from_section(ran(frozen, "jsd")),
-                       groups=Groups._from_section(ran(frozen, "groups")),
-                       embeddings=Embeddings._from_section(ran(frozen, "embeddings")),
-                       gradient_conflict=GradientConflict._from_section(ran(frozen, "gradient_conflict")),
-                       shapley=Shapley._from_section(ran(frozen, "shapley")),
-                       interaction=Interaction._from_section(ran(frozen, "interaction")),
-                       ratio_sweep=ratio_sweep_of(frozen.get("ratio_sweep")),
-                       reliance=Reliance._from_section(frozen.get("reliance")),
-                       mute_checks=MuteChecks._from_section(frozen.get("mute_checks")), notes=texts(frozen.get("notes")),
-                       diagnostics=texts(frozen.get("diagnostics")),
-                       unavailable=MappingProxyType({key: section.get("note") for key, section in frozen.items()
-                                                     if isinstance(section, Mapping) and section.get("available") is False}))
+            return cls(
+                document=frozen,
+                summary=Summary(
+                    accuracy=full["accuracy"],
+                    accuracy_ci=_interval(full.get("accuracy_ci")),
+                    missing=GapSummary._from_section(summary.get("missing")),
+                    noisy=GapSummary._from_section(summary.get("noisy")),
+                    carrier=summary.get("carrier"),
+                ),
+                conditions=tuple(ConditionResult._from_row(row) for row in frozen["conditions"]),
+                bias=BiasMeasures._from_document(frozen),
+                ceilings=Ceilings._from_section(frozen.get("ceilings")),
+                calibration=calibration_of(frozen.get("calibration")),
+                manifest=RunManifest._from_section(frozen["manifest"]),
+                dataset=Dataset._from_section(frozen["dataset"]),
+                verdict=AuditVerdict._from_section(frozen.get("verdict")),
+                jsd=Jsd._from_section(ran(frozen, "jsd")),
+                groups=Groups._from_section(ran(frozen, "groups")),
+                embeddings=Embeddings._from_section(ran(frozen, "embeddings")),
+                gradient_conflict=GradientConflict._from_section(ran(frozen, "gradient_conflict")),
+                shapley=Shapley._from_section(ran(frozen, "shapley")),
+                interaction=Interaction._from_section(ran(frozen, "interaction")),
+                ratio_sweep=ratio_sweep_of(frozen.get("ratio_sweep")),
+                reliance=Reliance._from_section(frozen.get("reliance")),
+                mute_checks=MuteChecks._from_section(frozen.get("mute_checks")),
+                notes=texts(frozen.get("notes")),
+                diagnostics=texts(frozen.get("diagnostics")),
+                unavailable=MappingProxyType(
+                    {
+                        key: section.get("note")
+                        for key, section in frozen.items()
+                        if isinstance(section, Mapping) and section.get("available") is False
+                    }
+                ),
+            )
 
     @classmethod
     @checked("Audit.read")
@@ -225,8 +255,10 @@ class Audit:
         full = Estimate._of(self.summary.accuracy, self.summary.accuracy_ci)
         worst = self.bias.worst_group.get("full")
         headline = self.verdict.headline if self.verdict is not None else None
-        return (f"Audit(split={self.dataset.split!r}, full_accuracy={full}, carrier={self.bias.carrier!r}, "
-                f"dominant={self.bias.dominant!r}, worst_group={str(worst) if worst else None!r}, verdict={headline!r})")
+        return (
+            f"Audit(split={self.dataset.split!r}, full_accuracy={full}, carrier={self.bias.carrier!r}, "
+            f"dominant={self.bias.dominant!r}, worst_group={str(worst) if worst else None!r}, verdict={headline!r})"
+        )
 
     def _repr_html_(self) -> str:
         """A notebook's view: the verdict and the conditions table."""

@@ -55,17 +55,25 @@ class GroupFigures:
     @classmethod
     def _from_entry(cls, entry: Mapping[str, Any]) -> GroupFigures:
         uncounted = entry.get("uncounted")
-        return cls(worst_group=Estimate._of(entry.get("worst_group"), entry.get("worst_group_ci")),
-                   worst_group_exact=interval_of(entry.get("worst_group_exact_ci")),
-                   worst_group_label=entry.get("worst_group_label"), worst_group_n=entry.get("worst_group_n"),
-                   groups_at_minimum=entry.get("groups_at_minimum"),
-                   bias_balanced=Estimate._of(entry.get("bias_balanced"), entry.get("bias_balanced_ci")),
-                   conflicting_accuracy=Estimate._of(entry.get("conflicting_accuracy"), entry.get("conflicting_accuracy_ci")),
-                   aligned_accuracy=number_or_none(entry.get("aligned_accuracy")), groups_counted=entry.get("groups_counted"),
-                   uncounted=Uncounted(groups=uncounted.get("groups"), n=uncounted.get("n"),
-                                       conflicting_n=uncounted.get("conflicting_n"),
-                                       accuracy=Estimate._of(uncounted.get("accuracy"), uncounted.get("accuracy_ci")))
-                   if uncounted else None)
+        return cls(
+            worst_group=Estimate._of(entry.get("worst_group"), entry.get("worst_group_ci")),
+            worst_group_exact=interval_of(entry.get("worst_group_exact_ci")),
+            worst_group_label=entry.get("worst_group_label"),
+            worst_group_n=entry.get("worst_group_n"),
+            groups_at_minimum=entry.get("groups_at_minimum"),
+            bias_balanced=Estimate._of(entry.get("bias_balanced"), entry.get("bias_balanced_ci")),
+            conflicting_accuracy=Estimate._of(entry.get("conflicting_accuracy"), entry.get("conflicting_accuracy_ci")),
+            aligned_accuracy=number_or_none(entry.get("aligned_accuracy")),
+            groups_counted=entry.get("groups_counted"),
+            uncounted=Uncounted(
+                groups=uncounted.get("groups"),
+                n=uncounted.get("n"),
+                conflicting_n=uncounted.get("conflicting_n"),
+                accuracy=Estimate._of(uncounted.get("accuracy"), uncounted.get("accuracy_ci")),
+            )
+            if uncounted
+            else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -85,10 +93,14 @@ class CarrierSwap:
     @classmethod
     def _from_entry(cls, entry: Mapping[str, Any]) -> CarrierSwap:
         swap, content = entry.get("bias_swap") or {}, entry.get("content_swap")
-        return cls(follow_rate=Estimate._of(swap.get("excess_follow_rate"), swap.get("excess_follow_rate_ci")),
-                   content_follow_rate=Estimate._from_entry(content, "excess_content_follow_rate"),
-                   accuracy=Estimate._from_entry(swap, "accuracy"), flip_rate=number_or_none(swap.get("flip_rate")),
-                   n=swap.get("n"), skipped=swap.get("skipped"))
+        return cls(
+            follow_rate=Estimate._of(swap.get("excess_follow_rate"), swap.get("excess_follow_rate_ci")),
+            content_follow_rate=Estimate._from_entry(content, "excess_content_follow_rate"),
+            accuracy=Estimate._from_entry(swap, "accuracy"),
+            flip_rate=number_or_none(swap.get("flip_rate")),
+            n=swap.get("n"),
+            skipped=swap.get("skipped"),
+        )
 
 
 @dataclass(frozen=True)
@@ -119,24 +131,33 @@ class BiasMeasures:
         groups_section = document.get("groups") or {}
         carrier_section = document.get("carrier") or {}
         jsd = document.get("jsd") or {}
-        groups = ({name: GroupFigures._from_entry(entry) for name, entry in (groups_section.get("conditions") or {}).items()}
-                  if groups_section.get("available") else {})
-        swaps = ({name: CarrierSwap._from_entry(entry) for name, entry in (carrier_section.get("modalities") or {}).items()}
-                 if carrier_section.get("available") else {})
+        groups = (
+            {name: GroupFigures._from_entry(entry) for name, entry in (groups_section.get("conditions") or {}).items()}
+            if groups_section.get("available")
+            else {}
+        )
+        swaps = (
+            {name: CarrierSwap._from_entry(entry) for name, entry in (carrier_section.get("modalities") or {}).items()}
+            if carrier_section.get("available")
+            else {}
+        )
         ood = (groups_section.get("shift") or {}).get("ood")
         full = (document.get("summary") or {}).get("full") or {}
-        return cls(carrier=carrier_section.get("carrier") if carrier_section.get("available") else None,
-                   dominant=(carrier_section.get("dominant")
-                             or ((document.get("summary") or {}).get("missing") or {}).get("dominant")),
-                   follow_rate=MappingProxyType({name: swap.follow_rate for name, swap in swaps.items()}),
-                   swaps=MappingProxyType(swaps),
-                   worst_group=MappingProxyType({name: figures.worst_group for name, figures in groups.items()}),
-                   bias_balanced=MappingProxyType({name: figures.bias_balanced for name, figures in groups.items()}),
-                   groups=MappingProxyType(groups), ood=ood,
-                   ood_accuracy=Estimate._of(full.get("accuracy"), full.get("accuracy_ci")) if ood else None,
-                   jsd_mean=number_or_none(jsd.get("mean")) if jsd.get("available", True) else None,
-                   jsd_weighted_mean=number_or_none(jsd.get("weighted_mean")) if jsd.get("available", True) else None,
-                   groups_note=groups_section.get("note"), carrier_note=carrier_section.get("note"))
+        return cls(
+            carrier=carrier_section.get("carrier") if carrier_section.get("available") else None,
+            dominant=(carrier_section.get("dominant") or ((document.get("summary") or {}).get("missing") or {}).get("dominant")),
+            follow_rate=MappingProxyType({name: swap.follow_rate for name, swap in swaps.items()}),
+            swaps=MappingProxyType(swaps),
+            worst_group=MappingProxyType({name: figures.worst_group for name, figures in groups.items()}),
+            bias_balanced=MappingProxyType({name: figures.bias_balanced for name, figures in groups.items()}),
+            groups=MappingProxyType(groups),
+            ood=ood,
+            ood_accuracy=Estimate._of(full.get("accuracy"), full.get("accuracy_ci")) if ood else None,
+            jsd_mean=number_or_none(jsd.get("mean")) if jsd.get("available", True) else None,
+            jsd_weighted_mean=number_or_none(jsd.get("weighted_mean")) if jsd.get("available", True) else None,
+            groups_note=groups_section.get("note"),
+            carrier_note=carrier_section.get("note"),
+        )
 
 
 @dataclass(frozen=True)
@@ -168,14 +189,23 @@ class Ceilings:
     def _from_section(cls, section: Mapping[str, Any] | None) -> Ceilings | None:
         if not section or not section.get("available"):
             return None
-        modalities = {name: Ceiling(ceiling=Estimate._of(entry.get("ceiling"), entry.get("ceiling_ci")),
-                                    alone=Estimate._of(entry.get("alone"), entry.get("alone_ci")),
-                                    utilisation=number_or_none(entry.get("utilisation")), source=entry.get("source"),
-                                    caveat=entry.get("caveat"))
-                      for name, entry in (section.get("modalities") or {}).items()}
-        return cls(modalities=MappingProxyType(modalities), implied_gap=number_or_none(section.get("implied_gap")),
-                   observed_gap=number_or_none(section.get("observed_gap")), large_gap_expected=section.get("large_gap_expected"),
-                   probe_split=section.get("probe_split"))
+        modalities = {
+            name: Ceiling(
+                ceiling=Estimate._of(entry.get("ceiling"), entry.get("ceiling_ci")),
+                alone=Estimate._of(entry.get("alone"), entry.get("alone_ci")),
+                utilisation=number_or_none(entry.get("utilisation")),
+                source=entry.get("source"),
+                caveat=entry.get("caveat"),
+            )
+            for name, entry in (section.get("modalities") or {}).items()
+        }
+        return cls(
+            modalities=MappingProxyType(modalities),
+            implied_gap=number_or_none(section.get("implied_gap")),
+            observed_gap=number_or_none(section.get("observed_gap")),
+            large_gap_expected=section.get("large_gap_expected"),
+            probe_split=section.get("probe_split"),
+        )
 
 
 @dataclass(frozen=True)
@@ -204,12 +234,22 @@ class Calibration:
 def calibration_of(section: Mapping[str, Any] | None) -> Mapping[str, Calibration]:
     if not section or not section.get("available"):
         return MappingProxyType({})
-    return MappingProxyType({name: Calibration(ece=number_or_none(entry.get("ece")),
-                                               confidence_rise_rate=number_or_none(entry.get("confidence_rise_rate")),
-                                               reliability=tuple(ReliabilityBin(lo=number_or_none(b.get("lo")),
-                                                                                hi=number_or_none(b.get("hi")),
-                                                                                count=int(b.get("count") or 0),
-                                                                                confidence=number_or_none(b.get("confidence")),
-                                                                                accuracy=number_or_none(b.get("accuracy")))
-                                                                 for b in entry.get("reliability") or ()))
-                             for name, entry in (section.get("conditions") or {}).items()})
+    return MappingProxyType(
+        {
+            name: Calibration(
+                ece=number_or_none(entry.get("ece")),
+                confidence_rise_rate=number_or_none(entry.get("confidence_rise_rate")),
+                reliability=tuple(
+                    ReliabilityBin(
+                        lo=number_or_none(b.get("lo")),
+                        hi=number_or_none(b.get("hi")),
+                        count=int(b.get("count") or 0),
+                        confidence=number_or_none(b.get("confidence")),
+                        accuracy=number_or_none(b.get("accuracy")),
+                    )
+                    for b in entry.get("reliability") or ()
+                ),
+            )
+            for name, entry in (section.get("conditions") or {}).items()
+        }
+    )

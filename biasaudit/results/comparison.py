@@ -60,9 +60,13 @@ class Change:
         if entry is None:
             return None
         ci = entry.get("delta_ci")
-        return cls(before=entry.get("before"), after=entry.get("after"), delta=entry.get("delta"),
-                   delta_ci=(float(ci[0]), float(ci[1])) if ci is not None else None,
-                   groups_at_minimum=Pair._from_entry(entry.get("groups_at_minimum")))
+        return cls(
+            before=entry.get("before"),
+            after=entry.get("after"),
+            delta=entry.get("delta"),
+            delta_ci=(float(ci[0]), float(ci[1])) if ci is not None else None,
+            groups_at_minimum=Pair._from_entry(entry.get("groups_at_minimum")),
+        )
 
 
 @dataclass(frozen=True)
@@ -95,11 +99,17 @@ class BiasChanges:
             return MappingProxyType({name: Change._from_entry(entry) for name, entry in (section.get(key) or {}).items()})
 
         carrier = section.get("carrier") or {}
-        return cls(carrier_before=carrier.get("before"), carrier_after=carrier.get("after"), follow_rate=changes("bias_follow"),
-                   worst_group=changes("worst_group"), bias_balanced=changes("bias_balanced"),
-                   ood=Change._from_entry(section.get("ood")), ceilings=CeilingsChange._from_section(section.get("ceilings")),
-                   interaction=Change._from_entry(section.get("interaction")),
-                   lacking=MappingProxyType({key: tuple(why) for key, why in (section.get("lacking") or {}).items()}))
+        return cls(
+            carrier_before=carrier.get("before"),
+            carrier_after=carrier.get("after"),
+            follow_rate=changes("bias_follow"),
+            worst_group=changes("worst_group"),
+            bias_balanced=changes("bias_balanced"),
+            ood=Change._from_entry(section.get("ood")),
+            ceilings=CeilingsChange._from_section(section.get("ceilings")),
+            interaction=Change._from_entry(section.get("interaction")),
+            lacking=MappingProxyType({key: tuple(why) for key, why in (section.get("lacking") or {}).items()}),
+        )
 
 
 @dataclass(frozen=True)
@@ -130,15 +140,24 @@ class CeilingsChange:
         if not section:
             return None
         expected = section.get("large_gap_expected") or {}
-        return cls(modalities=MappingProxyType({name: CeilingChange(ceiling=Pair._from_entry(entry.get("ceiling")),
-                                                                    alone=Pair._from_entry(entry.get("alone")),
-                                                                    utilisation=Pair._from_entry(entry.get("utilisation")),
-                                                                    caveat_before=(entry.get("caveat") or {}).get("before"),
-                                                                    caveat_after=(entry.get("caveat") or {}).get("after"))
-                                                for name, entry in (section.get("modalities") or {}).items()}),
-                   implied_gap=Pair._from_entry(section.get("implied_gap")),
-                   observed_gap=Pair._from_entry(section.get("observed_gap")),
-                   large_gap_expected_before=expected.get("before"), large_gap_expected_after=expected.get("after"))
+        return cls(
+            modalities=MappingProxyType(
+                {
+                    name: CeilingChange(
+                        ceiling=Pair._from_entry(entry.get("ceiling")),
+                        alone=Pair._from_entry(entry.get("alone")),
+                        utilisation=Pair._from_entry(entry.get("utilisation")),
+                        caveat_before=(entry.get("caveat") or {}).get("before"),
+                        caveat_after=(entry.get("caveat") or {}).get("after"),
+                    )
+                    for name, entry in (section.get("modalities") or {}).items()
+                }
+            ),
+            implied_gap=Pair._from_entry(section.get("implied_gap")),
+            observed_gap=Pair._from_entry(section.get("observed_gap")),
+            large_gap_expected_before=expected.get("before"),
+            large_gap_expected_after=expected.get("after"),
+        )
 
 
 @dataclass(frozen=True)
@@ -156,9 +175,14 @@ class ConditionChange:
 
     @classmethod
     def _from_row(cls, row: Mapping[str, Any]) -> ConditionChange:
-        return cls(name=row["name"], accuracy=Change._from_entry(row), before_ci=interval_of(row.get("before_ci")),
-                   after_ci=interval_of(row.get("after_ci")), flip_before=row.get("flip_before"),
-                   flip_after=row.get("flip_after"))
+        return cls(
+            name=row["name"],
+            accuracy=Change._from_entry(row),
+            before_ci=interval_of(row.get("before_ci")),
+            after_ci=interval_of(row.get("after_ci")),
+            flip_before=row.get("flip_before"),
+            flip_after=row.get("flip_after"),
+        )
 
 
 @dataclass(frozen=True)
@@ -178,10 +202,14 @@ class GroupChange:
         if not section:
             return None
         dominant, flips = section.get("dominant") or {}, section.get("flip_rates") or {}
-        return cls(avg=Change._from_entry(section["avg"]), gap=Change._from_entry(section["gap"]),
-                   dominant_before=dominant.get("before"), dominant_after=dominant.get("after"),
-                   flip_rates_before=MappingProxyType(dict(flips.get("before") or {})),
-                   flip_rates_after=MappingProxyType(dict(flips.get("after") or {})))
+        return cls(
+            avg=Change._from_entry(section["avg"]),
+            gap=Change._from_entry(section["gap"]),
+            dominant_before=dominant.get("before"),
+            dominant_after=dominant.get("after"),
+            flip_rates_before=MappingProxyType(dict(flips.get("before") or {})),
+            flip_rates_after=MappingProxyType(dict(flips.get("after") or {})),
+        )
 
 
 @dataclass(frozen=True)
@@ -237,34 +265,51 @@ class Comparison:
     before_is: str | None = field(repr=False)
 
     @classmethod
-    @checked("Comparison.from_dict", document=document_with("summary", "verdict", "paired",
-                                                             what="a comparison document, as Comparison.to_dict() returns"))
+    @checked(
+        "Comparison.from_dict",
+        document=document_with("summary", "verdict", "paired", what="a comparison document, as Comparison.to_dict() returns"),
+    )
     def from_dict(cls, document: Mapping[str, Any]) -> Comparison:
         with reading_document("Comparison.from_dict", "a comparison document"):
             frozen: Mapping[str, Any] = frozen_document(copy.deepcopy(dict(document)))
             summary, jsd, also = frozen["summary"], frozen.get("jsd"), frozen.get("also_split")
-            return cls(document=frozen, verdict=frozen["verdict"],
-                       sentences=tuple(frozen.get("verdict_sentences") or ()), paired=bool(frozen["paired"]),
-                       unpaired_reason=frozen.get("unpaired_reason"), accuracy=Change._from_entry(summary["full"]),
-                       missing_gap=Change._from_entry((summary.get("missing") or {}).get("gap")),
-                       noisy_gap=Change._from_entry((summary.get("noisy") or {}).get("gap")),
-                       bias=BiasChanges._from_section(frozen.get("bias")), split=frozen.get("split") or "",
-                       conditions=tuple(ConditionChange._from_row(row) for row in frozen.get("conditions") or ()),
-                       missing=GroupChange._from_section(summary.get("missing")),
-                       noisy=GroupChange._from_section(summary.get("noisy")),
-                       jsd=JsdChange(mean=Pair._from_entry(jsd.get("mean")),
-                                     weighted_mean=Pair._from_entry(jsd.get("weighted_mean"))) if jsd else None,
-                       note=frozen.get("note") or "",
-                       also_split=AlsoSplitChange(split=also["split"], full=Change._from_entry(also["full"]),
-                                                  verdict=also["verdict"], sentences=tuple(also.get("verdict_sentences") or ()),
-                                                  bias=BiasChanges._from_section(also.get("bias"))) if also else None,
-                       before_is=frozen.get("before_is"))
+            return cls(
+                document=frozen,
+                verdict=frozen["verdict"],
+                sentences=tuple(frozen.get("verdict_sentences") or ()),
+                paired=bool(frozen["paired"]),
+                unpaired_reason=frozen.get("unpaired_reason"),
+                accuracy=Change._from_entry(summary["full"]),
+                missing_gap=Change._from_entry((summary.get("missing") or {}).get("gap")),
+                noisy_gap=Change._from_entry((summary.get("noisy") or {}).get("gap")),
+                bias=BiasChanges._from_section(frozen.get("bias")),
+                split=frozen.get("split") or "",
+                conditions=tuple(ConditionChange._from_row(row) for row in frozen.get("conditions") or ()),
+                missing=GroupChange._from_section(summary.get("missing")),
+                noisy=GroupChange._from_section(summary.get("noisy")),
+                jsd=JsdChange(mean=Pair._from_entry(jsd.get("mean")), weighted_mean=Pair._from_entry(jsd.get("weighted_mean")))
+                if jsd
+                else None,
+                note=frozen.get("note") or "",
+                also_split=AlsoSplitChange(
+                    split=also["split"],
+                    full=Change._from_entry(also["full"]),
+                    verdict=also["verdict"],
+                    sentences=tuple(also.get("verdict_sentences") or ()),
+                    bias=BiasChanges._from_section(also.get("bias")),
+                )
+                if also
+                else None,
+                before_is=frozen.get("before_is"),
+            )
 
     def __repr__(self) -> str:
         worst = self.bias.worst_group.get("full")
-        return (f"Comparison(verdict={self.verdict!r}, paired={self.paired}, full_accuracy_change={self.accuracy.change}, "
-                f"worst_group_change={str(worst.change) if worst else None!r}, "
-                f"missing_gap_change={str(self.missing_gap.change) if self.missing_gap else None!r})")
+        return (
+            f"Comparison(verdict={self.verdict!r}, paired={self.paired}, full_accuracy_change={self.accuracy.change}, "
+            f"worst_group_change={str(worst.change) if worst else None!r}, "
+            f"missing_gap_change={str(self.missing_gap.change) if self.missing_gap else None!r})"
+        )
 
     def _repr_html_(self) -> str:
         """A notebook's view: the verdict and the changes table."""

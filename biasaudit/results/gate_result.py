@@ -42,13 +42,22 @@ class RuleFigures:
         def estimate(key: str, interval_key: str) -> Estimate | None:
             return Estimate._of(figures.get(key), figures.get(interval_key)) if key in figures else None
 
-        return cls(limit=number_or_none(figures.get("limit")), minimum=number_or_none(figures.get("minimum")),
-                   gap=estimate("gap", "gap_ci"), accuracy=estimate("accuracy", "accuracy_ci"),
-                   worst_group=estimate("worst_group", "worst_group_ci"), baseline=number_or_none(figures.get("baseline")),
-                   current=number_or_none(figures.get("current")), change=estimate("change", "change_ci"),
-                   change_points=estimate("change_points", "change_ci_points"), paired=figures.get("paired"),
-                   modality=figures.get("modality"), carrier=figures.get("carrier"), statistic=figures.get("statistic"),
-                   drop=number_or_none(figures.get("drop")))
+        return cls(
+            limit=number_or_none(figures.get("limit")),
+            minimum=number_or_none(figures.get("minimum")),
+            gap=estimate("gap", "gap_ci"),
+            accuracy=estimate("accuracy", "accuracy_ci"),
+            worst_group=estimate("worst_group", "worst_group_ci"),
+            baseline=number_or_none(figures.get("baseline")),
+            current=number_or_none(figures.get("current")),
+            change=estimate("change", "change_ci"),
+            change_points=estimate("change_points", "change_ci_points"),
+            paired=figures.get("paired"),
+            modality=figures.get("modality"),
+            carrier=figures.get("carrier"),
+            statistic=figures.get("statistic"),
+            drop=number_or_none(figures.get("drop")),
+        )
 
 
 @dataclass(frozen=True)
@@ -96,19 +105,32 @@ class GateResult:
         return self.exit_code == 0
 
     @classmethod
-    @checked("GateResult.from_dict", document=document_with("status", "exit_code", "rules",
-                                                             what="a gate document, as GateResult.to_dict() returns"))
+    @checked(
+        "GateResult.from_dict",
+        document=document_with("status", "exit_code", "rules", what="a gate document, as GateResult.to_dict() returns"),
+    )
     def from_dict(cls, document: Mapping[str, Any]) -> GateResult:
         with reading_document("GateResult.from_dict", "a gate document"):
             frozen: Mapping[str, Any] = frozen_document(copy.deepcopy(dict(document)))
             settings = frozen.get("settings") or {}
-            return cls(document=frozen, status=frozen["status"], exit_code=int(frozen["exit_code"]),
-                       rules=tuple(RuleResult(r["rule"], r["status"], r["message"], r["figures"],
-                                              RuleFigures._from_figures(r["figures"])) for r in frozen["rules"]),
-                       current=frozen.get("current"), baseline=frozen.get("baseline"), paired=frozen.get("paired"),
-                       unpaired_reason=frozen.get("unpaired_reason"), significant=bool(frozen.get("significant")),
-                       significant_means=frozen.get("significant_means"), jsd_statistic=frozen.get("jsd_statistic"),
-                       config_file=settings.get("config_file"), sources=MappingProxyType(dict(settings.get("sources") or {})))
+            return cls(
+                document=frozen,
+                status=frozen["status"],
+                exit_code=int(frozen["exit_code"]),
+                rules=tuple(
+                    RuleResult(r["rule"], r["status"], r["message"], r["figures"], RuleFigures._from_figures(r["figures"]))
+                    for r in frozen["rules"]
+                ),
+                current=frozen.get("current"),
+                baseline=frozen.get("baseline"),
+                paired=frozen.get("paired"),
+                unpaired_reason=frozen.get("unpaired_reason"),
+                significant=bool(frozen.get("significant")),
+                significant_means=frozen.get("significant_means"),
+                jsd_statistic=frozen.get("jsd_statistic"),
+                config_file=settings.get("config_file"),
+                sources=MappingProxyType(dict(settings.get("sources") or {})),
+            )
 
     @checked("GateResult.to_dict")
     def to_dict(self) -> dict[str, Any]:

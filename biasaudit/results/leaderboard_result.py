@@ -37,10 +37,14 @@ class SeedRun:
 
     @classmethod
     def _from_entry(cls, entry: Mapping[str, Any]) -> SeedRun:
-        return cls(seed=int(entry["seed"]), run_id=entry["run_id"], folder=entry["folder"],
-                   values=MappingProxyType({name: number_or_none(v) for name, v in (entry.get("values") or {}).items()}),
-                   epoch_loss=tuple(number_or_none(v) for v in entry.get("epoch_loss") or ()),
-                   wall_time_s=number_or_none(entry.get("wall_time_s")))
+        return cls(
+            seed=int(entry["seed"]),
+            run_id=entry["run_id"],
+            folder=entry["folder"],
+            values=MappingProxyType({name: number_or_none(v) for name, v in (entry.get("values") or {}).items()}),
+            epoch_loss=tuple(number_or_none(v) for v in entry.get("epoch_loss") or ()),
+            wall_time_s=number_or_none(entry.get("wall_time_s")),
+        )
 
 
 @dataclass(frozen=True)
@@ -84,23 +88,31 @@ class MethodResult:
         changes = entry.get("changes") or {}
 
         def pooled(c: Mapping[str, Any]) -> PooledChange:
-            return PooledChange(change=Estimate._of(c.get("delta"), c.get("interval")),
-                                seed_deltas=tuple(number_or_none(v) for v in c.get("seed_deltas") or ()),
-                                seed_spread=number_or_none(c.get("seed_spread")), significant=bool(c.get("significant")),
-                                why_no_interval=c.get("why_no_interval"))
+            return PooledChange(
+                change=Estimate._of(c.get("delta"), c.get("interval")),
+                seed_deltas=tuple(number_or_none(v) for v in c.get("seed_deltas") or ()),
+                seed_spread=number_or_none(c.get("seed_spread")),
+                significant=bool(c.get("significant")),
+                why_no_interval=c.get("why_no_interval"),
+            )
 
-        return cls(method=entry["method"], control=bool(entry.get("control")), recommended=bool(entry.get("recommended")),
-                   sentence=entry.get("sentence") or "",
-                   values=MappingProxyType({name: SeedSpread(v.get("mean"), v.get("std"))
-                                            for name, v in (entry.get("values") or {}).items()}),
-                   changes=MappingProxyType({name: Estimate._of(c.get("delta"), c.get("interval"))
-                                             for name, c in changes.items()}),
-                   seed_deltas=MappingProxyType({name: tuple(c.get("seed_deltas") or ()) for name, c in changes.items()}),
-                   options=MappingProxyType(dict(entry["options"])) if entry.get("options") else None,
-                   kept_checkpoint=entry.get("kept_checkpoint"),
-                   seeds=tuple(SeedRun._from_entry(run) for run in entry.get("seeds") or ()),
-                   pooled=MappingProxyType({name: pooled(c) for name, c in changes.items()}),
-                   kept_note=entry.get("kept_note"), kept_chosen_on=entry.get("kept_chosen_on"))
+        return cls(
+            method=entry["method"],
+            control=bool(entry.get("control")),
+            recommended=bool(entry.get("recommended")),
+            sentence=entry.get("sentence") or "",
+            values=MappingProxyType(
+                {name: SeedSpread(v.get("mean"), v.get("std")) for name, v in (entry.get("values") or {}).items()}
+            ),
+            changes=MappingProxyType({name: Estimate._of(c.get("delta"), c.get("interval")) for name, c in changes.items()}),
+            seed_deltas=MappingProxyType({name: tuple(c.get("seed_deltas") or ()) for name, c in changes.items()}),
+            options=MappingProxyType(dict(entry["options"])) if entry.get("options") else None,
+            kept_checkpoint=entry.get("kept_checkpoint"),
+            seeds=tuple(SeedRun._from_entry(run) for run in entry.get("seeds") or ()),
+            pooled=MappingProxyType({name: pooled(c) for name, c in changes.items()}),
+            kept_note=entry.get("kept_note"),
+            kept_chosen_on=entry.get("kept_chosen_on"),
+        )
 
 
 @dataclass(frozen=True)
@@ -143,14 +155,17 @@ class LeaderboardResult:
     def methods(self) -> Mapping[str, MethodResult]:
         """Each method's typed entry, by name (the control first), e.g. `result.methods["balgrad"].changes["worst_group"]`;
         empty for a shard's result, which holds runs, not methods."""
-        return MappingProxyType({entry["method"]: MethodResult._from_entry(entry)
-                                 for entry in self.document.get("methods") or []})
+        return MappingProxyType(
+            {entry["method"]: MethodResult._from_entry(entry) for entry in self.document.get("methods") or []}
+        )
 
     @property
     def measures(self) -> tuple[Measure, ...]:
         """The measures compared, in table order (empty for a shard's result)."""
-        return tuple(Measure(name=m["name"], label=m["label"], better=m.get("better"), kind=m["kind"])
-                     for m in self.document.get("measures") or [])
+        return tuple(
+            Measure(name=m["name"], label=m["label"], better=m.get("better"), kind=m["kind"])
+            for m in self.document.get("measures") or []
+        )
 
     @property
     def split(self) -> str | None:
@@ -173,8 +188,9 @@ class LeaderboardResult:
     @property
     def runs(self) -> tuple[ShardRun, ...]:
         """A shard's finished runs (empty for a whole leaderboard, whose runs are each method's `seeds`)."""
-        return tuple(ShardRun(method=r["method"], seed=int(r["seed"]), run_id=r["run_id"])
-                     for r in self.document.get("runs") or [])
+        return tuple(
+            ShardRun(method=r["method"], seed=int(r["seed"]), run_id=r["run_id"]) for r in self.document.get("runs") or []
+        )
 
     @checked("LeaderboardResult.to_dict")
     def to_dict(self) -> dict[str, Any]:

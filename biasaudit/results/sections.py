@@ -70,10 +70,14 @@ class Dataset:
 
     @classmethod
     def _from_section(cls, section: Mapping[str, Any]) -> Dataset:
-        return cls(split=section["split"], n=int(section["n"]), num_classes=int(section["num_classes"]),
-                   modalities=tuple(DatasetModality(m["name"], m["kind"]) for m in section["modalities"]),
-                   class_names=optional_texts(section.get("class_names")),
-                   bias_names=optional_texts(section.get("bias_names")))
+        return cls(
+            split=section["split"],
+            n=int(section["n"]),
+            num_classes=int(section["num_classes"]),
+            modalities=tuple(DatasetModality(m["name"], m["kind"]) for m in section["modalities"]),
+            class_names=optional_texts(section.get("class_names")),
+            bias_names=optional_texts(section.get("bias_names")),
+        )
 
 
 @dataclass(frozen=True)
@@ -110,12 +114,23 @@ class RunManifest:
             value = section.get(key)
             return value if isinstance(value, Mapping) else None
 
-        return cls(tool=section.get("tool"), version=section.get("version"), created=section.get("created"),
-                   wall_time_s=number_or_none(section.get("wall_time_s")), seed=int(section["seed"]),
-                   device=section.get("device"), versions=read_only(section.get("versions")), config=section["config"],
-                   checkpoint=part("checkpoint"), adapter=part("adapter"), randomness=part("randomness"),
-                   shards=part("shards"), run=part("run"), forwards_per_sample=number_map(section.get("forwards_per_sample")),
-                   section=section)
+        return cls(
+            tool=section.get("tool"),
+            version=section.get("version"),
+            created=section.get("created"),
+            wall_time_s=number_or_none(section.get("wall_time_s")),
+            seed=int(section["seed"]),
+            device=section.get("device"),
+            versions=read_only(section.get("versions")),
+            config=section["config"],
+            checkpoint=part("checkpoint"),
+            adapter=part("adapter"),
+            randomness=part("randomness"),
+            shards=part("shards"),
+            run=part("run"),
+            forwards_per_sample=number_map(section.get("forwards_per_sample")),
+            section=section,
+        )
 
 
 @dataclass(frozen=True)
@@ -150,10 +165,16 @@ class JsdBias:
 
     @classmethod
     def _from_entry(cls, entry: Mapping[str, Any]) -> JsdBias:
-        return cls(bias=entry.get("bias"), n_eval=entry.get("n_eval"), n_wrong=entry.get("n_wrong"),
-                   soft=number_or_none(entry.get("soft")), argmax=number_or_none(entry.get("argmax")),
-                   prior=numbers(entry.get("prior")), q_soft=optional_numbers(entry.get("q_soft")),
-                   q_argmax=optional_numbers(entry.get("q_argmax")))
+        return cls(
+            bias=entry.get("bias"),
+            n_eval=entry.get("n_eval"),
+            n_wrong=entry.get("n_wrong"),
+            soft=number_or_none(entry.get("soft")),
+            argmax=number_or_none(entry.get("argmax")),
+            prior=numbers(entry.get("prior")),
+            q_soft=optional_numbers(entry.get("q_soft")),
+            q_argmax=optional_numbers(entry.get("q_argmax")),
+        )
 
 
 @dataclass(frozen=True)
@@ -189,16 +210,27 @@ class Jsd:
         if section is None:
             return None
         frequent = section.get("most_frequent")
-        return cls(bias_source=section.get("bias_source"), variant=section.get("variant"), min_wrong=section.get("min_wrong"),
-                   n_wrong=section.get("n_wrong"), mean=number_or_none(section.get("mean")),
-                   weighted_mean=number_or_none(section.get("weighted_mean")),
-                   argmax_mean=number_or_none(section.get("argmax_mean")),
-                   argmax_weighted_mean=number_or_none(section.get("argmax_weighted_mean")),
-                   most_frequent=JsdMostFrequent(bias=frequent.get("bias"), name=frequent.get("name"),
-                                                 soft=number_or_none(frequent.get("soft")),
-                                                 argmax=number_or_none(frequent.get("argmax"))) if frequent else None,
-                   per_bias=MappingProxyType({name: JsdBias._from_entry(entry)
-                                              for name, entry in (section.get("per_bias") or {}).items()}))
+        return cls(
+            bias_source=section.get("bias_source"),
+            variant=section.get("variant"),
+            min_wrong=section.get("min_wrong"),
+            n_wrong=section.get("n_wrong"),
+            mean=number_or_none(section.get("mean")),
+            weighted_mean=number_or_none(section.get("weighted_mean")),
+            argmax_mean=number_or_none(section.get("argmax_mean")),
+            argmax_weighted_mean=number_or_none(section.get("argmax_weighted_mean")),
+            most_frequent=JsdMostFrequent(
+                bias=frequent.get("bias"),
+                name=frequent.get("name"),
+                soft=number_or_none(frequent.get("soft")),
+                argmax=number_or_none(frequent.get("argmax")),
+            )
+            if frequent
+            else None,
+            per_bias=MappingProxyType(
+                {name: JsdBias._from_entry(entry) for name, entry in (section.get("per_bias") or {}).items()}
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -236,13 +268,24 @@ class Embeddings:
         def points(key: str) -> tuple[tuple[float, float], ...]:
             return tuple((float(x), float(y)) for x, y in section.get(key) or ())
 
-        return cls(method=section.get("method"), bias_value=section.get("bias_value"), bias_name=section.get("bias_name"),
-                   n_points=section.get("n_points"), euclidean=points("euclidean"), cosine=points("cosine"),
-                   labels=tuple(int(v) for v in section.get("labels") or ()),
-                   angular_spread=tuple(AngularSpread(class_label=int(entry["class"]), n=entry.get("n"),
-                                                      mean_angle_deg=number_or_none(entry.get("mean_angle_deg")),
-                                                      train_count_under_bias=entry.get("train_count_under_bias"))
-                                        for entry in section.get("angular_spread") or ()))
+        return cls(
+            method=section.get("method"),
+            bias_value=section.get("bias_value"),
+            bias_name=section.get("bias_name"),
+            n_points=section.get("n_points"),
+            euclidean=points("euclidean"),
+            cosine=points("cosine"),
+            labels=tuple(int(v) for v in section.get("labels") or ()),
+            angular_spread=tuple(
+                AngularSpread(
+                    class_label=int(entry["class"]),
+                    n=entry.get("n"),
+                    mean_angle_deg=number_or_none(entry.get("mean_angle_deg")),
+                    train_count_under_bias=entry.get("train_count_under_bias"),
+                )
+                for entry in section.get("angular_spread") or ()
+            ),
+        )
 
 
 @dataclass(frozen=True)
@@ -292,14 +335,23 @@ class GradientConflict:
         def pair(entry: Mapping[str, Any]) -> GradientPair:
             histogram = entry.get("histogram")
             counts = tuple(int(c) for c in (histogram or {}).get("counts") or ())
-            return GradientPair(a=entry["a"], b=entry["b"], cosines=numbers(entry.get("cosines")),
-                                norm_ratios=numbers(entry.get("norm_ratios")),
-                                fraction_negative=number_or_none(entry.get("fraction_negative")),
-                                mean_cosine=number_or_none(entry.get("mean_cosine")),
-                                n_undefined_batches=entry.get("n_undefined_batches"),
-                                histogram=Histogram(numbers(histogram.get("edges")), counts) if histogram else None)
+            return GradientPair(
+                a=entry["a"],
+                b=entry["b"],
+                cosines=numbers(entry.get("cosines")),
+                norm_ratios=numbers(entry.get("norm_ratios")),
+                fraction_negative=number_or_none(entry.get("fraction_negative")),
+                mean_cosine=number_or_none(entry.get("mean_cosine")),
+                n_undefined_batches=entry.get("n_undefined_batches"),
+                histogram=Histogram(numbers(histogram.get("edges")), counts) if histogram else None,
+            )
 
-        return cls(n_batches=section.get("n_batches"), batch_ordinals=tuple(int(v) for v in section.get("batch_ordinals") or ()),
-                   n_shared_parameters=section.get("n_shared_parameters"),
-                   shared_parameter_names=texts(section.get("shared_parameter_names")), shared_rule=section.get("shared_rule"),
-                   modalities=texts(section.get("modalities")), pairs=tuple(pair(entry) for entry in section.get("pairs") or ()))
+        return cls(
+            n_batches=section.get("n_batches"),
+            batch_ordinals=tuple(int(v) for v in section.get("batch_ordinals") or ()),
+            n_shared_parameters=section.get("n_shared_parameters"),
+            shared_parameter_names=texts(section.get("shared_parameter_names")),
+            shared_rule=section.get("shared_rule"),
+            modalities=texts(section.get("modalities")),
+            pairs=tuple(pair(entry) for entry in section.get("pairs") or ()),
+        )

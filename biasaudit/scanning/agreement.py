@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 from biasaudit.errors import BiasAuditError, InputError
 
@@ -48,8 +49,13 @@ def keyword_settings(config: Any, unimodal_models: Mapping[str, Any] | None = No
     return settings
 
 
-def scan_fingerprint(settings: Mapping[str, tuple[str, Any]], *, adapter: Mapping[str, Any], checkpoint: str | Path | None = None,
-                     unimodal: Sequence[tuple[str, str | Path]] = ()) -> Fingerprint:
+def scan_fingerprint(
+    settings: Mapping[str, tuple[str, Any]],
+    *,
+    adapter: Mapping[str, Any],
+    checkpoint: str | Path | None = None,
+    unimodal: Sequence[tuple[str, str | Path]] = (),
+) -> Fingerprint:
     """`adapter`: biasaudit.scanning.audit.adapter_source's spec and SHA-256 of the adapter's file. Checkpoints are compared by
     contents, not path: nodes may mount the same file at other places."""
     from biasaudit import __version__
@@ -62,7 +68,11 @@ def scan_fingerprint(settings: Mapping[str, tuple[str, Any]], *, adapter: Mappin
     for modality, path in unimodal:
         files[f"--unimodal {modality} checkpoint"] = (str(path), file_sha256(path))
     versions = {"biasaudit": __version__, **library_versions()}
-    return {"setting": dict(settings), "file": files, "version": {name: (f"{name} {version}", version) for name, version in versions.items()}}
+    return {
+        "setting": dict(settings),
+        "file": files,
+        "version": {name: (f"{name} {version}", version) for name, version in versions.items()},
+    }
 
 
 def _ranks(ranks: list[int]) -> str:
@@ -86,8 +96,10 @@ def _difference(fingerprints: list[Fingerprint], *, group: str, remedy: str) -> 
             if kind == "setting":
                 return f"{who} {'was' if one else 'were'} given {shown} but rank 0 {mine[0]}; every process must {remedy}."
             if kind == "file":
-                return (f"{who} {'reads' if one else 'read'} {name} {shown} but rank 0 {mine[0]}, and the files' contents differ; "
-                        "every process must read the same files.")
+                return (
+                    f"{who} {'reads' if one else 'read'} {name} {shown} but rank 0 {mine[0]}, and the files' contents differ; "
+                    "every process must read the same files."
+                )
             return f"{who} {'runs' if one else 'run'} {shown} but rank 0 {mine[0]}; every process must run the same library versions."
     return None
 

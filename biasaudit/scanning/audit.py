@@ -59,13 +59,24 @@ def _adapter_file(adapter: Adapter, spec: str | None) -> str | None:
 
 
 def adapter_source(adapter: Adapter, spec: str | None) -> dict[str, Any]:
-    return {"spec": spec or f"{type(adapter).__module__}:{type(adapter).__name__}", "sha256": source_hash(_adapter_file(adapter, spec))}
+    return {
+        "spec": spec or f"{type(adapter).__module__}:{type(adapter).__name__}",
+        "sha256": source_hash(_adapter_file(adapter, spec)),
+    }
 
 
-def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, checkpoint: str | Path | None,
-                adapter_spec: str | None = None, progress: Progress | None = None,
-                unimodal_models: dict[str, nn.Module] | None = None, prefix_removed: str | None = None,
-                distributed: bool = False) -> dict[str, Any]:
+def audit_model(
+    model: nn.Module,
+    adapter: Adapter,
+    *,
+    config: ScanConfig,
+    checkpoint: str | Path | None,
+    adapter_spec: str | None = None,
+    progress: Progress | None = None,
+    unimodal_models: dict[str, nn.Module] | None = None,
+    prefix_removed: str | None = None,
+    distributed: bool = False,
+) -> dict[str, Any]:
     """prefix_removed: the key prefix stripped from the checkpoint's state dict to load it, named in the manifest.
     distributed: split the scan over the processes of the initialised process group (see scanning.scan_model)."""
     from biasaudit.scanning.agreement import check_agreement, keyword_settings, scan_fingerprint
@@ -77,36 +88,69 @@ def audit_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, check
         # Processes that call scan differently would merge into one audit of several scans. The weights are not
         # compared: hashing them would copy every parameter off the GPU on every call, e.g. every epoch of a training
         # job, and a sum on the device is not bit-exact (the command line compares its checkpoint files instead).
-        check_agreement(scan_fingerprint(keyword_settings(config, unimodal_models), adapter=adapter_source(adapter, adapter_spec)),
-                        group="this process group", remedy="call scan with the same arguments")
-    sections = scan_model(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, distributed=distributed)
-    checkpoint_facts = {"path": str(checkpoint) if checkpoint else None, "sha256": file_sha256(checkpoint) if checkpoint else None,
-                        "prefix_removed": prefix_removed}
-    return assemble_audit(sections, config=config, checkpoint=checkpoint_facts, adapter=adapter_source(adapter, adapter_spec),
-                          wall_time_s=time.perf_counter() - start,
-                          shards={"count": group.count, "by": "torch.distributed"} if group is not None else None)
+        check_agreement(
+            scan_fingerprint(keyword_settings(config, unimodal_models), adapter=adapter_source(adapter, adapter_spec)),
+            group="this process group",
+            remedy="call scan with the same arguments",
+        )
+    sections = scan_model(
+        model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, distributed=distributed
+    )
+    checkpoint_facts = {
+        "path": str(checkpoint) if checkpoint else None,
+        "sha256": file_sha256(checkpoint) if checkpoint else None,
+        "prefix_removed": prefix_removed,
+    }
+    return assemble_audit(
+        sections,
+        config=config,
+        checkpoint=checkpoint_facts,
+        adapter=adapter_source(adapter, adapter_spec),
+        wall_time_s=time.perf_counter() - start,
+        shards={"count": group.count, "by": "torch.distributed"} if group is not None else None,
+    )
 
 
-def assemble_audit(sections: dict[str, Any], *, config: ScanConfig, checkpoint: dict[str, Any], adapter: dict[str, Any],
-                   wall_time_s: float, shards: dict[str, Any] | None = None) -> dict[str, Any]:
+def assemble_audit(
+    sections: dict[str, Any],
+    *,
+    config: ScanConfig,
+    checkpoint: dict[str, Any],
+    adapter: dict[str, Any],
+    wall_time_s: float,
+    shards: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The audit document: a scan's sections (biasaudit.scanning.finish) with its manifest and verdict. `shards` records how a
     sharded scan was split (torch.distributed processes, or parts merged by `biasaudit merge`)."""
     sections = dict(sections)
     forwards = sections.pop("_forwards_per_sample")
-    manifest = Manifest(seed=config.seed, device=config.device, config=config.to_dict(), checkpoint=checkpoint, adapter=adapter,
-                        wall_time_s=wall_time_s)
+    manifest = Manifest(
+        seed=config.seed,
+        device=config.device,
+        config=config.to_dict(),
+        checkpoint=checkpoint,
+        adapter=adapter,
+        wall_time_s=wall_time_s,
+    )
     audit = {"schema": AUDIT_SCHEMA, "schema_version": AUDIT_SCHEMA_VERSION, "manifest": manifest.to_dict(), **sections}
     audit["manifest"]["forwards_per_sample"] = forwards
     if shards is not None:
         audit["manifest"]["shards"] = shards
     audit["verdict"] = scan_verdict(audit)  # last: its sentences read every section above
-    log.info("audit of split %r: %d samples, %s forwards per sample, %.1f s%s", config.split, audit["dataset"]["n"],
-             forwards.get("total"), wall_time_s, f" ({shards['count']} shards by {shards['by']})" if shards else "")
+    log.info(
+        "audit of split %r: %d samples, %s forwards per sample, %.1f s%s",
+        config.split,
+        audit["dataset"]["n"],
+        forwards.get("total"),
+        wall_time_s,
+        f" ({shards['count']} shards by {shards['by']})" if shards else "",
+    )
     return audit
 
 
-def load_models(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False, unimodal: tuple[tuple[str, str | Path], ...] = ()
-                ) -> tuple[nn.Module, str | None, dict[str, nn.Module]]:
+def load_models(
+    checkpoint: str | Path, adapter: Adapter, *, trust: bool = False, unimodal: tuple[tuple[str, str | Path], ...] = ()
+) -> tuple[nn.Module, str | None, dict[str, nn.Module]]:
     """The model with the checkpoint loaded, the key prefix removed to load it, and the unimodal models by modality."""
     model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
     unimodal_models = {}
@@ -116,19 +160,46 @@ def load_models(checkpoint: str | Path, adapter: Adapter, *, trust: bool = False
     return model, prefix_removed, unimodal_models
 
 
-def audit_checkpoint(checkpoint: str | Path, adapter: Adapter, *, config: ScanConfig, adapter_spec: str | None = None,
-                     trust: bool = False, progress: Progress | None = None,
-                     unimodal: tuple[tuple[str, str | Path], ...] = (), distributed: bool = False) -> dict[str, Any]:
+def audit_checkpoint(
+    checkpoint: str | Path,
+    adapter: Adapter,
+    *,
+    config: ScanConfig,
+    adapter_spec: str | None = None,
+    trust: bool = False,
+    progress: Progress | None = None,
+    unimodal: tuple[tuple[str, str | Path], ...] = (),
+    distributed: bool = False,
+) -> dict[str, Any]:
     """unimodal: (modality, checkpoint of the same architecture trained on that modality alone) pairs, whose
     accuracy with the other modalities muted is that modality's ceiling."""
     model, prefix_removed, unimodal_models = load_models(checkpoint, adapter, trust=trust, unimodal=unimodal)
-    return audit_model(model, adapter, config=config, checkpoint=checkpoint, adapter_spec=adapter_spec, progress=progress,
-                       unimodal_models=unimodal_models, prefix_removed=prefix_removed, distributed=distributed)
+    return audit_model(
+        model,
+        adapter,
+        config=config,
+        checkpoint=checkpoint,
+        adapter_spec=adapter_spec,
+        progress=progress,
+        unimodal_models=unimodal_models,
+        prefix_removed=prefix_removed,
+        distributed=distributed,
+    )
 
 
-def scan_checkpoint_shard(checkpoint: str | Path, adapter: Adapter, *, config: ScanConfig, shard: Any, part: Path,
-                          adapter_spec: str | None = None, trust: bool = False, progress: Progress | None = None,
-                          unimodal: tuple[tuple[str, str | Path], ...] = (), settings: Any = None) -> Path:
+def scan_checkpoint_shard(
+    checkpoint: str | Path,
+    adapter: Adapter,
+    *,
+    config: ScanConfig,
+    shard: Any,
+    part: Path,
+    adapter_spec: str | None = None,
+    trust: bool = False,
+    progress: Progress | None = None,
+    unimodal: tuple[tuple[str, str | Path], ...] = (),
+    settings: Any = None,
+) -> Path:
     """One shard of a scan of a checkpoint, written to the part file `part` (biasaudit/scanning/parts.py)."""
     from biasaudit.scanning.engine import scan_shard
     from biasaudit.scanning.parts import write_part
@@ -136,10 +207,19 @@ def scan_checkpoint_shard(checkpoint: str | Path, adapter: Adapter, *, config: S
     start = time.perf_counter()
     model, prefix_removed, unimodal_models = load_models(checkpoint, adapter, trust=trust, unimodal=unimodal)
     context, state = scan_shard(model, adapter, config=config, shard=shard, progress=progress, unimodal_models=unimodal_models)
-    write_part(part, shard=shard, config=config, adapter=adapter, context=context, state=state, settings=settings,
-               checkpoint={"path": str(checkpoint), "sha256": file_sha256(checkpoint), "prefix_removed": prefix_removed},
-               adapter_source=adapter_source(adapter, adapter_spec), wall_time_s=time.perf_counter() - start,
-               unimodal_sha256={name: file_sha256(path) for name, path in unimodal})
+    write_part(
+        part,
+        shard=shard,
+        config=config,
+        adapter=adapter,
+        context=context,
+        state=state,
+        settings=settings,
+        checkpoint={"path": str(checkpoint), "sha256": file_sha256(checkpoint), "prefix_removed": prefix_removed},
+        adapter_source=adapter_source(adapter, adapter_spec),
+        wall_time_s=time.perf_counter() - start,
+        unimodal_sha256={name: file_sha256(path) for name, path in unimodal},
+    )
     log.info("shard %s of split %r written to %s, %.1f s", shard, config.split, part, time.perf_counter() - start)
     return part
 
@@ -152,7 +232,9 @@ def stamped(result: dict[str, Any], outputs: OutputSet) -> dict[str, Any]:
     return {**result, "manifest": {**result["manifest"], "run": outputs.stamp()}}
 
 
-def stage_audit(audit: dict[str, Any], outputs: OutputSet, *, json_name: str = "audit.json", html_name: str | None = "audit.html") -> None:
+def stage_audit(
+    audit: dict[str, Any], outputs: OutputSet, *, json_name: str = "audit.json", html_name: str | None = "audit.html"
+) -> None:
     """Write an audit's JSON (and HTML) into a set's staging directory, stamped with its run."""
     from biasaudit.report.render import write_audit_html
 

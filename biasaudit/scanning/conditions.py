@@ -17,7 +17,7 @@ flip rates and negative transfer are measured against it. Spellings accepted by 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 from biasaudit.data.modality import Modality
 from biasaudit.errors import ConditionError
@@ -44,8 +44,13 @@ class Condition:
     draw: int = 0
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "group": self.group, "modality": self.modality,
-                "impairment": self.impairment, "severity": self.severity}
+        return {
+            "name": self.name,
+            "group": self.group,
+            "modality": self.modality,
+            "impairment": self.impairment,
+            "severity": self.severity,
+        }
 
 
 FULL = Condition(name="full", group="full")

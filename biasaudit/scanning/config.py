@@ -38,8 +38,10 @@ def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...], *, 
         # Checked here, before any work, against the impairments that really mute this kind.
         mutes = sorted(n for n, impairment in IMPAIRMENTS.get(m.kind, {}).items() if impairment.mutes)
         if m.name in overrides and overrides[m.name] not in mutes:
-            raise InputError(f"{label} gives {m.name}={overrides[m.name]}, but {overrides[m.name]!r} is not a muting impairment of "
-                             f"{m.kind} modality {m.name!r}. Available: {', '.join(mutes)}.")
+            raise InputError(
+                f"{label} gives {m.name}={overrides[m.name]}, but {overrides[m.name]!r} is not a muting impairment of "
+                f"{m.kind} modality {m.name!r}. Available: {', '.join(mutes)}."
+            )
     copied = copy.copy(adapter)
     copied.modalities = [replace(m, missing=overrides.get(m.name, m.missing)) for m in adapter.modalities]
     copied.reads_as = getattr(adapter, "reads_as", adapter)  # the same data: split reads are shared with the original
@@ -48,10 +50,18 @@ def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...], *, 
 
 # ScanConfig field -> (the setting's name on the command line and in config files, its least value).
 _INTEGER_SETTINGS = {
-    "batch_size": ("batch_size", 1), "seed": ("seed", 0, 2**64 - 1), "bootstrap_replicates": ("bootstrap", 10),
-    "embedding_points": ("embedding_points", 10), "min_wrong": ("min_wrong", 1), "gradient_batches": ("gradient_batches", 1),
-    "kmeans_k": ("kmeans_k", 2), "min_group": ("min_group", 1), "donor_pool": ("donor_pool", 1),
-    "ceiling_per_class": ("ceiling_per_class", 1), "interaction_donors": ("interaction_donors", 1), "draws": ("draws", 1),
+    "batch_size": ("batch_size", 1),
+    "seed": ("seed", 0, 2**64 - 1),
+    "bootstrap_replicates": ("bootstrap", 10),
+    "embedding_points": ("embedding_points", 10),
+    "min_wrong": ("min_wrong", 1),
+    "gradient_batches": ("gradient_batches", 1),
+    "kmeans_k": ("kmeans_k", 2),
+    "min_group": ("min_group", 1),
+    "donor_pool": ("donor_pool", 1),
+    "ceiling_per_class": ("ceiling_per_class", 1),
+    "interaction_donors": ("interaction_donors", 1),
+    "draws": ("draws", 1),
 }
 
 
@@ -73,12 +83,16 @@ class ScanConfig:
     min_group: int = 10  # smallest (label, bias value) group that enters worst-group and bias-balanced accuracy
     group_by: str = "auto"  # bias: (label, bias value); alignment: (label, aligned/conflicting); auto: see diagnostics/groups.py
     donor_pool: int = DEFAULT_CAPACITY  # donors kept per (label, bias value) for the carrier and interaction swaps
-    ceiling_per_class: int = DEFAULT_PER_CLASS  # samples per class of the probe split (val, else train) a ceiling probe is fitted on
+    ceiling_per_class: int = (
+        DEFAULT_PER_CLASS  # samples per class of the probe split (val, else train) a ceiling probe is fitted on
+    )
     interaction_donors: int = DEFAULT_DONORS
     precision: str = "fp32"
     # F(k): the classes with a training share >= this fraction of bias value k's largest (and above 1/C); diagnostics/favoured.py.
     favoured_fraction: float = DEFAULT_FAVOURED_FRACTION
-    draws: int = 1  # independent draws of every random condition (noise, ratio subsets, probe samples); biasaudit/scanning/draws.py
+    draws: int = (
+        1  # independent draws of every random condition (noise, ratio subsets, probe samples); biasaudit/scanning/draws.py
+    )
 
     def __post_init__(self) -> None:
         if self.projection not in PROJECTIONS:
@@ -92,8 +106,11 @@ class ScanConfig:
         for field_name, (name, least, *most) in _INTEGER_SETTINGS.items():
             value = getattr(self, field_name)
             if not isinstance(value, int) or isinstance(value, bool) or value < least or (most and value > most[0]):
-                expected = ("a positive integer" if least == 1 else f"an integer of at least {least}") if not most else \
-                    f"an integer from {least} to 2**64 - 1"
+                expected = (
+                    ("a positive integer" if least == 1 else f"an integer of at least {least}")
+                    if not most
+                    else f"an integer from {least} to 2**64 - 1"
+                )
                 raise InputError(f"{name} is {value!r}; expected {expected}.")
         fraction = self.favoured_fraction
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
@@ -112,11 +129,15 @@ def resolve_device(name: str, *, label: str = "Device", cpu: str = "--device cpu
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"{label} {name!r} was requested but CUDA is not available on this machine; use {cpu}.")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise InputError(f"{label} {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0.")
+        raise InputError(
+            f"{label} {name!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s), numbered from 0."
+        )
     return device
 
 
 def check_precision(precision: str, device: torch.device) -> None:
     """Autocast to 16 bits is offered on CUDA only: on the CPU it is slow or unsupported for many operators."""
     if PRECISIONS.get(precision) is not None and device.type != "cuda":
-        raise InputError(f"precision is {precision!r}, which needs a CUDA device; this scan runs on {device.type}. Use fp32 there.")
+        raise InputError(
+            f"precision is {precision!r}, which needs a CUDA device; this scan runs on {device.type}. Use fp32 there."
+        )

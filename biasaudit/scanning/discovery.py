@@ -37,15 +37,21 @@ class BiasDiscovery:
     forwards: int = 0  # samples forwarded to find them (train and the evaluated split)
 
 
-def discover_bias(model: nn.Module, adapter: Adapter, config: ScanConfig, *, dominant: str | None, device: torch.device) -> BiasDiscovery:
+def discover_bias(
+    model: nn.Module, adapter: Adapter, config: ScanConfig, *, dominant: str | None, device: torch.device
+) -> BiasDiscovery:
     """k-means on the dominant modality's embeddings, fitted on train."""
     branches = optional_hook(adapter, "branches", model) or {}
     if dominant is None or dominant not in branches:
-        return BiasDiscovery("The data has no bias attribute and the adapter has no branches() hook for the dominant modality, "
-                             "so no bias values could be discovered; the JSD diagnostic is skipped.")
+        return BiasDiscovery(
+            "The data has no bias attribute and the adapter has no branches() hook for the dominant modality, "
+            "so no bias values could be discovered; the JSD diagnostic is skipped."
+        )
     if "train" not in adapter.splits:
-        return BiasDiscovery("The data has no bias attribute and the adapter offers no train split to discover one on; the JSD "
-                             "diagnostic is skipped.")
+        return BiasDiscovery(
+            "The data has no bias attribute and the adapter offers no train split to discover one on; the JSD "
+            "diagnostic is skipped."
+        )
     train = branch_outputs(model, adapter, branches[dominant], "train", device=device, batch_size=config.batch_size)
     clusters = discover_bias_clusters(train["embedding"], k=config.kmeans_k, seed=config.seed)
     num_bias = int(clusters.n_clusters)
@@ -56,13 +62,23 @@ def discover_bias(model: nn.Module, adapter: Adapter, config: ScanConfig, *, dom
     # Fed from the discovery's own forwards of the split: the clusters are known only once they are done.
     jsd = JSDDiagnostic(PassFacts(conditions=("full",), num_classes=adapter.num_classes, prior=prior, config=config))
     jsd.add(evaluation["probabilities"], evaluation["label"], values)
-    note = (f"The data has no bias attribute: bias values are {num_bias} k-means clusters of the dominant "
-            f"modality's ({dominant}) branch embeddings, fitted on the train split (methods.md section 3).")
+    note = (
+        f"The data has no bias attribute: bias values are {num_bias} k-means clusters of the dominant "
+        f"modality's ({dominant}) branch embeddings, fitted on the train split (methods.md section 3)."
+    )
     return BiasDiscovery(note, prior=prior, values=values, jsd=jsd, forwards=len(train["label"]) + len(evaluation["label"]))
 
 
-def discovered_bias_pass(model: nn.Module, adapter: Adapter, config: ScanConfig, discovery: BiasDiscovery, wanted: tuple[str, ...], *,
-                         device: torch.device, progress: Progress) -> BatchEvaluator:
+def discovered_bias_pass(
+    model: nn.Module,
+    adapter: Adapter,
+    config: ScanConfig,
+    discovery: BiasDiscovery,
+    wanted: tuple[str, ...],
+    *,
+    device: torch.device,
+    progress: Progress,
+) -> BatchEvaluator:
     """Groups and the carrier test on the discovered bias values, in a pass over the full and missing conditions."""
     conditions = [c for c in parse_conditions(config.conditions, adapter.modalities) if c.group in ("full", "missing")]
     prior, discovered = discovery.prior, discovery.values

@@ -17,7 +17,8 @@ replicates pair up.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -51,8 +52,17 @@ def with_draws(conditions: Sequence[Condition], impairments: Mapping[str, Impair
     for condition in conditions:
         out.append(condition)
         if draws > 1 and is_random(condition, impairments.get(condition.name)):
-            out.extend(Condition(draw_name(condition.name, d), condition.group, condition.modality, condition.impairment,
-                                 condition.severity, draw=d) for d in range(1, draws))
+            out.extend(
+                Condition(
+                    draw_name(condition.name, d),
+                    condition.group,
+                    condition.modality,
+                    condition.impairment,
+                    condition.severity,
+                    draw=d,
+                )
+                for d in range(1, draws)
+            )
     return out
 
 
@@ -100,6 +110,9 @@ def combined_pass(state: Any, *, picks: np.ndarray | None) -> Any:
     groups = draw_groups(state.accuracy.condition_names)
     if not groups:
         return state
-    muted = {name: sum(state.muted_counts.get(d, 0) for d in groups.get(name, [name]))
-             for name in state.muted_counts if base_name(name) == name}
+    muted = {
+        name: sum(state.muted_counts.get(d, 0) for d in groups.get(name, [name]))
+        for name in state.muted_counts
+        if base_name(name) == name
+    }
     return replace(state, accuracy=state.accuracy.combined_draws(groups, picks), muted_counts=muted)

@@ -17,7 +17,8 @@ audit's sections).
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from threadpoolctl import threadpool_limits
 from torch import nn
@@ -35,8 +36,15 @@ from biasaudit.scanning.state import ScanContext, ScanState, merged
 
 
 @shares_reads
-def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress | None = None,
-               unimodal_models: Mapping[str, nn.Module] | None = None, distributed: bool = False) -> dict[str, Any]:
+def scan_model(
+    model: nn.Module,
+    adapter: Adapter,
+    *,
+    config: ScanConfig,
+    progress: Progress | None = None,
+    unimodal_models: Mapping[str, nn.Module] | None = None,
+    distributed: bool = False,
+) -> dict[str, Any]:
     """Evaluate every condition and every diagnostic; return the audit's sections (no manifest).
 
     unimodal_models: modality -> a model trained on that modality alone, whose accuracy with the other
@@ -51,30 +59,54 @@ def scan_model(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progre
         # before the merge's collectives: one sentence there instead of a gather that waits for it, or meets it gone.
         with stopping_together(group is not None):
             adapter, device, unimodal_models = scanning.enter_context(
-                _scanning(model, adapter, config=config, unimodal_models=unimodal_models))
-            context, state = main_pass(model, adapter, config=config, progress=progress, unimodal_models=unimodal_models, device=device,
-                                       shard=group or WHOLE)
+                _scanning(model, adapter, config=config, unimodal_models=unimodal_models)
+            )
+            context, state = main_pass(
+                model,
+                adapter,
+                config=config,
+                progress=progress,
+                unimodal_models=unimodal_models,
+                device=device,
+                shard=group or WHOLE,
+            )
         if group is None:
             return finish_scan(state, context, adapter=adapter, config=config, model=model, device=device, progress=progress)
         return _finish_on_rank_zero(state, context, adapter=adapter, config=config, model=model, device=device, progress=progress)
 
 
 @shares_reads
-def scan_shard(model: nn.Module, adapter: Adapter, *, config: ScanConfig, shard: Shard, progress: Progress | None = None,
-               unimodal_models: Mapping[str, nn.Module] | None = None) -> tuple[ScanContext, ScanState]:
+def scan_shard(
+    model: nn.Module,
+    adapter: Adapter,
+    *,
+    config: ScanConfig,
+    shard: Shard,
+    progress: Progress | None = None,
+    unimodal_models: Mapping[str, nn.Module] | None = None,
+) -> tuple[ScanContext, ScanState]:
     """One shard of a scan, for job arrays without a process group: its context and state, which
     `biasaudit.scanning.parts` writes and `finish_scan` turns into the audit once every shard's state is merged."""
     check_shardable(adapter)
     with _scanning(model, adapter, config=config, unimodal_models=unimodal_models) as (adapter, device, unimodal_models):
-        return main_pass(model, adapter, config=config, progress=progress or silent, unimodal_models=unimodal_models, device=device,
-                         shard=shard)
+        return main_pass(
+            model,
+            adapter,
+            config=config,
+            progress=progress or silent,
+            unimodal_models=unimodal_models,
+            device=device,
+            shard=shard,
+        )
 
 
 def check_shardable(adapter: Adapter) -> None:
     """A scan can be cut into parts only when its data has a bias key (checked before any work)."""
     if adapter.bias_key is None:
-        raise InputError("--shard needs data with a bias key: without one, bias values are discovered from the merged scan's dominant "
-                         "modality, which no single part knows. Scan such data in one process or on torchrun.")
+        raise InputError(
+            "--shard needs data with a bias key: without one, bias values are discovered from the merged scan's dominant "
+            "modality, which no single part knows. Scan such data in one process or on torchrun."
+        )
 
 
 @contextmanager

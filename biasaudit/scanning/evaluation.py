@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +36,9 @@ from biasaudit._core.randomness import poisson1
 
 def _not_finite(condition: str) -> DataError:
     # argmax would silently score NaN as class 0; a muted input the model cannot handle must be seen.
-    return DataError(f"The model returned NaN or infinite logits under condition {condition!r}; check how the model handles that input.")
+    return DataError(
+        f"The model returned NaN or infinite logits under condition {condition!r}; check how the model handles that input."
+    )
 
 
 def check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: str, finite: bool = True) -> None:
@@ -45,8 +48,10 @@ def check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: s
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise DataError(f"The adapter's forward() returned {shape}; expected logits of shape ({batch_size}, {num_classes}).")
     if not logits.is_floating_point():
-        raise DataError(f"The adapter's forward() returned logits of dtype {logits.dtype}; expected floating-point logits "
-                        "(scores before softmax), not predicted labels or booleans.")
+        raise DataError(
+            f"The adapter's forward() returned logits of dtype {logits.dtype}; expected floating-point logits "
+            "(scores before softmax), not predicted labels or booleans."
+        )
     if finite and not torch.isfinite(logits).all():
         raise _not_finite(condition)
 
@@ -81,15 +86,24 @@ def _evaluation_order(conditions: Sequence[Condition]) -> list[Condition]:
 
 
 class BatchEvaluator:
-    def __init__(self, model: nn.Module, adapter: Adapter, setup: PassSetup, *, device: torch.device, feature_tap: Any = None,
-                 autocast: torch.dtype | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        setup: PassSetup,
+        *,
+        device: torch.device,
+        feature_tap: Any = None,
+        autocast: torch.dtype | None = None,
+    ) -> None:
         self.model, self.adapter, self.setup, self.device = model, adapter, setup, device
         self.autocast = autocast  # bfloat16 / float16 forwards on CUDA (ScanConfig.precision), else None
         self.feature_tap = feature_tap  # the classifier's input, read right after the Full forward
         self.full_features: torch.Tensor | None = None
         self.modalities = {m.name: m for m in adapter.modalities}
-        self.accuracy = ConditionAccumulator([c.name for c in setup.conditions], num_classes=adapter.num_classes,
-                                             replicates=setup.replicates, seed=setup.seed)
+        self.accuracy = ConditionAccumulator(
+            [c.name for c in setup.conditions], num_classes=adapter.num_classes, replicates=setup.replicates, seed=setup.seed
+        )
         self.muted_counts = {c.name: 0 for c in setup.conditions if c.group == "ratio"}
         # Per (modality, mute): the largest fraction any condition mutes, i.e. the rows its one forward per batch needs.
         self._mute_reach: dict[tuple[str, str], float] = {}
@@ -99,18 +113,45 @@ class BatchEvaluator:
                 key = (c.modality, muting.name)
                 self._mute_reach[key] = max(self._mute_reach.get(key, 0.0), c.severity)
         # (draw, fraction) of every partial mute: draw d of a ratio rung mutes the rows of seed + d (biasaudit/scanning/draws.py).
-        self._partial_fractions = sorted({(c.draw, c.severity) for c in setup.conditions if c.group != "full" and c.severity < 1.0
-                                          and setup.impairments.get(c.name) is not None and setup.impairments[c.name].mutes})
+        self._partial_fractions = sorted(
+            {
+                (c.draw, c.severity)
+                for c in setup.conditions
+                if c.group != "full"
+                and c.severity < 1.0
+                and setup.impairments.get(c.name) is not None
+                and setup.impairments[c.name].mutes
+            }
+        )
         self._mute_draw_ids = sorted({draw for draw, _ in self._partial_fractions}) or [0]
         self.forwards: Counter[str] = Counter()  # forwarded samples per diagnostic
         # Per draw's pool: what following each entry means, and its Poisson weight per replicate keyed by its global index
         # (the crossed bootstrap of carrier.py; the same sample weighs the same in every draw).
-        self._swap_pools = [(pool, targets(pool.bias, pool.label, setup.favoured), poisson1(setup.seed, "donor-bootstrap", pool.index, setup.replicates))
-                            for pool in setup.carrier_pools] if setup.favoured is not None else []
+        self._swap_pools = (
+            [
+                (
+                    pool,
+                    targets(pool.bias, pool.label, setup.favoured),
+                    poisson1(setup.seed, "donor-bootstrap", pool.index, setup.replicates),
+                )
+                for pool in setup.carrier_pools
+            ]
+            if setup.favoured is not None
+            else []
+        )
 
     # ---- forwards -------------------------------------------------------------------------------
-    def _logits(self, model: nn.Module, batch: Mapping[str, Any], *, stage: str, condition: str, tap: bool = False,
-                rows: int | None = None, finite: bool = True) -> torch.Tensor:
+    def _logits(
+        self,
+        model: nn.Module,
+        batch: Mapping[str, Any],
+        *,
+        stage: str,
+        condition: str,
+        tap: bool = False,
+        rows: int | None = None,
+        finite: bool = True,
+    ) -> torch.Tensor:
         if self.setup.tap is not None:
             self.setup.tap.active = tap
             self.setup.tap.values.clear()
@@ -132,13 +173,23 @@ class BatchEvaluator:
         out = dict(batch)
         for name, modality in self.modalities.items():
             if name not in keep:
-                out = impair_batch(out, modality, muting_impairment(modality), 1.0, indices=self._indices, seed=self.setup.seed, tag="mute-subset")
+                out = impair_batch(
+                    out,
+                    modality,
+                    muting_impairment(modality),
+                    1.0,
+                    indices=self._indices,
+                    seed=self.setup.seed,
+                    tag="mute-subset",
+                )
         return out
 
     def subset_logits(self, keep: frozenset[str], *, stage: str) -> torch.Tensor:
         """Logits with only `keep` intact (every other modality muted), computed once per batch."""
         if keep not in self._subsets:
-            self._subsets[keep] = self._logits(self.model, self._muted(self._batch, keep), stage=stage, condition="only " + ",".join(sorted(keep)))
+            self._subsets[keep] = self._logits(
+                self.model, self._muted(self._batch, keep), stage=stage, condition="only " + ",".join(sorted(keep))
+            )
         return self._subsets[keep]
 
     # ---- one batch ------------------------------------------------------------------------------
@@ -146,8 +197,15 @@ class BatchEvaluator:
         """The batch's bootstrap weights, which every accumulator shares (a pure function of the indices)."""
         return bootstrap_weights(indices, replicates=self.setup.replicates, seed=self.setup.seed)
 
-    def update(self, indices: np.ndarray, batch: Mapping[str, Any], labels: np.ndarray, bias: np.ndarray | None, *,
-               weights: np.ndarray | None = None) -> None:
+    def update(
+        self,
+        indices: np.ndarray,
+        batch: Mapping[str, Any],
+        labels: np.ndarray,
+        bias: np.ndarray | None,
+        *,
+        weights: np.ndarray | None = None,
+    ) -> None:
         """Evaluate one batch. `weights`: the batch's draw_weights, when the caller drew them ahead."""
         s = self.setup
         self._indices, self._batch, self._labels, self._subsets = indices, batch, labels, {}
@@ -186,8 +244,16 @@ class BatchEvaluator:
         confidence, predicted = confidence.cpu().numpy(), predicted.cpu().numpy()
         predictions = dict(zip(names, predicted))
         self.accuracy.update(predictions, labels, indices=indices, weights=weights)
-        outcome = BatchOutcome(indices=indices, labels=labels, bias=bias, weights=weights, predictions=predictions,
-                               confidences=dict(zip(names, confidence)), full_logits=logits_of["full"], features=self.full_features)
+        outcome = BatchOutcome(
+            indices=indices,
+            labels=labels,
+            bias=bias,
+            weights=weights,
+            predictions=predictions,
+            confidences=dict(zip(names, confidence)),
+            full_logits=logits_of["full"],
+            features=self.full_features,
+        )
         for diagnostic in s.diagnostics.values():
             diagnostic.update(outcome)
         full = predictions["full"]
@@ -196,8 +262,10 @@ class BatchEvaluator:
         if s.ceilings is not None:
             self._ceilings(labels, full, indices, weights)
         if s.shapley is not None:
-            correct_by_subset = {keep: self.subset_logits(keep, stage="shapley").argmax(dim=1).cpu().numpy() == labels
-                                 for keep in subsets(list(self.modalities))}
+            correct_by_subset = {
+                keep: self.subset_logits(keep, stage="shapley").argmax(dim=1).cpu().numpy() == labels
+                for keep in subsets(list(self.modalities))
+            }
             s.shapley.update(correct_by_subset, labels, weights)
         if s.interaction is not None and s.pool is not None:
             self._interaction(batch, indices, labels, full, weights)
@@ -222,7 +290,9 @@ class BatchEvaluator:
         impaired = self._impaired(m, impairment, condition.severity, draw=condition.draw)
         return self._logits(self.model, impaired, stage="conditions", condition=condition.name, finite=False)
 
-    def _mute_logits(self, modality: Modality, impairment: Impairment, full_logits: torch.Tensor, *, condition: str, tap: bool) -> torch.Tensor:
+    def _mute_logits(
+        self, modality: Modality, impairment: Impairment, full_logits: torch.Tensor, *, condition: str, tap: bool
+    ) -> torch.Tensor:
         """The batch's logits under this mute, forwarded once: for every row when a condition mutes the whole modality,
         else for the rows the largest ratio mutes (the others hold the Full logits). The mute itself is made for the
         whole batch (what it does can depend on the batch, e.g. the padding side read off its mask)."""
@@ -238,14 +308,21 @@ class BatchEvaluator:
                 logits = full_logits.clone()
                 if len(rows):
                     logits[torch.as_tensor(rows, device=logits.device)] = self._logits(
-                        self.model, take_rows(whole, rows, size=len(self._indices)), stage="conditions", condition=condition,
-                        rows=len(rows), finite=False).to(logits.dtype)
+                        self.model,
+                        take_rows(whole, rows, size=len(self._indices)),
+                        stage="conditions",
+                        condition=condition,
+                        rows=len(rows),
+                        finite=False,
+                    ).to(logits.dtype)
             self._mute_logit_cache[key] = logits
         return self._mute_logit_cache[key]
 
     def _impaired(self, modality: Modality, impairment: Impairment, severity: float, *, draw: int = 0) -> dict[str, Any]:
         tag = f"{modality.name}={impairment.name}:{severity!r}"  # the definition, not the name: alike conditions draw alike
-        return impair_batch(self._batch, modality, impairment, severity, indices=self._indices, seed=draw_seed(self.setup.seed, draw), tag=tag)
+        return impair_batch(
+            self._batch, modality, impairment, severity, indices=self._indices, seed=draw_seed(self.setup.seed, draw), tag=tag
+        )
 
     def _whole_mute(self, modality: Modality, impairment: Impairment) -> dict[str, Any]:
         key = (modality.name, impairment.name)
@@ -257,7 +334,9 @@ class BatchEvaluator:
         """[fractions, B] on the device: the batch's muted rows at every partial fraction of the scan, copied to the device
         in one transfer per batch rather than one per condition."""
         if self._masks_on_device is None:
-            self._masks_on_device = torch.as_tensor(np.stack([self._muted_rows(f, d) for d, f in self._partial_fractions]), device=device)
+            self._masks_on_device = torch.as_tensor(
+                np.stack([self._muted_rows(f, d) for d, f in self._partial_fractions]), device=device
+            )
         return self._masks_on_device
 
     def _muted_rows(self, fraction: float, draw: int = 0) -> np.ndarray:
@@ -276,23 +355,42 @@ class BatchEvaluator:
         """Every draw's swaps add to the same counts: the rates are pooled over the draws' swapped samples."""
         s = self.setup
         for pool, target, donor_weights in self._swap_pools:
-            swaps = {"bias": pool.bias_donors(indices, labels, bias, s.favoured.any(axis=1)), "content": pool.content_donors(indices, labels, bias)}
+            swaps = {
+                "bias": pool.bias_donors(indices, labels, bias, s.favoured.any(axis=1)),
+                "content": pool.content_donors(indices, labels, bias),
+            }
             # A null swap serves only rows that also have a bias or a content donor: no forward for the others.
             null_donors = np.where((swaps["bias"] >= 0) | (swaps["content"] >= 0), pool.null_donors(indices, labels, bias), -1)
             for name, modality in self.modalities.items():
                 null = self._swapped_prediction(batch, modality, null_donors, full, pool, what="null")
                 for kind, donors in swaps.items():
                     prediction = self._swapped_prediction(batch, modality, donors, full, pool, what=kind)
-                    update_swap((s.carrier.bias_swap if kind == "bias" else s.carrier.content_swap)[name], donors=donors, null_donors=null_donors,
-                                target=target[kind], donor_weights=donor_weights, prediction=prediction, null=null, full=full,
-                                labels=labels, weights=weights)
+                    update_swap(
+                        (s.carrier.bias_swap if kind == "bias" else s.carrier.content_swap)[name],
+                        donors=donors,
+                        null_donors=null_donors,
+                        target=target[kind],
+                        donor_weights=donor_weights,
+                        prediction=prediction,
+                        null=null,
+                        full=full,
+                        labels=labels,
+                        weights=weights,
+                    )
 
-    def _swapped_prediction(self, batch, modality: Modality, donors: np.ndarray, full: np.ndarray, pool: DonorPool, *, what: str) -> np.ndarray:
+    def _swapped_prediction(
+        self, batch, modality: Modality, donors: np.ndarray, full: np.ndarray, pool: DonorPool, *, what: str
+    ) -> np.ndarray:
         """Predictions with this modality's input from the pool's donors (rows without a donor keep theirs)."""
         if not (donors >= 0).any():
             return full
         swapped = swap_modality(batch, modality, donors, pool)
-        return self._logits(self.model, swapped, stage="carrier", condition=f"{what} swap of {modality.name}").argmax(dim=1).cpu().numpy()
+        return (
+            self._logits(self.model, swapped, stage="carrier", condition=f"{what} swap of {modality.name}")
+            .argmax(dim=1)
+            .cpu()
+            .numpy()
+        )
 
     def _ceilings(self, labels, full, indices, weights) -> None:
         s = self.setup
@@ -300,12 +398,19 @@ class BatchEvaluator:
         for name in self.modalities:
             if name in s.unimodal:
                 others_muted = self._muted(self._batch, frozenset([name]))
-                predictions[f"ceiling:{name}"] = self._logits(s.unimodal[name], others_muted, stage="ceilings", condition=f"unimodal {name}").argmax(dim=1).cpu().numpy()
+                predictions[f"ceiling:{name}"] = (
+                    self._logits(s.unimodal[name], others_muted, stage="ceilings", condition=f"unimodal {name}")
+                    .argmax(dim=1)
+                    .cpu()
+                    .numpy()
+                )
             elif name in s.probes:
                 feature = self._full_branch.get(name)
                 if feature is None:
-                    raise DataError(f"The {name!r} branch did not run in the Full forward of this batch, although it ran on train; "
-                                    "the adapter's branches() must name modules the model calls on every forward.")
+                    raise DataError(
+                        f"The {name!r} branch did not run in the Full forward of this batch, although it ran on train; "
+                        "the adapter's branches() must name modules the model calls on every forward."
+                    )
                 values = feature.double().cpu().numpy()
                 for draw, probe in enumerate(s.probes[name]):
                     predictions[draw_name(f"ceiling:{name}", draw)] = probe.predict(values)
@@ -329,9 +434,13 @@ class BatchEvaluator:
                     out = swap_modality(out, modality, donors_of[name], s.pool)
             return self._logits(self.model, out, stage="interaction", condition=condition).float().cpu().numpy()
 
-        kept = [[mixed({name: donors for name in self.modalities if name != keep}, f"interaction keeping {keep}") for donors in draws]
-                for keep in self.modalities]
+        kept = [
+            [mixed({name: donors for name in self.modalities if name != keep}, f"interaction keeping {keep}") for donors in draws]
+            for keep in self.modalities
+        ]
         lenders = s.interaction.constant_donors()  # [M, R]: the constant's forwards take each modality from another donor
-        constant = [mixed({name: draws[lenders[m, r]] for m, name in enumerate(self.modalities)}, "interaction constant")
-                    for r in range(len(draws))]
+        constant = [
+            mixed({name: draws[lenders[m, r]] for m, name in enumerate(self.modalities)}, "interaction constant")
+            for r in range(len(draws))
+        ]
         s.interaction.update(kept, constant, full, labels, weights)

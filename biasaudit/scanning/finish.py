@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -26,8 +27,9 @@ from biasaudit.scanning.state import PassState, ScanContext, ScanState
 from biasaudit.scanning.summary import condition_rows, group_summary, ratio_sweep, reliance
 
 _NO_TRAIN_PRIORS = "The JSD diagnostic needs the label-under-bias priors of the train split, which the adapter does not offer."
-_NOTHING_DISCOVERED = ("The data has no bias attribute and none could be discovered (see the JSD note), so there are no groups and no "
-                       "carrier test.")
+_NOTHING_DISCOVERED = (
+    "The data has no bias attribute and none could be discovered (see the JSD note), so there are no groups and no carrier test."
+)
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,16 @@ class _BiasValues:
     forwards: Counter = field(default_factory=Counter)
 
 
-def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, config: ScanConfig, model: nn.Module | None,
-                device: torch.device | None, progress: Progress) -> dict[str, Any]:
+def finish_scan(
+    state: ScanState,
+    context: ScanContext,
+    *,
+    adapter: Adapter,
+    config: ScanConfig,
+    model: nn.Module | None,
+    device: torch.device | None,
+    progress: Progress,
+) -> dict[str, Any]:
     """The audit's sections from a whole scan's (possibly merged) state. `model` is used only where the data has no bias
     key (k-means bias discovery and its second pass); a merge of parts has no model and never needs one."""
     names = [m.name for m in adapter.modalities]
@@ -62,11 +72,23 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
         if section is not None:
             summary[group] = section
     dominant = summary.get("missing", {}).get("dominant")
-    bias = _bias_values(main, context, adapter=adapter, config=config, model=model, device=device, dominant=dominant, progress=progress)
-    finishing = FinishContext(config=config, num_classes=adapter.num_classes, class_names=class_names, bias_names=adapter.bias_names,
-                              condition_groups={c.name: c.group for c in conditions}, prior_counts=bias.prior_counts,
-                              bias_source=bias.source, bias_note=bias.note, prior_note=bias.prior_note,
-                              draw_groups=draw_groups(state.main.accuracy.condition_names), multiplicities=picks, dominant=dominant)
+    bias = _bias_values(
+        main, context, adapter=adapter, config=config, model=model, device=device, dominant=dominant, progress=progress
+    )
+    finishing = FinishContext(
+        config=config,
+        num_classes=adapter.num_classes,
+        class_names=class_names,
+        bias_names=adapter.bias_names,
+        condition_groups={c.name: c.group for c in conditions},
+        prior_counts=bias.prior_counts,
+        bias_source=bias.source,
+        bias_note=bias.note,
+        prior_note=bias.prior_note,
+        draw_groups=draw_groups(state.main.accuracy.condition_names),
+        multiplicities=picks,
+        dominant=dominant,
+    )
     measured = {name: diagnostic.compute(finishing) for name, diagnostic in bias.diagnostics.items()}
     sections: dict[str, Any] = {name: section.body for name, section in measured.items()}
     derived = {name: values for section in measured.values() for name, values in section.derived.items()}
@@ -75,7 +97,9 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
     if not conflict.get("available", True) and conflict.get("note"):
         notes.append(conflict["note"])
     sections["notes"] = notes
-    sections["mute_checks"] = _mute_checks(main, conditions, scores, summary, adapter, class_names, mute_compare=config.mute_compare)
+    sections["mute_checks"] = _mute_checks(
+        main, conditions, scores, summary, adapter, class_names, mute_compare=config.mute_compare
+    )
     if sections["mute_checks"]["compare_note"]:
         notes.append(sections["mute_checks"]["compare_note"])
     notes.extend(f["message"] for f in sections["mute_checks"]["findings"])
@@ -86,11 +110,19 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
     if "ceilings" in wanted:
         # The probes' draws become their mean, as the conditions' do.
         ceilings = combined_counts(main.ceilings, seed=config.seed) if main.ceilings is not None else None
-        sections["ceilings"] = ceilings_section(names, ceilings.result() if ceilings is not None else {}, context.ceiling_sources,
-                                                observed_gap=summary.get("missing", {}).get("gap"), note=context.ceiling_note,
-                                                num_classes=adapter.num_classes, probe_split=probe_split(adapter.splits, config.split))
+        sections["ceilings"] = ceilings_section(
+            names,
+            ceilings.result() if ceilings is not None else {},
+            context.ceiling_sources,
+            observed_gap=summary.get("missing", {}).get("gap"),
+            note=context.ceiling_note,
+            num_classes=adapter.num_classes,
+            probe_split=probe_split(adapter.splits, config.split),
+        )
     if "shapley" in wanted:
-        sections["shapley"] = main.shapley.section() if main.shapley is not None else {"available": False, "note": context.shapley_note}
+        sections["shapley"] = (
+            main.shapley.section() if main.shapley is not None else {"available": False, "note": context.shapley_note}
+        )
     if "interaction" in wanted:
         sections["interaction"], found = main.interaction.section()
         derived.update(found)  # the share's replicates, for compare to pair
@@ -98,18 +130,28 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
     bootstrap = main.accuracy.bootstrap_counts().to_dict()
     bootstrap["derived"] = {name: values.tolist() for name, values in derived.items()}
     forwards = Counter(main.forwards) + Counter({"ceilings": context.train_forwards}) + bias.forwards
-    cost = {stage: forwards.get(stage, 0) / seen for stage in ("conditions", "carrier", "ceilings", "shapley", "interaction", "bias_discovery")}
+    cost = {
+        stage: forwards.get(stage, 0) / seen
+        for stage in ("conditions", "carrier", "ceilings", "shapley", "interaction", "bias_discovery")
+    }
     cost["total"] = sum(cost.values())
     return {
-        "dataset": {"split": config.split, "n": seen, "num_classes": adapter.num_classes,
-                    "modalities": [{"name": m.name, "kind": m.kind} for m in adapter.modalities],
-                    "class_names": adapter.class_names and list(adapter.class_names),
-                    "bias_names": adapter.bias_names and list(adapter.bias_names)},
+        "dataset": {
+            "split": config.split,
+            "n": seen,
+            "num_classes": adapter.num_classes,
+            "modalities": [{"name": m.name, "kind": m.kind} for m in adapter.modalities],
+            "class_names": adapter.class_names and list(adapter.class_names),
+            "bias_names": adapter.bias_names and list(adapter.bias_names),
+        },
         "diagnostics": ["groups", "calibration", *wanted],
         "summary": summary,
         "conditions": condition_rows(conditions, scores),
-        "ratio_sweep": ratio_sweep(conditions, scores, muted_fractions={k: v / (seen * main.accuracy.draws.get(k, 1))
-                                                                        for k, v in main.muted_counts.items()}),
+        "ratio_sweep": ratio_sweep(
+            conditions,
+            scores,
+            muted_fractions={k: v / (seen * main.accuracy.draws.get(k, 1)) for k, v in main.muted_counts.items()},
+        ),
         "reliance": reliance(conditions, scores, class_names=class_names),
         **sections,
         # Kept in the file so that two audits of the same samples and seed (before/after a fix) get *paired*
@@ -120,44 +162,96 @@ def finish_scan(state: ScanState, context: ScanContext, *, adapter: Adapter, con
     }
 
 
-def _bias_values(main: PassState, context: ScanContext, *, adapter: Adapter, config: ScanConfig, model: nn.Module | None,
-                 device: torch.device | None, dominant: str | None, progress: Progress) -> _BiasValues:
+def _bias_values(
+    main: PassState,
+    context: ScanContext,
+    *,
+    adapter: Adapter,
+    config: ScanConfig,
+    model: nn.Module | None,
+    device: torch.device | None,
+    dominant: str | None,
+    progress: Progress,
+) -> _BiasValues:
     """The data's own bias values; without a bias key, the k-means clusters discovered now, and the pass on them."""
     if adapter.bias_key is not None:
-        return _BiasValues("bias_key", None, context.prior_counts, None if context.prior_counts is not None else _NO_TRAIN_PRIORS,
-                           main, dict(main.diagnostics))
+        return _BiasValues(
+            "bias_key",
+            None,
+            context.prior_counts,
+            None if context.prior_counts is not None else _NO_TRAIN_PRIORS,
+            main,
+            dict(main.diagnostics),
+        )
     discovery = discover_bias(model, adapter, config, dominant=dominant, device=device)
     if discovery.values is None:
         return _BiasValues("kmeans", _NOTHING_DISCOVERED, None, discovery.note, main, dict(main.diagnostics))
     evaluator = discovered_bias_pass(model, adapter, config, discovery, context.wanted, device=device, progress=progress)
     bias_pass = PassState.of(evaluator)
-    note = (f"Bias values are the {discovery.prior.num_bias} k-means clusters of the dominant modality's ({dominant}) branch embeddings "
-            "(the data has no bias attribute); groups are measured under the full and missing conditions only.")
-    return _BiasValues("kmeans", note, discovery.prior.counts, discovery.note, bias_pass,
-                       {**main.diagnostics, "jsd": discovery.jsd, **bias_pass.diagnostics}, notes=(discovery.note,),
-                       forwards=Counter({"bias_discovery": discovery.forwards}) + evaluator.forwards)
+    note = (
+        f"Bias values are the {discovery.prior.num_bias} k-means clusters of the dominant modality's ({dominant}) branch embeddings "
+        "(the data has no bias attribute); groups are measured under the full and missing conditions only."
+    )
+    return _BiasValues(
+        "kmeans",
+        note,
+        discovery.prior.counts,
+        discovery.note,
+        bias_pass,
+        {**main.diagnostics, "jsd": discovery.jsd, **bias_pass.diagnostics},
+        notes=(discovery.note,),
+        forwards=Counter({"bias_discovery": discovery.forwards}) + evaluator.forwards,
+    )
 
 
-def _carrier_section(bias: _BiasValues, config: ScanConfig, *, dominant: str | None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _carrier_section(
+    bias: _BiasValues, config: ScanConfig, *, dominant: str | None
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The carrier test's section on the bias values in effect, and its per-replicate figures for bootstrap.derived."""
     carrier = bias.bias_pass.carrier
     if carrier is None:
-        return {"available": False, "note": bias.note or "The carrier test needs bias values and the train split's label-under-bias priors."}, {}
-    return carrier.section(dominant=dominant, bias_source=bias.source, donor_pool=config.donor_pool,
-                           note=bias.note if bias.source == "kmeans" else None)
+        return {
+            "available": False,
+            "note": bias.note or "The carrier test needs bias values and the train split's label-under-bias priors.",
+        }, {}
+    return carrier.section(
+        dominant=dominant,
+        bias_source=bias.source,
+        donor_pool=config.donor_pool,
+        note=bias.note if bias.source == "kmeans" else None,
+    )
 
 
-def _mute_checks(main: PassState, conditions: list[Condition], scores: Mapping[str, Any], summary: dict[str, Any],
-                 adapter: Adapter, class_names: list[str], *, mute_compare: bool) -> dict[str, Any]:
+def _mute_checks(
+    main: PassState,
+    conditions: list[Condition],
+    scores: Mapping[str, Any],
+    summary: dict[str, Any],
+    adapter: Adapter,
+    class_names: list[str],
+    *,
+    mute_compare: bool,
+) -> dict[str, Any]:
     """Degenerate or far-outside mutes (biasaudit/diagnostics/mutes.py), and the --mute-compare table."""
     confusion = main.accuracy.confusion
     moments = main.moments
-    distances = {m.name: rms_z(moments[f"full:{m.name}"], moments[f"muted:{m.name}"])
-                 for m in adapter.modalities if f"full:{m.name}" in moments and f"muted:{m.name}" in moments}
-    rows = [{"name": c.name, "modality": c.modality, "impairment": c.impairment, "predicted": confusion[c.name].sum(axis=0)}
-            for c in conditions if c.group == "missing"]
-    findings = mute_findings(rows, label_counts=confusion["full"].sum(axis=1), class_names=class_names,
-                             kinds={m.name: m.kind for m in adapter.modalities}, distances=distances)
+    distances = {
+        m.name: rms_z(moments[f"full:{m.name}"], moments[f"muted:{m.name}"])
+        for m in adapter.modalities
+        if f"full:{m.name}" in moments and f"muted:{m.name}" in moments
+    }
+    rows = [
+        {"name": c.name, "modality": c.modality, "impairment": c.impairment, "predicted": confusion[c.name].sum(axis=0)}
+        for c in conditions
+        if c.group == "missing"
+    ]
+    findings = mute_findings(
+        rows,
+        label_counts=confusion["full"].sum(axis=1),
+        class_names=class_names,
+        kinds={m.name: m.kind for m in adapter.modalities},
+        distances=distances,
+    )
     missing = summary.get("missing")
     caveats = [f["message"] for f in findings if missing and f["modality"] == missing.get("dominant")]
     if caveats:
@@ -165,16 +259,20 @@ def _mute_checks(main: PassState, conditions: list[Condition], scores: Mapping[s
     compared, compare_note = None, None
     alternatives = [c for c in conditions if c.group == "mute_compare"]
     if mute_compare and not alternatives:
-        compare_note = ("--mute-compare measured nothing: no modality's kind has a second muting impairment "
-                        "(an image has two: the black zero and the mid-grey mean).")
+        compare_note = (
+            "--mute-compare measured nothing: no modality's kind has a second muting impairment "
+            "(an image has two: the black zero and the mid-grey mean)."
+        )
     if alternatives and missing:
         compared = {}
         for c in alternatives:
             entry = compared.setdefault(c.modality, {"choices": {}, "dominant": {}})
             current = next(r for r in conditions if r.group == "missing" and r.modality == c.modality)
             for choice in (current, c):
-                entry["choices"][choice.impairment] = {"accuracy": scores[choice.name].accuracy, "flip_rate": scores[choice.name].flip_rate}
+                entry["choices"][choice.impairment] = {
+                    "accuracy": scores[choice.name].accuracy,
+                    "flip_rate": scores[choice.name].flip_rate,
+                }
                 flips = {**missing["flip_rates"], c.modality: scores[choice.name].flip_rate}
                 entry["dominant"][choice.impairment] = dominant_modality(flips) if max(flips.values()) > 0 else None
     return {"findings": findings, "distances": distances, "compare": compared, "compare_note": compare_note}
-

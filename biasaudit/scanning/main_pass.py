@@ -9,7 +9,8 @@ the shard's context and state (biasaudit/scanning/state.py), which merge across 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -34,7 +35,14 @@ from biasaudit.errors import DataError
 from biasaudit.scanning.conditions import parse_conditions, parse_diagnostics
 from biasaudit.scanning.config import PRECISIONS, ScanConfig
 from biasaudit.scanning.evaluation import BatchEvaluator, PassSetup
-from biasaudit.scanning.setup import mute_compare_conditions, pass_facts, pass_setup, read_split_ahead, setup_ceilings, train_prior
+from biasaudit.scanning.setup import (
+    mute_compare_conditions,
+    pass_facts,
+    pass_setup,
+    read_split_ahead,
+    setup_ceilings,
+    train_prior,
+)
 from biasaudit.scanning.state import PassState, ScanContext, ScanState
 
 
@@ -84,8 +92,16 @@ class _FeatureTap:
             self._handle.remove()
 
 
-def main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progress: Progress, unimodal_models: Mapping[str, nn.Module],
-              device: torch.device, shard: Shard) -> tuple[ScanContext, ScanState]:
+def main_pass(
+    model: nn.Module,
+    adapter: Adapter,
+    *,
+    config: ScanConfig,
+    progress: Progress,
+    unimodal_models: Mapping[str, nn.Module],
+    device: torch.device,
+    shard: Shard,
+) -> tuple[ScanContext, ScanState]:
     """Every condition on the shard's batches, every registered diagnostic fed beside them; shard 0 also takes the
     gradient-conflict sample (a few batches, chosen by hash over the whole split)."""
     names = [m.name for m in adapter.modalities]
@@ -100,28 +116,59 @@ def main_pass(model: nn.Module, adapter: Adapter, *, config: ScanConfig, progres
         setup.tap = BranchTap(branches, token_masks(adapter))
     feature_tap = _FeatureTap(optional_hook(adapter, "classifier", model))
     try:
-        equipped = _equip(setup, model, adapter, config, ahead, wanted, branches=branches, unimodal_models=unimodal_models,
-                          device=device, progress=progress)
-        evaluator = BatchEvaluator(model, adapter, setup, device=device, feature_tap=feature_tap, autocast=PRECISIONS[config.precision])
+        equipped = _equip(
+            setup,
+            model,
+            adapter,
+            config,
+            ahead,
+            wanted,
+            branches=branches,
+            unimodal_models=unimodal_models,
+            device=device,
+            progress=progress,
+        )
+        evaluator = BatchEvaluator(
+            model, adapter, setup, device=device, feature_tap=feature_tap, autocast=PRECISIONS[config.precision]
+        )
         streamed = _stream(evaluator, adapter, config, shard=shard, progress=progress)
         conflict = None
         if streamed.conflict_sample is not None:
             progress("gradients", 0, config.gradient_batches)
-            conflict = gradient_conflict(model, adapter, streamed.conflict_sample.chosen(), device=device, seed=config.seed).to_dict()
+            conflict = gradient_conflict(
+                model, adapter, streamed.conflict_sample.chosen(), device=device, seed=config.seed
+            ).to_dict()
             progress("gradients", config.gradient_batches, config.gradient_batches)
     finally:
         feature_tap.close()
         if setup.tap is not None:
             setup.tap.close()
-    sources = {m: f"checkpoint {getattr(unimodal_models[m], 'biasaudit_source', '(given in Python)')}" if m in unimodal_models
-               else probe_source(m, probe_split(adapter.splits, config.split), config.split) for m in names}
-    context = ScanContext(conditions=conditions, wanted=wanted, prior_counts=ahead.prior.counts if ahead.prior is not None else None,
-                          train_forwards=equipped.train_forwards, ceiling_note=equipped.ceiling_note, ceiling_sources=sources,
-                          shapley_note=equipped.shapley_note)
-    state = ScanState(shards=(shard.index,), shard_count=shard.count, main=PassState.of(evaluator), fingerprint=streamed.fingerprint,
-                      samples=streamed.samples, split_samples=streamed.split_samples, split_batches=streamed.batches,
-                      split_fingerprint=streamed.whole_split.to_dict() if streamed.whole_split is not None else {},
-                      gradient_conflict=conflict)
+    sources = {
+        m: f"checkpoint {getattr(unimodal_models[m], 'biasaudit_source', '(given in Python)')}"
+        if m in unimodal_models
+        else probe_source(m, probe_split(adapter.splits, config.split), config.split)
+        for m in names
+    }
+    context = ScanContext(
+        conditions=conditions,
+        wanted=wanted,
+        prior_counts=ahead.prior.counts if ahead.prior is not None else None,
+        train_forwards=equipped.train_forwards,
+        ceiling_note=equipped.ceiling_note,
+        ceiling_sources=sources,
+        shapley_note=equipped.shapley_note,
+    )
+    state = ScanState(
+        shards=(shard.index,),
+        shard_count=shard.count,
+        main=PassState.of(evaluator),
+        fingerprint=streamed.fingerprint,
+        samples=streamed.samples,
+        split_samples=streamed.split_samples,
+        split_batches=streamed.batches,
+        split_fingerprint=streamed.whole_split.to_dict() if streamed.whole_split is not None else {},
+        gradient_conflict=conflict,
+    )
     return context, state
 
 
@@ -133,8 +180,13 @@ def _read_ahead(adapter: Adapter, config: ScanConfig, wanted: tuple[str, ...], *
     largest, pools = -1, []
     if sized or pooled:
         by_key = adapter.bias_key is not None
-        largest, pools = read_split_ahead(adapter, config, lambda idx, batch: bias_values(batch, adapter, split=config.split) if by_key
-                                          else np.zeros(len(idx), dtype=np.int64), pool=pooled, progress=progress)
+        largest, pools = read_split_ahead(
+            adapter,
+            config,
+            lambda idx, batch: bias_values(batch, adapter, split=config.split) if by_key else np.zeros(len(idx), dtype=np.int64),
+            pool=pooled,
+            progress=progress,
+        )
 
     # Train's labels and bias values, read at most once per run: the priors and the ceilings' probe sample both count them.
     def train() -> SplitLabels:
@@ -144,16 +196,27 @@ def _read_ahead(adapter: Adapter, config: ScanConfig, wanted: tuple[str, ...], *
     return _Ahead(prior=prior, pools=pools, train=train)
 
 
-def _equip(setup: PassSetup, model: nn.Module, adapter: Adapter, config: ScanConfig, ahead: _Ahead, wanted: tuple[str, ...], *,
-           branches: Mapping[str, nn.Module], unimodal_models: Mapping[str, nn.Module], device: torch.device,
-           progress: Progress) -> _Equipped:
+def _equip(
+    setup: PassSetup,
+    model: nn.Module,
+    adapter: Adapter,
+    config: ScanConfig,
+    ahead: _Ahead,
+    wanted: tuple[str, ...],
+    *,
+    branches: Mapping[str, nn.Module],
+    unimodal_models: Mapping[str, nn.Module],
+    device: torch.device,
+    progress: Progress,
+) -> _Equipped:
     """The pass's accumulators: the registered diagnostics, and those of the diagnostics asked for in --conditions."""
     names = [m.name for m in adapter.modalities]
     train_forwards, ceiling_note, shapley_note = 0, None, None
     if "ceilings" in wanted:
         progress("ceilings", 0, None)
-        train_forwards, ceiling_note = setup_ceilings(setup, model, adapter, branches, unimodal_models, config, device=device,
-                                                      train=ahead.train)
+        train_forwards, ceiling_note = setup_ceilings(
+            setup, model, adapter, branches, unimodal_models, config, device=device, train=ahead.train
+        )
     if ahead.prior is not None:
         setup.favoured = favoured_classes(ahead.prior.counts, fraction=config.favoured_fraction)
     setup.diagnostics = create_diagnostics(pass_facts(setup, adapter, ahead.prior, config))
@@ -166,8 +229,9 @@ def _equip(setup: PassSetup, model: nn.Module, adapter: Adapter, config: ScanCon
     elif "shapley" in wanted:
         setup.shapley = ShapleyAccumulator(names, num_classes=adapter.num_classes, replicates=config.bootstrap_replicates)
     if "interaction" in wanted:
-        setup.interaction = InteractionAccumulator(modalities=len(names), donors=config.interaction_donors,
-                                                   replicates=config.bootstrap_replicates)
+        setup.interaction = InteractionAccumulator(
+            modalities=len(names), donors=config.interaction_donors, replicates=config.bootstrap_replicates
+        )
     return _Equipped(train_forwards, ceiling_note, shapley_note)
 
 
@@ -202,8 +266,14 @@ def _stream(evaluator: BatchEvaluator, adapter: Adapter, config: ScanConfig, *, 
         return _ReadBatch(indices, batch, labels, bias, evaluator.draw_weights(indices))
 
     with torch.no_grad():
-        for batches, read_batch in enumerate(prefetched(enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)), read,
-                                                             ahead=getattr(adapter, "read_ahead", True)), start=1):
+        for batches, read_batch in enumerate(
+            prefetched(
+                enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)),
+                read,
+                ahead=getattr(adapter, "read_ahead", True),
+            ),
+            start=1,
+        ):
             indices, batch, labels, bias, weights = read_batch
             split_samples += len(indices)
             if weights is None:  # another shard's batch

@@ -15,7 +15,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -43,8 +44,21 @@ FORMAT = "biasaudit-scan-part"
 # Version 4: the content is sealed with its SHA-256 (`seal`), checked before anything in it is read.
 # Version 5: the registered diagnostics' states by name (PassState.diagnostics), their names listed beside the content.
 FORMAT_VERSION = 5
-_CLASSES = (PassState, ScanState, ScanContext, Condition, Modality, ConditionAccumulator, ExactSum, Moments, CarrierAccumulator,
-            SwapCounts, ShapleyAccumulator, InteractionAccumulator, SampleFingerprint)
+_CLASSES = (
+    PassState,
+    ScanState,
+    ScanContext,
+    Condition,
+    Modality,
+    ConditionAccumulator,
+    ExactSum,
+    Moments,
+    CarrierAccumulator,
+    SwapCounts,
+    ShapleyAccumulator,
+    InteractionAccumulator,
+    SampleFingerprint,
+)
 
 
 def _classes() -> dict[str, type]:
@@ -116,10 +130,15 @@ def _decode(value: Any) -> Any:
 # ---- what a part records ----------------------------------------------------------------------------------------
 def adapter_facts(adapter: Adapter) -> dict[str, Any]:
     """What finishing an audit reads of the adapter."""
-    return {"modalities": list(adapter.modalities), "num_classes": int(adapter.num_classes), "label_key": adapter.label_key,
-            "bias_key": adapter.bias_key, "splits": tuple(adapter.splits),
-            "class_names": tuple(adapter.class_names) if adapter.class_names else None,
-            "bias_names": tuple(adapter.bias_names) if adapter.bias_names else None}
+    return {
+        "modalities": list(adapter.modalities),
+        "num_classes": int(adapter.num_classes),
+        "label_key": adapter.label_key,
+        "bias_key": adapter.bias_key,
+        "splits": tuple(adapter.splits),
+        "class_names": tuple(adapter.class_names) if adapter.class_names else None,
+        "bias_names": tuple(adapter.bias_names) if adapter.bias_names else None,
+    }
 
 
 class RecordedAdapter(Adapter):
@@ -144,23 +163,57 @@ class ScanPart:
     extra: dict[str, Any]  # manifest details (checkpoint path, key prefix, settings), wall time
 
 
-def write_part(path: Path, *, shard: Shard, config: Any, checkpoint: Mapping[str, Any], adapter_source: Mapping[str, Any],
-               adapter: Adapter, context: ScanContext, state: ScanState, wall_time_s: float, settings: Any = None,
-               unimodal_sha256: Mapping[str, str | None] | None = None) -> None:
+def write_part(
+    path: Path,
+    *,
+    shard: Shard,
+    config: Any,
+    checkpoint: Mapping[str, Any],
+    adapter_source: Mapping[str, Any],
+    adapter: Adapter,
+    context: ScanContext,
+    state: ScanState,
+    wall_time_s: float,
+    settings: Any = None,
+    unimodal_sha256: Mapping[str, str | None] | None = None,
+) -> None:
     from biasaudit import __version__
     from biasaudit._core.files import atomic_write_bytes
     from biasaudit.results import library_versions
 
     # Parts of one scan agree on all of this; the device only by type (cuda:0 and cuda:1 compute alike, a CPU may not).
     settings_compared = {**dataclasses.asdict(config), "device": str(config.device).split(":")[0]}
-    identity = {"config": settings_compared, "checkpoint_sha256": checkpoint.get("sha256"), "adapter_sha256": adapter_source.get("sha256"),
-                "unimodal_sha256": dict(unimodal_sha256 or {}), "generator": dict(GENERATOR), "biasaudit": __version__,
-                "versions": library_versions(), "shard_count": shard.count, "split_samples": state.split_samples,
-                "split_batches": state.split_batches}
-    payload = {"format": FORMAT, "version": FORMAT_VERSION, "shard": [shard.index, shard.count], "diagnostics": list(state.main.diagnostics),
-               "identity": _encode(identity), "facts": _encode(adapter_facts(adapter)), "context": _encode(context),
-               "state": _encode(state), "extra": _encode({"config": dataclasses.asdict(config), "checkpoint": dict(checkpoint), "adapter": dict(adapter_source),
-                                                           "wall_time_s": float(wall_time_s), "settings": settings})}
+    identity = {
+        "config": settings_compared,
+        "checkpoint_sha256": checkpoint.get("sha256"),
+        "adapter_sha256": adapter_source.get("sha256"),
+        "unimodal_sha256": dict(unimodal_sha256 or {}),
+        "generator": dict(GENERATOR),
+        "biasaudit": __version__,
+        "versions": library_versions(),
+        "shard_count": shard.count,
+        "split_samples": state.split_samples,
+        "split_batches": state.split_batches,
+    }
+    payload = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "shard": [shard.index, shard.count],
+        "diagnostics": list(state.main.diagnostics),
+        "identity": _encode(identity),
+        "facts": _encode(adapter_facts(adapter)),
+        "context": _encode(context),
+        "state": _encode(state),
+        "extra": _encode(
+            {
+                "config": dataclasses.asdict(config),
+                "checkpoint": dict(checkpoint),
+                "adapter": dict(adapter_source),
+                "wall_time_s": float(wall_time_s),
+                "settings": settings,
+            }
+        ),
+    }
     atomic_write_bytes(seal(payload), path)
 
 
@@ -172,36 +225,54 @@ def seal(payload: Mapping[str, Any]) -> bytes:
 def read_part(path: str | Path) -> ScanPart:
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"Part {path} {'is a directory' if path.is_dir() else 'does not exist'}; expected a file written by "
-                         "biasaudit scan --shard I/N.")
+        raise InputError(
+            f"Part {path} {'is a directory' if path.is_dir() else 'does not exist'}; expected a file written by "
+            "biasaudit scan --shard I/N."
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is the same mistake for the user
-        raise InputError(f"Part {path} is not a scan part (it could not be read as one: {type(exc).__name__}); expected a file written by "
-                         "biasaudit scan --shard I/N.") from None
+        raise InputError(
+            f"Part {path} is not a scan part (it could not be read as one: {type(exc).__name__}); expected a file written by "
+            "biasaudit scan --shard I/N."
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"Part {path} is not a scan part; expected a file written by biasaudit scan --shard I/N.")
     if payload.get("version") != FORMAT_VERSION:
-        raise InputError(f"Part {path} is of part format {payload.get('version')!r}; this biasaudit reads format {FORMAT_VERSION}. "
-                         "Write the parts and merge them with one version.")
+        raise InputError(
+            f"Part {path} is of part format {payload.get('version')!r}; this biasaudit reads format {FORMAT_VERSION}. "
+            "Write the parts and merge them with one version."
+        )
     payload = _unsealed(path, payload)
     for name in payload.get("diagnostics", []):
         try:
             diagnostic_class(name)
         except InputError as exc:
-            raise InputError(f"Part {path} cannot be merged here: {exc} Merge with the biasaudit, and the diagnostics registered, that "
-                             "wrote it.") from None
+            raise InputError(
+                f"Part {path} cannot be merged here: {exc} Merge with the biasaudit, and the diagnostics registered, that "
+                "wrote it."
+            ) from None
     try:
         index, count = payload["shard"]
-        part = ScanPart(path=path, shard=Shard(int(index), int(count)), identity=_decode(payload["identity"]),
-                        facts=_decode(payload["facts"]), context=_decode(payload["context"]), state=_decode(payload["state"]),
-                        extra=_decode(payload["extra"]))
+        part = ScanPart(
+            path=path,
+            shard=Shard(int(index), int(count)),
+            identity=_decode(payload["identity"]),
+            facts=_decode(payload["facts"]),
+            context=_decode(payload["context"]),
+            state=_decode(payload["state"]),
+            extra=_decode(payload["extra"]),
+        )
     except (KeyError, ValueError, TypeError, IndexError, RecursionError, InputError) as exc:
-        raise InputError(f"Part {path} is damaged ({type(exc).__name__}: {exc}); write it again with biasaudit scan --shard I/N.") from None
+        raise InputError(
+            f"Part {path} is damaged ({type(exc).__name__}: {exc}); write it again with biasaudit scan --shard I/N."
+        ) from None
     generator = part.identity.get("generator") if isinstance(part.identity, Mapping) else None
     if generator != GENERATOR:
-        raise InputError(f"Part {path} was drawn by random generator {generator!r}; this biasaudit draws with {GENERATOR!r}. "
-                         "Write the parts and merge them with one version.")
+        raise InputError(
+            f"Part {path} was drawn by random generator {generator!r}; this biasaudit draws with {GENERATOR!r}. "
+            "Write the parts and merge them with one version."
+        )
     return part
 
 
@@ -209,18 +280,27 @@ def _unsealed(path: Path, sealed: Mapping[str, Any]) -> Mapping[str, Any]:
     """The payload inside a sealed part, once its bytes match the SHA-256 written beside them."""
     payload = unsealed(sealed)
     if payload is None:
-        raise InputError(f"Part {path} was altered or damaged after it was written (its content does not match the SHA-256 recorded "
-                         "in it); nothing was merged. Write it again with biasaudit scan --shard I/N.")
+        raise InputError(
+            f"Part {path} was altered or damaged after it was written (its content does not match the SHA-256 recorded "
+            "in it); nothing was merged. Write it again with biasaudit scan --shard I/N."
+        )
     if payload.get("format") != FORMAT or payload.get("version") != FORMAT_VERSION:
         raise InputError(f"Part {path} is not a scan part; expected a file written by biasaudit scan --shard I/N.")
     return payload
 
 
 def _identity_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str | None:
-    words = {"checkpoint_sha256": "checkpoints (SHA-256)", "adapter_sha256": "adapter files (SHA-256)",
-             "unimodal_sha256": "unimodal checkpoints (SHA-256)", "generator": "random generators", "biasaudit": "biasaudit versions",
-             "versions": "library versions", "shard_count": "shard counts", "split_samples": "split sizes (samples)",
-             "split_batches": "numbers of batches"}
+    words = {
+        "checkpoint_sha256": "checkpoints (SHA-256)",
+        "adapter_sha256": "adapter files (SHA-256)",
+        "unimodal_sha256": "unimodal checkpoints (SHA-256)",
+        "generator": "random generators",
+        "biasaudit": "biasaudit versions",
+        "versions": "library versions",
+        "shard_count": "shard counts",
+        "split_samples": "split sizes (samples)",
+        "split_batches": "numbers of batches",
+    }
     for key, what in words.items():
         if a.get(key) != b.get(key):
             return f"their {what} differ ({a.get(key)!r} vs {b.get(key)!r})"
@@ -249,7 +329,9 @@ def merge_parts(paths: Sequence[str | Path]) -> dict[str, Any]:
         if difference:
             raise InputError(f"Parts {first.path} and {part.path} are of different scans: {difference}.")
         if part.shard.index in seen:
-            raise InputError(f"Parts {seen[part.shard.index]} and {part.path} are both shard {part.shard}; expected each shard once.")
+            raise InputError(
+                f"Parts {seen[part.shard.index]} and {part.path} are both shard {part.shard}; expected each shard once."
+            )
         seen[part.shard.index] = part.path
     ordered = sorted(parts, key=lambda p: p.shard.index)
     start = time.perf_counter()
@@ -257,11 +339,20 @@ def merge_parts(paths: Sequence[str | Path]) -> dict[str, Any]:
     try:
         config = ScanConfig(**first.extra["config"])
     except TypeError as exc:
-        raise InputError(f"Part {first.path} records settings this biasaudit does not know ({exc}); merge with the version that wrote it.") from None
-    sections = finish_scan(state, first.context, adapter=RecordedAdapter(first.facts), config=config, model=None, device=None, progress=silent)
-    audit = assemble_audit(sections, config=config, checkpoint=first.extra["checkpoint"], adapter=first.extra["adapter"],
-                           wall_time_s=max(p.extra["wall_time_s"] for p in parts) + time.perf_counter() - start,
-                           shards={"count": first.shard.count, "by": "parts"})
+        raise InputError(
+            f"Part {first.path} records settings this biasaudit does not know ({exc}); merge with the version that wrote it."
+        ) from None
+    sections = finish_scan(
+        state, first.context, adapter=RecordedAdapter(first.facts), config=config, model=None, device=None, progress=silent
+    )
+    audit = assemble_audit(
+        sections,
+        config=config,
+        checkpoint=first.extra["checkpoint"],
+        adapter=first.extra["adapter"],
+        wall_time_s=max(p.extra["wall_time_s"] for p in parts) + time.perf_counter() - start,
+        shards={"count": first.shard.count, "by": "parts"},
+    )
     if first.extra.get("settings") is not None:
         audit["manifest"]["settings"] = first.extra["settings"]
     return audit

@@ -4,7 +4,8 @@ registered diagnostics are sized by (biasaudit/diagnostics/protocol.py PassFacts
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -36,21 +37,36 @@ def pass_setup(adapter: Adapter, conditions: list[Condition], config: ScanConfig
 
 
 def pass_facts(setup: PassSetup, adapter: Adapter, prior: BiasPrior | None, config: ScanConfig) -> PassFacts:
-    return PassFacts(conditions=tuple(c.name for c in setup.conditions), num_classes=adapter.num_classes, prior=prior, config=config)
+    return PassFacts(
+        conditions=tuple(c.name for c in setup.conditions), num_classes=adapter.num_classes, prior=prior, config=config
+    )
 
 
 def mute_compare_conditions(adapter: Adapter) -> list[Condition]:
     """The other muting choice of every modality that has one (image: zero vs mean), as extra conditions."""
-    return [Condition(f"missing:{m.name}@{alternative}", "mute_compare", m.name, alternative, 1.0)
-            for m in adapter.modalities for alternative in alternative_mutes(m.kind, muting_impairment(m).name)]
+    return [
+        Condition(f"missing:{m.name}@{alternative}", "mute_compare", m.name, alternative, 1.0)
+        for m in adapter.modalities
+        for alternative in alternative_mutes(m.kind, muting_impairment(m).name)
+    ]
 
 
-def read_split_ahead(adapter: Adapter, config: ScanConfig, bias_of: Callable[[np.ndarray, Mapping[str, Any]], np.ndarray], *,
-                     pool: bool, progress: Progress) -> tuple[int, list[DonorPool]]:
+def read_split_ahead(
+    adapter: Adapter,
+    config: ScanConfig,
+    bias_of: Callable[[np.ndarray, Mapping[str, Any]], np.ndarray],
+    *,
+    pool: bool,
+    progress: Progress,
+) -> tuple[int, list[DonorPool]]:
     """One read of the evaluated split (no forward): its largest bias value (-1 for none) and, when `pool`, the
     per-(label, bias value) donor reservoirs, one per draw (draw d keeps and draws donors with seed + d)."""
     largest = -1
-    pools = [DonorPool(adapter.modalities, capacity=config.donor_pool, seed=draw_seed(config.seed, d)) for d in range(config.draws)] if pool else []
+    pools = (
+        [DonorPool(adapter.modalities, capacity=config.donor_pool, seed=draw_seed(config.seed, d)) for d in range(config.draws)]
+        if pool
+        else []
+    )
     for step, (indices, batch) in enumerate(indexed_batches(adapter, config.split, batch_size=config.batch_size)):
         values = bias_of(indices, batch)
         if values.size:
@@ -67,7 +83,9 @@ def read_split_ahead(adapter: Adapter, config: ScanConfig, bias_of: Callable[[np
 
 def train_prior(adapter: Adapter, config: ScanConfig, *, split_bias_max: int, train: SplitLabels) -> BiasPrior:
     """The train split's label-under-bias counts (the JSD's priors, and what tells bias-aligned groups from conflicting)."""
-    label_array, bias_array = labels_and_bias(adapter, "train", batch_size=config.batch_size, purpose="the JSD priors", read=train)
+    label_array, bias_array = labels_and_bias(
+        adapter, "train", batch_size=config.batch_size, purpose="the JSD priors", read=train
+    )
     # Bias values that occur only in the evaluated split (new on an OOD split) are legitimate: they get
     # no prior and no JSD (methods.md section 3 needs a train prior), so size for both splits.
     num_bias = bias_range(adapter, bias_array, np.array([split_bias_max]))
@@ -81,9 +99,17 @@ def ceiling_names(modality: str, draws: int) -> list[str]:
     return [draw_name(f"ceiling:{modality}", d) for d in range(draws)] + [f"alone:{modality}"]
 
 
-def setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branches: Mapping[str, nn.Module],
-                   unimodal: Mapping[str, nn.Module], config: ScanConfig, *, device: torch.device,
-                   train: Callable[[], SplitLabels]) -> tuple[int, str | None]:
+def setup_ceilings(
+    setup: PassSetup,
+    model: nn.Module,
+    adapter: Adapter,
+    branches: Mapping[str, nn.Module],
+    unimodal: Mapping[str, nn.Module],
+    config: ScanConfig,
+    *,
+    device: torch.device,
+    train: Callable[[], SplitLabels],
+) -> tuple[int, str | None]:
     """Probes (or unimodal checkpoints) for every modality that has one; returns the probes' forwards and a note."""
     """Probes (or unimodal checkpoints) for every modality that has one; returns the probes' forwards and a note."""
     names = [m.name for m in adapter.modalities]
@@ -97,17 +123,35 @@ def setup_ceilings(setup: PassSetup, model: nn.Module, adapter: Adapter, branche
         # A probe's seeded sample is a draw: draw d fits on the sample of seed + d (biasaudit/scanning/draws.py).
         fitted = []
         for draw in range(config.draws):
-            probes, forwards = fit_probes(model, adapter, probe_branches, device=device, batch_size=config.batch_size,
-                                          seed=draw_seed(config.seed, draw), per_class=config.ceiling_per_class, labels=labels, split=split)
+            probes, forwards = fit_probes(
+                model,
+                adapter,
+                probe_branches,
+                device=device,
+                batch_size=config.batch_size,
+                seed=draw_seed(config.seed, draw),
+                per_class=config.ceiling_per_class,
+                labels=labels,
+                split=split,
+            )
             fitted.append(probes)
             forwarded += forwards
         setup.probes = {m: [probes[m] for probes in fitted] for m in fitted[0] if all(m in probes for probes in fitted)}
     lacking = [m for m in names if m not in unimodal and m not in setup.probes]
-    note = None if not lacking else (
-        f"No ceiling for {', '.join(lacking)}: a ceiling needs the adapter's branches() hook for that modality and a val or "
-        "train split (a linear probe on the branch output), or a unimodal checkpoint (--unimodal MODALITY=PATH).")
+    note = (
+        None
+        if not lacking
+        else (
+            f"No ceiling for {', '.join(lacking)}: a ceiling needs the adapter's branches() hook for that modality and a val or "
+            "train split (a linear probe on the branch output), or a unimodal checkpoint (--unimodal MODALITY=PATH)."
+        )
+    )
     covered = [m for m in names if m in unimodal or m in setup.probes]
     if covered:
-        setup.ceilings = ConditionAccumulator(["full"] + [name for m in covered for name in ceiling_names(m, len(setup.probes.get(m, [None])))],
-                                              num_classes=adapter.num_classes, replicates=config.bootstrap_replicates, seed=config.seed)
+        setup.ceilings = ConditionAccumulator(
+            ["full"] + [name for m in covered for name in ceiling_names(m, len(setup.probes.get(m, [None])))],
+            num_classes=adapter.num_classes,
+            replicates=config.bootstrap_replicates,
+            seed=config.seed,
+        )
     return forwarded, note

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -43,15 +44,25 @@ class PassState:
     @classmethod
     def of(cls, evaluator: Any) -> PassState:
         s = evaluator.setup
-        return cls(accuracy=evaluator.accuracy, muted_counts=evaluator.muted_counts, forwards=evaluator.forwards,
-                   diagnostics=dict(s.diagnostics), moments=s.moments, carrier=s.carrier, ceilings=s.ceilings, shapley=s.shapley,
-                   interaction=s.interaction)
+        return cls(
+            accuracy=evaluator.accuracy,
+            muted_counts=evaluator.muted_counts,
+            forwards=evaluator.forwards,
+            diagnostics=dict(s.diagnostics),
+            moments=s.moments,
+            carrier=s.carrier,
+            ceilings=s.ceilings,
+            shapley=s.shapley,
+            interaction=s.interaction,
+        )
 
     def merge(self, other: PassState) -> None:
         self.accuracy.merge(other.accuracy)
         if list(self.diagnostics) != list(other.diagnostics):
-            raise InputError(f"Cannot merge a shard that measured the diagnostics {', '.join(other.diagnostics)} into one that measured "
-                             f"{', '.join(self.diagnostics)}; expected parts of one scan.")
+            raise InputError(
+                f"Cannot merge a shard that measured the diagnostics {', '.join(other.diagnostics)} into one that measured "
+                f"{', '.join(self.diagnostics)}; expected parts of one scan."
+            )
         for name, diagnostic in self.diagnostics.items():
             diagnostic.merge(other.diagnostics[name])
         for name, count in other.muted_counts.items():
@@ -82,12 +93,19 @@ class ScanState:
     gradient_conflict: dict[str, Any] | None = None  # shard 0 takes the whole seeded sample
 
     def merge(self, other: ScanState) -> None:
-        if other.shard_count != self.shard_count or (other.split_samples, other.split_batches) != (self.split_samples, self.split_batches):
-            raise InputError(f"Cannot merge a shard of {other.shard_count} over a split of {other.split_samples} samples into one of "
-                             f"{self.shard_count} over {self.split_samples}; expected parts of one scan.")
+        if other.shard_count != self.shard_count or (other.split_samples, other.split_batches) != (
+            self.split_samples,
+            self.split_batches,
+        ):
+            raise InputError(
+                f"Cannot merge a shard of {other.shard_count} over a split of {other.split_samples} samples into one of "
+                f"{self.shard_count} over {self.split_samples}; expected parts of one scan."
+            )
         if other.split_fingerprint != self.split_fingerprint:
-            raise InputError("Cannot merge shards that read different data: the split's labels or bias values differ between them (the data "
-                             "changed between the runs, or the adapter's order is not fixed); expected parts of one scan of the same data.")
+            raise InputError(
+                "Cannot merge shards that read different data: the split's labels or bias values differ between them (the data "
+                "changed between the runs, or the adapter's order is not fixed); expected parts of one scan of the same data."
+            )
         overlap = sorted(set(self.shards) & set(other.shards))
         if overlap:
             raise InputError(f"Shard {overlap[0]}/{self.shard_count} is given twice; expected each shard once.")
@@ -102,10 +120,14 @@ class ScanState:
         missing = sorted(set(range(self.shard_count)) - set(self.shards))
         if missing:
             given = ", ".join(f"{i}/{self.shard_count}" for i in self.shards)
-            raise InputError(f"Shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{self.shard_count}' for i in missing)} "
-                             f"{'are' if len(missing) > 1 else 'is'} missing (parts given: {given}); expected all {self.shard_count}.")
+            raise InputError(
+                f"Shard{'s' if len(missing) > 1 else ''} {', '.join(f'{i}/{self.shard_count}' for i in missing)} "
+                f"{'are' if len(missing) > 1 else 'is'} missing (parts given: {given}); expected all {self.shard_count}."
+            )
         if self.samples != self.split_samples:
-            raise InputError(f"The parts evaluated {self.samples} samples of a split of {self.split_samples}; expected every sample once.")
+            raise InputError(
+                f"The parts evaluated {self.samples} samples of a split of {self.split_samples}; expected every sample once."
+            )
 
 
 @dataclass
@@ -126,9 +148,14 @@ class ScanContext:
         if [c.name for c in self.conditions] != [c.name for c in other.conditions] or self.wanted != other.wanted:
             return "their conditions differ"
         if (self.prior_counts is None) != (other.prior_counts is None) or (
-                self.prior_counts is not None and not np.array_equal(self.prior_counts, other.prior_counts)):
+            self.prior_counts is not None and not np.array_equal(self.prior_counts, other.prior_counts)
+        ):
             return "the train split's label-under-bias counts differ (the data changed between them)"
-        if (self.train_forwards, self.ceiling_note, self.ceiling_sources) != (other.train_forwards, other.ceiling_note, other.ceiling_sources):
+        if (self.train_forwards, self.ceiling_note, self.ceiling_sources) != (
+            other.train_forwards,
+            other.ceiling_note,
+            other.ceiling_sources,
+        ):
             return "their ceilings differ (probe forwards on train, the ceilings' sources or note)"
         if self.shapley_note != other.shapley_note:
             return "their Shapley diagnostics differ"

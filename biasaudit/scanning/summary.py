@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from biasaudit.scanning.conditions import Condition
 from biasaudit.diagnostics.accuracy import ConditionScores
@@ -37,8 +38,9 @@ def group_summary(group: str, conditions: Sequence[Condition], scores: Mapping[s
     return out
 
 
-def ratio_sweep(conditions: Sequence[Condition], scores: Mapping[str, ConditionScores], *,
-                muted_fractions: Mapping[str, float]) -> dict[str, list[dict[str, Any]]]:
+def ratio_sweep(
+    conditions: Sequence[Condition], scores: Mapping[str, ConditionScores], *, muted_fractions: Mapping[str, float]
+) -> dict[str, list[dict[str, Any]]]:
     """`ratio` is the requested r; `muted_fraction` is the share actually muted (each sample is muted when its
     fixed uniform draw is below r, which keeps the subsets nested across r, so the realised share varies around r)."""
     sweep: dict[str, list[dict[str, Any]]] = {}
@@ -47,13 +49,22 @@ def ratio_sweep(conditions: Sequence[Condition], scores: Mapping[str, ConditionS
             continue
         score = scores[condition.name]
         sweep.setdefault(condition.modality, []).append(
-            {"ratio": condition.severity, "muted_fraction": muted_fractions.get(condition.name), "accuracy": score.accuracy, "accuracy_ci": list(score.accuracy_ci), "flip_rate": score.flip_rate})
+            {
+                "ratio": condition.severity,
+                "muted_fraction": muted_fractions.get(condition.name),
+                "accuracy": score.accuracy,
+                "accuracy_ci": list(score.accuracy_ci),
+                "flip_rate": score.flip_rate,
+            }
+        )
     for points in sweep.values():
         points.sort(key=lambda p: p["ratio"])
     return sweep
 
 
-def reliance(conditions: Sequence[Condition], scores: Mapping[str, ConditionScores], *, class_names: Sequence[str]) -> dict[str, Any]:
+def reliance(
+    conditions: Sequence[Condition], scores: Mapping[str, ConditionScores], *, class_names: Sequence[str]
+) -> dict[str, Any]:
     """Per class, how many accuracy points are lost when each modality is muted."""
     full = scores["full"].per_class_accuracy
     drop = {}

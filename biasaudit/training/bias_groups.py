@@ -8,7 +8,8 @@ A group is label * num_bias + bias (biasaudit.methods.group_ids), num_bias = the
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -41,8 +42,10 @@ class BiasGroups:
 
     def resolved(self, adapter: Adapter) -> str:
         if self.bias == "key" and adapter.bias_key is None:
-            raise AdapterError(f"{self.who} with bias='key' needs a bias value per sample (the adapter's bias_key); this adapter "
-                               "declares none, so declare bias_key or use bias='auto' or 'kmeans' to discover bias values.")
+            raise AdapterError(
+                f"{self.who} with bias='key' needs a bias value per sample (the adapter's bias_key); this adapter "
+                "declares none, so declare bias_key or use bias='auto' or 'kmeans' to discover bias values."
+            )
         return resolved_bias_source(adapter, bias=self.bias)
 
     def check(self, model: nn.Module, adapter: Adapter) -> None:
@@ -52,12 +55,16 @@ class BiasGroups:
         branches = optional_hook(adapter, "branches", model)
         why = "declares no bias_key" if adapter.bias_key is None else "was asked for k-means bias values (bias='kmeans')"
         if not branches:
-            raise AdapterError(f"{self.who} needs a (label, bias value) group per sample, but the adapter {why} and has no "
-                               "branches(model) hook to discover bias values with; declare the adapter's bias_key (a batch key "
-                               "of integer bias values) or add a branches(model) hook returning {modality name: branch module}.")
+            raise AdapterError(
+                f"{self.who} needs a (label, bias value) group per sample, but the adapter {why} and has no "
+                "branches(model) hook to discover bias values with; declare the adapter's bias_key (a batch key "
+                "of integer bias values) or add a branches(model) hook returning {modality name: branch module}."
+            )
         if self.dominant is not None and self.dominant not in branches:
-            raise AdapterError(f"{self.who} clusters the {self.dominant!r} branch to discover bias values, but the adapter's "
-                               f"branches(model) hook has none (it has {', '.join(map(repr, branches))}).")
+            raise AdapterError(
+                f"{self.who} clusters the {self.dominant!r} branch to discover bias values, but the adapter's "
+                f"branches(model) hook has none (it has {', '.join(map(repr, branches))})."
+            )
 
     def fit(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
         """Every training sample's label and bias value (the adapter as the loop shows it: without held-out rows)."""
@@ -69,8 +76,14 @@ class BiasGroups:
             return labels, bias
         dominant_branch(model, adapter, dominant=self.dominant)
         # Seeded by the run, as MMDB's: the loop calls torch.manual_seed(config.seed) just before prepare.
-        self.discovered = DiscoveredBias(model, adapter, dominant=self.dominant, k=self.kmeans_k or DEFAULT_KMEANS_K,
-                                         seed=torch.initial_seed() % 2**32, device=device)
+        self.discovered = DiscoveredBias(
+            model,
+            adapter,
+            dominant=self.dominant,
+            k=self.kmeans_k or DEFAULT_KMEANS_K,
+            seed=torch.initial_seed() % 2**32,
+            device=device,
+        )
         self.num_bias, self.label = self.discovered.k, self.discovered.describe()
         return self.discovered.train_labels, self.discovered.train_bias
 
@@ -82,10 +95,14 @@ class BiasGroups:
 
     def settings(self) -> dict[str, Any]:
         discovered = self.discovered
-        return {"bias": self.bias, "bias_source": self.label, "num_bias": self.num_bias,
-                "kmeans_k": (self.kmeans_k or DEFAULT_KMEANS_K) if discovered else None,
-                "dominant_modality": discovered.modality if discovered else None,
-                "kmeans_seed": discovered.seed if discovered else None}
+        return {
+            "bias": self.bias,
+            "bias_source": self.label,
+            "num_bias": self.num_bias,
+            "kmeans_k": (self.kmeans_k or DEFAULT_KMEANS_K) if discovered else None,
+            "dominant_modality": discovered.modality if discovered else None,
+            "kmeans_seed": discovered.seed if discovered else None,
+        }
 
     def state(self) -> dict[str, Any]:
         return self.discovered.state() if self.discovered is not None else {}
@@ -94,5 +111,7 @@ class BiasGroups:
         if self.discovered is not None:
             self.discovered.adopt_state(state)
         elif any(key in state for key in ("bias_centroids", "train_bias")):
-            raise CheckpointError("The training state to resume was written with k-means bias clusters, but this run takes its bias "
-                                  "values from the adapter's bias_key; resume with the same bias option or run without --resume.")
+            raise CheckpointError(
+                "The training state to resume was written with k-means bias clusters, but this run takes its bias "
+                "values from the adapter's bias_key; resume with the same bias option or run without --resume."
+            )

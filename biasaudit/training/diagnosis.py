@@ -12,11 +12,11 @@ strengthens the carrier. Measured on such a model: BalGrad raised the text bias-
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from biasaudit.training.methods import METHODS, acting_on
 from biasaudit.verdict.words import change, interval as format_interval
-
 
 
 class TreatmentWarning(UserWarning):
@@ -31,9 +31,15 @@ def diagnosis(before: Mapping[str, Any]) -> dict[str, Any]:
     missing = (before.get("summary") or {}).get("missing") or {}
     # The Gap is |A_a - A_b|, whose interval never holds 0; whether one modality is relied on more is read from the
     # signed Gap's (two modalities; with more, the audit has no signed Gap and the rule stays silent).
-    return {"carrier_test": bool(carrier_test.get("available")), "carrier": carrier_test.get("carrier"),
-            "dominant": missing.get("dominant"), "gap": missing.get("gap"), "gap_ci": missing.get("gap_ci"),
-            "signed_gap": missing.get("signed_gap"), "signed_gap_ci": missing.get("signed_gap_ci")}
+    return {
+        "carrier_test": bool(carrier_test.get("available")),
+        "carrier": carrier_test.get("carrier"),
+        "dominant": missing.get("dominant"),
+        "gap": missing.get("gap"),
+        "gap_ci": missing.get("gap_ci"),
+        "signed_gap": missing.get("signed_gap"),
+        "signed_gap_ci": missing.get("signed_gap_ci"),
+    }
 
 
 def treatment_warnings(method: str, before: Mapping[str, Any]) -> list[str]:
@@ -43,16 +49,22 @@ def treatment_warnings(method: str, before: Mapping[str, Any]) -> list[str]:
     carrier, dominant = found["carrier"], found["dominant"]
     warnings = []
     if acts_on == "reliance" and carrier and dominant and carrier != dominant:
-        warnings.append(f"The before-audit finds the bias carried by {carrier} while the model relies most on {dominant}; {method} "
-                        f"strengthens the modality the model uses less, here {carrier}, the carrier, so it can make the model more "
-                        f"biased: methods that act on the bias itself are {', '.join(acting_on('bias'))}.")
+        warnings.append(
+            f"The before-audit finds the bias carried by {carrier} while the model relies most on {dominant}; {method} "
+            f"strengthens the modality the model uses less, here {carrier}, the carrier, so it can make the model more "
+            f"biased: methods that act on the bias itself are {', '.join(acting_on('bias'))}."
+        )
     gap, interval = found["signed_gap"], found["signed_gap_ci"]
     if acts_on == "reliance" and interval is not None and interval[0] <= 0 <= interval[1]:
-        warnings.append(f"The before-audit finds no clear reliance on one modality (the signed missing-modality Gap, one "
-                        f"modality alone minus the other, is {change(gap)} points {format_interval(interval)}), which is "
-                        f"what {method} rebalances.")
+        warnings.append(
+            f"The before-audit finds no clear reliance on one modality (the signed missing-modality Gap, one "
+            f"modality alone minus the other, is {change(gap)} points {format_interval(interval)}), which is "
+            f"what {method} rebalances."
+        )
     if acts_on == "bias" and found["carrier_test"] and carrier is None:
-        warnings.append(f"The before-audit's carrier test finds no modality that carries a bias (no excess bias-follow rate "
-                        f"whose interval lies above 0), "
-                        f"which is what {method} acts on; compare against --method ce before trusting a change.")
+        warnings.append(
+            f"The before-audit's carrier test finds no modality that carries a bias (no excess bias-follow rate "
+            f"whose interval lies above 0), "
+            f"which is what {method} acts on; compare against --method ce before trusting a change."
+        )
     return warnings

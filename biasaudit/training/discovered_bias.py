@@ -13,7 +13,8 @@ and seed the clusters are the ones the before-audit's JSD section reported.
 from __future__ import annotations
 
 import copy
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -33,9 +34,11 @@ EMBEDDING_BATCH_SIZE = ScanConfig.batch_size
 
 def _missing_branch_error(adapter: Adapter, reason: str) -> AdapterError:
     why = "the adapter declares no bias_key" if adapter.bias_key is None else "bias='kmeans' was asked for"
-    return AdapterError(f"MMDB needs a bias value per sample, but {why} and {reason}; declare the adapter's bias_key "
-                        "(a batch key of integer bias values) or add a branches(model) hook returning "
-                        "{modality name: branch module} that includes the dominant modality, so k-means can discover bias values.")
+    return AdapterError(
+        f"MMDB needs a bias value per sample, but {why} and {reason}; declare the adapter's bias_key "
+        "(a batch key of integer bias values) or add a branches(model) hook returning "
+        "{modality name: branch module} that includes the dominant modality, so k-means can discover bias values."
+    )
 
 
 def require_branches(model: nn.Module, adapter: Adapter) -> Mapping[str, nn.Module]:
@@ -50,18 +53,24 @@ def dominant_branch(model: nn.Module, adapter: Adapter, *, dominant: str | None)
     """The branch module of the dominant modality; AdapterError when it is unknown or not among the branches."""
     branches = require_branches(model, adapter)
     if dominant is None:
-        raise _missing_branch_error(adapter, "the before audit found no dominant modality to cluster "
-                                             "(no prediction changed when a modality went missing)")
+        raise _missing_branch_error(
+            adapter, "the before audit found no dominant modality to cluster (no prediction changed when a modality went missing)"
+        )
     if dominant not in branches:
-        raise _missing_branch_error(adapter, f"its branches(model) hook has no entry for the dominant modality {dominant!r} "
-                                             f"(it has {', '.join(map(repr, branches))})")
+        raise _missing_branch_error(
+            adapter,
+            f"its branches(model) hook has no entry for the dominant modality {dominant!r} "
+            f"(it has {', '.join(map(repr, branches))})",
+        )
     return branches[dominant]
 
 
 class DiscoveredBias:
     """Nearest-centroid bias values of the dominant branch's embedding under the frozen starting model."""
 
-    def __init__(self, model: nn.Module, adapter: Adapter, *, dominant: str | None, k: int, seed: int, device: torch.device) -> None:
+    def __init__(
+        self, model: nn.Module, adapter: Adapter, *, dominant: str | None, k: int, seed: int, device: torch.device
+    ) -> None:
         dominant_branch(model, adapter, dominant=dominant)  # the adapter's errors before copying the model
         if "train" not in adapter.splits:
             raise DataError(f"Split 'train' is not offered by the adapter. Available: {', '.join(adapter.splits)}.")
@@ -98,8 +107,10 @@ class DiscoveredBias:
         return self._nearest(captured[-1].detach().flatten(1).double().cpu().numpy())
 
     def describe(self) -> str:
-        return (f"k-means clusters (k={self.k}) of the {self.modality} branch's embeddings under the starting model, "
-                "fitted on train (methods.md section 3); each sample's bias value is its nearest centroid")
+        return (
+            f"k-means clusters (k={self.k}) of the {self.modality} branch's embeddings under the starting model, "
+            "fitted on train (methods.md section 3); each sample's bias value is its nearest centroid"
+        )
 
     def state(self) -> dict[str, torch.Tensor]:
         return {"bias_centroids": torch.from_numpy(self.centroids.copy()), "train_bias": torch.from_numpy(self.train_bias.copy())}
@@ -110,9 +121,15 @@ class DiscoveredBias:
         sample must fall in the same cluster (the margins were counted from those assignments); the saved
         centroids are then adopted, so every batch gets the bias value it got before the interruption."""
         saved, assigned = state.get("bias_centroids"), state.get("train_bias")
-        if (saved is None or assigned is None or tuple(saved.shape) != self.centroids.shape
-                or not np.allclose(saved.numpy(), self.centroids, rtol=1e-6, atol=1e-9)
-                or not np.array_equal(assigned.numpy(), self.train_bias)):
-            raise CheckpointError("The training state to resume was written with other k-means bias clusters (another checkpoint, "
-                                  "k, seed or bias option); resume with the same inputs or run without --resume.")
+        if (
+            saved is None
+            or assigned is None
+            or tuple(saved.shape) != self.centroids.shape
+            or not np.allclose(saved.numpy(), self.centroids, rtol=1e-6, atol=1e-9)
+            or not np.array_equal(assigned.numpy(), self.train_bias)
+        ):
+            raise CheckpointError(
+                "The training state to resume was written with other k-means bias clusters (another checkpoint, "
+                "k, seed or bias option); resume with the same inputs or run without --resume."
+            )
         self.centroids = saved.numpy().astype(np.float64)

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Protocol
+from typing import Any, Protocol
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import nn
@@ -44,8 +45,9 @@ class TrainingMethod(Protocol):
 
     # Fills .grad of the trainable parameters for one batch, as a user's loop does between zero_grad() and step():
     # the loop owns the optimiser (zeroes before, steps after), so a method is the same component in any loop.
-    def gradients(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, step: int, total_steps: int,
-                  device: torch.device) -> dict[str, Any]: ...
+    def gradients(
+        self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, step: int, total_steps: int, device: torch.device
+    ) -> dict[str, Any]: ...
 
     def export(self, model: nn.Module, adapter: Adapter) -> None: ...
 
@@ -92,5 +94,7 @@ def restore_method_state(method: TrainingMethod, state: dict[str, Any]) -> None:
     if callable(hook):
         hook(state)
     elif state:
-        raise CheckpointError(f"The training state to resume holds state of another method ({', '.join(state)}); "
-                              f"resume with the method that wrote it.")
+        raise CheckpointError(
+            f"The training state to resume holds state of another method ({', '.join(state)}); "
+            f"resume with the method that wrote it."
+        )

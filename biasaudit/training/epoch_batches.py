@@ -9,7 +9,8 @@ A method with `sample_index = True` gets each batch with the SAMPLE_INDEX column
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -63,8 +64,9 @@ def holdout_rows(indices: np.ndarray, *, config: TrainConfig) -> np.ndarray:
     return uniform(config.seed, "holdout", np.asarray(indices, dtype=np.int64)) < config.holdout
 
 
-def training_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int | None = None,
-                     index: bool = False) -> Iterator[Mapping[str, Any]]:
+def training_batches(
+    adapter: Adapter, *, config: TrainConfig, batch_size: int | None = None, index: bool = False
+) -> Iterator[Mapping[str, Any]]:
     """The training split's batches in the adapter's order, without the held-out rows (never empty); with `index`,
     each with the SAMPLE_INDEX column of its samples' global indices."""
     offset = 0
@@ -102,7 +104,7 @@ def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int, index
         merged = concat(buffer, adapter.modalities)
         order = rng.permutation(held)
         for lo in range(0, held, config.batch_size):
-            yield take_rows(merged, order[lo: lo + config.batch_size])
+            yield take_rows(merged, order[lo : lo + config.batch_size])
 
     for batch in training_batches(adapter, config=config, index=index):
         buffer.append(batch)

@@ -9,7 +9,8 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
 
@@ -22,8 +23,16 @@ from biasaudit.scanning.config import ScanConfig
 from biasaudit._core.progress import Progress
 from biasaudit.training.diagnosis import TreatmentWarning, diagnosis, treatment_warnings
 from biasaudit.training.driver import scored_as_trained
-from biasaudit.training.fix_audits import (AUTO, FROM_SCRATCH, ONE_RUN, carrier_of, dominant_of, from_scratch_labelled,
-                                           resolved_also_split, with_also_split)
+from biasaudit.training.fix_audits import (
+    AUTO,
+    FROM_SCRATCH,
+    ONE_RUN,
+    carrier_of,
+    dominant_of,
+    from_scratch_labelled,
+    resolved_also_split,
+    with_also_split,
+)
 from biasaudit.training.fix_checks import check_plan, check_resumable, driver_flag, is_post_hoc, refuse_post_hoc_resume
 from biasaudit.training.loop import train
 from biasaudit.training.methods import make_method
@@ -65,17 +74,35 @@ def reinitialise(model: nn.Module, adapter: Adapter, *, seed: int) -> None:
     try:
         model.load_state_dict(fresh.state_dict())
     except RuntimeError as exc:
-        raise InputError(f"--from-scratch: the adapter's build_model() builds another architecture than the checkpoint's "
-                         f"({str(exc).splitlines()[0]}).") from exc
+        raise InputError(
+            f"--from-scratch: the adapter's build_model() builds another architecture than the checkpoint's "
+            f"({str(exc).splitlines()[0]})."
+        ) from exc
 
 
 @shares_reads  # the audits' JSD priors and MMDB's margins read train's labels once
-def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
-              scan_config: ScanConfig, before: dict[str, Any] | None = None, state_dir: str | Path | None = None, resume: bool = False,
-              min_group: int = 1, progress: Progress | None = None, checkpoint: str | Path | None = None, adapter_spec: str | None = None,
-              prefix_removed: str | None = None, after_checkpoint: Callable[[nn.Module], Path | None] | None = None,
-              also_split: str | None = AUTO, from_scratch: bool = False, also_before: dict[str, Any] | None = None,
-              option_grid: Sequence[float] | None = None) -> FixOutcome:
+def fix_model(
+    model: nn.Module,
+    adapter: Adapter,
+    *,
+    method: str,
+    method_options: Mapping[str, Any],
+    train_config: TrainConfig,
+    scan_config: ScanConfig,
+    before: dict[str, Any] | None = None,
+    state_dir: str | Path | None = None,
+    resume: bool = False,
+    min_group: int = 1,
+    progress: Progress | None = None,
+    checkpoint: str | Path | None = None,
+    adapter_spec: str | None = None,
+    prefix_removed: str | None = None,
+    after_checkpoint: Callable[[nn.Module], Path | None] | None = None,
+    also_split: str | None = AUTO,
+    from_scratch: bool = False,
+    also_before: dict[str, Any] | None = None,
+    option_grid: Sequence[float] | None = None,
+) -> FixOutcome:
     """Audit (unless `before` is given), retrain `model` in place with `method`, audit again with the same settings and
     compare. Writes nothing but the training state in `state_dir` (when given). `after_checkpoint(model)` may save the
     fixed weights and return their path, which the after audit's manifest then names and hashes.
@@ -113,9 +140,11 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
         check_config(train_config)  # e.g. JTT's two stages need the epochs for both
     if from_scratch and discovers_bias and (method_options.get("bias") == "kmeans" or not getattr(adapter, "bias_key", None)):
         # The bias values would be k-means clusters of the re-initialised, random branch features.
-        raise InputError(f"--from-scratch with {method}'s discovered bias values (k-means of a branch's features; the adapter has "
-                         "no bias_key or --bias kmeans) would cluster a random model's features; give the adapter a bias_key "
-                         "or fine-tune without --from-scratch.")
+        raise InputError(
+            f"--from-scratch with {method}'s discovered bias values (k-means of a branch's features; the adapter has "
+            "no bias_key or --bias kmeans) would cluster a random model's features; give the adapter a bias_key "
+            "or fine-tune without --from-scratch."
+        )
     audit_as = dict(adapter_spec=adapter_spec, progress=progress)
     if before is None:
         before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, prefix_removed=prefix_removed, **audit_as)
@@ -124,7 +153,9 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     if also_config is None:
         also_before = None
     elif also_before is None or also_before["manifest"]["config"].get("split") != also:
-        also_before = audit_model(model, adapter, config=also_config, checkpoint=checkpoint, prefix_removed=prefix_removed, **audit_as)
+        also_before = audit_model(
+            model, adapter, config=also_config, checkpoint=checkpoint, prefix_removed=prefix_removed, **audit_as
+        )
     found = treatment_warnings(method, before)
     for sentence in found:  # before training: the before-audit already shows it (training/diagnosis.py)
         warnings.warn(sentence, TreatmentWarning, stacklevel=2)
@@ -141,8 +172,18 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     trained = model
     if auto is not None:
         # The winning candidate is kept (it is the training of the chosen value from the same start): no extra run.
-        choice = choose_option(model, adapter, method=method, options=method_options, config=train_config, grid=option_grid,
-                               min_group=min_group, progress=progress, state_dir=state_dir, resume=resume)
+        choice = choose_option(
+            model,
+            adapter,
+            method=method,
+            options=method_options,
+            config=train_config,
+            grid=option_grid,
+            min_group=min_group,
+            progress=progress,
+            state_dir=state_dir,
+            resume=resume,
+        )
         selection, trained, fixer, steps = choice.selection, choice.model, choice.method, choice.steps
         method_options[auto] = selection["chosen"]
         train_config = selection_plan(adapter, train_config)[0]  # the kept candidate's: without val, train less its held-out part
@@ -155,28 +196,42 @@ def fix_model(model: nn.Module, adapter: Adapter, *, method: str, method_options
     fixer.export(trained, adapter)
     train_seconds = time.perf_counter() - start
     log.info("%s %s in %.1f s", method, "refitted" if post_hoc else f"trained {train_config.epochs} epochs", train_seconds)
-    not_finite = [name for name, value in trained.state_dict().items() if value.is_floating_point() and not bool(value.isfinite().all())]
+    not_finite = [
+        name for name, value in trained.state_dict().items() if value.is_floating_point() and not bool(value.isfinite().all())
+    ]
     if not_finite:
         kept = f"; the training state is in {state_dir}" if state_dir is not None else ""
-        raise InputError(f"Training diverged: {len(not_finite)} tensors of the fixed model hold NaN or infinite values (first "
-                         f"{not_finite[0]}); no results were written (lower the learning rate){kept}.")
+        raise InputError(
+            f"Training diverged: {len(not_finite)} tensors of the fixed model hold NaN or infinite values (first "
+            f"{not_finite[0]}); no results were written (lower the learning rate){kept}."
+        )
     if trained is not model:
         model.load_state_dict(trained.state_dict())  # the caller's model is the one fixed, in place
     saved = after_checkpoint(trained) if after_checkpoint is not None else None
     with scored_as_trained(fixer, trained, adapter) as scored:
         after = audit_model(trained, adapter, config=scan_config, checkpoint=saved, **audit_as)
-        also_after = audit_model(trained, adapter, config=also_config, checkpoint=saved, **audit_as) if also_config is not None else None
+        also_after = (
+            audit_model(trained, adapter, config=also_config, checkpoint=saved, **audit_as) if also_config is not None else None
+        )
     for audit in (after, also_after):
         if scored is not None and audit is not None:
             audit["manifest"]["scored_model"] = scored
-    training = {"method": method, "settings": fixer.settings(), "after_audit_scores": scored or "model.pt as written",
-                "option_selection": selection, "config": train_config.to_dict(), "wall_time_s": round(train_seconds, 3),
-                "source_checkpoint": str(checkpoint) if checkpoint is not None else None,
-                "start": FROM_SCRATCH if from_scratch else "the checkpoint's weights (fine-tuning)",
-                "diagnosis": {**diagnosis(before), "warnings": found}}
+    training = {
+        "method": method,
+        "settings": fixer.settings(),
+        "after_audit_scores": scored or "model.pt as written",
+        "option_selection": selection,
+        "config": train_config.to_dict(),
+        "wall_time_s": round(train_seconds, 3),
+        "source_checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "start": FROM_SCRATCH if from_scratch else "the checkpoint's weights (fine-tuning)",
+        "diagnosis": {**diagnosis(before), "warnings": found},
+    }
     if post_hoc:
-        training["loop"] = (f"none: {method} refits the final linear layer post hoc; the training options (epochs, lr, batch size, "
-                            "optimizer, weight decay, momentum) were not used")
+        training["loop"] = (
+            f"none: {method} refits the final linear layer post hoc; the training options (epochs, lr, batch size, "
+            "optimizer, weight decay, momentum) were not used"
+        )
     after["manifest"]["training"] = training
     comparison = compare_audits(before, after)
     comparison["verdict_sentences"] = [*comparison["verdict_sentences"], ONE_RUN]

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 from biasaudit.data.adapter import Adapter
 from biasaudit.errors import CheckpointError, InputError
@@ -67,7 +68,9 @@ def is_post_hoc(method: str) -> bool:
 
 def refuse_post_hoc_resume(method: str, resume: bool) -> None:
     if resume and is_post_hoc(method):
-        raise InputError(f"--resume continues an interrupted training, but {method} refits post hoc without training; run without --resume.")
+        raise InputError(
+            f"--resume continues an interrupted training, but {method} refits post hoc without training; run without --resume."
+        )
 
 
 def check_resumable(state_dir: Path, *, method: str, options: Mapping[str, Any], grid: Sequence[float] | None = None) -> None:
@@ -76,10 +79,12 @@ def check_resumable(state_dir: Path, *, method: str, options: Mapping[str, Any],
 
     option = auto_option(method, options)
     if option is not None:  # each candidate keeps its own state (selection.py)
-        if not any((candidate_state_dir(state_dir, option, value) / "last.pt").is_file()
-                   for value in (grid or OPTION_GRIDS[method][1])):
-            raise CheckpointError(f"--resume found no training state of any {option} auto candidate under {state_dir}; run without "
-                                  "--resume first.")
+        if not any(
+            (candidate_state_dir(state_dir, option, value) / "last.pt").is_file() for value in (grid or OPTION_GRIDS[method][1])
+        ):
+            raise CheckpointError(
+                f"--resume found no training state of any {option} auto candidate under {state_dir}; run without --resume first."
+            )
         return
     load_training_state(state_dir)
 
@@ -91,8 +96,12 @@ def check_plan(adapter: Adapter, *, method: str, split: str, also_split: str | N
     if also_split not in (None, AUTO):
         check_split(adapter, also_split)
         if also_split == split:
-            raise InputError(f"--also-split {also_split} is the split both audits already take (--split); name another split, or none.")
+            raise InputError(
+                f"--also-split {also_split} is the split both audits already take (--split); name another split, or none."
+            )
     if from_scratch:
         if is_post_hoc(method):
-            raise InputError(f"--from-scratch trains from build_model()'s initial weights, but {method} refits a trained model's final "
-                             "layer without training; run it without --from-scratch.")
+            raise InputError(
+                f"--from-scratch trains from build_model()'s initial weights, but {method} refits a trained model's final "
+                "layer without training; run it without --from-scratch."
+            )

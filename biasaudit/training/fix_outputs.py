@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -30,23 +31,53 @@ FILES = OUTPUTS + ("after.html", "compare.html")
 ALSO_FILES = ("also_before.json", "also_after.json", "also_compare.json")
 
 
-def run_fix(checkpoint: str | Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any], train_config: TrainConfig,
-            scan_config: ScanConfig, out_dir: str | Path, adapter_spec: str | None = None, trust: bool = False,
-            before_path: str | Path | None = None, resume: bool = False, min_group: int = 1, progress: Progress | None = None,
-            also_split: str | None = AUTO, from_scratch: bool = False) -> FixFiles:
+def run_fix(
+    checkpoint: str | Path,
+    adapter: Adapter,
+    *,
+    method: str,
+    method_options: Mapping[str, Any],
+    train_config: TrainConfig,
+    scan_config: ScanConfig,
+    out_dir: str | Path,
+    adapter_spec: str | None = None,
+    trust: bool = False,
+    before_path: str | Path | None = None,
+    resume: bool = False,
+    min_group: int = 1,
+    progress: Progress | None = None,
+    also_split: str | None = AUTO,
+    from_scratch: bool = False,
+) -> FixFiles:
     """`fix_model` on a checkpoint, its results written into `out_dir` as one set (model.pt last). Returns the paths
     and what they hold, so a caller never reads back the files it just had written."""
     checkpoint = Path(checkpoint)
     target = check_output_dir(out_dir)
     if target.exists() and (target / "model.pt").resolve() == checkpoint.resolve():
-        raise InputError(f"--out {target} holds the input checkpoint as model.pt; choose another directory so it is never overwritten.")
+        raise InputError(
+            f"--out {target} holds the input checkpoint as model.pt; choose another directory so it is never overwritten."
+        )
     # The directory is locked from here to the last write; every output is staged and moved into place together,
     # model.pt last (biasaudit._core.output_set): a failing after-audit, a crash or a second run never leaves a new
     # model.pt beside an earlier run's after.json.
     with OutputSet(target, files=FILES, optional=ALSO_FILES) as outputs:
-        outcome = _fix_into(outputs, checkpoint, adapter, method=method, method_options=method_options, train_config=train_config,
-                  scan_config=scan_config, adapter_spec=adapter_spec, trust=trust, before_path=before_path, resume=resume,
-                  min_group=min_group, progress=progress, also_split=also_split, from_scratch=from_scratch)
+        outcome = _fix_into(
+            outputs,
+            checkpoint,
+            adapter,
+            method=method,
+            method_options=method_options,
+            train_config=train_config,
+            scan_config=scan_config,
+            adapter_spec=adapter_spec,
+            trust=trust,
+            before_path=before_path,
+            resume=resume,
+            min_group=min_group,
+            progress=progress,
+            also_split=also_split,
+            from_scratch=from_scratch,
+        )
     out = target
     paths = {"model": out / "model.pt"}
     paths.update({name.split(".")[0]: out / name for name in OUTPUTS[1:]})
@@ -66,9 +97,24 @@ class FixFiles:
     outcome: FixOutcome
 
 
-def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method: str, method_options: Mapping[str, Any],
-              train_config: TrainConfig, scan_config: ScanConfig, adapter_spec: str | None, trust: bool, before_path: str | Path | None,
-              resume: bool, min_group: int, progress: Progress | None, also_split: str | None, from_scratch: bool) -> FixOutcome:
+def _fix_into(
+    outputs: OutputSet,
+    checkpoint: Path,
+    adapter: Adapter,
+    *,
+    method: str,
+    method_options: Mapping[str, Any],
+    train_config: TrainConfig,
+    scan_config: ScanConfig,
+    adapter_spec: str | None,
+    trust: bool,
+    before_path: str | Path | None,
+    resume: bool,
+    min_group: int,
+    progress: Progress | None,
+    also_split: str | None,
+    from_scratch: bool,
+) -> FixOutcome:
     from biasaudit._core.files import file_sha256
     from biasaudit.report.compare_render import write_compare_html
 
@@ -79,7 +125,11 @@ def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method:
     check_method(method, method_options)
     check_plan(adapter, method=method, split=scan_config.split, also_split=also_split, from_scratch=from_scratch)
     model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)
-    before = reusable_before(before_path, config=scan_config, checkpoint_sha=file_sha256(checkpoint)) if before_path is not None else None
+    before = (
+        reusable_before(before_path, config=scan_config, checkpoint_sha=file_sha256(checkpoint))
+        if before_path is not None
+        else None
+    )
 
     def saved(fixed: nn.Module) -> Path:
         staged_model = outputs.staged("model.pt")
@@ -87,10 +137,25 @@ def _fix_into(outputs: OutputSet, checkpoint: Path, adapter: Adapter, *, method:
         outputs.record_binary("model.pt")
         return staged_model
 
-    outcome = fix_model(model, adapter, method=method, method_options=method_options, train_config=train_config, scan_config=scan_config,
-                        before=before, state_dir=out / "state", resume=resume, min_group=min_group, progress=progress,
-                        checkpoint=checkpoint, adapter_spec=adapter_spec, prefix_removed=prefix_removed, after_checkpoint=saved,
-                        also_split=also_split, from_scratch=from_scratch)
+    outcome = fix_model(
+        model,
+        adapter,
+        method=method,
+        method_options=method_options,
+        train_config=train_config,
+        scan_config=scan_config,
+        before=before,
+        state_dir=out / "state",
+        resume=resume,
+        min_group=min_group,
+        progress=progress,
+        checkpoint=checkpoint,
+        adapter_spec=adapter_spec,
+        prefix_removed=prefix_removed,
+        after_checkpoint=saved,
+        also_split=also_split,
+        from_scratch=from_scratch,
+    )
     before, after, also = outcome.before, outcome.after, outcome.also
     if also is not None:
         outputs.include(*ALSO_FILES)  # before any stamp: every file of the set names all of them

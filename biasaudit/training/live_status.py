@@ -8,7 +8,8 @@ epoch so far, not the last step, because single-batch losses jump too much to re
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 # log key -> (label, format); the order is the display order.
 SHOWN: dict[str, tuple[str, str]] = {

@@ -26,8 +26,17 @@ from biasaudit.training.training_state import check_same_run, load_training_stat
 from biasaudit.training.training_view import TrainingView
 
 
-def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config: TrainConfig, state_dir: str | os.PathLike | None = None,
-          resume: bool = False, progress: Progress | None = None, stage: str = "train") -> list[dict[str, Any]]:
+def train(
+    model: nn.Module,
+    adapter: Adapter,
+    method: TrainingMethod,
+    *,
+    config: TrainConfig,
+    state_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+    stage: str = "train",
+) -> list[dict[str, Any]]:
     """Train in place; return the per-step log. `state_dir` gets `last.pt` after every epoch. `progress`
     gets `stage`, the step count and a live line of this epoch's mean losses (live_status.py).
 
@@ -37,8 +46,17 @@ def train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config:
         return _train(model, adapter, method, config=config, state_dir=state_dir, resume=resume, progress=progress, stage=stage)
 
 
-def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config: TrainConfig, state_dir: str | os.PathLike | None,
-           resume: bool, progress: Progress | None, stage: str) -> list[dict[str, Any]]:
+def _train(
+    model: nn.Module,
+    adapter: Adapter,
+    method: TrainingMethod,
+    *,
+    config: TrainConfig,
+    state_dir: str | os.PathLike | None,
+    resume: bool,
+    progress: Progress | None,
+    stage: str,
+) -> list[dict[str, Any]]:
     from biasaudit.scanning.config import resolve_device
 
     progress = with_status(progress)
@@ -56,8 +74,13 @@ def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config
         raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
 
     def new_optimizer() -> torch.optim.Optimizer:
-        return make_optimizer(trainable + method_parameters(method), name=config.optimizer, lr=config.lr,
-                              weight_decay=config.weight_decay, momentum=config.momentum)
+        return make_optimizer(
+            trainable + method_parameters(method),
+            name=config.optimizer,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+        )
 
     optimizer = new_optimizer()
     indexed = bool(getattr(method, "sample_index", False))
@@ -74,7 +97,9 @@ def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config
         state = load_training_state(directory)
         check_same_run(state.get("run"), identity)
         model.load_state_dict(state["model"])
-        restore_method_state(method, state.get("method", {}))  # first: it names a changed option more clearly than the optimizer would
+        restore_method_state(
+            method, state.get("method", {})
+        )  # first: it names a changed option more clearly than the optimizer would
         optimizer.load_state_dict(state["optimizer"])
         # States written before every generator was saved hold torch's CPU state alone.
         rng_states.restore(state["rng"] if "rng" in state else {"torch": state["torch_rng"]})
@@ -100,7 +125,14 @@ def _train(model: nn.Module, adapter: Adapter, method: TrainingMethod, *, config
                 if ended.fresh_optimizer:
                     optimizer = new_optimizer()
         if directory is not None:
-            save_training_state(directory, epoch=epoch + 1, model=model, optimizer=optimizer, log=log,
-                                method_state=method_state(method), identity=identity)
+            save_training_state(
+                directory,
+                epoch=epoch + 1,
+                model=model,
+                optimizer=optimizer,
+                log=log,
+                method_state=method_state(method),
+                identity=identity,
+            )
     model.eval()
     return log

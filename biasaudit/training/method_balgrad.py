@@ -29,7 +29,7 @@ from biasaudit.methods.heads import HEAD_MODES
 from biasaudit.training.branch_heads import BranchHeads
 from biasaudit.training.method_ce import train_labels
 
-__all__ = ["BalGrad", "HEAD_MODES", "WEIGHT_MODES", "RUNNING_MOMENTUM"]
+__all__ = ["HEAD_MODES", "RUNNING_MOMENTUM", "WEIGHT_MODES", "BalGrad"]
 
 
 def _choice(value: str, allowed: tuple[str, ...], *, what: str, option: str) -> None:
@@ -55,9 +55,12 @@ class BalGrad:
         _choice(self.projection, bg.PROJECTIONS, what="projection", option="projection")
         _choice(self.head_mode, HEAD_MODES, what="head mode", option="head_mode")
         _choice(self.weights, WEIGHT_MODES, what="KL weights", option="weights")
-        if not (isinstance(self.lambda_initial, (int, float)) and math.isfinite(self.lambda_initial)
-                and 0 <= self.lambda_initial <= 1):
-            raise InputError(f"lambda_initial is {self.lambda_initial!r}; expected a number between 0 and 1 (BalGrad's initial λ).")
+        if not (
+            isinstance(self.lambda_initial, (int, float)) and math.isfinite(self.lambda_initial) and 0 <= self.lambda_initial <= 1
+        ):
+            raise InputError(
+                f"lambda_initial is {self.lambda_initial!r}; expected a number between 0 and 1 (BalGrad's initial λ)."
+            )
         if not (isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0):
             raise InputError(f"beta is {self.beta!r}; expected a finite number >= 0 (BalGrad's β).")
         self._heads = BranchHeads("BalGrad", self.head_mode, exactly_two=True)
@@ -67,8 +70,16 @@ class BalGrad:
         """Build the heads (branch_heads.BranchHeads) and the step for this model."""
         branches = self._heads.prepare(model, adapter, device=device)
         # θ_T is every trainable parameter outside the branches, in the model's order (split_parameters), as before.
-        self._step = BalGradComponent(branches, lambda_initial=self.lambda_initial, schedule=self.schedule, beta=self.beta,
-                                      kl_mode=self.kl_mode, projection=self.projection, weights=self.weights, model=model)
+        self._step = BalGradComponent(
+            branches,
+            lambda_initial=self.lambda_initial,
+            schedule=self.schedule,
+            beta=self.beta,
+            kl_mode=self.kl_mode,
+            projection=self.projection,
+            weights=self.weights,
+            model=model,
+        )
 
     def check(self, model: nn.Module, adapter: Adapter) -> dict[str, nn.Module]:
         """The two branch modules, or the AdapterError that stops the run before any audit or training."""
@@ -100,8 +111,10 @@ class BalGrad:
         # A state without the method section was written before head modes existed: the defaults.
         recorded = (state.get("head_mode", "shared_zero"), state.get("weights", "batch"))
         if recorded != (self.head_mode, self.weights):
-            raise CheckpointError(f"The training state to resume was written with BalGrad head mode {recorded[0]!r} and "
-                                  f"weights {recorded[1]!r}, not {self.head_mode!r} and {self.weights!r}; resume with the same options.")
+            raise CheckpointError(
+                f"The training state to resume was written with BalGrad head mode {recorded[0]!r} and "
+                f"weights {recorded[1]!r}, not {self.head_mode!r} and {self.weights!r}; resume with the same options."
+            )
         self._heads.load_state(state.get("heads", {}))
         self._step.load_state_dict({"weights": self.weights, "running": state.get("running")})
 
@@ -109,7 +122,14 @@ class BalGrad:
         pass  # the unimodal heads are training-only and never were part of the model
 
     def settings(self) -> dict[str, Any]:
-        return {"lambda_initial": self.lambda_initial, "schedule": self.schedule, "beta": self.beta,
-                "kl_mode": self.kl_mode, "projection": self.projection, "head_mode": self.head_mode,
-                "weights": self.weights, "weights_momentum": RUNNING_MOMENTUM if self.weights == "running" else None,
-                **self._heads.settings()}  # its modalities: v, l of the logs, in this order
+        return {
+            "lambda_initial": self.lambda_initial,
+            "schedule": self.schedule,
+            "beta": self.beta,
+            "kl_mode": self.kl_mode,
+            "projection": self.projection,
+            "head_mode": self.head_mode,
+            "weights": self.weights,
+            "weights_momentum": RUNNING_MOMENTUM if self.weights == "running" else None,
+            **self._heads.settings(),
+        }  # its modalities: v, l of the logs, in this order

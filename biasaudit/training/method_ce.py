@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -33,5 +34,3 @@ class CrossEntropy:
 
     def settings(self) -> dict[str, Any]:
         return {}
-
-

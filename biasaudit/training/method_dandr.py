@@ -14,7 +14,8 @@ times) `dandr.epoch_end(epoch, train_features, train_labels, val_features, val_l
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +36,22 @@ FEATURE_BATCH_SIZE = 256
 def require_branch_modules(model: nn.Module, adapter: Adapter, *, who: str) -> dict[str, nn.Module]:
     branches = optional_hook(adapter, "branches", model)
     if not branches:
-        raise AdapterError(f"{who} needs one module per modality, but the adapter has no branches(model) hook; add one returning "
-                           "{modality name: branch module} (an early-fusion model without separate branches cannot use it).")
+        raise AdapterError(
+            f"{who} needs one module per modality, but the adapter has no branches(model) hook; add one returning "
+            "{modality name: branch module} (an early-fusion model without separate branches cannot use it)."
+        )
     return dict(branches)
 
 
-def branch_features(model: nn.Module, adapter: Any, branches: Mapping[str, nn.Module], batches: Iterable[Mapping[str, Any]], *,
-                    device: torch.device, split: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def branch_features(
+    model: nn.Module,
+    adapter: Any,
+    branches: Mapping[str, nn.Module],
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    device: torch.device,
+    split: str,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Each branch's outputs [N, D] (flattened, float32, CPU) and the labels [N] over `batches`, in eval mode without
     gradient (each module's own mode restored afterwards)."""
     captured: dict[str, list[torch.Tensor]] = {name: [] for name in branches}
@@ -90,20 +100,26 @@ class DandR:
             DandRParts(branches, every=self.every, max_times=self.max_times)
         except InputError as exc:
             expected = str(exc).split("; expected ", 1)[-1]
-            raise AdapterError(f"D&R cannot re-initialise the modules of the adapter's branches(model) hook: it expects {expected}") from exc
+            raise AdapterError(
+                f"D&R cannot re-initialise the modules of the adapter's branches(model) hook: it expects {expected}"
+            ) from exc
 
     def check_config(self, config: TrainConfig) -> None:
         if self.every_option is None:
             self.every = every_for(config.epochs, self.max_times)
         if config.epochs < self.every + 1:
-            raise InputError(f"D&R re-initialises after every {self.every} epochs and needs epochs after that to re-learn, but "
-                             f"--epochs is {config.epochs}; expected at least {self.every + 1} epochs or a smaller --dandr-every.")
+            raise InputError(
+                f"D&R re-initialises after every {self.every} epochs and needs epochs after that to re-learn, but "
+                f"--epochs is {config.epochs}; expected at least {self.every + 1} epochs or a smaller --dandr-every."
+            )
 
     def prepare(self, model: nn.Module, adapter: Any, *, device: torch.device) -> None:
         self.validated_on = adapter.validation_source()
         if self.validated_on is None:
-            raise InputError("D&R compares each branch's features on train and on validation data, but the adapter offers no 'val' "
-                             "split and the run holds out no part of train; add a val split or train with a holdout fraction.")
+            raise InputError(
+                "D&R compares each branch's features on train and on validation data, but the adapter offers no 'val' "
+                "split and the run holds out no part of train; add a val split or train with a holdout fraction."
+            )
         branches = require_branch_modules(model, adapter, who="D&R")
         self.parts = DandRParts(branches, every=self.every, max_times=self.max_times, seed=torch.initial_seed() % 2**32)
 
@@ -119,22 +135,37 @@ class DandR:
         if epoch + 1 >= epochs:
             return EpochEnd(figures={"dandr": {"skipped": "due after the last epoch, where nothing would re-learn"}})
         branches = self.parts.branches
-        train, train_labels_ = branch_features(model, adapter, branches, adapter.data("train", batch_size=FEATURE_BATCH_SIZE),
-                                               device=device, split="train")
-        val, val_labels = branch_features(model, adapter, branches, adapter.validation(batch_size=FEATURE_BATCH_SIZE),
-                                          device=device, split="val")
+        train, train_labels_ = branch_features(
+            model, adapter, branches, adapter.data("train", batch_size=FEATURE_BATCH_SIZE), device=device, split="train"
+        )
+        val, val_labels = branch_features(
+            model, adapter, branches, adapter.validation(batch_size=FEATURE_BATCH_SIZE), device=device, split="val"
+        )
         done = self.parts.epoch_end(epoch, train, train_labels_, val, val_labels)
-        return EpochEnd(figures={"dandr": {"purity_train": done.purity_train, "purity_val": done.purity_val, "gap": done.gap,
-                                           "alpha": done.alpha, "validated_on": self.validated_on}})
+        return EpochEnd(
+            figures={
+                "dandr": {
+                    "purity_train": done.purity_train,
+                    "purity_val": done.purity_val,
+                    "gap": done.gap,
+                    "alpha": done.alpha,
+                    "validated_on": self.validated_on,
+                }
+            }
+        )
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:
         pass
 
     def settings(self) -> dict[str, Any]:
-        return {"every": self.every, "every_from": "--dandr-every" if self.every_option else "epochs // (max_times + 1)",
-                "max_times": self.max_times, "validated_on": self.validated_on,
-                "branches": list(self.parts.branches) if self.parts is not None else None,
-                "kmeans_seed": self.parts.seed if self.parts is not None else None}
+        return {
+            "every": self.every,
+            "every_from": "--dandr-every" if self.every_option else "epochs // (max_times + 1)",
+            "max_times": self.max_times,
+            "validated_on": self.validated_on,
+            "branches": list(self.parts.branches) if self.parts is not None else None,
+            "kmeans_seed": self.parts.seed if self.parts is not None else None,
+        }
 
     def extra_state(self) -> dict[str, Any]:
         return {"dandr": self.parts.state_dict()}

@@ -15,7 +15,8 @@ says so); --resume is refused: there is no training to resume."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -39,8 +40,10 @@ BATCH_SIZE = 256
 def final_linear(model: nn.Module, adapter: Adapter, *, who: str) -> nn.Linear:
     linear = optional_hook(adapter, "classifier", model)
     if not isinstance(linear, nn.Linear) or linear.bias is None:
-        raise AdapterError(f"{who} refits the model's final linear layer, but the adapter's classifier(model) hook "
-                           f"{'is missing' if linear is None else 'does not return an nn.Linear with a bias'}; add one returning it.")
+        raise AdapterError(
+            f"{who} refits the model's final linear layer, but the adapter's classifier(model) hook "
+            f"{'is missing' if linear is None else 'does not return an nn.Linear with a bias'}; add one returning it."
+        )
     return linear
 
 
@@ -60,8 +63,15 @@ class DFR:
     post_hoc = True  # fix calls refit() instead of training
     discovers_bias = True  # fix passes the audit's k-means k and dominant modality, as for MMDB
 
-    def __init__(self, *, c_grid: Iterable[float] = C_GRID, subsets: int | None = None, bias: str = "auto", kmeans_k: int | None = None,
-                 dominant: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        c_grid: Iterable[float] = C_GRID,
+        subsets: int | None = None,
+        bias: str = "auto",
+        kmeans_k: int | None = None,
+        dominant: str | None = None,
+    ) -> None:
         self.options = {"c_grid": tuple(c_grid) if isinstance(c_grid, (list, tuple)) else c_grid}
         if subsets is not None:
             self.options["subsets"] = subsets
@@ -86,9 +96,15 @@ class DFR:
         if "val" in adapter.splits:
             batches, split = adapter_batches(adapter, "val", batch_size=BATCH_SIZE), "val"
         else:
-            total = sum(len(checked_labels(b, adapter, split=config.split)) for b in adapter_batches(adapter, config.split, batch_size=BATCH_SIZE))
+            total = sum(
+                len(checked_labels(b, adapter, split=config.split))
+                for b in adapter_batches(adapter, config.split, batch_size=BATCH_SIZE)
+            )
             rows = holdout_indices(total, fraction=HOLDOUT_FRACTION, seed=config.seed)
-            batches, split = train_rows(adapter, config.split, rows), f"{HOLDOUT_FRACTION:.0%} of {config.split} (seed {config.seed})"
+            batches, split = (
+                train_rows(adapter, config.split, rows),
+                f"{HOLDOUT_FRACTION:.0%} of {config.split} (seed {config.seed})",
+            )
         labels: list[np.ndarray] = []
         bias: list[np.ndarray] = []
 
@@ -98,16 +114,21 @@ class DFR:
                 bias.append(np.asarray(self.groups.values(batch, adapter, split="val", device=device), dtype=np.int64))
                 yield batch
 
-        features = classifier_inputs(model, linear, noting(batches), forward=lambda m, b: adapter.forward(m, adapter.prepare(b, device=device)))
+        features = classifier_inputs(
+            model, linear, noting(batches), forward=lambda m, b: adapter.forward(m, adapter.prepare(b, device=device))
+        )
         y, g = dfr_groups(np.concatenate(labels), np.concatenate(bias), num_bias=self.groups.num_bias)
         keep = np.bincount(g)[g] >= MIN_GROUP
-        self.dropped = {"groups": int(len(np.unique(g[~keep]))), "samples": int((~keep).sum())}
+        self.dropped = {"groups": len(np.unique(g[~keep])), "samples": int((~keep).sum())}
         missing = sorted(set(range(adapter.num_classes)) - set(y[keep].tolist()))
         if missing:
-            raise InputError(f"DFR needs every class in a (label, bias value) group of at least {MIN_GROUP} held-out samples, but "
-                             f"class(es) {missing} have none in {split}; use a larger val split.")
-        self.result = DFRFit(**self.options, seed=config.seed).fit(features[keep], y[keep], g[keep], num_classes=adapter.num_classes,
-                                                                    split=split)
+            raise InputError(
+                f"DFR needs every class in a (label, bias value) group of at least {MIN_GROUP} held-out samples, but "
+                f"class(es) {missing} have none in {split}; use a larger val split."
+            )
+        self.result = DFRFit(**self.options, seed=config.seed).fit(
+            features[keep], y[keep], g[keep], num_classes=adapter.num_classes, split=split
+        )
         self.result.write_into(linear)
         return self.result
 
@@ -119,14 +140,25 @@ class DFR:
         pass
 
     def settings(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"c_grid": list(self.component.c_grid), "subsets": self.component.subsets,
-                               "min_group": MIN_GROUP, **self.groups.settings()}
+        out: dict[str, Any] = {
+            "c_grid": list(self.component.c_grid),
+            "subsets": self.component.subsets,
+            "min_group": MIN_GROUP,
+            **self.groups.settings(),
+        }
         if self.result is not None:
             r = self.result
-            out.update({"fitted_on": r.split, "chosen_c": r.c,
-                        "tuning_worst_group": {f"{c:g}": w for c, w in zip(r.c_grid, r.tuning_worst_group)},
-                        "groups_fitted": len(r.group_ids), "groups_left_out": self.dropped, "per_group": r.per_group,
-                        "note": r.note})
+            out.update(
+                {
+                    "fitted_on": r.split,
+                    "chosen_c": r.c,
+                    "tuning_worst_group": {f"{c:g}": w for c, w in zip(r.c_grid, r.tuning_worst_group)},
+                    "groups_fitted": len(r.group_ids),
+                    "groups_left_out": self.dropped,
+                    "per_group": r.per_group,
+                    "note": r.note,
+                }
+            )
         return out
 
 

@@ -28,7 +28,9 @@ class GroupDRO:
     option_grid = ("eta", (0.001, 0.01, 0.1))
     discovers_bias = True  # fix passes the audit's k-means k and dominant modality, as for MMDB
 
-    def __init__(self, *, eta: float = 0.01, bias: str = "auto", kmeans_k: int | None = None, dominant: str | None = None) -> None:
+    def __init__(
+        self, *, eta: float = 0.01, bias: str = "auto", kmeans_k: int | None = None, dominant: str | None = None
+    ) -> None:
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or non_negative_finite(eta) is not None:
             raise InputError(f"eta is {eta!r}; expected a finite number of at least 0 (Group DRO's step size for q).")
         self.eta = float(eta)
@@ -41,8 +43,9 @@ class GroupDRO:
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
         labels, bias = self.groups.fit(model, adapter, device=device)
         num_groups = adapter.num_classes * self.groups.num_bias
-        self.gdro = GroupDROLoss.from_train_groups(group_ids(labels, bias, num_bias=self.groups.num_bias), num_groups=num_groups,
-                                                   eta=self.eta)
+        self.gdro = GroupDROLoss.from_train_groups(
+            group_ids(labels, bias, num_bias=self.groups.num_bias), num_groups=num_groups, eta=self.eta
+        )
         self._train_sizes = torch.bincount(torch.as_tensor(labels * self.groups.num_bias + bias), minlength=num_groups)
 
     def batch_groups(self, batch, adapter: Adapter, labels: torch.Tensor, *, device: torch.device) -> torch.Tensor:
@@ -58,8 +61,13 @@ class GroupDRO:
         q = self.gdro.last.q
         top = int(q.argmax())
         # A summary of q per step (the whole vector is in the training state): its largest weight and that group.
-        return {"loss": float(loss.detach()), "q_max": float(q[top]), "q_max_group": top,
-                "q_max_label": top // self.groups.num_bias, "q_max_bias": top % self.groups.num_bias}
+        return {
+            "loss": float(loss.detach()),
+            "q_max": float(q[top]),
+            "q_max_group": top,
+            "q_max_label": top // self.groups.num_bias,
+            "q_max_bias": top % self.groups.num_bias,
+        }
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:
         pass
@@ -67,9 +75,12 @@ class GroupDRO:
     def settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"eta": self.eta, **self.groups.settings()}
         if self.gdro is not None:
-            out["groups"] = {"num_groups": self.gdro.num_groups, "seen_in_train": int((self._train_sizes > 0).sum()),
-                             "smallest_seen": int(self._train_sizes[self._train_sizes > 0].min()),
-                             "q_start": "uniform over the groups seen in train"}
+            out["groups"] = {
+                "num_groups": self.gdro.num_groups,
+                "seen_in_train": int((self._train_sizes > 0).sum()),
+                "smallest_seen": int(self._train_sizes[self._train_sizes > 0].min()),
+                "q_start": "uniform over the groups seen in train",
+            }
         return out
 
     def extra_state(self) -> dict[str, Any]:
@@ -77,6 +88,8 @@ class GroupDRO:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "group_dro" not in state:
-            raise CheckpointError("The training state to resume holds no Group DRO weights q; resume with the method that wrote it.")
+            raise CheckpointError(
+                "The training state to resume holds no Group DRO weights q; resume with the method that wrote it."
+            )
         self.groups.adopt_state(state)
         self.gdro.load_state_dict(state["group_dro"])

@@ -13,7 +13,8 @@ with the training state, so --resume continues stage 2 with the same E; both sta
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -62,8 +63,10 @@ class JTT:
     def check_config(self, config: TrainConfig) -> None:
         first = self.parts.stage_one_epochs(config.epochs)
         if first >= config.epochs:
-            raise InputError(f"JTT with {config.epochs} epoch(s) and a stage-1 fraction of {self.fraction:g} gives stage 1 all {first} "
-                             "epoch(s) and stage 2 none; expected at least 2 epochs and a fraction that leaves stage 2 one or more.")
+            raise InputError(
+                f"JTT with {config.epochs} epoch(s) and a stage-1 fraction of {self.fraction:g} gives stage 1 all {first} "
+                "epoch(s) and stage 2 none; expected at least 2 epochs and a fraction that leaves stage 2 one or more."
+            )
 
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
         # Stage 2 starts where stage 1 started: the run's starting weights (buffers included), kept on the CPU.
@@ -78,7 +81,11 @@ class JTT:
             loss = self.parts.loss(F.cross_entropy(logits, labels, reduction="none"), batch[SAMPLE_INDEX].to(device))
         loss.backward()
         errors = self.parts.error_set
-        return {"loss": float(loss.detach()), "stage": self.stage, "error_set": None if errors is None else int(errors.indices.numel())}
+        return {
+            "loss": float(loss.detach()),
+            "stage": self.stage,
+            "error_set": None if errors is None else int(errors.indices.numel()),
+        }
 
     def epoch_end(self, model: nn.Module, adapter: Any, *, epoch: int, epochs: int, device: torch.device) -> EpochEnd | None:
         if self.stage != 1 or epoch + 1 != self.parts.stage_one_epochs(epochs):
@@ -91,10 +98,18 @@ class JTT:
         errors = self.parts.finish()
         model.load_state_dict(self._start)
         self.stage = 2
-        return EpochEnd(figures={"jtt": {"stage_one_epochs": epoch + 1, "error_set": int(errors.indices.numel()),
-                                         "recorded": errors.recorded, "error_rate": errors.error_rate,
-                                         "restart": "stage 2 starts from the run's starting weights with a fresh optimizer"}},
-                        fresh_optimizer=True)
+        return EpochEnd(
+            figures={
+                "jtt": {
+                    "stage_one_epochs": epoch + 1,
+                    "error_set": int(errors.indices.numel()),
+                    "recorded": errors.recorded,
+                    "error_rate": errors.error_rate,
+                    "restart": "stage 2 starts from the run's starting weights with a fresh optimizer",
+                }
+            },
+            fresh_optimizer=True,
+        )
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:
         pass
@@ -107,6 +122,8 @@ class JTT:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "jtt" not in state or state.get("jtt_stage") not in (1, 2):
-            raise CheckpointError("The training state to resume holds no JTT stage and error set; resume with the method that wrote it.")
+            raise CheckpointError(
+                "The training state to resume holds no JTT stage and error set; resume with the method that wrote it."
+            )
         self.parts.load_state_dict(state["jtt"])
         self.stage = int(state["jtt_stage"])

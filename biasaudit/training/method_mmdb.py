@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator, Mapping
+from typing import Any, ClassVar
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -32,12 +33,14 @@ DEFAULT_KMEANS_K = ScanConfig.kmeans_k  # the scan's default, so `kmeans_k=None`
 
 
 def resolved_bias_source(adapter: Adapter, *, bias: str) -> str:
-    """"key" or "kmeans": where this run's bias values come from (AdapterError for "key" without a bias_key)."""
+    """ "key" or "kmeans": where this run's bias values come from (AdapterError for "key" without a bias_key)."""
     if bias == "auto":
         return "key" if adapter.bias_key is not None else "kmeans"
     if bias == "key" and adapter.bias_key is None:
-        raise AdapterError("MMDB with bias='key' needs a bias value per sample (the adapter's bias_key); this adapter "
-                           "declares none, so declare bias_key or use bias='auto' or 'kmeans' to discover bias values.")
+        raise AdapterError(
+            "MMDB with bias='key' needs a bias value per sample (the adapter's bias_key); this adapter "
+            "declares none, so declare bias_key or use bias='auto' or 'kmeans' to discover bias values."
+        )
     return bias
 
 
@@ -93,12 +96,24 @@ class MMDB:
             self.bias_label, self.discovered = f"adapter bias_key {adapter.bias_key!r}", None
         else:
             # Seeded by the run: the loop calls torch.manual_seed(config.seed) just before prepare (k-means takes 32 bits).
-            self.discovered = DiscoveredBias(model, adapter, dominant=self.dominant, k=self.kmeans_k or DEFAULT_KMEANS_K,
-                                             seed=torch.initial_seed() % 2**32, device=device)
+            self.discovered = DiscoveredBias(
+                model,
+                adapter,
+                dominant=self.dominant,
+                k=self.kmeans_k or DEFAULT_KMEANS_K,
+                seed=torch.initial_seed() % 2**32,
+                device=device,
+            )
             labels_all, bias_all, num_bias = self.discovered.train_labels, self.discovered.train_bias, self.discovered.k
             self.bias_label = self.discovered.describe()
-        self.table = mmdb.bias_margins(labels_all, bias_all, num_classes=adapter.num_classes, num_bias=num_bias,
-                                       min_count=self.min_count, entropy_gate=self.entropy_gate)
+        self.table = mmdb.bias_margins(
+            labels_all,
+            bias_all,
+            num_classes=adapter.num_classes,
+            num_bias=num_bias,
+            min_count=self.min_count,
+            entropy_gate=self.entropy_gate,
+        )
         self.warning = mmdb.check_scale(self.scale, self.table)
         self._loss = MMDBLoss(self._classifier(model, adapter), self.table, scale=self.scale)
 
@@ -137,10 +152,12 @@ class MMDB:
 
         handle = linear.register_forward_hook(cosine_logits)
         try:
-            yield (f"This audit scores MMDB's cosine classifier s·cos θ (s = {scale:g}), the model as trained. model.pt holds it as "
-                   "your nn.Linear with normalised rows and zero bias: it predicts the same labels, so a scan of model.pt gives the "
-                   "same accuracies, flips, groups, carrier and argmax JSD, but its logits are ‖x‖·cos θ, so its soft JSD and "
-                   "calibration differ from these.")
+            yield (
+                f"This audit scores MMDB's cosine classifier s·cos θ (s = {scale:g}), the model as trained. model.pt holds it as "
+                "your nn.Linear with normalised rows and zero bias: it predicts the same labels, so a scan of model.pt gives the "
+                "same accuracies, flips, groups, carrier and argmax JSD, but its logits are ‖x‖·cos θ, so its soft JSD and "
+                "calibration differ from these."
+            )
         finally:
             handle.remove()
 
@@ -156,16 +173,24 @@ class MMDB:
         if self.discovered is not None:
             self.discovered.adopt_state(state)
         elif state:
-            raise CheckpointError("The training state to resume was written with k-means bias clusters, but this run takes its bias "
-                                  "values from the adapter's bias_key; resume with the same bias option or run without --resume.")
+            raise CheckpointError(
+                "The training state to resume was written with k-means bias clusters, but this run takes its bias "
+                "values from the adapter's bias_key; resume with the same bias option or run without --resume."
+            )
 
     def settings(self) -> dict[str, Any]:
         discovered = self.discovered
-        return {"scale": self.scale, "min_count": self.min_count, "entropy_gate": self.entropy_gate,
-                "scale_warning": self.warning, "bias": self.bias, "bias_source": self.bias_label,
-                "kmeans_k": (self.kmeans_k or DEFAULT_KMEANS_K) if discovered else None,
-                "k": discovered.k if discovered else None,
-                "cluster_sizes": discovered.cluster_sizes() if discovered else None,
-                "dominant_modality": discovered.modality if discovered else None,
-                "kmeans_seed": discovered.seed if discovered else None,
-                "margins": self.table.to_dict() if self.table else None}
+        return {
+            "scale": self.scale,
+            "min_count": self.min_count,
+            "entropy_gate": self.entropy_gate,
+            "scale_warning": self.warning,
+            "bias": self.bias,
+            "bias_source": self.bias_label,
+            "kmeans_k": (self.kmeans_k or DEFAULT_KMEANS_K) if discovered else None,
+            "k": discovered.k if discovered else None,
+            "cluster_sizes": discovered.cluster_sizes() if discovered else None,
+            "dominant_modality": discovered.modality if discovered else None,
+            "kmeans_seed": discovered.seed if discovered else None,
+            "margins": self.table.to_dict() if self.table else None,
+        }

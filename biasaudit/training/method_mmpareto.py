@@ -30,8 +30,10 @@ class MMPareto:
 
     def __init__(self, *, gamma: float = 1.5, head_mode: str = "separate") -> None:
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or positive_finite(gamma) is not None:
-            raise InputError(f"gamma is {gamma!r}; expected a positive, finite number (MMPareto's factor on each branch's "
-                             "integrated gradient).")
+            raise InputError(
+                f"gamma is {gamma!r}; expected a positive, finite number (MMPareto's factor on each branch's "
+                "integrated gradient)."
+            )
         if head_mode not in HEAD_MODES:
             raise InputError(f"MMPareto's --head-mode is {head_mode!r}; available: {', '.join(HEAD_MODES)}.")
         self.gamma, self.head_mode = float(gamma), head_mode
@@ -51,9 +53,12 @@ class MMPareto:
         fused = F.cross_entropy(logits, labels)
         losses = {m: F.cross_entropy(o, labels) for m, o in unimodal.items()}
         done = self._mmp.backward(fused, losses)
-        return {"loss": float(fused.detach()), **{f"loss_{m}": float(v.detach()) for m, v in losses.items()},
-                **{f"cos_{m}": c for m, c in done.cosines.items()},
-                "conflicted": float(any(done.conflicts.values()))}
+        return {
+            "loss": float(fused.detach()),
+            **{f"loss_{m}": float(v.detach()) for m, v in losses.items()},
+            **{f"cos_{m}": c for m, c in done.cosines.items()},
+            "conflicted": float(any(done.conflicts.values())),
+        }
 
     def extra_parameters(self) -> list[nn.Parameter]:
         """The separate heads', which the optimizer must also update (none in the other head modes)."""
@@ -64,8 +69,10 @@ class MMPareto:
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("head_mode") != self.head_mode:
-            raise CheckpointError(f"The training state to resume was written with MMPareto head mode {state.get('head_mode')!r}, "
-                                  f"not {self.head_mode!r}; resume with the same options.")
+            raise CheckpointError(
+                f"The training state to resume was written with MMPareto head mode {state.get('head_mode')!r}, "
+                f"not {self.head_mode!r}; resume with the same options."
+            )
         self._heads.load_state(state.get("heads", {}))
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:

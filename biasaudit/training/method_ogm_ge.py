@@ -31,8 +31,10 @@ class OGMGE:
 
     def __init__(self, *, alpha: float = 0.3, ge: bool = True, head_mode: str = "ogm_split") -> None:
         if head_mode not in HEAD_MODES:
-            raise InputError(f"OGM-GE's --head-mode is {head_mode!r}; expected {' or '.join(HEAD_MODES)} (OGM-GE only reads the "
-                             "unimodal logits, so separate heads would never be trained).")
+            raise InputError(
+                f"OGM-GE's --head-mode is {head_mode!r}; expected {' or '.join(HEAD_MODES)} (OGM-GE only reads the "
+                "unimodal logits, so separate heads would never be trained)."
+            )
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or positive_finite(alpha) is not None:
             raise InputError(f"alpha is {alpha!r}; expected a positive, finite number (OGM-GE's α in k = 1 − tanh(α·ρ)).")
         self.alpha, self.ge, self.head_mode = float(alpha), bool(ge), head_mode
@@ -53,8 +55,11 @@ class OGMGE:
         loss = F.cross_entropy(logits, labels)
         loss.backward()
         done = self._ogm.after_backward(unimodal, labels)
-        return {"loss": float(loss.detach()), **{f"k_{m}": k for m, k in done.coefficients.items()},
-                **{f"rho_{m}": r for m, r in done.ratios.items()}}
+        return {
+            "loss": float(loss.detach()),
+            **{f"k_{m}": k for m, k in done.coefficients.items()},
+            **{f"rho_{m}": r for m, r in done.ratios.items()},
+        }
 
     def extra_state(self) -> dict[str, Any]:
         return {"ogm_ge": self._ogm.state_dict() if self._ogm is not None else None}
@@ -62,7 +67,9 @@ class OGMGE:
     def load_extra_state(self, state: dict[str, Any]) -> None:
         assert self._ogm is not None, "prepare() first"
         if not state.get("ogm_ge"):
-            raise CheckpointError("The training state to resume holds no OGM-GE noise generators; resume with the method that wrote it.")
+            raise CheckpointError(
+                "The training state to resume holds no OGM-GE noise generators; resume with the method that wrote it."
+            )
         self._ogm.load_state_dict(state["ogm_ge"])
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:

@@ -28,6 +28,7 @@ from biasaudit.errors import InputError
 DEFAULT_METHOD = "mmdb"
 DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {"mmdb": {"scale": "auto"}}
 
+
 class Registered(NamedTuple):
     """A registry entry: where the driver class lives ("module:Class"), and what the method acts on (methods.md
     section 8): "reliance" (it strengthens the modality the model uses less), "bias" (it acts on the bias itself) or

@@ -24,12 +24,26 @@ from biasaudit.methods._mmdb_math import (
 SCALE_GRID: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
 DEFAULT_TARGET_PROBABILITY = 0.9  # Eq. 8's P: the true class should be able to reach 90% on a perfect feature
 
-__all__ = ["SCALE_GRID", "DEFAULT_EPS", "NORM_EPS", "DEFAULT_TARGET_PROBABILITY", "MarginTable", "bias_margins", "mmdb_logits",
-           "mmdb_loss", "inference_logits", "scale_lower_bound", "typical_scale_bound", "check_scale", "bias_balanced_accuracy"]
+__all__ = [
+    "DEFAULT_EPS",
+    "DEFAULT_TARGET_PROBABILITY",
+    "NORM_EPS",
+    "SCALE_GRID",
+    "MarginTable",
+    "bias_balanced_accuracy",
+    "bias_margins",
+    "check_scale",
+    "inference_logits",
+    "mmdb_logits",
+    "mmdb_loss",
+    "scale_lower_bound",
+    "typical_scale_bound",
+]
 
 
-def scale_lower_bound(margins_row: np.ndarray | torch.Tensor, class_index: int, *,
-                      target_probability: float = DEFAULT_TARGET_PROBABILITY) -> float:
+def scale_lower_bound(
+    margins_row: np.ndarray | torch.Tensor, class_index: int, *, target_probability: float = DEFAULT_TARGET_PROBABILITY
+) -> float:
     """The paper's Eq. 8 bound on s for class i under one bias value, whose margins [C] are `margins_row`.
 
     Eq. 8 reads s >= ln(1/P − 1) / (m_i + Σ_{j≠i} m_j/(|C|−1) − 2), implemented as written (we do not
@@ -45,8 +59,7 @@ def scale_lower_bound(margins_row: np.ndarray | torch.Tensor, class_index: int, 
     row = np.asarray(margins_row, dtype=np.float64).reshape(-1)
     num_classes = row.size
     if num_classes < 2 or not 0 <= class_index < num_classes:
-        raise InputError(f"class_index={class_index} with {num_classes} margins: "
-                         "expected 2+ margins and an index among them.")
+        raise InputError(f"class_index={class_index} with {num_classes} margins: expected 2+ margins and an index among them.")
     if not 0 < target_probability < 1:
         raise InputError(f"target_probability={target_probability}: expected a probability strictly between 0 and 1.")
     others = (row.sum() - row[class_index]) / (num_classes - 1)
@@ -59,13 +72,11 @@ def scale_lower_bound(margins_row: np.ndarray | torch.Tensor, class_index: int, 
 def typical_scale_bound(table: MarginTable, *, target_probability: float = DEFAULT_TARGET_PROBABILITY) -> float:
     """Median of scale_lower_bound over the (class i, bias value k) pairs seen in training (n_i^k > 0)."""
     margins = table.margins.detach().cpu().numpy()
-    bounds = [scale_lower_bound(margins[k], i, target_probability=target_probability)
-              for k, i in zip(*np.nonzero(table.counts))]
+    bounds = [scale_lower_bound(margins[k], i, target_probability=target_probability) for k, i in zip(*np.nonzero(table.counts))]
     return float(np.median(bounds))
 
 
-def check_scale(scale: float, table: MarginTable, *,
-                target_probability: float = DEFAULT_TARGET_PROBABILITY) -> str | None:
+def check_scale(scale: float, table: MarginTable, *, target_probability: float = DEFAULT_TARGET_PROBABILITY) -> str | None:
     """A warning sentence when `scale` is below the typical Eq. 8 bound, else None.
 
     "Typical" is the median over the (class, bias value) pairs with training samples. On strongly
@@ -78,13 +89,14 @@ def check_scale(scale: float, table: MarginTable, *,
     bound = typical_scale_bound(table, target_probability=target_probability)
     if scale >= bound:
         return None
-    return (f"MMDB scale s={scale:g} is below {bound:.3g}, the lower bound of the paper's Eq. 8 (target "
-            f"probability {target_probability:g}) for the median (class, bias value) pair of the training split; "
-            f"the paper links too small a scale to under-fitting.")
+    return (
+        f"MMDB scale s={scale:g} is below {bound:.3g}, the lower bound of the paper's Eq. 8 (target "
+        f"probability {target_probability:g}) for the median (class, bias value) pair of the training split; "
+        f"the paper links too small a scale to under-fitting."
+    )
 
 
-def bias_balanced_accuracy(predictions: np.ndarray, labels: np.ndarray, bias: np.ndarray, *,
-                           min_group: int = 5) -> float:
+def bias_balanced_accuracy(predictions: np.ndarray, labels: np.ndarray, bias: np.ndarray, *, min_group: int = 5) -> float:
     """Mean accuracy (percent) over the (label, bias value) groups with at least `min_group` samples.
 
     Every group weighs the same, so the rare bias-conflicting groups count as much as the common
@@ -92,14 +104,15 @@ def bias_balanced_accuracy(predictions: np.ndarray, labels: np.ndarray, bias: np
     """
     predictions, labels, bias = (np.asarray(a).reshape(-1) for a in (predictions, labels, bias))
     if not predictions.size == labels.size == bias.size:
-        raise DataError("Need as many predictions, labels and bias values: "
-                        f"got {predictions.size}, {labels.size}, {bias.size}.")
+        raise DataError(f"Need as many predictions, labels and bias values: got {predictions.size}, {labels.size}, {bias.size}.")
     if min_group < 1:
         raise InputError(f"min_group={min_group}: expected a positive integer.")
     groups, group_of, sizes = np.unique(np.stack([labels, bias], axis=1), axis=0, return_inverse=True, return_counts=True)
     correct = np.bincount(group_of.reshape(-1), weights=(predictions == labels).astype(np.float64), minlength=len(groups))
     large = sizes >= min_group
     if not large.any():
-        raise DataError(f"No (label, bias value) group has at least min_group={min_group} samples; "
-                        "use a larger validation split or a smaller min_group.")
+        raise DataError(
+            f"No (label, bias value) group has at least min_group={min_group} samples; "
+            "use a larger validation split or a smaller min_group."
+        )
     return float(100.0 * np.mean(correct[large] / sizes[large]))

@@ -36,4 +36,3 @@ def set_training_modes(model: nn.Module) -> list[str]:
     for module in frozen:
         module.eval()
     return [names[id(module)] for module in frozen]
-

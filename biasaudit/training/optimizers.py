@@ -10,7 +10,8 @@ Momentum belongs to SGD alone: asked of Adam or AdamW it would be ignored, so it
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -20,7 +21,9 @@ from biasaudit.errors import InputError
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda params, *, lr, weight_decay, momentum: torch.optim.Adam(params, lr=lr, weight_decay=weight_decay),
     "adamw": lambda params, *, lr, weight_decay, momentum: torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay),
-    "sgd": lambda params, *, lr, weight_decay, momentum: torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum),
+    "sgd": lambda params, *, lr, weight_decay, momentum: torch.optim.SGD(
+        params, lr=lr, weight_decay=weight_decay, momentum=momentum
+    ),
 }
 
 
@@ -33,11 +36,14 @@ def check_optimizer(name: Any, *, weight_decay: Any, momentum: Any) -> None:
             expected = "a finite number >= 0" if upper == math.inf else "a number from 0 up to (not including) 1"
             raise InputError(f"{setting} is {value!r}; expected {expected}.")
     if momentum and name != "sgd":
-        raise InputError(f"momentum {momentum} applies to the sgd optimizer only; {name} would ignore it. Use the sgd "
-                         "optimizer, or leave momentum out.")
+        raise InputError(
+            f"momentum {momentum} applies to the sgd optimizer only; {name} would ignore it. Use the sgd "
+            "optimizer, or leave momentum out."
+        )
 
 
-def make_optimizer(params: Iterable[nn.Parameter], *, name: str, lr: float, weight_decay: float = 0.0,
-                   momentum: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    params: Iterable[nn.Parameter], *, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.0
+) -> torch.optim.Optimizer:
     check_optimizer(name, weight_decay=weight_decay, momentum=momentum)
     return OPTIMIZERS[name](list(params), lr=lr, weight_decay=weight_decay, momentum=momentum)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import random
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import torch
@@ -22,12 +23,19 @@ import torch
 def capture() -> dict[str, Any]:
     kind, keys, position, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
-    return {"torch": torch.get_rng_state(),
-            # Only once CUDA is in use: asking earlier would start a context on every visible GPU for a CPU run.
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-            "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "position": int(position),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-            "python": {"version": int(version), "internal": [int(v) for v in internal], "gauss_next": gauss_next}}
+    return {
+        "torch": torch.get_rng_state(),
+        # Only once CUDA is in use: asking earlier would start a context on every visible GPU for a CPU run.
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "internal": [int(v) for v in internal], "gauss_next": gauss_next},
+    }
 
 
 def restore(states: Mapping[str, Any]) -> None:
@@ -41,8 +49,15 @@ def restore(states: Mapping[str, Any]) -> None:
             torch.cuda.set_rng_state(state, device=index)
     numpy_state = states.get("numpy")
     if numpy_state is not None:
-        np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+        np.random.set_state(
+            (
+                numpy_state["kind"],
+                numpy_state["keys"].numpy().astype(np.uint32),
+                numpy_state["position"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
     python_state = states.get("python")
     if python_state is not None:
         random.setstate((python_state["version"], tuple(python_state["internal"]), python_state["gauss_next"]))

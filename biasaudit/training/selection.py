@@ -13,7 +13,8 @@ import inspect
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -64,7 +65,8 @@ def validation_batches(adapter: Adapter, config: TrainConfig, source: str) -> It
 # `option_grid` (where its values come from is said there), small (each value is a training), around the method's
 # default, from its paper's reported range.
 OPTION_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
-    name: grid for name in METHODS if (grid := getattr(method_class(name), "option_grid", None)) is not None}
+    name: grid for name in METHODS if (grid := getattr(method_class(name), "option_grid", None)) is not None
+}
 AUTO = "auto"
 CRITERION = "bias-balanced accuracy (mean over (label, bias) groups with >= min_group samples)"
 CRITERION_WITHOUT_BIAS = "accuracy (no bias value on the validation samples: neither the method's nor the adapter's bias_key)"
@@ -103,8 +105,9 @@ def check_grid(method: str, grid: Any) -> tuple[float, ...]:
 def has_bias_values(method: Any, adapter: Adapter) -> bool:
     """Whether validation samples can be grouped: the method has its own bias function, or the adapter a bias_key."""
     groups = getattr(method, "groups", None)
-    return (callable(getattr(method, "batch_bias", None)) or callable(getattr(groups, "values", None))
-            or adapter.bias_key is not None)
+    return (
+        callable(getattr(method, "batch_bias", None)) or callable(getattr(groups, "values", None)) or adapter.bias_key is not None
+    )
 
 
 def bias_values(method: Any, batch: Mapping[str, Any], adapter: Adapter, *, device: torch.device) -> np.ndarray:
@@ -118,7 +121,9 @@ def bias_values(method: Any, batch: Mapping[str, Any], adapter: Adapter, *, devi
     return int_column(batch, adapter.bias_key, what="bias", split="val")
 
 
-def bias_balanced_score(model: nn.Module, adapter: Adapter, method: Any, batches, *, device: torch.device, min_group: int) -> float:
+def bias_balanced_score(
+    model: nn.Module, adapter: Adapter, method: Any, batches, *, device: torch.device, min_group: int
+) -> float:
     """The candidate's bias-balanced accuracy (accuracy without bias values) on `batches`, scored as it was trained."""
     grouped = has_bias_values(method, adapter)
     predictions, labels, bias = [], [], []
@@ -159,9 +164,19 @@ def candidate_state_dir(state_dir: str | os.PathLike, option: str, value: float)
     return Path(state_dir) / f"{option}-{value:g}"
 
 
-def choose_option(model: nn.Module, adapter: Adapter, *, method: str, options: Mapping[str, Any], config: TrainConfig,
-                  grid: Sequence[float] | None = None, min_group: int = DEFAULT_MIN_GROUP, progress: Progress | None = None,
-                  state_dir: str | os.PathLike | None = None, resume: bool = False) -> OptionChoice:
+def choose_option(
+    model: nn.Module,
+    adapter: Adapter,
+    *,
+    method: str,
+    options: Mapping[str, Any],
+    config: TrainConfig,
+    grid: Sequence[float] | None = None,
+    min_group: int = DEFAULT_MIN_GROUP,
+    progress: Progress | None = None,
+    state_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> OptionChoice:
     """Train one candidate per value of `method`'s gridded option from the same starting weights; keep the best on
     validation data. Ties go to the method's default (its paper's value) when it is among the best, else to the smaller
     value: where validation cannot tell candidates apart (e.g. MMPareto's γ under Adam, which divides out a constant
@@ -184,8 +199,16 @@ def choose_option(model: nn.Module, adapter: Adapter, *, method: str, options: M
         fixer = make_method(method, **{**options, option: value})
         directory = candidate_state_dir(state_dir, option, value) if state_dir is not None else None
         resumed = resume and directory is not None and (directory / "last.pt").is_file()
-        steps = train(candidate, adapter, fixer, config=candidate_config, progress=progress, stage=f"{option} {value:g}",
-                      state_dir=directory, resume=resumed)
+        steps = train(
+            candidate,
+            adapter,
+            fixer,
+            config=candidate_config,
+            progress=progress,
+            stage=f"{option} {value:g}",
+            state_dir=directory,
+            resume=resumed,
+        )
         batches = validation_batches(adapter, candidate_config, source)
         scores[value] = bias_balanced_score(candidate, adapter, fixer, batches, device=device, min_group=min_group)
         rank = (scores[value], value == default, -value)
@@ -196,11 +219,20 @@ def choose_option(model: nn.Module, adapter: Adapter, *, method: str, options: M
     grouped = has_bias_values(fixer, adapter)
     chosen = -best[0][2]
     tied = [value for value, score in scores.items() if score == scores[chosen]]
-    selection = {"option": option, "chosen": chosen, "grid": list(scores), "scores": scores, "validated_on": source,
-                 "default": default, "tied": tied if len(tied) > 1 else [],
-                 "min_group": min_group, "criterion": CRITERION if grouped else CRITERION_WITHOUT_BIAS,
-                 "bias_source": getattr(fixer, "bias_label", None) or (getattr(getattr(fixer, "groups", None), "label", None))
-                 or (f"adapter bias_key {adapter.bias_key!r}" if grouped and adapter.bias_key is not None else None),
-                 "kept": "the chosen candidate itself, not trained again" + (
-                     "; it trained on train without the held-out part it was validated on" if source != "val" else "")}
+    selection = {
+        "option": option,
+        "chosen": chosen,
+        "grid": list(scores),
+        "scores": scores,
+        "validated_on": source,
+        "default": default,
+        "tied": tied if len(tied) > 1 else [],
+        "min_group": min_group,
+        "criterion": CRITERION if grouped else CRITERION_WITHOUT_BIAS,
+        "bias_source": getattr(fixer, "bias_label", None)
+        or (getattr(getattr(fixer, "groups", None), "label", None))
+        or (f"adapter bias_key {adapter.bias_key!r}" if grouped and adapter.bias_key is not None else None),
+        "kept": "the chosen candidate itself, not trained again"
+        + ("; it trained on train without the held-out part it was validated on" if source != "val" else ""),
+    }
     return OptionChoice(selection=selection, model=winner, method=fixer, steps=steps)

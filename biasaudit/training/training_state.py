@@ -5,7 +5,8 @@ is refused rather than resumed."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -36,23 +37,48 @@ def check_same_run(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) 
     if not saved:
         return
     if saved.get("method") != current["method"]:
-        raise CheckpointError(f"The training state to resume was written by method {saved.get('method')!r}, not {current['method']!r}; "
-                              "resume with the same method or run without --resume.")
+        raise CheckpointError(
+            f"The training state to resume was written by method {saved.get('method')!r}, not {current['method']!r}; "
+            "resume with the same method or run without --resume."
+        )
     # A state written before a setting existed trained with its default (e.g. Adam before --optimizer).
     defaults = TrainConfig().to_dict()
-    changed = [f"--{k.replace('_', '-')} {saved['config'].get(k, defaults.get(k))!r} -> {v!r}" for k, v in current["config"].items()
-               if saved["config"].get(k, defaults.get(k)) != v]
-    changed += [f"{k} {saved['settings'].get(k)!r} -> {v!r}" for k, v in current["settings"].items()
-                if saved["settings"].get(k) != v and k not in ("margins", "cluster_sizes")]
+    changed = [
+        f"--{k.replace('_', '-')} {saved['config'].get(k, defaults.get(k))!r} -> {v!r}"
+        for k, v in current["config"].items()
+        if saved["config"].get(k, defaults.get(k)) != v
+    ]
+    changed += [
+        f"{k} {saved['settings'].get(k)!r} -> {v!r}"
+        for k, v in current["settings"].items()
+        if saved["settings"].get(k) != v and k not in ("margins", "cluster_sizes")
+    ]
     if changed:
-        raise CheckpointError(f"--resume would continue the interrupted run with other settings ({'; '.join(changed)}); "
-                              "resume with the options it was started with, or run without --resume.")
+        raise CheckpointError(
+            f"--resume would continue the interrupted run with other settings ({'; '.join(changed)}); "
+            "resume with the options it was started with, or run without --resume."
+        )
 
 
-def save_training_state(directory: Path, *, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer, log: list[dict],
-                        method_state: dict[str, Any] | None = None, identity: dict[str, Any] | None = None) -> None:
-    state = {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-             "rng": rng_states.capture(), "log": log, "method": method_state or {}, "run": identity}
+def save_training_state(
+    directory: Path,
+    *,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    log: list[dict],
+    method_state: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
+) -> None:
+    state = {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": rng_states.capture(),
+        "log": log,
+        "method": method_state or {},
+        "run": identity,
+    }
     atomic_write_bytes(sealed_bytes(state, header={"format": TRAINING_STATE}), _state_path(directory))
 
 
@@ -71,6 +97,8 @@ def load_training_state(directory: Path) -> dict[str, Any]:
         return loaded  # written before states were sealed: read as it always was
     state = unsealed(loaded)
     if state is None:
-        raise CheckpointError(f"Training state {path} was altered or damaged after it was written (its content does not match the "
-                              "SHA-256 recorded in it); resuming from it would not continue the run. Delete it to start over.")
+        raise CheckpointError(
+            f"Training state {path} was altered or damaged after it was written (its content does not match the "
+            "SHA-256 recorded in it); resuming from it would not continue the run. Delete it to start over."
+        )
     return state

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from typing import Any
+from collections.abc import Iterator, Mapping
 
 from biasaudit.data.adapter import Adapter
 from biasaudit.data.batches import adapter_batches

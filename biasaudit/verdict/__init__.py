@@ -13,5 +13,15 @@ from biasaudit.verdict.compare import compare_sentences, compare_verdict
 from biasaudit.verdict.scan import scan_verdict
 from biasaudit.verdict.words import change, ci_pct, ci_points, interval, number, pct, pts
 
-__all__ = ["change", "ci_pct", "ci_points", "compare_sentences", "compare_verdict", "interval", "number", "pct", "pts",
-           "scan_verdict"]
+__all__ = [
+    "change",
+    "ci_pct",
+    "ci_points",
+    "compare_sentences",
+    "compare_verdict",
+    "interval",
+    "number",
+    "pct",
+    "pts",
+    "scan_verdict",
+]

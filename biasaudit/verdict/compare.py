@@ -3,9 +3,11 @@ change is reported as reliance, with why it moved."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 from biasaudit.verdict.words import JSD_NAMES, change, ci_pct, ci_points, number, pct, pts
+
 
 class _Evidence:
     """One bias measure's change: which way it points and whether a paired interval backs it."""
@@ -13,8 +15,11 @@ class _Evidence:
     def __init__(self, what: str, figure: str, delta: float | None, ci: Any, *, higher_is_better: bool) -> None:
         self.what, self.figure, self.backed = what, figure, bool(ci)
         up, down = (ci[0] > 0, ci[1] < 0) if ci else ((delta or 0) > 0, (delta or 0) < 0)
-        self.direction = ("better" if up else "worse" if down else "same") if higher_is_better else \
-            ("better" if down else "worse" if up else "same")
+        self.direction = (
+            ("better" if up else "worse" if down else "same")
+            if higher_is_better
+            else ("better" if down else "worse" if up else "same")
+        )
 
 
 def _evidence(comparison: Mapping[str, Any]) -> list[_Evidence]:
@@ -25,25 +30,56 @@ def _evidence(comparison: Mapping[str, Any]) -> list[_Evidence]:
         if entry and entry.get("delta") is not None:
             at_minimum = entry.get("groups_at_minimum") or {}
             tied = at_minimum.get("before"), at_minimum.get("after")
-            ties = (f"; groups at that minimum {tied[0]} -> {tied[1]}" if None not in tied and tied != (1, 1) else "")
-            out.append(_Evidence(what, f"{what} {pts(entry['before'])} -> {pts(entry['after'])}% (change {change(entry['delta'])}"
-                                       f"{ci_points(entry.get('delta_ci'))}{ties})", entry["delta"], entry.get("delta_ci"), higher_is_better=True))
+            ties = f"; groups at that minimum {tied[0]} -> {tied[1]}" if None not in tied and tied != (1, 1) else ""
+            out.append(
+                _Evidence(
+                    what,
+                    f"{what} {pts(entry['before'])} -> {pts(entry['after'])}% (change {change(entry['delta'])}"
+                    f"{ci_points(entry.get('delta_ci'))}{ties})",
+                    entry["delta"],
+                    entry.get("delta_ci"),
+                    higher_is_better=True,
+                )
+            )
     ood = bias.get("ood")
     if ood and ood.get("delta") is not None:
-        out.append(_Evidence("OOD accuracy", f"OOD accuracy {pts(ood['before'])} -> {pts(ood['after'])}% (change {change(ood['delta'])}"
-                                             f"{ci_points(ood.get('delta_ci'))})", ood["delta"], ood.get("delta_ci"), higher_is_better=True))
+        out.append(
+            _Evidence(
+                "OOD accuracy",
+                f"OOD accuracy {pts(ood['before'])} -> {pts(ood['after'])}% (change {change(ood['delta'])}"
+                f"{ci_points(ood.get('delta_ci'))})",
+                ood["delta"],
+                ood.get("delta_ci"),
+                higher_is_better=True,
+            )
+        )
     for m, entry in (bias.get("bias_follow") or {}).items():
         if entry and entry.get("delta") is not None:
             what = f"{m} bias-follow rate"
-            out.append(_Evidence(what, f"{what} {pct(entry['before'])} -> {pct(entry['after'])} (change {change(entry['delta'], scale=100)}"
-                                       f"{ci_pct(entry.get('delta_ci'))} points)", entry["delta"], entry.get("delta_ci"), higher_is_better=False))
+            out.append(
+                _Evidence(
+                    what,
+                    f"{what} {pct(entry['before'])} -> {pct(entry['after'])} (change {change(entry['delta'], scale=100)}"
+                    f"{ci_pct(entry.get('delta_ci'))} points)",
+                    entry["delta"],
+                    entry.get("delta_ci"),
+                    higher_is_better=False,
+                )
+            )
     jsd = comparison.get("jsd") or {}
     for stat in JSD_NAMES:
         entry = jsd.get(stat) or {}
         if entry.get("before") is not None and entry.get("after") is not None:
             delta = entry["after"] - entry["before"]
-            out.append(_Evidence(f"JSD {JSD_NAMES[stat]}", f"JSD {JSD_NAMES[stat]} {number(entry['before'], 3)} -> {number(entry['after'], 3)} "
-                                 "(no interval)", delta, None, higher_is_better=True))
+            out.append(
+                _Evidence(
+                    f"JSD {JSD_NAMES[stat]}",
+                    f"JSD {JSD_NAMES[stat]} {number(entry['before'], 3)} -> {number(entry['after'], 3)} (no interval)",
+                    delta,
+                    None,
+                    higher_is_better=True,
+                )
+            )
             break  # the weighted mean when both audits have it: it needs no minimum of mistakes per bias value
     return out
 
@@ -60,8 +96,9 @@ def _bias_judgement(evidence: list[_Evidence]) -> tuple[str, list[_Evidence]]:
     worse = [e for e in pool if e.direction == "worse"]
     plain = "" if backed else " (plain differences, no intervals)"
     if better and worse:
-        return (f"mixed evidence on bias{plain}: better {', '.join(e.what for e in better)}, "
-                f"worse {', '.join(e.what for e in worse)}"), pool
+        return (
+            f"mixed evidence on bias{plain}: better {', '.join(e.what for e in better)}, worse {', '.join(e.what for e in worse)}"
+        ), pool
     if better:
         return f"less biased{plain}", pool
     if worse:
@@ -81,8 +118,11 @@ def _judge(delta: float | None, interval: Any, *, lower: str, higher: str, same:
 
 def _alone_scores(comparison: Mapping[str, Any]) -> dict[str, tuple[float, float]] | None:
     """modality -> (before, after) accuracy with every other modality muted; two modalities only."""
-    muted = {row["name"].split(":", 1)[1]: (row["before"], row["after"]) for row in comparison.get("conditions") or []
-             if row["name"].startswith("missing:") and row["before"] is not None and row["after"] is not None}
+    muted = {
+        row["name"].split(":", 1)[1]: (row["before"], row["after"])
+        for row in comparison.get("conditions") or []
+        if row["name"].startswith("missing:") and row["before"] is not None and row["after"] is not None
+    }
     if len(muted) != 2:
         return None
     a, b = muted
@@ -97,19 +137,27 @@ def _gap_reason(comparison: Mapping[str, Any], word: str) -> str | None:
     grew = gap["delta"] > 0
     interval = gap.get("delta_ci")
     if interval and interval[0] <= 0 <= interval[1]:  # no change to explain: a cause for noise would mislead
-        return (f"The missing-modality Gap did not clearly move ({pts(gap['before'])} -> {pts(gap['after'])} points, change "
-                f"{change(gap['delta'])}{ci_points(interval)}). The Gap measures reliance, not bias.")
-    text = (f"The missing-modality Gap {'grew' if grew else 'narrowed'} from {pts(gap['before'])} to {pts(gap['after'])} points "
-            f"(change {change(gap['delta'])}{ci_points(gap.get('delta_ci'))})")
+        return (
+            f"The missing-modality Gap did not clearly move ({pts(gap['before'])} -> {pts(gap['after'])} points, change "
+            f"{change(gap['delta'])}{ci_points(interval)}). The Gap measures reliance, not bias."
+        )
+    text = (
+        f"The missing-modality Gap {'grew' if grew else 'narrowed'} from {pts(gap['before'])} to {pts(gap['after'])} points "
+        f"(change {change(gap['delta'])}{ci_points(gap.get('delta_ci'))})"
+    )
     alone = _alone_scores(comparison)
     if alone:
         moved = max(alone, key=lambda m: abs(alone[m][1] - alone[m][0]))  # the modality whose use changed most
-        text += (f" because {moved} is now used {'more' if alone[moved][1] > alone[moved][0] else 'less'}: "
-                 + ", ".join(f"{m} alone scores {pts(a)}% (was {pts(b)}%)" for m, (b, a) in alone.items()))
-    ceilings = ((comparison.get("bias") or {}).get("ceilings") or {})
+        text += f" because {moved} is now used {'more' if alone[moved][1] > alone[moved][0] else 'less'}: " + ", ".join(
+            f"{m} alone scores {pts(a)}% (was {pts(b)}%)" for m, (b, a) in alone.items()
+        )
+    ceilings = (comparison.get("bias") or {}).get("ceilings") or {}
     # A caveated ceiling bounds nothing (diagnostics/ceilings.py): it is not quoted as what a modality can tell.
-    each = ", ".join(f"{m} {pts((v.get('ceiling') or {}).get('after'))}%" for m, v in (ceilings.get("modalities") or {}).items()
-                     if (v.get("ceiling") or {}).get("after") is not None and not (v.get("caveat") or {}).get("after"))
+    each = ", ".join(
+        f"{m} {pts((v.get('ceiling') or {}).get('after'))}%"
+        for m, v in (ceilings.get("modalities") or {}).items()
+        if (v.get("ceiling") or {}).get("after") is not None and not (v.get("caveat") or {}).get("after")
+    )
     implied = (ceilings.get("implied_gap") or {}).get("after")
     if each:
         text += f"; the ceilings (what each modality can tell alone, after) are {each}"
@@ -128,8 +176,12 @@ def _gap_reason(comparison: Mapping[str, Any], word: str) -> str | None:
 def _headline_figures(comparison: Mapping[str, Any], evidence: list[_Evidence], pool: list[_Evidence]) -> list[str]:
     bias = comparison.get("bias") or {}
     carriers = {c for c in ((bias.get("carrier") or {}).get("before"), (bias.get("carrier") or {}).get("after")) if c}
-    keep = [e for e in evidence if e in pool or (e.backed and (e.what.startswith("worst-group") or
-                                                               any(e.what == f"{c} bias-follow rate" for c in carriers)))]
+    keep = [
+        e
+        for e in evidence
+        if e in pool
+        or (e.backed and (e.what.startswith("worst-group") or any(e.what == f"{c} bias-follow rate" for c in carriers)))
+    ]
     # OOD accuracy is the Full accuracy of this split, which the headline quotes anyway (as "Full (OOD) accuracy").
     return [e.figure.split(" (change")[0] for e in keep if e.what != "OOD accuracy"]
 
@@ -169,12 +221,16 @@ def _compare_parts(comparison: Mapping[str, Any]) -> tuple[str, list[str]]:
         words.append(f"{'but' if good else 'and'} the noisy-input Gap rose {pts(noisy['before'])} -> {pts(noisy['after'])}")
     headline = ", ".join(figures) + ": " + ", ".join(words) + "."
     # Capitalised, except where the sentence opens with a modality's name: that is an identifier.
-    sentences = [(e.figure if e.what.endswith("bias-follow rate") else e.figure[0].upper() + e.figure[1:]) + "." for e in evidence]
+    sentences = [
+        (e.figure if e.what.endswith("bias-follow rate") else e.figure[0].upper() + e.figure[1:]) + "." for e in evidence
+    ]
     reason = _gap_reason(comparison, word)
     if reason:
         sentences.append(reason)
     if not comparison.get("paired", True):
-        sentences.append(f"The audits do not pair ({comparison.get('unpaired_reason')}): changes are plain differences without intervals.")
+        sentences.append(
+            f"The audits do not pair ({comparison.get('unpaired_reason')}): changes are plain differences without intervals."
+        )
     return headline, sentences
 
 

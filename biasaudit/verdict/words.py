@@ -4,7 +4,8 @@ percentages, changes and intervals, all through `number`; and which sections ran
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 JSD_NAMES = {"weighted_mean": "weighted mean", "mean": "mean"}
 
