@@ -81,7 +81,8 @@ _PUBLIC = {
     "biasaudit.results.audit": ("Audit", "ConditionResult", "GapSummary", "Summary"),
     "biasaudit.results.bias": ("BiasMeasures", "Calibration", "Ceilings"),
     "biasaudit.results.analyses": ("Groups", "Shapley", "Interaction"),
-    "biasaudit.results.sections": ("Jsd", "Embeddings", "GradientConflict", "RunManifest", "Dataset"),
+    "biasaudit.results.sections": ("Jsd", "RunManifest", "Dataset"),
+    "biasaudit.results.internals": ("Embeddings", "GradientConflict"),
     "biasaudit.results.comparison": ("BiasChanges", "Change", "Comparison", "ConditionChange", "GroupChange"),
     "biasaudit.results.estimate": ("Estimate",),
     "biasaudit.results.fix_result": ("FixResult",),
@@ -117,4 +118,5 @@ if TYPE_CHECKING:  # the names as static analysis and IDEs see them
     from biasaudit.results.fix_result import FixResult
     from biasaudit.results.gate_result import GateResult, RuleFigures, RuleResult
     from biasaudit.results.leaderboard_result import LeaderboardResult, MethodResult, PooledChange, SeedRun
-    from biasaudit.results.sections import Dataset, Embeddings, GradientConflict, Jsd, RunManifest
+    from biasaudit.results.internals import Embeddings, GradientConflict
+    from biasaudit.results.sections import Dataset, Jsd, RunManifest

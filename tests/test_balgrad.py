@@ -20,7 +20,8 @@ from torch import nn
 
 from biasaudit.datasets.demo_model import DemoModel
 from biasaudit.errors import AdapterError, InputError
-from biasaudit.methods._balgrad_math import BalGradStep, LambdaSchedule, balgrad_step, kl_weights, mutual_kl, project_conflict
+from biasaudit.methods._balgrad_gradients import balgrad_step
+from biasaudit.methods._balgrad_math import BalGradStep, LambdaSchedule, kl_weights, mutual_kl, project_conflict
 from biasaudit.training.branch_heads import split_parameters
 from biasaudit.training.method_balgrad import HEAD_MODES, BalGrad
 

@@ -27,7 +27,8 @@ from biasaudit.errors import InputError
 from biasaudit.results import to_jsonable
 from biasaudit.scanning.config import ScanConfig
 from biasaudit.scanning.engine import scan_shard
-from biasaudit.scanning.parts import _decode, _encode, merge_parts, part_name, seal, write_part
+from biasaudit.scanning.part_values import from_plain as _decode, to_plain as _encode
+from biasaudit.scanning.parts import merge_parts, part_name, seal, write_part
 from biasaudit._core.sharding import Shard, parse_shard
 
 ROOT = Path(__file__).resolve().parents[1]

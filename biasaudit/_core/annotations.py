@@ -105,7 +105,7 @@ def conforms(value: Any, hint: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(conforms(v, args[0]) for v in value)
-        return len(value) == len(args) and all(conforms(v, a) for v, a in zip(value, args))
+        return len(value) == len(args) and all(conforms(v, a) for v, a in zip(value, args, strict=True))
     if isinstance(hint, type):
         return isinstance(value, hint)
     return True
@@ -119,10 +119,7 @@ def describe(hint: Any) -> str:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         arms = [arm for arm in args if arm is not type(None)]
-        if set(arms) == {str, os.PathLike}:
-            words = "a path (str or os.PathLike)"
-        else:
-            words = " or ".join(describe(arm) for arm in arms)
+        words = "a path (str or os.PathLike)" if set(arms) == {str, os.PathLike} else " or ".join(describe(arm) for arm in arms)
         return words + (" or None" if len(arms) < len(args) else "")
     if origin in (collections.abc.Mapping, dict):
         key, item = args or (Any, Any)

@@ -27,7 +27,7 @@ def exact_integers(values: np.ndarray) -> list[int]:
     mantissa, exponent = np.frexp(array)
     whole = (mantissa * float(1 << 53)).astype(np.int64)  # exact: a mantissa has 53 bits
     shifts = (exponent.astype(np.int64) - 53 + _SCALE_BITS).tolist()
-    return [m << s for m, s in zip(whole.tolist(), shifts)]
+    return [m << s for m, s in zip(whole.tolist(), shifts, strict=True)]
 
 
 class ExactSum:
@@ -40,13 +40,13 @@ class ExactSum:
         terms = exact_integers(values)
         if len(terms) != len(self.totals):
             raise ValueError(f"an exact sum of {len(self.totals)} values was given {len(terms)}")
-        self.totals = [t + v for t, v in zip(self.totals, terms)]
+        self.totals = [t + v for t, v in zip(self.totals, terms, strict=True)]
 
     def merge(self, other: ExactSum) -> None:
         self.add_integers(other.totals)
 
     def add_integers(self, totals: Sequence[int]) -> None:
-        self.totals = [t + v for t, v in zip(self.totals, totals)]
+        self.totals = [t + v for t, v in zip(self.totals, totals, strict=True)]
 
     def value(self) -> np.ndarray:
         """The sums, each rounded once to the nearest float64."""

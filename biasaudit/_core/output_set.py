@@ -28,7 +28,7 @@ import signal
 import tempfile
 import threading
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterator, Mapping
@@ -45,8 +45,10 @@ _BINARY_SUFFIXES = (".pt",)
 
 try:  # POSIX; elsewhere directories are not locked (the staging, marker and stamps still hold)
     import fcntl
+
+    _CAN_LOCK = True
 except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+    _CAN_LOCK = False
 
 
 class OutputSet:
@@ -139,7 +141,7 @@ class OutputSet:
     # --- the lock ---------------------------------------------------------------------------------------------
 
     def _lock(self) -> None:
-        if fcntl is None:
+        if not _CAN_LOCK:
             return
         path = self.out / LOCK_NAME
         while True:
@@ -170,10 +172,8 @@ class OutputSet:
             return
         # Removed while still held (also one a killed run left): a run that opened it meanwhile finds, once it holds
         # the lock, that the path no longer names its file, and starts again (_lock).
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(self.out / LOCK_NAME)
-        except FileNotFoundError:
-            pass
         os.close(self._lock_fd)
         self._lock_fd = None
 
@@ -228,8 +228,8 @@ def _run_id_of_sibling(path: Path, stamp: Mapping[str, Any]) -> str | None:
         return stamp["id"] if (stamp.get("sha256") or {}).get(path.name) == file_sha256(path) else None
     if path.suffix == ".html":
         with open(path, "rb") as handle:
-            found = _HTML_RUN.search(handle.read(8192))
-        return found.group(1).decode() if found else None
+            marked = _HTML_RUN.search(handle.read(8192))
+        return marked.group(1).decode() if marked else None
     try:
         found = stamp_of(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError):

@@ -47,7 +47,8 @@ def parse_shard(text: str) -> Shard:
         raise InputError(
             f"--shard is {text!r}: there must be at least 1 shard (N >= 1)."
             if count < 1
-            else f"--shard is {text!r}: shard index {index} is out of range for {count} shard(s); expected I from 0 to {count - 1}."
+            else f"--shard is {text!r}: shard index {index} is out of range for {count} shard(s); "
+            f"expected I from 0 to {count - 1}."
         )
     return Shard(index, count)
 

@@ -11,7 +11,7 @@ or whose automatic batching is off (batch_size=None) is read as it is: its batch
 from __future__ import annotations
 
 from typing import Any
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SubsetRandomSampler, WeightedRandomSampler
 from torch.utils.data.distributed import DistributedSampler
@@ -72,11 +72,11 @@ def rebatched(loader: DataLoader, batch_size: int) -> DataLoader:
 class DictBatches:
     """A loader's batches, each checked to be a dict (the adapter contract's batch); has len() when the loader has."""
 
-    def __init__(self, loader: Iterable[Any], split: str) -> None:
+    def __init__(self, loader: DataLoader, split: str) -> None:
         self.loader, self.split = loader, split
 
     def __len__(self) -> int:
-        return len(self.loader)  # type: ignore[arg-type]  (TypeError for an iterable dataset: the count is unknown)
+        return len(self.loader)  # TypeError for an iterable dataset: the count is unknown
 
     def __iter__(self) -> Iterator[Mapping[str, Any]]:
         for batch in self.loader:

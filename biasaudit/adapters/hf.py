@@ -72,7 +72,8 @@ def token_modality(
     if not ids:
         raise AdapterError(
             f"Tokenizer {_called(tokenizer)} puts no tokens around an empty string, so a muted text would be all padding; "
-            f"pass special_ids=(...) to token_modality({name!r}, ...): the ids your model should see for an empty text (e.g. its BOS id)."
+            f"pass special_ids=(...) to token_modality({name!r}, ...): the ids your model should see for an empty text "
+            "(e.g. its BOS id)."
         )
     side = getattr(tokenizer, "padding_side", None)
     return Modality(
@@ -122,7 +123,7 @@ def tokenizing_prepare(
 
     def prepare(batch: Mapping[str, Any], device: torch.device) -> TokenizerInputs:
         inputs = model_inputs(batch, others, device)
-        encoded = tokenizer(text=list(batch[modality.key]), **options)
+        encoded = tokenizer(text=list(batch[modality.batch_key]), **options)
         for key in named:
             if key not in encoded:
                 raise AdapterError(

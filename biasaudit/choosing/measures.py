@@ -100,19 +100,20 @@ def paired_changes(
     """Each measure's paired change method − control for one seed; InputError when the audits do not pair (they must
     be of the same split, conditions, samples and scan seed)."""
     pairing = pair_replicates(control, method)
-    if not pairing.paired:
+    if pairing.counts is None:  # not paired
         raise InputError(
             f"The control's and the method's after-audits of one seed do not pair ({pairing.reason}); a leaderboard "
             "audits every run of a seed with the same split, conditions and seed."
         )
-    before, after, count = pairing.before, pairing.after, pairing.before.replicates
+    before, after = pairing.counts
+    count = before.replicates
     c_values, m_values = measure_values(control, carrier), measure_values(method, carrier)
     derived = {"worst_group": "worst_group:full", "bias_balanced": "bias_balanced:full", "follow_rate": f"bias_follow:{carrier}"}
     out = {}
     for name in names:
         c, m = c_values[name], m_values[name]
         delta = None if c is None or m is None else m - c
-        replicates = None
+        replicates: np.ndarray | None = None
         if delta is not None:
             if name in ("full", "ood"):
                 replicates = after.accuracy("full") - before.accuracy("full")
@@ -120,9 +121,9 @@ def paired_changes(
                 b, a = group_replicates(control, before, "missing"), group_replicates(method, after, "missing")
                 replicates = (a.max(axis=0) - a.min(axis=0)) - (b.max(axis=0) - b.min(axis=0))
             else:
-                b = derived_replicates(control, derived[name], count, "control")
-                a = derived_replicates(method, derived[name], count, "method")
-                if b is not None and a is not None:
-                    replicates = (a - b) * (100.0 if name == "follow_rate" else 1.0)
+                c_reps = derived_replicates(control, derived[name], count, "control")
+                m_reps = derived_replicates(method, derived[name], count, "method")
+                if c_reps is not None and m_reps is not None:
+                    replicates = (m_reps - c_reps) * (100.0 if name == "follow_rate" else 1.0)
         out[name] = MeasuredChange(control=c, method=m, delta=delta, replicates=replicates)
     return out

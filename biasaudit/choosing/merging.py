@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from collections.abc import Sequence
 
-from biasaudit.choosing.board import write_document
+from biasaudit.choosing.document import write_document
 from biasaudit.choosing.runs import LeaderboardSettings, finished_run, run_dir
 from biasaudit.choosing.shards import SCHEMA, shard_runs
 from biasaudit.errors import InputError
@@ -34,30 +34,30 @@ def _read(path: Path, what: str) -> dict[str, Any]:
 
 def merge_leaderboard(folders: Sequence[str | os.PathLike], *, out: str | os.PathLike) -> dict[str, Any]:
     """Write leaderboard.json and leaderboard.html into `out` from the shards' folders; returns the document."""
-    folders = [Path(f) for f in folders]
-    if not folders:
+    shard_dirs = [Path(f) for f in folders]
+    if not shard_dirs:
         raise InputError(
             "merge needs the folders of a sharded leaderboard's shards (biasaudit leaderboard --shard I/N --out DIR)."
         )
-    for folder in folders:
+    for folder in shard_dirs:
         if not is_leaderboard_folder(folder):
             raise InputError(
                 f"{folder} is not a leaderboard's folder (no settings.json); name the --out folders of "
                 "`biasaudit leaderboard --shard I/N`."
             )
-    first = _read(folders[0] / "settings.json", "leaderboard settings")
-    for folder in folders[1:]:
+    first = _read(shard_dirs[0] / "settings.json", "leaderboard settings")
+    for folder in shard_dirs[1:]:
         other = _read(folder / "settings.json", "leaderboard settings")
         different = [key for key in first if first.get(key) != other.get(key)]
         if different:
             changes = "; ".join(f"{key} {first.get(key)!r} -> {other.get(key)!r}" for key in different)
             raise InputError(
-                f"{folder} holds a leaderboard with other settings than {folders[0]} ({changes}); merge the shards of "
+                f"{folder} holds a leaderboard with other settings than {shard_dirs[0]} ({changes}); merge the shards of "
                 "one leaderboard."
             )
     settings = LeaderboardSettings.from_dict(first)
     records = {}
-    for folder in dict.fromkeys(folders):
+    for folder in dict.fromkeys(shard_dirs):
         for path in sorted(folder.glob("shard-*-of-*.json")):
             record = _read(path, "a leaderboard shard's record")
             if record.get("schema") != SCHEMA or record.get("settings") != settings.fingerprint():
@@ -105,7 +105,7 @@ def merge_leaderboard(folders: Sequence[str | os.PathLike], *, out: str | os.Pat
             f"--out {target} holds another leaderboard (other settings.json); merge into a new folder or one of the "
             "shards' folders."
         )
-    _gather(target, folders[0], sources)
+    _gather(target, shard_dirs[0], sources)
     start = _read(target / "before" / f"seed-{settings.seeds[0]}.json", "the starting model's audit")
     manifests = [record["manifest"] for _, (_, record) in sorted(records.items())]
     manifest = {**manifests[0], "wall_time_s": round(sum(m.get("wall_time_s") or 0.0 for m in manifests), 3), "shards": count}

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict, cast
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -86,6 +86,12 @@ class SeedChange:
         object.__setattr__(self, "delta", _number(None if self.delta is None else float(self.delta)))
         object.__setattr__(self, "replicates", values)
 
+    @property
+    def replicate_array(self) -> np.ndarray:
+        """`replicates` as __post_init__ keeps them: a read-only float array, empty where None was given."""
+        # The field's type is the constructor's, which takes None; __post_init__ stores an array in every case.
+        return cast(np.ndarray, self.replicates)
+
 
 @dataclass(frozen=True)
 class PooledChange:
@@ -133,6 +139,17 @@ class PooledChange:
         }
 
 
+class _SeedSummary(TypedDict):
+    """The PooledChange fields that describe the seeds, whatever the pooling gives."""
+
+    seeds: tuple[int, ...]
+    seed_deltas: tuple[float | None, ...]
+    seed_intervals: tuple[tuple[float, float] | None, ...]
+    seed_spread: float | None
+    seed_min: float | None
+    seed_max: float | None
+
+
 def _check_seeds(changes: Sequence[SeedChange]) -> int:
     """The shared replicate count R; refuses no seed, a seed given twice, and seeds with different R."""
     if not changes:
@@ -143,7 +160,7 @@ def _check_seeds(changes: Sequence[SeedChange]) -> int:
     twice = sorted({s for s in seeds if seeds.count(s) > 1})
     if twice:
         raise InputError(f"Seed {twice[0]} is given twice; expected one change per training seed.")
-    counts = {c.seed: c.replicates.size for c in changes if c.replicates.size}  # a seed without replicates: no interval
+    counts = {c.seed: c.replicate_array.size for c in changes if c.replicate_array.size}  # a seed without replicates: no interval
     if len(set(counts.values())) > 1:
         detail = ", ".join(f"seed {s}: {n}" for s, n in counts.items())
         raise InputError(
@@ -164,10 +181,10 @@ def pool_change(changes: Sequence[SeedChange], *, seed: int = 0, draws: int | No
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed is {seed!r}; expected a non-negative integer.")
     deltas = tuple(c.delta for c in changes)
-    finite = [c.replicates[np.isfinite(c.replicates)] for c in changes]
+    finite = [c.replicate_array[np.isfinite(c.replicate_array)] for c in changes]
     measured = [d for d in deltas if d is not None]
     spread = float(np.std(measured, ddof=1)) if len(measured) == len(deltas) > 1 else None
-    common = dict(
+    common = _SeedSummary(
         seeds=tuple(c.seed for c in changes),
         seed_deltas=deltas,
         seed_intervals=tuple(percentile_interval(f) if f.size else None for f in finite),
@@ -185,11 +202,13 @@ def pool_change(changes: Sequence[SeedChange], *, seed: int = 0, draws: int | No
             no_interval=f"seed {unmeasured[0]} has no point estimate of this change, so it cannot be pooled",
         )
     delta = math.fsum(measured) / len(measured)  # exact sum: the point does not depend on the order of the seeds
-    empty = [c.seed for c, f in zip(changes, finite) if f.size == 0]
+    empty = [c.seed for c, f in zip(changes, finite, strict=True) if f.size == 0]
     if empty:
         lacking = next(c for c in changes if c.seed == empty[0])
         why = (
-            "kept no bootstrap replicates" if lacking.replicates.size == 0 else "has no finite bootstrap replicate of this change"
+            "kept no bootstrap replicates"
+            if lacking.replicate_array.size == 0
+            else "has no finite bootstrap replicate of this change"
         )
         return PooledChange(delta=delta, interval=None, draws=0, **common, no_interval=f"seed {empty[0]} {why}")
     rng = np.random.default_rng(int(seed))

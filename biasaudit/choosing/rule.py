@@ -184,7 +184,9 @@ def _sentence(
             f"better on {changes[m].seeds_moving(higher_is_better=BIAS_MEASURES[m][1])} of {len(changes[m].seeds)} seeds"
             for m in improved
         ]
-        text = method + " " + " and ".join(f"{_moved(m, changes[m], carrier)} ({s})" for m, s in zip(improved, seeds))
+        text = (
+            method + " " + " and ".join(f"{_moved(m, changes[m], carrier)} ({s})" for m, s in zip(improved, seeds, strict=True))
+        )
         text += _full_clause(full, non_inferior, max_full_drop, after_gain=True)
     elif one_sided:
         m = one_sided[0]
@@ -252,7 +254,7 @@ def _judge(
     improved, one_sided, worsened = [], [], []
     for m in counted:
         c, higher = changes[m], BIAS_MEASURES[m][1]
-        if not c.significant:
+        if c.interval is None or not c.significant:  # significant: an interval that excludes 0
             continue
         good = c.interval[0] > 0 if higher else c.interval[1] < 0
         if not good:
@@ -320,7 +322,10 @@ def recommend(
         best = judged[ranking[0]]
         verdict = f"Recommended: {best.method}. {best.sentence}"
         if len(ranking) > 1:
-            figure = lambda j: "n/a" if j.primary_gain is None else number(changes[j.method][key].delta, signed=True)  # noqa: E731
+
+            def figure(j: MethodJudgement) -> str:
+                return "n/a" if j.primary_gain is None else number(changes[j.method][key].delta, signed=True)
+
             others = ", ".join(f"{m} {figure(judged[m])}" for m in ranking[1:])
             verdict += (
                 f" Chosen over {', '.join(ranking[1:])}, which also pass the rule, by {primary_name}, the primary measure "

@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -237,7 +236,7 @@ def starting_audit(
     seed: int,
     *,
     device: str,
-    checkpoint: str | os.PathLike | None,
+    checkpoint: str | Path | None,
     progress: Progress | None,
     split: str | None = None,
 ) -> dict[str, Any]:
@@ -301,8 +300,9 @@ def run_one(
             also_before=also_before,
         )
         stage_audit(outcome.after, outputs, json_name="after.json", html_name=None)
-        if also_split:
-            stage_audit(outcome.also.after, outputs, json_name="also_after.json", html_name=None)
+        also = outcome.also  # the also-split's audits: there exactly when also_split names a split (fix_model)
+        if also is not None:
+            stage_audit(also.after, outputs, json_name="also_after.json", html_name=None)
         train_log = {
             "run": outputs.stamp(),
             "leaderboard": run_key(settings, method, seed),
@@ -320,7 +320,7 @@ def run_one(
         run_id = outputs.run_id
     return {
         "after": outcome.after,
-        "also_after": outcome.also.after if also_split else None,
+        "also_after": also.after if also is not None else None,
         "training": outcome.training,
         "steps": outcome.steps,
         "run_id": run_id,

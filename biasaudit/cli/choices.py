@@ -12,7 +12,7 @@ tuple below equals its registry, in order, so a mode added there fails the tests
 from __future__ import annotations
 
 from enum import Enum, StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 from collections.abc import Iterable
 
 from biasaudit.api._names import FIX_METHODS
@@ -32,20 +32,38 @@ WEIGHT_MODES = ("batch", "running")  # biasaudit.training.method_balgrad.WEIGHT_
 
 
 def _choices(name: str, values: Iterable[str]) -> type[StrEnum]:
+    # The functional Enum API returns the base class's type to mypy, which cannot know the members named at run time
+    # [return-value].
     return StrEnum(name, {value: value for value in values})  # type: ignore[return-value]
 
 
-Projection = _choices("Projection", PROJECTIONS)
-Precision = _choices("Precision", PRECISIONS)
-GroupBy = _choices("GroupBy", GROUPINGS)
-Method = _choices("Method", METHODS)
-Optimizer = _choices("Optimizer", OPTIMIZERS)
-BiasSource = _choices("BiasSource", BIAS_SOURCES)
-Schedule = _choices("Schedule", SCHEDULES)
-KLMode = _choices("KLMode", KL_MODES)
-BalGradProjection = _choices("BalGradProjection", BALGRAD_PROJECTIONS)
-HeadMode = _choices("HeadMode", HEAD_MODES)
-WeightMode = _choices("WeightMode", WEIGHT_MODES)
+if TYPE_CHECKING:
+    # Built at run time from the tuples above, which mypy cannot follow: a class made by a call is no type to it
+    # [valid-type]. Each choice's members are str (StrEnum), and a command's default is the plain string, so the options
+    # are typed as str.
+    Projection: TypeAlias = str
+    Precision: TypeAlias = str
+    GroupBy: TypeAlias = str
+    Method: TypeAlias = str
+    Optimizer: TypeAlias = str
+    BiasSource: TypeAlias = str
+    Schedule: TypeAlias = str
+    KLMode: TypeAlias = str
+    BalGradProjection: TypeAlias = str
+    HeadMode: TypeAlias = str
+    WeightMode: TypeAlias = str
+else:
+    Projection = _choices("Projection", PROJECTIONS)
+    Precision = _choices("Precision", PRECISIONS)
+    GroupBy = _choices("GroupBy", GROUPINGS)
+    Method = _choices("Method", METHODS)
+    Optimizer = _choices("Optimizer", OPTIMIZERS)
+    BiasSource = _choices("BiasSource", BIAS_SOURCES)
+    Schedule = _choices("Schedule", SCHEDULES)
+    KLMode = _choices("KLMode", KL_MODES)
+    BalGradProjection = _choices("BalGradProjection", BALGRAD_PROJECTIONS)
+    HeadMode = _choices("HeadMode", HEAD_MODES)
+    WeightMode = _choices("WeightMode", WEIGHT_MODES)
 
 
 def plain(value: Any) -> Any:

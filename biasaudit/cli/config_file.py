@@ -93,7 +93,8 @@ def _checked(tables: Mapping[str, Any], path: Path, prefix: str) -> dict[str, di
         for key, value in values.items():
             if key not in keys:
                 raise InputError(f"Config file {path}: [{prefix}{name}] has no setting {key!r}. Available: {', '.join(keys)}.")
-            wanted = keys[key] if isinstance(keys[key], tuple) else (keys[key],)
+            expected = keys[key]
+            wanted = expected if isinstance(expected, tuple) else (expected,)
             # TOML's true is a Python bool, which is also an int: accept it only where a bool is wanted.
             if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
                 raise InputError(

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from biasaudit.errors import BiasAuditError
@@ -92,13 +92,15 @@ def progress_bars() -> Iterator:
         TextColumn("{task.fields[status]}"),
     )
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bars:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def update(stage: str, done: int, total: int | None, status: str | None = None) -> None:
             if stage not in tasks:
                 tasks[stage] = bars.add_task(stage, total=total, status="")
-            fields = {} if status is None else {"status": status}
-            bars.update(tasks[stage], completed=done, total=total, **fields)
+            if status is None:
+                bars.update(tasks[stage], completed=done, total=total)
+            else:
+                bars.update(tasks[stage], completed=done, total=total, status=status)
 
         yield update
 

@@ -5,52 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import typer
 from rich.markup import escape
 
+from biasaudit.cli import fix_method_options as method_opt
+from biasaudit.cli import fix_options as opt
 from biasaudit.cli.app import app
-from biasaudit.cli.choices import (
-    BalGradProjection,
-    BiasSource,
-    GroupBy,
-    HeadMode,
-    KLMode,
-    Method,
-    Optimizer,
-    Projection,
-    Schedule,
-    WeightMode,
-    plain,
-)
-from biasaudit.cli.console import ADAPTER_HELP, err, handled, out, progress_bars
+from biasaudit.cli.choices import plain
+from biasaudit.cli.console import err, handled, out, progress_bars
+from biasaudit.cli.fix_method_options import FIX_OPTION_FLAGS, parse_c_grid, parse_method_options
 from biasaudit.cli.naming import named_as
 from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, number_or_auto, parse_mute
 
 
-def _c_grid(text: str) -> tuple[float, ...]:
-    """--dfr-c-grid as numbers (DFR checks that they are positive and finite)."""
-    from biasaudit.errors import InputError
-
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise InputError(f"--dfr-c-grid is {text!r}; expected positive numbers separated by commas, e.g. 0.1,1,10.") from None
-
-
-# Method options whose flag is not --OPTION-WITH-DASHES (the library's messages name the option, e.g. "upweight is 0").
-FIX_OPTION_FLAGS = {
-    "upweight": "--jtt-upweight",
-    "fraction": "--jtt-fraction",
-    "every": "--dandr-every",
-    "max_times": "--dandr-max-times",
-    "c_grid": "--dfr-c-grid",
-    "dominant": "--bias-modality",
-    "schedule": "--lambda-schedule",
-    "weights": "--balgrad-weights",
-    "kl_mode": "--kl-mode",
-    "head_mode": "--head-mode",
-    "lambda_initial": "--lambda-initial",
-}
 # ba.fix's keywords by fix's flags: the audits' settings, the method's options and training's (the library's sentences name
 # the keyword; cli/naming.py names the flag). Where a name is both, the method's option and training's win.
 FIX_FLAGS = {
@@ -74,279 +40,62 @@ FIX_FLAGS = {
 
 @app.command()
 def fix(
-    checkpoint: Path = typer.Argument(..., help="State dict of the biased model; it is never modified."),
-    adapter: str = typer.Option(..., "--adapter", "-a", help=ADAPTER_HELP, rich_help_panel="Model and data"),
-    method: Method = typer.Option(
-        "mmdb",
-        help="ce (plain fine-tuning, the control), mmdb, balgrad, ogm_ge, mmpareto, groupdro, jtt, dandr or dfr "
-        "(post hoc: refits the final linear layer, no training epochs; the training options are ignored).",
-        rich_help_panel="Training",
-    ),
-    out_dir: Path = typer.Option(
-        Path("biasaudit-fix"),
-        "--out",
-        "-o",
-        help="Directory for model.pt, before/after audits, compare.json, train_log.json.",
-        rich_help_panel="Model and data",
-    ),
-    epochs: int = typer.Option(20, help="Training epochs.", rich_help_panel="Training"),
-    lr: float = typer.Option(3e-3, help="Learning rate.", rich_help_panel="Training"),
-    optimizer: Optimizer = typer.Option("adam", help="adam, adamw (decoupled weight decay) or sgd.", rich_help_panel="Training"),
-    weight_decay: float = typer.Option(
-        0.0, "--weight-decay", help="Weight decay (adam: L2 term; adamw: decoupled; sgd: L2 term).", rich_help_panel="Training"
-    ),
-    momentum: float = typer.Option(0.0, help="SGD momentum (--optimizer sgd only).", rich_help_panel="Training"),
-    batch_size: int = typer.Option(64, help="Training batch size.", rich_help_panel="Training"),
-    seed: int = typer.Option(0, help="Seed of shuffling, training and both audits.", rich_help_panel="Model and data"),
-    device: str = typer.Option("cpu", help="Torch device.", rich_help_panel="Model and data"),
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue an interrupted run from OUT/state/last.pt.", rich_help_panel="Training"
-    ),
-    split: str = typer.Option("test", help="Split audited before and after.", rich_help_panel="Audits (before and after)"),
-    conditions: str = typer.Option(
-        "default", help="Conditions of both audits (see scan).", rich_help_panel="Audits (before and after)"
-    ),
-    also_split: str = typer.Option(
-        "auto",
-        "--also-split",
-        help="A second split audited before and after the same way, its Full accuracy "
-        "change in the verdict: auto (test, when --split is out of distribution), a split name, or none.",
-        rich_help_panel="Audits (before and after)",
-    ),
-    from_scratch: bool = typer.Option(
-        False,
-        "--from-scratch",
-        help="Train from the adapter's build_model() initial weights (seeded by "
-        "--seed), the papers' protocol, instead of fine-tuning the checkpoint; the before-audit is then the "
-        "starting checkpoint's.",
-        rich_help_panel="Training",
-    ),
-    before: Path | None = typer.Option(
-        None,
-        "--before",
-        help="Reuse an existing audit of this checkpoint, taken with the same scan settings.",
-        rich_help_panel="Audits (before and after)",
-    ),
-    mute: list[str] = typer.Option(
-        [],
-        "--mute",
-        help="Both audits: what 'missing' means for a modality, e.g. image=mean (see scan).",
-        rich_help_panel="Audits (before and after)",
-    ),
-    mute_compare: bool = typer.Option(
-        False,
-        "--mute-compare",
-        help="Both audits: also measure each modality's other muting choice.",
-        rich_help_panel="Audits (before and after)",
-    ),
-    bootstrap: int = typer.Option(
-        1000, "--bootstrap", min=10, help="Both audits: bootstrap replicates.", rich_help_panel="Audits (before and after)"
-    ),
-    min_wrong: int = typer.Option(
-        30,
-        "--min-wrong",
-        min=1,
-        help="Both audits: mistakes per bias value for the unweighted JSD mean.",
-        rich_help_panel="Audits (before and after)",
-    ),
-    embedding_points: int = typer.Option(
-        5000,
-        "--embedding-points",
-        min=10,
-        help="Both audits: points kept for the embedding plots.",
-        rich_help_panel="Audits (before and after)",
-    ),
-    gradient_batches: int = typer.Option(
-        8,
-        "--gradient-batches",
-        min=1,
-        help="Both audits: batches sampled for gradient conflict.",
-        rich_help_panel="Audits (before and after)",
-    ),
-    scan_batch_size: int = typer.Option(
-        256,
-        "--scan-batch-size",
-        min=1,
-        help="Both audits: samples per batch (training uses --batch-size).",
-        rich_help_panel="Audits (before and after)",
-    ),
-    scan_projection: Projection = typer.Option(
-        "umap",
-        "--scan-projection",
-        help="Both audits: 2-D projection of the embeddings, umap or pca (--projection is BalGrad's).",
-        rich_help_panel="Audits (before and after)",
-    ),
-    audit_min_group: int = typer.Option(
-        10,
-        "--audit-min-group",
-        min=1,
-        help="Both audits: smallest group in worst-group accuracy (scan's --min-group; --min-group is MMDB's).",
-        rich_help_panel="Audits (before and after)",
-    ),
-    group_by: GroupBy = typer.Option(
-        "auto", "--group-by", help="Both audits: auto, bias or alignment (see scan).", rich_help_panel="Audits (before and after)"
-    ),
-    ceiling_per_class: int = typer.Option(
-        50,
-        "--ceiling-per-class",
-        min=1,
-        help="Both audits: samples per class of the ceiling probes (val, else train).",
-        rich_help_panel="Audits (before and after)",
-    ),
-    draws: int = typer.Option(
-        1,
-        "--draws",
-        min=1,
-        help="Both audits: independent draws of every random condition (see scan).",
-        rich_help_panel="Audits (before and after)",
-    ),
-    favoured_fraction: float = typer.Option(
-        0.5,
-        "--favoured-fraction",
-        min=0.0,
-        max=1.0,
-        help="Both audits: the favoured-class fraction (see scan).",
-        rich_help_panel="Audits (before and after)",
-    ),
-    trust_checkpoint: bool = typer.Option(
-        False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"
-    ),
-    scale: str = typer.Option(
-        "auto",
-        help="MMDB: the cosine scale s, or auto (grid 1..32 by bias-balanced validation accuracy).",
-        rich_help_panel="MMDB",
-    ),
-    min_group: int = typer.Option(
-        1,
-        "--min-group",
-        min=1,
-        help="An auto option (--scale, --alpha, --gamma, --eta, --jtt-upweight): smallest (label, bias) group counted in the bias-balanced validation accuracy.",
-        rich_help_panel="MMDB",
-    ),
-    bias_source: BiasSource = typer.Option(
-        "auto",
-        "--bias",
-        help="MMDB, Group DRO, DFR: where the bias values come from: key (the adapter's bias_key), "
-        "kmeans (k-means on the branch of the modality the model leans on; methods.md section 3) or auto "
-        "(key when the adapter declares one).",
-        rich_help_panel="MMDB",
-    ),
-    bias_modality: str | None = typer.Option(
-        None,
-        "--bias-modality",
-        help="MMDB, Group DRO, DFR with k-means bias: the modality whose branch is "
-        "clustered (default: the before audit's carrier, else its dominant one).",
-        rich_help_panel="MMDB",
-    ),
-    kmeans_k: int = typer.Option(
-        16,
-        "--kmeans-k",
-        min=2,
-        help="Clusters of the k-means bias discovery (MMDB without a bias key, and both audits' JSD).",
-        rich_help_panel="Audits (before and after)",
-    ),
-    min_count: int = typer.Option(
-        0, "--min-count", help="MMDB: ignore labels with fewer samples under a bias value.", rich_help_panel="MMDB"
-    ),
-    entropy_gate: float | None = typer.Option(
-        None,
-        "--entropy-gate",
-        help="MMDB: zero the margins of bias values with label entropy >= this (bits).",
-        rich_help_panel="MMDB",
-    ),
-    lambda_initial: float = typer.Option(
-        0.1, "--lambda-initial", help="BalGrad: initial mutual-learning weight λ_0 (0..1).", rich_help_panel="BalGrad"
-    ),
-    lambda_schedule: Schedule = typer.Option(
-        "linear", "--lambda-schedule", help="BalGrad: linear (λ_0 rising to 1) or constant (λ_0).", rich_help_panel="BalGrad"
-    ),
-    beta: float = typer.Option(1.0, help="BalGrad: weight of the unimodal losses on the branches.", rich_help_panel="BalGrad"),
-    kl_mode: KLMode = typer.Option("mutual", "--kl-mode", help="BalGrad: mutual or undirected.", rich_help_panel="BalGrad"),
-    projection: BalGradProjection = typer.Option(
-        "global", help="BalGrad: global or per_modality projection.", rich_help_panel="BalGrad"
-    ),
-    head_mode: HeadMode | None = typer.Option(
-        None,
-        "--head-mode",
-        help="BalGrad, OGM-GE, MMPareto unimodal heads: shared_zero (the model with the "
-        "other branch zeroed), ogm_split (classifier weight slices, half the bias) or separate (new "
-        "training-only linear heads). Default: shared_zero for balgrad, ogm_split for ogm_ge, separate "
-        "for mmpareto.",
-        rich_help_panel="BalGrad, OGM-GE, MMPareto",
-    ),
-    alpha: str = typer.Option(
-        "0.3",
-        "--alpha",
-        help="OGM-GE: α of the coefficient k = 1 − tanh(α·ρ) on the dominant branch's gradients "
-        "(reference range 0.1-0.8), or auto (0.1, 0.3, 0.8 by bias-balanced validation accuracy).",
-        rich_help_panel="OGM-GE",
-    ),
-    ge: bool = typer.Option(
-        True,
-        "--ge/--no-ge",
-        help="OGM-GE: add the generalisation-enhancement noise N(0, std(g)²) to the modulated gradients.",
-        rich_help_panel="OGM-GE",
-    ),
-    gamma: str = typer.Option(
-        "1.5",
-        "--gamma",
-        help="MMPareto: γ, the factor on every branch's integrated gradient, or auto (1, 1.5, 2 "
-        "by bias-balanced validation accuracy).",
-        rich_help_panel="MMPareto",
-    ),
-    eta: str = typer.Option(
-        "0.01",
-        "--eta",
-        help="Group DRO: step size of the group weights q (q_g <- q_g exp(eta L_g)), or auto "
-        "(0.001, 0.01, 0.1 by bias-balanced validation accuracy); groups are (label, bias value), the bias value "
-        "as --bias says.",
-        rich_help_panel="Group DRO",
-    ),
-    jtt_upweight: str = typer.Option(
-        "10",
-        "--jtt-upweight",
-        help="JTT: loss weight λ of stage 1's misclassified training samples in "
-        "stage 2, or auto (5, 10, 20 by bias-balanced validation accuracy).",
-        rich_help_panel="JTT",
-    ),
-    jtt_fraction: float = typer.Option(
-        0.5,
-        "--jtt-fraction",
-        help="JTT: fraction of --epochs spent on stage 1 (plain ERM); stage 2 restarts from the starting weights for the rest.",
-        rich_help_panel="JTT",
-    ),
-    dandr_every: int | None = typer.Option(
-        None,
-        "--dandr-every",
-        help="D&R: re-initialise after every this many epochs (default: "
-        "epochs // (max-times + 1), e.g. 5 of 20; the paper's 20 suits 100+ epochs).",
-        rich_help_panel="D&R",
-    ),
-    dandr_max_times: int = typer.Option(
-        3, "--dandr-max-times", help="D&R: at most this many re-initialisations.", rich_help_panel="D&R"
-    ),
-    dfr_c_grid: str = typer.Option(
-        "0.1,0.3,1,3,10",
-        "--dfr-c-grid",
-        help="DFR: candidate inverse L2 strengths C, comma-separated, chosen "
-        "by worst-group accuracy on half of val (else a seeded 20% of train).",
-        rich_help_panel="DFR",
-    ),
-    option: list[str] = typer.Option(
-        [],
-        "--option",
-        metavar="NAME=VALUE",
-        help="Any option of the method, as ba.fix's options= "
-        "takes it (a number, true/false, none, auto or a word); repeatable; overrides the method's "
-        "own flags. The route for a method added to the registry without flags of its own.",
-        rich_help_panel="Training",
-    ),
-    balgrad_weights: WeightMode = typer.Option(
-        "batch",
-        "--balgrad-weights",
-        help="BalGrad KL weights: batch (this batch's unimodal losses) or running (their moving averages, momentum 0.9).",
-        rich_help_panel="BalGrad",
-    ),
+    checkpoint: opt.Checkpoint,
+    adapter: opt.Adapter,
+    method: opt.Method = "mmdb",
+    out_dir: opt.OutDir = Path("biasaudit-fix"),
+    epochs: opt.Epochs = 20,
+    lr: opt.LearningRate = 3e-3,
+    optimizer: opt.Optimizer = "adam",
+    weight_decay: opt.WeightDecay = 0.0,
+    momentum: opt.Momentum = 0.0,
+    batch_size: opt.BatchSize = 64,
+    seed: opt.Seed = 0,
+    device: opt.Device = "cpu",
+    resume: opt.Resume = False,
+    split: opt.Split = "test",
+    conditions: opt.Conditions = "default",
+    also_split: opt.AlsoSplit = "auto",
+    from_scratch: opt.FromScratch = False,
+    before: opt.Before = None,
+    mute: list[str] = opt.MUTE,
+    mute_compare: opt.MuteCompare = False,
+    bootstrap: opt.Bootstrap = 1000,
+    min_wrong: opt.MinWrong = 30,
+    embedding_points: opt.EmbeddingPoints = 5000,
+    gradient_batches: opt.GradientBatches = 8,
+    scan_batch_size: opt.ScanBatchSize = 256,
+    scan_projection: opt.ScanProjection = "umap",
+    audit_min_group: opt.AuditMinGroup = 10,
+    group_by: opt.GroupBy = "auto",
+    ceiling_per_class: opt.CeilingPerClass = 50,
+    draws: opt.Draws = 1,
+    favoured_fraction: opt.FavouredFraction = 0.5,
+    trust_checkpoint: opt.TrustCheckpoint = False,
+    scale: method_opt.Scale = "auto",
+    min_group: method_opt.MinGroup = 1,
+    bias_source: method_opt.BiasSource = "auto",
+    bias_modality: method_opt.BiasModality = None,
+    kmeans_k: opt.KmeansK = 16,
+    min_count: method_opt.MinCount = 0,
+    entropy_gate: method_opt.EntropyGate = None,
+    lambda_initial: method_opt.LambdaInitial = 0.1,
+    lambda_schedule: method_opt.LambdaSchedule = "linear",
+    beta: method_opt.Beta = 1.0,
+    kl_mode: method_opt.KlMode = "mutual",
+    projection: method_opt.Projection = "global",
+    head_mode: method_opt.HeadMode = None,
+    alpha: method_opt.Alpha = "0.3",
+    ge: method_opt.Ge = True,
+    gamma: method_opt.Gamma = "1.5",
+    eta: method_opt.Eta = "0.01",
+    jtt_upweight: method_opt.JttUpweight = "10",
+    jtt_fraction: method_opt.JttFraction = 0.5,
+    dandr_every: method_opt.DandrEvery = None,
+    dandr_max_times: method_opt.DandrMaxTimes = 3,
+    dfr_c_grid: method_opt.DfrCGrid = "0.1,0.3,1,3,10",
+    option: list[str] = opt.OPTION,
+    balgrad_weights: method_opt.BalgradWeights = "batch",
 ) -> None:
     """Retrain to reduce modality bias; write a drop-in state dict and before/after audits."""
     import biasaudit as ba
@@ -384,8 +133,9 @@ def fix(
         )
     )
     with handled(interrupted):
-        # Parsed inside handled(): a bad --scale is a one-sentence exit 2 like every other option.
-        options = {
+        # Parsed inside handled(): a bad --scale is a one-sentence exit 2 like every other option. Any: each method's
+        # options are numbers, words, flags and None (ba.fix's options= is a Mapping[str, Any]).
+        options: dict[str, dict[str, Any]] = {
             "ce": {},
             "mmdb": {
                 "scale": _scale(scale),
@@ -408,13 +158,13 @@ def fix(
             "groupdro": {"eta": number_or_auto(eta, "--eta"), "bias": bias_source, "dominant": bias_modality},
             "jtt": {"upweight": number_or_auto(jtt_upweight, "--jtt-upweight"), "fraction": jtt_fraction},
             "dandr": {"every": dandr_every, "max_times": dandr_max_times},
-            "dfr": {"c_grid": _c_grid(dfr_c_grid), "bias": bias_source, "dominant": bias_modality},
+            "dfr": {"c_grid": parse_c_grid(dfr_c_grid), "bias": bias_source, "dominant": bias_modality},
         }
         options = {
             name: {k: v for k, v in given.items() if not (k == "head_mode" and v is None)}  # None: the method's default
             for name, given in options.items()
         }
-        options[method] = {**options.get(method, {}), **_method_options(option)}
+        options[method] = {**options.get(method, {}), **parse_method_options(option)}
         # A method or training option the library refuses is named as the user typed it (the library names the option).
         named = [*options[method], "epochs", "lr", "batch_size", "optimizer", "weight_decay", "momentum", "kmeans_k"]
         with named_as({**{key: f"--{key.replace('_', '-')}" for key in named}, **FIX_FLAGS}), progress_bars() as progress:
@@ -460,12 +210,12 @@ def fix(
         selection = training.get("option_selection")
         if selection:
             name = selection["option"]
-            scores = ", ".join(f"{name}={s:g}: {v:.1f}" for s, v in zip(selection["grid"], selection["scores"].values()))
+            # The grid is the scores' keys (biasaudit.training.selection): one score per candidate.
+            pairs = zip(selection["grid"], selection["scores"].values(), strict=True)
+            scores = ", ".join(f"{name}={s:g}: {v:.1f}" for s, v in pairs)
             criterion = selection["criterion"].split(" (")[0]
-            err.print(
-                f"{method} {name} auto chose {name}={selection['chosen']:g} ({criterion} on {selection['validated_on']}: {scores})",
-                markup=False,
-            )
+            chosen = f"{name}={selection['chosen']:g}"
+            err.print(f"{method} {name} auto chose {chosen} ({criterion} on {selection['validated_on']}: {scores})", markup=False)
         warning = training["settings"].get("scale_warning")
         if warning:
             err.print(f"[yellow]note:[/] {escape(warning)}")
@@ -477,25 +227,3 @@ def fix(
         if result.also is not None:
             names += ["also_before.json", "also_after.json", "also_compare.json"]
         out.print("\n".join(str(out_dir / name) for name in names))
-
-
-def _method_options(given: list[str]) -> dict[str, Any]:
-    """--option NAME=VALUE pairs as ba.fix's options: numbers, true/false and none as Python values, words as str."""
-    from biasaudit.errors import InputError
-
-    words = {"true": True, "false": False, "none": None}
-    options: dict[str, Any] = {}
-    for pair in given:
-        name, sign, text = pair.partition("=")
-        if not sign or not name.strip().isidentifier():
-            raise InputError(f"--option is {pair!r}; expected NAME=VALUE, e.g. --option alpha=0.5.")
-        value: Any = words.get(text.strip().lower(), text.strip())
-        if isinstance(value, str):
-            for number in (int, float):
-                try:
-                    value = number(value)
-                    break
-                except ValueError:
-                    pass
-        options[name.strip()] = value
-    return options

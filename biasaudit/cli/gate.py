@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -25,8 +24,8 @@ def rule_help(name: str) -> str:
     table = rule.key is not None  # a limit per key, repeatable; else one number
     text = f"{rule.limits.form}: {rule.description}" if table else rule.description
     return (
-        f"{text} E.g. {rule.limits.example}{'; repeatable' if table else ''}. {'Needs --baseline. ' if rule.needs_baseline else ''}"
-        f"A {rule.kind} rule."
+        f"{text} E.g. {rule.limits.example}{'; repeatable' if table else ''}. "
+        f"{'Needs --baseline. ' if rule.needs_baseline else ''}A {rule.kind} rule."
     )
 
 
@@ -41,7 +40,7 @@ def rule_parameter(name: str) -> inspect.Parameter:
     rule = RULES[name]
     if rule.key is None:  # one number
         option = typer.Option(None, rule.flag, help=rule_help(name), rich_help_panel=PANELS[rule.kind])
-        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=Optional[float])
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=float | None)
     unit = rule.limits.form.rsplit("=", 1)[-1]
     metavar = f"{rule.key.upper()}={unit}" if rule.target is None else f"[{rule.key.upper()}=]{unit}"
     option = typer.Option([], rule.flag, metavar=metavar, help=rule_help(name), rich_help_panel=PANELS[rule.kind])
@@ -134,7 +133,9 @@ def gate(
 
 # typer reads the command's options from its signature and passes them all by keyword: the rules' go into **limits.
 _fixed = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(inspect.signature(gate).parameters.values())[:-1]]
-gate.__signature__ = inspect.Signature([*_fixed[:3], *(rule_parameter(name) for name in RULES), *_fixed[3:]])  # type: ignore[attr-defined]
+_rules = [rule_parameter(name) for name in RULES]
+# inspect.signature reads __signature__, an attribute a function type does not declare [attr-defined].
+gate.__signature__ = inspect.Signature([*_fixed[:3], *_rules, *_fixed[3:]])  # type: ignore[attr-defined]
 app.command()(gate)
 
 STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "ERROR": "bold magenta"}

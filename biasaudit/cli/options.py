@@ -48,7 +48,7 @@ def _scale(text: str) -> float | str:
     from biasaudit.errors import InputError
 
     value = number_or_auto(text, "--scale")
-    if value != "auto" and not 0 < value < float("inf"):
+    if isinstance(value, float) and not 0 < value < float("inf"):  # else "auto"
         raise InputError(f"--scale {text} must be a positive, finite number.")
     return value
 

@@ -80,7 +80,8 @@ def scan(
     mute_compare: bool = typer.Option(
         False,
         "--mute-compare",
-        help="Also measure each modality's other muting choice (image: black and mid-grey) and say which modality each makes dominant.",
+        help="Also measure each modality's other muting choice (image: black and mid-grey) "
+        "and say which modality each makes dominant.",
         rich_help_panel="Conditions",
     ),
     min_group: int = typer.Option(
@@ -118,7 +119,8 @@ def scan(
         50,
         "--ceiling-per-class",
         min=1,
-        help="Samples per class the ceilings' linear probes are fitted on (seeded; from val when the adapter has it, else train).",
+        help="Samples per class the ceilings' linear probes are fitted on "
+        "(seeded; from val when the adapter has it, else train).",
         rich_help_panel="Diagnostics",
     ),
     unimodal: list[str] = typer.Option(
@@ -162,7 +164,8 @@ def scan(
         v, sources = resolve(given, explicit_options(ctx), settings, "scan")
         if shard_spec is not None and under_torchrun():  # every process refuses alone, before any waits for the others
             raise InputError(
-                "--shard splits a scan into parts for a job array; under torchrun the processes already split it. Use one or the other."
+                "--shard splits a scan into parts for a job array; under torchrun the processes already split it. "
+                "Use one or the other."
             )
         flags = {param.name: param.opts[0] for param in ctx.command.params}
         # ba.scan's keywords by the flags that set them (and where each value came from, for a settings file's key).
@@ -180,7 +183,7 @@ def scan(
             raise InputError("--adapter is required: give it on the command line or as adapter in the config file's scan table.")
         with named_as(spelling, keyword_sources):
             mute_pairs = parse_mute(v["mute"])
-            unimodal = parse_unimodal(v["unimodal"])
+            unimodal_models = parse_unimodal(v["unimodal"])
         keywords = dict(
             split=v["split"],
             conditions=v["conditions"],
@@ -201,7 +204,7 @@ def scan(
             precision=v["precision"],
             favoured_fraction=v["favoured_fraction"],
             draws=v["draws"],
-            unimodal_models=unimodal,
+            unimodal_models=unimodal_models,
             trust_checkpoint=trust_checkpoint,
             provenance={"config_file": str(settings.path) if settings.path else None, "sources": sources},
         )
@@ -218,7 +221,9 @@ def scan(
             return
         rank = 0
         if under_torchrun():  # the processes split the scan; each checks that all were started alike (cli/torchrun.py)
-            rank, keywords["device"] = torchrun_rank(held, v, flags=flags, checkpoint=checkpoint, unimodal=unimodal, out=out_dir)
+            rank, keywords["device"] = torchrun_rank(
+                held, v, flags=flags, checkpoint=checkpoint, unimodal=unimodal_models, out=out_dir
+            )
         with progress_bars() if rank == 0 else nullcontext(None) as progress, named_as(spelling, keyword_sources):
             audit = ba.scan(checkpoint, v["adapter"], out=out_dir, progress=progress, distributed=under_torchrun(), **keywords)
         if rank != 0:

@@ -52,6 +52,9 @@ class Adapter:
     # data() must not run beside prepare() and forward(): it shares an object that is not thread-safe with them (a
     # Hugging Face fast tokenizer used in both), or it hands out one buffer that it refills for every batch.
     read_ahead: bool = True
+    # Set only on a copy that reads the same data as the adapter it copies (scanning.config.with_mute_overrides): the
+    # split reads are shared with that adapter's (data.batches.read_split_labels). Declared here, never set by default.
+    reads_as: Adapter
 
     # ---- required -----------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -174,7 +177,8 @@ def validate_adapter(adapter: Any, *, source: str) -> Adapter:
     modalities = list(getattr(adapter, "modalities", ()) or ())
     if len(modalities) < 2:
         raise AdapterError(
-            f"Adapter {source} declares {len(modalities)} modalities; expected at least two Modality(...) entries in `modalities`."
+            f"Adapter {source} declares {len(modalities)} modalities; "
+            "expected at least two Modality(...) entries in `modalities`."
         )
     for modality in modalities:
         if not isinstance(modality, Modality):

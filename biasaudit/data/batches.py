@@ -23,7 +23,8 @@ def int_column(batch: Mapping[str, Any], key: str, *, what: str, split: str) -> 
     array = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     if array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
         raise DataError(
-            f"The {what} values {key!r} of split {split!r} must be a 1-D integer tensor; got dtype {array.dtype} and shape {array.shape}."
+            f"The {what} values {key!r} of split {split!r} must be a 1-D integer tensor; "
+            f"got dtype {array.dtype} and shape {array.shape}."
         )
     return array.astype(np.int64)
 
@@ -44,9 +45,10 @@ def check_raw_inputs(batch: Mapping[str, Any], adapter: Adapter, *, split: str) 
         for key in (modality.key, modality.mask_key):
             if key is not None and key not in batch:
                 raise DataError(
-                    f"Batches of split {split!r} have no key {key!r}, which modality {modality.name!r} declares; keys present: {', '.join(map(str, batch))}."
+                    f"Batches of split {split!r} have no key {key!r}, which modality {modality.name!r} declares; "
+                    f"keys present: {', '.join(map(str, batch))}."
                 )
-        raw = batch[modality.key]
+        raw = batch[modality.batch_key]
         if modality.kind == "text" and not (isinstance(raw, (list, tuple)) and all(isinstance(t, str) for t in raw)):
             raise DataError(
                 f"Text modality {modality.name!r} of split {split!r} is a {type(raw).__name__} under key {modality.key!r}; "
@@ -64,18 +66,21 @@ def check_raw_inputs(batch: Mapping[str, Any], adapter: Adapter, *, split: str) 
             )
         if modality.kind != "image":
             continue
-        pixels = batch[modality.key]
+        pixels = batch[modality.batch_key]
         if not isinstance(pixels, torch.Tensor) or pixels.ndim not in (3, 4) or (pixels.ndim == 4 and pixels.shape[1] > 4):
             shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
             raise DataError(
-                f"Image modality {modality.name!r} of split {split!r} has raw input of shape {shape}; expected a tensor [B, H, W] or channels-first [B, C, H, W] with C <= 4."
+                f"Image modality {modality.name!r} of split {split!r} has raw input of shape {shape}; "
+                "expected a tensor [B, H, W] or channels-first [B, C, H, W] with C <= 4."
             )
         low, high = modality.value_range
         if pixels.numel():
             found_low, found_high = float(pixels.min()), float(pixels.max())
             if found_low < low - 1e-6 or found_high > high + 1e-6:
                 raise DataError(
-                    f"Image modality {modality.name!r} of split {split!r} has raw pixels from {found_low:g} to {found_high:g}, outside its value_range {modality.value_range}; declare value_range=(low, high) to match the raw pixels."
+                    f"Image modality {modality.name!r} of split {split!r} has raw pixels from {found_low:g} to "
+                    f"{found_high:g}, outside its value_range {modality.value_range}; declare value_range=(low, high) "
+                    "to match the raw pixels."
                 )
 
 
@@ -168,6 +173,8 @@ def labels_and_bias(
 
 
 def bias_values(batch: Mapping[str, Any], adapter: Adapter, *, split: str) -> np.ndarray:
+    if adapter.bias_key is None:  # a caller bug: bias values are read only from an adapter that declares their key
+        raise ValueError("bias values were read from an adapter that declares no bias_key")
     values = int_column(batch, adapter.bias_key, what="bias", split=split)
     if values.size and values.min() < 0:
         raise DataError(

@@ -62,9 +62,8 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[
             ) from exc
         raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file: {exc}.") from exc
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(
-            f"Checkpoint {path} is not a readable PyTorch file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'})."
-        ) from exc
+        detail = str(exc).splitlines()[0] if str(exc) else "no detail"
+        raise CheckpointError(f"Checkpoint {path} is not a readable PyTorch file ({type(exc).__name__}: {detail}).") from exc
     if isinstance(obj, nn.Module):
         return obj.state_dict()
     if isinstance(obj, Mapping):
@@ -75,7 +74,8 @@ def read_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> Mapping[
         if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
     raise CheckpointError(
-        f"Checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors; expected torch.save(model.state_dict(), ...)."
+        f"Checkpoint {path} holds a {type(obj).__name__}, not a state dict of tensors; "
+        "expected torch.save(model.state_dict(), ...)."
     )
 
 
@@ -119,9 +119,9 @@ def find_wrapper_prefix(expected: set[str], state: Mapping[str, Any]) -> str | N
     they are or no such stack exists (then the load reports the mismatch with the keys as they are in the file)."""
     if set(state) == expected:
         return None
-    frontier = [("", state)]
+    frontier: list[tuple[str, Mapping[str, Any]]] = [("", state)]
     for _ in range(_MAX_STACKED):
-        following = []
+        following: list[tuple[str, Mapping[str, Any]]] = []
         for removed, current in frontier:
             for prefix in KNOWN_PREFIXES:
                 stripped = strip_prefix(current, prefix)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from typing import Any
+from typing import Any, cast
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -65,7 +65,7 @@ _SPREAD = np.uint64(0x9E3779B97F4A7C15)  # odd: a bijection that carries every b
 def _row_constants(kind: str, width: int) -> tuple[np.ndarray, np.uint64]:
     """One odd 64-bit multiplier per word position of a row of this kind, and the row's starting word."""
     multipliers = hash64(0, "fingerprint-row:" + kind, np.arange(width, dtype=np.int64)) | np.uint64(1)
-    return multipliers, hash64(1, "fingerprint-row:" + kind, width)[()]
+    return multipliers, np.uint64(hash64(1, "fingerprint-row:" + kind, width))  # scalar keys: one word
 
 
 def row_hashes(value: Any) -> np.ndarray | None:
@@ -76,9 +76,10 @@ def row_hashes(value: Any) -> np.ndarray | None:
     Each step is a bijection, so changing one word, or moving it to another position, changes its term; f carries
     every bit, the high ones too (a float's sign and exponent), into the low half before m_j spreads them over the
     word, and g makes the terms non-linear, so that structured changes (two signs flipped, a row negated, both
-    floats of a word negated) do not cancel in the sum as they did in a plain sum_j m_j * w_j. The starting word separates rows of zeros of different types and shapes. It reads each
-    input byte once, at about 2 GB/s, which matters because a scan fingerprints every raw input it reads (an image of
-    224 x 224 x 3 floats is 600 kB; methods.md section 10)."""
+    floats of a word negated) do not cancel in the sum as they did in a plain sum_j m_j * w_j. The starting word
+    separates rows of zeros of different types and shapes. It reads each input byte once, at about 2 GB/s, which
+    matters because a scan fingerprints every raw input it reads (an image of 224 x 224 x 3 floats is 600 kB;
+    methods.md section 10)."""
     found = _rows_as_words(value)
     if found is None:
         return None
@@ -114,7 +115,8 @@ class SampleFingerprint:
         """The [lanes] sums of the hashes of (lane, index, stream, value) over a batch; `keys` are the batch's
         [lanes, B] hashes of (lane, index), made once for every stream."""
         with np.errstate(over="ignore"):
-            return np.sum(extend_hash(keys, stream_id(stream), values[None, :]), axis=1, dtype=np.uint64)
+            # A sum over axis 1 of a 2-D array is a 1-D array; numpy's stubs also allow a scalar for np.sum.
+            return cast(np.ndarray, np.sum(extend_hash(keys, stream_id(stream), values[None, :]), axis=1, dtype=np.uint64))
 
     def update(
         self, labels: np.ndarray, bias: np.ndarray | None = None, inputs: Mapping[str, Any] | None = None, *, indices: np.ndarray

@@ -92,11 +92,14 @@ class TokenizerInputs(dict):
         if dropped:
             message = (
                 f"{forward} does not take {', '.join(dropped)}, which {self.tokenizer} also returns, so tokenizing_prepare "
-                f"leaves {'it' if len(dropped) == 1 else 'them'} out (the forward takes: {takes}; keys=(...) names the outputs to pass)."
+                f"leaves {'it' if len(dropped) == 1 else 'them'} out (the forward takes: {takes}; "
+                "keys=(...) names the outputs to pass)."
             )
             if message not in self.told:
                 self.told.add(message)
-                warnings.warn(message, UserWarning)
+                # stacklevel=1 (the default): a forward runs deep inside a scan or training loop, with no caller's
+                # frame a fixed number of levels up to point at.
+                warnings.warn(message, UserWarning, stacklevel=1)
         return {key: value for key, value in self.items() if key not in dropped}
 
     def refused(self, error: TypeError) -> AdapterError | None:

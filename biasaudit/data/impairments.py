@@ -27,6 +27,8 @@ from biasaudit.data.modality import Modality
 from biasaudit.errors import ConditionError
 from biasaudit._core.randomness import SampleDraws, uniform
 
+# The dataset indices of a batch's samples, one per row: a list or a 1-D integer array.
+SampleIndices = Sequence[int] | np.ndarray
 # values, modality, severity, muted-or-affected flags, the batch's per-sample draws -> new values
 ImpairFn = Callable[[Any, Modality, float, np.ndarray, SampleDraws], Any]
 
@@ -40,14 +42,14 @@ class Impairment:
     description: str
 
 
-def muted_subset(indices: Sequence[int], *, seed: int, fraction: float) -> np.ndarray:
+def muted_subset(indices: SampleIndices, *, seed: int, fraction: float) -> np.ndarray:
     """Which samples a muting impairment of this fraction touches: u_i < fraction, u_i fixed per sample."""
     if fraction >= 1.0:
         return np.ones(len(indices), dtype=bool)
     return muted_subset_draws(indices, seed=seed) < fraction
 
 
-def muted_subset_draws(indices: Sequence[int], *, seed: int) -> np.ndarray:
+def muted_subset_draws(indices: SampleIndices, *, seed: int) -> np.ndarray:
     """The per-sample uniforms behind every muted subset: sample i is muted at fraction r when its draw is below r."""
     return uniform(seed, "missing-subset", np.asarray(indices, dtype=np.int64))
 
@@ -113,7 +115,7 @@ def _gaussian(values: torch.Tensor, modality: Modality, severity: float, chosen:
 
 # ---- raw text ----------------------------------------------------------------------------------
 def _text_empty(values: Sequence[str], modality: Modality, severity: float, chosen: np.ndarray, draws: SampleDraws) -> list[str]:
-    return ["" if c else text for text, c in zip(values, chosen)]
+    return ["" if c else text for text, c in zip(values, chosen, strict=True)]
 
 
 def _token_delete_text(
@@ -121,7 +123,7 @@ def _token_delete_text(
 ) -> list[str]:
     words = [text.split() for text in values]
     u = draws.uniform(max((len(w) for w in words), default=0))  # the k-th word of a text gets its k-th draw
-    return [" ".join(w for w, keep in zip(row, u[i, : len(row)] >= severity) if keep) for i, row in enumerate(words)]
+    return [" ".join(w for w, keep in zip(row, u[i, : len(row)] >= severity, strict=True) if keep) for i, row in enumerate(words)]
 
 
 # ---- token ids ---------------------------------------------------------------------------------
@@ -142,7 +144,7 @@ def widen_tokens(
     """The batch with the modality's ids padded to `width` columns on `side`: the ids with pad_id, the mask and every
     other integer [B, L] tensor of the same shape (e.g. token_type_ids) with 0, except the keys in `others` (the
     other modalities'). A batch already that wide is returned as is."""
-    ids = batch[modality.key]
+    ids = batch[modality.batch_key]
     extra = width - ids.shape[1]
     out = dict(batch)
     if extra <= 0:
@@ -152,7 +154,7 @@ def widen_tokens(
         if key in others or not (isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape == ids.shape):
             continue
         if key in (modality.key, modality.mask_key) or value.dtype in (torch.long, torch.int, torch.bool):
-            fill = modality.pad_id if key == modality.key else 0
+            fill = modality.token_pad_id if key == modality.key else 0
             pad = torch.full((value.shape[0], extra), fill, dtype=value.dtype, device=value.device)
             out[key] = torch.cat([pad, value] if side == "left" else [value, pad], dim=1)
     return out
@@ -185,7 +187,7 @@ def _token_ids_empty(values, modality: Modality, severity: float, chosen: np.nda
     for i in np.flatnonzero(chosen):
         # What a tokenizer gives for "": only its special tokens survive.
         keep = (mask[i] != 0) & torch.isin(ids[i], special)
-        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], keep, modality.pad_id, side)
+        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], keep, modality.token_pad_id, side)
     return new_ids, new_mask
 
 
@@ -203,7 +205,7 @@ def _token_ids_delete(values, modality: Modality, severity: float, chosen: np.nd
         drop = torch.zeros_like(present)
         drop[present] = u[i, : int(present.sum())]
         drop &= ~is_special
-        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], present & ~drop, modality.pad_id, side)
+        new_ids[i], new_mask[i] = _compact(ids[i], mask[i], present & ~drop, modality.token_pad_id, side)
     return new_ids, new_mask
 
 
@@ -256,7 +258,7 @@ def resolve_impairment(kind: str, name: str) -> Impairment:
         name = MISSING_IMPAIRMENT[kind]
     if name not in table:
         raise ConditionError(
-            f"Unknown impairment {name!r} for modality kind {kind!r}. Available: {', '.join(sorted(table) + ['missing_ratio'])}."
+            f"Unknown impairment {name!r} for modality kind {kind!r}. Available: {', '.join([*sorted(table), 'missing_ratio'])}."
         )
     return table[name]
 
@@ -267,13 +269,15 @@ def muting_impairment(modality: Modality) -> Impairment:
     name = modality.missing or MISSING_IMPAIRMENT.get(modality.kind) or (registered_mutes[0] if registered_mutes else None)
     if name is None:
         raise ConditionError(
-            f"Modality {modality.name!r} of kind {modality.kind!r} has no muting impairment; set Modality(missing=...) to a registered one."
+            f"Modality {modality.name!r} of kind {modality.kind!r} has no muting impairment; "
+            "set Modality(missing=...) to a registered one."
         )
     impairment = resolve_impairment(modality.kind, name)
     if not impairment.mutes:
         mutes = sorted(n for n, i in IMPAIRMENTS[modality.kind].items() if i.mutes)
         raise ConditionError(
-            f"Impairment {name!r} does not remove modality {modality.name!r}, so it cannot define 'missing'. Available: {', '.join(mutes)}."
+            f"Impairment {name!r} does not remove modality {modality.name!r}, so it cannot define 'missing'. "
+            f"Available: {', '.join(mutes)}."
         )
     return impairment
 
@@ -284,7 +288,8 @@ def noise_impairment(modality: Modality) -> Impairment:
     name = NOISY_IMPAIRMENT.get(modality.kind) or (registered[0] if registered else None)
     if name is None:
         raise ConditionError(
-            f"Modality {modality.name!r} of kind {modality.kind!r} has no noise impairment registered; register one or leave out 'noisy'."
+            f"Modality {modality.name!r} of kind {modality.kind!r} has no noise impairment registered; "
+            "register one or leave out 'noisy'."
         )
     return resolve_impairment(modality.kind, name)
 
@@ -301,7 +306,7 @@ def impair_batch(
     impairment: Impairment,
     severity: float,
     *,
-    indices: Sequence[int],
+    indices: SampleIndices,
     seed: int,
     tag: str,
 ) -> dict[str, Any]:
@@ -311,9 +316,11 @@ def impair_batch(
         return out
     chosen = muted_subset(indices, seed=seed, fraction=severity) if impairment.mutes else np.ones(len(indices), dtype=bool)
     draws = SampleDraws(seed, tag, np.asarray(indices, dtype=np.int64))
+    key = modality.batch_key
     if modality.kind == "tokens":
-        ids, mask = impairment.apply((batch[modality.key], batch[modality.mask_key]), modality, severity, chosen, draws)
-        out[modality.key], out[modality.mask_key] = ids, mask
+        mask_key = modality.token_mask_key
+        ids, mask = impairment.apply((batch[key], batch[mask_key]), modality, severity, chosen, draws)
+        out[key], out[mask_key] = ids, mask
     else:
-        out[modality.key] = impairment.apply(batch[modality.key], modality, severity, chosen, draws)
+        out[key] = impairment.apply(batch[key], modality, severity, chosen, draws)
     return out

@@ -1,9 +1,9 @@
 """One input of a model: its name, kind and where a batch holds it (the adapter contract's Modality).
 
-It imports nothing from the rest of the package but the errors and the argument checks, so the impairments (which act on modalities) and the adapter
-(which lists them) both depend on it and not on each other. Whether its kind has impairments registered is
-checked where an adapter enters (biasaudit.data.adapter.validate_adapter), against the registry as it is then,
-users' own kinds included.
+It imports nothing from the rest of the package but the errors and the argument checks, so the impairments (which act on
+modalities) and the adapter (which lists them) both depend on it and not on each other. Whether its kind has impairments
+registered is checked where an adapter enters (biasaudit.data.adapter.validate_adapter), against the registry as it is
+then, users' own kinds included.
 """
 
 from __future__ import annotations
@@ -58,12 +58,13 @@ class Modality:
         if self.key is None:
             object.__setattr__(self, "key", self.name)
         if self.kind == "tokens" and (self.pad_id is None or self.mask_key is None):
-            raise AdapterError(f"Token modality {self.name!r} needs pad_id and mask_key so that deleted tokens become padding.")
+            raise self._tokens_need_padding()
         if self.kind == "tokens" and not self.special_ids:
             # "Empty text" keeps what a tokenizer gives for "" (e.g. [CLS][SEP]); with no special ids the
             # row would be fully masked, which makes attention produce NaN in most transformers.
             raise AdapterError(
-                f"Token modality {self.name!r} needs special_ids (the ids a tokenizer puts around an empty string, e.g. (101, 102))."
+                f"Token modality {self.name!r} needs special_ids (the ids a tokenizer puts around an empty string, "
+                "e.g. (101, 102))."
             )
         if self.padding_side not in (None, "left", "right"):
             raise AdapterError(
@@ -74,3 +75,29 @@ class Modality:
             raise AdapterError(
                 f"Modality {self.name!r} has value_range {self.value_range}; expected (low, high) with low < high."
             )
+
+    # The fields below are Optional in the constructor; these read them where they are set: `key` always (the
+    # constructor defaults it to the name), `mask_key` and `pad_id` for a "tokens" modality (the constructor requires
+    # them).
+
+    @property
+    def batch_key(self) -> str:
+        """The key a batch holds this modality's raw input under."""
+        return self.key if self.key is not None else self.name
+
+    @property
+    def token_mask_key(self) -> str:
+        """A "tokens" modality's attention-mask key."""
+        if self.mask_key is None:
+            raise self._tokens_need_padding()
+        return self.mask_key
+
+    @property
+    def token_pad_id(self) -> int:
+        """A "tokens" modality's padding id."""
+        if self.pad_id is None:
+            raise self._tokens_need_padding()
+        return self.pad_id
+
+    def _tokens_need_padding(self) -> AdapterError:
+        return AdapterError(f"Token modality {self.name!r} needs pad_id and mask_key so that deleted tokens become padding.")

@@ -30,7 +30,7 @@ text-dominant, with OOD accuracy near 25%.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import torch
@@ -47,7 +47,7 @@ from biasaudit.datasets.digits_captions import (
     load_digits_captions,
     vocabulary,
 )
-from biasaudit.errors import DataError, InputError
+from biasaudit.errors import AdapterError, DataError, InputError
 
 VOCABULARY: tuple[str, ...] = vocabulary()
 _WORD_INDEX = {word: i for i, word in enumerate(VOCABULARY)}
@@ -57,6 +57,8 @@ TEXT_HIDDEN = 32
 EPOCHS = 20
 LEARNING_RATE = 3e-3
 BATCH_SIZE = 64
+
+_Part = TypeVar("_Part", bound=nn.Module)
 
 
 class DemoModel(nn.Module):
@@ -141,10 +143,18 @@ class DigitsCaptionsAdapter(Adapter):
         return batch["image"].to(device), bag_of_words(batch["caption"]).to(device)
 
     def classifier(self, model: nn.Module) -> nn.Linear:
-        return model.classifier
+        return _part(model, "classifier", nn.Linear)
 
     def branches(self, model: nn.Module) -> dict[str, nn.Module]:
-        return {"image": model.image_branch, "text": model.text_branch}
+        return {"image": _part(model, "image_branch", nn.Module), "text": _part(model, "text_branch", nn.Module)}
+
+
+def _part(model: nn.Module, name: str, kind: type[_Part]) -> _Part:
+    """model.<name>, checked to be a `kind`: the adapter reads a DemoModel's parts by name, from any model that has them."""
+    part = getattr(model, name)
+    if not isinstance(part, kind):
+        raise AdapterError(f"The model's {name!r} is a {type(part).__name__}; expected DemoModel's {kind.__name__}.")
+    return part
 
 
 def train_baseline(

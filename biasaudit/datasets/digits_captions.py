@@ -132,7 +132,7 @@ def load_digits_captions(
         colours = _draw_colours(
             labels[idx], rho=rho, independent=name == "ood" or (balanced_val and name == "val"), rng=colour_rng
         )
-        captions = [CAPTION_TEMPLATES[t].format(colour=COLOURS[c]) for t, c in zip(templates[idx], colours)]
+        captions = [CAPTION_TEMPLATES[t].format(colour=COLOURS[c]) for t, c in zip(templates[idx], colours, strict=True)]
         out[name] = DigitsCaptionsSplit(
             images=torch.from_numpy(pixels[idx]).to(torch.float32).unsqueeze(1),
             captions=captions,

@@ -108,7 +108,8 @@ class BootstrapCounts:
         """Checked counts of an audit's `bootstrap` section; `conditions` are the audit's condition names."""
         if not isinstance(section, Mapping):
             raise DataError(
-                f"bootstrap is a {type(section).__name__}; expected an object with replicates, seed, total_weight and correct_weight."
+                f"bootstrap is a {type(section).__name__}; "
+                "expected an object with replicates, seed, total_weight and correct_weight."
             )
         for key in ("replicates", "seed"):
             value = section.get(key)
@@ -247,7 +248,9 @@ class ConditionAccumulator:
         ).reshape(conditions, classes, classes)
         flips = np.count_nonzero(preds != preds[self.condition_names.index(FULL)], axis=1)
         correct = preds == y
-        for c, table, flipped, sums in zip(self.condition_names, cells, flips.tolist(), exact_weighted_sums(correct, weights)):
+        for c, table, flipped, sums in zip(
+            self.condition_names, cells, flips.tolist(), exact_weighted_sums(correct, weights), strict=True
+        ):
             self.confusion[c] += table
             self.flips[c] += flipped
             self.weighted_correct[c] += sums
@@ -292,10 +295,10 @@ class ConditionAccumulator:
         out.n, out.weighted_total = self.n, self.weighted_total.copy()
         for c in out.condition_names:
             names = groups.get(c, [c])
-            out.confusion[c] = sum(self.confusion[d] for d in names)
+            out.confusion[c] = np.stack([self.confusion[d] for d in names]).sum(axis=0)
             out.flips[c] = sum(self.flips[d] for d in names)
             out.weighted_correct[c] = (
-                sum(multiplicities[:, i] * self.weighted_correct[d] for i, d in enumerate(names))
+                np.stack([multiplicities[:, i] * self.weighted_correct[d] for i, d in enumerate(names)]).sum(axis=0)
                 if c in groups
                 else self.weighted_correct[c].copy()
             )
@@ -320,7 +323,7 @@ class ConditionAccumulator:
                 accuracy=float(100.0 * np.trace(confusion) / evaluated),
                 accuracy_ci=percentile_interval(replicates),
                 macro_f1=macro_f1_from_confusion(confusion),
-                per_class_accuracy=[float(r) if present else None for r, present in zip(recall, rows > 0)],
+                per_class_accuracy=[float(r) if present else None for r, present in zip(recall, rows > 0, strict=True)],
                 flip_rate=self.flips[c] / evaluated,
                 n=self.n,
                 replicate_accuracy=replicates,

@@ -8,7 +8,7 @@ confidence, so it needs no labels.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -57,7 +57,8 @@ class CalibrationAccumulator:
         self.rises += other.rises
 
     def combined_draws(self, groups: Mapping[str, Sequence[str]]) -> CalibrationAccumulator:
-        """Each group of draws (base name -> names of its R draws) summed into its base condition (biasaudit/scanning/draws.py)."""
+        """Each group of draws (base name -> names of its R draws) summed into its base condition
+        (biasaudit/scanning/draws.py)."""
         members = {name for names in groups.values() for name in names[1:]}
         out = CalibrationAccumulator([c for c in self.condition_names if c not in members], bins=self.bins, full=self.full)
         out.n = self.n
@@ -87,7 +88,7 @@ class CalibrationAccumulator:
     def section(self) -> dict[str, Any]:
         edges = np.linspace(0.0, 1.0, self.bins + 1)
         conditions = {}
-        for k, (c, confidence) in enumerate(zip(self.condition_names, self._sums())):
+        for k, (c, confidence) in enumerate(zip(self.condition_names, self._sums(), strict=True)):
             count = self.count[k]
             reliability = [
                 {
@@ -110,7 +111,7 @@ class CalibrationAccumulator:
 class CalibrationDiagnostic:
     """Calibration as a scan diagnostic (biasaudit/diagnostics/protocol.py): every condition of the pass."""
 
-    part_classes = (CalibrationAccumulator, ExactSum)
+    part_classes: ClassVar[tuple[type, ...]] = (CalibrationAccumulator, ExactSum)
 
     def __init__(self, facts: PassFacts) -> None:
         self.accumulator = CalibrationAccumulator(facts.conditions)

@@ -84,7 +84,7 @@ class BranchTap:
 
     def features(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         return {
-            name: branch_feature(value, batch.get(self.masks.get(name)) if self.masks.get(name) else None)
+            name: branch_feature(value, batch.get(mask) if (mask := self.masks.get(name)) else None)
             for name, value in self.values.items()
         }
 
@@ -246,7 +246,7 @@ def ceilings_section(
     probe_split: the split the probes were fitted on (recorded when some ceiling is a probe's). A ceiling that bounds
     nothing gets a caveat (in its row and in the note), and the implied Gap is read from the other ceilings only."""
     chance = 100.0 / num_classes if num_classes else None
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}  # the section's JSON rows
     for m in modalities:
         if f"ceiling:{m}" not in scores:
             continue

@@ -76,9 +76,9 @@ class DonorPool:
                 continue
             rows = {}
             for m in self.modalities:
-                rows[m.key] = _row(batch[m.key], i)
+                rows[m.batch_key] = _row(batch[m.batch_key], i)
                 if m.kind == "tokens":
-                    rows[m.mask_key] = _row(batch[m.mask_key], i)
+                    rows[m.token_mask_key] = _row(batch[m.token_mask_key], i)
             entries.append((*key, rows))
             entries.sort(key=lambda e: e[:2])
             del entries[self.capacity :]
@@ -191,23 +191,23 @@ def swap_modality(batch: Mapping[str, Any], modality: Modality, donors: np.ndarr
     if modality.kind == "tokens":
         _swap_tokens(out, rows, [pool.rows[d] for d in donors[rows]], modality, others=other_keys(pool.modalities, modality))
         return out
-    values = batch[modality.key]
+    values = batch[modality.batch_key]
     if isinstance(values, torch.Tensor):
         swapped = values.clone()
-        for r, d in zip(rows, donors[rows]):
-            donor = pool.rows[d][modality.key]
+        for r, d in zip(rows, donors[rows], strict=True):
+            donor = pool.rows[d][modality.batch_key]
             if donor.shape != swapped.shape[1:]:
                 raise DataError(
-                    f"Modality {modality.name!r} has inputs of shape {tuple(donor.shape)} and {tuple(swapped.shape[1:])} in one split; "
-                    "the carrier test swaps inputs between samples and needs one shape per sample."
+                    f"Modality {modality.name!r} has inputs of shape {tuple(donor.shape)} and {tuple(swapped.shape[1:])} "
+                    "in one split; the carrier test swaps inputs between samples and needs one shape per sample."
                 )
             swapped[r] = donor.to(device=swapped.device, dtype=swapped.dtype)
-        out[modality.key] = swapped
+        out[modality.batch_key] = swapped
     else:
         swapped_list = list(values)
-        for r, d in zip(rows, donors[rows]):
-            swapped_list[r] = pool.rows[d][modality.key]
-        out[modality.key] = swapped_list
+        for r, d in zip(rows, donors[rows], strict=True):
+            swapped_list[r] = pool.rows[d][modality.batch_key]
+        out[modality.batch_key] = swapped_list
     return out
 
 
@@ -217,16 +217,16 @@ def _swap_tokens(
     """Each donor row keeps only its tokens (its mask's span) and is placed flush to the batch's padding side. When a
     donor is longer than the batch is wide, the batch is widened: ids with pad_id, the mask and every other
     [B, L] tensor of the batch (e.g. token_type_ids) with 0, on the padding side."""
-    ids, mask = batch[modality.key], batch[modality.mask_key]
+    ids, mask = batch[modality.batch_key], batch[modality.token_mask_key]
     side = padding_side(mask, modality)
-    spans = [d[modality.key][d[modality.mask_key] != 0] for d in donors]
+    spans = [d[modality.batch_key][d[modality.token_mask_key] != 0] for d in donors]
     width = max([ids.shape[1]] + [len(span) for span in spans])
     batch.update(widen_tokens(batch, modality, width, side=side, others=others))
-    new_ids, new_mask = batch[modality.key].clone(), batch[modality.mask_key].clone()
-    for r, span in zip(rows, spans):
-        new_ids[r] = modality.pad_id
+    new_ids, new_mask = batch[modality.batch_key].clone(), batch[modality.token_mask_key].clone()
+    for r, span in zip(rows, spans, strict=True):
+        new_ids[r] = modality.token_pad_id
         new_mask[r] = 0
         place = slice(width - len(span), width) if side == "left" else slice(0, len(span))
         new_ids[r, place] = span.to(device=new_ids.device, dtype=new_ids.dtype)
         new_mask[r, place] = 1
-    batch[modality.key], batch[modality.mask_key] = new_ids, new_mask
+    batch[modality.batch_key], batch[modality.token_mask_key] = new_ids, new_mask

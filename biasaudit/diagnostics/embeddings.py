@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -26,6 +27,8 @@ MIN_SPECTRAL_POINTS = 100
 _SAMPLE_TAG = "embedding-sample"
 # umap-learn warns that a fixed random_state forces one thread; determinism is our choice.
 _UMAP_SEED_WARNING = r"n_jobs value .* overridden to 1 by setting random_state"
+# Rows waiting to be pruned in: (keys, indices, features, labels, bias or None).
+_Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 
 class EmbeddingSample:
@@ -48,7 +51,7 @@ class EmbeddingSample:
         self._labels = np.zeros(0, dtype=np.int64)
         self._bias: np.ndarray | None = None
         self._has_bias: bool | None = None
-        self._pending: list[tuple[np.ndarray, ...]] = []
+        self._pending: list[_Rows] = []
         self._pending_rows = 0
 
     def update(self, features: np.ndarray, labels: np.ndarray, bias: np.ndarray | None, *, indices: np.ndarray) -> None:
@@ -163,7 +166,7 @@ def _pca(features: np.ndarray) -> np.ndarray:
 
 
 def _umap(features: np.ndarray, *, seed: int) -> np.ndarray:
-    import umap
+    import umap  # type: ignore[import-untyped]  # umap-learn ships neither type hints nor a py.typed marker
 
     n = len(features)
     reducer = umap.UMAP(
@@ -219,7 +222,7 @@ class EmbeddingsDiagnostic:
     """The embedding plots as a scan diagnostic (biasaudit/diagnostics/protocol.py): a bounded sample of the Full
     condition's fused feature, and how often each bias value occurs (the plot shows the most frequent one)."""
 
-    part_classes = (EmbeddingSample,)
+    part_classes: ClassVar[tuple[type, ...]] = (EmbeddingSample,)
 
     def __init__(self, facts: PassFacts) -> None:
         self.sample = EmbeddingSample(capacity=facts.config.embedding_points, seed=facts.config.seed)
@@ -245,8 +248,8 @@ class EmbeddingsDiagnostic:
 
     def compute(self, context: FinishContext) -> Section:
         if not self.has_features:
-            note = "The adapter has no classifier() hook, so the fused feature is unknown and the embedding plots are skipped."
-            return Section(unavailable(note), notes=(note,))
+            why = "The adapter has no classifier() hook, so the fused feature is unknown and the embedding plots are skipped."
+            return Section(unavailable(why), notes=(why,))
         features, labels, bias, _ = self.sample.result()
         bias_value, bias_name = None, None
         if bias is not None and self.bias_counts.size:
@@ -256,8 +259,8 @@ class EmbeddingsDiagnostic:
             names = context.bias_names
             bias_name = names[bias_value] if names and bias_value < len(names) else str(bias_value)
         if len(labels) < 3:
-            note = f"Only {len(labels)} sampled points carry the chosen bias value; too few to plot."
-            return Section(unavailable(note), notes=(note,))
+            why = f"Only {len(labels)} sampled points carry the chosen bias value; too few to plot."
+            return Section(unavailable(why), notes=(why,))
         projection = project_2d(features, method=context.config.projection, seed=context.config.seed)
         spread = angular_spread(features, labels, num_classes=context.num_classes)
         if context.prior_counts is not None and bias_value is not None:

@@ -84,7 +84,8 @@ def favoured_section(
     """F(k) per bias value with the shares behind it, the rule, and the bias values whose single-argmax reading (audits
     before the rule) was close to a tie."""
     counts = np.asarray(prior_counts, dtype=np.float64)
-    values, near_ties = [], []
+    values: list[dict[str, Any]] = []  # the section's JSON rows
+    near_ties: list[str] = []
     for k, row in enumerate(counts):
         total = row.sum()
         if not total:
@@ -109,9 +110,9 @@ def favoured_section(
     if near_ties:
         shown = ", ".join(near_ties[:10]) + (f" and {len(near_ties) - 10} more" if len(near_ties) > 10 else "")
         note = (
-            f"Bias value(s) {shown} have their two most frequent classes within {round(100 * (1 - NEAR_TIE_RATIO))}% of each other "
-            "in train; audits before the favoured-class rule read only the most frequent one, so their aligned/conflicting "
-            "figures for these values are unreliable."
+            f"Bias value(s) {shown} have their two most frequent classes within {round(100 * (1 - NEAR_TIE_RATIO))}% "
+            "of each other in train; audits before the favoured-class rule read only the most frequent one, "
+            "so their aligned/conflicting figures for these values are unreliable."
         )
     return {
         "rule": f"classes with a training share >= {fraction:g} x the largest and > 1/C",

@@ -90,7 +90,7 @@ def summarize_gap(scores: Mapping[str, float], *, replicates: Mapping[str, np.nd
         avg=avg,
         gap=gap,
         signed_gap=signed,
-        scores=dict(zip(names, values.tolist())),
+        scores=dict(zip(names, values.tolist(), strict=True)),
         avg_ci=avg_ci,
         gap_ci=gap_ci,
         signed_gap_ci=signed_ci,

@@ -257,6 +257,6 @@ def _add_batch(
         if norms[a] == 0.0 or norms[b] == 0.0:
             undefined[(a, b)] += 1
             continue
-        dot = float(sum(torch.dot(u, v) for u, v in zip(vectors[a], vectors[b])))
+        dot = float(sum(torch.dot(u, v) for u, v in zip(vectors[a], vectors[b], strict=True)))
         cosines[(a, b)].append(dot / (norms[a] * norms[b]))
         ratios[(a, b)].append(norms[a] / norms[b])

@@ -1,4 +1,5 @@
-"""Accuracy per (label, bias value) group, worst-group and bias-balanced accuracy (methods.md section 9).
+"""Accuracy per (label, bias value) group, worst-group and bias-balanced accuracy (methods.md section 9): the counts
+(GroupAccumulator) and the scores they give; the audit's section is written from them in groups_section.py.
 
 Worst-group accuracy is the standard figure of the spurious-correlation literature (Sagawa et al. 2020):
 a model that copies a shortcut is right on the groups where the shortcut agrees with the label and wrong
@@ -17,15 +18,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from scipy.stats import beta
 
-from biasaudit.diagnostics.favoured import ALIGNED, ALIGNMENT_NAMES, CONFLICTING, NEUTRAL, alignment as sample_alignment
+from biasaudit.diagnostics.favoured import ALIGNMENT_NAMES, CONFLICTING, alignment as sample_alignment
 from biasaudit.diagnostics.accuracy import FLOAT32_EXACT_ROWS, percentile_interval
-
-# A split is called out of distribution when its share of bias-aligned samples (label among the classes the bias
-# value's training prior favours, diagnostics/favoured.py) is this far below train's: the shortcut then misleads on many samples.
-OOD_ALIGNED_DROP = 0.2
-# A counted group smaller than this gets a wide exact interval; the section says how many there are.
-SMALL_GROUP = 30
-
 
 # Grouping choice. (label, bias value) is the definition; but C x K groups need C x K x min_group samples. A
 # split such as the demo's ood (10 digits x 10 colours in 323 samples, ~3 per group) has no group to count,
@@ -34,7 +28,8 @@ SMALL_GROUP = 30
 # conflicting or neutral), at most 3C groups, and says so. It decides on the split's labels and bias values only,
 # so two audits of the same samples always group alike.
 GROUPINGS = ("auto", "bias", "alignment")
-AUTO_COVERAGE = 0.5  # auto keeps (label, bias value) when counted groups hold this share of all and of the conflicting samples
+# auto keeps (label, bias value) when counted groups hold this share of all and of the conflicting samples
+AUTO_COVERAGE = 0.5
 
 
 def choose_grouping(fine: GroupAccumulator, *, min_group: int, grouping: str, favoured: np.ndarray) -> str:
@@ -95,18 +90,18 @@ class GroupAccumulator:
         self._gathered_rows = 0
         self.draws: dict[str, int] = {}  # condition -> R once its draws are combined (biasaudit/scanning/draws.py)
 
-    def _evaluated(self, condition: str) -> np.ndarray:
+    def evaluated(self, condition: str) -> np.ndarray:
         """Per group, samples x draws: what a condition's correct count is out of (its mean over R draws)."""
         return self.count * self.draws.get(condition, 1)
 
-    def _weighted_evaluated(self, condition: str) -> np.ndarray:
+    def weighted_evaluated(self, condition: str) -> np.ndarray:
         return self.weighted() * self.draws.get(condition, 1)
 
-    def _exact(self, condition: str, gid: int) -> tuple[float, float] | None:
+    def exact(self, condition: str, gid: int) -> tuple[float, float] | None:
         """The exact interval of a group's accuracy; over R draws, of its mean number right (an interval over R x n
         correlated trials would claim R times the samples)."""
         draws = self.draws.get(condition, 1)
-        return clopper_pearson(int(round(self.correct[condition][gid] / draws)), int(self.count[gid]))
+        return clopper_pearson(round(self.correct[condition][gid] / draws), int(self.count[gid]))
 
     def combined_draws(self, groups: Mapping[str, Sequence[str]], multiplicities: np.ndarray) -> GroupAccumulator:
         """Each group of draws (base name -> names of its R draws) summed into its base condition, replicate sums
@@ -123,7 +118,7 @@ class GroupAccumulator:
         out._sums[:, -1] = self._sums[:, -1]
         for k, c in enumerate(out.condition_names):
             names = groups.get(c, [c])
-            out.correct[c] = sum(self.correct[d] for d in names)
+            out.correct[c] = np.stack([self.correct[d] for d in names]).sum(axis=0)
             columns = [self.condition_names.index(d) for d in names]
             out._sums[:, k] = (
                 sum(multiplicities[:, i] * self._sums[:, j] for i, j in enumerate(columns))
@@ -145,7 +140,7 @@ class GroupAccumulator:
         size = self.count.size
         self.count += np.bincount(group, minlength=size)
         right = np.stack([predictions[c] == labels for c in self.condition_names])  # [K, B]
-        for c, row in zip(self.condition_names, right):
+        for c, row in zip(self.condition_names, right, strict=True):
             self.correct[c] += np.bincount(group[row], minlength=size)
         self._gathered.append((group, right, weights.astype(np.uint8)))  # Poisson(1) draws stop at 18 (randomness.py)
         self._gathered_rows += group.size
@@ -165,11 +160,11 @@ class GroupAccumulator:
         sorted_group = group[order]
         # The products run in float32 while every partial sum is an integer below 2**24 (exact_weighted_sums), and add into
         # float64 sums, which stay exact integers below 2**53: exact, and about twice the speed of float64.
-        dtype = np.float32 if group.size < FLOAT32_EXACT_ROWS else np.float64
+        dtype: type[np.floating[Any]] = np.float32 if group.size < FLOAT32_EXACT_ROWS else np.float64
         rows = np.concatenate([right[:, order], np.ones((1, group.size), dtype=bool)]).astype(dtype)
         sorted_weights = weights[order].astype(dtype)
         starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
-        for g, lo, hi in zip(sorted_group[starts], starts, np.r_[starts[1:], group.size]):
+        for g, lo, hi in zip(sorted_group[starts], starts, np.r_[starts[1:], group.size], strict=True):
             self._sums[g] += rows[:, lo:hi] @ sorted_weights[lo:hi]
 
     def group_alignment(self, favoured: np.ndarray) -> np.ndarray:
@@ -204,8 +199,8 @@ class GroupAccumulator:
     def scores(self, condition: str, *, min_group: int) -> GroupScores:
         counted = self.count >= min_group
         with np.errstate(invalid="ignore", divide="ignore"):
-            accuracy = 100.0 * self.correct[condition] / self._evaluated(condition)
-            replicate = 100.0 * self.weighted(condition)[counted] / self._weighted_evaluated(condition)[counted]
+            accuracy = 100.0 * self.correct[condition] / self.evaluated(condition)
+            replicate = 100.0 * self.weighted(condition)[counted] / self.weighted_evaluated(condition)[counted]
         if not counted.any():
             empty = np.full(self._sums.shape[2], np.nan)
             return GroupScores(None, None, None, None, None, 0, empty, empty)
@@ -225,179 +220,3 @@ class GroupAccumulator:
             worst_r,
             balanced_r,
         )
-
-    def section(
-        self,
-        *,
-        favoured: np.ndarray,
-        min_group: int,
-        class_names: Sequence[str],
-        bias_names: Sequence[str] | None,
-        bias_source: str,
-        table_conditions: Sequence[str],
-        train_aligned_share: float | None,
-        alignment: bool = False,
-        asked: bool = False,
-    ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        """The audit's `groups` section, and the per-replicate worst-group / bias-balanced accuracies that
-        compare and gate pair up (bootstrap.derived). alignment: the bias column is 0 aligned / 1 conflicting / 2 neutral."""
-        label_of = np.arange(self.count.size) // self.num_bias
-        bias_of = np.arange(self.count.size) % self.num_bias
-        if alignment:
-            state = bias_of
-            bias_names = ALIGNMENT_NAMES
-        else:
-            state = self.group_alignment(favoured)
-        is_conflicting, aligned = state == CONFLICTING, state == ALIGNED
-        counted = self.count >= min_group
-        uncounted = ~counted & (self.count > 0)
-        rows = []
-        for gid in np.flatnonzero(self.count):
-            label, bias, n = int(label_of[gid]), int(bias_of[gid]), int(self.count[gid])
-            rows.append(
-                {
-                    "label": label,
-                    "label_name": _name(class_names, label),
-                    "bias": bias,
-                    "bias_name": _name(bias_names, bias),
-                    "n": n,
-                    "conflicting": None if state[gid] == NEUTRAL else bool(is_conflicting[gid]),
-                    "alignment": ALIGNMENT_NAMES[int(state[gid])],
-                    "counted": bool(counted[gid]),
-                    "accuracy": {c: float(100.0 * self.correct[c][gid] / self._evaluated(c)[gid]) for c in table_conditions},
-                    "accuracy_exact_ci": {c: self._exact(c, gid) for c in table_conditions},
-                }
-            )
-        rows.sort(key=lambda r: (r["accuracy"].get("full", 0.0), r["label"], r["bias"]))
-        conditions, derived = {}, {}
-        for c in self.condition_names:
-            s = self.scores(c, min_group=min_group)
-            conditions[c] = {
-                "worst_group": s.worst_group,
-                "worst_group_ci": s.worst_group_ci,
-                "worst_group_label": None
-                if s.worst_group_id is None
-                else f"{_name(class_names, int(label_of[s.worst_group_id]))} / {_name(bias_names, int(bias_of[s.worst_group_id]))}",
-                "bias_balanced": s.bias_balanced,
-                "bias_balanced_ci": s.bias_balanced_ci,
-                "groups_counted": s.groups_counted,
-                **self._worst_group_detail(c, s, counted),
-                "conflicting_accuracy": _pooled(self.correct[c], self._evaluated(c), is_conflicting),
-                "conflicting_accuracy_ci": _pooled_interval(self.weighted(c), self._weighted_evaluated(c), is_conflicting),
-                "aligned_accuracy": _pooled(self.correct[c], self._evaluated(c), aligned),
-                "uncounted": self._uncounted(c, uncounted, is_conflicting),
-            }
-            derived[f"worst_group:{c}"] = s.worst_replicates
-            derived[f"bias_balanced:{c}"] = s.balanced_replicates
-        # Over the samples whose bias value favours some class, as train's share is: neutral ones cannot shift a split.
-        pointed = int(self.count[aligned | is_conflicting].sum())
-        split_aligned = float(self.count[aligned].sum() / pointed) if pointed else None
-        conflicting_samples = int(self.count[is_conflicting].sum())
-        counted_conflicting = int((is_conflicting & counted).sum())
-        blind = None
-        if conflicting_samples and not counted_conflicting:
-            blind = (
-                f"none of the split's {conflicting_samples} bias-conflicting samples is in a group of at least {min_group} samples "
-                "(min_group), so worst-group and bias-balanced accuracy cover bias-aligned groups only and cannot see the bias"
-            )
-        elif not conflicting_samples and aligned.any() and self.count[aligned].sum():
-            blind = (
-                "the split has no bias-conflicting samples, so worst-group and bias-balanced accuracy cover groups the shortcut "
-                "never misleads and cannot see the bias"
-            )
-        shift = {
-            "train_aligned_share": train_aligned_share,
-            "split_aligned_share": split_aligned,
-            "ood": bool(
-                train_aligned_share is not None
-                and split_aligned is not None
-                and split_aligned <= train_aligned_share - OOD_ALIGNED_DROP
-            ),
-        }
-        small = int((counted & (self.count < SMALL_GROUP)).sum())
-        notes = []
-        if alignment:
-            why = (
-                "as asked (--group-by alignment)"
-                if asked
-                else f"because too few of the split's samples, or of its bias-conflicting "
-                f"ones, are in (label, bias value) groups of at least {min_group} (--group-by auto)"
-            )
-            notes.append(
-                f"Groups are (label, bias-aligned, conflicting or neutral) {why}; a sample is aligned when its label is among "
-                "the classes its bias value's training prior favours, neutral when that value favours none."
-            )
-        if not counted.any():
-            notes.append(f"No group has {min_group} samples (min_group), so there is no worst-group accuracy.")
-        elif uncounted.any():
-            left = conditions["full"]["uncounted"] if "full" in conditions else None
-            scored = f"; together they score {left['accuracy']:.1f}% (Full)" if left and left["accuracy"] is not None else ""
-            notes.append(
-                f"{int(uncounted.sum())} of {len(rows)} groups ({int(self.count[uncounted].sum())} samples) have fewer than "
-                f"{min_group} samples and are left out of worst-group and bias-balanced accuracy{scored}."
-            )
-        if small:
-            notes.append(
-                f"{small} counted group(s) have fewer than {SMALL_GROUP} samples: their accuracies carry wide exact intervals."
-            )
-        if blind:
-            notes.append(blind[0].upper() + blind[1:] + "; read the pooled bias-conflicting accuracy instead.")
-        return (
-            {
-                "available": True,
-                "note": " ".join(notes) or None,
-                "bias_source": bias_source,
-                "blind": blind,
-                "conflicting_samples": conflicting_samples,
-                "counted_conflicting_groups": counted_conflicting,
-                "grouping": "label x bias-aligned/conflicting/neutral" if alignment else "label x bias value",
-                "min_group": min_group,
-                "small_groups": small,
-                "groups": rows,
-                "conditions": conditions,
-                "shift": shift,
-            },
-            derived,
-        )
-
-    def _worst_group_detail(self, condition: str, scores: GroupScores, counted: np.ndarray) -> dict[str, Any]:
-        """The worst group's size and exact interval, and how many counted groups share the minimum: a worst group of 0%
-        means something else when eleven groups sit at 0 than when one does, and a bootstrap of 0/11 has no width."""
-        if scores.worst_group_id is None:
-            return {}
-        gid = scores.worst_group_id
-        accuracy = 100.0 * self.correct[condition][counted] / self._evaluated(condition)[counted]
-        return {
-            "worst_group_n": int(self.count[gid]),
-            "worst_group_exact_ci": self._exact(condition, gid),
-            "groups_at_minimum": int(np.count_nonzero(np.isclose(accuracy, scores.worst_group))),
-        }
-
-    def _uncounted(self, condition: str, uncounted: np.ndarray, is_conflicting: np.ndarray) -> dict[str, Any]:
-        """The samples of groups below min_group, pooled: what worst-group accuracy does not see."""
-        n = int(self.count[uncounted].sum())
-        return {
-            "groups": int(uncounted.sum()),
-            "n": n,
-            "conflicting_n": int(self.count[uncounted & is_conflicting].sum()),
-            "accuracy": _pooled(self.correct[condition], self._evaluated(condition), uncounted),
-            "accuracy_ci": _pooled_interval(self.weighted(condition), self._weighted_evaluated(condition), uncounted)
-            if n
-            else None,
-        }
-
-
-def _pooled(correct: np.ndarray, count: np.ndarray, mask: np.ndarray) -> float | None:
-    n = count[mask].sum()
-    return float(100.0 * correct[mask].sum() / n) if n else None
-
-
-def _pooled_interval(correct: np.ndarray, total: np.ndarray, mask: np.ndarray) -> tuple[float, float] | None:
-    if not mask.any():
-        return None
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return percentile_interval(100.0 * correct[mask].sum(axis=0) / total[mask].sum(axis=0))
-
-
-def _name(names: Sequence[str] | None, value: int) -> str:
-    return str(names[value]) if names and value < len(names) else str(value)

@@ -1,12 +1,14 @@
 """Worst-group and bias-balanced accuracy as a scan diagnostic (biasaudit/diagnostics/protocol.py): the group counts of
-biasaudit/diagnostics/groups.py over every condition of the pass, grouped by (label, bias value) or by (label,
-alignment) as ScanConfig.group_by and the split's group sizes decide. It needs bias values and the priors that tell
-aligned from conflicting groups; without them its section says why."""
+biasaudit/diagnostics/groups.py (its section: groups_section.py) over every condition of the pass, grouped by (label,
+bias value) or by (label, alignment) as ScanConfig.group_by and the split's group sizes decide. It needs bias values and
+the priors that tell aligned from conflicting groups; without them its section says why."""
 
 from __future__ import annotations
 
+from typing import ClassVar
 from biasaudit.diagnostics.favoured import aligned_share, favoured_classes, favoured_section
 from biasaudit.diagnostics.groups import GroupAccumulator, choose_grouping
+from biasaudit.diagnostics.groups_section import groups_section
 from biasaudit.diagnostics.protocol import BatchOutcome, FinishContext, PassFacts, Section, own_draws, unavailable
 from biasaudit.errors import InputError
 
@@ -17,7 +19,7 @@ _NO_PRIORS = (
 
 
 class GroupsDiagnostic:
-    part_classes = (GroupAccumulator,)
+    part_classes: ClassVar[tuple[type, ...]] = (GroupAccumulator,)
 
     def __init__(self, facts: PassFacts) -> None:
         self.accumulator = (
@@ -38,7 +40,7 @@ class GroupsDiagnostic:
     def merge(self, other: GroupsDiagnostic) -> None:
         if (self.accumulator is None) != (other.accumulator is None):
             raise InputError("Cannot merge shards of which only some measured groups; expected parts of one scan.")
-        if self.accumulator is not None:
+        if self.accumulator is not None and other.accumulator is not None:
             self.accumulator.merge(other.accumulator)
 
     def compute(self, context: FinishContext) -> Section:
@@ -46,7 +48,11 @@ class GroupsDiagnostic:
         if self.accumulator is None or prior_counts is None:
             return Section(unavailable(context.bias_note or _NO_PRIORS))
         draws = own_draws(context, self.accumulator.condition_names)
-        groups = self.accumulator.combined_draws(draws, context.multiplicities) if draws else self.accumulator
+        groups = self.accumulator
+        if draws:
+            if context.multiplicities is None:
+                raise RuntimeError("A pass with random draws has no draw multiplicities; expected them in its FinishContext.")
+            groups = groups.combined_draws(draws, context.multiplicities)
         table = [name for name, group in context.condition_groups.items() if group in ("full", "missing")]
         favoured = favoured_classes(prior_counts, fraction=config.favoured_fraction)
         bias_names = context.bias_names if context.bias_source == "bias_key" else None
@@ -54,7 +60,8 @@ class GroupsDiagnostic:
             choose_grouping(groups, min_group=config.min_group, grouping=config.group_by, favoured=favoured) == "alignment"
         )
         # (label, aligned, conflicting or neutral) groups are unions of (label, bias value) groups: summed from them, exactly.
-        section, found = (groups.by_alignment(favoured) if alignment else groups).section(
+        section, found = groups_section(
+            groups.by_alignment(favoured) if alignment else groups,
             favoured=favoured,
             min_group=config.min_group,
             class_names=context.class_names,

@@ -88,7 +88,8 @@ class InteractionAccumulator:
         right[_TOTAL] = True
         right[_FULL] = full_prediction == labels
         right[_ALL] = terms.mean(axis=0).argmax(axis=1) == labels
-        for row, half in zip((_FIRST, _SECOND), self.halves):
+        # A single donor has no halves: both half rows then stay False, so a shorter `halves` is intended.
+        for row, half in zip((_FIRST, _SECOND), self.halves, strict=False):
             right[row] = terms[half.start : half.stop].mean(axis=0).argmax(axis=1) == labels
         counts = np.count_nonzero(right, axis=1)
         self.n += len(labels)

@@ -21,6 +21,7 @@ Choices (recorded in every result):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 from collections.abc import Sequence
 
 import numpy as np
@@ -195,20 +196,20 @@ class JSDAccumulator:
             raise InputError(f"bias_names {names} must be {self.num_bias} unique names, one per bias value.")
         if self.n_eval.sum() == 0:
             raise DataError("The JSD diagnostic saw no evaluation samples; expected at least one batch.")
-        rows = []
+        rows: list[dict[str, Any]] = []  # the section's JSON rows
         for k in range(self.num_bias):
             n_wrong = int(self.n_wrong[k])
             p = None if prior.is_empty(k) else prior.distribution(k)
             q_soft = self.soft_sum[k] / _FIXED_POINT / n_wrong if n_wrong else None
             q_argmax = self.argmax_hist[k] / n_wrong if n_wrong else None
-            usable = p is not None and n_wrong > 0
             rows.append(
                 {
                     "bias": k,
                     "n_eval": int(self.n_eval[k]),
                     "n_wrong": n_wrong,
-                    "soft": jsd_base2(p, q_soft) if usable else None,
-                    "argmax": jsd_base2(p, q_argmax) if usable else None,
+                    # q_soft and q_argmax exist exactly when the bias value has mistakes (n_wrong > 0)
+                    "soft": jsd_base2(p, q_soft) if p is not None and q_soft is not None else None,
+                    "argmax": jsd_base2(p, q_argmax) if p is not None and q_argmax is not None else None,
                     "prior": p.tolist() if p is not None else None,
                     "q_soft": q_soft.tolist() if q_soft is not None else None,
                     "q_argmax": q_argmax.tolist() if q_argmax is not None else None,
@@ -218,7 +219,7 @@ class JSDAccumulator:
         argmax_mean, argmax_weighted = _means(rows, "argmax", min_wrong)
         top = rows[int(np.argmax(self.n_eval))]
         return JSDResult(
-            per_bias=dict(zip(names, rows)),
+            per_bias=dict(zip(names, rows, strict=True)),
             mean=mean,
             weighted_mean=weighted,
             argmax_mean=argmax_mean,
@@ -250,7 +251,7 @@ class JSDDiagnostic:
     against the train split's priors. Without priors it says why in its section. When the data has no bias key, the
     scan discovers bias values after its pass and feeds a JSDDiagnostic of the discovered priors itself (`add`)."""
 
-    part_classes = (JSDAccumulator,)
+    part_classes: ClassVar[tuple[type, ...]] = (JSDAccumulator,)
 
     def __init__(self, facts: PassFacts) -> None:
         self.split = facts.config.split
@@ -264,31 +265,36 @@ class JSDDiagnostic:
         if outcome.bias.size and outcome.bias.max() >= self.accumulator.num_bias:
             # The range was counted over this very split before the pass, so only changing data gets here.
             raise DataError(
-                f"Split {self.split!r} yielded bias value {int(outcome.bias.max())}, beyond the {self.accumulator.num_bias} values "
-                "counted before the scan; the adapter's data() must yield the same samples on every pass."
+                f"Split {self.split!r} yielded bias value {int(outcome.bias.max())}, "
+                f"beyond the {self.accumulator.num_bias} values counted before the scan; "
+                "the adapter's data() must yield the same samples on every pass."
             )
         self.add(torch.softmax(outcome.full_logits.float(), dim=1).cpu().numpy(), outcome.labels, outcome.bias)
 
     def add(self, probabilities: np.ndarray, labels: np.ndarray, bias: np.ndarray) -> None:
+        if self.accumulator is None:
+            raise RuntimeError("This JSD diagnostic has no priors to measure against; it cannot take samples.")
         self.accumulator.update(probabilities, labels, bias)
 
     def merge(self, other: JSDDiagnostic) -> None:
         if (self.accumulator is None) != (other.accumulator is None):
             raise InputError("Cannot merge shards of which only some measured the JSD; expected parts of one scan.")
-        if self.accumulator is not None:
+        if self.accumulator is not None and other.accumulator is not None:
             self.accumulator.merge(other.accumulator)
 
     def compute(self, context: FinishContext) -> Section:
         if self.accumulator is None:
-            note = context.prior_note or "The JSD diagnostic is unavailable."
-            return Section(unavailable(note), notes=(note,))
+            why = context.prior_note or "The JSD diagnostic is unavailable."
+            return Section(unavailable(why), notes=(why,))
+        if context.prior_counts is None:
+            raise RuntimeError("The JSD diagnostic has priors but the scan finished without its prior counts.")
         kmeans = context.bias_source == "kmeans"
         result = self.accumulator.result(
             BiasPrior.from_counts(context.prior_counts),
             min_wrong=context.config.min_wrong,
             bias_names=None if kmeans else context.bias_names,
         ).to_dict()
-        note = context.prior_note if kmeans else None
+        note: str | None = context.prior_note if kmeans else None
         wrong = sum(row["n_wrong"] for row in result["per_bias"].values())
         notes: tuple[str, ...] = ()
         if wrong == 0:

@@ -32,6 +32,7 @@ class Moments:
     def __init__(self) -> None:
         self.n = 0
         self.inconsistent = False
+        # Created together by the first embedding: both None or both set.
         self._sum: ExactSum | None = None
         self._squares: ExactSum | None = None
 
@@ -45,17 +46,17 @@ class Moments:
         if not (np.all(np.isfinite(sums)) and np.all(np.isfinite(squares))):
             self.inconsistent = True  # a non-finite (or overflowing) embedding has no distance either
             return
-        if self._sum is None:
+        if self._sum is None or self._squares is None:
             self._sum, self._squares = ExactSum(values.shape[1]), ExactSum(values.shape[1])
         self.n += len(values)
         self._sum.add(sums)
         self._squares.add(squares)
 
     def merge(self, other: Moments) -> None:
-        if other._sum is None:
+        if other._sum is None or other._squares is None:
             self.inconsistent |= other.inconsistent
             return
-        if self._sum is None:
+        if self._sum is None or self._squares is None:
             self._sum, self._squares = ExactSum(len(other._sum.totals)), ExactSum(len(other._sum.totals))
         if len(self._sum.totals) != len(other._sum.totals):
             self.inconsistent = True
@@ -76,23 +77,25 @@ class Moments:
 
 def rms_z(data: Moments, muted: Moments) -> float | None:
     """sqrt(mean_d E_muted[(e_d - mu_d)^2] / var_d) over dimensions where the data varies."""
+    data_sum, muted_sum, data_squares, muted_squares = data.sum, muted.sum, data.squares, muted.squares
     if (
         data.inconsistent
         or muted.inconsistent
         or not data.n
         or not muted.n
-        or data.sum is None
-        or muted.sum is None
-        or data.sum.shape != muted.sum.shape
+        or data_sum is None
+        or muted_sum is None
+        or data_squares is None
+        or muted_squares is None
+        or data_sum.shape != muted_sum.shape
     ):
         return None
-    data_sum, muted_sum = data.sum, muted.sum
     mu = data_sum / data.n
-    var = data.squares / data.n - mu * mu
+    var = data_squares / data.n - mu * mu
     varies = var > 1e-12 * max(1.0, float(np.max(np.abs(mu))) ** 2)
     if not varies.any():
         return None
-    second = muted.squares / muted.n - 2 * mu * muted_sum / muted.n + mu * mu
+    second = muted_squares / muted.n - 2 * mu * muted_sum / muted.n + mu * mu
     return float(np.sqrt(np.mean(np.maximum(second[varies], 0.0) / var[varies])))
 
 

@@ -44,7 +44,7 @@ class ShapleyAccumulator:
         self.modalities = tuple(modalities)
         self.scale = math.factorial(len(self.modalities))
         self.num_classes = num_classes
-        self.values = {m: {} for m in self.modalities}  # scaled value -> samples
+        self.values: dict[str, dict[int, int]] = {m: {} for m in self.modalities}  # scaled value -> samples
         self.class_sum = {m: np.zeros(num_classes, dtype=np.int64) for m in self.modalities}
         self.class_count = np.zeros(num_classes, dtype=np.int64)
         self.w_sum = {m: np.zeros(replicates, dtype=np.int64) for m in self.modalities}
@@ -56,13 +56,13 @@ class ShapleyAccumulator:
         self.class_count += np.bincount(labels, minlength=self.num_classes)
         self.w_total += weights.sum(axis=0)
         for m, values in scaled.items():
-            for value, n in zip(*np.unique(values, return_counts=True)):
+            for value, n in zip(*np.unique(values, return_counts=True), strict=True):
                 self.values[m][int(value)] = self.values[m].get(int(value), 0) + int(n)
             self.class_sum[m] += np.bincount(labels, weights=values, minlength=self.num_classes).astype(np.int64)
             self.w_sum[m] += values @ weights
         alone = np.stack([correct[frozenset([m])] for m in self.modalities], axis=1)
-        for row, n in zip(*np.unique(alone, axis=0, return_counts=True)):
-            key = frozenset(m for m, ok in zip(self.modalities, row) if ok)
+        for row, n in zip(*np.unique(alone, axis=0, return_counts=True), strict=True):
+            key = frozenset(m for m, ok in zip(self.modalities, row, strict=True) if ok)
             self.contingency[key] = self.contingency.get(key, 0) + int(n)
 
     def merge(self, other: ShapleyAccumulator) -> None:

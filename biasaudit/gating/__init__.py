@@ -2,7 +2,8 @@
 exit code for CI.
 
   registry.py  every rule (RULES: name -> Rule): its kind, whether it needs a baseline, its description, its limits, its
-               evaluator; and GateRules, the limits a gate judges by (one field per rule). Bias rules (bias.py) are recommended first: they measure the shortcut (methods.md section 9).
+               evaluator; and GateRules, the limits a gate judges by (one field per rule). Bias rules (bias.py) are
+               recommended first: they measure the shortcut (methods.md section 9).
                Reliance rules (reliance.py): the Gaps grow when a model uses the more informative modality better, so a
                Gap ratchet can block a de-biased model (docs/gating.md).
   limits.py    parsing a rule's limits, one path for Python, the command line and the config file.

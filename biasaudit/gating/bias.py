@@ -75,8 +75,8 @@ def max_worst_group_drop(
             "paired": comparison["paired"],
         }
         text = (
-            f"{condition} worst-group accuracy {points(entry['before'])} -> {points(entry['after'])}%, change {number(change, signed=True)} "
-            f"{interval_words(ci)} vs limit -{limit:g}"
+            f"{condition} worst-group accuracy {points(entry['before'])} -> {points(entry['after'])}%, "
+            f"change {number(change, signed=True)} {interval_words(ci)} vs limit -{limit:g}"
         )
         out.append(
             judged(name, text, change, ci, limit, drop=True, significant=significant, comparison=comparison, figures=figures)
@@ -136,8 +136,8 @@ def max_bias_follow_increase(
             "paired": comparison["paired"],
         }
         text = (
-            f"{modality}{note} bias-follow rate {pct(entry['before'])} -> {pct(entry['after'])}, change {number(change, signed=True)} "
-            f"{interval_words(ci)} points vs limit +{limit:g}"
+            f"{modality}{note} bias-follow rate {pct(entry['before'])} -> {pct(entry['after'])}, "
+            f"change {number(change, signed=True)} {interval_words(ci)} points vs limit +{limit:g}"
         )
         out.append(
             judged(name, text, change, ci, limit, drop=False, significant=significant, comparison=comparison, figures=figures)
@@ -173,18 +173,18 @@ def max_jsd_drop(
         who: (audit.get("jsd") or {}).get(key) if (audit.get("jsd") or {}).get("available") else None
         for who, audit in audits.items()
     }
-    lacking = [_jsd_missing(audits[who], key, who) for who, value in values.items() if value is None]
-    if lacking:
-        return [RuleVerdict(name, "ERROR", f"JSD {jsd}: {'; '.join(lacking)}", {"limit": limit, "statistic": jsd})]
     before, after = values["baseline"], values["current"]
+    if before is None or after is None:
+        lacking = [_jsd_missing(audits[who], key, who) for who, value in values.items() if value is None]
+        return [RuleVerdict(name, "ERROR", f"JSD {jsd}: {'; '.join(lacking)}", {"limit": limit, "statistic": jsd})]
     drop = before - after
     status = "PASS" if drop <= limit else "FAIL"
     return [
         RuleVerdict(
             name,
             status,
-            f"JSD {jsd} {number(before, 3)} -> {number(after, 3)}, drop {number(drop, 3, signed=True)} {'<=' if status == 'PASS' else '>'} "
-            f"{limit:g} (plain difference: the JSD has no interval)",
+            f"JSD {jsd} {number(before, 3)} -> {number(after, 3)}, drop {number(drop, 3, signed=True)} "
+            f"{'<=' if status == 'PASS' else '>'} {limit:g} (plain difference: the JSD has no interval)",
             {"statistic": jsd, "baseline": before, "current": after, "drop": drop, "limit": limit},
         )
     ]

@@ -44,12 +44,13 @@ def _check_targets(rules: GateRules, current: Mapping[str, Any], baseline: Mappi
     the user's mistake (exit 2 before any verdict is written), not a rule that cannot be evaluated (ERROR). Only the
     audits can say which exist."""
     both = [current] + ([baseline] if baseline is not None else [])
+    # A name that is not a string (absent) names nothing a rule could target.
     known = list(
         dict.fromkeys(
-            m.get("name")
+            m["name"]
             for audit in both
             for m in (audit.get("dataset") or {}).get("modalities") or []
-            if isinstance(m, Mapping)
+            if isinstance(m, Mapping) and isinstance(m.get("name"), str)
         )
     )
     for name, rule in RULES.items():
@@ -63,7 +64,11 @@ def _check_targets(rules: GateRules, current: Mapping[str, Any], baseline: Mappi
         if rule.key != "condition":
             continue
         for audit in both if rule.needs_baseline else [current]:
-            ran = [row.get("name") for row in audit.get("conditions") or [] if isinstance(row, Mapping)]
+            ran = [
+                row["name"]
+                for row in audit.get("conditions") or []
+                if isinstance(row, Mapping) and isinstance(row.get("name"), str)
+            ]
             unknown = [c for c in (getattr(rules, name, None) or {}) if c != ALL and c not in ran]
             if unknown and ran:
                 which = "the audit" if audit is current else "the baseline"

@@ -54,7 +54,7 @@ class LimitOption:
             for k, v in raw.items():
                 if isinstance(v, bool) or not isinstance(v, (int, float)):
                     raise InputError(f"{label} {k} = {v!r} is {type(v).__name__}; expected a number (e.g. {self.example}).")
-            pairs = [(str(k), v, f"{k}={v}") for k, v in raw.items()]
+            pairs: list[tuple[str | None, Any, Any]] = [(str(k), v, f"{k}={v}") for k, v in raw.items()]
         else:
             pairs = []
             for item in raw if isinstance(raw, (list, tuple)) else [raw]:
@@ -64,9 +64,10 @@ class LimitOption:
 
     def _one(self, key: str | None, value: Any, item: Any, label: str) -> tuple[str, float]:
         number = _number(value)
-        if (key is None and self.plain is None) or key == "" or number is None or math.isnan(number):
+        named = self.plain if key is None else key
+        if named is None or key == "" or number is None or math.isnan(number):
             raise InputError(f"{label} {item!r} is not {self.form} (e.g. {self.example}).")
-        key = self.plain if key is None else key
+        key = named
         allowed = self.allowed()
         if allowed is not None and key not in allowed and key != ALL:
             raise InputError(

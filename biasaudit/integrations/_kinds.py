@@ -15,10 +15,10 @@ from biasaudit.errors import InputError
 Features = Callable[[Any], tuple[Mapping[str, Tensor], Tensor, Mapping[str, Tensor], Tensor]]
 
 
-def entry_points(method: Any, features: Features | None, *, where: str) -> tuple[bool, bool]:
-    """(after_backward, epoch_end): whether the callback runs the method's after-backward hook and its epoch-end step.
-    A method with neither (a loss or a backward method) is applied by the user's code; the callback then only saves
-    and restores its state."""
+def entry_points(method: Any, features: Features | None, *, where: str) -> tuple[bool, Features | None]:
+    """(after_backward, epoch_features): whether the callback runs the method's after-backward hook, and the features
+    function its epoch-end step reads (None: the method has no epoch-end step). A method with neither (a loss or a
+    backward method) is applied by the user's code; the callback then only saves and restores its state."""
     if not callable(getattr(method, "state_dict", None)) or not callable(getattr(method, "load_state_dict", None)):
         raise InputError(
             f"The 'method' parameter of {where} is a {type(method).__name__}; expected a method from "
@@ -41,7 +41,7 @@ def entry_points(method: Any, features: Features | None, *, where: str) -> tuple
             f"The 'features' parameter of {where} is a {type(features).__name__}; expected a function of "
             "the model returning (train_features, train_labels, val_features, val_labels)."
         )
-    return after, epoch_end
+    return after, features if epoch_end else None
 
 
 def evaluated(features: Features, model: Any) -> tuple[Mapping[str, Tensor], Tensor, Mapping[str, Tensor], Tensor]:

@@ -66,7 +66,7 @@ class BiasFixCallback(TrainerCallback):
     def __init__(
         self, method: Any, *, features: Features | None = None, logits_key: str = "unimodal_logits", labels_key: str = "labels"
     ) -> None:
-        self._after, self._epoch_end = entry_points(method, features, where="BiasFixCallback")
+        self._after, self._epoch_features = entry_points(method, features, where="BiasFixCallback")
         self.method = method
         self.features = features
         self.logits_key, self.labels_key = logits_key, labels_key
@@ -119,8 +119,9 @@ class BiasFixCallback(TrainerCallback):
             self.method.after_backward(*self._pending.take())
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, model: nn.Module | None = None, **kwargs: Any) -> None:
-        if self._epoch_end and model is not None and self.method.due(self._epoch):
-            train_features, train_labels, val_features, val_labels = evaluated(self.features, model)
+        features = self._epoch_features
+        if features is not None and model is not None and self.method.due(self._epoch):
+            train_features, train_labels, val_features, val_labels = evaluated(features, model)
             self.method.epoch_end(self._epoch, train_features, train_labels, val_features, val_labels)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

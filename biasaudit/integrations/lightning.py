@@ -85,7 +85,7 @@ class BiasFixCallback(pl.Callback):
     class name)."""
 
     def __init__(self, method: Any, *, features: Features | None = None) -> None:
-        self._after, self._epoch_end = entry_points(method, features, where="BiasFixCallback")
+        self._after, self._epoch_features = entry_points(method, features, where="BiasFixCallback")
         self.method = method
         self.features = features
         self._pending = Pending()
@@ -118,8 +118,9 @@ class BiasFixCallback(pl.Callback):
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if self._epoch_end and self.method.due(epoch):
-            train_features, train_labels, val_features, val_labels = evaluated(self.features, pl_module)
+        features = self._epoch_features
+        if features is not None and self.method.due(epoch):
+            train_features, train_labels, val_features, val_labels = evaluated(features, pl_module)
             self.method.epoch_end(epoch, train_features, train_labels, val_features, val_labels)
 
     def state_dict(self) -> dict[str, Any]:

@@ -10,7 +10,8 @@ L_m = CE(o_m, y) of the unimodal logits o_m (`heads.UnimodalHeads` gives them fo
 ‖ p_v) and KL_l = KL(sg(p_v) ‖ p_l) (mutual), or one KL(p_v ‖ p_l) for both (undirected); λ_t rises linearly from
 λ_0 to 1 over total_steps (or stays λ_0); w from this batch's losses or their running averages (momentum 0.9). Any
 other parameter a unimodal loss reaches that the fused loss does not (the separate head mode's heads) gets ∇L_m.
-The math is methods/_balgrad_math.py, shared with biasaudit's own loop, so both write the same numbers.
+The math is methods/_balgrad_math.py (its gradients: methods/_balgrad_gradients.py), shared with biasaudit's own
+loop, so both write the same numbers.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from biasaudit.methods._balgrad_math import (
     combine,
     kl_weights,
     mutual_kl,
-    raw_gradients,
 )
+from biasaudit.methods._balgrad_gradients import raw_gradients
 from biasaudit.methods._branches import BranchParameters, branches_rule, check_per_branch, graph_leaves
 from biasaudit.methods._distributed import agree, average, collective_device, world_size
 

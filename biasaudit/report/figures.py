@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from typing import Any
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -43,7 +44,7 @@ def _number(value: float | None) -> float:
 def _error_below_above(values: Sequence[float], intervals: Sequence[Sequence[float | None] | None]) -> np.ndarray:
     """Asymmetric error-bar lengths from [lo, hi] intervals; a missing interval draws no bar."""
     below, above = [], []
-    for value, interval in zip(values, intervals):
+    for value, interval in zip(values, intervals, strict=True):
         lo, hi = interval if interval else (None, None)
         below.append(0.0 if lo is None or math.isnan(value) else max(value - lo, 0.0))
         above.append(0.0 if hi is None or math.isnan(value) else max(hi - value, 0.0))
@@ -76,7 +77,7 @@ def condition_bars(
     return fig
 
 
-def ratio_sweep(curves: Mapping[str, Sequence[Mapping[str, object]]], *, full_accuracy: float | None = None) -> Figure:
+def ratio_sweep(curves: Mapping[str, Sequence[Mapping[str, Any]]], *, full_accuracy: float | None = None) -> Figure:
     """Accuracy against the fraction of samples with the modality muted, one line and band per modality.
 
     Each point is a mapping with "ratio", "accuracy" and optionally "accuracy_ci".
@@ -89,9 +90,10 @@ def ratio_sweep(curves: Mapping[str, Sequence[Mapping[str, object]]], *, full_ac
         acc = np.array([_number(p["accuracy"]) for p in points])
         color = palette(index % palette.N)
         ax.plot(ratios, acc, marker="o", color=color, label=f"{_label(modality)} muted")
-        lows = [(p.get("accuracy_ci") or (None, None))[0] for p in points]
-        highs = [(p.get("accuracy_ci") or (None, None))[1] for p in points]
-        if all(v is not None for v in lows + highs):
+        bounds = [p.get("accuracy_ci") or (None, None) for p in points]
+        lows = [b[0] for b in bounds if b[0] is not None]
+        highs = [b[1] for b in bounds if b[1] is not None]
+        if len(lows) == len(highs) == len(points):  # a band only where every point has its interval
             ax.fill_between(ratios, lows, highs, color=color, alpha=0.2, linewidth=0)
     if full_accuracy is not None:
         ax.axhline(full_accuracy, color="#555555", linestyle="--", linewidth=1, label="Full")
@@ -120,7 +122,7 @@ def reliance_heatmap(classes: Sequence[str], drops: Mapping[str, Sequence[float 
     ax.set_xticks(np.arange(len(drops)), [f"{_label(m)} muted" for m in drops], fontsize=8)
     label_every = max(1, math.ceil(len(classes) / 40))
     rows = np.arange(0, len(classes), label_every)
-    ax.set_yticks(rows, [_label(classes[i]) for i in rows], fontsize=7)
+    ax.set_yticks(rows, [_label(classes[int(i)]) for i in rows], fontsize=7)
     ax.set_ylabel("class")
     if len(classes) <= 20 and len(drops) <= 6:
         for (row, col), value in np.ndenumerate(matrix):
@@ -188,7 +190,7 @@ def embedding_scatter(
     return fig
 
 
-def conflict_histogram(pairs: Sequence[Mapping[str, object]]) -> Figure:
+def conflict_histogram(pairs: Sequence[Mapping[str, Any]]) -> Figure:
     """Histogram of per-batch gradient cosines, one panel per modality pair; left of 0 = conflict.
 
     Each pair is a mapping with "a", "b" and "histogram": {"edges": [...], "counts": [...]}, or

@@ -16,7 +16,10 @@ from biasaudit._core.files import atomic_write_bytes
 
 def gate_junit_xml(result: Mapping[str, Any]) -> bytes:
     rules = result["rules"]
-    count = lambda status: sum(r["status"] == status for r in rules)  # noqa: E731
+
+    def count(status: str) -> int:
+        return sum(r["status"] == status for r in rules)
+
     suites = ET.Element("testsuites", name="biasaudit gate")
     suite = ET.SubElement(
         suites,

@@ -65,7 +65,7 @@ def pareto_plot(
     # where it always was, clear of the methods' names above right.
     labels = [(figures._label(control), (0.0, 0.0), "#333333", 9.0, 1)]
     placed = []
-    for index, (name, x, x_ci, y, y_ci) in enumerate(zip(names, full, full_ci, bias, bias_ci)):
+    for index, (name, x, x_ci, y, y_ci) in enumerate(zip(names, full, full_ci, bias, bias_ci, strict=True)):
         if x is None or y is None:
             continue  # the page lists the methods it could not place
         best = name == recommended
@@ -140,7 +140,7 @@ def _place_labels(fig: Figure, ax: Any, labels: Sequence[tuple[str, tuple[float,
             text, point, xytext=(0, 0), textcoords="offset points", fontsize=8, color=color, annotation_clip=False
         )
         label.set_in_layout(False)
-        best = None
+        best: tuple[float, int, tuple[float, float], str, str, Bbox] | None = None
         for spot_index, (offset, ha, va) in enumerate(near + far):
             label.xyann = offset
             label.set_horizontalalignment(ha)
@@ -151,6 +151,7 @@ def _place_labels(fig: Figure, ax: Any, labels: Sequence[tuple[str, tuple[float,
                 best = (cost, spot_index, offset, ha, va, box)
             if cost == 0:
                 break
+        assert best is not None, "no spot was tried"  # near + far is never empty (_LABEL_SPOTS)
         _, spot_index, offset, ha, va, box = best
         if spot_index >= len(near):
             label.remove()
@@ -188,7 +189,8 @@ def loss_curves(curves: Mapping[str, Mapping[int, Sequence[float | None]]]) -> F
     rows = math.ceil(count / columns)
     fig = Figure(figsize=(2.6 * columns + 1.0, 2.4 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, columns, sharey=True, squeeze=False).ravel()
-    for ax, (method, seeds) in zip(axes, curves.items()):
+    # strict=False: the grid has as many axes as fill its rows, one per method and the spare ones hidden below.
+    for ax, (method, seeds) in zip(axes, curves.items(), strict=False):
         for seed, losses in seeds.items():
             ax.plot(range(1, len(losses) + 1), [_number(v) for v in losses], marker=".", linewidth=1, label=f"seed {seed}")
         ax.set_title(figures._label(method), fontsize=9)

@@ -73,7 +73,7 @@ def _change_cell(change: Mapping[str, Any] | None, better: str | None) -> dict[s
     css = ""
     if change.get("significant") and change.get("delta") is not None:
         improved = {"higher": change["delta"] > 0, "lower": change["delta"] < 0}.get(str(better))
-        css = "significant " + {True: "better", False: "worse"}.get(improved, "")
+        css = "significant " + ("" if improved is None else "better" if improved else "worse")
     return {"text": text, "css": css.strip()}
 
 
@@ -138,7 +138,9 @@ def pareto_figure(document: Mapping[str, Any], primary: str | None) -> tuple[Fig
     changes = [m.get("changes") or {} for m in methods]
     full = [(c.get("full") or {}) for c in changes]
     bias = [(c.get(primary) or {}) for c in changes]
-    unplaced = [m["method"] for m, f, b in zip(methods, full, bias) if f.get("delta") is None or b.get("delta") is None]
+    unplaced = [
+        m["method"] for m, f, b in zip(methods, full, bias, strict=True) if f.get("delta") is None or b.get("delta") is None
+    ]
     recommended = (document.get("recommendation") or {}).get("method")
     margin = float(
         (document.get("recommendation") or {}).get("max_full_drop")
@@ -258,7 +260,8 @@ _TEMPLATE = """\
   </ul>
   {% endif %}
   <p class="explain">The rule: a method is recommended only when a bias measure improves with a 95% interval excluding
-     zero and Full accuracy is non-inferior (it loses at most {{ recommendation.get("max_full_drop", settings.get("max_full_drop"))|points }}
+     zero and Full accuracy is non-inferior (it loses at most {#
+       #}{{ recommendation.get("max_full_drop", settings.get("max_full_drop"))|points }}
      points); ties go to the better {{ primary_label or "primary bias measure" }}. The intervals cover both the audited samples
      and the spread over training seeds.</p>
 </section>
@@ -266,18 +269,25 @@ _TEMPLATE = """\
 <section id="table">
   <h2>Methods against the control</h2>
   <p class="explain">Per measure: the mean ± standard deviation over seeds after training, then the change against the control
-     {{ control }} in points with its 95% interval. <strong>Bold</strong>: the interval excludes zero (green: better, red: worse).</p>
+     {{ control }} in points with its 95% interval. {#
+       #}<strong>Bold</strong>: the interval excludes zero (green: better, red: worse).</p>
   <table>
     <thead>
-      <tr><th rowspan="2">method</th>{% for m in measures %}<th colspan="2">{{ m.label }}{% if m.better %} ({{ m.better }} is better){% endif %}</th>{% endfor %}<th rowspan="2" class="text">runs (compare pages)</th></tr>
+      <tr><th rowspan="2">method</th>{% for m in measures %}<th colspan="2">{{ m.label }}{% if m.better %} ({#
+        #}{{ m.better }} is better){% endif %}</th>{% endfor %}<th rowspan="2" class="text">runs (compare pages)</th></tr>
       <tr>{% for m in measures %}<th>after</th><th>vs {{ control }}</th>{% endfor %}</tr>
     </thead>
     <tbody>
     {% for row in rows %}
       <tr{% if row.css %} class="{{ row.css }}"{% endif %}>
-        <td>{{ row.method }}{% if row.control %} <span class="tag control">control</span>{% endif %}{% if row.recommended %} <span class="tag recommended">recommended</span>{% endif %}{% if row.options %}<br><small>{{ row.options }}</small>{% endif %}</td>
-        {% for cell in row.cells %}<td>{{ cell.after }}</td>{% if cell.change is none %}<td>(control)</td>{% else %}<td{% if cell.change.css %} class="{{ cell.change.css }}"{% endif %}>{{ cell.change.text }}</td>{% endif %}{% endfor %}
-        <td class="runs text">{% for r in row.runs %}<a href="{{ r.href }}">seed {{ r.seed }}</a>{% endfor %}{% if row.kept %}<br>kept: <code>{{ row.kept }}</code>{% endif %}{% if row.kept_note %}<br><small>{{ row.kept_note }}</small>{% endif %}</td>
+        <td>{{ row.method }}{% if row.control %} <span class="tag control">control</span>{% endif %}{#
+          #}{% if row.recommended %} <span class="tag recommended">recommended</span>{% endif %}{% if row.options %}<br>{#
+          #}<small>{{ row.options }}</small>{% endif %}</td>
+        {% for cell in row.cells %}<td>{{ cell.after }}</td>{% if cell.change is none %}<td>(control)</td>{% else %}<td{#
+          #}{% if cell.change.css %} class="{{ cell.change.css }}"{% endif %}>{{ cell.change.text }}</td>{% endif %}{% endfor %}
+        <td class="runs text">{% for r in row.runs %}<a href="{{ r.href }}">seed {{ r.seed }}</a>{% endfor %}{#
+          #}{% if row.kept %}<br>kept: <code>{{ row.kept }}</code>{% endif %}{% if row.kept_note %}<br><small>{#
+          #}{{ row.kept_note }}</small>{% endif %}</td>
       </tr>
     {% endfor %}
     </tbody>
@@ -295,9 +305,12 @@ _TEMPLATE = """\
   {% if "pareto" in images %}
   <p class="explain">Each method's change against the control: Full accuracy across, {{ primary_label }} up or down, with 95%
      intervals both ways. The control sits at (0, 0); a method left of the dashed line may cost more accuracy than the margin.</p>
-  <figure><img src="{{ images.pareto }}" alt="Pareto plot: change in {{ primary_label }} against change in Full accuracy, per method"></figure>
-  {% if unplaced %}<p class="note unavailable">Not plotted (a change could not be computed): {{ unplaced|join(", ") }}.</p>{% endif %}
-  {% else %}<p class="note unavailable">Not available: the leaderboard has no bias measure, no Full accuracy, or no method besides the control.</p>{% endif %}
+  <figure><img src="{{ images.pareto }}" alt="Pareto plot: change in {#
+    #}{{ primary_label }} against change in Full accuracy, per method"></figure>
+  {% if unplaced %}<p class="note unavailable">Not plotted (a change could not be computed): {{ unplaced|join(", ") }}.</p>{#
+    #}{% endif %}
+  {% else %}<p class="note unavailable">Not available: the leaderboard has no bias measure, no Full accuracy, or no method {#
+    #}besides the control.</p>{% endif %}
 </section>
 
 <section id="training">
@@ -316,7 +329,8 @@ _TEMPLATE = """\
     <tr><th>wall time</th><td class="text">{{ wall_time }} in all; {{ run_time }} in the runs</td></tr>
     <tr><th>device</th><td class="text">{{ manifest.get("device")|plain }}</td></tr>
     <tr><th>biasaudit</th><td class="text">{{ manifest.get("biasaudit")|plain }}</td></tr>
-    {% if manifest.get("checkpoint") %}<tr><th>checkpoint</th><td class="mono">{{ manifest.checkpoint.path }} (sha256 {{ manifest.checkpoint.sha256 }})</td></tr>{% endif %}
+    {% if manifest.get("checkpoint") %}<tr><th>checkpoint</th><td class="mono">{{ manifest.checkpoint.path }} (sha256 {#
+      #}{{ manifest.checkpoint.sha256 }})</td></tr>{% endif %}
     {% if manifest.get("adapter") %}<tr><th>adapter</th><td class="mono">{{ manifest.adapter }}</td></tr>{% endif %}
     {% if run.get("id") %}<tr><th>run id</th><td class="mono">{{ run.id }}</td></tr>{% endif %}
   </tbody></table>

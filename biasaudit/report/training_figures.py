@@ -48,7 +48,7 @@ def projection_histogram(cos_before: Sequence[float], cos_after: Sequence[float]
     """cos(g_T, g_kl) per step before and after BalGrad's projection (methods.md section 5)."""
     fig = Figure(figsize=(6.0, 3.4), layout="constrained")
     axis = fig.subplots()
-    edges = np.linspace(-1, 1, 21)
+    edges = np.linspace(-1, 1, 21).tolist()  # matplotlib's bins: a sequence of floats
     axis.hist([c for c in cos_before if c is not None], bins=edges, alpha=0.6, label="raw")
     axis.hist([c for c in cos_after if c is not None], bins=edges, alpha=0.6, label="projected")
     axis.axvline(0, color="black", linewidth=0.8)

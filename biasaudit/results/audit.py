@@ -24,7 +24,8 @@ from biasaudit.results import StrPath
 from biasaudit.results.analyses import Groups, Interaction, MuteChecks, RatioPoint, Reliance, Shapley, ratio_sweep_of
 from biasaudit.results.bias import BiasMeasures, Calibration, Ceilings, calibration_of
 from biasaudit.results.estimate import Estimate, Interval, interval_of as _interval
-from biasaudit.results.sections import AuditVerdict, Dataset, Embeddings, GradientConflict, Jsd, RunManifest, ran, texts
+from biasaudit.results.internals import Embeddings, GradientConflict
+from biasaudit.results.sections import AuditVerdict, Dataset, Jsd, RunManifest, ran, texts
 
 
 def frozen_document(value: Any) -> Any:
@@ -139,8 +140,9 @@ class Audit:
     `ratio_sweep` (modality -> its steps), `reliance` (per class), `mute_checks`, `notes` (plain sentences),
     `diagnostics` (the analyses that ran) and `unavailable` (section -> the note saying why it could not run). An
     analysis the scan did not run, or could not, is None (`calibration` and `ratio_sweep` are then empty).
-    Accuracies are in percent, rates as fractions, as in audit.json; biasaudit.results.sections and
-    biasaudit.results.analyses document each view. Write it with `to_json` / `to_html`; read one back with `Audit.read`."""
+    Accuracies are in percent, rates as fractions, as in audit.json; biasaudit.results.sections,
+    biasaudit.results.internals and biasaudit.results.analyses document each view. Write it with `to_json` / `to_html`;
+    read one back with `Audit.read`."""
 
     document: Mapping[str, Any]
     summary: Summary

@@ -13,7 +13,7 @@ every process reaches, and all stop there with one sentence naming the failed ra
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,7 +25,8 @@ Fingerprint = dict[str, dict[str, tuple[str, Any]]]
 
 
 def option_settings(values: Mapping[str, Any], flags: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
-    """Command-line settings by flag, shown as typed: {"--seed": ("--seed 1", 1), "--mute-compare": ("no --mute-compare", False)}."""
+    """Command-line settings by flag, shown as typed: {"--seed": ("--seed 1", 1),
+    "--mute-compare": ("no --mute-compare", False)}."""
     settings = {}
     for key, value in values.items():
         flag = flags[key]
@@ -100,7 +101,10 @@ def _difference(fingerprints: list[Fingerprint], *, group: str, remedy: str) -> 
                     f"{who} {'reads' if one else 'read'} {name} {shown} but rank 0 {mine[0]}, and the files' contents differ; "
                     "every process must read the same files."
                 )
-            return f"{who} {'runs' if one else 'run'} {shown} but rank 0 {mine[0]}; every process must run the same library versions."
+            return (
+                f"{who} {'runs' if one else 'run'} {shown} but rank 0 {mine[0]}; "
+                "every process must run the same library versions."
+            )
     return None
 
 
@@ -143,10 +147,8 @@ def stopping_together(enabled: bool = True, *, group: str = "this process group"
     try:
         yield
     except Exception as exc:
-        try:
+        with suppress(RuntimeError):  # another rank is gone too: this rank's own error is what its output must say
             _exchanged(_described(exc))
-        except RuntimeError:
-            pass  # another rank is gone too: this rank's own error is what its output must say
         raise
     try:
         failures = _exchanged(None)

@@ -156,7 +156,9 @@ def load_models(
     unimodal_models = {}
     for name, path in unimodal:
         unimodal_models[name] = load_model(path, adapter, trust=trust)
-        unimodal_models[name].biasaudit_source = str(path)  # named in the ceilings section
+        # Named in the ceilings section. torch's stubs type Module.__setattr__ for tensors and modules only; any other
+        # value is stored as a plain attribute at runtime.
+        unimodal_models[name].biasaudit_source = str(path)  # type: ignore[assignment]
     return model, prefix_removed, unimodal_models
 
 

@@ -43,6 +43,20 @@ class Condition:
     # seed + d. Only the scan's pass sees draws other than 0: the audit reports their mean under the base name.
     draw: int = 0
 
+    @property
+    def impaired_modality(self) -> str:
+        """The modality an impaired condition acts on (every condition but Full names one)."""
+        if self.modality is None:
+            raise ValueError(f"condition {self.name!r} impairs no modality")
+        return self.modality
+
+    @property
+    def impairment_name(self) -> str:
+        """The impairment an impaired condition applies (every condition but Full names one)."""
+        if self.impairment is None:
+            raise ValueError(f"condition {self.name!r} applies no impairment")
+        return self.impairment
+
     def to_dict(self) -> dict:
         return {
             "name": self.name,

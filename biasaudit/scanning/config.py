@@ -49,7 +49,8 @@ def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...], *, 
 
 
 # ScanConfig field -> (the setting's name on the command line and in config files, its least value).
-_INTEGER_SETTINGS = {
+# field: (the setting's name in messages, its least value[, its greatest value])
+_INTEGER_SETTINGS: dict[str, tuple[str, int] | tuple[str, int, int]] = {
     "batch_size": ("batch_size", 1),
     "seed": ("seed", 0, 2**64 - 1),
     "bootstrap_replicates": ("bootstrap", 10),

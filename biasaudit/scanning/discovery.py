@@ -27,14 +27,21 @@ from biasaudit.scanning.setup import pass_facts, pass_setup, read_split_ahead
 
 
 @dataclass(frozen=True)
+class DiscoveredBias:
+    """The bias values the k-means discovery found."""
+
+    prior: BiasPrior
+    values: np.ndarray  # the cluster of every evaluated sample, by global index
+    jsd: JSDDiagnostic  # the Full condition's mistakes against the clusters' priors
+    forwards: int  # samples forwarded to find them (train and the evaluated split)
+
+
+@dataclass(frozen=True)
 class BiasDiscovery:
-    """What the k-means discovery found; `values` is None when it could not run, and `note` says why."""
+    """What the k-means discovery found; `found` is None when it could not run, and `note` says why."""
 
     note: str
-    prior: BiasPrior | None = None
-    values: np.ndarray | None = None  # the cluster of every evaluated sample, by global index
-    jsd: JSDDiagnostic | None = None  # the Full condition's mistakes against the clusters' priors
-    forwards: int = 0  # samples forwarded to find them (train and the evaluated split)
+    found: DiscoveredBias | None = None
 
 
 def discover_bias(
@@ -66,14 +73,15 @@ def discover_bias(
         f"The data has no bias attribute: bias values are {num_bias} k-means clusters of the dominant "
         f"modality's ({dominant}) branch embeddings, fitted on the train split (methods.md section 3)."
     )
-    return BiasDiscovery(note, prior=prior, values=values, jsd=jsd, forwards=len(train["label"]) + len(evaluation["label"]))
+    forwards = len(train["label"]) + len(evaluation["label"])
+    return BiasDiscovery(note, DiscoveredBias(prior=prior, values=values, jsd=jsd, forwards=forwards))
 
 
 def discovered_bias_pass(
     model: nn.Module,
     adapter: Adapter,
     config: ScanConfig,
-    discovery: BiasDiscovery,
+    discovery: DiscoveredBias,
     wanted: tuple[str, ...],
     *,
     device: torch.device,

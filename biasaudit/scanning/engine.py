@@ -138,11 +138,11 @@ def _finish_on_rank_zero(state: ScanState, context: ScanContext, **finishing: An
     """Rank 0 merges every rank's state and finishes the audit; every rank returns it."""
     import torch.distributed as dist
 
-    states: list[Any] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    states: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
     dist.gather_object(state, states, dst=0)
     sections: list[Any] = [None]
     with stopping_together():  # the others wait while rank 0 finishes alone, and stop with it when it fails
-        if dist.get_rank() == 0:
+        if states is not None:  # rank 0, which gathered every rank's state
             sections[0] = finish_scan(merged(states), context, **finishing)
     dist.broadcast_object_list(sections, src=0)
     return sections[0]

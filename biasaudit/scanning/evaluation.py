@@ -1,15 +1,15 @@
 """The work of one scan pass on one batch: every condition's forward, and the accumulators that read them.
 
 Each batch draws its bootstrap weights once and every accumulator (accuracy, the registered diagnostics of
-biasaudit/diagnostics/registry.py, carrier, ceilings, Shapley) uses them, so every figure of the audit gets paired intervals. Logits of "only these modalities
-intact" are cached per batch: the missing conditions, the carrier's Full reference, the ceilings' "alone"
-accuracy and the Shapley subsets share forwards instead of repeating them.
+biasaudit/diagnostics/registry.py, carrier, ceilings, Shapley) uses them, so every figure of the audit gets paired
+intervals. Logits of "only these modalities intact" are cached per batch: the missing conditions, the carrier's Full
+reference, the ceilings' "alone" accuracy and the Shapley subsets share forwards instead of repeating them. The
+forwards of the carrier, ceilings and interaction are in biasaudit/scanning/diagnostic_forwards.py.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 from collections.abc import Mapping, Sequence
 
@@ -20,18 +20,15 @@ from torch import nn
 from biasaudit.data.adapter import Adapter, Modality
 from biasaudit.data.batches import take_rows
 from biasaudit.scanning.conditions import Condition
-from biasaudit.diagnostics.carrier import CarrierAccumulator, targets, update_swap
-from biasaudit.diagnostics.ceilings import BranchTap
-from biasaudit.diagnostics.donors import DonorPool, swap_modality
-from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.mutes import Moments
-from biasaudit.diagnostics.protocol import BatchOutcome, Diagnostic
-from biasaudit.diagnostics.shapley import ShapleyAccumulator, subsets
+from biasaudit.diagnostics.protocol import BatchOutcome
+from biasaudit.diagnostics.shapley import subsets
 from biasaudit.errors import DataError
-from biasaudit.scanning.draws import draw_name, draw_seed
+from biasaudit.scanning.diagnostic_forwards import carrier_swaps, ceiling_predictions, interaction_forwards, swap_pools
+from biasaudit.scanning.draws import draw_seed
+from biasaudit.scanning.setup import PassSetup
 from biasaudit.data.impairments import Impairment, impair_batch, muted_subset_draws, muting_impairment
 from biasaudit.diagnostics.accuracy import ConditionAccumulator, bootstrap_weights
-from biasaudit._core.randomness import poisson1
 
 
 def _not_finite(condition: str) -> DataError:
@@ -54,29 +51,6 @@ def check_logits(logits: Any, *, batch_size: int, num_classes: int, condition: s
         )
     if finite and not torch.isfinite(logits).all():
         raise _not_finite(condition)
-
-
-@dataclass
-class PassSetup:
-    """What one pass evaluates. The main pass has everything; the pass that runs on k-means-discovered bias
-    values (no bias key) has only full + missing conditions, the diagnostics that read bias values, and the carrier."""
-
-    conditions: Sequence[Condition]
-    impairments: Mapping[str, Impairment]
-    replicates: int
-    seed: int
-    diagnostics: Mapping[str, Diagnostic] = field(default_factory=dict)  # the registered ones (biasaudit/diagnostics/registry.py)
-    carrier: CarrierAccumulator | None = None
-    pool: DonorPool | None = None
-    carrier_pools: Sequence[DonorPool] = ()  # one per draw of the donors (biasaudit/scanning/draws.py); pool is draw 0's
-    favoured: np.ndarray | None = None  # F(k) per bias value, [K, C] bool (diagnostics/favoured.py)
-    probes: Mapping[str, list[Any]] = field(default_factory=dict)  # modality -> its fitted probe per draw
-    unimodal: Mapping[str, nn.Module] = field(default_factory=dict)
-    ceilings: ConditionAccumulator | None = None
-    shapley: ShapleyAccumulator | None = None
-    interaction: InteractionAccumulator | None = None
-    tap: BranchTap | None = None
-    moments: dict[str, Moments] = field(default_factory=dict)  # "full:m" and "muted:m" branch embeddings
 
 
 def _evaluation_order(conditions: Sequence[Condition]) -> list[Condition]:
@@ -110,7 +84,7 @@ class BatchEvaluator:
         for c in setup.conditions:
             muting = setup.impairments.get(c.name)
             if c.group != "full" and muting is not None and muting.mutes:
-                key = (c.modality, muting.name)
+                key = (c.impaired_modality, muting.name)
                 self._mute_reach[key] = max(self._mute_reach.get(key, 0.0), c.severity)
         # (draw, fraction) of every partial mute: draw d of a ratio rung mutes the rows of seed + d (biasaudit/scanning/draws.py).
         self._partial_fractions = sorted(
@@ -125,23 +99,10 @@ class BatchEvaluator:
         )
         self._mute_draw_ids = sorted({draw for draw, _ in self._partial_fractions}) or [0]
         self.forwards: Counter[str] = Counter()  # forwarded samples per diagnostic
-        # Per draw's pool: what following each entry means, and its Poisson weight per replicate keyed by its global index
-        # (the crossed bootstrap of carrier.py; the same sample weighs the same in every draw).
-        self._swap_pools = (
-            [
-                (
-                    pool,
-                    targets(pool.bias, pool.label, setup.favoured),
-                    poisson1(setup.seed, "donor-bootstrap", pool.index, setup.replicates),
-                )
-                for pool in setup.carrier_pools
-            ]
-            if setup.favoured is not None
-            else []
-        )
+        self.swap_pools = swap_pools(setup)  # the carrier's, one per draw
 
     # ---- forwards -------------------------------------------------------------------------------
-    def _logits(
+    def forward_logits(
         self,
         model: nn.Module,
         batch: Mapping[str, Any],
@@ -169,7 +130,7 @@ class BatchEvaluator:
         self.forwards[stage] += rows
         return logits
 
-    def _muted(self, batch: Mapping[str, Any], keep: frozenset[str]) -> dict[str, Any]:
+    def muted_batch(self, batch: Mapping[str, Any], keep: frozenset[str]) -> dict[str, Any]:
         out = dict(batch)
         for name, modality in self.modalities.items():
             if name not in keep:
@@ -187,8 +148,8 @@ class BatchEvaluator:
     def subset_logits(self, keep: frozenset[str], *, stage: str) -> torch.Tensor:
         """Logits with only `keep` intact (every other modality muted), computed once per batch."""
         if keep not in self._subsets:
-            self._subsets[keep] = self._logits(
-                self.model, self._muted(self._batch, keep), stage=stage, condition="only " + ",".join(sorted(keep))
+            self._subsets[keep] = self.forward_logits(
+                self.model, self.muted_batch(self._batch, keep), stage=stage, condition="only " + ",".join(sorted(keep))
             )
         return self._subsets[keep]
 
@@ -219,7 +180,7 @@ class BatchEvaluator:
         by_definition: dict[tuple, torch.Tensor] = {}  # two conditions that impair alike are forwarded once
         for condition in _evaluation_order(s.conditions):
             if condition.group == "full":
-                logits = self._logits(self.model, batch, stage="conditions", condition="full", tap=True, finite=False)
+                logits = self.forward_logits(self.model, batch, stage="conditions", condition="full", tap=True, finite=False)
                 self._subsets[everything] = logits
                 self._full_branch = s.tap.features(batch) if s.tap else {}
                 self.full_features = self.feature_tap.value if self.feature_tap is not None else None
@@ -241,8 +202,7 @@ class BatchEvaluator:
         # The largest softmax probability is exp(0) / sum_j exp(z_j - max z): one reduction, without the full softmax.
         top, predicted = stacked.max(dim=2)
         confidence = torch.exp(stacked - top[..., None]).sum(dim=2).reciprocal()
-        confidence, predicted = confidence.cpu().numpy(), predicted.cpu().numpy()
-        predictions = dict(zip(names, predicted))
+        predictions = dict(zip(names, predicted.cpu().numpy(), strict=True))
         self.accuracy.update(predictions, labels, indices=indices, weights=weights)
         outcome = BatchOutcome(
             indices=indices,
@@ -250,7 +210,7 @@ class BatchEvaluator:
             bias=bias,
             weights=weights,
             predictions=predictions,
-            confidences=dict(zip(names, confidence)),
+            confidences=dict(zip(names, confidence.cpu().numpy(), strict=True)),
             full_logits=logits_of["full"],
             features=self.full_features,
         )
@@ -258,9 +218,9 @@ class BatchEvaluator:
             diagnostic.update(outcome)
         full = predictions["full"]
         if s.carrier is not None and s.pool is not None and bias is not None:
-            self._carrier(batch, indices, labels, bias, full, weights)
+            carrier_swaps(self, s.carrier, batch, indices, labels, bias, full, weights)
         if s.ceilings is not None:
-            self._ceilings(labels, full, indices, weights)
+            ceiling_predictions(self, s.ceilings, batch, self._full_branch, labels, full, indices, weights)
         if s.shapley is not None:
             correct_by_subset = {
                 keep: self.subset_logits(keep, stage="shapley").argmax(dim=1).cpu().numpy() == labels
@@ -268,14 +228,14 @@ class BatchEvaluator:
             }
             s.shapley.update(correct_by_subset, labels, weights)
         if s.interaction is not None and s.pool is not None:
-            self._interaction(batch, indices, labels, full, weights)
+            interaction_forwards(self, s.interaction, s.pool, batch, indices, labels, full, weights)
 
     def _impaired_logits(self, condition: Condition, impairment: Impairment, full_logits: torch.Tensor) -> torch.Tensor:
         """Logits of one impaired condition. missing_ratio:r applies the modality's mute to a fraction r of the samples
         (methods.md section 1), and a muted sample's logits do not depend on which fraction muted it: every ratio takes
         its muted rows from one forward of the mute per batch (the missing condition's, when the scan has it) and the
         Full logits for the rest (methods.md section 10)."""
-        m = self.modalities[condition.modality]
+        m = self.modalities[condition.impaired_modality]
         if impairment.mutes:
             is_mute = condition.group == "missing"
             muted = self._mute_logits(m, impairment, full_logits, condition=condition.name, tap=is_mute)
@@ -288,7 +248,7 @@ class BatchEvaluator:
                     self._record_moments("muted", {m.name: self.setup.tap.features(self._whole_mute(m, impairment))[m.name]})
             return muted
         impaired = self._impaired(m, impairment, condition.severity, draw=condition.draw)
-        return self._logits(self.model, impaired, stage="conditions", condition=condition.name, finite=False)
+        return self.forward_logits(self.model, impaired, stage="conditions", condition=condition.name, finite=False)
 
     def _mute_logits(
         self, modality: Modality, impairment: Impairment, full_logits: torch.Tensor, *, condition: str, tap: bool
@@ -301,13 +261,13 @@ class BatchEvaluator:
             reach = self._mute_reach.get(key, 1.0)
             whole = self._whole_mute(modality, impairment)
             if reach >= 1.0:
-                logits = self._logits(self.model, whole, stage="conditions", condition=condition, tap=tap, finite=False)
+                logits = self.forward_logits(self.model, whole, stage="conditions", condition=condition, tap=tap, finite=False)
             else:
                 # Every draw's rows at the largest fraction: each draw's rungs take their muted rows from this one forward.
                 rows = np.flatnonzero(np.logical_or.reduce([self._muted_rows(reach, d) for d in self._mute_draw_ids]))
                 logits = full_logits.clone()
                 if len(rows):
-                    logits[torch.as_tensor(rows, device=logits.device)] = self._logits(
+                    logits[torch.as_tensor(rows, device=logits.device)] = self.forward_logits(
                         self.model,
                         take_rows(whole, rows, size=len(self._indices)),
                         stage="conditions",
@@ -350,97 +310,3 @@ class BatchEvaluator:
     def _record_moments(self, prefix: str, values: Mapping[str, torch.Tensor]) -> None:
         for name, value in values.items():
             self.setup.moments.setdefault(f"{prefix}:{name}", Moments()).update(value.double().cpu().numpy())
-
-    def _carrier(self, batch, indices, labels, bias, full, weights) -> None:
-        """Every draw's swaps add to the same counts: the rates are pooled over the draws' swapped samples."""
-        s = self.setup
-        for pool, target, donor_weights in self._swap_pools:
-            swaps = {
-                "bias": pool.bias_donors(indices, labels, bias, s.favoured.any(axis=1)),
-                "content": pool.content_donors(indices, labels, bias),
-            }
-            # A null swap serves only rows that also have a bias or a content donor: no forward for the others.
-            null_donors = np.where((swaps["bias"] >= 0) | (swaps["content"] >= 0), pool.null_donors(indices, labels, bias), -1)
-            for name, modality in self.modalities.items():
-                null = self._swapped_prediction(batch, modality, null_donors, full, pool, what="null")
-                for kind, donors in swaps.items():
-                    prediction = self._swapped_prediction(batch, modality, donors, full, pool, what=kind)
-                    update_swap(
-                        (s.carrier.bias_swap if kind == "bias" else s.carrier.content_swap)[name],
-                        donors=donors,
-                        null_donors=null_donors,
-                        target=target[kind],
-                        donor_weights=donor_weights,
-                        prediction=prediction,
-                        null=null,
-                        full=full,
-                        labels=labels,
-                        weights=weights,
-                    )
-
-    def _swapped_prediction(
-        self, batch, modality: Modality, donors: np.ndarray, full: np.ndarray, pool: DonorPool, *, what: str
-    ) -> np.ndarray:
-        """Predictions with this modality's input from the pool's donors (rows without a donor keep theirs)."""
-        if not (donors >= 0).any():
-            return full
-        swapped = swap_modality(batch, modality, donors, pool)
-        return (
-            self._logits(self.model, swapped, stage="carrier", condition=f"{what} swap of {modality.name}")
-            .argmax(dim=1)
-            .cpu()
-            .numpy()
-        )
-
-    def _ceilings(self, labels, full, indices, weights) -> None:
-        s = self.setup
-        predictions = {"full": full}
-        for name in self.modalities:
-            if name in s.unimodal:
-                others_muted = self._muted(self._batch, frozenset([name]))
-                predictions[f"ceiling:{name}"] = (
-                    self._logits(s.unimodal[name], others_muted, stage="ceilings", condition=f"unimodal {name}")
-                    .argmax(dim=1)
-                    .cpu()
-                    .numpy()
-                )
-            elif name in s.probes:
-                feature = self._full_branch.get(name)
-                if feature is None:
-                    raise DataError(
-                        f"The {name!r} branch did not run in the Full forward of this batch, although it ran on train; "
-                        "the adapter's branches() must name modules the model calls on every forward."
-                    )
-                values = feature.double().cpu().numpy()
-                for draw, probe in enumerate(s.probes[name]):
-                    predictions[draw_name(f"ceiling:{name}", draw)] = probe.predict(values)
-            else:
-                continue
-            predictions[f"alone:{name}"] = self.subset_logits(frozenset([name]), stage="ceilings").argmax(dim=1).cpu().numpy()
-        s.ceilings.update(predictions, labels, indices=indices, weights=weights)
-
-    def _interaction(self, batch, indices, labels, full, weights) -> None:
-        s = self.setup
-        # Each half of the donors comes from its half of the pool (the split-half correction of diagnostics/interaction.py).
-        draws = [s.pool.any_donors(indices, draw=r, half=s.interaction.half_of(r)) for r in range(s.interaction.donors)]
-        if not all((donors >= 0).all() for donors in draws):
-            return  # a pool of one sample: nothing to pair with
-
-        def mixed(donors_of: dict[str, np.ndarray], condition: str) -> np.ndarray:
-            """Logits with each named modality's input from its donors, the others the sample's own."""
-            out = batch
-            for name, modality in self.modalities.items():
-                if name in donors_of:
-                    out = swap_modality(out, modality, donors_of[name], s.pool)
-            return self._logits(self.model, out, stage="interaction", condition=condition).float().cpu().numpy()
-
-        kept = [
-            [mixed({name: donors for name in self.modalities if name != keep}, f"interaction keeping {keep}") for donors in draws]
-            for keep in self.modalities
-        ]
-        lenders = s.interaction.constant_donors()  # [M, R]: the constant's forwards take each modality from another donor
-        constant = [
-            mixed({name: draws[lenders[m, r]] for m, name in enumerate(self.modalities)}, "interaction constant")
-            for r in range(len(draws))
-        ]
-        s.interaction.update(kept, constant, full, labels, weights)

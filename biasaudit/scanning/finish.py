@@ -93,7 +93,10 @@ def finish_scan(
     sections: dict[str, Any] = {name: section.body for name, section in measured.items()}
     derived = {name: values for section in measured.values() for name, values in section.derived.items()}
     notes = [*bias.notes, *(note for section in measured.values() for note in section.notes)]
-    conflict = sections["gradient_conflict"] = state.gradient_conflict
+    conflict = state.gradient_conflict
+    if conflict is None:  # a caller bug: shard 0, which every whole scan has, measures it
+        raise ValueError("the scan's state has no gradient conflict section (shard 0's)")
+    sections["gradient_conflict"] = conflict
     if not conflict.get("available", True) and conflict.get("note"):
         notes.append(conflict["note"])
     sections["notes"] = notes
@@ -183,24 +186,27 @@ def _bias_values(
             main,
             dict(main.diagnostics),
         )
+    if model is None or device is None:  # a caller bug: only a merge of parts has no model, and parts have a bias key
+        raise ValueError("bias discovery needs the model and its device")
     discovery = discover_bias(model, adapter, config, dominant=dominant, device=device)
-    if discovery.values is None:
+    found = discovery.found
+    if found is None:
         return _BiasValues("kmeans", _NOTHING_DISCOVERED, None, discovery.note, main, dict(main.diagnostics))
-    evaluator = discovered_bias_pass(model, adapter, config, discovery, context.wanted, device=device, progress=progress)
+    evaluator = discovered_bias_pass(model, adapter, config, found, context.wanted, device=device, progress=progress)
     bias_pass = PassState.of(evaluator)
     note = (
-        f"Bias values are the {discovery.prior.num_bias} k-means clusters of the dominant modality's ({dominant}) branch embeddings "
-        "(the data has no bias attribute); groups are measured under the full and missing conditions only."
+        f"Bias values are the {found.prior.num_bias} k-means clusters of the dominant modality's ({dominant}) "
+        "branch embeddings (the data has no bias attribute); groups are measured under the full and missing conditions only."
     )
     return _BiasValues(
         "kmeans",
         note,
-        discovery.prior.counts,
+        found.prior.counts,
         discovery.note,
         bias_pass,
-        {**main.diagnostics, "jsd": discovery.jsd, **bias_pass.diagnostics},
+        {**main.diagnostics, "jsd": found.jsd, **bias_pass.diagnostics},
         notes=(discovery.note,),
-        forwards=Counter({"bias_discovery": discovery.forwards}) + evaluator.forwards,
+        forwards=Counter({"bias_discovery": found.forwards}) + evaluator.forwards,
     )
 
 
@@ -254,9 +260,10 @@ def _mute_checks(
     )
     missing = summary.get("missing")
     caveats = [f["message"] for f in findings if missing and f["modality"] == missing.get("dominant")]
-    if caveats:
+    if missing and caveats:  # a caveat names the dominant modality of the missing summary
         missing["dominant_caveat"] = caveats[0]
-    compared, compare_note = None, None
+    compared: dict[str, dict[str, Any]] | None = None
+    compare_note: str | None = None
     alternatives = [c for c in conditions if c.group == "mute_compare"]
     if mute_compare and not alternatives:
         compare_note = (
@@ -266,7 +273,7 @@ def _mute_checks(
     if alternatives and missing:
         compared = {}
         for c in alternatives:
-            entry = compared.setdefault(c.modality, {"choices": {}, "dominant": {}})
+            entry = compared.setdefault(c.impaired_modality, {"choices": {}, "dominant": {}})
             current = next(r for r in conditions if r.group == "missing" and r.modality == c.modality)
             for choice in (current, c):
                 entry["choices"][choice.impairment] = {

@@ -10,7 +10,7 @@ the shard's context and state (biasaudit/scanning/state.py), which merge across 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sized
 
 import numpy as np
 import torch
@@ -34,8 +34,9 @@ from biasaudit.diagnostics.shapley import MAX_MODALITIES, ShapleyAccumulator
 from biasaudit.errors import DataError
 from biasaudit.scanning.conditions import parse_conditions, parse_diagnostics
 from biasaudit.scanning.config import PRECISIONS, ScanConfig
-from biasaudit.scanning.evaluation import BatchEvaluator, PassSetup
+from biasaudit.scanning.evaluation import BatchEvaluator
 from biasaudit.scanning.setup import (
+    PassSetup,
     mute_compare_conditions,
     pass_facts,
     pass_setup,
@@ -177,7 +178,8 @@ def _read_ahead(adapter: Adapter, config: ScanConfig, wanted: tuple[str, ...], *
     value (the JSD and groups are sized for it) and the donor pools of the carrier and interaction swaps."""
     sized = adapter.bias_key is not None and "train" in adapter.splits  # the train split's priors will be read
     pooled = ("carrier" in wanted and sized) or "interaction" in wanted
-    largest, pools = -1, []
+    largest: int = -1
+    pools: list[DonorPool] = []
     if sized or pooled:
         by_key = adapter.bias_key is not None
         largest, pools = read_split_ahead(
@@ -237,14 +239,16 @@ def _equip(
 
 def _batch_count(adapter: Adapter, split: str, batch_size: int) -> int | None:
     try:
-        return len(adapter.data(split, batch_size=batch_size))  # type: ignore[arg-type]
+        batches = adapter.data(split, batch_size=batch_size)
+        # A DataLoader over an iterable dataset has len() but raises TypeError: its count is unknown.
+        return len(batches) if isinstance(batches, Sized) else None
     except TypeError:
         return None
 
 
 def _stream(evaluator: BatchEvaluator, adapter: Adapter, config: ScanConfig, *, shard: Shard, progress: Progress) -> _Streamed:
     """Every batch of the split read (every shard reads all of them), the shard's own evaluated under every condition."""
-    fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.key for m in adapter.modalities])
+    fingerprint = SampleFingerprint(with_bias=adapter.bias_key is not None, input_keys=[m.batch_key for m in adapter.modalities])
     # The labels and bias values of every batch, owned or not: shards of one scan must have read the same data.
     whole_split = SampleFingerprint(with_bias=adapter.bias_key is not None) if shard.count > 1 else None
     conflict_sample = SeededSample(k=config.gradient_batches, seed=config.seed) if shard.index == 0 else None

@@ -4,37 +4,28 @@ scan, merges them exactly (biasaudit/scanning/state.py) and writes the audit one
 
 A part file is a torch file of plain values (numbers, strings, lists, dicts, tensors), read back with
 `weights_only=True`: merging parts runs no code from them. Objects are rebuilt only from the classes named in
-`_CLASSES` and those of the registered diagnostics (biasaudit/diagnostics/registry.py part_classes). What the merge needs of the adapter (its modalities, classes and names) is recorded in the part, so a
-merge needs neither the adapter's code nor the model.
+biasaudit/scanning/part_values.py's SCAN_CLASSES and those of the registered diagnostics
+(biasaudit/diagnostics/registry.py part_classes). What the merge needs of the adapter (its modalities, classes and
+names) is recorded in the part, so a merge needs neither the adapter's code nor the model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from collections.abc import Mapping, Sequence
 
-import numpy as np
 import torch
 
 from biasaudit.data.adapter import Adapter
-from biasaudit.scanning.conditions import Condition
-from biasaudit.diagnostics.carrier import CarrierAccumulator, SwapCounts
-from biasaudit.diagnostics.interaction import InteractionAccumulator
-from biasaudit.diagnostics.mutes import Moments
-from biasaudit.diagnostics.shapley import ShapleyAccumulator
 from biasaudit.errors import InputError
-from biasaudit._core.exact_sums import ExactSum
-from biasaudit.data.fingerprint import SampleFingerprint
-from biasaudit.diagnostics.accuracy import ConditionAccumulator
-from biasaudit.diagnostics.registry import diagnostic_class, part_classes
-from biasaudit.data.modality import Modality
+from biasaudit.diagnostics.registry import diagnostic_class
 from biasaudit._core.randomness import GENERATOR
-from biasaudit.scanning.state import PassState, ScanContext, ScanState, merged
+from biasaudit.scanning.part_values import from_plain, to_plain
+from biasaudit.scanning.state import ScanContext, ScanState, merged
 from biasaudit._core.sealed import sealed_bytes, unsealed
 from biasaudit._core.sharding import Shard
 
@@ -44,87 +35,10 @@ FORMAT = "biasaudit-scan-part"
 # Version 4: the content is sealed with its SHA-256 (`seal`), checked before anything in it is read.
 # Version 5: the registered diagnostics' states by name (PassState.diagnostics), their names listed beside the content.
 FORMAT_VERSION = 5
-_CLASSES = (
-    PassState,
-    ScanState,
-    ScanContext,
-    Condition,
-    Modality,
-    ConditionAccumulator,
-    ExactSum,
-    Moments,
-    CarrierAccumulator,
-    SwapCounts,
-    ShapleyAccumulator,
-    InteractionAccumulator,
-    SampleFingerprint,
-)
-
-
-def _classes() -> dict[str, type]:
-    """The classes a part's objects are rebuilt from, by name: the scan's own and the registered diagnostics'."""
-    return {cls.__name__: cls for cls in (*_CLASSES, *part_classes())}
 
 
 def part_name(shard: Shard) -> str:
     return f"scan-part-{shard.index}-of-{shard.count}.pt"
-
-
-# ---- plain values <-> objects ---------------------------------------------------------------------------------
-def _encode(value: Any) -> Any:
-    """Every value as plain data: each container is a list tagged with its type, arrays are tensors."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        if value.dtype == np.uint64:
-            return ["uint64", torch.from_numpy(value.view(np.int64).copy())]
-        if value.dtype == object:
-            raise TypeError("object arrays are not stored in a part")
-        return ["array", torch.from_numpy(np.ascontiguousarray(value).copy())]
-    if isinstance(value, Counter):
-        return ["counter", [[_encode(k), _encode(v)] for k, v in value.items()]]
-    if isinstance(value, dict):
-        return ["dict", [[_encode(k), _encode(v)] for k, v in value.items()]]
-    if isinstance(value, frozenset):
-        return ["frozenset", sorted(_encode(v) for v in value)]
-    if isinstance(value, tuple):
-        return ["tuple", [_encode(v) for v in value]]
-    if isinstance(value, list):
-        return ["list", [_encode(v) for v in value]]
-    name = type(value).__name__
-    if _classes().get(name) is type(value):
-        fields = vars(value)
-        return ["object", name, [[k, _encode(v)] for k, v in fields.items()]]
-    raise TypeError(f"a {name} is not stored in a part")
-
-
-def _decode(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if not isinstance(value, list) or not value or not isinstance(value[0], str):
-        raise ValueError(f"unexpected {type(value).__name__}")
-    tag = value[0]
-    if tag == "array":
-        return value[1].numpy().copy()
-    if tag == "uint64":
-        return value[1].numpy().copy().view(np.uint64)
-    if tag in ("dict", "counter"):
-        out = {_decode(k): _decode(v) for k, v in value[1]}
-        return Counter(out) if tag == "counter" else out
-    if tag == "frozenset":
-        return frozenset(_decode(v) for v in value[1])
-    if tag == "tuple":
-        return tuple(_decode(v) for v in value[1])
-    if tag == "list":
-        return [_decode(v) for v in value[1]]
-    if tag == "object":
-        cls = _classes()[value[1]]  # KeyError for a class we do not rebuild: the caller names the file
-        obj = object.__new__(cls)
-        obj.__dict__.update({k: _decode(v) for k, v in value[2]})
-        return obj
-    raise ValueError(f"unknown tag {tag!r}")
 
 
 # ---- what a part records ----------------------------------------------------------------------------------------
@@ -200,11 +114,11 @@ def write_part(
         "version": FORMAT_VERSION,
         "shard": [shard.index, shard.count],
         "diagnostics": list(state.main.diagnostics),
-        "identity": _encode(identity),
-        "facts": _encode(adapter_facts(adapter)),
-        "context": _encode(context),
-        "state": _encode(state),
-        "extra": _encode(
+        "identity": to_plain(identity),
+        "facts": to_plain(adapter_facts(adapter)),
+        "context": to_plain(context),
+        "state": to_plain(state),
+        "extra": to_plain(
             {
                 "config": dataclasses.asdict(config),
                 "checkpoint": dict(checkpoint),
@@ -218,7 +132,8 @@ def write_part(
 
 
 def seal(payload: Mapping[str, Any]) -> bytes:
-    """The part file's bytes: the payload sealed with its SHA-256 (biasaudit/_core/sealed.py), its format and version beside it."""
+    """The part file's bytes: the payload sealed with its SHA-256 (biasaudit/_core/sealed.py), its format and version
+    beside it."""
     return sealed_bytes(payload, header={"format": payload.get("format"), "version": payload.get("version")})
 
 
@@ -257,11 +172,11 @@ def read_part(path: str | Path) -> ScanPart:
         part = ScanPart(
             path=path,
             shard=Shard(int(index), int(count)),
-            identity=_decode(payload["identity"]),
-            facts=_decode(payload["facts"]),
-            context=_decode(payload["context"]),
-            state=_decode(payload["state"]),
-            extra=_decode(payload["extra"]),
+            identity=from_plain(payload["identity"]),
+            facts=from_plain(payload["facts"]),
+            context=from_plain(payload["context"]),
+            state=from_plain(payload["state"]),
+            extra=from_plain(payload["extra"]),
         )
     except (KeyError, ValueError, TypeError, IndexError, RecursionError, InputError) as exc:
         raise InputError(

@@ -1,11 +1,12 @@
-"""What a pass evaluates, made before its first batch: the conditions with their impairments resolved and their draws,
+"""What a pass evaluates (PassSetup), made before its first batch: the conditions with their impairments resolved and their draws,
 the train split's label-under-bias prior, the donor pools of the swaps, the ceilings' probes, and the facts the
 registered diagnostics are sized by (biasaudit/diagnostics/protocol.py PassFacts)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -14,23 +15,48 @@ from torch import nn
 from biasaudit._core.progress import Progress
 from biasaudit.data.adapter import Adapter
 from biasaudit.data.batches import SplitLabels, bias_range, checked_labels, indexed_batches, labels_and_bias, read_split_labels
-from biasaudit.data.impairments import muting_impairment, resolve_impairment
+from biasaudit.data.impairments import Impairment, muting_impairment, resolve_impairment
 from biasaudit.diagnostics.accuracy import ConditionAccumulator
-from biasaudit.diagnostics.ceilings import fit_probes, probe_split
+from biasaudit.diagnostics.carrier import CarrierAccumulator
+from biasaudit.diagnostics.ceilings import BranchTap, fit_probes, probe_split
 from biasaudit.diagnostics.donors import DonorPool
+from biasaudit.diagnostics.interaction import InteractionAccumulator
 from biasaudit.diagnostics.jsd import BiasPrior
-from biasaudit.diagnostics.mutes import alternative_mutes
-from biasaudit.diagnostics.protocol import PassFacts
+from biasaudit.diagnostics.mutes import Moments, alternative_mutes
+from biasaudit.diagnostics.protocol import Diagnostic, PassFacts
+from biasaudit.diagnostics.shapley import ShapleyAccumulator
 from biasaudit.scanning.conditions import Condition
 from biasaudit.scanning.config import ScanConfig
 from biasaudit.scanning.draws import base_name, draw_name, draw_seed, with_draws
-from biasaudit.scanning.evaluation import PassSetup
+
+
+@dataclass
+class PassSetup:
+    """What one pass evaluates. The main pass has everything; the pass that runs on k-means-discovered bias
+    values (no bias key) has only full + missing conditions, the diagnostics that read bias values, and the carrier."""
+
+    conditions: Sequence[Condition]
+    impairments: Mapping[str, Impairment]
+    replicates: int
+    seed: int
+    diagnostics: Mapping[str, Diagnostic] = field(default_factory=dict)  # the registered ones (biasaudit/diagnostics/registry.py)
+    carrier: CarrierAccumulator | None = None
+    pool: DonorPool | None = None
+    carrier_pools: Sequence[DonorPool] = ()  # one per draw of the donors (biasaudit/scanning/draws.py); pool is draw 0's
+    favoured: np.ndarray | None = None  # F(k) per bias value, [K, C] bool (diagnostics/favoured.py)
+    probes: Mapping[str, list[Any]] = field(default_factory=dict)  # modality -> its fitted probe per draw
+    unimodal: Mapping[str, nn.Module] = field(default_factory=dict)
+    ceilings: ConditionAccumulator | None = None
+    shapley: ShapleyAccumulator | None = None
+    interaction: InteractionAccumulator | None = None
+    tap: BranchTap | None = None
+    moments: dict[str, Moments] = field(default_factory=dict)  # "full:m" and "muted:m" branch embeddings
 
 
 def pass_setup(adapter: Adapter, conditions: list[Condition], config: ScanConfig, **extra: Any) -> PassSetup:
     """What a pass evaluates, with each condition's impairment resolved once (`adapter` already carries --mute)."""
     kinds = {m.name: m.kind for m in adapter.modalities}
-    impairments = {c.name: resolve_impairment(kinds[c.modality], c.impairment) for c in conditions if c.modality}
+    impairments = {c.name: resolve_impairment(kinds[c.impaired_modality], c.impairment_name) for c in conditions if c.modality}
     drawn = with_draws(conditions, impairments, config.draws)
     impairments.update({c.name: impairments[base_name(c.name)] for c in drawn if c.draw})
     return PassSetup(conditions=drawn, impairments=impairments, replicates=config.bootstrap_replicates, seed=config.seed, **extra)

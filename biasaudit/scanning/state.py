@@ -29,7 +29,7 @@ from biasaudit.diagnostics.accuracy import ConditionAccumulator
 
 @dataclass
 class PassState:
-    """The accumulators of one pass (biasaudit/scanning/evaluation.py's BatchEvaluator and its PassSetup)."""
+    """The accumulators of one pass (biasaudit/scanning/evaluation.py's BatchEvaluator and its setup.py PassSetup)."""
 
     accuracy: ConditionAccumulator
     muted_counts: dict[str, int]
@@ -147,9 +147,8 @@ class ScanContext:
         """What differs between two shards' contexts; None when they agree."""
         if [c.name for c in self.conditions] != [c.name for c in other.conditions] or self.wanted != other.wanted:
             return "their conditions differ"
-        if (self.prior_counts is None) != (other.prior_counts is None) or (
-            self.prior_counts is not None and not np.array_equal(self.prior_counts, other.prior_counts)
-        ):
+        mine, theirs = self.prior_counts, other.prior_counts
+        if (mine is None) != (theirs is None) or (mine is not None and theirs is not None and not np.array_equal(mine, theirs)):
             return "the train split's label-under-bias counts differ (the data changed between them)"
         if (self.train_forwards, self.ceiling_note, self.ceiling_sources) != (
             other.train_forwards,

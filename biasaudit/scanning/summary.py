@@ -27,9 +27,9 @@ def group_summary(group: str, conditions: Sequence[Condition], scores: Mapping[s
     members = [c for c in conditions if c.group == group]
     if len(members) < 2:
         return None
-    accuracy = {c.modality: scores[c.name].accuracy for c in members}
-    replicates = {c.modality: scores[c.name].replicate_accuracy for c in members}
-    flips = {c.modality: scores[c.name].flip_rate for c in members}
+    accuracy = {c.impaired_modality: scores[c.name].accuracy for c in members}
+    replicates = {c.impaired_modality: scores[c.name].replicate_accuracy for c in members}
+    flips = {c.impaired_modality: scores[c.name].flip_rate for c in members}
     gap = summarize_gap(accuracy, replicates=replicates)
     out = gap.to_dict()
     out["flip_rates"] = flips
@@ -48,12 +48,12 @@ def ratio_sweep(
         if condition.group != "ratio":
             continue
         score = scores[condition.name]
-        sweep.setdefault(condition.modality, []).append(
+        sweep.setdefault(condition.impaired_modality, []).append(
             {
                 "ratio": condition.severity,
                 "muted_fraction": muted_fractions.get(condition.name),
                 "accuracy": score.accuracy,
-                "accuracy_ci": list(score.accuracy_ci),
+                "accuracy_ci": list(score.accuracy_ci) if score.accuracy_ci is not None else None,
                 "flip_rate": score.flip_rate,
             }
         )
@@ -67,9 +67,11 @@ def reliance(
 ) -> dict[str, Any]:
     """Per class, how many accuracy points are lost when each modality is muted."""
     full = scores["full"].per_class_accuracy
-    drop = {}
+    drop: dict[str, list[float | None]] = {}
     for condition in conditions:
         if condition.group == "missing":
             muted = scores[condition.name].per_class_accuracy
-            drop[condition.modality] = [None if f is None or m is None else f - m for f, m in zip(full, muted)]
+            drop[condition.impaired_modality] = [
+                None if f is None or m is None else f - m for f, m in zip(full, muted, strict=True)
+            ]
     return {"classes": list(class_names), "full": list(full), "drop": drop}

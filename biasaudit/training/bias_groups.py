@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from biasaudit.data.adapter import Adapter, optional_hook
-from biasaudit.data.batches import bias_range, int_column, labels_and_bias
+from biasaudit.data.batches import bias_range, labels_and_bias
 from biasaudit.errors import AdapterError, CheckpointError, InputError
 from biasaudit.training.discovered_bias import DiscoveredBias, dominant_branch
-from biasaudit.training.method_mmdb import BIAS_SOURCES, DEFAULT_KMEANS_K, resolved_bias_source
+from biasaudit.training.method_mmdb import BIAS_SOURCES, DEFAULT_KMEANS_K, key_bias_values, resolved_bias_source
 
 
 def check_bias_options(who: str, *, bias: str, kmeans_k: int | None) -> None:
@@ -91,7 +91,7 @@ class BiasGroups:
         """Every sample's bias value (int64 [B]): the same function on train, val and held-out batches."""
         if self.discovered is not None:
             return self.discovered.values(batch, adapter, device=device)
-        return int_column(batch, adapter.bias_key, what="bias", split=split)
+        return key_bias_values(batch, adapter, split=split)
 
     def settings(self) -> dict[str, Any]:
         discovered = self.discovered

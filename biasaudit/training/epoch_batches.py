@@ -20,7 +20,7 @@ from biasaudit.data.batches import adapter_batches, checked_labels, take_rows
 from biasaudit.data.impairments import other_keys, padding_side, widen_tokens
 from biasaudit.data.modality import Modality
 from biasaudit._core.randomness import uniform
-from biasaudit.errors import InputError
+from biasaudit.errors import AdapterError, InputError
 from biasaudit.training.train_config import TrainConfig
 
 
@@ -32,20 +32,30 @@ def without_index(batch: Mapping[str, Any]) -> Mapping[str, Any]:
     return {k: v for k, v in batch.items() if k != SAMPLE_INDEX} if SAMPLE_INDEX in batch else batch
 
 
+def token_keys(modality: Modality) -> tuple[str, str]:
+    """A token modality's (ids key, attention-mask key); Modality refuses a token modality without either."""
+    if modality.key is None or modality.mask_key is None:
+        raise AdapterError(f"Token modality {modality.name!r} has no key or no mask_key.")
+    return modality.key, modality.mask_key
+
+
 def concat(batches: list[Mapping[str, Any]], modalities: Sequence[Modality] = ()) -> dict[str, Any]:
     """One batch of all rows. Token ids padded per batch (a Hugging Face collator pads each batch to its own longest
     text) are first padded to the widest batch, on the tokenizer's side: the declared one, else left when any batch
     shows left padding."""
     batches = list(batches)
     for modality in modalities:
-        if modality.kind != "tokens" or len({b[modality.key].shape[1] for b in batches}) < 2:
+        if modality.kind != "tokens":
             continue
-        sides = {padding_side(b[modality.mask_key], modality) for b in batches}
+        key, mask_key = token_keys(modality)
+        if len({b[key].shape[1] for b in batches}) < 2:
+            continue
+        sides = {padding_side(b[mask_key], modality) for b in batches}
         side = "left" if "left" in sides else "right"
-        width = max(b[modality.key].shape[1] for b in batches)
+        width = max(b[key].shape[1] for b in batches)
         others = other_keys(modalities, modality)
         batches = [widen_tokens(b, modality, width, side=side, others=others) for b in batches]
-    out = {}
+    out: dict[str, Any] = {}
     for key in batches[0]:
         values = [b[key] for b in batches]
         if isinstance(values[0], torch.Tensor):

@@ -9,7 +9,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from collections.abc import Callable, Mapping, Sequence
 
 from torch import nn
@@ -64,6 +64,14 @@ class AlsoSplit:
     comparison: dict[str, Any]
 
 
+class AlsoPlan(NamedTuple):
+    """The second split to audit (fix_model's `also_split`): its name, its scan config and its before-audit."""
+
+    split: str
+    config: ScanConfig
+    before: dict[str, Any]
+
+
 def reinitialise(model: nn.Module, adapter: Adapter, *, seed: int) -> None:
     """--from-scratch: the model's weights (and buffers) become those of a fresh build_model(), drawn with the run
     seed under generators of its own: the papers' protocol, training from initialisation rather than fine-tuning."""
@@ -113,13 +121,16 @@ def fix_model(
     train from build_model()'s initial weights (seeded by the run seed) instead of fine-tuning the model; the
     before-audit is then the starting checkpoint's, and the comparison says so. `option_grid`: the values an "auto"
     option is chosen from (default: selection.OPTION_GRIDS)."""
-    if resume and state_dir is None:
-        raise InputError("resume needs the state_dir of the run to continue.")
+    resume_dir = None
+    if resume:
+        if state_dir is None:
+            raise InputError("resume needs the state_dir of the run to continue.")
+        resume_dir = Path(state_dir)
     post_hoc = is_post_hoc(method)
     refuse_post_hoc_resume(method, resume)
     check_plan(adapter, method=method, split=scan_config.split, also_split=also_split, from_scratch=from_scratch)
-    if resume:  # before the before-audit: a resume with nothing to resume is a mistake, found at once
-        check_resumable(Path(state_dir), method=method, options=method_options, grid=option_grid)
+    if resume_dir is not None:  # before the before-audit: a resume with nothing to resume is a mistake, found at once
+        check_resumable(resume_dir, method=method, options=method_options, grid=option_grid)
     from biasaudit.training.selection import auto_option, choose_option, placeholder_options, selection_plan
 
     auto = auto_option(method, method_options)
@@ -145,24 +156,38 @@ def fix_model(
             "no bias_key or --bias kmeans) would cluster a random model's features; give the adapter a bias_key "
             "or fine-tune without --from-scratch."
         )
-    audit_as = dict(adapter_spec=adapter_spec, progress=progress)
     if before is None:
-        before = audit_model(model, adapter, config=scan_config, checkpoint=checkpoint, prefix_removed=prefix_removed, **audit_as)
-    also = resolved_also_split(also_split, before, adapter, split=scan_config.split)
-    also_config = replace(scan_config, split=also) if also is not None else None
-    if also_config is None:
-        also_before = None
-    elif also_before is None or also_before["manifest"]["config"].get("split") != also:
-        also_before = audit_model(
-            model, adapter, config=also_config, checkpoint=checkpoint, prefix_removed=prefix_removed, **audit_as
+        before = audit_model(
+            model,
+            adapter,
+            config=scan_config,
+            checkpoint=checkpoint,
+            prefix_removed=prefix_removed,
+            adapter_spec=adapter_spec,
+            progress=progress,
         )
+    also = resolved_also_split(also_split, before, adapter, split=scan_config.split)
+    also_plan = None
+    if also is not None:
+        also_config = replace(scan_config, split=also)
+        if also_before is None or also_before["manifest"]["config"].get("split") != also:
+            also_before = audit_model(
+                model,
+                adapter,
+                config=also_config,
+                checkpoint=checkpoint,
+                prefix_removed=prefix_removed,
+                adapter_spec=adapter_spec,
+                progress=progress,
+            )
+        also_plan = AlsoPlan(also, also_config, also_before)
     found = treatment_warnings(method, before)
     for sentence in found:  # before training: the before-audit already shows it (training/diagnosis.py)
         warnings.warn(sentence, TreatmentWarning, stacklevel=2)
     if discovers_bias:
-        # Without a bias_key, MMDB (Group DRO, DFR) clusters the branch of one modality: the one that carries the bias (the carrier
-        # test of the before audit) when known, else the one the model leans on (methods.md section 3); a
-        # caller who names the modality (option `dominant`) overrides the audit.
+        # Without a bias_key, MMDB (Group DRO, DFR) clusters the branch of one modality: the one that carries the bias
+        # (the carrier test of the before audit) when known, else the one the model leans on (methods.md section 3);
+        # a caller who names the modality (option `dominant`) overrides the audit.
         method_options["dominant"] = method_options.get("dominant") or carrier_of(before) or dominant_of(before)
         fixer = make_method(method, **method_options)
     if from_scratch:
@@ -170,6 +195,7 @@ def fix_model(
     start = time.perf_counter()
     selection = None
     trained = model
+    steps: list[dict[str, Any]]
     if auto is not None:
         # The winning candidate is kept (it is the training of the chosen value from the same start): no extra run.
         choice = choose_option(
@@ -190,7 +216,7 @@ def fix_model(
     elif post_hoc:
         # DFR: the one method that repairs a checkpoint without retraining; no step to log (its figures are its settings).
         fixer.refit(model, adapter, config=train_config)
-        steps: list[dict[str, Any]] = []
+        steps = []
     else:
         steps = train(model, adapter, fixer, config=train_config, state_dir=state_dir, resume=resume, progress=progress)
     fixer.export(trained, adapter)
@@ -209,9 +235,11 @@ def fix_model(
         model.load_state_dict(trained.state_dict())  # the caller's model is the one fixed, in place
     saved = after_checkpoint(trained) if after_checkpoint is not None else None
     with scored_as_trained(fixer, trained, adapter) as scored:
-        after = audit_model(trained, adapter, config=scan_config, checkpoint=saved, **audit_as)
+        after = audit_model(trained, adapter, config=scan_config, checkpoint=saved, adapter_spec=adapter_spec, progress=progress)
         also_after = (
-            audit_model(trained, adapter, config=also_config, checkpoint=saved, **audit_as) if also_config is not None else None
+            audit_model(trained, adapter, config=also_plan.config, checkpoint=saved, adapter_spec=adapter_spec, progress=progress)
+            if also_plan is not None
+            else None
         )
     for audit in (after, also_after):
         if scored is not None and audit is not None:
@@ -236,13 +264,13 @@ def fix_model(
     comparison = compare_audits(before, after)
     comparison["verdict_sentences"] = [*comparison["verdict_sentences"], ONE_RUN]
     also_outcome = None
-    if also_config is not None:
+    if also_plan is not None and also_after is not None:  # also_after is audited exactly when there is an also_plan
         also_after["manifest"]["training"] = training
-        also_comparison = compare_audits(also_before, also_after)
+        also_comparison = compare_audits(also_plan.before, also_after)
         also_comparison["verdict_sentences"] = [*also_comparison["verdict_sentences"], ONE_RUN]
         if from_scratch:
             also_comparison = from_scratch_labelled(also_comparison)
-        also_outcome = AlsoSplit(split=also, before=also_before, after=also_after, comparison=also_comparison)
+        also_outcome = AlsoSplit(split=also_plan.split, before=also_plan.before, after=also_after, comparison=also_comparison)
         comparison = with_also_split(comparison, also_outcome.comparison)
     if from_scratch:
         comparison = from_scratch_labelled(comparison)

@@ -99,9 +99,8 @@ def check_plan(adapter: Adapter, *, method: str, split: str, also_split: str | N
             raise InputError(
                 f"--also-split {also_split} is the split both audits already take (--split); name another split, or none."
             )
-    if from_scratch:
-        if is_post_hoc(method):
-            raise InputError(
-                f"--from-scratch trains from build_model()'s initial weights, but {method} refits a trained model's final "
-                "layer without training; run it without --from-scratch."
-            )
+    if from_scratch and is_post_hoc(method):
+        raise InputError(
+            f"--from-scratch trains from build_model()'s initial weights, but {method} refits a trained model's final "
+            "layer without training; run it without --from-scratch."
+        )

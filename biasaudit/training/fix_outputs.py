@@ -25,7 +25,7 @@ from biasaudit.training.fix_checks import check_method, check_plan, check_resuma
 from biasaudit.training.train_config import TrainConfig
 
 OUTPUTS = ("model.pt", "before.json", "after.json", "compare.json", "train_log.json")
-FILES = OUTPUTS + ("after.html", "compare.html")
+FILES = (*OUTPUTS, "after.html", "compare.html")
 # The second split's audits and comparison (`also_split`), written only when it runs; a run without them removes an
 # earlier run's, so a directory never mixes two runs.
 ALSO_FILES = ("also_before.json", "also_after.json", "also_compare.json")
@@ -173,5 +173,5 @@ def _fix_into(
         stage_audit(also.before, outputs, json_name="also_before.json", html_name=None)
         stage_audit(also.after, outputs, json_name="also_after.json", html_name=None)
         write_json_atomic({"run": outputs.stamp(), **also.comparison}, outputs.staged("also_compare.json"))
-    outputs.commit(tuple(name for name in outputs.files if name != "model.pt") + ("model.pt",))
+    outputs.commit((*(name for name in outputs.files if name != "model.pt"), "model.pt"))
     return replace(outcome, comparison=comparison)

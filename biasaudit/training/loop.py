@@ -23,7 +23,7 @@ from biasaudit.training.model_modes import set_training_modes
 from biasaudit.training.optimizers import make_optimizer
 from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.training_state import check_same_run, load_training_state, run_identity, save_training_state
-from biasaudit.training.training_view import TrainingView
+from biasaudit.training.training_view import training_view
 
 
 def train(
@@ -67,7 +67,7 @@ def _train(
     model.to(device)
     # Runs right after the seeding: a method that draws its own parameters seeds a generator from
     # torch.initial_seed(), i.e. from the run seed. It sees train without the held-out rows.
-    view = TrainingView(adapter, config)
+    view = training_view(adapter, config)
     method.prepare(model, view, device=device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:

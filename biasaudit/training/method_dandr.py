@@ -123,6 +123,12 @@ class DandR:
         branches = require_branch_modules(model, adapter, who="D&R")
         self.parts = DandRParts(branches, every=self.every, max_times=self.max_times, seed=torch.initial_seed() % 2**32)
 
+    def _prepared(self) -> DandRParts:
+        """The component prepare() made (the loop prepares a method before any step, epoch end or resume)."""
+        if self.parts is None:
+            raise RuntimeError("D&R was used before prepare(model, adapter, device=...).")
+        return self.parts
+
     def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
         logits = adapter.forward(model, adapter.prepare(batch, device=device))
         loss = F.cross_entropy(logits, train_labels(batch, adapter, device))
@@ -130,18 +136,21 @@ class DandR:
         return {"loss": float(loss.detach())}
 
     def epoch_end(self, model: nn.Module, adapter: Any, *, epoch: int, epochs: int, device: torch.device) -> EpochEnd | None:
-        if not self.parts.due(epoch):
+        parts = self._prepared()
+        if not parts.due(epoch):
             return None
         if epoch + 1 >= epochs:
             return EpochEnd(figures={"dandr": {"skipped": "due after the last epoch, where nothing would re-learn"}})
-        branches = self.parts.branches
+        branches = parts.branches
         train, train_labels_ = branch_features(
             model, adapter, branches, adapter.data("train", batch_size=FEATURE_BATCH_SIZE), device=device, split="train"
         )
         val, val_labels = branch_features(
             model, adapter, branches, adapter.validation(batch_size=FEATURE_BATCH_SIZE), device=device, split="val"
         )
-        done = self.parts.epoch_end(epoch, train, train_labels_, val, val_labels)
+        done = parts.epoch_end(epoch, train, train_labels_, val, val_labels)
+        if done is None:  # the component answers None only at an epoch that is not due, checked above
+            raise RuntimeError(f"D&R's component did not re-initialise at due epoch {epoch}.")
         return EpochEnd(
             figures={
                 "dandr": {
@@ -168,9 +177,9 @@ class DandR:
         }
 
     def extra_state(self) -> dict[str, Any]:
-        return {"dandr": self.parts.state_dict()}
+        return {"dandr": self._prepared().state_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "dandr" not in state:
             raise CheckpointError("The training state to resume holds no D&R state; resume with the method that wrote it.")
-        self.parts.load_state_dict(state["dandr"])
+        self._prepared().load_state_dict(state["dandr"])

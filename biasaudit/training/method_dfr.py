@@ -30,7 +30,7 @@ from biasaudit.methods.dfr_data import classifier_inputs, holdout_indices
 from biasaudit.training import rng_states
 from biasaudit.training.bias_groups import BiasGroups
 from biasaudit.training.train_config import TrainConfig
-from biasaudit.training.training_view import TrainingView
+from biasaudit.training.training_view import training_view
 
 HOLDOUT_FRACTION = 0.2
 MIN_GROUP = 2  # DFR's tuning splits every group in two halves
@@ -72,13 +72,18 @@ class DFR:
         kmeans_k: int | None = None,
         dominant: str | None = None,
     ) -> None:
-        self.options = {"c_grid": tuple(c_grid) if isinstance(c_grid, (list, tuple)) else c_grid}
-        if subsets is not None:
-            self.options["subsets"] = subsets
-        self.component = DFRFit(**self.options)  # the component's own checks, now (the run seed is given at refit)
+        # The options as the component takes them (subsets left out when not given: the component's default).
+        self.c_grid: Iterable[float] = tuple(c_grid) if isinstance(c_grid, (list, tuple)) else c_grid
+        self.subsets = subsets
+        self.component = self.make_component()  # the component's own checks, now (the run seed is given at refit)
         self.groups = BiasGroups("DFR", bias=bias, kmeans_k=kmeans_k, dominant=dominant)
         self.result: DFRResult | None = None
         self.dropped: dict[str, int] = {}
+
+    def make_component(self, *, seed: int = 0) -> DFRFit:
+        if self.subsets is None:
+            return DFRFit(c_grid=self.c_grid, seed=seed)
+        return DFRFit(c_grid=self.c_grid, subsets=self.subsets, seed=seed)
 
     def check(self, model: nn.Module, adapter: Adapter) -> None:
         final_linear(model, adapter, who="DFR")
@@ -92,7 +97,7 @@ class DFR:
         model.to(device)
         linear = final_linear(model, adapter, who="DFR")
         with rng_states.seeded_run(config.seed):  # k-means bias discovery draws its seed from the run's, as in training
-            self.groups.fit(model, TrainingView(adapter, config), device=device)
+            self.groups.fit(model, training_view(adapter, config), device=device)
         if "val" in adapter.splits:
             batches, split = adapter_batches(adapter, "val", batch_size=BATCH_SIZE), "val"
         else:
@@ -126,7 +131,7 @@ class DFR:
                 f"DFR needs every class in a (label, bias value) group of at least {MIN_GROUP} held-out samples, but "
                 f"class(es) {missing} have none in {split}; use a larger val split."
             )
-        self.result = DFRFit(**self.options, seed=config.seed).fit(
+        self.result = self.make_component(seed=config.seed).fit(
             features[keep], y[keep], g[keep], num_classes=adapter.num_classes, split=split
         )
         self.result.write_into(linear)
@@ -152,7 +157,7 @@ class DFR:
                 {
                     "fitted_on": r.split,
                     "chosen_c": r.c,
-                    "tuning_worst_group": {f"{c:g}": w for c, w in zip(r.c_grid, r.tuning_worst_group)},
+                    "tuning_worst_group": {f"{c:g}": w for c, w in zip(r.c_grid, r.tuning_worst_group, strict=True)},
                     "groups_fitted": len(r.group_ids),
                     "groups_left_out": self.dropped,
                     "per_group": r.per_group,

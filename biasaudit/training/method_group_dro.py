@@ -48,6 +48,12 @@ class GroupDRO:
         )
         self._train_sizes = torch.bincount(torch.as_tensor(labels * self.groups.num_bias + bias), minlength=num_groups)
 
+    def _prepared(self) -> GroupDROLoss:
+        """The loss prepare() made (the loop prepares a method before any step or resume)."""
+        if self.gdro is None:
+            raise RuntimeError("Group DRO was used before prepare(model, adapter, device=...).")
+        return self.gdro
+
     def batch_groups(self, batch, adapter: Adapter, labels: torch.Tensor, *, device: torch.device) -> torch.Tensor:
         bias = torch.as_tensor(self.groups.values(batch, adapter, split="train", device=device))
         return group_ids(labels, bias.to(labels.device), num_bias=self.groups.num_bias)
@@ -56,9 +62,12 @@ class GroupDRO:
         labels = train_labels(batch, adapter, device)
         logits = adapter.forward(model, adapter.prepare(batch, device=device))
         per_sample = F.cross_entropy(logits, labels, reduction="none")
-        loss = self.gdro.loss(per_sample, self.batch_groups(batch, adapter, labels, device=device))
+        gdro = self._prepared()
+        loss = gdro.loss(per_sample, self.batch_groups(batch, adapter, labels, device=device))
         loss.backward()
-        q = self.gdro.last.q
+        if gdro.last is None:  # loss() records the step it computed
+            raise RuntimeError("Group DRO's loss recorded no step.")
+        q = gdro.last.q
         top = int(q.argmax())
         # A summary of q per step (the whole vector is in the training state): its largest weight and that group.
         return {
@@ -84,7 +93,7 @@ class GroupDRO:
         return out
 
     def extra_state(self) -> dict[str, Any]:
-        return {"group_dro": self.gdro.state_dict(), **self.groups.state()}
+        return {"group_dro": self._prepared().state_dict(), **self.groups.state()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "group_dro" not in state:
@@ -92,4 +101,4 @@ class GroupDRO:
                 "The training state to resume holds no Group DRO weights q; resume with the method that wrote it."
             )
         self.groups.adopt_state(state)
-        self.gdro.load_state_dict(state["group_dro"])
+        self._prepared().load_state_dict(state["group_dro"])

@@ -90,13 +90,16 @@ class JTT:
     def epoch_end(self, model: nn.Module, adapter: Any, *, epoch: int, epochs: int, device: torch.device) -> EpochEnd | None:
         if self.stage != 1 or epoch + 1 != self.parts.stage_one_epochs(epochs):
             return None
+        start = self._start
+        if start is None:
+            raise RuntimeError("JTT reached the end of stage 1 before prepare(model, adapter, device=...).")
         with evaluation_modes(model), torch.no_grad():
             for batch in adapter.indexed_training_batches(batch_size=RECORD_BATCH_SIZE):
                 logits = adapter.forward(model, adapter.prepare(without_index(batch), device=device))
                 labels = torch.as_tensor(checked_labels(batch, adapter, split="train"))
                 self.parts.record(batch[SAMPLE_INDEX], logits, labels)
         errors = self.parts.finish()
-        model.load_state_dict(self._start)
+        model.load_state_dict(start)
         self.stage = 2
         return EpochEnd(
             figures={

@@ -44,6 +44,13 @@ def resolved_bias_source(adapter: Adapter, *, bias: str) -> str:
     return bias
 
 
+def key_bias_values(batch: Mapping[str, Any], adapter: Adapter, *, split: str) -> np.ndarray:
+    """Every sample's bias value (int64 [B]) from the adapter's bias_key, the source a method resolved to "key"."""
+    if adapter.bias_key is None:
+        raise AdapterError("Bias values were asked of the adapter's bias_key, and the adapter declares none.")
+    return int_column(batch, adapter.bias_key, what="bias", split=split)
+
+
 @dataclass
 class MMDB:
     scale: float = 4.0
@@ -121,21 +128,27 @@ class MMDB:
         """Every sample's bias value (int64 [B]), the same function on train and on validation batches."""
         if self.discovered is not None:
             return self.discovered.values(batch, adapter, device=device)
-        return int_column(batch, adapter.bias_key, what="bias", split=split)
+        return key_bias_values(batch, adapter, split=split)
+
+    def _prepared(self) -> MMDBLoss:
+        """The loss prepare() made (the loop prepares a method before any step)."""
+        if self._loss is None:
+            raise RuntimeError("MMDB was used before prepare(model, adapter, device=...).")
+        return self._loss
 
     def _features(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, device: torch.device) -> torch.Tensor:
-        assert self._loss is not None, "prepare() first"
-        with self._loss.capture():
+        loss = self._prepared()
+        with loss.capture():
             adapter.forward(model, adapter.prepare(batch, device=device))
-        return self._loss.features
+        return loss.features
 
     def cosines(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, device: torch.device) -> torch.Tensor:
-        return self._loss.cosines(self._features(model, adapter, batch, device=device))
+        return self._prepared().cosines(self._features(model, adapter, batch, device=device))
 
     def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
         features = self._features(model, adapter, batch, device=device)
         bias = torch.as_tensor(self.batch_bias(batch, adapter, split="train", device=device)).to(device)
-        loss = self._loss.loss(features, train_labels(batch, adapter, device), bias)
+        loss = self._prepared().loss(features, train_labels(batch, adapter, device), bias)
         loss.backward()
         return {"loss": float(loss.detach())}
 
@@ -146,7 +159,7 @@ class MMDB:
         gives ‖x‖·cos θ: the same labels, another softmax (methods.md section 6, export)."""
         linear, scale = self._classifier(model, adapter), float(self.scale)
 
-        def cosine_logits(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        def cosine_logits(module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
             features = F.normalize(args[0].flatten(1), dim=1, eps=mmdb.NORM_EPS)
             return mmdb.inference_logits(features @ F.normalize(module.weight, dim=1, eps=mmdb.NORM_EPS).T, scale=scale)
 

@@ -72,7 +72,10 @@ def scale_lower_bound(
 def typical_scale_bound(table: MarginTable, *, target_probability: float = DEFAULT_TARGET_PROBABILITY) -> float:
     """Median of scale_lower_bound over the (class i, bias value k) pairs seen in training (n_i^k > 0)."""
     margins = table.margins.detach().cpu().numpy()
-    bounds = [scale_lower_bound(margins[k], i, target_probability=target_probability) for k, i in zip(*np.nonzero(table.counts))]
+    bounds = [
+        scale_lower_bound(margins[k], i, target_probability=target_probability)
+        for k, i in zip(*np.nonzero(table.counts), strict=True)
+    ]
     return float(np.median(bounds))
 
 

@@ -115,9 +115,11 @@ def bias_values(method: Any, batch: Mapping[str, Any], adapter: Adapter, *, devi
     bias_key (has_bias_values first)."""
     if callable(getattr(method, "batch_bias", None)):
         return method.batch_bias(batch, adapter, split="val", device=device)
-    groups = getattr(method, "groups", None)
-    if callable(getattr(groups, "values", None)):
-        return np.asarray(groups.values(batch, adapter, split="val", device=device), dtype=np.int64)
+    group_values = getattr(getattr(method, "groups", None), "values", None)
+    if callable(group_values):
+        return np.asarray(group_values(batch, adapter, split="val", device=device), dtype=np.int64)
+    if adapter.bias_key is None:
+        raise InputError("Bias values were asked of the adapter's bias_key, and the adapter declares none.")
     return int_column(batch, adapter.bias_key, what="bias", split="val")
 
 
@@ -126,17 +128,19 @@ def bias_balanced_score(
 ) -> float:
     """The candidate's bias-balanced accuracy (accuracy without bias values) on `batches`, scored as it was trained."""
     grouped = has_bias_values(method, adapter)
-    predictions, labels, bias = [], [], []
+    predicted: list[np.ndarray] = []
+    labelled: list[np.ndarray] = []
+    bias: list[np.ndarray] = []
     was_training = model.training
     model.eval()
     with torch.no_grad(), scored_as_trained(method, model, adapter):
         for batch in batches:
-            predictions.append(adapter.forward(model, adapter.prepare(batch, device=device)).argmax(1).cpu().numpy())
-            labels.append(checked_labels(batch, adapter, split="val"))
+            predicted.append(adapter.forward(model, adapter.prepare(batch, device=device)).argmax(1).cpu().numpy())
+            labelled.append(checked_labels(batch, adapter, split="val"))
             if grouped:
                 bias.append(bias_values(method, batch, adapter, device=device))
     model.train(was_training)
-    predictions, labels = np.concatenate(predictions), np.concatenate(labels)
+    predictions, labels = np.concatenate(predicted), np.concatenate(labelled)
     if not grouped:
         return float(100.0 * np.mean(predictions == labels))
     return mmdb.bias_balanced_accuracy(predictions, labels, np.concatenate(bias), min_group=min_group)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from collections.abc import Iterator, Mapping
 
 from biasaudit.data.adapter import Adapter
@@ -10,6 +10,12 @@ from biasaudit.data.batches import adapter_batches
 from biasaudit.errors import InputError
 from biasaudit.training.epoch_batches import held_out_batches, training_batches
 from biasaudit.training.train_config import TrainConfig
+
+
+def training_view(adapter: Adapter, config: TrainConfig) -> Adapter:
+    """TrainingView(adapter, config), typed as the adapter it stands for. The cast is sound: the view answers every
+    attribute of an Adapter (data() its own, the rest the adapter's through __getattr__), which mypy cannot see."""
+    return cast(Adapter, TrainingView(adapter, config))
 
 
 class TrainingView:

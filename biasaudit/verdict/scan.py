@@ -10,8 +10,12 @@ from biasaudit.verdict.words import number, one_decimal, ran_section, ci_pct, ci
 
 def _carrier_figures(audit: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]] | None:
     carrier = ran_section(audit, "carrier")
-    name = carrier.get("carrier") if carrier else None
-    swap = ((carrier or {}).get("modalities") or {}).get(name, {}).get("bias_swap") if name else None
+    if not carrier:
+        return None
+    name = carrier.get("carrier")
+    if not name:
+        return None
+    swap = (carrier.get("modalities") or {}).get(name, {}).get("bias_swap")
     return (name, swap) if swap and swap.get("excess_follow_rate") is not None else None
 
 
@@ -38,7 +42,8 @@ def _worst_group_phrase(full: Mapping[str, Any], *, named: bool = False) -> str:
 def _blind_phrase(groups: Mapping[str, Any], full: Mapping[str, Any]) -> str:
     return (
         f"bias-conflicting accuracy {pts(full['conflicting_accuracy'])}%{ci_points(full.get('conflicting_accuracy_ci'))} "
-        f"(all {groups.get('conflicting_samples')} bias-conflicting samples are in groups below min_group {groups.get('min_group')}, "
+        f"(all {groups.get('conflicting_samples')} bias-conflicting samples are in groups below min_group "
+        f"{groups.get('min_group')}, "
         f"so there is no worst-group figure for the bias) vs {pts(full.get('aligned_accuracy'))}% aligned"
     )
 
@@ -46,18 +51,19 @@ def _blind_phrase(groups: Mapping[str, Any], full: Mapping[str, Any]) -> str:
 def _bias_sentences(audit: Mapping[str, Any]) -> list[str]:
     out = []
     carrier = audit.get("carrier")
+    ran = ran_section(audit, "carrier")
     found = _carrier_figures(audit)
-    if found:
+    if found and ran:  # found implies the carrier section ran
         name, swap = found
-        kmeans = " (bias values discovered by k-means)" if carrier.get("bias_source") == "kmeans" else ""
+        kmeans = " (bias values discovered by k-means)" if ran.get("bias_source") == "kmeans" else ""
+        null_rate = swap.get("null_follow_rate", swap.get("baseline_follow_rate"))
         out.append(
             f"The bias runs through {name}{kmeans}: swapping its input for a donor's with the same label and another "
-            f"bias value {_swap_clause(swap)} ({pct(swap.get('follow_rate'))} vs {pct(swap.get('null_follow_rate', swap.get('baseline_follow_rate')))})."
+            f"bias value {_swap_clause(swap)} ({pct(swap.get('follow_rate'))} vs {pct(null_rate)})."
         )
-    elif ran_section(audit, "carrier") and carrier.get("carrier") is None:
+    elif ran and ran.get("carrier") is None:
         rates = ", ".join(
-            f"{m} {pct((v.get('bias_swap') or {}).get('excess_follow_rate'))}"
-            for m, v in (carrier.get("modalities") or {}).items()
+            f"{m} {pct((v.get('bias_swap') or {}).get('excess_follow_rate'))}" for m, v in (ran.get("modalities") or {}).items()
         )
         out.append(
             f"No modality is named the carrier: no modality's excess bias-follow rate (a swap to another bias value against "
@@ -65,13 +71,13 @@ def _bias_sentences(audit: Mapping[str, Any]) -> list[str]:
         )
     elif isinstance(carrier, Mapping) and carrier.get("note"):
         out.append(f"No carrier test: {carrier['note']}")
-    groups = ran_section(audit, "groups")
-    full = ((groups or {}).get("conditions") or {}).get("full") or {}
+    groups = ran_section(audit, "groups") or {}
+    full = (groups.get("conditions") or {}).get("full") or {}
     if groups and groups.get("blind") and full.get("conflicting_accuracy") is not None:
         out.append(
             f"Worst-group accuracy cannot see the bias on this split: {groups['blind']}. Bias-conflicting samples score "
-            f"{pts(full['conflicting_accuracy'])}%{ci_points(full.get('conflicting_accuracy_ci'))} (n={groups.get('conflicting_samples')}) "
-            f"vs {pts(full.get('aligned_accuracy'))}% for bias-aligned ones."
+            f"{pts(full['conflicting_accuracy'])}%{ci_points(full.get('conflicting_accuracy_ci'))} "
+            f"(n={groups.get('conflicting_samples')}) vs {pts(full.get('aligned_accuracy'))}% for bias-aligned ones."
         )
     elif groups and groups.get("blind"):
         out.append(f"Worst-group accuracy cannot see the bias on this split: {groups['blind']}.")
@@ -97,7 +103,7 @@ def _bias_sentences(audit: Mapping[str, Any]) -> list[str]:
         out.append(text + ".")
     elif isinstance(audit.get("groups"), Mapping) and audit["groups"].get("note"):
         out.append(f"No group accuracies: {audit['groups']['note']}")
-    shift = (groups or {}).get("shift") or {}
+    shift = groups.get("shift") or {}
     if shift.get("ood"):
         summary_full = (audit.get("summary") or {}).get("full") or {}
         out.append(
@@ -192,8 +198,8 @@ def _reliance_sentences(audit: Mapping[str, Any]) -> list[str]:
         f"The missing-modality Gap is {pts(missing.get('gap'))} points{ci_points(missing.get('gap_ci'))}"
         f"{' (' + muted + ')' if muted else ''}."
     )
-    ceilings = ran_section(audit, "ceilings")
-    modalities = (ceilings or {}).get("modalities") or {}
+    ceilings = ran_section(audit, "ceilings") or {}
+    modalities = ceilings.get("modalities") or {}
     if modalities:
         out.extend(_ceiling_sentences(ceilings, modalities))
     elif isinstance(audit.get("ceilings"), Mapping) and audit["ceilings"].get("note"):
@@ -213,7 +219,8 @@ def _caveat_sentences(audit: Mapping[str, Any]) -> list[str]:
             )
         else:
             text = (
-                f"Caveat: the muted {m} lies far outside the data (RMS z {one_decimal(finding.get('distance') or 0.0)} of its branch "
+                f"Caveat: the muted {m} lies far outside the data "
+                f"(RMS z {one_decimal(finding.get('distance') or 0.0)} of its branch "
                 "embedding), so its flip rate partly measures the mute value"
             )
         if m == dominant:
