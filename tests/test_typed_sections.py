@@ -229,6 +229,18 @@ def test_audit_read_reads_every_shape_of_every_schema_version_and_writes_it_back
     repr(read), read._repr_html_()
 
 
+def test_the_notebook_views_give_the_worst_group_the_interval_the_verdict_gives(audit):
+    """The verdict and the report state the worst group's exact (Clopper-Pearson) interval; a notebook view showing
+    the bootstrap one would disagree with them on the same audit ([0, 0] against [0, 11.9] for a group the model gets
+    all wrong)."""
+    document = audit.to_dict()
+    full = document["groups"]["conditions"]["full"]
+    full = {**full, "worst_group": 0.0, "worst_group_ci": [0.0, 0.0], "worst_group_exact_ci": [0.0, 11.944486906950269]}
+    shown = ba.Audit.from_dict({**document, "groups": {**document["groups"], "conditions": {"full": full}}})
+    assert "worst_group='0 [0, 11.94]'" in repr(shown) and "11.9" in shown._repr_html_()
+    assert shown.bias.worst_group["full"].interval == (0.0, 0.0)  # the JSON's bootstrap interval, read as it is
+
+
 def test_a_real_audit_reads_back_from_its_file_exactly(audit, tmp_path):
     read = ba.Audit.read(audit.to_json(tmp_path / "audit.json"))
     assert read == audit and read.to_dict() == audit.to_dict()

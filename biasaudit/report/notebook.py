@@ -37,8 +37,8 @@ def audit_html(audit: Audit) -> str:
     ]
     bias = audit.bias
     facts = [("carrier", bias.carrier or "none found"), ("relied on most", bias.dominant or "n/a")]
-    if "full" in bias.worst_group:
-        full = bias.worst_group["full"]
+    full = bias._worst_group_as_reported()
+    if full is not None:
         facts.append(("worst-group accuracy (full)", _points(full.value, full.interval)))
     return (
         f"<div class='biasaudit-audit'><p><strong>{escape(headline)}</strong></p>"

@@ -255,7 +255,7 @@ class Audit:
 
     def __repr__(self) -> str:
         full = Estimate._of(self.summary.accuracy, self.summary.accuracy_ci)
-        worst = self.bias.worst_group.get("full")
+        worst = self.bias._worst_group_as_reported()
         headline = self.verdict.headline if self.verdict is not None else None
         return (
             f"Audit(split={self.dataset.split!r}, full_accuracy={full}, carrier={self.bias.carrier!r}, "

@@ -159,6 +159,17 @@ class BiasMeasures:
             carrier_note=carrier_section.get("note"),
         )
 
+    def _worst_group_as_reported(self, condition: str = "full") -> Estimate | None:
+        """The worst-group accuracy with the interval the verdict and the report give it: the exact (Clopper-Pearson)
+        interval of that group alone, whose bootstrap interval collapses to a point when every draw picks a group the
+        model gets all wrong or all right; the bootstrap one when the audit has no exact interval."""
+        figures = self.groups.get(condition)
+        if figures is None:
+            return None
+        if figures.worst_group_exact is None:
+            return figures.worst_group
+        return Estimate._of(figures.worst_group.value, figures.worst_group_exact)
+
 
 @dataclass(frozen=True)
 class Ceiling:
