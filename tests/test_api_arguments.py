@@ -135,6 +135,7 @@ CALLS: dict[str, Callable[[World], tuple[Callable, dict[str, Any]]]] = {
     "Comparison.to_dict": lambda w: (w.comparison.to_dict, {}),
     "GateResult.from_dict": lambda w: (ba.GateResult.from_dict, dict(document=w.gate_result.to_dict())),
     "GateResult.to_dict": lambda w: (w.gate_result.to_dict, {}),
+    "GateResult.to_markdown": lambda w: (w.gate_result.to_markdown, {}),
 }
 
 # Classes on `biasaudit` that users do not construct or call methods of, and why.
@@ -317,7 +318,8 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("GateResult.from_dict", "document"): lambda w: {"status": "PASS"},
     **{(call, "out"): _regular_file for call in ("ba.scan", "ba.fix", "ba.compare", "ba.scan_shard", "ba.merge", "ba.demo")},
     ("ba.fix", "selection_min_group"): lambda w: 0, ("ba.fix", "resume"): lambda w: True,  # with nothing to resume
-    ("ba.gate", "junit"): _directory, ("ba.compare", "train_log"): lambda w: w.tmp / "nosuch.json",
+    ("ba.gate", "junit"): _directory, ("ba.gate", "summary_md"): lambda w: w.tmp / "nosuch" / "summary.md",
+    ("ba.compare", "train_log"): lambda w: w.tmp / "nosuch.json",
     ("ba.scan_shard", "checkpoint"): lambda w: w.tmp / "nosuch.pt", ("ba.scan_shard", "adapter"): lambda w: OneModality(),
     ("ba.scan_shard", "shard"): lambda w: "2/2", ("ba.scan_shard", "split"): lambda w: "nosuch",
     ("ba.scan_shard", "conditions"): lambda w: "missing,nosuch", ("ba.scan_shard", "seed"): lambda w: -1,

@@ -64,24 +64,52 @@ def _junit_problem(value: StrPath | None) -> None:
         check_output_file(value, option="ba.gate's 'junit'")
 
 
-@checked("ba.gate", junit=_junit_problem)
+def _summary_problem(value: StrPath | None) -> None:
+    from biasaudit._core.output_paths import check_output_file
+
+    if value is not None:
+        check_output_file(value, option="ba.gate's 'summary_md'")
+        # Unlike other outputs, no directory is made for it: a summary is read by CI where its workflow names it, and
+        # a misspelt directory would put it where nobody looks.
+        if not Path(value).parent.is_dir():
+            raise InputError(
+                f"ba.gate's 'summary_md' is {value}, in a directory that does not exist ({Path(value).parent}); "
+                "create it or name a file in an existing one."
+            )
+
+
+def _report_links(names: Sequence[str], summary: Path) -> list[tuple[str, str]]:
+    """(label, relative target) of each audit's HTML report beside its JSON (audit.json -> audit.html), as a pull
+    request's summary links them; audits given in memory, or without their HTML, have none."""
+    links = []
+    for name in names:
+        html = Path(name).with_suffix(".html")
+        if name.endswith(".json") and html.is_file():
+            links.append((f"{html.name} of {name}", os.path.relpath(html, summary.resolve().parent)))
+    return links
+
+
+@checked("ba.gate", junit=_junit_problem, summary_md=_summary_problem)
 def gate(
     current: Audit,
     *,
     rules: GateRules | Mapping[str, Any],
     baseline: Audit | None = None,
     junit: StrPath | None = None,
+    summary_md: StrPath | None = None,
     current_name: str = "current",
     baseline_name: str = "baseline",
 ) -> GateResult:
     """Judge `current` (and its change from `baseline`) by `rules`; the same verdicts as `biasaudit gate`. `rules` is
     a GateRules, or a mapping of its keywords ({"max_gap": 5}). Rules that compare need a baseline; an unusable rule
     raises InputError naming it as the rules' `labels` spell it (the keyword from Python, the flag or the settings
-    file's key from the command line). `junit` writes a JUnit XML report there, one test case per rule;
+    file's key from the command line). `junit` writes a JUnit XML report there, one test case per rule; `summary_md`
+    a Markdown summary for a pull request or a CI job summary (GateResult.to_markdown, with links to the audits' HTML
+    reports when `current_name` and `baseline_name` are their JSON files), written whatever the verdict;
     `current_name` and `baseline_name` are how the verdicts name the two audits (e.g. their files).
 
     Parameters: `current` (the candidate's Audit); `rules`; `baseline` (the reference Audit, for the rules that
-    compare); `junit`, `current_name`, `baseline_name` (above).
+    compare); `junit`, `summary_md`, `current_name`, `baseline_name` (above).
     """
     import dataclasses
 
@@ -111,6 +139,11 @@ def gate(
         from biasaudit.report.junit import write_gate_junit
 
         write_gate_junit(document, Path(junit))
+    if summary_md is not None:
+        from biasaudit.report.gate_summary import write_gate_summary
+
+        names = [current_name] + ([baseline_name] if baseline is not None else [])
+        write_gate_summary(document, Path(summary_md), links=_report_links(names, Path(summary_md)))
     return GateResult.from_dict(document)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -74,6 +75,14 @@ def gate(
     junit: Path | None = typer.Option(
         None, "--junit", help="Write a JUnit XML report, one test case per rule.", rich_help_panel="Output"
     ),
+    summary_md: Path | None = typer.Option(
+        None,
+        "--summary-md",
+        help="Write a Markdown summary for a pull request (status, one row per rule, links to the audits' HTML), "
+        "whatever the verdict. Under GitHub Actions the summary is also appended to the job summary "
+        "(GITHUB_STEP_SUMMARY) and every rule is annotated (::error, ::warning, ::notice).",
+        rich_help_panel="Output",
+    ),
     config_file: Path | None = typer.Option(
         None,
         "--config",
@@ -111,12 +120,13 @@ def gate(
                     if name == "baseline" and sources["baseline"] != COMMAND_LINE:
                         raise InputError(f"The baseline set in {sources['baseline']}: {exc}") from exc
                     raise
-        with named_as({"junit": "--junit"}):
+        with named_as({"junit": "--junit", "summary_md": "--summary-md"}):
             verdict = ba.gate(
                 audits["current"],
                 rules=rules,
                 baseline=audits.get("baseline"),
                 junit=junit,
+                summary_md=summary_md,
                 current_name=str(current),
                 baseline_name=str(baseline) if baseline is not None else "baseline",
             )
@@ -125,6 +135,7 @@ def gate(
             "settings": {"config_file": str(settings.path) if settings.path else None, "sources": sources},
         }
         err.print(gate_table(result))
+        github_actions(verdict)
         if json_output:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")  # the verdict as json wrote it, never through the console
         if result["exit_code"]:
@@ -137,6 +148,34 @@ _rules = [rule_parameter(name) for name in RULES]
 # inspect.signature reads __signature__, an attribute a function type does not declare [attr-defined].
 gate.__signature__ = inspect.Signature([*_fixed[:3], *_rules, *_fixed[3:]])  # type: ignore[attr-defined]
 app.command()(gate)
+
+ANNOTATIONS = {"FAIL": "error", "ERROR": "error", "WARN": "warning", "PASS": "notice"}
+
+
+def _workflow_text(text: str) -> str:
+    # GitHub's workflow commands end at a line break, and read % as the start of an escape.
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def github_actions(verdict: Any) -> None:
+    """Under GitHub Actions: the summary appended to the job summary, and one annotation per rule (on stderr, which
+    the runner reads as it reads stdout, so that --json's stdout stays the verdict alone)."""
+    import os
+
+    from biasaudit.errors import InputError
+
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        path = Path(os.environ["GITHUB_STEP_SUMMARY"])
+        try:
+            with path.open("a", encoding="utf-8") as summary:
+                summary.write(verdict.to_markdown() + "\n")
+        except OSError as exc:
+            raise InputError(f"GITHUB_STEP_SUMMARY names {path}, which cannot be written ({exc.strerror}).") from None
+    if os.environ.get("GITHUB_ACTIONS") == "true":
+        for rule in verdict.rules:
+            title = _workflow_text(f"biasaudit gate: {rule.rule} {rule.status}").replace(",", "%2C").replace("::", "%3A%3A")
+            sys.stderr.write(f"::{ANNOTATIONS[rule.status]} title={title}::{_workflow_text(rule.message)}\n")
+
 
 STATUS_STYLE = {"PASS": "green", "WARN": "yellow", "FAIL": "bold red", "ERROR": "bold magenta"}
 

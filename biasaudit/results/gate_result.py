@@ -141,6 +141,14 @@ class GateResult:
         failed = [rule.rule for rule in self.rules if rule.status in ("FAIL", "ERROR")]
         return f"GateResult(status={self.status!r}, exit_code={self.exit_code}, rules={len(self.rules)}, failed={failed!r})"
 
+    @checked("GateResult.to_markdown")
+    def to_markdown(self) -> str:
+        """The verdict as Markdown for a pull request or a CI job summary: the status, one row per rule with its
+        figures (failing rules first), how changes were judged; under GitHub's comment limit (65,536 characters)."""
+        from biasaudit.report.gate_summary import gate_markdown
+
+        return gate_markdown(self.document)
+
     def _repr_html_(self) -> str:
         """A notebook's view: the overall status and one row per rule."""
         from biasaudit.report.notebook import gate_html
