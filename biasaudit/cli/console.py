@@ -4,6 +4,8 @@ error, 130 interrupted."""
 
 from __future__ import annotations
 
+import sys
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,8 +84,48 @@ def explicit_options(ctx: typer.Context) -> set[str]:
     return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) in typed}
 
 
+# Without a terminal (nohup, CI logs) a bar cannot redraw: a plain line per stage at most this often, plus its last.
+PLAIN_PROGRESS_SECONDS = 30.0
+
+
+def plain_progress(
+    write: Callable[[str], object], *, every: float = PLAIN_PROGRESS_SECONDS, clock: Callable[[], float] = time.monotonic
+) -> Callable[..., None]:
+    """A progress callback writing 'stage: done/total (pct), rate/s, ETA' lines: one per stage every `every` seconds,
+    and one when a stage that printed completes, so that a long scan under nohup or CI shows it is alive without
+    flooding the log (a stage shorter than `every` prints nothing)."""
+    started: dict[str, float] = {}
+    last: dict[str, float] = {}
+
+    def update(stage: str, done: int, total: int | None, status: str | None = None) -> None:
+        now = clock()
+        started.setdefault(stage, now)
+        finished = total is not None and done >= total
+        printed = stage in last
+        if (finished and not printed) or (not finished and now - last.get(stage, started[stage]) < every):
+            return
+        last[stage] = now
+        elapsed = now - started[stage]
+        rate = done / elapsed if elapsed > 0 else None
+        parts = [f"{stage}: {done}/{total}" if total else f"{stage}: {done}"]
+        if total:
+            parts[0] += f" ({100 * done / total:.0f}%)"
+        if rate:
+            parts.append(f"{rate:.1f}/s")
+            if total and not finished:
+                parts.append(f"ETA {max(total - done, 0) / rate:.0f} s")
+        if status:
+            parts.append(status)
+        write(", ".join(parts) + "\n")
+
+    return update
+
+
 @contextmanager
 def progress_bars() -> Iterator:
+    if not err.is_terminal:
+        yield plain_progress(sys.stderr.write)
+        return
     columns = (
         TextColumn("{task.description:<12}"),
         BarColumn(),
@@ -91,7 +133,7 @@ def progress_bars() -> Iterator:
         TimeElapsedColumn(),
         TextColumn("{task.fields[status]}"),
     )
-    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bars:
+    with Progress(*columns, console=err, transient=True) as bars:
         tasks: dict[str, TaskID] = {}
 
         def update(stage: str, done: int, total: int | None, status: str | None = None) -> None:
