@@ -28,6 +28,7 @@ __all__ = [
     "Estimate",
     "FixResult",
     "GapSummary",
+    "GateChanges",
     "GateResult",
     "GateRules",
     "GradientConflict",
@@ -36,6 +37,7 @@ __all__ = [
     "Interaction",
     "Jsd",
     "LeaderboardResult",
+    "MeasureChange",
     "MethodResult",
     "Modality",
     "PooledChange",
@@ -45,6 +47,8 @@ __all__ = [
     "SeedRun",
     "Shapley",
     "Summary",
+    "TrackedRun",
+    "Tracker",
     "__version__",
     "compare",
     "demo",
@@ -52,8 +56,10 @@ __all__ = [
     "gate",
     "leaderboard",
     "load_adapter",
+    "log",
     "merge",
     "merge_leaderboard",
+    "open_tracker",
     "scan",
     "scan_shard",
 ]
@@ -74,10 +80,13 @@ _PUBLIC = {
         "gate",
         "load_adapter",
         "demo",
+        "log",
+        "open_tracker",
     ),
     "biasaudit.data.adapter": ("Adapter", "Modality"),
     "biasaudit.errors": ("BiasAuditError",),
     "biasaudit.gating": ("GateRules",),
+    "biasaudit.integrations.tracking_run": ("Tracker", "TrackedRun"),
     "biasaudit.results.audit": ("Audit", "ConditionResult", "GapSummary", "Summary"),
     "biasaudit.results.bias": ("BiasMeasures", "Calibration", "Ceilings"),
     "biasaudit.results.analyses": ("Groups", "Shapley", "Interaction"),
@@ -86,7 +95,7 @@ _PUBLIC = {
     "biasaudit.results.comparison": ("BiasChanges", "Change", "Comparison", "ConditionChange", "GroupChange"),
     "biasaudit.results.estimate": ("Estimate",),
     "biasaudit.results.fix_result": ("FixResult",),
-    "biasaudit.results.gate_result": ("GateResult", "RuleResult", "RuleFigures"),
+    "biasaudit.results.gate_result": ("GateChanges", "GateResult", "MeasureChange", "RuleResult", "RuleFigures"),
     "biasaudit.results.leaderboard_result": ("LeaderboardResult", "MethodResult", "SeedRun", "PooledChange"),
 }
 _MODULE_OF = {name: module for module, names in _PUBLIC.items() for name in names}
@@ -106,17 +115,31 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the names as static analysis and IDEs see them
-    from biasaudit.api import compare, demo, fix, gate, leaderboard, load_adapter, merge, merge_leaderboard, scan, scan_shard
+    from biasaudit.api import (
+        compare,
+        demo,
+        fix,
+        gate,
+        leaderboard,
+        load_adapter,
+        log,
+        merge,
+        merge_leaderboard,
+        open_tracker,
+        scan,
+        scan_shard,
+    )
     from biasaudit.data.adapter import Adapter, Modality
     from biasaudit.errors import BiasAuditError
     from biasaudit.gating import GateRules
+    from biasaudit.integrations.tracking_run import TrackedRun, Tracker
     from biasaudit.results.analyses import Groups, Interaction, Shapley
     from biasaudit.results.audit import Audit, ConditionResult, GapSummary, Summary
     from biasaudit.results.bias import BiasMeasures, Calibration, Ceilings
     from biasaudit.results.comparison import BiasChanges, Change, Comparison, ConditionChange, GroupChange
     from biasaudit.results.estimate import Estimate
     from biasaudit.results.fix_result import FixResult
-    from biasaudit.results.gate_result import GateResult, RuleFigures, RuleResult
+    from biasaudit.results.gate_result import GateChanges, GateResult, MeasureChange, RuleFigures, RuleResult
     from biasaudit.results.leaderboard_result import LeaderboardResult, MethodResult, PooledChange, SeedRun
     from biasaudit.results.internals import Embeddings, GradientConflict
     from biasaudit.results.sections import Dataset, Jsd, RunManifest

@@ -100,6 +100,20 @@ def world(shortcut_checkpoint, tmp_path_factory) -> World:
 SHORTCUT_SPEC = f"{FIXTURES / 'shortcut_adapter.py'}:ShortcutAdapter"
 
 
+def _store(w: World) -> str:
+    return f"sqlite:///{w.tmp / 'mlflow.db'}"  # a local MLflow store (issue 24): no network
+
+
+_TRACKERS: dict[Path, Any] = {}
+
+
+def _tracker(w: World) -> Any:
+    """One MLflow tracker per world, opened once (its store's tables take seconds to create); no run until a log."""
+    if w.tmp not in _TRACKERS:
+        _TRACKERS[w.tmp] = ba.open_tracker("mlflow", tracking_uri=_store(w))
+    return _TRACKERS[w.tmp]
+
+
 def _checkpoint(w: World) -> Path:
     torch.save(w.model.state_dict(), w.tmp / "model.pt")
     return w.tmp / "model.pt"
@@ -136,6 +150,11 @@ CALLS: dict[str, Callable[[World], tuple[Callable, dict[str, Any]]]] = {
     "GateResult.from_dict": lambda w: (ba.GateResult.from_dict, dict(document=w.gate_result.to_dict())),
     "GateResult.to_dict": lambda w: (w.gate_result.to_dict, {}),
     "GateResult.to_markdown": lambda w: (w.gate_result.to_markdown, {}),
+    "ba.log": lambda w: (ba.log, dict(result=w.audit, to="mlflow", experiment="audits", run_name="nightly",
+                                      tracking_uri=_store(w), files=[w.audit_json])),
+    "ba.open_tracker": lambda w: (ba.open_tracker, dict(to="mlflow", experiment="audits", run_name="nightly", tracking_uri=_store(w))),
+    "Tracker.log": lambda w: (_tracker(w).log, dict(result=w.audit, files=[w.audit_json])),
+    "Tracker.close": lambda w: (_tracker(w).close, {}),
 }
 
 # Classes on `biasaudit` that users do not construct or call methods of, and why.
@@ -161,10 +180,13 @@ NOT_CALLED = {
     "ConditionChange": "a typed record inside a Comparison (Comparison.conditions), built by Comparison.from_dict",
     "GroupChange": "a typed record inside a Comparison, built by Comparison.from_dict",
     "RuleFigures": "a typed record inside a GateResult (RuleResult.measured), built by GateResult.from_dict",
+    "GateChanges": "a typed record inside a GateResult (GateResult.changes), built by GateResult.from_dict",
+    "MeasureChange": "a typed record inside GateChanges (GateChanges.largest), built by GateResult.from_dict",
     "MethodResult": "a typed record inside a LeaderboardResult (LeaderboardResult.methods), read from leaderboard.json",
     "SeedRun": "a typed record inside a MethodResult (MethodResult.seeds), read from leaderboard.json",
     "PooledChange": "a typed record inside a MethodResult (MethodResult.pooled), read from leaderboard.json",
     "FixResult": "returned by ba.fix; it has no methods",
+    "TrackedRun": "returned by ba.log and Tracker.log; it has no methods",
     "Audit": "returned by ba.scan and Audit.read; its methods are listed one by one",
     "Comparison": "returned by ba.compare; its methods are listed one by one",
     "GateResult": "returned by ba.gate; its methods are listed one by one",
@@ -208,7 +230,7 @@ def _parameters(name: str) -> list[str]:
     """The parameters a caller can get wrong: the signature's, and for ba.scan the ScanConfig settings it takes by name."""
     target = {"ba.scan": ba.scan, "ba.fix": ba.fix, "ba.leaderboard": ba.leaderboard, "ba.compare": ba.compare,
               "ba.gate": ba.gate, "ba.merge_leaderboard": ba.merge_leaderboard, "ba.scan_shard": ba.scan_shard, "ba.merge": ba.merge,
-              "ba.demo": ba.demo, "ba.load_adapter": ba.load_adapter}.get(name)
+              "ba.demo": ba.demo, "ba.load_adapter": ba.load_adapter, "ba.log": ba.log, "ba.open_tracker": ba.open_tracker}.get(name)
     if name in ("ba.GateRules", "ba.Modality"):
         return [f.name for f in dataclasses.fields(getattr(ba, name[3:]))]
     if target is None:
@@ -327,6 +349,9 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.scan_shard", "bootstrap"): lambda w: 5, ("ba.scan_shard", "projection"): lambda w: "nosuch",
     ("ba.scan_shard", "unimodal_models"): lambda w: {"nosuch": w.tmp / "model.pt"},
     ("ba.merge", "parts"): lambda w: [w.tmp / "nosuch.pt"], ("ba.demo", "seed"): lambda w: -1,
+    **{(call, "to"): (lambda w: "nosuch") for call in ("ba.log", "ba.open_tracker")},
+    **{(call, name): (lambda w: " ") for call in ("ba.log", "ba.open_tracker") for name in ("experiment", "run_name", "tracking_uri")},
+    **{(call, "files"): (lambda w: [w.tmp / "nosuch.json"]) for call in ("ba.log", "Tracker.log")},
     ("ba.demo", "split"): lambda w: "nosuch", ("ba.load_adapter", "spec"): lambda w: "nosuch",
 }
 
@@ -340,6 +365,8 @@ EVERY_VALUE_FITS = {
     ("ba.scan", "mute_compare"): "True or False", ("ba.fix", "inplace"): "True or False",
     ("ba.fix", "from_scratch"): "True or False (a post-hoc method refuses True: tests/test_fix_plan.py)",
     ("ba.GateRules", "significant"): "True or False",
+    **{(call, "result"): "any result of the five types the annotation names (Audit, FixResult, Comparison, GateResult, "
+       "LeaderboardResult); each is logged" for call in ("ba.log", "Tracker.log")},
     **{(call, "trust_checkpoint"): "True or False (a checkpoint the adapter's model cannot load is named then)"
        for call in ("ba.scan", "ba.fix", "ba.leaderboard", "ba.scan_shard")},
     **{(call, "provenance"): "any mapping: recorded as the manifest's settings" for call in ("ba.scan", "ba.scan_shard")},

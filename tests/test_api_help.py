@@ -10,9 +10,10 @@ import pytest
 
 import biasaudit as ba
 
-CALLS = ("scan", "scan_shard", "merge", "fix", "leaderboard", "merge_leaderboard", "compare", "gate", "load_adapter", "demo")
+CALLS = ("scan", "scan_shard", "merge", "fix", "leaderboard", "merge_leaderboard", "compare", "gate", "load_adapter", "demo",
+         "log", "open_tracker")
 RESULTS = ("Audit", "Comparison", "FixResult", "LeaderboardResult", "GateResult", "BiasMeasures", "BiasChanges", "Summary",
-           "GapSummary", "ConditionResult", "Change", "Estimate", "RuleResult")
+           "GapSummary", "ConditionResult", "Change", "Estimate", "RuleResult", "TrackedRun", "GateChanges", "MeasureChange")
 
 
 @pytest.mark.parametrize("name", CALLS)

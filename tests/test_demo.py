@@ -45,3 +45,19 @@ def test_demo_checkpoint_on_test_split_shows_a_text_gap_of_at_least_20_points(de
     missing = audit["summary"]["missing"]
     assert missing["dominant"] == "text" and missing["gap"] >= 20, missing
     assert missing["scores"]["text"] < missing["scores"]["image"]
+
+
+def test_training_the_demo_model_leaves_the_callers_random_generators_where_they_were():
+    """A notebook that seeds its own torch generator and trains the demo model must draw the same numbers after it as
+    without it: a library that reseeds the global generator silently changes the user's later results."""
+    import torch
+
+    from biasaudit.datasets.demo_model import DigitsCaptionsAdapter, train_baseline
+
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = train_baseline(DigitsCaptionsAdapter(), epochs=1, seed=5)
+    assert torch.equal(torch.rand(3), expected)
+    again = train_baseline(DigitsCaptionsAdapter(), epochs=1, seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True))

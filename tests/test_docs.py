@@ -167,7 +167,7 @@ def test_readme_commands_are_the_ones_ci_runs():
 
     # CI runs the demo in the environment the test command built (extras included), so the README's demo command
     # must be the test command with the plain install and `biasaudit demo` in place of the extras and pytest.
-    expected_demo = ci_tests[0].replace('pip install -e ".[test,hf]"', "pip install -e .").replace("&& pytest", "&& biasaudit demo")
+    expected_demo = ci_tests[0].replace('pip install -e ".[test,hf,mlflow,wandb]"', "pip install -e .").replace("&& pytest", "&& biasaudit demo")
     assert demo == expected_demo, f"README demo command:\n  {demo}\nexpected from .ci/run:\n  {expected_demo}"
     assert any(line.startswith("biasaudit demo") for line in ci_lines), ".ci/run no longer runs `biasaudit demo`"
 

@@ -9,6 +9,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 from typer.testing import CliRunner
 
@@ -144,3 +145,138 @@ def test_a_summary_in_a_directory_that_does_not_exist_exits_2_and_writes_nothing
     )
     assert result.exit_code == 2 and "--summary-md" in result.stderr and "Traceback" not in result.output
     assert not target.parent.exists() and not junit.exists()
+
+
+# --- the largest changes against the baseline (issue 24, item 2) --------------------------------------------------------
+
+# Debiased against the biased baseline, hand-counted in tests/fixtures/bias_pair.py (changes in points, paired 95%
+# intervals); the largest five by size. The sixth, the image bias-follow rate (+0.5), and the conditions that did not move
+# are left out, and so is the missing Gap (+12.5), a difference of two listed accuracies.
+LARGEST = [
+    ("accuracy[missing:text]", 52.5, [50.0, 59.25]),
+    ("bias_follow[text]", -46.0, [-47.85, -44.15]),
+    ("worst_group[full]", 30.0, [30.0, 34.625]),
+    ("accuracy[full]", 21.25, [20.0, 24.625]),
+    ("bias_balanced[full]", 15.5, [14.075, 16.925]),
+]
+SECTION = "#### Largest changes against the baseline"
+
+
+def _compare_figures(comparison: dict) -> dict[str, tuple]:
+    """measure -> (baseline, current, change, interval) as compare.json holds them (bias-follow: fractions)."""
+    bias = comparison["bias"]
+    figures = {f"accuracy[{row['name']}]": row for row in comparison["conditions"]}
+    figures |= {f"{key}[{c}]": entry for key in ("worst_group", "bias_balanced") for c, entry in bias[key].items()}
+    figures |= {f"bias_follow[{m}]": entry for m, entry in bias["bias_follow"].items()}
+    return {k: (e["before"], e["after"], e["delta"], e["delta_ci"]) for k, e in figures.items()}
+
+
+@pytest.mark.parametrize("rules", [{"min_accuracy": {"full": 40}}, {"max_worst_group_drop": 1, "max_bias_follow_increase": 1}])
+def test_the_largest_changes_are_listed_in_order_with_the_figures_compare_gives(rules, tmp_path):
+    """A reviewer reads the summary instead of running `biasaudit compare`: a change listed out of order, one figure
+    that is not compare's (another way of computing it), or a section that needs a baseline rule would mislead them.
+    With a rule that does not compare, the gate compares the audits for this section alone."""
+    biased, debiased = (ba.Audit.from_dict(PAIR.make(name)) for name in ("biased", "debiased"))
+    verdict = ba.gate(debiased, rules=rules, baseline=biased, summary_md=tmp_path / "summary.md")
+    block = verdict.to_dict()["changes"]
+    assert [e["measure"] for e in block["largest"]] == [row[0] for row in LARGEST]
+    assert block["changed"] == 6 and block["paired"] is True and block["note"] is None
+
+    compare = _compare_figures(ba.compare(biased, debiased).to_dict())
+    for entry, (measure, change, ci) in zip(block["largest"], LARGEST, strict=True):
+        before, after, delta, delta_ci = compare[measure]
+        scale = 100.0 if measure.startswith("bias_follow") else 1.0  # its change in points, as the bias-follow rule's
+        assert (entry["baseline"], entry["current"]) == (before, after)
+        assert entry["change_points"] == scale * delta and entry["change_ci_points"] == [scale * v for v in delta_ci]
+        assert entry["change_points"] == pytest.approx(change) and entry["change_ci_points"] == pytest.approx(ci)  # by hand
+
+    typed = verdict.changes.largest[1]
+    assert (typed.measure, typed.unit, typed.baseline) == ("bias_follow[text]", "fraction", 0.58)
+    assert typed.change.value == pytest.approx(-46.0) and typed.change.interval == pytest.approx((-47.85, -44.15))
+
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert text == verdict.to_markdown()  # no links: the audits were given in memory
+    lines = text.split(SECTION, 1)[1].splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| measure")]
+    assert rows == [
+        "| missing:text accuracy | 10.0% | 62.5% | +52.5 [50.0, 59.2] |",
+        "| text bias-follow rate (excess) | 58.0% | 12.0% | -46.0 [-47.9, -44.2] |",
+        "| full worst-group accuracy | 15.0% | 45.0% | +30.0 [30.0, 34.6] |",
+        "| full accuracy | 30.0% | 51.2% | +21.2 [20.0, 24.6] |",
+        "| full bias-balanced accuracy | 31.0% | 46.5% | +15.5 [14.1, 16.9] |",
+    ]
+    assert "the 5 largest of 6 changes; paired 95% intervals" in text
+
+
+def test_without_a_baseline_there_is_no_changes_section(audits, tmp_path):
+    """Changes need something to change from: a section with nothing in it, or invented figures, would mislead."""
+    summary = tmp_path / "alone.md"
+    result = CliRunner().invoke(app, ["gate", str(audits["debiased"]), "--min-accuracy", "full=40", "--json", "--summary-md", str(summary)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["changes"] is None
+    assert SECTION not in summary.read_text(encoding="utf-8") and "changes" not in summary.read_text(encoding="utf-8")
+    assert ba.GateResult.from_dict(json.loads(result.stdout)).changes is None
+
+
+@pytest.mark.parametrize("current, baseline, status", [("debiased", "biased", "PASS"), ("biased", "debiased", "FAIL")])
+def test_with_the_changes_section_pass_and_fail_summaries_stay_under_the_limits(audits, tmp_path, current, baseline, status):
+    """The section is added to every summary with a baseline; a summary over GitHub's comment limit is refused by the
+    API, and the job summary loses the whole step's output past 1 MiB."""
+    summary = tmp_path / "summary.md"
+    result = CliRunner().invoke(
+        app, ["gate", str(audits[current]), "--baseline", str(audits[baseline]), *RULES, "--summary-md", str(summary), "--json"]
+    )
+    verdict = json.loads(result.stdout)
+    assert verdict["status"] == status
+    gate_schema = json.loads((Path(ba.__file__).parent / "schemas" / "gate.schema.json").read_text(encoding="utf-8"))
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in jsonschema.Draft202012Validator(gate_schema).iter_errors(verdict)]
+    assert not errors and len(verdict["changes"]["largest"]) == 5, errors  # the published schema knows the block
+    text = summary.read_text(encoding="utf-8")
+    assert SECTION in text and text.index("| rule |") < text.index(SECTION)  # the verdict first, then the context
+    sign = "+" if status == "PASS" else "-"
+    assert f"| missing:text accuracy | {'10.0%' if status == 'PASS' else '62.5%'} |" in text and f"{sign}52.5" in text
+    assert len(text) < COMMENT_LIMIT and len(text.encode("utf-8")) < 1024 * 1024
+
+
+def test_a_cut_table_keeps_the_changes_section_whole_under_the_limit():
+    """Four hundred long rules: the rule table gives way, the five changes stay, and the whole stays under the limit."""
+    biased, debiased = PAIR.make("biased"), PAIR.make("debiased")
+    from biasaudit.gating import GateRules, evaluate_gate
+
+    document = evaluate_gate(debiased, GateRules(min_accuracy={"full": 40}), baseline=biased)
+    document["rules"] = [{"rule": f"min_accuracy[c{i}]", "status": "FAIL", "message": "x" * 500} for i in range(400)]
+    text = gate_markdown(document, limit=20_000)
+    assert len(text) <= 20_000 and "more rules are in the gate's JSON" in text
+    section = text.split(SECTION, 1)[1]
+    assert sum(line.startswith("| ") and "measure" not in line for line in section.splitlines()) == 5
+
+
+def test_audits_that_do_not_pair_give_plain_changes_and_say_why():
+    """Unpaired audits have no paired interval: a listed interval would pair replicates of different samples."""
+    from biasaudit.gating import GateRules, evaluate_gate
+
+    biased, debiased = PAIR.make("biased"), PAIR.make("debiased")
+    debiased["samples"]["count"] = 325
+    document = evaluate_gate(debiased, GateRules(min_accuracy={"full": 40}), baseline=biased)
+    block = document["changes"]
+    assert block["paired"] is False and all(e["change_ci_points"] is None for e in block["largest"])
+    assert block["largest"][0]["change_points"] == 52.5
+    text = gate_markdown(document)
+    assert "| missing:text accuracy | 10.0% | 62.5% | +52.5 |" in text
+    assert "no intervals: the audits do not pair (different samples (324 vs 325 samples))" in text
+
+
+def test_audits_that_do_not_compare_say_so_and_fail_no_rule_that_did_not_compare():
+    """A baseline of another split is no reason to fail a gate whose rules never read it; the section says why it
+    lists nothing. A rule that compares still refuses them (exit 2), as before."""
+    from biasaudit.errors import InputError
+    from biasaudit.gating import GateRules, evaluate_gate
+
+    biased, debiased = PAIR.make("biased"), PAIR.make("debiased")
+    biased["manifest"]["config"]["split"] = "test"
+    document = evaluate_gate(debiased, GateRules(min_accuracy={"full": 40}), baseline=biased)
+    assert document["status"] == "PASS" and document["changes"]["largest"] == []
+    assert document["changes"]["note"].startswith("the audits do not compare: The two audits differ in split")
+    assert "None listed: the audits do not compare" in gate_markdown(document)
+    with pytest.raises(InputError, match="differ in split"):
+        evaluate_gate(debiased, GateRules(max_worst_group_drop=1), baseline=biased)

@@ -257,7 +257,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import biasaudit, biasaudit.methods, biasaudit.integrations
 assert not any(m.split('.')[0] in ('lightning', 'transformers') for m in sys.modules), 'a framework was imported'
-for name, extra in (('lightning', 'lightning'), ('hf', 'hf')):
+for name, extra in (('lightning', 'lightning'), ('hf', 'hf'), ('lightning_audit', 'lightning'), ('hf_audit', 'hf')):
     try:
         __import__('biasaudit.integrations.' + name)
     except ImportError as error:

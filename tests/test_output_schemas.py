@@ -103,6 +103,7 @@ def test_gate_json_fits_its_schema(case, fixed, tmp_path):
     assert_fits(verdict, "gate")
     assert verdict["status"] == status and result.exit_code == verdict["exit_code"], (case, result.output[-1500:])
     assert (verdict["baseline"] is not None) == bool(baseline)
+    assert (verdict["changes"] is not None) == bool(baseline)  # the largest changes, whenever there is a baseline
 
 
 # --- damaged train logs -----------------------------------------------------------------------------------------------

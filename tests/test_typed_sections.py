@@ -282,7 +282,13 @@ GATE_FLAGS = ["--max-gap", "90", "--min-accuracy", "full=10", "--min-worst-group
 
 def check_gate(result: ba.GateResult, document: dict) -> None:
     assert ba.GateResult.from_dict(document) == result and result.to_dict() == document
-    check(result, document, skip=("document", "rules", "config_file", "sources"))
+    check(result, document, skip=("document", "rules", "config_file", "sources", "changes"))
+    block = document.get("changes")
+    assert (result.changes is None) == (block is None)
+    if block is not None:
+        check(result.changes, block, skip=("largest",))
+        for typed, entry in zip(result.changes.largest, block["largest"], strict=True):
+            check(typed, entry, change=("change_points", "change_ci_points"))
     settings = document.get("settings") or {}
     assert result.config_file == settings.get("config_file") and result.sources == settings.get("sources", {})
     for rule, entry in zip(result.rules, document["rules"], strict=True):

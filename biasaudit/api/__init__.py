@@ -6,6 +6,7 @@ command is one of them plus argument parsing and printing (tests/test_cli_api_eq
   fix                              _fix.py               retrain with a method and prove the change
   leaderboard, merge_leaderboard   _board.py             every method against the control over seeds
   demo                             _demo.py              the bundled offline story
+  log, open_tracker                _log.py               results into MLflow or Weights & Biases
   _names.py                        the names the calls accept, for help texts (imports nothing heavy)
 
 The calls are imported on first use (PEP 562), as the package's own names are: the command line imports this package
@@ -16,7 +17,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["compare", "demo", "fix", "gate", "leaderboard", "load_adapter", "merge", "merge_leaderboard", "scan", "scan_shard"]
+# The trackers `--log` offers, from their registry (which imports no tracker), for the command line's help.
+from biasaudit.integrations.tracking import TRACKER_NAMES as TRACKER_NAMES
+
+__all__ = [
+    "compare",
+    "demo",
+    "fix",
+    "gate",
+    "leaderboard",
+    "load_adapter",
+    "log",
+    "merge",
+    "merge_leaderboard",
+    "open_tracker",
+    "scan",
+    "scan_shard",
+]
 
 _MODULE_OF = {
     "scan": "_scan",
@@ -30,6 +47,8 @@ _MODULE_OF = {
     "gate": "_documents",
     "merge": "_documents",
     "demo": "_demo",
+    "log": "_log",
+    "open_tracker": "_log",
 }
 
 
@@ -54,6 +73,8 @@ if TYPE_CHECKING:
     from biasaudit.api._documents import gate as gate
     from biasaudit.api._documents import merge as merge
     from biasaudit.api._fix import fix as fix
+    from biasaudit.api._log import log as log
+    from biasaudit.api._log import open_tracker as open_tracker
     from biasaudit.api._scan import load_adapter as load_adapter
     from biasaudit.api._scan import scan as scan
     from biasaudit.api._shard import scan_shard as scan_shard

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ from torch import nn
 
 from biasaudit._core.arguments import (
     at_least,
-    check_keywords,
     checked,
     non_negative_finite,
     not_empty,
@@ -22,7 +20,7 @@ from biasaudit._core.arguments import (
     positive_finite,
 )
 from biasaudit._core.progress import Progress
-from biasaudit.api._scan import _check_scan, _scan_config, _settings, adapter_of
+from biasaudit.api._scan import checked_scan
 from biasaudit.data.adapter import Adapter
 from biasaudit.errors import InputError
 from biasaudit.results import StrPath
@@ -123,11 +121,12 @@ def fix(
     from biasaudit.training.train_config import TrainConfig
     from biasaudit.training.methods import DEFAULT_OPTIONS
 
-    named = [name for name in inspect.signature(fix).parameters if name != "settings"]
-    check_keywords(settings, named + sorted(_settings()), where="ba.fix")
     device = str(device)
-    scan_config = _scan_config(
-        where="ba.fix",
+    loaded, spec, scan_config = checked_scan(
+        fix,
+        adapter,
+        settings,
+        unimodal_models=None,
         split=split,
         conditions=conditions,
         seed=seed,
@@ -135,11 +134,8 @@ def fix(
         bootstrap_replicates=bootstrap,
         projection=projection,
         batch_size=scan_batch_size,
-        **settings,
     )
     options = {**DEFAULT_OPTIONS.get(method, {}), **(options or {})}
-    loaded, spec = adapter_of(adapter)
-    _check_scan(loaded, scan_config, where="ba.fix")
     check_split(loaded, train_split)
     train_config = TrainConfig(
         epochs=epochs,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -11,11 +11,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from biasaudit._core.annotations import conforms
-from biasaudit._core.arguments import at_least, check_argument, check_keywords, checked, not_empty, output_dir, plain, shown
+from biasaudit._core.arguments import at_least, check_keywords, checked, not_empty, output_dir
 from biasaudit._core.progress import Progress
 from biasaudit.data.adapter import Adapter, validate_adapter
-from biasaudit.errors import ArgumentTypeError, InputError
+from biasaudit.errors import InputError
 from biasaudit.results import StrPath
 from biasaudit.results.audit import Audit
 
@@ -100,15 +99,16 @@ def scan(
     from biasaudit.scanning.agreement import stopping_together
     from biasaudit.scanning.audit import AUDIT_FILES, audit_model, load_model, load_model_noting_prefix, stamped, write_audit
 
-    named = [name for name in inspect.signature(scan).parameters if name != "settings"]
-    check_keywords(settings, named + sorted(_settings()), where="ba.scan")
     group = process_group_shard() if distributed else None
     with ExitStack() as held:
         # In a process group every rank checks its own arguments; a mistake on one stops all of them with its sentence
         # rather than leaving the others to wait for it in the scan's first collective.
         with stopping_together(group is not None):
-            loaded, spec = adapter_of(adapter)
-            config = _scan_config(
+            loaded, spec, config = checked_scan(
+                scan,
+                adapter,
+                settings,
+                unimodal_models=unimodal_models,
                 split=split,
                 conditions=conditions,
                 seed=seed,
@@ -116,9 +116,7 @@ def scan(
                 batch_size=batch_size,
                 bootstrap_replicates=bootstrap,
                 projection=projection,
-                **settings,
             )
-            _check_scan(loaded, config, where="ba.scan", unimodal_models=unimodal_models)
             outputs = (
                 held.enter_context(OutputSet(out, files=AUDIT_FILES, option="ba.scan's 'out'"))
                 if out is not None and (group is None or group.index == 0)
@@ -153,6 +151,22 @@ def scan(
     return Audit.from_dict(document)
 
 
+def checked_scan(
+    call: Callable[..., Any], adapter: Adapter | str, settings: Mapping[str, Any], *, unimodal_models: Any, **fields: Any
+) -> tuple[Adapter, str | None, ScanConfig]:
+    """The adapter, its spec and the ScanConfig of a scan call (ba.scan, ba.scan_shard), every argument checked as the
+    CLI checks it before any work: `settings` are the call's other ScanConfig fields by name, `fields` its own."""
+    from biasaudit.scanning.config import config_from_settings
+
+    where = f"ba.{call.__name__}"
+    named = [name for name in inspect.signature(call).parameters if name != "settings"]
+    check_keywords(settings, named + sorted(_settings()), where=where)
+    loaded, spec = adapter_of(adapter)
+    config = config_from_settings(where=where, **fields, **settings)
+    _check_scan(loaded, config, where=where, unimodal_models=unimodal_models)
+    return loaded, spec, config
+
+
 def _sourced(model: nn.Module, path: StrPath) -> nn.Module:
     model.biasaudit_source = str(path)  # type: ignore[assignment]  # named in the ceilings section
     return model
@@ -177,15 +191,14 @@ def _check_scan(adapter: Any, config: Any, *, where: str, unimodal_models: Mappi
     split, the device and precision, the conditions, the mutes and the unimodal models' modalities and files."""
     from biasaudit._core.input_paths import check_input_file
     from biasaudit.data.batches import check_split
-    from biasaudit.scanning.conditions import parse_conditions
-    from biasaudit.scanning.config import check_precision, resolve_device, with_mute_overrides
+    from biasaudit.scanning.config import check_conditions, check_precision, resolve_device, with_mute_overrides
 
     validate_adapter(adapter, source=f"given to {where} ({type(adapter).__name__})")
     check_split(adapter, config.split)
     check_precision(
         config.precision, resolve_device(config.device, label=f"The 'device' parameter of {where}", cpu="device='cpu'")
     )
-    parse_conditions(config.conditions, adapter.modalities)
+    check_conditions(config.conditions, adapter)
     with_mute_overrides(adapter, config.mute, label=f"The 'mute' parameter of {where}")
     names = [m.name for m in adapter.modalities]
     unknown = [name for name in unimodal_models or {} if name not in names]
@@ -200,29 +213,3 @@ def _check_scan(adapter: Any, config: Any, *, where: str, unimodal_models: Mappi
                 named=f"The 'unimodal_models' parameter of {where}: {name}'s checkpoint {given}",
                 expected="a file written by torch.save",
             )
-
-
-def _scan_config(*, where: str = "ba.scan", **settings: Any) -> ScanConfig:
-    """ScanConfig from keyword settings, each checked against its field's type first; an unknown one lists the
-    available settings. The documented forms a Python caller may use are made the CLI's: a list of conditions is
-    joined with commas, a mute mapping becomes (modality, impairment) pairs, so both record the same manifest."""
-    import typing
-
-    from biasaudit.scanning.config import ScanConfig
-
-    spelled = {"bootstrap_replicates": "bootstrap"}
-    hints = typing.get_type_hints(ScanConfig)
-    if "conditions" in settings and not isinstance(settings["conditions"], str):
-        settings["conditions"] = ",".join(settings["conditions"])
-    mute = settings.get("mute")
-    if isinstance(mute, Mapping):
-        check_argument(mute, Mapping[str, str], parameter="mute", where=where)
-        settings["mute"] = tuple(mute.items())
-    elif mute is not None and not conforms(mute, hints["mute"]):
-        raise ArgumentTypeError(
-            f"The 'mute' parameter of {where} must be a mapping of modality to muting impairment, e.g. "
-            f"{{'image': 'mean'}}; got {shown(mute)}."
-        )
-    for name, value in settings.items():
-        check_argument(value, hints[name], parameter=spelled.get(name, name), where=where)
-    return ScanConfig(**plain(settings))

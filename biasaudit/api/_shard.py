@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from biasaudit._core.arguments import at_least, check_keywords, checked, not_empty, output_dir
+from biasaudit._core.arguments import at_least, checked, not_empty, output_dir
 from biasaudit._core.progress import Progress
-from biasaudit.api._scan import _check_scan, _scan_config, _settings, adapter_of
+from biasaudit.api._scan import checked_scan
 from biasaudit.data.adapter import Adapter
 from biasaudit.errors import InputError
 from biasaudit.results import StrPath
@@ -74,11 +73,11 @@ def scan_shard(
     from biasaudit.scanning.engine import check_shardable
     from biasaudit.scanning.parts import part_name
 
-    named = [name for name in inspect.signature(scan_shard).parameters if name != "settings"]
-    check_keywords(settings, named + sorted(_settings()), where="ba.scan_shard")
-    loaded, spec = adapter_of(adapter)
-    config = _scan_config(
-        where="ba.scan_shard",
+    loaded, spec, config = checked_scan(
+        scan_shard,
+        adapter,
+        settings,
+        unimodal_models=unimodal_models,
         split=split,
         conditions=conditions,
         seed=seed,
@@ -86,9 +85,7 @@ def scan_shard(
         batch_size=batch_size,
         bootstrap_replicates=bootstrap,
         projection=projection,
-        **settings,
     )
-    _check_scan(loaded, config, where="ba.scan_shard", unimodal_models=unimodal_models)
     check_shardable(loaded)
     part = parse_shard(shard)
     folder = check_output_dir(out, option="ba.scan_shard's 'out'")

@@ -10,6 +10,7 @@ from rich.markup import escape
 from biasaudit.cli.app import app
 from biasaudit.cli.console import err, handled, out
 from biasaudit.cli.naming import named_as
+from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
 from biasaudit.errors import BiasAuditError
 
 FLAGS = {"out": "--out", "train_log": "--train-log"}
@@ -21,11 +22,15 @@ def compare(
     after: Path = typer.Argument(..., help="audit.json of the model after the change (same split, conditions and seed)."),
     out_dir: Path = typer.Option(Path("biasaudit-compare"), "--out", "-o", help="Directory for compare.json and compare.html."),
     train_log: Path | None = typer.Option(None, "--train-log", help="train_log.json of a fix run, for the training section."),
+    log: Log = None,
+    experiment: Experiment = None,
+    run_name: RunName = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Re-render the before/after comparison from two audit files, without the model."""
     import biasaudit as ba
 
-    with handled():
+    with handled(), tracking(log, experiment, run_name, tracking_uri) as tracker:
         first, second = ba.Audit.read(before), ba.Audit.read(after)
         try:
             with named_as(FLAGS):
@@ -37,4 +42,5 @@ def compare(
         err.print(escape(comparison.verdict))  # one line each, for grep and CI logs
         for sentence in comparison.sentences:
             err.print(f"  {escape(sentence)}")
+        logged(tracker, comparison, [out_dir / "compare.json", out_dir / "compare.html"])
         out.print(f"{out_dir / 'compare.json'}\n{out_dir / 'compare.html'}")

@@ -4,8 +4,9 @@ option lists.
 Where: `--config FILE`, else `biasaudit.toml` in the working directory (tables `[scan]` and `[gate]`),
 else `pyproject.toml` there (tables `[tool.biasaudit.scan]` and `[tool.biasaudit.gate]`). Keys are the
 long option names with `_` for `-` (`batch_size`, `max_gap_increase`; `min_accuracy` and `min_worst_group` are
-tables of condition = percent; the other per-key limits take a number or a table). An option given on the
-command line wins over the file, the file over the default; `resolve` records which one each setting came
+tables of condition = percent; the other per-key limits take a number or a table). Both tables also take the
+experiment tracker's settings (`log`, `experiment`, `run_name`, `tracking_uri`; docs/trackers.md). An option given on
+the command line wins over the file, the file over the default; `resolve` records which one each setting came
 from, for the manifest.
 """
 
@@ -20,6 +21,8 @@ from collections.abc import Mapping
 from biasaudit.api._names import GATE_RULES
 from biasaudit.errors import InputError
 
+# --log and its options (biasaudit.cli.tracker_options), which a pipeline sets once for its scan and its gate.
+TRACKER_KEYS: dict[str, type | tuple[type, ...]] = {"log": str, "experiment": str, "run_name": str, "tracking_uri": str}
 SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "adapter": str,
     "split": str,
@@ -42,6 +45,7 @@ SCAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "precision": str,
     "favoured_fraction": (int, float),
     "draws": int,
+    **TRACKER_KEYS,
 }
 # A number applies to the option's default target; a table gives one limit per group, condition or
 # modality. The values inside are checked by biasaudit.gating.registry, the same path as the command line's.
@@ -50,6 +54,7 @@ GATE_KEYS: dict[str, type | tuple[type, ...]] = {
     **{name: rule.config_types for name, rule in GATE_RULES.items()},
     "jsd": str,
     "significant": bool,
+    **TRACKER_KEYS,
 }  # a rule's key and what it may hold come from its registry entry (biasaudit.gating.registry)
 SECTIONS = {"scan": SCAN_KEYS, "gate": GATE_KEYS}
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list", dict: "a table"}

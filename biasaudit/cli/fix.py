@@ -15,6 +15,7 @@ from biasaudit.cli.console import err, handled, out, progress_bars
 from biasaudit.cli.fix_method_options import FIX_OPTION_FLAGS, parse_c_grid, parse_method_options
 from biasaudit.cli.naming import named_as
 from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, number_or_auto, parse_mute
+from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
 
 
 # ba.fix's keywords by fix's flags: the audits' settings, the method's options and training's (the library's sentences name
@@ -96,6 +97,10 @@ def fix(
     dfr_c_grid: method_opt.DfrCGrid = "0.1,0.3,1,3,10",
     option: list[str] = opt.OPTION,
     balgrad_weights: method_opt.BalgradWeights = "batch",
+    log: Log = None,
+    experiment: Experiment = None,
+    run_name: RunName = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Retrain to reduce modality bias; write a drop-in state dict and before/after audits."""
     import biasaudit as ba
@@ -132,7 +137,7 @@ def fix(
             balgrad_weights,
         )
     )
-    with handled(interrupted):
+    with handled(interrupted), tracking(log, experiment, run_name, tracking_uri) as tracker:
         # Parsed inside handled(): a bad --scale is a one-sentence exit 2 like every other option. Any: each method's
         # options are numbers, words, flags and None (ba.fix's options= is a Mapping[str, Any]).
         options: dict[str, dict[str, Any]] = {
@@ -226,4 +231,5 @@ def fix(
         names = ["model.pt", "before.json", "after.json", "compare.json", "train_log.json", "after.html", "compare.html"]
         if result.also is not None:
             names += ["also_before.json", "also_after.json", "also_compare.json"]
+        logged(tracker, result, [out_dir / name for name in names if name != "model.pt"])  # the documents, not the model
         out.print("\n".join(str(out_dir / name) for name in names))

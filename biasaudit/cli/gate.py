@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from biasaudit.api._names import GATE_RULES as RULES
 from biasaudit.cli.app import app
 from biasaudit.cli.console import err, explicit_options, handled
 from biasaudit.cli.naming import COMMAND_LINE, DEFAULT, flag_of, named_as
+from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
 
 SETTINGS = ("jsd", "significant")  # GateRules fields that are no rule
 
@@ -89,6 +91,10 @@ def gate(
         help="Rules file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml).",
         rich_help_panel="Inputs",
     ),
+    log: Log = None,
+    experiment: Experiment = None,
+    run_name: RunName = None,
+    tracking_uri: TrackingUri = None,
     **limits: object,  # one option per rule of the registry (rule_parameter), read through ctx.params
 ) -> None:
     """Turn audits into a CI verdict: exit 0 when no rule fails, 1 when one fails, 2 on a usage or input error."""
@@ -98,7 +104,7 @@ def gate(
     from biasaudit.errors import InputError
     from biasaudit.cli.config_file import GATE_KEYS, load_settings, resolve
 
-    with handled():
+    with handled(), ExitStack() as held:
         settings = load_settings(config_file)
         v, sources = resolve({k: val for k, val in ctx.params.items() if k in GATE_KEYS}, explicit_options(ctx), settings, "gate")
         # Every rule is checked here, before any audit is read: a typo exits 2 without waiting on files. Each rule is
@@ -111,6 +117,7 @@ def gate(
         }
         rules = ba.GateRules(**{name: v[name] for name in (*RULES, *SETTINGS) if v.get(name) is not None}, labels=labels)
         baseline = Path(v["baseline"]) if v["baseline"] is not None else None
+        tracker = held.enter_context(tracking(v["log"], v["experiment"], v["run_name"], v["tracking_uri"], sources=sources))
         audits = {}
         for name, path in (("current", current), ("baseline", baseline)):
             if path is not None:
@@ -135,6 +142,7 @@ def gate(
             "settings": {"config_file": str(settings.path) if settings.path else None, "sources": sources},
         }
         err.print(gate_table(result))
+        logged(tracker, ba.GateResult.from_dict(result))  # the run ends here: a failing verdict is a finished run
         github_actions(verdict)
         if json_output:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")  # the verdict as json wrote it, never through the console

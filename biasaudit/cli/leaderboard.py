@@ -10,6 +10,7 @@ from rich.markup import escape
 from biasaudit.cli.app import app
 from biasaudit.cli.console import ADAPTER_HELP, err, handled, out, progress_bars
 from biasaudit.cli.naming import named_as
+from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
 
 DEFAULT_METHODS = "ce,mmdb,balgrad,ogm_ge,mmpareto,groupdro,jtt,dandr,dfr"
 
@@ -118,6 +119,10 @@ def leaderboard(
     trust_checkpoint: bool = typer.Option(
         False, "--trust-checkpoint", help="Allow full pickles.", rich_help_panel="Model and data"
     ),
+    log: Log = None,
+    experiment: Experiment = None,
+    run_name: RunName = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Fix the model with every method over several seeds, compare each with the ce control, and recommend one only when it
     helps beyond training noise without costing Full accuracy."""
@@ -126,7 +131,11 @@ def leaderboard(
     def told(method: str, seed: int, reused: bool) -> None:
         err.print(f"{escape(method)} seed {seed}: {'finished earlier, reused' if reused else 'done'}", markup=False)
 
-    with handled(lambda: f"finished runs in {out_dir}/runs are kept: the same command continues with the missing ones"):
+    refused = "--shard trains only some runs of a leaderboard" if shard_spec is not None else None
+    with (
+        handled(lambda: f"finished runs in {out_dir}/runs are kept: the same command continues with the missing ones"),
+        tracking(log, experiment, run_name, tracking_uri, refused=refused) as tracker,
+    ):
         named = [m.strip() for m in methods.split(",") if m.strip()]
         with progress_bars() as progress, named_as(FLAGS):
             board = ba.leaderboard(
@@ -159,4 +168,5 @@ def leaderboard(
         err.print(f"[bold]leaderboard[/]: {escape(board.verdict)}")
         for reason in board.reasons:
             err.print(f"  {escape(reason)}")
+        logged(tracker, board)  # leaderboard.json and leaderboard.html as artifacts
         out.print(f"{board.json_path}\n{board.html_path}")

@@ -14,6 +14,7 @@ from biasaudit.api._names import DEFAULT_DIAGNOSTICS, DIAGNOSTICS
 from biasaudit.cli.console import ADAPTER_HELP, err, explicit_options, handled, out, print_verdict, progress_bars, summary_table
 from biasaudit.cli.naming import named_as
 from biasaudit.cli.options import parse_mute, parse_unimodal
+from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
 
 # From the registry parse_conditions reads, so that --help lists every group and diagnostic the scan accepts.
 CONDITIONS_HELP = (
@@ -150,11 +151,15 @@ def scan(
         help="Settings file (default: biasaudit.toml, else the tool.biasaudit table of pyproject.toml).",
         rich_help_panel="Model and data",
     ),
+    log: Log = None,
+    experiment: Experiment = None,
+    run_name: RunName = None,
+    tracking_uri: TrackingUri = None,
 ) -> None:
     """Audit a checkpoint: bias measures (carrier test, worst-group accuracy, JSD), reliance (accuracy under muted and noisy
     modalities, Gap, flip rates, ceilings), calibration, embeddings, gradient conflict."""
     import biasaudit as ba
-    from biasaudit.cli.config_file import SCAN_KEYS, load_settings, resolve
+    from biasaudit.cli.config_file import SCAN_KEYS, TRACKER_KEYS, load_settings, resolve
     from biasaudit.cli.torchrun import torchrun_rank, under_torchrun
     from biasaudit.errors import InputError
 
@@ -206,7 +211,22 @@ def scan(
             draws=v["draws"],
             unimodal_models=unimodal_models,
             trust_checkpoint=trust_checkpoint,
-            provenance={"config_file": str(settings.path) if settings.path else None, "sources": sources},
+            # The audit records its scan settings, not where it is logged: it is the same audit with --log or without.
+            provenance={
+                "config_file": str(settings.path) if settings.path else None,
+                "sources": {key: source for key, source in sources.items() if key not in TRACKER_KEYS},
+            },
+        )
+        # Opened and checked before the scan (a tracker not installed, a store that cannot be reached: exit 2 at once).
+        tracker = held.enter_context(
+            tracking(
+                v["log"],
+                v["experiment"],
+                v["run_name"],
+                v["tracking_uri"],
+                sources=sources,
+                refused="--shard writes only a part of an audit" if shard_spec is not None else None,
+            )
         )
         if shard_spec is not None:
             with progress_bars() as progress, named_as(spelling, keyword_sources):
@@ -231,4 +251,5 @@ def scan(
         document = audit.to_dict()
         err.print(summary_table(document))
         print_verdict(document)
+        logged(tracker, audit, [out_dir / "audit.json", out_dir / "audit.html"])
         out.print(f"{out_dir / 'audit.json'}\n{out_dir / 'audit.html'}")

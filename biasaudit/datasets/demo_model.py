@@ -48,6 +48,7 @@ from biasaudit.datasets.digits_captions import (
     vocabulary,
 )
 from biasaudit.errors import AdapterError, DataError, InputError
+from biasaudit.training.rng_states import seeded_run
 
 VOCABULARY: tuple[str, ...] = vocabulary()
 _WORD_INDEX = {word: i for i, word in enumerate(VOCABULARY)}
@@ -172,24 +173,25 @@ def train_baseline(
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise InputError(f"epochs={epochs}, batch_size={batch_size}, lr={lr}: expected positive values.")
-    torch.manual_seed(seed)
-    model = adapter.build_model()
-    train = adapter.split_data("train")
-    pixels, bow = adapter.prepare({"image": train.images, "caption": train.captions}, device=torch.device("cpu"))
-    labels = train.labels
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = nn.CrossEntropyLoss()
-    order_rng = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(labels), generator=order_rng)
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(model(pixels[idx], bow[idx]), labels[idx])
-            loss.backward()
-            optimizer.step()
-        if progress is not None:
-            progress("train", epoch + 1, epochs)
+    # Seeded for the run only: the caller's global generators are put back afterwards (a library never moves them).
+    with seeded_run(seed):
+        model = adapter.build_model()
+        train = adapter.split_data("train")
+        pixels, bow = adapter.prepare({"image": train.images, "caption": train.captions}, device=torch.device("cpu"))
+        labels = train.labels
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        loss_fn = nn.CrossEntropyLoss()
+        order_rng = torch.Generator().manual_seed(seed)
+        model.train()
+        for epoch in range(epochs):
+            order = torch.randperm(len(labels), generator=order_rng)
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                optimizer.zero_grad()
+                loss = loss_fn(model(pixels[idx], bow[idx]), labels[idx])
+                loss.backward()
+                optimizer.step()
+            if progress is not None:
+                progress("train", epoch + 1, epochs)
     model.eval()
     return model

@@ -9,6 +9,7 @@ exit code for CI.
   limits.py    parsing a rule's limits, one path for Python, the command line and the config file.
   evaluate.py  evaluate_gate: the verdicts, the overall status and the exit code.
   verdicts.py  RuleVerdict and the judgements the rule families share (`significant`).
+  changes.py   the document's `changes` block: the measures that moved most against the baseline (for the summary).
 
 Nothing here imports torch at import time (the command line's help reads the registry); comparing is imported when a
 rule compares. docs/gating.md, "Adding a gate rule", walks through a new rule.

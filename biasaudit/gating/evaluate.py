@@ -7,6 +7,7 @@ interval (Gap, worst-group, bias-follow). When the audits do not pair, or a meas
 difference decides and the verdict says so; the JSD has no interval.
 ERROR: the rule cannot be evaluated on these audits (a condition or section is absent). Exit codes: 2 when any rule is
 in ERROR, else 1 when any FAILs, else 0 (WARN passes).
+With a baseline, the document's `changes` block lists the measures that moved most (changes.py), whatever the rules.
 """
 
 from __future__ import annotations
@@ -118,6 +119,9 @@ def evaluate_gate(
             rules.significant,
             **{setting: getattr(rules, setting) for setting in rule.settings},
         )
+    changes = None
+    if baseline is not None:
+        changes = _changes(baseline, current, comparison)
     statuses = {v.status for v in verdicts}
     overall = "ERROR" if "ERROR" in statuses else "FAIL" if "FAIL" in statuses else "WARN" if "WARN" in statuses else "PASS"
     exit_code = {"ERROR": 2, "FAIL": 1}.get(overall, 0)
@@ -137,4 +141,20 @@ def evaluate_gate(
         else None,
         "jsd_statistic": rules.jsd if reads_jsd else None,
         "rules": [v.to_dict() for v in verdicts],
+        "changes": changes,
     }
+
+
+def _changes(baseline: Mapping[str, Any], current: Mapping[str, Any], comparison: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The largest changes against the baseline (changes.py), from the comparison the rules read, or from one made
+    for them when no rule compared: audits that do not compare then say why, and fail no rule that did not ask."""
+    from biasaudit.gating.changes import largest_changes, no_changes
+
+    if comparison is None:
+        from biasaudit.comparing import compare_audits
+
+        try:
+            comparison = compare_audits(baseline, current)
+        except InputError as exc:
+            return no_changes(f"the audits do not compare: {exc}")
+    return largest_changes(comparison)

@@ -74,6 +74,60 @@ class RuleResult:
 
 
 @dataclass(frozen=True)
+class MeasureChange:
+    """One of the largest changes against the baseline (gate.schema.json's `changes.largest`): `measure` (e.g.
+    worst_group[full], bias_follow[text], accuracy[missing:image]), `kind` (bias or accuracy), `what` (in words),
+    `unit` (of `baseline` and `current`: percent, or fraction for a bias-follow rate), `baseline` and `current` (the
+    figure in each audit) and `change` (current minus baseline in points, with its paired 95% interval when the audits
+    pair), as `biasaudit compare` computes them."""
+
+    measure: str
+    kind: str
+    what: str
+    unit: str
+    baseline: float | None
+    current: float | None
+    change: Estimate
+
+
+@dataclass(frozen=True)
+class GateChanges:
+    """The measures that moved most against the baseline, whatever the rules (the gate document's `changes`): `largest`
+    (MeasureChange, largest first, at most five), `changed` (how many measures changed at all), `paired` (whether the
+    intervals pair replicate by replicate) and `unpaired_reason`, and `note` (why none is listed: the audits do not
+    compare; None when they do)."""
+
+    largest: tuple[MeasureChange, ...]
+    changed: int
+    paired: bool | None
+    unpaired_reason: str | None
+    note: str | None
+
+    @classmethod
+    def _from_block(cls, block: Mapping[str, Any] | None) -> GateChanges | None:
+        if block is None:
+            return None
+        return cls(
+            largest=tuple(
+                MeasureChange(
+                    measure=e["measure"],
+                    kind=e["kind"],
+                    what=e["what"],
+                    unit=e["unit"],
+                    baseline=number_or_none(e["baseline"]),
+                    current=number_or_none(e["current"]),
+                    change=Estimate._of(e["change_points"], e["change_ci_points"]),
+                )
+                for e in block["largest"]
+            ),
+            changed=int(block["changed"]),
+            paired=block["paired"],
+            unpaired_reason=block["unpaired_reason"],
+            note=block["note"],
+        )
+
+
+@dataclass(frozen=True)
 class GateResult:
     """`status` is ERROR when a rule cannot be evaluated on these audits, else FAIL when any rule fails, else WARN or
     PASS; `exit_code` is what `biasaudit gate` exits with (2, 1, 0); `passed` is True for PASS and WARN.
@@ -82,8 +136,10 @@ class GateResult:
     RuleResult per verdict), `current` and `baseline` (the audits' paths as given; None for an audit given in memory or
     no baseline), `paired` (whether the audits pair replicate by replicate; None when no rule compared them),
     `unpaired_reason`, `significant` (a change past its limit fails only when its whole interval lies beyond it) and
-    `significant_means`, `jsd_statistic` (the JSD statistic the JSD rule read; None without it), `config_file` (the
-    rules file read, or None) and `sources` (setting -> where its value came from).
+    `significant_means`, `jsd_statistic` (the JSD statistic the JSD rule read; None without it), `changes` (with a
+    baseline: GateChanges, the measures that moved most against it whatever the rules, e.g.
+    `result.changes.largest[0].change`; None without a baseline), `config_file` (the rules file read, or None) and
+    `sources` (setting -> where its value came from).
     """
 
     document: Mapping[str, Any] = field(repr=False)
@@ -97,6 +153,7 @@ class GateResult:
     significant: bool = field(repr=False)
     significant_means: str | None = field(repr=False)
     jsd_statistic: str | None = field(repr=False)
+    changes: GateChanges | None = field(repr=False)
     config_file: str | None = field(repr=False)
     sources: Mapping[str, str] = field(repr=False)
 
@@ -128,6 +185,7 @@ class GateResult:
                 significant=bool(frozen.get("significant")),
                 significant_means=frozen.get("significant_means"),
                 jsd_statistic=frozen.get("jsd_statistic"),
+                changes=GateChanges._from_block(frozen.get("changes")),
                 config_file=settings.get("config_file"),
                 sources=MappingProxyType(dict(settings.get("sources") or {})),
             )
@@ -144,7 +202,8 @@ class GateResult:
     @checked("GateResult.to_markdown")
     def to_markdown(self) -> str:
         """The verdict as Markdown for a pull request or a CI job summary: the status, one row per rule with its
-        figures (failing rules first), how changes were judged; under GitHub's comment limit (65,536 characters)."""
+        figures (failing rules first), how changes were judged, the largest changes against the baseline; under
+        GitHub's comment limit (65,536 characters)."""
         from biasaudit.report.gate_summary import gate_markdown
 
         return gate_markdown(self.document)

@@ -142,3 +142,40 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise InputError(
             f"precision is {precision!r}, which needs a CUDA device; this scan runs on {device.type}. Use fp32 there."
         )
+
+
+def config_from_settings(*, where: str, **settings: Any) -> ScanConfig:
+    """ScanConfig from keyword settings named as ScanConfig's fields, each checked against its field's type first
+    (`where` names the call in errors; `bootstrap_replicates` is spelled `bootstrap` there). The documented forms a
+    Python caller may use are made the CLI's: a list of conditions is joined with commas, a mute mapping becomes
+    (modality, impairment) pairs, so both record the same manifest."""
+    import typing
+    from collections.abc import Mapping
+
+    from biasaudit._core.annotations import conforms, plain
+    from biasaudit._core.arguments import check_argument, shown
+    from biasaudit.errors import ArgumentTypeError
+
+    spelled = {"bootstrap_replicates": "bootstrap"}
+    hints = typing.get_type_hints(ScanConfig)
+    if "conditions" in settings and not isinstance(settings["conditions"], str):
+        settings["conditions"] = ",".join(settings["conditions"])
+    mute = settings.get("mute")
+    if isinstance(mute, Mapping):
+        check_argument(mute, Mapping[str, str], parameter="mute", where=where)
+        settings["mute"] = tuple(mute.items())
+    elif mute is not None and not conforms(mute, hints["mute"]):
+        raise ArgumentTypeError(
+            f"The 'mute' parameter of {where} must be a mapping of modality to muting impairment, e.g. "
+            f"{{'image': 'mean'}}; got {shown(mute)}."
+        )
+    for name, value in settings.items():
+        check_argument(value, hints[name], parameter=spelled.get(name, name), where=where)
+    return ScanConfig(**plain(settings))
+
+
+def check_conditions(conditions: str, adapter: Adapter) -> None:
+    """The conditions named in a ScanConfig exist for the adapter's modalities (a ConditionError says which does not)."""
+    from biasaudit.scanning.conditions import parse_conditions
+
+    parse_conditions(conditions, adapter.modalities)

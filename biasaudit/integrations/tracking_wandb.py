@@ -1,0 +1,105 @@
+"""Logging biasaudit results to Weights & Biases (pip install "biasaudit[wandb]"): the backend of
+`ba.log(..., to="wandb")` and `--log wandb`.
+
+W&B's own settings decide where a run goes: WANDB_PROJECT (or `experiment`), WANDB_ENTITY, WANDB_MODE (online,
+offline, disabled), WANDB_DIR, WANDB_BASE_URL, WANDB_API_KEY. The run: the active one (wandb.run), left open; else a new
+one (named `run_name`), finished when the tracker closes. Logged: the metrics in one history step (and so in the
+summary), the params in the config, the tags (the verdict among them) in the summary, each table as a wandb.Table
+(biasaudit/table/NAME), each HTML file as a wandb.Html (biasaudit/html/NAME) and every file in an artifact of type
+biasaudit-KIND.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from biasaudit.errors import InputError
+from biasaudit.integrations.tracking import not_installed
+from biasaudit.integrations.tracking_keys import PREFIX, Entry, part
+from biasaudit.integrations.tracking_run import TrackedRun
+
+try:
+    import wandb
+except ImportError:
+    raise ImportError(str(not_installed("wandb"))) from None
+
+MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # wandb.Settings.mode
+LOCAL = ("offline", "disabled", "dryrun")  # modes that need no account
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 240 else text[:237] + "..."
+
+
+class WandbBackend:
+    def __init__(self, *, where: str, experiment: str | None, run_name: str | None, tracking_uri: str | None) -> None:
+        if tracking_uri is not None:
+            raise InputError(f"The 'tracking_uri' parameter of {where} is MLflow's; W&B reads its server from WANDB_BASE_URL.")
+        self.experiment, self.run_name = experiment, run_name
+        self.run: Any = None
+        self.owned = False
+
+    def check(self) -> None:
+        """The mode is one W&B knows, and an online run can log in: before any work, in one sentence."""
+        if wandb.run is not None:
+            return
+        mode = os.environ.get("WANDB_MODE", "").strip().lower()
+        if mode and mode not in MODES:
+            raise InputError(f"WANDB_MODE is {mode!r}, which W&B does not know. Available: {', '.join(MODES)}.")
+        if mode in LOCAL:
+            return
+        try:
+            wandb.login(verify=False)  # reads WANDB_API_KEY or the saved key; no network
+        except Exception as exc:  # W&B's answer when it has no key, whatever its class in this version
+            raise InputError(
+                f"W&B logs online here (WANDB_MODE {mode or 'unset'}) but cannot log in ({_reason(exc)}): run `wandb login`, "
+                "set WANDB_API_KEY, or set WANDB_MODE=offline."
+            ) from None
+
+    def _run(self) -> Any:
+        if self.run is None:
+            if wandb.run is not None:
+                self.run, self.owned = wandb.run, False
+            else:
+                try:
+                    self.run = wandb.init(project=self.experiment, name=self.run_name, job_type="biasaudit")
+                except Exception as exc:  # W&B's own answer (a server that cannot be reached, a project refused)
+                    raise InputError(f"W&B could not start a run: {_reason(exc)}") from None
+                self.owned = True
+        return self.run
+
+    def log(self, entry: Entry, files: list[Path]) -> TrackedRun:
+        run = self._run()
+        run.config.update(dict(entry.params), allow_val_change=True)
+        data: dict[str, Any] = dict(entry.metrics)
+        for table in entry.tables:
+            data[f"{PREFIX}/table/{table.name}"] = wandb.Table(
+                columns=list(table.columns), data=[list(row) for row in table.rows]
+            )
+        for path in files:
+            if path.suffix == ".html":  # the report as W&B shows it: inject=False keeps the page as written
+                data[f"{PREFIX}/html/{part(path.stem)}"] = wandb.Html(path.read_text(encoding="utf-8"), inject=False)
+        run.log(data)
+        run.summary.update(dict(entry.tags))
+        run.tags = tuple(dict.fromkeys((*(run.tags or ()), PREFIX, f"{PREFIX}-{entry.kind}")))
+        if files:
+            artifact = wandb.Artifact(f"{PREFIX}-{entry.kind}", type=f"{PREFIX}-{entry.kind}")
+            for path in files:
+                artifact.add_file(str(path), name=path.name)
+            run.log_artifact(artifact)
+        return TrackedRun(
+            tracker="wandb",
+            run_id=run.id,
+            experiment=run.project,
+            location=run.url or str(Path(run.dir).parent),
+            metrics=tuple(entry.metrics),
+            artifacts=tuple(path.name for path in files),
+        )
+
+    def end(self, *, failed: bool) -> None:
+        if self.owned and self.run is not None:
+            self.run.finish(exit_code=1 if failed else 0)
+        self.run, self.owned = None, False

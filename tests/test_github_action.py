@@ -1,0 +1,394 @@
+"""biasaudit's GitHub Action (action.yml; issue 24, item 3), tested without GitHub: `act` is not available and nothing
+may reach the network.
+
+(a) action.yml and examples/ci/github-actions.yml are validated against SchemaStore's GitHub Action and workflow
+schemas, which the `check-jsonschema` package vendors (its `vendor.github-actions` and `vendor.github-workflows`
+builtin schemas; it needs the test extra): an action GitHub refuses to load fails here.
+
+(b) The composite's steps run in order under a small harness that does what the runner does for them: `if:` is
+evaluated, `${{ ... }}` is substituted in `env:` and `run:`, each `run:` goes to `bash --noprofile --norc -eo pipefail`
+(GitHub's `shell: bash`) in the workspace with the files GitHub sets (GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, GITHUB_ENV)
+and GITHUB_ACTION_PATH, GITHUB_WORKSPACE, RUNNER_TEMP, GITHUB_REPOSITORY, and the outputs a step writes feed the
+`steps.<id>.outputs.*` of the next ones. What it does not do: `uses:` steps (actions/setup-python, upload-artifact)
+are skipped, and the install step is skipped by its own `if:` through the input `install: false` (this venv already has
+biasaudit on PATH, as a job that installed it for its scan would). The expression substituter knows only the
+expressions listed in `KNOWN_GITHUB` and the forms `inputs.*`, `steps.<id>.outputs.*`, and refuses any other, so that
+an expression whose value the harness would have to invent fails the test instead. `gh` is a fake on PATH that plays
+GitHub's comments API for one pull request and records every call.
+
+Every run gates the hand-counted audit pair of tests/fixtures/bias_pair.py (no scan): the de-biased model against the
+biased baseline passes, the other way round fails.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ACTION = REPO / "action.yml"
+WORKFLOW = REPO / "examples" / "ci" / "github-actions.yml"
+FIXTURES = Path(__file__).parent / "fixtures"
+MARKER = "<!-- biasaudit-gate -->"
+PR = "7"
+REPOSITORY = "octo/model"
+# The github.* expressions the harness can give a value, and the values: a pull request's run.
+KNOWN_GITHUB = {"github.action_path": str(REPO), "github.token": "fake-token", "github.event.pull_request.number": PR}
+EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+PASS_RULES = "--max-worst-group-drop 1\n--max-bias-follow-increase 1 --min-accuracy full=40"  # two lines: both are read
+
+
+# --- (a) the schemas ---------------------------------------------------------------------------------------------------
+
+
+def check_jsonschema(schema: str, path: Path) -> subprocess.CompletedProcess:
+    if importlib.util.find_spec("check_jsonschema") is None:
+        pytest.fail("check-jsonschema is not installed: it comes with the test extra (pip install -e '.[test]')")
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_the_action_and_the_example_workflow_fit_github_s_schemas(tmp_path):
+    """An action.yml that GitHub cannot load fails every workflow that uses it, at the start of the job; an example
+    workflow that is not one misleads whoever copies it."""
+    for schema, path in (("vendor.github-actions", ACTION), ("vendor.github-workflows", WORKFLOW)):
+        result = check_jsonschema(schema, path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    # The check is not blind: a composite `run:` step without `shell:` is one GitHub refuses to load.
+    action = yaml.safe_load(ACTION.read_text(encoding="utf-8"))
+    del next(step for step in action["runs"]["steps"] if "run" in step)["shell"]
+    broken = tmp_path / "action.yml"
+    broken.write_text(yaml.safe_dump(action), encoding="utf-8")
+    assert check_jsonschema("vendor.github-actions", broken).returncode == 1
+
+
+def test_the_example_workflow_uses_the_action_with_inputs_it_has():
+    """A `with:` key the action does not declare is ignored by GitHub with a warning only: the rules would silently not
+    apply."""
+    action = yaml.safe_load(ACTION.read_text(encoding="utf-8"))
+    # PyYAML reads the key `on` as True (YAML 1.1); the jobs are what is read here.
+    steps = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))["jobs"]["gate"]["steps"]
+    gate = next(step for step in steps if str(step.get("uses", "")).endswith("/biasaudit@v0"))
+    assert set(gate["with"]) <= set(action["inputs"]) and {"audit", "baseline", "rules"} <= set(gate["with"])
+    required = {name for name, spec in action["inputs"].items() if spec.get("required")}
+    assert required <= set(gate["with"])
+
+
+# --- (b) the harness ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """One run of the action: the inputs, each step's outputs and record, the job summary."""
+
+    inputs: dict[str, str]
+    step_ids: set[str]
+    outputs: dict[str, dict[str, str]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # what steps wrote to GITHUB_ENV
+    steps: list[dict] = field(default_factory=list)  # name, what happened, exit code, output
+    summary: str = ""
+    failed: bool = False
+    action_outputs: dict[str, str] = field(default_factory=dict)
+
+    def step(self, name: str) -> dict:
+        return next(step for step in self.steps if step["name"] == name)
+
+
+def evaluate(expression: str, run: Run) -> str:
+    """The value of one `${{ }}` expression; any expression not modelled here is refused."""
+    match = re.fullmatch(r"inputs\.([A-Za-z_][\w-]*)", expression)
+    if match:
+        if match[1] not in run.inputs:
+            raise AssertionError(f"${{{{ {expression} }}}} names an input action.yml does not declare")
+        return run.inputs[match[1]]
+    match = re.fullmatch(r"steps\.([A-Za-z_][\w-]*)\.outputs\.([A-Za-z_][\w-]*)", expression)
+    if match:
+        if match[1] not in run.step_ids:
+            raise AssertionError(f"${{{{ {expression} }}}} names a step id action.yml does not have")
+        return run.outputs.get(match[1], {}).get(match[2], "")  # GitHub: an output never written is ''
+    if expression in KNOWN_GITHUB:
+        return KNOWN_GITHUB[expression]
+    raise AssertionError(f"the harness does not know the expression ${{{{ {expression} }}}}")
+
+
+def substitute(text: str, run: Run) -> str:
+    return EXPRESSION.sub(lambda m: evaluate(m[1], run), text)
+
+
+def condition(text: str | None, run: Run) -> bool:
+    """A step's `if:`: terms joined by &&, each always(), success(), failure() or inputs.X ==/!= 'literal'; without a
+    status function success() is implied, as on GitHub. Anything else is refused."""
+    text = (text or "success()").strip()
+    wrapped = re.fullmatch(r"\$\{\{(.*)\}\}", text)
+    terms = [term.strip() for term in (wrapped[1] if wrapped else text).split("&&")]
+    values = []
+    for term in terms:
+        compared = re.fullmatch(r"inputs\.([A-Za-z_][\w-]*)\s*(==|!=)\s*'([^']*)'", term)
+        if term in ("always()", "success()", "failure()"):
+            values.append({"always()": True, "success()": not run.failed, "failure()": run.failed}[term])
+        elif compared:
+            values.append((evaluate(f"inputs.{compared[1]}", run) == compared[3]) == (compared[2] == "=="))
+        else:
+            raise AssertionError(f"the harness does not know the condition {term!r}")
+    if not {"always()", "success()", "failure()"} & set(terms):
+        values.append(not run.failed)
+    return all(values)
+
+
+def read_commands_file(path: Path) -> dict[str, str]:
+    """GITHUB_OUTPUT / GITHUB_ENV: `name=value` lines and `name<<DELIMITER` ... `DELIMITER` blocks."""
+    lines, values, i = path.read_text(encoding="utf-8").splitlines(), {}, 0
+    while i < len(lines):
+        line = lines[i]
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delimiter = line.split("<<", 1)
+            end = lines.index(delimiter, i + 1)  # ValueError: an unterminated block, which GitHub refuses too
+            values[name] = "\n".join(lines[i + 1 : end])
+            i = end + 1
+            continue
+        if line:
+            assert "=" in line, f"{path.name}: a line that is neither name=value nor name<<DELIMITER: {line!r}"
+            name, value = line.split("=", 1)
+            values[name] = value
+        i += 1
+    return values
+
+
+def run_action(inputs: dict[str, str], workspace: Path, tmp: Path) -> Run:
+    """The composite's steps in order, as the runner runs them."""
+    action = yaml.safe_load(ACTION.read_text(encoding="utf-8"))
+    assert action["runs"]["using"] == "composite"
+    declared = action["inputs"]
+    unknown = set(inputs) - set(declared)
+    assert not unknown, f"inputs action.yml does not declare: {unknown}"
+    steps = action["runs"]["steps"]
+    run = Run(inputs={}, step_ids={step["id"] for step in steps if "id" in step})
+    for name, spec in declared.items():  # defaults may hold expressions (github.token), evaluated like any other
+        run.inputs[name] = inputs.get(name, spec.get("default", ""))
+    run.inputs = {name: substitute(str(value), run) for name, value in run.inputs.items()}
+    (tmp / "runner-temp").mkdir(exist_ok=True)
+    base = {
+        "PATH": f"{tmp / 'bin'}:{Path(sys.executable).parent}:/usr/bin:/bin",
+        "HOME": str(tmp),
+        "LANG": "C.UTF-8",
+        "CI": "true",
+        "GITHUB_ACTIONS": "true",
+        "GITHUB_ACTION_PATH": str(REPO),
+        "GITHUB_WORKSPACE": str(workspace),
+        "GITHUB_REPOSITORY": REPOSITORY,
+        "RUNNER_TEMP": str(tmp / "runner-temp"),
+        "FAKE_GH_STATE": str(tmp / "gh-state.json"),
+    }
+    for number, step in enumerate(steps):
+        name = step.get("name", f"step {number}")
+        if not condition(step.get("if"), run):
+            run.steps.append({"name": name, "ran": False, "why": "if"})
+            continue
+        if "uses" in step:  # setup-python, upload-artifact: GitHub's own actions, not run here
+            run.steps.append({"name": name, "ran": False, "why": "uses", "with": {k: substitute(str(v), run) for k, v in step.get("with", {}).items()}})
+            continue
+        assert step.get("shell") == "bash", f"{name}: the harness runs bash steps only"
+        files = {key: tmp / f"{key.lower()}-{number}" for key in ("GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY", "GITHUB_ENV")}
+        for path in files.values():
+            path.write_text("", encoding="utf-8")
+        script = tmp / f"step-{number}.sh"
+        script.write_text(substitute(step["run"], run), encoding="utf-8")
+        env = {**base, **run.env, **{k: substitute(str(v), run) for k, v in step.get("env", {}).items()}}
+        env.update({key: str(path) for key, path in files.items()})
+        done = subprocess.run(
+            ["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+            cwd=workspace, env=env, capture_output=True, text=True, timeout=120,
+        )
+        if "id" in step:
+            run.outputs[step["id"]] = read_commands_file(files["GITHUB_OUTPUT"])
+        run.env.update(read_commands_file(files["GITHUB_ENV"]))
+        run.summary += files["GITHUB_STEP_SUMMARY"].read_text(encoding="utf-8")
+        run.failed = run.failed or done.returncode != 0
+        run.steps.append({"name": name, "ran": True, "code": done.returncode, "log": done.stdout + done.stderr})
+    run.action_outputs = {name: substitute(spec["value"], run) for name, spec in action["outputs"].items()}
+    return run
+
+
+FAKE_GH = r'''
+"""A fake `gh` for one repository's pull-request comments: answers the calls comment.sh makes as GitHub would, records
+each one, and refuses any other."""
+import json, os, re, sys
+
+state_path = os.environ["FAKE_GH_STATE"]
+with open(state_path, encoding="utf-8") as f:
+    state = json.load(f)
+args, method, fields, flags, endpoint = sys.argv[1:], "GET", {}, set(), None
+assert args and args[0] == "api", f"fake gh: only `gh api`, not {args}"
+rest = iter(args[1:])
+for arg in rest:
+    if arg == "--method":
+        method = next(rest)
+    elif arg == "-F":
+        key, value = next(rest).split("=", 1)
+        if value.startswith("@"):
+            with open(value[1:], encoding="utf-8") as f:
+                value = f.read()
+        fields[key] = value
+    elif arg.startswith("--"):
+        flags.add(arg)
+    else:
+        assert endpoint is None, f"fake gh: two endpoints in {args}"
+        endpoint = arg
+state["calls"].append({"method": method, "endpoint": endpoint, "flags": sorted(flags), "fields": fields,
+                       "token": os.environ.get("GH_TOKEN")})
+prefix = "repos/" + os.environ["GITHUB_REPOSITORY"] + "/issues/"
+listing = re.fullmatch(re.escape(prefix) + r"(\d+)/comments", endpoint or "")
+edit = re.fullmatch(re.escape(prefix) + r"comments/(\d+)", endpoint or "")
+code = 0
+if method == "GET" and listing and flags == {"--paginate", "--slurp"} and not fields:
+    mine = [c for c in state["comments"] if c["pr"] == listing[1]]
+    print(json.dumps([mine[i:i + 2] for i in range(0, len(mine), 2)] or [[]]))  # pages of two: paging is exercised
+elif method == "POST" and listing and set(fields) == {"body"} and not flags:
+    state["next_id"] += 1
+    comment = {"id": state["next_id"], "pr": listing[1], "body": fields["body"]}
+    state["comments"].append(comment)
+    print(json.dumps(comment))
+elif method == "PATCH" and edit and set(fields) == {"body"} and not flags:
+    found = [c for c in state["comments"] if c["id"] == int(edit[1])]
+    if found:
+        found[0]["body"] = fields["body"]
+        print(json.dumps(found[0]))
+    else:
+        sys.stderr.write("gh: Not Found (HTTP 404)\n")
+        code = 1
+else:
+    sys.stderr.write(f"fake gh: a call GitHub's comments API does not answer: {args}\n")
+    code = 1
+with open(state_path, "w", encoding="utf-8") as f:
+    json.dump(state, f)
+sys.exit(code)
+'''
+
+
+def _bias_pair():
+    spec = importlib.util.spec_from_file_location("bias_pair_for_action", FIXTURES / "bias_pair.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """A repository's checkout with the two audits (and their HTML), a fake `gh` and its comments."""
+    pair, work = _bias_pair(), tmp_path / "workspace"
+    for name in ("biased", "debiased"):
+        (work / name).mkdir(parents=True)
+        (work / name / "audit.json").write_text(json.dumps(pair.make(name)), encoding="utf-8")
+        (work / name / "audit.html").write_text("<html></html>", encoding="utf-8")
+    (tmp_path / "bin").mkdir()
+    gh = tmp_path / "bin" / "gh"
+    gh.write_text(f"#!{sys.executable}\n{FAKE_GH}", encoding="utf-8")
+    gh.chmod(0o755)
+    others = [{"id": 1, "pr": PR, "body": "Looks good."}, {"id": 2, "pr": PR, "body": f"quoting {MARKER} mid-text"},
+              {"id": 3, "pr": "8", "body": f"{MARKER}\nanother pull request's"}]
+    save_state(tmp_path, {"comments": others, "calls": [], "next_id": 100})
+    return work
+
+
+def save_state(tmp_path: Path, state: dict) -> None:
+    (tmp_path / "gh-state.json").write_text(json.dumps(state), encoding="utf-8")
+
+
+def gh_state(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "gh-state.json").read_text(encoding="utf-8"))
+
+
+def test_a_passing_gate_sets_its_outputs_writes_the_summary_comments_and_passes(workspace, tmp_path):
+    """The job a pull request that improves the model gets: exit-code 0 and PASS as outputs (for later steps), the
+    summary with the largest changes in the job summary, one new comment, and a last step that passes."""
+    inputs = {"audit": "debiased/audit.json", "baseline": "biased/audit.json", "rules": PASS_RULES, "comment": "true",
+              "install": "false"}
+    run = run_action(inputs, workspace, tmp_path)
+    assert [(s["name"], s["ran"]) for s in run.steps] == [
+        ("Set up Python", False), ("Install torch and biasaudit", False), ("Gate", True),
+        ("Upload the audits and the gate's reports", False), ("Comment on the pull request", True), ("Fail on FAIL or ERROR", True),
+    ]
+    assert run.step("Set up Python")["why"] == run.step("Install torch and biasaudit")["why"] == "if"  # install: false
+    assert all(s["code"] == 0 for s in run.steps if s["ran"]), [s["log"][-2000:] for s in run.steps if s["ran"]]
+    assert not run.failed
+    assert run.action_outputs["exit-code"] == "0" and run.action_outputs["status"] == "PASS"
+    assert json.loads((workspace / run.action_outputs["json"]).read_text(encoding="utf-8"))["status"] == "PASS"
+    assert run.summary.startswith("### ✅ biasaudit gate: PASS") and "#### Largest changes against the baseline" in run.summary
+    assert "::notice title=biasaudit gate: max_worst_group_drop[full] PASS::" in run.step("Gate")["log"]  # annotations
+
+    upload = run.step("Upload the audits and the gate's reports")
+    assert upload["why"] == "uses" and upload["with"]["path"].splitlines() == [
+        "biasaudit-gate", "debiased/audit.json", "debiased/audit.html", "biased/audit.json", "biased/audit.html"]
+    state = gh_state(tmp_path)
+    posted = [c for c in state["calls"] if c["method"] != "GET"]
+    assert [(c["method"], c["endpoint"]) for c in posted] == [("POST", f"repos/{REPOSITORY}/issues/{PR}/comments")]
+    summary = (workspace / "biasaudit-gate" / "summary.md").read_text(encoding="utf-8")
+    assert posted[0]["fields"]["body"] == f"{MARKER}\n{summary}" and posted[0]["token"] == "fake-token"
+    assert [c["id"] for c in state["comments"]] == [1, 2, 3, 101]  # the others untouched, one new
+
+
+def test_a_failing_gate_still_summarises_and_updates_its_comment_then_fails_the_last_step(workspace, tmp_path):
+    """A change that brings the shortcut back: the reviewer must still get the summary and the comment (updated in
+    place, not a second one), and the job must fail, at the last step, with the gate's exit code."""
+    state = gh_state(tmp_path)
+    state["comments"].append({"id": 50, "pr": PR, "body": f"{MARKER}\n### ✅ biasaudit gate: PASS\n(an earlier run)"})
+    save_state(tmp_path, state)
+    inputs = {"audit": "biased/audit.json", "baseline": "debiased/audit.json", "rules": PASS_RULES, "comment": "true",
+              "install": "false"}
+    run = run_action(inputs, workspace, tmp_path)
+    assert run.action_outputs["exit-code"] == "1" and run.action_outputs["status"] == "FAIL"
+    codes = {s["name"]: s.get("code") for s in run.steps if s["ran"]}
+    assert codes == {"Gate": 0, "Comment on the pull request": 0, "Fail on FAIL or ERROR": 1}, run.steps
+    assert run.failed and "::error title=biasaudit gate::FAIL (exit 1)" in run.step("Fail on FAIL or ERROR")["log"]
+    assert run.summary.startswith("### ❌ biasaudit gate: FAIL")
+    assert "| missing:text accuracy | 62.5% | 10.0% | -52.5 [-59.2, -50.0] |" in run.summary
+    calls = [(c["method"], c["endpoint"]) for c in gh_state(tmp_path)["calls"]]
+    assert calls == [("GET", f"repos/{REPOSITORY}/issues/{PR}/comments"), ("PATCH", f"repos/{REPOSITORY}/issues/comments/50")]
+    comment = next(c for c in gh_state(tmp_path)["comments"] if c["id"] == 50)
+    assert comment["body"].startswith(f"{MARKER}\n### ❌ biasaudit gate: FAIL") and len(gh_state(tmp_path)["comments"]) == 4
+
+
+def test_a_gate_that_cannot_judge_is_error_with_a_summary_and_no_comment_unless_asked(workspace, tmp_path):
+    """No rule given: the gate exits 2 before any verdict. The job summary must still say why, the status must read
+    ERROR (not an empty output that a later `if:` misreads), `comment: false` (the default) must not call gh, and the
+    job must fail with 2."""
+    run = run_action({"audit": "debiased/audit.json", "install": "false"}, workspace, tmp_path)
+    assert run.action_outputs["exit-code"] == "2" and run.action_outputs["status"] == "ERROR"
+    assert run.action_outputs["json"] == ""  # no verdict to read
+    assert run.step("Comment on the pull request") == {"name": "Comment on the pull request", "ran": False, "why": "if"}
+    assert gh_state(tmp_path)["calls"] == []
+    assert run.summary.startswith("### 🛑 biasaudit gate: ERROR") and "No gate rule was given" in run.summary
+    assert run.step("Fail on FAIL or ERROR")["code"] == 2
+
+
+def test_the_harness_refuses_what_it_does_not_model():
+    """The harness would pass an action whose expressions it silently replaced with nothing; it refuses instead, and
+    every expression in action.yml, `uses:` steps included, is one it knows."""
+    run = Run(inputs={"comment": "true"}, step_ids={"gate"})
+    for unknown in ("${{ secrets.TOKEN }}", "${{ inputs.missing }}", "${{ steps.other.outputs.x }}", "${{ github.sha }}"):
+        with pytest.raises(AssertionError, match="does not"):
+            substitute(unknown, run)
+    with pytest.raises(AssertionError, match="does not know the condition"):
+        condition("github.event_name == 'pull_request'", run)
+    assert condition("always() && inputs.comment == 'true'", run) and not condition("inputs.comment != 'true'", run)
+    run.failed = True
+    assert not condition(None, run) and condition("always()", run) and not condition("inputs.comment == 'true'", run)
+    action = yaml.safe_load(ACTION.read_text(encoding="utf-8"))
+    known = Run(inputs={name: "" for name in action["inputs"]}, step_ids={"gate"})
+    for expression in EXPRESSION.findall(ACTION.read_text(encoding="utf-8")):
+        evaluate(expression, known)
+    for step in action["runs"]["steps"]:
+        condition(step.get("if"), known)
+        assert "${{" not in step.get("run", ""), f"{step['name']}: an expression inside run: can inject shell code"

@@ -1,0 +1,183 @@
+"""`--log mlflow|wandb` through the real console script (issue 24): a scan and a comparison land in a local MLflow
+store with the files they wrote, a failing gate's verdict in an offline W&B run set up from the settings file; and
+the mistakes a pipeline makes (the tracker not installed, a store that cannot be reached, a tracker option without
+--log, an unknown tracker, --log with --shard) exit 2 in one sentence before any scan, with nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHORTCUT = f"{FIXTURES / 'shortcut_adapter.py'}:ShortcutAdapter"
+SCRIPT = Path(sys.executable).parent / "biasaudit"
+FAST = ["--bootstrap", "50", "--projection", "pca", "--gradient-batches", "1", "--batch-size", "32", "--min-wrong", "1"]
+
+
+def environment(tmp: Path, **extra: str) -> dict[str, str]:
+    """The machine's environment without any tracker setting, W&B offline under `tmp`, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "WANDB_"))}
+    env.update(WANDB_MODE="offline", WANDB_SILENT="true", WANDB_DIR=str(tmp), WANDB_DATA_DIR=str(tmp / "wandb-data"),
+               WANDB_CACHE_DIR=str(tmp / "wandb-cache"), WANDB_CONFIG_DIR=str(tmp / "wandb-config"), **extra)
+    return env
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None, python: str | None = None) -> subprocess.CompletedProcess:
+    """The console script; with `python`, that code runs first in the same process (to make an import fail)."""
+    command = [str(SCRIPT), *args] if python is None else [
+        sys.executable, "-c", f"{python}; import sys; from biasaudit.cli import main; sys.argv = ['biasaudit', *sys.argv[1:]]; main()", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env or environment(cwd), timeout=300)
+
+
+def wandb_records(path: Path):
+    """The records of an offline run's .wandb file (its format: tests/test_trackers_wandb.py, `records`)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, position, pending = path.read_bytes(), 7, b""
+    while position + 7 <= len(data):
+        if 32768 - position % 32768 < 7:
+            position += 32768 - position % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        chunk, position = data[position + 7:position + 7 + length], position + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+        elif kind == 0:
+            break
+
+
+def one_line(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(FIXTURES))
+    try:
+        import shortcut_adapter
+    finally:
+        sys.path.pop(0)
+    path = tmp_path_factory.mktemp("checkpoint") / "model.pt"
+    torch.save(shortcut_adapter.ShortcutModel().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scanned(checkpoint, tmp_path_factory) -> tuple[Path, str]:
+    """`biasaudit scan --log mlflow` into a sqlite store, run from its own folder (MLflow's artifacts go to ./mlruns)."""
+    folder = tmp_path_factory.mktemp("scan")
+    store = f"sqlite:///{folder / 'mlflow.db'}"
+    result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", "out", *FAST, "--log", "mlflow", "--tracking-uri", store,
+                 "--experiment", "nightly", "--run-name", "shortcut", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["out/audit.json", "out/audit.html"]  # stdout stays the files; the run is said on stderr
+    assert "logged to mlflow: run " in result.stderr
+    return folder, store
+
+
+def test_a_scan_lands_in_the_store_with_the_files_it_wrote(scanned):
+    folder, store = scanned
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("nightly")
+    (logged,) = client.search_runs([experiment.experiment_id])
+    audit = json.loads((folder / "out" / "audit.json").read_text())
+    assert logged.info.run_name == "shortcut" and logged.info.status == "FINISHED"
+    assert logged.data.metrics["biasaudit/full/accuracy"] == audit["summary"]["full"]["accuracy"]
+    assert logged.data.metrics["biasaudit/bias/follow_rate/bias_cue"] == audit["carrier"]["modalities"]["bias_cue"]["bias_swap"]["excess_follow_rate"]
+    assert logged.data.tags["biasaudit/verdict"] == audit["verdict"]["headline"] and logged.data.tags["biasaudit/carrier"] == "bias_cue"
+    assert logged.data.params["biasaudit/config/bootstrap_replicates"] == "50"
+    back = Path(client.download_artifacts(logged.info.run_id, "biasaudit", str(folder / "back")))
+    for name in ("audit.json", "audit.html"):
+        assert (back / name).read_bytes() == (folder / "out" / name).read_bytes(), name
+
+
+def test_a_comparison_lands_in_the_store_with_its_changes(scanned):
+    folder, store = scanned
+    result = run("compare", "out/audit.json", "out/audit.json", "--out", "compare", "--log", "mlflow", "--tracking-uri", store,
+                 "--experiment", "nightly", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    client = MlflowClient(store)
+    runs = client.search_runs([client.get_experiment_by_name("nightly").experiment_id], filter_string="tags.`biasaudit/kind` = 'compare'")
+    assert len(runs) == 1 and runs[0].data.metrics["biasaudit/change/full/accuracy"] == 0.0
+    assert sorted(f.path for f in client.list_artifacts(runs[0].info.run_id, "biasaudit")) == ["biasaudit/compare.html", "biasaudit/compare.json"]
+
+
+def test_a_failing_gate_logs_its_verdict_to_the_wandb_run_its_settings_file_names(scanned, tmp_path):
+    """A pipeline's biasaudit.toml sets the tracker once; the gate still exits 1, and its run is a finished one."""
+    folder, _ = scanned
+    (tmp_path / "biasaudit.toml").write_text('[gate]\nlog = "wandb"\nexperiment = "ci"\nmin_accuracy = {full = 90}\n')
+    result = run("gate", str(folder / "out" / "audit.json"), cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "logged to wandb: run " in result.stderr
+    (run_folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    kinds = {}
+    for record in wandb_records(next(run_folder.glob("run-*.wandb"))):
+        kinds.setdefault(record.WhichOneof("record_type"), []).append(record)
+    assert kinds["run"][0].run.project == "ci" and kinds["exit"][0].exit.exit_code == 0
+    history = {i.nested_key[0]: json.loads(i.value_json) for r in kinds["history"] for i in r.history.item}
+    summary = {i.key: json.loads(i.value_json) for r in kinds["summary"] for i in r.summary.update if i.key}
+    assert history["biasaudit/gate/min_accuracy/full/passed"] == 0.0 and history["biasaudit/gate/min_accuracy/full/minimum"] == 90.0
+    assert summary["biasaudit/gate/status"] == "FAIL"
+    assert sorted(p.name for p in (run_folder / "files" / "media" / "table" / "biasaudit" / "table").iterdir())[0].startswith("rules_")
+
+
+def test_a_tracker_not_installed_exits_2_naming_the_extra_before_the_scan(checkpoint, tmp_path):
+    result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", "out", *FAST, "--log", "mlflow",
+                 cwd=tmp_path, python="import sys; sys.modules['mlflow'] = None")
+    assert result.returncode == 2
+    assert one_line(result) == 'error: Logging to mlflow needs the mlflow package, which is not installed: pip install "biasaudit[mlflow]".'
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_store_that_cannot_be_reached_exits_2_naming_it_before_the_scan(checkpoint, tmp_path):
+    """The scan never started: no output folder; nor was anything written for MLflow."""
+    result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", "out", *FAST, "--log", "mlflow",
+                 cwd=tmp_path, env=environment(tmp_path, MLFLOW_TRACKING_URI="http://127.0.0.1:9"))
+    assert result.returncode == 2
+    assert one_line(result).startswith("error: The MLflow tracking URI http://127.0.0.1:9 (from MLFLOW_TRACKING_URI) cannot be reached (")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("arguments, settings, message", [
+    (["--experiment", "nightly"], None, "error: --experiment says where --log writes; give --log mlflow or --log wandb too."),
+    (["--log", "neptune"], None, "error: --log is 'neptune', which is no tracker. Available: mlflow, wandb."),
+    ([], '[gate]\nlog = "neptune"\n', "error: {toml} [gate] log is 'neptune', which is no tracker. Available: mlflow, wandb."),
+    (["--log", "wandb", "--tracking-uri", "http://localhost:5000"], None,
+     "error: --tracking-uri is MLflow's; W&B reads its server from WANDB_BASE_URL."),
+])
+def test_a_tracker_option_mistake_exits_2_in_one_sentence_naming_it(arguments, settings, message, tmp_path):
+    if settings is not None:
+        (tmp_path / "biasaudit.toml").write_text(settings)
+    result = run("gate", str(FIXTURES / "audit_example.json"), "--min-accuracy", "full=20", *arguments, cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result) == message.format(toml=tmp_path / "biasaudit.toml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["biasaudit.toml"] if settings else [])
+
+
+def test_a_settings_files_tracker_options_wait_for_log_and_log_nothing_without_it(tmp_path):
+    """A pipeline's file names its experiment once; only the runs that add --log are logged."""
+    (tmp_path / "biasaudit.toml").write_text('[gate]\nexperiment = "ci"\ntracking_uri = "sqlite:///mlflow.db"\n')
+    result = run("gate", str(FIXTURES / "audit_example.json"), "--min-accuracy", "full=20", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "logged to" not in result.stderr and sorted(p.name for p in tmp_path.iterdir()) == ["biasaudit.toml"]
+
+
+def test_log_with_shard_is_refused_since_a_shard_writes_no_audit(checkpoint, tmp_path):
+    result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", "out", "--shard", "0/2", "--log", "mlflow", cwd=tmp_path)
+    assert result.returncode == 2 and "--shard writes only a part of an audit" in one_line(result)
+    assert list(tmp_path.iterdir()) == []
