@@ -277,6 +277,48 @@ def test_audits_that_do_not_compare_say_so_and_fail_no_rule_that_did_not_compare
     document = evaluate_gate(debiased, GateRules(min_accuracy={"full": 40}), baseline=biased)
     assert document["status"] == "PASS" and document["changes"]["largest"] == []
     assert document["changes"]["note"].startswith("the audits do not compare: The two audits differ in split")
-    assert "None listed: the audits do not compare" in gate_markdown(document)
+    assert "The changes could not be computed: the audits do not compare" in gate_markdown(document)
     with pytest.raises(InputError, match="differ in split"):
         evaluate_gate(debiased, GateRules(max_worst_group_drop=1), baseline=biased)
+
+
+def _impaired_otherwise(baseline: dict, monkeypatch) -> None:
+    baseline["conditions"][1]["impairment"] = "mean"  # missing:image muted otherwise than the candidate's zero
+
+
+def _damaged_bootstrap(baseline: dict, monkeypatch) -> None:
+    baseline["bootstrap"]["correct_weight"]["full"] = baseline["bootstrap"]["correct_weight"]["full"][:-1]
+
+
+def _refused_otherwise(baseline: dict, monkeypatch) -> None:
+    """A refusal of the family that is not an InputError (exit 3 at the command line), as a later check may raise."""
+    from biasaudit.errors import BiasAuditError
+
+    def refuse(before, after):
+        raise BiasAuditError("The baseline was written by a biasaudit whose comparison this one cannot read.")
+
+    monkeypatch.setattr("biasaudit.comparing.compare_audits", refuse)
+
+
+@pytest.mark.parametrize(
+    "spoil, why",
+    [
+        (_impaired_otherwise, "impaired differently under the same condition names (missing:image: mean vs zero)"),
+        (_damaged_bootstrap, "bootstrap.correct_weight['full'] has 3 values"),
+        (_refused_otherwise, "whose comparison this one cannot read"),
+    ],
+)
+def test_any_refusal_of_the_comparison_leaves_a_gate_without_comparing_rules_judging(spoil, why, monkeypatch):
+    """The changes section only adds context: a baseline the comparison refuses, for whatever reason of the project's
+    own, must not turn a gate whose rules never read it into an error (exit 2 or 3) where it used to pass; the section
+    says the changes could not be computed, and why."""
+    from biasaudit.gating import GateRules, evaluate_gate
+
+    biased, debiased = PAIR.make("biased"), PAIR.make("debiased")
+    spoil(biased, monkeypatch)
+    document = evaluate_gate(debiased, GateRules(min_accuracy={"full": 40}), baseline=biased)
+    assert (document["status"], document["exit_code"]) == ("PASS", 0)
+    block = document["changes"]
+    assert block["largest"] == [] and block["changed"] == 0 and why in block["note"]
+    assert block["note"].startswith("the audits do not compare: ")
+    assert "The changes could not be computed: the audits do not compare: " in gate_markdown(document)

@@ -10,11 +10,13 @@ evaluated, `${{ ... }}` is substituted in `env:` and `run:`, each `run:` goes to
 (GitHub's `shell: bash`) in the workspace with the files GitHub sets (GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, GITHUB_ENV)
 and GITHUB_ACTION_PATH, GITHUB_WORKSPACE, RUNNER_TEMP, GITHUB_REPOSITORY, and the outputs a step writes feed the
 `steps.<id>.outputs.*` of the next ones. What it does not do: `uses:` steps (actions/setup-python, upload-artifact)
-are skipped, and the install step is skipped by its own `if:` through the input `install: false` (this venv already has
+are skipped (a skipped step whose `if:` holds gets the outputs its action documents, USES_OUTPUTS: upload-artifact's
+artifact-url), and the install step is skipped by its own `if:` through the input `install: false` (this venv already has
 biasaudit on PATH, as a job that installed it for its scan would). The expression substituter knows only the
 expressions listed in `KNOWN_GITHUB` and the forms `inputs.*`, `steps.<id>.outputs.*`, and refuses any other, so that
 an expression whose value the harness would have to invent fails the test instead. `gh` is a fake on PATH that plays
-GitHub's comments API for one pull request and records every call.
+GitHub's comments API for one pull request and records every call; each comment has its author (`user.login`), and
+the fake token writes as github-actions[bot], as the workflow's GITHUB_TOKEN does.
 
 Every run gates the hand-counted audit pair of tests/fixtures/bias_pair.py (no scan): the de-biased model against the
 biased baseline passes, the other way round fails.
@@ -43,6 +45,10 @@ REPOSITORY = "octo/model"
 # The github.* expressions the harness can give a value, and the values: a pull request's run.
 KNOWN_GITHUB = {"github.action_path": str(REPO), "github.token": "fake-token", "github.event.pull_request.number": PR}
 EXPRESSION = re.compile(r"\$\{\{\s*(.*?)\s*\}\}")
+BOT = "github-actions[bot]"
+ARTIFACT_URL = "https://github.com/octo/model/actions/runs/11/artifacts/22"
+# The outputs a `uses:` step's action documents, by action: what the steps after it read.
+USES_OUTPUTS = {"actions/upload-artifact@v4": {"artifact-url": ARTIFACT_URL}, "actions/setup-python@v5": {}}
 PASS_RULES = "--max-worst-group-drop 1\n--max-bias-follow-increase 1 --min-accuracy full=40"  # two lines: both are read
 
 
@@ -84,6 +90,40 @@ def test_the_example_workflow_uses_the_action_with_inputs_it_has():
     assert set(gate["with"]) <= set(action["inputs"]) and {"audit", "baseline", "rules"} <= set(gate["with"])
     required = {name for name, spec in action["inputs"].items() if spec.get("required")}
     assert required <= set(gate["with"])
+
+
+# What each `uses:` of the example workflow needs of the workflow's token, from the action's own documentation. An action
+# not listed fails the test below: whoever adds a step says what it needs.
+NEEDS = {
+    "actions/checkout": {"contents": "read"},
+    "actions/setup-python": {},
+    "mikepenz/action-junit-report": {"checks": "write"},  # creates a check run with the report
+    "OWNER/biasaudit": {},  # with `comment: true`, pull-requests: write (below)
+}
+
+
+def test_the_example_workflow_grants_what_each_of_its_steps_needs_and_no_more():
+    """A step whose permission the `permissions:` block leaves out fails with 403 (the junit report's check run: a red
+    job even when the gate passes); one it grants beyond the steps' needs is a token wider than it must be."""
+    workflow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    granted = workflow["permissions"]
+    needed: dict[str, str] = {}
+    for job in workflow["jobs"].values():
+        for step in job["steps"]:
+            if "uses" not in step:
+                continue
+            action = step["uses"].split("@")[0]
+            assert action in NEEDS, f"the example uses {action}, whose permissions this test does not know"
+            needs = dict(NEEDS[action])
+            if action == "OWNER/biasaudit" and str(step.get("with", {}).get("comment")).lower() == "true":
+                needs["pull-requests"] = "write"
+            for scope, level in needs.items():
+                needed[scope] = "write" if "write" in (level, needed.get(scope)) else "read"
+    level = {"none": 0, "read": 1, "write": 2}
+    short = {scope: need for scope, need in needed.items() if level[granted.get(scope, "none")] < level[need]}
+    assert not short, f"the example's permissions lack {short}"
+    assert set(granted) == set(needed), f"permissions no step needs: {set(granted) - set(needed)}"
+    assert needed["checks"] == "write"  # the junit report is in the example: the check above is not blind
 
 
 # --- (b) the harness ---------------------------------------------------------------------------------------------------
@@ -197,6 +237,8 @@ def run_action(inputs: dict[str, str], workspace: Path, tmp: Path) -> Run:
             run.steps.append({"name": name, "ran": False, "why": "if"})
             continue
         if "uses" in step:  # setup-python, upload-artifact: GitHub's own actions, not run here
+            if "id" in step:
+                run.outputs[step["id"]] = dict(USES_OUTPUTS[step["uses"]])
             run.steps.append({"name": name, "ran": False, "why": "uses", "with": {k: substitute(str(v), run) for k, v in step.get("with", {}).items()}})
             continue
         assert step.get("shell") == "bash", f"{name}: the harness runs bash steps only"
@@ -246,6 +288,8 @@ for arg in rest:
     else:
         assert endpoint is None, f"fake gh: two endpoints in {args}"
         endpoint = arg
+login = state["tokens"].get(os.environ.get("GH_TOKEN"))
+assert login, "fake gh: a token GitHub does not know"
 state["calls"].append({"method": method, "endpoint": endpoint, "flags": sorted(flags), "fields": fields,
                        "token": os.environ.get("GH_TOKEN")})
 prefix = "repos/" + os.environ["GITHUB_REPOSITORY"] + "/issues/"
@@ -257,12 +301,15 @@ if method == "GET" and listing and flags == {"--paginate", "--slurp"} and not fi
     print(json.dumps([mine[i:i + 2] for i in range(0, len(mine), 2)] or [[]]))  # pages of two: paging is exercised
 elif method == "POST" and listing and set(fields) == {"body"} and not flags:
     state["next_id"] += 1
-    comment = {"id": state["next_id"], "pr": listing[1], "body": fields["body"]}
+    comment = {"id": state["next_id"], "pr": listing[1], "body": fields["body"], "user": {"login": login, "type": "Bot"}}
     state["comments"].append(comment)
     print(json.dumps(comment))
 elif method == "PATCH" and edit and set(fields) == {"body"} and not flags:
     found = [c for c in state["comments"] if c["id"] == int(edit[1])]
-    if found:
+    if found and (found[0]["user"]["login"] != login or state.get("edits_refused")):
+        sys.stderr.write("gh: Resource not accessible by integration (HTTP 403)\n")
+        code = 1
+    elif found:
         found[0]["body"] = fields["body"]
         print(json.dumps(found[0]))
     else:
@@ -296,9 +343,11 @@ def workspace(tmp_path) -> Path:
     gh = tmp_path / "bin" / "gh"
     gh.write_text(f"#!{sys.executable}\n{FAKE_GH}", encoding="utf-8")
     gh.chmod(0o755)
-    others = [{"id": 1, "pr": PR, "body": "Looks good."}, {"id": 2, "pr": PR, "body": f"quoting {MARKER} mid-text"},
-              {"id": 3, "pr": "8", "body": f"{MARKER}\nanother pull request's"}]
-    save_state(tmp_path, {"comments": others, "calls": [], "next_id": 100})
+    author, bot = {"login": "octocat", "type": "User"}, {"login": BOT, "type": "Bot"}
+    others = [{"id": 1, "pr": PR, "body": "Looks good.", "user": author},
+              {"id": 2, "pr": PR, "body": f"quoting {MARKER} mid-text", "user": bot},
+              {"id": 3, "pr": "8", "body": f"{MARKER}\nanother pull request's", "user": bot}]
+    save_state(tmp_path, {"comments": others, "calls": [], "next_id": 100, "tokens": {"fake-token": BOT}})
     return work
 
 
@@ -318,7 +367,8 @@ def test_a_passing_gate_sets_its_outputs_writes_the_summary_comments_and_passes(
     run = run_action(inputs, workspace, tmp_path)
     assert [(s["name"], s["ran"]) for s in run.steps] == [
         ("Set up Python", False), ("Install torch and biasaudit", False), ("Gate", True),
-        ("Upload the audits and the gate's reports", False), ("Comment on the pull request", True), ("Fail on FAIL or ERROR", True),
+        ("Upload the audits and the gate's reports", False), ("Link the uploaded files in the job summary", True),
+        ("Comment on the pull request", True), ("Fail on FAIL or ERROR", True),
     ]
     assert run.step("Set up Python")["why"] == run.step("Install torch and biasaudit")["why"] == "if"  # install: false
     assert all(s["code"] == 0 for s in run.steps if s["ran"]), [s["log"][-2000:] for s in run.steps if s["ran"]]
@@ -335,7 +385,11 @@ def test_a_passing_gate_sets_its_outputs_writes_the_summary_comments_and_passes(
     posted = [c for c in state["calls"] if c["method"] != "GET"]
     assert [(c["method"], c["endpoint"]) for c in posted] == [("POST", f"repos/{REPOSITORY}/issues/{PR}/comments")]
     summary = (workspace / "biasaudit-gate" / "summary.md").read_text(encoding="utf-8")
-    assert posted[0]["fields"]["body"] == f"{MARKER}\n{summary}" and posted[0]["token"] == "fake-token"
+    # The summary's links are workspace paths, dead in a comment: the comment and the job summary name the artifact.
+    where = f"Audit files (the HTML reports linked above, gate.json, gate.xml): {ARTIFACT_URL}\n"
+    assert "](../debiased/audit.html)" in summary  # still right for a local copy of the out folder
+    assert posted[0]["fields"]["body"] == f"{MARKER}\n{summary}\n{where}" and posted[0]["token"] == "fake-token"
+    assert run.summary.endswith(f"\n{where}") and run.action_outputs["artifact-url"] == ARTIFACT_URL
     assert [c["id"] for c in state["comments"]] == [1, 2, 3, 101]  # the others untouched, one new
 
 
@@ -343,14 +397,18 @@ def test_a_failing_gate_still_summarises_and_updates_its_comment_then_fails_the_
     """A change that brings the shortcut back: the reviewer must still get the summary and the comment (updated in
     place, not a second one), and the job must fail, at the last step, with the gate's exit code."""
     state = gh_state(tmp_path)
-    state["comments"].append({"id": 50, "pr": PR, "body": f"{MARKER}\n### ✅ biasaudit gate: PASS\n(an earlier run)"})
+    state["comments"].append(
+        {"id": 50, "pr": PR, "body": f"{MARKER}\n### ✅ biasaudit gate: PASS\n(an earlier run)",
+         "user": {"login": BOT, "type": "Bot"}}
+    )
     save_state(tmp_path, state)
     inputs = {"audit": "biased/audit.json", "baseline": "debiased/audit.json", "rules": PASS_RULES, "comment": "true",
               "install": "false"}
     run = run_action(inputs, workspace, tmp_path)
     assert run.action_outputs["exit-code"] == "1" and run.action_outputs["status"] == "FAIL"
     codes = {s["name"]: s.get("code") for s in run.steps if s["ran"]}
-    assert codes == {"Gate": 0, "Comment on the pull request": 0, "Fail on FAIL or ERROR": 1}, run.steps
+    assert codes == {"Gate": 0, "Link the uploaded files in the job summary": 0, "Comment on the pull request": 0,
+                     "Fail on FAIL or ERROR": 1}, run.steps
     assert run.failed and "::error title=biasaudit gate::FAIL (exit 1)" in run.step("Fail on FAIL or ERROR")["log"]
     assert run.summary.startswith("### ❌ biasaudit gate: FAIL")
     assert "| missing:text accuracy | 62.5% | 10.0% | -52.5 [-59.2, -50.0] |" in run.summary
@@ -386,9 +444,84 @@ def test_the_harness_refuses_what_it_does_not_model():
     run.failed = True
     assert not condition(None, run) and condition("always()", run) and not condition("inputs.comment == 'true'", run)
     action = yaml.safe_load(ACTION.read_text(encoding="utf-8"))
-    known = Run(inputs={name: "" for name in action["inputs"]}, step_ids={"gate"})
+    ids = {step["id"] for step in action["runs"]["steps"] if "id" in step}
+    known = Run(inputs={name: "" for name in action["inputs"]}, step_ids=ids)
     for expression in EXPRESSION.findall(ACTION.read_text(encoding="utf-8")):
         evaluate(expression, known)
     for step in action["runs"]["steps"]:
         condition(step.get("if"), known)
         assert "${{" not in step.get("run", ""), f"{step['name']}: an expression inside run: can inject shell code"
+
+
+@pytest.mark.parametrize("case", ["someone else's marked comment", "an edit GitHub refuses"])
+def test_a_marked_comment_the_action_cannot_own_gets_a_new_comment_beside_it(workspace, tmp_path, case):
+    """Anyone can write the marker: a pull request's author who posts it first must not take the verdict's place (the
+    edit of their comment fails, or rewrites their words), and a comment that cannot be edited must not leave the
+    reviewers without the verdict. Either way a new comment is posted, and the other one is left as it was."""
+    state = gh_state(tmp_path)
+    login = "mallory" if case == "someone else's marked comment" else BOT
+    planted = {"id": 40, "pr": PR, "body": f"{MARKER}\n### ✅ biasaudit gate: PASS", "user": {"login": login, "type": "User"}}
+    state["comments"].insert(0, planted)
+    state["edits_refused"] = case == "an edit GitHub refuses"
+    save_state(tmp_path, state)
+    inputs = {"audit": "biased/audit.json", "baseline": "debiased/audit.json", "rules": PASS_RULES, "comment": "true",
+              "install": "false"}
+    run = run_action(inputs, workspace, tmp_path)
+    state = gh_state(tmp_path)
+    calls = [(c["method"], c["endpoint"].rsplit("/", 2)[-2:]) for c in state["calls"]]
+    edits = [("PATCH", ["comments", "40"])] if case == "an edit GitHub refuses" else []
+    assert calls == [("GET", [PR, "comments"]), *edits, ("POST", [PR, "comments"])], calls
+    assert next(c for c in state["comments"] if c["id"] == 40) == planted
+    new = state["comments"][-1]
+    assert new["id"] == 101 and new["body"].startswith(f"{MARKER}\n### ❌ biasaudit gate: FAIL") and new["user"]["login"] == BOT
+    assert run.step("Comment on the pull request")["code"] == 0
+
+
+def test_without_an_artifact_the_comment_says_its_links_are_workspace_paths(workspace, tmp_path):
+    """`artifact-name: ''` uploads nothing: the comment must not promise an artifact, and must say why its links lead
+    nowhere on GitHub."""
+    inputs = {"audit": "debiased/audit.json", "baseline": "biased/audit.json", "rules": PASS_RULES, "comment": "true",
+              "install": "false", "artifact-name": ""}
+    run = run_action(inputs, workspace, tmp_path)
+    assert run.step("Link the uploaded files in the job summary")["ran"] is False and run.action_outputs["artifact-url"] == ""
+    body = gh_state(tmp_path)["comments"][-1]["body"]
+    assert body.endswith("Audit files: the links above are paths in the workflow's workspace; no artifact was uploaded.\n")
+    assert "Audit files" not in run.summary
+
+
+def test_a_path_input_with_a_line_break_is_refused_and_adds_no_step_output(workspace, tmp_path):
+    """A path's line break would end the `files` block of GITHUB_OUTPUT and let the rest of the name set outputs of
+    its own (here `status=PASS` for a gate that never ran); the step refuses it, with ERROR and exit 2."""
+    planted = "x\nBIASAUDIT_FILES_END\nstatus=PASS\ny"
+    (workspace / planted).mkdir()
+    (workspace / planted / "audit.json").write_text((workspace / "biased" / "audit.json").read_text(encoding="utf-8"))
+    inputs = {"audit": "debiased/audit.json", "baseline": f"{planted}/audit.json", "rules": PASS_RULES, "install": "false"}
+    run = run_action(inputs, workspace, tmp_path)
+    assert set(run.outputs["gate"]) == {"exit-code", "status", "summary", "json", "files"}
+    assert run.action_outputs["status"] == "ERROR" and run.action_outputs["exit-code"] == "2"
+    assert run.outputs["gate"]["files"] == "biasaudit-gate" and run.action_outputs["json"] == ""
+    assert run.summary.startswith(
+        "### 🛑 biasaudit gate: ERROR\n\nThe action's `baseline` input holds a line break; expected one path on one line.\n"
+    )
+    assert run.step("Fail on FAIL or ERROR")["code"] == 2
+    # The block's delimiter is drawn per run: no path can be written to end it.
+    raw = "".join(path.read_text(encoding="utf-8") for path in tmp_path.glob("github_output-*"))
+    assert re.search(r"^files<<BIASAUDIT_[0-9a-f]{32}$", raw, re.M), raw
+
+
+@pytest.mark.parametrize("blocked", ["out is a file", "gate.json is a folder"])
+def test_a_gate_whose_files_cannot_be_written_is_error_with_exit_2_not_a_failed_rule(workspace, tmp_path, blocked):
+    """The shell exits 1 when it cannot open the gate's output, before the gate runs; read as the gate's code, that
+    says "a rule failed" beside status ERROR. A gate without a verdict is exit 2, and the job summary says why."""
+    if blocked == "out is a file":
+        (workspace / "biasaudit-gate").write_text("not a folder", encoding="utf-8")
+    else:
+        (workspace / "biasaudit-gate" / "gate.json").mkdir(parents=True)
+    inputs = {"audit": "debiased/audit.json", "baseline": "biased/audit.json", "rules": PASS_RULES, "install": "false"}
+    run = run_action(inputs, workspace, tmp_path)
+    assert run.action_outputs["status"] == "ERROR" and run.action_outputs["exit-code"] == "2", run.steps
+    assert run.action_outputs["json"] == "" and run.step("Fail on FAIL or ERROR")["code"] == 2
+    assert run.summary.startswith("### 🛑 biasaudit gate: ERROR")
+    why = "`out` input, biasaudit-gate, is not a folder" if blocked == "out is a file" else "gate.json: Is a directory"
+    assert why in run.summary, run.summary
+    assert (workspace / run.action_outputs["summary"]).read_text(encoding="utf-8").startswith("### 🛑 biasaudit gate: ERROR")

@@ -18,6 +18,10 @@ from mlflow.tracking import MlflowClient
 FIXTURES = Path(__file__).parent / "fixtures"
 SHORTCUT = f"{FIXTURES / 'shortcut_adapter.py'}:ShortcutAdapter"
 SCRIPT = Path(sys.executable).parent / "biasaudit"
+sys.path.insert(0, str(Path(__file__).parent))
+from wandb_records import only_run  # noqa: E402
+
+sys.path.pop(0)
 FAST = ["--bootstrap", "50", "--projection", "pca", "--gradient-batches", "1", "--batch-size", "32", "--min-wrong", "1"]
 
 
@@ -34,28 +38,6 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None, python: str | 
     command = [str(SCRIPT), *args] if python is None else [
         sys.executable, "-c", f"{python}; import sys; from biasaudit.cli import main; sys.argv = ['biasaudit', *sys.argv[1:]]; main()", *args]
     return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env or environment(cwd), timeout=300)
-
-
-def wandb_records(path: Path):
-    """The records of an offline run's .wandb file (its format: tests/test_trackers_wandb.py, `records`)."""
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
-
-    data, position, pending = path.read_bytes(), 7, b""
-    while position + 7 <= len(data):
-        if 32768 - position % 32768 < 7:
-            position += 32768 - position % 32768
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        chunk, position = data[position + 7:position + 7 + length], position + 7 + length
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
-        elif kind == 0:
-            break
 
 
 def one_line(result: subprocess.CompletedProcess) -> str:
@@ -124,16 +106,12 @@ def test_a_failing_gate_logs_its_verdict_to_the_wandb_run_its_settings_file_name
     result = run("gate", str(folder / "out" / "audit.json"), cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert "logged to wandb: run " in result.stderr
-    (run_folder,) = (tmp_path / "wandb").glob("offline-run-*")
-    kinds = {}
-    for record in wandb_records(next(run_folder.glob("run-*.wandb"))):
-        kinds.setdefault(record.WhichOneof("record_type"), []).append(record)
-    assert kinds["run"][0].run.project == "ci" and kinds["exit"][0].exit.exit_code == 0
-    history = {i.nested_key[0]: json.loads(i.value_json) for r in kinds["history"] for i in r.history.item}
-    summary = {i.key: json.loads(i.value_json) for r in kinds["summary"] for i in r.summary.update if i.key}
-    assert history["biasaudit/gate/min_accuracy/full/passed"] == 0.0 and history["biasaudit/gate/min_accuracy/full/minimum"] == 90.0
-    assert summary["biasaudit/gate/status"] == "FAIL"
-    assert sorted(p.name for p in (run_folder / "files" / "media" / "table" / "biasaudit" / "table").iterdir())[0].startswith("rules_")
+    logged = only_run(tmp_path)
+    assert logged.run.project == "ci" and logged.exit_code == 0
+    assert logged.history["biasaudit/gate/min_accuracy/full/passed"] == 0.0
+    assert logged.history["biasaudit/gate/min_accuracy/full/minimum"] == 90.0
+    assert logged.summary["biasaudit/gate/status"] == "FAIL"
+    assert logged.media("table", "rules").is_file()
 
 
 def test_a_tracker_not_installed_exits_2_naming_the_extra_before_the_scan(checkpoint, tmp_path):
@@ -180,4 +158,47 @@ def test_a_settings_files_tracker_options_wait_for_log_and_log_nothing_without_i
 def test_log_with_shard_is_refused_since_a_shard_writes_no_audit(checkpoint, tmp_path):
     result = run("scan", str(checkpoint), "--adapter", SHORTCUT, "--out", "out", "--shard", "0/2", "--log", "mlflow", cwd=tmp_path)
     assert result.returncode == 2 and "--shard writes only a part of an audit" in one_line(result)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_adapter_with_log_exits_2_before_the_tracker_writes_its_store(checkpoint, tmp_path):
+    """MLflow's default store is ./mlflow.db: checked before the adapter, a typo in --adapter left that file behind."""
+    result = run("scan", str(checkpoint), "--adapter", "typo.py:adapter", "--out", "out", "--log", "mlflow", cwd=tmp_path)
+    assert result.returncode == 2
+    assert one_line(result).startswith("error: Adapter file typo.py ")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tracker_failing_after_the_gate_warns_and_keeps_the_verdict_its_outputs_and_exit_code(tmp_path):
+    """A server gone between the check and the log: the failing gate still exits 1 with its JSON, job summary and
+    annotations, and says in one warning that the verdict was not logged and how to log it."""
+    summary = tmp_path / "summary.md"
+    env = environment(tmp_path, GITHUB_STEP_SUMMARY=str(summary), GITHUB_ACTIONS="true")
+    gone = ("import biasaudit.integrations.tracking_mlflow as m; m.MlflowBackend.check = lambda self: None; "
+            "m.MlflowBackend.log = lambda self, entry, files: (_ for _ in ()).throw(ConnectionError('the server went away'))")
+    result = run("gate", str(FIXTURES / "audit_example.json"), "--min-accuracy", "full=90", "--json", "--log", "mlflow",
+                 cwd=tmp_path, env=env, python=gone)
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["status"] == "FAIL"
+    assert "min_accuracy[full]" in summary.read_text()
+    assert "::error title=biasaudit gate: min_accuracy[full] FAIL::" in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == ["warning: the result was not logged to mlflow (the server went away); it is written: log it with "
+                        "ba.log(ba.GateResult.from_dict(<the JSON above>), to='mlflow')."]
+    assert "Traceback" not in result.stderr and "error:" not in result.stderr
+
+
+def test_under_torchrun_only_rank_0_opens_the_tracker_and_its_refusal_stops_both(checkpoint, tmp_path, gloo_ranks, monkeypatch):
+    """Every rank opened the tracker before joining the others: N processes creating MLflow's default store
+    (./mlflow.db) at once, and a rank that failed left the others waiting. Now rank 0 alone opens it, and its refusal
+    (here a store that cannot be reached) stops rank 1 too, with rank 0's sentence rather than a check of its own."""
+    for name in [name for name in os.environ if name.startswith(("MLFLOW_", "WANDB_"))]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    out = tmp_path / "out"
+    argv = ["-m", "biasaudit", "scan", str(checkpoint), "--adapter", SHORTCUT, "--out", str(out), *FAST, "--log", "mlflow"]
+    rank0, rank1 = gloo_ranks.run([argv, argv], cwd=[tmp_path, tmp_path], timeout=90)
+    sentence = "The MLflow tracking URI http://127.0.0.1:9 (from MLFLOW_TRACKING_URI) cannot be reached ("
+    assert rank0.returncode == 2 and one_line(rank0).startswith(f"error: {sentence}"), rank0.stderr[-3000:]
+    assert rank1.returncode == 2 and one_line(rank1).startswith(f"error: Rank 0 of this torchrun stopped: {sentence}"), rank1.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []

@@ -161,6 +161,39 @@ def test_a_gate_logs_each_rules_figures_and_whether_it_passed(results):
     assert entry.tags["biasaudit/verdict"].startswith("FAIL: ") and "max_gap_increase[noisy]" in entry.tags["biasaudit/verdict"]
 
 
+def test_a_worst_group_is_logged_with_the_interval_the_report_gives_it(results):
+    """The shortcut model gets its bias-conflicting groups all wrong: every bootstrap draw picks a group at 0%, so the
+    bootstrap interval collapses to [0, 0]; the report and the verdict give the exact interval of that group, [0, x].
+    A dashboard showing [0, 0] would claim a certainty the audit does not."""
+    biased = results["biased"]
+    groups = biased.bias.groups["full"]
+    assert groups.worst_group.interval == (0.0, 0.0) and groups.worst_group_exact[1] > 0  # the two differ here
+    entry = entry_of(biased)
+    assert (entry.metrics["biasaudit/bias/worst_group/full"], entry.metrics["biasaudit/bias/worst_group_ci_low/full"],
+            entry.metrics["biasaudit/bias/worst_group_ci_high/full"]) == (0.0, *groups.worst_group_exact)
+    table = next(t for t in entry.tables if t.name == "bias")
+    row = next(row for row in table.rows if row[0] == "full")
+    assert row[table.columns.index("worst_group_ci_high")] == groups.worst_group_exact[1]
+
+
+def test_a_bias_follow_rules_figures_are_all_in_its_points(results):
+    """The rule's limit and change are points; its baseline and current were the rates as fractions (0.99 beside a
+    limit of 1), so a chart of the four read nonsense. All four are points now, as docs/trackers.md says."""
+    gate = results["gate"]
+    (rule,) = [rule for rule in gate.rules if rule.rule == "max_bias_follow_increase[bias_cue]"]
+    metrics = entry_of(gate).metrics
+    key = "biasaudit/gate/max_bias_follow_increase/bias_cue"
+    follow = results["comparison"].bias.follow_rate["bias_cue"]  # the same two audits: biased the baseline
+    assert metrics[f"{key}/limit"] == 1.0 and metrics[f"{key}/change_points"] == rule.measured.change_points.value
+    assert metrics[f"{key}/baseline"] == pytest.approx(100 * follow.before) and metrics[f"{key}/current"] == pytest.approx(100 * follow.after)
+    assert metrics[f"{key}/current"] - metrics[f"{key}/baseline"] == pytest.approx(metrics[f"{key}/change_points"])
+    assert metrics["biasaudit/gate/max_gap_increase/noisy/baseline"] == rule_of(gate, "max_gap_increase[noisy]").measured.baseline
+
+
+def rule_of(gate, name: str):
+    return next(rule for rule in gate.rules if rule.rule == name)
+
+
 def test_a_leaderboard_logs_each_methods_change_against_the_control(results):
     entry = entry_of(results["leaderboard"])
     assert entry.metrics["biasaudit/leaderboard/mmdb/worst_group/change"] == 12.0

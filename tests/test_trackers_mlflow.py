@@ -145,6 +145,55 @@ def test_the_gates_rules_as_metric_thresholds_judge_a_logged_run_as_the_gate_did
     assert not passes(thresholds) and gate.status == "FAIL"
 
 
+def test_significant_change_rules_limit_the_near_end_of_the_interval_in_mlflows_validation(store):
+    """With significant, a worst-group drop past its limit whose interval reaches back within it is a WARN, which a
+    gate passes: MLflow must judge the interval's upper end (_ci_high) as the gate does, not the value, nor the lower
+    end a rise rule (max_gap_increase) uses. The shortcut model read through noisy content dropped the worst group
+    from 20% to 10% against the content-only model, interval [-29.9, 0]."""
+    from biasaudit.integrations.tracking_mlflow import metric_thresholds
+
+    spec = importlib.util.spec_from_file_location("shortcut_noisy_for_mlflow", FIXTURES / "shortcut_adapter.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    adapter = module.NoisyContentAdapter()
+    content, biased = (ba.scan(module.ShortcutModel(reads_bias=reads), adapter, **FAST) for reads in (False, True))
+    run = ba.log(ba.compare(content, biased), to="mlflow", tracking_uri=store)
+    metrics = MlflowClient(store).get_run(run.run_id).data.metrics
+
+    def judged(significant: bool) -> tuple[dict, dict]:
+        rules = ba.GateRules(max_worst_group_drop=5, max_gap_increase=20, significant=significant)
+        gate = ba.gate(biased, rules=rules, baseline=content)
+        thresholds = metric_thresholds(gate)
+        verdicts = {rule.rule: rule.status for rule in gate.rules}
+        passed = {}
+        for rule, key in zip(verdicts, thresholds, strict=True):
+            try:
+                mlflow.validate_evaluation_results({key: thresholds[key]}, EvaluationResult(metrics=metrics, artifacts={}))
+                passed[rule] = True
+            except ModelValidationFailedException:
+                passed[rule] = False
+        return verdicts, passed
+
+    verdicts, passed = judged(significant=True)
+    assert verdicts["max_worst_group_drop[full]"] == "WARN" and set(verdicts.values()) <= {"PASS", "WARN"}
+    assert metrics["biasaudit/change/bias/worst_group_ci_high/full"] > -5 > metrics["biasaudit/change/bias/worst_group/full"]
+    assert passed == {rule: True for rule in verdicts}  # WARN and PASS pass, through _ci_high and _ci_low
+    verdicts, passed = judged(significant=False)  # the same limit on the value itself fails, in both
+    assert verdicts["max_worst_group_drop[full]"] == "FAIL" and passed["max_worst_group_drop[full]"] is False
+
+
+def test_a_wrong_mlflow_experiment_id_is_refused_before_any_work_naming_it(audit, store, monkeypatch):
+    """MLFLOW_EXPERIMENT_ID was read only when the run was created, after the work; a wrong one now stops at once."""
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "4242")
+    with pytest.raises(InputError, match=r"^MLFLOW_EXPERIMENT_ID is '4242', which is no experiment in sqlite:///.+ \(.+\); "
+                                         r"set it to an existing experiment's ID, or name the experiment instead\.$"):
+        ba.open_tracker("mlflow", tracking_uri=store)
+    run = ba.log(audit, to="mlflow", tracking_uri=store, experiment="named")  # a name wins over the ID, as in _run
+    assert MlflowClient(store).get_experiment(run.experiment).name == "named"
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")  # MLflow's Default: there
+    assert ba.log(audit, to="mlflow", tracking_uri=store, files=[]).experiment == "0"
+
+
 def test_a_fix_attaches_its_documents(store):
     spec = importlib.util.spec_from_file_location("shortcut_for_fix", FIXTURES / "shortcut_adapter.py")
     module = importlib.util.module_from_spec(spec)

@@ -6,19 +6,20 @@ MLflow's tracking URI, is one sentence before any work. No network: every run is
 from __future__ import annotations
 
 import json
-import struct
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import wandb
-from wandb.proto import wandb_internal_pb2
 
 import biasaudit as ba
 from biasaudit.errors import InputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, str(Path(__file__).parent))
+from wandb_records import only_run  # noqa: E402
+
+sys.path.pop(0)
 
 
 @pytest.fixture(autouse=True)
@@ -43,62 +44,6 @@ def offline(tmp_path, monkeypatch) -> Path:
 @pytest.fixture(scope="module")
 def audit() -> ba.Audit:
     return ba.Audit.read(FIXTURES / "audit_example.json")
-
-
-def records(path: Path) -> Iterator[wandb_internal_pb2.Record]:
-    """The records of a .wandb file: W&B's LevelDB-style log (a 7-byte header, then 32 KiB blocks of chunks, each with a
-    7-byte header: checksum, length, type 1 full, 2 first, 3 middle, 4 last)."""
-    data, block = path.read_bytes(), 32768
-    assert data[:4] == b":W&B"
-    position, pending = 7, b""
-    while position + 7 <= len(data):
-        if block - position % block < 7:  # the block's tail is padding
-            position += block - position % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
-        chunk, position = data[position + 7:position + 7 + length], position + 7 + length
-        if kind == 0:
-            break
-        pending = chunk if kind in (1, 2) else pending + chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
-
-
-class OfflineRun:
-    """What an offline run holds, read back: its run record, history rows, summary, config, artifacts and files."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.history: dict[str, object] = {}
-        self.summary: dict[str, object] = {}
-        self.config: dict[str, object] = {}
-        self.artifacts: list[tuple[str, str, list[str]]] = []
-        self.exit_code: int | None = None
-        for record in records(next(folder.glob("run-*.wandb"))):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                self.run = record.run
-            elif kind == "history":
-                self.history.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.history.item})
-            elif kind == "summary":
-                self.summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in record.summary.update})
-            elif kind == "config":
-                self.config.update({i.key: json.loads(i.value_json) for i in record.config.update})
-            elif kind == "artifact" and record.artifact.type.startswith("biasaudit-"):  # not the tables' own
-                self.artifacts.append((record.artifact.name, record.artifact.type, [e.path for e in record.artifact.manifest.contents]))
-            elif kind == "exit":
-                self.exit_code = record.exit.exit_code
-
-    def media(self, kind: str, name: str) -> Path:
-        return next((self.folder / "files" / "media" / kind / "biasaudit" / kind).glob(f"{name}_*"))
-
-
-def only_run(root: Path) -> OfflineRun:
-    folders = list((root / "wandb").glob("offline-run-*"))
-    assert len(folders) == 1, folders
-    return OfflineRun(folders[0])
 
 
 def test_the_demo_audit_appears_in_an_offline_run_with_the_documented_keys_and_files(audit, offline, tmp_path):
@@ -162,12 +107,28 @@ def test_wandb_not_installed_is_one_sentence_naming_the_extra(audit, monkeypatch
 
 
 def test_online_without_an_account_is_refused_before_any_work(audit, monkeypatch, offline):
-    """In CI without WANDB_API_KEY, W&B would stop at its login prompt after the scan: the check says so at once."""
+    """In CI without WANDB_API_KEY, W&B would stop at its login prompt after the scan (and, unanswered, quietly log
+    offline): the check says so at once, naming the server, and asks nothing."""
     monkeypatch.setenv("WANDB_MODE", "online")
-    with pytest.raises(InputError, match=r"W&B logs online here \(WANDB_MODE online\) but cannot log in .*set WANDB_MODE=offline\.$"):
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # never contacted: there is no key to verify
+    monkeypatch.setattr("sys.stdin", None)  # a prompt would fail the test rather than wait
+    with pytest.raises(InputError, match=r"^W&B logs online here \(WANDB_MODE online\) but has no API key for http://127\.0\.0\.1:9: "
+                                         r"run `wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline\.$"):
         ba.open_tracker("wandb")
     monkeypatch.setenv("WANDB_MODE", "ofline")
     with pytest.raises(InputError, match=r"^WANDB_MODE is 'ofline', which W&B does not know\. Available: online, offline, "):
+        ba.open_tracker("wandb")
+    assert not (offline / "wandb").exists()
+
+
+def test_a_server_that_cannot_be_reached_is_refused_before_any_work_naming_it(monkeypatch, offline):
+    """Online with a key, W&B's login read the key and never asked the server: one that cannot be reached was found
+    only by wandb.init, after the scan. Port 9 refuses connections here (W&B gives up after about 10 s); no network."""
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    with pytest.raises(InputError, match=r"^W&B logs online here \(WANDB_MODE online\) but cannot log in to http://127\.0\.0\.1:9 "
+                                         r"\(.+\): check WANDB_BASE_URL and the API key, or set WANDB_MODE=offline\.$"):
         ba.open_tracker("wandb")
     assert not (offline / "wandb").exists()
 

@@ -126,7 +126,8 @@ def test_the_measures_are_logged_at_every_validation_and_the_last_equal_a_scan_o
     assert [(a.epoch, a.step, a.at, a.status) for a in callback.audits] == [
         (e, STEPS_PER_EPOCH * (e + 1), "evaluation", "PASS") for e in range(EPOCHS)]  # fmt: skip
     assert dict(callback.audits[-1].metrics) == expected
-    assert module.training  # the scan put eval mode back as it found it, and Lightning its train mode
+    ran = [row["name"] for row in callback.audits[-1].audit.to_dict()["conditions"]]
+    assert ran == list(callback._auditor.conditions)  # what the rules' targets were checked against, when built
 
 
 def test_the_audits_are_kept_as_files_and_every_checkpoint_carries_its_gate_mark(audited_run):
@@ -164,10 +165,38 @@ def test_a_failing_gate_with_on_fail_stop_stops_training_at_that_validation_and_
     assert logged_rows(trainer)[-1]["biasaudit/gate/failed"] == 1
 
 
-def test_every_n_validations_and_the_weights_training_ends_with_are_audited(tmp_path):
-    callback = AuditCallback(ADAPTER, split="test", model="net", every_n=2, **SCAN)
+class ModeChecked(AuditCallback):
+    """Checks every submodule's train/eval mode the moment an audit hook returns. Lightning puts train mode back after
+    validation itself, so a scan that left eval mode on (dropout off, BatchNorm frozen for the rest of training) would
+    not show in the module's mode once fit returns. The modes are set mixed first (the network in train mode, one
+    BatchNorm frozen in eval, as a user may freeze one), so that a scan leaving every module in one mode shows."""
+
+    checked = 0
+
+    def _checked(self, hook, trainer, pl_module) -> None:
+        before = {name: m.training for name, m in pl_module.named_modules()}
+        pl_module.train()
+        pl_module.net.image_branch[1].eval()
+        mixed = {name: m.training for name, m in pl_module.named_modules()}
+        audits = len(self.audits)
+        hook(trainer, pl_module)
+        assert {name: m.training for name, m in pl_module.named_modules()} == mixed
+        self.checked += len(self.audits) - audits
+        for name, m in pl_module.named_modules():
+            m.training = before[name]
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._checked(super().on_validation_epoch_end, trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._checked(super().on_train_end, trainer, pl_module)
+
+
+def test_every_n_validations_and_the_weights_training_ends_with_are_audited_each_leaving_the_modes_as_found(tmp_path):
+    callback = ModeChecked(ADAPTER, split="test", model="net", every_n=2, **SCAN)
     module, trainer = fit(tmp_path, [callback])
     assert [(a.step, a.at) for a in callback.audits] == [(2 * STEPS_PER_EPOCH, "evaluation"), (3 * STEPS_PER_EPOCH, "end")]
+    assert callback.checked == 2  # both audits left every submodule's mode as they found it
     logged = logged_rows(trainer)
     assert [row["step"] for row in logged] == [2 * STEPS_PER_EPOCH - 1, 3 * STEPS_PER_EPOCH]
     expected = audit_metrics(scan_of(module.net))
@@ -178,7 +207,7 @@ def test_every_n_validations_and_the_weights_training_ends_with_are_audited(tmp_
 @pytest.mark.parametrize(
     ("options", "error", "message"),
     [
-        ({"split": "val"}, DataError, r"^The 'split' parameter of AuditCallback is 'val', which the adapter does not offer; .* Available: train, test\.$"),
+        ({"split": "val"}, DataError, r"^Split 'val' is not offered by the adapter\. Available: train, test\.$"),  # ba.scan's
         ({"every_n": 0}, InputError, r"^The 'every_n' parameter of AuditCallback is 0; expected a positive integer"),
         ({"rules": {"min_acc": 90}}, InputError, r"names no gate rule 'min_acc'; .*Available: max_gap, min_accuracy, min_worst_group\.$"),
         ({"rules": {"max_gap_increase": 1}}, InputError, r"names 'max_gap_increase', which compares against a baseline audit"),
@@ -189,6 +218,18 @@ def test_every_n_validations_and_the_weights_training_ends_with_are_audited(tmp_
         ({"bootstrapp": 50}, InputError, r"takes no scan setting 'bootstrapp'\. Available: conditions, batch_size, seed, bootstrap,"),
         ({"bootstrap": 5}, InputError, r"^bootstrap is 5; expected an integer of at least 10\.$"),
         ({"model": 3}, InputError, r"^The 'model' parameter of AuditCallback must be None .*; got int\.$"),
+        # A rule's target the audits will not have: at the first audit, after an epoch, the gate would refuse it (or,
+        # for max_gap, judge it ERROR, which counts as failed and stops training with on_fail="stop").
+        ({"rules": {"min_worst_group": {"noisy:text": 50}}, **SCAN}, InputError,
+         r"^The 'rules' parameter of AuditCallback: min_worst_group names condition 'noisy:text', which the audits will not "
+         r"run with the 'conditions' setting \('missing,carrier'\); expected one they have\. Available: full, missing:image, "
+         r"missing:text\.$"),
+        ({"rules": {"max_gap": {"noisy": 30}}, **SCAN}, InputError,
+         r"^The 'rules' parameter of AuditCallback: max_gap judges the 'noisy' Gap, but the 'conditions' setting "
+         r"\('missing,carrier'\) measures only the missing Gap; expected a Gap the audits have \(missing or noisy on two"),
+        ({"rules": ba.GateRules(max_gap=30), "conditions": "missing:image"}, InputError,
+         r"^The 'rules' parameter of AuditCallback: max_gap judges every Gap, but the 'conditions' setting "
+         r"\('missing:image'\) measures no Gap;"),
     ],
 )  # fmt: skip
 def test_a_wrong_argument_is_one_sentence_when_the_callback_is_built(options, error, message):

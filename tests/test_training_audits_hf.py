@@ -5,7 +5,8 @@ What a user would see go wrong otherwise: the measures missing from log_history 
 integrations receive: the same trainer.log call) at some evaluation, or not the audit of the weights evaluated (the
 last must equal ba.scan of the final weights exactly: the Trainer logs Python floats); metric_for_best_model unable to
 read them; a scan that changes training; a failing gate that does not stop training or leaves its checkpoint unmarked;
-a Trainer that never evaluates, or a wrong split, found only after training has started.
+training stopped early (or ended on the best checkpoint) on weights no audit saw; the integrations missing the audit
+of the end; a Trainer that never evaluates, or a wrong split, found only after training has started.
 
 The Lightning callback, the argument checks and DDP are tested in tests/test_training_audits.py."""
 
@@ -70,15 +71,18 @@ class Reporter(transformers.TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         self.logs.append(dict(logs or {}))
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self.logs.append({"train_end": True})  # where MLflow's integration ends its run: nothing it logs after lands
 
-def train(tmp_path: Path, callback: AuditCallback | None, *, attach: bool = True, evaluate: str = "epoch", **extra):
+
+def train(tmp_path: Path, callback: AuditCallback | None, *, attach: bool = True, evaluate: str = "epoch", others=(), **extra):
     model = WithLoss()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "trainer"), num_train_epochs=EPOCHS, per_device_train_batch_size=16,
         per_device_eval_batch_size=16, learning_rate=1e-2, lr_scheduler_type="constant", report_to=[],
         eval_strategy=evaluate, logging_strategy="epoch", use_cpu=True, disable_tqdm=True, remove_unused_columns=False,
         seed=0, **{"save_strategy": "no", **extra})  # fmt: skip
-    callbacks = [Reporter(), *([callback] if callback is not None and not attach else [])]
+    callbacks = [Reporter(), *others, *([callback] if callback is not None and not attach else [])]
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Rows("train"), eval_dataset=Rows("test"), callbacks=callbacks)
     if callback is not None and attach:
         callback.attach(trainer)
@@ -160,6 +164,40 @@ def test_every_n_evaluations_and_the_last_step_are_audited(tmp_path):
     assert {key: audit_entries(trainer)[-1].get(key) for key in evaluation_metrics(model.net)} == evaluation_metrics(model.net)
 
 
+def test_training_stopped_early_on_weights_no_evaluation_audited_ends_with_their_audit(tmp_path):
+    """EarlyStoppingCallback stops at the 2nd evaluation (its threshold counts no change as an improvement); with
+    every_n=3 no evaluation was audited, and the last step (18) is never reached."""
+    callback = AuditCallback(ADAPTER, split="test", model="net", every_n=3, **SCAN)
+    stop = transformers.EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1e9)
+    model, trainer = train(tmp_path, callback, others=[stop], metric_for_best_model="loss")
+    assert trainer.state.global_step == 2 * STEPS_PER_EPOCH
+    assert [(a.step, a.at) for a in callback.audits] == [(2 * STEPS_PER_EPOCH, "end")]
+    entries, expected = audit_entries(trainer), evaluation_metrics(model.net)
+    assert len(entries) == 1 and entries[0]["step"] == 2 * STEPS_PER_EPOCH
+    assert {key: entries[0].get(key) for key in expected} == expected
+    # The integrations receive it, before their on_train_end: attach put the callback first, though it came last.
+    reporter = next(c for c in trainer.callback_handler.callbacks if isinstance(c, Reporter))
+    assert reported(trainer) == [{k: v for k, v in entries[0].items() if k != "step"}]
+    assert reporter.logs.index(reported(trainer)[0]) < reporter.logs.index({"train_end": True})
+
+
+def test_with_load_best_model_at_end_training_ends_with_an_audit_of_the_best_checkpoints_weights(tmp_path):
+    """every_n=2 audits the 2nd evaluation (step 12), where early stopping ends training; the Trainer then loads the
+    best checkpoint, the 1st evaluation's (the metric is the loss, greater is better), which no audit saw. Not
+    attached: the callback appends the end's entry to log_history itself."""
+    callback = AuditCallback(ADAPTER, split="test", model="net", every_n=2, out=tmp_path / "audits", **SCAN)
+    stop = transformers.EarlyStoppingCallback(early_stopping_patience=1, early_stopping_threshold=1e9)
+    model, trainer = train(tmp_path, callback, attach=False, others=[stop], metric_for_best_model="loss", greater_is_better=True,
+                           load_best_model_at_end=True, save_strategy="epoch")  # fmt: skip
+    assert Path(trainer.state.best_model_checkpoint).name == f"checkpoint-{STEPS_PER_EPOCH}"
+    assert [(a.epoch, a.step, a.at) for a in callback.audits] == [
+        (2, 2 * STEPS_PER_EPOCH, "evaluation"), (1, STEPS_PER_EPOCH, "end")]  # fmt: skip
+    expected = evaluation_metrics(model.net)
+    assert [entry["step"] for entry in audit_entries(trainer)] == [2 * STEPS_PER_EPOCH] * 2  # the end's logged at its end
+    assert {key: audit_entries(trainer)[-1].get(key) for key in expected} == expected
+    assert (tmp_path / "audits" / f"epoch-1-step-{STEPS_PER_EPOCH}" / "audit.json").is_file()
+
+
 def test_a_trainer_that_never_evaluates_is_refused_before_the_first_step(tmp_path):
     callback = AuditCallback(ADAPTER, model="net", **SCAN)
     with pytest.raises(InputError, match=r"^AuditCallback audits at the Trainer's evaluations, but eval_strategy is 'no'; "):
@@ -168,5 +206,5 @@ def test_a_trainer_that_never_evaluates_is_refused_before_the_first_step(tmp_pat
 
 
 def test_a_split_the_adapter_lacks_is_refused_when_the_callback_is_built():
-    with pytest.raises(DataError, match=r"^The 'split' parameter of AuditCallback is 'val', which the adapter does not offer"):
+    with pytest.raises(DataError, match=r"^Split 'val' is not offered by the adapter\. Available: train, test\.$"):
         AuditCallback(ADAPTER, split="val")

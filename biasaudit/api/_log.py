@@ -9,6 +9,7 @@ from typing import Any
 
 from biasaudit._core.arguments import checked
 from biasaudit.integrations.tracking import TRACKERS, backend
+from biasaudit.integrations.tracking import said as said  # the command line's words for a tracker's failure
 from biasaudit.integrations.tracking_run import Tracker, TrackedRun, existing_files
 from biasaudit.results import StrPath
 from biasaudit.results.audit import Audit

@@ -176,11 +176,10 @@ def _settings() -> dict[str, str]:
     """ScanConfig's fields that ba.scan takes by name, by the name it takes them under."""
     import dataclasses
 
-    from biasaudit.scanning.config import ScanConfig
+    from biasaudit.scanning.config import SETTING_NAMES, ScanConfig
 
-    spelled = {"bootstrap_replicates": "bootstrap"}
     return {
-        spelled.get(f.name, f.name): f.name
+        SETTING_NAMES.get(f.name, f.name): f.name
         for f in dataclasses.fields(ScanConfig)
         if f.name not in ("split", "conditions", "seed", "device", "batch_size", "bootstrap_replicates", "projection")
     }

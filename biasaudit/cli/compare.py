@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
@@ -30,8 +31,10 @@ def compare(
     """Re-render the before/after comparison from two audit files, without the model."""
     import biasaudit as ba
 
-    with handled(), tracking(log, experiment, run_name, tracking_uri) as tracker:
+    with handled(), ExitStack() as held:
         first, second = ba.Audit.read(before), ba.Audit.read(after)
+        # After the command's own checks (the audits read), before its work: a tracker that cannot be used exits 2.
+        tracker = held.enter_context(tracking(log, experiment, run_name, tracking_uri))
         try:
             with named_as(FLAGS):
                 comparison = ba.compare(first, second, out=out_dir, train_log=train_log)
@@ -42,5 +45,6 @@ def compare(
         err.print(escape(comparison.verdict))  # one line each, for grep and CI logs
         for sentence in comparison.sentences:
             err.print(f"  {escape(sentence)}")
-        logged(tracker, comparison, [out_dir / "compare.json", out_dir / "compare.html"])
         out.print(f"{out_dir / 'compare.json'}\n{out_dir / 'compare.html'}")
+        later = f"log it with ba.log(ba.compare(ba.Audit.read({str(before)!r}), ba.Audit.read({str(after)!r})), to={{to}})"
+        logged(tracker, comparison, [out_dir / "compare.json", out_dir / "compare.html"], later=later)

@@ -231,5 +231,7 @@ def fix(
         names = ["model.pt", "before.json", "after.json", "compare.json", "train_log.json", "after.html", "compare.html"]
         if result.also is not None:
             names += ["also_before.json", "also_after.json", "also_compare.json"]
-        logged(tracker, result, [out_dir / name for name in names if name != "model.pt"])  # the documents, not the model
         out.print("\n".join(str(out_dir / name) for name in names))
+        read = [f"ba.Audit.read({str(out_dir / name)!r})" for name in ("before.json", "after.json")]
+        later = f"log its comparison with ba.log(ba.compare({read[0]}, {read[1]}), to={{to}})"
+        logged(tracker, result, [out_dir / name for name in names if name != "model.pt"], later=later)  # not the model

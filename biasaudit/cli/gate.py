@@ -102,6 +102,7 @@ def gate(
 
     import biasaudit as ba
     from biasaudit.errors import InputError
+    from biasaudit.api._documents import _junit_problem, _summary_problem
     from biasaudit.cli.config_file import GATE_KEYS, load_settings, resolve
 
     with handled(), ExitStack() as held:
@@ -117,7 +118,6 @@ def gate(
         }
         rules = ba.GateRules(**{name: v[name] for name in (*RULES, *SETTINGS) if v.get(name) is not None}, labels=labels)
         baseline = Path(v["baseline"]) if v["baseline"] is not None else None
-        tracker = held.enter_context(tracking(v["log"], v["experiment"], v["run_name"], v["tracking_uri"], sources=sources))
         audits = {}
         for name, path in (("current", current), ("baseline", baseline)):
             if path is not None:
@@ -127,7 +127,14 @@ def gate(
                     if name == "baseline" and sources["baseline"] != COMMAND_LINE:
                         raise InputError(f"The baseline set in {sources['baseline']}: {exc}") from exc
                     raise
-        with named_as({"junit": "--junit", "summary_md": "--summary-md"}):
+        outputs = {"junit": "--junit", "summary_md": "--summary-md"}
+        if v["log"] is not None:  # the gate's own checks of its outputs, so that only the tracker is left to refuse
+            with named_as(outputs):  # the checks ba.gate runs on them first
+                _junit_problem(junit)
+                _summary_problem(summary_md)
+        # After the command's own checks, before its work (the verdict's files): a tracker that cannot be used exits 2.
+        tracker = held.enter_context(tracking(v["log"], v["experiment"], v["run_name"], v["tracking_uri"], sources=sources))
+        with named_as(outputs):
             verdict = ba.gate(
                 audits["current"],
                 rules=rules,
@@ -142,10 +149,18 @@ def gate(
             "settings": {"config_file": str(settings.path) if settings.path else None, "sources": sources},
         }
         err.print(gate_table(result))
-        logged(tracker, ba.GateResult.from_dict(result))  # the run ends here: a failing verdict is a finished run
         github_actions(verdict)
         if json_output:
             sys.stdout.write(json.dumps(result, indent=2) + "\n")  # the verdict as json wrote it, never through the console
+            sys.stdout.flush()
+        # Last, once every output is written: a tracker failing now is a warning, and the exit code stays the verdict's.
+        # The run ends here: a failing verdict is a finished run.
+        later = (
+            "log it with ba.log(ba.GateResult.from_dict(<the JSON above>), to={to})"
+            if json_output
+            else "run this gate again to log it (the verdict is the same: it reads only the audits)"
+        )
+        logged(tracker, ba.GateResult.from_dict(result), later=later)
         if result["exit_code"]:
             raise typer.Exit(result["exit_code"])
 

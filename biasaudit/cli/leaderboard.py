@@ -168,5 +168,6 @@ def leaderboard(
         err.print(f"[bold]leaderboard[/]: {escape(board.verdict)}")
         for reason in board.reasons:
             err.print(f"  {escape(reason)}")
-        logged(tracker, board)  # leaderboard.json and leaderboard.html as artifacts
         out.print(f"{board.json_path}\n{board.html_path}")
+        later = "run the same command again to log it (it reuses the finished runs)"
+        logged(tracker, board, later=later)  # leaderboard.json and leaderboard.html as artifacts

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 from contextlib import ExitStack, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -15,6 +17,9 @@ from biasaudit.cli.console import ADAPTER_HELP, err, explicit_options, handled, 
 from biasaudit.cli.naming import named_as
 from biasaudit.cli.options import parse_mute, parse_unimodal
 from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
+
+if TYPE_CHECKING:
+    from biasaudit import Tracker
 
 # From the registry parse_conditions reads, so that --help lists every group and diagnostic the scan accepts.
 CONDITIONS_HELP = (
@@ -217,18 +222,21 @@ def scan(
                 "sources": {key: source for key, source in sources.items() if key not in TRACKER_KEYS},
             },
         )
-        # Opened and checked before the scan (a tracker not installed, a store that cannot be reached: exit 2 at once).
-        tracker = held.enter_context(
-            tracking(
-                v["log"],
-                v["experiment"],
-                v["run_name"],
-                v["tracking_uri"],
-                sources=sources,
-                refused="--shard writes only a part of an audit" if shard_spec is not None else None,
+        refused = "--shard writes only a part of an audit" if shard_spec is not None else None
+
+        def opened() -> Tracker | None:
+            """The tracker of --log, opened and checked after the scan's own checks (a bad adapter exits 2 having
+            written nothing, not even a tracker's store) and before the scan: a tracker not installed, a store that
+            cannot be reached, exit 2 at once. Under torchrun, rank 0 alone opens it (cli/torchrun.py)."""
+            if v["log"] is not None and refused is None:
+                with named_as(spelling, keyword_sources):
+                    checked_first(v["adapter"], keywords)
+            return held.enter_context(
+                tracking(v["log"], v["experiment"], v["run_name"], v["tracking_uri"], sources=sources, refused=refused)
             )
-        )
+
         if shard_spec is not None:
+            opened()  # refuses --log: a part is no audit
             with progress_bars() as progress, named_as(spelling, keyword_sources):
                 part = ba.scan_shard(checkpoint, v["adapter"], shard=shard_spec, out=out_dir, progress=progress, **keywords)
             count = shard_spec.split("/")[-1].strip()
@@ -239,11 +247,13 @@ def scan(
             )
             out.print(str(part), markup=False, highlight=False)
             return
-        rank = 0
+        rank, tracker = 0, None
         if under_torchrun():  # the processes split the scan; each checks that all were started alike (cli/torchrun.py)
-            rank, keywords["device"] = torchrun_rank(
-                held, v, flags=flags, checkpoint=checkpoint, unimodal=unimodal_models, out=out_dir
+            rank, keywords["device"], tracker = torchrun_rank(
+                held, v, flags=flags, checkpoint=checkpoint, unimodal=unimodal_models, out=out_dir, rank_zero=opened
             )
+        else:
+            tracker = opened()
         with progress_bars() if rank == 0 else nullcontext(None) as progress, named_as(spelling, keyword_sources):
             audit = ba.scan(checkpoint, v["adapter"], out=out_dir, progress=progress, distributed=under_torchrun(), **keywords)
         if rank != 0:
@@ -251,5 +261,24 @@ def scan(
         document = audit.to_dict()
         err.print(summary_table(document))
         print_verdict(document)
-        logged(tracker, audit, [out_dir / "audit.json", out_dir / "audit.html"])
         out.print(f"{out_dir / 'audit.json'}\n{out_dir / 'audit.html'}")
+        later = f"log it with ba.log(ba.Audit.read({str(out_dir / 'audit.json')!r}), to={{to}})"
+        logged(tracker, audit, [out_dir / "audit.json", out_dir / "audit.html"], later=later)
+
+
+def checked_first(adapter: str, keywords: dict[str, Any]) -> None:
+    """What ba.scan checks before its work (the adapter and every setting), run before --log opens the tracker, so that
+    a mistake there exits 2 with nothing written. It loads the adapter once more than the scan does, hence only with --log."""
+    import biasaudit as ba
+    from biasaudit.api._scan import checked_scan
+
+    own = inspect.signature(ba.scan).parameters  # ba.scan's keywords; the rest are ScanConfig settings by name
+    fields = {name: keywords[name] for name in ("split", "conditions", "seed", "device", "batch_size", "projection")}
+    checked_scan(
+        ba.scan,
+        adapter,
+        {name: value for name, value in keywords.items() if name not in own},
+        unimodal_models=keywords["unimodal_models"],
+        bootstrap_replicates=keywords["bootstrap"],
+        **fields,
+    )

@@ -12,8 +12,10 @@ from __future__ import annotations
 import os
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
-from collections.abc import Mapping
+from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+
+T = TypeVar("T")
 
 
 def under_torchrun() -> bool:
@@ -22,9 +24,20 @@ def under_torchrun() -> bool:
 
 
 def torchrun_rank(
-    held: ExitStack, v: Mapping[str, Any], *, flags: Mapping[str, str], checkpoint: Path, unimodal: Mapping[str, Path], out: Path
-) -> tuple[int, str]:
-    """Join the torchrun (left when `held` closes) and check that every process agrees; this process's rank and device."""
+    held: ExitStack,
+    v: Mapping[str, Any],
+    *,
+    flags: Mapping[str, str],
+    checkpoint: Path,
+    unimodal: Mapping[str, Path],
+    out: Path,
+    rank_zero: Callable[[], T],
+) -> tuple[int, str, T | None]:
+    """Join the torchrun (left when `held` closes) and check that every process agrees; this process's rank and device,
+    and what `rank_zero` returned on rank 0 (None on the others). `rank_zero` runs on rank 0 alone, after its own checks
+    and within the same stop-together block, so that its refusal (e.g. --log's tracker that cannot be used) stops every
+    rank with its sentence: the tracker is opened once, by the one rank that writes and logs, never by N processes
+    racing to create the same store."""
     from biasaudit._core.output_paths import check_output_dir
     from biasaudit._core.sharding import join_torchrun, leave_torchrun
     from biasaudit.cli.config_file import SCAN_KEYS
@@ -51,5 +64,6 @@ def torchrun_rank(
         fingerprint = scan_fingerprint(
             ranked, adapter=adapter_source(loaded, v["adapter"]), checkpoint=checkpoint, unimodal=tuple(unimodal.items())
         )
+        given = rank_zero() if joined[0].index == 0 else None
     check_agreement(fingerprint, group="this torchrun", remedy="be started with the same arguments")
-    return joined[0].index, joined[1]
+    return joined[0].index, joined[1], given

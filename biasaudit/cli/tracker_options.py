@@ -1,16 +1,18 @@
 """The options that log a command's result to an experiment tracker (docs/trackers.md), shared by scan, fix, compare,
 gate and leaderboard: --log, --experiment, --run-name, --tracking-uri. `tracking` opens and checks the tracker before
 the command's work (a tracker not installed, or a store that cannot be reached, exits 2 with nothing written or run);
-`logged` logs the result after it, with the files the command wrote as artifacts, and ends the run."""
+`logged` logs the result once the command has written every output, with its files as artifacts, and ends the run
+(a tracker failing then is a warning, and the command's exit code stays its own)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from biasaudit.api import TRACKER_NAMES
 from biasaudit.cli.console import err
@@ -89,11 +91,24 @@ def tracking(
         yield tracker
 
 
-def logged(tracker: Tracker | None, result: Any, files: Sequence[Path] | None = None) -> None:
-    """Log `result` (with `files` as artifacts; None: its own documents) and end the run; say where it went."""
+def logged(tracker: Tracker | None, result: Any, files: Sequence[Path] | None = None, *, later: str) -> None:
+    """Log `result` (with `files` as artifacts; None: its own documents) and end the run; say where it went. Called
+    once the command has written every output: a tracker that fails now (a server gone since the check) is a warning,
+    and the command's exit code stays its result's. `later` says how to log the written result from Python, with {to}
+    where the tracker's name goes (e.g. "log it with ba.log(ba.Audit.read('out/audit.json'), to={to})")."""
+    from biasaudit.api._log import said
+
     if tracker is None:
         return
-    with named_as(FLAGS):
-        run = tracker.log(result, files=files)
-    tracker.close()
+    try:
+        with named_as(FLAGS):
+            run = tracker.log(result, files=files)
+        tracker.close()
+    except Exception as exc:  # any failure of the tracker's own; the results are on disk whatever it was
+        with suppress(Exception):  # the run it started, if any, ends as failed; the warning below says the rest
+            tracker.__exit__(type(exc), exc, exc.__traceback__)
+        how = later.replace("{to}", repr(tracker.name))
+        text = f"the result was not logged to {tracker.name} ({said(exc)}); it is written: {how}."
+        err.print(f"[bold yellow]warning:[/] {escape(text)}", highlight=False)
+        return
     err.print(f"logged to {run.tracker}: run {run.run_id} ({run.location})", markup=False, highlight=False)

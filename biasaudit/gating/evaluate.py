@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 from collections.abc import Mapping
 
-from biasaudit.errors import InputError
+from biasaudit.errors import BiasAuditError, InputError
 from biasaudit.gating.limits import ALL
 from biasaudit.gating.registry import RULES, flags
 from biasaudit.gating.registry import GateRules
@@ -153,8 +153,11 @@ def _changes(baseline: Mapping[str, Any], current: Mapping[str, Any], comparison
     if comparison is None:
         from biasaudit.comparing import compare_audits
 
+        # The section is context, not a rule: whatever the comparison refuses (the project's whole error family, not
+        # only InputError) leaves it empty with the reason, and a gate whose rules never read the baseline still judges.
+        # Anything else is a bug, left to surface as one.
         try:
             comparison = compare_audits(baseline, current)
-        except InputError as exc:
+        except BiasAuditError as exc:
             return no_changes(f"the audits do not compare: {exc}")
     return largest_changes(comparison)

@@ -20,8 +20,6 @@ metrics; Lightning's loggers write on rank 0 only, and rank 0 alone writes the a
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 try:
@@ -30,15 +28,13 @@ except ImportError:  # one sentence, naming the extra
     raise ImportError(
         'biasaudit.integrations.lightning_audit needs Lightning, which is not installed; pip install "biasaudit[lightning]".'
     ) from None
-from torch import nn
 
-from biasaudit.integrations.training_audit import AuditRecord, TrainingAuditor
-from biasaudit.integrations.training_audit_checks import check_model_choice, module_to_audit
+from biasaudit.integrations.training_audit import AuditCallbackBase
 
 MARK = "biasaudit_gate"  # the checkpoint key of the gate mark
 
 
-class AuditCallback(pl.Callback):
+class AuditCallback(AuditCallbackBase, pl.Callback):
     """Audits `adapter`'s `split` during training and logs the bias measures (see the module docstring).
 
     `adapter`: the Adapter that feeds the network (its model is the one being trained). `split`: the split to scan
@@ -55,43 +51,6 @@ class AuditCallback(pl.Callback):
     "pca"); the audit runs on the device the model is on.
 
     `audits` lists every audit taken (AuditRecord: epoch, step, metrics, gate status, folder, the Audit)."""
-
-    def __init__(
-        self,
-        adapter: Any,
-        *,
-        split: str = "test",
-        every_n: int = 1,
-        at_end: bool = True,
-        out: str | Path | None = None,
-        html: bool = False,
-        rules: Any = None,
-        on_fail: str = "mark",
-        model: str | Callable[[Any], nn.Module] | None = None,
-        **settings: Any,
-    ) -> None:
-        where = "AuditCallback"
-        self._auditor = TrainingAuditor(
-            adapter,
-            split=split,
-            every_n=every_n,
-            at_end=at_end,
-            out=out,
-            html=html,
-            rules=rules,
-            on_fail=on_fail,
-            settings=settings,
-            where=where,
-        )
-        check_model_choice(model, where=where)
-        self.model = model
-
-    @property
-    def audits(self) -> list[AuditRecord]:
-        return self._auditor.records
-
-    def _network(self, pl_module: pl.LightningModule) -> nn.Module:
-        return module_to_audit(pl_module, self.model, where="AuditCallback")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._auditor.begin(self._network(pl_module))

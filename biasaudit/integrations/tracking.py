@@ -16,6 +16,7 @@ started (`end`). A new tracker is one module and one line below.
 from __future__ import annotations
 
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -56,12 +57,19 @@ def not_installed(name: str) -> InputError:
     return InputError(f'Logging to {name} needs the {name} package, which is not installed: pip install "biasaudit[{extra}]".')
 
 
+def said(exc: BaseException, *, limit: int = 240) -> str:
+    """What a tracker's exception says, as the end of one of our sentences: on one line, without a final period, a
+    password or token in a URL masked (http://user:token@host -> http://***@host, as CI logs keep every error), and cut
+    at `limit` characters (a server may answer with a whole page)."""
+    text = re.sub(r"//[^/\s@]+@", "//***@", " ".join(str(exc).split())).rstrip(".") or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def backend(name: str, *, where: str, experiment: str | None, run_name: str | None, tracking_uri: str | None) -> Backend:
-    """The backend of tracker `name`, built with the options; a name not registered, or a tracker not installed, is the
-    caller's mistake in one sentence (naming the parameter `to` of `where`, or the extra to install)."""
-    registered = TRACKERS.get(name)
-    if registered is None:
-        raise InputError(f"The 'to' parameter of {where} is {name!r}, which is no tracker. Available: {', '.join(TRACKERS)}.")
+    """The backend of tracker `name` (a name of TRACKERS: ba.open_tracker's and --log's checks have refused any other),
+    built with the options; a tracker not installed is one sentence naming the extra to install. `where` names the
+    call whose parameters a backend's own refusal names."""
+    registered = TRACKERS[name]
     try:
         importlib.import_module(registered.module)
     except ImportError:  # also a module set to None in sys.modules, as a broken install leaves it

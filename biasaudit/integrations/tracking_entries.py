@@ -107,14 +107,20 @@ def fix_entry(fix: FixResult) -> Entry:
 
 
 def gate_metrics(gate: GateResult) -> Figures:
-    """Per rule: the figures it was judged on and `passed` (1 for PASS or WARN, 0 for FAIL or ERROR); the exit code."""
+    """Per rule: the figures it was judged on and `passed` (1 for PASS or WARN, 0 for FAIL or ERROR); the exit code.
+    Every figure of a rule is in the rule's unit, points: a bias-follow rule's baseline and current rates, which its
+    verdict holds as fractions, are logged as 100 x the rate, as its limit and change_points are."""
     figures = Figures()
     figures.put(f"{P}/gate/exit_code", gate.exit_code)
     for rule in gate.rules:
         key, measured = f"{P}/gate/{rule_path(rule.rule)}", rule.measured
         figures.put(f"{key}/passed", 1.0 if rule.status in ("PASS", "WARN") else 0.0)
-        for name in ("limit", "minimum", "baseline", "current", "drop"):
+        rates = measured.change_points is not None  # only a rate's rule has its change in points beside the rates
+        for name in ("limit", "minimum", "drop"):
             figures.put(f"{key}/{name}", getattr(measured, name))
+        for name in ("baseline", "current"):
+            value = getattr(measured, name)
+            figures.put(f"{key}/{name}", 100 * value if rates and value is not None else value)
         for name in ("gap", "accuracy", "worst_group", "change", "change_points"):
             figures.estimate(f"{key}/{name}{CI}", getattr(measured, name))
     return figures

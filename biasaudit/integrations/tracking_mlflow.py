@@ -11,7 +11,6 @@ of that store, so the process's own MLflow settings (set_tracking_uri, set_exper
 from __future__ import annotations
 
 import os
-import re
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -22,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from biasaudit._core.arguments import checked
 from biasaudit.errors import InputError
-from biasaudit.integrations.tracking import not_installed
+from biasaudit.integrations.tracking import not_installed, said
 from biasaudit.integrations.tracking_entries import gate_thresholds
 from biasaudit.integrations.tracking_keys import Entry
 from biasaudit.integrations.tracking_run import TrackedRun
@@ -31,6 +30,7 @@ from biasaudit.results.gate_result import GateResult
 try:
     import mlflow
     from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
     from mlflow.models import MetricThreshold
     from mlflow.tracking import MlflowClient
 except ImportError:
@@ -69,9 +69,8 @@ def _failure(exc: BaseException) -> str:
     while (cause := deepest.__cause__ or deepest.__context__) is not None and id(cause) not in seen:
         deepest, seen = cause, seen | {id(cause)}
     if isinstance(deepest, OSError) and deepest is not exc:
-        return f"cannot be reached ({deepest.strerror or ' '.join(str(deepest).split()) or type(deepest).__name__})."
-    text = re.sub(r"//[^/\s@]+@", "//***@", " ".join(str(exc).split())).rstrip(".") or type(exc).__name__  # as shown()
-    return f"cannot be used: {text}." if len(text) <= 240 else f"cannot be used: {text[:237]}..."
+        return f"cannot be reached ({deepest.strerror or said(deepest)})."
+    return f"cannot be used: {said(exc)}."
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
@@ -98,15 +97,26 @@ class MlflowBackend:
                 f"An MLflow run is active ({active.info.run_id}) in {shown(mlflow.get_tracking_uri())}, and the tracking URI "
                 f"given is another store ({shown(self.given_uri)}); end that run, or leave the tracking URI out to log into it."
             )
+        named = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        run_id = os.environ.get("MLFLOW_RUN_ID") if active is None else None
+        # The experiment _run falls back on: a wrong ID would otherwise fail only in create_run, after the work.
+        experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") if active is None and not run_id and not named else None
+        found, missing = None, None
         try:
             with _quick_requests():
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)
-                named = self.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
-                found = self.client.get_experiment_by_name(named) if named and active is None else None
-                run_id = os.environ.get("MLFLOW_RUN_ID") if active is None else None
+                if named and active is None:
+                    found = self.client.get_experiment_by_name(named)
                 if run_id:
                     self.client.get_run(run_id)
+                if experiment_id:
+                    try:
+                        found = self.client.get_experiment(experiment_id)
+                    except MlflowException as exc:  # the store answered: no such experiment (or no valid ID)
+                        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                            raise
+                        missing = said(exc)
         except ModuleNotFoundError as exc:  # the sqlite store's sqlalchemy, or alembic
             needs = f"needs {exc.name}, which is not installed"
             raise InputError(
@@ -114,8 +124,14 @@ class MlflowBackend:
             ) from None
         except Exception as exc:  # a store that cannot be used answers with its own exception: any is that answer
             raise InputError(f"The MLflow tracking URI {shown(self.uri)}{self.source} {_failure(exc)}") from None
+        if missing is not None:
+            raise InputError(
+                f"MLFLOW_EXPERIMENT_ID is {experiment_id!r}, which is no experiment in {shown(self.uri)} ({missing}); "
+                "set it to an existing experiment's ID, or name the experiment instead."
+            )
         if found is not None and found.lifecycle_stage == "deleted":
-            raise InputError(f"The MLflow experiment {named!r} is deleted in {shown(self.uri)}; restore it or name another.")
+            which = f"experiment {named!r}" if named else f"experiment {experiment_id!r} (MLFLOW_EXPERIMENT_ID)"
+            raise InputError(f"The MLflow {which} is deleted in {shown(self.uri)}; restore it or name another.")
 
     def _run(self) -> str:
         """The run to log into: the active one, MLFLOW_RUN_ID's, or a new one this backend owns."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from biasaudit.errors import InputError
-from biasaudit.integrations.tracking import not_installed
+from biasaudit.integrations.tracking import not_installed, said
 from biasaudit.integrations.tracking_keys import PREFIX, Entry, part
 from biasaudit.integrations.tracking_run import TrackedRun
 
@@ -27,11 +27,6 @@ except ImportError:
 
 MODES = ("online", "offline", "disabled", "shared", "dryrun", "run")  # wandb.Settings.mode
 LOCAL = ("offline", "disabled", "dryrun")  # modes that need no account
-
-
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 240 else text[:237] + "..."
 
 
 class WandbBackend:
@@ -51,13 +46,21 @@ class WandbBackend:
             raise InputError(f"WANDB_MODE is {mode!r}, which W&B does not know. Available: {', '.join(MODES)}.")
         if mode in LOCAL:
             return
+        online = f"W&B logs online here (WANDB_MODE {mode or 'unset'})"
+        url = wandb.setup().settings.base_url  # WANDB_BASE_URL, else `wandb login --host`'s, else W&B's own
+        # verify: the server is asked now, not at wandb.init after the work. prompt=False: with no key, W&B would ask
+        # in a terminal and, unanswered, go offline quietly; here it answers False. (Its `timeout` is the prompt's.)
         try:
-            wandb.login(verify=False)  # reads WANDB_API_KEY or the saved key; no network
-        except Exception as exc:  # W&B's answer when it has no key, whatever its class in this version
+            logged_in = wandb.login(verify=True, prompt=False)
+        except Exception as exc:  # W&B's answer (a server that cannot be reached, a key refused), whatever its class
             raise InputError(
-                f"W&B logs online here (WANDB_MODE {mode or 'unset'}) but cannot log in ({_reason(exc)}): run `wandb login`, "
-                "set WANDB_API_KEY, or set WANDB_MODE=offline."
+                f"{online} but cannot log in to {url} ({said(exc)}): check WANDB_BASE_URL and the API key, "
+                "or set WANDB_MODE=offline."
             ) from None
+        if not logged_in:
+            raise InputError(
+                f"{online} but has no API key for {url}: run `wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline."
+            )
 
     def _run(self) -> Any:
         if self.run is None:
@@ -67,7 +70,7 @@ class WandbBackend:
                 try:
                     self.run = wandb.init(project=self.experiment, name=self.run_name, job_type="biasaudit")
                 except Exception as exc:  # W&B's own answer (a server that cannot be reached, a project refused)
-                    raise InputError(f"W&B could not start a run: {_reason(exc)}") from None
+                    raise InputError(f"W&B could not start a run: {said(exc)}.") from None
                 self.owned = True
         return self.run
 

@@ -1,8 +1,10 @@
 """Audits during training, shared by the Lightning and Hugging Face callbacks (lightning_audit.py, hf_audit.py): when
 to audit, the scan itself, the files, the figures the frameworks log, and the gate.
 
-`TrainingAuditor` holds the callbacks' options, checked when it is built (before any training work); the framework's
-callback tells it when an evaluation ends (`due`) and hands it the model (`audit`); the figures are logged under the
+`TrainingAuditor` holds the callbacks' options, checked when it is built (before any training work: the split, the scan
+settings, the gate rules and the conditions, Gaps and modalities they name); `AuditCallbackBase` is what both
+frameworks' AuditCallback share (their options, `audits`, the network to audit); the framework's callback tells the
+auditor when an evaluation ends (`due`) and hands it the model (`audit`); the figures are logged under the
 keys the experiment trackers use (tracking_keys.audit_metrics: biasaudit/full/accuracy, biasaudit/bias/worst_group/full,
 ...). An audit is the scan `ba.scan` runs
 (biasaudit.scanning.audit.audit_model), with four differences that training needs:
@@ -24,7 +26,7 @@ are given) as one output set, and `<out>/audits.json`, the index of every audit 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +37,15 @@ import torch
 from torch import nn
 
 from biasaudit._core.output_paths import check_output_dir
+from biasaudit.data.batches import check_split
 from biasaudit.errors import InputError
-from biasaudit.integrations.training_audit_checks import check_rules, check_split, scan_config
+from biasaudit.integrations.training_audit_checks import (
+    check_model_choice,
+    check_rule_targets,
+    check_rules,
+    module_to_audit,
+    scan_config,
+)
 from biasaudit.integrations.tracking_keys import PREFIX, audit_metrics
 from biasaudit.results.audit import Audit
 
@@ -48,7 +57,8 @@ FAILED = ("FAIL", "ERROR")  # a rule in ERROR cannot see what it judges (e.g. no
 class AuditRecord:
     """One audit taken during training. `number` counts the audits from 1; `epoch` is the framework's epoch counter
     at the audit (Lightning's current_epoch, from 0; the Trainer's whole epochs done) and `step` the optimizer steps
-    taken; `at` is "evaluation" or "end" (weights no evaluation audited, when training ended); `metrics` the audit's
+    taken (by the weights audited: with the Trainer's load_best_model_at_end, the end's are the best checkpoint's);
+    `at` is "evaluation" or "end" (weights no evaluation audited, when training ended); `metrics` the audit's
     figures under the trackers' keys (tracking_keys.audit_metrics); `status` the gate's overall PASS / WARN / FAIL /
     ERROR (None without rules) and `failed` the messages of the rules that failed; `folder` where rank 0 wrote it
     (None on other ranks, or without `out`); `audit` the Audit itself."""
@@ -106,7 +116,7 @@ class TrainingAuditor:
         from biasaudit.data.adapter import validate_adapter
 
         self.adapter = validate_adapter(adapter, source=f"given to {where} ({type(adapter).__name__})")
-        check_split(self.adapter, split, where=where)
+        check_split(self.adapter, split)  # ba.scan's check and sentence
         if isinstance(every_n, bool) or not isinstance(every_n, int) or every_n < 1:
             raise InputError(
                 f"The 'every_n' parameter of {where} is {every_n!r}; expected a positive integer (1 audits every evaluation)."
@@ -114,8 +124,11 @@ class TrainingAuditor:
         if on_fail not in ON_FAIL:
             raise InputError(f"The 'on_fail' parameter of {where} is {on_fail!r}. Available: {', '.join(ON_FAIL)}.")
         self.out = check_output_dir(out, option=f"The 'out' parameter of {where}") if out is not None else None
-        self.config = scan_config(self.adapter, split=split, settings=settings, where=where)
+        # The conditions the audits will run (name -> group), which the rules' targets are checked against.
+        self.config, self.conditions = scan_config(self.adapter, split=split, settings=settings, where=where)
         self.rules = check_rules(rules, where=where)
+        modalities = [m.name for m in self.adapter.modalities]
+        check_rule_targets(self.rules, self.conditions, modalities, spec=self.config.conditions, where=where)
         self.every_n, self.at_end, self.html, self.on_fail, self.where = every_n, bool(at_end), bool(html), on_fail, where
         self.evaluations = 0  # evaluations seen (every_n counts them)
         self._counted_step: int | None = None
@@ -200,6 +213,50 @@ class TrainingAuditor:
             },
             self.out / "audits.json",
         )
+
+
+class AuditCallbackBase:
+    """What the Lightning and Hugging Face AuditCallbacks share (their docstrings say what each option does): the
+    options, checked when the callback is built; `audits`, the audits taken; the network the adapter calls."""
+
+    where = "AuditCallback"  # the callback, as errors name it
+
+    def __init__(
+        self,
+        adapter: Any,
+        *,
+        split: str = "test",
+        every_n: int = 1,
+        at_end: bool = True,
+        out: str | Path | None = None,
+        html: bool = False,
+        rules: Any = None,
+        on_fail: str = "mark",
+        model: str | Callable[[Any], nn.Module] | None = None,
+        **settings: Any,
+    ) -> None:
+        self._auditor = TrainingAuditor(
+            adapter,
+            split=split,
+            every_n=every_n,
+            at_end=at_end,
+            out=out,
+            html=html,
+            rules=rules,
+            on_fail=on_fail,
+            settings=settings,
+            where=self.where,
+        )
+        check_model_choice(model, where=self.where)
+        self.model = model
+
+    @property
+    def audits(self) -> list[AuditRecord]:
+        return self._auditor.records
+
+    def _network(self, trained: Any) -> nn.Module:
+        """The network the adapter calls, from what the framework trains (the LightningModule, the Trainer's model)."""
+        return module_to_audit(trained, self.model, where=self.where)
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -1,40 +1,32 @@
 """The options of the training-audit callbacks, checked when a callback is built (before any training work): the scan
-settings (as ba.scan takes them), the gate rules, and which network of the trained object the adapter calls."""
+settings (as ba.scan takes them), the gate rules and what they target, and which network of the trained object the
+adapter calls. The split is checked as ba.scan checks it (biasaudit.data.batches.check_split)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from torch import nn
 
-from biasaudit.errors import DataError, InputError
+from biasaudit.errors import InputError
 from biasaudit.scanning.config import ScanConfig
 
 
 # ba.scan's settings a training audit does not take: the split is its own parameter, the device is the model's, the
 # sharding follows the process group, and what the scan would write or read is the callback's business.
 _NOT_TAKEN = ("split", "device", "distributed", "out", "progress", "unimodal_models", "trust_checkpoint", "provenance")
-_SPELLED = {"bootstrap_replicates": "bootstrap"}  # ScanConfig field -> the name ba.scan takes it by
 
 
-def check_split(adapter: Any, split: Any, *, where: str) -> None:
-    splits = list(getattr(adapter, "splits", ()))
-    if not isinstance(split, str) or split not in splits:
-        raise DataError(
-            f"The 'split' parameter of {where} is {split!r}, which the adapter does not offer; expected the split to "
-            f"audit. Available: {', '.join(splits)}."
-        )
-
-
-def scan_config(adapter: Any, *, split: str, settings: Mapping[str, Any], where: str) -> ScanConfig:
-    """The ScanConfig of the audits from ba.scan's keyword settings, each checked as ba.scan checks it; the
-    projection of the embedding plots defaults to PCA (UMAP at every evaluation would cost more than the scan)."""
+def scan_config(adapter: Any, *, split: str, settings: Mapping[str, Any], where: str) -> tuple[ScanConfig, dict[str, str]]:
+    """The ScanConfig of the audits from ba.scan's keyword settings, each checked as ba.scan checks it (the projection
+    of the embedding plots defaults to PCA: UMAP at every evaluation would cost more than the scan), and the conditions
+    the audits will run (name -> group), which the gate rules' targets are checked against."""
     import dataclasses
 
-    from biasaudit.scanning.config import check_conditions, config_from_settings, with_mute_overrides
+    from biasaudit.scanning.config import SETTING_NAMES, config_from_settings, scan_conditions, with_mute_overrides
 
-    fields = {_SPELLED.get(f.name, f.name): f.name for f in dataclasses.fields(ScanConfig) if f.name != "split"}
+    fields = {SETTING_NAMES.get(f.name, f.name): f.name for f in dataclasses.fields(ScanConfig) if f.name != "split"}
     available = [name for name in fields if name not in _NOT_TAKEN]
     for name in settings:
         if name not in available:
@@ -43,9 +35,8 @@ def scan_config(adapter: Any, *, split: str, settings: Mapping[str, Any], where:
     config = config_from_settings(
         where=where, split=split, **{"projection": "pca", **{fields[n]: v for n, v in settings.items()}}
     )
-    with_mute_overrides(adapter, config.mute, label=f"The 'mute' setting of {where}")
-    check_conditions(config.conditions, adapter)
-    return config
+    muted = with_mute_overrides(adapter, config.mute, label=f"The 'mute' setting of {where}")
+    return config, scan_conditions(config, muted)  # a ConditionError names a condition the adapter cannot run
 
 
 def check_rules(rules: Any, *, where: str) -> Any:
@@ -82,6 +73,45 @@ def check_rules(rules: Any, *, where: str) -> Any:
             f"training has not; expected rules that judge one audit. Available: {', '.join(alone)}."
         )
     return None if rules.is_empty else rules
+
+
+def check_rule_targets(rules: Any, conditions: Mapping[str, str], modalities: Sequence[str], *, spec: str, where: str) -> None:
+    """What each rule names must be what the audits will have: a condition they run, a Gap they measure, a modality of
+    the adapter. The gate checks the same at every audit (gating/evaluate.py, _check_targets, from an audit's document;
+    it could share this code), but there a mistake shows only after an epoch of training: an InputError at the first
+    audit, or for max_gap a rule in ERROR, which counts as failed. `conditions` maps the audits' conditions to their
+    groups (scanning.config.scan_conditions); `spec` is the 'conditions' setting, for the sentence."""
+    if rules is None:
+        return
+    from biasaudit.gating import ALL, RULES
+    from biasaudit.gating.limits import gap_groups
+
+    groups = list(conditions.values())
+    gaps = [group for group in gap_groups() if groups.count(group) >= 2]  # a Gap needs two impaired modalities
+    known = {"condition": list(conditions), "group": gaps, "modality": list(modalities)}
+    setting = f"the 'conditions' setting ({spec!r})"
+    for name, rule in RULES.items():
+        limits: Mapping[str, float] = getattr(rules, name, None) or {}  # a rule with a key takes a table of limits
+        if rule.needs_baseline or rule.key is None or not limits:
+            continue
+        label = rules.labels.get(name, f"The 'rules' parameter of {where}: {name}")
+        available = known[rule.key]
+        unknown = [key for key in limits if key != ALL and key not in available]
+        if rule.key == "group" and (unknown or not available):
+            raise InputError(
+                f"{label} judges "
+                + (f"the {unknown[0]!r} Gap" if unknown else "every Gap")
+                + f", but {setting} measures "
+                + (f"only the {' and '.join(available)} Gap" if available else "no Gap")
+                + "; expected a Gap the audits have (missing or noisy on two or more modalities)."
+            )
+        if unknown:
+            which = (
+                "which the adapter does not have" if rule.key == "modality" else f"which the audits will not run with {setting}"
+            )
+            raise InputError(
+                f"{label} names {rule.key} {unknown[0]!r}, {which}; expected one they have. Available: {', '.join(available)}."
+            )
 
 
 def check_model_choice(model: Any, *, where: str) -> None:

@@ -39,7 +39,7 @@ def changes_lines(changes: Mapping[str, Any] | None) -> list[str]:
         return []
     lines = ["#### Largest changes against the baseline", ""]
     if changes.get("note"):
-        return [*lines, f"None listed: {_cell(changes['note'])}", ""]
+        return [*lines, f"The changes could not be computed: {_cell(changes['note'])}", ""]
     if not changes["largest"]:
         return [*lines, "No bias measure or condition accuracy changed.", ""]
     lines += ["| measure | baseline | candidate | change, points [95% interval] |", "|---|---|---|---|"]

@@ -22,6 +22,9 @@ from biasaudit.errors import InputError
 PROJECTIONS = ("umap", "pca")
 # The forwards' precision: fp32, or autocast to bfloat16 / float16 on CUDA (logits are read back in float32).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# ScanConfig field -> the name a Python caller passes it by (ba.scan, the training-audit callbacks) and errors say, where
+# the two differ: one map, so that every keyword entry point spells a setting alike.
+SETTING_NAMES = {"bootstrap_replicates": "bootstrap"}
 
 
 def with_mute_overrides(adapter: Adapter, mute: tuple[tuple[str, str], ...], *, label: str = "--mute") -> Adapter:
@@ -156,7 +159,6 @@ def config_from_settings(*, where: str, **settings: Any) -> ScanConfig:
     from biasaudit._core.arguments import check_argument, shown
     from biasaudit.errors import ArgumentTypeError
 
-    spelled = {"bootstrap_replicates": "bootstrap"}
     hints = typing.get_type_hints(ScanConfig)
     if "conditions" in settings and not isinstance(settings["conditions"], str):
         settings["conditions"] = ",".join(settings["conditions"])
@@ -170,7 +172,7 @@ def config_from_settings(*, where: str, **settings: Any) -> ScanConfig:
             f"{{'image': 'mean'}}; got {shown(mute)}."
         )
     for name, value in settings.items():
-        check_argument(value, hints[name], parameter=spelled.get(name, name), where=where)
+        check_argument(value, hints[name], parameter=SETTING_NAMES.get(name, name), where=where)
     return ScanConfig(**plain(settings))
 
 
@@ -179,3 +181,16 @@ def check_conditions(conditions: str, adapter: Adapter) -> None:
     from biasaudit.scanning.conditions import parse_conditions
 
     parse_conditions(conditions, adapter.modalities)
+
+
+def scan_conditions(config: ScanConfig, adapter: Adapter) -> dict[str, str]:
+    """The conditions a scan with `config` runs on `adapter` (with its mute overrides applied: with_mute_overrides), by
+    the names its audit's conditions carry, each with its group (full, missing, noisy, ratio, custom, mute_compare):
+    what a gate rule may target, known before the scan."""
+    from biasaudit.scanning.conditions import parse_conditions
+    from biasaudit.scanning.setup import mute_compare_conditions
+
+    conditions = parse_conditions(config.conditions, adapter.modalities)
+    if config.mute_compare:
+        conditions += mute_compare_conditions(adapter)
+    return {c.name: c.group for c in conditions}
