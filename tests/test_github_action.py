@@ -431,6 +431,20 @@ def test_a_gate_that_cannot_judge_is_error_with_a_summary_and_no_comment_unless_
     assert run.step("Fail on FAIL or ERROR")["code"] == 2
 
 
+def test_an_error_after_a_passing_run_leaves_no_junit_report_of_the_earlier_run(workspace, tmp_path):
+    """A self-hosted runner keeps its workspace: a pull request whose audit is missing must not upload (and a JUnit step
+    must not show green) the gate.xml a passing run left in the same out folder."""
+    passing = {"audit": "debiased/audit.json", "baseline": "biased/audit.json", "rules": PASS_RULES, "install": "false"}
+    assert run_action(passing, workspace, tmp_path).action_outputs["status"] == "PASS"
+    assert (workspace / "biasaudit-gate" / "gate.xml").is_file()
+    run = run_action({**passing, "audit": "missing/audit.json"}, workspace, tmp_path)
+    assert run.action_outputs["status"] == "ERROR" and run.action_outputs["exit-code"] == "2"
+    out = workspace / "biasaudit-gate"
+    assert not (out / "gate.xml").exists() and (out / "gate.json").read_text(encoding="utf-8") == ""  # stdout, empty
+    assert run.action_outputs["json"] == ""
+    assert "written in biasaudit-gate/: summary.md gate.log" in run.step("Gate")["log"]
+
+
 def test_the_harness_refuses_what_it_does_not_model():
     """The harness would pass an action whose expressions it silently replaced with nothing; it refuses instead, and
     every expression in action.yml, `uses:` steps included, is one it knows."""

@@ -202,3 +202,71 @@ def test_under_torchrun_only_rank_0_opens_the_tracker_and_its_refusal_stops_both
     assert rank0.returncode == 2 and one_line(rank0).startswith(f"error: {sentence}"), rank0.stderr[-3000:]
     assert rank1.returncode == 2 and one_line(rank1).startswith(f"error: Rank 0 of this torchrun stopped: {sentence}"), rank1.stderr[-3000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def other_split(folder: Path) -> Path:
+    """The example audit as if scanned on another split (manifest and dataset say val), for the refusals of two audits."""
+    document = json.loads((FIXTURES / "audit_example.json").read_text())
+    document["manifest"]["config"]["split"] = document["dataset"]["split"] = "val"
+    path = folder / "val-audit.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+AUDIT = str(FIXTURES / "audit_example.json")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["gate", AUDIT], "error: No gate rule was given; "),
+    (["gate", AUDIT, "--max-gap-increase", "2"], "error: --max-gap-increase compares against a stored audit; "),
+    (["gate", AUDIT, "--min-worst-group", "bogus=10"], "error: --min-worst-group names condition 'bogus', "),
+    (["gate", AUDIT, "--baseline", "{other}", "--max-gap-increase", "2"], "error: {other} vs {audit}: The two audits differ in split;"),
+    (["compare", "{other}", AUDIT], "error: {other} vs {audit}: The two audits differ in split;"),
+    (["gate", AUDIT, "--min-accuracy", "full=20", "--summary-md="], "error: --summary-md is empty; name the file to write, "),
+])
+def test_a_gate_or_compare_mistake_with_log_exits_2_before_mlflow_creates_its_default_store(arguments, message, tmp_path):
+    """The tracker was opened before the gate's and compare's own checks: the right sentence, but MLflow's default
+    store (./mlflow.db, 1 MB) was left in the working directory."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    other = other_split(tmp_path)
+    result = run(*[a.format(other=other) for a in arguments], "--log", "mlflow", cwd=folder)
+    assert result.returncode == 2, result.stderr
+    assert one_line(result).startswith(message.format(other=other, audit=AUDIT))
+    assert list(folder.iterdir()) == []
+
+
+def test_a_settings_files_log_refused_by_shard_is_named_as_the_file_and_log_none_switches_it_off(checkpoint, tmp_path):
+    """A pipeline's biasaudit.toml logs its scans: a --shard of it was refused blaming a --log the user never gave,
+    and there was no way to switch the file's log off for one run."""
+    (tmp_path / "biasaudit.toml").write_text('[scan]\nlog = "mlflow"\n')
+    shard = ["scan", str(checkpoint), "--adapter", SHORTCUT, "--out", "out", *FAST, "--shard", "0/2"]
+    refused = run(*shard, cwd=tmp_path)
+    assert refused.returncode == 2
+    assert one_line(refused) == (f"error: {tmp_path / 'biasaudit.toml'} [scan] log = 'mlflow' logs a result, and --shard writes "
+                                 "only a part of an audit; give --log none for this run, and log the finished result from "
+                                 "Python with ba.log.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["biasaudit.toml"]
+    switched_off = run(*shard, "--log", "none", cwd=tmp_path)
+    assert switched_off.returncode == 0, switched_off.stderr
+    assert switched_off.stdout.split() == ["out/scan-part-0-of-2.pt"] and "logged to" not in switched_off.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["biasaudit.toml", "out"]
+
+
+@pytest.mark.parametrize("command", ["scan", "fix", "compare", "gate", "leaderboard"])
+def test_every_commands_help_shows_each_tracker_option_with_its_help(command, tmp_path):
+    """gate's --help listed --log, --experiment, --run-name and --tracking-uri bare: no choices, no help text."""
+    import typing
+
+    from biasaudit.cli import tracker_options
+
+    env = {**environment(tmp_path), "COLUMNS": "250", "TERMINAL_WIDTH": "250", "NO_COLOR": "1"}
+    result = run(command, "--help", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.replace("│", " ").split())  # the help column's wrapped lines, joined
+    assert "mlflow|wandb|none" in text
+    options = {"--log": tracker_options.Log, "--experiment": tracker_options.Experiment, "--run-name": tracker_options.RunName,
+               "--tracking-uri": tracker_options.TrackingUri}
+    for flag, option in options.items():
+        opening = " ".join(typing.get_args(option)[1].help.split()[:6])  # its help, as the module gives it
+        assert f" {flag} " in text and opening in text, (flag, opening)

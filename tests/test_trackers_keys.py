@@ -254,3 +254,32 @@ def test_importing_biasaudit_imports_no_tracker():
     code = "import sys, biasaudit as ba, biasaudit.api; ba.Tracker; print(any(m in sys.modules for m in ('mlflow', 'wandb')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_an_audit_that_cannot_see_the_bias_logs_no_worst_group_as_the_gate_refuses_it():
+    """On the shortcut fixture's train split every bias-conflicting sample sits in a group under min_group: the worst
+    group is a bias-aligned one at 100%. The gate says ERROR; a logged worst_group key would let MLflow's validation on
+    metric_thresholds pass what the gate refused."""
+    shortcut = _shortcut()
+    audit = ba.scan(shortcut.ShortcutModel(), shortcut.ShortcutAdapter(), split="train", **FAST)
+    assert audit.groups.blind and audit.bias.worst_group  # the audit holds figures that cannot see the bias
+    gate = ba.gate(audit, rules=ba.GateRules(min_worst_group={"full": 40}))
+    assert gate.status == "ERROR"
+    metrics = entry_of(audit).metrics
+    assert not [key for key in metrics if "/worst_group" in key or "/bias_balanced" in key]
+    assert set(gate_thresholds(gate)) - set(metrics) == {"biasaudit/bias/worst_group/full"}  # validation fails, as the gate
+    assert next(t for t in entry_of(audit).tables if t.name == "bias").rows == ()
+
+
+def test_a_compare_run_logs_every_key_the_guide_lists_for_compare(results):
+    """The guide's `logged by` column, per result kind: a key listed for compare that a compare never logs is a chart
+    that stays empty."""
+    text = DOCS.read_text(encoding="utf-8")
+    table = text[text.index("### Metrics"):text.index("### Params")]
+    for kind, names in {"compare": ("comparison",), "fix": ("fix",), "audit": ("audit", "biased")}.items():
+        logged = {key for name in names for key in entry_of(results[name]).metrics}
+        listed = [key for line in table.splitlines() if line.startswith("| `biasaudit/")
+                  and kind in line.rsplit("|", 2)[1] for key in re.findall(r"`(biasaudit/[^`]+)`", line.split("|")[1])]
+        never = {p for p in listed if "also" not in p and not any(_regex(p).fullmatch(key) for key in logged)}
+        # The content-only model makes no mistake to take a JSD of: its comparison has none to log.
+        assert never <= {"biasaudit/bias/jsd_mean", "biasaudit/bias/jsd_weighted_mean"}, kind

@@ -222,9 +222,52 @@ def test_a_store_that_cannot_be_reached_is_refused_at_once_naming_it(audit, monk
         ba.open_tracker("mlflow", tracking_uri="http://127.0.0.1:9")
     assert time.monotonic() - started < 20
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file://{tmp_path}/mlruns")  # MLflow 3 refuses a folder store by default
-    with pytest.raises(InputError, match=r"^The MLflow tracking URI file://.+ \(from MLFLOW_TRACKING_URI\) cannot be used: "):
+    with pytest.raises(InputError, match=r"^The MLflow tracking URI file://.+ \(from MLFLOW_TRACKING_URI\) is a file store, "
+                                         r"which MLflow 3 no longer supports: use a database such as sqlite:///PATH/mlflow\.db "
+                                         r"\(or set MLFLOW_ALLOW_FILE_STORE=true\)\.$"):
         ba.log(audit, to="mlflow")
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_file_path_or_an_unknown_scheme_as_the_uri_says_so_in_one_sentence(audit, tmp_path):
+    """A path (a file or a folder) got MLflow's page about its file store's maintenance mode, cut off; a mistyped
+    scheme got the model registry's complaint."""
+    (tmp_path / "notadb.txt").write_text("x")
+    for uri in (str(tmp_path / "notadb.txt"), str(tmp_path)):
+        with pytest.raises(InputError, match=r"is a file store, which MLflow 3 no longer supports: use a database such as sqlite:///"):
+            ba.open_tracker("mlflow", tracking_uri=uri)
+    with pytest.raises(InputError, match=r"^The MLflow tracking URI sqlit:/bad has the scheme 'sqlit', which MLflow does not know: "):
+        ba.open_tracker("mlflow", tracking_uri="sqlit:/bad")
+
+
+def test_a_wrong_mlflow_run_id_is_refused_naming_it_not_the_store(audit, store, monkeypatch):
+    monkeypatch.setenv("MLFLOW_RUN_ID", "deadbeef")
+    with pytest.raises(InputError, match=r"^MLFLOW_RUN_ID is 'deadbeef', which is no run in sqlite:///.+; set it to an existing run's ID"):
+        ba.open_tracker("mlflow", tracking_uri=store)
+
+
+def test_an_existing_run_refuses_an_experiment_or_run_name_it_would_ignore(audit, store, monkeypatch):
+    """MLFLOW_RUN_ID's run (or the active one) took the result and kept its experiment and name, silently."""
+    first = ba.log(audit, to="mlflow", tracking_uri=store, experiment="kept", run_name="old", files=[])
+    monkeypatch.setenv("MLFLOW_RUN_ID", first.run_id)
+    with pytest.raises(InputError, match=r"^The experiment 'other' was given, but MLFLOW_RUN_ID is '\w+', a run of experiment 'kept'"):
+        ba.open_tracker("mlflow", tracking_uri=store, experiment="other")
+    with pytest.raises(InputError, match=r"^The run name 'new' was given, but MLFLOW_RUN_ID is '\w+', a run named 'old'"):
+        ba.open_tracker("mlflow", tracking_uri=store, run_name="new")
+    again = ba.log(audit, to="mlflow", tracking_uri=store, experiment="kept", run_name="old", files=[])  # the same: fine
+    assert again.run_id == first.run_id
+    monkeypatch.delenv("MLFLOW_RUN_ID")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    with mlflow.start_run(run_name="training"), pytest.raises(InputError, match=r"^The run name 'x' was given, but an MLflow run is active"):
+        ba.open_tracker("mlflow", run_name="x")
+
+
+def test_the_param_warning_points_at_the_users_line(audit, store, shortcut_audits):
+    with ba.open_tracker("mlflow", tracking_uri=store) as tracker:
+        tracker.log(audit, files=[])
+        with pytest.warns(UserWarning, match="keeps its params") as caught:
+            tracker.log(shortcut_audits[0], files=[])
+    assert caught[0].filename == __file__
 
 
 def test_an_active_run_in_another_store_than_the_one_named_is_refused(audit, store, monkeypatch, tmp_path):

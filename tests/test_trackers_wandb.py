@@ -136,3 +136,17 @@ def test_a_server_that_cannot_be_reached_is_refused_before_any_work_naming_it(mo
 def test_mlflows_tracking_uri_is_refused_for_wandb_naming_where_wandb_reads_its_server(audit):
     with pytest.raises(InputError, match=r"^The 'tracking_uri' parameter of ba\.log is MLflow's; W&B reads its server from WANDB_BASE_URL\.$"):
         ba.log(audit, to="wandb", tracking_uri="http://localhost:5000")
+
+
+def test_wandb_mode_disabled_is_refused_rather_than_reporting_a_run_folder_never_written(audit, monkeypatch, offline):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    with pytest.raises(InputError, match=r"^WANDB_MODE is 'disabled', under which W&B logs nothing: unset it, or set WANDB_MODE=offline\.$"):
+        ba.open_tracker("wandb")
+
+
+def test_an_active_run_refuses_a_project_or_run_name_it_would_ignore(audit, offline):
+    with wandb.init(project="mine", name="training"):
+        with pytest.raises(InputError, match=r"^The project 'other' was given, but a W&B run is active \(wandb\.run, project 'mine'\)"):
+            ba.open_tracker("wandb", experiment="other")
+        with pytest.raises(InputError, match=r"^The run name 'x' was given, but a W&B run is active"):
+            ba.open_tracker("wandb", run_name="x")

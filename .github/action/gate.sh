@@ -40,7 +40,8 @@ if ! mkdir -p "$out" 2>/dev/null || [ ! -d "$out" ]; then
     [ -n "$problem" ] || problem="The action's \`out\` input, $out, is not a folder the gate can write to (is it a file?); expected a folder path."
     work=$(mktemp -d "${RUNNER_TEMP:-/tmp}/biasaudit-gate.XXXXXX")
 fi
-rm -f "$work/summary.md" "$work/gate.json"  # a file from an earlier run in this workspace would stand for this one
+# A file from an earlier run in this workspace would stand for this one (a green JUnit report beside an ERROR).
+rm -f "$work/summary.md" "$work/gate.json" "$work/gate.xml"
 
 code=2
 if [ -z "$problem" ]; then
@@ -111,4 +112,5 @@ delimiter="BIASAUDIT_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
     printf '%s\n' "${files[@]}"
     echo "$delimiter"
 } >> "$GITHUB_OUTPUT"
-echo "biasaudit gate: $status (exit $code); summary, gate.json and gate.xml in $work/" >&2
+written=$(cd "$work" && for name in summary.md gate.json gate.xml gate.log; do if [ -s "$name" ]; then printf ' %s' "$name"; fi; done)
+echo "biasaudit gate: $status (exit $code); written in $work/:${written:- nothing}" >&2

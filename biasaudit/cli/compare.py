@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import typer
@@ -11,7 +12,7 @@ from rich.markup import escape
 from biasaudit.cli.app import app
 from biasaudit.cli.console import err, handled, out
 from biasaudit.cli.naming import named_as
-from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
+from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking, wanted
 from biasaudit.errors import BiasAuditError
 
 FLAGS = {"out": "--out", "train_log": "--train-log"}
@@ -33,18 +34,31 @@ def compare(
 
     with handled(), ExitStack() as held:
         first, second = ba.Audit.read(before), ba.Audit.read(after)
-        # After the command's own checks (the audits read), before its work: a tracker that cannot be used exits 2.
+        if wanted(log):
+            # Everything the comparison can refuse (audits of other splits or conditions, the training log), before
+            # the tracker's store is touched (MLflow's default creates ./mlflow.db): compared once without files,
+            # which costs no model, then again into --out once the tracker is open.
+            with which_files(before, after):
+                ba.compare(first, second, train_log=train_log)
+        # After every check, before the files: a tracker that cannot be used exits 2 with nothing written.
         tracker = held.enter_context(tracking(log, experiment, run_name, tracking_uri))
-        try:
-            with named_as(FLAGS):
-                comparison = ba.compare(first, second, out=out_dir, train_log=train_log)
-        except BiasAuditError as exc:  # which two files, as the gate says for its baseline
-            if str(exc).startswith(tuple(FLAGS.values())):
-                raise
-            raise type(exc)(f"{before} vs {after}: {exc}") from exc
+        with which_files(before, after):
+            comparison = ba.compare(first, second, out=out_dir, train_log=train_log)
         err.print(escape(comparison.verdict))  # one line each, for grep and CI logs
         for sentence in comparison.sentences:
             err.print(f"  {escape(sentence)}")
         out.print(f"{out_dir / 'compare.json'}\n{out_dir / 'compare.html'}")
         later = f"log it with ba.log(ba.compare(ba.Audit.read({str(before)!r}), ba.Audit.read({str(after)!r})), to={{to}})"
         logged(tracker, comparison, [out_dir / "compare.json", out_dir / "compare.html"], later=later)
+
+
+@contextmanager
+def which_files(before: Path, after: Path) -> Iterator[None]:
+    """A comparison's error naming its flag, or else the two files it compared (as the gate names its baseline)."""
+    try:
+        with named_as(FLAGS):
+            yield
+    except BiasAuditError as exc:
+        if str(exc).startswith(tuple(FLAGS.values())):
+            raise
+        raise type(exc)(f"{before} vs {after}: {exc}") from exc

@@ -16,7 +16,7 @@ from biasaudit.api._names import GATE_RULES as RULES
 from biasaudit.cli.app import app
 from biasaudit.cli.console import err, explicit_options, handled
 from biasaudit.cli.naming import COMMAND_LINE, DEFAULT, flag_of, named_as
-from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
+from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking, wanted
 
 SETTINGS = ("jsd", "significant")  # GateRules fields that are no rule
 
@@ -74,12 +74,14 @@ def gate(
     json_output: bool = typer.Option(
         False, "--json", help="Print the machine verdict as JSON on stdout.", rich_help_panel="Output"
     ),
-    junit: Path | None = typer.Option(
-        None, "--junit", help="Write a JUnit XML report, one test case per rule.", rich_help_panel="Output"
+    # Text, not Path: typer reads an empty path as ".", which would be blamed as a directory.
+    junit_path: str | None = typer.Option(
+        None, "--junit", metavar="FILE", help="Write a JUnit XML report, one test case per rule.", rich_help_panel="Output"
     ),
-    summary_md: Path | None = typer.Option(
+    summary_path: str | None = typer.Option(
         None,
         "--summary-md",
+        metavar="FILE",
         help="Write a Markdown summary for a pull request (status, one row per rule, links to the audits' HTML), "
         "whatever the verdict. Under GitHub Actions the summary is also appended to the job summary "
         "(GITHUB_STEP_SUMMARY) and every rule is annotated (::error, ::warning, ::notice).",
@@ -128,22 +130,29 @@ def gate(
                         raise InputError(f"The baseline set in {sources['baseline']}: {exc}") from exc
                     raise
         outputs = {"junit": "--junit", "summary_md": "--summary-md"}
-        if v["log"] is not None:  # the gate's own checks of its outputs, so that only the tracker is left to refuse
+        for flag, given, example in (("--junit", junit_path, "junit.xml"), ("--summary-md", summary_path, "summary.md")):
+            if given is not None and not given.strip():
+                raise InputError(f"{flag} is empty; name the file to write, e.g. {flag} {example}.")
+        junit = Path(junit_path) if junit_path is not None else None
+        summary_md = Path(summary_path) if summary_path is not None else None
+        judged: dict[str, Any] = {
+            "rules": rules,
+            "baseline": audits.get("baseline"),
+            "current_name": str(current),
+            "baseline_name": str(baseline) if baseline is not None else "baseline",
+        }
+        if wanted(v["log"]):
+            # Everything the gate can refuse, before the tracker's store is touched (MLflow's default creates
+            # ./mlflow.db): its outputs' paths, and the verdict itself (no rule, a rule that cannot be used, audits
+            # that differ), judged once without files; a verdict costs no scan, so judging it twice is cheap.
             with named_as(outputs):  # the checks ba.gate runs on them first
                 _junit_problem(junit)
                 _summary_problem(summary_md)
-        # After the command's own checks, before its work (the verdict's files): a tracker that cannot be used exits 2.
+            ba.gate(audits["current"], **judged)
+        # After every check, before the verdict's files: a tracker that cannot be used exits 2 with nothing written.
         tracker = held.enter_context(tracking(v["log"], v["experiment"], v["run_name"], v["tracking_uri"], sources=sources))
         with named_as(outputs):
-            verdict = ba.gate(
-                audits["current"],
-                rules=rules,
-                baseline=audits.get("baseline"),
-                junit=junit,
-                summary_md=summary_md,
-                current_name=str(current),
-                baseline_name=str(baseline) if baseline is not None else "baseline",
-            )
+            verdict = ba.gate(audits["current"], junit=junit, summary_md=summary_md, **judged)
         result = {
             **verdict.to_dict(),
             "settings": {"config_file": str(settings.path) if settings.path else None, "sources": sources},
@@ -166,7 +175,9 @@ def gate(
 
 
 # typer reads the command's options from its signature and passes them all by keyword: the rules' go into **limits.
-_fixed = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(inspect.signature(gate).parameters.values())[:-1]]
+# The annotations evaluated (this module's are strings): typer finds an Annotated option (--log's) only in a real type.
+_own = inspect.signature(gate, eval_str=True).parameters.values()
+_fixed = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(_own)[:-1]]
 _rules = [rule_parameter(name) for name in RULES]
 # inspect.signature reads __signature__, an attribute a function type does not declare [attr-defined].
 gate.__signature__ = inspect.Signature([*_fixed[:3], *_rules, *_fixed[3:]])  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ from biasaudit.api._names import DEFAULT_DIAGNOSTICS, DIAGNOSTICS
 from biasaudit.cli.console import ADAPTER_HELP, err, explicit_options, handled, out, print_verdict, progress_bars, summary_table
 from biasaudit.cli.naming import named_as
 from biasaudit.cli.options import parse_mute, parse_unimodal
-from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
+from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking, wanted
 
 if TYPE_CHECKING:
     from biasaudit import Tracker
@@ -228,7 +228,7 @@ def scan(
             """The tracker of --log, opened and checked after the scan's own checks (a bad adapter exits 2 having
             written nothing, not even a tracker's store) and before the scan: a tracker not installed, a store that
             cannot be reached, exit 2 at once. Under torchrun, rank 0 alone opens it (cli/torchrun.py)."""
-            if v["log"] is not None and refused is None:
+            if wanted(v["log"]) and refused is None:
                 with named_as(spelling, keyword_sources):
                     checked_first(v["adapter"], keywords)
             return held.enter_context(

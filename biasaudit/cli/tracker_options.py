@@ -24,15 +24,17 @@ if TYPE_CHECKING:
 PANEL = "Experiment tracking"
 # ba.open_tracker's and Tracker.log's keywords by the flags that set them.
 FLAGS = {"to": "--log", "experiment": "--experiment", "run_name": "--run-name", "tracking_uri": "--tracking-uri"}
+# `--log none` switches off a settings file's `log` for one run (e.g. a `scan --shard` of a pipeline that logs its scans).
+OFF = "none"
 
 Log = Annotated[
     str | None,
     typer.Option(
         "--log",
-        metavar="|".join(TRACKER_NAMES),
+        metavar="|".join((*TRACKER_NAMES, OFF)),
         help="Log the result to an experiment tracker: every condition's accuracy and the bias measures as metrics, the "
         'settings as params, the verdict as a tag, the files written as artifacts (pip install "biasaudit[mlflow]" '
-        'or "biasaudit[wandb]"). Checked before any work.',
+        'or "biasaudit[wandb]"). Checked before any work. none: log nothing, whatever the settings file\'s log says.',
         rich_help_panel=PANEL,
     ),
 ]
@@ -56,6 +58,11 @@ TrackingUri = Annotated[
 ]
 
 
+def wanted(log: str | None) -> bool:
+    """Whether `log` (--log, or the settings file's `log`) asks for a tracker: `none` switches it off."""
+    return log is not None and log != OFF
+
+
 @contextmanager
 def tracking(
     log: str | None,
@@ -66,12 +73,13 @@ def tracking(
     sources: Mapping[str, str] | None = None,
     refused: str | None = None,
 ) -> Iterator[Tracker | None]:
-    """The tracker of --log, opened and checked (None without --log); on leaving, the run it started is ended, as
-    failed when the command failed. `refused` names a mode of the command that writes nothing to log (e.g. --shard)."""
+    """The tracker of --log, opened and checked (None without --log, or with --log none); on leaving, the run it
+    started is ended, as failed when the command failed. `refused` names a mode of the command that writes nothing to
+    log (e.g. --shard)."""
     import biasaudit as ba
     from biasaudit.errors import InputError
 
-    if log is None:
+    if not wanted(log):
         # A settings file may hold the tracker's options for the runs that add --log; the command line gives them for this one.
         options = {"experiment": experiment, "run_name": run_name, "tracking_uri": tracking_uri}
         given = [FLAGS[key] for key, value in options.items() if value and (sources or {}).get(key, COMMAND_LINE) == COMMAND_LINE]
@@ -79,11 +87,17 @@ def tracking(
             raise InputError(f"{given[0]} says where --log writes; give --log {' or --log '.join(TRACKER_NAMES)} too.")
         yield None
         return
+    # Named as the user spelled it: the flag, or the settings file's key `log`.
+    origin = (sources or {}).get("log", COMMAND_LINE)
+    label = "--log" if origin.startswith((COMMAND_LINE, DEFAULT)) else f"{origin} log"
     if refused is not None:
-        raise InputError(f"--log logs a result, and {refused}; log the finished result from Python with ba.log.")
-    if log not in TRACKER_NAMES:  # named here as the user spelled it: the flag, or the settings file's key `log`
-        origin = (sources or {}).get("log", COMMAND_LINE)
-        label = "--log" if origin.startswith((COMMAND_LINE, DEFAULT)) else f"{origin} log"
+        if label == "--log":
+            raise InputError(f"--log logs a result, and {refused}; log the finished result from Python with ba.log.")
+        raise InputError(
+            f"{label} = {log!r} logs a result, and {refused}; give --log {OFF} for this run, "
+            "and log the finished result from Python with ba.log."
+        )
+    if log not in TRACKER_NAMES:
         raise InputError(f"{label} is {log!r}, which is no tracker. Available: {', '.join(TRACKER_NAMES)}.")
     with named_as(FLAGS, sources):
         tracker = ba.open_tracker(log, experiment=experiment, run_name=run_name, tracking_uri=tracking_uri)

@@ -128,7 +128,9 @@ def gate_metrics(gate: GateResult) -> Figures:
 
 def gate_entry(gate: GateResult) -> Entry:
     failed = [rule.rule for rule in gate.rules if rule.status in ("FAIL", "ERROR")]
-    verdict = f"{gate.status}: " + (f"{', '.join(failed)} failed" if failed else f"{len(gate.rules)} rules passed")
+    verdict = f"{gate.status}: " + (
+        f"{', '.join(failed)} failed" if failed else f"{len(gate.rules)} rule{'s' if len(gate.rules) != 1 else ''} passed"
+    )
     tags = {
         f"{P}/kind": "gate",
         f"{P}/verdict": verdict,

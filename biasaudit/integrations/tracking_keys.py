@@ -114,6 +114,13 @@ def _params(values: Mapping[str, Any]) -> dict[str, Param]:
 # ---- an audit --------------------------------------------------------------------------------------------------------
 
 
+def sees_the_bias(audit: Audit) -> bool:
+    """Whether worst-group and bias-balanced accuracy can see the bias: not when the audit's groups say `blind` (no
+    bias-conflicting sample in a counted group), where the gate's min_worst_group is ERROR and a comparison leaves both
+    out. Logging 88.9 there would let a threshold on the key pass what the gate refuses."""
+    return audit.groups is None or not audit.groups.blind
+
+
 def audit_metrics(audit: Audit, p: str = PREFIX) -> Figures:
     """Every condition's accuracy and flip rate, the Gaps, the bias measures, the ceilings and calibration, under `p`."""
     figures = Figures()
@@ -128,10 +135,10 @@ def audit_metrics(audit: Audit, p: str = PREFIX) -> Figures:
     bias = audit.bias
     for modality, rate in bias.follow_rate.items():
         figures.estimate(f"{p}/bias/follow_rate{CI}/{part(modality)}", rate)
-    for condition_name in bias.worst_group:
+    for condition_name in bias.worst_group if sees_the_bias(audit) else ():
         # With the interval the report and the verdict give it (exact, where the bootstrap one collapses to a point).
         figures.estimate(f"{p}/bias/worst_group{CI}/{part(condition_name)}", bias._worst_group_as_reported(condition_name))
-    for condition_name, balanced in bias.bias_balanced.items():
+    for condition_name, balanced in bias.bias_balanced.items() if sees_the_bias(audit) else ():
         figures.estimate(f"{p}/bias/bias_balanced{CI}/{part(condition_name)}", balanced)
     figures.estimate(f"{p}/bias/ood_accuracy{CI}", bias.ood_accuracy)
     figures.put(f"{p}/bias/jsd_mean", bias.jsd_mean)
@@ -202,7 +209,7 @@ def audit_tables(audit: Audit) -> tuple[Table, ...]:
         ("condition", *_with_ci("worst_group"), "worst_group_label", *_with_ci("bias_balanced")),
         tuple(
             (name, *_estimate_row(bias._worst_group_as_reported(name)), g.worst_group_label, *_estimate_row(g.bias_balanced))
-            for name, g in bias.groups.items()
+            for name, g in (bias.groups.items() if sees_the_bias(audit) else ())
         ),
     )
     carrier = Table(

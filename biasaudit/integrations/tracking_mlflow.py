@@ -11,11 +11,13 @@ of that store, so the process's own MLflow settings (set_tracking_uri, set_exper
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -73,9 +75,45 @@ def _failure(exc: BaseException) -> str:
     return f"cannot be used: {said(exc)}."
 
 
+KNOWN_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
+
+
+def _store_refused(uri: str, source: str, exc: BaseException) -> InputError:
+    """Why the store at `uri` cannot be used, in one sentence: a file store (MLflow 3 refuses it, with a page of text)
+    and a scheme MLflow does not know are named as such; anything else is MLflow's own answer."""
+    scheme = urlsplit(uri).scheme.lower()
+    scheme = "" if len(scheme) == 1 else scheme  # C:\\path on Windows is a path, not a scheme
+    start = f"The MLflow tracking URI {shown(uri)}{source}"
+    if scheme in ("", "file") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() not in ("1", "true"):
+        return InputError(
+            f"{start} is a file store, which MLflow 3 no longer supports: use a database such as sqlite:///PATH/mlflow.db "
+            "(or set MLFLOW_ALLOW_FILE_STORE=true)."
+        )
+    if scheme not in KNOWN_SCHEMES:
+        return InputError(
+            f"{start} has the scheme {scheme!r}, which MLflow does not know: use e.g. sqlite:///mlflow.db or http://HOST:5000."
+        )
+    return InputError(f"{start} {_failure(exc)}")
+
+
+def _outside_biasaudit() -> int:
+    """The stacklevel, seen from the caller's warnings.warn, of the first frame outside the biasaudit package: a
+    warning points at the user's line, not at the wrapper that checked the arguments."""
+    root = str(Path(__file__).parents[1])
+    frame: FrameType | None = sys._getframe(1)  # the frame that calls warnings.warn, at stacklevel 1
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(root):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+class _RunMissing(Exception):
+    """The store answered that MLFLOW_RUN_ID names no run (told apart from a store that cannot be used)."""
 
 
 class MlflowBackend:
@@ -109,7 +147,12 @@ class MlflowBackend:
                 if named and active is None:
                     found = self.client.get_experiment_by_name(named)
                 if run_id:
-                    self.client.get_run(run_id)
+                    try:
+                        self.client.get_run(run_id)
+                    except MlflowException as exc:  # the store answered: no such run (or no valid ID)
+                        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                            raise
+                        raise _RunMissing(said(exc)) from None
                 if experiment_id:
                     try:
                         found = self.client.get_experiment(experiment_id)
@@ -122,8 +165,14 @@ class MlflowBackend:
             raise InputError(
                 f'The MLflow tracking URI {shown(self.uri)}{self.source} {needs}: pip install "biasaudit[mlflow]".'
             ) from None
+        except _RunMissing as exc:
+            raise InputError(
+                f"MLFLOW_RUN_ID is {run_id!r}, which is no run in {shown(self.uri)} ({exc}); set it to an existing run's "
+                "ID, or unset it to start a new run."
+            ) from None
         except Exception as exc:  # a store that cannot be used answers with its own exception: any is that answer
-            raise InputError(f"The MLflow tracking URI {shown(self.uri)}{self.source} {_failure(exc)}") from None
+            raise _store_refused(self.uri, self.source, exc) from None
+        self._check_run_options(active, run_id)
         if missing is not None:
             raise InputError(
                 f"MLFLOW_EXPERIMENT_ID is {experiment_id!r}, which is no experiment in {shown(self.uri)} ({missing}); "
@@ -132,6 +181,26 @@ class MlflowBackend:
         if found is not None and found.lifecycle_stage == "deleted":
             which = f"experiment {named!r}" if named else f"experiment {experiment_id!r} (MLFLOW_EXPERIMENT_ID)"
             raise InputError(f"The MLflow {which} is deleted in {shown(self.uri)}; restore it or name another.")
+
+    def _check_run_options(self, active: Any, run_id: str | None) -> None:
+        """An existing run (the active one, or MLFLOW_RUN_ID's) keeps its experiment and name: an `experiment` or
+        `run_name` that differs would be silently ignored, so it is refused before any work."""
+        if active is None and not run_id:
+            return
+        which = f"an MLflow run is active ({active.info.run_id})" if active is not None else f"MLFLOW_RUN_ID is {run_id!r}"
+        info = active.info if active is not None else self.client.get_run(run_id).info
+        if self.experiment is not None:
+            held = self.client.get_experiment(info.experiment_id).name
+            if held != self.experiment:
+                raise InputError(
+                    f"The experiment {self.experiment!r} was given, but {which}, a run of experiment {held!r} that the "
+                    "result would go to: leave the experiment out, or end that run (unset MLFLOW_RUN_ID)."
+                )
+        if self.run_name is not None and info.run_name != self.run_name:
+            raise InputError(
+                f"The run name {self.run_name!r} was given, but {which}, a run named {info.run_name!r} that the result "
+                "would go to: leave the run name out, or end that run (unset MLFLOW_RUN_ID)."
+            )
 
     def _run(self) -> str:
         """The run to log into: the active one, MLFLOW_RUN_ID's, or a new one this backend owns."""
@@ -163,7 +232,7 @@ class MlflowBackend:
             warnings.warn(
                 f"The MLflow run {run_id} keeps its params {', '.join(clashing)}: this {entry.kind} has other values, and "
                 "MLflow never changes a param (log each result into its own run to keep both).",
-                stacklevel=3,
+                stacklevel=_outside_biasaudit(),
             )
         params = [Param(key, str(value)) for key, value in entry.params.items() if key not in held]
         tags = [RunTag(key, value[:MAX_TAG]) for key, value in entry.tags.items()]

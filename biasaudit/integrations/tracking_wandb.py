@@ -39,11 +39,22 @@ class WandbBackend:
 
     def check(self) -> None:
         """The mode is one W&B knows, and an online run can log in: before any work, in one sentence."""
-        if wandb.run is not None:
+        if wandb.run is not None:  # the result goes into it: another project or name asked for would be ignored
+            for option, asked, held in (
+                ("project", self.experiment, wandb.run.project),
+                ("run name", self.run_name, wandb.run.name),
+            ):
+                if asked is not None and asked != held:
+                    raise InputError(
+                        f"The {option} {asked!r} was given, but a W&B run is active (wandb.run, {option} {held!r}) and the "
+                        f"result would go to it: leave the {option} out, or finish that run first."
+                    )
             return
         mode = os.environ.get("WANDB_MODE", "").strip().lower()
         if mode and mode not in MODES:
             raise InputError(f"WANDB_MODE is {mode!r}, which W&B does not know. Available: {', '.join(MODES)}.")
+        if mode == "disabled":  # W&B would take every figure, keep none, and hand back a folder it never writes
+            raise InputError("WANDB_MODE is 'disabled', under which W&B logs nothing: unset it, or set WANDB_MODE=offline.")
         if mode in LOCAL:
             return
         online = f"W&B logs online here (WANDB_MODE {mode or 'unset'})"

@@ -123,13 +123,16 @@ class TrainingAuditor:
             )
         if on_fail not in ON_FAIL:
             raise InputError(f"The 'on_fail' parameter of {where} is {on_fail!r}. Available: {', '.join(ON_FAIL)}.")
+        for name, flag in (("at_end", at_end), ("html", html)):
+            if not isinstance(flag, bool):  # html="no" would be truthy and write HTML nobody asked for
+                raise InputError(f"The '{name}' parameter of {where} is {flag!r}; expected True or False.")
         self.out = check_output_dir(out, option=f"The 'out' parameter of {where}") if out is not None else None
         # The conditions the audits will run (name -> group), which the rules' targets are checked against.
         self.config, self.conditions = scan_config(self.adapter, split=split, settings=settings, where=where)
         self.rules = check_rules(rules, where=where)
         modalities = [m.name for m in self.adapter.modalities]
         check_rule_targets(self.rules, self.conditions, modalities, spec=self.config.conditions, where=where)
-        self.every_n, self.at_end, self.html, self.on_fail, self.where = every_n, bool(at_end), bool(html), on_fail, where
+        self.every_n, self.at_end, self.html, self.on_fail, self.where = every_n, at_end, html, on_fail, where
         self.evaluations = 0  # evaluations seen (every_n counts them)
         self._counted_step: int | None = None
         self.records: list[AuditRecord] = []
