@@ -236,6 +236,17 @@ def test_a_gate_or_compare_mistake_with_log_exits_2_before_mlflow_creates_its_de
     assert list(folder.iterdir()) == []
 
 
+def test_a_compare_out_that_is_a_file_exits_2_before_mlflow_creates_its_default_store(tmp_path):
+    """compare checked --out only when writing, after the tracker had made ./mlflow.db in the working directory."""
+    folder, taken = tmp_path / "work", tmp_path / "taken"
+    folder.mkdir()
+    taken.write_text("a file, not a directory")
+    result = run("compare", AUDIT, AUDIT, "--out", str(taken), "--log", "mlflow", cwd=folder)
+    assert result.returncode == 2, result.stderr
+    assert one_line(result) == f"error: --out {taken} exists and is not a directory; expected a directory for the output files."
+    assert list(folder.iterdir()) == [] and taken.read_text() == "a file, not a directory"
+
+
 def test_a_settings_files_log_refused_by_shard_is_named_as_the_file_and_log_none_switches_it_off(checkpoint, tmp_path):
     """A pipeline's biasaudit.toml logs its scans: a --shard of it was refused blaming a --log the user never gave,
     and there was no way to switch the file's log off for one run."""

@@ -214,6 +214,7 @@ def test_every_n_validations_and_the_weights_training_ends_with_are_audited_each
         ({"rules": {"max_gap_increase": 1}}, InputError, r"names 'max_gap_increase', which compares against a baseline audit"),
         ({"rules": ba.GateRules(max_worst_group_drop=2)}, InputError, r"sets max_worst_group_drop, which compares against a baseline"),
         ({"rules": {"min_accuracy": {"full": 120}}}, InputError, r"rules' parameter of AuditCallback: min_accuracy .*not a percentage"),
+        ({"on_fail": "stop"}, InputError, r"^The 'on_fail' parameter of AuditCallback is 'stop', but no rules are given, so no audit can fail;"),
         ({"html": "no"}, InputError, r"^The 'html' parameter of AuditCallback is 'no'; expected True or False\.$"),  # truthy
         ({"on_fail": "explode"}, InputError, r"^The 'on_fail' parameter of AuditCallback is 'explode'\. Available: mark, stop, none\.$"),
         ({"device": "cuda"}, InputError, r"takes no scan setting 'device' \(a training audit runs on the model's own device\)"),

@@ -57,6 +57,11 @@ def _train_log(given: StrPath | Mapping[str, Any] | None) -> dict[str, Any] | No
     return read_train_log(given) if isinstance(given, (str, os.PathLike)) else dict(given)
 
 
+def _compare_out_problem(value: StrPath | None) -> None:
+    """ba.compare's check of `out`, for a caller that must know before other work (the CLI, before a tracker opens)."""
+    output_dir("ba.compare", "out")(value)
+
+
 def _junit_problem(value: StrPath | None) -> None:
     from biasaudit._core.output_paths import check_output_file
 

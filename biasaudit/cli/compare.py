@@ -31,6 +31,7 @@ def compare(
 ) -> None:
     """Re-render the before/after comparison from two audit files, without the model."""
     import biasaudit as ba
+    from biasaudit.api._documents import _compare_out_problem
 
     with handled(), ExitStack() as held:
         first, second = ba.Audit.read(before), ba.Audit.read(after)
@@ -39,6 +40,7 @@ def compare(
             # the tracker's store is touched (MLflow's default creates ./mlflow.db): compared once without files,
             # which costs no model, then again into --out once the tracker is open.
             with which_files(before, after):
+                _compare_out_problem(out_dir)
                 ba.compare(first, second, train_log=train_log)
         # After every check, before the files: a tracker that cannot be used exits 2 with nothing written.
         tracker = held.enter_context(tracking(log, experiment, run_name, tracking_uri))

@@ -130,6 +130,11 @@ class TrainingAuditor:
         # The conditions the audits will run (name -> group), which the rules' targets are checked against.
         self.config, self.conditions = scan_config(self.adapter, split=split, settings=settings, where=where)
         self.rules = check_rules(rules, where=where)
+        if on_fail == "stop" and self.rules is None:
+            raise InputError(
+                f"The 'on_fail' parameter of {where} is 'stop', but no rules are given, so no audit can fail; give rules "
+                "(e.g. {'min_worst_group': {'full': 60}}) or leave on_fail at 'mark'."
+            )
         modalities = [m.name for m in self.adapter.modalities]
         check_rule_targets(self.rules, self.conditions, modalities, spec=self.config.conditions, where=where)
         self.every_n, self.at_end, self.html, self.on_fail, self.where = every_n, at_end, html, on_fail, where
