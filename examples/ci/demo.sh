@@ -24,3 +24,12 @@ fixed=$?
 set -e
 echo "biased candidate: exit $biased (expected 1); fixed candidate: exit $fixed (expected 0)"
 [ "$biased" -eq 1 ] && [ "$fixed" -eq 0 ]
+# Both verdicts' pull-request summaries, written whatever the verdict, fit GitHub's comment limit (65,536 characters,
+# well under a job summary's 1 MiB) and open with their status.
+for case in "biased:FAIL" "candidate:PASS"; do
+    summary="$work/${case%%:*}/summary.md"
+    size=$(wc -c < "$summary")
+    head -1 "$summary" | grep -q "biasaudit gate: ${case##*:}\$" || { echo "$summary does not open with ${case##*:}"; exit 1; }
+    [ "$size" -lt 65536 ] || { echo "$summary is $size bytes, over GitHub's comment limit"; exit 1; }
+    echo "$summary: ${case##*:}, $size bytes"
+done

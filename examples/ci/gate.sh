@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Gate a candidate checkpoint in any CI: scan it the way the stored baseline audit was scanned, then
 # compare. Exit status: 0 gate passed, 1 a rule failed, 2 a usage or input error, 3 an internal error
-# (the scan's or the gate's). The audit, its HTML, the gate's JSON verdict and its JUnit XML are left in
-# $OUT for upload. --projection pca: the projection enters no gate figure, and UMAP is slower.
+# (the scan's or the gate's). The audit, its HTML, the gate's JSON verdict, its JUnit XML and its Markdown
+# summary (for a pull request; under GitHub Actions also the job summary) are left in $OUT for upload. --projection pca: the projection enters no gate figure, and UMAP is slower.
 #
 #   examples/ci/gate.sh CANDIDATE.pt BASELINE_AUDIT.json
 #
@@ -29,7 +29,7 @@ out=${OUT:-biasaudit-ci}
 biasaudit scan "$candidate" --adapter "$adapter" --split "$split" --conditions "$conditions" --seed "$seed" \
     --projection pca --out "$out" > /dev/null || exit $?
 biasaudit gate "$out/audit.json" --baseline "$baseline" --max-bias-follow-increase "$max_follow_increase" "${gap_rule[@]}" \
-    --significant --min-accuracy "full=$min_full" --junit "$out/gate.xml" --json > "$out/gate.json"
+    --significant --min-accuracy "full=$min_full" --junit "$out/gate.xml" --summary-md "$out/summary.md" --json > "$out/gate.json"
 status=$?
-echo "gate: exit $status; reports in $out/ (audit.html, audit.json, gate.json, gate.xml)" >&2
+echo "gate: exit $status; reports in $out/ (audit.html, audit.json, gate.json, gate.xml, summary.md)" >&2
 exit $status
