@@ -252,8 +252,11 @@ def _no_work(monkeypatch) -> None:
     def started(*args, **kwargs):
         raise AssertionError("work began before the arguments were checked")
 
+    import biasaudit.training.fix_outputs  # noqa: F401  imported unpatched: it binds fix_model when first imported
+
     monkeypatch.setattr("biasaudit.scanning.audit.scan_model", started)
     monkeypatch.setattr("biasaudit.training.fix.fix_model", started)
+    monkeypatch.setattr("biasaudit.training.fix_outputs.fix_model", started)
 
 
 @pytest.mark.parametrize("call,parameter", PARAMETERS, ids=[f"{c}({p}=Alien())" for c, p in PARAMETERS])
@@ -362,6 +365,8 @@ EVERY_VALUE_FITS = {
     **{(call, "progress"): "any callable; one of the wrong arity is adapted (biasaudit/_core/progress.py)"
        for call in ("ba.scan", "ba.fix", "ba.leaderboard")},
     ("ba.scan", "distributed"): "True or False: both are valid anywhere (outside a process group True scans alone; False, the default, scans alone inside one)",
+    ("ba.fix", "distributed"): "True or False: whether a value is right depends on the process group, not the value (True "
+       "outside one and False inside one are refused: tests/test_fix_data_parallel.py)",
     ("ba.scan", "mute_compare"): "True or False", ("ba.fix", "inplace"): "True or False",
     ("ba.fix", "from_scratch"): "True or False (a post-hoc method refuses True: tests/test_fix_plan.py)",
     ("ba.GateRules", "significant"): "True or False",

@@ -80,7 +80,7 @@ class ToyCrossEntropy:
     def prepare(self, model, adapter, *, device) -> None:
         pass
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict:
         logits = adapter.forward(model, adapter.prepare(batch, device=device))
         labels = torch.as_tensor(batch[adapter.label_key]).to(device)
         loss = F.cross_entropy(logits, labels)

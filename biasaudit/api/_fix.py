@@ -78,6 +78,7 @@ def fix(
     resume: bool = False,
     selection_min_group: int = 1,
     trust_checkpoint: bool = False,
+    distributed: bool = False,
     **settings: Any,
 ) -> FixResult:
     """Audit `model` on `split`, retrain it on `train_split` with `method` (see `biasaudit.training.methods.METHODS`:
@@ -113,7 +114,12 @@ def fix(
     `method` and `options` (above); training: `epochs`, `lr`, `batch_size`, `optimizer`,
     `weight_decay`, `momentum`, `train_split`, `seed`, `device`, `state_dir`, `from_scratch`; audits: `split`, `conditions`,
     `bootstrap`, `projection`, `scan_batch_size`, `settings` (any other ScanConfig field), `before`, `also_split`;
-    `inplace` (train the caller's model itself); `progress` (a callback).
+    `inplace` (train the caller's model itself); `progress` (a callback); `distributed` (below).
+
+    `distributed=True` runs the fix over the processes of an initialised torch.distributed process group (torchrun;
+    EVERY process calls ba.fix with the same arguments): the audits are sharded scans, the training is data-parallel
+    (each global batch split over the processes, gradients averaged: the one-process steps on the same batches, see
+    docs/scale.md), and with `out` only rank 0 writes. Every process returns the same result.
     """
     from biasaudit.data.batches import check_split
     from biasaudit.training.fix import fix_model
@@ -166,6 +172,7 @@ def fix(
             progress=progress,
             also_split=also_split,
             from_scratch=from_scratch,
+            distributed=distributed,
         )
     if isinstance(before, Audit):
         check_before(
@@ -197,6 +204,7 @@ def fix(
         from_scratch=from_scratch,
         min_group=selection_min_group,
         adapter_spec=spec,
+        distributed=distributed,
     )
     return _result(trained, outcome)
 
@@ -237,11 +245,11 @@ def _fix_files(
     progress: Progress | None,
     also_split: str | None,
     from_scratch: bool,
+    distributed: bool,
 ) -> FixResult:
     """`fix` of a checkpoint file into `out`: the files `biasaudit fix` writes, and the same result."""
     import tempfile
 
-    from biasaudit.scanning.audit import load_model
     from biasaudit.training.fix_outputs import run_fix
 
     if isinstance(model, nn.Module) or out is None:
@@ -268,5 +276,6 @@ def _fix_files(
             progress=progress,
             also_split=also_split,
             from_scratch=from_scratch,
+            distributed=distributed,
         )
-    return _result(load_model(written.paths["model"], adapter), written.outcome)
+    return _result(written.model, written.outcome)

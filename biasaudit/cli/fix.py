@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from biasaudit.cli.console import err, handled, out, progress_bars
 from biasaudit.cli.fix_method_options import FIX_OPTION_FLAGS, parse_c_grid, parse_method_options
 from biasaudit.cli.naming import named_as
 from biasaudit.cli.options import FIX_SCAN_FLAGS, _scale, number_or_auto, parse_mute
+from biasaudit.cli.torchrun import torchrun_rank, under_torchrun
 from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
 
 
@@ -137,7 +139,7 @@ def fix(
             balgrad_weights,
         )
     )
-    with handled(interrupted), tracking(log, experiment, run_name, tracking_uri) as tracker:
+    with handled(interrupted), ExitStack() as held:
         # Parsed inside handled(): a bad --scale is a one-sentence exit 2 like every other option. Any: each method's
         # options are numbers, words, flags and None (ba.fix's options= is a Mapping[str, Any]).
         options: dict[str, dict[str, Any]] = {
@@ -172,45 +174,60 @@ def fix(
         options[method] = {**options.get(method, {}), **parse_method_options(option)}
         # A method or training option the library refuses is named as the user typed it (the library names the option).
         named = [*options[method], "epochs", "lr", "batch_size", "optimizer", "weight_decay", "momentum", "kmeans_k"]
-        with named_as({**{key: f"--{key.replace('_', '-')}" for key in named}, **FIX_FLAGS}), progress_bars() as progress:
-            result = ba.fix(
-                checkpoint,
-                adapter,
-                out=out_dir,
-                method=method,
-                options=options.get(method, {}),
-                epochs=epochs,
-                lr=lr,
-                batch_size=batch_size,
-                optimizer=optimizer,
-                weight_decay=weight_decay,
-                momentum=momentum,
-                seed=seed,
-                device=device,
-                resume=resume,
-                split=split,
-                conditions=conditions,
-                also_split=None if also_split == "none" else also_split,
-                from_scratch=from_scratch,
-                before=before,
-                mute=parse_mute(mute),
-                mute_compare=mute_compare,
-                bootstrap=bootstrap,
-                min_wrong=min_wrong,
-                embedding_points=embedding_points,
-                gradient_batches=gradient_batches,
-                scan_batch_size=scan_batch_size,
-                projection=scan_projection,
-                min_group=audit_min_group,
-                group_by=group_by,
-                ceiling_per_class=ceiling_per_class,
-                draws=draws,
-                favoured_fraction=favoured_fraction,
-                trust_checkpoint=trust_checkpoint,
-                kmeans_k=kmeans_k,
-                selection_min_group=min_group,
-                progress=progress,
+        keywords: dict[str, Any] = {
+            "out": out_dir,
+            "method": method,
+            "options": options.get(method, {}),
+            "epochs": epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "optimizer": optimizer,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "seed": seed,
+            "device": device,
+            "resume": resume,
+            "split": split,
+            "conditions": conditions,
+            "also_split": None if also_split == "none" else also_split,
+            "from_scratch": from_scratch,
+            "before": before,
+            "mute": parse_mute(mute),
+            "mute_compare": mute_compare,
+            "bootstrap": bootstrap,
+            "min_wrong": min_wrong,
+            "embedding_points": embedding_points,
+            "gradient_batches": gradient_batches,
+            "scan_batch_size": scan_batch_size,
+            "projection": scan_projection,
+            "min_group": audit_min_group,
+            "group_by": group_by,
+            "ceiling_per_class": ceiling_per_class,
+            "draws": draws,
+            "favoured_fraction": favoured_fraction,
+            "trust_checkpoint": trust_checkpoint,
+            "kmeans_k": kmeans_k,
+            "selection_min_group": min_group,
+        }
+        rank = 0
+        if under_torchrun():  # data-parallel over the processes, each checking that all were started alike (cli/torchrun.py)
+            shared = {
+                FIX_FLAGS.get(key, f"--{key}"): (f"{FIX_FLAGS.get(key, key)} {value!r}", repr(value))
+                for key, value in keywords.items()
+                if key != "device"
+            }
+            rank, keywords["device"], _ = torchrun_rank(
+                held, adapter=adapter, device=device, settings=shared, checkpoint=checkpoint, out=out_dir, rank_zero=lambda: None
             )
+        # Rank 0 alone opens the tracker, shows progress and prints: the processes' results are the same.
+        tracker = held.enter_context(tracking(log, experiment, run_name, tracking_uri) if rank == 0 else nullcontext(None))
+        with (
+            named_as({**{key: f"--{key.replace('_', '-')}" for key in named}, **FIX_FLAGS}),
+            progress_bars() if rank == 0 else nullcontext(None) as progress,
+        ):
+            result = ba.fix(checkpoint, adapter, progress=progress, distributed=under_torchrun(), **keywords)
+        if rank != 0:
+            return
         compare, training = result.comparison.to_dict(), result.train_log["training"]
         selection = training.get("option_selection")
         if selection:

@@ -165,7 +165,7 @@ def scan(
     modalities, Gap, flip rates, ceilings), calibration, embeddings, gradient conflict."""
     import biasaudit as ba
     from biasaudit.cli.config_file import SCAN_KEYS, TRACKER_KEYS, load_settings, resolve
-    from biasaudit.cli.torchrun import torchrun_rank, under_torchrun
+    from biasaudit.cli.torchrun import scan_settings, torchrun_rank, under_torchrun
     from biasaudit.errors import InputError
 
     with handled(), ExitStack() as held:
@@ -250,7 +250,14 @@ def scan(
         rank, tracker = 0, None
         if under_torchrun():  # the processes split the scan; each checks that all were started alike (cli/torchrun.py)
             rank, keywords["device"], tracker = torchrun_rank(
-                held, v, flags=flags, checkpoint=checkpoint, unimodal=unimodal_models, out=out_dir, rank_zero=opened
+                held,
+                adapter=v["adapter"],
+                device=v["device"],
+                settings=scan_settings(v, flags, unimodal_models),
+                checkpoint=checkpoint,
+                unimodal=unimodal_models,
+                out=out_dir,
+                rank_zero=opened,
             )
         else:
             tracker = opened()

@@ -23,46 +23,52 @@ def under_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1") or 1) >= 2
 
 
+def scan_settings(v: Mapping[str, Any], flags: Mapping[str, str], unimodal: Mapping[str, Path]) -> dict[str, tuple[str, Any]]:
+    """The scan's settings every process must share, by flag as typed. The device as given: the processes' own
+    (cuda:LOCAL_RANK) differ by design. Unimodal checkpoints by modality here, by contents among the files."""
+    from biasaudit.cli.config_file import SCAN_KEYS
+    from biasaudit.scanning.agreement import option_settings
+
+    compared = {key: v[key] for key in SCAN_KEYS if key not in ("device", "unimodal")}
+    return {
+        **option_settings({**compared, "device": v["device"]}, flags),
+        "--unimodal": (" ".join(f"--unimodal {item}" for item in v["unimodal"]) or "no --unimodal", tuple(unimodal)),
+    }
+
+
 def torchrun_rank(
     held: ExitStack,
-    v: Mapping[str, Any],
     *,
-    flags: Mapping[str, str],
+    adapter: str,
+    device: str,
+    settings: Mapping[str, tuple[str, Any]],
     checkpoint: Path,
-    unimodal: Mapping[str, Path],
     out: Path,
     rank_zero: Callable[[], T],
+    unimodal: Mapping[str, Path] | None = None,
 ) -> tuple[int, str, T | None]:
     """Join the torchrun (left when `held` closes) and check that every process agrees; this process's rank and device,
     and what `rank_zero` returned on rank 0 (None on the others). `rank_zero` runs on rank 0 alone, after its own checks
     and within the same stop-together block, so that its refusal (e.g. --log's tracker that cannot be used) stops every
     rank with its sentence: the tracker is opened once, by the one rank that writes and logs, never by N processes
-    racing to create the same store."""
+    racing to create the same store. `settings`: what every process must share, {flag: (as typed, value)}."""
     from biasaudit._core.output_paths import check_output_dir
     from biasaudit._core.sharding import join_torchrun, leave_torchrun
-    from biasaudit.cli.config_file import SCAN_KEYS
     from biasaudit.data.adapter import load_adapter
     from biasaudit.data.checkpoint import check_checkpoint_file
-    from biasaudit.scanning.agreement import check_agreement, option_settings, scan_fingerprint, stopping_together
+    from biasaudit.scanning.agreement import check_agreement, scan_fingerprint, stopping_together
     from biasaudit.scanning.audit import adapter_source
 
-    joined = join_torchrun(v["device"])
+    joined = join_torchrun(device)
     assert joined is not None  # under_torchrun() holds
     held.callback(leave_torchrun)
     # Every process checks what it was given, and an error on any one stops them all here.
     with stopping_together(True, group="this torchrun"):
         check_output_dir(out)
-        loaded = load_adapter(v["adapter"])
-        compared = {key: v[key] for key in SCAN_KEYS if key not in ("device", "unimodal")}
-        # The device as given: the processes' own (cuda:LOCAL_RANK) differ by design. Unimodal checkpoints by modality
-        # here, by contents among the files.
-        ranked = {
-            **option_settings({**compared, "device": v["device"]}, flags),
-            "--unimodal": (" ".join(f"--unimodal {item}" for item in v["unimodal"]) or "no --unimodal", tuple(unimodal)),
-        }
+        loaded = load_adapter(adapter)
         check_checkpoint_file(checkpoint)  # hashed next
         fingerprint = scan_fingerprint(
-            ranked, adapter=adapter_source(loaded, v["adapter"]), checkpoint=checkpoint, unimodal=tuple(unimodal.items())
+            settings, adapter=adapter_source(loaded, adapter), checkpoint=checkpoint, unimodal=tuple((unimodal or {}).items())
         )
         given = rank_zero() if joined[0].index == 0 else None
     check_agreement(fingerprint, group="this torchrun", remedy="be started with the same arguments")

@@ -115,7 +115,9 @@ class BalGrad:
     raw gradient and the three losses over the processes itself before weighting and projecting them, and a K-process
     step equals the one-process step on the global batch (for equal local batches). Run the fused forward under
     `with ddp_model.no_sync():` (or call `ddp_model.module` directly) so that DDP does not wait for a backward of its
-    own; give UnimodalHeads the bare module; every rank must call backward() at every step.
+    own; give UnimodalHeads the bare module; every rank must call backward() at every step. Local batches of unequal
+    size (a global batch split without padding): pass the fused loss times s = K·n_local/n_global and loss_scale=s
+    (times a GradScaler's scale), and the step is exactly the one-process step on the global batch.
     """
 
     @checked(
@@ -221,9 +223,13 @@ class BalGrad:
         )
         flat, raw = raw_gradients(fused_loss, unimodal, kl_terms, task_params=task, branch_params=params, joint=not crossed)
         if world_size() > 1:
-            loss_tensor = torch.tensor(losses, dtype=torch.float64, device=raw[0].device)
+            # Each process's losses weighted by its loss_scale: with the scale K·n_local/n_global of unequal local
+            # batches the average is the global batch's mean (class docstring); with equal scales, the plain mean.
+            weighted = [value * loss_scale for value in losses] + [loss_scale]
+            loss_tensor = torch.tensor(weighted, dtype=torch.float64, device=raw[0].device)
             raw, heads_flat, (loss_tensor,) = average([raw, [g for m in self.branches for g in other_grads[m]], [loss_tensor]])
-            losses = loss_tensor.tolist()
+            *losses, scale_mean = loss_tensor.tolist()
+            losses = [value / scale_mean for value in losses]
             for m in self.branches:
                 other_grads[m], heads_flat = heads_flat[: len(other_grads[m])], heads_flat[len(other_grads[m]) :]
         weights = kl_weights(*self.running.update(losses[1], losses[2])) if self.weights == "running" else None

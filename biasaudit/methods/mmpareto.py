@@ -100,7 +100,8 @@ class MMPareto:
     overflow leaves non-finite gradients that the scaler detects and skips as usual.
     DDP: the gradients come from torch.autograd.grad, which DDP's reducer does not see, so this method averages
     g_f, g_u and the other parameters' gradients over the processes itself before combining them, and a K-process
-    step equals the one-process step on the global batch (for losses that are means over equal local batches).
+    step equals the one-process step on the global batch (for losses that are means over equal local batches; for
+    unequal ones, pass every loss times K·n_local/n_global).
     Run the forward under `with model.no_sync():` (or call the wrapped `model.module` directly) so that DDP does not
     wait for a backward of its own; every rank must call backward() at every step with the same graph structure.
     """

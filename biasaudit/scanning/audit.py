@@ -18,6 +18,9 @@ from biasaudit.results import AUDIT_SCHEMA, AUDIT_SCHEMA_VERSION, Manifest, sour
 from biasaudit._core.progress import Progress
 from biasaudit.scanning.config import ScanConfig
 from biasaudit.scanning.engine import scan_model
+
+# Re-exported: training and the API stop their processes together through this module (layer rule, test_import_graph).
+from biasaudit.scanning.agreement import stopping_together as stopping_together
 from biasaudit.verdict import scan_verdict
 
 log = logging.getLogger(__name__)

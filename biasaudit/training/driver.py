@@ -45,8 +45,19 @@ class TrainingMethod(Protocol):
 
     # Fills .grad of the trainable parameters for one batch, as a user's loop does between zero_grad() and step():
     # the loop owns the optimiser (zeroes before, steps after), so a method is the same component in any loop.
+    # `share` scales a mean loss over the batch to this process's part of the global batch in a data-parallel run
+    # (data_parallel.py; 1 in one process). The loop then averages the gradients over the processes, unless the
+    # method's class sets `synchronised = True` (its components averaged what they combine themselves).
     def gradients(
-        self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, step: int, total_steps: int, device: torch.device
+        self,
+        model: nn.Module,
+        adapter: Adapter,
+        batch: Mapping[str, Any],
+        *,
+        step: int,
+        total_steps: int,
+        device: torch.device,
+        share: float = 1.0,
     ) -> dict[str, Any]: ...
 
     def export(self, model: nn.Module, adapter: Adapter) -> None: ...

@@ -1,14 +1,18 @@
 """The batches an epoch of biasaudit's loop trains on (loop.py): the training split without its held-out rows, shuffled.
 
-The adapter yields batches in a fixed order (scans must be reproducible), so the loop shuffles: it
-gathers up to `shuffle_buffer` samples, permutes them with a generator seeded by (seed, epoch) and
-re-batches. Within the buffer this is a true shuffle; beyond it, an approximation that keeps memory
-bounded. Because the permutation depends only on (seed, epoch), a resumed run sees the same batches.
-A method with `sample_index = True` gets each batch with the SAMPLE_INDEX column (driver.py).
+The adapter yields batches in a fixed order (scans must be reproducible), so the loop shuffles with a generator seeded
+by (seed, epoch). Samples readable by index (sample_access.py: a DataLoader over a map-style dataset) are shuffled
+whole by a permutation of their indices, loading one batch at a time. Other data pass through a buffer: the loop
+gathers up to `shuffle_buffer` samples, permutes them and re-batches; within the buffer this is a true shuffle, beyond
+it an approximation that keeps memory bounded. The two agree batch for batch when the split fits the buffer. Because
+the permutation depends only on (seed, epoch), a resumed run sees the same batches. Under data parallelism every
+process draws the same global batches and trains on its part of each (process_batches). A method with
+`sample_index = True` gets each batch with the SAMPLE_INDEX column (driver.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -21,6 +25,7 @@ from biasaudit.data.impairments import other_keys, padding_side, widen_tokens
 from biasaudit.data.modality import Modality
 from biasaudit._core.randomness import uniform
 from biasaudit.errors import AdapterError, InputError
+from biasaudit.training.sample_access import indexed_split
 from biasaudit.training.train_config import TrainConfig
 
 
@@ -104,17 +109,59 @@ def held_out_batches(adapter: Adapter, *, config: TrainConfig, batch_size: int) 
             yield take_rows(batch, rows)
 
 
+@dataclass(frozen=True)
+class Share:
+    """This process's part of one global training batch: its rows (`batch`) and the global batch's size (`size`)."""
+
+    batch: dict[str, Any]
+    size: int
+
+
+@dataclass(frozen=True)
+class EpochShape:
+    """What every epoch looks like: optimiser `steps`, and the `smallest` global batch (a data-parallel run needs at
+    least one row per process in every batch)."""
+
+    steps: int
+    smallest: int
+
+
 def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int, index: bool = False) -> Iterator[dict[str, Any]]:
-    """The epoch's training batches; with `index`, each carries the SAMPLE_INDEX column (the same rows either way)."""
+    """The epoch's global training batches (one process); with `index`, each carries the SAMPLE_INDEX column."""
+    for share in process_batches(adapter, config=config, epoch=epoch, index=index):
+        yield share.batch
+
+
+def process_batches(
+    adapter: Adapter, *, config: TrainConfig, epoch: int, index: bool = False, rank: int = 0, world: int = 1
+) -> Iterator[Share]:
+    """The epoch's batches as process `rank` of `world` trains on them: each global batch (the same on every process,
+    shuffled from (seed, epoch)) split by position into `world` contiguous parts, part `rank` here; no row padded or
+    repeated. Samples readable by index (sample_access.py) are permuted whole and each process loads only its rows;
+    others pass through the bounded shuffle buffer."""
     rng = np.random.default_rng([config.seed, epoch, 7])
+    indexed = indexed_split(adapter, config.split)
+    if indexed is not None:
+        kept = np.flatnonzero(~holdout_rows(np.arange(indexed.size), config=config))
+        order = kept[rng.permutation(kept.size)]
+        global_rows = [order[lo : lo + config.batch_size] for lo in range(0, order.size, config.batch_size)]
+        mine = [rows[_part(rows.size, rank, world)] for rows in global_rows]
+        for rows, batch in zip(global_rows, indexed.batches(mine), strict=True):
+            checked = checked_batch(batch, config.split)
+            checked_labels(checked, adapter, split=config.split)
+            if index:
+                checked = {**checked, SAMPLE_INDEX: torch.as_tensor(rows[_part(rows.size, rank, world)], dtype=torch.long)}
+            yield Share(checked, int(rows.size))
+        return
     buffer: list[Mapping[str, Any]] = []
     held = 0
 
-    def flush() -> Iterator[dict[str, Any]]:
+    def flush() -> Iterator[Share]:
         merged = concat(buffer, adapter.modalities)
         order = rng.permutation(held)
         for lo in range(0, held, config.batch_size):
-            yield take_rows(merged, order[lo : lo + config.batch_size])
+            rows = order[lo : lo + config.batch_size]
+            yield Share(take_rows(merged, rows[_part(rows.size, rank, world)]), int(rows.size))
 
     for batch in training_batches(adapter, config=config, index=index):
         buffer.append(batch)
@@ -126,19 +173,51 @@ def shuffled_batches(adapter: Adapter, *, config: TrainConfig, epoch: int, index
         yield from flush()
 
 
-def count_steps(adapter: Adapter, *, config: TrainConfig) -> int:
-    """Optimiser steps per epoch, counted the way shuffled_batches flushes its buffer: a buffer is emptied once it
-    holds at least shuffle_buffer samples, so it can hold more (whole adapter batches are added), and the steps
-    are ceil(held / batch_size) per flush. (Assuming flushes of exactly shuffle_buffer overcounted, so a
-    schedule over the steps, BalGrad's lambda, never reached its end.)"""
-    steps, held, total = 0, 0, 0
-    for batch in training_batches(adapter, config=config):
-        kept = len(checked_labels(batch, adapter, split=config.split))
-        held += kept
-        total += kept
-        if held >= config.shuffle_buffer:
-            steps += -(-held // config.batch_size)
-            held = 0
-    if total == 0:
+def checked_batch(batch: Any, split: str) -> dict[str, Any]:
+    """A batch the loader collated from dataset items: a dict (the adapter contract's batch), or an AdapterError."""
+    if not isinstance(batch, Mapping):
+        raise AdapterError(
+            f"The DataLoader of split {split!r} collates {type(batch).__name__} batches; expected dicts with one key per "
+            "modality and the label (have the Dataset return dicts, or give the loader a collate_fn that builds one)."
+        )
+    return dict(batch)
+
+
+def _part(size: int, rank: int, world: int) -> slice:
+    """Rows of part `rank` of a batch of `size` split into `world` contiguous parts that differ by at most one row."""
+    base, extra = divmod(size, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))
+
+
+def epoch_shape(adapter: Adapter, *, config: TrainConfig) -> EpochShape:
+    """Steps per epoch and the smallest batch, counted the way process_batches cuts them: by index, ceil(kept /
+    batch_size); through the buffer, which is emptied once it holds at least shuffle_buffer samples (so it can hold
+    more: whole adapter batches are added), ceil(held / batch_size) per flush. (Assuming flushes of exactly
+    shuffle_buffer overcounted, so a schedule over the steps, BalGrad's lambda, never reached its end.)"""
+    indexed = indexed_split(adapter, config.split)
+    if indexed is not None:
+        flushes = [int((~holdout_rows(np.arange(indexed.size), config=config)).sum())]
+    else:
+        flushes, held = [], 0
+        for batch in training_batches(adapter, config=config):
+            held += len(checked_labels(batch, adapter, split=config.split))
+            if held >= config.shuffle_buffer:
+                flushes.append(held)
+                held = 0
+        flushes.append(held)
+    if sum(flushes) == 0:
         raise InputError(f"Split {config.split!r} is empty; there is nothing to train on.")
-    return steps + -(-held // config.batch_size)
+    sizes = [
+        size
+        for held in flushes
+        if held
+        for size in (config.batch_size * (held >= config.batch_size), held % config.batch_size)
+        if size
+    ]
+    return EpochShape(steps=sum(-(-held // config.batch_size) for held in flushes), smallest=min(sizes))
+
+
+def count_steps(adapter: Adapter, *, config: TrainConfig) -> int:
+    """Optimiser steps per epoch (epoch_shape)."""
+    return epoch_shape(adapter, config=config).steps

@@ -34,6 +34,8 @@ from biasaudit.training.fix_audits import (
     with_also_split,
 )
 from biasaudit.training.fix_checks import check_plan, check_resumable, driver_flag, is_post_hoc, refuse_post_hoc_resume
+from biasaudit.training.data_parallel import check_data_parallel, training_processes
+from biasaudit.training.epoch_batches import epoch_shape
 from biasaudit.training.loop import train
 from biasaudit.training.methods import make_method
 from biasaudit.training.train_config import TrainConfig
@@ -110,6 +112,7 @@ def fix_model(
     from_scratch: bool = False,
     also_before: dict[str, Any] | None = None,
     option_grid: Sequence[float] | None = None,
+    distributed: bool = False,
 ) -> FixOutcome:
     """Audit (unless `before` is given), retrain `model` in place with `method`, audit again with the same settings and
     compare. Writes nothing but the training state in `state_dir` (when given). `after_checkpoint(model)` may save the
@@ -120,7 +123,9 @@ def fix_model(
     reuses an audit of that split taken the same way, as `before` does for the main one). `from_scratch`:
     train from build_model()'s initial weights (seeded by the run seed) instead of fine-tuning the model; the
     before-audit is then the starting checkpoint's, and the comparison says so. `option_grid`: the values an "auto"
-    option is chosen from (default: selection.OPTION_GRIDS)."""
+    option is chosen from (default: selection.OPTION_GRIDS). `distributed`: over the processes of the initialised
+    process group, the audits are sharded scans and the training is data-parallel (data_parallel.py); every process
+    returns the same outcome, and only rank 0 writes the training state."""
     resume_dir = None
     if resume:
         if state_dir is None:
@@ -149,6 +154,9 @@ def fix_model(
     check_config = getattr(fixer, "check_config", None)
     if callable(check_config) and not post_hoc:
         check_config(train_config)  # e.g. JTT's two stages need the epochs for both
+    if distributed and not post_hoc:  # a batch some process would get no row of: before the audits, not after them
+        smallest = epoch_shape(adapter, config=train_config).smallest
+        check_data_parallel(training_processes(True), smallest=smallest, batch_size=train_config.batch_size)
     if from_scratch and discovers_bias and (method_options.get("bias") == "kmeans" or not getattr(adapter, "bias_key", None)):
         # The bias values would be k-means clusters of the re-initialised, random branch features.
         raise InputError(
@@ -165,6 +173,7 @@ def fix_model(
             prefix_removed=prefix_removed,
             adapter_spec=adapter_spec,
             progress=progress,
+            distributed=distributed,
         )
     also = resolved_also_split(also_split, before, adapter, split=scan_config.split)
     also_plan = None
@@ -209,6 +218,7 @@ def fix_model(
             progress=progress,
             state_dir=state_dir,
             resume=resume,
+            distributed=distributed,
         )
         selection, trained, fixer, steps = choice.selection, choice.model, choice.method, choice.steps
         method_options[auto] = selection["chosen"]
@@ -218,7 +228,16 @@ def fix_model(
         fixer.refit(model, adapter, config=train_config)
         steps = []
     else:
-        steps = train(model, adapter, fixer, config=train_config, state_dir=state_dir, resume=resume, progress=progress)
+        steps = train(
+            model,
+            adapter,
+            fixer,
+            config=train_config,
+            state_dir=state_dir,
+            resume=resume,
+            progress=progress,
+            distributed=distributed,
+        )
     fixer.export(trained, adapter)
     train_seconds = time.perf_counter() - start
     log.info("%s %s in %.1f s", method, "refitted" if post_hoc else f"trained {train_config.epochs} epochs", train_seconds)
@@ -235,9 +254,25 @@ def fix_model(
         model.load_state_dict(trained.state_dict())  # the caller's model is the one fixed, in place
     saved = after_checkpoint(trained) if after_checkpoint is not None else None
     with scored_as_trained(fixer, trained, adapter) as scored:
-        after = audit_model(trained, adapter, config=scan_config, checkpoint=saved, adapter_spec=adapter_spec, progress=progress)
+        after = audit_model(
+            trained,
+            adapter,
+            config=scan_config,
+            checkpoint=saved,
+            adapter_spec=adapter_spec,
+            progress=progress,
+            distributed=distributed,
+        )
         also_after = (
-            audit_model(trained, adapter, config=also_plan.config, checkpoint=saved, adapter_spec=adapter_spec, progress=progress)
+            audit_model(
+                trained,
+                adapter,
+                config=also_plan.config,
+                checkpoint=saved,
+                adapter_spec=adapter_spec,
+                progress=progress,
+                distributed=distributed,
+            )
             if also_plan is not None
             else None
         )
@@ -250,6 +285,8 @@ def fix_model(
         "after_audit_scores": scored or "model.pt as written",
         "option_selection": selection,
         "config": train_config.to_dict(),
+        # Data-parallel over this many processes (data_parallel.py): the steps of one process on the same batches.
+        "processes": training_processes(distributed).world if distributed and not post_hoc else 1,
         "wall_time_s": round(train_seconds, 3),
         "source_checkpoint": str(checkpoint) if checkpoint is not None else None,
         "start": FROM_SCRATCH if from_scratch else "the checkpoint's weights (fine-tuning)",

@@ -3,6 +3,7 @@ last), so a crash or a failing after-audit never leaves a new model beside an ea
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -14,11 +15,12 @@ from biasaudit.data.adapter import Adapter
 from biasaudit.data.checkpoint import save_state_atomic
 from biasaudit.errors import InputError
 from biasaudit.results import write_json_atomic
-from biasaudit.scanning.audit import load_model_noting_prefix, stage_audit
+from biasaudit.scanning.audit import load_model_noting_prefix, stage_audit, stopping_together
 from biasaudit.scanning.config import ScanConfig
 from biasaudit._core.output_paths import check_output_dir
 from biasaudit._core.output_set import OutputSet
 from biasaudit._core.progress import Progress
+from biasaudit.training.data_parallel import training_processes
 from biasaudit.training.fix import FixOutcome, fix_model
 from biasaudit.training.fix_audits import AUTO
 from biasaudit.training.fix_checks import check_method, check_plan, check_resumable, refuse_post_hoc_resume, reusable_before
@@ -48,20 +50,27 @@ def run_fix(
     progress: Progress | None = None,
     also_split: str | None = AUTO,
     from_scratch: bool = False,
+    distributed: bool = False,
 ) -> FixFiles:
     """`fix_model` on a checkpoint, its results written into `out_dir` as one set (model.pt last). Returns the paths
-    and what they hold, so a caller never reads back the files it just had written."""
+    and what they hold, so a caller never reads back the files it just had written. `distributed`: every process of
+    the process group runs it (sharded audits, data-parallel training); rank 0 alone locks and writes `out_dir`."""
     checkpoint = Path(checkpoint)
-    target = check_output_dir(out_dir)
-    if target.exists() and (target / "model.pt").resolve() == checkpoint.resolve():
-        raise InputError(
-            f"--out {target} holds the input checkpoint as model.pt; choose another directory so it is never overwritten."
-        )
-    # The directory is locked from here to the last write; every output is staged and moved into place together,
-    # model.pt last (biasaudit._core.output_set): a failing after-audit, a crash or a second run never leaves a new
-    # model.pt beside an earlier run's after.json.
-    with OutputSet(target, files=FILES, optional=ALSO_FILES) as outputs:
-        outcome = _fix_into(
+    writes = training_processes(distributed).writes
+    with ExitStack() as held:
+        # A refusal on any process (rank 0's locked directory, say) stops every one with its sentence.
+        with stopping_together(distributed):
+            target = check_output_dir(out_dir)
+            if target.exists() and (target / "model.pt").resolve() == checkpoint.resolve():
+                raise InputError(
+                    f"--out {target} holds the input checkpoint as model.pt; choose another directory so it is never overwritten."
+                )
+            # The directory is locked from here to the last write; every output is staged and moved into place
+            # together, model.pt last (biasaudit._core.output_set): a failing after-audit, a crash or a second run
+            # never leaves a new model.pt beside an earlier run's after.json.
+            outputs = held.enter_context(OutputSet(target, files=FILES, optional=ALSO_FILES)) if writes else None
+        model, outcome = _fix_into(
+            target,
             outputs,
             checkpoint,
             adapter,
@@ -77,6 +86,7 @@ def run_fix(
             progress=progress,
             also_split=also_split,
             from_scratch=from_scratch,
+            distributed=distributed,
         )
     out = target
     paths = {"model": out / "model.pt"}
@@ -85,7 +95,7 @@ def run_fix(
     paths["compare_html"] = out / "compare.html"
     if outcome.also is not None:
         paths.update({name.split(".")[0]: out / name for name in ALSO_FILES})
-    return FixFiles(paths=paths, outcome=outcome)
+    return FixFiles(paths=paths, outcome=outcome, model=model)
 
 
 @dataclass(frozen=True)
@@ -95,10 +105,12 @@ class FixFiles:
 
     paths: dict[str, Path]
     outcome: FixOutcome
+    model: nn.Module  # the fixed model in memory: the weights model.pt holds (rank 0 writes them)
 
 
 def _fix_into(
-    outputs: OutputSet,
+    out: Path,
+    outputs: OutputSet | None,
     checkpoint: Path,
     adapter: Adapter,
     *,
@@ -114,11 +126,11 @@ def _fix_into(
     progress: Progress | None,
     also_split: str | None,
     from_scratch: bool,
-) -> FixOutcome:
+    distributed: bool,
+) -> tuple[nn.Module, FixOutcome]:
     from biasaudit._core.files import file_sha256
     from biasaudit.report.compare_render import write_compare_html
 
-    out = outputs.out
     refuse_post_hoc_resume(method, resume)
     if resume:  # before loading anything: a resume with nothing to resume is a mistake, found at once
         check_resumable(out / "state", method=method, options=method_options)
@@ -131,7 +143,9 @@ def _fix_into(
         else None
     )
 
-    def saved(fixed: nn.Module) -> Path:
+    def saved(fixed: nn.Module) -> Path | None:
+        if outputs is None:  # a process other than rank 0 of a data-parallel run: it writes nothing
+            return None
         staged_model = outputs.staged("model.pt")
         save_state_atomic(fixed.state_dict(), staged_model)
         outputs.record_binary("model.pt")
@@ -155,7 +169,10 @@ def _fix_into(
         after_checkpoint=saved,
         also_split=also_split,
         from_scratch=from_scratch,
+        distributed=distributed,
     )
+    if outputs is None:
+        return model, outcome
     before, after, also = outcome.before, outcome.after, outcome.also
     if also is not None:
         outputs.include(*ALSO_FILES)  # before any stamp: every file of the set names all of them
@@ -174,4 +191,4 @@ def _fix_into(
         stage_audit(also.after, outputs, json_name="also_after.json", html_name=None)
         write_json_atomic({"run": outputs.stamp(), **also.comparison}, outputs.staged("also_compare.json"))
     outputs.commit((*(name for name in outputs.files if name != "model.pt"), "model.pt"))
-    return replace(outcome, comparison=comparison)
+    return model, replace(outcome, comparison=comparison)

@@ -13,11 +13,21 @@ import torch
 from torch import nn
 
 from biasaudit.data.adapter import Adapter
+from biasaudit.data.batches import checked_labels
 from biasaudit.errors import InputError
 from biasaudit._core.progress import Progress, with_status
 from biasaudit.training import rng_states
 from biasaudit.training.driver import TrainingMethod, method_parameters, method_state, restore_method_state
-from biasaudit.training.epoch_batches import count_steps, shuffled_batches
+from biasaudit.training.data_parallel import (
+    Processes,
+    average_buffers,
+    average_gradients,
+    broadcast_start,
+    check_data_parallel,
+    gathered,
+    training_processes,
+)
+from biasaudit.training.epoch_batches import epoch_shape, process_batches
 from biasaudit.training.live_status import EpochMeans
 from biasaudit.training.model_modes import set_training_modes
 from biasaudit.training.optimizers import make_optimizer
@@ -36,14 +46,26 @@ def train(
     resume: bool = False,
     progress: Progress | None = None,
     stage: str = "train",
+    distributed: bool = False,
 ) -> list[dict[str, Any]]:
     """Train in place; return the per-step log. `state_dir` gets `last.pt` after every epoch. `progress`
-    gets `stage`, the step count and a live line of this epoch's mean losses (live_status.py).
+    gets `stage`, the step count and a live line of this epoch's mean losses (live_status.py). `distributed`: train
+    data-parallel over the processes of the initialised process group (data_parallel.py); rank 0 alone writes the state.
 
     Every global generator the run draws from is seeded from `config.seed` and handed back as it was afterwards
     (rng_states.py); parts of the model whose parameters are all frozen train in eval mode (model_modes.py)."""
     with rng_states.seeded_run(config.seed):
-        return _train(model, adapter, method, config=config, state_dir=state_dir, resume=resume, progress=progress, stage=stage)
+        return _train(
+            model,
+            adapter,
+            method,
+            config=config,
+            state_dir=state_dir,
+            resume=resume,
+            progress=progress,
+            stage=stage,
+            processes=training_processes(distributed),
+        )
 
 
 def _train(
@@ -56,6 +78,7 @@ def _train(
     resume: bool,
     progress: Progress | None,
     stage: str,
+    processes: Processes,
 ) -> list[dict[str, Any]]:
     from biasaudit.scanning.config import resolve_device
 
@@ -69,9 +92,13 @@ def _train(
     # torch.initial_seed(), i.e. from the run seed. It sees train without the held-out rows.
     view = training_view(adapter, config)
     method.prepare(model, view, device=device)
+    shape = epoch_shape(adapter, config=config)  # after prepare, whose error names what the method needs of the data
+    check_data_parallel(processes, smallest=shape.smallest, batch_size=config.batch_size)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
+    broadcast_start(model, method_parameters(method), processes)
+    synchronised = bool(getattr(method, "synchronised", False))
 
     def new_optimizer() -> torch.optim.Optimizer:
         return make_optimizer(
@@ -85,8 +112,8 @@ def _train(
     optimizer = new_optimizer()
     indexed = bool(getattr(method, "sample_index", False))
     epoch_end = getattr(method, "epoch_end", None)
-    identity = run_identity(method, config)
-    steps_per_epoch = count_steps(adapter, config=config)
+    identity = run_identity(method, config, world=processes.world)
+    steps_per_epoch = shape.steps
     total_steps = steps_per_epoch * config.epochs
     log: list[dict[str, Any]] = []
     start_epoch = 0
@@ -102,21 +129,29 @@ def _train(
         )  # first: it names a changed option more clearly than the optimizer would
         optimizer.load_state_dict(state["optimizer"])
         # States written before every generator was saved hold torch's CPU state alone.
-        rng_states.restore(state["rng"] if "rng" in state else {"torch": state["torch_rng"]})
+        by_rank = state.get("rng_by_rank")  # a data-parallel run's: each process continues its own generators
+        rng_states.restore(
+            by_rank[processes.rank] if by_rank else state["rng"] if "rng" in state else {"torch": state["torch_rng"]}
+        )
         log, start_epoch = list(state["log"]), int(state["epoch"])
         done = start_epoch * steps_per_epoch
         progress(stage, done, total_steps, f"resumed after epoch {start_epoch}/{config.epochs}")
     for epoch in range(start_epoch, config.epochs):
         set_training_modes(model)
         live = EpochMeans(epoch=epoch, epochs=config.epochs)
-        for index, batch in enumerate(shuffled_batches(adapter, config=config, epoch=epoch, index=indexed)):
+        batches = process_batches(adapter, config=config, epoch=epoch, index=indexed, rank=processes.rank, world=processes.world)
+        for index, part in enumerate(batches):
             step = epoch * steps_per_epoch + index
             optimizer.zero_grad(set_to_none=True)
-            entry = method.gradients(model, adapter, batch, step=step, total_steps=total_steps, device=device)
+            share = processes.share(len(checked_labels(part.batch, adapter, split=config.split)), part.size)
+            entry = method.gradients(model, adapter, part.batch, step=step, total_steps=total_steps, device=device, share=share)
+            if not synchronised:
+                average_gradients(trainable + method_parameters(method))
             optimizer.step()
             log.append({"epoch": epoch, "step": step, **entry})
             live.add(entry)
             progress(stage, step + 1, total_steps, live.status())
+        average_buffers(model, processes)
         if callable(epoch_end):
             ended = epoch_end(model, view, epoch=epoch, epochs=config.epochs, device=device)
             if ended is not None:
@@ -124,7 +159,8 @@ def _train(
                     log[-1]["epoch_end"] = ended.figures
                 if ended.fresh_optimizer:
                     optimizer = new_optimizer()
-        if directory is not None:
+        rngs = gathered(rng_states.capture(), processes) if directory is not None else []
+        if directory is not None and processes.writes:
             save_training_state(
                 directory,
                 epoch=epoch + 1,
@@ -133,6 +169,7 @@ def _train(
                 log=log,
                 method_state=method_state(method),
                 identity=identity,
+                rng_by_rank=rngs if processes.world > 1 else None,
             )
     model.eval()
     return log

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,8 @@ class BalGrad:
     head_mode: str = "shared_zero"
     weights: str = "batch"
     name: str = "balgrad"
+    # The gradients it leaves are the same on every process (it averages them): the loop adds no average.
+    synchronised: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         """Refuse bad options, named by their CLI flags, before any audit or training runs."""
@@ -89,11 +91,15 @@ class BalGrad:
         """(fused logits, unimodal logits {v: o_v, l: o_l}) under the head mode."""
         return self._heads.logits(model, adapter, inputs)
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
         assert self._step is not None, "prepare() first"
         labels = train_labels(batch, adapter, device)
         logits, unimodal = self.logits(model, adapter, adapter.prepare(batch, device=device))
-        record = self._step.backward(F.cross_entropy(logits, labels), unimodal, labels, step=step, total_steps=total_steps)
+        # share (data_parallel.py) scales the fused loss and, as loss_scale, the unimodal and KL losses alike; the
+        # component averages the gradients and losses over the processes itself.
+        record = self._step.backward(
+            F.cross_entropy(logits, labels) * share, unimodal, labels, step=step, total_steps=total_steps, loss_scale=share
+        )
         return {"loss": record.loss_task, **record.to_dict()}
 
     def extra_parameters(self) -> list[nn.Parameter]:

@@ -58,7 +58,7 @@ class GroupDRO:
         bias = torch.as_tensor(self.groups.values(batch, adapter, split="train", device=device))
         return group_ids(labels, bias.to(labels.device), num_bias=self.groups.num_bias)
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
         labels = train_labels(batch, adapter, device)
         logits = adapter.forward(model, adapter.prepare(batch, device=device))
         per_sample = F.cross_entropy(logits, labels, reduction="none")

@@ -25,6 +25,8 @@ from biasaudit.training.method_ce import train_labels
 
 class MMPareto:
     name = "mmpareto"
+    # The gradients it leaves are the same on every process (it averages them): the loop adds no average.
+    synchronised = True
     # "auto" chooses γ on validation data from this grid (selection.py): around the paper's 1.5.
     option_grid = ("gamma", (1.0, 1.5, 2.0))
 
@@ -46,13 +48,14 @@ class MMPareto:
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
         self._mmp = MMParetoComponent(self._heads.prepare(model, adapter, device=device), gamma=self.gamma)
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
         assert self._mmp is not None, "prepare() first"
         labels = train_labels(batch, adapter, device)
         logits, unimodal = self._heads.logits(model, adapter, adapter.prepare(batch, device=device))
         fused = F.cross_entropy(logits, labels)
         losses = {m: F.cross_entropy(o, labels) for m, o in unimodal.items()}
-        done = self._mmp.backward(fused, losses)
+        # share (data_parallel.py) scales every loss alike; the component averages the gradients itself.
+        done = self._mmp.backward(fused * share, {m: loss * share for m, loss in losses.items()})
         return {
             "loss": float(fused.detach()),
             **{f"loss_{m}": float(v.detach()) for m, v in losses.items()},

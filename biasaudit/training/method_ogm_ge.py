@@ -19,6 +19,7 @@ from biasaudit._core.arguments import positive_finite
 from biasaudit.errors import CheckpointError, InputError
 from biasaudit.methods.ogm_ge import OGMGE as OGMGEComponent
 from biasaudit.training.branch_heads import BranchHeads
+from biasaudit.training.data_parallel import average_gradients
 from biasaudit.training.method_ce import train_labels
 
 HEAD_MODES = ("ogm_split", "shared_zero")
@@ -26,6 +27,8 @@ HEAD_MODES = ("ogm_split", "shared_zero")
 
 class OGMGE:
     name = "ogm_ge"
+    # The gradients it leaves are the same on every process (it averages them): the loop adds no average.
+    synchronised = True
     # "auto" chooses α on validation data from this grid (selection.py): the reference range 0.1-0.8.
     option_grid = ("alpha", (0.1, 0.3, 0.8))
 
@@ -48,12 +51,14 @@ class OGMGE:
         branches = self._heads.prepare(model, adapter, device=device)
         self._ogm = OGMGEComponent(branches, alpha=self.alpha, ge=self.ge, seed=torch.initial_seed())
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
         assert self._ogm is not None, "prepare() first"
         labels = train_labels(batch, adapter, device)
         logits, unimodal = self._heads.logits(model, adapter, adapter.prepare(batch, device=device), track=False)
         loss = F.cross_entropy(logits, labels)
-        loss.backward()
+        (loss * share).backward()  # share: this process's part of the global batch (data_parallel.py)
+        # OGM-GE modulates the global gradient (as DDP leaves it after backward), so the processes average first.
+        average_gradients(p for p in model.parameters() if p.requires_grad)
         done = self._ogm.after_backward(unimodal, labels)
         return {
             "loss": float(loss.detach()),

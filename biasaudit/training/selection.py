@@ -180,6 +180,7 @@ def choose_option(
     progress: Progress | None = None,
     state_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    distributed: bool = False,
 ) -> OptionChoice:
     """Train one candidate per value of `method`'s gridded option from the same starting weights; keep the best on
     validation data. Ties go to the method's default (its paper's value) when it is among the best, else to the smaller
@@ -190,7 +191,8 @@ def choose_option(
     first candidate's prepare() raises, before any training, when no bias value can be had. Only the best candidate so
     far is held in memory (two copies of the model at most). With `state_dir`, each candidate saves its training state
     in its own folder (candidate_state_dir); `resume` continues each from its state when it has one, so an interrupted
-    auto run resumes the candidate it was training and re-scores the finished ones."""
+    auto run resumes the candidate it was training and re-scores the finished ones. `distributed`: each candidate
+    trains data-parallel over the process group (loop.py), and every process scores it alike."""
     option, default_grid = OPTION_GRIDS[method]
     grid = check_grid(method, grid if grid is not None else default_grid)
     default = option_default(method)
@@ -212,6 +214,7 @@ def choose_option(
             stage=f"{option} {value:g}",
             state_dir=directory,
             resume=resumed,
+            distributed=distributed,
         )
         batches = validation_batches(adapter, candidate_config, source)
         scores[value] = bias_balanced_score(candidate, adapter, fixer, batches, device=device, min_group=min_group)

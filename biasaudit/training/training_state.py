@@ -23,13 +23,15 @@ def _state_path(directory: Path) -> Path:
     return directory / "last.pt"
 
 
-def run_identity(method: TrainingMethod, config: TrainConfig) -> dict[str, Any]:
+def run_identity(method: TrainingMethod, config: TrainConfig, *, world: int = 1) -> dict[str, Any]:
     """What a resumed run must share with the interrupted one to continue it exactly: the training config
-    (the device aside) and the method with every setting. Plain JSON values, so it survives the state file."""
+    (the device aside), the method with every setting and the number of training processes. Plain JSON values, so it
+    survives the state file."""
     import json
 
     config_values = {k: v for k, v in config.to_dict().items() if k != "device"}
-    return json.loads(json.dumps({"config": config_values, "method": method.name, "settings": method.settings()}, default=str))
+    identity = {"config": config_values, "method": method.name, "settings": method.settings(), "processes": world}
+    return json.loads(json.dumps(identity, default=str))
 
 
 def check_same_run(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
@@ -40,6 +42,14 @@ def check_same_run(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) 
         raise CheckpointError(
             f"The training state to resume was written by method {saved.get('method')!r}, not {current['method']!r}; "
             "resume with the same method or run without --resume."
+        )
+    saved_world, world = int(saved.get("processes", 1)), int(current.get("processes", 1))
+    if saved_world != world:
+        raise CheckpointError(
+            f"The training state to resume was written by a run over {saved_world} process(es), not {world}; resuming "
+            f"over {world} would give each process other rows of every batch, so its random draws (dropout) and "
+            f"BatchNorm statistics would differ from the interrupted run's. Resume with {saved_world} process(es) "
+            "(torchrun --nproc-per-node), or run without --resume."
         )
     # A state written before a setting existed trained with its default (e.g. Adam before --optimizer).
     defaults = TrainConfig().to_dict()
@@ -69,12 +79,15 @@ def save_training_state(
     log: list[dict],
     method_state: dict[str, Any] | None = None,
     identity: dict[str, Any] | None = None,
+    rng_by_rank: list[dict[str, Any]] | None = None,
 ) -> None:
+    """Write the state (rank 0 of a data-parallel run: `rng_by_rank` holds every process's generators, in rank order)."""
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "rng": rng_states.capture(),
+        "rng": rng_by_rank[0] if rng_by_rank else rng_states.capture(),
+        "rng_by_rank": rng_by_rank,
         "log": log,
         "method": method_state or {},
         "run": identity,

@@ -1,0 +1,135 @@
+"""Data-parallel training in biasaudit's loop (loop.py) over the processes of a torch.distributed group (torchrun: gloo
+on CPU, nccl on CUDA).
+
+Every process draws the same global batches and trains on its contiguous part of each (epoch_batches.py), with no row
+padded or repeated, so a K-process run takes the steps of the one-process run on the same global batches. A process's
+part may hold one row more than another's, so a method's mean loss over its rows is scaled by `share` = K·n_local /
+n_global before the gradients are averaged over the processes (one all-reduce of one flat buffer, after the method's
+backward, as DistributedDataParallel's reducer does): the average is then the gradient of the global batch's mean.
+The components of biasaudit.methods that act on gradients between the backward and the step (BalGrad, MMPareto,
+OGM-GE) average what they need themselves, on the same convention, and say so with `synchronised = True`.
+
+The loop does not wrap the model in DistributedDataParallel: the methods' autograd.grad passes (BalGrad, MMPareto)
+are invisible to its reducer, and the adapters' hooks (branches, classifier) need the bare module. What DDP would add
+is done here: rank 0's parameters and buffers are broadcast before training, and the floating-point buffers
+(BatchNorm's running statistics) are averaged at each epoch's end, before a method's epoch_end and the saved state.
+BatchNorm normalises each process's rows with their own batch statistics, as under DDP (convert the model with
+torch.nn.SyncBatchNorm.convert_sync_batchnorm for global ones on CUDA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from biasaudit.errors import InputError
+from biasaudit.methods._distributed import average, world_size
+
+
+@dataclass(frozen=True)
+class Processes:
+    """This process's `rank` among `world` training processes (0 of 1 without a process group)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes files and logs (rank 0 alone)."""
+        return self.rank == 0
+
+    def share(self, rows: int, size: int) -> float:
+        """The factor on a mean loss over this process's `rows` of a global batch of `size` (see the module)."""
+        return self.world * rows / size
+
+
+ONE_PROCESS = Processes()
+
+
+def training_processes(distributed: bool) -> Processes:
+    """The processes of the initialised default group when `distributed`, else one; an InputError when asked to
+    train data-parallel with no process group (start the run with torchrun)."""
+    import torch.distributed as dist
+
+    if not distributed:
+        if world_size() > 1:  # the methods' statistics would be summed over processes that train other models
+            raise InputError(
+                f"Training runs inside a torch.distributed process group of {world_size()} processes but was not asked "
+                "to train over them; pass distributed=True (biasaudit fix under torchrun does), or train outside the group."
+            )
+        return ONE_PROCESS
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise InputError(
+            "distributed=True trains over the processes of a torch.distributed process group, but none is initialised; "
+            "start the run with torchrun (biasaudit fix under torchrun joins the group itself)."
+        )
+    return Processes(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def check_data_parallel(processes: Processes, *, smallest: int, batch_size: int) -> None:
+    """Refuse, before any work, a run in which some global batch holds fewer rows than there are processes: a process
+    with no rows cannot take part in the step."""
+    if processes.world > 1 and smallest < processes.world:
+        raise InputError(
+            f"Data-parallel training over {processes.world} processes needs at least one row per process in every "
+            f"batch, but the last batch of each epoch holds {smallest} (--batch-size {batch_size}); choose a batch "
+            "size that leaves a last batch of at least that many rows, or fewer processes."
+        )
+
+
+def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
+    """Each gradient replaced by its mean over the processes of the default group (parameters without a gradient
+    stay without: every process runs the same graph, so the same ones have none); nothing in one process."""
+    if world_size() == 1:
+        return
+    with_grad = [p for p in parameters if p.grad is not None]
+    if not with_grad:
+        return
+    for parameter, averaged in zip(with_grad, average([[p.grad for p in with_grad]])[0], strict=True):  # type: ignore[misc]
+        parameter.grad.copy_(averaged)  # type: ignore[union-attr]
+
+
+def broadcast_start(model: nn.Module, extra: Iterable[nn.Parameter], processes: Processes) -> None:
+    """Rank 0's parameters and buffers on every process (DDP does this when it wraps a model)."""
+    if processes.world == 1:
+        return
+    import torch.distributed as dist
+
+    tensors = [*model.parameters(), *extra, *model.buffers()]
+    with torch.no_grad():
+        for tensor in tensors:
+            if tensor.device.type == "cpu" or dist.get_backend() == "nccl":
+                dist.broadcast(tensor.data, src=0)
+            else:
+                staged = tensor.data.cpu()
+                dist.broadcast(staged, src=0)
+                tensor.data.copy_(staged)
+
+
+def average_buffers(model: nn.Module, processes: Processes) -> None:
+    """The floating-point buffers (BatchNorm's running statistics) averaged over the processes, so that every
+    process holds, and rank 0 saves, the same model."""
+    if processes.world == 1:
+        return
+    floats = [b for b in model.buffers() if b.is_floating_point()]
+    if not floats:
+        return
+    with torch.no_grad():
+        for buffer, averaged in zip(floats, average([floats])[0], strict=True):
+            buffer.copy_(averaged)
+
+
+def gathered(value: Any, processes: Processes) -> list[Any]:
+    """Every process's `value` in rank order (picklable objects, e.g. random generator states); [value] in one."""
+    if processes.world == 1:
+        return [value]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * processes.world
+    dist.all_gather_object(out, value)
+    return out
