@@ -301,6 +301,7 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     **{(call, "seed"): (lambda w: -1) for call in ("ba.scan", "ba.fix")},
     **{(call, "device"): (lambda w: "nosuch") for call in ("ba.scan", "ba.fix")},
     **{(call, "batch_size"): (lambda w: 0) for call in ("ba.scan", "ba.fix")},
+    ("ba.fix", "shuffle_buffer"): lambda w: 0,
     **{(call, "bootstrap"): (lambda w: 5) for call in ("ba.scan", "ba.fix")},
     **{(call, "projection"): (lambda w: "nosuch") for call in ("ba.scan", "ba.fix")},
     ("ba.scan", "unimodal_models"): lambda w: {"nosuch": nn.Linear(1, 2)},
@@ -317,6 +318,8 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.fix", "train_split"): lambda w: "nosuch", ("ba.fix", "options"): lambda w: {"nosuch": 1},
     ("ba.fix", "before"): lambda w: w.audit,  # taken with other settings (min_wrong=1, ...) than this fix's audits
     ("ba.fix", "state_dir"): _regular_file, ("ba.fix", "also_split"): lambda w: "nosuch",
+    ("ba.fix", "cache_dir"): _regular_file, ("ba.fix", "feature_cache"): lambda w: "nosuch",
+    ("ba.fix", "cache_max_gb"): lambda w: -1.0,
     ("ba.leaderboard", "adapter"): lambda w: OneModality(), ("ba.leaderboard", "out"): _regular_file,
     ("ba.leaderboard", "methods"): lambda w: ("nosuch",), ("ba.leaderboard", "seeds"): lambda w: (0,),
     ("ba.leaderboard", "split"): lambda w: "nosuch", ("ba.leaderboard", "epochs"): lambda w: 0,

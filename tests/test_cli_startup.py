@@ -106,10 +106,11 @@ def test_choices_match_the_library_registries():
     from biasaudit.training.method_balgrad import HEAD_MODES, WEIGHT_MODES
     from biasaudit.training.method_mmdb import BIAS_SOURCES
     from biasaudit.training.methods import METHODS
+    from biasaudit.training.feature_cache import MODES as FEATURE_CACHE_MODES
     from biasaudit.training.optimizers import OPTIMIZERS
 
     registries = {"PROJECTIONS": PROJECTIONS, "PRECISIONS": PRECISIONS, "GROUPINGS": GROUPINGS, "METHODS": METHODS, "OPTIMIZERS": OPTIMIZERS,
                   "BIAS_SOURCES": BIAS_SOURCES, "SCHEDULES": SCHEDULES, "KL_MODES": KL_MODES, "BALGRAD_PROJECTIONS": BALGRAD_PROJECTIONS,
-                  "HEAD_MODES": HEAD_MODES, "WEIGHT_MODES": WEIGHT_MODES}
+                  "HEAD_MODES": HEAD_MODES, "WEIGHT_MODES": WEIGHT_MODES, "FEATURE_CACHE_MODES": FEATURE_CACHE_MODES}
     for name, registry in registries.items():
         assert tuple(getattr(choices, name)) == tuple(registry), f"biasaudit/cli/choices.py {name} differs from the library's registry"

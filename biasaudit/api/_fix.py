@@ -27,6 +27,8 @@ from biasaudit.results import StrPath
 from biasaudit.results.audit import Audit
 from biasaudit.results.comparison import Comparison
 from biasaudit.results.fix_result import AlsoSplitResult, FixResult
+from biasaudit.training.feature_cache import MODES as CACHE_MODES
+from biasaudit.training.feature_cache import CacheSettings, check_cache_settings
 from biasaudit.training.optimizers import OPTIMIZERS
 
 
@@ -35,6 +37,7 @@ from biasaudit.training.optimizers import OPTIMIZERS
     epochs=at_least(1),
     lr=positive_finite,
     batch_size=at_least(1),
+    shuffle_buffer=at_least(1),
     optimizer=one_of(OPTIMIZERS),
     weight_decay=non_negative_finite,
     momentum=lambda value: None if 0 <= value < 1 else "a number from 0 up to (not including) 1",
@@ -47,6 +50,9 @@ from biasaudit.training.optimizers import OPTIMIZERS
     also_split=lambda value: None if value is None else not_empty(value),
     out=output_dir("ba.fix", "out"),
     selection_min_group=at_least(1),
+    feature_cache=one_of(CACHE_MODES),
+    cache_dir=output_dir("ba.fix", "cache_dir"),
+    cache_max_gb=positive_finite,
 )
 def fix(
     model: nn.Module | StrPath,
@@ -56,6 +62,7 @@ def fix(
     epochs: int = 20,
     lr: float = 3e-3,
     batch_size: int = 64,
+    shuffle_buffer: int = 100_000,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
     momentum: float = 0.0,
@@ -79,6 +86,9 @@ def fix(
     selection_min_group: int = 1,
     trust_checkpoint: bool = False,
     distributed: bool = False,
+    feature_cache: str = "auto",
+    cache_dir: StrPath | None = None,
+    cache_max_gb: float = 4.0,
     **settings: Any,
 ) -> FixResult:
     """Audit `model` on `split`, retrain it on `train_split` with `method` (see `biasaudit.training.methods.METHODS`:
@@ -93,6 +103,8 @@ def fix(
     (ba.scan's `batch_size`; `batch_size` here is training's) and any other ScanConfig setting by name (min_wrong,
     kmeans_k, mute, group_by, ...), so `before` may be any audit taken with the same settings.
     `optimizer` is adam, adamw or sgd (biasaudit.training.optimizers), with `weight_decay` and, for sgd, `momentum`.
+    Training data that a DataLoader over a map-style dataset gives are shuffled by index, a batch in memory at a time;
+    other data through a buffer of `shuffle_buffer` samples (a true shuffle within it, an approximation beyond).
 
     The caller's model is left untouched unless `inplace=True` (then it is the one trained). `before` reuses an
     audit of this model taken with the same settings. `state_dir` keeps the training state after every epoch. The
@@ -111,15 +123,23 @@ def fix(
     `selection_min_group` is the smallest (label, bias value) group an "auto" option's validation score counts.
 
     Parameters: `model`, `adapter`; `out`, `resume`, `trust_checkpoint`, `selection_min_group` (above);
-    `method` and `options` (above); training: `epochs`, `lr`, `batch_size`, `optimizer`,
+    `method` and `options` (above); training: `epochs`, `lr`, `batch_size`, `shuffle_buffer`, `optimizer`,
     `weight_decay`, `momentum`, `train_split`, `seed`, `device`, `state_dir`, `from_scratch`; audits: `split`, `conditions`,
     `bootstrap`, `projection`, `scan_batch_size`, `settings` (any other ScanConfig field), `before`, `also_split`;
-    `inplace` (train the caller's model itself); `progress` (a callback); `distributed` (below).
+    `inplace` (train the caller's model itself); `progress` (a callback); `distributed`, `feature_cache`, `cache_dir`,
+    `cache_max_gb` (below).
 
     `distributed=True` runs the fix over the processes of an initialised torch.distributed process group (torchrun;
     EVERY process calls ba.fix with the same arguments): the audits are sharded scans, the training is data-parallel
     (each global batch split over the processes, gradients averaged: the one-process steps on the same batches, see
     docs/scale.md), and with `out` only rank 0 writes. Every process returns the same result.
+
+    `feature_cache` ("auto", "on" or "off"): the outputs of the model's frozen parts (modules whose parameters are all
+    frozen, e.g. a pretrained encoder under linear probing) on the training samples are computed once and stand in for
+    those parts in later epochs, giving the very weights training without the cache gives. Only for an adapter that
+    declares `deterministic_data = True` (no random augmentation); "auto" caches what it can and records why not,
+    "on" refuses what it cannot. Kept in memory, or in memory-mapped files under `cache_dir`; at most `cache_max_gb`
+    GiB (a larger cache is not built). What it did is in the train log's `feature_cache`.
     """
     from biasaudit.data.batches import check_split
     from biasaudit.training.fix import fix_model
@@ -147,6 +167,7 @@ def fix(
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
+        shuffle_buffer=shuffle_buffer,
         seed=seed,
         device=device,
         split=train_split,
@@ -155,6 +176,12 @@ def fix(
         momentum=momentum,
     )
     check_method(method, dict(options or {}))  # before the copy and the audits: a typo costs nothing
+    cache = CacheSettings(
+        mode=feature_cache,
+        directory=Path(cache_dir) if cache_dir is not None else None,
+        max_bytes=max(1, int(cache_max_gb * 2**30)),
+    )
+    check_cache_settings(cache)  # a cache directory that is a file or cannot be written: before any work
     if out is not None or resume:
         return _fix_files(
             model,
@@ -173,6 +200,7 @@ def fix(
             also_split=also_split,
             from_scratch=from_scratch,
             distributed=distributed,
+            cache=cache,
         )
     if isinstance(before, Audit):
         check_before(
@@ -205,6 +233,7 @@ def fix(
         min_group=selection_min_group,
         adapter_spec=spec,
         distributed=distributed,
+        cache=cache,
     )
     return _result(trained, outcome)
 
@@ -246,6 +275,7 @@ def _fix_files(
     also_split: str | None,
     from_scratch: bool,
     distributed: bool,
+    cache: Any,
 ) -> FixResult:
     """`fix` of a checkpoint file into `out`: the files `biasaudit fix` writes, and the same result."""
     import tempfile
@@ -277,5 +307,6 @@ def _fix_files(
             also_split=also_split,
             from_scratch=from_scratch,
             distributed=distributed,
+            cache=cache,
         )
     return _result(written.model, written.outcome)

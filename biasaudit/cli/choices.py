@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # biasaudit.scanning.config.PRECISIONS
 GROUPINGS = ("auto", "bias", "alignment")  # biasaudit.diagnostics.groups.GROUPINGS
 METHODS = FIX_METHODS  # the registry's (biasaudit.training.methods), not mirrored: reading it imports no torch
 OPTIMIZERS = ("adam", "adamw", "sgd")  # biasaudit.training.optimizers.OPTIMIZERS
+FEATURE_CACHE_MODES = ("auto", "on", "off")  # biasaudit.training.feature_cache.MODES
 BIAS_SOURCES = ("auto", "key", "kmeans")  # biasaudit.training.method_mmdb.BIAS_SOURCES
 SCHEDULES = ("linear", "constant")  # biasaudit.methods.balgrad.SCHEDULES
 KL_MODES = ("mutual", "undirected")  # biasaudit.methods.balgrad.KL_MODES
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     GroupBy: TypeAlias = str
     Method: TypeAlias = str
     Optimizer: TypeAlias = str
+    FeatureCache: TypeAlias = str
     BiasSource: TypeAlias = str
     Schedule: TypeAlias = str
     KLMode: TypeAlias = str
@@ -58,6 +60,7 @@ else:
     GroupBy = _choices("GroupBy", GROUPINGS)
     Method = _choices("Method", METHODS)
     Optimizer = _choices("Optimizer", OPTIMIZERS)
+    FeatureCache = _choices("FeatureCache", FEATURE_CACHE_MODES)
     BiasSource = _choices("BiasSource", BIAS_SOURCES)
     Schedule = _choices("Schedule", SCHEDULES)
     KLMode = _choices("KLMode", KL_MODES)

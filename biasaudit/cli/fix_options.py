@@ -58,6 +58,40 @@ WeightDecay = Annotated[
 ]
 Momentum = Annotated[float, typer.Option(help="SGD momentum (--optimizer sgd only).", rich_help_panel=TRAINING)]
 BatchSize = Annotated[int, typer.Option(help="Training batch size.", rich_help_panel=TRAINING)]
+FeatureCache = Annotated[
+    choices.FeatureCache,
+    typer.Option(
+        "--feature-cache",
+        help="Compute the outputs of the model's frozen parts on the training samples once and reuse them in later epochs "
+        "(the same weights as without): auto when the adapter declares deterministic_data = True, on (refuse when it "
+        "cannot), off.",
+        rich_help_panel=TRAINING,
+    ),
+]
+CacheDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="Keep the feature cache in memory-mapped files here instead of memory.",
+        rich_help_panel=TRAINING,
+    ),
+]
+CacheMaxGb = Annotated[
+    float,
+    typer.Option(
+        "--cache-max-gb", min=0.0, help="The feature cache's bound in GiB; a larger cache is not built.", rich_help_panel=TRAINING
+    ),
+]
+ShuffleBuffer = Annotated[
+    int,
+    typer.Option(
+        "--shuffle-buffer",
+        min=1,
+        help="Samples gathered and shuffled at a time when the training data cannot be read by index (not a DataLoader "
+        "over a map-style dataset): a true shuffle within each buffer, an approximation beyond it; bounds memory.",
+        rich_help_panel=TRAINING,
+    ),
+]
 Resume = Annotated[
     bool, typer.Option("--resume", help="Continue an interrupted run from OUT/state/last.pt.", rich_help_panel=TRAINING)
 ]

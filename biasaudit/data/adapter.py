@@ -52,6 +52,10 @@ class Adapter:
     # data() must not run beside prepare() and forward(): it shares an object that is not thread-safe with them (a
     # Hugging Face fast tokenizer used in both), or it hands out one buffer that it refills for every batch.
     read_ahead: bool = True
+    # True when data("train") yields the same inputs for the same sample on every pass (no random augmentation): what
+    # lets `fix` cache the outputs of frozen encoders after one pass (training/feature_cache.py). False by default,
+    # because a cache would freeze one draw of a random augmentation into every later epoch.
+    deterministic_data: bool = False
     # Set only on a copy that reads the same data as the adapter it copies (scanning.config.with_mute_overrides): the
     # split reads are shared with that adapter's (data.batches.read_split_labels). Declared here, never set by default.
     reads_as: Adapter

@@ -36,6 +36,7 @@ from biasaudit.training.fix_audits import (
 from biasaudit.training.fix_checks import check_plan, check_resumable, driver_flag, is_post_hoc, refuse_post_hoc_resume
 from biasaudit.training.data_parallel import check_data_parallel, training_processes
 from biasaudit.training.epoch_batches import epoch_shape
+from biasaudit.training.feature_cache import CacheSettings, check_cache_plan
 from biasaudit.training.loop import train
 from biasaudit.training.methods import make_method
 from biasaudit.training.train_config import TrainConfig
@@ -113,6 +114,7 @@ def fix_model(
     also_before: dict[str, Any] | None = None,
     option_grid: Sequence[float] | None = None,
     distributed: bool = False,
+    cache: CacheSettings | None = None,
 ) -> FixOutcome:
     """Audit (unless `before` is given), retrain `model` in place with `method`, audit again with the same settings and
     compare. Writes nothing but the training state in `state_dir` (when given). `after_checkpoint(model)` may save the
@@ -125,7 +127,8 @@ def fix_model(
     before-audit is then the starting checkpoint's, and the comparison says so. `option_grid`: the values an "auto"
     option is chosen from (default: selection.OPTION_GRIDS). `distributed`: over the processes of the initialised
     process group, the audits are sharded scans and the training is data-parallel (data_parallel.py); every process
-    returns the same outcome, and only rank 0 writes the training state."""
+    returns the same outcome, and only rank 0 writes the training state. `cache`: the frozen-encoder feature cache's
+    settings (training/feature_cache.py; None: off); what it did is in the outcome's training record."""
     resume_dir = None
     if resume:
         if state_dir is None:
@@ -154,6 +157,8 @@ def fix_model(
     check_config = getattr(fixer, "check_config", None)
     if callable(check_config) and not post_hoc:
         check_config(train_config)  # e.g. JTT's two stages need the epochs for both
+    if cache is not None and not post_hoc:
+        check_cache_plan(model, adapter, cache)
     if distributed and not post_hoc:  # a batch some process would get no row of: before the audits, not after them
         smallest = epoch_shape(adapter, config=train_config).smallest
         check_data_parallel(training_processes(True), smallest=smallest, batch_size=train_config.batch_size)
@@ -202,6 +207,7 @@ def fix_model(
     if from_scratch:
         reinitialise(model, adapter, seed=train_config.seed)
     start = time.perf_counter()
+    cached: list[dict[str, Any]] = []  # what the feature cache did in each training (one per "auto" candidate)
     selection = None
     trained = model
     steps: list[dict[str, Any]]
@@ -219,6 +225,8 @@ def fix_model(
             state_dir=state_dir,
             resume=resume,
             distributed=distributed,
+            cache=cache,
+            cache_report=cached.append,
         )
         selection, trained, fixer, steps = choice.selection, choice.model, choice.method, choice.steps
         method_options[auto] = selection["chosen"]
@@ -237,6 +245,8 @@ def fix_model(
             resume=resume,
             progress=progress,
             distributed=distributed,
+            cache=cache,
+            cache_report=cached.append,
         )
     fixer.export(trained, adapter)
     train_seconds = time.perf_counter() - start
@@ -287,6 +297,7 @@ def fix_model(
         "config": train_config.to_dict(),
         # Data-parallel over this many processes (data_parallel.py): the steps of one process on the same batches.
         "processes": training_processes(distributed).world if distributed and not post_hoc else 1,
+        "feature_cache": cached[-1] if cached else None,
         "wall_time_s": round(train_seconds, 3),
         "source_checkpoint": str(checkpoint) if checkpoint is not None else None,
         "start": FROM_SCRATCH if from_scratch else "the checkpoint's weights (fine-tuning)",

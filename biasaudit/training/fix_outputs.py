@@ -21,6 +21,7 @@ from biasaudit._core.output_paths import check_output_dir
 from biasaudit._core.output_set import OutputSet
 from biasaudit._core.progress import Progress
 from biasaudit.training.data_parallel import training_processes
+from biasaudit.training.feature_cache import CacheSettings
 from biasaudit.training.fix import FixOutcome, fix_model
 from biasaudit.training.fix_audits import AUTO
 from biasaudit.training.fix_checks import check_method, check_plan, check_resumable, refuse_post_hoc_resume, reusable_before
@@ -51,6 +52,7 @@ def run_fix(
     also_split: str | None = AUTO,
     from_scratch: bool = False,
     distributed: bool = False,
+    cache: CacheSettings | None = None,
 ) -> FixFiles:
     """`fix_model` on a checkpoint, its results written into `out_dir` as one set (model.pt last). Returns the paths
     and what they hold, so a caller never reads back the files it just had written. `distributed`: every process of
@@ -87,6 +89,7 @@ def run_fix(
             also_split=also_split,
             from_scratch=from_scratch,
             distributed=distributed,
+            cache=cache,
         )
     out = target
     paths = {"model": out / "model.pt"}
@@ -127,6 +130,7 @@ def _fix_into(
     also_split: str | None,
     from_scratch: bool,
     distributed: bool,
+    cache: CacheSettings | None,
 ) -> tuple[nn.Module, FixOutcome]:
     from biasaudit._core.files import file_sha256
     from biasaudit.report.compare_render import write_compare_html
@@ -170,6 +174,7 @@ def _fix_into(
         also_split=also_split,
         from_scratch=from_scratch,
         distributed=distributed,
+        cache=cache,
     )
     if outputs is None:
         return model, outcome

@@ -6,8 +6,11 @@ exact resume (training_state.py), frozen parameters left frozen, and a per-step 
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,7 +30,8 @@ from biasaudit.training.data_parallel import (
     gathered,
     training_processes,
 )
-from biasaudit.training.epoch_batches import epoch_shape, process_batches
+from biasaudit.training.epoch_batches import SAMPLE_INDEX, epoch_shape, process_batches, without_index
+from biasaudit.training.feature_cache import CacheSettings, FeatureCache
 from biasaudit.training.live_status import EpochMeans
 from biasaudit.training.model_modes import set_training_modes
 from biasaudit.training.optimizers import make_optimizer
@@ -47,10 +51,14 @@ def train(
     progress: Progress | None = None,
     stage: str = "train",
     distributed: bool = False,
+    cache: CacheSettings | None = None,
+    cache_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Train in place; return the per-step log. `state_dir` gets `last.pt` after every epoch. `progress`
     gets `stage`, the step count and a live line of this epoch's mean losses (live_status.py). `distributed`: train
     data-parallel over the processes of the initialised process group (data_parallel.py); rank 0 alone writes the state.
+    `cache`: the frozen-encoder feature cache's settings (feature_cache.py; None: off); `cache_report` gets what it
+    did (its settings and `note`, one sentence) before the first step.
 
     Every global generator the run draws from is seeded from `config.seed` and handed back as it was afterwards
     (rng_states.py); parts of the model whose parameters are all frozen train in eval mode (model_modes.py)."""
@@ -65,6 +73,8 @@ def train(
             progress=progress,
             stage=stage,
             processes=training_processes(distributed),
+            cache=cache or CacheSettings(mode="off"),
+            cache_report=cache_report,
         )
 
 
@@ -79,6 +89,8 @@ def _train(
     progress: Progress | None,
     stage: str,
     processes: Processes,
+    cache: CacheSettings,
+    cache_report: Callable[[dict[str, Any]], None] | None,
 ) -> list[dict[str, Any]]:
     from biasaudit.scanning.config import resolve_device
 
@@ -136,40 +148,75 @@ def _train(
         log, start_epoch = list(state["log"]), int(state["epoch"])
         done = start_epoch * steps_per_epoch
         progress(stage, done, total_steps, f"resumed after epoch {start_epoch}/{config.epochs}")
-    for epoch in range(start_epoch, config.epochs):
-        set_training_modes(model)
-        live = EpochMeans(epoch=epoch, epochs=config.epochs)
-        batches = process_batches(adapter, config=config, epoch=epoch, index=indexed, rank=processes.rank, world=processes.world)
-        for index, part in enumerate(batches):
-            step = epoch * steps_per_epoch + index
-            optimizer.zero_grad(set_to_none=True)
-            share = processes.share(len(checked_labels(part.batch, adapter, split=config.split)), part.size)
-            entry = method.gradients(model, adapter, part.batch, step=step, total_steps=total_steps, device=device, share=share)
-            if not synchronised:
-                average_gradients(trainable + method_parameters(method))
-            optimizer.step()
-            log.append({"epoch": epoch, "step": step, **entry})
-            live.add(entry)
-            progress(stage, step + 1, total_steps, live.status())
-        average_buffers(model, processes)
-        if callable(epoch_end):
-            ended = epoch_end(model, view, epoch=epoch, epochs=config.epochs, device=device)
-            if ended is not None:
-                if ended.figures:
-                    log[-1]["epoch_end"] = ended.figures
-                if ended.fresh_optimizer:
-                    optimizer = new_optimizer()
-        rngs = gathered(rng_states.capture(), processes) if directory is not None else []
-        if directory is not None and processes.writes:
-            save_training_state(
-                directory,
-                epoch=epoch + 1,
-                model=model,
-                optimizer=optimizer,
-                log=log,
-                method_state=method_state(method),
-                identity=identity,
-                rng_by_rank=rngs if processes.world > 1 else None,
+    # After a resume's load: the cache is filled from the weights training continues with (feature_cache.py).
+    features, note = cached_features(model, adapter, config=config, settings=cache, processes=processes, device=device)
+    if cache_report is not None:
+        cache_report({**(features.settings() if features is not None else {"mode": cache.mode}), "note": note})
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            set_training_modes(model)
+            live = EpochMeans(epoch=epoch, epochs=config.epochs)
+            batches = process_batches(
+                adapter,
+                config=config,
+                epoch=epoch,
+                index=indexed or features is not None,
+                rank=processes.rank,
+                world=processes.world,
             )
+            for index, part in enumerate(batches):
+                step = epoch * steps_per_epoch + index
+                optimizer.zero_grad(set_to_none=True)
+                share = processes.share(len(checked_labels(part.batch, adapter, split=config.split)), part.size)
+                batch = part.batch if indexed or features is None else without_index(part.batch)
+                with features.serving(part.batch[SAMPLE_INDEX]) if features is not None else nullcontext():
+                    entry = method.gradients(
+                        model, adapter, batch, step=step, total_steps=total_steps, device=device, share=share
+                    )
+                if not synchronised:
+                    average_gradients(trainable + method_parameters(method))
+                optimizer.step()
+                log.append({"epoch": epoch, "step": step, **entry})
+                live.add(entry)
+                progress(stage, step + 1, total_steps, live.status())
+            average_buffers(model, processes)
+            if callable(epoch_end):
+                ended = epoch_end(model, view, epoch=epoch, epochs=config.epochs, device=device)
+                if ended is not None:
+                    if ended.figures:
+                        log[-1]["epoch_end"] = ended.figures
+                    if ended.fresh_optimizer:
+                        optimizer = new_optimizer()
+            rngs = gathered(rng_states.capture(), processes) if directory is not None else []
+            if directory is not None and processes.writes:
+                save_training_state(
+                    directory,
+                    epoch=epoch + 1,
+                    model=model,
+                    optimizer=optimizer,
+                    log=log,
+                    method_state=method_state(method),
+                    identity=identity,
+                    rng_by_rank=rngs if processes.world > 1 else None,
+                )
+    finally:
+        if features is not None:
+            features.close()
     model.eval()
     return log
+
+
+def cached_features(
+    model: nn.Module,
+    adapter: Adapter,
+    *,
+    config: TrainConfig,
+    settings: CacheSettings,
+    processes: Processes,
+    device: torch.device,
+) -> tuple[FeatureCache | None, str]:
+    """The feature cache of this run and its note. Over K processes each process's part of a batch has batch_size/K
+    rows, so the cache is filled in batches of that size: the calls it can serve exactly (feature_cache.py)."""
+    if processes.world > 1 and settings.mode != "off":
+        config = replace(config, batch_size=max(1, config.batch_size // processes.world))
+    return FeatureCache.build(model, adapter, config=config, settings=settings, device=device)

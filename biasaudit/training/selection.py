@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from biasaudit.training import mmdb
 from biasaudit._core.progress import Progress
 from biasaudit.training.driver import scored_as_trained
 from biasaudit.training.epoch_batches import holdout_rows
+from biasaudit.training.feature_cache import CacheSettings
 from biasaudit.training.loop import train
 from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.methods import METHODS, make_method, method_class
@@ -181,6 +182,8 @@ def choose_option(
     state_dir: str | os.PathLike | None = None,
     resume: bool = False,
     distributed: bool = False,
+    cache: CacheSettings | None = None,
+    cache_report: Callable[[dict[str, Any]], None] | None = None,
 ) -> OptionChoice:
     """Train one candidate per value of `method`'s gridded option from the same starting weights; keep the best on
     validation data. Ties go to the method's default (its paper's value) when it is among the best, else to the smaller
@@ -192,7 +195,8 @@ def choose_option(
     far is held in memory (two copies of the model at most). With `state_dir`, each candidate saves its training state
     in its own folder (candidate_state_dir); `resume` continues each from its state when it has one, so an interrupted
     auto run resumes the candidate it was training and re-scores the finished ones. `distributed`: each candidate
-    trains data-parallel over the process group (loop.py), and every process scores it alike."""
+    trains data-parallel over the process group (loop.py), and every process scores it alike. `cache`,
+    `cache_report`: the frozen-encoder feature cache of each candidate's training (loop.py)."""
     option, default_grid = OPTION_GRIDS[method]
     grid = check_grid(method, grid if grid is not None else default_grid)
     default = option_default(method)
@@ -215,6 +219,8 @@ def choose_option(
             state_dir=directory,
             resume=resumed,
             distributed=distributed,
+            cache=cache,
+            cache_report=cache_report,
         )
         batches = validation_batches(adapter, candidate_config, source)
         scores[value] = bias_balanced_score(candidate, adapter, fixer, batches, device=device, min_group=min_group)
