@@ -58,3 +58,22 @@ def test_fix_under_torchrun_writes_the_one_process_fix_once_and_refuses_another_
     said = " ".join(resumed.stderr.split())
     assert "over 2 process(es), not 1" in said and "Traceback" not in resumed.stderr
     assert (tmp_path / "two" / "model.pt").read_bytes() == written
+
+
+def test_a_leaderboard_under_torchrun_splits_its_runs_over_the_processes_and_rank_0_writes_it(tmp_path):
+    checkpoint = tmp_path / "baseline.pt"
+    torch.save(train_baseline(DigitsCaptionsAdapter(), seed=0, epochs=3).state_dict(), checkpoint)
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "biasaudit", "leaderboard"]
+    run = subprocess.run([sys.executable, *launcher, str(checkpoint), "--adapter", ADAPTER, "--methods", "groupdro",
+                          "--seeds", "0", "--seeds", "1", "--split", "test", "--epochs", "1", "--bootstrap", "50",
+                          "--grid", "groupdro=0.01", "--out", str(tmp_path / "board")],
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    document = json.loads((tmp_path / "board" / "leaderboard.json").read_text())
+    assert document["manifest"]["shards"] == 2, "the runs were not split over the two processes"
+    records = sorted(p.name for p in (tmp_path / "board").glob("shard-*-of-2.json"))
+    assert records == ["shard-0-of-2.json", "shard-1-of-2.json"]
+    ran = {(json.loads(p.read_text())["shard"]["index"], r["method"], r["seed"])
+           for p in (tmp_path / "board").glob("shard-*-of-2.json") for r in json.loads(p.read_text())["runs"]}
+    assert {(m, s) for _, m, s in ran} == {("ce", 0), ("ce", 1), ("groupdro", 0), ("groupdro", 1)} and len(ran) == 4
+    assert run.stdout.count("leaderboard.json") == 1, "rank 0 alone reports the leaderboard"

@@ -52,9 +52,16 @@ def rebatched(loader: DataLoader, batch_size: int) -> DataLoader:
     """The loader's samples in its order, cut into batches of batch_size (see the module's docstring)."""
     if loader.batch_size is None:
         return loader
+    options: dict[str, Any] = {"batch_size": batch_size, "drop_last": False, **reading_options(loader)}
+    if not isinstance(loader.dataset, IterableDataset):  # an iterable dataset has no sampler: it yields its own order
+        options["sampler"] = loader.sampler
+    return DataLoader(loader.dataset, **options)
+
+
+def reading_options(loader: DataLoader) -> dict[str, Any]:
+    """How the loader reads and collates its samples (collate_fn, workers, pinning, ...): what a new DataLoader over
+    the same dataset keeps when it cuts the samples into other batches."""
     options: dict[str, Any] = {
-        "batch_size": batch_size,
-        "drop_last": False,
         "collate_fn": loader.collate_fn,
         "num_workers": loader.num_workers,
         "pin_memory": loader.pin_memory,
@@ -62,11 +69,9 @@ def rebatched(loader: DataLoader, batch_size: int) -> DataLoader:
         "timeout": loader.timeout,
         "multiprocessing_context": loader.multiprocessing_context,
     }
-    if not isinstance(loader.dataset, IterableDataset):  # an iterable dataset has no sampler: it yields its own order
-        options["sampler"] = loader.sampler
     if loader.num_workers > 0:
         options["prefetch_factor"] = loader.prefetch_factor
-    return DataLoader(loader.dataset, **options)
+    return options
 
 
 class DictBatches:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -10,6 +12,8 @@ from rich.markup import escape
 from biasaudit.cli.app import app
 from biasaudit.cli.console import ADAPTER_HELP, err, handled, out, progress_bars
 from biasaudit.cli.naming import named_as
+from biasaudit.cli.torchrun import meet_after_runs, torchrun_place
+from biasaudit.errors import InputError
 from biasaudit.cli.tracker_options import Experiment, Log, RunName, TrackingUri, logged, tracking
 
 DEFAULT_METHODS = "ce,mmdb,balgrad,ogm_ge,mmpareto,groupdro,jtt,dandr,dfr"
@@ -18,7 +22,6 @@ DEFAULT_METHODS = "ce,mmdb,balgrad,ogm_ge,mmpareto,groupdro,jtt,dandr,dfr"
 def parse_grids(given: list[str]) -> dict[str, tuple[float, ...]]:
     """--grid METHOD=V1,V2 (repeated) -> {method: values}; a malformed one is named in one sentence (ba.leaderboard
     checks the methods and values)."""
-    from biasaudit.errors import InputError
 
     grids: dict[str, tuple[float, ...]] = {}
     for text in given:
@@ -132,12 +135,24 @@ def leaderboard(
         err.print(f"{escape(method)} seed {seed}: {'finished earlier, reused' if reused else 'done'}", markup=False)
 
     refused = "--shard trains only some runs of a leaderboard" if shard_spec is not None else None
+    rank, world = torchrun_place()
     with (
         handled(lambda: f"finished runs in {out_dir}/runs are kept: the same command continues with the missing ones"),
-        tracking(log, experiment, run_name, tracking_uri, refused=refused) as tracker,
+        tracking(log, experiment, run_name, tracking_uri, refused=refused) if rank == 0 else nullcontext(None) as tracker,
     ):
+        if world > 1:
+            # Under torchrun each process trains its share of the runs alone (as a job array's task would), on its own
+            # GPU with --device cuda, into the same --out; then the processes meet and rank 0 writes the leaderboard.
+            if shard_spec is not None:
+                raise InputError(
+                    "--shard splits a leaderboard's runs for a job array; under torchrun the processes "
+                    "already split them. Give one or the other."
+                )
+            shard_spec = f"{rank}/{world}"
+            if device == "cuda":
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0)}"
         named = [m.strip() for m in methods.split(",") if m.strip()]
-        with progress_bars() as progress, named_as(FLAGS):
+        with progress_bars() if rank == 0 else nullcontext(None) as progress, named_as(FLAGS):
             board = ba.leaderboard(
                 checkpoint,
                 adapter,
@@ -161,7 +176,12 @@ def leaderboard(
                 on_run=told,
                 trust_checkpoint=trust_checkpoint,
             )
-        if shard_spec is not None:
+        if world > 1:
+            meet_after_runs()  # every process's runs are finished when this returns
+            if rank != 0:
+                return
+            board = ba.merge_leaderboard([out_dir], out=out_dir)
+        elif shard_spec is not None:
             err.print(f"{board.verdict} ({out_dir})", markup=False)
             out.print(str(board.json_path), markup=False)
             return

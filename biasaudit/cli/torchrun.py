@@ -73,3 +73,24 @@ def torchrun_rank(
         given = rank_zero() if joined[0].index == 0 else None
     check_agreement(fingerprint, group="this torchrun", remedy="be started with the same arguments")
     return joined[0].index, joined[1], given
+
+
+def torchrun_place() -> tuple[int, int]:
+    """(rank, world size) that torchrun gave this process, read from its environment: (0, 1) outside torchrun."""
+    if not under_torchrun():
+        return 0, 1
+    return int(os.environ.get("RANK", "0") or 0), int(os.environ["WORLD_SIZE"])
+
+
+def meet_after_runs() -> None:
+    """Join the torchrun's process group only now, after this process's independent runs (a group joined earlier would
+    have the methods sum their statistics over processes training other runs), wait for every process, and leave."""
+    from biasaudit._core.sharding import join_torchrun, leave_torchrun
+
+    import torch.distributed as dist
+
+    join_torchrun("cpu")
+    try:
+        dist.barrier()
+    finally:
+        leave_torchrun()

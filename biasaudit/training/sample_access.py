@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import numpy as np
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, SequentialSampler
 
+from biasaudit.adapters.dataloaders import reading_options
 from biasaudit.data.adapter import Adapter
 
 
@@ -30,19 +31,8 @@ class IndexedSplit:
 
     def batches(self, index_lists: Iterable[np.ndarray]) -> Iterator[Mapping[str, Any]]:
         """One collated batch per list of sample indices, in the lists' order."""
-        loader = self.loader
-        options: dict[str, Any] = {
-            "batch_sampler": [[int(i) for i in rows] for rows in index_lists],
-            "collate_fn": loader.collate_fn,
-            "num_workers": loader.num_workers,
-            "pin_memory": loader.pin_memory,
-            "worker_init_fn": loader.worker_init_fn,
-            "timeout": loader.timeout,
-            "multiprocessing_context": loader.multiprocessing_context,
-        }
-        if loader.num_workers > 0:
-            options["prefetch_factor"] = loader.prefetch_factor
-        return iter(DataLoader(loader.dataset, **options))
+        batch_sampler = [[int(i) for i in rows] for rows in index_lists]
+        return iter(DataLoader(self.loader.dataset, batch_sampler=batch_sampler, **reading_options(self.loader)))
 
 
 def indexed_split(adapter: Adapter, split: str) -> IndexedSplit | None:
