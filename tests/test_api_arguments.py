@@ -324,6 +324,7 @@ WRONG_VALUES: dict[tuple[str, str], Callable[[World], Any]] = {
     ("ba.leaderboard", "methods"): lambda w: ("nosuch",), ("ba.leaderboard", "seeds"): lambda w: (0,),
     ("ba.leaderboard", "split"): lambda w: "nosuch", ("ba.leaderboard", "epochs"): lambda w: 0,
     ("ba.leaderboard", "lr"): lambda w: -1.0, ("ba.leaderboard", "batch_size"): lambda w: 0,
+    ("ba.leaderboard", "precision"): lambda w: "fp8",
     ("ba.leaderboard", "optimizer"): lambda w: "nosuch", ("ba.leaderboard", "bootstrap"): lambda w: 5,
     ("ba.leaderboard", "primary"): lambda w: "nosuch", ("ba.leaderboard", "max_full_drop"): lambda w: -1.0,
     ("ba.leaderboard", "keep"): lambda w: "nosuch", ("ba.leaderboard", "device"): lambda w: "nosuch",

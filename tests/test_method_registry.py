@@ -80,11 +80,11 @@ class ToyCrossEntropy:
     def prepare(self, model, adapter, *, device) -> None:
         pass
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0, loss_scale=1.0) -> dict:
         logits = adapter.forward(model, adapter.prepare(batch, device=device))
         labels = torch.as_tensor(batch[adapter.label_key]).to(device)
         loss = F.cross_entropy(logits, labels)
-        loss.backward()
+        (loss * (share * loss_scale)).backward()  # share: data-parallel; loss_scale: fp16's gradient scaler
         return {"loss": float(loss.detach())}
 
     def export(self, model, adapter) -> None:

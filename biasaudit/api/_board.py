@@ -17,6 +17,7 @@ from biasaudit.data.adapter import Adapter
 from biasaudit.errors import InputError
 from biasaudit.results import StrPath
 from biasaudit.results.leaderboard_result import LeaderboardResult
+from biasaudit.scanning.config import PRECISIONS
 from biasaudit.training.optimizers import OPTIMIZERS
 
 if TYPE_CHECKING:
@@ -57,6 +58,7 @@ def _grids_problem(value: Any) -> str | None:
     lr=positive_finite,
     batch_size=at_least(1),
     optimizer=one_of(OPTIMIZERS),
+    precision=one_of(tuple(PRECISIONS)),
     bootstrap=at_least(10),
     primary=one_of(PRIMARY),
     keep=one_of(KEEP),
@@ -80,6 +82,7 @@ def leaderboard(
     lr: float = 3e-3,
     batch_size: int = 64,
     optimizer: str = "adam",
+    precision: str = "fp32",
     bootstrap: int = 1000,
     primary: str = "worst-group",
     max_full_drop: float = 1.0,
@@ -111,7 +114,8 @@ def leaderboard(
 
     Parameters: `model` and `adapter` (the starting model, never trained itself); `out` (the folder of the runs and the
     document); `methods` and `seeds` (every method runs with every seed; the control `ce` always); `split` (evaluated; never
-    val); training of every run: `epochs`, `lr`, `batch_size`, `optimizer`, `device`; `bootstrap` (replicates of every
+    val); training of every run: `epochs`, `lr`, `batch_size`, `optimizer`, `device`, `precision` (fp32, or bf16 / fp16
+    autocast of the training and the audits on CUDA, fp16 with a grad scaler); `bootstrap` (replicates of every
     audit); the rule: `primary` (the tie-breaking bias measure: worst-group, bias-balanced, ood or follow-rate) and
     `max_full_drop` (points); `keep` ("best", "all" or "none" checkpoints); `jobs`, `grids`, `shard` (above); `progress`;
     `on_run` (on_run(method, seed, reused) is told of every run as it finishes or is found finished). `model` may be the
@@ -128,6 +132,7 @@ def leaderboard(
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
+        precision=precision,
         optimizer=optimizer,
         bootstrap=bootstrap,
         primary=primary,

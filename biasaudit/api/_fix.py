@@ -103,6 +103,9 @@ def fix(
     (ba.scan's `batch_size`; `batch_size` here is training's) and any other ScanConfig setting by name (min_wrong,
     kmeans_k, mute, group_by, ...), so `before` may be any audit taken with the same settings.
     `optimizer` is adam, adamw or sgd (biasaudit.training.optimizers), with `weight_decay` and, for sgd, `momentum`.
+    `precision` (a setting, "fp32" by default) is the whole fix's: "bf16" or "fp16" runs both audits' forwards and the
+    training steps under torch.autocast to that dtype (weights and optimizer stay float32; fp16 scales the losses with a
+    gradient scaler, which skips a step whose gradients overflow, marked "skipped" in the train log). CUDA only.
     Training data that a DataLoader over a map-style dataset gives are shuffled by index, a batch in memory at a time;
     other data through a buffer of `shuffle_buffer` samples (a true shuffle within it, an approximation beyond).
 
@@ -174,6 +177,8 @@ def fix(
         optimizer=optimizer,
         weight_decay=weight_decay,
         momentum=momentum,
+        # One precision for the whole fix: the audits' forwards (ScanConfig, checked above: 16 bits need CUDA) and training.
+        precision=settings.get("precision", "fp32"),
     )
     check_method(method, dict(options or {}))  # before the copy and the audits: a typo costs nothing
     cache = CacheSettings(

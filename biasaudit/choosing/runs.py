@@ -76,6 +76,8 @@ class LeaderboardSettings:
     lr: float = 3e-3
     batch_size: int = 64
     optimizer: str = "adam"
+    # The forwards' and the training's precision (fp32, or bf16 / fp16 autocast on CUDA; fp16 with a grad scaler).
+    precision: str = "fp32"
     bootstrap: int = 1000
     conditions: str = "missing,carrier"
     primary: str = "worst-group"
@@ -109,7 +111,13 @@ class LeaderboardSettings:
 
     def train_config(self, seed: int, device: str) -> TrainConfig:
         return TrainConfig(
-            epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, seed=seed, device=device, optimizer=self.optimizer
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            seed=seed,
+            device=device,
+            optimizer=self.optimizer,
+            precision=self.precision,
         )
 
     def scan_config(self, seed: int, device: str) -> ScanConfig:
@@ -121,6 +129,7 @@ class LeaderboardSettings:
             device=device,
             bootstrap_replicates=self.bootstrap,
             projection="pca",
+            precision=self.precision,
         )
 
 

@@ -58,6 +58,15 @@ WeightDecay = Annotated[
 ]
 Momentum = Annotated[float, typer.Option(help="SGD momentum (--optimizer sgd only).", rich_help_panel=TRAINING)]
 BatchSize = Annotated[int, typer.Option(help="Training batch size.", rich_help_panel=TRAINING)]
+Precision = Annotated[
+    choices.Precision,
+    typer.Option(
+        "--precision",
+        help="fp32, or bf16 / fp16: the training steps and both audits' forwards under autocast (fp16 with a gradient "
+        "scaler; CUDA only).",
+        rich_help_panel=TRAINING,
+    ),
+]
 FeatureCache = Annotated[
     choices.FeatureCache,
     typer.Option(

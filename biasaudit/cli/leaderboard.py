@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from biasaudit.cli.app import app
+from biasaudit.cli.choices import Precision, plain
 from biasaudit.cli.console import ADAPTER_HELP, err, handled, out, progress_bars
 from biasaudit.cli.naming import named_as
 from biasaudit.cli.torchrun import meet_after_runs, torchrun_place
@@ -92,6 +93,12 @@ def leaderboard(
     lr: float = typer.Option(3e-3, help="Learning rate.", rich_help_panel="Training"),
     batch_size: int = typer.Option(64, help="Training batch size.", rich_help_panel="Training"),
     optimizer: str = typer.Option("adam", help="adam, adamw or sgd.", rich_help_panel="Training"),
+    precision: Precision = typer.Option(
+        "fp32",
+        "--precision",
+        help="fp32, or bf16 / fp16 autocast of every run's training and audits (CUDA only; fp16 with a grad scaler).",
+        rich_help_panel="Training",
+    ),
     bootstrap: int = typer.Option(
         1000, "--bootstrap", min=10, help="Bootstrap replicates of every audit.", rich_help_panel="Comparison"
     ),
@@ -164,6 +171,7 @@ def leaderboard(
                 lr=lr,
                 batch_size=batch_size,
                 optimizer=optimizer,
+                precision=plain(precision),
                 bootstrap=bootstrap,
                 primary=primary,
                 max_full_drop=max_full_drop,

@@ -152,8 +152,10 @@ def mutual_kl(unimodal: Mapping[str, Tensor], *, mode: str = "mutual") -> dict[s
     name_v, name_l = two_names(unimodal, what="mutual_kl")
     if mode not in KL_MODES:
         raise InputError(f"Unknown KL mode {mode!r}; expected one of {', '.join(KL_MODES)}.")
-    log_v = torch.log_softmax(unimodal[name_v], dim=1)
-    log_l = torch.log_softmax(unimodal[name_l], dim=1)
+    # In float32 whatever autocast gives: CPU autocast leaves log_softmax in float16, whose backward overflows to NaN
+    # under a GradScaler's scale (CUDA autocast computes it in float32 already).
+    log_v = torch.log_softmax(unimodal[name_v].float(), dim=1)
+    log_l = torch.log_softmax(unimodal[name_l].float(), dim=1)
     if mode == "mutual":
         return {name_v: _kl(log_l.detach(), log_v), name_l: _kl(log_v.detach(), log_l)}
     undirected = _kl(log_v, log_l)

@@ -102,8 +102,9 @@ class OGMGE:
     Gradient accumulation: call after_backward once, after the last micro-batch's backward, with the unimodal logits
     and labels of all micro-batches concatenated (they are only read, detached).
     Mixed precision: under torch.autocast the logits may be half precision (s_m is computed in float32). With a
-    GradScaler call `scaler.unscale_(optimizer)` before after_backward, so that the noise's std is that of the true
-    gradient (the modulation itself is scale-free), then `scaler.step(optimizer)` as usual.
+    GradScaler either call `scaler.unscale_(optimizer)` before after_backward, or leave the gradients scaled: the noise's
+    std is the gradient's spread, so the scaled result is exactly S times the unscaled one (bit for bit with the
+    scaler's powers of two), and `scaler.step(optimizer)` unscales it as usual (biasaudit fix does the latter).
     DDP: wrap the model as usual and call `loss.backward()` on it (DDP all-reduces the gradients), then
     after_backward on every rank with that rank's logits and labels: s_m is summed over the processes, so every rank
     applies the same k_m, and with the same `seed` on every rank the same noise, so the replicas stay identical and

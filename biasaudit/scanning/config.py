@@ -142,9 +142,7 @@ def resolve_device(name: str, *, label: str = "Device", cpu: str = "--device cpu
 def check_precision(precision: str, device: torch.device) -> None:
     """Autocast to 16 bits is offered on CUDA only: on the CPU it is slow or unsupported for many operators."""
     if PRECISIONS.get(precision) is not None and device.type != "cuda":
-        raise InputError(
-            f"precision is {precision!r}, which needs a CUDA device; this scan runs on {device.type}. Use fp32 there."
-        )
+        raise InputError(f"precision is {precision!r}, which needs a CUDA device; this run is on {device.type}. Use fp32 there.")
 
 
 def config_from_settings(*, where: str, **settings: Any) -> ScanConfig:

@@ -48,6 +48,10 @@ class TrainingMethod(Protocol):
     # `share` scales a mean loss over the batch to this process's part of the global batch in a data-parallel run
     # (data_parallel.py; 1 in one process). The loop then averages the gradients over the processes, unless the
     # method's class sets `synchronised = True` (its components averaged what they combine themselves).
+    # `loss_scale` is an fp16 run's gradient-scaler scale S (precision.py; passed only then, so a driver without the
+    # keyword still trains in fp32 and bf16): the driver multiplies what it backpropagates by it (with `share`), its
+    # gradients must be S times the unscaled ones (the loop divides by S before the step), and the losses it logs stay
+    # unscaled. The loop runs the whole call under torch.autocast for bf16 and fp16.
     def gradients(
         self,
         model: nn.Module,
@@ -58,6 +62,7 @@ class TrainingMethod(Protocol):
         total_steps: int,
         device: torch.device,
         share: float = 1.0,
+        loss_scale: float = 1.0,
     ) -> dict[str, Any]: ...
 
     def export(self, model: nn.Module, adapter: Adapter) -> None: ...

@@ -35,6 +35,7 @@ from biasaudit.training.feature_cache import CacheSettings, FeatureCache
 from biasaudit.training.live_status import EpochMeans
 from biasaudit.training.model_modes import set_training_modes
 from biasaudit.training.optimizers import make_optimizer
+from biasaudit.training.precision import StepPrecision
 from biasaudit.training.train_config import TrainConfig
 from biasaudit.training.training_state import check_same_run, load_training_state, run_identity, save_training_state
 from biasaudit.training.training_view import training_view
@@ -109,6 +110,8 @@ def _train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
+    # After the trainable check: fp16 refuses float16 weights and a driver without loss_scale, before any work.
+    precision = StepPrecision(config.precision, device, trainable=trainable, method=method)
     broadcast_start(model, method_parameters(method), processes)
     synchronised = bool(getattr(method, "synchronised", False))
 
@@ -140,6 +143,7 @@ def _train(
             method, state.get("method", {})
         )  # first: it names a changed option more clearly than the optimizer would
         optimizer.load_state_dict(state["optimizer"])
+        precision.load_state_dict(state.get("scaler"))  # fp16: the scale the interrupted run had reached
         # States written before every generator was saved hold torch's CPU state alone.
         by_rank = state.get("rng_by_rank")  # a data-parallel run's: each process continues its own generators
         rng_states.restore(
@@ -169,13 +173,20 @@ def _train(
                 optimizer.zero_grad(set_to_none=True)
                 share = processes.share(len(checked_labels(part.batch, adapter, split=config.split)), part.size)
                 batch = part.batch if indexed or features is None else without_index(part.batch)
-                with features.serving(part.batch[SAMPLE_INDEX]) if features is not None else nullcontext():
+                # fp16: the driver scales its losses by loss_scale (the scaler's S); averaging over the processes is
+                # linear, so it commutes with S, and precision.step unscales before the optimizer reads the gradients.
+                scaled = precision.keywords()
+                with (
+                    features.serving(part.batch[SAMPLE_INDEX]) if features is not None else nullcontext(),
+                    precision.autocast(),
+                ):
                     entry = method.gradients(
-                        model, adapter, batch, step=step, total_steps=total_steps, device=device, share=share
+                        model, adapter, batch, step=step, total_steps=total_steps, device=device, share=share, **scaled
                     )
                 if not synchronised:
                     average_gradients(trainable + method_parameters(method))
-                optimizer.step()
+                if precision.step(optimizer):  # overflowed: the weights stay as they were, and the log says so
+                    entry = {**entry, "skipped": True, "loss_scale": scaled["loss_scale"]}
                 log.append({"epoch": epoch, "step": step, **entry})
                 live.add(entry)
                 progress(stage, step + 1, total_steps, live.status())
@@ -198,6 +209,7 @@ def _train(
                     method_state=method_state(method),
                     identity=identity,
                     rng_by_rank=rngs if processes.world > 1 else None,
+                    scaler=precision.state_dict(),
                 )
     finally:
         if features is not None:
@@ -216,7 +228,10 @@ def cached_features(
     device: torch.device,
 ) -> tuple[FeatureCache | None, str]:
     """The feature cache of this run and its note. Over K processes each process's part of a batch has batch_size/K
-    rows, so the cache is filled in batches of that size: the calls it can serve exactly (feature_cache.py)."""
+    rows, so the cache is filled in batches of that size: the calls it can serve exactly (feature_cache.py). Each
+    process keeps its own files, in a folder of its rank under the cache directory (its own fill, its own clean-up)."""
     if processes.world > 1 and settings.mode != "off":
         config = replace(config, batch_size=max(1, config.batch_size // processes.world))
+        if settings.directory is not None:
+            settings = replace(settings, directory=Path(settings.directory) / f"rank-{processes.rank}")
     return FeatureCache.build(model, adapter, config=config, settings=settings, device=device)

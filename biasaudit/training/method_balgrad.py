@@ -91,14 +91,19 @@ class BalGrad:
         """(fused logits, unimodal logits {v: o_v, l: o_l}) under the head mode."""
         return self._heads.logits(model, adapter, inputs)
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0, loss_scale=1.0) -> dict[str, Any]:
         assert self._step is not None, "prepare() first"
         labels = train_labels(batch, adapter, device)
         logits, unimodal = self.logits(model, adapter, adapter.prepare(batch, device=device))
-        # share (data_parallel.py) scales the fused loss and, as loss_scale, the unimodal and KL losses alike; the
-        # component averages the gradients and losses over the processes itself.
+        # The KL terms in float32, as CUDA's autocast computes log_softmax: CPU autocast leaves it in 16 bits, where
+        # fp16's loss scale overflows the KL's backward (S = 65536 > float16's largest 65504). A no-op in fp32.
+        unimodal = {m: o.float() for m, o in unimodal.items()}
+        # share (data_parallel.py) and fp16's loss_scale (precision.py) scale the fused loss and, as the component's
+        # loss_scale, the unimodal and KL losses alike; the weights and the projection are scale-free, so the gradients
+        # are the unscaled ones times the factor. The component averages the gradients and losses over the processes.
+        factor = share * loss_scale
         record = self._step.backward(
-            F.cross_entropy(logits, labels) * share, unimodal, labels, step=step, total_steps=total_steps, loss_scale=share
+            F.cross_entropy(logits, labels) * factor, unimodal, labels, step=step, total_steps=total_steps, loss_scale=factor
         )
         return {"loss": record.loss_task, **record.to_dict()}
 

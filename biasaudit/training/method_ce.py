@@ -23,10 +23,10 @@ class CrossEntropy:
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
         pass
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0, loss_scale=1.0) -> dict[str, Any]:
         logits = adapter.forward(model, adapter.prepare(batch, device=device))
         loss = F.cross_entropy(logits, train_labels(batch, adapter, device))
-        (loss * share).backward()  # share: this process's part of the global batch (data_parallel.py)
+        (loss * (share * loss_scale)).backward()  # share: data_parallel.py; loss_scale: fp16's (precision.py)
         return {"loss": float(loss.detach())}
 
     def export(self, model: nn.Module, adapter: Adapter) -> None:

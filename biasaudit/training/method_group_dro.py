@@ -58,13 +58,14 @@ class GroupDRO:
         bias = torch.as_tensor(self.groups.values(batch, adapter, split="train", device=device))
         return group_ids(labels, bias.to(labels.device), num_bias=self.groups.num_bias)
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0, loss_scale=1.0) -> dict[str, Any]:
         labels = train_labels(batch, adapter, device)
         logits = adapter.forward(model, adapter.prepare(batch, device=device))
         per_sample = F.cross_entropy(logits, labels, reduction="none")
         gdro = self._prepared()
         loss = gdro.loss(per_sample, self.batch_groups(batch, adapter, labels, device=device))
-        loss.backward()
+        # No share: the component normalises over the processes itself. loss_scale: fp16's scale (precision.py).
+        (loss * loss_scale).backward()
         if gdro.last is None:  # loss() records the step it computed
             raise RuntimeError("Group DRO's loss recorded no step.")
         q = gdro.last.q

@@ -72,15 +72,15 @@ class JTT:
         # Stage 2 starts where stage 1 started: the run's starting weights (buffers included), kept on the CPU.
         self._start = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0, loss_scale=1.0) -> dict[str, Any]:
         labels = train_labels(batch, adapter, device)
         logits = adapter.forward(model, adapter.prepare(without_index(batch), device=device))
         if self.stage == 1:
             loss = F.cross_entropy(logits, labels)
-            (loss * share).backward()  # share: this process's part of the global batch (data_parallel.py)
+            (loss * (share * loss_scale)).backward()  # share: data_parallel.py; loss_scale: fp16's (precision.py)
         else:  # the component normalises by the global weight itself, for the processes' average
             loss = self.parts.loss(F.cross_entropy(logits, labels, reduction="none"), batch[SAMPLE_INDEX].to(device))
-            loss.backward()
+            (loss * loss_scale).backward()
         errors = self.parts.error_set
         return {
             "loss": float(loss.detach()),

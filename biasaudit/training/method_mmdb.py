@@ -145,11 +145,11 @@ class MMDB:
     def cosines(self, model: nn.Module, adapter: Adapter, batch: Mapping[str, Any], *, device: torch.device) -> torch.Tensor:
         return self._prepared().cosines(self._features(model, adapter, batch, device=device))
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0, loss_scale=1.0) -> dict[str, Any]:
         features = self._features(model, adapter, batch, device=device)
         bias = torch.as_tensor(self.batch_bias(batch, adapter, split="train", device=device)).to(device)
         loss = self._prepared().loss(features, train_labels(batch, adapter, device), bias)
-        (loss * share).backward()  # share: this process's part of the global batch (data_parallel.py)
+        (loss * (share * loss_scale)).backward()  # share: data_parallel.py; loss_scale: fp16's (precision.py)
         return {"loss": float(loss.detach())}
 
     @contextmanager

@@ -48,14 +48,16 @@ class MMPareto:
     def prepare(self, model: nn.Module, adapter: Adapter, *, device: torch.device) -> None:
         self._mmp = MMParetoComponent(self._heads.prepare(model, adapter, device=device), gamma=self.gamma)
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0, loss_scale=1.0) -> dict[str, Any]:
         assert self._mmp is not None, "prepare() first"
         labels = train_labels(batch, adapter, device)
         logits, unimodal = self._heads.logits(model, adapter, adapter.prepare(batch, device=device))
         fused = F.cross_entropy(logits, labels)
         losses = {m: F.cross_entropy(o, labels) for m, o in unimodal.items()}
-        # share (data_parallel.py) scales every loss alike; the component averages the gradients itself.
-        done = self._mmp.backward(fused * share, {m: loss * share for m, loss in losses.items()})
+        # share (data_parallel.py) and fp16's loss_scale (precision.py) scale every loss alike: the result is homogeneous
+        # of degree one in that factor (the component's docstring). The component averages the gradients itself.
+        factor = share * loss_scale
+        done = self._mmp.backward(fused * factor, {m: loss * factor for m, loss in losses.items()})
         return {
             "loss": float(fused.detach()),
             **{f"loss_{m}": float(v.detach()) for m, v in losses.items()},

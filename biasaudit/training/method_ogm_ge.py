@@ -4,7 +4,12 @@ does: the cross-entropy's `loss.backward()`, then `ogm.after_backward(unimodal_l
 The unimodal logits come from branch_heads (the adapter's branches(model), and for the default ogm_split head mode its
 classifier(model)); OGM-GE only reads them, so their passes build no graph. Separate heads are refused: OGM-GE would
 read untrained heads. The GE noise is drawn from the component's own generator, seeded by the run seed, and its state
-is saved with every epoch, so --resume draws the noise the interrupted run would have drawn."""
+is saved with every epoch, so --resume draws the noise the interrupted run would have drawn.
+
+Under fp16 the gradients it modulates are the scaled ones, S·g (loss_scale, precision.py), and the loop unscales them
+after this step. That is exact: k comes from the logits, and the GE noise is N(0, std(g)²) drawn as std(g)·z, so
+k·(S·g) + std(S·g)·z = S·(k·g + std(g)·z) with the same draws z; with S a power of two (GradScaler's) even every
+rounding is the same. Unscaling first would only add a pass over the gradients."""
 
 from __future__ import annotations
 
@@ -51,12 +56,12 @@ class OGMGE:
         branches = self._heads.prepare(model, adapter, device=device)
         self._ogm = OGMGEComponent(branches, alpha=self.alpha, ge=self.ge, seed=torch.initial_seed())
 
-    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0) -> dict[str, Any]:
+    def gradients(self, model, adapter, batch, *, step, total_steps, device, share=1.0, loss_scale=1.0) -> dict[str, Any]:
         assert self._ogm is not None, "prepare() first"
         labels = train_labels(batch, adapter, device)
         logits, unimodal = self._heads.logits(model, adapter, adapter.prepare(batch, device=device), track=False)
         loss = F.cross_entropy(logits, labels)
-        (loss * share).backward()  # share: this process's part of the global batch (data_parallel.py)
+        (loss * (share * loss_scale)).backward()  # share: data_parallel.py; loss_scale: fp16's (precision.py)
         # OGM-GE modulates the global gradient (as DDP leaves it after backward), so the processes average first.
         average_gradients(p for p in model.parameters() if p.requires_grad)
         done = self._ogm.after_backward(unimodal, labels)

@@ -9,6 +9,7 @@ import torch
 
 from biasaudit.errors import InputError
 from biasaudit.training.optimizers import check_optimizer
+from biasaudit.training.precision import check_precision_name
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class TrainConfig:
     optimizer: str = "adam"  # biasaudit/training/optimizers.py
     weight_decay: float = 0.0
     momentum: float = 0.0  # sgd only
+    # The steps' precision: fp32, or autocast to bf16 / fp16 (fp16 with a gradient scaler); precision.py.
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "shuffle_buffer"):
@@ -34,6 +37,7 @@ class TrainConfig:
         if not 0 < self.lr <= torch.finfo(torch.float32).max:
             raise InputError(f"lr is {self.lr}; expected a positive learning rate that float32 can hold (at most 3.4e38).")
         check_optimizer(self.optimizer, weight_decay=self.weight_decay, momentum=self.momentum)
+        check_precision_name(self.precision)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

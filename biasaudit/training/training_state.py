@@ -1,6 +1,6 @@
-"""The training state biasaudit's loop (loop.py) saves after every epoch and resumes from: the model, the optimizer, every
-random generator, the step log, the method's own state and the run's identity, sealed by a SHA-256 so an altered file
-is refused rather than resumed."""
+"""The training state biasaudit's loop (loop.py) saves after every epoch and resumes from: the model, the optimizer, an
+fp16 run's gradient scaler, every random generator, the step log, the method's own state and the run's identity, sealed
+by a SHA-256 so an altered file is refused rather than resumed."""
 
 from __future__ import annotations
 
@@ -80,8 +80,10 @@ def save_training_state(
     method_state: dict[str, Any] | None = None,
     identity: dict[str, Any] | None = None,
     rng_by_rank: list[dict[str, Any]] | None = None,
+    scaler: dict[str, Any] | None = None,
 ) -> None:
-    """Write the state (rank 0 of a data-parallel run: `rng_by_rank` holds every process's generators, in rank order)."""
+    """Write the state (rank 0 of a data-parallel run: `rng_by_rank` holds every process's generators, in rank order;
+    `scaler`: an fp16 run's gradient scaler, precision.py, None otherwise)."""
     state = {
         "epoch": epoch,
         "model": model.state_dict(),
@@ -91,6 +93,7 @@ def save_training_state(
         "log": log,
         "method": method_state or {},
         "run": identity,
+        "scaler": scaler,
     }
     atomic_write_bytes(sealed_bytes(state, header={"format": TRAINING_STATE}), _state_path(directory))
 
