@@ -66,3 +66,37 @@ def test_a_cache_dir_that_is_a_file_is_refused_before_any_work_and_nothing_is_wr
     assert result.exit_code == 2, result.output
     assert "taken" in said and "Traceback" not in result.output
     assert taken.read_text() == "mine" and not (tmp_path / "out").exists()
+
+
+def test_runs_sharing_a_cache_dir_keep_their_files_apart_and_remove_them(tmp_path):
+    from biasaudit.training.feature_cache import CacheSettings
+    from biasaudit.training.loop import train
+    from biasaudit.training.methods import make_method
+    from biasaudit.training.train_config import TrainConfig
+
+    adapter, shared = FrozenEncoderAdapter(n=48), tmp_path / "cache"
+    other = shared / "run-another"  # a folder of another run's, which this run must not touch
+    other.mkdir(parents=True)
+    (other / "image.encoder-train.bin").write_bytes(b"theirs")
+    reports: list[dict] = []
+    train(adapter.build_model(), adapter, make_method("ce"), config=TrainConfig(epochs=2, batch_size=16),
+          cache=CacheSettings(mode="on", directory=shared), cache_report=reports.append)
+    files = [Path(f) for f in reports[0]["files"]]
+    assert files and all(f.parent.parent == shared and f.parent != other for f in files), files
+    assert not files[0].parent.exists(), "the run's cache folder outlived the run"
+    assert (other / "image.encoder-train.bin").read_bytes() == b"theirs"
+
+
+def test_a_16_bit_run_is_not_cached_and_refused_with_the_cache_on():
+    from biasaudit.training.feature_cache import CacheSettings
+    from biasaudit.training.loop import train
+    from biasaudit.training.methods import make_method
+    from biasaudit.training.train_config import TrainConfig
+
+    adapter = FrozenEncoderAdapter(n=48)
+    config = TrainConfig(epochs=1, batch_size=16, precision="bf16")
+    with pytest.raises(InputError, match="computes in bf16, so the cache would change its weights"):
+        train(adapter.build_model(), adapter, make_method("ce"), config=config, cache=CacheSettings(mode="on"))
+    reports: list[dict] = []
+    train(adapter.build_model(), adapter, make_method("ce"), config=config, cache=CacheSettings(), cache_report=reports.append)
+    assert reports[0]["note"].startswith("nothing cached: this run computes in bf16")

@@ -5,6 +5,7 @@ count a state was written with is the one it resumes with."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -114,3 +115,29 @@ def test_ba_fix_distributed_outside_a_process_group_is_refused_before_any_audit(
     monkeypatch.setattr("biasaudit.training.fix.audit_model", audited)
     with pytest.raises(InputError, match="distributed=True trains over the processes of a torch.distributed process group"):
         ba.fix(ADAPTER.build_model(), ADAPTER, method="ce", epochs=1, distributed=True)
+
+
+BUFFERS = """
+import json, torch, torch.distributed as dist
+from torch import nn
+from biasaudit.training.data_parallel import Processes, average_buffers
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+model = nn.Sequential(nn.BatchNorm1d(3), nn.BatchNorm1d(3))
+model[0].eval()  # a frozen part: its statistics are not the processes' to average
+for layer in model:
+    layer.running_mean.fill_(0.1 + rank)
+average_buffers(model, Processes(rank=rank, world=2))
+print(json.dumps([model[0].running_mean.tolist(), model[1].running_mean.tolist()]))
+dist.destroy_process_group()
+"""
+
+
+def test_epoch_end_averages_the_statistics_of_training_layers_and_leaves_frozen_ones_bit_for_bit(gloo_ranks, tmp_path):
+    script = tmp_path / "buffers.py"
+    script.write_text(BUFFERS)
+    for rank, result in enumerate(gloo_ranks.run([[script]] * 2)):
+        assert result.returncode == 0, result.stderr[-2000:]
+        frozen, trained = json.loads(result.stdout)
+        assert frozen == [float(torch.tensor(0.1 + rank))] * 3, f"rank {rank}: a frozen layer's statistics were averaged"
+        assert trained == pytest.approx([0.6] * 3), f"rank {rank}: the training layer's statistics were not averaged"

@@ -224,18 +224,24 @@ def fix(
             "kmeans_k": kmeans_k,
             "selection_min_group": min_group,
         }
-        rank = 0
+
+        def opened() -> Any:
+            return held.enter_context(tracking(log, experiment, run_name, tracking_uri))
+
+        # Rank 0 alone opens the tracker (within the processes' checks, so that its refusal stops them all), shows
+        # progress and prints: the processes' results are the same.
+        rank, tracker = 0, None
         if under_torchrun():  # data-parallel over the processes, each checking that all were started alike (cli/torchrun.py)
             shared = {
                 FIX_FLAGS.get(key, f"--{key}"): (f"{FIX_FLAGS.get(key, key)} {value!r}", repr(value))
                 for key, value in keywords.items()
                 if key != "device"
             }
-            rank, keywords["device"], _ = torchrun_rank(
-                held, adapter=adapter, device=device, settings=shared, checkpoint=checkpoint, out=out_dir, rank_zero=lambda: None
+            rank, keywords["device"], tracker = torchrun_rank(
+                held, adapter=adapter, device=device, settings=shared, checkpoint=checkpoint, out=out_dir, rank_zero=opened
             )
-        # Rank 0 alone opens the tracker, shows progress and prints: the processes' results are the same.
-        tracker = held.enter_context(tracking(log, experiment, run_name, tracking_uri) if rank == 0 else nullcontext(None))
+        else:
+            tracker = opened()
         with (
             named_as({**{key: f"--{key.replace('_', '-')}" for key in named}, **FIX_FLAGS}),
             progress_bars() if rank == 0 else nullcontext(None) as progress,

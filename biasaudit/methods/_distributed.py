@@ -39,7 +39,7 @@ def collective_device() -> torch.device:
     """Where a collective's tensors must live: CUDA for NCCL, the CPU otherwise."""
     import torch.distributed as dist
 
-    if world_size() > 1 and dist.get_backend() == "nccl":
+    if world_size() > 1 and "nccl" in str(dist.get_backend()):  # "nccl", or torchrun's "cpu:gloo,cuda:nccl"
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 

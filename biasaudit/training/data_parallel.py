@@ -94,16 +94,16 @@ def average_gradients(parameters: Iterable[nn.Parameter]) -> None:
         parameter.grad.copy_(averaged)  # type: ignore[union-attr]
 
 
-def broadcast_start(model: nn.Module, extra: Iterable[nn.Parameter], processes: Processes) -> None:
-    """Rank 0's parameters and buffers on every process (DDP does this when it wraps a model)."""
+def broadcast_start(tensors: Iterable[torch.Tensor], processes: Processes) -> None:
+    """Rank 0's values of `tensors` (a model's parameters and buffers, a method's own parameters) on every process, as
+    DDP does when it wraps a model."""
     if processes.world == 1:
         return
     import torch.distributed as dist
 
-    tensors = [*model.parameters(), *extra, *model.buffers()]
     with torch.no_grad():
         for tensor in tensors:
-            if tensor.device.type == "cpu" or dist.get_backend() == "nccl":
+            if tensor.device.type == "cpu" or "nccl" in str(dist.get_backend()):  # "cpu:gloo,cuda:nccl" too
                 dist.broadcast(tensor.data, src=0)
             else:
                 staged = tensor.data.cpu()
@@ -112,11 +112,12 @@ def broadcast_start(model: nn.Module, extra: Iterable[nn.Parameter], processes: 
 
 
 def average_buffers(model: nn.Module, processes: Processes) -> None:
-    """The floating-point buffers (BatchNorm's running statistics) averaged over the processes, so that every
-    process holds, and rank 0 saves, the same model."""
+    """The floating-point buffers (BatchNorm's running statistics) of the modules that train (in training mode)
+    averaged over the processes, so that every process holds, and rank 0 saves, the same model. A frozen part (in eval
+    mode) keeps its buffers bit for bit: a mean of K equal values need not round back to the value."""
     if processes.world == 1:
         return
-    floats = [b for b in model.buffers() if b.is_floating_point()]
+    floats = [b for m in model.modules() if m.training for b in m.buffers(recurse=False) if b.is_floating_point()]
     if not floats:
         return
     with torch.no_grad():

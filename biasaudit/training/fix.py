@@ -19,7 +19,7 @@ from biasaudit.data.adapter import Adapter
 from biasaudit.data.batches import shares_reads
 from biasaudit.errors import InputError
 from biasaudit.scanning.audit import audit_model
-from biasaudit.scanning.config import ScanConfig
+from biasaudit.scanning.config import ScanConfig, resolve_device
 from biasaudit._core.progress import Progress
 from biasaudit.training.diagnosis import TreatmentWarning, diagnosis, treatment_warnings
 from biasaudit.training.driver import scored_as_trained
@@ -34,10 +34,12 @@ from biasaudit.training.fix_audits import (
     with_also_split,
 )
 from biasaudit.training.fix_checks import check_plan, check_resumable, driver_flag, is_post_hoc, refuse_post_hoc_resume
-from biasaudit.training.data_parallel import check_data_parallel, training_processes
+from biasaudit.training.data_parallel import broadcast_start, check_data_parallel, training_processes
 from biasaudit.training.epoch_batches import epoch_shape
 from biasaudit.training.feature_cache import CacheSettings, check_cache_plan
 from biasaudit.training.loop import train
+from biasaudit.training.precision import StepPrecision
+from biasaudit.training.run_cache import refused_precision
 from biasaudit.training.methods import make_method
 from biasaudit.training.train_config import TrainConfig
 
@@ -138,7 +140,8 @@ def fix_model(
     refuse_post_hoc_resume(method, resume)
     check_plan(adapter, method=method, split=scan_config.split, also_split=also_split, from_scratch=from_scratch)
     if resume_dir is not None:  # before the before-audit: a resume with nothing to resume is a mistake, found at once
-        check_resumable(resume_dir, method=method, options=method_options, grid=option_grid)
+        world = training_processes(distributed).world
+        check_resumable(resume_dir, method=method, options=method_options, grid=option_grid, processes=world)
     from biasaudit.training.selection import auto_option, choose_option, placeholder_options, selection_plan
 
     auto = auto_option(method, method_options)
@@ -159,6 +162,14 @@ def fix_model(
         check_config(train_config)  # e.g. JTT's two stages need the epochs for both
     if cache is not None and not post_hoc:
         check_cache_plan(model, adapter, cache)
+        refusal = refused_precision(cache, train_config.precision)
+        if refusal is not None:
+            raise InputError(refusal)
+    if not post_hoc:  # fp16's refusals (float16 weights, a driver without loss_scale), before the audits
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        StepPrecision(train_config.precision, resolve_device(train_config.device), trainable=trainable, method=fixer)
+    if distributed:  # rank 0's weights on every process (a process group's ranks may each build their own model)
+        broadcast_start([*model.parameters(), *model.buffers()], training_processes(True))
     if distributed and not post_hoc:  # a batch some process would get no row of: before the audits, not after them
         smallest = epoch_shape(adapter, config=train_config).smallest
         check_data_parallel(training_processes(True), smallest=smallest, batch_size=train_config.batch_size)

@@ -14,7 +14,7 @@ from biasaudit.results import read_audit
 from biasaudit.scanning.config import ScanConfig
 from biasaudit.training.fix_audits import AUTO
 from biasaudit.training.methods import METHODS, make_method, method_class
-from biasaudit.training.training_state import load_training_state
+from biasaudit.training.training_state import check_same_processes, load_training_state
 
 
 def check_before(audit: Mapping[str, Any], *, config: ScanConfig, checkpoint_sha: str | None, named: str, remedy: str) -> None:
@@ -73,8 +73,11 @@ def refuse_post_hoc_resume(method: str, resume: bool) -> None:
         )
 
 
-def check_resumable(state_dir: Path, *, method: str, options: Mapping[str, Any], grid: Sequence[float] | None = None) -> None:
-    """A resume with nothing to resume is a mistake, found before anything is loaded or audited."""
+def check_resumable(
+    state_dir: Path, *, method: str, options: Mapping[str, Any], grid: Sequence[float] | None = None, processes: int = 1
+) -> None:
+    """A resume with nothing to resume, or of a state written by another number of `processes`, is a mistake, found
+    before anything is loaded or audited."""
     from biasaudit.training.selection import OPTION_GRIDS, auto_option, candidate_state_dir
 
     option = auto_option(method, options)
@@ -86,7 +89,7 @@ def check_resumable(state_dir: Path, *, method: str, options: Mapping[str, Any],
                 f"--resume found no training state of any {option} auto candidate under {state_dir}; run without --resume first."
             )
         return
-    load_training_state(state_dir)
+    check_same_processes(load_training_state(state_dir).get("run"), processes)
 
 
 def check_plan(adapter: Adapter, *, method: str, split: str, also_split: str | None, from_scratch: bool) -> None:

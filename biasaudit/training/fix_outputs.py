@@ -137,7 +137,8 @@ def _fix_into(
 
     refuse_post_hoc_resume(method, resume)
     if resume:  # before loading anything: a resume with nothing to resume is a mistake, found at once
-        check_resumable(out / "state", method=method, options=method_options)
+        world = training_processes(distributed).world
+        check_resumable(out / "state", method=method, options=method_options, processes=world)
     check_method(method, method_options)
     check_plan(adapter, method=method, split=scan_config.split, also_split=also_split, from_scratch=from_scratch)
     model, prefix_removed = load_model_noting_prefix(checkpoint, adapter, trust=trust)

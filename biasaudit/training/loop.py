@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import torch
 from torch import nn
 
 from biasaudit.data.adapter import Adapter
-from biasaudit.data.batches import checked_labels
+from biasaudit.data.batches import checked_labels, read_split_labels
 from biasaudit.errors import InputError
 from biasaudit._core.progress import Progress, with_status
 from biasaudit.training import rng_states
@@ -31,8 +30,9 @@ from biasaudit.training.data_parallel import (
     training_processes,
 )
 from biasaudit.training.epoch_batches import SAMPLE_INDEX, epoch_shape, process_batches, without_index
-from biasaudit.training.feature_cache import CacheSettings, FeatureCache
+from biasaudit.training.feature_cache import CacheSettings
 from biasaudit.training.live_status import EpochMeans
+from biasaudit.training.run_cache import run_cache
 from biasaudit.training.model_modes import set_training_modes
 from biasaudit.training.optimizers import make_optimizer
 from biasaudit.training.precision import StepPrecision
@@ -101,18 +101,24 @@ def _train(
     if callable(check_training):
         check_training(config)  # e.g. JTT needs epochs for both stages: refused before any work
     model.to(device)
+    # Rank 0's weights everywhere before prepare, which may keep them (JTT's and D&R's starting weights, MMDB's clusters).
+    broadcast_start([*model.parameters(), *model.buffers()], processes)
     # Runs right after the seeding: a method that draws its own parameters seeds a generator from
     # torch.initial_seed(), i.e. from the run seed. It sees train without the held-out rows.
     view = training_view(adapter, config)
     method.prepare(model, view, device=device)
     shape = epoch_shape(adapter, config=config)  # after prepare, whose error names what the method needs of the data
     check_data_parallel(processes, smallest=shape.smallest, batch_size=config.batch_size)
+    if processes.world > 1:
+        # Every process checks every label (and bias value) now: a bad one found in one process's rows mid-epoch would
+        # stop that process alone while the others wait for it in the step's collectives.
+        read_split_labels(adapter, config.split, batch_size=config.batch_size)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise InputError("The model has no trainable parameter (every requires_grad is False); nothing can be fixed.")
     # After the trainable check: fp16 refuses float16 weights and a driver without loss_scale, before any work.
     precision = StepPrecision(config.precision, device, trainable=trainable, method=method)
-    broadcast_start(model, method_parameters(method), processes)
+    broadcast_start(method_parameters(method), processes)  # a method's own parameters (separate heads), made in prepare
     synchronised = bool(getattr(method, "synchronised", False))
 
     def new_optimizer() -> torch.optim.Optimizer:
@@ -153,10 +159,9 @@ def _train(
         done = start_epoch * steps_per_epoch
         progress(stage, done, total_steps, f"resumed after epoch {start_epoch}/{config.epochs}")
     # After a resume's load: the cache is filled from the weights training continues with (feature_cache.py).
-    features, note = cached_features(model, adapter, config=config, settings=cache, processes=processes, device=device)
-    if cache_report is not None:
-        cache_report({**(features.settings() if features is not None else {"mode": cache.mode}), "note": note})
-    try:
+    with run_cache(
+        model, adapter, config=config, settings=cache, processes=processes, device=device, report=cache_report
+    ) as features:
         for epoch in range(start_epoch, config.epochs):
             set_training_modes(model)
             live = EpochMeans(epoch=epoch, epochs=config.epochs)
@@ -211,27 +216,5 @@ def _train(
                     rng_by_rank=rngs if processes.world > 1 else None,
                     scaler=precision.state_dict(),
                 )
-    finally:
-        if features is not None:
-            features.close()
     model.eval()
     return log
-
-
-def cached_features(
-    model: nn.Module,
-    adapter: Adapter,
-    *,
-    config: TrainConfig,
-    settings: CacheSettings,
-    processes: Processes,
-    device: torch.device,
-) -> tuple[FeatureCache | None, str]:
-    """The feature cache of this run and its note. Over K processes each process's part of a batch has batch_size/K
-    rows, so the cache is filled in batches of that size: the calls it can serve exactly (feature_cache.py). Each
-    process keeps its own files, in a folder of its rank under the cache directory (its own fill, its own clean-up)."""
-    if processes.world > 1 and settings.mode != "off":
-        config = replace(config, batch_size=max(1, config.batch_size // processes.world))
-        if settings.directory is not None:
-            settings = replace(settings, directory=Path(settings.directory) / f"rank-{processes.rank}")
-    return FeatureCache.build(model, adapter, config=config, settings=settings, device=device)

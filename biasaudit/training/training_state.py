@@ -34,6 +34,18 @@ def run_identity(method: TrainingMethod, config: TrainConfig, *, world: int = 1)
     return json.loads(json.dumps(identity, default=str))
 
 
+def check_same_processes(saved: Mapping[str, Any] | None, world: int) -> None:
+    """CheckpointError when the state to resume was written by a run over another number of processes."""
+    saved_world = int((saved or {}).get("processes", 1))
+    if saved_world != world:
+        raise CheckpointError(
+            f"The training state to resume was written by a run over {saved_world} process(es), not {world}; resuming "
+            f"over {world} would give each process other rows of every batch, so its random draws (dropout) and "
+            f"BatchNorm statistics would differ from the interrupted run's. Resume with {saved_world} process(es) "
+            "(torchrun --nproc-per-node), or run without --resume."
+        )
+
+
 def check_same_run(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
     """CheckpointError naming what changed; a state written before identities were saved is not checked."""
     if not saved:
@@ -43,14 +55,7 @@ def check_same_run(saved: Mapping[str, Any] | None, current: Mapping[str, Any]) 
             f"The training state to resume was written by method {saved.get('method')!r}, not {current['method']!r}; "
             "resume with the same method or run without --resume."
         )
-    saved_world, world = int(saved.get("processes", 1)), int(current.get("processes", 1))
-    if saved_world != world:
-        raise CheckpointError(
-            f"The training state to resume was written by a run over {saved_world} process(es), not {world}; resuming "
-            f"over {world} would give each process other rows of every batch, so its random draws (dropout) and "
-            f"BatchNorm statistics would differ from the interrupted run's. Resume with {saved_world} process(es) "
-            "(torchrun --nproc-per-node), or run without --resume."
-        )
+    check_same_processes(saved, int(current.get("processes", 1)))
     # A state written before a setting existed trained with its default (e.g. Adam before --optimizer).
     defaults = TrainConfig().to_dict()
     changed = [
