@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+
+def pytest_configure(config) -> None:
+    # pytest-xdist runs one worker per core; torch's own intra-op threads on top oversubscribe the cores, and its
+    # OpenMP threads then spin against each other (a small convolution took 200x longer with 2 threads than with 1 on
+    # a busy 2-core machine). One thread per worker: the cores are already shared out. Tests that compare runs across
+    # processes set their thread counts themselves.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 class Interrupt(Exception):

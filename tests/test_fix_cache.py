@@ -42,7 +42,7 @@ def test_a_fix_with_the_feature_cache_gives_the_weights_of_one_without_and_says_
     assert "off" in plain.train_log["training"]["feature_cache"]["note"]
 
 
-def test_the_cache_on_for_data_not_declared_deterministic_is_refused_before_the_audit(monkeypatch):
+def test_what_the_cache_on_cannot_serve_is_refused_before_the_audit(monkeypatch):
     class Augmented(FrozenEncoderAdapter):
         deterministic_data = False
 
@@ -52,6 +52,8 @@ def test_the_cache_on_for_data_not_declared_deterministic_is_refused_before_the_
     monkeypatch.setattr("biasaudit.training.fix.audit_model", audited)
     with pytest.raises(InputError, match="does not declare deterministic_data = True"):
         _fixed(Augmented(n=48), "on")
+    with pytest.raises(InputError, match="'image.encoder' receives gradient"):  # a trainable stem before it
+        _fixed(FrozenEncoderAdapter(n=48, stem=True), "on")
     with pytest.raises(InputError, match="no part of the model has all its parameters frozen"):
         ba.fix(DigitsCaptionsAdapter().build_model(), DigitsCaptionsAdapter(), method="ce", feature_cache="on", **FAST)
 

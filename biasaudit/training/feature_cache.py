@@ -91,10 +91,12 @@ def _nondeterministic(adapter: Adapter) -> str:
     )
 
 
-def check_cache_plan(model: nn.Module, adapter: Adapter, settings: CacheSettings) -> None:
-    """What "on" can be refused for without running the model, refused before any audit: settings that cannot work, a
-    model with no frozen part, data the adapter does not declare deterministic. (A frozen part that receives gradient
-    is found by the probe forward, when training starts.)"""
+def check_cache_plan(
+    model: nn.Module, adapter: Adapter, settings: CacheSettings, *, config: TrainConfig, device: torch.device
+) -> None:
+    """What "on" is refused for, before any audit: settings that cannot work, a model with no frozen part, data the
+    adapter does not declare deterministic, and (one probe forward of the first training batch, which changes nothing)
+    a frozen part that receives gradient, runs more than once per forward or returns what cannot be stored."""
     check_cache_settings(settings)
     if settings.mode != "on":
         return
@@ -105,6 +107,16 @@ def check_cache_plan(model: nn.Module, adapter: Adapter, settings: CacheSettings
         )
     if getattr(adapter, "deterministic_data", False) is not True:
         raise InputError(_nondeterministic(adapter))
+    first = next(fill_batches(adapter, config=config), None)
+    if first is None:
+        return  # an empty split is the loop's to refuse, with its own sentence
+    names = {id(module): name for name, module in model.named_modules()}
+    candidates = [Candidate(names[id(m)], m) for m in frozen_modules(model)]
+    model.to(device)  # where training puts it
+    probe(model, adapter, without_index(first[0]), candidates, rows=len(first[0][SAMPLE_INDEX]), device=device)
+    refused = [(c.name, c.problem) for c in candidates if c.problem is not None and c.problem != NOT_RUN]
+    if refused:
+        raise InputError(uncacheable(*refused[0]))
 
 
 def _declined(settings: CacheSettings, refusal: str, note: str) -> tuple[None, str]:

@@ -161,7 +161,7 @@ def fix_model(
     if callable(check_config) and not post_hoc:
         check_config(train_config)  # e.g. JTT's two stages need the epochs for both
     if cache is not None and not post_hoc:
-        check_cache_plan(model, adapter, cache)
+        check_cache_plan(model, adapter, cache, config=train_config, device=resolve_device(train_config.device))
         refusal = refused_precision(cache, train_config.precision)
         if refusal is not None:
             raise InputError(refusal)
