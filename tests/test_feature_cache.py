@@ -251,7 +251,7 @@ def test_a_cache_over_its_bound_is_not_built():
     )
     with pytest.raises(
         InputError,
-        match=r"^The feature cache would take 3 KiB, 128 bytes a sample for 24 samples, more than its bound of 100 bytes;",
+        match=r"^The feature cache would take 3 KiB, 128 bytes a sample for 24 samples, more than its bound of 100 bytes \(--cache-max-gb\);",
     ):
         FeatureCache.build(
             adapter.build_model(), adapter, config=config, settings=CacheSettings(mode="on", max_bytes=100), device=CPU

@@ -102,3 +102,25 @@ def test_a_16_bit_run_is_not_cached_and_refused_with_the_cache_on():
     reports: list[dict] = []
     train(adapter.build_model(), adapter, make_method("ce"), config=config, cache=CacheSettings(), cache_report=reports.append)
     assert reports[0]["note"].startswith("nothing cached: this run computes in bf16")
+
+
+def test_a_cache_over_its_bound_is_refused_before_the_audit_and_leaves_no_folder(monkeypatch, tmp_path):
+    def audited(*args, **kwargs):
+        raise AssertionError("the before-audit ran before the refusal")
+
+    monkeypatch.setattr("biasaudit.training.fix.audit_model", audited)
+    adapter, cache = FrozenEncoderAdapter(n=48), tmp_path / "cache"
+    with pytest.raises(InputError, match=r"would take .* more than its bound of 1 KiB \(--cache-max-gb\)"):
+        ba.fix(adapter.build_model(), adapter, method="ce", feature_cache="on", cache_dir=cache, cache_max_gb=2**-20, **FAST)
+    assert not cache.exists()
+    # Declined inside a run (auto): the run's folder, and the directory it made, are gone afterwards.
+    from biasaudit.training.feature_cache import CacheSettings
+    from biasaudit.training.loop import train
+    from biasaudit.training.methods import make_method
+    from biasaudit.training.train_config import TrainConfig
+
+    reports: list[dict] = []
+    train(adapter.build_model(), adapter, make_method("ce"), config=TrainConfig(epochs=1, batch_size=16),
+          cache=CacheSettings(directory=cache, max_bytes=1024), cache_report=reports.append)
+    assert reports[0]["note"].startswith("nothing cached: the outputs of the frozen modules would take")
+    assert not cache.exists(), "a declined cache left its folder behind"

@@ -63,7 +63,7 @@ def test_the_processes_split_each_global_batch_by_position_without_padding_or_re
 def test_a_batch_with_fewer_rows_than_processes_is_refused_before_training():
     shape = epoch_shape(ADAPTER, config=TrainConfig(epochs=1, batch_size=494))  # 989 = 2 x 494 + 1
     assert shape.smallest == 1
-    with pytest.raises(InputError, match="holds 1 .*--batch-size 494"):
+    with pytest.raises(InputError, match="needs at least 2 rows .* the last batch of each epoch holds 1 \(--batch-size 494\)"):
         check_data_parallel(Processes(rank=0, world=2), smallest=shape.smallest, batch_size=494)
 
 

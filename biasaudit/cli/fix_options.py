@@ -88,7 +88,7 @@ CacheDir = Annotated[
 CacheMaxGb = Annotated[
     float,
     typer.Option(
-        "--cache-max-gb", min=0.0, help="The feature cache's bound in GiB; a larger cache is not built.", rich_help_panel=TRAINING
+        "--cache-max-gb", help="The feature cache's bound in GiB; a larger cache is not built.", rich_help_panel=TRAINING
     ),
 ]
 ShuffleBuffer = Annotated[

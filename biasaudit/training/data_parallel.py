@@ -75,10 +75,11 @@ def check_data_parallel(processes: Processes, *, smallest: int, batch_size: int)
     """Refuse, before any work, a run in which some global batch holds fewer rows than there are processes: a process
     with no rows cannot take part in the step."""
     if processes.world > 1 and smallest < processes.world:
+        which = "every batch" if smallest == batch_size else "the last batch of each epoch"
         raise InputError(
-            f"Data-parallel training over {processes.world} processes needs at least one row per process in every "
-            f"batch, but the last batch of each epoch holds {smallest} (--batch-size {batch_size}); choose a batch "
-            "size that leaves a last batch of at least that many rows, or fewer processes."
+            f"Data-parallel training over {processes.world} processes needs at least {processes.world} rows (one per "
+            f"process) in every batch, but {which} holds {smallest} (--batch-size {batch_size}); choose a batch size "
+            f"that leaves every batch at least {processes.world} rows, or fewer processes."
         )
 
 

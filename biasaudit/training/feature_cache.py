@@ -117,6 +117,23 @@ def check_cache_plan(
     refused = [(c.name, c.problem) for c in candidates if c.problem is not None and c.problem != NOT_RUN]
     if refused:
         raise InputError(uncacheable(*refused[0]))
+    too_large = _over_bound([c for c in candidates if c.problem is None], split_size(adapter, config=config)[1], settings)
+    if too_large is not None:
+        raise InputError(too_large[0])
+
+
+def _over_bound(kept: list[Candidate], samples: int, settings: CacheSettings) -> tuple[str, str] | None:
+    """(the refusal, the note) when the kept modules' outputs on `samples` samples exceed the bound; else None."""
+    per_sample = sum(leaf.row_bytes for c in kept for leaf in c.leaves)
+    if per_sample * samples <= settings.max_bytes:
+        return None
+    size = f"{_size(per_sample * samples)}, {per_sample} bytes a sample for {samples} samples"
+    bound = _size(settings.max_bytes)
+    return (
+        f"The feature cache would take {size}, more than its bound of {bound} (--cache-max-gb); raise the bound or use "
+        "--feature-cache off.",
+        f"nothing cached: the outputs of the frozen modules would take {size}, more than the bound of {bound}.",
+    )
 
 
 def _declined(settings: CacheSettings, refusal: str, note: str) -> tuple[None, str]:
@@ -197,16 +214,9 @@ class FeatureCache:
         if not kept:
             return None, _note([], excluded, samples=0, settings=settings)
         total, samples = split_size(adapter, config=config)
-        per_sample = sum(leaf.row_bytes for c in kept for leaf in c.leaves)
-        if per_sample * samples > settings.max_bytes:
-            size = f"{_size(per_sample * samples)}, {per_sample} bytes a sample for {samples} samples"
-            bound = _size(settings.max_bytes)
-            return _declined(
-                settings,
-                f"The feature cache would take {size}, more than its bound of {bound}; raise the bound or use "
-                "--feature-cache off.",
-                f"nothing cached: the outputs of the frozen modules would take {size}, more than the bound of {bound}.",
-            )
+        too_large = _over_bound(kept, samples, settings)
+        if too_large is not None:
+            return _declined(settings, *too_large)
         directory = None if settings.directory is None else Path(settings.directory)
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)

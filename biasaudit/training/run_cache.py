@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -55,23 +55,23 @@ def run_cache(
     refusal = refused_precision(settings, config.precision)
     if refusal is not None:
         raise InputError(refusal)
+    features: FeatureCache | None = None
+    note = (
+        "feature cache off: frozen modules run in every training batch."
+        if settings.mode == "off"
+        else f"nothing cached: this run computes in {config.precision}, and the cache holds float32 outputs."
+    )
     scratch = None
-    if settings.mode == "off" or config.precision != "fp32":
-        features = None
-        note = (
-            f"nothing cached: this run computes in {config.precision}, and the cache holds float32 outputs."
-            if settings.mode != "off"
-            else "feature cache off: frozen modules run in every training batch."
-        )
-    else:
-        if processes.world > 1:
-            config = replace(config, batch_size=max(1, config.batch_size // processes.world))
-        if settings.directory is not None:
-            Path(settings.directory).mkdir(parents=True, exist_ok=True)
-            scratch = Path(tempfile.mkdtemp(prefix="run-", dir=settings.directory))
-            settings = replace(settings, directory=scratch)
-        features, note = FeatureCache.build(model, adapter, config=config, settings=settings, device=device)
+    made = settings.directory is not None and not Path(settings.directory).exists()
     try:
+        if settings.mode != "off" and config.precision == "fp32":
+            if processes.world > 1:
+                config = replace(config, batch_size=max(1, config.batch_size // processes.world))
+            if settings.directory is not None:
+                Path(settings.directory).mkdir(parents=True, exist_ok=True)
+                scratch = Path(tempfile.mkdtemp(prefix="run-", dir=settings.directory))
+                settings = replace(settings, directory=scratch)
+            features, note = FeatureCache.build(model, adapter, config=config, settings=settings, device=device)
         if report is not None:
             report({**(features.settings() if features is not None else {"mode": settings.mode}), "note": note})
         yield features
@@ -80,3 +80,6 @@ def run_cache(
             features.close()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+            if made:  # a directory this run created: left only if something else was put in it meanwhile
+                with suppress(OSError):
+                    scratch.parent.rmdir()
